@@ -1,0 +1,45 @@
+"""The `klab` command line. Commands that do not train never import torch."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from service.errors import BadInput
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="kernel-lab", prog_name="klab")
+def cli() -> None:
+    """kernel-lab: learn convolution kernels as Dive into Deep Learning does, and explain the gap."""
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One line on stderr and the exit code: how every user-facing error ends."""
+    click.echo(f"klab: error: {message}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user mistakes become one line and exit code 2, never a traceback."""
+    try:
+        code = cli.main(args=argv, prog_name="klab", standalone_mode=False)
+    except BadInput as exc:
+        fail(str(exc), exc.exit_code)
+    except click.UsageError as exc:
+        param = getattr(exc, "param", None)
+        name = param.opts[0] if param is not None and getattr(param, "opts", None) else None
+        msg = exc.format_message().replace("\n", " ")
+        fail(f"{name}: {msg}" if name and name not in msg else msg, 2)
+    except click.Abort:
+        fail("aborted", 130)
+    except click.ClickException as exc:
+        fail(exc.format_message().replace("\n", " "), exc.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except BrokenPipeError:
+        sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+from service.cli import run as _run  # noqa: E402,F401  - registers commands

@@ -1,0 +1,240 @@
+"""Inputs, kernels and labels: the CLI's forms turned into numpy arrays (no torch here).
+
+Canonical shapes: inputs and labels are N x C x H x W, kernels C_out x C_in x kh x kw.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from service import defaults
+from service.errors import BadInput
+
+# Streams of the job's seed, so random input, kernel and noise never share numbers.
+INPUT_STREAM, KERNEL_STREAM, NOISE_STREAM = 1, 2, 3
+
+_SQ3 = 1.0 / 3.0
+KERNEL_PRESETS: dict[str, list[list[float]]] = {
+    "d2l": [[1.0, -1.0]],
+    "edge-v": [[1.0], [-1.0]],
+    "sobel-x": [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]],
+    "sobel-y": [[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]],
+    "laplacian": [[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]],
+    "second-diff": [[1.0, -2.0, 1.0]],
+    "box3": [[1 / 9] * 3] * 3,
+    "gauss3": [[1 / 16, 2 / 16, 1 / 16], [2 / 16, 4 / 16, 2 / 16], [1 / 16, 2 / 16, 1 / 16]],
+    "sharpen": [[0.0, -1.0, 0.0], [-1.0, 5.0, -1.0], [0.0, -1.0, 0.0]],
+    "identity3": [[0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]],
+}
+
+INPUT_KINDS = ("edge", "ones", "random", "checker", "diagonal", "image", "npy")
+_DIMS = re.compile(r"^[0-9]{1,7}(x[0-9]{1,7}){1,3}$")
+
+
+def _dims(field: str, text: str, allowed: tuple[int, ...]) -> tuple[int, ...]:
+    if not _DIMS.match(text):
+        raise BadInput(field, f"expected dimensions like 6x8, got {text!r}")
+    dims = tuple(int(d) for d in text.split("x"))
+    if len(dims) not in allowed:
+        names = " or ".join(f"{n} numbers" for n in allowed)
+        raise BadInput(field, f"expected {names} in {text!r}")
+    if any(d <= 0 for d in dims):
+        raise BadInput(field, f"every dimension must be positive, got {text!r}")
+    return dims
+
+
+def _check_elements(field: str, shape: tuple[int, ...], limit: int, what: str) -> None:
+    count = math.prod(shape)
+    if count > limit:
+        raise BadInput(field, f"{what} has {count} elements, more than the limit {limit}")
+
+
+def rng(seed: int, stream: int) -> np.random.Generator:
+    """The generator for one stream of a job's seed."""
+    return np.random.default_rng([stream, seed])
+
+
+def _finite(field: str, array: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(array)):
+        raise BadInput(field, "contains NaN or infinite values")
+    return array
+
+
+def _path(field: str, raw: str) -> Path:
+    if not raw:
+        raise BadInput(field, "missing file path")
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise BadInput(field, f"no such file: {raw}")
+    if not os.access(path, os.R_OK):
+        raise BadInput(field, f"file is not readable: {raw}")
+    size = path.stat().st_size
+    if size > defaults.max_file_bytes():
+        raise BadInput(field, f"file is {size} bytes, more than the limit {defaults.max_file_bytes()}")
+    return path
+
+
+def load_npy(field: str, raw: str) -> np.ndarray:
+    """An array from an .npy file, never unpickled, as float64."""
+    path = _path(field, raw)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
+            raise BadInput(field, f"{raw} holds Python objects; only numeric arrays are accepted") from None
+        raise BadInput(field, f"{raw} is not a valid .npy file") from None
+    except (OSError, EOFError):
+        raise BadInput(field, f"{raw} is not a valid .npy file") from None
+    if not isinstance(array, np.ndarray):
+        raise BadInput(field, f"{raw} is not a single .npy array")
+    if array.dtype.kind not in "biuf":
+        raise BadInput(field, f"{raw} holds {array.dtype} values; only numbers are accepted")
+    if array.size == 0:
+        raise BadInput(field, f"{raw} is empty")
+    return _finite(field, array.astype(np.float64))
+
+
+def load_image(field: str, raw: str, rgb: bool) -> np.ndarray:
+    """A PNG/JPEG as C x H x W in [0, 1], with Pillow's decompression-bomb limit."""
+    from PIL import Image  # noqa: PLC0415 - Pillow only when an image is named
+
+    path = _path(field, raw)
+    try:
+        with Image.open(path) as img:
+            if img.format not in ("PNG", "JPEG"):
+                raise BadInput(field, f"{raw} is {img.format}, not a PNG or JPEG image")
+            pixels = max(1, defaults.max_input_elements() // (3 if rgb else 1))
+            if img.width * img.height > pixels:
+                raise BadInput(field, f"{raw} is {img.width}x{img.height}, more than the input limit")
+            img = img.convert("RGB" if rgb else "L")
+            array = np.asarray(img, dtype=np.float64) / 255.0
+    except BadInput:
+        raise
+    except Image.DecompressionBombError:
+        raise BadInput(field, f"{raw} is too large to decode safely") from None
+    except (OSError, SyntaxError, ValueError):
+        raise BadInput(field, f"{raw} is not a PNG or JPEG image") from None
+    return array.transpose(2, 0, 1) if rgb else array[None]
+
+
+def parse_input(raw: str, seed: int) -> tuple[np.ndarray, int]:
+    """The input as float32 N x C x H x W, and how many dimensions the user gave (2, 3 or 4)."""
+    field = "input"
+    kind, _, rest = raw.partition(":")
+    if kind not in INPUT_KINDS:
+        raise BadInput(field, f"unknown input {kind!r}; expected one of {', '.join(INPUT_KINDS)}")
+    if kind in ("edge", "ones", "checker", "diagonal"):
+        h, w = _dims(field, rest, (2,))
+        _check_elements(field, (h, w), defaults.max_input_elements(), "input")
+        if kind == "ones":
+            x = np.ones((h, w))
+        elif kind == "edge":
+            x = np.ones((h, w))
+            x[:, w // 4 : (3 * w) // 4] = 0.0
+        elif kind == "checker":
+            x = (np.add.outer(np.arange(h), np.arange(w)) % 2).astype(np.float64)
+        else:
+            x = (np.arange(w)[None, :] * h >= np.arange(h)[:, None] * w).astype(np.float64)
+        array = x
+    elif kind == "random":
+        dims = _dims(field, rest, (2, 3, 4))
+        _check_elements(field, dims, defaults.max_input_elements(), "input")
+        array = rng(seed, INPUT_STREAM).standard_normal(dims)
+    elif kind == "image":
+        path, rgb = rest, False
+        if rest.endswith(":rgb"):
+            path, rgb = rest[: -len(":rgb")], True
+        elif rest.endswith(":gray"):
+            path = rest[: -len(":gray")]
+        array = load_image(field, path, rgb)
+    else:
+        array = load_npy(field, rest)
+        if array.ndim not in (2, 3, 4):
+            raise BadInput(field, f"expected H x W, C x H x W or N x C x H x W, got {array.ndim} dimensions")
+        _check_elements(field, array.shape, defaults.max_input_elements(), "input")
+    ndim = array.ndim
+    while array.ndim < 4:
+        array = array[None]
+    return np.ascontiguousarray(array, dtype=np.float32), ndim
+
+
+def _literal(field: str, text: str) -> np.ndarray:
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        raise BadInput(field, f"not a valid JSON literal: {text[:40]!r}") from None
+    return nested_array(field, value)
+
+
+def nested_array(field: str, value: object) -> np.ndarray:
+    """A 2-D or 4-D nested list of numbers as float64, rejecting ragged, empty or non-numeric ones."""
+    def shape_of(v: object, depth: int) -> tuple[int, ...]:
+        if depth > 4:
+            raise BadInput(field, "nested more than 4 levels deep")
+        if isinstance(v, list):
+            if not v:
+                raise BadInput(field, "has an empty list")
+            shapes = {shape_of(item, depth + 1) for item in v}
+            if len(shapes) != 1:
+                raise BadInput(field, "is ragged: rows of different lengths")
+            return (len(v), *shapes.pop())
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise BadInput(field, f"holds a non-numeric value {v!r:.20}")
+        return ()
+
+    shape = shape_of(value, 0)
+    if len(shape) not in (2, 4):
+        raise BadInput(field, f"must be 2-D (kh x kw) or 4-D (C_out x C_in x kh x kw), got {len(shape)}-D")
+    try:
+        array = np.array(value, dtype=np.float64)
+    except OverflowError:
+        raise BadInput(field, "holds a number too large") from None
+    return _finite(field, array)
+
+
+def parse_kernel(raw: str, seed: int) -> np.ndarray:
+    """The true kernel as float64, 2-D (kh x kw) or 4-D (C_out x C_in x kh x kw) as the user gave it."""
+    field = "kernel"
+    raw = raw.strip()
+    if raw in KERNEL_PRESETS:
+        array = np.array(KERNEL_PRESETS[raw], dtype=np.float64)
+    elif raw.startswith("["):
+        array = _literal(field, raw)
+    elif raw.startswith("random:"):
+        dims = _dims(field, raw[len("random:"):], (2, 4))
+        _check_elements(field, dims, defaults.max_kernel_elements(), "kernel")
+        array = rng(seed, KERNEL_STREAM).standard_normal(dims)
+    elif raw.startswith("npy:"):
+        array = load_npy(field, raw[len("npy:"):])
+        if array.ndim not in (2, 4):
+            raise BadInput(field, f"must be 2-D or 4-D, got {array.ndim}-D")
+    else:
+        presets = ", ".join(KERNEL_PRESETS)
+        raise BadInput(field, f"unknown kernel {raw[:40]!r}; expected a preset ({presets}), "
+                              "a JSON literal, random:KHxKW or npy:PATH")
+    _check_elements(field, array.shape, defaults.max_kernel_elements(), "kernel")
+    return array
+
+
+def parse_labels(raw: str) -> np.ndarray:
+    """User labels from npy:PATH, as float64 of 2 to 4 dimensions (shape checked later)."""
+    field = "labels"
+    if not raw.startswith("npy:"):
+        raise BadInput(field, f"expected npy:PATH, got {raw[:40]!r}")
+    array = load_npy(field, raw[len("npy:"):])
+    if array.ndim not in (2, 3, 4):
+        raise BadInput(field, f"expected Ho x Wo, C x Ho x Wo or N x C x Ho x Wo, got {array.ndim} dimensions")
+    _check_elements(field, array.shape, defaults.max_input_elements(), "labels")
+    return array
+
+
+def correlate(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Cross-correlation of N x C x H x W with C_out x C_in x kh x kw, in float64."""
+    kh, kw = kernel.shape[2:]
+    windows = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), (kh, kw), axis=(2, 3))
+    return np.einsum("nchwij,ocij->nohw", windows, kernel, optimize=True)

@@ -1,0 +1,90 @@
+"""Plain-text reports of a result: kernels side by side, metrics, the gap and its sentence."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float | None], width: int = 60) -> str:
+    """The loss curve on a log scale, one character an epoch (sampled down to width)."""
+    vals = np.array([np.nan if v is None else v for v in values], dtype=float)
+    if vals.size == 0:
+        return ""
+    if vals.size > width:
+        vals = vals[np.linspace(0, vals.size - 1, width).round().astype(int)]
+    logs = np.log10(np.clip(vals, 1e-30, None))
+    ok = np.isfinite(logs)
+    if not ok.any():
+        return "?" * vals.size
+    lo, hi = logs[ok].min(), logs[ok].max()
+    span = hi - lo or 1.0
+    return "".join(SPARK[int((v - lo) / span * (len(SPARK) - 1))] if np.isfinite(v) else "?" for v in logs)
+
+
+def _grid(kernel: Any) -> list[list[float]]:
+    """A kernel as rows of numbers: 4-D kernels are laid out one (out, in) slice under another."""
+    a = np.array(kernel, dtype=float)
+    if a.ndim == 2:
+        return a.tolist()
+    rows = []
+    for o in range(a.shape[0]):
+        for i in range(a.shape[1]):
+            rows.extend(a[o, i].tolist())
+    return rows
+
+
+def side_by_side(named: list[tuple[str, Any]]) -> str:
+    """Kernels next to each other under their names."""
+    blocks = []
+    for name, kernel in named:
+        if kernel is None:
+            continue
+        lines = ["  ".join(f"{v:8.4f}" if v is not None and np.isfinite(v) else "     nan" for v in row)
+                 for row in _grid(kernel)]
+        width = max(len(name), *(len(line) for line in lines))
+        blocks.append([name.ljust(width)] + [line.ljust(width) for line in lines])
+    height = max(len(b) for b in blocks)
+    for b in blocks:
+        b.extend([" " * len(b[0])] * (height - len(b)))
+    return "\n".join("   ".join(parts).rstrip() for parts in zip(*blocks))
+
+
+def difference(result: dict[str, Any]) -> Any:
+    if result.get("true_kernel") is None or result.get("learned_kernel") is None:
+        return None
+    learned = np.array(result["learned_kernel"], dtype=float)
+    return (learned - np.array(result["true_kernel"], dtype=float)).tolist()
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def render(spec: dict[str, Any], result: dict[str, Any]) -> str:
+    """The human report of one job."""
+    losses = [e["loss"] for e in result["epochs"]]
+    head = (f"{spec['method']} on {spec['input']}, kernel {spec.get('kernel') or 'from labels'}, "
+            + ("" if spec['method'] == 'lstsq' else f"lr {spec['lr']}, {spec['epochs']} epochs, ")
+            + f"seed {spec['seed']}: {result['status']}")
+    if result.get("diverged_epoch"):
+        head += f" at epoch {result['diverged_epoch']}"
+    lines = [head]
+    if losses:
+        lines.append(f"loss {_fmt(losses[0])} -> {_fmt(losses[-1])}  {sparkline(losses)}")
+    lines.append("")
+    lines.append(side_by_side([("true", result["true_kernel"]), ("learned", result["learned_kernel"]),
+                               ("difference", difference(result))]))
+    lines.append("")
+    err = result.get("error")
+    if err:
+        lines.append("error: " + ", ".join(f"{k} {_fmt(v)}" for k, v in err.items()))
+    ident = result["identifiability"]
+    lines.append(f"identifiable: {'yes' if ident['identifiable'] else 'no'} (rank {ident['rank']} of {ident['params']})"
+                 f"; converged at epoch {_fmt(result.get('converged_epoch'))}")
+    gap = result["gap"]
+    lines.append("gap: " + ", ".join(f"{k} {_fmt(v)}" for k, v in gap.items()))
+    lines.append(result.get("explanation") or "")
+    return "\n".join(lines)
