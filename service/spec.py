@@ -236,3 +236,19 @@ def _labels_shape(labels: np.ndarray, x: np.ndarray, input_ndim: int) -> np.ndar
         raise BadInput("labels", f"have {labels.shape[0]} samples but the input has {n}")
     return labels
 
+
+
+FILE_FIELDS = ("input", "kernel", "labels")
+
+
+def file_arrays(spec: JobSpec) -> dict[str, np.ndarray]:
+    """The arrays of fields that name files (npy:, image:), loaded as the user gave them, for upload."""
+    out: dict[str, np.ndarray] = {}
+    if spec.input.startswith(("npy:", "image:")):
+        x, ndim = data.parse_input(spec.input, spec.seed)
+        out["input"] = x.reshape(x.shape[4 - ndim:])
+    if spec.kernel is not None and spec.kernel.startswith("npy:"):
+        out["kernel"] = data.parse_kernel(spec.kernel, spec.seed)
+    if spec.labels is not None:
+        out["labels"] = data.parse_labels(spec.labels)
+    return out

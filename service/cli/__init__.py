@@ -5,7 +5,11 @@ import sys
 
 import click
 
+from sqlalchemy.exc import OperationalError
+
+from service.db import DatabaseUnavailable
 from service.errors import BadInput
+from service.settings import mask
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -26,6 +30,10 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=argv, prog_name="klab", standalone_mode=False)
     except BadInput as exc:
         fail(str(exc), exc.exit_code)
+    except DatabaseUnavailable as exc:
+        fail(str(exc), exc.exit_code)
+    except OperationalError as exc:  # the database went away in the middle of a command
+        fail(f"database error: {mask(str(exc.orig or exc).strip().splitlines()[0])}", 3)
     except click.UsageError as exc:
         param = getattr(exc, "param", None)
         name = param.opts[0] if param is not None and getattr(param, "opts", None) else None
@@ -42,4 +50,4 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-from service.cli import run as _run  # noqa: E402,F401  - registers commands
+from service.cli import db as _db, run as _run  # noqa: E402,F401  - registers commands

@@ -1,0 +1,41 @@
+"""Alembic environment: the URL comes from the caller or from kernel-lab's settings, never alembic.ini."""
+from __future__ import annotations
+
+from alembic import context
+
+from service.db import engine_for
+from service.models import Base
+from service.settings import settings
+
+config = context.config
+url = config.attributes.get("url") or settings().database_url
+target_metadata = Base.metadata
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=url, target_metadata=target_metadata, literal_binds=True,
+                      render_as_batch=url.startswith("sqlite"))
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connectable = config.attributes.get("connection")
+    if connectable is None:
+        with engine_for(url).connect() as connection:
+            _run(connection)
+    else:
+        _run(connectable)
+
+
+def _run(connection) -> None:  # noqa: ANN001
+    context.configure(connection=connection, target_metadata=target_metadata,
+                      render_as_batch=connection.dialect.name == "sqlite")
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,152 @@
+"""The database: one engine per URL, sessions handed out, and the schema checked against head."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, ProgrammingError
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.settings import mask, settings
+
+HEAD = "0001"
+"""The newest migration in migrations/versions (a test keeps this in step with Alembic's head)."""
+
+SQLITE_BUSY_MS = 30_000
+"""How long a SQLite writer waits for another process's write lock before giving up."""
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached or is not at head: one line, exit code 3 (or 2 when not at head)."""
+
+    def __init__(self, message: str, exit_code: int = 3):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def describe(url: str) -> str:
+    """Where a URL points, for messages: host and database, never the password."""
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        return mask(url)
+    if u.drivername.startswith("sqlite"):
+        return f"sqlite database {u.database or ':memory:'}"
+    return f"{u.get_backend_name()} database {u.database or ''} on {u.host or 'localhost'}:{u.port or 5432}"
+
+
+@lru_cache(maxsize=8)
+def engine_for(url: str) -> Engine:
+    """The engine for a URL, created once per process."""
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        raise DatabaseUnavailable(f"KLAB_DATABASE_URL is not a database URL: {mask(url)}", 2) from None
+    if u.drivername.startswith("sqlite"):
+        if u.database and u.database != ":memory:":
+            Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        eng = create_engine(url, connect_args={"timeout": SQLITE_BUSY_MS / 1000})
+
+        @event.listens_for(eng, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return eng
+    try:
+        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    except (ArgumentError, ImportError) as exc:
+        raise DatabaseUnavailable(f"cannot use {describe(url)}: {mask(str(exc))}", 2) from None
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision the database is at (None for an empty database)."""
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except (OperationalError, ProgrammingError) as exc:
+        if _unreachable(exc):
+            raise
+        return None
+
+
+def _unreachable(exc: DBAPIError) -> bool:
+    msg = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
+    return any(s in msg for s in ("connection", "could not connect", "timeout", "unable to open",
+                                  "password authentication", "does not exist\n", "no such host"))
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Run Alembic's migrations up to `revision`."""
+    from alembic import command  # noqa: PLC0415 - only when migrating
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    from alembic import command  # noqa: PLC0415
+
+    command.downgrade(alembic_config(url), revision)
+
+
+def alembic_config(url: str):  # noqa: ANN201
+    from alembic.config import Config  # noqa: PLC0415
+
+    cfg = Config(str(MIGRATIONS.parent / "alembic.ini"))
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["url"] = url
+    return cfg
+
+
+def ready_engine(url: str | None = None) -> Engine:
+    """An engine whose database is at head: SQLite upgrades itself, anything else must be upgraded."""
+    url = url or settings().database_url
+    engine = engine_for(url)
+    try:
+        rev = current_revision(engine)
+    except (OperationalError, ProgrammingError, DBAPIError) as exc:
+        raise DatabaseUnavailable(f"cannot reach the {describe(url)}: {_reason(exc)}") from None
+    if rev == HEAD:
+        return engine
+    if engine.dialect.name == "sqlite" and (rev is None or rev < HEAD):
+        upgrade(url)
+        return engine
+    where = describe(url)
+    if rev is None:
+        raise DatabaseUnavailable(f"the {where} has no kernel-lab schema; run: klab db upgrade", 2)
+    raise DatabaseUnavailable(f"the {where} is at revision {rev}, not {HEAD}; run: klab db upgrade", 2)
+
+
+def _reason(exc: DBAPIError) -> str:
+    msg = str(exc.orig) if exc.orig is not None else str(exc)
+    return mask(msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__)
+
+
+@lru_cache(maxsize=8)
+def _sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(url: str | None = None) -> Iterator[Session]:
+    """A session on a database at head, committed on success and rolled back on error."""
+    engine = ready_engine(url)
+    session = _sessionmaker(engine)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
