@@ -41,9 +41,25 @@ def describe(url: str) -> str:
     return f"{u.get_backend_name()} database {u.database or ''} on {u.host or 'localhost'}:{u.port or 5432}"
 
 
-@lru_cache(maxsize=8)
+_ENGINES: dict[str, Engine] = {}
+
+
 def engine_for(url: str) -> Engine:
     """The engine for a URL, created once per process."""
+    if url not in _ENGINES:
+        _ENGINES[url] = _create(url)
+    return _ENGINES[url]
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection (tests, and worker children after fork)."""
+    for eng in _ENGINES.values():
+        eng.dispose()
+    _ENGINES.clear()
+    _sessionmaker.cache_clear()
+
+
+def _create(url: str) -> Engine:
     try:
         u = make_url(url)
     except ArgumentError:

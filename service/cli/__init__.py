@@ -50,4 +50,4 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-from service.cli import db as _db, run as _run  # noqa: E402,F401  - registers commands
+from service.cli import db as _db, query as _query, run as _run  # noqa: E402,F401  - registers commands
