@@ -6,12 +6,15 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.errors import DatabaseUnavailable
 from service.settings import mask, settings
+
+__all__ = ["DatabaseUnavailable", "HEAD", "engine_for", "ready_engine", "session_scope"]
 
 HEAD = "0001"
 """The newest migration in migrations/versions (a test keeps this in step with Alembic's head)."""
@@ -20,14 +23,6 @@ SQLITE_BUSY_MS = 30_000
 """How long a SQLite writer waits for another process's write lock before giving up."""
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
-
-
-class DatabaseUnavailable(RuntimeError):
-    """The database cannot be reached or is not at head: one line, exit code 3 (or 2 when not at head)."""
-
-    def __init__(self, message: str, exit_code: int = 3):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def describe(url: str) -> str:
@@ -42,6 +37,7 @@ def describe(url: str) -> str:
 
 
 _ENGINES: dict[str, Engine] = {}
+_AT_HEAD: set[str] = set()  # URLs already found at head by this process
 
 
 def engine_for(url: str) -> Engine:
@@ -56,6 +52,7 @@ def dispose_engines() -> None:
     for eng in _ENGINES.values():
         eng.dispose()
     _ENGINES.clear()
+    _AT_HEAD.clear()
     _sessionmaker.cache_clear()
 
 
@@ -86,20 +83,15 @@ def _create(url: str) -> Engine:
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The schema revision the database is at (None for an empty database)."""
-    try:
-        with engine.connect() as conn:
-            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    except (OperationalError, ProgrammingError) as exc:
-        if _unreachable(exc):
-            raise
-        return None
+    """The schema revision the database is at (None for an empty database).
 
-
-def _unreachable(exc: DBAPIError) -> bool:
-    msg = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
-    return any(s in msg for s in ("connection", "could not connect", "timeout", "unable to open",
-                                  "password authentication", "does not exist\n", "no such host"))
+    A failure to connect propagates; a missing alembic_version table means no schema yet. (Telling the
+    two apart by the error's text made an empty PostgreSQL database look unreachable.)
+    """
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def upgrade(url: str, revision: str = "head") -> None:
@@ -128,14 +120,18 @@ def ready_engine(url: str | None = None) -> Engine:
     """An engine whose database is at head: SQLite upgrades itself, anything else must be upgraded."""
     url = url or settings().database_url
     engine = engine_for(url)
+    if url in _AT_HEAD:
+        return engine
     try:
         rev = current_revision(engine)
-    except (OperationalError, ProgrammingError, DBAPIError) as exc:
+    except DBAPIError as exc:
         raise DatabaseUnavailable(f"cannot reach the {describe(url)}: {_reason(exc)}") from None
     if rev == HEAD:
+        _AT_HEAD.add(url)
         return engine
     if engine.dialect.name == "sqlite" and (rev is None or rev < HEAD):
         upgrade(url)
+        _AT_HEAD.add(url)
         return engine
     where = describe(url)
     if rev is None:

@@ -71,3 +71,31 @@ def max_epochs() -> int:
 def max_file_bytes() -> int:
     """Largest file accepted for --input/--labels/--kernel; env KLAB_MAX_FILE_BYTES."""
     return _env_int("KLAB_MAX_FILE_BYTES", 256 * 1024 * 1024)
+
+
+def max_sweep_jobs() -> int:
+    """Most jobs one sweep or one submission may create; env KLAB_MAX_SWEEP_JOBS."""
+    return _env_int("KLAB_MAX_SWEEP_JOBS", 200_000)
+
+
+def max_job_seconds() -> int:
+    """Soft time limit of one task, checked every epoch; env KLAB_MAX_JOB_SECONDS."""
+    return _env_int("KLAB_MAX_JOB_SECONDS", 6 * 3600)
+
+
+def visibility_timeout() -> int:
+    """Seconds Redis waits for an unacknowledged message before redelivering it (longer than any job)."""
+    return max_job_seconds() + 3600
+
+
+BATCH_JOBS = 1024
+"""Jobs one batch task trains together (klab sweep --batch-jobs)."""
+
+LEASE_SECONDS = 60
+"""A running job whose heartbeat is older than this is presumed orphaned by a dead worker."""
+
+HEARTBEAT_SECONDS = 5.0
+"""How often a worker renews the lease of the jobs it is training."""
+
+FLUSH_SECONDS = 1.0
+"""How often a long single job writes its new epochs and checks for cancellation."""

@@ -97,6 +97,7 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     device: Mapped[str | None] = mapped_column(String(16))
     worker_host: Mapped[str | None] = mapped_column(String(200))
+    task_id: Mapped[str | None] = mapped_column(String(64))
     torch_version: Mapped[str | None] = mapped_column(String(40))
     train_seconds: Mapped[float | None] = mapped_column(Float)
 

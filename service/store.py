@@ -6,16 +6,19 @@ import io
 import math
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.errors import BadInput
 from service.models import Dataset, Epoch, Job, JobStatus, Sweep, utcnow
-from service.spec import JobSpec
+
+if TYPE_CHECKING:  # numpy and the spec (pydantic) load only where arrays or specs are handled
+    import numpy as np
+
+    from service.spec import JobSpec
 
 EPOCH_CHUNK = 50_000
 """Epoch rows sent to the database in one statement (or one COPY on PostgreSQL)."""
@@ -120,6 +123,10 @@ def save_results(session: Session, items: Sequence[tuple[int, dict[str, Any]]]) 
         return
     ids = [job_id for job_id, _ in items]
     session.execute(update(Job), [{"id": job_id, **result_columns(r)} for job_id, r in items])
+    for job_id in ids:  # a bulk update leaves loaded Job objects stale: reload them on next access
+        loaded = session.identity_map.get(session.identity_key(Job, job_id))
+        if loaded is not None:
+            session.expire(loaded)
     rows = ((job_id, e["epoch"], _finite(e.get("loss")), _finite(e.get("mse")), _finite(e.get("kernel_error")))
             for job_id, r in items for e in r.get("epochs") or [])
     replace_epochs(session, ids, rows)
@@ -214,6 +221,8 @@ def result_of(session: Session, job: Job, with_epochs: bool = True) -> dict[str,
 # --- datasets -------------------------------------------------------------------------------
 
 def array_bytes(array: np.ndarray) -> bytes:
+    import numpy as np  # noqa: PLC0415
+
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
     return buf.getvalue()
@@ -241,4 +250,6 @@ def get_dataset(session: Session, dataset_id: int) -> np.ndarray:
     ds = session.get(Dataset, dataset_id)
     if ds is None:
         raise BadInput("dataset", f"no dataset {dataset_id}")
+    import numpy as np  # noqa: PLC0415
+
     return np.load(io.BytesIO(ds.data), allow_pickle=False)

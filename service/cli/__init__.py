@@ -1,18 +1,50 @@
-"""The `klab` command line. Commands that do not train never import torch."""
+"""The `klab` command line. Commands load their modules lazily: those that do not train never import torch."""
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
-from sqlalchemy.exc import OperationalError
+from service.errors import BadInput, BrokerUnavailable, DatabaseUnavailable
 
-from service.db import DatabaseUnavailable
-from service.errors import BadInput
-from service.settings import mask
+# command -> (the module defining it, imported only when the command runs; its line in --help)
+COMMANDS = {
+    "run": ("service.cli.run", "Train one job here and now, store it, and explain the gap."),
+    "submit": ("service.cli.queue", "Submit jobs to the workers (flags, -f job.yaml or -f jobs.jsonl)."),
+    "sweep": ("service.cli.queue", "Submit the cartesian product of lists, ranges and log-spaced values."),
+    "status": ("service.cli.queue", "Counts by status and progress of jobs or a sweep."),
+    "watch": ("service.cli.queue", "A live progress bar until the jobs or the sweep are done."),
+    "cancel": ("service.cli.queue", "Cancel jobs: queued ones never start, running ones stop."),
+    "requeue": ("service.cli.queue", "Send again jobs that were stored but never reached the broker."),
+    "workers": ("service.cli.queue", "Live workers with their queues, device and active jobs."),
+    "worker": ("service.cli.queue", "Start a Celery worker on the cpu or gpu queue."),
+    "list": ("service.cli.query", "One row per job, filtered and sorted."),
+    "show": ("service.cli.query", "One job: kernels side by side, metrics, the gap and the loss curve."),
+    "compare": ("service.cli.query", "Jobs or a sweep in one table, best first."),
+    "export": ("service.cli.query", "Jobs or epochs as CSV or JSON."),
+    "plot": ("service.cli.query", "A PNG of a job's loss and kernels, or of a sweep's errors."),
+    "delete": ("service.cli.query", "Remove jobs (or a sweep) and their epochs."),
+    "db": ("service.cli.db", "Database schema: upgrade it, or see where it stands."),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in COMMANDS:
+            importlib.import_module(COMMANDS[name][0])
+        return self.commands.get(name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in sorted(COMMANDS)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="kernel-lab", prog_name="klab")
 def cli() -> None:
     """kernel-lab: learn convolution kernels as Dive into Deep Learning does, and explain the gap."""
@@ -30,10 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=argv, prog_name="klab", standalone_mode=False)
     except BadInput as exc:
         fail(str(exc), exc.exit_code)
-    except DatabaseUnavailable as exc:
+    except (DatabaseUnavailable, BrokerUnavailable) as exc:
         fail(str(exc), exc.exit_code)
-    except OperationalError as exc:  # the database went away in the middle of a command
-        fail(f"database error: {mask(str(exc.orig or exc).strip().splitlines()[0])}", 3)
     except click.UsageError as exc:
         param = getattr(exc, "param", None)
         name = param.opts[0] if param is not None and getattr(param, "opts", None) else None
@@ -47,7 +77,11 @@ def main(argv: list[str] | None = None) -> None:
         fail("interrupted", 130)
     except BrokenPipeError:
         sys.exit(0)
+    except Exception as exc:
+        if type(exc).__module__.startswith("sqlalchemy") and type(exc).__name__ == "OperationalError":
+            from service.settings import mask  # noqa: PLC0415
+
+            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            fail(f"database error: {mask(detail[0] if detail else type(exc).__name__)}", 3)
+        raise
     sys.exit(code if isinstance(code, int) else 0)
-
-
-from service.cli import db as _db, query as _query, run as _run  # noqa: E402,F401  - registers commands

@@ -1,0 +1,164 @@
+"""Submitting jobs: validate every spec, store the jobs, publish their ids to the broker.
+
+The CLI publishes by task name through a bare Celery app, so it never imports the worker (torch).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from service import defaults, store
+from service.celeryconfig import QUEUES, TASK_TRAIN, celery_config
+from service.errors import BadInput, BrokerUnavailable
+from service.models import Job, JobStatus, utcnow
+from service.settings import mask
+from service.spec import Device, JobSpec, build_problem, file_arrays
+
+
+@lru_cache(maxsize=4)
+def broker_app(broker_url: str):  # noqa: ANN201
+    """A Celery app that only publishes (no tasks registered, no torch)."""
+    from celery import Celery  # noqa: PLC0415
+
+    app = Celery("klab-client")
+    app.conf.update(celery_config(broker_url))
+    app.conf.task_publish_retry_policy = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2}
+    return app
+
+
+def check_broker(broker_url: str) -> None:
+    """Fail fast, before anything is written, when the broker does not answer."""
+    try:
+        if broker_url.startswith(("redis://", "rediss://", "unix://")):
+            import redis  # noqa: PLC0415
+
+            client = redis.Redis.from_url(broker_url, socket_connect_timeout=2, socket_timeout=2)
+            try:
+                client.ping()
+            finally:
+                client.close()
+        else:
+            with broker_app(broker_url).connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=2)
+    except Exception as exc:  # noqa: BLE001 - any failure to reach it is the same one line
+        raise BrokerUnavailable(f"cannot reach the broker {mask(broker_url)}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return mask(text.splitlines()[0]) if text else type(exc).__name__
+
+
+def queue_for(spec: JobSpec, queue: str | None) -> str:
+    """--queue wins; else cuda goes to gpu, cpu and auto to cpu."""
+    if queue is not None:
+        if queue not in QUEUES:
+            raise BadInput("queue", f"unknown queue {queue!r}; expected cpu or gpu")
+        return queue
+    return "gpu" if spec.device is Device.CUDA else "cpu"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated spec with its queue, batch key and uploaded arrays."""
+
+    spec: JobSpec
+    queue: str
+    key: tuple
+    arrays: dict[str, Any]
+
+
+def prepare(specs: Sequence[JobSpec], queue: str | None) -> list[Prepared]:
+    """Validate every spec as a worker would build it; a bad one stops the whole submission."""
+    shapes: dict[tuple, tuple] = {}
+    out = []
+    for spec in specs:
+        arrays = file_arrays(spec)
+        randomized = any(str(v).startswith("random:") for v in (spec.input, spec.kernel)) or spec.noise > 0
+        shape_key = (spec.input, spec.kernel, spec.labels, spec.bias is None, spec.method,
+                     spec.seed if randomized else None)
+        if shape_key not in shapes:
+            p = build_problem(spec, dict(arrays))
+            shapes[shape_key] = (p.x.shape, p.y.shape, p.kernel_shape, p.has_bias)
+        q = queue_for(spec, queue)
+        key = (q, *shapes[shape_key], spec.method.value, spec.epochs, spec.batch_size, spec.device.value)
+        out.append(Prepared(spec, q, key, arrays))
+    return out
+
+
+def batches(items: Sequence[tuple[int, Prepared]], batch_jobs: int) -> list[tuple[str, list[int]]]:
+    """Compatible jobs grouped into tasks of at most batch_jobs ids: (queue, ids)."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for job_id, prep in items:
+        groups[prep.key].append(job_id)
+    out = []
+    for key, ids in groups.items():
+        for i in range(0, len(ids), batch_jobs):
+            out.append((key[0], ids[i : i + batch_jobs]))
+    return out
+
+
+def create_jobs(session: Session, prepared: Sequence[Prepared], sweep_id: int | None) -> list[int]:
+    """Insert the jobs (status created) in bulk; ids in the order given."""
+    dataset_ids: dict[int, int] = {}
+    rows = []
+    now = utcnow()
+    for prep in prepared:
+        ds = {}
+        for name, array in prep.arrays.items():
+            key = id(array)
+            if key not in dataset_ids:
+                dataset_ids[key] = store.put_dataset(session, array)
+            ds[name] = dataset_ids[key]
+        rows.append({**store.job_columns(prep.spec), "sweep_id": sweep_id, "queue": prep.queue,
+                     "status": JobStatus.CREATED.value, "created_at": now, "attempts": 0,
+                     "cancel_requested": False, "epochs_done": 0, "input_dataset_id": ds.get("input"),
+                     "labels_dataset_id": ds.get("labels"), "kernel_dataset_id": ds.get("kernel")})
+    ids: list[int] = []
+    for i in range(0, len(rows), 5000):
+        result = session.execute(insert(Job).returning(Job.id, sort_by_parameter_order=True), rows[i : i + 5000])
+        ids.extend(result.scalars().all())
+    return ids
+
+
+def publish(session_factory, broker_url: str, tasks: Sequence[tuple[str, list[int]]]) -> int:  # noqa: ANN001
+    """Send each task and mark its jobs queued; stops at the first failure and raises BrokerUnavailable."""
+    app = broker_app(broker_url)
+    sent = 0
+    try:
+        with app.producer_or_acquire() as producer:
+            for queue, ids in tasks:
+                app.send_task(TASK_TRAIN, args=[ids], queue=queue, producer=producer)
+                with session_factory() as session:
+                    session.execute(update(Job).where(Job.id.in_(ids), Job.status == JobStatus.CREATED.value)
+                                    .values(status=JobStatus.QUEUED.value))
+                sent += len(ids)
+    except BrokerUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - kombu/redis errors vary; all mean the same here
+        raise BrokerUnavailable(f"cannot reach the broker {mask(broker_url)}: {_first_line(exc)}") from None
+    return sent
+
+
+def unqueued(session: Session, job_ids: Sequence[int] | None = None, sweep_id: int | None = None) -> list[Job]:
+    """Jobs created but never handed to the broker (what `klab requeue` sends again)."""
+    stmt = select(Job).where(Job.status == JobStatus.CREATED.value)
+    if sweep_id is not None:
+        stmt = stmt.where(Job.sweep_id == sweep_id)
+    if job_ids is not None:
+        stmt = stmt.where(Job.id.in_(list(job_ids)))
+    return list(session.scalars(stmt.order_by(Job.id)))
+
+
+def describe_batches(tasks: Sequence[tuple[str, list[int]]]) -> str:
+    n = sum(len(ids) for _, ids in tasks)
+    return f"{n} job(s) in {len(tasks)} task(s)"
+
+
+BATCH_JOBS = defaults.BATCH_JOBS

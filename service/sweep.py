@@ -1,0 +1,100 @@
+"""Sweeps: flags holding lists, ranges or log-spaced values, expanded into their cartesian product."""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+from service import defaults
+from service.errors import BadInput
+
+SWEEPABLE = ("input", "kernel", "method", "lr", "epochs", "batch_size", "seed", "noise")
+INTEGER = ("epochs", "batch_size", "seed")
+NUMERIC = ("lr", "noise", *INTEGER)
+
+
+def split_list(text: str) -> list[str]:
+    """Split on commas outside brackets, so a JSON kernel literal stays whole."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(text[start:i].strip())
+            start = i + 1
+    items.append(text[start:].strip())
+    if any(not item for item in items):
+        raise BadInput("sweep", f"empty item in list {text!r}")
+    return items
+
+
+def _number(field: str, text: str, integer: bool) -> float | int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadInput(field, f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise BadInput(field, f"must be finite, got {text!r}")
+    if integer:
+        if value != int(value):
+            raise BadInput(field, f"must be an integer, got {text!r}")
+        return int(value)
+    return value
+
+
+def _values(field: str, item: str, limit: int) -> list[Any]:
+    integer = field in INTEGER
+    if field in NUMERIC and ".." in item:
+        lo_s, _, hi_s = item.partition("..")
+        lo, hi = _number(field, lo_s, True), _number(field, hi_s, True)
+        if lo > hi:
+            raise BadInput(field, f"range {item} is written backwards; write {hi}..{lo}")
+        if hi - lo + 1 > limit:
+            raise BadInput(field, f"range {item} has {hi - lo + 1} values, more than the sweep limit {limit}")
+        return list(range(int(lo), int(hi) + 1))
+    if field in NUMERIC and item.count(":") == 2:
+        a_s, b_s, n_s = item.split(":")
+        a, b = _number(field, a_s, False), _number(field, b_s, False)
+        n = _number(field, n_s, True)
+        if n < 1 or n > limit:
+            raise BadInput(field, f"{item}: the count must be between 1 and {limit}")
+        if a <= 0 or b <= 0:
+            raise BadInput(field, f"{item}: log-spaced ends must be positive")
+        if a > b:
+            raise BadInput(field, f"range {item} is written backwards; write {b_s}:{a_s}:{n_s}")
+        if n == 1:
+            vals = [a]
+        else:
+            vals = [a * (b / a) ** (i / (n - 1)) for i in range(int(n))]
+        if integer:
+            return sorted({int(round(v)) for v in vals})
+        return [float(f"{v:.12g}") for v in vals]
+    if field in NUMERIC:
+        return [_number(field, item, integer)]
+    return [item]
+
+
+def expand(flags: dict[str, str]) -> tuple[dict[str, list[Any]], list[dict[str, Any]]]:
+    """The swept parameters (name -> values) and one dict of flags per job, in product order."""
+    limit = defaults.max_sweep_jobs()
+    swept: dict[str, list[Any]] = {}
+    fixed: dict[str, Any] = {}
+    for field, text in flags.items():
+        if field not in SWEEPABLE:
+            fixed[field] = text
+            continue
+        values: list[Any] = []
+        for item in split_list(str(text)):
+            values.extend(_values(field, item, limit))
+        if len(values) == 1:
+            fixed[field] = values[0]
+        else:
+            swept[field] = values
+    size = math.prod(len(v) for v in swept.values())
+    if size > limit:
+        raise BadInput("sweep", f"{size} jobs, more than the limit {limit} (KLAB_MAX_SWEEP_JOBS)")
+    names = list(swept)
+    jobs = [{**fixed, **dict(zip(names, combo))} for combo in itertools.product(*(swept[n] for n in names))]
+    return swept, jobs

@@ -1,0 +1,53 @@
+"""The Celery app of the workers: `celery -A worker.app worker -Q cpu` (see `klab worker`)."""
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from celery.signals import worker_process_init
+from celery.worker.control import control_command
+
+from service.celeryconfig import celery_config
+from service.settings import settings
+
+app = Celery("klab", include=["worker.tasks"])
+app.conf.update(celery_config(settings().broker_url))
+
+
+@worker_process_init.connect
+def _child_init(**_: object) -> None:
+    """Each prefork child: its own database connections, and a share of the cores for torch."""
+    from service.db import dispose_engines
+
+    dispose_engines()
+    threads = os.environ.get("KLAB_TORCH_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+
+
+@control_command()
+def klab_info(state) -> dict:  # noqa: ANN001
+    """What `klab workers` shows: queues, device, pool and the job ids in hand."""
+    from celery.worker.state import active_requests
+
+    consumer = state.consumer
+    queues = sorted(q.name for q in consumer.task_consumer.queues) if consumer.task_consumer else []
+    jobs: list[int] = []
+    for req in list(active_requests):
+        args = req.args if isinstance(req.args, (list, tuple)) else []
+        if args and isinstance(args[0], list):
+            jobs.extend(args[0])
+    return {"queues": queues, "device": _device(queues), "pool": type(consumer.pool).__module__.rsplit(".", 1)[-1],
+            "active_jobs": jobs}
+
+
+def _device(queues: list[str]) -> str:
+    if "gpu" not in queues:
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cuda (none visible)"
+    return f"cuda:{torch.cuda.current_device()} {torch.cuda.get_device_name()}"

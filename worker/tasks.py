@@ -1,0 +1,211 @@
+"""The one task: train a batch of jobs by id. Load, call the engine, store.
+
+At-least-once delivery meets idempotent writes: a job is claimed only while it is queued (or its
+lease ran out because its worker died), and storing a result replaces any epochs a previous
+attempt wrote.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections import defaultdict
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+from celery import Task
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import DBAPIError
+
+from service import defaults, store
+from service.celeryconfig import TASK_TRAIN
+from service.db import DatabaseUnavailable, session_scope
+from service.errors import BadInput
+from service.models import Job, JobStatus, utcnow
+from service.spec import JobSpec, build_problem
+from worker import engine
+from worker.app import app
+
+log = logging.getLogger(__name__)
+HOST = socket.gethostname()
+
+
+def claim(job_ids: list[int], host: str, task_id: str) -> list[Job]:
+    """Mark the task's claimable jobs running; returns them (others are finished, cancelled or live elsewhere).
+
+    Claimable: queued, or running under this same task (a retry or a redelivery of it), or running
+    with a lease that ran out (its worker died).
+    """
+    now = utcnow()
+    stale = now - timedelta(seconds=defaults.LEASE_SECONDS)
+    with session_scope() as session:
+        running = Job.status == JobStatus.RUNNING.value
+        claimable = or_(Job.status.in_([JobStatus.CREATED.value, JobStatus.QUEUED.value]),
+                        running & (Job.task_id == task_id), running & (Job.heartbeat_at < stale))
+        ids = session.scalars(
+            update(Job).where(Job.id.in_(job_ids), claimable, Job.cancel_requested.is_(False))
+            .values(status=JobStatus.RUNNING.value, started_at=now, heartbeat_at=now, worker_host=host,
+                    task_id=task_id, attempts=Job.attempts + 1)
+            .returning(Job.id)).all()
+        # Jobs cancelled before they started end here, never having run.
+        session.execute(update(Job).where(Job.id.in_(job_ids), Job.cancel_requested.is_(True),
+                                          Job.status.in_([JobStatus.CREATED.value, JobStatus.QUEUED.value]))
+                        .values(status=JobStatus.CANCELLED.value, finished_at=now))
+        jobs = list(session.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id)))
+        for job in jobs:
+            session.expunge(job)
+        return jobs
+
+
+def load(job: Job, session) -> tuple[JobSpec, engine.Job]:  # noqa: ANN001
+    spec = JobSpec.parse(job.spec)
+    arrays = {}
+    for name, ds_id in (("input", job.input_dataset_id), ("labels", job.labels_dataset_id),
+                        ("kernel", job.kernel_dataset_id)):
+        if ds_id is not None:
+            arrays[name] = store.get_dataset(session, ds_id)
+    problem = build_problem(spec, arrays)
+    return spec, engine.Job(problem, seed=spec.seed, lr=spec.lr, tol=spec.tol)
+
+
+class Progress:
+    """The engine's per-epoch callback: heartbeats, cancellation, streamed epochs, the time limit."""
+
+    def __init__(self, ids: list[int], stream: bool):
+        self.ids = ids
+        self.stream = stream  # long single jobs write epochs as they go
+        self.started = self.last_flush = self.last_beat = time.monotonic()
+        self.flushed = 0  # epochs already written (streaming)
+        self.pending: list[tuple] = []
+        self.timed_out = False
+
+    def __call__(self, event: engine.EpochEvent) -> np.ndarray | None:
+        if self.stream:
+            self.pending.append((self.ids[0], event.epoch, float(event.loss[0]),
+                                 None if event.mse is None else float(event.mse[0]),
+                                 None if event.kernel_error is None else float(event.kernel_error[0])))
+        now = time.monotonic()
+        if now - self.started > defaults.max_job_seconds():
+            self.timed_out = True
+            return np.ones(len(self.ids), dtype=bool)
+        if now - self.last_flush < defaults.FLUSH_SECONDS:
+            return None
+        self.last_flush = now
+        with session_scope() as session:
+            if self.stream and self.pending:
+                self._flush(session)
+            values: dict[str, Any] = {"heartbeat_at": utcnow()}
+            if self.stream:
+                values["epochs_done"] = self.flushed
+            session.execute(update(Job).where(Job.id.in_(self.ids)).values(**values))
+            cancelled = set(session.scalars(select(Job.id).where(Job.id.in_(self.ids),
+                                                                 Job.cancel_requested.is_(True))))
+        if cancelled:
+            return np.array([i in cancelled for i in self.ids])
+        return None
+
+    def _flush(self, session) -> None:  # noqa: ANN001
+        # d2l-manual measures an epoch's mse at the next forward pass: keep the last epoch back.
+        ready, self.pending = self.pending[:-1], self.pending[-1:]
+        if ready:
+            store.replace_epochs(session, [self.ids[0]], ready, from_epoch=ready[0][1])
+            self.flushed = ready[-1][1]
+
+
+def train_jobs(job_ids: list[int], task_id: str) -> dict[str, int]:
+    """Claim, train (batched by group key) and store; returns counts by status."""
+    jobs = claim(job_ids, HOST, task_id)
+    if not jobs:
+        return {}
+    counts: dict[str, int] = defaultdict(int)
+    groups: dict[tuple, list[tuple[int, JobSpec, engine.Job]]] = defaultdict(list)
+    failed: list[tuple[int, str]] = []
+    with session_scope() as session:
+        for job in jobs:
+            try:
+                spec, ej = load(job, session)
+            except BadInput as exc:  # validated at submit; a stored spec can still fail to load
+                failed.append((job.id, f"bad input: {exc}"))
+                continue
+            key = engine.group_key(ej, spec.method, spec.epochs, spec.batch_size) + (spec.device.value,)
+            groups[key].append((job.id, spec, ej))
+    for job_id, message in failed:
+        _fail([job_id], message)
+        counts["failed"] += 1
+    for members in groups.values():
+        ids = [m[0] for m in members]
+        spec0 = members[0][1]
+        try:
+            device = engine.resolve_device(spec0.device.value)
+        except RuntimeError as exc:
+            _fail(ids, str(exc))
+            counts["failed"] += len(ids)
+            continue
+        with session_scope() as session:
+            session.execute(update(Job).where(Job.id.in_(ids)).values(device=device))
+        stream = len(ids) == 1
+        progress = Progress(ids, stream)
+        try:
+            result = engine.train([m[2] for m in members], spec0.method, spec0.epochs, spec0.batch_size,
+                                  device, on_epoch=progress)
+        except (MemoryError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and "out of memory" not in str(exc).lower():
+                raise
+            size = sum(m[2].problem.x.size for m in members)
+            _fail(ids, f"out of memory training {len(ids)} job(s) with {size} input elements on {device}")
+            counts["failed"] += len(ids)
+            continue
+        items = []
+        for i, job_id in enumerate(ids):
+            record = result.record(i)
+            if progress.timed_out and record["status"] == "cancelled":
+                record["status"] = JobStatus.FAILED.value
+            items.append((job_id, record))
+            counts[record["status"]] += 1
+        with session_scope() as session:
+            store.save_results(session, items)
+            if progress.timed_out:
+                session.execute(update(Job).where(Job.id.in_(ids), Job.status == JobStatus.FAILED.value).values(
+                    error_message=f"time limit of {defaults.max_job_seconds()} s exceeded (KLAB_MAX_JOB_SECONDS)"))
+    return dict(counts)
+
+
+def _fail(ids: list[int], message: str) -> None:
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id.in_(ids)).values(
+            status=JobStatus.FAILED.value, error_message=message, finished_at=utcnow()))
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether an error means the database is (for now) out of reach, as opposed to a bug or bad data."""
+    if isinstance(exc, DatabaseUnavailable):
+        return exc.exit_code == 3
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        text = str(exc.orig or exc).lower()
+        return any(s in text for s in ("connection", "could not connect", "server closed", "terminating",
+                                       "timeout", "database is locked", "the database system is"))
+    return False
+
+
+@app.task(name=TASK_TRAIN, bind=True)
+def train(self: Task, job_ids: list[int]) -> dict[str, int]:
+    """Train the jobs with these ids (a batch of compatible jobs, or one)."""
+    if not isinstance(job_ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in job_ids):
+        log.error("refusing a malformed task: %r", job_ids)
+        return {}
+    try:
+        return train_jobs(job_ids, self.request.id or "")
+    except Exception as exc:
+        if not unreachable(exc):
+            raise
+        # The database is away: wait and try again, with backoff, as long as it takes.
+        delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** min(self.request.retries, 10))
+        log.warning("database unreachable (%s); retrying in %.1f s", type(exc).__name__, delay)
+        raise self.retry(countdown=delay, max_retries=None) from None
+
+
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 30.0
