@@ -113,9 +113,9 @@ class Progress:
             self.flushed = ready[-1][1]
 
 
-def train_jobs(job_ids: list[int], task_id: str) -> dict[str, int]:
+def train_jobs(job_ids: list[int], task_id: str, host: str = HOST) -> dict[str, int]:
     """Claim, train (batched by group key) and store; returns counts by status."""
-    jobs = claim(job_ids, HOST, task_id)
+    jobs = claim(job_ids, host, task_id)
     if not jobs:
         return {}
     counts: dict[str, int] = defaultdict(int)
@@ -197,7 +197,7 @@ def train(self: Task, job_ids: list[int]) -> dict[str, int]:
         log.error("refusing a malformed task: %r", job_ids)
         return {}
     try:
-        return train_jobs(job_ids, self.request.id or "")
+        return train_jobs(job_ids, self.request.id or "", self.request.hostname or HOST)
     except Exception as exc:
         if not unreachable(exc):
             raise

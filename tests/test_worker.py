@@ -1,0 +1,264 @@
+"""The batch service end to end: real Redis, real PostgreSQL (and SQLite), real Celery worker processes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from service.spec import JobSpec
+from helpers import klab_path
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def klab(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([klab_path(), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+class Worker:
+    """A real `celery -A worker.app worker` process, started the way `klab worker` starts it."""
+
+    def __init__(self, env: dict[str, str], queue: str, name: str, log: Path):
+        from service.cli.queue import worker_argv
+
+        argv, extra = worker_argv(queue, 1, "INFO")
+        argv[argv.index("--hostname") + 1] = f"{name}@%h"
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, "-m", *argv], env={**env, **extra}, cwd=Path(__file__).parents[1],
+                                     stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while "ready." not in log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"worker {name} did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def service_env(tmp_path: Path, redis_url: str, pg_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KLAB_")}
+    env.update({"KLAB_HOME": str(tmp_path / "home"), "KLAB_DATABASE_URL": pg_url, "KLAB_BROKER_URL": redis_url,
+                "NO_COLOR": "1", "PYTHONPATH": str(Path(__file__).parents[1])})
+    up = klab(env, "db", "upgrade")
+    assert up.returncode == 0, up.stderr
+    return env
+
+
+@pytest.fixture
+def workers(service_env: dict[str, str], tmp_path: Path) -> Iterator:
+    started: list[Worker] = []
+
+    def start(queue: str = "cpu", name: str | None = None) -> Worker:
+        w = Worker(service_env, queue, name or f"{queue}{len(started)}", tmp_path / f"worker{len(started)}.log")
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+def rows(url: str, sql: str, **params) -> list:
+    eng = create_engine(url)
+    try:
+        with eng.connect() as conn:
+            return list(conn.execute(text(sql), params))
+    finally:
+        eng.dispose()
+
+
+def losses(url: str, job_id: int) -> list[float]:
+    return [r[0] for r in rows(url, "SELECT loss FROM epochs WHERE job_id = :j ORDER BY epoch", j=job_id)]
+
+
+def twin(**values) -> dict:
+    """The job trained alone, in this process: what `klab run` gives."""
+    from worker.engine import run_spec
+
+    return run_spec(JobSpec.parse(values))
+
+
+def test_submit_is_trained_and_stored_like_its_run_twin(service_env, workers):
+    workers("cpu")
+    out = klab(service_env, "submit", "--kernel", "sobel-x", "--input", "checker:7x7", "--lr", "0.01",
+               "--epochs", "12", "--wait", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["status"] == "succeeded"
+    assert result["worker_host"].startswith("cpu0@")
+    assert result["queue"] == "cpu" and result["device"] == "cpu"
+    alone = twin(kernel="sobel-x", input="checker:7x7", lr=0.01, epochs=12)
+    assert [e["loss"] for e in result["epochs"]] == [e["loss"] for e in alone["epochs"]]
+    assert result["learned_kernel"] == alone["learned_kernel"]
+    assert result["gap"] == pytest.approx(alone["gap"])
+
+
+def test_acceptance_sweep_of_1000_jobs_equals_run_twins(service_env, workers):
+    workers("cpu")
+    out = klab(service_env, "sweep", "--input", "edge:6x8", "--kernel", "d2l", "--method", "d2l-manual",
+               "--epochs", "10", "--lr", "0.01,0.03", "--seed", "0..499", "--wait")
+    assert out.returncode == 0, out.stderr
+    assert "1000 jobs" in out.stdout
+    sweep_id = int(out.stdout.split()[1].rstrip(":"))
+    url = service_env["KLAB_DATABASE_URL"]
+    jobs = rows(url, "SELECT id, status, lr, seed, attempts FROM jobs WHERE sweep_id = :s ORDER BY id", s=sweep_id)
+    assert len(jobs) == 1000 and {j.status for j in jobs} == {"succeeded"}
+    assert {j.attempts for j in jobs} == {1}
+    from service.spec import build_problem
+    from worker.engine import Job, Method, train
+
+    problem = build_problem(JobSpec.parse({}))
+    alone = {}
+    for lr in (0.01, 0.03):
+        batch = train([Job(problem, seed=s, lr=lr) for s in range(500)], Method.D2L_MANUAL, 10, 2)
+        for s in range(500):
+            alone[(lr, s)] = [e["loss"] for e in batch.record(s)["epochs"]]
+    # spot-check the batched engine against single runs, then every stored job against its twin
+    for lr, s in [(0.01, 0), (0.03, 42), (0.03, 499)]:
+        assert alone[(lr, s)] == [e["loss"] for e in twin(lr=lr, seed=s)["epochs"]]
+    stored = {}
+    for r in rows(url, "SELECT e.job_id, e.loss FROM epochs e JOIN jobs j ON j.id = e.job_id "
+                       "WHERE j.sweep_id = :s ORDER BY e.job_id, e.epoch", s=sweep_id):
+        stored.setdefault(r.job_id, []).append(r.loss)
+    for j in jobs:
+        assert stored[j.id] == alone[(j.lr, j.seed)], j
+    compare = klab(service_env, "compare", "--sweep", str(sweep_id), "--json")
+    assert compare.returncode == 0, compare.stderr
+    assert len(json.loads(compare.stdout)) == 1000
+
+
+def test_routing_to_cpu_and_gpu_queues(service_env, workers, redis_url):
+    import redis
+
+    workers("cpu")
+    r = redis.Redis.from_url(redis_url)
+    gpu = klab(service_env, "submit", "--device", "cuda", "--json")
+    forced = klab(service_env, "submit", "--device", "auto", "--queue", "gpu", "--json")
+    cpu = klab(service_env, "submit", "--device", "auto", "--json", "--wait")
+    assert gpu.returncode == forced.returncode == cpu.returncode == 0, (gpu.stderr, forced.stderr, cpu.stderr)
+    url = service_env["KLAB_DATABASE_URL"]
+    (gpu_id,), (forced_id,) = json.loads(gpu.stdout)["ids"], json.loads(forced.stdout)["ids"]
+    assert json.loads(cpu.stdout)["queue"] == "cpu" and json.loads(cpu.stdout)["status"] == "succeeded"
+    # nobody serves the gpu queue yet: both wait there
+    assert r.llen("gpu") == 2
+    assert {x.queue for x in rows(url, "SELECT queue FROM jobs WHERE id IN (:a, :b)", a=gpu_id, b=forced_id)} == {"gpu"}
+    assert {x.status for x in rows(url, "SELECT status FROM jobs WHERE id IN (:a, :b)", a=gpu_id, b=forced_id)} == {"queued"}
+    workers("gpu")
+    done = klab(service_env, "watch", str(gpu_id), str(forced_id))
+    assert done.returncode == 0, done.stderr
+    status = dict(rows(url, "SELECT id, status FROM jobs WHERE id IN (:a, :b)", a=gpu_id, b=forced_id))
+    assert status[forced_id] == "succeeded"  # auto on a machine without a GPU trains on the cpu
+    if status[gpu_id] == "failed":  # cuda was asked for and this machine has none
+        msg = rows(url, "SELECT error_message FROM jobs WHERE id = :a", a=gpu_id)[0][0]
+        assert "cuda" in msg.lower()
+    host = dict(rows(url, "SELECT id, worker_host FROM jobs WHERE id IN (:a, :b)", a=gpu_id, b=forced_id))
+    assert host[forced_id].startswith("gpu1@")
+
+
+def test_cancel_queued_jobs_never_start(service_env, workers):
+    out = klab(service_env, "sweep", "--seed", "0..9", "--json")
+    assert out.returncode == 0, out.stderr
+    sweep_id = json.loads(out.stdout)["sweep"]
+    cancel = klab(service_env, "cancel", "--sweep", str(sweep_id))
+    assert cancel.returncode == 0 and "cancelled 10" in cancel.stdout
+    workers("cpu")
+    url = service_env["KLAB_DATABASE_URL"]
+    # a later job on the same queue runs, proving the worker consumed (and skipped) the cancelled task
+    after = klab(service_env, "submit", "--wait", "--json")
+    assert json.loads(after.stdout)["status"] == "succeeded"
+    jobs = rows(url, "SELECT status, started_at, epochs_done FROM jobs WHERE sweep_id = :s", s=sweep_id)
+    assert [j.status for j in jobs] == ["cancelled"] * 10
+    assert all(j.started_at is None and j.epochs_done == 0 for j in jobs)
+    assert rows(url, "SELECT count(*) FROM epochs e JOIN jobs j ON j.id = e.job_id WHERE j.sweep_id = :s",
+                s=sweep_id)[0][0] == 0
+
+
+def test_cancel_running_job_stops_and_keeps_its_epochs(service_env, workers):
+    workers("cpu")
+    out = klab(service_env, "submit", "--input", "random:3x96x96", "--kernel", "random:4x3x5x5", "--method", "adam",
+               "--lr", "0.001", "--epochs", "100000", "--json")
+    job_id = json.loads(out.stdout)["ids"][0]
+    url = service_env["KLAB_DATABASE_URL"]
+    deadline = time.monotonic() + 60
+    while True:  # progress is flushed about once a second
+        (status, done), = rows(url, "SELECT status, epochs_done FROM jobs WHERE id = :j", j=job_id)
+        if status == "running" and done > 0:
+            break
+        assert time.monotonic() < deadline, (status, done)
+        time.sleep(0.2)
+    assert len(losses(url, job_id)) >= done  # visible while running
+    assert klab(service_env, "cancel", str(job_id)).returncode == 0
+    assert klab(service_env, "watch", str(job_id), timeout=60).returncode == 0
+    (status, done), = rows(url, "SELECT status, epochs_done FROM jobs WHERE id = :j", j=job_id)
+    assert status == "cancelled"
+    kept = losses(url, job_id)
+    assert 0 < len(kept) == done < 100000
+    assert all(x is not None for x in kept)
+
+
+def test_two_workers_share_a_sweep_without_doing_a_job_twice(service_env, workers):
+    workers("cpu", "a")
+    workers("cpu", "b")
+    out = klab(service_env, "sweep", "--input", "random:6x6", "--kernel", "random:2x2", "--seed", "0..199", "--lr", "0.002",
+               "--batch-jobs", "5", "--wait", "--json")
+    assert out.returncode == 0, out.stderr
+    results = json.loads(out.stdout)
+    assert len(results) == 200 and {r["status"] for r in results} == {"succeeded"}
+    url = service_env["KLAB_DATABASE_URL"]
+    hosts = {r.worker_host.split("@")[0] for r in rows(url, "SELECT DISTINCT worker_host FROM jobs")}
+    assert hosts == {"a", "b"}
+    assert {r.attempts for r in rows(url, "SELECT attempts FROM jobs")} == {1}
+    dup = rows(url, "SELECT job_id, epoch, count(*) FROM epochs GROUP BY job_id, epoch HAVING count(*) > 1")
+    assert dup == []
+    assert rows(url, "SELECT count(*) FROM epochs")[0][0] == 200 * 10
+
+
+def test_sqlite_backend_serves_workers_too(tmp_path, redis_url, workers):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KLAB_")}
+    env.update({"KLAB_HOME": str(tmp_path / "h"), "KLAB_BROKER_URL": redis_url, "NO_COLOR": "1",
+                "PYTHONPATH": str(Path(__file__).parents[1])})
+    w = Worker(env, "cpu", "lite", tmp_path / "lite.log")
+    try:
+        out = klab(env, "sweep", "--lr", "0.01,0.02,0.03", "--wait", "--json")
+        assert out.returncode == 0, out.stderr
+        assert [r["status"] for r in json.loads(out.stdout)] == ["succeeded"] * 3
+    finally:
+        w.stop()
+
+
+def test_submit_while_broker_is_down_exits_3_and_writes_nothing(service_env):
+    env = {**service_env, "KLAB_BROKER_URL": "redis://:hunter2@127.0.0.1:1/0"}
+    out = klab(env, "submit")
+    assert out.returncode == 3
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "broker" in lines[0] and "127.0.0.1:1" in lines[0]
+    assert "hunter2" not in out.stderr and "Traceback" not in out.stderr
+    sweep = klab(env, "sweep", "--seed", "0..3")
+    assert sweep.returncode == 3
+    assert rows(service_env["KLAB_DATABASE_URL"], "SELECT count(*) FROM jobs")[0][0] == 0
+
+
+def test_bad_sweep_input_exits_2_before_anything_is_stored(service_env):
+    for args, field in [(("--lr", "0.1..0.01"), "lr"), (("--seed", "9..1"), "seed"), (("--lr", "1:0.1:3"), "lr"),
+                        (("--kernel", "d2l,nope"), "kernel"), (("--queue", "tpu"), "queue")]:
+        out = klab(service_env, "sweep", *args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert out.stderr.startswith(f"klab: error: {field}:"), out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+    assert rows(service_env["KLAB_DATABASE_URL"], "SELECT count(*) FROM jobs")[0][0] == 0
