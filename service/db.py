@@ -68,12 +68,19 @@ def _create(url: str) -> Engine:
 
         @event.listens_for(eng, "connect")
         def _pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+            dbapi_conn.isolation_level = None  # we begin transactions ourselves, below
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
+
+        @event.listens_for(eng, "begin")
+        def _begin(conn) -> None:  # noqa: ANN001
+            # Take the write lock up front: a deferred transaction that later writes fails at once
+            # with "database is locked" when another process wrote meanwhile, whatever the timeout.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return eng
     try:

@@ -84,18 +84,26 @@ def max_job_seconds() -> int:
 
 
 def visibility_timeout() -> int:
-    """Seconds Redis waits for an unacknowledged message before redelivering it (longer than any job)."""
-    return max_job_seconds() + 3600
+    """Seconds Redis keeps a message unacknowledged before redelivering it; env KLAB_VISIBILITY_TIMEOUT.
+
+    A redelivered message whose jobs are still running (fresh heartbeat) is skipped, so this may be
+    shorter than the longest job: it bounds how long a message held by a dead worker stays lost.
+    """
+    return _env_int("KLAB_VISIBILITY_TIMEOUT", 3600)
+
+
+def lease_seconds() -> int:
+    """A running job whose heartbeat is older than this is presumed orphaned; env KLAB_LEASE_SECONDS."""
+    return _env_int("KLAB_LEASE_SECONDS", 60)
+
+
+def heartbeat_seconds() -> float:
+    """How often a worker renews the lease of the jobs it trains: a fifth of the lease."""
+    return max(0.2, lease_seconds() / 5)
 
 
 BATCH_JOBS = 1024
 """Jobs one batch task trains together (klab sweep --batch-jobs)."""
-
-LEASE_SECONDS = 60
-"""A running job whose heartbeat is older than this is presumed orphaned by a dead worker."""
-
-HEARTBEAT_SECONDS = 5.0
-"""How often a worker renews the lease of the jobs it is training."""
 
 FLUSH_SECONDS = 1.0
 """How often a long single job writes its new epochs and checks for cancellation."""

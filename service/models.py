@@ -98,6 +98,7 @@ class Job(Base):
     device: Mapped[str | None] = mapped_column(String(16))
     worker_host: Mapped[str | None] = mapped_column(String(200))
     task_id: Mapped[str | None] = mapped_column(String(64))
+    task_try: Mapped[int] = mapped_column(Integer, default=0)
     torch_version: Mapped[str | None] = mapped_column(String(40))
     train_seconds: Mapped[float | None] = mapped_column(Float)
 

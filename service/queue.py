@@ -146,9 +146,26 @@ def publish(session_factory, broker_url: str, tasks: Sequence[tuple[str, list[in
     return sent
 
 
-def unqueued(session: Session, job_ids: Sequence[int] | None = None, sweep_id: int | None = None) -> list[Job]:
-    """Jobs created but never handed to the broker (what `klab requeue` sends again)."""
-    stmt = select(Job).where(Job.status == JobStatus.CREATED.value)
+def batches_by_queue(items: Sequence[tuple[int, str]], batch_jobs: int) -> list[tuple[str, list[int]]]:
+    """Job ids grouped per queue into tasks of at most batch_jobs (workers regroup them by shape)."""
+    per: dict[str, list[int]] = defaultdict(list)
+    for job_id, queue in items:
+        per[queue].append(job_id)
+    return [(q, ids[i : i + batch_jobs]) for q, ids in per.items() for i in range(0, len(ids), batch_jobs)]
+
+
+def publish_ids(app, tasks: Sequence[tuple[str, list[int]]]) -> None:  # noqa: ANN001
+    """Send tasks without touching job rows (their status is already set)."""
+    with app.producer_or_acquire() as producer:
+        for queue, ids in tasks:
+            app.send_task(TASK_TRAIN, args=[ids], queue=queue, producer=producer)
+
+
+def unqueued(session: Session, job_ids: Sequence[int] | None = None, sweep_id: int | None = None,
+             include_queued: bool = False) -> list[Job]:
+    """Jobs created but never handed to the broker (what `klab requeue` sends again), or also queued ones."""
+    states = [JobStatus.CREATED.value] + ([JobStatus.QUEUED.value] if include_queued else [])
+    stmt = select(Job).where(Job.status.in_(states))
     if sweep_id is not None:
         stmt = stmt.where(Job.sweep_id == sweep_id)
     if job_ids is not None:

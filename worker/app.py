@@ -1,15 +1,18 @@
 """The Celery app of the workers: `celery -A worker.app worker -Q cpu` (see `klab worker`)."""
 from __future__ import annotations
 
+import logging
 import os
+import threading
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from celery.worker.control import control_command
 
 from service.celeryconfig import celery_config
 from service.settings import settings
 
+log = logging.getLogger(__name__)
 app = Celery("klab", include=["worker.tasks"])
 app.conf.update(celery_config(settings().broker_url))
 
@@ -25,6 +28,30 @@ def _child_init(**_: object) -> None:
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
+
+
+_reaper_stop = threading.Event()
+
+
+@worker_ready.connect
+def _start_reaper(**_: object) -> None:
+    """The main process of every worker looks for jobs of dead workers, every lease/2 seconds."""
+    from service import defaults
+    from worker.tasks import reap
+
+    def loop() -> None:
+        while not _reaper_stop.wait(max(0.5, defaults.lease_seconds() / 2)):
+            try:
+                reap()
+            except Exception as exc:  # noqa: BLE001 - a database or broker outage; try again later
+                log.warning("reaper: %s", type(exc).__name__)
+
+    threading.Thread(target=loop, name="klab-reaper", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_reaper(**_: object) -> None:
+    _reaper_stop.set()
 
 
 @control_command()

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections import defaultdict
 from datetime import timedelta
-from typing import Any
-
 import numpy as np
 from celery import Task
 from sqlalchemy import or_, select, update
@@ -31,22 +30,24 @@ log = logging.getLogger(__name__)
 HOST = socket.gethostname()
 
 
-def claim(job_ids: list[int], host: str, task_id: str) -> list[Job]:
+def claim(job_ids: list[int], host: str, task_id: str, task_try: int) -> list[Job]:
     """Mark the task's claimable jobs running; returns them (others are finished, cancelled or live elsewhere).
 
-    Claimable: queued, or running under this same task (a retry or a redelivery of it), or running
-    with a lease that ran out (its worker died).
+    Claimable: queued; or running under an earlier try of this same task (it gave up and scheduled
+    this retry); or running with a lease that ran out (its worker died). A redelivered copy of a
+    message whose jobs are alive elsewhere claims nothing.
     """
     now = utcnow()
-    stale = now - timedelta(seconds=defaults.LEASE_SECONDS)
+    stale = now - timedelta(seconds=defaults.lease_seconds())
     with session_scope() as session:
         running = Job.status == JobStatus.RUNNING.value
         claimable = or_(Job.status.in_([JobStatus.CREATED.value, JobStatus.QUEUED.value]),
-                        running & (Job.task_id == task_id), running & (Job.heartbeat_at < stale))
+                        running & (Job.task_id == task_id) & (Job.task_try < task_try),
+                        running & (Job.heartbeat_at < stale))
         ids = session.scalars(
             update(Job).where(Job.id.in_(job_ids), claimable, Job.cancel_requested.is_(False))
             .values(status=JobStatus.RUNNING.value, started_at=now, heartbeat_at=now, worker_host=host,
-                    task_id=task_id, attempts=Job.attempts + 1)
+                    task_id=task_id, task_try=task_try, attempts=Job.attempts + 1)
             .returning(Job.id)).all()
         # Jobs cancelled before they started end here, never having run.
         session.execute(update(Job).where(Job.id.in_(job_ids), Job.cancel_requested.is_(True),
@@ -56,6 +57,47 @@ def claim(job_ids: list[int], host: str, task_id: str) -> list[Job]:
         for job in jobs:
             session.expunge(job)
         return jobs
+
+
+class Heartbeat:
+    """Renews the lease of the jobs in hand from a thread, so a long epoch never looks like a dead worker."""
+
+    def __init__(self, ids: list[int]):
+        self.ids = ids
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="klab-heartbeat", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self.stop.wait(defaults.heartbeat_seconds()):
+            try:
+                with session_scope() as session:
+                    session.execute(update(Job).where(Job.id.in_(self.ids), Job.status == JobStatus.RUNNING.value)
+                                    .values(heartbeat_at=utcnow()))
+            except Exception as exc:  # noqa: BLE001 - the task itself notices a lost database
+                log.warning("heartbeat failed: %s", type(exc).__name__)
+
+
+def reap() -> int:
+    """Send again the jobs of dead workers: running with a lease that ran out. Returns how many."""
+    from service.queue import batches_by_queue, publish_ids  # noqa: PLC0415
+
+    stale = utcnow() - timedelta(seconds=defaults.lease_seconds())
+    with session_scope() as session:
+        found = session.execute(
+            update(Job).where(Job.status == JobStatus.RUNNING.value, Job.heartbeat_at < stale)
+            .values(status=JobStatus.QUEUED.value, task_id=None).returning(Job.id, Job.queue)).all()
+    if found:
+        publish_ids(app, batches_by_queue([(r.id, r.queue or "cpu") for r in found], defaults.BATCH_JOBS))
+        log.warning("re-queued %d job(s) whose worker stopped answering", len(found))
+    return len(found)
 
 
 def load(job: Job, session) -> tuple[JobSpec, engine.Job]:  # noqa: ANN001
@@ -95,10 +137,8 @@ class Progress:
         with session_scope() as session:
             if self.stream and self.pending:
                 self._flush(session)
-            values: dict[str, Any] = {"heartbeat_at": utcnow()}
             if self.stream:
-                values["epochs_done"] = self.flushed
-            session.execute(update(Job).where(Job.id.in_(self.ids)).values(**values))
+                session.execute(update(Job).where(Job.id.in_(self.ids)).values(epochs_done=self.flushed))
             cancelled = set(session.scalars(select(Job.id).where(Job.id.in_(self.ids),
                                                                  Job.cancel_requested.is_(True))))
         if cancelled:
@@ -113,11 +153,16 @@ class Progress:
             self.flushed = ready[-1][1]
 
 
-def train_jobs(job_ids: list[int], task_id: str, host: str = HOST) -> dict[str, int]:
+def train_jobs(job_ids: list[int], task_id: str, host: str = HOST, task_try: int = 0) -> dict[str, int]:
     """Claim, train (batched by group key) and store; returns counts by status."""
-    jobs = claim(job_ids, host, task_id)
+    jobs = claim(job_ids, host, task_id, task_try)
     if not jobs:
         return {}
+    with Heartbeat([j.id for j in jobs]):
+        return _train_claimed(jobs)
+
+
+def _train_claimed(jobs: list[Job]) -> dict[str, int]:
     counts: dict[str, int] = defaultdict(int)
     groups: dict[tuple, list[tuple[int, JobSpec, engine.Job]]] = defaultdict(list)
     failed: list[tuple[int, str]] = []
@@ -197,7 +242,7 @@ def train(self: Task, job_ids: list[int]) -> dict[str, int]:
         log.error("refusing a malformed task: %r", job_ids)
         return {}
     try:
-        return train_jobs(job_ids, self.request.id or "", self.request.hostname or HOST)
+        return train_jobs(job_ids, self.request.id or "", self.request.hostname or HOST, self.request.retries or 0)
     except Exception as exc:
         if not unreachable(exc):
             raise

@@ -74,6 +74,7 @@ def upgrade() -> None:
     sa.Column('device', sa.String(length=16), nullable=True),
     sa.Column('worker_host', sa.String(length=200), nullable=True),
     sa.Column('task_id', sa.String(length=64), nullable=True),
+    sa.Column('task_try', sa.Integer(), nullable=False),
     sa.Column('torch_version', sa.String(length=40), nullable=True),
     sa.Column('train_seconds', sa.Float(), nullable=True),
     sa.Column('true_kernel', sa.JSON(), nullable=True),

@@ -242,7 +242,9 @@ def cancel(ids: tuple[int, ...], sweep_id: int | None) -> None:
 @cli.command()
 @_ids_arg
 @click.option("--batch-jobs", type=click.IntRange(1, 100_000), default=defaults.BATCH_JOBS, show_default=True)
-def requeue(ids: tuple[int, ...], sweep_id: int | None, batch_jobs: int) -> None:
+@click.option("--queued", "include_queued", is_flag=True,
+              help="also send queued jobs again (after a broker lost its data); duplicates are skipped")
+def requeue(ids: tuple[int, ...], sweep_id: int | None, batch_jobs: int, include_queued: bool) -> None:
     """Send again jobs that were stored but never reached the broker (status created)."""
     from service.queue import Prepared, batches, check_broker, publish, unqueued  # noqa: PLC0415
     from service.spec import JobSpec  # noqa: PLC0415
@@ -251,7 +253,7 @@ def requeue(ids: tuple[int, ...], sweep_id: int | None, batch_jobs: int) -> None
     broker = settings().broker_url
     check_broker(broker)
     with session_scope() as session:
-        jobs = unqueued(session, list(ids) or None, sweep_id)
+        jobs = unqueued(session, list(ids) or None, sweep_id, include_queued)
         items = [(j.id, Prepared(JobSpec.parse(j.spec), j.queue or "cpu",
                                  (j.queue, j.method, j.epochs, j.batch_size, j.input, j.kernel), {})) for j in jobs]
     tasks = batches(items, batch_jobs)
