@@ -53,9 +53,13 @@ class EpochEvent:
 def resolve_device(device: str) -> str:
     """`auto` is cuda where a GPU is visible, else cpu."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda was asked for but no CUDA GPU is visible")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device cuda was asked for but no CUDA GPU is visible")
+        # TF32 would round every product to 10 bits of mantissa: results must match the CPU's float32.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     return device
 
 
