@@ -18,7 +18,7 @@ from service.celeryconfig import QUEUES, TASK_TRAIN, celery_config
 from service.errors import BadInput, BrokerUnavailable
 from service.models import Job, JobStatus, utcnow
 from service.settings import mask
-from service.spec import Device, JobSpec, build_problem, file_arrays
+from service.spec import Device, JobSpec, build_problem, file_arrays, problem_key
 
 
 @lru_cache(maxsize=4)
@@ -80,9 +80,7 @@ def prepare(specs: Sequence[JobSpec], queue: str | None) -> list[Prepared]:
     out = []
     for spec in specs:
         arrays = file_arrays(spec)
-        randomized = any(str(v).startswith("random:") for v in (spec.input, spec.kernel)) or spec.noise > 0
-        shape_key = (spec.input, spec.kernel, spec.labels, spec.bias is None, spec.method,
-                     spec.seed if randomized else None)
+        shape_key = problem_key(spec)
         if shape_key not in shapes:
             p = build_problem(spec, dict(arrays))
             shapes[shape_key] = (p.x.shape, p.y.shape, p.kernel_shape, p.has_bias)

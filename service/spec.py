@@ -241,6 +241,13 @@ def _labels_shape(labels: np.ndarray, x: np.ndarray, input_ndim: int) -> np.ndar
 FILE_FIELDS = ("input", "kernel", "labels")
 
 
+def problem_key(spec: JobSpec, datasets: tuple = ()) -> tuple:
+    """What a spec's Problem depends on: specs with equal keys share one Problem (one build, one array)."""
+    seeded = spec.noise > 0 or any(str(v).startswith("random:") for v in (spec.input, spec.kernel))
+    return (spec.input, spec.kernel, spec.labels, spec.bias, spec.noise, spec.method.is_minibatch,
+            spec.seed if seeded else None, datasets)
+
+
 def file_arrays(spec: JobSpec) -> dict[str, np.ndarray]:
     """The arrays of fields that name files (npy:, image:), loaded as the user gave them, for upload."""
     out: dict[str, np.ndarray] = {}

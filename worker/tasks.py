@@ -22,7 +22,7 @@ from service.celeryconfig import TASK_TRAIN
 from service.db import DatabaseUnavailable, session_scope
 from service.errors import BadInput
 from service.models import Job, JobStatus, utcnow
-from service.spec import JobSpec, build_problem
+from service.spec import JobSpec, Problem, build_problem, problem_key
 from worker import engine
 from worker.app import app
 
@@ -100,15 +100,15 @@ def reap() -> int:
     return len(found)
 
 
-def load(job: Job, session) -> tuple[JobSpec, engine.Job]:  # noqa: ANN001
+def load(job: Job, session, problems: dict[tuple, Problem]) -> tuple[JobSpec, engine.Job]:  # noqa: ANN001
+    """A job's spec and engine job; jobs whose data are alike share one Problem (built once)."""
     spec = JobSpec.parse(job.spec)
-    arrays = {}
-    for name, ds_id in (("input", job.input_dataset_id), ("labels", job.labels_dataset_id),
-                        ("kernel", job.kernel_dataset_id)):
-        if ds_id is not None:
-            arrays[name] = store.get_dataset(session, ds_id)
-    problem = build_problem(spec, arrays)
-    return spec, engine.Job(problem, seed=spec.seed, lr=spec.lr, tol=spec.tol)
+    datasets = (("input", job.input_dataset_id), ("labels", job.labels_dataset_id), ("kernel", job.kernel_dataset_id))
+    key = problem_key(spec, datasets)
+    if key not in problems:
+        arrays = {name: store.get_dataset(session, ds_id) for name, ds_id in datasets if ds_id is not None}
+        problems[key] = build_problem(spec, arrays)
+    return spec, engine.Job(problems[key], seed=spec.seed, lr=spec.lr, tol=spec.tol)
 
 
 class Progress:
@@ -166,10 +166,11 @@ def _train_claimed(jobs: list[Job]) -> dict[str, int]:
     counts: dict[str, int] = defaultdict(int)
     groups: dict[tuple, list[tuple[int, JobSpec, engine.Job]]] = defaultdict(list)
     failed: list[tuple[int, str]] = []
+    problems: dict[tuple, Problem] = {}
     with session_scope() as session:
         for job in jobs:
             try:
-                spec, ej = load(job, session)
+                spec, ej = load(job, session, problems)
             except BadInput as exc:  # validated at submit; a stored spec can still fail to load
                 failed.append((job.id, f"bad input: {exc}"))
                 continue
