@@ -46,6 +46,8 @@ def side_by_side(named: list[tuple[str, Any]]) -> str:
                  for row in _grid(kernel)]
         width = max(len(name), *(len(line) for line in lines))
         blocks.append([name.ljust(width)] + [line.ljust(width) for line in lines])
+    if not blocks:
+        return "(no kernels: the job did not train)"
     height = max(len(b) for b in blocks)
     for b in blocks:
         b.extend([" " * len(b[0])] * (height - len(b)))
@@ -81,10 +83,14 @@ def render(spec: dict[str, Any], result: dict[str, Any]) -> str:
     err = result.get("error")
     if err:
         lines.append("error: " + ", ".join(f"{k} {_fmt(v)}" for k, v in err.items()))
-    ident = result["identifiability"]
-    lines.append(f"identifiable: {'yes' if ident['identifiable'] else 'no'} (rank {ident['rank']} of {ident['params']})"
-                 f"; converged at epoch {_fmt(result.get('converged_epoch'))}")
-    gap = result["gap"]
-    lines.append("gap: " + ", ".join(f"{k} {_fmt(v)}" for k, v in gap.items()))
+    ident = result.get("identifiability")
+    if ident:
+        lines.append(f"identifiable: {'yes' if ident['identifiable'] else 'no'} (rank {ident['rank']} of "
+                     f"{ident['params']}); converged at epoch {_fmt(result.get('converged_epoch'))}")
+    gap = result.get("gap")
+    if gap:
+        lines.append("gap: " + ", ".join(f"{k} {_fmt(v)}" for k, v in gap.items()))
+    if result.get("error_message"):
+        lines.append(f"error: {result['error_message']}")
     lines.append(result.get("explanation") or "")
     return "\n".join(lines)

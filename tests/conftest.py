@@ -14,7 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("KLAB_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("KLAB_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+# Each pytest-xdist worker (gw0, gw1, ...) gets its own Redis database index: 13, 14, 15.
+_XDIST = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+REDIS_URL = os.environ.get("KLAB_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{13 + _XDIST % 3}")
 
 
 def missing(service: str, why: str) -> None:
@@ -93,3 +95,94 @@ def klab_env(tmp_path: Path, db_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KLAB_")}
     env.update({"KLAB_HOME": str(tmp_path / "home"), "KLAB_DATABASE_URL": db_url, "NO_COLOR": "1"})
     return env
+
+
+# --- stored jobs, for the store, query, CLI and plot tests ------------------------------------
+
+@pytest.fixture
+def klab_db(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """db_url upgraded to head and made this process's KLAB_DATABASE_URL (settings re-read)."""
+    from service.db import dispose_engines, upgrade
+    from service.settings import settings
+
+    upgrade(db_url)
+    monkeypatch.setenv("KLAB_DATABASE_URL", db_url)
+    monkeypatch.setenv("KLAB_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    settings.cache_clear()
+    yield db_url
+    dispose_engines()
+    settings.cache_clear()
+
+
+def fake_result(spec, relative: float | None = 0.1, status: str = "succeeded", epochs: int | None = None) -> dict:
+    """A result shaped like worker.engine.run_spec's, with a chosen relative error (no torch)."""
+    import numpy as np
+
+    rng = np.random.default_rng(spec.seed)
+    true = rng.standard_normal((3, 3))
+    direction = rng.standard_normal((3, 3))
+    scale = 0.0 if relative is None else relative * np.linalg.norm(true) / np.linalg.norm(direction)
+    learned = true + scale * direction
+    n = epochs or spec.epochs
+    losses = np.geomspace(10.0, 10.0 * 0.5 ** n, n) if status != "diverged" else np.geomspace(1.0, 1e12, n)
+    frob = float(np.linalg.norm(learned - true))
+    error = None if relative is None else {
+        "frobenius": frob, "relative": relative, "max_abs": float(np.abs(learned - true).max()),
+        "cosine": float((learned * true).sum() / np.linalg.norm(learned) / np.linalg.norm(true))}
+    return {
+        "status": status, "method": spec.method.value, "device": "cpu", "seed": spec.seed,
+        "torch_version": "test", "train_seconds": 0.01,
+        "epochs": [{"epoch": i + 1, "loss": float(v), "mse": float(v) / 48, "kernel_error": frob * (1 + n - i)}
+                   for i, v in enumerate(losses)],
+        "true_kernel": true.tolist(), "initial_kernel": np.zeros((3, 3)).tolist(), "learned_kernel": learned.tolist(),
+        "learned_bias": None, "error": error, "converged_epoch": None,
+        "diverged_epoch": n if status == "diverged" else None,
+        "identifiability": {"rank": 9, "params": 9, "identifiable": True}, "lstsq_kernel": true.tolist(),
+        "gap": {"optimization": frob, "noise": 0.0, "identifiability": 0.0},
+        "explanation": f"not converged yet: training stopped {frob:.3g} from the best kernel the data allow; "
+                       "train longer or raise the learning rate.",
+    }
+
+
+@pytest.fixture
+def add_job():
+    """add_job(session, relative=.., status=.., sweep_id=.., **spec) -> id: a finished job with its epochs.
+
+    relative=None with status "queued" stores a job that has no result yet.
+    """
+    from service import store
+    from service.models import JobStatus
+    from service.spec import JobSpec
+
+    def add(session, relative: float | None = 0.1, status: str = "succeeded", sweep_id: int | None = None,
+            **spec_values) -> int:
+        spec = JobSpec.parse({"input": "random:8x8", "kernel": "random:3x3", **spec_values})
+        job = store.create_job(session, spec, sweep_id=sweep_id, status=JobStatus(status))
+        if JobStatus(status).is_finished:
+            store.save_results(session, [(job.id, fake_result(spec, relative, status))])
+        session.flush()
+        return job.id
+
+    return add
+
+
+@pytest.fixture
+def klab_cli():
+    """klab_cli(*args) -> (exit code, stdout, stderr): the real CLI entry point, run in this process."""
+    import contextlib
+    import io
+
+    from service.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code: int | str | None = 0
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(list(args))
+            except SystemExit as exc:
+                code = exc.code
+        return (code if isinstance(code, int) else 1 if code else 0), out.getvalue(), err.getvalue()
+
+    return run
