@@ -29,7 +29,8 @@ compose-tool:
 	  else echo "docker-compose missing: tests/test_compose.py will skip (and fail under CI=true)"; fi; }
 
 bench: install
-	$(BIN)/python bench/engine_bench.py
+	$(BIN)/python bench/engine_batched.py
+	$(BIN)/python bench/engine_large.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

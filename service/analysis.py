@@ -122,8 +122,9 @@ def kernel_errors(learned: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray
     return {"frobenius": frob, "relative": relative, "max_abs": np.abs(d).max(axis=1), "cosine": cosine}
 
 
-def explain(gap: dict | None, identifiability: dict, status: str, relative: float | None = None) -> str:
-    """One plain sentence saying which part of the gap dominates."""
+def explain(gap: dict | None, identifiability: dict, status: str, relative: float | None = None,
+            grew: bool = False) -> str:
+    """One plain sentence saying which part of the gap dominates (`grew`: the loss ended above where it began)."""
     if status == "diverged":
         return "training diverged: the learning rate is too large for this input; lower --lr."
     if status != "succeeded" or not gap:
@@ -139,6 +140,9 @@ def explain(gap: dict | None, identifiability: dict, status: str, relative: floa
     if total < 1e-3 or (relative is not None and relative < 1e-3):
         return "the learned kernel matches the true kernel."
     main = max(parts, key=lambda name: parts[name])
+    if main == "optimization" and grew:
+        return ("not converging: the loss grew during training, so the learning rate is too large for "
+                "this input; lower --lr.")
     if main == "optimization":
         return (f"not converged yet: training stopped {opt:.3g} from the best kernel the data allow; "
                 "train longer or raise the learning rate.")

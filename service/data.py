@@ -82,6 +82,9 @@ def _path(field: str, raw: str) -> Path:
 def load_npy(field: str, raw: str) -> np.ndarray:
     """An array from an .npy file, never unpickled, as float64."""
     path = _path(field, raw)
+    with path.open("rb") as fh:
+        if fh.read(6) != b"\x93NUMPY":
+            raise BadInput(field, f"{raw} is not a .npy file")
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as exc:

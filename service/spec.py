@@ -36,7 +36,7 @@ class Device(str, Enum):
 class JobSpec(BaseModel):
     """A kernel-learning job, exactly as the user asked for it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False, validate_default=True)
 
     input: str = defaults.INPUT
     kernel: str | None = defaults.KERNEL

@@ -25,6 +25,9 @@ from service.spec import JobSpec, Method, Problem, build_problem
 MATMUL_LIMIT = 1 << 22
 """Jobs whose im2col matrix has at most this many elements train elementwise; larger ones by convolution."""
 
+PARALLEL_GRAIN = 32768
+"""torch's grain for splitting a reduction across threads (at::internal::GRAIN_SIZE)."""
+
 VECTOR_INIT_MIN = 32
 """Batches of at least this many jobs draw their initial weights through a vectorized MT19937."""
 
@@ -170,6 +173,9 @@ class _Operator:
         self.p = (h - kh + 1) * (w - kw + 1)
         self.d = ci * kh * kw
         self.elementwise = n * self.p * self.d <= MATMUL_LIMIT  # per job, so alone and batched agree
+        # Sums longer than torch's parallel grain are split across threads by the batch's shape:
+        # such jobs (and convolutions) go one at a time, so each sums exactly as it would alone.
+        self.one_by_one = not self.elementwise or n * co * self.p > PARALLEL_GRAIN
         x = torch.from_numpy(xs[0][None] if self.shared else np.stack(xs)).to(device)  # (1|B) x N x C x H x W
         y_np = ys[0][None] if _shared(ys) else np.stack(ys)  # (1|B) x N x Co x Ho x Wo
         y = torch.from_numpy(y_np.astype(np.float32)).to(device).reshape(y_np.shape[0], n, co, self.p)
@@ -184,24 +190,36 @@ class _Operator:
 
     def sq(self, w: torch.Tensor, bias: torch.Tensor | None, s: int, e: int) -> torch.Tensor:
         """Per job, the sum over samples [s, e) of squared residuals (B,)."""
-        b, (co, ci, kh, kw) = self.b, self.kshape
-        p = self.p
-        if self.elementwise:
-            w3 = w.reshape(b, co, self.d)
-            at = self.at[:, :, s * p : e * p]
-            out = w3[:, :, 0:1] * at[:, None, 0]
-            for k in range(1, self.d):
-                out = out + w3[:, :, k : k + 1] * at[:, None, k]
-            if bias is not None:
-                out = out + bias.view(b, co, 1)
-            return (out - self.y[:, :, s * p : e * p]).pow(2).sum(dim=(1, 2))
+        if not self.one_by_one:
+            return self._elementwise(w, bias, self.at, self.y, s, e)
         sums = []
-        for i in range(b):
-            xi = self.x[0 if self.shared else i, s:e]
-            out = F.conv2d(xi, w[i], None if bias is None else bias[i])
-            yi = self.y[0 if self.y.shape[0] == 1 else i, s:e]
-            sums.append((out.view(e - s, co, p) - yi).pow(2).sum())
-        return torch.stack(sums)
+        for i in range(self.b):
+            bi = None if bias is None else bias[i : i + 1]
+            if self.elementwise:
+                at = self.at[0 if self.shared else i][None]
+                y = self.y[0 if self.y.shape[0] == 1 else i][None]
+                sums.append(self._elementwise(w[i : i + 1], bi, at, y, s, e))
+            else:
+                sums.append(self._conv(w[i], bi, i, s, e))
+        return torch.cat(sums)
+
+    def _elementwise(self, w: torch.Tensor, bias: torch.Tensor | None, at_all: torch.Tensor, y: torch.Tensor,
+                     s: int, e: int) -> torch.Tensor:
+        b, co, p = w.shape[0], self.kshape[0], self.p
+        w3 = w.reshape(b, co, self.d)
+        at = at_all[:, :, s * p : e * p]
+        out = w3[:, :, 0:1] * at[:, None, 0]
+        for k in range(1, self.d):
+            out = out + w3[:, :, k : k + 1] * at[:, None, k]
+        if bias is not None:
+            out = out + bias.view(b, co, 1)
+        return (out - y[:, :, s * p : e * p]).pow(2).sum(dim=(1, 2))
+
+    def _conv(self, w: torch.Tensor, bias: torch.Tensor | None, i: int, s: int, e: int) -> torch.Tensor:
+        co = self.kshape[0]
+        out = F.conv2d(self.x[0 if self.shared else i, s:e], w, None if bias is None else bias[0])
+        y = self.y[0 if self.y.shape[0] == 1 else i, s:e]
+        return (out.view(e - s, co, self.p) - y).pow(2).sum()[None]
 
 
 @dataclass
@@ -291,8 +309,13 @@ class BatchResult:
             "lstsq_kernel": kernel(self.lstsq[i][:, :kdim]),
             "gap": gap,
             "explanation": analysis.explain(gap, {**ident, "sums_only": bool(self.sums_only[i])},
-                                            self.status[i], None if error is None else error["relative"]),
+                                            self.status[i], None if error is None else error["relative"],
+                                            grew=len(epochs) > 1 and _grew(self.loss[:last, i])),
         }
+
+
+def _grew(losses: np.ndarray) -> bool:
+    return bool(np.isfinite(losses[[0, -1]]).all() and losses[-1] > losses[0])
 
 
 def _float(v: float) -> float | None:
@@ -409,8 +432,10 @@ def _loop(op: _Operator, w: torch.Tensor, b: torch.Tensor | None, lr: torch.Tens
         if method is Method.D2L_MANUAL:
             sq = op.sq(w, b, 0, n)  # the book's l.sum(), before this epoch's update
             reported = sq.detach()
-            if epoch > 1:
-                mse_hist[epoch - 2] = torch.where(alive, reported / (n * count), mse_hist[epoch - 2])
+            if epoch > 1:  # this forward measures the weights after the previous epoch, frozen jobs' too
+                prev = epoch - 2
+                fill = ~torch.isnan(loss_hist[prev]) & torch.isnan(mse_hist[prev])
+                mse_hist[prev] = torch.where(fill, reported / (n * count), mse_hist[prev])
             newly = _check(reported, epoch, alive, diverged_at, first)
             if first is None:
                 first = reported.clone()
@@ -435,7 +460,9 @@ def _loop(op: _Operator, w: torch.Tensor, b: torch.Tensor | None, lr: torch.Tens
         if kerr_hist is not None:
             with torch.no_grad():
                 d = (w - true_k).reshape(bsz, -1)
-                kerr_hist[epoch - 1] = torch.where(alive | newly, d.norm(dim=1), kerr_hist[epoch - 1])
+                # a contiguous row sum reduces in the same order whatever the batch size (norm does not)
+                kerr = (d * d).sum(dim=1).sqrt()
+                kerr_hist[epoch - 1] = torch.where(alive | newly, kerr, kerr_hist[epoch - 1])
         if on_epoch is not None:
             stop = on_epoch(EpochEvent(
                 epoch, loss_hist[epoch - 1].cpu().numpy(),

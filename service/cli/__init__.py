@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(exc), exc.exit_code)
     except (DatabaseUnavailable, BrokerUnavailable) as exc:
         fail(str(exc), exc.exit_code)
+    except click.NoSuchOption as exc:
+        hint = f"; did you mean {', '.join(sorted(exc.possibilities))}?" if exc.possibilities else ""
+        fail(f"{exc.option_name}: no such option{hint}", 2)
     except click.UsageError as exc:
         param = getattr(exc, "param", None)
         name = param.opts[0] if param is not None and getattr(param, "opts", None) else None

@@ -34,8 +34,12 @@ def run(spec_file: str | None, as_json: bool, no_store: bool, **values: str) -> 
         from service.db import ready_engine  # noqa: PLC0415
 
         ready_engine()  # an unreachable or outdated database is reported before training
-    from worker.engine import run_spec  # noqa: PLC0415 - torch only when training
+    from worker.engine import resolve_device, run_spec  # noqa: PLC0415 - torch only when training
 
+    try:
+        resolve_device(spec.device.value)
+    except RuntimeError as exc:
+        raise BadInput("device", str(exc)) from None
     result = run_spec(spec, problem)
     if not no_store:
         from service import store  # noqa: PLC0415
