@@ -1,0 +1,211 @@
+"""The job spec: defaults, validation naming the field, spec files, and the problem a spec builds."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from service import defaults
+from service.errors import BadInput
+from service.spec import JobSpec, Method, build_problem, load_spec_file
+
+
+def test_defaults_are_the_books_job():
+    spec = JobSpec.parse({})
+    assert (spec.input, spec.kernel, spec.method, spec.lr, spec.epochs, spec.batch_size, spec.seed) == \
+        ("edge:6x8", "d2l", Method.D2L_MANUAL, 0.03, 10, 2, 0)
+    assert spec.labels is None and spec.bias is None and spec.noise == 0.0 and spec.tol == 1e-4
+    assert spec.device.value == "cpu"
+    assert spec.to_json()["method"] == "d2l-manual"
+
+
+def test_values_arrive_as_strings_from_the_cli_and_are_typed():
+    spec = JobSpec.parse({"lr": "0.5", "epochs": "3", "seed": "7", "bias": "-1", "method": "adam", "device": "auto"})
+    assert (spec.lr, spec.epochs, spec.seed, spec.bias, spec.method) == (0.5, 3, 7, -1.0, Method.ADAM)
+
+
+def test_a_spec_is_frozen():
+    spec = JobSpec.parse({})
+    with pytest.raises(Exception):
+        spec.lr = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("values,field", [
+    ({"lr": -0.1}, "lr"), ({"lr": 0}, "lr"), ({"lr": "nan"}, "lr"), ({"lr": "abc"}, "lr"),
+    ({"epochs": 0}, "epochs"), ({"epochs": 2.5}, "epochs"), ({"batch_size": 0}, "batch-size"),
+    ({"seed": -1}, "seed"), ({"seed": 2**63}, "seed"), ({"noise": -1}, "noise"), ({"tol": -1}, "tol"),
+    ({"bias": "inf"}, "bias"), ({"method": "sgd"}, "method"), ({"device": "tpu"}, "device"),
+    ({"colour": "red"}, "colour"), ({"kernel": None}, "kernel"), ({"input": 5}, "input"),
+])
+def test_bad_values_name_their_field(values, field):
+    with pytest.raises(BadInput) as exc:
+        JobSpec.parse(values)
+    assert exc.value.field == field
+    assert str(exc.value).startswith(f"{field}: ")
+    assert "\n" not in str(exc.value)
+
+
+def test_unknown_method_lists_the_known_ones():
+    with pytest.raises(BadInput) as exc:
+        JobSpec.parse({"method": "sgd"})
+    for m in ("d2l-manual", "d2l-sgd", "momentum", "adam", "lstsq"):
+        assert m in exc.value.message
+
+
+def test_epoch_limit_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("KLAB_MAX_EPOCHS", "12")
+    assert JobSpec.parse({"epochs": 12}).epochs == 12
+    with pytest.raises(BadInput, match="^epochs: .*KLAB_MAX_EPOCHS"):
+        JobSpec.parse({"epochs": 13})
+
+
+def test_the_default_epochs_obey_the_epoch_limit_too(monkeypatch):
+    monkeypatch.setenv("KLAB_MAX_EPOCHS", "5")
+    with pytest.raises(BadInput, match="^epochs: "):
+        JobSpec.parse({})  # the default is 10 epochs, over the limit of 5
+
+
+# ---------------------------------------------------------------------------------------------------
+# Spec files
+# ---------------------------------------------------------------------------------------------------
+
+def test_yaml_file_with_dashed_keys_and_a_nested_list_kernel(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("input: edge:6x8\nkernel: [[1, -1], [0.5, 0.5]]\nmethod: adam\nbatch-size: 3\nlr: 0.1\n")
+    docs = load_spec_file(str(path))
+    assert docs == [{"input": "edge:6x8", "kernel": [[1, -1], [0.5, 0.5]], "method": "adam", "batch_size": 3,
+                     "lr": 0.1}]
+    spec = JobSpec.parse(docs[0])
+    assert spec.batch_size == 3 and spec.method is Method.ADAM
+    assert build_problem(spec).true_kernel[0, 0].tolist() == [[1, -1], [0.5, 0.5]]
+
+
+def test_json_and_jsonl_files(tmp_path):
+    (tmp_path / "job.json").write_text(json.dumps({"seed": 4, "epochs": 3}))
+    assert load_spec_file(str(tmp_path / "job.json")) == [{"seed": 4, "epochs": 3}]
+    (tmp_path / "jobs.jsonl").write_text('{"seed": 1}\n\n{"seed": 2}\n')
+    assert load_spec_file(str(tmp_path / "jobs.jsonl")) == [{"seed": 1}, {"seed": 2}]
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("bad.yaml", "input: [unclosed\n", "not valid"),
+    ("bad.json", "{not json", "not valid json"),
+    ("list.yaml", "- a\n- b\n", "mapping"),
+    ("empty.jsonl", "\n", "no jobs"),
+])
+def test_bad_spec_files_name_the_file_field(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(BadInput, match=message) as exc:
+        load_spec_file(str(path))
+    assert exc.value.field == "file"
+
+
+def test_missing_spec_file(tmp_path):
+    with pytest.raises(BadInput, match="^file: no such file"):
+        load_spec_file(str(tmp_path / "nope.yaml"))
+
+
+def test_unknown_key_in_a_spec_file_names_the_key(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("input: edge:6x8\nlearning_rate: 0.1\n")
+    with pytest.raises(BadInput, match="^learning-rate: unknown field"):
+        JobSpec.parse(load_spec_file(str(path))[0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The problem a spec defines
+# ---------------------------------------------------------------------------------------------------
+
+def test_the_books_problem():
+    p = build_problem(JobSpec.parse({}))
+    assert p.x.shape == (1, 1, 6, 8) and p.y.shape == (1, 1, 6, 7)
+    assert p.x.dtype == np.float32 and p.y.dtype == np.float32
+    assert p.kernel_shape == (1, 1, 1, 2) and p.single_channel and not p.has_bias and p.true_bias is None
+    assert p.true_kernel.tolist() == [[[[1.0, -1.0]]]]
+
+
+def test_minibatch_methods_cut_the_books_image_into_rows_as_the_seed_does():
+    p = build_problem(JobSpec.parse({"method": "d2l-sgd"}))
+    assert p.x.shape == (6, 1, 1, 8) and p.y.shape == (6, 1, 1, 7)
+    whole = build_problem(JobSpec.parse({}))
+    assert np.array_equal(p.x.reshape(6, 8), whole.x[0, 0])
+    assert np.array_equal(p.y.reshape(6, 7), whole.y[0, 0])
+    # a kernel of two rows spans rows, so the image stays one sample
+    assert build_problem(JobSpec.parse({"method": "adam", "kernel": "edge-v"})).x.shape == (1, 1, 6, 8)
+    # a 3-D input is one sample of several channels, never cut
+    assert build_problem(JobSpec.parse({"method": "adam", "input": "random:1x6x8"})).x.shape == (1, 1, 6, 8)
+
+
+def test_single_channel_only_for_a_2d_input_and_a_2d_kernel():
+    assert build_problem(JobSpec.parse({"input": "random:6x8", "kernel": "random:2x2"})).single_channel
+    assert not build_problem(JobSpec.parse({"input": "random:1x6x8", "kernel": "random:2x2"})).single_channel
+    assert not build_problem(JobSpec.parse({"input": "random:6x8", "kernel": "random:1x1x2x2"})).single_channel
+
+
+def test_bias_adds_to_the_labels_and_is_learned():
+    plain = build_problem(JobSpec.parse({"input": "random:5x6", "kernel": "box3", "seed": 2}))
+    biased = build_problem(JobSpec.parse({"input": "random:5x6", "kernel": "box3", "seed": 2, "bias": 0.75}))
+    np.testing.assert_allclose(biased.y, plain.y + 0.75, rtol=1e-6)
+    assert biased.has_bias and biased.true_bias == 0.75 and not plain.has_bias
+
+
+@pytest.mark.parametrize("values,field,message", [
+    ({"kernel": "random:7x2"}, "kernel", "larger than the 6x8 input"),
+    ({"kernel": "random:1x9"}, "kernel", "larger"),
+    ({"input": "random:3x6x8"}, "kernel", "1 input channel(s) but the input has 3"),
+    ({"input": "random:2x6x8", "kernel": "random:1x3x2x2"}, "kernel", "3 input channel(s)"),
+])
+def test_kernels_that_do_not_fit_the_input(values, field, message):
+    with pytest.raises(BadInput) as exc:
+        build_problem(JobSpec.parse(values))
+    assert exc.value.field == field and message in exc.value.message
+
+
+def test_labels_instead_of_a_kernel(tmp_path):
+    y = np.random.default_rng(0).standard_normal((6, 7))
+    np.save(tmp_path / "y.npy", y)
+    p = build_problem(JobSpec.parse({"kernel": None, "labels": f"npy:{tmp_path / 'y.npy'}"}))
+    assert p.true_kernel is None and p.kernel_shape == (1, 1, 1, 2)
+    np.testing.assert_allclose(p.y[0, 0], y, rtol=1e-6)
+    # with a kernel too, the kernel is what the result is compared with, and the labels are used as given
+    q = build_problem(JobSpec.parse({"kernel": "d2l", "labels": f"npy:{tmp_path / 'y.npy'}"}))
+    assert q.true_kernel is not None and np.array_equal(q.y, p.y)
+
+
+@pytest.mark.parametrize("labels_shape,values,message", [
+    ((6, 6), {}, "do not fit"),                                 # implies a 1x3 kernel, not d2l's 1x2
+    ((9, 9), {"kernel": None}, "larger than the 6x8 input"),
+    ((2, 1, 6, 7), {}, "2 samples but the input has 1"),
+    ((6, 7), {"input": "random:3x1x6x8", "kernel": None}, "2-D but the input has 3 samples"),
+])
+def test_labels_of_the_wrong_shape(tmp_path, labels_shape, values, message):
+    np.save(tmp_path / "y.npy", np.zeros(labels_shape))
+    with pytest.raises(BadInput) as exc:
+        build_problem(JobSpec.parse({**values, "labels": f"npy:{tmp_path / 'y.npy'}"}))
+    assert exc.value.field == "labels" and message in exc.value.message
+
+
+def test_labels_may_not_imply_a_kernel_over_the_limit(tmp_path, monkeypatch):
+    monkeypatch.setenv("KLAB_MAX_KERNEL_ELEMENTS", "4")
+    np.save(tmp_path / "y.npy", np.zeros((4, 4)))  # a 3x5 kernel on the 6x8 input
+    with pytest.raises(BadInput, match="^labels: .*kernel limit"):
+        build_problem(JobSpec.parse({"kernel": None, "labels": f"npy:{tmp_path / 'y.npy'}"}))
+
+
+def test_given_arrays_replace_the_spec_forms():
+    x = np.arange(20, dtype=np.float64).reshape(4, 5)
+    p = build_problem(JobSpec.parse({"kernel": "d2l"}), {"input": x})
+    assert p.x.shape == (1, 1, 4, 5) and p.y.shape == (1, 1, 4, 4)
+    np.testing.assert_allclose(p.y[0, 0], x[:, :-1] - x[:, 1:])
+
+
+def test_limits_have_positive_defaults_and_reject_bad_env(monkeypatch):
+    assert defaults.max_input_elements() > 0 and defaults.max_kernel_elements() > 0 and defaults.max_epochs() > 0
+    monkeypatch.setenv("KLAB_MAX_EPOCHS", "many")
+    with pytest.raises(SystemExit, match="KLAB_MAX_EPOCHS"):
+        defaults.max_epochs()
+    monkeypatch.setenv("KLAB_MAX_EPOCHS", "0")
+    with pytest.raises(SystemExit, match="positive"):
+        defaults.max_epochs()
