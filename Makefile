@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(BIN)/klab run --input edge:6x8 --kernel d2l --method d2l-manual --lr 0.03 --epochs 10
 
+# Three pytest workers: most tests wait on real worker processes, Redis and PostgreSQL, not the CPU.
+PYTEST_ARGS ?= -n 3
 test: install compose-tool
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 

@@ -1,0 +1,626 @@
+"""Sweep throughput: `klab sweep` of 10,000 book-sized jobs until every job and epoch is in PostgreSQL.
+
+One cpu worker process, started as `klab worker --queue cpu [--concurrency N]` starts it
+(service.cli.queue.worker_argv) and warmed up before any clock starts, trains the sweep. The clock runs
+from launching the real `klab sweep --input edge:6x8 --kernel d2l --method d2l-manual --epochs 10
+--lr 0.03 --seed 0..N-1 --batch-jobs B` process (its Python start-up counts) until the database holds
+N finished jobs and 10 N epochs. The baseline, measured in the same run and interleaved with the
+sweeps: the book's loop, one job at a time with no storage, on a sample of seeds, scaled to N.
+
+    .venv/bin/python bench/sweep_bench.py                    # 10,000 jobs; --batch-jobs 1024 and 10000; concurrency 1 and 2
+    .venv/bin/python bench/sweep_bench.py --jobs 2000 --repeat 1 --concurrency 1
+    .venv/bin/python bench/sweep_bench.py --profile-only     # cProfile of `klab sweep` and of the worker task, in-process
+
+PostgreSQL: a fresh database klab_bench_<hex> through KLAB_TEST_DATABASE_URL (default
+postgresql+psycopg://postgres@127.0.0.1:5432/test), upgraded with `klab db upgrade`, dropped at the end.
+Redis: KLAB_BENCH_REDIS_URL (default redis://127.0.0.1:6379/11), flushed before and after.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import os
+import platform
+import pstats
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.engine import Engine, make_url  # noqa: E402
+
+from service.cli.queue import worker_argv  # noqa: E402
+
+PG_ADMIN_URL = os.environ.get("KLAB_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("KLAB_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
+KLAB = str(Path(sys.executable).parent / "klab")
+EPOCHS, LR = 10, 0.03
+BOOK_JOB = ["--input", "edge:6x8", "--kernel", "d2l", "--method", "d2l-manual", "--epochs", str(EPOCHS),
+            "--lr", str(LR)]
+FINISHED = ("succeeded", "diverged", "failed", "cancelled")
+POLL_SECONDS = 0.05
+"""How often the sweep's completion is checked; its resolution, small next to seconds of sweep."""
+STALL_SECONDS = 120.0
+"""A sweep whose finished count stands still this long after the CLI returned has lost its tasks."""
+
+
+# --- the machine and the services, shared with latency_bench.py -----------------------------
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    torch_version = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
+                                   capture_output=True, text=True).stdout.strip()
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return (f"nproc {os.cpu_count()}, CPU {cpu}, torch {torch_version}, Python {platform.python_version()}, "
+            f"load average {load}; code at {head}{' + uncommitted changes' if dirty else ''}")
+
+
+@contextlib.contextmanager
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database's URL, dropped afterwards."""
+    name = f"klab_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def flush_redis(url: str) -> None:
+    import redis  # noqa: PLC0415
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+def ensure_alone(url: str) -> None:
+    """Refuse a Redis database index another client is on: its workers would take our tasks (and we its data)."""
+    import redis  # noqa: PLC0415
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        me = client.client_id()
+        db = int(client.connection_pool.connection_kwargs.get("db", 0))
+        others = [c for c in client.client_list() if int(c.get("db", -1)) == db and int(c["id"]) != me]
+    finally:
+        client.close()
+    if others:
+        raise SystemExit(f"{len(others)} other client(s) are connected to Redis database {db} ({url}); "
+                         "pick a free index with KLAB_BENCH_REDIS_URL")
+
+
+@contextlib.contextmanager
+def flushed_redis(url: str = REDIS_URL) -> Iterator[str]:
+    """The benchmark's Redis database index, checked unused, flushed before and after."""
+    ensure_alone(url)
+    flush_redis(url)
+    try:
+        yield url
+    finally:
+        flush_redis(url)
+
+
+def service_env(db_url: str, broker_url: str, home: Path) -> dict[str, str]:
+    """The environment of the CLI and the worker: no inherited KLAB_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KLAB_")}
+    env.update({"KLAB_HOME": str(home), "KLAB_DATABASE_URL": db_url, "KLAB_BROKER_URL": broker_url,
+                "NO_COLOR": "1", "PYTHONPATH": str(ROOT)})
+    return env
+
+
+def klab(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    out = subprocess.run([KLAB, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if out.returncode != 0:
+        raise SystemExit(f"klab {' '.join(args)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return out
+
+
+def poll_engine(url: str) -> Engine:
+    """A direct connection for polling: autocommit, so every read sees the latest commits (SQLite too)."""
+    return create_engine(url, isolation_level="AUTOCOMMIT")
+
+
+def reset(url: str) -> None:
+    """Empty the job tables between runs, so each run writes into tables as fresh as the first's."""
+    eng = poll_engine(url)
+    try:
+        with eng.connect() as conn:
+            if eng.dialect.name == "postgresql":
+                conn.execute(text("TRUNCATE epochs, jobs, sweeps RESTART IDENTITY CASCADE"))
+                conn.execute(text("VACUUM ANALYZE"))
+            else:
+                for table in ("epochs", "jobs", "sweeps"):
+                    conn.execute(text(f"DELETE FROM {table}"))
+    finally:
+        eng.dispose()
+
+
+_LOG_LINE = re.compile(r"^\[(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): (?P<level>\w+)/[^\]]*\] (?P<msg>.*)$")
+_SUCCEEDED = re.compile(r"Task \S+\[(?P<id>[^\]]+)\] succeeded in (?P<s>[0-9.eE+-]+)s")
+_RECEIVED = re.compile(r"Task \S+\[(?P<id>[^\]]+)\] received")
+
+
+@dataclass
+class TaskLog:
+    """What the worker's log says about the tasks of one run (epoch seconds from its timestamps)."""
+
+    received: list[float]
+    succeeded: list[tuple[float, float]]  # (when logged, seconds the task took)
+    errors: list[str]
+
+
+class Worker:
+    """A real Celery worker process, started as `klab worker --queue cpu --concurrency N` starts it."""
+
+    def __init__(self, env: dict[str, str], concurrency: int, log: Path, queue: str = "cpu"):
+        argv, extra = worker_argv(queue, concurrency, "INFO")
+        self.name = f"bench{concurrency}-{uuid.uuid4().hex[:6]}"
+        argv[argv.index("--hostname") + 1] = f"{self.name}@%h"
+        self.argv, self.extra, self.log = argv, extra, log
+        self.proc = subprocess.Popen([sys.executable, "-m", *argv], env={**env, **extra}, cwd=ROOT,
+                                     stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while " ready." not in log.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit(f"the worker did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        if "mingle: sync with" in log.read_text():
+            self.stop()
+            raise SystemExit(f"another worker is on the broker; its tasks and ours would mix: {log}")
+
+    def offset(self) -> int:
+        return self.log.stat().st_size
+
+    def tasks_since(self, offset: int) -> TaskLog:
+        with self.log.open("rb") as f:
+            f.seek(offset)
+            lines = f.read().decode(errors="replace").splitlines()
+        received, succeeded, errors = [], [], []
+        for line in lines:
+            m = _LOG_LINE.match(line)
+            if not m:
+                continue
+            when = datetime.strptime(m["ts"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if (s := _SUCCEEDED.search(m["msg"])) is not None:
+                succeeded.append((when, float(s["s"])))
+            elif _RECEIVED.search(m["msg"]):
+                received.append(when)
+            elif m["level"] in ("ERROR", "CRITICAL"):
+                errors.append(m["msg"][:300])
+        return TaskLog(received, succeeded, errors)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def __enter__(self) -> "Worker":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile, linearly interpolated (numpy's default)."""
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+# --- the baseline ------------------------------------------------------------------------------
+
+def book_seconds_per_job(seeds: list[int], threads: int) -> tuple[float, dict[int, list[float]]]:
+    """The book's first loop, one seed at a time, no storage: seconds per job, and l.sum() per epoch."""
+    import torch  # noqa: PLC0415
+    from torch import nn  # noqa: PLC0415
+
+    from service.spec import JobSpec, build_problem  # noqa: PLC0415
+
+    # One thread is the book loop's best case here: with two, OpenMP waits on the other core whenever
+    # anything else runs on this 2-core machine, and the loop gets several times slower.
+    torch.set_num_threads(threads)
+    problem = build_problem(JobSpec.parse({"input": "edge:6x8", "kernel": "d2l", "method": "d2l-manual"}))
+    X, Y = torch.from_numpy(problem.x), torch.from_numpy(problem.y)
+    losses: dict[int, list[float]] = {}
+    started = time.perf_counter()
+    for seed in seeds:
+        torch.manual_seed(seed)
+        conv2d = nn.Conv2d(1, 1, kernel_size=(1, 2), bias=False)
+        seen = []
+        for _ in range(EPOCHS):
+            Y_hat = conv2d(X)
+            l = (Y_hat - Y) ** 2  # noqa: E741 - the book's name
+            conv2d.zero_grad()
+            l.sum().backward()
+            conv2d.weight.data[:] -= LR * conv2d.weight.grad
+            seen.append(l.sum().item())
+        losses[seed] = seen
+    return (time.perf_counter() - started) / len(seeds), losses
+
+
+def _default_threads() -> int:
+    import torch  # noqa: PLC0415
+
+    return torch.get_num_threads()
+
+
+# --- one timed sweep ---------------------------------------------------------------------------
+
+@dataclass
+class SweepRun:
+    total: float  # launch of `klab sweep` to every job and epoch stored
+    cli: float  # launch to the CLI's exit (jobs stored and queued)
+    after_cli: float  # storage wait: the CLI's exit to the last job stored
+    first_received: float | None  # launch to the worker's first task received
+    tasks: int
+    task_seconds: list[float]
+    statuses: dict[str, int]
+    attempts_over_one: int
+    book_total: float = float("nan")  # the book loop's time for the same jobs, measured just before
+
+
+def timed_sweep(env: dict[str, str], db_url: str, worker: Worker, jobs: int, batch_jobs: int,
+                timeout: float) -> SweepRun:
+    reset(db_url)
+    eng = poll_engine(db_url)
+    finished_sql = text("SELECT count(*) FROM jobs WHERE status IN ('" + "','".join(FINISHED) + "')")
+    offset = worker.offset()
+    argv = [KLAB, "sweep", *BOOK_JOB, "--seed", f"0..{jobs - 1}", "--batch-jobs", str(batch_jobs)]
+    try:
+        with eng.connect() as conn:
+            wall0 = time.time()
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)
+            cli = stored = None
+            last_count, last_change = -1, t0
+            while stored is None:
+                now = time.perf_counter()
+                if cli is None and proc.poll() is not None:
+                    cli = now - t0
+                    if proc.returncode != 0:
+                        raise SystemExit(f"klab sweep failed ({proc.returncode}):\n{proc.stderr.read()[-3000:]}")
+                done = conn.execute(finished_sql).scalar()
+                if done != last_count:
+                    last_count, last_change = done, now
+                elif cli is not None and now - last_change > STALL_SECONDS:
+                    raise SystemExit(f"no job finished for {STALL_SECONDS:.0f} s ({done} of {jobs} done); "
+                                     f"worker log: {worker.log}")
+                if done >= jobs:
+                    # A job's row and its epochs are committed together: count the epochs to be sure.
+                    if conn.execute(text("SELECT count(*) FROM epochs")).scalar() >= jobs * EPOCHS:
+                        stored = now - t0
+                        break
+                if now - t0 > timeout:
+                    proc.kill()
+                    raise SystemExit(f"the sweep did not finish in {timeout:.0f} s; worker log: {worker.log}")
+                time.sleep(POLL_SECONDS)
+            if cli is None:
+                proc.wait()
+                cli = time.perf_counter() - t0
+            proc.communicate()
+            statuses = dict(conn.execute(text("SELECT status, count(*) FROM jobs GROUP BY status")).all())
+            retried = conn.execute(text("SELECT count(*) FROM jobs WHERE attempts > 1")).scalar()
+            foreign = conn.execute(text("SELECT count(*) FROM jobs WHERE worker_host NOT LIKE :me"),
+                                   {"me": worker.name + "@%"}).scalar()
+            if foreign:
+                raise SystemExit(f"{foreign} job(s) were trained by another worker on the broker; numbers void")
+    finally:
+        eng.dispose()
+    time.sleep(0.3)  # let the worker write its last log line
+    log = worker.tasks_since(offset)
+    if log.errors:
+        print("  worker errors: " + " | ".join(log.errors[:3]))
+    return SweepRun(total=max(stored, cli), cli=cli, after_cli=max(0.0, stored - cli),
+                    first_received=(min(log.received) - wall0) if log.received else None,
+                    tasks=len(log.succeeded), task_seconds=[s for _, s in log.succeeded],
+                    statuses={str(k): int(v) for k, v in statuses.items()}, attempts_over_one=int(retried))
+
+
+def check_against_book(db_url: str, book: dict[int, list[float]]) -> float:
+    """Worst relative difference between the stored losses of the sampled seeds and the book's."""
+    eng = poll_engine(db_url)
+    worst = 0.0
+    try:
+        with eng.connect() as conn:
+            rows = conn.execute(text("SELECT j.seed, e.epoch, e.loss FROM epochs e JOIN jobs j ON j.id = e.job_id "
+                                     "WHERE j.seed IN (" + ",".join(map(str, book)) + ")")).all()
+    finally:
+        eng.dispose()
+    if len(rows) != len(book) * EPOCHS:
+        raise SystemExit(f"expected {len(book) * EPOCHS} stored epochs of the sampled seeds, found {len(rows)}")
+    for seed, epoch, loss in rows:
+        want = book[int(seed)][int(epoch) - 1]
+        worst = max(worst, abs(loss - want) / max(abs(want), 1.0))
+    return worst
+
+
+# --- profiles ----------------------------------------------------------------------------------
+
+def top_functions(profile: cProfile.Profile, sort: str, count: int) -> str:
+    out = io.StringIO()
+    stats = pstats.Stats(profile, stream=out)
+    stats.strip_dirs().sort_stats(sort).print_stats(count)
+    lines = out.getvalue().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls")), 0)
+    return "\n".join(lines[start:]).rstrip()
+
+
+def profiles(db_url: str, broker_url: str, home: Path, jobs: int, batch_jobs: int, worker_jobs: int,
+             count: int) -> None:
+    """cProfile, in this process, of `klab sweep` (no worker: its tasks stay queued) and of one worker task."""
+    os.environ.update({"KLAB_DATABASE_URL": db_url, "KLAB_BROKER_URL": broker_url, "KLAB_HOME": str(home),
+                       "NO_COLOR": "1"})
+    from service.settings import settings  # noqa: PLC0415
+
+    settings.cache_clear()
+    from service.cli import main  # noqa: PLC0415
+
+    reset(db_url)
+    argv = ["sweep", *BOOK_JOB, "--seed", f"0..{jobs - 1}", "--batch-jobs", str(batch_jobs)]
+    prof = cProfile.Profile()
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        prof.runcall(main, argv)
+    print(f"\n== profile: klab {' '.join(argv)} in-process (no Python start-up): "
+          f"{time.perf_counter() - started:.2f} s (profiled) ==")
+    print(top_functions(prof, "cumulative", count))
+    print("-- by own time --")
+    print(top_functions(prof, "tottime", count // 2))
+    flush_redis(broker_url)  # drop the tasks no worker will take
+    import service.queue  # noqa: PLC0415
+    import service.sweep  # noqa: PLC0415
+
+    runs = []
+    for _ in range(3):
+        reset(db_url)
+        with phase_clock([(service.sweep, "expand", "expand"), (service.queue, "prepare", "prepare"),
+                          (service.queue, "check_broker", "check_broker"),
+                          (service.queue, "create_jobs", "create_jobs"), (service.queue, "publish", "publish")]
+                         ) as phases:
+            started = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+                main(argv)
+            phases["sweep command (all)"] = time.perf_counter() - started
+        flush_redis(broker_url)
+        runs.append(phases)
+    parts = ", ".join(f"{k} {statistics.median(r.get(k, 0.0) for r in runs):.3f}" for k in runs[0])
+    print(f"\n== the same command unprofiled, in-process, in phases (median of 3; seconds) ==\n{parts}")
+
+    from service.db import session_scope  # noqa: PLC0415
+    from service.queue import create_jobs, prepare  # noqa: PLC0415
+    from service.spec import JobSpec  # noqa: PLC0415
+    from worker.tasks import train_jobs  # noqa: PLC0415 - imports torch and the worker's Celery app
+
+    def created(seeds: range) -> list[int]:
+        specs = [JobSpec.parse({"input": "edge:6x8", "kernel": "d2l", "method": "d2l-manual", "epochs": EPOCHS,
+                                "lr": LR, "seed": s}) for s in seeds]
+        with session_scope(db_url) as session:
+            return create_jobs(session, prepare(specs, "cpu"), None)
+
+    reset(db_url)
+    train_jobs(created(range(64)), "bench-warmup")  # first-call costs: connections, dispatch caches
+    ids = created(range(64, 64 + worker_jobs))
+    prof = cProfile.Profile()
+    started = time.perf_counter()
+    counts = prof.runcall(train_jobs, ids, "bench-profile")
+    print(f"\n== profile: worker.tasks.train_jobs on {worker_jobs} created jobs, in-process: "
+          f"{time.perf_counter() - started:.2f} s (profiled), {counts} ==")
+    print(top_functions(prof, "cumulative", count))
+    print("-- by own time --")
+    print(top_functions(prof, "tottime", count // 2))
+
+    print(f"\n== the same task unprofiled, in phases (median of 3; seconds for {worker_jobs} jobs) ==")
+    import torch  # noqa: PLC0415
+
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        runs = []
+        for _ in range(3):
+            reset(db_url)
+            ids = created(range(64, 64 + worker_jobs))
+            with phase_clock(worker_phases()) as phases:
+                started = time.perf_counter()
+                train_jobs(ids, "bench-unprofiled")
+                phases["train_jobs (all)"] = time.perf_counter() - started
+            runs.append(phases)
+        parts = ", ".join(f"{k} {statistics.median(r.get(k, 0.0) for r in runs):.3f}" for k in runs[0])
+        print(f"torch threads {threads}: {parts}")
+
+
+def worker_phases() -> list[tuple[Any, str, str]]:
+    import worker.engine  # noqa: PLC0415
+    import worker.tasks  # noqa: PLC0415
+    from service import store  # noqa: PLC0415
+
+    return [(worker.tasks, "claim", "claim"), (worker.tasks, "load", "load specs and problems"),
+            (worker.engine, "train", "engine.train"), (worker.engine.BatchResult, "record", "records"),
+            (store, "save_results", "store.save_results")]
+
+
+@contextlib.contextmanager
+def phase_clock(targets: list[tuple[Any, str, str]]) -> Iterator[dict[str, float]]:
+    """Seconds spent in phases, by wrapping the functions (owner, attribute, label) called (those that exist)."""
+    spent: dict[str, float] = {}
+    saved = []
+    for owner, attr, label in targets:
+        original = getattr(owner, attr, None)
+        if original is None:
+            continue
+        spent[label] = 0.0
+
+        def timed(*a: Any, _f: Any = original, _label: str = label, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return _f(*a, **k)
+            finally:
+                spent[_label] += time.perf_counter() - t0
+
+        saved.append((owner, attr, original))
+        setattr(owner, attr, timed)
+    try:
+        yield spent
+    finally:
+        for owner, attr, original in saved:
+            setattr(owner, attr, original)
+
+
+# --- main --------------------------------------------------------------------------------------
+
+def _ints(text_: str) -> list[int]:
+    return [int(v) for v in text_.split(",") if v.strip()]
+
+
+def _runs(values: list[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM unwinds like an exception, so the worker stops and the database is dropped."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def main() -> None:
+    exit_on_sigterm()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=int, default=10_000, help="jobs in the sweep (seeds 0..N-1)")
+    ap.add_argument("--batch-jobs", default="1024,10000", help="comma list of --batch-jobs values to time")
+    ap.add_argument("--concurrency", default="1,2", help="comma list of worker concurrencies to time")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each configuration (median)")
+    ap.add_argument("--sample", type=int, default=500, help="seeds timed with the book's loop")
+    ap.add_argument("--book-threads", type=int, default=1, help="torch threads of the book's loop (the baseline)")
+    ap.add_argument("--book-default-sample", type=int, default=100,
+                    help="seeds also timed with torch's default threads, for information (0: skip)")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds one sweep may take")
+    ap.add_argument("--target", type=float, default=20.0, help="the speedup asked for")
+    ap.add_argument("--profile", action="store_true", help="after the timings, profile the CLI and the worker task")
+    ap.add_argument("--profile-only", action="store_true", help="only the profiles, no timings")
+    ap.add_argument("--profile-jobs", type=int, default=1024, help="jobs in the profiled worker task")
+    ap.add_argument("--profile-lines", type=int, default=30, help="functions listed per profile")
+    args = ap.parse_args()
+    n = args.jobs
+    sizes, concurrencies = _ints(args.batch_jobs), _ints(args.concurrency)
+    sample_seeds = sorted({round(i * (n - 1) / max(1, args.sample - 1)) for i in range(min(args.sample, n))})
+    print(f"machine: {machine()}")
+    print(f"date: {datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"jobs: {n:,} (edge:6x8, d2l, d2l-manual, {EPOCHS} epochs, lr {LR}); book loop sample: "
+          f"{len(sample_seeds)} seeds; repeats: {args.repeat}")
+
+    with tempfile.TemporaryDirectory(prefix="klab-sweep-bench-") as tmp, pg_database() as db_url, \
+            flushed_redis() as broker_url:
+        env = service_env(db_url, broker_url, Path(tmp) / "home")
+        klab(env, "db", "upgrade")
+        if not args.profile_only:
+            book_runs: list[float] = []
+            book_default_runs: list[float] = []
+            default_threads = _default_threads()
+            book_losses: dict[int, list[float]] = {}
+            book_seconds_per_job(sample_seeds[:5], 1)  # warm-up: first-call allocations and dispatch caches
+            results: dict[tuple[int, int], list[SweepRun]] = {}
+            worst = 0.0
+            for c in concurrencies:
+                log = Path(tmp) / f"worker-c{c}.log"
+                with Worker(env, c, log) as worker:
+                    print(f"\nworker: python -m {' '.join(worker.argv)}  env {worker.extra}")
+                    # Warm: children forked, torch's first calls made, database connections open.
+                    warm = timed_sweep(env, db_url, worker, min(n, 2048), 1024, args.timeout)
+                    print(f"  warm-up sweep of {min(n, 2048)} jobs: {warm.total:.2f} s (not counted)")
+                    for r in range(args.repeat):
+                        per_job, book_losses = book_seconds_per_job(sample_seeds, args.book_threads)
+                        book_runs.append(per_job)
+                        if args.book_default_sample:
+                            book_default_runs.append(book_seconds_per_job(
+                                sample_seeds[:: max(1, len(sample_seeds) // args.book_default_sample)],
+                                default_threads)[0])
+                        for b in sizes:
+                            run = timed_sweep(env, db_url, worker, n, b, args.timeout)
+                            run.book_total = per_job * n
+                            results.setdefault((c, b), []).append(run)
+                            ok = run.statuses.get("succeeded", 0)
+                            print(f"  run {r + 1} --batch-jobs {b}: total {run.total:.2f} s, CLI {run.cli:.2f} s, "
+                                  f"after CLI {run.after_cli:.2f} s, {run.tasks} task(s) "
+                                  f"[{_runs(run.task_seconds[:12])}{' ...' if run.tasks > 12 else ''}] s, "
+                                  f"{ok} succeeded, {run.attempts_over_one} retried; book {per_job * 1e3:.3f} ms/job")
+                            if ok != n:
+                                print(f"  NOT ALL SUCCEEDED: {run.statuses}")
+                    worst = max(worst, check_against_book(db_url, book_losses))
+
+            book_job = statistics.median(book_runs)
+            book_total = book_job * n
+            print(f"\nbook loop, one job at a time, no storage, {args.book_threads} torch thread(s): "
+                  f"{book_job * 1e3:.3f} ms/job (runs: {', '.join(f'{v * 1e3:.3f}' for v in book_runs)}) "
+                  f"-> {book_total:.1f} s for {n:,} jobs (scaled)")
+            if book_default_runs:
+                d = statistics.median(book_default_runs)
+                print(f"book loop with torch's default {default_threads} threads (not used for the speedups): "
+                      f"{d * 1e3:.3f} ms/job (runs: {', '.join(f'{v * 1e3:.3f}' for v in book_default_runs)}) "
+                      f"-> {d * n:.1f} s for {n:,} jobs")
+            print(f"stored losses of the {len(sample_seeds)} sampled seeds vs the book's: within {worst:.1e} (relative)")
+            print("\nspeedup: the book loop's median time over the sweep's median time; per run: each run against "
+                  "the book loop measured just before it (median of those)")
+            print("\n| concurrency | --batch-jobs | total s (median) | runs | CLI s | worker s/task (median, sum) "
+                  "| after CLI s | first task received s | speedup | speedup per run (median) |")
+            print("|---|---|---|---|---|---|---|---|---|---|")
+            for (c, b), runs in results.items():
+                total = statistics.median(r.total for r in runs)
+                per_task = statistics.median(s for r in runs for s in r.task_seconds) if runs[0].task_seconds else 0
+                task_sum = statistics.median(sum(r.task_seconds) for r in runs)
+                first = [r.first_received for r in runs if r.first_received is not None]
+                speedup = book_total / total
+                per_run = [r.book_total / r.total for r in runs]
+                print(f"| {c} | {b} | {total:.2f} | {_runs([r.total for r in runs])} "
+                      f"| {statistics.median(r.cli for r in runs):.2f} | {per_task:.2f} ({runs[0].tasks} tasks), "
+                      f"{task_sum:.2f} | {statistics.median(r.after_cli for r in runs):.2f} "
+                      f"| {statistics.median(first) if first else float('nan'):.2f} "
+                      f"| {speedup:.1f}x{'' if speedup >= args.target else ' BELOW TARGET'} "
+                      f"| {statistics.median(per_run):.1f}x ({', '.join(f'{v:.1f}' for v in per_run)}) |")
+            print(f"target: >= {args.target:g}x against the book's loop")
+        if args.profile or args.profile_only:
+            profiles(db_url, broker_url, Path(tmp) / "home", n, _ints(args.batch_jobs)[0], args.profile_jobs,
+                     args.profile_lines)
+        from service.db import dispose_engines  # noqa: PLC0415
+
+        dispose_engines()
+
+
+if __name__ == "__main__":
+    main()
