@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service import defaults, store
@@ -115,14 +115,10 @@ def create_jobs(session: Session, prepared: Sequence[Prepared], sweep_id: int | 
                 dataset_ids[key] = store.put_dataset(session, array)
             ds[name] = dataset_ids[key]
         rows.append({**store.job_columns(prep.spec), "sweep_id": sweep_id, "queue": prep.queue,
-                     "status": JobStatus.CREATED.value, "created_at": now, "attempts": 0,
+                     "status": JobStatus.CREATED.value, "created_at": now, "attempts": 0, "task_try": 0,
                      "cancel_requested": False, "epochs_done": 0, "input_dataset_id": ds.get("input"),
                      "labels_dataset_id": ds.get("labels"), "kernel_dataset_id": ds.get("kernel")})
-    ids: list[int] = []
-    for i in range(0, len(rows), 5000):
-        result = session.execute(insert(Job).returning(Job.id, sort_by_parameter_order=True), rows[i : i + 5000])
-        ids.extend(result.scalars().all())
-    return ids
+    return store.insert_jobs(session, rows)
 
 
 def publish(session_factory, broker_url: str, tasks: Sequence[tuple[str, list[int]]]) -> int:  # noqa: ANN001

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -122,7 +123,7 @@ def save_results(session: Session, items: Sequence[tuple[int, dict[str, Any]]]) 
     if not items:
         return
     ids = [job_id for job_id, _ in items]
-    session.execute(update(Job), [{"id": job_id, **result_columns(r)} for job_id, r in items])
+    update_jobs(session, [{"id": job_id, **result_columns(r)} for job_id, r in items])
     for job_id in ids:  # a bulk update leaves loaded Job objects stale: reload them on next access
         loaded = session.identity_map.get(session.identity_key(Job, job_id))
         if loaded is not None:
@@ -130,6 +131,57 @@ def save_results(session: Session, items: Sequence[tuple[int, dict[str, Any]]]) 
     rows = ((job_id, e["epoch"], _finite(e.get("loss")), _finite(e.get("mse")), _finite(e.get("kernel_error")))
             for job_id, r in items for e in r.get("epochs") or [])
     replace_epochs(session, ids, rows)
+
+
+JSON_COLUMNS = {c.name for c in Job.__table__.columns if c.type.__class__.__name__ == "JSON"}
+
+
+def _copy_value(column: str, value: Any) -> Any:
+    return json.dumps(value) if column in JSON_COLUMNS and value is not None else value
+
+
+def update_jobs(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Update many job rows by id (all rows carry the same columns): COPY and one UPDATE on PostgreSQL."""
+    if not rows:
+        return
+    conn = session.connection()
+    if conn.dialect.name != "postgresql" or len(rows) < 50:
+        session.execute(update(Job), list(rows))
+        return
+    cols = [c for c in rows[0] if c != "id"]
+    # Column names come from our own result_columns(), never from a user.
+    names = ", ".join(cols)
+    session.execute(text(f"CREATE TEMP TABLE _job_results ON COMMIT DROP AS SELECT id, {names} FROM jobs WITH NO DATA"))
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cur, cur.copy(f"COPY _job_results (id, {names}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([row["id"], *(_copy_value(c, row[c]) for c in cols)])
+    sets = ", ".join(f"{c} = r.{c}" for c in cols)
+    session.execute(text(f"UPDATE jobs SET {sets} FROM _job_results r WHERE jobs.id = r.id"))
+    session.execute(text("DROP TABLE _job_results"))
+
+
+def insert_jobs(session: Session, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert many job rows (all with the same columns); their ids, in order. COPY on PostgreSQL."""
+    if not rows:
+        return []
+    conn = session.connection()
+    n = len(rows)
+    if conn.dialect.name == "postgresql":
+        ids = sorted(session.execute(text("SELECT nextval(pg_get_serial_sequence('jobs', 'id')) "
+                                          "FROM generate_series(1, :n)"), {"n": n}).scalars())
+        cols = list(rows[0])
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cur, cur.copy(f"COPY jobs (id, {', '.join(cols)}) FROM STDIN") as copy:
+            for job_id, row in zip(ids, rows):
+                copy.write_row([job_id, *(_copy_value(c, row[c]) for c in cols)])
+        return ids
+    # SQLite: transactions begin IMMEDIATE (service.db), so no other writer can take these ids meanwhile.
+    start = (session.execute(text("SELECT coalesce(max(id), 0) FROM jobs")).scalar() or 0) + 1
+    ids = list(range(start, start + n))
+    for i in range(0, n, 5000):
+        session.execute(insert(Job), [{"id": job_id, **row} for job_id, row in zip(ids[i : i + 5000], rows[i : i + 5000])])
+    return ids
 
 
 def replace_epochs(session: Session, job_ids: Sequence[int], rows: Iterable[tuple], from_epoch: int = 1) -> None:
