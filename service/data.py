@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,11 @@ def load_image(field: str, raw: str, rgb: bool) -> np.ndarray:
 
     path = _path(field, raw)
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # our own pixel limit (below Pillow's bomb threshold) answers in one line, without a warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
             if img.format not in ("PNG", "JPEG"):
                 raise BadInput(field, f"{raw} is {img.format}, not a PNG or JPEG image")
             pixels = max(1, defaults.max_input_elements() // (3 if rgb else 1))
@@ -240,4 +245,5 @@ def correlate(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """Cross-correlation of N x C x H x W with C_out x C_in x kh x kw, in float64."""
     kh, kw = kernel.shape[2:]
     windows = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), (kh, kw), axis=(2, 3))
-    return np.einsum("nchwij,ocij->nohw", windows, kernel, optimize=True)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflowing labels are refused by the caller
+        return np.einsum("nchwij,ocij->nohw", windows, kernel, optimize=True)

@@ -56,7 +56,10 @@ class JobSpec(BaseModel):
     def _text(cls, value: Any) -> Any:
         if value is not None and not isinstance(value, str):
             if isinstance(value, list):  # a YAML/JSON file may hold the kernel as a nested list
-                return json.dumps(value)
+                try:
+                    return json.dumps(value, allow_nan=False)
+                except (TypeError, ValueError, RecursionError):
+                    raise ValueError("must be a string or a nested list of numbers") from None
             raise ValueError("must be a string")
         return value.strip() if isinstance(value, str) else value
 
@@ -206,6 +209,8 @@ def build_problem(spec: JobSpec, arrays: dict[str, np.ndarray] | None = None) ->
         true_bias = spec.bias
     if spec.noise > 0:
         y = y + spec.noise * data.rng(spec.seed, data.NOISE_STREAM).standard_normal(y.shape)
+    if not np.all(np.isfinite(y)) or np.abs(y).max() > np.finfo(np.float32).max:
+        raise BadInput("labels" if spec.labels else "kernel", "the labels overflow: values too large for float32")
 
     if spec.method.is_minibatch and input_ndim == 2 and shape[2] == 1:
         # The seed cuts a 2-D H x W image into H one-row samples: X.view(H, 1, 1, W).

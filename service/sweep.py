@@ -64,10 +64,10 @@ def _values(field: str, item: str, limit: int) -> list[Any]:
             raise BadInput(field, f"{item}: log-spaced ends must be positive")
         if a > b:
             raise BadInput(field, f"range {item} is written backwards; write {b_s}:{a_s}:{n_s}")
-        if n == 1:
-            vals = [a]
-        else:
-            vals = [a * (b / a) ** (i / (n - 1)) for i in range(int(n))]
+        lo, hi = math.log(a), math.log(b)  # in logs, so no ratio of extreme ends overflows
+        vals = [a] if n == 1 else [math.exp(lo + (hi - lo) * i / (n - 1)) for i in range(int(n))]
+        if not all(math.isfinite(v) for v in vals):
+            raise BadInput(field, f"{item}: values out of range")
         if integer:
             return sorted({int(round(v)) for v in vals})
         return [float(f"{v:.12g}") for v in vals]
