@@ -168,7 +168,11 @@ def parse_input(raw: str, seed: int) -> tuple[np.ndarray, int]:
     ndim = array.ndim
     while array.ndim < 4:
         array = array[None]
-    return np.ascontiguousarray(array, dtype=np.float32), ndim
+    with np.errstate(over="ignore"):
+        x = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.all(np.isfinite(x)):
+        raise BadInput(field, "holds values too large for float32")
+    return x, ndim
 
 
 def _literal(field: str, text: str) -> np.ndarray:
