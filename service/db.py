@@ -29,7 +29,7 @@ def describe(url: str) -> str:
     """Where a URL points, for messages: host and database, never the password."""
     try:
         u = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # a bad port is a ValueError
         return mask(url)
     if u.drivername.startswith("sqlite"):
         return f"sqlite database {u.database or ':memory:'}"
@@ -59,7 +59,7 @@ def dispose_engines() -> None:
 def _create(url: str) -> Engine:
     try:
         u = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # a bad port is a ValueError
         raise DatabaseUnavailable(f"KLAB_DATABASE_URL is not a database URL: {mask(url)}", 2) from None
     if u.drivername.startswith("sqlite"):
         if u.database and u.database != ":memory:":

@@ -108,7 +108,7 @@ class Job(Base):
     learned_bias: Mapped[Any] = mapped_column(JSON, nullable=True)
     lstsq_kernel: Mapped[Any] = mapped_column(JSON, nullable=True)
     err_frobenius: Mapped[float | None] = mapped_column(Float)
-    err_relative: Mapped[float | None] = mapped_column(Float)
+    err_relative: Mapped[float | None] = mapped_column(Float, index=True)  # "best first" without a scan
     err_max_abs: Mapped[float | None] = mapped_column(Float)
     err_cosine: Mapped[float | None] = mapped_column(Float)
     rank: Mapped[int | None] = mapped_column(Integer)

@@ -174,6 +174,10 @@ def _train_claimed(jobs: list[Job]) -> dict[str, int]:
             except BadInput as exc:  # validated at submit; a stored spec can still fail to load
                 failed.append((job.id, f"bad input: {exc}"))
                 continue
+            except MemoryError:
+                failed.append((job.id, f"out of memory building the data of job {job.id} "
+                                       f"(input {job.input}, kernel {job.kernel})"))
+                continue
             key = engine.group_key(ej, spec.method, spec.epochs, spec.batch_size) + (spec.device.value,)
             groups[key].append((job.id, spec, ej))
     for job_id, message in failed:
@@ -195,11 +199,11 @@ def _train_claimed(jobs: list[Job]) -> dict[str, int]:
         try:
             result = engine.train([m[2] for m in members], spec0.method, spec0.epochs, spec0.batch_size,
                                   device, on_epoch=progress)
-        except (MemoryError, RuntimeError) as exc:
-            if isinstance(exc, RuntimeError) and "out of memory" not in str(exc).lower():
+        except Exception as exc:
+            if unreachable(exc):
                 raise
-            size = sum(m[2].problem.x.size for m in members)
-            _fail(ids, f"out of memory training {len(ids)} job(s) with {size} input elements on {device}")
+            # Whatever went wrong with these jobs ends them, never the worker (nor a retry loop).
+            _fail(ids, _failure(exc, members, device))
             counts["failed"] += len(ids)
             continue
         items = []
@@ -215,6 +219,17 @@ def _train_claimed(jobs: list[Job]) -> dict[str, int]:
                 session.execute(update(Job).where(Job.id.in_(ids), Job.status == JobStatus.FAILED.value).values(
                     error_message=f"time limit of {defaults.max_job_seconds()} s exceeded (KLAB_MAX_JOB_SECONDS)"))
     return dict(counts)
+
+
+def _failure(exc: BaseException, members: list, device: str) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    p = members[0][2].problem
+    what = (f"{len(members)} job(s) with input {'x'.join(map(str, p.x.shape))} ({p.x.size} elements) "
+            f"and kernel {'x'.join(map(str, p.kernel_shape))} on {device}")
+    low = text.lower()
+    if isinstance(exc, MemoryError) or "out of memory" in low or "can't allocate memory" in low:
+        return f"out of memory training {what}: {text}"
+    return f"{type(exc).__name__} training {what}: {text}"
 
 
 def _fail(ids: list[int], message: str) -> None:
@@ -236,7 +251,7 @@ def unreachable(exc: BaseException) -> bool:
     return False
 
 
-@app.task(name=TASK_TRAIN, bind=True)
+@app.task(name=TASK_TRAIN, bind=True, max_retries=None)
 def train(self: Task, job_ids: list[int]) -> dict[str, int]:
     """Train the jobs with these ids (a batch of compatible jobs, or one)."""
     if not isinstance(job_ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in job_ids):
@@ -250,7 +265,7 @@ def train(self: Task, job_ids: list[int]) -> dict[str, int]:
         # The database is away: wait and try again, with backoff, as long as it takes.
         delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** min(self.request.retries, 10))
         log.warning("database unreachable (%s); retrying in %.1f s", type(exc).__name__, delay)
-        raise self.retry(countdown=delay, max_retries=None) from None
+        raise self.retry(countdown=delay) from None
 
 
 RETRY_FIRST_SECONDS = 0.5

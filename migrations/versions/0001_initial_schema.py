@@ -106,6 +106,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_jobs'))
     )
     with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_jobs_err_relative'), ['err_relative'], unique=False)
         batch_op.create_index(batch_op.f('ix_jobs_method'), ['method'], unique=False)
         batch_op.create_index(batch_op.f('ix_jobs_status'), ['status'], unique=False)
         batch_op.create_index('ix_jobs_sweep_id_status', ['sweep_id', 'status'], unique=False)
@@ -129,6 +130,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_jobs_sweep_id_status')
         batch_op.drop_index(batch_op.f('ix_jobs_status'))
         batch_op.drop_index(batch_op.f('ix_jobs_method'))
+        batch_op.drop_index(batch_op.f('ix_jobs_err_relative'))
 
     op.drop_table('jobs')
     op.drop_table('sweeps')

@@ -52,9 +52,8 @@ def _send(prepared: list, sweep_params: dict | None, batch_jobs: int, name: str 
     try:
         publish(_session, broker, tasks)
     except BrokerUnavailable as exc:
-        target = f"--sweep {sweep_id}" if sweep_id else "--ids " + ",".join(map(str, ids[:20])) + (
-            ",..." if len(ids) > 20 else "")
-        raise BrokerUnavailable(f"{exc}; the jobs not yet queued will run after: klab requeue {target}") from None
+        target = f" --sweep {sweep_id}" if sweep_id else " " + " ".join(map(str, ids)) if len(ids) <= 50 else ""
+        raise BrokerUnavailable(f"{exc}; the jobs not yet queued will run after: klab requeue{target}") from None
     return sweep_id, ids
 
 
@@ -245,11 +244,12 @@ def cancel(ids: tuple[int, ...], sweep_id: int | None) -> None:
 @click.option("--queued", "include_queued", is_flag=True,
               help="also send queued jobs again (after a broker lost its data); duplicates are skipped")
 def requeue(ids: tuple[int, ...], sweep_id: int | None, batch_jobs: int, include_queued: bool) -> None:
-    """Send again jobs that were stored but never reached the broker (status created)."""
+    """Send again jobs that were stored but never reached the broker (status created); no ids: all of them."""
     from service.queue import Prepared, batches, check_broker, publish, unqueued  # noqa: PLC0415
     from service.spec import JobSpec  # noqa: PLC0415
 
-    _selection(ids, sweep_id)
+    if ids and sweep_id is not None:
+        raise BadInput("id", "give job ids or --sweep, not both")
     broker = settings().broker_url
     check_broker(broker)
     with session_scope() as session:

@@ -1,0 +1,145 @@
+"""Tables for the terminal: rich when stdout is a terminal, plain aligned text when it is not.
+
+rich itself honours NO_COLOR; a pipe or a file gets no colors, no box drawing and no truncation.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+HEADERS = {
+    "relative_error": "rel. error",
+    "final_loss": "final loss",
+    "frobenius_error": "frob. error",
+    "max_abs_error": "max abs error",
+    "batch_size": "batch",
+    "epochs_done": "done",
+    "identifiable": "ident.",
+    "converged_epoch": "converged",
+    "diverged_epoch": "diverged",
+    "gap_optimization": "gap opt.",
+    "gap_noise": "gap noise",
+    "gap_identifiability": "gap ident.",
+    "sweep_id": "sweep",
+}
+
+STATUS_STYLE = {"succeeded": "green", "diverged": "red", "failed": "red", "running": "yellow",
+                "queued": "cyan", "created": "cyan", "cancelled": "magenta"}
+
+SQUEEZABLE = {"input", "kernel", "method"}
+"""Columns a narrow terminal may cut short (with an ellipsis); every other column keeps its width."""
+
+
+def cell(value: Any) -> str:
+    """One value as the tables show it: 4 significant digits, yes/no, '-' for nothing."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def header(name: str) -> str:
+    return HEADERS.get(name, name.replace("_", " "))
+
+
+def is_terminal(stream: IO[str] | None = None) -> bool:
+    stream = stream or sys.stdout
+    return hasattr(stream, "isatty") and stream.isatty() and os.environ.get("TERM") != "dumb"
+
+
+def plain(columns: Sequence[str], rows: Sequence[dict[str, Any]], cells: dict[str, Any] | None = None) -> str:
+    """Aligned columns separated by two spaces; numbers right-aligned, text left-aligned."""
+    texts = [[_text(c, r, cells) for c in columns] for r in rows]
+    heads = [header(c) for c in columns]
+    widths = [max([len(h)] + [len(t[i]) for t in texts]) for i, h in enumerate(heads)]
+    right = [all(_is_number(r.get(c)) or r.get(c) is None for r in rows) for c in columns]
+
+    def line(parts: Sequence[str]) -> str:
+        return "  ".join(p.rjust(w) if rj else p.ljust(w) for p, w, rj in zip(parts, widths, right)).rstrip()
+    return "\n".join([line(heads)] + [line(t) for t in texts])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _text(column: str, row: dict[str, Any], cells: dict[str, Any] | None) -> str:
+    if cells and column in cells:
+        return cells[column](row)
+    return cell(row.get(column))
+
+
+def show(columns: Sequence[str], rows: Sequence[dict[str, Any]], *, title: str | None = None,
+         cells: dict[str, Any] | None = None, stream: IO[str] | None = None) -> None:
+    """Print a table of rows (dicts) with the given columns; `cells` may format a column itself."""
+    stream = stream or sys.stdout
+    if not is_terminal(stream):
+        if title:
+            stream.write(title + "\n")
+        stream.write(plain(columns, rows, cells) + "\n")
+        return
+    stream.write(rich_table(columns, rows, title=title, cells=cells, stream=stream))
+
+
+def rich_table(columns: Sequence[str], rows: Sequence[dict[str, Any]], *, title: str | None = None,
+               cells: dict[str, Any] | None = None, stream: IO[str] | None = None,
+               force_terminal: bool | None = None, width: int | None = None) -> str:
+    """The table as rich renders it for a terminal (colors unless NO_COLOR is set)."""
+    from rich.console import Console  # noqa: PLC0415 - only for a terminal
+
+    console = Console(file=stream, force_terminal=force_terminal, width=width,
+                      no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
+    natural = {c: max([len(header(c))] + [len(_text(c, r, cells)) for r in rows]) for c in columns}
+    table = _table(columns, rows, natural, title, cells)
+    # Too wide for the terminal: free text (input, kernel, method) gives way first, down to 8 characters;
+    # numbers are never cut, so a table that still does not fit is printed whole and the terminal wraps it.
+    excess = _width(console, table) - console.width
+    if excess > 0:
+        widths = dict(natural)
+        for c in columns:
+            if excess > 0 and c in SQUEEZABLE:
+                cut = min(excess, max(0, natural[c] - 8))
+                widths[c] -= cut
+                excess -= cut
+        table = _table(columns, rows, widths, title, cells)
+        console.width = max(console.width, _width(console, table))
+    with console.capture() as capture:
+        console.print(table)
+    return capture.get()
+
+
+def _width(console, table) -> int:  # noqa: ANN001
+    """The width the table needs, however narrow the terminal (console.measure stops at its width)."""
+    from rich.measure import Measurement  # noqa: PLC0415
+
+    return Measurement.get(console, console.options.update_width(1_000_000), table).maximum
+
+
+def _table(columns: Sequence[str], rows: Sequence[dict[str, Any]], widths: dict[str, int], title: str | None,
+           cells: dict[str, Any] | None):  # noqa: ANN202 - a rich Table
+    from rich import box  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=title, header_style="bold", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False, collapse_padding=True)
+    for c in columns:
+        numeric = any(_is_number(r.get(c)) for r in rows)
+        table.add_column(header(c), justify="right" if numeric else "left", no_wrap=True, overflow="ellipsis",
+                         min_width=widths[c], max_width=widths[c])
+    for r in rows:
+        table.add_row(*(_styled(c, r, cells) for c in columns))
+    return table
+
+
+def _styled(column: str, row: dict[str, Any], cells: dict[str, Any] | None) -> str:
+    from rich.markup import escape  # noqa: PLC0415
+
+    text = escape(_text(column, row, cells))
+    style = STATUS_STYLE.get(str(row.get(column))) if column == "status" else None
+    return f"[{style}]{text}[/{style}]" if style else text

@@ -1,0 +1,287 @@
+"""`klab list`, `show`, `compare`, `export`, `delete` on SQLite and PostgreSQL, and what they never do."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event
+
+from service import query, store, tables
+from service.db import engine_for, session_scope, upgrade
+
+KLAB = str(Path(sys.executable).parent / "klab")
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+"""For what does not depend on the backend (rendering, argument checks): PostgreSQL adds only time."""
+
+
+def klab_proc(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([KLAB, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def jobs(klab_db: str, add_job) -> dict[str, int]:
+    """A sweep over lr (one job diverged), a job outside it, and a queued job without results."""
+    with session_scope() as session:
+        sweep = store.create_sweep(session, {"lr": [0.01, 0.1, 1.0]}, 3, name="lr").id
+        made = {
+            "sweep": sweep,
+            "slow": add_job(session, relative=0.4, sweep_id=sweep, lr=0.01),
+            "best": add_job(session, relative=0.05, sweep_id=sweep, lr=0.1),
+            "blown": add_job(session, relative=0.9, status="diverged", sweep_id=sweep, lr=1.0),
+            "adam": add_job(session, relative=0.2, method="adam", kernel="sobel-x", input="random:6x6", seed=3),
+            "queued": add_job(session, relative=None, status="queued"),
+        }
+    return made
+
+
+def captured_sql(url: str) -> list[str]:
+    statements: list[str] = []
+    event.listen(engine_for(url), "before_cursor_execute",
+                 lambda conn, cur, statement, *a: statements.append(statement))
+    return statements
+
+
+# --- list ------------------------------------------------------------------------------------
+
+def test_list_shows_one_row_per_job_newest_first(jobs: dict[str, int], klab_cli) -> None:
+    code, out, err = klab_cli("list")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["id", "status", "method"] and "rel. error" in lines[0]
+    assert [int(line.split()[0]) for line in lines[1:]] == sorted((v for k, v in jobs.items() if k != "sweep"), reverse=True)
+    assert "\x1b[" not in out and "━" not in out  # not a terminal: plain text
+
+
+def test_list_filters_sort_limit_json(jobs: dict[str, int], klab_cli) -> None:
+    def ids(*args: str) -> list[int]:
+        code, out, err = klab_cli("list", "--json", *args)
+        assert code == 0, err
+        return [r["id"] for r in json.loads(out)]
+
+    assert ids("--sweep", str(jobs["sweep"]), "--sort", "relative_error") == [jobs["best"], jobs["slow"], jobs["blown"]]
+    assert ids("--sort", "-relative_error", "--limit", "2") == [jobs["blown"], jobs["slow"]]
+    assert ids("--sort", "relative-error")[-1] == jobs["queued"]  # no error: last
+    assert ids("--status", "diverged") == [jobs["blown"]]
+    assert ids("--method", "adam") == ids("--kernel", "sobel-x") == [jobs["adam"]]
+    assert ids("--sort", "lr", "--limit", "1") == [jobs["slow"]]
+    code, out, _ = klab_cli("list", "--json", "--limit", "1")
+    row = json.loads(out)[0]
+    assert set(query.LIST_COLUMNS) <= set(row) and row["epochs_done"] == 0 and row["relative_error"] is None
+
+
+@SQLITE_ONLY
+def test_list_errors_are_one_line_naming_the_option(jobs: dict[str, int], klab_cli) -> None:
+    for args, field in ((["--sort", "loss"], "sort"), (["--sweep", "99"], "sweep"), (["--status", "done"], "status"),
+                        (["--limit", "-1"], "Invalid value for '--limit'")):
+        code, out, err = klab_cli("list", *args)
+        assert code == 2 and out == "", args
+        assert err.startswith(f"klab: error: {field}") and err.count("\n") == 1, err
+
+
+def test_list_never_reads_the_epochs_table(jobs: dict[str, int], klab_db: str, klab_cli) -> None:
+    statements = captured_sql(klab_db)
+    assert klab_cli("list", "--sort", "-final_loss", "--sweep", str(jobs["sweep"]))[0] == 0
+    assert any("FROM jobs" in s for s in statements)
+    assert not [s for s in statements if re.search(r"(FROM|JOIN)\s+epochs\b|\bepochs\.", s)]
+
+
+# --- show ------------------------------------------------------------------------------------
+
+@SQLITE_ONLY
+def test_show_prints_spec_kernels_metrics_gap_and_loss(jobs: dict[str, int], klab_cli) -> None:
+    code, out, err = klab_cli("show", str(jobs["best"]))
+    assert code == 0, err
+    with session_scope() as session:
+        result = store.result_of(session, store.get_job(session, jobs["best"]))
+    header = next(line for line in out.splitlines() if line.startswith("true"))
+    assert header.split() == ["true", "learned", "difference"]
+    for kernel in (result["true_kernel"], result["learned_kernel"]):
+        assert f"{kernel[1][2]:.4f}" in out
+    assert "lr 0.1" in out and f"sweep {jobs['sweep']}" in out
+    assert "relative 0.05" in out and "identifiable: yes (rank 9 of 9 weights)" in out
+    assert re.search(r"optimization\s+\S+\s+learned vs the best kernel", out)
+    assert result["explanation"] in out
+    assert re.search(r"loss 10 -> \S+ over 10 epochs  [▁▂▃▄▅▆▇█]{10}", out)
+
+
+def test_show_json_is_the_stored_result(jobs: dict[str, int], klab_cli) -> None:
+    code, out, _ = klab_cli("show", str(jobs["blown"]), "--json")
+    with session_scope() as session:
+        expected = store.result_of(session, store.get_job(session, jobs["blown"]))
+    assert code == 0 and json.loads(out) == expected
+    assert len(expected["epochs"]) == 10 and expected["status"] == "diverged"
+
+
+@SQLITE_ONLY
+def test_show_unknown_id(klab_db: str, klab_cli) -> None:
+    assert klab_cli("show", "7") == (2, "", "klab: error: id: no job 7\n")
+
+
+# --- compare ---------------------------------------------------------------------------------
+
+def test_compare_best_first_with_shared_parameters_once(jobs: dict[str, int], klab_cli) -> None:
+    code, out, err = klab_cli("compare", "--sweep", str(jobs["sweep"]))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("all jobs: method d2l-manual, input random:8x8")
+    assert lines[1].split()[:2] == ["id", "lr"]
+    assert [int(line.split()[0]) for line in lines[2:]] == [jobs["best"], jobs["slow"], jobs["blown"]]
+
+
+def test_compare_ids_csv_and_json(jobs: dict[str, int], klab_cli) -> None:
+    ids = [str(jobs[k]) for k in ("queued", "adam", "slow", "best")]
+    code, out, _ = klab_cli("compare", *ids, "--csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and list(rows[0]) == list(query.SUMMARY)
+    assert [int(r["id"]) for r in rows] == [jobs["best"], jobs["adam"], jobs["slow"], jobs["queued"]]
+    assert float(rows[0]["relative_error"]) == 0.05 and rows[-1]["relative_error"] == ""
+    code, out, _ = klab_cli("compare", *ids, "--json")
+    assert [r["id"] for r in json.loads(out)] == [int(r["id"]) for r in rows]
+
+
+@SQLITE_ONLY
+def test_compare_needs_ids_or_a_sweep_not_both(jobs: dict[str, int], klab_cli) -> None:
+    assert klab_cli("compare") == (2, "", "klab: error: id: give job ids or --sweep\n")
+    code, _, err = klab_cli("compare", "1", "--sweep", str(jobs["sweep"]))
+    assert code == 2 and err == "klab: error: sweep: give job ids or --sweep, not both\n"
+    code, _, err = klab_cli("compare", str(jobs["best"]), "999")
+    assert code == 2 and err == "klab: error: id: no job 999\n"
+    assert klab_cli("compare", "--sweep", "42")[2] == "klab: error: sweep: no sweep 42\n"
+
+
+# --- export ----------------------------------------------------------------------------------
+
+def test_export_jobs_csv_to_a_file(jobs: dict[str, int], klab_cli, tmp_path: Path) -> None:
+    path = tmp_path / "jobs.csv"
+    code, out, _ = klab_cli("export", "--sweep", str(jobs["sweep"]), "-o", str(path))
+    assert code == 0 and out == f"wrote 3 jobs to {path}\n"
+    rows = list(csv.DictReader(path.open()))
+    assert [int(r["id"]) for r in rows] == sorted([jobs["slow"], jobs["best"], jobs["blown"]])
+    with session_scope() as session:
+        learned = store.get_job(session, jobs["best"]).learned_kernel
+    assert json.loads(rows[1]["learned_kernel"]) == learned and json.loads(rows[1]["spec"])["lr"] == 0.1
+
+
+def test_export_epochs_json_and_csv(jobs: dict[str, int], klab_cli) -> None:
+    code, out, _ = klab_cli("export", "--ids", f"{jobs['best']},{jobs['adam']}", "--what", "epochs",
+                            "--format", "json")
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == 20 and list(rows[0]) == list(query.EPOCH_COLUMNS)
+    assert [(r["job_id"], r["epoch"]) for r in rows[9:11]] == [(jobs["best"], 10), (jobs["adam"], 1)]
+    with session_scope() as session:
+        assert [r["loss"] for r in rows[:10]] == [e["loss"] for e in store.epochs_of(session, jobs["best"])]
+    code, out, _ = klab_cli("export", "--sweep", str(jobs["sweep"]), "--what", "epochs")
+    assert code == 0 and out.splitlines()[0] == "job_id,epoch,loss,mse,kernel_error" and len(out.splitlines()) == 31
+    code, out, _ = klab_cli("export", "--ids", str(jobs["queued"]), "--format", "json", "--what", "epochs")
+    assert code == 0 and json.loads(out) == []
+
+
+def test_export_streams_epochs(jobs: dict[str, int], klab_db: str) -> None:
+    options = []
+    event.listen(engine_for(klab_db), "before_cursor_execute",
+                 lambda conn, cur, statement, params, context, many: options.append(
+                     (statement, dict(context.execution_options))))
+    with session_scope() as session:
+        _, rows = query.export_epochs(session, sweep=jobs["sweep"])
+        assert not isinstance(rows, list)
+        assert len(list(rows)) == 30
+    epoch_reads = [opts for statement, opts in options if "FROM epochs" in statement]
+    assert epoch_reads and all(o.get("yield_per") == query.STREAM_ROWS for o in epoch_reads)
+
+
+@SQLITE_ONLY
+def test_export_errors(jobs: dict[str, int], klab_cli) -> None:
+    assert klab_cli("export")[2] == "klab: error: ids: give --ids or --sweep\n"
+    assert klab_cli("export", "--ids", "1,x")[2].startswith("klab: error: ids: must be job ids")
+    assert klab_cli("export", "--ids", "999")[2] == "klab: error: ids: no job 999\n"
+    assert klab_cli("export", "--ids", "1", "--format", "xml")[0] == 2
+
+
+# --- delete ----------------------------------------------------------------------------------
+
+def test_delete_jobs_and_a_sweep(jobs: dict[str, int], klab_cli) -> None:
+    assert klab_cli("delete", str(jobs["adam"]), str(jobs["queued"])) == (0, "deleted 2 jobs and 10 epochs\n", "")
+    code, out, _ = klab_cli("delete", "--sweep", str(jobs["sweep"]))
+    assert (code, out) == (0, f"deleted 3 jobs and 30 epochs and sweep {jobs['sweep']}\n")
+    assert json.loads(klab_cli("list", "--json")[1]) == []
+    assert klab_cli("delete", "--sweep", str(jobs["sweep"]))[2] == f"klab: error: sweep: no sweep {jobs['sweep']}\n"
+    assert klab_cli("delete")[0] == 2
+
+
+# --- tables ----------------------------------------------------------------------------------
+
+def test_tables_use_color_on_a_terminal_unless_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = [{"id": 1, "status": "succeeded", "lr": 0.1}, {"id": 2, "status": "diverged", "lr": None}]
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    colored = tables.rich_table(["id", "status", "lr"], rows, force_terminal=True, width=60)
+    assert "\x1b[32m" in colored and "succeeded" in colored  # green
+    monkeypatch.setenv("NO_COLOR", "1")
+    plain_colors = tables.rich_table(["id", "status", "lr"], rows, force_terminal=True, width=60)
+    assert not re.search(r"\x1b\[(3\d|9\d)m", plain_colors) and "diverged" in plain_colors
+    narrow = tables.rich_table(["id", "input", "final_loss"], [{"id": 1, "input": "image:/a/long/path/to/cat.png",
+                                                                 "final_loss": 1.698e10}], width=24)
+    assert "1.698e+10" in narrow and "image:/…" in narrow  # free text gives way, numbers never do
+    assert tables.plain(["id", "status", "lr"], rows).splitlines() == [
+        "id  status      lr", " 1  succeeded  0.1", " 2  diverged     -"]
+
+
+# --- the real command, in other processes ------------------------------------------------------
+
+def test_commands_that_do_not_train_never_import_torch(sqlite_url: str, add_job, tmp_path: Path) -> None:
+    upgrade(sqlite_url)
+    with session_scope(sqlite_url) as session:
+        job = add_job(session)
+    script = f"""
+import json, sys
+from service.cli import main
+for args in (["list"], ["show", "{job}"], ["compare", "{job}"], ["export", "--ids", "{job}", "--what", "epochs"],
+             ["db", "current"]):
+    try:
+        main(args)
+    except SystemExit as exc:
+        assert not exc.code, (args, exc.code)
+print(json.dumps(sorted(m for m in ("torch", "worker.engine", "matplotlib", "celery") if m in sys.modules)))
+"""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("KLAB_")},
+           "KLAB_DATABASE_URL": sqlite_url, "KLAB_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "job_id,epoch" in out.stdout  # the commands really ran
+    assert json.loads(out.stdout.splitlines()[-1]) == []
+
+
+def test_run_json_then_show_json_agree(db_url: str, klab_env: dict[str, str]) -> None:
+    upgrade(db_url)
+    ran = klab_proc(klab_env, "run", "--json", "--kernel", "sobel-x", "--input", "random:6x6", "--epochs", "12",
+                    "--lr", "0.02")
+    assert ran.returncode == 0, ran.stderr
+    result = json.loads(ran.stdout)
+    shown = klab_proc(klab_env, "show", str(result["id"]), "--json")
+    assert shown.returncode == 0, shown.stderr
+    stored = json.loads(shown.stdout)
+    for key in ("true_kernel", "learned_kernel", "initial_kernel", "lstsq_kernel", "error", "gap",
+                "identifiability", "status", "explanation", "created_at", "finished_at"):
+        assert stored[key] == result[key], key
+    assert [e["loss"] for e in stored["epochs"]] == [e["loss"] for e in result["epochs"]]
+    assert len(stored["epochs"]) == 12
+
+
+def test_the_real_command_reads_postgresql(pg_url: str, add_job, tmp_path: Path) -> None:
+    upgrade(pg_url)
+    with session_scope(pg_url) as session:
+        sweep = store.create_sweep(session, {"seed": [1, 2]}, 2).id
+        first, second = add_job(session, sweep_id=sweep, seed=1, relative=0.3), add_job(session, sweep_id=sweep, seed=2)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("KLAB_")},
+           "KLAB_DATABASE_URL": pg_url, "KLAB_HOME": str(tmp_path / "home")}
+    listed = klab_proc(env, "list", "--json")
+    assert listed.returncode == 0 and [r["id"] for r in json.loads(listed.stdout)] == [second, first]
+    exported = klab_proc(env, "export", "--sweep", str(sweep), "--what", "epochs", "-o", str(tmp_path / "e.csv"))
+    assert exported.returncode == 0 and len((tmp_path / "e.csv").read_text().splitlines()) == 21
+    assert not (tmp_path / "home" / "klab.db").exists()  # it used PostgreSQL, not the default
