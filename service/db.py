@@ -54,6 +54,7 @@ def dispose_engines() -> None:
     _ENGINES.clear()
     _AT_HEAD.clear()
     _sessionmaker.cache_clear()
+    _readonly.cache_clear()
 
 
 def _create(url: str) -> Engine:
@@ -78,9 +79,11 @@ def _create(url: str) -> Engine:
 
         @event.listens_for(eng, "begin")
         def _begin(conn) -> None:  # noqa: ANN001
-            # Take the write lock up front: a deferred transaction that later writes fails at once
-            # with "database is locked" when another process wrote meanwhile, whatever the timeout.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers take the write lock up front: a deferred transaction that later writes fails at
+            # once with "database is locked" when another process wrote meanwhile, whatever the
+            # timeout. Read-only sessions begin deferred, so a slow reader never blocks the workers.
+            readonly = conn.get_execution_options().get("klab_readonly")
+            conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
         return eng
     try:
@@ -152,14 +155,21 @@ def _reason(exc: DBAPIError) -> str:
 
 
 @lru_cache(maxsize=8)
+def _readonly(engine: Engine) -> Engine:
+    return engine.execution_options(klab_readonly=True)
+
+
+@lru_cache(maxsize=8)
 def _sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
 @contextmanager
-def session_scope(url: str | None = None) -> Iterator[Session]:
+def session_scope(url: str | None = None, readonly: bool = False) -> Iterator[Session]:
     """A session on a database at head, committed on success and rolled back on error."""
     engine = ready_engine(url)
+    if readonly:
+        engine = _readonly(engine)
     session = _sessionmaker(engine)()
     try:
         yield session

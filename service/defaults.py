@@ -97,6 +97,11 @@ def lease_seconds() -> int:
     return _env_int("KLAB_LEASE_SECONDS", 60)
 
 
+def max_attempts() -> int:
+    """Times a job is started before a worker death is blamed on the job; env KLAB_MAX_ATTEMPTS."""
+    return _env_int("KLAB_MAX_ATTEMPTS", 5)
+
+
 def heartbeat_seconds() -> float:
     """How often a worker renews the lease of the jobs it trains: a fifth of the lease."""
     return max(0.2, lease_seconds() / 5)

@@ -91,9 +91,14 @@ def reap() -> int:
 
     stale = utcnow() - timedelta(seconds=defaults.lease_seconds())
     with session_scope() as session:
+        orphaned = (Job.status == JobStatus.RUNNING.value) & (Job.heartbeat_at < stale)
+        # A job that took its worker down this many times is not sent again to take down another.
+        session.execute(update(Job).where(orphaned, Job.attempts >= defaults.max_attempts()).values(
+            status=JobStatus.FAILED.value, finished_at=utcnow(),
+            error_message=f"its worker stopped answering {defaults.max_attempts()} times (KLAB_MAX_ATTEMPTS)"))
         found = session.execute(
-            update(Job).where(Job.status == JobStatus.RUNNING.value, Job.heartbeat_at < stale)
-            .values(status=JobStatus.QUEUED.value, task_id=None).returning(Job.id, Job.queue)).all()
+            update(Job).where(orphaned).values(status=JobStatus.QUEUED.value, task_id=None)
+            .returning(Job.id, Job.queue)).all()
     if found:
         publish_ids(app, batches_by_queue([(r.id, r.queue or "cpu") for r in found], defaults.BATCH_JOBS))
         log.warning("re-queued %d job(s) whose worker stopped answering", len(found))
@@ -177,6 +182,11 @@ def _train_claimed(jobs: list[Job]) -> dict[str, int]:
             except MemoryError:
                 failed.append((job.id, f"out of memory building the data of job {job.id} "
                                        f"(input {job.input}, kernel {job.kernel})"))
+                continue
+            except Exception as exc:
+                if unreachable(exc):
+                    raise
+                failed.append((job.id, f"{type(exc).__name__} loading job {job.id}: {exc}"))
                 continue
             key = engine.group_key(ej, spec.method, spec.epochs, spec.batch_size) + (spec.device.value,)
             groups[key].append((job.id, spec, ej))

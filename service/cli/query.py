@@ -20,10 +20,10 @@ GAP_PARTS = (
 )
 
 
-def _session():  # noqa: ANN202
+def _session(readonly: bool = True):  # noqa: ANN202
     from service.db import session_scope  # noqa: PLC0415 - sqlalchemy's engine only when a command runs
 
-    return session_scope()
+    return session_scope(readonly=readonly)
 
 
 def _ids(raw: str | None) -> list[int] | None:
@@ -282,7 +282,7 @@ def delete(job_ids: tuple[int, ...], sweep: int | None) -> None:
     from service import query  # noqa: PLC0415
 
     ids, sweep = _by_ids_or_sweep(job_ids, sweep)
-    with _session() as session:
+    with _session(readonly=False) as session:
         jobs, epochs = query.delete_jobs(session, ids, sweep)
     what = f" and sweep {sweep}" if sweep is not None else ""
     click.echo(f"deleted {jobs} job{'s' if jobs != 1 else ''} and {epochs} epoch{'s' if epochs != 1 else ''}{what}")

@@ -133,17 +133,17 @@ def _print_results(ids: list[int], as_json: bool, sweep_id: int | None) -> None:
     from service import store  # noqa: PLC0415
     from service.report import render  # noqa: PLC0415
 
-    with session_scope() as session:
+    out = None
+    with session_scope(readonly=True) as session:  # print after the session: never hold the database
         jobs = list(session.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id)))
         if as_json:
             results = [store.result_of(session, j) for j in jobs]
-            click.echo(json.dumps(results[0] if len(results) == 1 and sweep_id is None else results))
-            return
-        if len(jobs) == 1:
-            j = jobs[0]
-            click.echo(f"job {j.id}")
-            click.echo(render(j.spec, store.result_of(session, j)))
-            return
+            out = json.dumps(results[0] if len(results) == 1 and sweep_id is None else results)
+        elif len(jobs) == 1:
+            out = f"job {jobs[0].id}\n" + render(jobs[0].spec, store.result_of(session, jobs[0]))
+    if out is not None:
+        click.echo(out)
+        return
     counts = _counts(ids=ids)
     click.echo(_count_line(counts))
     if sweep_id is not None:
@@ -162,7 +162,7 @@ def _selection(ids: tuple[int, ...] | list[int] | None, sweep_id: int | None):  
 
 def _counts(ids: list[int] | tuple[int, ...] | None = None, sweep_id: int | None = None) -> dict[str, Any]:
     where = _selection(ids, sweep_id)
-    with session_scope() as session:
+    with session_scope(readonly=True) as session:
         rows = session.execute(select(Job.status, func.count(), func.sum(Job.epochs_done),
                                       func.sum(Job.epochs)).where(where).group_by(Job.status)).all()
     by_status = {r[0]: int(r[1]) for r in rows}

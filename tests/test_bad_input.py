@@ -1,0 +1,337 @@
+"""Bad input through the real CLI (`klab run`, `submit`, `sweep`): exit code 2, one line naming the field,
+nothing stored, nothing queued. A real broker is up, so nothing is refused for want of one.
+
+The table runs the console script's entry point in this process (a hundred processes would take
+minutes); a few cases run as real processes too, to see exactly what reaches a terminal.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import struct
+import subprocess
+import traceback
+import warnings
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, text
+
+from helpers import klab_path
+
+
+@dataclass(frozen=True)
+class Case:
+    """`klab ARGS` ({d} is the directory of the test files) must fail naming `field`."""
+
+    name: str
+    args: tuple[str, ...]
+    field: str
+    env: dict[str, str] = dataclass_field(default_factory=dict)
+
+
+def tiny_png(path: Path, width: int, height: int) -> None:
+    """A PNG of a few dozen bytes that claims width x height pixels: only the header is ever read."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grayscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def make_files(d: Path) -> None:
+    """Every file the cases name."""
+    from PIL import Image
+
+    (d / "bad.json").write_text('{"lr": 0.1,')
+    (d / "bad.yaml").write_text("lr: [0.1, 0.2\nepochs: 3\n")
+    (d / "bad.jsonl").write_text('{"seed": 1}\n{"seed": 2\n')
+    (d / "list.json").write_text("[1, 2, 3]")
+    (d / "scalar.yaml").write_text("just some words\n")
+    (d / "empty.jsonl").write_text("\n\n")
+    (d / "unknown.json").write_text('{"learning_rate": 0.1}')
+    (d / "epochs_text.yaml").write_text("epochs: ten\n")
+    (d / "epochs_float.json").write_text('{"epochs": 2.5}')
+    (d / "lr_list.json").write_text('{"lr": [0.1, 0.2]}')
+    (d / "input_number.yaml").write_text("input: 5\n")
+    (d / "kernel_date.yaml").write_text("kernel: [2024-01-01]\n")
+    (d / "kernel_bytes.yaml").write_text("kernel: [!!binary aGVsbG8=]\n")
+    (d / "kernel_null.json").write_text('{"kernel": null}')
+    (d / "lr_nan.json").write_text('{"lr": NaN}')
+    (d / "lr_inf.yaml").write_text("lr: .inf\n")
+    (d / "kernel_nan.json").write_text('{"kernel": [[1.0, NaN]]}')
+    (d / "third_bad.jsonl").write_text('{"seed": 1}\n{"seed": 2}\n{"seed": 3, "lr": -1}\n')
+    (d / "eleven.jsonl").write_text("".join(f'{{"seed": {i}}}\n' for i in range(11)))
+    (d / "two.jsonl").write_text('{"seed": 1}\n{"seed": 2}\n')
+    (d / "long.json").write_text('{"seed": 1, "epochs": 3, "lr": 0.01, "method": "d2l-manual", "tol": 0.0001}')
+    np.save(d / "x.npy", np.ones((6, 8)))
+    np.save(d / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    np.save(d / "strings.npy", np.array([["a", "b"], ["c", "d"]]))
+    np.save(d / "nan.npy", np.array([[1.0, np.nan], [0.0, 1.0]]))
+    np.save(d / "inf_labels.npy", np.full((6, 7), np.inf))
+    np.save(d / "empty.npy", np.zeros((0, 4)))
+    np.save(d / "vector.npy", np.ones(8))
+    np.save(d / "labels_6x6.npy", np.ones((6, 6)))
+    np.save(d / "big.npy", np.ones((40, 40)))  # 12,928 bytes
+    (d / "corrupt.npy").write_bytes((d / "x.npy").read_bytes()[:90])
+    (d / "text.png").write_text("not an image at all\n")
+    Image.new("L", (8, 8)).save(d / "tiny.gif")
+    tiny_png(d / "bomb.png", 20_000, 20_000)  # past twice Pillow's limit: a DecompressionBombError
+    tiny_png(d / "warned.png", 10_000, 10_000)  # past Pillow's limit once: only a warning from Pillow
+    tiny_png(d / "large.png", 5_000, 5_000)  # within Pillow's limit, over the input limit
+    (d / "a_directory.npy").mkdir()
+    os.mkfifo(d / "fifo.npy")
+    (d / "locked.npy").write_bytes((d / "x.npy").read_bytes())
+    (d / "locked.npy").chmod(0)
+
+
+CASES = [
+    # files: malformed, wrong shape of document, wrong types, unknown keys
+    Case("malformed-json", ("submit", "-f", "{d}/bad.json"), "file"),
+    Case("malformed-yaml", ("run", "-f", "{d}/bad.yaml"), "file"),
+    Case("malformed-jsonl", ("submit", "-f", "{d}/bad.jsonl"), "file"),
+    Case("json-not-a-mapping", ("submit", "-f", "{d}/list.json"), "file"),
+    Case("yaml-scalar", ("sweep", "-f", "{d}/scalar.yaml"), "file"),
+    Case("empty-jsonl", ("submit", "-f", "{d}/empty.jsonl"), "file"),
+    Case("missing-spec-file", ("submit", "-f", "{d}/nope.yaml"), "file"),
+    Case("spec-file-is-a-directory", ("run", "-f", "{d}/a_directory.npy"), "file"),
+    Case("spec-file-too-large", ("submit", "-f", "{d}/long.json"), "file", {"KLAB_MAX_FILE_BYTES": "40"}),
+    Case("unknown-key-in-file", ("submit", "-f", "{d}/unknown.json"), "learning-rate"),
+    Case("epochs-text-in-file", ("run", "-f", "{d}/epochs_text.yaml"), "epochs"),
+    Case("epochs-fraction-in-file", ("submit", "-f", "{d}/epochs_float.json"), "epochs"),
+    Case("lr-list-in-file", ("submit", "-f", "{d}/lr_list.json"), "lr"),
+    Case("input-number-in-file", ("run", "-f", "{d}/input_number.yaml"), "input"),
+    Case("kernel-date-in-yaml", ("submit", "-f", "{d}/kernel_date.yaml"), "kernel"),
+    Case("kernel-bytes-in-yaml", ("run", "-f", "{d}/kernel_bytes.yaml"), "kernel"),
+    Case("no-kernel-no-labels", ("submit", "-f", "{d}/kernel_null.json"), "kernel"),
+    Case("nan-lr-in-json", ("submit", "-f", "{d}/lr_nan.json"), "lr"),
+    Case("inf-lr-in-yaml", ("run", "-f", "{d}/lr_inf.yaml"), "lr"),
+    Case("nan-kernel-in-json", ("submit", "-f", "{d}/kernel_nan.json"), "kernel"),
+    Case("third-of-three-jobs-bad", ("submit", "-f", "{d}/third_bad.jsonl"), "lr"),
+    Case("jobs-in-file-over-limit", ("submit", "-f", "{d}/eleven.jsonl"), "file", {"KLAB_MAX_SWEEP_JOBS": "10"}),
+    Case("sweep-base-of-two-jobs", ("sweep", "-f", "{d}/two.jsonl", "--seed", "1,2"), "file"),
+    Case("run-of-two-jobs", ("run", "-f", "{d}/two.jsonl"), "file"),
+    # unknown names
+    Case("unknown-method", ("submit", "--method", "sgd"), "method"),
+    Case("unknown-device", ("run", "--device", "tpu"), "device"),
+    Case("unknown-queue", ("submit", "--queue", "tpu"), "queue"),
+    Case("unknown-kernel-preset", ("sweep", "--kernel", "d2l,sobel-z"), "kernel"),
+    Case("unknown-input-kind", ("submit", "--input", "blob:6x8"), "input"),
+    # shapes and literals
+    Case("kernel-larger-than-input", ("submit", "--input", "edge:3x3", "--kernel", "random:5x5"), "kernel"),
+    Case("kernel-wider-than-input", ("run", "--input", "ones:8x2", "--kernel", "[[1, 2, 3]]"), "kernel"),
+    Case("empty-kernel-literal", ("submit", "--kernel", "[]"), "kernel"),
+    Case("empty-row-kernel-literal", ("run", "--kernel", "[[]]"), "kernel"),
+    Case("ragged-kernel-literal", ("submit", "--kernel", "[[1, 2], [3]]"), "kernel"),
+    Case("nan-kernel-literal", ("run", "--kernel", "[[1, NaN]]"), "kernel"),
+    Case("inf-kernel-literal", ("submit", "--kernel", "[[1, -Infinity]]"), "kernel"),
+    Case("huge-kernel-literal", ("submit", "--kernel", "[[1e999, 1]]"), "kernel"),
+    Case("non-numeric-kernel-literal", ("run", "--kernel", '[["a", 1]]'), "kernel"),
+    Case("boolean-kernel-literal", ("submit", "--kernel", "[[true, false]]"), "kernel"),
+    Case("one-dimensional-kernel-literal", ("submit", "--kernel", "[1, -1]"), "kernel"),
+    Case("broken-kernel-literal", ("run", "--kernel", "[[1, 2"), "kernel"),
+    Case("three-dimensional-random-kernel", ("submit", "--kernel", "random:2x3x3"), "kernel"),
+    Case("zero-dimension-input", ("submit", "--input", "random:0x5"), "input"),
+    Case("one-number-input", ("run", "--input", "edge:6"), "input"),
+    Case("label-shape-mismatch", ("submit", "--labels", "npy:{d}/labels_6x6.npy"), "labels"),
+    Case("labels-not-a-file-form", ("submit", "--labels", "labels.npy"), "labels"),
+    Case("channel-mismatch", ("run", "--input", "random:3x8x8", "--kernel", "random:1x2x3x3"), "kernel"),
+    # numbers
+    Case("non-numeric-lr", ("submit", "--lr", "fast"), "lr"),
+    Case("zero-lr", ("submit", "--lr", "0"), "lr"),
+    Case("negative-lr", ("run", "--lr", "-0.03"), "lr"),
+    Case("nan-lr", ("submit", "--lr", "nan"), "lr"),
+    Case("inf-lr", ("run", "--lr", "inf"), "lr"),
+    Case("zero-epochs", ("submit", "--epochs", "0"), "epochs"),
+    Case("negative-epochs", ("sweep", "--epochs", "-3,5"), "epochs"),
+    Case("fractional-epochs", ("submit", "--epochs", "2.5"), "epochs"),
+    Case("zero-batch-size", ("submit", "--batch-size", "0"), "batch-size"),
+    Case("negative-batch-size", ("run", "--batch-size", "-2"), "batch-size"),
+    Case("negative-noise", ("submit", "--noise", "-1"), "noise"),
+    Case("negative-seed", ("submit", "--seed", "-1"), "seed"),
+    Case("seed-too-large", ("run", "--seed", str(2**63)), "seed"),
+    Case("non-numeric-bias", ("submit", "--bias", "some"), "bias"),
+    Case("negative-tol", ("run", "--tol", "-1"), "tol"),
+    Case("zero-batch-jobs", ("sweep", "--seed", "1,2", "--batch-jobs", "0"), "--batch-jobs"),
+    # limits
+    Case("input-elements-over-limit", ("submit", "--input", "random:5000x5000"), "input"),
+    Case("input-elements-over-env-limit", ("run", "--input", "ones:20x20"), "input",
+         {"KLAB_MAX_INPUT_ELEMENTS": "100"}),
+    Case("kernel-size-over-limit", ("submit", "--input", "random:100x100", "--kernel", "random:70x70"), "kernel"),
+    Case("epochs-over-limit", ("submit", "--epochs", "100001"), "epochs"),
+    Case("epochs-over-env-limit", ("sweep", "--epochs", "5,50"), "epochs", {"KLAB_MAX_EPOCHS": "20"}),
+    Case("sweep-jobs-over-limit", ("sweep", "--seed", "0..4", "--lr", "0.01,0.02,0.03"), "sweep",
+         {"KLAB_MAX_SWEEP_JOBS": "10"}),
+    Case("sweep-range-over-limit", ("sweep", "--seed", "0..20"), "seed", {"KLAB_MAX_SWEEP_JOBS": "10"}),
+    Case("upload-over-size-limit", ("submit", "--input", "npy:{d}/big.npy"), "input",
+         {"KLAB_MAX_FILE_BYTES": "4096"}),
+    # sweeps
+    Case("integer-range-backwards", ("sweep", "--seed", "9..1"), "seed"),
+    Case("log-range-backwards", ("sweep", "--lr", "0.1:0.001:3"), "lr"),
+    Case("log-range-to-infinity", ("sweep", "--seed", "1e-300:1e300:3"), "seed"),
+    Case("empty-sweep-item", ("sweep", "--lr", "0.01,,0.02"), "sweep"),
+    Case("non-numeric-sweep-item", ("sweep", "--epochs", "5,ten"), "epochs"),
+    # files named by fields
+    Case("missing-npy", ("submit", "--input", "npy:{d}/nope.npy"), "input"),
+    Case("directory-as-npy", ("run", "--input", "npy:{d}/a_directory.npy"), "input"),
+    Case("fifo-as-npy", ("submit", "--labels", "npy:{d}/fifo.npy"), "labels"),
+    Case("npy-of-pickled-objects", ("submit", "--input", "npy:{d}/objects.npy"), "input"),
+    Case("npy-of-pickled-objects-as-kernel", ("run", "--kernel", "npy:{d}/objects.npy"), "kernel"),
+    Case("npy-of-strings", ("submit", "--input", "npy:{d}/strings.npy"), "input"),
+    Case("npy-with-nan", ("submit", "--input", "npy:{d}/nan.npy", "--kernel", "[[1]]"), "input"),
+    Case("labels-with-inf", ("run", "--labels", "npy:{d}/inf_labels.npy"), "labels"),
+    Case("empty-npy", ("submit", "--input", "npy:{d}/empty.npy"), "input"),
+    Case("one-dimensional-npy", ("submit", "--input", "npy:{d}/vector.npy"), "input"),
+    Case("truncated-npy", ("run", "--input", "npy:{d}/corrupt.npy"), "input"),
+    Case("not-an-image", ("submit", "--input", "image:{d}/text.png"), "input"),
+    Case("gif-not-png-or-jpeg", ("run", "--input", "image:{d}/tiny.gif"), "input"),
+    Case("decompression-bomb", ("submit", "--input", "image:{d}/bomb.png"), "input"),
+    Case("image-over-pillow-limit", ("run", "--input", "image:{d}/warned.png"), "input"),
+    Case("image-over-input-limit", ("submit", "--input", "image:{d}/large.png"), "input"),
+    Case("missing-image", ("sweep", "--input", "image:{d}/nope.png,edge:6x8"), "input"),
+]
+if os.geteuid() != 0:  # root reads a file whatever its mode
+    CASES.append(Case("unreadable-npy", ("submit", "--input", "npy:{d}/locked.npy"), "input"))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("bad-input")
+    make_files(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One fresh SQLite database at head for every case: each must leave it empty."""
+    from service.db import dispose_engines, upgrade
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'klab.db'}"
+    upgrade(url)
+    yield url
+    dispose_engines()
+
+
+@pytest.fixture
+def cli_env(database: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
+    from service.settings import settings
+
+    for name in [k for k in os.environ if k.startswith("KLAB_")]:
+        monkeypatch.delenv(name)
+    env = {"KLAB_HOME": str(tmp_path / "home"), "KLAB_DATABASE_URL": database, "KLAB_BROKER_URL": redis_url}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    settings.cache_clear()
+    yield env
+    settings.cache_clear()
+
+
+def klab_here(*args: str) -> tuple[int, str, list[str]]:
+    """The console script's entry point in this process: exit code, stdout, and the lines a real process
+    would print on stderr (Python's warnings included)."""
+    from service.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code: int | str | None = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code
+        except Exception:  # noqa: BLE001 - a real process would print this traceback and exit 1
+            code = 1
+            err.write(traceback.format_exc())
+    lines = err.getvalue().splitlines() + [f"{w.category.__name__}: {w.message}" for w in caught]
+    return (code if isinstance(code, int) else 1), out.getvalue(), lines
+
+
+def names(line: str, field: str) -> bool:
+    """`klab: error: FIELD: ...`; an option click itself rejects may be quoted in click's words instead."""
+    if line.startswith(f"klab: error: {field}: "):
+        return True
+    return field.startswith("--") and line.startswith("klab: error: ") and f"'{field}'" in line
+
+
+def stored(url: str) -> dict[str, int]:
+    eng = create_engine(url)
+    try:
+        with eng.connect() as conn:
+            return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+                    for t in ("jobs", "sweeps", "datasets", "epochs")}
+    finally:
+        eng.dispose()
+
+
+def clear(url: str) -> None:
+    eng = create_engine(url)
+    try:
+        with eng.begin() as conn:
+            for t in ("epochs", "jobs", "sweeps", "datasets"):
+                conn.execute(text(f"DELETE FROM {t}"))
+    finally:
+        eng.dispose()
+
+
+def test_there_are_at_least_40_cases():
+    assert len(CASES) >= 40
+    assert len({c.name for c in CASES}) == len(CASES)
+    assert {c.args[0] for c in CASES} == {"run", "submit", "sweep"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_is_one_line_exit_2_nothing_stored_nothing_queued(case, files, cli_env, database, redis_url,
+                                                                   monkeypatch):
+    import redis
+
+    for k, v in case.env.items():
+        monkeypatch.setenv(k, v)
+    args = [a.replace("{d}", str(files)) for a in case.args]
+    try:
+        code, out, lines = klab_here(*args)
+        assert code == 2, (code, out, lines)
+        assert out == ""
+        assert len(lines) == 1, lines
+        assert names(lines[0], case.field), lines[0]
+        assert stored(database) == {"jobs": 0, "sweeps": 0, "datasets": 0, "epochs": 0}
+        r = redis.Redis.from_url(redis_url)
+        assert (r.llen("cpu"), r.llen("gpu"), r.dbsize()) == (0, 0, 0)
+    finally:
+        clear(database)
+
+
+SUBPROCESS_CASES = ["kernel-date-in-yaml", "image-over-pillow-limit", "log-range-to-infinity", "npy-of-pickled-objects"]
+
+
+def test_bad_input_in_a_real_process_prints_exactly_one_line(files, database, redis_url, tmp_path):
+    """A few cases through the console script itself: no warning or traceback reaches the terminal."""
+    import redis
+
+    by_name = {c.name: c for c in CASES}
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KLAB_")}
+    base.update({"KLAB_HOME": str(tmp_path / "home"), "KLAB_DATABASE_URL": database, "KLAB_BROKER_URL": redis_url,
+                 "NO_COLOR": "1"})
+    procs = {}
+    for name in SUBPROCESS_CASES:
+        case = by_name[name]
+        procs[name] = subprocess.Popen([klab_path(), *[a.replace("{d}", str(files)) for a in case.args]],
+                                       env={**base, **case.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True)
+    failures = []
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        expected = by_name[name].field
+        lines = err.splitlines()
+        if proc.returncode != 2 or out or len(lines) != 1 or not names(lines[0], expected):
+            failures.append((name, proc.returncode, out, err[-800:]))
+    assert failures == []
+    assert stored(database)["jobs"] == 0
+    assert redis.Redis.from_url(redis_url).dbsize() == 0

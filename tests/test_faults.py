@@ -1,0 +1,610 @@
+"""Faults, with real processes: workers killed, the broker restarted, the database away, clients racing,
+and jobs that diverge, run out of memory or out of time. Every job must end where it should, once.
+
+Each test runs its own redis-server on a free port (persistent like compose's), so that it can kill it
+and so that no other test run sharing the machine's Redis can take its messages.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from conftest import missing
+from helpers import klab_path
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {"KLAB_LEASE_SECONDS": "2", "KLAB_VISIBILITY_TIMEOUT": "5"}
+"""Short leases and visibility: a dead worker's jobs come back within seconds, not minutes."""
+
+pytestmark = pytest.mark.timeout(240)
+
+
+# --- the machinery: a broker, workers, the database and clients of the tests' own -----------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server on a free port; kill() and start() again keep its port and its directory (its data)."""
+
+    def __init__(self, workdir: Path, persistent: bool = True, password: str | None = None):
+        binary = shutil.which("redis-server")
+        if binary is None:
+            missing("redis-server", "the binary is not on PATH")
+        self.binary = binary
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.persistent = persistent
+        self.password = password
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def url(self, db: int = 0) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+
+    def client(self):  # noqa: ANN201
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5)
+
+    def start(self) -> None:
+        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "yes" if self.persistent else "no", "--dir", str(self.dir),
+                "--logfile", str(self.dir / "redis.log")]
+        if self.password:
+            argv += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if self.client().ping():
+                    return
+            except Exception:  # noqa: BLE001 - not listening yet
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    log = self.dir / "redis.log"
+                    text = log.read_text()[-2000:] if log.exists() else ""
+                    raise AssertionError(f"redis-server did not start: {text}")
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """redis_server(persistent=True, password=None) -> a started RedisServer, killed at the end."""
+    started: list[RedisServer] = []
+
+    def start(**kwargs: Any) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis{len(started)}", **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+class WorkerProcess:
+    """A real `celery -A worker.app worker` on the cpu queue, started as `klab worker` starts it."""
+
+    def __init__(self, env: dict[str, str], name: str, log: Path, concurrency: int = 1, loglevel: str = "INFO"):
+        from service.cli.queue import worker_argv
+
+        argv, extra = worker_argv("cpu", concurrency, loglevel)
+        argv[argv.index("--hostname") + 1] = f"{name}@%h"
+        self.name = name
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, "-m", *argv], env={**env, **extra}, cwd=ROOT,
+                                     stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 90) -> "WorkerProcess":
+        deadline = time.monotonic() + timeout
+        while "ready." not in self.text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"worker {self.name} did not start:\n{self.text()[-3000:]}")
+            time.sleep(0.1)
+        return self
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def children(self) -> list[int]:
+        """The pool's processes (prefork children of the main process)."""
+        out = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rpartition(")")[2].split()[1]) == self.proc.pid:
+                    out.append(int(entry.name))
+        return sorted(out)
+
+    def kill(self) -> None:
+        """SIGKILL to the whole process group: the main process and its pool, with no chance to clean up."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def worker_procs(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """worker_procs(env, name, concurrency=1) -> a started worker (not yet waited for), killed at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(env: dict[str, str], name: str, concurrency: int = 1, loglevel: str = "INFO") -> WorkerProcess:
+        w = WorkerProcess(env, name, tmp_path / f"{name}.log", concurrency, loglevel)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.kill()
+
+
+def service_env(tmp_path: Path, db_url: str, broker_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a client or worker of this test, its database upgraded to head."""
+    from service.db import dispose_engines, upgrade
+
+    upgrade(db_url)
+    dispose_engines()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KLAB_")}
+    env.update({"KLAB_HOME": str(tmp_path / "home"), "KLAB_DATABASE_URL": db_url, "KLAB_BROKER_URL": broker_url,
+                "NO_COLOR": "1", "PYTHONPATH": str(ROOT), "MALLOC_ARENA_MAX": "2", **extra})
+    return env
+
+
+def klab(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([klab_path(), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+class Client:
+    """A `klab` process running beside the test. Its output goes to files: a pipe that nobody reads
+    yet would stop it mid-write, holding whatever it holds."""
+
+    def __init__(self, env: dict[str, str], *args: str):
+        self.out, self.err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([klab_path(), *args], env=env, stdout=self.out, stderr=self.err, cwd=ROOT)
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def result(self, timeout: float = 200) -> subprocess.CompletedProcess:
+        code = self.proc.wait(timeout)
+        texts = []
+        for f in (self.out, self.err):
+            f.seek(0)
+            texts.append(f.read().decode(errors="replace"))
+            f.close()
+        return subprocess.CompletedProcess(self.proc.args, code, *texts)
+
+
+class Db:
+    """The test's own reads of the results database (never through the proxy of a test)."""
+
+    def __init__(self, url: str):
+        args = {"timeout": 30} if url.startswith("sqlite") else {}
+        self.engine = create_engine(url, poolclass=NullPool, connect_args=args)
+
+    def rows(self, sql: str, **params: Any) -> list:
+        with self.engine.connect() as conn:
+            return list(conn.execute(text(sql), params))
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        return self.rows(sql, **params)[0][0]
+
+    def statuses(self, sweep_id: int | None = None) -> dict[str, int]:
+        where, params = ("WHERE sweep_id = :s", {"s": sweep_id}) if sweep_id is not None else ("", {})
+        return dict(self.rows(f"SELECT status, count(*) FROM jobs {where} GROUP BY status", **params))
+
+    def assert_epochs_stored_once(self) -> None:
+        dup = self.rows("SELECT job_id, epoch, count(*) FROM epochs GROUP BY job_id, epoch HAVING count(*) > 1")
+        assert dup == [], dup[:5]
+        assert self.scalar("SELECT count(*) FROM epochs") == self.scalar("SELECT sum(epochs_done) FROM jobs")
+
+
+@pytest.fixture
+def pg_db(pg_url: str) -> Iterator[tuple[str, Db]]:
+    db = Db(pg_url)
+    yield pg_url, db
+    db.engine.dispose()
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: Callable[[], Any] | str, every: float = 0.1) -> Any:
+    """Poll `check` until it returns something true; fail with `what` (or what it returns) at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s: {what() if callable(what) else what}")
+        time.sleep(every)
+
+
+def sweep_id_of(out: subprocess.CompletedProcess) -> int:
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)["sweep"]
+
+
+def all_succeeded(db: Db, sweep_id: int, size: int) -> Callable[[], bool]:
+    return lambda: db.statuses(sweep_id) == {"succeeded": size}
+
+
+def tails(*workers: WorkerProcess) -> Callable[[], str]:
+    return lambda: "\n".join(f"--- {w.name}:\n{w.text()[-2500:]}" for w in workers)
+
+
+# --- a worker killed -------------------------------------------------------------------------------
+
+SLOW_SWEEP = ("--input", "random:12x12", "--kernel", "random:3x3", "--lr", "0.001", "--epochs", "60")
+"""A fraction of a second per task of 20 jobs: long enough to kill a worker mid-task."""
+
+
+def test_worker_killed_mid_sweep_its_jobs_are_taken_back_and_stored_once(tmp_path, pg_db, redis_server,
+                                                                         worker_procs):
+    url, db = pg_db
+    env = service_env(tmp_path, url, redis_server().url(), **FAST)
+    doomed = worker_procs(env, "doomed")
+    out = klab(env, "sweep", *SLOW_SWEEP, "--seed", "0..299", "--batch-jobs", "20", "--json")
+    sweep = sweep_id_of(out)
+    doomed.wait_ready()
+
+    def mid_task() -> bool:
+        s = db.statuses(sweep)
+        return s.get("succeeded", 0) >= 20 and s.get("running", 0) > 0
+
+    wait_until(mid_task, 120, lambda: (db.statuses(sweep), doomed.text()[-2000:]), every=0.02)
+    doomed.kill()
+    orphans = [r.id for r in db.rows("SELECT id FROM jobs WHERE sweep_id = :s AND status = 'running'", s=sweep)]
+    assert orphans, db.statuses(sweep)
+    assert db.statuses(sweep).get("succeeded", 0) < 300
+
+    rescuer = worker_procs(env, "rescuer").wait_ready()
+    wait_until(all_succeeded(db, sweep, 300), 90, lambda: (db.statuses(sweep), tails(rescuer)()))
+    db.assert_epochs_stored_once()
+    assert db.scalar("SELECT count(*) FROM epochs") == 300 * 60
+    jobs = db.rows("SELECT id, attempts, worker_host, seed FROM jobs WHERE sweep_id = :s", s=sweep)
+    taken_back = [r for r in jobs if r.id in orphans]
+    assert all(r.attempts >= 2 and r.worker_host.startswith("rescuer@") for r in taken_back), taken_back
+
+    # a job trained twice is stored as if trained once: its epochs equal a run of it alone
+    from service.spec import JobSpec
+    from worker.engine import run_spec
+
+    job = taken_back[0]
+    alone = run_spec(JobSpec.parse({"input": "random:12x12", "kernel": "random:3x3", "lr": 0.001, "epochs": 60,
+                                    "seed": job.seed}))
+    stored = [r.loss for r in db.rows("SELECT loss FROM epochs WHERE job_id = :j ORDER BY epoch", j=job.id)]
+    assert stored == [e["loss"] for e in alone["epochs"]]
+
+
+# --- the broker restarted --------------------------------------------------------------------------
+
+def test_broker_restarted_mid_sweep_workers_reconnect_and_the_sweep_completes(tmp_path, pg_db, redis_server,
+                                                                            worker_procs):
+    url, db = pg_db
+    broker = redis_server(persistent=True)
+    env = service_env(tmp_path, url, broker.url(), **FAST)
+    w = worker_procs(env, "survivor")
+    sweep = sweep_id_of(klab(env, "sweep", *SLOW_SWEEP, "--seed", "0..199", "--batch-jobs", "10", "--json"))
+    w.wait_ready()
+    wait_until(lambda: db.statuses(sweep).get("succeeded", 0) >= 10, 120,
+               lambda: (db.statuses(sweep), w.text()[-2000:]), every=0.05)
+    broker.kill()
+    assert db.statuses(sweep).get("succeeded", 0) < 200, "the sweep ended before the broker went away"
+    time.sleep(1.5)  # the fault itself: the broker stays away while the worker notices
+    broker.start()
+    wait_until(all_succeeded(db, sweep, 200), 90, lambda: (db.statuses(sweep), tails(w)()))
+    assert w.proc.poll() is None
+    db.assert_epochs_stored_once()
+
+
+# --- the database away for a while -----------------------------------------------------------------
+
+def test_database_unreachable_mid_sweep_workers_retry_and_no_job_fails(tmp_path, pg_db, redis_server,
+                                                                       worker_procs):
+    from proxy import Proxy
+
+    url, db = pg_db
+    pg = make_url(url)
+    broker = redis_server()
+    with Proxy((pg.host or "127.0.0.1", pg.port or 5432)) as proxy:
+        through = pg.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        client_env = service_env(tmp_path, url, broker.url(), **FAST)
+        w = worker_procs({**client_env, "KLAB_DATABASE_URL": through}, "patient")
+        sweep = sweep_id_of(klab(client_env, "sweep", *SLOW_SWEEP, "--seed", "0..199", "--batch-jobs", "10",
+                                 "--json"))
+        w.wait_ready()
+        wait_until(lambda: db.statuses(sweep).get("succeeded", 0) >= 10, 120,
+                   lambda: (db.statuses(sweep), w.text()[-2000:]), every=0.05)
+        proxy.cut()
+        assert db.statuses(sweep).get("succeeded", 0) < 200, "the sweep ended before the database went away"
+        time.sleep(5)  # the fault itself: five seconds without a database
+        refused = proxy.refused
+        proxy.restore()
+        wait_until(all_succeeded(db, sweep, 200), 60, lambda: (db.statuses(sweep), tails(w)()))
+    assert refused > 0, "nothing tried the database while it was away"
+    assert "retrying in" in w.text()  # the task waited and tried again
+    assert db.rows("SELECT id, error_message FROM jobs WHERE error_message IS NOT NULL") == []
+    db.assert_epochs_stored_once()
+
+
+# --- the broker down when submitting, and requeue ---------------------------------------------------
+
+def test_submit_while_the_broker_is_down_writes_nothing_and_requeue_sends_what_was_left(tmp_path, pg_db,
+                                                                                        redis_server,
+                                                                                        worker_procs):
+    from service import store
+    from service.db import dispose_engines, session_scope
+    from service.queue import create_jobs, prepare
+    from service.spec import JobSpec
+
+    url, db = pg_db
+    broker = redis_server(persistent=False)  # a broker that forgets: what `requeue --queued` is for
+    env = service_env(tmp_path, url, broker.url())
+    (tmp_path / "jobs.jsonl").write_text("".join(json.dumps({"seed": i}) + "\n" for i in range(5)))
+    broker.kill()
+    commands = [("submit",), ("submit", "-f", str(tmp_path / "jobs.jsonl")), ("sweep", "--seed", "0..3")]
+    clients = [(args, Client(env, *args)) for args in commands]  # started together
+    for args, client in clients:
+        out = client.result(120)
+        assert out.returncode == 3, (args, out.stdout, out.stderr)
+        lines = out.stderr.splitlines()
+        assert len(lines) == 1 and "broker" in lines[0] and f"127.0.0.1:{broker.port}" in lines[0], lines
+        assert out.stdout == ""
+    assert db.scalar("SELECT count(*) FROM jobs") == 0 and db.scalar("SELECT count(*) FROM sweeps") == 0
+
+    # stored jobs that never reached the broker (a publish that failed midway leaves them `created`)
+    specs = [JobSpec.parse({"seed": s, "lr": 0.02}) for s in range(12)]
+    with session_scope(url) as session:
+        left = store.create_sweep(session, {"swept": {"seed": list(range(12))}}, len(specs)).id
+        create_jobs(session, prepare(specs, None), left)
+    dispose_engines()
+    broker.start()
+    # queued jobs whose messages the broker lost in a restart without persistence
+    lost = sweep_id_of(klab(env, "sweep", "--seed", "0..9", "--json"))
+    assert db.statuses(lost) == {"queued": 10}
+    broker.kill()
+    broker.start()
+    assert broker.client().llen("cpu") == 0
+
+    out = klab(env, "requeue", "--sweep", str(left))
+    assert out.returncode == 0 and "queued 12 job(s)" in out.stdout, (out.stdout, out.stderr)
+    assert klab(env, "requeue", "--sweep", str(lost)).stdout.strip() == "queued 0 job(s)"  # not without --queued
+    for _ in range(2):  # sending them twice is harmless: a job is claimed once
+        out = klab(env, "requeue", "--queued", "--sweep", str(lost))
+        assert out.returncode == 0 and "queued 10 job(s)" in out.stdout, (out.stdout, out.stderr)
+    w = worker_procs(env, "late").wait_ready()
+    wait_until(lambda: db.statuses(left) == {"succeeded": 12} and db.statuses(lost) == {"succeeded": 10}, 90,
+               lambda: (db.statuses(left), db.statuses(lost), w.text()[-2000:]))
+    assert {r.attempts for r in db.rows("SELECT attempts FROM jobs")} == {1}
+    db.assert_epochs_stored_once()
+
+
+def test_a_publish_failing_midway_leaves_the_rest_for_the_requeue_it_names(tmp_path, pg_db, redis_server,
+                                                                          worker_procs):
+    url, db = pg_db
+    broker = redis_server(persistent=True)
+    env = service_env(tmp_path, url, broker.url())
+    (tmp_path / "jobs.jsonl").write_text("".join(json.dumps({"seed": 1000 + i, "epochs": 2}) + "\n"
+                                                 for i in range(400)))
+    hints = []
+    for args in (("sweep", "--seed", "0..399", "--epochs", "2"), ("submit", "-f", str(tmp_path / "jobs.jsonl"))):
+        before = db.scalar("SELECT count(*) FROM jobs")
+        client = Client(env, *args, "--batch-jobs", "1")  # one message per job: a long publish
+        wait_until(lambda: db.scalar("SELECT count(*) FROM jobs WHERE status = 'queued' AND id > :n", n=before),
+                   60, lambda: (client.poll(), db.statuses()), every=0.01)
+        broker.kill()
+        done = client.result(60)
+        assert done.returncode == 3, (done.stdout, done.stderr)
+        (line,) = done.stderr.splitlines()
+        assert "broker" in line and "klab requeue" in line, line
+        hints.append(line.split("klab requeue", 1)[1].split())
+        left = db.statuses()
+        assert left.get("created", 0) > 0 and sum(left.values()) == before + 400, left
+        broker.start()
+    w = worker_procs(env, "after").wait_ready()
+    for hint in hints:  # the command the error line named, as the user would paste it
+        out = klab(env, "requeue", *hint)
+        assert out.returncode == 0 and out.stdout.startswith("queued "), (hint, out.stdout, out.stderr)
+    wait_until(lambda: db.statuses() == {"succeeded": 800}, 120, lambda: (db.statuses(), w.text()[-2000:]))
+    assert {r.attempts for r in db.rows("SELECT attempts FROM jobs")} == {1}
+    db.assert_epochs_stored_once()
+
+
+# --- clients and workers racing ----------------------------------------------------------------------
+
+SWEEP_A = ("--input", "edge:6x8", "--kernel", "d2l", "--lr", "0.01,0.02", "--seed", "0..49", "--epochs", "20")
+SWEEP_B = ("--input", "checker:7x7", "--kernel", "sobel-x", "--method", "d2l-sgd", "--lr", "0.005",
+           "--seed", "0..59", "--epochs", "8")
+
+
+def test_two_sweeps_from_two_shells_and_four_workers(tmp_path, db_url, redis_server, worker_procs):
+    from service.spec import JobSpec
+    from worker.engine import run_spec
+
+    db = Db(db_url)
+    env = service_env(tmp_path, db_url, redis_server().url())
+    ws = [worker_procs(env, f"w{i}", concurrency=2) for i in range(2)]
+    shells = [Client(env, "sweep", *SWEEP_A, "--batch-jobs", "8", "--wait", "--json"),
+              Client(env, "sweep", *SWEEP_B, "--batch-jobs", "8", "--wait", "--json")]
+    done = [p.result(200) for p in shells]
+    for w in ws:
+        w.wait_ready(1)
+    for d in done:
+        assert d.returncode == 0, d.stderr
+    results = [json.loads(d.stdout) for d in done]
+    assert [len(r) for r in results] == [100, 60]
+    assert {r["status"] for rs in results for r in rs} == {"succeeded"}
+    texts = [d.stdout + d.stderr for d in done] + [w.text() for w in ws]
+    assert not any("database is locked" in t for t in texts)
+    assert db.scalar("SELECT count(*) FROM jobs") == 160
+    assert {r[0] for r in db.rows("SELECT DISTINCT worker_host FROM jobs")} >= {"w0@" + socket.gethostname(),
+                                                                                "w1@" + socket.gethostname()}
+    db.assert_epochs_stored_once()
+    # every job is its twin trained alone: spot-check a few of each sweep
+    twins = [(results[0][0], {"input": "edge:6x8", "kernel": "d2l", "epochs": 20}),
+             (results[0][-1], {"input": "edge:6x8", "kernel": "d2l", "epochs": 20}),
+             (results[1][0], {"input": "checker:7x7", "kernel": "sobel-x", "method": "d2l-sgd", "epochs": 8}),
+             (results[1][37], {"input": "checker:7x7", "kernel": "sobel-x", "method": "d2l-sgd", "epochs": 8})]
+    for stored, values in twins:
+        alone = run_spec(JobSpec.parse({**values, "lr": stored["spec"]["lr"], "seed": stored["seed"]}))
+        assert [e["loss"] for e in stored["epochs"]] == [e["loss"] for e in alone["epochs"]], stored["id"]
+        assert stored["learned_kernel"] == alone["learned_kernel"]
+    db.engine.dispose()
+
+
+def test_twenty_concurrent_submits_store_2000_jobs_exactly_once(tmp_path, pg_db, redis_server, worker_procs):
+    url, db = pg_db
+    env = service_env(tmp_path, url, redis_server().url())
+    w = worker_procs(env, "busy")
+    for c in range(20):
+        (tmp_path / f"jobs{c}.jsonl").write_text(
+            "".join(json.dumps({"seed": c * 100 + i, "epochs": 3}) + "\n" for i in range(100)))
+    clients = [Client(env, "submit", "-f", str(tmp_path / f"jobs{c}.jsonl"), "--json") for c in range(20)]
+    done = [p.result(200) for p in clients]
+    assert [(d.returncode, d.stderr[-500:]) for d in done if d.returncode != 0] == []
+    assert not any("database is locked" in d.stdout + d.stderr for d in done)
+    ids = [i for d in done for i in json.loads(d.stdout)["ids"]]
+    assert len(ids) == len(set(ids)) == 2000
+    assert db.scalar("SELECT count(*) FROM jobs") == 2000
+    assert db.scalar("SELECT count(DISTINCT seed) FROM jobs") == 2000
+    assert {r[0] for r in db.rows("SELECT id FROM jobs")} == set(ids)
+    w.wait_ready()
+    wait_until(lambda: db.statuses() == {"succeeded": 2000}, 120, lambda: (db.statuses(), w.text()[-2000:]))
+    db.assert_epochs_stored_once()
+
+
+# --- training faults ----------------------------------------------------------------------------------
+
+def test_a_job_whose_stored_data_cannot_be_loaded_fails_once_instead_of_coming_back(tmp_path, pg_db,
+                                                                                    redis_server, worker_procs):
+    import numpy as np
+
+    url, db = pg_db
+    env = service_env(tmp_path, url, redis_server().url(), **FAST)
+    np.save(tmp_path / "x.npy", np.ones((6, 8)))
+    out = klab(env, "submit", "--input", f"npy:{tmp_path / 'x.npy'}", "--json")
+    assert out.returncode == 0, out.stderr
+    (poisoned,) = json.loads(out.stdout)["ids"]
+    with db.engine.begin() as conn:  # the uploaded array, damaged in storage
+        conn.execute(text("UPDATE datasets SET data = :junk"), {"junk": b"\x93NUMPY garbage"})
+    w = worker_procs(env, "careful").wait_ready()
+    after = klab(env, "submit", "--wait", "--json")  # behind it on the queue
+    assert after.returncode == 0 and json.loads(after.stdout)["status"] == "succeeded", after.stderr
+    time.sleep(3 * int(FAST["KLAB_LEASE_SECONDS"]))  # long enough for a lease to lapse and a reaper to look
+    (job,) = db.rows("SELECT status, attempts, error_message FROM jobs WHERE id = :j", j=poisoned)
+    assert (job.status, job.attempts) == ("failed", 1) and job.error_message, (job, w.text()[-2000:])
+    assert w.proc.poll() is None
+
+
+def vm_size(pid: int) -> int:
+    """The address space a process holds, in bytes."""
+    return int(Path(f"/proc/{pid}/status").read_text().split("VmSize:")[1].split()[0]) * 1024
+
+
+def limit_memory(pid: int, room: int) -> None:
+    """Let the process map `room` bytes more than it holds now; past that, allocations fail (ENOMEM).
+
+    Set on the running pool process rather than with `prlimit --as` at start, so that the room does
+    not depend on how much address space torch and Celery take on this machine.
+    """
+    limit = vm_size(pid) + room
+    resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
+
+
+def test_divergence_out_of_memory_and_time_limit_end_their_jobs_not_the_worker(tmp_path, pg_db, redis_server,
+                                                                               worker_procs):
+    url, db = pg_db
+    env = service_env(tmp_path, url, redis_server().url(), KLAB_MAX_JOB_SECONDS="2")
+    w = worker_procs(env, "sturdy").wait_ready()
+    warm = klab(env, "submit", "--wait", "--json")
+    assert warm.returncode == 0 and json.loads(warm.stdout)["status"] == "succeeded", warm.stderr
+    (child,) = w.children()
+    problems = []  # every fault is checked, whatever happened to the one before
+
+    def submit(jobs: list[dict]) -> list[int]:
+        path = tmp_path / f"jobs-{time.monotonic_ns()}.jsonl"
+        path.write_text("".join(json.dumps(j) + "\n" for j in jobs))
+        out = klab(env, "submit", "-f", str(path), "--batch-jobs", "100", "--json")
+        assert out.returncode == 0, out.stderr
+        ids = json.loads(out.stdout)["ids"]
+        # One pool process takes the tasks in order: once the last job has ended, so has every one before it.
+        wait_until(lambda: w.proc.poll() is not None or db.scalar("SELECT finished_at FROM jobs WHERE id = :j",
+                                                                  j=ids[-1]),
+                   90, lambda: (db.statuses(), w.text()[-3000:]))
+        if w.proc.poll() is not None:
+            raise AssertionError([*problems, ("the worker died", db.statuses(), w.text()[-3000:])])
+        return ids
+
+    def job(i: int):  # noqa: ANN202
+        return db.rows("SELECT id, status, error_message, diverged_epoch, epochs_done, worker_host FROM jobs "
+                       "WHERE id = :i", i=i)[0]
+
+    def out_of_memory(ids: list[int], what: str) -> None:
+        ends = {(job(i).status, job(i).error_message) for i in ids}
+        (status, message), *others = ends
+        if others or status != "failed" or "memory" not in (message or "").lower() or \
+                not re.search(r"\d{4,}|\d+x\d+", message):  # how large it was: a count or a shape
+            problems.append((what, ends, w.text()[-2500:]))
+
+    # Training that cannot allocate: 100 inputs of 600 x 600 load in about 0.7 GB, but their unfolded
+    # input alone takes 1.3 GB, all in the worker.
+    limit_memory(child, 1_400_000_000)
+    big = [{"input": "random:600x600", "kernel": "random:3x3", "lr": 0.0001, "epochs": 2, "seed": s}
+           for s in range(100)]
+    ids = submit(big + [{"input": "ones:6x8", "lr": 0.03, "epochs": 50},  # diverges
+                        {"input": "random:3x32x32", "kernel": "random:4x3x3x3", "method": "adam", "lr": 0.001,
+                         "epochs": 100000},  # outlives KLAB_MAX_JOB_SECONDS
+                        {"seed": 7}])  # an ordinary job after all that
+    big_ids, (diverging, endless, ordinary) = ids[:100], ids[100:]
+    out_of_memory(big_ids, "a batch too large to train")
+    d = job(diverging)
+    if not (d.status == "diverged" and 1 <= d.diverged_epoch <= 50 and d.error_message is None):
+        problems.append(("divergence", d))
+    t = job(endless)
+    if not (t.status == "failed" and "time limit" in t.error_message and "KLAB_MAX_JOB_SECONDS" in t.error_message
+            and 0 < t.epochs_done < 100000):
+        problems.append(("time limit", t))
+    if job(ordinary).status != "succeeded":
+        problems.append(("the job after them", job(ordinary)))
+
+    # A job the worker cannot even build: its labels take 0.5 GB to compute, the worker has 0.25 GB left.
+    limit_memory(child, 250_000_000)
+    unbuildable, after = submit([{"input": "random:4x3x256x256", "kernel": "random:8x3x9x9", "epochs": 2},
+                                 {"seed": 8}])
+    out_of_memory([unbuildable], "a job too large to build")
+    if job(after).status != "succeeded":
+        problems.append(("the job after it", job(after)))
+
+    assert problems == []
+    assert w.proc.poll() is None and w.children() == [child]  # the same process served them all
+    assert {job(i).worker_host.split("@")[0] for i in (ordinary, after)} == {"sturdy"}
+    db.assert_epochs_stored_once()
