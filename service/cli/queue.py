@@ -131,7 +131,7 @@ def _report(ids: list[int], sweep_id: int | None, wait: bool, as_json: bool) -> 
 
 def _print_results(ids: list[int], as_json: bool, sweep_id: int | None) -> None:
     from service import store  # noqa: PLC0415
-    from service.report import render  # noqa: PLC0415
+    from service.cli.query import render  # noqa: PLC0415 - the text `klab show` prints
 
     out = None
     with session_scope(readonly=True) as session:  # print after the session: never hold the database
@@ -140,7 +140,7 @@ def _print_results(ids: list[int], as_json: bool, sweep_id: int | None) -> None:
             results = [store.result_of(session, j) for j in jobs]
             out = json.dumps(results[0] if len(results) == 1 and sweep_id is None else results)
         elif len(jobs) == 1:
-            out = f"job {jobs[0].id}\n" + render(jobs[0].spec, store.result_of(session, jobs[0]))
+            out = render(store.result_of(session, jobs[0]))
     if out is not None:
         click.echo(out)
         return

@@ -57,8 +57,11 @@ def run(spec_file: str | None, as_json: bool, no_store: bool, **values: str) -> 
     if as_json:
         click.echo(json.dumps(result))
         return
-    from service.report import render  # noqa: PLC0415
+    if no_store:
+        from service.report import render  # noqa: PLC0415
 
-    if not no_store:
-        click.echo(f"job {result['id']}")
-    click.echo(render(spec.to_json(), result))
+        click.echo(render(spec.to_json(), result))
+    else:
+        from service.cli.query import render as show  # noqa: PLC0415 - stored: print it as `klab show` does
+
+        click.echo(show(result))
