@@ -170,19 +170,6 @@ def add_job():
 @pytest.fixture
 def klab_cli():
     """klab_cli(*args) -> (exit code, stdout, stderr): the real CLI entry point, run in this process."""
-    import contextlib
-    import io
+    from helpers import klab_main
 
-    from service.cli import main
-
-    def run(*args: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        code: int | str | None = 0
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main(list(args))
-            except SystemExit as exc:
-                code = exc.code
-        return (code if isinstance(code, int) else 1 if code else 0), out.getvalue(), err.getvalue()
-
-    return run
+    return klab_main
