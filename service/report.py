@@ -1,39 +1,38 @@
 """Plain-text reports of a result: kernels side by side, metrics, the gap and its sentence."""
 from __future__ import annotations
 
+import math
 from typing import Any
-
-import numpy as np
 
 SPARK = "▁▂▃▄▅▆▇█"
 
 
 def sparkline(values: list[float | None], width: int = 60) -> str:
     """The loss curve on a log scale, one character an epoch (sampled down to width)."""
-    vals = np.array([np.nan if v is None else v for v in values], dtype=float)
-    if vals.size == 0:
+    vals = [math.nan if v is None else float(v) for v in values]
+    if not vals:
         return ""
-    if vals.size > width:
-        vals = vals[np.linspace(0, vals.size - 1, width).round().astype(int)]
-    logs = np.log10(np.clip(vals, 1e-30, None))
-    ok = np.isfinite(logs)
-    if not ok.any():
-        return "?" * vals.size
-    lo, hi = logs[ok].min(), logs[ok].max()
+    if len(vals) > width:  # evenly spaced samples, first and last included (as numpy.linspace rounds them)
+        step = (len(vals) - 1) / (width - 1)
+        vals = [vals[round(i * step)] for i in range(width - 1)] + [vals[-1]]
+    logs = [math.log10(max(v, 1e-30)) if not math.isnan(v) else math.nan for v in vals]
+    ok = [v for v in logs if math.isfinite(v)]
+    if not ok:
+        return "?" * len(vals)
+    lo, hi = min(ok), max(ok)
     span = hi - lo or 1.0
-    return "".join(SPARK[int((v - lo) / span * (len(SPARK) - 1))] if np.isfinite(v) else "?" for v in logs)
+    return "".join(SPARK[int((v - lo) / span * (len(SPARK) - 1))] if math.isfinite(v) else "?" for v in logs)
+
+
+def _number(v: Any) -> float:
+    return math.nan if v is None else float(v)
 
 
 def _grid(kernel: Any) -> list[list[float]]:
     """A kernel as rows of numbers: 4-D kernels are laid out one (out, in) slice under another."""
-    a = np.array(kernel, dtype=float)
-    if a.ndim == 2:
-        return a.tolist()
-    rows = []
-    for o in range(a.shape[0]):
-        for i in range(a.shape[1]):
-            rows.extend(a[o, i].tolist())
-    return rows
+    if kernel and isinstance(kernel[0], list) and kernel[0] and isinstance(kernel[0][0], list):
+        return [row for out in kernel for plane in out for row in _grid(plane)]
+    return [[_number(v) for v in row] for row in kernel]
 
 
 def side_by_side(named: list[tuple[str, Any]]) -> str:
@@ -42,8 +41,7 @@ def side_by_side(named: list[tuple[str, Any]]) -> str:
     for name, kernel in named:
         if kernel is None:
             continue
-        lines = ["  ".join(f"{v:8.4f}" if v is not None and np.isfinite(v) else "     nan" for v in row)
-                 for row in _grid(kernel)]
+        lines = ["  ".join(f"{v:8.4f}" if math.isfinite(v) else "     nan" for v in row) for row in _grid(kernel)]
         width = max(len(name), *(len(line) for line in lines))
         blocks.append([name.ljust(width)] + [line.ljust(width) for line in lines])
     if not blocks:
@@ -54,11 +52,16 @@ def side_by_side(named: list[tuple[str, Any]]) -> str:
     return "\n".join("   ".join(parts).rstrip() for parts in zip(*blocks))
 
 
+def _minus(a: Any, b: Any) -> Any:
+    if isinstance(a, list):
+        return [_minus(x, y) for x, y in zip(a, b, strict=True)]
+    return _number(a) - _number(b)
+
+
 def difference(result: dict[str, Any]) -> Any:
     if result.get("true_kernel") is None or result.get("learned_kernel") is None:
         return None
-    learned = np.array(result["learned_kernel"], dtype=float)
-    return (learned - np.array(result["true_kernel"], dtype=float)).tolist()
+    return _minus(result["learned_kernel"], result["true_kernel"])
 
 
 def _fmt(v: Any) -> str:
