@@ -12,28 +12,12 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.errors import DatabaseUnavailable
-from service.settings import mask, settings
+from service.reader import HEAD, SQLITE_BUSY_MS
+from service.settings import describe, mask, reason, settings
 
-__all__ = ["DatabaseUnavailable", "HEAD", "engine_for", "ready_engine", "session_scope"]
-
-HEAD = "0001"
-"""The newest migration in migrations/versions (a test keeps this in step with Alembic's head)."""
-
-SQLITE_BUSY_MS = 30_000
-"""How long a SQLite writer waits for another process's write lock before giving up."""
+__all__ = ["HEAD", "SQLITE_BUSY_MS", "DatabaseUnavailable", "describe", "engine_for", "ready_engine", "session_scope"]
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
-
-
-def describe(url: str) -> str:
-    """Where a URL points, for messages: host and database, never the password."""
-    try:
-        u = make_url(url)
-    except (ArgumentError, ValueError):  # a bad port is a ValueError
-        return mask(url)
-    if u.drivername.startswith("sqlite"):
-        return f"sqlite database {u.database or ':memory:'}"
-    return f"{u.get_backend_name()} database {u.database or ''} on {u.host or 'localhost'}:{u.port or 5432}"
 
 
 _ENGINES: dict[str, Engine] = {}
@@ -132,10 +116,8 @@ def ready_engine(url: str | None = None) -> Engine:
     engine = engine_for(url)
     if url in _AT_HEAD:
         return engine
-    try:
+    with reachable(url):
         rev = current_revision(engine)
-    except DBAPIError as exc:
-        raise DatabaseUnavailable(f"cannot reach the {describe(url)}: {_reason(exc)}") from None
     if rev == HEAD:
         _AT_HEAD.add(url)
         return engine
@@ -149,9 +131,14 @@ def ready_engine(url: str | None = None) -> Engine:
     raise DatabaseUnavailable(f"the {where} is at revision {rev}, not {HEAD}; run: klab db upgrade", 2)
 
 
-def _reason(exc: DBAPIError) -> str:
-    msg = str(exc.orig) if exc.orig is not None else str(exc)
-    return mask(msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__)
+@contextmanager
+def reachable(url: str) -> Iterator[None]:
+    """A database that cannot be reached, as one line naming the host (exit 3)."""
+    try:
+        yield
+    except DBAPIError as exc:
+        why = reason(exc.orig if exc.orig is not None else exc)
+        raise DatabaseUnavailable(f"cannot reach the {describe(url)}: {why}") from None
 
 
 @lru_cache(maxsize=8)

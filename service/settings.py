@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 
 @dataclass(frozen=True)
@@ -49,3 +50,26 @@ _PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)
 def mask(text: str) -> str:
     """Any URL's password replaced by ***."""
     return _PASSWORD.sub(lambda m: f"{m['pre']}***{m['at']}", str(text))
+
+
+def describe(url: str) -> str:
+    """Where a database URL points, for messages: host and database, never the password."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return mask(url)
+    backend = scheme.split("+")[0].lower()
+    if backend == "sqlite":
+        path = rest.partition("/")[2].partition("?")[0]
+        return f"sqlite database {unquote(path) or ':memory:'}"
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is not a number
+        return mask(url)
+    return f"{backend} database {unquote(parts.path.lstrip('/'))} on {host or 'localhost'}:{port or 5432}"
+
+
+def reason(exc: BaseException) -> str:
+    """A driver's error as one line, passwords masked."""
+    msg = str(exc).strip()
+    return mask(msg.splitlines()[0] if msg else type(exc).__name__)

@@ -1,4 +1,4 @@
-"""Reading and writing jobs, epochs and datasets. Sessions are passed in; nothing here trains."""
+"""Writing jobs, epochs and datasets (reading them back: service.query). Sessions are passed in; nothing here trains."""
 from __future__ import annotations
 
 import hashlib
@@ -6,7 +6,6 @@ import io
 import json
 import math
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, insert, select, text, update
@@ -57,20 +56,6 @@ def create_sweep(session: Session, params: dict[str, Any], size: int, name: str 
     sweep = Sweep(params=params, size=size, name=name, created_at=utcnow())
     session.add(sweep)
     session.flush()
-    return sweep
-
-
-def get_job(session: Session, job_id: int) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise BadInput("id", f"no job {job_id}")
-    return job
-
-
-def get_sweep(session: Session, sweep_id: int) -> Sweep:
-    sweep = session.get(Sweep, sweep_id)
-    if sweep is None:
-        raise BadInput("sweep", f"no sweep {sweep_id}")
     return sweep
 
 
@@ -217,57 +202,6 @@ def insert_epochs(session: Session, rows: Iterable[tuple]) -> int:
         session.execute(insert(Epoch), batch)
         count += len(batch)
     return count
-
-
-def epochs_of(session: Session, job_id: int) -> list[dict[str, Any]]:
-    rows = session.execute(select(Epoch.epoch, Epoch.loss, Epoch.mse, Epoch.kernel_error)
-                           .where(Epoch.job_id == job_id).order_by(Epoch.epoch)).all()
-    return [{"epoch": r.epoch, "loss": r.loss, "mse": r.mse, "kernel_error": r.kernel_error} for r in rows]
-
-
-def _iso(dt: datetime | None) -> str | None:
-    return None if dt is None else dt.isoformat()
-
-
-def result_of(session: Session, job: Job, with_epochs: bool = True) -> dict[str, Any]:
-    """The stored result: the engine's object plus id, status, timestamps, spec and where it ran."""
-    error = None
-    if job.err_frobenius is not None or job.err_relative is not None:
-        error = {"frobenius": job.err_frobenius, "relative": job.err_relative, "max_abs": job.err_max_abs,
-                 "cosine": job.err_cosine}
-    ident = None if job.rank is None else {"rank": job.rank, "params": job.params, "identifiable": job.identifiable}
-    gap = None if job.gap_optimization is None else {
-        "optimization": job.gap_optimization, "noise": job.gap_noise, "identifiability": job.gap_identifiability}
-    return {
-        "id": job.id,
-        "status": job.status,
-        "method": job.method,
-        "device": job.device,
-        "seed": job.seed,
-        "torch_version": job.torch_version,
-        "train_seconds": job.train_seconds,
-        "epochs": epochs_of(session, job.id) if with_epochs else None,
-        "true_kernel": job.true_kernel,
-        "initial_kernel": job.initial_kernel,
-        "learned_kernel": job.learned_kernel,
-        "learned_bias": job.learned_bias,
-        "error": error,
-        "converged_epoch": job.converged_epoch,
-        "diverged_epoch": job.diverged_epoch,
-        "identifiability": ident,
-        "lstsq_kernel": job.lstsq_kernel,
-        "gap": gap,
-        "explanation": job.explanation,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-        "sweep_id": job.sweep_id,
-        "queue": job.queue,
-        "worker_host": job.worker_host,
-        "epochs_done": job.epochs_done,
-        "error_message": job.error_message,
-        "spec": job.spec,
-    }
 
 
 # --- datasets -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from PIL import Image
 from conftest import fake_result
 from service import plot, query, store
 from service.db import session_scope
+from service.reader import Reader
 from service.spec import JobSpec
 
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -43,7 +44,7 @@ def test_plot_sweep_against_what_it_varied(klab_db: str, add_job, klab_cli, tmp_
             add_job(session, relative=rel, sweep_id=sweep, lr=lr)
             add_job(session, relative=rel * 2, sweep_id=sweep, lr=lr, method="adam")
         add_job(session, relative=None, status="failed", sweep_id=sweep, lr=3.0, method="adam")
-        rows = query.compare(session, sweep=sweep)
+        rows = query.compare(Reader.of_session(session), sweep=sweep)
     assert query.varying(rows) == ["lr", "method"]
     out = tmp_path / "sweep.png"
     code, _, err = klab_cli("plot", "--sweep", str(sweep), "-o", str(out))

@@ -11,7 +11,8 @@ from conftest import ROOT, fake_result
 from service import query, store
 from service.db import session_scope
 from service.errors import BadInput
-from service.models import Epoch, Job, JobStatus
+from service.models import Epoch, Job, JobStatus, Sweep
+from service.reader import Reader, reading
 from service.spec import JobSpec
 
 SPEC = JobSpec.parse({"input": "random:8x8", "kernel": "random:3x3", "epochs": 6})
@@ -23,8 +24,8 @@ def test_stored_result_is_the_engines_plus_identity(klab_db: str) -> None:
         job = store.create_job(session, SPEC, status=JobStatus.RUNNING)
         store.save_results(session, [(job.id, result)])
         job_id = job.id
-    with session_scope() as session:
-        stored = store.result_of(session, store.get_job(session, job_id))
+    with reading(klab_db) as reader:
+        stored = query.result_of(reader, job_id)
     for key in ("status", "true_kernel", "learned_kernel", "error", "identifiability", "gap", "explanation",
                 "diverged_epoch"):
         assert stored[key] == result[key], key
@@ -37,7 +38,7 @@ def test_storing_again_replaces_the_epochs(klab_db: str) -> None:
         job = store.create_job(session, SPEC)
         store.save_results(session, [(job.id, fake_result(SPEC, epochs=6))])
         store.save_results(session, [(job.id, fake_result(SPEC, relative=0.5, epochs=3))])
-        assert [e["epoch"] for e in store.epochs_of(session, job.id)] == [1, 2, 3]
+        assert [e["epoch"] for e in query.epochs_of(Reader.of_session(session), job.id)] == [1, 2, 3]
         assert session.get(Job, job.id).epochs_done == 3
         assert session.get(Job, job.id).err_relative == 0.5
 
@@ -49,8 +50,8 @@ def test_insert_epochs_in_bulk(klab_db: str) -> None:
         assert store.insert_epochs(session, rows) == 3000
     with session_scope() as session:
         assert session.execute(select(func.count()).select_from(Epoch)).scalar() == 3000
-        assert store.epochs_of(session, ids[1])[999] == {"epoch": 1000, "loss": 0.001, "mse": None,
-                                                         "kernel_error": 0.5}
+        assert query.epochs_of(Reader.of_session(session), ids[1])[999] == {"epoch": 1000, "loss": 0.001, "mse": None,
+                                                                            "kernel_error": 0.5}
 
 
 def test_unfinished_values_are_stored_as_null(klab_db: str) -> None:
@@ -64,10 +65,11 @@ def test_unfinished_values_are_stored_as_null(klab_db: str) -> None:
 
 
 def test_unknown_job_and_sweep_are_bad_input(klab_db: str) -> None:
-    with session_scope() as session, pytest.raises(BadInput, match="^id: no job 42$"):
-        store.get_job(session, 42)
-    with session_scope() as session, pytest.raises(BadInput, match="^sweep: no sweep 7$"):
-        store.get_sweep(session, 7)
+    with reading(klab_db) as reader:
+        with pytest.raises(BadInput, match="^id: no job 42$"):
+            query.result_of(reader, 42)
+        with pytest.raises(BadInput, match="^sweep: no sweep 7$"):
+            query.sweep_name(reader, 7)
 
 
 def test_datasets_are_stored_once_per_content(klab_db: str) -> None:
@@ -89,8 +91,8 @@ def test_list_filters_sorts_and_limits(klab_db: str, add_job) -> None:
         b = add_job(session, relative=0.1, sweep_id=sweep, lr=0.01, method="adam")
         c = add_job(session, relative=None, status="queued", kernel="sobel-x")
         d = add_job(session, relative=0.2, status="diverged", lr=3.0)
-    with session_scope() as session:
-        ids = lambda **kw: [r["id"] for r in query.list_jobs(session, **kw)]  # noqa: E731
+    with reading(klab_db) as reader:
+        ids = lambda **kw: [r["id"] for r in query.list_jobs(reader, **kw)]  # noqa: E731
         assert ids() == [d, c, b, a]
         assert ids(sort="relative_error") == [b, d, a, c]  # a job without an error comes last
         assert ids(sort="-relative_error") == [a, d, b, c]  # either way
@@ -100,11 +102,11 @@ def test_list_filters_sorts_and_limits(klab_db: str, add_job) -> None:
         assert ids(method="adam") == [b]
         assert ids(kernel="sobel-x") == [c]
         with pytest.raises(BadInput, match="^sort: unknown column 'loss'"):
-            query.list_jobs(session, sort="loss")
+            query.list_jobs(reader, sort="loss")
         with pytest.raises(BadInput, match="^status: unknown status"):
-            query.list_jobs(session, status="done")
+            query.list_jobs(reader, status="done")
         with pytest.raises(BadInput, match="^sweep: no sweep 99"):
-            query.list_jobs(session, sweep=99)
+            query.list_jobs(reader, sweep=99)
 
 
 def test_delete_removes_jobs_epochs_and_the_sweep(klab_db: str, add_job) -> None:
@@ -114,14 +116,14 @@ def test_delete_removes_jobs_epochs_and_the_sweep(klab_db: str, add_job) -> None
         add_job(session, sweep_id=sweep)
         keep = add_job(session)
     with session_scope() as session:
-        assert query.delete_jobs(session, sweep=sweep) == (2, 20)
+        assert query.delete_jobs(Reader.of_session(session), sweep=sweep) == (2, 20)
     with session_scope() as session:
         assert session.execute(select(Job.id)).scalars().all() == [keep]
         assert session.execute(select(func.count()).select_from(Epoch)).scalar() == 10
-        with pytest.raises(BadInput, match="no sweep"):
-            store.get_sweep(session, sweep)
+        assert session.get(Sweep, sweep) is None
         with pytest.raises(BadInput, match="^id: no job 12345$"):
-            query.delete_jobs(session, [keep, 12345])
+            query.delete_jobs(Reader.of_session(session), [keep, 12345])
+        assert session.get(Job, keep) is not None
 
 
 # --- the README's SQL --------------------------------------------------------------------------

@@ -4,8 +4,8 @@ from __future__ import annotations
 import click
 
 from service.cli import cli
-from service.db import HEAD, DatabaseUnavailable, current_revision, describe, engine_for, upgrade
-from service.settings import settings
+from service.reader import HEAD, revision
+from service.settings import describe, settings
 
 
 @cli.group()
@@ -14,30 +14,21 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.option("--revision", default="head", show_default=True, help="target revision")
-def db_upgrade(revision: str) -> None:
+@click.option("--revision", "target", default="head", show_default=True, help="target revision")
+def db_upgrade(target: str) -> None:
     """Apply migrations up to head (safe to run again)."""
+    from service.db import upgrade  # noqa: PLC0415 - Alembic and SQLAlchemy only to migrate
+
     url = settings().database_url
-    _reachable(url)
-    upgrade(url, revision)
-    click.echo(f"{describe(url)} is at revision {current_revision(engine_for(url))}")
+    revision(url)  # an unreachable database is one line, before Alembic starts
+    upgrade(url, target)
+    click.echo(f"{describe(url)} is at revision {revision(url)}")
 
 
 @db.command("current")
 def db_current() -> None:
     """Print the database's revision and whether it is at head."""
     url = settings().database_url
-    rev = _reachable(url)
+    rev = revision(url)
     state = "head" if rev == HEAD else f"not at head {HEAD}; run: klab db upgrade"
     click.echo(f"{describe(url)}: revision {rev or 'none'} ({state})")
-
-
-def _reachable(url: str) -> str | None:
-    from sqlalchemy.exc import DBAPIError  # noqa: PLC0415
-
-    try:
-        return current_revision(engine_for(url))
-    except DBAPIError as exc:
-        from service.db import _reason  # noqa: PLC0415
-
-        raise DatabaseUnavailable(f"cannot reach the {describe(url)}: {_reason(exc)}") from None

@@ -20,10 +20,10 @@ GAP_PARTS = (
 )
 
 
-def _session(readonly: bool = True):  # noqa: ANN202
-    from service.db import session_scope  # noqa: PLC0415 - sqlalchemy's engine only when a command runs
+def _reading():  # noqa: ANN202
+    from service.reader import reading  # noqa: PLC0415 - the driver only when a command runs
 
-    return session_scope(readonly=readonly)
+    return reading()
 
 
 def _ids(raw: str | None) -> list[int] | None:
@@ -64,8 +64,8 @@ def list_(status: str | None, sweep: int | None, method: str | None, kernel: str
     from service import query, tables  # noqa: PLC0415
 
     query.parse_sort(sort)  # a bad --sort is reported before the database is opened
-    with _session() as session:
-        rows = query.list_jobs(session, status=status, sweep=sweep, method=method, kernel=kernel, sort=sort,
+    with _reading() as reader:
+        rows = query.list_jobs(reader, status=status, sweep=sweep, method=method, kernel=kernel, sort=sort,
                                limit=limit)
     if as_json:
         _json(rows)
@@ -80,10 +80,10 @@ def list_(status: str | None, sweep: int | None, method: str | None, kernel: str
 @click.option("--json", "as_json", is_flag=True, help="print the full stored result, epochs included")
 def show(job_id: int, as_json: bool) -> None:
     """One job: its spec, kernels side by side, error metrics, the gap explained and the loss curve."""
-    from service import store  # noqa: PLC0415
+    from service import query  # noqa: PLC0415
 
-    with _session() as session:
-        result = store.result_of(session, store.get_job(session, job_id))
+    with _reading() as reader:
+        result = query.result_of(reader, job_id)
     click.echo(json.dumps(result) if as_json else render(result))
 
 
@@ -160,8 +160,8 @@ def compare(job_ids: tuple[int, ...], sweep: int | None, as_json: bool, as_csv: 
     if as_json and as_csv:
         raise BadInput("csv", "give --json or --csv, not both")
     ids, sweep = _by_ids_or_sweep(job_ids, sweep)
-    with _session() as session:
-        rows = query.compare(session, ids, sweep)
+    with _reading() as reader:
+        rows = query.compare(reader, ids, sweep)
     if as_json:
         _json(rows)
     elif as_csv:
@@ -193,9 +193,9 @@ def export(sweep: int | None, ids: str | None, what: str, fmt: str, output: str 
         raise BadInput("ids", "give --ids or --sweep, not both")
     if not job_ids and sweep is None:
         raise BadInput("ids", "give --ids or --sweep")
-    with _session() as session:
+    with _reading() as reader:
         fetch = query.export_jobs if what == "jobs" else query.export_epochs
-        columns, rows = fetch(session, job_ids, sweep)
+        columns, rows = fetch(reader, job_ids, sweep)
         with _output(output) as out:
             count = (_write_csv if fmt == "csv" else _write_json)(out, columns, rows)
     if output:
@@ -248,17 +248,17 @@ def _write_json(out: IO[str], columns: list[str], rows: Iterable[dict[str, Any]]
 @click.option("-o", "--output", required=True, metavar="FILE.png", help="the PNG to write")
 def plot(job_id: int | None, sweep: int | None, output: str) -> None:
     """A job's loss curve and kernels, or a sweep's relative error against what it varied, as a PNG."""
-    from service import query, store  # noqa: PLC0415
+    from service import query  # noqa: PLC0415
 
     ids, sweep = _by_ids_or_sweep([] if job_id is None else [job_id], sweep)
     if not output.lower().endswith(".png"):
         raise BadInput("output", f"must be a .png file, got {output}")
-    with _session() as session:
+    with _reading() as reader:
         if sweep is None:
-            result = store.result_of(session, store.get_job(session, ids[0]))
+            result = query.result_of(reader, ids[0])
         else:
-            name = store.get_sweep(session, sweep).name
-            rows = query.compare(session, sweep=sweep)
+            name = query.sweep_name(reader, sweep)
+            rows = query.compare(reader, sweep=sweep)
             if not rows:
                 raise BadInput("sweep", f"sweep {sweep} has no jobs")
     from service import plot as plots  # noqa: PLC0415 - matplotlib only here
@@ -280,9 +280,11 @@ def plot(job_id: int | None, sweep: int | None, output: str) -> None:
 def delete(job_ids: tuple[int, ...], sweep: int | None) -> None:
     """Delete jobs and their epochs (or a whole sweep)."""
     from service import query  # noqa: PLC0415
+    from service.db import session_scope  # noqa: PLC0415 - a write: service.db's locking and schema check
+    from service.reader import Reader  # noqa: PLC0415
 
     ids, sweep = _by_ids_or_sweep(job_ids, sweep)
-    with _session(readonly=False) as session:
-        jobs, epochs = query.delete_jobs(session, ids, sweep)
+    with session_scope() as session:
+        jobs, epochs = query.delete_jobs(Reader.of_session(session), ids, sweep)
     what = f" and sweep {sweep}" if sweep is not None else ""
     click.echo(f"deleted {jobs} job{'s' if jobs != 1 else ''} and {epochs} epoch{'s' if epochs != 1 else ''}{what}")

@@ -8,18 +8,12 @@ import time
 from typing import Any
 
 import click
-from sqlalchemy import func, select, update
 
 from service import defaults
 from service.cli import cli
 from service.cli.options import given, job_options
-from service.db import session_scope
-from service.errors import BadInput
-from service.models import FINISHED, Job, JobStatus, utcnow
-from service.errors import BrokerUnavailable
+from service.errors import BadInput, BrokerUnavailable
 from service.settings import settings
-
-FINISHED_VALUES = [s.value for s in FINISHED]
 
 
 def _queue_options(func):  # noqa: ANN001, ANN202
@@ -31,7 +25,9 @@ def _queue_options(func):  # noqa: ANN001, ANN202
     return func
 
 
-def _session():
+def _session():  # noqa: ANN202
+    from service.db import session_scope  # noqa: PLC0415 - SQLAlchemy only for commands that write
+
     return session_scope()
 
 
@@ -43,7 +39,7 @@ def _send(prepared: list, sweep_params: dict | None, batch_jobs: int, name: str 
 
     broker = settings().broker_url
     check_broker(broker)  # nothing is written while the broker is down
-    with session_scope() as session:
+    with _session() as session:
         sweep_id = None
         if sweep_params is not None:
             sweep_id = store.create_sweep(session, sweep_params, len(prepared), name).id
@@ -130,17 +126,17 @@ def _report(ids: list[int], sweep_id: int | None, wait: bool, as_json: bool) -> 
 
 
 def _print_results(ids: list[int], as_json: bool, sweep_id: int | None) -> None:
-    from service import store  # noqa: PLC0415
+    from service import query  # noqa: PLC0415
     from service.cli.query import render  # noqa: PLC0415 - the text `klab show` prints
+    from service.reader import reading  # noqa: PLC0415
 
     out = None
-    with session_scope(readonly=True) as session:  # print after the session: never hold the database
-        jobs = list(session.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id)))
+    with reading() as reader:  # print after reading: never hold the database
         if as_json:
-            results = [store.result_of(session, j) for j in jobs]
+            results = [query.result_of(reader, i) for i in sorted(ids)]
             out = json.dumps(results[0] if len(results) == 1 and sweep_id is None else results)
-        elif len(jobs) == 1:
-            out = render(store.result_of(session, jobs[0]))
+        elif len(ids) == 1:
+            out = render(query.result_of(reader, ids[0]))
     if out is not None:
         click.echo(out)
         return
@@ -151,6 +147,8 @@ def _print_results(ids: list[int], as_json: bool, sweep_id: int | None) -> None:
 
 
 def _selection(ids: tuple[int, ...] | list[int] | None, sweep_id: int | None):  # noqa: ANN202
+    from service.models import Job  # noqa: PLC0415
+
     if sweep_id is not None and ids:
         raise BadInput("id", "give job ids or --sweep, not both")
     if sweep_id is not None:
@@ -161,17 +159,11 @@ def _selection(ids: tuple[int, ...] | list[int] | None, sweep_id: int | None):  
 
 
 def _counts(ids: list[int] | tuple[int, ...] | None = None, sweep_id: int | None = None) -> dict[str, Any]:
-    where = _selection(ids, sweep_id)
-    with session_scope(readonly=True) as session:
-        rows = session.execute(select(Job.status, func.count(), func.sum(Job.epochs_done),
-                                      func.sum(Job.epochs)).where(where).group_by(Job.status)).all()
-    by_status = {r[0]: int(r[1]) for r in rows}
-    if not by_status:
-        raise BadInput("sweep" if sweep_id is not None else "id", "no such jobs")
-    done = sum(int(r[3] or 0) if r[0] in FINISHED_VALUES else int(r[2] or 0) for r in rows)
-    total = sum(int(r[3] or 0) for r in rows)
-    return {"jobs": sum(by_status.values()), "by_status": by_status, "epochs_done": done, "epochs_total": total,
-            "finished": sum(v for k, v in by_status.items() if k in FINISHED_VALUES)}
+    from service.query import progress  # noqa: PLC0415
+    from service.reader import reading  # noqa: PLC0415
+
+    with reading() as reader:
+        return progress(reader, ids, sweep_id)
 
 
 def _count_line(c: dict[str, Any]) -> str:
@@ -227,9 +219,13 @@ def watch(ids: tuple[int, ...], sweep_id: int | None) -> None:
 @_ids_arg
 def cancel(ids: tuple[int, ...], sweep_id: int | None) -> None:
     """Cancel jobs: queued ones never start, running ones stop at their next epoch check."""
+    from sqlalchemy import update  # noqa: PLC0415
+
+    from service.models import Job, JobStatus, utcnow  # noqa: PLC0415
+
     where = _selection(ids, sweep_id)
     now = utcnow()
-    with session_scope() as session:
+    with _session() as session:
         not_started = session.execute(
             update(Job).where(where, Job.status.in_([JobStatus.CREATED.value, JobStatus.QUEUED.value]))
             .values(status=JobStatus.CANCELLED.value, cancel_requested=True, finished_at=now)).rowcount
@@ -252,7 +248,7 @@ def requeue(ids: tuple[int, ...], sweep_id: int | None, batch_jobs: int, include
         raise BadInput("id", "give job ids or --sweep, not both")
     broker = settings().broker_url
     check_broker(broker)
-    with session_scope() as session:
+    with _session() as session:
         jobs = unqueued(session, list(ids) or None, sweep_id, include_queued)
         items = [(j.id, Prepared(JobSpec.parse(j.spec), j.queue or "cpu",
                                  (j.queue, j.method, j.epochs, j.batch_size, j.input, j.kernel), {})) for j in jobs]

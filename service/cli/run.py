@@ -42,9 +42,10 @@ def run(spec_file: str | None, as_json: bool, no_store: bool, **values: str) -> 
         raise BadInput("device", str(exc)) from None
     result = run_spec(spec, problem)
     if not no_store:
-        from service import store  # noqa: PLC0415
+        from service import query, store  # noqa: PLC0415
         from service.db import session_scope  # noqa: PLC0415
         from service.models import JobStatus  # noqa: PLC0415
+        from service.reader import Reader  # noqa: PLC0415
 
         with session_scope() as session:
             datasets = {k: store.put_dataset(session, a) for k, a in file_arrays(spec).items()}
@@ -52,8 +53,7 @@ def run(spec_file: str | None, as_json: bool, no_store: bool, **values: str) -> 
             job.started_at = job.created_at
             store.save_results(session, [(job.id, result)])
             session.flush()
-            session.refresh(job)
-            result = store.result_of(session, job)
+            result = query.result_of(Reader.of_session(session), job.id)
     if as_json:
         click.echo(json.dumps(result))
         return
