@@ -2,8 +2,10 @@
 
 Reports rows per second for the bulk path (finished jobs through service.store.insert_jobs, then
 their epochs through service.store.insert_epochs: COPY for both on PostgreSQL), and for store.save_results (the path `klab run`
-and the workers take) on a slice; then times the real `klab list --limit 20` and `klab show ID` on
-the filled database, which must answer in under a second.
+and the workers take) on a slice; then times the real `klab list --limit 20`, `show ID`, `compare` and
+`status` on the filled database, which must answer in under a second, against the same commands
+forced through SQLAlchemy's engine (the baseline: how every read command ran before service.reader),
+interleaved in the same run.
 
     .venv/bin/python bench/store_bench.py                 # full size, both backends
     .venv/bin/python bench/store_bench.py --jobs 10000 --backends sqlite
@@ -153,6 +155,15 @@ print(json.dumps({"first": runs[0], "again": runs[1]}), file=sys.stderr)
 """The command twice in one interpreter: the second run is the database work and output alone, without
 the imports the first run pays for."""
 
+THROUGH_ENGINE = """
+import sys
+from service import reader
+reader._direct = lambda url: None  # every read through service.db's SQLAlchemy engine, as before service.reader
+from service.cli import main
+main(sys.argv[1:])
+"""
+"""The baseline: the same command with the driver-only path turned off."""
+
 
 def _process_times(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
     """Wall and CPU seconds of one process run to its end."""
@@ -166,23 +177,26 @@ def _process_times(argv: list[str], env: dict[str, str] | None = None) -> tuple[
     return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
-def cli_times(url: str, args: list[str], repeat: int = 3) -> dict[str, float]:
+def cli_times(url: str, args: list[str], repeat: int = 5) -> dict[str, float]:
     """The real `klab ARGS` (a fresh process each time): wall time, the process's CPU time (what the wall
-    time comes to on an idle machine, since the database work is milliseconds), and the command alone."""
+    time comes to on an idle machine, since the database work is milliseconds), the command alone, and
+    the baseline through SQLAlchemy's engine, interleaved with the real runs so both see the same load."""
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("KLAB_")}, "KLAB_DATABASE_URL": url,
            "KLAB_HOME": tempfile.gettempdir()}
-    walls, cpus = [], []
+    walls, cpus, engine_walls = [], [], []
     for _ in range(repeat):
         wall, cpu = _process_times([KLAB, *args], env)
         walls.append(wall)
         cpus.append(cpu)
+        engine_walls.append(_process_times([sys.executable, "-c", THROUGH_ENGINE, *args], env)[0])
     splits = []
     for _ in range(repeat):
         out = subprocess.run([sys.executable, "-c", SPLIT, *args], env=env, capture_output=True, text=True,
                              timeout=120, cwd=ROOT)
         splits.append(json.loads(out.stderr.strip().splitlines()[-1]))
     return {"best": min(walls), "median": statistics.median(walls), "cpu": min(cpus),
-            "again": min(s["again"] for s in splits)}
+            "again": min(s["again"] for s in splits), "engine_best": min(engine_walls),
+            "ratio": statistics.median(engine_walls) / statistics.median(walls)}
 
 
 def bench(name: str, url: str, jobs: int, epochs: int) -> dict[str, Any]:
@@ -211,16 +225,21 @@ def time_cli(url: str) -> dict[str, dict[str, float]]:
         "klab list --limit 20 --sort relative_error": ["list", "--limit", "20", "--sort", "relative_error"],
         f"klab show {middle}": ["show", str(middle)],
         f"klab compare --sweep {sweep}": ["compare", "--sweep", str(sweep)],
+        f"klab status --sweep {sweep}": ["status", "--sweep", str(sweep)],
     }
     timings = {}
     print(f"  load average {os.getloadavg()[0]:.1f}", flush=True)
-    floor = [_process_times([sys.executable, "-c", "import sqlalchemy.orm, click"]) for _ in range(3)]
-    print(f"  python -c 'import sqlalchemy.orm, click' (the floor under every command that reads the database): "
+    driver = "sqlite3" if url.startswith("sqlite") else "psycopg"
+    floor = [_process_times([sys.executable, "-c", f"import click, {driver}"]) for _ in range(3)]
+    print(f"  python -c 'import click, {driver}' (the floor under every command that reads the database): "
           f"wall best {min(w for w, _ in floor):.2f} s; CPU {min(c for _, c in floor):.2f} s", flush=True)
     for label, args in commands.items():
         t = timings[label] = cli_times(url, args)
-        print(f"  {label}: wall best {t['best']:.2f} s, median {t['median']:.2f} s; CPU {t['cpu']:.2f} s; "
-              f"run again in the same process {t['again'] * 1000:.0f} ms", flush=True)
+        line = (f"  {label}: wall best {t['best']:.2f} s, median {t['median']:.2f} s; CPU {t['cpu']:.2f} s; "
+                f"run again in the same process {t['again'] * 1000:.0f} ms")
+        if args != ["--version"]:
+            line += f"; through SQLAlchemy's engine best {t['engine_best']:.2f} s, {t['ratio']:.1f}x slower"
+        print(line, flush=True)
     return timings
 
 
