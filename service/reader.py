@@ -130,7 +130,7 @@ def revision(url: str | None = None) -> str | None:
         with reachable(url):
             return current_revision(engine_for(url))
     try:
-        return _revision(opened)
+        return _revision(opened, url)
     finally:
         opened.conn.close()
 
@@ -140,7 +140,12 @@ def _direct(url: str) -> Reader | None:
     opened = _connect(url)
     if opened is None:
         return None
-    if _revision(opened) != HEAD:
+    try:
+        at_head = _revision(opened, url) == HEAD
+    except BaseException:
+        opened.conn.close()
+        raise
+    if not at_head:
         opened.conn.close()
         return None
     return opened
@@ -153,9 +158,12 @@ def _connect(url: str) -> Reader | None:
         path = rest.partition("/")[2]
         if not path or path == ":memory:" or any(c in path for c in "?%") or not Path(path).is_file():
             return None  # no file yet (service.db creates it), or a URL only SQLAlchemy reads
-        conn = sqlite3.connect(path, timeout=SQLITE_BUSY_MS / 1000, isolation_level=None)
-        conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
-        conn.execute("BEGIN")  # deferred: a snapshot that never blocks a writer (WAL)
+        try:
+            conn = sqlite3.connect(path, timeout=SQLITE_BUSY_MS / 1000, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+            conn.execute("BEGIN")  # deferred: a snapshot that never blocks a writer (WAL)
+        except sqlite3.Error as exc:
+            raise DatabaseUnavailable(f"cannot reach the {describe(url)}: {reason(exc)}") from None
         return Reader(conn, "sqlite")
     if scheme not in ("postgresql+psycopg", "postgresql", "postgres") or not _well_formed(url):
         return None
@@ -180,7 +188,15 @@ def _well_formed(url: str) -> bool:
     return True
 
 
-def _revision(reader: Reader) -> str | None:
+def _revision(reader: Reader, url: str) -> str | None:
+    """The revision in alembic_version; a file that is not a database, or unreadable, is one line."""
+    try:
+        return _read_revision(reader)
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseUnavailable(f"cannot reach the {describe(url)}: {reason(exc)}") from None
+
+
+def _read_revision(reader: Reader) -> str | None:
     has_table = ("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
                  if reader.dialect == "sqlite" else "SELECT count(*) AS n FROM pg_catalog.pg_tables "
                  "WHERE tablename = 'alembic_version' AND schemaname = ANY(current_schemas(false))")

@@ -146,3 +146,42 @@ def test_job_summary_view_has_the_summary_columns(db_url: str) -> None:
         names = [d[0] for d in cur.description]
         cur.close()
     assert set(query.SUMMARY) <= set(names)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_database_lost_in_the_middle_of_a_read_is_one_line(klab_db: str, add_job, klab_cli,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+
+    from conftest import PG_ADMIN_URL
+
+    with session_scope(klab_db) as session:
+        add_job(session)
+    listed = query.list_jobs
+
+    def after_losing_the_connection(r: Reader, **options: Any) -> list[dict[str, Any]]:
+        pid = r.one("SELECT pg_backend_pid() AS pid")["pid"]
+        with psycopg.connect(PG_ADMIN_URL.replace("+psycopg", ""), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        return listed(r, **options)
+
+    monkeypatch.setattr(query, "list_jobs", after_losing_the_connection)
+    code, out, err = klab_cli("list")
+    assert (code, out) == (3, "") and err.startswith("klab: error: database error: ") and err.count("\n") == 1, err
+
+
+def test_a_file_that_is_not_a_database_is_one_line(tmp_path: Path, klab_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.settings import settings
+
+    path = tmp_path / "notes.db"
+    path.write_text("these are my notes, not a database\n" * 100)
+    monkeypatch.setenv("KLAB_DATABASE_URL", f"sqlite:///{path}")
+    settings.cache_clear()
+    try:
+        for args in (["list"], ["show", "1"], ["db", "current"]):
+            code, out, err = klab_cli(*args)
+            assert (code, out) == (3, "") and err == f"klab: error: cannot reach the sqlite database {path}: " \
+                                                     "file is not a database\n", (args, err)
+    finally:
+        settings.cache_clear()
+    assert path.read_text().startswith("these are my notes")  # left as it was

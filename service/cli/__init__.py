@@ -81,10 +81,18 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         sys.exit(0)
     except Exception as exc:
-        if type(exc).__module__.startswith("sqlalchemy") and type(exc).__name__ == "OperationalError":
-            from service.settings import mask  # noqa: PLC0415
+        if _database_gone(exc):
+            from service.settings import reason  # noqa: PLC0415
 
-            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            fail(f"database error: {mask(detail[0] if detail else type(exc).__name__)}", 3)
+            fail(f"database error: {reason(getattr(exc, 'orig', None) or exc)}", 3)
         raise
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _database_gone(exc: Exception) -> bool:
+    """The database went away or stayed locked mid-command, through SQLAlchemy or a driver (service.reader)."""
+    if type(exc).__module__.startswith("sqlalchemy") and type(exc).__name__ == "OperationalError":
+        return True
+    sqlite3, psycopg = sys.modules.get("sqlite3"), sys.modules.get("psycopg")
+    return (sqlite3 is not None and isinstance(exc, sqlite3.OperationalError)) or \
+        (psycopg is not None and isinstance(exc, psycopg.OperationalError))
