@@ -85,6 +85,22 @@ def test_list_filters_sort_limit_json(jobs: dict[str, int], klab_cli) -> None:
 
 
 @SQLITE_ONLY
+def test_lstsq_jobs_show_no_learning_rate_or_epochs(klab_db: str, add_job, klab_cli) -> None:
+    """Solved in one step: their lr and epochs (from the spec's defaults) mean nothing, so the tables say '-'."""
+    with session_scope() as session:
+        solved = add_job(session, relative=1e-9, method="lstsq")
+        trained = add_job(session, relative=0.2, lr=0.05, epochs=7)
+    rows = {line.split()[0]: line.split() for line in klab_cli("list")[1].splitlines()[1:]}
+    assert rows[str(solved)][2:7] == ["lstsq", "random:8x8", "random:3x3", "-", "-"]
+    assert rows[str(trained)][2:7] == ["d2l-manual", "random:8x8", "random:3x3", "0.05", "7"]
+    lines = klab_cli("compare", str(solved), str(trained))[1].splitlines()
+    assert lines[1].split()[:4] == ["id", "method", "lr", "epochs"]
+    assert lines[2].split()[:4] == [str(solved), "lstsq", "-", "-"] and lines[3].split()[2:4] == ["0.05", "7"]
+    code, out, _ = klab_cli("list", "--json")
+    assert code == 0 and {r["id"]: r["lr"] for r in json.loads(out)}[solved] == 0.03  # the data keep the spec
+
+
+@SQLITE_ONLY
 def test_list_errors_are_one_line_naming_the_option(jobs: dict[str, int], klab_cli) -> None:
     for args, field in ((["--sort", "loss"], "sort"), (["--sweep", "99"], "sweep"), (["--status", "done"], "status"),
                         (["--limit", "-1"], "Invalid value for '--limit'")):

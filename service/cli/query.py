@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -43,9 +43,21 @@ def _json(value: Any) -> None:
     click.echo(json.dumps(value))
 
 
-def _epochs_cell(row: dict[str, Any]) -> str:
+def _epochs_done(row: dict[str, Any]) -> str:
     done, total = row.get("epochs_done"), row.get("epochs")
     return str(total) if done in (None, total) else f"{done}/{total}"
+
+
+def _unless_lstsq(column: str, text: Callable[[dict[str, Any]], str] | None = None) -> Callable[[dict[str, Any]], str]:
+    """A table cell that is '-' for lstsq jobs, solved in one step: no learning rate, no epochs."""
+    from service.tables import cell  # noqa: PLC0415
+
+    def shown(row: dict[str, Any]) -> str:
+        if row.get("method") == "lstsq":
+            return "-"
+        return text(row) if text else cell(row.get(column))
+
+    return shown
 
 
 @cli.command("list")
@@ -72,7 +84,8 @@ def list_(status: str | None, sweep: int | None, method: str | None, kernel: str
     elif not rows:
         click.echo("no jobs", err=True)
     else:
-        tables.show(query.LIST_COLUMNS, rows, cells={"epochs": _epochs_cell})
+        tables.show(query.LIST_COLUMNS, rows,
+                    cells={"lr": _unless_lstsq("lr"), "epochs": _unless_lstsq("epochs", _epochs_done)})
 
 
 @cli.command()
@@ -106,7 +119,8 @@ def render(result: dict[str, Any]) -> str:
     lines.append("ran: " + ", ".join(r for r in ran if r))
     losses = [e["loss"] for e in result.get("epochs") or []]
     if losses:
-        lines.append(f"loss {cell(losses[0])} -> {cell(losses[-1])} over {len(losses)} epochs  "
+        lines.append(f"loss {cell(losses[0])} -> {cell(losses[-1])} over {len(losses)} "
+                     f"epoch{'s' if len(losses) != 1 else ''}  "
                      f"{sparkline(losses)}")
     kernels = [("true", result.get("true_kernel")), ("learned", result.get("learned_kernel")),
                ("difference", difference(result))]
@@ -174,7 +188,8 @@ def compare(job_ids: tuple[int, ...], sweep: int | None, as_json: bool, as_csv: 
                    "gap_optimization", "gap_noise", "gap_identifiability"]
         title = ("all jobs: " + ", ".join(f"{tables.header(p)} {tables.cell(rows[0][p])}" for p in common)
                  if common else None)
-        tables.show(["id", *shown, *metrics], rows, title=title)
+        tables.show(["id", *shown, *metrics], rows, title=title,
+                    cells={"lr": _unless_lstsq("lr"), "epochs": _unless_lstsq("epochs")})
 
 
 @cli.command()
