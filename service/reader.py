@@ -97,7 +97,7 @@ class Reader:
 
 @contextmanager
 def reading(url: str | None = None) -> Iterator[Reader]:
-    """A Reader on a database at head, in one read-only transaction (a consistent snapshot)."""
+    """A Reader on a database at head, in one transaction that only reads (one consistent snapshot)."""
     url = url or settings().database_url
     direct = _direct(url)
     if direct is not None:
