@@ -6,6 +6,7 @@ result and the epochs export read the epochs table.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -86,8 +87,6 @@ _NOT_NULL = {"id", "status", "method", "input", "lr", "epochs"}
 
 def _decode(row: dict[str, Any], sqlite: bool) -> dict[str, Any]:
     """A row with the values SQLAlchemy's types would give, timestamps as ISO 8601 text."""
-    import json  # noqa: PLC0415
-
     for name, value in row.items():
         if value is None:
             continue
