@@ -102,6 +102,19 @@ def max_attempts() -> int:
     return _env_int("KLAB_MAX_ATTEMPTS", 5)
 
 
+def stranded_seconds() -> int:
+    """A job queued this long while the broker holds no message for it is sent again; env KLAB_STRANDED_SECONDS.
+
+    Longer than a task's longest retry wait (30 s), so a message on its way is never taken for lost.
+    """
+    return _env_int("KLAB_STRANDED_SECONDS", 60)
+
+
+def reaper_seconds() -> float:
+    """How often every worker looks for jobs of dead workers and for stranded queued jobs."""
+    return max(0.5, min(lease_seconds(), stranded_seconds()) / 2)
+
+
 def heartbeat_seconds() -> float:
     """How often a worker renews the lease of the jobs it trains: a fifth of the lease."""
     return max(0.2, lease_seconds() / 5)

@@ -130,8 +130,9 @@ def publish(session_factory, broker_url: str, tasks: Sequence[tuple[str, list[in
             for queue, ids in tasks:
                 app.send_task(TASK_TRAIN, args=[ids], queue=queue, producer=producer)
                 with session_factory() as session:
-                    session.execute(update(Job).where(Job.id.in_(ids), Job.status == JobStatus.CREATED.value)
-                                    .values(status=JobStatus.QUEUED.value))
+                    waiting = [JobStatus.CREATED.value, JobStatus.QUEUED.value]
+                    session.execute(update(Job).where(Job.id.in_(ids), Job.status.in_(waiting))
+                                    .values(status=JobStatus.QUEUED.value, queued_at=utcnow()))
                 sent += len(ids)
     except BrokerUnavailable:
         raise
@@ -153,6 +154,52 @@ def publish_ids(app, tasks: Sequence[tuple[str, list[int]]]) -> None:  # noqa: A
     with app.producer_or_acquire() as producer:
         for queue, ids in tasks:
             app.send_task(TASK_TRAIN, args=[ids], queue=queue, producer=producer)
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """What a Redis broker holds now: the queues with messages waiting, and the job ids of messages
+    delivered to a worker less than `young` seconds ago and not yet acknowledged."""
+
+    busy_queues: frozenset[str]
+    delivered_ids: frozenset[int]
+
+
+def holdings(app, young: float) -> Holdings | None:  # noqa: ANN001
+    """Look into a Redis broker (kombu's list per queue and its `unacked` hash); None for other brokers.
+
+    kombu's Redis transport moves a message from its queue to `unacked` in two steps (BRPOP, then a
+    MULTI from the worker): a broker that dies between them loses the message, whatever its persistence.
+    A message in `unacked` for longer than `young` belongs to a worker that dropped it when its
+    connection broke, and Redis gives it back only after the visibility timeout.
+    """
+    import json  # noqa: PLC0415
+    import time  # noqa: PLC0415
+    from base64 import b64decode  # noqa: PLC0415
+
+    with app.connection_for_read() as conn:
+        if conn.transport.driver_type != "redis":
+            return None
+        conn.ensure_connection(max_retries=1, timeout=5)  # a broker away: try at the next look, never hang
+        channel = conn.default_channel
+        client = channel.client
+        busy = frozenset(q for q in QUEUES if channel._size(q))
+        since = {tag: score for tag, score in client.zrange(channel.unacked_index_key, 0, -1, withscores=True)}
+        now = time.time()
+        ids: set[int] = set()
+        for tag, raw in client.hgetall(channel.unacked_key).items():
+            if now - since.get(tag, 0.0) >= young:
+                continue
+            try:
+                message = json.loads(raw)[0]
+                body = message["body"]
+                if message.get("properties", {}).get("body_encoding") == "base64":
+                    body = b64decode(body)
+                args = json.loads(body)[0]
+                ids.update(i for i in args[0] if isinstance(i, int))
+            except (ValueError, KeyError, IndexError, TypeError):
+                continue  # not one of ours: it carries no job ids
+        return Holdings(busy, frozenset(ids))
 
 
 def unqueued(session: Session, job_ids: Sequence[int] | None = None, sweep_id: int | None = None,

@@ -307,11 +307,25 @@ def test_worker_killed_mid_sweep_its_jobs_are_taken_back_and_stored_once(tmp_pat
 
 # --- the broker restarted --------------------------------------------------------------------------
 
+STRANDED = {"KLAB_STRANDED_SECONDS": "3"}
+"""The one threshold under test: a queued job with no message in the broker is sent again after 3 s."""
+RECOVERY = 2 * (3 + 3 / 2)
+"""Seconds within which a worker's reaper sends a stranded job again once its queue is empty: the
+threshold plus one reaper period (min(lease, threshold) / 2), twice over for a round that just missed."""
+TRAINING = 60
+"""Seconds for the worker to reconnect to the broker and train a 200-job sweep on a loaded machine."""
+
+
+def resent(*workers: WorkerProcess) -> int:
+    """How many jobs the workers' reapers sent again because the broker held no message for them."""
+    return sum(int(n) for w in workers for n in re.findall(r"sent again (\d+) queued job", w.text()))
+
+
 def test_broker_restarted_mid_sweep_workers_reconnect_and_the_sweep_completes(tmp_path, pg_db, redis_server,
                                                                             worker_procs):
     url, db = pg_db
     broker = redis_server(persistent=True)
-    env = service_env(tmp_path, url, broker.url(), **FAST)
+    env = service_env(tmp_path, url, broker.url(), **STRANDED)
     w = worker_procs(env, "survivor")
     sweep = sweep_id_of(klab(env, "sweep", *SLOW_SWEEP, "--seed", "0..199", "--batch-jobs", "10", "--json"))
     w.wait_ready()
@@ -321,8 +335,66 @@ def test_broker_restarted_mid_sweep_workers_reconnect_and_the_sweep_completes(tm
     assert db.statuses(sweep).get("succeeded", 0) < 200, "the sweep ended before the broker went away"
     time.sleep(1.5)  # the fault itself: the broker stays away while the worker notices
     broker.start()
-    wait_until(all_succeeded(db, sweep, 200), 90, lambda: (db.statuses(sweep), tails(w)()))
+    # A message the worker had popped but not yet recorded as unacknowledged died with the broker; the
+    # reaper sends its jobs again once the queue is empty.
+    wait_until(all_succeeded(db, sweep, 200), TRAINING + RECOVERY, lambda: (db.statuses(sweep), tails(w)()))
     assert w.proc.poll() is None
+    assert {r.attempts for r in db.rows("SELECT attempts FROM jobs")} == {1}
+    db.assert_epochs_stored_once()
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["append-only", "no-persistence"])
+def test_broker_killed_while_a_task_is_between_delivery_and_ack(persistent, tmp_path, pg_db, redis_server,
+                                                                worker_procs):
+    url, db = pg_db
+    broker = redis_server(persistent=persistent)
+    env = service_env(tmp_path, url, broker.url(), **STRANDED)
+    w = worker_procs(env, "survivor")
+    # 12 tasks of 10 jobs, each long enough (~1 s) to kill the broker while one is being trained
+    sweep = sweep_id_of(klab(env, "sweep", "--input", "random:24x24", "--kernel", "random:3x3", "--lr", "0.001",
+                             "--epochs", "400", "--seed", "0..119", "--batch-jobs", "10", "--json"))
+    w.wait_ready()
+    wait_until(lambda: db.statuses(sweep).get("running", 0) == 10, 120,
+               lambda: (db.statuses(sweep), w.text()[-2000:]), every=0.01)
+    broker.kill()
+    at_kill = db.statuses(sweep)
+    assert at_kill.get("running", 0) == 10 and at_kill.get("queued", 0) > 0, at_kill
+    time.sleep(1.5)
+    broker.start()
+    if not persistent:
+        assert broker.client().llen("cpu") == 0  # every queued message is gone
+    wait_until(all_succeeded(db, sweep, 120), TRAINING + RECOVERY, lambda: (db.statuses(sweep), tails(w)()))
+    # The task in hand finished while the broker was away; no job trained twice.
+    assert {r.attempts for r in db.rows("SELECT attempts FROM jobs")} == {1}
+    if not persistent:
+        assert resent(w) == at_kill["queued"], w.text()[-3000:]
+    else:
+        assert resent(w) == 0, w.text()[-3000:]  # the queue survived: nothing was stranded
+    db.assert_epochs_stored_once()
+
+
+def test_jobs_whose_message_the_broker_lost_or_a_worker_dropped_are_sent_again(tmp_path, pg_db, redis_server,
+                                                                               worker_procs):
+    """The two places a message can strand its jobs, made by hand: popped from its queue by a worker
+    that never recorded it (kombu's BRPOP, then MULTI: the broker died between), and left in `unacked`
+    by a worker that dropped it when its connection broke (Redis gives it back after the visibility
+    timeout, an hour by default)."""
+    url, db = pg_db
+    broker = redis_server(persistent=True)
+    env = service_env(tmp_path, url, broker.url(), **STRANDED)
+    sweep = sweep_id_of(klab(env, "sweep", "--seed", "0..19", "--epochs", "3", "--batch-jobs", "4", "--json"))
+    client = broker.client()
+    assert client.llen("cpu") == 5
+    client.rpop("cpu")  # lost between BRPOP and MULTI
+    dropped = client.rpop("cpu")  # delivered, recorded, then dropped by its worker
+    tag = json.loads(dropped)["properties"]["delivery_tag"]
+    client.hset("unacked", tag, json.dumps([json.loads(dropped), "", "cpu"]))
+    client.zadd("unacked_index", {tag: time.time() - 2 * float(STRANDED["KLAB_STRANDED_SECONDS"])})
+    w = worker_procs(env, "rescuer").wait_ready()
+    wait_until(all_succeeded(db, sweep, 20), TRAINING + RECOVERY, lambda: (db.statuses(sweep), tails(w)()))
+    assert resent(w) == 8, w.text()[-3000:]  # the 8 stranded jobs, and none of the 12 whose messages waited
+    assert {r.attempts for r in db.rows("SELECT attempts FROM jobs")} == {1}
+    assert client.hexists("unacked", tag)  # kombu's own copy is still waiting out the visibility timeout
     db.assert_epochs_stored_once()
 
 

@@ -35,16 +35,18 @@ _reaper_stop = threading.Event()
 
 @worker_ready.connect
 def _start_reaper(**_: object) -> None:
-    """The main process of every worker looks for jobs of dead workers, every lease/2 seconds."""
+    """The main process of every worker looks for jobs of dead workers and for jobs whose message the
+    broker lost, every half lease or half stranded threshold, whichever is shorter."""
     from service import defaults
-    from worker.tasks import reap
+    from worker.tasks import reap, resend_stranded
 
     def loop() -> None:
-        while not _reaper_stop.wait(max(0.5, defaults.lease_seconds() / 2)):
-            try:
-                reap()
-            except Exception as exc:  # noqa: BLE001 - a database or broker outage; try again later
-                log.warning("reaper: %s", type(exc).__name__)
+        while not _reaper_stop.wait(defaults.reaper_seconds()):
+            for look in (reap, resend_stranded):
+                try:
+                    look()
+                except Exception as exc:  # noqa: BLE001 - a database or broker outage; try again later
+                    log.warning("reaper: %s: %s", look.__name__, type(exc).__name__)
 
     threading.Thread(target=loop, name="klab-reaper", daemon=True).start()
 

@@ -18,7 +18,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import DBAPIError
 
 from service import defaults, store
-from service.celeryconfig import TASK_TRAIN
+from service.celeryconfig import QUEUES, TASK_TRAIN
 from service.db import DatabaseUnavailable, session_scope
 from service.errors import BadInput
 from service.models import Job, JobStatus, utcnow
@@ -97,11 +97,44 @@ def reap() -> int:
             status=JobStatus.FAILED.value, finished_at=utcnow(),
             error_message=f"its worker stopped answering {defaults.max_attempts()} times (KLAB_MAX_ATTEMPTS)"))
         found = session.execute(
-            update(Job).where(orphaned).values(status=JobStatus.QUEUED.value, task_id=None)
+            update(Job).where(orphaned).values(status=JobStatus.QUEUED.value, task_id=None, queued_at=utcnow())
             .returning(Job.id, Job.queue)).all()
     if found:
         publish_ids(app, batches_by_queue([(r.id, r.queue or "cpu") for r in found], defaults.BATCH_JOBS))
         log.warning("re-queued %d job(s) whose worker stopped answering", len(found))
+    return len(found)
+
+
+def resend_stranded() -> int:
+    """Send again jobs queued for longer than KLAB_STRANDED_SECONDS for which the broker holds no message.
+
+    Only for queues with no message waiting (a busy queue's jobs may simply be behind others), and only
+    jobs that no message delivered within that time carries. A copy sent in error is harmless: a job is
+    claimed once. Returns how many were sent.
+    """
+    from service.queue import batches_by_queue, holdings, publish_ids  # noqa: PLC0415
+
+    threshold = defaults.stranded_seconds()
+    held = holdings(app, threshold)
+    if held is None:
+        return 0
+    idle = [q for q in QUEUES if q not in held.busy_queues]
+    if not idle:
+        return 0
+    now = utcnow()
+    waiting = (Job.status == JobStatus.QUEUED.value) & (Job.queued_at < now - timedelta(seconds=threshold))
+    with session_scope() as session:
+        candidates = session.scalars(select(Job.id).where(waiting, Job.queue.in_(idle))).all()
+        lost = [i for i in candidates if i not in held.delivered_ids]
+        if not lost:
+            return 0
+        # The same condition again: another worker's reaper may have sent them since.
+        found = session.execute(update(Job).where(Job.id.in_(lost), waiting).values(queued_at=now)
+                                .returning(Job.id, Job.queue)).all()
+    if found:
+        publish_ids(app, batches_by_queue([(r.id, r.queue or "cpu") for r in found], defaults.BATCH_JOBS))
+        log.warning("sent again %d queued job(s) the broker held no message for (KLAB_STRANDED_SECONDS=%d)",
+                    len(found), threshold)
     return len(found)
 
 
