@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from alembic import context
 
-from service.db import engine_for
-from service.models import Base
+from service.db.engine import engine_for
+from service.db.schema import metadata
 from service.settings import settings
 
 config = context.config
 url = config.attributes.get("url") or settings().database_url
-target_metadata = Base.metadata
+target_metadata = metadata
 
 
 def run_migrations_offline() -> None:
@@ -28,7 +28,7 @@ def run_migrations_online() -> None:
         _run(connectable)
 
 
-def _run(connection) -> None:  # noqa: ANN001
+def _run(connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata,
                       render_as_batch=connection.dialect.name == "sqlite")
     with context.begin_transaction():

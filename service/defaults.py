@@ -1,7 +1,8 @@
-"""Every default and limit of kernel-lab, each a named constant; limits read env overrides."""
+"""Every default of kernel-lab, each a named constant. The environment can change the limits and the
+service's timings; `service.settings` reads it, once."""
 from __future__ import annotations
 
-import os
+# --- a job, as the book runs it --------------------------------------------------------------------
 
 METHOD = "d2l-manual"
 """The book's first loop."""
@@ -39,89 +40,63 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 """Epsilon of the `adam` method (torch.optim.Adam default)."""
 
+# --- limits (KLAB_MAX_*) ------------------------------------------------------------------------------
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SystemExit(f"klab: error: {name}: must be an integer, got {raw!r}") from None
-    if value <= 0:
-        raise SystemExit(f"klab: error: {name}: must be positive, got {value}")
-    return value
+MAX_INPUT_ELEMENTS = 16_777_216
+"""Most elements (N*C*H*W) an input may have."""
 
+MAX_KERNEL_ELEMENTS = 4096
+"""Most weights (C_out*C_in*kh*kw) a kernel may have."""
 
-def max_input_elements() -> int:
-    """Most elements (N*C*H*W) an input may have; env KLAB_MAX_INPUT_ELEMENTS."""
-    return _env_int("KLAB_MAX_INPUT_ELEMENTS", 16_777_216)
+MAX_EPOCHS = 100_000
+"""Most epochs a job may train."""
 
+MAX_FILE_BYTES = 256 * 1024 * 1024
+"""Largest file accepted for --input, --labels, --kernel or -f."""
 
-def max_kernel_elements() -> int:
-    """Most weights (C_out*C_in*kh*kw) a kernel may have; env KLAB_MAX_KERNEL_ELEMENTS."""
-    return _env_int("KLAB_MAX_KERNEL_ELEMENTS", 4096)
+MAX_SWEEP_JOBS = 200_000
+"""Most jobs one sweep or one submission may create."""
 
+MAX_JOB_SECONDS = 6 * 3600
+"""A task still training after this many seconds fails (checked every epoch)."""
 
-def max_epochs() -> int:
-    """Most epochs a job may train; env KLAB_MAX_EPOCHS."""
-    return _env_int("KLAB_MAX_EPOCHS", 100_000)
+# --- the service ----------------------------------------------------------------------------------------
 
+BROKER_URL = "redis://localhost:6379/0"
+"""The Celery broker that `submit` publishes to and workers consume from."""
 
-def max_file_bytes() -> int:
-    """Largest file accepted for --input/--labels/--kernel; env KLAB_MAX_FILE_BYTES."""
-    return _env_int("KLAB_MAX_FILE_BYTES", 256 * 1024 * 1024)
+VISIBILITY_TIMEOUT = 3600
+"""Seconds Redis keeps a taken message unacknowledged before it may hand it to another worker.
 
+A redelivered message whose jobs are still running (fresh heartbeat) claims nothing, so this may be
+shorter than the longest job: it bounds how long a message held by a dead worker stays away."""
 
-def max_sweep_jobs() -> int:
-    """Most jobs one sweep or one submission may create; env KLAB_MAX_SWEEP_JOBS."""
-    return _env_int("KLAB_MAX_SWEEP_JOBS", 200_000)
+LEASE_SECONDS = 60
+"""A running job whose worker sent no heartbeat for this long is presumed orphaned and taken back."""
 
+MAX_ATTEMPTS = 5
+"""Times a job is started before a worker's death is blamed on the job, which then fails."""
 
-def max_job_seconds() -> int:
-    """Soft time limit of one task, checked every epoch; env KLAB_MAX_JOB_SECONDS."""
-    return _env_int("KLAB_MAX_JOB_SECONDS", 6 * 3600)
+STRANDED_SECONDS = 60
+"""A job queued this long while the broker holds no message for it is sent again.
 
+Longer than a task's longest retry wait (RETRY_MAX_SECONDS), so a message on its way is never taken
+for lost."""
 
-def visibility_timeout() -> int:
-    """Seconds Redis keeps a message unacknowledged before redelivering it; env KLAB_VISIBILITY_TIMEOUT.
+RETRY_FIRST_SECONDS = 0.5
+"""A task that cannot reach the database first waits this long, then twice as long each time."""
 
-    A redelivered message whose jobs are still running (fresh heartbeat) is skipped, so this may be
-    shorter than the longest job: it bounds how long a message held by a dead worker stays lost.
-    """
-    return _env_int("KLAB_VISIBILITY_TIMEOUT", 3600)
-
-
-def lease_seconds() -> int:
-    """A running job whose heartbeat is older than this is presumed orphaned; env KLAB_LEASE_SECONDS."""
-    return _env_int("KLAB_LEASE_SECONDS", 60)
-
-
-def max_attempts() -> int:
-    """Times a job is started before a worker death is blamed on the job; env KLAB_MAX_ATTEMPTS."""
-    return _env_int("KLAB_MAX_ATTEMPTS", 5)
-
-
-def stranded_seconds() -> int:
-    """A job queued this long while the broker holds no message for it is sent again; env KLAB_STRANDED_SECONDS.
-
-    Longer than a task's longest retry wait (30 s), so a message on its way is never taken for lost.
-    """
-    return _env_int("KLAB_STRANDED_SECONDS", 60)
-
-
-def reaper_seconds() -> float:
-    """How often every worker looks for jobs of dead workers and for stranded queued jobs."""
-    return max(0.5, min(lease_seconds(), stranded_seconds()) / 2)
-
-
-def heartbeat_seconds() -> float:
-    """How often a worker renews the lease of the jobs it trains: a fifth of the lease."""
-    return max(0.2, lease_seconds() / 5)
-
+RETRY_MAX_SECONDS = 30.0
+"""The longest wait between two tries of a task that cannot reach the database."""
 
 BATCH_JOBS = 1024
-"""Jobs one batch task trains together (klab sweep --batch-jobs)."""
+"""Most compatible jobs one task trains together (klab submit/sweep --batch-jobs)."""
 
 FLUSH_SECONDS = 1.0
-"""How often a long single job writes its new epochs and checks for cancellation."""
+"""How often a training task checks for cancellation, and a long single job writes its new epochs."""
+
+SQLITE_BUSY_MS = 30_000
+"""How long SQLite waits for another process's lock before giving up."""
+
+CONNECT_TIMEOUT_S = 5
+"""How long to wait for PostgreSQL or Redis to answer a connection."""

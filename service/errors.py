@@ -1,5 +1,10 @@
-"""Errors a user can cause, each naming the field at fault."""
+"""What can go wrong that a user must read: their mistakes, and services out of reach. Each is one line,
+with any password in it masked."""
 from __future__ import annotations
+
+import re
+
+_PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<at>@)", re.IGNORECASE)
 
 
 class BadInput(ValueError):
@@ -25,3 +30,14 @@ class BrokerUnavailable(RuntimeError):
     """The broker cannot be reached: one line naming it, exit code 3."""
 
     exit_code = 3
+
+
+def mask(text: str) -> str:
+    """Any URL's password replaced by ***."""
+    return _PASSWORD.sub(lambda m: f"{m['pre']}***{m['at']}", str(text))
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as the first line of its message (its type's name if it has none), passwords masked."""
+    text = str(exc).strip()
+    return mask(text.splitlines()[0] if text else type(exc).__name__)

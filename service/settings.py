@@ -1,12 +1,19 @@
-"""Settings from the environment, built once per process (`settings()`), with passwords masked for printing."""
+"""The settings: one object built from the environment, once per process (`settings()`).
+
+Every `KLAB_*` variable is read here and nowhere else; an empty value means the default in
+`service.defaults`. A value that is not a positive integer is bad input naming the variable.
+"""
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from service import defaults
+from service.errors import BadInput, mask
 
 
 @dataclass(frozen=True)
@@ -14,25 +21,62 @@ class Settings:
     home: Path
     """KLAB_HOME: where the default SQLite database lives (default ~/.klab)."""
     database_url: str
-    """KLAB_DATABASE_URL: SQLAlchemy URL (default sqlite:///$KLAB_HOME/klab.db)."""
-    broker_url: str
-    """KLAB_BROKER_URL: the Celery broker (default redis://localhost:6379/0)."""
+    """KLAB_DATABASE_URL: a SQLAlchemy URL (default sqlite:///$KLAB_HOME/klab.db)."""
+    broker_url: str = defaults.BROKER_URL
+    """KLAB_BROKER_URL: the Celery broker."""
+    max_input_elements: int = defaults.MAX_INPUT_ELEMENTS
+    max_kernel_elements: int = defaults.MAX_KERNEL_ELEMENTS
+    max_epochs: int = defaults.MAX_EPOCHS
+    max_file_bytes: int = defaults.MAX_FILE_BYTES
+    max_sweep_jobs: int = defaults.MAX_SWEEP_JOBS
+    max_job_seconds: int = defaults.MAX_JOB_SECONDS
+    visibility_timeout: int = defaults.VISIBILITY_TIMEOUT
+    lease_seconds: int = defaults.LEASE_SECONDS
+    max_attempts: int = defaults.MAX_ATTEMPTS
+    stranded_seconds: int = defaults.STRANDED_SECONDS
+    torch_threads: int | None = None
+    """KLAB_TORCH_THREADS: torch threads of each worker child (default: torch's own)."""
+    default_database: bool = True
+    """Whether KLAB_DATABASE_URL was left unset (the SQLite file in KLAB_HOME)."""
 
     @property
-    def is_default_database(self) -> bool:
-        return "KLAB_DATABASE_URL" not in os.environ or not os.environ["KLAB_DATABASE_URL"]
+    def heartbeat_seconds(self) -> float:
+        """How often a worker renews the lease of the jobs it trains: a fifth of the lease."""
+        return max(0.2, self.lease_seconds / 5)
+
+    @property
+    def reaper_seconds(self) -> float:
+        """How often every worker looks for jobs of dead workers and for stranded queued jobs."""
+        return max(0.5, min(self.lease_seconds, self.stranded_seconds) / 2)
 
     @classmethod
-    def from_env(cls) -> "Settings":
-        home = Path(os.environ.get("KLAB_HOME") or Path.home() / ".klab").expanduser()
-        url = os.environ.get("KLAB_DATABASE_URL") or f"sqlite:///{home / 'klab.db'}"
-        broker = os.environ.get("KLAB_BROKER_URL") or "redis://localhost:6379/0"
-        return cls(home=home, database_url=normalize_url(url), broker_url=broker)
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        home = Path(env.get("KLAB_HOME") or Path.home() / ".klab").expanduser()
+        url = env.get("KLAB_DATABASE_URL") or ""
+        numbers = {f.name: _positive(env, f"KLAB_{f.name.upper()}", f.default) for f in fields(cls)
+                   if f.type in ("int", "int | None")}
+        return cls(home=home, database_url=normalize_url(url or f"sqlite:///{home / 'klab.db'}"),
+                   broker_url=env.get("KLAB_BROKER_URL") or defaults.BROKER_URL, default_database=not url,
+                   **numbers)
+
+
+def _positive(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadInput(name, f"must be an integer, got {raw!r}") from None
+    if value <= 0:
+        raise BadInput(name, f"must be positive, got {value}")
+    return value
 
 
 @lru_cache(maxsize=1)
 def settings() -> Settings:
-    """The process's settings, read from the environment once."""
+    """The process's settings, read from the environment once (tests: settings.cache_clear())."""
     return Settings.from_env()
 
 
@@ -42,14 +86,6 @@ def normalize_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
     return url
-
-
-_PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<at>@)", re.IGNORECASE)
-
-
-def mask(text: str) -> str:
-    """Any URL's password replaced by ***."""
-    return _PASSWORD.sub(lambda m: f"{m['pre']}***{m['at']}", str(text))
 
 
 def describe(url: str) -> str:
@@ -67,9 +103,3 @@ def describe(url: str) -> str:
     except ValueError:  # a port that is not a number
         return mask(url)
     return f"{backend} database {unquote(parts.path.lstrip('/'))} on {host or 'localhost'}:{port or 5432}"
-
-
-def reason(exc: BaseException) -> str:
-    """A driver's error as one line, passwords masked."""
-    msg = str(exc).strip()
-    return mask(msg.splitlines()[0] if msg else type(exc).__name__)

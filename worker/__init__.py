@@ -1,1 +1,2 @@
-"""kernel-lab: what trains (the engine, later the Celery app and its tasks)."""
+"""kernel-lab's workers: the engine that trains (engine/), and the Celery app and task around it (app,
+tasks, lease, progress). Imports flow one way: worker -> service."""

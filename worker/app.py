@@ -2,53 +2,39 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from celery.worker.control import control_command
 
-from service.celeryconfig import celery_config
+from service.broker import celery_config
+from service.db.engine import dispose_engines
 from service.settings import settings
+from worker.lease import reaper
 
 log = logging.getLogger(__name__)
 app = Celery("klab", include=["worker.tasks"])
 app.conf.update(celery_config(settings().broker_url))
 
+_reaper_stop = threading.Event()
+
 
 @worker_process_init.connect
 def _child_init(**_: object) -> None:
     """Each prefork child: its own database connections, and a share of the cores for torch."""
-    from service.db import dispose_engines
-
     dispose_engines()
-    threads = os.environ.get("KLAB_TORCH_THREADS")
+    threads = settings().torch_threads
     if threads:
         import torch
 
-        torch.set_num_threads(max(1, int(threads)))
-
-
-_reaper_stop = threading.Event()
+        torch.set_num_threads(threads)
 
 
 @worker_ready.connect
 def _start_reaper(**_: object) -> None:
-    """The main process of every worker looks for jobs of dead workers and for jobs whose message the
-    broker lost, every half lease or half stranded threshold, whichever is shorter."""
-    from service import defaults
-    from worker.tasks import reap, resend_stranded
-
-    def loop() -> None:
-        while not _reaper_stop.wait(defaults.reaper_seconds()):
-            for look in (reap, resend_stranded):
-                try:
-                    look()
-                except Exception as exc:  # noqa: BLE001 - a database or broker outage; try again later
-                    log.warning("reaper: %s: %s", look.__name__, type(exc).__name__)
-
-    threading.Thread(target=loop, name="klab-reaper", daemon=True).start()
+    """The main process of every worker looks for jobs of dead workers and jobs the broker lost."""
+    reaper(_reaper_stop)
 
 
 @worker_shutdown.connect
@@ -57,7 +43,7 @@ def _stop_reaper(**_: object) -> None:
 
 
 @control_command()
-def klab_info(state) -> dict:  # noqa: ANN001
+def klab_info(state) -> dict:
     """What `klab workers` shows: queues, device, pool and the job ids in hand."""
     from celery.worker.state import active_requests
 

@@ -1,4 +1,7 @@
-"""The `klab` command line. Commands load their modules lazily: those that do not train never import torch."""
+"""The `klab` command line: thin click commands over service/ (and, for `klab run`, the worker's engine).
+
+Commands load their modules lazily: those that do not train never import torch.
+"""
 from __future__ import annotations
 
 import importlib
@@ -6,26 +9,26 @@ import sys
 
 import click
 
-from service.errors import BadInput, BrokerUnavailable, DatabaseUnavailable
+from service.errors import BadInput, BrokerUnavailable, DatabaseUnavailable, one_line
 
 # command -> (the module defining it, imported only when the command runs; its line in --help)
 COMMANDS = {
     "run": ("service.cli.run", "Train one job here and now, store it, and explain the gap."),
-    "submit": ("service.cli.queue", "Submit jobs to the workers (flags, -f job.yaml or -f jobs.jsonl)."),
-    "sweep": ("service.cli.queue", "Submit the cartesian product of lists, ranges and log-spaced values."),
-    "status": ("service.cli.queue", "Counts by status and progress of jobs or a sweep."),
-    "watch": ("service.cli.queue", "A live progress bar until the jobs or the sweep are done."),
-    "cancel": ("service.cli.queue", "Cancel jobs: queued ones never start, running ones stop."),
-    "requeue": ("service.cli.queue", "Send again jobs that were stored but never reached the broker."),
-    "workers": ("service.cli.queue", "Live workers with their queues, device and active jobs."),
-    "worker": ("service.cli.queue", "Start a Celery worker on the cpu or gpu queue."),
-    "list": ("service.cli.query", "One row per job, filtered and sorted."),
-    "show": ("service.cli.query", "One job: kernels side by side, metrics, the gap and the loss curve."),
-    "compare": ("service.cli.query", "Jobs or a sweep in one table, best first."),
-    "export": ("service.cli.query", "Jobs or epochs as CSV or JSON."),
-    "plot": ("service.cli.query", "A PNG of a job's loss and kernels, or of a sweep's errors."),
-    "delete": ("service.cli.query", "Remove jobs (or a sweep) and their epochs."),
-    "db": ("service.cli.db", "Database schema: upgrade it, or see where it stands."),
+    "submit": ("service.cli.submit", "Submit jobs to the workers (flags, -f job.yaml or -f jobs.jsonl)."),
+    "sweep": ("service.cli.submit", "Submit the cartesian product of lists, ranges and log-spaced values."),
+    "requeue": ("service.cli.submit", "Send again jobs that were stored but never reached the broker."),
+    "cancel": ("service.cli.submit", "Cancel jobs: queued ones never start, running ones stop."),
+    "status": ("service.cli.progress", "Counts by status and progress of jobs or a sweep."),
+    "watch": ("service.cli.progress", "A live progress bar until the jobs or the sweep are done."),
+    "workers": ("service.cli.workers", "Live workers with their queues, device and active jobs."),
+    "worker": ("service.cli.workers", "Start a Celery worker on the cpu or gpu queue."),
+    "list": ("service.cli.results", "One row per job, filtered and sorted."),
+    "show": ("service.cli.results", "One job: kernels side by side, metrics, the gap and the loss curve."),
+    "compare": ("service.cli.results", "Jobs or a sweep in one table, best first."),
+    "export": ("service.cli.results", "Jobs or epochs as CSV or JSON."),
+    "plot": ("service.cli.results", "A PNG of a job's loss and kernels, or of a sweep's errors."),
+    "delete": ("service.cli.results", "Remove jobs (or a sweep) and their epochs."),
+    "db": ("service.cli.migrate", "Database schema: upgrade it, or see where it stands."),
 }
 
 
@@ -82,9 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
     except Exception as exc:
         if _database_gone(exc):
-            from service.settings import reason  # noqa: PLC0415
-
-            fail(f"database error: {reason(getattr(exc, 'orig', None) or exc)}", 3)
+            fail(f"database error: {one_line(getattr(exc, 'orig', None) or exc)}", 3)
         raise
     sys.exit(code if isinstance(code, int) else 0)
 

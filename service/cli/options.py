@@ -1,10 +1,16 @@
-"""The job flags shared by `klab run`, `submit` and `sweep`: raw strings, validated by JobSpec."""
+"""Options shared by commands: the job flags of `klab run`, `submit` and `sweep` (raw strings, validated by
+JobSpec), and the jobs a command acts on (ids or a sweep)."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import click
+
+from service.errors import BadInput
+from service.jobs.selection import Selection
+from service.settings import settings
 
 JOB_FIELDS = ("input", "kernel", "labels", "bias", "noise", "method", "lr", "epochs", "batch_size",
               "seed", "tol", "device")
@@ -39,3 +45,71 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def given(values: dict[str, Any]) -> dict[str, Any]:
     """The job flags the user actually gave."""
     return {k: v for k, v in values.items() if k in JOB_FIELDS and v is not None}
+
+
+def selected(ids: str = "many", optional: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Adds the jobs a command acts on, and hands it `selection` (service.jobs.selection.Selection).
+
+    ids: "many" for ID... arguments, "one" for an optional [ID], "option" for --ids 1,2,3; and --sweep S.
+    `optional`: neither means every job.
+    """
+    field = "ids" if ids == "option" else "id"
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def command(*args: Any, job_ids: Any = None, sweep: int | None = None, **kwargs: Any) -> Any:
+            given = _id_list(job_ids) if ids == "option" else ([job_ids] if ids == "one" and job_ids is not None
+                                                               else list(job_ids or ()))
+            return func(*args, selection=Selection.of(given, sweep, field, optional), **kwargs)
+
+        command = click.option("--sweep", type=int, default=None, help="every job of this sweep")(command)
+        if ids == "option":
+            return click.option("--ids", "job_ids", default=None, metavar="1,2,3", help="these jobs")(command)
+        if ids == "one":
+            return click.argument("job_ids", metavar="[ID]", type=int, required=False)(command)
+        return click.argument("job_ids", metavar="[ID]...", nargs=-1, type=int)(command)
+
+    return decorate
+
+
+def _id_list(raw: str | None) -> list[int]:
+    """--ids 1,2,3 as numbers."""
+    if raw is None:
+        return []
+    try:
+        ids = [int(p) for p in raw.replace(" ", "").split(",") if p]
+    except ValueError:
+        raise BadInput("ids", f"must be job ids separated by commas, got {raw!r}") from None
+    if not ids:
+        raise BadInput("ids", "give at least one job id")
+    return ids
+
+
+def spec_docs(spec_file: str | None, one: str | None = None) -> list[dict[str, Any]]:
+    """The jobs of -f FILE (JSON, YAML or JSONL), or one empty job; `one`: why the file must hold one."""
+    from service.jobs.spec import load_spec_file
+
+    docs = load_spec_file(spec_file) if spec_file else [{}]
+    if one and len(docs) != 1:
+        raise BadInput("file", f"{spec_file} holds {len(docs)} jobs; {one}")
+    limit = settings().max_sweep_jobs
+    if len(docs) > limit:
+        raise BadInput("file", f"{len(docs)} jobs, more than the limit {limit} (KLAB_MAX_SWEEP_JOBS)")
+    return docs
+
+
+def specs_from(values: dict[str, Any], spec_file: str | None, one: str | None = None) -> list:
+    """Validated specs from -f FILE and the flags given, which win over the file."""
+    from service.jobs.spec import JobSpec
+
+    docs = spec_docs(spec_file, one)
+    flags = given(values)
+    specs = []
+    for n, doc in enumerate(docs, 1):
+        try:
+            specs.append(JobSpec.parse({**doc, **flags}))
+        except BadInput as exc:
+            if len(docs) > 1:
+                raise BadInput(exc.field, f"{exc.message} (job {n} of {spec_file})") from None
+            raise
+    return specs

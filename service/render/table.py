@@ -4,48 +4,26 @@ rich itself honours NO_COLOR; a pipe or a file gets no colors, no box drawing an
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
-HEADERS = {
-    "relative_error": "rel. error",
-    "final_loss": "final loss",
-    "frobenius_error": "frob. error",
-    "max_abs_error": "max abs error",
-    "batch_size": "batch",
-    "epochs_done": "done",
-    "identifiable": "ident.",
-    "converged_epoch": "converged",
-    "diverged_epoch": "diverged",
-    "gap_optimization": "gap opt.",
-    "gap_noise": "gap noise",
-    "gap_identifiability": "gap ident.",
-    "sweep_id": "sweep",
-}
+from service.jobs import result
+from service.jobs.status import JobStatus
+from service.render.text import cell
 
-STATUS_STYLE = {"succeeded": "green", "diverged": "red", "failed": "red", "running": "yellow",
-                "queued": "cyan", "created": "cyan", "cancelled": "magenta"}
+STATUS_STYLE = {JobStatus.SUCCEEDED: "green", JobStatus.DIVERGED: "red", JobStatus.FAILED: "red",
+                JobStatus.RUNNING: "yellow", JobStatus.QUEUED: "cyan", JobStatus.CREATED: "cyan",
+                JobStatus.CANCELLED: "magenta"}
 
 SQUEEZABLE = {"input", "kernel", "method"}
 """Columns a narrow terminal may cut short (with an ellipsis); every other column keeps its width."""
 
 
-def cell(value: Any) -> str:
-    """One value as the tables show it: 4 significant digits, yes/no, '-' for nothing."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return str(value)
-
-
 def header(name: str) -> str:
-    return HEADERS.get(name, name.replace("_", " "))
+    f = result.BY_NAME.get(name)
+    return f.shown_as if f is not None else name.replace("_", " ")
 
 
 def is_terminal(stream: IO[str] | None = None) -> bool:
@@ -91,7 +69,7 @@ def rich_table(columns: Sequence[str], rows: Sequence[dict[str, Any]], *, title:
                cells: dict[str, Any] | None = None, stream: IO[str] | None = None,
                force_terminal: bool | None = None, width: int | None = None) -> str:
     """The table as rich renders it for a terminal (colors unless NO_COLOR is set)."""
-    from rich.console import Console  # noqa: PLC0415 - only for a terminal
+    from rich.console import Console
 
     console = Console(file=stream, force_terminal=force_terminal, width=width,
                       no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
@@ -114,17 +92,17 @@ def rich_table(columns: Sequence[str], rows: Sequence[dict[str, Any]], *, title:
     return capture.get()
 
 
-def _width(console, table) -> int:  # noqa: ANN001
+def _width(console, table) -> int:
     """The width the table needs, however narrow the terminal (console.measure stops at its width)."""
-    from rich.measure import Measurement  # noqa: PLC0415
+    from rich.measure import Measurement
 
     return Measurement.get(console, console.options.update_width(1_000_000), table).maximum
 
 
 def _table(columns: Sequence[str], rows: Sequence[dict[str, Any]], widths: dict[str, int], title: str | None,
-           cells: dict[str, Any] | None):  # noqa: ANN202 - a rich Table
-    from rich import box  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
+           cells: dict[str, Any] | None):
+    from rich import box
+    from rich.table import Table
 
     table = Table(title=title, header_style="bold", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
                   pad_edge=False, collapse_padding=True)
@@ -138,8 +116,8 @@ def _table(columns: Sequence[str], rows: Sequence[dict[str, Any]], widths: dict[
 
 
 def _styled(column: str, row: dict[str, Any], cells: dict[str, Any] | None) -> str:
-    from rich.markup import escape  # noqa: PLC0415
+    from rich.markup import escape
 
     text = escape(_text(column, row, cells))
-    style = STATUS_STYLE.get(str(row.get(column))) if column == "status" else None
+    style = STATUS_STYLE.get(row.get(column)) if column == "status" else None
     return f"[{style}]{text}[/{style}]" if style else text

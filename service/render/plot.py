@@ -1,4 +1,4 @@
-"""PNG plots of stored results: one job (loss curve and kernels) or a sweep (error against what it varied).
+"""PNG plots of results: one job (loss curve and kernels) or a sweep (error against what it varied).
 
 matplotlib is imported on first use, with the Agg backend, so nothing else in `klab` pays for it.
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from service.report import _grid, difference
+from service.render.text import difference, grid
 
 DPI = 100
 JOB_SIZE = (16.0, 4.0)
@@ -24,11 +24,11 @@ ANNOTATE_MAX = 7
 """Kernels up to this many rows and columns get their values written in the cells."""
 
 
-def _pyplot():  # noqa: ANN202
-    import matplotlib  # noqa: PLC0415 - only when plotting
+def _pyplot():
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     return plt
 
@@ -51,7 +51,7 @@ def plot_job(result: dict[str, Any], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def _loss(ax, epochs: Sequence[dict[str, Any]]) -> None:  # noqa: ANN001
+def _loss(ax, epochs: Sequence[dict[str, Any]]) -> None:
     pts = [(e["epoch"], e["loss"]) for e in epochs if e.get("loss") is not None and math.isfinite(e["loss"])]
     ax.set_title("loss")
     ax.set_xlabel("epoch")
@@ -66,25 +66,25 @@ def _loss(ax, epochs: Sequence[dict[str, Any]]) -> None:  # noqa: ANN001
 
 
 def _scale(kernels: Sequence[Any]) -> float:
-    vals = [np.abs(np.array(_grid(k), dtype=float)) for k in kernels if k is not None]
+    vals = [np.abs(np.array(grid(k), dtype=float)) for k in kernels if k is not None]
     finite = [v[np.isfinite(v)] for v in vals]
     return max((float(v.max()) for v in finite if v.size), default=1.0) or 1.0
 
 
-def _heatmap(fig, ax, title: str, kernel: Any, cmap: str, vmin: float, vmax: float) -> None:  # noqa: ANN001
+def _heatmap(fig, ax, title: str, kernel: Any, cmap: str, vmin: float, vmax: float) -> None:
     ax.set_title(title)
     if kernel is None:
         ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return
-    grid = np.array(_grid(kernel), dtype=float)
-    image = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax)
+    cells = np.array(grid(kernel), dtype=float)
+    image = ax.imshow(cells, cmap=cmap, vmin=vmin, vmax=vmax)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    rows, cols = grid.shape
+    rows, cols = cells.shape
     ax.set_xticks(range(cols))
     ax.set_yticks(range(rows))
     if rows <= ANNOTATE_MAX and cols <= ANNOTATE_MAX:
-        for (i, j), v in np.ndenumerate(grid):
+        for (i, j), v in np.ndenumerate(cells):
             r, g, b, _ = image.cmap(image.norm(v)) if np.isfinite(v) else (1, 1, 1, 1)
             color = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"  # readable on the cell
             ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=9, color=color)
@@ -139,11 +139,11 @@ def plot_sweep(rows: Sequence[dict[str, Any]], params: Sequence[str], path: str 
     return _save(fig, path)
 
 
-def _save(fig, path: str | Path) -> Path:  # noqa: ANN001
+def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=DPI)
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     plt.close(fig)
     return path

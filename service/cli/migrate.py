@@ -1,10 +1,11 @@
-"""`klab db`: the schema's migrations."""
+"""`klab db upgrade` and `klab db current`: the schema's migrations."""
 from __future__ import annotations
 
 import click
 
 from service.cli import cli
-from service.reader import HEAD, revision
+from service.db.connect import HEAD
+from service.db.reads import revision
 from service.settings import describe, settings
 
 
@@ -17,7 +18,7 @@ def db() -> None:
 @click.option("--revision", "target", default="head", show_default=True, help="target revision")
 def db_upgrade(target: str) -> None:
     """Apply migrations up to head (safe to run again)."""
-    from service.db import upgrade  # noqa: PLC0415 - Alembic and SQLAlchemy only to migrate
+    from service.db.engine import upgrade
 
     url = settings().database_url
     revision(url)  # an unreachable database is one line, before Alembic starts

@@ -6,7 +6,6 @@ over B jobs that share A, and never imports torch.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,36 +119,3 @@ def kernel_errors(learned: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray
         relative = np.where(tnorm > 0, frob / tnorm, np.nan)
         cosine = np.where((tnorm > 0) & (lnorm > 0), (lf * tf).sum(axis=1) / (tnorm * lnorm), np.nan)
     return {"frobenius": frob, "relative": relative, "max_abs": np.abs(d).max(axis=1), "cosine": cosine}
-
-
-def explain(gap: dict | None, identifiability: dict, status: str, relative: float | None = None,
-            grew: bool = False) -> str:
-    """One plain sentence saying which part of the gap dominates (`grew`: the loss ended above where it began)."""
-    if status == "diverged":
-        return "training diverged: the learning rate is too large for this input; lower --lr."
-    if status != "succeeded" or not gap:
-        return "no result to explain."
-    opt = gap.get("optimization") or 0.0
-    noise = gap.get("noise")
-    ident = gap.get("identifiability")
-    if noise is None or ident is None:
-        return ("no true kernel to compare with; the learned kernel is "
-                f"{opt:.3g} from the least-squares kernel the labels determine.")
-    parts = {"optimization": opt, "noise": noise, "identifiability": ident}
-    total = math.sqrt(sum(v * v for v in parts.values()))
-    if total < 1e-3 or (relative is not None and relative < 1e-3):
-        return "the learned kernel matches the true kernel."
-    main = max(parts, key=lambda name: parts[name])
-    if main == "optimization" and grew:
-        return ("not converging: the loss grew during training, so the learning rate is too large for "
-                "this input; lower --lr.")
-    if main == "optimization":
-        return (f"not converged yet: training stopped {opt:.3g} from the best kernel the data allow; "
-                "train longer or raise the learning rate.")
-    if main == "identifiability":
-        r, p = identifiability["rank"], identifiability["params"]
-        what = "only their sums are determined" if identifiability.get("sums_only") else \
-            f"only {r} combinations of the {p} weights are determined"
-        return f"the data cannot tell these weights apart: {what} (rank {r} of {p}); a richer input would."
-    return (f"label noise: even the exact least-squares kernel is {noise:.3g} from the true one; "
-            "more data or less noise would close it.")

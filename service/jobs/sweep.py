@@ -5,8 +5,8 @@ import itertools
 import math
 from typing import Any
 
-from service import defaults
 from service.errors import BadInput
+from service.settings import settings
 
 SWEEPABLE = ("input", "kernel", "method", "lr", "epochs", "batch_size", "seed", "noise")
 INTEGER = ("epochs", "batch_size", "seed")
@@ -78,7 +78,7 @@ def _values(field: str, item: str, limit: int) -> list[Any]:
 
 def expand(flags: dict[str, str]) -> tuple[dict[str, list[Any]], list[dict[str, Any]]]:
     """The swept parameters (name -> values) and one dict of flags per job, in product order."""
-    limit = defaults.max_sweep_jobs()
+    limit = settings().max_sweep_jobs
     swept: dict[str, list[Any]] = {}
     fixed: dict[str, Any] = {}
     for field, text in flags.items():

@@ -1,4 +1,4 @@
-"""Inputs, kernels and labels: the CLI's forms turned into numpy arrays (no torch here).
+"""Inputs, kernels and labels: the forms a user gives them in, turned into numpy arrays (no torch here).
 
 Canonical shapes: inputs and labels are N x C x H x W, kernels C_out x C_in x kh x kw.
 """
@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from service import defaults
 from service.errors import BadInput
+from service.settings import settings
 
 # Streams of the job's seed, so random input, kernel and noise never share numbers.
 INPUT_STREAM, KERNEL_STREAM, NOISE_STREAM = 1, 2, 3
 
-_SQ3 = 1.0 / 3.0
 KERNEL_PRESETS: dict[str, list[list[float]]] = {
     "d2l": [[1.0, -1.0]],
     "edge-v": [[1.0], [-1.0]],
@@ -66,7 +65,8 @@ def _finite(field: str, array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _path(field: str, raw: str) -> Path:
+def checked_file(field: str, raw: str) -> Path:
+    """A file a user named: it exists, can be read, and is within KLAB_MAX_FILE_BYTES."""
     if not raw:
         raise BadInput(field, "missing file path")
     path = Path(raw).expanduser()
@@ -75,14 +75,15 @@ def _path(field: str, raw: str) -> Path:
     if not os.access(path, os.R_OK):
         raise BadInput(field, f"file is not readable: {raw}")
     size = path.stat().st_size
-    if size > defaults.max_file_bytes():
-        raise BadInput(field, f"file is {size} bytes, more than the limit {defaults.max_file_bytes()}")
+    limit = settings().max_file_bytes
+    if size > limit:
+        raise BadInput(field, f"file is {size} bytes, more than the limit {limit}")
     return path
 
 
 def load_npy(field: str, raw: str) -> np.ndarray:
     """An array from an .npy file, never unpickled, as float64."""
-    path = _path(field, raw)
+    path = checked_file(field, raw)
     with path.open("rb") as fh:
         if fh.read(6) != b"\x93NUMPY":
             raise BadInput(field, f"{raw} is not a .npy file")
@@ -105,9 +106,9 @@ def load_npy(field: str, raw: str) -> np.ndarray:
 
 def load_image(field: str, raw: str, rgb: bool) -> np.ndarray:
     """A PNG/JPEG as C x H x W in [0, 1], with Pillow's decompression-bomb limit."""
-    from PIL import Image  # noqa: PLC0415 - Pillow only when an image is named
+    from PIL import Image
 
-    path = _path(field, raw)
+    path = checked_file(field, raw)
     try:
         with warnings.catch_warnings():
             # our own pixel limit (below Pillow's bomb threshold) answers in one line, without a warning
@@ -116,7 +117,7 @@ def load_image(field: str, raw: str, rgb: bool) -> np.ndarray:
         with img:
             if img.format not in ("PNG", "JPEG"):
                 raise BadInput(field, f"{raw} is {img.format}, not a PNG or JPEG image")
-            pixels = max(1, defaults.max_input_elements() // (3 if rgb else 1))
+            pixels = max(1, settings().max_input_elements // (3 if rgb else 1))
             if img.width * img.height > pixels:
                 raise BadInput(field, f"{raw} is {img.width}x{img.height}, more than the input limit")
             img = img.convert("RGB" if rgb else "L")
@@ -138,7 +139,7 @@ def parse_input(raw: str, seed: int) -> tuple[np.ndarray, int]:
         raise BadInput(field, f"unknown input {kind!r}; expected one of {', '.join(INPUT_KINDS)}")
     if kind in ("edge", "ones", "checker", "diagonal"):
         h, w = _dims(field, rest, (2,))
-        _check_elements(field, (h, w), defaults.max_input_elements(), "input")
+        _check_elements(field, (h, w), settings().max_input_elements, "input")
         if kind == "ones":
             x = np.ones((h, w))
         elif kind == "edge":
@@ -151,7 +152,7 @@ def parse_input(raw: str, seed: int) -> tuple[np.ndarray, int]:
         array = x
     elif kind == "random":
         dims = _dims(field, rest, (2, 3, 4))
-        _check_elements(field, dims, defaults.max_input_elements(), "input")
+        _check_elements(field, dims, settings().max_input_elements, "input")
         array = rng(seed, INPUT_STREAM).standard_normal(dims)
     elif kind == "image":
         path, rgb = rest, False
@@ -164,7 +165,7 @@ def parse_input(raw: str, seed: int) -> tuple[np.ndarray, int]:
         array = load_npy(field, rest)
         if array.ndim not in (2, 3, 4):
             raise BadInput(field, f"expected H x W, C x H x W or N x C x H x W, got {array.ndim} dimensions")
-        _check_elements(field, array.shape, defaults.max_input_elements(), "input")
+        _check_elements(field, array.shape, settings().max_input_elements, "input")
     ndim = array.ndim
     while array.ndim < 4:
         array = array[None]
@@ -219,7 +220,7 @@ def parse_kernel(raw: str, seed: int) -> np.ndarray:
         array = _literal(field, raw)
     elif raw.startswith("random:"):
         dims = _dims(field, raw[len("random:"):], (2, 4))
-        _check_elements(field, dims, defaults.max_kernel_elements(), "kernel")
+        _check_elements(field, dims, settings().max_kernel_elements, "kernel")
         array = rng(seed, KERNEL_STREAM).standard_normal(dims)
     elif raw.startswith("npy:"):
         array = load_npy(field, raw[len("npy:"):])
@@ -229,7 +230,7 @@ def parse_kernel(raw: str, seed: int) -> np.ndarray:
         presets = ", ".join(KERNEL_PRESETS)
         raise BadInput(field, f"unknown kernel {raw[:40]!r}; expected a preset ({presets}), "
                               "a JSON literal, random:KHxKW or npy:PATH")
-    _check_elements(field, array.shape, defaults.max_kernel_elements(), "kernel")
+    _check_elements(field, array.shape, settings().max_kernel_elements, "kernel")
     return array
 
 
@@ -241,7 +242,7 @@ def parse_labels(raw: str) -> np.ndarray:
     array = load_npy(field, raw[len("npy:"):])
     if array.ndim not in (2, 3, 4):
         raise BadInput(field, f"expected Ho x Wo, C x Ho x Wo or N x C x Ho x Wo, got {array.ndim} dimensions")
-    _check_elements(field, array.shape, defaults.max_input_elements(), "labels")
+    _check_elements(field, array.shape, settings().max_input_elements, "labels")
     return array
 
 

@@ -1,0 +1,171 @@
+"""The broker: the Celery configuration the CLI and the workers share, and the one client that talks to it.
+
+JSON only: a message in any other format is refused, so nothing a user sends is ever unpickled.
+The client publishes by task name through a bare Celery app, so it never imports the worker (torch).
+Messages carry job ids only.
+"""
+from __future__ import annotations
+
+import json
+import time
+from base64 import b64decode
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from service import defaults
+from service.errors import BrokerUnavailable, mask, one_line
+from service.settings import settings
+
+QUEUES = ("cpu", "gpu")
+TASK_TRAIN = "klab.train"
+
+Task = tuple[str, list[int]]
+"""A message: its queue and the ids of the jobs it carries."""
+
+
+def celery_config(broker_url: str) -> dict[str, Any]:
+    return {
+        "broker_url": broker_url,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": "cpu",
+        "task_create_missing_queues": True,
+        "broker_transport_options": {"visibility_timeout": settings().visibility_timeout},
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 3,
+        "worker_send_task_events": True,
+        "task_send_sent_event": False,
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+    }
+
+
+@lru_cache(maxsize=4)
+def client(broker_url: str | None = None):
+    """A Celery app that only publishes (no tasks registered, no torch)."""
+    from celery import Celery
+
+    app = Celery("klab-client")
+    app.conf.update(celery_config(broker_url or settings().broker_url))
+    app.conf.task_publish_retry_policy = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2}
+    return app
+
+
+def unavailable(broker_url: str, exc: BaseException) -> BrokerUnavailable:
+    return BrokerUnavailable(f"cannot reach the broker {mask(broker_url)}: {one_line(exc)}")
+
+
+def check(broker_url: str | None = None) -> None:
+    """Fail fast, before anything is written, when the broker does not answer."""
+    broker_url = broker_url or settings().broker_url
+    try:
+        if broker_url.startswith(("redis://", "rediss://", "unix://")):
+            import redis
+
+            conn = redis.Redis.from_url(broker_url, socket_connect_timeout=2, socket_timeout=2)
+            try:
+                conn.ping()
+            finally:
+                conn.close()
+        else:
+            with client(broker_url).connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=2)
+    except Exception as exc:  # noqa: BLE001 - any failure to reach it is the same one line
+        raise unavailable(broker_url, exc) from None
+
+
+def tasks(items: Sequence[tuple[int, tuple]], batch_jobs: int) -> list[Task]:
+    """Job ids grouped by key (the queue first: jobs that may train together) into tasks of at most
+    batch_jobs ids. Workers regroup what they are sent by what trains together, so a key of the
+    queue alone is enough for jobs sent again."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for job_id, key in items:
+        groups[key].append(job_id)
+    return [(key[0], ids[i : i + batch_jobs]) for key, ids in groups.items() for i in range(0, len(ids), batch_jobs)]
+
+
+def publish(app, messages: Sequence[Task], sent: Any = None) -> int:
+    """Send each task; `sent(ids)` after each one the broker took. Returns how many jobs were sent.
+
+    Stops at the first failure with BrokerUnavailable (the jobs of the tasks not sent are the caller's).
+    """
+    count = 0
+    try:
+        with app.producer_or_acquire() as producer:
+            for queue, ids in messages:
+                app.send_task(TASK_TRAIN, args=[ids], queue=queue, producer=producer)
+                if sent is not None:
+                    sent(ids)
+                count += len(ids)
+    except BrokerUnavailable:
+        raise
+    except Exception as exc:
+        if isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("kombu", "redis", "amqp", "celery"):
+            raise unavailable(app.conf.broker_url, exc) from None
+        raise
+    return count
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """What a Redis broker holds now: the queues with messages waiting, and the job ids of messages
+    delivered to a worker less than `young` seconds ago and not yet acknowledged."""
+
+    busy_queues: frozenset[str]
+    delivered_ids: frozenset[int]
+
+
+def holdings(app, young: float) -> Holdings | None:
+    """Look into a Redis broker (kombu's list per queue and its `unacked` hash); None for other brokers.
+
+    kombu's Redis transport moves a message from its queue to `unacked` in two steps (BRPOP, then a
+    MULTI from the worker): a broker that dies between them loses the message, whatever its persistence.
+    A message in `unacked` for longer than `young` belongs to a worker that dropped it when its
+    connection broke, and Redis gives it back only after the visibility timeout.
+    """
+    with app.connection_for_read() as conn:
+        if conn.transport.driver_type != "redis":
+            return None
+        conn.ensure_connection(max_retries=1, timeout=defaults.CONNECT_TIMEOUT_S)  # never hang: try at the next look
+        channel = conn.default_channel
+        redis = channel.client
+        busy = frozenset(q for q in QUEUES if channel._size(q))
+        since = dict(redis.zrange(channel.unacked_index_key, 0, -1, withscores=True))
+        now = time.time()
+        ids: set[int] = set()
+        for tag, raw in redis.hgetall(channel.unacked_key).items():
+            if now - since.get(tag, 0.0) < young:
+                ids.update(_job_ids(raw))
+        return Holdings(busy, frozenset(ids))
+
+
+def _job_ids(raw: bytes) -> list[int]:
+    """The job ids a message in kombu's `unacked` hash carries (none if it is not one of ours)."""
+    try:
+        message = json.loads(raw)[0]
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = b64decode(body)
+        args = json.loads(body)[0]
+        return [i for i in args[0] if isinstance(i, int)]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return []
+
+
+def workers(timeout: float) -> list[dict[str, Any]]:
+    """What every live worker says of itself (worker.app's klab_info), by name."""
+    app = client()
+    replies = app.control.broadcast("klab_info", reply=True, timeout=timeout) or []
+    rows = [{"worker": host, **info} for reply in replies for host, info in reply.items() if isinstance(info, dict)]
+    return sorted(rows, key=lambda r: r["worker"])

@@ -1,0 +1,110 @@
+"""`klab submit`, `sweep`, `requeue` and `cancel`: jobs handed to the workers, again, or stopped."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from service import defaults
+from service.cli import cli
+from service.cli.options import given, job_options, selected, spec_docs, specs_from
+from service.cli.progress import count_line, counts, wait
+from service.jobs.selection import Selection
+
+_batch_jobs = click.option("--batch-jobs", type=click.IntRange(1, 100_000), default=defaults.BATCH_JOBS,
+                           show_default=True, help="most compatible jobs trained together in one task")
+
+
+def _queue_options(func):
+    func = click.option("--queue", default=None, help="cpu or gpu (default: from --device)")(func)
+    func = click.option("--wait", is_flag=True, help="show progress until done, then the results")(func)
+    func = click.option("--json", "as_json", is_flag=True, help="print ids and results as JSON")(func)
+    return _batch_jobs(func)
+
+
+@cli.command()
+@job_options
+@_queue_options
+def submit(spec_file: str | None, queue: str | None, wait: bool, as_json: bool, batch_jobs: int, **values: str) -> None:
+    """Submit jobs to the workers: flags, -f job.yaml|job.json, or -f jobs.jsonl (many)."""
+    from service.submit import prepare, submit
+
+    _, ids = submit(prepare(specs_from(values, spec_file), queue), batch_jobs)
+    if not wait:
+        click.echo(json.dumps({"ids": ids}) if as_json else "\n".join(map(str, ids)))
+        return
+    if not as_json:
+        click.echo("submitted " + " ".join(map(str, ids[:20])) + (" ..." if len(ids) > 20 else ""))
+    _results(Selection(tuple(ids)), as_json, one=len(ids) == 1)
+
+
+@cli.command()
+@job_options
+@_queue_options
+@click.option("--name", default=None, help="a name for the sweep")
+def sweep(spec_file: str | None, queue: str | None, wait: bool, as_json: bool, batch_jobs: int,
+          name: str | None, **values: str) -> None:
+    """Create a sweep: any of --lr --epochs --seed --kernel --method --batch-size --noise --input
+    takes a comma list; numeric ones also A..B (integers) or A:B:N (N log-spaced values)."""
+    from service.jobs.spec import JobSpec
+    from service.jobs.sweep import expand
+    from service.submit import prepare, submit
+
+    (doc,) = spec_docs(spec_file, one="a sweep takes one base job")
+    base = {k: (json.dumps(v) if isinstance(v, list) else str(v)) for k, v in doc.items() if v is not None}
+    flags = {**base, **given(values)}
+    swept, job_flags = expand(flags)
+    prepared = prepare([JobSpec.parse(f) for f in job_flags], queue)
+    params = {"swept": swept, "fixed": {k: v for k, v in flags.items() if k not in swept}}
+    sweep_id, ids = submit(prepared, batch_jobs, params, name)
+    if as_json and not wait:
+        click.echo(json.dumps({"sweep": sweep_id, "size": len(ids), "ids": ids}))
+        return
+    click.echo(f"sweep {sweep_id}: {len(ids)} jobs", err=as_json)
+    if wait:
+        _results(Selection(sweep=sweep_id), as_json, one=False)
+
+
+def _results(selection: Selection, as_json: bool, one: bool) -> None:
+    """After --wait: each result as `klab show` prints it (one job), or the counts and what to run next."""
+    from service.db.reads import reading, result_of, results
+    from service.render.text import render
+
+    wait(selection, quiet=as_json)
+    out = None
+    with reading() as reader:  # print after reading: never hold the database
+        if as_json:
+            found = results(reader, selection)
+            out = json.dumps(found[0] if one else found)
+        elif one:
+            out = render(result_of(reader, selection.ids[0]))
+    if out is not None:
+        click.echo(out)
+        return
+    click.echo(count_line(counts(selection)))
+    if selection.sweep is not None:
+        click.echo(f"compare them with: klab compare --sweep {selection.sweep}")
+
+
+@cli.command()
+@selected(optional=True)
+@_batch_jobs
+@click.option("--queued", "include_queued", is_flag=True,
+              help="also send queued jobs again (after a broker lost its data); duplicates are skipped")
+def requeue(selection: Selection, batch_jobs: int, include_queued: bool) -> None:
+    """Send again jobs that were stored but never reached the broker (status created); no ids: all of them."""
+    from service.submit import requeue
+
+    click.echo(f"queued {requeue(selection, include_queued, batch_jobs)} job(s)")
+
+
+@cli.command()
+@selected()
+def cancel(selection: Selection) -> None:
+    """Cancel jobs: queued ones never start, running ones stop at their next epoch check."""
+    from service.db.engine import writing
+    from service.db.writes import cancel
+
+    with writing() as conn:
+        ended, asked = cancel(conn, selection)
+    click.echo(f"cancelled {ended} job(s) not yet started; asked {asked} running job(s) to stop")

@@ -1,0 +1,64 @@
+"""`klab workers` and `klab worker`: the live workers, and starting one."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from service.cli import cli
+from service.errors import BadInput
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--timeout", type=float, default=1.5, show_default=True, help="seconds to wait for replies")
+def workers(as_json: bool, timeout: float) -> None:
+    """Live workers with their queues, device and active jobs."""
+    from service import broker
+
+    broker.check()
+    rows = broker.workers(timeout)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    if not rows:
+        click.echo("no workers answered")
+        return
+    for r in rows:
+        active = ", ".join(str(j) for j in r.get("active_jobs", [])[:10]) or "-"
+        click.echo(f"{r['worker']}  queues {','.join(r.get('queues', []))}  device {r.get('device')}  "
+                   f"pool {r.get('pool')}  active jobs {active}")
+
+
+def worker_argv(queue: str, concurrency: int | None, loglevel: str) -> tuple[list[str], dict[str, str]]:
+    """The plain celery command line a worker runs, and the environment it adds."""
+    env: dict[str, str] = {}
+    if queue == "gpu":
+        argv = ["celery", "-A", "worker.app", "worker", "-Q", "gpu", "--pool", "solo", "--hostname", "gpu@%h",
+                "--loglevel", loglevel]
+    else:
+        n = concurrency or os.cpu_count() or 1
+        argv = ["celery", "-A", "worker.app", "worker", "-Q", "cpu", "--pool", "prefork", "--concurrency", str(n),
+                "--hostname", "cpu@%h", "--loglevel", loglevel]
+        env["KLAB_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))  # the cores split among children
+    return argv, env
+
+
+@cli.command()
+@click.option("--queue", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 256), default=None,
+              help="prefork children for the cpu queue [default: the number of cores]")
+@click.option("--gpu", "gpu_index", type=click.IntRange(0, 64), default=None, help="GPU index for the gpu queue")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(queue: str, concurrency: int | None, gpu_index: int | None, loglevel: str) -> None:
+    """Start a Celery worker with safe settings (solo pool on one GPU; prefork with torch threads split)."""
+    if queue == "gpu" and concurrency not in (None, 1):
+        raise BadInput("concurrency", "the gpu queue runs one job at a time (solo pool): CUDA does not survive fork")
+    argv, env = worker_argv(queue, concurrency, loglevel)
+    if gpu_index is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu_index)
+    os.environ.update(env)
+    os.execvp(sys.executable, [sys.executable, "-m", *argv])  # noqa: S606 - our own argv: no shell, no user text
+

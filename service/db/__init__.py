@@ -1,0 +1,2 @@
+"""The database: its tables (schema), connections (connect: the driver, engine: SQLAlchemy), every read
+(reads) and every write (writes)."""

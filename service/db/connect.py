@@ -1,0 +1,167 @@
+"""Connections to the database through its driver (sqlite3, psycopg), and the Reader every read goes
+through (service.db.reads opens them). No SQLAlchemy here: the read commands start in a tenth of a
+second because of it.
+
+Also the two things every connection shares, whichever way it was opened: the SQLite settings
+(`sqlite_setup`) and the schema-version check (`require_head`).
+"""
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from service import defaults
+from service.errors import DatabaseUnavailable, one_line
+from service.settings import describe
+
+HEAD = "0003"
+"""The newest migration in migrations/versions (a test keeps this in step with Alembic's head)."""
+
+STREAM_ROWS = 10_000
+"""Rows fetched at a time by Reader.stream (a server-side cursor on PostgreSQL)."""
+
+_NAMED = re.compile(r"(?<![:\w]):(\w+)")
+
+
+def sqlite_setup(conn: sqlite3.Connection) -> None:
+    """Every SQLite connection: WAL (a reader never blocks a writer), the busy timeout, foreign keys
+    (deletes cascade), and transactions begun by us, not by the driver."""
+    conn.isolation_level = None
+    for pragma in ("journal_mode=WAL", f"busy_timeout={defaults.SQLITE_BUSY_MS}", "foreign_keys=ON",
+                   "synchronous=NORMAL"):
+        conn.execute(f"PRAGMA {pragma}")
+
+
+def require_head(revision: str | None, url: str) -> None:
+    """A schema that is missing or not at head: one line saying what to run (exit code 2)."""
+    if revision == HEAD:
+        return
+    where = describe(url)
+    if revision is None:
+        raise DatabaseUnavailable(f"the {where} has no kernel-lab schema; run: klab db upgrade", 2)
+    raise DatabaseUnavailable(f"the {where} is at revision {revision}, not {HEAD}; run: klab db upgrade", 2)
+
+
+def unreachable(url: str, exc: BaseException) -> DatabaseUnavailable:
+    """A database that cannot be reached, as one line naming it (exit code 3)."""
+    return DatabaseUnavailable(f"cannot reach the {describe(url)}: {one_line(exc)}")
+
+
+_GONE = ("connection", "could not connect", "server closed", "terminating", "timeout", "database is locked",
+         "the database system is")
+
+
+def out_of_reach(exc: BaseException) -> bool:
+    """Whether an error means the database is out of reach for now (worth waiting for), as opposed to a bug
+    or bad data; through SQLAlchemy or a driver alike."""
+    if isinstance(exc, DatabaseUnavailable):
+        return exc.exit_code == 3
+    if getattr(exc, "connection_invalidated", False):
+        return True
+    orig = getattr(exc, "orig", None) or exc
+    if not type(orig).__module__.startswith(("sqlite3", "psycopg")):
+        return False
+    return any(s in str(orig).lower() for s in _GONE)
+
+
+class Reader:
+    """A driver connection inside one transaction, answering SQL written with :name parameters.
+
+    Rows come back as dicts of the driver's own values; service.db.reads decodes the few that differ
+    between the backends (JSON and timestamps are text in SQLite, booleans are 0 and 1).
+    """
+
+    def __init__(self, conn: Any, dialect: str) -> None:
+        self.conn = conn
+        self.dialect = dialect
+
+    @classmethod
+    def of(cls, connection: Any) -> Reader:
+        """Read inside a SQLAlchemy connection's transaction (what `klab run` and a write print)."""
+        return cls(connection.connection.driver_connection, connection.dialect.name)
+
+    def _sql(self, sql: str) -> str:
+        return sql if self.dialect == "sqlite" else _NAMED.sub(r"%(\1)s", sql)
+
+    def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        cur = self.conn.cursor()
+        try:
+            cur.execute(self._sql(sql), params or {})
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+        finally:
+            cur.close()
+
+    def one(self, sql: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        found = self.rows(sql, params)
+        return found[0] if found else None
+
+    def stream(self, sql: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Rows one at a time, STREAM_ROWS fetched at once: never the whole result in memory."""
+        if self.dialect == "sqlite":
+            cur = self.conn.cursor()  # sqlite3 steps through the result as it is read
+        else:
+            cur = self.conn.cursor(name="klab_stream")  # a server-side cursor
+            cur.itersize = STREAM_ROWS
+        try:
+            cur.execute(self._sql(sql), params or {})
+            names = [d[0] for d in cur.description]
+            while batch := cur.fetchmany(STREAM_ROWS):
+                for row in batch:
+                    yield dict(zip(names, row))
+        finally:
+            cur.close()
+
+    def revision(self, url: str) -> str | None:
+        """The revision in alembic_version (None: no schema); a file that is not a database is one line."""
+        has_table = ("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+                     if self.dialect == "sqlite" else "SELECT count(*) AS n FROM pg_catalog.pg_tables "
+                     "WHERE tablename = 'alembic_version' AND schemaname = ANY(current_schemas(false))")
+        try:
+            if not self.one(has_table)["n"]:
+                return None
+            found = self.one("SELECT version_num FROM alembic_version")
+        except sqlite3.DatabaseError as exc:
+            raise unreachable(url, exc) from None
+        return None if found is None else found["version_num"]
+
+
+def open_reader(url: str) -> Reader | None:
+    """A driver connection, begun read-only, for a plain SQLite file or PostgreSQL URL; None otherwise."""
+    scheme, _, rest = url.partition("://")
+    if scheme in ("sqlite", "sqlite+pysqlite"):
+        path = rest.partition("/")[2]
+        if not path or path == ":memory:" or any(c in path for c in "?%") or not Path(path).is_file():
+            return None  # no file yet (service.db.engine creates it), or a URL only SQLAlchemy reads
+        try:
+            conn = sqlite3.connect(path, timeout=defaults.SQLITE_BUSY_MS / 1000)
+            sqlite_setup(conn)
+            conn.execute("BEGIN")  # deferred: a snapshot that never blocks a writer (WAL)
+        except sqlite3.Error as exc:
+            raise unreachable(url, exc) from None
+        return Reader(conn, "sqlite")
+    if scheme not in ("postgresql+psycopg", "postgresql", "postgres") or not _well_formed(url):
+        return None
+    import psycopg
+
+    try:
+        conn = psycopg.connect("postgresql://" + rest, connect_timeout=defaults.CONNECT_TIMEOUT_S)
+    except psycopg.OperationalError as exc:
+        raise unreachable(url, exc) from None
+    except psycopg.Error:  # an option libpq does not know: service.db.engine says which
+        return None
+    conn.read_only = True
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # show reads a job and its epochs as of one moment
+    return Reader(conn, "postgresql")
+
+
+def _well_formed(url: str) -> bool:
+    try:
+        _ = urlsplit(url).port  # a port that is not a number raises
+    except ValueError:
+        return False
+    return True

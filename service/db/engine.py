@@ -1,0 +1,131 @@
+"""SQLAlchemy's side of the database: one engine per URL, write transactions, and migrations.
+
+Only what writes (and `klab db upgrade`) comes here; reads go through service.db.connect's driver
+connections, unless the database must first be created or upgraded.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+
+from service import defaults
+from service.db.connect import HEAD, require_head, sqlite_setup, unreachable
+from service.errors import DatabaseUnavailable, mask
+from service.settings import describe, settings
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+
+_ENGINES: dict[str, Engine] = {}
+_AT_HEAD: set[str] = set()  # URLs already found at head by this process
+
+
+def engine_for(url: str) -> Engine:
+    """The engine for a URL, created once per process."""
+    if url not in _ENGINES:
+        _ENGINES[url] = _create(url)
+    return _ENGINES[url]
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection (tests, and worker children after fork)."""
+    for eng in _ENGINES.values():
+        eng.dispose()
+    _ENGINES.clear()
+    _AT_HEAD.clear()
+
+
+def _create(url: str) -> Engine:
+    try:
+        u = make_url(url)
+    except (ArgumentError, ValueError):  # a bad port is a ValueError
+        raise DatabaseUnavailable(f"KLAB_DATABASE_URL is not a database URL: {mask(url)}", 2) from None
+    if not u.drivername.startswith("sqlite"):
+        try:
+            return create_engine(url, pool_pre_ping=True,
+                                 connect_args={"connect_timeout": defaults.CONNECT_TIMEOUT_S})
+        except (ArgumentError, ImportError) as exc:
+            raise DatabaseUnavailable(f"cannot use {describe(url)}: {mask(str(exc))}", 2) from None
+    if u.database and u.database != ":memory:":
+        Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    eng = create_engine(url, connect_args={"timeout": defaults.SQLITE_BUSY_MS / 1000})
+    event.listen(eng, "connect", lambda dbapi_conn, _record: sqlite_setup(dbapi_conn))
+
+    @event.listens_for(eng, "begin")
+    def _begin(conn: Connection) -> None:
+        # Writers take the write lock up front: a deferred transaction that later writes fails at once
+        # with "database is locked" when another process wrote meanwhile, whatever the timeout.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return eng
+
+
+def current_revision(url: str) -> str | None:
+    """The schema revision the database is at (None for an empty database).
+
+    A failure to connect is one line; a missing alembic_version table means no schema yet. (Telling the
+    two apart by the error's text made an empty PostgreSQL database look unreachable.)
+    """
+    with reachable(url), engine_for(url).connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Run Alembic's migrations up to `revision`."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+    _AT_HEAD.discard(url)
+
+
+def downgrade(url: str, revision: str) -> None:
+    from alembic import command
+
+    command.downgrade(alembic_config(url), revision)
+    _AT_HEAD.discard(url)
+
+
+def alembic_config(url: str):
+    from alembic.config import Config
+
+    cfg = Config(str(MIGRATIONS.parent / "alembic.ini"))
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["url"] = url
+    return cfg
+
+
+def ready_engine(url: str | None = None) -> Engine:
+    """An engine whose database is at head: a SQLite file upgrades itself, anything else must be upgraded."""
+    url = url or settings().database_url
+    engine = engine_for(url)
+    if url in _AT_HEAD:
+        return engine
+    rev = current_revision(url)
+    if engine.dialect.name == "sqlite" and (rev is None or rev < HEAD):
+        upgrade(url)
+        rev = HEAD
+    require_head(rev, url)
+    _AT_HEAD.add(url)
+    return engine
+
+
+@contextmanager
+def reachable(url: str) -> Iterator[None]:
+    """A database that cannot be reached, as one line naming it (exit code 3)."""
+    try:
+        yield
+    except DBAPIError as exc:
+        raise unreachable(url, exc.orig if exc.orig is not None else exc) from None
+
+
+@contextmanager
+def writing(url: str | None = None) -> Iterator[Connection]:
+    """A connection in a write transaction on a database at head: committed on success, rolled back on error."""
+    with ready_engine(url).begin() as conn:
+        yield conn

@@ -1,0 +1,270 @@
+"""Every read of stored jobs, as plain SQL through a Reader (service.db.connect): lists, one job's result,
+comparisons, progress and exports.
+
+Columns come from the result schema (service.jobs.result). Listing and comparing read the jobs table's
+own columns (latest loss, epochs done, metrics); only a job's result and the epochs export read the
+epochs table.
+
+SQL is formatted here from the schema's column names and from placeholders made here (:i0, :i1, ...)
+only; every value a user gives is bound as a parameter. The statements that are formatted say so
+(`noqa: S608`, ruff's check for SQL built from strings).
+"""
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from service.db.connect import HEAD, Reader, open_reader
+from service.errors import BadInput
+from service.jobs import result
+from service.jobs import status as statuses
+from service.jobs.selection import Selection
+from service.settings import settings
+
+if TYPE_CHECKING:
+    import numpy as np
+
+LIST_COLUMNS = ("id", "status", "method", "input", "kernel", "lr", "epochs", "final_loss", "relative_error",
+                "identifiable")
+"""What `klab list` shows, and what it can sort by."""
+
+LIST_EXTRA = ("epochs_done", "sweep_id")
+"""Also in each `klab list` row (the table shows epochs as done/total)."""
+
+SWEPT = ("lr", "epochs", "seed", "batch_size", "noise", "method", "kernel", "input")
+"""The parameters a sweep may vary, in the order its plot shows them."""
+
+IN_CHUNK = 1000
+"""Ids per IN (...) list."""
+
+_DECODE = {f.name: f.kind for f in result.JOB if f.kind in ("json", "time", "bool")}
+
+
+@contextmanager
+def reading(url: str | None = None) -> Iterator[Reader]:
+    """A Reader on a database at head, in one transaction that only reads (one consistent snapshot).
+
+    Straight through the driver where it can; a SQLite file still to create or upgrade, or a URL only
+    SQLAlchemy understands, goes through service.db.engine first (which upgrades or refuses), then
+    reads through that engine's driver connection, with the same SQL.
+    """
+    url = url or settings().database_url
+    direct = open_reader(url)
+    if direct is not None:
+        try:
+            if direct.revision(url) == HEAD:
+                yield direct
+                return
+        finally:
+            direct.conn.close()
+    from service.db.engine import ready_engine
+
+    engine = ready_engine(url)
+    raw = engine.raw_connection()
+    try:
+        if engine.dialect.name == "sqlite":
+            raw.driver_connection.execute("BEGIN")
+        yield Reader(raw.driver_connection, engine.dialect.name)
+    finally:
+        raw.rollback()
+        raw.close()
+
+
+def revision(url: str | None = None) -> str | None:
+    """The schema revision a database is at (None: no schema), without changing anything."""
+    url = url or settings().database_url
+    opened = open_reader(url)
+    if opened is None:
+        from service.db.engine import current_revision
+
+        return current_revision(url)
+    try:
+        return opened.revision(url)
+    finally:
+        opened.conn.close()
+
+
+def _decode(row: dict[str, Any], sqlite: bool) -> dict[str, Any]:
+    """A row with the values SQLAlchemy's types would give, timestamps as ISO 8601 text."""
+    for name, value in row.items():
+        kind = _DECODE.get(name)
+        if value is None or kind is None:
+            continue
+        if kind == "time":
+            row[name] = (datetime.fromisoformat(value) if isinstance(value, str) else value).isoformat()
+        elif sqlite and kind == "json":
+            row[name] = json.loads(value)
+        elif sqlite and kind == "bool":
+            row[name] = bool(value)
+    return row
+
+
+def _fetch(reader: Reader, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    sqlite = reader.dialect == "sqlite"
+    return [_decode(r, sqlite) for r in reader.rows(sql, params)]
+
+
+def _order(name: str, descending: bool) -> str:
+    f = result.BY_NAME[name]
+    key = f"{f.col} {'DESC' if descending else 'ASC'}"
+    if f.nullable:  # a job that has not finished sorts after every finished one, either way
+        key += " NULLS LAST"
+    return key if name == "id" else f"{key}, id ASC"
+
+
+def parse_sort(sort: str) -> tuple[str, bool]:
+    """A --sort value ("relative_error", "-lr") as a column name and whether it is descending."""
+    descending = sort.startswith("-")
+    name = sort.lstrip("-+").strip().replace("-", "_")
+    if name not in LIST_COLUMNS:
+        raise BadInput("sort", f"unknown column {sort!r}; choose from {', '.join(LIST_COLUMNS)} "
+                       "(prefix - for descending)")
+    return name, descending
+
+
+def sweep_name(reader: Reader, sweep_id: int) -> str | None:
+    """A sweep's name (None if it has none); an unknown sweep is bad input."""
+    row = reader.one("SELECT name FROM sweeps WHERE id = :id", {"id": sweep_id})
+    if row is None:
+        raise BadInput("sweep", f"no sweep {sweep_id}")
+    return row["name"]
+
+
+def _in(ids: Sequence[int]) -> tuple[str, dict[str, int]]:
+    params = {f"i{k}": v for k, v in enumerate(ids)}
+    return "(" + ", ".join(f":{p}" for p in params) + ")", params
+
+
+def where(reader: Reader, selection: Selection, field: str = "id") -> tuple[str, dict[str, Any]]:
+    """A WHERE clause on jobs for the jobs a selection names, checked to exist (a sweep, or every id)."""
+    if selection.sweep is not None:
+        sweep_name(reader, selection.sweep)
+        return "sweep_id = :sweep", {"sweep": selection.sweep}
+    if selection.everything:
+        return "1 = 1", {}
+    wanted = sorted(selection.ids)
+    found: set[int] = set()
+    for i in range(0, len(wanted), IN_CHUNK):
+        clause, params = _in(wanted[i : i + IN_CHUNK])
+        found.update(r["id"] for r in reader.rows(f"SELECT id FROM jobs WHERE id IN {clause}", params))  # noqa: S608
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise BadInput(field, f"no job {', '.join(map(str, missing[:10]))}" + (" ..." if len(missing) > 10 else ""))
+    clause, params = _in(wanted)
+    return f"id IN {clause}", params
+
+
+def list_jobs(reader: Reader, *, status: str | None = None, sweep: int | None = None,
+              method: str | None = None, kernel: str | None = None, sort: str = "-id",
+              limit: int | None = 50) -> list[dict[str, Any]]:
+    """One row per job, filtered and sorted, from the jobs table alone."""
+    name, descending = parse_sort(sort)
+    conditions, params = [], {}
+    if status is not None:
+        conditions.append("status = :status")
+        params["status"] = statuses.parse(status).value
+    if sweep is not None:
+        sweep_name(reader, sweep)
+        conditions.append("sweep_id = :sweep")
+        params["sweep"] = sweep
+    if method is not None:
+        conditions.append("method = :method")
+        params["method"] = method
+    if kernel is not None:
+        conditions.append("kernel = :kernel")
+        params["kernel"] = kernel
+    sql = f"SELECT {result.select_list(LIST_COLUMNS + LIST_EXTRA)} FROM jobs"  # noqa: S608
+    if conditions:
+        sql += " WHERE " + " AND ".join(conditions)
+    sql += f" ORDER BY {_order(name, descending)}"
+    if limit:
+        sql += " LIMIT :limit"
+        params["limit"] = limit
+    return _fetch(reader, sql, params)
+
+
+def compare(reader: Reader, selection: Selection) -> list[dict[str, Any]]:
+    """The jobs' summaries, best first by relative error (jobs without one last)."""
+    clause, params = where(reader, selection)
+    return _fetch(reader, f"SELECT {result.select_list(result.SUMMARY_NAMES)} FROM jobs WHERE {clause} "  # noqa: S608
+                          f"ORDER BY {_order('relative_error', False)}", params)
+
+
+def progress(reader: Reader, selection: Selection) -> dict[str, Any]:
+    """How far jobs or a sweep have come: jobs by status, and epochs done of all to train."""
+    clause, params = where(reader, selection)
+    rows = reader.rows("SELECT status, count(*) AS n, sum(epochs_done) AS done, sum(epochs) AS total "  # noqa: S608
+                       f"FROM jobs WHERE {clause} GROUP BY status", params)
+    by_status = {r["status"]: int(r["n"]) for r in rows}
+    if not by_status:
+        raise BadInput("sweep" if selection.sweep is not None else "id", "no such jobs")
+    finished = {r["status"] for r in rows if statuses.JobStatus(r["status"]).is_finished}
+    total = sum(int(r["total"] or 0) for r in rows)
+    done = sum(int((r["total"] if r["status"] in finished else r["done"]) or 0) for r in rows)
+    return {"jobs": sum(by_status.values()), "by_status": by_status, "epochs_done": done, "epochs_total": total,
+            "finished": sum(by_status[s] for s in finished)}
+
+
+def varying(rows: Sequence[dict[str, Any]], names: Sequence[str] = SWEPT) -> list[str]:
+    """The parameters that take more than one value across rows."""
+    return [n for n in names if len({repr(r.get(n)) for r in rows}) > 1]
+
+
+def export_jobs(reader: Reader, selection: Selection) -> tuple[list[str], Iterator[dict[str, Any]]]:
+    """Column names and a stream of full job rows (summary, kernels, spec), by id."""
+    clause, params = where(reader, selection, "ids")
+    sqlite = reader.dialect == "sqlite"
+    rows = reader.stream(f"SELECT {result.select_list(result.EXPORT_NAMES)} FROM jobs WHERE {clause} ORDER BY id",  # noqa: S608
+                         params)
+    return list(result.EXPORT_NAMES), (_decode(r, sqlite) for r in rows)
+
+
+def export_epochs(reader: Reader, selection: Selection) -> tuple[list[str], Iterator[dict[str, Any]]]:
+    """Column names and a stream of epoch rows, by job and epoch, never all in memory at once."""
+    clause, params = where(reader, selection, "ids")
+    names = ", ".join(result.EPOCH_NAMES)
+    sql = (f"SELECT {names} FROM epochs WHERE job_id IN (SELECT id FROM jobs WHERE {clause}) "  # noqa: S608
+           "ORDER BY job_id, epoch")
+    return list(result.EPOCH_NAMES), reader.stream(sql, params)
+
+
+def epochs_of(reader: Reader, job_id: int) -> list[dict[str, Any]]:
+    """One job's epochs, in order."""
+    return reader.rows("SELECT epoch, loss, mse, kernel_error FROM epochs WHERE job_id = :id ORDER BY epoch",
+                       {"id": job_id})
+
+
+def result_of(reader: Reader, job_id: int) -> dict[str, Any]:
+    """A stored job as `klab show --json` prints it (service.jobs.result.to_json), epochs included."""
+    found = _fetch(reader, f"SELECT {result.select_list(result.RESULT_NAMES)} FROM jobs WHERE id = :id",  # noqa: S608
+                   {"id": job_id})
+    if not found:
+        raise BadInput("id", f"no job {job_id}")
+    return result.to_json(found[0], epochs_of(reader, job_id))
+
+
+def results(reader: Reader, selection: Selection) -> list[dict[str, Any]]:
+    """The results of the jobs a selection names, by id."""
+    clause, params = where(reader, selection)
+    return [result_of(reader, r["id"]) for r in reader.rows(f"SELECT id FROM jobs WHERE {clause} ORDER BY id", params)]  # noqa: S608
+
+
+def to_train(reader: Reader, ids: Sequence[int]) -> list[dict[str, Any]]:
+    """What a worker needs of the jobs it claimed: spec, input and kernel as given, uploaded datasets."""
+    clause, params = _in(sorted(ids))
+    return _fetch(reader, "SELECT id, spec, input, kernel, input_dataset_id, labels_dataset_id, kernel_dataset_id "  # noqa: S608
+                          f"FROM jobs WHERE id IN {clause} ORDER BY id", params)
+
+
+def dataset(reader: Reader, dataset_id: int) -> np.ndarray:
+    """An uploaded array, loaded without pickle."""
+    import numpy as np
+
+    row = reader.one("SELECT data FROM datasets WHERE id = :id", {"id": dataset_id})
+    if row is None:
+        raise BadInput("dataset", f"no dataset {dataset_id}")
+    return np.load(io.BytesIO(bytes(row["data"])), allow_pickle=False)

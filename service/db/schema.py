@@ -1,0 +1,93 @@
+"""The tables, as SQLAlchemy Core sees them: datasets, sweeps, jobs and epochs (SQLite and PostgreSQL).
+
+Jobs and epochs take their columns from the result schema (service.jobs.result). Epochs are keyed on
+(job_id, epoch), which serves both one job's history and one epoch across a sweep (a lookup per job).
+A job row keeps its latest loss and epoch count, so listing jobs never reads the epochs table.
+Migrations own the schema in the database; a test checks that Alembic finds nothing to change.
+"""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from service.jobs import result
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _type(f: result.Field):
+    if f.kind == "text":
+        return String(f.length) if f.length else Text()
+    return {"int": Integer(), "bigint": BigInteger(), "float": Float(), "bool": Boolean(), "json": JSON(),
+            "time": DateTime(timezone=True)}[f.kind]
+
+
+def _column(f: result.Field, primary: bool = False) -> Column:
+    args = []
+    if f.references:
+        cascade = "CASCADE" if f.references in ("sweeps.id", "jobs.id") else None
+        args.append(ForeignKey(f.references, ondelete=cascade))
+    return Column(f.col, _type(f), *args, primary_key=primary, nullable=f.nullable and not primary, index=f.index)
+
+
+datasets = Table(
+    "datasets", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("sha256", String(64), unique=True, nullable=False),
+    Column("shape", JSON, nullable=False),
+    Column("dtype", String(16), nullable=False),
+    Column("nbytes", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+"""An uploaded array (input, labels or kernel), stored once per content hash (sha256 of its .npy bytes)."""
+
+sweeps = Table(
+    "sweeps", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200)),
+    Column("params", JSON, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+"""The parameters a sweep expanded: {"swept": {name: values}, "fixed": {name: value}}."""
+
+jobs = Table(
+    "jobs", metadata,
+    *(_column(f, primary=f.name == "id") for f in result.JOB),
+    Index("ix_jobs_sweep_id_status", "sweep_id", "status"),
+)
+
+epochs = Table(
+    "epochs", metadata,
+    *(_column(f, primary=f.name in ("job_id", "epoch")) for f in result.EPOCH),
+)
+
+JSON_COLUMNS = frozenset(c.name for c in jobs.columns if isinstance(c.type, JSON))

@@ -1,0 +1,34 @@
+"""Which jobs a command acts on: job ids, or a whole sweep, never both."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from service.errors import BadInput
+
+
+@dataclass(frozen=True)
+class Selection:
+    ids: tuple[int, ...] = ()
+    sweep: int | None = None
+
+    @classmethod
+    def of(cls, ids: Iterable[int] | None, sweep: int | None, field: str = "id", optional: bool = False
+           ) -> Selection:
+        """Ids or a sweep, as a user gave them; `optional`: neither means every job."""
+        ids = tuple(dict.fromkeys(ids or ()))  # in order, once each
+        if ids and sweep is not None:
+            raise BadInput(field, "give job ids or --sweep, not both")
+        if not ids and sweep is None and not optional:
+            raise BadInput(field, "give job ids or --sweep")
+        return cls(ids, sweep)
+
+    @property
+    def everything(self) -> bool:
+        return not self.ids and self.sweep is None
+
+    def __str__(self) -> str:
+        """As a user would give it again on the command line."""
+        if self.sweep is not None:
+            return f"--sweep {self.sweep}"
+        return " ".join(map(str, self.ids))

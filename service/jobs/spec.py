@@ -1,0 +1,141 @@
+"""The job spec: one validated model, from CLI flags or a JSON/YAML file."""
+from __future__ import annotations
+
+import json
+import math
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from service import defaults
+from service.errors import BadInput
+from service.jobs.inputs import checked_file
+from service.settings import settings
+
+
+class Method(StrEnum):
+    D2L_MANUAL = "d2l-manual"
+    D2L_SGD = "d2l-sgd"
+    MOMENTUM = "momentum"
+    ADAM = "adam"
+    LSTSQ = "lstsq"
+
+    @property
+    def is_minibatch(self) -> bool:
+        return self in (Method.D2L_SGD, Method.MOMENTUM, Method.ADAM)
+
+
+class Device(StrEnum):
+    CPU = "cpu"
+    CUDA = "cuda"
+    AUTO = "auto"
+
+
+class JobSpec(BaseModel):
+    """A kernel-learning job, exactly as the user asked for it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False, validate_default=True)
+
+    input: str = defaults.INPUT
+    kernel: str | None = defaults.KERNEL
+    labels: str | None = None
+    bias: float | None = None
+    noise: float = Field(default=0.0, ge=0.0)
+    method: Method = Method(defaults.METHOD)
+    lr: float = Field(default=defaults.LR, gt=0.0)
+    epochs: int = Field(default=defaults.EPOCHS, gt=0)
+    batch_size: int = Field(default=defaults.BATCH_SIZE, gt=0)
+    seed: int = Field(default=defaults.SEED, ge=0, lt=2**63)
+    tol: float = Field(default=defaults.TOL, ge=0.0)
+    device: Device = Device.CPU
+
+    @field_validator("input", "kernel", "labels", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str):
+            if isinstance(value, list):  # a YAML/JSON file may hold the kernel as a nested list
+                try:
+                    return json.dumps(value, allow_nan=False)
+                except (TypeError, ValueError, RecursionError):
+                    raise ValueError("must be a string or a nested list of numbers") from None
+            raise ValueError("must be a string")
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("lr", "bias", "noise", "tol")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("epochs")
+    @classmethod
+    def _epoch_limit(cls, value: int) -> int:
+        limit = settings().max_epochs
+        if value > limit:
+            raise ValueError(f"{value} is more than the limit {limit} (KLAB_MAX_EPOCHS)")
+        return value
+
+    @model_validator(mode="after")
+    def _kernel_or_labels(self) -> JobSpec:
+        if self.kernel is None and self.labels is None:
+            raise ValueError("kernel: give a true kernel, or labels with --labels")
+        return self
+
+    @classmethod
+    def parse(cls, values: dict[str, Any]) -> JobSpec:
+        """A spec from plain values, with any error turned into BadInput naming the field."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise bad_input_from(exc) from None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def bad_input_from(exc: ValidationError) -> BadInput:
+    """The first pydantic error as one BadInput line."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "spec"
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown field"
+    if field == "spec" and ":" in message:
+        field, _, message = message.partition(": ")
+    if err["type"] in ("enum",):
+        got = err.get("input")
+        message = f"unknown value {got!r}; {message[0].lower()}{message[1:]}"
+    return BadInput(field.replace("_", "-"), message)
+
+
+def load_spec_file(path: str) -> list[dict[str, Any]]:
+    """Job values from a JSON, YAML or JSONL file (JSONL: one job a line)."""
+    import yaml
+
+    field = "file"
+    p = checked_file(field, path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        raise BadInput(field, f"{path} is not a readable text file") from None
+    try:
+        if p.suffix == ".jsonl":
+            docs = [json.loads(line) for line in text.splitlines() if line.strip()]
+            if not docs:
+                raise BadInput(field, f"{path} holds no jobs")
+        elif p.suffix == ".json":
+            docs = [json.loads(text)]
+        else:
+            docs = [yaml.safe_load(text)]
+    except BadInput:
+        raise
+    except (ValueError, yaml.YAMLError, RecursionError) as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise BadInput(field, f"{path} is not valid {p.suffix.lstrip('.') or 'YAML'}{where}") from None
+    for doc in docs:
+        if not isinstance(doc, dict):
+            raise BadInput(field, f"{path} must hold a mapping of job fields")
+    return [{k.replace("-", "_") if isinstance(k, str) else k: v for k, v in doc.items()} for doc in docs]

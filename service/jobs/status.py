@@ -1,0 +1,67 @@
+"""A job's status and the changes it may go through. Every change of status in the service names its
+target here; `service.db.writes.change_status` turns it into SQL."""
+from __future__ import annotations
+
+from enum import StrEnum
+
+from service.errors import BadInput
+
+
+class JobStatus(StrEnum):
+    CREATED = "created"
+    """Stored, not yet handed to the broker."""
+    QUEUED = "queued"
+    """Handed to the broker, waiting for a worker."""
+    RUNNING = "running"
+    """Claimed by a worker, which renews its lease while it trains."""
+    SUCCEEDED = "succeeded"
+    DIVERGED = "diverged"
+    """Its loss became non-finite or grew past DIVERGENCE_FACTOR times its first value."""
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.DIVERGED, JobStatus.FAILED, JobStatus.CANCELLED})
+WAITING = frozenset({JobStatus.CREATED, JobStatus.QUEUED})
+"""Not started yet: a cancel ends them at once, a claim may take them."""
+
+ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    # handed to the broker (again: requeue --queued, a lost message, a lease that ran out)
+    JobStatus.QUEUED: frozenset({JobStatus.CREATED, JobStatus.QUEUED, JobStatus.RUNNING}),
+    # claimed; a message may arrive before its publisher marked it queued, or after a lease ran out
+    JobStatus.RUNNING: frozenset({JobStatus.CREATED, JobStatus.QUEUED, JobStatus.RUNNING}),
+    JobStatus.SUCCEEDED: frozenset({JobStatus.RUNNING}),
+    JobStatus.DIVERGED: frozenset({JobStatus.RUNNING}),
+    JobStatus.FAILED: frozenset({JobStatus.RUNNING}),
+    # waiting jobs end at once; running ones stop at their next check
+    JobStatus.CANCELLED: frozenset({JobStatus.CREATED, JobStatus.QUEUED, JobStatus.RUNNING}),
+}
+"""Target status -> the statuses a job may reach it from."""
+
+STARTS = frozenset({JobStatus.CREATED, JobStatus.RUNNING})
+"""The statuses a job row may be created with: submitted, or trained here by `klab run`."""
+
+
+def sources(target: JobStatus, among: frozenset[JobStatus] | set[JobStatus] | None = None) -> frozenset[JobStatus]:
+    """The statuses a change to `target` may start from (restricted to `among`); a change the rules do not
+    allow is a bug, not a user's mistake."""
+    allowed = ALLOWED[JobStatus(target)]
+    if among is None:
+        return allowed
+    among = frozenset(JobStatus(s) for s in among)
+    if not among <= allowed:
+        raise ValueError(f"a job cannot go from {sorted(s.value for s in among - allowed)} to {target.value}")
+    return among
+
+
+def parse(value: str) -> JobStatus:
+    """A status a user typed (klab list --status)."""
+    try:
+        return JobStatus(value)
+    except ValueError:
+        known = ", ".join(s.value for s in JobStatus)
+        raise BadInput("status", f"unknown status {value!r}; choose from {known}") from None

@@ -1,0 +1,142 @@
+"""A result as text: the one renderer behind `klab show`, `klab run` (stored or not) and `submit --wait`.
+
+Plain Python, no numpy: `klab show` starts fast. Names, groups and meanings come from the result
+schema (service.jobs.result).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from service.jobs import result as schema
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def cell(value: Any) -> str:
+    """One value as tables and reports show it: 4 significant digits, yes/no, '-' for nothing."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def sparkline(values: list[float | None], width: int = 60) -> str:
+    """The loss curve on a log scale, one character an epoch (sampled down to width)."""
+    vals = [math.nan if v is None else float(v) for v in values]
+    if not vals:
+        return ""
+    if len(vals) > width:  # evenly spaced samples, first and last included (as numpy.linspace rounds them)
+        step = (len(vals) - 1) / (width - 1)
+        vals = [vals[round(i * step)] for i in range(width - 1)] + [vals[-1]]
+    logs = [math.log10(max(v, 1e-30)) if not math.isnan(v) else math.nan for v in vals]
+    ok = [v for v in logs if math.isfinite(v)]
+    if not ok:
+        return "?" * len(vals)
+    lo, hi = min(ok), max(ok)
+    span = hi - lo or 1.0
+    return "".join(SPARK[int((v - lo) / span * (len(SPARK) - 1))] if math.isfinite(v) else "?" for v in logs)
+
+
+def _number(v: Any) -> float:
+    return math.nan if v is None else float(v)
+
+
+def grid(kernel: Any) -> list[list[float]]:
+    """A kernel as rows of numbers: 4-D kernels are laid out one (out, in) slice under another."""
+    if kernel and isinstance(kernel[0], list) and kernel[0] and isinstance(kernel[0][0], list):
+        return [row for out in kernel for plane in out for row in grid(plane)]
+    return [[_number(v) for v in row] for row in kernel]
+
+
+def side_by_side(named: list[tuple[str, Any]]) -> str:
+    """Kernels next to each other under their names."""
+    blocks = []
+    for name, kernel in named:
+        if kernel is None:
+            continue
+        lines = ["  ".join(f"{v:8.4f}" if math.isfinite(v) else "     nan" for v in row) for row in grid(kernel)]
+        width = max(len(name), *(len(line) for line in lines))
+        blocks.append([name.ljust(width)] + [line.ljust(width) for line in lines])
+    if not blocks:
+        return "(no kernels: the job did not train)"
+    height = max(len(b) for b in blocks)
+    for b in blocks:
+        b.extend([" " * len(b[0])] * (height - len(b)))
+    return "\n".join("   ".join(parts).rstrip() for parts in zip(*blocks))
+
+
+def _minus(a: Any, b: Any) -> Any:
+    if isinstance(a, list):
+        return [_minus(x, y) for x, y in zip(a, b, strict=True)]
+    return _number(a) - _number(b)
+
+
+def difference(result: dict[str, Any]) -> Any:
+    if result.get("true_kernel") is None or result.get("learned_kernel") is None:
+        return None
+    return _minus(result["learned_kernel"], result["true_kernel"])
+
+
+def _group(name: str) -> list[schema.Field]:
+    return [schema.BY_NAME[n] for n in schema.group(name)]
+
+
+def render(result: dict[str, Any]) -> str:
+    """A result as `klab show` prints it (a result never stored has no id, host or timestamps)."""
+    spec = result.get("spec") or {}
+    head = f"job {result['id']}: {result['status']}" if result.get("id") is not None else \
+        f"{result['status']} (not stored)"
+    if result.get("sweep_id") is not None:
+        head += f" (sweep {result['sweep_id']})"
+    lines = [head, "spec: " + ", ".join(f"{k.replace('_', ' ')} {cell(v)}" for k, v in spec.items())]
+    ran = [f"on {result['device']}" if result.get("device") else None,
+           f"torch {result['torch_version']}" if result.get("torch_version") else None,
+           f"{result['train_seconds']:.3g} s" if result.get("train_seconds") is not None else None,
+           f"by {result['worker_host']}" if result.get("worker_host") else None,
+           f"created {result['created_at']}" if result.get("created_at") else None,
+           f"finished {result['finished_at']}" if result.get("finished_at") else None]
+    lines.append("ran: " + ", ".join(r for r in ran if r))
+    losses = [e["loss"] for e in result.get("epochs") or []]
+    if losses:
+        lines.append(f"loss {cell(losses[0])} -> {cell(losses[-1])} over {len(losses)} "
+                     f"epoch{'s' if len(losses) != 1 else ''}  {sparkline(losses)}")
+    kernels = [("true", result.get("true_kernel")), ("learned", result.get("learned_kernel")),
+               ("difference", difference(result))]
+    if any(k is not None for _, k in kernels):
+        lines += ["", side_by_side(kernels), ""]
+    if result.get("learned_bias") is not None:
+        lines.append(f"learned bias: {result['learned_bias']}")
+    lines += _group_line(result, "error", lambda f: (f.key or f.name).replace("_", " "))
+    ident = result.get("identifiability")
+    if ident:
+        lines.append(f"identifiable: {'yes' if ident['identifiable'] else 'no'} "
+                     f"(rank {ident['rank']} of {ident['params']} weights)")
+    marks = [f"converged at epoch {result['converged_epoch']}" if result.get("converged_epoch") else None,
+             f"diverged at epoch {result['diverged_epoch']}" if result.get("diverged_epoch") else None]
+    if any(marks):
+        lines.append("; ".join(m for m in marks if m))
+    lines += _group_line(result, "pace", lambda f: f.shown_as)
+    gap = result.get("gap")
+    if gap:
+        lines.append("gap between learned and true kernel, by part:")
+        parts = [f for f in _group("gap") if gap.get(f.key) is not None]
+        width = max((len(f.key or "") for f in parts), default=0)
+        for f in parts:
+            lines.append(f"  {(f.key or '').ljust(width)}  {cell(gap[f.key]):>10}  {f.doc}")
+    if result.get("explanation"):
+        lines.append(result["explanation"])
+    if result.get("error_message"):
+        lines.append(f"error message: {result['error_message']}")
+    return "\n".join(lines)
+
+
+def _group_line(result: dict[str, Any], group: str, name: Any) -> list[str]:
+    """A result's group of fields (error, pace) on one line, each as `name(field) value`."""
+    values = result.get(group)
+    if not values:
+        return []
+    return [f"{group}: " + ", ".join(f"{name(f)} {cell(values.get(f.key or f.name))}" for f in _group(group))]

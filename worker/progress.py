@@ -1,0 +1,56 @@
+"""The engine's per-epoch callback in a worker: cancellation, the time limit, and a long single job's
+epochs written as it trains."""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from service import defaults
+from service.db import writes
+from service.db.engine import writing
+from service.settings import settings
+from worker.engine import EpochEvent
+
+
+class Progress:
+    """Checks about once a second (FLUSH_SECONDS) whether jobs were cancelled, and stops them all at the
+    time limit; with `stream`, writes the one job's epochs as they come."""
+
+    def __init__(self, ids: Sequence[int], stream: bool):
+        self.ids = list(ids)
+        self.stream = stream
+        self.started = self.last_flush = time.monotonic()
+        self.flushed = 0  # epochs already written (streaming)
+        self.pending: list[dict] = []
+        self.timed_out = False
+
+    def __call__(self, event: EpochEvent) -> np.ndarray | None:
+        if self.stream:
+            self.pending.append({"epoch": event.epoch, "loss": float(event.loss[0]),
+                                 "mse": None if event.mse is None else float(event.mse[0]),
+                                 "kernel_error": None if event.kernel_error is None else float(event.kernel_error[0])})
+        now = time.monotonic()
+        if now - self.started > settings().max_job_seconds:
+            self.timed_out = True
+            return np.ones(len(self.ids), dtype=bool)
+        if now - self.last_flush < defaults.FLUSH_SECONDS:
+            return None
+        self.last_flush = now
+        with writing() as conn:
+            if self.stream:
+                self._flush(conn)
+            cancelled = writes.cancel_requested(conn, self.ids)
+        if cancelled:
+            return np.array([i in cancelled for i in self.ids])
+        return None
+
+    def _flush(self, conn) -> None:
+        # d2l-manual measures an epoch's mse at the next forward pass: keep the last epoch back.
+        ready, self.pending = self.pending[:-1], self.pending[-1:]
+        if ready:
+            rows = [(self.ids[0], e["epoch"], e["loss"], e["mse"], e["kernel_error"]) for e in ready]
+            writes.replace_epochs(conn, self.ids[:1], rows, from_epoch=ready[0]["epoch"])
+            self.flushed = ready[-1]["epoch"]
+        writes.progress(conn, self.ids, self.flushed)
