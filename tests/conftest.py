@@ -1,30 +1,67 @@
-"""Fixtures for the real services: a fresh SQLite file and a fresh PostgreSQL database per test,
-and a Redis database index of the tests' own, flushed around each test.
+"""Fixtures: a fresh SQLite file and a fresh PostgreSQL database per test, a Redis database index of the
+tests' own (flushed around each test), redis-servers and worker processes of a test's own, stored jobs,
+and settings read anew from a test's environment. The machinery itself is in harness.py.
 
-A service that is missing skips its tests locally and fails them under CI=true.
+A service that is missing skips its tests locally and fails them under CI=true. Tests that need a
+service (PostgreSQL, Redis, a worker) are marked `services`: `pytest -m "not services"` runs the rest.
 """
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from harness import ROOT, Db, RedisServer, WorkerProcess, clean_env, klab_main, missing
 
-ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["ROOT"]
+
 PG_ADMIN_URL = os.environ.get("KLAB_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 # Each pytest-xdist worker (gw0, gw1, ...) gets its own Redis database index: 13, 14, 15.
 _XDIST = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 REDIS_URL = os.environ.get("KLAB_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{13 + _XDIST % 3}")
 
+SERVICE_FIXTURES = {"pg_url", "pg_db", "redis_url", "redis_server", "worker_procs"}
+"""A test that takes one of these (or db_url on PostgreSQL) needs a running service."""
 
-def missing(service: str, why: str) -> None:
-    """Skip locally; under CI a missing service is a failure, never a silent skip."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{service} is required under CI and is not available: {why}")
-    pytest.skip(f"{service} not available: {why}")
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        param = getattr(getattr(item, "callspec", None), "params", {}).get("db_url")
+        if names & SERVICE_FIXTURES or param == "postgresql":
+            item.add_marker(pytest.mark.services)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> Iterator[None]:
+    """Every test reads the settings from its own environment."""
+    from service.settings import settings
+
+    settings.cache_clear()
+    yield
+    settings.cache_clear()
+
+
+@pytest.fixture
+def setenv(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """setenv(KLAB_X="1", ...): set variables (None: unset) and read the settings anew."""
+    from service.settings import settings
+
+    def apply(**values: str | None) -> None:
+        for name, value in values.items():
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        settings.cache_clear()
+
+    return apply
+
+
+# --- databases -------------------------------------------------------------------------------------
 
 def _pg_admin_engine():
     from sqlalchemy import create_engine
@@ -32,16 +69,11 @@ def _pg_admin_engine():
     return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
 
 
-def _swap_db(url: str, name: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(database=name).render_as_string(hide_password=False)
-
-
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database, dropped afterwards."""
     from sqlalchemy import text
+    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import OperationalError
 
     name = f"klab_test_{uuid.uuid4().hex[:12]}"
@@ -51,11 +83,11 @@ def pg_url() -> Iterator[str]:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except OperationalError as exc:
         missing("PostgreSQL", str(exc.orig).splitlines()[0])
-    url = _swap_db(PG_ADMIN_URL, name)
+    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     try:
         yield url
     finally:
-        from service.db import dispose_engines
+        from service.db.engine import dispose_engines
 
         dispose_engines()
         with admin.connect() as conn:
@@ -75,8 +107,101 @@ def db_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def pg_db(pg_url: str) -> Iterator[tuple[str, Db]]:
+    db = Db(pg_url)
+    yield pg_url, db
+    db.close()
+
+
+@pytest.fixture
+def klab_env(tmp_path: Path, db_url: str) -> dict[str, str]:
+    """Environment for running the real `klab` command against the test database."""
+    return clean_env(tmp_path / "home", db_url)
+
+
+@pytest.fixture
+def klab_db(db_url: str, tmp_path: Path, setenv: Callable[..., None]) -> Iterator[str]:
+    """db_url upgraded to head and made this process's KLAB_DATABASE_URL."""
+    from service.db.engine import dispose_engines, upgrade
+
+    upgrade(db_url)
+    setenv(KLAB_DATABASE_URL=db_url, KLAB_HOME=str(tmp_path / "home"), NO_COLOR=None)
+    yield db_url
+    dispose_engines()
+
+
+@pytest.fixture
+def klab_cli() -> Callable[..., tuple[int, str, str]]:
+    """klab_cli(*args) -> (exit code, stdout, stderr): the real CLI entry point, run in this process."""
+    return klab_main
+
+
+# --- stored jobs -------------------------------------------------------------------------------------
+
+def fake_result(spec: Any, relative: float | None = 0.1, status: str = "succeeded", epochs: int | None = None
+                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A result row and epochs shaped like the engine's, with a chosen relative error (no torch)."""
+    import numpy as np
+
+    rng = np.random.default_rng(spec.seed)
+    true = rng.standard_normal((3, 3))
+    direction = rng.standard_normal((3, 3))
+    scale = 0.0 if relative is None else relative * np.linalg.norm(true) / np.linalg.norm(direction)
+    learned = true + scale * direction
+    n = epochs or spec.epochs
+    losses = np.geomspace(10.0, 10.0 * 0.5 ** n, n) if status != "diverged" else np.geomspace(1.0, 1e12, n)
+    frob = float(np.linalg.norm(learned - true))
+    epoch_list = [{"epoch": i + 1, "loss": float(v), "mse": float(v) / 48, "kernel_error": frob * (1 + n - i)}
+                  for i, v in enumerate(losses)]
+    row = {
+        "status": status, "error_message": None, "device": "cpu", "torch_version": "test", "train_seconds": 0.01,
+        "epochs_done": n, "final_loss": epoch_list[-1]["loss"], "final_mse": epoch_list[-1]["mse"],
+        "true_kernel": true.tolist(), "initial_kernel": np.zeros((3, 3)).tolist(), "learned_kernel": learned.tolist(),
+        "learned_bias": None, "lstsq_kernel": true.tolist(),
+        "frobenius_error": None if relative is None else frob, "relative_error": relative,
+        "max_abs_error": None if relative is None else float(np.abs(learned - true).max()),
+        "cosine": None if relative is None else
+        float((learned * true).sum() / np.linalg.norm(learned) / np.linalg.norm(true)),
+        "rank": 9, "params": 9, "identifiable": True,
+        "gap_optimization": frob, "gap_noise": 0.0, "gap_identifiability": 0.0,
+        "converged_epoch": None, "diverged_epoch": n if status == "diverged" else None,
+        "stable_lr": 0.5, "convergence_rate": 0.9, "more_epochs": None,
+        "explanation": f"not converged yet: training stopped {frob:.3g} from the best kernel the data allow; "
+                       "train longer or raise the learning rate.",
+    }
+    return row, epoch_list
+
+
+@pytest.fixture
+def add_job() -> Callable[..., int]:
+    """add_job(conn, relative=.., status=.., sweep_id=.., **spec) -> id: a job with its result and epochs,
+    or, with status created or queued, one that has none yet."""
+    from service.db import writes
+    from service.jobs.spec import JobSpec
+    from service.jobs.status import JobStatus
+
+    def add(conn: Any, relative: float | None = 0.1, status: str = "succeeded", sweep_id: int | None = None,
+            **spec_values: Any) -> int:
+        spec = JobSpec.parse({"input": "random:8x8", "kernel": "random:3x3", **spec_values})
+        end = JobStatus(status)
+        (job_id,) = writes.insert_jobs(conn, [writes.new_job(spec, sweep_id=sweep_id, queue="cpu",
+                                                              start=JobStatus.RUNNING if end.is_finished
+                                                              else JobStatus.CREATED)])
+        if end is JobStatus.QUEUED:
+            writes.mark_queued(conn, [job_id])
+        if end.is_finished:
+            row, epoch_list = fake_result(spec, relative, status)
+            writes.save_results(conn, [(job_id, row, epoch_list)])
+        return job_id
+
+    return add
+
+
+# --- redis-servers and workers of a test's own ---------------------------------------------------------
+
+@pytest.fixture
 def redis_url() -> Iterator[str]:
-    """The tests' own Redis database index, flushed before and after."""
+    """The tests' own Redis database index on the machine's Redis, flushed before and after."""
     import redis
 
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
@@ -90,86 +215,34 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def klab_env(tmp_path: Path, db_url: str) -> dict[str, str]:
-    """Environment for running the real `klab` command against the test database."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KLAB_")}
-    env.update({"KLAB_HOME": str(tmp_path / "home"), "KLAB_DATABASE_URL": db_url, "NO_COLOR": "1"})
-    return env
+def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """redis_server(persistent=True, password=None) -> a started redis-server of the test's own, killed at the end.
 
+    Tests that kill their broker, or must not share one with other test runs, take this one."""
+    started: list[RedisServer] = []
 
-# --- stored jobs, for the store, query, CLI and plot tests ------------------------------------
+    def start(**kwargs: Any) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis{len(started)}", **kwargs)
+        started.append(server)
+        return server
 
-@pytest.fixture
-def klab_db(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """db_url upgraded to head and made this process's KLAB_DATABASE_URL (settings re-read)."""
-    from service.db import dispose_engines, upgrade
-    from service.settings import settings
-
-    upgrade(db_url)
-    monkeypatch.setenv("KLAB_DATABASE_URL", db_url)
-    monkeypatch.setenv("KLAB_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("NO_COLOR", raising=False)
-    settings.cache_clear()
-    yield db_url
-    dispose_engines()
-    settings.cache_clear()
-
-
-def fake_result(spec, relative: float | None = 0.1, status: str = "succeeded", epochs: int | None = None) -> dict:
-    """A result shaped like worker.engine.run_spec's, with a chosen relative error (no torch)."""
-    import numpy as np
-
-    rng = np.random.default_rng(spec.seed)
-    true = rng.standard_normal((3, 3))
-    direction = rng.standard_normal((3, 3))
-    scale = 0.0 if relative is None else relative * np.linalg.norm(true) / np.linalg.norm(direction)
-    learned = true + scale * direction
-    n = epochs or spec.epochs
-    losses = np.geomspace(10.0, 10.0 * 0.5 ** n, n) if status != "diverged" else np.geomspace(1.0, 1e12, n)
-    frob = float(np.linalg.norm(learned - true))
-    error = None if relative is None else {
-        "frobenius": frob, "relative": relative, "max_abs": float(np.abs(learned - true).max()),
-        "cosine": float((learned * true).sum() / np.linalg.norm(learned) / np.linalg.norm(true))}
-    return {
-        "status": status, "method": spec.method.value, "device": "cpu", "seed": spec.seed,
-        "torch_version": "test", "train_seconds": 0.01,
-        "epochs": [{"epoch": i + 1, "loss": float(v), "mse": float(v) / 48, "kernel_error": frob * (1 + n - i)}
-                   for i, v in enumerate(losses)],
-        "true_kernel": true.tolist(), "initial_kernel": np.zeros((3, 3)).tolist(), "learned_kernel": learned.tolist(),
-        "learned_bias": None, "error": error, "converged_epoch": None,
-        "diverged_epoch": n if status == "diverged" else None,
-        "identifiability": {"rank": 9, "params": 9, "identifiable": True}, "lstsq_kernel": true.tolist(),
-        "gap": {"optimization": frob, "noise": 0.0, "identifiability": 0.0},
-        "explanation": f"not converged yet: training stopped {frob:.3g} from the best kernel the data allow; "
-                       "train longer or raise the learning rate.",
-    }
+    yield start
+    for server in started:
+        server.kill()
 
 
 @pytest.fixture
-def add_job():
-    """add_job(session, relative=.., status=.., sweep_id=.., **spec) -> id: a finished job with its epochs.
+def worker_procs(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """worker_procs(env, name, queue="cpu", concurrency=1) -> a started worker (not yet waited for); killed at
+    the end."""
+    started: list[WorkerProcess] = []
 
-    relative=None with status "queued" stores a job that has no result yet.
-    """
-    from service import store
-    from service.models import JobStatus
-    from service.spec import JobSpec
+    def start(env: dict[str, str], name: str, queue: str = "cpu", concurrency: int = 1,
+              loglevel: str = "INFO") -> WorkerProcess:
+        w = WorkerProcess(env, name, tmp_path / f"{name}.log", queue, concurrency, loglevel)
+        started.append(w)
+        return w
 
-    def add(session, relative: float | None = 0.1, status: str = "succeeded", sweep_id: int | None = None,
-            **spec_values) -> int:
-        spec = JobSpec.parse({"input": "random:8x8", "kernel": "random:3x3", **spec_values})
-        job = store.create_job(session, spec, sweep_id=sweep_id, status=JobStatus(status))
-        if JobStatus(status).is_finished:
-            store.save_results(session, [(job.id, fake_result(spec, relative, status))])
-        session.flush()
-        return job.id
-
-    return add
-
-
-@pytest.fixture
-def klab_cli():
-    """klab_cli(*args) -> (exit code, stdout, stderr): the real CLI entry point, run in this process."""
-    from helpers import klab_main
-
-    return klab_main
+    yield start
+    for w in started:
+        w.kill()

@@ -24,7 +24,7 @@ class Proxy:
         self.thread = threading.Thread(target=self._accept, name="proxy-accept", daemon=True)
         self.thread.start()
 
-    def __enter__(self) -> "Proxy":
+    def __enter__(self) -> Proxy:
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -10,7 +10,6 @@ import contextlib
 import io
 import os
 import struct
-import subprocess
 import traceback
 import warnings
 import zlib
@@ -21,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness import Client, clean_env
 from sqlalchemy import create_engine, text
-
-from helpers import klab_path
 
 
 @dataclass(frozen=True)
@@ -211,7 +209,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One fresh SQLite database at head for every case: each must leave it empty."""
-    from service.db import dispose_engines, upgrade
+    from service.db.engine import dispose_engines, upgrade
 
     url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'klab.db'}"
     upgrade(url)
@@ -220,17 +218,10 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def cli_env(database: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
-    from service.settings import settings
-
-    for name in [k for k in os.environ if k.startswith("KLAB_")]:
-        monkeypatch.delenv(name)
+def cli_env(database: str, redis_url: str, tmp_path: Path, setenv) -> dict:
     env = {"KLAB_HOME": str(tmp_path / "home"), "KLAB_DATABASE_URL": database, "KLAB_BROKER_URL": redis_url}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    settings.cache_clear()
-    yield env
-    settings.cache_clear()
+    setenv(**{k: None for k in os.environ if k.startswith("KLAB_")}, **env)
+    return env
 
 
 def klab_here(*args: str) -> tuple[int, str, list[str]]:
@@ -289,11 +280,10 @@ def test_there_are_at_least_40_cases():
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_is_one_line_exit_2_nothing_stored_nothing_queued(case, files, cli_env, database, redis_url,
-                                                                   monkeypatch):
+                                                                   setenv):
     import redis
 
-    for k, v in case.env.items():
-        monkeypatch.setenv(k, v)
+    setenv(**case.env)
     args = [a.replace("{d}", str(files)) for a in case.args]
     try:
         code, out, lines = klab_here(*args)
@@ -316,22 +306,15 @@ def test_bad_input_in_a_real_process_prints_exactly_one_line(files, database, re
     import redis
 
     by_name = {c.name: c for c in CASES}
-    base = {k: v for k, v in os.environ.items() if not k.startswith("KLAB_")}
-    base.update({"KLAB_HOME": str(tmp_path / "home"), "KLAB_DATABASE_URL": database, "KLAB_BROKER_URL": redis_url,
-                 "NO_COLOR": "1"})
-    procs = {}
-    for name in SUBPROCESS_CASES:
-        case = by_name[name]
-        procs[name] = subprocess.Popen([klab_path(), *[a.replace("{d}", str(files)) for a in case.args]],
-                                       env={**base, **case.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True)
+    base = clean_env(tmp_path / "home", database, KLAB_BROKER_URL=redis_url)
+    procs = {name: Client({**base, **by_name[name].env}, *[a.replace("{d}", str(files)) for a in by_name[name].args])
+             for name in SUBPROCESS_CASES}
     failures = []
-    for name, proc in procs.items():
-        out, err = proc.communicate(timeout=120)
-        expected = by_name[name].field
-        lines = err.splitlines()
-        if proc.returncode != 2 or out or len(lines) != 1 or not names(lines[0], expected):
-            failures.append((name, proc.returncode, out, err[-800:]))
+    for name, client in procs.items():
+        done = client.result(120)
+        lines = done.stderr.splitlines()
+        if done.returncode != 2 or done.stdout or len(lines) != 1 or not names(lines[0], by_name[name].field):
+            failures.append((name, done.returncode, done.stdout, done.stderr[-800:]))
     assert failures == []
     assert stored(database)["jobs"] == 0
     assert redis.Redis.from_url(redis_url).dbsize() == 0

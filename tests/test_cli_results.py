@@ -4,43 +4,49 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from harness import clean_env
+from harness import klab as klab_proc
 from sqlalchemy import select
 
-from service import query, store, tables
-from service.db import session_scope, upgrade
-from service.models import Epoch, Job
-from service.reader import Reader, reading
+from service.db import reads, writes
+from service.db.connect import Reader
+from service.db.engine import upgrade, writing
+from service.db.reads import reading
+from service.db.schema import epochs
+from service.db.schema import jobs as jobs_table
+from service.jobs import result
+from service.jobs.selection import Selection
+from service.render import table as tables
 
-KLAB = str(Path(sys.executable).parent / "klab")
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 """For what does not depend on the backend (rendering, argument checks): PostgreSQL adds only time."""
-
-
-def klab_proc(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([KLAB, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture
 def jobs(klab_db: str, add_job) -> dict[str, int]:
     """A sweep over lr (one job diverged), a job outside it, and a queued job without results."""
-    with session_scope() as session:
-        sweep = store.create_sweep(session, {"lr": [0.01, 0.1, 1.0]}, 3, name="lr").id
+    with writing() as conn:
+        sweep = writes.create_sweep(conn, {"lr": [0.01, 0.1, 1.0]}, 3, name="lr")
         made = {
             "sweep": sweep,
-            "slow": add_job(session, relative=0.4, sweep_id=sweep, lr=0.01),
-            "best": add_job(session, relative=0.05, sweep_id=sweep, lr=0.1),
-            "blown": add_job(session, relative=0.9, status="diverged", sweep_id=sweep, lr=1.0),
-            "adam": add_job(session, relative=0.2, method="adam", kernel="sobel-x", input="random:6x6", seed=3),
-            "queued": add_job(session, relative=None, status="queued"),
+            "slow": add_job(conn, relative=0.4, sweep_id=sweep, lr=0.01),
+            "best": add_job(conn, relative=0.05, sweep_id=sweep, lr=0.1),
+            "blown": add_job(conn, relative=0.9, status="diverged", sweep_id=sweep, lr=1.0),
+            "adam": add_job(conn, relative=0.2, method="adam", kernel="sobel-x", input="random:6x6", seed=3),
+            "queued": add_job(conn, relative=None, status="queued"),
         }
     return made
+
+
+def stored(job_id: int):
+    with writing() as conn:
+        return conn.execute(select(jobs_table).where(jobs_table.c.id == job_id)).one()
 
 
 def captured_sql(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -63,7 +69,8 @@ def test_list_shows_one_row_per_job_newest_first(jobs: dict[str, int], klab_cli)
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["id", "status", "method"] and "rel. error" in lines[0]
-    assert [int(line.split()[0]) for line in lines[1:]] == sorted((v for k, v in jobs.items() if k != "sweep"), reverse=True)
+    listed = sorted((v for k, v in jobs.items() if k != "sweep"), reverse=True)
+    assert [int(line.split()[0]) for line in lines[1:]] == listed
     assert "\x1b[" not in out and "━" not in out  # not a terminal: plain text
 
 
@@ -81,15 +88,15 @@ def test_list_filters_sort_limit_json(jobs: dict[str, int], klab_cli) -> None:
     assert ids("--sort", "lr", "--limit", "1") == [jobs["slow"]]
     code, out, _ = klab_cli("list", "--json", "--limit", "1")
     row = json.loads(out)[0]
-    assert set(query.LIST_COLUMNS) <= set(row) and row["epochs_done"] == 0 and row["relative_error"] is None
+    assert set(reads.LIST_COLUMNS) <= set(row) and row["epochs_done"] == 0 and row["relative_error"] is None
 
 
 @SQLITE_ONLY
 def test_lstsq_jobs_show_no_learning_rate_or_epochs(klab_db: str, add_job, klab_cli) -> None:
     """Solved in one step: their lr and epochs (from the spec's defaults) mean nothing, so the tables say '-'."""
-    with session_scope() as session:
-        solved = add_job(session, relative=1e-9, method="lstsq")
-        trained = add_job(session, relative=0.2, lr=0.05, epochs=7)
+    with writing() as conn:
+        solved = add_job(conn, relative=1e-9, method="lstsq")
+        trained = add_job(conn, relative=0.2, lr=0.05, epochs=7)
     rows = {line.split()[0]: line.split() for line in klab_cli("list")[1].splitlines()[1:]}
     assert rows[str(solved)][2:7] == ["lstsq", "random:8x8", "random:3x3", "-", "-"]
     assert rows[str(trained)][2:7] == ["d2l-manual", "random:8x8", "random:3x3", "0.05", "7"]
@@ -123,31 +130,33 @@ def test_show_prints_spec_kernels_metrics_gap_and_loss(jobs: dict[str, int], kla
     code, out, err = klab_cli("show", str(jobs["best"]))
     assert code == 0, err
     with reading() as reader:
-        result = query.result_of(reader, jobs["best"])
+        shown = reads.result_of(reader, jobs["best"])
     header = next(line for line in out.splitlines() if line.startswith("true"))
     assert header.split() == ["true", "learned", "difference"]
-    for kernel in (result["true_kernel"], result["learned_kernel"]):
+    for kernel in (shown["true_kernel"], shown["learned_kernel"]):
         assert f"{kernel[1][2]:.4f}" in out
     assert "lr 0.1" in out and f"sweep {jobs['sweep']}" in out
     assert "relative 0.05" in out and "identifiable: yes (rank 9 of 9 weights)" in out
-    assert re.search(r"optimization\s+\S+\s+learned vs the best kernel", out)
-    assert result["explanation"] in out
+    assert re.search(r"optimization\s+\S+\s+\|\|P W - W\*\|\|: learned vs the best kernel", out)
+    assert "pace: stable lr 0.5, rate 0.9, more epochs -" in out
+    assert shown["explanation"] in out
     assert re.search(r"loss 10 -> \S+ over 10 epochs  [▁▂▃▄▅▆▇█]{10}", out)
 
 
 def test_show_json_is_the_stored_result(jobs: dict[str, int], klab_cli) -> None:
     code, out, _ = klab_cli("show", str(jobs["blown"]), "--json")
     shown = json.loads(out)
-    with session_scope() as session:  # what SQLAlchemy's models read
-        job = session.get(Job, jobs["blown"])
-        epochs = list(session.scalars(select(Epoch).where(Epoch.job_id == job.id).order_by(Epoch.epoch)))
-        assert code == 0 and shown["status"] == job.status == "diverged" and shown["spec"] == job.spec
-        assert shown["learned_kernel"] == job.learned_kernel and shown["true_kernel"] == job.true_kernel
-        assert shown["error"]["relative"] == job.err_relative and shown["gap"]["noise"] == job.gap_noise
-        assert shown["identifiability"]["identifiable"] is job.identifiable is True
-        assert shown["created_at"] == job.created_at.isoformat() and shown["finished_at"] == job.finished_at.isoformat()
-        assert [(e["epoch"], e["loss"], e["kernel_error"]) for e in shown["epochs"]] == \
-            [(e.epoch, e.loss, e.kernel_error) for e in epochs]
+    job = stored(jobs["blown"])  # what SQLAlchemy reads
+    with writing() as conn:
+        rows = conn.execute(select(epochs).where(epochs.c.job_id == job.id).order_by(epochs.c.epoch)).all()
+    assert code == 0 and shown["status"] == job.status == "diverged" and shown["spec"] == job.spec
+    assert shown["learned_kernel"] == job.learned_kernel and shown["true_kernel"] == job.true_kernel
+    assert shown["error"]["relative"] == job.err_relative and shown["gap"]["noise"] == job.gap_noise
+    assert shown["identifiability"]["identifiable"] is job.identifiable is True
+    assert shown["created_at"] == job.created_at.isoformat() and shown["finished_at"] == job.finished_at.isoformat()
+    assert shown["pace"]["stable_lr"] == job.stable_lr == 0.5
+    assert [(e["epoch"], e["loss"], e["kernel_error"]) for e in shown["epochs"]] == \
+        [(e.epoch, e.loss, e.kernel_error) for e in rows]
     assert len(shown["epochs"]) == 10
 
 
@@ -171,7 +180,7 @@ def test_compare_ids_csv_and_json(jobs: dict[str, int], klab_cli) -> None:
     ids = [str(jobs[k]) for k in ("queued", "adam", "slow", "best")]
     code, out, _ = klab_cli("compare", *ids, "--csv")
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert code == 0 and list(rows[0]) == list(query.SUMMARY)
+    assert code == 0 and list(rows[0]) == list(result.SUMMARY_NAMES)
     assert [int(r["id"]) for r in rows] == [jobs["best"], jobs["adam"], jobs["slow"], jobs["queued"]]
     assert float(rows[0]["relative_error"]) == 0.05 and rows[-1]["relative_error"] == ""
     code, out, _ = klab_cli("compare", *ids, "--json")
@@ -182,7 +191,7 @@ def test_compare_ids_csv_and_json(jobs: dict[str, int], klab_cli) -> None:
 def test_compare_needs_ids_or_a_sweep_not_both(jobs: dict[str, int], klab_cli) -> None:
     assert klab_cli("compare") == (2, "", "klab: error: id: give job ids or --sweep\n")
     code, _, err = klab_cli("compare", "1", "--sweep", str(jobs["sweep"]))
-    assert code == 2 and err == "klab: error: sweep: give job ids or --sweep, not both\n"
+    assert code == 2 and err == "klab: error: id: give job ids or --sweep, not both\n"
     code, _, err = klab_cli("compare", str(jobs["best"]), "999")
     assert code == 2 and err == "klab: error: id: no job 999\n"
     assert klab_cli("compare", "--sweep", "42")[2] == "klab: error: sweep: no sweep 42\n"
@@ -196,8 +205,7 @@ def test_export_jobs_csv_to_a_file(jobs: dict[str, int], klab_cli, tmp_path: Pat
     assert code == 0 and out == f"wrote 3 jobs to {path}\n"
     rows = list(csv.DictReader(path.open()))
     assert [int(r["id"]) for r in rows] == sorted([jobs["slow"], jobs["best"], jobs["blown"]])
-    with session_scope() as session:
-        learned = session.get(Job, jobs["best"]).learned_kernel
+    learned = stored(jobs["best"]).learned_kernel
     assert json.loads(rows[1]["learned_kernel"]) == learned and json.loads(rows[1]["spec"])["lr"] == 0.1
 
 
@@ -205,11 +213,11 @@ def test_export_epochs_json_and_csv(jobs: dict[str, int], klab_cli) -> None:
     code, out, _ = klab_cli("export", "--ids", f"{jobs['best']},{jobs['adam']}", "--what", "epochs",
                             "--format", "json")
     rows = json.loads(out)
-    assert code == 0 and len(rows) == 20 and list(rows[0]) == list(query.EPOCH_COLUMNS)
+    assert code == 0 and len(rows) == 20 and list(rows[0]) == list(result.EPOCH_NAMES)
     assert [(r["job_id"], r["epoch"]) for r in rows[9:11]] == [(jobs["best"], 10), (jobs["adam"], 1)]
-    with session_scope() as session:
-        assert [r["loss"] for r in rows[:10]] == list(session.scalars(
-            select(Epoch.loss).where(Epoch.job_id == jobs["best"]).order_by(Epoch.epoch)))
+    with writing() as conn:
+        assert [r["loss"] for r in rows[:10]] == list(conn.execute(
+            select(epochs.c.loss).where(epochs.c.job_id == jobs["best"]).order_by(epochs.c.epoch)).scalars())
     code, out, _ = klab_cli("export", "--sweep", str(jobs["sweep"]), "--what", "epochs")
     assert code == 0 and out.splitlines()[0] == "job_id,epoch,loss,mse,kernel_error" and len(out.splitlines()) == 31
     code, out, _ = klab_cli("export", "--ids", str(jobs["queued"]), "--format", "json", "--what", "epochs")
@@ -218,7 +226,7 @@ def test_export_epochs_json_and_csv(jobs: dict[str, int], klab_cli) -> None:
 
 def test_export_streams_epochs(jobs: dict[str, int], klab_db: str) -> None:
     with reading(klab_db) as reader:
-        _, rows = query.export_epochs(reader, sweep=jobs["sweep"])
+        _, rows = reads.export_epochs(reader, Selection(sweep=jobs["sweep"]))
         assert not isinstance(rows, list)
         first = next(rows)
         if reader.dialect == "postgresql":  # the rows come from a server-side cursor, open while they are read
@@ -230,7 +238,7 @@ def test_export_streams_epochs(jobs: dict[str, int], klab_db: str) -> None:
 
 @SQLITE_ONLY
 def test_export_errors(jobs: dict[str, int], klab_cli) -> None:
-    assert klab_cli("export")[2] == "klab: error: ids: give --ids or --sweep\n"
+    assert klab_cli("export")[2] == "klab: error: ids: give job ids or --sweep\n"
     assert klab_cli("export", "--ids", "1,x")[2].startswith("klab: error: ids: must be job ids")
     assert klab_cli("export", "--ids", "999")[2] == "klab: error: ids: no job 999\n"
     assert klab_cli("export", "--ids", "1", "--format", "xml")[0] == 2
@@ -269,8 +277,8 @@ def test_tables_use_color_on_a_terminal_unless_no_color(monkeypatch: pytest.Monk
 def test_read_commands_import_neither_torch_nor_sqlalchemy(db_url: str, add_job, tmp_path: Path) -> None:
     """The read commands run on the driver alone (service.reader): that is what makes them start fast."""
     upgrade(db_url)
-    with session_scope(db_url) as session:
-        job = add_job(session)
+    with writing(db_url) as conn:
+        job = add_job(conn)
     script = f"""
 import json, sys
 from service.cli import main
@@ -283,8 +291,7 @@ for args in (["list"], ["show", "{job}"], ["compare", "{job}"], ["export", "--id
 print(json.dumps(sorted(m for m in ("torch", "worker.engine", "matplotlib", "celery", "sqlalchemy", "alembic",
                                     "numpy", "pydantic") if m in sys.modules)))
 """
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("KLAB_")},
-           "KLAB_DATABASE_URL": db_url, "KLAB_HOME": str(tmp_path)}
+    env = clean_env(tmp_path, db_url)
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "job_id,epoch" in out.stdout and "1 job(s): 1 succeeded" in out.stdout  # the commands really ran
@@ -296,24 +303,19 @@ def test_run_json_then_show_json_agree(db_url: str, klab_env: dict[str, str]) ->
     ran = klab_proc(klab_env, "run", "--json", "--kernel", "sobel-x", "--input", "random:6x6", "--epochs", "12",
                     "--lr", "0.02")
     assert ran.returncode == 0, ran.stderr
-    result = json.loads(ran.stdout)
-    shown = klab_proc(klab_env, "show", str(result["id"]), "--json")
+    ran_json = json.loads(ran.stdout)
+    shown = klab_proc(klab_env, "show", str(ran_json["id"]), "--json")
     assert shown.returncode == 0, shown.stderr
-    stored = json.loads(shown.stdout)
-    for key in ("true_kernel", "learned_kernel", "initial_kernel", "lstsq_kernel", "error", "gap",
-                "identifiability", "status", "explanation", "created_at", "finished_at"):
-        assert stored[key] == result[key], key
-    assert [e["loss"] for e in stored["epochs"]] == [e["loss"] for e in result["epochs"]]
-    assert len(stored["epochs"]) == 12
+    assert json.loads(shown.stdout) == ran_json  # the same renderer, the same stored row
+    assert len(ran_json["epochs"]) == 12
 
 
 def test_the_real_command_reads_postgresql(pg_url: str, add_job, tmp_path: Path) -> None:
     upgrade(pg_url)
-    with session_scope(pg_url) as session:
-        sweep = store.create_sweep(session, {"seed": [1, 2]}, 2).id
-        first, second = add_job(session, sweep_id=sweep, seed=1, relative=0.3), add_job(session, sweep_id=sweep, seed=2)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("KLAB_")},
-           "KLAB_DATABASE_URL": pg_url, "KLAB_HOME": str(tmp_path / "home")}
+    with writing(pg_url) as conn:
+        sweep = writes.create_sweep(conn, {"seed": [1, 2]}, 2)
+        first, second = add_job(conn, sweep_id=sweep, seed=1, relative=0.3), add_job(conn, sweep_id=sweep, seed=2)
+    env = clean_env(tmp_path / "home", pg_url)
     listed = klab_proc(env, "list", "--json")
     assert listed.returncode == 0 and [r["id"] for r in json.loads(listed.stdout)] == [second, first]
     exported = klab_proc(env, "export", "--sweep", str(sweep), "--what", "epochs", "-o", str(tmp_path / "e.csv"))

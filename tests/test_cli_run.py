@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from helpers import Runs, klab_main, strict_json
+from harness import Runs, klab_main, strict_json
 from test_engine import EPOCH_KEYS, RESULT_KEYS, book_manual, book_sgd
 
 BOOK = ["run", "--input", "edge:6x8", "--kernel", "d2l"]
@@ -62,7 +61,7 @@ def call(argv):
         return exc.code
     return 0
 
-import service.spec, service.data, service.analysis, service.report
+import service.jobs.spec, service.jobs.inputs, service.jobs.problem, service.render.text, service.db.reads
 print("import", "torch" in sys.modules, file=sys.stderr)
 for argv in {argvs!r}:
     code = call(argv)
@@ -126,7 +125,7 @@ def test_text_report_of_a_2x2_kernel_says_the_weights_cannot_be_told_apart(tmp_p
     _files(tmp_path)
     code, out, err = klab_main("run", "-f", str(tmp_path / "2x2.yaml"), "--lr", "0.01", "--no-store")
     assert code == 0, err  # from a spec file, with --lr overriding the file's 0.5
-    assert "lr 0.01" in out and "100 epochs" in out
+    assert "lr 0.01" in out and "epochs 100" in out
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.lstrip().startswith("true"))
     assert "learned" in lines[header]
@@ -180,7 +179,7 @@ def test_commands_that_do_not_train_never_import_torch(runs):
     proc = runs.result("no-torch")
     report = [line for line in proc.stderr.splitlines()
               if line.startswith("import ") or line.split(" ")[0] in ("--help", "--version", "run")]
-    assert report[0] == "import False", proc.stderr  # importing service.cli, spec, data, analysis and report
+    assert report[0] == "import False", proc.stderr  # importing service.cli, the spec, inputs, renderer and reads
     assert len(report) == len(NO_TORCH) + 1, proc.stderr
     for argv, line in zip(NO_TORCH, report[1:]):
         *_, torch_imported, code = line.split()

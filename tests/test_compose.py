@@ -12,11 +12,9 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from harness import Process, missing, without_klab
 from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,13 +36,6 @@ PROFILES = ("gpu", "monitor", "cli")
 LONG_RUNNING = ("redis", "postgres", "worker", "worker-gpu", "flower")
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def missing(tool: str, why: str) -> None:
-    """Skip locally; under CI a missing tool is a failure (as tests/conftest.py does for services)."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{tool} is required under CI and is not available: {why}")
-    pytest.skip(f"{tool} not available: {why}")
 
 
 # --- reading the files -------------------------------------------------------------------------
@@ -103,7 +95,7 @@ def interpolate(value: str, env: dict[str, str]) -> str:
     return _VAR.sub(one, value)
 
 
-def resolve(node, env: dict[str, str]):  # noqa: ANN001, ANN201
+def resolve(node, env: dict[str, str]):
     if isinstance(node, str):
         return interpolate(node, env)
     if isinstance(node, list):
@@ -120,7 +112,7 @@ def services(env: dict[str, str]) -> dict[str, dict]:
 
 def argv(service: dict, args: list[str] | None = None) -> list[str]:
     """What the container runs: entrypoint + command (or the args `docker compose run` gives)."""
-    def as_list(v) -> list[str]:  # noqa: ANN001
+    def as_list(v) -> list[str]:
         return shlex.split(v) if isinstance(v, str) else list(v or [])
 
     return as_list(service.get("entrypoint")) + (args if args is not None else as_list(service.get("command")))
@@ -234,7 +226,7 @@ def test_services_have_healthchecks_order_volumes_and_no_published_ports(env_fil
 
 
 def test_worker_commands_are_the_readme_lines_and_klab_workers_argv(env_file: Path):
-    from service.cli.queue import worker_argv
+    from service.cli.workers import worker_argv
 
     svc = services(dotenv(env_file))
     cpu, gpu = argv(svc["worker"]), argv(svc["worker-gpu"])
@@ -264,7 +256,8 @@ def variables_read() -> set[str]:
 
 def test_every_variable_is_in_env_example_and_the_readme():
     names = variables_read()
-    assert {"POSTGRES_PASSWORD", "KLAB_DATABASE_URL", "KLAB_BROKER_URL", "KLAB_MAX_EPOCHS", "KLAB_TORCH_THREADS"} <= names
+    assert {"POSTGRES_PASSWORD", "KLAB_DATABASE_URL", "KLAB_BROKER_URL", "KLAB_MAX_EPOCHS",
+            "KLAB_TORCH_THREADS"} <= names
     example = ENV_EXAMPLE.read_text()
     table = readme_section("configuration")
     assert [n for n in sorted(names) if not re.search(rf"(?m)^#?\s*{n}=", example)] == [], ".env.example lacks these"
@@ -349,7 +342,7 @@ def test_dockerignore_keeps_the_venv_and_git_out_but_not_the_code():
 def local(service_env: dict[str, str], pg_url: str, redis_url: str) -> dict[str, str]:
     """The service's environment with postgres and redis pointed at this machine's test database and index."""
     here = {"postgres": pg_url, "redis": redis_url}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KLAB_")}
+    env = without_klab()
     mapped = set()
     for key, value in service_env.items():
         url = urlsplit(value) if "://" in value else None
@@ -370,7 +363,7 @@ def run(cmd: list[str], env: dict[str, str], timeout: float = 120) -> subprocess
     return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-def healthcheck(service: dict, env: dict[str, str], wait: bool = True):  # noqa: ANN201
+def healthcheck(service: dict, env: dict[str, str], wait: bool = True):
     """The service's healthcheck test run here: its result, or (wait=False) the running process."""
     kind, *test = service["healthcheck"]["test"]
     cmd = ["sh", "-c", test[0]] if kind == "CMD-SHELL" else test
@@ -379,41 +372,19 @@ def healthcheck(service: dict, env: dict[str, str], wait: bool = True):  # noqa:
     return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
-class Service:
-    """A long-running service's command as a process group."""
-
-    def __init__(self, cmd: list[str], env: dict[str, str], log: Path):
-        assert Path(shutil.which(cmd[0], path=env["PATH"]) or "").parent == BIN, cmd[0]
-        self.cmd, self.log = cmd, log
-        self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while "ready." not in self.log.read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"{self.cmd} did not start:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.1)
-
-    def terminate(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-
-    def wait(self) -> None:
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+def service(cmd: list[str], env: dict[str, str], log: Path) -> Process:
+    """A long-running service's command, as its container would run it (from the venv's bin)."""
+    assert Path(shutil.which(cmd[0], path=env["PATH"]) or "").parent == BIN, cmd[0]
+    return Process(cmd, env, log)
 
 
 @pytest.fixture
 def started(tmp_path: Path) -> Iterator:
     """started({name: (cmd, env)}): the services, started together and ready; stopped afterwards."""
-    procs: list[Service] = []
+    procs: list[Process] = []
 
     def start(commands: dict[str, tuple[list[str], dict[str, str]]]) -> None:
-        new = [Service(cmd, env, tmp_path / f"{name}.log") for name, (cmd, env) in commands.items()]
+        new = [service(cmd, env, tmp_path / f"{name}.log") for name, (cmd, env) in commands.items()]
         procs.extend(new)
         for p in new:
             p.wait_ready()
@@ -422,7 +393,7 @@ def started(tmp_path: Path) -> Iterator:
     for p in procs:  # warm shutdowns, side by side
         p.terminate()
     for p in procs:
-        p.wait()
+        p.stop()
 
 
 def readme_klab_runs() -> list[list[str]]:
@@ -436,7 +407,8 @@ def readme_klab_runs() -> list[list[str]]:
 
 def test_a_job_flows_through_the_services_as_written(env_file, pg_url, redis_url, started):
     svc = services(dotenv(env_file))
-    env = {name: local(environment(svc[name]), pg_url, redis_url) for name in ("migrate", "worker", "worker-gpu", "klab")}
+    env = {name: local(environment(svc[name]), pg_url, redis_url)
+           for name in ("migrate", "worker", "worker-gpu", "klab")}
 
     up = run(argv(svc["migrate"]), env["migrate"])
     assert up.returncode == 0, up.stderr

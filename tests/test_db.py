@@ -1,46 +1,37 @@
 """Settings, engines and the head check: in process, and through the real `klab` for what users see."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from harness import clean_env, klab
 from sqlalchemy import text
 
-from service import db
-from service.db import HEAD, DatabaseUnavailable, current_revision, downgrade, engine_for, ready_engine, upgrade
-from service.settings import Settings, mask, normalize_url
+from service.db.connect import HEAD
+from service.db.engine import current_revision, dispose_engines, downgrade, engine_for, ready_engine, upgrade, writing
+from service.errors import DatabaseUnavailable, mask
+from service.settings import Settings, describe, normalize_url
 
-KLAB = str(Path(sys.executable).parent / "klab")
 UNREACHABLE = "postgresql+psycopg://u:secret@127.0.0.1:1/x"
 
 
-def klab(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([KLAB, *args], env=env, capture_output=True, text=True, timeout=60)
-
-
 def bare_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KLAB_")}
-    return {**env, "KLAB_HOME": str(tmp_path / "home"), **extra}
+    return clean_env(tmp_path / "home", **extra)
 
 
-def test_settings_default_to_sqlite_under_klab_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("KLAB_DATABASE_URL", raising=False)
-    monkeypatch.setenv("KLAB_HOME", str(tmp_path))
-    s = Settings.from_env()
+def test_settings_default_to_sqlite_under_klab_home(tmp_path: Path) -> None:
+    s = Settings.from_env({"KLAB_HOME": str(tmp_path)})
     assert s.database_url == f"sqlite:///{tmp_path / 'klab.db'}"
-    assert s.is_default_database
-    monkeypatch.setenv("KLAB_DATABASE_URL", "postgres://u:pw@h/d")
-    assert Settings.from_env().database_url == "postgresql+psycopg://u:pw@h/d"
+    assert s.default_database
+    s = Settings.from_env({"KLAB_HOME": str(tmp_path), "KLAB_DATABASE_URL": "postgres://u:pw@h/d"})
+    assert s.database_url == "postgresql+psycopg://u:pw@h/d" and not s.default_database
 
 
 def test_passwords_are_masked() -> None:
     assert normalize_url("postgresql://a@b/c") == "postgresql+psycopg://a@b/c"
     assert mask("cannot use postgresql+psycopg://user:s3cr3t@db:5432/klab") == \
         "cannot use postgresql+psycopg://user:***@db:5432/klab"
-    assert "secret" not in db.describe(UNREACHABLE) and "127.0.0.1:1" in db.describe(UNREACHABLE)
+    assert "secret" not in describe(UNREACHABLE) and "127.0.0.1:1" in describe(UNREACHABLE)
 
 
 @pytest.mark.parametrize("url", ["postgresql+psycopg://u:secret@h:notaport/x", "nosuchdb://u:secret@h/x"])
@@ -48,13 +39,13 @@ def test_a_url_that_is_not_one_is_refused_without_the_password(url: str) -> None
     with pytest.raises(DatabaseUnavailable) as info:
         ready_engine(url)
     assert info.value.exit_code == 2 and ("not a database URL" in str(info.value) or "cannot use" in str(info.value))
-    assert "secret" not in str(info.value) and "secret" not in db.describe(url)
+    assert "secret" not in str(info.value) and "secret" not in describe(url)
 
 
 def test_sqlite_upgrades_itself(sqlite_url: str) -> None:
-    assert current_revision(engine_for(sqlite_url)) is None
+    assert current_revision(sqlite_url) is None
     ready_engine(sqlite_url)
-    assert current_revision(engine_for(sqlite_url)) == HEAD
+    assert current_revision(sqlite_url) == HEAD
 
 
 def test_postgresql_not_at_head_is_refused(pg_url: str) -> None:
@@ -66,7 +57,7 @@ def test_postgresql_not_at_head_is_refused(pg_url: str) -> None:
     assert ready_engine(pg_url) is engine_for(pg_url)
     with engine_for(pg_url).begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '0000'"))
-    db.dispose_engines()  # this process remembers databases it found at head
+    dispose_engines()  # this process remembers databases it found at head
     with pytest.raises(DatabaseUnavailable, match="at revision 0000, not .*run: klab db upgrade"):
         ready_engine(pg_url)
 
@@ -77,20 +68,20 @@ def test_unreachable_database_names_the_host_not_the_password() -> None:
     assert info.value.exit_code == 3
     assert "127.0.0.1:1" in str(info.value) and "secret" not in str(info.value)
     assert "\n" not in str(info.value)
-    db.dispose_engines()
+    dispose_engines()
 
 
-def test_session_scope_rolls_back_on_error(db_url: str, add_job) -> None:
+def test_a_write_rolls_back_on_error(db_url: str, add_job) -> None:
     upgrade(db_url)
-    with pytest.raises(RuntimeError), db.session_scope(db_url) as session:
-        add_job(session)
+    with pytest.raises(RuntimeError), writing(db_url) as conn:
+        add_job(conn)
         raise RuntimeError("boom")
-    with db.session_scope(db_url) as session:
-        assert session.execute(text("SELECT count(*) FROM jobs")).scalar() == 0
-        add_job(session)
-    with db.session_scope(db_url) as session:
-        assert session.execute(text("SELECT count(*) FROM jobs")).scalar() == 1
-        assert session.execute(text("SELECT count(*) FROM epochs")).scalar() == 10
+    with writing(db_url) as conn:
+        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 0
+        add_job(conn)
+    with writing(db_url) as conn:
+        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 1
+        assert conn.execute(text("SELECT count(*) FROM epochs")).scalar() == 10
 
 
 # --- what a user sees, through the real command ------------------------------------------------
@@ -111,7 +102,7 @@ def test_cli_refuses_postgresql_not_at_head(pg_url: str, tmp_path: Path) -> None
 
     upgrade(pg_url)
     downgrade(pg_url, "base")
-    db.dispose_engines()
+    dispose_engines()
     refused = klab(env, "compare", "1")
     assert refused.returncode == 2 and "run: klab db upgrade" in refused.stderr
 
@@ -123,7 +114,7 @@ def test_db_current_says_whether_at_head(klab_db: str, klab_cli) -> None:
     code, out, _ = klab_cli("db", "current")
     assert code == 0 and "revision none (not at head" in out and "klab db upgrade" in out
     code, out, _ = klab_cli("db", "upgrade")
-    assert code == 0 and current_revision(engine_for(klab_db)) == HEAD
+    assert code == 0 and current_revision(klab_db) == HEAD
 
 
 def test_cli_default_sqlite_upgrades_itself_on_first_use(tmp_path: Path) -> None:
@@ -134,5 +125,5 @@ def test_cli_default_sqlite_upgrades_itself_on_first_use(tmp_path: Path) -> None
     path = tmp_path / "home" / "klab.db"
     assert path.is_file()
     url = f"sqlite:///{path}"
-    assert current_revision(engine_for(url)) == HEAD
-    db.dispose_engines()
+    assert current_revision(url) == HEAD
+    dispose_engines()

@@ -7,258 +7,20 @@ and so that no other test run sharing the machine's Redis can take its messages.
 from __future__ import annotations
 
 import json
-import os
 import re
 import resource
-import shutil
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from harness import Client, Db, WorkerProcess, klab, service_env, sweep_id_of, tails, wait_until
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
-from conftest import missing
-from helpers import klab_path
-
-ROOT = Path(__file__).resolve().parents[1]
 FAST = {"KLAB_LEASE_SECONDS": "2", "KLAB_VISIBILITY_TIMEOUT": "5"}
 """Short leases and visibility: a dead worker's jobs come back within seconds, not minutes."""
 
 pytestmark = pytest.mark.timeout(240)
-
-
-# --- the machinery: a broker, workers, the database and clients of the tests' own -----------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """A redis-server on a free port; kill() and start() again keep its port and its directory (its data)."""
-
-    def __init__(self, workdir: Path, persistent: bool = True, password: str | None = None):
-        binary = shutil.which("redis-server")
-        if binary is None:
-            missing("redis-server", "the binary is not on PATH")
-        self.binary = binary
-        self.dir = workdir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.persistent = persistent
-        self.password = password
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.start()
-
-    def url(self, db: int = 0) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
-
-    def client(self):  # noqa: ANN201
-        import redis
-
-        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5)
-
-    def start(self) -> None:
-        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "yes" if self.persistent else "no", "--dir", str(self.dir),
-                "--logfile", str(self.dir / "redis.log")]
-        if self.password:
-            argv += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if self.client().ping():
-                    return
-            except Exception:  # noqa: BLE001 - not listening yet
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    log = self.dir / "redis.log"
-                    text = log.read_text()[-2000:] if log.exists() else ""
-                    raise AssertionError(f"redis-server did not start: {text}")
-                time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
-    """redis_server(persistent=True, password=None) -> a started RedisServer, killed at the end."""
-    started: list[RedisServer] = []
-
-    def start(**kwargs: Any) -> RedisServer:
-        server = RedisServer(tmp_path / f"redis{len(started)}", **kwargs)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.kill()
-
-
-class WorkerProcess:
-    """A real `celery -A worker.app worker` on the cpu queue, started as `klab worker` starts it."""
-
-    def __init__(self, env: dict[str, str], name: str, log: Path, concurrency: int = 1, loglevel: str = "INFO"):
-        from service.cli.queue import worker_argv
-
-        argv, extra = worker_argv("cpu", concurrency, loglevel)
-        argv[argv.index("--hostname") + 1] = f"{name}@%h"
-        self.name = name
-        self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", *argv], env={**env, **extra}, cwd=ROOT,
-                                     stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, timeout: float = 90) -> "WorkerProcess":
-        deadline = time.monotonic() + timeout
-        while "ready." not in self.text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"worker {self.name} did not start:\n{self.text()[-3000:]}")
-            time.sleep(0.1)
-        return self
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def children(self) -> list[int]:
-        """The pool's processes (prefork children of the main process)."""
-        out = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                if int(stat.rpartition(")")[2].split()[1]) == self.proc.pid:
-                    out.append(int(entry.name))
-        return sorted(out)
-
-    def kill(self) -> None:
-        """SIGKILL to the whole process group: the main process and its pool, with no chance to clean up."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-
-@pytest.fixture
-def worker_procs(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """worker_procs(env, name, concurrency=1) -> a started worker (not yet waited for), killed at the end."""
-    started: list[WorkerProcess] = []
-
-    def start(env: dict[str, str], name: str, concurrency: int = 1, loglevel: str = "INFO") -> WorkerProcess:
-        w = WorkerProcess(env, name, tmp_path / f"{name}.log", concurrency, loglevel)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.kill()
-
-
-def service_env(tmp_path: Path, db_url: str, broker_url: str, **extra: str) -> dict[str, str]:
-    """The environment of a client or worker of this test, its database upgraded to head."""
-    from service.db import dispose_engines, upgrade
-
-    upgrade(db_url)
-    dispose_engines()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KLAB_")}
-    env.update({"KLAB_HOME": str(tmp_path / "home"), "KLAB_DATABASE_URL": db_url, "KLAB_BROKER_URL": broker_url,
-                "NO_COLOR": "1", "PYTHONPATH": str(ROOT), "MALLOC_ARENA_MAX": "2", **extra})
-    return env
-
-
-def klab(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([klab_path(), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-
-
-class Client:
-    """A `klab` process running beside the test. Its output goes to files: a pipe that nobody reads
-    yet would stop it mid-write, holding whatever it holds."""
-
-    def __init__(self, env: dict[str, str], *args: str):
-        self.out, self.err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([klab_path(), *args], env=env, stdout=self.out, stderr=self.err, cwd=ROOT)
-
-    def poll(self) -> int | None:
-        return self.proc.poll()
-
-    def result(self, timeout: float = 200) -> subprocess.CompletedProcess:
-        code = self.proc.wait(timeout)
-        texts = []
-        for f in (self.out, self.err):
-            f.seek(0)
-            texts.append(f.read().decode(errors="replace"))
-            f.close()
-        return subprocess.CompletedProcess(self.proc.args, code, *texts)
-
-
-class Db:
-    """The test's own reads of the results database (never through the proxy of a test)."""
-
-    def __init__(self, url: str):
-        args = {"timeout": 30} if url.startswith("sqlite") else {}
-        self.engine = create_engine(url, poolclass=NullPool, connect_args=args)
-
-    def rows(self, sql: str, **params: Any) -> list:
-        with self.engine.connect() as conn:
-            return list(conn.execute(text(sql), params))
-
-    def scalar(self, sql: str, **params: Any) -> Any:
-        return self.rows(sql, **params)[0][0]
-
-    def statuses(self, sweep_id: int | None = None) -> dict[str, int]:
-        where, params = ("WHERE sweep_id = :s", {"s": sweep_id}) if sweep_id is not None else ("", {})
-        return dict(self.rows(f"SELECT status, count(*) FROM jobs {where} GROUP BY status", **params))
-
-    def assert_epochs_stored_once(self) -> None:
-        dup = self.rows("SELECT job_id, epoch, count(*) FROM epochs GROUP BY job_id, epoch HAVING count(*) > 1")
-        assert dup == [], dup[:5]
-        assert self.scalar("SELECT count(*) FROM epochs") == self.scalar("SELECT sum(epochs_done) FROM jobs")
-
-
-@pytest.fixture
-def pg_db(pg_url: str) -> Iterator[tuple[str, Db]]:
-    db = Db(pg_url)
-    yield pg_url, db
-    db.engine.dispose()
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: Callable[[], Any] | str, every: float = 0.1) -> Any:
-    """Poll `check` until it returns something true; fail with `what` (or what it returns) at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s: {what() if callable(what) else what}")
-        time.sleep(every)
-
-
-def sweep_id_of(out: subprocess.CompletedProcess) -> int:
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)["sweep"]
-
-
-def all_succeeded(db: Db, sweep_id: int, size: int) -> Callable[[], bool]:
-    return lambda: db.statuses(sweep_id) == {"succeeded": size}
-
-
-def tails(*workers: WorkerProcess) -> Callable[[], str]:
-    return lambda: "\n".join(f"--- {w.name}:\n{w.text()[-2500:]}" for w in workers)
 
 
 # --- a worker killed -------------------------------------------------------------------------------
@@ -287,7 +49,7 @@ def test_worker_killed_mid_sweep_its_jobs_are_taken_back_and_stored_once(tmp_pat
     assert db.statuses(sweep).get("succeeded", 0) < 300
 
     rescuer = worker_procs(env, "rescuer").wait_ready()
-    wait_until(all_succeeded(db, sweep, 300), 90, lambda: (db.statuses(sweep), tails(rescuer)()))
+    wait_until(db.all_succeeded(sweep, 300), 90, lambda: (db.statuses(sweep), tails(rescuer)()))
     db.assert_epochs_stored_once()
     assert db.scalar("SELECT count(*) FROM epochs") == 300 * 60
     jobs = db.rows("SELECT id, attempts, worker_host, seed FROM jobs WHERE sweep_id = :s", s=sweep)
@@ -295,14 +57,14 @@ def test_worker_killed_mid_sweep_its_jobs_are_taken_back_and_stored_once(tmp_pat
     assert all(r.attempts >= 2 and r.worker_host.startswith("rescuer@") for r in taken_back), taken_back
 
     # a job trained twice is stored as if trained once: its epochs equal a run of it alone
-    from service.spec import JobSpec
+    from service.jobs.spec import JobSpec
     from worker.engine import run_spec
 
     job = taken_back[0]
-    alone = run_spec(JobSpec.parse({"input": "random:12x12", "kernel": "random:3x3", "lr": 0.001, "epochs": 60,
-                                    "seed": job.seed}))
+    _, alone = run_spec(JobSpec.parse({"input": "random:12x12", "kernel": "random:3x3", "lr": 0.001, "epochs": 60,
+                                       "seed": job.seed}))
     stored = [r.loss for r in db.rows("SELECT loss FROM epochs WHERE job_id = :j ORDER BY epoch", j=job.id)]
-    assert stored == [e["loss"] for e in alone["epochs"]]
+    assert stored == [e["loss"] for e in alone]
 
 
 # --- the broker restarted --------------------------------------------------------------------------
@@ -337,7 +99,7 @@ def test_broker_restarted_mid_sweep_workers_reconnect_and_the_sweep_completes(tm
     broker.start()
     # A message the worker had popped but not yet recorded as unacknowledged died with the broker; the
     # reaper sends its jobs again once the queue is empty.
-    wait_until(all_succeeded(db, sweep, 200), TRAINING + RECOVERY, lambda: (db.statuses(sweep), tails(w)()))
+    wait_until(db.all_succeeded(sweep, 200), TRAINING + RECOVERY, lambda: (db.statuses(sweep), tails(w)()))
     assert w.proc.poll() is None
     assert {r.attempts for r in db.rows("SELECT attempts FROM jobs")} == {1}
     db.assert_epochs_stored_once()
@@ -363,7 +125,7 @@ def test_broker_killed_while_a_task_is_between_delivery_and_ack(persistent, tmp_
     broker.start()
     if not persistent:
         assert broker.client().llen("cpu") == 0  # every queued message is gone
-    wait_until(all_succeeded(db, sweep, 120), TRAINING + RECOVERY, lambda: (db.statuses(sweep), tails(w)()))
+    wait_until(db.all_succeeded(sweep, 120), TRAINING + RECOVERY, lambda: (db.statuses(sweep), tails(w)()))
     # The task in hand finished while the broker was away; no job trained twice.
     assert {r.attempts for r in db.rows("SELECT attempts FROM jobs")} == {1}
     if not persistent:
@@ -391,7 +153,7 @@ def test_jobs_whose_message_the_broker_lost_or_a_worker_dropped_are_sent_again(t
     client.hset("unacked", tag, json.dumps([json.loads(dropped), "", "cpu"]))
     client.zadd("unacked_index", {tag: time.time() - 2 * float(STRANDED["KLAB_STRANDED_SECONDS"])})
     w = worker_procs(env, "rescuer").wait_ready()
-    wait_until(all_succeeded(db, sweep, 20), TRAINING + RECOVERY, lambda: (db.statuses(sweep), tails(w)()))
+    wait_until(db.all_succeeded(sweep, 20), TRAINING + RECOVERY, lambda: (db.statuses(sweep), tails(w)()))
     assert resent(w) == 8, w.text()[-3000:]  # the 8 stranded jobs, and none of the 12 whose messages waited
     assert {r.attempts for r in db.rows("SELECT attempts FROM jobs")} == {1}
     assert client.hexists("unacked", tag)  # kombu's own copy is still waiting out the visibility timeout
@@ -421,7 +183,7 @@ def test_database_unreachable_mid_sweep_workers_retry_and_no_job_fails(tmp_path,
         time.sleep(5)  # the fault itself: five seconds without a database
         refused = proxy.refused
         proxy.restore()
-        wait_until(all_succeeded(db, sweep, 200), 60, lambda: (db.statuses(sweep), tails(w)()))
+        wait_until(db.all_succeeded(sweep, 200), 60, lambda: (db.statuses(sweep), tails(w)()))
     assert refused > 0, "nothing tried the database while it was away"
     assert "retrying in" in w.text()  # the task waited and tried again
     assert db.rows("SELECT id, error_message FROM jobs WHERE error_message IS NOT NULL") == []
@@ -433,10 +195,9 @@ def test_database_unreachable_mid_sweep_workers_retry_and_no_job_fails(tmp_path,
 def test_submit_while_the_broker_is_down_writes_nothing_and_requeue_sends_what_was_left(tmp_path, pg_db,
                                                                                         redis_server,
                                                                                         worker_procs):
-    from service import store
-    from service.db import dispose_engines, session_scope
-    from service.queue import create_jobs, prepare
-    from service.spec import JobSpec
+    from service.db import writes
+    from service.db.engine import dispose_engines, writing
+    from service.jobs.spec import JobSpec
 
     url, db = pg_db
     broker = redis_server(persistent=False)  # a broker that forgets: what `requeue --queued` is for
@@ -455,9 +216,9 @@ def test_submit_while_the_broker_is_down_writes_nothing_and_requeue_sends_what_w
 
     # stored jobs that never reached the broker (a publish that failed midway leaves them `created`)
     specs = [JobSpec.parse({"seed": s, "lr": 0.02}) for s in range(12)]
-    with session_scope(url) as session:
-        left = store.create_sweep(session, {"swept": {"seed": list(range(12))}}, len(specs)).id
-        create_jobs(session, prepare(specs, None), left)
+    with writing(url) as conn:
+        left = writes.create_sweep(conn, {"swept": {"seed": list(range(12))}}, len(specs))
+        writes.insert_jobs(conn, [writes.new_job(spec, sweep_id=left, queue="cpu") for spec in specs])
     dispose_engines()
     broker.start()
     # queued jobs whose messages the broker lost in a restart without persistence
@@ -491,8 +252,8 @@ def test_a_publish_failing_midway_leaves_the_rest_for_the_requeue_it_names(tmp_p
     for args in (("sweep", "--seed", "0..399", "--epochs", "2"), ("submit", "-f", str(tmp_path / "jobs.jsonl"))):
         before = db.scalar("SELECT count(*) FROM jobs")
         client = Client(env, *args, "--batch-jobs", "1")  # one message per job: a long publish
-        wait_until(lambda: db.scalar("SELECT count(*) FROM jobs WHERE status = 'queued' AND id > :n", n=before),
-                   60, lambda: (client.poll(), db.statuses()), every=0.01)
+        wait_until(lambda n=before: db.scalar("SELECT count(*) FROM jobs WHERE status = 'queued' AND id > :n", n=n), 60,
+                   lambda c=client: (c.poll(), db.statuses()), every=0.01)
         broker.kill()
         done = client.result(60)
         assert done.returncode == 3, (done.stdout, done.stderr)
@@ -519,8 +280,9 @@ SWEEP_B = ("--input", "checker:7x7", "--kernel", "sobel-x", "--method", "d2l-sgd
 
 
 def test_two_sweeps_from_two_shells_and_four_workers(tmp_path, db_url, redis_server, worker_procs):
-    from service.spec import JobSpec
-    from worker.engine import run_spec
+    from harness import run_json
+
+    from service.jobs.spec import JobSpec
 
     db = Db(db_url)
     env = service_env(tmp_path, db_url, redis_server().url())
@@ -547,7 +309,7 @@ def test_two_sweeps_from_two_shells_and_four_workers(tmp_path, db_url, redis_ser
              (results[1][0], {"input": "checker:7x7", "kernel": "sobel-x", "method": "d2l-sgd", "epochs": 8}),
              (results[1][37], {"input": "checker:7x7", "kernel": "sobel-x", "method": "d2l-sgd", "epochs": 8})]
     for stored, values in twins:
-        alone = run_spec(JobSpec.parse({**values, "lr": stored["spec"]["lr"], "seed": stored["seed"]}))
+        alone = run_json(JobSpec.parse({**values, "lr": stored["spec"]["lr"], "seed": stored["seed"]}))
         assert [e["loss"] for e in stored["epochs"]] == [e["loss"] for e in alone["epochs"]], stored["id"]
         assert stored["learned_kernel"] == alone["learned_kernel"]
     db.engine.dispose()
@@ -586,8 +348,7 @@ def test_a_job_whose_stored_data_cannot_be_loaded_fails_once_instead_of_coming_b
     out = klab(env, "submit", "--input", f"npy:{tmp_path / 'x.npy'}", "--json")
     assert out.returncode == 0, out.stderr
     (poisoned,) = json.loads(out.stdout)["ids"]
-    with db.engine.begin() as conn:  # the uploaded array, damaged in storage
-        conn.execute(text("UPDATE datasets SET data = :junk"), {"junk": b"\x93NUMPY garbage"})
+    db.execute("UPDATE datasets SET data = :junk", junk=b"\x93NUMPY garbage")  # the uploaded array, damaged
     w = worker_procs(env, "careful").wait_ready()
     after = klab(env, "submit", "--wait", "--json")  # behind it on the queue
     assert after.returncode == 0 and json.loads(after.stdout)["status"] == "succeeded", after.stderr
@@ -636,7 +397,7 @@ def test_divergence_out_of_memory_and_time_limit_end_their_jobs_not_the_worker(t
             raise AssertionError([*problems, ("the worker died", db.statuses(), w.text()[-3000:])])
         return ids
 
-    def job(i: int):  # noqa: ANN202
+    def job(i: int):
         return db.rows("SELECT id, status, error_message, diverged_epoch, epochs_done, worker_host FROM jobs "
                        "WHERE id = :i", i=i)[0]
 

@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from service.errors import BadInput
-from service.spec import JobSpec, build_problem, file_arrays, load_spec_file
-from service.sweep import SWEEPABLE, expand
+from service.jobs.problem import build_problem, file_arrays
+from service.jobs.spec import JobSpec, load_spec_file
+from service.jobs.sweep import SWEEPABLE, expand
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -36,7 +37,6 @@ FILES = ("x.npy", "x3.npy", "x4.npy", "objects.npy", "strings.npy", "nan.npy", "
 def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A few files of every kind a field may name: good ones, bad ones, hostile ones."""
     from PIL import Image
-
     from test_bad_input import tiny_png
 
     d = tmp_path_factory.mktemp("fuzz-files")

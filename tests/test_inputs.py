@@ -6,9 +6,10 @@ import pytest
 from PIL import Image
 from scipy.signal import correlate2d
 
-from service import data
 from service.errors import BadInput
-from service.spec import JobSpec, build_problem
+from service.jobs import inputs
+from service.jobs.problem import build_problem
+from service.jobs.spec import JobSpec
 
 # ---------------------------------------------------------------------------------------------------
 # Inputs
@@ -16,7 +17,7 @@ from service.spec import JobSpec, build_problem
 
 
 def test_edge_6x8_is_the_books_image():
-    x, ndim = data.parse_input("edge:6x8", 0)
+    x, ndim = inputs.parse_input("edge:6x8", 0)
     book = np.ones((6, 8))
     book[:, 2:6] = 0
     assert ndim == 2
@@ -26,38 +27,38 @@ def test_edge_6x8_is_the_books_image():
 
 @pytest.mark.parametrize("h,w", [(3, 4), (5, 10), (7, 13)])
 def test_edge_zeroes_the_middle_half_of_the_columns(h, w):
-    x, _ = data.parse_input(f"edge:{h}x{w}", 0)
+    x, _ = inputs.parse_input(f"edge:{h}x{w}", 0)
     expected = np.ones((h, w))
     expected[:, w // 4 : 3 * w // 4] = 0
     assert np.array_equal(x[0, 0], expected)
 
 
 def test_ones_checker_and_diagonal():
-    assert np.array_equal(data.parse_input("ones:3x5", 0)[0][0, 0], np.ones((3, 5)))
-    checker = data.parse_input("checker:4x5", 0)[0][0, 0]
+    assert np.array_equal(inputs.parse_input("ones:3x5", 0)[0][0, 0], np.ones((3, 5)))
+    checker = inputs.parse_input("checker:4x5", 0)[0][0, 0]
     assert np.array_equal(checker, [[(i + j) % 2 for j in range(5)] for i in range(4)])
-    diagonal = data.parse_input("diagonal:6x6", 0)[0][0, 0]
+    diagonal = inputs.parse_input("diagonal:6x6", 0)[0][0, 0]
     assert np.array_equal(diagonal, np.triu(np.ones((6, 6))))  # a diagonal edge, ones on and above it
-    tall = data.parse_input("diagonal:8x4", 0)[0][0, 0]
+    tall = inputs.parse_input("diagonal:8x4", 0)[0][0, 0]
     assert tall[0].tolist() == [1, 1, 1, 1] and tall[-1].tolist() == [0, 0, 0, 0]
 
 
 @pytest.mark.parametrize("dims,shape,ndim", [("5x7", (1, 1, 5, 7), 2), ("3x5x7", (1, 3, 5, 7), 3),
                                               ("4x2x5x7", (4, 2, 5, 7), 4)])
 def test_random_inputs_are_seeded_standard_normal(dims, shape, ndim):
-    x, got_ndim = data.parse_input(f"random:{dims}", 7)
+    x, got_ndim = inputs.parse_input(f"random:{dims}", 7)
     assert x.shape == shape and got_ndim == ndim
-    again, _ = data.parse_input(f"random:{dims}", 7)
-    other, _ = data.parse_input(f"random:{dims}", 8)
+    again, _ = inputs.parse_input(f"random:{dims}", 7)
+    other, _ = inputs.parse_input(f"random:{dims}", 8)
     assert np.array_equal(x, again)
     assert not np.array_equal(x, other)
-    expected = np.random.default_rng([data.INPUT_STREAM, 7]).standard_normal(tuple(int(d) for d in dims.split("x")))
+    expected = np.random.default_rng([inputs.INPUT_STREAM, 7]).standard_normal(tuple(int(d) for d in dims.split("x")))
     assert np.array_equal(x.reshape(expected.shape), expected.astype(np.float32))
 
 
 def test_random_input_kernel_and_noise_use_different_streams():
-    x, _ = data.parse_input("random:2x2", 5)
-    k = data.parse_kernel("random:2x2", 5)
+    x, _ = inputs.parse_input("random:2x2", 5)
+    k = inputs.parse_kernel("random:2x2", 5)
     assert not np.allclose(x[0, 0], k)
 
 
@@ -67,18 +68,18 @@ def test_random_input_kernel_and_noise_use_different_streams():
 ])
 def test_bad_input_forms_name_the_input_field(raw, field_text):
     with pytest.raises(BadInput) as exc:
-        data.parse_input(raw, 0)
+        inputs.parse_input(raw, 0)
     assert exc.value.field == "input"
     assert field_text in str(exc.value)
     assert str(exc.value).startswith("input: ")
 
 
-def test_input_element_limit_comes_from_the_environment(monkeypatch):
-    monkeypatch.setenv("KLAB_MAX_INPUT_ELEMENTS", "47")
+def test_input_element_limit_comes_from_the_environment(setenv):
+    setenv(KLAB_MAX_INPUT_ELEMENTS="47")
     with pytest.raises(BadInput, match="^input: .*limit 47"):
-        data.parse_input("edge:6x8", 0)
-    monkeypatch.setenv("KLAB_MAX_INPUT_ELEMENTS", "48")
-    assert data.parse_input("edge:6x8", 0)[0].size == 48
+        inputs.parse_input("edge:6x8", 0)
+    setenv(KLAB_MAX_INPUT_ELEMENTS="48")
+    assert inputs.parse_input("edge:6x8", 0)[0].size == 48
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -91,14 +92,14 @@ def test_npy_inputs_of_two_to_four_dimensions(tmp_path, shape, expected):
     array = np.arange(np.prod(shape), dtype=np.float64).reshape(shape) / 7
     path = tmp_path / "x.npy"
     np.save(path, array)
-    x, ndim = data.parse_input(f"npy:{path}", 0)
+    x, ndim = inputs.parse_input(f"npy:{path}", 0)
     assert x.shape == expected and ndim == len(shape)
     assert np.array_equal(x.reshape(shape), array.astype(np.float32))
 
 
 def test_npy_of_integers_is_accepted(tmp_path):
     np.save(tmp_path / "i.npy", np.arange(12, dtype=np.int16).reshape(3, 4))
-    assert data.load_npy("input", str(tmp_path / "i.npy")).dtype == np.float64
+    assert inputs.load_npy("input", str(tmp_path / "i.npy")).dtype == np.float64
 
 
 @pytest.mark.parametrize("content,message", [
@@ -112,7 +113,7 @@ def test_bad_npy_files_are_refused(tmp_path, content, message):
     path = tmp_path / "bad.npy"
     np.save(path, content, allow_pickle=True)
     with pytest.raises(BadInput, match=message) as exc:
-        data.load_npy("input", str(path))
+        inputs.load_npy("input", str(path))
     assert exc.value.field == "input"
 
 
@@ -126,26 +127,26 @@ def test_a_pickled_npy_is_never_unpickled(tmp_path):
     path = tmp_path / "evil.npy"
     np.save(path, np.array([Boom()], dtype=object), allow_pickle=True)
     with pytest.raises(BadInput, match="objects"):
-        data.parse_input(f"npy:{path}", 0)
+        inputs.parse_input(f"npy:{path}", 0)
     assert not marker.exists()
 
 
 def test_npy_of_five_dimensions_and_missing_or_garbage_files(tmp_path):
     np.save(tmp_path / "x5.npy", np.zeros((1, 1, 1, 2, 2)))
     with pytest.raises(BadInput, match="^input: .*5 dimensions"):
-        data.parse_input(f"npy:{tmp_path / 'x5.npy'}", 0)
+        inputs.parse_input(f"npy:{tmp_path / 'x5.npy'}", 0)
     with pytest.raises(BadInput, match="^input: no such file"):
-        data.parse_input(f"npy:{tmp_path / 'missing.npy'}", 0)
+        inputs.parse_input(f"npy:{tmp_path / 'missing.npy'}", 0)
     (tmp_path / "garbage.npy").write_bytes(b"not numpy at all")
     with pytest.raises(BadInput, match="^input: ") as exc:  # numpy takes a non-npy file for a pickle
-        data.parse_input(f"npy:{tmp_path / 'garbage.npy'}", 0)
+        inputs.parse_input(f"npy:{tmp_path / 'garbage.npy'}", 0)
     assert "garbage.npy" in exc.value.message
 
 
 def test_grayscale_png_is_scaled_to_unit_interval(tmp_path):
     pixels = np.array([[0, 51, 255], [102, 204, 153]], dtype=np.uint8)
     Image.fromarray(pixels, mode="L").save(tmp_path / "g.png")
-    x, ndim = data.parse_input(f"image:{tmp_path / 'g.png'}", 0)
+    x, ndim = inputs.parse_input(f"image:{tmp_path / 'g.png'}", 0)
     assert x.shape == (1, 1, 2, 3) and ndim == 3
     np.testing.assert_allclose(x[0, 0], pixels / 255.0, rtol=1e-7)
 
@@ -154,23 +155,23 @@ def test_rgb_image_gives_three_channels(tmp_path):
     rgb = np.zeros((4, 5, 3), dtype=np.uint8)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 255, 128, 0
     Image.fromarray(rgb, mode="RGB").save(tmp_path / "c.png")
-    x, _ = data.parse_input(f"image:{tmp_path / 'c.png'}:rgb", 0)
+    x, _ = inputs.parse_input(f"image:{tmp_path / 'c.png'}:rgb", 0)
     assert x.shape == (1, 3, 4, 5)
     np.testing.assert_allclose(x[0, :, 0, 0], [1.0, 128 / 255, 0.0], rtol=1e-7)
-    gray, _ = data.parse_input(f"image:{tmp_path / 'c.png'}", 0)
+    gray, _ = inputs.parse_input(f"image:{tmp_path / 'c.png'}", 0)
     assert gray.shape == (1, 1, 4, 5)
 
 
 def test_jpeg_is_accepted_and_other_formats_or_text_are_not(tmp_path):
     Image.fromarray(np.full((8, 8), 200, dtype=np.uint8), mode="L").save(tmp_path / "j.jpg")
-    x, _ = data.parse_input(f"image:{tmp_path / 'j.jpg'}", 0)
+    x, _ = inputs.parse_input(f"image:{tmp_path / 'j.jpg'}", 0)
     assert x.shape == (1, 1, 8, 8) and abs(float(x.mean()) - 200 / 255) < 0.02
     Image.fromarray(np.zeros((4, 4), dtype=np.uint8), mode="L").save(tmp_path / "g.gif")
     with pytest.raises(BadInput, match="^input: .*not a PNG or JPEG"):
-        data.parse_input(f"image:{tmp_path / 'g.gif'}", 0)
+        inputs.parse_input(f"image:{tmp_path / 'g.gif'}", 0)
     (tmp_path / "t.png").write_text("hello")
     with pytest.raises(BadInput, match="^input: .*not a PNG or JPEG"):
-        data.parse_input(f"image:{tmp_path / 't.png'}", 0)
+        inputs.parse_input(f"image:{tmp_path / 't.png'}", 0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -178,28 +179,28 @@ def test_jpeg_is_accepted_and_other_formats_or_text_are_not(tmp_path):
 # ---------------------------------------------------------------------------------------------------
 
 def test_kernel_presets():
-    assert data.parse_kernel("d2l", 0).tolist() == [[1.0, -1.0]]
-    assert data.parse_kernel("edge-v", 0).tolist() == [[1.0], [-1.0]]
-    assert data.parse_kernel("second-diff", 0).tolist() == [[1.0, -2.0, 1.0]]
-    assert data.parse_kernel("sobel-x", 0).tolist() == [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]
-    assert np.array_equal(data.parse_kernel("sobel-y", 0), data.parse_kernel("sobel-x", 0).T)
-    assert data.parse_kernel("laplacian", 0).sum() == 0
-    assert data.parse_kernel("sharpen", 0).sum() == 1
+    assert inputs.parse_kernel("d2l", 0).tolist() == [[1.0, -1.0]]
+    assert inputs.parse_kernel("edge-v", 0).tolist() == [[1.0], [-1.0]]
+    assert inputs.parse_kernel("second-diff", 0).tolist() == [[1.0, -2.0, 1.0]]
+    assert inputs.parse_kernel("sobel-x", 0).tolist() == [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]
+    assert np.array_equal(inputs.parse_kernel("sobel-y", 0), inputs.parse_kernel("sobel-x", 0).T)
+    assert inputs.parse_kernel("laplacian", 0).sum() == 0
+    assert inputs.parse_kernel("sharpen", 0).sum() == 1
     for name in ("box3", "gauss3"):
-        assert data.parse_kernel(name, 0).shape == (3, 3)
-        assert data.parse_kernel(name, 0).sum() == pytest.approx(1.0)
-    assert np.array_equal(data.parse_kernel("identity3", 0), np.pad([[1.0]], 1))
+        assert inputs.parse_kernel(name, 0).shape == (3, 3)
+        assert inputs.parse_kernel(name, 0).sum() == pytest.approx(1.0)
+    assert np.array_equal(inputs.parse_kernel("identity3", 0), np.pad([[1.0]], 1))
 
 
 def test_kernel_literals_random_and_npy(tmp_path):
-    assert data.parse_kernel("[[1, -1]]", 0).tolist() == [[1.0, -1.0]]
-    four = data.parse_kernel("[[[[1, 2]], [[3, 4]]]]", 0)
+    assert inputs.parse_kernel("[[1, -1]]", 0).tolist() == [[1.0, -1.0]]
+    four = inputs.parse_kernel("[[[[1, 2]], [[3, 4]]]]", 0)
     assert four.shape == (1, 2, 1, 2)
-    r = data.parse_kernel("random:2x3x4x5", 3)
+    r = inputs.parse_kernel("random:2x3x4x5", 3)
     assert r.shape == (2, 3, 4, 5)
-    assert np.array_equal(r, data.parse_kernel("random:2x3x4x5", 3))
+    assert np.array_equal(r, inputs.parse_kernel("random:2x3x4x5", 3))
     np.save(tmp_path / "k.npy", np.eye(3))
-    assert np.array_equal(data.parse_kernel(f"npy:{tmp_path / 'k.npy'}", 0), np.eye(3))
+    assert np.array_equal(inputs.parse_kernel(f"npy:{tmp_path / 'k.npy'}", 0), np.eye(3))
 
 
 @pytest.mark.parametrize("raw,message", [
@@ -210,27 +211,27 @@ def test_kernel_literals_random_and_npy(tmp_path):
 ])
 def test_bad_kernels_name_the_kernel_field(raw, message):
     with pytest.raises(BadInput, match=message) as exc:
-        data.parse_kernel(raw, 0)
+        inputs.parse_kernel(raw, 0)
     assert exc.value.field == "kernel"
 
 
-def test_kernel_element_limit(monkeypatch):
-    monkeypatch.setenv("KLAB_MAX_KERNEL_ELEMENTS", "8")
-    assert data.parse_kernel("random:2x4", 0).shape == (2, 4)
+def test_kernel_element_limit(setenv):
+    setenv(KLAB_MAX_KERNEL_ELEMENTS="8")
+    assert inputs.parse_kernel("random:2x4", 0).shape == (2, 4)
     with pytest.raises(BadInput, match="^kernel: .*limit 8"):
-        data.parse_kernel("random:3x3", 0)
+        inputs.parse_kernel("random:3x3", 0)
     with pytest.raises(BadInput, match="^kernel: .*limit 8"):
-        data.parse_kernel("sobel-x", 0)
+        inputs.parse_kernel("sobel-x", 0)
 
 
 def test_labels_must_be_npy_of_two_to_four_dimensions(tmp_path):
     with pytest.raises(BadInput, match="^labels: expected npy:PATH"):
-        data.parse_labels("labels.npy")
+        inputs.parse_labels("labels.npy")
     np.save(tmp_path / "l1.npy", np.zeros(5))
     with pytest.raises(BadInput, match="^labels: "):
-        data.parse_labels(f"npy:{tmp_path / 'l1.npy'}")
+        inputs.parse_labels(f"npy:{tmp_path / 'l1.npy'}")
     np.save(tmp_path / "l2.npy", np.ones((6, 7)))
-    assert data.parse_labels(f"npy:{tmp_path / 'l2.npy'}").shape == (6, 7)
+    assert inputs.parse_labels(f"npy:{tmp_path / 'l2.npy'}").shape == (6, 7)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -264,11 +265,11 @@ def test_labels_agree_with_scipy_correlate2d(input_, kernel, bias):
     expected = scipy_labels(problem.x, k, bias)
     assert problem.y.shape == expected.shape
     np.testing.assert_allclose(problem.y, expected, rtol=1e-6, atol=1e-6)  # the engine's float32 labels
-    np.testing.assert_allclose(data.correlate(problem.x, k), scipy_labels(problem.x, k), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(inputs.correlate(problem.x, k), scipy_labels(problem.x, k), rtol=1e-12, atol=1e-12)
 
 
 def test_the_books_labels():
-    y = data.correlate(data.parse_input("edge:6x8", 0)[0], np.array([[[[1.0, -1.0]]]]))
+    y = inputs.correlate(inputs.parse_input("edge:6x8", 0)[0], np.array([[[[1.0, -1.0]]]]))
     assert y.shape == (1, 1, 6, 7)
     assert np.array_equal(y[0, 0], np.tile([0.0, 1, 0, 0, 0, -1, 0], (6, 1)))
 
@@ -280,5 +281,5 @@ def test_label_noise_is_seeded_and_has_the_requested_scale():
     assert np.array_equal(noisy.y, again.y)
     residual = (noisy.y - base.y).astype(np.float64)
     assert abs(residual.std() - 0.5) < 0.05 and abs(residual.mean()) < 0.05
-    expected = 0.5 * data.rng(1, data.NOISE_STREAM).standard_normal(base.y.shape)
+    expected = 0.5 * inputs.rng(1, inputs.NOISE_STREAM).standard_normal(base.y.shape)
     np.testing.assert_allclose(residual, expected, atol=1e-5)

@@ -6,9 +6,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
-from service import db, store
-from service.db import HEAD, alembic_config, current_revision, downgrade, engine_for, session_scope, upgrade
-from service.models import Base
+from service import defaults
+from service.db import writes
+from service.db.connect import HEAD
+from service.db.engine import alembic_config, current_revision, downgrade, engine_for, upgrade, writing
+from service.db.schema import metadata
+from service.jobs import result
 
 TABLES = {"datasets", "sweeps", "jobs", "epochs"}
 
@@ -21,37 +24,37 @@ def test_head_constant_is_alembics_only_head() -> None:
 def test_models_and_migrations_agree(db_url: str) -> None:
     upgrade(db_url)
     with engine_for(db_url).connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
 
 
 def test_downgrade_to_base_and_upgrade_again(db_url: str) -> None:
     upgrade(db_url)
     eng = engine_for(db_url)
-    assert current_revision(eng) == HEAD
+    assert current_revision(db_url) == HEAD
     assert TABLES <= set(inspect(eng).get_table_names())
     assert "job_summary" in inspect(eng).get_view_names()
 
     downgrade(db_url, "base")
-    assert current_revision(eng) is None
+    assert current_revision(db_url) is None
     assert not TABLES & set(inspect(eng).get_table_names())
     assert "job_summary" not in inspect(eng).get_view_names()
 
     upgrade(db_url)
-    assert current_revision(eng) == HEAD
+    assert current_revision(db_url) == HEAD
     assert TABLES <= set(inspect(eng).get_table_names())
-    with session_scope(db_url) as session:  # the schema is usable again, not only present
-        assert session.execute(text("SELECT count(*) FROM job_summary")).scalar() == 0
+    with writing(db_url) as conn:  # the schema is usable again, not only present
+        assert conn.execute(text("SELECT count(*) FROM job_summary")).scalar() == 0
 
 
 def test_job_summary_has_one_row_per_job(klab_db: str, add_job) -> None:
-    with session_scope() as session:
-        sweep = store.create_sweep(session, {"lr": [0.01, 0.1]}, 2)
-        ids = [add_job(session, relative=0.2, sweep_id=sweep.id, lr=0.01),
-               add_job(session, relative=0.05, sweep_id=sweep.id, lr=0.1),
-               add_job(session, relative=None, status="queued")]
-    with session_scope() as session:
-        rows = session.execute(text("SELECT id, lr, relative_error, epochs_done FROM job_summary ORDER BY id")).all()
+    with writing() as conn:
+        sweep = writes.create_sweep(conn, {"lr": [0.01, 0.1]}, 2)
+        ids = [add_job(conn, relative=0.2, sweep_id=sweep, lr=0.01),
+               add_job(conn, relative=0.05, sweep_id=sweep, lr=0.1),
+               add_job(conn, relative=None, status="queued")]
+    with writing() as conn:
+        rows = conn.execute(text("SELECT id, lr, relative_error, epochs_done FROM job_summary ORDER BY id")).all()
     assert [r.id for r in rows] == ids  # epochs must not multiply the rows
     assert [r.relative_error for r in rows] == [0.2, 0.05, None]
     assert [r.epochs_done for r in rows] == [10, 10, 0]
@@ -60,5 +63,26 @@ def test_job_summary_has_one_row_per_job(klab_db: str, add_job) -> None:
 def test_sqlite_runs_in_wal_mode_with_busy_timeout(sqlite_url: str) -> None:
     with engine_for(sqlite_url).connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.SQLITE_BUSY_MS
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == defaults.SQLITE_BUSY_MS
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_the_view_is_what_the_result_schema_says(db_url: str) -> None:
+    """The view's SQL is written out in its revision (history does not change); at head it is the schema's."""
+    upgrade(db_url)
+    with writing(db_url) as conn:
+        names = list(conn.execute(text("SELECT * FROM job_summary WHERE 1 = 0")).keys())
+    assert names == list(result.SUMMARY_NAMES)
+
+
+def test_a_database_of_an_older_revision_keeps_its_jobs_through_the_upgrade(db_url: str) -> None:
+    upgrade(db_url, "0002")
+    with engine_for(db_url).begin() as conn:
+        conn.execute(text("INSERT INTO jobs (id, spec, status, method, input, lr, epochs, batch_size, seed, noise, "
+                          "created_at, attempts, cancel_requested, task_try, epochs_done, err_relative) VALUES "
+                          "(1, '{}', 'succeeded', 'adam', 'edge:6x8', 0.1, 3, 2, 0, 0, '2026-01-01', 1, false, 0, 3, "
+                          "0.5)"))
+    upgrade(db_url)
+    with writing(db_url) as conn:
+        row = conn.execute(text("SELECT id, relative_error, stable_lr FROM job_summary")).one()
+    assert tuple(row) == (1, 0.5, None)

@@ -1,5 +1,5 @@
-"""service.reader and service.query: the read commands' SQL, straight through sqlite3 or psycopg, read the
-same values SQLAlchemy's models do, on both backends and by every path a connection can come."""
+"""service.db.connect and service.db.reads: the read commands' SQL, straight through sqlite3 or psycopg, reads
+the same values SQLAlchemy does, on both backends and by every path a connection can come."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -7,18 +7,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import fake_result
 from sqlalchemy import select
 
-from conftest import fake_result
-from service import models, query, reader, store
-from service.db import HEAD, current_revision, dispose_engines, downgrade, engine_for, session_scope, upgrade
-from service.models import Job, JobStatus
-from service.reader import Reader, reading, revision
-from service.spec import JobSpec
+from service.db import connect, reads, writes
+from service.db.connect import HEAD, Reader
+from service.db.engine import current_revision, dispose_engines, downgrade, engine_for, upgrade, writing
+from service.db.reads import reading, revision
+from service.db.schema import epochs as epochs_table
+from service.db.schema import jobs
+from service.jobs import result
+from service.jobs.selection import Selection
+from service.jobs.spec import JobSpec
+from service.jobs.status import JobStatus
 
 
-def orm_value(job: Job, column: str) -> Any:
-    value = getattr(job, query.SUMMARY.get(column, column))
+def core_value(row: Any, name: str) -> Any:
+    value = getattr(row, result.BY_NAME[name].col)
     return value.isoformat() if isinstance(value, datetime) else value
 
 
@@ -27,57 +32,49 @@ def varied_jobs(db_url: str, add_job) -> list[int]:
     """Jobs with every kind of value: finished, diverged with nulls, unidentifiable, biased, never run."""
     upgrade(db_url)
     spec = JobSpec.parse({"input": "random:5x7", "kernel": "random:2x2", "bias": True, "epochs": 4, "seed": 2**40})
-    with session_scope(db_url) as session:
-        sweep = store.create_sweep(session, {"lr": [0.1]}, 1).id
-        ids = [add_job(session, relative=0.25, sweep_id=sweep), add_job(session, relative=None, status="diverged"),
-               add_job(session, status="queued")]
-        job = store.create_job(session, spec, status=JobStatus.RUNNING)
-        result = fake_result(spec, relative=0.5, epochs=3)
-        result["learned_bias"] = [0.125]
-        result["identifiability"] = {"rank": 3, "params": 5, "identifiable": False}
-        store.save_results(session, [(job.id, result)])
-        job.started_at = job.created_at
-        ids.append(job.id)
+    with writing(db_url) as conn:
+        sweep = writes.create_sweep(conn, {"lr": [0.1]}, 1)
+        ids = [add_job(conn, relative=0.25, sweep_id=sweep), add_job(conn, relative=None, status="diverged"),
+               add_job(conn, status="queued")]
+        (job_id,) = writes.insert_jobs(conn, [writes.new_job(spec, start=JobStatus.RUNNING)])
+        row, epoch_list = fake_result(spec, relative=0.5, epochs=3)
+        row.update(learned_bias=[0.125], rank=3, params=5, identifiable=False)
+        writes.save_results(conn, [(job_id, row, epoch_list)])
+        ids.append(job_id)
     return ids
 
 
-@pytest.mark.parametrize("path", ["direct", "engine", "session"])
+@pytest.mark.parametrize("path", ["direct", "engine", "write"])
 def test_every_column_reads_as_sqlalchemy_reads_it(db_url: str, varied_jobs: list[int], path: str,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     if path == "engine":  # as for a SQLite database still to upgrade, or a URL only SQLAlchemy reads
-        monkeypatch.setattr(reader, "_direct", lambda url: None)
-    with session_scope(db_url, readonly=True) as session:
-        orm = {j: session.get(Job, j) for j in varied_jobs}
-        if path == "session":
-            r = Reader.of_session(session)
-            results = {j: query.result_of(r, j) for j in varied_jobs}
-            columns, rows = query.export_jobs(r, varied_jobs)
+        monkeypatch.setattr(reads, "open_reader", lambda url: None)
+    with writing(db_url) as conn:
+        core = {r.id: r for r in conn.execute(select(jobs).where(jobs.c.id.in_(varied_jobs)))}
+        stored_epochs = {j: conn.execute(select(epochs_table).where(epochs_table.c.job_id == j)
+                                         .order_by(epochs_table.c.epoch)).all() for j in varied_jobs}
+        if path == "write":  # what `klab run` prints of what it stored, inside its transaction
+            r = Reader.of(conn)
+            results = {j: reads.result_of(r, j) for j in varied_jobs}
+            columns, rows = reads.export_jobs(r, Selection(tuple(varied_jobs)))
             exported = list(rows)
-        else:
-            with reading(db_url) as r:
-                assert r.dialect == engine_for(db_url).dialect.name
-                results = {j: query.result_of(r, j) for j in varied_jobs}
-                columns, rows = query.export_jobs(r, varied_jobs)
-                exported = list(rows)
-        assert [row["id"] for row in exported] == sorted(varied_jobs)
-        for row in exported:
-            for column in columns:
-                assert row[column] == orm_value(orm[row["id"]], column), (row["id"], column)
-        for j, result in results.items():
-            job = orm[j]
-            for key in ("id", "status", "method", "device", "seed", "torch_version", "true_kernel", "learned_kernel",
-                        "initial_kernel", "learned_bias", "lstsq_kernel", "explanation", "created_at", "started_at",
-                        "finished_at", "sweep_id", "queue", "epochs_done", "spec"):
-                assert result[key] == orm_value(job, key), (j, key)
-            assert result["error"] == (None if job.err_frobenius is None else {
-                "frobenius": job.err_frobenius, "relative": job.err_relative, "max_abs": job.err_max_abs,
-                "cosine": job.err_cosine})
-            assert result["identifiability"] == (None if job.rank is None else {
-                "rank": job.rank, "params": job.params, "identifiable": job.identifiable})
-            epochs = session.execute(select(models.Epoch).where(models.Epoch.job_id == j)
-                                     .order_by(models.Epoch.epoch)).scalars().all()
-            assert result["epochs"] == [{"epoch": e.epoch, "loss": e.loss, "mse": e.mse,
-                                         "kernel_error": e.kernel_error} for e in epochs]
+    if path != "write":
+        with reading(db_url) as r:
+            assert r.dialect == engine_for(db_url).dialect.name
+            results = {j: reads.result_of(r, j) for j in varied_jobs}
+            columns, rows = reads.export_jobs(r, Selection(tuple(varied_jobs)))
+            exported = list(rows)
+    assert [row["id"] for row in exported] == sorted(varied_jobs)
+    for row in exported:
+        for column in columns:
+            assert row[column] == core_value(core[row["id"]], column), (row["id"], column)
+    for j, shown in results.items():
+        job = core[j]
+        flat = {**shown, **{f.name: (shown[f.group] or {}).get(f.key or f.name) for f in result.JOB if f.group}}
+        for name in result.RESULT_NAMES:
+            assert flat[name] == core_value(job, name), (j, name)
+        assert shown["epochs"] == [{"epoch": e.epoch, "loss": e.loss, "mse": e.mse,
+                                    "kernel_error": e.kernel_error} for e in stored_epochs[j]]
     biased = results[varied_jobs[3]]
     assert biased["learned_bias"] == [0.125] and biased["identifiability"]["identifiable"] is False
     assert biased["started_at"] == biased["created_at"] and biased["seed"] == 2**40
@@ -86,16 +83,16 @@ def test_every_column_reads_as_sqlalchemy_reads_it(db_url: str, varied_jobs: lis
 
 def test_a_read_sees_one_moment_and_never_holds_up_a_writer(db_url: str, add_job) -> None:
     upgrade(db_url)
-    with session_scope(db_url) as session:
-        first = add_job(session)
+    with writing(db_url) as conn:
+        first = add_job(conn)
     with reading(db_url) as r:
-        assert [row["id"] for row in query.list_jobs(r)] == [first]
-        with session_scope(db_url) as session:  # a worker storing a result while `klab show` reads
-            second = add_job(session)
-        assert [row["id"] for row in query.list_jobs(r)] == [first]  # the read's own snapshot
-        assert query.progress(r, [first, second])["jobs"] == 1
+        assert [row["id"] for row in reads.list_jobs(r)] == [first]
+        with writing(db_url) as conn:  # a worker storing a result while `klab show` reads
+            second = add_job(conn)
+        assert [row["id"] for row in reads.list_jobs(r)] == [first]  # the read's own snapshot
+        assert reads.progress(r, Selection(sweep=None, ids=(first,)))["jobs"] == 1
     with reading(db_url) as r:
-        assert [row["id"] for row in query.list_jobs(r)] == [second, first]
+        assert [row["id"] for row in reads.list_jobs(r)] == [second, first]
 
 
 def test_postgresql_reads_are_read_only(pg_url: str) -> None:
@@ -103,38 +100,34 @@ def test_postgresql_reads_are_read_only(pg_url: str) -> None:
 
     upgrade(pg_url)
     with reading(pg_url) as r, pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
-        r.execute("DELETE FROM jobs")
+        r.rows("DELETE FROM jobs RETURNING id")
 
 
-def test_sqlite_not_at_head_upgrades_itself_through_service_db(sqlite_url: str) -> None:
-    assert reader._direct(sqlite_url) is None  # no file yet: the fast path never creates one
+def test_sqlite_not_at_head_upgrades_itself_through_the_engine(sqlite_url: str) -> None:
+    assert connect.open_reader(sqlite_url) is None  # no file yet: the fast path never creates one
     assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()
     with reading(sqlite_url) as r:
-        assert query.list_jobs(r) == []
+        assert reads.list_jobs(r) == []
     assert revision(sqlite_url) == HEAD
-    downgrade(sqlite_url, "base")
+    downgrade(sqlite_url, "0002")
     dispose_engines()  # this process remembers databases it found at head
-    assert revision(sqlite_url) is None and reader._direct(sqlite_url) is None
+    assert revision(sqlite_url) == "0002"
     with reading(sqlite_url) as r:
-        assert query.list_jobs(r) == []
-    assert current_revision(engine_for(sqlite_url)) == HEAD
-    direct = reader._direct(sqlite_url)
-    assert direct is not None
-    direct.conn.close()
+        assert reads.list_jobs(r) == []
+    assert current_revision(sqlite_url) == HEAD
+    downgrade(sqlite_url, "base")
+    dispose_engines()
+    assert revision(sqlite_url) is None
+    with reading(sqlite_url) as r:
+        assert reads.list_jobs(r) == []
+    assert current_revision(sqlite_url) == HEAD
 
 
-def test_a_url_only_sqlalchemy_reads_goes_through_service_db(sqlite_url: str) -> None:
+def test_a_url_only_sqlalchemy_reads_goes_through_the_engine(sqlite_url: str) -> None:
     url = sqlite_url + "?timeout=20"
-    assert reader._direct(url) is None
+    assert connect.open_reader(url) is None
     with reading(url) as r:
-        assert query.list_jobs(r) == [] and r.dialect == "sqlite"
-
-
-def test_statuses_are_the_models() -> None:
-    assert query.STATUSES == tuple(s.value for s in JobStatus)
-    assert query.FINISHED == {s.value for s in models.FINISHED}
-    assert set(query.SUMMARY.values()) <= set(Job.__table__.columns.keys())
-    assert set(query.RESULT_COLUMNS) | set(query.EXPORT_EXTRA) <= set(Job.__table__.columns.keys())
+        assert reads.list_jobs(r) == [] and r.dialect == "sqlite"
 
 
 def test_job_summary_view_has_the_summary_columns(db_url: str) -> None:
@@ -145,19 +138,18 @@ def test_job_summary_view_has_the_summary_columns(db_url: str) -> None:
         cur.execute("SELECT * FROM job_summary WHERE 1 = 0")
         names = [d[0] for d in cur.description]
         cur.close()
-    assert set(query.SUMMARY) <= set(names)
+    assert names == list(result.SUMMARY_NAMES)
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_a_database_lost_in_the_middle_of_a_read_is_one_line(klab_db: str, add_job, klab_cli,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     import psycopg
-
     from conftest import PG_ADMIN_URL
 
-    with session_scope(klab_db) as session:
-        add_job(session)
-    listed = query.list_jobs
+    with writing(klab_db) as conn:
+        add_job(conn)
+    listed = reads.list_jobs
 
     def after_losing_the_connection(r: Reader, **options: Any) -> list[dict[str, Any]]:
         pid = r.one("SELECT pg_backend_pid() AS pid")["pid"]
@@ -165,23 +157,17 @@ def test_a_database_lost_in_the_middle_of_a_read_is_one_line(klab_db: str, add_j
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
         return listed(r, **options)
 
-    monkeypatch.setattr(query, "list_jobs", after_losing_the_connection)
+    monkeypatch.setattr(reads, "list_jobs", after_losing_the_connection)
     code, out, err = klab_cli("list")
     assert (code, out) == (3, "") and err.startswith("klab: error: database error: ") and err.count("\n") == 1, err
 
 
-def test_a_file_that_is_not_a_database_is_one_line(tmp_path: Path, klab_cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.settings import settings
-
+def test_a_file_that_is_not_a_database_is_one_line(tmp_path: Path, klab_cli, setenv) -> None:
     path = tmp_path / "notes.db"
     path.write_text("these are my notes, not a database\n" * 100)
-    monkeypatch.setenv("KLAB_DATABASE_URL", f"sqlite:///{path}")
-    settings.cache_clear()
-    try:
-        for args in (["list"], ["show", "1"], ["db", "current"]):
-            code, out, err = klab_cli(*args)
-            assert (code, out) == (3, "") and err == f"klab: error: cannot reach the sqlite database {path}: " \
-                                                     "file is not a database\n", (args, err)
-    finally:
-        settings.cache_clear()
+    setenv(KLAB_DATABASE_URL=f"sqlite:///{path}")
+    for args in (["list"], ["show", "1"], ["db", "current"]):
+        code, out, err = klab_cli(*args)
+        assert (code, out) == (3, "") and err == f"klab: error: cannot reach the sqlite database {path}: " \
+                                                 "file is not a database\n", (args, err)
     assert path.read_text().startswith("these are my notes")  # left as it was

@@ -1,18 +1,23 @@
 """Nothing gets in: workers take JSON only, uploads are never unpickled, no user string is evaluated,
-formatted into SQL or handed to a shell, and passwords in URLs are never printed or logged."""
+formatted into SQL or handed to a shell, and passwords in URLs are never printed or logged.
+
+ruff's bandit rules (S, run by `make test` before pytest) keep pickle, eval and exec, shells, unsafe
+YAML and SQL built from formatted strings out of the code; a test here shows they catch those forms.
+A small scanner checks what they do not cover: numpy and torch loads, and URLs with passwords.
+"""
 from __future__ import annotations
 
 import ast
 import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import update
+from harness import ROOT, Client, free_port, klab, service_env
 from sqlalchemy.engine import make_url
-
-from test_faults import (ROOT, Client, free_port, klab, pg_db, redis_server, service_env,  # noqa: F401
-                         worker_procs)
 
 SECRET = "s3cretpw"
 
@@ -23,7 +28,7 @@ class Canary:
     def __init__(self, path: Path):
         self.path = path
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (open, (str(self.path), "w"))
 
 
@@ -32,17 +37,16 @@ class Canary:
 def test_worker_refuses_a_pickled_task_and_nothing_runs(tmp_path, pg_db, redis_server, worker_procs):
     from celery import Celery
 
-    from service.db import dispose_engines, session_scope
-    from service.models import Job
-    from service.queue import create_jobs, prepare
-    from service.spec import JobSpec
+    from service.db import writes
+    from service.db.engine import dispose_engines, writing
+    from service.jobs.spec import JobSpec
 
     url, db = pg_db
     broker = redis_server()
     env = service_env(tmp_path, url, broker.url())
-    with session_scope(url) as session:
-        (victim,) = create_jobs(session, prepare([JobSpec.parse({"seed": 3})], None), None)
-        session.execute(update(Job).where(Job.id == victim).values(status="queued"))
+    with writing(url) as conn:
+        (victim,) = writes.insert_jobs(conn, [writes.new_job(JobSpec.parse({"seed": 3}), queue="cpu")])
+        writes.mark_queued(conn, [victim])
     dispose_engines()
     guard = worker_procs(env, "guard")
 
@@ -135,24 +139,6 @@ def test_passwords_in_broker_and_database_urls_are_never_printed_or_logged(tmp_p
 
 # --- the code itself ------------------------------------------------------------------------------------
 
-SQL_CALLS = {"text", "execute", "exec_driver_sql", "executescript", "executemany", "literal_column", "copy",
-             "rows", "one", "stream", "_fetch"}  # the last four: service.reader.Reader and service.query
-_QUERY = "column names from query's constants, WHERE clauses from query.selection (placeholders); values bound"
-REVIEWED_SQL = {
-    ("service/store.py", "update_jobs"): "column names come from store.result_columns(), never from a user",
-    ("service/store.py", "insert_jobs"): "column names come from store.job_columns(), never from a user",
-    ("service/query.py", "selection"): "only :i0, :i1, ... placeholders, made by query._in",
-    ("service/query.py", "list_jobs"): "ORDER BY from query.parse_sort, which admits LIST_COLUMNS only; " + _QUERY,
-    ("service/query.py", "compare"): _QUERY,
-    ("service/query.py", "export_jobs"): _QUERY,
-    ("service/query.py", "export_epochs"): _QUERY,
-    ("service/query.py", "result_of"): _QUERY,
-    ("service/query.py", "progress"): _QUERY,
-    ("service/query.py", "delete_jobs"): _QUERY,
-}
-"""Functions that format SQL from the code's own identifiers: each one read and listed here by name."""
-
-
 def _name(node: ast.AST) -> str:
     if isinstance(node, ast.Name):
         return node.id
@@ -161,99 +147,81 @@ def _name(node: ast.AST) -> str:
     return ""
 
 
-def _formatted(node: ast.AST) -> bool:
-    """A string built at run time from something other than UPPER_CASE constants."""
-    if isinstance(node, ast.JoinedStr):
-        return any(isinstance(v, ast.FormattedValue) and not (isinstance(v.value, ast.Name) and v.value.id.isupper())
-                   for v in node.values)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mod, ast.Add)):
-        return isinstance(node.left, (ast.Constant, ast.JoinedStr)) or isinstance(node.right, ast.JoinedStr)
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format":
-        return True
-    return False
-
-
 def findings(path: Path) -> list[str]:
-    """What no module of the service or the workers may do with a string."""
+    """What ruff's rules do not see: numpy loads that may unpickle, torch loads of more than weights, and
+    credentials written in the code."""
     tree = ast.parse(path.read_text(), str(path))
-    found = []
     where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
-
-    def add(node: ast.AST, what: str) -> None:
-        found.append(f"{where}:{node.lineno}: {what}")
-
-    owner: dict[ast.AST, str] = {}  # each node's innermost function (ast.walk goes outer to inner)
-    for fn in ast.walk(tree):
-        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            for inner in ast.walk(fn):
-                owner[inner] = fn.name
+    found = []
     for node in ast.walk(tree):
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
-            for n in names:
-                if n and n.split(".")[0] in ("pickle", "cPickle", "marshal", "shelve", "dill", "cloudpickle"):
-                    add(node, f"imports {n}")
-        if not isinstance(node, ast.Call):
-            continue
-        name = _name(node.func)
-        short = name.rsplit(".", 1)[-1]
-        keywords = {k.arg: k.value for k in node.keywords}
-        if name in ("eval", "exec", "compile", "__import__", "builtins.eval", "builtins.exec"):
-            add(node, f"calls {name}")
-        if name in ("os.system", "os.popen", "os.spawnl", "os.spawnlp", "commands.getoutput", "pty.spawn"):
-            add(node, f"calls {name}")
-        shell = keywords.get("shell")
-        if shell is not None and not (isinstance(shell, ast.Constant) and shell.value is False):
-            add(node, f"calls {name} with shell=")
-        if name in ("yaml.load", "yaml.unsafe_load", "yaml.full_load", "yaml.load_all", "yaml.unsafe_load_all"):
-            add(node, f"calls {name}: only yaml.safe_load")
-        if short == "load" and name.split(".")[0] in ("np", "numpy"):
-            flag = keywords.get("allow_pickle")
-            if not (isinstance(flag, ast.Constant) and flag.value is False):
-                add(node, f"calls {name} without allow_pickle=False")
-        if short == "load" and name.split(".")[0] == "torch":
-            flag = keywords.get("weights_only")
-            if not (isinstance(flag, ast.Constant) and flag.value is True):
-                add(node, f"calls {name} without weights_only=True")
-        if short in SQL_CALLS and any(_formatted(a) for a in node.args[:2]) and \
-                (str(where), owner.get(node)) not in REVIEWED_SQL:
-            add(node, f"builds SQL for {name} from a formatted string")
-    # credentials are read from the environment, never written in the code
-    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = _name(node.func)
+            keywords = {k.arg: k.value for k in node.keywords}
+            if name.split(".")[0] in ("np", "numpy") and name.endswith(".load"):
+                flag = keywords.get("allow_pickle")
+                if not (isinstance(flag, ast.Constant) and flag.value is False):
+                    found.append(f"{where}:{node.lineno}: calls {name} without allow_pickle=False")
+            if name == "torch.load":
+                flag = keywords.get("weights_only")
+                if not (isinstance(flag, ast.Constant) and flag.value is True):
+                    found.append(f"{where}:{node.lineno}: calls {name} without weights_only=True")
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
                 re.search(r"[a-z][a-z0-9+.-]*://[^\s/:@'\"]+:[^\s/@'\"*]+@", node.value, re.I):
-            add(node, "holds a URL with a password")
-    return sorted(found, key=lambda f: int(f.split(":")[1]))
+            found.append(f"{where}:{node.lineno}: holds a URL with a password")
+    return found
 
 
-def test_no_eval_pickle_shell_or_formatted_sql_in_service_or_worker():
+def test_no_unsafe_load_or_written_credentials_in_service_or_worker():
     files = sorted([*ROOT.joinpath("service").rglob("*.py"), *ROOT.joinpath("worker").rglob("*.py")])
     assert len(files) > 10
-    found = [f for path in files for f in findings(path)]
-    assert found == []
+    assert [f for path in files for f in findings(path)] == []
 
 
-def test_the_static_check_finds_what_it_looks_for(tmp_path):
-    """The scanner itself: each forbidden form is caught, the allowed ones are not."""
-    bad = tmp_path / "sample.py"
-    bad.write_text(
-        "import pickle\n"
-        "import os, subprocess, yaml, numpy as np\n"
-        "eval(x)\n"
-        "os.system(cmd)\n"
-        "subprocess.run(cmd, shell=True)\n"
-        "yaml.load(text)\n"
+def test_the_scanner_finds_what_it_looks_for(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "import numpy as np, torch\n"
         "np.load(path)\n"
         "np.load(path, allow_pickle=True)\n"
-        "session.execute(text(f\"SELECT * FROM jobs WHERE name = '{name}'\"))\n"
-        "conn.exec_driver_sql('DELETE FROM jobs WHERE id = %s' % job_id)\n"
+        "torch.load(path)\n"
         "URL = 'postgresql://klab:hunter2@db/klab'\n"
         # allowed:
-        "cur.execute(f'PRAGMA busy_timeout={SQLITE_BUSY_MS}')\n"
         "np.load(path, allow_pickle=False)\n"
-        "yaml.safe_load(text)\n"
-        "subprocess.run(['ls'], shell=False)\n"
+        "torch.load(path, weights_only=True)\n"
         "PATTERN = r'(?P<pre>[a-z]+://[^:/@]*:)(?P<pw>[^@]*)(?P<at>@)'\n"
     )
-    found = findings(bad)
-    assert [int(f.split(":")[1]) for f in found] == [1, 3, 4, 5, 6, 7, 8, 9, 10, 11], found
+    assert [int(f.split(":")[1]) for f in findings(sample)] == [2, 3, 4, 5]
+
+
+def test_ruff_catches_pickle_eval_shells_unsafe_yaml_and_formatted_sql(tmp_path):
+    """The project's own ruff configuration, on code that does each forbidden thing once."""
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent))
+    assert ruff, "ruff is not installed (make install)"
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "import os\n"
+        "import pickle\n"
+        "import subprocess\n"
+        "import yaml\n"
+        "from sqlalchemy import text\n"
+        "\n"
+        "\n"
+        "def bad(x, cmd, name, session, blob):\n"
+        "    eval(x)\n"
+        "    exec(x)\n"
+        "    os.system(cmd)\n"
+        "    subprocess.run(cmd, shell=True)\n"
+        "    yaml.load(x)\n"
+        "    pickle.loads(blob)\n"
+        "    session.execute(text(f\"SELECT * FROM jobs WHERE name = '{name}'\"))\n"
+    )
+    out = subprocess.run([ruff, "check", "--no-cache", "--output-format", "json", "--config",
+                          str(ROOT / "pyproject.toml"), "--select", "S", str(sample)],
+                         capture_output=True, text=True, cwd=tmp_path)
+    codes = {(f["location"]["row"], f["code"]) for f in json.loads(out.stdout)}
+    for row, code in [(9, "S307"), (10, "S102"), (11, "S605"), (12, "S602"), (13, "S506"),
+                      (14, "S301"), (15, "S608")]:
+        assert (row, code) in codes, (row, code, sorted(codes))
+    config = (ROOT / "pyproject.toml").read_text()
+    selected = re.search(r"\[tool\.ruff\.lint\][^\[]*?select = \[([^\]]*)\]", config, re.S)
+    assert selected and '"S"' in selected.group(1), "ruff's bandit rules (S) must be selected for the project"

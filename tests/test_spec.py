@@ -6,9 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from service import defaults
 from service.errors import BadInput
-from service.spec import JobSpec, Method, build_problem, load_spec_file
+from service.jobs.problem import build_problem
+from service.jobs.spec import JobSpec, Method, load_spec_file
+from service.settings import Settings
 
 
 def test_defaults_are_the_books_job():
@@ -53,15 +54,15 @@ def test_unknown_method_lists_the_known_ones():
         assert m in exc.value.message
 
 
-def test_epoch_limit_comes_from_the_environment(monkeypatch):
-    monkeypatch.setenv("KLAB_MAX_EPOCHS", "12")
+def test_epoch_limit_comes_from_the_environment(setenv):
+    setenv(KLAB_MAX_EPOCHS="12")
     assert JobSpec.parse({"epochs": 12}).epochs == 12
     with pytest.raises(BadInput, match="^epochs: .*KLAB_MAX_EPOCHS"):
         JobSpec.parse({"epochs": 13})
 
 
-def test_the_default_epochs_obey_the_epoch_limit_too(monkeypatch):
-    monkeypatch.setenv("KLAB_MAX_EPOCHS", "5")
+def test_the_default_epochs_obey_the_epoch_limit_too(setenv):
+    setenv(KLAB_MAX_EPOCHS="5")
     with pytest.raises(BadInput, match="^epochs: "):
         JobSpec.parse({})  # the default is 10 epochs, over the limit of 5
 
@@ -187,8 +188,8 @@ def test_labels_of_the_wrong_shape(tmp_path, labels_shape, values, message):
     assert exc.value.field == "labels" and message in exc.value.message
 
 
-def test_labels_may_not_imply_a_kernel_over_the_limit(tmp_path, monkeypatch):
-    monkeypatch.setenv("KLAB_MAX_KERNEL_ELEMENTS", "4")
+def test_labels_may_not_imply_a_kernel_over_the_limit(tmp_path, setenv):
+    setenv(KLAB_MAX_KERNEL_ELEMENTS="4")
     np.save(tmp_path / "y.npy", np.zeros((4, 4)))  # a 3x5 kernel on the 6x8 input
     with pytest.raises(BadInput, match="^labels: .*kernel limit"):
         build_problem(JobSpec.parse({"kernel": None, "labels": f"npy:{tmp_path / 'y.npy'}"}))
@@ -201,11 +202,13 @@ def test_given_arrays_replace_the_spec_forms():
     np.testing.assert_allclose(p.y[0, 0], x[:, :-1] - x[:, 1:])
 
 
-def test_limits_have_positive_defaults_and_reject_bad_env(monkeypatch):
-    assert defaults.max_input_elements() > 0 and defaults.max_kernel_elements() > 0 and defaults.max_epochs() > 0
-    monkeypatch.setenv("KLAB_MAX_EPOCHS", "many")
-    with pytest.raises(SystemExit, match="KLAB_MAX_EPOCHS"):
-        defaults.max_epochs()
-    monkeypatch.setenv("KLAB_MAX_EPOCHS", "0")
-    with pytest.raises(SystemExit, match="positive"):
-        defaults.max_epochs()
+def test_limits_have_their_documented_defaults_and_reject_bad_env():
+    s = Settings.from_env({})
+    assert (s.max_input_elements, s.max_kernel_elements, s.max_epochs, s.max_file_bytes, s.max_sweep_jobs,
+            s.max_job_seconds, s.visibility_timeout, s.lease_seconds, s.max_attempts, s.stranded_seconds) == \
+        (16_777_216, 4096, 100_000, 256 * 1024 * 1024, 200_000, 6 * 3600, 3600, 60, 5, 60)
+    with pytest.raises(BadInput, match="^KLAB_MAX_EPOCHS: must be an integer"):
+        Settings.from_env({"KLAB_MAX_EPOCHS": "many"})
+    with pytest.raises(BadInput, match="^KLAB_LEASE_SECONDS: must be positive"):
+        Settings.from_env({"KLAB_LEASE_SECONDS": "0"})
+    assert Settings.from_env({"KLAB_MAX_EPOCHS": ""}).max_epochs == 100_000  # empty: the default

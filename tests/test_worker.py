@@ -2,85 +2,41 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from harness import Db, WorkerProcess, clean_env, klab, run_json
+from harness import service_env as env_of
 
-from service.spec import JobSpec
-from helpers import klab_path
+from service.jobs.spec import JobSpec
 
 pytestmark = pytest.mark.timeout(240)
 
 
-def klab(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([klab_path(), *args], env=env, capture_output=True, text=True, timeout=timeout)
-
-
-class Worker:
-    """A real `celery -A worker.app worker` process, started the way `klab worker` starts it."""
-
-    def __init__(self, env: dict[str, str], queue: str, name: str, log: Path):
-        from service.cli.queue import worker_argv
-
-        argv, extra = worker_argv(queue, 1, "INFO")
-        argv[argv.index("--hostname") + 1] = f"{name}@%h"
-        self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", *argv], env={**env, **extra}, cwd=Path(__file__).parents[1],
-                                     stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while "ready." not in log.read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"worker {name} did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-
-
 @pytest.fixture
 def service_env(tmp_path: Path, redis_url: str, pg_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KLAB_")}
-    env.update({"KLAB_HOME": str(tmp_path / "home"), "KLAB_DATABASE_URL": pg_url, "KLAB_BROKER_URL": redis_url,
-                "NO_COLOR": "1", "PYTHONPATH": str(Path(__file__).parents[1])})
-    up = klab(env, "db", "upgrade")
-    assert up.returncode == 0, up.stderr
-    return env
+    return env_of(tmp_path, pg_url, redis_url)
 
 
 @pytest.fixture
-def workers(service_env: dict[str, str], tmp_path: Path) -> Iterator:
-    started: list[Worker] = []
+def workers(service_env: dict[str, str], worker_procs) -> Callable[..., WorkerProcess]:
+    """workers(queue="cpu", name=None) -> a worker of this test's service, ready."""
+    count = iter(range(100))
 
-    def start(queue: str = "cpu", name: str | None = None) -> Worker:
-        w = Worker(service_env, queue, name or f"{queue}{len(started)}", tmp_path / f"worker{len(started)}.log")
-        started.append(w)
-        return w
+    def start(queue: str = "cpu", name: str | None = None) -> WorkerProcess:
+        return worker_procs(service_env, name or f"{queue}{next(count)}", queue).wait_ready()
 
-    yield start
-    for w in started:
-        w.stop()
+    return start
 
 
 def rows(url: str, sql: str, **params) -> list:
-    eng = create_engine(url)
+    db = Db(url)
     try:
-        with eng.connect() as conn:
-            return list(conn.execute(text(sql), params))
+        return db.rows(sql, **params)
     finally:
-        eng.dispose()
+        db.close()
 
 
 def losses(url: str, job_id: int) -> list[float]:
@@ -89,9 +45,7 @@ def losses(url: str, job_id: int) -> list[float]:
 
 def twin(**values) -> dict:
     """The job trained alone, in this process: what `klab run` gives."""
-    from worker.engine import run_spec
-
-    return run_spec(JobSpec.parse(values))
+    return run_json(JobSpec.parse(values))
 
 
 def test_submit_is_trained_and_stored_like_its_run_twin(service_env, workers):
@@ -120,15 +74,16 @@ def test_acceptance_sweep_of_1000_jobs_equals_run_twins(service_env, workers):
     jobs = rows(url, "SELECT id, status, lr, seed, attempts FROM jobs WHERE sweep_id = :s ORDER BY id", s=sweep_id)
     assert len(jobs) == 1000 and {j.status for j in jobs} == {"succeeded"}
     assert {j.attempts for j in jobs} == {1}
-    from service.spec import build_problem
-    from worker.engine import Job, Method, train
+    from service.jobs.problem import build_problem
+    from service.jobs.spec import Method
+    from worker.engine import Job, train
 
     problem = build_problem(JobSpec.parse({}))
     alone = {}
     for lr in (0.01, 0.03):
         batch = train([Job(problem, seed=s, lr=lr) for s in range(500)], Method.D2L_MANUAL, 10, 2)
         for s in range(500):
-            alone[(lr, s)] = [e["loss"] for e in batch.record(s)["epochs"]]
+            alone[(lr, s)] = [e["loss"] for e in batch.row(s)[1]]
     # spot-check the batched engine against single runs, then every stored job against its twin
     for lr, s in [(0.01, 0), (0.03, 42), (0.03, 499)]:
         assert alone[(lr, s)] == [e["loss"] for e in twin(lr=lr, seed=s)["epochs"]]
@@ -157,8 +112,8 @@ def test_routing_to_cpu_and_gpu_queues(service_env, workers, redis_url):
     assert json.loads(cpu.stdout)["queue"] == "cpu" and json.loads(cpu.stdout)["status"] == "succeeded"
     # nobody serves the gpu queue yet: both wait there
     assert r.llen("gpu") == 2
-    assert {x.queue for x in rows(url, "SELECT queue FROM jobs WHERE id IN (:a, :b)", a=gpu_id, b=forced_id)} == {"gpu"}
-    assert {x.status for x in rows(url, "SELECT status FROM jobs WHERE id IN (:a, :b)", a=gpu_id, b=forced_id)} == {"queued"}
+    both = rows(url, "SELECT queue, status FROM jobs WHERE id IN (:a, :b)", a=gpu_id, b=forced_id)
+    assert {(x.queue, x.status) for x in both} == {("gpu", "queued")}
     workers("gpu")
     done = klab(service_env, "watch", str(gpu_id), str(forced_id))
     assert done.returncode == 0, done.stderr
@@ -215,8 +170,8 @@ def test_cancel_running_job_stops_and_keeps_its_epochs(service_env, workers):
 def test_two_workers_share_a_sweep_without_doing_a_job_twice(service_env, workers):
     workers("cpu", "a")
     workers("cpu", "b")
-    out = klab(service_env, "sweep", "--input", "random:6x6", "--kernel", "random:2x2", "--seed", "0..199", "--lr", "0.002",
-               "--batch-jobs", "5", "--wait", "--json")
+    out = klab(service_env, "sweep", "--input", "random:6x6", "--kernel", "random:2x2", "--seed", "0..199",
+               "--lr", "0.002", "--batch-jobs", "5", "--wait", "--json")
     assert out.returncode == 0, out.stderr
     results = json.loads(out.stdout)
     assert len(results) == 200 and {r["status"] for r in results} == {"succeeded"}
@@ -229,17 +184,12 @@ def test_two_workers_share_a_sweep_without_doing_a_job_twice(service_env, worker
     assert rows(url, "SELECT count(*) FROM epochs")[0][0] == 200 * 10
 
 
-def test_sqlite_backend_serves_workers_too(tmp_path, redis_url, workers):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KLAB_")}
-    env.update({"KLAB_HOME": str(tmp_path / "h"), "KLAB_BROKER_URL": redis_url, "NO_COLOR": "1",
-                "PYTHONPATH": str(Path(__file__).parents[1])})
-    w = Worker(env, "cpu", "lite", tmp_path / "lite.log")
-    try:
-        out = klab(env, "sweep", "--lr", "0.01,0.02,0.03", "--wait", "--json")
-        assert out.returncode == 0, out.stderr
-        assert [r["status"] for r in json.loads(out.stdout)] == ["succeeded"] * 3
-    finally:
-        w.stop()
+def test_sqlite_backend_serves_workers_too(tmp_path, redis_url, worker_procs):
+    env = clean_env(tmp_path / "h", KLAB_BROKER_URL=redis_url)
+    worker_procs(env, "lite").wait_ready()
+    out = klab(env, "sweep", "--lr", "0.01,0.02,0.03", "--wait", "--json")
+    assert out.returncode == 0, out.stderr
+    assert [r["status"] for r in json.loads(out.stdout)] == ["succeeded"] * 3
 
 
 def test_submit_while_broker_is_down_exits_3_and_writes_nothing(service_env):

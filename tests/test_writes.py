@@ -1,98 +1,163 @@
-"""The store on SQLite and PostgreSQL: jobs, epochs in bulk, datasets, queries, and the README's SQL."""
+"""Writes on SQLite and PostgreSQL: jobs, results with their epochs in bulk, datasets, status changes held to
+their rules, deletes, and the README's SQL on what was written."""
 from __future__ import annotations
 
 import re
 
 import numpy as np
 import pytest
+from conftest import ROOT, fake_result
 from sqlalchemy import func, select, text, update
 
-from conftest import ROOT, fake_result
-from service import query, store
-from service.db import session_scope
+from service.db import reads, writes
+from service.db.connect import Reader
+from service.db.engine import writing
+from service.db.reads import reading
+from service.db.schema import epochs, jobs, sweeps
 from service.errors import BadInput
-from service.models import Epoch, Job, JobStatus, Sweep
-from service.reader import Reader, reading
-from service.spec import JobSpec
+from service.jobs.selection import Selection
+from service.jobs.spec import JobSpec
+from service.jobs.status import JobStatus
 
 SPEC = JobSpec.parse({"input": "random:8x8", "kernel": "random:3x3", "epochs": 6})
 
 
+def new(conn, start: JobStatus = JobStatus.RUNNING, **kw) -> int:
+    (job_id,) = writes.insert_jobs(conn, [writes.new_job(SPEC, start=start, **kw)])
+    return job_id
+
+
+def job(conn, job_id: int):
+    return conn.execute(select(jobs).where(jobs.c.id == job_id)).one()
+
+
 def test_stored_result_is_the_engines_plus_identity(klab_db: str) -> None:
-    result = fake_result(SPEC, relative=0.25)
-    with session_scope() as session:
-        job = store.create_job(session, SPEC, status=JobStatus.RUNNING)
-        store.save_results(session, [(job.id, result)])
-        job_id = job.id
+    row, epoch_list = fake_result(SPEC, relative=0.25)
+    with writing() as conn:
+        job_id = new(conn)
+        writes.save_results(conn, [(job_id, row, epoch_list)])
     with reading(klab_db) as reader:
-        stored = query.result_of(reader, job_id)
-    for key in ("status", "true_kernel", "learned_kernel", "error", "identifiability", "gap", "explanation",
-                "diverged_epoch"):
-        assert stored[key] == result[key], key
-    assert stored["epochs"] == result["epochs"]
+        stored = reads.result_of(reader, job_id)
+    assert stored["status"] == "succeeded" and stored["true_kernel"] == row["true_kernel"]
+    assert stored["learned_kernel"] == row["learned_kernel"] and stored["explanation"] == row["explanation"]
+    assert stored["error"] == {"frobenius": row["frobenius_error"], "relative": 0.25, "max_abs": row["max_abs_error"],
+                               "cosine": row["cosine"]}
+    assert stored["identifiability"] == {"rank": 9, "params": 9, "identifiable": True}
+    assert stored["gap"] == {"optimization": row["gap_optimization"], "noise": 0.0, "identifiability": 0.0}
+    assert stored["pace"] == {"stable_lr": 0.5, "convergence_rate": 0.9, "more_epochs": None}
+    assert stored["epochs"] == epoch_list
     assert stored["id"] == job_id and stored["spec"] == SPEC.to_json() and stored["finished_at"]
 
 
-def test_storing_again_replaces_the_epochs(klab_db: str) -> None:
-    with session_scope() as session:
-        job = store.create_job(session, SPEC)
-        store.save_results(session, [(job.id, fake_result(SPEC, epochs=6))])
-        store.save_results(session, [(job.id, fake_result(SPEC, relative=0.5, epochs=3))])
-        assert [e["epoch"] for e in query.epochs_of(Reader.of_session(session), job.id)] == [1, 2, 3]
-        assert session.get(Job, job.id).epochs_done == 3
-        assert session.get(Job, job.id).err_relative == 0.5
+def test_a_result_replaces_the_epochs_written_while_training(klab_db: str) -> None:
+    with writing() as conn:
+        job_id = new(conn)
+        writes.replace_epochs(conn, [job_id], [(job_id, e, 1.0, 1.0, 1.0) for e in range(1, 7)])
+        writes.save_results(conn, [(job_id, *fake_result(SPEC, relative=0.5, epochs=3))])
+        assert [e["epoch"] for e in reads.epochs_of(Reader.of(conn), job_id)] == [1, 2, 3]
+        assert job(conn, job_id).epochs_done == 3 and job(conn, job_id).err_relative == 0.5
 
 
-def test_insert_epochs_in_bulk(klab_db: str) -> None:
-    with session_scope() as session:
-        ids = [store.create_job(session, SPEC).id for _ in range(3)]
-        rows = ((j, e, 1.0 / e, None, float("nan") if e == 2 else 0.5) for j in ids for e in range(1, 1001))
-        assert store.insert_epochs(session, rows) == 3000
-    with session_scope() as session:
-        assert session.execute(select(func.count()).select_from(Epoch)).scalar() == 3000
-        assert query.epochs_of(Reader.of_session(session), ids[1])[999] == {"epoch": 1000, "loss": 0.001, "mse": None,
-                                                                            "kernel_error": 0.5}
+def test_a_job_finished_twice_keeps_its_first_result_and_its_epochs(klab_db: str) -> None:
+    """Two workers trained it (a lease lapsed): the second result finds it finished and is dropped."""
+    with writing() as conn:
+        job_id = new(conn)
+        writes.save_results(conn, [(job_id, *fake_result(SPEC, relative=0.25, epochs=6))])
+        writes.save_results(conn, [(job_id, *fake_result(SPEC, relative=0.5, epochs=3))])
+        assert [e["epoch"] for e in reads.epochs_of(Reader.of(conn), job_id)] == [1, 2, 3, 4, 5, 6]
+        assert job(conn, job_id).epochs_done == 6 and job(conn, job_id).err_relative == 0.25
+
+
+@pytest.mark.parametrize("count", [60, 3])  # COPY on PostgreSQL from 50 rows on, one UPDATE a row below
+def test_results_in_bulk_and_their_epochs(klab_db: str, count: int) -> None:
+    with writing() as conn:
+        ids = [new(conn) for _ in range(count)]
+        items = []
+        for i in ids:
+            row, epoch_list = fake_result(SPEC, relative=i / 1000, epochs=5)
+            items.append((i, row, epoch_list))
+        writes.save_results(conn, items)
+    with writing() as conn:
+        assert conn.execute(select(func.count()).select_from(epochs)).scalar() == 5 * count
+        assert [job(conn, i).err_relative for i in ids] == [i / 1000 for i in ids]
+        assert {job(conn, i).status for i in ids} == {"succeeded"}
+
+
+def test_a_result_ends_only_a_running_job(klab_db: str) -> None:
+    with writing() as conn:
+        queued = new(conn, JobStatus.CREATED)
+        writes.save_results(conn, [(queued, *fake_result(SPEC))])
+        assert job(conn, queued).status == "created" and job(conn, queued).epochs_done == 0
+
+
+def test_status_changes_follow_the_rules(klab_db: str) -> None:
+    with writing() as conn:
+        a = new(conn, JobStatus.CREATED)
+        writes.mark_queued(conn, [a])
+        assert job(conn, a).status == "queued" and job(conn, a).queued_at is not None
+        # finished jobs are never claimed, cancelled or queued again
+        assert writes.claim(conn, [a], "h", "t", 0, lease=60) == [a]
+        writes.save_results(conn, [(a, *fake_result(SPEC))])
+        assert writes.claim(conn, [a], "h", "t2", 0, lease=60) == []
+        assert writes.cancel(conn, Selection((a,))) == (0, 0)
+        writes.mark_queued(conn, [a])
+        assert job(conn, a).status == "succeeded"
+        with pytest.raises(ValueError, match="cannot go from"):
+            writes.change_status(conn, JobStatus.SUCCEEDED, jobs.c.id == a, among={JobStatus.QUEUED})
+    with pytest.raises(ValueError, match="cannot start"):
+        writes.new_job(SPEC, start=JobStatus.SUCCEEDED)
+
+
+def test_a_claim_takes_waiting_jobs_and_lapsed_leases_only(klab_db: str) -> None:
+    with writing() as conn:
+        waiting, mine, live, lapsed = (new(conn, JobStatus.CREATED) for _ in range(4))
+        assert writes.claim(conn, [mine, live, lapsed], "w1", "task-1", 0, lease=60) == [mine, live, lapsed]
+        conn.execute(update(jobs).where(jobs.c.id == lapsed).values(heartbeat_at=text("'2000-01-01'")))
+        # another task: only what waits or lapsed; the retry of the same task: its own jobs too
+        assert writes.claim(conn, [waiting, mine, live, lapsed], "w2", "task-2", 0, lease=60) == [waiting, lapsed]
+        assert writes.claim(conn, [mine], "w1", "task-1", 1, lease=60) == [mine]
+        assert job(conn, lapsed).attempts == 2 and job(conn, lapsed).worker_host == "w2"
 
 
 def test_unfinished_values_are_stored_as_null(klab_db: str) -> None:
-    result = fake_result(SPEC, relative=0.1, status="diverged")
-    result["epochs"][-1]["loss"] = float("inf")
-    result["error"]["relative"] = float("nan")
-    with session_scope() as session:
-        job = store.create_job(session, SPEC)
-        store.save_results(session, [(job.id, result)])
-        assert job.final_loss is None and job.err_relative is None and job.status == "diverged"
+    row, epoch_list = fake_result(SPEC, relative=0.1, status="diverged")
+    epoch_list[-1]["loss"] = None
+    row.update(final_loss=None, relative_error=None)
+    with writing() as conn:
+        job_id = new(conn)
+        writes.save_results(conn, [(job_id, row, epoch_list)])
+        got = job(conn, job_id)
+        assert got.final_loss is None and got.err_relative is None and got.status == "diverged"
 
 
 def test_unknown_job_and_sweep_are_bad_input(klab_db: str) -> None:
     with reading(klab_db) as reader:
         with pytest.raises(BadInput, match="^id: no job 42$"):
-            query.result_of(reader, 42)
+            reads.result_of(reader, 42)
         with pytest.raises(BadInput, match="^sweep: no sweep 7$"):
-            query.sweep_name(reader, 7)
+            reads.sweep_name(reader, 7)
 
 
 def test_datasets_are_stored_once_per_content(klab_db: str) -> None:
     a = np.arange(12, dtype=np.float32).reshape(3, 4)
-    with session_scope() as session:
-        first = store.put_dataset(session, a)
-        assert store.put_dataset(session, a.copy()) == first
-        other = store.put_dataset(session, a.T)
-        assert other != first
-    with session_scope() as session:
-        back = store.get_dataset(session, first)
+    with writing() as conn:
+        first = writes.put_dataset(conn, a)
+        assert writes.put_dataset(conn, a.copy()) == first
+        assert writes.put_dataset(conn, a.T) != first
+    with reading(klab_db) as reader:
+        back = reads.dataset(reader, first)
     assert back.dtype == np.float32 and np.array_equal(back, a)
 
 
 def test_list_filters_sorts_and_limits(klab_db: str, add_job) -> None:
-    with session_scope() as session:
-        sweep = store.create_sweep(session, {"lr": [0.1, 0.01]}, 2).id
-        a = add_job(session, relative=0.3, sweep_id=sweep, lr=0.1)
-        b = add_job(session, relative=0.1, sweep_id=sweep, lr=0.01, method="adam")
-        c = add_job(session, relative=None, status="queued", kernel="sobel-x")
-        d = add_job(session, relative=0.2, status="diverged", lr=3.0)
+    with writing() as conn:
+        sweep = writes.create_sweep(conn, {"lr": [0.1, 0.01]}, 2)
+        a = add_job(conn, relative=0.3, sweep_id=sweep, lr=0.1)
+        b = add_job(conn, relative=0.1, sweep_id=sweep, lr=0.01, method="adam")
+        c = add_job(conn, relative=None, status="queued", kernel="sobel-x")
+        d = add_job(conn, relative=0.2, status="diverged", lr=3.0)
     with reading(klab_db) as reader:
-        ids = lambda **kw: [r["id"] for r in query.list_jobs(reader, **kw)]  # noqa: E731
+        ids = lambda **kw: [r["id"] for r in reads.list_jobs(reader, **kw)]  # noqa: E731
         assert ids() == [d, c, b, a]
         assert ids(sort="relative_error") == [b, d, a, c]  # a job without an error comes last
         assert ids(sort="-relative_error") == [a, d, b, c]  # either way
@@ -102,28 +167,25 @@ def test_list_filters_sorts_and_limits(klab_db: str, add_job) -> None:
         assert ids(method="adam") == [b]
         assert ids(kernel="sobel-x") == [c]
         with pytest.raises(BadInput, match="^sort: unknown column 'loss'"):
-            query.list_jobs(reader, sort="loss")
+            reads.list_jobs(reader, sort="loss")
         with pytest.raises(BadInput, match="^status: unknown status"):
-            query.list_jobs(reader, status="done")
+            reads.list_jobs(reader, status="done")
         with pytest.raises(BadInput, match="^sweep: no sweep 99"):
-            query.list_jobs(reader, sweep=99)
+            reads.list_jobs(reader, sweep=99)
 
 
 def test_delete_removes_jobs_epochs_and_the_sweep(klab_db: str, add_job) -> None:
-    with session_scope() as session:
-        sweep = store.create_sweep(session, {}, 2).id
-        add_job(session, sweep_id=sweep)
-        add_job(session, sweep_id=sweep)
-        keep = add_job(session)
-    with session_scope() as session:
-        assert query.delete_jobs(Reader.of_session(session), sweep=sweep) == (2, 20)
-    with session_scope() as session:
-        assert session.execute(select(Job.id)).scalars().all() == [keep]
-        assert session.execute(select(func.count()).select_from(Epoch)).scalar() == 10
-        assert session.get(Sweep, sweep) is None
-        with pytest.raises(BadInput, match="^id: no job 12345$"):
-            query.delete_jobs(Reader.of_session(session), [keep, 12345])
-        assert session.get(Job, keep) is not None
+    with writing() as conn:
+        sweep = writes.create_sweep(conn, {}, 2)
+        add_job(conn, sweep_id=sweep)
+        add_job(conn, sweep_id=sweep)
+        keep = add_job(conn)
+    with writing() as conn:
+        assert writes.delete_jobs(conn, Selection(sweep=sweep)) == (2, 20)
+    with writing() as conn:
+        assert conn.execute(select(jobs.c.id)).scalars().all() == [keep]
+        assert conn.execute(select(func.count()).select_from(epochs)).scalar() == 10
+        assert conn.execute(select(sweeps.c.id).where(sweeps.c.id == sweep)).first() is None
 
 
 # --- the README's SQL --------------------------------------------------------------------------
@@ -138,18 +200,18 @@ def readme_sql() -> list[str]:
 def test_readme_sql_examples_run_on_both_backends(klab_db: str, add_job) -> None:
     statements = [s.strip() for block in readme_sql() for s in block.split(";") if s.strip()]
     assert len(statements) >= 6
-    with session_scope() as session:
-        sweep = store.create_sweep(session, {"lr": [0.01, 0.1, 1.0]}, 3).id
+    with writing() as conn:
+        sweep = writes.create_sweep(conn, {"lr": [0.01, 0.1, 1.0]}, 3)
         assert sweep == 1  # the README's examples name sweep 1 and job 1
         for lr, rel in ((0.01, 0.4), (0.1, 0.05), (1.0, 0.2)):
-            add_job(session, relative=rel, sweep_id=sweep, lr=lr, kernel="sobel-x")
-        blind = add_job(session, relative=0.3, lr=0.5, kernel="laplacian")
-        add_job(session, relative=None, status="queued", lr=0.7, kernel="laplacian")
-        session.execute(update(Job).where(Job.id == blind).values(identifiable=False, rank=4))
-    with session_scope() as session:
+            add_job(conn, relative=rel, sweep_id=sweep, lr=lr, kernel="sobel-x")
+        blind = add_job(conn, relative=0.3, lr=0.5, kernel="laplacian")
+        add_job(conn, relative=None, status="queued", lr=0.7, kernel="laplacian")
+        conn.execute(update(jobs).where(jobs.c.id == blind).values(identifiable=False, rank=4))
+    with writing() as conn:
         results = {}
         for statement in statements:
-            results[statement.splitlines()[0]] = session.execute(text(statement)).all()
+            results[statement.splitlines()[0]] = conn.execute(text(statement)).all()
     assert all(results.values()), [k for k, v in results.items() if not v]  # every example finds rows
     best = next(v for k, v in results.items() if "best learning rate" in k)
     assert sorted((r[0], r[1]) for r in best) == [("laplacian", 0.5), ("sobel-x", 0.1)]

@@ -1,0 +1,55 @@
+"""The house rules that a reader would otherwise check by hand: the README's module map is the tree, no module
+grows past 400 lines, job statuses are spelled in one place, and the stable learning rate has one home."""
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+
+from harness import ROOT
+
+from service.jobs.status import JobStatus
+
+CODE = ("service", "worker")
+
+
+def modules() -> list[str]:
+    return sorted(str(p.relative_to(ROOT)) for d in CODE for p in (ROOT / d).rglob("*.py"))
+
+
+def test_the_readme_module_map_is_the_tree():
+    block = re.search(r"<!-- section: code -->.*?```\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    listed, stack = set(), []
+    for line in block.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        if not name.endswith(("/", ".py")):
+            continue
+        depth = (len(line) - len(line.lstrip())) // 2
+        stack[depth:] = [name]
+        if name.endswith(".py"):
+            listed.add("".join(stack))
+    actual = {m for m in modules() if not m.endswith("__init__.py")}
+    cli = {m for m in actual if m.startswith("service/cli/")}  # the map names the commands, not each file
+    assert listed == actual - cli
+
+
+def test_no_module_is_longer_than_400_lines():
+    assert [m for m in modules() if len((ROOT / m).read_text().splitlines()) > 400] == []
+
+
+def test_statuses_are_spelled_only_in_the_status_module():
+    spelled = {s.value for s in JobStatus}
+    found = []
+    for m in modules():
+        if m == "service/jobs/status.py":
+            continue
+        for node in ast.walk(ast.parse((ROOT / m).read_text())):
+            if isinstance(node, ast.Constant) and node.value in spelled:
+                found.append((m, node.lineno, node.value))
+    assert found == []
+
+
+def test_the_stable_learning_rate_lives_in_the_schema_and_the_code_that_computes_it():
+    out = subprocess.run(["git", "grep", "-l", "--untracked", "stable_lr", "--", *CODE], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert sorted(out.stdout.split()) == ["service/jobs/result.py", "worker/engine/pace.py"], out.stdout

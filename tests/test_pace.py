@@ -1,0 +1,168 @@
+"""The pace: the largest stable learning rate and the rate at which the gap closes, against numpy.linalg on a
+design matrix built here, and against what training actually does on either side of the bound."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from harness import run_json
+from matplotlib import cbook
+from reference import design_matrix
+
+from service.jobs.problem import build_problem
+from service.jobs.spec import JobSpec
+
+PHOTO = str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+"""A real photograph (matplotlib's sample data): a portrait of Grace Hopper, 512 x 600."""
+
+
+def job(**values):
+    spec = JobSpec.parse(values)
+    return spec, run_json(spec)
+
+
+def gram_eigenvalues(**values) -> np.ndarray:
+    """The eigenvalues of A^T A, A built by loops from the job's own input."""
+    p = build_problem(JobSpec.parse(values))
+    a = design_matrix(p.x, p.kernel_shape[2], p.kernel_shape[3], p.has_bias)
+    return np.linalg.eigvalsh(a.T @ a)
+
+
+def test_the_books_job_has_the_stable_lr_of_its_input():
+    """edge:6x8 with [[1, -1]]: A^T A = [[18, 12], [12, 18]], eigenvalues 30 and 6."""
+    lam = gram_eigenvalues(input="edge:6x8", kernel="d2l")
+    np.testing.assert_allclose(lam, [6.0, 30.0])
+    _, result = job(lr=0.03, epochs=10)
+    assert result["pace"]["stable_lr"] == pytest.approx(1 / 30, rel=1e-12)
+    # both ends of the spectrum: |1 - 2 lr 6| = 0.64, |1 - 2 lr 30| = 0.8
+    assert result["pace"]["convergence_rate"] == pytest.approx(0.8, rel=1e-12)
+
+
+def test_on_a_real_photo_the_stable_lr_is_one_over_the_largest_eigenvalue():
+    lam = gram_eigenvalues(input=f"image:{PHOTO}", kernel="d2l")
+    spec, result = job(input=f"image:{PHOTO}", kernel="d2l", lr=1e-6, epochs=2)
+    assert result["pace"]["stable_lr"] == pytest.approx(1 / lam.max(), rel=1e-9)
+    assert result["pace"]["convergence_rate"] == pytest.approx(max(abs(1 - 2 * spec.lr * lam)), rel=1e-9)
+
+
+@pytest.mark.parametrize("values", [
+    dict(input="edge:6x8", kernel="d2l", method="d2l-manual"),
+    dict(input="random:7x9", kernel="sobel-x", method="d2l-manual", bias=0.5),
+    dict(input="random:3x2x6x6", kernel="random:2x2x2x2", method="d2l-manual"),
+    dict(input="random:4x1x6x6", kernel="laplacian", method="d2l-sgd", batch_size=4),  # one batch an epoch
+    dict(input="random:4x1x6x6", kernel="laplacian", method="momentum", batch_size=4),
+])
+def test_just_below_the_stable_lr_training_converges_and_just_above_it_diverges(values):
+    stable = job(**values, lr=1e-4, epochs=1)[1]["pace"]["stable_lr"]
+    _, below = job(**values, lr=0.98 * stable, epochs=2000, tol=1e-10)
+    _, above = job(**values, lr=1.02 * stable, epochs=2000)
+    assert below["status"] == "succeeded" and below["converged_epoch"] is not None, below["explanation"]
+    assert above["status"] == "diverged"
+    assert f"above the largest stable learning rate {stable:.3g}" in above["explanation"]
+
+
+def test_a_diverged_job_of_the_book_names_the_stable_lr():
+    _, result = job(lr=0.045, epochs=40)
+    assert result["status"] == "diverged"
+    assert result["explanation"] == ("training diverged: lr 0.045 is above the largest stable learning rate "
+                                     "0.0333 for this input; lower --lr below it.")
+
+
+def measured_rate(result: dict) -> float:
+    """The per-epoch factor of the kernel error (noise-free, identifiable: the gap), over the second half of
+    the epochs before it nears float32's floor."""
+    e = [ep["kernel_error"] for ep in result["epochs"]]
+    last = max(i for i, v in enumerate(e) if v > 1e-3 * e[0])
+    first = last // 2
+    assert last - first >= 5, e
+    return (e[last] / e[first]) ** (1 / (last - first))
+
+
+@pytest.mark.parametrize("values", [
+    dict(input="edge:6x8", kernel="d2l", method="d2l-manual", lr=0.03),
+    dict(input="edge:6x8", kernel="d2l", method="d2l-manual", lr=0.01),
+    dict(input="random:5x1x7x7", kernel="sobel-y", method="d2l-sgd", lr=0.02, batch_size=2),  # 3 batches an epoch
+    dict(input="random:4x1x6x6", kernel="laplacian", method="momentum", lr=0.05, batch_size=4),
+])
+def test_the_rate_is_what_training_shows(values):
+    _, result = job(**values, epochs=60)
+    rate = result["pace"]["convergence_rate"]
+    assert 0 < rate < 1
+    assert measured_rate(result) == pytest.approx(rate, rel=2e-2)
+
+
+def test_more_epochs_is_about_what_it_takes():
+    _, stopped = job(lr=0.03, epochs=10)
+    more = stopped["pace"]["more_epochs"]
+    assert stopped["converged_epoch"] is None and more and 1 <= more <= 20
+    assert f"about {more} more epochs at this lr would reach --tol" in stopped["explanation"]
+    _, longer = job(lr=0.03, epochs=10 + more + 5)
+    assert abs(longer["converged_epoch"] - (10 + more)) <= 2, (longer["converged_epoch"], more)
+
+
+def test_the_explanation_points_at_the_fastest_lr_of_the_books_loop():
+    """1 / (lambda_max + lambda_min) = 1/36, where both ends shrink by (30 - 6) / 36 = 2/3 an epoch."""
+    _, result = job(lr=0.03, epochs=10)
+    assert "lr 0.0278 would close it fastest (x0.667 an epoch)" in result["explanation"]
+
+
+@pytest.mark.parametrize("method", ["adam", "lstsq"])
+def test_no_bound_where_no_curvature_bound_applies(method):
+    _, result = job(method=method, lr=0.01, epochs=5)
+    assert result["pace"] is None
+
+
+def test_an_unidentifiable_direction_does_not_count():
+    """2x2 kernel on the edge image: rank 2 of 4; the rate is that of the two directions the data see."""
+    lam = gram_eigenvalues(input="edge:6x8", kernel="[[1, -1], [1, -1]]")
+    seen = lam[lam > 1e-9 * lam.max()]
+    _, result = job(kernel="[[1, -1], [1, -1]]", lr=0.002, epochs=5)
+    assert result["pace"]["stable_lr"] == pytest.approx(1 / seen.max(), rel=1e-9)
+    assert result["pace"]["convergence_rate"] == pytest.approx(max(abs(1 - 2 * 0.002 * seen)), rel=1e-9)
+    assert math.isclose(result["pace"]["convergence_rate"], max(abs(1 - 2 * 0.002 * seen)), rel_tol=1e-9)
+
+
+def reference_rate(values: dict, epochs: int = 4000) -> float:
+    """The spectral radius of one epoch of the method's steps on the error, by power iteration in float64 on a
+    design matrix built by loops: plain gradient steps, or torch's momentum buffer, batch by batch."""
+    p = build_problem(JobSpec.parse(values))
+    spec = JobSpec.parse(values)
+    a = design_matrix(p.x, p.kernel_shape[2], p.kernel_shape[3], p.has_bias)
+    n, per, co = p.x.shape[0], a.shape[0] // p.x.shape[0], p.kernel_shape[0]
+    if spec.method.value == "d2l-manual":
+        batches = [(a, 2.0)]
+    else:
+        ends = [(s, min(s + spec.batch_size, n)) for s in range(0, n, spec.batch_size)]
+        batches = [(a[s * per : e * per], 2.0 / ((e - s) * per * co)) for s, e in ends]
+    rng = np.random.default_rng(0)
+    _, sv, vt = np.linalg.svd(a, full_matrices=False)
+    v = vt[sv > sv.max() * 1e-10].T
+    e = v @ rng.standard_normal(v.shape[1])  # in the row space, and kept there (round-off leaks out)
+    buf = np.zeros_like(e)
+    growth = []
+    for _ in range(epochs):
+        for ab, c in batches:
+            g = c * (ab.T @ (ab @ e))
+            if spec.method.value == "momentum":
+                buf = 0.9 * buf + g
+                e = e - spec.lr * buf
+            else:
+                e = e - spec.lr * g
+        e, buf = v @ (v.T @ e), v @ (v.T @ buf)
+        size = math.sqrt(e @ e + buf @ buf)
+        growth.append(size)
+        e, buf = e / size, buf / size
+    return float(np.exp(np.mean(np.log(growth[-epochs // 4 :]))))
+
+
+@pytest.mark.parametrize("values", [
+    dict(input="random:5x1x7x7", kernel="sobel-y", method="d2l-sgd", lr=0.05, batch_size=2),
+    dict(input="random:6x1x5x5", kernel="random:2x2", method="d2l-sgd", lr=0.3, batch_size=1, bias=0.2),
+    dict(input="random:4x1x6x6", kernel="laplacian", method="momentum", lr=0.05, batch_size=1),
+    dict(input="random:4x1x6x6", kernel="laplacian", method="momentum", lr=0.002, batch_size=4),
+    dict(input="checker:6x6", kernel="box3", method="d2l-manual", lr=0.01),
+])
+def test_the_rate_is_the_spectral_radius_of_an_epoch(values):
+    _, result = job(**values, epochs=1)
+    assert result["pace"]["convergence_rate"] == pytest.approx(reference_rate(values), rel=2e-3)
