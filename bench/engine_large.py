@@ -18,14 +18,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import torch
+from engine_batched import machine, timed_train
+from torch import nn
 
-from engine_batched import machine  # noqa: E402
-from service import data  # noqa: E402
-from service.spec import Method, Problem  # noqa: E402
-from worker.engine import Job, train  # noqa: E402
+from service.jobs import inputs
+from service.jobs.problem import Problem
+from service.jobs.spec import Method
+from worker.engine import Job
 
 N, C, H, W = 8, 3, 256, 256
 KSHAPE = (8, 3, 5, 5)
@@ -36,7 +37,7 @@ def make_problem() -> Problem:
     rng = np.random.default_rng(2024)
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
     kernel = rng.standard_normal(KSHAPE)
-    y = data.correlate(x, kernel)  # float64 N x 8 x 252 x 252
+    y = inputs.correlate(x, kernel)  # float64 N x 8 x 252 x 252
     return Problem(x=x, y=y, true_kernel=kernel, kernel_shape=KSHAPE, true_bias=None, has_bias=False,
                    single_channel=False)
 
@@ -50,12 +51,12 @@ def run_engine(problem: Problem, epochs: int) -> dict:
         cpu.append(time.process_time())
 
     started = time.perf_counter()
-    result = train([Job(problem, seed=SEED, lr=LR)], Method.ADAM, epochs, BATCH, on_epoch=on_epoch)
-    done = time.perf_counter()
+    result, train_only, total = timed_train([Job(problem, seed=SEED, lr=LR)], Method.ADAM, epochs, BATCH,
+                                            on_epoch=on_epoch)
     return {"first": stamps[0] - started, "per_epoch": (stamps[-1] - stamps[0]) / (epochs - 1),
             "cpu_per_epoch": (cpu[-1] - cpu[0]) / (epochs - 1),
-            "analysis": result.train_seconds - result.extra["train_only_seconds"], "wall": done - started,
-            "loss": result.loss[:, 0], "kernel": result.learned[0]}
+            "analysis": total - train_only, "wall": time.perf_counter() - started,
+            "loss": result.trained.loss[:, 0], "kernel": result.trained.weights[0]}
 
 
 def run_bare(problem: Problem, epochs: int) -> dict:

@@ -22,8 +22,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.spec import JobSpec, Method, build_problem  # noqa: E402
-from worker.engine import Job, run_spec, train  # noqa: E402
+from engine_batched import timed_train
+
+from service.jobs.problem import build_problem
+from service.jobs.spec import JobSpec, Method
+from worker.engine import Job, run_spec, train
 
 FAILED: list[str] = []
 
@@ -47,7 +50,7 @@ def book_manual(seed: int, lr: float = 0.03, epochs: int = 10) -> tuple[list[flo
     x, y = x.reshape((1, 1, 6, 8)), y.reshape((1, 1, 6, 7))
     losses = []
     for _ in range(epochs):
-        l = (conv2d(x) - y) ** 2  # noqa: E741 - the book's name
+        l = (conv2d(x) - y) ** 2
         conv2d.zero_grad()
         l.sum().backward()
         conv2d.weight.data[:] -= lr * conv2d.weight.grad
@@ -55,18 +58,18 @@ def book_manual(seed: int, lr: float = 0.03, epochs: int = 10) -> tuple[list[flo
     return losses, conv2d.weight.data.numpy().reshape(1, 2)
 
 
-def losses_of(record: dict) -> np.ndarray:
-    return np.array([e["loss"] for e in record["epochs"]], dtype=float)
+def losses_of(epochs: list[dict]) -> np.ndarray:
+    return np.array([e["loss"] for e in epochs], dtype=float)
 
 
 def correctness() -> None:
     for seed in (0, 1, 42):
         ref_l, ref_k = book_manual(seed)
-        got = run_spec(JobSpec.parse({"seed": seed, "device": "cuda"}))
-        ok = np.allclose(losses_of(got), ref_l, rtol=1e-5, atol=1e-6) and np.allclose(
-            got["learned_kernel"], ref_k, rtol=1e-5, atol=1e-6)
+        row, epochs = run_spec(JobSpec.parse({"seed": seed, "device": "cuda"}))
+        ok = np.allclose(losses_of(epochs), ref_l, rtol=1e-5, atol=1e-6) and np.allclose(
+            row["learned_kernel"], ref_k, rtol=1e-5, atol=1e-6)
         check(f"book d2l-manual seed {seed} on cuda", ok,
-              f"max loss diff {np.abs(losses_of(got) - ref_l).max():.2e}")
+              f"max loss diff {np.abs(losses_of(epochs) - ref_l).max():.2e}")
 
     for inp, kernels in (("edge:6x8", ("[[1,-1],[2,0.5]]", "random:2x2")), ("random:5x7", ("random:2x2",)),
                          ("random:2x9x9", ("random:3x2x3x3",))):
@@ -79,27 +82,28 @@ def correctness() -> None:
             cpu = train(jobs, Method(method), 12, 2, "cpu")
             worst_alone = worst_cpu = 0.0
             for i, j in enumerate(jobs):
-                alone = train([j], Method(method), 12, 2, "cuda").record(0)
-                b, c = batch.record(i), cpu.record(i)
-                if b["status"] != "succeeded":
+                _, alone = train([j], Method(method), 12, 2, "cuda").row(0)
+                (b_row, b), (_, c) = batch.row(i), cpu.row(i)
+                if b_row["status"] != "succeeded":
                     continue
                 scale = np.maximum(1.0, np.abs(losses_of(c)))
                 # CUDA's reductions pick their order by tensor shape, so a batch is equal to 1e-6
                 # relative, not bit for bit as on the CPU.
                 worst_alone = max(worst_alone, float((np.abs(losses_of(b) - losses_of(alone)) / scale).max()))
                 worst_cpu = max(worst_cpu, float((np.abs(losses_of(b) - losses_of(c)) / scale).max()))
-            check(f"{method} on {inp}: batch equals alone on cuda", worst_alone <= 1e-6, f"max rel diff {worst_alone:.2e}")
+            check(f"{method} on {inp}: batch equals alone on cuda", worst_alone <= 1e-6,
+                  f"max rel diff {worst_alone:.2e}")
             check(f"{method} on {inp}: cuda agrees with cpu", worst_cpu <= 1e-4, f"max rel diff {worst_cpu:.2e}")
 
     big = JobSpec.parse({"input": "random:2x3x160x160", "kernel": "random:4x3x5x5", "method": "adam", "lr": 0.01,
                          "epochs": 5, "batch_size": 2})
-    on_gpu = run_spec(JobSpec.parse({**big.to_json(), "device": "cuda"}))
-    on_cpu = run_spec(big)
+    _, on_gpu = run_spec(JobSpec.parse({**big.to_json(), "device": "cuda"}))
+    _, on_cpu = run_spec(big)
     rel = float((np.abs(losses_of(on_gpu) - losses_of(on_cpu)) / np.abs(losses_of(on_cpu))).max())
     check("convolution path (2x3x160x160, 4x3x5x5, adam) cuda agrees with cpu", rel <= 1e-4, f"max rel diff {rel:.2e}")
 
 
-def timed(fn) -> float:  # noqa: ANN001
+def timed(fn) -> float:
     t = time.perf_counter()
     fn()
     if torch.cuda.is_available():
@@ -111,16 +115,15 @@ def benchmark(n: int, cpu_n: int, book_n: int) -> None:
     problem = build_problem(JobSpec.parse({}))
     jobs = [Job(problem, seed=s, lr=0.03) for s in range(n)]
     train(jobs[:1000], Method.D2L_MANUAL, 10, 2, "cuda")  # warm-up: CUDA context and kernels
-    results = {}
-    gpu_s = timed(lambda: results.setdefault("gpu", train(jobs, Method.D2L_MANUAL, 10, 2, "cuda")))
-    loop_s = results["gpu"].extra["train_only_seconds"]
-    cpu_s = timed(lambda: train(jobs[:cpu_n], Method.D2L_MANUAL, 10, 2, "cpu")) * n / cpu_n
+    # train() and the analysis it leaves to the first result row (the gap, the errors), as one
+    gpu, loop_s, gpu_s = timed_train(jobs, Method.D2L_MANUAL, 10, 2, "cuda")
+    cpu_s = timed_train(jobs[:cpu_n], Method.D2L_MANUAL, 10, 2, "cpu")[2] * n / cpu_n
     sample = min(book_n, n)
     book_s = timed(lambda: [book_manual(s) for s in range(sample)]) * n / sample
     # spot check: the GPU batch against the CPU for a few jobs
     for i in (0, n // 2, n - 1):
-        ref = run_spec(JobSpec.parse({"seed": i}))
-        got = results["gpu"].record(i)
+        _, ref = run_spec(JobSpec.parse({"seed": i}))
+        _, got = gpu.row(i)
         check(f"job {i} of the {n}-job GPU batch agrees with the CPU",
               np.allclose(losses_of(got), losses_of(ref), rtol=1e-5, atol=1e-6))
     print(f"\n{n} book-sized jobs (edge:6x8, d2l, d2l-manual, 10 epochs)")

@@ -1,11 +1,12 @@
 """Latency: one small job (edge:6x8, d2l, d2l-manual, 10 epochs) from submit to stored result, warm worker.
 
 The service path, in this process (no CLI start-up): the clock starts before the spec is parsed, then
-service.queue.prepare, check_broker, create_jobs in a session, publish, and the job row is polled
-(status finished) every ~2 ms on a direct autocommit connection; the clock stops when the row says
-finished (its epochs are committed in the same transaction). 200 jobs, one after another, after a few
-warm-up jobs; median and 95th percentile. Then the same through the real CLI, `klab submit --wait
---json` (its Python start-up and its 0.25 s polling included), on fewer runs.
+service.submit.prepare, service.broker.check, service.submit.store (the job row, in one transaction),
+service.submit.send, and the job row is polled (status finished) every ~2 ms on a direct autocommit
+connection; the clock stops when the row says finished (its epochs are committed in the same
+transaction). 200 jobs, one after another, after a few warm-up jobs; median and 95th percentile. Then
+the same through the real CLI, `klab submit --wait --json` (its Python start-up and its 0.25 s polling
+included), on fewer runs.
 
     .venv/bin/python bench/latency_bench.py                         # PostgreSQL and SQLite
     .venv/bin/python bench/latency_bench.py --jobs 50 --cli-runs 5 --backends postgresql
@@ -25,16 +26,26 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sweep_bench import (  # noqa: E402
-    KLAB, ROOT, Worker, exit_on_sigterm, flushed_redis, klab, machine, percentile, pg_database, poll_engine,
-    service_env, top_functions)
-
-from sqlalchemy import text  # noqa: E402
+from sqlalchemy import text
+from sweep_bench import (
+    KLAB,
+    ROOT,
+    Worker,
+    exit_on_sigterm,
+    flushed_redis,
+    klab,
+    machine,
+    percentile,
+    pg_database,
+    poll_engine,
+    service_env,
+    top_functions,
+)
 
 JOB = {"input": "edge:6x8", "kernel": "d2l", "method": "d2l-manual", "epochs": 10}
 FINISHED = ("succeeded", "diverged", "failed", "cancelled")
@@ -60,19 +71,18 @@ def _utc_seconds(value: datetime | str | None) -> float | None:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value.timestamp()
 
 
 def service_path(url: str, broker_url: str, jobs: int, warmup: int, worker_name: str) -> dict[str, list[float]]:
     """Submit one job at a time through the service's functions; seconds per phase, per job."""
-    from service.db import session_scope  # noqa: PLC0415
-    from service.queue import batches, check_broker, create_jobs, prepare, publish  # noqa: PLC0415
-    from service.spec import JobSpec  # noqa: PLC0415
+    from service import broker
+    from service.jobs.spec import JobSpec
+    from service.settings import settings
+    from service.submit import prepare, send, store
 
-    def factory():  # noqa: ANN202
-        return session_scope(url)
-
+    assert settings().database_url == url, "service.submit stores into KLAB_DATABASE_URL: set it to url"
     status_sql = text("SELECT status, started_at, finished_at, worker_host FROM jobs WHERE id = :id")
     phases: dict[str, list[float]] = {k: [] for k in ("total", "create", "publish", "to_start", "in_worker",
                                                        "to_seen")}
@@ -84,11 +94,10 @@ def service_path(url: str, broker_url: str, jobs: int, warmup: int, worker_name:
                 t0 = time.perf_counter()
                 spec = JobSpec.parse({**JOB, "seed": i})
                 prepared = prepare([spec], None)
-                check_broker(broker_url)
-                with session_scope(url) as session:
-                    ids = create_jobs(session, prepared, None)
+                broker.check(broker_url)
+                _, ids = store(prepared)
                 publishing = time.perf_counter() - t0
-                publish(factory, broker_url, batches(list(zip(ids, prepared)), 1))
+                send(broker.tasks([(job_id, p.key) for job_id, p in zip(ids, prepared)], 1))
                 submitted = time.perf_counter() - t0
                 while True:
                     row = conn.execute(status_sql, {"id": ids[0]}).one()
@@ -120,16 +129,17 @@ def service_path(url: str, broker_url: str, jobs: int, warmup: int, worker_name:
 
 def profile_worker(url: str, jobs: int, lines: int) -> None:
     """cProfile, in this process, of the worker's task on single jobs: worker.tasks.train_jobs([id])."""
-    import cProfile  # noqa: PLC0415
+    import cProfile
 
-    from service.db import session_scope  # noqa: PLC0415
-    from service.queue import create_jobs, prepare  # noqa: PLC0415
-    from service.spec import JobSpec  # noqa: PLC0415
-    from worker.tasks import train_jobs  # noqa: PLC0415 - imports torch and the worker's Celery app
+    from service.jobs.spec import JobSpec
+    from service.settings import settings
+    from service.submit import prepare, store
+    from worker.tasks import train_jobs
+
+    assert settings().database_url == url, "service.submit stores into KLAB_DATABASE_URL: set it to url"
 
     def one(seed: int) -> list[int]:
-        with session_scope(url) as session:
-            return create_jobs(session, prepare([JobSpec.parse({**JOB, "seed": seed})], "cpu"), None)
+        return store(prepare([JobSpec.parse({**JOB, "seed": seed})], "cpu"))[1]
 
     for seed in range(5):  # first-call costs
         train_jobs(one(20_000 + seed), "bench-warmup")
@@ -213,7 +223,7 @@ def main() -> None:
             klab(env, "db", "upgrade")
             # settings() is read once per process: the URL is set before anything reads it.
             os.environ.update({k: env[k] for k in ("KLAB_DATABASE_URL", "KLAB_BROKER_URL", "KLAB_HOME")})
-            from service.settings import settings  # noqa: PLC0415
+            from service.settings import settings
 
             settings.cache_clear()
             with Worker(env, args.concurrency, Path(tmp) / "worker.log") as worker:
@@ -222,7 +232,7 @@ def main() -> None:
                 errors = worker.tasks_since(0).errors
             if args.profile:
                 profile_worker(url, args.profile, args.profile_lines)
-            from service.db import dispose_engines  # noqa: PLC0415
+            from service.db.engine import dispose_engines
 
             dispose_engines()
         median_ms = statistics.median(phases["total"]) * 1e3

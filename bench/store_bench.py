@@ -1,11 +1,11 @@
 """Store benchmark: 100,000 jobs of 10 epochs each (1.1 million rows) into SQLite and PostgreSQL.
 
-Reports rows per second for the bulk path (finished jobs through service.store.insert_jobs, then
-their epochs through service.store.insert_epochs: COPY for both on PostgreSQL), and for store.save_results (the path `klab run`
-and the workers take) on a slice; then times the real `klab list --limit 20`, `show ID`, `compare` and
-`status` on the filled database, which must answer in under a second, against the same commands
-forced through SQLAlchemy's engine (the baseline: how every read command ran before service.reader),
-interleaved in the same run.
+Reports rows per second for the bulk path (finished jobs through service.db.writes.insert_jobs, then
+their epochs through service.db.writes.replace_epochs: COPY for both on PostgreSQL), and for
+writes.save_results (the path `klab run` and the workers take) on a slice; then times the real
+`klab list --limit 20`, `show ID`, `compare` and `status` on the filled database, which must answer in
+under a second, against the same commands forced through SQLAlchemy's engine (the baseline: how every
+read command ran before service.db.connect's driver connections), interleaved in the same run.
 
     .venv/bin/python bench/store_bench.py                 # full size, both backends
     .venv/bin/python bench/store_bench.py --jobs 10000 --backends sqlite
@@ -38,10 +38,15 @@ import numpy as np  # noqa: E402
 from sqlalchemy import create_engine, insert, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from service import store  # noqa: E402
-from service.db import describe, dispose_engines, session_scope, upgrade  # noqa: E402
-from service.models import JobStatus, Sweep, utcnow  # noqa: E402
-from service.spec import JobSpec  # noqa: E402
+from service.db import writes  # noqa: E402
+from service.db.engine import dispose_engines, upgrade, writing  # noqa: E402
+from service.db.reads import reading  # noqa: E402
+from service.db.schema import sweeps as sweeps_table  # noqa: E402
+from service.db.schema import utcnow  # noqa: E402
+from service.jobs import result  # noqa: E402
+from service.jobs.spec import JobSpec  # noqa: E402
+from service.jobs.status import JobStatus  # noqa: E402
+from service.settings import describe  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("KLAB_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 KLAB = str(Path(sys.executable).parent / "klab")
@@ -51,73 +56,77 @@ SWEEP_SIZE = 100
 """Jobs per sweep, so `klab compare --sweep` and the sweep queries have something realistic to read."""
 
 
-def engine_like_result(spec: JobSpec, rng: np.random.Generator) -> dict[str, Any]:
-    """A result shaped like worker.engine.run_spec's (3x3 kernels, every field filled)."""
+def engine_like_result(spec: JobSpec, rng: np.random.Generator) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A result shaped like worker.engine.run_spec's, (row, epochs) (3x3 kernels, every field filled)."""
     true = rng.standard_normal((3, 3))
     learned = true + 0.01 * rng.standard_normal((3, 3))
     losses = np.geomspace(10.0, 1e-3, spec.epochs)
     frob = float(np.linalg.norm(learned - true))
-    return {
-        "status": "succeeded", "method": spec.method.value, "device": "cpu", "seed": spec.seed,
-        "torch_version": "2.13.0+cpu", "train_seconds": 0.02,
-        "epochs": [{"epoch": i + 1, "loss": float(v), "mse": float(v) / 36, "kernel_error": frob * (spec.epochs - i)}
-                   for i, v in enumerate(losses)],
+    epochs = [{"epoch": i + 1, "loss": float(v), "mse": float(v) / 36, "kernel_error": frob * (spec.epochs - i)}
+              for i, v in enumerate(losses)]
+    row = {
+        "status": "succeeded", "error_message": None, "device": "cpu", "torch_version": "2.13.0+cpu",
+        "train_seconds": 0.02, "epochs_done": len(epochs), "final_loss": epochs[-1]["loss"],
+        "final_mse": epochs[-1]["mse"],
         "true_kernel": true.tolist(), "initial_kernel": (0.1 * true).tolist(), "learned_kernel": learned.tolist(),
-        "learned_bias": None,
-        "error": {"frobenius": frob, "relative": frob / float(np.linalg.norm(true)),
-                  "max_abs": float(np.abs(learned - true).max()), "cosine": 0.9999},
-        "converged_epoch": None, "diverged_epoch": None,
-        "identifiability": {"rank": 9, "params": 9, "identifiable": True}, "lstsq_kernel": true.tolist(),
-        "gap": {"optimization": frob, "noise": 1e-16, "identifiability": 1e-16},
+        "learned_bias": None, "lstsq_kernel": true.tolist(),
+        "frobenius_error": frob, "relative_error": frob / float(np.linalg.norm(true)),
+        "max_abs_error": float(np.abs(learned - true).max()), "cosine": 0.9999,
+        "rank": 9, "params": 9, "identifiable": True,
+        "gap_optimization": frob, "gap_noise": 1e-16, "gap_identifiability": 1e-16,
+        "converged_epoch": None, "diverged_epoch": None, "stable_lr": 0.05, "convergence_rate": 0.97,
+        "more_epochs": 120,
         "explanation": f"not converged yet: training stopped {frob:.3g} from the best kernel the data allow; "
                        "train longer or raise the learning rate.",
     }
+    return row, epochs
 
 
 LRS = (0.001, 0.003, 0.01, 0.03, 0.1)
 KERNELS = ("sobel-x", "sobel-y", "laplacian", "box3")
 
 
-def job_rows(n: int, epochs: int, sweep_ids: list[int], start: int) -> Iterator[tuple[dict[str, Any], dict]]:
-    """(job row, result) for jobs start..start+n: a few templates, each job with its own lr, seed and kernel."""
+def job_rows(n: int, epochs: int, sweep_ids: list[int], start: int
+             ) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """(job row, its epochs) for jobs start..start+n: a few templates, each job with its own lr, seed and kernel."""
     rng = np.random.default_rng(start)
     templates = {}
     for k in KERNELS:
         spec = JobSpec.parse({"input": "random:6x6", "kernel": k, "epochs": epochs, "method": "d2l-sgd"})
         templates[k] = (spec, engine_like_result(spec, rng))
-    now = utcnow()
     for i in range(start, start + n):
         kernel = KERNELS[i % len(KERNELS)]
-        spec, result = templates[kernel]
+        spec, (row, epoch_list) = templates[kernel]
         lr, seed = LRS[(i // len(KERNELS)) % len(LRS)], i
-        cols = store.job_columns(spec)
+        cols = writes.new_job(spec, start=JobStatus.RUNNING, sweep_id=sweep_ids[i // SWEEP_SIZE], queue="cpu")
         cols.update(spec={**cols["spec"], "lr": lr, "seed": seed}, lr=lr, seed=seed)
-        res = store.result_columns(result)
+        res = result.columns_of(row)
         res["err_relative"] = float(res["err_relative"] * (1 + (i % 97) / 10))  # something to sort by
-        yield ({**cols, **res, "sweep_id": sweep_ids[i // SWEEP_SIZE], "queue": "cpu", "created_at": now,
-                "started_at": now, "attempts": 1, "task_try": 1, "cancel_requested": False}, result)
+        yield ({**cols, **res, "finished_at": utcnow(), "attempts": 1, "task_try": 1}, epoch_list)
 
 
 def bulk_store(url: str, jobs: int, epochs: int) -> dict[str, float]:
-    """Finished jobs through store.insert_jobs, their epochs through store.insert_epochs, CHUNK jobs a transaction."""
-    with session_scope(url) as session:
+    """Finished jobs through writes.insert_jobs, their epochs through writes.replace_epochs (which first
+    deletes the jobs' epochs: none here), CHUNK jobs a transaction."""
+    with writing(url) as conn:
         sweeps = [{"name": f"bench {s}", "params": {"lr": list(LRS), "kernel": list(KERNELS)}, "size": SWEEP_SIZE,
                    "created_at": utcnow()} for s in range((jobs + SWEEP_SIZE - 1) // SWEEP_SIZE)]
-        sweep_ids = list(session.execute(insert(Sweep).returning(Sweep.id, sort_by_parameter_order=True),
-                                         sweeps).scalars())
+        sweep_ids = list(conn.execute(insert(sweeps_table).returning(sweeps_table.c.id,
+                                                                     sort_by_parameter_order=True),
+                                      sweeps).scalars())
     t_jobs = t_epochs = 0.0
     n_epochs = 0
     for start in range(0, jobs, CHUNK):
         batch = list(job_rows(min(CHUNK, jobs - start), epochs, sweep_ids, start))
-        with session_scope(url) as session:
+        with writing(url) as conn:
             t0 = time.perf_counter()
-            ids = store.insert_jobs(session, [row for row, _ in batch])
+            ids = writes.insert_jobs(conn, [row for row, _ in batch])
             t1 = time.perf_counter()
-            n_epochs += store.insert_epochs(session, (
+            writes.replace_epochs(conn, ids, (
                 (job_id, e["epoch"], e["loss"], e["mse"], e["kernel_error"])
-                for job_id, (_, result) in zip(ids, batch) for e in result["epochs"]))
-            session.commit()
-            t2 = time.perf_counter()
+                for job_id, (_, epoch_list) in zip(ids, batch) for e in epoch_list))
+        t2 = time.perf_counter()  # committed
+        n_epochs += sum(len(epoch_list) for _, epoch_list in batch)
         t_jobs += t1 - t0
         t_epochs += t2 - t1
     total = t_jobs + t_epochs
@@ -126,14 +135,15 @@ def bulk_store(url: str, jobs: int, epochs: int) -> dict[str, float]:
 
 
 def save_results_path(url: str, jobs: int, epochs: int, batch: int = 100) -> dict[str, float]:
-    """create_job + save_results, `batch` jobs a transaction, as a worker storing finished jobs would."""
+    """insert_jobs (running) + save_results, `batch` jobs a transaction, as a worker storing finished jobs would."""
     spec = JobSpec.parse({"input": "random:6x6", "kernel": "sobel-x", "epochs": epochs, "method": "d2l-sgd"})
-    result = engine_like_result(spec, np.random.default_rng(0))
+    row, epoch_list = engine_like_result(spec, np.random.default_rng(0))
     t0 = time.perf_counter()
     for start in range(0, jobs, batch):
-        with session_scope(url) as session:
-            made = [store.create_job(session, spec, status=JobStatus.RUNNING) for _ in range(min(batch, jobs - start))]
-            store.save_results(session, [(job.id, result) for job in made])
+        with writing(url) as conn:
+            made = writes.insert_jobs(conn, [writes.new_job(spec, start=JobStatus.RUNNING)
+                                             for _ in range(min(batch, jobs - start))])
+            writes.save_results(conn, [(job_id, row, epoch_list) for job_id in made])
     elapsed = time.perf_counter() - t0
     return {"jobs": jobs, "rows_per_s": jobs * (1 + epochs) / elapsed, "total_s": elapsed}
 
@@ -157,8 +167,8 @@ the imports the first run pays for."""
 
 THROUGH_ENGINE = """
 import sys
-from service import reader
-reader._direct = lambda url: None  # every read through service.db's SQLAlchemy engine, as before service.reader
+from service.db import reads
+reads.open_reader = lambda url: None  # every read through service.db.engine's SQLAlchemy engine
 from service.cli import main
 main(sys.argv[1:])
 """
@@ -207,7 +217,7 @@ def bench(name: str, url: str, jobs: int, epochs: int) -> dict[str, Any]:
           f"(jobs {bulk['jobs_per_s']:,.0f}/s, epochs {bulk['epochs_per_s']:,.0f}/s)", flush=True)
     slice_jobs = max(100, min(5_000, jobs // 20))
     saved = save_results_path(url, slice_jobs, epochs)
-    print(f"  create_job + save_results, {slice_jobs:,} jobs in batches of 100: {saved['total_s']:.1f} s, "
+    print(f"  insert_jobs + save_results, {slice_jobs:,} jobs in batches of 100: {saved['total_s']:.1f} s, "
           f"{saved['rows_per_s']:,.0f} rows/s", flush=True)
     dispose_engines()
     return {"bulk": bulk, "save_results": saved, "cli": time_cli(url)}
@@ -215,9 +225,9 @@ def bench(name: str, url: str, jobs: int, epochs: int) -> dict[str, Any]:
 
 def time_cli(url: str) -> dict[str, dict[str, float]]:
     """`klab list`, `show` and `compare` on a filled database, each in a fresh process."""
-    with session_scope(url) as session:
-        middle = session.execute(text("SELECT max(id) / 2 FROM jobs")).scalar()
-        sweep = session.execute(text("SELECT sweep_id FROM jobs WHERE id = :id"), {"id": middle}).scalar()
+    with reading(url) as reader:
+        middle = reader.one("SELECT max(id) / 2 AS middle FROM jobs")["middle"]
+        sweep = reader.one("SELECT sweep_id FROM jobs WHERE id = :id", {"id": middle})["sweep_id"]
     dispose_engines()
     commands = {
         "klab --version (startup floor)": ["--version"],

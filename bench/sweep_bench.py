@@ -1,15 +1,15 @@
 """Sweep throughput: `klab sweep` of 10,000 book-sized jobs until every job and epoch is in PostgreSQL.
 
 One cpu worker process, started as `klab worker --queue cpu [--concurrency N]` starts it
-(service.cli.queue.worker_argv) and warmed up before any clock starts, trains the sweep. The clock runs
+(service.cli.workers.worker_argv) and warmed up before any clock starts, trains the sweep. The clock runs
 from launching the real `klab sweep --input edge:6x8 --kernel d2l --method d2l-manual --epochs 10
 --lr 0.03 --seed 0..N-1 --batch-jobs B` process (its Python start-up counts) until the database holds
 N finished jobs and 10 N epochs. The baseline, measured in the same run and interleaved with the
 sweeps: the book's loop, one job at a time with no storage, on a sample of seeds, scaled to N.
 
-    .venv/bin/python bench/sweep_bench.py                    # 10,000 jobs; --batch-jobs 1024 and 10000; concurrency 1 and 2
+    .venv/bin/python bench/sweep_bench.py                 # 10,000 jobs; --batch-jobs 1024, 10000; concurrency 1, 2
     .venv/bin/python bench/sweep_bench.py --jobs 2000 --repeat 1 --concurrency 1
-    .venv/bin/python bench/sweep_bench.py --profile-only     # cProfile of `klab sweep` and of the worker task, in-process
+    .venv/bin/python bench/sweep_bench.py --profile-only  # cProfile of `klab sweep` and the worker task, in-process
 
 PostgreSQL: a fresh database klab_bench_<hex> through KLAB_TEST_DATABASE_URL (default
 postgresql+psycopg://postgres@127.0.0.1:5432/test), upgraded with `klab db upgrade`, dropped at the end.
@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import Engine, make_url  # noqa: E402
 
-from service.cli.queue import worker_argv  # noqa: E402
+from service.cli.workers import worker_argv  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("KLAB_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("KLAB_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
@@ -95,7 +95,7 @@ def pg_database() -> Iterator[str]:
 
 
 def flush_redis(url: str) -> None:
-    import redis  # noqa: PLC0415
+    import redis
 
     client = redis.Redis.from_url(url, socket_connect_timeout=3)
     try:
@@ -106,7 +106,7 @@ def flush_redis(url: str) -> None:
 
 def ensure_alone(url: str) -> None:
     """Refuse a Redis database index another client is on: its workers would take our tasks (and we its data)."""
-    import redis  # noqa: PLC0415
+    import redis
 
     client = redis.Redis.from_url(url, socket_connect_timeout=3)
     try:
@@ -230,7 +230,7 @@ class Worker:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
 
-    def __enter__(self) -> "Worker":
+    def __enter__(self) -> Worker:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -250,10 +250,11 @@ def percentile(values: list[float], q: float) -> float:
 
 def book_seconds_per_job(seeds: list[int], threads: int) -> tuple[float, dict[int, list[float]]]:
     """The book's first loop, one seed at a time, no storage: seconds per job, and l.sum() per epoch."""
-    import torch  # noqa: PLC0415
-    from torch import nn  # noqa: PLC0415
+    import torch
+    from torch import nn
 
-    from service.spec import JobSpec, build_problem  # noqa: PLC0415
+    from service.jobs.problem import build_problem
+    from service.jobs.spec import JobSpec
 
     # One thread is the book loop's best case here: with two, OpenMP waits on the other core whenever
     # anything else runs on this 2-core machine, and the loop gets several times slower.
@@ -268,7 +269,7 @@ def book_seconds_per_job(seeds: list[int], threads: int) -> tuple[float, dict[in
         seen = []
         for _ in range(EPOCHS):
             Y_hat = conv2d(X)
-            l = (Y_hat - Y) ** 2  # noqa: E741 - the book's name
+            l = (Y_hat - Y) ** 2
             conv2d.zero_grad()
             l.sum().backward()
             conv2d.weight.data[:] -= LR * conv2d.weight.grad
@@ -278,7 +279,7 @@ def book_seconds_per_job(seeds: list[int], threads: int) -> tuple[float, dict[in
 
 
 def _default_threads() -> int:
-    import torch  # noqa: PLC0415
+    import torch
 
     return torch.get_num_threads()
 
@@ -390,10 +391,10 @@ def profiles(db_url: str, broker_url: str, home: Path, jobs: int, batch_jobs: in
     """cProfile, in this process, of `klab sweep` (no worker: its tasks stay queued) and of one worker task."""
     os.environ.update({"KLAB_DATABASE_URL": db_url, "KLAB_BROKER_URL": broker_url, "KLAB_HOME": str(home),
                        "NO_COLOR": "1"})
-    from service.settings import settings  # noqa: PLC0415
+    from service.settings import settings
 
     settings.cache_clear()
-    from service.cli import main  # noqa: PLC0415
+    from service.cli import main
 
     reset(db_url)
     argv = ["sweep", *BOOK_JOB, "--seed", f"0..{jobs - 1}", "--batch-jobs", str(batch_jobs)]
@@ -407,16 +408,16 @@ def profiles(db_url: str, broker_url: str, home: Path, jobs: int, batch_jobs: in
     print("-- by own time --")
     print(top_functions(prof, "tottime", count // 2))
     flush_redis(broker_url)  # drop the tasks no worker will take
-    import service.queue  # noqa: PLC0415
-    import service.sweep  # noqa: PLC0415
+    import service.broker
+    import service.jobs.sweep
+    import service.submit
 
     runs = []
     for _ in range(3):
         reset(db_url)
-        with phase_clock([(service.sweep, "expand", "expand"), (service.queue, "prepare", "prepare"),
-                          (service.queue, "check_broker", "check_broker"),
-                          (service.queue, "create_jobs", "create_jobs"), (service.queue, "publish", "publish")]
-                         ) as phases:
+        with phase_clock([(service.jobs.sweep, "expand", "expand"), (service.submit, "prepare", "prepare"),
+                          (service.broker, "check", "broker.check"), (service.submit, "store", "store"),
+                          (service.submit, "send", "send")]) as phases:
             started = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
                 main(argv)
@@ -426,16 +427,14 @@ def profiles(db_url: str, broker_url: str, home: Path, jobs: int, batch_jobs: in
     parts = ", ".join(f"{k} {statistics.median(r.get(k, 0.0) for r in runs):.3f}" for k in runs[0])
     print(f"\n== the same command unprofiled, in-process, in phases (median of 3; seconds) ==\n{parts}")
 
-    from service.db import session_scope  # noqa: PLC0415
-    from service.queue import create_jobs, prepare  # noqa: PLC0415
-    from service.spec import JobSpec  # noqa: PLC0415
-    from worker.tasks import train_jobs  # noqa: PLC0415 - imports torch and the worker's Celery app
+    from service.jobs.spec import JobSpec
+    from service.submit import prepare, store
+    from worker.tasks import train_jobs
 
     def created(seeds: range) -> list[int]:
         specs = [JobSpec.parse({"input": "edge:6x8", "kernel": "d2l", "method": "d2l-manual", "epochs": EPOCHS,
                                 "lr": LR, "seed": s}) for s in seeds]
-        with session_scope(db_url) as session:
-            return create_jobs(session, prepare(specs, "cpu"), None)
+        return store(prepare(specs, "cpu"))[1]  # into KLAB_DATABASE_URL: db_url
 
     reset(db_url)
     train_jobs(created(range(64)), "bench-warmup")  # first-call costs: connections, dispatch caches
@@ -450,7 +449,7 @@ def profiles(db_url: str, broker_url: str, home: Path, jobs: int, batch_jobs: in
     print(top_functions(prof, "tottime", count // 2))
 
     print(f"\n== the same task unprofiled, in phases (median of 3; seconds for {worker_jobs} jobs) ==")
-    import torch  # noqa: PLC0415
+    import torch
 
     for threads in (1, 2):
         torch.set_num_threads(threads)
@@ -468,13 +467,13 @@ def profiles(db_url: str, broker_url: str, home: Path, jobs: int, batch_jobs: in
 
 
 def worker_phases() -> list[tuple[Any, str, str]]:
-    import worker.engine  # noqa: PLC0415
-    import worker.tasks  # noqa: PLC0415
-    from service import store  # noqa: PLC0415
+    import worker.engine
+    import worker.tasks
+    from service.db import writes
 
     return [(worker.tasks, "claim", "claim"), (worker.tasks, "load", "load specs and problems"),
-            (worker.engine, "train", "engine.train"), (worker.engine.BatchResult, "record", "records"),
-            (store, "save_results", "store.save_results")]
+            (worker.engine, "train", "engine.train"), (worker.engine.BatchResult, "rows", "rows"),
+            (writes, "save_results", "writes.save_results")]
 
 
 @contextlib.contextmanager
@@ -594,7 +593,8 @@ def main() -> None:
                 print(f"book loop with torch's default {default_threads} threads (not used for the speedups): "
                       f"{d * 1e3:.3f} ms/job (runs: {', '.join(f'{v * 1e3:.3f}' for v in book_default_runs)}) "
                       f"-> {d * n:.1f} s for {n:,} jobs")
-            print(f"stored losses of the {len(sample_seeds)} sampled seeds vs the book's: within {worst:.1e} (relative)")
+            print(f"stored losses of the {len(sample_seeds)} sampled seeds vs the book's: "
+                  f"within {worst:.1e} (relative)")
             print("\nspeedup: the book loop's median time over the sweep's median time; per run: each run against "
                   "the book loop measured just before it (median of those)")
             print("\n| concurrency | --batch-jobs | total s (median) | runs | CLI s | worker s/task (median, sum) "
@@ -617,7 +617,7 @@ def main() -> None:
         if args.profile or args.profile_only:
             profiles(db_url, broker_url, Path(tmp) / "home", n, _ints(args.batch_jobs)[0], args.profile_jobs,
                      args.profile_lines)
-        from service.db import dispose_engines  # noqa: PLC0415
+        from service.db.engine import dispose_engines
 
         dispose_engines()
 
