@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean compose-tool
+.PHONY: install demo lint test test-fast bench clean compose-tool
 
 install: $(STAMP)
 
@@ -17,10 +17,19 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(BIN)/klab run --input edge:6x8 --kernel d2l --method d2l-manual --lr 0.03 --epochs 10
 
+# ruff (with its bandit rules) and the import contracts of pyproject.toml (the layers, no cycles).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
+
 # Three pytest workers: most tests wait on real worker processes, Redis and PostgreSQL, not the CPU.
 PYTEST_ARGS ?= -n 3
-test: install compose-tool
+test: lint compose-tool
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The tests that need no service (no PostgreSQL, Redis or worker process): a minute or less.
+test-fast: lint
+	$(BIN)/python -m pytest -q -n 2 -m "not services"
 
 # tests/test_compose.py validates docker-compose.yml with Debian's docker-compose 1.29 (no engine
 # needed); installed here when missing and we are root, as in CI. Otherwise those checks skip locally.
