@@ -1,11 +1,16 @@
-"""Submitting: validate every spec as a worker would build it, store the jobs, then hand them to the broker.
+"""Submitting: validate every job as a worker would build it, then store and send the jobs a chunk at a time,
+so that the first worker starts at once whatever the size of the submission.
 
-Nothing is written while the broker is down; a broker that fails mid-way leaves the jobs not yet
-sent `created`, and the error names the `klab requeue` that sends them.
+A sweep is validated once per distinct value, not once per job, and its jobs' rows are made from the
+validated values, with no spec object per job. Everything is validated before anything is written, and
+nothing is written while the broker is down; a broker that fails mid-way leaves the jobs not yet sent
+`created`, and the error names the `klab requeue` that sends them.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,9 +18,23 @@ from service import broker
 from service.db import writes
 from service.db.engine import writing
 from service.errors import BadInput, BrokerUnavailable
-from service.jobs.problem import build_problem, file_arrays, problem_key, together
+from service.jobs.problem import Problem, build_problem, file_arrays, problem_key, together
 from service.jobs.selection import Selection
 from service.jobs.spec import Device, JobSpec
+from service.jobs.status import JobStatus
+from service.jobs.sweep import Grid
+
+CHUNK_JOBS = 4096
+"""Jobs stored in one transaction and sent before the next are stored: the first worker waits for no more."""
+
+BUILT_FROM = ("input", "kernel", "labels", "bias", "method")
+"""What a job's arrays are built from, besides its noise and seed (which change no shape)."""
+
+KEYED_BY = (*BUILT_FROM, "epochs", "batch_size", "device")
+"""What a job's message key depends on (its queue and service.jobs.problem.together)."""
+
+Job = tuple[dict[str, Any], tuple, dict[str, Any]]
+"""A job to store: its spec values (JSON), its message key (queue first) and the arrays it uploads."""
 
 
 def queue_for(spec: JobSpec, queue: str | None) -> str:
@@ -27,53 +46,139 @@ def queue_for(spec: JobSpec, queue: str | None) -> str:
     return "gpu" if spec.device is Device.CUDA else "cpu"
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A validated spec with its queue, what it trains together with, and its arrays to upload."""
+@dataclass
+class Plan:
+    """A validated submission: its jobs (made as they are stored), how many, and its sweep's parameters."""
 
-    spec: JobSpec
-    queue: str
-    key: tuple
-    arrays: dict[str, Any]
+    size: int
+    jobs: Iterator[Job]
+    sweep: dict[str, Any] | None = None
+    name: str | None = None
 
 
-def prepare(specs: Sequence[JobSpec], queue: str | None) -> list[Prepared]:
-    """Validate every spec as a worker would build it; a bad one stops the whole submission."""
-    keys: dict[tuple, tuple] = {}
-    out = []
+class _Built:
+    """What a submission builds once for many jobs: the arrays of the files it names, and its problems."""
+
+    def __init__(self) -> None:
+        self.files: dict[tuple, dict[str, Any]] = {}
+        self.problems: dict[tuple, Problem] = {}
+
+    def of(self, spec: JobSpec, key: tuple | None = None) -> tuple[Problem, dict[str, Any]]:
+        names = (spec.input, spec.kernel, spec.labels)
+        if names not in self.files:
+            self.files[names] = file_arrays(spec)
+        key = problem_key(spec) if key is None else key
+        if key not in self.problems:
+            self.problems[key] = build_problem(spec, dict(self.files[names]))
+        return self.problems[key], self.files[names]
+
+
+def plan_specs(specs: Sequence[JobSpec], queue: str | None) -> Plan:
+    """Jobs given one by one (klab submit, -f jobs.jsonl): each built as a worker would, alike ones once."""
+    built = _Built()
+    jobs = []
     for spec in specs:
-        arrays = file_arrays(spec)
-        built = problem_key(spec)
-        if built not in keys:
-            keys[built] = build_problem(spec, dict(arrays))
-        q = queue_for(spec, queue)
-        out.append(Prepared(spec, q, (q, *together(keys[built], spec)), arrays))
+        problem, files = built.of(spec)
+        jobs.append((spec.to_json(), (queue_for(spec, queue), *together(problem, spec)), files))
+    return Plan(len(jobs), iter(jobs))
+
+
+def plan_sweep(grid: Grid, queue: str | None, name: str | None = None) -> Plan:
+    """The cartesian product of a grid, validated before it is made: each string value once, numbers by their
+    least and greatest value (every rule on a number is a bound: lr > 0, 0 < epochs <= the limit...), and
+    every combination of the values a message key depends on, built as a worker would with the largest
+    noise. The jobs are then made from those values alone."""
+    first = {f: vs[0] for f, vs in grid.swept.items()}
+    base = JobSpec.parse({**grid.fixed, **first})
+    typed: dict[str, list[Any]] = {}
+    for f, values in grid.swept.items():
+        if isinstance(values[0], str):
+            as_json = {v: JobSpec.parse({**grid.fixed, **first, f: v}).to_json()[f] for v in dict.fromkeys(values)}
+            typed[f] = [as_json[v] for v in values]
+        else:
+            for v in {min(values), max(values)}:
+                JobSpec.parse({**grid.fixed, **first, f: v})
+            typed[f] = list(values)
+    noise = max(grid.swept.get("noise", [base.noise]))
+    keyed = [f for f in grid.swept if f in KEYED_BY]
+    built, keys = _Built(), {}
+    for combo in itertools.product(*(grid.swept[f] for f in keyed)):
+        spec = JobSpec.parse({**grid.fixed, **first, **dict(zip(keyed, combo))})
+        loudest = spec.model_copy(update={"noise": noise})
+        problem, files = built.of(loudest, tuple((f, v) for f, v in zip(keyed, combo) if f in BUILT_FROM))
+        keys[combo] = ((queue_for(spec, queue), *together(problem, spec)), files)
+    names = list(grid.swept)
+    positions = [names.index(f) for f in keyed]
+    base_json = base.to_json()
+
+    def jobs() -> Iterator[Job]:
+        for combo in itertools.product(*(list(zip(typed[f], grid.swept[f])) for f in names)):
+            key, files = keys[tuple(combo[p][1] for p in positions)]
+            yield {**base_json, **{f: c[0] for f, c in zip(names, combo)}}, key, files
+
+    return Plan(grid.size, jobs(), {"swept": grid.swept, "fixed": grid.fixed}, name)
+
+
+def submit(plan: Plan, batch_jobs: int) -> tuple[int | None, list[int]]:
+    """Check the broker, then store the jobs and send them, a chunk at a time: (sweep id, job ids).
+
+    Jobs are stored queued, their messages sent right after. If the broker fails on the way, the jobs of
+    messages it did not take go back to created, the rest of the plan is stored created, and the error
+    names the requeue that sends them (a job stored queued whose message never came is sent again by the
+    workers anyway: service.db.writes.stranded).
+    """
+    broker.check()  # nothing is written while the broker is down
+    sweep_id: int | None = None
+    uploaded: dict[int, int] = {}  # id(array) -> dataset
+    ids: list[int] = []
+    failure: BrokerUnavailable | None = None
+    while chunk := list(itertools.islice(plan.jobs, CHUNK_JOBS)):
+        start = JobStatus.CREATED if failure else JobStatus.QUEUED
+        with writing() as conn:
+            if plan.sweep is not None and sweep_id is None:
+                sweep_id = writes.create_sweep(conn, plan.sweep, plan.size, plan.name)
+            for _, _, files in chunk:
+                for array in files.values():
+                    if id(array) not in uploaded:
+                        uploaded[id(array)] = writes.put_dataset(conn, array)
+            made = writes.insert_columns(conn, {**writes.lifecycle(start, sweep_id), **_columns(chunk, uploaded)},
+                                         len(chunk))
+        ids += made
+        if failure:
+            continue
+        taken: list[int] = []
+        try:
+            broker.publish(broker.client(), broker.tasks([(i, key) for i, (_, key, _) in zip(made, chunk)],
+                                                         batch_jobs), taken.extend)
+        except BrokerUnavailable as exc:
+            failure = exc
+            with writing() as conn:
+                writes.unsent(conn, sorted(set(made) - set(taken)))
+    if failure:
+        again = Selection(sweep=sweep_id) if sweep_id is not None else Selection(tuple(ids) if len(ids) <= 50 else ())
+        raise BrokerUnavailable(_and_then(failure, again))
+    return sweep_id, ids
+
+
+def _columns(chunk: Sequence[Job], uploaded: dict[int, int]) -> dict[str, list[Any]]:
+    """The columns of a chunk of new jobs that differ from job to job: spec, knobs, queue, datasets."""
+    out: dict[str, list[Any]] = {"spec": [json.dumps(values) for values, _, _ in chunk]}
+    for f, column in zip(writes.KNOBS, zip(*(writes.knobs(values) for values, _, _ in chunk))):
+        out[f.col] = list(column)
+    out["queue"] = [key[0] for _, key, _ in chunk]
+    for name in ("input", "labels", "kernel"):
+        out[f"{name}_dataset_id"] = [uploaded[id(files[name])] if name in files else None for _, _, files in chunk]
     return out
 
 
-def store(prepared: Sequence[Prepared], sweep: dict[str, Any] | None = None, name: str | None = None
-          ) -> tuple[int | None, list[int]]:
-    """Store the jobs (status created) and their sweep, if any, in one transaction: (sweep id, job ids)."""
-    with writing() as conn:
-        sweep_id = None if sweep is None else writes.create_sweep(conn, sweep, len(prepared), name)
-        uploaded: dict[int, int] = {}
-        rows = []
-        for prep in prepared:
-            ds = {}
-            for field, array in prep.arrays.items():
-                if id(array) not in uploaded:
-                    uploaded[id(array)] = writes.put_dataset(conn, array)
-                ds[field] = uploaded[id(array)]
-            rows.append(writes.new_job(prep.spec, sweep_id=sweep_id, queue=prep.queue, dataset_ids=ds))
-        return sweep_id, writes.insert_jobs(conn, rows)
+def _and_then(exc: BrokerUnavailable, again: Selection) -> str:
+    """The broker's error line, and the requeue that sends what it did not take."""
+    return f"{exc}; the jobs not yet queued will run after: klab requeue{'' if again.everything else f' {again}'}"
 
 
-def send(messages: Sequence[broker.Task], again: Selection | None = None) -> int:
-    """Publish tasks, marking each task's jobs queued once the broker took it; how many jobs were sent.
-
-    A broker that fails mid-way raises BrokerUnavailable naming the requeue that sends the rest
-    (`again`: the jobs as the user would name them; none: every job left created).
-    """
+def send(messages: Sequence[broker.Task], again: Selection) -> int:
+    """Publish tasks of stored jobs, marking each task's jobs queued once the broker took it; how many jobs
+    were sent. A broker that fails mid-way raises BrokerUnavailable naming the requeue that sends the rest."""
     def sent(ids: list[int]) -> None:
         with writing() as conn:
             writes.mark_queued(conn, ids)
@@ -81,18 +186,7 @@ def send(messages: Sequence[broker.Task], again: Selection | None = None) -> int
     try:
         return broker.publish(broker.client(), messages, sent)
     except BrokerUnavailable as exc:
-        target = f" {again}" if again is not None and not again.everything else ""
-        raise BrokerUnavailable(f"{exc}; the jobs not yet queued will run after: klab requeue{target}") from None
-
-
-def submit(prepared: Sequence[Prepared], batch_jobs: int, sweep: dict[str, Any] | None = None,
-           name: str | None = None) -> tuple[int | None, list[int]]:
-    """Check the broker, store the jobs, send them: (sweep id, job ids)."""
-    broker.check()  # nothing is written while the broker is down
-    sweep_id, ids = store(prepared, sweep, name)
-    again = Selection(sweep=sweep_id) if sweep_id is not None else Selection(tuple(ids) if len(ids) <= 50 else ())
-    send(broker.tasks([(i, p.key) for i, p in zip(ids, prepared)], batch_jobs), again)
-    return sweep_id, ids
+        raise BrokerUnavailable(_and_then(exc, again)) from None
 
 
 def requeue(selection: Selection, include_queued: bool, batch_jobs: int) -> int:

@@ -191,7 +191,7 @@ def add_job() -> Callable[..., int]:
             writes.mark_queued(conn, [job_id])
         if end.is_finished:
             row, epoch_list = fake_result(spec, relative, status)
-            writes.save_results(conn, [(job_id, row, epoch_list)])
+            writes.save_rows(conn, [(job_id, row, epoch_list)])
         return job_id
 
     return add

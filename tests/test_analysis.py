@@ -190,10 +190,10 @@ IDENT = {"rank": 2, "params": 4, "identifiable": False}
     ({"optimization": 0.3, "noise": None, "identifiability": None}, IDENT, "succeeded", "no true kernel"),
 ])
 def test_explain_names_the_dominant_part(gap, ident, status, expected):
-    facts = Facts(status=JobStatus(status), optimization=gap["optimization"], noise=gap["noise"],
-                  identifiability=gap["identifiability"], relative=None, rank=ident["rank"], params=ident["params"],
-                  sums_only=ident.get("sums_only", False), grew=False)
-    assert expected in explain(facts)
+    facts = Facts.one(JobStatus(status), gap["optimization"], gap["noise"], gap["identifiability"], ident["rank"],
+                      ident["params"], ident.get("sums_only", False))
+    (sentence,) = explain(facts)
+    assert expected in sentence
 
 
 def test_a_growing_loss_is_never_told_to_raise_the_learning_rate():

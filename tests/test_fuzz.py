@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from service.errors import BadInput
 from service.jobs.problem import build_problem, file_arrays
 from service.jobs.spec import JobSpec, load_spec_file
-from service.jobs.sweep import SWEEPABLE, expand
+from service.jobs.sweep import SWEEPABLE, grid
+from service.submit import plan_sweep
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -192,13 +193,17 @@ flag_sets = st.dictionaries(st.sampled_from([*SWEEPABLE, "tol", "device", "bias"
 @example(flags={"lr": "1e-320:1e300:4"})
 @example(flags={"kernel": "[[1,2],[3,4]],d2l", "lr": "0.1,,0.2"})
 def test_sweep_flags_raise_only_bad_input(flags):
-    expanded = only_bad_input(expand, flags)
-    if expanded is None:
+    g = only_bad_input(grid, flags)
+    if g is None:
         return
-    swept, jobs = expanded
-    assert len(jobs) <= 64
-    for job in jobs[:8]:  # the CLI parses every job of a sweep before storing any
-        only_bad_input(JobSpec.parse, job)
+    assert g.size <= 64
+    plan = only_bad_input(plan_sweep, g, None)
+    if plan is None:
+        return
+    jobs = list(plan.jobs)  # once the plan is validated, making its jobs cannot fail
+    assert len(jobs) == g.size
+    for values, _, _ in jobs:  # and every job made is one the spec accepts, as a worker will parse it
+        JobSpec.parse(values)
 
 
 spec_texts = st.one_of(

@@ -39,7 +39,7 @@ def varied_jobs(db_url: str, add_job) -> list[int]:
         (job_id,) = writes.insert_jobs(conn, [writes.new_job(spec, start=JobStatus.RUNNING)])
         row, epoch_list = fake_result(spec, relative=0.5, epochs=3)
         row.update(learned_bias=[0.125], rank=3, params=5, identifiable=False)
-        writes.save_results(conn, [(job_id, row, epoch_list)])
+        writes.save_rows(conn, [(job_id, row, epoch_list)])
         ids.append(job_id)
     return ids
 

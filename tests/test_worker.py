@@ -98,6 +98,52 @@ def test_acceptance_sweep_of_1000_jobs_equals_run_twins(service_env, workers):
     assert len(json.loads(compare.stdout)) == 1000
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Train twins here as a worker child does when it has one core: tiny jobs go ~5x faster than with
+    torch's default thread pool, and the numbers must not depend on the thread count anyway."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_mixed_sweep_equals_run_twins_job_by_job(service_env, workers, one_torch_thread):
+    """The columnar engine, the grouping of a task by distinct problem and the bulk writes give every job
+    exactly the losses and kernels of the same job trained alone (`klab run --no-store`)."""
+    workers("cpu")
+    seeds = 200  # "hundreds of seeds" (issue 11): 3,200 jobs
+    out = klab(service_env, "sweep", "--method", "d2l-manual,adam", "--input", "edge:6x8,checker:7x7",
+               "--kernel", "d2l,sobel-x", "--lr", "0.01,0.03", "--seed", f"0..{seeds - 1}", "--epochs", "6",
+               "--batch-jobs", "300", "--wait", "--json")
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    size = 2 * 2 * 2 * 2 * seeds
+    assert len(shown) == size and {r["status"] for r in shown} == {"succeeded"}
+    db = Db(service_env["KLAB_DATABASE_URL"])
+    try:
+        jobs = db.rows("SELECT id, spec, learned_kernel, initial_kernel, final_loss FROM jobs ORDER BY id")
+        stored: dict[int, list[float]] = {}
+        for r in db.rows("SELECT job_id, loss FROM epochs ORDER BY job_id, epoch"):
+            stored.setdefault(r.job_id, []).append(r.loss)
+    finally:
+        db.close()
+    assert len(jobs) == size
+    combos = set()
+    for j in jobs:
+        spec = JobSpec.parse(j.spec if isinstance(j.spec, dict) else json.loads(j.spec))
+        combos.add((spec.method.value, spec.input, spec.kernel, spec.lr))
+        alone = twin(**spec.to_json())
+        assert stored[j.id] == [e["loss"] for e in alone["epochs"]], (j.id, spec.to_json())
+        learned = j.learned_kernel if isinstance(j.learned_kernel, list) else json.loads(j.learned_kernel)
+        initial = j.initial_kernel if isinstance(j.initial_kernel, list) else json.loads(j.initial_kernel)
+        assert learned == alone["learned_kernel"] and initial == alone["initial_kernel"], j.id
+        assert j.final_loss == alone["epochs"][-1]["loss"]
+    assert len(combos) == 16
+
+
 def test_routing_to_cpu_and_gpu_queues(service_env, workers, redis_url):
     import redis
 
@@ -212,3 +258,59 @@ def test_bad_sweep_input_exits_2_before_anything_is_stored(service_env):
         assert out.stderr.startswith(f"klab: error: {field}:"), out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
     assert rows(service_env["KLAB_DATABASE_URL"], "SELECT count(*) FROM jobs")[0][0] == 0
+
+
+@pytest.mark.timeout(600)
+def test_every_command_works_on_a_sweep_of_the_largest_size(service_env, workers, redis_url, tmp_path):
+    """Issue 11: at KLAB_MAX_SWEEP_JOBS jobs no command sends a parameter per job (PostgreSQL takes at most
+    65,535), and none holds a job per Python object longer than it must."""
+    import redis
+
+    from service import defaults
+
+    size = defaults.MAX_SWEEP_JOBS
+    tasks = -(-size // defaults.BATCH_JOBS)
+    seeds = f"0..{size - 1}"
+    url = service_env["KLAB_DATABASE_URL"]
+    broker = redis.Redis.from_url(redis_url)
+
+    def ok(*args: str) -> str:
+        out = klab(service_env, *args, timeout=300)
+        assert out.returncode == 0, (args, out.stderr[-2000:])
+        return out.stdout
+
+    # no worker yet: a sweep stored and queued, sent again, then cancelled before any job starts
+    first = json.loads(ok("sweep", "--seed", seeds, "--epochs", "2", "--json"))["sweep"]
+    assert json.loads(ok("status", "--sweep", str(first), "--json"))["by_status"] == {"queued": size}
+    assert broker.llen("cpu") == tasks
+    assert ok("requeue", "--queued", "--sweep", str(first)).strip() == f"queued {size} job(s)"
+    assert broker.llen("cpu") == 2 * tasks
+    assert ok("cancel", "--sweep", str(first)).startswith(f"cancelled {size} job(s) not yet started")
+
+    # a worker skips the cancelled tasks, then trains a second sweep while the CLI waits for it
+    workers("cpu")
+    out = ok("sweep", "--seed", seeds, "--epochs", "2", "--wait")
+    second = int(out.split()[1].rstrip(":"))
+    assert f"{size} job(s): {size} succeeded; epochs {2 * size}/{2 * size} (100%)" in out
+    assert ok("watch", "--sweep", str(second)).startswith(f"{size} job(s): {size} succeeded")
+    status = json.loads(ok("status", "--sweep", str(second), "--json"))
+    assert status["by_status"] == {"succeeded": size} and status["epochs_done"] == 2 * size
+    assert len(ok("compare", "--sweep", str(second), "--csv").splitlines()) == size + 1
+    ok("export", "--sweep", str(second), "--what", "epochs", "-o", str(tmp_path / "epochs.csv"))
+    with open(tmp_path / "epochs.csv") as f:
+        assert sum(1 for _ in f) == 2 * size + 1
+    ok("plot", "--sweep", str(second), "-o", str(tmp_path / "sweep.png"))
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert ok("cancel", "--sweep", str(second)).startswith("cancelled 0 job(s)")
+    db = Db(url)
+    try:
+        assert db.statuses(first) == {"cancelled": size}
+        assert db.scalar("SELECT count(*) FROM epochs") == 2 * size
+        db.assert_epochs_stored_once()
+        # delete both: every job and epoch goes, by sweep id
+        assert ok("delete", "--sweep", str(first)).strip() == f"deleted {size} jobs and 0 epochs and sweep {first}"
+        assert ok("delete", "--sweep", str(second)).strip() == \
+            f"deleted {size} jobs and {2 * size} epochs and sweep {second}"
+        assert db.scalar("SELECT count(*) FROM jobs") == 0 == db.scalar("SELECT count(*) FROM epochs")
+    finally:
+        db.close()

@@ -31,11 +31,26 @@ def job(conn, job_id: int):
     return conn.execute(select(jobs).where(jobs.c.id == job_id)).one()
 
 
+def claimed(conn, ids, host, task, attempt):
+    return [r.id for r in writes.claim(conn, ids, host, task, attempt, lease=60)]
+
+
+def test_a_claim_is_one_statement_that_starts_waiting_jobs_and_ends_cancelled_ones(klab_db: str) -> None:
+    with writing() as conn:
+        go, stop, done = (new(conn, JobStatus.CREATED) for _ in range(3))
+        conn.execute(update(jobs).where(jobs.c.id == stop).values(cancel_requested=True))
+        rows = writes.claim(conn, [go, stop, done + 1000], "w", "t", 0, lease=60)
+        assert [(r.id, r.seed, r.attempts) for r in rows] == [(go, 0, 1)]
+        assert (job(conn, go).status, job(conn, go).attempts) == ("running", 1)
+        assert (job(conn, stop).status, job(conn, stop).attempts) == ("cancelled", 0)
+        assert job(conn, stop).finished_at is not None and job(conn, stop).started_at is None
+
+
 def test_stored_result_is_the_engines_plus_identity(klab_db: str) -> None:
     row, epoch_list = fake_result(SPEC, relative=0.25)
     with writing() as conn:
         job_id = new(conn)
-        writes.save_results(conn, [(job_id, row, epoch_list)])
+        writes.save_rows(conn, [(job_id, row, epoch_list)])
     with reading(klab_db) as reader:
         stored = reads.result_of(reader, job_id)
     assert stored["status"] == "succeeded" and stored["true_kernel"] == row["true_kernel"]
@@ -52,8 +67,9 @@ def test_stored_result_is_the_engines_plus_identity(klab_db: str) -> None:
 def test_a_result_replaces_the_epochs_written_while_training(klab_db: str) -> None:
     with writing() as conn:
         job_id = new(conn)
-        writes.replace_epochs(conn, [job_id], [(job_id, e, 1.0, 1.0, 1.0) for e in range(1, 7)])
-        writes.save_results(conn, [(job_id, *fake_result(SPEC, relative=0.5, epochs=3))])
+        writes.replace_epochs(conn, job_id, 1, [{"epoch": e, "loss": 1.0, "mse": 1.0, "kernel_error": 1.0}
+                                                for e in range(1, 7)])
+        writes.save_rows(conn, [(job_id, *fake_result(SPEC, relative=0.5, epochs=3))])
         assert [e["epoch"] for e in reads.epochs_of(Reader.of(conn), job_id)] == [1, 2, 3]
         assert job(conn, job_id).epochs_done == 3 and job(conn, job_id).err_relative == 0.5
 
@@ -62,8 +78,8 @@ def test_a_job_finished_twice_keeps_its_first_result_and_its_epochs(klab_db: str
     """Two workers trained it (a lease lapsed): the second result finds it finished and is dropped."""
     with writing() as conn:
         job_id = new(conn)
-        writes.save_results(conn, [(job_id, *fake_result(SPEC, relative=0.25, epochs=6))])
-        writes.save_results(conn, [(job_id, *fake_result(SPEC, relative=0.5, epochs=3))])
+        writes.save_rows(conn, [(job_id, *fake_result(SPEC, relative=0.25, epochs=6))])
+        writes.save_rows(conn, [(job_id, *fake_result(SPEC, relative=0.5, epochs=3))])
         assert [e["epoch"] for e in reads.epochs_of(Reader.of(conn), job_id)] == [1, 2, 3, 4, 5, 6]
         assert job(conn, job_id).epochs_done == 6 and job(conn, job_id).err_relative == 0.25
 
@@ -76,7 +92,7 @@ def test_results_in_bulk_and_their_epochs(klab_db: str, count: int) -> None:
         for i in ids:
             row, epoch_list = fake_result(SPEC, relative=i / 1000, epochs=5)
             items.append((i, row, epoch_list))
-        writes.save_results(conn, items)
+        writes.save_rows(conn, items)
     with writing() as conn:
         assert conn.execute(select(func.count()).select_from(epochs)).scalar() == 5 * count
         assert [job(conn, i).err_relative for i in ids] == [i / 1000 for i in ids]
@@ -86,7 +102,7 @@ def test_results_in_bulk_and_their_epochs(klab_db: str, count: int) -> None:
 def test_a_result_ends_only_a_running_job(klab_db: str) -> None:
     with writing() as conn:
         queued = new(conn, JobStatus.CREATED)
-        writes.save_results(conn, [(queued, *fake_result(SPEC))])
+        writes.save_rows(conn, [(queued, *fake_result(SPEC))])
         assert job(conn, queued).status == "created" and job(conn, queued).epochs_done == 0
 
 
@@ -96,9 +112,9 @@ def test_status_changes_follow_the_rules(klab_db: str) -> None:
         writes.mark_queued(conn, [a])
         assert job(conn, a).status == "queued" and job(conn, a).queued_at is not None
         # finished jobs are never claimed, cancelled or queued again
-        assert writes.claim(conn, [a], "h", "t", 0, lease=60) == [a]
-        writes.save_results(conn, [(a, *fake_result(SPEC))])
-        assert writes.claim(conn, [a], "h", "t2", 0, lease=60) == []
+        assert claimed(conn, [a], "h", "t", 0) == [a]
+        writes.save_rows(conn, [(a, *fake_result(SPEC))])
+        assert claimed(conn, [a], "h", "t2", 0) == []
         assert writes.cancel(conn, Selection((a,))) == (0, 0)
         writes.mark_queued(conn, [a])
         assert job(conn, a).status == "succeeded"
@@ -111,11 +127,11 @@ def test_status_changes_follow_the_rules(klab_db: str) -> None:
 def test_a_claim_takes_waiting_jobs_and_lapsed_leases_only(klab_db: str) -> None:
     with writing() as conn:
         waiting, mine, live, lapsed = (new(conn, JobStatus.CREATED) for _ in range(4))
-        assert writes.claim(conn, [mine, live, lapsed], "w1", "task-1", 0, lease=60) == [mine, live, lapsed]
+        assert claimed(conn, [mine, live, lapsed], "w1", "task-1", 0) == [mine, live, lapsed]
         conn.execute(update(jobs).where(jobs.c.id == lapsed).values(heartbeat_at=text("'2000-01-01'")))
         # another task: only what waits or lapsed; the retry of the same task: its own jobs too
-        assert writes.claim(conn, [waiting, mine, live, lapsed], "w2", "task-2", 0, lease=60) == [waiting, lapsed]
-        assert writes.claim(conn, [mine], "w1", "task-1", 1, lease=60) == [mine]
+        assert claimed(conn, [waiting, mine, live, lapsed], "w2", "task-2", 0) == [waiting, lapsed]
+        assert claimed(conn, [mine], "w1", "task-1", 1) == [mine]
         assert job(conn, lapsed).attempts == 2 and job(conn, lapsed).worker_host == "w2"
 
 
@@ -125,7 +141,7 @@ def test_unfinished_values_are_stored_as_null(klab_db: str) -> None:
     row.update(final_loss=None, relative_error=None)
     with writing() as conn:
         job_id = new(conn)
-        writes.save_results(conn, [(job_id, row, epoch_list)])
+        writes.save_rows(conn, [(job_id, row, epoch_list)])
         got = job(conn, job_id)
         assert got.final_loss is None and got.err_relative is None and got.status == "diverged"
 

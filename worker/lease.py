@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from service import broker, defaults
 from service.db import writes
@@ -18,9 +19,9 @@ from service.settings import settings
 log = logging.getLogger(__name__)
 
 
-def claim(ids: Sequence[int], host: str, task_id: str, task_try: int) -> list[int]:
-    """The ids of this task's jobs that it may train now (see service.db.writes.claim)."""
-    with writing() as conn:
+def claim(ids: Sequence[int], host: str, task_id: str, task_try: int) -> list[Any]:
+    """This task's jobs that it may train now, with what it needs to train them (service.db.writes.claim)."""
+    with writing(durable=False) as conn:
         return writes.claim(conn, ids, host, task_id, task_try, settings().lease_seconds)
 
 
@@ -43,7 +44,7 @@ class Heartbeat:
     def _run(self) -> None:
         while not self.stop.wait(settings().heartbeat_seconds):
             try:
-                with writing() as conn:
+                with writing(durable=False) as conn:
                     writes.heartbeat(conn, self.ids)
             except Exception as exc:  # noqa: BLE001 - the task itself notices a lost database
                 log.warning("heartbeat failed: %s", type(exc).__name__)

@@ -1,10 +1,14 @@
 """The one task: train a batch of jobs by id. Claim, load, call the engine, store."""
 from __future__ import annotations
 
+import json
 import logging
 import socket
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
 
 from celery import Task
 
@@ -15,7 +19,7 @@ from service.db.connect import out_of_reach
 from service.db.engine import writing
 from service.db.reads import reading
 from service.errors import BadInput, one_line
-from service.jobs.problem import Problem, build_problem, problem_key, together
+from service.jobs.problem import Problem, build_problem, seeded, together
 from service.jobs.spec import JobSpec
 from service.jobs.status import JobStatus
 from service.settings import settings
@@ -27,95 +31,120 @@ from worker.progress import Progress
 log = logging.getLogger(__name__)
 HOST = socket.gethostname()
 
-Member = tuple[int, JobSpec, engine.Job]
+
+@dataclass
+class Group:
+    """Jobs that train together: one spec stands for them (their method, epochs, batch size, device)."""
+
+    spec: JobSpec
+    ids: list[int] = field(default_factory=list)
+    jobs: list[engine.Job] = field(default_factory=list)
+    fresh: bool = True  # no epochs of theirs stored yet (first claim, nothing streamed)
 
 
 def train_jobs(job_ids: Sequence[int], task_id: str, host: str = HOST, task_try: int = 0) -> dict[str, int]:
     """Claim, train (in groups that train together) and store; returns counts by status."""
-    ids = claim(job_ids, host, task_id, task_try)
-    if not ids:
+    rows = claim(job_ids, host, task_id, task_try)
+    if not rows:
         return {}
-    with Heartbeat(ids):
-        groups, failed = load(ids)
+    with Heartbeat([r.id for r in rows]):
+        groups, failed = load(rows)
         counts: Counter[str] = Counter()
         for job_id, message in failed:
             fail([job_id], message)
             counts[JobStatus.FAILED.value] += 1
-        for members in groups:
-            counts.update(train_group(members))
+        for group in groups:
+            counts.update(train_group(group))
         return dict(counts)
 
 
-def load(ids: Sequence[int]) -> tuple[list[list[Member]], list[tuple[int, str]]]:
-    """The jobs as engine jobs, grouped by what trains together (alike data share one Problem, built once),
-    and the jobs that could not be loaded, with why."""
-    groups: dict[tuple, list[Member]] = defaultdict(list)
+def load(rows: Sequence[Any]) -> tuple[list[Group], list[tuple[int, str]]]:
+    """The claimed jobs as engine jobs, grouped by what trains together. Jobs alike but for their seed, lr and
+    tol (service.db.writes.PER_JOB) share one parsed spec, and jobs whose data are alike one Problem, built
+    once. Also the jobs that could not be loaded, with why."""
+    alike: dict[tuple, list[Any]] = {}
+    for row in rows:
+        alike.setdefault((row.alike, row.input_dataset_id, row.labels_dataset_id, row.kernel_dataset_id),
+                         []).append(row)
+    groups: dict[tuple, Group] = {}
     failed: list[tuple[int, str]] = []
-    problems: dict[tuple, Problem] = {}
-    with reading() as reader:
-        for row in reads.to_train(reader, ids):
-            job_id = row["id"]
-            datasets = tuple((name, row[f"{name}_dataset_id"]) for name in ("input", "labels", "kernel"))
+    with ExitStack() as stack:
+        arrays: dict[tuple, dict[str, Any]] = {}
+
+        def build(spec: JobSpec, row: Any, datasets: tuple) -> Problem | str:
+            """The job's problem, or why it cannot be built."""
             try:
-                spec = JobSpec.parse(row["spec"])
-                key = problem_key(spec, datasets)
-                if key not in problems:
-                    arrays = {name: reads.dataset(reader, ds) for name, ds in datasets if ds is not None}
-                    problems[key] = build_problem(spec, arrays)
-            except BadInput as exc:  # validated at submit; a stored spec can still fail to load
-                failed.append((job_id, f"bad input: {exc}"))
-                continue
+                if datasets not in arrays:
+                    named = [(name, ds) for name, ds in zip(("input", "labels", "kernel"), datasets) if ds is not None]
+                    reader = stack.enter_context(reading()) if named else None
+                    arrays[datasets] = {name: reads.dataset(reader, ds) for name, ds in named}
+                return build_problem(spec.model_copy(update={"seed": row.seed}), dict(arrays[datasets]))
+            except BadInput as exc:
+                return f"bad input: {exc}"
             except MemoryError:
-                failed.append((job_id, f"out of memory building the data of job {job_id} "
-                                       f"(input {row['input']}, kernel {row['kernel']})"))
-                continue
+                return f"out of memory building the data of job {row.id} (input {row.input}, kernel {row.kernel})"
             except Exception as exc:
                 if out_of_reach(exc):
                     raise
-                failed.append((job_id, f"{type(exc).__name__} loading job {job_id}: {exc}"))
+                return f"{type(exc).__name__} loading job {row.id}: {exc}"
+
+        for (text, *datasets), members in alike.items():
+            first = members[0]
+            try:
+                spec = JobSpec.parse({**json.loads(text), "seed": first.seed, "lr": first.lr, "tol": first.tol})
+            except BadInput as exc:  # validated at submit; a stored spec can still fail to load
+                failed += [(r.id, f"bad input: {exc}") for r in members]
                 continue
-            problem = problems[key]
-            groups[together(problem, spec)].append(
-                (job_id, spec, engine.Job(problem, seed=spec.seed, lr=spec.lr, tol=spec.tol)))
+            shared = None if seeded(spec) else build(spec, first, tuple(datasets))  # one problem, or one a seed
+            for row in members:
+                problem = shared or build(spec, row, tuple(datasets))
+                if isinstance(problem, str):
+                    failed.append((row.id, problem))
+                    continue
+                group = groups.setdefault(together(problem, spec), Group(spec))
+                group.ids.append(row.id)
+                group.jobs.append(engine.Job(problem, seed=row.seed, lr=row.lr, tol=row.tol))
+                group.fresh = group.fresh and row.attempts == 1
     return list(groups.values()), failed
 
 
-def train_group(members: list[Member]) -> Counter[str]:
+def train_group(group: Group) -> Counter[str]:
     """Train jobs that train together, and store their results (or why they failed)."""
-    ids = [m[0] for m in members]
-    spec = members[0][1]
+    ids, spec = group.ids, group.spec
     try:
         device = engine.resolve_device(spec.device.value)
     except RuntimeError as exc:
         fail(ids, str(exc))
         return Counter({JobStatus.FAILED.value: len(ids)})
-    with writing() as conn:
-        writes.set_device(conn, ids, device)
-    progress = Progress(ids, stream=len(ids) == 1)  # long single jobs write epochs as they go
+    stream = len(ids) == 1  # a long single job shows where it runs, and writes its epochs as they come
+    if stream:
+        with writing() as conn:
+            writes.set_device(conn, ids, device)
+    progress = Progress(ids, stream)
     try:
-        result = engine.train([m[2] for m in members], spec.method, spec.epochs, spec.batch_size, device,
-                              on_epoch=progress)
+        result = engine.train(group.jobs, spec.method, spec.epochs, spec.batch_size, device, on_epoch=progress)
+        results = result.columns
     except Exception as exc:
         if out_of_reach(exc):
             raise
         # Whatever went wrong with these jobs ends them, never the worker (nor a retry loop).
-        fail(ids, failure(exc, members, device))
+        fail(ids, failure(exc, group, device))
         return Counter({JobStatus.FAILED.value: len(ids)})
-    items = []
-    for job_id, (row, epochs) in zip(ids, result.rows()):
-        if progress.timed_out and row["status"] == JobStatus.CANCELLED.value:
-            row.update(status=JobStatus.FAILED.value, error_message=(
-                f"time limit of {settings().max_job_seconds} s exceeded (KLAB_MAX_JOB_SECONDS)"))
-        items.append((job_id, row, epochs))
-    with writing() as conn:
-        writes.save_results(conn, items)
-    return Counter(row["status"] for _, row, _ in items)
+    if progress.timed_out:  # the jobs it stopped at the time limit failed
+        late = f"time limit of {settings().max_job_seconds} s exceeded (KLAB_MAX_JOB_SECONDS)"
+        ends = results.values["status"]
+        stopped = [s == JobStatus.CANCELLED.value for s in ends]
+        results.values["status"] = [JobStatus.FAILED.value if x else s for s, x in zip(ends, stopped)]
+        results.values["error_message"] = [late if x else None for x in stopped]
+    with writing(durable=False) as conn:
+        writes.save_results(conn, ids, results, fresh=group.fresh and not stream)
+    return Counter(results.values["status"])
 
 
-def failure(exc: BaseException, members: list[Member], device: str) -> str:
+def failure(exc: BaseException, group: Group, device: str) -> str:
     """Why a group failed, saying how large it was."""
-    p = members[0][2].problem
-    what = (f"{len(members)} job(s) with input {'x'.join(map(str, p.x.shape))} ({p.x.size} elements) "
+    p = group.jobs[0].problem
+    what = (f"{len(group.jobs)} job(s) with input {'x'.join(map(str, p.x.shape))} ({p.x.size} elements) "
             f"and kernel {'x'.join(map(str, p.kernel_shape))} on {device}")
     text = one_line(exc)
     if isinstance(exc, MemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text.lower():

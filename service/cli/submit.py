@@ -27,9 +27,9 @@ def _queue_options(func):
 @_queue_options
 def submit(spec_file: str | None, queue: str | None, wait: bool, as_json: bool, batch_jobs: int, **values: str) -> None:
     """Submit jobs to the workers: flags, -f job.yaml|job.json, or -f jobs.jsonl (many)."""
-    from service.submit import prepare, submit
+    from service.submit import plan_specs, submit
 
-    _, ids = submit(prepare(specs_from(values, spec_file), queue), batch_jobs)
+    _, ids = submit(plan_specs(specs_from(values, spec_file), queue), batch_jobs)
     if not wait:
         click.echo(json.dumps({"ids": ids}) if as_json else "\n".join(map(str, ids)))
         return
@@ -46,17 +46,12 @@ def sweep(spec_file: str | None, queue: str | None, wait: bool, as_json: bool, b
           name: str | None, **values: str) -> None:
     """Create a sweep: any of --lr --epochs --seed --kernel --method --batch-size --noise --input
     takes a comma list; numeric ones also A..B (integers) or A:B:N (N log-spaced values)."""
-    from service.jobs.spec import JobSpec
-    from service.jobs.sweep import expand
-    from service.submit import prepare, submit
+    from service.jobs.sweep import grid
+    from service.submit import plan_sweep, submit
 
     (doc,) = spec_docs(spec_file, one="a sweep takes one base job")
     base = {k: (json.dumps(v) if isinstance(v, list) else str(v)) for k, v in doc.items() if v is not None}
-    flags = {**base, **given(values)}
-    swept, job_flags = expand(flags)
-    prepared = prepare([JobSpec.parse(f) for f in job_flags], queue)
-    params = {"swept": swept, "fixed": {k: v for k, v in flags.items() if k not in swept}}
-    sweep_id, ids = submit(prepared, batch_jobs, params, name)
+    sweep_id, ids = submit(plan_sweep(grid({**base, **given(values)}), queue, name), batch_jobs)
     if as_json and not wait:
         click.echo(json.dumps({"sweep": sweep_id, "size": len(ids), "ids": ids}))
         return

@@ -125,7 +125,15 @@ def reachable(url: str) -> Iterator[None]:
 
 
 @contextmanager
-def writing(url: str | None = None) -> Iterator[Connection]:
-    """A connection in a write transaction on a database at head: committed on success, rolled back on error."""
+def writing(url: str | None = None, durable: bool = True) -> Iterator[Connection]:
+    """A connection in a write transaction on a database at head: committed on success, rolled back on error.
+
+    `durable=False` (a worker's claims and results): PostgreSQL does not wait for the transaction to reach
+    the disk before answering. A machine that loses power may lose the last fraction of a second of such
+    commits, never a part of one: those jobs are then taken back and trained again (service.db.writes.reap
+    and stranded), as after a worker's death.
+    """
     with ready_engine(url).begin() as conn:
+        if not durable and conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
         yield conn

@@ -38,9 +38,6 @@ LIST_EXTRA = ("epochs_done", "sweep_id")
 SWEPT = ("lr", "epochs", "seed", "batch_size", "noise", "method", "kernel", "input")
 """The parameters a sweep may vary, in the order its plot shows them."""
 
-IN_CHUNK = 1000
-"""Ids per IN (...) list."""
-
 _DECODE = {f.name: f.kind for f in result.JOB if f.kind in ("json", "time", "bool")}
 
 
@@ -134,9 +131,12 @@ def sweep_name(reader: Reader, sweep_id: int) -> str | None:
     return row["name"]
 
 
-def _in(ids: Sequence[int]) -> tuple[str, dict[str, int]]:
-    params = {f"i{k}": v for k, v in enumerate(ids)}
-    return "(" + ", ".join(f":{p}" for p in params) + ")", params
+def ids_in(reader: Reader, ids: Sequence[int]) -> tuple[str, dict[str, Any]]:
+    """`id` is one of `ids`, as one parameter however many: an array on PostgreSQL, a JSON list on SQLite."""
+    ids = [int(i) for i in ids]
+    if reader.dialect == "postgresql":
+        return "id = ANY(:ids)", {"ids": ids}
+    return "id IN (SELECT value FROM json_each(:ids))", {"ids": json.dumps(ids)}
 
 
 def where(reader: Reader, selection: Selection, field: str = "id") -> tuple[str, dict[str, Any]]:
@@ -146,16 +146,12 @@ def where(reader: Reader, selection: Selection, field: str = "id") -> tuple[str,
         return "sweep_id = :sweep", {"sweep": selection.sweep}
     if selection.everything:
         return "1 = 1", {}
-    wanted = sorted(selection.ids)
-    found: set[int] = set()
-    for i in range(0, len(wanted), IN_CHUNK):
-        clause, params = _in(wanted[i : i + IN_CHUNK])
-        found.update(r["id"] for r in reader.rows(f"SELECT id FROM jobs WHERE id IN {clause}", params))  # noqa: S608
-    missing = [i for i in wanted if i not in found]
-    if missing:
+    clause, params = ids_in(reader, selection.ids)
+    if reader.one(f"SELECT count(*) AS n FROM jobs WHERE {clause}", params)["n"] < len(selection.ids):  # noqa: S608
+        found = {r["id"] for r in reader.rows(f"SELECT id FROM jobs WHERE {clause}", params)}  # noqa: S608
+        missing = [i for i in selection.ids if i not in found]
         raise BadInput(field, f"no job {', '.join(map(str, missing[:10]))}" + (" ..." if len(missing) > 10 else ""))
-    clause, params = _in(wanted)
-    return f"id IN {clause}", params
+    return clause, params
 
 
 def list_jobs(reader: Reader, *, status: str | None = None, sweep: int | None = None,
@@ -248,16 +244,15 @@ def result_of(reader: Reader, job_id: int) -> dict[str, Any]:
 
 
 def results(reader: Reader, selection: Selection) -> list[dict[str, Any]]:
-    """The results of the jobs a selection names, by id."""
+    """The results of the jobs a selection names, by id: one query for the jobs, one for all their epochs."""
     clause, params = where(reader, selection)
-    return [result_of(reader, r["id"]) for r in reader.rows(f"SELECT id FROM jobs WHERE {clause} ORDER BY id", params)]  # noqa: S608
-
-
-def to_train(reader: Reader, ids: Sequence[int]) -> list[dict[str, Any]]:
-    """What a worker needs of the jobs it claimed: spec, input and kernel as given, uploaded datasets."""
-    clause, params = _in(sorted(ids))
-    return _fetch(reader, "SELECT id, spec, input, kernel, input_dataset_id, labels_dataset_id, kernel_dataset_id "  # noqa: S608
-                          f"FROM jobs WHERE id IN {clause} ORDER BY id", params)
+    rows = _fetch(reader, f"SELECT {result.select_list(result.RESULT_NAMES)} FROM jobs WHERE {clause} "  # noqa: S608
+                          "ORDER BY id", params)
+    epochs: dict[int, list[dict[str, Any]]] = {r["id"]: [] for r in rows}
+    for e in reader.stream(f"SELECT job_id, epoch, loss, mse, kernel_error FROM epochs "  # noqa: S608
+                           f"WHERE job_id IN (SELECT id FROM jobs WHERE {clause}) ORDER BY job_id, epoch", params):
+        epochs[e.pop("job_id")].append(e)
+    return [result.to_json(r, epochs[r["id"]]) for r in rows]
 
 
 def dataset(reader: Reader, dataset_id: int) -> np.ndarray:

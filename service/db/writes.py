@@ -1,8 +1,9 @@
 """Every write to the database, as SQLAlchemy Core statements on service.db.schema's tables, in the
-caller's transaction (service.db.engine.writing). Bulk rows go by COPY on PostgreSQL.
+caller's transaction (service.db.engine.writing); many rows at once through service.db.bulk (COPY and
+unnest on PostgreSQL, executemany on SQLite).
 
-Every change of a job's status goes through `change_status`, which holds it to the rules of
-service.jobs.status.
+Every change of a job's status is held to the rules of service.jobs.status (`change_status`, and the
+claim, which starts or cancels in one statement). Lists of job ids travel as one parameter, however long.
 """
 from __future__ import annotations
 
@@ -13,11 +14,28 @@ from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Column, ColumnElement, Connection, Table, bindparam, delete, func, insert, select, true, update
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Connection,
+    Integer,
+    any_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
-from service.db.schema import JSON_COLUMNS, datasets, epochs, jobs, metadata, sweeps, utcnow
+from service.db import bulk
+from service.db.schema import datasets, epochs, jobs, sweeps, utcnow
 from service.jobs import result, status
+from service.jobs.columns import Columns
 from service.jobs.selection import Selection
 from service.jobs.status import JobStatus
 
@@ -27,7 +45,7 @@ if TYPE_CHECKING:  # numpy and the spec (pydantic) load only where arrays or spe
     from service.jobs.spec import JobSpec
 
 CHUNK = 5000
-"""Rows per INSERT on SQLite, ids per IN (...) list."""
+"""Rows per INSERT on SQLite."""
 
 
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
@@ -35,12 +53,22 @@ def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
         yield items[i : i + size]
 
 
-def selected(selection: Selection) -> ColumnElement[bool]:
+def ids_in(conn: Connection, column: Any, ids: Sequence[int]) -> ColumnElement[bool]:
+    """`column` is one of `ids`, as one parameter however many ids: an array on PostgreSQL, a JSON list
+    on SQLite (a database refuses a statement of over 32,766 or 65,535 parameters)."""
+    ids = [int(i) for i in ids]
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam(None, ids, type_=ARRAY(Integer), unique=True))
+    each = select(literal_column("value")).select_from(func.json_each(json.dumps(ids)))
+    return column.in_(each)
+
+
+def selected(conn: Connection, selection: Selection) -> ColumnElement[bool]:
     """The jobs a selection names (every job when it names none)."""
     if selection.sweep is not None:
         return jobs.c.sweep_id == selection.sweep
     if selection.ids:
-        return jobs.c.id.in_(selection.ids)
+        return ids_in(conn, jobs.c.id, selection.ids)
     return true()
 
 
@@ -58,32 +86,69 @@ def change_status(conn: Connection, to: JobStatus, where: ColumnElement[bool], a
 
 def mark_queued(conn: Connection, ids: Sequence[int]) -> None:
     """The broker took these jobs' message (again)."""
-    change_status(conn, JobStatus.QUEUED, jobs.c.id.in_(ids), among=status.WAITING, queued_at=utcnow())
+    change_status(conn, JobStatus.QUEUED, ids_in(conn, jobs.c.id, ids), among=status.WAITING, queued_at=utcnow())
 
 
-def claim(conn: Connection, ids: Sequence[int], host: str, task_id: str, task_try: int, lease: int) -> list[int]:
-    """Mark a task's claimable jobs running; returns their ids (others are finished, cancelled or alive elsewhere).
+PER_JOB = ("seed", "lr", "tol")
+"""The spec's values that jobs trained together may differ in; a claim returns the rest of a spec (`alike`)
+as text, alike for alike jobs, so that a worker parses one spec for them all."""
+
+
+def _claimed(conn: Connection) -> tuple[Any, ...]:
+    """What a claim returns of each job: all a worker needs to train it."""
+    if conn.dialect.name == "postgresql":
+        alike = literal_column("(jobs.spec::jsonb - 'seed' - 'lr' - 'tol')::text")
+        tol = literal_column("(jobs.spec ->> 'tol')::float8")
+    else:
+        alike = func.json_remove(jobs.c.spec, *(f"$.{k}" for k in PER_JOB))
+        tol = func.json_extract(jobs.c.spec, "$.tol")
+    return (jobs.c.id, jobs.c.status, jobs.c.attempts, jobs.c.seed, jobs.c.lr, tol.label("tol"),
+            alike.label("alike"), jobs.c.input, jobs.c.kernel, jobs.c.input_dataset_id, jobs.c.labels_dataset_id,
+            jobs.c.kernel_dataset_id)
+
+
+def unsent(conn: Connection, ids: Sequence[int]) -> None:
+    """Jobs stored queued whose message the broker did not take: back to created, for `klab requeue`."""
+    if ids:
+        change_status(conn, JobStatus.CREATED, ids_in(conn, jobs.c.id, ids))
+
+
+def claim(conn: Connection, ids: Sequence[int], host: str, task_id: str, task_try: int, lease: int) -> list[Any]:
+    """In one statement, mark a task's claimable jobs running and end its cancelled ones; returns the rows
+    (_claimed) of the jobs it started (others are finished, cancelled or alive elsewhere).
 
     Claimable: waiting; or running under an earlier try of this same task (it gave up and scheduled this
     retry); or running with a lease that ran out (its worker died). A redelivered copy of a message whose
     jobs are alive elsewhere claims nothing. Jobs cancelled before they started end here, never having run.
     """
     now = utcnow()
-    mine = jobs.c.id.in_(ids)
     running = jobs.c.status == JobStatus.RUNNING.value
-    claimable = (jobs.c.status.in_([s.value for s in status.WAITING])
+    waiting = jobs.c.status.in_([s.value for s in status.sources(JobStatus.CANCELLED, status.WAITING)])
+    claimable = (jobs.c.status.in_([s.value for s in status.sources(JobStatus.RUNNING, status.WAITING)])
                  | (running & (jobs.c.task_id == task_id) & (jobs.c.task_try < task_try))
                  | (running & (jobs.c.heartbeat_at < now - timedelta(seconds=lease))))
-    claimed = change_status(conn, JobStatus.RUNNING, mine & claimable & ~jobs.c.cancel_requested,
-                            started_at=now, heartbeat_at=now, worker_host=host, task_id=task_id, task_try=task_try,
-                            attempts=jobs.c.attempts + 1)
-    change_status(conn, JobStatus.CANCELLED, mine & jobs.c.cancel_requested, among=status.WAITING, finished_at=now)
-    return sorted(i for i, _ in claimed)
+    cancel = jobs.c.cancel_requested
+
+    def unless_cancelled(value: Any, otherwise: Any) -> Any:
+        return case((cancel, otherwise), else_=value)
+
+    stmt = (update(jobs).where(ids_in(conn, jobs.c.id, ids), (claimable & ~cancel) | (waiting & cancel))
+            .values(status=unless_cancelled(JobStatus.RUNNING.value, JobStatus.CANCELLED.value),
+                    started_at=unless_cancelled(now, jobs.c.started_at), heartbeat_at=unless_cancelled(now, None),
+                    finished_at=unless_cancelled(jobs.c.finished_at, now),
+                    worker_host=unless_cancelled(host, jobs.c.worker_host),
+                    task_id=unless_cancelled(task_id, jobs.c.task_id),
+                    task_try=unless_cancelled(task_try, jobs.c.task_try),
+                    attempts=unless_cancelled(jobs.c.attempts + 1, jobs.c.attempts))
+            .returning(*_claimed(conn)))
+    started = [r for r in conn.execute(stmt) if r.status == JobStatus.RUNNING.value]
+    started.sort(key=lambda r: r.id)
+    return started
 
 
 def heartbeat(conn: Connection, ids: Sequence[int]) -> None:
     """Renew the lease of running jobs."""
-    conn.execute(update(jobs).where(jobs.c.id.in_(ids), jobs.c.status == JobStatus.RUNNING.value)
+    conn.execute(update(jobs).where(ids_in(conn, jobs.c.id, ids), jobs.c.status == JobStatus.RUNNING.value)
                  .values(heartbeat_at=utcnow()))
 
 
@@ -107,12 +172,12 @@ def stranded(conn: Connection, threshold: int, queues: Sequence[str], held: froz
     lost = [i for i in candidates if i not in held]
     if not lost:
         return []
-    return change_status(conn, JobStatus.QUEUED, jobs.c.id.in_(lost) & waiting, queued_at=now)
+    return change_status(conn, JobStatus.QUEUED, ids_in(conn, jobs.c.id, lost) & waiting, queued_at=now)
 
 
 def cancel(conn: Connection, selection: Selection) -> tuple[int, int]:
     """Waiting jobs end cancelled; running ones are asked to stop. Returns how many of each."""
-    where = selected(selection)
+    where = selected(conn, selection)
     ended = change_status(conn, JobStatus.CANCELLED, where, among=status.WAITING, cancel_requested=True,
                           finished_at=utcnow())
     asked = conn.execute(update(jobs).where(where, jobs.c.status == JobStatus.RUNNING.value)
@@ -121,13 +186,13 @@ def cancel(conn: Connection, selection: Selection) -> tuple[int, int]:
 
 
 def fail(conn: Connection, ids: Sequence[int], message: str) -> None:
-    change_status(conn, JobStatus.FAILED, jobs.c.id.in_(ids), error_message=message, finished_at=utcnow())
+    change_status(conn, JobStatus.FAILED, ids_in(conn, jobs.c.id, ids), error_message=message, finished_at=utcnow())
 
 
 def waiting(conn: Connection, selection: Selection, include_queued: bool) -> list[tuple[int, str | None]]:
     """(id, queue) of jobs stored but never handed to the broker, and of queued ones with `include_queued`."""
     states = [JobStatus.CREATED.value] + ([JobStatus.QUEUED.value] if include_queued else [])
-    rows = conn.execute(select(jobs.c.id, jobs.c.queue).where(selected(selection), jobs.c.status.in_(states))
+    rows = conn.execute(select(jobs.c.id, jobs.c.queue).where(selected(conn, selection), jobs.c.status.in_(states))
                         .order_by(jobs.c.id))
     return [(r.id, r.queue) for r in rows]
 
@@ -139,62 +204,96 @@ def create_sweep(conn: Connection, params: dict[str, Any], size: int, name: str 
     return conn.execute(insert(sweeps).values(**row).returning(sweeps.c.id)).scalar_one()
 
 
-def new_job(spec: JobSpec, *, start: JobStatus = JobStatus.CREATED, sweep_id: int | None = None,
-            queue: str | None = None, dataset_ids: dict[str, int] | None = None) -> dict[str, Any]:
-    """A new job's columns: its spec, its knobs as columns, and a fresh lifecycle."""
+KNOBS = tuple(f for f in result.SPEC if f.name != "spec")
+"""The spec's main values, kept in columns of their own."""
+
+
+def knobs(values: dict[str, Any]) -> tuple[Any, ...]:
+    """A spec's knob columns (texts cut to their column's length), in KNOBS order."""
+    return tuple(values[f.name][: f.length] if f.length and values[f.name] else values[f.name] for f in KNOBS)
+
+
+def lifecycle(start: JobStatus, sweep_id: int | None = None) -> dict[str, Any]:
+    """The columns new jobs of one submission share: how they start."""
     if start not in status.STARTS:
         raise ValueError(f"a job cannot start {start.value}")
-    ds = dataset_ids or {}
-    values = spec.to_json()
-    knobs = {f.col: values[f.name][: f.length] if f.length and values[f.name] else values[f.name]
-             for f in result.SPEC if f.name != "spec"}
     now = utcnow()
-    return {"spec": values, **knobs, "sweep_id": sweep_id, "queue": queue, "status": start.value,
-            "created_at": now, "started_at": now if start is JobStatus.RUNNING else None, "attempts": 0,
-            "task_try": 0, "cancel_requested": False, "epochs_done": 0, "input_dataset_id": ds.get("input"),
-            "labels_dataset_id": ds.get("labels"), "kernel_dataset_id": ds.get("kernel")}
+    return {"sweep_id": sweep_id, "status": start.value, "created_at": now,
+            "started_at": now if start is JobStatus.RUNNING else None,
+            "queued_at": now if start is JobStatus.QUEUED else None, "attempts": 0, "task_try": 0,
+            "cancel_requested": False, "epochs_done": 0}
+
+
+def new_job(spec: JobSpec, *, start: JobStatus = JobStatus.CREATED, sweep_id: int | None = None,
+            queue: str | None = None, dataset_ids: dict[str, int] | None = None) -> dict[str, Any]:
+    """A new job's columns: its spec (JSON text), its knobs as columns, and a fresh lifecycle."""
+    values, ds = spec.to_json(), dataset_ids or {}
+    knob_columns = dict(zip((f.col for f in KNOBS), knobs(values)))
+    return {**lifecycle(start, sweep_id), "spec": json.dumps(values), **knob_columns, "queue": queue,
+            "input_dataset_id": ds.get("input"), "labels_dataset_id": ds.get("labels"),
+            "kernel_dataset_id": ds.get("kernel")}
 
 
 def insert_jobs(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
-    """Insert many job rows (all with the same columns); their ids, in order. COPY on PostgreSQL."""
-    if not rows:
-        return []
-    n = len(rows)
+    """Insert job rows (new_job's, all with the same columns); their ids, in order."""
+    return insert_columns(conn, {c: [r[c] for r in rows] for c in rows[0]}, len(rows)) if rows else []
+
+
+def insert_columns(conn: Connection, columns: dict[str, Any], n: int) -> list[int]:
+    """Insert n jobs given column by column (a list: a value a job; anything else: every job's); their ids,
+    in order. COPY on PostgreSQL, ids reserved from the sequence first."""
     if conn.dialect.name == "postgresql":
         ids = sorted(conn.execute(select(func.nextval(func.pg_get_serial_sequence("jobs", "id")))
                                   .select_from(func.generate_series(1, n))).scalars())
-        _copy(conn, jobs, [{"id": i, **row} for i, row in zip(ids, rows)])
-        return ids
-    # SQLite: transactions begin IMMEDIATE (service.db.engine), so no other writer can take these ids meanwhile.
-    start = conn.execute(select(func.coalesce(func.max(jobs.c.id), 0))).scalar_one() + 1
-    ids = list(range(start, start + n))
-    for part in chunks(list(zip(ids, rows))):
-        conn.execute(insert(jobs), [{"id": i, **row} for i, row in part])
+    else:  # SQLite: transactions begin IMMEDIATE (service.db.engine), so no other writer takes these ids meanwhile
+        start = conn.execute(select(func.coalesce(func.max(jobs.c.id), 0))).scalar_one() + 1
+        ids = list(range(start, start + n))
+    bulk.insert_rows(conn, "jobs", {"id": ids, **columns}, n)
     return ids
 
 
-def save_results(conn: Connection, items: Sequence[tuple[int, dict[str, Any], Sequence[dict[str, Any]]]]) -> None:
-    """Store finished results (job id, result row, its epochs) with all their epochs, replacing any epochs
-    written while it trained. Only running jobs end this way: a result for a job that ended meanwhile
-    (another worker finished it first) is dropped, so each job keeps one result and its own epochs."""
-    if not items:
-        return
-    for end in {JobStatus(row["status"]) for _, row, _ in items}:
-        status.sources(end, {JobStatus.RUNNING})
-    running: set[int] = set()
-    for part in chunks([job_id for job_id, _, _ in items]):
-        found = select(jobs.c.id).where(jobs.c.id.in_(part), jobs.c.status == JobStatus.RUNNING.value)
-        running.update(conn.execute(found.with_for_update()).scalars())  # locked until we commit
-    items = [item for item in items if item[0] in running]
-    if not items:
-        return
-    now = utcnow()
-    rows = [{"id": job_id, **result.columns_of({n: row.get(n) for n in result.ROW}), "finished_at": now}
-            for job_id, row, _ in items]
-    _update(conn, rows)
-    names = result.EPOCH_NAMES[1:]
-    replace_epochs(conn, [job_id for job_id, _, _ in items],
-                   ((job_id, *(e[n] for n in names)) for job_id, _, eps in items for e in eps))
+def save_results(conn: Connection, ids: Sequence[int], results: Columns, fresh: bool = False) -> list[int]:
+    """Store finished results, every job's epochs with them, replacing any epochs written while it trained
+    (`fresh`: the caller knows there are none). Only running jobs end this way: a result for a job that
+    ended meanwhile (another worker finished it first) is dropped, so each job keeps one result and its
+    own epochs. Returns the ids stored."""
+    if not len(ids):
+        return []
+    for end in set(results.values["status"]):
+        status.sources(JobStatus(end), {JobStatus.RUNNING})
+    values = {}
+    for n in result.ROW:
+        v = results.column(n) if _varies(results.values.get(n)) else results.values.get(n)
+        if isinstance(v, list) and all(x == v[0] for x in v):  # one value for every job: sent once
+            v = v[0]
+        values[result.BY_NAME[n].col] = v
+    values["finished_at"] = utcnow()
+    stored = bulk.update_jobs(conn, ids, values, where="jobs.status = :state",
+                              params={"state": JobStatus.RUNNING.value})
+    if not stored:
+        return []
+    if not fresh:
+        conn.execute(delete(epochs).where(ids_in(conn, epochs.c.job_id, stored)))
+    import numpy as np
+
+    keep = np.arange(len(ids))
+    if len(stored) < len(ids):
+        done = set(stored)
+        keep = np.array([k for k, i in enumerate(ids) if i in done])
+    ke = results.kernel_error
+    bulk.insert_epochs(conn, np.asarray(ids)[keep], np.asarray(results.epochs_done)[keep], results.loss[:, keep],
+                       results.mse[:, keep], None if ke is None else ke[:, keep])
+    return stored
+
+
+def _varies(value: Any) -> bool:
+    """Whether a column holds a value a job (not one shared by all)."""
+    return hasattr(value, "__len__") and not isinstance(value, str)
+
+
+def save_rows(conn: Connection, items: Sequence[tuple[int, dict[str, Any], Sequence[dict[str, Any]]]]) -> list[int]:
+    """`save_results` for results given one at a time: (job id, result row, its epochs)."""
+    return save_results(conn, [i for i, _, _ in items], Columns.of_rows([(row, eps) for _, row, eps in items]))
 
 
 def store_run(conn: Connection, spec: JobSpec, row: dict[str, Any], epoch_list: Sequence[dict[str, Any]]) -> int:
@@ -203,81 +302,43 @@ def store_run(conn: Connection, spec: JobSpec, row: dict[str, Any], epoch_list: 
 
     uploads = {field: put_dataset(conn, array) for field, array in file_arrays(spec).items()}
     (job_id,) = insert_jobs(conn, [new_job(spec, start=JobStatus.RUNNING, dataset_ids=uploads)])
-    save_results(conn, [(job_id, row, epoch_list)])
+    save_rows(conn, [(job_id, row, epoch_list)])
     return job_id
 
 
+def replace_epochs(conn: Connection, job_id: int, first: int, epoch_list: Sequence[dict[str, Any]]) -> None:
+    """A job's epochs from `first` on, as given (a long job writes them as it trains)."""
+    import numpy as np
 
-
-def _update(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Update many job rows by id (all rows carry the same columns): COPY and one UPDATE on PostgreSQL."""
-    if conn.dialect.name != "postgresql" or len(rows) < 50:
-        cols = [c for c in rows[0] if c != "id"]
-        stmt = (update(jobs).where(jobs.c.id == bindparam("_id"))
-                .values({c: bindparam(f"_{c}") for c in cols}))
-        conn.execute(stmt, [{f"_{k}": v for k, v in {"id": r["id"], **r}.items()} for r in rows])
+    conn.execute(delete(epochs).where(epochs.c.job_id == job_id, epochs.c.epoch >= first))
+    if not epoch_list:
         return
-    staged = Table("_job_results", metadata, *(Column(c.name, c.type) for c in jobs.columns if c.name in rows[0]),
-                   prefixes=["TEMPORARY"], postgresql_on_commit="DROP", extend_existing=True)
-    staged.create(conn)
-    _copy(conn, staged, rows)
-    values = {c: staged.c[c] for c in rows[0] if c != "id"}
-    conn.execute(update(jobs).where(jobs.c.id == staged.c.id).values(values))
-    staged.drop(conn)
-    metadata.remove(staged)
 
+    def column(name: str) -> Any:
+        return np.array([[np.nan if e[name] is None else e[name]] for e in epoch_list])
 
-def _copy(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """COPY rows (all with the same columns) into a table, through psycopg."""
-    cols = list(rows[0])
-    raw = conn.connection.driver_connection
-    names = ", ".join(cols)  # our own column names, never a user's
-    with raw.cursor() as cur, cur.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row([json.dumps(row[c]) if c in JSON_COLUMNS and row[c] is not None else row[c]
-                            for c in cols])
-
-
-def replace_epochs(conn: Connection, job_ids: Sequence[int], rows: Iterable[tuple], from_epoch: int = 1) -> None:
-    """Delete the jobs' epochs from `from_epoch` on, then insert rows (job_id, epoch, loss, mse, kernel_error)."""
-    for part in chunks(list(job_ids)):
-        stmt = delete(epochs).where(epochs.c.job_id.in_(part))
-        if from_epoch > 1:
-            stmt = stmt.where(epochs.c.epoch >= from_epoch)
-        conn.execute(stmt)
-    names = result.EPOCH_NAMES
-    if conn.dialect.name == "postgresql":
-        batch = [dict(zip(names, row)) for row in rows]
-        if batch:
-            _copy(conn, epochs, batch)
-        return
-    batch = []
-    for row in rows:
-        batch.append(dict(zip(names, row)))
-        if len(batch) >= CHUNK * 10:
-            conn.execute(insert(epochs), batch)
-            batch = []
-    if batch:
-        conn.execute(insert(epochs), batch)
+    ke = column("kernel_error")
+    bulk.insert_epochs(conn, [job_id], [len(epoch_list)], column("loss"), column("mse"),
+                       None if np.isnan(ke).all() else ke, first=first)
 
 
 def progress(conn: Connection, ids: Sequence[int], epochs_done: int) -> None:
     """A long single job's epochs written so far."""
-    conn.execute(update(jobs).where(jobs.c.id.in_(ids)).values(epochs_done=epochs_done))
+    conn.execute(update(jobs).where(ids_in(conn, jobs.c.id, ids)).values(epochs_done=epochs_done))
 
 
 def set_device(conn: Connection, ids: Sequence[int], device: str) -> None:
-    conn.execute(update(jobs).where(jobs.c.id.in_(ids)).values(device=device))
+    conn.execute(update(jobs).where(ids_in(conn, jobs.c.id, ids)).values(device=device))
 
 
 def cancel_requested(conn: Connection, ids: Sequence[int]) -> set[int]:
     """Which of these jobs `klab cancel` asked to stop."""
-    return set(conn.execute(select(jobs.c.id).where(jobs.c.id.in_(ids), jobs.c.cancel_requested)).scalars())
+    return set(conn.execute(select(jobs.c.id).where(ids_in(conn, jobs.c.id, ids), jobs.c.cancel_requested)).scalars())
 
 
 def delete_jobs(conn: Connection, selection: Selection) -> tuple[int, int]:
     """Delete jobs with their epochs (and the sweep itself for a sweep). Returns (jobs, epochs) deleted."""
-    where = selected(selection)
+    where = selected(conn, selection)
     n_epochs = conn.execute(delete(epochs).where(epochs.c.job_id.in_(select(jobs.c.id).where(where)))).rowcount
     n_jobs = conn.execute(delete(jobs).where(where)).rowcount
     if selection.sweep is not None:

@@ -114,11 +114,15 @@ def _labels_shape(labels: np.ndarray, x: np.ndarray, input_ndim: int) -> np.ndar
 
 
 
+def seeded(spec: JobSpec) -> bool:
+    """Whether a spec's arrays depend on its seed (random input, kernel or noise)."""
+    return spec.noise > 0 or any(str(v).startswith("random:") for v in (spec.input, spec.kernel))
+
+
 def problem_key(spec: JobSpec, datasets: tuple = ()) -> tuple:
     """What a spec's Problem depends on: specs with equal keys share one Problem (one build, one array)."""
-    seeded = spec.noise > 0 or any(str(v).startswith("random:") for v in (spec.input, spec.kernel))
     return (spec.input, spec.kernel, spec.labels, spec.bias, spec.noise, spec.method.is_minibatch,
-            spec.seed if seeded else None, datasets)
+            spec.seed if seeded(spec) else None, datasets)
 
 
 def file_arrays(spec: JobSpec) -> dict[str, np.ndarray]:

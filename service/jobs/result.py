@@ -68,9 +68,10 @@ S, E, R, ST = SUMMARY, EXPORT, RESULT, STORED
 
 IDENTITY: tuple[Field, ...] = (
     _f("id", "int", "The job's number.", S, R, ST, nullable=False),
-    _f("sweep_id", "int", "The sweep it belongs to, if any.", S, R, ST, header="sweep", references="sweeps.id"),
+    _f("sweep_id", "int", "The sweep it belongs to, if any.", S, R, ST, header="sweep", references="sweeps.id",
+       index=True),
     _f("status", "text", "created, queued, running, succeeded, diverged, failed or cancelled.", S, R,
-       nullable=False, length=16, index=True),
+       nullable=False, length=16),
     _f("queue", "text", "The broker queue it was sent to (cpu or gpu).", S, R, ST, length=16),
 )
 
@@ -158,7 +159,8 @@ JOB: tuple[Field, ...] = (*IDENTITY, *SPEC, *LIFECYCLE, *TRAINED)
 """Every column of the jobs table, in its order."""
 
 EPOCH: tuple[Field, ...] = (
-    _f("job_id", "int", "The job.", nullable=False, references="jobs.id"),
+    _f("job_id", "int", "The job (no foreign key: see migration 0004; deleting a job deletes its epochs).",
+       nullable=False),
     _f("epoch", "int", "1, 2, ...", nullable=False),
     _f("loss", "float", "What the book's loop prints for this method at this epoch."),
     _f("mse", "float", "Mean squared error over all data after this epoch's updates."),

@@ -30,6 +30,8 @@ WAITING = frozenset({JobStatus.CREATED, JobStatus.QUEUED})
 """Not started yet: a cancel ends them at once, a claim may take them."""
 
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    # stored as sent, but the broker failed before it took the message
+    JobStatus.CREATED: frozenset({JobStatus.QUEUED}),
     # handed to the broker (again: requeue --queued, a lost message, a lease that ran out)
     JobStatus.QUEUED: frozenset({JobStatus.CREATED, JobStatus.QUEUED, JobStatus.RUNNING}),
     # claimed; a message may arrive before its publisher marked it queued, or after a lease ran out
@@ -42,8 +44,9 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
 }
 """Target status -> the statuses a job may reach it from."""
 
-STARTS = frozenset({JobStatus.CREATED, JobStatus.RUNNING})
-"""The statuses a job row may be created with: submitted, or trained here by `klab run`."""
+STARTS = frozenset({JobStatus.CREATED, JobStatus.QUEUED, JobStatus.RUNNING})
+"""The statuses a job row may be created with: stored to be sent (queued, the message following at once),
+stored but not sent (the broker failed meanwhile), or trained here by `klab run`."""
 
 
 def sources(target: JobStatus, among: frozenset[JobStatus] | set[JobStatus] | None = None) -> frozenset[JobStatus]:

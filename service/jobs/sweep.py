@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from service.errors import BadInput
@@ -76,8 +78,26 @@ def _values(field: str, item: str, limit: int) -> list[Any]:
     return [item]
 
 
-def expand(flags: dict[str, str]) -> tuple[dict[str, list[Any]], list[dict[str, Any]]]:
-    """The swept parameters (name -> values) and one dict of flags per job, in product order."""
+@dataclass(frozen=True)
+class Grid:
+    """A sweep: the parameters it varies (name -> values, in the order given) and those it fixes."""
+
+    swept: dict[str, list[Any]]
+    fixed: dict[str, Any]
+
+    @property
+    def size(self) -> int:
+        return math.prod(len(v) for v in self.swept.values())
+
+    def jobs(self) -> Iterator[dict[str, Any]]:
+        """One dict of flags per job, in product order (the last parameter varies fastest)."""
+        names = list(self.swept)
+        for combo in itertools.product(*(self.swept[n] for n in names)):
+            yield {**self.fixed, **dict(zip(names, combo))}
+
+
+def grid(flags: dict[str, str]) -> Grid:
+    """The sweep that flags describe: lists, ranges and log-spaced values expanded, its size checked."""
     limit = settings().max_sweep_jobs
     swept: dict[str, list[Any]] = {}
     fixed: dict[str, Any] = {}
@@ -92,9 +112,7 @@ def expand(flags: dict[str, str]) -> tuple[dict[str, list[Any]], list[dict[str, 
             fixed[field] = values[0]
         else:
             swept[field] = values
-    size = math.prod(len(v) for v in swept.values())
-    if size > limit:
-        raise BadInput("sweep", f"{size} jobs, more than the limit {limit} (KLAB_MAX_SWEEP_JOBS)")
-    names = list(swept)
-    jobs = [{**fixed, **dict(zip(names, combo))} for combo in itertools.product(*(swept[n] for n in names))]
-    return swept, jobs
+    g = Grid(swept, fixed)
+    if g.size > limit:
+        raise BadInput("sweep", f"{g.size} jobs, more than the limit {limit} (KLAB_MAX_SWEEP_JOBS)")
+    return g

@@ -21,7 +21,7 @@ from worker.engine.job import Job
 from worker.engine.loop import OnEpoch, Trained, fit
 from worker.engine.pace import Pace
 from worker.engine.residuals import Residuals, digest, shared
-from worker.engine.results import BatchResult, Solution
+from worker.engine.results import BatchResult, Group, Solution
 from worker.engine.weights import batch_initial_weights
 
 
@@ -71,27 +71,26 @@ def _solve(jobs: Sequence[Job], method: Method, batch_size: int) -> Solution:
     """Least squares, the row space of A and the method's pace, once per distinct input."""
     p0 = jobs[0].problem
     bsz, co = len(jobs), p0.kernel_shape[0]
-    designs: dict[bytes, analysis.Design] = {}
-    paces: dict[bytes, Pace] = {}
     one_input = shared([j.problem.x for j in jobs])
-    keys = [b"shared"] * bsz if one_input else [digest(j.problem.x) for j in jobs]
-    for key, j in zip(keys, jobs):
-        if key not in designs:
-            designs[key] = analysis.Design(j.problem.x, p0.kernel_shape, p0.has_bias)
-            paces[key] = Pace(designs[key], method, batch_size, co)
-    per_job = [designs[k] for k in keys]
+    keys = [b""] * bsz if one_input else [digest(j.problem.x) for j in jobs]
+    members: dict[bytes, list[int]] = {}
+    for i, key in enumerate(keys):
+        members.setdefault(key, []).append(i)
+    groups = []
+    for index in members.values():
+        design = analysis.Design(jobs[index[0]].problem.x, p0.kernel_shape, p0.has_bias)
+        groups.append(Group(design, Pace(design, method, batch_size, co), np.array(index)))
     one_label = shared([j.problem.y for j in jobs])
-    t_all = [analysis.targets(j.problem.y) for j in (jobs[:1] if one_label else jobs)]
-    params = per_job[0].params
+    params = groups[0].design.params
     wstar, sse = np.empty((bsz, co, params)), np.empty(bsz)
-    if one_input:
-        ws, ss = per_job[0].solve(np.stack(t_all))
-        wstar[:], sse[:] = (ws[0], ss[0]) if one_label else (ws, ss)
-    else:
-        for i in range(bsz):
-            ws, ss = per_job[i].solve(t_all[0 if one_label else i][None])
-            wstar[i], sse[i] = ws[0], ss[0]
-    return Solution(designs=per_job, paces=[paces[k] for k in keys], one_input=one_input, wstar=wstar, sse=sse)
+    for g in groups:
+        if one_label:
+            ws, ss = g.design.solve(analysis.targets(p0.y)[None])
+            wstar[g.index], sse[g.index] = ws[0], ss[0]
+        else:
+            ws, ss = g.design.solve(np.stack([analysis.targets(jobs[i].problem.y) for i in g.index]))
+            wstar[g.index], sse[g.index] = ws, ss
+    return Solution(groups=groups, wstar=wstar, sse=sse)
 
 
 def _least_squares(jobs: Sequence[Job], s: Solution) -> Trained:

@@ -1,56 +1,123 @@
-"""The one sentence under a result: which part of the gap dominates, and what would close it."""
+"""The one sentence under a result: which part of the gap dominates, and what would close it; for every job
+of a batch at once (the cases found with numpy, then one f-string a job)."""
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from service.jobs.status import JobStatus
-from worker.engine.pace import JobPace
 
 
 @dataclass(frozen=True)
 class Facts:
-    """What the sentence is made from, for one job."""
+    """What the sentences are made from: arrays, one value a job (NaN where a number does not apply)."""
 
-    status: JobStatus
-    optimization: float | None
-    noise: float | None
-    identifiability: float | None
-    relative: float | None
-    rank: int
-    params: int
-    sums_only: bool
-    grew: bool  # the loss ended above where it began
-    pace: JobPace | None = None
+    status: np.ndarray  # JobStatus values
+    optimization: np.ndarray
+    noise: np.ndarray
+    identifiability: np.ndarray
+    relative: np.ndarray
+    rank: np.ndarray
+    params: np.ndarray
+    sums_only: np.ndarray  # bool
+    grew: np.ndarray  # bool: the loss ended above where it began
+    lr: np.ndarray
+    lr_bound: np.ndarray  # the largest stable lr (worker.engine.pace)
+    rate: np.ndarray
+    more: np.ndarray
+    best_lr: np.ndarray
+    best_rate: np.ndarray
+
+    @classmethod
+    def one(cls, status: JobStatus, optimization: float | None, noise: float | None,
+            identifiability: float | None, rank: int, params: int, sums_only: bool = False, **more: float | None
+            ) -> Facts:
+        """The facts of a single job (missing numbers: None)."""
+        def arr(v: float | bool | str | None) -> np.ndarray:
+            return np.array([np.nan if v is None else v])
+
+        values = dict(optimization=optimization, noise=noise, identifiability=identifiability, rank=rank,
+                      params=params)
+        for name in ("relative", "lr", "lr_bound", "rate", "more", "best_lr", "best_rate"):
+            values[name] = more.get(name)
+        return cls(status=np.array([status.value]), sums_only=np.array([sums_only]),
+                   grew=np.array([bool(more.get("grew"))]), **{k: arr(v) for k, v in values.items()})
 
 
-def explain(f: Facts) -> str:
-    too_fast = f.pace.too_fast() if f.pace else None
-    if f.status is JobStatus.DIVERGED:
-        return "training diverged: " + (too_fast or "the learning rate is too large for this input; lower --lr.")
-    if f.status is not JobStatus.SUCCEEDED or f.optimization is None:
-        return "no result to explain."
-    if f.noise is None or f.identifiability is None:
-        return ("no true kernel to compare with; the learned kernel is "
-                f"{f.optimization:.3g} from the least-squares kernel the labels determine.")
-    parts = {"optimization": f.optimization, "noise": f.noise, "identifiability": f.identifiability}
-    total = math.sqrt(sum(v * v for v in parts.values()))
-    if total < 1e-3 or (f.relative is not None and f.relative < 1e-3):
-        return "the learned kernel matches the true kernel."
-    main = max(parts, key=lambda name: parts[name])
-    if main == "optimization":
-        stuck = too_fast or (f.pace.stalled() if f.pace else None)
-        if stuck:
-            return "not converging: " + stuck
-        if f.grew:
-            return ("not converging: the loss grew during training, so the learning rate is too large for "
-                    "this input; lower --lr.")
-        closing = f.pace.closing() if f.pace else None
-        return (f"not converged yet: training stopped {f.optimization:.3g} from the best kernel the data allow; "
-                + (closing + "." if closing else "train longer or raise the learning rate."))
-    if main == "identifiability":
-        what = "only their sums are determined" if f.sums_only else \
-            f"only {f.rank} combinations of the {f.params} weights are determined"
-        return f"the data cannot tell these weights apart: {what} (rank {f.rank} of {f.params}); a richer input would."
-    return (f"label noise: even the exact least-squares kernel is {f.noise:.3g} from the true one; "
-            "more data or less noise would close it.")
+DIVERGED, NOTHING, NO_TRUTH, MATCH, TOO_FAST_DIVERGED, TOO_FAST, STALLED, GREW, CLOSING, SLOW, IDENT, NOISE = range(12)
+
+
+def cases(f: Facts) -> np.ndarray:
+    """Which sentence each job gets."""
+    too_fast = np.isfinite(f.lr_bound) & (f.lr > f.lr_bound)
+    succeeded = f.status == JobStatus.SUCCEEDED.value
+    parts = np.stack([f.optimization, f.noise, f.identifiability])
+    with np.errstate(invalid="ignore"):
+        total = np.sqrt(np.nansum(parts**2, axis=0))
+        main = np.argmax(np.nan_to_num(parts, nan=-1.0), axis=0)
+    out = np.full(len(f.status), NOISE)
+    out[main == 2] = IDENT
+    optimization = main == 0
+    out[optimization] = SLOW
+    out[optimization & np.isfinite(f.more) & np.isfinite(f.rate)] = CLOSING
+    out[optimization & f.grew] = GREW
+    out[optimization & (f.rate >= 1)] = STALLED
+    out[optimization & too_fast] = TOO_FAST
+    out[(total < 1e-3) | (f.relative < 1e-3)] = MATCH
+    out[np.isnan(f.noise) | np.isnan(f.identifiability)] = NO_TRUTH
+    out[~succeeded | np.isnan(f.optimization)] = NOTHING
+    diverged = f.status == JobStatus.DIVERGED.value
+    out[diverged] = DIVERGED
+    out[diverged & too_fast] = TOO_FAST_DIVERGED
+    return out
+
+
+def _too_fast(f: Facts, i: int) -> str:
+    return (f"lr {f.lr[i]:.3g} is above the largest stable learning rate {f.lr_bound[i]:.3g} for this input; "
+            "lower --lr below it.")
+
+
+def _closing(f: Facts, i: int) -> str:
+    more = int(f.more[i])
+    words = (f"about {more} more epoch{'s' if more != 1 else ''} at this lr would reach --tol "
+             f"(the gap shrinks x{f.rate[i]:.3g} an epoch)")
+    if f.best_rate[i] < f.rate[i] * 0.95:
+        words += f"; lr {f.best_lr[i]:.3g} would close it fastest (x{f.best_rate[i]:.3g} an epoch)"
+    return words
+
+
+def _stopped(f: Facts, i: int) -> str:
+    return f"not converged yet: training stopped {f.optimization[i]:.3g} from the best kernel the data allow; "
+
+
+def _ident(f: Facts, i: int) -> str:
+    r, p = int(f.rank[i]), int(f.params[i])
+    what = "only their sums are determined" if f.sums_only[i] else \
+        f"only {r} combinations of the {p} weights are determined"
+    return f"the data cannot tell these weights apart: {what} (rank {r} of {p}); a richer input would."
+
+
+SENTENCES: dict[int, Callable[[Facts, int], str]] = {
+    DIVERGED: lambda f, i: "training diverged: the learning rate is too large for this input; lower --lr.",
+    TOO_FAST_DIVERGED: lambda f, i: "training diverged: " + _too_fast(f, i),
+    NOTHING: lambda f, i: "no result to explain.",
+    NO_TRUTH: lambda f, i: ("no true kernel to compare with; the learned kernel is "
+                            f"{f.optimization[i]:.3g} from the least-squares kernel the labels determine."),
+    MATCH: lambda f, i: "the learned kernel matches the true kernel.",
+    TOO_FAST: lambda f, i: "not converging: " + _too_fast(f, i),
+    STALLED: lambda f, i: f"not converging: at lr {f.lr[i]:.3g} the gap does not shrink; lower --lr.",
+    GREW: lambda f, i: ("not converging: the loss grew during training, so the learning rate is too large for "
+                        "this input; lower --lr."),
+    CLOSING: lambda f, i: _stopped(f, i) + _closing(f, i) + ".",
+    SLOW: lambda f, i: _stopped(f, i) + "train longer or raise the learning rate.",
+    IDENT: _ident,
+    NOISE: lambda f, i: (f"label noise: even the exact least-squares kernel is {f.noise[i]:.3g} from the true "
+                         "one; more data or less noise would close it."),
+}
+
+
+def explain(f: Facts) -> list[str]:
+    """One sentence a job."""
+    return [SENTENCES[c](f, i) for i, c in enumerate(cases(f).tolist())]

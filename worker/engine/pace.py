@@ -27,6 +27,7 @@ V^T H_b V is r x r, and nothing larger than the engine's design is built.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,54 +105,47 @@ class Pace:
 
 
 @dataclass(frozen=True)
-class JobPace:
-    """The pace of one job at its lr: its result fields, and what they say in words."""
+class Paces:
+    """The pace of every job of a batch, as arrays (NaN where none applies)."""
 
-    lr: float | None
-    stable_lr: float | None
-    rate: float | None
-    more: int | None
-    best: tuple[float, float] | None  # the fastest lr and its rate, where known
+    bound: np.ndarray  # the stable lr
+    rate: np.ndarray
+    more: np.ndarray  # epochs still needed (NaN: none, or not known)
+    best_lr: np.ndarray  # the lr that closes the gap fastest, where known
+    best_rate: np.ndarray
 
     @classmethod
-    def of(cls, pace: Pace, lr: float | None, excess: float | None, tol: float) -> JobPace:
-        """`lr` None: no learning rate (lstsq); `excess`: the mse over the optimum's, if it has not converged."""
-        if lr is None:
-            return cls(None, None, None, None, None)
-        rate = pace.rate(lr)
-        more = None if excess is None else more_epochs(rate, excess, tol)
-        return cls(lr, pace.stable_lr, rate, more, pace.best_lr())
+    def of(cls, groups: Sequence[tuple[Pace, np.ndarray]], lrs: np.ndarray, excess: np.ndarray, tol: np.ndarray
+           ) -> Paces:
+        """`groups`: each input's pace and the indices of its jobs; `lrs` NaN for jobs without one (lstsq);
+        `excess` the mse over the optimum's (NaN where it converged or did not succeed)."""
+        n = len(lrs)
+        bound, rate, best_lr, best_rate = (np.full(n, np.nan) for _ in range(4))
+        for pace, idx in groups:
+            lr = lrs[idx]
+            if pace.stable_lr is None or np.isnan(lr).all():
+                continue
+            bound[idx] = pace.stable_lr
+            distinct, which = np.unique(lr, return_inverse=True)  # one rate per distinct lr
+            rates = np.array([np.nan if (r := pace.rate(float(v))) is None else r for v in distinct])
+            rate[idx] = rates[which]
+            best = pace.best_lr()
+            if best is not None:
+                best_lr[idx], best_rate[idx] = best
+        return cls(bound, rate, more_epochs(rate, excess, tol), best_lr, best_rate)
 
-    def row(self) -> dict[str, float | int | None]:
+    def fields(self) -> dict[str, np.ndarray]:
         """The result fields (service.jobs.result) that hold the pace."""
-        return {"stable_lr": _finite(self.stable_lr), "convergence_rate": _finite(self.rate), "more_epochs": self.more}
-
-    def too_fast(self) -> str | None:
-        """Why training blew up or cannot close, when the lr is above the stable one."""
-        if self.lr is None or self.stable_lr is None or self.lr <= self.stable_lr:
-            return None
-        return (f"lr {self.lr:.3g} is above the largest stable learning rate {self.stable_lr:.3g} for this input; "
-                "lower --lr below it.")
-
-    def stalled(self) -> str | None:
-        """The gap does not shrink at this lr (a rate of 1 or more), the lr being within the bound."""
-        if self.rate is None or self.rate < 1.0 or self.too_fast():
-            return None
-        return f"at lr {self.lr:.3g} the gap does not shrink; lower --lr."
-
-    def closing(self) -> str | None:
-        """How long the gap takes to close at this lr, and the lr that closes it fastest."""
-        if self.more is None or self.rate is None:
-            return None
-        words = (f"about {self.more} more epoch{'s' if self.more != 1 else ''} at this lr would reach --tol "
-                 f"(the gap shrinks x{self.rate:.3g} an epoch)")
-        if self.best is not None and self.best[1] < self.rate * 0.95:
-            words += f"; lr {self.best[0]:.3g} would close it fastest (x{self.best[1]:.3g} an epoch)"
-        return words
+        return {"stable_lr": self.bound, "convergence_rate": self.rate, "more_epochs": self.more}
 
 
-def _finite(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(v)
+def more_epochs(rate: np.ndarray, excess: np.ndarray, tol: np.ndarray) -> np.ndarray:
+    """About how many more epochs bring an mse `excess` over the optimum's within `tol`, at `rate` an epoch
+    (the mse shrinks as the rate squared); NaN where it will not, or need not."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = np.ceil(np.log(tol / excess) / (2 * np.log(rate)))
+    k = np.where(rate <= 0, 1.0, np.maximum(k, 1.0))
+    return np.where(np.isfinite(excess) & (excess > tol) & (rate < 1), k, np.nan)
 
 
 def _heavy_ball(h: float) -> float:
@@ -163,15 +157,3 @@ def _heavy_ball(h: float) -> float:
         return math.sqrt(mu)
     root = math.sqrt(disc)
     return max(abs(b + root), abs(b - root)) / 2
-
-
-def more_epochs(rate: float | None, excess: float, tol: float) -> int | None:
-    """About how many more epochs bring an mse `excess` over the optimum's within `tol`, at `rate` a step
-    (the mse shrinks as the rate squared)."""
-    if rate is None or not math.isfinite(excess) or excess <= tol:
-        return None
-    if rate >= 1.0:
-        return None
-    if rate <= 0.0:
-        return 1
-    return max(1, math.ceil(math.log(tol / excess) / (2 * math.log(rate))))

@@ -1,5 +1,5 @@
-"""A trained batch's results: errors, the gap in three parts, the pace, and one row per job in the result
-schema's names (service.jobs.result)."""
+"""A trained batch's results as columns (service.jobs.columns): errors, the gap in three parts, the pace and
+the sentence for every job at once, the analysis that depends only on the data done once per input."""
 from __future__ import annotations
 
 import math
@@ -11,29 +11,37 @@ from typing import Any
 import numpy as np
 import torch
 
+from service.jobs.columns import Columns, Nested
 from service.jobs.spec import Method
 from service.jobs.status import JobStatus
 from worker.engine import analysis
 from worker.engine.explain import Facts, explain
 from worker.engine.job import Job
 from worker.engine.loop import Trained
-from worker.engine.pace import JobPace, Pace
+from worker.engine.pace import Pace, Paces
+
+
+@dataclass(frozen=True)
+class Group:
+    """The jobs of a batch that share one input: its design, its method's pace, their indices."""
+
+    design: analysis.Design
+    pace: Pace
+    index: np.ndarray
 
 
 @dataclass(frozen=True)
 class Solution:
-    """What the data allow, per job: its design, its method's pace, W* and the optimum's SSE."""
+    """What the data allow: per input, the design and pace; per job, W* and the optimum's SSE."""
 
-    designs: list[analysis.Design]
-    paces: list[Pace]
-    one_input: bool
+    groups: list[Group]
     wstar: np.ndarray  # B x C_out x params
     sse: np.ndarray  # B
 
 
 @dataclass
 class BatchResult:
-    """Every job of one batch, as arrays; `row(i)` is one job's result row and its epochs."""
+    """Every job of one batch: `columns` holds their results; `row(i)` is one job's, in plain values."""
 
     jobs: Sequence[Job]
     method: Method
@@ -48,6 +56,27 @@ class BatchResult:
     def __len__(self) -> int:
         return len(self.jobs)
 
+    def row(self, i: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        return self.columns.row(i)
+
+    def rows(self) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        return [self.row(i) for i in range(len(self.jobs))]
+
+    def status(self, i: int) -> JobStatus:
+        return JobStatus(self._status[i])
+
+    @cached_property
+    def _status(self) -> np.ndarray:
+        t = self.trained
+        return np.where(t.diverged_epoch > 0, JobStatus.DIVERGED.value,
+                        np.where(t.cancelled, JobStatus.CANCELLED.value, JobStatus.SUCCEEDED.value))
+
+    @cached_property
+    def epochs_done(self) -> np.ndarray:
+        t = self.trained
+        ran = np.where(t.cancelled, np.isfinite(t.loss).sum(axis=0), t.loss.shape[0])
+        return np.where(t.diverged_epoch > 0, t.diverged_epoch, ran)
+
     @cached_property
     def _flat(self) -> tuple[np.ndarray, np.ndarray | None]:
         """Learned and true weights as B x C_out x params (the bias as the last param)."""
@@ -58,115 +87,101 @@ class BatchResult:
             w = np.concatenate([w, self.trained.bias[:, :, None]], axis=2)
         if p0.true_kernel is None:
             return w, None
-        k = np.stack([j.problem.true_kernel for j in self.jobs]).reshape(bsz, co, -1)
+        k = self._true.reshape(bsz, co, -1)
         if p0.has_bias:
             tb = np.array([np.nan if j.problem.true_bias is None else j.problem.true_bias for j in self.jobs])
             k = np.concatenate([k, np.repeat(tb[:, None, None], co, axis=1)], axis=2)
         return w, k
 
     @cached_property
+    def _true(self) -> np.ndarray:
+        kernels = [j.problem.true_kernel for j in self.jobs]
+        if all(k is kernels[0] for k in kernels):
+            return np.broadcast_to(kernels[0], (len(kernels), *kernels[0].shape))
+        return np.stack(kernels)
+
+    @cached_property
     def gap(self) -> analysis.Gap:
         w, k = self._flat
-        s = self.solution
-        if s.one_input:
-            return analysis.gaps(s.designs[0], w, s.wstar, k)
-        parts = [analysis.gaps(d, w[i : i + 1], s.wstar[i : i + 1], None if k is None else k[i : i + 1])
-                 for i, d in enumerate(s.designs)]
-        return analysis.Gap(*(None if getattr(parts[0], name) is None else
-                              np.concatenate([getattr(p, name) for p in parts])
-                              for name in ("optimization", "noise", "identifiability")))
+        parts = [(g.index, analysis.gaps(g.design, w[g.index], self.solution.wstar[g.index],
+                                         None if k is None else k[g.index])) for g in self.solution.groups]
+        out = []
+        for name in ("optimization", "noise", "identifiability"):
+            if getattr(parts[0][1], name) is None:
+                out.append(None)
+                continue
+            column = np.empty(len(self.jobs))
+            for index, gap in parts:
+                column[index] = getattr(gap, name)
+            out.append(column)
+        return analysis.Gap(*out)
 
     @cached_property
     def errors(self) -> dict[str, np.ndarray] | None:
-        p0 = self.jobs[0].problem
-        if p0.true_kernel is None:
+        if self.jobs[0].problem.true_kernel is None:
             return None
-        return analysis.kernel_errors(self.trained.weights, np.stack([j.problem.true_kernel for j in self.jobs]))
+        return analysis.kernel_errors(self.trained.weights, self._true)
 
-    def status(self, i: int) -> JobStatus:
-        if self.trained.diverged_epoch[i]:
-            return JobStatus.DIVERGED
-        return JobStatus.CANCELLED if self.trained.cancelled[i] else JobStatus.SUCCEEDED
-
-    def epochs_done(self, i: int) -> int:
-        t = self.trained
-        d = int(t.diverged_epoch[i])
-        return d if d else int(np.isfinite(t.loss[:, i]).sum() if t.cancelled[i] else t.loss.shape[0])
-
-    def converged_epoch(self, i: int) -> int | None:
-        job = self.jobs[i]
-        ok = np.nonzero(self.trained.mse[: self.epochs_done(i), i] <= self._optimum(i) + job.tol)[0]
-        return int(ok[0]) + 1 if ok.size else None
-
-    def _optimum(self, i: int) -> float:
-        """The mse of W*."""
-        return float(self.solution.sse[i] / self.jobs[i].problem.y.size)
-
-    def row(self, i: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """One job's result row (service.jobs.result.ROW) and its epochs."""
-        job, t, s = self.jobs[i], self.trained, self.solution
-        p = job.problem
-        kshape = p.kernel_shape
-
-        def kernel(a: np.ndarray | None) -> Any:
-            if a is None:
-                return None
-            a = a.reshape(kshape)
-            return _floats(a[0, 0] if p.single_channel else a)
-
-        last = self.epochs_done(i)
-        ke = t.kernel_error
-        epochs = [{"epoch": e + 1, "loss": _float(t.loss[e, i]), "mse": _float(t.mse[e, i]),
-                   "kernel_error": None if ke is None else _float(ke[e, i])} for e in range(last)]
-        status = self.status(i)
-        design = s.designs[i]
-        gap = {name: None if part is None else _float(part[i])
-               for name, part in (("optimization", self.gap.optimization), ("noise", self.gap.noise),
-                                  ("identifiability", self.gap.identifiability))}
-        errors = {k: _float(v[i]) for k, v in self.errors.items()} if self.errors is not None else {}
-        converged = self.converged_epoch(i) if status is JobStatus.SUCCEEDED else None
-        short = status is JobStatus.SUCCEEDED and converged is None and last
-        pace = JobPace.of(s.paces[i], None if self.method is Method.LSTSQ else job.lr,
-                          float(t.mse[last - 1, i]) - self._optimum(i) if short else None, job.tol)
-        row = {
-            "status": status.value, "error_message": None, "device": self.device, "torch_version": torch.__version__,
-            "train_seconds": self.train_seconds / len(self.jobs), "epochs_done": last,
-            "final_loss": epochs[-1]["loss"] if epochs else None, "final_mse": epochs[-1]["mse"] if epochs else None,
-            "true_kernel": kernel(p.true_kernel), "initial_kernel": kernel(self.initial[i]),
-            "learned_kernel": kernel(t.weights[i]),
-            "learned_bias": None if t.bias is None else _floats(t.bias[i]),
-            "lstsq_kernel": kernel(s.wstar[i][:, : math.prod(kshape[1:])]),
-            "frobenius_error": errors.get("frobenius"), "relative_error": errors.get("relative"),
-            "max_abs_error": errors.get("max_abs"), "cosine": errors.get("cosine"),
-            "rank": design.rank, "params": design.params, "identifiable": design.identifiable,
-            "gap_optimization": gap["optimization"], "gap_noise": gap["noise"],
-            "gap_identifiability": gap["identifiability"],
-            "converged_epoch": converged, "diverged_epoch": int(t.diverged_epoch[i]) or None, **pace.row(),
+    @cached_property
+    def columns(self) -> Columns:
+        """Every job's result, field by field (service.jobs.result.ROW)."""
+        t, s, n = self.trained, self.solution, len(self.jobs)
+        p0 = self.jobs[0].problem
+        done = self.epochs_done
+        status = self._status
+        last = np.maximum(done - 1, 0)
+        cols = np.arange(n)
+        final_loss = np.where(done > 0, t.loss[last, cols], np.nan)
+        final_mse = np.where(done > 0, t.mse[last, cols], np.nan)
+        optimum = s.sse / p0.y.size
+        tol = np.array([j.tol for j in self.jobs])
+        epochs = np.arange(1, t.mse.shape[0] + 1)[:, None]
+        with np.errstate(invalid="ignore"):
+            reached = (t.mse <= optimum + tol) & (epochs <= done)
+        converged = np.where(reached.any(axis=0) & (status == JobStatus.SUCCEEDED.value),
+                             reached.argmax(axis=0) + 1.0, np.nan)
+        rank, params, sums_only = (np.empty(n), np.empty(n), np.zeros(n, dtype=bool))
+        for g in s.groups:
+            rank[g.index], params[g.index], sums_only[g.index] = g.design.rank, g.design.params, g.design.sums_only
+        lrs = np.full(n, np.nan) if self.method is Method.LSTSQ else np.array([j.lr for j in self.jobs])
+        short = (status == JobStatus.SUCCEEDED.value) & np.isnan(converged) & (done > 0)
+        excess = np.where(short, final_mse - optimum, np.nan)
+        paces = Paces.of([(g.pace, g.index) for g in s.groups], lrs, excess, tol)
+        gap, errors = self.gap, self.errors or {}
+        none = np.full(n, np.nan)
+        with np.errstate(invalid="ignore"):
+            grew = (done > 1) & (t.loss[last, cols] > t.loss[0]) & np.isfinite(t.loss[0]) & np.isfinite(final_loss)
+        values: dict[str, Any] = {
+            "status": status.tolist(), "error_message": None, "device": self.device,
+            "torch_version": torch.__version__, "train_seconds": self.train_seconds / n,
+            "epochs_done": done, "final_loss": final_loss, "final_mse": final_mse,
+            "true_kernel": None if p0.true_kernel is None else self._as_given(self._true),
+            "initial_kernel": self._as_given(self.initial), "learned_kernel": self._as_given(t.weights),
+            "learned_bias": t.bias,
+            "lstsq_kernel": self._as_given(s.wstar[:, :, : math.prod(p0.kernel_shape[1:])]),
+            "frobenius_error": errors.get("frobenius", none), "relative_error": errors.get("relative", none),
+            "max_abs_error": errors.get("max_abs", none), "cosine": errors.get("cosine", none),
+            "rank": rank, "params": params, "identifiable": rank == params,
+            "gap_optimization": gap.optimization,
+            "gap_noise": none if gap.noise is None else gap.noise,
+            "gap_identifiability": none if gap.identifiability is None else gap.identifiability,
+            "converged_epoch": converged, "diverged_epoch": np.where(t.diverged_epoch > 0, t.diverged_epoch, np.nan),
+            **paces.fields(),
         }
-        row["explanation"] = explain(Facts(
-            status=status, optimization=gap["optimization"], noise=gap["noise"],
-            identifiability=gap["identifiability"], relative=row["relative_error"], rank=design.rank,
-            params=design.params, sums_only=bool(design.sums_only),
-            grew=len(epochs) > 1 and _grew(t.loss[:last, i]), pace=pace))
-        return row, epochs
+        values["explanation"] = explain(Facts(
+            status=status, optimization=gap.optimization, noise=values["gap_noise"],
+            identifiability=values["gap_identifiability"], relative=values["relative_error"], rank=rank,
+            params=params, sums_only=sums_only, grew=grew, lr=lrs, lr_bound=paces.bound, rate=paces.rate,
+            more=paces.more, best_lr=paces.best_lr, best_rate=paces.best_rate))
+        return Columns(values=values, loss=t.loss, mse=t.mse, kernel_error=t.kernel_error, epochs_done=done)
 
-    def rows(self) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
-        return [self.row(i) for i in range(len(self.jobs))]
-
-
-def _grew(losses: np.ndarray) -> bool:
-    return bool(np.isfinite(losses[[0, -1]]).all() and losses[-1] > losses[0])
-
-
-def _float(v: float) -> float | None:
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
-def _floats(a: np.ndarray) -> Any:
-    """Nested lists for JSON, with null for non-finite values."""
-    if a.ndim == 0:
-        return _float(a)
-    if np.all(np.isfinite(a)):
-        return a.tolist()
-    return [_floats(x) for x in a]
+    def _as_given(self, a: np.ndarray) -> np.ndarray:
+        """Kernels (jobs x ...) in the shape the user gave: 2-D for a 2-D input and kernel, else 4-D."""
+        kshape = self.jobs[0].problem.kernel_shape
+        a = a.reshape(len(self.jobs), *kshape)
+        flags = {j.problem.single_channel for j in self.jobs}
+        if flags == {True}:
+            return a[:, 0, 0]
+        if flags == {False}:
+            return a
+        return Nested.of_arrays([k[0, 0] if j.problem.single_channel else k for k, j in zip(a, self.jobs)])

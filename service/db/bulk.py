@@ -1,0 +1,220 @@
+"""The bulk paths of service.db.writes: many rows moved through the driver at once, column by column
+(COPY on PostgreSQL, executemany on SQLite), inside the caller's SQLAlchemy transaction.
+
+Column names here come from the result schema and the tables, never from a user; every value is bound
+or copied as data.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection
+
+from service.db.schema import jobs
+
+EPOCH_ROWS_CHUNK = 50_000
+"""Epoch rows per executemany on SQLite."""
+
+
+def postgresql(conn: Connection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+def update_jobs(conn: Connection, ids: Sequence[int], values: dict[str, Any], where: str = "",
+                params: dict[str, Any] | None = None) -> list[int]:
+    """Set jobs columns by id: `values[column]` a list (one value a job) or one value for all. `where`
+    (SQL on `jobs`, with :name `params`) restricts which jobs change. Returns the ids it changed."""
+    if not ids:
+        return []
+    if postgresql(conn):
+        return _update_postgresql(conn, ids, values, where, params or {})
+    return _update_sqlite(conn, ids, values, where, params or {})
+
+
+STAGING = "_klab_job_values"
+"""A temporary table per connection (emptied at each commit) that bulk updates copy their rows into."""
+
+
+def _update_postgresql(conn: Connection, ids: Sequence[int], values: dict[str, Any], where: str,
+                       params: dict[str, Any]) -> list[int]:
+    lists = [c for c, v in values.items() if isinstance(v, list)]
+    scalars = {c: v for c, v in values.items() if c not in lists}
+    raw = conn.connection.driver_connection
+    if not lists:  # every job takes the same values
+        sets = ", ".join(f"{c} = %(s_{c})s" for c in scalars)
+        with raw.cursor() as cur:
+            cur.execute(f"UPDATE jobs SET {sets} WHERE id = ANY(%(ids)s) {_pg(where)} RETURNING id",  # noqa: S608
+                        {**{f"s_{c}": v for c, v in scalars.items()}, "ids": list(ids), **params})
+            return [r[0] for r in cur.fetchall()]
+    with raw.cursor() as cur:
+        if not conn.connection.info.get(STAGING):
+            cur.execute("CREATE TEMPORARY TABLE IF NOT EXISTS _klab_job_values ON COMMIT DELETE ROWS "
+                        "AS SELECT * FROM jobs WITH NO DATA")
+            conn.connection.info[STAGING] = True
+        with cur.copy(f"COPY {STAGING} (id, {', '.join(lists)}) FROM STDIN") as copy:
+            for row in zip(ids, *(values[c] for c in lists)):
+                copy.write_row(row)
+        sets = [f"{c} = v.{c}" for c in lists] + [f"{c} = %(s_{c})s" for c in scalars]
+        cur.execute(f"UPDATE jobs SET {', '.join(sets)} FROM {STAGING} v "  # noqa: S608
+                    f"WHERE jobs.id = v.id {_pg(where)} RETURNING jobs.id",
+                    {**{f"s_{c}": v for c, v in scalars.items()}, **params})
+        changed = [r[0] for r in cur.fetchall()]
+        cur.execute("TRUNCATE _klab_job_values")  # empty for the next update in this transaction
+        return changed
+
+
+def _update_sqlite(conn: Connection, ids: Sequence[int], values: dict[str, Any], where: str,
+                   params: dict[str, Any]) -> list[int]:
+    raw = conn.connection.driver_connection
+    if where:
+        changing = set()
+        for i in range(0, len(ids), 5000):
+            part = list(ids[i : i + 5000])
+            marks = ", ".join("?" * len(part))
+            found = raw.execute(f"SELECT id FROM jobs WHERE id IN ({marks}) AND {_qmark(where)}",  # noqa: S608
+                                [*part, *_ordered(where, params)])
+            changing.update(r[0] for r in found)
+        keep = [k for k, i in enumerate(ids) if i in changing]
+    else:
+        keep = list(range(len(ids)))
+    if not keep:
+        return []
+    columns = list(values)
+    lists = [values[c] if isinstance(values[c], list) else [values[c]] * len(ids) for c in columns]
+    rows = [tuple(_sqlite_value(conn, c, col[k]) for c, col in zip(columns, lists)) + (ids[k],) for k in keep]
+    sets = ", ".join(f"{c} = ?" for c in columns)
+    raw.executemany(f"UPDATE jobs SET {sets} WHERE id = ?", rows)  # noqa: S608
+    return [ids[k] for k in keep]
+
+
+def insert_rows(conn: Connection, table: str, columns: dict[str, Any], n: int) -> None:
+    """Insert n rows given column by column (a list: a value a row; anything else: every row's; JSON columns
+    as text): COPY on PostgreSQL, each distinct value encoded once; executemany on SQLite."""
+    names = list(columns)
+    if postgresql(conn):
+        encoded = []
+        for c in names:
+            v = columns[c]
+            if isinstance(v, list):
+                code = {x: _copy_text(x) for x in set(v)}
+                encoded.append([code[x] for x in v])
+            else:
+                encoded.append([_copy_text(v)] * n)
+        data = "\n".join(map("\t".join, zip(*encoded))) + "\n"
+        with conn.connection.driver_connection.cursor() as cur, \
+                cur.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN") as copy:
+            copy.write(data)
+        return
+    lists = [columns[c] if isinstance(columns[c], list) else [_sqlite_value(conn, c, columns[c])] * n for c in names]
+    marks = ", ".join("?" * len(names))
+    conn.connection.driver_connection.executemany(
+        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks})", list(zip(*lists)))  # noqa: S608
+
+
+def _copy_text(v: Any) -> str:
+    """A value in COPY's text format."""
+    if v is None:
+        return "\\N"
+    if isinstance(v, bool):
+        return "t" if v else "f"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, datetime):
+        return v.isoformat()
+    if not isinstance(v, str):
+        v = json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+    return v.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def insert_epochs(conn: Connection, job_ids: Any, done: Any, loss: Any, mse: Any, kernel_error: Any | None,
+                  first: int = 1) -> int:
+    """Every job's epochs first..first+done[j]-1 from epochs x jobs arrays (row 0 the first; non-finite
+    values stored as NULL): one binary COPY on PostgreSQL, executemany on SQLite. Returns how many rows."""
+    import numpy as np
+
+    job_ids, done = np.asarray(job_ids), np.asarray(done, dtype=np.int64)
+    cols = np.repeat(np.arange(len(done)), done)
+    epoch = np.arange(len(cols)) - np.repeat(np.cumsum(done) - done, done)  # 0-based within each job
+    values = [loss[epoch, cols], mse[epoch, cols], None if kernel_error is None else kernel_error[epoch, cols]]
+    if len(cols) == 0:
+        return 0
+    if postgresql(conn):
+        data = _epochs_binary(job_ids[cols], epoch + first, values)
+        with conn.connection.driver_connection.cursor() as cur, \
+                cur.copy("COPY epochs (job_id, epoch, loss, mse, kernel_error) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(data)
+        return len(cols)
+    floats = [[None] * len(cols) if v is None else _nullable(v) for v in values]
+    rows = list(zip(job_ids[cols].tolist(), (epoch + first).tolist(), *floats))
+    raw = conn.connection.driver_connection
+    for i in range(0, len(rows), EPOCH_ROWS_CHUNK):
+        raw.executemany("INSERT INTO epochs (job_id, epoch, loss, mse, kernel_error) VALUES (?, ?, ?, ?, ?)",
+                        rows[i : i + EPOCH_ROWS_CHUNK])
+    return len(rows)
+
+
+_SIGNATURE = b"PGCOPY\n\xff\r\n\0" + b"\0\0\0\0" + b"\0\0\0\0"
+_TRAILER = b"\xff\xff"
+
+
+def _epochs_binary(job_ids: Any, epochs: Any, values: list[Any]) -> bytes:
+    """Epoch rows in PostgreSQL's binary COPY format, built with numpy: one fixed-size layout per pattern of
+    missing values (a NULL field has length -1 and no bytes), each pattern's rows at once."""
+    import numpy as np
+
+    n = len(job_ids)
+    present = np.stack([np.zeros(n, dtype=bool) if v is None else np.isfinite(v) for v in values], axis=1)
+    pattern = present @ np.array([1, 2, 4])
+    parts = [_SIGNATURE]
+    for p in np.unique(pattern):
+        rows = np.nonzero(pattern == p)[0]
+        fields = [("count", ">i2"), ("job_len", ">i4"), ("job", ">i4"), ("epoch_len", ">i4"), ("epoch", ">i4")]
+        for k in range(3):
+            fields.append((f"len{k}", ">i4"))
+            if p >> k & 1:
+                fields.append((f"v{k}", ">f8"))
+        out = np.empty(len(rows), dtype=fields)
+        out["count"], out["job_len"], out["job"], out["epoch_len"], out["epoch"] = 5, 4, job_ids[rows], 4, epochs[rows]
+        for k in range(3):
+            out[f"len{k}"] = 8 if p >> k & 1 else -1
+            if p >> k & 1:
+                out[f"v{k}"] = values[k][rows]
+        parts.append(out.tobytes())
+    parts.append(_TRAILER)
+    return b"".join(parts)
+
+
+def _nullable(v: Any) -> list[float | None]:
+    import numpy as np
+
+    out = v.tolist()
+    finite = np.isfinite(v)
+    return out if finite.all() else [x if ok else None for x, ok in zip(out, finite.tolist())]
+
+
+def _sqlite_value(conn: Connection, column: str, value: Any) -> Any:
+    """A value as SQLAlchemy would store it on SQLite (datetimes as its text; the rest as is)."""
+    if isinstance(value, datetime):
+        return jobs.c[column].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)(value)
+    return value
+
+
+_PARAM = re.compile(r"(?<![:\w]):(\w+)")
+
+
+def _pg(where: str) -> str:
+    return "AND " + _PARAM.sub(r"%(\1)s", where) if where else ""
+
+
+def _qmark(where: str) -> str:
+    return _PARAM.sub("?", where)
+
+
+def _ordered(where: str, params: dict[str, Any]) -> list[Any]:
+    return [params[m] for m in _PARAM.findall(where)]
