@@ -1,6 +1,6 @@
-"""Fixtures: a fresh SQLite file and a fresh PostgreSQL database per test, a Redis database index of the
-tests' own (flushed around each test), redis-servers and worker processes of a test's own, stored jobs,
-and settings read anew from a test's environment. The machinery itself is in harness.py.
+"""Fixtures: a fresh SQLite file and a fresh PostgreSQL database per test, a redis-server of the test session's
+own (flushed around each test), redis-servers and worker processes of a test's own, stored jobs, and
+settings read anew from a test's environment. The machinery itself is in harness.py.
 
 A service that is missing skips its tests locally and fails them under CI=true. Tests that need a
 service (PostgreSQL, Redis, a worker) are marked `services`: `pytest -m "not services"` runs the rest.
@@ -19,9 +19,8 @@ from harness import ROOT, Db, RedisServer, WorkerProcess, clean_env, klab_main, 
 __all__ = ["ROOT"]
 
 PG_ADMIN_URL = os.environ.get("KLAB_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-# Each pytest-xdist worker (gw0, gw1, ...) gets its own Redis database index: 13, 14, 15.
-_XDIST = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-REDIS_URL = os.environ.get("KLAB_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{13 + _XDIST % 3}")
+REDIS_URL = os.environ.get("KLAB_TEST_REDIS_URL")
+"""A Redis to use instead of the session's own redis-server (nobody else may use it meanwhile)."""
 
 SERVICE_FIXTURES = {"pg_url", "pg_db", "redis_url", "redis_server", "worker_procs"}
 """A test that takes one of these (or db_url on PostgreSQL) needs a running service."""
@@ -200,18 +199,30 @@ def add_job() -> Callable[..., int]:
 # --- redis-servers and workers of a test's own ---------------------------------------------------------
 
 @pytest.fixture
-def redis_url() -> Iterator[str]:
-    """The tests' own Redis database index on the machine's Redis, flushed before and after."""
+def redis_url(session_redis: str) -> Iterator[str]:
+    """The session's own Redis, flushed before and after the test."""
     import redis
 
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+    client = redis.Redis.from_url(session_redis, socket_connect_timeout=3)
     try:
         client.flushdb()
     except redis.exceptions.ConnectionError as exc:
         missing("Redis", str(exc))
-    yield REDIS_URL
+    yield session_redis
     client.flushdb()
     client.close()
+
+
+@pytest.fixture(scope="session")
+def session_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of this test session alone (a free port, nothing kept on disk): a worker of another
+    test run on this machine can never take this session's messages, nor this session's workers theirs."""
+    if REDIS_URL:
+        yield REDIS_URL
+        return
+    server = RedisServer(tmp_path_factory.mktemp("session-redis"), persistent=False)
+    yield server.url()
+    server.kill()
 
 
 @pytest.fixture
