@@ -60,6 +60,12 @@ MAX_SWEEP_JOBS = 200_000
 MAX_JOB_SECONDS = 6 * 3600
 """A task still training after this many seconds fails (checked every epoch)."""
 
+MAX_JOB_MEMORY = 2 * 2**30
+"""Most bytes a job's arrays may take at once, as estimated when it is validated (service.jobs.problem.job_memory).
+
+2 GiB is the memory per core of common machines (a 16 GiB machine of 8 cores; compute-optimized cloud
+machines): a worker runs one child per core by default, so its children together stay within the machine."""
+
 # --- the service ----------------------------------------------------------------------------------------
 
 BROKER_URL = "redis://localhost:6379/0"
@@ -100,3 +106,7 @@ SQLITE_BUSY_MS = 30_000
 
 CONNECT_TIMEOUT_S = 5
 """How long to wait for PostgreSQL or Redis to answer a connection."""
+
+PRESENCE_SECONDS = 30
+"""How long a worker's presence on a Redis broker lasts unless renewed (it renews it every third of that):
+what `klab submit` reads to warn that no worker of this database consumes a queue."""

@@ -30,6 +30,7 @@ class Settings:
     max_file_bytes: int = defaults.MAX_FILE_BYTES
     max_sweep_jobs: int = defaults.MAX_SWEEP_JOBS
     max_job_seconds: int = defaults.MAX_JOB_SECONDS
+    max_job_memory: int = defaults.MAX_JOB_MEMORY
     visibility_timeout: int = defaults.VISIBILITY_TIMEOUT
     lease_seconds: int = defaults.LEASE_SECONDS
     max_attempts: int = defaults.MAX_ATTEMPTS
@@ -81,10 +82,15 @@ def settings() -> Settings:
 
 
 def normalize_url(url: str) -> str:
-    """postgresql:// and postgres:// URLs go through psycopg 3."""
+    """postgresql:// and postgres:// URLs go through psycopg 3; a URL of another database is refused."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
+    scheme, sep, _ = url.partition("://")
+    backend = scheme.split("+")[0].lower()
+    if sep and backend not in ("sqlite", "postgresql"):
+        raise BadInput("KLAB_DATABASE_URL", f"{backend} is not supported: kernel-lab stores its results in "
+                       "SQLite (sqlite:///PATH) or PostgreSQL (postgresql://USER@HOST/DB)")
     return url
 
 

@@ -6,6 +6,7 @@ import pytest
 from harness import run_json as run_spec
 from reference import design_matrix, flat, label_columns, reference_analysis
 
+from service.jobs import inputs
 from service.jobs.inputs import correlate
 from service.jobs.problem import build_problem
 from service.jobs.spec import JobSpec
@@ -24,18 +25,26 @@ def problem_of(**values):
 
 @pytest.mark.parametrize("shape,kh,kw", [((1, 1, 6, 8), 1, 2), ((2, 3, 5, 6), 2, 3), ((3, 2, 4, 4), 4, 1)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_im2col_matches_a_design_matrix_built_by_loops(shape, kh, kw, bias):
+def test_row_windows_are_the_design_matrix_by_kernel_rows(shape, kh, kw, bias):
+    """A's columns of kernel row i, at output row h, are the windows of input row h + i: A is never needed."""
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    assert np.array_equal(analysis.im2col(x, kh, kw, bias), design_matrix(x, kh, kw, bias))
+    n, c, h, w = shape
+    a = design_matrix(x, kh, kw, False).reshape(n, h - kh + 1, w - kw + 1, c, kh, kw)
+    rw = inputs.row_windows(x, slice(0, n), 0, h, slice(0, w - kw + 1), kw)  # input rows x (n, w) x (c, j)
+    for i in range(kh):
+        for r in range(h - kh + 1):
+            expected = a[:, r, :, :, i, :].reshape(n * (w - kw + 1), c * kw)
+            assert np.array_equal(rw[r + i], expected)
+    g = design_matrix(x, kh, kw, bias)
+    np.testing.assert_allclose(analysis.gram(x, kh, kw, bias), g.T @ g, rtol=1e-13, atol=1e-13)
 
 
-def test_im2col_times_a_flat_kernel_is_the_convolution():
+def test_labels_are_the_design_matrix_times_the_flat_kernel():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 3, 6, 7))
     k = rng.standard_normal((4, 3, 2, 3))
-    np.testing.assert_allclose(analysis.im2col(x, 2, 3, False) @ k.reshape(4, -1).T,
-                               analysis.targets(correlate(x, k)), rtol=1e-12, atol=1e-12)
-    assert np.array_equal(analysis.targets(correlate(x, k)), label_columns(correlate(x, k)))
+    np.testing.assert_allclose(label_columns(correlate(x, k)), design_matrix(x, 2, 3, False) @ k.reshape(4, -1).T,
+                               rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("input_,kshape,bias,rank", [
@@ -66,37 +75,111 @@ def test_projection_is_the_pinv_projector():
     assert design.sums_only  # identical columns: each pair of weights is seen only through its sum
 
 
+def small_input(name: str) -> np.ndarray:
+    """Inputs of the normal-equation checks: random (one and several channels and samples), and rank-deficient
+    ones whose sums are exact (edge, ones) or not (edge scaled by 0.1 and shifted: rounding in every sum)."""
+    rng = np.random.default_rng(5)
+    if name == "random":
+        return rng.standard_normal((1, 1, 6, 7)).astype(np.float32)
+    if name == "random-channels":
+        return rng.standard_normal((3, 2, 6, 7)).astype(np.float32)
+    if name == "few-rows":  # more weights than rows: 4 rows, 9 (or 10) weights
+        return rng.standard_normal((1, 1, 4, 4)).astype(np.float32)
+    if name == "edge-scaled":
+        return (problem_of(input="edge:6x8").x * np.float32(0.1) + np.float32(0.37)).astype(np.float32)
+    return problem_of(input=name).x
+
+
+NORMAL_CASES = [
+    ("random", (2, 1, 3, 3)),
+    ("random-channels", (2, 2, 2, 3)),
+    ("few-rows", (1, 1, 3, 3)),
+    ("edge:6x8", (1, 1, 2, 2)),  # rank 2 of 4 (3 of 5 with a bias): rows of the edge image repeat
+    ("edge:6x8", (2, 1, 1, 2)),
+    ("edge-scaled", (1, 1, 2, 2)),
+    ("ones:6x8", (1, 1, 1, 2)),
+    ("checker:6x6", (1, 1, 3, 3)),
+]
+
+
+@pytest.mark.parametrize("name,kshape", NORMAL_CASES, ids=[f"{n}-{k[2]}x{k[3]}x{k[0]}" for n, k in NORMAL_CASES])
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("chunked", [False, True], ids=["svd", "qr-chunks"])
-def test_solve_agrees_with_numpy_lstsq(bias, chunked, monkeypatch):
-    if chunked:  # designs above DIRECT_LIMIT are decomposed through a QR of per-sample chunks
-        monkeypatch.setattr(analysis, "DIRECT_LIMIT", 0)
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((3, 2, 6, 7)).astype(np.float32)
-    y = rng.standard_normal((4, 3, 2, 5, 5))  # 4 jobs sharing x, 2 output channels
-    design = analysis.Design(x, (2, 2, 2, 3), bias)
-    assert (design.a is None) == chunked
-    t = np.stack([analysis.targets(yy) for yy in y])
-    wstar, sse = design.solve(t)
-    a = design_matrix(x, 2, 3, bias)
-    for b in range(4):
-        ref, res, rank, _ = np.linalg.lstsq(a, label_columns(y[b]), rcond=None)
-        np.testing.assert_allclose(wstar[b], ref.T, rtol=1e-9, atol=1e-10)
-        np.testing.assert_allclose(sse[b], res.sum(), rtol=1e-8)
-        assert design.rank == rank
+@pytest.mark.parametrize("block", ["whole", "one-row"])
+def test_normal_equations_equal_im2col_and_numpy_linalg(name, kshape, bias, block, monkeypatch):
+    """G = A^T A and A^T y summed a block at a time give what numpy.linalg gives on the explicit im2col matrix:
+    the rank (matrix_rank), the row-space projector (pinv(A) A), the singular values, W* and its SSE (lstsq)."""
+    if block == "one-row":  # every block of A one row: the sums go through every block boundary
+        monkeypatch.setattr(inputs, "BLOCK_BYTES", 1)
+    x = small_input(name)
+    co, _, kh, kw = kshape
+    design = analysis.Design(x, kshape, bias)
+    a = design_matrix(x, kh, kw, bias)
+    scale = float((a**2).sum())
+    np.testing.assert_allclose(analysis.gram(x, kh, kw, bias), a.T @ a, rtol=1e-13, atol=1e-14 * scale)
+    rank = np.linalg.matrix_rank(a)
+    assert design.rank == rank and design.params == a.shape[1]
+    sv = np.linalg.svd(a, compute_uv=False)
+    np.testing.assert_allclose(design.s, sv[:rank], rtol=1e-10)
+    np.testing.assert_allclose(design.v @ design.v.T, np.linalg.pinv(a) @ a, atol=1e-12)
+
+    rng = np.random.default_rng(6)
+    n, _, h, w = x.shape
+    k = rng.standard_normal((co, a.shape[1]))
+    fitted = (a @ k.T).reshape(n, h - kh + 1, w - kw + 1, co).transpose(0, 3, 1, 2)  # labels A k: SSE 0
+    noisy = fitted + rng.standard_normal(fitted.shape)
+    ys = [fitted, noisy.astype(np.float32), noisy]
+    wstar, sse = design.solve(ys)
+    for b, y in enumerate(ys):
+        t = label_columns(y)
+        ref, _, ref_rank, _ = np.linalg.lstsq(a, t, rcond=None)
+        assert ref_rank == rank
+        np.testing.assert_allclose(wstar[b], ref.T, rtol=1e-10, atol=1e-11)
+        ref_sse = float(((a @ ref - t) ** 2).sum())
+        assert sse[b] == pytest.approx(ref_sse, rel=1e-9, abs=1e-20 * scale), b
+    assert sse[0] < 1e-20 * scale  # what the labels hold exactly is fitted exactly, without cancellation
 
 
-def test_solve_is_minimum_norm_when_not_identifiable(monkeypatch):
-    x = problem_of(input="edge:6x8").x
-    y = np.random.default_rng(4).standard_normal((1, 1, 5, 7))
-    a = design_matrix(x, 2, 2, False)
+def test_an_ill_conditioned_design_is_solved_to_lstsq_accuracy():
+    """A smooth image with a faint texture: cond(A) ~ 1e5, so the normal equations alone would lose about
+    cond(A)^2 * eps ~ 1e-6 of W*; with their refinement W* agrees with numpy's lstsq (an SVD of A) to 1e-8."""
+    rng = np.random.default_rng(7)
+    i, j = np.mgrid[0:20, 0:24] / 24.0
+    x = (1.0 + i + 0.5 * j + 1e-4 * rng.standard_normal(i.shape))[None, None].astype(np.float32)
+    a = design_matrix(x, 2, 2, True)
+    cond = np.linalg.cond(a)
+    assert 1e4 < cond < 1e7  # ill-conditioned, yet well inside what G can resolve (cond^2 eps < 1)
+    y = rng.standard_normal((1, 1, 19, 23))
+    design = analysis.Design(x, (1, 1, 2, 2), True)
+    assert design.rank == np.linalg.matrix_rank(a) == 5
+    wstar, sse = design.solve([y])
     ref = np.linalg.lstsq(a, label_columns(y), rcond=None)[0].T
-    for limit in (analysis.DIRECT_LIMIT, 0):
-        monkeypatch.setattr(analysis, "DIRECT_LIMIT", limit)
-        design = analysis.Design(x, (1, 1, 2, 2), False)
-        wstar, _ = design.solve(analysis.targets(y)[None])
-        np.testing.assert_allclose(wstar[0], ref, atol=1e-10)
-        assert design.rank == 2
+    np.testing.assert_allclose(wstar[0], ref, rtol=1e-8, atol=1e-8 * np.abs(ref).max())
+    assert sse[0] == pytest.approx(float(((a @ ref.T - label_columns(y)) ** 2).sum()), rel=1e-10)
+
+
+def test_rank_deficiency_survives_rounding_in_large_sums(monkeypatch):
+    """An edge image of 0.1s and 0.47s (neither exact in binary), 299 x 399 windows of 2x2 with a bias: A has
+    exactly 3 independent columns; summed over 119,301 rows in 1-row and in 16 MiB blocks, G's rounding stays
+    below the rank's tolerance and the rank is numpy's on A."""
+    x = (problem_of(input="edge:300x400").x * np.float32(0.1) + np.float32(0.37)).astype(np.float32)
+    a = design_matrix(x, 2, 2, True)
+    assert np.linalg.matrix_rank(a) == 3
+    for block in (inputs.BLOCK_BYTES, 8 * 5 * 7):  # 16 MiB, and 7 rows of A a block
+        monkeypatch.setattr(inputs, "BLOCK_BYTES", block)
+        design = analysis.Design(x, (1, 1, 2, 2), True)
+        assert design.rank == 3
+        assert design.sums_only  # 3 distinct columns (each pair of rows' weights, and the bias) for rank 3
+        np.testing.assert_allclose(design.v @ design.v.T, np.linalg.pinv(a) @ a, atol=1e-9)
+
+
+def test_correlate_in_blocks_equals_correlate_whole(monkeypatch):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 3, 9, 11)).astype(np.float32)
+    k = rng.standard_normal((4, 3, 3, 2))
+    whole = inputs.correlate(x, k)
+    for block in (1, 8 * 18 * 3, 8 * 18 * 10 * 2):  # one position, parts of a row, whole rows
+        monkeypatch.setattr(inputs, "BLOCK_BYTES", block)
+        np.testing.assert_allclose(inputs.correlate(x, k), whole, rtol=1e-13, atol=1e-13)
 
 
 # ---------------------------------------------------------------------------------------------------

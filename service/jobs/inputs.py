@@ -9,6 +9,7 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +49,14 @@ def _dims(field: str, text: str, allowed: tuple[int, ...]) -> tuple[int, ...]:
     return dims
 
 
+LIMITS = {"input": "KLAB_MAX_INPUT_ELEMENTS", "labels": "KLAB_MAX_INPUT_ELEMENTS", "kernel": "KLAB_MAX_KERNEL_ELEMENTS"}
+"""The variable that sets each array's limit, named in every message about it."""
+
+
 def _check_elements(field: str, shape: tuple[int, ...], limit: int, what: str) -> None:
     count = math.prod(shape)
     if count > limit:
-        raise BadInput(field, f"{what} has {count} elements, more than the limit {limit}")
+        raise BadInput(field, f"{what} has {count} elements, more than the limit {limit} ({LIMITS[what]})")
 
 
 def rng(seed: int, stream: int) -> np.random.Generator:
@@ -77,7 +82,7 @@ def checked_file(field: str, raw: str) -> Path:
     size = path.stat().st_size
     limit = settings().max_file_bytes
     if size > limit:
-        raise BadInput(field, f"file is {size} bytes, more than the limit {limit}")
+        raise BadInput(field, f"file is {size} bytes, more than the limit {limit} (KLAB_MAX_FILE_BYTES)")
     return path
 
 
@@ -119,7 +124,8 @@ def load_image(field: str, raw: str, rgb: bool) -> np.ndarray:
                 raise BadInput(field, f"{raw} is {img.format}, not a PNG or JPEG image")
             pixels = max(1, settings().max_input_elements // (3 if rgb else 1))
             if img.width * img.height > pixels:
-                raise BadInput(field, f"{raw} is {img.width}x{img.height}, more than the input limit")
+                raise BadInput(field, f"{raw} is {img.width}x{img.height}, {img.width * img.height} pixels, more "
+                                      f"than the limit {pixels} ({LIMITS['input']}{' / 3 for rgb' if rgb else ''})")
             img = img.convert("RGB" if rgb else "L")
             array = np.asarray(img, dtype=np.float64) / 255.0
     except BadInput:
@@ -246,9 +252,55 @@ def parse_labels(raw: str) -> np.ndarray:
     return array
 
 
+BLOCK_BYTES = 16 * 2**20
+"""Most bytes of windows made at once: labels and the analysis go through the input a block at a time."""
+
+
+def blocks(n: int, ho: int, wo: int, per_position: int) -> Iterator[tuple[slice, slice, slice]]:
+    """Output positions (samples, rows, columns) in order, in blocks of at most BLOCK_BYTES at `per_position`
+    bytes each (one position at least): whole samples, else whole rows, else parts of a row."""
+    positions = max(1, BLOCK_BYTES // per_position)
+    cols = min(wo, positions)
+    rows = min(ho, positions // wo) if cols == wo else 1
+    samples = min(n, positions // (ho * wo)) if rows == ho and cols == wo else 1
+    for s in range(0, n, samples):
+        for r in range(0, ho, rows):
+            for q in range(0, wo, cols):
+                yield slice(s, min(s + samples, n)), slice(r, min(r + rows, ho)), slice(q, min(q + cols, wo))
+
+
+def row_blocks(n: int, ho: int, wo: int, kh: int, width: int) -> Iterator[tuple[slice, slice, slice]]:
+    """Blocks of output positions (samples, rows, columns) whose row windows (`width` float64 values a position,
+    for each of the block's rows and the kh - 1 rows below them) take about BLOCK_BYTES: at least kh rows a block,
+    so that the rows below add at most as much again."""
+    for at, _, cols in blocks(n, 1, wo, 16 * kh * width):
+        per_row = 8 * width * (at.stop - at.start) * (cols.stop - cols.start)
+        step = min(ho, max(kh, BLOCK_BYTES // per_row - kh + 1))
+        for h0 in range(0, ho, step):
+            yield at, slice(h0, min(h0 + step, ho)), cols
+
+
+def row_windows(x: np.ndarray, at: slice, u0: int, u1: int, cols: slice, kw: int) -> np.ndarray:
+    """R_u, the windows of input row u for u0 <= u < u1, at samples `at` and output columns `cols`: rows u by
+    positions (n, w) by columns (c, j), float64. Output row h of kernel row i sees R_{h+i}."""
+    slab = x[at, :, u0:u1, cols.start : cols.stop + kw - 1].astype(np.float64)
+    windows = np.lib.stride_tricks.sliding_window_view(slab, kw, axis=3)  # n x c x rows x w x kw
+    return np.ascontiguousarray(windows.transpose(2, 0, 3, 1, 4)).reshape(u1 - u0, -1, slab.shape[1] * kw)
+
+
 def correlate(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Cross-correlation of N x C x H x W with C_out x C_in x kh x kw, in float64."""
-    kh, kw = kernel.shape[2:]
-    windows = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), (kh, kw), axis=(2, 3))
-    with np.errstate(over="ignore", invalid="ignore"):  # overflowing labels are refused by the caller
-        return np.einsum("nchwij,ocij->nohw", windows, kernel, optimize=True)
+    """Cross-correlation of N x C x H x W with C_out x C_in x kh x kw, in float64, through the windows of the
+    input's rows a block at a time (the windows of the whole input would take kh*kw times its size)."""
+    n, c, h, w = x.shape
+    co, _, kh, kw = kernel.shape
+    out = np.empty((n, co, h - kh + 1, w - kw + 1))
+    k = kernel.transpose(2, 1, 3, 0).reshape(kh, c * kw, co)  # kernel row i: (c, j) by output channel
+    for at, rows, cols in row_blocks(n, h - kh + 1, w - kw + 1, kh, c * kw + co):
+        rw = row_windows(x, at, rows.start, rows.stop + kh - 1, cols, kw)
+        nr = rows.stop - rows.start
+        with np.errstate(over="ignore", invalid="ignore"):  # overflowing labels are refused by the caller
+            y = rw[:nr] @ k[0]
+            for i in range(1, kh):
+                y += rw[i : i + nr] @ k[i]
+        out[at, :, rows, cols] = y.reshape(nr, at.stop - at.start, -1, co).transpose(1, 3, 0, 2)
+    return out

@@ -9,8 +9,13 @@ import numpy as np
 
 from service.errors import BadInput
 from service.jobs import inputs
-from service.jobs.spec import JobSpec
+from service.jobs.spec import JobSpec, Method
 from service.settings import settings
+
+ENGINE_BYTES = 4 * inputs.BLOCK_BYTES + 3 * 4 * 2**22 + 64 * 2**20
+"""What the engine holds at most besides the arrays job_memory counts: a few blocks of row windows (labels, the
+analysis), the elementwise path's im2col (worker.engine.residuals.MATMUL_LIMIT float32 values, thrice) and the
+per-batch curvatures kept for the rate (worker.engine.pace.RATE_MEMORY_LIMIT)."""
 
 
 @dataclass(frozen=True)
@@ -40,10 +45,10 @@ def build_problem(spec: JobSpec, arrays: dict[str, np.ndarray] | None = None) ->
     else:
         x, input_ndim = inputs.parse_input(spec.input, spec.seed)
     kernel = None
-    two_d = input_ndim == 2  # report kernels as 2-D only for a 2-D input and a 2-D kernel
+    two_d = True  # kernels are reported in the shape the user gave: the kernel's, else the labels'
     if spec.kernel is not None:
         kernel = arrays["kernel"] if "kernel" in arrays else inputs.parse_kernel(spec.kernel, spec.seed)
-        two_d = two_d and kernel.ndim == 2
+        two_d = kernel.ndim == 2
         while kernel.ndim < 4:
             kernel = kernel[None]
     n, c, h, w = x.shape
@@ -56,7 +61,7 @@ def build_problem(spec: JobSpec, arrays: dict[str, np.ndarray] | None = None) ->
             raise BadInput("kernel", f"is {kh}x{kw}, larger than the {h}x{w} input")
     if spec.labels is not None:
         labels = arrays["labels"] if "labels" in arrays else inputs.parse_labels(spec.labels)
-        two_d = two_d and labels.ndim == 2
+        two_d = two_d if kernel is not None else labels.ndim == 2 and c == 1
         labels = _labels_shape(labels, x, input_ndim)
         ho, wo = labels.shape[2:]
         if ho > h or wo > w:
@@ -66,20 +71,29 @@ def build_problem(spec: JobSpec, arrays: dict[str, np.ndarray] | None = None) ->
             raise BadInput("labels", f"of shape {labels.shape[1:]} do not fit kernel {kernel.shape} "
                                      f"on input {x.shape[1:]}")
         if shape[2] * shape[3] * c * shape[0] > settings().max_kernel_elements:
-            raise BadInput("labels", f"imply a {shape} kernel, more than the kernel limit")
+            raise BadInput("labels", f"imply a {shape} kernel, more than the limit "
+                                     f"{settings().max_kernel_elements} (KLAB_MAX_KERNEL_ELEMENTS)")
+        check_memory(spec, x.shape, shape)
         y = labels
         true_bias = spec.bias if kernel is not None else None
     elif kernel is None:  # JobSpec refuses this already; a stored spec is checked again
         raise BadInput("kernel", "give a true kernel, or labels with --labels")
     else:
         shape = kernel.shape
+        check_memory(spec, x.shape, shape)
         y = inputs.correlate(x, kernel)
         if spec.bias is not None:
-            y = y + spec.bias
+            y += spec.bias
         true_bias = spec.bias
     if spec.noise > 0:
-        y = y + spec.noise * inputs.rng(spec.seed, inputs.NOISE_STREAM).standard_normal(y.shape)
-    if not np.all(np.isfinite(y)) or np.abs(y).max() > np.finfo(np.float32).max:
+        noise = inputs.rng(spec.seed, inputs.NOISE_STREAM).standard_normal(y.shape)
+        noise *= spec.noise
+        if spec.labels is None:
+            y += noise  # labels of our own: no copy of them
+        else:
+            y = y + noise
+        del noise
+    if not np.all(np.isfinite(y)) or max(y.max(), -y.min()) > np.finfo(np.float32).max:
         raise BadInput("labels" if spec.labels else "kernel", "the labels overflow: values too large for float32")
 
     if spec.method.is_minibatch and input_ndim == 2 and shape[2] == 1:
@@ -95,6 +109,48 @@ def build_problem(spec: JobSpec, arrays: dict[str, np.ndarray] | None = None) ->
         has_bias=spec.bias is not None,
         single_channel=two_d,
     )
+
+
+def job_memory(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], bias: bool, method: Method, epochs: int
+               ) -> int:
+    """About the most bytes a job's arrays take at once, beyond the process itself: an upper bound from the arrays
+    each stage makes (building the data, training, the analysis), the largest of the three."""
+    n, c, h, w = x_shape
+    co, _, kh, kw = kernel_shape
+    ho, wo = h - kh + 1, w - kw + 1
+    x, y, p = n * c * h * w, n * co * ho * wo, c * kh * kw + int(bias)
+    # the input as read (a float64 file or draw, its float64 and float32 copies); beside the float32 input, float64
+    # labels (read from a file, or correlated), their noise, the noisy labels and their float32 copy
+    build = max(20 * x, 4 * x + 32 * y)
+    # G, its eigenvectors and eigh's workspace (4 p^2 float64; G's shifted blocks take no more while it is summed),
+    # beside the problem's float32 arrays
+    analysis = 4 * (x + y) + 32 * p * p
+    if method is Method.LSTSQ:
+        return max(build, analysis) + ENGINE_BYTES
+    # torch's CPU convolution copies its input and output into blocks of 16 channels (measured: 64 to 80 bytes
+    # an output position for one channel in and out); the labels, torch's copy of them, the forward pass, its
+    # residual and their gradients; the losses of every epoch
+    def sixteen(channels: int) -> int:
+        return -(-channels // 16) * 16
+
+    padded = 4 * n * (sixteen(c) * h * w + sixteen(co) * ho * wo)
+    train = 4 * x + 32 * y + padded + 64 * epochs
+    return max(build, analysis, train) + ENGINE_BYTES
+
+
+def check_memory(spec: JobSpec, x_shape: tuple[int, ...], kernel_shape: tuple[int, ...]) -> None:
+    """Refuse a job whose arrays would not fit in KLAB_MAX_JOB_MEMORY, before any of its large arrays is made."""
+    need = job_memory(x_shape, kernel_shape, spec.bias is not None, spec.method, spec.epochs)
+    limit = settings().max_job_memory
+    if need > limit:
+        shapes = f"input {'x'.join(map(str, x_shape))}, kernel {'x'.join(map(str, kernel_shape))}"
+        raise BadInput("memory", f"the job needs about {gib(need)} at once ({shapes}, method "
+                                 f"{spec.method.value}), more than the limit {gib(limit)} (KLAB_MAX_JOB_MEMORY)")
+
+
+def gib(size: int) -> str:
+    """A size in bytes for a message: 1.5 GiB, 512 MiB."""
+    return f"{size / 2**30:.3g} GiB" if size >= 2**30 else f"{size / 2**20:.3g} MiB"
 
 
 def _labels_shape(labels: np.ndarray, x: np.ndarray, input_ndim: int) -> np.ndarray:

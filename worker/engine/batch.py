@@ -56,6 +56,7 @@ def train(jobs: Sequence[Job], method: Method, epochs: int, batch_size: int, dev
             true_k = torch.from_numpy(np.stack([j.problem.true_kernel for j in jobs]).astype(np.float32)).to(device)
         trained = fit(res, w0.to(device, copy=True), None if b0 is None else b0.to(device, copy=True),
                       [j.lr for j in jobs], true_k, method, epochs, batch_size, on_epoch)
+        del res, true_k  # the training's copies of the data go before the analysis starts
     loop_seconds = time.perf_counter() - started
     solution = _solve(jobs, method, batch_size)
     if trained is None:
@@ -85,10 +86,10 @@ def _solve(jobs: Sequence[Job], method: Method, batch_size: int) -> Solution:
     wstar, sse = np.empty((bsz, co, params)), np.empty(bsz)
     for g in groups:
         if one_label:
-            ws, ss = g.design.solve(analysis.targets(p0.y)[None])
+            ws, ss = g.design.solve([p0.y])
             wstar[g.index], sse[g.index] = ws[0], ss[0]
         else:
-            ws, ss = g.design.solve(np.stack([analysis.targets(jobs[i].problem.y) for i in g.index]))
+            ws, ss = g.design.solve([jobs[i].problem.y for i in g.index])
             wstar[g.index], sse[g.index] = ws, ss
     return Solution(groups=groups, wstar=wstar, sse=sse)
 

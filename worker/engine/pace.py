@@ -21,8 +21,10 @@ Momentum (torch's heavy ball, mu = MOMENTUM) carries its buffer along: (e, buf) 
 - adam scales each weight's step by its own gradient history, so no curvature bound applies: none is
   reported. lstsq has no learning rate.
 
-Everything works in the r-dimensional row space (r the rank), from V (A's right singular vectors):
-V^T H_b V is r x r, and nothing larger than the engine's design is built.
+Everything works in the r-dimensional row space (r the rank), from V (the eigenvectors of A^T A that span
+it): V^T H_b V is r x r, each H_b summed from its batch's rows a block at a time (analysis.gram), and A is
+never built whole. An epoch's steps are kept (for the rate at each lr) only within RATE_WORK_LIMIT and
+RATE_MEMORY_LIMIT.
 """
 from __future__ import annotations
 
@@ -34,10 +36,14 @@ import numpy as np
 
 from service import defaults
 from service.jobs.spec import Method
-from worker.engine.analysis import Design, im2col
+from worker.engine.analysis import Design, gram
 
 RATE_WORK_LIMIT = 2e9
 """Most multiply-adds spent on one job's rate (products of r x r matrices over an epoch's batches)."""
+
+RATE_MEMORY_LIMIT = 64 * 2**20
+"""Most bytes of an epoch's per-batch curvatures (r x r each) kept for the rate; beyond it none is reported.
+(service.jobs.problem.ENGINE_BYTES counts them in a job's memory.)"""
 
 
 class Pace:
@@ -51,30 +57,32 @@ class Pace:
         if method in (Method.ADAM, Method.LSTSQ) or design.rank == 0:
             return
         n = design.x.shape[0]
-        per = design.rows // n  # rows of A per sample
         if method is Method.D2L_MANUAL:
             bounds = [(0, n)]
             scale = [2.0]
         else:
             bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+            per = design.rows // n  # rows of A per sample
             scale = [2.0 / ((e - s) * per * c_out) for s, e in bounds]
         if len(bounds) == 1:
-            self.eigen = scale[0] * design.s**2
+            self.eigen = scale[0] * design.lam
             largest = float(self.eigen.max())
         else:
-            v = design.v
+            v, r = design.v, design.rank
+            keep = (2 * r if method is Method.MOMENTUM else r) ** 3 * len(bounds) <= RATE_WORK_LIMIT and \
+                8 * r * r * len(bounds) <= RATE_MEMORY_LIMIT
+            largest = 0.0
             for (s, e), c in zip(bounds, scale):
-                a = design.a[s * per : e * per] if design.a is not None else \
-                    im2col(design.x[s:e], design.kh, design.kw, design.bias)
-                av = a @ v  # rows x r
-                self.steps.append((c, av.T @ av))
-            largest = max(c * float(np.linalg.eigvalsh(h).max()) for c, h in self.steps)
+                h = v.T @ gram(design.x[s:e], design.kh, design.kw, design.bias) @ v
+                largest = max(largest, c * float(np.linalg.eigvalsh(h).max()))
+                if keep:
+                    self.steps.append((c, h))
         if largest > 0:
             self.stable_lr = 2.0 / largest * (1 + defaults.MOMENTUM if method is Method.MOMENTUM else 1.0)
 
     def rate(self, lr: float) -> float | None:
         """The factor by which the slowest identifiable direction of the gap shrinks each epoch at `lr`."""
-        if self.stable_lr is None:
+        if self.stable_lr is None or (self.eigen is None and not self.steps):
             return None
         momentum = self.method is Method.MOMENTUM
         if self.eigen is not None:
@@ -82,8 +90,6 @@ class Pace:
                 return float(np.abs(1.0 - lr * self.eigen).max())
             return max(_heavy_ball(lr * h) for h in self.eigen)
         r = self.steps[0][1].shape[0]
-        if (2 * r if momentum else r) ** 3 * len(self.steps) > RATE_WORK_LIMIT:
-            return None
         eye = np.eye(r)
         epoch = np.eye(2 * r if momentum else r)
         mu = defaults.MOMENTUM

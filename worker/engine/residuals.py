@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 MATMUL_LIMIT = 1 << 22
-"""Jobs whose im2col matrix has at most this many elements train elementwise; larger ones by convolution."""
+"""Jobs whose im2col matrix has at most this many elements train elementwise; larger ones by convolution.
+(service.jobs.problem.ENGINE_BYTES counts the elementwise path's im2col in a job's memory.)"""
 
 PARALLEL_GRAIN = 32768
 """torch's grain for splitting a reduction across threads (at::internal::GRAIN_SIZE)."""

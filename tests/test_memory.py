@@ -1,0 +1,209 @@
+"""Memory: the analysis works from A^T A and A^T y without building A, every job's memory is estimated when it is
+validated, and a job that cannot fit in KLAB_MAX_JOB_MEMORY is one line, exit 2, nothing stored, on the command
+line and on a worker. Peaks are measured in processes of their own (ru_maxrss)."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from harness import ROOT, clean_env, klab, klab_path
+from harness import service_env as env_of
+
+from service import defaults
+from service.errors import BadInput
+from service.jobs.problem import build_problem, job_memory
+from service.jobs.spec import JobSpec, Method
+from service.settings import Settings
+
+GIB = 2**30
+
+MEASURED = """
+import json, resource, subprocess, sys
+cap = int(sys.argv[1])
+def limit():
+    if cap:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+out = subprocess.run(sys.argv[2:], capture_output=True, text=True, preexec_fn=limit)
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+print(json.dumps({"rc": out.returncode, "stdout": out.stdout, "stderr": out.stderr, "peak": peak}))
+"""
+"""Runs a command as the only child of a fresh process, under an optional address-space cap, and reports its
+peak resident memory."""
+
+GROWTH = """
+import json, sys, threading
+from service.jobs.spec import JobSpec
+from worker.engine import run_spec
+
+def anonymous():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+
+run_spec(JobSpec.parse({"input": "random:40x40", "kernel": "sobel-x", "epochs": 2}))  # libraries loaded, warmed
+before, peak, done = anonymous(), [0], threading.Event()
+
+def watch():
+    while not done.wait(0.001):
+        peak[0] = max(peak[0], anonymous())
+
+watcher = threading.Thread(target=watch)
+watcher.start()
+row, _ = run_spec(JobSpec.parse(json.loads(sys.argv[1])))
+done.set()
+watcher.join()
+print(json.dumps({"growth": peak[0] - before, "status": row["status"], "rank": int(row["rank"])}))
+"""
+"""Trains one job in a fresh process and reports how far its anonymous resident memory (its arrays, not the pages
+of libraries, which come and go with the machine's other work) rose above what the process held when it started,
+sampled every millisecond."""
+
+
+def measured(env: dict[str, str], *args: str, cap: int = 0, timeout: float = 600) -> dict:
+    done = subprocess.run([sys.executable, "-c", MEASURED, str(cap), klab_path(), *args], env=env,
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def stored_jobs(home: Path) -> int:
+    db = home / "klab.db"
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The analysis never builds A
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.timeout(900)
+def test_least_squares_on_1536x1536_with_a_15x15_kernel_peaks_under_1_5_gib(tmp_path):
+    """Its im2col matrix alone is 4 GiB (2,316,484 rows x 225 weights, float64); it peaked at 11.9 GiB."""
+    env = clean_env(tmp_path / "home")
+    out = measured(env, "run", "--input", "random:1536x1536", "--kernel", "random:15x15", "--method", "lstsq",
+                   "--no-store", "--json")
+    assert out["rc"] == 0, out["stderr"]
+    assert out["peak"] < 1.5 * GIB, f"peak resident memory {out['peak'] / GIB:.2f} GiB"
+    result = json.loads(out["stdout"])
+    assert result["identifiability"] == {"rank": 225, "params": 225, "identifiable": True}
+    # noise-free labels (rounded to float32): the least-squares kernel is the true one, to float32's rounding
+    np.testing.assert_allclose(result["lstsq_kernel"], result["true_kernel"], atol=1e-6)
+    assert result["epochs"][0]["loss"] < 1e-5  # the SSE of float32-rounded labels, not of cancellation
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("values", [
+    dict(input="random:2048x2048", kernel="sobel-x", method="d2l-manual", lr=1e-9, epochs=2),  # torch's convolution
+    dict(input="random:1024x1024", kernel="random:15x15", method="lstsq", bias=0.5, noise=0.1),
+    dict(input="random:32x1x128x128", kernel="random:3x1x5x5", method="momentum", lr=1e-3, epochs=2, batch_size=4),
+], ids=lambda v: f"{v['method']}-{v['input']}")
+def test_the_estimate_bounds_what_a_job_takes(values, tmp_path):
+    spec = JobSpec.parse(values)
+    problem = build_problem(spec)
+    estimate = job_memory(problem.x.shape, problem.kernel_shape, problem.has_bias, spec.method, spec.epochs)
+    done = subprocess.run([sys.executable, "-c", GROWTH, json.dumps(values)], env=clean_env(tmp_path / "home"),
+                          capture_output=True, text=True, timeout=540, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["status"] == "succeeded" and out["rank"] == problem.x.shape[1] * np.prod(problem.kernel_shape[2:]) \
+        + int(problem.has_bias)
+    assert 0 < out["growth"] <= estimate, f"grew {out['growth'] / 2**20:.0f} MiB, estimated {estimate / 2**20:.0f}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The estimate, the limit and the one-line refusal
+# ---------------------------------------------------------------------------------------------------
+
+def test_the_limit_is_a_setting_with_a_documented_default():
+    assert Settings.from_env({}).max_job_memory == defaults.MAX_JOB_MEMORY == 2 * GIB
+    assert Settings.from_env({"KLAB_MAX_JOB_MEMORY": str(8 * GIB)}).max_job_memory == 8 * GIB
+    with pytest.raises(BadInput, match="^KLAB_MAX_JOB_MEMORY: must be positive"):
+        Settings.from_env({"KLAB_MAX_JOB_MEMORY": "0"})
+
+
+def test_the_estimate_grows_with_what_the_job_makes():
+    small = job_memory((1, 1, 64, 64), (1, 1, 3, 3), False, Method.D2L_MANUAL, 10)
+    channels = job_memory((1, 1, 64, 64), (64, 1, 3, 3), False, Method.D2L_MANUAL, 10)
+    assert small < channels
+    # least squares on a 4096x4096 input with a 64x64 kernel: no training, G is 4096 x 4096
+    lstsq = job_memory((1, 1, 4096, 4096), (1, 1, 64, 64), False, Method.LSTSQ, 10)
+    assert 32 * 4096**2 < lstsq < GIB
+    # as many output channels as the kernel limit allows: labels 4096 times the input
+    assert job_memory((1, 1, 4096, 4096), (4096, 1, 1, 1), False, Method.LSTSQ, 10) > 1000 * GIB
+
+
+def test_an_input_too_large_for_memory_is_refused_in_one_line_without_a_traceback(tmp_path):
+    """Within every limit of the input and kernel, but not of memory. Under an address-space cap of 4 GiB, any
+    attempt at the job's arrays would fail loudly (it once tried 496 GiB): the refusal comes first."""
+    home = tmp_path / "home"
+    env = clean_env(home, OPENBLAS_NUM_THREADS="1")
+    out = measured(env, "run", "--input", "random:4096x4096", "--kernel", "random:64x64", "--epochs", "2", cap=4 * GIB,
+                   timeout=120)
+    assert out["rc"] == 2
+    assert out["stdout"] == ""
+    lines = out["stderr"].splitlines()
+    assert len(lines) == 1, out["stderr"]
+    assert lines[0].startswith("klab: error: memory: the job needs about ")
+    assert "GiB at once (input 1x1x4096x4096, kernel 1x1x64x64, method d2l-manual)" in lines[0]
+    assert lines[0].endswith("more than the limit 2 GiB (KLAB_MAX_JOB_MEMORY)")
+    assert out["peak"] < GIB
+    assert stored_jobs(home) == 0
+
+
+def test_the_limit_is_where_the_estimate_says(tmp_path):
+    home = tmp_path / "home"
+    args = ("run", "--input", "random:256x256", "--kernel", "sobel-x", "--epochs", "2")
+    need = job_memory((1, 1, 256, 256), (1, 1, 3, 3), False, Method.D2L_MANUAL, 2)
+    out = klab(clean_env(home, KLAB_MAX_JOB_MEMORY=str(need - 1)), *args)
+    assert out.returncode == 2 and out.stdout == "", out.stderr
+    assert out.stderr == (f"klab: error: memory: the job needs about {need / 2**20:.3g} MiB at once (input "
+                          "1x1x256x256, kernel 1x1x3x3, method d2l-manual), more than the limit "
+                          f"{(need - 1) / 2**20:.3g} MiB (KLAB_MAX_JOB_MEMORY)\n")
+    assert stored_jobs(home) == 0
+    out = klab(clean_env(home, KLAB_MAX_JOB_MEMORY=str(need)), *args)
+    assert out.returncode == 0, out.stderr
+    assert stored_jobs(home) == 1
+
+
+def test_submit_and_sweep_refuse_before_the_broker_or_the_database(tmp_path):
+    """Validation estimates every job: nothing is stored and the (absent) broker is never asked."""
+    home = tmp_path / "home"
+    env = clean_env(home, f"sqlite:///{home / 'klab.db'}", KLAB_BROKER_URL="redis://127.0.0.1:9/0")
+    out = klab(env, "submit", "--input", "random:4096x4096", "--kernel", "sobel-x")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("klab: error: memory: ") and "(KLAB_MAX_JOB_MEMORY)" in out.stderr
+    out = klab(env, "sweep", "--input", "edge:6x8,random:4096x4096", "--kernel", "sobel-x")
+    assert out.returncode == 2, out.stderr
+    assert "input 1x1x4096x4096" in out.stderr and "(KLAB_MAX_JOB_MEMORY)" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert stored_jobs(home) == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# On a worker
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.timeout(240)
+def test_a_worker_refuses_a_job_too_large_for_its_limit_before_training(tmp_path, redis_url, pg_url, worker_procs):
+    """A job validated under the client's limit reaches a worker whose limit is lower: it fails with the one line,
+    and the worker lives on to train the next job."""
+    env = env_of(tmp_path, pg_url, redis_url)
+    big = job_memory((1, 1, 512, 512), (1, 1, 3, 3), False, Method.D2L_MANUAL, 10)
+    small = job_memory((1, 1, 6, 8), (1, 1, 1, 2), False, Method.D2L_MANUAL, 10)
+    assert small < big
+    worker = worker_procs({**env, "KLAB_MAX_JOB_MEMORY": str(big - 1)}, "lowmem").wait_ready()
+    out = klab(env, "submit", "--input", "random:512x512", "--kernel", "sobel-x", "--wait", "--json")
+    result = json.loads(out.stdout)
+    assert result["status"] == "failed", result
+    assert result["epochs_done"] in (0, None) and result["started_at"] is not None
+    assert result["error_message"].startswith("bad input: memory: the job needs about ")
+    assert result["error_message"].endswith("(KLAB_MAX_JOB_MEMORY)")
+    assert worker.proc.poll() is None and len(worker.children()) == 1
+    out = klab(env, "submit", "--wait", "--json")  # the book's job
+    assert json.loads(out.stdout)["status"] == "succeeded", out.stderr
