@@ -2,7 +2,8 @@
 
 JSON only: a message in any other format is refused, so nothing a user sends is ever unpickled.
 The client publishes by task name through a bare Celery app, so it never imports the worker (torch).
-Messages carry job ids only.
+Messages carry job ids only, and ids repeat across databases: each database's messages go to queues of
+its own (`cpu.<identity>`, `gpu.<identity>`: routed), which only that database's workers consume.
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import json
 import time
 from base64 import b64decode
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -20,7 +22,10 @@ from service.errors import BrokerUnavailable, mask, one_line
 from service.settings import settings
 
 QUEUES = ("cpu", "gpu")
+"""The queues users name (--queue, klab worker -Q); on the broker each is routed per database."""
 TASK_TRAIN = "klab.train"
+PRESENCE = "klab:presence"
+"""Prefix of the keys a worker keeps alive on a Redis broker: {PRESENCE}:{identity}:{queue}:{hostname}."""
 
 Task = tuple[str, list[int]]
 """A message: its queue and the ids of the jobs it carries."""
@@ -62,6 +67,11 @@ def client(broker_url: str | None = None):
     return app
 
 
+def routed(queue: str, identity: str) -> str:
+    """The broker's name of a database's queue."""
+    return f"{queue}.{identity}"
+
+
 def unavailable(broker_url: str, exc: BaseException) -> BrokerUnavailable:
     return BrokerUnavailable(f"cannot reach the broker {mask(broker_url)}: {one_line(exc)}")
 
@@ -95,8 +105,9 @@ def tasks(items: Sequence[tuple[int, tuple]], batch_jobs: int) -> list[Task]:
     return [(key[0], ids[i : i + batch_jobs]) for key, ids in groups.items() for i in range(0, len(ids), batch_jobs)]
 
 
-def publish(app, messages: Sequence[Task], sent: Any = None) -> int:
-    """Send each task; `sent(ids)` after each one the broker took. Returns how many jobs were sent.
+def publish(app, messages: Sequence[Task], identity: str, sent: Any = None) -> int:
+    """Send each task to its queue of the database `identity`; `sent(ids)` after each one the broker took.
+    Returns how many jobs were sent.
 
     Stops at the first failure with BrokerUnavailable (the jobs of the tasks not sent are the caller's).
     """
@@ -104,7 +115,7 @@ def publish(app, messages: Sequence[Task], sent: Any = None) -> int:
     try:
         with app.producer_or_acquire() as producer:
             for queue, ids in messages:
-                app.send_task(TASK_TRAIN, args=[ids], queue=queue, producer=producer)
+                app.send_task(TASK_TRAIN, args=[ids], queue=routed(queue, identity), producer=producer)
                 if sent is not None:
                     sent(ids)
                 count += len(ids)
@@ -126,8 +137,9 @@ class Holdings:
     delivered_ids: frozenset[int]
 
 
-def holdings(app, young: float) -> Holdings | None:
-    """Look into a Redis broker (kombu's list per queue and its `unacked` hash); None for other brokers.
+def holdings(app, young: float, identity: str) -> Holdings | None:
+    """Look into a Redis broker (kombu's list per queue and its `unacked` hash) for the messages of database
+    `identity`; None for other brokers.
 
     kombu's Redis transport moves a message from its queue to `unacked` in two steps (BRPOP, then a
     MULTI from the worker): a broker that dies between them loses the message, whatever its persistence.
@@ -140,20 +152,23 @@ def holdings(app, young: float) -> Holdings | None:
         conn.ensure_connection(max_retries=1, timeout=defaults.CONNECT_TIMEOUT_S)  # never hang: try at the next look
         channel = conn.default_channel
         redis = channel.client
-        busy = frozenset(q for q in QUEUES if channel._size(q))
+        busy = frozenset(q for q in QUEUES if channel._size(routed(q, identity)))
+        ours = {routed(q, identity) for q in QUEUES}
         since = dict(redis.zrange(channel.unacked_index_key, 0, -1, withscores=True))
         now = time.time()
         ids: set[int] = set()
         for tag, raw in redis.hgetall(channel.unacked_key).items():
             if now - since.get(tag, 0.0) < young:
-                ids.update(_job_ids(raw))
+                ids.update(_job_ids(raw, ours))
         return Holdings(busy, frozenset(ids))
 
 
-def _job_ids(raw: bytes) -> list[int]:
-    """The job ids a message in kombu's `unacked` hash carries (none if it is not one of ours)."""
+def _job_ids(raw: bytes, queues: set[str]) -> list[int]:
+    """The job ids a message in kombu's `unacked` hash carries, if it was sent to one of `queues`."""
     try:
-        message = json.loads(raw)[0]
+        message, _exchange, queue = json.loads(raw)
+        if queue not in queues:
+            return []
         body = message["body"]
         if message.get("properties", {}).get("body_encoding") == "base64":
             body = b64decode(body)
@@ -161,6 +176,45 @@ def _job_ids(raw: bytes) -> list[int]:
         return [i for i in args[0] if isinstance(i, int)]
     except (ValueError, KeyError, IndexError, TypeError):
         return []
+
+
+def announce(identity: str, queues: Sequence[str], hostname: str, seconds: int) -> None:
+    """Say on a Redis broker that this worker consumes these queues of database `identity`, for `seconds`."""
+    with _redis() as r:
+        if r is not None:
+            for queue in queues:
+                r.set(f"{PRESENCE}:{identity}:{queue}:{hostname}", "1", ex=seconds)
+
+
+def withdraw(identity: str, queues: Sequence[str], hostname: str) -> None:
+    with _redis() as r:
+        if r is not None:
+            r.delete(*(f"{PRESENCE}:{identity}:{queue}:{hostname}" for queue in queues))
+
+
+def consumers(identity: str, queue: str) -> int | None:
+    """How many live workers consume `queue` of database `identity` (None: not a Redis broker)."""
+    with _redis() as r:
+        if r is None:
+            return None
+        return sum(1 for _ in r.scan_iter(match=f"{PRESENCE}:{identity}:{queue}:*", count=1000))
+
+
+@contextmanager
+def _redis() -> Iterator[Any]:
+    """A plain client of a Redis broker (None for another broker), closed afterwards."""
+    url = settings().broker_url
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        yield None
+        return
+    import redis
+
+    conn = redis.Redis.from_url(url, socket_connect_timeout=defaults.CONNECT_TIMEOUT_S,
+                                socket_timeout=defaults.CONNECT_TIMEOUT_S)
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 def workers(timeout: float) -> list[dict[str, Any]]:

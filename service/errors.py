@@ -32,6 +32,12 @@ class BrokerUnavailable(RuntimeError):
     exit_code = 3
 
 
+class Interrupted(RuntimeError):
+    """The user pressed Ctrl-C while waiting: one line saying what goes on, exit code 130."""
+
+    exit_code = 130
+
+
 def mask(text: str) -> str:
     """Any URL's password replaced by ***."""
     return _PASSWORD.sub(lambda m: f"{m['pre']}***{m['at']}", str(text))

@@ -11,11 +11,14 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import Connection
+
 from service import broker
-from service.db import writes
+from service.db import reads, writes
+from service.db.connect import Reader
 from service.db.engine import writing
 from service.errors import BadInput, BrokerUnavailable
 from service.jobs.problem import Problem, build_problem, file_arrays, problem_key, together
@@ -42,6 +45,8 @@ def queue_for(spec: JobSpec, queue: str | None) -> str:
     if queue is not None:
         if queue not in broker.QUEUES:
             raise BadInput("queue", f"unknown queue {queue!r}; expected cpu or gpu")
+        if queue == "cpu" and spec.device is Device.CUDA:  # a cpu worker has no GPU: it could only fail it
+            raise BadInput("queue", "a --device cuda job goes to the gpu queue (--queue gpu, or leave --queue out)")
         return queue
     return "gpu" if spec.device is Device.CUDA else "cpu"
 
@@ -54,6 +59,10 @@ class Plan:
     jobs: Iterator[Job]
     sweep: dict[str, Any] | None = None
     name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    queues: set[str] = field(default_factory=set)  # the queues its jobs were sent to, once submitted
+    sweep_id: int | None = None  # once its first jobs are stored
+    datasets: dict[int, int] = field(default_factory=dict)  # id(array) -> its dataset, once uploaded
 
 
 class _Built:
@@ -83,7 +92,7 @@ def plan_specs(specs: Sequence[JobSpec], queue: str | None) -> Plan:
     return Plan(len(jobs), iter(jobs))
 
 
-def plan_sweep(grid: Grid, queue: str | None, name: str | None = None) -> Plan:
+def plan_sweep(grid: Grid, queue: str | None, name: str | None = None, tags: Sequence[str] = ()) -> Plan:
     """The cartesian product of a grid, validated before it is made: each string value once, numbers by their
     least and greatest value (every rule on a number is a bound: lr > 0, 0 < epochs <= the limit...), and
     every combination of the values a message key depends on, built as a worker would with the largest
@@ -116,7 +125,7 @@ def plan_sweep(grid: Grid, queue: str | None, name: str | None = None) -> Plan:
             key, files = keys[tuple(combo[p][1] for p in positions)]
             yield {**base_json, **{f: c[0] for f, c in zip(names, combo)}}, key, files
 
-    return Plan(grid.size, jobs(), {"swept": grid.swept, "fixed": grid.fixed}, name)
+    return Plan(grid.size, jobs(), {"swept": grid.swept, "fixed": grid.fixed}, name, list(tags))
 
 
 def submit(plan: Plan, batch_jobs: int) -> tuple[int | None, list[int]]:
@@ -128,44 +137,50 @@ def submit(plan: Plan, batch_jobs: int) -> tuple[int | None, list[int]]:
     workers anyway: service.db.writes.stranded).
     """
     broker.check()  # nothing is written while the broker is down
-    sweep_id: int | None = None
-    uploaded: dict[int, int] = {}  # id(array) -> dataset
+    identity = reads.identity()
     ids: list[int] = []
     failure: BrokerUnavailable | None = None
     while chunk := list(itertools.islice(plan.jobs, CHUNK_JOBS)):
-        start = JobStatus.CREATED if failure else JobStatus.QUEUED
         with writing() as conn:
-            if plan.sweep is not None and sweep_id is None:
-                sweep_id = writes.create_sweep(conn, plan.sweep, plan.size, plan.name)
-            for _, _, files in chunk:
-                for array in files.values():
-                    if id(array) not in uploaded:
-                        uploaded[id(array)] = writes.put_dataset(conn, array)
-            made = writes.insert_columns(conn, {**writes.lifecycle(start, sweep_id), **_columns(chunk, uploaded)},
-                                         len(chunk))
+            made = store(conn, plan, chunk, JobStatus.CREATED if failure else JobStatus.QUEUED)
         ids += made
         if failure:
             continue
+        plan.queues.update(key[0] for _, key, _ in chunk)
         taken: list[int] = []
         try:
             broker.publish(broker.client(), broker.tasks([(i, key) for i, (_, key, _) in zip(made, chunk)],
-                                                         batch_jobs), taken.extend)
+                                                         batch_jobs), identity, taken.extend)
         except BrokerUnavailable as exc:
             failure = exc
             with writing() as conn:
                 writes.unsent(conn, sorted(set(made) - set(taken)))
     if failure:
-        again = Selection(sweep=sweep_id) if sweep_id is not None else Selection(tuple(ids) if len(ids) <= 50 else ())
+        again = (Selection(sweep=plan.sweep_id) if plan.sweep_id is not None
+                 else Selection(tuple(ids) if len(ids) <= 50 else ()))
         raise BrokerUnavailable(_and_then(failure, again))
-    return sweep_id, ids
+    return plan.sweep_id, ids
 
 
-def _columns(chunk: Sequence[Job], uploaded: dict[int, int]) -> dict[str, list[Any]]:
+def store(conn: Connection, plan: Plan, chunk: Sequence[Job], start: JobStatus) -> list[int]:
+    """Store a chunk of a plan's jobs as `start`, in the caller's transaction: its sweep with the first chunk,
+    each array once; their ids. Jobs stored running train here (klab sweep --local) and go to no queue."""
+    if plan.sweep is not None and plan.sweep_id is None:
+        plan.sweep_id = writes.create_sweep(conn, plan.sweep, plan.size, plan.name, plan.tags)
+    for _, _, files in chunk:
+        for array in files.values():
+            if id(array) not in plan.datasets:
+                plan.datasets[id(array)] = writes.put_dataset(conn, array)
+    columns = _columns(chunk, plan.datasets, sent=start is not JobStatus.RUNNING)
+    return writes.insert_columns(conn, {**writes.lifecycle(start, plan.sweep_id), **columns}, len(chunk))
+
+
+def _columns(chunk: Sequence[Job], uploaded: dict[int, int], sent: bool) -> dict[str, list[Any]]:
     """The columns of a chunk of new jobs that differ from job to job: spec, knobs, queue, datasets."""
     out: dict[str, list[Any]] = {"spec": [json.dumps(values) for values, _, _ in chunk]}
     for f, column in zip(writes.KNOBS, zip(*(writes.knobs(values) for values, _, _ in chunk))):
         out[f.col] = list(column)
-    out["queue"] = [key[0] for _, key, _ in chunk]
+    out["queue"] = [key[0] if sent else None for _, key, _ in chunk]
     for name in ("input", "labels", "kernel"):
         out[f"{name}_dataset_id"] = [uploaded[id(files[name])] if name in files else None for _, _, files in chunk]
     return out
@@ -184,14 +199,21 @@ def send(messages: Sequence[broker.Task], again: Selection) -> int:
             writes.mark_queued(conn, ids)
 
     try:
-        return broker.publish(broker.client(), messages, sent)
+        return broker.publish(broker.client(), messages, reads.identity(), sent)
     except BrokerUnavailable as exc:
         raise BrokerUnavailable(_and_then(exc, again)) from None
+
+
+def unserved(queues: set[str]) -> list[str]:
+    """Of these queues, those no live worker of this database consumes (none known on brokers other than Redis)."""
+    identity = reads.identity()
+    return [q for q in sorted(queues) if broker.consumers(identity, q) == 0]
 
 
 def requeue(selection: Selection, include_queued: bool, batch_jobs: int) -> int:
     """Send again jobs stored but never handed to the broker (and queued ones, with include_queued)."""
     broker.check()
     with writing() as conn:
+        reads.where(Reader.of(conn), selection)  # no such job or sweep: one line, exit 2
         found = writes.waiting(conn, selection, include_queued)
     return send(broker.tasks([(i, (q or "cpu",)) for i, q in found], batch_jobs), selection)

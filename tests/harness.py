@@ -272,6 +272,14 @@ class WorkerProcess(Process):
         super().__init__([sys.executable, "-m", *argv], {**env, **extra}, log, name)
 
 
+def queue_key(db_url: str, queue: str = "cpu") -> str:
+    """The broker's name of a test database's queue (service.broker.routed): where its messages wait."""
+    from service.broker import routed
+    from service.db.reads import identity
+
+    return routed(queue, identity(db_url))
+
+
 def tails(*workers: WorkerProcess) -> Callable[[], str]:
     return lambda: "\n".join(f"--- {w.name}:\n{w.text()[-2500:]}" for w in workers)
 

@@ -1,5 +1,6 @@
 """Bad input through the real CLI (`klab run`, `submit`, `sweep`): exit code 2, one line naming the field,
-nothing stored, nothing queued. A real broker is up, so nothing is refused for want of one.
+nothing stored, nothing queued. The table runs with no broker at all (validation needs none: a case that
+slipped past it would exit 3); a few cases run as real processes against a real broker, which stays empty.
 
 The table runs the console script's entry point in this process (a hundred processes would take
 minutes); a few cases run as real processes too, to see exactly what reaches a terminal.
@@ -58,6 +59,7 @@ def make_files(d: Path) -> None:
     (d / "epochs_text.yaml").write_text("epochs: ten\n")
     (d / "epochs_float.json").write_text('{"epochs": 2.5}')
     (d / "lr_list.json").write_text('{"lr": [0.1, 0.2]}')
+    (d / "tol_list.yaml").write_text("lr: [0.1, 0.2]\ntol: [0.001, 0.01]\n")
     (d / "input_number.yaml").write_text("input: 5\n")
     (d / "kernel_date.yaml").write_text("kernel: [2024-01-01]\n")
     (d / "kernel_bytes.yaml").write_text("kernel: [!!binary aGVsbG8=]\n")
@@ -194,6 +196,18 @@ CASES = [
     Case("image-over-pillow-limit", ("run", "--input", "image:{d}/warned.png"), "input"),
     Case("image-over-input-limit", ("submit", "--input", "image:{d}/large.png"), "input"),
     Case("missing-image", ("sweep", "--input", "image:{d}/nope.png,edge:6x8"), "input"),
+    Case("a-value-twice-in-a-sweep", ("sweep", "--lr", "0.03,0.03"), "lr"),
+    Case("overlapping-ranges", ("sweep", "--seed", "0..5,3..8"), "seed"),
+    Case("a-kernel-twice", ("sweep", "--kernel", "d2l,sobel-x,d2l"), "kernel"),
+    Case("cuda-job-to-the-cpu-queue", ("submit", "--device", "cuda", "--queue", "cpu"), "queue"),
+    Case("a-list-of-what-cannot-sweep-in-a-sweep-file", ("sweep", "-f", "{d}/tol_list.yaml"), "tol"),
+    Case("a-range-written-with-a-dash", ("sweep", "--seed", "0-9"), "seed"),
+    Case("a-range-written-with-a-dash-swept-here", ("sweep", "--local", "--lr", "0.01-0.1"), "lr"),
+    Case("a-local-sweep-sent-to-a-queue", ("sweep", "--local", "--queue", "cpu"), "queue"),
+    Case("a-local-sweep-of-bad-jobs", ("sweep", "--local", "--kernel", "d2l,random:9x9"), "kernel"),
+    Case("an-empty-tag", ("sweep", "--seed", "1,2", "--tag", " "), "tag"),
+    Case("no-true-kernel-and-no-labels", ("run", "--kernel", "none"), "kernel"),
+    Case("gpu-index-for-a-cpu-worker", ("worker", "--queue", "cpu", "--gpu", "0"), "gpu"),
 ]
 if os.geteuid() != 0:  # root reads a file whatever its mode
     CASES.append(Case("unreadable-npy", ("submit", "--input", "npy:{d}/locked.npy"), "input"))
@@ -217,9 +231,13 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     dispose_engines()
 
 
+NO_BROKER = "redis://127.0.0.1:1/0"
+"""Nothing listens there: bad input is refused before any broker is asked (a valid job would exit 3)."""
+
+
 @pytest.fixture
-def cli_env(database: str, redis_url: str, tmp_path: Path, setenv) -> dict:
-    env = {"KLAB_HOME": str(tmp_path / "home"), "KLAB_DATABASE_URL": database, "KLAB_BROKER_URL": redis_url}
+def cli_env(database: str, tmp_path: Path, setenv) -> dict:
+    env = {"KLAB_HOME": str(tmp_path / "home"), "KLAB_DATABASE_URL": database, "KLAB_BROKER_URL": NO_BROKER}
     setenv(**{k: None for k in os.environ if k.startswith("KLAB_")}, **env)
     return env
 
@@ -275,14 +293,13 @@ def clear(url: str) -> None:
 def test_there_are_at_least_40_cases():
     assert len(CASES) >= 40
     assert len({c.name for c in CASES}) == len(CASES)
-    assert {c.args[0] for c in CASES} == {"run", "submit", "sweep"}
+    assert {c.args[0] for c in CASES} == {"run", "submit", "sweep", "worker"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input_is_one_line_exit_2_nothing_stored_nothing_queued(case, files, cli_env, database, redis_url,
-                                                                   setenv):
-    import redis
-
+def test_bad_input_is_one_line_exit_2_nothing_stored_nothing_queued(case, files, cli_env, database, setenv):
+    """No service but the SQLite file: validation needs no broker (nothing could be queued), and a case that
+    slipped past it would reach the broker check and exit 3, not 2."""
     setenv(**case.env)
     args = [a.replace("{d}", str(files)) for a in case.args]
     try:
@@ -292,10 +309,29 @@ def test_bad_input_is_one_line_exit_2_nothing_stored_nothing_queued(case, files,
         assert len(lines) == 1, lines
         assert names(lines[0], case.field), lines[0]
         assert stored(database) == {"jobs": 0, "sweeps": 0, "datasets": 0, "epochs": 0}
-        r = redis.Redis.from_url(redis_url)
-        assert (r.llen("cpu"), r.llen("gpu"), r.dbsize()) == (0, 0, 0)
     finally:
         clear(database)
+
+
+@pytest.mark.parametrize("args,hint", [
+    (("sweep", "--seed", "0-9"), "seed: not a number: '0-9'; did you mean 0..9?"),
+    (("sweep", "--epochs", "10 - 100"), "did you mean 10..100?"),
+    (("sweep", "--lr", "0.001-0.1"), "did you mean 0.001,0.1 or 0.001:0.1:N (N log-spaced values)?"),
+    (("sweep", "--lr", "1e-3-1e-1"), "did you mean 1e-3,1e-1 or 1e-3:1e-1:N"),
+    (("lis",), "no such command 'lis'; did you mean list?"),
+    (("swep", "--seed", "1,2"), "no such command 'swep'; did you mean sweep or sweeps?"),
+    (("compre", "1"), "did you mean compare?"),
+    (("frobnicate",), "no such command 'frobnicate'; see klab --help"),
+])
+def test_a_near_miss_is_answered_with_what_was_meant(args, hint, cli_env):
+    code, out, lines = klab_here(*args)
+    assert code == 2 and out == "" and len(lines) == 1, lines
+    assert lines[0].startswith("klab: error: ") and hint in lines[0], lines[0]
+
+
+def test_a_sweep_value_that_is_a_number_gets_no_range_hint(cli_env):
+    code, _, lines = klab_here("sweep", "--seed", "ten")
+    assert code == 2 and lines == ["klab: error: seed: not a number: 'ten'"]
 
 
 SUBPROCESS_CASES = ["kernel-date-in-yaml", "image-over-pillow-limit", "log-range-to-infinity", "npy-of-pickled-objects"]
@@ -318,3 +354,24 @@ def test_bad_input_in_a_real_process_prints_exactly_one_line(files, database, re
     assert failures == []
     assert stored(database)["jobs"] == 0
     assert redis.Redis.from_url(redis_url).dbsize() == 0
+
+
+LIMIT_CASES = [
+    (("run", "--epochs", "100001"), {}, "KLAB_MAX_EPOCHS"),
+    (("run", "--input", "random:4097x4097"), {}, "KLAB_MAX_INPUT_ELEMENTS"),
+    (("run", "--input", "image:{d}/large.png"), {}, "KLAB_MAX_INPUT_ELEMENTS"),
+    (("run", "--kernel", "random:65x65", "--input", "random:80x80"), {}, "KLAB_MAX_KERNEL_ELEMENTS"),
+    (("run", "--input", "npy:{d}/nan.npy"), {"KLAB_MAX_FILE_BYTES": "10"}, "KLAB_MAX_FILE_BYTES"),
+    (("sweep", "--seed", "0..9"), {"KLAB_MAX_SWEEP_JOBS": "3"}, "KLAB_MAX_SWEEP_JOBS"),
+    (("sweep", "--seed", "0..2", "--lr", "0.1,0.2"), {"KLAB_MAX_SWEEP_JOBS": "5"}, "KLAB_MAX_SWEEP_JOBS"),
+    (("sweep", "--lr", "0.1:1:9"), {"KLAB_MAX_SWEEP_JOBS": "5"}, "KLAB_MAX_SWEEP_JOBS"),
+]
+
+
+@pytest.mark.parametrize("args,env,variable", LIMIT_CASES, ids=[c[2] + "-" + c[0][1] for c in LIMIT_CASES])
+def test_every_limit_names_its_variable(args, env, variable, files, cli_env, setenv):
+    """A user over a limit learns which variable raises it (issue 12: only KLAB_MAX_EPOCHS said so)."""
+    setenv(**env)
+    code, out, lines = klab_here(*[a.replace("{d}", str(files)) for a in args])
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("klab: error: ") and f"({variable}" in lines[0], lines[0]

@@ -127,3 +127,27 @@ def test_cli_default_sqlite_upgrades_itself_on_first_use(tmp_path: Path) -> None
     url = f"sqlite:///{path}"
     assert current_revision(url) == HEAD
     dispose_engines()
+
+
+def test_a_sqlite_file_in_a_folder_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    """A typo in a path must not become a new, empty database answering `no jobs`; the default KLAB_HOME is
+    still made on first use."""
+    missing_folder = tmp_path / "no" / "such" / "folder"
+    env = clean_env(tmp_path / "home", f"sqlite:///{missing_folder / 'klab.db'}")
+    for args in (["list"], ["db", "upgrade"], ["run", "--epochs", "1"]):
+        out = klab(env, *args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert out.stderr.strip() == f"klab: error: the folder of the sqlite database {missing_folder / 'klab.db'} " \
+                                     f"does not exist: {missing_folder}", (args, out.stderr)
+    assert not (tmp_path / "no").exists()
+    fresh = clean_env(tmp_path / "new-home")
+    assert klab(fresh, "list").returncode == 0 and (tmp_path / "new-home" / "klab.db").is_file()
+
+
+def test_a_database_other_than_sqlite_or_postgresql_is_refused_by_name(tmp_path: Path) -> None:
+    for url in ("mysql://user:hunter2@db-host/klab", "mssql+pyodbc://user:hunter2@db-host/klab"):
+        out = klab(clean_env(tmp_path / "home", url), "list")
+        assert out.returncode == 2, out.stderr
+        (line,) = out.stderr.splitlines()
+        assert line.startswith("klab: error: KLAB_DATABASE_URL: ") and "is not supported" in line
+        assert "SQLite" in line and "PostgreSQL" in line and "hunter2" not in line

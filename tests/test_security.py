@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from harness import ROOT, Client, free_port, klab, service_env
+import pytest
+from harness import ROOT, Client, free_port, klab, queue_key, service_env
 from sqlalchemy.engine import make_url
 
 SECRET = "s3cretpw"
@@ -54,7 +55,7 @@ def test_worker_refuses_a_pickled_task_and_nothing_runs(tmp_path, pg_db, redis_s
     evil = Celery("evil", broker=broker.url())
     evil.conf.update(task_serializer="pickle", accept_content=["pickle"], result_backend=None,
                      broker_connection_retry_on_startup=True)
-    evil.send_task("klab.train", args=[[victim]], kwargs={"canary": Canary(canary)}, queue="cpu",
+    evil.send_task("klab.train", args=[[victim]], kwargs={"canary": Canary(canary)}, queue=queue_key(url),
                    serializer="pickle")
     evil.close()
     guard.wait_ready()
@@ -65,7 +66,7 @@ def test_worker_refuses_a_pickled_task_and_nothing_runs(tmp_path, pg_db, redis_s
     assert (job.status, job.attempts, job.started_at, job.epochs_done) == ("queued", 0, None, 0)
     assert not canary.exists()
     client = broker.client()
-    assert client.llen("cpu") == 0 and client.hlen("unacked") == 0
+    assert client.llen(queue_key(url)) == 0 and client.hlen("unacked") == 0
     log = guard.text()
     assert "ContentDisallowed" in log or "disallowed" in log.lower(), log[-3000:]
 
@@ -225,3 +226,30 @@ def test_ruff_catches_pickle_eval_shells_unsafe_yaml_and_formatted_sql(tmp_path)
     config = (ROOT / "pyproject.toml").read_text()
     selected = re.search(r"\[tool\.ruff\.lint\][^\[]*?select = \[([^\]]*)\]", config, re.S)
     assert selected and '"S"' in selected.group(1), "ruff's bandit rules (S) must be selected for the project"
+
+
+# --- user values reach the database as bound parameters only ------------------------------------------
+
+HOSTILE = ["x' OR '1'='1", "'; DROP TABLE jobs; --", "1) OR (1=1", "\\' OR 1=1 /*", "%' OR 'a' LIKE '%"]
+
+
+def test_hostile_values_are_data_never_sql(klab_db, add_job, klab_cli):
+    """What a user types goes to the database bound, on both backends: a filter value that would be SQL if it
+    were formatted in finds nothing, a stored name comes back verbatim, and every table is still there."""
+    import klab
+    from service.db import writes
+    from service.db.engine import writing
+
+    with writing() as conn:
+        ids = [add_job(conn, relative=r) for r in (0.1, 0.2, 0.3)]
+        sweeps = {name: writes.create_sweep(conn, {"seed": [1, 2]}, 2, name=name) for name in HOSTILE}
+    for value in HOSTILE:
+        code, out, err = klab_cli("list", "--kernel", f"npy:{value}", "--json")
+        assert (code, json.loads(out)) == (0, []), (value, err)
+        assert klab.jobs(kernel=value).empty and klab.jobs(method="adam", input=value).empty
+    with pytest.raises(klab.BadInput):
+        klab.jobs(**{"1=1 OR id": 1})  # a filter names a column of the summary, never SQL
+    listed = klab.sweeps().set_index("id")["name"].to_dict()
+    assert {listed[i]: i for i in sweeps.values()} == sweeps  # stored and read back verbatim
+    code, out, _ = klab_cli("list", "--limit", "0", "--json")
+    assert sorted(r["id"] for r in json.loads(out)) == ids  # the jobs table is intact

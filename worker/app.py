@@ -2,22 +2,74 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import celeryd_after_setup, worker_process_init, worker_ready, worker_shutdown
 from celery.worker.control import control_command
 
+from service import broker, defaults
 from service.broker import celery_config
+from service.db import reads
 from service.db.engine import dispose_engines
-from service.settings import settings
-from worker.lease import reaper
+from service.errors import DatabaseUnavailable
+from service.settings import describe, settings
+from worker.lease import backoff, reaper
 
 log = logging.getLogger(__name__)
 app = Celery("klab", include=["worker.tasks"])
 app.conf.update(celery_config(settings().broker_url))
 
 _reaper_stop = threading.Event()
+_serving: dict[str, object] = {}  # this worker's database identity, queues (as users name them) and name
+
+
+@celeryd_after_setup.connect
+def _consume_this_databases_queues(sender: str, instance, **_: object) -> None:
+    """`-Q cpu` means this database's cpu queue: consume `cpu.<identity>` (service.broker.routed), never
+    another database's messages. Waits for the database if it is away; stops if it is not at head."""
+    queues = instance.app.amqp.queues
+    named = [q for q in broker.QUEUES if q in (queues.consume_from or {app.conf.task_default_queue: None})]
+    if "gpu" in named:
+        import torch
+
+        if not torch.cuda.is_available():  # it would take gpu jobs only to fail them
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            raise SystemExit("klab worker: the gpu queue needs a GPU, and torch sees none "
+                             f"(torch {torch.__version__}, CUDA_VISIBLE_DEVICES={visible!r})")
+    identity = _identity()
+    for q in named:
+        queues.select_add(broker.routed(q, identity))
+        queues.deselect(q)
+    _serving.update(identity=identity, queues=named, hostname=sender)
+    broker.announce(identity, named, sender, defaults.PRESENCE_SECONDS)
+    threading.Thread(target=_keep_present, name="klab-presence", daemon=True).start()
+    log.info("serving %s (identity %s): queues %s", describe(settings().database_url), identity,
+             ", ".join(broker.routed(q, identity) for q in named))
+
+
+def _identity() -> str:
+    tries = 0
+    while True:
+        try:
+            return reads.identity()
+        except DatabaseUnavailable as exc:
+            if exc.exit_code != 3:  # not at head, or no identity: nothing to wait for
+                raise SystemExit(f"klab worker: {exc}") from None
+            log.warning("waiting for the database: %s", exc)
+        time.sleep(backoff(tries))
+        tries += 1
+
+
+def _keep_present() -> None:
+    """Renew this worker's presence on the broker (what `klab submit` looks for) until it stops."""
+    while not _reaper_stop.wait(defaults.PRESENCE_SECONDS / 3):
+        try:
+            broker.announce(_serving["identity"], _serving["queues"], _serving["hostname"], defaults.PRESENCE_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - the broker is away: try again at the next beat
+            log.warning("presence: %s", type(exc).__name__)
 
 
 @worker_process_init.connect
@@ -29,6 +81,7 @@ def _child_init(**_: object) -> None:
         import torch
 
         torch.set_num_threads(threads)
+        log.info("torch threads in this pool process: %d (KLAB_TORCH_THREADS)", torch.get_num_threads())
 
 
 @worker_ready.connect
@@ -40,22 +93,30 @@ def _start_reaper(**_: object) -> None:
 @worker_shutdown.connect
 def _stop_reaper(**_: object) -> None:
     _reaper_stop.set()
+    if _serving:
+        try:
+            broker.withdraw(_serving["identity"], _serving["queues"], _serving["hostname"])
+        except Exception as exc:  # noqa: BLE001 - the presence expires by itself
+            log.warning("presence: %s", type(exc).__name__)
 
 
 @control_command()
 def klab_info(state) -> dict:
-    """What `klab workers` shows: queues, device, pool and the job ids in hand."""
+    """What `klab workers` shows: queues (as users name them), device, pool, the job ids in hand, and the
+    database it serves (host and name, never a password) with its identity."""
     from celery.worker.state import active_requests
 
     consumer = state.consumer
-    queues = sorted(q.name for q in consumer.task_consumer.queues) if consumer.task_consumer else []
+    identity = _serving.get("identity")
+    on_broker = sorted(q.name for q in consumer.task_consumer.queues) if consumer.task_consumer else []
+    queues = [q for q in broker.QUEUES if broker.routed(q, str(identity)) in on_broker]
     jobs: list[int] = []
     for req in list(active_requests):
         args = req.args if isinstance(req.args, (list, tuple)) else []
         if args and isinstance(args[0], list):
             jobs.extend(args[0])
     return {"queues": queues, "device": _device(queues), "pool": type(consumer.pool).__module__.rsplit(".", 1)[-1],
-            "active_jobs": jobs}
+            "active_jobs": jobs, "database": describe(settings().database_url), "identity": identity}
 
 
 def _device(queues: list[str]) -> str:

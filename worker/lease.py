@@ -12,11 +12,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from service import broker, defaults
-from service.db import writes
+from service.db import reads, writes
 from service.db.engine import writing
 from service.settings import settings
 
 log = logging.getLogger(__name__)
+
+
+def backoff(tries: int) -> float:
+    """Seconds to wait before try `tries` + 1 of something that found the database away: RETRY_FIRST_SECONDS,
+    doubling, at most RETRY_MAX_SECONDS."""
+    return min(defaults.RETRY_MAX_SECONDS, defaults.RETRY_FIRST_SECONDS * 2 ** min(tries, 16))
 
 
 def claim(ids: Sequence[int], host: str, task_id: str, task_try: int) -> list[Any]:
@@ -51,7 +57,8 @@ class Heartbeat:
 
 
 def _send_again(found: list[tuple[int, str | None]]) -> None:
-    broker.publish(broker.client(), broker.tasks([(i, (q or "cpu",)) for i, q in found], defaults.BATCH_JOBS))
+    broker.publish(broker.client(), broker.tasks([(i, (q or "cpu",)) for i, q in found], defaults.BATCH_JOBS),
+                   reads.identity())
 
 
 def reap() -> int:
@@ -73,7 +80,7 @@ def resend_stranded() -> int:
     claimed once. Returns how many were sent.
     """
     threshold = settings().stranded_seconds
-    held = broker.holdings(broker.client(), threshold)
+    held = broker.holdings(broker.client(), threshold, reads.identity())
     if held is None:
         return 0
     idle = [q for q in broker.QUEUES if q not in held.busy_queues]

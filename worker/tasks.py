@@ -12,7 +12,6 @@ from typing import Any
 
 from celery import Task
 
-from service import defaults
 from service.broker import TASK_TRAIN
 from service.db import reads, writes
 from service.db.connect import out_of_reach
@@ -25,7 +24,7 @@ from service.jobs.status import JobStatus
 from service.settings import settings
 from worker import engine
 from worker.app import app
-from worker.lease import Heartbeat, claim
+from worker.lease import Heartbeat, backoff, claim
 from worker.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -136,8 +135,16 @@ def train_group(group: Group) -> Counter[str]:
         stopped = [s == JobStatus.CANCELLED.value for s in ends]
         results.values["status"] = [JobStatus.FAILED.value if x else s for s, x in zip(ends, stopped)]
         results.values["error_message"] = [late if x else None for x in stopped]
-    with writing(durable=False) as conn:
-        writes.save_results(conn, ids, results, fresh=group.fresh and not stream)
+    try:
+        with writing(durable=False) as conn:
+            writes.save_results(conn, ids, results, fresh=group.fresh and not stream)
+    except Exception as exc:
+        if out_of_reach(exc):
+            raise
+        # Results the database refuses (a bug, bad data) end the jobs failed, saying why, once: left running,
+        # they would come back as a dead worker's and fail later as "its worker stopped answering".
+        fail(ids, f"{type(exc).__name__} storing the results of {len(ids)} job(s): {one_line(exc)}")
+        return Counter({JobStatus.FAILED.value: len(ids)})
     return Counter(results.values["status"])
 
 
@@ -169,6 +176,6 @@ def train(self: Task, job_ids: list[int]) -> dict[str, int]:
         if not out_of_reach(exc):
             raise
         # The database is away: wait and try again, with backoff, as long as it takes.
-        delay = min(defaults.RETRY_MAX_SECONDS, defaults.RETRY_FIRST_SECONDS * 2 ** min(self.request.retries, 10))
-        log.warning("database unreachable (%s); retrying in %.1f s", type(exc).__name__, delay)
+        delay = backoff(self.request.retries or 0)
+        log.warning("database unreachable (%s); task %s retrying in %.1f s", type(exc).__name__, self.request.id, delay)
         raise self.retry(countdown=delay) from None

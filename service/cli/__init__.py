@@ -4,18 +4,19 @@ Commands load their modules lazily: those that do not train never import torch.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 
 import click
 
-from service.errors import BadInput, BrokerUnavailable, DatabaseUnavailable, one_line
+from service.errors import BadInput, BrokerUnavailable, DatabaseUnavailable, Interrupted, one_line
 
 # command -> (the module defining it, imported only when the command runs; its line in --help)
 COMMANDS = {
     "run": ("service.cli.run", "Train one job here and now, store it, and explain the gap."),
     "submit": ("service.cli.submit", "Submit jobs to the workers (flags, -f job.yaml or -f jobs.jsonl)."),
-    "sweep": ("service.cli.submit", "Submit the cartesian product of lists, ranges and log-spaced values."),
+    "sweep": ("service.cli.sweep", "A grid of lists and ranges: sent to the workers, or trained here (--local)."),
     "requeue": ("service.cli.submit", "Send again jobs that were stored but never reached the broker."),
     "cancel": ("service.cli.submit", "Cancel jobs: queued ones never start, running ones stop."),
     "status": ("service.cli.progress", "Counts by status and progress of jobs or a sweep."),
@@ -24,7 +25,8 @@ COMMANDS = {
     "worker": ("service.cli.workers", "Start a Celery worker on the cpu or gpu queue."),
     "list": ("service.cli.results", "One row per job, filtered and sorted."),
     "show": ("service.cli.results", "One job: kernels side by side, metrics, the gap and the loss curve."),
-    "compare": ("service.cli.results", "Jobs or a sweep in one table, best first."),
+    "compare": ("service.cli.results", "Jobs or a sweep in one table, best first; or statistics by group."),
+    "sweeps": ("service.cli.results", "Every sweep: name, tags, size, jobs by status, what it varies."),
     "export": ("service.cli.results", "Jobs or epochs as CSV or JSON."),
     "plot": ("service.cli.results", "A PNG of a job's loss and kernels, or of a sweep's errors."),
     "delete": ("service.cli.results", "Remove jobs (or a sweep) and their epochs."),
@@ -40,6 +42,16 @@ class LazyGroup(click.Group):
         if name not in self.commands and name in COMMANDS:
             importlib.import_module(COMMANDS[name][0])
         return self.commands.get(name)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                            list[str]]:
+        """An unknown command is one line naming the closest ones (`klab lis`: did you mean list?)."""
+        name = args[0]
+        if self.get_command(ctx, name) is None and not name.startswith("-"):
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(close)}?" if close else "; see klab --help"
+            raise click.UsageError(f"no such command {name!r}{hint}", ctx)
+        return super().resolve_command(ctx, args)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][1]) for name in sorted(COMMANDS)]
@@ -67,6 +79,9 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(exc), exc.exit_code)
     except (DatabaseUnavailable, BrokerUnavailable) as exc:
         fail(str(exc), exc.exit_code)
+    except Interrupted as exc:
+        click.echo(f"klab: {exc}", err=True)
+        sys.exit(exc.exit_code)
     except click.NoSuchOption as exc:
         hint = f"; did you mean {', '.join(sorted(exc.possibilities))}?" if exc.possibilities else ""
         fail(f"{exc.option_name}: no such option{hint}", 2)

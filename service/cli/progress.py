@@ -11,10 +11,57 @@ import click
 
 from service.cli import cli
 from service.cli.options import selected
+from service.errors import Interrupted
 from service.jobs.selection import Selection
 
 POLL_SECONDS = 0.25
 """How often `watch` and `--wait` read the jobs' progress."""
+
+LINE_SECONDS = 5.0
+"""Away from a terminal, the shortest time between two progress lines."""
+
+SHOW_AFTER_SECONDS = 1.0
+"""Work done here (`klab run`'s epochs, `klab sweep --local`'s jobs) shows its progress once it has taken this
+long: a short job prints nothing more than its result."""
+
+
+class Tally:
+    """Progress of work done in this process, on stderr: rich's bar on a terminal, else a line at most every
+    LINE_SECONDS; nothing before SHOW_AFTER_SECONDS. `clock` and `stream` may be given (tests)."""
+
+    def __init__(self, total: int, unit: str, stream: Any = None, clock: Any = None) -> None:
+        self.total, self.unit, self.clock = total, unit, clock or time.monotonic
+        self.stream = stream or sys.stderr
+        self.started = self.last_line = self.clock()
+        self.bar: Any = None
+        self.terminal = self.stream.isatty() and not os.environ.get("NO_COLOR")
+
+    def update(self, done: int, note: str = "") -> None:
+        now = self.clock()
+        if now - self.started < SHOW_AFTER_SECONDS or done >= self.total:
+            return
+        if self.terminal:
+            self._bar().update(self.task, completed=done, description=note or self.unit)
+        elif now - self.last_line >= LINE_SECONDS:
+            self.stream.write(f"{self.unit} {done} of {self.total}{', ' + note if note else ''}\n")
+            self.stream.flush()
+            self.last_line = now
+
+    def _bar(self) -> Any:
+        if self.bar is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), transient=True, console=Console(file=self.stream))
+            self.task = self.bar.add_task(self.unit, total=self.total)
+            self.bar.start()
+        return self.bar
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
 def counts(selection: Selection) -> dict[str, Any]:
@@ -25,26 +72,39 @@ def counts(selection: Selection) -> dict[str, Any]:
 
 
 def count_line(c: dict[str, Any]) -> str:
+    """Jobs by status, then the epochs: trained of what is left to train, or, once all ended, of those asked."""
     parts = ", ".join(f"{n} {s}" for s, n in sorted(c["by_status"].items()))
+    if c["finished"] == c["jobs"]:
+        return f"{c['jobs']} job(s): {parts}; {c['epochs_done']} of {c['epochs_asked']} epochs trained"
     pct = 100.0 * c["epochs_done"] / c["epochs_total"] if c["epochs_total"] else 100.0
     return f"{c['jobs']} job(s): {parts}; epochs {c['epochs_done']}/{c['epochs_total']} ({pct:.0f}%)"
 
 
 def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
-    """Poll until every selected job is finished, with a progress bar of epochs done on a terminal."""
+    """Poll until every selected job is finished: a progress bar of epochs on a terminal, else a line on
+    stderr whenever the counts change (at most every LINE_SECONDS). Ctrl-C stops the waiting, not the jobs."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     show = not quiet and sys.stderr.isatty() and not os.environ.get("NO_COLOR")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True, disable=not show) as bar:
-        task = bar.add_task("epochs", total=None)
-        while True:
-            c = counts(selection)
-            bar.update(task, total=c["epochs_total"], completed=c["epochs_done"],
-                       description=f"{c['finished']}/{c['jobs']} jobs")
-            if c["finished"] == c["jobs"]:
-                return c
-            time.sleep(POLL_SECONDS)
+    lines = not quiet and not show
+    last_line, last_at = "", 0.0
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      transient=True, disable=not show) as bar:
+            task = bar.add_task("epochs", total=None)
+            while True:
+                c = counts(selection)
+                if c["finished"] == c["jobs"]:
+                    return c
+                bar.update(task, total=c["epochs_total"], completed=c["epochs_done"],
+                           description=f"{c['finished']}/{c['jobs']} jobs")
+                line = count_line(c)
+                if lines and line != last_line and time.monotonic() - last_at >= (LINE_SECONDS if last_line else 0):
+                    click.echo(line, err=True)
+                    last_line, last_at = line, time.monotonic()
+                time.sleep(POLL_SECONDS)
+    except KeyboardInterrupt:
+        raise Interrupted(f"stopped waiting; the jobs go on: follow them with klab watch {selection}") from None
 
 
 @cli.command()

@@ -1,4 +1,4 @@
-"""`klab submit`, `sweep`, `requeue` and `cancel`: jobs handed to the workers, again, or stopped."""
+"""`klab submit`, `requeue` and `cancel`: jobs handed to the workers, again, or stopped (`klab sweep`: sweep.py)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import click
 
 from service import defaults
 from service.cli import cli
-from service.cli.options import given, job_options, selected, spec_docs, specs_from
+from service.cli.options import job_options, selected, specs_from
 from service.cli.progress import count_line, counts, wait
 from service.jobs.selection import Selection
 
@@ -15,7 +15,7 @@ _batch_jobs = click.option("--batch-jobs", type=click.IntRange(1, 100_000), defa
                            show_default=True, help="most compatible jobs trained together in one task")
 
 
-def _queue_options(func):
+def queue_options(func):
     func = click.option("--queue", default=None, help="cpu or gpu (default: from --device)")(func)
     func = click.option("--wait", is_flag=True, help="show progress until done, then the results")(func)
     func = click.option("--json", "as_json", is_flag=True, help="print ids and results as JSON")(func)
@@ -24,43 +24,33 @@ def _queue_options(func):
 
 @cli.command()
 @job_options
-@_queue_options
+@queue_options
 def submit(spec_file: str | None, queue: str | None, wait: bool, as_json: bool, batch_jobs: int, **values: str) -> None:
     """Submit jobs to the workers: flags, -f job.yaml|job.json, or -f jobs.jsonl (many)."""
     from service.submit import plan_specs, submit
 
-    _, ids = submit(plan_specs(specs_from(values, spec_file), queue), batch_jobs)
+    plan = plan_specs(specs_from(values, spec_file), queue)
+    _, ids = submit(plan, batch_jobs)
+    warn_unserved(plan.queues)
     if not wait:
         click.echo(json.dumps({"ids": ids}) if as_json else "\n".join(map(str, ids)))
         return
     if not as_json:
         click.echo("submitted " + " ".join(map(str, ids[:20])) + (" ..." if len(ids) > 20 else ""))
-    _results(Selection(tuple(ids)), as_json, one=len(ids) == 1)
+    show_results(Selection(tuple(ids)), as_json, one=len(ids) == 1)
 
 
-@cli.command()
-@job_options
-@_queue_options
-@click.option("--name", default=None, help="a name for the sweep")
-def sweep(spec_file: str | None, queue: str | None, wait: bool, as_json: bool, batch_jobs: int,
-          name: str | None, **values: str) -> None:
-    """Create a sweep: any of --lr --epochs --seed --kernel --method --batch-size --noise --input
-    takes a comma list; numeric ones also A..B (integers) or A:B:N (N log-spaced values)."""
-    from service.jobs.sweep import grid
-    from service.submit import plan_sweep, submit
+def warn_unserved(queues: set[str]) -> None:
+    """A warning on stderr when no live worker of this database consumes a queue the jobs went to."""
+    from service.settings import describe, settings
+    from service.submit import unserved
 
-    (doc,) = spec_docs(spec_file, one="a sweep takes one base job")
-    base = {k: (json.dumps(v) if isinstance(v, list) else str(v)) for k, v in doc.items() if v is not None}
-    sweep_id, ids = submit(plan_sweep(grid({**base, **given(values)}), queue, name), batch_jobs)
-    if as_json and not wait:
-        click.echo(json.dumps({"sweep": sweep_id, "size": len(ids), "ids": ids}))
-        return
-    click.echo(f"sweep {sweep_id}: {len(ids)} jobs", err=as_json)
-    if wait:
-        _results(Selection(sweep=sweep_id), as_json, one=False)
+    for q in unserved(queues):
+        click.echo(f"klab: warning: no live worker of this database ({describe(settings().database_url)}) "
+                   f"consumes queue {q}; the jobs wait there until one starts: klab worker --queue {q}", err=True)
 
 
-def _results(selection: Selection, as_json: bool, one: bool) -> None:
+def show_results(selection: Selection, as_json: bool, one: bool) -> None:
     """After --wait: each result as `klab show` prints it (one job), or the counts and what to run next."""
     from service.db.reads import reading, result_of, results
     from service.render.text import render
@@ -97,9 +87,12 @@ def requeue(selection: Selection, batch_jobs: int, include_queued: bool) -> None
 @selected()
 def cancel(selection: Selection) -> None:
     """Cancel jobs: queued ones never start, running ones stop at their next epoch check."""
+    from service.db.connect import Reader
     from service.db.engine import writing
+    from service.db.reads import where
     from service.db.writes import cancel
 
     with writing() as conn:
+        where(Reader.of(conn), selection)  # no such job or sweep: one line, exit 2, nothing changed
         ended, asked = cancel(conn, selection)
     click.echo(f"cancelled {ended} job(s) not yet started; asked {asked} running job(s) to stop")

@@ -15,7 +15,7 @@ from service.errors import BadInput
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--timeout", type=float, default=1.5, show_default=True, help="seconds to wait for replies")
 def workers(as_json: bool, timeout: float) -> None:
-    """Live workers with their queues, device and active jobs."""
+    """Live workers with their queues, the database they serve, device and active jobs."""
     from service import broker
 
     broker.check()
@@ -28,8 +28,8 @@ def workers(as_json: bool, timeout: float) -> None:
         return
     for r in rows:
         active = ", ".join(str(j) for j in r.get("active_jobs", [])[:10]) or "-"
-        click.echo(f"{r['worker']}  queues {','.join(r.get('queues', []))}  device {r.get('device')}  "
-                   f"pool {r.get('pool')}  active jobs {active}")
+        click.echo(f"{r['worker']}  queues {','.join(r.get('queues', []))}  database {r.get('database')}  "
+                   f"device {r.get('device')}  pool {r.get('pool')}  active jobs {active}")
 
 
 def worker_argv(queue: str, concurrency: int | None, loglevel: str) -> tuple[list[str], dict[str, str]]:
@@ -56,6 +56,11 @@ def worker(queue: str, concurrency: int | None, gpu_index: int | None, loglevel:
     """Start a Celery worker with safe settings (solo pool on one GPU; prefork with torch threads split)."""
     if queue == "gpu" and concurrency not in (None, 1):
         raise BadInput("concurrency", "the gpu queue runs one job at a time (solo pool): CUDA does not survive fork")
+    if queue != "gpu" and gpu_index is not None:
+        raise BadInput("gpu", "only a worker of the gpu queue takes a GPU (--queue gpu --gpu N)")
+    from service.db.reads import identity
+
+    identity()  # a database that is unreachable or not at head is one line here, not a worker that waits
     argv, env = worker_argv(queue, concurrency, loglevel)
     if gpu_index is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu_index)

@@ -100,8 +100,11 @@ def insert_rows(conn: Connection, table: str, columns: dict[str, Any], n: int) -
         for c in names:
             v = columns[c]
             if isinstance(v, list):
-                code = {x: _copy_text(x) for x in set(v)}
-                encoded.append([code[x] for x in v])
+                try:
+                    code = {x: _copy_text(x) for x in set(v)}
+                    encoded.append([code[x] for x in v])
+                except TypeError:  # unhashable values (a JSON column's lists): each encoded
+                    encoded.append([_copy_text(x) for x in v])
             else:
                 encoded.append([_copy_text(v)] * n)
         data = "\n".join(map("\t".join, zip(*encoded))) + "\n"
@@ -109,7 +112,8 @@ def insert_rows(conn: Connection, table: str, columns: dict[str, Any], n: int) -
                 cur.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN") as copy:
             copy.write(data)
         return
-    lists = [columns[c] if isinstance(columns[c], list) else [_sqlite_value(conn, c, columns[c])] * n for c in names]
+    lists = [[_sqlite_value(conn, c, v) for v in columns[c]] if isinstance(columns[c], list)
+             else [_sqlite_value(conn, c, columns[c])] * n for c in names]
     marks = ", ".join("?" * len(names))
     conn.connection.driver_connection.executemany(
         f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks})", list(zip(*lists)))  # noqa: S608
@@ -199,9 +203,11 @@ def _nullable(v: Any) -> list[float | None]:
 
 
 def _sqlite_value(conn: Connection, column: str, value: Any) -> Any:
-    """A value as SQLAlchemy would store it on SQLite (datetimes as its text; the rest as is)."""
+    """A value as SQLAlchemy would store it on SQLite (datetimes as its text, lists and dicts as JSON text)."""
     if isinstance(value, datetime):
         return jobs.c[column].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
     return value
 
 

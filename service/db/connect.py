@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,7 +18,7 @@ from service import defaults
 from service.errors import DatabaseUnavailable, one_line
 from service.settings import describe
 
-HEAD = "0004"
+HEAD = "0006"
 """The newest migration in migrations/versions (a test keeps this in step with Alembic's head)."""
 
 STREAM_ROWS = 10_000
@@ -78,6 +78,7 @@ class Reader:
     def __init__(self, conn: Any, dialect: str) -> None:
         self.conn = conn
         self.dialect = dialect
+        self._streams: list[Generator[dict[str, Any], None, None]] = []
 
     @classmethod
     def of(cls, connection: Any) -> Reader:
@@ -101,7 +102,20 @@ class Reader:
         return found[0] if found else None
 
     def stream(self, sql: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
-        """Rows one at a time, STREAM_ROWS fetched at once: never the whole result in memory."""
+        """Rows one at a time, STREAM_ROWS fetched at once: never the whole result in memory. A stream left
+        half read is closed by end_streams, before its connection is."""
+        rows = self._stream(sql, params)
+        self._streams.append(rows)
+        return rows
+
+    def end_streams(self) -> None:
+        """Close the streams still open while their connection is (a reader of the output that went away, a
+        closed pipe, leaves one half read; closed later, its cursor would find the connection gone)."""
+        for rows in self._streams:
+            rows.close()
+        self._streams.clear()
+
+    def _stream(self, sql: str, params: dict[str, Any] | None) -> Generator[dict[str, Any], None, None]:
         if self.dialect == "sqlite":
             cur = self.conn.cursor()  # sqlite3 steps through the result as it is read
         else:

@@ -51,7 +51,11 @@ def _create(url: str) -> Engine:
         except (ArgumentError, ImportError) as exc:
             raise DatabaseUnavailable(f"cannot use {describe(url)}: {mask(str(exc))}", 2) from None
     if u.database and u.database != ":memory:":
-        Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(u.database).expanduser().parent
+        if url == settings().database_url and settings().default_database:
+            folder.mkdir(parents=True, exist_ok=True)  # KLAB_HOME, made on first use
+        elif not folder.is_dir():  # a typo in a path must not become a new, empty database
+            raise DatabaseUnavailable(f"the folder of the {describe(url)} does not exist: {folder}", 2)
     eng = create_engine(url, connect_args={"timeout": defaults.SQLITE_BUSY_MS / 1000})
     event.listen(eng, "connect", lambda dbapi_conn, _record: sqlite_setup(dbapi_conn))
 

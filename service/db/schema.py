@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 from service.jobs import result
@@ -75,8 +76,16 @@ sweeps = Table(
     Column("params", JSON, nullable=False),
     Column("size", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("tags", JSON, nullable=False, server_default=text("'[]'")),
 )
-"""The parameters a sweep expanded: {"swept": {name: values}, "fixed": {name: value}}."""
+"""The parameters a sweep expanded: {"swept": {name: values}, "fixed": {name: value}}, and its tags (a list)."""
+
+database_identity = Table(
+    "database_identity", metadata,
+    Column("identity", String(32), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+"""One row, written by migration 0005: the name of this database's queues on the broker (service.broker.routed)."""
 
 jobs = Table(
     "jobs", metadata,

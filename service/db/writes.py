@@ -185,6 +185,12 @@ def cancel(conn: Connection, selection: Selection) -> tuple[int, int]:
     return len(ended), asked
 
 
+def stopped(conn: Connection, ids: Sequence[int]) -> None:
+    """Running jobs that this process was training when it was stopped (Ctrl-C in klab sweep --local)."""
+    change_status(conn, JobStatus.CANCELLED, ids_in(conn, jobs.c.id, ids), among={JobStatus.RUNNING},
+                  finished_at=utcnow())
+
+
 def fail(conn: Connection, ids: Sequence[int], message: str) -> None:
     change_status(conn, JobStatus.FAILED, ids_in(conn, jobs.c.id, ids), error_message=message, finished_at=utcnow())
 
@@ -199,8 +205,9 @@ def waiting(conn: Connection, selection: Selection, include_queued: bool) -> lis
 
 # --- jobs, sweeps and results -----------------------------------------------------------------------
 
-def create_sweep(conn: Connection, params: dict[str, Any], size: int, name: str | None = None) -> int:
-    row = {"params": params, "size": size, "name": name, "created_at": utcnow()}
+def create_sweep(conn: Connection, params: dict[str, Any], size: int, name: str | None = None,
+                 tags: Sequence[str] = ()) -> int:
+    row = {"params": params, "size": size, "name": name, "tags": list(tags), "created_at": utcnow()}
     return conn.execute(insert(sweeps).values(**row).returning(sweeps.c.id)).scalar_one()
 
 
