@@ -1,11 +1,21 @@
-"""`klab plot`: PNGs of a job and of a sweep, opened and checked with Pillow."""
+"""`klab plot` and service.render.plot: what each figure promises, read from its artists before it is saved (axes
+scales, integer ticks, the values in kernel cells, statuses, legends, titles, nothing outside the figure), and
+the real command: PNGs written, mistakes refused with one line, nothing heavy imported."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from conftest import fake_result
+from harness import clean_env
+from matplotlib.patches import StepPatch
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 from PIL import Image
 
 from service.db import reads, writes
@@ -14,11 +24,18 @@ from service.db.engine import writing
 from service.jobs.result import to_json
 from service.jobs.selection import Selection
 from service.jobs.spec import JobSpec
+from service.jobs.status import JobStatus
+from service.render import axes as plot_axes
 from service.render import plot
 
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 """Drawing does not depend on the backend; the sweep's plot still reads both."""
 
+SUCCEEDED, DIVERGED, FAILED, CANCELLED = (s.value for s in (JobStatus.SUCCEEDED, JobStatus.DIVERGED,
+                                                              JobStatus.FAILED, JobStatus.CANCELLED))
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
 
 def opened(path: Path) -> tuple[tuple[int, int], int]:
     """A PNG's size and how many distinct colors it holds (a blank or single-color image has few)."""
@@ -29,63 +46,393 @@ def opened(path: Path) -> tuple[tuple[int, int], int]:
     return (rgb.shape[1], rgb.shape[0]), len(np.unique(packed))
 
 
+def readable(fig: Any) -> None:
+    """Nothing drawn outside the figure, and no two tick labels of an axis overlap."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    width, height = fig.get_size_inches()
+    tight = fig.get_tightbbox(renderer)
+    assert tight.x0 >= -0.01 and tight.y0 >= -0.01 and tight.x1 <= width + 0.01 and tight.y1 <= height + 0.01, tight
+    box = fig.bbox
+    for text in [fig._suptitle, *(t for a in fig.axes for t in (a.title, a.xaxis.label, a.yaxis.label))]:
+        if text is not None and text.get_visible() and text.get_text():
+            extent = text.get_window_extent(renderer)
+            assert box.x0 - 1 <= extent.x0 and extent.x1 <= box.x1 + 1, text.get_text()
+            assert box.y0 - 1 <= extent.y0 and extent.y1 <= box.y1 + 1, text.get_text()
+    for a in fig.axes:
+        frame = a.get_window_extent(renderer)
+        for axis, lo, hi in ((a.xaxis, frame.x0, frame.x1), (a.yaxis, frame.y0, frame.y1)):
+            if not axis.get_visible():
+                continue
+            shown = [t.get_window_extent(renderer) for t in axis.get_ticklabels() if t.get_visible() and t.get_text()]
+            shown = [e for e in shown if lo - 1 <= ((e.x0 + e.x1) / 2 if axis is a.xaxis else (e.y0 + e.y1) / 2)
+                     <= hi + 1]
+            for first, second in zip(shown, shown[1:]):
+                assert not Bbox.intersection(first.shrunk(0.98, 0.98), second.shrunk(0.98, 0.98)), \
+                    [t.get_text() for t in axis.get_ticklabels()]
+
+
+def integer_ticks(a: Any, axis: str = "x") -> list[float]:
+    """The ticks within an axis' view, checked to be integers."""
+    lo, hi = sorted(a.get_xlim() if axis == "x" else a.get_ylim())
+    ticks = [t for t in (a.get_xticks() if axis == "x" else a.get_yticks()) if lo <= t <= hi]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    return ticks
+
+
+def by_title(fig: Any, start: str) -> Any:
+    (found,) = [a for a in fig.axes if a.get_title().startswith(start)]
+    return found
+
+
+def result_of(spec_values: dict[str, Any], relative: float | None = 0.1, status: str = SUCCEEDED,
+              epochs: int | None = None, **fields: Any) -> dict[str, Any]:
+    """A result as `klab show --json` gives it, from the fixtures' fake engine (no torch)."""
+    spec = JobSpec.parse({"input": "random:12x12", "kernel": "random:3x3", **spec_values})
+    row, epoch_list = fake_result(spec, relative, status, epochs)
+    row.update(fields)
+    return {**to_json(row, epoch_list, stored=False, spec=spec.to_json()), "id": fields.get("id", 7),
+            "spec": spec.to_json()}
+
+
+def sweep_rows(errors: dict[tuple[float, str], list[float | None]], statuses: dict[int, str] | None = None
+               ) -> list[dict[str, Any]]:
+    """Summary rows of an lr x method sweep, one per seed, with these relative errors."""
+    rows = []
+    for (lr, method), values in errors.items():
+        for seed, e in enumerate(values):
+            rows.append({"id": len(rows) + 1, "status": SUCCEEDED, "method": method, "input": "edge:6x8",
+                         "kernel": "d2l", "lr": lr, "epochs": 10, "batch_size": 2, "seed": seed, "noise": 0.0,
+                         "relative_error": e})
+    for i, status in (statuses or {}).items():
+        rows[i]["status"] = status
+    return rows
+
+
+# --- one job ---------------------------------------------------------------------------------------------
+
+def test_job_figure_shows_loss_and_kernel_error_with_the_answer_in_its_title() -> None:
+    result = result_of({"lr": 0.03, "epochs": 10, "method": "d2l-manual"}, relative=0.25)
+    fig = plot.figure_job(result)
+    title = fig._suptitle.get_text()
+    assert "job 7: succeeded" in title and "method d2l-manual, lr 0.03, epochs 10" in title
+    assert "input random:12x12, kernel random:3x3" in title
+    assert "relative error 0.25" in title and "identifiable (rank 9 of 9 weights)" in title
+    loss, error = by_title(fig, "loss"), by_title(fig, "kernel error")
+    (loss_line,), (error_line,) = loss.get_lines(), error.get_lines()
+    assert loss_line.get_xdata().tolist() == list(range(1, 11))
+    assert np.allclose(loss_line.get_ydata(), [e["loss"] for e in result["epochs"]])
+    norm = np.linalg.norm(result["true_kernel"])
+    assert np.allclose(error_line.get_ydata(), [e["kernel_error"] / norm for e in result["epochs"]])
+    assert error.get_ylabel().startswith("relative error")
+    for a in (loss, error):
+        assert a.get_yscale() == "log" and a.get_xscale() == "linear"
+        assert integer_ticks(a)[-1] == 10
+    readable(fig)
+
+
+def test_a_long_run_gets_a_log_epoch_axis_with_every_epoch_drawn() -> None:
+    result = result_of({"epochs": 5000, "method": "d2l-sgd"}, relative=1e-4, epochs=20)
+    result["epochs"] = [{"epoch": n, "loss": 10 * 0.99 ** n + 1e-12, "mse": 0.1 * 0.99 ** n,
+                         "kernel_error": 0.995 ** n + 1e-6} for n in range(1, 5001)]
+    fig = plot.figure_job(result)
+    for start in ("loss", "kernel error"):
+        a = by_title(fig, start)
+        assert a.get_xscale() == "log" and a.get_xlim() == (1, 5000)
+        assert {1, 10, 100, 1000, 5000} <= set(integer_ticks(a))
+        assert [t.get_text() for t in a.get_xticklabels() if t.get_text() == "1000"] == ["1000"]
+        assert len(a.get_lines()[0].get_xdata()) == 5000  # thinned nowhere
+    readable(fig)
+
+
+def test_not_identifiable_and_diverged_are_said_and_drawn() -> None:
+    hidden = result_of({"epochs": 20}, relative=0.5, rank=4, params=9, identifiable=False, gap_identifiability=1.5,
+                       explanation="the data cannot tell these weights apart")
+    fig = plot.figure_job(hidden)
+    assert "not identifiable (rank 4 of 9 weights)" in fig._suptitle.get_text()
+    assert "the data cannot tell these weights apart" in fig._suptitle.get_text()
+    floors = [line for line in by_title(fig, "kernel error").get_lines() if line.get_label().startswith("floor")]
+    assert len(floors) == 1
+    assert floors[0].get_ydata()[0] == pytest.approx(1.5 / np.linalg.norm(hidden["true_kernel"]))
+    diverged = result_of({"epochs": 12}, relative=None, status=DIVERGED)
+    fig = plot.figure_job(diverged)
+    assert "diverged at epoch 12" in fig._suptitle.get_text() and "no relative error" in fig._suptitle.get_text()
+    marks = [line.get_label() for line in by_title(fig, "loss").get_lines()]
+    assert "diverged (epoch 12)" in marks
+    readable(fig)
+
+
+@pytest.mark.parametrize("side, written", [(7, True), (8, False)])
+def test_kernel_values_are_written_in_cells_up_to_7x7(side: int, written: bool) -> None:
+    rng = np.random.default_rng(side)
+    true = rng.standard_normal((side, side))
+    result = {**result_of({}), "true_kernel": true.tolist(), "learned_kernel": (true + 0.01).tolist()}
+    fig = plot.figure_job(result)
+    cells = by_title(fig, "true kernel").texts
+    if not written:
+        assert len(cells) == 0
+        return
+    assert len(cells) == side * side
+    for text in cells:
+        col, row = text.get_position()
+        assert float(text.get_text()) == pytest.approx(true[row, col], rel=5e-3, abs=5e-3)
+    assert len(by_title(fig, "difference").texts) == side * side
+    readable(fig)
+
+
+def test_a_4d_kernel_is_labelled_by_out_and_in_channel() -> None:
+    rng = np.random.default_rng(3)
+    true = rng.standard_normal((2, 3, 3, 3))
+    result = {**result_of({}), "true_kernel": true.tolist(), "learned_kernel": (true * 0.9).tolist()}
+    fig = plot.figure_job(result)
+    a = by_title(fig, "true kernel")
+    assert [t.get_text() for t in a.get_xticklabels()] == ["in 0", "in 1", "in 2"]
+    assert [t.get_text() for t in a.get_yticklabels()] == ["out 0", "out 1"]
+    assert "(out, in)" in a.get_xlabel()
+    assert len(a.texts) == true.size  # every weight, none for the blanks between blocks
+    cells, shape = plot_axes.kernel_cells(true)
+    assert shape == (2, 3, 3, 3) and cells.shape == (7, 11)
+    assert cells[4:7, 8:11].tolist() == true[1, 2].tolist() and np.isnan(cells[3]).all()
+    readable(fig)
+    one_channel = plot.figure_job({**result, "true_kernel": true[:1, :1].tolist(), "learned_kernel": None})
+    assert by_title(one_channel, "true kernel").get_xlabel() == "column"  # (1, 1, kh, kw) is a 2-D kernel
+
+
+def test_a_diverged_learned_kernel_gets_its_own_colour_scale() -> None:
+    result = result_of({})
+    result["learned_kernel"] = (np.array(result["true_kernel"]) * 1e4).tolist()
+    fig = plot.figure_job(result)
+    true_image, learned_image = by_title(fig, "true kernel").images[0], by_title(fig, "learned kernel").images[0]
+    assert true_image.norm.vmax == pytest.approx(np.abs(result["true_kernel"]).max())
+    assert learned_image.norm.vmax == pytest.approx(np.abs(result["learned_kernel"]).max())
+    assert "of its own" in by_title(fig, "learned kernel").get_title()
+
+
+# --- several jobs ----------------------------------------------------------------------------------------
+
+def test_several_jobs_overlaid_are_named_by_id_and_what_differs() -> None:
+    results = [result_of({"lr": lr, "epochs": 300}, relative=rel, id=i) for i, lr, rel in
+               ((3, 0.01, 0.2), (4, 0.03, 0.02), (5, 0.1, None))]
+    results[2]["status"] = DIVERGED
+    fig = plot.figure_jobs(results)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["job 3: lr 0.01 (succeeded, relative error 0.2)",
+                      "job 4: lr 0.03 (succeeded, relative error 0.02)",
+                      "job 5: lr 0.1 (diverged, relative error -)"]
+    assert "3 jobs, all with method d2l-manual, epochs 300" in fig._suptitle.get_text()
+    for start in ("loss", "kernel error"):
+        a = by_title(fig, start)
+        assert len(a.get_lines()) == 3 and a.get_xscale() == "log"
+        integer_ticks(a)
+    assert len({line.get_linestyle() for line in by_title(fig, "loss").get_lines()}) == 3  # equal runs stay visible
+    readable(fig)
+
+
+# --- sweeps ----------------------------------------------------------------------------------------------
+
+def test_sweep_panels_aggregate_over_seeds_coloured_by_the_other_parameter() -> None:
+    rng = np.random.default_rng(0)
+    errors = {(lr, m): list(rng.uniform(0.1, 0.4, 20) * lr * (2 if m == "adam" else 1))
+              for lr in (0.001, 0.01, 0.1) for m in ("adam", "d2l-manual")}
+    errors[(1.0, "d2l-manual")] = [None] * 3
+    rows = sweep_rows(errors, {120: DIVERGED, 121: DIVERGED, 122: FAILED, 0: CANCELLED, 1: CANCELLED})
+    rows[0]["relative_error"] = rows[1]["relative_error"] = None
+    params = reads.varying(rows)
+    assert params == ["lr", "seed", "method"]
+    fig = plot.figure_sweep(rows, params, "sweep 4 (demo): 123 jobs")
+    title = fig._suptitle.get_text()
+    assert title.startswith("sweep 4 (demo): 123 jobs\nfixed: epochs 10, batch size 2, input edge:6x8, kernel d2l")
+    panels = [a for a in fig.axes if a.get_ylabel() == "relative error"]
+    assert [a.get_xlabel() for a in panels] == ["lr (spread over seed)", "method (spread over seed)"]
+    lr, method = panels
+    assert lr.get_xscale() == "log" and lr.get_yscale() == "log"
+    assert [t.get_text() for t in lr.get_xticklabels()] == ["0.001", "0.01", "0.1", "1"]
+    assert lr.get_legend().get_title().get_text() == "method"
+    assert [t.get_text() for t in lr.get_legend().get_texts()] == ["adam", "d2l-manual"]
+    (adam,) = [line for line in lr.get_lines() if line.get_label() == "adam"]
+    expected = [np.exp(np.log([e for e in errors[(x, "adam")] if e is not None]).mean()) for x in (0.001, 0.01, 0.1)]
+    assert adam.get_xdata().tolist() == [0.001, 0.01, 0.1]
+    assert np.allclose(adam.get_ydata(), [np.exp(np.log(errors[(0.001, "adam")][2:]).mean()), *expected[1:]])
+    assert [t.get_text() for t in method.get_xticklabels()] == ["adam", "d2l-manual"]
+    assert method.get_legend().get_title().get_text() == "lr"
+    strips = [a for a in fig.axes if a.get_title().startswith("jobs that did not succeed")]
+    assert len(strips) == 2
+    for strip in strips:  # by status, in JobStatus's order, never lumped together
+        assert [t.get_text() for t in strip.get_yticklabels()] == [DIVERGED, FAILED, CANCELLED]
+    assert sorted(t.get_text() for t in strips[1].texts) == ["1", "2", "2"]  # d2l-manual 2 + 1, adam 2
+    assert not [t for t in fig.findobj(Text) if "diverged/failed" in t.get_text()]
+    readable(fig)
+
+
+def test_sweep_over_an_integer_parameter_has_integer_ticks() -> None:
+    few = [{"id": i, "status": SUCCEEDED, "epochs": epochs, "seed": seed, "lr": 0.03, "relative_error": 0.3 / epochs}
+           for i, (epochs, seed) in enumerate((e, s) for e in (10, 20, 40) for s in range(3))]
+    fig = plot.figure_sweep(few, reads.varying(few), "")
+    (a,) = fig.axes
+    assert a.get_xlabel() == "epochs (spread over seed)" and a.get_xscale() == "linear"
+    assert [t.get_text() for t in a.get_xticklabels()] == ["10", "20", "40"]
+    assert "fixed: lr 0.03" in fig._suptitle.get_text()
+    readable(fig)
+    many = [{**few[0], "id": e, "epochs": e, "relative_error": 1.0 / e} for e in range(1, 31)]
+    fig = plot.figure_sweep(many, ["epochs"], "")
+    assert integer_ticks(fig.axes[0]) and fig.axes[0].get_xscale() == "log"
+    assert fig.axes[0].get_xlabel() == "epochs (one job at each point)"
+    readable(fig)
+
+
+def test_a_narrow_error_range_keeps_every_label_inside() -> None:
+    """A y range under a decade once pushed the first panel's label out of the figure."""
+    rows = sweep_rows({(lr, m): [0.21, 0.25, 0.3] for lr in (0.01, 0.03) for m in ("adam", "momentum")})
+    fig = plot.figure_sweep(rows, reads.varying(rows), "sweep 1: 12 jobs")
+    first = fig.axes[0]
+    assert first.get_yscale() == "log" and first.get_ylabel() == "relative error"
+    fig.canvas.draw()
+    low, high = first.get_ylim()
+    shown = [t.get_text() for t in [*first.get_yticklabels(), *first.get_yticklabels(minor=True)]
+             if low <= t.get_position()[1] <= high and t.get_text()]
+    assert shown and all(float(t) for t in shown)  # plain numbers, not 2 x 10^-1
+    readable(fig)
+
+
+def test_a_seed_only_sweep_shows_the_distribution_of_its_errors() -> None:
+    rng = np.random.default_rng(2)
+    rows = [{"id": i, "status": SUCCEEDED, "lr": 0.03, "seed": i, "relative_error": float(e)}
+            for i, e in enumerate(np.exp(rng.normal(-4, 1, 500)))]
+    rows[0].update(status=CANCELLED, relative_error=None)
+    rows[1].update(status=DIVERGED, relative_error=None)
+    fig = plot.figure_sweep(rows, reads.varying(rows), "sweep 2: 500 jobs")
+    hist = [a for a in fig.axes if a.get_xlabel() == "relative error"][0]
+    (bars,) = [p for p in hist.patches if isinstance(p, StepPatch)]
+    assert bars.get_data().values.sum() == 498 and hist.get_xscale() == "log"
+    assert hist.get_ylabel() == "jobs (498 of 500 have a relative error)"
+    legend = [t.get_text() for t in hist.get_legend().get_texts()]
+    assert legend[0] == f"geometric mean {np.exp(np.log([r['relative_error'] for r in rows[2:]]).mean()):.3g}"
+    status = by_title(fig, "jobs by status")
+    assert [t.get_text() for t in status.get_yticklabels()] == [SUCCEEDED, DIVERGED, CANCELLED]
+    assert sorted(t.get_text() for t in status.texts) == ["1", "1", "498"]
+    readable(fig)
+
+
+def test_200000_seeds_are_aggregated_not_drawn_one_by_one() -> None:
+    rng = np.random.default_rng(4)
+    errors = np.exp(rng.normal(-3, 0.5, 200_000))
+    rows = [{"id": i, "status": SUCCEEDED, "lr": 0.03, "method": "d2l-sgd", "seed": i, "relative_error": float(e)}
+            for i, e in enumerate(errors)]
+    fig = plot.figure_sweep(rows, ["seed"], "sweep 3: 200000 jobs")
+    assert not [a for a in fig.axes if a.get_xlabel().startswith("seed")]
+    hist = [a for a in fig.axes if a.get_xlabel() == "relative error"][0]
+    assert len(hist.patches[0].get_data().values) <= 60  # bins, not jobs
+    readable(fig)
+    lrs = np.geomspace(1e-3, 1, 40)
+    for i, r in enumerate(rows):
+        r.update(lr=float(lrs[i % 40]), method=("adam", "d2l-sgd")[i // 40 % 2])
+    fig = plot.figure_sweep(rows, reads.varying(rows), "sweep 3: 200000 jobs")
+    biggest = max(len(line.get_xdata()) for a in fig.axes for line in a.get_lines())
+    assert biggest == 40 and not [c for a in fig.axes for c in a.collections if len(c.get_offsets()) > 40]
+    readable(fig)
+
+
+def test_groups_agree_with_numpy_per_group() -> None:
+    rng = np.random.default_rng(5)
+    keys = rng.integers(0, 7, 1000)
+    values = np.exp(rng.normal(0, 1, 1000))
+    for log in (False, True):
+        got = plot_axes.groups(keys, values, log)
+        for k in range(7):
+            mine = values[keys == k]
+            assert got["count"][k] == mine.size
+            mean = np.exp(np.log(mine).mean()) if log else mine.mean()
+            low, high = np.percentile(np.log(mine) if log else mine, plot_axes.BAND)
+            assert got["mean"][k] == pytest.approx(mean)
+            assert got["low"][k] == pytest.approx(np.exp(low) if log else low)
+            assert got["high"][k] == pytest.approx(np.exp(high) if log else high)
+
+
+# --- the command -----------------------------------------------------------------------------------------
+
 @SQLITE_ONLY
-def test_plot_job(klab_db: str, add_job, klab_cli, tmp_path: Path) -> None:
+def test_plot_job_and_jobs_write_pngs(klab_db: str, add_job, klab_cli, tmp_path: Path) -> None:
     with writing() as conn:
-        job = add_job(conn, relative=0.3)
+        first, second = add_job(conn, relative=0.3), add_job(conn, relative=0.1, lr=0.1)
     out = tmp_path / "job.png"
-    assert klab_cli("plot", str(job), "-o", str(out)) == (0, f"wrote {out}\n", "")
+    assert klab_cli("plot", str(first), "-o", str(out)) == (0, f"wrote {out}\n", "")
     size, colors = opened(out)
-    assert size == (plot.JOB_SIZE[0] * plot.DPI, plot.JOB_SIZE[1] * plot.DPI)
-    assert colors > 100
+    assert size == (plot.JOB_SIZE[0] * plot.DPI, plot.JOB_SIZE[1] * plot.DPI) and colors > 100
+    both = tmp_path / "both.png"
+    assert klab_cli("plot", str(first), str(second), "-o", str(both)) == (0, f"wrote {both}\n", "")
+    size, colors = opened(both)
+    assert size == (plot.JOBS_SIZE[0] * plot.DPI, plot.JOBS_SIZE[1] * plot.DPI) and colors > 50
 
 
-def test_plot_sweep_against_what_it_varied(klab_db: str, add_job, klab_cli, tmp_path: Path) -> None:
+def test_plot_sweep_labels_jobs_by_status(klab_db: str, add_job, klab_cli, tmp_path: Path) -> None:
     with writing() as conn:
-        sweep = writes.create_sweep(conn, {"lr": [0.01, 0.1, 1.0], "method": ["d2l-manual", "adam"]}, 6)
+        sweep = writes.create_sweep(conn, {"lr": [0.01, 0.1, 1.0], "method": ["d2l-manual", "adam"]}, 8)
         for lr, rel in ((0.01, 0.5), (0.1, 0.1), (1.0, 0.02)):
             add_job(conn, relative=rel, sweep_id=sweep, lr=lr)
             add_job(conn, relative=rel * 2, sweep_id=sweep, lr=lr, method="adam")
-        add_job(conn, relative=None, status="failed", sweep_id=sweep, lr=3.0, method="adam")
+        add_job(conn, relative=None, status=FAILED, sweep_id=sweep, lr=3.0, method="adam")
+        waiting = add_job(conn, status=JobStatus.QUEUED.value, sweep_id=sweep, lr=3.0)
+        writes.cancel(conn, Selection((waiting,)))
         rows = reads.compare(Reader.of(conn), Selection(sweep=sweep))
-    assert reads.varying(rows) == ["lr", "method"]
+        points = reads.sweep_points(Reader.of(conn), Selection(sweep=sweep))
+    assert sorted(points, key=lambda r: r["id"]) == sorted(({k: r[k] for k in reads.SWEEP_POINT} for r in rows),
+                                                           key=lambda r: r["id"])  # what the command plots
+    fig = plot.figure_sweep(points, reads.varying(points), "")
+    strip = [a for a in fig.axes if a.get_title().startswith("jobs that did not succeed")][0]
+    assert [t.get_text() for t in strip.get_yticklabels()] == [FAILED, CANCELLED]
     out = tmp_path / "sweep.png"
     code, _, err = klab_cli("plot", "--sweep", str(sweep), "-o", str(out))
     assert code == 0, err
     size, colors = opened(out)
-    assert size == (2 * plot.SWEEP_PANEL[0] * plot.DPI, plot.SWEEP_PANEL[1] * plot.DPI)
-    assert colors > 50
-
-
-@pytest.mark.parametrize("shape", [(9, 9), (2, 1, 3, 3)])
-def test_plot_job_of_any_kernel_shape(shape: tuple[int, ...], tmp_path: Path) -> None:
-    """Small kernels get their values in the cells, large ones do not; 4-D kernels are laid out flat."""
-    spec = JobSpec.parse({"input": "random:12x12", "kernel": "random:3x3", "epochs": 200})
-    row, epoch_list = fake_result(spec)
-    rng = np.random.default_rng(1)
-    row["true_kernel"] = rng.standard_normal(shape).tolist()
-    row["learned_kernel"] = (np.array(row["true_kernel"]) + 0.1).tolist()
-    result = {**to_json(row, epoch_list, stored=False, spec=spec.to_json()), "id": 1, "spec": spec.to_json()}
-    size, colors = opened(plot.plot_job(result, tmp_path / "k.png"))
-    assert size == (1600, 400) and colors > 100
-
-
-def test_plot_sweep_that_varies_nothing_plots_against_id(tmp_path: Path) -> None:
-    rows = [{"id": i, "lr": 0.1, "relative_error": e} for i, e in ((1, 0.2), (2, 0.3))]
-    size, colors = opened(plot.plot_sweep(rows, reads.varying(rows), tmp_path / "s.png"))
-    assert size == (550, 400) and colors > 20
+    assert size[0] == 2 * plot.SWEEP_PANEL[0] * plot.DPI and colors > 50
 
 
 @SQLITE_ONLY
-def test_plot_errors(klab_db: str, add_job, klab_cli, tmp_path: Path) -> None:
+def test_plot_mistakes_are_one_line_and_write_nothing(klab_db: str, add_job, klab_cli, tmp_path: Path) -> None:
     with writing() as conn:
         job = add_job(conn)
+        queued = add_job(conn, status=JobStatus.QUEUED.value)
+        cancelled = add_job(conn, status=JobStatus.QUEUED.value)
+        writes.cancel(conn, Selection((cancelled,)))
         empty = writes.create_sweep(conn, {}, 0)
-    png = str(tmp_path / "x.png")
-    assert klab_cli("plot", "5", "-o", png)[2] == "klab: error: id: no job 5\n"
-    assert klab_cli("plot", "-o", png)[2] == "klab: error: id: give job ids or --sweep\n"
-    assert klab_cli("plot", str(job), "--sweep", str(empty), "-o", png)[0] == 2
-    assert klab_cli("plot", "--sweep", str(empty), "-o", png)[2] == f"klab: error: sweep: sweep {empty} has no jobs\n"
+    png = tmp_path / "x.png"
+    assert klab_cli("plot", "5000", "-o", str(png))[2] == "klab: error: id: no job 5000\n"
+    assert klab_cli("plot", str(job), "5000", "-o", str(png))[2] == "klab: error: id: no job 5000\n"
+    assert klab_cli("plot", "-o", str(png))[2] == "klab: error: id: give job ids or --sweep\n"
+    assert klab_cli("plot", str(job), "--sweep", str(empty), "-o", str(png))[0] == 2
+    assert klab_cli("plot", "--sweep", str(empty), "-o", str(png))[2] == \
+        f"klab: error: sweep: sweep {empty} has no jobs\n"
     assert klab_cli("plot", str(job), "-o", str(tmp_path / "x.jpg"))[2].startswith("klab: error: output: must be")
     assert klab_cli("plot", str(job))[0] == 2  # -o is required
-    assert not Path(png).exists()
+    assert klab_cli("plot", str(queued), "-o", str(png)) == (
+        2, "", f"klab: error: id: job {queued} has no epochs to plot (it is queued)\n")
+    assert klab_cli("plot", str(job), str(cancelled), "-o", str(png)) == (
+        2, "", f"klab: error: id: job {cancelled} has no epochs to plot (it is cancelled)\n")
+    nowhere = tmp_path / "no" / "such" / "dir" / "x.png"
+    code, out, err = klab_cli("plot", str(job), "-o", str(nowhere))
+    assert (code, out) == (2, "") and err.startswith("klab: error: output: cannot write ") and err.count("\n") == 1
+    assert not (tmp_path / "no").exists() and not png.exists()
+
+
+@SQLITE_ONLY
+def test_plot_imports_neither_torch_nor_sqlalchemy(klab_db: str, add_job, tmp_path: Path) -> None:
+    with writing() as conn:
+        sweep = writes.create_sweep(conn, {"lr": [0.01, 0.1]}, 2)
+        first, second = add_job(conn, sweep_id=sweep, lr=0.01), add_job(conn, sweep_id=sweep, lr=0.1)
+    script = f"""
+import json, sys
+from service.cli import main
+for args in (["plot", "{first}", "-o", "one.png"], ["plot", "{first}", "{second}", "-o", "two.png"],
+             ["plot", "--sweep", "{sweep}", "-o", "sweep.png"]):
+    try:
+        main(args)
+    except SystemExit as exc:
+        assert not exc.code, (args, exc.code)
+print(json.dumps(sorted(m for m in ("torch", "worker", "sqlalchemy", "alembic", "celery", "pydantic", "matplotlib")
+                        if m in sys.modules)))
+"""
+    out = subprocess.run([sys.executable, "-c", script], env=clean_env(tmp_path / "home", klab_db), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == ["matplotlib"]  # it drew, with matplotlib alone
+    assert all(opened(tmp_path / name)[1] > 50 for name in ("one.png", "two.png", "sweep.png"))

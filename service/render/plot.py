@@ -1,149 +1,384 @@
-"""PNG plots of results: one job (loss curve and kernels) or a sweep (error against what it varied).
+"""Plots of results as matplotlib Figures: one job (loss, kernel error, kernels), several jobs overlaid, or a sweep
+(relative error per value of what it varied, mean and spread over seeds), and `save` to write one as a PNG.
 
-matplotlib is imported on first use, with the Agg backend, so nothing else in `klab` pays for it.
+matplotlib is imported on first use (on the Agg canvas, never through pyplot), so nothing else in `klab` pays
+for it. Shared pieces (figures, ticks, heatmaps, group aggregates) are in service.render.axes.
 """
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service.render.text import difference, grid
+from service.jobs.status import JobStatus
+from service.jobs.sweep import INTEGER, SWEEPABLE
+from service.render import axes as ax_
+from service.render.axes import DPI, new_figure
+from service.render.text import cell, difference
 
-DPI = 100
-JOB_SIZE = (16.0, 4.0)
-"""Inches of a job's figure: the loss curve and three kernel heatmaps in a row."""
+__all__ = ["DPI", "figure_job", "figure_jobs", "figure_sweep", "plot_job", "plot_sweep", "save"]
 
-SWEEP_PANEL = (5.5, 4.0)
-"""Inches of each panel of a sweep's figure (one panel per swept parameter)."""
+JOB_SIZE = (15.0, 9.0)
+"""Inches of a job's figure: loss and kernel error over epochs above, the three kernels below."""
 
-ANNOTATE_MAX = 7
-"""Kernels up to this many rows and columns get their values written in the cells."""
+JOBS_SIZE = (15.0, 6.5)
+"""Inches of several jobs overlaid: loss and kernel error, the legend below."""
+
+SWEEP_PANEL = (6.5, 4.5)
+"""Inches of each panel of a sweep's figure (one per parameter it varies, seeds aside)."""
+
+LOG_EPOCHS = 200
+"""Runs longer than this get a log epoch axis: a long run spends most epochs near its floor, and a log axis gives
+the first ten epochs as much room as the last nine thousand. Shorter runs keep a linear axis, on which geometric
+convergence (a constant rate an epoch) is a straight line on the log loss axis. Every epoch is drawn, never thinned:
+a spike stays visible, and matplotlib's path simplification keeps 100,000 epochs fast."""
+
+LINESTYLES = ("-", "--", "-.", ":")
+"""Overlaid jobs differ in line style as well as colour: two jobs that trained alike stay visible."""
+
+SHOW_EACH_JOB = 2000
+"""Sweeps of up to this many jobs also show each job's error as a faint dot beside the group's mean."""
+
+MAX_COLOURS = 10
+"""A second varying parameter colours a sweep's panels if it has at most this many values."""
+
+SPEC_SHOWN = ("method", "lr", "epochs", "batch_size", "seed", "input", "kernel", "labels", "bias", "noise", "tol",
+              "device")
+"""A job's spec as titles and legends name it, in this order (None, and a noise of 0, are left out)."""
+
+ESSENTIALS = SPEC_SHOWN[:-2]
+"""What a job's title names of its spec (tol and device only where several jobs differ in them)."""
+
+FLOOR_SHOWN = 1e-6
+"""The kernel error's floor (what the data cannot determine, and label noise) is drawn from this relative size:
+below it, it is float32 rounding."""
+
+OWN_SCALE = 10.0
+"""The learned kernel gets a colour scale of its own when its largest value is this many times the true one's
+(a diverged job), so that the true kernel stays readable."""
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def save(fig: Any, path: str | Path) -> Path:
+    """Write a figure as a PNG (its directory must exist)."""
+    path = Path(path)
+    fig.savefig(path, format="png", dpi=DPI)
+    return path
 
 
 def plot_job(result: dict[str, Any], path: str | Path) -> Path:
-    """The loss curve (log scale) and heatmaps of the true, learned and difference kernels."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 4, figsize=JOB_SIZE, dpi=DPI)
-    spec = result.get("spec") or {}
-    fig.suptitle(f"job {result.get('id')}: {result.get('method')} on {spec.get('input')}, "
-                 f"kernel {spec.get('kernel') or 'from labels'}, lr {spec.get('lr')}: {result.get('status')}")
-    _loss(axes[0], result.get("epochs") or [])
-    true, learned, diff = result.get("true_kernel"), result.get("learned_kernel"), difference(result)
-    scale = _scale([true, learned])
-    _heatmap(fig, axes[1], "true kernel", true, "viridis", -scale, scale)
-    _heatmap(fig, axes[2], "learned kernel", learned, "viridis", -scale, scale)
-    dscale = _scale([diff]) or 1.0
-    _heatmap(fig, axes[3], "learned - true", diff, "RdBu_r", -dscale, dscale)
-    fig.subplots_adjust(left=0.05, right=0.95, bottom=0.13, top=0.82, wspace=0.3)  # tight_layout costs 0.5 s
-    return _save(fig, path)
+    return save(figure_job(result), path)
 
 
-def _loss(ax, epochs: Sequence[dict[str, Any]]) -> None:
-    pts = [(e["epoch"], e["loss"]) for e in epochs if e.get("loss") is not None and math.isfinite(e["loss"])]
-    ax.set_title("loss")
-    ax.set_xlabel("epoch")
-    if not pts:
-        ax.text(0.5, 0.5, "no epochs", ha="center", va="center", transform=ax.transAxes)
-        return
-    x, y = zip(*pts)
-    ax.plot(x, y, marker="o" if len(pts) <= 50 else None, markersize=3)
-    if all(v > 0 for v in y):
+def plot_sweep(rows: Sequence[dict[str, Any]], params: Sequence[str], path: str | Path, title: str = "") -> Path:
+    return save(figure_sweep(rows, params, title), path)
+
+
+# --- one job, several jobs ---------------------------------------------------------------------------------
+
+def _spec(result: dict[str, Any]) -> dict[str, Any]:
+    """What a job was asked to do: its stored spec, or what an unstored result says of it."""
+    return result.get("spec") or {k: result.get(k) for k in ("method", "seed") if result.get(k) is not None}
+
+
+def _name(key: str) -> str:
+    return key.replace("_", " ")
+
+
+def _described(spec: dict[str, Any], keys: Sequence[str]) -> str:
+    shown = [k for k in keys if spec.get(k) is not None and not (k == "noise" and spec[k] == 0)]
+    return ", ".join(f"{_name(k)} {cell(spec[k])}" for k in shown)
+
+
+def _true_norm(result: dict[str, Any]) -> float | None:
+    true = result.get("true_kernel")
+    norm = float(np.linalg.norm(np.asarray(true, dtype=float))) if true is not None else 0.0
+    return norm if math.isfinite(norm) and norm > 0 else None
+
+
+def _series(epochs: Sequence[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Epochs and one of their values, non-finite ones (a diverged run's last) dropped."""
+    x = np.array([e["epoch"] for e in epochs], dtype=float)
+    y = np.array([e.get(key) for e in epochs], dtype=float) / scale
+    ok = np.isfinite(y)
+    return x[ok], y[ok]
+
+
+def _curve_axes(ax: Any, title: str, ylabel: str, last: int, values: Sequence[np.ndarray]) -> None:
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel("epoch (log scale)" if last > LOG_EPOCHS else "epoch")
+    if last > LOG_EPOCHS:
+        ax.set_xscale("log")
+        ax.set_xlim(1, last)
+    ax_.integer_ticks(ax.xaxis, last > LOG_EPOCHS)
+    finite = np.concatenate([v for v in values if v.size] or [np.array([])])
+    if finite.size and (finite > 0).all():
         ax.set_yscale("log")
+        ax_.log_labels(ax.yaxis, finite)
+    if not finite.size:
+        ax.text(0.5, 0.5, "no epochs", ha="center", va="center", transform=ax.transAxes)
     ax.grid(True, which="both", alpha=0.3)
 
 
-def _scale(kernels: Sequence[Any]) -> float:
-    vals = [np.abs(np.array(grid(k), dtype=float)) for k in kernels if k is not None]
-    finite = [v[np.isfinite(v)] for v in vals]
-    return max((float(v.max()) for v in finite if v.size), default=1.0) or 1.0
+def _job_title(result: dict[str, Any]) -> str:
+    head = f"job {result['id']}" if result.get("id") is not None else "job (not stored)"
+    lines = [f"{head}: {result.get('status')}: {_described(_spec(result), ESSENTIALS)}"]
+    err, ident = result.get("error") or {}, result.get("identifiability") or {}
+    rel = err.get("relative")
+    facts = [f"relative error {cell(rel)}" if rel is not None else "no relative error (no true kernel or no result)"]
+    if ident.get("identifiable") is not None:
+        facts.append(("identifiable" if ident["identifiable"] else "not identifiable")
+                     + f" (rank {ident.get('rank')} of {ident.get('params')} weights)")
+    for key in ("converged_epoch", "diverged_epoch"):
+        if result.get(key) is not None:
+            facts.append(f"{key.removesuffix('_epoch')} at epoch {result[key]}")
+    lines.append(", ".join(facts))
+    if result.get("explanation"):
+        lines += textwrap.wrap(result["explanation"], 150)
+    return "\n".join(lines)
 
 
-def _heatmap(fig, ax, title: str, kernel: Any, cmap: str, vmin: float, vmax: float) -> None:
-    ax.set_title(title)
-    if kernel is None:
-        ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        return
-    cells = np.array(grid(kernel), dtype=float)
-    image = ax.imshow(cells, cmap=cmap, vmin=vmin, vmax=vmax)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    rows, cols = cells.shape
-    ax.set_xticks(range(cols))
-    ax.set_yticks(range(rows))
-    if rows <= ANNOTATE_MAX and cols <= ANNOTATE_MAX:
-        for (i, j), v in np.ndenumerate(cells):
-            r, g, b, _ = image.cmap(image.norm(v)) if np.isfinite(v) else (1, 1, 1, 1)
-            color = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"  # readable on the cell
-            ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=9, color=color)
+def figure_job(result: dict[str, Any]) -> Any:
+    """One job: loss and relative kernel error over epochs, then the true, learned and difference kernels."""
+    fig = new_figure(*JOB_SIZE)
+    fig.suptitle(_job_title(result))
+    grid = fig.add_gridspec(2, 6, height_ratios=(1, 1.1))
+    loss_ax, err_ax = fig.add_subplot(grid[0, :3]), fig.add_subplot(grid[0, 3:])
+    epochs = result.get("epochs") or []
+    last = int(max((e["epoch"] for e in epochs), default=1))
+    loss = _series(epochs, "loss")
+    norm = _true_norm(result)
+    error = _series(epochs, "kernel_error", norm or 1.0)
+    loss_ax.plot(*loss, marker="o" if loss[0].size <= 50 else None, markersize=3, color="tab:blue")
+    err_ax.plot(*error, marker="o" if error[0].size <= 50 else None, markersize=3, color="tab:green")
+    _curve_axes(loss_ax, "loss (as the book prints it)", "loss", last, [loss[1]])
+    gap = result.get("gap") or {}
+    floor = math.hypot(gap.get("noise") or 0.0, gap.get("identifiability") or 0.0) / (norm or 1.0)
+    drawn = [error[1]]
+    if norm and floor > FLOOR_SHOWN:  # what training cannot remove: directions the data cannot see, and label noise
+        err_ax.axhline(floor, color="tab:purple", linestyle="--", label=f"floor: unidentifiable + noise ({floor:.3g})")
+        drawn.append(np.array([floor]))
+    _curve_axes(err_ax, "kernel error: how far the learned kernel is from the true one",
+                "relative error ||W - K|| / ||K||" if norm else "kernel error ||W - K||", last, drawn)
+    for a in (loss_ax, err_ax):
+        for key, colour in (("converged_epoch", "tab:green"), ("diverged_epoch", "tab:red")):
+            if result.get(key) is not None:
+                a.axvline(result[key], color=colour, linestyle=":",
+                          label=f"{key.removesuffix('_epoch')} (epoch {result[key]})")
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=8)
+    true, learned, diff = result.get("true_kernel"), result.get("learned_kernel"), difference(result)
+    scale, own = ax_.kernel_scale([true]), ax_.kernel_scale([learned])
+    learned_title = "learned kernel W"
+    if true is None or own <= OWN_SCALE * scale:
+        scale = own = max(scale, own) if true is not None else own
+    else:
+        learned_title += " (a colour scale of its own)"
+    for n, (title, kernel, cmap, s) in enumerate((("true kernel K", true, "viridis", scale),
+                                                  (learned_title, learned, "viridis", own),
+                                                  ("difference W - K", diff, "RdBu_r", ax_.kernel_scale([diff])))):
+        ax_.heatmap(fig, fig.add_subplot(grid[1, 2 * n:2 * n + 2]), title, kernel, cmap, s)
+    return fig
 
 
-def plot_sweep(rows: Sequence[dict[str, Any]], params: Sequence[str], path: str | Path,
-               title: str = "") -> Path:
-    """Relative error against each swept parameter; jobs without an error drawn as red crosses on top."""
-    plt = _pyplot()
-    params = list(params) or ["id"]
-    fig, axes = plt.subplots(1, len(params), figsize=(SWEEP_PANEL[0] * len(params), SWEEP_PANEL[1]),
-                             dpi=DPI, squeeze=False)
-    fig.suptitle(title or "relative error")
-    errors = [r.get("relative_error") for r in rows]
-    finite = [e for e in errors if e is not None and math.isfinite(e)]
-    log_y = bool(finite) and all(e > 0 for e in finite)
-    top = max(finite) * (2 if log_y else 1.1) if finite else 1.0
-    for ax, name in zip(axes[0], params):
-        values = [r.get(name) for r in rows]
-        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-        if numeric:
-            xs = values
-            if all(v > 0 for v in values):
-                ax.set_xscale("log")
+def _differing(specs: Sequence[dict[str, Any]]) -> list[str]:
+    return [k for k in SPEC_SHOWN if len({repr(s.get(k)) for s in specs}) > 1]
+
+
+def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
+    """Several jobs overlaid: loss and relative kernel error, each job named by its id and what differs."""
+    if len(results) == 1:
+        return figure_job(results[0])
+    import matplotlib
+
+    fig = new_figure(*JOBS_SIZE)
+    loss_ax, err_ax = fig.subplots(1, 2)
+    specs = [_spec(r) for r in results]
+    differ = _differing(specs)
+    common = _described(specs[0], [k for k in ESSENTIALS if k not in differ])
+    fig.suptitle(f"{len(results)} jobs" + (f", all with {common}" if common else "")
+                 + "\nrelative error after training in the legend")
+    cmap = matplotlib.colormaps["tab10" if len(results) <= 10 else "viridis"]
+    last = int(max((e["epoch"] for r in results for e in r.get("epochs") or []), default=1))
+    all_relative, losses, errors = True, [], []
+    for n, (r, spec) in enumerate(zip(results, specs)):
+        colour = cmap(n if len(results) <= 10 else n / (len(results) - 1))
+        norm = _true_norm(r)
+        all_relative &= norm is not None
+        rel = (r.get("error") or {}).get("relative")
+        label = (f"job {r.get('id')}" + (f": {_described(spec, differ)}" if differ else "")
+                 + f" ({r.get('status')}, relative error {cell(rel)})")
+        loss, error = _series(r.get("epochs") or [], "loss"), _series(r.get("epochs") or [], "kernel_error", norm or 1)
+        style = {"color": colour, "linestyle": LINESTYLES[n % len(LINESTYLES)], "markersize": 3}  # equal runs show
+        loss_ax.plot(*loss, label=label, marker="o" if loss[0].size <= 30 else None, **style)
+        err_ax.plot(*error, marker="o" if error[0].size <= 30 else None, **style)
+        losses.append(loss[1])
+        errors.append(error[1])
+    _curve_axes(loss_ax, "loss", "loss", last, losses)
+    _curve_axes(err_ax, "kernel error", "relative error ||W - K|| / ||K||" if all_relative else
+                "kernel error ||W - K|| (relative where a true kernel is known)", last, errors)
+    widest = max(len(t) for t in loss_ax.get_legend_handles_labels()[1]) * 0.55 * 9 + 40  # points, 9 pt font
+    fig.legend(loc="outside lower center", ncols=max(1, min(len(results), int(JOBS_SIZE[0] * 72 * 0.95 // widest))),
+               fontsize=9)
+    return fig
+
+
+# --- a sweep -------------------------------------------------------------------------------------------------
+
+def _column(rows: Sequence[dict[str, Any]], name: str) -> list[Any]:
+    return [r.get(name) for r in rows]
+
+
+def _errors(rows: Sequence[dict[str, Any]]) -> np.ndarray:
+    e = np.array(_column(rows, "relative_error"), dtype=float)
+    return np.where(np.isfinite(e), e, np.nan)
+
+
+def _fixed(rows: Sequence[dict[str, Any]], params: Sequence[str]) -> str:
+    if not rows:
+        return ""
+    fixed = [p for p in SWEEPABLE if p not in params and p in rows[0] and len(set(_column(rows, p))) == 1]
+    return _described(rows[0], [p for p in SPEC_SHOWN if p in fixed])
+
+
+def _is_numeric(values: Sequence[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def _codes(values: list[Any]) -> tuple[list[Any], np.ndarray, bool]:
+    """A parameter's distinct values (sorted) and each row's index among them; whether they are numbers."""
+    numeric = _is_numeric(values)
+    arr = np.array(values, dtype=float) if numeric else np.array(["-" if v is None else str(v) for v in values])
+    distinct, index = np.unique(arr, return_inverse=True)
+    return distinct.tolist(), index, numeric
+
+
+def figure_sweep(rows: Sequence[dict[str, Any]], params: Sequence[str], title: str = "") -> Any:
+    """A sweep's relative error per value of each parameter it varies: mean and spread over the seeds (and any
+    parameter not on that panel), coloured by a second varying parameter, jobs without an error by status above.
+    A sweep over seeds only (or nothing) shows the distribution of its relative errors instead."""
+    shown = [p for p in params if p != "seed"]
+    errors = _errors(rows)
+    finite = errors[np.isfinite(errors)]
+    log = bool(finite.size and (finite > 0).all())
+    fixed = _fixed(rows, params)
+    head = (title or f"{len(rows)} job{'s' * (len(rows) != 1)}") + (f"\nfixed: {fixed}" if fixed else "")
+    if not shown:
+        return _figure_distribution(rows, errors, log, head)
+    status = np.array(_column(rows, "status"))
+    flagged = ~np.isfinite(errors) | (status != JobStatus.SUCCEEDED.value)
+    missing = ax_.status_order(status[flagged].tolist())
+    fig = new_figure(SWEEP_PANEL[0] * len(shown), SWEEP_PANEL[1] + (0.4 + 0.3 * len(missing) if missing else 0))
+    fig.suptitle(head + f"\nrelative error at each value: line {'geometric ' if log else ''}mean, band "
+                 f"{ax_.BAND[0]:.0f}th-{ax_.BAND[1]:.0f}th percentile")
+    grid = fig.add_gridspec(2 if missing else 1, len(shown), height_ratios=(0.3 * len(missing) + 0.3, 4)
+                            if missing else None)
+    codes = {p: _codes(_column(rows, p)) for p in shown}
+    for col, name in enumerate(shown):
+        ax = fig.add_subplot(grid[-1, col])
+        strip = fig.add_subplot(grid[0, col], sharex=ax) if missing else None
+        by = next((p for p in shown if p != name and len(codes[p][0]) <= MAX_COLOURS), None)
+        _panel(ax, name, codes[name], codes[by] if by else None, by, errors, log, len(rows) <= SHOW_EACH_JOB)
+        rest = [_name(p) for p in params if p not in (name, by)]
+        ax.set_xlabel(_name(name) + (f" (spread over {', '.join(rest)})" if rest else " (one job at each point)"))
+        if strip is not None:
+            ax_.status_strip(strip, codes[name], flagged, status[flagged], missing)
+    return fig
+
+
+def _positions(name: str, code: tuple[list[Any], np.ndarray, bool], ax: Any) -> np.ndarray:
+    """Where each distinct value sits on the x axis, the axis set up for them."""
+    distinct, _, numeric = code
+    if numeric:
+        ax_.numeric_axis(ax, np.array(distinct, dtype=float), name in INTEGER)
+        return np.array(distinct, dtype=float)
+    ax_.category_axis(ax, distinct)
+    return np.arange(len(distinct), dtype=float)
+
+
+def _panel(ax: Any, name: str, code: tuple[list[Any], np.ndarray, bool], colour: tuple | None, by: str | None,
+           errors: np.ndarray, log: bool, each: bool) -> None:
+    import matplotlib
+
+    xs = _positions(name, code, ax)
+    ok = np.isfinite(errors)
+    cindex = colour[1] if colour else np.zeros(errors.size, dtype=int)
+    ncolours = len(colour[0]) if colour else 1
+    keys = code[1] * ncolours + cindex
+    stats = ax_.groups(keys[ok], errors[ok], log)
+    palette = matplotlib.colormaps["tab10"]
+    for c in range(ncolours):
+        mine = stats["key"] % ncolours == c
+        if not mine.any():
+            continue
+        colour_c = palette(c) if colour else "tab:blue"
+        shift = 0.0 if code[2] or ncolours == 1 else (c - (ncolours - 1) / 2) * 0.6 / ncolours
+        x = xs[stats["key"][mine] // ncolours] + shift
+        label = cell(colour[0][c]) if colour else "relative error"
+        ax.plot(x, stats["mean"][mine], marker="o", markersize=4, color=colour_c, label=label, zorder=3,
+                linestyle="-" if code[2] else "none")
+        low, high = stats["low"][mine], stats["high"][mine]
+        if code[2]:
+            ax.fill_between(x, low, high, color=colour_c, alpha=0.2, linewidth=0)
         else:
-            labels = sorted({str(v) for v in values})
-            xs = [labels.index(str(v)) for v in values]
-            ax.set_xticks(range(len(labels)))
-            ax.set_xticklabels(labels, rotation=30, ha="right")
-            ax.set_xlim(-0.5, len(labels) - 0.5)
-        ok = [(x, e) for x, e in zip(xs, errors) if e is not None and math.isfinite(e)]
-        bad = [x for x, e in zip(xs, errors) if e is None or not math.isfinite(e)]
-        if ok:
-            ax.scatter(*zip(*sorted(ok)), color="tab:blue", label="relative error", zorder=3)
-            if numeric:
-                best = {}
-                for x, e in ok:
-                    best[x] = min(e, best.get(x, e))
-                ax.plot(sorted(best), [best[x] for x in sorted(best)], color="tab:blue", alpha=0.5,
-                        label="best at each value")
-        if bad:
-            ax.scatter(bad, [top] * len(bad), color="tab:red", marker="x", label="no error (diverged/failed)",
-                       zorder=3)
-        if log_y:
-            ax.set_yscale("log")
-        ax.set_xlabel(name)
-        ax.set_ylabel("relative error")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.subplots_adjust(left=0.12 / len(params), right=1 - 0.03 / len(params), bottom=0.2, top=0.88,
-                        wspace=0.3)
-    return _save(fig, path)
+            ax.vlines(x, low, high, color=colour_c, alpha=0.6, linewidth=3)
+        if each:
+            jobs = ok & (cindex == c)
+            ax.scatter(xs[code[1][jobs]] + shift, errors[jobs], s=8, color=colour_c, alpha=0.3, linewidths=0, zorder=2)
+    if log:
+        ax.set_yscale("log")
+        ax_.log_labels(ax.yaxis, errors[ok])
+    if not ok.any():
+        ax.text(0.5, 0.5, "no job has a relative error", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylabel("relative error")
+    ax.grid(True, which="both", alpha=0.3)
+    if colour:
+        ax.legend(fontsize=8, title=_name(by), title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
 
 
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=DPI)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
+def _figure_distribution(rows: Sequence[dict[str, Any]], errors: np.ndarray, log: bool, head: str) -> Any:
+    """The relative errors' histogram (of the seeds: the only thing that varies), and every job by status."""
+    fig = new_figure(11.0, 4.5)
+    hist, counts = fig.subplots(1, 2, width_ratios=(3, 1))
+    finite = errors[np.isfinite(errors)]
+    fig.suptitle(head + ("\nrelative error over the seeds" if len(rows) > 1 else ""))
+    if finite.size:
+        lo, hi = float(finite.min()), float(finite.max())
+        bins = int(np.clip(np.sqrt(finite.size), 10, 60))
+        if log and hi > lo:
+            edges = np.geomspace(lo, hi, bins + 1)
+            hist.set_xscale("log")
+            ax_.log_labels(hist.xaxis, finite)
+        else:
+            half = 0.5 * (abs(lo) or 1.0)  # one value: one bin around it
+            edges = np.linspace(lo, hi, bins + 1) if hi > lo else np.array([lo - half, lo + half])
+        freq, edges = np.histogram(finite, edges)
+        hist.stairs(freq, edges, fill=True, alpha=0.6, color="tab:blue")
+        middle = float(np.exp(np.log(finite).mean())) if log else float(finite.mean())
+        band = np.percentile(finite, ax_.BAND)
+        hist.axvline(middle, color="black", label=f"{'geometric ' if log else ''}mean {middle:.3g}")
+        hist.axvspan(*band, color="tab:orange", alpha=0.15,
+                     label=f"{ax_.BAND[0]:.0f}th-{ax_.BAND[1]:.0f}th percentile {band[0]:.3g}-{band[1]:.3g}")
+        hist.legend(fontsize=8)
+    else:
+        hist.text(0.5, 0.5, "no job has a relative error", ha="center", va="center", transform=hist.transAxes)
+    hist.set_xlabel("relative error")
+    hist.set_ylabel(f"jobs ({finite.size} of {len(rows)} have a relative error)")
+    ax_.integer_ticks(hist.yaxis, False)
+    status = np.array(_column(rows, "status"))
+    labels = ax_.status_order(status.tolist())
+    heights = [int((status == s).sum()) for s in labels]
+    counts.barh(range(len(labels)), heights, color=[ax_.status_style(s)[1] if s != JobStatus.SUCCEEDED.value
+                                                    else "tab:blue" for s in labels])
+    for y, h in enumerate(heights):
+        counts.annotate(str(h), (h, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+    counts.set_yticks(range(len(labels)), labels)
+    counts.invert_yaxis()
+    counts.xaxis.set_visible(False)  # the counts are written beside the bars
+    counts.set_title("jobs by status", fontsize=10)
+    counts.margins(x=0.3)
+    return fig

@@ -1,0 +1,246 @@
+"""What the plots share: figures on the Agg canvas without pyplot, axes whose ticks are integers where the values
+are, kernels as heatmaps, jobs counted by status, and the aggregates of a sweep's groups (numpy, any number of jobs).
+
+No pyplot: nothing global changes (a notebook keeps its backend), and a figure needs no closing.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from service.jobs.status import JobStatus
+
+DPI = 100
+
+ANNOTATE_MAX = 7
+"""Kernels up to this many rows and columns (each (out, in) slice of a 4-D one) get their values in the cells."""
+
+ANNOTATE_CELLS = 200
+"""... as long as the whole heatmap has at most this many cells."""
+
+EXPLICIT_TICKS = 12
+"""A numeric parameter with at most this many values gets a tick at each value, labelled with it."""
+
+LOG_SPAN = 10.0
+"""A positive numeric parameter spanning at least this ratio (max / min) gets a log axis."""
+
+BAND = (10.0, 90.0)
+"""The percentiles a sweep's band spans around each group's mean."""
+
+STATUS_STYLE: dict[JobStatus, tuple[str, str]] = {
+    JobStatus.DIVERGED: ("x", "tab:red"),
+    JobStatus.FAILED: ("v", "black"),
+    JobStatus.CANCELLED: ("s", "tab:gray"),
+}
+"""Marker and colour of a job without an error, by status; any other status: a hollow circle."""
+
+
+def new_figure(width: float, height: float):
+    """A Figure on the Agg canvas, laid out by constrained_layout (no label is ever cut off)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def status_style(status: str) -> tuple[str, str]:
+    return STATUS_STYLE.get(JobStatus(status), ("o", "tab:olive"))
+
+
+def status_order(statuses: Sequence[str]) -> list[str]:
+    """The distinct statuses, in JobStatus's order."""
+    present = set(statuses)
+    return [s.value for s in JobStatus if s.value in present]
+
+
+def status_strip(ax: Any, code: tuple[list[Any], np.ndarray, bool], flagged: np.ndarray, statuses: np.ndarray,
+                 missing: list[str]) -> None:
+    """Jobs that did not succeed or have no relative error, counted per value and status: a marker, the count."""
+    xs = np.array(code[0], dtype=float) if code[2] else np.arange(len(code[0]), dtype=float)
+    where = code[1][flagged]
+    for row, status in enumerate(missing):
+        counts = np.bincount(where[statuses == status], minlength=len(xs))
+        at = np.nonzero(counts)[0]
+        marker, colour = status_style(status)
+        written = _apart(ax, xs, at)  # else the counts would overlap: the marker's area tells them
+        size = 30 if written else 8 + 80 * counts[at] / counts.max()
+        ax.scatter(xs[at], np.full(at.size, row), marker=marker, color=colour, s=size,
+                   facecolors="none" if marker == "o" else colour)
+        for i in at[:at.size * written]:
+            ax.annotate(str(counts[i]), (xs[i], row), xytext=(5, 0), textcoords="offset points", va="center",
+                        fontsize=7)
+    ax.set_yticks(range(len(missing)), missing)
+    ax.set_ylim(len(missing) - 0.5, -0.5)
+    ax.set_title("jobs that did not succeed or have no relative error: count by status", fontsize=9)
+    ax.tick_params(axis="x", labelbottom=False)
+    ax.grid(True, axis="x", alpha=0.3)
+
+
+def _apart(ax: Any, xs: np.ndarray, at: np.ndarray) -> bool:
+    """Whether the positions `at` are far enough apart on the axis to write a count beside each."""
+    scaled = np.log10(xs) if ax.get_xscale() == "log" else xs
+    span = float(scaled.max() - scaled.min()) or 1.0
+    return bool(at.size < 2 or np.diff(np.sort(scaled[at])).min() >= 0.08 * span)
+
+
+def integer_ticks(axis: Any, log: bool) -> None:
+    """Ticks at integers only: 1, 2, 5, 10, 20, 50, ... on a log axis, whole steps on a linear one."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
+
+    if log:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_minor_locator(NullLocator())
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}"))
+    else:
+        axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def value_ticks(axis: Any, values: Sequence[float]) -> None:
+    """A tick at each value, labelled with it (a sweep's few values)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    axis.set_major_locator(FixedLocator(list(values)))
+    axis.set_minor_locator(NullLocator())
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def numeric_axis(ax: Any, values: np.ndarray, integer: bool) -> bool:
+    """The x axis of a numeric parameter: log if positive over a decade or more; returns whether log."""
+    distinct = np.unique(values)
+    log = bool(distinct.size > 1 and distinct[0] > 0 and distinct[-1] / distinct[0] >= LOG_SPAN)
+    if log:
+        ax.set_xscale("log")
+    if distinct.size <= EXPLICIT_TICKS:
+        value_ticks(ax.xaxis, distinct)
+    elif integer:
+        integer_ticks(ax.xaxis, log)
+    return log
+
+
+def category_axis(ax: Any, labels: Sequence[str]) -> None:
+    """Categories at 0, 1, 2, ...; past 30 of them only every k-th is labelled (labels never overlap)."""
+    step = max(1, -(-len(labels) // 30))
+    ax.set_xticks(range(0, len(labels), step))
+    ax.set_xticklabels(labels[::step], rotation=30, ha="right")
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+
+
+def kernel_cells(kernel: Any) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A kernel as one 2-D array: a 4-D one as blocks, a row per out channel and a column per in channel,
+    separated by a blank (NaN) line; its shape as (out, in, rows, columns)."""
+    a = np.asarray(kernel, dtype=float)
+    if a.ndim == 4 and a.shape[:2] == (1, 1):
+        a = a[0, 0]
+    if a.ndim == 2:
+        return a, (1, 1, *a.shape)
+    co, ci, kh, kw = a.shape
+    cells = np.full((co * (kh + 1) - 1, ci * (kw + 1) - 1), np.nan)
+    for o in range(co):
+        for i in range(ci):
+            cells[o * (kh + 1):o * (kh + 1) + kh, i * (kw + 1):i * (kw + 1) + kw] = a[o, i]
+    return cells, (co, ci, kh, kw)
+
+
+def heatmap(fig: Any, ax: Any, title: str, kernel: Any, cmap: str, scale: float,
+            box: tuple[float, float] = (280.0, 200.0)) -> None:
+    """A kernel's heatmap on a symmetric colour scale; values written in the cells of kernels up to ANNOTATE_MAX
+    square when they fit a `box` (points, the heatmap's room at most)."""
+    import matplotlib
+
+    ax.set_title(title)
+    if kernel is None:
+        ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    cells, (co, ci, kh, kw) = kernel_cells(kernel)
+    image = ax.imshow(cells, cmap=matplotlib.colormaps[cmap].with_extremes(bad="white"), vmin=-scale, vmax=scale)
+    tall = cells.shape[0] / cells.shape[1] * box[0] / box[1]  # the kernel's height over its room's, about
+    fig.colorbar(image, ax=ax, shrink=float(np.clip(tall, 0.3, 1.0)))
+    if co * ci == 1:
+        ax.xaxis.set_major_locator(_integer_locator(kw))
+        ax.yaxis.set_major_locator(_integer_locator(kh))
+        ax.set_xlabel("column")
+        ax.set_ylabel("row")
+    else:  # one tick per block, named by its channel
+        ax.set_xticks([i * (kw + 1) + (kw - 1) / 2 for i in range(ci)], [f"in {i}" for i in range(ci)])
+        ax.set_yticks([o * (kh + 1) + (kh - 1) / 2 for o in range(co)], [f"out {o}" for o in range(co)])
+        ax.tick_params(length=0)
+        ax.set_xlabel(f"(out, in) channels: {co} x {ci} blocks of {kh}x{kw}")
+    if kh > ANNOTATE_MAX or kw > ANNOTATE_MAX:
+        return
+    cell_pt = min(box[0] / cells.shape[1], box[1] / cells.shape[0])
+    size = min(9.0, 0.85 * cell_pt / (0.6 * 6))  # six characters fit a cell
+    if size < 6:
+        return  # too many blocks to read their values: the colours say it
+    chars = int(0.85 * cell_pt / (0.6 * size))
+    for (r, c), v in np.ndenumerate(cells):
+        if np.isnan(v) and (r % (kh + 1) == kh or c % (kw + 1) == kw):
+            continue  # the blank between blocks
+        red, green, blue, _ = image.cmap(image.norm(v)) if np.isfinite(v) else (1, 1, 1, 1)
+        color = "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"  # readable on the cell
+        ax.text(c, r, _short(v, chars), ha="center", va="center", fontsize=size, color=color)
+
+
+def _short(v: float, chars: int) -> str:
+    """A value in at most `chars` characters if it can be: 3 significant digits, then 2, then 1."""
+    texts = [f"{v:.3g}", f"{v:.2g}", f"{v:.0e}"]
+    return next((t for t in texts if len(t) <= chars), min(texts, key=len))
+
+
+def log_labels(axis: Any, values: np.ndarray) -> None:
+    """Plain numbers on a log axis spanning under two decades, where matplotlib would write few labels, as
+    2 x 10^-1: every tick under a factor 3, else those at 1, 2 and 5 times a power of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    if not values.size or values.max() >= 100 * values.min():
+        return
+    every = values.max() < 3 * values.min()
+
+    def plain(v: float, _: Any) -> str:
+        mantissa = round(v / 10 ** np.floor(np.log10(v) + 1e-9), 6)
+        return f"{v:.3g}" if every or mantissa in (1, 2, 5) else ""
+
+    axis.set_major_formatter(FuncFormatter(plain))
+    axis.set_minor_formatter(FuncFormatter(plain))
+
+
+def _integer_locator(n: int) -> Any:
+    from matplotlib.ticker import FixedLocator, MaxNLocator
+
+    return FixedLocator(range(n)) if n <= 16 else MaxNLocator(integer=True)
+
+
+def kernel_scale(kernels: Sequence[Any]) -> float:
+    """The largest finite absolute value among kernels (1 if none): a symmetric colour scale."""
+    biggest = 0.0
+    for k in kernels:
+        if k is None:
+            continue
+        a = np.abs(np.asarray(k, dtype=float))
+        a = a[np.isfinite(a)]
+        biggest = max(biggest, float(a.max()) if a.size else 0.0)
+    return biggest or 1.0
+
+
+def groups(keys: np.ndarray, values: np.ndarray, log: bool) -> dict[str, np.ndarray]:
+    """Per distinct key (non-negative integers): count, mean (geometric if log) and the BAND percentiles of the
+    values, vectorized: a sweep of 200,000 jobs in one sort."""
+    order = np.lexsort((values, keys))
+    k, v = keys[order], values[order]
+    v = np.log(v) if log else v
+    key, start, count = np.unique(k, return_index=True, return_counts=True)
+    mean = np.add.reduceat(v, start) / count if v.size else np.array([])
+    out = {"key": key, "count": count, "mean": mean}
+    for name, q in zip(("low", "high"), BAND):
+        pos = start + q / 100 * (count - 1)
+        below = np.floor(pos).astype(int)
+        above = np.minimum(below + 1, start + count - 1)
+        out[name] = v[below] + (pos - below) * (v[above] - v[below])
+    if log:
+        for name in ("mean", "low", "high"):
+            out[name] = np.exp(out[name])
+    return out
