@@ -1,0 +1,29 @@
+"""The API's edge: a user's mistake is raised from the call that was made, as klab.BadInput, one line naming the
+field as the `klab` command prints it."""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from service import errors
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class BadInput(errors.BadInput):
+    """A user's mistake, one line naming the field (`.field`, `.message`); a service.errors.BadInput too."""
+
+    __module__ = "klab"  # tracebacks end `klab.BadInput: lr: ...`, the name users catch
+
+
+def public(func: F) -> F:
+    """An API function: its mistakes are raised from here, not from deep inside service/ or the engine."""
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except errors.BadInput as exc:
+            raise BadInput(exc.field, exc.message) from None
+
+    return call  # type: ignore[return-value]

@@ -1,0 +1,68 @@
+"""A result as HTML, for a notebook: the kernels side by side, the error, the gap in three parts and the
+sentence. Values are formatted as `klab show` formats them (service.render.text)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from html import escape
+from typing import Any
+
+from service.jobs import result as schema
+from service.render.text import cell, difference, grid
+
+_TABLE = "border-collapse:collapse;margin:0 1.5em 0.5em 0"
+_CELL = "padding:1px 6px;text-align:right;font-family:monospace;border:1px solid #ccc"
+
+
+def _kernel(name: str, kernel: Any) -> str:
+    rows = "".join("<tr>" + "".join(f'<td style="{_CELL}">{v:.4f}</td>' if math.isfinite(v) else
+                                    f'<td style="{_CELL}">{v}</td>' for v in row) + "</tr>" for row in grid(kernel))
+    return (f'<table style="{_TABLE}"><caption style="text-align:left">{escape(name)}</caption>'
+            f"{rows}</table>")
+
+
+def _head(result: dict[str, Any]) -> str:
+    head = f"job {result['id']}: {result['status']}" if result.get("id") is not None else \
+        f"{result['status']} (not stored)"
+    spec = result.get("spec") or {}
+    line = ", ".join(f"{k.replace('_', ' ')} {cell(v)}" for k, v in spec.items())
+    return f"<b>{escape(head)}</b><br><small>{escape(line)}</small>"
+
+
+def _group_line(result: dict[str, Any], group: str, name: Callable[[schema.Field], str] = lambda f: f.shown_as
+                ) -> list[str]:
+    """A group of a result's fields (error, pace) on one line, as `klab show` prints it."""
+    values = result.get(group)
+    if not values:
+        return []
+    shown = [schema.BY_NAME[n] for n in schema.group(group)]
+    return [f"{group}: " + ", ".join(f"{escape(name(f))} {cell(values.get(f.key or f.name))}" for f in shown)]
+
+
+def result_html(result: dict[str, Any]) -> str:
+    """One result as a block of HTML."""
+    parts = [_head(result)]
+    kernels = [("true", result.get("true_kernel")), ("learned", result.get("learned_kernel")),
+               ("learned - true", difference(result)), ("least squares W*", result.get("lstsq_kernel"))]
+    tables = "".join(_kernel(name, k) for name, k in kernels if k is not None)
+    parts.append(f'<div style="display:flex;flex-wrap:wrap;align-items:flex-start">{tables}</div>' if tables
+                 else "<p>(no kernels: the job did not train)</p>")
+    parts += _group_line(result, "error", lambda f: (f.key or f.name).replace("_", " "))
+    ident = result.get("identifiability")
+    if ident:
+        parts.append(f"identifiable: {'yes' if ident['identifiable'] else 'no'} "
+                     f"(rank {ident['rank']} of {ident['params']} weights)")
+    parts += _group_line(result, "pace")
+    gap = result.get("gap")
+    if gap:
+        rows = "".join(f'<tr><td style="text-align:left">{escape(f.key or f.name)}</td>'
+                       f'<td style="{_CELL}">{cell(gap.get(f.key or f.name))}</td>'
+                       f'<td style="text-align:left">{escape(f.doc)}</td></tr>'
+                       for f in (schema.BY_NAME[n] for n in schema.group("gap")))
+        parts.append(f'<table style="{_TABLE}"><caption style="text-align:left">gap between learned and true '
+                     f"kernel, by part</caption>{rows}</table>")
+    if result.get("explanation"):
+        parts.append(f"<p><b>{escape(result['explanation'])}</b></p>")
+    if result.get("error_message"):
+        parts.append(f"<p>error message: {escape(result['error_message'])}</p>")
+    return "<div>" + "<br>".join(parts) + "</div>"

@@ -1,0 +1,109 @@
+"""Waiting for submitted jobs with a progress bar: an HTML bar in a notebook, rich's bar on a terminal, and
+otherwise a line whenever the counts change. The counts and their line are `klab status`'s."""
+from __future__ import annotations
+
+import sys
+import time
+from html import escape
+from typing import Any
+
+from service.cli.progress import POLL_SECONDS, count_line, counts
+from service.jobs.selection import Selection
+
+LINE_SECONDS = 2.0
+"""Plain progress lines come at most this often (the last one always)."""
+
+
+class _Lines:
+    """A line on stderr when the counts change: logs and piped output keep a readable record."""
+
+    def __init__(self) -> None:
+        self.last, self.at = "", 0.0
+
+    def update(self, c: dict[str, Any], final: bool = False) -> None:
+        line = count_line(c)
+        if line != self.last and (final or time.monotonic() - self.at >= LINE_SECONDS):
+            print(line, file=sys.stderr, flush=True)
+            self.last, self.at = line, time.monotonic()
+
+    def close(self) -> None:
+        pass
+
+
+class _Notebook:
+    """An HTML <progress> element, updated in place: works in any Jupyter front end, no widgets needed."""
+
+    def __init__(self) -> None:
+        from IPython.display import HTML, display
+
+        self.html = HTML
+        self.handle = display(HTML("waiting for the first count..."), display_id=True)
+
+    def update(self, c: dict[str, Any], final: bool = False) -> None:
+        bar = f'<progress value="{c["epochs_done"]}" max="{max(c["epochs_total"], 1)}" style="width:20em"></progress>'
+        self.handle.update(self.html(f"{bar} <code>{escape(count_line(c))}</code>"))
+
+    def close(self) -> None:
+        pass
+
+
+class _Terminal:
+    """rich's bar, as `klab watch` draws it."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            transient=True)
+        self.task = self.bar.add_task("epochs", total=None)
+        self.bar.start()
+
+    def update(self, c: dict[str, Any], final: bool = False) -> None:
+        self.bar.update(self.task, total=c["epochs_total"], completed=c["epochs_done"],
+                        description=f"{c['finished']}/{c['jobs']} jobs")
+
+    def close(self) -> None:
+        self.bar.stop()
+
+
+class _Quiet:
+    def update(self, c: dict[str, Any], final: bool = False) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (IPython is only imported where it already is)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and hasattr(shell, "kernel")
+
+
+def _bar(show: bool) -> Any:
+    if not show:
+        return _Quiet()
+    if in_notebook():
+        return _Notebook()
+    if sys.stderr.isatty():
+        return _Terminal()
+    return _Lines()
+
+
+def follow(selection: Selection, timeout: float | None = None, show: bool = True) -> dict[str, Any]:
+    """Poll until every selected job is finished (TimeoutError after `timeout` seconds); the last counts."""
+    bar = _bar(show)
+    started = time.monotonic()
+    try:
+        while True:
+            c = counts(selection)
+            done = c["finished"] == c["jobs"]
+            bar.update(c, final=done)
+            if done:
+                return c
+            if timeout is not None and time.monotonic() - started > timeout:
+                raise TimeoutError(f"still waiting after {timeout:g} s: {count_line(c)}")
+            time.sleep(POLL_SECONDS)
+    finally:
+        bar.close()

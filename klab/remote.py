@@ -1,0 +1,109 @@
+"""`klab.submit`: jobs handed to the workers, as `klab submit` hands them (service.submit), and the `Handle` that
+waits for them (or a sweep's: klab.local.sweep) and reads their results."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from klab.errors import public
+from klab.result import Result
+from klab.values import arrays
+from service import defaults
+from service.errors import BadInput
+from service.jobs.selection import Selection
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass(frozen=True)
+class Handle:
+    """Submitted jobs (`ids`), or a sweep's (`sweep`): wait for them, then read them."""
+
+    ids: tuple[int, ...]
+    sweep: int | None = None
+
+    def __repr__(self) -> str:
+        if self.sweep is not None:
+            return f"Handle(sweep={self.sweep}, jobs={len(self.ids)})"
+        return f"Handle(ids={list(self.ids) if len(self.ids) <= 10 else f'[{len(self.ids)} jobs]'})"
+
+    @property
+    def selection(self) -> Selection:
+        return Selection(sweep=self.sweep) if self.sweep is not None else Selection(self.ids)
+
+    @public
+    def status(self) -> dict[str, Any]:
+        """Counts by status and epochs done, as `klab status --json` gives them."""
+        from service.cli.progress import counts
+
+        return counts(self.selection)
+
+    @public
+    def wait(self, timeout: float | None = None, progress: bool = True) -> Handle:
+        """Until every job is finished, with a progress bar (TimeoutError after `timeout` seconds)."""
+        from klab.progress import follow
+
+        follow(self.selection, timeout, progress)
+        return self
+
+    @public
+    def results(self, timeout: float | None = None) -> list[Result]:
+        """Every job's result, by id, once all are finished."""
+        from service.db.reads import reading, results
+
+        self.wait(timeout, progress=False)
+        with reading() as reader:
+            return [Result(r) for r in results(reader, self.selection)]
+
+    @public
+    def result(self, timeout: float | None = None) -> Result:
+        """The result of a handle's one job, once it is finished."""
+        if len(self.ids) != 1:
+            raise BadInput("result", f"{len(self.ids)} jobs here; read them with .results() or .jobs()")
+        return self.results(timeout)[0]
+
+    def jobs(self) -> pd.DataFrame:
+        """One row per job, as klab.jobs gives them (finished or not)."""
+        from klab.tables import jobs
+
+        return jobs(sweep=self.sweep) if self.sweep is not None else jobs(ids=self.ids)
+
+    def epochs(self) -> pd.DataFrame:
+        """Every epoch the jobs have stored, as klab.epochs gives them."""
+        from klab.tables import epochs
+
+        return epochs(sweep=self.sweep) if self.sweep is not None else epochs(ids=self.ids)
+
+    @public
+    def cancel(self) -> tuple[int, int]:
+        """Cancel the jobs, as `klab cancel`: (jobs ended before they started, running jobs asked to stop)."""
+        from service.db.engine import writing
+        from service.db.writes import cancel
+
+        with writing() as conn:
+            return cancel(conn, self.selection)
+
+
+@public
+def submit(jobs: Sequence[Mapping[str, Any]] | None = None, *, queue: str | None = None,
+           batch_jobs: int = defaults.BATCH_JOBS, **values: Any) -> Handle:
+    """Submit one job (its values as keywords, as `klab run` takes them) or many (`jobs`: one mapping each,
+    over the keywords) to the workers, as `klab submit` does; returns at once with their Handle."""
+    from service.jobs.spec import JobSpec
+    from service.submit import plan_specs
+    from service.submit import submit as store_and_send
+
+    docs = [{}] if jobs is None else [dict(j) for j in jobs]
+    if not docs:
+        raise BadInput("jobs", "give at least one job")
+    with arrays() as files:
+        specs = []
+        for n, doc in enumerate(docs, 1):
+            try:
+                specs.append(JobSpec.parse(files.job({**values, **doc})))
+            except BadInput as exc:
+                raise BadInput(exc.field, f"{exc.message} (job {n})" if len(docs) > 1 else exc.message) from None
+        _, ids = store_and_send(plan_specs(specs, queue), batch_jobs)
+    return Handle(tuple(ids))

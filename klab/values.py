@@ -1,0 +1,102 @@
+"""What run, submit and sweep take, as the `klab` command's values: numpy arrays and torch tensors become
+.npy files (then validated, and uploaded, exactly as a file named by npy:PATH is), lists and ranges become
+a sweep flag's text.
+
+An array is saved once per content under $KLAB_HOME/arrays, named by its sha256, so the spec a job stores
+names a file that gives the same job again (`klab run --input npy:...`).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from service.errors import BadInput
+from service.jobs.sweep import as_flag
+from service.settings import settings
+
+ARRAY_FIELDS = ("input", "kernel", "labels")
+"""The fields that take an array: the CLI's npy:PATH."""
+
+ARRAY_NAME = "the array"
+"""How messages name an array a user passed, where they would name a file."""
+
+
+def given(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values a caller gave (None: the CLI's default)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def is_array(value: Any) -> bool:
+    """A numpy array, or a torch tensor (recognised by its methods, so that torch is never imported here)."""
+    import numpy as np
+
+    return isinstance(value, np.ndarray) or all(hasattr(value, m) for m in ("detach", "cpu", "numpy"))
+
+
+class Files:
+    """Arrays a call was given, saved as .npy files; turns their paths back into words in error messages."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    def npy(self, field: str, value: Any) -> str:
+        """An array or tensor as npy:PATH."""
+        import numpy as np
+
+        array = value if isinstance(value, np.ndarray) else value.detach().cpu().numpy()
+        limit = settings().max_file_bytes
+        if array.nbytes > limit:  # refused before it is written, with the limit a file of it would meet
+            raise BadInput(field, f"{ARRAY_NAME} is {array.nbytes} bytes, more than the limit {limit}")
+        buf = io.BytesIO()
+        np.save(buf, array)  # an object array is pickled here, then refused unread as it would be in a file
+        blob = buf.getvalue()
+        folder = settings().home / "arrays"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{hashlib.sha256(blob).hexdigest()}.npy"
+        if not path.is_file():
+            part = path.with_suffix(f".{os.getpid()}.part")  # another process may save the same array meanwhile
+            part.write_bytes(blob)
+            os.replace(part, path)
+        self.paths.append(str(path))
+        return f"npy:{path}"
+
+    def value(self, field: str, value: Any) -> Any:
+        """One job's value of a field: an array as npy:PATH, anything else as given."""
+        return self.npy(field, value) if field in ARRAY_FIELDS and is_array(value) else value
+
+    def job(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """One job's values, arrays as npy:PATH."""
+        return {k: self.value(k, v) for k, v in given(values).items()}
+
+    def flags(self, values: Mapping[str, Any]) -> dict[str, str]:
+        """A sweep's values as `klab sweep` flags: lists and tuples as comma lists, ranges as A..B."""
+        return {k: self._flag(k, v) for k, v in given(values).items()}
+
+    def _flag(self, field: str, value: Any) -> str:
+        return as_flag(field, value, lambda v: self._text(field, v))
+
+    def _text(self, field: str, value: Any) -> str:
+        value = self.value(field, value)
+        return json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+
+    def unsaid(self, exc: BadInput) -> BadInput:
+        """The error with the arrays' paths named as the arrays they are."""
+        message = exc.message
+        for path in self.paths:
+            message = message.replace(f"npy:{path}", ARRAY_NAME).replace(path, ARRAY_NAME)
+        return BadInput(exc.field, message)
+
+
+@contextmanager
+def arrays() -> Iterator[Files]:
+    """Arrays saved as files for the length of a call; its bad input names them as arrays, not paths."""
+    files = Files()
+    try:
+        yield files
+    except BadInput as exc:
+        raise files.unsaid(exc) from None

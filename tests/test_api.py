@@ -1,0 +1,267 @@
+"""klab from Python: the book's numbers, DataFrames of stored jobs, arrays and tensors in, one exception for bad
+input, submit and sweep through a real worker, and an import that loads neither torch, pandas nor matplotlib."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import traceback
+from html import escape
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from harness import ROOT
+from test_engine import book_data, book_manual, book_sgd
+from test_worker import service_env, workers  # noqa: F401 (fixtures: a service of the test's own, its workers)
+
+import klab
+import klab.figure
+from service import errors
+from service.db.engine import writing
+from service.db.writes import create_sweep
+from service.jobs.result import EPOCH_NAMES, SUMMARY_NAMES
+from service.jobs.status import JobStatus
+
+BOOK = {"input": "edge:6x8", "kernel": "d2l"}
+
+
+@pytest.fixture
+def home(tmp_path: Path, setenv) -> Path:
+    """A KLAB_HOME of the test's own: arrays passed to klab are saved there."""
+    setenv(KLAB_HOME=str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_run_stores_the_books_first_loop_at_a_seed(klab_db):
+    r = klab.run(**BOOK, method="d2l-manual", lr=0.03, epochs=10, seed=0)
+    losses, kernel = book_manual(0)
+    np.testing.assert_allclose(r.epochs["loss"], losses, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(r.learned_kernel, kernel, rtol=1e-6, atol=1e-6)
+    assert r.id is not None and r.status is JobStatus.SUCCEEDED
+    np.testing.assert_array_equal(r.true_kernel, [[1.0, -1.0]])
+    assert r.identifiability == {"rank": 2, "params": 2, "identifiable": True}
+    assert list(r.epochs.columns) == ["epoch", "loss", "mse", "kernel_error"]
+    assert r.epochs["epoch"].tolist() == list(range(1, 11))
+    stored = klab.show(r.id)
+    assert stored.data == r.data
+    np.testing.assert_array_equal(stored.initial_kernel, r.initial_kernel)
+
+
+def test_run_without_storing_gives_the_books_second_loop(home):
+    r = klab.run(**BOOK, method="d2l-sgd", lr=0.03, epochs=16, batch_size=2, seed=1, store=False)
+    losses, kernel = book_sgd(1)
+    np.testing.assert_allclose(r.epochs["loss"], losses, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(r.learned_kernel, kernel, rtol=1e-6, atol=1e-6)
+    assert r.id is None and r.spec["method"] == "d2l-sgd" and r.spec["batch_size"] == 2
+    assert r.converged_epoch is None  # any key of `klab show --json` reads as an attribute
+    assert set(r.gap) == {"optimization", "noise", "identifiability"}
+    assert set(r.pace) == {"stable_lr", "convergence_rate", "more_epochs"}
+
+
+def test_a_numpy_image_and_kernel_give_the_exact_kernel_by_least_squares(home):
+    rng = np.random.default_rng(7)
+    image, kernel = rng.standard_normal((8, 9)), rng.standard_normal((3, 3))
+    r = klab.run(input=image, kernel=kernel, method="lstsq", store=False)
+    np.testing.assert_allclose(r.lstsq_kernel, kernel, atol=1e-5)
+    np.testing.assert_array_equal(r.learned_kernel, r.lstsq_kernel)
+    assert r.identifiability == {"rank": 9, "params": 9, "identifiable": True}
+    # the spec names the file the array was saved as: the same job again from the command line
+    path = Path(r.spec["input"].removeprefix("npy:"))
+    assert path.parent == home / "arrays"
+    np.testing.assert_array_equal(np.load(path), image)
+
+
+def test_a_torch_tensor_trains_as_the_same_image_given_by_name(home):
+    x, _, _ = book_data()
+    tensor = x.clone().requires_grad_(True)  # a tensor that needs .detach() before numpy
+    r = klab.run(input=tensor, kernel=torch.tensor([[1.0, -1.0]]), epochs=10, store=False)
+    named = klab.run(**BOOK, epochs=10, store=False)
+    assert r.epochs["loss"].tolist() == named.epochs["loss"].tolist()
+    np.testing.assert_array_equal(r.learned_kernel, named.learned_kernel)
+
+
+def test_labels_without_a_kernel_learn_the_kernel_they_were_made_with(home):
+    x, k, y = book_data()
+    r = klab.run(input=x.numpy(), labels=y.numpy(), method="lstsq", store=False)
+    assert r.true_kernel is None and r.spec["kernel"] is None
+    np.testing.assert_allclose(r.learned_kernel, k.numpy(), atol=1e-6)
+
+
+BAD = [
+    # (id, call, the field named, words the one line must hold)
+    ("negative-lr", lambda: klab.run(lr=-0.1, store=False), "lr", "greater than 0"),
+    ("nan-image", lambda: klab.run(input=np.full((6, 8), np.nan), store=False), "input", "NaN"),
+    ("complex-image", lambda: klab.run(input=np.ones((6, 8), complex), store=False), "input",
+     "the array holds complex128 values"),
+    ("object-array", lambda: klab.run(input=np.array([{"a": 1}, 2], dtype=object), store=False), "input",
+     "the array holds Python objects"),
+    ("one-dimensional", lambda: klab.run(input=np.ones(8), store=False), "input", "got 1 dimensions"),
+    ("kernel-limit", lambda: klab.run(input=np.ones((80, 80)), kernel=np.ones((70, 70)), store=False), "kernel",
+     "more than the limit 4096"),
+    ("labels-shape", lambda: klab.run(**BOOK, labels=np.zeros((6, 6)), store=False), "labels", "do not fit"),
+    ("three-d-kernel", lambda: klab.run(kernel=torch.ones((1, 1, 2)), store=False), "kernel", "must be 2-D or 4-D"),
+    ("unknown-field", lambda: klab.submit(jobs=[{"learning_rate": 0.1}]), "learning-rate", "unknown field"),
+    ("unknown-filter", lambda: klab.jobs(colour="red"), "colour", "unknown filter"),
+    ("unknown-job", lambda: klab.show(999), "id", "no job 999"),
+    ("unknown-sweep", lambda: klab.jobs(sweep=42), "sweep", "no sweep 42"),
+]
+
+
+@pytest.mark.parametrize(("call", "field", "words"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_input_is_one_exception_naming_the_field(klab_db, call, field, words):
+    with pytest.raises(klab.BadInput) as caught:
+        call()
+    assert caught.value.field == field and isinstance(caught.value, errors.BadInput)  # the CLI's, too
+    assert traceback.format_exception_only(caught.value)[-1].startswith(f"klab.BadInput: {field}: ")
+    assert words in str(caught.value) and str(caught.value).startswith(f"{field}: ")
+    assert "\n" not in str(caught.value) and "/arrays/" not in str(caught.value)
+    where = traceback.extract_tb(caught.value.__traceback__)[-1]
+    assert where.filename.endswith(str(Path("klab", "errors.py")))  # raised at the API's edge, not deep inside
+
+
+def test_jobs_epochs_and_sweeps_are_dataframes_of_the_stored_rows(klab_db, add_job):
+    with writing() as conn:
+        sweep = create_sweep(conn, {"swept": {"seed": [1, 2, 3]}, "fixed": {"lr": 0.1}}, 3, "seeds")
+        swept = [add_job(conn, sweep_id=sweep, seed=s, relative=0.1 * s) for s in (1, 2, 3)]
+        diverged = add_job(conn, status="diverged", relative=None, method="adam", epochs=4)
+        queued = add_job(conn, status="queued", sweep_id=sweep)
+
+    every = klab.jobs()
+    assert list(every.columns) == list(SUMMARY_NAMES)
+    assert every["id"].tolist() == [*swept, diverged, queued]
+    assert str(every["created_at"].dtype).startswith("datetime64") and every["created_at"].dt.tz is not None
+    assert klab.jobs(sweep=sweep)["id"].tolist() == [*swept, queued]
+    assert klab.jobs(swept[1])["relative_error"].tolist() == pytest.approx([0.2])
+    assert klab.jobs(status="diverged", method="adam")["id"].tolist() == [diverged]
+    assert klab.jobs(ids=swept, relative_error=None).empty
+
+    epochs = klab.epochs(sweep=sweep)
+    assert list(epochs.columns) == list(EPOCH_NAMES)
+    assert epochs.groupby("job_id").size().to_dict() == {i: 10 for i in swept}  # the queued job has none yet
+    assert klab.epochs([diverged])["epoch"].tolist() == [1, 2, 3, 4]
+
+    sweeps = klab.sweeps()
+    assert list(sweeps.columns) == ["id", "name", "tags", "size", "created_at", "params",
+                                    *(s.value for s in JobStatus)]
+    (row,) = sweeps.to_dict("records")
+    assert (row["id"], row["name"], row["size"]) == (sweep, "seeds", 3)
+    assert row["params"] == {"swept": {"seed": [1, 2, 3]}, "fixed": {"lr": 0.1}}
+    assert (row["succeeded"], row["queued"], row["diverged"]) == (3, 1, 0)
+
+
+def test_empty_database_gives_empty_frames_with_their_columns(klab_db):
+    assert list(klab.jobs().columns) == list(SUMMARY_NAMES) and klab.jobs().empty
+    assert list(klab.epochs().columns) == list(EPOCH_NAMES) and klab.epochs().empty
+    assert klab.sweeps().empty and "succeeded" in klab.sweeps().columns
+
+
+def test_a_result_draws_a_figure_and_shows_itself_as_html(home, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from service.render import plot
+
+    r = klab.run(input="edge:6x8", kernel=[[1, -1], [1, -1]], lr=0.03, epochs=10, store=False)
+    html = r._repr_html_()
+    for part in ("true", "learned", "least squares", "optimization", "identifiability", "rank 2 of 4",
+                 escape(r.explanation)):
+        assert part in html
+    assert html.count("<table") == 5  # four kernels, then the gap
+    fig = r.plot()
+    assert isinstance(fig, Figure) and len(fig.axes) >= 4
+    # a plot module that only saves PNGs (before figure_job): its picture, in a Figure
+    monkeypatch.setattr(klab.figure, "plot", SimpleNamespace(plot_job=plot.plot_job))
+    fallback = r.plot()
+    assert isinstance(fallback, Figure) and fallback.axes[0].images[0].get_array().shape[:2] == (
+        int(fig.get_figheight() * fig.dpi), int(fig.get_figwidth() * fig.dpi))
+
+
+def test_import_klab_loads_neither_torch_pandas_nor_matplotlib():
+    script = ("import sys, klab; heavy = [m for m in ('torch', 'pandas', 'matplotlib', 'worker') if m in sys.modules]; "
+              "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.fixture
+def client_of(service_env, setenv):  # noqa: F811 (service_env is test_worker's fixture)
+    """This process made a client of the test's service: its database, broker and home."""
+    from service import broker
+
+    broker.client.cache_clear()  # a client cached for another test's broker must not take these messages
+    setenv(**{k: service_env[k] for k in ("KLAB_DATABASE_URL", "KLAB_BROKER_URL", "KLAB_HOME")})
+    yield service_env
+    broker.client.cache_clear()
+
+
+def test_submit_waits_for_a_real_worker_and_equals_its_run_twin(client_of, workers, capsys):  # noqa: F811
+    workers("cpu")
+    image = np.random.default_rng(3).standard_normal((7, 7))
+    one = klab.submit(input=image, kernel="sobel-x", lr=0.01, epochs=12)
+    assert len(one.ids) == 1 and one.sweep is None
+    r = one.wait(timeout=120).result()
+    twin = klab.run(input=image, kernel="sobel-x", lr=0.01, epochs=12, store=False)
+    assert r.status is JobStatus.SUCCEEDED and r.worker_host.startswith("cpu0@")
+    assert r.epochs["loss"].tolist() == twin.epochs["loss"].tolist()
+    np.testing.assert_array_equal(r.learned_kernel, twin.learned_kernel)
+    assert "1 job(s): 1 succeeded" in capsys.readouterr().err  # not a terminal: the progress as lines
+
+    many = klab.submit(jobs=[{"seed": 1}, {"seed": 2, "method": "adam"}], **BOOK, epochs=5)
+    results = many.results(timeout=120)
+    assert [x.spec["seed"] for x in results] == [1, 2] and results[1].spec["method"] == "adam"
+    assert many.jobs()["status"].tolist() == [JobStatus.SUCCEEDED.value] * 2
+    with pytest.raises(klab.BadInput, match="2 jobs here"):
+        many.result()
+
+
+def test_sweep_of_lists_and_ranges_through_a_real_worker(client_of, workers):  # noqa: F811
+    workers("cpu")
+    handle = klab.sweep(**BOOK, method="d2l-manual", epochs=10, lr=[0.01, 0.03], seed=range(3), name="lr x seed")
+    assert handle.sweep is not None and len(handle.ids) == 6
+    handle.wait(timeout=120, progress=False)
+    frame = handle.jobs()
+    assert frame["status"].tolist() == [JobStatus.SUCCEEDED.value] * 6
+    assert list(zip(frame["lr"], frame["seed"])) == [(lr, s) for lr in (0.01, 0.03) for s in range(3)]
+    assert len(handle.epochs()) == 60
+    (row,) = klab.sweeps().to_dict("records")
+    assert (row["id"], row["name"], row["size"], row["succeeded"]) == (handle.sweep, "lr x seed", 6, 6)
+    assert row["params"]["swept"] == {"lr": [0.01, 0.03], "seed": [0, 1, 2]}
+    losses, _ = book_manual(2, lr=0.03)
+    best = klab.jobs(sweep=handle.sweep, lr=0.03, seed=2)
+    np.testing.assert_allclose(best["final_loss"], losses[-1:], rtol=1e-6)
+
+
+def test_a_local_sweep_trains_here_with_no_broker(klab_db, setenv):
+    setenv(KLAB_BROKER_URL="redis://127.0.0.1:1/0")  # nothing listens there
+    handle = klab.sweep(**BOOK, epochs=10, lr=[0.01, 0.03], seed=range(3), name="here", tags=["nb"], local=True)
+    assert handle.sweep is not None and len(handle.ids) == 6
+    assert handle.jobs()["status"].tolist() == [JobStatus.SUCCEEDED.value] * 6  # done when the call returns
+    losses, _ = book_manual(2, lr=0.03)
+    np.testing.assert_allclose(klab.jobs(sweep=handle.sweep, lr=0.03, seed=2)["final_loss"], losses[-1:], rtol=1e-6)
+    (row,) = klab.sweeps().to_dict("records")
+    assert (row["name"], row["tags"], row["succeeded"]) == ("here", ["nb"], 6)
+    with pytest.raises(klab.BadInput, match="^queue: "):
+        klab.sweep(**BOOK, seed=range(2), local=True, queue="cpu")
+    with pytest.raises(klab.BadInput, match="^tol: takes one value"):
+        klab.sweep(**BOOK, seed=range(2), tol=[0.1, 0.01], local=True)
+
+
+def test_a_handle_that_times_out_says_how_far_its_jobs_came(client_of):
+    handle = klab.submit(**BOOK)  # no worker consumes it
+    with pytest.raises(TimeoutError, match=r"1 job\(s\): 1 queued"):
+        handle.wait(timeout=0.3, progress=False)
+    assert handle.cancel() == (1, 0)
+    assert handle.status()["by_status"] == {JobStatus.CANCELLED.value: 1}
+
+
+def test_a_sweep_takes_a_list_of_arrays_and_a_literal_kernel_as_one_value(client_of):
+    images = [np.eye(4), np.ones((4, 4))]
+    handle = klab.sweep(input=images, kernel=[[1, -1], [-1, 1]], lr=(0.1, 0.2), epochs=3)
+    frame = handle.jobs()  # stored and queued; no worker needed to read them
+    assert len(frame) == 4 and frame["kernel"].tolist() == ["[[1, -1], [-1, 1]]"] * 4
+    assert frame["input"].nunique() == 2 and all(i.startswith("npy:") for i in frame["input"])
+    assert sorted(set(frame["lr"])) == [0.1, 0.2]
+    assert frame["status"].tolist() == [JobStatus.QUEUED.value] * 4
+    assert handle.cancel() == (4, 0)
