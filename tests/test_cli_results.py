@@ -197,6 +197,108 @@ def test_compare_needs_ids_or_a_sweep_not_both(jobs: dict[str, int], klab_cli) -
     assert klab_cli("compare", "--sweep", "42")[2] == "klab: error: sweep: no sweep 42\n"
 
 
+# --- compare --group-by, sweeps, tags -----------------------------------------------------------
+
+@pytest.fixture
+def seeds(klab_db: str, add_job) -> dict[str, object]:
+    """A tagged sweep over lr, method and seeds with known relative errors (one job failed, one queued), and
+    an untagged sweep."""
+    errors = {(0.01, "d2l-manual"): [0.5, 0.25, 0.75, 0.5], (0.1, "d2l-manual"): [0.5 + 1e-9, 0.5, 0.5 - 1e-9],
+              (0.1, "adam"): [0.125]}
+    with writing() as conn:
+        sweep = writes.create_sweep(conn, {"swept": {"lr": [0.01, 0.1], "method": ["d2l-manual", "adam"],
+                                                     "seed": [0, 1, 2, 3]}, "fixed": {"epochs": 10}}, 11, "grid",
+                                    ["book", "lr"])
+        other = writes.create_sweep(conn, {"swept": {"seed": list(range(500))}, "fixed": {}}, 1)
+        for (lr, method), values in errors.items():
+            for seed, rel in enumerate(values):
+                add_job(conn, relative=rel, sweep_id=sweep, lr=lr, method=method, seed=seed)
+        add_job(conn, relative=None, status="failed", sweep_id=sweep, lr=0.1, method="adam", seed=1)
+        add_job(conn, relative=None, status="queued", sweep_id=sweep, lr=0.01, method="adam", seed=0)
+        lone = add_job(conn, relative=0.3, sweep_id=other, seed=7)
+        add_job(conn, relative=0.9)  # in no sweep
+    return {"sweep": sweep, "other": other, "errors": errors, "lone": lone}
+
+
+def _stats(values: list[float]) -> dict[str, float | None]:
+    import numpy as np
+
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+            "min": min(values), "max": max(values)}
+
+
+def test_compare_group_by_gives_count_mean_std_min_max_per_group(seeds: dict, klab_cli) -> None:
+    code, out, err = klab_cli("compare", "--sweep", str(seeds["sweep"]), "--group-by", "lr,method", "--json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [(r["lr"], r["method"]) for r in rows] == [(0.01, "adam"), (0.01, "d2l-manual"), (0.1, "adam"),
+                                                       (0.1, "d2l-manual")]
+    assert [(r["jobs"], r["succeeded"]) for r in rows] == [(1, 0), (4, 4), (2, 1), (3, 3)]
+    assert rows[0]["relative_error_mean"] is None and rows[0]["final_loss_std"] is None  # queued: no values
+    for r in rows[1:]:
+        want = _stats(seeds["errors"][(r["lr"], r["method"])])
+        for name, value in want.items():
+            assert r[f"relative_error_{name}"] == (None if value is None else pytest.approx(value, rel=1e-12))
+    # a spread a billion times smaller than the values survives (two passes, not E[x^2] - E[x]^2)
+    assert rows[3]["relative_error_std"] == pytest.approx(1e-9, rel=1e-6)
+    # the final loss is summarised too: fake_result's jobs of 10 epochs all end at the same loss
+    assert rows[1]["final_loss_mean"] == pytest.approx(10.0 * 0.5 ** 10) and rows[1]["final_loss_std"] == 0.0
+
+
+def test_compare_group_by_csv_and_the_table(seeds: dict, klab_cli) -> None:
+    code, out, _ = klab_cli("compare", "--sweep", str(seeds["sweep"]), "--group-by", "lr", "--csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and list(rows[0]) == ["lr", "jobs", "succeeded", *(f"{m}_{s}" for m in ("relative_error",
+                                           "final_loss") for s in ("mean", "std", "min", "max"))]
+    assert [(r["lr"], r["jobs"]) for r in rows] == [("0.01", "5"), ("0.1", "5")]
+    assert float(rows[1]["relative_error_min"]) == 0.125 and float(rows[1]["relative_error_max"]) == 0.5 + 1e-9
+    code, out, _ = klab_cli("compare", "--sweep", str(seeds["sweep"]), "--group-by", "batch-size,lr")
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == (f"sweep {seeds['sweep']} (grid): 10 jobs in 2 groups by batch_size, lr; "
+                                      "relative error and final loss over the rest")
+    assert lines[1].split()[:6] == ["batch", "lr", "jobs", "succeeded", "rel.", "error"]
+    assert lines[2].split()[:5] == ["2", "0.01", "5", "4", "0.5"]
+
+
+@SQLITE_ONLY
+def test_compare_group_by_refuses_what_cannot_group(seeds: dict, klab_cli) -> None:
+    code, out, err = klab_cli("compare", "--sweep", str(seeds["sweep"]), "--group-by", "lr,colour")
+    assert (code, out) == (2, "") and err.startswith("klab: error: group-by: cannot group by 'colour'; choose from lr")
+    code, _, err = klab_cli("compare", "--sweep", str(seeds["sweep"]), "--group-by", "lr,lr")
+    assert code == 2 and "names a parameter twice" in err
+    assert klab_cli("compare", "--group-by", "lr")[2] == "klab: error: id: give job ids or --sweep\n"
+    assert klab_cli("compare", "--sweep", "99", "--group-by", "lr")[2] == "klab: error: sweep: no sweep 99\n"
+
+
+def test_sweeps_lists_name_tags_size_counts_and_what_varies(seeds: dict, klab_cli) -> None:
+    code, out, err = klab_cli("sweeps")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["id", "name", "tags", "size", "jobs", "created", "at", "varies"]
+    first, second = lines[1], lines[2]
+    assert first.split()[:5] == [str(seeds["sweep"]), "grid", "book,", "lr", "11"]
+    assert "1 failed, 1 queued, 8 succeeded" in first and "lr 0.01,0.1; method d2l-manual,adam; seed 0..3" in first
+    assert second.split()[:5] == [str(seeds["other"]), "-", "-", "1", "1"] and second.endswith("seed 0..499")
+    code, out, _ = klab_cli("sweeps", "--json")
+    rows = json.loads(out)
+    assert [(r["id"], r["name"], r["tags"], r["size"]) for r in rows] == [
+        (seeds["sweep"], "grid", ["book", "lr"], 11), (seeds["other"], None, [], 1)]
+    assert rows[0]["by_status"] == {"failed": 1, "queued": 1, "succeeded": 8}
+    assert rows[1]["params"]["swept"]["seed"] == list(range(500))
+    code, out, _ = klab_cli("sweeps", "--tag", "lr", "--json")
+    assert [r["id"] for r in json.loads(out)] == [seeds["sweep"]]
+    assert klab_cli("sweeps", "--tag", "nope") == (0, "", "no sweeps\n")
+
+
+def test_list_filters_by_the_tag_of_the_jobs_sweep(seeds: dict, klab_cli) -> None:
+    code, out, _ = klab_cli("list", "--tag", "book", "--limit", "0", "--json")
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == 10 and {r["sweep_id"] for r in rows} == {seeds["sweep"]}
+    code, out, _ = klab_cli("list", "--tag", "book", "--status", "failed", "--json")
+    assert [r["status"] for r in json.loads(out)] == ["failed"]
+    assert klab_cli("list", "--tag", "boo") == (0, "", "no jobs\n")  # a tag matches whole, never a part
+
+
 # --- export ----------------------------------------------------------------------------------
 
 def test_export_jobs_csv_to_a_file(jobs: dict[str, int], klab_cli, tmp_path: Path) -> None:
@@ -283,7 +385,8 @@ def test_read_commands_import_neither_torch_nor_sqlalchemy(db_url: str, add_job,
 import json, sys
 from service.cli import main
 for args in (["list"], ["show", "{job}"], ["compare", "{job}"], ["export", "--ids", "{job}", "--what", "epochs"],
-             ["status", "{job}"], ["db", "current"]):
+             ["status", "{job}"], ["db", "current"], ["sweeps"], ["compare", "{job}", "--group-by", "lr,seed"],
+             ["list", "--tag", "t"]):
     try:
         main(args)
     except SystemExit as exc:
@@ -321,3 +424,38 @@ def test_the_real_command_reads_postgresql(pg_url: str, add_job, tmp_path: Path)
     exported = klab_proc(env, "export", "--sweep", str(sweep), "--what", "epochs", "-o", str(tmp_path / "e.csv"))
     assert exported.returncode == 0 and len((tmp_path / "e.csv").read_text().splitlines()) == 21
     assert not (tmp_path / "home" / "klab.db").exists()  # it used PostgreSQL, not the default
+
+
+def test_every_command_output_goes_through_a_closed_pipe_cleanly(klab_db: str, add_job, tmp_path: Path) -> None:
+    """`klab ... | head -1`: the reader goes away after one line; nothing is printed on stderr (no 'Exception
+    ignored', no traceback from a stream closed after its connection). The outputs exceed a pipe's buffer
+    (64 KiB), so the pipe is closed while the command still writes."""
+    from harness import klab_path
+
+    with writing() as conn:
+        sweep = writes.create_sweep(conn, {"seed": list(range(120))}, 120)
+        ids = [add_job(conn, sweep_id=sweep, seed=s, epochs=400) for s in range(120)]
+    env = clean_env(tmp_path / "home", klab_db)
+    commands = [["list", "--limit", "0"], ["compare", "--sweep", str(sweep)], ["show", str(ids[0])],
+                ["status", "--sweep", str(sweep)]]
+    commands += [["export", "--sweep", str(sweep), "--what", w, "--format", f]
+                 for w in ("jobs", "epochs") for f in ("csv", "json")]
+    for args in commands:
+        proc = subprocess.Popen([klab_path(), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        first = proc.stdout.readline()
+        proc.stdout.close()  # what `head -1` does
+        err = proc.stderr.read().decode()
+        proc.wait(60)
+        assert first, args
+        assert err == "", (args, err)
+        assert proc.returncode in (0, 1), (args, proc.returncode)  # 1: click's exit on a closed pipe
+
+
+@SQLITE_ONLY
+def test_list_refuses_an_unknown_filter_value_as_it_refuses_an_unknown_status(jobs: dict[str, int], klab_cli) -> None:
+    for args, field in ((["--method", "adamw"], "method"), (["--status", "succeded"], "status"),
+                        (["--kernel", "sobel-z"], "kernel")):
+        code, out, err = klab_cli("list", *args)
+        assert code == 2 and out == "" and err.startswith(f"klab: error: {field}: unknown "), (args, err)
+    code, out, err = klab_cli("list", "--method", "d2l-manual", "--kernel", "random:3x3", "--json")
+    assert code == 0 and len(json.loads(out)) == 4  # known values that match: the jobs come back

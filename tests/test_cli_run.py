@@ -5,6 +5,9 @@ module starts them all at once (fixture `runs`) and each test reads its own.
 """
 from __future__ import annotations
 
+import io
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -49,7 +52,8 @@ BAD_INPUT = [
     ("json-unknown-key", ["-f", "{files}/job.json"], {}, "learning-rate"),
 ]
 
-NO_TORCH = [["--help"], ["run", "--help"], ["--version"], ["run", "--lr", "-1"], ["run", "--kernel", "random:9x9"]]
+NO_TORCH = [["--help"], ["run", "--help"], ["--version"], ["run", "--lr", "-1"], ["run", "--kernel", "random:9x9"],
+            ["sweep", "--local", "--lr", "0.1,-1"], ["sweeps"]]
 NO_TORCH_SCRIPT = """
 import sys
 from service.cli import main
@@ -136,14 +140,151 @@ def test_text_report_of_a_2x2_kernel_says_the_weights_cannot_be_told_apart(tmp_p
     assert "cannot tell these weights apart" in lines[-1] and lines[-1].endswith(".")
 
 
-def test_cuda_without_a_gpu_is_one_line_naming_the_device():
+def test_verbose_prints_the_books_lines_with_the_books_losses():
+    code, out, err = klab_main(*BOOK, "--epochs", "10", "--seed", "0", "--no-store", "--verbose")
+    assert code == 0 and err == "", err
+    losses, _ = book_manual(0)
+    lines = out.splitlines()
+    assert lines[:10] == [f"epoch {i + 1}, loss {loss:.3f}" for i, loss in enumerate(losses)]
+    assert lines[10] == "succeeded (not stored)"
+    code, out, err = klab_main(*BOOK, "--epochs", "3", "--no-store", "--verbose", "--json")
+    assert code == 0 and err.splitlines()[0] == f"epoch 1, loss {losses[0]:.3f}" and len(err.splitlines()) == 3
+    assert strict_json(out)["epochs_done"] == 3  # stdout stays the one JSON object
+    code, out, _ = klab_main(*BOOK, "--method", "lstsq", "--no-store", "--verbose")
+    assert code == 0 and "epoch 1, loss" not in out  # nothing is trained epoch by epoch
+
+
+def test_book_loss_never_prints_a_small_loss_as_zero():
+    from service.cli.run import book_loss
+
+    assert [book_loss(v) for v in (19.1578, 0.0012345, 0.00043421, 0.0, float("inf"))] == \
+        ["19.158", "0.001", "0.000434", "0.000", "inf"]
+
+
+def test_progress_of_a_long_job_a_line_at_most_every_few_seconds_away_from_a_terminal():
+    from types import SimpleNamespace
+
+    from service.cli.progress import LINE_SECONDS, SHOW_AFTER_SECONDS
+    from service.cli.run import Epochs
+
+    now = [100.0]
+    out = io.StringIO()
+    with Epochs(1000, verbose=False, stream=out, clock=lambda: now[0]) as on_epoch:
+        for epoch in range(1, 1001):
+            now[0] += 0.01  # 10 s in all
+            on_epoch(SimpleNamespace(epoch=epoch, loss=np.array([1.0 / epoch])))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == int((10 - SHOW_AFTER_SECONDS) // LINE_SECONDS) >= 1
+    assert lines[0].startswith("epoch ") and " of 1000, loss 0.00" in lines[0]
+    first = int(lines[0].split()[1])
+    assert first * 0.01 >= LINE_SECONDS  # nothing before: a short job prints nothing but its result
+    quick = io.StringIO()
+    with Epochs(10, verbose=False, stream=quick) as on_epoch:
+        for epoch in range(1, 11):
+            on_epoch(SimpleNamespace(epoch=epoch, loss=np.array([1.0])))
+    assert quick.getvalue() == ""
+
+
+def test_progress_on_a_terminal_is_a_bar_on_that_terminal(monkeypatch):
+    from types import SimpleNamespace
+
+    from service.cli.run import Epochs
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    now, screen = [0.0], Terminal()
+    with Epochs(100, verbose=False, stream=screen, clock=lambda: now[0]) as on_epoch:
+        for epoch in range(1, 101):
+            now[0] += 0.1
+            on_epoch(SimpleNamespace(epoch=epoch, loss=np.array([2.0])))
+    assert "loss 2.000" in screen.getvalue() and "━" in screen.getvalue()
+
+
+def test_kernel_none_with_labels_has_no_true_kernel(tmp_path):
+    x = np.random.default_rng(3).standard_normal((6, 8))
+    k = np.array([[0.5, -1.0, 0.25]])
+    y = np.stack([np.correlate(row, k[0], mode="valid") for row in x])
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    args = ["run", "--input", f"npy:{tmp_path / 'x.npy'}", "--labels", f"npy:{tmp_path / 'y.npy'}", "--method",
+            "lstsq", "--no-store"]
+    code, out, err = klab_main(*args, "--kernel", "none", "--json")
+    assert code == 0, err
+    result = strict_json(out)
+    assert result["true_kernel"] is None and result["error"] is None and result["gap"]["noise"] is None
+    np.testing.assert_allclose(result["learned_kernel"], k, atol=1e-5)
+    code, out, err = klab_main(*args)  # without --kernel none, the default d2l kernel does not fit the labels
+    assert code == 2 and err.startswith("klab: error: labels: ")
+
+
+def test_kernels_come_back_in_the_shape_the_user_gave(tmp_path):
+    from PIL import Image
+
+    pixels = (np.random.default_rng(0).random((8, 8)) * 255).astype(np.uint8)
+    Image.fromarray(pixels, "L").save(tmp_path / "gray.png")
+    shapes = {}
+    for name, input_, kernel in [("image", f"image:{tmp_path / 'gray.png'}", "sobel-x"),
+                                 ("book", "edge:6x8", "d2l"), ("channels", "random:1x6x8", "[[1, -1]]"),
+                                 ("four", "edge:6x8", "[[[[1, -1]]]]")]:
+        code, out, err = klab_main("run", "--input", input_, "--kernel", kernel, "--method", "lstsq", "--no-store",
+                                   "--json")
+        assert code == 0, err
+        r = strict_json(out)
+        shapes[name] = {np.array(r[k]).shape for k in ("true_kernel", "initial_kernel", "learned_kernel",
+                                                         "lstsq_kernel")}
+    assert shapes == {"image": {(3, 3)}, "book": {(1, 2)}, "channels": {(1, 2)}, "four": {(1, 1, 1, 2)}}
+
+
+def test_the_report_has_no_rounding_dust_and_names_only_what_the_method_reads():
+    code, out, err = klab_main("run", "--input", "edge:6x8", "--kernel", "[[1, -1], [0, 0]]", "--method", "lstsq",
+                               "--no-store")
+    assert code == 0, err
+    spec = next(line for line in out.splitlines() if line.startswith("spec: "))
+    assert "method lstsq" in spec and " lr " not in spec and "epochs" not in spec and "batch size" not in spec
+    parts = ("optimization", "noise", "identifiability")
+    gap = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip().startswith(parts)}
+    assert gap == {"optimization": "0", "noise": "0", "identifiability": "1"}  # float64 leaves ~1e-16 in two
+    assert "-0.0000" not in out
+    code, out, _ = klab_main(*BOOK, "--no-store")
+    spec = next(line for line in out.splitlines() if line.startswith("spec: "))
+    assert "lr 0.03, epochs 10" in spec and "batch size" not in spec  # the book's first loop takes all at once
+    code, out, _ = klab_main("run", "--input", "random:6x8", "--kernel", "sobel-x", "--method", "adam", "--lr",
+                             "0.05", "--epochs", "300", "--bias", "0.75", "--no-store")
+    assert code == 0 and "batch size 2" in out
+    bias = next(line for line in out.splitlines() if line.startswith("learned bias: "))
+    assert re.fullmatch(r"learned bias: 0\.7\d{3}", bias), bias  # four decimals, as the kernels
+    assert "identifiability           0" in out  # a full-rank input leaves 1e-16 there
+
+
+def test_dust_is_measured_against_the_kernels_norm():
+    from service.render.text import FLOAT32_EPS, settled
+
+    assert settled(1e-16, 1.0) == 0.0 and settled(1e-8, 2.0) == 0.0  # below float32's rounding of the kernel
+    assert settled(1e-6, 1.0) == 1e-6 and settled(1e-8, 1e-3) == 1e-8  # a small kernel keeps small gaps
+    assert settled(FLOAT32_EPS * 3, 2.0) == FLOAT32_EPS * 3 and settled(None, 1.0) is None
+
+
+def test_device_cuda_trains_there_or_is_one_line_naming_the_device():
+    """Both branches assert: with a GPU the job trains on it (and equals the CPU's to 1e-6); without one,
+    one line naming the device, exit 2."""
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is visible here")
-    code, out, err = klab_main("run", "--device", "cuda", "--epochs", "1", "--no-store")
-    assert code == 2 and out == ""
-    assert len(err.splitlines()) == 1 and err.startswith("klab: error: device: "), err
+    code, out, err = klab_main("run", "--device", "cuda", "--epochs", "5", "--no-store", "--json")
+    if not torch.cuda.is_available():
+        assert code == 2 and out == ""
+        assert len(err.splitlines()) == 1 and err.startswith("klab: error: device: "), err
+        assert "no CUDA GPU is visible" in err
+        return
+    assert code == 0, err
+    on_gpu = json.loads(out)
+    assert on_gpu["device"].startswith("cuda")
+    code, out, err = klab_main("run", "--device", "cpu", "--epochs", "5", "--no-store", "--json")
+    on_cpu = json.loads(out)
+    for g, c in zip(on_gpu["epochs"], on_cpu["epochs"]):
+        assert g["loss"] == pytest.approx(c["loss"], rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -178,10 +319,10 @@ def test_unknown_option_exits_2_with_one_line_naming_the_option(runs):
 def test_commands_that_do_not_train_never_import_torch(runs):
     proc = runs.result("no-torch")
     report = [line for line in proc.stderr.splitlines()
-              if line.startswith("import ") or line.split(" ")[0] in ("--help", "--version", "run")]
+              if line.startswith("import ") or line.split(" ")[0] in ("--help", "--version", "run", "sweep", "sweeps")]
     assert report[0] == "import False", proc.stderr  # importing service.cli, the spec, inputs, renderer and reads
     assert len(report) == len(NO_TORCH) + 1, proc.stderr
     for argv, line in zip(NO_TORCH, report[1:]):
         *_, torch_imported, code = line.split()
         assert torch_imported == "False", line
-        assert code == ("2" if "-1" in argv or "random:9x9" in argv else "0"), line
+        assert code == ("2" if "-1" in argv or "0.1,-1" in argv or "random:9x9" in argv else "0"), line

@@ -4,10 +4,9 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 
-from service import defaults
-from service.db import writes
+from service.db import schema, writes
 from service.db.connect import HEAD
 from service.db.engine import alembic_config, current_revision, downgrade, engine_for, upgrade, writing
 from service.db.schema import metadata
@@ -63,7 +62,7 @@ def test_job_summary_has_one_row_per_job(klab_db: str, add_job) -> None:
 def test_sqlite_runs_in_wal_mode_with_busy_timeout(sqlite_url: str) -> None:
     with engine_for(sqlite_url).connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == defaults.SQLITE_BUSY_MS
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000  # the README's "30 s busy timeout"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
@@ -100,3 +99,20 @@ def test_deleting_jobs_in_sql_deletes_their_epochs(klab_db: str, add_job) -> Non
         left = conn.execute(text("SELECT DISTINCT job_id FROM epochs")).scalars().all()
         assert left == [keep]
         assert conn.execute(text("SELECT count(*) FROM epochs")).scalar() == 10
+
+
+def test_sweeps_made_before_tags_have_none_and_tags_go_with_a_downgrade(db_url: str) -> None:
+    """0006 adds sweeps.tags: a sweep stored at 0005 gets an empty list; back at 0005 the column is gone."""
+    upgrade(db_url, "0005")
+    with engine_for(db_url).begin() as conn:
+        conn.execute(text("INSERT INTO sweeps (name, params, size, created_at) VALUES ('old', '{}', 0, '2026-01-01')"))
+    upgrade(db_url)
+    with writing(db_url) as conn:
+        tagged = writes.create_sweep(conn, {}, 0, "new", ["book", "lr"])
+    with engine_for(db_url).connect() as conn:
+        rows = {r.name: r.tags for r in conn.execute(select(schema.sweeps.c.name, schema.sweeps.c.tags))}
+    assert rows == {"old": [], "new": ["book", "lr"]} and tagged > 0
+    downgrade(db_url, "0005")
+    assert "tags" not in {c["name"] for c in inspect(engine_for(db_url)).get_columns("sweeps")}
+    upgrade(db_url)
+    assert current_revision(db_url) == HEAD

@@ -82,6 +82,16 @@ def test_yaml_file_with_dashed_keys_and_a_nested_list_kernel(tmp_path):
     assert build_problem(spec).true_kernel[0, 0].tolist() == [[1, -1], [0.5, 0.5]]
 
 
+def test_a_yaml_number_with_colons_is_a_range_not_base_60(tmp_path):
+    """YAML 1.1 reads 1:16:5 as 4565 (base 60); a sweep file means five log-spaced values from 1 to 16."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text("batch-size: 1:16:5\nlr: 0.001:0.1:3\nepochs: 1:30\nseed: 0..9\nnoise: 0.5\ntol: 1e-3\n")
+    assert load_spec_file(str(path)) == [{"batch_size": "1:16:5", "lr": "0.001:0.1:3", "epochs": "1:30",
+                                          "seed": "0..9", "noise": 0.5, "tol": "1e-3"}]
+    path.write_text("epochs: 12\nlr: 0x10\n")  # plain numbers stay numbers
+    assert load_spec_file(str(path)) == [{"epochs": 12, "lr": 16}]
+
+
 def test_json_and_jsonl_files(tmp_path):
     (tmp_path / "job.json").write_text(json.dumps({"seed": 4, "epochs": 3}))
     assert load_spec_file(str(tmp_path / "job.json")) == [{"seed": 4, "epochs": 3}]
@@ -139,10 +149,34 @@ def test_minibatch_methods_cut_the_books_image_into_rows_as_the_seed_does():
     assert build_problem(JobSpec.parse({"method": "adam", "input": "random:1x6x8"})).x.shape == (1, 1, 6, 8)
 
 
-def test_single_channel_only_for_a_2d_input_and_a_2d_kernel():
+def test_kernels_are_reported_in_the_shape_the_user_gave():
+    """2-D for a 2-D kernel whatever the input (a grayscale image is 1 x H x W), 4-D for a 4-D one; without a
+    kernel, 2-D for 2-D labels of a one-channel input."""
     assert build_problem(JobSpec.parse({"input": "random:6x8", "kernel": "random:2x2"})).single_channel
-    assert not build_problem(JobSpec.parse({"input": "random:1x6x8", "kernel": "random:2x2"})).single_channel
+    assert build_problem(JobSpec.parse({"input": "random:1x6x8", "kernel": "random:2x2"})).single_channel
+    assert build_problem(JobSpec.parse({"input": "random:2x1x6x8", "kernel": "sobel-x"})).single_channel
     assert not build_problem(JobSpec.parse({"input": "random:6x8", "kernel": "random:1x1x2x2"})).single_channel
+    assert not build_problem(JobSpec.parse({"input": "random:3x6x8", "kernel": "random:1x3x2x2"})).single_channel
+
+
+def test_labels_without_a_kernel_give_a_kernel_of_their_shape(tmp_path):
+    np.save(tmp_path / "y2.npy", np.zeros((5, 7)))
+    np.save(tmp_path / "y3.npy", np.zeros((1, 5, 7)))
+    two = {"kernel": "none", "labels": f"npy:{tmp_path / 'y2.npy'}"}
+    assert build_problem(JobSpec.parse({**two, "input": "random:1x6x8"})).single_channel
+    assert not build_problem(JobSpec.parse({**two, "input": "random:2x6x8"})).single_channel  # 1 x 2 x 2 x 2
+    three = {"kernel": "none", "labels": f"npy:{tmp_path / 'y3.npy'}", "input": "random:6x8"}
+    assert not build_problem(JobSpec.parse(three)).single_channel
+
+
+@pytest.mark.parametrize("text", ["none", "None", "NONE", " none "])
+def test_kernel_none_means_no_true_kernel(tmp_path, text):
+    np.save(tmp_path / "y.npy", np.zeros((6, 7)))
+    spec = JobSpec.parse({"kernel": text, "labels": f"npy:{tmp_path / 'y.npy'}"})
+    assert spec.kernel is None and spec.to_json()["kernel"] is None
+    assert build_problem(spec).true_kernel is None
+    with pytest.raises(BadInput, match="^kernel: give a true kernel, or labels"):
+        JobSpec.parse({"kernel": text})
 
 
 def test_bias_adds_to_the_labels_and_is_learned():
@@ -191,7 +225,7 @@ def test_labels_of_the_wrong_shape(tmp_path, labels_shape, values, message):
 def test_labels_may_not_imply_a_kernel_over_the_limit(tmp_path, setenv):
     setenv(KLAB_MAX_KERNEL_ELEMENTS="4")
     np.save(tmp_path / "y.npy", np.zeros((4, 4)))  # a 3x5 kernel on the 6x8 input
-    with pytest.raises(BadInput, match="^labels: .*kernel limit"):
+    with pytest.raises(BadInput, match=r"^labels: .*kernel, more than the limit 4 \(KLAB_MAX_KERNEL_ELEMENTS\)"):
         build_problem(JobSpec.parse({"kernel": None, "labels": f"npy:{tmp_path / 'y.npy'}"}))
 
 

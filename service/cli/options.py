@@ -19,8 +19,10 @@ _HELP = {
     "input": "edge:HxW, ones:HxW, random:HxW|CxHxW, checker:HxW, diagonal:HxW, image:PATH[:rgb], npy:PATH "
              "[default: edge:6x8]",
     "kernel": "true kernel: a preset (d2l, edge-v, sobel-x, sobel-y, laplacian, second-diff, box3, gauss3, "
-              "sharpen, identity3), a JSON literal, random:KHxKW|COxCIxKHxKW or npy:PATH [default: d2l]",
-    "labels": "npy:PATH: labels given instead of computed from the kernel",
+              "sharpen, identity3), a JSON literal, random:KHxKW|COxCIxKHxKW, npy:PATH, or none (with --labels: no "
+              "true kernel) [default: d2l]",
+    "labels": "npy:PATH: labels given instead of computed from the kernel (with --kernel none if there is no "
+              "true kernel to compare with)",
     "bias": "a true bias (adds a bias to the convolution) [default: none]",
     "noise": "standard deviation of Gaussian label noise [default: 0]",
     "method": "d2l-manual, d2l-sgd, momentum, adam or lstsq [default: d2l-manual]",

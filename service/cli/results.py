@@ -42,26 +42,43 @@ def _unless_lstsq(column: str, text: Callable[[dict[str, Any]], str] | None = No
     return shown
 
 
+def _known(method: str | None, kernel: str | None) -> tuple[str | None, str | None]:
+    """Filter values checked as a job's own would be (an unknown one is refused, not answered `no jobs`);
+    the modules that know them are loaded only when the filter is given."""
+    if method is not None:
+        from service.jobs.spec import Method
+
+        if method not in set(Method):
+            raise BadInput("method", f"unknown method {method!r}; choose from {', '.join(Method)}")
+    if kernel is not None and not kernel.startswith("npy:"):  # a file may be gone: its jobs are not
+        from service.jobs.inputs import parse_kernel
+
+        parse_kernel(kernel, 0)
+    return method, kernel
+
+
 @cli.command("list")
 @click.option("--status", default=None, help="only jobs with this status (succeeded, diverged, failed, ...)")
 @click.option("--sweep", type=int, default=None, help="only the jobs of this sweep")
 @click.option("--method", default=None, help="only jobs trained with this method")
 @click.option("--kernel", default=None, help="only jobs with this true kernel (as given, e.g. sobel-x)")
+@click.option("--tag", default=None, help="only the jobs of sweeps with this tag")
 @click.option("--sort", default="-id", show_default=True,
               help="column to sort by (id, status, method, input, kernel, lr, epochs, final_loss, "
                    "relative_error, identifiable); prefix - for descending")
 @click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True, help="most rows (0: all)")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list")
-def list_(status: str | None, sweep: int | None, method: str | None, kernel: str | None, sort: str,
-          limit: int, as_json: bool) -> None:
+def list_(status: str | None, sweep: int | None, method: str | None, kernel: str | None, tag: str | None,
+          sort: str, limit: int, as_json: bool) -> None:
     """One row per stored job, newest first."""
     from service.db import reads
     from service.render import table
 
     reads.parse_sort(sort)  # a bad --sort is reported before the database is opened
+    method, kernel = _known(method, kernel)
     with _reading() as reader:
-        rows = reads.list_jobs(reader, status=status, sweep=sweep, method=method, kernel=kernel, sort=sort,
-                               limit=limit)
+        rows = reads.list_jobs(reader, status=status, sweep=sweep, method=method, kernel=kernel, tag=tag,
+                               sort=sort, limit=limit)
     if as_json:
         _json(rows)
     elif not rows:
@@ -86,10 +103,13 @@ def show(job_id: int, as_json: bool) -> None:
 
 @cli.command()
 @selected()
+@click.option("--group-by", "group_by", default=None, metavar="lr[,method]",
+              help="one row per group of equal values: count, mean, std, min and max of relative error and final "
+                   "loss over the rest (typically seeds)")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list")
 @click.option("--csv", "as_csv", is_flag=True, help="print CSV")
-def compare(selection: Selection, as_json: bool, as_csv: bool) -> None:
-    """Jobs in one table, best first by relative error."""
+def compare(selection: Selection, group_by: str | None, as_json: bool, as_csv: bool) -> None:
+    """Jobs in one table, best first by relative error; or their statistics by group (--group-by)."""
     from service.db import reads
     from service.jobs.result import SUMMARY_NAMES, group
     from service.render import table
@@ -97,6 +117,9 @@ def compare(selection: Selection, as_json: bool, as_csv: bool) -> None:
 
     if as_json and as_csv:
         raise BadInput("csv", "give --json or --csv, not both")
+    if group_by is not None:
+        _compare_groups(selection, group_by, as_json, as_csv)
+        return
     with _reading() as reader:
         rows = reads.compare(reader, selection)
     if as_json:
@@ -113,6 +136,69 @@ def compare(selection: Selection, as_json: bool, as_csv: bool) -> None:
                  if common else None)
         table.show(["id", *shown, *metrics], rows, title=title,
                     cells={"lr": _unless_lstsq("lr"), "epochs": _unless_lstsq("epochs")})
+
+
+def _compare_groups(selection: Selection, group_by: str, as_json: bool, as_csv: bool) -> None:
+    """`klab compare --group-by`: a row per group, its statistics computed by the database."""
+    from service.db import groups, reads
+    from service.render import table
+    from service.render.export import write_csv
+
+    by = groups.parse_group_by(group_by)  # a bad --group-by is reported before the database is opened
+    with _reading() as reader:
+        rows = groups.grouped(reader, selection, by)
+        name = reads.sweep_name(reader, selection.sweep) if selection.sweep is not None else None
+    if as_json:
+        _json(rows)
+        return
+    if as_csv:
+        write_csv(sys.stdout, groups.columns(by), rows)
+        return
+    what = f"sweep {selection.sweep}" + (f" ({name})" if name else "") if selection.sweep is not None else "jobs"
+    n = sum(r["jobs"] for r in rows)
+    title = (f"{what}: {n} job{'s' * (n != 1)} in {len(rows)} group{'s' * (len(rows) != 1)} by {', '.join(by)}; "
+             "relative error and final loss over the rest")
+    short = {"relative_error": "rel. error", "final_loss": "final loss"}
+    shown = [{**{k: r[k] for k in groups.columns(by)[: len(by) + 2]},
+              **{f"{short[m]} {s}": r[f"{m}_{s}"] for m in groups.METRICS for s in groups.STATISTICS}} for r in rows]
+    table.show(list(shown[0]) if shown else groups.columns(by), shown, title=title)
+
+
+@cli.command()
+@click.option("--tag", default=None, help="only the sweeps with this tag")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON list (each sweep's parameters in full)")
+def sweeps(tag: str | None, as_json: bool) -> None:
+    """Every sweep: id, name, tags, size, its jobs by status, when it was created and what it varies."""
+    from service.db import reads
+    from service.render import table
+
+    with _reading() as reader:
+        rows = reads.list_sweeps(reader, tag)
+    if as_json:
+        _json(rows)
+        return
+    if not rows:
+        click.echo("no sweeps", err=True)
+        return
+    shown = [{"id": r["id"], "name": r["name"], "tags": ", ".join(r["tags"]) or None, "size": r["size"],
+              "jobs": ", ".join(f"{n} {s}" for s, n in sorted(r["by_status"].items())) or None,
+              "created_at": r["created_at"][:19].replace("T", " "),
+              "varies": "; ".join(f"{p} {_values(v)}" for p, v in (r["params"].get("swept") or {}).items()) or None}
+             for r in rows]
+    table.show(list(shown[0]), shown)
+
+
+def _values(values: list[Any]) -> str:
+    """A swept parameter's values, short: 0.01,0.03 or 0..499 or 40 from 0.001 to 0.1."""
+    from service.render.text import cell
+
+    if all(isinstance(v, int) for v in values) and sorted(values) == list(range(min(values), max(values) + 1)):
+        return f"{min(values)}..{max(values)}"
+    if len(values) <= 4:
+        return ",".join(cell(v) for v in values)
+    if all(isinstance(v, (int, float)) for v in values):
+        return f"{len(values)} from {cell(min(values))} to {cell(max(values))}"
+    return f"{len(values)} values"
 
 
 @cli.command()
@@ -149,34 +235,44 @@ def _output(path: str | None) -> Iterator[IO[str]]:
 
 
 @cli.command()
-@selected(ids="one")
-@click.option("-o", "--output", required=True, metavar="FILE.png", help="the PNG to write")
+@selected()
+@click.option("-o", "--output", required=True, metavar="FILE.png", help="the PNG to write (its folder must exist)")
 def plot(selection: Selection, output: str) -> None:
-    """A job's loss curve and kernels, or a sweep's relative error against what it varied, as a PNG."""
+    """A job's loss, kernel error and kernels; several jobs overlaid; or a sweep's relative error per value of
+    what it varied (mean and spread over seeds), as a PNG."""
+    from pathlib import Path
+
     from service.db import reads
 
     sweep = selection.sweep
     if not output.lower().endswith(".png"):
         raise BadInput("output", f"must be a .png file, got {output}")
+    if not Path(output).parent.is_dir():
+        raise BadInput("output", f"cannot write {output}: no folder {Path(output).parent}")
     with _reading() as reader:
         if sweep is None:
-            result = reads.result_of(reader, selection.ids[0])
+            found = {r["id"]: r for r in reads.results(reader, selection)}
+            results = [found[i] for i in selection.ids]
+            for r in results:
+                if not r["epochs"]:
+                    raise BadInput("id", f"job {r['id']} has no epochs to plot (it is {r['status']})")
         else:
             name = reads.sweep_name(reader, sweep)
-            rows = reads.compare(reader, selection)
+            rows = reads.sweep_points(reader, selection)
             if not rows:
                 raise BadInput("sweep", f"sweep {sweep} has no jobs")
     from service.render import plot as plots
 
+    if sweep is None:
+        fig = plots.figure_jobs(results)
+    else:
+        title = f"sweep {sweep}" + (f" ({name})" if name else "") + f": {len(rows)} job{'s' * (len(rows) != 1)}"
+        fig = plots.figure_sweep(rows, reads.varying(rows), title)
     try:
-        if sweep is None:
-            path = plots.plot_job(result, output)
-        else:
-            title = f"sweep {sweep}" + (f" ({name})" if name else "") + f": {len(rows)} jobs"
-            path = plots.plot_sweep(rows, reads.varying(rows), output, title=title)
+        plots.save(fig, output)
     except OSError as exc:
         raise BadInput("output", f"cannot write {output}: {exc.strerror or exc}") from None
-    click.echo(f"wrote {path}")
+    click.echo(f"wrote {output}")
 
 
 @cli.command()

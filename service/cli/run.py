@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import math
+from typing import Any
 
 import click
 
@@ -14,7 +16,8 @@ from service.errors import BadInput
 @job_options
 @click.option("--json", "as_json", is_flag=True, help="print the result as one JSON object")
 @click.option("--no-store", is_flag=True, help="train and print without writing to the database")
-def run(spec_file: str | None, as_json: bool, no_store: bool, **values: str) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="print each epoch's loss as the book does: epoch 2, loss 5.236")
+def run(spec_file: str | None, as_json: bool, no_store: bool, verbose: bool, **values: str) -> None:
     """Train one job here and now, store it, and explain how far it got from the true kernel."""
     from service.jobs import result
     from service.jobs.problem import build_problem
@@ -32,7 +35,8 @@ def run(spec_file: str | None, as_json: bool, no_store: bool, **values: str) -> 
         resolve_device(spec.device.value)
     except RuntimeError as exc:
         raise BadInput("device", str(exc)) from None
-    row, epochs = run_spec(spec, problem)
+    with Epochs(spec.epochs, verbose, err=as_json) as on_epoch:
+        row, epochs = run_spec(spec, problem, on_epoch)
     if no_store:
         shown = result.to_json(row, epochs, stored=False, spec=spec.to_json())
         click.echo(json.dumps(shown) if as_json else render({**shown, "spec": spec.to_json()}))
@@ -46,3 +50,35 @@ def run(spec_file: str | None, as_json: bool, no_store: bool, **values: str) -> 
         job_id = store_run(conn, spec, row, epochs)
         stored = result_of(Reader.of(conn), job_id)
     click.echo(json.dumps(stored) if as_json else render(stored))
+
+
+class Epochs:
+    """The engine's on_epoch callback for `klab run`: progress on stderr for a long job (service.cli.progress.Tally),
+    and with --verbose the book's line for every epoch (on stdout; with --json on stderr, which stays the
+    one JSON object)."""
+
+    def __init__(self, epochs: int, verbose: bool, err: bool = False, stream: Any = None, clock: Any = None) -> None:
+        from service.cli.progress import Tally
+
+        self.err = err
+        self.tally = None if verbose else Tally(epochs, "epoch", stream, clock)  # --verbose's lines are progress
+
+    def __enter__(self) -> Epochs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.tally is not None:
+            self.tally.close()
+
+    def __call__(self, event: Any) -> None:
+        loss = float(event.loss[0])
+        if self.tally is None:
+            click.echo(f"epoch {event.epoch}, loss {book_loss(loss)}", err=self.err)
+        else:
+            self.tally.update(event.epoch, f"loss {book_loss(loss)}")
+
+
+def book_loss(loss: float) -> str:
+    """A loss as the book prints it (`{l.sum():.3f}`), but never a small loss as 0.000: three significant
+    digits below 0.001."""
+    return f"{loss:.3f}" if abs(loss) >= 1e-3 or loss == 0 or not math.isfinite(loss) else f"{loss:.3g}"

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from service.db.connect import HEAD, Reader, open_reader
-from service.errors import BadInput
+from service.errors import BadInput, DatabaseUnavailable
 from service.jobs import result
 from service.jobs import status as statuses
 from service.jobs.selection import Selection
@@ -57,16 +57,19 @@ def reading(url: str | None = None) -> Iterator[Reader]:
                 yield direct
                 return
         finally:
+            direct.end_streams()
             direct.conn.close()
     from service.db.engine import ready_engine
 
     engine = ready_engine(url)
     raw = engine.raw_connection()
+    reader = Reader(raw.driver_connection, engine.dialect.name)
     try:
         if engine.dialect.name == "sqlite":
             raw.driver_connection.execute("BEGIN")
-        yield Reader(raw.driver_connection, engine.dialect.name)
+        yield reader
     finally:
+        reader.end_streams()
         raw.rollback()
         raw.close()
 
@@ -83,6 +86,23 @@ def revision(url: str | None = None) -> str | None:
         return opened.revision(url)
     finally:
         opened.conn.close()
+
+
+def identity(url: str | None = None) -> str:
+    """The identity of a database (migration 0005): its queues on the broker are named after it. Read once
+    per database and process; a database at head always has one."""
+    url = url or settings().database_url
+    if url not in _identities:
+        with reading(url) as reader:
+            row = reader.one("SELECT identity FROM database_identity")
+        if row is None:  # only if someone emptied the table by hand
+            raise DatabaseUnavailable("the database has no identity (table database_identity is empty): "
+                                      "downgrade it to 0004 and upgrade it again (klab db upgrade)", 2)
+        _identities[url] = row["identity"]
+    return _identities[url]
+
+
+_identities: dict[str, str] = {}
 
 
 def _decode(row: dict[str, Any], sqlite: bool) -> dict[str, Any]:
@@ -154,10 +174,17 @@ def where(reader: Reader, selection: Selection, field: str = "id") -> tuple[str,
     return clause, params
 
 
+def tagged(reader: Reader, tag: str) -> str:
+    """SQL that holds for a row of sweeps whose tags include the parameter :tag (tags: a JSON list)."""
+    if reader.dialect == "postgresql":
+        return "EXISTS (SELECT 1 FROM json_array_elements_text(sweeps.tags) AS t(value) WHERE t.value = :tag)"
+    return "EXISTS (SELECT 1 FROM json_each(sweeps.tags) AS t WHERE t.value = :tag)"
+
+
 def list_jobs(reader: Reader, *, status: str | None = None, sweep: int | None = None,
-              method: str | None = None, kernel: str | None = None, sort: str = "-id",
+              method: str | None = None, kernel: str | None = None, tag: str | None = None, sort: str = "-id",
               limit: int | None = 50) -> list[dict[str, Any]]:
-    """One row per job, filtered and sorted, from the jobs table alone."""
+    """One row per job, filtered and sorted, from the jobs table (and, by tag, its sweep's row)."""
     name, descending = parse_sort(sort)
     conditions, params = [], {}
     if status is not None:
@@ -173,6 +200,9 @@ def list_jobs(reader: Reader, *, status: str | None = None, sweep: int | None = 
     if kernel is not None:
         conditions.append("kernel = :kernel")
         params["kernel"] = kernel
+    if tag is not None:
+        conditions.append(f"sweep_id IN (SELECT id FROM sweeps WHERE {tagged(reader, tag)})")  # noqa: S608
+        params["tag"] = tag
     sql = f"SELECT {result.select_list(LIST_COLUMNS + LIST_EXTRA)} FROM jobs"  # noqa: S608
     if conditions:
         sql += " WHERE " + " AND ".join(conditions)
@@ -190,8 +220,21 @@ def compare(reader: Reader, selection: Selection) -> list[dict[str, Any]]:
                           f"ORDER BY {_order('relative_error', False)}", params)
 
 
+SWEEP_POINT = ("id", "status", *SWEPT, "relative_error")
+"""What a sweep's plot reads of each job."""
+
+
+def sweep_points(reader: Reader, selection: Selection) -> list[dict[str, Any]]:
+    """Each job's id, status, swept parameters and relative error, unordered: a sweep's plot, lean enough for
+    200,000 jobs."""
+    clause, params = where(reader, selection)
+    return _fetch(reader, f"SELECT {result.select_list(SWEEP_POINT)} FROM jobs WHERE {clause}", params)  # noqa: S608
+
+
 def progress(reader: Reader, selection: Selection) -> dict[str, Any]:
-    """How far jobs or a sweep have come: jobs by status, and epochs done of all to train."""
+    """How far jobs or a sweep have come: jobs by status; epochs trained (epochs_done) of those that will have
+    been once every job has ended (epochs_total: what finished jobs trained, what the others asked for),
+    and of those asked for (epochs_asked)."""
     clause, params = where(reader, selection)
     rows = reader.rows("SELECT status, count(*) AS n, sum(epochs_done) AS done, sum(epochs) AS total "  # noqa: S608
                        f"FROM jobs WHERE {clause} GROUP BY status", params)
@@ -199,9 +242,10 @@ def progress(reader: Reader, selection: Selection) -> dict[str, Any]:
     if not by_status:
         raise BadInput("sweep" if selection.sweep is not None else "id", "no such jobs")
     finished = {r["status"] for r in rows if statuses.JobStatus(r["status"]).is_finished}
-    total = sum(int(r["total"] or 0) for r in rows)
-    done = sum(int((r["total"] if r["status"] in finished else r["done"]) or 0) for r in rows)
-    return {"jobs": sum(by_status.values()), "by_status": by_status, "epochs_done": done, "epochs_total": total,
+    done = sum(int(r["done"] or 0) for r in rows)  # trained: a job cancelled before it started trained none
+    total = sum(int((r["done"] if r["status"] in finished else r["total"]) or 0) for r in rows)
+    return {"jobs": sum(by_status.values()), "by_status": by_status, "epochs_done": done,
+            "epochs_total": total, "epochs_asked": sum(int(r["total"] or 0) for r in rows),
             "finished": sum(by_status[s] for s in finished)}
 
 
@@ -263,3 +307,41 @@ def dataset(reader: Reader, dataset_id: int) -> np.ndarray:
     if row is None:
         raise BadInput("dataset", f"no dataset {dataset_id}")
     return np.load(io.BytesIO(bytes(row["data"])), allow_pickle=False)
+
+
+def summaries(reader: Reader, selection: Selection, filters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The job_summary rows of the jobs a selection names, by id, where each filter (a summary column) equals
+    its value (None: is null)."""
+    clause, params = where(reader, selection, "ids")
+    conditions = [clause]
+    for n, (name, value) in enumerate((filters or {}).items()):
+        if name not in result.SUMMARY_NAMES:
+            raise BadInput(name, f"unknown filter; choose from {', '.join(result.SUMMARY_NAMES)}")
+        col = result.BY_NAME[name].col
+        if value is None:
+            conditions.append(f"{col} IS NULL")
+            continue
+        conditions.append(f"{col} = :f{n}")
+        params[f"f{n}"] = statuses.parse(value).value if name == "status" else value
+    return _fetch(reader, f"SELECT {result.select_list(result.SUMMARY_NAMES)} FROM jobs "  # noqa: S608
+                          f"WHERE {' AND '.join(conditions)} ORDER BY id", params)
+
+
+def list_sweeps(reader: Reader, tag: str | None = None) -> list[dict[str, Any]]:
+    """Every sweep (with this tag), oldest first: id, name, tags, size, created_at, params ({"swept": ...,
+    "fixed": ...}) and by_status (its jobs counted by status)."""
+    where, params = (f"WHERE {tagged(reader, tag)}", {"tag": tag}) if tag is not None else ("", {})
+    rows = reader.rows(f"SELECT id, name, tags, size, created_at, params FROM sweeps {where} ORDER BY id",  # noqa: S608
+                       params)
+    by_status: dict[int, dict[str, int]] = {}
+    for r in reader.rows("SELECT sweep_id, status, count(*) AS n FROM jobs WHERE sweep_id IN "  # noqa: S608
+                         f"(SELECT id FROM sweeps {where}) GROUP BY sweep_id, status", params):
+        by_status.setdefault(r["sweep_id"], {})[r["status"]] = int(r["n"])
+    for r in rows:
+        made = r["created_at"]
+        r["created_at"] = (datetime.fromisoformat(made) if isinstance(made, str) else made).isoformat()
+        for name in ("params", "tags"):
+            if isinstance(r[name], str):  # JSON is text in SQLite
+                r[name] = json.loads(r[name])
+        r["by_status"] = by_status.get(r["id"], {})
+    return rows

@@ -13,6 +13,9 @@ from service.errors import BadInput
 from service.jobs.inputs import checked_file
 from service.settings import settings
 
+NO_KERNEL = "none"
+"""What --kernel takes for no true kernel."""
+
 
 class Method(StrEnum):
     D2L_MANUAL = "d2l-manual"
@@ -61,6 +64,12 @@ class JobSpec(BaseModel):
                     raise ValueError("must be a string or a nested list of numbers") from None
             raise ValueError("must be a string")
         return value.strip() if isinstance(value, str) else value
+
+    @field_validator("kernel")
+    @classmethod
+    def _no_kernel(cls, value: str | None) -> str | None:
+        """`--kernel none`: no true kernel (labels given with --labels); the kernel's shape follows from them."""
+        return None if value is not None and value.lower() == NO_KERNEL else value
 
     @field_validator("lr", "bias", "noise", "tol")
     @classmethod
@@ -128,7 +137,7 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
         elif p.suffix == ".json":
             docs = [json.loads(text)]
         else:
-            docs = [yaml.safe_load(text)]
+            docs = [yaml.load(text, Loader=_loader())]  # noqa: S506 (a SafeLoader, see _loader)
     except BadInput:
         raise
     except (ValueError, yaml.YAMLError, RecursionError) as exc:
@@ -139,3 +148,22 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
         if not isinstance(doc, dict):
             raise BadInput(field, f"{path} must hold a mapping of job fields")
     return [{k.replace("-", "_") if isinstance(k, str) else k: v for k, v in doc.items()} for doc in docs]
+
+
+def _loader() -> type:
+    """YAML's safe loader, but a number with colons stays text: YAML 1.1 reads `1:16:5` in base 60 (as 4565),
+    where a sweep file means 5 log-spaced values from 1 to 16."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def number(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+        if ":" in node.value:
+            return loader.construct_scalar(node)
+        return (yaml.SafeLoader.construct_yaml_int if node.tag.endswith(":int")
+                else yaml.SafeLoader.construct_yaml_float)(loader, node)
+
+    for tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+        Loader.add_constructor(tag, number)
+    return Loader

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +34,15 @@ def split_list(text: str) -> list[str]:
     return items
 
 
+_DASHED = re.compile(r"\s*([-+]?[\d.]+(?:[eE][-+]?\d+)?)\s*-\s*([\d.]+(?:[eE][-+]?\d+)?)\s*")
+"""`0-9`: a range written with a dash, which the sweep syntax spells `0..9` (or `A:B:N`, log-spaced)."""
+
+
 def _number(field: str, text: str, integer: bool) -> float | int:
     try:
         value = float(text)
     except ValueError:
-        raise BadInput(field, f"not a number: {text!r}") from None
+        raise BadInput(field, f"not a number: {text!r}{_range_hint(field, text)}") from None
     if not math.isfinite(value):
         raise BadInput(field, f"must be finite, got {text!r}")
     if integer:
@@ -44,6 +50,17 @@ def _number(field: str, text: str, integer: bool) -> float | int:
             raise BadInput(field, f"must be an integer, got {text!r}")
         return int(value)
     return value
+
+
+def _range_hint(field: str, text: str) -> str:
+    """What a number that is a range written with a dash was meant to be."""
+    dashed = _DASHED.fullmatch(text)
+    if dashed is None:
+        return ""
+    a, b = dashed.groups()
+    if field in INTEGER:
+        return f"; did you mean {a}..{b}?"
+    return f"; did you mean {a},{b} or {a}:{b}:N (N log-spaced values)?"
 
 
 def _values(field: str, item: str, limit: int) -> list[Any]:
@@ -54,14 +71,15 @@ def _values(field: str, item: str, limit: int) -> list[Any]:
         if lo > hi:
             raise BadInput(field, f"range {item} is written backwards; write {hi}..{lo}")
         if hi - lo + 1 > limit:
-            raise BadInput(field, f"range {item} has {hi - lo + 1} values, more than the sweep limit {limit}")
+            raise BadInput(field, f"range {item} has {hi - lo + 1} values, more than the limit {limit} "
+                                  "(KLAB_MAX_SWEEP_JOBS)")
         return list(range(int(lo), int(hi) + 1))
     if field in NUMERIC and item.count(":") == 2:
         a_s, b_s, n_s = item.split(":")
         a, b = _number(field, a_s, False), _number(field, b_s, False)
         n = _number(field, n_s, True)
         if n < 1 or n > limit:
-            raise BadInput(field, f"{item}: the count must be between 1 and {limit}")
+            raise BadInput(field, f"{item}: the count must be between 1 and {limit} (KLAB_MAX_SWEEP_JOBS)")
         if a <= 0 or b <= 0:
             raise BadInput(field, f"{item}: log-spaced ends must be positive")
         if a > b:
@@ -108,6 +126,10 @@ def grid(flags: dict[str, str]) -> Grid:
         values: list[Any] = []
         for item in split_list(str(text)):
             values.extend(_values(field, item, limit))
+        if len(set(values)) < len(values):  # the same job twice: a typo, never a wish (repeat with --seed)
+            seen: set[Any] = set()
+            twice = next(v for v in values if v in seen or seen.add(v))
+            raise BadInput(field, f"{twice} appears more than once in {text!r}; give each value once")
         if len(values) == 1:
             fixed[field] = values[0]
         else:
@@ -116,3 +138,53 @@ def grid(flags: dict[str, str]) -> Grid:
     if g.size > limit:
         raise BadInput("sweep", f"{g.size} jobs, more than the limit {limit} (KLAB_MAX_SWEEP_JOBS)")
     return g
+
+
+def kernel_literal(value: Any) -> bool:
+    """A kernel written as nested lists of numbers (2-D or 4-D): one kernel, not a list of kernels to sweep."""
+    depth = 0
+    while isinstance(value, (list, tuple)) and value:
+        value, depth = value[0], depth + 1
+    return depth in (2, 4) and isinstance(value, (int, float))
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def as_flag(field: str, value: Any, text: Callable[[Any], str] = _text) -> str:
+    """A value from a sweep file or a Python call as the text of its flag: a list, tuple or range sweeps its
+    items (a range of integers as A..B), but a kernel written as nested lists is one kernel; `text` writes
+    one item."""
+    if isinstance(value, range) and value.step == 1 and len(value) > 1:
+        return f"{value.start}..{value.stop - 1}"
+    if isinstance(value, (list, tuple, range)) and not (field == "kernel" and kernel_literal(value)):
+        if field not in SWEEPABLE:
+            raise BadInput(field.replace("_", "-"), f"takes one value, not a list; only {', '.join(SWEEPABLE)} "
+                                                    "can be swept")
+        return ",".join(text(v) for v in value)
+    return text(value)
+
+
+def file_flags(doc: dict[str, Any]) -> dict[str, str]:
+    """A sweep file's fields as flags: lists sweep, `kernel: null` means no true kernel, other nulls the
+    default."""
+    from service.jobs.spec import NO_KERNEL
+
+    return {k: NO_KERNEL if v is None else as_flag(k, v) for k, v in doc.items() if v is not None or k == "kernel"}
+
+
+TAG_LENGTH = 100
+"""Most characters of a sweep's tag."""
+
+
+def tags(given: Iterable[str]) -> list[str]:
+    """A sweep's tags as given (--tag, repeatable), stripped, each once, in order."""
+    out: list[str] = []
+    for tag in given:
+        tag = tag.strip()
+        if not tag or len(tag) > TAG_LENGTH:
+            raise BadInput("tag", f"a tag has 1 to {TAG_LENGTH} characters, got {tag!r}")
+        if tag not in out:
+            out.append(tag)
+    return out

@@ -12,6 +12,15 @@ from service.jobs import result as schema
 
 SPARK = "▁▂▃▄▅▆▇█"
 
+FLOAT32_EPS = 2.0 ** -23
+"""The spacing of float32 numbers near 1. Kernels train in float32, so two kernels whose distance is below
+FLOAT32_EPS times the kernel's norm differ by less than the rounding of their own weights: a gap or an error
+that small (the float64 analysis leaves 1e-16 behind, float32 labels 1e-8) is reported as 0."""
+
+IGNORED_BY = {"d2l-manual": ("batch_size",), "lstsq": ("lr", "epochs", "batch_size")}
+"""Spec fields a method never reads (the book's first loop takes the whole input at once; least squares
+solves in one step), left out of the spec line."""
+
 
 def cell(value: Any) -> str:
     """One value as tables and reports show it: 4 significant digits, yes/no, '-' for nothing."""
@@ -52,13 +61,30 @@ def grid(kernel: Any) -> list[list[float]]:
     return [[_number(v) for v in row] for row in kernel]
 
 
+def weight(v: float) -> str:
+    """A weight as kernels show it: four decimals, never -0.0000."""
+    return f"{round(v, 4) + 0.0:8.4f}" if math.isfinite(v) else f"{v:>8}"
+
+
+def norm(kernel: Any) -> float:
+    """A kernel's Frobenius norm (0 for none)."""
+    return math.sqrt(sum(v * v for row in grid(kernel) for v in row if math.isfinite(v))) if kernel else 0.0
+
+
+def settled(value: Any, scale: float) -> Any:
+    """A distance between kernels of this norm, 0 when it is below their float32 rounding (FLOAT32_EPS)."""
+    if isinstance(value, float) and math.isfinite(value) and abs(value) < FLOAT32_EPS * scale:
+        return 0.0
+    return value
+
+
 def side_by_side(named: list[tuple[str, Any]]) -> str:
     """Kernels next to each other under their names."""
     blocks = []
     for name, kernel in named:
         if kernel is None:
             continue
-        lines = ["  ".join(f"{v:8.4f}" if math.isfinite(v) else "     nan" for v in row) for row in grid(kernel)]
+        lines = ["  ".join(weight(v) for v in row) for row in grid(kernel)]
         width = max(len(name), *(len(line) for line in lines))
         blocks.append([name.ljust(width)] + [line.ljust(width) for line in lines])
     if not blocks:
@@ -92,7 +118,9 @@ def render(result: dict[str, Any]) -> str:
         f"{result['status']} (not stored)"
     if result.get("sweep_id") is not None:
         head += f" (sweep {result['sweep_id']})"
-    lines = [head, "spec: " + ", ".join(f"{k.replace('_', ' ')} {cell(v)}" for k, v in spec.items())]
+    ignored = IGNORED_BY.get(spec.get("method") or result.get("method"), ())
+    lines = [head, "spec: " + ", ".join(f"{k.replace('_', ' ')} {cell(v)}" for k, v in spec.items()
+                                        if k not in ignored)]
     ran = [f"on {result['device']}" if result.get("device") else None,
            f"torch {result['torch_version']}" if result.get("torch_version") else None,
            f"{result['train_seconds']:.3g} s" if result.get("train_seconds") is not None else None,
@@ -108,9 +136,13 @@ def render(result: dict[str, Any]) -> str:
                ("difference", difference(result))]
     if any(k is not None for _, k in kernels):
         lines += ["", side_by_side(kernels), ""]
-    if result.get("learned_bias") is not None:
-        lines.append(f"learned bias: {result['learned_bias']}")
-    lines += _group_line(result, "error", lambda f: (f.key or f.name).replace("_", " "))
+    bias = result.get("learned_bias")
+    if bias is not None:
+        lines.append("learned bias: " + "  ".join(weight(_number(b)).strip() for b in
+                                                   (bias if isinstance(bias, list) else [bias])))
+    scale = norm(result.get("true_kernel")) or norm(result.get("learned_kernel"))
+    lines += _group_line(result, "error", lambda f: (f.key or f.name).replace("_", " "),
+                         {"frobenius": scale, "max_abs": scale, "relative": 1.0})
     ident = result.get("identifiability")
     if ident:
         lines.append(f"identifiable: {'yes' if ident['identifiable'] else 'no'} "
@@ -126,7 +158,7 @@ def render(result: dict[str, Any]) -> str:
         parts = [f for f in _group("gap") if gap.get(f.key) is not None]
         width = max((len(f.key or "") for f in parts), default=0)
         for f in parts:
-            lines.append(f"  {(f.key or '').ljust(width)}  {cell(gap[f.key]):>10}  {f.doc}")
+            lines.append(f"  {(f.key or '').ljust(width)}  {cell(settled(gap[f.key], scale)):>10}  {f.doc}")
     if result.get("explanation"):
         lines.append(result["explanation"])
     if result.get("error_message"):
@@ -134,9 +166,15 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _group_line(result: dict[str, Any], group: str, name: Any) -> list[str]:
-    """A result's group of fields (error, pace) on one line, each as `name(field) value`."""
+def _group_line(result: dict[str, Any], group: str, name: Any, scales: dict[str, float] | None = None) -> list[str]:
+    """A result's group of fields (error, pace) on one line, each as `name(field) value`; a value with a scale
+    is settled at it."""
     values = result.get(group)
     if not values:
         return []
-    return [f"{group}: " + ", ".join(f"{name(f)} {cell(values.get(f.key or f.name))}" for f in _group(group))]
+    scales = scales or {}
+
+    def shown(key: str) -> str:
+        return cell(settled(values.get(key), scales[key]) if key in scales else values.get(key))
+
+    return [f"{group}: " + ", ".join(f"{name(f)} {shown(f.key or f.name)}" for f in _group(group))]

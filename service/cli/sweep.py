@@ -1,0 +1,79 @@
+"""`klab sweep`: the cartesian product of lists, ranges and log-spaced values, handed to the workers, or trained
+here with --local (the one command besides `klab run` that reaches the engine, and only then)."""
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING
+
+import click
+
+from service.cli import cli
+from service.cli.options import given, job_options, spec_docs
+from service.cli.submit import queue_options, show_results, warn_unserved
+from service.errors import BadInput, Interrupted
+from service.jobs.selection import Selection
+
+if TYPE_CHECKING:
+    from service.submit import Plan
+
+
+@cli.command()
+@job_options
+@queue_options
+@click.option("--name", default=None, help="a name for the sweep")
+@click.option("--tag", "tags", multiple=True, metavar="TAG", help="a tag for the sweep (repeatable); klab sweeps "
+              "--tag and klab list --tag select by it")
+@click.option("--local", is_flag=True, help="train the sweep here, batched, and store it: no broker, no worker")
+def sweep(spec_file: str | None, queue: str | None, wait: bool, as_json: bool, batch_jobs: int,
+          name: str | None, tags: tuple[str, ...], local: bool, **values: str) -> None:
+    """Create a sweep: any of --lr --epochs --seed --kernel --method --batch-size --noise --input
+    takes a comma list; numeric ones also A..B (integers) or A:B:N (N log-spaced values). -f FILE gives
+    them as a YAML or JSON mapping, where a list sweeps too (flags given override the file)."""
+    from service.jobs import sweep as sweeps
+    from service.submit import plan_sweep
+
+    if local and queue is not None:
+        raise BadInput("queue", "a --local sweep trains here and goes to no queue")
+    (doc,) = spec_docs(spec_file, one="a sweep takes one base job")
+    plan = plan_sweep(sweeps.grid({**sweeps.file_flags(doc), **given(values)}), queue, name, sweeps.tags(tags))
+    if local:
+        started = time.monotonic()
+        ids = _train_here(plan, batch_jobs)
+        sweep_id, what = plan.sweep_id, f"trained here in {time.monotonic() - started:.3g} s"
+    else:
+        from service.submit import submit
+
+        sweep_id, ids = submit(plan, batch_jobs)
+        warn_unserved(plan.queues)
+        what = None
+    if as_json and not wait:
+        click.echo(json.dumps({"sweep": sweep_id, "size": len(ids), "ids": ids}))
+        return
+    click.echo(f"sweep {sweep_id}: {len(ids)} jobs" + (f", {what}" if what else ""), err=as_json)
+    if wait or local:
+        show_results(Selection(sweep=sweep_id), as_json, one=False)
+
+
+def _train_here(plan: Plan, batch_jobs: int) -> list[int]:
+    """The plan's jobs trained in this process (worker.local), with their progress on stderr."""
+    from service.cli.progress import Tally
+    from service.db.engine import ready_engine
+
+    ready_engine()  # an unreachable or outdated database is reported before torch is imported
+    from worker.local import train_plan
+
+    tally, done = Tally(plan.size, "jobs"), 0
+
+    def trained(n: int) -> None:
+        nonlocal done
+        done += n
+        tally.update(done)
+
+    try:
+        return train_plan(plan, batch_jobs, trained)
+    except KeyboardInterrupt:
+        where = f"; sweep {plan.sweep_id} keeps them" if plan.sweep_id is not None else ""
+        raise Interrupted(f"stopped: {done} of {plan.size} jobs trained{where}") from None
+    finally:
+        tally.close()

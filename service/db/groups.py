@@ -1,0 +1,75 @@
+"""Jobs summarised by group (`klab compare --group-by lr,method`): one row per group with the count, mean,
+standard deviation, least and greatest of each metric over the rest of what varies (typically seeds).
+
+One statement, in SQL, over the jobs table: a 200,000-job sweep comes back as a few rows without reading
+its jobs into Python. The standard deviation is computed in two passes, the group's mean first (a window
+over the group) and then the squared deviations from it, and not as the mean of squares less the squared
+mean, which cancels to noise when the spread is small beside the values; the square root is taken here,
+since SQLite has no sqrt unless built with its math functions.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from service.db.connect import Reader
+from service.db.reads import SWEPT, where
+from service.errors import BadInput
+from service.jobs import result
+from service.jobs.selection import Selection
+from service.jobs.status import JobStatus
+
+METRICS = ("relative_error", "final_loss")
+"""What each group summarises."""
+
+SUCCEEDED = JobStatus.SUCCEEDED.value
+"""The column counting a group's jobs that succeeded."""
+
+STATISTICS = ("mean", "std", "min", "max")
+"""Of each metric, over the jobs of a group that have it (a job that failed or has not run has none)."""
+
+
+def columns(by: Sequence[str]) -> list[str]:
+    """A grouped row's names: the group's values, its jobs (and how many succeeded), then each statistic of
+    each metric (relative_error_mean, ..., final_loss_max)."""
+    return [*by, "jobs", SUCCEEDED, *(f"{m}_{s}" for m in METRICS for s in STATISTICS)]
+
+
+def parse_group_by(text: str) -> list[str]:
+    """--group-by lr,method as column names, each a parameter a sweep may vary."""
+    names = [n.strip().replace("-", "_") for n in text.split(",")]
+    for n in names:
+        if n not in SWEPT:
+            raise BadInput("group-by", f"cannot group by {n!r}; choose from {', '.join(SWEPT)}")
+    if len(set(names)) < len(names):
+        raise BadInput("group-by", f"{text!r} names a parameter twice")
+    return names
+
+
+def grouped(reader: Reader, selection: Selection, by: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per group of the selected jobs with equal values of `by` (columns(by)), ordered by those values."""
+    clause, params = where(reader, selection)
+    keys = ", ".join(by)  # names of SWEPT only (parse_group_by), never a user's text
+    cols = [result.BY_NAME[m].col for m in METRICS]
+    inner = ", ".join(f"{c} AS x{i}, avg({c}) OVER (PARTITION BY {keys}) AS m{i}" for i, c in enumerate(cols))
+    stats = ", ".join(f"count(x{i}) AS n{i}, avg(x{i}) AS mean{i}, min(x{i}) AS min{i}, max(x{i}) AS max{i}, "
+                      f"sum((x{i} - m{i}) * (x{i} - m{i})) AS ss{i}" for i in range(len(cols)))
+    order = ", ".join(f"{k} IS NULL, {k}" for k in by)
+    sql = (f"SELECT {keys}, count(*) AS jobs, sum(CASE WHEN status = :ok THEN 1 ELSE 0 END) AS n_ok, "  # noqa: S608
+           f"{stats} FROM (SELECT {keys}, status, {inner} FROM jobs WHERE {clause}) AS t "
+           f"GROUP BY {keys} ORDER BY {order}")
+    rows = reader.rows(sql, {**params, "ok": SUCCEEDED})
+    out = []
+    for r in rows:
+        row = {k: r[k] for k in by}
+        row["jobs"], row[SUCCEEDED] = int(r["jobs"]), int(r["n_ok"] or 0)
+        for i, m in enumerate(METRICS):
+            n = int(r[f"n{i}"])
+            ss = r[f"ss{i}"]
+            row[f"{m}_mean"] = None if n == 0 else float(r[f"mean{i}"])
+            row[f"{m}_std"] = math.sqrt(float(ss) / (n - 1)) if n > 1 else None  # the sample standard deviation
+            row[f"{m}_min"] = None if n == 0 else float(r[f"min{i}"])
+            row[f"{m}_max"] = None if n == 0 else float(r[f"max{i}"])
+        out.append(row)
+    return out

@@ -1,0 +1,137 @@
+"""`klab sweep --local` (worker.local: trained here, batched, stored with no broker), sweep files with lists and
+ranges, and tags, on SQLite and PostgreSQL. No broker runs here: a local sweep needs none."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from service.db.engine import writing
+from service.db.reads import reading, result_of
+from service.db.schema import jobs as jobs_table
+from service.db.schema import sweeps as sweeps_table
+from service.jobs.spec import JobSpec
+from service.jobs.status import JobStatus
+
+NO_BROKER = "redis://127.0.0.1:1/0"
+"""Nothing listens there: a local sweep that asked the broker anything would fail with exit code 3."""
+
+
+@pytest.fixture
+def here(klab_db: str, setenv) -> str:
+    setenv(KLAB_BROKER_URL=NO_BROKER)
+    return klab_db
+
+
+def stored_jobs(sweep_id: int) -> list:
+    with writing() as conn:
+        return conn.execute(select(jobs_table).where(jobs_table.c.sweep_id == sweep_id).order_by(jobs_table.c.id)).all()
+
+
+def test_a_local_sweep_trains_here_batched_and_each_job_is_what_klab_run_gives(here: str, klab_cli) -> None:
+    """Jobs of two kernel shapes and of noisy labels (a problem per seed) train in batches, and each stored
+    result is bit for bit the one the job gives alone on the CPU."""
+    from worker.engine import run_spec
+
+    code, out, err = klab_cli("sweep", "--local", "--input", "edge:6x8", "--kernel", "d2l,edge-v", "--lr", "0.01,0.03",
+                              "--seed", "0..2", "--noise", "0,0.1", "--epochs", "6", "--name", "here", "--tag", "t1",
+                              "--batch-jobs", "4")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("sweep 1: 24 jobs, trained here in ") and lines[0].endswith(" s")
+    assert lines[1] == "24 job(s): 24 succeeded; 144 of 144 epochs trained"
+    assert lines[2] == "compare them with: klab compare --sweep 1"
+    rows = stored_jobs(1)
+    assert len(rows) == 24 and {r.status for r in rows} == {JobStatus.SUCCEEDED.value}
+    assert {r.queue for r in rows} == {None} and all(r.started_at and r.finished_at for r in rows)
+    with reading() as reader:
+        for row in rows[::5] + rows[-1:]:
+            spec = JobSpec.parse(row.spec if isinstance(row.spec, dict) else json.loads(row.spec))
+            alone, epochs = run_spec(spec)
+            got = result_of(reader, row.id)
+            assert got["learned_kernel"] == alone["learned_kernel"], (row.id, spec)
+            assert [e["loss"] for e in got["epochs"]] == [e["loss"] for e in epochs]
+            assert got["error"]["relative"] == alone["relative_error"]
+    with writing() as conn:
+        sweep = conn.execute(select(sweeps_table)).one()
+    assert (sweep.name, sweep.tags, sweep.size) == ("here", ["t1"], 24)
+    assert sweep.params["swept"] == {"kernel": ["d2l", "edge-v"], "lr": [0.01, 0.03], "seed": [0, 1, 2],
+                                     "noise": [0, 0.1]}
+
+
+def test_a_local_sweep_prints_json_and_results_as_a_submitted_one_does(here: str, klab_cli) -> None:
+    code, out, err = klab_cli("sweep", "--local", "--seed", "1,2", "--epochs", "3", "--json")
+    assert code == 0, err
+    made = json.loads(out)
+    assert (made["sweep"], made["size"], len(made["ids"])) == (1, 2, 2)
+    assert err == ""  # stdout holds the JSON, and nothing else is said
+    code, out, err = klab_cli("sweep", "--local", "--seed", "1,2", "--epochs", "3", "--json", "--wait")
+    results = json.loads(out)
+    assert code == 0 and [r["seed"] for r in results] == [1, 2] and results[0]["sweep_id"] == 2
+    assert err.startswith("sweep 2: 2 jobs, trained here in ")
+
+
+def test_a_sweep_file_sweeps_its_lists_and_ranges(here: str, klab_cli, tmp_path: Path) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text("input: edge:6x8\n"
+                    "kernel: [[1, -1]]            # a kernel written as nested lists is one kernel\n"
+                    "method: [d2l-manual, adam]   # a YAML list sweeps\n"
+                    "lr: 0.01:0.1:3               # as on the command line: log-spaced\n"
+                    "batch-size: 1:4:3            # not base 60\n"
+                    "seed: 0..1\n"
+                    "epochs: 4\n")
+    code, out, err = klab_cli("sweep", "--local", "-f", str(path), "--epochs", "2", "--json")
+    assert code == 0, err
+    assert json.loads(out)["size"] == 2 * 3 * 3 * 2
+    with writing() as conn:
+        params = conn.execute(select(sweeps_table.c.params)).scalar_one()
+        epochs = conn.execute(select(func.max(jobs_table.c.epochs_done))).scalar_one()
+    assert params["swept"] == {"method": ["d2l-manual", "adam"], "lr": [0.01, 0.0316227766017, 0.1],
+                               "batch_size": [1, 2, 4], "seed": [0, 1]}
+    assert params["fixed"] == {"input": "edge:6x8", "kernel": "[[1, -1]]", "epochs": 2}  # the flag won
+    kernels = tmp_path / "kernels.json"
+    kernels.write_text(json.dumps({"kernel": [[[1, -1]], [[1], [-1]], "sobel-x"], "input": "random:5x5",
+                                   "method": "lstsq"}))
+    code, out, err = klab_cli("sweep", "--local", "-f", str(kernels), "--json")
+    assert code == 0, err
+    with writing() as conn:
+        got = conn.execute(select(jobs_table.c.kernel, jobs_table.c.status).where(jobs_table.c.sweep_id == 2)
+                           .order_by(jobs_table.c.id)).all()
+    assert got == [("[[1, -1]]", "succeeded"), ("[[1], [-1]]", "succeeded"), ("sobel-x", "succeeded")]
+    assert epochs == 2
+
+
+def test_a_sweep_file_without_a_true_kernel(here: str, klab_cli, tmp_path: Path) -> None:
+    x = np.random.default_rng(0).standard_normal((6, 8))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", x[:, :-1] - x[:, 1:])
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"input: npy:{tmp_path / 'x.npy'}\nlabels: npy:{tmp_path / 'y.npy'}\nkernel: null\n"
+                    "method: d2l-manual\nlr: [0.01, 0.02]\nepochs: 30\n")
+    code, out, err = klab_cli("sweep", "--local", "-f", str(path), "--json", "--wait")
+    assert code == 0, err
+    results = json.loads(out)
+    assert [r["true_kernel"] for r in results] == [None, None]
+    np.testing.assert_allclose(results[1]["learned_kernel"], [[1.0, -1.0]], atol=0.05)
+
+
+def test_an_interrupted_local_sweep_leaves_no_job_running(here: str) -> None:
+    """Ctrl-C between two batches: the batches saved keep their results, the rest of what was stored ends
+    cancelled (no worker would ever take back a job running here)."""
+    from service.jobs.sweep import grid
+    from service.submit import plan_sweep
+    from worker.local import train_plan
+
+    plan = plan_sweep(grid({"seed": "0..9", "epochs": "2"}), None, "stopped")
+
+    def stop(n: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_plan(plan, 4, stop)
+    rows = stored_jobs(plan.sweep_id)
+    assert [r.status for r in rows] == [JobStatus.SUCCEEDED.value] * 4 + [JobStatus.CANCELLED.value] * 6
+    assert all(r.finished_at is not None for r in rows)

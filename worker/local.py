@@ -1,0 +1,118 @@
+"""Jobs trained in this process, batched as a worker batches them, and stored with no broker: `klab sweep
+--local`.
+
+A plan's jobs (service.submit: validated before anything is stored) are stored running a chunk at a time,
+then trained by the engine in groups of jobs that train together (their message key, made of
+service.jobs.problem.together), at most batch_jobs at once, and their results saved column by column
+(service.db.writes.save_results). Jobs alike but for their seed, lr and tol share one parsed spec, and
+jobs whose data are alike one Problem, as a worker's do.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from service.db import writes
+from service.db.connect import out_of_reach
+from service.db.engine import writing
+from service.errors import BadInput, one_line
+from service.jobs.problem import Problem, build_problem, problem_key
+from service.jobs.spec import JobSpec
+from service.jobs.status import JobStatus
+from service.submit import CHUNK_JOBS, Job, Plan, store
+from worker import engine
+
+Batch = tuple[JobSpec, list[int], list[engine.Job]]
+"""Jobs that train together: the spec that stands for them (method, epochs, batch size, device), their ids
+and the engine's jobs."""
+
+
+def train_plan(plan: Plan, batch_jobs: int, trained: Callable[[int], None] | None = None) -> list[int]:
+    """Store, train and save every job of a plan, a chunk at a time; their ids. `trained(n)` hears of each
+    batch of n jobs saved. Stopped midway (Ctrl-C), the jobs stored and not yet saved end cancelled."""
+    jobs = iter(plan.jobs)
+    first = next(jobs, None)
+    if first is None:
+        return []
+    try:
+        engine.resolve_device(first[0]["device"])  # the device is one for a whole sweep: checked before storing
+    except RuntimeError as exc:
+        raise BadInput("device", str(exc)) from None
+    ids: list[int] = []
+    for chunk in _chunks(itertools.chain([first], jobs)):
+        with writing() as conn:
+            made = store(conn, plan, chunk, JobStatus.RUNNING)
+        ids += made
+        left = set(made)
+        try:
+            for spec, batch_ids, batch in batches(made, chunk, batch_jobs, left):
+                _train(spec, batch_ids, batch)
+                left -= set(batch_ids)
+                if trained is not None:
+                    trained(len(batch_ids))
+        except BaseException:
+            if left:
+                with writing() as conn:
+                    writes.stopped(conn, sorted(left))
+            raise
+    return ids
+
+
+def _chunks(jobs: Iterator[Job]) -> Iterator[list[Job]]:
+    while chunk := list(itertools.islice(jobs, CHUNK_JOBS)):
+        yield chunk
+
+
+def batches(ids: Sequence[int], chunk: Sequence[Job], batch_jobs: int, left: set[int]) -> Iterator[Batch]:
+    """Stored jobs as the engine's, grouped by their message key (what trains together) in batches of at most
+    batch_jobs. A job whose data cannot be built fails at once, with why, and is taken out of `left`."""
+    specs: dict[tuple, JobSpec] = {}
+    problems: dict[tuple, Problem] = {}
+    groups: dict[tuple, list[tuple[int, JobSpec, dict[str, Any], dict[str, Any]]]] = {}
+    for job_id, (values, key, files) in zip(ids, chunk):
+        alike = tuple((k, v) for k, v in values.items() if k not in writes.PER_JOB)
+        if alike not in specs:
+            specs[alike] = JobSpec.parse(values)
+        groups.setdefault(key, []).append((job_id, specs[alike], values, files))
+    failed: list[tuple[int, str]] = []
+    for members in groups.values():
+        for i in range(0, len(members), batch_jobs):
+            batch_ids, batch = [], []
+            for job_id, spec, values, files in members[i : i + batch_jobs]:
+                own = spec.model_copy(update={"seed": values["seed"]})
+                try:
+                    pk = problem_key(own)
+                    if pk not in problems:
+                        problems[pk] = build_problem(own, dict(files))
+                except BadInput as exc:
+                    failed.append((job_id, f"bad input: {exc}"))
+                    continue
+                batch_ids.append(job_id)
+                batch.append(engine.Job(problems[pk], seed=values["seed"], lr=values["lr"], tol=values["tol"]))
+            if failed:
+                with writing() as conn:
+                    for job_id, message in failed:
+                        writes.fail(conn, [job_id], message)
+                left -= {job_id for job_id, _ in failed}
+                failed.clear()
+            if batch:
+                yield members[i][1], batch_ids, batch
+
+
+def _train(spec: JobSpec, ids: list[int], jobs: list[engine.Job]) -> None:
+    """Train one batch and save its results; a batch that cannot train fails, saying how large it was."""
+    try:
+        results = engine.train(jobs, spec.method, spec.epochs, spec.batch_size, spec.device.value).columns
+    except Exception as exc:
+        if out_of_reach(exc):
+            raise
+        # Whatever went wrong with these jobs ends them, never the sweep.
+        p = jobs[0].problem
+        what = (f"{len(jobs)} job(s) with input {'x'.join(map(str, p.x.shape))} and kernel "
+                f"{'x'.join(map(str, p.kernel_shape))}")
+        with writing() as conn:
+            writes.fail(conn, ids, f"{type(exc).__name__} training {what}: {one_line(exc)}")
+        return
+    with writing() as conn:
+        writes.save_results(conn, ids, results, fresh=True)
