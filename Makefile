@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo lint test test-fast bench clean compose-tool
+.PHONY: install demo lint test test-fast test-compose bench clean compose-tool
 
 install: $(STAMP)
 
@@ -38,6 +38,12 @@ compose-tool:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; \
 	  else echo "docker-compose missing: tests/test_compose.py will skip (and fail under CI=true)"; fi; }
+
+# The images built and the stack run on a real Docker engine (tests/compose/run.sh): as root it installs
+# docker.io and debootstrap when missing, starts dockerd unless one answers and stops it afterwards. Where no
+# registry answers, the base images are stand-ins built from debootstrap (tests/compose/standins/).
+test-compose: install compose-tool
+	tests/compose/run.sh
 
 bench: install
 	$(BIN)/python bench/engine_batched.py

@@ -6,7 +6,11 @@ and PostgreSQL.
 """
 from __future__ import annotations
 
+import base64
+import csv
 import fnmatch
+import http.client
+import io
 import json
 import os
 import re
@@ -15,14 +19,15 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from harness import Process, missing, without_klab
+from harness import Process, free_port, missing, wait_until, without_klab
 from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +38,7 @@ README = ROOT / "README.md"
 DOCKERFILE = ROOT / "Dockerfile"
 BIN = Path(sys.executable).parent  # the venv's bin: `klab` and `celery` resolve here, as in the image
 PROFILES = ("gpu", "monitor", "cli")
+GPU_REFUSED = "klab worker: the gpu queue needs a GPU"
 LONG_RUNNING = ("redis", "postgres", "worker", "worker-gpu", "flower")
 
 pytestmark = pytest.mark.timeout(240)
@@ -125,29 +131,40 @@ def environment(service: dict) -> dict[str, str]:
     return {k: "" if v is None else str(v) for k, v in env.items()}
 
 
-@pytest.fixture
-def env_file(tmp_path: Path) -> Path:
-    """.env.example with a password set: what a user's .env holds."""
-    values = dotenv(ENV_EXAMPLE)
-    assert "POSTGRES_PASSWORD" in values
-    text = re.sub(r"(?m)^POSTGRES_PASSWORD=.*$", "POSTGRES_PASSWORD=compose-test-pw", ENV_EXAMPLE.read_text())
-    path = tmp_path / ".env"
+def write_env(path: Path, **values: str) -> Path:
+    """.env.example with these values set, written to path: what a user's .env holds."""
+    text = ENV_EXAMPLE.read_text()
+    for key, value in values.items():
+        assert key in dotenv(ENV_EXAMPLE), f".env.example has no {key}"
+        text = re.sub(rf"(?m)^{key}=.*$", lambda _, k=key, v=value: f"{k}={v}", text)
     path.write_text(text)
     return path
 
 
+@pytest.fixture
+def env_file(tmp_path: Path) -> Path:
+    """.env.example with a password set."""
+    return write_env(tmp_path / ".env", POSTGRES_PASSWORD="compose-test-pw")
+
+
 # --- docker-compose config ---------------------------------------------------------------------
 
-def docker_compose(*args: str, env_file: Path, files: tuple[Path, ...] = (COMPOSE,),
-                   extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def compose_command(*args: str, env_file: Path, files: tuple[Path, ...] = (COMPOSE,),
+                    extra_env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """docker-compose's argv and environment: none of this process's settings, the env file's instead."""
     exe = shutil.which("docker-compose")
     if exe is None:
         missing("docker-compose", "install it with `apt-get install docker-compose` (make test does as root)")
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("KLAB_", "POSTGRES_", "REDIS_", "FLOWER_", "COMPOSE_"))}
+           if not k.startswith(("KLAB_", "POSTGRES_", "REDIS_", "FLOWER_", "COMPOSE_", "DOCKER_"))}
     env.update(extra_env or {})
-    cmd = [exe, "--env-file", str(env_file), *(a for f in files for a in ("-f", str(f))), *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, cwd=env_file.parent)
+    return [exe, "--env-file", str(env_file), *(a for f in files for a in ("-f", str(f))), *args], env
+
+
+def docker_compose(*args: str, env_file: Path, files: tuple[Path, ...] = (COMPOSE,),
+                   extra_env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    cmd, env = compose_command(*args, env_file=env_file, files=files, extra_env=extra_env)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=env_file.parent)
 
 
 @pytest.mark.parametrize("profiles", [(), *((p,) for p in PROFILES), PROFILES], ids=lambda p: "+".join(p) or "none")
@@ -304,10 +321,12 @@ def test_dockerfile_pins_bases_runs_as_a_user_and_installs_once_per_image():
     compose_targets = {svc["build"]["target"] for svc in yaml.safe_load(COMPOSE.read_text())["services"].values()
                        if isinstance(svc.get("build"), dict)}
     assert compose_targets == {"cpu", "gpu"} and compose_targets <= set(targets)
-    assert all_stages[-1]["name"] == "cpu", "a plain `docker build .` gives the CPU image"
+    assert "cpu" in (all_stages[-1]["name"], all_stages[-1]["image"]), "a plain `docker build .` gives the CPU image"
     for name in ("cpu", "gpu"):
         users = [rest for word, rest in targets[name]["lines"] if word == "USER"]
         assert users and users[-1].split(":")[0] not in ("root", "0"), f"{name} runs as root"
+        env = " ".join(rest for word, rest in targets[name]["lines"] if word == "ENV")
+        assert "MPLCONFIGDIR=/tmp/" in env, f"{name}: matplotlib needs a writable cache under any --user"
 
     def pip_installs(stage: dict) -> list[str]:
         return [rest for word, rest in stage["lines"] if word == "RUN" and "pip install" in rest]
@@ -317,10 +336,16 @@ def test_dockerfile_pins_bases_runs_as_a_user_and_installs_once_per_image():
         froms |= {stage["image"]} & set(targets)
         return [stage, *(s for f in froms for s in chain(targets[f]))]
 
+    # The legacy builder builds every stage up to its target: the cpu image must not wait on a gpu stage.
+    order = [s["name"] for s in all_stages]
+    cpu_chain = {s["name"] for s in chain(targets["cpu"])}
+    gpu_only = {s["name"] for s in chain(targets["gpu"])} - cpu_chain
+    assert max(map(order.index, cpu_chain)) < min(map(order.index, gpu_only)), order
     for name in ("cpu", "gpu"):
         installs = [i for s in chain(targets[name]) for i in pip_installs(s)]
         assert len(installs) == 1, f"{name}: {installs}"
         assert "-c constraints.txt" in installs[0], installs[0]
+        assert not pip_installs(targets[name]), f"{name} installs in its own stage: build leftovers stay in it"
     cpu_install = [i for s in chain(targets["cpu"]) for i in pip_installs(s)][0]
     assert "download.pytorch.org/whl/cpu" in cpu_install
     final = " ".join(rest for _, rest in targets["cpu"]["lines"])
@@ -380,20 +405,34 @@ def service(cmd: list[str], env: dict[str, str], log: Path) -> Process:
 
 @pytest.fixture
 def started(tmp_path: Path) -> Iterator:
-    """started({name: (cmd, env)}): the services, started together and ready; stopped afterwards."""
+    """started({name: (cmd, env)}, ready=True): the services, started together (and waited for); stopped
+    afterwards."""
     procs: list[Process] = []
 
-    def start(commands: dict[str, tuple[list[str], dict[str, str]]]) -> None:
+    def start(commands: dict[str, tuple[list[str], dict[str, str]]], ready: bool = True) -> list[Process]:
         new = [service(cmd, env, tmp_path / f"{name}.log") for name, (cmd, env) in commands.items()]
         procs.extend(new)
-        for p in new:
+        for p in new if ready else ():
             p.wait_ready()
+        return new
 
     yield start
     for p in procs:  # warm shutdowns, side by side
         p.terminate()
     for p in procs:
         p.stop()
+
+
+def serves_the_gpu_queue(exited: Callable[[], bool], log: Callable[[], str]) -> bool:
+    """Whether a gpu worker came up: True once it is ready; False if it stopped at once with the one line of
+    worker/app.py, which refuses the gpu queue where torch sees no GPU (it would take gpu jobs only to fail
+    them). Anything else fails the test."""
+    wait_until(lambda: exited() or "ready." in log(), 120, lambda: f"the gpu worker hangs:\n{log()[-3000:]}", every=0.5)
+    if not exited():
+        return True
+    lines = log().strip().splitlines()
+    assert lines and lines[-1].startswith(GPU_REFUSED) and "Traceback" not in log(), log()[-3000:]
+    return False
 
 
 def readme_klab_runs() -> list[list[str]]:
@@ -415,8 +454,11 @@ def test_a_job_flows_through_the_services_as_written(env_file, pg_url, redis_url
     again = run(argv(svc["migrate"]), env["migrate"])  # every `up` runs it again
     assert again.returncode == 0 and again.stdout == up.stdout, again.stderr
 
-    started({name: (argv(svc[name]), env[name]) for name in ("worker", "worker-gpu")})
-    for name in ("worker", "worker-gpu"):
+    worker, gpu_worker = started({name: (argv(svc[name]), env[name]) for name in ("worker", "worker-gpu")},
+                                 ready=False)
+    worker.wait_ready()
+    serves_gpu = serves_the_gpu_queue(lambda: gpu_worker.proc.poll() is not None, gpu_worker.text)
+    for name in ("worker", "worker-gpu")[:1 + serves_gpu]:
         health = healthcheck(svc[name], env[name])
         assert health.returncode == 0, health.stdout + health.stderr
     # ...and it asks the container's own node, not whichever worker answers (Docker sets HOSTNAME)
@@ -430,9 +472,10 @@ def test_a_job_flows_through_the_services_as_written(env_file, pg_url, redis_url
         assert out.returncode == 0, (args, out.stdout, out.stderr)
         outputs[args[0]] = out.stdout
     assert "list" not in outputs or runs[0][runs[0].index("--kernel") + 1] in outputs["list"]
-    gpu = run(argv(svc["klab"], ["submit", "--queue", "gpu", "--device", "auto", "--wait", "--json"]), env["klab"])
-    assert gpu.returncode == 0, gpu.stderr
-    assert json.loads(gpu.stdout)["status"] == "succeeded"
+    if serves_gpu:
+        gpu = run(argv(svc["klab"], ["submit", "--queue", "gpu", "--device", "auto", "--wait", "--json"]), env["klab"])
+        assert gpu.returncode == 0, gpu.stderr
+        assert json.loads(gpu.stdout)["status"] == "succeeded"
 
     engine = create_engine(pg_url)
     try:
@@ -443,5 +486,316 @@ def test_a_job_flows_through_the_services_as_written(env_file, pg_url, redis_url
         engine.dispose()
     assert jobs and {j.status for j in jobs} == {"succeeded"}, jobs
     assert {j.id for j in jobs} == set(epochs) and min(epochs.values()) > 0
-    assert [(j.queue, j.worker_host.split("@")[0]) for j in (jobs[0], jobs[-1])] == [("cpu", "cpu"), ("gpu", "gpu")]
+    last = ("gpu", "gpu") if serves_gpu else ("cpu", "cpu")
+    assert [(j.queue, j.worker_host.split("@")[0]) for j in (jobs[0], jobs[-1])] == [("cpu", "cpu"), last]
     assert elsewhere.wait(60) != 0, elsewhere.stdout.read()
+
+
+def test_flower_does_not_start_without_credentials(env_file: Path):
+    """Without FLOWER_BASIC_AUTH its API would answer 401 to everyone and its pages anyone: it refuses to start."""
+    flower = services(dotenv(env_file))["flower"]
+    assert environment(flower) == {"FLOWER_BASIC_AUTH": ""}
+    out = subprocess.run(argv(flower), env={**without_klab(), **environment(flower)}, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 1 and "FLOWER_BASIC_AUTH" in out.stderr, out
+
+
+# --- on a Docker engine (make test-compose) ----------------------------------------------------------
+# tests/compose/run.sh starts an engine and makes the base images (stand-ins where no registry answers), then
+# runs these with KLAB_TEST_DOCKER=1: both images built, the stack up with a .env and a project of its own, the
+# README's compose lines run through it, a worker killed, Flower asked, and all of it down with its volumes.
+
+ENGINE = os.environ.get("KLAB_TEST_DOCKER") == "1"
+OUT = ROOT / "out" / "test-compose"
+LEASE_SECONDS = 10  # a killed worker's job is taken back this long after its last heartbeat (through .env)
+OTHER_USER = "4321:4321"  # a user the image does not know, as `--user "$(id -u):$(id -g)"` gives
+
+
+class Stack:
+    """docker-compose on the test's own .env and project (COMPOSE_PROJECT_NAME), with Debian's docker client."""
+
+    def __init__(self, env_file: Path):
+        self.env_file = env_file
+        self.values = dotenv(env_file)
+        self.project = self.values["COMPOSE_PROJECT_NAME"]
+        self.services = services(self.values)
+        self.docker = os.environ.get("DOCKER") or shutil.which("docker") or "docker"
+        # docker-compose 1.29 builds with the `docker` on PATH: put the client that has BuildKit first
+        self.path = f"{Path(self.docker).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+    def __call__(self, *args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+        return docker_compose(*args, env_file=self.env_file, extra_env={"PATH": self.path, **env}, timeout=timeout)
+
+    def start(self, log: Path, *args: str, **env: str) -> Process:
+        """docker-compose ARGS running beside the test, its output in log."""
+        cmd, full_env = compose_command(*args, env_file=self.env_file, extra_env={"PATH": self.path, **env})
+        return Process(cmd, full_env, log, name=" ".join(args))
+
+    def klab(self, *args: str) -> subprocess.CompletedProcess:
+        """`docker compose run --rm -T klab ARGS` (-T: no terminal here)."""
+        return self("run", "--rm", "-T", "klab", *args)
+
+    def docker_cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([self.docker, *args], capture_output=True, text=True, timeout=timeout)
+
+    def psql(self, sql: str) -> list[list[str]]:
+        """Rows from psql in the postgres container, as the README's `docker compose exec postgres psql` runs it."""
+        out = self("exec", "-T", "postgres", "psql", "-U", self.values["POSTGRES_USER"], "-d",
+                   self.values["POSTGRES_DB"], "-v", "ON_ERROR_STOP=1", "-AtF", "\t", "-c", sql, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return [line.split("\t") for line in out.stdout.splitlines()]
+
+    def containers(self, service: str) -> list[str]:
+        out = self("ps", "-a", "-q", service, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    def inspect(self, container: str, template: str) -> str:
+        out = self.docker_cli("inspect", "-f", template, container)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    def healthy(self, service: str, count: int = 1) -> bool:
+        ids = self.containers(service)
+        return len(ids) == count and all(self.inspect(c, "{{.State.Health.Status}}") == "healthy" for c in ids)
+
+
+def built(build: Process) -> str:
+    """The build's output, once it succeeded."""
+    code = build.proc.wait(540)
+    log = build.text()
+    assert code == 0, f"{build.name} failed:\n{log[-4000:]}"
+    return log
+
+
+def readme_line(start: str, **shell: str) -> list[str]:
+    """The words after `docker compose` of the compose section's line that starts with `start`, up to a
+    redirection, with the shell's expansions replaced (`{"$PWD": "/tmp/x"}`)."""
+    line = next(ln for ln in code_lines(readme_section("compose")) if ln.startswith(start))
+    for expansion, value in shell.items():
+        line = line.replace(expansion, value)
+    words = shlex.split(line, comments=True)
+    return words[2:words.index(">")] if ">" in words else words[2:]
+
+
+@pytest.fixture(scope="module")
+def stack_env() -> Iterator[Stack]:
+    """A .env as a user writes it, with a project, a password, Flower's credentials and short leases of its own."""
+    if not ENGINE:  # conftest deselects the docker tests unless KLAB_TEST_DOCKER=1: never a silent skip
+        pytest.fail("the docker tests need a Docker engine and KLAB_TEST_DOCKER=1: make test-compose")
+    with tempfile.TemporaryDirectory() as folder:
+        stack = Stack(write_env(
+            Path(folder) / ".env",
+            COMPOSE_PROJECT_NAME=os.environ.get("KLAB_TEST_COMPOSE_PROJECT") or f"klab-test-{uuid.uuid4().hex[:8]}",
+            POSTGRES_PASSWORD=uuid.uuid4().hex, FLOWER_BASIC_AUTH=f"monitor:{uuid.uuid4().hex}",
+            FLOWER_PORT=str(free_port()), KLAB_LEASE_SECONDS=str(LEASE_SECONDS)))
+        if stack.docker_cli("info").returncode != 0:
+            missing("a Docker engine", f"`{stack.docker} info` fails (make test-compose starts one)")
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def builds(stack_env: Stack) -> Iterator[dict[str, Process]]:
+    """Both images, built side by side: cpu as docker-compose 1.29 builds it unless told otherwise (with the
+    legacy builder), gpu with BuildKit. Their logs are kept in out/."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    started = {"cpu": stack_env.start(OUT / "build-cpu.log", "build", "migrate", DOCKER_BUILDKIT="0"),
+               "gpu": stack_env.start(OUT / "build-gpu.log", "--profile", "gpu", "build", "worker-gpu",
+                                      DOCKER_BUILDKIT="1")}
+    yield started
+    for build in started.values():
+        build.kill()
+
+
+@pytest.fixture(scope="module")
+def stack(stack_env: Stack, builds: dict[str, Process]) -> Iterator[Stack]:
+    """The stack up with two workers, both healthy; down with its volumes afterwards, its logs kept in out/."""
+    built(builds["cpu"])
+    try:
+        up = stack_env("up", "-d", "--scale", "worker=2")
+        assert up.returncode == 0, up.stderr
+        wait_until(lambda: stack_env.healthy("worker", 2), 180,
+                   lambda: f"workers not healthy:\n{stack_env('ps').stdout}", every=2)
+        yield stack_env
+    finally:
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "compose.log").write_text(stack_env("--profile", "monitor", "logs", "--no-color", "--timestamps").stdout)
+        down = stack_env("--profile", "monitor", "down", "-v")
+        assert down.returncode == 0, down.stderr
+        label = f"label=com.docker.compose.project={stack_env.project}"
+        assert stack_env.docker_cli("volume", "ls", "-q", "--filter", label).stdout.split() == [], "volumes left"
+
+
+@pytest.fixture(scope="module")
+def readme_runs(stack: Stack) -> dict[str, subprocess.CompletedProcess]:
+    """Each line of the README's example of the klab service, in order, on the stack's fresh database."""
+    runs = readme_klab_runs()
+    assert runs and runs[0][0] == "submit" and "--wait" in runs[0], runs
+    outputs = {}
+    for args in runs:
+        out = stack.klab(*args)
+        assert out.returncode == 0, (args, out.stdout, out.stderr)
+        outputs[args[0]] = out
+    return outputs
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.docker
+def test_engine_the_cpu_image_builds_without_the_gpu_stages(stack_env: Stack, builds):
+    log = built(builds["cpu"])
+    froms = re.findall(r"(?m)^Step \d+/\d+ : FROM (\S+)", log)
+    assert froms, f"not the legacy builder:\n{log[-2000:]}"
+    gpu_base = {s["name"]: s for s in stages()}["gpu"]["image"]
+    assert gpu_base not in froms, f"building the cpu image went through the gpu stages: {froms}"
+    image = stack_env.services["migrate"]["image"]
+    assert stack_env.docker_cli("run", "--rm", image, "id", "-u").stdout.strip() == "10001"
+    demo = re.search(r"\$\(BIN\)/klab (run .*)", (ROOT / "Makefile").read_text())[1].split()
+    out = stack_env.docker_cli("run", "--rm", image, "klab", *demo)
+    assert out.returncode == 0 and "job 1: succeeded" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.docker
+def test_engine_the_stack_comes_up_under_its_project_name(stack: Stack):
+    (migrate,) = stack.containers("migrate")
+    assert stack.inspect(migrate, "{{.State.Status}} {{.State.ExitCode}}") == "exited 0"
+    assert stack.healthy("redis") and stack.healthy("postgres")
+    running = stack.docker_cli("ps", "-q", "--filter", f"label=com.docker.compose.project={stack.project}")
+    assert len(running.stdout.split()) == 4, "redis, postgres and two workers, named by COMPOSE_PROJECT_NAME"
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.docker
+def test_engine_the_readme_lines_store_their_jobs_in_postgres(stack: Stack, readme_runs):
+    assert "succeeded" in readme_runs["submit"].stdout
+    assert readme_runs["workers"].stdout.count("cpu@") == 2, readme_runs["workers"].stdout
+    export = stack(*readme_line("docker compose run --rm -T klab export"))
+    assert export.returncode == 0, export.stderr
+    rows = list(csv.DictReader(io.StringIO(export.stdout)))
+    sweep = stack.psql("SELECT id, status FROM jobs WHERE sweep_id = 1 ORDER BY id")
+    assert sweep and [[r["id"], r["status"]] for r in rows] == sweep
+    assert stack.psql("SELECT DISTINCT status FROM jobs") == [["succeeded"]]
+    assert stack.psql("SELECT count(*) FROM jobs") == [[str(1 + len(sweep))]]
+    (stored, done), = stack.psql("SELECT (SELECT count(*) FROM epochs), (SELECT sum(epochs_done) FROM jobs)")
+    assert int(stored) > 0 and stored == done
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.docker
+def test_engine_plot_writes_as_any_user_without_warnings(stack: Stack, readme_runs, tmp_path: Path):
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(0o777)
+    words = readme_line("docker compose run --rm --user", **{"$(id -u):$(id -g)": OTHER_USER, "$PWD": str(data)})
+    out = stack(words[0], "-T", *words[1:])
+    assert out.returncode == 0, out.stderr
+    assert "matplotlib" not in out.stderr.lower(), "matplotlib wants a writable MPLCONFIGDIR"
+    png = data / words[-1]
+    assert png.read_bytes()[:4] == b"\x89PNG" and f"{png.stat().st_uid}:{png.stat().st_gid}" == OTHER_USER
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.docker
+def test_engine_flower_answers_with_its_credentials_only(stack: Stack):
+    up = stack("--profile", "monitor", "up", "-d", "flower")
+    assert up.returncode == 0, up.stderr
+    port = int(stack.values["FLOWER_PORT"])
+
+    def get(credentials: str | None) -> tuple[int | None, bytes]:
+        headers = {"Authorization": f"Basic {base64.b64encode(credentials.encode()).decode()}"} if credentials else {}
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        try:
+            conn.request("GET", "/api/workers?refresh=1", headers=headers)
+            response = conn.getresponse()
+            return response.status, response.read()
+        except OSError:  # not listening yet
+            return None, b""
+        finally:
+            conn.close()
+
+    def both_workers() -> dict | None:
+        status, body = get(stack.values["FLOWER_BASIC_AUTH"])
+        workers = json.loads(body) if status == 200 else {}
+        return workers if sum(name.startswith("cpu@") for name in workers) == 2 else None
+
+    wait_until(both_workers, 90, lambda: f"no two workers in Flower:\n{stack('logs', '--no-color', 'flower').stdout}",
+               every=1)
+    user = stack.values["FLOWER_BASIC_AUTH"].partition(":")[0]
+    assert get(None)[0] == 401 and get(f"{user}:wrong")[0] == 401
+    (flower,) = stack.containers("flower")
+    assert stack.docker_cli("port", flower, "5555").stdout.split() == [f"127.0.0.1:{port}"]
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.docker
+def test_engine_the_gpu_image_keeps_nothing_of_its_build(stack_env: Stack, builds):
+    built(builds["gpu"])
+    image = stack_env.services["worker-gpu"]["image"]
+    version = stack_env.docker_cli("run", "--rm", image, "klab", "--version")
+    assert version.returncode == 0 and "klab, version" in version.stdout, version.stderr
+    left = stack_env.docker_cli("run", "--rm", image, "find", "/", "-xdev", "(", "-path", "/build", "-o", "-name",
+                                "kernel_lab*.egg-info", ")", "-print", "-prune")
+    assert left.stdout.split() == [], "build leftovers in the gpu image"
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.docker
+def test_engine_the_gpu_image_runs_the_gpu_worker(stack: Stack, builds):
+    """The worker-gpu service as written, its command in the gpu image. With a GPU (`--gpus all` works) it trains
+    a cuda job; without one, it refuses the gpu queue (worker/app.py) or, where the code does not check, serves
+    it on the CPU."""
+    built(builds["gpu"])
+    gpu = stack.services["worker-gpu"]
+    probe = stack.docker_cli("run", "--rm", "--gpus", "all", gpu["image"], "python", "-c",
+                             "import torch; print(torch.cuda.is_available())")
+    gpus = ["--gpus", "all"] if probe.returncode == 0 and probe.stdout.strip() == "True" else []
+    name = f"{stack.project}-worker-gpu-test"
+    env = [a for k, v in environment(gpu).items() for a in ("-e", f"{k}={v}")]
+    run = stack.docker_cli("run", "-d", "--init", *gpus, "--name", name, "--network", f"{stack.project}_default",
+                           *env, gpu["image"], *argv(gpu))
+    assert run.returncode == 0, run.stderr
+
+    def log() -> str:
+        out = stack.docker_cli("logs", name)
+        return out.stdout + out.stderr
+
+    try:
+        if not serves_the_gpu_queue(lambda: stack.inspect(name, "{{.State.Running}}") == "false", log):
+            assert not gpus, "a gpu worker that sees a GPU refused to start"
+            return
+        _, health = gpu["healthcheck"]["test"]
+        assert stack.docker_cli("exec", name, "sh", "-c", health).returncode == 0, "its healthcheck fails"
+        device = "cuda" if gpus else "auto"
+        out = stack.klab("submit", "--queue", "gpu", "--device", device, "--wait", "--json")
+        assert out.returncode == 0, out.stderr
+        job = json.loads(out.stdout)
+        assert (job["status"], job["queue"], job["worker_host"].partition("@")[0]) == ("succeeded", "gpu", "gpu")
+        assert job["device"].startswith(device if gpus else "cpu"), job["device"]
+    finally:
+        stack.docker_cli("rm", "-f", name)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.docker
+def test_engine_a_killed_workers_job_is_finished_by_the_other(stack: Stack):
+    out = stack.klab("submit", "--input", "random:64x64", "--kernel", "random:5x5", "--method", "adam",
+                     "--lr", "0.01", "--epochs", "15000")
+    assert out.returncode == 0, out.stderr
+    job = int(out.stdout.split()[-1])
+    query = f"SELECT status, worker_host, epochs_done, attempts FROM jobs WHERE id = {job}"
+
+    def training() -> list[str] | None:
+        (row,) = stack.psql(query)
+        return row if row[0] == "running" and int(row[2] or 0) > 0 else None
+
+    _, host, _, _ = wait_until(training, 60, "the job did not start training", every=0.5)
+    victim = host.partition("@")[2]  # Celery's %h: the container's hostname, the start of its id
+    assert any(c.startswith(victim) for c in stack.containers("worker")), (victim, stack.containers("worker"))
+    killed = stack.docker_cli("kill", victim)
+    assert killed.returncode == 0, killed.stderr
+    wait_until(lambda: stack.psql(query)[0][0] == "succeeded", LEASE_SECONDS * 3 + 120,
+               lambda: f"not finished: {stack.psql(query)}", every=1)
+    _, other, epochs, attempts = stack.psql(query)[0]
+    assert other.startswith("cpu@") and other != host and attempts == "2"
+    assert stack.psql(f"SELECT count(*) FROM epochs WHERE job_id = {job}") == [[epochs]] == [["15000"]]
+    assert stack.inspect(victim, "{{.State.Running}}") == "false", "a killed worker is not restarted"
