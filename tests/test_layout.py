@@ -10,7 +10,7 @@ from harness import ROOT
 
 from service.jobs.status import JobStatus
 
-CODE = ("service", "worker")
+CODE = ("klab", "service", "worker")
 
 
 def modules() -> list[str]:

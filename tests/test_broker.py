@@ -1,0 +1,114 @@
+"""What goes over the broker (service/broker.py) and how workers are started (service/cli/workers.py): real
+messages read off a real Redis, real worker processes."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from base64 import b64decode
+
+import pytest
+from harness import klab, queue_key, service_env, tails, wait_until
+
+from service import defaults
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def messages(client, key: str) -> list[dict]:
+    """Every message waiting in a queue, oldest first, as kombu wrote it."""
+    return [json.loads(raw) for raw in reversed(client.lrange(key, 0, -1))]
+
+
+def body(message: dict) -> list:
+    raw = message["body"]
+    if message["properties"].get("body_encoding") == "base64":
+        raw = b64decode(raw)
+    return json.loads(raw)
+
+
+def test_messages_carry_job_ids_only_grouped_by_batch_jobs(tmp_path, pg_db, redis_server):
+    url, db = pg_db
+    server = redis_server()
+    env = service_env(tmp_path, url, server.url())
+    client = server.client()
+    default = defaults.BATCH_JOBS
+    assert default == 1024  # the README's number
+    for args, size, per_task in ((("--seed", "0..2499"), 2500, default),
+                                 (("--seed", "0..249", "--batch-jobs", "100"), 250, 100)):
+        client.flushdb()
+        out = klab(env, "sweep", *args, "--json")
+        assert out.returncode == 0, out.stderr
+        ids = json.loads(out.stdout)["ids"]
+        sent = messages(client, queue_key(url))
+        assert len(sent) == math.ceil(size / per_task)
+        carried = []
+        for m in sent:
+            assert m["headers"]["task"] == "klab.train" and m["content-type"] == "application/json"
+            args_, kwargs, _embed = body(m)
+            assert kwargs == {} and len(args_) == 1 and all(type(i) is int for i in args_[0])
+            assert len(args_[0]) <= per_task
+            carried += args_[0]
+        assert sorted(carried) == sorted(ids)  # every job once, and nothing but ids
+        assert [len(body(m)[0][0]) for m in sent][:-1] == [per_task] * (len(sent) - 1)
+
+
+def test_log_spaced_values_are_exact(tmp_path):
+    from service.jobs.sweep import grid
+
+    g = grid({"lr": "0.001:0.1:3", "epochs": "10:1000:3", "noise": "0.5:0.5:1"})
+    assert g.swept["lr"] == [0.001, 0.01, 0.1]
+    assert g.swept["epochs"] == [10, 100, 1000]
+    assert g.fixed["noise"] == 0.5
+    assert grid({"lr": "1e-4:1:5"}).swept["lr"] == [0.0001, 0.001, 0.01, 0.1, 1.0]
+    assert grid({"lr": "0.002:0.2:5"}).swept["lr"] == [0.002, 0.00632455532034, 0.02, 0.0632455532034, 0.2]
+
+
+def test_klab_worker_splits_the_cores_and_its_children_use_that_many_torch_threads(tmp_path, pg_db, redis_server,
+                                                                                    worker_procs):
+    from service.cli.workers import worker_argv
+
+    cores = os.cpu_count() or 1
+    argv, extra = worker_argv("cpu", None, "INFO")
+    assert argv[argv.index("--concurrency") + 1] == str(cores) and extra == {"KLAB_TORCH_THREADS": "1"}
+    assert worker_argv("cpu", 1, "INFO")[1] == {"KLAB_TORCH_THREADS": str(cores)}
+    gpu, gpu_env = worker_argv("gpu", None, "INFO")
+    assert gpu[gpu.index("--pool") + 1] == "solo" and "KLAB_TORCH_THREADS" not in gpu_env
+    # the children apply it: two pool processes, one thread each, as `klab worker --concurrency 2` starts them
+    url, _ = pg_db
+    env = service_env(tmp_path, url, redis_server().url())
+    w = worker_procs(env, "split", concurrency=2).wait_ready()
+    wait_until(lambda: w.text().count("torch threads in this pool process: ") == 2, 60, tails(w))
+    threads = {line.split("torch threads in this pool process: ")[1].split()[0]
+               for line in w.text().splitlines() if "torch threads in this pool process" in line}
+    assert threads == {str(max(1, cores // 2))}
+
+
+def test_klab_worker_gpu_index_sets_the_visible_device(tmp_path, pg_db, redis_server):
+    """`klab worker --queue gpu --gpu 3`: the worker sees only GPU 3 (CUDA_VISIBLE_DEVICES). Without a GPU it
+    then refuses to start, naming what it saw; with one, 3 is a device it cannot see either (no machine here has
+    four), so it refuses too: either way the variable reached the worker."""
+    url, _ = pg_db
+    env = service_env(tmp_path, url, redis_server().url())
+    out = klab(env, "worker", "--queue", "gpu", "--gpu", "3", timeout=120)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1].startswith("klab worker: the gpu queue needs a GPU")
+    assert "CUDA_VISIBLE_DEVICES='3'" in out.stderr
+
+
+def test_run_no_store_leaves_the_database_untouched(tmp_path, pg_url):
+    from harness import clean_env
+
+    lite = tmp_path / "never.db"
+    for url in (f"sqlite:///{lite}", pg_url):  # the PostgreSQL one has no schema at all: it is never read
+        out = klab(clean_env(tmp_path / "home", url), "run", "--epochs", "3", "--no-store", "--json")
+        assert out.returncode == 0, out.stderr
+        assert "id" not in json.loads(out.stdout) and json.loads(out.stdout)["status"] == "succeeded"
+    assert not lite.exists() and not (tmp_path / "home").exists()
+    from harness import Db
+
+    db = Db(pg_url)
+    try:
+        assert db.scalar("SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = 'public'") == 0
+    finally:
+        db.close()

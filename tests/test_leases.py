@@ -1,0 +1,140 @@
+"""Leases (worker/lease.py): a live worker keeps its jobs however long they train, a redelivered message of
+jobs alive elsewhere does nothing, a job that kills its workers ends failed, and a task that finds the
+database away waits 0.5 s, doubling, up to 30 s. Real workers, a real broker of the test's own, PostgreSQL."""
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+from harness import klab, service_env, tails, wait_until
+
+from service import defaults
+
+pytestmark = pytest.mark.timeout(300)
+
+LEASE = 2
+LONG_JOB = ("--input", "random:3x96x96", "--kernel", "random:4x3x5x5", "--method", "adam", "--lr", "0.001",
+            "--epochs", "100000")
+"""One job that trains until it is cancelled (about a second per hundred epochs here)."""
+
+
+def one(env: dict[str, str], *args: str) -> int:
+    out = klab(env, "submit", "--json", *args)
+    assert out.returncode == 0, out.stderr
+    (job_id,) = json.loads(out.stdout)["ids"]
+    return job_id
+
+
+def test_backoff_is_half_a_second_doubling_to_thirty():
+    from worker.lease import backoff
+
+    assert [backoff(n) for n in range(9)] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert backoff(10_000) == 30.0
+    # the README's numbers, read from the README, are the code's
+    readme = (defaults.__file__.rsplit("/service/", 1)[0] + "/README.md")
+    with open(readme) as f:
+        assert "retries with backoff (0.5 s, doubling up to 30 s)" in f.read()
+
+
+def test_a_job_training_longer_than_its_lease_on_a_live_worker_is_never_taken_back(tmp_path, pg_db, redis_server,
+                                                                                  worker_procs):
+    """The heartbeat renews the lease: while another worker's reaper looks every second, a job that trains
+    for three leases stays with its worker, is claimed once and trained once."""
+    url, db = pg_db
+    env = service_env(tmp_path, url, redis_server().url(), KLAB_LEASE_SECONDS=str(LEASE))
+    workers = [worker_procs(env, name).wait_ready() for name in ("one", "two")]  # the idle one only reaps
+    job = one(env, *LONG_JOB)
+    wait_until(lambda: db.statuses() == {"running": 1}, 60, lambda: db.statuses())
+    first_host = db.scalar("SELECT worker_host FROM jobs WHERE id = :j", j=job)
+
+    def trained_for() -> float:
+        (started, beat, status), = db.rows("SELECT started_at, heartbeat_at, status FROM jobs WHERE id = :j", j=job)
+        assert status in ("queued", "running"), status
+        return (beat - started).total_seconds() if started and beat else 0.0
+
+    wait_until(lambda: trained_for() > 3 * LEASE, 120, lambda: (db.rows("SELECT * FROM jobs"), tails(*workers)()))
+    (status, attempts, host), = db.rows("SELECT status, attempts, worker_host FROM jobs WHERE id = :j", j=job)
+    assert (status, attempts, host) == ("running", 1, first_host)
+    assert klab(env, "cancel", str(job)).returncode == 0
+    wait_until(lambda: db.statuses() == {"cancelled": 1}, 60, lambda: db.statuses())
+    assert db.scalar("SELECT attempts FROM jobs WHERE id = :j", j=job) == 1
+    for w in workers:
+        assert "re-queued" not in w.text(), w.text()[-2000:]
+
+
+def test_a_redelivered_message_of_jobs_alive_elsewhere_claims_nothing(tmp_path, pg_db, redis_server, worker_procs):
+    from service import broker as brokers
+    from service.db.reads import identity
+
+    url, db = pg_db
+    server = redis_server()
+    env = service_env(tmp_path, url, server.url())
+    first = worker_procs(env, "first").wait_ready()
+    job = one(env, *LONG_JOB)
+    wait_until(lambda: db.statuses() == {"running": 1}, 60, lambda: db.statuses())
+    second = worker_procs(env, "second").wait_ready()
+    # a second copy of the job's message, as a broker redelivers one
+    brokers.publish(brokers.client(server.url()), [("cpu", [job])], identity(url))
+    wait_until(lambda: "succeeded in" in second.text(), 60, tails(second))
+    assert re.search(r"Task klab\.train\[[^\]]+\] succeeded in [0-9.]+s: \{\}", second.text()), second.text()[-2000:]
+    (status, attempts, host), = db.rows("SELECT status, attempts, worker_host FROM jobs WHERE id = :j", j=job)
+    assert (status, attempts) == ("running", 1) and host.startswith("first@")
+    assert klab(env, "cancel", str(job)).returncode == 0
+    wait_until(lambda: db.statuses() == {"cancelled": 1}, 60, tails(first))
+
+
+def test_a_job_whose_workers_die_max_attempts_times_ends_failed_and_is_not_sent_again(tmp_path, pg_db,
+                                                                                     redis_server, worker_procs):
+    url, db = pg_db
+    env = service_env(tmp_path, url, redis_server().url(), KLAB_LEASE_SECONDS=str(LEASE), KLAB_MAX_ATTEMPTS="2",
+                      KLAB_VISIBILITY_TIMEOUT="3600")
+    job = one(env, *LONG_JOB)
+    for n in (1, 2):
+        doomed = worker_procs(env, f"doomed{n}").wait_ready()
+        wait_until(lambda n=n: db.rows("SELECT status, attempts FROM jobs")[0] == ("running", n), 120,
+                   lambda doomed=doomed: (db.rows("SELECT status, attempts FROM jobs"), tails(doomed)()))
+        doomed.kill()  # SIGKILL, as the out-of-memory killer would
+    reaper = worker_procs(env, "reaper").wait_ready()
+    wait_until(lambda: db.statuses() == {"failed": 1}, 60, lambda: (db.statuses(), tails(reaper)()))
+    (message, attempts), = db.rows("SELECT error_message, attempts FROM jobs WHERE id = :j", j=job)
+    assert message == "its worker stopped answering 2 times (KLAB_MAX_ATTEMPTS)" and attempts == 2
+    # not sent again: nothing waits on the broker for it, and the reaper's worker never claims it
+    assert "re-queued" not in reaper.text()
+    other = one(env, "--epochs", "2")  # the live worker takes what comes next, and only that
+    wait_until(lambda: db.scalar("SELECT status FROM jobs WHERE id = :j", j=other) == "succeeded", 60,
+               tails(reaper))
+    assert db.scalar("SELECT attempts FROM jobs WHERE id = :j", j=job) == 2
+
+
+def test_a_task_that_finds_the_database_away_waits_half_a_second_doubling(tmp_path, pg_db, redis_server,
+                                                                          worker_procs):
+    """Each task's tries are logged with their wait: for every task, the waits are 0.5, 1, 2, 4 ... s in order,
+    and the log's own timestamps show the task waited that long before trying again."""
+    from proxy import Proxy
+    from sqlalchemy.engine import make_url
+
+    url, db = pg_db
+    pg = make_url(url)
+    with Proxy((pg.host or "127.0.0.1", pg.port or 5432)) as proxy:
+        through = pg.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        env = service_env(tmp_path, url, redis_server().url())
+        w = worker_procs({**env, "KLAB_DATABASE_URL": through}, "patient").wait_ready()
+        proxy.cut()
+        job = one(env, "--epochs", "3")
+        tries = re.compile(r"^\[(\S+ \S+): WARNING/\S+\] database unreachable \(\w+\); task (\S+) retrying in "
+                           r"([0-9.]+) s$", re.M)
+        wait_until(lambda: len(tries.findall(w.text())) >= 4, 60, tails(w))  # 0.5 + 1 + 2 s, then the 4th
+        proxy.restore()
+        wait_until(lambda: db.statuses() == {"succeeded": 1}, 60, tails(w))
+    by_task: dict[str, list[tuple[float, float]]] = {}
+    for stamp, task, wait in tries.findall(w.text()):
+        at = time.mktime(time.strptime(stamp.split(",")[0], "%Y-%m-%d %H:%M:%S")) + int(stamp.split(",")[1]) / 1000
+        by_task.setdefault(task, []).append((at, float(wait)))
+    assert len(by_task) == 1, by_task  # one task, retried: not a new task per try
+    (seen,) = by_task.values()
+    assert [wait for _, wait in seen][:4] == [0.5, 1.0, 2.0, 4.0]
+    for (at, wait), (later, _) in zip(seen, seen[1:]):
+        assert later - at >= wait - 0.05, seen  # it did wait before trying again
+    assert db.scalar("SELECT attempts FROM jobs WHERE id = :j", j=job) == 1

@@ -1,0 +1,118 @@
+"""Promises of the read commands that only a real database can check: row limits, epochs of a job stopped
+early, the JSON export of jobs, and the indexes behind `klab list`'s sorts (EXPLAIN, on SQLite and PostgreSQL)."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from harness import clean_env
+from harness import klab as klab_proc
+
+from service.db import reads, writes
+from service.db.connect import HEAD, Reader
+from service.db.engine import upgrade, writing
+from service.db.reads import reading
+from service.jobs.spec import JobSpec
+from service.jobs.status import JobStatus
+
+
+def stopped_early(conn: Any, fake_result, epochs_asked: int, trained: int) -> int:
+    """A job asked for `epochs_asked` epochs that stopped after `trained` (as a cancelled job does)."""
+    spec = JobSpec.parse({"input": "random:8x8", "kernel": "random:3x3", "epochs": epochs_asked})
+    (job_id,) = writes.insert_jobs(conn, [writes.new_job(spec, start=JobStatus.RUNNING)])
+    row, epoch_list = fake_result(spec, 0.3, JobStatus.CANCELLED.value, epochs=trained)
+    writes.save_rows(conn, [(job_id, row, epoch_list)])
+    return job_id
+
+
+def test_limit_zero_lists_every_job_and_a_job_stopped_early_shows_epochs_done_of_asked(klab_db, add_job, klab_cli):
+    from conftest import fake_result
+
+    with writing() as conn:
+        made = [add_job(conn) for _ in range(60)]
+        early = stopped_early(conn, fake_result, 10, 3)
+    code, out, _ = klab_cli("list", "--limit", "0", "--json")
+    assert code == 0 and sorted(r["id"] for r in json.loads(out)) == sorted([*made, early])
+    code, out, _ = klab_cli("list")  # the default: 50
+    assert code == 0 and len([line for line in out.splitlines()[1:] if line.strip()]) == 50
+    code, out, _ = klab_cli("list", "--limit", "1")
+    row = out.splitlines()[1].split()
+    assert row[0] == str(early) and "3/10" in row, row
+    code, out, _ = klab_cli("show", str(early), "--json")
+    shown = json.loads(out)
+    assert shown["epochs_done"] == 3 and len(shown["epochs"]) == 3 and shown["status"] == "cancelled"
+
+
+def test_export_jobs_as_json_is_every_job_with_its_kernels_as_arrays(klab_db, add_job, klab_cli, tmp_path):
+    with writing() as conn:
+        ids = [add_job(conn, relative=r) for r in (0.1, 0.2)]
+    code, out, err = klab_cli("export", "--ids", ",".join(map(str, ids)), "--what", "jobs", "--format", "json")
+    assert code == 0, err
+    exported = json.loads(out)
+    assert [j["id"] for j in exported] == ids
+    with reading() as reader:
+        for job in exported:
+            stored = reads.result_of(reader, job["id"])
+            assert job["learned_kernel"] == stored["learned_kernel"] and isinstance(job["learned_kernel"], list)
+            assert job["relative_error"] == stored["error"]["relative"]
+            assert job["spec"]["seed"] == stored["spec"]["seed"]
+
+
+def plan(reader: Reader, sql: str, params: dict) -> str:
+    explain = "EXPLAIN QUERY PLAN " if reader.dialect == "sqlite" else "EXPLAIN "
+    return "\n".join(str(list(r.values())) for r in reader.rows(explain + sql, params))
+
+
+def test_list_sorts_walk_an_index(klab_db, monkeypatch):
+    """The newest-first default walks the primary key and --sort relative_error the index on err_relative:
+    `klab list` stays fast on millions of jobs (README). Checked on the plans the database itself chooses, with
+    enough rows (20,000, analysed) that a full scan would cost more."""
+    spec = JobSpec.parse({"seed": 0})
+    with writing() as conn:
+        columns = writes.new_job(spec, start=JobStatus.QUEUED, queue="cpu")
+        writes.insert_columns(conn, {**columns, "seed": list(range(20_000)),
+                                     "err_relative": [i / 7 % 1 if i % 3 else None for i in range(20_000)]},
+                              20_000)
+        conn.exec_driver_sql("ANALYZE")
+    seen: list[tuple[str, dict]] = []
+    real = Reader.rows
+
+    def spy(self, sql, params=None):
+        seen.append((sql, params or {}))
+        return real(self, sql, params)
+
+    monkeypatch.setattr(Reader, "rows", spy)
+    with reading() as reader:
+        for sort, index in (("-id", "pk_jobs"), ("relative_error", "ix_jobs_err_relative")):
+            seen.clear()
+            reads.list_jobs(reader, sort=sort, limit=20)
+            (sql, params), = [(s, p) for s, p in seen if s.lstrip().upper().startswith("SELECT")]
+            shown = plan(reader, sql, params)
+            if reader.dialect == "sqlite":
+                assert "TEMP B-TREE" not in shown, (sort, shown)  # no sort of the whole table
+                if sort != "-id":
+                    assert f"USING INDEX {index}" in shown, (sort, shown)
+            else:
+                assert f"Index Scan Backward using {index}" in shown if sort == "-id" else index in shown, shown
+                assert "Seq Scan" not in shown, (sort, shown)
+
+
+def test_a_sqlite_file_of_an_older_revision_upgrades_itself_with_its_jobs(tmp_path):
+    """Not only the default file: any SQLite file is one user's, and upgrades itself on first use (PostgreSQL is
+    refused instead: test_db.py)."""
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    upgrade(url, "0004")
+    from harness import Db
+
+    db = Db(url)
+    try:
+        db.execute("INSERT INTO jobs (id, spec, status, method, input, lr, epochs, batch_size, seed, noise, "
+                   "created_at, attempts, cancel_requested, task_try, epochs_done) VALUES (7, '{}', 'queued', "
+                   "'adam', 'edge:6x8', 0.1, 3, 2, 0, 0, '2026-01-01 00:00:00', 0, 0, 0, 0)")
+    finally:
+        db.close()
+    out = klab_proc(clean_env(tmp_path / "home", url), "list", "--json")
+    assert out.returncode == 0, out.stderr
+    assert [r["id"] for r in json.loads(out.stdout)] == [7]
+    current = klab_proc(clean_env(tmp_path / "home", url), "db", "current")
+    assert current.stdout.strip().endswith(f": revision {HEAD} (head)"), current.stdout

@@ -1,0 +1,94 @@
+"""The documented defaults are the code's, and each limit holds at its edge: read the README's numbers
+independently of service/defaults.py, then try one past each limit and the limit itself."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from harness import ROOT
+
+from service.errors import BadInput
+from service.settings import Settings
+
+README = (ROOT / "README.md").read_text()
+
+
+def documented(variable: str) -> str:
+    """The default column of the README's Configuration row for `variable`."""
+    row = re.search(rf"^\| `{variable}` \| ([^|]+) \|", README, re.M)
+    assert row, variable
+    return row.group(1).strip().strip("`")
+
+
+DEFAULTS = {  # the README's words, and what they mean
+    "KLAB_MAX_FILE_BYTES": ("268435456", 256 * 2**20),
+    "KLAB_MAX_SWEEP_JOBS": ("200000", 200_000),
+    "KLAB_MAX_JOB_SECONDS": ("21600", 6 * 3600),
+    "KLAB_VISIBILITY_TIMEOUT": ("3600", 3600),
+    "KLAB_LEASE_SECONDS": ("60", 60),
+    "KLAB_STRANDED_SECONDS": ("60", 60),
+    "KLAB_MAX_ATTEMPTS": ("5", 5),
+    "KLAB_MAX_EPOCHS": ("100000", 100_000),
+    "KLAB_MAX_INPUT_ELEMENTS": ("16777216", 4096 * 4096),
+    "KLAB_MAX_KERNEL_ELEMENTS": ("4096", 64 * 64),
+    "KLAB_MAX_JOB_MEMORY": ("2147483648", 2 * 2**30),
+}
+
+
+@pytest.mark.parametrize("variable", sorted(DEFAULTS))
+def test_the_readme_default_is_the_code_default(variable):
+    words, value = DEFAULTS[variable]
+    assert documented(variable) == words
+    assert getattr(Settings.from_env({}), variable.removeprefix("KLAB_").lower()) == value
+
+
+def test_the_broker_keeps_an_unacknowledged_message_for_the_visibility_timeout():
+    from service.broker import celery_config
+
+    assert celery_config("redis://x")["broker_transport_options"] == {"visibility_timeout": 3600}
+
+
+def test_a_file_of_the_limit_is_read_and_one_byte_more_is_refused(tmp_path, setenv):
+    from service.jobs.inputs import checked_file
+
+    setenv(KLAB_MAX_FILE_BYTES=None)
+    edge = tmp_path / "edge.npy"
+    with edge.open("wb") as f:  # sparse: 256 MiB on paper, nothing on disk
+        f.truncate(256 * 2**20)
+    assert checked_file("input", f"npy:{edge}".removeprefix("npy:")) == edge
+    with edge.open("ab") as f:
+        f.truncate(256 * 2**20 + 1)
+    with pytest.raises(BadInput, match=r"268435457 bytes, more than the limit 268435456 \(KLAB_MAX_FILE_BYTES\)"):
+        checked_file("input", str(edge))
+
+
+def test_a_sweep_of_the_limit_is_planned_and_one_job_more_is_refused(setenv):
+    from service.jobs.sweep import grid
+
+    setenv(KLAB_MAX_SWEEP_JOBS=None)
+    assert grid({"seed": "0..199999"}).size == 200_000
+    assert grid({"seed": "0..99999", "lr": "0.1,0.2"}).size == 200_000
+    with pytest.raises(BadInput, match=r"more than the limit 200000 \(KLAB_MAX_SWEEP_JOBS\)"):
+        grid({"seed": "0..200000"})
+    with pytest.raises(BadInput, match=r"200001 jobs, more than the limit 200000"):
+        grid({"seed": "0..66666", "lr": "0.1,0.2,0.3"})
+
+
+def test_epochs_and_arrays_at_their_limits(setenv):
+    from service.jobs.problem import build_problem
+    from service.jobs.spec import JobSpec
+
+    setenv(KLAB_MAX_EPOCHS=None, KLAB_MAX_INPUT_ELEMENTS=None, KLAB_MAX_KERNEL_ELEMENTS=None)
+    assert JobSpec.parse({"epochs": 100_000}).epochs == 100_000
+    with pytest.raises(BadInput, match=r"^epochs: .*100001 is more than the limit 100000 \(KLAB_MAX_EPOCHS\)"):
+        JobSpec.parse({"epochs": 100_001})
+    kernel = np.ones((64, 64))
+    assert build_problem(JobSpec.parse({"input": "ones:70x70", "kernel": kernel.tolist()})).x.shape == (1, 1, 70, 70)
+    with pytest.raises(BadInput, match=r"4097 elements, more than the limit 4096 \(KLAB_MAX_KERNEL_ELEMENTS\)"):
+        build_problem(JobSpec.parse({"input": "ones:70x70", "kernel": np.ones((1, 4097)).tolist()}))
+    from service.jobs.inputs import parse_input
+
+    assert parse_input("ones:4096x4096", 0)[0].size == 16_777_216  # (training it also needs the memory for it)
+    with pytest.raises(BadInput, match=r"16781312 elements, more than the limit 16777216 \(KLAB_MAX_INPUT_ELEMENTS\)"):
+        parse_input("ones:4097x4096", 0)
