@@ -15,7 +15,11 @@ from service.errors import Interrupted
 from service.jobs.selection import Selection
 
 POLL_SECONDS = 0.25
-"""How often `watch` and `--wait` read the jobs' progress."""
+"""How often `watch` and `--wait` read the jobs' progress, at most."""
+
+POLL_SHARE = 0.1
+"""The most of the database's time the polling may take: a read that takes d seconds waits d / POLL_SHARE
+before the next (a 200,000-job sweep's counts take tens of milliseconds, which the workers need more)."""
 
 LINE_SECONDS = 5.0
 """Away from a terminal, the shortest time between two progress lines."""
@@ -93,7 +97,9 @@ def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
                       transient=True, disable=not show) as bar:
             task = bar.add_task("epochs", total=None)
             while True:
+                started = time.monotonic()
                 c = counts(selection)
+                took = time.monotonic() - started
                 if c["finished"] == c["jobs"]:
                     return c
                 bar.update(task, total=c["epochs_total"], completed=c["epochs_done"],
@@ -102,7 +108,7 @@ def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
                 if lines and line != last_line and time.monotonic() - last_at >= (LINE_SECONDS if last_line else 0):
                     click.echo(line, err=True)
                     last_line, last_at = line, time.monotonic()
-                time.sleep(POLL_SECONDS)
+                time.sleep(max(POLL_SECONDS, took / POLL_SHARE))
     except KeyboardInterrupt:
         raise Interrupted(f"stopped waiting; the jobs go on: follow them with klab watch {selection}") from None
 
