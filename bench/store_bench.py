@@ -1,11 +1,12 @@
 """Store benchmark: 100,000 jobs of 10 epochs each (1.1 million rows) into SQLite and PostgreSQL.
 
 Reports rows per second for the bulk path (finished jobs through service.db.writes.insert_jobs, then
-their epochs through service.db.writes.replace_epochs: COPY for both on PostgreSQL), and for
-writes.save_results (the path `klab run` and the workers take) on a slice; then times the real
-`klab list --limit 20`, `show ID`, `compare` and `status` on the filled database, which must answer in
-under a second, against the same commands forced through SQLAlchemy's engine (the baseline: how every
-read command ran before service.db.connect's driver connections), interleaved in the same run.
+their epochs through service.db.bulk.insert_epochs: COPY for both on PostgreSQL), and for
+writes.save_rows (the path `klab run` takes; workers store whole batches: sweep_bench.py) on a slice;
+then times the real `klab list --limit 20`, `show ID`, `compare` and `status` on the filled database,
+which must answer in under a second, against the same commands forced through SQLAlchemy's engine (the
+baseline: how every read command ran before service.db.connect's driver connections), interleaved in the
+same run.
 
     .venv/bin/python bench/store_bench.py                 # full size, both backends
     .venv/bin/python bench/store_bench.py --jobs 10000 --backends sqlite
@@ -99,15 +100,17 @@ def job_rows(n: int, epochs: int, sweep_ids: list[int], start: int
         spec, (row, epoch_list) = templates[kernel]
         lr, seed = LRS[(i // len(KERNELS)) % len(LRS)], i
         cols = writes.new_job(spec, start=JobStatus.RUNNING, sweep_id=sweep_ids[i // SWEEP_SIZE], queue="cpu")
-        cols.update(spec={**cols["spec"], "lr": lr, "seed": seed}, lr=lr, seed=seed)
+        cols.update(spec=json.dumps({**json.loads(cols["spec"]), "lr": lr, "seed": seed}), lr=lr, seed=seed)
         res = result.columns_of(row)
         res["err_relative"] = float(res["err_relative"] * (1 + (i % 97) / 10))  # something to sort by
         yield ({**cols, **res, "finished_at": utcnow(), "attempts": 1, "task_try": 1}, epoch_list)
 
 
 def bulk_store(url: str, jobs: int, epochs: int) -> dict[str, float]:
-    """Finished jobs through writes.insert_jobs, their epochs through writes.replace_epochs (which first
-    deletes the jobs' epochs: none here), CHUNK jobs a transaction."""
+    """Finished jobs through writes.insert_jobs, their epochs through bulk.insert_epochs (epochs x jobs
+    arrays, as a worker's batch hands them over), CHUNK jobs a transaction."""
+    from service.db import bulk
+
     with writing(url) as conn:
         sweeps = [{"name": f"bench {s}", "params": {"lr": list(LRS), "kernel": list(KERNELS)}, "size": SWEEP_SIZE,
                    "created_at": utcnow()} for s in range((jobs + SWEEP_SIZE - 1) // SWEEP_SIZE)]
@@ -122,9 +125,10 @@ def bulk_store(url: str, jobs: int, epochs: int) -> dict[str, float]:
             t0 = time.perf_counter()
             ids = writes.insert_jobs(conn, [row for row, _ in batch])
             t1 = time.perf_counter()
-            writes.replace_epochs(conn, ids, (
-                (job_id, e["epoch"], e["loss"], e["mse"], e["kernel_error"])
-                for job_id, (_, epoch_list) in zip(ids, batch) for e in epoch_list))
+            columns = {k: np.array([[e[k] for e in epoch_list] for _, epoch_list in batch]).T
+                       for k in ("loss", "mse", "kernel_error")}
+            bulk.insert_epochs(conn, ids, [len(epoch_list) for _, epoch_list in batch], columns["loss"],
+                               columns["mse"], columns["kernel_error"])
         t2 = time.perf_counter()  # committed
         n_epochs += sum(len(epoch_list) for _, epoch_list in batch)
         t_jobs += t1 - t0
@@ -135,7 +139,7 @@ def bulk_store(url: str, jobs: int, epochs: int) -> dict[str, float]:
 
 
 def save_results_path(url: str, jobs: int, epochs: int, batch: int = 100) -> dict[str, float]:
-    """insert_jobs (running) + save_results, `batch` jobs a transaction, as a worker storing finished jobs would."""
+    """insert_jobs (running) + save_rows, `batch` jobs a transaction, as `klab run` stores its job."""
     spec = JobSpec.parse({"input": "random:6x6", "kernel": "sobel-x", "epochs": epochs, "method": "d2l-sgd"})
     row, epoch_list = engine_like_result(spec, np.random.default_rng(0))
     t0 = time.perf_counter()
@@ -143,7 +147,7 @@ def save_results_path(url: str, jobs: int, epochs: int, batch: int = 100) -> dic
         with writing(url) as conn:
             made = writes.insert_jobs(conn, [writes.new_job(spec, start=JobStatus.RUNNING)
                                              for _ in range(min(batch, jobs - start))])
-            writes.save_results(conn, [(job_id, row, epoch_list) for job_id in made])
+            writes.save_rows(conn, [(job_id, row, epoch_list) for job_id in made])
     elapsed = time.perf_counter() - t0
     return {"jobs": jobs, "rows_per_s": jobs * (1 + epochs) / elapsed, "total_s": elapsed}
 
@@ -217,7 +221,7 @@ def bench(name: str, url: str, jobs: int, epochs: int) -> dict[str, Any]:
           f"(jobs {bulk['jobs_per_s']:,.0f}/s, epochs {bulk['epochs_per_s']:,.0f}/s)", flush=True)
     slice_jobs = max(100, min(5_000, jobs // 20))
     saved = save_results_path(url, slice_jobs, epochs)
-    print(f"  insert_jobs + save_results, {slice_jobs:,} jobs in batches of 100: {saved['total_s']:.1f} s, "
+    print(f"  insert_jobs + save_rows, {slice_jobs:,} jobs in batches of 100: {saved['total_s']:.1f} s, "
           f"{saved['rows_per_s']:,.0f} rows/s", flush=True)
     dispose_engines()
     return {"bulk": bulk, "save_results": saved, "cli": time_cli(url)}

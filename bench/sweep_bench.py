@@ -1,14 +1,20 @@
-"""Sweep throughput: `klab sweep` of 10,000 book-sized jobs until every job and epoch is in PostgreSQL.
+"""Sweep throughput: `klab sweep` of 100,000 book-sized jobs until every job and epoch is in PostgreSQL.
 
-One cpu worker process, started as `klab worker --queue cpu [--concurrency N]` starts it
-(service.cli.workers.worker_argv) and warmed up before any clock starts, trains the sweep. The clock runs
-from launching the real `klab sweep --input edge:6x8 --kernel d2l --method d2l-manual --epochs 10
---lr 0.03 --seed 0..N-1 --batch-jobs B` process (its Python start-up counts) until the database holds
-N finished jobs and 10 N epochs. The baseline, measured in the same run and interleaved with the
-sweeps: the book's loop, one job at a time with no storage, on a sample of seeds, scaled to N.
+One run measures, on the same jobs (edge:6x8, kernel d2l, d2l-manual, 10 epochs, lr 0.03, seeds 0..N-1):
+- the book's loop, one job at a time with one torch thread and no storage, on a sample of seeds, scaled;
+- the sweep, submit to stored: the clock runs from launching the real `klab sweep ... --seed 0..N-1`
+  (its Python start-up counts) until the database holds N finished jobs and 10 N epochs. One cpu
+  worker process trains it, started as `klab worker --queue cpu` starts it (service.cli.workers.worker_argv,
+  the README's default concurrency) and warmed up before any clock starts;
+- the engine alone: the same jobs through worker.engine.train in tasks of --batch-jobs, in this process,
+  with the torch threads of one worker child (no Celery, no database);
+- the store: the engine's results written through the service's own write path (service.db.writes.
+  save_results, one transaction per task, as a worker writes them) into running jobs, in epoch rows/s;
+  and, as its baseline, a bare binary COPY of the same epoch rows (psycopg write_row, one transaction).
+It prints the ratios: sweep vs book, sweep vs engine, store vs bare COPY.
 
-    .venv/bin/python bench/sweep_bench.py                 # 10,000 jobs; --batch-jobs 1024, 10000; concurrency 1, 2
-    .venv/bin/python bench/sweep_bench.py --jobs 2000 --repeat 1 --concurrency 1
+    .venv/bin/python bench/sweep_bench.py                 # 100,000 jobs, 3 repeats
+    .venv/bin/python bench/sweep_bench.py --jobs 10000 --repeat 1 --concurrency 1,2
     .venv/bin/python bench/sweep_bench.py --profile-only  # cProfile of `klab sweep` and the worker task, in-process
 
 PostgreSQL: a fresh database klab_bench_<hex> through KLAB_TEST_DATABASE_URL (default
@@ -53,8 +59,10 @@ EPOCHS, LR = 10, 0.03
 BOOK_JOB = ["--input", "edge:6x8", "--kernel", "d2l", "--method", "d2l-manual", "--epochs", str(EPOCHS),
             "--lr", str(LR)]
 FINISHED = ("succeeded", "diverged", "failed", "cancelled")
-POLL_SECONDS = 0.05
-"""How often the sweep's completion is checked; its resolution, small next to seconds of sweep."""
+POLL_SECONDS = 1.0
+"""How often the database is asked whether the sweep is done. Its answer is not the clock: the sweep ends
+when the worker logs its last task's success (after that task's commit), to the millisecond. Polling more
+often would take from the workers the CPU it measures (a count over 100,000 rows is tens of ms)."""
 STALL_SECONDS = 120.0
 """A sweep whose finished count stands still this long after the CLI returned has lost its tasks."""
 
@@ -351,6 +359,8 @@ def timed_sweep(env: dict[str, str], db_url: str, worker: Worker, jobs: int, bat
     log = worker.tasks_since(offset)
     if log.errors:
         print("  worker errors: " + " | ".join(log.errors[:3]))
+    if log.succeeded:  # the last commit, as the worker logged it, rather than when the poll saw it
+        stored = min(stored, max(when for when, _ in log.succeeded) - wall0)
     return SweepRun(total=max(stored, cli), cli=cli, after_cli=max(0.0, stored - cli),
                     first_received=(min(log.received) - wall0) if log.received else None,
                     tasks=len(log.succeeded), task_seconds=[s for _, s in log.succeeded],
@@ -373,6 +383,130 @@ def check_against_book(db_url: str, book: dict[int, list[float]]) -> float:
         want = book[int(seed)][int(epoch) - 1]
         worst = max(worst, abs(loss - want) / max(abs(want), 1.0))
     return worst
+
+
+# --- the engine alone, the store, a bare COPY -------------------------------------------------
+
+def book_jobs(seeds: range) -> tuple[Any, list[Any]]:
+    """The sweep's jobs as the engine takes them: one Problem (built once, as a worker builds it), a Job a seed."""
+    from service.jobs.problem import build_problem
+    from service.jobs.spec import JobSpec
+    from worker.engine import Job
+
+    spec = JobSpec.parse({"input": "edge:6x8", "kernel": "d2l", "method": "d2l-manual", "epochs": EPOCHS, "lr": LR})
+    problem = build_problem(spec)
+    return spec, [Job(problem, seed=s, lr=LR, tol=spec.tol) for s in seeds]
+
+
+def engine_alone(jobs: int, batch_jobs: int, threads: int) -> tuple[float, list[Any]]:
+    """worker.engine.train on the sweep's jobs in tasks of batch_jobs, in this process: seconds (through each
+    batch's result columns, what a worker stores), and the results."""
+    import torch
+
+    from worker.engine import train
+
+    torch.set_num_threads(threads)
+    spec, all_jobs = book_jobs(range(jobs))
+    train(all_jobs[:64], spec.method, EPOCHS, spec.batch_size).columns  # noqa: B018 - warm-up: first calls
+    results = []
+    started = time.perf_counter()
+    for i in range(0, jobs, batch_jobs):
+        batch = train(all_jobs[i : i + batch_jobs], spec.method, EPOCHS, spec.batch_size)
+        batch.columns  # noqa: B018 - computed once, cached: part of what the engine hands over
+        results.append(batch)
+    return time.perf_counter() - started, results
+
+
+def running_jobs(db_url: str, jobs: int) -> list[int]:
+    """The sweep's jobs stored as a worker has them after its claim (status running), by the service's writes."""
+    from service.db import writes
+    from service.db.engine import writing
+    from service.jobs.spec import JobSpec
+    from service.jobs.status import JobStatus
+
+    reset(db_url)
+    ids: list[int] = []
+    base = {"input": "edge:6x8", "kernel": "d2l", "method": "d2l-manual", "epochs": EPOCHS, "lr": LR}
+    for i in range(0, jobs, 10_000):
+        with writing(db_url) as conn:
+            ids += writes.insert_jobs(conn, [writes.new_job(JobSpec.parse({**base, "seed": s}), queue="cpu",
+                                                            start=JobStatus.RUNNING)
+                                             for s in range(i, min(jobs, i + 10_000))])
+    return ids
+
+
+def service_store(db_url: str, ids: list[int], results: list[Any]) -> tuple[float, dict[str, float]]:
+    """Seconds to store every result through service.db.writes.save_results, a task's results a transaction
+    (writing(durable=False), as worker.tasks does), and the seconds of its two statements' calls."""
+    from service.db import bulk, writes
+    from service.db.engine import writing
+
+    with phase_clock([(bulk, "update_jobs", "jobs UPDATE"), (bulk, "insert_epochs", "epochs COPY")]) as phases:
+        started = time.perf_counter()
+        at = 0
+        for batch in results:
+            part = ids[at : at + len(batch)]
+            with writing(db_url, durable=False) as conn:
+                stored = writes.save_results(conn, part, batch.columns, fresh=True)
+            if len(stored) != len(part):
+                raise SystemExit(f"save_results stored {len(stored)} of {len(part)} jobs")
+            at += len(batch)
+        return time.perf_counter() - started, dict(phases)
+
+
+def bare_copy(db_url: str, ids: list[int], results: list[Any]) -> tuple[float, int]:
+    """The baseline: the same epoch rows, built as tuples before the clock, sent by one binary COPY with
+    psycopg's write_row into the emptied epochs table, committed. Seconds and rows."""
+    import numpy as np
+    import psycopg
+
+    rows = []
+    at = 0
+    for batch in results:
+        c = batch.columns
+        for k in range(len(batch)):
+            job = ids[at + k]
+            ke = c.kernel_error
+            rows += [(job, e + 1, float(c.loss[e, k]), float(c.mse[e, k]),
+                      None if ke is None or not np.isfinite(ke[e, k]) else float(ke[e, k]))
+                     for e in range(int(c.epochs_done[k]))]
+        at += len(batch)
+    url = make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url) as conn:
+        conn.execute("TRUNCATE epochs")
+        conn.commit()
+        started = time.perf_counter()
+        with conn.cursor() as cur, \
+                cur.copy("COPY epochs (job_id, epoch, loss, mse, kernel_error) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["int4", "int4", "float8", "float8", "float8"])
+            for row in rows:
+                copy.write_row(row)
+        conn.commit()
+        return time.perf_counter() - started, len(rows)
+
+
+@dataclass
+class StoreRun:
+    engine: float  # seconds of the engine alone on every job
+    store: float  # seconds of save_results on every result
+    phases: dict[str, float]  # seconds of the store in its jobs UPDATE and its epochs COPY
+    bare: float  # seconds of the bare COPY of the same epoch rows
+    rows: int  # epoch rows
+
+
+def store_run(db_url: str, jobs: int, batch_jobs: int, threads: int) -> StoreRun:
+    engine_s, results = engine_alone(jobs, batch_jobs, threads)
+    ids = running_jobs(db_url, jobs)
+    store_s, phases = service_store(db_url, ids, results)
+    eng = poll_engine(db_url)
+    with eng.connect() as conn:
+        stored = conn.execute(text("SELECT count(*) FROM epochs")).scalar()
+        ended = conn.execute(text("SELECT count(*) FROM jobs WHERE status = 'succeeded'")).scalar()
+    eng.dispose()
+    if stored != jobs * EPOCHS or ended != jobs:
+        raise SystemExit(f"the store left {ended} succeeded jobs and {stored} epochs, not {jobs} and {jobs * EPOCHS}")
+    bare_s, rows = bare_copy(db_url, ids, results)
+    return StoreRun(engine_s, store_s, phases, bare_s, rows)
 
 
 # --- profiles ----------------------------------------------------------------------------------
@@ -411,13 +545,15 @@ def profiles(db_url: str, broker_url: str, home: Path, jobs: int, batch_jobs: in
     import service.broker
     import service.jobs.sweep
     import service.submit
+    from service.db import writes
 
     runs = []
     for _ in range(3):
         reset(db_url)
-        with phase_clock([(service.jobs.sweep, "expand", "expand"), (service.submit, "prepare", "prepare"),
-                          (service.broker, "check", "broker.check"), (service.submit, "store", "store"),
-                          (service.submit, "send", "send")]) as phases:
+        with phase_clock([(service.jobs.sweep, "grid", "grid"), (service.submit, "plan_sweep", "plan_sweep"),
+                          (service.submit, "_columns", "job columns"), (writes, "insert_columns", "insert_columns"),
+                          (service.broker, "tasks", "broker.tasks"), (service.broker, "publish", "broker.publish")]
+                         ) as phases:
             started = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
                 main(argv)
@@ -425,16 +561,20 @@ def profiles(db_url: str, broker_url: str, home: Path, jobs: int, batch_jobs: in
         flush_redis(broker_url)
         runs.append(phases)
     parts = ", ".join(f"{k} {statistics.median(r.get(k, 0.0) for r in runs):.3f}" for k in runs[0])
-    print(f"\n== the same command unprofiled, in-process, in phases (median of 3; seconds) ==\n{parts}")
+    print(f"\n== the same command unprofiled, in-process, in phases (median of 3; seconds; plan_sweep is lazy: "
+          f"its jobs are made inside job columns) ==\n{parts}")
 
-    from service.jobs.spec import JobSpec
-    from service.submit import prepare, store
     from worker.tasks import train_jobs
 
     def created(seeds: range) -> list[int]:
-        specs = [JobSpec.parse({"input": "edge:6x8", "kernel": "d2l", "method": "d2l-manual", "epochs": EPOCHS,
-                                "lr": LR, "seed": s}) for s in seeds]
-        return store(prepare(specs, "cpu"))[1]  # into KLAB_DATABASE_URL: db_url
+        """Jobs stored queued, as `klab sweep` stores them (their messages never sent)."""
+        from service.db.engine import writing
+        from service.jobs.spec import JobSpec
+
+        base = {"input": "edge:6x8", "kernel": "d2l", "method": "d2l-manual", "epochs": EPOCHS, "lr": LR}
+        with writing(db_url) as conn:
+            return writes.insert_jobs(conn, [writes.new_job(JobSpec.parse({**base, "seed": s}), queue="cpu")
+                                             for s in seeds])
 
     reset(db_url)
     train_jobs(created(range(64)), "bench-warmup")  # first-call costs: connections, dispatch caches
@@ -455,7 +595,6 @@ def profiles(db_url: str, broker_url: str, home: Path, jobs: int, batch_jobs: in
         torch.set_num_threads(threads)
         runs = []
         for _ in range(3):
-            reset(db_url)
             ids = created(range(64, 64 + worker_jobs))
             with phase_clock(worker_phases()) as phases:
                 started = time.perf_counter()
@@ -472,8 +611,7 @@ def worker_phases() -> list[tuple[Any, str, str]]:
     from service.db import writes
 
     return [(worker.tasks, "claim", "claim"), (worker.tasks, "load", "load specs and problems"),
-            (worker.engine, "train", "engine.train"), (worker.engine.BatchResult, "rows", "rows"),
-            (writes, "save_results", "writes.save_results")]
+            (worker.engine, "train", "engine.train"), (writes, "save_results", "writes.save_results")]
 
 
 @contextlib.contextmanager
@@ -521,23 +659,25 @@ def exit_on_sigterm() -> None:
 def main() -> None:
     exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--jobs", type=int, default=10_000, help="jobs in the sweep (seeds 0..N-1)")
-    ap.add_argument("--batch-jobs", default="1024,10000", help="comma list of --batch-jobs values to time")
-    ap.add_argument("--concurrency", default="1,2", help="comma list of worker concurrencies to time")
+    ap.add_argument("--jobs", type=int, default=100_000, help="jobs in the sweep (seeds 0..N-1)")
+    ap.add_argument("--batch-jobs", default="1024", help="comma list of --batch-jobs values to time (the first "
+                    "also sizes the engine's and the store's tasks)")
+    ap.add_argument("--concurrency", default="",
+                    help="comma list of worker concurrencies to time (default: klab worker's, the number of cores)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each configuration (median)")
     ap.add_argument("--sample", type=int, default=500, help="seeds timed with the book's loop")
     ap.add_argument("--book-threads", type=int, default=1, help="torch threads of the book's loop (the baseline)")
-    ap.add_argument("--book-default-sample", type=int, default=100,
-                    help="seeds also timed with torch's default threads, for information (0: skip)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds one sweep may take")
-    ap.add_argument("--target", type=float, default=20.0, help="the speedup asked for")
+    ap.add_argument("--target", type=float, default=20.0, help="the sweep's speedup over the book asked for")
+    ap.add_argument("--store-target", type=float, default=500_000, help="epoch rows/s asked of the store")
     ap.add_argument("--profile", action="store_true", help="after the timings, profile the CLI and the worker task")
     ap.add_argument("--profile-only", action="store_true", help="only the profiles, no timings")
     ap.add_argument("--profile-jobs", type=int, default=1024, help="jobs in the profiled worker task")
     ap.add_argument("--profile-lines", type=int, default=30, help="functions listed per profile")
     args = ap.parse_args()
     n = args.jobs
-    sizes, concurrencies = _ints(args.batch_jobs), _ints(args.concurrency)
+    sizes = _ints(args.batch_jobs)
+    concurrencies: list[int | None] = list(_ints(args.concurrency)) or [None]
     sample_seeds = sorted({round(i * (n - 1) / max(1, args.sample - 1)) for i in range(min(args.sample, n))})
     print(f"machine: {machine()}")
     print(f"date: {datetime.now().astimezone().isoformat(timespec='seconds')}")
@@ -549,77 +689,94 @@ def main() -> None:
         env = service_env(db_url, broker_url, Path(tmp) / "home")
         klab(env, "db", "upgrade")
         if not args.profile_only:
-            book_runs: list[float] = []
-            book_default_runs: list[float] = []
-            default_threads = _default_threads()
-            book_losses: dict[int, list[float]] = {}
-            book_seconds_per_job(sample_seeds[:5], 1)  # warm-up: first-call allocations and dispatch caches
-            results: dict[tuple[int, int], list[SweepRun]] = {}
-            worst = 0.0
-            for c in concurrencies:
-                log = Path(tmp) / f"worker-c{c}.log"
-                with Worker(env, c, log) as worker:
-                    print(f"\nworker: python -m {' '.join(worker.argv)}  env {worker.extra}")
-                    # Warm: children forked, torch's first calls made, database connections open.
-                    warm = timed_sweep(env, db_url, worker, min(n, 2048), 1024, args.timeout)
-                    print(f"  warm-up sweep of {min(n, 2048)} jobs: {warm.total:.2f} s (not counted)")
-                    for r in range(args.repeat):
-                        per_job, book_losses = book_seconds_per_job(sample_seeds, args.book_threads)
-                        book_runs.append(per_job)
-                        if args.book_default_sample:
-                            book_default_runs.append(book_seconds_per_job(
-                                sample_seeds[:: max(1, len(sample_seeds) // args.book_default_sample)],
-                                default_threads)[0])
-                        for b in sizes:
-                            run = timed_sweep(env, db_url, worker, n, b, args.timeout)
-                            run.book_total = per_job * n
-                            results.setdefault((c, b), []).append(run)
-                            ok = run.statuses.get("succeeded", 0)
-                            print(f"  run {r + 1} --batch-jobs {b}: total {run.total:.2f} s, CLI {run.cli:.2f} s, "
-                                  f"after CLI {run.after_cli:.2f} s, {run.tasks} task(s) "
-                                  f"[{_runs(run.task_seconds[:12])}{' ...' if run.tasks > 12 else ''}] s, "
-                                  f"{ok} succeeded, {run.attempts_over_one} retried; book {per_job * 1e3:.3f} ms/job")
-                            if ok != n:
-                                print(f"  NOT ALL SUCCEEDED: {run.statuses}")
-                    worst = max(worst, check_against_book(db_url, book_losses))
-
-            book_job = statistics.median(book_runs)
-            book_total = book_job * n
-            print(f"\nbook loop, one job at a time, no storage, {args.book_threads} torch thread(s): "
-                  f"{book_job * 1e3:.3f} ms/job (runs: {', '.join(f'{v * 1e3:.3f}' for v in book_runs)}) "
-                  f"-> {book_total:.1f} s for {n:,} jobs (scaled)")
-            if book_default_runs:
-                d = statistics.median(book_default_runs)
-                print(f"book loop with torch's default {default_threads} threads (not used for the speedups): "
-                      f"{d * 1e3:.3f} ms/job (runs: {', '.join(f'{v * 1e3:.3f}' for v in book_default_runs)}) "
-                      f"-> {d * n:.1f} s for {n:,} jobs")
-            print(f"stored losses of the {len(sample_seeds)} sampled seeds vs the book's: "
-                  f"within {worst:.1e} (relative)")
-            print("\nspeedup: the book loop's median time over the sweep's median time; per run: each run against "
-                  "the book loop measured just before it (median of those)")
-            print("\n| concurrency | --batch-jobs | total s (median) | runs | CLI s | worker s/task (median, sum) "
-                  "| after CLI s | first task received s | speedup | speedup per run (median) |")
-            print("|---|---|---|---|---|---|---|---|---|---|")
-            for (c, b), runs in results.items():
-                total = statistics.median(r.total for r in runs)
-                per_task = statistics.median(s for r in runs for s in r.task_seconds) if runs[0].task_seconds else 0
-                task_sum = statistics.median(sum(r.task_seconds) for r in runs)
-                first = [r.first_received for r in runs if r.first_received is not None]
-                speedup = book_total / total
-                per_run = [r.book_total / r.total for r in runs]
-                print(f"| {c} | {b} | {total:.2f} | {_runs([r.total for r in runs])} "
-                      f"| {statistics.median(r.cli for r in runs):.2f} | {per_task:.2f} ({runs[0].tasks} tasks), "
-                      f"{task_sum:.2f} | {statistics.median(r.after_cli for r in runs):.2f} "
-                      f"| {statistics.median(first) if first else float('nan'):.2f} "
-                      f"| {speedup:.1f}x{'' if speedup >= args.target else ' BELOW TARGET'} "
-                      f"| {statistics.median(per_run):.1f}x ({', '.join(f'{v:.1f}' for v in per_run)}) |")
-            print(f"target: >= {args.target:g}x against the book's loop")
+            timings(args, env, db_url, Path(tmp), n, sizes, concurrencies, sample_seeds)
         if args.profile or args.profile_only:
-            profiles(db_url, broker_url, Path(tmp) / "home", n, _ints(args.batch_jobs)[0], args.profile_jobs,
-                     args.profile_lines)
+            profiles(db_url, broker_url, Path(tmp) / "home", n, sizes[0], args.profile_jobs, args.profile_lines)
         from service.db.engine import dispose_engines
 
         dispose_engines()
+
+
+def timings(args: argparse.Namespace, env: dict[str, str], db_url: str, tmp: Path, n: int, sizes: list[int],
+            concurrencies: list[int | None], sample_seeds: list[int]) -> None:
+    """Book, sweeps, engine, store and bare COPY, interleaved repeat by repeat; then the ratios."""
+    book_runs: list[float] = []
+    book_losses: dict[int, list[float]] = {}
+    book_seconds_per_job(sample_seeds[:5], 1)  # warm-up: first-call allocations and dispatch caches
+    results: dict[tuple[int, int], list[SweepRun]] = {}
+    stores: list[StoreRun] = []
+    worst = 0.0
+    for c in concurrencies:
+        log = tmp / f"worker-c{c}.log"
+        with Worker(env, c, log) as worker:
+            children = int(worker.argv[worker.argv.index("--concurrency") + 1])
+            threads = int(worker.extra.get("KLAB_TORCH_THREADS", "1"))
+            print(f"\nworker: python -m {' '.join(worker.argv)}  env {worker.extra}")
+            # Warm: children forked, torch's first calls made, database connections open.
+            warm = timed_sweep(env, db_url, worker, min(n, 2048), 1024, args.timeout)
+            print(f"  warm-up sweep of {min(n, 2048)} jobs: {warm.total:.2f} s (not counted)")
+            for r in range(args.repeat):
+                per_job, book_losses = book_seconds_per_job(sample_seeds, args.book_threads)
+                book_runs.append(per_job)
+                for b in sizes:
+                    run = timed_sweep(env, db_url, worker, n, b, args.timeout)
+                    run.book_total = per_job * n
+                    results.setdefault((children, b), []).append(run)
+                    ok = run.statuses.get("succeeded", 0)
+                    print(f"  run {r + 1} --batch-jobs {b}: total {run.total:.2f} s, CLI {run.cli:.2f} s, "
+                          f"after CLI {run.after_cli:.2f} s, first task received {run.first_received or 0:.2f} s, "
+                          f"{run.tasks} task(s) [{_runs(run.task_seconds[:8])}{' ...' if run.tasks > 8 else ''}] s, "
+                          f"{ok} succeeded, {run.attempts_over_one} retried; book {per_job * 1e3:.3f} ms/job; "
+                          f"load {os.getloadavg()[0]:.2f}")
+                    if ok != n:
+                        print(f"  NOT ALL SUCCEEDED: {run.statuses}")
+                worst = max(worst, check_against_book(db_url, book_losses))
+                if c == concurrencies[0]:
+                    # the engine alone and the store, between the sweeps, under the same load (worker idle)
+                    store = store_run(db_url, n, sizes[0], threads)
+                    stores.append(store)
+                    print(f"  engine alone {store.engine:.2f} s ({threads} torch thread(s), one process); store "
+                          f"{store.rows / store.store:,.0f} epoch rows/s ({store.store:.2f} s: "
+                          + ", ".join(f"{k} {v:.2f} s" for k, v in store.phases.items())
+                          + f", the rest in Python); bare COPY "
+                          f"{store.rows / store.bare:,.0f} rows/s ({store.bare:.2f} s)")
+
+    book_job = statistics.median(book_runs)
+    book_total = book_job * n
+    print(f"\nbook loop, one job at a time, no storage, {args.book_threads} torch thread(s): "
+          f"{book_job * 1e3:.3f} ms/job (runs: {', '.join(f'{v * 1e3:.3f}' for v in book_runs)}) "
+          f"-> {book_total:.1f} s for {n:,} jobs (scaled)")
+    print(f"stored losses of the {len(sample_seeds)} sampled seeds vs the book's: within {worst:.1e} (relative)")
+    engine_s = statistics.median(s.engine for s in stores)
+    store_rate = statistics.median(s.rows / s.store for s in stores)
+    bare_rate = statistics.median(s.rows / s.bare for s in stores)
+    store_runs = ", ".join(f"{s.rows / s.store:,.0f}" for s in stores)
+    bare_runs = ", ".join(f"{s.rows / s.bare:,.0f}" for s in stores)
+    print(f"engine alone: {engine_s:.2f} s (runs: {_runs([s.engine for s in stores])}); store through "
+          f"save_results: {store_rate:,.0f} epoch rows/s (runs: {store_runs}); bare binary COPY: "
+          f"{bare_rate:,.0f} rows/s (runs: {bare_runs})")
+    print("\nspeedup: the book loop's median over the sweep's median; per run: against the book loop timed just "
+          "before it (median of those)")
+    print("\n| worker children | --batch-jobs | total s (median) | runs | CLI s | first task received s "
+          "| worker s/task (median; tasks) | after CLI s | sweep vs book | per run | sweep vs engine |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for (c, b), runs in results.items():
+        total = statistics.median(r.total for r in runs)
+        per_task = statistics.median(s for r in runs for s in r.task_seconds) if runs[0].task_seconds else 0
+        first = [r.first_received for r in runs if r.first_received is not None]
+        speedup = book_total / total
+        per_run = [r.book_total / r.total for r in runs]
+        print(f"| {c} | {b} | {total:.2f} | {_runs([r.total for r in runs])} "
+              f"| {statistics.median(r.cli for r in runs):.2f} "
+              f"| {statistics.median(first) if first else float('nan'):.2f} | {per_task:.3f}; {runs[0].tasks} "
+              f"| {statistics.median(r.after_cli for r in runs):.2f} "
+              f"| **{speedup:.1f}x**{'' if speedup >= args.target else ' BELOW TARGET'} "
+              f"| {statistics.median(per_run):.1f}x ({', '.join(f'{v:.1f}' for v in per_run)}) "
+              f"| {total / engine_s:.1f}x slower |")
+    print(f"\nstore vs bare COPY: {store_rate / bare_rate:.2f}x the bare rate; store "
+          f"{store_rate:,.0f} rows/s{'' if store_rate >= args.store_target else ' BELOW TARGET'} "
+          f"(target >= {args.store_target:,.0f})")
+    print(f"target: sweep >= {args.target:g}x the book's loop")
 
 
 if __name__ == "__main__":
