@@ -33,14 +33,15 @@ def test_worker_killed_mid_sweep_its_jobs_are_taken_back_and_stored_once(tmp_pat
                                                                          worker_procs):
     url, db = pg_db
     env = service_env(tmp_path, url, redis_server().url(), **FAST)
-    doomed = worker_procs(env, "doomed")
     short = sweep_id_of(klab(env, "sweep", *SLOW_SWEEP, "--seed", "0..99", "--batch-jobs", "20", "--json"))
     # then a task of 20 jobs that trains for seconds (no --tol to stop it early): the worker dies with it in
     # hand, and it cannot end first
     held = sweep_id_of(klab(env, "sweep", *SLOW_SWEEP[:-1], "3000", "--tol", "1e-300", "--seed", "1000..1019",
                             "--batch-jobs", "20", "--json"))
     later = sweep_id_of(klab(env, "sweep", *SLOW_SWEEP, "--seed", "100..279", "--batch-jobs", "20", "--json"))
-    doomed.wait_ready()
+    # The worker starts once all three are queued: started earlier, it could train `held` (a second or two)
+    # while the CLI was still submitting `later`, and the window below would close before it was watched.
+    doomed = worker_procs(env, "doomed").wait_ready()
     wait_until(lambda: db.statuses(held) == {"running": 20}, 120, lambda: (db.statuses(), doomed.text()[-2000:]),
                every=0.02)
     doomed.kill()
@@ -111,13 +112,12 @@ def test_broker_killed_while_a_task_is_between_delivery_and_ack(persistent, tmp_
     url, db = pg_db
     broker = redis_server(persistent=persistent)
     env = service_env(tmp_path, url, broker.url(), **STRANDED)
-    w = worker_procs(env, "survivor")
     job = ("--input", "random:24x24", "--kernel", "random:3x3", "--lr", "0.001", "--batch-jobs", "10", "--json")
     # First one task of 10 jobs that trains for seconds (the broker is killed while it is in hand, and it
     # cannot end first), then 12 short tasks of 10 jobs queued behind it.
     held = sweep_id_of(klab(env, "sweep", *job, "--epochs", "3000", "--tol", "1e-300", "--seed", "1000..1009"))
     sweep = sweep_id_of(klab(env, "sweep", *job, "--epochs", "400", "--seed", "0..119"))
-    w.wait_ready()
+    w = worker_procs(env, "survivor").wait_ready()  # once both are queued, so that `held` cannot end unwatched
     wait_until(lambda: db.statuses(held).get("running", 0) == 10, 120,
                lambda: (db.statuses(), w.text()[-2000:]), every=0.01)
     broker.kill()
