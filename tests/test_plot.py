@@ -115,7 +115,11 @@ def test_job_figure_shows_loss_and_kernel_error_with_the_answer_in_its_title() -
     result = result_of({"lr": 0.03, "epochs": 10, "method": "d2l-manual"}, relative=0.25)
     fig = plot.figure_job(result)
     title = fig._suptitle.get_text()
-    assert "job 7: succeeded" in title and "method d2l-manual, lr 0.03, epochs 10" in title
+    # the book's first loop takes the whole input at once: its batch size is left out, as `klab show` does
+    assert "job 7: succeeded" in title and "method d2l-manual, lr 0.03, epochs 10, seed 0, input" in title
+    assert "batch size" not in title
+    assert "method adam, lr 0.03, epochs 10, batch size 2, seed 0" in plot.figure_job(
+        result_of({"lr": 0.03, "epochs": 10, "method": "adam"}))._suptitle.get_text()
     assert "input random:12x12, kernel random:3x3" in title
     assert "relative error 0.25" in title and "identifiable (rank 9 of 9 weights)" in title
     loss, error = by_title(fig, "loss"), by_title(fig, "kernel error")

@@ -18,7 +18,7 @@ from service.jobs.status import JobStatus
 from service.jobs.sweep import INTEGER, SWEEPABLE
 from service.render import axes as ax_
 from service.render.axes import DPI, new_figure
-from service.render.text import cell, difference
+from service.render.text import IGNORED_BY, cell, difference
 
 __all__ = ["DPI", "figure_job", "figure_jobs", "figure_sweep", "plot_job", "plot_sweep", "save"]
 
@@ -89,7 +89,10 @@ def _name(key: str) -> str:
 
 
 def _described(spec: dict[str, Any], keys: Sequence[str]) -> str:
-    shown = [k for k in keys if spec.get(k) is not None and not (k == "noise" and spec[k] == 0)]
+    """The spec's values of `keys`, less what is unset, a noise of 0 and what the method never reads (when the
+    method is one of `keys`: one method for every job described)."""
+    ignored = IGNORED_BY.get(spec.get("method"), ()) if "method" in keys else ()
+    shown = [k for k in keys if spec.get(k) is not None and not (k == "noise" and spec[k] == 0) and k not in ignored]
     return ", ".join(f"{_name(k)} {cell(spec[k])}" for k in shown)
 
 
