@@ -210,10 +210,12 @@ def unserved(queues: set[str]) -> list[str]:
     return [q for q in sorted(queues) if broker.consumers(identity, q) == 0]
 
 
-def requeue(selection: Selection, include_queued: bool, batch_jobs: int) -> int:
-    """Send again jobs stored but never handed to the broker (and queued ones, with include_queued)."""
+def requeue(selection: Selection, include_queued: bool, batch_jobs: int) -> tuple[int, set[str]]:
+    """Send again jobs stored but never handed to the broker (and queued ones, with include_queued).
+    Returns how many were sent and the queues they went to."""
     broker.check()
     with writing() as conn:
         reads.where(Reader.of(conn), selection)  # no such job or sweep: one line, exit 2
         found = writes.waiting(conn, selection, include_queued)
-    return send(broker.tasks([(i, (q or "cpu",)) for i, q in found], batch_jobs), selection)
+    queues = {q or "cpu" for _, q in found}
+    return send(broker.tasks([(i, (q or "cpu",)) for i, q in found], batch_jobs), selection), queues

@@ -50,6 +50,11 @@ def test_a_worker_never_takes_a_job_of_another_database(two, worker_procs, redis
         assert ours.rows("SELECT id, seed, status FROM jobs") == [(1, 7, "succeeded")]  # nothing of the other's
         assert broker.llen(queue_key(theirs["KLAB_DATABASE_URL"])) == 1  # never taken, never acknowledged
         assert foreign.statuses() == {"queued": 1}
+        # sending it again warns the same way (and a second copy of its message is harmless: claimed once)
+        again = klab(theirs, "requeue", "--queued", str(stranger))
+        assert again.returncode == 0 and again.stdout.strip() == "queued 1 job(s)", again.stderr
+        assert "klab: warning: no live worker of this database" in again.stderr and "hunter2" not in again.stderr
+        assert broker.llen(queue_key(theirs["KLAB_DATABASE_URL"])) == 2
         # `klab workers` names the database each worker serves, without its password
         listed = klab(mine, "workers", "--json")
         assert listed.returncode == 0, listed.stderr
@@ -60,8 +65,8 @@ def test_a_worker_never_takes_a_job_of_another_database(two, worker_procs, redis
         # the other database's worker starts: its job is trained, where it belongs
         worker_procs(theirs, "theirs").wait_ready()
         wait_until(lambda: foreign.statuses() == {"succeeded": 1}, 120, lambda: foreign.statuses())
-        (host,) = foreign.rows("SELECT worker_host FROM jobs")[0]
-        assert host.startswith("theirs@")
+        (host, attempts), = foreign.rows("SELECT worker_host, attempts FROM jobs")
+        assert host.startswith("theirs@") and attempts == 1
         assert ours.scalar("SELECT count(*) FROM jobs") == 1 and foreign.scalar("SELECT count(*) FROM jobs") == 1
     finally:
         ours.close()

@@ -80,7 +80,10 @@ def requeue(selection: Selection, batch_jobs: int, include_queued: bool) -> None
     """Send again jobs that were stored but never reached the broker (status created); no ids: all of them."""
     from service.submit import requeue
 
-    click.echo(f"queued {requeue(selection, include_queued, batch_jobs)} job(s)")
+    sent, queues = requeue(selection, include_queued, batch_jobs)
+    click.echo(f"queued {sent} job(s)")
+    if sent:
+        warn_unserved(queues)
 
 
 @cli.command()
