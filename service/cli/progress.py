@@ -1,10 +1,13 @@
 """`klab status` and `klab watch`: how far jobs or a sweep have come (reads only)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -68,6 +71,41 @@ class Tally:
             self.bar = None
 
 
+@contextlib.contextmanager
+def interrupts() -> Iterator[Callable[[], None]]:
+    """Ctrl-C that cannot be lost, for loops that wait or train: SIGINT raises KeyboardInterrupt as usual and also
+    sets a flag, which the `check` given to the loop turns into KeyboardInterrupt at its next step.
+
+    Python runs a signal's handler wherever the main thread is, finalizers included (a database connection's
+    `__del__`, run when the garbage collector frees it), and an exception raised in a finalizer is printed as
+    "Exception ignored" and dropped: a Ctrl-C landing there was lost, and `watch` went on waiting for jobs no
+    worker would train. A SIGINT that the process was started ignoring stays ignored."""
+    pressed = False
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        nonlocal pressed
+        pressed = True
+        raise KeyboardInterrupt
+
+    def check() -> None:
+        if pressed:
+            raise KeyboardInterrupt
+
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is signal.SIG_IGN:
+            yield check
+            return
+        signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread (a notebook's): Python's own handling, as it is
+        yield check
+        return
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def counts(selection: Selection) -> dict[str, Any]:
     from service.db.reads import progress, reading
 
@@ -93,12 +131,13 @@ def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
     lines = not quiet and not show
     last_line, last_at = "", 0.0
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      transient=True, disable=not show) as bar:
+        with interrupts() as check, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                             TimeElapsedColumn(), transient=True, disable=not show) as bar:
             task = bar.add_task("epochs", total=None)
             while True:
                 started = time.monotonic()
                 c = counts(selection)
+                check()
                 took = time.monotonic() - started
                 if c["finished"] == c["jobs"]:
                     return c
@@ -109,6 +148,7 @@ def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
                     click.echo(line, err=True)
                     last_line, last_at = line, time.monotonic()
                 time.sleep(max(POLL_SECONDS, took / POLL_SHARE))
+                check()
     except KeyboardInterrupt:
         raise Interrupted(f"stopped waiting; the jobs go on: follow them with klab watch {selection}") from None
 

@@ -57,7 +57,7 @@ def sweep(spec_file: str | None, queue: str | None, wait: bool, as_json: bool, b
 
 def _train_here(plan: Plan, batch_jobs: int) -> list[int]:
     """The plan's jobs trained in this process (worker.local), with their progress on stderr."""
-    from service.cli.progress import Tally
+    from service.cli.progress import Tally, interrupts
     from service.db.engine import ready_engine
 
     ready_engine()  # an unreachable or outdated database is reported before torch is imported
@@ -65,13 +65,15 @@ def _train_here(plan: Plan, batch_jobs: int) -> list[int]:
 
     tally, done = Tally(plan.size, "jobs"), 0
 
-    def trained(n: int) -> None:
-        nonlocal done
-        done += n
-        tally.update(done)
-
     try:
-        return train_plan(plan, batch_jobs, trained)
+        with interrupts() as check:
+            def trained(n: int) -> None:
+                nonlocal done
+                done += n
+                tally.update(done)
+                check()  # a Ctrl-C that landed in a finalizer stops the sweep here
+
+            return train_plan(plan, batch_jobs, trained)
     except KeyboardInterrupt:
         where = f"; sweep {plan.sweep_id} keeps them" if plan.sweep_id is not None else ""
         raise Interrupted(f"stopped: {done} of {plan.size} jobs trained{where}") from None
