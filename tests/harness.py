@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,21 @@ def klab_path() -> str:
     found = shutil.which("klab")
     assert found, "the klab console script is not installed (make install)"
     return found
+
+
+@contextlib.contextmanager
+def sigint_as_at_a_terminal() -> Iterator[None]:
+    """Processes started inside take Ctrl-C as a user at a terminal gives it: SIGINT at its default. A test run
+    started in the background by a non-interactive shell (`nohup ... &`, some CI runners) inherits SIGINT
+    ignored, and a process started with it ignored keeps ignoring it, as Python does and klab means to; an
+    xdist worker that ran the notebook test has it at the default again (nbclient's asyncio handler, removed).
+    A handler set in this process is reset to the default at exec, so one set for the spawn is enough."""
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def without_klab() -> dict[str, str]:

@@ -349,12 +349,13 @@ def test_ctrl_c_while_waiting_stops_the_waiting_not_the_jobs(service_env):
     import signal
     import subprocess
 
-    from harness import klab_path
+    from harness import klab_path, sigint_as_at_a_terminal
 
     sweep = json.loads(klab(service_env, "sweep", "--seed", "0..2", "--json").stdout)["sweep"]
     for args, follow in ((["watch", "--sweep", str(sweep)], f"--sweep {sweep}"), (["submit", "--wait"], None)):
-        proc = subprocess.Popen([klab_path(), *args], env=service_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+        with sigint_as_at_a_terminal():
+            proc = subprocess.Popen([klab_path(), *args], env=service_env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
         lines = []
         while not (lines and "job(s):" in lines[-1]):  # waiting: its first progress line
             line = proc.stderr.readline()
@@ -408,9 +409,14 @@ def test_ctrl_c_that_lands_in_a_finalizer_still_stops_the_waiting(service_env):
     import subprocess
     import sys
 
+    from harness import sigint_as_at_a_terminal
+
     sweep = json.loads(klab(service_env, "sweep", "--seed", "0..1", "--json").stdout)["sweep"]
-    out = subprocess.run([sys.executable, "-c", LOST_CTRL_C, "watch", "--sweep", str(sweep)], env=service_env,
-                         capture_output=True, text=True, timeout=120)
+    with sigint_as_at_a_terminal():
+        proc = subprocess.Popen([sys.executable, "-c", LOST_CTRL_C, "watch", "--sweep", str(sweep)], env=service_env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate(timeout=120)
+    out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     assert "KeyboardInterrupt" in out.stderr  # Python did drop it where it landed
     assert out.returncode == 130, out.stderr[-2000:]
     assert out.stderr.strip().splitlines()[-1] == (f"klab: stopped waiting; the jobs go on: follow them with klab "
