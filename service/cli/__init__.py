@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import sys
 
 import click
@@ -52,6 +53,18 @@ class LazyGroup(click.Group):
             hint = f"; did you mean {' or '.join(close)}?" if close else "; see klab --help"
             raise click.UsageError(f"no such command {name!r}{hint}", ctx)
         return super().resolve_command(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> object:
+        """A reader that went away (`klab export ... | head -1`) ends the command with exit code 0, as for every
+        command: what it read was written. Click would exit 1; stdout is pointed at /dev/null first, so that
+        flushing it at exit cannot fail again."""
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            ctx.exit(0)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][1]) for name in sorted(COMMANDS)]
