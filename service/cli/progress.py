@@ -91,19 +91,19 @@ def interrupts() -> Iterator[Callable[[], None]]:
         if pressed:
             raise KeyboardInterrupt
 
-    try:
-        previous = signal.getsignal(signal.SIGINT)
-        if previous is signal.SIG_IGN:
-            yield check
-            return
-        signal.signal(signal.SIGINT, on_sigint)
-    except ValueError:  # not the main thread (a notebook's): Python's own handling, as it is
-        yield check
-        return
+    previous = signal.getsignal(signal.SIGINT)
+    installed = False
+    if previous is not signal.SIG_IGN:
+        try:
+            signal.signal(signal.SIGINT, on_sigint)
+            installed = True
+        except ValueError:  # not the main thread (a notebook's): Python's own handling, as it is
+            pass
     try:
         yield check
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if installed:
+            signal.signal(signal.SIGINT, previous)
 
 
 def counts(selection: Selection) -> dict[str, Any]:
