@@ -2,6 +2,8 @@
 their rules, deletes, and the README's SQL on what was written."""
 from __future__ import annotations
 
+import json
+import math
 import re
 
 import numpy as np
@@ -15,6 +17,7 @@ from service.db.engine import writing
 from service.db.reads import reading
 from service.db.schema import epochs, jobs, sweeps
 from service.errors import BadInput
+from service.jobs.columns import Columns, json_texts
 from service.jobs.selection import Selection
 from service.jobs.spec import JobSpec
 from service.jobs.status import JobStatus
@@ -152,6 +155,61 @@ def test_unknown_job_and_sweep_are_bad_input(klab_db: str) -> None:
             reads.result_of(reader, 42)
         with pytest.raises(BadInput, match="^sweep: no sweep 7$"):
             reads.sweep_name(reader, 7)
+
+
+def _bits(x):
+    """A value with its floats as (sign, value) pairs: -0.0 and 0.0 differ; None stays None."""
+    if isinstance(x, list):
+        return [_bits(v) for v in x]
+    return x if x is None else (math.copysign(1.0, x), x)
+
+
+def test_result_columns_are_stored_exactly_whether_shared_by_every_job_or_not(klab_db: str) -> None:
+    """Arrays as the engine hands them over: a value every job shares is sent once, the others one a job
+    (binary COPY on PostgreSQL); either way each double comes back bit for bit, -0.0 and 1e-300 included
+    (SQLite stores a REAL -0.0 as 0), and what is not finite comes back NULL."""
+    n = 4
+    cols = Columns.of_rows([fake_result(SPEC, relative=0.1 * (i + 1)) for i in range(n)])
+    learned = np.array([[[0.1, -0.0, 1e-300], [np.nan, 2.5e-5, 1 / 3]]] * n) * np.arange(1, n + 1)[:, None, None]
+    shared = np.array([[[-0.0, 1.0, np.inf], [5e-324, 1.7976931348623157e308, 0.1]]] * n)
+    cols.values.update(learned_kernel=learned, true_kernel=shared, lstsq_kernel=shared.copy(),
+                       gap_noise=np.array([0.0, -0.0, 0.0, 0.0]), cosine=np.full(n, 0.5),
+                       converged_epoch=np.array([np.nan, 3.0, np.nan, 5.0]), identifiable=np.array([True] * n),
+                       stable_lr=np.full(n, np.nan))
+    assert cols.stored("true_kernel") == "[[-0.0, 1.0, null], [5e-324, 1.7976931348623157e+308, 0.1]]"
+    assert cols.stored("cosine") == 0.5 and cols.stored("stable_lr") is None and cols.stored("identifiable") is True
+    assert isinstance(cols.stored("gap_noise"), list) and isinstance(cols.stored("learned_kernel"), list)
+    with writing() as conn:
+        ids = [new(conn) for _ in range(n)]
+        assert writes.save_results(conn, ids, cols) == ids
+    with writing() as conn:
+        for k, i in enumerate(ids):
+            got = job(conn, i)
+            want = (learned[k]).tolist()
+            want[1][0] = None
+            assert _bits(got.learned_kernel) == _bits(want)
+            assert _bits(got.true_kernel) == _bits([[-0.0, 1.0, None], [5e-324, 1.7976931348623157e308, 0.1]])
+            assert got.lstsq_kernel == got.true_kernel
+            signed = _bits if klab_db.startswith("postgresql") else float  # SQLite keeps a REAL 0.0 as integer 0
+            assert signed(got.gap_noise) == signed([0.0, -0.0, 0.0, 0.0][k]) and got.err_cosine == 0.5
+            assert got.converged_epoch == [None, 3, None, 5][k] and got.identifiable is True
+            assert got.stable_lr is None and got.status == "succeeded"
+
+
+def test_kernels_as_json_text_are_the_doubles_they_hold() -> None:
+    rng = np.random.default_rng(7)
+    for shape in [(5,), (6, 1, 2), (3, 3, 3), (2, 2, 3, 4, 4), (0, 2, 2)]:
+        a = rng.standard_normal(shape) * 10.0 ** rng.integers(-300, 300, shape)
+        a.reshape(-1)[:4] = [-0.0, np.nan, -np.inf, 5e-324][: a.size]
+        texts = json_texts(a)
+        assert len(texts) == shape[0]
+        for k, t in enumerate(texts):
+            want = np.where(np.isfinite(a[k]), a[k], np.nan).tolist()
+            got = json.loads(t)
+            flat_got, flat_want = np.ravel(np.array(got, dtype=float)), np.ravel(np.array(want, dtype=float))
+            assert np.shape(got) == a.shape[1:] and np.array_equal(flat_got, flat_want, equal_nan=True)
+            assert (np.signbit(flat_got) == np.signbit(flat_want))[np.isfinite(flat_want)].all()
+            assert ("null" in t) == bool((~np.isfinite(a[k])).any())
 
 
 def test_datasets_are_stored_once_per_content(klab_db: str) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import JSON, BigInteger, Boolean, Connection, DateTime, Float, Integer, String
 
 from service.db.schema import jobs
 
@@ -55,8 +55,10 @@ def _update_postgresql(conn: Connection, ids: Sequence[int], values: dict[str, A
             cur.execute("CREATE TEMPORARY TABLE IF NOT EXISTS _klab_job_values ON COMMIT DELETE ROWS "
                         "AS SELECT * FROM jobs WITH NO DATA")
             conn.connection.info[STAGING] = True
-        with cur.copy(f"COPY {STAGING} (id, {', '.join(lists)}) FROM STDIN") as copy:
-            for row in zip(ids, *(values[c] for c in lists)):
+        with cur.copy(f"COPY {STAGING} (id, {', '.join(lists)}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["int4", *(_binary_type(c) for c in lists)])
+            columns = [_json_texts(values[c]) if isinstance(jobs.c[c].type, JSON) else values[c] for c in lists]
+            for row in zip(ids, *columns):
                 copy.write_row(row)
         sets = [f"{c} = v.{c}" for c in lists] + [f"{c} = %(s_{c})s" for c in scalars]
         cur.execute(f"UPDATE jobs SET {', '.join(sets)} FROM {STAGING} v "  # noqa: S608
@@ -65,6 +67,20 @@ def _update_postgresql(conn: Connection, ids: Sequence[int], values: dict[str, A
         changed = [r[0] for r in cur.fetchall()]
         cur.execute("TRUNCATE _klab_job_values")  # empty for the next update in this transaction
         return changed
+
+
+def _binary_type(column: str) -> str:
+    """The type a jobs column's values take in a binary COPY (JSON as its text, which json's receive reads)."""
+    kind = jobs.c[column].type
+    for types, name in ((BigInteger, "int8"), (Integer, "int4"), (Float, "float8"), (Boolean, "bool"),
+                        (DateTime, "timestamptz"), ((String, JSON), "text")):
+        if isinstance(kind, types):
+            return name
+    raise TypeError(f"no binary COPY type for jobs.{column} ({kind})")
+
+
+def _json_texts(values: list[Any]) -> list[Any]:
+    return [v if v is None or isinstance(v, str) else json.dumps(v) for v in values]
 
 
 def _update_sqlite(conn: Connection, ids: Sequence[int], values: dict[str, Any], where: str,

@@ -268,12 +268,7 @@ def save_results(conn: Connection, ids: Sequence[int], results: Columns, fresh: 
         return []
     for end in set(results.values["status"]):
         status.sources(JobStatus(end), {JobStatus.RUNNING})
-    values = {}
-    for n in result.ROW:
-        v = results.column(n) if _varies(results.values.get(n)) else results.values.get(n)
-        if isinstance(v, list) and all(x == v[0] for x in v):  # one value for every job: sent once
-            v = v[0]
-        values[result.BY_NAME[n].col] = v
+    values = {result.BY_NAME[n].col: results.stored(n) for n in result.ROW}
     values["finished_at"] = utcnow()
     stored = bulk.update_jobs(conn, ids, values, where="jobs.status = :state",
                               params={"state": JobStatus.RUNNING.value})
@@ -291,11 +286,6 @@ def save_results(conn: Connection, ids: Sequence[int], results: Columns, fresh: 
     bulk.insert_epochs(conn, np.asarray(ids)[keep], np.asarray(results.epochs_done)[keep], results.loss[:, keep],
                        results.mse[:, keep], None if ke is None else ke[:, keep])
     return stored
-
-
-def _varies(value: Any) -> bool:
-    """Whether a column holds a value a job (not one shared by all)."""
-    return hasattr(value, "__len__") and not isinstance(value, str)
 
 
 def save_rows(conn: Connection, items: Sequence[tuple[int, dict[str, Any], Sequence[dict[str, Any]]]]) -> list[int]:

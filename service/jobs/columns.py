@@ -41,22 +41,22 @@ class Columns:
 
     def column(self, name: str) -> list[Any]:
         """One field for every job, as the database takes it: None for what is missing, JSON text for kernels."""
+        return _stored_values(result.BY_NAME[name], self.values.get(name), len(self))
+
+    def stored(self, name: str) -> Any:
+        """One field as a write sends it: its one value when every job has the same (sent once, and a
+        kernel encoded once), else column(name)."""
         import numpy as np
 
-        f, v, n = result.BY_NAME[name], self.values.get(name), len(self)
+        f, v = result.BY_NAME[name], self.values.get(name)
         if not isinstance(v, (np.ndarray, list, tuple)):
-            return [v] * n
-        if f.kind == "json":
-            return json_texts(v)
-        if isinstance(v, (list, tuple)):
-            return list(v)
-        if f.kind == "bool":
-            return v.astype(bool).tolist()
-        finite = np.isfinite(v)
-        out = (np.where(finite, v, 0).astype(np.int64) if f.kind in ("int", "bigint") else v).tolist()
-        if finite.all():
-            return out
-        return [x if ok else None for x, ok in zip(out, finite.tolist())]
+            return v
+        if isinstance(v, np.ndarray):
+            if len(v) and _all_same(v):
+                return _stored_values(f, v[:1], 1)[0]
+            return _stored_values(f, v, len(self))
+        out = _stored_values(f, v, len(self))
+        return out[0] if out and all(x == out[0] for x in out) else out
 
     @classmethod
     def of_rows(cls, rows: Sequence[tuple[dict[str, Any], Sequence[dict[str, Any]]]]) -> Columns:
@@ -91,22 +91,54 @@ class Nested(list):
 
 
 def json_texts(a: Any) -> list[str | None]:
-    """A jobs x shape array as JSON text per job ([[...]], nested as the shape), null for non-finite values;
-    vectorized over the jobs: numpy's shortest round-trip repr, exactly the doubles it holds."""
+    """A jobs x shape array as JSON text per job ([[...]], nested as the shape), null for non-finite values:
+    Python's shortest round-trip repr of each double (exactly the doubles it holds), set in one template
+    of the shape."""
     import numpy as np
 
     if isinstance(a, (Nested, list)):
         return [None if k is None else json.dumps(k) for k in a]
     if a is None:
         return None  # type: ignore[return-value]
-    text = np.where(np.isfinite(a), a.astype(str), "null").astype(object)
-    for axis in range(a.ndim - 1, 0, -1):  # join the innermost axis, then the next one out
-        parts = np.moveaxis(text, axis, 0)
-        joined = parts[0]
-        for p in parts[1:]:
-            joined = joined + ", " + p
-        text = "[" + joined + "]"
-    return text.tolist()
+    n, size = len(a), math.prod(a.shape[1:])
+    flat = a.reshape(n * size)
+    texts = list(map(repr, flat.tolist()))
+    for i in np.flatnonzero(~np.isfinite(flat)).tolist():
+        texts[i] = "null"
+    template = "{}"
+    for length in reversed(a.shape[1:]):
+        template = "[" + ", ".join([template] * length) + "]"
+    fill = template.format
+    return [fill(*texts[k * size : (k + 1) * size]) for k in range(n)]
+
+
+def _all_same(v: Any) -> bool:
+    """Whether every job's value is the first's, bit for bit (-0.0 is not 0.0; NaNs are all missing)."""
+    import numpy as np
+
+    first = v[:1]
+    if v.dtype.kind != "f":
+        return bool((v == first).all())
+    return bool((((v == first) & (np.signbit(v) == np.signbit(first))) | (np.isnan(v) & np.isnan(first))).all())
+
+
+def _stored_values(f: result.Field, v: Any, n: int) -> list[Any]:
+    """A field's values for n jobs as the database takes them (Columns.column)."""
+    import numpy as np
+
+    if not isinstance(v, (np.ndarray, list, tuple)):
+        return [v] * n
+    if f.kind == "json":
+        return json_texts(v)
+    if isinstance(v, (list, tuple)):
+        return list(v)
+    if f.kind == "bool":
+        return v.astype(bool).tolist()
+    finite = np.isfinite(v)
+    out = (np.where(finite, v, 0).astype(np.int64) if f.kind in ("int", "bigint") else v).tolist()
+    if finite.all():
+        return out
+    return [x if ok else None for x, ok in zip(out, finite.tolist())]
 
 
 def _float(v: Any) -> float | None:
