@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -175,15 +176,49 @@ def store(conn: Connection, plan: Plan, chunk: Sequence[Job], start: JobStatus) 
     return writes.insert_columns(conn, {**writes.lifecycle(start, plan.sweep_id), **columns}, len(chunk))
 
 
-def _columns(chunk: Sequence[Job], uploaded: dict[int, int], sent: bool) -> dict[str, list[Any]]:
-    """The columns of a chunk of new jobs that differ from job to job: spec, knobs, queue, datasets."""
-    out: dict[str, list[Any]] = {"spec": [json.dumps(values) for values, _, _ in chunk]}
-    for f, column in zip(writes.KNOBS, zip(*(writes.knobs(values) for values, _, _ in chunk))):
-        out[f.col] = list(column)
+def _columns(chunk: Sequence[Job], uploaded: dict[int, int], sent: bool) -> dict[str, Any]:
+    """The columns of a chunk of new jobs: spec, knobs, queue, datasets (a list where jobs differ, one value
+    where a knob is the same object in every job's spec)."""
+    specs = [values for values, _, _ in chunk]
+    varying = _varying(specs)
+    out: dict[str, Any] = {"spec": _spec_texts(specs, varying)}
+    for f in writes.KNOBS:
+        out[f.col] = ([writes.knob(f, values[f.name]) for values in specs] if f.name in varying
+                      else writes.knob(f, specs[0][f.name]))
     out["queue"] = [key[0] if sent else None for _, key, _ in chunk]
     for name in ("input", "labels", "kernel"):
         out[f"{name}_dataset_id"] = [uploaded[id(files[name])] if name in files else None for _, _, files in chunk]
     return out
+
+
+def _varying(specs: Sequence[dict[str, Any]]) -> set[str]:
+    """The keys whose value is not the very same object in every spec (a sweep's jobs share the objects of
+    what it does not sweep); every key when the specs do not all have the same keys in the same order."""
+    first = specs[0]
+    keys = tuple(first)
+    if any(tuple(values) != keys for values in specs):
+        return set(keys)
+    return {k for k in keys if any(values[k] is not first[k] for values in specs)}
+
+
+def _spec_texts(specs: Sequence[dict[str, Any]], varying: set[str]) -> list[str]:
+    """Each spec's JSON text exactly as json.dumps writes it, from one template of the first spec with a slot
+    for each varying value (a sweep's specs differ in a few values: the rest is encoded once)."""
+    first = specs[0]
+    if len(varying) == len(first):
+        return [json.dumps(values) for values in specs]
+    token = uuid.uuid4().hex
+    slots = [k for k in first if k in varying]
+    marked = json.dumps({**first, **{k: f"\x00{token}{i}\x00" for i, k in enumerate(slots)}})
+    template = marked.replace("{", "{{").replace("}", "}}")
+    for i in range(len(slots)):
+        template = template.replace(json.dumps(f"\x00{token}{i}\x00"), "{}")
+    fill = template.format
+    return [fill(*(_json_value(values[k]) for k in slots)) for values in specs]
+
+
+def _json_value(value: Any) -> str:
+    return str(value) if type(value) is int else json.dumps(value)
 
 
 def _and_then(exc: BrokerUnavailable, again: Selection) -> str:

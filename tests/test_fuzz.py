@@ -226,3 +226,36 @@ def test_spec_files_raise_only_bad_input(text, suffix, tmp_path_factory):
     docs = only_bad_input(load_spec_file, str(path))
     for doc in docs or []:
         only_bad_input(JobSpec.parse, doc)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6)
+
+
+@st.composite
+def chunks(draw) -> list[dict[str, Any]]:
+    """A chunk of specs as a sweep makes them: one base dict, each job overriding a few of its keys (equal
+    values as other objects too: 1 and 1.0, 0.0 and -0.0), now and then one job with its keys reordered."""
+    base = draw(st.dictionaries(st.text(max_size=6), json_values, min_size=1, max_size=6))
+    keys = list(base)
+    specs = []
+    for _ in range(draw(st.integers(1, 5))):
+        changed = draw(st.dictionaries(st.sampled_from(keys), json_values, max_size=len(keys)))
+        spec = {**base, **changed}
+        if len(keys) > 1 and draw(st.integers(0, 9)) == 0:
+            spec = dict(reversed(spec.items()))
+        specs.append(spec)
+    return specs
+
+
+@FUZZ
+@given(specs=chunks())
+@example(specs=[{"lr": 1, "seed": 0.0, "s": "{}"}, {"lr": 1.0, "seed": -0.0, "s": "{}"}])
+def test_spec_texts_from_a_template_are_what_json_dumps_writes(specs):
+    """The jobs' spec texts are made from one template of what they share (service.submit); each must be
+    exactly json.dumps of its spec, whatever the values and whatever the keys share."""
+    from service.submit import _spec_texts, _varying
+
+    assert _spec_texts(specs, _varying(specs)) == [json.dumps(s) for s in specs]

@@ -1,11 +1,13 @@
 """The bulk paths of service.db.writes: many rows moved through the driver at once, column by column
-(COPY on PostgreSQL, executemany on SQLite), inside the caller's SQLAlchemy transaction.
+(binary COPY on PostgreSQL: numbers packed, never printed and parsed; executemany on SQLite), inside the
+caller's SQLAlchemy transaction.
 
 Column names here come from the result schema and the tables, never from a user; every value is bound
 or copied as data.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Sequence
@@ -14,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, Connection, DateTime, Float, Integer, String
 
-from service.db.schema import jobs
+from service.db.schema import jobs, metadata
 
 EPOCH_ROWS_CHUNK = 50_000
 """Epoch rows per executemany on SQLite."""
@@ -57,7 +59,7 @@ def _update_postgresql(conn: Connection, ids: Sequence[int], values: dict[str, A
             conn.connection.info[STAGING] = True
         with cur.copy(f"COPY {STAGING} (id, {', '.join(lists)}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(["int4", *(_binary_type(c) for c in lists)])
-            columns = [_json_texts(values[c]) if isinstance(jobs.c[c].type, JSON) else values[c] for c in lists]
+            columns = [_json_texts(values[c]) if _binary_type(c) == "text" else values[c] for c in lists]
             for row in zip(ids, *columns):
                 copy.write_row(row)
         sets = [f"{c} = v.{c}" for c in lists] + [f"{c} = %(s_{c})s" for c in scalars]
@@ -69,18 +71,20 @@ def _update_postgresql(conn: Connection, ids: Sequence[int], values: dict[str, A
         return changed
 
 
-def _binary_type(column: str) -> str:
-    """The type a jobs column's values take in a binary COPY (JSON as its text, which json's receive reads)."""
-    kind = jobs.c[column].type
+def _binary_type(column: str, table: str = "jobs") -> str:
+    """The type a column's values take in a binary COPY (JSON as its text, which json's receive reads)."""
+    kind = metadata.tables[table].c[column].type
     for types, name in ((BigInteger, "int8"), (Integer, "int4"), (Float, "float8"), (Boolean, "bool"),
                         (DateTime, "timestamptz"), ((String, JSON), "text")):
         if isinstance(kind, types):
             return name
-    raise TypeError(f"no binary COPY type for jobs.{column} ({kind})")
+    raise TypeError(f"no binary COPY type for {table}.{column} ({kind})")
 
 
 def _json_texts(values: list[Any]) -> list[Any]:
-    return [v if v is None or isinstance(v, str) else json.dumps(v) for v in values]
+    """Values as a text or JSON column takes them: text as it is, lists and dicts as JSON, the rest as str."""
+    return [v if v is None or isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+            for v in values]
 
 
 def _update_sqlite(conn: Connection, ids: Sequence[int], values: dict[str, Any], where: str,
@@ -109,47 +113,27 @@ def _update_sqlite(conn: Connection, ids: Sequence[int], values: dict[str, Any],
 
 def insert_rows(conn: Connection, table: str, columns: dict[str, Any], n: int) -> None:
     """Insert n rows given column by column (a list: a value a row; anything else: every row's; JSON columns
-    as text): COPY on PostgreSQL, each distinct value encoded once; executemany on SQLite."""
+    as text or as what json.dumps takes): binary COPY on PostgreSQL, executemany on SQLite."""
     names = list(columns)
     if postgresql(conn):
-        encoded = []
-        for c in names:
+        kinds = [_binary_type(c, table) for c in names]
+        values = []
+        for c, kind in zip(names, kinds):
             v = columns[c]
-            if isinstance(v, list):
-                try:
-                    code = {x: _copy_text(x) for x in set(v)}
-                    encoded.append([code[x] for x in v])
-                except TypeError:  # unhashable values (a JSON column's lists): each encoded
-                    encoded.append([_copy_text(x) for x in v])
-            else:
-                encoded.append([_copy_text(v)] * n)
-        data = "\n".join(map("\t".join, zip(*encoded))) + "\n"
+            if kind == "text":  # JSON columns' lists and dicts encoded; text columns are given text
+                v = _json_texts(v) if isinstance(v, list) else _json_texts([v])[0]
+            values.append(v if isinstance(v, list) else itertools.repeat(v, n))
         with conn.connection.driver_connection.cursor() as cur, \
-                cur.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN") as copy:
-            copy.write(data)
+                cur.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(kinds)
+            for row in zip(*values):
+                copy.write_row(row)
         return
     lists = [[_sqlite_value(conn, c, v) for v in columns[c]] if isinstance(columns[c], list)
              else [_sqlite_value(conn, c, columns[c])] * n for c in names]
     marks = ", ".join("?" * len(names))
     conn.connection.driver_connection.executemany(
         f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks})", list(zip(*lists)))  # noqa: S608
-
-
-def _copy_text(v: Any) -> str:
-    """A value in COPY's text format."""
-    if v is None:
-        return "\\N"
-    if isinstance(v, bool):
-        return "t" if v else "f"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return repr(v)
-    if isinstance(v, datetime):
-        return v.isoformat()
-    if not isinstance(v, str):
-        v = json.dumps(v) if isinstance(v, (dict, list)) else str(v)
-    return v.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def insert_epochs(conn: Connection, job_ids: Any, done: Any, loss: Any, mse: Any, kernel_error: Any | None,

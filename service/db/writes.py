@@ -217,7 +217,12 @@ KNOBS = tuple(f for f in result.SPEC if f.name != "spec")
 
 def knobs(values: dict[str, Any]) -> tuple[Any, ...]:
     """A spec's knob columns (texts cut to their column's length), in KNOBS order."""
-    return tuple(values[f.name][: f.length] if f.length and values[f.name] else values[f.name] for f in KNOBS)
+    return tuple(knob(f, values[f.name]) for f in KNOBS)
+
+
+def knob(f: result.Field, value: Any) -> Any:
+    """A spec's value as its knob column holds it (a text cut to the column's length)."""
+    return value[: f.length] if f.length and value else value
 
 
 def lifecycle(start: JobStatus, sweep_id: int | None = None) -> dict[str, Any]:
@@ -251,7 +256,7 @@ def insert_columns(conn: Connection, columns: dict[str, Any], n: int) -> list[in
     in order. COPY on PostgreSQL, ids reserved from the sequence first."""
     if conn.dialect.name == "postgresql":
         ids = sorted(conn.execute(select(func.nextval(func.pg_get_serial_sequence("jobs", "id")))
-                                  .select_from(func.generate_series(1, n))).scalars())
+                                  .select_from(func.generate_series(1, n))).scalars().all())
     else:  # SQLite: transactions begin IMMEDIATE (service.db.engine), so no other writer takes these ids meanwhile
         start = conn.execute(select(func.coalesce(func.max(jobs.c.id), 0))).scalar_one() + 1
         ids = list(range(start, start + n))
