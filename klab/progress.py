@@ -7,7 +7,7 @@ import time
 from html import escape
 from typing import Any
 
-from service.cli.progress import POLL_SECONDS, count_line, counts
+from service.cli.progress import count_line, counts, pause
 from service.jobs.selection import Selection
 
 LINE_SECONDS = 2.0
@@ -97,13 +97,15 @@ def follow(selection: Selection, timeout: float | None = None, show: bool = True
     started = time.monotonic()
     try:
         while True:
+            asked = time.monotonic()
             c = counts(selection)
+            took = time.monotonic() - asked
             done = c["finished"] == c["jobs"]
             bar.update(c, final=done)
             if done:
                 return c
             if timeout is not None and time.monotonic() - started > timeout:
                 raise TimeoutError(f"still waiting after {timeout:g} s: {count_line(c)}")
-            time.sleep(POLL_SECONDS)
+            time.sleep(pause(took))
     finally:
         bar.close()

@@ -161,6 +161,15 @@ def test_book_loss_never_prints_a_small_loss_as_zero():
         ["19.158", "0.001", "0.000434", "0.000", "inf"]
 
 
+def test_waiting_reads_the_progress_taking_no_more_than_its_share_of_the_database():
+    """`watch`, `--wait` and the API's .wait() pause by one rule between reads: at least POLL_SECONDS, and a
+    read that took d seconds waits d / POLL_SHARE (a 200,000-job sweep's counts take tens of milliseconds)."""
+    from service.cli.progress import POLL_SECONDS, POLL_SHARE, pause
+
+    assert pause(0.0) == POLL_SECONDS
+    assert pause(0.2) == pytest.approx(0.2 / POLL_SHARE) and pause(0.2) > POLL_SECONDS
+
+
 def test_progress_of_a_long_job_a_line_at_most_every_few_seconds_away_from_a_terminal():
     from types import SimpleNamespace
 

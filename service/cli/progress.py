@@ -24,6 +24,12 @@ POLL_SHARE = 0.1
 """The most of the database's time the polling may take: a read that takes d seconds waits d / POLL_SHARE
 before the next (a 200,000-job sweep's counts take tens of milliseconds, which the workers need more)."""
 
+
+def pause(took: float) -> float:
+    """Seconds to wait before the next read of the progress, after one that took `took` seconds."""
+    return max(POLL_SECONDS, took / POLL_SHARE)
+
+
 LINE_SECONDS = 5.0
 """Away from a terminal, the shortest time between two progress lines."""
 
@@ -147,7 +153,7 @@ def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
                 if lines and line != last_line and time.monotonic() - last_at >= (LINE_SECONDS if last_line else 0):
                     click.echo(line, err=True)
                     last_line, last_at = line, time.monotonic()
-                time.sleep(max(POLL_SECONDS, took / POLL_SHARE))
+                time.sleep(pause(took))
                 check()
     except KeyboardInterrupt:
         raise Interrupted(f"stopped waiting; the jobs go on: follow them with klab watch {selection}") from None
