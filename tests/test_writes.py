@@ -179,6 +179,13 @@ def test_result_columns_are_stored_exactly_whether_shared_by_every_job_or_not(kl
     assert cols.stored("true_kernel") == "[[-0.0, 1.0, null], [5e-324, 1.7976931348623157e+308, 0.1]]"
     assert cols.stored("cosine") == 0.5 and cols.stored("stable_lr") is None and cols.stored("identifiable") is True
     assert isinstance(cols.stored("gap_noise"), list) and isinstance(cols.stored("learned_kernel"), list)
+    rows = Columns.of_rows([fake_result(SPEC, relative=0.1) for _ in range(3)])  # lists, not arrays
+    for name, values in [("gap_noise", [0.0, -0.0, 0.0]), ("converged_epoch", [1, 1.0, 1]),
+                         ("identifiable", [True, 1, True])]:
+        rows.values[name] = values
+        assert _bits(rows.stored(name)) == _bits(values) if name == "gap_noise" else rows.stored(name) == values
+        rows.values[name] = [values[0]] * 3
+        assert rows.stored(name) == values[0] and type(rows.stored(name)) is type(values[0])
     with writing() as conn:
         ids = [new(conn) for _ in range(n)]
         assert writes.save_results(conn, ids, cols) == ids

@@ -56,7 +56,7 @@ class Columns:
                 return _stored_values(f, v[:1], 1)[0]
             return _stored_values(f, v, len(self))
         out = _stored_values(f, v, len(self))
-        return out[0] if out and all(x == out[0] for x in out) else out
+        return out[0] if out and all(_same(x, out[0]) for x in out) else out
 
     @classmethod
     def of_rows(cls, rows: Sequence[tuple[dict[str, Any], Sequence[dict[str, Any]]]]) -> Columns:
@@ -120,6 +120,14 @@ def _all_same(v: Any) -> bool:
     if v.dtype.kind != "f":
         return bool((v == first).all())
     return bool((((v == first) & (np.signbit(v) == np.signbit(first))) | (np.isnan(v) & np.isnan(first))).all())
+
+
+def _same(x: Any, y: Any) -> bool:
+    """Whether two plain values are stored alike: equal and of one type, and floats bit for bit (-0.0 is not
+    0.0, 1 is not 1.0 nor True)."""
+    if type(x) is not type(y):
+        return False
+    return repr(x) == repr(y) if isinstance(x, float) else x == y
 
 
 def _stored_values(f: result.Field, v: Any, n: int) -> list[Any]:
