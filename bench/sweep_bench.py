@@ -11,7 +11,9 @@ One run measures, on the same jobs (edge:6x8, kernel d2l, d2l-manual, 10 epochs,
 - the store: the engine's results written through the service's own write path (service.db.writes.
   save_results, one transaction per task, as a worker writes them) into running jobs, in epoch rows/s;
   and, as its baseline, a bare binary COPY of the same epoch rows (psycopg write_row, one transaction).
-It prints the ratios: sweep vs book, sweep vs engine, store vs bare COPY.
+  Both are timed twice: from one process, and from as many forked processes at once as the worker has
+  children (each taking every Nth task, its own connection), which is how `klab worker` stores.
+It prints the ratios: sweep vs book, sweep vs engine, store vs bare COPY (one process, and N).
 
     .venv/bin/python bench/sweep_bench.py                 # 100,000 jobs, 3 repeats
     .venv/bin/python bench/sweep_bench.py --jobs 10000 --repeat 1 --concurrency 1,2
@@ -27,6 +29,7 @@ import argparse
 import contextlib
 import cProfile
 import io
+import itertools
 import os
 import platform
 import pstats
@@ -38,7 +41,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -435,54 +438,124 @@ def running_jobs(db_url: str, jobs: int) -> list[int]:
     return ids
 
 
-def service_store(db_url: str, ids: list[int], results: list[Any]) -> tuple[float, dict[str, float]]:
+def service_store(db_url: str, ids: list[int], results: list[Any], streams: int = 1,
+                  ) -> tuple[float, dict[str, float]]:
     """Seconds to store every result through service.db.writes.save_results, a task's results a transaction
-    (writing(durable=False), as worker.tasks does), and the seconds of its two statements' calls."""
+    (writing(durable=False), as worker.tasks does), and the seconds of its two statements' calls. With
+    `streams` > 1, that many forked processes store at once, as a worker's children do, each every
+    streams-th task; the seconds run from their common start to the last one's commit (no phases)."""
     from service.db import bulk, writes
-    from service.db.engine import writing
+    from service.db.engine import dispose_engines, writing
 
-    with phase_clock([(bulk, "update_jobs", "jobs UPDATE"), (bulk, "insert_epochs", "epochs COPY")]) as phases:
-        started = time.perf_counter()
-        at = 0
-        for batch in results:
-            part = ids[at : at + len(batch)]
+    starts = list(itertools.accumulate((len(batch) for batch in results), initial=0))
+
+    def connect(_: int) -> None:
+        with writing(db_url, durable=False):  # the engine made and a connection pooled, as in a warm worker
+            pass
+
+    def store(k: int) -> None:
+        for t in range(k, len(results), streams):
+            part = ids[starts[t] : starts[t + 1]]
             with writing(db_url, durable=False) as conn:
-                stored = writes.save_results(conn, part, batch.columns, fresh=True)
+                stored = writes.save_results(conn, part, results[t].columns, fresh=True)
             if len(stored) != len(part):
                 raise SystemExit(f"save_results stored {len(stored)} of {len(part)} jobs")
-            at += len(batch)
+
+    if streams > 1:
+        dispose_engines()  # each child opens its own connections, as a worker child does after the fork
+        return forked(streams, store, connect), {}
+    connect(0)
+    with phase_clock([(bulk, "update_jobs", "jobs UPDATE"), (bulk, "insert_epochs", "epochs COPY")]) as phases:
+        started = time.perf_counter()
+        store(0)
         return time.perf_counter() - started, dict(phases)
 
 
-def bare_copy(db_url: str, ids: list[int], results: list[Any]) -> tuple[float, int]:
-    """The baseline: the same epoch rows, built as tuples before the clock, sent by one binary COPY with
-    psycopg's write_row into the emptied epochs table, committed. Seconds and rows."""
-    import numpy as np
-    import psycopg
+def forked(streams: int, work: Callable[[int], None], prepare: Callable[[int], None]) -> float:
+    """Seconds for `streams` forked processes, each having run prepare(k) (k = 0..streams-1) off the clock,
+    released together, to each run work(k): from their release to the last one's end. A failure in any of
+    them ends the benchmark."""
+    import multiprocessing
 
-    rows = []
+    ctx = multiprocessing.get_context("fork")
+    gate, ends = ctx.Barrier(streams + 1), ctx.Queue()
+
+    def attempt(step: Callable[[int], None], k: int) -> str | None:
+        try:
+            step(k)
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def child(k: int) -> None:
+        error = attempt(prepare, k)
+        gate.wait(timeout=600)  # every process ready: the clock starts
+        error = error or attempt(work, k)
+        ends.put((time.perf_counter(), error))
+
+    procs = [ctx.Process(target=child, args=(k,)) for k in range(streams)]
+    for p in procs:
+        p.start()
+    gate.wait(timeout=600)
+    started = time.perf_counter()
+    done = [ends.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    failed = [error for _, error in done if error]
+    if failed:
+        raise SystemExit(f"a forked stream failed: {failed[0]}")
+    return max(end for end, _ in done) - started
+
+
+def epoch_rows(ids: list[int], results: list[Any]) -> list[list[tuple]]:
+    """Each task's epoch rows as tuples (job id, epoch, loss, mse, kernel error or None), as a bare COPY sends them."""
+    import numpy as np
+
+    tasks = []
     at = 0
     for batch in results:
-        c = batch.columns
+        c, rows = batch.columns, []
+        ke = c.kernel_error
         for k in range(len(batch)):
             job = ids[at + k]
-            ke = c.kernel_error
             rows += [(job, e + 1, float(c.loss[e, k]), float(c.mse[e, k]),
                       None if ke is None or not np.isfinite(ke[e, k]) else float(ke[e, k]))
                      for e in range(int(c.epochs_done[k]))]
+        tasks.append(rows)
         at += len(batch)
+    return tasks
+
+
+def bare_copy(db_url: str, tasks: list[list[tuple]], streams: int = 1) -> float:
+    """The baseline: the same epoch rows, built before the clock, sent by binary COPY with psycopg's write_row
+    into the emptied epochs table: one transaction, or with `streams` > 1 one per forked process, each taking
+    every streams-th task's rows. Seconds."""
+    import psycopg
+
     url = make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(url) as conn:
         conn.execute("TRUNCATE epochs")
-        conn.commit()
-        started = time.perf_counter()
-        with conn.cursor() as cur, \
-                cur.copy("COPY epochs (job_id, epoch, loss, mse, kernel_error) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(["int4", "int4", "float8", "float8", "float8"])
-            for row in rows:
-                copy.write_row(row)
-        conn.commit()
-        return time.perf_counter() - started, len(rows)
+    held: dict[int, Any] = {}  # this process's connection, opened off the clock
+
+    def connect(k: int) -> None:
+        held[k] = psycopg.connect(url)
+
+    def copy(k: int) -> None:
+        with held.pop(k) as conn:
+            with conn.cursor() as cur, \
+                    cur.copy("COPY epochs (job_id, epoch, loss, mse, kernel_error) FROM STDIN (FORMAT BINARY)") as cp:
+                cp.set_types(["int4", "int4", "float8", "float8", "float8"])
+                for t in range(k, len(tasks), streams):
+                    for row in tasks[t]:
+                        cp.write_row(row)
+            conn.commit()
+
+    if streams > 1:
+        return forked(streams, copy, connect)
+    connect(0)
+    started = time.perf_counter()
+    copy(0)
+    return time.perf_counter() - started
 
 
 @dataclass
@@ -492,12 +565,28 @@ class StoreRun:
     phases: dict[str, float]  # seconds of the store in its jobs UPDATE and its epochs COPY
     bare: float  # seconds of the bare COPY of the same epoch rows
     rows: int  # epoch rows
+    streams: int = 1  # processes of the concurrent store and bare COPY, as many as the worker's children
+    store_n: float = 0.0  # seconds of the store in that many processes at once
+    bare_n: float = 0.0  # seconds of the bare COPY in that many processes at once
 
 
-def store_run(db_url: str, jobs: int, batch_jobs: int, threads: int) -> StoreRun:
+def store_run(db_url: str, jobs: int, batch_jobs: int, threads: int, streams: int) -> StoreRun:
     engine_s, results = engine_alone(jobs, batch_jobs, threads)
-    ids = running_jobs(db_url, jobs)
-    store_s, phases = service_store(db_url, ids, results)
+    run = StoreRun(engine_s, 0.0, {}, 0.0, sum(int(b.columns.epochs_done.sum()) for b in results), streams)
+    for n in sorted({1, streams}):
+        ids = running_jobs(db_url, jobs)
+        store_s, phases = service_store(db_url, ids, results, n)
+        check_stored(db_url, jobs)
+        tasks = epoch_rows(ids, results)
+        bare_s = bare_copy(db_url, tasks, n)
+        if n == 1:
+            run.store, run.phases, run.bare = store_s, phases, bare_s
+        if n == streams:
+            run.store_n, run.bare_n = store_s, bare_s
+    return run
+
+
+def check_stored(db_url: str, jobs: int) -> None:
     eng = poll_engine(db_url)
     with eng.connect() as conn:
         stored = conn.execute(text("SELECT count(*) FROM epochs")).scalar()
@@ -505,8 +594,6 @@ def store_run(db_url: str, jobs: int, batch_jobs: int, threads: int) -> StoreRun
     eng.dispose()
     if stored != jobs * EPOCHS or ended != jobs:
         raise SystemExit(f"the store left {ended} succeeded jobs and {stored} epochs, not {jobs} and {jobs * EPOCHS}")
-    bare_s, rows = bare_copy(db_url, ids, results)
-    return StoreRun(engine_s, store_s, phases, bare_s, rows)
 
 
 # --- profiles ----------------------------------------------------------------------------------
@@ -733,13 +820,17 @@ def timings(args: argparse.Namespace, env: dict[str, str], db_url: str, tmp: Pat
                 worst = max(worst, check_against_book(db_url, book_losses))
                 if c == concurrencies[0]:
                     # the engine alone and the store, between the sweeps, under the same load (worker idle)
-                    store = store_run(db_url, n, sizes[0], threads)
+                    store = store_run(db_url, n, sizes[0], threads, children)
                     stores.append(store)
                     print(f"  engine alone {store.engine:.2f} s ({threads} torch thread(s), one process); store "
                           f"{store.rows / store.store:,.0f} epoch rows/s ({store.store:.2f} s: "
                           + ", ".join(f"{k} {v:.2f} s" for k, v in store.phases.items())
                           + f", the rest in Python); bare COPY "
                           f"{store.rows / store.bare:,.0f} rows/s ({store.bare:.2f} s)")
+                    if children > 1:
+                        print(f"  {children} processes at once, as the worker's children: store "
+                              f"{store.rows / store.store_n:,.0f} epoch rows/s ({store.store_n:.2f} s); bare COPY "
+                              f"{store.rows / store.bare_n:,.0f} rows/s ({store.bare_n:.2f} s)")
 
     book_job = statistics.median(book_runs)
     book_total = book_job * n
@@ -773,9 +864,18 @@ def timings(args: argparse.Namespace, env: dict[str, str], db_url: str, tmp: Pat
               f"| **{speedup:.1f}x**{'' if speedup >= args.target else ' BELOW TARGET'} "
               f"| {statistics.median(per_run):.1f}x ({', '.join(f'{v:.1f}' for v in per_run)}) "
               f"| {total / engine_s:.1f}x slower |")
-    print(f"\nstore vs bare COPY: {store_rate / bare_rate:.2f}x the bare rate; store "
+    print(f"\nstore vs bare COPY, one process each: {store_rate / bare_rate:.2f}x the bare rate; store "
           f"{store_rate:,.0f} rows/s{'' if store_rate >= args.store_target else ' BELOW TARGET'} "
           f"(target >= {args.store_target:,.0f})")
+    streams = stores[0].streams
+    if streams > 1:
+        store_n = statistics.median(s.rows / s.store_n for s in stores)
+        bare_n = statistics.median(s.rows / s.bare_n for s in stores)
+        print(f"store vs bare COPY, {streams} processes each (the worker's children): {store_n / bare_n:.2f}x the "
+              f"bare rate; store {store_n:,.0f} rows/s (runs: "
+              f"{', '.join(f'{s.rows / s.store_n:,.0f}' for s in stores)})"
+              f"{'' if store_n >= args.store_target else ' BELOW TARGET'}; bare COPY {bare_n:,.0f} rows/s (runs: "
+              f"{', '.join(f'{s.rows / s.bare_n:,.0f}' for s in stores)})")
     print(f"target: sweep >= {args.target:g}x the book's loop")
 
 
