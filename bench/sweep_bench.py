@@ -438,8 +438,7 @@ def running_jobs(db_url: str, jobs: int) -> list[int]:
     return ids
 
 
-def service_store(db_url: str, ids: list[int], results: list[Any], streams: int = 1,
-                  ) -> tuple[float, dict[str, float]]:
+def service_store(db_url: str, ids: list[int], results: list[Any], streams: int = 1) -> tuple[float, dict[str, float]]:
     """Seconds to store every result through service.db.writes.save_results, a task's results a transaction
     (writing(durable=False), as worker.tasks does), and the seconds of its two statements' calls. With
     `streams` > 1, that many forked processes store at once, as a worker's children do, each every
