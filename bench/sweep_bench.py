@@ -39,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -310,6 +311,26 @@ class SweepRun:
     book_total: float = float("nan")  # the book loop's time for the same jobs, measured just before
 
 
+class CliExit:
+    """When a process exits, to the moment (a thread waits on it, reading its output meanwhile): the poll of the
+    database, once a second, would round the CLI's time up to its next look."""
+
+    def __init__(self, proc: subprocess.Popen, t0: float):
+        self.seconds: float | None = None
+        self.stderr = ""
+        self.thread = threading.Thread(target=self._wait, args=(proc, t0), daemon=True)
+        self.thread.start()
+
+    def _wait(self, proc: subprocess.Popen, t0: float) -> None:
+        _, self.stderr = proc.communicate()
+        self.seconds = time.perf_counter() - t0
+
+    def wait(self) -> float:
+        self.thread.join()
+        assert self.seconds is not None
+        return self.seconds
+
+
 def timed_sweep(env: dict[str, str], db_url: str, worker: Worker, jobs: int, batch_jobs: int,
                 timeout: float) -> SweepRun:
     reset(db_url)
@@ -323,14 +344,14 @@ def timed_sweep(env: dict[str, str], db_url: str, worker: Worker, jobs: int, bat
             t0 = time.perf_counter()
             proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True)
-            cli = stored = None
+            exited = CliExit(proc, t0)
+            stored = None
             last_count, last_change = -1, t0
             while stored is None:
                 now = time.perf_counter()
-                if cli is None and proc.poll() is not None:
-                    cli = now - t0
-                    if proc.returncode != 0:
-                        raise SystemExit(f"klab sweep failed ({proc.returncode}):\n{proc.stderr.read()[-3000:]}")
+                cli = exited.seconds
+                if cli is not None and proc.returncode != 0:
+                    raise SystemExit(f"klab sweep failed ({proc.returncode}):\n{exited.stderr[-3000:]}")
                 done = conn.execute(finished_sql).scalar()
                 if done != last_count:
                     last_count, last_change = done, now
@@ -346,10 +367,7 @@ def timed_sweep(env: dict[str, str], db_url: str, worker: Worker, jobs: int, bat
                     proc.kill()
                     raise SystemExit(f"the sweep did not finish in {timeout:.0f} s; worker log: {worker.log}")
                 time.sleep(POLL_SECONDS)
-            if cli is None:
-                proc.wait()
-                cli = time.perf_counter() - t0
-            proc.communicate()
+            cli = exited.wait()
             statuses = dict(conn.execute(text("SELECT status, count(*) FROM jobs GROUP BY status")).all())
             retried = conn.execute(text("SELECT count(*) FROM jobs WHERE attempts > 1")).scalar()
             foreign = conn.execute(text("SELECT count(*) FROM jobs WHERE worker_host NOT LIKE :me"),
