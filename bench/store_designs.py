@@ -1,0 +1,148 @@
+"""Store designs: what finishing a job costs PostgreSQL, as shipped and as two designs that are not built.
+
+The sweep benchmark (bench/sweep_bench.py) times the store as shipped: each task's results written into
+running jobs by service.db.writes.save_results (the results' columns copied into a staging table, one
+`UPDATE jobs ... FROM` it, the epochs by binary COPY). That UPDATE is never HOT (it sets err_relative,
+which is indexed), so every finished job writes a new row version and an entry in each of the four
+indexes of jobs. This script times, on the same results and in the same run, that store and two
+prototypes of other designs, none of which the service has:
+
+- shipped: save_results as it is;
+- split: the result columns in a table of their own, filled by binary COPY (its primary key and an index
+  on err_relative there, dropped from jobs), and jobs updated only in status and finished_at;
+- once: the same table, and no write to jobs at all when a job ends: the floor of a design in which a
+  job's status is known from its result's presence (a change of the job lifecycle and of every reader).
+
+Each design is timed from one process and from two at once (the worker's two children on 2 cores), on
+100,000 jobs (10 epochs each) stored as running, designs interleaved repeat by repeat; it prints epoch
+rows/s and how many of the jobs' updates were HOT.
+
+    .venv/bin/python bench/store_designs.py --repeat 3
+
+PostgreSQL only: a fresh database through KLAB_TEST_DATABASE_URL, as bench/sweep_bench.py makes it.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sweep_bench as sb
+from sqlalchemy import Column, Integer, Table, text
+
+DESIGNS = ("shipped", "split", "once")
+RESULTS = "_klab_design_results"
+"""The prototypes' table of results (its columns: the job id and what save_results sets in jobs)."""
+
+
+def result_columns() -> list[str]:
+    from service.jobs import result
+
+    return [result.BY_NAME[n].col for n in result.ROW if n != "status"]
+
+
+def save_elsewhere(conn: Any, ids: list[int], columns: Any, touch_jobs: bool) -> list[int]:
+    """A task's results into the results table by binary COPY, its epochs as save_results writes them, and
+    (touch_jobs) each job's status and end time set in jobs."""
+    import numpy as np
+
+    from service.db import bulk
+    from service.db.schema import utcnow
+    from service.jobs import result
+
+    values = {result.BY_NAME[n].col: columns.stored(n) for n in result.ROW}
+    status = values.pop("status")
+    if not isinstance(status, str):
+        raise SystemExit("the prototypes store tasks whose jobs all end alike")
+    stored = list(ids)
+    if touch_jobs:
+        with conn.connection.driver_connection.cursor() as cur:
+            cur.execute("UPDATE jobs SET status = %s, finished_at = %s WHERE id = ANY(%s) AND status = 'running' "
+                        "RETURNING id", (status, utcnow(), stored))
+            stored = [r[0] for r in cur.fetchall()]
+    bulk.insert_rows(conn, RESULTS, {"job_id": list(ids), **{c: values[c] for c in result_columns()}}, len(ids))
+    bulk.insert_epochs(conn, np.asarray(ids), np.asarray(columns.epochs_done), columns.loss, columns.mse,
+                       columns.kernel_error)
+    return stored
+
+
+def prepare(db_url: str, design: str) -> None:
+    """The tables as the design has them: jobs' own indexes as shipped, or the results table instead."""
+    eng = sb.poll_engine(db_url)
+    with eng.connect() as conn:
+        conn.execute(text(f"DROP TABLE IF EXISTS {RESULTS}"))
+        conn.execute(text("CREATE INDEX IF NOT EXISTS ix_jobs_err_relative ON jobs (err_relative)"))
+        if design != "shipped":
+            conn.execute(text(f"CREATE TABLE {RESULTS} AS SELECT id AS job_id, {', '.join(result_columns())} "
+                              "FROM jobs WITH NO DATA"))
+            conn.execute(text(f"ALTER TABLE {RESULTS} ADD PRIMARY KEY (job_id)"))
+            conn.execute(text(f"CREATE INDEX ON {RESULTS} (err_relative)"))
+            conn.execute(text("DROP INDEX ix_jobs_err_relative"))
+    eng.dispose()
+
+
+def updates(db_url: str) -> tuple[int, int]:
+    """Row updates of jobs so far, and how many of them were HOT."""
+    eng = sb.poll_engine(db_url)
+    with eng.connect() as conn:
+        conn.execute(text("SELECT pg_stat_force_next_flush()"))
+        row = conn.execute(text("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+                                "WHERE relname = 'jobs'")).one()
+    eng.dispose()
+    return row[0], row[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=int, default=100_000)
+    ap.add_argument("--batch-jobs", type=int, default=1024)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--streams", type=int, default=2, help="processes storing at once (the worker's children)")
+    args = ap.parse_args()
+    from service.db import writes
+    from service.db.schema import jobs, metadata
+
+    print(f"machine: {sb.machine()}")
+    shipped = writes.save_results
+    Table(RESULTS, metadata, Column("job_id", Integer, primary_key=True),  # for bulk.insert_rows' COPY types
+          *(jobs.c[c]._copy() for c in result_columns()))
+    rates: dict[tuple[str, int], list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="klab-store-designs-") as tmp, sb.pg_database() as db_url:
+        sb.klab(sb.service_env(db_url, sb.REDIS_URL, Path(tmp) / "home"), "db", "upgrade")
+        _, results = sb.engine_alone(args.jobs, args.batch_jobs, 1)
+        rows = sum(int(b.columns.epochs_done.sum()) for b in results)
+        for r in range(args.repeat):
+            for design in DESIGNS:
+                if design == "shipped":
+                    writes.save_results = shipped
+                else:
+                    touch = design == "split"
+                    writes.save_results = lambda conn, ids, columns, fresh=False, _t=touch: save_elsewhere(
+                        conn, ids, columns, _t)
+                seen = []
+                before = updates(db_url)
+                for streams in sorted({1, args.streams}):
+                    ids = sb.running_jobs(db_url, args.jobs)  # empties the tables first
+                    prepare(db_url, design)
+                    seconds, _ = sb.service_store(db_url, ids, results, streams)
+                    rates.setdefault((design, streams), []).append(rows / seconds)
+                    seen.append(f"{streams} process(es) {rows / seconds:,.0f}")
+                upd, hot = (a - b for a, b in zip(updates(db_url), before))
+                print(f"run {r + 1} {design}: epoch rows/s {', '.join(seen)}; jobs updates {upd:,}, HOT {hot:,}",
+                      flush=True)
+        writes.save_results = shipped
+        from service.db.engine import dispose_engines
+
+        dispose_engines()
+    print("\n| design | processes | epoch rows/s, median | runs |\n|---|---|---|---|")
+    for (design, streams), values in rates.items():
+        print(f"| {design} | {streams} | {statistics.median(values):,.0f} | "
+              f"{', '.join(f'{v:,.0f}' for v in values)} |")
+
+
+if __name__ == "__main__":
+    main()
