@@ -261,13 +261,18 @@ def percentile(values: list[float], q: float) -> float:
 # --- the baseline ------------------------------------------------------------------------------
 
 def book_seconds_per_job(seeds: list[int], threads: int) -> tuple[float, dict[int, list[float]]]:
-    """The book's first loop, one seed at a time, no storage: seconds per job, and l.sum() per epoch."""
+    """The book's first loop (bench/engine_batched.py's book_job), one seed at a time, no storage: seconds
+    per job, and l.sum() per epoch."""
     import torch
-    from torch import nn
+    from engine_batched import EPOCHS as BOOK_EPOCHS
+    from engine_batched import LR as BOOK_LR
+    from engine_batched import book_job
 
     from service.jobs.problem import build_problem
     from service.jobs.spec import JobSpec
 
+    if (BOOK_EPOCHS, BOOK_LR) != (EPOCHS, LR):
+        raise SystemExit(f"the book's loop runs {BOOK_EPOCHS} epochs at lr {BOOK_LR}, the sweep {EPOCHS} at {LR}")
     # One thread is the book loop's best case here: with two, OpenMP waits on the other core whenever
     # anything else runs on this 2-core machine, and the loop gets several times slower.
     torch.set_num_threads(threads)
@@ -276,17 +281,7 @@ def book_seconds_per_job(seeds: list[int], threads: int) -> tuple[float, dict[in
     losses: dict[int, list[float]] = {}
     started = time.perf_counter()
     for seed in seeds:
-        torch.manual_seed(seed)
-        conv2d = nn.Conv2d(1, 1, kernel_size=(1, 2), bias=False)
-        seen = []
-        for _ in range(EPOCHS):
-            Y_hat = conv2d(X)
-            l = (Y_hat - Y) ** 2
-            conv2d.zero_grad()
-            l.sum().backward()
-            conv2d.weight.data[:] -= LR * conv2d.weight.grad
-            seen.append(l.sum().item())
-        losses[seed] = seen
+        losses[seed], _ = book_job(seed, X, Y)
     return (time.perf_counter() - started) / len(seeds), losses
 
 
