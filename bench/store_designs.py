@@ -24,6 +24,7 @@ PostgreSQL only: a fresh database through KLAB_TEST_DATABASE_URL, as bench/sweep
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import tempfile
@@ -45,9 +46,10 @@ def result_columns() -> list[str]:
     return [result.BY_NAME[n].col for n in result.ROW if n != "status"]
 
 
-def save_elsewhere(conn: Any, ids: list[int], columns: Any, touch_jobs: bool) -> list[int]:
+def save_elsewhere(conn: Any, ids: list[int], columns: Any, fresh: bool = False, touch_jobs: bool = True) -> list[int]:
     """A task's results into the results table by binary COPY, its epochs as save_results writes them, and
-    (touch_jobs) each job's status and end time set in jobs."""
+    (touch_jobs) each job's status and end time set in jobs. Takes save_results' arguments (`fresh` unused:
+    the prototypes store into jobs that have no epochs)."""
     import numpy as np
 
     from service.db import bulk
@@ -103,11 +105,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--streams", type=int, default=2, help="processes storing at once (the worker's children)")
     args = ap.parse_args()
-    from service.db import writes
     from service.db.schema import jobs, metadata
 
     print(f"machine: {sb.machine()}")
-    shipped = writes.save_results
     Table(RESULTS, metadata, Column("job_id", Integer, primary_key=True),  # for bulk.insert_rows' COPY types
           *(jobs.c[c]._copy() for c in result_columns()))
     rates: dict[tuple[str, int], list[float]] = {}
@@ -117,24 +117,18 @@ def main() -> None:
         rows = sum(int(b.columns.epochs_done.sum()) for b in results)
         for r in range(args.repeat):
             for design in DESIGNS:
-                if design == "shipped":
-                    writes.save_results = shipped
-                else:
-                    touch = design == "split"
-                    writes.save_results = lambda conn, ids, columns, fresh=False, _t=touch: save_elsewhere(
-                        conn, ids, columns, _t)
+                save = None if design == "shipped" else functools.partial(save_elsewhere, touch_jobs=design == "split")
                 seen = []
                 before = updates(db_url)
                 for streams in sorted({1, args.streams}):
                     ids = sb.running_jobs(db_url, args.jobs)  # empties the tables first
                     prepare(db_url, design)
-                    seconds, _ = sb.service_store(db_url, ids, results, streams)
+                    seconds, _ = sb.service_store(db_url, ids, results, streams, save)
                     rates.setdefault((design, streams), []).append(rows / seconds)
                     seen.append(f"{streams} process(es) {rows / seconds:,.0f}")
                 upd, hot = (a - b for a, b in zip(updates(db_url), before))
                 print(f"run {r + 1} {design}: epoch rows/s {', '.join(seen)}; jobs updates {upd:,}, HOT {hot:,}",
                       flush=True)
-        writes.save_results = shipped
         from service.db.engine import dispose_engines
 
         dispose_engines()
