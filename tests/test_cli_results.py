@@ -188,6 +188,31 @@ def test_compare_ids_csv_and_json(jobs: dict[str, int], klab_cli) -> None:
 
 
 @SQLITE_ONLY
+def test_tables_show_rounding_dust_as_show_does_and_the_data_keep_it(klab_db: str, klab_cli) -> None:
+    """A least-squares job on the book's input: float64 leaves ~3e-16 in two parts of its gap, below float32's
+    rounding of the kernel. `show`, `compare` and `list` print 0 there alike; --csv and --json keep the value."""
+    ids = []
+    for method in ("lstsq", "d2l-manual"):
+        code, out, err = klab_cli("run", "--input", "edge:6x8", "--kernel", "d2l", "--method", method, "--json")
+        assert code == 0, err
+        ids.append(str(json.loads(out)["id"]))
+    code, out, _ = klab_cli("compare", *ids, "--csv")
+    raw = {r["id"]: r for r in csv.DictReader(io.StringIO(out))}
+    dust = {k: float(raw[ids[0]][k]) for k in ("gap_optimization", "gap_noise")}
+    assert all(0 < v < 1e-12 for v in dust.values()), dust  # what the data hold, as measured
+    lines = klab_cli("compare", *ids)[1].splitlines()
+    heads = re.split(r"\s{2,}", lines[1].strip())
+    rows = {line.split()[0]: dict(zip(heads, re.split(r"\s{2,}", line.strip()))) for line in lines[2:]}
+    assert (rows[ids[0]]["gap opt."], rows[ids[0]]["gap noise"]) == ("0", "0")
+    assert float(rows[ids[1]]["gap opt."]) > 1e-3 and rows[ids[1]]["gap noise"] == "0"  # training's gap stays
+    shown = {line.split()[0]: line.split()[1] for line in klab_cli("show", ids[0])[1].splitlines()
+             if line.strip().startswith(("optimization", "noise"))}
+    assert shown == {"optimization": "0", "noise": "0"}
+    code, out, _ = klab_cli("compare", *ids, "--json")
+    assert {r["id"]: r["gap_noise"] for r in json.loads(out)}[int(ids[0])] == dust["gap_noise"]
+
+
+@SQLITE_ONLY
 def test_compare_needs_ids_or_a_sweep_not_both(jobs: dict[str, int], klab_cli) -> None:
     assert klab_cli("compare") == (2, "", "klab: error: id: give job ids or --sweep\n")
     code, _, err = klab_cli("compare", "1", "--sweep", str(jobs["sweep"]))

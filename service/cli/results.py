@@ -84,7 +84,9 @@ def list_(status: str | None, sweep: int | None, method: str | None, kernel: str
     elif not rows:
         click.echo("no jobs", err=True)
     else:
-        table.show(reads.LIST_COLUMNS, rows,
+        from service.render.text import settle
+
+        table.show(reads.LIST_COLUMNS, [settle(r) for r in rows],
                     cells={"lr": _unless_lstsq("lr"), "epochs": _unless_lstsq("epochs", _epochs_done)})
 
 
@@ -120,13 +122,16 @@ def compare(selection: Selection, group_by: str | None, as_json: bool, as_csv: b
     if group_by is not None:
         _compare_groups(selection, group_by, as_json, as_csv)
         return
+    from service.render.text import KERNELS, settle
+
     with _reading() as reader:
-        rows = reads.compare(reader, selection)
+        rows = reads.compare(reader, selection, also=() if as_json or as_csv else KERNELS)
     if as_json:
         _json(rows)
     elif as_csv:
         write_csv(sys.stdout, list(SUMMARY_NAMES), rows)
     else:
+        rows = [settle(r) for r in rows]
         params = ["method", "input", "kernel", "lr", "epochs", "batch_size", "seed", "noise"]
         shown = reads.varying(rows, params) if len(rows) > 1 else params
         common = [p for p in params if p not in shown]

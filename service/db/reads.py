@@ -213,10 +213,11 @@ def list_jobs(reader: Reader, *, status: str | None = None, sweep: int | None = 
     return _fetch(reader, sql, params)
 
 
-def compare(reader: Reader, selection: Selection) -> list[dict[str, Any]]:
-    """The jobs' summaries, best first by relative error (jobs without one last)."""
+def compare(reader: Reader, selection: Selection, also: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The jobs' summaries, best first by relative error (jobs without one last), with the fields `also`."""
     clause, params = where(reader, selection)
-    return _fetch(reader, f"SELECT {result.select_list(result.SUMMARY_NAMES)} FROM jobs WHERE {clause} "  # noqa: S608
+    names = (*result.SUMMARY_NAMES, *also)
+    return _fetch(reader, f"SELECT {result.select_list(names)} FROM jobs WHERE {clause} "  # noqa: S608
                           f"ORDER BY {_order('relative_error', False)}", params)
 
 

@@ -78,6 +78,28 @@ def settled(value: Any, scale: float) -> Any:
     return value
 
 
+DISTANCES: dict[str, bool] = {"frobenius_error": True, "max_abs_error": True, "relative_error": False,
+                              **{name: True for name in schema.group("gap")}}
+"""The result's distances between kernels, each with whether it is in the kernels' own units (settled at
+their norm, `kernel_scale`) or a fraction of the true kernel's norm (settled at 1)."""
+
+KERNELS = ("true_kernel", "learned_kernel")
+"""What a row needs besides its distances for `settle` to know their scale."""
+
+
+def kernel_scale(result: dict[str, Any]) -> float:
+    """The norm a result's distances are measured against: the true kernel's, or without one the learned one's."""
+    return norm(result.get("true_kernel")) or norm(result.get("learned_kernel"))
+
+
+def settle(row: dict[str, Any]) -> dict[str, Any]:
+    """A flat row (a job's summary) with its distances as text shows them: 0 below float32 rounding. The
+    kernels (KERNELS) in the row give the scale; without them only the relative error is settled."""
+    scale = kernel_scale(row)
+    return {**row, **{name: settled(row[name], scale if in_units else 1.0)
+                      for name, in_units in DISTANCES.items() if name in row}}
+
+
 def side_by_side(named: list[tuple[str, Any]]) -> str:
     """Kernels next to each other under their names."""
     blocks = []
@@ -140,9 +162,9 @@ def render(result: dict[str, Any]) -> str:
     if bias is not None:
         lines.append("learned bias: " + "  ".join(weight(_number(b)).strip() for b in
                                                    (bias if isinstance(bias, list) else [bias])))
-    scale = norm(result.get("true_kernel")) or norm(result.get("learned_kernel"))
+    scale = kernel_scale(result)
     lines += _group_line(result, "error", lambda f: (f.key or f.name).replace("_", " "),
-                         {"frobenius": scale, "max_abs": scale, "relative": 1.0})
+                         {f.key: scale if DISTANCES[f.name] else 1.0 for f in _group("error") if f.name in DISTANCES})
     ident = result.get("identifiability")
     if ident:
         lines.append(f"identifiable: {'yes' if ident['identifiable'] else 'no'} "
