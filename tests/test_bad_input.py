@@ -329,6 +329,20 @@ def test_a_near_miss_is_answered_with_what_was_meant(args, hint, cli_env):
     assert lines[0].startswith("klab: error: ") and hint in lines[0], lines[0]
 
 
+@pytest.mark.parametrize("args,line", [
+    (("show",), "show: missing argument 'ID'; see klab show --help"),
+    (("show", "1", "2"), "show: unexpected extra argument (2); see klab show --help"),
+    (("show", "x"), "show: invalid value for 'ID': 'x' is not a valid integer; see klab show --help"),
+    (("export", "epochs", "13"), "export: unexpected extra arguments (epochs 13); see klab export --help"),
+    (("db", "frob"), "db: no such command 'frob'; see klab db --help"),
+    (("list", "--limit", "-1"), "Invalid value for '--limit': -1 is not in the range x>=0."),
+])
+def test_a_misused_command_names_itself_or_the_option(args, line, cli_env):
+    """Arguments that the command does not take: one line naming the command and where its usage is."""
+    code, out, lines = klab_here(*args)
+    assert (code, out, lines) == (2, "", [f"klab: error: {line}"])
+
+
 def test_a_sweep_value_that_is_a_number_gets_no_range_hint(cli_env):
     code, _, lines = klab_here("sweep", "--seed", "ten")
     assert code == 2 and lines == ["klab: error: seed: not a number: 'ten'"]

@@ -99,10 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         hint = f"; did you mean {', '.join(sorted(exc.possibilities))}?" if exc.possibilities else ""
         fail(f"{exc.option_name}: no such option{hint}", 2)
     except click.UsageError as exc:
-        param = getattr(exc, "param", None)
-        name = param.opts[0] if param is not None and getattr(param, "opts", None) else None
-        msg = exc.format_message().replace("\n", " ")
-        fail(f"{name}: {msg}" if name and name not in msg else msg, 2)
+        fail(_usage_line(exc), 2)
     except click.Abort:
         fail("aborted", 130)
     except click.ClickException as exc:
@@ -116,6 +113,21 @@ def main(argv: list[str] | None = None) -> None:
             fail(f"database error: {one_line(getattr(exc, 'orig', None) or exc)}", 3)
         raise
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_line(exc: click.UsageError) -> str:
+    """A usage error as one line naming what was wrong: the option (`--lr: ...`), or for a command's arguments
+    the command and where its usage is (`show: unexpected extra argument (2); see klab show --help`)."""
+    param = getattr(exc, "param", None)
+    msg = exc.format_message().replace("\n", " ")
+    if isinstance(param, click.Option) and param.opts:
+        return msg if param.opts[0] in msg else f"{param.opts[0]}: {msg}"
+    ctx = exc.ctx
+    if ctx is None or ctx.parent is None:  # the group's own: an unknown command
+        return msg
+    msg = msg[0].lower() + msg[1:].rstrip(".")
+    msg = msg[len("got "):] if msg.startswith("got ") else msg
+    return f"{ctx.info_name}: {msg}; see {ctx.command_path} --help"
 
 
 def _database_gone(exc: Exception) -> bool:
