@@ -149,6 +149,15 @@ def test_a_long_run_gets_a_log_epoch_axis_with_every_epoch_drawn() -> None:
     readable(fig)
 
 
+def test_a_one_epoch_job_has_one_epoch_tick() -> None:
+    """lstsq solves in one step: its axis spans epoch 1 alone, and shows 1, not 0.96, 0.98, 1.00, 1.02."""
+    result = result_of({"method": "lstsq"}, relative=0.0, epochs=1)
+    fig = plot.figure_job(result)
+    for start in ("loss", "kernel error"):
+        assert integer_ticks(by_title(fig, start)) == [1]
+    readable(fig)
+
+
 def test_not_identifiable_and_diverged_are_said_and_drawn() -> None:
     hidden = result_of({"epochs": 20}, relative=0.5, rank=4, params=9, identifiable=False, gap_identifiability=1.5,
                        explanation="the data cannot tell these weights apart")

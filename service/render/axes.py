@@ -88,7 +88,8 @@ def _apart(ax: Any, xs: np.ndarray, at: np.ndarray) -> bool:
 
 
 def integer_ticks(axis: Any, log: bool) -> None:
-    """Ticks at integers only: 1, 2, 5, 10, 20, 50, ... on a log axis, whole steps on a linear one."""
+    """Ticks at integers only: 1, 2, 5, 10, 20, 50, ... on a log axis, whole steps on a linear one (a single one
+    where the axis spans one integer: an lstsq job's one epoch)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
     if log:
@@ -96,7 +97,7 @@ def integer_ticks(axis: Any, log: bool) -> None:
         axis.set_minor_locator(NullLocator())
         axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}"))
     else:
-        axis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one epoch: one tick, at 1
 
 
 def value_ticks(axis: Any, values: Sequence[float]) -> None:
