@@ -92,12 +92,19 @@ def kernel_scale(result: dict[str, Any]) -> float:
     return norm(result.get("true_kernel")) or norm(result.get("learned_kernel"))
 
 
+def shown_value(name: str, value: Any, scale: float) -> Any:
+    """A result field's value as text shows it: a distance (DISTANCES) settled at the kernels' norm `scale`
+    or at 1; any other field as it is."""
+    if name not in DISTANCES:
+        return value
+    return settled(value, scale if DISTANCES[name] else 1.0)
+
+
 def settle(row: dict[str, Any]) -> dict[str, Any]:
     """A flat row (a job's summary) with its distances as text shows them: 0 below float32 rounding. The
     kernels (KERNELS) in the row give the scale; without them only the relative error is settled."""
     scale = kernel_scale(row)
-    return {**row, **{name: settled(row[name], scale if in_units else 1.0)
-                      for name, in_units in DISTANCES.items() if name in row}}
+    return {**row, **{name: shown_value(name, row[name], scale) for name in DISTANCES if name in row}}
 
 
 def side_by_side(named: list[tuple[str, Any]]) -> str:
@@ -163,8 +170,7 @@ def render(result: dict[str, Any]) -> str:
         lines.append("learned bias: " + "  ".join(weight(_number(b)).strip() for b in
                                                    (bias if isinstance(bias, list) else [bias])))
     scale = kernel_scale(result)
-    lines += _group_line(result, "error", lambda f: (f.key or f.name).replace("_", " "),
-                         {f.key: scale if DISTANCES[f.name] else 1.0 for f in _group("error") if f.name in DISTANCES})
+    lines += _group_line(result, "error", lambda f: (f.key or f.name).replace("_", " "), scale)
     ident = result.get("identifiability")
     if ident:
         lines.append(f"identifiable: {'yes' if ident['identifiable'] else 'no'} "
@@ -180,7 +186,7 @@ def render(result: dict[str, Any]) -> str:
         parts = [f for f in _group("gap") if gap.get(f.key) is not None]
         width = max((len(f.key or "") for f in parts), default=0)
         for f in parts:
-            lines.append(f"  {(f.key or '').ljust(width)}  {cell(settled(gap[f.key], scale)):>10}  {f.doc}")
+            lines.append(f"  {(f.key or '').ljust(width)}  {cell(shown_value(f.name, gap[f.key], scale)):>10}  {f.doc}")
     if result.get("explanation"):
         lines.append(result["explanation"])
     if result.get("error_message"):
@@ -188,15 +194,11 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _group_line(result: dict[str, Any], group: str, name: Any, scales: dict[str, float] | None = None) -> list[str]:
-    """A result's group of fields (error, pace) on one line, each as `name(field) value`; a value with a scale
-    is settled at it."""
+def _group_line(result: dict[str, Any], group: str, name: Any, scale: float = 0.0) -> list[str]:
+    """A result's group of fields (error, pace) on one line, each as `name(field) value`; its distances settled
+    at the kernels' norm `scale` (shown_value)."""
     values = result.get(group)
     if not values:
         return []
-    scales = scales or {}
-
-    def shown(key: str) -> str:
-        return cell(settled(values.get(key), scales[key]) if key in scales else values.get(key))
-
-    return [f"{group}: " + ", ".join(f"{name(f)} {shown(f.key or f.name)}" for f in _group(group))]
+    return [f"{group}: " + ", ".join(f"{name(f)} {cell(shown_value(f.name, values.get(f.key or f.name), scale))}"
+                                     for f in _group(group))]
