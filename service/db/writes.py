@@ -142,7 +142,7 @@ def claim(conn: Connection, ids: Sequence[int], host: str, task_id: str, task_tr
                     task_try=unless_cancelled(task_try, jobs.c.task_try),
                     attempts=unless_cancelled(jobs.c.attempts + 1, jobs.c.attempts))
             .returning(*_claimed(conn)))
-    started = [r for r in conn.execute(stmt) if r.status == JobStatus.RUNNING.value]
+    started = [r for r in conn.execute(stmt).all() if r.status == JobStatus.RUNNING.value]
     started.sort(key=lambda r: r.id)
     return started
 
