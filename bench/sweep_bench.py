@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import Engine, make_url  # noqa: E402
 
+from service import defaults  # noqa: E402
 from service.cli.workers import worker_argv  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("KLAB_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -761,8 +762,8 @@ def main() -> None:
     exit_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=100_000, help="jobs in the sweep (seeds 0..N-1)")
-    ap.add_argument("--batch-jobs", default="1024", help="comma list of --batch-jobs values to time (the first "
-                    "also sizes the engine's and the store's tasks)")
+    ap.add_argument("--batch-jobs", default=str(defaults.BATCH_JOBS), help="comma list of --batch-jobs values to "
+                    "time, by default klab's (the first also sizes the engine's and the store's tasks)")
     ap.add_argument("--concurrency", default="",
                     help="comma list of worker concurrencies to time (default: klab worker's, the number of cores)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each configuration (median)")
@@ -773,7 +774,7 @@ def main() -> None:
     ap.add_argument("--store-target", type=float, default=500_000, help="epoch rows/s asked of the store")
     ap.add_argument("--profile", action="store_true", help="after the timings, profile the CLI and the worker task")
     ap.add_argument("--profile-only", action="store_true", help="only the profiles, no timings")
-    ap.add_argument("--profile-jobs", type=int, default=1024, help="jobs in the profiled worker task")
+    ap.add_argument("--profile-jobs", type=int, default=defaults.BATCH_JOBS, help="jobs in the profiled worker task")
     ap.add_argument("--profile-lines", type=int, default=30, help="functions listed per profile")
     args = ap.parse_args()
     n = args.jobs

@@ -11,7 +11,7 @@ import json
 import time
 from base64 import b64decode
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -95,14 +95,19 @@ def check(broker_url: str | None = None) -> None:
         raise unavailable(broker_url, exc) from None
 
 
-def tasks(items: Sequence[tuple[int, tuple]], batch_jobs: int) -> list[Task]:
+def tasks(items: Sequence[tuple[int, tuple]], batch_jobs: int,
+          most: Callable[[tuple], int] | None = None) -> list[Task]:
     """Job ids grouped by key (the queue first: jobs that may train together) into tasks of at most
-    batch_jobs ids. Workers regroup what they are sent by what trains together, so a key of the
-    queue alone is enough for jobs sent again."""
+    batch_jobs ids, and at most most(key) where given. Workers regroup what they are sent by what trains
+    together, so a key of the queue alone is enough for jobs sent again."""
     groups: dict[tuple, list[int]] = defaultdict(list)
     for job_id, key in items:
         groups[key].append(job_id)
-    return [(key[0], ids[i : i + batch_jobs]) for key, ids in groups.items() for i in range(0, len(ids), batch_jobs)]
+    out: list[Task] = []
+    for key, ids in groups.items():
+        size = batch_jobs if most is None else max(1, min(batch_jobs, most(key)))
+        out += [(key[0], ids[i : i + size]) for i in range(0, len(ids), size)]
+    return out
 
 
 def publish(app, messages: Sequence[Task], identity: str, sent: Any = None) -> int:

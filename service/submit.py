@@ -22,7 +22,7 @@ from service.db import reads, writes
 from service.db.connect import Reader
 from service.db.engine import writing
 from service.errors import BadInput, BrokerUnavailable
-from service.jobs.problem import Problem, build_problem, file_arrays, problem_key, together
+from service.jobs.problem import Problem, build_problem, file_arrays, fitting, problem_key, together
 from service.jobs.selection import Selection
 from service.jobs.spec import Device, JobSpec
 from service.jobs.status import JobStatus
@@ -151,7 +151,7 @@ def submit(plan: Plan, batch_jobs: int) -> tuple[int | None, list[int]]:
         taken: list[int] = []
         try:
             broker.publish(broker.client(), broker.tasks([(i, key) for i, (_, key, _) in zip(made, chunk)],
-                                                         batch_jobs), identity, taken.extend)
+                                                         batch_jobs, _fitting), identity, taken.extend)
         except BrokerUnavailable as exc:
             failure = exc
             with writing() as conn:
@@ -161,6 +161,11 @@ def submit(plan: Plan, batch_jobs: int) -> tuple[int | None, list[int]]:
                  else Selection(tuple(ids) if len(ids) <= 50 else ()))
         raise BrokerUnavailable(_and_then(failure, again))
     return plan.sweep_id, ids
+
+
+def _fitting(key: tuple) -> int:
+    """A message key's most jobs in one task: as many as one batch may train within KLAB_MAX_JOB_MEMORY."""
+    return fitting(key[1:])
 
 
 def store(conn: Connection, plan: Plan, chunk: Sequence[Job], start: JobStatus) -> list[int]:

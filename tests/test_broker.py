@@ -11,6 +11,7 @@ import pytest
 from harness import klab, queue_key, service_env, tails, wait_until
 
 from service import defaults
+from service.jobs.problem import fitting, together
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -33,9 +34,13 @@ def test_messages_carry_job_ids_only_grouped_by_batch_jobs(tmp_path, pg_db, redi
     env = service_env(tmp_path, url, server.url())
     client = server.client()
     default = defaults.BATCH_JOBS
-    assert default == 1024  # the README's number
-    for args, size, per_task in ((("--seed", "0..2499"), 2500, default),
-                                 (("--seed", "0..249", "--batch-jobs", "100"), 250, 100)):
+    assert default == 4096  # the README's number
+    big = ("--input", "random:1024x1024", "--kernel", "d2l", "--epochs", "10")
+    fit = fitting(together(*_built(dict(zip(big[::2], big[1::2])))))  # 11 such jobs fit in 2 GiB together
+    assert 1 < fit < 25
+    for args, size, per_task in ((("--seed", "0..9999"), 10_000, default),
+                                 (("--seed", "0..249", "--batch-jobs", "100"), 250, 100),
+                                 ((*big, "--seed", "0..24"), 25, fit)):
         client.flushdb()
         out = klab(env, "sweep", *args, "--json")
         assert out.returncode == 0, out.stderr
@@ -51,6 +56,14 @@ def test_messages_carry_job_ids_only_grouped_by_batch_jobs(tmp_path, pg_db, redi
             carried += args_[0]
         assert sorted(carried) == sorted(ids)  # every job once, and nothing but ids
         assert [len(body(m)[0][0]) for m in sent][:-1] == [per_task] * (len(sent) - 1)
+
+
+def _built(values: dict[str, str]) -> tuple:
+    from service.jobs.problem import build_problem
+    from service.jobs.spec import JobSpec
+
+    spec = JobSpec.parse({k.removeprefix("--").replace("-", "_"): v for k, v in values.items()})
+    return build_problem(spec, {}), spec
 
 
 def test_log_spaced_values_are_exact(tmp_path):

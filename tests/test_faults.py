@@ -386,7 +386,9 @@ def test_divergence_out_of_memory_and_time_limit_end_their_jobs_not_the_worker(t
                                                                                worker_procs):
     url, db = pg_db
     # Ten seconds: ample for every job here but the endless one, even on a loaded machine (two were not).
-    env = service_env(tmp_path, url, redis_server().url(), KLAB_MAX_JOB_SECONDS="10")
+    # 16 GiB: the hundred large jobs below fit in one batch by their estimate; the worker's room is what is short.
+    env = service_env(tmp_path, url, redis_server().url(), KLAB_MAX_JOB_SECONDS="10",
+                      KLAB_MAX_JOB_MEMORY=str(16 * 2**30))
     w = worker_procs(env, "sturdy").wait_ready()
     warm = klab(env, "submit", "--wait", "--json")
     assert warm.returncode == 0 and json.loads(warm.stdout)["status"] == "succeeded", warm.stderr

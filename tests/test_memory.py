@@ -138,6 +138,40 @@ def test_the_estimate_grows_with_what_the_job_makes():
     assert job_memory((1, 1, 4096, 4096), (4096, 1, 1, 1), False, Method.LSTSQ, 10) > 1000 * GIB
 
 
+def test_a_batch_holds_as_many_jobs_as_fit_in_the_limit_together(setenv):
+    from types import SimpleNamespace
+
+    from service.jobs.problem import ENGINE_BYTES, fitting, together
+    from worker.tasks import load
+
+    def key(values: dict) -> tuple:
+        spec = JobSpec.parse({"kernel": "d2l", "epochs": 10, **values})
+        return together(build_problem(spec, {}), spec)
+
+    big = key({"input": "random:256x256"})
+    own = job_memory((1, 1, 256, 256), (1, 1, 1, 2), False, Method.D2L_MANUAL, 10) - ENGINE_BYTES
+    assert fitting(big) == (2 * GIB - ENGINE_BYTES) // own  # jobs beside one engine: 183
+    assert (fitting(big) + 1) * own + ENGINE_BYTES > 2 * GIB >= fitting(big) * own + ENGINE_BYTES
+    assert fitting(key({"input": "edge:6x8"})) > defaults.BATCH_JOBS  # the book's jobs: the task's size decides
+    setenv(KLAB_MAX_JOB_MEMORY=str(ENGINE_BYTES + 5 * own))
+    assert fitting(big) == 5
+    setenv(KLAB_MAX_JOB_MEMORY=str(ENGINE_BYTES // 2))
+    assert fitting(big) == 1  # a job that fits alone trains alone, however low the limit
+
+    # a worker given more jobs than fit (a task sent again is sized by --batch-jobs alone) trains them in batches
+    setenv(KLAB_MAX_JOB_MEMORY=str(ENGINE_BYTES + 5 * own))
+    spec = json.dumps({"input": "random:256x256", "kernel": "d2l", "labels": None, "bias": None, "noise": 0.0,
+                       "method": "d2l-manual", "lr": 0.03, "epochs": 10, "batch_size": 2, "seed": 0,
+                       "tol": 1e-4, "device": "cpu"})
+    alike = json.dumps({k: v for k, v in json.loads(spec).items() if k not in ("seed", "lr", "tol")})
+    rows = [SimpleNamespace(id=i, seed=i, lr=0.03, tol=1e-4, alike=alike, attempts=1, input="random:256x256",
+                            kernel="d2l", input_dataset_id=None, labels_dataset_id=None, kernel_dataset_id=None)
+            for i in range(12)]
+    groups, failed = load(rows)
+    assert failed == [] and [g.ids for g in groups] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
+    assert [[j.seed for j in g.jobs] for g in groups] == [g.ids for g in groups]
+
+
 def test_an_input_too_large_for_memory_is_refused_in_one_line_without_a_traceback(tmp_path):
     """Within every limit of the input and kernel, but not of memory. Under an address-space cap of 4 GiB, any
     attempt at the job's arrays would fail loudly (it once tried 496 GiB): the refusal comes first."""

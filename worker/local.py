@@ -17,7 +17,7 @@ from service.db import writes
 from service.db.connect import out_of_reach
 from service.db.engine import writing
 from service.errors import BadInput, one_line
-from service.jobs.problem import Problem, build_problem, problem_key
+from service.jobs.problem import Problem, build_problem, fitting, problem_key
 from service.jobs.spec import JobSpec
 from service.jobs.status import JobStatus
 from service.submit import CHUNK_JOBS, Job, Plan, store
@@ -66,7 +66,8 @@ def _chunks(jobs: Iterator[Job]) -> Iterator[list[Job]]:
 
 def batches(ids: Sequence[int], chunk: Sequence[Job], batch_jobs: int, left: set[int]) -> Iterator[Batch]:
     """Stored jobs as the engine's, grouped by their message key (what trains together) in batches of at most
-    batch_jobs. A job whose data cannot be built fails at once, with why, and is taken out of `left`."""
+    batch_jobs, and no more than fit in KLAB_MAX_JOB_MEMORY together (service.jobs.problem.fitting). A job
+    whose data cannot be built fails at once, with why, and is taken out of `left`."""
     specs: dict[tuple, JobSpec] = {}
     problems: dict[tuple, Problem] = {}
     groups: dict[tuple, list[tuple[int, JobSpec, dict[str, Any], dict[str, Any]]]] = {}
@@ -76,10 +77,11 @@ def batches(ids: Sequence[int], chunk: Sequence[Job], batch_jobs: int, left: set
             specs[alike] = JobSpec.parse(values)
         groups.setdefault(key, []).append((job_id, specs[alike], values, files))
     failed: list[tuple[int, str]] = []
-    for members in groups.values():
-        for i in range(0, len(members), batch_jobs):
+    for key, members in groups.items():
+        size = min(batch_jobs, fitting(key[1:]))
+        for i in range(0, len(members), size):
             batch_ids, batch = [], []
-            for job_id, spec, values, files in members[i : i + batch_jobs]:
+            for job_id, spec, values, files in members[i : i + size]:
                 own = spec.model_copy(update={"seed": values["seed"]})
                 try:
                     pk = problem_key(own)

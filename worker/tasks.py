@@ -18,7 +18,7 @@ from service.db.connect import out_of_reach
 from service.db.engine import writing
 from service.db.reads import reading
 from service.errors import BadInput, one_line
-from service.jobs.problem import Problem, build_problem, seeded, together
+from service.jobs.problem import Problem, build_problem, fitting, seeded, together
 from service.jobs.spec import JobSpec
 from service.jobs.status import JobStatus
 from service.settings import settings
@@ -36,6 +36,7 @@ class Group:
     """Jobs that train together: one spec stands for them (their method, epochs, batch size, device)."""
 
     spec: JobSpec
+    most: int  # jobs that fit in one batch (service.jobs.problem.fitting)
     ids: list[int] = field(default_factory=list)
     jobs: list[engine.Job] = field(default_factory=list)
     fresh: bool = True  # no epochs of theirs stored yet (first claim, nothing streamed)
@@ -58,14 +59,16 @@ def train_jobs(job_ids: Sequence[int], task_id: str, host: str = HOST, task_try:
 
 
 def load(rows: Sequence[Any]) -> tuple[list[Group], list[tuple[int, str]]]:
-    """The claimed jobs as engine jobs, grouped by what trains together. Jobs alike but for their seed, lr and
+    """The claimed jobs as engine jobs, grouped by what trains together, in batches that fit in
+    KLAB_MAX_JOB_MEMORY together (service.jobs.problem.fitting). Jobs alike but for their seed, lr and
     tol (service.db.writes.PER_JOB) share one parsed spec, and jobs whose data are alike one Problem, built
     once. Also the jobs that could not be loaded, with why."""
     alike: dict[tuple, list[Any]] = {}
     for row in rows:
         alike.setdefault((row.alike, row.input_dataset_id, row.labels_dataset_id, row.kernel_dataset_id),
                          []).append(row)
-    groups: dict[tuple, Group] = {}
+    groups: dict[tuple, Group] = {}  # each key's batch being filled
+    batches: list[Group] = []
     failed: list[tuple[int, str]] = []
     with ExitStack() as stack:
         arrays: dict[tuple, dict[str, Any]] = {}
@@ -100,11 +103,15 @@ def load(rows: Sequence[Any]) -> tuple[list[Group], list[tuple[int, str]]]:
                 if isinstance(problem, str):
                     failed.append((row.id, problem))
                     continue
-                group = groups.setdefault(together(problem, spec), Group(spec))
+                key = together(problem, spec)
+                group = groups.get(key)
+                if group is None or len(group.ids) >= group.most:  # a full batch trains on its own
+                    group = groups[key] = Group(spec, fitting(key))
+                    batches.append(group)
                 group.ids.append(row.id)
                 group.jobs.append(engine.Job(problem, seed=row.seed, lr=row.lr, tol=row.tol))
                 group.fresh = group.fresh and row.attempts == 1
-    return list(groups.values()), failed
+    return batches, failed
 
 
 def train_group(group: Group) -> Counter[str]:

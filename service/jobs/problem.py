@@ -138,6 +138,14 @@ def job_memory(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], bias: bo
     return max(build, analysis, train) + ENGINE_BYTES
 
 
+def fitting(key: tuple) -> int:
+    """How many jobs with this key (`together`'s) one batch may train at once within KLAB_MAX_JOB_MEMORY: each
+    job's own arrays (job_memory, less the engine's) beside one engine's (ENGINE_BYTES); at least one."""
+    x_shape, _, kernel_shape, has_bias, method, epochs, *_ = key
+    own = job_memory(x_shape, kernel_shape, has_bias, Method(method), epochs) - ENGINE_BYTES
+    return max(1, (settings().max_job_memory - ENGINE_BYTES) // max(1, own))
+
+
 def check_memory(spec: JobSpec, x_shape: tuple[int, ...], kernel_shape: tuple[int, ...]) -> None:
     """Refuse a job whose arrays would not fit in KLAB_MAX_JOB_MEMORY, before any of its large arrays is made."""
     need = job_memory(x_shape, kernel_shape, spec.bias is not None, spec.method, spec.epochs)
