@@ -98,12 +98,13 @@ def load(rows: Sequence[Any]) -> tuple[list[Group], list[tuple[int, str]]]:
                 failed += [(r.id, f"bad input: {exc}") for r in members]
                 continue
             shared = None if seeded(spec) else build(spec, first, tuple(datasets))  # one problem, or one a seed
+            shared_key = together(shared, spec) if isinstance(shared, Problem) else None
             for row in members:
                 problem = shared or build(spec, row, tuple(datasets))
                 if isinstance(problem, str):
                     failed.append((row.id, problem))
                     continue
-                key = together(problem, spec)
+                key = shared_key or together(problem, spec)
                 group = groups.get(key)
                 if group is None or len(group.ids) >= group.most:  # a full batch trains on its own
                     group = groups[key] = Group(spec, fitting(key))

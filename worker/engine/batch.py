@@ -43,7 +43,7 @@ def train(jobs: Sequence[Job], method: Method, epochs: int, batch_size: int, dev
     """Train jobs that share their shapes together; `on_epoch` may return a mask of jobs to cancel."""
     method = Method(method)
     device = resolve_device(device)
-    if len({shapes(j.problem) for j in jobs}) != 1:
+    if len({shapes(p) for p in {id(j.problem): j.problem for j in jobs}.values()}) != 1:
         raise ValueError("jobs of one batch must share input shape, kernel shape and bias")
     started = time.perf_counter()
     p0 = jobs[0].problem
