@@ -49,6 +49,46 @@ def test_a_claim_is_one_statement_that_starts_waiting_jobs_and_ends_cancelled_on
         assert job(conn, stop).finished_at is not None and job(conn, stop).started_at is None
 
 
+def test_a_claim_tells_alike_specs_apart_from_their_text_as_parsing_would(klab_db: str) -> None:
+    def spec(**values) -> dict:
+        return JobSpec.parse({"input": "edge:6x8", "kernel": "d2l", **values}).to_json()
+
+    def by_parsing(texts: list[str]) -> tuple[list[str], list[float]]:
+        parsed = [json.loads(t) for t in texts]
+        return [json.dumps({k: v for k, v in p.items() if k not in writes.PER_JOB}, sort_keys=True)
+                for p in parsed], [p["tol"] for p in parsed]
+
+    tricky = 'npy:/data/, "seed": 5, "lr": 1, "tol": 2}.npy'  # what the cut looks for, inside a string
+    specs = [spec(seed=s, lr=lr, tol=tol) for s in (0, 7, 2**40) for lr in (0.03, 1e-05) for tol in (1e-4, 0.5)]
+    specs += [spec(seed=1, noise=0.1), spec(seed=2, noise=0.1, lr=2.5), spec(seed=1, epochs=11),
+              spec(seed=3, method="adam", tol=0.0), spec(input=tricky, kernel="[[1, -1]]", seed=4),
+              spec(input=tricky.replace("5", "6"), kernel="[[1, -1]]", seed=4)]
+    texts = [json.dumps(values) for values in specs]  # as the CLI stores them (service.submit)
+    keys, tols = writes.alike(texts)
+    expected_keys, expected_tols = by_parsing(texts)
+    assert tols == expected_tols
+    groups = {k: [i for i, e in enumerate(keys) if e == k] for k in keys}
+    assert sorted(groups.values()) == sorted({k: [i for i, e in enumerate(expected_keys) if e == k]
+                                              for k in expected_keys}.values())
+    assert len(groups) == 6  # the twelve of the first line alike, the two with noise alike, four others
+    assert keys[-1] != keys[-2] and json.dumps(tricky) in keys[-2]  # the string kept whole
+
+    # texts written otherwise (no spaces, a line break, a key twice) are parsed, every one, and group the same
+    for odd in (json.dumps(specs[1], separators=(",", ":")), json.dumps(specs[1], indent=1),
+                texts[1][:-1] + ', "seed": 1}'):
+        keys, tols = writes.alike([*texts[:4], odd])
+        assert len(set(keys)) == 1 and set(json.loads(keys[0])).isdisjoint(writes.PER_JOB)  # all five alike
+        assert tols == [1e-4, 0.5, 1e-4, 0.5, 0.5]
+
+    # and the worker's claim hands them over that way, from PostgreSQL and SQLite alike
+    with writing() as conn:
+        ids = [new(conn, JobStatus.QUEUED) for _ in range(2)]
+        rows = writes.claim(conn, ids, "w", "t", 0, lease=60)
+        assert [json.loads(r.spec) for r in rows] == [SPEC.to_json()] * 2
+        keys, tols = writes.alike([r.spec for r in rows])
+        assert keys[0] == keys[1] and tols == [SPEC.tol] * 2
+
+
 def test_stored_result_is_the_engines_plus_identity(klab_db: str) -> None:
     row, epoch_list = fake_result(SPEC, relative=0.25)
     with writing() as conn:

@@ -63,10 +63,11 @@ def load(rows: Sequence[Any]) -> tuple[list[Group], list[tuple[int, str]]]:
     KLAB_MAX_JOB_MEMORY together (service.jobs.problem.fitting). Jobs alike but for their seed, lr and
     tol (service.db.writes.PER_JOB) share one parsed spec, and jobs whose data are alike one Problem, built
     once. Also the jobs that could not be loaded, with why."""
-    alike: dict[tuple, list[Any]] = {}
-    for row in rows:
-        alike.setdefault((row.alike, row.input_dataset_id, row.labels_dataset_id, row.kernel_dataset_id),
-                         []).append(row)
+    alike: dict[tuple, list[tuple[Any, float]]] = {}
+    texts, tols = writes.alike([row.spec for row in rows])
+    for row, text, tol in zip(rows, texts, tols):
+        alike.setdefault((text, row.input_dataset_id, row.labels_dataset_id, row.kernel_dataset_id),
+                         []).append((row, tol))
     groups: dict[tuple, Group] = {}  # each key's batch being filled
     batches: list[Group] = []
     failed: list[tuple[int, str]] = []
@@ -90,16 +91,16 @@ def load(rows: Sequence[Any]) -> tuple[list[Group], list[tuple[int, str]]]:
                     raise
                 return f"{type(exc).__name__} loading job {row.id}: {exc}"
 
-        for (text, *datasets), members in alike.items():
-            first = members[0]
+        for (_, *datasets), members in alike.items():
+            first = members[0][0]
             try:
-                spec = JobSpec.parse({**json.loads(text), "seed": first.seed, "lr": first.lr, "tol": first.tol})
+                spec = JobSpec.parse(json.loads(first.spec))
             except BadInput as exc:  # validated at submit; a stored spec can still fail to load
-                failed += [(r.id, f"bad input: {exc}") for r in members]
+                failed += [(r.id, f"bad input: {exc}") for r, _ in members]
                 continue
             shared = None if seeded(spec) else build(spec, first, tuple(datasets))  # one problem, or one a seed
             shared_key = together(shared, spec) if isinstance(shared, Problem) else None
-            for row in members:
+            for row, tol in members:
                 problem = shared or build(spec, row, tuple(datasets))
                 if isinstance(problem, str):
                     failed.append((row.id, problem))
@@ -110,7 +111,7 @@ def load(rows: Sequence[Any]) -> tuple[list[Group], list[tuple[int, str]]]:
                     group = groups[key] = Group(spec, fitting(key))
                     batches.append(group)
                 group.ids.append(row.id)
-                group.jobs.append(engine.Job(problem, seed=row.seed, lr=row.lr, tol=row.tol))
+                group.jobs.append(engine.Job(problem, seed=row.seed, lr=row.lr, tol=tol))
                 group.fresh = group.fresh and row.attempts == 1
     return batches, failed
 

@@ -7,9 +7,11 @@ claim, which starts or cancels in one statement). Lists of job ids travel as one
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import re
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -19,9 +21,11 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Integer,
+    Text,
     any_,
     bindparam,
     case,
+    cast,
     delete,
     func,
     insert,
@@ -33,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.exc import IntegrityError
 
+from service import defaults
 from service.db import bulk
 from service.db.schema import datasets, epochs, jobs, sweeps, utcnow
 from service.jobs import result, status
@@ -91,21 +96,36 @@ def mark_queued(conn: Connection, ids: Sequence[int]) -> None:
 
 
 PER_JOB = ("seed", "lr", "tol")
-"""The spec's values that jobs trained together may differ in; a claim returns the rest of a spec (`alike`)
-as text, alike for alike jobs, so that a worker parses one spec for them all."""
+"""The spec's values that jobs trained together may differ in: a worker parses one spec for the jobs of a
+claim whose stored specs differ in these alone (`alike`)."""
+
+_PER_JOB_TEXT = re.compile(r', "(?:seed|lr|tol)": [^,}]*')
+_TOL_TEXT = re.compile(r', "tol": ([^,}]*)')
+"""A PER_JOB key and its value (a number) in a spec's text as json.dumps writes it: never the first key, and
+only ever a key, since a quote inside a JSON string is written \\", so `, "` cannot be in one."""
+
+
+def alike(texts: Sequence[str]) -> tuple[list[str], list[float]]:
+    """Stored specs' texts less their PER_JOB values (the same text for jobs whose specs differ in those
+    alone), and their tol. Cut from the texts, all at once, not parsed one by one: a third of a claim's time
+    was PostgreSQL parsing them (jsonb), and Python parsing them took as long. A text that is not as
+    json.dumps writes it (each key once, no line break, those separators) makes every one parsed instead."""
+    joined = "\n".join(texts)
+    cut, found = _PER_JOB_TEXT.subn("", joined)
+    keys, tols = cut.split("\n"), _TOL_TEXT.findall(joined)
+    if found == len(PER_JOB) * len(texts) and len(keys) == len(tols) == len(texts):
+        with contextlib.suppress(ValueError):
+            return keys, [float(t) for t in tols]
+    parsed = [json.loads(t) for t in texts]
+    return ([json.dumps({k: v for k, v in p.items() if k not in PER_JOB}) for p in parsed],
+            [p.get("tol", defaults.TOL) for p in parsed])
 
 
 def _claimed(conn: Connection) -> tuple[Any, ...]:
-    """What a claim returns of each job: all a worker needs to train it."""
-    if conn.dialect.name == "postgresql":
-        alike = literal_column("(jobs.spec::jsonb - 'seed' - 'lr' - 'tol')::text")
-        tol = literal_column("(jobs.spec ->> 'tol')::float8")
-    else:
-        alike = func.json_remove(jobs.c.spec, *(f"$.{k}" for k in PER_JOB))
-        tol = func.json_extract(jobs.c.spec, "$.tol")
-    return (jobs.c.id, jobs.c.status, jobs.c.attempts, jobs.c.seed, jobs.c.lr, tol.label("tol"),
-            alike.label("alike"), jobs.c.input, jobs.c.kernel, jobs.c.input_dataset_id, jobs.c.labels_dataset_id,
-            jobs.c.kernel_dataset_id)
+    """What a claim returns of each job: all a worker needs to train it, the spec as its stored text (`alike`
+    tells which jobs share it)."""
+    return (jobs.c.id, jobs.c.status, jobs.c.attempts, jobs.c.seed, jobs.c.lr, cast(jobs.c.spec, Text).label("spec"),
+            jobs.c.input, jobs.c.kernel, jobs.c.input_dataset_id, jobs.c.labels_dataset_id, jobs.c.kernel_dataset_id)
 
 
 def unsent(conn: Connection, ids: Sequence[int]) -> None:
