@@ -163,10 +163,10 @@ def test_a_batch_holds_as_many_jobs_as_fit_in_the_limit_together(setenv):
     spec = json.dumps({"input": "random:256x256", "kernel": "d2l", "labels": None, "bias": None, "noise": 0.0,
                        "method": "d2l-manual", "lr": 0.03, "epochs": 10, "batch_size": 2, "seed": 0,
                        "tol": 1e-4, "device": "cpu"})
-    alike = json.dumps({k: v for k, v in json.loads(spec).items() if k not in ("seed", "lr", "tol")})
-    rows = [SimpleNamespace(id=i, seed=i, lr=0.03, tol=1e-4, alike=alike, attempts=1, input="random:256x256",
-                            kernel="d2l", input_dataset_id=None, labels_dataset_id=None, kernel_dataset_id=None)
-            for i in range(12)]
+    rows = [SimpleNamespace(id=i, seed=i, lr=0.03, spec=spec.replace('"seed": 0', f'"seed": {i}'), attempts=1,
+                            input="random:256x256", kernel="d2l", input_dataset_id=None, labels_dataset_id=None,
+                            kernel_dataset_id=None)
+            for i in range(12)]  # as a claim returns them (service.db.writes._claimed)
     groups, failed = load(rows)
     assert failed == [] and [g.ids for g in groups] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
     assert [[j.seed for j in g.jobs] for g in groups] == [g.ids for g in groups]
