@@ -151,7 +151,7 @@ def submit(plan: Plan, batch_jobs: int) -> tuple[int | None, list[int]]:
         taken: list[int] = []
         try:
             broker.publish(broker.client(), broker.tasks([(i, key) for i, (_, key, _) in zip(made, chunk)],
-                                                         batch_jobs, _fitting), identity, taken.extend)
+                                                         batch_jobs, most_jobs), identity, taken.extend)
         except BrokerUnavailable as exc:
             failure = exc
             with writing() as conn:
@@ -163,7 +163,7 @@ def submit(plan: Plan, batch_jobs: int) -> tuple[int | None, list[int]]:
     return plan.sweep_id, ids
 
 
-def _fitting(key: tuple) -> int:
+def most_jobs(key: tuple) -> int:
     """A message key's most jobs in one task: as many as one batch may train within KLAB_MAX_JOB_MEMORY."""
     return fitting(key[1:])
 

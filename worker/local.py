@@ -17,10 +17,10 @@ from service.db import writes
 from service.db.connect import out_of_reach
 from service.db.engine import writing
 from service.errors import BadInput, one_line
-from service.jobs.problem import Problem, build_problem, fitting, problem_key
+from service.jobs.problem import Problem, build_problem, problem_key
 from service.jobs.spec import JobSpec
 from service.jobs.status import JobStatus
-from service.submit import CHUNK_JOBS, Job, Plan, store
+from service.submit import CHUNK_JOBS, Job, Plan, most_jobs, store
 from worker import engine
 
 Batch = tuple[JobSpec, list[int], list[engine.Job]]
@@ -66,7 +66,7 @@ def _chunks(jobs: Iterator[Job]) -> Iterator[list[Job]]:
 
 def batches(ids: Sequence[int], chunk: Sequence[Job], batch_jobs: int, left: set[int]) -> Iterator[Batch]:
     """Stored jobs as the engine's, grouped by their message key (what trains together) in batches of at most
-    batch_jobs, and no more than fit in KLAB_MAX_JOB_MEMORY together (service.jobs.problem.fitting). A job
+    batch_jobs, and no more than fit in KLAB_MAX_JOB_MEMORY together (service.submit.most_jobs). A job
     whose data cannot be built fails at once, with why, and is taken out of `left`."""
     specs: dict[tuple, JobSpec] = {}
     problems: dict[tuple, Problem] = {}
@@ -78,7 +78,7 @@ def batches(ids: Sequence[int], chunk: Sequence[Job], batch_jobs: int, left: set
         groups.setdefault(key, []).append((job_id, specs[alike], values, files))
     failed: list[tuple[int, str]] = []
     for key, members in groups.items():
-        size = min(batch_jobs, fitting(key[1:]))
+        size = min(batch_jobs, most_jobs(key))
         for i in range(0, len(members), size):
             batch_ids, batch = [], []
             for job_id, spec, values, files in members[i : i + size]:
