@@ -1,5 +1,6 @@
 """Promises of the read commands that only a real database can check: row limits, epochs of a job stopped
-early, the JSON export of jobs, and the indexes behind `klab list`'s sorts (EXPLAIN, on SQLite and PostgreSQL)."""
+early, the JSON export of jobs, and the indexes behind `klab list`'s sorts and a task's lookups of its jobs (EXPLAIN,
+on SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import json
@@ -7,11 +8,13 @@ from typing import Any
 
 from harness import clean_env
 from harness import klab as klab_proc
+from sqlalchemy import select
 
 from service.db import reads, writes
 from service.db.connect import HEAD, Reader
 from service.db.engine import upgrade, writing
 from service.db.reads import reading
+from service.db.schema import jobs
 from service.jobs.spec import JobSpec
 from service.jobs.status import JobStatus
 
@@ -116,3 +119,25 @@ def test_a_sqlite_file_of_an_older_revision_upgrades_itself_with_its_jobs(tmp_pa
     assert [r["id"] for r in json.loads(out.stdout)] == [7]
     current = klab_proc(clean_env(tmp_path / "home", url), "db", "current")
     assert current.stdout.strip().endswith(f": revision {HEAD} (head)"), current.stdout
+
+
+def test_a_task_finds_its_jobs_by_the_primary_key_on_a_table_not_yet_analysed(klab_db):
+    """A claim, a heartbeat or a cancel check names a task's jobs by a list of ids (service.db.writes.ids_in).
+    On a table the planner has no statistics of (a new sweep's rows, just copied in), PostgreSQL priced looking
+    up 4,096 ids in the primary key above reading the whole table, and every claim of a sweep read all of it."""
+    spec = JobSpec.parse({"seed": 0})
+    with writing() as conn:
+        ids = writes.insert_columns(conn, {**writes.new_job(spec, start=JobStatus.QUEUED, queue="cpu"),
+                                           "seed": list(range(30_000))}, 30_000)
+    task = ids[8192 : 8192 + 4096]
+    with writing() as conn:
+        stmt = select(jobs.c.id).where(writes.ids_in(conn, jobs.c.id, task))
+        assert conn.execute(stmt).scalars().all() == task
+        compiled = stmt.compile(conn)
+        explain = "EXPLAIN QUERY PLAN " if conn.dialect.name == "sqlite" else "EXPLAIN "
+        params = tuple(compiled.params[k] for k in compiled.positiontup) if compiled.positional else compiled.params
+        shown = "\n".join(str(r) for r in conn.exec_driver_sql(explain + str(compiled), params))
+    if conn.dialect.name == "sqlite":
+        assert "SCAN jobs" not in shown and "PRIMARY KEY" in shown, shown
+    else:
+        assert "Seq Scan" not in shown and "pk_jobs" in shown, shown

@@ -152,10 +152,14 @@ def sweep_name(reader: Reader, sweep_id: int) -> str | None:
 
 
 def ids_in(reader: Reader, ids: Sequence[int]) -> tuple[str, dict[str, Any]]:
-    """`id` is one of `ids`, as one parameter however many: an array on PostgreSQL, a JSON list on SQLite."""
+    """`id` is one of `ids`, as one parameter however many: an array on PostgreSQL (between the least and the
+    greatest id too, for the primary key's index: service.db.writes.ids_in), a JSON list on SQLite."""
     ids = [int(i) for i in ids]
     if reader.dialect == "postgresql":
-        return "id = ANY(:ids)", {"ids": ids}
+        if not ids:
+            return "id = ANY(:ids)", {"ids": ids}
+        return "id BETWEEN :least AND :greatest AND id = ANY(:ids)", {"ids": ids, "least": min(ids),
+                                                                      "greatest": max(ids)}
     return "id IN (SELECT value FROM json_each(:ids))", {"ids": json.dumps(ids)}
 
 
