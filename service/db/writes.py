@@ -60,12 +60,10 @@ def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
 
 
 def ids_in(conn: Connection, column: Any, ids: Sequence[int]) -> ColumnElement[bool]:
-    """`column` is one of `ids`, as one parameter however many ids: an array on PostgreSQL, a JSON list
-    on SQLite (a database refuses a statement of over 32,766 or 65,535 parameters).
-
-    On PostgreSQL also between the least and the greatest id, which the primary key's index answers whatever
-    the planner knows of the table: given the array alone, it priced thousands of index lookups above a scan
-    of a table it had no statistics of yet (a new sweep's), and every claim read the whole table."""
+    """`column` is one of `ids`, as one parameter however many ids (a database refuses a statement of over
+    32,766 or 65,535 parameters): a JSON list on SQLite; on PostgreSQL an array, and between the least and the
+    greatest id, which the primary key answers even on a table not yet analysed (a new sweep's, where the array
+    alone had every claim read the whole table)."""
     ids = [int(i) for i in ids]
     if conn.dialect.name == "postgresql":
         listed = column == any_(bindparam(None, ids, type_=ARRAY(Integer), unique=True))
