@@ -156,10 +156,8 @@ def ids_in(reader: Reader, ids: Sequence[int]) -> tuple[str, dict[str, Any]]:
     greatest id too, for the primary key's index: service.db.writes.ids_in), a JSON list on SQLite."""
     ids = [int(i) for i in ids]
     if reader.dialect == "postgresql":
-        if not ids:
-            return "id = ANY(:ids)", {"ids": ids}
-        return "id BETWEEN :least AND :greatest AND id = ANY(:ids)", {"ids": ids, "least": min(ids),
-                                                                      "greatest": max(ids)}
+        return "id BETWEEN :least AND :greatest AND id = ANY(:ids)", {"ids": ids, "least": min(ids, default=0),
+                                                                      "greatest": max(ids, default=0)}
     return "id IN (SELECT value FROM json_each(:ids))", {"ids": json.dumps(ids)}
 
 

@@ -67,7 +67,7 @@ def ids_in(conn: Connection, column: Any, ids: Sequence[int]) -> ColumnElement[b
     ids = [int(i) for i in ids]
     if conn.dialect.name == "postgresql":
         listed = column == any_(bindparam(None, ids, type_=ARRAY(Integer), unique=True))
-        return column.between(min(ids), max(ids)) & listed if ids else listed
+        return column.between(min(ids, default=0), max(ids, default=0)) & listed
     each = select(literal_column("value")).select_from(func.json_each(json.dumps(ids)))
     return column.in_(each)
 
