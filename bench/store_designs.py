@@ -1,23 +1,29 @@
-"""Store designs: what finishing a job costs PostgreSQL, as shipped and as two designs that are not built.
+"""Store designs: what finishing a job costs PostgreSQL, as shipped and as designs that are not built.
 
 The sweep benchmark (bench/sweep_bench.py) times the store as shipped: each task's results written into
 running jobs by service.db.writes.save_results (the results' columns copied into a staging table, one
 `UPDATE jobs ... FROM` it, the epochs by binary COPY). That UPDATE is never HOT (it sets err_relative,
 which is indexed), so every finished job writes a new row version and an entry in each of the four
-indexes of jobs. This script times, on the same results and in the same run, that store and two
-prototypes of other designs, none of which the service has:
+indexes of jobs. This script times, on the same results and in the same run, that store and prototypes
+of other designs, none of which the service has:
 
 - shipped: save_results as it is;
 - split: the result columns in a table of their own, filled by binary COPY (its primary key and an index
   on err_relative there, dropped from jobs), and jobs updated only in status and finished_at;
 - once: the same table, and no write to jobs at all when a job ends: the floor of a design in which a
-  job's status is known from its result's presence (a change of the job lifecycle and of every reader).
+  job's status is known from its result's presence (a change of the job lifecycle and of every reader);
+- unindexed-error: save_results without the index on jobs.err_relative (what `--sort relative_error`
+  reads);
+- brin-epochs: save_results with the epochs' primary key (job_id, epoch) replaced by a BRIN index on
+  job_id (int4_minmax_multi_ops), which PostgreSQL keeps almost for free and summarizes only at VACUUM.
 
 Each design is timed from one process and from two at once (the worker's two children on 2 cores), on
 100,000 jobs (10 epochs each) stored as running, designs interleaved repeat by repeat; it prints epoch
-rows/s and how many of the jobs' updates were HOT.
+rows/s, how many of the jobs' updates were HOT, and how long reading one job's epochs takes right after
+the store (what `klab show` reads; best of a few jobs).
 
     .venv/bin/python bench/store_designs.py --repeat 3
+    .venv/bin/python bench/store_designs.py --designs shipped,brin-epochs --batch-jobs 4096
 
 PostgreSQL only: a fresh database through KLAB_TEST_DATABASE_URL, as bench/sweep_bench.py makes it.
 """
@@ -28,6 +34,7 @@ import functools
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sweep_bench as sb
 from sqlalchemy import Column, Integer, Table, text
 
-DESIGNS = ("shipped", "split", "once")
+DESIGNS = ("shipped", "split", "once", "unindexed-error", "brin-epochs")
+RESULT_TABLE = ("split", "once")
+"""The designs that store a result in a table of its own."""
 RESULTS = "_klab_design_results"
 """The prototypes' table of results (its columns: the job id and what save_results sets in jobs)."""
 
@@ -73,18 +82,43 @@ def save_elsewhere(conn: Any, ids: list[int], columns: Any, fresh: bool = False,
 
 
 def prepare(db_url: str, design: str) -> None:
-    """The tables as the design has them: jobs' own indexes as shipped, or the results table instead."""
+    """The tables as the design has them: first as shipped (jobs' own indexes, the epochs' primary key),
+    then the design's change."""
     eng = sb.poll_engine(db_url)
     with eng.connect() as conn:
         conn.execute(text(f"DROP TABLE IF EXISTS {RESULTS}"))
         conn.execute(text("CREATE INDEX IF NOT EXISTS ix_jobs_err_relative ON jobs (err_relative)"))
-        if design != "shipped":
+        conn.execute(text("DROP INDEX IF EXISTS ix_epochs_job_id_brin"))
+        if not conn.execute(text("SELECT 1 FROM pg_constraint WHERE conname = 'pk_epochs'")).first():
+            conn.execute(text("ALTER TABLE epochs ADD CONSTRAINT pk_epochs PRIMARY KEY (job_id, epoch)"))
+        if design in RESULT_TABLE:
             conn.execute(text(f"CREATE TABLE {RESULTS} AS SELECT id AS job_id, {', '.join(result_columns())} "
                               "FROM jobs WITH NO DATA"))
             conn.execute(text(f"ALTER TABLE {RESULTS} ADD PRIMARY KEY (job_id)"))
             conn.execute(text(f"CREATE INDEX ON {RESULTS} (err_relative)"))
+        if design in (*RESULT_TABLE, "unindexed-error"):
             conn.execute(text("DROP INDEX ix_jobs_err_relative"))
+        if design == "brin-epochs":
+            conn.execute(text("ALTER TABLE epochs DROP CONSTRAINT pk_epochs"))
+            conn.execute(text("CREATE INDEX ix_epochs_job_id_brin ON epochs USING brin (job_id int4_minmax_multi_ops)"))
     eng.dispose()
+
+
+def lookup_ms(db_url: str, ids: list[int]) -> float:
+    """Milliseconds to read one job's epochs as `klab show` reads them: the best of a few jobs, spread
+    over the table."""
+    eng = sb.poll_engine(db_url)
+    best = float("inf")
+    with eng.connect() as conn:
+        for job in (ids[len(ids) // 10], ids[len(ids) // 2], ids[-1], ids[len(ids) // 10]):
+            started = time.perf_counter()
+            got = conn.execute(text("SELECT epoch, loss, mse, kernel_error FROM epochs WHERE job_id = :id "
+                                    "ORDER BY epoch"), {"id": job}).all()
+            best = min(best, time.perf_counter() - started)
+            if not got:
+                raise SystemExit(f"job {job} has no epochs after the store")
+    eng.dispose()
+    return best * 1e3
 
 
 def updates(db_url: str) -> tuple[int, int]:
@@ -104,20 +138,26 @@ def main() -> None:
     ap.add_argument("--batch-jobs", type=int, default=1024)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--streams", type=int, default=2, help="processes storing at once (the worker's children)")
+    ap.add_argument("--designs", default=",".join(DESIGNS), help=f"comma list of ({', '.join(DESIGNS)})")
     args = ap.parse_args()
+    designs = args.designs.split(",")
+    if unknown := sorted(set(designs) - set(DESIGNS)):
+        ap.error(f"--designs: no design {', '.join(unknown)} (known: {', '.join(DESIGNS)})")
     from service.db.schema import jobs, metadata
 
     print(f"machine: {sb.machine()}")
     Table(RESULTS, metadata, Column("job_id", Integer, primary_key=True),  # for bulk.insert_rows' COPY types
           *(jobs.c[c]._copy() for c in result_columns()))
     rates: dict[tuple[str, int], list[float]] = {}
+    lookups: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="klab-store-designs-") as tmp, sb.pg_database() as db_url:
         sb.klab(sb.service_env(db_url, sb.REDIS_URL, Path(tmp) / "home"), "db", "upgrade")
         _, results = sb.engine_alone(args.jobs, args.batch_jobs, 1)
         rows = sum(int(b.columns.epochs_done.sum()) for b in results)
         for r in range(args.repeat):
-            for design in DESIGNS:
-                save = None if design == "shipped" else functools.partial(save_elsewhere, touch_jobs=design == "split")
+            for design in designs:
+                save = (functools.partial(save_elsewhere, touch_jobs=design == "split") if design in RESULT_TABLE
+                        else None)
                 seen = []
                 before = updates(db_url)
                 for streams in sorted({1, args.streams}):
@@ -127,15 +167,17 @@ def main() -> None:
                     rates.setdefault((design, streams), []).append(rows / seconds)
                     seen.append(f"{streams} process(es) {rows / seconds:,.0f}")
                 upd, hot = (a - b for a, b in zip(updates(db_url), before))
-                print(f"run {r + 1} {design}: epoch rows/s {', '.join(seen)}; jobs updates {upd:,}, HOT {hot:,}",
-                      flush=True)
+                lookup = lookup_ms(db_url, ids)
+                lookups.setdefault(design, []).append(lookup)
+                print(f"run {r + 1} {design}: epoch rows/s {', '.join(seen)}; jobs updates {upd:,}, HOT {hot:,}; "
+                      f"one job's epochs read in {lookup:.1f} ms", flush=True)
         from service.db.engine import dispose_engines
 
         dispose_engines()
-    print("\n| design | processes | epoch rows/s, median | runs |\n|---|---|---|---|")
+    print("\n| design | processes | epoch rows/s, median | runs | one job's epochs, ms (runs) |\n|---|---|---|---|---|")
     for (design, streams), values in rates.items():
         print(f"| {design} | {streams} | {statistics.median(values):,.0f} | "
-              f"{', '.join(f'{v:,.0f}' for v in values)} |")
+              f"{', '.join(f'{v:,.0f}' for v in values)} | {', '.join(f'{v:.1f}' for v in lookups[design])} |")
 
 
 if __name__ == "__main__":
