@@ -61,9 +61,13 @@ def test_export_jobs_as_json_is_every_job_with_its_kernels_as_arrays(klab_db, ad
             assert job["spec"]["seed"] == stored["spec"]["seed"]
 
 
+def explain(dialect: str) -> str:
+    """What asks this database for a statement's plan."""
+    return "EXPLAIN QUERY PLAN " if dialect == "sqlite" else "EXPLAIN "
+
+
 def plan(reader: Reader, sql: str, params: dict) -> str:
-    explain = "EXPLAIN QUERY PLAN " if reader.dialect == "sqlite" else "EXPLAIN "
-    return "\n".join(str(list(r.values())) for r in reader.rows(explain + sql, params))
+    return "\n".join(str(list(r.values())) for r in reader.rows(explain(reader.dialect) + sql, params))
 
 
 def test_list_sorts_walk_an_index(klab_db, monkeypatch):
@@ -134,9 +138,8 @@ def test_a_task_finds_its_jobs_by_the_primary_key_on_a_table_not_yet_analysed(kl
         stmt = select(jobs.c.id).where(writes.ids_in(conn, jobs.c.id, task))
         assert sorted(conn.execute(stmt).scalars().all()) == task
         compiled = stmt.compile(conn)
-        explain = "EXPLAIN QUERY PLAN " if conn.dialect.name == "sqlite" else "EXPLAIN "
         params = tuple(compiled.params[k] for k in compiled.positiontup) if compiled.positional else compiled.params
-        shown = "\n".join(str(r) for r in conn.exec_driver_sql(explain + str(compiled), params))
+        shown = "\n".join(str(r) for r in conn.exec_driver_sql(explain(conn.dialect.name) + str(compiled), params))
     if conn.dialect.name == "sqlite":
         assert "SCAN jobs" not in shown and "PRIMARY KEY" in shown, shown
     else:
