@@ -5,7 +5,8 @@ One run measures, on the same jobs (edge:6x8, kernel d2l, d2l-manual, 10 epochs,
 - the sweep, submit to stored: the clock runs from launching the real `klab sweep ... --seed 0..N-1`
   (its Python start-up counts) until the database holds N finished jobs and 10 N epochs. One cpu
   worker process trains it, started as `klab worker --queue cpu` starts it (service.cli.workers.worker_argv,
-  the README's default concurrency) and warmed up before any clock starts;
+  the README's default concurrency) and warmed up before any clock starts; with --queue gpu, the jobs
+  are --device cuda and a `klab worker --queue gpu` trains them (one process, the solo pool);
 - the engine alone: the same jobs through worker.engine.train in tasks of --batch-jobs, in this process,
   with the torch threads of one worker child (no Celery, no database);
 - the store: the engine's results written through the service's own write path (service.db.writes.
@@ -18,6 +19,7 @@ It prints the ratios: sweep vs book, sweep vs engine, store vs bare COPY (one pr
     .venv/bin/python bench/sweep_bench.py                 # 100,000 jobs, 3 repeats
     .venv/bin/python bench/sweep_bench.py --jobs 10000 --repeat 1 --concurrency 1,2
     .venv/bin/python bench/sweep_bench.py --profile-only  # cProfile of `klab sweep` and the worker task, in-process
+    python3 bench/sweep_bench.py --queue gpu --jobs 1000000 --repeat 1   # on a GPU machine: a gpu worker, cuda jobs
 
 PostgreSQL: a fresh database klab_bench_<hex> through KLAB_TEST_DATABASE_URL (default
 postgresql+psycopg://postgres@127.0.0.1:5432/test), upgraded with `klab db upgrade`, dropped at the end.
@@ -34,6 +36,7 @@ import os
 import platform
 import pstats
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -60,9 +63,22 @@ from service.cli.workers import worker_argv  # noqa: E402
 PG_ADMIN_URL = os.environ.get("KLAB_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("KLAB_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 KLAB = str(Path(sys.executable).parent / "klab")
+if not Path(KLAB).exists():  # an interpreter outside the project's venv (a GPU machine's): klab on the PATH
+    KLAB = shutil.which("klab") or KLAB
 EPOCHS, LR = 10, 0.03
-BOOK_JOB = ["--input", "edge:6x8", "--kernel", "d2l", "--method", "d2l-manual", "--epochs", str(EPOCHS),
-            "--lr", str(LR)]
+QUEUE, DEVICE = "cpu", "cpu"
+"""The worker's queue and where the sweep's jobs train: cpu and cpu, or with --queue gpu, gpu and cuda."""
+
+
+def book_values() -> dict[str, Any]:
+    """The sweep's job, as a spec's values (every seed's the same but its seed)."""
+    return {"input": "edge:6x8", "kernel": "d2l", "method": "d2l-manual", "epochs": EPOCHS, "lr": LR,
+            "device": DEVICE}
+
+
+def book_argv() -> list[str]:
+    """The sweep's job as `klab sweep` options, sent to the worker's queue."""
+    return [a for k, v in {**book_values(), "queue": QUEUE}.items() for a in (f"--{k}", str(v))]
 FINISHED = ("succeeded", "diverged", "failed", "cancelled")
 POLL_SECONDS = 1.0
 """How often the database is asked whether the sweep is done. Its answer is not the clock: the sweep ends
@@ -147,8 +163,9 @@ def flushed_redis(url: str = REDIS_URL) -> Iterator[str]:
 def service_env(db_url: str, broker_url: str, home: Path) -> dict[str, str]:
     """The environment of the CLI and the worker: no inherited KLAB_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KLAB_")}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # wheels a GPU machine adds
     env.update({"KLAB_HOME": str(home), "KLAB_DATABASE_URL": db_url, "KLAB_BROKER_URL": broker_url,
-                "NO_COLOR": "1", "PYTHONPATH": str(ROOT)})
+                "NO_COLOR": "1", "PYTHONPATH": path})
     return env
 
 
@@ -194,11 +211,13 @@ class TaskLog:
 
 
 class Worker:
-    """A real Celery worker process, started as `klab worker --queue cpu --concurrency N` starts it."""
+    """A real Celery worker process, started as `klab worker --queue cpu --concurrency N` (or --queue gpu) starts it."""
 
-    def __init__(self, env: dict[str, str], concurrency: int, log: Path, queue: str = "cpu"):
+    def __init__(self, env: dict[str, str], concurrency: int | None, log: Path, queue: str = "cpu",
+                 name: str | None = None, alone: bool = True):
         argv, extra = worker_argv(queue, concurrency, "INFO")
-        self.name = f"bench{concurrency}-{uuid.uuid4().hex[:6]}"
+        self.name = name or f"bench{concurrency}-{uuid.uuid4().hex[:6]}"
+        self.like = self.name + "@%"  # its jobs' worker_host, in SQL
         argv[argv.index("--hostname") + 1] = f"{self.name}@%h"
         self.argv, self.extra, self.log = argv, extra, log
         self.proc = subprocess.Popen([sys.executable, "-m", *argv], env={**env, **extra}, cwd=ROOT,
@@ -209,14 +228,14 @@ class Worker:
                 self.stop()
                 raise SystemExit(f"the worker did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.1)
-        if "mingle: sync with" in log.read_text():
+        if alone and "mingle: sync with" in log.read_text():
             self.stop()
             raise SystemExit(f"another worker is on the broker; its tasks and ours would mix: {log}")
 
-    def offset(self) -> int:
+    def offset(self) -> Any:
         return self.log.stat().st_size
 
-    def tasks_since(self, offset: int) -> TaskLog:
+    def tasks_since(self, offset: Any) -> TaskLog:
         with self.log.open("rb") as f:
             f.seek(offset)
             lines = f.read().decode(errors="replace").splitlines()
@@ -244,6 +263,42 @@ class Worker:
                 self.proc.wait(10)
 
     def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+class Workers:
+    """Several worker processes on one queue, read as one (--workers N: gpu workers sharing one GPU, say)."""
+
+    def __init__(self, env: dict[str, str], concurrency: int | None, log: Path, queue: str, count: int):
+        prefix = f"bench{concurrency}-{uuid.uuid4().hex[:6]}"
+        self.like = prefix + "-%"
+        self.members: list[Worker] = []
+        try:
+            for i in range(count):  # the first checks that no other worker is on the broker; the rest meet it
+                self.members.append(Worker(env, concurrency, log.with_name(f"{log.stem}-{i}{log.suffix}"), queue,
+                                           f"{prefix}-{i}", alone=i == 0))
+        except BaseException:
+            self.stop()
+            raise
+        self.argv, self.extra = self.members[0].argv, self.members[0].extra
+        self.log = ", ".join(str(m.log) for m in self.members)
+
+    def offset(self) -> list[int]:
+        return [m.offset() for m in self.members]
+
+    def tasks_since(self, offset: list[int]) -> TaskLog:
+        logs = [m.tasks_since(o) for m, o in zip(self.members, offset)]
+        return TaskLog(sorted(t for g in logs for t in g.received), sorted(t for g in logs for t in g.succeeded),
+                       [e for g in logs for e in g.errors])
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
+
+    def __enter__(self) -> Workers:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -327,13 +382,13 @@ class CliExit:
         return self.seconds
 
 
-def timed_sweep(env: dict[str, str], db_url: str, worker: Worker, jobs: int, batch_jobs: int,
+def timed_sweep(env: dict[str, str], db_url: str, worker: Worker | Workers, jobs: int, batch_jobs: int,
                 timeout: float) -> SweepRun:
     reset(db_url)
     eng = poll_engine(db_url)
     finished_sql = text("SELECT count(*) FROM jobs WHERE status IN ('" + "','".join(FINISHED) + "')")
     offset = worker.offset()
-    argv = [KLAB, "sweep", *BOOK_JOB, "--seed", f"0..{jobs - 1}", "--batch-jobs", str(batch_jobs)]
+    argv = [KLAB, "sweep", *book_argv(), "--seed", f"0..{jobs - 1}", "--batch-jobs", str(batch_jobs)]
     try:
         with eng.connect() as conn:
             wall0 = time.time()
@@ -367,7 +422,7 @@ def timed_sweep(env: dict[str, str], db_url: str, worker: Worker, jobs: int, bat
             statuses = dict(conn.execute(text("SELECT status, count(*) FROM jobs GROUP BY status")).all())
             retried = conn.execute(text("SELECT count(*) FROM jobs WHERE attempts > 1")).scalar()
             foreign = conn.execute(text("SELECT count(*) FROM jobs WHERE worker_host NOT LIKE :me"),
-                                   {"me": worker.name + "@%"}).scalar()
+                                   {"me": worker.like}).scalar()
             if foreign:
                 raise SystemExit(f"{foreign} job(s) were trained by another worker on the broker; numbers void")
     finally:
@@ -410,7 +465,7 @@ def book_jobs(seeds: range) -> tuple[Any, list[Any]]:
     from service.jobs.spec import JobSpec
     from worker.engine import Job
 
-    spec = JobSpec.parse({"input": "edge:6x8", "kernel": "d2l", "method": "d2l-manual", "epochs": EPOCHS, "lr": LR})
+    spec = JobSpec.parse(book_values())
     problem = build_problem(spec)
     return spec, [Job(problem, seed=s, lr=LR, tol=spec.tol) for s in seeds]
 
@@ -424,11 +479,11 @@ def engine_alone(jobs: int, batch_jobs: int, threads: int) -> tuple[float, list[
 
     torch.set_num_threads(threads)
     spec, all_jobs = book_jobs(range(jobs))
-    train(all_jobs[:64], spec.method, EPOCHS, spec.batch_size).columns  # noqa: B018 - warm-up: first calls
+    train(all_jobs[:64], spec.method, EPOCHS, spec.batch_size, DEVICE).columns  # noqa: B018 - warm-up: first calls
     results = []
     started = time.perf_counter()
     for i in range(0, jobs, batch_jobs):
-        batch = train(all_jobs[i : i + batch_jobs], spec.method, EPOCHS, spec.batch_size)
+        batch = train(all_jobs[i : i + batch_jobs], spec.method, EPOCHS, spec.batch_size, DEVICE)
         batch.columns  # noqa: B018 - computed once, cached: part of what the engine hands over
         results.append(batch)
     return time.perf_counter() - started, results
@@ -443,10 +498,9 @@ def running_jobs(db_url: str, jobs: int) -> list[int]:
 
     reset(db_url)
     ids: list[int] = []
-    base = {"input": "edge:6x8", "kernel": "d2l", "method": "d2l-manual", "epochs": EPOCHS, "lr": LR}
     for i in range(0, jobs, 10_000):
         with writing(db_url) as conn:
-            ids += writes.insert_jobs(conn, [writes.new_job(JobSpec.parse({**base, "seed": s}), queue="cpu",
+            ids += writes.insert_jobs(conn, [writes.new_job(JobSpec.parse({**book_values(), "seed": s}), queue=QUEUE,
                                                             start=JobStatus.RUNNING)
                                              for s in range(i, min(jobs, i + 10_000))])
     return ids
@@ -585,8 +639,13 @@ class StoreRun:
     bare_n: float = 0.0  # seconds of the bare COPY in that many processes at once
 
 
-def store_run(db_url: str, jobs: int, batch_jobs: int, threads: int, streams: int) -> StoreRun:
+def store_run(db_url: str, jobs: int, batch_jobs: int, threads: int, streams: int,
+              store_jobs: int | None = None) -> StoreRun:
+    """The engine on every job; the store and the bare COPY on the first store_jobs of them (all by default),
+    rounded up to whole tasks."""
     engine_s, results = engine_alone(jobs, batch_jobs, threads)
+    results = results[: -(-(store_jobs or jobs) // batch_jobs)]
+    jobs = sum(len(b) for b in results)
     run = StoreRun(engine_s, 0.0, {}, 0.0, sum(int(b.columns.epochs_done.sum()) for b in results), streams)
     for n in sorted({1, streams}):
         ids = running_jobs(db_url, jobs)
@@ -633,7 +692,7 @@ def profiles(db_url: str, broker_url: str, home: Path, jobs: int, batch_jobs: in
     from service.cli import main
 
     reset(db_url)
-    argv = ["sweep", *BOOK_JOB, "--seed", f"0..{jobs - 1}", "--batch-jobs", str(batch_jobs)]
+    argv = ["sweep", *book_argv(), "--seed", f"0..{jobs - 1}", "--batch-jobs", str(batch_jobs)]
     prof = cProfile.Profile()
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
@@ -673,9 +732,8 @@ def profiles(db_url: str, broker_url: str, home: Path, jobs: int, batch_jobs: in
         from service.db.engine import writing
         from service.jobs.spec import JobSpec
 
-        base = {"input": "edge:6x8", "kernel": "d2l", "method": "d2l-manual", "epochs": EPOCHS, "lr": LR}
         with writing(db_url) as conn:
-            return writes.insert_jobs(conn, [writes.new_job(JobSpec.parse({**base, "seed": s}), queue="cpu")
+            return writes.insert_jobs(conn, [writes.new_job(JobSpec.parse({**book_values(), "seed": s}), queue=QUEUE)
                                              for s in seeds])
 
     reset(db_url)
@@ -693,7 +751,7 @@ def profiles(db_url: str, broker_url: str, home: Path, jobs: int, batch_jobs: in
     print(f"\n== the same task unprofiled, in phases (median of 3; seconds for {worker_jobs} jobs) ==")
     import torch
 
-    for threads in (1, 2):
+    for threads in (1, 2) if DEVICE == "cpu" else (torch.get_num_threads(),):
         torch.set_num_threads(threads)
         runs = []
         for _ in range(3):
@@ -764,6 +822,12 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=100_000, help="jobs in the sweep (seeds 0..N-1)")
     ap.add_argument("--batch-jobs", default=str(defaults.BATCH_JOBS), help="comma list of --batch-jobs values to "
                     "time, by default klab's (the first also sizes the engine's and the store's tasks)")
+    ap.add_argument("--queue", choices=["cpu", "gpu"], default="cpu",
+                    help="the worker's queue: gpu trains the jobs on cuda in a `klab worker --queue gpu` (one process)")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes on the queue (a gpu worker is one "
+                    "process: several share the GPU); the store is timed from as many processes as they have")
+    ap.add_argument("--store-jobs", type=int, default=None,
+                    help="jobs the store and the bare COPY write (default: --jobs; the engine runs on all of them)")
     ap.add_argument("--concurrency", default="",
                     help="comma list of worker concurrencies to time (default: klab worker's, the number of cores)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each configuration (median)")
@@ -777,13 +841,18 @@ def main() -> None:
     ap.add_argument("--profile-jobs", type=int, default=defaults.BATCH_JOBS, help="jobs in the profiled worker task")
     ap.add_argument("--profile-lines", type=int, default=30, help="functions listed per profile")
     args = ap.parse_args()
+    global QUEUE, DEVICE
+    QUEUE, DEVICE = args.queue, "cuda" if args.queue == "gpu" else "cpu"
+    if QUEUE == "gpu" and args.concurrency:
+        ap.error("--concurrency: a gpu worker is one process (solo pool)")
     n = args.jobs
     sizes = _ints(args.batch_jobs)
     concurrencies: list[int | None] = list(_ints(args.concurrency)) or [None]
     sample_seeds = sorted({round(i * (n - 1) / max(1, args.sample - 1)) for i in range(min(args.sample, n))})
     print(f"machine: {machine()}")
     print(f"date: {datetime.now().astimezone().isoformat(timespec='seconds')}")
-    print(f"jobs: {n:,} (edge:6x8, d2l, d2l-manual, {EPOCHS} epochs, lr {LR}); book loop sample: "
+    print(f"jobs: {n:,} (edge:6x8, d2l, d2l-manual, {EPOCHS} epochs, lr {LR}, device {DEVICE}, queue {QUEUE}); "
+          f"book loop sample: "
           f"{len(sample_seeds)} seeds; repeats: {args.repeat}")
 
     with tempfile.TemporaryDirectory(prefix="klab-sweep-bench-") as tmp, pg_database() as db_url, \
@@ -810,10 +879,11 @@ def timings(args: argparse.Namespace, env: dict[str, str], db_url: str, tmp: Pat
     worst = 0.0
     for c in concurrencies:
         log = tmp / f"worker-c{c}.log"
-        with Worker(env, c, log) as worker:
-            children = int(worker.argv[worker.argv.index("--concurrency") + 1])
-            threads = int(worker.extra.get("KLAB_TORCH_THREADS", "1"))
-            print(f"\nworker: python -m {' '.join(worker.argv)}  env {worker.extra}")
+        with Workers(env, c, log, QUEUE, args.workers) as worker:
+            per_worker = int(worker.argv[worker.argv.index("--concurrency") + 1]) if QUEUE == "cpu" else 1
+            children = per_worker * args.workers
+            threads = int(worker.extra.get("KLAB_TORCH_THREADS", _default_threads()))
+            print(f"\nworker: {args.workers} x python -m {' '.join(worker.argv)}  env {worker.extra}")
             # Warm: children forked, torch's first calls made, database connections open.
             warm = timed_sweep(env, db_url, worker, min(n, 2048), 1024, args.timeout)
             print(f"  warm-up sweep of {min(n, 2048)} jobs: {warm.total:.2f} s (not counted)")
@@ -835,7 +905,7 @@ def timings(args: argparse.Namespace, env: dict[str, str], db_url: str, tmp: Pat
                 worst = max(worst, check_against_book(db_url, book_losses))
                 if c == concurrencies[0]:
                     # the engine alone and the store, between the sweeps, under the same load (worker idle)
-                    store = store_run(db_url, n, sizes[0], threads, children)
+                    store = store_run(db_url, n, sizes[0], threads, children, args.store_jobs)
                     stores.append(store)
                     print(f"  engine alone {store.engine:.2f} s ({threads} torch thread(s), one process); store "
                           f"{store.rows / store.store:,.0f} epoch rows/s ({store.store:.2f} s: "
