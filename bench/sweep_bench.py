@@ -858,6 +858,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="klab-sweep-bench-") as tmp, pg_database() as db_url, \
             flushed_redis() as broker_url:
         env = service_env(db_url, broker_url, Path(tmp) / "home")
+        if n > defaults.MAX_SWEEP_JOBS:  # a sweep larger than klab's default limit, as its README says to allow one
+            env["KLAB_MAX_SWEEP_JOBS"] = str(n)
         klab(env, "db", "upgrade")
         if not args.profile_only:
             timings(args, env, db_url, Path(tmp), n, sizes, concurrencies, sample_seeds)
