@@ -14,9 +14,11 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    ColumnElement,
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -92,6 +94,20 @@ jobs = Table(
     *(_column(f, primary=f.name == "id") for f in result.JOB),
     postgresql_with={"fillfactor": 70},  # room on each page: a claim updates its job in place (migration 0004)
 )
+
+UNFINISHED = jobs.c.finished_at.is_(None)
+"""Created, queued or running: a job gets its finished_at as it ends, and no job leaves an end
+(service.jobs.status). The predicate of ix_jobs_unfinished (migration 0007): a reaper's looks for running jobs
+whose worker died and queued ones the broker lost read the jobs not yet ended, not every job ever run; a
+claim and a heartbeat change no column of it, so they stay in-place (HOT) updates."""
+
+Index("ix_jobs_unfinished", jobs.c.id, postgresql_where=UNFINISHED, sqlite_where=UNFINISHED)
+
+
+def unfinished(status: str) -> ColumnElement[bool]:
+    """Jobs of a status that has not ended, said so that the database reads them through ix_jobs_unfinished."""
+    return UNFINISHED & (jobs.c.status == status)
+
 
 epochs = Table(
     "epochs", metadata,

@@ -39,7 +39,7 @@ from sqlalchemy.exc import IntegrityError
 
 from service import defaults
 from service.db import bulk
-from service.db.schema import datasets, epochs, jobs, sweeps, utcnow
+from service.db.schema import datasets, epochs, jobs, sweeps, unfinished, utcnow
 from service.jobs import result, status
 from service.jobs.columns import Columns
 from service.jobs.selection import Selection
@@ -180,7 +180,7 @@ def reap(conn: Connection, lease: int, max_attempts: int) -> list[tuple[int, str
     """Jobs of dead workers (running, lease run out) back to queued; those that took down `max_attempts`
     workers fail instead. Returns (id, queue) of the jobs to send again."""
     now = utcnow()
-    orphaned = (jobs.c.status == JobStatus.RUNNING.value) & (jobs.c.heartbeat_at < now - timedelta(seconds=lease))
+    orphaned = unfinished(JobStatus.RUNNING.value) & (jobs.c.heartbeat_at < now - timedelta(seconds=lease))
     change_status(conn, JobStatus.FAILED, orphaned & (jobs.c.attempts >= max_attempts), finished_at=now,
                   error_message=f"its worker stopped answering {max_attempts} times (KLAB_MAX_ATTEMPTS)")
     return change_status(conn, JobStatus.QUEUED, orphaned, task_id=None, queued_at=now)
@@ -191,7 +191,7 @@ def stranded(conn: Connection, threshold: int, queues: Sequence[str], held: froz
     """Jobs queued on `queues` for longer than `threshold` seconds whose ids no message in `held` carries:
     marked queued anew (so that another worker's reaper leaves them be) and returned, to be sent again."""
     now = utcnow()
-    waiting = (jobs.c.status == JobStatus.QUEUED.value) & (jobs.c.queued_at < now - timedelta(seconds=threshold))
+    waiting = unfinished(JobStatus.QUEUED.value) & (jobs.c.queued_at < now - timedelta(seconds=threshold))
     candidates = conn.execute(select(jobs.c.id).where(waiting, jobs.c.queue.in_(queues))).scalars().all()
     lost = [i for i in candidates if i not in held]
     if not lost:
