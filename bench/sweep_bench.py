@@ -875,6 +875,7 @@ def timings(args: argparse.Namespace, env: dict[str, str], db_url: str, tmp: Pat
     """Book, sweeps, engine, store and bare COPY, interleaved repeat by repeat; then the ratios."""
     book_runs: list[float] = []
     book_losses: dict[int, list[float]] = {}
+    torch_threads = _default_threads()  # a gpu worker's (it sets none), before the book's loop sets 1 here
     book_seconds_per_job(sample_seeds[:5], 1)  # warm-up: first-call allocations and dispatch caches
     results: dict[tuple[int, int], list[SweepRun]] = {}
     stores: list[StoreRun] = []
@@ -884,7 +885,7 @@ def timings(args: argparse.Namespace, env: dict[str, str], db_url: str, tmp: Pat
         with Workers(env, c, log, QUEUE, args.workers) as worker:
             per_worker = int(worker.argv[worker.argv.index("--concurrency") + 1]) if QUEUE == "cpu" else 1
             children = per_worker * args.workers
-            threads = int(worker.extra.get("KLAB_TORCH_THREADS", _default_threads()))
+            threads = int(worker.extra.get("KLAB_TORCH_THREADS", torch_threads))
             print(f"\nworker: {args.workers} x python -m {' '.join(worker.argv)}  env {worker.extra}")
             # Warm: children forked, torch's first calls made, database connections open.
             warm = timed_sweep(env, db_url, worker, min(n, 2048), 1024, args.timeout)
