@@ -56,6 +56,8 @@ def _update_postgresql(conn: Connection, ids: Sequence[int], values: dict[str, A
         if not conn.connection.info.get(STAGING):
             cur.execute("CREATE TEMPORARY TABLE IF NOT EXISTS _klab_job_values ON COMMIT DELETE ROWS "
                         "AS SELECT * FROM jobs WITH NO DATA")
+            # Looked up by id from the jobs, whatever the statistics of jobs say: planned from statistics that
+            # priced the running jobs at one row, the UPDATE read the whole table once per job without it.
             cur.execute("CREATE UNIQUE INDEX IF NOT EXISTS _klab_job_values_id ON _klab_job_values (id)")
             conn.connection.info[STAGING] = True
         with cur.copy(f"COPY {STAGING} (id, {', '.join(lists)}) FROM STDIN (FORMAT BINARY)") as copy:
