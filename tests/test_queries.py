@@ -1,6 +1,6 @@
 """Promises of the read commands that only a real database can check: row limits, epochs of a job stopped
-early, the JSON export of jobs, and the indexes behind `klab list`'s sorts and a task's lookups of its jobs (EXPLAIN,
-on SQLite and PostgreSQL)."""
+early, the JSON export of jobs, and the indexes behind `klab list`'s sorts, a task's lookups of its jobs and the
+reaper's looks (EXPLAIN, on SQLite and PostgreSQL), with the invariant the last index relies on."""
 from __future__ import annotations
 
 import json
