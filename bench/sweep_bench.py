@@ -79,6 +79,8 @@ def book_values() -> dict[str, Any]:
 def book_argv() -> list[str]:
     """The sweep's job as `klab sweep` options, sent to the worker's queue."""
     return [a for k, v in {**book_values(), "queue": QUEUE}.items() for a in (f"--{k}", str(v))]
+
+
 FINISHED = ("succeeded", "diverged", "failed", "cancelled")
 POLL_SECONDS = 1.0
 """How often the database is asked whether the sweep is done. Its answer is not the clock: the sweep ends
