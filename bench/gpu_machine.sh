@@ -125,5 +125,5 @@ os.execve(sys.argv[2], sys.argv[2:], env)' "$R/lib" "$@"
 case ${1:-} in
   bundle) bundle ;;
   run) shift; run "$@" ;;
-  *) sed -n '2,20p' "$0"; exit 2 ;;
+  *) awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$0"; exit 2 ;;
 esac
