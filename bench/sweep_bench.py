@@ -217,10 +217,9 @@ class Worker:
 
     def __init__(self, env: dict[str, str], concurrency: int | None, log: Path, queue: str = "cpu",
                  name: str | None = None, alone: bool = True):
-        argv, extra = worker_argv(queue, concurrency, "INFO")
         self.name = name or f"bench{concurrency}-{uuid.uuid4().hex[:6]}"
         self.like = self.name + "@%"  # its jobs' worker_host, in SQL
-        argv[argv.index("--hostname") + 1] = f"{self.name}@%h"
+        argv, extra = worker_argv(queue, concurrency, "INFO", self.name)  # `klab worker ... --name NAME`
         self.argv, self.extra, self.log = argv, extra, log
         self.proc = subprocess.Popen([sys.executable, "-m", *argv], env={**env, **extra}, cwd=ROOT,
                                      stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)

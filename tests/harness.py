@@ -282,8 +282,7 @@ class WorkerProcess(Process):
                  loglevel: str = "INFO"):
         from service.cli.workers import worker_argv
 
-        argv, extra = worker_argv(queue, concurrency, loglevel)
-        argv[argv.index("--hostname") + 1] = f"{name}@%h"
+        argv, extra = worker_argv(queue, concurrency, loglevel, name)
         super().__init__([sys.executable, "-m", *argv], {**env, **extra}, log, name)
 
 

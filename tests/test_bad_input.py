@@ -208,6 +208,7 @@ CASES = [
     Case("an-empty-tag", ("sweep", "--seed", "1,2", "--tag", " "), "tag"),
     Case("no-true-kernel-and-no-labels", ("run", "--kernel", "none"), "kernel"),
     Case("gpu-index-for-a-cpu-worker", ("worker", "--queue", "cpu", "--gpu", "0"), "gpu"),
+    Case("a-worker-name-with-an-at", ("worker", "--queue", "gpu", "--name", "gpu@2"), "name"),
 ]
 if os.geteuid() != 0:  # root reads a file whatever its mode
     CASES.append(Case("unreadable-npy", ("submit", "--input", "npy:{d}/locked.npy"), "input"))

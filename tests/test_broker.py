@@ -87,6 +87,9 @@ def test_klab_worker_splits_the_cores_and_its_children_use_that_many_torch_threa
     assert worker_argv("cpu", 1, "INFO")[1] == {"KLAB_TORCH_THREADS": str(cores)}
     gpu, gpu_env = worker_argv("gpu", None, "INFO")
     assert gpu[gpu.index("--pool") + 1] == "solo" and "KLAB_TORCH_THREADS" not in gpu_env
+    assert gpu[gpu.index("--hostname") + 1] == "gpu@%h"  # named after its queue, unless --name says otherwise
+    second, _ = worker_argv("gpu", None, "INFO", "gpu-2")
+    assert second[second.index("--hostname") + 1] == "gpu-2@%h"
     # the children apply it: two pool processes, one thread each, as `klab worker --concurrency 2` starts them
     url, _ = pg_db
     env = service_env(tmp_path, url, redis_server().url())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 import click
@@ -32,16 +33,23 @@ def workers(as_json: bool, timeout: float) -> None:
                    f"device {r.get('device')}  pool {r.get('pool')}  active jobs {active}")
 
 
-def worker_argv(queue: str, concurrency: int | None, loglevel: str) -> tuple[list[str], dict[str, str]]:
-    """The plain celery command line a worker runs, and the environment it adds."""
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""A worker's node name before `@host`: what Celery, `klab workers` and the broker's presence keys tell it by."""
+
+
+def worker_argv(queue: str, concurrency: int | None, loglevel: str, name: str | None = None
+                ) -> tuple[list[str], dict[str, str]]:
+    """The plain celery command line a worker runs, and the environment it adds. Its node name is
+    `<name>@<host>`, the queue's name unless given."""
     env: dict[str, str] = {}
+    node = f"{name or queue}@%h"
     if queue == "gpu":
-        argv = ["celery", "-A", "worker.app", "worker", "-Q", "gpu", "--pool", "solo", "--hostname", "gpu@%h",
+        argv = ["celery", "-A", "worker.app", "worker", "-Q", "gpu", "--pool", "solo", "--hostname", node,
                 "--loglevel", loglevel]
     else:
         n = concurrency or os.cpu_count() or 1
         argv = ["celery", "-A", "worker.app", "worker", "-Q", "cpu", "--pool", "prefork", "--concurrency", str(n),
-                "--hostname", "cpu@%h", "--loglevel", loglevel]
+                "--hostname", node, "--loglevel", loglevel]
         env["KLAB_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))  # the cores split among children
     return argv, env
 
@@ -52,16 +60,22 @@ def worker_argv(queue: str, concurrency: int | None, loglevel: str) -> tuple[lis
               help="prefork children for the cpu queue [default: the number of cores]")
 @click.option("--gpu", "gpu_index", type=click.IntRange(0, 64), default=None, help="GPU index for the gpu queue")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(queue: str, concurrency: int | None, gpu_index: int | None, loglevel: str) -> None:
+@click.option("--name", default=None, help="node name before @host [default: the queue's]; several workers on one "
+              "host (gpu workers sharing a GPU) each need their own")
+def worker(queue: str, concurrency: int | None, gpu_index: int | None, loglevel: str, name: str | None) -> None:
     """Start a Celery worker with safe settings (solo pool on one GPU; prefork with torch threads split)."""
     if queue == "gpu" and concurrency not in (None, 1):
-        raise BadInput("concurrency", "the gpu queue runs one job at a time (solo pool): CUDA does not survive fork")
+        raise BadInput("concurrency", "the gpu queue runs one job at a time (solo pool): CUDA does not survive fork; "
+                       "to keep a GPU busy, start several gpu workers, each with its own --name")
     if queue != "gpu" and gpu_index is not None:
         raise BadInput("gpu", "only a worker of the gpu queue takes a GPU (--queue gpu --gpu N)")
+    if name is not None and not NAME.fullmatch(name):
+        raise BadInput("name", f"{name!r} is not a node name: letters, digits, '.', '_' and '-', "
+                       "starting with a letter or digit, at most 64")
     from service.db.reads import identity
 
     identity()  # a database that is unreachable or not at head is one line here, not a worker that waits
-    argv, env = worker_argv(queue, concurrency, loglevel)
+    argv, env = worker_argv(queue, concurrency, loglevel, name)
     if gpu_index is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu_index)
     os.environ.update(env)
