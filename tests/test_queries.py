@@ -178,10 +178,6 @@ def test_a_reapers_looks_read_the_jobs_not_yet_ended_not_every_job_ever_run(klab
                 assert "Seq Scan" not in shown, shown
 
 
-def claimed_ids(rows: list[Any]) -> list[int]:
-    return [r.id for r in rows]
-
-
 def test_a_job_has_a_finished_at_exactly_when_it_ended(klab_db):
     """ix_jobs_unfinished holds the jobs whose finished_at is empty, and the reaper reads them as the jobs not
     yet ended: every way a job starts, waits, runs and ends keeps the two the same."""
@@ -194,14 +190,14 @@ def test_a_job_has_a_finished_at_exactly_when_it_ended(klab_db):
                 for start in (JobStatus.CREATED, JobStatus.QUEUED, JobStatus.RUNNING)}
         created, queued, running = made[JobStatus.CREATED], made[JobStatus.QUEUED], made[JobStatus.RUNNING]
         writes.mark_queued(conn, created[:4])
-        claimed = writes.claim(conn, queued[:4], "host", "task-1", 1, lease=60)
+        claimed = [r.id for r in writes.claim(conn, queued[:4], "host", "task-1", 1, lease=60)]
         assert len(claimed) == 4
         long_ago = datetime.now(UTC) - timedelta(hours=1)
         writes.fail(conn, running[:2], "broken")
         writes.stopped(conn, running[2:4])
-        assert writes.cancel(conn, Selection(ids=(*created[4:6], *queued[4:6], *claimed_ids(claimed)[:2]))) == (4, 2)
+        assert writes.cancel(conn, Selection(ids=(*created[4:6], *queued[4:6], *claimed[:2]))) == (4, 2)
         writes.save_rows(conn, [(i, *fake_result(spec, 0.2, JobStatus.SUCCEEDED.value)) for i in running[4:6]])
-        conn.execute(update(jobs).where(jobs.c.id.in_(claimed_ids(claimed)[2:])).values(heartbeat_at=long_ago))
+        conn.execute(update(jobs).where(jobs.c.id.in_(claimed[2:])).values(heartbeat_at=long_ago))
     with writing() as conn:
         assert len(writes.reap(conn, lease=60, max_attempts=5)) == 2  # their worker died: queued again
         assert len(writes.claim(conn, queued[6:], "host", "task-2", 1, lease=60)) == 2
