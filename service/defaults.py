@@ -101,6 +101,12 @@ not fit in KLAB_MAX_JOB_MEMORY together (service.jobs.problem.fitting). Each tas
 besides its jobs (claim, commits, the engine's set-up): a 100,000-job sweep of the book's job took 9% less
 time in tasks of 4,096 than of 1,024 (bench/RESULTS.md)."""
 
+SUBMIT_CONNECTIONS = 4
+"""Connections `klab sweep` and `klab submit` store a large submission's jobs over at once, on PostgreSQL (one
+on SQLite, which takes one writer at a time). The database's own work on each row, the checks of its
+references and its indexes, is most of a submission's time: several connections share it among the
+server's cores (bench/RESULTS.md)."""
+
 FLUSH_SECONDS = 1.0
 """How often a training task checks for cancellation, and a long single job writes its new epochs."""
 

@@ -35,6 +35,7 @@ class Settings:
     lease_seconds: int = defaults.LEASE_SECONDS
     max_attempts: int = defaults.MAX_ATTEMPTS
     stranded_seconds: int = defaults.STRANDED_SECONDS
+    submit_connections: int = defaults.SUBMIT_CONNECTIONS
     torch_threads: int | None = None
     """KLAB_TORCH_THREADS: torch threads of each worker child (default: torch's own)."""
     default_database: bool = True

@@ -11,14 +11,16 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection
 
 from service import broker
-from service.db import reads, writes
+from service.db import bulk, reads, writes
 from service.db.connect import Reader
 from service.db.engine import writing
 from service.errors import BadInput, BrokerUnavailable
@@ -27,6 +29,7 @@ from service.jobs.selection import Selection
 from service.jobs.spec import Device, JobSpec
 from service.jobs.status import JobStatus
 from service.jobs.sweep import Grid
+from service.settings import settings
 
 CHUNK_JOBS = 4096
 """Jobs stored in one transaction and sent before the next are stored: the first worker waits for no more."""
@@ -140,12 +143,14 @@ def submit(plan: Plan, batch_jobs: int) -> tuple[int | None, list[int]]:
     broker.check()  # nothing is written while the broker is down
     identity = reads.identity()
     ids: list[int] = []
-    failure: BrokerUnavailable | None = None
-    while chunk := list(itertools.islice(plan.jobs, CHUNK_JOBS)):
-        with writing() as conn:
-            made = store(conn, plan, chunk, JobStatus.CREATED if failure else JobStatus.QUEUED)
+    failed: list[BrokerUnavailable] = []  # the broker's failure, once it failed
+    for chunk, made, start in _stored(plan, lambda: not failed):
         ids += made
-        if failure:
+        if start is JobStatus.CREATED:
+            continue
+        if failed:  # stored queued while the broker failed: no message of theirs was sent
+            with writing() as conn:
+                writes.unsent(conn, made)
             continue
         plan.queues.update(key[0] for _, key, _ in chunk)
         taken: list[int] = []
@@ -153,14 +158,63 @@ def submit(plan: Plan, batch_jobs: int) -> tuple[int | None, list[int]]:
             broker.publish(broker.client(), broker.tasks([(i, key) for i, (_, key, _) in zip(made, chunk)],
                                                          batch_jobs, most_jobs), identity, taken.extend)
         except BrokerUnavailable as exc:
-            failure = exc
+            failed.append(exc)
             with writing() as conn:
                 writes.unsent(conn, sorted(set(made) - set(taken)))
-    if failure:
+    if failed:
         again = (Selection(sweep=plan.sweep_id) if plan.sweep_id is not None
                  else Selection(tuple(ids) if len(ids) <= 50 else ()))
-        raise BrokerUnavailable(_and_then(failure, again))
+        raise BrokerUnavailable(_and_then(failed[0], again))
     return plan.sweep_id, ids
+
+
+def _stored(plan: Plan, queued: Callable[[], bool]) -> Iterator[tuple[list[Job], list[int], JobStatus]]:
+    """Store a plan's jobs a chunk a transaction, each queued while `queued()` says so, else created; yield
+    each chunk once committed, in order: (chunk, its ids, how stored).
+
+    The first chunk is stored here (it creates the sweep). On PostgreSQL the next ones are stored meanwhile,
+    KLAB_SUBMIT_CONNECTIONS at once over as many connections, their ids reserved here in order, so that a
+    sweep's ids follow its grid whichever chunk commits first. A failure stops the chunks not yet begun and
+    waits for the others; those committed and not yet yielded stay queued, and the workers send them
+    (writes.stranded).
+    """
+    connections = settings().submit_connections
+    chunks = iter(lambda: list(itertools.islice(plan.jobs, CHUNK_JOBS)), [])
+    pending: deque[tuple[list[Job], Future[list[int]], JobStatus]] = deque()
+    pool: ThreadPoolExecutor | None = None
+
+    def begin() -> None:  # the next chunks, until `connections` are being stored
+        while len(pending) < connections and (chunk := next(chunks, None)):
+            start = JobStatus.QUEUED if queued() else JobStatus.CREATED
+            with writing() as conn:  # its arrays committed before any job refers to them
+                ids = writes.reserve_ids(conn, len(chunk))
+                _upload(conn, plan, chunk)
+            pending.append((chunk, pool.submit(_store_alone, plan, chunk, start, ids), start))
+
+    try:
+        for chunk in chunks:  # the first chunk, and every chunk on SQLite or with one connection
+            start = JobStatus.QUEUED if queued() else JobStatus.CREATED
+            with writing() as conn:
+                made = store(conn, plan, chunk, start)
+                if connections > 1 and bulk.postgresql(conn):
+                    pool = ThreadPoolExecutor(connections, thread_name_prefix="klab-store")
+            if pool is not None:
+                begin()
+            yield chunk, made, start
+            if pool is not None:
+                break
+        while pending:
+            chunk, stored, start = pending.popleft()
+            begin()
+            yield chunk, stored.result(), start
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _store_alone(plan: Plan, chunk: list[Job], start: JobStatus, ids: list[int]) -> list[int]:
+    with writing() as conn:
+        return store(conn, plan, chunk, start, ids)
 
 
 def most_jobs(key: tuple) -> int:
@@ -168,17 +222,24 @@ def most_jobs(key: tuple) -> int:
     return fitting(key[1:])
 
 
-def store(conn: Connection, plan: Plan, chunk: Sequence[Job], start: JobStatus) -> list[int]:
-    """Store a chunk of a plan's jobs as `start`, in the caller's transaction: its sweep with the first chunk,
-    each array once; their ids. Jobs stored running train here (klab sweep --local) and go to no queue."""
+def store(conn: Connection, plan: Plan, chunk: Sequence[Job], start: JobStatus, ids: list[int] | None = None
+          ) -> list[int]:
+    """Store a chunk of a plan's jobs as `start`, in the caller's transaction, with `ids` (writes.reserve_ids's)
+    or new ones: its sweep with the first chunk, each array once; their ids. Jobs stored running train here
+    (klab sweep --local) and go to no queue."""
     if plan.sweep is not None and plan.sweep_id is None:
         plan.sweep_id = writes.create_sweep(conn, plan.sweep, plan.size, plan.name, plan.tags)
+    _upload(conn, plan, chunk)
+    columns = _columns(chunk, plan.datasets, sent=start is not JobStatus.RUNNING)
+    return writes.insert_columns(conn, {**writes.lifecycle(start, plan.sweep_id), **columns}, len(chunk), ids)
+
+
+def _upload(conn: Connection, plan: Plan, chunk: Sequence[Job]) -> None:
+    """Store the arrays of a chunk's jobs not stored yet (each once per plan)."""
     for _, _, files in chunk:
         for array in files.values():
             if id(array) not in plan.datasets:
                 plan.datasets[id(array)] = writes.put_dataset(conn, array)
-    columns = _columns(chunk, plan.datasets, sent=start is not JobStatus.RUNNING)
-    return writes.insert_columns(conn, {**writes.lifecycle(start, plan.sweep_id), **columns}, len(chunk))
 
 
 def _columns(chunk: Sequence[Job], uploaded: dict[int, int], sent: bool) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from base64 import b64decode
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -292,6 +293,24 @@ def queue_key(db_url: str, queue: str = "cpu") -> str:
     from service.db.reads import identity
 
     return routed(queue, identity(db_url))
+
+
+def messages(client, key: str) -> list[dict]:
+    """Every message waiting in a queue, oldest first, as kombu wrote it."""
+    return [json.loads(raw) for raw in reversed(client.lrange(key, 0, -1))]
+
+
+def body(message: dict) -> list:
+    """A message's body: [args, kwargs, embed]."""
+    raw = message["body"]
+    if message["properties"].get("body_encoding") == "base64":
+        raw = b64decode(raw)
+    return json.loads(raw)
+
+
+def carried(client, key: str) -> list[int]:
+    """The job ids of the messages waiting in a queue, oldest first."""
+    return [i for m in messages(client, key) for i in body(m)[0][0]]
 
 
 def tails(*workers: WorkerProcess) -> Callable[[], str]:

@@ -5,27 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from base64 import b64decode
 
 import pytest
-from harness import klab, queue_key, service_env, tails, wait_until
+from harness import body, klab, messages, queue_key, service_env, sweep_id_of, tails, wait_until
 
 from service import defaults
 from service.jobs.problem import fitting, together
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def messages(client, key: str) -> list[dict]:
-    """Every message waiting in a queue, oldest first, as kombu wrote it."""
-    return [json.loads(raw) for raw in reversed(client.lrange(key, 0, -1))]
-
-
-def body(message: dict) -> list:
-    raw = message["body"]
-    if message["properties"].get("body_encoding") == "base64":
-        raw = b64decode(raw)
-    return json.loads(raw)
 
 
 def test_messages_carry_job_ids_only_grouped_by_batch_jobs(tmp_path, pg_db, redis_server):
@@ -54,7 +41,9 @@ def test_messages_carry_job_ids_only_grouped_by_batch_jobs(tmp_path, pg_db, redi
             assert kwargs == {} and len(args_) == 1 and all(type(i) is int for i in args_[0])
             assert len(args_[0]) <= per_task
             carried += args_[0]
-        assert sorted(carried) == sorted(ids)  # every job once, and nothing but ids
+        assert carried == ids == sorted(ids)  # every job once, nothing but ids, sent in the order of the sweep
+        seeds = db.rows("SELECT seed FROM jobs WHERE sweep_id = :s ORDER BY id", s=sweep_id_of(out))
+        assert [r.seed for r in seeds] == list(range(size))  # 10,000: three chunks stored over several connections
         assert [len(body(m)[0][0]) for m in sent][:-1] == [per_task] * (len(sent) - 1)
 
 

@@ -14,7 +14,18 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import Client, Db, WorkerProcess, klab, queue_key, service_env, sweep_id_of, tails, wait_until
+from harness import (
+    Client,
+    Db,
+    WorkerProcess,
+    carried,
+    klab,
+    queue_key,
+    service_env,
+    sweep_id_of,
+    tails,
+    wait_until,
+)
 from sqlalchemy.engine import make_url
 
 FAST = {"KLAB_LEASE_SECONDS": "2", "KLAB_VISIBILITY_TIMEOUT": "5"}
@@ -274,6 +285,37 @@ def test_a_publish_failing_midway_leaves_the_rest_for_the_requeue_it_names(tmp_p
     wait_until(lambda: db.statuses() == {"succeeded": 800}, 120, lambda: (db.statuses(), w.text()[-2000:]))
     assert {r.attempts for r in db.rows("SELECT attempts FROM jobs")} == {1}
     db.assert_epochs_stored_once()
+
+
+def test_a_broker_full_midway_while_chunks_are_stored_at_once_leaves_queued_exactly_what_it_holds(tmp_path,
+                                                                                                   pg_db,
+                                                                                                   redis_server):
+    """10,000 jobs are three chunks: the first stored alone, the others over three connections at once while
+    the first's 10,000 one-job messages go out. The broker fills (maxmemory) midway: whatever it holds is
+    queued, everything else created, chunks already stored queued included; the requeue named sends those."""
+    url, db = pg_db
+    server = redis_server(persistent=False)
+    env = service_env(tmp_path, url, server.url(), KLAB_SUBMIT_CONNECTIONS="3")
+    broker, key = server.client(), queue_key(url)
+    client = Client(env, "sweep", "--seed", "0..9999", "--epochs", "2", "--batch-jobs", "1")
+    wait_until(lambda: broker.llen(key) > 0, 60, lambda: (client.poll(), db.statuses()), every=0.005)
+    broker.config_set("maxmemory", 1)  # noeviction: every write refused from now on
+    done = client.result(60)
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    (line,) = done.stderr.splitlines()
+    assert "broker" in line and "maxmemory" in line, line
+    sweep = db.scalar("SELECT max(id) FROM sweeps")
+    assert line.endswith(f"klab requeue --sweep {sweep}"), line
+    held = carried(broker, key)
+    statuses = db.statuses(sweep)
+    assert 0 < len(held) < 4096 and statuses == {"queued": len(held), "created": 10_000 - len(held)}, statuses
+    assert held == [r.id for r in db.rows("SELECT id FROM jobs WHERE status = 'queued' ORDER BY id")]
+    assert [r.seed for r in db.rows("SELECT seed FROM jobs ORDER BY id")] == list(range(10_000))
+    broker.config_set("maxmemory", 0)
+    out = klab(env, "requeue", "--sweep", str(sweep))
+    assert out.returncode == 0 and out.stdout.strip() == f"queued {10_000 - len(held)} job(s)", (out.stdout, out.stderr)
+    assert sorted(carried(broker, key)) == [r.id for r in db.rows("SELECT id FROM jobs ORDER BY id")]
+    assert db.statuses(sweep) == {"queued": 10_000}
 
 
 # --- clients and workers racing ----------------------------------------------------------------------
