@@ -12,11 +12,12 @@
 # installs the wheels under /tmp, and runs each STEP (default: gpu sweep sweep4 profile):
 #   gpu      bench/gpu_bench.py: the checks on CUDA, and the engine on JOBS jobs
 #   sweep    bench/sweep_bench.py --queue gpu: JOBS jobs through one `klab worker --queue gpu`
-#   sweep4   the same through 4 gpu workers sharing the GPU
+#   sweepN   the same through N gpu workers sharing the GPU (sweep4, sweep8, ...)
 #   profile  the CLI's and a gpu task's phases (sweep_bench.py --profile-only)
 #   slowlog  from here on, PostgreSQL logs statements over 300 ms with their plans (pg-server.log)
 # Logs go to $OUT (the device tool's folder that comes back), else /tmp/gpu-machine. Environment: PY (python3),
-# JOBS (1000000), PGPORT (5432), RPORT (6379).
+# JOBS (1000000), PGPORT (5432), RPORT (6379), SWEEP_ARGS (more options of the sweep steps' sweep_bench.py,
+# default: --store-jobs 100000).
 set -u
 T0=$(date +%s)
 log() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
@@ -107,9 +108,11 @@ os.execve(sys.argv[2], sys.argv[2:], env)' "$R/lib" "$@"
     case $step in
       gpu) timeout 300 $PY bench/gpu_bench.py --jobs "$JOBS" > "$OUT/gpu.log" 2>&1
            echo "exit $?"; grep -v '^PASS' "$OUT/gpu.log" | tail -12 ;;
-      sweep|sweep4)
+      sweep|sweep[0-9]*)
+           n=${step#sweep}
+           # shellcheck disable=SC2086 - SWEEP_ARGS: one word an option
            timeout 400 $PY bench/sweep_bench.py --queue gpu --jobs "$JOBS" --repeat 1 --sample 300 \
-             --store-jobs 100000 --workers "$([ "$step" = sweep4 ] && echo 4 || echo 1)" > "$OUT/$step.log" 2>&1
+             --workers "${n:-1}" ${SWEEP_ARGS:---store-jobs 100000} > "$OUT/$step.log" 2>&1
            echo "exit $?"; grep -E '^  (run|engine|[0-9]+ processes)|^\| [0-9]|^store vs|^stored|errors|NOT ALL' "$OUT/$step.log" ;;
       profile) timeout 200 $PY bench/sweep_bench.py --queue gpu --profile-only --jobs 100000 --profile-jobs 4096 \
              > "$OUT/profile.log" 2>&1

@@ -831,6 +831,10 @@ def main() -> None:
                     help="jobs the store and the bare COPY write (default: --jobs; the engine runs on all of them)")
     ap.add_argument("--concurrency", default="",
                     help="comma list of worker concurrencies to time (default: klab worker's, the number of cores)")
+    ap.add_argument("--connections", default="",
+                    help="comma list of KLAB_SUBMIT_CONNECTIONS values the CLI stores with (default: klab's)")
+    ap.add_argument("--sweep-only", action="store_true", help="the book's loop and the sweeps; not the engine "
+                    "alone, the store or the bare COPY")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each configuration (median)")
     ap.add_argument("--sample", type=int, default=500, help="seeds timed with the book's loop")
     ap.add_argument("--book-threads", type=int, default=1, help="torch threads of the book's loop (the baseline)")
@@ -849,6 +853,7 @@ def main() -> None:
     n = args.jobs
     sizes = _ints(args.batch_jobs)
     concurrencies: list[int | None] = list(_ints(args.concurrency)) or [None]
+    connections: list[int | None] = list(_ints(args.connections)) or [None]
     sample_seeds = sorted({round(i * (n - 1) / max(1, args.sample - 1)) for i in range(min(args.sample, n))})
     print(f"machine: {machine()}")
     print(f"date: {datetime.now().astimezone().isoformat(timespec='seconds')}")
@@ -863,7 +868,7 @@ def main() -> None:
             env["KLAB_MAX_SWEEP_JOBS"] = str(n)
         klab(env, "db", "upgrade")
         if not args.profile_only:
-            timings(args, env, db_url, Path(tmp), n, sizes, concurrencies, sample_seeds)
+            timings(args, env, db_url, Path(tmp), n, sizes, concurrencies, connections, sample_seeds)
         if args.profile or args.profile_only:
             profiles(db_url, broker_url, Path(tmp) / "home", n, sizes[0], args.profile_jobs, args.profile_lines)
         from service.db.engine import dispose_engines
@@ -872,13 +877,13 @@ def main() -> None:
 
 
 def timings(args: argparse.Namespace, env: dict[str, str], db_url: str, tmp: Path, n: int, sizes: list[int],
-            concurrencies: list[int | None], sample_seeds: list[int]) -> None:
+            concurrencies: list[int | None], connections: list[int | None], sample_seeds: list[int]) -> None:
     """Book, sweeps, engine, store and bare COPY, interleaved repeat by repeat; then the ratios."""
     book_runs: list[float] = []
     book_losses: dict[int, list[float]] = {}
     torch_threads = _default_threads()  # a gpu worker's (it sets none), before the book's loop sets 1 here
     book_seconds_per_job(sample_seeds[:5], 1)  # warm-up: first-call allocations and dispatch caches
-    results: dict[tuple[int, int], list[SweepRun]] = {}
+    results: dict[tuple[int, int, int | None], list[SweepRun]] = {}
     stores: list[StoreRun] = []
     worst = 0.0
     for c in concurrencies:
@@ -894,12 +899,14 @@ def timings(args: argparse.Namespace, env: dict[str, str], db_url: str, tmp: Pat
             for r in range(args.repeat):
                 per_job, book_losses = book_seconds_per_job(sample_seeds, args.book_threads)
                 book_runs.append(per_job)
-                for b in sizes:
-                    run = timed_sweep(env, db_url, worker, n, b, args.timeout)
+                for b, k in itertools.product(sizes, connections):
+                    cli_env = env if k is None else {**env, "KLAB_SUBMIT_CONNECTIONS": str(k)}
+                    run = timed_sweep(cli_env, db_url, worker, n, b, args.timeout)
                     run.book_total = per_job * n
-                    results.setdefault((children, b), []).append(run)
+                    results.setdefault((children, b, k), []).append(run)
                     ok = run.statuses.get("succeeded", 0)
-                    print(f"  run {r + 1} --batch-jobs {b}: total {run.total:.2f} s, CLI {run.cli:.2f} s, "
+                    conns = "" if k is None else f", {k} connection(s)"
+                    print(f"  run {r + 1} --batch-jobs {b}{conns}: total {run.total:.2f} s, CLI {run.cli:.2f} s, "
                           f"after CLI {run.after_cli:.2f} s, first task received {run.first_received or 0:.2f} s, "
                           f"{run.tasks} task(s) [{_runs(run.task_seconds[:8])}{' ...' if run.tasks > 8 else ''}] s, "
                           f"{ok} succeeded, {run.attempts_over_one} retried; book {per_job * 1e3:.3f} ms/job; "
@@ -907,7 +914,7 @@ def timings(args: argparse.Namespace, env: dict[str, str], db_url: str, tmp: Pat
                     if ok != n:
                         print(f"  NOT ALL SUCCEEDED: {run.statuses}")
                 worst = max(worst, check_against_book(db_url, book_losses))
-                if c == concurrencies[0]:
+                if c == concurrencies[0] and not args.sweep_only:
                     # the engine alone and the store, between the sweeps, under the same load (worker idle)
                     store = store_run(db_url, n, sizes[0], threads, children, args.store_jobs)
                     stores.append(store)
@@ -927,6 +934,11 @@ def timings(args: argparse.Namespace, env: dict[str, str], db_url: str, tmp: Pat
           f"{book_job * 1e3:.3f} ms/job (runs: {', '.join(f'{v * 1e3:.3f}' for v in book_runs)}) "
           f"-> {book_total:.1f} s for {n:,} jobs (scaled)")
     print(f"stored losses of the {len(sample_seeds)} sampled seeds vs the book's: within {worst:.1e} (relative)")
+    if not stores:
+        engine_s = float("nan")
+        print_sweeps(args, results, book_total, engine_s)
+        print(f"target: sweep >= {args.target:g}x the book's loop")
+        return
     engine_s = statistics.median(s.engine for s in stores)
     store_rate = statistics.median(s.rows / s.store for s in stores)
     bare_rate = statistics.median(s.rows / s.bare for s in stores)
@@ -935,24 +947,7 @@ def timings(args: argparse.Namespace, env: dict[str, str], db_url: str, tmp: Pat
     print(f"engine alone: {engine_s:.2f} s (runs: {_runs([s.engine for s in stores])}); store through "
           f"save_results: {store_rate:,.0f} epoch rows/s (runs: {store_runs}); bare binary COPY: "
           f"{bare_rate:,.0f} rows/s (runs: {bare_runs})")
-    print("\nspeedup: the book loop's median over the sweep's median; per run: against the book loop timed just "
-          "before it (median of those)")
-    print("\n| worker children | --batch-jobs | total s (median) | runs | CLI s | first task received s "
-          "| worker s/task (median; tasks) | after CLI s | sweep vs book | per run | sweep vs engine |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for (c, b), runs in results.items():
-        total = statistics.median(r.total for r in runs)
-        per_task = statistics.median(s for r in runs for s in r.task_seconds) if runs[0].task_seconds else 0
-        first = [r.first_received for r in runs if r.first_received is not None]
-        speedup = book_total / total
-        per_run = [r.book_total / r.total for r in runs]
-        print(f"| {c} | {b} | {total:.2f} | {_runs([r.total for r in runs])} "
-              f"| {statistics.median(r.cli for r in runs):.2f} "
-              f"| {statistics.median(first) if first else float('nan'):.2f} | {per_task:.3f}; {runs[0].tasks} "
-              f"| {statistics.median(r.after_cli for r in runs):.2f} "
-              f"| **{speedup:.1f}x**{'' if speedup >= args.target else ' BELOW TARGET'} "
-              f"| {statistics.median(per_run):.1f}x ({', '.join(f'{v:.1f}' for v in per_run)}) "
-              f"| {total / engine_s:.1f}x slower |")
+    print_sweeps(args, results, book_total, engine_s)
     print(f"\nstore vs bare COPY, one process each: {store_rate / bare_rate:.2f}x the bare rate; store "
           f"{store_rate:,.0f} rows/s{'' if store_rate >= args.store_target else ' BELOW TARGET'} "
           f"(target >= {args.store_target:,.0f})")
@@ -966,6 +961,29 @@ def timings(args: argparse.Namespace, env: dict[str, str], db_url: str, tmp: Pat
               f"{'' if store_n >= args.store_target else ' BELOW TARGET'}; bare COPY {bare_n:,.0f} rows/s (runs: "
               f"{', '.join(f'{s.rows / s.bare_n:,.0f}' for s in stores)})")
     print(f"target: sweep >= {args.target:g}x the book's loop")
+
+
+def print_sweeps(args: argparse.Namespace, results: dict[tuple[int, int, int | None], list[SweepRun]],
+                 book_total: float, engine_s: float) -> None:
+    print("\nspeedup: the book loop's median over the sweep's median; per run: against the book loop timed just "
+          "before it (median of those)")
+    print("\n| worker children | --batch-jobs | CLI connections | total s (median) | runs | CLI s "
+          "| first task received s | worker s/task (median; tasks) | after CLI s | sweep vs book | per run "
+          "| sweep vs engine |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (c, b, k), runs in results.items():
+        total = statistics.median(r.total for r in runs)
+        per_task = statistics.median(s for r in runs for s in r.task_seconds) if runs[0].task_seconds else 0
+        first = [r.first_received for r in runs if r.first_received is not None]
+        speedup = book_total / total
+        per_run = [r.book_total / r.total for r in runs]
+        print(f"| {c} | {b} | {k or 'default'} | {total:.2f} | {_runs([r.total for r in runs])} "
+              f"| {statistics.median(r.cli for r in runs):.2f} "
+              f"| {statistics.median(first) if first else float('nan'):.2f} | {per_task:.3f}; {runs[0].tasks} "
+              f"| {statistics.median(r.after_cli for r in runs):.2f} "
+              f"| **{speedup:.1f}x**{'' if speedup >= args.target else ' BELOW TARGET'} "
+              f"| {statistics.median(per_run):.1f}x ({', '.join(f'{v:.1f}' for v in per_run)}) "
+              f"| {f'{total / engine_s:.1f}x slower' if engine_s == engine_s else 'not run'} |")
 
 
 if __name__ == "__main__":
