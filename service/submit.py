@@ -172,11 +172,11 @@ def _stored(plan: Plan, queued: Callable[[], bool]) -> Iterator[tuple[list[Job],
     """Store a plan's jobs a chunk a transaction, each queued while `queued()` says so, else created; yield
     each chunk once committed, in order: (chunk, its ids, how stored).
 
-    The first chunk is stored here (it creates the sweep). On PostgreSQL the next ones are stored meanwhile,
-    KLAB_SUBMIT_CONNECTIONS at once over as many connections, their ids reserved here in order, so that a
-    sweep's ids follow its grid whichever chunk commits first. A failure stops the chunks not yet begun and
-    waits for the others; those committed and not yet yielded stay queued, and the workers send them
-    (writes.stranded).
+    The first chunk is stored here (it creates the sweep). On PostgreSQL the next ones are then stored
+    KLAB_SUBMIT_CONNECTIONS at once over as many connections, while the tasks of those before them go out,
+    their ids reserved here in order, so that a sweep's ids follow its grid whichever chunk commits first.
+    A failure stops the chunks not yet begun and waits for the others; those committed and not yet yielded
+    stay queued, and the workers send them (writes.stranded).
     """
     connections = settings().submit_connections
     chunks = iter(lambda: list(itertools.islice(plan.jobs, CHUNK_JOBS)), [])
@@ -196,12 +196,11 @@ def _stored(plan: Plan, queued: Callable[[], bool]) -> Iterator[tuple[list[Job],
             start = JobStatus.QUEUED if queued() else JobStatus.CREATED
             with writing() as conn:
                 made = store(conn, plan, chunk, start)
-                if connections > 1 and bulk.postgresql(conn):
-                    pool = ThreadPoolExecutor(connections, thread_name_prefix="klab-store")
-            if pool is not None:
+                several = connections > 1 and bulk.postgresql(conn)
+            yield chunk, made, start  # its tasks go out before anything else is begun: the first worker waits less
+            if several:
+                pool = ThreadPoolExecutor(connections, thread_name_prefix="klab-store")
                 begin()
-            yield chunk, made, start
-            if pool is not None:
                 break
         while pending:
             chunk, stored, start = pending.popleft()

@@ -290,15 +290,16 @@ def test_a_publish_failing_midway_leaves_the_rest_for_the_requeue_it_names(tmp_p
 def test_a_broker_full_midway_while_chunks_are_stored_at_once_leaves_queued_exactly_what_it_holds(tmp_path,
                                                                                                    pg_db,
                                                                                                    redis_server):
-    """10,000 jobs are three chunks: the first stored alone, the others over three connections at once while
-    the first's 10,000 one-job messages go out. The broker fills (maxmemory) midway: whatever it holds is
-    queued, everything else created, chunks already stored queued included; the requeue named sends those."""
+    """10,000 jobs are three chunks of 4,096 one-job messages at most: the first stored alone and sent, the
+    others then stored over three connections at once. The broker fills (maxmemory) while the second's go out,
+    the third stored queued meanwhile: whatever the broker holds is queued, everything else created, the third
+    chunk included; the requeue named sends those."""
     url, db = pg_db
     server = redis_server(persistent=False)
     env = service_env(tmp_path, url, server.url(), KLAB_SUBMIT_CONNECTIONS="3")
     broker, key = server.client(), queue_key(url)
     client = Client(env, "sweep", "--seed", "0..9999", "--epochs", "2", "--batch-jobs", "1")
-    wait_until(lambda: broker.llen(key) > 0, 60, lambda: (client.poll(), db.statuses()), every=0.005)
+    wait_until(lambda: broker.llen(key) > 4096, 60, lambda: (client.poll(), db.statuses()), every=0.005)
     broker.config_set("maxmemory", 1)  # noeviction: every write refused from now on
     done = client.result(60)
     assert done.returncode == 3, (done.stdout, done.stderr)
@@ -308,7 +309,7 @@ def test_a_broker_full_midway_while_chunks_are_stored_at_once_leaves_queued_exac
     assert line.endswith(f"klab requeue --sweep {sweep}"), line
     held = carried(broker, key)
     statuses = db.statuses(sweep)
-    assert 0 < len(held) < 4096 and statuses == {"queued": len(held), "created": 10_000 - len(held)}, statuses
+    assert 4096 < len(held) < 10_000 and statuses == {"queued": len(held), "created": 10_000 - len(held)}, statuses
     assert held == [r.id for r in db.rows("SELECT id FROM jobs WHERE status = 'queued' ORDER BY id")]
     assert [r.seed for r in db.rows("SELECT seed FROM jobs ORDER BY id")] == list(range(10_000))
     broker.config_set("maxmemory", 0)
