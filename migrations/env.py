@@ -4,7 +4,7 @@ from __future__ import annotations
 from alembic import context
 
 from service.db.engine import engine_for
-from service.db.schema import metadata
+from service.db.schema import compared, metadata
 from service.settings import settings
 
 config = context.config
@@ -14,7 +14,8 @@ target_metadata = metadata
 
 def run_migrations_offline() -> None:
     context.configure(url=url, target_metadata=target_metadata, literal_binds=True,
-                      render_as_batch=url.startswith("sqlite"))
+                      render_as_batch=url.startswith("sqlite"),
+                      include_object=compared("sqlite" if url.startswith("sqlite") else "postgresql"))
     with context.begin_transaction():
         context.run_migrations()
 
@@ -30,7 +31,8 @@ def run_migrations_online() -> None:
 
 def _run(connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata,
-                      render_as_batch=connection.dialect.name == "sqlite")
+                      render_as_batch=connection.dialect.name == "sqlite",
+                      include_object=compared(connection.dialect.name))
     with context.begin_transaction():
         context.run_migrations()
 

@@ -1,18 +1,29 @@
 """Alembic owns the schema: the models and the migrations agree, and every migration runs both ways."""
 from __future__ import annotations
 
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psycopg
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from harness import wait_until
 from sqlalchemy import inspect, select, text
+from sqlalchemy.exc import IntegrityError
 
 from service.db import schema, writes
 from service.db.connect import HEAD
 from service.db.engine import alembic_config, current_revision, downgrade, engine_for, upgrade, writing
-from service.db.schema import metadata
+from service.db.schema import compared, metadata
 from service.jobs import result
+from service.jobs.spec import JobSpec
 
 TABLES = {"datasets", "sweeps", "jobs", "epochs"}
+REFUSED = (IntegrityError, sqlite3.IntegrityError, psycopg.errors.IntegrityError)
+"""A row refused by a key or a trigger, through SQLAlchemy or through the driver (the bulk paths' COPY)."""
 
 
 def test_head_constant_is_alembics_only_head() -> None:
@@ -21,10 +32,16 @@ def test_head_constant_is_alembics_only_head() -> None:
 
 
 def test_models_and_migrations_agree(db_url: str) -> None:
+    """As Alembic's autogenerate compares them (migrations/env.py): on PostgreSQL, triggers keep jobs.sweep_id's
+    key (0008), and the next tests check that they do what the key did."""
     upgrade(db_url)
     with engine_for(db_url).connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        dialect = conn.dialect.name
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"include_object": compared(dialect)}),
+                                metadata)
+        keys = {k["name"] for k in inspect(conn).get_foreign_keys("jobs")}
     assert diff == []
+    assert ("fk_jobs_sweep_id_sweeps" in keys) is (dialect == "sqlite")
 
 
 def test_downgrade_to_base_and_upgrade_again(db_url: str) -> None:
@@ -99,6 +116,80 @@ def test_deleting_jobs_in_sql_deletes_their_epochs(klab_db: str, add_job) -> Non
         left = conn.execute(text("SELECT DISTINCT job_id FROM epochs")).scalars().all()
         assert left == [keep]
         assert conn.execute(text("SELECT count(*) FROM epochs")).scalar() == 10
+
+
+def test_a_job_names_a_sweep_that_exists_and_goes_with_it(klab_db: str, add_job) -> None:
+    """What jobs.sweep_id's foreign key kept, kept on PostgreSQL by 0008's triggers (and by the key on SQLite):
+    no job, stored by COPY or by SQL, names a missing sweep; a sweep deleted by SQL takes its jobs and their
+    epochs with it; a sweep's id does not change under its jobs."""
+    with writing() as conn:
+        sweep, other = (writes.create_sweep(conn, {}, 2) for _ in range(2))
+        mine = [add_job(conn, sweep_id=sweep) for _ in range(2)]
+        theirs = add_job(conn, sweep_id=other)
+    missing = other + 1
+    copied = "spec, status, method, input, lr, epochs, batch_size, seed, noise, created_at, attempts, " \
+             "cancel_requested, task_try, epochs_done"
+    for change in (lambda conn: add_job(conn, sweep_id=missing),  # COPY on PostgreSQL
+                   lambda conn: conn.execute(text(f"INSERT INTO jobs ({copied}, sweep_id) SELECT {copied}, :s "
+                                                  "FROM jobs"), {"s": missing}),
+                   lambda conn: conn.execute(text("UPDATE jobs SET sweep_id = :s WHERE id = :j"),
+                                             {"s": missing, "j": theirs}),
+                   lambda conn: conn.execute(text("UPDATE sweeps SET id = :s WHERE id = :o"),
+                                             {"s": missing, "o": other})):
+        with pytest.raises(REFUSED, match="(?i)foreign key|sweep_id"), writing() as conn:
+            change(conn)
+    with writing() as conn:
+        conn.execute(text("UPDATE jobs SET sweep_id = NULL WHERE id = :j"), {"j": theirs})
+        conn.execute(text("UPDATE jobs SET sweep_id = :o WHERE id = :j"), {"o": other, "j": theirs})
+        conn.execute(text("DELETE FROM sweeps WHERE id = :s"), {"s": sweep})
+    with writing() as conn:
+        assert conn.execute(text("SELECT id, sweep_id FROM jobs")).all() == [(theirs, other)]
+        assert set(conn.execute(text("SELECT DISTINCT job_id FROM epochs")).scalars()) == {theirs}
+        assert mine and conn.execute(text("SELECT count(*) FROM epochs")).scalar() > 0
+
+
+def test_a_sweep_deleted_while_its_jobs_are_stored_leaves_no_job_without_its_sweep(pg_url: str) -> None:
+    """The triggers lock the sweeps that new jobs name, as the key did: a DELETE of the sweep waits for the
+    transaction storing its jobs and then deletes them; jobs stored while the sweep's DELETE is under way wait
+    for it and are refused."""
+    upgrade(pg_url)
+    engine = engine_for(pg_url)
+    spec = JobSpec.parse({})
+
+    def store(conn: Any, sweep: int) -> None:
+        writes.insert_jobs(conn, [writes.new_job(spec, sweep_id=sweep) for _ in range(3)])
+
+    def waiting() -> bool:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                     "AND datname = current_database()")).scalar() > 0
+
+    def delete(sweep: int) -> None:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM sweeps WHERE id = :s"), {"s": sweep})
+
+    with writing(pg_url) as conn:
+        first, second = (writes.create_sweep(conn, {}, 3) for _ in range(2))
+    with ThreadPoolExecutor(1) as other:
+        with engine.begin() as conn:  # jobs stored first, the sweep deleted meanwhile
+            store(conn, first)
+            deleting = other.submit(delete, first)
+            wait_until(waiting, 30, "the DELETE did not wait for the jobs' transaction", every=0.01)
+        deleting.result(30)
+        with engine.begin() as conn:  # the sweep deleted first, jobs stored meanwhile
+            conn.execute(text("DELETE FROM sweeps WHERE id = :s"), {"s": second})
+
+            def late() -> None:
+                with engine.begin() as c:
+                    store(c, second)
+
+            storing = other.submit(late)
+            wait_until(waiting, 30, "storing the jobs did not wait for the DELETE", every=0.01)
+        with pytest.raises(REFUSED, match="sweep_id"):
+            storing.result(30)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM sweeps")).scalar() == 0
 
 
 def test_sweeps_made_before_tags_have_none_and_tags_go_with_a_downgrade(db_url: str) -> None:

@@ -49,7 +49,8 @@ class Field:
     """Most characters of a text column (none: unbounded)."""
     index: bool = False
     references: str | None = None
-    """A foreign key, as table.column (deleted with it when it is a sweep)."""
+    """A foreign key, as table.column (deleted with it when it is a sweep; on PostgreSQL, jobs.sweep_id's is kept by
+    triggers: service.db.schema.BY_TRIGGERS)."""
 
     @property
     def col(self) -> str:
