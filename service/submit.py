@@ -32,7 +32,7 @@ from service.jobs.sweep import Grid
 from service.settings import settings
 
 CHUNK_JOBS = 4096
-"""Jobs stored in one transaction and sent before the next are stored: the first worker waits for no more."""
+"""Jobs stored in one transaction, their tasks sent as soon as it commits: the first worker waits for no more."""
 
 BUILT_FROM = ("input", "kernel", "labels", "bias", "method")
 """What a job's arrays are built from, besides its noise and seed (which change no shape)."""

@@ -124,7 +124,8 @@ def test_a_job_names_a_sweep_that_exists_and_goes_with_it(klab_db: str, add_job)
     epochs with it; a sweep's id does not change under its jobs."""
     with writing() as conn:
         sweep, other = (writes.create_sweep(conn, {}, 2) for _ in range(2))
-        mine = [add_job(conn, sweep_id=sweep) for _ in range(2)]
+        for _ in range(2):
+            add_job(conn, sweep_id=sweep)
         theirs = add_job(conn, sweep_id=other)
     missing = other + 1
     copied = "spec, status, method, input, lr, epochs, batch_size, seed, noise, created_at, attempts, " \
@@ -144,8 +145,7 @@ def test_a_job_names_a_sweep_that_exists_and_goes_with_it(klab_db: str, add_job)
         conn.execute(text("DELETE FROM sweeps WHERE id = :s"), {"s": sweep})
     with writing() as conn:
         assert conn.execute(text("SELECT id, sweep_id FROM jobs")).all() == [(theirs, other)]
-        assert set(conn.execute(text("SELECT DISTINCT job_id FROM epochs")).scalars()) == {theirs}
-        assert mine and conn.execute(text("SELECT count(*) FROM epochs")).scalar() > 0
+        assert conn.execute(text("SELECT DISTINCT job_id FROM epochs")).scalars().all() == [theirs]
 
 
 def test_a_sweep_deleted_while_its_jobs_are_stored_leaves_no_job_without_its_sweep(pg_url: str) -> None:
