@@ -24,6 +24,13 @@ depends_on = None
 UPGRADE = """
 ALTER TABLE jobs DROP CONSTRAINT fk_jobs_sweep_id_sweeps;
 
+CREATE FUNCTION klab_missing_sweep(missing integer) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation',
+        MESSAGE = 'insert or update on table "jobs" violates the reference of jobs.sweep_id to sweeps',
+        DETAIL = format('Key (sweep_id)=(%s) is not present in table "sweeps".', missing);
+END $$;
+
 CREATE FUNCTION klab_jobs_sweeps_exist() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE missing integer;
 BEGIN
@@ -31,9 +38,7 @@ BEGIN
     SELECT a.sweep_id INTO missing FROM (SELECT DISTINCT sweep_id FROM added WHERE sweep_id IS NOT NULL) a
         WHERE NOT EXISTS (SELECT 1 FROM sweeps s WHERE s.id = a.sweep_id) LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation',
-            MESSAGE = 'insert or update on table "jobs" violates the reference of jobs.sweep_id to sweeps',
-            DETAIL = format('Key (sweep_id)=(%s) is not present in table "sweeps".', missing);
+        PERFORM klab_missing_sweep(missing);
     END IF;
     RETURN NULL;
 END $$;
@@ -45,9 +50,7 @@ DECLARE missing integer := NEW.sweep_id;
 BEGIN
     PERFORM 1 FROM sweeps WHERE id = missing FOR KEY SHARE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation',
-            MESSAGE = 'insert or update on table "jobs" violates the reference of jobs.sweep_id to sweeps',
-            DETAIL = format('Key (sweep_id)=(%s) is not present in table "sweeps".', missing);
+        PERFORM klab_missing_sweep(missing);
     END IF;
     RETURN NULL;
 END $$;
@@ -85,6 +88,7 @@ DROP TRIGGER jobs_sweep_id_changed ON jobs;
 DROP FUNCTION klab_new_sweep_id_exists();
 DROP TRIGGER jobs_sweeps_exist ON jobs;
 DROP FUNCTION klab_jobs_sweeps_exist();
+DROP FUNCTION klab_missing_sweep(integer);
 ALTER TABLE jobs ADD CONSTRAINT fk_jobs_sweep_id_sweeps FOREIGN KEY (sweep_id) REFERENCES sweeps (id)
     ON DELETE CASCADE;
 """
