@@ -73,7 +73,15 @@ def routed(queue: str, identity: str) -> str:
 
 
 def unavailable(broker_url: str, exc: BaseException) -> BrokerUnavailable:
-    return BrokerUnavailable(f"cannot reach the broker {mask(broker_url)}: {one_line(exc)}")
+    """A broker's failure as one line: it could not be reached, or it answered with an error (a Redis that is
+    full, read-only, ...; kombu raises its own error from Redis's)."""
+    from redis.exceptions import ResponseError
+
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ResponseError):
+        cause = cause.__cause__ or cause.__context__
+    what = "cannot reach the broker {}" if cause is None else "the broker {} refused"
+    return BrokerUnavailable(f"{what.format(mask(broker_url))}: {one_line(exc)}")
 
 
 def check(broker_url: str | None = None) -> None:

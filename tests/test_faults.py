@@ -304,7 +304,7 @@ def test_a_broker_full_midway_while_chunks_are_stored_at_once_leaves_queued_exac
     done = client.result(60)
     assert done.returncode == 3, (done.stdout, done.stderr)
     (line,) = done.stderr.splitlines()
-    assert "broker" in line and "maxmemory" in line, line
+    assert line.startswith(f"klab: error: the broker {server.url()} refused: ") and "maxmemory" in line, line
     sweep = db.scalar("SELECT max(id) FROM sweeps")
     assert line.endswith(f"klab requeue --sweep {sweep}"), line
     held = carried(broker, key)
