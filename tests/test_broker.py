@@ -2,6 +2,7 @@
 messages read off a real Redis, real worker processes."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -45,6 +46,30 @@ def test_messages_carry_job_ids_only_grouped_by_batch_jobs(tmp_path, pg_db, redi
         seeds = db.rows("SELECT seed FROM jobs WHERE sweep_id = :s ORDER BY id", s=sweep_id_of(out))
         assert [r.seed for r in seeds] == list(range(size))  # 10,000: three chunks stored over several connections
         assert [len(body(m)[0][0]) for m in sent][:-1] == [per_task] * (len(sent) - 1)
+
+
+def test_a_sweep_over_two_input_files_stored_over_several_connections_keeps_each_array_once(tmp_path, pg_db,
+                                                                                            redis_server):
+    """10,000 jobs of two .npy inputs: the second input first appears in the second chunk of 4,096, which another
+    connection stores, as the third, at once. Each array is stored once, before a job refers to it, and every
+    job names its own."""
+    import numpy as np
+
+    url, db = pg_db
+    env = service_env(tmp_path, url, redis_server().url())
+    inputs = {name: np.arange(48, dtype=np.float32).reshape(6, 8) * k for k, name in ((1, "a"), (2, "b"))}
+    for name, array in inputs.items():
+        np.save(tmp_path / f"{name}.npy", array)
+    files = ",".join(f"npy:{tmp_path / name}.npy" for name in inputs)
+    out = klab(env, "sweep", "--input", files, "--seed", "0..4999", "--json")
+    sweep = sweep_id_of(out)
+    assert db.scalar("SELECT count(*) FROM datasets") == 2
+    rows = db.rows("SELECT j.input, j.seed, d.data FROM jobs j JOIN datasets d ON d.id = j.input_dataset_id "
+                   "WHERE j.sweep_id = :s ORDER BY j.id", s=sweep)
+    names = [r.input.rsplit("/", 1)[-1].removesuffix(".npy") for r in rows]
+    assert list(zip(names, (r.seed for r in rows))) == [(n, s) for n in inputs for s in range(5000)]
+    for name, r in list(zip(names, rows))[::4999]:
+        assert np.array_equal(np.load(io.BytesIO(r.data), allow_pickle=False), inputs[name]), name
 
 
 def _built(values: dict[str, str]) -> tuple:
