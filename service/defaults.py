@@ -105,7 +105,7 @@ SUBMIT_CONNECTIONS = 4
 """Connections `klab sweep` and `klab submit` store a large submission's jobs over at once, on PostgreSQL (one
 on SQLite, which takes one writer at a time). The database's own work on each new row (writing it and its
 index entries) is most of a large submission's time, and several connections share it among the server's
-cores: on 16 cores, 1,000,000 jobs stored in 16 to 19 s over 4 connections, 39 s over one; 8 did no better
+cores: on 16 cores, 1,000,000 jobs stored in 16 to 20 s over 4 connections, 39 s over one; 8 did no better
 (bench/RESULTS.md)."""
 
 FLUSH_SECONDS = 1.0
