@@ -144,7 +144,7 @@ def submit(plan: Plan, batch_jobs: int) -> tuple[int | None, list[int]]:
     identity = reads.identity()
     ids: list[int] = []
     failed: list[BrokerUnavailable] = []  # the broker's failure, once it failed
-    for chunk, made, start in _stored(plan, lambda: not failed):
+    for chunk, made, start in _stored(plan, lambda: JobStatus.CREATED if failed else JobStatus.QUEUED):
         ids += made
         if start is JobStatus.CREATED:
             continue
@@ -168,9 +168,9 @@ def submit(plan: Plan, batch_jobs: int) -> tuple[int | None, list[int]]:
     return plan.sweep_id, ids
 
 
-def _stored(plan: Plan, queued: Callable[[], bool]) -> Iterator[tuple[list[Job], list[int], JobStatus]]:
-    """Store a plan's jobs a chunk a transaction, each queued while `queued()` says so, else created; yield
-    each chunk once committed, in order: (chunk, its ids, how stored).
+def _stored(plan: Plan, start_as: Callable[[], JobStatus]) -> Iterator[tuple[list[Job], list[int], JobStatus]]:
+    """Store a plan's jobs a chunk a transaction, each as `start_as()` says when it is begun; yield each chunk
+    once committed, in order: (chunk, its ids, how stored).
 
     The first chunk is stored here (it creates the sweep). On PostgreSQL the next ones are then stored
     KLAB_SUBMIT_CONNECTIONS at once over as many connections, while the tasks of those before them go out,
@@ -185,7 +185,7 @@ def _stored(plan: Plan, queued: Callable[[], bool]) -> Iterator[tuple[list[Job],
 
     def begin() -> None:  # the next chunks, until `connections` are being stored
         while len(pending) < connections and (chunk := next(chunks, None)):
-            start = JobStatus.QUEUED if queued() else JobStatus.CREATED
+            start = start_as()
             with writing() as conn:  # its arrays committed before any job refers to them
                 ids = writes.reserve_ids(conn, len(chunk))
                 _upload(conn, plan, chunk)
@@ -193,7 +193,7 @@ def _stored(plan: Plan, queued: Callable[[], bool]) -> Iterator[tuple[list[Job],
 
     try:
         for chunk in chunks:  # the first chunk, and every chunk on SQLite or with one connection
-            start = JobStatus.QUEUED if queued() else JobStatus.CREATED
+            start = start_as()
             with writing() as conn:
                 made = store(conn, plan, chunk, start)
                 several = connections > 1 and bulk.postgresql(conn)
