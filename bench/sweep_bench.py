@@ -217,7 +217,7 @@ class Worker:
 
     def __init__(self, env: dict[str, str], concurrency: int | None, log: Path, queue: str = "cpu",
                  name: str | None = None, alone: bool = True):
-        self.name = name or f"bench{concurrency}-{uuid.uuid4().hex[:6]}"
+        self.name = name or f"bench{concurrency or ''}-{uuid.uuid4().hex[:6]}"  # none: as klab worker sizes it
         self.like = self.name + "@%"  # its jobs' worker_host, in SQL
         argv, extra = worker_argv(queue, concurrency, "INFO", self.name)  # `klab worker ... --name NAME`
         self.argv, self.extra, self.log = argv, extra, log
@@ -274,7 +274,7 @@ class Workers:
     """Several worker processes on one queue, read as one (--workers N: gpu workers sharing one GPU, say)."""
 
     def __init__(self, env: dict[str, str], concurrency: int | None, log: Path, queue: str, count: int):
-        prefix = f"bench{concurrency}-{uuid.uuid4().hex[:6]}"
+        prefix = f"bench{concurrency or ''}-{uuid.uuid4().hex[:6]}"
         self.like = prefix + "-%"
         self.members: list[Worker] = []
         try:
