@@ -1,4 +1,4 @@
-# kernel-lab's images: klab, the Celery worker and the migrations.
+# kernel-lab's images: klab (the CLI and the Python API), the Celery worker and the migrations.
 #   docker build --target cpu -t kernel-lab:cpu .   the default: small, CPU build of torch
 #   docker build --target gpu -t kernel-lab:gpu .   the gpu worker, on PyTorch's CUDA image
 # docker compose builds both (docker-compose.yml).
@@ -31,6 +31,7 @@ COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 COPY alembic.ini ./
 COPY migrations/ migrations/
+COPY klab/ klab/
 COPY service/ service/
 COPY worker/ worker/
 USER klab
@@ -54,6 +55,7 @@ COPY --from=gpu-builder /opt/venv /opt/venv
 WORKDIR /app
 COPY alembic.ini ./
 COPY migrations/ migrations/
+COPY klab/ klab/
 COPY service/ service/
 COPY worker/ worker/
 USER klab

@@ -350,15 +350,16 @@ def test_dockerfile_pins_bases_runs_as_a_user_and_installs_once_per_image():
     assert "download.pytorch.org/whl/cpu" in cpu_install
     final = " ".join(rest for _, rest in targets["cpu"]["lines"])
     assert not re.search(r"apt-get|build-essential|gcc", final), "build tools in the final stage"
-    for path in ("service/", "worker/", "migrations/", "alembic.ini"):
-        assert any(word == "COPY" and path in rest for word, rest in targets["cpu"]["lines"]), path
+    for name in ("cpu", "gpu"):  # the CLI, the workers and the Python API (import klab) in both images
+        for path in ("klab/", "service/", "worker/", "migrations/", "alembic.ini"):
+            assert any(word == "COPY" and path in rest for word, rest in targets[name]["lines"]), (name, path)
 
 
 def test_dockerignore_keeps_the_venv_and_git_out_but_not_the_code():
     patterns = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
                 if ln.strip() and not ln.startswith("#")]
     assert {".venv", ".git"} <= {p.strip("/") for p in patterns}
-    copied = ["pyproject.toml", "constraints.txt", "alembic.ini", "service", "worker", "migrations"]
+    copied = ["pyproject.toml", "constraints.txt", "alembic.ini", "klab", "service", "worker", "migrations"]
     assert [c for c in copied if any(fnmatch.fnmatch(c, p.strip("/")) for p in patterns)] == []
 
 
@@ -652,6 +653,10 @@ def test_engine_the_cpu_image_builds_without_the_gpu_stages(stack_env: Stack, bu
     demo = re.search(r"\$\(BIN\)/klab (run .*)", (ROOT / "Makefile").read_text())[1].split()
     out = stack_env.docker_cli("run", "--rm", image, "klab", *demo)
     assert out.returncode == 0 and "job 1: succeeded" in out.stdout, out.stdout + out.stderr
+    api = ("import klab; r = klab.run(input='edge:6x8', kernel='d2l', method='d2l-manual', lr=0.03, epochs=10, "
+           "store=False); print(r.status, len(r.epochs))")
+    out = stack_env.docker_cli("run", "--rm", image, "python", "-c", api)
+    assert out.returncode == 0 and out.stdout.split() == ["succeeded", "10"], out.stdout + out.stderr
 
 
 @pytest.mark.timeout(600)
@@ -678,6 +683,17 @@ def test_engine_the_readme_lines_store_their_jobs_in_postgres(stack: Stack, read
     assert stack.psql("SELECT count(*) FROM jobs") == [[str(1 + len(sweep))]]
     (stored, done), = stack.psql("SELECT (SELECT count(*) FROM epochs), (SELECT sum(epochs_done) FROM jobs)")
     assert int(stored) > 0 and stored == done
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.docker
+def test_engine_the_python_api_reads_the_stack_as_the_readme_says(stack: Stack, readme_runs):
+    out = stack(*readme_line("docker compose run --rm -T --entrypoint python klab"))
+    assert out.returncode == 0, out.stderr
+    header, *lines = out.stdout.splitlines()
+    assert header.split() == ["id", "status", "relative_error"], out.stdout
+    rows = [line.split()[1:3] for line in lines]  # after the DataFrame's index
+    assert rows and rows == stack.psql("SELECT id, status FROM jobs WHERE sweep_id = 1 ORDER BY id"), out.stdout
 
 
 @pytest.mark.timeout(600)
