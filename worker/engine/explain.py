@@ -29,6 +29,7 @@ class Facts:
     more: np.ndarray
     best_lr: np.ndarray
     best_rate: np.ndarray
+    converged: np.ndarray  # the first epoch whose mse came within --tol of the optimum's (NaN: none)
 
     @classmethod
     def one(cls, status: JobStatus, optimization: float | None, noise: float | None,
@@ -40,13 +41,14 @@ class Facts:
 
         values = dict(optimization=optimization, noise=noise, identifiability=identifiability, rank=rank,
                       params=params)
-        for name in ("relative", "lr", "lr_bound", "rate", "more", "best_lr", "best_rate"):
+        for name in ("relative", "lr", "lr_bound", "rate", "more", "best_lr", "best_rate", "converged"):
             values[name] = more.get(name)
         return cls(status=np.array([status.value]), sums_only=np.array([sums_only]),
                    grew=np.array([bool(more.get("grew"))]), **{k: arr(v) for k, v in values.items()})
 
 
-DIVERGED, NOTHING, NO_TRUTH, MATCH, TOO_FAST_DIVERGED, TOO_FAST, STALLED, GREW, CLOSING, SLOW, IDENT, NOISE = range(12)
+(DIVERGED, NOTHING, NO_TRUTH, MATCH, TOO_FAST_DIVERGED, TOO_FAST, STALLED, GREW, CLOSING, SLOW, WITHIN_TOL, IDENT,
+ NOISE) = range(13)
 
 
 def cases(f: Facts) -> np.ndarray:
@@ -62,6 +64,7 @@ def cases(f: Facts) -> np.ndarray:
     optimization = main == 0
     out[optimization] = SLOW
     out[optimization & np.isfinite(f.more) & np.isfinite(f.rate)] = CLOSING
+    out[optimization & np.isfinite(f.converged)] = WITHIN_TOL  # converged as --tol says: not "not converged yet"
     out[optimization & f.grew] = GREW
     out[optimization & (f.rate >= 1)] = STALLED
     out[optimization & too_fast] = TOO_FAST
@@ -112,6 +115,9 @@ SENTENCES: dict[int, Callable[[Facts, int], str]] = {
                         "this input; lower --lr."),
     CLOSING: lambda f, i: _stopped(f, i) + _closing(f, i) + ".",
     SLOW: lambda f, i: _stopped(f, i) + "train longer or raise the learning rate.",
+    WITHIN_TOL: lambda f, i: (f"converged: the mse came within --tol of the optimum's at epoch {int(f.converged[i])}, "
+                              f"with the learned kernel still {f.optimization[i]:.3g} from the best kernel the data "
+                              "allow; a smaller --tol would bring it closer."),
     IDENT: _ident,
     NOISE: lambda f, i: (f"label noise: even the exact least-squares kernel is {f.noise[i]:.3g} from the true "
                          "one; more data or less noise would close it."),

@@ -172,7 +172,7 @@ class BatchResult:
             status=status, optimization=gap.optimization, noise=values["gap_noise"],
             identifiability=values["gap_identifiability"], relative=values["relative_error"], rank=rank,
             params=params, sums_only=sums_only, grew=grew, lr=lrs, lr_bound=paces.bound, rate=paces.rate,
-            more=paces.more, best_lr=paces.best_lr, best_rate=paces.best_rate))
+            more=paces.more, best_lr=paces.best_lr, best_rate=paces.best_rate, converged=converged))
         return Columns(values=values, loss=t.loss, mse=t.mse, kernel_error=t.kernel_error, epochs_done=done)
 
     def _as_given(self, a: np.ndarray) -> np.ndarray:
