@@ -270,6 +270,8 @@ IDENT = {"rank": 2, "params": 4, "identifiable": False}
      "cannot tell these weights apart: only their sums are determined (rank 2 of 4)"),
     ({"optimization": 0.01, "noise": 0.0, "identifiability": 0.5}, IDENT, "succeeded",
      "only 2 combinations of the 4 weights"),
+    ({"optimization": 0.01, "noise": 0.0, "identifiability": 0.5}, {"rank": 1, "params": 9}, "succeeded",
+     "only 1 combination of the 9 weights is determined (rank 1 of 9)"),
     ({"optimization": 0.3, "noise": None, "identifiability": None}, IDENT, "succeeded", "no true kernel"),
 ])
 def test_explain_names_the_dominant_part(gap, ident, status, expected):

@@ -319,6 +319,8 @@ def test_bad_input_is_one_line_exit_2_nothing_stored_nothing_queued(case, files,
     (("sweep", "--epochs", "10 - 100"), "did you mean 10..100?"),
     (("sweep", "--lr", "0.001-0.1"), "did you mean 0.001,0.1 or 0.001:0.1:N (N log-spaced values)?"),
     (("sweep", "--lr", "1e-3-1e-1"), "did you mean 1e-3,1e-1 or 1e-3:1e-1:N"),
+    (("sweep", "--lr", "0.01..0.05"), "lr: range 0.01..0.05: A..B counts integers; did you mean 0.01,0.05 or "
+                                      "0.01:0.05:N (N log-spaced values)?"),
     (("lis",), "no such command 'lis'; did you mean list?"),
     (("swep", "--seed", "1,2"), "no such command 'swep'; did you mean sweep or sweeps?"),
     (("compre", "1"), "did you mean compare?"),

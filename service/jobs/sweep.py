@@ -52,6 +52,13 @@ def _number(field: str, text: str, integer: bool) -> float | int:
     return value
 
 
+def _finite(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
 def _range_hint(field: str, text: str) -> str:
     """What a number that is a range written with a dash was meant to be."""
     dashed = _DASHED.fullmatch(text)
@@ -67,6 +74,9 @@ def _values(field: str, item: str, limit: int) -> list[Any]:
     integer = field in INTEGER
     if field in NUMERIC and ".." in item:
         lo_s, _, hi_s = item.partition("..")
+        if not integer and not all(float(v) == int(float(v)) for v in (lo_s, hi_s) if _finite(v)):
+            raise BadInput(field, f"range {item}: A..B counts integers; did you mean {lo_s},{hi_s} or "
+                                  f"{lo_s}:{hi_s}:N (N log-spaced values)?")
         lo, hi = _number(field, lo_s, True), _number(field, hi_s, True)
         if lo > hi:
             raise BadInput(field, f"range {item} is written backwards; write {hi}..{lo}")

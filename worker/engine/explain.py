@@ -98,7 +98,7 @@ def _stopped(f: Facts, i: int) -> str:
 def _ident(f: Facts, i: int) -> str:
     r, p = int(f.rank[i]), int(f.params[i])
     what = "only their sums are determined" if f.sums_only[i] else \
-        f"only {r} combinations of the {p} weights are determined"
+        f"only {r} combination{'s' * (r != 1)} of the {p} weights {'are' if r != 1 else 'is'} determined"
     return f"the data cannot tell these weights apart: {what} (rank {r} of {p}); a richer input would."
 
 
