@@ -111,8 +111,8 @@ def test_a_job_whose_mse_came_within_tol_is_called_converged():
     assert result["error"]["relative"] > 1e-3 and result["gap"]["optimization"] > 1e-3
     assert result["explanation"] == (
         f"converged: the mse came within --tol of the optimum's at epoch {epoch}, with the learned kernel still "
-        f"{result['gap']['optimization']:.3g} from the best kernel the data allow; a smaller --tol would bring "
-        "it closer.")
+        f"{result['gap']['optimization']:.3g} from the best kernel the data allow; more epochs would bring it "
+        "closer.")
 
 
 def test_the_explanation_points_at_the_fastest_lr_of_the_books_loop():

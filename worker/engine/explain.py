@@ -117,7 +117,7 @@ SENTENCES: dict[int, Callable[[Facts, int], str]] = {
     SLOW: lambda f, i: _stopped(f, i) + "train longer or raise the learning rate.",
     WITHIN_TOL: lambda f, i: (f"converged: the mse came within --tol of the optimum's at epoch {int(f.converged[i])}, "
                               f"with the learned kernel still {f.optimization[i]:.3g} from the best kernel the data "
-                              "allow; a smaller --tol would bring it closer."),
+                              "allow; more epochs would bring it closer."),
     IDENT: _ident,
     NOISE: lambda f, i: (f"label noise: even the exact least-squares kernel is {f.noise[i]:.3g} from the true "
                          "one; more data or less noise would close it."),
