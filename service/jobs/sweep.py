@@ -67,7 +67,12 @@ def _range_hint(field: str, text: str) -> str:
     a, b = dashed.groups()
     if field in INTEGER:
         return f"; did you mean {a}..{b}?"
-    return f"; did you mean {a},{b} or {a}:{b}:N (N log-spaced values)?"
+    return f"; {_listed(a, b)}"
+
+
+def _listed(a: str, b: str) -> str:
+    """What a range of numbers that are not integers was meant to be."""
+    return f"did you mean {a},{b} or {a}:{b}:N (N log-spaced values)?"
 
 
 def _values(field: str, item: str, limit: int) -> list[Any]:
@@ -75,8 +80,7 @@ def _values(field: str, item: str, limit: int) -> list[Any]:
     if field in NUMERIC and ".." in item:
         lo_s, _, hi_s = item.partition("..")
         if not integer and not all(float(v) == int(float(v)) for v in (lo_s, hi_s) if _finite(v)):
-            raise BadInput(field, f"range {item}: A..B counts integers; did you mean {lo_s},{hi_s} or "
-                                  f"{lo_s}:{hi_s}:N (N log-spaced values)?")
+            raise BadInput(field, f"range {item}: A..B counts integers; {_listed(lo_s, hi_s)}")
         lo, hi = _number(field, lo_s, True), _number(field, hi_s, True)
         if lo > hi:
             raise BadInput(field, f"range {item} is written backwards; write {hi}..{lo}")
