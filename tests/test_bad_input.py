@@ -206,6 +206,7 @@ CASES = [
     Case("a-local-sweep-sent-to-a-queue", ("sweep", "--local", "--queue", "cpu"), "queue"),
     Case("a-local-sweep-of-bad-jobs", ("sweep", "--local", "--kernel", "d2l,random:9x9"), "kernel"),
     Case("an-empty-tag", ("sweep", "--seed", "1,2", "--tag", " "), "tag"),
+    Case("a-tag-with-a-comma", ("sweep", "--seed", "1,2", "--tag", "a,b"), "tag"),
     Case("no-true-kernel-and-no-labels", ("run", "--kernel", "none"), "kernel"),
     Case("gpu-index-for-a-cpu-worker", ("worker", "--queue", "cpu", "--gpu", "0"), "gpu"),
     Case("a-worker-name-with-an-at", ("worker", "--queue", "gpu", "--name", "gpu@2"), "name"),
@@ -319,6 +320,8 @@ def test_bad_input_is_one_line_exit_2_nothing_stored_nothing_queued(case, files,
     (("sweep", "--epochs", "10 - 100"), "did you mean 10..100?"),
     (("sweep", "--lr", "0.001-0.1"), "did you mean 0.001,0.1 or 0.001:0.1:N (N log-spaced values)?"),
     (("sweep", "--lr", "1e-3-1e-1"), "did you mean 1e-3,1e-1 or 1e-3:1e-1:N"),
+    (("sweep", "--seed", "1,2", "--tag", "book, v2"), "tag: a tag has no commas, got 'book, v2'; give each tag its "
+                                                    "own --tag (--tag book --tag v2)"),
     (("sweep", "--lr", "0.01..0.05"), "lr: range 0.01..0.05: A..B counts integers; did you mean 0.01,0.05 or "
                                       "0.01:0.05:N (N log-spaced values)?"),
     (("lis",), "no such command 'lis'; did you mean list?"),

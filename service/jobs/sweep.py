@@ -193,12 +193,17 @@ TAG_LENGTH = 100
 
 
 def tags(given: Iterable[str]) -> list[str]:
-    """A sweep's tags as given (--tag, repeatable), stripped, each once, in order."""
+    """A sweep's tags as given (--tag, repeatable), stripped, each once, in order. A tag has no comma: tags
+    are shown joined by commas, and everywhere else in klab a comma separates values, so `--tag a,b` would
+    read as two tags while it made one."""
     out: list[str] = []
     for tag in given:
         tag = tag.strip()
         if not tag or len(tag) > TAG_LENGTH:
             raise BadInput("tag", f"a tag has 1 to {TAG_LENGTH} characters, got {tag!r}")
+        if "," in tag:
+            raise BadInput("tag", f"a tag has no commas, got {tag!r}; give each tag its own --tag "
+                                  f"({' '.join('--tag ' + t.strip() for t in tag.split(',') if t.strip())})")
         if tag not in out:
             out.append(tag)
     return out
