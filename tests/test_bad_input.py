@@ -322,6 +322,8 @@ def test_bad_input_is_one_line_exit_2_nothing_stored_nothing_queued(case, files,
     (("sweep", "--lr", "1e-3-1e-1"), "did you mean 1e-3,1e-1 or 1e-3:1e-1:N"),
     (("sweep", "--seed", "1,2", "--tag", "book, v2"), "tag: a tag has no commas, got 'book, v2'; give each tag its "
                                                     "own --tag (--tag book --tag v2)"),
+    (("run", "--lr", "0.01,0.03"), "lr: Input should be a valid number, unable to parse string as a number; "
+                                   "several values make a sweep: klab sweep"),
     (("sweep", "--lr", "0.01..0.05"), "lr: range 0.01..0.05: A..B counts integers; did you mean 0.01,0.05 or "
                                       "0.01:0.05:N (N log-spaced values)?"),
     (("lis",), "no such command 'lis'; did you mean list?"),

@@ -47,6 +47,25 @@ def test_bad_values_name_their_field(values, field):
     assert "\n" not in str(exc.value)
 
 
+@pytest.mark.parametrize("values,field", [
+    ({"lr": [0.01, 0.03]}, "lr"), ({"seed": "0..2"}, "seed"), ({"lr": "0.01,0.03"}, "lr"),
+    ({"epochs": [10, 20]}, "epochs"), ({"method": "adam,momentum"}, "method"), ({"method": ["adam"]}, "method"),
+])
+def test_a_sweeps_values_given_to_one_job_point_at_klab_sweep(values, field):
+    """klab run and submit, and their files, take one job: a list or range there is a sweep's."""
+    with pytest.raises(BadInput) as exc:
+        JobSpec.parse(values)
+    assert exc.value.field == field
+    assert str(exc.value).endswith("; several values make a sweep: klab sweep")
+
+
+@pytest.mark.parametrize("values", [{"lr": "x"}, {"method": "sgd"}, {"epochs": "2.5"}, {"seed": -1}])
+def test_a_single_bad_value_is_not_told_about_sweeps(values):
+    with pytest.raises(BadInput) as exc:
+        JobSpec.parse(values)
+    assert "sweep" not in str(exc.value)
+
+
 def test_unknown_method_lists_the_known_ones():
     with pytest.raises(BadInput) as exc:
         JobSpec.parse({"method": "sgd"})

@@ -113,9 +113,12 @@ def bad_input_from(exc: ValidationError) -> BadInput:
         message = "unknown field"
     if field == "spec" and ":" in message:
         field, _, message = message.partition(": ")
+    got = err.get("input")
     if err["type"] in ("enum",):
-        got = err.get("input")
         message = f"unknown value {got!r}; {message[0].lower()}{message[1:]}"
+    if isinstance(got, list) or (isinstance(got, str) and (err["type"].endswith("_parsing") or err["type"] == "enum")
+                                 and (".." in got or "," in got)):  # a sweep's values given to one job
+        message += "; several values make a sweep: klab sweep"
     return BadInput(field.replace("_", "-"), message)
 
 
