@@ -202,8 +202,9 @@ def tags(given: Iterable[str]) -> list[str]:
         if not tag or len(tag) > TAG_LENGTH:
             raise BadInput("tag", f"a tag has 1 to {TAG_LENGTH} characters, got {tag!r}")
         if "," in tag:
-            raise BadInput("tag", f"a tag has no commas, got {tag!r}; give each tag its own --tag "
-                                  f"({' '.join('--tag ' + t.strip() for t in tag.split(',') if t.strip())})")
+            meant = " ".join(f"--tag {t.strip()}" for t in tag.split(",") if t.strip())
+            raise BadInput("tag", f"a tag has no commas, got {tag!r}; give each tag its own --tag"
+                                  + (f" ({meant})" if meant else ""))
         if tag not in out:
             out.append(tag)
     return out
