@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"klab: {exc}", err=True)
         sys.exit(exc.exit_code)
     except click.NoSuchOption as exc:
-        hint = f"; did you mean {', '.join(sorted(exc.possibilities))}?" if exc.possibilities else ""
-        fail(f"{exc.option_name}: no such option{hint}", 2)
+        fail(f"{exc.option_name}: no such option{_option_hint(exc)}", 2)
     except click.UsageError as exc:
         fail(_usage_line(exc), 2)
     except click.Abort:
@@ -113,6 +112,19 @@ def main(argv: list[str] | None = None) -> None:
             fail(f"database error: {one_line(getattr(exc, 'orig', None) or exc)}", 3)
         raise
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _option_hint(exc: click.NoSuchOption) -> str:
+    """The options meant by an unknown one: click's close spellings, and those it is a word of (`--by`:
+    `--group-by`); else where the command's options are listed."""
+    close = set(exc.possibilities or ())
+    ctx = exc.ctx
+    if ctx is not None:
+        word = exc.option_name.lstrip("-")
+        close |= {o for p in ctx.command.params for o in p.opts if o.startswith("--") and word in o[2:].split("-")}
+    if close:
+        return f"; did you mean {' or '.join(sorted(close))}?"
+    return f"; see {ctx.command_path} --help" if ctx is not None else ""
 
 
 def _usage_line(exc: click.UsageError) -> str:
