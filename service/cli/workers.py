@@ -37,6 +37,10 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """A worker's node name before `@host`: what Celery, `klab workers` and the broker's presence keys tell it by."""
 
 
+LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+"""Celery's log levels (refused here in one line, before Celery's own usage text could be)."""
+
+
 def worker_argv(queue: str, concurrency: int | None, loglevel: str, name: str | None = None
                 ) -> tuple[list[str], dict[str, str]]:
     """The plain celery command line a worker runs, and the environment it adds. Its node name is
@@ -59,7 +63,8 @@ def worker_argv(queue: str, concurrency: int | None, loglevel: str, name: str | 
 @click.option("--concurrency", type=click.IntRange(1, 256), default=None,
               help="prefork children for the cpu queue [default: the number of cores]")
 @click.option("--gpu", "gpu_index", type=click.IntRange(0, 64), default=None, help="GPU index for the gpu queue")
-@click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--loglevel", default="INFO", show_default=True, type=click.Choice(LOGLEVELS, case_sensitive=False),
+              callback=lambda ctx, param, value: value.upper())
 @click.option("--name", default=None, help="node name before @host [default: the queue's]; several workers on one "
               "host (gpu workers sharing a GPU) each need their own")
 def worker(queue: str, concurrency: int | None, gpu_index: int | None, loglevel: str, name: str | None) -> None:
