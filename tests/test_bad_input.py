@@ -210,7 +210,7 @@ CASES = [
     Case("no-true-kernel-and-no-labels", ("run", "--kernel", "none"), "kernel"),
     Case("gpu-index-for-a-cpu-worker", ("worker", "--queue", "cpu", "--gpu", "0"), "gpu"),
     Case("a-worker-name-with-an-at", ("worker", "--queue", "gpu", "--name", "gpu@2"), "name"),
-    Case("an-unknown-log-level", ("worker", "--loglevel", "bogus"), "loglevel"),
+    Case("an-unknown-log-level", ("worker", "--loglevel", "bogus"), "--loglevel"),
 ]
 if os.geteuid() != 0:  # root reads a file whatever its mode
     CASES.append(Case("unreadable-npy", ("submit", "--input", "npy:{d}/locked.npy"), "input"))
