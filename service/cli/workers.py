@@ -63,8 +63,7 @@ def worker_argv(queue: str, concurrency: int | None, loglevel: str, name: str | 
 @click.option("--concurrency", type=click.IntRange(1, 256), default=None,
               help="prefork children for the cpu queue [default: the number of cores]")
 @click.option("--gpu", "gpu_index", type=click.IntRange(0, 64), default=None, help="GPU index for the gpu queue")
-@click.option("--loglevel", default="INFO", show_default=True, type=click.Choice(LOGLEVELS, case_sensitive=False),
-              callback=lambda ctx, param, value: value.upper())
+@click.option("--loglevel", default="INFO", show_default=True, type=click.Choice(LOGLEVELS, case_sensitive=False))
 @click.option("--name", default=None, help="node name before @host [default: the queue's]; several workers on one "
               "host (gpu workers sharing a GPU) each need their own")
 def worker(queue: str, concurrency: int | None, gpu_index: int | None, loglevel: str, name: str | None) -> None:
