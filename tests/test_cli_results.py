@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,11 @@ def jobs(klab_db: str, add_job) -> dict[str, int]:
             "queued": add_job(conn, relative=None, status="queued"),
         }
     return made
+
+
+def utc(t: datetime) -> datetime:
+    """A time SQLAlchemy read, as an aware UTC datetime (SQLite's come back without an offset)."""
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
 
 
 def stored(job_id: int):
@@ -153,7 +159,8 @@ def test_show_json_is_the_stored_result(jobs: dict[str, int], klab_cli) -> None:
     assert shown["learned_kernel"] == job.learned_kernel and shown["true_kernel"] == job.true_kernel
     assert shown["error"]["relative"] == job.err_relative and shown["gap"]["noise"] == job.gap_noise
     assert shown["identifiability"]["identifiable"] is job.identifiable is True
-    assert shown["created_at"] == job.created_at.isoformat() and shown["finished_at"] == job.finished_at.isoformat()
+    for name in ("created_at", "finished_at"):  # the stored instant, in UTC with its offset on either database
+        assert shown[name].endswith("+00:00") and datetime.fromisoformat(shown[name]) == utc(getattr(job, name))
     assert shown["pace"]["stable_lr"] == job.stable_lr == 0.5
     assert [(e["epoch"], e["loss"], e["kernel_error"]) for e in shown["epochs"]] == \
         [(e.epoch, e.loss, e.kernel_error) for e in rows]
@@ -434,6 +441,22 @@ print(json.dumps(sorted(m for m in ("torch", "worker.engine", "matplotlib", "cel
     assert out.returncode == 0, out.stderr
     assert "job_id,epoch" in out.stdout and "1 job(s): 1 succeeded" in out.stdout  # the commands really ran
     assert json.loads(out.stdout.splitlines()[-1]) == []
+
+
+def test_times_are_utc_whatever_the_session_time_zone(jobs: dict[str, int], klab_db: str, tmp_path: Path) -> None:
+    """show, export and sweeps print times in UTC on both databases: SQLite keeps no offset, and PostgreSQL
+    answers in its session's time zone (here New York's, five hours behind UTC in December)."""
+    job = stored(jobs["blown"])
+    env = clean_env(tmp_path / "home", klab_db, PGOPTIONS="-c timezone=America/New_York")
+    created = utc(job.created_at)
+    shown = json.loads(klab_proc(env, "show", str(job.id), "--json").stdout)
+    assert shown["created_at"] == created.isoformat() and shown["created_at"].endswith("+00:00")
+    text = klab_proc(env, "show", str(job.id)).stdout
+    assert f"created {created:%Y-%m-%d %H:%M:%S} UTC, finished " in text
+    exported = json.loads(klab_proc(env, "export", "--ids", str(job.id), "--format", "json").stdout)
+    assert exported[0]["created_at"] == created.isoformat()
+    sweep = json.loads(klab_proc(env, "sweeps", "--json").stdout)[0]
+    assert sweep["created_at"].endswith("+00:00")
 
 
 def test_run_json_then_show_json_agree(db_url: str, klab_env: dict[str, str]) -> None:

@@ -2,7 +2,7 @@
 the same values SQLAlchemy does, on both backends and by every path a connection can come."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,11 @@ from service.jobs.status import JobStatus
 
 
 def core_value(row: Any, name: str) -> Any:
+    """A column as SQLAlchemy reads it, times as UTC text (SQLite's come back without an offset)."""
     value = getattr(row, result.BY_NAME[name].col)
-    return value.isoformat() if isinstance(value, datetime) else value
+    if isinstance(value, datetime):
+        return (value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)).isoformat()
+    return value
 
 
 @pytest.fixture

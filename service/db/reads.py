@@ -15,7 +15,7 @@ import io
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from service.db.connect import HEAD, Reader, open_reader
@@ -105,14 +105,22 @@ def identity(url: str | None = None) -> str:
 _identities: dict[str, str] = {}
 
 
+def iso_utc(value: datetime | str) -> str:
+    """A stored time as ISO 8601 text in UTC (+00:00), whatever the database: SQLite gives back the UTC time
+    it was given (service.db.schema.utcnow) without an offset, PostgreSQL the instant in its session's time
+    zone."""
+    t = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return (t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC)).isoformat()
+
+
 def _decode(row: dict[str, Any], sqlite: bool) -> dict[str, Any]:
-    """A row with the values SQLAlchemy's types would give, timestamps as ISO 8601 text."""
+    """A row with the values SQLAlchemy's types would give, timestamps as ISO 8601 text in UTC."""
     for name, value in row.items():
         kind = _DECODE.get(name)
         if value is None or kind is None:
             continue
         if kind == "time":
-            row[name] = (datetime.fromisoformat(value) if isinstance(value, str) else value).isoformat()
+            row[name] = iso_utc(value)
         elif sqlite and kind == "json":
             row[name] = json.loads(value)
         elif sqlite and kind == "bool":
@@ -341,8 +349,7 @@ def list_sweeps(reader: Reader, tag: str | None = None) -> list[dict[str, Any]]:
                          f"(SELECT id FROM sweeps {where}) GROUP BY sweep_id, status", params):
         by_status.setdefault(r["sweep_id"], {})[r["status"]] = int(r["n"])
     for r in rows:
-        made = r["created_at"]
-        r["created_at"] = (datetime.fromisoformat(made) if isinstance(made, str) else made).isoformat()
+        r["created_at"] = iso_utc(r["created_at"])
         for name in ("params", "tags"):
             if isinstance(r[name], str):  # JSON is text in SQLite
                 r[name] = json.loads(r[name])

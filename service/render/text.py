@@ -33,6 +33,12 @@ def cell(value: Any) -> str:
     return str(value)
 
 
+def moment(iso: str) -> str:
+    """A stored time (ISO 8601 text in UTC, as reads give it) as people read it: to the second, without the
+    offset (`2026-12-04 22:56:49`)."""
+    return iso[:19].replace("T", " ")
+
+
 def sparkline(values: list[float | None], width: int = 60) -> str:
     """The loss curve on a log scale, one character an epoch (sampled down to width)."""
     vals = [math.nan if v is None else float(v) for v in values]
@@ -154,8 +160,8 @@ def render(result: dict[str, Any]) -> str:
            f"torch {result['torch_version']}" if result.get("torch_version") else None,
            f"{result['train_seconds']:.3g} s" if result.get("train_seconds") is not None else None,
            f"by {result['worker_host']}" if result.get("worker_host") else None,
-           f"created {result['created_at']}" if result.get("created_at") else None,
-           f"finished {result['finished_at']}" if result.get("finished_at") else None]
+           f"created {moment(result['created_at'])} UTC" if result.get("created_at") else None,
+           f"finished {moment(result['finished_at'])} UTC" if result.get("finished_at") else None]
     lines.append("ran: " + ", ".join(r for r in ran if r))
     losses = [e["loss"] for e in result.get("epochs") or []]
     if losses:
