@@ -345,7 +345,8 @@ def test_a_near_miss_is_answered_with_what_was_meant(args, hint, cli_env):
     (("show",), "show: missing argument 'ID'; see klab show --help"),
     (("show", "1", "2"), "show: unexpected extra argument (2); see klab show --help"),
     (("show", "x"), "show: invalid value for 'ID': 'x' is not a valid integer; see klab show --help"),
-    (("export", "epochs", "13"), "export: unexpected extra arguments (epochs 13); see klab export --help"),
+    (("export", "epochs", "13"),
+     "export: invalid value for '[ID]...': 'epochs' is not a valid integer; see klab export --help"),
     (("db", "frob"), "db: no such command 'frob'; see klab db --help"),
     (("list", "--limit", "-1"), "Invalid value for '--limit': -1 is not in the range x>=0."),
 ])

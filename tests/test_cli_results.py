@@ -381,6 +381,18 @@ def test_export_streams_epochs(jobs: dict[str, int], klab_db: str) -> None:
 
 
 @SQLITE_ONLY
+def test_export_takes_ids_as_the_other_commands_do(jobs: dict[str, int], klab_cli) -> None:
+    """`klab export 12 13`, as `klab show 12` and `klab compare 12 13`; --ids 12,13 too, and both at once."""
+    best, adam = jobs["best"], jobs["adam"]
+    code, out, err = klab_cli("export", str(best), str(adam), "--format", "json")
+    assert (code, err) == (0, "") and [j["id"] for j in json.loads(out)] == [best, adam]
+    assert klab_cli("export", "--ids", f"{best},{adam}", "--format", "json")[1] == out
+    code, out, _ = klab_cli("export", str(adam), "--ids", str(best), "--what", "epochs")
+    assert code == 0 and {int(line.split(",")[0]) for line in out.splitlines()[1:]} == {best, adam}
+    assert klab_cli("export", str(best), "--sweep", str(jobs["sweep"]))[2] == \
+        "klab: error: ids: give job ids or --sweep, not both\n"
+
+
 def test_export_errors(jobs: dict[str, int], klab_cli) -> None:
     assert klab_cli("export")[2] == "klab: error: ids: give job ids or --sweep\n"
     assert klab_cli("export", "--ids", "1,x")[2].startswith("klab: error: ids: must be job ids")

@@ -52,21 +52,23 @@ def given(values: dict[str, Any]) -> dict[str, Any]:
 def selected(ids: str = "many", optional: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Adds the jobs a command acts on, and hands it `selection` (service.jobs.selection.Selection).
 
-    ids: "many" for ID... arguments, "one" for an optional [ID], "option" for --ids 1,2,3; and --sweep S.
-    `optional`: neither means every job.
+    ids: "many" for ID... arguments, "one" for an optional [ID], "option" for ID... arguments and --ids 1,2,3
+    as well (export's first spelling); and --sweep S. `optional`: neither means every job.
     """
     field = "ids" if ids == "option" else "id"
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(func)
-        def command(*args: Any, job_ids: Any = None, sweep: int | None = None, **kwargs: Any) -> Any:
-            given = _id_list(job_ids) if ids == "option" else ([job_ids] if ids == "one" and job_ids is not None
-                                                               else list(job_ids or ()))
+        def command(*args: Any, job_ids: Any = None, listed: str | None = None, sweep: int | None = None,
+                    **kwargs: Any) -> Any:
+            given = [job_ids] if ids == "one" and job_ids is not None else list(job_ids or ())
+            if listed is not None:
+                given += _id_list(listed)
             return func(*args, selection=Selection.of(given, sweep, field, optional), **kwargs)
 
         command = click.option("--sweep", type=int, default=None, help="every job of this sweep")(command)
         if ids == "option":
-            return click.option("--ids", "job_ids", default=None, metavar="1,2,3", help="these jobs")(command)
+            command = click.option("--ids", "listed", default=None, metavar="1,2,3", help="these jobs")(command)
         if ids == "one":
             return click.argument("job_ids", metavar="[ID]", type=int, required=False)(command)
         return click.argument("job_ids", metavar="[ID]...", nargs=-1, type=int)(command)
