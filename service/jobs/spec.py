@@ -1,6 +1,7 @@
 """The job spec: one validated model, from CLI flags or a JSON/YAML file."""
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from enum import StrEnum
@@ -110,7 +111,10 @@ def bad_input_from(exc: ValidationError) -> BadInput:
     field = ".".join(str(p) for p in err["loc"]) or "spec"
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        message = "unknown field"
+        known = list(JobSpec.model_fields)
+        close = difflib.get_close_matches(field, known, n=2, cutoff=0.6)
+        message = "unknown field" + (f"; did you mean {' or '.join(close)}?" if close
+                                     else f"; a job's fields are {', '.join(known)}")
     if field == "spec" and ":" in message:
         field, _, message = message.partition(": ")
     got = err.get("input")
