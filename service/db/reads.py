@@ -110,7 +110,9 @@ def iso_utc(value: datetime | str) -> str:
     it was given (service.db.schema.utcnow) without an offset, PostgreSQL the instant in its session's time
     zone."""
     t = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return (t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC)).isoformat()
+    if t.tzinfo is None:
+        return t.isoformat() + "+00:00"  # what the aware time's isoformat() gives, at a third of its cost
+    return t.astimezone(UTC).isoformat()
 
 
 def _decode(row: dict[str, Any], sqlite: bool) -> dict[str, Any]:
