@@ -47,7 +47,7 @@ def jobs(klab_db: str, add_job) -> dict[str, int]:
 
 def utc(t: datetime) -> datetime:
     """A time SQLAlchemy read, as an aware UTC datetime (SQLite's come back without an offset)."""
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def stored(job_id: int):
@@ -393,6 +393,7 @@ def test_export_takes_ids_as_the_other_commands_do(jobs: dict[str, int], klab_cl
         "klab: error: ids: give job ids or --sweep, not both\n"
 
 
+@SQLITE_ONLY
 def test_export_errors(jobs: dict[str, int], klab_cli) -> None:
     assert klab_cli("export")[2] == "klab: error: ids: give job ids or --sweep\n"
     assert klab_cli("export", "--ids", "1,x")[2].startswith("klab: error: ids: must be job ids")
