@@ -12,6 +12,13 @@ of other designs, none of which the service has:
   on err_relative there, dropped from jobs), and jobs updated only in status and finished_at;
 - once: the same table, and no write to jobs at all when a job ends: the floor of a design in which a
   job's status is known from its result's presence (a change of the job lifecycle and of every reader);
+- once-checked: once with the check such a design needs (and `once` leaves out): a result is kept only for
+  a job still running in jobs and not yet ended by another result, so the results go through a staging
+  table by binary COPY and one `INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING`, as save_results'
+  UPDATE goes through its staging table; the epochs of the jobs kept only;
+- once-selected: the same check made first, by one SELECT of the task's jobs still running and without a
+  result, and the results of those copied straight into the table (a result another worker stored between
+  the two would make the COPY fail on the primary key: a real design would then take once-checked's path);
 - unindexed-error: save_results without the index on jobs.err_relative (what `--sort relative_error`
   reads);
 - brin-epochs: save_results with the epochs' primary key (job_id, epoch) replaced by a BRIN index on
@@ -42,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sweep_bench as sb
 from sqlalchemy import Column, Integer, Table, text
 
-DESIGNS = ("shipped", "split", "once", "unindexed-error", "brin-epochs")
-RESULT_TABLE = ("split", "once")
+DESIGNS = ("shipped", "split", "once", "once-checked", "once-selected", "unindexed-error", "brin-epochs")
+RESULT_TABLE = ("split", "once", "once-checked", "once-selected")
 """The designs that store a result in a table of its own."""
 RESULTS = "_klab_design_results"
 """The prototypes' table of results (its columns: the job id and what save_results sets in jobs)."""
@@ -55,10 +62,16 @@ def result_columns() -> list[str]:
     return [result.BY_NAME[n].col for n in result.ROW if n != "status"]
 
 
-def save_elsewhere(conn: Any, ids: list[int], columns: Any, fresh: bool = False, touch_jobs: bool = True) -> list[int]:
+STAGING = "_klab_design_staging"
+"""once-checked's staging table: a temporary copy of RESULTS' columns, emptied at each commit."""
+
+
+def save_elsewhere(conn: Any, ids: list[int], columns: Any, fresh: bool = False, touch_jobs: bool = True,
+                   checked: str | None = None) -> list[int]:
     """A task's results into the results table by binary COPY, its epochs as save_results writes them, and
-    (touch_jobs) each job's status and end time set in jobs. Takes save_results' arguments (`fresh` unused:
-    the prototypes store into jobs that have no epochs)."""
+    (touch_jobs) each job's status and end time set in jobs; `checked`: only the results of jobs running in jobs
+    and without a result yet, through a staging table ("staging") or a SELECT first ("select"). Takes
+    save_results' arguments (`fresh` unused: the prototypes store into jobs that have no epochs)."""
     import numpy as np
 
     from service.db import bulk
@@ -75,9 +88,33 @@ def save_elsewhere(conn: Any, ids: list[int], columns: Any, fresh: bool = False,
             cur.execute("UPDATE jobs SET status = %s, finished_at = %s WHERE id = ANY(%s) AND status = 'running' "
                         "RETURNING id", (status, utcnow(), stored))
             stored = [r[0] for r in cur.fetchall()]
-    bulk.insert_rows(conn, RESULTS, {"job_id": list(ids), **{c: values[c] for c in result_columns()}}, len(ids))
-    bulk.insert_epochs(conn, np.asarray(ids), np.asarray(columns.epochs_done), columns.loss, columns.mse,
-                       columns.kernel_error)
+    rows = {"job_id": list(ids), **{c: values[c] for c in result_columns()}}
+    raw = conn.connection.driver_connection
+    if checked == "select":
+        kept = {r[0] for r in raw.execute(
+            f"SELECT id FROM jobs WHERE id BETWEEN %s AND %s AND id = ANY(%s) AND status = 'running' AND NOT EXISTS "
+            f"(SELECT 1 FROM {RESULTS} r WHERE r.job_id = jobs.id)", (min(ids), max(ids), list(ids))).fetchall()}
+        if len(kept) < len(ids):
+            raise SystemExit("once-selected measures tasks whose jobs are all running")
+        checked = None
+    if not checked:
+        bulk.insert_rows(conn, RESULTS, rows, len(ids))
+        bulk.insert_epochs(conn, np.asarray(ids), np.asarray(columns.epochs_done), columns.loss, columns.mse,
+                           columns.kernel_error)
+        return stored
+    raw.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING} ON COMMIT DELETE ROWS AS "
+                f"SELECT * FROM {RESULTS} WITH NO DATA")
+    raw.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {STAGING}_id ON {STAGING} (job_id)")  # as save_results' staging
+    bulk.insert_rows(conn, STAGING, rows, len(ids))
+    names = ", ".join(rows)
+    stored = [r[0] for r in raw.execute(
+        f"INSERT INTO {RESULTS} ({names}) SELECT {', '.join(f's.{c}' for c in rows)} FROM {STAGING} s "
+        f"JOIN jobs j ON j.id = s.job_id WHERE j.status = 'running' ON CONFLICT (job_id) DO NOTHING "
+        "RETURNING job_id").fetchall()]
+    raw.execute(f"TRUNCATE {STAGING}")
+    keep = np.isin(np.asarray(ids), stored)
+    bulk.insert_epochs(conn, np.asarray(ids)[keep], np.asarray(columns.epochs_done)[keep], columns.loss[:, keep],
+                       columns.mse[:, keep], None if columns.kernel_error is None else columns.kernel_error[:, keep])
     return stored
 
 
@@ -146,8 +183,9 @@ def main() -> None:
     from service.db.schema import jobs, metadata
 
     print(f"machine: {sb.machine()}")
-    Table(RESULTS, metadata, Column("job_id", Integer, primary_key=True),  # for bulk.insert_rows' COPY types
-          *(jobs.c[c]._copy() for c in result_columns()))
+    for name in (RESULTS, STAGING):  # for bulk.insert_rows' COPY types
+        Table(name, metadata, Column("job_id", Integer, primary_key=True),
+              *(jobs.c[c]._copy() for c in result_columns()))
     rates: dict[tuple[str, int], list[float]] = {}
     lookups: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="klab-store-designs-") as tmp, sb.pg_database() as db_url:
@@ -156,8 +194,9 @@ def main() -> None:
         rows = sum(int(b.columns.epochs_done.sum()) for b in results)
         for r in range(args.repeat):
             for design in designs:
-                save = (functools.partial(save_elsewhere, touch_jobs=design == "split") if design in RESULT_TABLE
-                        else None)
+                save = (functools.partial(save_elsewhere, touch_jobs=design == "split",
+                                          checked={"once-checked": "staging", "once-selected": "select"}.get(design))
+                        if design in RESULT_TABLE else None)
                 seen = []
                 before = updates(db_url)
                 for streams in sorted({1, args.streams}):
