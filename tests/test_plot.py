@@ -307,6 +307,23 @@ def test_a_narrow_error_range_keeps_every_label_inside() -> None:
     readable(fig)
 
 
+def test_an_exactly_learned_kernel_keeps_the_log_axis() -> None:
+    """A relative error of exactly 0 (the true kernel learned to the last bit, as d2l-manual does on checker:6x8)
+    made the whole sweep's axis linear, every error under 1 squashed onto the axis by those near 1,000. Such an
+    error, 0 as reports print it, is drawn at the weights' float32 rounding, and the title says so."""
+    rows = sweep_rows({(lr, m): [0.0, 1e-9, 1e-4] if m == "d2l-manual" and lr == 0.01 else [3e-3, 0.5, 2e3]
+                       for lr in (0.01, 0.1) for m in ("adam", "d2l-manual")})
+    fig = plot.figure_sweep(rows, reads.varying(rows), "sweep 5: 12 jobs")
+    assert "relative errors under the weights' float32 rounding (1.19e-07) drawn at it" in fig._suptitle.get_text()
+    lr = fig.axes[0]
+    assert lr.get_yscale() == "log"
+    (manual,) = [line for line in lr.get_lines() if line.get_label() == "d2l-manual"]
+    assert np.allclose(manual.get_ydata()[0], np.exp(np.log([2.0 ** -23, 2.0 ** -23, 1e-4]).mean()))
+    readable(fig)
+    rows = sweep_rows({(0.01, "adam"): [1e-3, 0.5]})  # none under the rounding: nothing said
+    assert "float32" not in plot.figure_sweep(rows, ["seed"], "")._suptitle.get_text()
+
+
 def test_a_seed_only_sweep_shows_the_distribution_of_its_errors() -> None:
     rng = np.random.default_rng(2)
     rows = [{"id": i, "status": SUCCEEDED, "lr": 0.03, "seed": i, "relative_error": float(e)}

@@ -18,7 +18,7 @@ from service.jobs.status import JobStatus
 from service.jobs.sweep import INTEGER, SWEEPABLE
 from service.render import axes as ax_
 from service.render.axes import DPI, new_figure
-from service.render.text import IGNORED_BY, cell, difference
+from service.render.text import FLOAT32_EPS, IGNORED_BY, cell, difference
 
 __all__ = ["DPI", "figure_job", "figure_jobs", "figure_sweep", "plot_job", "plot_sweep", "save"]
 
@@ -236,9 +236,14 @@ def _column(rows: Sequence[dict[str, Any]], name: str) -> list[Any]:
     return [r.get(name) for r in rows]
 
 
-def _errors(rows: Sequence[dict[str, Any]]) -> np.ndarray:
+def _errors(rows: Sequence[dict[str, Any]]) -> tuple[np.ndarray, bool]:
+    """The relative errors (NaN for none), those under the weights' float32 rounding raised to it, and whether
+    any was: such an error is 0 as reports print it (service.render.text.settled), and drawn at the rounding it
+    keeps a log axis for the rest, where one exactly learned kernel made the whole sweep's axis linear."""
     e = np.array(_column(rows, "relative_error"), dtype=float)
-    return np.where(np.isfinite(e), e, np.nan)
+    e = np.where(np.isfinite(e), e, np.nan)
+    under = e < FLOAT32_EPS
+    return np.where(under, FLOAT32_EPS, e), bool(under.any())
 
 
 def _fixed(rows: Sequence[dict[str, Any]], params: Sequence[str]) -> str:
@@ -265,11 +270,13 @@ def figure_sweep(rows: Sequence[dict[str, Any]], params: Sequence[str], title: s
     parameter not on that panel), coloured by a second varying parameter, jobs without an error by status above.
     A sweep over seeds only (or nothing) shows the distribution of its relative errors instead."""
     shown = [p for p in params if p != "seed"]
-    errors = _errors(rows)
+    errors, floored = _errors(rows)
     finite = errors[np.isfinite(errors)]
     log = bool(finite.size and (finite > 0).all())
     fixed = _fixed(rows, params)
     head = (title or f"{len(rows)} job{'s' * (len(rows) != 1)}") + (f"\nfixed: {fixed}" if fixed else "")
+    if floored:
+        head += f"\nrelative errors under the weights' float32 rounding ({FLOAT32_EPS:.3g}) drawn at it"
     if not shown:
         return _figure_distribution(rows, errors, log, head)
     status = np.array(_column(rows, "status"))
