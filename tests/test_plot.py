@@ -135,6 +135,25 @@ def test_job_figure_shows_loss_and_kernel_error_with_the_answer_in_its_title() -
     readable(fig)
 
 
+def test_a_perfect_fit_keeps_both_curves_on_log_axes() -> None:
+    """A job that learns the kernel exactly (d2l-manual on checker:6x8) reaches a loss and a kernel error of 0:
+    once, that made both axes linear, its whole geometric convergence a corner against the axis. The loss's zeros
+    go below the log axis and its kernel errors sit at the float32 rounding, each said under its axis."""
+    result = result_of({"lr": 0.03, "epochs": 10}, relative=0.0)
+    norm = float(np.linalg.norm(result["true_kernel"]))
+    result["epochs"] = [{"epoch": n, "loss": 60 * 0.01 ** n if n < 7 else 0.0, "mse": 0.0,
+                         "kernel_error": norm * 0.1 ** n if n < 6 else 0.0} for n in range(1, 11)]
+    for fig, jobs in ((plot.figure_job(result), 1), (plot.figure_jobs([result, {**result, "id": 8}]), 2)):
+        loss, error = by_title(fig, "loss"), by_title(fig, "kernel error")
+        assert loss.get_yscale() == error.get_yscale() == "log"
+        assert loss.get_xlabel() == f"epoch\nexactly 0 at {4 * jobs} epochs: below this log axis"
+        assert error.get_xlabel() == f"epoch\nunder the weights' float32 rounding (1.19e-07) at {5 * jobs} epochs: " \
+                                     "drawn at it"
+        ys = error.get_lines()[0].get_ydata()
+        assert np.allclose(ys[:5], 0.1 ** np.arange(1, 6)) and (ys[5:] == 2.0 ** -23).all()
+        readable(fig)
+
+
 def test_a_long_run_gets_a_log_epoch_axis_with_every_epoch_drawn() -> None:
     result = result_of({"epochs": 5000, "method": "d2l-sgd"}, relative=1e-4, epochs=20)
     result["epochs"] = [{"epoch": n, "loss": 10 * 0.99 ** n + 1e-12, "mse": 0.1 * 0.99 ** n,

@@ -110,7 +110,24 @@ def _series(epochs: Sequence[dict[str, Any]], key: str, scale: float = 1.0) -> t
     return x[ok], y[ok]
 
 
-def _curve_axes(ax: Any, title: str, ylabel: str, last: int, values: Sequence[np.ndarray]) -> None:
+def _kernel_errors(epochs: Sequence[dict[str, Any]], norm: float | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """The kernel error of each epoch, relative to the true kernel's norm where it has one, and raised to the
+    weights' float32 rounding, as a sweep's relative errors are (_errors): an exactly learned kernel keeps the log
+    axis. Also how many epochs were raised."""
+    x, y = _series(epochs, "kernel_error", norm or 1.0)
+    return x, np.maximum(y, FLOAT32_EPS), int((y < FLOAT32_EPS).sum())
+
+
+FLOORED = f"under the weights' float32 rounding ({FLOAT32_EPS:.3g})"
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'s' * (n != 1)}"
+
+
+def _curve_axes(ax: Any, title: str, ylabel: str, last: int, values: Sequence[np.ndarray], floored: int = 0) -> None:
+    """An axes of values over epochs: log values where they are positive, and a note of how many were exactly 0
+    (below the axis) or `floored` (drawn at the float32 rounding)."""
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.set_xlabel("epoch (log scale)" if last > LOG_EPOCHS else "epoch")
@@ -119,9 +136,17 @@ def _curve_axes(ax: Any, title: str, ylabel: str, last: int, values: Sequence[np
         ax.set_xlim(1, last)
     ax_.integer_ticks(ax.xaxis, last > LOG_EPOCHS)
     finite = np.concatenate([v for v in values if v.size] or [np.array([])])
-    if finite.size and (finite > 0).all():
+    positive = finite[finite > 0]
+    if positive.size and (finite >= 0).all():  # a loss of exactly 0 (a perfect fit) goes below the axis, said so
         ax.set_yscale("log")
-        ax_.log_labels(ax.yaxis, finite)
+        ax_.log_labels(ax.yaxis, positive)
+        notes = []
+        if zeros := finite.size - positive.size:
+            notes.append(f"exactly 0 at {_epochs(zeros)}: below this log axis")
+        if floored:
+            notes.append(f"{FLOORED} at {_epochs(floored)}: drawn at it")
+        if notes:  # under the axis, where no curve is
+            ax.set_xlabel(ax.get_xlabel() + "\n" + "; ".join(notes))
     if not finite.size:
         ax.text(0.5, 0.5, "no epochs", ha="center", va="center", transform=ax.transAxes)
     ax.grid(True, which="both", alpha=0.3)
@@ -155,7 +180,7 @@ def figure_job(result: dict[str, Any]) -> Any:
     last = int(max((e["epoch"] for e in epochs), default=1))
     loss = _series(epochs, "loss")
     norm = _true_norm(result)
-    error = _series(epochs, "kernel_error", norm or 1.0)
+    *error, floored = _kernel_errors(epochs, norm)
     loss_ax.plot(*loss, marker="o" if loss[0].size <= 50 else None, markersize=3, color="tab:blue")
     err_ax.plot(*error, marker="o" if error[0].size <= 50 else None, markersize=3, color="tab:green")
     _curve_axes(loss_ax, "loss (as the book prints it)", "loss", last, [loss[1]])
@@ -166,7 +191,7 @@ def figure_job(result: dict[str, Any]) -> Any:
         err_ax.axhline(floor, color="tab:purple", linestyle="--", label=f"floor: unidentifiable + noise ({floor:.3g})")
         drawn.append(np.array([floor]))
     _curve_axes(err_ax, "kernel error: how far the learned kernel is from the true one",
-                "relative error ||W - K|| / ||K||" if norm else "kernel error ||W - K||", last, drawn)
+                "relative error ||W - K|| / ||K||" if norm else "kernel error ||W - K||", last, drawn, floored)
     for a in (loss_ax, err_ax):
         for key, colour in (("converged_epoch", "tab:green"), ("diverged_epoch", "tab:red")):
             if result.get(key) is not None:
@@ -207,7 +232,7 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
                  + "\nrelative error after training in the legend")
     cmap = matplotlib.colormaps["tab10" if len(results) <= 10 else "viridis"]
     last = int(max((e["epoch"] for r in results for e in r.get("epochs") or []), default=1))
-    all_relative, losses, errors = True, [], []
+    all_relative, losses, errors, floored = True, [], [], 0
     for n, (r, spec) in enumerate(zip(results, specs)):
         colour = cmap(n if len(results) <= 10 else n / (len(results) - 1))
         norm = _true_norm(r)
@@ -215,7 +240,9 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
         rel = (r.get("error") or {}).get("relative")
         label = (f"job {r.get('id')}" + (f": {_described(spec, differ)}" if differ else "")
                  + f" ({r.get('status')}, relative error {cell(rel)})")
-        loss, error = _series(r.get("epochs") or [], "loss"), _series(r.get("epochs") or [], "kernel_error", norm or 1)
+        loss = _series(r.get("epochs") or [], "loss")
+        *error, raised = _kernel_errors(r.get("epochs") or [], norm)
+        floored += raised
         style = {"color": colour, "linestyle": LINESTYLES[n % len(LINESTYLES)], "markersize": 3}  # equal runs show
         loss_ax.plot(*loss, label=label, marker="o" if loss[0].size <= 30 else None, **style)
         err_ax.plot(*error, marker="o" if error[0].size <= 30 else None, **style)
@@ -223,7 +250,7 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
         errors.append(error[1])
     _curve_axes(loss_ax, "loss", "loss", last, losses)
     _curve_axes(err_ax, "kernel error", "relative error ||W - K|| / ||K||" if all_relative else
-                "kernel error ||W - K|| (relative where a true kernel is known)", last, errors)
+                "kernel error ||W - K|| (relative where a true kernel is known)", last, errors, floored)
     widest = max(len(t) for t in loss_ax.get_legend_handles_labels()[1]) * 0.55 * 9 + 40  # points, 9 pt font
     fig.legend(loc="outside lower center", ncols=max(1, min(len(results), int(JOBS_SIZE[0] * 72 * 0.95 // widest))),
                fontsize=9)
@@ -276,7 +303,7 @@ def figure_sweep(rows: Sequence[dict[str, Any]], params: Sequence[str], title: s
     fixed = _fixed(rows, params)
     head = (title or f"{len(rows)} job{'s' * (len(rows) != 1)}") + (f"\nfixed: {fixed}" if fixed else "")
     if floored:
-        head += f"\nrelative errors under the weights' float32 rounding ({FLOAT32_EPS:.3g}) drawn at it"
+        head += f"\nrelative errors {FLOORED} drawn at it"
     if not shown:
         return _figure_distribution(rows, errors, log, head)
     status = np.array(_column(rows, "status"))
