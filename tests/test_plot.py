@@ -341,6 +341,10 @@ def test_an_exactly_learned_kernel_keeps_the_log_axis() -> None:
     readable(fig)
     rows = sweep_rows({(0.01, "adam"): [1e-3, 0.5]})  # none under the rounding: nothing said
     assert "float32" not in plot.figure_sweep(rows, ["seed"], "")._suptitle.get_text()
+    rows = sweep_rows({(0.01, "d2l-manual"): [0.0] * 5})  # every seed exact: its legend says 0, as reports do
+    fig = plot.figure_sweep(rows, ["seed"], "")
+    hist = [a for a in fig.axes if a.get_xlabel() == "relative error"][0]
+    assert [t.get_text() for t in hist.get_legend().get_texts()] == ["geometric mean 0", "10th-90th percentile 0-0"]
 
 
 def test_a_seed_only_sweep_shows_the_distribution_of_its_errors() -> None:

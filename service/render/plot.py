@@ -121,6 +121,12 @@ def _kernel_errors(epochs: Sequence[dict[str, Any]], norm: float | None) -> tupl
 FLOORED = f"under the weights' float32 rounding ({FLOAT32_EPS:.3g})"
 
 
+def _settled(error: float) -> str:
+    """A relative error as a legend writes it: 0 at or under the float32 rounding it was raised to (_errors), as
+    reports print it."""
+    return "0" if error <= FLOAT32_EPS else f"{error:.3g}"
+
+
 def _epochs(n: int) -> str:
     return f"{n} epoch{'s' * (n != 1)}"
 
@@ -397,9 +403,9 @@ def _figure_distribution(rows: Sequence[dict[str, Any]], errors: np.ndarray, log
         hist.stairs(freq, edges, fill=True, alpha=0.6, color="tab:blue")
         middle = float(np.exp(np.log(finite).mean())) if log else float(finite.mean())
         band = np.percentile(finite, ax_.BAND)
-        hist.axvline(middle, color="black", label=f"{'geometric ' if log else ''}mean {middle:.3g}")
-        hist.axvspan(*band, color="tab:orange", alpha=0.15,
-                     label=f"{ax_.BAND[0]:.0f}th-{ax_.BAND[1]:.0f}th percentile {band[0]:.3g}-{band[1]:.3g}")
+        hist.axvline(middle, color="black", label=f"{'geometric ' if log else ''}mean {_settled(middle)}")
+        hist.axvspan(*band, color="tab:orange", alpha=0.15, label=f"{ax_.BAND[0]:.0f}th-{ax_.BAND[1]:.0f}th percentile "
+                     f"{_settled(band[0])}-{_settled(band[1])}")
         hist.legend(fontsize=8)
     else:
         hist.text(0.5, 0.5, "no job has a relative error", ha="center", va="center", transform=hist.transAxes)
