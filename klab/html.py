@@ -8,7 +8,7 @@ from html import escape
 from typing import Any
 
 from service.jobs import result as schema
-from service.render.text import cell, difference, grid
+from service.render.text import cell, difference, grid, heading
 
 _TABLE = "border-collapse:collapse;margin:0 1.5em 0.5em 0"
 _CELL = "padding:1px 6px;text-align:right;font-family:monospace;border:1px solid #ccc"
@@ -22,10 +22,7 @@ def _kernel(name: str, kernel: Any) -> str:
 
 
 def _head(result: dict[str, Any]) -> str:
-    head = f"job {result['id']}: {result['status']}" if result.get("id") is not None else \
-        f"{result['status']} (not stored)"
-    spec = result.get("spec") or {}
-    line = ", ".join(f"{k.replace('_', ' ')} {cell(v)}" for k, v in spec.items())
+    head, line = heading(result)
     return f"<b>{escape(head)}</b><br><small>{escape(line)}</small>"
 
 

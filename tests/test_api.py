@@ -161,6 +161,7 @@ def test_a_result_draws_a_figure_and_shows_itself_as_html(home, monkeypatch):
     from matplotlib.figure import Figure
 
     from service.render import plot
+    from service.render.text import render as render_text
 
     r = klab.run(input="edge:6x8", kernel=[[1, -1], [1, -1]], lr=0.03, epochs=10, store=False)
     html = r._repr_html_()
@@ -168,6 +169,9 @@ def test_a_result_draws_a_figure_and_shows_itself_as_html(home, monkeypatch):
                  escape(r.explanation)):
         assert part in html
     assert html.count("<table") == 5  # four kernels, then the gap
+    head, spec = render_text(r.data).splitlines()[:2]  # the first lines as `klab show` prints them
+    assert f"<b>{escape(head)}</b><br><small>{escape(spec.removeprefix('spec: '))}</small>" in html
+    assert "batch size" not in html  # the book's first loop takes the whole input at once
     fig = r.plot()
     assert isinstance(fig, Figure) and len(fig.axes) >= 4
     # a plot module that only saves PNGs (before figure_job): its picture, in a Figure

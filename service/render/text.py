@@ -146,16 +146,22 @@ def _group(name: str) -> list[schema.Field]:
     return [schema.BY_NAME[n] for n in schema.group(name)]
 
 
-def render(result: dict[str, Any]) -> str:
-    """A result as `klab show` prints it (a result never stored has no id, host or timestamps)."""
+def heading(result: dict[str, Any]) -> tuple[str, str]:
+    """A result's first two lines, as `klab show` and a notebook show them: the job, its status and sweep; and its
+    spec, less what its method never reads."""
     spec = result.get("spec") or {}
     head = f"job {result['id']}: {result['status']}" if result.get("id") is not None else \
         f"{result['status']} (not stored)"
     if result.get("sweep_id") is not None:
         head += f" (sweep {result['sweep_id']})"
     ignored = IGNORED_BY.get(spec.get("method") or result.get("method"), ())
-    lines = [head, "spec: " + ", ".join(f"{k.replace('_', ' ')} {cell(v)}" for k, v in spec.items()
-                                        if k not in ignored)]
+    return head, ", ".join(f"{k.replace('_', ' ')} {cell(v)}" for k, v in spec.items() if k not in ignored)
+
+
+def render(result: dict[str, Any]) -> str:
+    """A result as `klab show` prints it (a result never stored has no id, host or timestamps)."""
+    head, spec_line = heading(result)
+    lines = [head, f"spec: {spec_line}"]
     ran = [f"on {result['device']}" if result.get("device") else None,
            f"torch {result['torch_version']}" if result.get("torch_version") else None,
            f"{result['train_seconds']:.3g} s" if result.get("train_seconds") is not None else None,
