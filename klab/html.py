@@ -2,21 +2,20 @@
 sentence. Values are formatted as `klab show` formats them (service.render.text)."""
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from html import escape
 from typing import Any
 
 from service.jobs import result as schema
-from service.render.text import cell, difference, grid, heading
+from service.render.text import cell, difference, grid, heading, weight
 
 _TABLE = "border-collapse:collapse;margin:0 1.5em 0.5em 0"
 _CELL = "padding:1px 6px;text-align:right;font-family:monospace;border:1px solid #ccc"
 
 
 def _kernel(name: str, kernel: Any) -> str:
-    rows = "".join("<tr>" + "".join(f'<td style="{_CELL}">{v:.4f}</td>' if math.isfinite(v) else
-                                    f'<td style="{_CELL}">{v}</td>' for v in row) + "</tr>" for row in grid(kernel))
+    rows = "".join("<tr>" + "".join(f'<td style="{_CELL}">{weight(v).strip()}</td>' for v in row) + "</tr>"
+                   for row in grid(kernel))
     return (f'<table style="{_TABLE}"><caption style="text-align:left">{escape(name)}</caption>'
             f"{rows}</table>")
 

@@ -2,6 +2,7 @@
 input, submit and sweep through a real worker, and an import that loads neither torch, pandas nor matplotlib."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import traceback
@@ -160,6 +161,7 @@ def test_empty_database_gives_empty_frames_with_their_columns(klab_db):
 def test_a_result_draws_a_figure_and_shows_itself_as_html(home, monkeypatch):
     from matplotlib.figure import Figure
 
+    from klab.html import result_html
     from service.render import plot
     from service.render.text import render as render_text
 
@@ -172,6 +174,10 @@ def test_a_result_draws_a_figure_and_shows_itself_as_html(home, monkeypatch):
     head, spec = render_text(r.data).splitlines()[:2]  # the first lines as `klab show` prints them
     assert f"<b>{escape(head)}</b><br><small>{escape(spec.removeprefix('spec: '))}</small>" in html
     assert "batch size" not in html  # the book's first loop takes the whole input at once
+    cells = re.findall(r">([^<>]+)</td>", result_html({**r.data, "learned_kernel": [[0.99999, -1, float("nan")]],
+                                                       "true_kernel": [[1, -1, 0]]}))
+    assert cells[:9] == ["1.0000", "-1.0000", "0.0000", "1.0000", "-1.0000", "nan",  # as klab show: never -0.0000
+                         "0.0000", "0.0000", "nan"]
     fig = r.plot()
     assert isinstance(fig, Figure) and len(fig.axes) >= 4
     # a plot module that only saves PNGs (before figure_job): its picture, in a Figure
