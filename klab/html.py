@@ -2,12 +2,10 @@
 sentence. Values are formatted as `klab show` formats them (service.render.text)."""
 from __future__ import annotations
 
-from collections.abc import Callable
 from html import escape
 from typing import Any
 
-from service.jobs import result as schema
-from service.render.text import cell, difference, grid, heading, weight
+from service.render.text import difference, gap_parts, grid, group_line, heading, kernel_scale, weight
 
 _TABLE = "border-collapse:collapse;margin:0 1.5em 0.5em 0"
 _CELL = "padding:1px 6px;text-align:right;font-family:monospace;border:1px solid #ccc"
@@ -25,16 +23,6 @@ def _head(result: dict[str, Any]) -> str:
     return f"<b>{escape(head)}</b><br><small>{escape(line)}</small>"
 
 
-def _group_line(result: dict[str, Any], group: str, name: Callable[[schema.Field], str] = lambda f: f.shown_as
-                ) -> list[str]:
-    """A group of a result's fields (error, pace) on one line, as `klab show` prints it."""
-    values = result.get(group)
-    if not values:
-        return []
-    shown = [schema.BY_NAME[n] for n in schema.group(group)]
-    return [f"{group}: " + ", ".join(f"{escape(name(f))} {cell(values.get(f.key or f.name))}" for f in shown)]
-
-
 def result_html(result: dict[str, Any]) -> str:
     """One result as a block of HTML."""
     parts = [_head(result)]
@@ -43,18 +31,18 @@ def result_html(result: dict[str, Any]) -> str:
     tables = "".join(_kernel(name, k) for name, k in kernels if k is not None)
     parts.append(f'<div style="display:flex;flex-wrap:wrap;align-items:flex-start">{tables}</div>' if tables
                  else "<p>(no kernels: the job did not train)</p>")
-    parts += _group_line(result, "error", lambda f: (f.key or f.name).replace("_", " "))
+    parts += [escape(line) for line in group_line(result, "error", lambda f: (f.key or f.name).replace("_", " "),
+                                                   kernel_scale(result))]
     ident = result.get("identifiability")
     if ident:
         parts.append(f"identifiable: {'yes' if ident['identifiable'] else 'no'} "
                      f"(rank {ident['rank']} of {ident['params']} weights)")
-    parts += _group_line(result, "pace")
-    gap = result.get("gap")
+    parts += [escape(line) for line in group_line(result, "pace", lambda f: f.shown_as)]
+    gap = gap_parts(result)
     if gap:
         rows = "".join(f'<tr><td style="text-align:left">{escape(f.key or f.name)}</td>'
-                       f'<td style="{_CELL}">{cell(gap.get(f.key or f.name))}</td>'
-                       f'<td style="text-align:left">{escape(f.doc)}</td></tr>'
-                       for f in (schema.BY_NAME[n] for n in schema.group("gap")))
+                       f'<td style="{_CELL}">{escape(value)}</td>'
+                       f'<td style="text-align:left">{escape(f.doc)}</td></tr>' for f, value in gap)
         parts.append(f'<table style="{_TABLE}"><caption style="text-align:left">gap between learned and true '
                      f"kernel, by part</caption>{rows}</table>")
     if result.get("explanation"):

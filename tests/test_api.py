@@ -161,6 +161,7 @@ def test_empty_database_gives_empty_frames_with_their_columns(klab_db):
 def test_a_result_draws_a_figure_and_shows_itself_as_html(home, monkeypatch):
     from matplotlib.figure import Figure
 
+    from klab.html import _CELL as CELL
     from klab.html import result_html
     from service.render import plot
     from service.render.text import render as render_text
@@ -171,8 +172,14 @@ def test_a_result_draws_a_figure_and_shows_itself_as_html(home, monkeypatch):
                  escape(r.explanation)):
         assert part in html
     assert html.count("<table") == 5  # four kernels, then the gap
-    head, spec = render_text(r.data).splitlines()[:2]  # the first lines as `klab show` prints them
-    assert f"<b>{escape(head)}</b><br><small>{escape(spec.removeprefix('spec: '))}</small>" in html
+    text = render_text(r.data).splitlines()  # what `klab show` prints: the HTML says the same
+    assert f"<b>{escape(text[0])}</b><br><small>{escape(text[1].removeprefix('spec: '))}</small>" in html
+    for line in text:
+        if line.startswith(("error: ", "pace: ")):
+            assert escape(line) in html, line
+        if gap_row := re.match(r"  (optimization|noise|identifiability) +(\S+)  ", line):  # 0 under the rounding
+            assert f"{gap_row[1]}</td><td style=\"{CELL}\">{gap_row[2]}</td>" in html, line
+    assert "e-16" in str(r.data["gap"]) and "e-16" not in html
     assert "batch size" not in html  # the book's first loop takes the whole input at once
     cells = re.findall(r">([^<>]+)</td>", result_html({**r.data, "learned_kernel": [[0.99999, -1, float("nan")]],
                                                        "true_kernel": [[1, -1, 0]]}))

@@ -182,7 +182,7 @@ def render(result: dict[str, Any]) -> str:
         lines.append("learned bias: " + "  ".join(weight(_number(b)).strip() for b in
                                                    (bias if isinstance(bias, list) else [bias])))
     scale = kernel_scale(result)
-    lines += _group_line(result, "error", lambda f: (f.key or f.name).replace("_", " "), scale)
+    lines += group_line(result, "error", lambda f: (f.key or f.name).replace("_", " "), scale)
     ident = result.get("identifiability")
     if ident:
         lines.append(f"identifiable: {'yes' if ident['identifiable'] else 'no'} "
@@ -191,14 +191,13 @@ def render(result: dict[str, Any]) -> str:
              f"diverged at epoch {result['diverged_epoch']}" if result.get("diverged_epoch") else None]
     if any(marks):
         lines.append("; ".join(m for m in marks if m))
-    lines += _group_line(result, "pace", lambda f: f.shown_as)
-    gap = result.get("gap")
-    if gap:
+    lines += group_line(result, "pace", lambda f: f.shown_as)
+    parts = gap_parts(result)
+    if parts:
         lines.append("gap between learned and true kernel, by part:")
-        parts = [f for f in _group("gap") if gap.get(f.key) is not None]
-        width = max((len(f.key or "") for f in parts), default=0)
-        for f in parts:
-            lines.append(f"  {(f.key or '').ljust(width)}  {cell(shown_value(f.name, gap[f.key], scale)):>10}  {f.doc}")
+        width = max(len(f.key or "") for f, _ in parts)
+        for f, value in parts:
+            lines.append(f"  {(f.key or '').ljust(width)}  {value:>10}  {f.doc}")
     if result.get("explanation"):
         lines.append(result["explanation"])
     if result.get("error_message"):
@@ -206,7 +205,13 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _group_line(result: dict[str, Any], group: str, name: Any, scale: float = 0.0) -> list[str]:
+def gap_parts(result: dict[str, Any]) -> list[tuple[schema.Field, str]]:
+    """The gap's parts that a result has, each with its value as text shows it (settled at the kernels' norm)."""
+    gap, scale = result.get("gap") or {}, kernel_scale(result)
+    return [(f, cell(shown_value(f.name, gap[f.key], scale))) for f in _group("gap") if gap.get(f.key) is not None]
+
+
+def group_line(result: dict[str, Any], group: str, name: Any, scale: float = 0.0) -> list[str]:
     """A result's group of fields (error, pace) on one line, each as `name(field) value`; its distances settled
     at the kernels' norm `scale` (shown_value)."""
     values = result.get(group)
