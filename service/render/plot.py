@@ -271,8 +271,8 @@ def _column(rows: Sequence[dict[str, Any]], name: str) -> list[Any]:
 
 def _errors(rows: Sequence[dict[str, Any]]) -> tuple[np.ndarray, bool]:
     """The relative errors (NaN for none), those under the weights' float32 rounding raised to it, and whether
-    any was: such an error is 0 as reports print it (service.render.text.settled), and drawn at the rounding it
-    keeps a log axis for the rest, where one exactly learned kernel made the whole sweep's axis linear."""
+    any was. Such an error is 0 as reports print it (service.render.text.settled); drawn at the rounding, it leaves
+    the axis logarithmic for the rest (one exactly learned kernel once made a whole sweep's axis linear)."""
     e = np.array(_column(rows, "relative_error"), dtype=float)
     e = np.where(np.isfinite(e), e, np.nan)
     under = e < FLOAT32_EPS
