@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from service.jobs.status import JobStatus
+from service.render.text import FLOAT32_EPS
 
 DPI = 100
 
@@ -213,6 +214,49 @@ def _integer_locator(n: int) -> Any:
     from matplotlib.ticker import FixedLocator, MaxNLocator
 
     return FixedLocator(range(n)) if n <= 16 else MaxNLocator(integer=True)
+
+
+FLOORED = f"under the weights' float32 rounding ({FLOAT32_EPS:.3g})"
+"""Values raised to the float32 rounding of the weights, as figures say so: a relative kernel error under it is 0 as
+reports print it (service.render.text.settled), and drawn at it on a log axis."""
+
+
+def settled_error(error: float) -> str:
+    """A relative error as a legend writes it: 0 at or under the float32 rounding it was raised to, as reports
+    print it."""
+    return "0" if error <= FLOAT32_EPS else f"{error:.3g}"
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'s' * (n != 1)}"
+
+
+def curve_axes(ax: Any, title: str, ylabel: str, last: int, values: Sequence[np.ndarray], log_epochs: bool,
+               floored: int = 0) -> None:
+    """An axes of values over epochs 1..last (on a log axis with `log_epochs`): log values where they are
+    positive, and a note under it of how many were exactly 0 (below the axis) or `floored` (drawn at FLOORED)."""
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel("epoch (log scale)" if log_epochs else "epoch")
+    if log_epochs:
+        ax.set_xscale("log")
+        ax.set_xlim(1, last)
+    integer_ticks(ax.xaxis, log_epochs)
+    finite = np.concatenate([v for v in values if v.size] or [np.array([])])
+    positive = finite[finite > 0]
+    if positive.size and (finite >= 0).all():  # a loss of exactly 0 (a perfect fit) goes below the axis, said so
+        ax.set_yscale("log")
+        log_labels(ax.yaxis, positive)
+        notes = []
+        if zeros := finite.size - positive.size:
+            notes.append(f"exactly 0 at {_epochs(zeros)}: below this log axis")
+        if floored:
+            notes.append(f"{FLOORED} at {_epochs(floored)}: drawn at it")
+        if notes:  # under the axis, where no curve is
+            ax.set_xlabel(ax.get_xlabel() + "\n" + "; ".join(notes))
+    if not finite.size:
+        ax.text(0.5, 0.5, "no epochs", ha="center", va="center", transform=ax.transAxes)
+    ax.grid(True, which="both", alpha=0.3)
 
 
 def kernel_scale(kernels: Sequence[Any]) -> float:

@@ -118,46 +118,6 @@ def _kernel_errors(epochs: Sequence[dict[str, Any]], norm: float | None) -> tupl
     return x, np.maximum(y, FLOAT32_EPS), int((y < FLOAT32_EPS).sum())
 
 
-FLOORED = f"under the weights' float32 rounding ({FLOAT32_EPS:.3g})"
-
-
-def _settled(error: float) -> str:
-    """A relative error as a legend writes it: 0 at or under the float32 rounding it was raised to (_errors), as
-    reports print it."""
-    return "0" if error <= FLOAT32_EPS else f"{error:.3g}"
-
-
-def _epochs(n: int) -> str:
-    return f"{n} epoch{'s' * (n != 1)}"
-
-
-def _curve_axes(ax: Any, title: str, ylabel: str, last: int, values: Sequence[np.ndarray], floored: int = 0) -> None:
-    """An axes of values over epochs: log values where they are positive, and a note of how many were exactly 0
-    (below the axis) or `floored` (drawn at the float32 rounding)."""
-    ax.set_title(title)
-    ax.set_ylabel(ylabel)
-    ax.set_xlabel("epoch (log scale)" if last > LOG_EPOCHS else "epoch")
-    if last > LOG_EPOCHS:
-        ax.set_xscale("log")
-        ax.set_xlim(1, last)
-    ax_.integer_ticks(ax.xaxis, last > LOG_EPOCHS)
-    finite = np.concatenate([v for v in values if v.size] or [np.array([])])
-    positive = finite[finite > 0]
-    if positive.size and (finite >= 0).all():  # a loss of exactly 0 (a perfect fit) goes below the axis, said so
-        ax.set_yscale("log")
-        ax_.log_labels(ax.yaxis, positive)
-        notes = []
-        if zeros := finite.size - positive.size:
-            notes.append(f"exactly 0 at {_epochs(zeros)}: below this log axis")
-        if floored:
-            notes.append(f"{FLOORED} at {_epochs(floored)}: drawn at it")
-        if notes:  # under the axis, where no curve is
-            ax.set_xlabel(ax.get_xlabel() + "\n" + "; ".join(notes))
-    if not finite.size:
-        ax.text(0.5, 0.5, "no epochs", ha="center", va="center", transform=ax.transAxes)
-    ax.grid(True, which="both", alpha=0.3)
-
-
 def _job_title(result: dict[str, Any]) -> str:
     head = f"job {result['id']}" if result.get("id") is not None else "job (not stored)"
     lines = [f"{head}: {result.get('status')}: {_described(_spec(result), ESSENTIALS)}"]
@@ -189,15 +149,16 @@ def figure_job(result: dict[str, Any]) -> Any:
     *error, floored = _kernel_errors(epochs, norm)
     loss_ax.plot(*loss, marker="o" if loss[0].size <= 50 else None, markersize=3, color="tab:blue")
     err_ax.plot(*error, marker="o" if error[0].size <= 50 else None, markersize=3, color="tab:green")
-    _curve_axes(loss_ax, "loss (as the book prints it)", "loss", last, [loss[1]])
+    ax_.curve_axes(loss_ax, "loss (as the book prints it)", "loss", last, [loss[1]], last > LOG_EPOCHS)
     gap = result.get("gap") or {}
     floor = math.hypot(gap.get("noise") or 0.0, gap.get("identifiability") or 0.0) / (norm or 1.0)
     drawn = [error[1]]
     if norm and floor > FLOOR_SHOWN:  # what training cannot remove: directions the data cannot see, and label noise
         err_ax.axhline(floor, color="tab:purple", linestyle="--", label=f"floor: unidentifiable + noise ({floor:.3g})")
         drawn.append(np.array([floor]))
-    _curve_axes(err_ax, "kernel error: how far the learned kernel is from the true one",
-                "relative error ||W - K|| / ||K||" if norm else "kernel error ||W - K||", last, drawn, floored)
+    ax_.curve_axes(err_ax, "kernel error: how far the learned kernel is from the true one",
+                "relative error ||W - K|| / ||K||" if norm else "kernel error ||W - K||", last, drawn,
+                   last > LOG_EPOCHS, floored)
     for a in (loss_ax, err_ax):
         for key, colour in (("converged_epoch", "tab:green"), ("diverged_epoch", "tab:red")):
             if result.get(key) is not None:
@@ -254,9 +215,10 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
         err_ax.plot(*error, marker="o" if error[0].size <= 30 else None, **style)
         losses.append(loss[1])
         errors.append(error[1])
-    _curve_axes(loss_ax, "loss", "loss", last, losses)
-    _curve_axes(err_ax, "kernel error", "relative error ||W - K|| / ||K||" if all_relative else
-                "kernel error ||W - K|| (relative where a true kernel is known)", last, errors, floored)
+    ax_.curve_axes(loss_ax, "loss", "loss", last, losses, last > LOG_EPOCHS)
+    ax_.curve_axes(err_ax, "kernel error", "relative error ||W - K|| / ||K||" if all_relative else
+                "kernel error ||W - K|| (relative where a true kernel is known)", last, errors,
+                   last > LOG_EPOCHS, floored)
     widest = max(len(t) for t in loss_ax.get_legend_handles_labels()[1]) * 0.55 * 9 + 40  # points, 9 pt font
     fig.legend(loc="outside lower center", ncols=max(1, min(len(results), int(JOBS_SIZE[0] * 72 * 0.95 // widest))),
                fontsize=9)
@@ -309,7 +271,7 @@ def figure_sweep(rows: Sequence[dict[str, Any]], params: Sequence[str], title: s
     fixed = _fixed(rows, params)
     head = (title or f"{len(rows)} job{'s' * (len(rows) != 1)}") + (f"\nfixed: {fixed}" if fixed else "")
     if floored:
-        head += f"\nrelative errors {FLOORED} drawn at it"
+        head += f"\nrelative errors {ax_.FLOORED} drawn at it"
     if not shown:
         return _figure_distribution(rows, errors, log, head)
     status = np.array(_column(rows, "status"))
@@ -403,9 +365,9 @@ def _figure_distribution(rows: Sequence[dict[str, Any]], errors: np.ndarray, log
         hist.stairs(freq, edges, fill=True, alpha=0.6, color="tab:blue")
         middle = float(np.exp(np.log(finite).mean())) if log else float(finite.mean())
         band = np.percentile(finite, ax_.BAND)
-        hist.axvline(middle, color="black", label=f"{'geometric ' if log else ''}mean {_settled(middle)}")
+        hist.axvline(middle, color="black", label=f"{'geometric ' if log else ''}mean {ax_.settled_error(middle)}")
         hist.axvspan(*band, color="tab:orange", alpha=0.15, label=f"{ax_.BAND[0]:.0f}th-{ax_.BAND[1]:.0f}th percentile "
-                     f"{_settled(band[0])}-{_settled(band[1])}")
+                     f"{ax_.settled_error(band[0])}-{ax_.settled_error(band[1])}")
         hist.legend(fontsize=8)
     else:
         hist.text(0.5, 0.5, "no job has a relative error", ha="center", va="center", transform=hist.transAxes)
