@@ -154,6 +154,33 @@ def test_a_perfect_fit_keeps_both_curves_on_log_axes() -> None:
         readable(fig)
 
 
+def test_one_value_gets_a_readable_log_axis() -> None:
+    """A least-squares job (one epoch) whose kernel error is its floor, label noise: matplotlib's view of one value
+    was so narrow that seven labels all read 0.0136. One value gets a decade around it, labels that differ."""
+    result = result_of({"method": "lstsq", "input": "random:8x8", "noise": 0.1}, relative=0.0136, epochs=1)
+    norm = float(np.linalg.norm(result["true_kernel"]))
+    result["epochs"][0]["kernel_error"] = 0.0136 * norm * (1 + 1e-9)
+    result["gap"].update(optimization=0.0, noise=0.0136 * norm)
+    fig = plot.figure_job(result)
+    fig.canvas.draw()
+    for a in (by_title(fig, "loss"), by_title(fig, "kernel error")):
+        low, high = a.get_ylim()
+        assert a.get_yscale() == "log" and high / low > 9
+        shown = [t.get_text() for t in [*a.get_yticklabels(), *a.get_yticklabels(minor=True)]
+                 if low <= t.get_position()[1] <= high and t.get_text()]
+        assert len(shown) >= 2 and len(set(shown)) == len(shown), shown
+    readable(fig)
+    rows = sweep_rows({(lr, "lstsq"): [0.0136] * 3 for lr in (0.01, 0.1)})  # lstsq never reads lr: one error
+    fig = plot.figure_sweep(rows, ["lr", "seed"], "")
+    fig.canvas.draw()
+    low, high = fig.axes[0].get_ylim()
+    assert high / low > 9
+    rows = sweep_rows({(0.01, "lstsq"): [0.0136, 0.0136 * (1 + 1e-9)]})  # a seed sweep of it: one bar
+    hist = [a for a in plot.figure_sweep(rows, ["seed"], "").axes if a.get_xlabel() == "relative error"][0]
+    (bars,) = [p for p in hist.patches if isinstance(p, StepPatch)]
+    assert bars.get_data().values.tolist() == [2]
+
+
 def test_a_long_run_gets_a_log_epoch_axis_with_every_epoch_drawn() -> None:
     result = result_of({"epochs": 5000, "method": "d2l-sgd"}, relative=1e-4, epochs=20)
     result["epochs"] = [{"epoch": n, "loss": 10 * 0.99 ** n + 1e-12, "mse": 0.1 * 0.99 ** n,

@@ -27,6 +27,9 @@ EXPLICIT_TICKS = 12
 LOG_SPAN = 10.0
 """A positive numeric parameter spanning at least this ratio (max / min) gets a log axis."""
 
+SAME = 1 + 1e-3
+"""Values within this ratio of each other are drawn as one value: 3 significant digits cannot tell them apart."""
+
 BAND = (10.0, 90.0)
 """The percentiles a sweep's band spans around each group's mean."""
 
@@ -195,12 +198,19 @@ def _short(v: float, chars: int) -> str:
 
 def log_labels(axis: Any, values: np.ndarray) -> None:
     """Plain numbers on a log axis spanning under two decades, where matplotlib would write few labels, as
-    2 x 10^-1: every tick under a factor 3, else those at 1, 2 and 5 times a power of ten."""
+    2 x 10^-1: every tick under a factor 3, else those at 1, 2 and 5 times a power of ten. Values that are one
+    (within SAME) get a decade around them: matplotlib's view of them was so narrow that every label read alike."""
     from matplotlib.ticker import FuncFormatter
 
-    if not values.size or values.max() >= 100 * values.min():
+    if not values.size:
         return
-    every = values.max() < 3 * values.min()
+    lo, hi = float(values.min()), float(values.max())
+    if hi < lo * SAME:
+        lo, hi = lo / 10 ** 0.5, hi * 10 ** 0.5
+        (axis.axes.set_ylim if axis is axis.axes.yaxis else axis.axes.set_xlim)(lo, hi)
+    if hi >= 100 * lo:
+        return
+    every = hi < 3 * lo
 
     def plain(v: float, _: Any) -> str:
         mantissa = round(v / 10 ** np.floor(np.log10(v) + 1e-9), 6)

@@ -354,13 +354,13 @@ def _figure_distribution(rows: Sequence[dict[str, Any]], errors: np.ndarray, log
     if finite.size:
         lo, hi = float(finite.min()), float(finite.max())
         bins = int(np.clip(np.sqrt(finite.size), 10, 60))
-        if log and hi > lo:
+        if log and hi >= lo * ax_.SAME:
             edges = np.geomspace(lo, hi, bins + 1)
             hist.set_xscale("log")
             ax_.log_labels(hist.xaxis, finite)
         else:
             half = 0.5 * (abs(lo) or 1.0)  # one value: one bin around it
-            edges = np.linspace(lo, hi, bins + 1) if hi > lo else np.array([lo - half, lo + half])
+            edges = np.linspace(lo, hi, bins + 1) if hi >= lo * ax_.SAME else np.array([lo - half, hi + half])
         freq, edges = np.histogram(finite, edges)
         hist.stairs(freq, edges, fill=True, alpha=0.6, color="tab:blue")
         middle = float(np.exp(np.log(finite).mean())) if log else float(finite.mean())
