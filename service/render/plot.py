@@ -115,7 +115,13 @@ def _kernel_errors(epochs: Sequence[dict[str, Any]], norm: float | None) -> tupl
     weights' float32 rounding, as a sweep's relative errors are (_errors): an exactly learned kernel keeps the log
     axis. Also how many epochs were raised."""
     x, y = _series(epochs, "kernel_error", norm or 1.0)
-    return x, np.maximum(y, FLOAT32_EPS), int((y < FLOAT32_EPS).sum())
+    return x, *_raised(y)
+
+
+def _raised(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Relative errors with those under the weights' float32 rounding raised to it (NaN kept), and how many were."""
+    under = values < FLOAT32_EPS
+    return np.where(under, FLOAT32_EPS, values), int(under.sum())
 
 
 def _job_title(result: dict[str, Any]) -> str:
@@ -157,7 +163,7 @@ def figure_job(result: dict[str, Any]) -> Any:
         err_ax.axhline(floor, color="tab:purple", linestyle="--", label=f"floor: unidentifiable + noise ({floor:.3g})")
         drawn.append(np.array([floor]))
     ax_.curve_axes(err_ax, "kernel error: how far the learned kernel is from the true one",
-                "relative error ||W - K|| / ||K||" if norm else "kernel error ||W - K||", last, drawn,
+                   "relative error ||W - K|| / ||K||" if norm else "kernel error ||W - K||", last, drawn,
                    last > LOG_EPOCHS, floored)
     for a in (loss_ax, err_ax):
         for key, colour in (("converged_epoch", "tab:green"), ("diverged_epoch", "tab:red")):
@@ -217,7 +223,7 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
         errors.append(error[1])
     ax_.curve_axes(loss_ax, "loss", "loss", last, losses, last > LOG_EPOCHS)
     ax_.curve_axes(err_ax, "kernel error", "relative error ||W - K|| / ||K||" if all_relative else
-                "kernel error ||W - K|| (relative where a true kernel is known)", last, errors,
+                   "kernel error ||W - K|| (relative where a true kernel is known)", last, errors,
                    last > LOG_EPOCHS, floored)
     widest = max(len(t) for t in loss_ax.get_legend_handles_labels()[1]) * 0.55 * 9 + 40  # points, 9 pt font
     fig.legend(loc="outside lower center", ncols=max(1, min(len(results), int(JOBS_SIZE[0] * 72 * 0.95 // widest))),
@@ -236,9 +242,8 @@ def _errors(rows: Sequence[dict[str, Any]]) -> tuple[np.ndarray, bool]:
     any was. Such an error is 0 as reports print it (service.render.text.settled); drawn at the rounding, it leaves
     the axis logarithmic for the rest (one exactly learned kernel once made a whole sweep's axis linear)."""
     e = np.array(_column(rows, "relative_error"), dtype=float)
-    e = np.where(np.isfinite(e), e, np.nan)
-    under = e < FLOAT32_EPS
-    return np.where(under, FLOAT32_EPS, e), bool(under.any())
+    e, raised = _raised(np.where(np.isfinite(e), e, np.nan))
+    return e, raised > 0
 
 
 def _fixed(rows: Sequence[dict[str, Any]], params: Sequence[str]) -> str:
