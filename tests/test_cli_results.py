@@ -179,8 +179,20 @@ def test_compare_best_first_with_shared_parameters_once(jobs: dict[str, int], kl
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("all jobs: method d2l-manual, input random:8x8")
+    assert "batch" not in lines[0]  # d2l-manual steps on the whole input: its batch size means nothing
     assert lines[1].split()[:2] == ["id", "lr"]
     assert [int(line.split()[0]) for line in lines[2:]] == [jobs["best"], jobs["slow"], jobs["blown"]]
+
+
+@SQLITE_ONLY
+def test_compare_marks_what_a_method_never_reads(klab_db: str, add_job, klab_cli) -> None:
+    with writing() as conn:
+        ids = [add_job(conn, method=m, batch_size=b) for m, b in (("lstsq", 4), ("d2l-manual", 2), ("adam", 3))]
+    code, out, err = klab_cli("compare", *map(str, ids))
+    assert code == 0, err
+    header, *rows = out.splitlines()[1:]
+    assert header.split()[:3] == ["id", "method", "batch"]
+    assert {int(r.split()[0]): r.split()[2] for r in rows} == {ids[0]: "-", ids[1]: "-", ids[2]: "3"}
 
 
 def test_compare_ids_csv_and_json(jobs: dict[str, int], klab_cli) -> None:

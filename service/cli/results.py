@@ -30,12 +30,14 @@ def _epochs_done(row: dict[str, Any]) -> str:
     return str(total) if done in (None, total) else f"{done}/{total}"
 
 
-def _unless_lstsq(column: str, text: Callable[[dict[str, Any]], str] | None = None) -> Callable[[dict[str, Any]], str]:
-    """A table cell that is '-' for lstsq jobs, solved in one step: no learning rate, no epochs."""
-    from service.render.text import cell
+def _unless_ignored(column: str, text: Callable[[dict[str, Any]], str] | None = None
+                    ) -> Callable[[dict[str, Any]], str]:
+    """A table cell that is '-' for jobs whose method never reads the column (lstsq: no learning rate, epochs
+    or batches; d2l-manual: the whole input a step, no batches)."""
+    from service.render.text import IGNORED_BY, cell
 
     def shown(row: dict[str, Any]) -> str:
-        if row.get("method") == "lstsq":
+        if column in IGNORED_BY.get(row.get("method"), ()):
             return "-"
         return text(row) if text else cell(row.get(column))
 
@@ -87,7 +89,7 @@ def list_(status: str | None, sweep: int | None, method: str | None, kernel: str
         from service.render.text import settle
 
         table.show(reads.LIST_COLUMNS, [settle(r) for r in rows],
-                    cells={"lr": _unless_lstsq("lr"), "epochs": _unless_lstsq("epochs", _epochs_done)})
+                    cells={"lr": _unless_ignored("lr"), "epochs": _unless_ignored("epochs", _epochs_done)})
 
 
 @cli.command()
@@ -122,7 +124,7 @@ def compare(selection: Selection, group_by: str | None, as_json: bool, as_csv: b
     if group_by is not None:
         _compare_groups(selection, group_by, as_json, as_csv)
         return
-    from service.render.text import KERNELS, settle
+    from service.render.text import IGNORED_BY, KERNELS, settle
 
     with _reading() as reader:
         rows = reads.compare(reader, selection, also=() if as_json or as_csv else KERNELS)
@@ -134,13 +136,14 @@ def compare(selection: Selection, group_by: str | None, as_json: bool, as_csv: b
         rows = [settle(r) for r in rows]
         params = ["method", "input", "kernel", "lr", "epochs", "batch_size", "seed", "noise"]
         shown = reads.varying(rows, params) if len(rows) > 1 else params
-        common = [p for p in params if p not in shown]
+        ignored = IGNORED_BY.get(rows[0]["method"], ()) if "method" not in shown else ()
+        common = [p for p in params if p not in shown and p not in ignored]
         metrics = ["status", "epochs_done", "final_loss", "relative_error", "max_abs_error", "identifiable",
                    *group("gap"), *group("pace")]
         title = ("all jobs: " + ", ".join(f"{table.header(p)} {table.cell(rows[0][p])}" for p in common)
                  if common else None)
         table.show(["id", *shown, *metrics], rows, title=title,
-                    cells={"lr": _unless_lstsq("lr"), "epochs": _unless_lstsq("epochs")})
+                    cells={p: _unless_ignored(p) for p in ("lr", "epochs", "batch_size")})
 
 
 def _compare_groups(selection: Selection, group_by: str, as_json: bool, as_csv: bool) -> None:
