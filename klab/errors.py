@@ -24,6 +24,13 @@ def public(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except errors.BadInput as exc:
-            raise BadInput(exc.field, exc.message) from None
+            raise BadInput(exc.field, _in_python(exc.message)) from None
 
     return call  # type: ignore[return-value]
+
+
+def _in_python(message: str) -> str:
+    """A message as the API's user reads it: the call to make where the command's line names a command."""
+    from service.jobs.spec import SWEEP_HINT
+
+    return message.replace(SWEEP_HINT, "several values make a sweep: klab.sweep(...)")

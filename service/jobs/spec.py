@@ -105,6 +105,10 @@ class JobSpec(BaseModel):
         return self.model_dump(mode="json")
 
 
+SWEEP_HINT = "several values make a sweep: klab sweep"
+"""What a job's value that holds a sweep's values is told (the Python API names klab.sweep instead)."""
+
+
 def bad_input_from(exc: ValidationError) -> BadInput:
     """The first pydantic error as one BadInput line."""
     err = exc.errors()[0]
@@ -122,7 +126,7 @@ def bad_input_from(exc: ValidationError) -> BadInput:
         message = f"unknown value {got!r}; {message[0].lower()}{message[1:]}"
     if isinstance(got, list) or (isinstance(got, str) and (err["type"].endswith("_parsing") or err["type"] == "enum")
                                  and (".." in got or "," in got)):  # a sweep's values given to one job
-        message += "; several values make a sweep: klab sweep"
+        message += f"; {SWEEP_HINT}"
     return BadInput(field.replace("_", "-"), message)
 
 
