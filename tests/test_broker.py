@@ -104,6 +104,7 @@ def test_klab_worker_splits_the_cores_and_its_children_use_that_many_torch_threa
     assert gpu[gpu.index("--hostname") + 1] == "gpu@%h"  # named after its queue, unless --name says otherwise
     second, _ = worker_argv("gpu", None, "INFO", "gpu-2")
     assert second[second.index("--hostname") + 1] == "gpu-2@%h"
+    assert worker_argv("cpu", 1, "warning")[0][-2:] == ["--loglevel", "WARNING"]  # as the help's choices spell it
     # the children apply it: two pool processes, one thread each, as `klab worker --concurrency 2` starts them
     url, _ = pg_db
     env = service_env(tmp_path, url, redis_server().url())

@@ -49,11 +49,11 @@ def worker_argv(queue: str, concurrency: int | None, loglevel: str, name: str | 
     node = f"{name or queue}@%h"
     if queue == "gpu":
         argv = ["celery", "-A", "worker.app", "worker", "-Q", "gpu", "--pool", "solo", "--hostname", node,
-                "--loglevel", loglevel]
+                "--loglevel", loglevel.upper()]
     else:
         n = concurrency or os.cpu_count() or 1
         argv = ["celery", "-A", "worker.app", "worker", "-Q", "cpu", "--pool", "prefork", "--concurrency", str(n),
-                "--hostname", node, "--loglevel", loglevel]
+                "--hostname", node, "--loglevel", loglevel.upper()]
         env["KLAB_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))  # the cores split among children
     return argv, env
 
@@ -63,7 +63,8 @@ def worker_argv(queue: str, concurrency: int | None, loglevel: str, name: str | 
 @click.option("--concurrency", type=click.IntRange(1, 256), default=None,
               help="prefork children for the cpu queue [default: the number of cores]")
 @click.option("--gpu", "gpu_index", type=click.IntRange(0, 64), default=None, help="GPU index for the gpu queue")
-@click.option("--loglevel", default="INFO", show_default=True, type=click.Choice(LOGLEVELS, case_sensitive=False))
+@click.option("--loglevel", default="info", show_default=True, type=click.Choice(LOGLEVELS, case_sensitive=False),
+              help="what the worker logs")
 @click.option("--name", default=None, help="node name before @host [default: the queue's]; several workers on one "
               "host (gpu workers sharing a GPU) each need their own")
 def worker(queue: str, concurrency: int | None, gpu_index: int | None, loglevel: str, name: str | None) -> None:
