@@ -275,9 +275,10 @@ def seeds(klab_db: str, add_job) -> dict[str, object]:
 
 
 def _stats(values: list[float]) -> dict[str, float | None]:
-    import numpy as np
+    """As exact arithmetic has them (statistics' are computed in fractions; numpy's std of [0.1] * 3 is 1.7e-17)."""
+    import statistics
 
-    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
             "min": min(values), "max": max(values)}
 
 
@@ -297,6 +298,22 @@ def test_compare_group_by_gives_count_mean_std_min_max_per_group(seeds: dict, kl
     assert rows[3]["relative_error_std"] == pytest.approx(1e-9, rel=1e-6)
     # the final loss is summarised too: fake_result's jobs of 10 epochs all end at the same loss
     assert rows[1]["final_loss_mean"] == pytest.approx(10.0 * 0.5 ** 10) and rows[1]["final_loss_std"] == 0.0
+
+
+def test_compare_group_by_equal_values_have_no_spread(klab_db: str, add_job, klab_cli) -> None:
+    with writing() as conn:
+        sweep = writes.create_sweep(conn, {"swept": {"seed": [0, 1, 2, 3, 4]}, "fixed": {}}, 5)
+        for seed, rel in enumerate([0.1, 0.1, 0.1, 0.3, 0.3 + 2 ** -54]):  # the mean of [0.1] * 3 rounds up
+            add_job(conn, relative=rel, sweep_id=sweep, seed=seed, lr=0.01 if seed < 3 else 0.1)
+    code, out, err = klab_cli("compare", "--sweep", str(sweep), "--group-by", "lr", "--json")
+    assert code == 0, err
+    equal, near = json.loads(out)
+    assert (equal["relative_error_mean"], equal["relative_error_std"]) == (pytest.approx(0.1, rel=1e-15), 0.0)
+    assert near["relative_error_std"] == pytest.approx(_stats([0.3, 0.3 + 2 ** -54])["std"], rel=1e-3)
+    assert list(equal)[-8:] == [f"{m}_{s}" for m in ("relative_error", "final_loss") for s in ("mean", "std", "min",
+                                                                                            "max")]
+    code, out, _ = klab_cli("compare", "--sweep", str(sweep), "--group-by", "lr")
+    assert out.splitlines()[2].split()[:7] == ["0.01", "3", "3", "0.1", "0", "0.1", "0.1"]
 
 
 def test_compare_group_by_csv_and_the_table(seeds: dict, klab_cli) -> None:

@@ -4,8 +4,10 @@ standard deviation, least and greatest of each metric over the rest of what vari
 One statement, in SQL, over the jobs table: a 200,000-job sweep comes back as a few rows without reading
 its jobs into Python. The standard deviation is computed in two passes, the group's mean first (a window
 over the group) and then the squared deviations from it, and not as the mean of squares less the squared
-mean, which cancels to noise when the spread is small beside the values; the square root is taken here,
-since SQLite has no sqrt unless built with its math functions.
+mean, which cancels to noise when the spread is small beside the values; less what the mean's own rounding
+adds (equal values' mean need not round back to them: [0.1] * 3 has mean 0.10000000000000002, and numpy's
+std of them is 1.7e-17, not 0). The square root is taken here, since SQLite has no sqrt unless built with
+its math functions.
 """
 from __future__ import annotations
 
@@ -54,7 +56,8 @@ def grouped(reader: Reader, selection: Selection, by: Sequence[str]) -> list[dic
     cols = [result.BY_NAME[m].col for m in METRICS]
     inner = ", ".join(f"{c} AS x{i}, avg({c}) OVER (PARTITION BY {keys}) AS m{i}" for i, c in enumerate(cols))
     stats = ", ".join(f"count(x{i}) AS n{i}, avg(x{i}) AS mean{i}, min(x{i}) AS min{i}, max(x{i}) AS max{i}, "
-                      f"sum((x{i} - m{i}) * (x{i} - m{i})) AS ss{i}" for i in range(len(cols)))
+                      f"sum((x{i} - m{i}) * (x{i} - m{i})) AS ss{i}, sum(x{i} - m{i}) AS d{i}"
+                      for i in range(len(cols)))
     order = ", ".join(f"{k} IS NULL, {k}" for k in by)
     sql = (f"SELECT {keys}, count(*) AS jobs, sum(CASE WHEN status = :ok THEN 1 ELSE 0 END) AS n_ok, "  # noqa: S608
            f"{stats} FROM (SELECT {keys}, status, {inner} FROM jobs WHERE {clause}) AS t "
@@ -66,10 +69,16 @@ def grouped(reader: Reader, selection: Selection, by: Sequence[str]) -> list[dic
         row["jobs"], row[SUCCEEDED] = int(r["jobs"]), int(r["n_ok"] or 0)
         for i, m in enumerate(METRICS):
             n = int(r[f"n{i}"])
-            ss = r[f"ss{i}"]
+            low, high = (None, None) if n == 0 else (float(r[f"min{i}"]), float(r[f"max{i}"]))
             row[f"{m}_mean"] = None if n == 0 else float(r[f"mean{i}"])
-            row[f"{m}_std"] = math.sqrt(float(ss) / (n - 1)) if n > 1 else None  # the sample standard deviation
-            row[f"{m}_min"] = None if n == 0 else float(r[f"min{i}"])
-            row[f"{m}_max"] = None if n == 0 else float(r[f"max{i}"])
+            row[f"{m}_std"] = None if n < 2 else 0.0 if low == high else _std(n, r[f"ss{i}"], r[f"d{i}"])
+            row[f"{m}_min"], row[f"{m}_max"] = low, high
         out.append(row)
     return out
+
+
+def _std(n: int, squares: float, deviations: float) -> float:
+    """The sample standard deviation of n values that are not all equal (equal values have none, whatever their
+    mean rounded to), from their deviations from the computed mean: the sum of their squares less the part that
+    the mean's own rounding adds (the corrected two-pass formula: Chan, Golub and LeVeque, 1983)."""
+    return math.sqrt(max(0.0, float(squares) - float(deviations) ** 2 / n) / (n - 1))
