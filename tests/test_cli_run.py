@@ -268,6 +268,17 @@ def test_the_report_has_no_rounding_dust_and_names_only_what_the_method_reads():
     assert "identifiability           0" in out  # a full-rank input leaves 1e-16 there
 
 
+def test_kernels_columns_line_up_whatever_the_weights_size():
+    from service.render.text import side_by_side
+
+    learned = [[-140.6875, -47.4208, 3e9], [-47.1039, float("nan"), -0.5]]  # a diverged job's
+    true = [[1.0, -1.0, 0.0], [0.0, 0.0, 0.0]]
+    lines = side_by_side([("true", true), ("learned", learned)]).splitlines()
+    ends = {m.end() for line in lines[1:] for m in re.finditer(r"\S+", line)}
+    assert len(ends) == 6, lines  # each number of a column ends where the others of its column end
+    assert lines[1].split()[3:] == ["-140.6875", "-47.4208", "3.000e+09"] and lines[2].split()[4] == "nan"
+
+
 def test_dust_is_measured_against_the_kernels_norm():
     from service.render.text import FLOAT32_EPS, settled
 

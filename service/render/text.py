@@ -68,8 +68,11 @@ def grid(kernel: Any) -> list[list[float]]:
 
 
 def weight(v: float) -> str:
-    """A weight as kernels show it: four decimals, never -0.0000."""
-    return f"{round(v, 4) + 0.0:8.4f}" if math.isfinite(v) else f"{v:>8}"
+    """A weight as kernels show it: four decimals, never -0.0000; from 1e5 on (a diverged job's), four figures
+    and an exponent."""
+    if not math.isfinite(v):
+        return f"{v:>8}"
+    return f"{round(v, 4) + 0.0:8.4f}" if abs(v) < 1e5 else f"{v:.3e}"
 
 
 def norm(kernel: Any) -> float:
@@ -119,7 +122,9 @@ def side_by_side(named: list[tuple[str, Any]]) -> str:
     for name, kernel in named:
         if kernel is None:
             continue
-        lines = ["  ".join(weight(v) for v in row) for row in grid(kernel)]
+        cells = [[weight(v) for v in row] for row in grid(kernel)]
+        wide = max((len(c) for row in cells for c in row), default=0)  # columns line up past 999.9999 too
+        lines = ["  ".join(c.rjust(wide) for c in row) for row in cells]
         width = max(len(name), *(len(line) for line in lines))
         blocks.append([name.ljust(width)] + [line.ljust(width) for line in lines])
     if not blocks:
