@@ -250,6 +250,8 @@ def test_cancel_running_job_stops_and_keeps_its_epochs(service_env, workers):
     kept = losses(url, job_id)
     assert 0 < len(kept) == done < 100000
     assert all(x is not None for x in kept)
+    (said,), = rows(url, "SELECT explanation FROM jobs WHERE id = :j", j=job_id)
+    assert said.startswith("cancelled before its last epoch; up to then, "), said  # its kernel so far, explained
 
 
 def test_two_workers_share_a_sweep_without_doing_a_job_twice(service_env, workers):

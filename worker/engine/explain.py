@@ -54,7 +54,7 @@ class Facts:
 def cases(f: Facts) -> np.ndarray:
     """Which sentence each job gets."""
     too_fast = np.isfinite(f.lr_bound) & (f.lr > f.lr_bound)
-    succeeded = f.status == JobStatus.SUCCEEDED.value
+    trained = (f.status == JobStatus.SUCCEEDED.value) | (f.status == JobStatus.CANCELLED.value)
     parts = np.stack([f.optimization, f.noise, f.identifiability])
     with np.errstate(invalid="ignore"):
         total = np.sqrt(np.nansum(parts**2, axis=0))
@@ -70,7 +70,7 @@ def cases(f: Facts) -> np.ndarray:
     out[optimization & too_fast] = TOO_FAST
     out[(total < 1e-3) | (f.relative < 1e-3)] = MATCH
     out[np.isnan(f.noise) | np.isnan(f.identifiability)] = NO_TRUTH
-    out[~succeeded | np.isnan(f.optimization)] = NOTHING
+    out[~trained | np.isnan(f.optimization)] = NOTHING
     diverged = f.status == JobStatus.DIVERGED.value
     out[diverged] = DIVERGED
     out[diverged & too_fast] = TOO_FAST_DIVERGED
@@ -124,6 +124,12 @@ SENTENCES: dict[int, Callable[[Facts, int], str]] = {
 }
 
 
+CANCELLED = "cancelled before its last epoch; up to then, "
+"""Before the sentence of a job stopped by `klab cancel` part way: what its epochs so far came to."""
+
+
 def explain(f: Facts) -> list[str]:
     """One sentence a job."""
-    return [SENTENCES[c](f, i) for i, c in enumerate(cases(f).tolist())]
+    cancelled = (f.status == JobStatus.CANCELLED.value).tolist()
+    return [CANCELLED * (stopped and c != NOTHING) + SENTENCES[c](f, i)
+            for i, (c, stopped) in enumerate(zip(cases(f).tolist(), cancelled))]
