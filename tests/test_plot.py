@@ -152,6 +152,11 @@ def test_a_perfect_fit_keeps_both_curves_on_log_axes() -> None:
         ys = error.get_lines()[0].get_ydata()
         assert np.allclose(ys[:5], 0.1 ** np.arange(1, 6)) and (ys[5:] == 2.0 ** -23).all()
         readable(fig)
+    # a relative error under that rounding reads 0, as klab show prints it, in the title and in the legend
+    result["error"]["relative"] = 3.011e-09
+    assert "relative error 0, identifiable" in plot.figure_job(result)._suptitle.get_text()
+    labels = plot.figure_jobs([result, {**result, "id": 8}]).axes[0].get_legend_handles_labels()[1]
+    assert labels[0].endswith("(succeeded, relative error 0)"), labels
 
 
 def test_one_value_gets_a_readable_log_axis() -> None:

@@ -18,7 +18,7 @@ from service.jobs.status import JobStatus
 from service.jobs.sweep import INTEGER, SWEEPABLE
 from service.render import axes as ax_
 from service.render.axes import DPI, new_figure
-from service.render.text import FLOAT32_EPS, IGNORED_BY, cell, difference
+from service.render.text import FLOAT32_EPS, IGNORED_BY, cell, difference, settled
 
 __all__ = ["DPI", "figure_job", "figure_jobs", "figure_sweep", "plot_job", "plot_sweep", "save"]
 
@@ -128,7 +128,7 @@ def _job_title(result: dict[str, Any]) -> str:
     head = f"job {result['id']}" if result.get("id") is not None else "job (not stored)"
     lines = [f"{head}: {result.get('status')}: {_described(_spec(result), ESSENTIALS)}"]
     err, ident = result.get("error") or {}, result.get("identifiability") or {}
-    rel = err.get("relative")
+    rel = settled(err.get("relative"), 1.0)  # 0 under the weights' float32 rounding, as klab show prints it
     facts = [f"relative error {cell(rel)}" if rel is not None else "no relative error (no true kernel or no result)"]
     if ident.get("identifiable") is not None:
         facts.append(("identifiable" if ident["identifiable"] else "not identifiable")
@@ -210,7 +210,7 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
         colour = cmap(n if len(results) <= 10 else n / (len(results) - 1))
         norm = _true_norm(r)
         all_relative &= norm is not None
-        rel = (r.get("error") or {}).get("relative")
+        rel = settled((r.get("error") or {}).get("relative"), 1.0)
         label = (f"job {r.get('id')}" + (f": {_described(spec, differ)}" if differ else "")
                  + f" ({r.get('status')}, relative error {cell(rel)})")
         loss = _series(r.get("epochs") or [], "loss")
