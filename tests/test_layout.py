@@ -53,3 +53,23 @@ def test_the_stable_learning_rate_lives_in_the_schema_and_the_code_that_computes
     out = subprocess.run(["git", "grep", "-l", "--untracked", "stable_lr", "--", *CODE], cwd=ROOT,
                          capture_output=True, text=True)
     assert sorted(out.stdout.split()) == ["service/jobs/result.py", "worker/engine/pace.py"], out.stdout
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import click
+
+    from service.cli import cli
+
+    def commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+        found = []
+        with click.Context(group) as ctx:  # the commands' modules are imported as klab imports them: lazily
+            listed = [(name, group.get_command(ctx, name)) for name in group.list_commands(ctx)]
+        for name, command in listed:
+            found.append((prefix + name, command))
+            if isinstance(command, click.Group):
+                found += commands(command, f"{prefix}{name} ")
+        return found
+
+    silent = [f"klab {name} {param.opts[0]}" for name, command in commands(cli) for param in command.params
+              if isinstance(param, click.Option) and not param.help and not param.hidden]
+    assert len(commands(cli)) > 17 and silent == []  # every command, and db's subcommands

@@ -161,7 +161,7 @@ def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
 
 @cli.command()
 @selected()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="print the counts as a JSON object")
 def status(selection: Selection, as_json: bool) -> None:
     """Counts by status and progress of jobs or a sweep."""
     c = counts(selection)

@@ -214,7 +214,8 @@ def _values(values: list[Any]) -> str:
 @selected(ids="option")
 @click.option("--what", type=click.Choice(["jobs", "epochs"]), default="jobs", show_default=True,
               help="one row per job, or one row per epoch")
-@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
+              help="CSV with a header line, or a JSON list (an object a row, a row a line)")
 @click.option("-o", "--output", default=None, metavar="FILE", help="write here instead of stdout")
 def export(selection: Selection, what: str, fmt: str, output: str | None) -> None:
     """Jobs or their epochs as CSV or JSON, streamed (any number of epochs)."""

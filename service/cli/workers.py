@@ -13,7 +13,7 @@ from service.errors import BadInput
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="print a JSON list, one object a worker")
 @click.option("--timeout", type=float, default=1.5, show_default=True, help="seconds to wait for replies")
 def workers(as_json: bool, timeout: float) -> None:
     """Live workers with their queues, the database they serve, device and active jobs."""
@@ -59,7 +59,8 @@ def worker_argv(queue: str, concurrency: int | None, loglevel: str, name: str | 
 
 
 @cli.command()
-@click.option("--queue", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--queue", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="the queue it takes jobs from")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=None,
               help="prefork children for the cpu queue [default: the number of cores]")
 @click.option("--gpu", "gpu_index", type=click.IntRange(0, 64), default=None, help="GPU index for the gpu queue")
