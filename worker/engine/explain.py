@@ -124,12 +124,12 @@ SENTENCES: dict[int, Callable[[Facts, int], str]] = {
 }
 
 
-CANCELLED = "cancelled before its last epoch; up to then, "
+CANCELLED_PART_WAY = "cancelled before its last epoch; up to then, "
 """Before the sentence of a job stopped by `klab cancel` part way: what its epochs so far came to."""
 
 
 def explain(f: Facts) -> list[str]:
     """One sentence a job."""
     cancelled = (f.status == JobStatus.CANCELLED.value).tolist()
-    return [CANCELLED * (stopped and c != NOTHING) + SENTENCES[c](f, i)
+    return [CANCELLED_PART_WAY * (stopped and c != NOTHING) + SENTENCES[c](f, i)
             for i, (c, stopped) in enumerate(zip(cases(f).tolist(), cancelled))]
