@@ -3,6 +3,7 @@ scales, integer ticks, the values in kernel cells, statuses, legends, titles, no
 the real command: PNGs written, mistakes refused with one line, nothing heavy imported."""
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -325,6 +326,22 @@ def test_sweep_panels_aggregate_over_seeds_coloured_by_the_other_parameter() -> 
         assert [t.get_text() for t in strip.get_yticklabels()] == [DIVERGED, FAILED, CANCELLED]
     assert sorted(t.get_text() for t in strips[1].texts) == ["1", "2", "2"]  # d2l-manual 2 + 1, adam 2
     assert not [t for t in fig.findobj(Text) if "diverged/failed" in t.get_text()]
+    readable(fig)
+
+
+def test_four_varied_parameters_take_two_rows_of_at_most_three_panels() -> None:
+    rows = [{**row, "input": i, "kernel": k, "relative_error": row["relative_error"] * (1 + n)}
+            for n, (i, k) in enumerate(itertools.product(("edge:6x8", "checker:6x8"), ("d2l", "sobel-x")))
+            for row in sweep_rows({(lr, m): [0.1, 0.2] for lr in (0.01, 0.1) for m in ("adam", "d2l-manual")})]
+    rows[0]["status"], rows[0]["relative_error"] = DIVERGED, None
+    fig = plot.figure_sweep(rows, reads.varying(rows), "")
+    panels = [a for a in fig.axes if a.get_ylabel() == "relative error"]
+    assert [a.get_xlabel().split()[0] for a in panels] == ["lr", "method", "kernel", "input"]
+    assert (fig.get_size_inches() == (3 * plot.SWEEP_PANEL[0], 2 * (plot.SWEEP_PANEL[1] + 0.7))).all()
+    corners = [(round(a.get_position().x0, 2), round(a.get_position().y0, 2)) for a in panels]
+    assert corners[3][0] == corners[0][0] and corners[3][1] < corners[0][1] == corners[2][1]  # the 4th starts row 2
+    strips = [a for a in fig.axes if a.get_title().startswith("jobs that did not succeed")]
+    assert [s.get_position().y0 > p.get_position().y1 for s, p in zip(strips, panels)] == [True] * 4  # each on its own
     readable(fig)
 
 

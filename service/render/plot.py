@@ -29,7 +29,7 @@ JOBS_SIZE = (15.0, 6.5)
 """Inches of several jobs overlaid: loss and kernel error, the legend below."""
 
 SWEEP_PANEL = (6.5, 4.5)
-"""Inches of each panel of a sweep's figure (one per parameter it varies, seeds aside)."""
+"""Inches of each panel of a sweep's figure (one per parameter it varies, seeds aside), at most 3 to a row."""
 
 LOG_EPOCHS = 200
 """Runs longer than this get a log epoch axis: a long run spends most epochs near its floor, and a log axis gives
@@ -282,15 +282,17 @@ def figure_sweep(rows: Sequence[dict[str, Any]], params: Sequence[str], title: s
     status = np.array(_column(rows, "status"))
     flagged = ~np.isfinite(errors) | (status != JobStatus.SUCCEEDED.value)
     missing = ax_.status_order(status[flagged].tolist())
-    fig = new_figure(SWEEP_PANEL[0] * len(shown), SWEEP_PANEL[1] + (0.4 + 0.3 * len(missing) if missing else 0))
+    across, down = min(len(shown), 3), -(-len(shown) // 3)
+    fig = new_figure(SWEEP_PANEL[0] * across, (SWEEP_PANEL[1] + (0.4 + 0.3 * len(missing) if missing else 0)) * down)
     fig.suptitle(head + f"\nrelative error at each value: line {'geometric ' if log else ''}mean, band "
                  f"{ax_.BAND[0]:.0f}th-{ax_.BAND[1]:.0f}th percentile")
-    grid = fig.add_gridspec(2 if missing else 1, len(shown), height_ratios=(0.3 * len(missing) + 0.3, 4)
+    grid = fig.add_gridspec(2 * down if missing else down, across, height_ratios=(0.3 * len(missing) + 0.3, 4) * down
                             if missing else None)
     codes = {p: _codes(_column(rows, p)) for p in shown}
-    for col, name in enumerate(shown):
-        ax = fig.add_subplot(grid[-1, col])
-        strip = fig.add_subplot(grid[0, col], sharex=ax) if missing else None
+    for at, name in enumerate(shown):
+        row, col = divmod(at, across)
+        ax = fig.add_subplot(grid[2 * row + 1 if missing else row, col])
+        strip = fig.add_subplot(grid[2 * row, col], sharex=ax) if missing else None
         by = next((p for p in shown if p != name and len(codes[p][0]) <= MAX_COLOURS), None)
         _panel(ax, name, codes[name], codes[by] if by else None, by, errors, log, len(rows) <= SHOW_EACH_JOB)
         rest = [_name(p) for p in params if p not in (name, by)]
