@@ -119,9 +119,11 @@ def test_json_and_jsonl_files(tmp_path):
 
 
 @pytest.mark.parametrize("name,text,message", [
-    ("bad.yaml", "input: [unclosed\n", "not valid"),
-    ("bad.json", "{not json", "not valid json"),
-    ("list.yaml", "- a\n- b\n", "mapping"),
+    ("bad.yaml", "input: [unclosed\n", "not valid yaml \\(line 2\\)$"),
+    ("bad.json", '{"lr": 0.1,\n "epochs": }', "not valid json \\(line 2\\)$"),
+    ("bad.jsonl", '{"lr": 0.1}\n\n{"lr": 0.2\n', "not valid jsonl \\(line 3\\)$"),
+    ("list.yaml", "- a\n- b\n", "mapping of job fields$"),
+    ("list.jsonl", '{"lr": 0.1}\n[1, 2]\n', "mapping of job fields \\(job 2: list\\)$"),
     ("empty.jsonl", "\n", "no jobs"),
 ])
 def test_bad_spec_files_name_the_file_field(tmp_path, name, text, message):

@@ -142,7 +142,13 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
         raise BadInput(field, f"{path} is not a readable text file") from None
     try:
         if p.suffix == ".jsonl":
-            docs = [json.loads(line) for line in text.splitlines() if line.strip()]
+            docs = []
+            for number, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        docs.append(json.loads(line))
+                    except ValueError:
+                        raise BadInput(field, f"{path} is not valid jsonl (line {number})") from None
             if not docs:
                 raise BadInput(field, f"{path} holds no jobs")
         elif p.suffix == ".json":
@@ -152,12 +158,14 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
     except BadInput:
         raise
     except (ValueError, yaml.YAMLError, RecursionError) as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
+        mark = getattr(exc, "problem_mark", None)  # YAML's lines count from 0, JSON's from 1
+        line = mark.line + 1 if mark is not None else getattr(exc, "lineno", None)
+        where = f" (line {line})" if line is not None else ""
         raise BadInput(field, f"{path} is not valid {p.suffix.lstrip('.') or 'YAML'}{where}") from None
-    for doc in docs:
+    for n, doc in enumerate(docs, 1):
         if not isinstance(doc, dict):
-            raise BadInput(field, f"{path} must hold a mapping of job fields")
+            which = f" (job {n}: {type(doc).__name__})" if p.suffix == ".jsonl" else ""
+            raise BadInput(field, f"{path} must hold a mapping of job fields{which}")
     return [{k.replace("-", "_") if isinstance(k, str) else k: v for k, v in doc.items()} for doc in docs]
 
 
