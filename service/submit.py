@@ -8,6 +8,7 @@ nothing is written while the broker is down; a broker that fails mid-way leaves 
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import operator
@@ -103,23 +104,29 @@ def plan_sweep(grid: Grid, queue: str | None, name: str | None = None, tags: Seq
     every combination of the values a message key depends on, built as a worker would with the largest
     noise. The jobs are then made from those values alone."""
     first = {f: vs[0] for f, vs in grid.swept.items()}
-    base = JobSpec.parse({**grid.fixed, **first})
+
+    def parse(values: dict[str, Any]) -> JobSpec:
+        with _naming(grid, {**first, **values}):
+            return JobSpec.parse({**grid.fixed, **first, **values})
+
+    base = parse({})
     typed: dict[str, list[Any]] = {}
     for f, values in grid.swept.items():
         if isinstance(values[0], str):
-            as_json = {v: JobSpec.parse({**grid.fixed, **first, f: v}).to_json()[f] for v in dict.fromkeys(values)}
+            as_json = {v: parse({f: v}).to_json()[f] for v in dict.fromkeys(values)}
             typed[f] = [as_json[v] for v in values]
         else:
             for v in {min(values), max(values)}:
-                JobSpec.parse({**grid.fixed, **first, f: v})
+                parse({f: v})
             typed[f] = list(values)
     noise = max(grid.swept.get("noise", [base.noise]))
     keyed = [f for f in grid.swept if f in KEYED_BY]
     built, keys = _Built(), {}
     for combo in itertools.product(*(grid.swept[f] for f in keyed)):
-        spec = JobSpec.parse({**grid.fixed, **first, **dict(zip(keyed, combo))})
+        spec = parse(dict(zip(keyed, combo)))
         loudest = spec.model_copy(update={"noise": noise})
-        problem, files = built.of(loudest, tuple((f, v) for f, v in zip(keyed, combo) if f in BUILT_FROM))
+        with _naming(grid, {**first, **dict(zip(keyed, combo))}):
+            problem, files = built.of(loudest, tuple((f, v) for f, v in zip(keyed, combo) if f in BUILT_FROM))
         keys[combo] = ((queue_for(spec, queue), *together(problem, spec)), files)
     names = list(grid.swept)
     positions = [names.index(f) for f in keyed]
@@ -140,6 +147,20 @@ def plan_sweep(grid: Grid, queue: str | None, name: str | None = None, tags: Seq
             yield values, key, files
 
     return Plan(grid.size, jobs(), {"swept": grid.swept, "fixed": grid.fixed}, name, list(tags))
+
+
+@contextlib.contextmanager
+def _naming(grid: Grid, values: dict[str, Any]) -> Iterator[None]:
+    """A mistake in one of a field's several values names the value (`--noise=-1,0`: which one is not >= 0),
+    unless the message quotes it already."""
+    try:
+        yield
+    except BadInput as exc:
+        f = exc.field.replace("-", "_")
+        value = values.get(f)
+        if len(grid.swept.get(f, ())) < 2 or (isinstance(value, str) and repr(value) in exc.message):
+            raise
+        raise BadInput(exc.field, f"{exc.message} (the sweep's value {value!r})") from None
 
 
 def submit(plan: Plan, batch_jobs: int) -> tuple[int | None, list[int]]:

@@ -327,6 +327,11 @@ def test_bad_input_is_one_line_exit_2_nothing_stored_nothing_queued(case, files,
                                    "several values make a sweep: klab sweep"),
     (("sweep", "--lr", "0.01..0.05"), "lr: range 0.01..0.05: A..B counts integers; did you mean 0.01,0.05 or "
                                       "0.01:0.05:N (N log-spaced values)?"),
+    (("sweep", "--noise=0,-1,0.1"), "noise: Input should be greater than or equal to 0 (the sweep's value -1.0)"),
+    (("sweep", "--epochs", "0..3"), "epochs: Input should be greater than 0 (the sweep's value 0)"),
+    (("sweep", "--input", "edge:6x8,image:/nowhere.png"), "input: no such file: /nowhere.png (the sweep's value "
+                                                          "'image:/nowhere.png')"),
+    (("sweep", "--method", "adam,sgd"), "method: unknown value 'sgd'; input should be 'd2l-manual',"),
     (("compare", "--by", "lr"), "--by: no such option; did you mean --group-by?"),
     (("list", "--metod", "adam"), "--metod: no such option; did you mean --method?"),
     (("show", "1", "--format", "csv"), "--format: no such option; see klab show --help"),
