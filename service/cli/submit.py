@@ -10,6 +10,7 @@ from service.cli import cli
 from service.cli.options import job_options, selected, specs_from
 from service.cli.progress import count_line, counts, wait
 from service.jobs.selection import Selection
+from service.jobs.status import JobStatus
 
 _batch_jobs = click.option("--batch-jobs", type=click.IntRange(1, 100_000), default=defaults.BATCH_JOBS,
                            show_default=True, help="most compatible jobs trained together in one task")
@@ -84,6 +85,9 @@ def requeue(selection: Selection, batch_jobs: int, include_queued: bool) -> None
     click.echo(f"queued {sent} job(s)")
     if sent:
         warn_unserved(queues)
+    elif not include_queued and (waiting := counts(selection)["by_status"].get(JobStatus.QUEUED.value)):
+        click.echo(f"{waiting} job(s) are queued already; if the broker lost them, klab requeue --queued"
+                   f"{'' if selection.everything else f' {selection}'} sends them again", err=True)
 
 
 @cli.command()
