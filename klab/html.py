@@ -5,15 +5,18 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from service.render.text import difference, gap_parts, grid, group_line, heading, kernel_scale, weight
+from service.render.text import difference, gap_parts, group_line, heading, kernel_scale, slices, weight
 
 _TABLE = "border-collapse:collapse;margin:0 1.5em 0.5em 0"
 _CELL = "padding:1px 6px;text-align:right;font-family:monospace;border:1px solid #ccc"
 
 
 def _kernel(name: str, kernel: Any) -> str:
-    rows = "".join("<tr>" + "".join(f'<td style="{_CELL}">{weight(v).strip()}</td>' for v in row) + "</tr>"
-                   for row in grid(kernel))
+    rows = "".join((f'<tr><td colspan="{len(part[0])}" style="text-align:left"><small>{escape(label)}</small></td></tr>'
+                    if label is not None and part else "")
+                   + "".join("<tr>" + "".join(f'<td style="{_CELL}">{weight(v).strip()}</td>' for v in row) + "</tr>"
+                             for row in part)
+                   for label, part in slices(kernel))
     return (f'<table style="{_TABLE}"><caption style="text-align:left">{escape(name)}</caption>'
             f"{rows}</table>")
 

@@ -188,6 +188,10 @@ def test_a_result_draws_a_figure_and_shows_itself_as_html(home, monkeypatch):
                                                        "true_kernel": [[1, -1, 0]]}))
     assert cells[:9] == ["1.0000", "-1.0000", "0.0000", "1.0000", "-1.0000", "nan",  # as klab show: never -0.0000
                          "0.0000", "0.0000", "nan"]
+    four_d = [[[[1.0, 2.0]], [[3.0, 4.0]]]]  # each (out, in) slice named above its rows, as klab show does
+    cells = re.findall(r">([^<>]+)</(?:td|small)>", result_html({**r.data, "learned_kernel": four_d,
+                                                                 "true_kernel": four_d}))
+    assert cells[1:7] == ["out 0, in 0", "1.0000", "2.0000", "out 0, in 1", "3.0000", "4.0000"]  # after the spec
     fig = r.plot()
     assert isinstance(fig, Figure) and len(fig.axes) >= 4
     # a plot module that only saves PNGs (before figure_job): its picture, in a Figure

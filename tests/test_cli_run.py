@@ -277,6 +277,13 @@ def test_kernels_columns_line_up_whatever_the_weights_size():
     ends = {m.end() for line in lines[1:] for m in re.finditer(r"\S+", line)}
     assert len(ends) == 6, lines  # each number of a column ends where the others of its column end
     assert lines[1].split()[3:] == ["-140.6875", "-47.4208", "3.000e+09"] and lines[2].split()[4] == "nan"
+    four_d = [[[[1.0, 2.0]], [[3.0, 4.0]]]]  # out 1, in 2, 1x2 slices: each slice is named above its rows
+    assert side_by_side([("true", four_d), ("learned", four_d)]).splitlines() == [
+        "true                 learned",
+        "out 0, in 0",
+        "  1.0000    2.0000     1.0000    2.0000",
+        "out 0, in 1",
+        "  3.0000    4.0000     3.0000    4.0000"]
 
 
 def test_dust_is_measured_against_the_kernels_norm():

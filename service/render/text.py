@@ -67,6 +67,14 @@ def grid(kernel: Any) -> list[list[float]]:
     return [[_number(v) for v in row] for row in kernel]
 
 
+def slices(kernel: Any) -> list[tuple[str | None, list[list[float]]]]:
+    """A kernel's 2-D slices as rows of numbers, each named by its output and input channel (a 2-D kernel is one
+    slice, unnamed)."""
+    if kernel and isinstance(kernel[0], list) and kernel[0] and isinstance(kernel[0][0], list):
+        return [(f"out {o}, in {i}", grid(plane)) for o, out in enumerate(kernel) for i, plane in enumerate(out)]
+    return [(None, grid(kernel))]
+
+
 def weight(v: float) -> str:
     """A weight as kernels show it: four decimals, never -0.0000; from 1e5 on (a diverged job's), four figures
     and an exponent."""
@@ -118,13 +126,17 @@ def settle(row: dict[str, Any]) -> dict[str, Any]:
 
 def side_by_side(named: list[tuple[str, Any]]) -> str:
     """Kernels next to each other under their names."""
-    blocks = []
+    blocks: list[list[str]] = []
     for name, kernel in named:
         if kernel is None:
             continue
-        cells = [[weight(v) for v in row] for row in grid(kernel)]
-        wide = max((len(c) for row in cells for c in row), default=0)  # columns line up past 999.9999 too
-        lines = ["  ".join(c.rjust(wide) for c in row) for row in cells]
+        parts = [(label, [[weight(v) for v in row] for row in rows]) for label, rows in slices(kernel)]
+        wide = max((len(c) for _, rows in parts for row in rows for c in row), default=0)  # past 999.9999 too
+        lines = []
+        for label, rows in parts:  # a 4-D kernel's slices, named in the first block's column
+            if label is not None:
+                lines.append("" if blocks else label)
+            lines += ["  ".join(c.rjust(wide) for c in row) for row in rows]
         width = max(len(name), *(len(line) for line in lines))
         blocks.append([name.ljust(width)] + [line.ljust(width) for line in lines])
     if not blocks:
