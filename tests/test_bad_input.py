@@ -353,7 +353,11 @@ def test_a_near_miss_is_answered_with_what_was_meant(args, hint, cli_env):
     (("export", "epochs", "13"),
      "export: invalid value for '[ID]...': 'epochs' is not a valid integer; see klab export --help"),
     (("db", "frob"), "db: no such command 'frob'; see klab db --help"),
-    (("list", "--limit", "-1"), "Invalid value for '--limit': -1 is not in the range x>=0."),
+    (("list", "--limit", "-1"), "--limit: -1 is not in the range x>=0"),
+    (("worker", "--loglevel", "loud"), "--loglevel: 'loud' is not one of 'debug', 'info', 'warning', 'error', "
+                                       "'critical'"),
+    (("export", "3", "--format", "xml"), "--format: 'xml' is not one of 'csv', 'json'"),
+    (("plot", "3"), "--output: missing; see klab plot --help"),
 ])
 def test_a_misused_command_names_itself_or_the_option(args, line, cli_env):
     """Arguments that the command does not take: one line naming the command and where its usage is."""

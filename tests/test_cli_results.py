@@ -116,7 +116,7 @@ def test_lstsq_jobs_show_no_learning_rate_or_epochs(klab_db: str, add_job, klab_
 @SQLITE_ONLY
 def test_list_errors_are_one_line_naming_the_option(jobs: dict[str, int], klab_cli) -> None:
     for args, field in ((["--sort", "loss"], "sort"), (["--sweep", "99"], "sweep"), (["--status", "done"], "status"),
-                        (["--limit", "-1"], "Invalid value for '--limit'")):
+                        (["--limit", "-1"], "--limit: -1 is not in the range")):
         code, out, err = klab_cli("list", *args)
         assert code == 2 and out == "", args
         assert err.startswith(f"klab: error: {field}") and err.count("\n") == 1, err

@@ -132,6 +132,10 @@ def _usage_line(exc: click.UsageError) -> str:
     the command and where its usage is (`show: unexpected extra argument (2); see klab show --help`)."""
     param = getattr(exc, "param", None)
     msg = exc.format_message().replace("\n", " ")
+    if isinstance(exc, click.MissingParameter) and isinstance(param, click.Option) and exc.ctx is not None:
+        return f"{max(param.opts, key=len)}: missing; see {exc.ctx.command_path} --help"  # klab plot without -o
+    if isinstance(exc, click.BadParameter) and isinstance(param, click.Option):  # `--limit: -1 is not in ...`
+        return f"{max(param.opts, key=len)}: {exc.message.rstrip('.')}"
     if isinstance(param, click.Option) and param.opts:
         return msg if param.opts[0] in msg else f"{param.opts[0]}: {msg}"
     ctx = exc.ctx
