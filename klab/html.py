@@ -12,13 +12,15 @@ _CELL = "padding:1px 6px;text-align:right;font-family:monospace;border:1px solid
 
 
 def _kernel(name: str, kernel: Any) -> str:
-    rows = "".join((f'<tr><td colspan="{len(part[0])}" style="text-align:left"><small>{escape(label)}</small></td></tr>'
-                    if label is not None and part else "")
-                   + "".join("<tr>" + "".join(f'<td style="{_CELL}">{weight(v).strip()}</td>' for v in row) + "</tr>"
-                             for row in part)
-                   for label, part in slices(kernel))
+    rows = []
+    for label, part in slices(kernel):  # a 4-D kernel's (out, in) slices, each named above its rows
+        if label is not None and part:
+            rows.append(f'<tr><td colspan="{len(part[0])}" style="text-align:left"><small>{escape(label)}</small>'
+                        "</td></tr>")
+        rows += ["<tr>" + "".join(f'<td style="{_CELL}">{weight(v).strip()}</td>' for v in row) + "</tr>"
+                 for row in part]
     return (f'<table style="{_TABLE}"><caption style="text-align:left">{escape(name)}</caption>'
-            f"{rows}</table>")
+            f"{''.join(rows)}</table>")
 
 
 def _head(result: dict[str, Any]) -> str:
