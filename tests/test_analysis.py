@@ -223,6 +223,26 @@ def test_lstsq_rank_and_gaps_agree_with_numpy(values):
         np.testing.assert_allclose(result["epochs"][0]["loss"], ref["sse"], rtol=1e-7, atol=1e-12)
 
 
+@pytest.mark.parametrize("values", [
+    dict(input="edge:6x8", kernel="d2l"),
+    dict(input="edge:6x8", kernel="[[1, -1], [1, -1]]", bias="0.5"),  # rank-deficient, with a bias
+    dict(input="random:2x7x7", kernel="random:2x2x3x3", noise="0.1", bias="0.3"),
+], ids=["d2l", "deficient-bias", "channels-noise"])
+def test_the_mse_at_the_initial_weights_agrees_with_the_design_matrix(values):
+    from worker.engine import Job, train
+
+    problem = problem_of(method="d2l-manual", epochs=2, **values)
+    batch = train([Job(problem, seed=s, lr=0.01, tol=1e-4) for s in range(4)], "d2l-manual", 2, 2)
+    _, _, kh, kw = problem.kernel_shape
+    a, t = design_matrix(problem.x, kh, kw, problem.has_bias), label_columns(problem.y)
+    for j in range(4):
+        w0 = flat(batch.initial[j], None if batch.initial_bias is None else batch.initial_bias[j],
+                  problem.kernel_shape[0])
+        assert batch.initial_mse[j] == pytest.approx(((a @ w0.T - t) ** 2).mean(), rel=1e-12)
+    # d2l-manual's first loss is the book's sum at the initial weights (float32)
+    np.testing.assert_allclose(batch.trained.loss[0] / problem.y.size, batch.initial_mse, rtol=1e-6)
+
+
 def test_identifiable_noise_free_jobs_have_no_noise_or_identifiability_gap():
     result = run_spec(JobSpec.parse(dict(input="random:8x9", kernel="sobel-y", method="adam", lr=0.05, epochs=5)))
     assert result["identifiability"]["identifiable"]
@@ -293,3 +313,16 @@ def test_a_growing_loss_is_never_told_to_raise_the_learning_rate():
     losses = [e["loss"] for e in result["epochs"]]
     assert losses[-1] > 1000 * losses[0]
     assert "raise the learning rate" not in result["explanation"]
+
+
+def test_a_fit_worse_than_the_start_is_told_to_lower_the_learning_rate():
+    # Adam's first loss is summed over minibatches while its steps already run wild: at lr 1e6 its first epoch
+    # ends near 6e10 and its last near 280, so the losses fell, yet the fit ends far worse than at the start.
+    spec = JobSpec.parse(dict(method="adam", lr=1e6, epochs=50))
+    problem = build_problem(spec)
+    result = run_spec(spec, problem)
+    assert result["status"] == "succeeded"
+    start = ((correlate(problem.x, np.array(result["initial_kernel"])[None, None]) - problem.y) ** 2).mean()
+    assert result["epochs"][-1]["mse"] > 10 * start
+    assert result["epochs"][0]["loss"] > result["epochs"][-1]["loss"]
+    assert "lower --lr" in result["explanation"] and "raise" not in result["explanation"]

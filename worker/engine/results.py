@@ -101,6 +101,20 @@ class BatchResult:
         return np.stack(kernels)
 
     @cached_property
+    def initial_mse(self) -> np.ndarray:
+        """Each job's mse at its initial weights, before any step: the optimum's SSE plus (W0 - W*)^T G (W0 - W*),
+        from the eigenvalues of G on A's row space (A is never built), over the labels' size."""
+        p0, bsz = self.jobs[0].problem, len(self.jobs)
+        w0 = self.initial.reshape(bsz, p0.kernel_shape[0], -1)
+        if self.initial_bias is not None:
+            w0 = np.concatenate([w0, self.initial_bias[:, :, None]], axis=2)
+        sse = self.solution.sse.copy()
+        for g in self.solution.groups:
+            along = (w0[g.index] - self.solution.wstar[g.index]) @ g.design.v  # b x C_out x rank
+            sse[g.index] += (g.design.lam * along**2).sum(axis=(1, 2))
+        return sse / p0.y.size
+
+    @cached_property
     def gap(self) -> analysis.Gap:
         w, k = self._flat
         parts = [(g.index, analysis.gaps(g.design, w[g.index], self.solution.wstar[g.index],
@@ -149,8 +163,9 @@ class BatchResult:
         paces = Paces.of([(g.pace, g.index) for g in s.groups], lrs, excess, tol)
         gap, errors = self.gap, self.errors or {}
         none = np.full(n, np.nan)
-        with np.errstate(invalid="ignore"):
-            grew = (done > 1) & (t.loss[last, cols] > t.loss[0]) & np.isfinite(t.loss[0]) & np.isfinite(final_loss)
+        with np.errstate(invalid="ignore"):  # the loss ended above where it began, or the fit is worse than the start's
+            grew = (((done > 1) & (t.loss[last, cols] > t.loss[0]) & np.isfinite(t.loss[0]) & np.isfinite(final_loss))
+                    | (final_mse > self.initial_mse + tol))
         values: dict[str, Any] = {
             "status": status.tolist(), "error_message": None, "device": self.device,
             "torch_version": torch.__version__, "train_seconds": self.train_seconds / n,
