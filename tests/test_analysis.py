@@ -315,6 +315,21 @@ def test_a_growing_loss_is_never_told_to_raise_the_learning_rate():
     assert "raise the learning rate" not in result["explanation"]
 
 
+@pytest.mark.parametrize("lr,bound,expected", [
+    (0.03, None, "train longer, or try other learning rates (klab sweep --lr): this method has no stable lr"),
+    (10.0, None, "train longer, or try other learning rates"),
+    (0.03, 0.0333, "train longer or raise the learning rate."),
+    (None, None, "train longer or raise the learning rate."),
+])
+def test_a_slow_job_is_told_to_raise_the_learning_rate_only_where_a_stable_lr_says_it_may(lr, bound, expected):
+    # Adam (no stable lr) at 10 epochs on edge:6x8: lr 0.3 ends 0.046 from W*, lr 0.03 0.66 and lr 10 1.7; the
+    # gap alone cannot say which way to move its lr.
+    (sentence,) = explain(Facts.one(JobStatus.SUCCEEDED, 1.5, 0.0, 0.0, 2, 2, lr=lr, lr_bound=bound))
+    assert sentence.startswith("not converged yet: training stopped 1.5 from the best kernel the data allow; ")
+    assert expected in sentence
+    assert ("raise" in sentence) == (bound is not None or lr is None)
+
+
 def test_a_fit_worse_than_the_start_is_told_to_lower_the_learning_rate():
     # Adam's first loss is summed over minibatches while its steps already run wild: at lr 1e6 its first epoch
     # ends near 6e10 and its last near 280, so the losses fell, yet the fit ends far worse than at the start.

@@ -47,8 +47,8 @@ class Facts:
                    grew=np.array([bool(more.get("grew"))]), **{k: arr(v) for k, v in values.items()})
 
 
-(DIVERGED, NOTHING, NO_TRUTH, MATCH, TOO_FAST_DIVERGED, TOO_FAST, STALLED, GREW, CLOSING, SLOW, WITHIN_TOL, IDENT,
- NOISE) = range(13)
+(DIVERGED, NOTHING, NO_TRUTH, MATCH, TOO_FAST_DIVERGED, TOO_FAST, STALLED, GREW, CLOSING, SLOW, SLOW_UNBOUNDED,
+ WITHIN_TOL, IDENT, NOISE) = range(14)
 
 
 def cases(f: Facts) -> np.ndarray:
@@ -63,6 +63,7 @@ def cases(f: Facts) -> np.ndarray:
     out[main == 2] = IDENT
     optimization = main == 0
     out[optimization] = SLOW
+    out[optimization & np.isnan(f.lr_bound) & np.isfinite(f.lr)] = SLOW_UNBOUNDED  # adam: no stable lr to go by
     out[optimization & np.isfinite(f.more) & np.isfinite(f.rate)] = CLOSING
     out[optimization & np.isfinite(f.converged)] = WITHIN_TOL  # converged as --tol says: not "not converged yet"
     out[optimization & f.grew] = GREW
@@ -115,6 +116,8 @@ SENTENCES: dict[int, Callable[[Facts, int], str]] = {
                         "this input; lower --lr."),
     CLOSING: lambda f, i: _stopped(f, i) + _closing(f, i) + ".",
     SLOW: lambda f, i: _stopped(f, i) + "train longer or raise the learning rate.",
+    SLOW_UNBOUNDED: lambda f, i: (_stopped(f, i) + "train longer, or try other learning rates (klab sweep --lr): "
+                                  "this method has no stable lr to say which way."),
     WITHIN_TOL: lambda f, i: (f"converged: the mse came within --tol of the optimum's at epoch {int(f.converged[i])}, "
                               f"with the learned kernel still {f.optimization[i]:.3g} from the best kernel the data "
                               "allow; more epochs would bring it closer."),
