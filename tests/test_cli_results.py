@@ -241,6 +241,28 @@ def test_settle_measures_each_distance_on_its_own_scale() -> None:
     assert settle({"gap_noise": 1e-16, "relative_error": 1e-9}) == {"gap_noise": 1e-16, "relative_error": 0.0}
 
 
+def test_a_convergence_rate_under_one_never_reads_one() -> None:
+    # 1 or more means the gap never closes: lr 1e-9 on edge:6x8 closes at 1 - 1.2e-8 an epoch, which 4 digits round to 1
+    from service.render.text import factor, shown_value
+
+    assert [factor(r) for r in (0.8, 0.99988, 0.999999988, 1.0, 1.8, 0.99999)] == \
+        ["0.8", "0.9999", "0.99999999", "1", "1.8", "0.99999"]
+    assert factor(0.99988, 3) == "0.9999" and factor(0.667, 3) == "0.667"
+    assert shown_value("convergence_rate", 0.999999988, 0.0) == "0.99999999"
+    assert shown_value("convergence_rate", None, 0.0) is None
+
+
+@SQLITE_ONLY
+def test_show_and_compare_print_a_rate_just_under_one_as_under_one(klab_db: str, klab_cli) -> None:
+    code, out, _ = klab_cli("run", "--lr", "1e-9", "--json")
+    job = json.loads(out)
+    assert code == 0 and 0.99999 < job["pace"]["convergence_rate"] < 1
+    shown = klab_cli("show", str(job["id"]))[1]
+    assert "rate 0.99999999," in shown and "(the gap shrinks x0.99999999 an epoch)" in shown
+    header, row = klab_cli("compare", str(job["id"]))[1].splitlines()
+    assert header.split()[-3:] == ["rate", "more", "epochs"] and row.split()[-2] == "0.99999999"
+
+
 @SQLITE_ONLY
 def test_compare_needs_ids_or_a_sweep_not_both(jobs: dict[str, int], klab_cli) -> None:
     assert klab_cli("compare") == (2, "", "klab: error: id: give job ids or --sweep\n")

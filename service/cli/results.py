@@ -124,7 +124,7 @@ def compare(selection: Selection, group_by: str | None, as_json: bool, as_csv: b
     if group_by is not None:
         _compare_groups(selection, group_by, as_json, as_csv)
         return
-    from service.render.text import IGNORED_BY, KERNELS, settle
+    from service.render.text import IGNORED_BY, KERNELS, settle, shown_value
 
     with _reading() as reader:
         rows = reads.compare(reader, selection, also=() if as_json or as_csv else KERNELS)
@@ -142,8 +142,10 @@ def compare(selection: Selection, group_by: str | None, as_json: bool, as_csv: b
                    *group("gap"), *group("pace")]
         title = ("all jobs: " + ", ".join(f"{table.header(p)} {table.cell(rows[0][p])}" for p in common)
                  if common else None)
+        rate = "convergence_rate"  # under 1 never shown as 1 (text.factor)
         table.show(["id", *shown, *metrics], rows, title=title,
-                    cells={p: _unless_ignored(p) for p in ("lr", "epochs", "batch_size")})
+                    cells={**{p: _unless_ignored(p) for p in ("lr", "epochs", "batch_size")},
+                           rate: lambda r: table.cell(shown_value(rate, r[rate], 0.0))})
 
 
 def _compare_groups(selection: Selection, group_by: str, as_json: bool, as_csv: bool) -> None:

@@ -109,9 +109,21 @@ def kernel_scale(result: dict[str, Any]) -> float:
     return norm(result.get("true_kernel")) or norm(result.get("learned_kernel"))
 
 
+def factor(value: float, digits: int = 4) -> str:
+    """A convergence rate to `digits` significant digits, or to as many more as keep one under 1 from reading 1
+    (a rate of 1 or more never closes): 0.99999998 with 4 digits is 0.99999998, not 1."""
+    text = f"{value:.{digits}g}"
+    while value < 1 and float(text) >= 1 and digits < 17:
+        digits += 1
+        text = f"{value:.{digits}g}"
+    return text
+
+
 def shown_value(name: str, value: Any, scale: float) -> Any:
     """A result field's value as text shows it: a distance (DISTANCES) settled at the kernels' norm `scale`
-    or at 1; any other field as it is."""
+    or at 1; a convergence rate under 1 never as 1 (`factor`); any other field as it is."""
+    if name == "convergence_rate" and isinstance(value, float) and math.isfinite(value):
+        return factor(value)
     if name not in DISTANCES:
         return value
     return settled(value, scale if DISTANCES[name] else 1.0)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.jobs.status import JobStatus
+from service.render.text import factor
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,9 @@ def _too_fast(f: Facts, i: int) -> str:
 def _closing(f: Facts, i: int) -> str:
     more = int(f.more[i])
     words = (f"about {more} more epoch{'s' if more != 1 else ''} at this lr would reach --tol "
-             f"(the gap shrinks x{f.rate[i]:.3g} an epoch)")
+             f"(the gap shrinks x{factor(f.rate[i], 3)} an epoch)")
     if f.best_rate[i] < f.rate[i] * 0.95:
-        words += f"; lr {f.best_lr[i]:.3g} would close it fastest (x{f.best_rate[i]:.3g} an epoch)"
+        words += f"; lr {f.best_lr[i]:.3g} would close it fastest (x{factor(f.best_rate[i], 3)} an epoch)"
     return words
 
 
