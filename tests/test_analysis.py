@@ -330,6 +330,16 @@ def test_a_slow_job_is_told_to_raise_the_learning_rate_only_where_a_stable_lr_sa
     assert ("raise" in sentence) == (bound is not None or lr is None)
 
 
+@pytest.mark.parametrize("method", ["adam", "d2l-sgd"])
+def test_a_learning_rate_too_small_to_move_is_not_told_it_grew(method, tmp_path):
+    # At lr 1e-15 nothing moves, but a float32 mse of 88,002 over 3,844 labels misrounds by far more than --tol
+    # (it read 88002.0625 against 88002.02 at the start): the float32 rounding of the sum is no growth.
+    np.save(tmp_path / "x.npy", (np.random.default_rng(0).random((64, 64)) * 300).astype(np.float32))
+    spec = JobSpec.parse(dict(input=f"npy:{tmp_path / 'x.npy'}", kernel="sobel-x", method=method, lr=1e-15, epochs=3))
+    result = run_spec(spec)
+    assert result["epochs"][0]["mse"] > 80_000 and result["explanation"].startswith("not converged yet")
+
+
 def test_a_fit_worse_than_the_start_is_told_to_lower_the_learning_rate():
     # Adam's first loss is summed over minibatches while its steps already run wild: at lr 1e6 its first epoch
     # ends near 6e10 and its last near 280, so the losses fell, yet the fit ends far worse than at the start.

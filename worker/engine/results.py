@@ -163,9 +163,12 @@ class BatchResult:
         paces = Paces.of([(g.pace, g.index) for g in s.groups], lrs, excess, tol)
         gap, errors = self.gap, self.errors or {}
         none = np.full(n, np.nan)
-        with np.errstate(invalid="ignore"):  # the loss ended above where it began, or the fit is worse than the start's
+        # The fit ended worse than at the start: by more than --tol and than float32 could misround a sum of the
+        # labels' size (n eps: a bound on any order of summation), which an lr of 1e-15 alone would show.
+        worse = self.initial_mse * (1 + p0.y.size * float(np.finfo(np.float32).eps)) + tol
+        with np.errstate(invalid="ignore"):  # or the loss ended above where it began
             grew = (((done > 1) & (t.loss[last, cols] > t.loss[0]) & np.isfinite(t.loss[0]) & np.isfinite(final_loss))
-                    | (final_mse > self.initial_mse + tol))
+                    | (final_mse > worse))
         values: dict[str, Any] = {
             "status": status.tolist(), "error_message": None, "device": self.device,
             "torch_version": torch.__version__, "train_seconds": self.train_seconds / n,
