@@ -340,6 +340,17 @@ def test_a_learning_rate_too_small_to_move_is_not_told_it_grew(method, tmp_path)
     assert result["epochs"][0]["mse"] > 80_000 and result["explanation"].startswith("not converged yet")
 
 
+def test_more_epochs_are_promised_to_help_only_where_a_stable_lr_says_so():
+    # adam at lr 100 on edge:6x8 is within --tol by epoch 50, 0.042 from W*, and 0.094 from it at epoch 200
+    adam = [run_spec(JobSpec.parse(dict(method="adam", lr=100, epochs=e))) for e in (50, 200)]
+    assert adam[0]["converged_epoch"] and adam[1]["gap"]["optimization"] > adam[0]["gap"]["optimization"]
+    assert adam[0]["explanation"].endswith("more epochs may bring it closer (this method has no stable lr to "
+                                           "promise it).")
+    book = [run_spec(JobSpec.parse(dict(method="d2l-manual", lr=0.03, epochs=e))) for e in (20, 40)]
+    assert book[0]["converged_epoch"] and book[1]["gap"]["optimization"] < book[0]["gap"]["optimization"]
+    assert book[0]["explanation"].endswith("more epochs would bring it closer.")
+
+
 def test_a_fit_worse_than_the_start_is_told_to_lower_the_learning_rate():
     # Adam's first loss is summed over minibatches while its steps already run wild: at lr 1e6 its first epoch
     # ends near 6e10 and its last near 280, so the losses fell, yet the fit ends far worse than at the start.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -31,6 +32,11 @@ class Facts:
     best_lr: np.ndarray
     best_rate: np.ndarray
     converged: np.ndarray  # the first epoch whose mse came within --tol of the optimum's (NaN: none)
+
+    @cached_property
+    def unbounded(self) -> np.ndarray:
+        """Jobs trained with no stable lr to go by (adam; lstsq has no lr): their gap need not shrink every epoch."""
+        return np.isnan(self.lr_bound) & np.isfinite(self.lr)
 
     @classmethod
     def one(cls, status: JobStatus, optimization: float | None, noise: float | None,
@@ -64,7 +70,7 @@ def cases(f: Facts) -> np.ndarray:
     out[main == 2] = IDENT
     optimization = main == 0
     out[optimization] = SLOW
-    out[optimization & np.isnan(f.lr_bound) & np.isfinite(f.lr)] = SLOW_UNBOUNDED  # adam: no stable lr to go by
+    out[optimization & f.unbounded] = SLOW_UNBOUNDED
     out[optimization & np.isfinite(f.more) & np.isfinite(f.rate)] = CLOSING
     out[optimization & np.isfinite(f.converged)] = WITHIN_TOL  # converged as --tol says: not "not converged yet"
     out[optimization & f.grew] = GREW
@@ -121,7 +127,8 @@ SENTENCES: dict[int, Callable[[Facts, int], str]] = {
                                   "this method has no stable lr to say which way."),
     WITHIN_TOL: lambda f, i: (f"converged: the mse came within --tol of the optimum's at epoch {int(f.converged[i])}, "
                               f"with the learned kernel still {f.optimization[i]:.3g} from the best kernel the data "
-                              "allow; more epochs would bring it closer."),
+                              "allow; " + ("more epochs may bring it closer (this method has no stable lr to promise "
+                                           "it)." if f.unbounded[i] else "more epochs would bring it closer.")),
     IDENT: _ident,
     NOISE: lambda f, i: (f"label noise: even the exact least-squares kernel is {f.noise[i]:.3g} from the true "
                          "one; more data or less noise would close it."),
