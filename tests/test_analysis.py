@@ -351,6 +351,15 @@ def test_more_epochs_are_promised_to_help_only_where_a_stable_lr_says_so():
     assert book[0]["explanation"].endswith("more epochs would bring it closer.")
 
 
+def test_a_heavy_ball_rising_within_its_stable_lr_is_told_how_long_not_to_lower_it():
+    # momentum at lr 1 on edge:6x8 (stable up to 2.66): its loss rises over the first epochs, as a heavy ball's
+    # does, and it converges by epoch 16 at that same lr
+    short, long = (run_spec(JobSpec.parse(dict(method="momentum", lr=1.0, epochs=e))) for e in (3, 30))
+    assert short["epochs"][-1]["loss"] > short["epochs"][0]["loss"] and short["pace"]["stable_lr"] > 1.0
+    assert "more epochs at this lr would reach --tol" in short["explanation"] and "lower" not in short["explanation"]
+    assert long["converged_epoch"] is not None
+
+
 def test_a_fit_worse_than_the_start_is_told_to_lower_the_learning_rate():
     # Adam's first loss is summed over minibatches while its steps already run wild: at lr 1e6 its first epoch
     # ends near 6e10 and its last near 280, so the losses fell, yet the fit ends far worse than at the start.

@@ -73,7 +73,8 @@ def cases(f: Facts) -> np.ndarray:
     out[optimization & f.unbounded] = SLOW_UNBOUNDED
     out[optimization & np.isfinite(f.more) & np.isfinite(f.rate)] = CLOSING
     out[optimization & np.isfinite(f.converged)] = WITHIN_TOL  # converged as --tol says: not "not converged yet"
-    out[optimization & f.grew] = GREW
+    stable = np.isfinite(f.lr_bound) & (f.lr <= f.lr_bound)  # a transient rise (heavy ball) within the bound
+    out[optimization & f.grew & ~stable] = GREW
     out[optimization & (f.rate >= 1)] = STALLED
     out[optimization & too_fast] = TOO_FAST
     out[(total < 1e-3) | (f.relative < 1e-3)] = MATCH
