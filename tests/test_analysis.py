@@ -360,6 +360,19 @@ def test_a_heavy_ball_rising_within_its_stable_lr_is_told_how_long_not_to_lower_
     assert long["converged_epoch"] is not None
 
 
+@pytest.mark.parametrize("lr,stop", [(0.03, 20), (0.03, 5), (0.001, 5)])
+def test_a_job_cancelled_part_way_is_explained_as_a_job_of_that_many_epochs(lr, stop):
+    # the book's job converges at epoch 14: cancelled at 20 it had converged, at 5 it is 11 epochs short
+    from worker.engine.explain import CANCELLED_PART_WAY
+
+    cancelled = run_spec(JobSpec.parse(dict(method="d2l-manual", lr=lr, epochs=40)),
+                         on_epoch=lambda e: np.array([e.epoch >= stop]))
+    whole = run_spec(JobSpec.parse(dict(method="d2l-manual", lr=lr, epochs=stop)))
+    assert (cancelled["status"], cancelled["epochs_done"], whole["status"]) == ("cancelled", stop, "succeeded")
+    assert cancelled["converged_epoch"] == whole["converged_epoch"] and cancelled["pace"] == whole["pace"]
+    assert cancelled["explanation"] == CANCELLED_PART_WAY + whole["explanation"]
+
+
 def test_a_fit_worse_than_the_start_is_told_to_lower_the_learning_rate():
     # Adam's first loss is summed over minibatches while its steps already run wild: at lr 1e6 its first epoch
     # ends near 6e10 and its last near 280, so the losses fell, yet the fit ends far worse than at the start.

@@ -152,13 +152,14 @@ class BatchResult:
         epochs = np.arange(1, t.mse.shape[0] + 1)[:, None]
         with np.errstate(invalid="ignore"):
             reached = (t.mse <= optimum + tol) & (epochs <= done)
-        converged = np.where(reached.any(axis=0) & (status == JobStatus.SUCCEEDED.value),
+        ran = (status == JobStatus.SUCCEEDED.value) | (status == JobStatus.CANCELLED.value)  # not diverged: epochs hold
+        converged = np.where(reached.any(axis=0) & ran,
                              reached.argmax(axis=0) + 1.0, np.nan)
         rank, params, sums_only = (np.empty(n), np.empty(n), np.zeros(n, dtype=bool))
         for g in s.groups:
             rank[g.index], params[g.index], sums_only[g.index] = g.design.rank, g.design.params, g.design.sums_only
         lrs = np.full(n, np.nan) if self.method is Method.LSTSQ else np.array([j.lr for j in self.jobs])
-        short = (status == JobStatus.SUCCEEDED.value) & np.isnan(converged) & (done > 0)
+        short = ran & np.isnan(converged) & (done > 0)
         excess = np.where(short, final_mse - optimum, np.nan)
         paces = Paces.of([(g.pace, g.index) for g in s.groups], lrs, excess, tol)
         gap, errors = self.gap, self.errors or {}
