@@ -241,6 +241,15 @@ def test_settle_measures_each_distance_on_its_own_scale() -> None:
     assert settle({"gap_noise": 1e-16, "relative_error": 1e-9}) == {"gap_noise": 1e-16, "relative_error": 0.0}
 
 
+def test_jobs_are_counted_in_the_order_a_job_lives_through_its_statuses() -> None:
+    from service.render.text import counted
+
+    assert counted({"succeeded": 8, "cancelled": 1, "created": 2, "failed": 3, "queued": 4, "diverged": 5,
+                    "running": 6}) == \
+        "2 created, 4 queued, 6 running, 8 succeeded, 5 diverged, 3 failed, 1 cancelled"
+    assert counted({"weird": 1, "queued": 2}) == "2 queued, 1 weird" and counted({}) == ""
+
+
 def test_a_convergence_rate_under_one_never_reads_one() -> None:
     # 1 or more means the gap never closes: lr 1e-9 on edge:6x8 closes at 1 - 1.2e-8 an epoch, which 4 digits round to 1
     from service.render.text import factor, shown_value
@@ -370,7 +379,7 @@ def test_sweeps_lists_name_tags_size_counts_and_what_varies(seeds: dict, klab_cl
     assert lines[0].split() == ["id", "name", "tags", "size", "jobs", "created", "at", "varies"]
     first, second = lines[1], lines[2]
     assert first.split()[:5] == [str(seeds["sweep"]), "grid", "book,", "lr", "11"]
-    assert "1 failed, 1 queued, 8 succeeded" in first and "lr 0.01,0.1; method d2l-manual,adam; seed 0..3" in first
+    assert "1 queued, 8 succeeded, 1 failed" in first and "lr 0.01,0.1; method d2l-manual,adam; seed 0..3" in first
     assert second.split()[:5] == [str(seeds["other"]), "-", "-", "1", "1"] and second.endswith("seed 0..499")
     code, out, _ = klab_cli("sweeps", "--json")
     rows = json.loads(out)

@@ -16,6 +16,7 @@ from service.cli import cli
 from service.cli.options import selected
 from service.errors import Interrupted
 from service.jobs.selection import Selection
+from service.render.text import counted
 
 POLL_SECONDS = 0.25
 """How often `watch` and `--wait` read the jobs' progress, at most."""
@@ -121,7 +122,7 @@ def counts(selection: Selection) -> dict[str, Any]:
 
 def count_line(c: dict[str, Any]) -> str:
     """Jobs by status, then the epochs: trained of what is left to train, or, once all ended, of those asked."""
-    parts = ", ".join(f"{n} {s}" for s, n in sorted(c["by_status"].items()))
+    parts = counted(c["by_status"])
     if c["finished"] == c["jobs"]:
         return f"{c['jobs']} job(s): {parts}; {c['epochs_done']} of {c['epochs_asked']} epochs trained"
     pct = 100.0 * c["epochs_done"] / c["epochs_total"] if c["epochs_total"] else 100.0

@@ -181,7 +181,7 @@ def sweeps(tag: str | None, as_json: bool) -> None:
     """Every sweep: id, name, tags, size, its jobs by status, when it was created and what it varies."""
     from service.db import reads
     from service.render import table
-    from service.render.text import moment
+    from service.render.text import counted, moment
 
     with _reading() as reader:
         rows = reads.list_sweeps(reader, tag)
@@ -192,7 +192,7 @@ def sweeps(tag: str | None, as_json: bool) -> None:
         click.echo("no sweeps", err=True)
         return
     shown = [{"id": r["id"], "name": r["name"], "tags": ", ".join(r["tags"]) or None, "size": r["size"],
-              "jobs": ", ".join(f"{n} {s}" for s, n in sorted(r["by_status"].items())) or None,
+              "jobs": counted(r["by_status"]) or None,
               "created_at": moment(r["created_at"]),
               "varies": "; ".join(f"{p} {_values(v)}" for p, v in (r["params"].get("swept") or {}).items()) or None}
              for r in rows]

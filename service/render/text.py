@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 from service.jobs import result as schema
+from service.jobs.status import JobStatus
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -31,6 +32,14 @@ def cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if math.isfinite(value) else str(value)
     return str(value)
+
+
+def counted(by_status: dict[str, int]) -> str:
+    """Jobs counted by status, in the order a job lives through them (JobStatus's): `2 queued, 8 succeeded,
+    1 failed`."""
+    order = {s.value: k for k, s in enumerate(JobStatus)}
+    return ", ".join(f"{n} {s}" for s, n in sorted(by_status.items(), key=lambda sn: (order.get(sn[0], len(order)),
+                                                                                         sn[0])))
 
 
 def moment(iso: str) -> str:
