@@ -264,7 +264,7 @@ def test_the_report_has_no_rounding_dust_and_names_only_what_the_method_reads():
                              "0.05", "--epochs", "300", "--bias", "0.75", "--no-store")
     assert code == 0 and "batch size 2" in out
     bias = next(line for line in out.splitlines() if line.startswith("learned bias: "))
-    assert re.fullmatch(r"learned bias: 0\.7\d{3}", bias), bias  # four decimals, as the kernels
+    assert re.fullmatch(r"learned bias: 0\.7\d{3}  \(true 0\.7500\)", bias), bias  # four decimals, as the kernels
     assert "identifiability           0" in out  # a full-rank input leaves 1e-16 there
 
 

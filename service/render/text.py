@@ -215,10 +215,11 @@ def render(result: dict[str, Any]) -> str:
                ("difference", difference(result))]
     if any(k is not None for _, k in kernels):
         lines += ["", side_by_side(kernels), ""]
-    bias = result.get("learned_bias")
+    bias, true_bias = result.get("learned_bias"), (result.get("spec") or {}).get("bias")
     if bias is not None:
         lines.append("learned bias: " + "  ".join(weight(_number(b)).strip() for b in
-                                                   (bias if isinstance(bias, list) else [bias])))
+                                                   (bias if isinstance(bias, list) else [bias]))
+                     + (f"  (true {weight(float(true_bias)).strip()})" if true_bias is not None else ""))
     scale = kernel_scale(result)
     lines += group_line(result, "error", lambda f: (f.key or f.name).replace("_", " "), scale)
     ident = result.get("identifiability")
