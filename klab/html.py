@@ -5,7 +5,16 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from service.render.text import difference, gap_parts, group_line, heading, kernel_scale, slices, weight
+from service.render.text import (
+    bias_line,
+    difference,
+    gap_parts,
+    group_line,
+    heading,
+    kernel_scale,
+    slices,
+    weight,
+)
 
 _TABLE = "border-collapse:collapse;margin:0 1.5em 0.5em 0"
 _CELL = "padding:1px 6px;text-align:right;font-family:monospace;border:1px solid #ccc"
@@ -36,6 +45,8 @@ def result_html(result: dict[str, Any]) -> str:
     tables = "".join(_kernel(name, k) for name, k in kernels if k is not None)
     parts.append(f'<div style="display:flex;flex-wrap:wrap;align-items:flex-start">{tables}</div>' if tables
                  else "<p>(no kernels: the job did not train)</p>")
+    if (bias := bias_line(result)) is not None:
+        parts.append(escape(bias))
     parts += [escape(line) for line in group_line(result, "error", lambda f: (f.key or f.name).replace("_", " "),
                                                    kernel_scale(result))]
     ident = result.get("identifiability")

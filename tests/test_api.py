@@ -178,12 +178,15 @@ def test_a_result_draws_a_figure_and_shows_itself_as_html(home, monkeypatch):
     text = render_text(r.data).splitlines()  # what `klab show` prints: the HTML says the same
     assert f"<b>{escape(text[0])}</b><br><small>{escape(text[1].removeprefix('spec: '))}</small>" in html
     for line in text:
-        if line.startswith(("error: ", "pace: ")):
+        if line.startswith(("error: ", "pace: ", "learned bias: ")):
             assert escape(line) in html, line
         if gap_row := re.match(r"  (optimization|noise|identifiability) +(\S+)  ", line):  # 0 under the rounding
             assert f"{gap_row[1]}</td><td style=\"{CELL}\">{gap_row[2]}</td>" in html, line
     assert "e-16" in str(r.data["gap"]) and "e-16" not in html
     assert "batch size" not in html  # the book's first loop takes the whole input at once
+    biased = klab.run(input="edge:6x8", bias=0.5, lr=0.01, epochs=40, store=False)
+    (line,) = [line for line in render_text(biased.data).splitlines() if line.startswith("learned bias: ")]
+    assert line.endswith("  (true 0.5000)") and escape(line) in biased._repr_html_()
     cells = re.findall(r">([^<>]+)</td>", result_html({**r.data, "learned_kernel": [[0.99999, -1, float("nan")]],
                                                        "true_kernel": [[1, -1, 0]]}))
     assert cells[:9] == ["1.0000", "-1.0000", "0.0000", "1.0000", "-1.0000", "nan",  # as klab show: never -0.0000

@@ -196,6 +196,16 @@ def heading(result: dict[str, Any]) -> tuple[str, str]:
     return head, ", ".join(f"{k.replace('_', ' ')} {cell(v)}" for k, v in spec.items() if k not in ignored)
 
 
+def bias_line(result: dict[str, Any]) -> str | None:
+    """The learned bias (a value an output channel) beside the true one, as the kernels print; None without one."""
+    bias, true_bias = result.get("learned_bias"), (result.get("spec") or {}).get("bias")
+    if bias is None:
+        return None
+    learned = "  ".join(weight(_number(b)).strip() for b in (bias if isinstance(bias, list) else [bias]))
+    true = f"  (true {weight(float(true_bias)).strip()})" if true_bias is not None else ""
+    return f"learned bias: {learned}{true}"
+
+
 def render(result: dict[str, Any]) -> str:
     """A result as `klab show` prints it (a result never stored has no id, host or timestamps)."""
     head, spec_line = heading(result)
@@ -215,11 +225,8 @@ def render(result: dict[str, Any]) -> str:
                ("difference", difference(result))]
     if any(k is not None for _, k in kernels):
         lines += ["", side_by_side(kernels), ""]
-    bias, true_bias = result.get("learned_bias"), (result.get("spec") or {}).get("bias")
-    if bias is not None:
-        lines.append("learned bias: " + "  ".join(weight(_number(b)).strip() for b in
-                                                   (bias if isinstance(bias, list) else [bias]))
-                     + (f"  (true {weight(float(true_bias)).strip()})" if true_bias is not None else ""))
+    if (line := bias_line(result)) is not None:
+        lines.append(line)
     scale = kernel_scale(result)
     lines += group_line(result, "error", lambda f: (f.key or f.name).replace("_", " "), scale)
     ident = result.get("identifiability")
