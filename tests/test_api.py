@@ -161,7 +161,7 @@ def test_empty_database_gives_empty_frames_with_their_columns(klab_db):
     assert klab.sweeps().empty and "succeeded" in klab.sweeps().columns
 
 
-def test_a_result_draws_a_figure_and_shows_itself_as_html(home, monkeypatch):
+def test_a_result_draws_a_figure_and_shows_itself_as_html(home, monkeypatch, tmp_path):
     from matplotlib.figure import Figure
 
     from klab.html import _CELL as CELL
@@ -187,6 +187,11 @@ def test_a_result_draws_a_figure_and_shows_itself_as_html(home, monkeypatch):
     biased = klab.run(input="edge:6x8", bias=0.5, lr=0.01, epochs=40, store=False)
     (line,) = [line for line in render_text(biased.data).splitlines() if line.startswith("learned bias: ")]
     assert line.endswith("  (true 0.5000)") and escape(line) in biased._repr_html_()
+    labels = tmp_path / "y.npy"  # labels given, no true kernel: --bias only lets a bias be learned
+    np.save(labels, np.tile([0.0, 1, 0, 0, 0, -1, 0], (6, 1)))
+    fitted = klab.run(input="edge:6x8", kernel=None, labels=f"npy:{labels}", bias=0.3, lr=0.01, store=False)
+    assert re.fullmatch(r"learned bias: -?\d+\.\d{4}", next(line for line in render_text(fitted.data).splitlines()
+                                                         if line.startswith("learned bias: ")))
     cells = re.findall(r">([^<>]+)</td>", result_html({**r.data, "learned_kernel": [[0.99999, -1, float("nan")]],
                                                        "true_kernel": [[1, -1, 0]]}))
     assert cells[:9] == ["1.0000", "-1.0000", "0.0000", "1.0000", "-1.0000", "nan",  # as klab show: never -0.0000

@@ -197,8 +197,11 @@ def heading(result: dict[str, Any]) -> tuple[str, str]:
 
 
 def bias_line(result: dict[str, Any]) -> str | None:
-    """The learned bias (a value an output channel) beside the true one, as the kernels print; None without one."""
+    """The learned bias (a value an output channel) beside the true one, as the kernels print; None without one.
+    With labels given and no true kernel, --bias only lets a bias be learned: there is no true one."""
     bias, true_bias = result.get("learned_bias"), (result.get("spec") or {}).get("bias")
+    if result.get("true_kernel") is None:
+        true_bias = None
     if bias is None:
         return None
     learned = "  ".join(weight(_number(b)).strip() for b in (bias if isinstance(bias, list) else [bias]))
