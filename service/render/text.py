@@ -38,8 +38,8 @@ def counted(by_status: dict[str, int]) -> str:
     """Jobs counted by status, in the order a job lives through them (JobStatus's): `2 queued, 8 succeeded,
     1 failed`."""
     order = {s.value: k for k, s in enumerate(JobStatus)}
-    return ", ".join(f"{n} {s}" for s, n in sorted(by_status.items(), key=lambda sn: (order.get(sn[0], len(order)),
-                                                                                         sn[0])))
+    ranked = sorted(by_status.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
+    return ", ".join(f"{n} {s}" for s, n in ranked)
 
 
 def moment(iso: str) -> str:

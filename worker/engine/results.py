@@ -166,10 +166,10 @@ class BatchResult:
         none = np.full(n, np.nan)
         # The fit ended worse than at the start: by more than --tol and than float32 could misround a sum of the
         # labels' size (n eps: a bound on any order of summation), which an lr of 1e-15 alone would show.
-        worse = self.initial_mse * (1 + p0.y.size * float(np.finfo(np.float32).eps)) + tol
+        worse_above = self.initial_mse * (1 + p0.y.size * float(np.finfo(np.float32).eps)) + tol
         with np.errstate(invalid="ignore"):  # or the loss ended above where it began
             grew = (((done > 1) & (t.loss[last, cols] > t.loss[0]) & np.isfinite(t.loss[0]) & np.isfinite(final_loss))
-                    | (final_mse > worse))
+                    | (final_mse > worse_above))
         values: dict[str, Any] = {
             "status": status.tolist(), "error_message": None, "device": self.device,
             "torch_version": torch.__version__, "train_seconds": self.train_seconds / n,
