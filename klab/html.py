@@ -11,7 +11,7 @@ from service.render.text import (
     gap_parts,
     group_line,
     heading,
-    kernel_scale,
+    identifiable_line,
     slices,
     weight,
 )
@@ -47,13 +47,10 @@ def result_html(result: dict[str, Any]) -> str:
                  else "<p>(no kernels: the job did not train)</p>")
     if (bias := bias_line(result)) is not None:
         parts.append(escape(bias))
-    parts += [escape(line) for line in group_line(result, "error", lambda f: (f.key or f.name).replace("_", " "),
-                                                   kernel_scale(result))]
-    ident = result.get("identifiability")
-    if ident:
-        parts.append(f"identifiable: {'yes' if ident['identifiable'] else 'no'} "
-                     f"(rank {ident['rank']} of {ident['params']} weights)")
-    parts += [escape(line) for line in group_line(result, "pace", lambda f: f.shown_as)]
+    parts += [escape(line) for line in group_line(result, "error")]
+    if (ident := identifiable_line(result)) is not None:
+        parts.append(ident)
+    parts += [escape(line) for line in group_line(result, "pace")]
     gap = gap_parts(result)
     if gap:
         rows = "".join(f'<tr><td style="text-align:left">{escape(f.key or f.name)}</td>'

@@ -319,7 +319,8 @@ def _spec_texts(specs: Sequence[dict[str, Any]], varying: set[str]) -> list[str]
     template = marked.replace("{", "{{").replace("}", "}}")
     for i in range(len(slots)):
         template = template.replace(json.dumps(f"\x00{token}{i}\x00"), "{}")
-    return list(map(template.format, *(list(map(_json_value, map(operator.itemgetter(k), specs))) for k in slots)))
+    columns = [[_json_value(values[k]) for values in specs] for k in slots]
+    return list(map(template.format, *columns))
 
 
 def _json_value(value: Any) -> str:

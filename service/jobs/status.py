@@ -2,6 +2,7 @@
 target here; `service.db.writes.change_status` turns it into SQL."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 from service.errors import BadInput
@@ -26,6 +27,9 @@ class JobStatus(StrEnum):
 
 
 FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.DIVERGED, JobStatus.FAILED, JobStatus.CANCELLED})
+TRAINED = frozenset({JobStatus.SUCCEEDED, JobStatus.CANCELLED})
+"""Ended with the weights its epochs led to (a cancelled job's so far): its epochs and kernel hold, to be measured
+and explained (a diverged job's weights blew up, a failed one has none)."""
 WAITING = frozenset({JobStatus.CREATED, JobStatus.QUEUED})
 """Not started yet: a cancel ends them at once, a claim may take them."""
 
@@ -59,6 +63,13 @@ def sources(target: JobStatus, among: frozenset[JobStatus] | set[JobStatus] | No
     if not among <= allowed:
         raise ValueError(f"a job cannot go from {sorted(s.value for s in among - allowed)} to {target.value}")
     return among
+
+
+def in_order(statuses: Iterable[str]) -> list[str]:
+    """The distinct statuses, in the order a job lives through them (JobStatus's); any other after them, sorted."""
+    present = set(statuses)
+    known = [s.value for s in JobStatus if s.value in present]
+    return known + sorted(present - set(known))
 
 
 def parse(value: str) -> JobStatus:

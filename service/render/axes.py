@@ -55,12 +55,6 @@ def status_style(status: str) -> tuple[str, str]:
     return STATUS_STYLE.get(JobStatus(status), ("o", "tab:olive"))
 
 
-def status_order(statuses: Sequence[str]) -> list[str]:
-    """The distinct statuses, in JobStatus's order."""
-    present = set(statuses)
-    return [s.value for s in JobStatus if s.value in present]
-
-
 def status_strip(ax: Any, code: tuple[list[Any], np.ndarray, bool], flagged: np.ndarray, statuses: np.ndarray,
                  missing: list[str]) -> None:
     """Jobs that did not succeed or have no relative error, counted per value and status: a marker, the count."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from service.jobs.status import JobStatus
+from service.jobs.status import JobStatus, in_order
 from service.jobs.sweep import INTEGER, SWEEPABLE
 from service.render import axes as ax_
 from service.render.axes import DPI, new_figure
@@ -281,7 +281,7 @@ def figure_sweep(rows: Sequence[dict[str, Any]], params: Sequence[str], title: s
         return _figure_distribution(rows, errors, log, head)
     status = np.array(_column(rows, "status"))
     flagged = ~np.isfinite(errors) | (status != JobStatus.SUCCEEDED.value)
-    missing = ax_.status_order(status[flagged].tolist())
+    missing = in_order(status[flagged].tolist())
     across, down = min(len(shown), 3), -(-len(shown) // 3)
     fig = new_figure(SWEEP_PANEL[0] * across, (SWEEP_PANEL[1] + (0.4 + 0.3 * len(missing) if missing else 0)) * down)
     fig.suptitle(head + f"\nrelative error at each value: line {'geometric ' if log else ''}mean, band "
@@ -382,7 +382,7 @@ def _figure_distribution(rows: Sequence[dict[str, Any]], errors: np.ndarray, log
     hist.set_ylabel(f"jobs ({finite.size} of {len(rows)} have a relative error)")
     ax_.integer_ticks(hist.yaxis, False)
     status = np.array(_column(rows, "status"))
-    labels = ax_.status_order(status.tolist())
+    labels = in_order(status.tolist())
     heights = [int((status == s).sum()) for s in labels]
     counts.barh(range(len(labels)), heights, color=[ax_.status_style(s)[1] if s != JobStatus.SUCCEEDED.value
                                                     else "tab:blue" for s in labels])

@@ -9,7 +9,7 @@ import math
 from typing import Any
 
 from service.jobs import result as schema
-from service.jobs.status import JobStatus
+from service.jobs.status import in_order
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -37,9 +37,7 @@ def cell(value: Any) -> str:
 def counted(by_status: dict[str, int]) -> str:
     """Jobs counted by status, in the order a job lives through them (JobStatus's): `2 queued, 8 succeeded,
     1 failed`."""
-    order = {s.value: k for k, s in enumerate(JobStatus)}
-    ranked = sorted(by_status.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
-    return ", ".join(f"{n} {s}" for s, n in ranked)
+    return ", ".join(f"{by_status[s]} {s}" for s in in_order(by_status))
 
 
 def moment(iso: str) -> str:
@@ -230,17 +228,14 @@ def render(result: dict[str, Any]) -> str:
         lines += ["", side_by_side(kernels), ""]
     if (line := bias_line(result)) is not None:
         lines.append(line)
-    scale = kernel_scale(result)
-    lines += group_line(result, "error", lambda f: (f.key or f.name).replace("_", " "), scale)
-    ident = result.get("identifiability")
-    if ident:
-        lines.append(f"identifiable: {'yes' if ident['identifiable'] else 'no'} "
-                     f"(rank {ident['rank']} of {ident['params']} weights)")
+    lines += group_line(result, "error")
+    if (line := identifiable_line(result)) is not None:
+        lines.append(line)
     marks = [f"converged at epoch {result['converged_epoch']}" if result.get("converged_epoch") else None,
              f"diverged at epoch {result['diverged_epoch']}" if result.get("diverged_epoch") else None]
     if any(marks):
         lines.append("; ".join(m for m in marks if m))
-    lines += group_line(result, "pace", lambda f: f.shown_as)
+    lines += group_line(result, "pace")
     parts = gap_parts(result)
     if parts:
         lines.append("gap between learned and true kernel, by part:")
@@ -260,11 +255,25 @@ def gap_parts(result: dict[str, Any]) -> list[tuple[schema.Field, str]]:
     return [(f, cell(shown_value(f.name, gap[f.key], scale))) for f in _group("gap") if gap.get(f.key) is not None]
 
 
-def group_line(result: dict[str, Any], group: str, name: Any, scale: float = 0.0) -> list[str]:
-    """A result's group of fields (error, pace) on one line, each as `name(field) value`; its distances settled
-    at the kernels' norm `scale` (shown_value)."""
+def group_line(result: dict[str, Any], group: str) -> list[str]:
+    """A result's group of fields (error, pace) on one line, each as `name value` (the errors by their key:
+    `max abs`, the others as tables head them); its distances settled at the kernels' norm (shown_value)."""
     values = result.get(group)
     if not values:
         return []
+    scale = kernel_scale(result)
+
+    def name(f: schema.Field) -> str:
+        return (f.key or f.name).replace("_", " ") if group == "error" else f.shown_as
+
     return [f"{group}: " + ", ".join(f"{name(f)} {cell(shown_value(f.name, values.get(f.key or f.name), scale))}"
                                      for f in _group(group))]
+
+
+def identifiable_line(result: dict[str, Any]) -> str | None:
+    """Whether the input determines every weight, with the rank; None for a result without one."""
+    ident = result.get("identifiability")
+    if not ident:
+        return None
+    return (f"identifiable: {'yes' if ident['identifiable'] else 'no'} "
+            f"(rank {ident['rank']} of {ident['params']} weights)")

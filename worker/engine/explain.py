@@ -8,7 +8,7 @@ from functools import cached_property
 
 import numpy as np
 
-from service.jobs.status import JobStatus
+from service.jobs.status import TRAINED, JobStatus
 from service.render.text import factor
 
 
@@ -61,7 +61,7 @@ class Facts:
 def cases(f: Facts) -> np.ndarray:
     """Which sentence each job gets."""
     too_fast = np.isfinite(f.lr_bound) & (f.lr > f.lr_bound)
-    trained = (f.status == JobStatus.SUCCEEDED.value) | (f.status == JobStatus.CANCELLED.value)
+    trained = np.isin(f.status, [s.value for s in TRAINED])
     parts = np.stack([f.optimization, f.noise, f.identifiability])
     with np.errstate(invalid="ignore"):
         total = np.sqrt(np.nansum(parts**2, axis=0))

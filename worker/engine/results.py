@@ -13,7 +13,8 @@ import torch
 
 from service.jobs.columns import Columns, Nested
 from service.jobs.spec import Method
-from service.jobs.status import JobStatus
+from service.jobs.status import TRAINED, JobStatus
+from service.render.text import FLOAT32_EPS
 from worker.engine import analysis
 from worker.engine.explain import Facts, explain
 from worker.engine.job import Job
@@ -152,7 +153,7 @@ class BatchResult:
         epochs = np.arange(1, t.mse.shape[0] + 1)[:, None]
         with np.errstate(invalid="ignore"):
             reached = (t.mse <= optimum + tol) & (epochs <= done)
-        ran = (status == JobStatus.SUCCEEDED.value) | (status == JobStatus.CANCELLED.value)  # not diverged: epochs hold
+        ran = np.isin(status, [s.value for s in TRAINED])
         converged = np.where(reached.any(axis=0) & ran,
                              reached.argmax(axis=0) + 1.0, np.nan)
         rank, params, sums_only = (np.empty(n), np.empty(n), np.zeros(n, dtype=bool))
@@ -166,7 +167,7 @@ class BatchResult:
         none = np.full(n, np.nan)
         # The fit ended worse than at the start: by more than --tol and than float32 could misround a sum of the
         # labels' size (n eps: a bound on any order of summation), which an lr of 1e-15 alone would show.
-        worse_above = self.initial_mse * (1 + p0.y.size * float(np.finfo(np.float32).eps)) + tol
+        worse_above = self.initial_mse * (1 + p0.y.size * FLOAT32_EPS) + tol
         with np.errstate(invalid="ignore"):  # or the loss ended above where it began
             grew = (((done > 1) & (t.loss[last, cols] > t.loss[0]) & np.isfinite(t.loss[0]) & np.isfinite(final_loss))
                     | (final_mse > worse_above))
