@@ -8,6 +8,8 @@ indexes of jobs. This script times, on the same results and in the same run, tha
 of other designs, none of which the service has:
 
 - shipped: save_results as it is;
+- replace: each running job deleted (RETURNING what the claim and the CLI stored) and copied back whole,
+  finished, by binary COPY: a way around the UPDATE's new row version that keeps the lifecycle as it is;
 - split: the result columns in a table of their own, filled by binary COPY (its primary key and an index
   on err_relative there, dropped from jobs), and jobs updated only in status and finished_at;
 - once: the same table, and no write to jobs at all when a job ends: the floor of a design in which a
@@ -49,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sweep_bench as sb
 from sqlalchemy import Column, Integer, Table, text
 
-DESIGNS = ("shipped", "split", "once", "once-checked", "once-selected", "unindexed-error", "brin-epochs")
+DESIGNS = ("shipped", "replace", "split", "once", "once-checked", "once-selected", "unindexed-error", "brin-epochs")
 RESULT_TABLE = ("split", "once", "once-checked", "once-selected")
 """The designs that store a result in a table of its own."""
 RESULTS = "_klab_design_results"
@@ -115,6 +117,38 @@ def save_elsewhere(conn: Any, ids: list[int], columns: Any, fresh: bool = False,
     keep = np.isin(np.asarray(ids), stored)
     bulk.insert_epochs(conn, np.asarray(ids)[keep], np.asarray(columns.epochs_done)[keep], columns.loss[:, keep],
                        columns.mse[:, keep], None if columns.kernel_error is None else columns.kernel_error[:, keep])
+    return stored
+
+
+def replace(conn: Any, ids: list[int], columns: Any, fresh: bool = False) -> list[int]:
+    """A task's running jobs deleted (RETURNING what they hold) and copied back whole, finished, by binary COPY."""
+    import numpy as np
+
+    from service.db import bulk
+    from service.db.schema import jobs, utcnow
+    from service.jobs import result
+
+    values = {result.BY_NAME[n].col: columns.stored(n) for n in result.ROW}
+    values["finished_at"] = utcnow()
+    keep = [c.name for c in jobs.columns if c.name not in values]
+    listed = ", ".join(f"{c}::text AS {c}" if c == "spec" else c for c in keep)
+    raw = conn.connection.driver_connection
+    with raw.cursor(binary=True) as cur:
+        cur.execute(f"DELETE FROM jobs WHERE id = ANY(%s) AND status = 'running' RETURNING {listed}", (list(ids),))
+        held = {r[0]: r for r in cur.fetchall()}
+    at = [k for k, i in enumerate(ids) if i in held]
+    names = keep + list(values)
+    kinds = [bulk._binary_type(c) for c in names]
+    lists = [v if isinstance(v, list) else [v] * len(ids) for v in values.values()]
+    lists = [bulk._json_texts(v) if kind == "text" else v for v, kind in zip(lists, kinds[len(keep):])]
+    with raw.cursor() as cur, cur.copy(f"COPY jobs ({', '.join(names)}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(kinds)
+        for k in at:
+            copy.write_row((*held[ids[k]], *(v[k] for v in lists)))
+    stored = [ids[k] for k in at]
+    ke = columns.kernel_error
+    bulk.insert_epochs(conn, np.asarray(ids)[at], np.asarray(columns.epochs_done)[at], columns.loss[:, at],
+                       columns.mse[:, at], None if ke is None else ke[:, at])
     return stored
 
 
@@ -196,7 +230,7 @@ def main() -> None:
             for design in designs:
                 save = (functools.partial(save_elsewhere, touch_jobs=design == "split",
                                           checked={"once-checked": "staging", "once-selected": "select"}.get(design))
-                        if design in RESULT_TABLE else None)
+                        if design in RESULT_TABLE else replace if design == "replace" else None)
                 seen = []
                 before = updates(db_url)
                 for streams in sorted({1, args.streams}):
