@@ -143,3 +143,62 @@ def test_run_no_store_leaves_the_database_untouched(tmp_path, pg_url):
         assert db.scalar("SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = 'public'") == 0
     finally:
         db.close()
+
+
+def test_a_submission_makes_its_jobs_with_the_cycle_collector_paused_and_leaves_it_as_it_was(tmp_path, pg_db,
+                                                                                              redis_server, setenv,
+                                                                                              monkeypatch):
+    """20,000 jobs allocate enough to start dozens of collections (bench/RESULTS.md: a fifth of the CLI's CPU on
+    100,000); none runs while they are made, stored and sent, and the collector is on again afterwards, also
+    after a requeue and after a mistake inside the pause."""
+    import gc
+
+    import klab
+    from service import broker
+    from service import submit as submitting
+    from service.jobs.selection import Selection
+
+    url, db = pg_db
+    env = service_env(tmp_path, url, redis_server().url())
+    broker.client.cache_clear()  # this process's client, of this test's broker
+    setenv(**{k: env[k] for k in ("KLAB_DATABASE_URL", "KLAB_BROKER_URL", "KLAB_HOME")})
+    collections: list[int] = []
+    during: list[tuple[bool, int]] = []
+
+    def seen(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    def observed(*args):
+        before = len(collections)
+        try:
+            return real(*args)
+        finally:
+            during.append((gc.isenabled(), len(collections) - before))
+
+    real = submitting._submit
+    monkeypatch.setattr(submitting, "_submit", observed)
+    assert gc.isenabled()
+    gc.callbacks.append(seen)
+    try:
+        handle = klab.sweep(input="edge:6x8", kernel="d2l", epochs=2, seed=range(20_000))
+        assert during == [(False, 0)] and gc.isenabled()
+        assert db.scalar("SELECT count(*) FROM jobs WHERE status = 'queued'") == len(handle.ids) == 20_000
+        many = len(collections)
+        gc.collect()
+        assert len(collections) == many + 1  # the callback sees collections: none ran inside
+        submitting.requeue(Selection(sweep=handle.sweep), True, 4096)
+        assert gc.isenabled()
+        with pytest.raises(ZeroDivisionError), submitting.cycles_uncollected():
+            assert not gc.isenabled()
+            1 / 0  # noqa: B018
+        assert gc.isenabled()
+        gc.disable()
+        with submitting.cycles_uncollected():
+            pass
+        assert not gc.isenabled()  # left as it was found
+    finally:
+        gc.enable()
+        gc.callbacks.remove(seen)
+        broker.client.cache_clear()
+
