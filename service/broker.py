@@ -118,6 +118,13 @@ def tasks(items: Sequence[tuple[int, tuple]], batch_jobs: int,
     return out
 
 
+def shown(ids: Sequence[int]) -> str:
+    """A task's arguments as Flower shows them: how many job ids, the first three and the last. Celery's own
+    repr showed the first 1,024 characters' worth of ids, with no count, walking them item by item."""
+    listed = ", ".join(map(str, ids[:3])) + (f", ..., {ids[-1]}" if len(ids) > 3 else "")
+    return f"[{len(ids)} job id{'s' if len(ids) != 1 else ''}: {listed}]"
+
+
 def publish(app, messages: Sequence[Task], identity: str, sent: Any = None) -> int:
     """Send each task to its queue of the database `identity`; `sent(ids)` after each one the broker took.
     Returns how many jobs were sent.
@@ -128,7 +135,8 @@ def publish(app, messages: Sequence[Task], identity: str, sent: Any = None) -> i
     try:
         with app.producer_or_acquire() as producer:
             for queue, ids in messages:
-                app.send_task(TASK_TRAIN, args=[ids], queue=routed(queue, identity), producer=producer)
+                app.send_task(TASK_TRAIN, args=[ids], argsrepr=shown(ids), kwargsrepr="{}",
+                              queue=routed(queue, identity), producer=producer)
                 if sent is not None:
                     sent(ids)
                 count += len(ids)

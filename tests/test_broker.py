@@ -41,6 +41,8 @@ def test_messages_carry_job_ids_only_grouped_by_batch_jobs(tmp_path, pg_db, redi
             args_, kwargs, _embed = body(m)
             assert kwargs == {} and len(args_) == 1 and all(type(i) is int for i in args_[0])
             assert len(args_[0]) <= per_task
+            listed = ", ".join(map(str, args_[0][:3])) + (f", ..., {args_[0][-1]}" if len(args_[0]) > 3 else "")
+            assert m["headers"]["argsrepr"] == f"[{len(args_[0])} job ids: {listed}]"  # what Flower shows
             carried += args_[0]
         assert carried == ids == sorted(ids)  # every job once, nothing but ids, sent in the order of the sweep
         seeds = db.rows("SELECT seed FROM jobs WHERE sweep_id = :s ORDER BY id", s=sweep_id_of(out))
