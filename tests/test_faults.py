@@ -6,12 +6,15 @@ and so that no other test run sharing the machine's Redis can take its messages.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import resource
 import socket
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import (
@@ -26,6 +29,7 @@ from harness import (
     tails,
     wait_until,
 )
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 FAST = {"KLAB_LEASE_SECONDS": "2", "KLAB_VISIBILITY_TIMEOUT": "5"}
@@ -37,7 +41,19 @@ pytestmark = pytest.mark.timeout(240)
 # --- a worker killed -------------------------------------------------------------------------------
 
 SLOW_SWEEP = ("--input", "random:12x12", "--kernel", "random:3x3", "--lr", "0.001", "--epochs", "60")
-"""A fraction of a second per task of 20 jobs: long enough to kill a worker mid-task."""
+"""About 0.1 s per task of 10 jobs: 200 of them take two or three seconds."""
+
+
+@contextlib.contextmanager
+def last_job_held(db: Db, out: Any) -> Iterator[Callable[[], None]]:
+    """The last job of a sweep just submitted (`klab sweep --json`'s output) held locked until `release()` (or
+    the block's end): the claim of the task that carries it waits, so the sweep is still under way when the
+    test's fault comes, however fast the other tasks train and however slowly the test gets there (200 jobs
+    took 2.3 s, which a loaded machine once let pass before the fault)."""
+    last = max(json.loads(out.stdout)["ids"])
+    with db.engine.connect() as holder:
+        holder.execute(text("SELECT id FROM jobs WHERE id = :i FOR UPDATE"), {"i": last})
+        yield holder.rollback
 
 
 def test_worker_killed_mid_sweep_its_jobs_are_taken_back_and_stored_once(tmp_path, pg_db, redis_server,
@@ -100,15 +116,16 @@ def test_broker_restarted_mid_sweep_workers_reconnect_and_the_sweep_completes(tm
     url, db = pg_db
     broker = redis_server(persistent=True)
     env = service_env(tmp_path, url, broker.url(), **STRANDED)
-    w = worker_procs(env, "survivor")
-    sweep = sweep_id_of(klab(env, "sweep", *SLOW_SWEEP, "--seed", "0..199", "--batch-jobs", "10", "--json"))
-    w.wait_ready()
-    wait_until(lambda: db.statuses(sweep).get("succeeded", 0) >= 10, 120,
-               lambda: (db.statuses(sweep), w.text()[-2000:]), every=0.05)
-    broker.kill()
-    assert db.statuses(sweep).get("succeeded", 0) < 200, "the sweep ended before the broker went away"
-    time.sleep(1.5)  # the fault itself: the broker stays away while the worker notices
-    broker.start()
+    out = klab(env, "sweep", *SLOW_SWEEP, "--seed", "0..199", "--batch-jobs", "10", "--json")
+    sweep = sweep_id_of(out)
+    with last_job_held(db, out) as release:
+        w = worker_procs(env, "survivor").wait_ready()
+        wait_until(lambda: db.statuses(sweep).get("succeeded", 0) >= 10, 120,
+                   lambda: (db.statuses(sweep), w.text()[-2000:]), every=0.05)
+        broker.kill()
+        time.sleep(1.5)  # the fault itself: the broker stays away while the worker notices
+        broker.start()
+        release()
     # A message the worker had popped but not yet recorded as unacknowledged died with the broker; the
     # reaper sends its jobs again once the queue is empty.
     wait_until(db.all_succeeded(sweep, 200), TRAINING + RECOVERY, lambda: (db.statuses(sweep), tails(w)()))
@@ -187,17 +204,17 @@ def test_database_unreachable_mid_sweep_workers_retry_and_no_job_fails(tmp_path,
     with Proxy((pg.host or "127.0.0.1", pg.port or 5432)) as proxy:
         through = pg.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
         client_env = service_env(tmp_path, url, broker.url(), **FAST)
-        w = worker_procs({**client_env, "KLAB_DATABASE_URL": through}, "patient")
-        sweep = sweep_id_of(klab(client_env, "sweep", *SLOW_SWEEP, "--seed", "0..199", "--batch-jobs", "10",
-                                 "--json"))
-        w.wait_ready()
-        wait_until(lambda: db.statuses(sweep).get("succeeded", 0) >= 10, 120,
-                   lambda: (db.statuses(sweep), w.text()[-2000:]), every=0.05)
-        proxy.cut()
-        assert db.statuses(sweep).get("succeeded", 0) < 200, "the sweep ended before the database went away"
-        time.sleep(5)  # the fault itself: five seconds without a database
-        refused = proxy.refused
-        proxy.restore()
+        out = klab(client_env, "sweep", *SLOW_SWEEP, "--seed", "0..199", "--batch-jobs", "10", "--json")
+        sweep = sweep_id_of(out)
+        with last_job_held(db, out) as release:
+            w = worker_procs({**client_env, "KLAB_DATABASE_URL": through}, "patient").wait_ready()
+            wait_until(lambda: db.statuses(sweep).get("succeeded", 0) >= 10, 120,
+                       lambda: (db.statuses(sweep), w.text()[-2000:]), every=0.05)
+            proxy.cut()
+            time.sleep(5)  # the fault itself: five seconds without a database
+            refused = proxy.refused
+            proxy.restore()
+            release()
         wait_until(db.all_succeeded(sweep, 200), 60, lambda: (db.statuses(sweep), tails(w)()))
     assert refused > 0, "nothing tried the database while it was away"
     assert "retrying in" in w.text()  # the task waited and tried again
