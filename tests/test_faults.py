@@ -63,15 +63,22 @@ def test_worker_killed_mid_sweep_its_jobs_are_taken_back_and_stored_once(tmp_pat
     short = sweep_id_of(klab(env, "sweep", *SLOW_SWEEP, "--seed", "0..99", "--batch-jobs", "20", "--json"))
     # then a task of 20 jobs that trains for seconds (no --tol to stop it early): the worker dies with it in
     # hand, and it cannot end first
-    held = sweep_id_of(klab(env, "sweep", *SLOW_SWEEP[:-1], "3000", "--tol", "1e-300", "--seed", "1000..1019",
-                            "--batch-jobs", "20", "--json"))
+    out = klab(env, "sweep", *SLOW_SWEEP[:-1], "3000", "--tol", "1e-300", "--seed", "1000..1019", "--batch-jobs", "20",
+               "--json")
+    held = sweep_id_of(out)
     later = sweep_id_of(klab(env, "sweep", *SLOW_SWEEP, "--seed", "100..279", "--batch-jobs", "20", "--json"))
     # The worker starts once all three are queued: started earlier, it could train `held` (a second or two)
     # while the CLI was still submitting `later`, and the window below would close before it was watched.
-    doomed = worker_procs(env, "doomed").wait_ready()
-    wait_until(lambda: db.statuses(held) == {"running": 20}, 120, lambda: (db.statuses(), doomed.text()[-2000:]),
-               every=0.02)
-    doomed.kill()
+    with db.engine.connect() as holder:
+        # An epoch of `held` inserted and not committed: storing its results waits on that key, so it is still in
+        # hand when the worker dies, whatever the load (its 2.6 s of training were all the margin there was, and
+        # the broker-restart test below once lost such a race).
+        holder.execute(text("INSERT INTO epochs (job_id, epoch) VALUES (:i, 1)"),
+                       {"i": max(json.loads(out.stdout)["ids"])})
+        doomed = worker_procs(env, "doomed").wait_ready()
+        wait_until(lambda: db.statuses(held) == {"running": 20}, 120,
+                   lambda: (db.statuses(), doomed.text()[-2000:]), every=0.02)
+        doomed.kill()
     orphans = [r.id for r in db.rows("SELECT id FROM jobs WHERE sweep_id = :s AND status = 'running'", s=held)]
     assert len(orphans) == 20 and db.statuses(short) == {"succeeded": 100}, db.statuses()
     assert "succeeded" not in db.statuses(later)
@@ -141,16 +148,20 @@ def test_broker_killed_while_a_task_is_between_delivery_and_ack(persistent, tmp_
     broker = redis_server(persistent=persistent)
     env = service_env(tmp_path, url, broker.url(), **STRANDED)
     job = ("--input", "random:24x24", "--kernel", "random:3x3", "--lr", "0.001", "--batch-jobs", "10", "--json")
-    # First one task of 10 jobs that trains for seconds (the broker is killed while it is in hand, and it
-    # cannot end first), then 12 short tasks of 10 jobs queued behind it.
+    # First one task of 10 jobs that trains for seconds, then 12 short tasks of 10 jobs queued behind it.
     held = sweep_id_of(klab(env, "sweep", *job, "--epochs", "3000", "--tol", "1e-300", "--seed", "1000..1009"))
     sweep = sweep_id_of(klab(env, "sweep", *job, "--epochs", "400", "--seed", "0..119"))
-    w = worker_procs(env, "survivor").wait_ready()  # once both are queued, so that `held` cannot end unwatched
-    wait_until(lambda: db.statuses(held).get("running", 0) == 10, 120,
-               lambda: (db.statuses(), w.text()[-2000:]), every=0.01)
-    broker.kill()
-    at_kill = db.statuses(sweep)
-    assert db.statuses(held) == {"running": 10} and at_kill == {"queued": 120}, (db.statuses(held), at_kill)
+    with db.engine.connect() as holder:
+        # No epoch can be stored until the broker is gone: `held` is in hand when it goes, whatever the load
+        # (its 2.6 s of training were all the margin there was).
+        holder.execute(text("LOCK TABLE epochs IN SHARE MODE"))
+        w = worker_procs(env, "survivor").wait_ready()  # once both are queued: `held` is the first task taken
+        wait_until(lambda: db.statuses(held).get("running", 0) == 10, 120,
+                   lambda: (db.statuses(), w.text()[-2000:]), every=0.01)
+        broker.kill()
+        at_kill = db.statuses(sweep)
+        assert db.statuses(held) == {"running": 10} and at_kill == {"queued": 120}, (db.statuses(held), at_kill)
+    # `held` goes on to store its results and ack its message while the broker is away
     time.sleep(1.5)
     broker.start()
     if not persistent:
