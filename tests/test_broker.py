@@ -115,6 +115,10 @@ def test_klab_worker_splits_the_cores_and_its_children_use_that_many_torch_threa
     threads = {line.split("torch threads in this pool process: ")[1].split()[0]
                for line in w.text().splitlines() if "torch threads in this pool process" in line}
     assert threads == {str(max(1, cores // 2))}
+    # and each froze what the imports made before the fork (torch among them), out of the collector's walks
+    frozen = [int(line.rsplit(": ", 1)[1]) for line in w.text().splitlines()
+              if "objects left out of the cycle collector's walks in this pool process" in line]
+    assert len(frozen) == 2 and min(frozen) > 100_000, frozen
 
 
 def test_klab_worker_gpu_index_sets_the_visible_device(tmp_path, pg_db, redis_server):
