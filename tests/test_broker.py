@@ -154,9 +154,9 @@ def test_run_no_store_leaves_the_database_untouched(tmp_path, pg_url):
 def test_a_submission_makes_its_jobs_with_the_cycle_collector_paused_and_leaves_it_as_it_was(tmp_path, pg_db,
                                                                                               redis_server, setenv,
                                                                                               monkeypatch):
-    """20,000 jobs allocate enough to start dozens of collections (bench/RESULTS.md: a fifth of the CLI's CPU on
-    100,000); none runs while they are made, stored and sent, and the collector is on again afterwards, also
-    after a requeue and after a mistake inside the pause."""
+    """20,000 jobs allocate enough to start some 200 collections (215 before the pause; bench/RESULTS.md: a fifth of
+    the CLI's CPU on 100,000); none runs while they are made, stored and sent, and the collector is on again
+    afterwards, also after a requeue and after a mistake inside the pause."""
     import gc
 
     import klab

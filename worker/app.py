@@ -76,7 +76,7 @@ def _keep_present() -> None:
 @worker_process_init.connect
 def _child_init(**_: object) -> None:
     """Each prefork child: its own database connections, a share of the cores for torch, and what the imports
-    made (torch's, Celery's: some 200,000 objects) kept out of the cycle collector's walks. Each task makes a few
+    made (torch's, Celery's: some 250,000 objects) kept out of the cycle collector's walks. Each task makes a few
     objects a claimed job, which start a collection every 700; the full ones walked all of those imports'
     objects every time: 0.12 of 1.12 s of CPU for 45,000 jobs, 0.03 s once frozen (bench/RESULTS.md)."""
     dispose_engines()
