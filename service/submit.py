@@ -54,14 +54,13 @@ def cycles_uncollected() -> Iterator[None]:
     them start a collection, and the full ones walk every object the imports made as well (a fifth of the
     CLI's CPU on a 100,000-job sweep: bench/RESULTS.md). Reference counting still frees everything; the
     collector resumes as it was."""
-    if not gc.isenabled():
-        yield
-        return
+    was = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        gc.enable()
+        if was:
+            gc.enable()
 
 
 def queue_for(spec: JobSpec, queue: str | None) -> str:

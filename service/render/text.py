@@ -197,11 +197,10 @@ def heading(result: dict[str, Any]) -> tuple[str, str]:
 def bias_line(result: dict[str, Any]) -> str | None:
     """The learned bias (a value an output channel) beside the true one, as the kernels print; None without one.
     With labels given and no true kernel, --bias only lets a bias be learned: there is no true one."""
-    bias, true_bias = result.get("learned_bias"), (result.get("spec") or {}).get("bias")
-    if result.get("true_kernel") is None:
-        true_bias = None
+    bias = result.get("learned_bias")
     if bias is None:
         return None
+    true_bias = (result.get("spec") or {}).get("bias") if result.get("true_kernel") is not None else None
     learned = "  ".join(weight(_number(b)).strip() for b in (bias if isinstance(bias, list) else [bias]))
     true = f"  (true {weight(float(true_bias)).strip()})" if true_bias is not None else ""
     return f"learned bias: {learned}{true}"
