@@ -356,10 +356,16 @@ def test_compare_group_by_csv_and_the_table(seeds: dict, klab_cli) -> None:
     assert float(rows[1]["relative_error_min"]) == 0.125 and float(rows[1]["relative_error_max"]) == 0.5 + 1e-9
     code, out, _ = klab_cli("compare", "--sweep", str(seeds["sweep"]), "--group-by", "batch-size,lr")
     lines = out.splitlines()
+    # the statistics are over what the sweep varies and the groups do not: its own names, in its order
     assert code == 0 and lines[0] == (f"sweep {seeds['sweep']} (grid): 10 jobs in 2 groups by batch_size, lr; "
-                                      "relative error and final loss over the rest")
+                                      "relative error and final loss over method, seed")
     assert lines[1].split()[:6] == ["batch", "lr", "jobs", "succeeded", "rel.", "error"]
     assert lines[2].split()[:5] == ["2", "0.01", "5", "4", "0.5"]
+    code, out, _ = klab_cli("compare", "--sweep", str(seeds["sweep"]), "--group-by", "seed,method,lr")
+    assert code == 0 and out.splitlines()[0].endswith("; relative error and final loss of each group's one job")
+    code, out, _ = klab_cli("compare", str(seeds["lone"]), "--group-by", "lr")
+    title = "jobs: 1 job in 1 group by lr; relative error and final loss over the rest"  # not a sweep: unknown
+    assert code == 0 and out.splitlines()[0] == title
 
 
 @SQLITE_ONLY

@@ -158,6 +158,7 @@ def _compare_groups(selection: Selection, group_by: str, as_json: bool, as_csv: 
     with _reading() as reader:
         rows = groups.grouped(reader, selection, by)
         name = reads.sweep_name(reader, selection.sweep) if selection.sweep is not None else None
+        varied = reads.swept(reader, selection.sweep) if selection.sweep is not None else None
     if as_json:
         _json(rows)
         return
@@ -166,8 +167,10 @@ def _compare_groups(selection: Selection, group_by: str, as_json: bool, as_csv: 
         return
     what = f"sweep {selection.sweep}" + (f" ({name})" if name else "") if selection.sweep is not None else "jobs"
     n = sum(r["jobs"] for r in rows)
+    rest = None if varied is None else [p for p in varied if p not in by]  # a sweep's own; of other jobs, unknown
+    over = "over the rest" if rest is None else f"over {', '.join(rest)}" if rest else "of each group's one job"
     title = (f"{what}: {n} job{'s' * (n != 1)} in {len(rows)} group{'s' * (len(rows) != 1)} by {', '.join(by)}; "
-             "relative error and final loss over the rest")
+             f"relative error and final loss {over}")
     short = {"relative_error": "rel. error", "final_loss": "final loss"}
     shown = [{**{k: r[k] for k in groups.columns(by)[: len(by) + 2]},
               **{f"{short[m]} {s}": r[f"{m}_{s}"] for m in groups.METRICS for s in groups.STATISTICS}} for r in rows]

@@ -161,6 +161,15 @@ def sweep_name(reader: Reader, sweep_id: int) -> str | None:
     return row["name"]
 
 
+def swept(reader: Reader, sweep_id: int) -> list[str]:
+    """What a sweep varies, in the order it was submitted: the keys of its params' "swept", read without the
+    values (a 200,000-seed sweep keeps every seed there)."""
+    keys = ("SELECT json_object_keys(params -> 'swept') AS name FROM sweeps WHERE id = :id"
+            if reader.dialect == "postgresql" else
+            "SELECT key AS name FROM sweeps, json_each(sweeps.params, '$.swept') WHERE sweeps.id = :id")
+    return [r["name"] for r in reader.rows(keys, {"id": sweep_id})]
+
+
 def ids_in(reader: Reader, ids: Sequence[int]) -> tuple[str, dict[str, Any]]:
     """`id` is one of `ids`, as one parameter however many: an array on PostgreSQL (between the least and the
     greatest id too, for the primary key's index: service.db.writes.ids_in), a JSON list on SQLite."""
