@@ -106,6 +106,40 @@ def test_list_sorts_walk_an_index(klab_db, monkeypatch):
                 assert "Seq Scan" not in shown, (sort, shown)
 
 
+def test_list_by_sweep_or_tag_reads_those_sweeps_jobs_by_their_index(klab_db, monkeypatch):
+    """`klab list --sweep S` and `--tag T` find the sweeps first and read their jobs by ix_jobs_sweep_id. Asked in
+    one statement, PostgreSQL priced a tag as naming half the jobs and walked them all newest first looking for
+    theirs (2 to 3.5 s on 1,000,000 jobs for a tag of an old sweep or of none). 20,000 jobs in 200 sweeps, the
+    table not analysed, the tagged sweep the oldest."""
+    spec = JobSpec.parse({"seed": 0})
+    with writing() as conn:
+        made = [writes.create_sweep(conn, {"swept": {"seed": list(range(100))}, "fixed": {}}, 100,
+                                    tags=["old"] if k == 0 else []) for k in range(200)]
+        columns = writes.new_job(spec, start=JobStatus.QUEUED, queue="cpu")
+        ids = writes.insert_columns(conn, {**columns, "seed": list(range(20_000)),
+                                           "sweep_id": [made[i // 100] for i in range(20_000)]}, 20_000)
+    seen: list[tuple[str, dict]] = []
+    real = Reader.rows
+
+    def spy(self, sql, params=None):
+        seen.append((sql, params or {}))
+        return real(self, sql, params)
+
+    monkeypatch.setattr(Reader, "rows", spy)
+    with reading() as reader:
+        for asked in ({"tag": "old"}, {"sweep": made[0]}, {"sweep": made[0], "tag": "old"}):
+            seen.clear()
+            listed = reads.list_jobs(reader, limit=20, **asked)
+            assert [r["id"] for r in listed] == ids[:100][::-1][:20], asked  # the old sweep's newest 20
+            (sql, params), = [(q, p) for q, p in seen if "FROM jobs" in q]
+            shown = plan(reader, sql, params)
+            assert "ix_jobs_sweep_id" in shown, (asked, shown)
+            assert "pk_jobs" not in shown and "Seq Scan" not in shown, (asked, shown)
+        seen.clear()
+        assert reads.list_jobs(reader, tag="nope") == [] and reads.list_jobs(reader, sweep=made[1], tag="old") == []
+        assert not [q for q, _ in seen if "FROM jobs" in q], seen  # no sweep named: no job read
+
+
 def test_a_sqlite_file_of_an_older_revision_upgrades_itself_with_its_jobs(tmp_path):
     """Not only the default file: any SQLite file is one user's, and upgrades itself on first use (PostgreSQL is
     refused instead: test_db.py)."""

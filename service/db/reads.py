@@ -170,14 +170,15 @@ def swept(reader: Reader, sweep_id: int) -> list[str]:
     return [r["name"] for r in reader.rows(keys, {"id": sweep_id})]
 
 
-def ids_in(reader: Reader, ids: Sequence[int]) -> tuple[str, dict[str, Any]]:
-    """`id` is one of `ids`, as one parameter however many: an array on PostgreSQL (between the least and the
-    greatest id too, for the primary key's index: service.db.writes.ids_in), a JSON list on SQLite."""
+def ids_in(reader: Reader, ids: Sequence[int], column: str = "id") -> tuple[str, dict[str, Any]]:
+    """`column` (of jobs: id, or sweep_id) is one of `ids`, as one parameter however many: an array on PostgreSQL
+    (between the least and the greatest id too, for the column's index: service.db.writes.ids_in), a JSON list on
+    SQLite."""
     ids = [int(i) for i in ids]
     if reader.dialect == "postgresql":
-        return "id BETWEEN :least AND :greatest AND id = ANY(:ids)", {"ids": ids, "least": min(ids, default=0),
-                                                                      "greatest": max(ids, default=0)}
-    return "id IN (SELECT value FROM json_each(:ids))", {"ids": json.dumps(ids)}
+        return (f"{column} BETWEEN :least AND :greatest AND {column} = ANY(:ids)",
+                {"ids": ids, "least": min(ids, default=0), "greatest": max(ids, default=0)})
+    return f"{column} IN (SELECT value FROM json_each(:ids))", {"ids": json.dumps(ids)}  # noqa: S608
 
 
 def where(reader: Reader, selection: Selection, field: str = "id") -> tuple[str, dict[str, Any]]:
@@ -211,19 +212,19 @@ def list_jobs(reader: Reader, *, status: str | None = None, sweep: int | None = 
     if status is not None:
         conditions.append("status = :status")
         params["status"] = statuses.parse(status).value
-    if sweep is not None:
-        sweep_name(reader, sweep)
-        conditions.append("sweep_id = :sweep")
-        params["sweep"] = sweep
+    if sweep is not None or tag is not None:
+        kept = _sweeps_listed(reader, sweep, tag)
+        if not kept:
+            return []
+        clause, named = ids_in(reader, kept, "sweep_id")
+        conditions.append(clause)
+        params.update(named)
     if method is not None:
         conditions.append("method = :method")
         params["method"] = method
     if kernel is not None:
         conditions.append("kernel = :kernel")
         params["kernel"] = kernel
-    if tag is not None:
-        conditions.append(f"sweep_id IN (SELECT id FROM sweeps WHERE {tagged(reader, tag)})")  # noqa: S608
-        params["tag"] = tag
     sql = f"SELECT {result.select_list(LIST_COLUMNS + LIST_EXTRA)} FROM jobs"  # noqa: S608
     if conditions:
         sql += " WHERE " + " AND ".join(conditions)
@@ -232,6 +233,19 @@ def list_jobs(reader: Reader, *, status: str | None = None, sweep: int | None = 
         sql += " LIMIT :limit"
         params["limit"] = limit
     return _fetch(reader, sql, params)
+
+
+def _sweeps_listed(reader: Reader, sweep: int | None, tag: str | None) -> list[int]:
+    """The sweeps whose jobs `klab list --sweep/--tag` shows, found before their jobs are read, then read as a list
+    (service.db.reads.ids_in) by ix_jobs_sweep_id. Asked in the jobs' statement, `sweep_id = :sweep` on a table not
+    yet analysed and a tag's sweeps always had PostgreSQL walk every job newest first, looking for theirs: on
+    1,000,000 jobs, 2.1 s for an old sweep, 2 to 3.5 s for a tag of an old sweep or of none."""
+    if sweep is not None:
+        sweep_name(reader, sweep)  # an unknown sweep is bad input
+    if tag is None:
+        return [sweep] if sweep is not None else []
+    found = reader.rows(f"SELECT id FROM sweeps WHERE {tagged(reader, tag)}", {"tag": tag})  # noqa: S608
+    return [r["id"] for r in found if sweep is None or r["id"] == sweep]
 
 
 def compare(reader: Reader, selection: Selection, also: Sequence[str] = ()) -> list[dict[str, Any]]:
