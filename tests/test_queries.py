@@ -140,6 +140,36 @@ def test_list_by_sweep_or_tag_reads_those_sweeps_jobs_by_their_index(klab_db, mo
         assert not [q for q, _ in seen if "FROM jobs" in q], seen  # no sweep named: no job read
 
 
+def test_list_by_a_status_not_ended_reads_the_unfinished_jobs_index(klab_db, monkeypatch):
+    """`klab list --status queued` (or created, running) reads ix_jobs_unfinished: on 1,000,000 finished jobs it
+    walked every one newest first (2.2 s without statistics, 0.75 s scanning with them), now 0.4 to 37 ms."""
+    from service.db.schema import UNFINISHED
+
+    assert str(UNFINISHED.compile(compile_kwargs={"literal_binds": True})) == f"jobs.{reads.UNFINISHED}"
+    spec = JobSpec.parse({"seed": 0})
+    with writing() as conn:
+        columns = writes.new_job(spec, start=JobStatus.QUEUED, queue="cpu")
+        ended = {"status": JobStatus.SUCCEEDED.value, "finished_at": datetime.now(UTC)}
+        writes.insert_columns(conn, {**columns, **ended, "seed": list(range(20_000))}, 20_000)
+        waiting = writes.insert_columns(conn, {**columns, "seed": list(range(5))}, 5)
+    seen: list[tuple[str, dict]] = []
+    real = Reader.rows
+
+    def spy(self, sql, params=None):
+        seen.append((sql, params or {}))
+        return real(self, sql, params)
+
+    monkeypatch.setattr(Reader, "rows", spy)
+    with reading() as reader:
+        for status, expected in (("queued", waiting[::-1]), ("running", [])):
+            seen.clear()
+            assert [r["id"] for r in reads.list_jobs(reader, status=status, limit=20)] == expected
+            (sql, params), = [(q, p) for q, p in seen if "FROM jobs" in q]
+            shown = plan(reader, sql, params)
+            assert "ix_jobs_unfinished" in shown, (status, shown)
+        assert len(reads.list_jobs(reader, status="succeeded", limit=20)) == 20
+
+
 def test_a_sqlite_file_of_an_older_revision_upgrades_itself_with_its_jobs(tmp_path):
     """Not only the default file: any SQLite file is one user's, and upgrades itself on first use (PostgreSQL is
     refused instead: test_db.py)."""

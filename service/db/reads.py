@@ -35,6 +35,10 @@ LIST_COLUMNS = ("id", "status", "method", "input", "kernel", "lr", "epochs", "fi
 LIST_EXTRA = ("epochs_done", "sweep_id")
 """Also in each `klab list` row (the table shows epochs as done/total)."""
 
+UNFINISHED = "finished_at IS NULL"
+"""service.db.schema.UNFINISHED as SQL text (reads stay free of SQLAlchemy): the predicate of ix_jobs_unfinished,
+which holds exactly for the jobs whose status has not ended."""
+
 SWEPT = ("lr", "epochs", "seed", "batch_size", "noise", "method", "kernel", "input")
 """The parameters a sweep may vary, in the order its plot shows them."""
 
@@ -210,8 +214,11 @@ def list_jobs(reader: Reader, *, status: str | None = None, sweep: int | None = 
     name, descending = parse_sort(sort)
     conditions, params = [], {}
     if status is not None:
+        wanted = statuses.parse(status)
         conditions.append("status = :status")
-        params["status"] = statuses.parse(status).value
+        params["status"] = wanted.value
+        if not wanted.is_finished:  # read through ix_jobs_unfinished, not by walking every job ever run
+            conditions.append(UNFINISHED)
     if sweep is not None or tag is not None:
         kept = _sweeps_listed(reader, sweep, tag)
         if not kept:
