@@ -232,14 +232,21 @@ def list_jobs(reader: Reader, *, status: str | None = None, sweep: int | None = 
     if kernel is not None:
         conditions.append("kernel = :kernel")
         params["kernel"] = kernel
-    sql = f"SELECT {result.select_list(LIST_COLUMNS + LIST_EXTRA)} FROM jobs"  # noqa: S608
-    if conditions:
-        sql += " WHERE " + " AND ".join(conditions)
-    sql += f" ORDER BY {_order(name, descending)}"
-    if limit:
-        sql += " LIMIT :limit"
-        params["limit"] = limit
-    return _fetch(reader, sql, params)
+
+    def listed(more: list[str], order: str, n: int | None) -> list[dict[str, Any]]:
+        where = conditions + more
+        sql = f"SELECT {result.select_list(LIST_COLUMNS + LIST_EXTRA)} FROM jobs"  # noqa: S608
+        sql += (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {order}"
+        return _fetch(reader, sql + " LIMIT :limit", {**params, "limit": n}) if n else _fetch(reader, sql, params)
+
+    f = result.BY_NAME[name]
+    if descending and f.nullable and f.index and limit:
+        # Descending with the jobs without a value last is no order the column's index (ascending, nulls last)
+        # can be walked in, and PostgreSQL sorted every job (1.5 s on 1,000,000): the values first, the index
+        # walked backwards, then the jobs without one.
+        found = listed([f"{f.col} IS NOT NULL"], f"{f.col} DESC, id ASC", limit)
+        return found + (listed([f"{f.col} IS NULL"], "id ASC", limit - len(found)) if len(found) < limit else [])
+    return listed([], _order(name, descending), limit)
 
 
 def _sweeps_listed(reader: Reader, sweep: int | None, tag: str | None) -> list[int]:
