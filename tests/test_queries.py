@@ -72,6 +72,19 @@ def plan(reader: Reader, sql: str, params: dict) -> str:
     return "\n".join(str(list(r.values())) for r in reader.rows(explain(reader.dialect) + sql, params))
 
 
+def statements(monkeypatch) -> list[tuple[str, dict]]:
+    """The statements (and their parameters) every Reader runs from now on, as they run."""
+    seen: list[tuple[str, dict]] = []
+    real = Reader.rows
+
+    def spy(self, sql, params=None):
+        seen.append((sql, params or {}))
+        return real(self, sql, params)
+
+    monkeypatch.setattr(Reader, "rows", spy)
+    return seen
+
+
 def test_list_sorts_walk_an_index(klab_db, monkeypatch):
     """The newest-first default walks the primary key and --sort relative_error the index on err_relative:
     `klab list` stays fast on millions of jobs (README). Checked on the plans the database itself chooses, with
@@ -83,14 +96,7 @@ def test_list_sorts_walk_an_index(klab_db, monkeypatch):
                                      "err_relative": [i / 7 % 1 if i % 3 else None for i in range(20_000)]},
                               20_000)
         conn.exec_driver_sql("ANALYZE")
-    seen: list[tuple[str, dict]] = []
-    real = Reader.rows
-
-    def spy(self, sql, params=None):
-        seen.append((sql, params or {}))
-        return real(self, sql, params)
-
-    monkeypatch.setattr(Reader, "rows", spy)
+    seen = statements(monkeypatch)
     with reading() as reader:
         for sort, index in (("-id", "pk_jobs"), ("relative_error", "ix_jobs_err_relative"),
                             ("-relative_error", "ix_jobs_err_relative")):
@@ -124,14 +130,7 @@ def test_list_by_sweep_or_tag_reads_those_sweeps_jobs_by_their_index(klab_db, mo
         columns = writes.new_job(spec, start=JobStatus.QUEUED, queue="cpu")
         ids = writes.insert_columns(conn, {**columns, "seed": list(range(20_000)),
                                            "sweep_id": [made[i // 100] for i in range(20_000)]}, 20_000)
-    seen: list[tuple[str, dict]] = []
-    real = Reader.rows
-
-    def spy(self, sql, params=None):
-        seen.append((sql, params or {}))
-        return real(self, sql, params)
-
-    monkeypatch.setattr(Reader, "rows", spy)
+    seen = statements(monkeypatch)
     with reading() as reader:
         for asked in ({"tag": "old"}, {"sweep": made[0]}, {"sweep": made[0], "tag": "old"}):
             seen.clear()
@@ -158,14 +157,7 @@ def test_list_by_a_status_not_ended_reads_the_unfinished_jobs_index(klab_db, mon
         ended = {"status": JobStatus.SUCCEEDED.value, "finished_at": datetime.now(UTC)}
         writes.insert_columns(conn, {**columns, **ended, "seed": list(range(20_000))}, 20_000)
         waiting = writes.insert_columns(conn, {**columns, "seed": list(range(5))}, 5)
-    seen: list[tuple[str, dict]] = []
-    real = Reader.rows
-
-    def spy(self, sql, params=None):
-        seen.append((sql, params or {}))
-        return real(self, sql, params)
-
-    monkeypatch.setattr(Reader, "rows", spy)
+    seen = statements(monkeypatch)
     with reading() as reader:
         for status, expected in (("queued", waiting[::-1]), ("running", [])):
             seen.clear()
