@@ -112,8 +112,10 @@ def bulk_store(url: str, jobs: int, epochs: int) -> dict[str, float]:
     from service.db import bulk
 
     with writing(url) as conn:
-        sweeps = [{"name": f"bench {s}", "params": {"lr": list(LRS), "kernel": list(KERNELS)}, "size": SWEEP_SIZE,
-                   "created_at": utcnow()} for s in range((jobs + SWEEP_SIZE - 1) // SWEEP_SIZE)]
+        sweeps = [{"name": f"bench {s}", "size": SWEEP_SIZE, "created_at": utcnow(),  # params as klab writes them
+                   "params": {"swept": {"lr": list(LRS), "kernel": list(KERNELS),
+                                        "seed": list(range(s * SWEEP_SIZE, (s + 1) * SWEEP_SIZE))}, "fixed": {}}}
+                  for s in range((jobs + SWEEP_SIZE - 1) // SWEEP_SIZE)]
         sweep_ids = list(conn.execute(insert(sweeps_table).returning(sweeps_table.c.id,
                                                                      sort_by_parameter_order=True),
                                       sweeps).scalars())
