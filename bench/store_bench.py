@@ -3,7 +3,7 @@
 Reports rows per second for the bulk path (finished jobs through service.db.writes.insert_jobs, then
 their epochs through service.db.bulk.insert_epochs: COPY for both on PostgreSQL), and for
 writes.save_rows (the path `klab run` takes; workers store whole batches: sweep_bench.py) on a slice;
-then times the real `klab list --limit 20`, `show ID`, `compare` and `status` on the filled database,
+then times the real `klab list --limit 20`, `show ID`, `compare`, `status` and `sweeps` on the filled database,
 which must answer in under a second, against the same commands forced through SQLAlchemy's engine (the
 baseline: how every read command ran before service.db.connect's driver connections), interleaved in the
 same run.
@@ -230,7 +230,7 @@ def bench(name: str, url: str, jobs: int, epochs: int) -> dict[str, Any]:
 
 
 def time_cli(url: str) -> dict[str, dict[str, float]]:
-    """`klab list`, `show` and `compare` on a filled database, each in a fresh process."""
+    """`klab list`, `show`, `compare`, `status` and `sweeps` on a filled database, each in a fresh process."""
     with reading(url) as reader:
         middle = reader.one("SELECT max(id) / 2 AS middle FROM jobs")["middle"]
         sweep = reader.one("SELECT sweep_id FROM jobs WHERE id = :id", {"id": middle})["sweep_id"]
@@ -242,6 +242,7 @@ def time_cli(url: str) -> dict[str, dict[str, float]]:
         f"klab show {middle}": ["show", str(middle)],
         f"klab compare --sweep {sweep}": ["compare", "--sweep", str(sweep)],
         f"klab status --sweep {sweep}": ["status", "--sweep", str(sweep)],
+        "klab sweeps": ["sweeps"],
     }
     timings = {}
     print(f"  load average {os.getloadavg()[0]:.1f}", flush=True)

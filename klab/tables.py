@@ -76,7 +76,7 @@ def sweeps() -> pd.DataFrame:
     from service.db.reads import list_sweeps, reading
 
     with reading() as reader:
-        rows = list_sweeps(reader)
+        rows, _ = list_sweeps(reader)
     names = ["id", "name", "tags", "size", "created_at", "params", *(s.value for s in JobStatus)]
     frame = pd.DataFrame([{**{k: r[k] for k in names[:6]}, **{s.value: r["by_status"].get(s.value, 0)
                                                               for s in JobStatus}} for r in rows], columns=names)

@@ -398,6 +398,19 @@ def test_sweeps_lists_name_tags_size_counts_and_what_varies(seeds: dict, klab_cl
     assert klab_cli("sweeps", "--tag", "nope") == (0, "", "no sweeps\n")
 
 
+def test_sweeps_lists_the_newest_and_says_when_there_are_older_ones(seeds: dict, klab_cli) -> None:
+    code, out, err = klab_cli("sweeps", "--limit", "1", "--json")
+    assert code == 0 and [r["id"] for r in json.loads(out)] == [seeds["other"]]
+    assert err == "the newest 1 sweep: --limit 0 lists every one\n"
+    code, out, err = klab_cli("sweeps", "--limit", "1", "--tag", "lr")
+    assert code == 0 and out.splitlines()[1].split()[:2] == [str(seeds["sweep"]), "grid"] and err == ""
+    for limit in ("2", "0"):
+        code, out, err = klab_cli("sweeps", "--limit", limit)
+        assert code == 0 and [line.split()[0] for line in out.splitlines()[1:]] == [
+            str(seeds["sweep"]), str(seeds["other"])] and err == ""
+    assert klab_cli("sweeps", "--limit", "-1")[0] == 2
+
+
 def test_list_filters_by_the_tag_of_the_jobs_sweep(seeds: dict, klab_cli) -> None:
     code, out, _ = klab_cli("list", "--tag", "book", "--limit", "0", "--json")
     rows = json.loads(out)

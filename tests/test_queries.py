@@ -145,6 +145,29 @@ def test_list_by_sweep_or_tag_reads_those_sweeps_jobs_by_their_index(klab_db, mo
         assert not [q for q, _ in seen if "FROM jobs" in q], seen  # no sweep named: no job read
 
 
+def test_sweeps_count_the_jobs_of_the_newest_by_their_index(klab_db, monkeypatch):
+    """`klab sweeps` shows the newest 50 sweeps and counts only their jobs, by ix_jobs_sweep_id: counting every
+    sweep's jobs took 1.2 to 2.2 s on 1,000,000 jobs in 10,000 sweeps. 20,000 jobs in 200 sweeps, not analysed."""
+    spec = JobSpec.parse({"seed": 0})
+    with writing() as conn:
+        made = [writes.create_sweep(conn, {"swept": {"seed": list(range(100))}, "fixed": {}}, 100) for _ in range(200)]
+        columns = writes.new_job(spec, start=JobStatus.QUEUED, queue="cpu")
+        writes.insert_columns(conn, {**columns, "seed": list(range(20_000)),
+                                     "sweep_id": [made[i // 100] for i in range(20_000)]}, 20_000)
+    seen = statements(monkeypatch)
+    with reading() as reader:
+        rows, older = reads.list_sweeps(reader, limit=5)
+        assert ([r["id"] for r in rows], older) == (made[-5:], True)
+        assert all(r["by_status"] == {"queued": 100} for r in rows)
+        (sql, params), = [(q, p) for q, p in seen if "FROM jobs" in q]
+        shown = plan(reader, sql, params)
+        assert "ix_jobs_sweep_id" in shown and "Seq Scan" not in shown, shown
+        assert [r["id"] for r in reads.list_sweeps(reader, limit=199)[0]] == made[1:]
+        assert reads.list_sweeps(reader, limit=200)[1] is False
+        rows, older = reads.list_sweeps(reader)
+        assert (len(rows), older, rows[0]["by_status"]) == (200, False, {"queued": 100})
+
+
 def test_list_by_a_status_not_ended_reads_the_unfinished_jobs_index(klab_db, monkeypatch):
     """`klab list --status queued` (or created, running) reads ix_jobs_unfinished: on 1,000,000 finished jobs it
     walked every one newest first (2.2 s without statistics, 0.75 s scanning with them), now 0.4 to 37 ms."""

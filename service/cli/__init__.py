@@ -27,7 +27,7 @@ COMMANDS = {
     "list": ("service.cli.results", "One row per job, filtered and sorted."),
     "show": ("service.cli.results", "One job: kernels side by side, metrics, the gap and the loss curve."),
     "compare": ("service.cli.results", "Jobs or a sweep in one table, best first; or statistics by group."),
-    "sweeps": ("service.cli.results", "Every sweep: name, tags, size, jobs by status, what it varies."),
+    "sweeps": ("service.cli.results", "The newest sweeps: name, tags, size, jobs by status, what it varies."),
     "export": ("service.cli.results", "Jobs or epochs as CSV or JSON."),
     "plot": ("service.cli.results", "A PNG of a job's loss and kernels, or of a sweep's errors."),
     "delete": ("service.cli.results", "Remove jobs (or a sweep) and their epochs."),

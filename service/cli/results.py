@@ -179,15 +179,25 @@ def _compare_groups(selection: Selection, group_by: str, as_json: bool, as_csv: 
 
 @cli.command()
 @click.option("--tag", default=None, help="only the sweeps with this tag")
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True,
+              help="the newest this many, oldest first (0: every sweep)")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list (each sweep's parameters in full)")
-def sweeps(tag: str | None, as_json: bool) -> None:
-    """Every sweep: id, name, tags, size, its jobs by status, when it was created and what it varies."""
+def sweeps(tag: str | None, limit: int, as_json: bool) -> None:
+    """The sweeps: id, name, tags, size, its jobs by status, when it was created and what it varies."""
     from service.db import reads
+
+    with _reading() as reader:
+        rows, older = reads.list_sweeps(reader, tag, limit or None)
+    _sweeps_shown(rows, as_json)
+    if older:
+        tagged = f" tagged {tag}" if tag is not None else ""
+        click.echo(f"the newest {limit} sweep{'s' * (limit != 1)}{tagged}: --limit 0 lists every one", err=True)
+
+
+def _sweeps_shown(rows: list[dict[str, Any]], as_json: bool) -> None:
     from service.render import table
     from service.render.text import counted, moment
 
-    with _reading() as reader:
-        rows = reads.list_sweeps(reader, tag)
     if as_json:
         _json(rows)
         return

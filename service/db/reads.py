@@ -377,15 +377,19 @@ def summaries(reader: Reader, selection: Selection, filters: dict[str, Any] | No
                           f"WHERE {' AND '.join(conditions)} ORDER BY id", params)
 
 
-def list_sweeps(reader: Reader, tag: str | None = None) -> list[dict[str, Any]]:
-    """Every sweep (with this tag), oldest first: id, name, tags, size, created_at, params ({"swept": ...,
-    "fixed": ...}) and by_status (its jobs counted by status)."""
+def list_sweeps(reader: Reader, tag: str | None = None, limit: int | None = None) -> tuple[list[dict[str, Any]], bool]:
+    """The newest `limit` sweeps (None: all; with this tag), oldest first, and whether there are older ones: id, name,
+    tags, size, created_at, params ({"swept": ..., "fixed": ...}), by_status (its jobs by status: ix_jobs_sweep_id)."""
     where, params = (f"WHERE {tagged(reader, tag)}", {"tag": tag}) if tag is not None else ("", {})
-    rows = reader.rows(f"SELECT id, name, tags, size, created_at, params FROM sweeps {where} ORDER BY id",  # noqa: S608
-                       params)
+    newest = " LIMIT :limit" if limit is not None else ""
+    rows = reader.rows(f"SELECT id, name, tags, size, created_at, params FROM sweeps {where} "  # noqa: S608
+                       f"ORDER BY id DESC{newest}", {**params, "limit": None if limit is None else limit + 1})
+    older = limit is not None and len(rows) > limit
+    rows = rows[:limit][::-1]
+    clause, named = ids_in(reader, [r["id"] for r in rows], "sweep_id")
     by_status: dict[int, dict[str, int]] = {}
-    for r in reader.rows("SELECT sweep_id, status, count(*) AS n FROM jobs WHERE sweep_id IN "  # noqa: S608
-                         f"(SELECT id FROM sweeps {where}) GROUP BY sweep_id, status", params):
+    for r in reader.rows(f"SELECT sweep_id, status, count(*) AS n FROM jobs WHERE {clause} "  # noqa: S608
+                         "GROUP BY sweep_id, status", named) if rows else ():
         by_status.setdefault(r["sweep_id"], {})[r["status"]] = int(r["n"])
     for r in rows:
         r["created_at"] = iso_utc(r["created_at"])
@@ -393,4 +397,4 @@ def list_sweeps(reader: Reader, tag: str | None = None) -> list[dict[str, Any]]:
             if isinstance(r[name], str):  # JSON is text in SQLite
                 r[name] = json.loads(r[name])
         r["by_status"] = by_status.get(r["id"], {})
-    return rows
+    return rows, older
