@@ -183,7 +183,7 @@ def _compare_groups(selection: Selection, group_by: str, as_json: bool, as_csv: 
               help="the newest this many, oldest first (0: every sweep)")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list (each sweep's parameters in full)")
 def sweeps(tag: str | None, limit: int, as_json: bool) -> None:
-    """The sweeps: id, name, tags, size, its jobs by status, when it was created and what it varies."""
+    """The newest sweeps, oldest of them first: id, name, tags, size, jobs by status, created, what it varies."""
     from service.db import reads
 
     with _reading() as reader:
