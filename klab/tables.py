@@ -73,7 +73,8 @@ def sweeps() -> pd.DataFrame:
     counted by status, a column each."""
     import pandas as pd
 
-    from service.db.reads import list_sweeps, reading
+    from service.db.reads import reading
+    from service.db.sweeps import list_sweeps
 
     with reading() as reader:
         rows, _ = list_sweeps(reader)

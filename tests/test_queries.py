@@ -11,7 +11,7 @@ from harness import clean_env
 from harness import klab as klab_proc
 from sqlalchemy import event, select, update
 
-from service.db import reads, writes
+from service.db import reads, sweeps, writes
 from service.db.connect import HEAD, Reader
 from service.db.engine import upgrade, writing
 from service.db.reads import reading
@@ -156,15 +156,15 @@ def test_sweeps_count_the_jobs_of_the_newest_by_their_index(klab_db, monkeypatch
                                      "sweep_id": [made[i // 100] for i in range(20_000)]}, 20_000)
     seen = statements(monkeypatch)
     with reading() as reader:
-        rows, older = reads.list_sweeps(reader, limit=5)
+        rows, older = sweeps.list_sweeps(reader, limit=5)
         assert ([r["id"] for r in rows], older) == (made[-5:], True)
         assert all(r["by_status"] == {"queued": 100} for r in rows)
         (sql, params), = [(q, p) for q, p in seen if "FROM jobs" in q]
         shown = plan(reader, sql, params)
         assert "ix_jobs_sweep_id" in shown and "Seq Scan" not in shown, shown
-        assert [r["id"] for r in reads.list_sweeps(reader, limit=199)[0]] == made[1:]
-        assert reads.list_sweeps(reader, limit=200)[1] is False
-        rows, older = reads.list_sweeps(reader)
+        assert [r["id"] for r in sweeps.list_sweeps(reader, limit=199)[0]] == made[1:]
+        assert sweeps.list_sweeps(reader, limit=200)[1] is False
+        rows, older = sweeps.list_sweeps(reader)
         assert (len(rows), older, rows[0]["by_status"]) == (200, False, {"queued": 100})
 
 

@@ -151,6 +151,7 @@ def compare(selection: Selection, group_by: str | None, as_json: bool, as_csv: b
 def _compare_groups(selection: Selection, group_by: str, as_json: bool, as_csv: bool) -> None:
     """`klab compare --group-by`: a row per group, its statistics computed by the database."""
     from service.db import groups, reads
+    from service.db.sweeps import swept
     from service.render import table
     from service.render.export import write_csv
 
@@ -158,7 +159,7 @@ def _compare_groups(selection: Selection, group_by: str, as_json: bool, as_csv: 
     with _reading() as reader:
         rows = groups.grouped(reader, selection, by)
         name = reads.sweep_name(reader, selection.sweep) if selection.sweep is not None else None
-        varied = reads.swept(reader, selection.sweep) if selection.sweep is not None else None
+        varied = swept(reader, selection.sweep) if selection.sweep is not None else None
     if as_json:
         _json(rows)
         return
@@ -184,10 +185,10 @@ def _compare_groups(selection: Selection, group_by: str, as_json: bool, as_csv: 
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list (each sweep's parameters in full)")
 def sweeps(tag: str | None, limit: int, as_json: bool) -> None:
     """The newest sweeps, oldest of them first: id, name, tags, size, jobs by status, created, what it varies."""
-    from service.db import reads
+    from service.db.sweeps import list_sweeps
 
     with _reading() as reader:
-        rows, older = reads.list_sweeps(reader, tag, limit or None)
+        rows, older = list_sweeps(reader, tag, limit or None)
     _sweeps_shown(rows, as_json)
     if older:
         tagged = f" tagged {tag}" if tag is not None else ""

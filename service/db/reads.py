@@ -165,15 +165,6 @@ def sweep_name(reader: Reader, sweep_id: int) -> str | None:
     return row["name"]
 
 
-def swept(reader: Reader, sweep_id: int) -> list[str]:
-    """What a sweep varies, in the order it was submitted: the keys of its params' "swept", read without the
-    values (a 200,000-seed sweep keeps every seed there)."""
-    keys = ("SELECT json_object_keys(params -> 'swept') AS name FROM sweeps WHERE id = :id"
-            if reader.dialect == "postgresql" else
-            "SELECT key AS name FROM sweeps, json_each(sweeps.params, '$.swept') WHERE sweeps.id = :id")
-    return [r["name"] for r in reader.rows(keys, {"id": sweep_id})]
-
-
 def ids_in(reader: Reader, ids: Sequence[int], column: str = "id") -> tuple[str, dict[str, Any]]:
     """`column` (of jobs: id, or sweep_id) is one of `ids`, as one parameter however many: an array on PostgreSQL
     (between the least and the greatest id too, for the column's index: service.db.writes.ids_in), a JSON list on
@@ -375,26 +366,3 @@ def summaries(reader: Reader, selection: Selection, filters: dict[str, Any] | No
         params[f"f{n}"] = statuses.parse(value).value if name == "status" else value
     return _fetch(reader, f"SELECT {result.select_list(result.SUMMARY_NAMES)} FROM jobs "  # noqa: S608
                           f"WHERE {' AND '.join(conditions)} ORDER BY id", params)
-
-
-def list_sweeps(reader: Reader, tag: str | None = None, limit: int | None = None) -> tuple[list[dict[str, Any]], bool]:
-    """The newest `limit` sweeps (None: all; with this tag), oldest first, and whether there are older ones: id, name,
-    tags, size, created_at, params ({"swept": ..., "fixed": ...}), by_status (its jobs by status: ix_jobs_sweep_id)."""
-    where, params = (f"WHERE {tagged(reader, tag)}", {"tag": tag}) if tag is not None else ("", {})
-    newest = " LIMIT :limit" if limit is not None else ""
-    rows = reader.rows(f"SELECT id, name, tags, size, created_at, params FROM sweeps {where} "  # noqa: S608
-                       f"ORDER BY id DESC{newest}", {**params, "limit": None if limit is None else limit + 1})
-    older = limit is not None and len(rows) > limit
-    rows = rows[:limit][::-1]
-    clause, named = ids_in(reader, [r["id"] for r in rows], "sweep_id")
-    by_status: dict[int, dict[str, int]] = {}
-    for r in reader.rows(f"SELECT sweep_id, status, count(*) AS n FROM jobs WHERE {clause} "  # noqa: S608
-                         "GROUP BY sweep_id, status", named) if rows else ():
-        by_status.setdefault(r["sweep_id"], {})[r["status"]] = int(r["n"])
-    for r in rows:
-        r["created_at"] = iso_utc(r["created_at"])
-        for name in ("params", "tags"):
-            if isinstance(r[name], str):  # JSON is text in SQLite
-                r[name] = json.loads(r[name])
-        r["by_status"] = by_status.get(r["id"], {})
-    return rows, older
