@@ -30,10 +30,12 @@ def list_sweeps(reader: Reader, tag: str | None = None, limit: int | None = None
                        f"ORDER BY id DESC{newest}", {**params, "limit": None if limit is None else limit + 1})
     older = limit is not None and len(rows) > limit
     rows = rows[:limit][::-1]
+    if not rows:
+        return rows, older
     clause, named = ids_in(reader, [r["id"] for r in rows], "sweep_id")
     by_status: dict[int, dict[str, int]] = {}
     for r in reader.rows(f"SELECT sweep_id, status, count(*) AS n FROM jobs WHERE {clause} "  # noqa: S608
-                         "GROUP BY sweep_id, status", named) if rows else ():
+                         "GROUP BY sweep_id, status", named):
         by_status.setdefault(r["sweep_id"], {})[r["status"]] = int(r["n"])
     for r in rows:
         r["created_at"] = iso_utc(r["created_at"])
