@@ -171,7 +171,8 @@ def fake_result(spec: Any, relative: float | None = 0.1, status: str = "succeede
     epoch_list = [{"epoch": i + 1, "loss": float(v), "mse": float(v) / 48, "kernel_error": frob * (1 + n - i)}
                   for i, v in enumerate(losses)]
     row = {
-        "status": status, "error_message": None, "device": "cpu", "torch_version": "test", "train_seconds": 0.01,
+        "status": status, "error_message": "a test's failure" if status == "failed" else None,  # its mark
+        "device": "cpu", "torch_version": "test", "train_seconds": 0.01,
         "epochs_done": n, "final_loss": epoch_list[-1]["loss"], "final_mse": epoch_list[-1]["mse"],
         "true_kernel": true.tolist(), "initial_kernel": np.zeros((3, 3)).tolist(), "learned_kernel": learned.tolist(),
         "learned_bias": None, "lstsq_kernel": true.tolist(),
@@ -197,6 +198,7 @@ def add_job() -> Callable[..., int]:
     """add_job(conn, relative=.., status=.., sweep_id=.., **spec) -> id: a job with its result and epochs,
     or, with status created or queued, one that has none yet."""
     from service.db import writes
+    from service.jobs.selection import Selection
     from service.jobs.spec import JobSpec
     from service.jobs.status import JobStatus
 
@@ -209,6 +211,8 @@ def add_job() -> Callable[..., int]:
                                                               else JobStatus.CREATED)])
         if end is JobStatus.QUEUED:
             writes.mark_queued(conn, [job_id])
+        if end is JobStatus.CANCELLED:  # asked to stop, as a job a worker stops is (service.jobs.status.MARKS)
+            writes.cancel(conn, Selection(ids=(job_id,)))
         if end.is_finished:
             row, epoch_list = fake_result(spec, relative, status)
             writes.save_rows(conn, [(job_id, row, epoch_list)])

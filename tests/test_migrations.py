@@ -207,3 +207,29 @@ def test_sweeps_made_before_tags_have_none_and_tags_go_with_a_downgrade(db_url: 
     assert "tags" not in {c["name"] for c in inspect(engine_for(db_url)).get_columns("sweeps")}
     upgrade(db_url)
     assert current_revision(db_url) == HEAD
+
+
+def test_jobs_that_ended_badly_before_0009_get_their_mark_and_are_listed(db_url: str) -> None:
+    """0009 indexes the failed, diverged and cancelled jobs by their marks (service.jobs.status.MARKS). A job
+    stored before it without its mark (Ctrl-C in `klab sweep --local` left cancel_requested false) gets one, so
+    `klab list --status` still finds it; a succeeded job gets none."""
+    from service.db import reads
+
+    upgrade(db_url, "0008")
+    columns = ("id, spec, status, method, input, lr, epochs, batch_size, seed, noise, created_at, attempts, "
+               "cancel_requested, task_try, epochs_done, finished_at")
+    with engine_for(db_url).begin() as conn:
+        for job_id, status in enumerate(("succeeded", "failed", "diverged", "cancelled"), start=1):
+            conn.execute(text(f"INSERT INTO jobs ({columns}) VALUES ({job_id}, '{{}}', '{status}', 'adam', "
+                              "'edge:6x8', 0.1, 3, 2, 0, 0, '2026-01-01', 1, false, 0, 2, '2026-01-01')"))
+    upgrade(db_url)
+    with engine_for(db_url).connect() as conn:
+        marked = conn.execute(text("SELECT id, error_message IS NOT NULL, diverged_epoch, cancel_requested "
+                                   f"FROM jobs WHERE {reads.ENDED_BADLY} ORDER BY id")).all()
+    assert [tuple(r) for r in marked] == [(2, True, None, False), (3, False, 2, False), (4, False, None, True)]
+    with reads.reading(db_url) as reader:
+        for job_id, status in ((2, "failed"), (3, "diverged"), (4, "cancelled"), (1, "succeeded")):
+            assert [r["id"] for r in reads.list_jobs(reader, status=status)] == [job_id], status
+    downgrade(db_url, "0008")
+    assert "ix_jobs_ended_badly" not in {i["name"] for i in inspect(engine_for(db_url)).get_indexes("jobs")}
+    upgrade(db_url)

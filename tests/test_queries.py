@@ -25,6 +25,7 @@ def stopped_early(conn: Any, fake_result, epochs_asked: int, trained: int) -> in
     """A job asked for `epochs_asked` epochs that stopped after `trained` (as a cancelled job does)."""
     spec = JobSpec.parse({"input": "random:8x8", "kernel": "random:3x3", "epochs": epochs_asked})
     (job_id,) = writes.insert_jobs(conn, [writes.new_job(spec, start=JobStatus.RUNNING)])
+    writes.cancel(conn, Selection(ids=(job_id,)))
     row, epoch_list = fake_result(spec, 0.3, JobStatus.CANCELLED.value, epochs=trained)
     writes.save_rows(conn, [(job_id, row, epoch_list)])
     return job_id
@@ -191,6 +192,39 @@ def test_list_by_a_status_not_ended_reads_the_unfinished_jobs_index(klab_db, mon
         assert len(reads.list_jobs(reader, status="succeeded", limit=20)) == 20
 
 
+def test_list_by_an_end_other_than_success_reads_the_ended_badly_index(klab_db, monkeypatch, add_job):
+    """`klab list --status failed` (diverged, cancelled) reads ix_jobs_ended_badly: on 1,000,000 succeeded jobs
+    it walked every one newest first (1.35 s; the whole command takes 0.25 s now). The jobs end the ways the
+    service ends them; running jobs asked to stop are in the index too, and listed as running."""
+    from conftest import fake_result
+
+    from service.db.schema import ENDED_BADLY
+
+    assert reads.ENDED_BADLY == ENDED_BADLY
+    spec = JobSpec.parse({"seed": 0})
+    with writing() as conn:
+        columns = writes.new_job(spec, start=JobStatus.RUNNING, queue="cpu")
+        ended = {"status": JobStatus.SUCCEEDED.value, "finished_at": datetime.now(UTC)}
+        writes.insert_columns(conn, {**columns, **ended, "seed": list(range(20_000))}, 20_000)
+        running = writes.insert_columns(conn, {**columns, "seed": list(range(7))}, 7)
+        writes.fail(conn, running[:2], "broken")
+        writes.stopped(conn, running[2:3])
+        assert writes.cancel(conn, Selection(ids=tuple(running[3:5]))) == (0, 2)  # asked to stop: still running
+        writes.save_rows(conn, [(running[5], *fake_result(spec, 0.5, JobStatus.DIVERGED.value))])
+        conn.exec_driver_sql("ANALYZE")
+    seen = statements(monkeypatch)
+    with reading() as reader:
+        for status, expected in (("failed", running[:2]), ("cancelled", running[2:3]), ("diverged", running[5:6])):
+            for sort, order in (("-id", expected[::-1]), ("lr", expected)):
+                seen.clear()
+                assert [r["id"] for r in reads.list_jobs(reader, status=status, sort=sort)] == order, (status, sort)
+                (sql, params), = [(q, p) for q, p in seen if "FROM jobs" in q]
+                shown = plan(reader, sql, params)
+                assert "ix_jobs_ended_badly" in shown, (status, sort, shown)
+        assert [r["id"] for r in reads.list_jobs(reader, status="running")] == [running[6], *running[4:2:-1]]
+        assert len(reads.list_jobs(reader, status="succeeded", limit=20)) == 20
+
+
 def test_a_sqlite_file_of_an_older_revision_upgrades_itself_with_its_jobs(tmp_path):
     """Not only the default file: any SQLite file is one user's, and upgrades itself on first use (PostgreSQL is
     refused instead: test_db.py)."""
@@ -265,8 +299,11 @@ def test_a_reapers_looks_read_the_jobs_not_yet_ended_not_every_job_ever_run(klab
 
 def test_a_job_has_a_finished_at_exactly_when_it_ended(klab_db):
     """ix_jobs_unfinished holds the jobs whose finished_at is empty, and the reaper reads them as the jobs not
-    yet ended: every way a job starts, waits, runs and ends keeps the two the same."""
+    yet ended: every way a job starts, waits, runs and ends keeps the two the same. And every job that ended
+    failed, diverged or cancelled has its mark, which ix_jobs_ended_badly reads."""
     from conftest import fake_result
+
+    from service.db.reads import ENDED_BADLY
 
     spec = JobSpec.parse({"seed": 0})
     with writing() as conn:
@@ -282,6 +319,7 @@ def test_a_job_has_a_finished_at_exactly_when_it_ended(klab_db):
         writes.stopped(conn, running[2:4])
         assert writes.cancel(conn, Selection(ids=(*created[4:6], *queued[4:6], *claimed[:2]))) == (4, 2)
         writes.save_rows(conn, [(i, *fake_result(spec, 0.2, JobStatus.SUCCEEDED.value)) for i in running[4:6]])
+        writes.save_rows(conn, [(i, *fake_result(spec, 0.2, JobStatus.DIVERGED.value)) for i in running[6:]])
         conn.execute(update(jobs).where(jobs.c.id.in_(claimed[2:])).values(heartbeat_at=long_ago))
     with writing() as conn:
         assert len(writes.reap(conn, lease=60, max_attempts=5)) == 2  # their worker died: queued again
@@ -290,5 +328,8 @@ def test_a_job_has_a_finished_at_exactly_when_it_ended(klab_db):
         mismatched = conn.exec_driver_sql(
             "SELECT id, status, finished_at FROM jobs WHERE (finished_at IS NULL) <> "
             "(status IN ('created', 'queued', 'running'))").all()
-    assert set(statuses) == {s.value for s in JobStatus} - {"diverged"}, statuses
-    assert mismatched == []
+        unmarked = conn.exec_driver_sql(  # ix_jobs_ended_badly holds them all (service.jobs.status.MARKS)
+            f"SELECT id, status FROM jobs WHERE status IN ('failed', 'diverged', 'cancelled') AND NOT ({ENDED_BADLY})"
+        ).all()
+    assert set(statuses) == {s.value for s in JobStatus}, statuses
+    assert mismatched == [] and unmarked == []

@@ -17,6 +17,7 @@ from service.db.engine import upgrade, writing
 from service.db.reads import reading
 from service.db.schema import epochs, jobs, sweeps
 from service.errors import BadInput
+from service.jobs import status
 from service.jobs.columns import Columns, json_texts
 from service.jobs.selection import Selection
 from service.jobs.spec import JobSpec
@@ -165,6 +166,20 @@ def test_status_changes_follow_the_rules(klab_db: str) -> None:
             writes.change_status(conn, JobStatus.SUCCEEDED, jobs.c.id == a, among={JobStatus.QUEUED})
     with pytest.raises(ValueError, match="cannot start"):
         writes.new_job(SPEC, start=JobStatus.SUCCEEDED)
+
+
+def test_an_end_other_than_success_sets_its_mark_or_is_refused(klab_db: str) -> None:
+    """ix_jobs_ended_badly finds failed, diverged and cancelled jobs by their marks (service.jobs.status.MARKS):
+    a change of status to one of those ends that does not set its mark is a bug, refused before any SQL."""
+    with writing() as conn:
+        b = new(conn, JobStatus.RUNNING)
+        for end, mark in status.MARKS.items():
+            for values in ({}, {mark: None}, {mark: False}):
+                with pytest.raises(ValueError, match=f"ends {end.value} must have its {mark} set"):
+                    writes.change_status(conn, end, jobs.c.id == b, **values)
+        assert job(conn, b).status == "running"
+        writes.change_status(conn, JobStatus.CANCELLED, jobs.c.id == b, cancel_requested=True)
+        assert (job(conn, b).status, job(conn, b).cancel_requested) == ("cancelled", True)
 
 
 def test_a_claim_takes_waiting_jobs_and_lapsed_leases_only(klab_db: str) -> None:

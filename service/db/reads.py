@@ -39,6 +39,10 @@ UNFINISHED = "finished_at IS NULL"
 """service.db.schema.UNFINISHED as SQL text (reads stay free of SQLAlchemy): the predicate of ix_jobs_unfinished,
 which holds exactly for the jobs whose status has not ended."""
 
+ENDED_BADLY = "error_message IS NOT NULL OR diverged_epoch IS NOT NULL OR cancel_requested"
+"""service.db.schema.ENDED_BADLY as SQL text: the predicate of ix_jobs_ended_badly, which holds for every failed,
+diverged or cancelled job (and a few running ones asked to stop)."""
+
 SWEPT = ("lr", "epochs", "seed", "batch_size", "noise", "method", "kernel", "input")
 """The parameters a sweep may vary, in the order its plot shows them."""
 
@@ -210,6 +214,8 @@ def list_jobs(reader: Reader, *, status: str | None = None, sweep: int | None = 
         params["status"] = wanted.value
         if not wanted.is_finished:  # read through ix_jobs_unfinished, not by walking every job ever run
             conditions.append(UNFINISHED)
+        elif wanted in statuses.MARKS:  # through ix_jobs_ended_badly (the predicate as the index says it)
+            conditions.append(f"({ENDED_BADLY})")
     if sweep is not None or tag is not None:
         kept = _sweeps_listed(reader, sweep, tag)
         if not kept:

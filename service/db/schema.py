@@ -30,6 +30,7 @@ from sqlalchemy import (
 )
 
 from service.jobs import result
+from service.jobs.status import MARKS
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -119,6 +120,20 @@ whose worker died and queued ones the broker lost read the jobs not yet ended, n
 claim and a heartbeat change no column of it, so they stay in-place (HOT) updates."""
 
 Index("ix_jobs_unfinished", jobs.c.id, postgresql_where=UNFINISHED, sqlite_where=UNFINISHED)
+
+
+def _marked(column: str) -> str:
+    return column if result.BY_NAME[column].kind == "bool" else f"{column} IS NOT NULL"
+
+
+ENDED_BADLY = " OR ".join(_marked(c) for c in MARKS.values())
+"""Failed, diverged or cancelled, as SQL: a job that ends so has its status's mark set (service.jobs.status.MARKS);
+so have a few others (a running job asked to stop), which the status asked for leaves out. The predicate of
+ix_jobs_ended_badly (migration 0009): `klab list --status failed` reads those jobs, not every job ever run (0.7 to
+0.95 s on 1,000,000 succeeded ones). A claim changes no column of it, so claims stay in-place (HOT) updates,
+which an index on status would end."""
+
+Index("ix_jobs_ended_badly", jobs.c.id, postgresql_where=text(ENDED_BADLY), sqlite_where=text(ENDED_BADLY))
 
 
 def unfinished(status: str) -> ColumnElement[bool]:

@@ -76,8 +76,10 @@ def selected(conn: Connection, selection: Selection) -> ColumnElement[bool]:
 
 def change_status(conn: Connection, to: JobStatus, where: ColumnElement[bool], among: set[JobStatus] | None = None,
                   **values: Any) -> list[tuple[int, str | None]]:
-    """Move the jobs that `where` names, and whose status may change to `to` (only from `among`, when
-    given), to `to`, setting `values` too. Returns (id, queue) of the jobs it moved."""
+    """Move the jobs that `where` names, whose status may change to `to` (only from `among`, when given), to
+    `to`, setting `values` (with its mark: service.jobs.status.MARKS). Returns (id, queue) of the jobs moved."""
+    if (mark := status.MARKS.get(to)) and values.get(mark) in (None, False):
+        raise ValueError(f"a job that ends {to.value} must have its {mark} set")
     sources = [s.value for s in status.sources(to, among)]
     stmt = (update(jobs).where(where, jobs.c.status.in_(sources)).values(status=to.value, **values)
             .returning(jobs.c.id, jobs.c.queue))
@@ -201,9 +203,9 @@ def cancel(conn: Connection, selection: Selection) -> tuple[int, int]:
 
 
 def stopped(conn: Connection, ids: Sequence[int]) -> None:
-    """Running jobs that this process was training when it was stopped (Ctrl-C in klab sweep --local)."""
+    """Running jobs this process was training when it was stopped (Ctrl-C in klab sweep --local): asked to stop."""
     change_status(conn, JobStatus.CANCELLED, ids_in(conn, jobs.c.id, ids), among={JobStatus.RUNNING},
-                  finished_at=utcnow())
+                  cancel_requested=True, finished_at=utcnow())
 
 
 def fail(conn: Connection, ids: Sequence[int], message: str) -> None:

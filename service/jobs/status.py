@@ -30,6 +30,15 @@ FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.DIVERGED, JobStatus.FAILED,
 TRAINED = frozenset({JobStatus.SUCCEEDED, JobStatus.CANCELLED})
 """Ended with the weights its epochs led to (a cancelled job's so far): its epochs and kernel hold, to be measured
 and explained (a diverged job's weights blew up, a failed one has none)."""
+MARKS: dict[JobStatus, str] = {
+    JobStatus.FAILED: "error_message",  # why
+    JobStatus.DIVERGED: "diverged_epoch",  # when
+    JobStatus.CANCELLED: "cancel_requested",  # someone asked it to stop: klab cancel, or Ctrl-C in klab sweep --local
+}
+"""The ends other than success, each with the column every job that ends so has set (not null, or true). No claim
+changes these columns, so an index of the jobs that have one set (service.db.schema.ENDED_BADLY) finds the
+failed, diverged and cancelled jobs among millions and leaves claims in-place (HOT) updates; an index on status
+would not (migration 0009)."""
 WAITING = frozenset({JobStatus.CREATED, JobStatus.QUEUED})
 """Not started yet: a cancel ends them at once, a claim may take them."""
 
