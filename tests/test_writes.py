@@ -388,3 +388,31 @@ def test_a_tasks_results_meet_their_jobs_in_one_pass_whatever_the_statistics_say
     assert len(plans) == 2
     for shown in plans:
         assert "Join Filter" not in shown, shown  # a nested loop that compares every job with every row
+
+
+def test_a_claim_writes_its_jobs_new_rows_in_place_where_their_page_has_room(pg_url: str) -> None:
+    """No index of jobs reads a column a claim changes (status, started_at, heartbeat_at, ...), so PostgreSQL
+    writes a claimed job's new row beside the old one, with no new index entry (a HOT update), wherever the
+    page has room (fillfactor 70, migration 0004). The indexes of the jobs not yet ended (0007) and of the
+    failed, diverged and cancelled ones (0009) read columns no claim changes for that reason. An index on
+    status, built here to show it, leaves no claim HOT (measured: 5% to 48% more claim time)."""
+    upgrade(pg_url)
+
+    def claim_counted(seeds: range, task: str) -> tuple[int, int]:
+        """(rows updated, of them HOT) claiming new queued jobs, as this backend's statistics count them (the
+        counts of its transactions not yet reported: the difference made by the claim)."""
+        columns = {**writes.new_job(SPEC, start=JobStatus.QUEUED, queue="cpu"), "seed": list(seeds)}
+        with writing(pg_url) as conn:
+            ids = writes.insert_columns(conn, columns, len(seeds))
+        with writing(pg_url) as conn:
+            counts = text("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables WHERE relname = 'jobs'")
+            before = conn.execute(counts).one()
+            assert len(claimed(conn, ids, "h", task, 1)) == len(seeds)
+            after = conn.execute(counts).one()
+        return after[0] - before[0], after[1] - before[1]
+
+    updated, hot = claim_counted(range(2000), "t1")
+    assert updated == 2000 and hot >= 500, (updated, hot)
+    with writing(pg_url) as conn:
+        conn.execute(text("CREATE INDEX ix_jobs_status_shown ON jobs (status)"))
+    assert claim_counted(range(2000, 4000), "t2") == (2000, 0)
