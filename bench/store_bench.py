@@ -3,10 +3,10 @@
 Reports rows per second for the bulk path (finished jobs through service.db.writes.insert_jobs, then
 their epochs through service.db.bulk.insert_epochs: COPY for both on PostgreSQL), and for
 writes.save_rows (the path `klab run` takes; workers store whole batches: sweep_bench.py) on a slice;
-then times the real `klab list --limit 20`, `show ID`, `compare`, `status` and `sweeps` on the filled database,
-which must answer in under a second, against the same commands forced through SQLAlchemy's engine (the
-baseline: how every read command ran before service.db.connect's driver connections), interleaved in the
-same run.
+then times the real `klab list --limit 20` (newest first, by relative error, the failed ones), `show ID`,
+`compare`, `status` and `sweeps` on the filled database, which must answer in under a second, against the same
+commands forced through SQLAlchemy's engine (the baseline: how every read command ran before
+service.db.connect's driver connections), interleaved in the same run.
 
     .venv/bin/python bench/store_bench.py                 # full size, both backends
     .venv/bin/python bench/store_bench.py --jobs 10000 --backends sqlite
@@ -239,6 +239,7 @@ def time_cli(url: str) -> dict[str, dict[str, float]]:
         "klab --version (startup floor)": ["--version"],
         "klab list --limit 20": ["list", "--limit", "20"],
         "klab list --limit 20 --sort relative_error": ["list", "--limit", "20", "--sort", "relative_error"],
+        "klab list --limit 20 --status failed": ["list", "--limit", "20", "--status", "failed"],
         f"klab show {middle}": ["show", str(middle)],
         f"klab compare --sweep {sweep}": ["compare", "--sweep", str(sweep)],
         f"klab status --sweep {sweep}": ["status", "--sweep", str(sweep)],

@@ -135,3 +135,4 @@ def test_an_interrupted_local_sweep_leaves_no_job_running(here: str) -> None:
     rows = stored_jobs(plan.sweep_id)
     assert [r.status for r in rows] == [JobStatus.SUCCEEDED.value] * 4 + [JobStatus.CANCELLED.value] * 6
     assert all(r.finished_at is not None for r in rows)
+    assert [bool(r.cancel_requested) for r in rows] == [False] * 4 + [True] * 6  # the user asked: its mark
