@@ -169,6 +169,23 @@ def test_sweeps_count_the_jobs_of_the_newest_by_their_index(klab_db, monkeypatch
         assert (len(rows), older, rows[0]["by_status"]) == (200, False, {"queued": 100})
 
 
+def succeeded_before(conn: Any, columns: dict[str, Any]) -> dict[str, Any]:
+    """20,000 jobs of `columns` that succeeded, the history a status is looked for in; returns `columns`."""
+    ended = {"status": JobStatus.SUCCEEDED.value, "finished_at": datetime.now(UTC)}
+    writes.insert_columns(conn, {**columns, **ended, "seed": list(range(20_000))}, 20_000)
+    return columns
+
+
+def listed_through(reader: Reader, seen: list[tuple[str, dict]], index: str, **how: Any) -> list[int]:
+    """The ids reads.list_jobs(**how) lists, its statement's plan having been seen to read `index`."""
+    seen.clear()
+    ids = [r["id"] for r in reads.list_jobs(reader, **how)]
+    (sql, params), = [(q, p) for q, p in seen if "FROM jobs" in q]
+    shown = plan(reader, sql, params)
+    assert index in shown, (how, shown)
+    return ids
+
+
 def test_list_by_a_status_not_ended_reads_the_unfinished_jobs_index(klab_db, monkeypatch):
     """`klab list --status queued` (or created, running) reads ix_jobs_unfinished: on 1,000,000 finished jobs it
     walked every one newest first (2.2 s without statistics, 0.75 s scanning with them), now 0.4 to 37 ms."""
@@ -177,22 +194,16 @@ def test_list_by_a_status_not_ended_reads_the_unfinished_jobs_index(klab_db, mon
     assert str(UNFINISHED.compile(compile_kwargs={"literal_binds": True})) == f"jobs.{reads.UNFINISHED}"
     spec = JobSpec.parse({"seed": 0})
     with writing() as conn:
-        columns = writes.new_job(spec, start=JobStatus.QUEUED, queue="cpu")
-        ended = {"status": JobStatus.SUCCEEDED.value, "finished_at": datetime.now(UTC)}
-        writes.insert_columns(conn, {**columns, **ended, "seed": list(range(20_000))}, 20_000)
+        columns = succeeded_before(conn, writes.new_job(spec, start=JobStatus.QUEUED, queue="cpu"))
         waiting = writes.insert_columns(conn, {**columns, "seed": list(range(5))}, 5)
     seen = statements(monkeypatch)
     with reading() as reader:
         for status, expected in (("queued", waiting[::-1]), ("running", [])):
-            seen.clear()
-            assert [r["id"] for r in reads.list_jobs(reader, status=status, limit=20)] == expected
-            (sql, params), = [(q, p) for q, p in seen if "FROM jobs" in q]
-            shown = plan(reader, sql, params)
-            assert "ix_jobs_unfinished" in shown, (status, shown)
+            assert listed_through(reader, seen, "ix_jobs_unfinished", status=status, limit=20) == expected
         assert len(reads.list_jobs(reader, status="succeeded", limit=20)) == 20
 
 
-def test_list_by_an_end_other_than_success_reads_the_ended_badly_index(klab_db, monkeypatch, add_job):
+def test_list_by_an_end_other_than_success_reads_the_ended_badly_index(klab_db, monkeypatch):
     """`klab list --status failed` (diverged, cancelled) reads ix_jobs_ended_badly: on 1,000,000 succeeded jobs
     it walked every one newest first (0.75 s, 1.35 s before an ANALYZE; the whole command takes 0.26 s now). The
     jobs end the ways the service ends them; running jobs asked to stop are in the index too, listed as running."""
@@ -203,9 +214,7 @@ def test_list_by_an_end_other_than_success_reads_the_ended_badly_index(klab_db, 
     assert reads.ENDED_BADLY == ENDED_BADLY
     spec = JobSpec.parse({"seed": 0})
     with writing() as conn:
-        columns = writes.new_job(spec, start=JobStatus.RUNNING, queue="cpu")
-        ended = {"status": JobStatus.SUCCEEDED.value, "finished_at": datetime.now(UTC)}
-        writes.insert_columns(conn, {**columns, **ended, "seed": list(range(20_000))}, 20_000)
+        columns = succeeded_before(conn, writes.new_job(spec, start=JobStatus.RUNNING, queue="cpu"))
         running = writes.insert_columns(conn, {**columns, "seed": list(range(7))}, 7)
         writes.fail(conn, running[:2], "broken")
         writes.stopped(conn, running[2:3])
@@ -216,11 +225,7 @@ def test_list_by_an_end_other_than_success_reads_the_ended_badly_index(klab_db, 
     with reading() as reader:
         for status, expected in (("failed", running[:2]), ("cancelled", running[2:3]), ("diverged", running[5:6])):
             for sort, order in (("-id", expected[::-1]), ("lr", expected)):
-                seen.clear()
-                assert [r["id"] for r in reads.list_jobs(reader, status=status, sort=sort)] == order, (status, sort)
-                (sql, params), = [(q, p) for q, p in seen if "FROM jobs" in q]
-                shown = plan(reader, sql, params)
-                assert "ix_jobs_ended_badly" in shown, (status, sort, shown)
+                assert listed_through(reader, seen, "ix_jobs_ended_badly", status=status, sort=sort) == order
         assert [r["id"] for r in reads.list_jobs(reader, status="running")] == [running[6], *running[4:2:-1]]
         assert len(reads.list_jobs(reader, status="succeeded", limit=20)) == 20
 
