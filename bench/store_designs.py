@@ -23,6 +23,7 @@ of other designs, none of which the service has:
   the two would make the COPY fail on the primary key: a real design would then take once-checked's path);
 - unindexed-error: save_results without the index on jobs.err_relative (what `--sort relative_error`
   reads);
+- unindexed-method: save_results without the index on jobs.method (what `klab list --method` reads);
 - brin-epochs: save_results with the epochs' primary key (job_id, epoch) replaced by a BRIN index on
   job_id (int4_minmax_multi_ops), which PostgreSQL keeps almost for free and summarizes only at VACUUM.
 
@@ -51,7 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sweep_bench as sb
 from sqlalchemy import Column, Integer, Table, text
 
-DESIGNS = ("shipped", "replace", "split", "once", "once-checked", "once-selected", "unindexed-error", "brin-epochs")
+DESIGNS = ("shipped", "replace", "split", "once", "once-checked", "once-selected", "unindexed-error",
+           "unindexed-method", "brin-epochs")
 RESULT_TABLE = ("split", "once", "once-checked", "once-selected")
 """The designs that store a result in a table of its own."""
 RESULTS = "_klab_design_results"
@@ -159,6 +161,7 @@ def prepare(db_url: str, design: str) -> None:
     with eng.connect() as conn:
         conn.execute(text(f"DROP TABLE IF EXISTS {RESULTS}"))
         conn.execute(text("CREATE INDEX IF NOT EXISTS ix_jobs_err_relative ON jobs (err_relative)"))
+        conn.execute(text("CREATE INDEX IF NOT EXISTS ix_jobs_method ON jobs (method)"))
         conn.execute(text("DROP INDEX IF EXISTS ix_epochs_job_id_brin"))
         if not conn.execute(text("SELECT 1 FROM pg_constraint WHERE conname = 'pk_epochs'")).first():
             conn.execute(text("ALTER TABLE epochs ADD CONSTRAINT pk_epochs PRIMARY KEY (job_id, epoch)"))
@@ -169,6 +172,8 @@ def prepare(db_url: str, design: str) -> None:
             conn.execute(text(f"CREATE INDEX ON {RESULTS} (err_relative)"))
         if design in (*RESULT_TABLE, "unindexed-error"):
             conn.execute(text("DROP INDEX ix_jobs_err_relative"))
+        if design == "unindexed-method":
+            conn.execute(text("DROP INDEX ix_jobs_method"))
         if design == "brin-epochs":
             conn.execute(text("ALTER TABLE epochs DROP CONSTRAINT pk_epochs"))
             conn.execute(text("CREATE INDEX ix_epochs_job_id_brin ON epochs USING brin (job_id int4_minmax_multi_ops)"))
