@@ -3,8 +3,9 @@
 Reports rows per second for the bulk path (finished jobs through service.db.writes.insert_jobs, then
 their epochs through service.db.bulk.insert_epochs: COPY for both on PostgreSQL), and for
 writes.save_rows (the path `klab run` takes; workers store whole batches: sweep_bench.py) on a slice;
-then times the real `klab list --limit 20` (newest first, by relative error, the failed ones), `show ID`,
-`compare`, `status` and `sweeps` on the filled database, which must answer in under a second, against the same
+then times the real `klab list --limit 20` (newest first, by relative error, the failed ones; and the two
+reads no index serves, every job sorted by lr and a kernel no job has), `show ID`, `compare`, `status` and
+`sweeps` on the filled database, which must answer in under a second, against the same
 commands forced through SQLAlchemy's engine (the baseline: how every read command ran before
 service.db.connect's driver connections), interleaved in the same run.
 
@@ -215,7 +216,7 @@ def cli_times(url: str, args: list[str], repeat: int = 5) -> dict[str, float]:
             "ratio": statistics.median(engine_walls) / statistics.median(walls)}
 
 
-def bench(name: str, url: str, jobs: int, epochs: int) -> dict[str, Any]:
+def bench(name: str, url: str, jobs: int, epochs: int, analyze: bool = False) -> dict[str, Any]:
     upgrade(url)
     print(f"\n{name}: storing {jobs:,} jobs x {epochs} epochs ({jobs * (1 + epochs):,} rows)", flush=True)
     bulk = bulk_store(url, jobs, epochs)
@@ -226,11 +227,17 @@ def bench(name: str, url: str, jobs: int, epochs: int) -> dict[str, Any]:
     print(f"  insert_jobs + save_rows, {slice_jobs:,} jobs in batches of 100: {saved['total_s']:.1f} s, "
           f"{saved['rows_per_s']:,.0f} rows/s", flush=True)
     dispose_engines()
-    return {"bulk": bulk, "save_results": saved, "cli": time_cli(url)}
+    return {"bulk": bulk, "save_results": saved, "cli": time_cli(url, analyze)}
 
 
-def time_cli(url: str) -> dict[str, dict[str, float]]:
-    """`klab list`, `show`, `compare`, `status` and `sweeps` on a filled database, each in a fresh process."""
+def time_cli(url: str, analyze: bool = False) -> dict[str, dict[str, float]]:
+    """`klab list`, `show`, `compare`, `status` and `sweeps` on a filled database, each in a fresh process;
+    `analyze`: after an ANALYZE, as a database whose autovacuum has gathered its statistics answers them
+    (without, as right after a large change: this machine's PostgreSQL runs without autovacuum)."""
+    if analyze:
+        with writing(url) as conn:
+            conn.exec_driver_sql("ANALYZE")
+        print("  after ANALYZE", flush=True)
     with reading(url) as reader:
         middle = reader.one("SELECT max(id) / 2 AS middle FROM jobs")["middle"]
         sweep = reader.one("SELECT sweep_id FROM jobs WHERE id = :id", {"id": middle})["sweep_id"]
@@ -240,6 +247,9 @@ def time_cli(url: str) -> dict[str, dict[str, float]]:
         "klab list --limit 20": ["list", "--limit", "20"],
         "klab list --limit 20 --sort relative_error": ["list", "--limit", "20", "--sort", "relative_error"],
         "klab list --limit 20 --status failed": ["list", "--limit", "20", "--status", "failed"],
+        # the two reads that no index serves: each reads every job (README, klab list)
+        "klab list --limit 20 --sort lr": ["list", "--limit", "20", "--sort", "lr"],
+        "klab list --limit 20 --kernel d2l (no such job)": ["list", "--limit", "20", "--kernel", "d2l"],
         f"klab show {middle}": ["show", str(middle)],
         f"klab compare --sweep {sweep}": ["compare", "--sweep", str(sweep)],
         f"klab status --sweep {sweep}": ["status", "--sweep", str(sweep)],
@@ -276,10 +286,11 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--keep", action="store_true", help="keep the filled databases and print their URLs")
     parser.add_argument("--time-only", metavar="URL", help="only time the CLI on an already filled database")
+    parser.add_argument("--analyze", action="store_true", help="ANALYZE the database before timing the CLI")
     args = parser.parse_args()
     if args.time_only:
         print(f"machine: {os.cpu_count()} CPUs, {_cpu_model()}; timing the CLI on {describe(args.time_only)}")
-        time_cli(args.time_only)
+        time_cli(args.time_only, args.analyze)
         return
     print(f"machine: {os.cpu_count()} CPUs, {_cpu_model()}, Python {platform.python_version()}, "
           f"load average {os.getloadavg()[0]:.1f} at start")
@@ -289,7 +300,7 @@ def main() -> None:
             tmp = tempfile.mkdtemp(prefix="klab_bench_")
             path = Path(tmp) / "bench.db"
             try:
-                results["SQLite"] = bench("SQLite", f"sqlite:///{path}", args.jobs, args.epochs)
+                results["SQLite"] = bench("SQLite", f"sqlite:///{path}", args.jobs, args.epochs, args.analyze)
                 print(f"  database file: {path.stat().st_size / 2**20:.0f} MiB")
             finally:
                 dispose_engines()
@@ -300,7 +311,7 @@ def main() -> None:
         elif backend == "postgresql":
             url, admin, name = _pg_database()
             try:
-                results["PostgreSQL"] = bench("PostgreSQL", url, args.jobs, args.epochs)
+                results["PostgreSQL"] = bench("PostgreSQL", url, args.jobs, args.epochs, args.analyze)
             finally:
                 dispose_engines()
                 if args.keep:
