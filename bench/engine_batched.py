@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from service.jobs.choices import Method
 from service.jobs.problem import build_problem
-from service.jobs.spec import JobSpec, Method
+from service.jobs.spec import JobSpec
 from worker.engine import BatchResult, Job, OnEpoch, train
 
 EPOCHS, LR = 10, 0.03

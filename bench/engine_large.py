@@ -24,8 +24,8 @@ from engine_batched import machine, timed_train
 from torch import nn
 
 from service.jobs import inputs
+from service.jobs.choices import Method
 from service.jobs.problem import Problem
-from service.jobs.spec import Method
 from worker.engine import Job
 
 N, C, H, W = 8, 3, 256, 256

@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine_batched import timed_train
 
+from service.jobs.choices import Method
 from service.jobs.problem import build_problem
-from service.jobs.spec import JobSpec, Method
+from service.jobs.spec import JobSpec
 from worker.engine import Job, run_spec, train
 
 FAILED: list[str] = []

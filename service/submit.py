@@ -27,9 +27,10 @@ from service.db import bulk, reads, writes
 from service.db.connect import Reader
 from service.db.engine import writing
 from service.errors import BadInput, BrokerUnavailable
+from service.jobs.choices import Device
 from service.jobs.problem import Problem, build_problem, file_arrays, fitting, problem_key, together
 from service.jobs.selection import Selection
-from service.jobs.spec import Device, JobSpec
+from service.jobs.spec import JobSpec
 from service.jobs.status import JobStatus
 from service.jobs.sweep import Grid
 from service.settings import settings

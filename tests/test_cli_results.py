@@ -520,7 +520,7 @@ import json, sys
 from service.cli import main
 for args in (["list"], ["show", "{job}"], ["compare", "{job}"], ["export", "--ids", "{job}", "--what", "epochs"],
              ["status", "{job}"], ["db", "current"], ["sweeps"], ["compare", "{job}", "--group-by", "lr,seed"],
-             ["list", "--tag", "t"]):
+             ["list", "--tag", "t"], ["list", "--method", "adam", "--kernel", "sobel-x"]):
     try:
         main(args)
     except SystemExit as exc:

@@ -11,9 +11,10 @@ from harness import strict_json
 from torch import nn
 from torch.utils import data
 
+from service.jobs.choices import Method
 from service.jobs.problem import build_problem
 from service.jobs.result import to_json
-from service.jobs.spec import JobSpec, Method
+from service.jobs.spec import JobSpec
 from worker.engine import Job, residuals, resolve_device, train
 from worker.engine.weights import VECTOR_INIT_MIN, batch_initial_weights, initial_weights
 

@@ -16,8 +16,9 @@ from harness import service_env as env_of
 
 from service import defaults
 from service.errors import BadInput
+from service.jobs.choices import Method
 from service.jobs.problem import build_problem, job_memory
-from service.jobs.spec import JobSpec, Method
+from service.jobs.spec import JobSpec
 from service.settings import Settings
 
 GIB = 2**30

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from service.errors import BadInput
+from service.jobs.choices import Method
 from service.jobs.problem import build_problem
-from service.jobs.spec import JobSpec, Method, load_spec_file
+from service.jobs.spec import JobSpec, load_spec_file
 from service.settings import Settings
 
 

@@ -75,8 +75,8 @@ def test_acceptance_sweep_of_1000_jobs_equals_run_twins(service_env, workers):
     jobs = rows(url, "SELECT id, status, lr, seed, attempts FROM jobs WHERE sweep_id = :s ORDER BY id", s=sweep_id)
     assert len(jobs) == 1000 and {j.status for j in jobs} == {"succeeded"}
     assert {j.attempts for j in jobs} == {1}
+    from service.jobs.choices import Method
     from service.jobs.problem import build_problem
-    from service.jobs.spec import Method
     from worker.engine import Job, train
 
     problem = build_problem(JobSpec.parse({}))

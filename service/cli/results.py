@@ -12,6 +12,7 @@ import click
 from service.cli import cli
 from service.cli.options import selected
 from service.errors import BadInput
+from service.jobs.choices import KERNEL_PRESETS, Method
 from service.jobs.selection import Selection
 
 
@@ -45,14 +46,12 @@ def _unless_ignored(column: str, text: Callable[[dict[str, Any]], str] | None = 
 
 
 def _known(method: str | None, kernel: str | None) -> tuple[str | None, str | None]:
-    """Filter values checked as a job's own would be (an unknown one is refused, not answered `no jobs`);
-    the modules that know them are loaded only when the filter is given."""
-    if method is not None:
-        from service.jobs.spec import Method
-
-        if method not in set(Method):
-            raise BadInput("method", f"unknown method {method!r}; choose from {', '.join(Method)}")
-    if kernel is not None and not kernel.startswith("npy:"):  # a file may be gone: its jobs are not
+    """Filter values checked as a job's own would be (an unknown one is refused, not answered `no jobs`): a
+    method or a kernel preset by name, other kernels by the parser that reads a job's (it loads numpy)."""
+    if method is not None and method not in set(Method):
+        raise BadInput("method", f"unknown method {method!r}; choose from {', '.join(Method)}")
+    # npy:PATH is not read: the file may be gone, its jobs are not
+    if kernel is not None and kernel not in KERNEL_PRESETS and not kernel.startswith("npy:"):
         from service.jobs.inputs import parse_kernel
 
         parse_kernel(kernel, 0)

@@ -15,23 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from service.errors import BadInput
+from service.jobs.choices import KERNEL_PRESETS
 from service.settings import settings
 
 # Streams of the job's seed, so random input, kernel and noise never share numbers.
 INPUT_STREAM, KERNEL_STREAM, NOISE_STREAM = 1, 2, 3
-
-KERNEL_PRESETS: dict[str, list[list[float]]] = {
-    "d2l": [[1.0, -1.0]],
-    "edge-v": [[1.0], [-1.0]],
-    "sobel-x": [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]],
-    "sobel-y": [[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]],
-    "laplacian": [[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]],
-    "second-diff": [[1.0, -2.0, 1.0]],
-    "box3": [[1 / 9] * 3] * 3,
-    "gauss3": [[1 / 16, 2 / 16, 1 / 16], [2 / 16, 4 / 16, 2 / 16], [1 / 16, 2 / 16, 1 / 16]],
-    "sharpen": [[0.0, -1.0, 0.0], [-1.0, 5.0, -1.0], [0.0, -1.0, 0.0]],
-    "identity3": [[0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]],
-}
 
 INPUT_KINDS = ("edge", "ones", "random", "checker", "diagonal", "image", "npy")
 _DIMS = re.compile(r"^[0-9]{1,7}(x[0-9]{1,7}){1,3}$")

@@ -9,7 +9,8 @@ import numpy as np
 
 from service.errors import BadInput
 from service.jobs import inputs
-from service.jobs.spec import JobSpec, Method
+from service.jobs.choices import Method
+from service.jobs.spec import JobSpec
 from service.settings import settings
 
 ENGINE_BYTES = 4 * inputs.BLOCK_BYTES + 3 * 4 * 2**22 + 64 * 2**20

@@ -4,36 +4,18 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service import defaults
 from service.errors import BadInput
+from service.jobs.choices import Device, Method
 from service.jobs.inputs import checked_file
 from service.settings import settings
 
 NO_KERNEL = "none"
 """What --kernel takes for no true kernel."""
-
-
-class Method(StrEnum):
-    D2L_MANUAL = "d2l-manual"
-    D2L_SGD = "d2l-sgd"
-    MOMENTUM = "momentum"
-    ADAM = "adam"
-    LSTSQ = "lstsq"
-
-    @property
-    def is_minibatch(self) -> bool:
-        return self in (Method.D2L_SGD, Method.MOMENTUM, Method.ADAM)
-
-
-class Device(StrEnum):
-    CPU = "cpu"
-    CUDA = "cuda"
-    AUTO = "auto"
 
 
 class JobSpec(BaseModel):

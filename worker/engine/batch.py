@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from service.jobs.choices import Method
 from service.jobs.problem import shapes
-from service.jobs.spec import Method
 from worker.engine import analysis
 from worker.engine.job import Job
 from worker.engine.loop import OnEpoch, Trained, fit

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from service import defaults
-from service.jobs.spec import Method
+from service.jobs.choices import Method
 from worker.engine.optim import optimizer
 from worker.engine.residuals import Residuals
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from service import defaults
-from service.jobs.spec import Method
+from service.jobs.choices import Method
 
 
 class Optimizer:

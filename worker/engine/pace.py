@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service import defaults
-from service.jobs.spec import Method
+from service.jobs.choices import Method
 from worker.engine.analysis import Design, gram
 
 RATE_WORK_LIMIT = 2e9

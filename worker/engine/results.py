@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from service.jobs.choices import Method
 from service.jobs.columns import Columns, Nested
-from service.jobs.spec import Method
 from service.jobs.status import TRAINED, JobStatus
 from service.render.text import FLOAT32_EPS
 from worker.engine import analysis
