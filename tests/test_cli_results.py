@@ -609,3 +609,22 @@ def test_list_refuses_an_unknown_filter_value_as_it_refuses_an_unknown_status(jo
         assert code == 2 and out == "" and err.startswith(f"klab: error: {field}: unknown "), (args, err)
     code, out, err = klab_cli("list", "--method", "d2l-manual", "--kernel", "random:3x3", "--json")
     assert code == 0 and len(json.loads(out)) == 4  # known values that match: the jobs come back
+
+
+@SQLITE_ONLY
+def test_list_kernel_none_lists_the_jobs_given_labels_and_no_kernel(jobs: dict[str, int], klab_cli,
+                                                                    tmp_path: Path) -> None:
+    """`--kernel none` is how a job is submitted without a true kernel; the same words find those jobs."""
+    import numpy as np
+
+    np.save(tmp_path / "y.npy", np.zeros((8, 6)))
+    code, out, err = klab_cli("run", "--input", "random:8x8", "--kernel", "none", "--labels",
+                              f"npy:{tmp_path / 'y.npy'}", "--method", "lstsq", "--json")
+    assert code == 0, err
+    labelled = json.loads(out)["id"]
+    for given in ("none", "NONE", " None "):
+        code, out, err = klab_cli("list", "--kernel", given, "--json")
+        assert code == 0, err
+        assert [(r["id"], r["kernel"]) for r in json.loads(out)] == [(labelled, None)], given
+    code, out, err = klab_cli("list", "--kernel", "random:3x3", "--json")
+    assert code == 0 and labelled not in {r["id"] for r in json.loads(out)} and len(json.loads(out)) == 4

@@ -12,7 +12,7 @@ import click
 from service.cli import cli
 from service.cli.options import selected
 from service.errors import BadInput
-from service.jobs.choices import KERNEL_PRESETS, Method
+from service.jobs.choices import KERNEL_PRESETS, NO_KERNEL, Method
 from service.jobs.selection import Selection
 
 
@@ -50,6 +50,8 @@ def _known(method: str | None, kernel: str | None) -> tuple[str | None, str | No
     method or a kernel preset by name, other kernels by the parser that reads a job's (it loads numpy)."""
     if method is not None and method not in set(Method):
         raise BadInput("method", f"unknown method {method!r}; choose from {', '.join(Method)}")
+    if kernel is not None and kernel.strip().lower() == NO_KERNEL:  # as a job's spec reads it
+        return method, NO_KERNEL
     # npy:PATH is not read: the file may be gone, its jobs are not
     if kernel is not None and kernel not in KERNEL_PRESETS and not kernel.startswith("npy:"):
         from service.jobs.inputs import parse_kernel
@@ -62,7 +64,8 @@ def _known(method: str | None, kernel: str | None) -> tuple[str | None, str | No
 @click.option("--status", default=None, help="only jobs with this status (succeeded, diverged, failed, ...)")
 @click.option("--sweep", type=int, default=None, help="only the jobs of this sweep")
 @click.option("--method", default=None, help="only jobs trained with this method")
-@click.option("--kernel", default=None, help="only jobs with this true kernel (as given, e.g. sobel-x)")
+@click.option("--kernel", default=None,
+              help="only jobs with this true kernel (as given, e.g. sobel-x; none: the jobs given labels, no kernel)")
 @click.option("--tag", default=None, help="only the jobs of sweeps with this tag")
 @click.option("--sort", default="-id", show_default=True,
               help="column to sort by (id, status, method, input, kernel, lr, epochs, final_loss, "

@@ -22,6 +22,7 @@ from service.db.connect import HEAD, Reader, open_reader
 from service.errors import BadInput, DatabaseUnavailable
 from service.jobs import result
 from service.jobs import status as statuses
+from service.jobs.choices import NO_KERNEL
 from service.jobs.selection import Selection
 from service.settings import settings
 
@@ -226,7 +227,9 @@ def list_jobs(reader: Reader, *, status: str | None = None, sweep: int | None = 
     if method is not None:
         conditions.append("method = :method")
         params["method"] = method
-    if kernel is not None:
+    if kernel == NO_KERNEL:  # the jobs given labels and no true kernel
+        conditions.append("kernel IS NULL")
+    elif kernel is not None:
         conditions.append("kernel = :kernel")
         params["kernel"] = kernel
 

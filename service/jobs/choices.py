@@ -26,6 +26,9 @@ class Device(StrEnum):
     AUTO = "auto"
 
 
+NO_KERNEL = "none"
+"""What --kernel takes for no true kernel (labels given with --labels), in any case."""
+
 KERNEL_PRESETS: dict[str, list[list[float]]] = {
     "d2l": [[1.0, -1.0]],
     "edge-v": [[1.0], [-1.0]],

@@ -223,7 +223,7 @@ def parse_kernel(raw: str, seed: int) -> np.ndarray:
     else:
         presets = ", ".join(KERNEL_PRESETS)
         raise BadInput(field, f"unknown kernel {raw[:40]!r}; expected a preset ({presets}), "
-                              "a JSON literal, random:KHxKW or npy:PATH")
+                              "a JSON literal, random:KHxKW, npy:PATH or none (no true kernel)")
     _check_elements(field, array.shape, settings().max_kernel_elements, "kernel")
     return array
 

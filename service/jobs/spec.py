@@ -10,12 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from service import defaults
 from service.errors import BadInput
-from service.jobs.choices import Device, Method
+from service.jobs.choices import NO_KERNEL, Device, Method
 from service.jobs.inputs import checked_file
 from service.settings import settings
-
-NO_KERNEL = "none"
-"""What --kernel takes for no true kernel."""
 
 
 class JobSpec(BaseModel):
