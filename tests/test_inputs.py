@@ -137,6 +137,9 @@ def test_npy_of_five_dimensions_and_missing_or_garbage_files(tmp_path):
         inputs.parse_input(f"npy:{tmp_path / 'x5.npy'}", 0)
     with pytest.raises(BadInput, match="^input: no such file"):
         inputs.parse_input(f"npy:{tmp_path / 'missing.npy'}", 0)
+    for there in (tmp_path, "/dev/null"):  # a path that exists is not said to be missing
+        with pytest.raises(BadInput, match=f"^labels: not a file: {there}$"):
+            inputs.parse_labels(f"npy:{there}")
     (tmp_path / "garbage.npy").write_bytes(b"not numpy at all")
     with pytest.raises(BadInput, match="^input: ") as exc:  # numpy takes a non-npy file for a pickle
         inputs.parse_input(f"npy:{tmp_path / 'garbage.npy'}", 0)

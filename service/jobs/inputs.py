@@ -63,8 +63,8 @@ def checked_file(field: str, raw: str) -> Path:
     if not raw:
         raise BadInput(field, "missing file path")
     path = Path(raw).expanduser()
-    if not path.is_file():
-        raise BadInput(field, f"no such file: {raw}")
+    if not path.is_file():  # a directory, a device (/dev/null) or nothing at all
+        raise BadInput(field, f"not a file: {raw}" if path.exists() else f"no such file: {raw}")
     if not os.access(path, os.R_OK):
         raise BadInput(field, f"file is not readable: {raw}")
     size = path.stat().st_size
