@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.errors import BadInput
+from service.jobs.choices import NO_KERNEL
 from service.settings import settings
 
 SWEEPABLE = ("input", "kernel", "method", "lr", "epochs", "batch_size", "seed", "noise")
@@ -183,8 +184,6 @@ def as_flag(field: str, value: Any, text: Callable[[Any], str] = _text) -> str:
 def file_flags(doc: dict[str, Any]) -> dict[str, str]:
     """A sweep file's fields as flags: lists sweep, `kernel: null` means no true kernel, other nulls the
     default."""
-    from service.jobs.choices import NO_KERNEL
-
     return {k: NO_KERNEL if v is None else as_flag(k, v) for k, v in doc.items() if v is not None or k == "kernel"}
 
 
