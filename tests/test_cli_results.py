@@ -506,6 +506,13 @@ def test_tables_use_color_on_a_terminal_unless_no_color(monkeypatch: pytest.Monk
     assert "1.698e+10" in narrow and "image:/…" in narrow  # free text gives way, numbers never do
     assert tables.plain(["id", "status", "lr"], rows).splitlines() == [
         "id  status      lr", " 1  succeeded  0.1", " 2  diverged     -"]
+    no_kernels = [{"id": 1, "kernel": None, "lr": 0.1}, {"id": 12, "kernel": None, "lr": 0.03}]
+    assert tables.plain(["id", "kernel", "lr"], no_kernels).splitlines() == [  # a text field of dashes alone
+        "id  kernel    lr", " 1  -        0.1", "12  -       0.03"]
+    assert tables.plain(["id", "final_loss"], [{"id": 1, "final_loss": None}]).splitlines() == [
+        "id  final loss", " 1           -"]  # a number field of dashes alone: its kind, not its rows, aligns it
+    assert tables.plain(["lr", "jobs"], [{"lr": 0.1, "jobs": 3}, {"lr": 1.0, "jobs": None}]).splitlines() == [
+        " lr  jobs", "0.1     3", "  1     -"]  # a computed column (compare --group-by): its values align it
 
 
 # --- the real command, in other processes ------------------------------------------------------

@@ -36,7 +36,7 @@ def plain(columns: Sequence[str], rows: Sequence[dict[str, Any]], cells: dict[st
     texts = [[_text(c, r, cells) for c in columns] for r in rows]
     heads = [header(c) for c in columns]
     widths = [max([len(h)] + [len(t[i]) for t in texts]) for i, h in enumerate(heads)]
-    right = [all(_is_number(r.get(c)) or r.get(c) is None for r in rows) for c in columns]
+    right = [_numeric(c, rows) for c in columns]
 
     def line(parts: Sequence[str]) -> str:
         return "  ".join(p.rjust(w) if rj else p.ljust(w) for p, w, rj in zip(parts, widths, right)).rstrip()
@@ -45,6 +45,19 @@ def plain(columns: Sequence[str], rows: Sequence[dict[str, Any]], cells: dict[st
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+NUMERIC_KINDS = {"int", "bigint", "float"}
+
+
+def _numeric(column: str, rows: Sequence[dict[str, Any]]) -> bool:
+    """Whether a column is right-aligned: a stored field by its kind, whatever these rows hold (a kernel column of
+    dashes alone is still text, a loss column of dashes alone still numbers); any other by its values."""
+    f = result.BY_NAME.get(column)
+    if f is not None:
+        return f.kind in NUMERIC_KINDS
+    return any(_is_number(r.get(column)) for r in rows) and all(_is_number(r.get(column)) or r.get(column) is None
+                                                              for r in rows)
 
 
 def _text(column: str, row: dict[str, Any], cells: dict[str, Any] | None) -> str:
@@ -107,8 +120,7 @@ def _table(columns: Sequence[str], rows: Sequence[dict[str, Any]], widths: dict[
     table = Table(title=title, header_style="bold", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
                   pad_edge=False, collapse_padding=True)
     for c in columns:
-        numeric = any(_is_number(r.get(c)) for r in rows)
-        table.add_column(header(c), justify="right" if numeric else "left", no_wrap=True, overflow="ellipsis",
+        table.add_column(header(c), justify="right" if _numeric(c, rows) else "left", no_wrap=True, overflow="ellipsis",
                          min_width=widths[c], max_width=widths[c])
     for r in rows:
         table.add_row(*(_styled(c, r, cells) for c in columns))
