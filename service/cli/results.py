@@ -12,7 +12,7 @@ import click
 from service.cli import cli
 from service.cli.options import selected
 from service.errors import BadInput
-from service.jobs.choices import KERNEL_PRESETS, NO_KERNEL, Method
+from service.jobs.choices import KERNEL_PRESETS, NO_KERNEL, Method, means_no_kernel
 from service.jobs.selection import Selection
 
 
@@ -50,7 +50,7 @@ def _known(method: str | None, kernel: str | None) -> tuple[str | None, str | No
     method or a kernel preset by name, other kernels by the parser that reads a job's (it loads numpy)."""
     if method is not None and method not in set(Method):
         raise BadInput("method", f"unknown method {method!r}; choose from {', '.join(Method)}")
-    if kernel is not None and kernel.strip().lower() == NO_KERNEL:  # as a job's spec reads it
+    if kernel is not None and means_no_kernel(kernel):  # as a job's spec reads it
         return method, NO_KERNEL
     # npy:PATH is not read: the file may be gone, its jobs are not
     if kernel is not None and kernel not in KERNEL_PRESETS and not kernel.startswith("npy:"):

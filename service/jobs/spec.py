@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from service import defaults
 from service.errors import BadInput
-from service.jobs.choices import NO_KERNEL, Device, Method
+from service.jobs.choices import Device, Method, means_no_kernel
 from service.jobs.inputs import checked_file
 from service.settings import settings
 
@@ -49,7 +49,7 @@ class JobSpec(BaseModel):
     @classmethod
     def _no_kernel(cls, value: str | None) -> str | None:
         """`--kernel none`: no true kernel (labels given with --labels); the kernel's shape follows from them."""
-        return None if value is not None and value.lower() == NO_KERNEL else value
+        return None if value is not None and means_no_kernel(value) else value
 
     @field_validator("lr", "bias", "noise", "tol")
     @classmethod
