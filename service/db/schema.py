@@ -94,7 +94,7 @@ database_identity = Table(
 jobs = Table(
     "jobs", metadata,
     *(_column(f, primary=f.name == "id") for f in result.JOB),
-    postgresql_with={"fillfactor": 70},  # room on each page: a claim updates its job in place (migration 0004)
+    postgresql_with={"fillfactor": 70},  # room on each page for some claims to update a job in place (migration 0004)
 )
 
 BY_TRIGGERS = {"postgresql": {"fk_jobs_sweep_id_sweeps"}}
@@ -117,7 +117,9 @@ UNFINISHED = jobs.c.finished_at.is_(None)
 """Created, queued or running: a job gets its finished_at as it ends, and no job leaves an end
 (service.jobs.status). The predicate of ix_jobs_unfinished (migration 0007): a reaper's looks for running jobs
 whose worker died and queued ones the broker lost read the jobs not yet ended, not every job ever run; a
-claim and a heartbeat change no column of it, so they stay in-place (HOT) updates."""
+claim and a heartbeat change no column of it, so they are in-place (HOT) updates wherever the page has room:
+about 4 in 10 of a sweep's claims under fillfactor 70 (fillfactor 50 fits them all, and makes the table 41% to 44%
+larger once its jobs have ended: bench/RESULTS.md)."""
 
 Index("ix_jobs_unfinished", jobs.c.id, postgresql_where=UNFINISHED, sqlite_where=UNFINISHED)
 
@@ -130,7 +132,7 @@ ENDED_BADLY = " OR ".join(_marked(c) for c in MARKS.values())
 """Failed, diverged or cancelled, as SQL: a job that ends so has its status's mark set (service.jobs.status.MARKS);
 so have a few others (a running job asked to stop), which the status asked for leaves out. The predicate of
 ix_jobs_ended_badly (migration 0009): `klab list --status failed` reads those jobs, not every job ever run (0.75 s
-on 1,000,000 succeeded ones, 0.26 s now, the whole command). A claim changes no column of it, so claims stay
+on 1,000,000 succeeded ones, 0.26 s now, the whole command). A claim changes no column of it, so claims can stay
 in-place (HOT) updates, which an index on status would end."""
 
 Index("ix_jobs_ended_badly", jobs.c.id, postgresql_where=text(ENDED_BADLY), sqlite_where=text(ENDED_BADLY))

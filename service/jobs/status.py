@@ -37,7 +37,7 @@ MARKS: dict[JobStatus, str] = {
 }
 """The ends other than success, each with the column every job that ends so has set (not null, or true). No claim
 changes these columns, so an index of the jobs that have one set (service.db.schema.ENDED_BADLY) finds the
-failed, diverged and cancelled jobs among millions and leaves claims in-place (HOT) updates; an index on status
+failed, diverged and cancelled jobs among millions and lets claims be in-place (HOT) updates; an index on status
 would not (migration 0009)."""
 WAITING = frozenset({JobStatus.CREATED, JobStatus.QUEUED})
 """Not started yet: a cancel ends them at once, a claim may take them."""
