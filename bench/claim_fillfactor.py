@@ -8,8 +8,9 @@ a fresh database at head, its jobs table set to one fillfactor (`ALTER TABLE`, b
 process, the jobs are either only claimed (`worker.lease.claim`, tasks of --batch-jobs, as a worker's task
 claims them) or claimed, trained and stored (`worker.tasks.train_jobs`, the whole task). It prints the
 seconds of those calls, the updates of jobs and how many were HOT (the statistics of PostgreSQL, flushed
-by closing the connections), and the table's pages after the sweep was stored and at the end.
-Fillfactors interleave run by run; the first one given is the baseline of the ratios.
+by closing the connections; a claim updates each job once, a whole task twice), and the table's pages
+after the sweep was stored and at the end. Fillfactors interleave run by run; the first one given is the
+baseline of the ratios.
 
     .venv/bin/python bench/claim_fillfactor.py                         # 70,50; claims only; 2 repeats
     .venv/bin/python bench/claim_fillfactor.py --fillfactors 70,60,50 --mode train
@@ -73,9 +74,10 @@ def one_run(fillfactor: int, mode: str, jobs: int, batch_jobs: int) -> dict[str,
             else:
                 train_jobs(part, f"task-{i}", "bench")
         seconds = time.perf_counter() - started
-        dispose_engines()  # a backend that ends flushes its statistics
-        time.sleep(0.5)
-        after = stats(db_url)
+        dispose_engines()  # a backend that ends flushes its statistics, as it ends: wait for them
+        expected, deadline = len(ids) * (1 if mode == "claim" else 2), time.monotonic() + 30
+        while (after := stats(db_url))[0] - before[0] < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
         return {"seconds": seconds, "updates": after[0] - before[0], "hot": after[1] - before[1],
                 "pages_stored": before[2], "pages_end": after[2]}
 
