@@ -34,6 +34,7 @@ def means_no_kernel(text: str) -> bool:
     """Whether a --kernel text is NO_KERNEL (in any case, spaces around it ignored)."""
     return text.strip().lower() == NO_KERNEL
 
+
 KERNEL_PRESETS: dict[str, list[list[float]]] = {
     "d2l": [[1.0, -1.0]],
     "edge-v": [[1.0], [-1.0]],

@@ -57,6 +57,11 @@ class Field:
         return self.column or self.name
 
     @property
+    def numeric(self) -> bool:
+        """Whether its values are numbers (int, bigint or float)."""
+        return self.kind in ("int", "bigint", "float")
+
+    @property
     def shown_as(self) -> str:
         return self.header or self.name.replace("_", " ")
 

@@ -47,15 +47,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-NUMERIC_KINDS = {"int", "bigint", "float"}
-
-
 def _numeric(column: str, rows: Sequence[dict[str, Any]]) -> bool:
     """Whether a column is right-aligned: a stored field by its kind, whatever these rows hold (a kernel column of
     dashes alone is still text, a loss column of dashes alone still numbers); any other by its values."""
     f = result.BY_NAME.get(column)
     if f is not None:
-        return f.kind in NUMERIC_KINDS
+        return f.numeric
     return any(_is_number(r.get(column)) for r in rows) and all(_is_number(r.get(column)) or r.get(column) is None
                                                               for r in rows)
 
