@@ -4,7 +4,9 @@ database away waits 0.5 s, doubling, up to 30 s. Real workers, a real broker of 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 
 import pytest
@@ -83,6 +85,51 @@ def test_a_redelivered_message_of_jobs_alive_elsewhere_claims_nothing(tmp_path, 
     assert (status, attempts) == ("running", 1) and host.startswith("first@")
     assert klab(env, "cancel", str(job)).returncode == 0
     wait_until(lambda: db.statuses() == {"cancelled": 1}, 60, tails(first))
+
+
+def test_a_worker_stopped_past_its_lease_writes_nothing_into_the_job_another_worker_finished(tmp_path, pg_db,
+                                                                                          redis_server, worker_procs):
+    """A worker frozen for longer than its lease (SIGSTOP here; a paused machine, a swap storm) while it trains a
+    long job, whose epochs it writes as they come: another worker's reaper sends the job again, that worker
+    trains it through and stores it. The first, resumed, finds at its next write that the job is no longer its
+    claim's, stops training it and stores nothing: the result and every epoch stay as the second stored them."""
+    url, db = pg_db
+    env = service_env(tmp_path, url, redis_server().url(), KLAB_LEASE_SECONDS=str(LEASE))
+    first = worker_procs(env, "first").wait_ready()
+    epochs = 400
+    job = one(env, *LONG_JOB[:-1], str(epochs))
+    wait_until(lambda: (db.scalar("SELECT epochs_done FROM jobs WHERE id = :j", j=job) or 0) > 0, 60,
+               lambda: (db.rows("SELECT status, epochs_done FROM jobs"), tails(first)()))
+
+    def busy() -> int:  # the first worker's connections inside a transaction (holding row locks)
+        return db.scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                         "AND pid <> pg_backend_pid() AND state <> 'idle'")
+
+    def frozen() -> bool:  # stopped between two of its transactions, never inside one
+        os.killpg(first.proc.pid, signal.SIGSTOP)
+        if busy() == 0:
+            return True
+        os.killpg(first.proc.pid, signal.SIGCONT)
+        return False
+
+    wait_until(frozen, 30, "the first worker was always inside a transaction", every=0.05)
+    try:
+        second = worker_procs(env, "second").wait_ready()  # its reaper finds the lease run out
+        wait_until(lambda: db.rows("SELECT status, attempts FROM jobs WHERE id = :j", j=job)[0] == ("succeeded", 2),
+                   180, lambda: (db.rows("SELECT status, attempts, epochs_done FROM jobs"), tails(second)()))
+    finally:
+        os.killpg(first.proc.pid, signal.SIGCONT)
+    host = db.scalar("SELECT worker_host FROM jobs WHERE id = :j", j=job)
+    history = "SELECT epoch, loss, mse, kernel_error FROM epochs WHERE job_id = :j ORDER BY epoch"
+    stored = db.rows(history, j=job)
+    assert host.startswith("second@") and [e[0] for e in stored] == list(range(1, epochs + 1))
+    wait_until(lambda: "succeeded in" in first.text(), 60, tails(first))
+    assert re.search(rf"job {job} is no longer this worker's .*: stopped training it, nothing stored",
+                     first.text()), first.text()[-2000:]
+    assert re.search(r"Task klab\.train\[[^\]]+\] succeeded in [0-9.]+s: \{\}", first.text()), first.text()[-2000:]
+    (status, done, worker), = db.rows("SELECT status, epochs_done, worker_host FROM jobs WHERE id = :j", j=job)
+    assert (status, done, worker) == ("succeeded", epochs, host)
+    assert db.rows(history, j=job) == stored
 
 
 def test_a_job_whose_workers_die_max_attempts_times_ends_failed_and_is_not_sent_again(tmp_path, pg_db,

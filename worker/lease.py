@@ -2,7 +2,8 @@
 jobs of dead workers and sends again those whose message the broker lost.
 
 At-least-once delivery meets idempotent writes: a job is claimed only while it waits (or its lease ran
-out), and storing a result replaces any epochs a previous attempt wrote.
+out), storing a result replaces any epochs a previous attempt wrote, and a long job's epochs written as it
+trains go in only while its claim holds (service.db.writes.streamed).
 """
 from __future__ import annotations
 

@@ -16,15 +16,20 @@ from worker.engine import EpochEvent
 
 class Progress:
     """Checks about once a second (FLUSH_SECONDS) whether jobs were cancelled, and stops them all at the
-    time limit; with `stream`, writes the one job's epochs as they come."""
+    time limit; with `stream`, writes the one job's epochs as they come, while its claim holds (`attempt`: the
+    job's attempts as the claim left them), and stops it once it does not (`lost`)."""
 
-    def __init__(self, ids: Sequence[int], stream: bool):
+    def __init__(self, ids: Sequence[int], stream: bool, attempt: int | None = None):
+        if stream and (len(ids) != 1 or attempt is None):
+            raise ValueError("a streamed job is one job, with the attempt of its claim")
         self.ids = list(ids)
         self.stream = stream
+        self.attempt = attempt
         self.started = self.last_flush = time.monotonic()
         self.flushed = 0  # epochs already written (streaming)
         self.pending: list[dict] = []
         self.timed_out = False
+        self.lost = False  # the streamed job is no longer this claim's: nothing of it is to be stored here
 
     def __call__(self, event: EpochEvent) -> np.ndarray | None:
         if self.stream:
@@ -39,17 +44,20 @@ class Progress:
             return None
         self.last_flush = now
         with writing(durable=False) as conn:
-            if self.stream:
-                self._flush(conn)
+            if self.stream and not self._flush(conn):
+                self.lost = True
+                return np.ones(len(self.ids), dtype=bool)
             cancelled = writes.cancel_requested(conn, self.ids)
         if cancelled:
             return np.array([i in cancelled for i in self.ids])
         return None
 
-    def _flush(self, conn) -> None:
+    def _flush(self, conn) -> bool:
+        """Write the epochs ready; whether the job is still this claim's (nothing written if not)."""
         # d2l-manual measures an epoch's mse at the next forward pass: keep the last epoch back.
-        ready, self.pending = self.pending[:-1], self.pending[-1:]
-        if ready:
-            writes.replace_epochs(conn, self.ids[0], ready[0]["epoch"], ready)
-            self.flushed = ready[-1]["epoch"]
-        writes.progress(conn, self.ids, self.flushed)
+        ready = self.pending[:-1]
+        done = ready[-1]["epoch"] if ready else self.flushed
+        if not writes.streamed(conn, self.ids[0], self.attempt, ready[0]["epoch"] if ready else done + 1, ready, done):
+            return False
+        self.pending, self.flushed = self.pending[-1:], done
+        return True

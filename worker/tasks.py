@@ -38,6 +38,7 @@ class Group:
     spec: JobSpec
     most: int  # jobs that fit in one batch (service.jobs.problem.fitting)
     ids: list[int] = field(default_factory=list)
+    attempts: list[int] = field(default_factory=list)  # each job's, as its claim left them
     jobs: list[engine.Job] = field(default_factory=list)
     fresh: bool = True  # no epochs of theirs stored yet (first claim, nothing streamed)
 
@@ -111,6 +112,7 @@ def load(rows: Sequence[Any]) -> tuple[list[Group], list[tuple[int, str]]]:
                     group = groups[key] = Group(spec, fitting(key))
                     batches.append(group)
                 group.ids.append(row.id)
+                group.attempts.append(row.attempts)
                 group.jobs.append(engine.Job(problem, seed=row.seed, lr=row.lr, tol=tol))
                 group.fresh = group.fresh and row.attempts == 1
     return batches, failed
@@ -128,9 +130,13 @@ def train_group(group: Group) -> Counter[str]:
     if stream:
         with writing() as conn:
             writes.set_device(conn, ids, device)
-    progress = Progress(ids, stream)
+    progress = Progress(ids, stream, group.attempts[0] if stream else None)
     try:
         result = engine.train(group.jobs, spec.method, spec.epochs, spec.batch_size, device, on_epoch=progress)
+        if progress.lost:
+            log.warning("job %d is no longer this worker's (its lease ran out meanwhile, and it was sent again, "
+                        "claimed or ended elsewhere): stopped training it, nothing stored", ids[0])
+            return Counter()
         results = result.columns
     except Exception as exc:
         if out_of_reach(exc):

@@ -308,10 +308,7 @@ def save_results(conn: Connection, ids: Sequence[int], results: Columns, fresh: 
         conn.execute(delete(epochs).where(ids_in(conn, epochs.c.job_id, stored)))
     import numpy as np
 
-    keep = np.arange(len(ids))
-    if len(stored) < len(ids):
-        done = set(stored)
-        keep = np.array([k for k, i in enumerate(ids) if i in done])
+    keep = np.flatnonzero(np.isin(np.asarray(ids), stored))  # the jobs stored, in the order given
     ke = results.kernel_error
     bulk.insert_epochs(conn, np.asarray(ids)[keep], np.asarray(results.epochs_done)[keep], results.loss[:, keep],
                        results.mse[:, keep], None if ke is None else ke[:, keep])
@@ -333,13 +330,20 @@ def store_run(conn: Connection, spec: JobSpec, row: dict[str, Any], epoch_list: 
     return job_id
 
 
-def replace_epochs(conn: Connection, job_id: int, first: int, epoch_list: Sequence[dict[str, Any]]) -> None:
-    """A job's epochs from `first` on, as given (a long job writes them as it trains)."""
+def streamed(conn: Connection, job_id: int, attempt: int, first: int, epoch_list: Sequence[dict[str, Any]],
+             epochs_done: int) -> bool:
+    """A long single job's epochs from `first` on, as given (replacing those stored from `first` on), and how many
+    it has done, written as it trains while the claim that made `attempt` its attempts holds (the job running): a
+    worker frozen past its lease, whose job was sent again, claimed or ended elsewhere meanwhile, writes nothing.
+    The job's row is locked first, so a result stored meanwhile comes wholly before or after. Whether it holds."""
     import numpy as np
 
+    held = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value,
+                                           jobs.c.attempts == attempt)
+                        .values(epochs_done=epochs_done).returning(jobs.c.id)).first()
+    if held is None or not epoch_list:
+        return held is not None
     conn.execute(delete(epochs).where(epochs.c.job_id == job_id, epochs.c.epoch >= first))
-    if not epoch_list:
-        return
 
     def column(name: str) -> Any:
         return np.array([[np.nan if e[name] is None else e[name]] for e in epoch_list])
@@ -347,11 +351,7 @@ def replace_epochs(conn: Connection, job_id: int, first: int, epoch_list: Sequen
     ke = column("kernel_error")
     bulk.insert_epochs(conn, [job_id], [len(epoch_list)], column("loss"), column("mse"),
                        None if np.isnan(ke).all() else ke, first=first)
-
-
-def progress(conn: Connection, ids: Sequence[int], epochs_done: int) -> None:
-    """A long single job's epochs written so far."""
-    conn.execute(update(jobs).where(ids_in(conn, jobs.c.id, ids)).values(epochs_done=epochs_done))
+    return True
 
 
 def set_device(conn: Connection, ids: Sequence[int], device: str) -> None:
