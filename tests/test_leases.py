@@ -1,6 +1,7 @@
 """Leases (worker/lease.py): a live worker keeps its jobs however long they train, a redelivered message of
-jobs alive elsewhere does nothing, a job that kills its workers ends failed, and a task that finds the
-database away waits 0.5 s, doubling, up to 30 s. Real workers, a real broker of the test's own, PostgreSQL."""
+jobs alive elsewhere does nothing, a worker frozen past its lease writes nothing into the job another one
+finished, a job that kills its workers ends failed, and a task that finds the database away waits 0.5 s,
+doubling, up to 30 s. Real workers, a real broker of the test's own, PostgreSQL."""
 from __future__ import annotations
 
 import json
