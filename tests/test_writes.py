@@ -111,8 +111,8 @@ def test_stored_result_is_the_engines_plus_identity(klab_db: str) -> None:
 def test_a_result_replaces_the_epochs_written_while_training(klab_db: str) -> None:
     with writing() as conn:
         job_id = new(conn)
-        assert writes.streamed(conn, job_id, 0, 1, [{"epoch": e, "loss": 1.0, "mse": 1.0, "kernel_error": 1.0}
-                                                    for e in range(1, 7)], 6)
+        assert writes.streamed(conn, job_id, 0, [{"epoch": e, "loss": 1.0, "mse": 1.0, "kernel_error": 1.0}
+                                                 for e in range(1, 7)], 6)
         writes.save_rows(conn, [(job_id, *fake_result(SPEC, relative=0.5, epochs=3))])
         assert [e["epoch"] for e in reads.epochs_of(Reader.of(conn), job_id)] == [1, 2, 3]
         assert job(conn, job_id).epochs_done == 3 and job(conn, job_id).err_relative == 0.5
@@ -141,25 +141,25 @@ def test_a_streamed_job_is_written_only_while_its_claim_holds(klab_db: str) -> N
     with writing() as conn:
         job_id = new(conn, JobStatus.CREATED)
         assert claimed(conn, [job_id], "w1", "task-1", 0) == [job_id]
-        assert writes.streamed(conn, job_id, 1, 1, eps(1, 3, 1.0), 3)
-        assert writes.streamed(conn, job_id, 1, 4, [], 3)  # nothing ready: only the count, still this claim's
+        assert writes.streamed(conn, job_id, 1, eps(1, 3, 1.0), 3)
+        assert writes.streamed(conn, job_id, 1, [], 3)  # nothing ready: only the count, still this claim's
         assert stored(conn) == (3, [(1, 1.0), (2, 1.0), (3, 1.0)])
         conn.execute(update(jobs).where(jobs.c.id == job_id).values(heartbeat_at=text("'2000-01-01'")))
         assert claimed(conn, [job_id], "w2", "task-2", 0) == [job_id]  # the lease ran out: another claim
-        assert not writes.streamed(conn, job_id, 1, 4, eps(4, 5, 1.0), 5)  # the first worker, resumed
+        assert not writes.streamed(conn, job_id, 1, eps(4, 5, 1.0), 5)  # the first worker, resumed
         assert stored(conn) == (3, [(1, 1.0), (2, 1.0), (3, 1.0)])
-        assert writes.streamed(conn, job_id, 2, 1, eps(1, 2, 2.0), 2)  # the second starts over
+        assert writes.streamed(conn, job_id, 2, eps(1, 2, 2.0), 2)  # the second starts over
         assert stored(conn) == (2, [(1, 2.0), (2, 2.0)])
         conn.execute(update(jobs).where(jobs.c.id == job_id).values(heartbeat_at=text("'2000-01-01'")))
         assert writes.reap(conn, lease=60, max_attempts=5) == [(job_id, None)]  # sent again: no claim's
-        assert not writes.streamed(conn, job_id, 2, 3, eps(3, 3, 2.0), 3)
+        assert not writes.streamed(conn, job_id, 2, eps(3, 3, 2.0), 3)
         assert claimed(conn, [job_id], "w3", "task-3", 0) == [job_id]
-        assert writes.streamed(conn, job_id, 3, 1, eps(1, 1, 3.0), 1)
+        assert writes.streamed(conn, job_id, 3, eps(1, 1, 3.0), 1)
         row, epoch_list = fake_result(SPEC, relative=0.5, epochs=6)
         assert writes.save_rows(conn, [(job_id, row, epoch_list)]) == [job_id]
         finished = stored(conn)
         for attempt in (1, 2, 3):  # no worker writes into the finished job
-            assert not writes.streamed(conn, job_id, attempt, 3, eps(3, 5, 9.0), 5)
+            assert not writes.streamed(conn, job_id, attempt, eps(3, 5, 9.0), 5)
         assert stored(conn) == finished == (6, [(e["epoch"], e["loss"]) for e in epoch_list])
 
 

@@ -40,7 +40,11 @@ class Group:
     ids: list[int] = field(default_factory=list)
     attempts: list[int] = field(default_factory=list)  # each job's, as its claim left them
     jobs: list[engine.Job] = field(default_factory=list)
-    fresh: bool = True  # no epochs of theirs stored yet (first claim, nothing streamed)
+
+    @property
+    def fresh(self) -> bool:
+        """No epochs of theirs stored yet: every job's first claim (nothing streamed before)."""
+        return all(a == 1 for a in self.attempts)
 
 
 def train_jobs(job_ids: Sequence[int], task_id: str, host: str = HOST, task_try: int = 0) -> dict[str, int]:
@@ -114,7 +118,6 @@ def load(rows: Sequence[Any]) -> tuple[list[Group], list[tuple[int, str]]]:
                 group.ids.append(row.id)
                 group.attempts.append(row.attempts)
                 group.jobs.append(engine.Job(problem, seed=row.seed, lr=row.lr, tol=tol))
-                group.fresh = group.fresh and row.attempts == 1
     return batches, failed
 
 

@@ -330,10 +330,10 @@ def store_run(conn: Connection, spec: JobSpec, row: dict[str, Any], epoch_list: 
     return job_id
 
 
-def streamed(conn: Connection, job_id: int, attempt: int, first: int, epoch_list: Sequence[dict[str, Any]],
+def streamed(conn: Connection, job_id: int, attempt: int, epoch_list: Sequence[dict[str, Any]],
              epochs_done: int) -> bool:
-    """A long single job's epochs from `first` on, as given (replacing those stored from `first` on), and how many
-    it has done, written as it trains while the claim that made `attempt` its attempts holds (the job running): a
+    """A long single job's epochs as given (replacing those stored from the first of them on), and how many it
+    has done, written as it trains while the claim that made `attempt` its attempts holds (the job running): a
     worker frozen past its lease, whose job was sent again, claimed or ended elsewhere meanwhile, writes nothing.
     The job's row is locked first, so a result stored meanwhile comes wholly before or after. Whether it holds."""
     import numpy as np
@@ -343,14 +343,14 @@ def streamed(conn: Connection, job_id: int, attempt: int, first: int, epoch_list
                         .values(epochs_done=epochs_done).returning(jobs.c.id)).first()
     if held is None or not epoch_list:
         return held is not None
-    conn.execute(delete(epochs).where(epochs.c.job_id == job_id, epochs.c.epoch >= first))
+    conn.execute(delete(epochs).where(epochs.c.job_id == job_id, epochs.c.epoch >= epoch_list[0]["epoch"]))
 
     def column(name: str) -> Any:
         return np.array([[np.nan if e[name] is None else e[name]] for e in epoch_list])
 
     ke = column("kernel_error")
     bulk.insert_epochs(conn, [job_id], [len(epoch_list)], column("loss"), column("mse"),
-                       None if np.isnan(ke).all() else ke, first=first)
+                       None if np.isnan(ke).all() else ke, first=epoch_list[0]["epoch"])
     return True
 
 
