@@ -163,6 +163,22 @@ def test_a_streamed_job_is_written_only_while_its_claim_holds(klab_db: str) -> N
         assert stored(conn) == finished == (6, [(e["epoch"], e["loss"]) for e in epoch_list])
 
 
+def test_a_store_after_one_that_was_rolled_back_stores(klab_db: str) -> None:
+    """A worker's connection stores task after task. The first store it made was rolled back (the database
+    refused a result), and with it the table it stages results in (PostgreSQL): the next store makes it again,
+    where it once failed for want of it, and with it every store of that connection."""
+    with writing() as conn:
+        ids = [new(conn) for _ in range(2)]
+    results = Columns.of_rows([fake_result(SPEC, relative=r, epochs=3) for r in (0.5, 0.25)])
+    with pytest.raises(ZeroDivisionError), writing() as conn:
+        assert writes.save_results(conn, ids, results) == ids
+        1 / 0  # noqa: B018 - whatever ends the transaction in an error, after the store
+    for _ in range(2):
+        with writing() as conn:
+            assert writes.save_results(conn, ids, results) == ids
+            conn.execute(update(jobs).values(status="running"))  # for the next store
+
+
 def test_a_task_whose_job_ended_meanwhile_stores_the_others_each_with_its_own_epochs(klab_db: str) -> None:
     with writing() as conn:
         a, b, c = (new(conn) for _ in range(3))

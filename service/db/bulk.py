@@ -53,13 +53,13 @@ def _update_postgresql(conn: Connection, ids: Sequence[int], values: dict[str, A
                         {**{f"s_{c}": v for c, v in scalars.items()}, "ids": list(ids), **params})
             return [r[0] for r in cur.fetchall()]
     with raw.cursor() as cur:
-        if not conn.connection.info.get(STAGING):
-            cur.execute("CREATE TEMPORARY TABLE IF NOT EXISTS _klab_job_values ON COMMIT DELETE ROWS "
-                        "AS SELECT * FROM jobs WITH NO DATA")
-            # Looked up by id from the jobs, whatever the statistics of jobs say: planned from statistics that
-            # priced the running jobs at one row, the UPDATE read the whole table once per job without it.
-            cur.execute("CREATE UNIQUE INDEX IF NOT EXISTS _klab_job_values_id ON _klab_job_values (id)")
-            conn.connection.info[STAGING] = True
+        # Made where this transaction cannot find it, in one round trip: a connection's own note that it made
+        # the table outlived the rollback of the transaction that made it, and failed every store after it.
+        # Looked up by id from the jobs, whatever the statistics of jobs say: planned from statistics that
+        # priced the running jobs at one row, the UPDATE read the whole table once per job without the index.
+        cur.execute("CREATE TEMPORARY TABLE IF NOT EXISTS _klab_job_values ON COMMIT DELETE ROWS "
+                    "AS SELECT * FROM jobs WITH NO DATA; "
+                    "CREATE UNIQUE INDEX IF NOT EXISTS _klab_job_values_id ON _klab_job_values (id)")
         with cur.copy(f"COPY {STAGING} (id, {', '.join(lists)}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(["int4", *(_binary_type(c) for c in lists)])
             columns = [_json_texts(values[c]) if _binary_type(c) == "text" else values[c] for c in lists]
