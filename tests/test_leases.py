@@ -1,7 +1,8 @@
 """Leases (worker/lease.py): a live worker keeps its jobs however long they train, a redelivered message of
 jobs alive elsewhere does nothing, a worker frozen past its lease writes nothing into the job another one
-finished, a job that kills its workers ends failed, and a task that finds the database away waits 0.5 s,
-doubling, up to 30 s. Real workers, a real broker of the test's own, PostgreSQL."""
+finished, nor stores or fails a batched job another one holds, a job that kills its workers ends failed, and a
+task that finds the database away waits 0.5 s, doubling, up to 30 s. Real workers, a real broker of the test's
+own, PostgreSQL."""
 from __future__ import annotations
 
 import json
@@ -28,6 +29,22 @@ def one(env: dict[str, str], *args: str) -> int:
     assert out.returncode == 0, out.stderr
     (job_id,) = json.loads(out.stdout)["ids"]
     return job_id
+
+
+def freeze(worker, db) -> None:
+    """SIGSTOP a worker between two of its transactions, never inside one (where it would hold row locks)."""
+    def busy() -> int:  # connections to the test's database inside a transaction, but this one
+        return db.scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                         "AND pid <> pg_backend_pid() AND state <> 'idle'")
+
+    def frozen() -> bool:
+        os.killpg(worker.proc.pid, signal.SIGSTOP)
+        if busy() == 0:
+            return True
+        os.killpg(worker.proc.pid, signal.SIGCONT)
+        return False
+
+    wait_until(frozen, 30, f"the worker {worker.name} was always inside a transaction", every=0.05)
 
 
 def test_backoff_is_half_a_second_doubling_to_thirty():
@@ -102,18 +119,7 @@ def test_a_worker_stopped_past_its_lease_writes_nothing_into_the_job_another_wor
     wait_until(lambda: (db.scalar("SELECT epochs_done FROM jobs WHERE id = :j", j=job) or 0) > 0, 60,
                lambda: (db.rows("SELECT status, epochs_done FROM jobs"), tails(first)()))
 
-    def busy() -> int:  # the first worker's connections inside a transaction (holding row locks)
-        return db.scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                         "AND pid <> pg_backend_pid() AND state <> 'idle'")
-
-    def frozen() -> bool:  # stopped between two of its transactions, never inside one
-        os.killpg(first.proc.pid, signal.SIGSTOP)
-        if busy() == 0:
-            return True
-        os.killpg(first.proc.pid, signal.SIGCONT)
-        return False
-
-    wait_until(frozen, 30, "the first worker was always inside a transaction", every=0.05)
+    freeze(first, db)
     try:
         second = worker_procs(env, "second").wait_ready()  # its reaper finds the lease run out
         wait_until(lambda: db.rows("SELECT status, attempts FROM jobs WHERE id = :j", j=job)[0] == ("succeeded", 2),
@@ -131,6 +137,52 @@ def test_a_worker_stopped_past_its_lease_writes_nothing_into_the_job_another_wor
     (status, done, worker), = db.rows("SELECT status, epochs_done, worker_host FROM jobs WHERE id = :j", j=job)
     assert (status, done, worker) == ("succeeded", epochs, host)
     assert db.rows(history, j=job) == stored
+
+
+def test_a_worker_stopped_past_its_lease_neither_stores_nor_fails_a_batched_job_another_worker_holds(
+        tmp_path, pg_db, redis_server, worker_procs):
+    """A worker frozen past its lease while it trains two jobs as one batch, one of which is cancelled meanwhile:
+    another worker's reaper sends them again, and that worker claims the other job alone and writes its epochs
+    as they come. Frozen in turn, it leaves the first to finish the batch: the first stores nothing of the job the
+    second holds, nor fails it (where once its result met the second's epochs, and the whole batch was failed),
+    and the second, resumed, trains the job through and stores it."""
+    url, db = pg_db
+    broker_url = redis_server().url()
+    # the first never reaps (its lease is long): only the second's reaper takes the batch back
+    first = worker_procs(service_env(tmp_path, url, broker_url, KLAB_LEASE_SECONDS="600"), "first").wait_ready()
+    env = service_env(tmp_path, url, broker_url, KLAB_LEASE_SECONDS=str(LEASE))
+    epochs = 300
+    assert klab(env, "sweep", *LONG_JOB[:-1], str(epochs), "--seed", "0..1").returncode == 0
+    kept, cancelled = sorted(db.scalar("SELECT array_agg(id) FROM jobs"))
+    wait_until(lambda: db.statuses() == {"running": 2}, 60, lambda: (db.statuses(), tails(first)()))
+    freeze(first, db)
+    second = None
+    try:
+        assert klab(env, "cancel", str(cancelled)).returncode == 0
+        second = worker_procs(env, "second").wait_ready()  # its reaper finds the leases run out
+        wait_until(lambda: db.scalar("SELECT count(*) FROM epochs WHERE job_id = :j", j=kept), 120,
+                   lambda: (db.rows("SELECT id, status, attempts FROM jobs"), tails(second)()))
+        freeze(second, db)
+        assert db.rows("SELECT id, status, attempts FROM jobs ORDER BY id") == [
+            (kept, "running", 2), (cancelled, "cancelled", 1)]
+        os.killpg(first.proc.pid, signal.SIGCONT)
+        wait_until(lambda: "succeeded in" in first.text(), 120, tails(first))
+        assert "2 of 2 job(s) were no longer this worker's" in first.text(), first.text()[-2000:]
+        assert re.search(r"Task klab\.train\[[^\]]+\] succeeded in [0-9.]+s: \{\}", first.text()), first.text()[-2000:]
+        assert db.rows("SELECT status, attempts, error_message FROM jobs WHERE id = :j", j=kept) == [
+            ("running", 2, None)]
+    finally:
+        for worker in (first, second):
+            if worker is not None:
+                os.killpg(worker.proc.pid, signal.SIGCONT)
+    wait_until(lambda: db.statuses() == {"succeeded": 1, "cancelled": 1}, 120,
+               lambda: (db.rows("SELECT id, status, attempts, error_message FROM jobs"), tails(first, second)()))
+    # the second trains it through; or, frozen past its own lease (or its heartbeat starved on a loaded machine),
+    # its reaper sent it again, and a later claim of either worker trained it through
+    (attempts, done), = db.rows("SELECT attempts, epochs_done FROM jobs WHERE id = :j", j=kept)
+    assert attempts >= 2 and done == epochs
+    assert db.scalar("SELECT array_agg(epoch ORDER BY epoch) FROM epochs WHERE job_id = :j", j=kept) == list(
+        range(1, epochs + 1))
 
 
 def test_a_job_whose_workers_die_max_attempts_times_ends_failed_and_is_not_sent_again(tmp_path, pg_db,

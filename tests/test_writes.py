@@ -20,7 +20,7 @@ from service.errors import BadInput
 from service.jobs import status
 from service.jobs.columns import Columns, json_texts
 from service.jobs.selection import Selection
-from service.jobs.spec import JobSpec
+from service.jobs.spec import PER_JOB, JobSpec, alike
 from service.jobs.status import JobStatus
 
 SPEC = JobSpec.parse({"input": "random:8x8", "kernel": "random:3x3", "epochs": 6})
@@ -56,7 +56,7 @@ def test_a_claim_tells_alike_specs_apart_from_their_text_as_parsing_would(klab_d
 
     def by_parsing(texts: list[str]) -> tuple[list[str], list[float]]:
         parsed = [json.loads(t) for t in texts]
-        return [json.dumps({k: v for k, v in p.items() if k not in writes.PER_JOB}, sort_keys=True)
+        return [json.dumps({k: v for k, v in p.items() if k not in PER_JOB}, sort_keys=True)
                 for p in parsed], [p["tol"] for p in parsed]
 
     tricky = 'npy:/data/, "seed": 5, "lr": 1, "tol": 2}.npy'  # what the cut looks for, inside a string
@@ -65,7 +65,7 @@ def test_a_claim_tells_alike_specs_apart_from_their_text_as_parsing_would(klab_d
               spec(seed=3, method="adam", tol=0.0), spec(input=tricky, kernel="[[1, -1]]", seed=4),
               spec(input=tricky.replace("5", "6"), kernel="[[1, -1]]", seed=4)]
     texts = [json.dumps(values) for values in specs]  # as the CLI stores them (service.submit)
-    keys, tols = writes.alike(texts)
+    keys, tols = alike(texts)
     expected_keys, expected_tols = by_parsing(texts)
     assert tols == expected_tols
     groups = {k: [i for i, e in enumerate(keys) if e == k] for k in keys}
@@ -77,8 +77,8 @@ def test_a_claim_tells_alike_specs_apart_from_their_text_as_parsing_would(klab_d
     # texts written otherwise (no spaces, a line break, a key twice) are parsed, every one, and group the same
     for odd in (json.dumps(specs[1], separators=(",", ":")), json.dumps(specs[1], indent=1),
                 texts[1][:-1] + ', "seed": 1}'):
-        keys, tols = writes.alike([*texts[:4], odd])
-        assert len(set(keys)) == 1 and set(json.loads(keys[0])).isdisjoint(writes.PER_JOB)  # all five alike
+        keys, tols = alike([*texts[:4], odd])
+        assert len(set(keys)) == 1 and set(json.loads(keys[0])).isdisjoint(PER_JOB)  # all five alike
         assert tols == [1e-4, 0.5, 1e-4, 0.5, 0.5]
 
     # and the worker's claim hands them over that way, from PostgreSQL and SQLite alike
@@ -86,7 +86,7 @@ def test_a_claim_tells_alike_specs_apart_from_their_text_as_parsing_would(klab_d
         ids = [new(conn, JobStatus.QUEUED) for _ in range(2)]
         rows = writes.claim(conn, ids, "w", "t", 0, lease=60)
         assert [json.loads(r.spec) for r in rows] == [SPEC.to_json()] * 2
-        keys, tols = writes.alike([r.spec for r in rows])
+        keys, tols = alike([r.spec for r in rows])
         assert keys[0] == keys[1] and tols == [SPEC.tol] * 2
 
 
@@ -161,6 +161,31 @@ def test_a_streamed_job_is_written_only_while_its_claim_holds(klab_db: str) -> N
         for attempt in (1, 2, 3):  # no worker writes into the finished job
             assert not writes.streamed(conn, job_id, attempt, eps(3, 5, 9.0), 5)
         assert stored(conn) == finished == (6, [(e["epoch"], e["loss"]) for e in epoch_list])
+
+
+def test_a_claim_that_lapsed_and_was_taken_over_neither_stores_nor_fails_the_job(klab_db: str) -> None:
+    """A worker frozen past its lease while it trains a batch: meanwhile another claims one of its jobs and
+    trains it alone, writing its epochs as they come. Resumed, the first stores the results of the jobs its claim
+    still holds, and neither stores nor fails the one taken over, which keeps its new claim and epochs."""
+    def eps(last: int) -> list[dict]:
+        return [{"epoch": e, "loss": 2.0, "mse": 2.0, "kernel_error": None} for e in range(1, last + 1)]
+
+    with writing() as conn:
+        x, y, z = (new(conn, JobStatus.CREATED) for _ in range(3))
+        assert claimed(conn, [x, y, z], "w1", "task-1", 0) == [x, y, z]
+        conn.execute(update(jobs).values(heartbeat_at=text("'2000-01-01'")))  # every lease ran out
+        assert claimed(conn, [x], "w2", "task-2", 0) == [x]  # sent again alone, claimed by another worker
+        assert writes.streamed(conn, x, 2, eps(2), 2)
+        results = Columns.of_rows([fake_result(SPEC, relative=r, epochs=6) for r in (0.5, 0.25, 0.125)])
+        assert writes.save_results(conn, [x, y, z], results, fresh=True, attempts=[1, 1, 1]) == [y, z]
+        writes.fail(conn, [x, y, z], "the first worker's batch failed", attempts=[1, 1, 1])
+        assert [(job(conn, i).status, job(conn, i).attempts, job(conn, i).worker_host) for i in (x, y, z)] == [
+            ("running", 2, "w2"), ("succeeded", 1, "w1"), ("succeeded", 1, "w1")]
+        assert [e["loss"] for e in reads.epochs_of(Reader.of(conn), x)] == [2.0, 2.0]
+        assert job(conn, x).epochs_done == 2 and job(conn, x).err_relative is None
+        assert [len(reads.epochs_of(Reader.of(conn), i)) for i in (y, z)] == [6, 6]
+        writes.fail(conn, [x], "the second worker's failure", attempts=[2])  # its own claim may end it
+        assert (job(conn, x).status, job(conn, x).error_message) == ("failed", "the second worker's failure")
 
 
 def test_a_store_after_one_that_was_rolled_back_stores(klab_db: str) -> None:

@@ -2,8 +2,10 @@
 jobs of dead workers and sends again those whose message the broker lost.
 
 At-least-once delivery meets idempotent writes: a job is claimed only while it waits (or its lease ran
-out), storing a result replaces any epochs a previous attempt wrote, and a long job's epochs written as it
-trains go in only while its claim holds (service.db.writes.streamed).
+out), storing a result replaces any epochs a previous attempt wrote, and whatever a worker writes of a job,
+its heartbeat, its result, its failure or a long job's epochs as it trains, goes in only while the claim it
+trained under holds (service.db.writes: heartbeat, save_results, fail and streamed, given the claim's
+`attempts`).
 """
 from __future__ import annotations
 
@@ -33,10 +35,11 @@ def claim(ids: Sequence[int], host: str, task_id: str, task_try: int) -> list[An
 
 
 class Heartbeat:
-    """Renews the lease of the jobs in hand from a thread, so a long epoch never looks like a dead worker."""
+    """Renews the lease of the jobs in hand (their `attempts` as the claim left them) from a thread, so a long
+    epoch never looks like a dead worker."""
 
-    def __init__(self, ids: Sequence[int]):
-        self.ids = list(ids)
+    def __init__(self, ids: Sequence[int], attempts: Sequence[int]):
+        self.ids, self.attempts = list(ids), list(attempts)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="klab-heartbeat", daemon=True)
 
@@ -52,7 +55,7 @@ class Heartbeat:
         while not self.stop.wait(settings().heartbeat_seconds):
             try:
                 with writing(durable=False) as conn:
-                    writes.heartbeat(conn, self.ids)
+                    writes.heartbeat(conn, self.ids, self.attempts)
             except Exception as exc:  # noqa: BLE001 - the task itself notices a lost database
                 log.warning("heartbeat failed: %s", type(exc).__name__)
 

@@ -18,7 +18,7 @@ from service.db.connect import out_of_reach
 from service.db.engine import writing
 from service.errors import BadInput, one_line
 from service.jobs.problem import Problem, build_problem, problem_key
-from service.jobs.spec import JobSpec
+from service.jobs.spec import PER_JOB, JobSpec
 from service.jobs.status import JobStatus
 from service.submit import CHUNK_JOBS, Job, Plan, most_jobs, store
 from worker import engine
@@ -72,7 +72,7 @@ def batches(ids: Sequence[int], chunk: Sequence[Job], batch_jobs: int, left: set
     problems: dict[tuple, Problem] = {}
     groups: dict[tuple, list[tuple[int, JobSpec, dict[str, Any], dict[str, Any]]]] = {}
     for job_id, (values, key, files) in zip(ids, chunk):
-        alike = tuple((k, v) for k, v in values.items() if k not in writes.PER_JOB)
+        alike = tuple((k, v) for k, v in values.items() if k not in PER_JOB)
         if alike not in specs:
             specs[alike] = JobSpec.parse(values)
         groups.setdefault(key, []).append((job_id, specs[alike], values, files))

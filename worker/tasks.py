@@ -19,7 +19,7 @@ from service.db.engine import writing
 from service.db.reads import reading
 from service.errors import BadInput, one_line
 from service.jobs.problem import Problem, build_problem, fitting, seeded, together
-from service.jobs.spec import JobSpec
+from service.jobs.spec import JobSpec, alike
 from service.jobs.status import JobStatus
 from service.settings import settings
 from worker import engine
@@ -52,26 +52,26 @@ def train_jobs(job_ids: Sequence[int], task_id: str, host: str = HOST, task_try:
     rows = claim(job_ids, host, task_id, task_try)
     if not rows:
         return {}
-    with Heartbeat([r.id for r in rows]):
+    attempts = {r.id: r.attempts for r in rows}
+    with Heartbeat(list(attempts), list(attempts.values())):
         groups, failed = load(rows)
         counts: Counter[str] = Counter()
         for job_id, message in failed:
-            fail([job_id], message)
-            counts[JobStatus.FAILED.value] += 1
+            counts[JobStatus.FAILED.value] += fail([job_id], message, [attempts[job_id]])
         for group in groups:
             counts.update(train_group(group))
-        return dict(counts)
+        return dict(+counts)  # the jobs this task ended, by status (none that other claims held meanwhile)
 
 
 def load(rows: Sequence[Any]) -> tuple[list[Group], list[tuple[int, str]]]:
     """The claimed jobs as engine jobs, grouped by what trains together, in batches that fit in
     KLAB_MAX_JOB_MEMORY together (service.jobs.problem.fitting). Jobs alike but for their seed, lr and
-    tol (service.db.writes.PER_JOB) share one parsed spec, and jobs whose data are alike one Problem, built
+    tol (service.jobs.spec.PER_JOB) share one parsed spec, and jobs whose data are alike one Problem, built
     once. Also the jobs that could not be loaded, with why."""
-    alike: dict[tuple, list[tuple[Any, float]]] = {}
-    texts, tols = writes.alike([row.spec for row in rows])
+    by_spec: dict[tuple, list[tuple[Any, float]]] = {}
+    texts, tols = alike([row.spec for row in rows])
     for row, text, tol in zip(rows, texts, tols):
-        alike.setdefault((text, row.input_dataset_id, row.labels_dataset_id, row.kernel_dataset_id),
+        by_spec.setdefault((text, row.input_dataset_id, row.labels_dataset_id, row.kernel_dataset_id),
                          []).append((row, tol))
     groups: dict[tuple, Group] = {}  # each key's batch being filled
     batches: list[Group] = []
@@ -96,7 +96,7 @@ def load(rows: Sequence[Any]) -> tuple[list[Group], list[tuple[int, str]]]:
                     raise
                 return f"{type(exc).__name__} loading job {row.id}: {exc}"
 
-        for (_, *datasets), members in alike.items():
+        for (_, *datasets), members in by_spec.items():
             first = members[0][0]
             try:
                 spec = JobSpec.parse(json.loads(first.spec))
@@ -127,8 +127,7 @@ def train_group(group: Group) -> Counter[str]:
     try:
         device = engine.resolve_device(spec.device.value)
     except RuntimeError as exc:
-        fail(ids, str(exc))
-        return Counter({JobStatus.FAILED.value: len(ids)})
+        return Counter({JobStatus.FAILED.value: fail(ids, str(exc), group.attempts)})
     stream = len(ids) == 1  # a long single job shows where it runs, and writes its epochs as they come
     if stream:
         with writing() as conn:
@@ -145,8 +144,7 @@ def train_group(group: Group) -> Counter[str]:
         if out_of_reach(exc):
             raise
         # Whatever went wrong with these jobs ends them, never the worker (nor a retry loop).
-        fail(ids, failure(exc, group, device))
-        return Counter({JobStatus.FAILED.value: len(ids)})
+        return Counter({JobStatus.FAILED.value: fail(ids, failure(exc, group, device), group.attempts)})
     if progress.timed_out:  # the jobs it stopped at the time limit failed
         late = f"time limit of {settings().max_job_seconds} s exceeded (KLAB_MAX_JOB_SECONDS)"
         ends = results.values["status"]
@@ -155,15 +153,20 @@ def train_group(group: Group) -> Counter[str]:
         results.values["error_message"] = [late if x else None for x in stopped]
     try:
         with writing(durable=False) as conn:
-            writes.save_results(conn, ids, results, fresh=group.fresh and not stream)
+            stored = writes.save_results(conn, ids, results, fresh=group.fresh and not stream, attempts=group.attempts)
     except Exception as exc:
         if out_of_reach(exc):
             raise
         # Results the database refuses (a bug, bad data) end the jobs failed, saying why, once: left running,
         # they would come back as a dead worker's and fail later as "its worker stopped answering".
-        fail(ids, f"{type(exc).__name__} storing the results of {len(ids)} job(s): {one_line(exc)}")
-        return Counter({JobStatus.FAILED.value: len(ids)})
-    return Counter(results.values["status"])
+        message = f"{type(exc).__name__} storing the results of {len(ids)} job(s): {one_line(exc)}"
+        return Counter({JobStatus.FAILED.value: fail(ids, message, group.attempts)})
+    if len(stored) < len(ids):
+        log.warning("%d of %d job(s) were no longer this worker's when they ended (their lease ran out meanwhile, "
+                    "and they were claimed or ended elsewhere): their results were not stored", len(ids) - len(stored),
+                    len(ids))
+    kept = set(stored)
+    return Counter(s for i, s in zip(ids, results.values["status"]) if i in kept)
 
 
 def failure(exc: BaseException, group: Group, device: str) -> str:
@@ -177,9 +180,10 @@ def failure(exc: BaseException, group: Group, device: str) -> str:
     return f"{type(exc).__name__} training {what}: {text}"
 
 
-def fail(ids: list[int], message: str) -> None:
+def fail(ids: list[int], message: str, attempts: list[int]) -> int:
+    """End failed the jobs whose claims (`attempts`, as they left them) still hold; how many."""
     with writing() as conn:
-        writes.fail(conn, ids, message)
+        return len(writes.fail(conn, ids, message, attempts))
 
 
 @app.task(name=TASK_TRAIN, bind=True, max_retries=None)

@@ -27,14 +27,15 @@ def postgresql(conn: Connection) -> bool:
 
 
 def update_jobs(conn: Connection, ids: Sequence[int], values: dict[str, Any], where: str = "",
-                params: dict[str, Any] | None = None) -> list[int]:
+                params: dict[str, Any] | None = None, match: dict[str, list[Any]] | None = None) -> list[int]:
     """Set jobs columns by id: `values[column]` a list (one value a job) or one value for all. `where`
-    (SQL on `jobs`, with :name `params`) restricts which jobs change. Returns the ids it changed."""
+    (SQL on `jobs`, with :name `params`) restricts which jobs change, and so does `match`: a job changes only
+    if its `match[column]` (a list, one value a job) is what it holds. Returns the ids it changed."""
     if not ids:
         return []
     if postgresql(conn):
-        return _update_postgresql(conn, ids, values, where, params or {})
-    return _update_sqlite(conn, ids, values, where, params or {})
+        return _update_postgresql(conn, ids, values, where, params or {}, match or {})
+    return _update_sqlite(conn, ids, values, where, params or {}, match or {})
 
 
 STAGING = "_klab_job_values"
@@ -42,11 +43,11 @@ STAGING = "_klab_job_values"
 
 
 def _update_postgresql(conn: Connection, ids: Sequence[int], values: dict[str, Any], where: str,
-                       params: dict[str, Any]) -> list[int]:
+                       params: dict[str, Any], match: dict[str, list[Any]]) -> list[int]:
     lists = [c for c, v in values.items() if isinstance(v, list)]
     scalars = {c: v for c, v in values.items() if c not in lists}
     raw = conn.connection.driver_connection
-    if not lists:  # every job takes the same values
+    if not lists and not match:  # every job takes the same values
         sets = ", ".join(f"{c} = %(s_{c})s" for c in scalars)
         with raw.cursor() as cur:
             cur.execute(f"UPDATE jobs SET {sets} WHERE id = ANY(%(ids)s) {_pg(where)} RETURNING id",  # noqa: S608
@@ -60,14 +61,16 @@ def _update_postgresql(conn: Connection, ids: Sequence[int], values: dict[str, A
         cur.execute("CREATE TEMPORARY TABLE IF NOT EXISTS _klab_job_values ON COMMIT DELETE ROWS "
                     "AS SELECT * FROM jobs WITH NO DATA; "
                     "CREATE UNIQUE INDEX IF NOT EXISTS _klab_job_values_id ON _klab_job_values (id)")
-        with cur.copy(f"COPY {STAGING} (id, {', '.join(lists)}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(["int4", *(_binary_type(c) for c in lists)])
-            columns = [_json_texts(values[c]) if _binary_type(c) == "text" else values[c] for c in lists]
+        copied = {**{c: values[c] for c in lists}, **match}
+        with cur.copy(f"COPY {STAGING} (id, {', '.join(copied)}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["int4", *(_binary_type(c) for c in copied)])
+            columns = [_json_texts(v) if _binary_type(c) == "text" else v for c, v in copied.items()]
             for row in zip(ids, *columns):
                 copy.write_row(row)
         sets = [f"{c} = v.{c}" for c in lists] + [f"{c} = %(s_{c})s" for c in scalars]
+        matched = "".join(f" AND jobs.{c} = v.{c}" for c in match)
         cur.execute(f"UPDATE jobs SET {', '.join(sets)} FROM {STAGING} v "  # noqa: S608
-                    f"WHERE jobs.id = v.id {_pg(where)} RETURNING jobs.id",
+                    f"WHERE jobs.id = v.id{matched} {_pg(where)} RETURNING jobs.id",
                     {**{f"s_{c}": v for c, v in scalars.items()}, **params})
         changed = [r[0] for r in cur.fetchall()]
         cur.execute("TRUNCATE _klab_job_values")  # empty for the next update in this transaction
@@ -91,17 +94,17 @@ def _json_texts(values: list[Any]) -> list[Any]:
 
 
 def _update_sqlite(conn: Connection, ids: Sequence[int], values: dict[str, Any], where: str,
-                   params: dict[str, Any]) -> list[int]:
+                   params: dict[str, Any], match: dict[str, list[Any]]) -> list[int]:
     raw = conn.connection.driver_connection
-    if where:
-        changing = set()
+    if where or match:
+        held: dict[int, tuple] = {}  # the jobs that `where` names, with their `match` columns
         for i in range(0, len(ids), 5000):
             part = list(ids[i : i + 5000])
             marks = ", ".join("?" * len(part))
-            found = raw.execute(f"SELECT id FROM jobs WHERE id IN ({marks}) AND {_qmark(where)}",  # noqa: S608
-                                [*part, *_ordered(where, params)])
-            changing.update(r[0] for r in found)
-        keep = [k for k, i in enumerate(ids) if i in changing]
+            found = raw.execute(f"SELECT {', '.join(['id', *match])} FROM jobs "  # noqa: S608
+                                f"WHERE id IN ({marks}) AND {_qmark(where) or 1}", [*part, *_ordered(where, params)])
+            held.update((r[0], tuple(r[1:])) for r in found)
+        keep = [k for k, i in enumerate(ids) if held.get(i) == tuple(match[c][k] for c in match)]
     else:
         keep = list(range(len(ids)))
     if not keep:

@@ -7,11 +7,9 @@ claim, which starts or cancels in one statement). Lists of job ids travel as one
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
-import re
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -30,6 +28,7 @@ from sqlalchemy import (
     func,
     insert,
     literal_column,
+    or_,
     select,
     true,
     update,
@@ -37,7 +36,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.exc import IntegrityError
 
-from service import defaults
 from service.db import bulk
 from service.db.schema import datasets, epochs, jobs, sweeps, unfinished, utcnow
 from service.jobs import result, status
@@ -91,34 +89,8 @@ def mark_queued(conn: Connection, ids: Sequence[int]) -> None:
     change_status(conn, JobStatus.QUEUED, ids_in(conn, jobs.c.id, ids), among=status.WAITING, queued_at=utcnow())
 
 
-PER_JOB = ("seed", "lr", "tol")
-"""The spec's values that jobs trained together may differ in: a worker parses one spec for the jobs of a
-claim whose stored specs differ in these alone (`alike`)."""
-
-_PER_JOB_TEXT = re.compile(r', "(?:seed|lr|tol)": [^,}]*')
-_TOL_TEXT = re.compile(r', "tol": ([^,}]*)')
-"""A PER_JOB key and its value (a number) in a spec's text as json.dumps writes it: never the first key, and
-only ever a key, since a quote inside a JSON string is written \\", so `, "` cannot be in one."""
-
-
-def alike(texts: Sequence[str]) -> tuple[list[str], list[float]]:
-    """Stored specs' texts less their PER_JOB values (the same text for jobs whose specs differ in those
-    alone), and their tol. Cut from the texts, all at once, not parsed one by one: a third of a claim's time
-    was PostgreSQL parsing them (jsonb), and Python parsing them took as long. A text that is not as
-    json.dumps writes it (each key once, no line break, those separators) makes every one parsed instead."""
-    joined = "\n".join(texts)
-    cut, found = _PER_JOB_TEXT.subn("", joined)
-    keys, tols = cut.split("\n"), _TOL_TEXT.findall(joined)
-    if found == len(PER_JOB) * len(texts) and len(keys) == len(tols) == len(texts):
-        with contextlib.suppress(ValueError):
-            return keys, [float(t) for t in tols]
-    parsed = [json.loads(t) for t in texts]
-    return ([json.dumps({k: v for k, v in p.items() if k not in PER_JOB}) for p in parsed],
-            [p.get("tol", defaults.TOL) for p in parsed])
-
-
 def _claimed(conn: Connection) -> tuple[Any, ...]:
-    """What a claim returns of each job: all a worker needs to train it, the spec as its stored text (`alike`
+    """What a claim returns of each job: all a worker needs to train it, the spec as its stored text (`spec.alike`
     tells which jobs share it)."""
     return (jobs.c.id, jobs.c.status, jobs.c.attempts, jobs.c.seed, jobs.c.lr, cast(jobs.c.spec, Text).label("spec"),
             jobs.c.input, jobs.c.kernel, jobs.c.input_dataset_id, jobs.c.labels_dataset_id, jobs.c.kernel_dataset_id)
@@ -163,9 +135,16 @@ def claim(conn: Connection, ids: Sequence[int], host: str, task_id: str, task_tr
     return started
 
 
-def heartbeat(conn: Connection, ids: Sequence[int]) -> None:
-    """Renew the lease of running jobs."""
-    conn.execute(update(jobs).where(ids_in(conn, jobs.c.id, ids), jobs.c.status == JobStatus.RUNNING.value)
+def held(conn: Connection, ids: Sequence[int], attempts: Sequence[int]) -> ColumnElement[bool]:
+    """The jobs `ids` whose attempts are still as given (one a job: as a worker's claims left them). Running ones
+    are still under those claims: no other claim took them over meanwhile."""
+    return or_(*(ids_in(conn, jobs.c.id, [i for i, a in zip(ids, attempts) if a == n]) & (jobs.c.attempts == n)
+                 for n in set(attempts)))
+
+
+def heartbeat(conn: Connection, ids: Sequence[int], attempts: Sequence[int]) -> None:
+    """Renew the lease of running jobs while the claims that left them at `attempts` hold."""
+    conn.execute(update(jobs).where(held(conn, ids, attempts), jobs.c.status == JobStatus.RUNNING.value)
                  .values(heartbeat_at=utcnow()))
 
 
@@ -208,8 +187,11 @@ def stopped(conn: Connection, ids: Sequence[int]) -> None:
                   cancel_requested=True, finished_at=utcnow())
 
 
-def fail(conn: Connection, ids: Sequence[int], message: str) -> None:
-    change_status(conn, JobStatus.FAILED, ids_in(conn, jobs.c.id, ids), error_message=message, finished_at=utcnow())
+def fail(conn: Connection, ids: Sequence[int], message: str, attempts: Sequence[int] | None = None) -> list[int]:
+    """Running jobs end failed, saying why; with `attempts` (save_results's), only while their claims hold. Returns
+    the ids ended."""
+    where = ids_in(conn, jobs.c.id, ids) if attempts is None else held(conn, ids, attempts)
+    return [i for i, _ in change_status(conn, JobStatus.FAILED, where, error_message=message, finished_at=utcnow())]
 
 
 def waiting(conn: Connection, selection: Selection, include_queued: bool) -> list[tuple[int, str | None]]:
@@ -289,19 +271,22 @@ def insert_columns(conn: Connection, columns: dict[str, Any], n: int, ids: list[
     return ids
 
 
-def save_results(conn: Connection, ids: Sequence[int], results: Columns, fresh: bool = False) -> list[int]:
+def save_results(conn: Connection, ids: Sequence[int], results: Columns, fresh: bool = False,
+                 attempts: Sequence[int] | None = None) -> list[int]:
     """Store finished results, every job's epochs with them, replacing any epochs written while it trained
-    (`fresh`: the caller knows there are none). Only running jobs end this way: a result for a job that
-    ended meanwhile (another worker finished it first) is dropped, so each job keeps one result and its
-    own epochs. Returns the ids stored."""
+    (`fresh`: the caller knows there are none). Only running jobs end this way, and with `attempts` (a
+    worker's: each job's, as its claim left them) only while that claim holds: a result for a job that ended
+    meanwhile (another worker finished it first), or that another claim took over, is dropped, so each job
+    keeps one result and its own epochs. Returns the ids stored."""
     if not len(ids):
         return []
     for end in set(results.values["status"]):
         status.sources(JobStatus(end), {JobStatus.RUNNING})
     values = {result.BY_NAME[n].col: results.stored(n) for n in result.ROW}
     values["finished_at"] = utcnow()
+    held = None if attempts is None else {"attempts": [int(a) for a in attempts]}
     stored = bulk.update_jobs(conn, ids, values, where="jobs.status = :state",
-                              params={"state": JobStatus.RUNNING.value})
+                              params={"state": JobStatus.RUNNING.value}, match=held)
     if not stored:
         return []
     if not fresh:
