@@ -510,10 +510,10 @@ def running_jobs(db_url: str, jobs: int) -> list[int]:
 def service_store(db_url: str, ids: list[int], results: list[Any], streams: int = 1,
                   save: Callable[..., list[int]] | None = None) -> tuple[float, dict[str, float]]:
     """Seconds to store every result through service.db.writes.save_results (or `save`, which takes the same
-    arguments), a task's results a transaction (writing(durable=False), as worker.tasks does), and the
-    seconds of its two statements' calls. With `streams` > 1, that many forked processes store at once, as
-    a worker's children do, each every streams-th task; the seconds run from their common start to the last
-    one's commit (no phases)."""
+    arguments but the claims' attempts), a task's results a transaction (writing(durable=False), as worker.tasks
+    does: each job's attempts as its claim left them, 0 here), and the seconds of its two statements' calls.
+    With `streams` > 1, that many forked processes store at once, as a worker's children do, each every
+    streams-th task; the seconds run from their common start to the last one's commit (no phases)."""
     from service.db import bulk, writes
     from service.db.engine import dispose_engines, writing
 
@@ -527,7 +527,8 @@ def service_store(db_url: str, ids: list[int], results: list[Any], streams: int 
         for t in range(k, len(results), streams):
             part = ids[starts[t] : starts[t + 1]]
             with writing(db_url, durable=False) as conn:
-                stored = (save or writes.save_results)(conn, part, results[t].columns, fresh=True)
+                stored = (save(conn, part, results[t].columns, fresh=True) if save else
+                          writes.save_results(conn, part, results[t].columns, fresh=True, attempts=[0] * len(part)))
             if len(stored) != len(part):
                 raise SystemExit(f"save_results stored {len(stored)} of {len(part)} jobs")
 
