@@ -253,12 +253,12 @@ def test_a_sqlite_file_of_an_older_revision_upgrades_itself_with_its_jobs(tmp_pa
 
 def test_a_task_finds_its_jobs_by_the_primary_key_on_a_table_not_yet_analysed(klab_db):
     """A claim, a heartbeat or a cancel check names a task's jobs by a list of ids (service.db.writes.ids_in),
-    a heartbeat and a failure with the attempts each claim left (writes.held). On a table the planner has no
-    statistics of (a new sweep's rows, just copied in), PostgreSQL priced looking up 4,096 ids in the primary key
-    above reading the whole table, and every claim of a sweep read all of it."""
+    a heartbeat and a failure with the attempts each claim left (writes.held: running jobs). On a table the
+    planner has no statistics of (a new sweep's rows, just copied in), PostgreSQL priced looking up 4,096 ids in
+    the primary key above reading the whole table, and every claim of a sweep read all of it."""
     spec = JobSpec.parse({"seed": 0})
     with writing() as conn:
-        ids = writes.insert_columns(conn, {**writes.new_job(spec, start=JobStatus.QUEUED, queue="cpu"),
+        ids = writes.insert_columns(conn, {**writes.new_job(spec, start=JobStatus.RUNNING, queue="cpu"),
                                            "seed": list(range(30_000))}, 30_000)
     task = ids[8192 : 8192 + 4096]
     with writing() as conn:

@@ -136,16 +136,17 @@ def claim(conn: Connection, ids: Sequence[int], host: str, task_id: str, task_tr
 
 
 def held(conn: Connection, ids: Sequence[int], attempts: Sequence[int]) -> ColumnElement[bool]:
-    """The jobs `ids` whose attempts are still as given (one a job: as a worker's claims left them). Running ones
-    are still under those claims: no other claim took them over meanwhile."""
-    return or_(*(ids_in(conn, jobs.c.id, [i for i, a in zip(ids, attempts) if a == n]) & (jobs.c.attempts == n)
-                 for n in set(attempts)))
+    """The jobs `ids` still under the claims that left them at `attempts` (one a job): running, and no other
+    claim since. What a worker writes of its jobs goes to these alone (save_results holds a task's results to
+    the same rule through bulk.update_jobs' match)."""
+    return (jobs.c.status == JobStatus.RUNNING.value) & or_(*(
+        ids_in(conn, jobs.c.id, [i for i, a in zip(ids, attempts) if a == n]) & (jobs.c.attempts == n)
+        for n in set(attempts)))
 
 
 def heartbeat(conn: Connection, ids: Sequence[int], attempts: Sequence[int]) -> None:
-    """Renew the lease of running jobs while the claims that left them at `attempts` hold."""
-    conn.execute(update(jobs).where(held(conn, ids, attempts), jobs.c.status == JobStatus.RUNNING.value)
-                 .values(heartbeat_at=utcnow()))
+    """Renew the lease of the jobs still under the claims that left them at `attempts`."""
+    conn.execute(update(jobs).where(held(conn, ids, attempts)).values(heartbeat_at=utcnow()))
 
 
 def reap(conn: Connection, lease: int, max_attempts: int) -> list[tuple[int, str | None]]:
@@ -158,14 +159,14 @@ def reap(conn: Connection, lease: int, max_attempts: int) -> list[tuple[int, str
     return change_status(conn, JobStatus.QUEUED, orphaned, task_id=None, queued_at=now)
 
 
-def stranded(conn: Connection, threshold: int, queues: Sequence[str], held: frozenset[int]
+def stranded(conn: Connection, threshold: int, queues: Sequence[str], delivered: frozenset[int]
              ) -> list[tuple[int, str | None]]:
-    """Jobs queued on `queues` for longer than `threshold` seconds whose ids no message in `held` carries:
+    """Jobs queued on `queues` for longer than `threshold` seconds whose ids no message in `delivered` carries:
     marked queued anew (so that another worker's reaper leaves them be) and returned, to be sent again."""
     now = utcnow()
     waiting = unfinished(JobStatus.QUEUED.value) & (jobs.c.queued_at < now - timedelta(seconds=threshold))
     candidates = conn.execute(select(jobs.c.id).where(waiting, jobs.c.queue.in_(queues))).scalars().all()
-    lost = [i for i in candidates if i not in held]
+    lost = [i for i in candidates if i not in delivered]
     if not lost:
         return []
     return change_status(conn, JobStatus.QUEUED, ids_in(conn, jobs.c.id, lost) & waiting, queued_at=now)
@@ -284,9 +285,9 @@ def save_results(conn: Connection, ids: Sequence[int], results: Columns, fresh: 
         status.sources(JobStatus(end), {JobStatus.RUNNING})
     values = {result.BY_NAME[n].col: results.stored(n) for n in result.ROW}
     values["finished_at"] = utcnow()
-    held = None if attempts is None else {"attempts": [int(a) for a in attempts]}
+    claims = None if attempts is None else {"attempts": [int(a) for a in attempts]}
     stored = bulk.update_jobs(conn, ids, values, where="jobs.status = :state",
-                              params={"state": JobStatus.RUNNING.value}, match=held)
+                              params={"state": JobStatus.RUNNING.value}, match=claims)
     if not stored:
         return []
     if not fresh:
@@ -323,11 +324,10 @@ def streamed(conn: Connection, job_id: int, attempt: int, epoch_list: Sequence[d
     The job's row is locked first, so a result stored meanwhile comes wholly before or after. Whether it holds."""
     import numpy as np
 
-    held = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value,
-                                           jobs.c.attempts == attempt)
-                        .values(epochs_done=epochs_done).returning(jobs.c.id)).first()
-    if held is None or not epoch_list:
-        return held is not None
+    holds = conn.execute(update(jobs).where(held(conn, [job_id], [attempt]))
+                         .values(epochs_done=epochs_done).returning(jobs.c.id)).first()
+    if holds is None or not epoch_list:
+        return holds is not None
     conn.execute(delete(epochs).where(epochs.c.job_id == job_id, epochs.c.epoch >= epoch_list[0]["epoch"]))
 
     def column(name: str) -> Any:
