@@ -8,7 +8,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from harness import ROOT, Db, WorkerProcess, clean_env, klab, klab_path, queue_key, run_json
+from harness import (
+    ROOT,
+    Db,
+    WorkerProcess,
+    clean_env,
+    klab,
+    klab_path,
+    queue_key,
+    run_json,
+    sweep_id_of,
+    tails,
+    wait_until,
+)
 from harness import service_env as env_of
 
 from service.jobs.spec import JobSpec
@@ -252,6 +264,35 @@ def test_cancel_running_job_stops_and_keeps_its_epochs(service_env, workers):
     assert all(x is not None for x in kept)
     (said,), = rows(url, "SELECT explanation FROM jobs WHERE id = :j", j=job_id)
     assert said.startswith("cancelled before its last epoch; up to then, "), said  # its kernel so far, explained
+
+
+def test_deleting_jobs_while_they_train_frees_their_worker_and_leaves_nothing_of_them(service_env, workers):
+    """`klab delete` of running jobs: a job trained alone and a sweep's two jobs trained as one batch, each
+    100,000 epochs long. Their worker notices at its next look (about a second), stops training them, and
+    stores nothing of them (no epoch of a deleted job comes back); then it takes the next job at once."""
+    worker = workers("cpu")  # one process: while it trains the deleted jobs, nothing else runs
+    url = service_env["KLAB_DATABASE_URL"]
+    long_job = ("--input", "random:3x96x96", "--kernel", "random:4x3x5x5", "--method", "adam", "--lr", "0.001",
+                "--epochs", "100000")
+
+    def training(ids: list[int]) -> bool:
+        found = rows(url, "SELECT status FROM jobs WHERE id = ANY(:ids)", ids=ids)
+        return len(found) == len(ids) and {r.status for r in found} == {"running"}
+
+    alone = json.loads(klab(service_env, "submit", *long_job, "--json").stdout)["ids"]
+    wait_until(lambda: training(alone) and rows(url, "SELECT epochs_done FROM jobs WHERE id = :j", j=alone[0])[0][0],
+               60, tails(worker))
+    assert klab(service_env, "delete", str(alone[0])).returncode == 0
+    wait_until(lambda: f"job {alone[0]} is no longer this worker's" in worker.text(), 60, tails(worker))
+    sweep = sweep_id_of(klab(service_env, "sweep", *long_job, "--seed", "0..1", "--json"))
+    batch = [r.id for r in rows(url, "SELECT id FROM jobs WHERE sweep_id = :s", s=sweep)]
+    wait_until(lambda: training(batch), 60, tails(worker))
+    assert klab(service_env, "delete", "--sweep", str(sweep)).returncode == 0
+    after = klab(service_env, "submit", "--seed", "5", "--wait", "--json", timeout=120)  # the book's job
+    assert after.returncode == 0 and json.loads(after.stdout)["status"] == "succeeded", (after.stderr, tails(worker)())
+    wait_until(lambda: "2 of 2 job(s) were no longer this worker's" in worker.text(), 60, tails(worker))
+    assert rows(url, "SELECT count(*) FROM jobs")[0][0] == 1
+    assert rows(url, "SELECT DISTINCT job_id FROM epochs") == [(json.loads(after.stdout)["id"],)]
 
 
 def test_two_workers_share_a_sweep_without_doing_a_job_twice(service_env, workers):

@@ -176,6 +176,9 @@ def test_a_claim_that_lapsed_and_was_taken_over_neither_stores_nor_fails_the_job
         conn.execute(update(jobs).values(heartbeat_at=text("'2000-01-01'")))  # every lease ran out
         assert claimed(conn, [x], "w2", "task-2", 0) == [x]  # sent again alone, claimed by another worker
         assert writes.streamed(conn, x, 2, eps(2), 2)
+        conn.execute(update(jobs).where(jobs.c.id == z).values(cancel_requested=True))  # klab cancel
+        assert writes.stopping(conn, [x, y, z], [1, 1, 1]) == ({z}, {x})  # what the first stops at its next look
+        assert writes.stopping(conn, [x], [2]) == (set(), set())  # the second goes on
         results = Columns.of_rows([fake_result(SPEC, relative=r, epochs=6) for r in (0.5, 0.25, 0.125)])
         assert writes.save_results(conn, [x, y, z], results, fresh=True, attempts=[1, 1, 1]) == [y, z]
         writes.fail(conn, [x, y, z], "the first worker's batch failed", attempts=[1, 1, 1])

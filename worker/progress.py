@@ -1,5 +1,5 @@
-"""The engine's per-epoch callback in a worker: cancellation, the time limit, and a long single job's
-epochs written as it trains."""
+"""The engine's per-epoch callback in a worker: cancellation, jobs no longer its own, the time limit, and a long
+single job's epochs written as it trains."""
 from __future__ import annotations
 
 import time
@@ -15,21 +15,20 @@ from worker.engine import EpochEvent
 
 
 class Progress:
-    """Checks about once a second (FLUSH_SECONDS) whether jobs were cancelled, and stops them all at the
-    time limit; with `stream`, writes the one job's epochs as they come, while its claim holds (`attempt`: the
-    job's attempts as the claim left them), and stops it once it does not (`lost`)."""
+    """Checks about once a second (FLUSH_SECONDS) which jobs were cancelled, and which are no longer under the
+    claims that left them at `attempts` (deleted, or taken back: `lost`), and stops those; stops them all at the
+    time limit; with `stream`, writes the one job's epochs as they come, while its claim holds."""
 
-    def __init__(self, ids: Sequence[int], stream: bool, attempt: int | None = None):
-        if stream and (len(ids) != 1 or attempt is None):
-            raise ValueError("a streamed job is one job, with the attempt of its claim")
-        self.ids = list(ids)
+    def __init__(self, ids: Sequence[int], attempts: Sequence[int], stream: bool):
+        if stream and len(ids) != 1:
+            raise ValueError("a streamed job is one job")
+        self.ids, self.attempts = list(ids), list(attempts)
         self.stream = stream
-        self.attempt = attempt
         self.started = self.last_flush = time.monotonic()
         self.flushed = 0  # epochs already written (streaming)
         self.pending: list[dict] = []
         self.timed_out = False
-        self.lost = False  # the streamed job is no longer this claim's: nothing of it is to be stored here
+        self.lost: set[int] = set()  # jobs no longer this worker's: nothing of them is to be stored here
 
     def __call__(self, event: EpochEvent) -> np.ndarray | None:
         if self.stream:
@@ -45,11 +44,12 @@ class Progress:
         self.last_flush = now
         with writing(durable=False) as conn:
             if self.stream and not self._flush(conn):
-                self.lost = True
+                self.lost = set(self.ids)
                 return np.ones(len(self.ids), dtype=bool)
-            cancelled = writes.cancel_requested(conn, self.ids)
-        if cancelled:
-            return np.array([i in cancelled for i in self.ids])
+            cancelled, gone = writes.stopping(conn, self.ids, self.attempts)
+        self.lost |= gone
+        if cancelled or self.lost:
+            return np.array([i in cancelled or i in self.lost for i in self.ids])
         return None
 
     def _flush(self, conn) -> bool:
@@ -57,7 +57,7 @@ class Progress:
         # d2l-manual measures an epoch's mse at the next forward pass: keep the last epoch back.
         ready = self.pending[:-1]
         done = ready[-1]["epoch"] if ready else self.flushed
-        if not writes.streamed(conn, self.ids[0], self.attempt, ready, done):
+        if not writes.streamed(conn, self.ids[0], self.attempts[0], ready, done):
             return False
         self.pending, self.flushed = self.pending[-1:], done
         return True

@@ -132,12 +132,12 @@ def train_group(group: Group) -> Counter[str]:
     if stream:
         with writing() as conn:
             writes.set_device(conn, ids, device)
-    progress = Progress(ids, stream, group.attempts[0] if stream else None)
+    progress = Progress(ids, group.attempts, stream)
     try:
         result = engine.train(group.jobs, spec.method, spec.epochs, spec.batch_size, device, on_epoch=progress)
-        if progress.lost:
+        if stream and progress.lost:
             log.warning("job %d is no longer this worker's (its lease ran out meanwhile, and it was sent again, "
-                        "claimed or ended elsewhere): stopped training it, nothing stored", ids[0])
+                        "claimed or ended elsewhere; or it was deleted): stopped training it, nothing stored", ids[0])
             return Counter()
         results = result.columns
     except Exception as exc:
@@ -163,8 +163,8 @@ def train_group(group: Group) -> Counter[str]:
         return Counter({JobStatus.FAILED.value: fail(ids, message, group.attempts)})
     if len(stored) < len(ids):
         log.warning("%d of %d job(s) were no longer this worker's when they ended (their lease ran out meanwhile, "
-                    "and they were claimed or ended elsewhere): their results were not stored", len(ids) - len(stored),
-                    len(ids))
+                    "and they were claimed or ended elsewhere; or they were deleted): their results were not stored",
+                    len(ids) - len(stored), len(ids))
     kept = set(stored)
     return Counter(s for i, s in zip(ids, results.values["status"]) if i in kept)
 

@@ -343,9 +343,11 @@ def set_device(conn: Connection, ids: Sequence[int], device: str) -> None:
     conn.execute(update(jobs).where(ids_in(conn, jobs.c.id, ids)).values(device=device))
 
 
-def cancel_requested(conn: Connection, ids: Sequence[int]) -> set[int]:
-    """Which of these jobs `klab cancel` asked to stop."""
-    return set(conn.execute(select(jobs.c.id).where(ids_in(conn, jobs.c.id, ids), jobs.c.cancel_requested)).scalars())
+def stopping(conn: Connection, ids: Sequence[int], attempts: Sequence[int]) -> tuple[set[int], set[int]]:
+    """Of a worker's jobs in hand (`attempts` as its claims left them): those `klab cancel` asked to stop, and
+    those no longer under its claims (deleted; or, its lease having run out, ended or claimed elsewhere)."""
+    found = conn.execute(select(jobs.c.id, jobs.c.cancel_requested).where(held(conn, ids, attempts))).all()
+    return {r.id for r in found if r.cancel_requested}, set(ids) - {r.id for r in found}
 
 
 def delete_jobs(conn: Connection, selection: Selection) -> tuple[int, int]:
