@@ -346,7 +346,11 @@ def set_device(conn: Connection, ids: Sequence[int], device: str) -> None:
 def stopping(conn: Connection, ids: Sequence[int], attempts: Sequence[int]) -> tuple[set[int], set[int]]:
     """Of a worker's jobs in hand (`attempts` as its claims left them): those `klab cancel` asked to stop, and
     those no longer under its claims (deleted; or, its lease having run out, ended or claimed elsewhere)."""
-    found = conn.execute(select(jobs.c.id, jobs.c.cancel_requested).where(held(conn, ids, attempts))).all()
+    mine = held(conn, ids, attempts)
+    n, asked = conn.execute(select(func.count(), func.count(case((jobs.c.cancel_requested, 1)))).where(mine)).one()
+    if n == len(set(ids)) and not asked:  # as nearly always: nothing to stop, said in one row
+        return set(), set()
+    found = conn.execute(select(jobs.c.id, jobs.c.cancel_requested).where(mine)).all()
     return {r.id for r in found if r.cancel_requested}, set(ids) - {r.id for r in found}
 
 
