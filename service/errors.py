@@ -32,6 +32,12 @@ class BrokerUnavailable(RuntimeError):
     exit_code = 3
 
 
+class Gone(RuntimeError):
+    """What a command was storing was deleted meanwhile, from another shell (klab delete): one line, exit code 1."""
+
+    exit_code = 1
+
+
 class Interrupted(RuntimeError):
     """The user pressed Ctrl-C while waiting: one line saying what goes on, exit code 130."""
 

@@ -26,7 +26,7 @@ from service import broker
 from service.db import bulk, reads, writes
 from service.db.connect import Reader
 from service.db.engine import writing
-from service.errors import BadInput, BrokerUnavailable
+from service.errors import BadInput, BrokerUnavailable, Gone
 from service.jobs.choices import Device
 from service.jobs.problem import Problem, build_problem, file_arrays, fitting, problem_key, together
 from service.jobs.selection import Selection
@@ -282,6 +282,8 @@ def store(conn: Connection, plan: Plan, chunk: Sequence[Job], start: JobStatus, 
     (klab sweep --local) and go to no queue."""
     if plan.sweep is not None and plan.sweep_id is None:
         plan.sweep_id = writes.create_sweep(conn, plan.sweep, plan.size, plan.name, plan.tags)
+    elif plan.sweep_id is not None and not writes.sweep_kept(conn, plan.sweep_id):
+        raise Gone(f"sweep {plan.sweep_id} was deleted (klab delete) while its jobs were being stored: stopped")
     _upload(conn, plan, chunk)
     columns = _columns(chunk, plan.datasets, sent=start is not JobStatus.RUNNING)
     return writes.insert_columns(conn, {**writes.lifecycle(start, plan.sweep_id), **columns}, len(chunk), ids)

@@ -118,6 +118,37 @@ def test_a_sweep_file_without_a_true_kernel(here: str, klab_cli, tmp_path: Path)
     np.testing.assert_allclose(results[1]["learned_kernel"], [[1.0, -1.0]], atol=0.05)
 
 
+def test_a_local_sweep_deleted_meanwhile_stops_with_one_line(here: str, klab_cli, monkeypatch) -> None:
+    """`klab delete --sweep` from another shell while `klab sweep --local` trains it: at its next chunk the
+    sweep says so in one line, exit code 1, and stores nothing more (where it once ended in a traceback of the
+    database's foreign-key error). The delete is made, deterministically, right after the first batch is saved."""
+    import worker.local as local
+    from service.db import writes
+    from service.jobs.selection import Selection
+    from service.submit import CHUNK_JOBS
+
+    train, deleted = local._train, []
+
+    def train_then_delete(spec, ids, batch) -> None:
+        train(spec, ids, batch)
+        if not deleted:
+            with writing() as conn:  # what klab delete --sweep S does, in its own transaction
+                sweep = conn.execute(select(jobs_table.c.sweep_id).where(jobs_table.c.id == ids[0])).scalar_one()
+                deleted.append((sweep, writes.delete_jobs(conn, Selection(sweep=sweep))))
+
+    monkeypatch.setattr(local, "_train", train_then_delete)
+    code, out, err = klab_cli("sweep", "--local", "--seed", f"0..{CHUNK_JOBS}", "--epochs", "1")  # two chunks
+    (sweep, (n_jobs, _)), = deleted
+    assert n_jobs == CHUNK_JOBS
+    assert (code, out) == (1, "")
+    assert err.splitlines()[-1] == (f"klab: error: sweep {sweep} was deleted (klab delete) while its jobs were being "
+                                    "stored: stopped"), err
+    assert "Traceback" not in err
+    with writing() as conn:
+        assert conn.execute(select(func.count()).select_from(jobs_table)).scalar() == 0
+        assert conn.execute(select(func.count()).select_from(sweeps_table)).scalar() == 0
+
+
 def test_an_interrupted_local_sweep_leaves_no_job_running(here: str) -> None:
     """Ctrl-C between two batches: the batches saved keep their results, the rest of what was stored ends
     cancelled (no worker would ever take back a job running here)."""

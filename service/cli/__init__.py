@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from service.errors import BadInput, BrokerUnavailable, DatabaseUnavailable, Interrupted, one_line
+from service.errors import BadInput, BrokerUnavailable, DatabaseUnavailable, Gone, Interrupted, one_line
 
 # command -> (the module defining it, imported only when the command runs; its line in --help)
 COMMANDS = {
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=argv, prog_name="klab", standalone_mode=False)
     except BadInput as exc:
         fail(str(exc), exc.exit_code)
-    except (DatabaseUnavailable, BrokerUnavailable) as exc:
+    except (DatabaseUnavailable, BrokerUnavailable, Gone) as exc:
         fail(str(exc), exc.exit_code)
     except Interrupted as exc:
         click.echo(f"klab: {exc}", err=True)

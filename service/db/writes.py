@@ -211,6 +211,13 @@ def create_sweep(conn: Connection, params: dict[str, Any], size: int, name: str 
     return conn.execute(insert(sweeps).values(**row).returning(sweeps.c.id)).scalar_one()
 
 
+def sweep_kept(conn: Connection, sweep_id: int) -> bool:
+    """Whether a sweep still exists, kept so until this transaction ends (PostgreSQL: its row locked for key
+    share): a `klab delete` of it meanwhile waits, then deletes what this transaction stored with it."""
+    found = select(sweeps.c.id).where(sweeps.c.id == sweep_id).with_for_update(read=True, key_share=True)
+    return conn.execute(found).first() is not None
+
+
 KNOBS = tuple(f for f in result.SPEC if f.name != "spec")
 """The spec's main values, kept in columns of their own."""
 
