@@ -149,6 +149,31 @@ def test_a_local_sweep_deleted_meanwhile_stops_with_one_line(here: str, klab_cli
         assert conn.execute(select(func.count()).select_from(sweeps_table)).scalar() == 0
 
 
+def test_klab_cancel_stops_a_local_sweeps_running_jobs_as_a_workers(here: str, klab_cli, monkeypatch) -> None:
+    """`klab cancel` from another shell while `klab sweep --local` trains: its running jobs stop at the next
+    check (about a second), as a worker's do, and end cancelled with their kernel so far (where `cancel` once
+    said it asked them to stop, and they trained to their last epoch). The cancel is made, deterministically,
+    just before the batch trains."""
+    import worker.local as local
+    from service.db import writes
+    from service.jobs.selection import Selection
+
+    train = local._train
+
+    def cancel_then_train(spec, ids, batch) -> None:
+        with writing() as conn:  # what klab cancel does, in its own transaction
+            assert writes.cancel(conn, Selection(tuple(ids))) == (0, len(ids))  # none waiting; all asked to stop
+        train(spec, ids, batch)
+
+    monkeypatch.setattr(local, "_train", cancel_then_train)
+    code, out, err = klab_cli("sweep", "--local", "--seed", "0..1", "--epochs", "100000", "--json")
+    assert code == 0, err
+    rows = stored_jobs(json.loads(out)["sweep"])
+    assert [r.status for r in rows] == [JobStatus.CANCELLED.value] * 2
+    assert all(0 < r.epochs_done < 100000 and r.cancel_requested for r in rows), [r.epochs_done for r in rows]
+    assert all(r.explanation.startswith("cancelled before its last epoch; up to then, ") for r in rows)
+
+
 def test_an_interrupted_local_sweep_leaves_no_job_running(here: str) -> None:
     """Ctrl-C between two batches: the batches saved keep their results, the rest of what was stored ends
     cancelled (no worker would ever take back a job running here)."""

@@ -22,6 +22,7 @@ from service.jobs.spec import PER_JOB, JobSpec
 from service.jobs.status import JobStatus
 from service.submit import CHUNK_JOBS, Job, Plan, most_jobs, store
 from worker import engine
+from worker.progress import Progress
 
 Batch = tuple[JobSpec, list[int], list[engine.Job]]
 """Jobs that train together: the spec that stands for them (method, epochs, batch size, device), their ids
@@ -103,9 +104,12 @@ def batches(ids: Sequence[int], chunk: Sequence[Job], batch_jobs: int, left: set
 
 
 def _train(spec: JobSpec, ids: list[int], jobs: list[engine.Job]) -> None:
-    """Train one batch and save its results; a batch that cannot train fails, saying how large it was."""
+    """Train one batch and save its results; a batch that cannot train fails, saying how large it was. Its jobs
+    stop as a worker's do: cancelled (klab cancel) or deleted meanwhile, or at the time limit (Progress)."""
+    progress = Progress(ids, [0] * len(ids), stream=False)  # stored running here: no claim counted
     try:
-        results = engine.train(jobs, spec.method, spec.epochs, spec.batch_size, spec.device.value).columns
+        results = engine.train(jobs, spec.method, spec.epochs, spec.batch_size, spec.device.value,
+                               on_epoch=progress).columns
     except Exception as exc:
         if out_of_reach(exc):
             raise
@@ -116,5 +120,6 @@ def _train(spec: JobSpec, ids: list[int], jobs: list[engine.Job]) -> None:
         with writing() as conn:
             writes.fail(conn, ids, f"{type(exc).__name__} training {what}: {one_line(exc)}")
         return
+    progress.ended(results)
     with writing() as conn:
         writes.save_results(conn, ids, results, fresh=True)

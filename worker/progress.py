@@ -10,6 +10,8 @@ import numpy as np
 from service import defaults
 from service.db import writes
 from service.db.engine import writing
+from service.jobs.columns import Columns
+from service.jobs.status import JobStatus
 from service.settings import settings
 from worker.engine import EpochEvent
 
@@ -51,6 +53,16 @@ class Progress:
         if cancelled or self.lost:
             return np.array([i in cancelled or i in self.lost for i in self.ids])
         return None
+
+    def ended(self, results: Columns) -> None:
+        """The batch's results as they are to be stored: past the time limit, the jobs it stopped failed."""
+        if not self.timed_out:
+            return
+        late = f"time limit of {settings().max_job_seconds} s exceeded (KLAB_MAX_JOB_SECONDS)"
+        ends = results.values["status"]
+        stopped = [s == JobStatus.CANCELLED.value for s in ends]
+        results.values["status"] = [JobStatus.FAILED.value if x else s for s, x in zip(ends, stopped)]
+        results.values["error_message"] = [late if x else None for x in stopped]
 
     def _flush(self, conn) -> bool:
         """Write the epochs ready; whether the job is still this claim's (nothing written if not)."""

@@ -21,7 +21,6 @@ from service.errors import BadInput, one_line
 from service.jobs.problem import Problem, build_problem, fitting, seeded, together
 from service.jobs.spec import JobSpec, alike
 from service.jobs.status import JobStatus
-from service.settings import settings
 from worker import engine
 from worker.app import app
 from worker.lease import Heartbeat, backoff, claim
@@ -145,12 +144,7 @@ def train_group(group: Group) -> Counter[str]:
             raise
         # Whatever went wrong with these jobs ends them, never the worker (nor a retry loop).
         return Counter({JobStatus.FAILED.value: fail(ids, failure(exc, group, device), group.attempts)})
-    if progress.timed_out:  # the jobs it stopped at the time limit failed
-        late = f"time limit of {settings().max_job_seconds} s exceeded (KLAB_MAX_JOB_SECONDS)"
-        ends = results.values["status"]
-        stopped = [s == JobStatus.CANCELLED.value for s in ends]
-        results.values["status"] = [JobStatus.FAILED.value if x else s for s, x in zip(ends, stopped)]
-        results.values["error_message"] = [late if x else None for x in stopped]
+    progress.ended(results)
     try:
         with writing(durable=False) as conn:
             stored = writes.save_results(conn, ids, results, fresh=group.fresh and not stream, attempts=group.attempts)
