@@ -1,5 +1,5 @@
-"""The engine's per-epoch callback in a worker: cancellation, jobs no longer its own, the time limit, and a long
-single job's epochs written as it trains."""
+"""The engine's per-epoch callback where stored jobs train (a worker's task, a local sweep's batch):
+cancellation, jobs no longer its own, the time limit, and a long single job's epochs written as it trains."""
 from __future__ import annotations
 
 import time
