@@ -27,6 +27,10 @@ from service.jobs.spec import JobSpec
 
 pytestmark = pytest.mark.timeout(240)
 
+LONG_JOB = ("--input", "random:3x96x96", "--kernel", "random:4x3x5x5", "--method", "adam", "--lr", "0.001",
+            "--epochs", "100000")
+"""One job that trains until it is cancelled or deleted (about a second per hundred epochs here)."""
+
 
 @pytest.fixture
 def service_env(tmp_path: Path, redis_url: str, pg_url: str) -> dict[str, str]:
@@ -226,8 +230,7 @@ def test_cancel_queued_jobs_never_start(service_env, workers):
 
 def test_cancel_running_job_stops_and_keeps_its_epochs(service_env, workers):
     workers("cpu")
-    out = klab(service_env, "submit", "--input", "random:3x96x96", "--kernel", "random:4x3x5x5", "--method", "adam",
-               "--lr", "0.001", "--epochs", "100000", "--json")
+    out = klab(service_env, "submit", *LONG_JOB, "--json")
     job_id = json.loads(out.stdout)["ids"][0]
     url = service_env["KLAB_DATABASE_URL"]
     deadline = time.monotonic() + 60
@@ -272,19 +275,17 @@ def test_deleting_jobs_while_they_train_frees_their_worker_and_leaves_nothing_of
     stores nothing of them (no epoch of a deleted job comes back); then it takes the next job at once."""
     worker = workers("cpu")  # one process: while it trains the deleted jobs, nothing else runs
     url = service_env["KLAB_DATABASE_URL"]
-    long_job = ("--input", "random:3x96x96", "--kernel", "random:4x3x5x5", "--method", "adam", "--lr", "0.001",
-                "--epochs", "100000")
 
     def training(ids: list[int]) -> bool:
         found = rows(url, "SELECT status FROM jobs WHERE id = ANY(:ids)", ids=ids)
         return len(found) == len(ids) and {r.status for r in found} == {"running"}
 
-    alone = json.loads(klab(service_env, "submit", *long_job, "--json").stdout)["ids"]
+    alone = json.loads(klab(service_env, "submit", *LONG_JOB, "--json").stdout)["ids"]
     wait_until(lambda: training(alone) and rows(url, "SELECT epochs_done FROM jobs WHERE id = :j", j=alone[0])[0][0],
                60, tails(worker))
     assert klab(service_env, "delete", str(alone[0])).returncode == 0
     wait_until(lambda: f"job {alone[0]} is no longer this worker's" in worker.text(), 60, tails(worker))
-    sweep = sweep_id_of(klab(service_env, "sweep", *long_job, "--seed", "0..1", "--json"))
+    sweep = sweep_id_of(klab(service_env, "sweep", *LONG_JOB, "--seed", "0..1", "--json"))
     batch = [r.id for r in rows(url, "SELECT id FROM jobs WHERE sweep_id = :s", s=sweep)]
     wait_until(lambda: training(batch), 60, tails(worker))
     assert klab(service_env, "delete", "--sweep", str(sweep)).returncode == 0

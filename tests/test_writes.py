@@ -39,6 +39,11 @@ def claimed(conn, ids, host, task, attempt):
     return [r.id for r in writes.claim(conn, ids, host, task, attempt, lease=60)]
 
 
+def eps(first: int, last: int, loss: float) -> list[dict]:
+    """Epochs first..last as a worker streams them, each with this loss."""
+    return [{"epoch": e, "loss": loss, "mse": loss, "kernel_error": None} for e in range(first, last + 1)]
+
+
 def test_a_claim_is_one_statement_that_starts_waiting_jobs_and_ends_cancelled_ones(klab_db: str) -> None:
     with writing() as conn:
         go, stop, done = (new(conn, JobStatus.CREATED) for _ in range(3))
@@ -131,9 +136,6 @@ def test_a_job_finished_twice_keeps_its_first_result_and_its_epochs(klab_db: str
 def test_a_streamed_job_is_written_only_while_its_claim_holds(klab_db: str) -> None:
     """A worker stopped for longer than its lease resumes training a long job that another worker claimed, then
     finished: its epochs and count, written as it trains, land in neither the other's claim nor its result."""
-    def eps(first: int, last: int, loss: float) -> list[dict]:
-        return [{"epoch": e, "loss": loss, "mse": loss, "kernel_error": None} for e in range(first, last + 1)]
-
     def stored(conn) -> tuple[int, list[tuple[int, float]]]:
         history = reads.epochs_of(Reader.of(conn), job_id)
         return job(conn, job_id).epochs_done, [(e["epoch"], e["loss"]) for e in history]
@@ -167,15 +169,12 @@ def test_a_claim_that_lapsed_and_was_taken_over_neither_stores_nor_fails_the_job
     """A worker frozen past its lease while it trains a batch: meanwhile another claims one of its jobs and
     trains it alone, writing its epochs as they come. Resumed, the first stores the results of the jobs its claim
     still holds, and neither stores nor fails the one taken over, which keeps its new claim and epochs."""
-    def eps(last: int) -> list[dict]:
-        return [{"epoch": e, "loss": 2.0, "mse": 2.0, "kernel_error": None} for e in range(1, last + 1)]
-
     with writing() as conn:
         x, y, z = (new(conn, JobStatus.CREATED) for _ in range(3))
         assert claimed(conn, [x, y, z], "w1", "task-1", 0) == [x, y, z]
         conn.execute(update(jobs).values(heartbeat_at=text("'2000-01-01'")))  # every lease ran out
         assert claimed(conn, [x], "w2", "task-2", 0) == [x]  # sent again alone, claimed by another worker
-        assert writes.streamed(conn, x, 2, eps(2), 2)
+        assert writes.streamed(conn, x, 2, eps(1, 2, 2.0), 2)
         conn.execute(update(jobs).where(jobs.c.id == z).values(cancel_requested=True))  # klab cancel
         assert writes.stopping(conn, [x, y, z], [1, 1, 1]) == ({z}, {x})  # what the first stops at its next look
         assert writes.stopping(conn, [x], [2]) == (set(), set())  # the second goes on

@@ -56,7 +56,7 @@ def train_jobs(job_ids: Sequence[int], task_id: str, host: str = HOST, task_try:
         groups, failed = load(rows)
         counts: Counter[str] = Counter()
         for job_id, message in failed:
-            counts[JobStatus.FAILED.value] += fail([job_id], message, [attempts[job_id]])
+            counts.update(fail([job_id], message, [attempts[job_id]]))
         for group in groups:
             counts.update(train_group(group))
         return dict(+counts)  # the jobs this task ended, by status (none that other claims held meanwhile)
@@ -126,7 +126,7 @@ def train_group(group: Group) -> Counter[str]:
     try:
         device = engine.resolve_device(spec.device.value)
     except RuntimeError as exc:
-        return Counter({JobStatus.FAILED.value: fail(ids, str(exc), group.attempts)})
+        return fail(ids, str(exc), group.attempts)
     stream = len(ids) == 1  # a long single job shows where it runs, and writes its epochs as they come
     if stream:
         with writing() as conn:
@@ -143,7 +143,7 @@ def train_group(group: Group) -> Counter[str]:
         if out_of_reach(exc):
             raise
         # Whatever went wrong with these jobs ends them, never the worker (nor a retry loop).
-        return Counter({JobStatus.FAILED.value: fail(ids, failure(exc, group, device), group.attempts)})
+        return fail(ids, failure(exc, group, device), group.attempts)
     progress.ended(results)
     try:
         with writing(durable=False) as conn:
@@ -154,7 +154,7 @@ def train_group(group: Group) -> Counter[str]:
         # Results the database refuses (a bug, bad data) end the jobs failed, saying why, once: left running,
         # they would come back as a dead worker's and fail later as "its worker stopped answering".
         message = f"{type(exc).__name__} storing the results of {len(ids)} job(s): {one_line(exc)}"
-        return Counter({JobStatus.FAILED.value: fail(ids, message, group.attempts)})
+        return fail(ids, message, group.attempts)
     if len(stored) < len(ids):
         log.warning("%d of %d job(s) were no longer this worker's when they ended (their lease ran out meanwhile, "
                     "and they were claimed or ended elsewhere; or they were deleted): their results were not stored",
@@ -174,10 +174,10 @@ def failure(exc: BaseException, group: Group, device: str) -> str:
     return f"{type(exc).__name__} training {what}: {text}"
 
 
-def fail(ids: list[int], message: str, attempts: list[int]) -> int:
-    """End failed the jobs whose claims (`attempts`, as they left them) still hold; how many."""
+def fail(ids: list[int], message: str, attempts: list[int]) -> Counter[str]:
+    """End failed the jobs whose claims (`attempts`, as they left them) still hold; how many, as counts by status."""
     with writing() as conn:
-        return len(writes.fail(conn, ids, message, attempts))
+        return Counter({JobStatus.FAILED.value: len(writes.fail(conn, ids, message, attempts))})
 
 
 @app.task(name=TASK_TRAIN, bind=True, max_retries=None)

@@ -58,9 +58,9 @@ def _update_postgresql(conn: Connection, ids: Sequence[int], values: dict[str, A
         # the table outlived the rollback of the transaction that made it, and failed every store after it.
         # Looked up by id from the jobs, whatever the statistics of jobs say: planned from statistics that
         # priced the running jobs at one row, the UPDATE read the whole table once per job without the index.
-        cur.execute("CREATE TEMPORARY TABLE IF NOT EXISTS _klab_job_values ON COMMIT DELETE ROWS "
+        cur.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING} ON COMMIT DELETE ROWS "  # noqa: S608
                     "AS SELECT * FROM jobs WITH NO DATA; "
-                    "CREATE UNIQUE INDEX IF NOT EXISTS _klab_job_values_id ON _klab_job_values (id)")
+                    f"CREATE UNIQUE INDEX IF NOT EXISTS {STAGING}_id ON {STAGING} (id)")
         copied = {**{c: values[c] for c in lists}, **match}
         with cur.copy(f"COPY {STAGING} (id, {', '.join(copied)}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(["int4", *(_binary_type(c) for c in copied)])
@@ -73,7 +73,7 @@ def _update_postgresql(conn: Connection, ids: Sequence[int], values: dict[str, A
                     f"WHERE jobs.id = v.id{matched} {_pg(where)} RETURNING jobs.id",
                     {**{f"s_{c}": v for c, v in scalars.items()}, **params})
         changed = [r[0] for r in cur.fetchall()]
-        cur.execute("TRUNCATE _klab_job_values")  # empty for the next update in this transaction
+        cur.execute(f"TRUNCATE {STAGING}")  # empty for the next update in this transaction
         return changed
 
 
