@@ -64,7 +64,7 @@ def run(*, input: Any = None, kernel: Any = None, method: str | None = None, lr:
 
 
 @public
-def sweep(*, name: str | None = None, tags: Sequence[str] = (), local: bool = False, queue: str | None = None,
+def sweep(*, name: str | None = None, tags: Sequence[str] | str = (), local: bool = False, queue: str | None = None,
           batch_jobs: int = defaults.BATCH_JOBS, **values: Any) -> Handle:
     """The cartesian product of the values, as `klab sweep` makes it: any of input, kernel, method, lr, epochs,
     batch_size, seed, noise takes a list or a range (or the command's text: "0..9", "0.001:0.1:5"). Handed to
@@ -76,7 +76,7 @@ def sweep(*, name: str | None = None, tags: Sequence[str] = (), local: bool = Fa
     if local and queue is not None:
         raise BadInput("queue", "a local sweep trains here and goes to no queue")
     with arrays() as files:
-        plan = plan_sweep(sweeps.grid(files.flags(values)), queue, name, sweeps.tags(tags))
+        plan = plan_sweep(sweeps.grid(files.flags(values)), queue, name, tags)
         if not local:
             sweep_id, ids = submit(plan, batch_jobs)
             return Handle(tuple(ids), sweep_id)

@@ -2,11 +2,13 @@
 of service.db.reads, which `klab show`, `compare` and `export` print)."""
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from klab.errors import public
 from klab.result import Result
+from service.errors import BadInput
 from service.jobs import result as schema
 from service.jobs.selection import Selection
 from service.jobs.status import JobStatus
@@ -18,9 +20,27 @@ TIMES = tuple(n for n in schema.SUMMARY_NAMES if schema.BY_NAME[n].kind == "time
 """Summary columns that hold timestamps: datetimes in UTC in a DataFrame, whatever the database."""
 
 
-def _selection(ids: int | Iterable[int] | None, sweep: int | None) -> Selection:
-    given = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    return Selection.of(given, sweep, "ids", optional=True)
+def _id(value: Any, field: str) -> int:
+    """A job's or a sweep's id as a caller gave it: a whole number, numpy's too (a DataFrame's id column)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise BadInput(field, f"an id is a whole number, got {value!r}")
+    return int(value)
+
+
+def _plain(value: Any) -> Any:
+    """numpy's scalars (a DataFrame's cells: np.int64, np.float32, np.str_) as Python's, which both databases
+    bind as the numbers and texts they are (sqlite3 would bind np.int64 as bytes, equal to no number)."""
+    return value.item() if type(value).__module__ == "numpy" else value
+
+
+def _selection(ids: int | Iterable[int] | None, sweep: int | None) -> Selection | None:
+    """The jobs asked for: every job (neither ids nor a sweep), these ids, or a sweep's; None for an empty
+    list of ids, which asks for no job (`klab.jobs(frame.id[frame.lr > 1])` when no job has that lr)."""
+    given = None if ids is None else list(ids) if isinstance(ids, Iterable) and not isinstance(ids, str) else [ids]
+    if given == [] and sweep is None:
+        return None
+    return Selection.of([_id(i, "ids") for i in given or ()], None if sweep is None else _id(sweep, "sweep"),
+                        "ids", optional=True)
 
 
 def _times(frame: pd.DataFrame, names: Iterable[str]) -> pd.DataFrame:
@@ -37,7 +57,7 @@ def show(id: int) -> Result:
     from service.db.reads import reading, result_of
 
     with reading() as reader:
-        return Result(result_of(reader, id))
+        return Result(result_of(reader, _id(id, "id")))
 
 
 @public
@@ -50,7 +70,7 @@ def jobs(ids: int | Iterable[int] | None = None, sweep: int | None = None, **fil
 
     selection = _selection(ids, sweep)
     with reading() as reader:
-        rows = summaries(reader, selection, filters)
+        rows = summaries(reader, selection, {k: _plain(v) for k, v in filters.items()})
     return _times(pd.DataFrame(rows, columns=list(schema.SUMMARY_NAMES)), TIMES)
 
 

@@ -74,10 +74,15 @@ class Files:
         return {k: self.value(k, v) for k, v in given(values).items()}
 
     def flags(self, values: Mapping[str, Any]) -> dict[str, str]:
-        """A sweep's values as `klab sweep` flags: lists and tuples as comma lists, ranges as A..B."""
+        """A sweep's values as `klab sweep` flags: lists, tuples, generators, numpy arrays and tensors (but an
+    array for input, kernel or labels, which is one value) as comma lists, ranges as A..B."""
         return {k: self._flag(k, v) for k, v in given(values).items()}
 
     def _flag(self, field: str, value: Any) -> str:
+        if field not in ARRAY_FIELDS and is_array(value):  # np.logspace(...), torch.arange(...): their values
+            value = value.tolist()
+        elif isinstance(value, Iterator):  # a generator: its items, as a list's
+            value = list(value)
         return as_flag(field, value, lambda v: self._text(field, v))
 
     def _text(self, field: str, value: Any) -> str:

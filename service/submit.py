@@ -27,6 +27,7 @@ from service.db import bulk, reads, writes
 from service.db.connect import Reader
 from service.db.engine import writing
 from service.errors import BadInput, BrokerUnavailable, Gone
+from service.jobs import sweep as sweeps
 from service.jobs.choices import Device
 from service.jobs.problem import Problem, build_problem, file_arrays, fitting, problem_key, together
 from service.jobs.selection import Selection
@@ -116,11 +117,13 @@ def plan_specs(specs: Sequence[JobSpec], queue: str | None) -> Plan:
     return Plan(len(jobs), iter(jobs))
 
 
-def plan_sweep(grid: Grid, queue: str | None, name: str | None = None, tags: Sequence[str] = ()) -> Plan:
-    """The cartesian product of a grid, validated before it is made: each string value once, numbers by their
+def plan_sweep(grid: Grid, queue: str | None, name: str | None = None, tags: Sequence[str] | str = ()) -> Plan:
+    """The cartesian product of a grid, validated before it is made (its name and tags too: service.jobs.sweep
+    says what they may be): each string value once, numbers by their
     least and greatest value (every rule on a number is a bound: lr > 0, 0 < epochs <= the limit...), and
     every combination of the values a message key depends on, built as a worker would with the largest
     noise. The jobs are then made from those values alone."""
+    name, tags = sweeps.name(name), sweeps.tags(tags)
     first = {f: vs[0] for f, vs in grid.swept.items()}
 
     def parse(values: dict[str, Any]) -> JobSpec:
@@ -164,7 +167,7 @@ def plan_sweep(grid: Grid, queue: str | None, name: str | None = None, tags: Seq
             values.update(zip(names, [c[0] for c in combo]))
             yield values, key, files
 
-    return Plan(grid.size, jobs(), {"swept": grid.swept, "fixed": grid.fixed}, name, list(tags))
+    return Plan(grid.size, jobs(), {"swept": grid.swept, "fixed": grid.fixed}, name, tags)
 
 
 @contextlib.contextmanager

@@ -110,6 +110,13 @@ BAD = [
     ("unknown-filter", lambda: klab.jobs(colour="red"), "colour", "unknown filter"),
     ("unknown-job", lambda: klab.show(999), "id", "no job 999"),
     ("unknown-sweep", lambda: klab.jobs(sweep=42), "sweep", "no sweep 42"),
+    ("an-id-as-text", lambda: klab.show("12"), "id", "an id is a whole number, got '12'"),
+    ("ids-as-text", lambda: klab.jobs("12"), "ids", "an id is a whole number, got '12'"),  # not jobs 1 and 2
+    ("an-id-not-whole", lambda: klab.epochs(1.0), "ids", "an id is a whole number, got 1.0"),
+    ("an-empty-range", lambda: klab.sweep(seed=range(0), local=True), "seed", "no value given"),
+    ("a-long-sweep-name", lambda: klab.sweep(seed=range(2), name="x" * 201, local=True), "name",
+     "a sweep's name has 1 to 200 characters"),
+    ("a-tag-not-text", lambda: klab.sweep(seed=range(2), tags=[1], local=True), "tag", "a tag is text, got 1"),
 ]
 
 
@@ -153,6 +160,24 @@ def test_jobs_epochs_and_sweeps_are_dataframes_of_the_stored_rows(klab_db, add_j
     assert (row["id"], row["name"], row["size"]) == (sweep, "seeds", 3)
     assert row["params"] == {"swept": {"seed": [1, 2, 3]}, "fixed": {"lr": 0.1}}
     assert (row["succeeded"], row["queued"], row["diverged"]) == (3, 1, 0)
+
+
+def test_ids_and_values_from_a_dataframe_select_as_python_numbers_do(klab_db, add_job):
+    with writing() as conn:
+        sweep = create_sweep(conn, {"swept": {"seed": [1, 2]}, "fixed": {}}, 2, "seeds")
+        ids = [add_job(conn, sweep_id=sweep, seed=s) for s in (1, 2)]
+    frame = klab.jobs()
+    first = frame["id"].iloc[0]
+    assert isinstance(first, np.int64)  # what a notebook hands back: a DataFrame's cell, numpy's own int
+    assert klab.show(first).id == ids[0]
+    assert klab.jobs(first)["id"].tolist() == [ids[0]] and klab.epochs(first)["job_id"].unique().tolist() == [ids[0]]
+    assert klab.jobs(sweep=frame["sweep_id"].iloc[0])["id"].tolist() == ids
+    assert klab.jobs(seed=frame["seed"].iloc[1])["id"].tolist() == [ids[1]]
+    none = frame["id"][frame["seed"] > 99]  # ids that select no job: none, not every job
+    assert klab.jobs(none).empty and list(klab.jobs(none).columns) == list(SUMMARY_NAMES)
+    assert klab.epochs(none).empty and list(klab.epochs(none).columns) == list(EPOCH_NAMES)
+    with pytest.raises(klab.BadInput, match="^colour: unknown filter"):
+        klab.jobs(none, colour="red")
 
 
 def test_empty_database_gives_empty_frames_with_their_columns(klab_db):
@@ -279,6 +304,17 @@ def test_a_local_sweep_trains_here_with_no_broker(klab_db, setenv):
         klab.sweep(**BOOK, seed=range(2), local=True, queue="cpu")
     with pytest.raises(klab.BadInput, match="^tol: takes one value"):
         klab.sweep(**BOOK, seed=range(2), tol=[0.1, 0.01], local=True)
+
+
+def test_a_sweep_takes_arrays_tensors_and_generators_of_values_and_a_tag_as_text(klab_db, setenv):
+    setenv(KLAB_BROKER_URL="redis://127.0.0.1:1/0")  # nothing listens there
+    handle = klab.sweep(**BOOK, epochs=2, lr=np.array([0.01, 0.03]), seed=torch.arange(2),
+                        method=(m for m in ("d2l-manual", "adam")), tags="book", local=True)
+    frame = handle.jobs()
+    assert len(frame) == 8 and set(frame["status"]) == {JobStatus.SUCCEEDED.value}
+    assert sorted(set(frame["lr"])) == [0.01, 0.03] and sorted(set(frame["seed"])) == [0, 1]
+    assert sorted(set(frame["method"])) == ["adam", "d2l-manual"]
+    assert klab.sweeps()["tags"].tolist() == [["book"]]  # one tag, not b, o and k
 
 
 def test_a_handle_that_times_out_says_how_far_its_jobs_came(client_of):

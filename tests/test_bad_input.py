@@ -176,7 +176,7 @@ CASES = [
     Case("integer-range-backwards", ("sweep", "--seed", "9..1"), "seed"),
     Case("log-range-backwards", ("sweep", "--lr", "0.1:0.001:3"), "lr"),
     Case("log-range-to-infinity", ("sweep", "--seed", "1e-300:1e300:3"), "seed"),
-    Case("empty-sweep-item", ("sweep", "--lr", "0.01,,0.02"), "sweep"),
+    Case("empty-sweep-item", ("sweep", "--lr", "0.01,,0.02"), "lr"),
     Case("non-numeric-sweep-item", ("sweep", "--epochs", "5,ten"), "epochs"),
     # files named by fields
     Case("missing-npy", ("submit", "--input", "npy:{d}/nope.npy"), "input"),
@@ -207,6 +207,9 @@ CASES = [
     Case("a-local-sweep-of-bad-jobs", ("sweep", "--local", "--kernel", "d2l,random:9x9"), "kernel"),
     Case("an-empty-tag", ("sweep", "--seed", "1,2", "--tag", " "), "tag"),
     Case("a-tag-with-a-comma", ("sweep", "--seed", "1,2", "--tag", "a,b"), "tag"),
+    Case("a-sweep-name-longer-than-its-column", ("sweep", "--seed", "1,2", "--name", "x" * 201), "name"),
+    Case("a-blank-sweep-name", ("sweep", "--seed", "1,2", "--name", " "), "name"),
+    Case("no-value-for-a-swept-field", ("sweep", "--seed", ""), "seed"),
     Case("no-true-kernel-and-no-labels", ("run", "--kernel", "none"), "kernel"),
     Case("gpu-index-for-a-cpu-worker", ("worker", "--queue", "cpu", "--gpu", "0"), "gpu"),
     Case("a-worker-name-with-an-at", ("worker", "--queue", "gpu", "--name", "gpu@2"), "name"),

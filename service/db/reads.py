@@ -313,9 +313,14 @@ def export_jobs(reader: Reader, selection: Selection) -> tuple[list[str], Iterat
     return list(result.EXPORT_NAMES), (_decode(r, sqlite) for r in rows)
 
 
-def export_epochs(reader: Reader, selection: Selection) -> tuple[list[str], Iterator[dict[str, Any]]]:
-    """Column names and a stream of epoch rows, by job and epoch, never all in memory at once."""
-    clause, params = where(reader, selection, "ids")
+def _where_any(reader: Reader, selection: Selection | None) -> tuple[str, dict[str, Any]]:
+    """where() for a selection, or for none: no job (an empty list of ids given from Python, klab.tables)."""
+    return where(reader, selection, "ids") if selection is not None else ("1 = 0", {})
+
+
+def export_epochs(reader: Reader, selection: Selection | None) -> tuple[list[str], Iterator[dict[str, Any]]]:
+    """Column names and a stream of epoch rows, by job and epoch, never all in memory at once (None: no job)."""
+    clause, params = _where_any(reader, selection)
     names = ", ".join(result.EPOCH_NAMES)
     sql = (f"SELECT {names} FROM epochs WHERE job_id IN (SELECT id FROM jobs WHERE {clause}) "  # noqa: S608
            "ORDER BY job_id, epoch")
@@ -359,10 +364,11 @@ def dataset(reader: Reader, dataset_id: int) -> np.ndarray:
     return np.load(io.BytesIO(bytes(row["data"])), allow_pickle=False)
 
 
-def summaries(reader: Reader, selection: Selection, filters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The job_summary rows of the jobs a selection names, by id, where each filter (a summary column) equals
-    its value (None: is null)."""
-    clause, params = where(reader, selection, "ids")
+def summaries(reader: Reader, selection: Selection | None, filters: dict[str, Any] | None = None
+              ) -> list[dict[str, Any]]:
+    """The job_summary rows of the jobs a selection names (None: no job), by id, where each filter (a summary
+    column) equals its value (None: is null)."""
+    clause, params = _where_any(reader, selection)
     conditions = [clause]
     for n, (name, value) in enumerate((filters or {}).items()):
         if name not in result.SUMMARY_NAMES:

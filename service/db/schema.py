@@ -31,6 +31,7 @@ from sqlalchemy import (
 
 from service.jobs import result
 from service.jobs.status import MARKS
+from service.jobs.sweep import NAME_LENGTH
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -76,7 +77,7 @@ datasets = Table(
 sweeps = Table(
     "sweeps", metadata,
     Column("id", Integer, primary_key=True),
-    Column("name", String(200)),
+    Column("name", String(NAME_LENGTH)),
     Column("params", JSON, nullable=False),
     Column("size", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),

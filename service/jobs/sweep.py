@@ -18,8 +18,8 @@ INTEGER = ("epochs", "batch_size", "seed")
 NUMERIC = ("lr", "noise", *INTEGER)
 
 
-def split_list(text: str) -> list[str]:
-    """Split on commas outside brackets, so a JSON kernel literal stays whole."""
+def split_list(field: str, text: str) -> list[str]:
+    """A field's comma list, split on commas outside brackets, so a JSON kernel literal stays whole."""
     items, depth, start = [], 0, 0
     for i, ch in enumerate(text):
         if ch in "[(":
@@ -30,8 +30,10 @@ def split_list(text: str) -> list[str]:
             items.append(text[start:i].strip())
             start = i + 1
     items.append(text[start:].strip())
+    if items == [""]:
+        raise BadInput(field, "no value given: give one, or several separated by commas")
     if any(not item for item in items):
-        raise BadInput("sweep", f"empty item in list {text!r}")
+        raise BadInput(field, f"an empty item in the list {text!r}")
     return items
 
 
@@ -139,7 +141,7 @@ def grid(flags: dict[str, str]) -> Grid:
             fixed[field] = text
             continue
         values: list[Any] = []
-        for item in split_list(str(text)):
+        for item in split_list(field, str(text)):
             values.extend(_values(field, item, limit))
         if len(set(values)) < len(values):  # the same job twice: a typo, never a wish (repeat with --seed)
             seen: set[Any] = set()
@@ -187,19 +189,34 @@ def file_flags(doc: dict[str, Any]) -> dict[str, str]:
     return {k: NO_KERNEL if v is None else as_flag(k, v) for k, v in doc.items() if v is not None or k == "kernel"}
 
 
+NAME_LENGTH = 200
+"""Most characters of a sweep's name (the length of sweeps.name)."""
+
 TAG_LENGTH = 100
 """Most characters of a sweep's tag."""
 
 
-def tags(given: Iterable[str]) -> list[str]:
-    """A sweep's tags as given (--tag, repeatable), stripped, each once, in order. A tag has no comma: tags
-    are shown joined by commas, and everywhere else in klab a comma separates values, so `--tag a,b` would
-    read as two tags while it made one."""
+def name(given: Any) -> str | None:
+    """A sweep's name as given (--name), stripped; None for no name."""
+    if given is None:
+        return None
+    text = given.strip() if isinstance(given, str) else ""
+    if not text or len(text) > NAME_LENGTH:
+        raise BadInput("name", f"a sweep's name has 1 to {NAME_LENGTH} characters, got {_shown(given)}")
+    return text
+
+
+def tags(given: Iterable[str] | str) -> list[str]:
+    """A sweep's tags as given (--tag, repeatable; one text is one tag), stripped, each once, in order. A tag
+    has no comma: tags are shown joined by commas, and everywhere else in klab a comma separates values, so
+    `--tag a,b` would read as two tags while it made one."""
     out: list[str] = []
-    for tag in given:
+    for tag in [given] if isinstance(given, str) else given:
+        if not isinstance(tag, str):
+            raise BadInput("tag", f"a tag is text, got {tag!r}")
         tag = tag.strip()
         if not tag or len(tag) > TAG_LENGTH:
-            raise BadInput("tag", f"a tag has 1 to {TAG_LENGTH} characters, got {tag!r}")
+            raise BadInput("tag", f"a tag has 1 to {TAG_LENGTH} characters, got {_shown(tag)}")
         if "," in tag:
             meant = " ".join(f"--tag {t.strip()}" for t in tag.split(",") if t.strip())
             raise BadInput("tag", f"a tag has no commas, got {tag!r}; give each tag its own --tag"
@@ -207,3 +224,12 @@ def tags(given: Iterable[str]) -> list[str]:
         if tag not in out:
             out.append(tag)
     return out
+
+
+def _shown(value: Any, most: int = 60) -> str:
+    """A value in a message: its repr, the middle of a long one left out."""
+    text = repr(value)
+    if len(text) <= most:
+        return text
+    counted = f" ({len(value)} characters)" if isinstance(value, str) else ""
+    return f"{text[:most // 2]}...{text[-most // 2:]}{counted}"
