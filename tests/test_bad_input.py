@@ -59,6 +59,10 @@ def make_files(d: Path) -> None:
     (d / "epochs_text.yaml").write_text("epochs: ten\n")
     (d / "epochs_float.json").write_text('{"epochs": 2.5}')
     (d / "lr_list.json").write_text('{"lr": [0.1, 0.2]}')
+    for name in ("kernel", "seed"):  # YAML's "billion laughs" in 519 bytes: each alias names ten of the one before
+        levels = [f"  - &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+        (d / f"{name}_aliases.yaml").write_text("\n".join([f"{name}:", "  - &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]",
+                                                            *levels]) + "\n")
     (d / "tol_list.yaml").write_text("lr: [0.1, 0.2]\ntol: [0.001, 0.01]\n")
     (d / "input_number.yaml").write_text("input: 5\n")
     (d / "kernel_date.yaml").write_text("kernel: [2024-01-01]\n")
@@ -96,6 +100,8 @@ CASES = [
     # files: malformed, wrong shape of document, wrong types, unknown keys
     Case("malformed-json", ("submit", "-f", "{d}/bad.json"), "file"),
     Case("malformed-yaml", ("run", "-f", "{d}/bad.yaml"), "file"),
+    Case("yaml-aliases-past-the-files-size", ("run", "-f", "{d}/kernel_aliases.yaml"), "file"),
+    Case("yaml-aliases-past-the-files-size-in-a-sweep", ("sweep", "-f", "{d}/seed_aliases.yaml"), "file"),
     Case("malformed-jsonl", ("submit", "-f", "{d}/bad.jsonl"), "file"),
     Case("json-not-a-mapping", ("submit", "-f", "{d}/list.json"), "file"),
     Case("yaml-scalar", ("sweep", "-f", "{d}/scalar.yaml"), "file"),
@@ -373,7 +379,8 @@ def test_a_sweep_value_that_is_a_number_gets_no_range_hint(cli_env):
     assert code == 2 and lines == ["klab: error: seed: not a number: 'ten'"]
 
 
-SUBPROCESS_CASES = ["kernel-date-in-yaml", "image-over-pillow-limit", "log-range-to-infinity", "npy-of-pickled-objects"]
+SUBPROCESS_CASES = ["kernel-date-in-yaml", "image-over-pillow-limit", "log-range-to-infinity", "npy-of-pickled-objects",
+                    "yaml-aliases-past-the-files-size-in-a-sweep"]
 
 
 def test_bad_input_in_a_real_process_prints_exactly_one_line(files, database, redis_url, tmp_path):

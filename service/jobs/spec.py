@@ -136,7 +136,7 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
         elif p.suffix == ".json":
             docs = [json.loads(text)]
         else:
-            docs = [yaml.load(text, Loader=_loader())]  # noqa: S506 (a SafeLoader, see _loader)
+            docs = [_yaml(field, path, text)]
     except BadInput:
         raise
     except (ValueError, yaml.YAMLError, RecursionError) as exc:
@@ -149,6 +149,44 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
             which = f" (job {n}: {type(doc).__name__})" if p.suffix == ".jsonl" else ""
             raise BadInput(field, f"{path} must hold a mapping of job fields{which}")
     return [{k.replace("-", "_") if isinstance(k, str) else k: v for k, v in doc.items()} for doc in docs]
+
+
+def _yaml(field: str, path: str, text: str) -> Any:
+    """A YAML file's one document, as yaml.safe_load reads it (see _loader), once its aliases are known not to
+    expand it past as many values as the file has characters, which no file without aliases can: a file of a
+    few hundred bytes whose aliases nest ten deep (YAML's "billion laughs") would otherwise take gigabytes and
+    minutes to turn into a kernel's or a sweep's text."""
+    loader = _loader()(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _values(node, len(text)) > len(text):
+            raise BadInput(field, f"{path}: its YAML aliases repeat values past the file's size "
+                                  f"({len(text)} characters); write the values out, or use ranges (0..99)")
+        return None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _values(node: Any, most: int) -> int:
+    """How many values (scalars, lists and mappings) a composed YAML node holds, every alias expanded; counting
+    stops past `most`. An alias is the node it names, so each node is counted once and its count reused."""
+    counts: dict[int, int] = {}
+
+    def count(n: Any) -> int:
+        if id(n) in counts:
+            return counts[id(n)] if counts[id(n)] >= 0 else most + 1  # a value inside itself never ends
+        counts[id(n)] = -1
+        total = 1
+        if isinstance(n.value, list):  # a sequence's nodes, or a mapping's (key, value) pairs
+            for child in n.value:
+                for c in child if isinstance(child, tuple) else (child,):
+                    total += count(c)
+                if total > most:
+                    break
+        counts[id(n)] = min(total, most + 1)
+        return counts[id(n)]
+
+    return count(node)
 
 
 def _loader() -> type:
