@@ -11,7 +11,7 @@ from typing import Any
 from klab.errors import public
 from klab.remote import Handle
 from klab.result import Result
-from klab.values import arrays
+from klab.values import arrays, checked_batch_jobs
 from service import defaults
 from service.errors import BadInput
 
@@ -75,6 +75,7 @@ def sweep(*, name: str | None = None, tags: Sequence[str] | str = (), local: boo
 
     if local and queue is not None:
         raise BadInput("queue", "a local sweep trains here and goes to no queue")
+    batch_jobs = checked_batch_jobs(batch_jobs)
     with arrays() as files:
         plan = plan_sweep(sweeps.grid(files.flags(values)), queue, name, tags)
         if not local:

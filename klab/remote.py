@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from klab.errors import public
 from klab.result import Result
-from klab.values import arrays
+from klab.values import arrays, checked_batch_jobs, job_values
 from service import defaults
 from service.errors import BadInput
 from service.jobs.selection import Selection
@@ -95,9 +95,8 @@ def submit(jobs: Sequence[Mapping[str, Any]] | None = None, *, queue: str | None
     from service.submit import plan_specs
     from service.submit import submit as store_and_send
 
-    docs = [{}] if jobs is None else [dict(j) for j in jobs]
-    if not docs:
-        raise BadInput("jobs", "give at least one job")
+    docs = [{}] if jobs is None else job_values(jobs)
+    batch_jobs = checked_batch_jobs(batch_jobs)
     with arrays() as files:
         specs = []
         for n, doc in enumerate(docs, 1):

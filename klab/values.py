@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import numbers
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from service.defaults import BATCH_JOBS_MOST
 from service.errors import BadInput
 from service.jobs.sweep import as_flag
 from service.settings import settings
@@ -24,6 +26,27 @@ ARRAY_FIELDS = ("input", "kernel", "labels")
 
 ARRAY_NAME = "the array"
 """How messages name an array a user passed, where they would name a file."""
+
+
+def checked_batch_jobs(value: Any) -> int:
+    """batch_jobs= as `--batch-jobs` takes it: a whole number from 1 to BATCH_JOBS_MOST."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= BATCH_JOBS_MOST:
+        raise BadInput("batch_jobs", f"a whole number from 1 to {BATCH_JOBS_MOST}, got {value!r}")
+    return int(value)
+
+
+def job_values(jobs: Any) -> list[dict[str, Any]]:
+    """jobs= of klab.submit: a list (or any iterable but a text or a mapping) of mappings, one a job."""
+    if isinstance(jobs, (str, bytes, Mapping)) or not isinstance(jobs, Iterable):
+        raise BadInput("jobs", f"a list of mappings, one a job, got {type(jobs).__name__}"
+                               + ("; one job's values go as keywords" if isinstance(jobs, Mapping) else ""))
+    docs = list(jobs)
+    for n, doc in enumerate(docs, 1):
+        if not isinstance(doc, Mapping):
+            raise BadInput("jobs", f"job {n} is of type {type(doc).__name__}, not a mapping of its values")
+    if not docs:
+        raise BadInput("jobs", "give at least one job")
+    return [dict(doc) for doc in docs]
 
 
 def given(values: Mapping[str, Any]) -> dict[str, Any]:

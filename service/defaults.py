@@ -101,6 +101,9 @@ not fit in KLAB_MAX_JOB_MEMORY together (service.jobs.problem.fitting). Each tas
 besides its jobs (claim, commits, the engine's set-up): a 100,000-job sweep of the book's job took 9% less
 time in tasks of 4,096 than of 1,024 (bench/RESULTS.md)."""
 
+BATCH_JOBS_MOST = 100_000
+"""The largest --batch-jobs (batch_jobs= from Python) taken."""
+
 SUBMIT_CONNECTIONS = 4
 """Connections `klab sweep` and `klab submit` store a large submission's jobs over at once, on PostgreSQL (one
 on SQLite, which takes one writer at a time). The database's own work on each new row (writing it and its

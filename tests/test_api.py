@@ -117,6 +117,10 @@ BAD = [
     ("a-long-sweep-name", lambda: klab.sweep(seed=range(2), name="x" * 201, local=True), "name",
      "a sweep's name has 1 to 200 characters"),
     ("a-tag-not-text", lambda: klab.sweep(seed=range(2), tags=[1], local=True), "tag", "a tag is text, got 1"),
+    ("jobs-not-a-list", lambda: klab.submit(jobs={"seed": 1}), "jobs", "got dict; one job's values go as keywords"),
+    ("a-job-not-a-mapping", lambda: klab.submit(jobs=[{"seed": 1}, 2]), "jobs", "job 2 is of type int"),
+    ("no-batch", lambda: klab.sweep(seed=range(2), batch_jobs=0, local=True), "batch_jobs", "from 1 to 100000, got 0"),
+    ("batch-as-text", lambda: klab.submit(batch_jobs="8"), "batch_jobs", "a whole number from 1 to 100000, got '8'"),
 ]
 
 

@@ -12,8 +12,9 @@ from service.cli.progress import count_line, counts, wait
 from service.jobs.selection import Selection
 from service.jobs.status import JobStatus
 
-_batch_jobs = click.option("--batch-jobs", type=click.IntRange(1, 100_000), default=defaults.BATCH_JOBS,
-                           show_default=True, help="most compatible jobs trained together in one task")
+_batch_jobs = click.option("--batch-jobs", type=click.IntRange(1, defaults.BATCH_JOBS_MOST),
+                           default=defaults.BATCH_JOBS, show_default=True,
+                           help="most compatible jobs trained together in one task")
 
 
 def queue_options(func):
