@@ -348,6 +348,7 @@ def test_bad_input_is_one_line_exit_2_nothing_stored_nothing_queued(case, files,
     (("swep", "--seed", "1,2"), "no such command 'swep'; did you mean sweep or sweeps?"),
     (("compre", "1"), "did you mean compare?"),
     (("frobnicate",), "no such command 'frobnicate'; see klab --help"),
+    (("db", "downgrade"), "klab: error: db: no such command 'downgrade'; did you mean upgrade?"),
 ])
 def test_a_near_miss_is_answered_with_what_was_meant(args, hint, cli_env):
     code, out, lines = klab_here(*args)
@@ -372,6 +373,15 @@ def test_a_misused_command_names_itself_or_the_option(args, line, cli_env):
     """Arguments that the command does not take: one line naming the command and where its usage is."""
     code, out, lines = klab_here(*args)
     assert (code, out, lines) == (2, "", [f"klab: error: {line}"])
+
+
+@pytest.mark.parametrize("args", [(), ("db",)])
+def test_a_group_without_a_command_prints_its_help_whole(args, cli_env):
+    code, out, lines = klab_here(*args)
+    assert code == 2 and out == ""  # as click's own: the usage on stderr, exit code 2
+    assert lines[0] == f"Usage: klab {' '.join(args) + ' ' if args else ''}[OPTIONS] COMMAND [ARGS]..."
+    assert "Commands:" in lines and not any(line.startswith("klab: error:") for line in lines)
+    assert any(line.split()[:1] == ["upgrade" if args else "sweep"] for line in lines)  # one line a command
 
 
 def test_a_sweep_value_that_is_a_number_gets_no_range_hint(cli_env):

@@ -35,7 +35,23 @@ COMMANDS = {
 }
 
 
-class LazyGroup(click.Group):
+class NoSuchCommand(click.UsageError):
+    """A command no group has: its message names the closest ones, or where the commands are listed."""
+
+
+class NearMissGroup(click.Group):
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                            list[str]]:
+        """An unknown command is one line naming the closest ones (`klab lis`: did you mean list?)."""
+        name = args[0]
+        if self.get_command(ctx, name) is None and not name.startswith("-"):
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(close)}?" if close else f"; see {ctx.command_path} --help"
+            raise NoSuchCommand(f"no such command {name!r}{hint}", ctx)
+        return super().resolve_command(ctx, args)
+
+
+class LazyGroup(NearMissGroup):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(COMMANDS) | set(self.commands))
 
@@ -43,16 +59,6 @@ class LazyGroup(click.Group):
         if name not in self.commands and name in COMMANDS:
             importlib.import_module(COMMANDS[name][0])
         return self.commands.get(name)
-
-    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
-                                                                            list[str]]:
-        """An unknown command is one line naming the closest ones (`klab lis`: did you mean list?)."""
-        name = args[0]
-        if self.get_command(ctx, name) is None and not name.startswith("-"):
-            close = difflib.get_close_matches(name, self.list_commands(ctx), n=3, cutoff=0.6)
-            hint = f"; did you mean {' or '.join(close)}?" if close else "; see klab --help"
-            raise click.UsageError(f"no such command {name!r}{hint}", ctx)
-        return super().resolve_command(ctx, args)
 
     def invoke(self, ctx: click.Context) -> object:
         """A reader that went away (`klab export ... | head -1`) ends the command with exit code 0, as for every
@@ -94,6 +100,9 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(exc), exc.exit_code)
     except Interrupted as exc:
         click.echo(f"klab: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:  # `klab`, `klab db`: the help, whole, as click prints it
+        exc.show()
         sys.exit(exc.exit_code)
     except click.NoSuchOption as exc:
         fail(f"{exc.option_name}: no such option{_option_hint(exc)}", 2)
@@ -141,6 +150,8 @@ def _usage_line(exc: click.UsageError) -> str:
     ctx = exc.ctx
     if ctx is None or ctx.parent is None:  # the group's own: an unknown command
         return msg
+    if isinstance(exc, NoSuchCommand):  # a group's below klab (db): named, its message whole
+        return f"{ctx.info_name}: {msg}"
     msg = msg[0].lower() + msg[1:].rstrip(".")
     msg = msg[len("got "):] if msg.startswith("got ") else msg
     return f"{ctx.info_name}: {msg}; see {ctx.command_path} --help"

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import click
 
-from service.cli import cli
+from service.cli import NearMissGroup, cli
 from service.db.connect import HEAD
 from service.db.reads import revision
 from service.settings import describe, settings
 
 
-@cli.group()
+@cli.group(cls=NearMissGroup)
 def db() -> None:
     """Database schema: upgrade it, or see where it stands."""
 
