@@ -635,3 +635,23 @@ def test_list_kernel_none_lists_the_jobs_given_labels_and_no_kernel(jobs: dict[s
         assert [(r["id"], r["kernel"]) for r in json.loads(out)] == [(labelled, None)], given
     code, out, err = klab_cli("list", "--kernel", "random:3x3", "--json")
     assert code == 0 and labelled not in {r["id"] for r in json.loads(out)} and len(json.loads(out)) == 4
+
+
+def test_list_kernel_finds_a_literal_whatever_its_spaces(klab_db: str, add_job, klab_cli) -> None:
+    long = json.dumps([[round(0.001 * (i + 1) * (j + 1), 3) for j in range(7)] for i in range(7)])
+    assert len(long) > result.BY_NAME["kernel"].length  # the column keeps it cut
+    with writing() as conn:
+        tight = add_job(conn, kernel="[[1,-1]]")
+        spaced = add_job(conn, kernel="[[1, -1]]")
+        other = add_job(conn, kernel="[[1, -1, 0]]")
+        cut = add_job(conn, kernel=long, input="random:12x12")
+
+    def ids(kernel: str) -> list[int]:
+        code, out, err = klab_cli("list", "--kernel", kernel, "--json")
+        assert code == 0, err
+        return sorted(r["id"] for r in json.loads(out))
+
+    assert ids("[[1,-1]]") == ids("[[1, -1]]") == ids(" [ [1 , -1] ] ") == [tight, spaced]
+    assert ids("[[1,-1,0]]") == [other]
+    assert ids(long) == ids(long.replace(" ", "")) == [cut]
+    assert ids("[[1, 1]]") == []

@@ -65,7 +65,8 @@ def _known(method: str | None, kernel: str | None) -> tuple[str | None, str | No
 @click.option("--sweep", type=int, default=None, help="only the jobs of this sweep")
 @click.option("--method", default=None, help="only jobs trained with this method")
 @click.option("--kernel", default=None,
-              help="only jobs with this true kernel (as given, e.g. sobel-x; none: the jobs given labels, no kernel)")
+              help="only jobs with this true kernel (as given, e.g. sobel-x; a literal whatever its spaces; none: the "
+                   "jobs given labels, no kernel)")
 @click.option("--tag", default=None, help="only the jobs of sweeps with this tag")
 @click.option("--sort", default="-id", show_default=True,
               help="column to sort by (id, status, method, input, kernel, lr, epochs, final_loss, "

@@ -203,6 +203,13 @@ def tagged(reader: Reader, tag: str) -> str:
     return "EXISTS (SELECT 1 FROM json_each(sweeps.tags) AS t WHERE t.value = :tag)"
 
 
+LITERAL_KERNEL = ("(replace(kernel, ' ', '') = :kernel OR (length(kernel) = :cut AND "
+                  "substr(:kernel, 1, length(replace(kernel, ' ', ''))) = replace(kernel, ' ', '')))")
+"""A job whose kernel was given as the literal :kernel (written without spaces), whatever spaces either was
+written with: `[[1, -1]]` finds the jobs given `[[1,-1]]`. A literal longer than its column (:cut) is kept cut,
+so such a job matches on as much of it as the column holds."""
+
+
 def list_jobs(reader: Reader, *, status: str | None = None, sweep: int | None = None,
               method: str | None = None, kernel: str | None = None, tag: str | None = None, sort: str = "-id",
               limit: int | None = 50) -> list[dict[str, Any]]:
@@ -229,6 +236,9 @@ def list_jobs(reader: Reader, *, status: str | None = None, sweep: int | None = 
         params["method"] = method
     if kernel == NO_KERNEL:  # the jobs given labels and no true kernel
         conditions.append("kernel IS NULL")
+    elif kernel is not None and kernel.lstrip().startswith("["):
+        conditions.append(LITERAL_KERNEL)
+        params["kernel"], params["cut"] = "".join(kernel.split()), result.BY_NAME["kernel"].length
     elif kernel is not None:
         conditions.append("kernel = :kernel")
         params["kernel"] = kernel
