@@ -251,6 +251,8 @@ def time_cli(url: str, analyze: bool = False) -> dict[str, dict[str, float]]:
         # the two reads that no index serves: each reads every job (README, klab list)
         "klab list --limit 20 --sort lr": ["list", "--limit", "20", "--sort", "lr"],
         "klab list --limit 20 --kernel d2l (no such job)": ["list", "--limit", "20", "--kernel", "d2l"],
+        "klab list --limit 20 --kernel '[[1, -1]]' (a literal, no such job)": ["list", "--limit", "20", "--kernel",
+                                                                              "[[1, -1]]"],
         f"klab show {middle}": ["show", str(middle)],
         f"klab compare --sweep {sweep}": ["compare", "--sweep", str(sweep)],
         f"klab status --sweep {sweep}": ["status", "--sweep", str(sweep)],

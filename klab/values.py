@@ -98,7 +98,7 @@ class Files:
 
     def flags(self, values: Mapping[str, Any]) -> dict[str, str]:
         """A sweep's values as `klab sweep` flags: lists, tuples, generators, numpy arrays and tensors (but an
-    array for input, kernel or labels, which is one value) as comma lists, ranges as A..B."""
+        array for input, kernel or labels, which is one value) as comma lists, ranges as A..B."""
         return {k: self._flag(k, v) for k, v in given(values).items()}
 
     def _flag(self, field: str, value: Any) -> str:

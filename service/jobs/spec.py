@@ -151,17 +151,22 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
     return [{k.replace("-", "_") if isinstance(k, str) else k: v for k, v in doc.items()} for doc in docs]
 
 
+YAML_VALUES = 100_000
+"""Values a YAML file's aliases may expand it to, beyond one a character of the file (more than any file without
+aliases holds): that many take a moment to read."""
+
+
 def _yaml(field: str, path: str, text: str) -> Any:
     """A YAML file's one document, as yaml.safe_load reads it (see _loader), once its aliases are known not to
-    expand it past as many values as the file has characters, which no file without aliases can: a file of a
-    few hundred bytes whose aliases nest ten deep (YAML's "billion laughs") would otherwise take gigabytes and
-    minutes to turn into a kernel's or a sweep's text."""
+    expand it past YAML_VALUES or its length: a file of a few hundred bytes whose aliases nest ten deep (YAML's
+    "billion laughs") would otherwise take gigabytes and minutes to turn into a kernel's or a sweep's text."""
     loader = _loader()(text)
+    most = max(len(text), YAML_VALUES)
     try:
         node = loader.get_single_node()
-        if node is not None and _values(node, len(text)) > len(text):
-            raise BadInput(field, f"{path}: its YAML aliases repeat values past the file's size "
-                                  f"({len(text)} characters); write the values out, or use ranges (0..99)")
+        if node is not None and _values(node, most) > most:
+            raise BadInput(field, f"{path}: its YAML aliases expand it to more than {most:,} values; write the "
+                                  "values out, or use ranges (0..99)")
         return None if node is None else loader.construct_document(node)
     finally:
         loader.dispose()

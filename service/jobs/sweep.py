@@ -200,7 +200,9 @@ def name(given: Any) -> str | None:
     """A sweep's name as given (--name), stripped; None for no name."""
     if given is None:
         return None
-    text = given.strip() if isinstance(given, str) else ""
+    if not isinstance(given, str):
+        raise BadInput("name", f"a sweep's name is text, got {given!r}")
+    text = given.strip()
     if not text or len(text) > NAME_LENGTH:
         raise BadInput("name", f"a sweep's name has 1 to {NAME_LENGTH} characters, got {_shown(given)}")
     return text
