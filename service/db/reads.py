@@ -205,21 +205,15 @@ def tagged(reader: Reader, tag: str) -> str:
 
 LITERAL_KERNEL = ("kernel LIKE :literal AND (replace(kernel, ' ', '') = :kernel OR (length(kernel) = :cut AND "
                   "substr(:kernel, 1, length(replace(kernel, ' ', ''))) = replace(kernel, ' ', '')))")
-"""A job whose kernel was given as the literal :kernel (written without spaces), whatever spaces either was
-written with: `[[1, -1]]` finds the jobs given `[[1,-1]]`. A literal longer than its column (:cut) is kept cut,
-so such a job matches on as much of it as the column holds. `LIKE '[%'` (:literal; a job's kernel is stored stripped)
-lets PostgreSQL's statistics tell how few jobs have a literal: on 1,000,000 jobs of presets it then scans the
-table in parallel (0.44 s in the server) instead of walking every job newest first for 20 that match (1.07 s)."""
-
+"""A job given the literal :kernel (spaces left out), whatever spaces either had; one longer than its column (:cut)
+matches on what the column keeps. `LIKE '[%'` (:literal; kernels are stored stripped) lets PostgreSQL count the
+literals: a rare one is found by a parallel scan, not by walking every job (0.61 s, not 1.24: bench/RESULTS.md)."""
 
 KERNEL = "kernel = :kernel AND length(kernel) = :kernel_length"
-"""A job whose kernel was given as :kernel (a preset's name, random:..., npy:PATH). The length, which the first
-test implies, is for PostgreSQL's planner: without statistics of the table (autovacuum gathers them some time
-after a large change; this machine's runs without) it takes a kernel to match one job in 200 and walks every
-job newest first for 20 of them: 1.07 to 1.16 s, the whole command, for a kernel few of 1,000,000 jobs have.
-The second test, whose rows it cannot know either, makes that one in 40,000, so it scans the table in parallel:
-0.37 s in the server, whether many jobs have the kernel or none. With statistics a common kernel is still
-found among the newest jobs at once, and a rare one by the scan (bench/RESULTS.md)."""
+"""A job given :kernel (a preset, random:..., npy:PATH). The length, implied by the equality, is for PostgreSQL
+without statistics: it took any kernel for one job in 200 and walked every job newest first (1.07 s on 1,000,000
+jobs for a rare one); one in 40,000 it scans them in parallel (0.57 s). With statistics a common kernel is still
+found among the newest jobs (0.18 s)."""
 
 
 def list_jobs(reader: Reader, *, status: str | None = None, sweep: int | None = None,
