@@ -293,6 +293,22 @@ def test_several_jobs_overlaid_are_named_by_id_and_what_differs() -> None:
     readable(fig)
 
 
+def test_many_jobs_overlaid_leave_the_axes_their_height() -> None:
+    def heights(n: int) -> list[float]:
+        fig = plot.figure_jobs([result_of({"lr": 0.001 * (i + 1), "seed": i}, relative=0.1, id=i) for i in range(n)])
+        readable(fig)
+        renderer = fig.canvas.get_renderer()
+        out = []
+        for a in (by_title(fig, "loss"), by_title(fig, "kernel error")):
+            frame = a.get_window_extent(renderer)
+            assert a.yaxis.label.get_window_extent(renderer).height <= frame.height  # beside its axis, not above
+            out.append(frame.height)
+        return out
+
+    few, many = heights(3), heights(40)  # 40 jobs: a legend of 20 rows below the axes
+    assert min(many) >= 0.95 * min(few), (few, many)
+
+
 # --- sweeps ----------------------------------------------------------------------------------------------
 
 def test_sweep_panels_aggregate_over_seeds_coloured_by_the_other_parameter() -> None:

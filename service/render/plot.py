@@ -26,7 +26,11 @@ JOB_SIZE = (15.0, 9.0)
 """Inches of a job's figure: loss and kernel error over epochs above, the three kernels below."""
 
 JOBS_SIZE = (15.0, 6.5)
-"""Inches of several jobs overlaid: loss and kernel error, the legend below."""
+"""Inches of several jobs overlaid: loss and kernel error, the legend below (one row of it: the figure grows by
+LEGEND_ROW for each further row, so that many jobs leave the axes their height)."""
+
+LEGEND_ROW = 0.22
+"""Inches of one row of a legend in 9 pt type, and a little more (0.14 to 0.2 as drawn)."""
 
 SWEEP_PANEL = (6.5, 4.5)
 """Inches of each panel of a sweep's figure (one per parameter it varies, seeds aside), at most 3 to a row."""
@@ -196,23 +200,25 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
         return figure_job(results[0])
     import matplotlib
 
-    fig = new_figure(*JOBS_SIZE)
-    loss_ax, err_ax = fig.subplots(1, 2)
     specs = [_spec(r) for r in results]
     differ = _differing(specs)
+    labels = [f"job {r.get('id')}" + (f": {_described(spec, differ)}" if differ else "")
+              + f" ({r.get('status')}, relative error {cell(settled((r.get('error') or {}).get('relative'), 1.0))})"
+              for r, spec in zip(results, specs)]
+    widest = max(len(t) for t in labels) * 0.55 * 9 + 40  # points, 9 pt font
+    ncols = max(1, min(len(results), int(JOBS_SIZE[0] * 72 * 0.95 // widest)))
+    fig = new_figure(JOBS_SIZE[0], JOBS_SIZE[1] + (-(-len(results) // ncols) - 1) * LEGEND_ROW)
+    loss_ax, err_ax = fig.subplots(1, 2)
     common = _described(specs[0], [k for k in ESSENTIALS if k not in differ])
     fig.suptitle(f"{len(results)} jobs" + (f", all with {common}" if common else "")
                  + "\nrelative error after training in the legend")
     cmap = matplotlib.colormaps["tab10" if len(results) <= 10 else "viridis"]
     last = int(max((e["epoch"] for r in results for e in r.get("epochs") or []), default=1))
     all_relative, losses, errors, floored = True, [], [], 0
-    for n, (r, spec) in enumerate(zip(results, specs)):
+    for n, (r, label) in enumerate(zip(results, labels)):
         colour = cmap(n if len(results) <= 10 else n / (len(results) - 1))
         norm = _true_norm(r)
         all_relative &= norm is not None
-        rel = settled((r.get("error") or {}).get("relative"), 1.0)
-        label = (f"job {r.get('id')}" + (f": {_described(spec, differ)}" if differ else "")
-                 + f" ({r.get('status')}, relative error {cell(rel)})")
         loss = _series(r.get("epochs") or [], "loss")
         *error, raised = _kernel_errors(r.get("epochs") or [], norm)
         floored += raised
@@ -225,9 +231,7 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
     ax_.curve_axes(err_ax, "kernel error", "relative error ||W - K|| / ||K||" if all_relative else
                    "kernel error ||W - K|| (relative where a true kernel is known)", last, errors,
                    last > LOG_EPOCHS, floored)
-    widest = max(len(t) for t in loss_ax.get_legend_handles_labels()[1]) * 0.55 * 9 + 40  # points, 9 pt font
-    fig.legend(loc="outside lower center", ncols=max(1, min(len(results), int(JOBS_SIZE[0] * 72 * 0.95 // widest))),
-               fontsize=9)
+    fig.legend(loc="outside lower center", ncols=ncols, fontsize=9)
     return fig
 
 
