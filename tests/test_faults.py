@@ -141,6 +141,28 @@ def test_broker_restarted_mid_sweep_workers_reconnect_and_the_sweep_completes(tm
     db.assert_epochs_stored_once()
 
 
+def test_a_worker_started_before_its_broker_is_seen_and_served_once_the_broker_is_up(tmp_path, pg_db, redis_server,
+                                                                                    worker_procs):
+    """As compose may start them: the worker waits for its broker, then announces itself (what `klab submit`
+    looks for) and trains. Before, the announcement's ConnectionError escaped its setup, and the worker served
+    its queues without ever being seen: every submit warned that no worker consumed them."""
+    from service.broker import PRESENCE
+
+    url, db = pg_db
+    broker = redis_server(persistent=False)
+    env = service_env(tmp_path, url, broker.url())
+    broker.kill()
+    w = worker_procs(env, "early")
+    wait_until(lambda: "Cannot connect to" in w.text(), 90, lambda: w.text()[-3000:])  # set up, and waiting
+    broker.start()
+    w.wait_ready()
+    wait_until(lambda: broker.client().keys(f"{PRESENCE}:*:cpu:*"), 30, lambda: w.text()[-3000:], every=0.2)
+    done = klab(env, "submit", "--epochs", "2", "--wait", "--json")
+    assert done.returncode == 0 and "no live worker" not in done.stderr, done.stderr
+    assert [r.status for r in db.rows("SELECT status FROM jobs")] == ["succeeded"]
+    assert "Signal handler" not in w.text() and "Traceback" not in w.text(), w.text()[-3000:]
+
+
 @pytest.mark.parametrize("persistent", [True, False], ids=["append-only", "no-persistence"])
 def test_broker_killed_while_a_task_is_between_delivery_and_ack(persistent, tmp_path, pg_db, redis_server,
                                                                 worker_procs):

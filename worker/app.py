@@ -45,7 +45,7 @@ def _consume_this_databases_queues(sender: str, instance, **_: object) -> None:
         queues.select_add(broker.routed(q, identity))
         queues.deselect(q)
     _serving.update(identity=identity, queues=named, hostname=sender)
-    broker.announce(identity, named, sender, defaults.PRESENCE_SECONDS)
+    _announce()  # a broker still away (a worker started before it) is told again at the next beat
     threading.Thread(target=_keep_present, name="klab-presence", daemon=True).start()
     log.info("serving %s (identity %s): queues %s", describe(settings().database_url), identity,
              ", ".join(broker.routed(q, identity) for q in named))
@@ -67,10 +67,15 @@ def _identity() -> str:
 def _keep_present() -> None:
     """Renew this worker's presence on the broker (what `klab submit` looks for) until it stops."""
     while not _reaper_stop.wait(defaults.PRESENCE_SECONDS / 3):
-        try:
-            broker.announce(_serving["identity"], _serving["queues"], _serving["hostname"], defaults.PRESENCE_SECONDS)
-        except Exception as exc:  # noqa: BLE001 - the broker is away: try again at the next beat
-            log.warning("presence: %s", type(exc).__name__)
+        _announce()
+
+
+def _announce() -> None:
+    """Say on the broker that this worker serves its queues, for PRESENCE_SECONDS."""
+    try:
+        broker.announce(_serving["identity"], _serving["queues"], _serving["hostname"], defaults.PRESENCE_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - the broker is away: try again at the next beat
+        log.warning("presence: %s", type(exc).__name__)
 
 
 @worker_process_init.connect
