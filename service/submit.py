@@ -146,7 +146,7 @@ def plan_sweep(grid: Grid, queue: str | None, name: str | None = None, tags: Seq
     for combo in itertools.product(*(grid.swept[f] for f in keyed)):
         spec = parse(dict(zip(keyed, combo)))
         loudest = spec.model_copy(update={"noise": noise})
-        with _naming(grid, {**first, **dict(zip(keyed, combo))}):
+        with _naming(grid, {**first, "noise": noise, **dict(zip(keyed, combo))}):  # built with the loudest noise
             problem, files = built.of(loudest, tuple((f, v) for f, v in zip(keyed, combo) if f in BUILT_FROM))
         keys[combo] = ((queue_for(spec, queue), *together(problem, spec)), files)
     names = list(grid.swept)

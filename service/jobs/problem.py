@@ -84,18 +84,24 @@ def build_problem(spec: JobSpec, arrays: dict[str, np.ndarray] | None = None) ->
         check_memory(spec, x.shape, shape)
         y = inputs.correlate(x, kernel)
         if spec.bias is not None:
-            y += spec.bias
+            with np.errstate(over="ignore", invalid="ignore"):  # labels too large are refused below, once
+                y += spec.bias
         true_bias = spec.bias
     if spec.noise > 0:
         noise = inputs.rng(spec.seed, inputs.NOISE_STREAM).standard_normal(y.shape)
-        noise *= spec.noise
-        if spec.labels is None:
-            y += noise  # labels of our own: no copy of them
-        else:
-            y = y + noise
+        with np.errstate(over="ignore", invalid="ignore"):
+            noise *= spec.noise
+            if spec.labels is None:
+                y += noise  # labels of our own: no copy of them
+            else:
+                y = y + noise
         del noise
-    if not np.all(np.isfinite(y)) or max(y.max(), -y.min()) > np.finfo(np.float32).max:
-        raise BadInput("labels" if spec.labels else "kernel", "the labels overflow: values too large for float32")
+    if not _fits(y):  # named by what made them so: the labels given or the kernel, else the bias, else the noise
+        clean = labels if spec.labels is not None else inputs.correlate(x, kernel)
+        with np.errstate(over="ignore", invalid="ignore"):
+            biased = spec.labels is None and spec.bias is not None and not _fits(clean + spec.bias)
+        raise BadInput(("labels" if spec.labels else "kernel") if not _fits(clean) else "bias" if biased else "noise",
+                       "the labels overflow: values too large for float32")
 
     if spec.method.is_minibatch and input_ndim == 2 and shape[2] == 1:
         # The seed cuts a 2-D H x W image into H one-row samples: X.view(H, 1, 1, W).
@@ -160,6 +166,11 @@ def check_memory(spec: JobSpec, x_shape: tuple[int, ...], kernel_shape: tuple[in
 def gib(size: int) -> str:
     """A size in bytes for a message: 1.5 GiB, 512 MiB."""
     return f"{size / 2**30:.3g} GiB" if size >= 2**30 else f"{size / 2**20:.3g} MiB"
+
+
+def _fits(y: np.ndarray) -> bool:
+    """Finite, and within float32's range (what the engine trains in)."""
+    return bool(np.all(np.isfinite(y))) and max(y.max(), -y.min()) <= np.finfo(np.float32).max
 
 
 def _labels_shape(labels: np.ndarray, x: np.ndarray, input_ndim: int) -> np.ndarray:
