@@ -2,12 +2,12 @@
 of service.db.reads, which `klab show`, `compare` and `export` print)."""
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from klab.errors import public
 from klab.result import Result
+from klab.values import whole
 from service.errors import BadInput
 from service.jobs import result as schema
 from service.jobs.selection import Selection
@@ -22,7 +22,7 @@ TIMES = tuple(n for n in schema.SUMMARY_NAMES if schema.BY_NAME[n].kind == "time
 
 def _id(value: Any, field: str) -> int:
     """A job's or a sweep's id as a caller gave it: a whole number, numpy's too (a DataFrame's id column)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not whole(value):
         raise BadInput(field, f"an id is a whole number, got {value!r}")
     return int(value)
 

@@ -28,9 +28,14 @@ ARRAY_NAME = "the array"
 """How messages name an array a user passed, where they would name a file."""
 
 
+def whole(value: Any) -> bool:
+    """A whole number as a caller may give one: Python's or numpy's int (a DataFrame's cell), never a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def checked_batch_jobs(value: Any) -> int:
     """batch_jobs= as `--batch-jobs` takes it: a whole number from 1 to BATCH_JOBS_MOST."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= BATCH_JOBS_MOST:
+    if not whole(value) or not 1 <= value <= BATCH_JOBS_MOST:
         raise BadInput("batch_jobs", f"a whole number from 1 to {BATCH_JOBS_MOST}, got {value!r}")
     return int(value)
 
