@@ -110,6 +110,8 @@ BAD = [
     ("unknown-filter", lambda: klab.jobs(colour="red"), "colour", "unknown filter"),
     ("unknown-job", lambda: klab.show(999), "id", "no job 999"),
     ("unknown-sweep", lambda: klab.jobs(sweep=42), "sweep", "no sweep 42"),
+    ("a-job-past-64-bits", lambda: klab.show(2**64), "id", f"no job {2**64}"),  # SQLite's driver cannot bind it
+    ("a-sweep-past-64-bits", lambda: klab.jobs(sweep=2**64), "sweep", f"no sweep {2**64}"),
     ("an-id-as-text", lambda: klab.show("12"), "id", "an id is a whole number, got '12'"),
     ("ids-as-text", lambda: klab.jobs("12"), "ids", "an id is a whole number, got '12'"),  # not jobs 1 and 2
     ("an-id-not-whole", lambda: klab.epochs(1.0), "ids", "an id is a whole number, got 1.0"),

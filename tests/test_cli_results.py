@@ -172,6 +172,22 @@ def test_show_unknown_id(klab_db: str, klab_cli) -> None:
     assert klab_cli("show", "7") == (2, "", "klab: error: id: no job 7\n")
 
 
+def test_ids_and_limits_past_64_bits_are_answered_not_sent_to_the_driver(jobs: dict[str, int], klab_cli) -> None:
+    """No database holds an id past 2**63 - 1, and neither driver binds one (SQLite's OverflowError, PostgreSQL's
+    bigint out of range for a LIMIT): such an id names no job or sweep, such a limit is no limit."""
+    huge = str(2**64)
+    assert klab_cli("show", huge) == (2, "", f"klab: error: id: no job {huge}\n")
+    assert klab_cli("show", "--", "-" + huge) == (2, "", f"klab: error: id: no job -{huge}\n")
+    for command in (["list"], ["compare"], ["compare", "--group-by", "lr"], ["export"], ["status"], ["delete"],
+                    ["cancel"], ["requeue"], ["plot", "-o", "x.png"]):
+        assert klab_cli(*command, "--sweep", huge) == (2, "", f"klab: error: sweep: no sweep {huge}\n"), command
+    assert klab_cli("list", "--limit", "5")[1] == klab_cli("list", "--limit", huge)[1]
+    assert len(json.loads(klab_cli("list", "--limit", huge, "--sort", "-relative_error", "--json")[1])) == 5
+    code, out, err = klab_cli("sweeps", "--limit", huge)
+    assert (code, err, out.splitlines()[1].split()[:2]) == (0, "", [str(jobs["sweep"]), "lr"])
+    assert len(klab_cli("list", "--limit", "0")[1].splitlines()) == 1 + 5  # nothing was deleted
+
+
 # --- compare ---------------------------------------------------------------------------------
 
 def test_compare_best_first_with_shared_parameters_once(jobs: dict[str, int], klab_cli) -> None:

@@ -24,6 +24,10 @@ HEAD = "0009"
 STREAM_ROWS = 10_000
 """Rows fetched at a time by Reader.stream (a server-side cursor on PostgreSQL)."""
 
+INTEGER_MOST = 2**63 - 1
+"""The largest integer either database keeps (a 64-bit column): an id past it names no row (and the drivers refuse
+to bind it), a limit past it is no limit."""
+
 _NAMED = re.compile(r"(?<![:\w]):(\w+)")
 
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from service.db.connect import HEAD, Reader, open_reader
+from service.db.connect import HEAD, INTEGER_MOST, Reader, open_reader
 from service.errors import BadInput, DatabaseUnavailable
 from service.jobs import result
 from service.jobs import status as statuses
@@ -115,9 +115,8 @@ _identities: dict[str, str] = {}
 
 
 def iso_utc(value: datetime | str) -> str:
-    """A stored time as ISO 8601 text in UTC (+00:00), whatever the database: SQLite gives back the UTC time
-    it was given (service.db.schema.utcnow) without an offset, PostgreSQL the instant in its session's time
-    zone."""
+    """A stored time as ISO 8601 text in UTC (+00:00), whatever the database: SQLite gives back the UTC time it was
+    given (service.db.schema.utcnow) without an offset, PostgreSQL the instant in its session's time zone."""
     t = datetime.fromisoformat(value) if isinstance(value, str) else value
     if t.tzinfo is None:
         return t.isoformat() + "+00:00"  # what the aware time's isoformat() gives, at a third of its cost
@@ -164,8 +163,8 @@ def parse_sort(sort: str) -> tuple[str, bool]:
 
 def sweep_name(reader: Reader, sweep_id: int) -> str | None:
     """A sweep's name (None if it has none); an unknown sweep is bad input."""
-    row = reader.one("SELECT name FROM sweeps WHERE id = :id", {"id": sweep_id})
-    if row is None:
+    row = abs(sweep_id) <= INTEGER_MOST and reader.one("SELECT name FROM sweeps WHERE id = :id", {"id": sweep_id})
+    if not row:
         raise BadInput("sweep", f"no sweep {sweep_id}")
     return row["name"]
 
@@ -254,7 +253,8 @@ def list_jobs(reader: Reader, *, status: str | None = None, sweep: int | None = 
         where = conditions + more
         sql = f"SELECT {result.select_list(LIST_COLUMNS + LIST_EXTRA)} FROM jobs"  # noqa: S608
         sql += (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {order}"
-        return _fetch(reader, sql + " LIMIT :limit", {**params, "limit": n}) if n else _fetch(reader, sql, params)
+        limited = n and n <= INTEGER_MOST  # a limit past any table's size is none
+        return _fetch(reader, sql + " LIMIT :limit", {**params, "limit": n}) if limited else _fetch(reader, sql, params)
 
     f = result.BY_NAME[name]
     if descending and f.nullable and f.index and limit:
@@ -353,7 +353,7 @@ def epochs_of(reader: Reader, job_id: int) -> list[dict[str, Any]]:
 def result_of(reader: Reader, job_id: int) -> dict[str, Any]:
     """A stored job as `klab show --json` prints it (service.jobs.result.to_json), epochs included."""
     found = _fetch(reader, f"SELECT {result.select_list(result.RESULT_NAMES)} FROM jobs WHERE id = :id",  # noqa: S608
-                   {"id": job_id})
+                   {"id": job_id}) if abs(job_id) <= INTEGER_MOST else []
     if not found:
         raise BadInput("id", f"no job {job_id}")
     return result.to_json(found[0], epochs_of(reader, job_id))
