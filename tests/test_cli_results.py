@@ -207,8 +207,27 @@ def test_compare_marks_what_a_method_never_reads(klab_db: str, add_job, klab_cli
     code, out, err = klab_cli("compare", *map(str, ids))
     assert code == 0, err
     header, *rows = out.splitlines()[1:]
-    assert header.split()[:3] == ["id", "method", "batch"]
-    assert {int(r.split()[0]): r.split()[2] for r in rows} == {ids[0]: "-", ids[1]: "-", ids[2]: "3"}
+    assert header.split()[:5] == ["id", "method", "lr", "epochs", "batch"]  # lstsq reads no lr nor epochs
+    assert {int(r.split()[0]): r.split()[2:5] for r in rows} == {ids[0]: ["-", "-", "-"], ids[1]: ["0.03", "10", "-"],
+                                                                 ids[2]: ["0.03", "10", "3"]}
+
+
+@SQLITE_ONLY
+def test_compare_names_a_bias_or_tol_that_differs_and_shares_only_what_every_method_reads(klab_db: str, add_job,
+                                                                                            klab_cli) -> None:
+    with writing() as conn:
+        plain, biased, loose = (add_job(conn, **more) for more in ({}, {"bias": 0.5}, {"tol": 0.01}))
+        manual, least = (add_job(conn, method=m) for m in ("d2l-manual", "lstsq"))
+    lines = klab_cli("compare", str(plain), str(biased))[1].splitlines()
+    assert lines[1].split()[:2] == ["id", "bias"] and "bias" not in lines[0]  # a job with a bias and one without
+    assert {r.split()[0]: r.split()[1] for r in lines[2:]} == {str(plain): "-", str(biased): "0.5"}
+    lines = klab_cli("compare", str(plain), str(loose))[1].splitlines()
+    assert lines[1].split()[:2] == ["id", "tol"]
+    assert {r.split()[0]: r.split()[1] for r in lines[2:]} == {str(plain): "0.0001", str(loose): "0.01"}
+    assert "tol" not in klab_cli("compare", str(plain), str(manual))[1]  # alike: said nowhere, as the plot does
+    title, header = klab_cli("compare", str(manual), str(least))[1].splitlines()[:2]
+    assert title.startswith("all jobs: input random:8x8") and "batch" not in title + header  # neither reads it
+    assert header.split()[:4] == ["id", "method", "lr", "epochs"]  # only one reads them: each job's, or -
 
 
 def test_compare_ids_csv_and_json(jobs: dict[str, int], klab_cli) -> None:

@@ -293,6 +293,18 @@ def test_several_jobs_overlaid_are_named_by_id_and_what_differs() -> None:
     readable(fig)
 
 
+def test_overlaid_jobs_share_only_what_every_method_reads_and_name_a_bias_one_has() -> None:
+    fig = plot.figure_jobs([result_of({"method": m, "batch_size": 2}, id=i) for i, m in ((1, "d2l-manual"),
+                                                                                         (2, "lstsq"))])
+    assert "batch" not in fig._suptitle.get_text() and "seed 0" in fig._suptitle.get_text()  # neither reads it
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "job 1: method d2l-manual, lr 0.03, epochs 10 (succeeded, relative error 0.1)",
+        "job 2: method lstsq (succeeded, relative error 0.1)"]
+    fig = plot.figure_jobs([result_of({}, id=1), result_of({"bias": 0.5}, id=2)])
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "job 1 (succeeded, relative error 0.1)", "job 2: bias 0.5 (succeeded, relative error 0.1)"]
+
+
 def test_many_jobs_overlaid_leave_the_axes_their_height() -> None:
     def heights(n: int) -> list[float]:
         fig = plot.figure_jobs([result_of({"lr": 0.001 * (i + 1), "seed": i}, relative=0.1, id=i) for i in range(n)])

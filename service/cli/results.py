@@ -127,20 +127,19 @@ def compare(selection: Selection, group_by: str | None, as_json: bool, as_csv: b
     if group_by is not None:
         _compare_groups(selection, group_by, as_json, as_csv)
         return
-    from service.render.text import IGNORED_BY, KERNELS, settle, shown_value
+    from service.render.text import KERNELS, settle, shared, shown_value
 
     with _reading() as reader:
-        rows = reads.compare(reader, selection, also=() if as_json or as_csv else KERNELS)
+        rows = reads.compare(reader, selection, also=() if as_json or as_csv else (*KERNELS, "spec"))
     if as_json:
         _json(rows)
     elif as_csv:
         write_csv(sys.stdout, list(SUMMARY_NAMES), rows)
     else:
-        rows = [settle(r) for r in rows]
+        rows = [settle({**r, **{k: r["spec"].get(k) for k in SPEC_ONLY}}) for r in rows]
         params = ["method", "input", "kernel", "lr", "epochs", "batch_size", "seed", "noise"]
-        shown = reads.varying(rows, params) if len(rows) > 1 else params
-        ignored = IGNORED_BY.get(rows[0]["method"], ()) if "method" not in shown else ()
-        common = [p for p in params if p not in shown and p not in ignored]
+        differ = reads.varying(rows, [*params, *SPEC_ONLY]) if len(rows) > 1 else params
+        shown, common = shared(rows, [*params, *(k for k in SPEC_ONLY if k in differ)], differ)
         metrics = ["status", "epochs_done", "final_loss", "relative_error", "max_abs_error", "identifiable",
                    *group("gap"), *group("pace")]
         title = ("all jobs: " + ", ".join(f"{table.header(p)} {table.cell(rows[0][p])}" for p in common)
@@ -149,6 +148,10 @@ def compare(selection: Selection, group_by: str | None, as_json: bool, as_csv: b
         table.show(["id", *shown, *metrics], rows, title=title,
                     cells={**{p: _unless_ignored(p) for p in ("lr", "epochs", "batch_size")},
                            rate: lambda r: table.cell(shown_value(rate, r[rate], 0.0))})
+
+
+SPEC_ONLY = ("labels", "bias", "tol")
+"""What `klab compare` shows of a job's spec beside its columns' parameters, where the jobs differ in it."""
 
 
 def _compare_groups(selection: Selection, group_by: str, as_json: bool, as_csv: bool) -> None:

@@ -18,7 +18,7 @@ from service.jobs.status import JobStatus, in_order
 from service.jobs.sweep import INTEGER, SWEEPABLE
 from service.render import axes as ax_
 from service.render.axes import DPI, new_figure
-from service.render.text import FLOAT32_EPS, IGNORED_BY, cell, difference, settled
+from service.render.text import FLOAT32_EPS, IGNORED_BY, cell, difference, settled, shared
 
 __all__ = ["DPI", "figure_job", "figure_jobs", "figure_sweep", "plot_job", "plot_sweep", "save"]
 
@@ -93,9 +93,8 @@ def _name(key: str) -> str:
 
 
 def _described(spec: dict[str, Any], keys: Sequence[str]) -> str:
-    """The spec's values of `keys`, less what is unset, a noise of 0 and what the method never reads (when the
-    method is one of `keys`: one method for every job described)."""
-    ignored = IGNORED_BY.get(spec.get("method"), ()) if "method" in keys else ()
+    """The spec's values of `keys`, less what is unset, a noise of 0 and what its method never reads."""
+    ignored = IGNORED_BY.get(spec.get("method"), ())
     shown = [k for k in keys if spec.get(k) is not None and not (k == "noise" and spec[k] == 0) and k not in ignored]
     return ", ".join(f"{_name(k)} {cell(spec[k])}" for k in shown)
 
@@ -201,15 +200,15 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
     import matplotlib
 
     specs = [_spec(r) for r in results]
-    differ = _differing(specs)
-    labels = [f"job {r.get('id')}" + (f": {_described(spec, differ)}" if differ else "")
+    differ, alike = shared(specs, SPEC_SHOWN, _differing(specs))  # alike: read by every job's method, too
+    labels = [f"job {r.get('id')}" + (f": {named}" if (named := _described(spec, differ)) else "")
               + f" ({r.get('status')}, relative error {cell(settled((r.get('error') or {}).get('relative'), 1.0))})"
               for r, spec in zip(results, specs)]
     widest = max(len(t) for t in labels) * 0.55 * 9 + 40  # points, 9 pt font
     ncols = max(1, min(len(results), int(JOBS_SIZE[0] * 72 * 0.95 // widest)))
     fig = new_figure(JOBS_SIZE[0], JOBS_SIZE[1] + (-(-len(results) // ncols) - 1) * LEGEND_ROW)
     loss_ax, err_ax = fig.subplots(1, 2)
-    common = _described(specs[0], [k for k in ESSENTIALS if k not in differ])
+    common = _described(specs[0], [k for k in ESSENTIALS if k in alike])
     fig.suptitle(f"{len(results)} jobs" + (f", all with {common}" if common else "")
                  + "\nrelative error after training in the legend")
     cmap = matplotlib.colormaps["tab10" if len(results) <= 10 else "viridis"]

@@ -6,6 +6,7 @@ schema (service.jobs.result).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from service.jobs import result as schema
@@ -21,6 +22,15 @@ that small (the float64 analysis leaves 1e-16 behind, float32 labels 1e-8) is re
 IGNORED_BY = {"d2l-manual": ("batch_size",), "lstsq": ("lr", "epochs", "batch_size")}
 """Spec fields a method never reads (the book's first loop takes the whole input at once; least squares
 solves in one step), left out of the spec line."""
+
+
+def shared(rows: Sequence[dict[str, Any]], keys: Sequence[str], differ: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Of `keys` (the parameters of several jobs' rows or specs, `differ` those whose values differ), those to name
+    for each job: `differ`, and those alike that some jobs' methods read and others' never do; and those every job
+    shares, alike and read by every job's method (said once). What no job's method reads is in neither."""
+    read = {k: [k not in IGNORED_BY.get(r.get("method"), ()) for r in rows] for k in keys}
+    each = [k for k in keys if k in differ or (any(read[k]) and not all(read[k]))]
+    return each, [k for k in keys if k not in each and all(read[k])]
 
 
 def cell(value: Any) -> str:
