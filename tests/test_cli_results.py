@@ -374,12 +374,26 @@ def test_compare_group_by_equal_values_have_no_spread(klab_db: str, add_job, kla
     code, out, err = klab_cli("compare", "--sweep", str(sweep), "--group-by", "lr", "--json")
     assert code == 0, err
     equal, near = json.loads(out)
-    assert (equal["relative_error_mean"], equal["relative_error_std"]) == (pytest.approx(0.1, rel=1e-15), 0.0)
+    assert (equal["relative_error_mean"], equal["relative_error_std"]) == (0.1, 0.0)  # as its least and greatest
     assert near["relative_error_std"] == pytest.approx(_stats([0.3, 0.3 + 2 ** -54])["std"], rel=1e-3)
     assert list(equal)[-8:] == [f"{m}_{s}" for m in ("relative_error", "final_loss") for s in ("mean", "std", "min",
                                                                                             "max")]
     code, out, _ = klab_cli("compare", "--sweep", str(sweep), "--group-by", "lr")
     assert out.splitlines()[2].split()[:7] == ["0.01", "3", "3", "0.1", "0", "0.1", "0.1"]
+
+
+@SQLITE_ONLY
+def test_compare_group_by_prints_relative_errors_under_float32_rounding_as_the_jobs_tables_do(klab_db: str, add_job,
+                                                                                                klab_cli) -> None:
+    with writing() as conn:
+        sweep = writes.create_sweep(conn, {"swept": {"seed": [0, 1, 2]}, "fixed": {}}, 3)
+        for seed, rel in enumerate([2.7e-8, 3.5e-8, 4.1e-8]):  # each under 2**-23: printed 0 by list and compare
+            add_job(conn, relative=rel, sweep_id=sweep, seed=seed)
+    assert {line.split()[-2] for line in klab_cli("list", "--sweep", str(sweep))[1].splitlines()[1:]} == {"0"}
+    row = klab_cli("compare", "--sweep", str(sweep), "--group-by", "lr")[1].splitlines()[2].split()
+    assert row[:7] == ["0.03", "3", "3", "0", "0", "0", "0"]  # mean, std, min, max
+    kept = json.loads(klab_cli("compare", "--sweep", str(sweep), "--group-by", "lr", "--json")[1])[0]
+    assert (kept["relative_error_min"], kept["relative_error_max"]) == (2.7e-8, 4.1e-8)  # the data keep them
 
 
 def test_compare_group_by_csv_and_the_table(seeds: dict, klab_cli) -> None:

@@ -160,6 +160,7 @@ def _compare_groups(selection: Selection, group_by: str, as_json: bool, as_csv: 
     from service.db.sweeps import swept
     from service.render import table
     from service.render.export import write_csv
+    from service.render.text import shown_value
 
     by = groups.parse_group_by(group_by)  # a bad --group-by is reported before the database is opened
     with _reading() as reader:
@@ -180,7 +181,8 @@ def _compare_groups(selection: Selection, group_by: str, as_json: bool, as_csv: 
              f"relative error and final loss {over}")
     short = {"relative_error": "rel. error", "final_loss": "final loss"}
     shown = [{**{k: r[k] for k in groups.columns(by)[: len(by) + 2]},
-              **{f"{short[m]} {s}": r[f"{m}_{s}"] for m in groups.METRICS for s in groups.STATISTICS}} for r in rows]
+              **{f"{short[m]} {s}": shown_value(m, r[f"{m}_{s}"], 1.0) for m in groups.METRICS
+                 for s in groups.STATISTICS}} for r in rows]  # a relative error as the jobs' own tables show it
     table.show(list(shown[0]) if shown else groups.columns(by), shown, title=title)
 
 

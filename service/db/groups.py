@@ -1,13 +1,13 @@
-"""Jobs summarised by group (`klab compare --group-by lr,method`): one row per group with the count, mean,
-standard deviation, least and greatest of each metric over the rest of what varies (typically seeds).
+"""Jobs summarised by group (`klab compare --group-by lr,method`): one row per group with the count, mean, standard
+deviation, least and greatest of each metric over the rest of what varies (typically seeds).
 
-One statement, in SQL, over the jobs table: a 200,000-job sweep comes back as a few rows without reading
-its jobs into Python. The standard deviation is computed in two passes, the group's mean first (a window
-over the group) and then the squared deviations from it, and not as the mean of squares less the squared
-mean, which cancels to noise when the spread is small beside the values; less what the mean's own rounding
-adds (equal values' mean need not round back to them: [0.1] * 3 has mean 0.10000000000000002, and numpy's
-std of them is 1.7e-17, not 0). The square root is taken here, since SQLite has no sqrt unless built with
-its math functions.
+One statement, in SQL, over the jobs table: a 200,000-job sweep comes back as a few rows without reading its jobs
+into Python. The standard deviation is computed in two passes, the group's mean first (a window over the group) and
+then the squared deviations from it, and not as the mean of squares less the squared mean, which cancels to noise
+when the spread is small beside the values; less what the mean's own rounding adds (equal values' mean need not
+round back to them: [0.1] * 3 has mean 0.10000000000000002, and numpy's std of them is 1.7e-17, not 0). For the same
+reason the mean is held between the least and the greatest value. The square root is taken here, since SQLite has no
+sqrt unless built with its math functions.
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def grouped(reader: Reader, selection: Selection, by: Sequence[str]) -> list[dic
         for i, m in enumerate(METRICS):
             n = int(r[f"n{i}"])
             low, high = (None, None) if n == 0 else (float(r[f"min{i}"]), float(r[f"max{i}"]))
-            row[f"{m}_mean"] = None if n == 0 else float(r[f"mean{i}"])
+            row[f"{m}_mean"] = None if n == 0 else min(max(float(r[f"mean{i}"]), low), high)  # a rounded sum's
             row[f"{m}_std"] = None if n < 2 else 0.0 if low == high else _std(n, r[f"ss{i}"], r[f"d{i}"])
             row[f"{m}_min"], row[f"{m}_max"] = low, high
         out.append(row)
