@@ -124,6 +124,14 @@ CASES = [
     Case("jobs-in-file-over-limit", ("submit", "-f", "{d}/eleven.jsonl"), "file", {"KLAB_MAX_SWEEP_JOBS": "10"}),
     Case("sweep-base-of-two-jobs", ("sweep", "-f", "{d}/two.jsonl", "--seed", "1,2"), "file"),
     Case("run-of-two-jobs", ("run", "-f", "{d}/two.jsonl"), "file"),
+    # whole numbers: past their 32-bit columns (PostgreSQL stored -2147483648), log-spaced ones that round together
+    Case("batch-size-past-its-column", ("submit", "--method", "adam", "--batch-size", "2147483648"), "batch-size"),
+    Case("epochs-past-their-column", ("run", "--method", "lstsq", "--epochs", "2147483648"), "epochs",
+         {"KLAB_MAX_EPOCHS": "3000000000"}),
+    Case("batch-size-past-64-bits", ("sweep", "--local", "--batch-size", str(2**63)), "batch-size"),
+    Case("log-spaced-seeds-that-round-together", ("sweep", "--seed", "1:2:5"), "seed"),
+    Case("log-spaced-epochs-that-round-together", ("sweep", "--local", "--epochs", "1:100:100"), "epochs"),
+    Case("log-spaced-seeds-not-whole", ("sweep", "--seed", "0.5:1.4:2"), "seed"),
     # unknown names
     Case("unknown-method", ("submit", "--method", "sgd"), "method"),
     Case("unknown-device", ("run", "--device", "tpu"), "device"),

@@ -93,6 +93,18 @@ def test_log_spaced_values_are_exact(tmp_path):
     assert grid({"lr": "0.002:0.2:5"}).swept["lr"] == [0.002, 0.00632455532034, 0.02, 0.0632455532034, 0.2]
 
 
+def test_whole_numbers_are_read_exactly_past_what_a_float_holds():
+    """A seed goes to 2**63 - 1; a float keeps whole numbers exactly only up to 2**53."""
+    from service.jobs.sweep import grid
+
+    big = 2**53 + 1
+    assert grid({"seed": f"{big}"}).fixed["seed"] == big
+    assert grid({"seed": f"{big}..{big + 2}"}).swept["seed"] == [big, big + 1, big + 2]  # was 5 seeds from 2**53
+    assert grid({"seed": f"{big},{big - 1}"}).swept["seed"] == [big, big - 1]  # were one seed "given twice"
+    assert grid({"seed": f"{2**63 - 1}"}).fixed["seed"] == 2**63 - 1  # was 2**63: "less than 2**63"
+    assert grid({"epochs": "10.0", "seed": "1e3"}).fixed == {"epochs": 10, "seed": 1000}  # as before
+
+
 def test_klab_worker_splits_the_cores_and_its_children_use_that_many_torch_threads(tmp_path, pg_db, redis_server,
                                                                                     worker_procs):
     from service.cli.workers import worker_argv

@@ -1,6 +1,7 @@
 """Sweeps: flags holding lists, ranges or log-spaced values, expanded into their cartesian product."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -42,6 +43,9 @@ _DASHED = re.compile(r"\s*([-+]?[\d.]+(?:[eE][-+]?\d+)?)\s*-\s*([\d.]+(?:[eE][-+
 
 
 def _number(field: str, text: str, integer: bool) -> float | int:
+    if integer:
+        with contextlib.suppress(ValueError):
+            return int(text)  # exactly: a float keeps whole numbers only up to 2**53 (a seed goes to 2**63 - 1)
     try:
         value = float(text)
     except ValueError:
@@ -93,7 +97,7 @@ def _values(field: str, item: str, limit: int) -> list[Any]:
         return list(range(int(lo), int(hi) + 1))
     if field in NUMERIC and item.count(":") == 2:
         a_s, b_s, n_s = item.split(":")
-        a, b = _number(field, a_s, False), _number(field, b_s, False)
+        a, b = _number(field, a_s, integer), _number(field, b_s, integer)
         n = _number(field, n_s, True)
         if n < 1 or n > limit:
             raise BadInput(field, f"{item}: the count must be between 1 and {limit} (KLAB_MAX_SWEEP_JOBS)")
@@ -106,7 +110,11 @@ def _values(field: str, item: str, limit: int) -> list[Any]:
         if not all(math.isfinite(v) for v in vals):
             raise BadInput(field, f"{item}: values out of range")
         if integer:
-            return sorted({int(round(v)) for v in vals})
+            whole = sorted({int(round(v)) for v in vals})
+            if len(whole) < n:  # log-spaced values closer than 1 round to the same whole number
+                raise BadInput(field, f"{item}: {n} log-spaced values from {a} to {b} round to {len(whole)} whole "
+                                      f"numbers; ask for fewer, or for all of them: {a}..{b}")
+            return whole
         return [float(f"{v:.12g}") for v in vals]
     if field in NUMERIC:
         return [_number(field, item, integer)]
