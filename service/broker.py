@@ -16,9 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 from service import defaults
-from service.errors import BrokerUnavailable, mask, one_line
+from service.errors import BadInput, BrokerUnavailable, mask, one_line
 from service.settings import settings
 
 QUEUES = ("cpu", "gpu")
@@ -85,8 +86,12 @@ def unavailable(broker_url: str, exc: BaseException) -> BrokerUnavailable:
 
 
 def check(broker_url: str | None = None) -> None:
-    """Fail fast, before anything is written, when the broker does not answer."""
+    """Fail fast, before anything is written, when the broker does not answer (or its URL names no database)."""
     broker_url = broker_url or settings().broker_url
+    number = urlsplit(broker_url).path.strip("/") if broker_url.startswith(("redis://", "rediss://")) else ""
+    if number and not (number.isascii() and number.isdigit()):  # kombu's int(): redis-py alone would use 0
+        raise BadInput("KLAB_BROKER_URL", f"the Redis database after the host is a number, as in "
+                                          f"redis://localhost:6379/0; got {mask(broker_url)!r}")
     try:
         if broker_url.startswith(("redis://", "rediss://", "unix://")):
             import redis

@@ -132,6 +132,10 @@ CASES = [
     Case("log-spaced-seeds-that-round-together", ("sweep", "--seed", "1:2:5"), "seed"),
     Case("log-spaced-epochs-that-round-together", ("sweep", "--local", "--epochs", "1:100:100"), "epochs"),
     Case("log-spaced-seeds-not-whole", ("sweep", "--seed", "0.5:1.4:2"), "seed"),
+    # a broker URL whose database is not a number (redis-py would use 0, kombu raised after the jobs were stored)
+    Case("broker-database-not-a-number", ("submit",), "KLAB_BROKER_URL", {"KLAB_BROKER_URL": "redis://127.0.0.1:1/abc"}),
+    Case("broker-database-with-more", ("sweep", "--seed", "0..2"), "KLAB_BROKER_URL",
+         {"KLAB_BROKER_URL": "redis://:pw@127.0.0.1:1/11/extra"}),
     # unknown names
     Case("unknown-method", ("submit", "--method", "sgd"), "method"),
     Case("unknown-device", ("run", "--device", "tpu"), "device"),
