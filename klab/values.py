@@ -83,8 +83,7 @@ class Files:
         buf = io.BytesIO()
         np.save(buf, array)  # an object array is pickled here, then refused unread as it would be in a file
         blob = buf.getvalue()
-        folder = settings().home / "arrays"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = settings().folder("arrays")
         path = folder / f"{hashlib.sha256(blob).hexdigest()}.npy"
         if not path.is_file():
             part = path.with_suffix(f".{os.getpid()}.part")  # another process may save the same array meanwhile

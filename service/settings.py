@@ -41,6 +41,17 @@ class Settings:
     default_database: bool = True
     """Whether KLAB_DATABASE_URL was left unset (the SQLite file in KLAB_HOME)."""
 
+    def folder(self, *names: str) -> Path:
+        """A folder in KLAB_HOME (KLAB_HOME itself with no names), made on first use."""
+        folder = self.home.joinpath(*names)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, a folder that cannot hold one
+            file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+            why = f"{file} is a file, not a folder" if file is not None else exc.strerror
+            raise BadInput("KLAB_HOME", f"cannot make the folder {folder}: {why}") from None
+        return folder
+
     @property
     def heartbeat_seconds(self) -> float:
         """How often a worker renews the lease of the jobs it trains: a fifth of the lease."""

@@ -132,6 +132,14 @@ CASES = [
     Case("log-spaced-seeds-that-round-together", ("sweep", "--seed", "1:2:5"), "seed"),
     Case("log-spaced-epochs-that-round-together", ("sweep", "--local", "--epochs", "1:100:100"), "epochs"),
     Case("log-spaced-seeds-not-whole", ("sweep", "--seed", "0.5:1.4:2"), "seed"),
+    # paths: empty (was: no file), too long for the file system (was: OSError), a database in memory (was: lost)
+    Case("spec-file-empty-path", ("run", "-f", ""), "file"),
+    Case("sweep-file-empty-path", ("sweep", "--local", "-f", ""), "file"),
+    Case("input-name-too-long", ("run", "--input", "npy:" + "x" * 256), "input"),
+    Case("spec-file-name-too-long", ("submit", "-f", "x" * 256 + ".yaml"), "file"),
+    Case("database-in-memory", ("run", "--epochs", "1"), "KLAB_DATABASE_URL", {"KLAB_DATABASE_URL": "sqlite://"}),
+    Case("database-in-memory-by-name", ("sweep", "--local", "--seed", "0..1"), "KLAB_DATABASE_URL",
+         {"KLAB_DATABASE_URL": "sqlite:///:memory:"}),
     # a broker URL whose database is not a number (redis-py would use 0, kombu raised after the jobs were stored)
     Case("broker-database-not-a-number", ("submit",), "KLAB_BROKER_URL", {"KLAB_BROKER_URL": "redis://127.0.0.1:1/abc"}),
     Case("broker-database-with-more", ("sweep", "--seed", "0..2"), "KLAB_BROKER_URL",
@@ -397,6 +405,13 @@ def test_a_group_without_a_command_prints_its_help_whole(args, cli_env):
     assert lines[0] == f"Usage: klab {' '.join(args) + ' ' if args else ''}[OPTIONS] COMMAND [ARGS]..."
     assert "Commands:" in lines and not any(line.startswith("klab: error:") for line in lines)
     assert any(line.split()[:1] == ["upgrade" if args else "sweep"] for line in lines)  # one line a command
+
+
+@pytest.mark.parametrize("args", [("run", "--epochs", "1"), ("list",)])
+def test_a_klab_home_that_cannot_be_a_folder_is_one_line(args, files, cli_env, setenv):
+    setenv(KLAB_DATABASE_URL=None, KLAB_HOME=str(files / "x.npy"))  # a file: was FileExistsError, exit 1
+    assert klab_here(*args) == (2, "", [f"klab: error: KLAB_HOME: cannot make the folder {files / 'x.npy'}: "
+                                        f"{files / 'x.npy'} is a file, not a folder"])
 
 
 def test_a_sweep_value_that_is_a_number_gets_no_range_hint(cli_env):

@@ -93,7 +93,7 @@ def spec_docs(spec_file: str | None, one: str | None = None) -> list[dict[str, A
     """The jobs of -f FILE (JSON, YAML or JSONL), or one empty job; `one`: why the file must hold one."""
     from service.jobs.spec import load_spec_file
 
-    docs = load_spec_file(spec_file) if spec_file else [{}]
+    docs = load_spec_file(spec_file) if spec_file is not None else [{}]
     if one and len(docs) != 1:
         raise BadInput("file", f"{spec_file} holds {len(docs)} jobs; {one}")
     limit = settings().max_sweep_jobs

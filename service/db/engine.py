@@ -15,7 +15,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from service import defaults
 from service.db.connect import HEAD, require_head, sqlite_setup, unreachable
-from service.errors import DatabaseUnavailable, mask
+from service.errors import BadInput, DatabaseUnavailable, mask
 from service.settings import describe, settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
@@ -50,12 +50,14 @@ def _create(url: str) -> Engine:
                                  connect_args={"connect_timeout": defaults.CONNECT_TIMEOUT_S})
         except (ArgumentError, ImportError) as exc:
             raise DatabaseUnavailable(f"cannot use {describe(url)}: {mask(str(exc))}", 2) from None
-    if u.database and u.database != ":memory:":
-        folder = Path(u.database).expanduser().parent
-        if url == settings().database_url and settings().default_database:
-            folder.mkdir(parents=True, exist_ok=True)  # KLAB_HOME, made on first use
-        elif not folder.is_dir():  # a typo in a path must not become a new, empty database
-            raise DatabaseUnavailable(f"the folder of the {describe(url)} does not exist: {folder}", 2)
+    if not u.database or u.database == ":memory:" or u.query.get("mode") == "memory":
+        raise BadInput("KLAB_DATABASE_URL", "an in-memory SQLite database would begin empty in every command and "
+                                            "lose what it stored; give a file, as sqlite:////path/to/klab.db")
+    folder = Path(u.database).expanduser().parent
+    if url == settings().database_url and settings().default_database:
+        settings().folder()  # KLAB_HOME, made on first use
+    elif not folder.is_dir():  # a typo in a path must not become a new, empty database
+        raise DatabaseUnavailable(f"the folder of the {describe(url)} does not exist: {folder}", 2)
     eng = create_engine(url, connect_args={"timeout": defaults.SQLITE_BUSY_MS / 1000})
     event.listen(eng, "connect", lambda dbapi_conn, _record: sqlite_setup(dbapi_conn))
 

@@ -62,9 +62,13 @@ def checked_file(field: str, raw: str) -> Path:
     """A file a user named: it exists, can be read, and is within KLAB_MAX_FILE_BYTES."""
     if not raw:
         raise BadInput(field, "missing file path")
-    path = Path(raw).expanduser()
-    if not path.is_file():  # a directory, a device (/dev/null) or nothing at all
-        raise BadInput(field, f"not a file: {raw}" if path.exists() else f"no such file: {raw}")
+    try:
+        path = Path(raw).expanduser()
+        regular, exists = path.is_file(), path.exists()
+    except (OSError, RuntimeError) as exc:  # a name too long for the file system, ~user of no user
+        raise BadInput(field, f"cannot read {raw}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not regular:  # a directory, a device (/dev/null) or nothing at all
+        raise BadInput(field, f"not a file: {raw}" if exists else f"no such file: {raw}")
     if not os.access(path, os.R_OK):
         raise BadInput(field, f"file is not readable: {raw}")
     size = path.stat().st_size
