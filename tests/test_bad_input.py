@@ -235,6 +235,9 @@ CASES = [
     Case("a-tag-with-a-comma", ("sweep", "--seed", "1,2", "--tag", "a,b"), "tag"),
     Case("a-sweep-name-longer-than-its-column", ("sweep", "--seed", "1,2", "--name", "x" * 201), "name"),
     Case("a-blank-sweep-name", ("sweep", "--seed", "1,2", "--name", " "), "name"),
+    Case("a-sweep-name-of-two-lines", ("sweep", "--seed", "1,2", "--name", "two\nlines"), "name"),  # split its row
+    Case("an-invisible-sweep-name", ("sweep", "--seed", "1,2", "--name", "\u200b"), "name"),
+    Case("a-tag-that-plays-on-the-terminal", ("sweep", "--seed", "1,2", "--tag", "\x1b[31mred"), "tag"),
     Case("no-value-for-a-swept-field", ("sweep", "--seed", ""), "seed"),
     Case("no-true-kernel-and-no-labels", ("run", "--kernel", "none"), "kernel"),
     Case("a-kernel-whose-labels-overflow", ("run", "--input", "ones:6x8", "--kernel", "[[3e38, 3e38]]"), "kernel"),

@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -213,7 +214,15 @@ def name(given: Any) -> str | None:
     text = given.strip()
     if not text or len(text) > NAME_LENGTH:
         raise BadInput("name", f"a sweep's name has 1 to {NAME_LENGTH} characters, got {_shown(given)}")
+    _printable("name", "a sweep's name", text)
     return text
+
+
+def _printable(field: str, what: str, text: str) -> None:
+    """A name or tag is one line of printable text: a newline would split its row in `klab sweeps`, an escape
+    sequence would be played by the terminal, a zero-width space would look like nothing."""
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text):
+        raise BadInput(field, f"{what} has no control or invisible characters, got {_shown(text)}")
 
 
 def tags(given: Iterable[str] | str) -> list[str]:
@@ -227,6 +236,7 @@ def tags(given: Iterable[str] | str) -> list[str]:
         tag = tag.strip()
         if not tag or len(tag) > TAG_LENGTH:
             raise BadInput("tag", f"a tag has 1 to {TAG_LENGTH} characters, got {_shown(tag)}")
+        _printable("tag", "a tag", tag)
         if "," in tag:
             meant = " ".join(f"--tag {t.strip()}" for t in tag.split(",") if t.strip())
             raise BadInput("tag", f"a tag has no commas, got {tag!r}; give each tag its own --tag"
