@@ -112,6 +112,22 @@ def test_a_yaml_number_with_colons_is_a_range_not_base_60(tmp_path):
     assert load_spec_file(str(path)) == [{"epochs": 12, "lr": 16}]
 
 
+def test_a_yaml_number_with_leading_zeros_is_decimal_as_on_the_command_line(tmp_path):
+    """YAML 1.1 reads 010 in base 8 (eight epochs); `--epochs 010` is ten."""
+    path = tmp_path / "job.yaml"
+    path.write_text("epochs: 010\nseed: [010, 8, -007, 0_12]\nlr: 0.010\nbatch-size: 0\n")
+    assert load_spec_file(str(path)) == [{"epochs": 10, "seed": [10, 8, -7, 12], "lr": 0.01, "batch_size": 0}]
+
+
+@pytest.mark.parametrize("values", [{"epochs": True}, {"lr": True}, {"seed": False}, {"batch_size": True},
+                                    {"noise": False}, {"tol": True}, {"bias": True}])
+def test_true_or_false_is_not_a_number(values):
+    """JSON's and YAML's true is 1 to pydantic: `epochs: true` trained one epoch."""
+    with pytest.raises(BadInput, match="must be a number, got (true|false)$") as exc:
+        JobSpec.parse(values)
+    assert exc.value.field == next(iter(values)).replace("_", "-")
+
+
 def test_json_and_jsonl_files(tmp_path):
     (tmp_path / "job.json").write_text(json.dumps({"seed": 4, "epochs": 3}))
     assert load_spec_file(str(tmp_path / "job.json")) == [{"seed": 4, "epochs": 3}]
@@ -126,6 +142,11 @@ def test_json_and_jsonl_files(tmp_path):
     ("list.yaml", "- a\n- b\n", "mapping of job fields$"),
     ("list.jsonl", '{"lr": 0.1}\n[1, 2]\n', "mapping of job fields \\(job 2: list\\)$"),
     ("empty.jsonl", "\n", "no jobs"),
+    ("twice.yaml", "epochs: 2\nepochs: 3\n", "names a field twice \\('epochs'\\); give each field once$"),
+    ("spelled-twice.yaml", "batch-size: 3\nbatch_size: 4\n", "\\('batch-size' and 'batch_size'\\)"),
+    ("twice.json", '{"epochs": 2, "epochs": 3}', "names a field twice \\('epochs'\\)"),
+    ("twice.jsonl", '{"seed": 1}\n{"lr": 0.1, "lr": 0.2}\n', "names a field twice \\('lr', line 2\\)"),
+    ("sweep-twice.yaml", "batch_size: [1, 2]\nbatch-size: 3\n", "\\('batch_size' and 'batch-size'\\)"),
 ])
 def test_bad_spec_files_name_the_file_field(tmp_path, name, text, message):
     path = tmp_path / name

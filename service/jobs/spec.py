@@ -57,6 +57,13 @@ class JobSpec(BaseModel):
         """`--kernel none`: no true kernel (labels given with --labels); the kernel's shape follows from them."""
         return None if value is not None and means_no_kernel(value) else value
 
+    @field_validator("lr", "bias", "noise", "tol", "epochs", "batch_size", "seed", mode="before")
+    @classmethod
+    def _not_true_or_false(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # a file's `epochs: true` would train one epoch
+            raise ValueError(f"must be a number, got {str(value).lower()}")
+        return value
+
     @field_validator("lr", "bias", "noise", "tol")
     @classmethod
     def _finite(cls, value: float | None) -> float | None:
@@ -131,15 +138,19 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
             for number, line in enumerate(text.splitlines(), 1):
                 if line.strip():
                     try:
-                        docs.append(json.loads(line))
+                        docs.append(json.loads(line, object_pairs_hook=_once))
+                    except Twice as exc:
+                        raise Twice(f"{exc}, line {number}") from None
                     except ValueError:
                         raise BadInput(field, f"{path} is not valid jsonl (line {number})") from None
             if not docs:
                 raise BadInput(field, f"{path} holds no jobs")
         elif p.suffix == ".json":
-            docs = [json.loads(text)]
+            docs = [json.loads(text, object_pairs_hook=_once)]
         else:
             docs = [_yaml(field, path, text)]
+    except Twice as exc:
+        raise BadInput(field, f"{path} names a field twice ({exc}); give each field once") from None
     except BadInput:
         raise
     except (ValueError, yaml.YAMLError, RecursionError) as exc:
@@ -152,6 +163,22 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
             which = f" (job {n}: {type(doc).__name__})" if p.suffix == ".jsonl" else ""
             raise BadInput(field, f"{path} must hold a mapping of job fields{which}")
     return [{k.replace("-", "_") if isinstance(k, str) else k: v for k, v in doc.items()} for doc in docs]
+
+
+class Twice(ValueError):
+    """A file's mapping that names a field twice (or as `batch-size` and `batch_size`): JSON and YAML would keep
+    the last value without a word."""
+
+
+def _once(pairs: Sequence[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A mapping from its (key, value) pairs, each field named once (Twice otherwise)."""
+    seen: dict[Any, Any] = {}
+    for key, _ in pairs:
+        same = key.replace("-", "_") if isinstance(key, str) else key
+        if same in seen:
+            raise Twice(f"{seen[same]!r} and {key!r}" if seen[same] != key else repr(key))
+        seen[same] = key
+    return dict(pairs)
 
 
 YAML_VALUES = 100_000
@@ -197,17 +224,25 @@ def _values(node: Any, most: int) -> int:
     return count(node)
 
 
+_LEADING_ZERO = re.compile(r"[-+]?0[0-9_]+")
+"""A whole number written with leading zeros, which YAML 1.1 reads in base 8."""
+
+
 def _loader() -> type:
     """YAML's safe loader, but a number with colons stays text: YAML 1.1 reads `1:16:5` in base 60 (as 4565),
-    where a sweep file means 5 log-spaced values from 1 to 16."""
+    where a sweep file means 5 log-spaced values from 1 to 16; and one with leading zeros is in base 10."""
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            _once([(k.value, None) for k, _ in node.value if isinstance(k, yaml.ScalarNode)])
+            return super().construct_mapping(node, deep)
 
     def number(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
         if ":" in node.value:
             return loader.construct_scalar(node)
+        if _LEADING_ZERO.fullmatch(node.value):  # 010 is ten, as on the command line (YAML 1.1: eight)
+            return int(node.value.replace("_", ""), 10)
         return (yaml.SafeLoader.construct_yaml_int if node.tag.endswith(":int")
                 else yaml.SafeLoader.construct_yaml_float)(loader, node)
 
