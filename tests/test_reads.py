@@ -34,7 +34,7 @@ def core_value(row: Any, name: str) -> Any:
 def varied_jobs(db_url: str, add_job) -> list[int]:
     """Jobs with every kind of value: finished, diverged with nulls, unidentifiable, biased, never run."""
     upgrade(db_url)
-    spec = JobSpec.parse({"input": "random:5x7", "kernel": "random:2x2", "bias": True, "epochs": 4, "seed": 2**40})
+    spec = JobSpec.parse({"input": "random:5x7", "kernel": "random:2x2", "bias": 1.0, "epochs": 4, "seed": 2**40})
     with writing(db_url) as conn:
         sweep = writes.create_sweep(conn, {"lr": [0.1]}, 1)
         ids = [add_job(conn, relative=0.25, sweep_id=sweep), add_job(conn, relative=None, status="diverged"),

@@ -60,6 +60,17 @@ def test_a_sweeps_values_given_to_one_job_point_at_klab_sweep(values, field):
     assert str(exc.value).endswith("; several values make a sweep: klab sweep")
 
 
+@pytest.mark.parametrize("values,field", [({"lr": "0.01:0.1:3"}, "lr"), ({"tol": "0.1,0.2"}, "tol"),
+                                          ({"bias": [0.1, 0.2]}, "bias")])
+def test_log_spaced_values_point_at_a_sweep_and_what_cannot_be_swept_says_so(values, field):
+    """`--lr 0.01:0.1:3` is a sweep's too; `klab sweep --tol 0.1,0.2` was told to use klab sweep."""
+    with pytest.raises(BadInput) as exc:
+        JobSpec.parse(values)
+    assert exc.value.field == field
+    assert str(exc.value).endswith("; several values make a sweep: klab sweep" if field == "lr" else
+                                   "; a sweep varies only input, kernel, method, lr, epochs, batch_size, seed, noise")
+
+
 @pytest.mark.parametrize("values", [{"lr": "x"}, {"method": "sgd"}, {"epochs": "2.5"}, {"seed": -1}])
 def test_a_single_bad_value_is_not_told_about_sweeps(values):
     with pytest.raises(BadInput) as exc:

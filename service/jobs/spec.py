@@ -117,8 +117,10 @@ def bad_input_from(exc: ValidationError) -> BadInput:
     if err["type"] in ("enum",):
         message = f"unknown value {got!r}; {message[0].lower()}{message[1:]}"
     if isinstance(got, list) or (isinstance(got, str) and (err["type"].endswith("_parsing") or err["type"] == "enum")
-                                 and (".." in got or "," in got)):  # a sweep's values given to one job
-        message += f"; {SWEEP_HINT}"
+                                 and (".." in got or "," in got or got.count(":") == 2)):  # a sweep's values
+        from service.jobs.sweep import SWEEPABLE
+
+        message += f"; {SWEEP_HINT}" if field in SWEEPABLE else f"; a sweep varies only {', '.join(SWEEPABLE)}"
     return BadInput(field.replace("_", "-"), message)
 
 
