@@ -69,9 +69,21 @@ def jobs(ids: int | Iterable[int] | None = None, sweep: int | None = None, **fil
     from service.db.reads import reading, summaries
 
     selection = _selection(ids, sweep)
+    equal = {k: _one_value(k, v) for k, v in filters.items()}
     with reading() as reader:
-        rows = summaries(reader, selection, {k: _plain(v) for k, v in filters.items()})
-    return _times(pd.DataFrame(rows, columns=list(schema.SUMMARY_NAMES)), TIMES)
+        rows = summaries(reader, selection, equal)
+    frame = pd.DataFrame(rows, columns=list(schema.SUMMARY_NAMES))
+    frame["sweep_id"] = frame["sweep_id"].astype("Int64")  # whole numbers with gaps, as klab.jobs(sweep=...) takes
+    return _times(frame, TIMES)
+
+
+def _one_value(name: str, value: Any) -> Any:
+    """A filter's value: one text, number, True or False, or None (is null), as the databases bind it."""
+    value = _plain(value)
+    if value is not None and not isinstance(value, (str, int, float)):  # True and False are ints
+        raise BadInput(name, f"a filter is one value (text, a number, True or False, or None), got "
+                             f"{type(value).__name__}; filter the frame for more")
+    return value
 
 
 @public

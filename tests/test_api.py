@@ -108,6 +108,11 @@ BAD = [
      "several values make a sweep: klab.sweep(...)"),
     ("sweep-text", lambda: klab.submit(lr="0.1,0.2"), "lr", "several values make a sweep: klab.sweep(...)"),
     ("unknown-filter", lambda: klab.jobs(colour="red"), "colour", "unknown filter"),
+    ("a-filter-of-a-list", lambda: klab.jobs(lr=[0.03]), "lr", "a filter is one value"),  # was sqlite3's error
+    ("a-filter-of-a-timestamp", lambda: klab.jobs(created_at=np.datetime64("2026-01-01T00:00:00")), "created_at",
+     "got datetime"),
+    ("a-method-no-job-has", lambda: klab.jobs(method="sgd"), "method", "unknown method 'sgd'"),  # was: no jobs
+    ("a-kernel-no-job-has", lambda: klab.jobs(kernel="sobel"), "kernel", "unknown kernel 'sobel'"),
     ("unknown-job", lambda: klab.show(999), "id", "no job 999"),
     ("unknown-sweep", lambda: klab.jobs(sweep=42), "sweep", "no sweep 42"),
     ("a-job-past-64-bits", lambda: klab.show(2**64), "id", f"no job {2**64}"),  # SQLite's driver cannot bind it
@@ -184,6 +189,18 @@ def test_ids_and_values_from_a_dataframe_select_as_python_numbers_do(klab_db, ad
     assert klab.epochs(none).empty and list(klab.epochs(none).columns) == list(EPOCH_NAMES)
     with pytest.raises(klab.BadInput, match="^colour: unknown filter"):
         klab.jobs(none, colour="red")
+
+
+def test_sweep_ids_with_gaps_come_back_whole_and_filters_read_as_klab_list_reads_them(klab_db, add_job):
+    with writing() as conn:
+        sweep = create_sweep(conn, {"swept": {"seed": [1]}, "fixed": {}}, 1, "one")
+        inside = add_job(conn, sweep_id=sweep, kernel="[[1, -1]]")
+        outside = add_job(conn, kernel="[[1,-1]]")  # in no sweep: the column has a gap
+    frame = klab.jobs()
+    assert str(frame["sweep_id"].dtype) == "Int64"  # was float64: klab.jobs(sweep=1.0) is refused
+    assert klab.jobs(sweep=frame["sweep_id"].dropna().iloc[0])["id"].tolist() == [inside]
+    assert klab.jobs(kernel="[[1,-1]]")["id"].tolist() == [inside, outside]  # whatever spaces, as klab list
+    assert klab.jobs(kernel="none").empty and klab.jobs(method="adam").empty
 
 
 def test_empty_database_gives_empty_frames_with_their_columns(klab_db):

@@ -12,7 +12,6 @@ import click
 from service.cli import cli
 from service.cli.options import selected
 from service.errors import BadInput
-from service.jobs.choices import KERNEL_PRESETS, NO_KERNEL, Method, means_no_kernel
 from service.jobs.selection import Selection
 
 
@@ -45,21 +44,6 @@ def _unless_ignored(column: str, text: Callable[[dict[str, Any]], str] | None = 
     return shown
 
 
-def _known(method: str | None, kernel: str | None) -> tuple[str | None, str | None]:
-    """Filter values checked as a job's own would be (an unknown one is refused, not answered `no jobs`): a
-    method or a kernel preset by name, other kernels by the parser that reads a job's (it loads numpy)."""
-    if method is not None and method not in set(Method):
-        raise BadInput("method", f"unknown method {method!r}; choose from {', '.join(Method)}")
-    if kernel is not None and means_no_kernel(kernel):  # as a job's spec reads it
-        return method, NO_KERNEL
-    # npy:PATH is not read: the file may be gone, its jobs are not
-    if kernel is not None and kernel not in KERNEL_PRESETS and not kernel.startswith("npy:"):
-        from service.jobs.inputs import parse_kernel
-
-        parse_kernel(kernel, 0)
-    return method, kernel
-
-
 @cli.command("list")
 @click.option("--status", default=None, help="only jobs with this status (succeeded, diverged, failed, ...)")
 @click.option("--sweep", type=int, default=None, help="only the jobs of this sweep")
@@ -76,11 +60,11 @@ def _known(method: str | None, kernel: str | None) -> tuple[str | None, str | No
 def list_(status: str | None, sweep: int | None, method: str | None, kernel: str | None, tag: str | None,
           sort: str, limit: int, as_json: bool) -> None:
     """One row per stored job, newest first."""
-    from service.db import reads
+    from service.db import filters, reads
     from service.render import table
 
     reads.parse_sort(sort)  # a bad --sort is reported before the database is opened
-    method, kernel = _known(method, kernel)
+    method, kernel = filters.known(method, kernel)
     with _reading() as reader:
         rows = reads.list_jobs(reader, status=status, sweep=sweep, method=method, kernel=kernel, tag=tag,
                                sort=sort, limit=limit)

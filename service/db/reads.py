@@ -18,11 +18,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from service.db import filters
 from service.db.connect import HEAD, INTEGER_MOST, Reader, open_reader
 from service.errors import BadInput, DatabaseUnavailable
 from service.jobs import result
 from service.jobs import status as statuses
-from service.jobs.choices import NO_KERNEL
 from service.jobs.selection import Selection
 from service.settings import settings
 
@@ -202,19 +202,6 @@ def tagged(reader: Reader, tag: str) -> str:
     return "EXISTS (SELECT 1 FROM json_each(sweeps.tags) AS t WHERE t.value = :tag)"
 
 
-LITERAL_KERNEL = ("kernel LIKE :literal AND (replace(kernel, ' ', '') = :kernel OR (length(kernel) = :cut AND "
-                  "substr(:kernel, 1, length(replace(kernel, ' ', ''))) = replace(kernel, ' ', '')))")
-"""A job given the literal :kernel (spaces left out), whatever spaces either had; one longer than its column (:cut)
-matches on what the column keeps. `LIKE '[%'` (:literal; kernels are stored stripped) lets PostgreSQL count the
-literals: a rare one is found by a parallel scan, not by walking every job (0.61 s, not 1.24: bench/RESULTS.md)."""
-
-KERNEL = "kernel = :kernel AND length(kernel) = :kernel_length"
-"""A job given :kernel (a preset, random:..., npy:PATH). The length, implied by the equality, is for PostgreSQL
-without statistics: it took any kernel for one job in 200 and walked every job newest first (1.07 s on 1,000,000
-jobs for a rare one); one in 40,000 it scans them in parallel (0.57 s). With statistics a common kernel is still
-found among the newest jobs (0.18 s)."""
-
-
 def list_jobs(reader: Reader, *, status: str | None = None, sweep: int | None = None,
               method: str | None = None, kernel: str | None = None, tag: str | None = None, sort: str = "-id",
               limit: int | None = 50) -> list[dict[str, Any]]:
@@ -239,15 +226,10 @@ def list_jobs(reader: Reader, *, status: str | None = None, sweep: int | None = 
     if method is not None:
         conditions.append("method = :method")
         params["method"] = method
-    if kernel == NO_KERNEL:  # the jobs given labels and no true kernel
-        conditions.append("kernel IS NULL")
-    elif kernel is not None and kernel.lstrip().startswith("["):
-        conditions.append(LITERAL_KERNEL)
-        params.update(kernel="".join(kernel.split()), cut=result.BY_NAME["kernel"].length, literal="[%")
-    elif kernel is not None:
-        conditions.append(KERNEL)
-        cut = kernel[:result.BY_NAME["kernel"].length]  # as the column keeps it
-        params.update(kernel=cut, kernel_length=len(cut))
+    if kernel is not None:
+        sql, named = filters.kernel_is(kernel)
+        conditions.append(sql)
+        params.update(named)
 
     def listed(more: list[str], order: str, n: int | None) -> list[dict[str, Any]]:
         where = conditions + more
@@ -381,19 +363,26 @@ def dataset(reader: Reader, dataset_id: int) -> np.ndarray:
     return np.load(io.BytesIO(bytes(row["data"])), allow_pickle=False)
 
 
-def summaries(reader: Reader, selection: Selection | None, filters: dict[str, Any] | None = None
+def summaries(reader: Reader, selection: Selection | None, equal: dict[str, Any] | None = None
               ) -> list[dict[str, Any]]:
-    """The job_summary rows of the jobs a selection names (None: no job), by id, where each filter (a summary
-    column) equals its value (None: is null)."""
+    """The job_summary rows of the jobs a selection names (None: no job), by id, where each summary column named
+    in `equal` equals its value (None: is null); a status, a method or a kernel is read as `klab list` reads it."""
     clause, params = _where_any(reader, selection)
     conditions = [clause]
-    for n, (name, value) in enumerate((filters or {}).items()):
+    for n, (name, value) in enumerate((equal or {}).items()):
         if name not in result.SUMMARY_NAMES:
             raise BadInput(name, f"unknown filter; choose from {', '.join(result.SUMMARY_NAMES)}")
         col = result.BY_NAME[name].col
+        if name == "kernel" and value is not None:  # as `klab list --kernel`: a literal whatever its spaces
+            sql, named = filters.kernel_is(filters.known(None, value)[1])
+            conditions.append(sql)
+            params.update(named)
+            continue
         if value is None:
             conditions.append(f"{col} IS NULL")
             continue
+        if name == "method":
+            filters.known(value, None)  # an unknown one is refused, as by `klab list --method`
         conditions.append(f"{col} = :f{n}")
         params[f"f{n}"] = statuses.parse(value).value if name == "status" else value
     return _fetch(reader, f"SELECT {result.select_list(result.SUMMARY_NAMES)} FROM jobs "  # noqa: S608
