@@ -191,6 +191,16 @@ def test_ids_and_values_from_a_dataframe_select_as_python_numbers_do(klab_db, ad
         klab.jobs(none, colour="red")
 
 
+@pytest.mark.parametrize(("variable", "value"), [("KLAB_MAX_EPOCHS", "abc"), ("KLAB_MAX_INPUT_ELEMENTS", "-5"),
+                                                 ("KLAB_DATABASE_URL", "mysql://u@h/db")])
+def test_a_bad_setting_is_named_as_itself_not_as_the_field_whose_check_read_it(variable, value, setenv):
+    setenv(**{variable: value})
+    for call in (lambda: klab.run(epochs=2, store=False), lambda: klab.submit(epochs=2)):
+        with pytest.raises(klab.BadInput) as caught:  # was `epochs: KLAB_MAX_EPOCHS: ...`, .field "epochs"
+            call()
+        assert caught.value.field == variable and str(caught.value).startswith(f"{variable}: ")
+
+
 def test_sweep_ids_with_gaps_come_back_whole_and_filters_read_as_klab_list_reads_them(klab_db, add_job):
     with writing() as conn:
         sweep = create_sweep(conn, {"swept": {"seed": [1]}, "fixed": {}}, 1, "one")

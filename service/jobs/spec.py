@@ -88,6 +88,7 @@ class JobSpec(BaseModel):
     @classmethod
     def parse(cls, values: dict[str, Any]) -> JobSpec:
         """A spec from plain values, with any error turned into BadInput naming the field."""
+        settings()  # a bad KLAB_* variable is named as itself here, not inside a field's validator (epochs')
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
