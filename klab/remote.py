@@ -29,6 +29,11 @@ class Handle:
             return f"Handle(sweep={self.sweep}, jobs={len(self.ids)})"
         return f"Handle(ids={list(self.ids) if len(self.ids) <= 10 else f'[{len(self.ids)} jobs]'})"
 
+    @public
+    def __post_init__(self) -> None:
+        if not self.ids and self.sweep is None:  # a Selection of neither is every job in the database
+            raise BadInput("ids", "a Handle holds the ids of jobs, or a sweep")
+
     @property
     def selection(self) -> Selection:
         return Selection(sweep=self.sweep) if self.sweep is not None else Selection(self.ids)
@@ -45,6 +50,8 @@ class Handle:
         """Until every job is finished, with a progress bar (TimeoutError after `timeout` seconds)."""
         from klab.progress import follow
 
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
+            raise BadInput("timeout", f"seconds, a number or None, got {timeout!r}")
         follow(self.selection, timeout, progress)
         return self
 

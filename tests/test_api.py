@@ -111,6 +111,8 @@ BAD = [
     ("a-filter-of-a-list", lambda: klab.jobs(lr=[0.03]), "lr", "a filter is one value"),  # was sqlite3's error
     ("a-filter-of-a-timestamp", lambda: klab.jobs(created_at=np.datetime64("2026-01-01T00:00:00")), "created_at",
      "got datetime"),
+    ("a-handle-of-no-job", lambda: klab.Handle(()), "ids", "a Handle holds the ids of jobs"),  # was every job
+    ("a-timeout-as-text", lambda: klab.Handle((1,)).wait(timeout="1"), "timeout", "got '1'"),  # was a TypeError
     ("a-method-no-job-has", lambda: klab.jobs(method="sgd"), "method", "unknown method 'sgd'"),  # was: no jobs
     ("a-kernel-no-job-has", lambda: klab.jobs(kernel="sobel"), "kernel", "unknown kernel 'sobel'"),
     ("unknown-job", lambda: klab.show(999), "id", "no job 999"),
