@@ -54,6 +54,14 @@ def job_values(jobs: Any) -> list[dict[str, Any]]:
     return [dict(doc) for doc in docs]
 
 
+def _numpy(tensor: Any) -> Any:
+    """A CPU tensor's values as numpy's, a dtype numpy lacks (bfloat16) as float32."""
+    try:
+        return tensor.numpy()
+    except TypeError:  # Got unsupported ScalarType BFloat16
+        return tensor.float().numpy()
+
+
 def given(values: Mapping[str, Any]) -> dict[str, Any]:
     """The values a caller gave (None: the CLI's default)."""
     return {k: v for k, v in values.items() if v is not None}
@@ -76,7 +84,7 @@ class Files:
         """An array or tensor as npy:PATH."""
         import numpy as np
 
-        array = value if isinstance(value, np.ndarray) else value.detach().cpu().numpy()
+        array = value if isinstance(value, np.ndarray) else _numpy(value.detach().cpu())
         limit = settings().max_file_bytes
         if array.nbytes > limit:  # refused before it is written, with the limit a file of it would meet
             raise BadInput(field, f"{ARRAY_NAME} is {array.nbytes} bytes, more than the limit {limit}")
@@ -106,10 +114,14 @@ class Files:
         return {k: self._flag(k, v) for k, v in given(values).items()}
 
     def _flag(self, field: str, value: Any) -> str:
-        if field not in ARRAY_FIELDS and is_array(value):  # np.logspace(...), torch.arange(...): their values
-            value = value.tolist()
+        pandas = type(value).__module__.split(".")[0] == "pandas"
+        if field not in ARRAY_FIELDS and (is_array(value) or pandas and hasattr(value, "tolist")):
+            value = value.tolist()  # np.logspace(...), torch.arange(...), a DataFrame's column: their values
         elif isinstance(value, Iterator):  # a generator: its items, as a list's
             value = list(value)
+        elif isinstance(value, (set, frozenset, Mapping)) or pandas:  # no order to sweep in, or not one list
+            raise BadInput(field, f"a sweep's values are a list, tuple, range, generator or array, not a "
+                                  f"{type(value).__name__}")
         return as_flag(field, value, lambda v: self._text(field, v))
 
     def _text(self, field: str, value: Any) -> str:

@@ -111,6 +111,10 @@ BAD = [
     ("a-filter-of-a-list", lambda: klab.jobs(lr=[0.03]), "lr", "a filter is one value"),  # was sqlite3's error
     ("a-filter-of-a-timestamp", lambda: klab.jobs(created_at=np.datetime64("2026-01-01T00:00:00")), "created_at",
      "got datetime"),
+    ("a-set-of-values", lambda: klab.sweep(lr={0.01, 0.02}, local=True), "lr", "not a set"),
+    ("a-frame-of-values", lambda: klab.sweep(seed=__import__("pandas").DataFrame({"s": [1]}), local=True), "seed",
+     "not a DataFrame"),
+    ("an-unknown-field-swept", lambda: klab.sweep(lrs=[0.1, 0.2], local=True), "lrs", "unknown field; did you mean lr"),
     ("a-handle-of-no-job", lambda: klab.Handle(()), "ids", "a Handle holds the ids of jobs"),  # was every job
     ("a-timeout-as-text", lambda: klab.Handle((1,)).wait(timeout="1"), "timeout", "got '1'"),  # was a TypeError
     ("a-method-no-job-has", lambda: klab.jobs(method="sgd"), "method", "unknown method 'sgd'"),  # was: no jobs
@@ -350,6 +354,12 @@ def test_a_sweep_takes_arrays_tensors_and_generators_of_values_and_a_tag_as_text
     assert sorted(set(frame["lr"])) == [0.01, 0.03] and sorted(set(frame["seed"])) == [0, 1]
     assert sorted(set(frame["method"])) == ["adam", "d2l-manual"]
     assert klab.sweeps()["tags"].tolist() == [["book"]]  # one tag, not b, o and k
+    import pandas as pd
+
+    frame = klab.sweep(**BOOK, epochs=1, lr=pd.Series([0.01, 0.03]), seed=pd.RangeIndex(2), local=True).jobs()
+    assert sorted(set(frame["lr"])) == [0.01, 0.03] and sorted(set(frame["seed"])) == [0, 1]  # was a text's lines
+    bf16 = klab.run(input=book_data()[0].to(torch.bfloat16), epochs=1, store=False)  # was a TypeError
+    assert bf16.status == JobStatus.SUCCEEDED.value
 
 
 def test_a_handle_that_times_out_says_how_far_its_jobs_came(client_of):

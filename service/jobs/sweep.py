@@ -185,7 +185,9 @@ def as_flag(field: str, value: Any, text: Callable[[Any], str] = _text) -> str:
     if isinstance(value, range) and value.step == 1 and len(value) > 1:
         return f"{value.start}..{value.stop - 1}"
     if isinstance(value, (list, tuple, range)) and not (field == "kernel" and kernel_literal(value)):
-        if field not in SWEEPABLE:
+        from service.jobs.spec import JobSpec
+
+        if field not in SWEEPABLE and field in JobSpec.model_fields:  # an unknown one is named as such later
             raise BadInput(field.replace("_", "-"), f"takes one value, not a list; only {', '.join(SWEEPABLE)} "
                                                     "can be swept")
         return ",".join(text(v) for v in value)
