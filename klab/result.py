@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from klab.errors import public
 from service.jobs import result as schema
 from service.jobs.status import JobStatus
 
@@ -78,11 +79,13 @@ class Result:
         names = [n for n in schema.EPOCH_NAMES if n != "job_id"]
         return pd.DataFrame(self.data.get("epochs") or [], columns=names)
 
+    @public
     def plot(self) -> Figure:
-        """The loss curve and the kernels, as `klab plot ID` draws them."""
+        """The loss curve and the kernels, as `klab plot ID` draws them (a job without epochs: klab.BadInput)."""
         from klab.figure import job_figure
+        from service.render.axes import drawable
 
-        return job_figure(self.data)
+        return job_figure(drawable(self.data))
 
     def _repr_html_(self) -> str:
         from klab.html import result_html

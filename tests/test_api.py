@@ -115,6 +115,8 @@ BAD = [
     ("a-frame-of-values", lambda: klab.sweep(seed=__import__("pandas").DataFrame({"s": [1]}), local=True), "seed",
      "not a DataFrame"),
     ("an-unknown-field-swept", lambda: klab.sweep(lrs=[0.1, 0.2], local=True), "lrs", "unknown field; did you mean lr"),
+    ("a-plot-of-no-epochs", lambda: klab.Result({"id": 3, "status": "queued", "epochs": []}).plot(), "id",
+     "job 3 has no epochs to plot (it is queued)"),  # was an empty figure; klab plot 3 refuses it so
     ("a-handle-of-no-job", lambda: klab.Handle(()), "ids", "a Handle holds the ids of jobs"),  # was every job
     ("a-timeout-as-text", lambda: klab.Handle((1,)).wait(timeout="1"), "timeout", "got '1'"),  # was a TypeError
     ("a-method-no-job-has", lambda: klab.jobs(method="sgd"), "method", "unknown method 'sgd'"),  # was: no jobs

@@ -424,6 +424,19 @@ def test_an_exactly_learned_kernel_keeps_the_log_axis() -> None:
     assert [t.get_text() for t in hist.get_legend().get_texts()] == ["geometric mean 0", "10th-90th percentile 0-0"]
 
 
+def test_a_loss_of_0_at_every_epoch_says_so_and_a_job_without_a_true_kernel_says_why_it_has_no_error() -> None:
+    exact = result_of({"method": "lstsq"}, relative=0.0, epochs=1)
+    exact["epochs"][0]["loss"] = 0.0  # least squares fits labels made by a kernel exactly
+    loss = by_title(plot.figure_job(exact), "loss")
+    assert loss.get_xlabel() == "epoch\nexactly 0 at 1 epoch"  # was a bare linear axis from -0.04 to 0.04
+    free = result_of({}, epochs=20, true_kernel=None)
+    for e in free["epochs"]:
+        e["kernel_error"] = None  # labels given, no true kernel: nothing to measure against
+    error = by_title(plot.figure_job(free), "kernel error")
+    assert [t.get_text() for t in error.texts] == ["no true kernel"]  # was "no epochs", of a job of 20
+    assert error.get_xlim() == (1, 20) and list(error.get_yticks()) == []
+
+
 def test_a_seed_only_sweep_shows_the_distribution_of_its_errors() -> None:
     rng = np.random.default_rng(2)
     rows = [{"id": i, "status": SUCCEEDED, "lr": 0.03, "seed": i, "relative_error": float(e)}

@@ -130,6 +130,12 @@ def test_a_yaml_number_with_leading_zeros_is_decimal_as_on_the_command_line(tmp_
     assert load_spec_file(str(path)) == [{"epochs": 10, "seed": [10, 8, -7, 12], "lr": 0.01, "batch_size": 0}]
 
 
+def test_a_sweep_knows_every_field_of_a_job():
+    from service.jobs.sweep import ONE_VALUE, SWEEPABLE
+
+    assert sorted(SWEEPABLE + ONE_VALUE) == sorted(JobSpec.model_fields)
+
+
 @pytest.mark.parametrize("values", [{"epochs": True}, {"lr": True}, {"seed": False}, {"batch_size": True},
                                     {"noise": False}, {"tol": True}, {"bias": True}])
 def test_true_or_false_is_not_a_number(values):

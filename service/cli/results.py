@@ -261,6 +261,7 @@ def plot(selection: Selection, output: str) -> None:
     from pathlib import Path
 
     from service.db import reads
+    from service.render.axes import drawable
 
     sweep = selection.sweep
     if not output.lower().endswith(".png"):
@@ -272,8 +273,7 @@ def plot(selection: Selection, output: str) -> None:
             found = {r["id"]: r for r in reads.results(reader, selection)}
             results = [found[i] for i in selection.ids]
             for r in results:
-                if not r["epochs"]:
-                    raise BadInput("id", f"job {r['id']} has no epochs to plot (it is {r['status']})")
+                drawable(r)
         else:
             name = reads.sweep_name(reader, sweep)
             rows = reads.sweep_points(reader, selection)

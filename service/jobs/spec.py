@@ -15,6 +15,7 @@ from service import defaults
 from service.errors import BadInput
 from service.jobs.choices import Device, Method, means_no_kernel
 from service.jobs.inputs import checked_file
+from service.jobs.sweep import SWEEPABLE
 from service.settings import settings
 
 COLUMN_MOST = 2**31 - 1
@@ -119,8 +120,6 @@ def bad_input_from(exc: ValidationError) -> BadInput:
         message = f"unknown value {got!r}; {message[0].lower()}{message[1:]}"
     if isinstance(got, list) or (isinstance(got, str) and (err["type"].endswith("_parsing") or err["type"] == "enum")
                                  and (".." in got or "," in got or got.count(":") == 2)):  # a sweep's values
-        from service.jobs.sweep import SWEEPABLE
-
         message += f"; {SWEEP_HINT}" if field in SWEEPABLE else f"; a sweep varies only {', '.join(SWEEPABLE)}"
     return BadInput(field.replace("_", "-"), message)
 

@@ -16,6 +16,8 @@ from service.jobs.choices import NO_KERNEL
 from service.settings import settings
 
 SWEEPABLE = ("input", "kernel", "method", "lr", "epochs", "batch_size", "seed", "noise")
+ONE_VALUE = ("labels", "bias", "tol", "device")
+"""The job's other fields (service.jobs.spec.JobSpec): one value for every job of a sweep."""
 INTEGER = ("epochs", "batch_size", "seed")
 NUMERIC = ("lr", "noise", *INTEGER)
 
@@ -185,9 +187,7 @@ def as_flag(field: str, value: Any, text: Callable[[Any], str] = _text) -> str:
     if isinstance(value, range) and value.step == 1 and len(value) > 1:
         return f"{value.start}..{value.stop - 1}"
     if isinstance(value, (list, tuple, range)) and not (field == "kernel" and kernel_literal(value)):
-        from service.jobs.spec import JobSpec
-
-        if field not in SWEEPABLE and field in JobSpec.model_fields:  # an unknown one is named as such later
+        if field in ONE_VALUE:  # an unknown field goes on, to be named as unknown by the job's spec
             raise BadInput(field.replace("_", "-"), f"takes one value, not a list; only {', '.join(SWEEPABLE)} "
                                                     "can be swept")
         return ",".join(text(v) for v in value)

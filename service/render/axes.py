@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from service.errors import BadInput
 from service.jobs.status import JobStatus
 from service.render.text import FLOAT32_EPS
 
@@ -235,10 +236,19 @@ def _epochs(n: int) -> str:
     return f"{n} epoch{'s' * (n != 1)}"
 
 
+def drawable(result: dict[str, Any]) -> dict[str, Any]:
+    """A job's result that has epochs to draw; one that has none (queued, or cancelled or failed before it
+    trained) is bad input, not an empty figure."""
+    if not result.get("epochs"):
+        raise BadInput("id", f"job {result.get('id')} has no epochs to plot (it is {result.get('status')})")
+    return result
+
+
 def curve_axes(ax: Any, title: str, ylabel: str, last: int, values: Sequence[np.ndarray], log_epochs: bool,
-               floored: int = 0) -> None:
+               floored: int = 0, empty: str = "no epochs") -> None:
     """An axes of values over epochs 1..last (on a log axis with `log_epochs`): log values where they are
-    positive, and a note under it of how many were exactly 0 (below the axis) or `floored` (drawn at FLOORED)."""
+    positive, and a note under it of how many were exactly 0 (below the axis, or on a linear one where every value
+    is 0) or `floored` (drawn at FLOORED); `empty` where there is no value at all."""
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.set_xlabel("epoch (log scale)" if log_epochs else "epoch")
@@ -258,8 +268,12 @@ def curve_axes(ax: Any, title: str, ylabel: str, last: int, values: Sequence[np.
             notes.append(f"{FLOORED} at {_epochs(floored)}: drawn at it")
         if notes:  # under the axis, where no curve is
             ax.set_xlabel(ax.get_xlabel() + "\n" + "; ".join(notes))
+    elif finite.size and not finite.any():  # a perfect fit from the first epoch on: no log axis has a place for it
+        ax.set_xlabel(ax.get_xlabel() + f"\nexactly 0 at {_epochs(finite.size)}")
     if not finite.size:
-        ax.text(0.5, 0.5, "no epochs", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlim(1, max(last, 2))  # the epochs the job trained, none of which has a value here
+        ax.set_yticks([])
     ax.grid(True, which="both", alpha=0.3)
 
 
