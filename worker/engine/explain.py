@@ -17,7 +17,7 @@ class Facts:
     """What the sentences are made from: arrays, one value a job (NaN where a number does not apply)."""
 
     status: np.ndarray  # JobStatus values
-    optimization: np.ndarray
+    optimization: np.ndarray  # 0 under the weights' float32 rounding, as text prints it (service.render.text)
     noise: np.ndarray
     identifiability: np.ndarray
     relative: np.ndarray
@@ -116,7 +116,8 @@ SENTENCES: dict[int, Callable[[Facts, int], str]] = {
     TOO_FAST_DIVERGED: lambda f, i: "training diverged: " + _too_fast(f, i),
     NOTHING: lambda f, i: "no result to explain.",
     NO_TRUTH: lambda f, i: ("no true kernel to compare with; the learned kernel is "
-                            f"{f.optimization[i]:.3g} from the least-squares kernel the labels determine."),
+                            + (f"{f.optimization[i]:.3g} from " if f.optimization[i] else "")
+                            + "the least-squares kernel the labels determine."),
     MATCH: lambda f, i: "the learned kernel matches the true kernel.",
     TOO_FAST: lambda f, i: "not converging: " + _too_fast(f, i),
     STALLED: lambda f, i: f"not converging: at lr {f.lr[i]:.3g} the gap does not shrink; lower --lr.",

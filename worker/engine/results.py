@@ -188,8 +188,11 @@ class BatchResult:
             "converged_epoch": converged, "diverged_epoch": np.where(t.diverged_epoch > 0, t.diverged_epoch, np.nan),
             **paces.fields(),
         }
+        scale = np.sqrt(np.square((t.weights if p0.true_kernel is None else self._true).reshape(n, -1)).sum(axis=1))
+        with np.errstate(invalid="ignore"):  # the sentence says what the gap's text says: 0 under the rounding
+            said = np.where(gap.optimization < FLOAT32_EPS * scale, 0.0, gap.optimization)
         values["explanation"] = explain(Facts(
-            status=status, optimization=gap.optimization, noise=values["gap_noise"],
+            status=status, optimization=said, noise=values["gap_noise"],
             identifiability=values["gap_identifiability"], relative=values["relative_error"], rank=rank,
             params=params, sums_only=sums_only, grew=grew, lr=lrs, lr_bound=paces.bound, rate=paces.rate,
             more=paces.more, best_lr=paces.best_lr, best_rate=paces.best_rate, converged=converged))
