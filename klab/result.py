@@ -99,7 +99,9 @@ class Result:
         raise AttributeError(f"Result has no attribute {name!r}")
 
     def __repr__(self) -> str:
-        relative = (self.error or {}).get("relative")
+        from service.render.text import settled
+
+        relative = settled((self.error or {}).get("relative"), 1.0)  # 0 under float32 rounding, as `klab show`
         shown = "" if relative is None else f", relative_error={relative:.4g}"
         return f"Result(id={self.id}, status={self.status.value!r}{shown})"
 

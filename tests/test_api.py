@@ -227,6 +227,12 @@ def test_empty_database_gives_empty_frames_with_their_columns(klab_db):
     assert klab.sweeps().empty and "succeeded" in klab.sweeps().columns
 
 
+def test_a_result_shows_itself_in_a_line_as_klab_show_prints_its_error():
+    result = klab.Result({"id": 4, "status": "succeeded", "error": {"relative": 1.386e-08}})
+    assert repr(result) == "Result(id=4, status='succeeded', relative_error=0)"  # under float32 rounding
+    assert repr(klab.Result({"id": 5, "status": "queued"})) == "Result(id=5, status='queued')"
+
+
 def test_a_result_draws_a_figure_and_shows_itself_as_html(home, monkeypatch, tmp_path):
     from matplotlib.figure import Figure
 
