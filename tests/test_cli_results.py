@@ -542,6 +542,24 @@ def test_delete_jobs_and_a_sweep(jobs: dict[str, int], klab_cli) -> None:
 
 # --- tables ----------------------------------------------------------------------------------
 
+@SQLITE_ONLY
+def test_small_things_said_right(klab_db: str, klab_cli) -> None:
+    """An lstsq job trains one epoch whatever its --epochs; `-o -` is stdout; `1,,2` is a typo; a sweep whose jobs
+    were all deleted has no jobs (it was 'no such jobs'), and its groups' table keeps its headers."""
+    assert klab_cli("run", "--method", "lstsq", "--epochs", "10")[0] == 0  # solved in one step, as it is
+    solved = json.loads(klab_cli("list", "--json")[1])[0]["id"]
+    with writing() as conn:
+        sweep = writes.create_sweep(conn, {"swept": {"seed": [0]}, "fixed": {}}, 1)
+    assert klab_cli("status", str(solved))[1] == "1 job(s): 1 succeeded; 1 of 1 epochs trained\n"  # was 1 of 10
+    code, out, _ = klab_cli("export", str(solved), "-o", "-")
+    assert code == 0 and out.startswith("id,sweep_id,status") and not Path("-").exists()  # was a file named -
+    assert klab_cli("export", "--ids", f"{solved},,2")[2] == f"klab: error: ids: must be job ids separated by " \
+                                                              f"commas, got '{solved},,2'\n"
+    assert klab_cli("status", "--sweep", str(sweep))[2] == f"klab: error: sweep: sweep {sweep} has no jobs\n"
+    header = klab_cli("compare", "--sweep", str(sweep), "--group-by", "lr")[1].splitlines()[1]
+    assert header.split()[:5] == ["lr", "jobs", "succeeded", "rel.", "error"]  # as a table with rows has them
+
+
 def test_tables_use_color_on_a_terminal_unless_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
     rows = [{"id": 1, "status": "succeeded", "lr": 0.1}, {"id": 2, "status": "diverged", "lr": None}]
     monkeypatch.delenv("NO_COLOR", raising=False)

@@ -80,13 +80,13 @@ def _id_list(raw: str | None) -> list[int]:
     """--ids 1,2,3 as numbers."""
     if raw is None:
         return []
+    parts = raw.replace(" ", "").split(",")
+    if not any(parts):
+        raise BadInput("ids", "give at least one job id")
     try:
-        ids = [int(p) for p in raw.replace(" ", "").split(",") if p]
+        return [int(p) for p in parts]  # an empty item too is refused: `1,,2` is a typo, maybe of 1,12
     except ValueError:
         raise BadInput("ids", f"must be job ids separated by commas, got {raw!r}") from None
-    if not ids:
-        raise BadInput("ids", "give at least one job id")
-    return ids
 
 
 def spec_docs(spec_file: str | None, one: str | None = None) -> list[dict[str, Any]]:

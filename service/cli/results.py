@@ -164,10 +164,11 @@ def _compare_groups(selection: Selection, group_by: str, as_json: bool, as_csv: 
     title = (f"{what}: {n} job{'s' * (n != 1)} in {len(rows)} group{'s' * (len(rows) != 1)} by {', '.join(by)}; "
              f"relative error and final loss {over}")
     short = {"relative_error": "rel. error", "final_loss": "final loss"}
-    shown = [{**{k: r[k] for k in groups.columns(by)[: len(by) + 2]},
-              **{f"{short[m]} {s}": shown_value(m, r[f"{m}_{s}"], 1.0) for m in groups.METRICS
-                 for s in groups.STATISTICS}} for r in rows]  # a relative error as the jobs' own tables show it
-    table.show(list(shown[0]) if shown else groups.columns(by), shown, title=title)
+    names = {**{k: k for k in groups.columns(by)[: len(by) + 2]},
+             **{f"{m}_{s}": f"{short[m]} {s}" for m in groups.METRICS for s in groups.STATISTICS}}
+    shown = [{names[k]: shown_value(k.rpartition("_")[0], v, 1.0) if k not in by else v for k, v in r.items()}
+             for r in rows]  # a relative error as the jobs' own tables show it
+    table.show(list(names.values()), shown, title=title)
 
 
 @cli.command()
@@ -224,12 +225,13 @@ def _values(values: list[Any]) -> str:
               help="one row per job, or one row per epoch")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
               help="CSV with a header line, or a JSON list (an object a row, a row a line)")
-@click.option("-o", "--output", default=None, metavar="FILE", help="write here instead of stdout")
+@click.option("-o", "--output", default=None, metavar="FILE", help="write here instead of stdout (-: stdout)")
 def export(selection: Selection, what: str, fmt: str, output: str | None) -> None:
     """Jobs or their epochs as CSV or JSON, streamed (any number of epochs)."""
     from service.db import reads
     from service.render.export import WRITERS
 
+    output = None if output == "-" else output  # as for every command that writes a file: - is stdout
     with _reading() as reader:
         fetch = reads.export_jobs if what == "jobs" else reads.export_epochs
         columns, rows = fetch(reader, selection)

@@ -23,6 +23,7 @@ from service.db.connect import HEAD, INTEGER_MOST, Reader, open_reader
 from service.errors import BadInput, DatabaseUnavailable
 from service.jobs import result
 from service.jobs import status as statuses
+from service.jobs.choices import Method
 from service.jobs.selection import Selection
 from service.settings import settings
 
@@ -285,11 +286,13 @@ def progress(reader: Reader, selection: Selection) -> dict[str, Any]:
     been once every job has ended (epochs_total: what finished jobs trained, what the others asked for),
     and of those asked for (epochs_asked)."""
     clause, params = where(reader, selection)
-    rows = reader.rows("SELECT status, count(*) AS n, sum(epochs_done) AS done, sum(epochs) AS total "  # noqa: S608
-                       f"FROM jobs WHERE {clause} GROUP BY status", params)
+    rows = reader.rows("SELECT status, count(*) AS n, sum(epochs_done) AS done, "  # noqa: S608
+                       f"sum(CASE WHEN method = :solved THEN 1 ELSE epochs END) AS total FROM jobs WHERE {clause} "
+                       "GROUP BY status", {**params, "solved": Method.LSTSQ.value})  # one step, whatever its epochs
     by_status = {r["status"]: int(r["n"]) for r in rows}
     if not by_status:
-        raise BadInput("sweep" if selection.sweep is not None else "id", "no such jobs")
+        raise BadInput("sweep", f"sweep {selection.sweep} has no jobs") if selection.sweep is not None else \
+            BadInput("id", "no such jobs")
     finished = {r["status"] for r in rows if statuses.JobStatus(r["status"]).is_finished}
     done = sum(int(r["done"] or 0) for r in rows)  # trained: a job cancelled before it started trained none
     total = sum(int((r["done"] if r["status"] in finished else r["total"]) or 0) for r in rows)
