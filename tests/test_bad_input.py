@@ -140,6 +140,7 @@ CASES = [
     Case("database-in-memory", ("run", "--epochs", "1"), "KLAB_DATABASE_URL", {"KLAB_DATABASE_URL": "sqlite://"}),
     Case("database-in-memory-by-name", ("sweep", "--local", "--seed", "0..1"), "KLAB_DATABASE_URL",
          {"KLAB_DATABASE_URL": "sqlite:///:memory:"}),
+    Case("a-newline-in-a-path", ("run", "--input", "npy:a\nb"), "input"),  # printed on two lines
     # a broker URL whose database is not a number (redis-py would use 0, kombu raised after the jobs were stored)
     Case("broker-database-not-a-number", ("submit",), "KLAB_BROKER_URL", {"KLAB_BROKER_URL": "redis://127.0.0.1:1/abc"}),
     Case("broker-database-with-more", ("sweep", "--seed", "0..2"), "KLAB_BROKER_URL",
@@ -415,6 +416,11 @@ def test_a_klab_home_that_cannot_be_a_folder_is_one_line(args, files, cli_env, s
     setenv(KLAB_DATABASE_URL=None, KLAB_HOME=str(files / "x.npy"))  # a file: was FileExistsError, exit 1
     assert klab_here(*args) == (2, "", [f"klab: error: KLAB_HOME: cannot make the folder {files / 'x.npy'}: "
                                         f"{files / 'x.npy'} is a file, not a folder"])
+
+
+def test_a_job_that_blows_up_says_so_without_numpys_warnings(cli_env):
+    code, out, lines = klab_here("run", "--no-store", "--lr", "1e300")
+    assert (code, lines) == (0, []) and out.startswith("diverged (not stored)")  # was a RuntimeWarning in matmul
 
 
 def test_a_sweep_value_that_is_a_number_gets_no_range_hint(cli_env):

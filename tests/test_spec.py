@@ -130,6 +130,20 @@ def test_a_yaml_number_with_leading_zeros_is_decimal_as_on_the_command_line(tmp_
     assert load_spec_file(str(path)) == [{"epochs": 10, "seed": [10, 8, -7, 12], "lr": 0.01, "batch_size": 0}]
 
 
+@pytest.mark.parametrize("values", [{"lr": "nan"}, {"lr": float("nan")}, {"noise": "-inf"}, {"tol": "1e400"},
+                                    {"bias": "nan"}])
+def test_a_value_that_is_not_finite_is_told_so_before_its_bounds(values):
+    with pytest.raises(BadInput, match=": must be a finite number$"):  # NaN said "Input should be greater than 0"
+        JobSpec.parse(values)
+
+
+def test_a_json_file_with_a_byte_order_mark_and_a_suffix_in_capitals(tmp_path):
+    (tmp_path / "job.json").write_bytes(b'\xef\xbb\xbf{"epochs": 2}')  # as some editors save it
+    assert load_spec_file(str(tmp_path / "job.json")) == [{"epochs": 2}]
+    (tmp_path / "JOBS.JSONL").write_text('{"seed": 1}\n{"seed": 2}\n')  # was read as YAML: not valid
+    assert load_spec_file(str(tmp_path / "JOBS.JSONL")) == [{"seed": 1}, {"seed": 2}]
+
+
 def test_a_sweep_knows_every_field_of_a_job():
     from service.jobs.sweep import ONE_VALUE, SWEEPABLE
 

@@ -85,8 +85,9 @@ def cli() -> None:
 
 
 def fail(message: str, code: int = 2) -> None:
-    """One line on stderr and the exit code: how every user-facing error ends."""
-    click.echo(f"klab: error: {message}", err=True)
+    """One line on stderr and the exit code: how every user-facing error ends (a newline a user typed into a
+    value, `--input $'npy:a\\nb'`, is shown as \\n)."""
+    click.echo("klab: error: " + message.replace("\r", "\\r").replace("\n", "\\n"), err=True)
     sys.exit(code)
 
 

@@ -65,10 +65,15 @@ class JobSpec(BaseModel):
             raise ValueError(f"must be a number, got {str(value).lower()}")
         return value
 
-    @field_validator("lr", "bias", "noise", "tol")
+    @field_validator("lr", "bias", "noise", "tol", mode="before")
     @classmethod
-    def _finite(cls, value: float | None) -> float | None:
-        if value is not None and not math.isfinite(value):
+    def _finite(cls, value: Any) -> Any:
+        """Before the bounds: NaN, which no bound holds, is told what it is rather than `greater than 0`."""
+        try:
+            number = None if value is None or isinstance(value, bool) else float(value)
+        except (TypeError, ValueError, OverflowError):
+            return value  # not a number: the field's own check says so
+        if number is not None and not math.isfinite(number):
             raise ValueError("must be a finite number")
         return value
 
@@ -131,11 +136,12 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
     field = "file"
     p = checked_file(field, path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # a byte-order mark, which some editors write, is no JSON
     except (OSError, UnicodeDecodeError):
         raise BadInput(field, f"{path} is not a readable text file") from None
     try:
-        if p.suffix == ".jsonl":
+        suffix = p.suffix.lower()  # JOBS.JSONL is JSONL too
+        if suffix == ".jsonl":
             docs = []
             for number, line in enumerate(text.splitlines(), 1):
                 if line.strip():
@@ -147,7 +153,7 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
                         raise BadInput(field, f"{path} is not valid jsonl (line {number})") from None
             if not docs:
                 raise BadInput(field, f"{path} holds no jobs")
-        elif p.suffix == ".json":
+        elif suffix == ".json":
             docs = [json.loads(text, object_pairs_hook=_once)]
         else:
             docs = [_yaml(field, path, text)]
@@ -162,7 +168,7 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
         raise BadInput(field, f"{path} is not valid {p.suffix.lstrip('.') or 'YAML'}{where}") from None
     for n, doc in enumerate(docs, 1):
         if not isinstance(doc, dict):
-            which = f" (job {n}: {type(doc).__name__})" if p.suffix == ".jsonl" else ""
+            which = f" (job {n}: {type(doc).__name__})" if suffix == ".jsonl" else ""
             raise BadInput(field, f"{path} must hold a mapping of job fields{which}")
     return [{k.replace("-", "_") if isinstance(k, str) else k: v for k, v in doc.items()} for doc in docs]
 

@@ -166,8 +166,10 @@ class Design:
         return self.v @ ((self.v.T @ atb) / self.lam[:, None])
 
     def project(self, w: np.ndarray) -> np.ndarray:
-        """P w for w of shape (..., params): the part of w that the data determine."""
-        return (w @ self.v) @ self.v.T
+        """P w for w of shape (..., params): the part of w that the data determine (NaN where w is not finite: a
+        diverged job's weights)."""
+        with np.errstate(invalid="ignore", over="ignore"):
+            return (w @ self.v) @ self.v.T
 
 
 def distinct_columns(g: np.ndarray, tol: float) -> int:
