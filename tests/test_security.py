@@ -246,7 +246,7 @@ def test_hostile_values_are_data_never_sql(klab_db, add_job, klab_cli):
     for value in HOSTILE:
         code, out, err = klab_cli("list", "--kernel", f"npy:{value}", "--json")
         assert (code, json.loads(out)) == (0, []), (value, err)
-        assert klab.jobs(kernel=value).empty and klab.jobs(method="adam", input=value).empty
+        assert klab.jobs(kernel=f"npy:{value}").empty and klab.jobs(method="adam", input=value).empty
     with pytest.raises(klab.BadInput):
         klab.jobs(**{"1=1 OR id": 1})  # a filter names a column of the summary, never SQL
     listed = klab.sweeps().set_index("id")["name"].to_dict()
