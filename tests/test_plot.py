@@ -201,6 +201,17 @@ def test_a_long_run_gets_a_log_epoch_axis_with_every_epoch_drawn() -> None:
     readable(fig)
 
 
+def test_a_run_of_tens_of_thousands_of_epochs_ticks_its_decades_and_a_narrow_error_reads_each_tick() -> None:
+    result = result_of({"epochs": 30000, "method": "d2l-sgd"}, relative=1e-4, epochs=20)
+    result["epochs"] = [{"epoch": n, "loss": 10 * 0.99 ** n + 1e-12, "mse": 0.1 * 0.99 ** n,
+                         "kernel_error": 1.192 + 0.007 * 0.5 ** n} for n in range(1, 30001)]  # it cannot go under
+    fig = plot.figure_job(result)
+    assert integer_ticks(by_title(fig, "loss")) == [1, 10, 100, 1000, 10000]  # 5000, 10000, 20000 ran together
+    labels = [t.get_text() for t in by_title(fig, "kernel error").get_yticklabels() if t.get_text()]
+    assert len(labels) >= 3 and len(set(labels)) == len(labels), labels  # were 1.2, 1.2, 1.2, 1.2, 1.2, 1.19, ...
+    readable(fig)
+
+
 def test_a_one_epoch_job_has_one_epoch_tick() -> None:
     """lstsq solves in one step: its axis spans epoch 1 alone, and shows 1, not 0.96, 0.98, 1.00, 1.02."""
     result = result_of({"method": "lstsq"}, relative=0.0, epochs=1)

@@ -86,13 +86,14 @@ def _apart(ax: Any, xs: np.ndarray, at: np.ndarray) -> bool:
     return bool(at.size < 2 or np.diff(np.sort(scaled[at])).min() >= 0.08 * span)
 
 
-def integer_ticks(axis: Any, log: bool) -> None:
-    """Ticks at integers only: 1, 2, 5, 10, 20, 50, ... on a log axis, whole steps on a linear one (a single one
-    where the axis spans one integer: an lstsq job's one epoch)."""
+def integer_ticks(axis: Any, log: bool, last: float = 0) -> None:
+    """Ticks at integers only: 1, 2, 5, 10, 20, 50, ... on a log axis (1, 10, 100, ... where it reaches `last` of
+    10,000 or more: 5000, 10000 and 20000 ran into each other), whole steps on a linear one (a single one where the
+    axis spans one integer: an lstsq job's one epoch)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
     if log:
-        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if last < 10_000 else (1.0,)))
         axis.set_minor_locator(NullLocator())
         axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}"))
     else:
@@ -206,6 +207,14 @@ def log_labels(axis: Any, values: np.ndarray) -> None:
     if hi >= 100 * lo:
         return
     every = hi < 3 * lo
+    if hi < 1.5 * lo:  # log's own ticks there are a factor apart that 3 digits write alike (1.2, 1.2, 1.2, 1.19)
+        from matplotlib.ticker import MaxNLocator, NullFormatter, NullLocator
+
+        axis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))  # the view is near linear
+        axis.set_minor_locator(NullLocator())
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.6g}"))
+        axis.set_minor_formatter(NullFormatter())
+        return
 
     def plain(v: float, _: Any) -> str:
         mantissa = round(v / 10 ** np.floor(np.log10(v) + 1e-9), 6)
@@ -255,7 +264,7 @@ def curve_axes(ax: Any, title: str, ylabel: str, last: int, values: Sequence[np.
     if log_epochs:
         ax.set_xscale("log")
         ax.set_xlim(1, last)
-    integer_ticks(ax.xaxis, log_epochs)
+    integer_ticks(ax.xaxis, log_epochs, last)
     finite = np.concatenate([v for v in values if v.size] or [np.array([])])
     positive = finite[finite > 0]
     if positive.size and (finite >= 0).all():  # a loss of exactly 0 (a perfect fit) goes below the axis, said so
