@@ -212,6 +212,16 @@ def test_a_run_of_tens_of_thousands_of_epochs_ticks_its_decades_and_a_narrow_err
     readable(fig)
 
 
+def test_a_title_naming_long_paths_stays_in_the_figure() -> None:
+    """Arrays given to klab.run are named npy:$KLAB_HOME/arrays/SHA256.npy: two of them ran past both edges."""
+    result = result_of({}, relative=0.1)
+    result["spec"].update(input=f"npy:/home/someone/.klab/arrays/{'a' * 64}.npy",
+                          labels=f"npy:/home/someone/.klab/arrays/{'b' * 64}.npy")
+    fig = plot.figure_job(result)
+    assert fig._suptitle.get_text().count("\n") >= 3
+    readable(fig)
+
+
 def test_a_one_epoch_job_has_one_epoch_tick() -> None:
     """lstsq solves in one step: its axis spans epoch 1 alone, and shows 1, not 0.96, 0.98, 1.00, 1.02."""
     result = result_of({"method": "lstsq"}, relative=0.0, epochs=1)

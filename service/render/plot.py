@@ -129,7 +129,7 @@ def _raised(values: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _job_title(result: dict[str, Any]) -> str:
     head = f"job {result['id']}" if result.get("id") is not None else "job (not stored)"
-    lines = [f"{head}: {result.get('status')}: {_described(_spec(result), ESSENTIALS)}"]
+    lines = textwrap.wrap(f"{head}: {result.get('status')}: {_described(_spec(result), ESSENTIALS)}", 150)  # paths
     err, ident = result.get("error") or {}, result.get("identifiability") or {}
     rel = settled(err.get("relative"), 1.0)  # 0 under the weights' float32 rounding, as klab show prints it
     facts = [f"relative error {cell(rel)}" if rel is not None else "no relative error (no true kernel or no result)"]
