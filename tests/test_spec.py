@@ -137,6 +137,12 @@ def test_a_value_that_is_not_finite_is_told_so_before_its_bounds(values):
         JobSpec.parse(values)
 
 
+def test_a_kernel_literal_that_is_not_finite_is_told_so_without_a_sweeps_hint():
+    with pytest.raises(BadInput) as exc:  # YAML's .inf: was "must be a string or a nested list of numbers; several
+        JobSpec.parse({"kernel": [[float("inf"), 1.0]]})  # values make a sweep", of one kernel's one row
+    assert str(exc.value) == "kernel: must be a nested list of finite numbers"
+
+
 def test_a_json_file_with_a_byte_order_mark_and_a_suffix_in_capitals(tmp_path):
     (tmp_path / "job.json").write_bytes(b'\xef\xbb\xbf{"epochs": 2}')  # as some editors save it
     assert load_spec_file(str(tmp_path / "job.json")) == [{"epochs": 2}]

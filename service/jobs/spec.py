@@ -15,7 +15,7 @@ from service import defaults
 from service.errors import BadInput
 from service.jobs.choices import Device, Method, means_no_kernel
 from service.jobs.inputs import checked_file
-from service.jobs.sweep import SWEEPABLE
+from service.jobs.sweep import SWEEPABLE, kernel_literal
 from service.settings import settings
 
 COLUMN_MOST = 2**31 - 1
@@ -47,7 +47,9 @@ class JobSpec(BaseModel):
             if isinstance(value, list):  # a YAML/JSON file may hold the kernel as a nested list
                 try:
                     return json.dumps(value, allow_nan=False)
-                except (TypeError, ValueError, RecursionError):
+                except ValueError:  # inf or NaN (YAML's .inf), or a list inside itself (YAML's aliases)
+                    raise ValueError("must be a nested list of finite numbers") from None
+                except (TypeError, RecursionError):
                     raise ValueError("must be a string or a nested list of numbers") from None
             raise ValueError("must be a string")
         return value.strip() if isinstance(value, str) else value
@@ -123,8 +125,9 @@ def bad_input_from(exc: ValidationError) -> BadInput:
     got = err.get("input")
     if err["type"] in ("enum",):
         message = f"unknown value {got!r}; {message[0].lower()}{message[1:]}"
-    if isinstance(got, list) or (isinstance(got, str) and (err["type"].endswith("_parsing") or err["type"] == "enum")
-                                 and (".." in got or "," in got or got.count(":") == 2)):  # a sweep's values
+    listed = isinstance(got, list) and not (field == "kernel" and kernel_literal(got))  # not one kernel's rows
+    if listed or (isinstance(got, str) and (err["type"].endswith("_parsing") or err["type"] == "enum")
+                  and (".." in got or "," in got or got.count(":") == 2)):  # a sweep's values
         message += f"; {SWEEP_HINT}" if field in SWEEPABLE else f"; a sweep varies only {', '.join(SWEEPABLE)}"
     return BadInput(field.replace("_", "-"), message)
 
