@@ -137,6 +137,11 @@ def test_a_value_that_is_not_finite_is_told_so_before_its_bounds(values):
         JobSpec.parse(values)
 
 
+def test_bias_none_is_no_bias_as_its_help_says_of_the_default():
+    assert JobSpec.parse({"bias": "none"}).bias is None and JobSpec.parse({"bias": " None "}).bias is None
+    assert JobSpec.parse({"bias": "0.5"}).bias == 0.5  # was: "Input should be a valid number" for none
+
+
 def test_a_kernel_literal_that_is_not_finite_is_told_so_without_a_sweeps_hint():
     with pytest.raises(BadInput) as exc:  # YAML's .inf: was "must be a string or a nested list of numbers; several
         JobSpec.parse({"kernel": [[float("inf"), 1.0]]})  # values make a sweep", of one kernel's one row

@@ -67,6 +67,12 @@ class JobSpec(BaseModel):
             raise ValueError(f"must be a number, got {str(value).lower()}")
         return value
 
+    @field_validator("bias", mode="before")
+    @classmethod
+    def _no_bias(cls, value: Any) -> Any:
+        """`--bias none`, the default its help names: no bias (and a file's bias left out from the command line)."""
+        return None if isinstance(value, str) and value.strip().lower() == "none" else value
+
     @field_validator("lr", "bias", "noise", "tol", mode="before")
     @classmethod
     def _finite(cls, value: Any) -> Any:
