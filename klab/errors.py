@@ -3,6 +3,7 @@ field as the `klab` command prints it."""
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -29,8 +30,20 @@ def public(func: F) -> F:
     return call  # type: ignore[return-value]
 
 
+FLAGS = (("or labels with --labels", 'or labels (labels=...)'), ("or --sweep", "or a sweep (sweep=...)"),
+         ("a --device cuda job", 'a device="cuda" job'), ("--queue gpu", 'queue="gpu"'), ("leave --queue out",
+                                                                                      "leave queue out"))
+"""Words of the command's messages that name its flags, as a Python call names the same (klab.run's keywords)."""
+
+
 def _in_python(message: str) -> str:
-    """A message as the API's user reads it: the call to make where the command's line names a command."""
+    """A message as the API's user reads it: the call to make where the command's line names a command, keywords
+    where it names flags (`--tag a --tag b`: tags=['a', 'b'])."""
     from service.jobs.spec import SWEEP_HINT
 
-    return message.replace(SWEEP_HINT, "several values make a sweep: klab.sweep(...)")
+    message = message.replace(SWEEP_HINT, "several values make a sweep: klab.sweep(...)")
+    for flag, keyword in FLAGS:
+        message = message.replace(flag, keyword)
+    return re.sub(r"give each tag its own --tag(?: \(((?:--tag [^ )]+ ?)+)\))?",
+                  lambda m: "give them as a list" + (f" (tags={re.findall(r'--tag ([^ )]+)', m[1] or '')})"
+                                                     if m[1] else ""), message)

@@ -117,6 +117,13 @@ BAD = [
     ("an-unknown-field-swept", lambda: klab.sweep(lrs=[0.1, 0.2], local=True), "lrs", "unknown field; did you mean lr"),
     ("a-plot-of-no-epochs", lambda: klab.Result({"id": 3, "status": "queued", "epochs": []}).plot(), "id",
      "job 3 has no epochs to plot (it is queued)"),  # was an empty figure; klab plot 3 refuses it so
+    ("a-tag-with-a-comma", lambda: klab.sweep(seed=range(2), tags=["a,b"], local=True), "tag",
+     "give them as a list (tags=['a', 'b'])"),  # in Python's words, not --tag a --tag b
+    ("cuda-to-the-cpu-queue", lambda: klab.submit(device="cuda", queue="cpu"), "queue",
+     'a device="cuda" job goes to the gpu queue (queue="gpu", or leave queue out)'),
+    ("no-kernel-and-no-labels", lambda: klab.run(kernel="none", store=False), "kernel",
+     "give a true kernel, or labels (labels=...)"),
+    ("ids-and-a-sweep", lambda: klab.jobs([1], sweep=1), "ids", "give job ids or a sweep (sweep=...), not both"),
     ("a-handle-of-no-job", lambda: klab.Handle(()), "ids", "a Handle holds the ids of jobs"),  # was every job
     ("a-timeout-as-text", lambda: klab.Handle((1,)).wait(timeout="1"), "timeout", "got '1'"),  # was a TypeError
     ("a-method-no-job-has", lambda: klab.jobs(method="sgd"), "method", "unknown method 'sgd'"),  # was: no jobs
@@ -147,6 +154,7 @@ def test_bad_input_is_one_exception_naming_the_field(klab_db, call, field, words
     assert traceback.format_exception_only(caught.value)[-1].startswith(f"klab.BadInput: {field}: ")
     assert words in str(caught.value) and str(caught.value).startswith(f"{field}: ")
     assert "\n" not in str(caught.value) and "/arrays/" not in str(caught.value)
+    assert " --" not in str(caught.value)  # keywords, not the command's flags
     where = traceback.extract_tb(caught.value.__traceback__)[-1]
     assert where.filename.endswith(str(Path("klab", "errors.py")))  # raised at the API's edge, not deep inside
 
