@@ -25,9 +25,16 @@ def public(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except errors.BadInput as exc:
-            raise BadInput(exc.field, _in_python(exc.message)) from None
+            raise BadInput(_keyword(exc.field), _in_python(exc.message)) from None
 
     return call  # type: ignore[return-value]
+
+
+def _keyword(field: str) -> str:
+    """A field as the call's keyword names it: batch_size, not the command's batch-size."""
+    from service.jobs.spec import JobSpec
+
+    return field.replace("-", "_") if field.replace("-", "_") in JobSpec.model_fields else field
 
 
 FLAGS = (("or labels with --labels", 'or labels (labels=...)'), ("or --sweep", "or a sweep (sweep=...)"),

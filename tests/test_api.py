@@ -123,6 +123,7 @@ BAD = [
      'a device="cuda" job goes to the gpu queue (queue="gpu", or leave queue out)'),
     ("no-kernel-and-no-labels", lambda: klab.run(kernel="none", store=False), "kernel",
      "give a true kernel, or labels (labels=...)"),
+    ("batch-size-zero", lambda: klab.run(batch_size=0, store=False), "batch_size", "greater than 0"),  # the keyword
     ("ids-and-a-sweep", lambda: klab.jobs([1], sweep=1), "ids", "give job ids or a sweep (sweep=...), not both"),
     ("a-handle-of-no-job", lambda: klab.Handle(()), "ids", "a Handle holds the ids of jobs"),  # was every job
     ("a-timeout-as-text", lambda: klab.Handle((1,)).wait(timeout="1"), "timeout", "got '1'"),  # was a TypeError
