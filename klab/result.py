@@ -77,7 +77,7 @@ class Result:
         import pandas as pd
 
         names = [n for n in schema.EPOCH_NAMES if n != "job_id"]
-        return pd.DataFrame(self.data.get("epochs") or [], columns=names)
+        return typed_epochs(pd.DataFrame(self.data.get("epochs") or [], columns=names))
 
     @public
     def plot(self) -> Figure:
@@ -104,6 +104,13 @@ class Result:
         relative = settled((self.error or {}).get("relative"), 1.0)  # 0 under float32 rounding, as `klab show`
         shown = "" if relative is None else f", relative_error={relative:.4g}"
         return f"Result(id={self.id}, status={self.status.value!r}{shown})"
+
+
+def typed_epochs(frame: pd.DataFrame) -> pd.DataFrame:
+    """Epochs with their columns' own types, a value never measured NaN: a job without a true kernel has no kernel
+    error, which pandas kept as a column of None (object); an empty frame's columns are numbers too."""
+    kinds = {f.name: float if f.kind == "float" else "int64" for f in schema.EPOCH if f.name in frame.columns}
+    return frame.astype(kinds)
 
 
 def _array(value: Any) -> np.ndarray | None:

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from klab.errors import public
-from klab.result import Result
+from klab.result import Result, typed_epochs
 from klab.values import whole
 from service.errors import BadInput
 from service.jobs import result as schema
@@ -96,7 +96,7 @@ def epochs(ids: int | Iterable[int] | None = None, sweep: int | None = None) -> 
     selection = _selection(ids, sweep)
     with reading() as reader:
         names, rows = export_epochs(reader, selection)
-        return pd.DataFrame.from_records(rows, columns=names)
+        return typed_epochs(pd.DataFrame.from_records(rows, columns=names))
 
 
 @public

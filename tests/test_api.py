@@ -233,6 +233,7 @@ def test_sweep_ids_with_gaps_come_back_whole_and_filters_read_as_klab_list_reads
 def test_empty_database_gives_empty_frames_with_their_columns(klab_db):
     assert list(klab.jobs().columns) == list(SUMMARY_NAMES) and klab.jobs().empty
     assert list(klab.epochs().columns) == list(EPOCH_NAMES) and klab.epochs().empty
+    assert klab.epochs().dtypes.astype(str).tolist() == ["int64", "int64", "float64", "float64", "float64"]
     assert klab.sweeps().empty and "succeeded" in klab.sweeps().columns
 
 
@@ -274,6 +275,9 @@ def test_a_result_draws_a_figure_and_shows_itself_as_html(home, monkeypatch, tmp
     fitted = klab.run(input="edge:6x8", kernel=None, labels=f"npy:{labels}", bias=0.3, lr=0.01, store=False)
     assert re.fullmatch(r"learned bias: -?\d+\.\d{4}", next(line for line in render_text(fitted.data).splitlines()
                                                          if line.startswith("learned bias: ")))
+    kinds = fitted.epochs.dtypes.astype(str).to_dict()  # no kernel error without a true kernel: NaN, not None
+    assert kinds == {"epoch": "int64", "loss": "float64", "mse": "float64", "kernel_error": "float64"}, kinds
+    assert fitted.epochs["kernel_error"].isna().all()
     cells = re.findall(r">([^<>]+)</td>", result_html({**r.data, "learned_kernel": [[0.99999, -1, float("nan")]],
                                                        "true_kernel": [[1, -1, 0]]}))
     assert cells[:9] == ["1.0000", "-1.0000", "0.0000", "1.0000", "-1.0000", "nan",  # as klab show: never -0.0000
