@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from service import defaults
 from service.errors import BadInput, BrokerUnavailable, mask, one_line
-from service.settings import settings
+from service.settings import one_at, settings
 
 QUEUES = ("cpu", "gpu")
 """The queues users name (--queue, klab worker -Q); on the broker each is routed per database."""
@@ -87,7 +87,7 @@ def unavailable(broker_url: str, exc: BaseException) -> BrokerUnavailable:
 
 def check(broker_url: str | None = None) -> None:
     """Fail fast, before anything is written, when the broker does not answer (or its URL names no database)."""
-    broker_url = broker_url or settings().broker_url
+    broker_url = one_at("KLAB_BROKER_URL", broker_url or settings().broker_url)
     number = urlsplit(broker_url).path.strip("/") if broker_url.startswith(("redis://", "rediss://")) else ""
     if number and not (number.isascii() and number.isdigit()):  # kombu's int(): redis-py alone would use 0
         raise BadInput("KLAB_BROKER_URL", f"the Redis database after the host is a number, as in "

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 
-_PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<at>@)", re.IGNORECASE)
+_PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^\s/]*)(?P<at>@)", re.IGNORECASE)
+"""user:password@ in a URL, up to the last @ before the host (a password may hold an @ that was not escaped)."""
+_QUERY_PASSWORD = re.compile(r"(?P<pre>[?&](?:password|passwd|pwd)=)[^&\s]*", re.IGNORECASE)
+"""A password given as a URL's parameter (libpq's ?password=, redis-py's too)."""
 
 
 class BadInput(ValueError):
@@ -45,8 +48,9 @@ class Interrupted(RuntimeError):
 
 
 def mask(text: str) -> str:
-    """Any URL's password replaced by ***."""
-    return _PASSWORD.sub(lambda m: f"{m['pre']}***{m['at']}", str(text))
+    """Any URL's password replaced by ***, in its user part or its parameters."""
+    text = _PASSWORD.sub(lambda m: f"{m['pre']}***{m['at']}", str(text))
+    return _QUERY_PASSWORD.sub(lambda m: f"{m['pre']}***", text)
 
 
 def one_line(exc: BaseException) -> str:

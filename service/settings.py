@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from service import defaults
 from service.errors import BadInput, mask
@@ -93,8 +93,17 @@ def settings() -> Settings:
     return Settings.from_env()
 
 
+def one_at(name: str, url: str) -> str:
+    """A URL whose user part ends at its one @: a password holding an @ of its own must write it %40, or the
+    drivers read the rest of the password as the host (and print it in their errors)."""
+    if url.partition("://")[2].partition("/")[0].count("@") > 1:
+        raise BadInput(name, "the password holds an @, which ends the user part of a URL: write it as %40")
+    return url
+
+
 def normalize_url(url: str) -> str:
     """postgresql:// and postgres:// URLs go through psycopg 3; a URL of another database is refused."""
+    one_at("KLAB_DATABASE_URL", url)
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
@@ -117,7 +126,8 @@ def describe(url: str) -> str:
         return f"sqlite database {unquote(path) or ':memory:'}"
     try:
         parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
+        query = parse_qs(parts.query)  # libpq also takes ?host=...&port=...
+        host, port = parts.hostname or query.get("host", [None])[0], parts.port or query.get("port", [None])[0]
     except ValueError:  # a port that is not a number
         return mask(url)
     return f"{backend} database {unquote(parts.path.lstrip('/'))} on {host or 'localhost'}:{port or 5432}"

@@ -122,7 +122,13 @@ def test_passwords_in_broker_and_database_urls_are_never_printed_or_logged(tmp_p
                (dead_db, ("status", "1"), 3), (dead_db, ("db", "current"), 3), (dead_db, ("run", "--epochs", "1"), 3),
                (dead_db, ("submit",), 3),
                ({"KLAB_DATABASE_URL": f"nosuchdb://klab:{SECRET}@127.0.0.1/klab"}, ("list",), 2),
-               ({"KLAB_DATABASE_URL": f"postgresql://klab:{SECRET}@127.0.0.1:notaport/klab"}, ("list",), 2)]
+               ({"KLAB_DATABASE_URL": f"postgresql://klab:{SECRET}@127.0.0.1:notaport/klab"}, ("list",), 2),
+               # a password as a parameter (libpq's, redis-py's), and one holding an @ that was not written %40
+               ({"KLAB_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/klab?password={SECRET}"},
+                ("list",), 3),
+               ({"KLAB_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0?password={SECRET}"}, ("submit",), 3),
+               ({"KLAB_DATABASE_URL": f"postgresql://postgres:p@{SECRET}@127.0.0.1/klab"}, ("list",), 2),
+               ({"KLAB_BROKER_URL": f"redis://:p@{SECRET}@127.0.0.1:{free_port()}/0"}, ("submit",), 2)]
     procs = [(Client({**env, **extra}, *args), args, code) for extra, args, code in failing]
     wrong = []
     for proc, args, code in procs:
@@ -136,6 +142,16 @@ def test_passwords_in_broker_and_database_urls_are_never_printed_or_logged(tmp_p
     assert leaks == []
     assert f":**@127.0.0.1:{broker.port}" in w.text()  # Celery's banner names the broker, masked
     assert SECRET not in w.text()
+
+
+def test_mask_hides_a_password_in_the_user_part_and_in_the_parameters():
+    from service.errors import mask
+
+    assert mask("postgresql://u:pw@h/db and redis://:p@ss@h:1/0") == "postgresql://u:***@h/db and redis://:***@h:1/0"
+    assert mask("postgresql://u@h/db?sslmode=require&password=pw&x=1") == \
+        "postgresql://u@h/db?sslmode=require&password=***&x=1"
+    assert mask("redis://h:1/0?PASSWORD=pw") == "redis://h:1/0?PASSWORD=***"
+    assert mask("an @ in words: user@example.com") == "an @ in words: user@example.com"
 
 
 # --- the code itself ------------------------------------------------------------------------------------
