@@ -10,12 +10,12 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from harness import wait_until
+from harness import clean_env, klab, wait_until
 from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from service.db import schema, writes
-from service.db.connect import HEAD
+from service.db.connect import HEAD, REVISIONS
 from service.db.engine import alembic_config, current_revision, downgrade, engine_for, upgrade, writing
 from service.db.schema import compared, metadata
 from service.jobs import result
@@ -29,6 +29,39 @@ REFUSED = (IntegrityError, sqlite3.IntegrityError, psycopg.errors.IntegrityError
 def test_head_constant_is_alembics_only_head() -> None:
     heads = ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads()
     assert heads == [HEAD]
+
+
+def test_every_revision_is_known_in_order() -> None:
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    assert tuple(reversed([r.revision for r in script.walk_revisions()])) == REVISIONS
+
+
+def test_upgrade_refuses_what_it_cannot_do_in_one_line(pg_url: str, tmp_path) -> None:
+    """A revision that is none, a database of a newer kernel-lab (or another Alembic application's), a table of
+    another application's in the way, a read-only server: one line each, never Alembic's or psycopg's traceback."""
+    env = clean_env(tmp_path, pg_url)
+
+    def line(*args: str, **extra: str) -> tuple[int, str]:
+        done = klab({**env, **extra}, *args)
+        assert done.stdout == "" and len(done.stderr.splitlines()) == 1, done.stderr[-2000:]
+        return done.returncode, done.stderr
+
+    assert line("db", "upgrade", "--revision", "-1") == (2, "klab: error: revision: no revision '-1'; choose head or "
+                                                         f"one of {', '.join(REVISIONS)}\n")
+    with psycopg.connect(pg_url.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute("CREATE TABLE jobs (id int)")  # another application's
+    code, err = line("db", "upgrade")
+    assert code == 3 and err.endswith('refused the upgrade: relation "jobs" already exists\n')
+    with psycopg.connect(pg_url.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute("DROP TABLE jobs")
+    assert klab(env, "db", "upgrade").returncode == 0
+    code, err = line("run", "--epochs", "1", PGOPTIONS="-c default_transaction_read_only=on")  # a standby's
+    assert (code, err) == (3, "klab: error: database error: cannot execute nextval() in a read-only transaction\n")
+    with psycopg.connect(pg_url.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0010'")  # a newer kernel-lab's
+    for args in (("db", "current"), ("db", "upgrade"), ("list",)):
+        code, err = line(*args)  # they said: not at head, run klab db upgrade; which raised Alembic's error
+        assert code == 2 and "at revision 0010, which this kernel-lab does not have (its newest is" in err, args
 
 
 def test_models_and_migrations_agree(db_url: str) -> None:

@@ -158,10 +158,20 @@ def _usage_line(exc: click.UsageError) -> str:
     return f"{ctx.info_name}: {msg}; see {ctx.command_path} --help"
 
 
+REFUSED = ("08", "25", "53", "57", "42501")
+"""SQLSTATEs (classes, or one code) of a PostgreSQL that cannot do what was asked, whatever the command: the
+connection (08), a read-only server such as a standby (25006), a full disk or too little memory (53), a shutdown
+(57), a role without the privilege (42501)."""
+
+
 def _database_gone(exc: Exception) -> bool:
-    """The database went away or stayed locked mid-command, through SQLAlchemy or a driver (service.reader)."""
+    """The database went away or stayed locked mid-command, or refused it (REFUSED), through SQLAlchemy or a driver
+    (service.reader)."""
     if type(exc).__module__.startswith("sqlalchemy") and type(exc).__name__ == "OperationalError":
         return True
     sqlite3, psycopg = sys.modules.get("sqlite3"), sys.modules.get("psycopg")
+    driver = getattr(exc, "orig", None) or exc
+    state = getattr(driver, "sqlstate", None) or ""
     return (sqlite3 is not None and isinstance(exc, sqlite3.OperationalError)) or \
-        (psycopg is not None and isinstance(exc, psycopg.OperationalError))
+        (psycopg is not None and isinstance(exc, psycopg.OperationalError)) or \
+        (psycopg is not None and isinstance(driver, psycopg.Error) and state.startswith(REFUSED))

@@ -4,8 +4,9 @@ from __future__ import annotations
 import click
 
 from service.cli import NearMissGroup, cli
-from service.db.connect import HEAD
+from service.db.connect import HEAD, REVISIONS, unknown_revision
 from service.db.reads import revision
+from service.errors import BadInput, DatabaseUnavailable, one_line
 from service.settings import describe, settings
 
 
@@ -18,11 +19,19 @@ def db() -> None:
 @click.option("--revision", "target", default="head", show_default=True, help="target revision")
 def db_upgrade(target: str) -> None:
     """Apply migrations up to head (safe to run again)."""
+    from sqlalchemy.exc import DBAPIError
+
     from service.db.engine import upgrade
 
+    if target not in ("head", *REVISIONS):
+        raise BadInput("revision", f"no revision {target!r}; choose head or one of {', '.join(REVISIONS)}")
     url = settings().database_url
-    revision(url)  # an unreachable database is one line, before Alembic starts
-    upgrade(url, target)
+    if (unknown := unknown_revision(revision(url), url)) is not None:  # an unreachable database: one line too
+        raise unknown
+    try:
+        upgrade(url, target)
+    except DBAPIError as exc:  # a table of another application's, a read-only server, another upgrade meanwhile
+        raise DatabaseUnavailable(f"the {describe(url)} refused the upgrade: {one_line(exc.orig)}") from None
     click.echo(f"{describe(url)} is at revision {revision(url)}")
 
 
@@ -31,5 +40,7 @@ def db_current() -> None:
     """Print the database's revision and whether it is at head."""
     url = settings().database_url
     rev = revision(url)
+    if (unknown := unknown_revision(rev, url)) is not None:
+        raise unknown
     state = "head" if rev == HEAD else f"not at head {HEAD}; run: klab db upgrade"
     click.echo(f"{describe(url)}: revision {rev or 'none'} ({state})")

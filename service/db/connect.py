@@ -40,6 +40,19 @@ def sqlite_setup(conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA {pragma}")
 
 
+REVISIONS = tuple(f"{n:04d}" for n in range(1, int(HEAD) + 1))
+"""Every migration's revision, oldest first (migrations/versions: 0001_..., each the next's down_revision)."""
+
+
+def unknown_revision(revision: str | None, url: str) -> DatabaseUnavailable | None:
+    """A database whose alembic_version names a revision no migration here has: a newer klab's, or another
+    application's, which `klab db upgrade` cannot move (exit code 2)."""
+    if revision is None or revision in REVISIONS:
+        return None
+    return DatabaseUnavailable(f"the {describe(url)} is at revision {revision}, which this kernel-lab does not have "
+                               f"(its newest is {HEAD}): a newer kernel-lab's, or another application's database", 2)
+
+
 def require_head(revision: str | None, url: str) -> None:
     """A schema that is missing or not at head: one line saying what to run (exit code 2)."""
     if revision == HEAD:
@@ -47,6 +60,8 @@ def require_head(revision: str | None, url: str) -> None:
     where = describe(url)
     if revision is None:
         raise DatabaseUnavailable(f"the {where} has no kernel-lab schema; run: klab db upgrade", 2)
+    if (unknown := unknown_revision(revision, url)) is not None:
+        raise unknown
     raise DatabaseUnavailable(f"the {where} is at revision {revision}, not {HEAD}; run: klab db upgrade", 2)
 
 
