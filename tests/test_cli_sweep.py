@@ -118,6 +118,16 @@ def test_a_sweep_file_without_a_true_kernel(here: str, klab_cli, tmp_path: Path)
     np.testing.assert_allclose(results[1]["learned_kernel"], [[1.0, -1.0]], atol=0.05)
 
 
+def test_a_job_stopped_by_the_time_limit_is_said_so_not_cancelled(here: str, klab_cli, setenv) -> None:
+    setenv(KLAB_MAX_JOB_SECONDS="1")
+    code, out, err = klab_cli("sweep", "--local", "--seed", "0,1", "--epochs", "100000", "--json")
+    assert code == 0, err
+    (job, _) = stored_jobs(json.loads(out)["sweep"])
+    assert job.status == "failed" and job.error_message == "time limit of 1 s exceeded (KLAB_MAX_JOB_SECONDS)"
+    assert job.explanation.startswith("stopped at the time limit (KLAB_MAX_JOB_SECONDS) before its last epoch; "
+                                      "up to then, ")  # it began "cancelled before its last epoch"
+
+
 def test_a_local_sweep_deleted_meanwhile_stops_with_one_line(here: str, klab_cli, monkeypatch) -> None:
     """`klab delete --sweep` from another shell while `klab sweep --local` trains it: at its next chunk the
     sweep says so in one line, exit code 1, and stores nothing more (where it once ended in a traceback of the

@@ -14,6 +14,7 @@ from service.jobs.columns import Columns
 from service.jobs.status import JobStatus
 from service.settings import settings
 from worker.engine import EpochEvent
+from worker.engine.explain import CANCELLED_PART_WAY, TIMED_OUT_PART_WAY
 
 
 class Progress:
@@ -63,6 +64,8 @@ class Progress:
         stopped = [s == JobStatus.CANCELLED.value for s in ends]
         results.values["status"] = [JobStatus.FAILED.value if x else s for s, x in zip(ends, stopped)]
         results.values["error_message"] = [late if x else None for x in stopped]
+        results.values["explanation"] = [e.replace(CANCELLED_PART_WAY, TIMED_OUT_PART_WAY, 1) if x and e else e
+                                         for e, x in zip(results.values["explanation"], stopped)]
 
     def _flush(self, conn) -> bool:
         """Write the epochs ready; whether the job is still this claim's (nothing written if not)."""

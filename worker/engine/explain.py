@@ -140,6 +140,9 @@ SENTENCES: dict[int, Callable[[Facts, int], str]] = {
 CANCELLED_PART_WAY = "cancelled before its last epoch; up to then, "
 """Before the sentence of a job stopped by `klab cancel` part way: what its epochs so far came to."""
 
+TIMED_OUT_PART_WAY = "stopped at the time limit (KLAB_MAX_JOB_SECONDS) before its last epoch; up to then, "
+"""The same, of a job stopped by the time limit (worker.progress), which ends failed."""
+
 
 def explain(f: Facts) -> list[str]:
     """One sentence a job."""
