@@ -67,14 +67,20 @@ class Settings:
         env = os.environ if env is None else env
         home = Path(env.get("KLAB_HOME") or Path.home() / ".klab").expanduser()
         url = env.get("KLAB_DATABASE_URL") or ""
-        numbers = {f.name: _positive(env, f"KLAB_{f.name.upper()}", f.default) for f in fields(cls)
-                   if f.type in ("int", "int | None")}
+        numbers = {f.name: _positive(env, f"KLAB_{f.name.upper()}", f.default, SECONDS_MOST if f.name in SECONDS
+                                     else None) for f in fields(cls) if f.type in ("int", "int | None")}
         return cls(home=home, database_url=normalize_url(url or f"sqlite:///{home / 'klab.db'}"),
                    broker_url=env.get("KLAB_BROKER_URL") or defaults.BROKER_URL, default_database=not url,
                    **numbers)
 
 
-def _positive(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+SECONDS = ("max_job_seconds", "visibility_timeout", "lease_seconds", "stranded_seconds")
+SECONDS_MOST = 10**9
+"""The most seconds (31 years) a setting that is a time may hold: now less a lease of 10**11 seconds is before year
+1, which no database or datetime holds (the reaper raised OverflowError)."""
+
+
+def _positive(env: Mapping[str, str], name: str, default: int | None, most: int | None = None) -> int | None:
     raw = env.get(name)
     if not raw:
         return default
@@ -84,6 +90,8 @@ def _positive(env: Mapping[str, str], name: str, default: int | None) -> int | N
         raise BadInput(name, f"must be an integer, got {raw!r}") from None
     if value <= 0:
         raise BadInput(name, f"must be positive, got {value}")
+    if most is not None and value > most:
+        raise BadInput(name, f"at most {most} seconds, got {value}")
     return value
 
 

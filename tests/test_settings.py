@@ -43,6 +43,15 @@ def test_the_readme_default_is_the_code_default(variable):
     assert getattr(Settings.from_env({}), variable.removeprefix("KLAB_").lower()) == value
 
 
+@pytest.mark.parametrize("variable", ["KLAB_LEASE_SECONDS", "KLAB_STRANDED_SECONDS", "KLAB_VISIBILITY_TIMEOUT",
+                                      "KLAB_MAX_JOB_SECONDS"])
+def test_a_time_past_any_date_is_refused_naming_its_variable(variable):
+    """now less 10**11 seconds is before year 1: the reaper raised OverflowError on such a lease."""
+    assert getattr(Settings.from_env({variable: "1000000000"}), variable.removeprefix("KLAB_").lower()) == 10**9
+    with pytest.raises(BadInput, match=f"^{variable}: at most 1000000000 seconds, got 100000000000$"):
+        Settings.from_env({variable: "100000000000"})
+
+
 def test_the_broker_keeps_an_unacknowledged_message_for_the_visibility_timeout():
     from service.broker import celery_config
 
