@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from harness import clean_env
+from harness import clean_env, klab_path
 from harness import klab as klab_proc
 from sqlalchemy import select
 
@@ -558,6 +558,20 @@ def test_small_things_said_right(klab_db: str, klab_cli) -> None:
     assert klab_cli("status", "--sweep", str(sweep))[2] == f"klab: error: sweep: sweep {sweep} has no jobs\n"
     header = klab_cli("compare", "--sweep", str(sweep), "--group-by", "lr")[1].splitlines()[1]
     assert header.split()[:5] == ["lr", "jobs", "succeeded", "rel.", "error"]  # as a table with rows has them
+
+
+def test_output_that_cannot_be_written_is_one_line(klab_db: str, add_job, tmp_path: Path) -> None:
+    """A full disk (/dev/full) under the output, of stdout or of export -o: one line, exit 1 (it was OSError)."""
+    with writing() as conn:
+        job = add_job(conn)
+    env = clean_env(tmp_path, klab_db)
+    for args in (("list",), ("show", str(job), "--json"), ("export", str(job), "-o", "/dev/full"),
+                 ("export", str(job), "--what", "epochs")):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run([klab_path(), *args], env=env, stdout=full, stderr=subprocess.PIPE, text=True,
+                                  timeout=60)
+        assert (done.returncode, done.stderr) == (1, "klab: error: cannot write the output: No space left on "
+                                                     "device\n"), args
 
 
 def test_tables_use_color_on_a_terminal_unless_no_color(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,7 @@ Commands load their modules lazily: those that do not train never import torch.
 from __future__ import annotations
 
 import difflib
+import errno
 import importlib
 import os
 import sys
@@ -91,10 +92,16 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+UNWRITABLE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS)
+"""Why writing a command's output (stdout, or export's -o FILE) can fail midway: a full disk, a quota, a file too
+large, a device's error, a read-only file system."""
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes become one line and exit code 2, never a traceback."""
     try:
         code = cli.main(args=argv, prog_name="klab", standalone_mode=False)
+        sys.stdout.flush()  # what is left to write fails here, where it is said, not at the interpreter's exit
     except BadInput as exc:
         fail(str(exc), exc.exit_code)
     except (DatabaseUnavailable, BrokerUnavailable, Gone) as exc:
@@ -117,6 +124,13 @@ def main(argv: list[str] | None = None) -> None:
         fail("interrupted", 130)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as exc:
+        if exc.errno not in UNWRITABLE:
+            raise
+        devnull = os.open(os.devnull, os.O_WRONLY)  # the rest of stdout goes nowhere, as after a closed pipe
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        fail(f"cannot write the output: {exc.strerror}", 1)
     except Exception as exc:
         if _database_gone(exc):
             fail(f"database error: {one_line(getattr(exc, 'orig', None) or exc)}", 3)
