@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from klab.errors import public
 from klab.result import Result, typed_epochs
 from klab.values import whole
+from service.db.connect import INTEGER_MOST
 from service.errors import BadInput
 from service.jobs import result as schema
 from service.jobs.selection import Selection
@@ -77,12 +78,25 @@ def jobs(ids: int | Iterable[int] | None = None, sweep: int | None = None, **fil
     return _times(frame, TIMES)
 
 
+KINDS = {"int": (int,), "bigint": (int,), "float": (int, float), "bool": (bool,), "text": (str,)}
+"""What a filter on a column of each kind takes besides None (a time or a JSON column: none; filter the frame)."""
+
+
 def _one_value(name: str, value: Any) -> Any:
-    """A filter's value: one text, number, True or False, or None (is null), as the databases bind it."""
+    """A filter's value: one value of the column's kind (KINDS), or None (is null), as both databases bind it alike:
+    lr="abc" was psycopg's error on PostgreSQL and no job on SQLite, identifiable="yes" true on PostgreSQL only."""
     value = _plain(value)
-    if value is not None and not isinstance(value, (str, int, float)):  # True and False are ints
-        raise BadInput(name, f"a filter is one value (text, a number, True or False, or None), got "
-                             f"{type(value).__name__}; filter the frame for more")
+    field = schema.BY_NAME.get(name)
+    if value is None or field is None:  # an unknown column is named as such by the read
+        return value
+    kinds = KINDS.get(field.kind, ())
+    if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+        what = {"int": "a whole number", "bigint": "a whole number", "float": "a number", "bool": "True or False",
+                "text": "text"}.get(field.kind)
+        raise BadInput(name, (f"a filter of {name} is {what} or None" if what else f"{name} is no filter of one "
+                              "value") + f", got {value!r}; filter the frame for more")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INTEGER_MOST:
+        raise BadInput(name, f"{value} is past what a column holds (64 bits)")
     return value
 
 

@@ -108,7 +108,11 @@ BAD = [
      "several values make a sweep: klab.sweep(...)"),
     ("sweep-text", lambda: klab.submit(lr="0.1,0.2"), "lr", "several values make a sweep: klab.sweep(...)"),
     ("unknown-filter", lambda: klab.jobs(colour="red"), "colour", "unknown filter"),
-    ("a-filter-of-a-list", lambda: klab.jobs(lr=[0.03]), "lr", "a filter is one value"),  # was sqlite3's error
+    ("a-filter-of-a-list", lambda: klab.jobs(lr=[0.03]), "lr", "a filter of lr is a number or None"),  # sqlite3's
+    ("a-filter-of-text-for-a-number", lambda: klab.jobs(lr="abc"), "lr", "got 'abc'"),  # psycopg's error, or none
+    ("a-filter-of-text-for-a-flag", lambda: klab.jobs(identifiable="yes"), "identifiable",  # true on PostgreSQL only
+     "a filter of identifiable is True or False or None, got 'yes'"),
+    ("a-filter-past-64-bits", lambda: klab.jobs(sweep_id=2**70), "sweep_id", "past what a column holds"),
     ("a-filter-of-a-timestamp", lambda: klab.jobs(created_at=np.datetime64("2026-01-01T00:00:00")), "created_at",
      "got datetime"),
     ("a-set-of-values", lambda: klab.sweep(lr={0.01, 0.02}, local=True), "lr", "not a set"),
