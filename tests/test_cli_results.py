@@ -274,6 +274,9 @@ def test_settle_measures_each_distance_on_its_own_scale() -> None:
     assert settle(row) == {**row, "gap_noise": 0.0, "gap_optimization": 0.0, "relative_error": 0.0}  # |K| = 5
     assert settle({**row, "true_kernel": None, "learned_kernel": [[0.6, -0.8]]})["gap_optimization"] > 0  # |W| = 1
     assert settle({"gap_noise": 1e-16, "relative_error": 1e-9}) == {"gap_noise": 1e-16, "relative_error": 0.0}
+    blown = {"true_kernel": [[1.0, -1.0]], "learned_kernel": [[3e30, -4e30]], "gap_identifiability": 4.5e15,
+             "gap_optimization": 5e30}  # a diverged job: float64's rounding of its weights, not a gap, on rank 2 of 2
+    assert settle(blown) == {**blown, "gap_identifiability": 0.0}  # on the larger norm, the learned one's
 
 
 def test_jobs_are_counted_in_the_order_a_job_lives_through_its_statuses() -> None:

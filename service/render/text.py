@@ -122,8 +122,9 @@ KERNELS = ("true_kernel", "learned_kernel")
 
 
 def kernel_scale(result: dict[str, Any]) -> float:
-    """The norm a result's distances are measured against: the true kernel's, or without one the learned one's."""
-    return norm(result.get("true_kernel")) or norm(result.get("learned_kernel"))
+    """The norm a result's distances are measured against: the larger of the true kernel's and the learned one's
+    (float32 rounds weights at their own size: a diverged job's weights of 1e30 leave 1e15 in its gaps)."""
+    return max(norm(result.get("true_kernel")), norm(result.get("learned_kernel")))
 
 
 def factor(value: float, digits: int = 4) -> str:

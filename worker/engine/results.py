@@ -188,7 +188,9 @@ class BatchResult:
             "converged_epoch": converged, "diverged_epoch": np.where(t.diverged_epoch > 0, t.diverged_epoch, np.nan),
             **paces.fields(),
         }
-        scale = np.sqrt(np.square((t.weights if p0.true_kernel is None else self._true).reshape(n, -1)).sum(axis=1))
+        kernels = [t.weights] if p0.true_kernel is None else [t.weights, self._true]  # as service.render.text
+        scale = np.max([np.sqrt(np.square(np.nan_to_num(k.reshape(n, -1), posinf=0, neginf=0)).sum(axis=1))
+                        for k in kernels], axis=0)
         with np.errstate(invalid="ignore"):  # the sentence says what the gap's text says: 0 under the rounding
             said = np.where(gap.optimization < FLOAT32_EPS * scale, 0.0, gap.optimization)
         values["explanation"] = explain(Facts(
