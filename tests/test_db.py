@@ -56,9 +56,14 @@ def test_postgresql_not_at_head_is_refused(pg_url: str) -> None:
     upgrade(pg_url)
     assert ready_engine(pg_url) is engine_for(pg_url)
     with engine_for(pg_url).begin() as conn:
-        conn.execute(text("UPDATE alembic_version SET version_num = '0000'"))
+        conn.execute(text("UPDATE alembic_version SET version_num = '0008'"))  # an older kernel-lab's
     dispose_engines()  # this process remembers databases it found at head
-    with pytest.raises(DatabaseUnavailable, match="at revision 0000, not .*run: klab db upgrade"):
+    with pytest.raises(DatabaseUnavailable, match="at revision 0008, not .*run: klab db upgrade"):
+        ready_engine(pg_url)
+    with engine_for(pg_url).begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0000'"))  # no kernel-lab's
+    dispose_engines()
+    with pytest.raises(DatabaseUnavailable, match="at revision 0000, which this kernel-lab does not have"):
         ready_engine(pg_url)
 
 
