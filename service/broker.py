@@ -85,13 +85,29 @@ def unavailable(broker_url: str, exc: BaseException) -> BrokerUnavailable:
     return BrokerUnavailable(f"{what.format(mask(broker_url))}: {one_line(exc)}")
 
 
-def check(broker_url: str | None = None) -> None:
-    """Fail fast, before anything is written, when the broker does not answer (or its URL names no database)."""
+def checked_url(broker_url: str | None = None) -> str:
+    """The broker's URL, a Redis one that kombu and redis-py read alike, or one line naming KLAB_BROKER_URL (exit 2):
+    kombu raised its own error from deep inside a worker or after a submission's jobs were stored."""
     broker_url = one_at("KLAB_BROKER_URL", broker_url or settings().broker_url)
-    number = urlsplit(broker_url).path.strip("/") if broker_url.startswith(("redis://", "rediss://")) else ""
+    scheme = broker_url.partition("://")[0].lower()
+    if scheme not in ("redis", "rediss", "unix"):  # presence, holdings and stranded jobs are read in Redis itself
+        raise BadInput("KLAB_BROKER_URL", f"the broker is Redis (redis://HOST:PORT/N, rediss://, unix://); got "
+                                          f"{mask(broker_url)!r}")
+    try:
+        parts = urlsplit(broker_url)
+        _ = parts.port  # a port that is not a number raises
+    except ValueError:
+        raise BadInput("KLAB_BROKER_URL", f"the port is not a number: {mask(broker_url)!r}") from None
+    number = parts.path.strip("/") if scheme != "unix" else ""
     if number and not (number.isascii() and number.isdigit()):  # kombu's int(): redis-py alone would use 0
         raise BadInput("KLAB_BROKER_URL", f"the Redis database after the host is a number, as in "
                                           f"redis://localhost:6379/0; got {mask(broker_url)!r}")
+    return broker_url
+
+
+def check(broker_url: str | None = None) -> None:
+    """Fail fast, before anything is written, when the broker does not answer (or its URL is none: checked_url)."""
+    broker_url = checked_url(broker_url)
     try:
         if broker_url.startswith(("redis://", "rediss://", "unix://")):
             import redis

@@ -145,6 +145,12 @@ CASES = [
     Case("broker-database-not-a-number", ("submit",), "KLAB_BROKER_URL", {"KLAB_BROKER_URL": "redis://127.0.0.1:1/abc"}),
     Case("broker-database-with-more", ("sweep", "--seed", "0..2"), "KLAB_BROKER_URL",
          {"KLAB_BROKER_URL": "redis://:pw@127.0.0.1:1/11/extra"}),
+    Case("a-worker-of-a-broker-that-is-not-redis", ("worker", "--queue", "cpu"), "KLAB_BROKER_URL",
+         {"KLAB_BROKER_URL": "http://127.0.0.1:1/0"}),  # kombu's KeyError, after Celery's banner
+    Case("a-worker-of-a-broker-database-not-a-number", ("worker",), "KLAB_BROKER_URL",
+         {"KLAB_BROKER_URL": "redis://127.0.0.1:1/abc"}),  # three tracebacks, exit 1
+    Case("a-worker-of-a-broker-port-not-a-number", ("worker",), "KLAB_BROKER_URL",
+         {"KLAB_BROKER_URL": "redis://127.0.0.1:notaport/0"}),
     # unknown names
     Case("unknown-method", ("submit", "--method", "sgd"), "method"),
     Case("unknown-device", ("run", "--device", "tpu"), "device"),
@@ -421,6 +427,12 @@ def test_a_klab_home_that_cannot_be_a_folder_is_one_line(args, files, cli_env, s
 def test_a_job_that_blows_up_says_so_without_numpys_warnings(cli_env):
     code, out, lines = klab_here("run", "--no-store", "--lr", "1e300")
     assert (code, lines) == (0, []) and out.startswith("diverged (not stored)")  # was a RuntimeWarning in matmul
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-5", "1e9"])
+def test_workers_waits_a_time_it_can_wait(value, cli_env):
+    assert klab_here("workers", "--timeout", value)[0:2] == (2, "")  # nan and inf were tracebacks, 0 "no workers"
+    assert klab_here("workers", "--timeout", value)[2][0].startswith("klab: error: --timeout: ")
 
 
 def test_a_sweep_value_that_is_a_number_gets_no_range_hint(cli_env):

@@ -82,6 +82,15 @@ def _built(values: dict[str, str]) -> tuple:
     return build_problem(spec, {}), spec
 
 
+def test_klab_worker_gives_its_children_the_users_torch_threads_else_the_cores_split():
+    from service.cli.workers import worker_argv
+
+    cores = os.cpu_count() or 1
+    assert worker_argv("cpu", 1, "INFO")[1] == {"KLAB_TORCH_THREADS": str(cores)}
+    assert worker_argv("cpu", 1, "INFO", threads=1)[1] == {"KLAB_TORCH_THREADS": "1"}  # was the split, whatever set
+    assert worker_argv("gpu", None, "INFO", threads=3)[1] == {}
+
+
 def test_log_spaced_values_are_exact(tmp_path):
     from service.jobs.sweep import grid
 

@@ -14,11 +14,14 @@ from service.errors import BadInput
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list, one object a worker")
-@click.option("--timeout", type=float, default=1.5, show_default=True, help="seconds to wait for replies")
+@click.option("--timeout", type=click.FloatRange(0.1, 60), default=1.5, show_default=True,
+              help="seconds to wait for replies (0.1 to 60)")
 def workers(as_json: bool, timeout: float) -> None:
     """Live workers with their queues, the database they serve, device and active jobs."""
     from service import broker
 
+    if timeout != timeout:  # NaN: no range holds it, and click's lets it through
+        raise BadInput("--timeout", "nan is not in the range 0.1<=x<=60")
     broker.check()
     rows = broker.workers(timeout)
     if as_json:
@@ -28,7 +31,9 @@ def workers(as_json: bool, timeout: float) -> None:
         click.echo("no workers answered")
         return
     for r in rows:
-        active = ", ".join(str(j) for j in r.get("active_jobs", [])[:10]) or "-"
+        held = r.get("active_jobs", [])
+        active = ", ".join(str(j) for j in held[:10]) + (f", ... ({len(held)} in all)" if len(held) > 10 else "") \
+            or "-"
         click.echo(f"{r['worker']}  queues {','.join(r.get('queues', []))}  database {r.get('database')}  "
                    f"device {r.get('device')}  pool {r.get('pool')}  active jobs {active}")
 
@@ -41,10 +46,11 @@ LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 """Celery's log levels (refused here in one line, before Celery's own usage text could be)."""
 
 
-def worker_argv(queue: str, concurrency: int | None, loglevel: str, name: str | None = None
-                ) -> tuple[list[str], dict[str, str]]:
+def worker_argv(queue: str, concurrency: int | None, loglevel: str, name: str | None = None,
+                threads: int | None = None) -> tuple[list[str], dict[str, str]]:
     """The plain celery command line a worker runs, and the environment it adds. Its node name is
-    `<name>@<host>`, the queue's name unless given."""
+    `<name>@<host>`, the queue's name unless given; a cpu worker's children have `threads` torch threads each (the
+    user's KLAB_TORCH_THREADS), or the cores split among them."""
     env: dict[str, str] = {}
     node = f"{name or queue}@%h"
     if queue == "gpu":
@@ -54,7 +60,7 @@ def worker_argv(queue: str, concurrency: int | None, loglevel: str, name: str | 
         n = concurrency or os.cpu_count() or 1
         argv = ["celery", "-A", "worker.app", "worker", "-Q", "cpu", "--pool", "prefork", "--concurrency", str(n),
                 "--hostname", node, "--loglevel", loglevel.upper()]
-        env["KLAB_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))  # the cores split among children
+        env["KLAB_TORCH_THREADS"] = str(threads or max(1, (os.cpu_count() or 1) // n))  # the cores split
     return argv, env
 
 
@@ -78,10 +84,13 @@ def worker(queue: str, concurrency: int | None, gpu_index: int | None, loglevel:
     if name is not None and not NAME.fullmatch(name):
         raise BadInput("name", f"{name!r} is not a node name: letters, digits, '.', '_' and '-', "
                        "starting with a letter or digit, at most 64")
+    from service import broker
     from service.db.reads import identity
+    from service.settings import settings
 
+    broker.checked_url()  # a malformed URL is one line here (the broker itself may come up later: it is waited for)
     identity()  # a database that is unreachable or not at head is one line here, not a worker that waits
-    argv, env = worker_argv(queue, concurrency, loglevel, name)
+    argv, env = worker_argv(queue, concurrency, loglevel, name, settings().torch_threads)
     if gpu_index is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu_index)
     os.environ.update(env)
