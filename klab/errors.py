@@ -37,9 +37,13 @@ def _keyword(field: str) -> str:
     return field.replace("-", "_") if field.replace("-", "_") in JobSpec.model_fields else field
 
 
-FLAGS = (("or labels with --labels", 'or labels (labels=...)'), ("or --sweep", "or a sweep (sweep=...)"),
-         ("a --device cuda job", 'a device="cuda" job'), ("--queue gpu", 'queue="gpu"'), ("leave --queue out",
-                                                                                      "leave queue out"))
+FLAGS = (
+    ("or labels with --labels", "or labels (labels=...)"),
+    ("or --sweep", "or a sweep (sweep=...)"),
+    ("a --device cuda job", 'a device="cuda" job'),
+    ("--queue gpu", 'queue="gpu"'),
+    ("leave --queue out", "leave queue out"),
+)
 """Words of the command's messages that name its flags, as a Python call names the same (klab.run's keywords)."""
 
 
