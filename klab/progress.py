@@ -95,10 +95,12 @@ def follow(selection: Selection, timeout: float | None = None, show: bool = True
     """Poll until every selected job is finished (TimeoutError after `timeout` seconds); the last counts."""
     bar = _bar(show)
     started = time.monotonic()
+    polled = False
     try:
         while True:
             asked = time.monotonic()
-            c = counts(selection)
+            c = counts(selection, waited=polled)  # jobs gone after the first look were deleted meanwhile
+            polled = True
             took = time.monotonic() - asked
             done = c["finished"] == c["jobs"]
             bar.update(c, final=done)

@@ -563,6 +563,24 @@ def test_small_things_said_right(klab_db: str, klab_cli) -> None:
     assert header.split()[:5] == ["lr", "jobs", "succeeded", "rel.", "error"]  # as a table with rows has them
 
 
+def test_jobs_deleted_while_waiting_are_gone_not_a_mistake(jobs: dict[str, int], klab_cli) -> None:
+    """`klab watch`, `submit --wait` and `sweep --wait` poll: a job there at the first look and deleted from another
+    shell since ends the wait with exit 1 (it was `id: no job N`, exit 2, a mistake the user never made)."""
+    from service.cli.progress import counts
+    from service.errors import BadInput, Gone
+
+    chosen = Selection(ids=(jobs["queued"],))
+    assert counts(chosen)["by_status"] == {"queued": 1}
+    assert klab_cli("delete", str(jobs["queued"]))[0] == 0
+    with pytest.raises(BadInput, match=f"^id: no job {jobs['queued']}$"):
+        counts(chosen)  # at the first look: the id given names no job
+    with pytest.raises(Gone, match=f"^no job {jobs['queued']}: deleted while waiting for it"):
+        counts(chosen, waited=True)
+    assert klab_cli("delete", "--sweep", str(jobs["sweep"]))[0] == 0
+    with pytest.raises(Gone, match=f"^no sweep {jobs['sweep']}: deleted while waiting"):
+        counts(Selection(sweep=jobs["sweep"]), waited=True)
+
+
 def test_output_that_cannot_be_written_is_one_line(klab_db: str, add_job, tmp_path: Path) -> None:
     """A full disk (/dev/full) under the output, of stdout or of export -o: one line, exit 1 (it was OSError)."""
     with writing() as conn:

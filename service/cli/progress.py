@@ -14,7 +14,7 @@ import click
 
 from service.cli import cli
 from service.cli.options import selected
-from service.errors import Interrupted
+from service.errors import BadInput, Gone, Interrupted
 from service.jobs.selection import Selection
 from service.render.text import counted
 
@@ -113,11 +113,18 @@ def interrupts() -> Iterator[Callable[[], None]]:
             signal.signal(signal.SIGINT, previous)
 
 
-def counts(selection: Selection) -> dict[str, Any]:
+def counts(selection: Selection, waited: bool = False) -> dict[str, Any]:
+    """Jobs by status and epochs (service.db.reads.progress); `waited`: the jobs were there at an earlier look, so
+    jobs or a sweep now missing were deleted meanwhile (Gone, exit 1), no mistake of the user's."""
     from service.db.reads import progress, reading
 
-    with reading() as reader:
-        return progress(reader, selection)
+    try:
+        with reading() as reader:
+            return progress(reader, selection)
+    except BadInput as exc:
+        if not waited:
+            raise
+        raise Gone(f"{exc.message}: deleted while waiting for it (klab delete)") from None
 
 
 def count_line(c: dict[str, Any]) -> str:
@@ -141,9 +148,11 @@ def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
         with interrupts() as check, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                              TimeElapsedColumn(), transient=True, disable=not show) as bar:
             task = bar.add_task("epochs", total=None)
+            polled = False
             while True:
                 started = time.monotonic()
-                c = counts(selection)
+                c = counts(selection, polled)
+                polled = True
                 check()
                 took = time.monotonic() - started
                 if c["finished"] == c["jobs"]:
