@@ -78,8 +78,10 @@ def jobs(ids: int | Iterable[int] | None = None, sweep: int | None = None, **fil
     return _times(frame, TIMES)
 
 
-KINDS = {"int": (int,), "bigint": (int,), "float": (int, float), "bool": (bool,), "text": (str,)}
-"""What a filter on a column of each kind takes besides None (a time or a JSON column: none; filter the frame)."""
+KINDS = {"int": ((int,), "a whole number"), "bigint": ((int,), "a whole number"), "float": ((int, float), "a number"),
+         "bool": ((bool,), "True or False"), "text": ((str,), "text")}
+"""What a filter on a column of each kind takes besides None, and its words (a time or a JSON column: none; filter the
+frame)."""
 
 
 def _one_value(name: str, value: Any) -> Any:
@@ -89,10 +91,8 @@ def _one_value(name: str, value: Any) -> Any:
     field = schema.BY_NAME.get(name)
     if value is None or field is None:  # an unknown column is named as such by the read
         return value
-    kinds = KINDS.get(field.kind, ())
+    kinds, what = KINDS.get(field.kind, ((), None))
     if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
-        what = {"int": "a whole number", "bigint": "a whole number", "float": "a number", "bool": "True or False",
-                "text": "text"}.get(field.kind)
         raise BadInput(name, (f"a filter of {name} is {what} or None" if what else f"{name} is no filter of one "
                               "value") + f", got {value!r}; filter the frame for more")
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INTEGER_MOST:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -20,7 +21,7 @@ def workers(as_json: bool, timeout: float) -> None:
     """Live workers with their queues, the database they serve, device and active jobs."""
     from service import broker
 
-    if timeout != timeout:  # NaN: no range holds it, and click's lets it through
+    if math.isnan(timeout):  # no range holds it, and click's lets it through
         raise BadInput("--timeout", "nan is not in the range 0.1<=x<=60")
     broker.check()
     rows = broker.workers(timeout)

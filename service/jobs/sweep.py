@@ -209,22 +209,21 @@ TAG_LENGTH = 100
 
 def name(given: Any) -> str | None:
     """A sweep's name as given (--name), stripped; None for no name."""
-    if given is None:
-        return None
+    return None if given is None else _label("name", "a sweep's name", given, NAME_LENGTH)
+
+
+def _label(field: str, what: str, given: Any, most: int) -> str:
+    """A sweep's name or one of its tags, stripped: text of 1 to `most` characters, on one line of printable text
+    (a newline would split its row in `klab sweeps`, an escape sequence would be played by the terminal, a
+    zero-width space would look like nothing)."""
     if not isinstance(given, str):
-        raise BadInput("name", f"a sweep's name is text, got {given!r}")
+        raise BadInput(field, f"{what} is text, got {given!r}")
     text = given.strip()
-    if not text or len(text) > NAME_LENGTH:
-        raise BadInput("name", f"a sweep's name has 1 to {NAME_LENGTH} characters, got {_shown(given)}")
-    _printable("name", "a sweep's name", text)
-    return text
-
-
-def _printable(field: str, what: str, text: str) -> None:
-    """A name or tag is one line of printable text: a newline would split its row in `klab sweeps`, an escape
-    sequence would be played by the terminal, a zero-width space would look like nothing."""
+    if not text or len(text) > most:
+        raise BadInput(field, f"{what} has 1 to {most} characters, got {_shown(given)}")
     if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text):
         raise BadInput(field, f"{what} has no control or invisible characters, got {_shown(text)}")
+    return text
 
 
 def tags(given: Iterable[str] | str) -> list[str]:
@@ -233,12 +232,7 @@ def tags(given: Iterable[str] | str) -> list[str]:
     `--tag a,b` would read as two tags while it made one."""
     out: list[str] = []
     for tag in [given] if isinstance(given, str) else given:
-        if not isinstance(tag, str):
-            raise BadInput("tag", f"a tag is text, got {tag!r}")
-        tag = tag.strip()
-        if not tag or len(tag) > TAG_LENGTH:
-            raise BadInput("tag", f"a tag has 1 to {TAG_LENGTH} characters, got {_shown(tag)}")
-        _printable("tag", "a tag", tag)
+        tag = _label("tag", "a tag", tag, TAG_LENGTH)
         if "," in tag:
             meant = " ".join(f"--tag {t.strip()}" for t in tag.split(",") if t.strip())
             raise BadInput("tag", f"a tag has no commas, got {tag!r}; give each tag its own --tag"
