@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from service import broker
-from service.db import bulk, reads, writes
+from service.db import bulk, datasets, reads, writes
 from service.db.connect import Reader
 from service.db.engine import writing
 from service.errors import BadInput, BrokerUnavailable, Gone
@@ -297,7 +297,7 @@ def _upload(conn: Connection, plan: Plan, chunk: Sequence[Job]) -> None:
     for _, _, files in chunk:
         for array in files.values():
             if id(array) not in plan.datasets:
-                plan.datasets[id(array)] = writes.put_dataset(conn, array)
+                plan.datasets[id(array)] = datasets.put_dataset(conn, array)
 
 
 def _columns(chunk: Sequence[Job], uploaded: dict[int, int], sent: bool) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, fake_result
 from sqlalchemy import func, select, text, update
 
-from service.db import reads, writes
+from service.db import datasets, reads, writes
 from service.db.connect import Reader
 from service.db.engine import upgrade, writing
 from service.db.reads import reading
@@ -367,11 +367,11 @@ def test_kernels_as_json_text_are_the_doubles_they_hold() -> None:
 def test_datasets_are_stored_once_per_content(klab_db: str) -> None:
     a = np.arange(12, dtype=np.float32).reshape(3, 4)
     with writing() as conn:
-        first = writes.put_dataset(conn, a)
-        assert writes.put_dataset(conn, a.copy()) == first
-        assert writes.put_dataset(conn, a.T) != first
+        first = datasets.put_dataset(conn, a)
+        assert datasets.put_dataset(conn, a.copy()) == first
+        assert datasets.put_dataset(conn, a.T) != first
     with reading(klab_db) as reader:
-        back = reads.dataset(reader, first)
+        back = datasets.dataset(reader, first)
     assert back.dtype == np.float32 and np.array_equal(back, a)
 
 

@@ -13,8 +13,9 @@ from typing import Any
 from celery import Task
 
 from service.broker import TASK_TRAIN
-from service.db import reads, writes
+from service.db import writes
 from service.db.connect import out_of_reach
+from service.db.datasets import dataset
 from service.db.engine import writing
 from service.db.reads import reading
 from service.errors import BadInput, one_line
@@ -84,7 +85,7 @@ def load(rows: Sequence[Any]) -> tuple[list[Group], list[tuple[int, str]]]:
                 if datasets not in arrays:
                     named = [(name, ds) for name, ds in zip(("input", "labels", "kernel"), datasets) if ds is not None]
                     reader = stack.enter_context(reading()) if named else None
-                    arrays[datasets] = {name: reads.dataset(reader, ds) for name, ds in named}
+                    arrays[datasets] = {name: dataset(reader, ds) for name, ds in named}
                 return build_problem(spec.model_copy(update={"seed": row.seed}), dict(arrays[datasets]))
             except BadInput as exc:
                 return f"bad input: {exc}"

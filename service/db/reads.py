@@ -11,12 +11,11 @@ only; every value a user gives is bound as a parameter. The statements that are 
 """
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from service.db import filters
 from service.db.connect import HEAD, INTEGER_MOST, Reader, open_reader
@@ -26,9 +25,6 @@ from service.jobs import status as statuses
 from service.jobs.choices import Method
 from service.jobs.selection import Selection
 from service.settings import settings
-
-if TYPE_CHECKING:
-    import numpy as np
 
 LIST_COLUMNS = ("id", "status", "method", "input", "kernel", "lr", "epochs", "final_loss", "relative_error",
                 "identifiable")
@@ -354,16 +350,6 @@ def results(reader: Reader, selection: Selection) -> list[dict[str, Any]]:
                            f"WHERE job_id IN (SELECT id FROM jobs WHERE {clause}) ORDER BY job_id, epoch", params):
         epochs[e.pop("job_id")].append(e)
     return [result.to_json(r, epochs[r["id"]]) for r in rows]
-
-
-def dataset(reader: Reader, dataset_id: int) -> np.ndarray:
-    """An uploaded array, loaded without pickle."""
-    import numpy as np
-
-    row = reader.one("SELECT data FROM datasets WHERE id = :id", {"id": dataset_id})
-    if row is None:
-        raise BadInput("dataset", f"no dataset {dataset_id}")
-    return np.load(io.BytesIO(bytes(row["data"])), allow_pickle=False)
 
 
 def summaries(reader: Reader, selection: Selection | None, equal: dict[str, Any] | None = None

@@ -7,8 +7,6 @@ claim, which starts or cancels in one statement). Lists of job ids travel as one
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 from collections.abc import Sequence
 from datetime import timedelta
@@ -34,17 +32,16 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import REGCLASS
-from sqlalchemy.exc import IntegrityError
 
 from service.db import bulk
-from service.db.schema import datasets, epochs, jobs, sweeps, unfinished, utcnow
+from service.db.datasets import put_dataset
+from service.db.schema import epochs, jobs, sweeps, unfinished, utcnow
 from service.jobs import result, status
 from service.jobs.columns import Columns
 from service.jobs.selection import Selection
 from service.jobs.status import JobStatus
 
 if TYPE_CHECKING:  # numpy and the spec (pydantic) load only where arrays or specs are handled
-    import numpy as np
 
     from service.jobs.spec import JobSpec
 
@@ -369,30 +366,3 @@ def delete_jobs(conn: Connection, selection: Selection) -> tuple[int, int]:
     if selection.sweep is not None:
         conn.execute(delete(sweeps).where(sweeps.c.id == selection.sweep))
     return n_jobs, n_epochs
-
-
-# --- datasets -----------------------------------------------------------------------------------------
-
-def array_bytes(array: np.ndarray) -> bytes:
-    import numpy as np
-
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
-
-
-def put_dataset(conn: Connection, array: np.ndarray) -> int:
-    """Store an array once per content (sha256 of its .npy bytes); returns its dataset id."""
-    blob = array_bytes(array)
-    digest = hashlib.sha256(blob).hexdigest()
-    find = select(datasets.c.id).where(datasets.c.sha256 == digest)
-    found = conn.execute(find).scalar()
-    if found is not None:
-        return found
-    try:
-        with conn.begin_nested():  # another client may store the same array at the same moment
-            return conn.execute(insert(datasets).values(
-                sha256=digest, shape=list(array.shape), dtype=str(array.dtype), nbytes=len(blob), data=blob,
-                created_at=utcnow()).returning(datasets.c.id)).scalar_one()
-    except IntegrityError:
-        return conn.execute(find).scalar_one()
