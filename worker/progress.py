@@ -20,13 +20,14 @@ from worker.engine.explain import CANCELLED_PART_WAY, TIMED_OUT_PART_WAY
 class Progress:
     """Checks about once a second (FLUSH_SECONDS) which jobs were cancelled, and which are no longer under the
     claims that left them at `attempts` (deleted, or taken back: `lost`), and stops those; stops them all at the
-    time limit; with `stream`, writes the one job's epochs as they come, while its claim holds."""
+    time limit; with `stream`, writes the one job's epochs as they come, while its claim holds. A `quick` task's
+    jobs, not claimed, are lost once they no longer wait (cancelled, ended or claimed elsewhere, or deleted)."""
 
-    def __init__(self, ids: Sequence[int], attempts: Sequence[int], stream: bool):
-        if stream and len(ids) != 1:
-            raise ValueError("a streamed job is one job")
+    def __init__(self, ids: Sequence[int], attempts: Sequence[int], stream: bool, quick: bool = False):
+        if stream and (len(ids) != 1 or quick):
+            raise ValueError("a streamed job is one job, claimed")
         self.ids, self.attempts = list(ids), list(attempts)
-        self.stream = stream
+        self.stream, self.quick = stream, quick
         self.started = self.last_flush = time.monotonic()
         self.flushed = 0  # epochs already written (streaming)
         self.pending: list[dict] = []
@@ -49,7 +50,7 @@ class Progress:
             if self.stream and not self._flush(conn):
                 self.lost = set(self.ids)
                 return np.ones(len(self.ids), dtype=bool)
-            cancelled, gone = writes.stopping(conn, self.ids, self.attempts)
+            cancelled, gone = writes.stopping(conn, self.ids, self.attempts, self.quick)
         self.lost |= gone
         if cancelled or self.lost:
             return np.array([i in cancelled or i in self.lost for i in self.ids])

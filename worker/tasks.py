@@ -12,16 +12,18 @@ from typing import Any
 
 from celery import Task
 
+from service import defaults
 from service.broker import TASK_TRAIN
 from service.db import writes
 from service.db.connect import out_of_reach
 from service.db.datasets import dataset
 from service.db.engine import writing
 from service.db.reads import reading
+from service.db.schema import utcnow
 from service.errors import BadInput, one_line
-from service.jobs.problem import Problem, build_problem, fitting, seeded, together
+from service.jobs.problem import Problem, build_problem, fitting, seeded, together, work
 from service.jobs.spec import JobSpec, alike
-from service.jobs.status import JobStatus
+from service.jobs.status import FINISHED, WAITING, JobStatus
 from worker import engine
 from worker.app import app
 from worker.lease import Heartbeat, backoff, claim
@@ -40,27 +42,62 @@ class Group:
     ids: list[int] = field(default_factory=list)
     attempts: list[int] = field(default_factory=list)  # each job's, as its claim left them
     jobs: list[engine.Job] = field(default_factory=list)
+    quick: dict[str, Any] | None = None  # a quick task's trained_by (service.db.writes): its jobs are not claimed
 
     @property
     def fresh(self) -> bool:
-        """No epochs of theirs stored yet: every job's first claim (nothing streamed before)."""
-        return all(a == 1 for a in self.attempts)
+        """No epochs of theirs stored yet: every job's first claim (nothing streamed before), or a quick task's."""
+        return self.quick is not None or all(a == 1 for a in self.attempts)
+
+    @property
+    def work(self) -> float:
+        return work(together(self.jobs[0].problem, self.spec), len(self.jobs))
 
 
 def train_jobs(job_ids: Sequence[int], task_id: str, host: str = HOST, task_try: int = 0) -> dict[str, int]:
-    """Claim, train (in groups that train together) and store; returns counts by status."""
+    """Train (in groups that train together) and store; returns counts by status. A quick task (every job waiting,
+    at most QUICK_WORK to train: a second or so) trains its jobs without claiming them, and ends those still waiting
+    as its claim would have; any other claims its jobs first, and holds them by a heartbeat while it trains."""
+    with writing(durable=False) as conn:
+        rows = writes.peek(conn, job_ids)
+    waiting = [r for r in rows if r.status in WAITING and not r.cancel_requested]
+    if not waiting or len(waiting) < sum(r.status not in FINISHED for r in rows):
+        return claimed(job_ids, host, task_id, task_try, None)  # none to train, or some a claim must look at
+    groups, failed = load(waiting)
+    if sum(g.work for g in groups) > defaults.QUICK_WORK:
+        return claimed(job_ids, host, task_id, task_try, (waiting, groups, failed))
+    quick = writes.trained_by(host, task_id, task_try, utcnow())
+    for group in groups:
+        group.quick = quick
+    return trained(groups, failed, {r.id: r.attempts for r in waiting}, quick)
+
+
+def claimed(job_ids: Sequence[int], host: str, task_id: str, task_try: int,
+            loaded: tuple[list[Any], list[Group], list[tuple[int, str]]] | None) -> dict[str, int]:
+    """Claim a task's jobs, then train and store them holding them by a heartbeat; `loaded`: those it read waiting,
+    loaded (their groups are used again if the claim took each of them, and no other)."""
     rows = claim(job_ids, host, task_id, task_try)
     if not rows:
         return {}
     attempts = {r.id: r.attempts for r in rows}
     with Heartbeat(list(attempts), list(attempts.values())):
-        groups, failed = load(rows)
-        counts: Counter[str] = Counter()
-        for job_id, message in failed:
-            counts.update(fail([job_id], message, [attempts[job_id]]))
-        for group in groups:
-            counts.update(train_group(group))
-        return dict(+counts)  # the jobs this task ended, by status (none that other claims held meanwhile)
+        if loaded and attempts == {r.id: r.attempts + 1 for r in loaded[0]}:
+            groups, failed = loaded[1:]
+            for group in groups:
+                group.attempts = [attempts[i] for i in group.ids]
+        else:
+            groups, failed = load(rows)
+        return trained(groups, failed, attempts, None)
+
+
+def trained(groups: list[Group], failed: list[tuple[int, str]], attempts: dict[int, int],
+            quick: dict[str, Any] | None) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    for job_id, message in failed:
+        counts.update(fail([job_id], message, [attempts[job_id]], quick))
+    for group in groups:
+        counts.update(train_group(group))
+    return dict(+counts)  # the jobs this task ended, by status (none that others held or ended meanwhile)
 
 
 def load(rows: Sequence[Any]) -> tuple[list[Group], list[tuple[int, str]]]:
@@ -127,12 +164,12 @@ def train_group(group: Group) -> Counter[str]:
     try:
         device = engine.resolve_device(spec.device.value)
     except RuntimeError as exc:
-        return fail(ids, str(exc), group.attempts)
-    stream = len(ids) == 1  # a long single job shows where it runs, and writes its epochs as they come
+        return fail(ids, str(exc), group.attempts, group.quick)
+    stream = len(ids) == 1 and group.quick is None  # a long single job shows where it runs, and writes its epochs
     if stream:
         with writing() as conn:
             writes.set_device(conn, ids, device)
-    progress = Progress(ids, group.attempts, stream)
+    progress = Progress(ids, group.attempts, stream, quick=group.quick is not None)
     try:
         result = engine.train(group.jobs, spec.method, spec.epochs, spec.batch_size, device, on_epoch=progress)
         if stream and progress.lost:
@@ -144,18 +181,19 @@ def train_group(group: Group) -> Counter[str]:
         if out_of_reach(exc):
             raise
         # Whatever went wrong with these jobs ends them, never the worker (nor a retry loop).
-        return fail(ids, failure(exc, group, device), group.attempts)
+        return fail(ids, failure(exc, group, device), group.attempts, group.quick)
     progress.ended(results)
     try:
         with writing(durable=False) as conn:
-            stored = writes.save_results(conn, ids, results, fresh=group.fresh and not stream, attempts=group.attempts)
+            stored = writes.save_results(conn, ids, results, fresh=group.fresh and not stream, attempts=group.attempts,
+                                         quick=group.quick)
     except Exception as exc:
         if out_of_reach(exc):
             raise
         # Results the database refuses (a bug, bad data) end the jobs failed, saying why, once: left running,
         # they would come back as a dead worker's and fail later as "its worker stopped answering".
         message = f"{type(exc).__name__} storing the results of {len(ids)} job(s): {one_line(exc)}"
-        return fail(ids, message, group.attempts)
+        return fail(ids, message, group.attempts, group.quick)
     if len(stored) < len(ids):
         log.warning("%d of %d job(s) were no longer this worker's when they ended (their lease ran out meanwhile, "
                     "and they were claimed or ended elsewhere; or they were deleted): their results were not stored",
@@ -175,10 +213,11 @@ def failure(exc: BaseException, group: Group, device: str) -> str:
     return f"{type(exc).__name__} training {what}: {text}"
 
 
-def fail(ids: list[int], message: str, attempts: list[int]) -> Counter[str]:
-    """End failed the jobs whose claims (`attempts`, as they left them) still hold; how many, as counts by status."""
+def fail(ids: list[int], message: str, attempts: list[int], quick: dict[str, Any] | None = None) -> Counter[str]:
+    """End failed the jobs whose claims (`attempts`, as they left them) still hold, or a quick task's still waiting;
+    how many, as counts by status."""
     with writing() as conn:
-        return Counter({JobStatus.FAILED.value: len(writes.fail(conn, ids, message, attempts))})
+        return Counter({JobStatus.FAILED.value: len(writes.fail(conn, ids, message, attempts, quick))})
 
 
 @app.task(name=TASK_TRAIN, bind=True, max_retries=None)

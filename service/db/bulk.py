@@ -27,15 +27,18 @@ def postgresql(conn: Connection) -> bool:
 
 
 def update_jobs(conn: Connection, ids: Sequence[int], values: dict[str, Any], where: str = "",
-                params: dict[str, Any] | None = None, match: dict[str, list[Any]] | None = None) -> list[int]:
-    """Set jobs columns by id: `values[column]` a list (one value a job) or one value for all. `where`
-    (SQL on `jobs`, with :name `params`) restricts which jobs change, and so does `match`: a job changes only
-    if its `match[column]` (a list, one value a job) is what it holds. Returns the ids it changed."""
+                params: dict[str, Any] | None = None, match: dict[str, list[Any]] | None = None,
+                bump: Sequence[str] = ()) -> list[int]:
+    """Set jobs columns by id: `values[column]` a list (one value a job) or one value for all, and each column in
+    `bump` to what it holds plus one. `where` (SQL on `jobs`, with :name `params`) restricts which jobs change, and
+    so does `match`: a job changes only if its `match[column]` (a list, one value a job) is what it holds. Returns
+    the ids it changed."""
     if not ids:
         return []
+    bumps = [f"{c} = jobs.{c} + 1" for c in bump]
     if postgresql(conn):
-        return _update_postgresql(conn, ids, values, where, params or {}, match or {})
-    return _update_sqlite(conn, ids, values, where, params or {}, match or {})
+        return _update_postgresql(conn, ids, values, where, params or {}, match or {}, bumps)
+    return _update_sqlite(conn, ids, values, where, params or {}, match or {}, bumps)
 
 
 STAGING = "_klab_job_values"
@@ -43,12 +46,12 @@ STAGING = "_klab_job_values"
 
 
 def _update_postgresql(conn: Connection, ids: Sequence[int], values: dict[str, Any], where: str,
-                       params: dict[str, Any], match: dict[str, list[Any]]) -> list[int]:
+                       params: dict[str, Any], match: dict[str, list[Any]], bumps: list[str]) -> list[int]:
     lists = [c for c, v in values.items() if isinstance(v, list)]
     scalars = {c: v for c, v in values.items() if c not in lists}
     raw = conn.connection.driver_connection
     if not lists and not match:  # every job takes the same values
-        sets = ", ".join(f"{c} = %(s_{c})s" for c in scalars)
+        sets = ", ".join([f"{c} = %(s_{c})s" for c in scalars] + bumps)
         with raw.cursor() as cur:
             cur.execute(f"UPDATE jobs SET {sets} WHERE id = ANY(%(ids)s) {_pg(where)} RETURNING id",  # noqa: S608
                         {**{f"s_{c}": v for c, v in scalars.items()}, "ids": list(ids), **params})
@@ -67,7 +70,7 @@ def _update_postgresql(conn: Connection, ids: Sequence[int], values: dict[str, A
             columns = [_json_texts(v) if _binary_type(c) == "text" else v for c, v in copied.items()]
             for row in zip(ids, *columns):
                 copy.write_row(row)
-        sets = [f"{c} = v.{c}" for c in lists] + [f"{c} = %(s_{c})s" for c in scalars]
+        sets = [f"{c} = v.{c}" for c in lists] + [f"{c} = %(s_{c})s" for c in scalars] + bumps
         matched = "".join(f" AND jobs.{c} = v.{c}" for c in match)
         cur.execute(f"UPDATE jobs SET {', '.join(sets)} FROM {STAGING} v "  # noqa: S608
                     f"WHERE jobs.id = v.id{matched} {_pg(where)} RETURNING jobs.id",
@@ -94,7 +97,7 @@ def _json_texts(values: list[Any]) -> list[Any]:
 
 
 def _update_sqlite(conn: Connection, ids: Sequence[int], values: dict[str, Any], where: str,
-                   params: dict[str, Any], match: dict[str, list[Any]]) -> list[int]:
+                   params: dict[str, Any], match: dict[str, list[Any]], bumps: list[str]) -> list[int]:
     raw = conn.connection.driver_connection
     if where or match:
         held: dict[int, tuple] = {}  # the jobs that `where` names, with their `match` columns
@@ -112,7 +115,7 @@ def _update_sqlite(conn: Connection, ids: Sequence[int], values: dict[str, Any],
     columns = list(values)
     lists = [values[c] if isinstance(values[c], list) else [values[c]] * len(ids) for c in columns]
     rows = [tuple(_sqlite_value(conn, c, col[k]) for c, col in zip(columns, lists)) + (ids[k],) for k in keep]
-    sets = ", ".join(f"{c} = ?" for c in columns)
+    sets = ", ".join([f"{c} = ?" for c in columns] + bumps)
     raw.executemany(f"UPDATE jobs SET {sets} WHERE id = ?", rows)  # noqa: S608
     return [ids[k] for k in keep]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -108,6 +108,7 @@ def claim(conn: Connection, ids: Sequence[int], host: str, task_id: str, task_tr
     jobs are alive elsewhere claims nothing. Jobs cancelled before they started end here, never having run.
     """
     now = utcnow()
+    by = trained_by(host, task_id, task_try, now)
     running = jobs.c.status == JobStatus.RUNNING.value
     waiting = jobs.c.status.in_([s.value for s in status.sources(JobStatus.CANCELLED, status.WAITING)])
     claimable = (jobs.c.status.in_([s.value for s in status.sources(JobStatus.RUNNING, status.WAITING)])
@@ -120,23 +121,35 @@ def claim(conn: Connection, ids: Sequence[int], host: str, task_id: str, task_tr
 
     stmt = (update(jobs).where(ids_in(conn, jobs.c.id, ids), (claimable & ~cancel) | (waiting & cancel))
             .values(status=unless_cancelled(JobStatus.RUNNING.value, JobStatus.CANCELLED.value),
-                    started_at=unless_cancelled(now, jobs.c.started_at), heartbeat_at=unless_cancelled(now, None),
                     finished_at=unless_cancelled(jobs.c.finished_at, now),
-                    worker_host=unless_cancelled(host, jobs.c.worker_host),
-                    task_id=unless_cancelled(task_id, jobs.c.task_id),
-                    task_try=unless_cancelled(task_try, jobs.c.task_try),
-                    attempts=unless_cancelled(jobs.c.attempts + 1, jobs.c.attempts))
+                    attempts=unless_cancelled(jobs.c.attempts + 1, jobs.c.attempts),
+                    **{c: unless_cancelled(v, None if c == "heartbeat_at" else jobs.c[c]) for c, v in by.items()})
             .returning(*_claimed(conn)))
     started = [r for r in conn.execute(stmt).all() if r.status == JobStatus.RUNNING.value]
     started.sort(key=lambda r: r.id)
     return started
 
 
-def held(conn: Connection, ids: Sequence[int], attempts: Sequence[int]) -> ColumnElement[bool]:
+def trained_by(host: str, task_id: str, task_try: int, now: datetime) -> dict[str, Any]:
+    """The columns that say which worker's task trains a job, and since when: a claim writes them, and a quick task,
+    which claims nothing, writes them with its results (save_results, fail)."""
+    return {"started_at": now, "heartbeat_at": now, "worker_host": host, "task_id": task_id, "task_try": task_try}
+
+
+def peek(conn: Connection, ids: Sequence[int]) -> list[Any]:
+    """A task's jobs as a claim would return them (_claimed), with whether a cancel was asked, changing nothing: a
+    quick task trains those still waiting without claiming them (worker.tasks)."""
+    rows = conn.execute(select(*_claimed(conn), jobs.c.cancel_requested).where(ids_in(conn, jobs.c.id, ids)))
+    return sorted(rows, key=lambda r: r.id)
+
+
+def held(conn: Connection, ids: Sequence[int], attempts: Sequence[int], quick: bool = False) -> ColumnElement[bool]:
     """The jobs `ids` still under the claims that left them at `attempts` (one a job): running, and no other
-    claim since. What a worker writes of its jobs goes to these alone (save_results holds a task's results to
-    the same rule through bulk.update_jobs' match)."""
-    return (jobs.c.status == JobStatus.RUNNING.value) & or_(*(
+    claim since; for a `quick` task, still waiting, and never claimed since it read them. What a worker writes of
+    its jobs goes to these alone (save_results holds a task's results to the same rule through bulk.update_jobs'
+    match)."""
+    state = jobs.c.status.in_([s.value for s in status.WAITING]) if quick else jobs.c.status == JobStatus.RUNNING.value
+    return state & or_(*(
         ids_in(conn, jobs.c.id, [i for i, a in zip(ids, attempts) if a == n]) & (jobs.c.attempts == n)
         for n in set(attempts)))
 
@@ -185,11 +198,14 @@ def stopped(conn: Connection, ids: Sequence[int]) -> None:
                   cancel_requested=True, finished_at=utcnow())
 
 
-def fail(conn: Connection, ids: Sequence[int], message: str, attempts: Sequence[int] | None = None) -> list[int]:
-    """Running jobs end failed, saying why; with `attempts` (save_results's), only while their claims hold. Returns
-    the ids ended."""
-    where = ids_in(conn, jobs.c.id, ids) if attempts is None else held(conn, ids, attempts)
-    return [i for i, _ in change_status(conn, JobStatus.FAILED, where, error_message=message, finished_at=utcnow())]
+def fail(conn: Connection, ids: Sequence[int], message: str, attempts: Sequence[int] | None = None,
+         quick: dict[str, Any] | None = None) -> list[int]:
+    """Running jobs end failed, saying why; with `attempts` (save_results's), only while their claims hold; a quick
+    task's (`quick`: its trained_by) while they wait, as if claimed. Returns the ids ended."""
+    where = ids_in(conn, jobs.c.id, ids) if attempts is None else held(conn, ids, attempts, quick is not None)
+    claimed = {} if quick is None else {**quick, "attempts": jobs.c.attempts + 1}
+    return [i for i, _ in change_status(conn, JobStatus.FAILED, where, error_message=message, finished_at=utcnow(),
+                                        **claimed)]
 
 
 def waiting(conn: Connection, selection: Selection, include_queued: bool) -> list[tuple[int, str | None]]:
@@ -277,21 +293,25 @@ def insert_columns(conn: Connection, columns: dict[str, Any], n: int, ids: list[
 
 
 def save_results(conn: Connection, ids: Sequence[int], results: Columns, fresh: bool = False,
-                 attempts: Sequence[int] | None = None) -> list[int]:
+                 attempts: Sequence[int] | None = None, quick: dict[str, Any] | None = None) -> list[int]:
     """Store finished results, every job's epochs with them, replacing any epochs written while it trained
     (`fresh`: the caller knows there are none). Only running jobs end this way, and with `attempts` (a
     worker's: each job's, as its claim left them) only while that claim holds: a result for a job that ended
     meanwhile (another worker finished it first), or that another claim took over, is dropped, so each job
-    keeps one result and its own epochs. Returns the ids stored."""
+    keeps one result and its own epochs. A quick task's results (`quick`: its trained_by; `attempts` as it read
+    them) end jobs still waiting, writing what their claim would have. Returns the ids stored."""
     if not len(ids):
         return []
+    starts = status.WAITING if quick is not None else {JobStatus.RUNNING}
     for end in set(results.values["status"]):
-        status.sources(JobStatus(end), {JobStatus.RUNNING})
+        status.sources(JobStatus(end), starts)
     values = {result.BY_NAME[n].col: results.stored(n) for n in result.ROW}
     values["finished_at"] = utcnow()
     claims = None if attempts is None else {"attempts": [int(a) for a in attempts]}
-    stored = bulk.update_jobs(conn, ids, values, where="jobs.status = :state",
-                              params={"state": JobStatus.RUNNING.value}, match=claims)
+    values.update(quick or {})
+    stored = bulk.update_jobs(conn, ids, values, where="jobs.status IN (:a, :b)" if quick is not None else
+                              "jobs.status = :a", params=dict(zip("ab", sorted(s.value for s in starts))), match=claims,
+                              bump=("attempts",) if quick is not None else ())
     if not stored:
         return []
     if not fresh:
@@ -347,10 +367,12 @@ def set_device(conn: Connection, ids: Sequence[int], device: str) -> None:
     conn.execute(update(jobs).where(ids_in(conn, jobs.c.id, ids)).values(device=device))
 
 
-def stopping(conn: Connection, ids: Sequence[int], attempts: Sequence[int]) -> tuple[set[int], set[int]]:
-    """Of a worker's jobs in hand (`attempts` as its claims left them): those `klab cancel` asked to stop, and
-    those no longer under its claims (deleted; or, its lease having run out, ended or claimed elsewhere)."""
-    mine = held(conn, ids, attempts)
+def stopping(conn: Connection, ids: Sequence[int], attempts: Sequence[int], quick: bool = False
+             ) -> tuple[set[int], set[int]]:
+    """Of a worker's jobs in hand (`attempts` as its claims left them, or a `quick` task's as it read them): those
+    `klab cancel` asked to stop, and those no longer under its claims (deleted; or, its lease having run out, ended
+    or claimed elsewhere) or, a quick task's, no longer waiting."""
+    mine = held(conn, ids, attempts, quick)
     n, asked = conn.execute(select(func.count(), func.count(case((jobs.c.cancel_requested, 1)))).where(mine)).one()
     if n == len(set(ids)) and not asked:  # as nearly always: nothing to stop, said in one row
         return set(), set()

@@ -40,7 +40,9 @@ changes these columns, so an index of the jobs that have one set (service.db.sch
 failed, diverged and cancelled jobs among millions and lets claims be in-place (HOT) updates; an index on status
 would not (migration 0009)."""
 WAITING = frozenset({JobStatus.CREATED, JobStatus.QUEUED})
-"""Not started yet: a cancel ends them at once, a claim may take them."""
+"""Not started yet: a cancel ends them at once, a claim may take them. A quick task (worker.tasks: a second or less
+of training) trains its jobs without claiming them, and ends them straight from here, while they still wait: a job
+that a cancel, a delete or another worker took meanwhile keeps what they wrote."""
 
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     # stored as sent, but the broker failed before it took the message
@@ -49,9 +51,10 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.CREATED, JobStatus.QUEUED, JobStatus.RUNNING}),
     # claimed; a message may arrive before its publisher marked it queued, or after a lease ran out
     JobStatus.RUNNING: frozenset({JobStatus.CREATED, JobStatus.QUEUED, JobStatus.RUNNING}),
-    JobStatus.SUCCEEDED: frozenset({JobStatus.RUNNING}),
-    JobStatus.DIVERGED: frozenset({JobStatus.RUNNING}),
-    JobStatus.FAILED: frozenset({JobStatus.RUNNING}),
+    # trained under a claim; or, a quick task's (a second or less of training), straight from waiting
+    JobStatus.SUCCEEDED: frozenset({JobStatus.RUNNING}) | WAITING,
+    JobStatus.DIVERGED: frozenset({JobStatus.RUNNING}) | WAITING,
+    JobStatus.FAILED: frozenset({JobStatus.RUNNING}) | WAITING,
     # waiting jobs end at once; running ones stop at their next check
     JobStatus.CANCELLED: frozenset({JobStatus.CREATED, JobStatus.QUEUED, JobStatus.RUNNING}),
 }

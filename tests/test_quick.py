@@ -1,0 +1,160 @@
+"""Quick tasks (worker.tasks): a task whose jobs all wait and take a second or less to train trains them without
+claiming them, and writes each job's row once, when it ends, with what a claim would have written; whatever took
+one of its jobs meanwhile (a cancel, a delete, another worker's claim or result) keeps it. SQLite and PostgreSQL,
+the real task code in this process."""
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from sqlalchemy import select, text, update
+
+from service import defaults
+from service.db import writes
+from service.db.engine import writing
+from service.db.schema import epochs, jobs
+from service.jobs.problem import together, work
+from service.jobs.selection import Selection
+from service.jobs.spec import JobSpec
+from service.jobs.status import JobStatus
+from worker import tasks
+
+BOOK = {"input": "edge:6x8", "kernel": "d2l", "epochs": 10, "lr": 0.03}
+SETTLED = ("id", "task_id", "created_at", "started_at", "finished_at", "heartbeat_at", "queued_at", "train_seconds")
+"""Columns that differ between two runs of the same jobs (when, and which task); every other is compared."""
+
+
+def submit(n: int, **values) -> list[int]:
+    with writing() as conn:
+        return writes.insert_jobs(conn, [writes.new_job(JobSpec.parse({**BOOK, **values, "seed": s}),
+                                                        start=JobStatus.QUEUED, queue="cpu") for s in range(n)])
+
+
+def rows(ids: list[int]) -> list[dict]:
+    with writing() as conn:
+        return [dict(r._mapping) for r in conn.execute(select(jobs).where(jobs.c.id.in_(ids)).order_by(jobs.c.id))]
+
+
+def history(ids: list[int]) -> list[tuple]:
+    with writing() as conn:
+        found = conn.execute(select(epochs.c.job_id, epochs.c.epoch, epochs.c.loss, epochs.c.mse)
+                             .where(epochs.c.job_id.in_(ids)).order_by(epochs.c.job_id, epochs.c.epoch))
+        return [(ids.index(r.job_id), *r[1:]) for r in found]
+
+
+def count_updates(conn) -> None:
+    """Count every UPDATE of a job row, by a trigger (the test's own table: the product has none)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("CREATE TABLE job_writes (job_id int)"))
+        conn.execute(text("CREATE FUNCTION count_job_write() RETURNS trigger LANGUAGE plpgsql AS "
+                          "$$ BEGIN INSERT INTO job_writes VALUES (NEW.id); RETURN NEW; END $$"))
+        conn.execute(text("CREATE TRIGGER counted AFTER UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION "
+                          "count_job_write()"))
+    else:
+        conn.execute(text("CREATE TABLE job_writes (job_id int)"))
+        conn.execute(text("CREATE TRIGGER counted AFTER UPDATE ON jobs BEGIN "
+                          "INSERT INTO job_writes VALUES (NEW.id); END"))
+
+
+def writes_of(ids: list[int]) -> dict[int, int]:
+    with writing() as conn:
+        found = conn.execute(text("SELECT job_id, count(*) FROM job_writes GROUP BY job_id")).all()
+    return {i: n for i, n in found if i in ids}
+
+
+@pytest.mark.parametrize(("values", "jobs", "quick"), [
+    ({}, defaults.BATCH_JOBS, True),  # the book's task: 10 ms of training
+    ({"epochs": 10_000}, defaults.BATCH_JOBS, False),
+    # tasks of a few tens of jobs that train for 1.4 s, step by step (test_faults' tasks held in hand)
+    ({"input": "random:24x24", "kernel": "random:3x3", "epochs": 3000}, 10, False),
+    ({"input": "random:12x12", "kernel": "random:3x3", "epochs": 3000}, 20, False),
+    ({"method": "adam", "epochs": 1000}, 10, False),
+])
+def test_a_task_of_about_a_second_or_less_is_quick(values, jobs, quick):
+    from service.jobs.problem import build_problem
+
+    spec = JobSpec.parse({**BOOK, **values})
+    assert (work(together(build_problem(spec), spec), jobs) <= defaults.QUICK_WORK) is quick
+
+
+def test_a_quick_task_writes_each_job_once_and_stores_what_a_claimed_task_stores(klab_db, monkeypatch) -> None:
+    with writing() as conn:
+        count_updates(conn)
+    quick = submit(6, method="d2l-manual") + submit(2, method="adam")
+    assert tasks.train_jobs(quick, "task-q", "host-q") == {"succeeded": 8}
+    assert writes_of(quick) == {i: 1 for i in quick}  # stored queued, then ended: no claim between
+
+    monkeypatch.setattr(defaults, "QUICK_WORK", 0.0)  # every task claims its jobs first, as before quick tasks
+    claimed = submit(6, method="d2l-manual") + submit(2, method="adam")
+    assert tasks.train_jobs(claimed, "task-c", "host-c") == {"succeeded": 8}
+    assert writes_of(claimed) == {i: 2 for i in claimed}  # claimed, then ended
+
+    for q, c in zip(rows(quick), rows(claimed), strict=True):
+        assert (q["status"], q["attempts"], q["task_try"], q["worker_host"], q["task_id"]) == (
+            "succeeded", 1, 0, "host-q", "task-q")
+        assert all(isinstance(q[t], datetime) for t in ("started_at", "heartbeat_at", "finished_at"))
+        assert q["started_at"] == q["heartbeat_at"] <= q["finished_at"]
+        settled = set(SETTLED) | {"worker_host"}
+        assert {k: v for k, v in q.items() if k not in settled} == {k: v for k, v in c.items() if k not in settled}
+    assert history(quick) == history(claimed) and len(history(quick)) == 80
+
+
+def test_what_took_a_quick_tasks_jobs_meanwhile_keeps_them(klab_db) -> None:
+    """Between a quick task's read and its results: one job cancelled, one deleted, one claimed and one ended by
+    another worker (a copy of the message). The task stores the other two alone, and ends nothing else."""
+    ids = submit(6)
+    with writing() as conn:
+        peeked = writes.peek(conn, ids)
+    assert [r.id for r in peeked] == ids and {r.status for r in peeked} == {"queued"}
+    groups, failed = tasks.load(peeked)
+    assert not failed and [g.ids for g in groups] == [ids]
+    cancelled, deleted, running, done, *kept = ids
+    with writing() as conn:
+        assert writes.cancel(conn, Selection((cancelled,))) == (1, 0)
+        conn.execute(jobs.delete().where(jobs.c.id == deleted))
+        assert [r.id for r in writes.claim(conn, [running], "other", "t2", 0, lease=60)] == [running]
+    assert tasks.train_jobs([done], "t3", "other") == {"succeeded": 1}
+    with writing() as conn:
+        assert set(writes.stopping(conn, ids, [0] * 6, quick=True)[1]) == {cancelled, deleted, running, done}
+    group = groups[0]
+    group.quick = writes.trained_by("mine", "t1", 0, writes.utcnow())
+    assert tasks.train_group(group) == {"succeeded": 2}
+    found = {r["id"]: r for r in rows(ids)}
+    assert deleted not in found
+    def seen(i: int) -> tuple:
+        return found[i]["status"], found[i]["worker_host"], found[i]["attempts"]
+
+    assert [seen(i) for i in (cancelled, running, done)] == [
+        ("cancelled", None, 0), ("running", "other", 1), ("succeeded", "other", 1)]
+    assert [seen(i) for i in kept] == [("succeeded", "mine", 1)] * 2
+    with writing() as conn:
+        counted = dict(conn.execute(select(epochs.c.job_id, text("count(*)")).group_by(epochs.c.job_id)).all())
+    assert counted == {done: 10, **{i: 10 for i in kept}}  # none of the cancelled, the deleted or the running
+
+
+def test_a_quick_task_that_cannot_load_a_job_fails_it_as_a_claimed_one_would(klab_db) -> None:
+    ids = submit(3)
+    with writing() as conn:  # a stored spec that no longer parses (an older kernel-lab's, a hand edit)
+        conn.execute(update(jobs).where(jobs.c.id == ids[0]).values(spec={**BOOK, "epochs": -1}))
+    assert tasks.train_jobs(ids, "t", "h") == {"failed": 1, "succeeded": 2}
+    bad = rows(ids)[0]
+    assert (bad["status"], bad["attempts"], bad["worker_host"]) == ("failed", 1, "h")
+    assert bad["error_message"].startswith("bad input: epochs")
+
+
+@pytest.mark.parametrize("why", ["running", "cancel asked"])
+def test_a_task_with_a_job_a_claim_must_look_at_claims_them_all(klab_db, why) -> None:
+    """A job running (its lease may have run out), or waiting with a cancel asked: the task goes through the claim,
+    which takes back or ends those, as it always did."""
+    ids = submit(3)
+    with writing() as conn:
+        if why == "running":
+            writes.claim(conn, ids[:1], "dead", "t0", 0, lease=60)
+            conn.execute(update(jobs).where(jobs.c.id == ids[0]).values(heartbeat_at=datetime(2000, 1, 1)))
+        else:
+            conn.execute(update(jobs).where(jobs.c.id == ids[0]).values(cancel_requested=True))
+    ended = tasks.train_jobs(ids, "t1", "h")
+    assert ended == ({"succeeded": 3} if why == "running" else {"succeeded": 2})
+    first = rows(ids)[0]
+    assert (first["status"], first["attempts"]) == (("succeeded", 2) if why == "running" else ("cancelled", 0))
+    assert [r["attempts"] for r in rows(ids)[1:]] == [1, 1]
