@@ -772,7 +772,8 @@ def worker_phases() -> list[tuple[Any, str, str]]:
     import worker.tasks
     from service.db import writes
 
-    return [(worker.tasks, "claim", "claim"), (worker.tasks, "load", "load specs and problems"),
+    return [(writes, "peek", "read the jobs"), (worker.tasks, "claim", "claim (not a quick task)"),
+            (worker.tasks, "load", "load specs and problems"),
             (worker.engine, "train", "engine.train"), (writes, "save_results", "writes.save_results")]
 
 
