@@ -50,7 +50,7 @@ FLAGS = (
 def _in_python(message: str) -> str:
     """A message as the API's user reads it: the call to make where the command's line names a command, keywords
     where it names flags (`--tag a --tag b`: tags=['a', 'b'])."""
-    from service.jobs.spec import SWEEP_HINT
+    from service.jobs.sweep import SWEEP_HINT
 
     message = message.replace(SWEEP_HINT, "several values make a sweep: klab.sweep(...)")
     for flag, keyword in FLAGS:

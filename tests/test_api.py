@@ -107,6 +107,8 @@ BAD = [
     ("sweep-values", lambda: klab.run(seed=[1, 2], store=False), "seed",
      "several values make a sweep: klab.sweep(...)"),
     ("sweep-text", lambda: klab.submit(lr="0.1,0.2"), "lr", "several values make a sweep: klab.sweep(...)"),
+    ("sweep-kernels", lambda: klab.run(kernel="d2l,sobel-x", store=False), "kernel",
+     "several values make a sweep: klab.sweep(...)"),
     ("unknown-filter", lambda: klab.jobs(colour="red"), "colour", "unknown filter"),
     ("a-filter-of-a-list", lambda: klab.jobs(lr=[0.03]), "lr", "a filter of lr is a number or None"),  # sqlite3's
     ("a-filter-of-text-for-a-number", lambda: klab.jobs(lr="abc"), "lr", "got 'abc'"),  # psycopg's error, or none

@@ -367,6 +367,10 @@ def test_bad_input_is_one_line_exit_2_nothing_stored_nothing_queued(case, files,
                                                     "own --tag (--tag book --tag v2)"),
     (("run", "--lr", "0.01,0.03"), "lr: Input should be a valid number, unable to parse string as a number; "
                                    "several values make a sweep: klab sweep"),
+    (("run", "--kernel", "d2l,sobel-x"), "kernel: unknown kernel 'd2l,sobel-x'; expected a preset (d2l, edge-v, "),
+    (("run", "--kernel", "d2l,sobel-x"), "(no true kernel); several values make a sweep: klab sweep"),
+    (("submit", "--input", "edge:6x8,edge:8x8"), "input: expected dimensions like 6x8, got '6x8,edge:8x8'; several "
+                                                 "values make a sweep: klab sweep"),
     (("sweep", "--lr", "0.01..0.05"), "lr: range 0.01..0.05: A..B counts integers; did you mean 0.01,0.05 or "
                                       "0.01:0.05:N (N log-spaced values)?"),
     (("sweep", "--noise=0,-1,0.1"), "noise: Input should be greater than or equal to 0 (the sweep's value -1.0)"),

@@ -78,6 +78,26 @@ def test_a_single_bad_value_is_not_told_about_sweeps(values):
     assert "sweep" not in str(exc.value)
 
 
+@pytest.mark.parametrize("raw", ["[[1,-1],[2]]", "nope", "random:3x3x"])
+def test_a_single_bad_kernel_is_not_told_about_sweeps_even_with_commas(raw):
+    """The commas of one kernel's JSON literal are no sweep's list (`d2l,sobel-x` is: test_bad_input)."""
+    from service.jobs.inputs import parse_kernel
+
+    with pytest.raises(BadInput) as exc:
+        parse_kernel(raw, 0)
+    assert exc.value.field == "kernel" and "sweep" not in str(exc.value)
+
+
+@pytest.mark.parametrize(("parse", "raw"), [("parse_kernel", "d2l,sobel-x"), ("parse_kernel", "[[1,-1]],[[2]]"),
+                                            ("parse_input", "edge:6x8,edge:8x8"), ("parse_input", "npy:a.npy,npy:b")])
+def test_several_inputs_or_kernels_given_to_one_job_point_at_klab_sweep(parse, raw):
+    from service.jobs import inputs
+
+    with pytest.raises(BadInput) as exc:
+        getattr(inputs, parse)(raw, 0)
+    assert str(exc.value).endswith("; several values make a sweep: klab sweep")
+
+
 def test_unknown_method_lists_the_known_ones():
     with pytest.raises(BadInput) as exc:
         JobSpec.parse({"method": "sgd"})

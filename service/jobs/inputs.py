@@ -4,18 +4,21 @@ Canonical shapes: inputs and labels are N x C x H x W, kernels C_out x C_in x kh
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from service.errors import BadInput
 from service.jobs.choices import KERNEL_PRESETS
+from service.jobs.sweep import SWEEP_HINT, several
 from service.settings import settings
 
 # Streams of the job's seed, so random input, kernel and noise never share numbers.
@@ -129,6 +132,22 @@ def load_image(field: str, raw: str, rgb: bool) -> np.ndarray:
     return array.transpose(2, 0, 1) if rgb else array[None]
 
 
+def _one(parse: Callable[..., Any]) -> Callable[..., Any]:
+    """A parser of one input or kernel whose errors, for a text that lists several (`d2l,sobel-x`), say that
+    several make a sweep."""
+    @functools.wraps(parse)
+    def parsed(raw: str, *args: Any) -> Any:
+        try:
+            return parse(raw, *args)
+        except BadInput as exc:
+            if several(raw) and SWEEP_HINT not in exc.message:
+                raise BadInput(exc.field, f"{exc.message}; {SWEEP_HINT}") from None
+            raise
+
+    return parsed
+
+
+@_one
 def parse_input(raw: str, seed: int) -> tuple[np.ndarray, int]:
     """The input as float32 N x C x H x W, and how many dimensions the user gave (2, 3 or 4)."""
     field = "input"
@@ -208,6 +227,7 @@ def nested_array(field: str, value: object) -> np.ndarray:
     return _finite(field, array)
 
 
+@_one
 def parse_kernel(raw: str, seed: int) -> np.ndarray:
     """The true kernel as float64, 2-D (kh x kw) or 4-D (C_out x C_in x kh x kw) as the user gave it."""
     field = "kernel"

@@ -15,7 +15,7 @@ from service import defaults
 from service.errors import BadInput
 from service.jobs.choices import Device, Method, means_no_kernel
 from service.jobs.inputs import checked_file
-from service.jobs.sweep import SWEEPABLE, kernel_literal
+from service.jobs.sweep import SWEEP_HINT, SWEEPABLE, kernel_literal
 from service.settings import settings
 
 COLUMN_MOST = 2**31 - 1
@@ -110,10 +110,6 @@ class JobSpec(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
-
-
-SWEEP_HINT = "several values make a sweep: klab sweep"
-"""What a job's value that holds a sweep's values is told (the Python API names klab.sweep instead)."""
 
 
 def bad_input_from(exc: ValidationError) -> BadInput:

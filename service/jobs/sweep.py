@@ -22,6 +22,18 @@ INTEGER = ("epochs", "batch_size", "seed")
 NUMERIC = ("lr", "noise", *INTEGER)
 
 
+SWEEP_HINT = "several values make a sweep: klab sweep"
+"""What a job's value that holds a sweep's values is told (the Python API names klab.sweep instead)."""
+
+
+def several(text: str) -> bool:
+    """Whether a job's text lists several values as a sweep does (`d2l,sobel-x`; not one kernel's JSON literal)."""
+    try:
+        return len(split_list("", text)) > 1
+    except BadInput:
+        return False
+
+
 def split_list(field: str, text: str) -> list[str]:
     """A field's comma list, split on commas outside brackets, so a JSON kernel literal stays whole."""
     items, depth, start = [], 0, 0
