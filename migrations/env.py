@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import text
 
 from service.db.engine import engine_for
 from service.db.schema import compared, metadata
@@ -29,11 +30,18 @@ def run_migrations_online() -> None:
         _run(connectable)
 
 
+MIGRATING = 0x6B6C6162  # "klab": the PostgreSQL advisory lock every upgrade and downgrade holds while it runs
+
+
 def _run(connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata,
                       render_as_batch=connection.dialect.name == "sqlite",
                       include_object=compared(connection.dialect.name))
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Two at once (compose's migrate and a user's `klab db upgrade`) would both find the database empty and
+            # the second end in a duplicate key: it waits here for the first to commit, then reads where it ended.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATING})
         context.run_migrations()
 
 

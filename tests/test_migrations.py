@@ -64,6 +64,29 @@ def test_upgrade_refuses_what_it_cannot_do_in_one_line(pg_url: str, tmp_path) ->
         assert code == 2 and "at revision 0010, which this kernel-lab does not have (its newest is" in err, args
 
 
+def test_upgrades_at_once_on_a_new_database_wait_for_each_other(pg_url: str, tmp_path) -> None:
+    """Compose's migrate service and a user's `klab db upgrade` at once, on an empty database: each waits for the
+    one before it (where the second once found the database empty too and ended in a duplicate key, exit 3). Made
+    certain here: the version table is held locked until all three wait, then all go at once."""
+    env = clean_env(tmp_path, pg_url)
+    plain = pg_url.replace("+psycopg", "")
+    with psycopg.connect(plain) as holder, psycopg.connect(plain, autocommit=True) as watcher:
+        holder.execute("CREATE TABLE alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY)")
+        holder.commit()
+        holder.execute("LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE")
+        with ThreadPoolExecutor(3) as pool:
+            runs = [pool.submit(klab, env, "db", "upgrade") for _ in range(3)]
+            # (a connection in a transaction sees pg_stat_activity as it was when the transaction first read it)
+            activity = "SELECT wait_event_type, query FROM pg_stat_activity WHERE datname = current_database()"
+            wait_until(lambda: [w for w, _ in watcher.execute(activity)].count("Lock") == 3, 60,
+                       lambda: watcher.execute(activity).fetchall())
+            holder.rollback()
+            done = [r.result() for r in runs]
+    assert [(d.returncode, d.stderr) for d in done] == [(0, "")] * 3
+    assert all(d.stdout.endswith(f"is at revision {HEAD}\n") for d in done), [d.stdout for d in done]
+    assert current_revision(pg_url) == HEAD
+
+
 def test_models_and_migrations_agree(db_url: str) -> None:
     """As Alembic's autogenerate compares them (migrations/env.py): on PostgreSQL, triggers keep jobs.sweep_id's
     key (0008), and the next tests check that they do what the key did."""
