@@ -231,6 +231,17 @@ def test_a_one_epoch_job_has_one_epoch_tick() -> None:
     readable(fig)
 
 
+def test_a_diverged_jobs_rounding_is_no_floor() -> None:
+    """`klab run --lr 1e30`: weights of 1e30 leave 4.5e15 of float32 rounding in the identifiability gap of a job the
+    data determine (full rank), which `klab show` prints as 0; the plot drew it as a floor, 'unidentifiable + noise
+    (3.21e+15)'."""
+    result = result_of({"epochs": 1}, relative=1.8e31, rank=9, params=9, identifiable=True,
+                       learned_kernel=np.full((3, 3), 1.6e30).tolist(), gap_identifiability=4.5e15, gap_noise=3.1e-16)
+    fig = plot.figure_job(result)
+    assert not [line for line in by_title(fig, "kernel error").get_lines() if line.get_label().startswith("floor")]
+    readable(fig)
+
+
 def test_not_identifiable_and_diverged_are_said_and_drawn() -> None:
     hidden = result_of({"epochs": 20}, relative=0.5, rank=4, params=9, identifiable=False, gap_identifiability=1.5,
                        explanation="the data cannot tell these weights apart")

@@ -18,7 +18,7 @@ from service.jobs.status import JobStatus, in_order
 from service.jobs.sweep import INTEGER, SWEEPABLE
 from service.render import axes as ax_
 from service.render.axes import DPI, new_figure
-from service.render.text import FLOAT32_EPS, IGNORED_BY, cell, difference, settled, shared
+from service.render.text import FLOAT32_EPS, IGNORED_BY, cell, difference, kernel_scale, settled, shared
 
 __all__ = ["DPI", "figure_job", "figure_jobs", "figure_sweep", "plot_job", "plot_sweep", "save"]
 
@@ -159,8 +159,8 @@ def figure_job(result: dict[str, Any]) -> Any:
     loss_ax.plot(*loss, marker="o" if loss[0].size <= 50 else None, markersize=3, color="tab:blue")
     err_ax.plot(*error, marker="o" if error[0].size <= 50 else None, markersize=3, color="tab:green")
     ax_.curve_axes(loss_ax, "loss (as the book prints it)", "loss", last, [loss[1]], last > LOG_EPOCHS)
-    gap = result.get("gap") or {}
-    floor = math.hypot(gap.get("noise") or 0.0, gap.get("identifiability") or 0.0) / (norm or 1.0)
+    gap, scale = result.get("gap") or {}, kernel_scale(result)  # the gaps as klab show prints them: 0 under rounding
+    floor = math.hypot(*(settled(gap.get(k) or 0.0, scale) for k in ("noise", "identifiability"))) / (norm or 1.0)
     drawn = [error[1]]
     if norm and floor > FLOOR_SHOWN:  # what training cannot remove: directions the data cannot see, and label noise
         err_ax.axhline(floor, color="tab:purple", linestyle="--", label=f"floor: unidentifiable + noise ({floor:.3g})")
