@@ -224,6 +224,17 @@ def test_kernel_error_per_epoch_is_the_distance_to_the_true_kernel():
     assert errors == sorted(errors, reverse=True)  # the book's setting approaches K monotonically
 
 
+def test_a_kernel_error_past_float32s_squares_is_still_measured():
+    """`--lr 1e30`: weights of 2.6e31 after epoch 1, whose squares overflow float32; the epoch's kernel error
+    (stored as null, and drawn as 'no epochs') is the job's Frobenius error, which float32 holds."""
+    result = run_spec(spec(method="d2l-manual", lr=1e30, epochs=5, seed=0))
+    assert result["status"] == "diverged" and result["diverged_epoch"] == 2
+    learned = np.array(result["learned_kernel"])
+    assert result["epochs"][0]["kernel_error"] == pytest.approx(np.linalg.norm(learned - [[1, -1]]), rel=1e-6)
+    assert result["epochs"][0]["kernel_error"] == pytest.approx(result["error"]["frobenius"], rel=1e-6)
+    assert result["error"]["frobenius"] > 1e31
+
+
 # ---------------------------------------------------------------------------------------------------
 # Initial weights: torch.manual_seed(s); nn.Conv2d(...)
 # ---------------------------------------------------------------------------------------------------

@@ -242,6 +242,16 @@ def test_a_diverged_jobs_rounding_is_no_floor() -> None:
     readable(fig)
 
 
+def test_epochs_without_a_finite_kernel_error_say_so_not_no_epochs() -> None:
+    result = result_of({"epochs": 3}, relative=None, status=DIVERGED)
+    for e in result["epochs"]:
+        e["kernel_error"] = None  # weights past float32's range
+    fig = plot.figure_job(result)
+    notes = [t.get_text() for t in by_title(fig, "kernel error").texts]
+    assert "no finite kernel error (weights past float32)" in notes and "no epochs" not in notes, notes
+    readable(fig)
+
+
 def test_not_identifiable_and_diverged_are_said_and_drawn() -> None:
     hidden = result_of({"epochs": 20}, relative=0.5, rank=4, params=9, identifiable=False, gap_identifiability=1.5,
                        explanation="the data cannot tell these weights apart")

@@ -167,7 +167,8 @@ def figure_job(result: dict[str, Any]) -> Any:
         drawn.append(np.array([floor]))
     ax_.curve_axes(err_ax, "kernel error: how far the learned kernel is from the true one",
                    "relative error ||W - K|| / ||K||" if norm else "kernel error ||W - K||", last, drawn,
-                   last > LOG_EPOCHS, floored, "no epochs" if result.get("true_kernel") else "no true kernel")
+                   last > LOG_EPOCHS, floored, "no true kernel" if not result.get("true_kernel") else
+                   "no epochs" if not epochs else "no finite kernel error (weights past float32)")
     for a in (loss_ax, err_ax):
         for key, colour in (("converged_epoch", "tab:green"), ("diverged_epoch", "tab:red")):
             if result.get(key) is not None:

@@ -110,9 +110,9 @@ def fit(res: Residuals, w: torch.Tensor, b: torch.Tensor | None, lrs: Sequence[f
         hist.loss[epoch - 1] = torch.where(alive | newly, reported, hist.loss[epoch - 1])
         if hist.kernel_error is not None:
             with torch.no_grad():
-                d = (w - true_k).reshape(bsz, -1)
+                d = (w - true_k).reshape(bsz, -1).double()  # weights of 1e20 and more: their squares overflow float32
                 # a contiguous row sum reduces in the same order whatever the batch size (norm does not)
-                kerr = (d * d).sum(dim=1).sqrt()
+                kerr = (d * d).sum(dim=1).sqrt().to(hist.kernel_error.dtype)
                 hist.kernel_error[epoch - 1] = torch.where(alive | newly, kerr, hist.kernel_error[epoch - 1])
         if on_epoch is not None:
             stop = on_epoch(EpochEvent(
