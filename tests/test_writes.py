@@ -433,6 +433,9 @@ def test_readme_sql_examples_run_on_both_backends(klab_db: str, add_job) -> None
             add_job(conn, relative=rel, sweep_id=sweep, lr=lr, kernel="sobel-x")
         blind = add_job(conn, relative=0.3, lr=0.5, kernel="laplacian")
         add_job(conn, relative=None, status="queued", lr=0.7, kernel="laplacian")
+        # nearer than the best, but no learning rate's: lstsq reads none, and a failed job's is not its best
+        add_job(conn, relative=1e-8, lr=0.03, kernel="sobel-x", method="lstsq")
+        add_job(conn, relative=0.01, status="failed", lr=0.9, kernel="laplacian")
         conn.execute(update(jobs).where(jobs.c.id == blind).values(identifiable=False, rank=4))
     with writing() as conn:
         results = {}
