@@ -59,7 +59,8 @@ def test_export_jobs_as_json_is_every_job_with_its_kernels_as_arrays(klab_db, ad
     with reading() as reader:
         for job in exported:
             stored = reads.result_of(reader, job["id"])
-            assert job["learned_kernel"] == stored["learned_kernel"] and isinstance(job["learned_kernel"], list)
+            for kernel in ("true_kernel", "initial_kernel", "learned_kernel", "lstsq_kernel"):  # all that show has
+                assert job[kernel] == stored[kernel] and isinstance(job[kernel], list), kernel
             assert job["relative_error"] == stored["error"]["relative"]
             assert job["spec"]["seed"] == stored["spec"]["seed"]
 

@@ -125,7 +125,7 @@ TRAINED: tuple[Field, ...] = (
     _f("final_loss", "float", "The loss of its last epoch, as the book prints it.", S),
     _f("final_mse", "float", "The mean squared error after its last epoch.", S),
     _f("true_kernel", "json", "The kernel the labels were made with.", E, R),
-    _f("initial_kernel", "json", "The weights training started from.", R),
+    _f("initial_kernel", "json", "The weights training started from.", E, R),
     _f("learned_kernel", "json", "The weights training ended with.", E, R),
     _f("learned_bias", "json", "The learned bias, with --bias.", E, R),
     _f("lstsq_kernel", "json", "W* = pinv(A) y: the minimum-norm least-squares kernel.", E, R),
