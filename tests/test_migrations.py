@@ -87,6 +87,23 @@ def test_upgrades_at_once_on_a_new_database_wait_for_each_other(pg_url: str, tmp
     assert current_revision(pg_url) == HEAD
 
 
+def test_db_current_of_a_sqlite_file_not_made_yet_makes_none(tmp_path) -> None:
+    env = clean_env(tmp_path / "home")
+    done = klab(env, "db", "current")
+    assert (done.returncode, done.stderr) == (0, "") and "revision none" in done.stdout, done
+    assert not (tmp_path / "home" / "klab.db").exists()
+
+
+def test_an_upgrade_to_a_revision_behind_the_database_is_refused_not_ignored(tmp_path) -> None:
+    env = clean_env(tmp_path / "home")
+    assert klab(env, "db", "upgrade", "--revision", "0005").returncode == 0
+    done = klab(env, "db", "upgrade", "--revision", "0003")
+    assert (done.returncode, done.stdout) == (2, "") and done.stderr.endswith(
+        "klab.db is at revision 0005, past 0003: klab db upgrade does not go back\n"), done.stderr
+    assert klab(env, "db", "upgrade", "--revision", "0005").returncode == 0  # where it is: nothing to do
+    assert current_revision(f"sqlite:///{tmp_path / 'home' / 'klab.db'}") == "0005"
+
+
 def test_models_and_migrations_agree(db_url: str) -> None:
     """As Alembic's autogenerate compares them (migrations/env.py): on PostgreSQL, triggers keep jobs.sweep_id's
     key (0008), and the next tests check that they do what the key did."""

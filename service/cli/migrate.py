@@ -26,11 +26,14 @@ def db_upgrade(target: str) -> None:
     if target not in ("head", *REVISIONS):
         raise BadInput("revision", f"no revision {target!r}; choose head or one of {', '.join(REVISIONS)}")
     url = settings().database_url
-    if (unknown := unknown_revision(revision(url), url)) is not None:  # an unreachable database: one line too
+    if (unknown := unknown_revision(now := revision(url), url)) is not None:  # an unreachable database: one line too
         raise unknown
+    if now is not None and target in REVISIONS and REVISIONS.index(now) > REVISIONS.index(target):
+        raise BadInput("revision", f"the {describe(url)} is at revision {now}, past {target}: klab db upgrade does not "
+                                   "go back")
     try:
         upgrade(url, target)
-    except DBAPIError as exc:  # a table of another application's, a read-only server, another upgrade meanwhile
+    except DBAPIError as exc:  # a table of another application's, a read-only server
         raise DatabaseUnavailable(f"the {describe(url)} refused the upgrade: {one_line(exc.orig)}") from None
     click.echo(f"{describe(url)} is at revision {revision(url)}")
 

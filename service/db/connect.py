@@ -163,12 +163,21 @@ class Reader:
         return None if found is None else found["version_num"]
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a plain SQLite URL (sqlite:///PATH, no query), whether it exists or not; None for any other."""
+    scheme, _, rest = url.partition("://")
+    path = rest.partition("/")[2]
+    if scheme not in ("sqlite", "sqlite+pysqlite") or not path or path == ":memory:" or any(c in path for c in "?%"):
+        return None
+    return Path(path)
+
+
 def open_reader(url: str) -> Reader | None:
     """A driver connection, begun read-only, for a plain SQLite file or PostgreSQL URL; None otherwise."""
     scheme, _, rest = url.partition("://")
     if scheme in ("sqlite", "sqlite+pysqlite"):
-        path = rest.partition("/")[2]
-        if not path or path == ":memory:" or any(c in path for c in "?%") or not Path(path).is_file():
+        path = sqlite_file(url)
+        if path is None or not path.is_file():
             return None  # no file yet (service.db.engine creates it), or a URL only SQLAlchemy reads
         try:
             conn = sqlite3.connect(path, timeout=defaults.SQLITE_BUSY_MS / 1000)

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.db import filters
-from service.db.connect import HEAD, INTEGER_MOST, Reader, open_reader
+from service.db.connect import HEAD, INTEGER_MOST, Reader, open_reader, sqlite_file
 from service.errors import BadInput, DatabaseUnavailable
 from service.jobs import result
 from service.jobs import status as statuses
@@ -85,6 +85,8 @@ def revision(url: str | None = None) -> str | None:
     url = url or settings().database_url
     opened = open_reader(url)
     if opened is None:
+        if (path := sqlite_file(url)) is not None and not path.exists():
+            return None  # a SQLite file not made yet: none, and none made by looking (klab db current)
         from service.db.engine import current_revision
 
         return current_revision(url)
