@@ -572,6 +572,23 @@ def test_plot_sweep_labels_jobs_by_status(klab_db: str, add_job, klab_cli, tmp_p
     assert size[0] == 2 * plot.SWEEP_PANEL[0] * plot.DPI and colors > 50
 
 
+def test_a_sweep_stopped_before_its_other_values_were_stored_does_not_call_them_fixed(
+        klab_db: str, add_job, klab_cli, tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C in `klab sweep --local --method d2l-manual,adam`: the first chunk (d2l-manual's) is stored; the plot's
+    title said `fixed: method d2l-manual`."""
+    with writing() as conn:
+        sweep = writes.create_sweep(conn, {"swept": {"method": ["d2l-manual", "adam"], "seed": [0, 1, 2]},
+                                           "fixed": {"lr": 0.03}}, 6)
+        for seed in range(3):
+            add_job(conn, relative=0.1 * (seed + 1), sweep_id=sweep, seed=seed)
+    drawn = []
+    monkeypatch.setattr(plot, "save", lambda fig, path: drawn.append(fig))  # the figure, not its pixels
+    assert klab_cli("plot", "--sweep", str(sweep), "-o", str(tmp_path / "s.png"))[0] == 0
+    title = drawn[0]._suptitle.get_text()
+    assert "of what it varied, only method d2l-manual is stored" in title
+    assert "fixed: lr 0.03" in title and "method" not in title.split("fixed:")[1], title
+
+
 @SQLITE_ONLY
 def test_plot_mistakes_are_one_line_and_write_nothing(klab_db: str, add_job, klab_cli, tmp_path: Path) -> None:
     with writing() as conn:

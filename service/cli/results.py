@@ -277,17 +277,27 @@ def plot(selection: Selection, output: str) -> None:
             for r in results:
                 drawable(r)
         else:
+            from service.db.sweeps import swept
+
             name = reads.sweep_name(reader, sweep)
             rows = reads.sweep_points(reader, selection)
             if not rows:
                 raise BadInput("sweep", f"sweep {sweep} has no jobs")
+            varying = reads.varying(rows)
+            # what the sweep varied that its stored jobs do not (stopped by Ctrl-C before the rest were stored)
+            alone = [p for p in swept(reader, sweep) if p not in varying and p in rows[0]]
     from service.render import plot as plots
 
     if sweep is None:
         fig = plots.figure_jobs(results)
     else:
         title = f"sweep {sweep}" + (f" ({name})" if name else "") + f": {len(rows)} job{'s' * (len(rows) != 1)}"
-        fig = plots.figure_sweep(rows, reads.varying(rows), title)
+        if alone:
+            from service.render.text import cell
+
+            only = ", ".join(f"{p.replace('_', ' ')} {cell(rows[0][p])}" for p in alone)
+            title += f"; of what it varied, only {only} is stored"
+        fig = plots.figure_sweep(rows, varying, title, swept=alone)
     try:
         plots.save(fig, output)
     except OSError as exc:

@@ -269,7 +269,7 @@ def _codes(values: list[Any]) -> tuple[list[Any], np.ndarray, bool]:
     return distinct.tolist(), index, numeric
 
 
-def figure_sweep(rows: Sequence[dict[str, Any]], params: Sequence[str], title: str = "") -> Any:
+def figure_sweep(rows: Sequence[dict], params: Sequence[str], title: str = "", swept: Sequence[str] = ()) -> Any:
     """A sweep's relative error per value of each parameter it varies: mean and spread over the seeds (and any
     parameter not on that panel), coloured by a second varying parameter, jobs without an error by status above.
     A sweep over seeds only (or nothing) shows the distribution of its relative errors instead."""
@@ -277,7 +277,7 @@ def figure_sweep(rows: Sequence[dict[str, Any]], params: Sequence[str], title: s
     errors, floored = _errors(rows)
     finite = errors[np.isfinite(errors)]
     log = bool(finite.size and (finite > 0).all())
-    fixed = _fixed(rows, params)
+    fixed = _fixed(rows, [*params, *swept])  # not what the sweep varied, though its stored jobs have one value
     head = (title or f"{len(rows)} job{'s' * (len(rows) != 1)}") + (f"\nfixed: {fixed}" if fixed else "")
     if floored:
         head += f"\nrelative errors {ax_.FLOORED} drawn at it"
