@@ -146,9 +146,10 @@ def shown(ids: Sequence[int]) -> str:
     return f"[{len(ids)} job id{'s' if len(ids) != 1 else ''}: {listed}]"
 
 
-def publish(app, messages: Sequence[Task], identity: str, sent: Any = None) -> int:
-    """Send each task to its queue of the database `identity`; `sent(ids)` after each one the broker took.
-    Returns how many jobs were sent.
+def publish(app, messages: Sequence[Task], identity: str, sent: Any = None, again: bool = False) -> int:
+    """Send each task to its queue of the database `identity`; `sent(ids)` after each one the broker took; `again`:
+    jobs sent before (a reaper's, `klab requeue --queued`), which the worker claims first, never trains as a quick
+    task (worker.tasks). Returns how many jobs were sent.
 
     Stops at the first failure with BrokerUnavailable (the jobs of the tasks not sent are the caller's).
     """
@@ -156,8 +157,9 @@ def publish(app, messages: Sequence[Task], identity: str, sent: Any = None) -> i
     try:
         with app.producer_or_acquire() as producer:
             for queue, ids in messages:
-                app.send_task(TASK_TRAIN, args=[ids], argsrepr=shown(ids), kwargsrepr="{}",
-                              queue=routed(queue, identity), producer=producer)
+                app.send_task(TASK_TRAIN, args=[ids], kwargs={"again": True} if again else {}, argsrepr=shown(ids),
+                              kwargsrepr="{'again': True}" if again else "{}", queue=routed(queue, identity),
+                              producer=producer)
                 if sent is not None:
                     sent(ids)
                 count += len(ids)

@@ -360,7 +360,7 @@ def _and_then(exc: BrokerUnavailable, again: Selection) -> str:
     return f"{exc}; the jobs not yet queued will run after: klab requeue{'' if again.everything else f' {again}'}"
 
 
-def send(messages: Sequence[broker.Task], again: Selection) -> int:
+def send(messages: Sequence[broker.Task], again: Selection, sent_before: bool = False) -> int:
     """Publish tasks of stored jobs, marking each task's jobs queued once the broker took it; how many jobs
     were sent. A broker that fails mid-way raises BrokerUnavailable naming the requeue that sends the rest."""
     def sent(ids: list[int]) -> None:
@@ -368,7 +368,7 @@ def send(messages: Sequence[broker.Task], again: Selection) -> int:
             writes.mark_queued(conn, ids)
 
     try:
-        return broker.publish(broker.client(), messages, reads.identity(), sent)
+        return broker.publish(broker.client(), messages, reads.identity(), sent, again=sent_before)
     except BrokerUnavailable as exc:
         raise BrokerUnavailable(_and_then(exc, again)) from None
 
@@ -388,4 +388,4 @@ def requeue(selection: Selection, include_queued: bool, batch_jobs: int) -> tupl
             reads.where(Reader.of(conn), selection)  # no such job or sweep: one line, exit 2
             found = writes.waiting(conn, selection, include_queued)
         queues = {q or "cpu" for _, q in found}
-        return send(broker.tasks([(i, (q or "cpu",)) for i, q in found], batch_jobs), selection), queues
+        return send(broker.tasks([(i, (q or "cpu",)) for i, q in found], batch_jobs), selection, include_queued), queues

@@ -142,6 +142,43 @@ def test_a_quick_task_that_cannot_load_a_job_fails_it_as_a_claimed_one_would(kla
     assert bad["error_message"].startswith("bad input: epochs")
 
 
+def test_jobs_each_with_a_random_input_of_their_own_count_each_inputs_analysis(klab_db) -> None:
+    """2,048 jobs of random 24x24 inputs (one per seed) take a second or more to load and train, each input built and
+    analysed: not quick. The same jobs on one input are."""
+    for values, quick in (({"input": "random:24x24", "kernel": "random:3x3"}, False), ({"noise": 0.1}, True)):
+        ids = submit(2048, **values)
+        with writing() as conn:
+            groups, failed = tasks.load(writes.peek(conn, ids))
+        assert not failed and (sum(g.work for g in groups) <= defaults.QUICK_WORK) is quick, values
+
+
+def test_a_job_sent_again_with_the_epochs_a_dead_worker_streamed_has_them_replaced(klab_db) -> None:
+    """A job trained alone writes its epochs as it goes; its worker dies, the reaper sends it again, queued. A quick
+    task that trains it then replaces those epochs (it took them for none, and ended failed on their key)."""
+    (job,) = submit(1)
+    with writing() as conn:
+        (row,) = writes.claim(conn, [job], "dead", "t0", 0, lease=60)
+        assert writes.streamed(conn, job, row.attempts, [{"epoch": e, "loss": 9.0, "mse": 9.0, "kernel_error": 9.0}
+                                                         for e in (1, 2, 3)], 3)
+        conn.execute(update(jobs).where(jobs.c.id == job).values(heartbeat_at=datetime(2000, 1, 1)))
+        assert writes.reap(conn, lease=60, max_attempts=5) == [(job, "cpu")]
+    assert tasks.train_jobs([job], "t1", "h") == {"succeeded": 1}
+    (stored,) = rows([job])
+    assert (stored["status"], stored["attempts"], stored["error_message"]) == ("succeeded", 2, None)
+    assert [e[1] for e in history([job])] == list(range(1, 11)) and 9.0 not in [e[2] for e in history([job])]
+
+
+def test_jobs_sent_again_are_claimed_first(klab_db) -> None:
+    """A reaper's messages and Redis's given-back ones (`again`): each claim counts an attempt, so a job whose
+    workers die KLAB_MAX_ATTEMPTS times ends failed, where a quick task's death would count none."""
+    with writing() as conn:
+        count_updates(conn)
+    ids = submit(3)
+    assert tasks.train_jobs(ids, "t", "h", again=True) == {"succeeded": 3}
+    assert writes_of(ids) == {i: 2 for i in ids}  # claimed, then ended
+    assert [r["attempts"] for r in rows(ids)] == [1, 1, 1]
+
+
 @pytest.mark.parametrize("why", ["running", "cancel asked"])
 def test_a_task_with_a_job_a_claim_must_look_at_claims_them_all(klab_db, why) -> None:
     """A job running (its lease may have run out), or waiting with a cancel asked: the task goes through the claim,

@@ -62,7 +62,7 @@ class Heartbeat:
 
 def _send_again(found: list[tuple[int, str | None]]) -> None:
     broker.publish(broker.client(), broker.tasks([(i, (q or "cpu",)) for i, q in found], defaults.BATCH_JOBS),
-                   reads.identity())
+                   reads.identity(), again=True)
 
 
 def reap() -> int:

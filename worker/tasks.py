@@ -46,18 +46,27 @@ class Group:
 
     @property
     def fresh(self) -> bool:
-        """No epochs of theirs stored yet: every job's first claim (nothing streamed before), or a quick task's."""
-        return self.quick is not None or all(a == 1 for a in self.attempts)
+        """No epochs of theirs stored yet: every job's first claim, or a quick task's jobs never claimed (a job trained
+        alone writes its epochs as it goes: a dead worker's, sent again, has some)."""
+        return all(a == (0 if self.quick is not None else 1) for a in self.attempts)
 
     @property
     def work(self) -> float:
-        return work(together(self.jobs[0].problem, self.spec), len(self.jobs))
+        """How much loading and training them takes (service.jobs.problem.work)."""
+        problems = len({id(j.problem) for j in self.jobs})  # one shared, or one a job (seeded)
+        inputs = problems if str(self.spec.input).startswith("random:") else 1
+        return work(together(self.jobs[0].problem, self.spec), len(self.jobs), problems, inputs)
 
 
-def train_jobs(job_ids: Sequence[int], task_id: str, host: str = HOST, task_try: int = 0) -> dict[str, int]:
+def train_jobs(job_ids: Sequence[int], task_id: str, host: str = HOST, task_try: int = 0, again: bool = False
+               ) -> dict[str, int]:
     """Train (in groups that train together) and store; returns counts by status. A quick task (every job waiting,
     at most QUICK_WORK to train: a second or so) trains its jobs without claiming them, and ends those still waiting
-    as its claim would have; any other claims its jobs first, and holds them by a heartbeat while it trains."""
+    as its claim would have; any other claims its jobs first, and holds them by a heartbeat while it trains. So does
+    one whose jobs were sent `again` (a reaper's, a redelivery): each claim counts an attempt, and a job whose workers
+    die KLAB_MAX_ATTEMPTS times ends failed."""
+    if again:
+        return claimed(job_ids, host, task_id, task_try, None)
     with writing(durable=False) as conn:
         rows = writes.peek(conn, job_ids)
     waiting = [r for r in rows if r.status in WAITING and not r.cancel_requested]
@@ -92,6 +101,7 @@ def claimed(job_ids: Sequence[int], host: str, task_id: str, task_try: int,
 
 def trained(groups: list[Group], failed: list[tuple[int, str]], attempts: dict[int, int],
             quick: dict[str, Any] | None) -> dict[str, int]:
+    """Fail the jobs that could not be loaded, train and store the rest; counts by status."""
     counts: Counter[str] = Counter()
     for job_id, message in failed:
         counts.update(fail([job_id], message, [attempts[job_id]], quick))
@@ -194,7 +204,11 @@ def train_group(group: Group) -> Counter[str]:
         # they would come back as a dead worker's and fail later as "its worker stopped answering".
         message = f"{type(exc).__name__} storing the results of {len(ids)} job(s): {one_line(exc)}"
         return fail(ids, message, group.attempts, group.quick)
-    if len(stored) < len(ids):
+    if len(stored) < len(ids) and group.quick is not None:
+        log.warning("%d of %d job(s) of this quick task no longer waited when they ended (cancelled, deleted, or "
+                    "claimed or ended elsewhere meanwhile): their results were not stored", len(ids) - len(stored),
+                    len(ids))
+    elif len(stored) < len(ids):
         log.warning("%d of %d job(s) were no longer this worker's when they ended (their lease ran out meanwhile, "
                     "and they were claimed or ended elsewhere; or they were deleted): their results were not stored",
                     len(ids) - len(stored), len(ids))
@@ -221,13 +235,16 @@ def fail(ids: list[int], message: str, attempts: list[int], quick: dict[str, Any
 
 
 @app.task(name=TASK_TRAIN, bind=True, max_retries=None)
-def train(self: Task, job_ids: list[int]) -> dict[str, int]:
-    """Train the jobs with these ids (a batch of compatible jobs, or one)."""
+def train(self: Task, job_ids: list[int], again: bool = False) -> dict[str, int]:
+    """Train the jobs with these ids (a batch of compatible jobs, or one); `again`: sent before
+    (service.broker.publish), as is a message Redis gives back (redelivered)."""
     if not isinstance(job_ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in job_ids):
         log.error("refusing a malformed task: %r", job_ids)
         return {}
+    again = again is True or bool((self.request.delivery_info or {}).get("redelivered"))
     try:
-        return train_jobs(job_ids, self.request.id or "", self.request.hostname or HOST, self.request.retries or 0)
+        return train_jobs(job_ids, self.request.id or "", self.request.hostname or HOST, self.request.retries or 0,
+                          again)
     except Exception as exc:
         if not out_of_reach(exc):
             raise

@@ -77,7 +77,7 @@ def show_results(selection: Selection, as_json: bool, one: bool) -> None:
 @selected(optional=True)
 @_batch_jobs
 @click.option("--queued", "include_queued", is_flag=True,
-              help="also send queued jobs again (after a broker lost its data); duplicates are skipped")
+              help="also send queued jobs again (after a broker lost its data); a job is stored once")
 def requeue(selection: Selection, batch_jobs: int, include_queued: bool) -> None:
     """Send again jobs that were stored but never reached the broker (status created); no ids: all of them."""
     from service.submit import requeue

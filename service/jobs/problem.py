@@ -145,25 +145,29 @@ def job_memory(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], bias: bo
     return max(build, analysis, train) + ENGINE_BYTES
 
 
-def work(key: tuple, jobs: int) -> float:
-    """About how many floating-point operations `jobs` jobs with this key (`together`'s) take to train in one
-    batch, the analysis of their data included: a pass over each output position a kernel weight (forward and
-    backward: 3) an epoch a job; each minibatch step counted as STEP_WORK besides (torch's own cost of a step,
-    whatever its size); the analysis's Gram matrix and its eigendecomposition once."""
+def work(key: tuple, jobs: int, problems: int = 1, inputs: int = 1) -> float:
+    """About how many floating-point operations `jobs` jobs with this key (`together`'s) take to load and train in
+    one batch: building each of their `problems` (a seeded one is a job's); the analysis of each of their `inputs`
+    (a random input is a job's), its Gram matrix and eigendecomposition; a pass over each output position a kernel
+    weight (forward and backward: 3) an epoch a job; each minibatch step. The fixed costs of Python and torch are
+    counted as operations too (STEP_WORK, PROBLEM_WORK, INPUT_WORK)."""
     x_shape, _, kernel_shape, has_bias, method, epochs, batch_size, *_ = key
     n, c, h, w = x_shape
     co, _, kh, kw = kernel_shape
     p = c * kh * kw + int(has_bias)
-    analysis = n * co * (h - kh + 1) * (w - kw + 1) * p * p + 10 * p ** 3
+    analysis = (problems * (PROBLEM_WORK + 20 * n * c * h * w)
+                + inputs * (INPUT_WORK + n * co * (h - kh + 1) * (w - kw + 1) * p * (p + 1) + 10 * p ** 3))
     if Method(method) is Method.LSTSQ:
         return float(analysis)
     steps = epochs * -(-n // batch_size)
     return float(analysis + 3 * jobs * epochs * n * co * (h - kh + 1) * (w - kw + 1) * p + steps * STEP_WORK)
 
 
-STEP_WORK = 1_000_000
-"""A minibatch step's own cost, as floating-point operations: torch's dispatch of its few operations, measured 0.28 to
-0.46 ms a step for d2l-manual and 0.89 ms for adam on one core of this kind of machine, whatever the jobs' size."""
+STEP_WORK, PROBLEM_WORK, INPUT_WORK = 1_000_000, 100_000, 300_000
+"""The fixed costs, as floating-point operations at about a billion a second, measured on one core of this kind of
+machine: a minibatch step (torch's dispatch of its few operations: 0.28 to 0.46 ms for d2l-manual, 0.89 ms for adam,
+whatever the jobs' size); a problem built (0.09 ms for the book's input with noise); an input analysed (0.16 to
+0.36 ms for random 6x8 to 24x24 inputs)."""
 
 
 def fitting(key: tuple) -> int:
