@@ -41,8 +41,7 @@ from service.jobs.columns import Columns
 from service.jobs.selection import Selection
 from service.jobs.status import JobStatus
 
-if TYPE_CHECKING:  # numpy and the spec (pydantic) load only where arrays or specs are handled
-
+if TYPE_CHECKING:  # the spec (pydantic) loads only where specs are handled
     from service.jobs.spec import JobSpec
 
 def ids_in(conn: Connection, column: Any, ids: Sequence[int]) -> ColumnElement[bool]:
@@ -309,9 +308,9 @@ def save_results(conn: Connection, ids: Sequence[int], results: Columns, fresh: 
     values["finished_at"] = utcnow()
     claims = None if attempts is None else {"attempts": [int(a) for a in attempts]}
     values.update(quick or {})
-    stored = bulk.update_jobs(conn, ids, values, where="jobs.status IN (:a, :b)" if quick is not None else
-                              "jobs.status = :a", params=dict(zip("ab", sorted(s.value for s in starts))), match=claims,
-                              bump=("attempts",) if quick is not None else ())
+    states = {f"s{i}": s for i, s in enumerate(sorted(s.value for s in starts))}
+    stored = bulk.update_jobs(conn, ids, values, where=f"jobs.status IN ({', '.join(':' + k for k in states)})",
+                              params=states, match=claims, bump=("attempts",) if quick is not None else ())
     if not stored:
         return []
     if not fresh:
