@@ -113,7 +113,7 @@ cores: on 16 cores, 1,000,000 jobs stored in 16 to 20 s over 4 connections, 39 s
 
 QUICK_WORK = 1e9
 """A task whose jobs all wait and take at most this much work to train (service.jobs.problem.work: about a second on
-one core, the book's 4,096-job task 2.1e7) trains them without claiming them first (worker.tasks): it writes a job's
+one core, the book's 4,096-job task 2.3e8) trains them without claiming them first (worker.tasks): it writes a job's
 row once when it ends instead of twice. Jobs train unseen meanwhile: `status` shows them queued."""
 
 FLUSH_SECONDS = 1.0

@@ -69,6 +69,11 @@ def writes_of(ids: list[int]) -> dict[int, int]:
     ({"input": "random:24x24", "kernel": "random:3x3", "epochs": 3000}, 10, False),
     ({"input": "random:12x12", "kernel": "random:3x3", "epochs": 3000}, 20, False),
     ({"method": "adam", "epochs": 1000}, 10, False),
+    # storing is the most of these: 1.6 to 3.9 million epoch rows, 5 to 20 s (a hunt's, with real workers)
+    ({"epochs": 400}, defaults.BATCH_JOBS, False),
+    ({"input": "ones:1x2", "kernel": "[[1.0]]", "epochs": 950}, defaults.BATCH_JOBS, False),
+    ({}, 20_000, False),  # klab requeue --batch-jobs 20000
+    ({"epochs": 50}, defaults.BATCH_JOBS, True),  # 0.64 s, claim-less, on PostgreSQL
 ])
 def test_a_task_of_about_a_second_or_less_is_quick(values, jobs, quick):
     from service.jobs.problem import build_problem
