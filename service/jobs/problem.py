@@ -149,8 +149,8 @@ def work(key: tuple, jobs: int, problems: int = 1, inputs: int = 1) -> float:
     """About how many floating-point operations `jobs` jobs with this key (`together`'s) take to load and train in
     one batch: building each of their `problems` (a seeded one is a job's); the analysis of each of their `inputs`
     (a random input is a job's), its Gram matrix and eigendecomposition; a pass over each output position a kernel
-    weight (forward and backward: 3) an epoch a job; each minibatch step. The fixed costs of Python and torch are
-    counted as operations too (STEP_WORK, PROBLEM_WORK, INPUT_WORK)."""
+    weight (forward and backward: 3) an epoch a job; each minibatch step; storing each job's result and epochs. The
+    fixed costs of Python, torch and the database count as operations too (STEP_WORK and the rest)."""
     x_shape, _, kernel_shape, has_bias, method, epochs, batch_size, *_ = key
     n, c, h, w = x_shape
     co, _, kh, kw = kernel_shape
