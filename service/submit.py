@@ -362,7 +362,8 @@ def _and_then(exc: BrokerUnavailable, again: Selection) -> str:
 
 def send(messages: Sequence[broker.Task], again: Selection, sent_before: bool = False) -> int:
     """Publish tasks of stored jobs, marking each task's jobs queued once the broker took it; how many jobs
-    were sent. A broker that fails mid-way raises BrokerUnavailable naming the requeue that sends the rest."""
+    were sent (`sent_before`: some may have been, as requeue --queued sends them: a worker claims them first). A
+    broker that fails mid-way raises BrokerUnavailable naming the requeue that sends the rest."""
     def sent(ids: list[int]) -> None:
         with writing() as conn:
             writes.mark_queued(conn, ids)
