@@ -202,3 +202,37 @@ def test_an_interrupted_local_sweep_leaves_no_job_running(here: str) -> None:
     assert [r.status for r in rows] == [JobStatus.SUCCEEDED.value] * 4 + [JobStatus.CANCELLED.value] * 6
     assert all(r.finished_at is not None for r in rows)
     assert [bool(r.cancel_requested) for r in rows] == [False] * 4 + [True] * 6  # the user asked: its mark
+
+
+def test_ctrl_c_before_any_job_of_a_local_sweep_trained_says_what_it_keeps(tmp_path: Path) -> None:
+    """`klab sweep --local` stores its first chunk (running), then trains it; Ctrl-C ends those cancelled. With none
+    trained it said `0 of 10 jobs trained; sweep 1 keeps them`, as if it kept none."""
+    import signal
+    import sqlite3
+    import subprocess
+
+    from harness import clean_env, klab_path, wait_until
+
+    env = clean_env(tmp_path / "home")
+    proc = subprocess.Popen([klab_path(), "sweep", "--local", "--epochs", "100000", "--lr", "0.001", "--seed", "0..9"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = tmp_path / "home" / "klab.db"
+
+    def running() -> int:
+        if not db.exists():
+            return 0
+        with sqlite3.connect(db) as conn:
+            try:
+                return conn.execute("SELECT count(*) FROM jobs WHERE status = 'running'").fetchone()[0]
+            except sqlite3.OperationalError:  # not made yet
+                return 0
+
+    try:
+        wait_until(lambda: running() == 10, 60, "the sweep's jobs stored")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    said = "klab: stopped: 0 of 10 jobs trained; sweep 1 keeps the jobs stored so far, cancelled"
+    assert err.strip().splitlines()[-1] == said, err

@@ -16,7 +16,7 @@ JOB_FIELDS = ("input", "kernel", "labels", "bias", "noise", "method", "lr", "epo
               "seed", "tol", "device")
 
 _HELP = {
-    "input": "edge:HxW, ones:HxW, random:HxW|CxHxW, checker:HxW, diagonal:HxW, image:PATH[:rgb], npy:PATH "
+    "input": "edge:HxW, ones:HxW, random:HxW|CxHxW|NxCxHxW, checker:HxW, diagonal:HxW, image:PATH[:rgb], npy:PATH "
              "[default: edge:6x8]",
     "kernel": "true kernel: a preset (d2l, edge-v, sobel-x, sobel-y, laplacian, second-diff, box3, gauss3, "
               "sharpen, identity3), a JSON literal, random:KHxKW|COxCIxKHxKW, npy:PATH, or none (with --labels: no "

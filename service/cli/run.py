@@ -16,7 +16,7 @@ from service.errors import BadInput
 @job_options
 @click.option("--json", "as_json", is_flag=True, help="print the result as one JSON object")
 @click.option("--no-store", is_flag=True, help="train and print without writing to the database")
-@click.option("-v", "--verbose", is_flag=True, help="print each epoch's loss as the book does: epoch 2, loss 5.236")
+@click.option("-v", "--verbose", is_flag=True, help="print each epoch's loss as the book does: epoch 2, loss 8.330")
 def run(spec_file: str | None, as_json: bool, no_store: bool, verbose: bool, **values: str) -> None:
     """Train one job here and now, store it, and explain how far it got from the true kernel."""
     from service.jobs import result

@@ -76,6 +76,8 @@ def _train_here(plan: Plan, batch_jobs: int) -> list[int]:
             return train_plan(plan, batch_jobs, trained)
     except KeyboardInterrupt:
         where = f"; sweep {plan.sweep_id} keeps them" if plan.sweep_id is not None else ""
+        if plan.sweep_id is not None and not done:  # its first chunk is stored, cancelled: `keeps them` read as none
+            where = f"; sweep {plan.sweep_id} keeps the jobs stored so far, cancelled"
         raise Interrupted(f"stopped: {done} of {plan.size} jobs trained{where}") from None
     finally:
         tally.close()
