@@ -200,3 +200,26 @@ def test_a_task_with_a_job_a_claim_must_look_at_claims_them_all(klab_db, why) ->
     first = rows(ids)[0]
     assert (first["status"], first["attempts"]) == (("succeeded", 2) if why == "running" else ("cancelled", 0))
     assert [r["attempts"] for r in rows(ids)[1:]] == [1, 1]
+
+
+def test_a_quick_tasks_read_of_its_jobs_takes_no_write_lock(klab_db) -> None:
+    """A worker frozen (SIGSTOP, a paused machine) while it reads its task's jobs held SQLite's one write lock, so
+    every other worker's reaper waited on it and jobs it should have sent again as stranded stayed queued."""
+    import sqlite3
+
+    from service.db.engine import peeking
+
+    ids = submit(3)
+    with peeking() as conn:
+        assert [r.id for r in writes.peek(conn, ids)] == ids  # the read is under way: its snapshot held
+        if conn.dialect.name == "sqlite":
+            other = sqlite3.connect(conn.engine.url.database, timeout=0.2, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")  # another writer: "database is locked" if the read held the lock
+                other.execute("UPDATE jobs SET queued_at = queued_at WHERE id = ?", (ids[0],))
+                other.execute("COMMIT")
+            finally:
+                other.close()
+        else:
+            with writing() as other:  # PostgreSQL's reads never held a lock a writer waits on
+                other.execute(update(jobs).where(jobs.c.id == ids[0]).values(queued_at=jobs.c.queued_at))

@@ -17,7 +17,7 @@ from service.broker import TASK_TRAIN
 from service.db import writes
 from service.db.connect import out_of_reach
 from service.db.datasets import dataset
-from service.db.engine import writing
+from service.db.engine import peeking, writing
 from service.db.reads import reading
 from service.db.schema import utcnow
 from service.errors import BadInput, one_line
@@ -67,7 +67,7 @@ def train_jobs(job_ids: Sequence[int], task_id: str, host: str = HOST, task_try:
     die KLAB_MAX_ATTEMPTS times ends failed."""
     if again:
         return claimed(job_ids, host, task_id, task_try, None)
-    with writing(durable=False) as conn:
+    with peeking() as conn:
         rows = writes.peek(conn, job_ids)
     waiting = [r for r in rows if r.status in WAITING and not r.cancel_requested]
     if not waiting or len(waiting) < sum(r.status not in FINISHED for r in rows):

@@ -64,8 +64,9 @@ def _create(url: str) -> Engine:
     @event.listens_for(eng, "begin")
     def _begin(conn: Connection) -> None:
         # Writers take the write lock up front: a deferred transaction that later writes fails at once
-        # with "database is locked" when another process wrote meanwhile, whatever the timeout.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # with "database is locked" when another process wrote meanwhile, whatever the timeout. A read
+        # (`peeking`) takes none: a worker frozen in one must not stop every other worker's writes.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("klab_read") else "BEGIN IMMEDIATE")
 
     return eng
 
@@ -128,6 +129,16 @@ def reachable(url: str) -> Iterator[None]:
         yield
     except DBAPIError as exc:
         raise unreachable(url, exc.orig if exc.orig is not None else exc) from None
+
+
+@contextmanager
+def peeking(url: str | None = None) -> Iterator[Connection]:
+    """A connection in a transaction that only reads (SQLAlchemy Core's, where service.db.reads's Reader will not
+    do): on SQLite it takes no write lock (service.db.writes.peek, a quick task's read of its jobs)."""
+    with ready_engine(url).connect() as conn:
+        conn = conn.execution_options(klab_read=True)
+        with conn.begin():
+            yield conn
 
 
 @contextmanager
