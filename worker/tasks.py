@@ -21,7 +21,7 @@ from service.db.engine import peeking, writing
 from service.db.reads import reading
 from service.db.schema import utcnow
 from service.errors import BadInput, one_line
-from service.jobs.problem import Problem, build_problem, fitting, seeded, together, work
+from service.jobs.problem import Problem, build_problem, fitting, random_input, seeded, together, work
 from service.jobs.spec import JobSpec, alike
 from service.jobs.status import FINISHED, WAITING, JobStatus
 from worker import engine
@@ -54,7 +54,7 @@ class Group:
     def work(self) -> float:
         """How much loading and training them takes (service.jobs.problem.work)."""
         problems = len({id(j.problem) for j in self.jobs})  # one shared, or one a job (seeded)
-        inputs = problems if str(self.spec.input).startswith("random:") else 1
+        inputs = problems if random_input(self.spec) else 1
         return work(together(self.jobs[0].problem, self.spec), len(self.jobs), problems, inputs)
 
 

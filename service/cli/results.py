@@ -284,7 +284,8 @@ def plot(selection: Selection, output: str) -> None:
             if not rows:
                 raise BadInput("sweep", f"sweep {sweep} has no jobs")
             varying = reads.varying(rows)
-            # what the sweep varied that its stored jobs do not (stopped by Ctrl-C before the rest were stored)
+            # what the sweep varied that its stored jobs do not (stopped by Ctrl-C before the rest were stored): the
+            # plot says so, and does not call it fixed
             alone = [p for p in swept(reader, sweep) if p not in varying and p in rows[0]]
     from service.render import plot as plots
 
@@ -292,11 +293,6 @@ def plot(selection: Selection, output: str) -> None:
         fig = plots.figure_jobs(results)
     else:
         title = f"sweep {sweep}" + (f" ({name})" if name else "") + f": {len(rows)} job{'s' * (len(rows) != 1)}"
-        if alone:
-            from service.render.text import cell
-
-            only = ", ".join(f"{p.replace('_', ' ')} {cell(rows[0][p])}" for p in alone)
-            title += f"; of what it varied, only {only} is stored"
         fig = plots.figure_sweep(rows, varying, title, swept=alone)
     try:
         plots.save(fig, output)

@@ -277,10 +277,10 @@ def figure_sweep(rows: Sequence[dict], params: Sequence[str], title: str = "", s
     errors, floored = _errors(rows)
     finite = errors[np.isfinite(errors)]
     log = bool(finite.size and (finite > 0).all())
-    fixed = _fixed(rows, [*params, *swept])  # not what the sweep varied, though its stored jobs have one value
-    head = (title or f"{len(rows)} job{'s' * (len(rows) != 1)}") + (f"\nfixed: {fixed}" if fixed else "")
-    if floored:
-        head += f"\nrelative errors {ax_.FLOORED} drawn at it"
+    fixed, only = _fixed(rows, [*params, *swept]), ", ".join(f"{_name(p)} {cell(rows[0][p])}" for p in swept)
+    head = title or f"{len(rows)} job{'s' * (len(rows) != 1)}"
+    head += (f"; of what it varied, only {only} is stored" if only else "") + (f"\nfixed: {fixed}" if fixed else "")
+    head += f"\nrelative errors {ax_.FLOORED} drawn at it" if floored else ""
     if not shown:
         return _figure_distribution(rows, errors, log, head)
     status = np.array(_column(rows, "status"))
