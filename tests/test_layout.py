@@ -1,5 +1,6 @@
 """The house rules that a reader would otherwise check by hand: the README's module map is the tree, no module
-grows past 400 lines, job statuses are spelled in one place, and the stable learning rate has one home."""
+grows past 400 lines, job statuses are spelled in one place, the stable learning rate has one home, and nothing
+stray is committed at the top level."""
 from __future__ import annotations
 
 import ast
@@ -73,3 +74,14 @@ def test_every_option_of_every_command_says_what_it_does():
     silent = [f"klab {name} {param.opts[0]}" for name, command in commands(cli) for param in command.params
               if isinstance(param, click.Option) and not param.help and not param.hidden]
     assert len(commands(cli)) > 17 and silent == []  # every command, and db's subcommands
+
+
+PROJECT = {".ci", ".dockerignore", ".env.example", ".gitignore", "Dockerfile", "Makefile", "README.md", "alembic.ini",
+           "bench", "constraints.txt", "docker-compose.override.example.yml", "docker-compose.yml", "examples", "klab",
+           "migrations", "pyproject.toml", "service", "tests", "worker"}
+"""What the repository's top level holds: the design card's directories, what builds, runs and tests them."""
+
+
+def test_the_top_level_holds_the_project_and_nothing_else():
+    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert {path.split("/")[0] for path in out.stdout.split()} == PROJECT  # 5117bd4 committed a shell's scratch output
