@@ -17,7 +17,7 @@ from harness import service_env as env_of
 from service import defaults
 from service.errors import BadInput
 from service.jobs.choices import Method
-from service.jobs.problem import build_problem, job_memory
+from service.jobs.problem import ENGINE_BYTES, build_problem, gib, job_memory
 from service.jobs.spec import JobSpec
 from service.settings import Settings
 
@@ -204,6 +204,18 @@ def test_the_limit_is_where_the_estimate_says(tmp_path):
     out = klab(clean_env(home, KLAB_MAX_JOB_MEMORY=str(need)), *args)
     assert out.returncode == 0, out.stderr
     assert stored_jobs(home) == 1
+
+
+def test_a_limit_under_the_engines_share_names_itself_in_its_own_unit(tmp_path):
+    assert [gib(n) for n in (3 * GIB // 2, 512 * 2**20, 2048, 1000, 1)] == [
+        "1.5 GiB", "512 MiB", "2 KiB", "1000 bytes", "1 bytes"]
+    home = tmp_path / "home"
+    out = klab(clean_env(home, KLAB_MAX_JOB_MEMORY="1000"), "run", "--no-store")
+    need = job_memory((1, 1, 6, 8), (1, 1, 1, 2), False, Method.D2L_MANUAL, 10)
+    assert ENGINE_BYTES < need < ENGINE_BYTES + 2**20  # the book's job is almost all the engine's share
+    assert out.returncode == 2 and out.stderr == (
+        f"klab: error: memory: the job needs about {need / 2**20:.3g} MiB at once (input 1x1x6x8, kernel 1x1x1x2, "
+        "method d2l-manual), more than the limit 1000 bytes (KLAB_MAX_JOB_MEMORY)\n")  # was 0.000954 MiB
 
 
 def test_submit_and_sweep_refuse_before_the_broker_or_the_database(tmp_path):

@@ -191,8 +191,11 @@ def check_memory(spec: JobSpec, x_shape: tuple[int, ...], kernel_shape: tuple[in
 
 
 def gib(size: int) -> str:
-    """A size in bytes for a message: 1.5 GiB, 512 MiB."""
-    return f"{size / 2**30:.3g} GiB" if size >= 2**30 else f"{size / 2**20:.3g} MiB"
+    """A size in bytes for a message: 1.5 GiB, 512 MiB, 2 KiB, 100 bytes."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} bytes"
 
 
 def _fits(y: np.ndarray) -> bool:
