@@ -74,6 +74,11 @@ def test_every_option_of_every_command_says_what_it_does():
     silent = [f"klab {name} {param.opts[0]}" for name, command in commands(cli) for param in command.params
               if isinstance(param, click.Option) and not param.help and not param.hidden]
     assert len(commands(cli)) > 17 and silent == []  # every command, and db's subcommands
+    files = {name: p.help for name, command in commands(cli) for p in command.params if p.name == "spec_file"}
+    assert files == {"run": "a job in JSON or YAML (flags given override it)",  # sweep's said "a job" too
+                     "submit": "jobs: one in JSON or YAML, or one a line in JSONL (flags given override it)",
+                     "sweep": "a sweep in JSON or YAML: any swept field may hold a list or a range (flags given "
+                              "override it)"}
 
 
 PROJECT = {".ci", ".dockerignore", ".env.example", ".gitignore", "Dockerfile", "Makefile", "README.md", "alembic.ini",

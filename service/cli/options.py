@@ -35,13 +35,17 @@ _HELP = {
 }
 
 
-def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Adds every job flag (as a string, None when not given) and -f FILE."""
-    for name in reversed(JOB_FIELDS):
-        flag = "--" + name.replace("_", "-")
-        func = click.option(flag, name, default=None, metavar="TEXT", help=_HELP[name])(func)
-    return click.option("-f", "--file", "spec_file", default=None, metavar="FILE",
-                        help="a job in JSON or YAML (flags given override it)")(func)
+def job_options(file: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Adds every job flag (as a string, None when not given) and -f FILE, which holds `file` (its help)."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for name in reversed(JOB_FIELDS):
+            flag = "--" + name.replace("_", "-")
+            func = click.option(flag, name, default=None, metavar="TEXT", help=_HELP[name])(func)
+        return click.option("-f", "--file", "spec_file", default=None, metavar="FILE",
+                            help=f"{file} (flags given override it)")(func)
+
+    return decorate
 
 
 def given(values: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from service.errors import BadInput
 
 
 @cli.command()
-@job_options
+@job_options("a job in JSON or YAML")
 @click.option("--json", "as_json", is_flag=True, help="print the result as one JSON object")
 @click.option("--no-store", is_flag=True, help="train and print without writing to the database")
 @click.option("-v", "--verbose", is_flag=True, help="print each epoch's loss as the book does: epoch 2, loss 8.330")

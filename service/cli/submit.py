@@ -25,7 +25,7 @@ def queue_options(func):
 
 
 @cli.command()
-@job_options
+@job_options("jobs: one in JSON or YAML, or one a line in JSONL")
 @queue_options
 def submit(spec_file: str | None, queue: str | None, wait: bool, as_json: bool, batch_jobs: int, **values: str) -> None:
     """Submit jobs to the workers: flags, -f job.yaml|job.json, or -f jobs.jsonl (many)."""

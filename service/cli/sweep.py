@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 @cli.command()
-@job_options
+@job_options("a sweep in JSON or YAML: any swept field may hold a list or a range")
 @queue_options
 @click.option("--name", default=None, help="a name for the sweep")
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="a tag for the sweep (repeatable); klab sweeps "
