@@ -11,10 +11,10 @@ neither torch, pandas nor matplotlib: each is imported by the call that needs it
 """
 from __future__ import annotations
 
-from klab.errors import BadInput
+from klab.errors import BadInput, NoWorker
 from klab.local import run, sweep
 from klab.remote import Handle, submit
 from klab.result import Result
 from klab.tables import epochs, jobs, show, sweeps
 
-__all__ = ["BadInput", "Handle", "Result", "epochs", "jobs", "run", "show", "submit", "sweep", "sweeps"]
+__all__ = ["BadInput", "Handle", "NoWorker", "Result", "epochs", "jobs", "run", "show", "submit", "sweep", "sweeps"]

@@ -18,6 +18,13 @@ class BadInput(errors.BadInput):
     __module__ = "klab"  # tracebacks end `klab.BadInput: lr: ...`, the name users catch
 
 
+class NoWorker(UserWarning):
+    """Jobs were sent to a queue that no live worker of their database consumes: they wait there until one starts
+    (what `klab submit` prints as `klab: warning: ...`)."""
+
+    __module__ = "klab"
+
+
 def public(func: F) -> F:
     """An API function: its mistakes are raised from here, not from deep inside service/ or the engine."""
     @functools.wraps(func)

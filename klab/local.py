@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from klab.errors import public
-from klab.remote import Handle
+from klab.remote import Handle, warn_unserved
 from klab.result import Result
 from klab.values import arrays, checked_batch_jobs
 from service import defaults
@@ -80,6 +80,7 @@ def sweep(*, name: str | None = None, tags: Sequence[str] | str = (), local: boo
         plan = plan_sweep(sweeps.grid(files.flags(values)), queue, name, tags)
         if not local:
             sweep_id, ids = submit(plan, batch_jobs)
+            warn_unserved(plan.queues)
             return Handle(tuple(ids), sweep_id)
         from service.db.engine import ready_engine
 

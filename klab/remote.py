@@ -2,11 +2,12 @@
 waits for them (or a sweep's: klab.local.sweep) and reads their results."""
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from klab.errors import public
+from klab.errors import NoWorker, public
 from klab.result import Result
 from klab.values import arrays, checked_batch_jobs, job_values
 from service import defaults
@@ -111,5 +112,16 @@ def submit(jobs: Sequence[Mapping[str, Any]] | None = None, *, queue: str | None
                 specs.append(JobSpec.parse(files.job({**values, **doc})))
             except BadInput as exc:
                 raise BadInput(exc.field, f"{exc.message} (job {n})" if len(docs) > 1 else exc.message) from None
-        _, ids = store_and_send(plan_specs(specs, queue), batch_jobs)
+        plan = plan_specs(specs, queue)
+        _, ids = store_and_send(plan, batch_jobs)
+    warn_unserved(plan.queues)
     return Handle(tuple(ids))
+
+
+def warn_unserved(queues: set[str]) -> None:
+    """klab.NoWorker for each queue the jobs went to that no live worker of this database consumes: the call that
+    sent them (submit or sweep, through `public`) is where the warning points."""
+    from service.submit import unserved
+
+    for line in unserved(queues):
+        warnings.warn(line, NoWorker, stacklevel=4)

@@ -34,7 +34,7 @@ from service.jobs.selection import Selection
 from service.jobs.spec import JobSpec
 from service.jobs.status import JobStatus
 from service.jobs.sweep import Grid
-from service.settings import settings
+from service.settings import describe, settings
 
 CHUNK_JOBS = 4096
 """Jobs stored in one transaction, their tasks sent as soon as it commits: the first worker waits for no more."""
@@ -375,9 +375,12 @@ def send(messages: Sequence[broker.Task], again: Selection, sent_before: bool = 
 
 
 def unserved(queues: set[str]) -> list[str]:
-    """Of these queues, those no live worker of this database consumes (none known on brokers other than Redis)."""
+    """A line for each of these queues that no live worker of this database consumes (none known on brokers other
+    than Redis): what `klab submit` and `klab sweep` print as a warning, and klab.submit and klab.sweep warn."""
     identity = reads.identity()
-    return [q for q in sorted(queues) if broker.consumers(identity, q) == 0]
+    where = describe(settings().database_url)
+    return [f"no live worker of this database ({where}) consumes queue {q}; the jobs wait there until one starts: "
+            f"klab worker --queue {q}" for q in sorted(queues) if broker.consumers(identity, q) == 0]
 
 
 def requeue(selection: Selection, include_queued: bool, batch_jobs: int) -> tuple[int, set[str]]:

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import traceback
+import warnings
 from html import escape
 from pathlib import Path
 from types import SimpleNamespace
@@ -323,7 +324,9 @@ def client_of(service_env, setenv):  # noqa: F811 (service_env is test_worker's 
 def test_submit_waits_for_a_real_worker_and_equals_its_run_twin(client_of, workers, capsys):  # noqa: F811
     workers("cpu")
     image = np.random.default_rng(3).standard_normal((7, 7))
-    one = klab.submit(input=image, kernel="sobel-x", lr=0.01, epochs=12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", klab.NoWorker)  # a worker consumes the queue: no warning
+        one = klab.submit(input=image, kernel="sobel-x", lr=0.01, epochs=12)
     assert len(one.ids) == 1 and one.sweep is None
     r = one.wait(timeout=120).result()
     twin = klab.run(input=image, kernel="sobel-x", lr=0.01, epochs=12, store=False)
@@ -342,7 +345,9 @@ def test_submit_waits_for_a_real_worker_and_equals_its_run_twin(client_of, worke
 
 def test_sweep_of_lists_and_ranges_through_a_real_worker(client_of, workers):  # noqa: F811
     workers("cpu")
-    handle = klab.sweep(**BOOK, method="d2l-manual", epochs=10, lr=[0.01, 0.03], seed=range(3), name="lr x seed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", klab.NoWorker)
+        handle = klab.sweep(**BOOK, method="d2l-manual", epochs=10, lr=[0.01, 0.03], seed=range(3), name="lr x seed")
     assert handle.sweep is not None and len(handle.ids) == 6
     handle.wait(timeout=120, progress=False)
     frame = handle.jobs()
@@ -390,7 +395,12 @@ def test_a_sweep_takes_arrays_tensors_and_generators_of_values_and_a_tag_as_text
 
 
 def test_a_handle_that_times_out_says_how_far_its_jobs_came(client_of):
-    handle = klab.submit(**BOOK)  # no worker consumes it
+    with pytest.warns(klab.NoWorker) as warned:
+        handle = klab.submit(**BOOK)  # no worker consumes it
+    (line,) = [str(w.message) for w in warned]  # what `klab submit` prints after "klab: warning: "
+    assert line.startswith("no live worker of this database (") and line.endswith(
+        "consumes queue cpu; the jobs wait there until one starts: klab worker --queue cpu")
+    assert warned[0].filename == __file__  # raised from the call the user made
     with pytest.raises(TimeoutError, match=r"1 job\(s\): 1 queued"):
         handle.wait(timeout=0.3, progress=False)
     assert handle.cancel() == (1, 0)
@@ -399,7 +409,9 @@ def test_a_handle_that_times_out_says_how_far_its_jobs_came(client_of):
 
 def test_a_sweep_takes_a_list_of_arrays_and_a_literal_kernel_as_one_value(client_of):
     images = [np.eye(4), np.ones((4, 4))]
-    handle = klab.sweep(input=images, kernel=[[1, -1], [-1, 1]], lr=(0.1, 0.2), epochs=3)
+    with pytest.warns(klab.NoWorker, match="consumes queue cpu;") as warned:
+        handle = klab.sweep(input=images, kernel=[[1, -1], [-1, 1]], lr=(0.1, 0.2), epochs=3)
+    assert len(warned) == 1 and warned[0].filename == __file__
     frame = handle.jobs()  # stored and queued; no worker needed to read them
     assert len(frame) == 4 and frame["kernel"].tolist() == ["[[1, -1], [-1, 1]]"] * 4
     assert frame["input"].nunique() == 2 and all(i.startswith("npy:") for i in frame["input"])
