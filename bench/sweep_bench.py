@@ -3,7 +3,9 @@
 One run measures, on the same jobs (edge:6x8, kernel d2l, d2l-manual, 10 epochs, lr 0.03, seeds 0..N-1):
 - the book's loop, one job at a time with one torch thread and no storage, on a sample of seeds, scaled;
 - the sweep, submit to stored: the clock runs from launching the real `klab sweep ... --seed 0..N-1`
-  (its Python start-up counts) until the database holds N finished jobs and 10 N epochs. One cpu
+  (its Python start-up counts) until the database holds N finished jobs and 10 N epochs; and the same
+  sweep with `--wait`, until that command exits 0 (what the issue's acceptance runs: it polls the
+  jobs until all have ended, then prints their counts), alternated with the first. One cpu
   worker process trains it, started as `klab worker --queue cpu` starts it (service.cli.workers.worker_argv,
   the README's default concurrency) and warmed up before any clock starts; with --queue gpu, the jobs
   are --device cuda and a `klab worker --queue gpu` trains them (one process, the solo pool);
@@ -352,8 +354,8 @@ def _default_threads() -> int:
 
 @dataclass
 class SweepRun:
-    total: float  # launch of `klab sweep` to every job and epoch stored
-    cli: float  # launch to the CLI's exit (jobs stored and queued)
+    total: float  # launch of `klab sweep` to every job and epoch stored, and the CLI's exit
+    cli: float  # launch to the CLI's exit (jobs stored and queued; with --wait, every job ended too)
     after_cli: float  # storage wait: the CLI's exit to the last job stored
     first_received: float | None  # launch to the worker's first task received
     tasks: int
@@ -384,12 +386,13 @@ class CliExit:
 
 
 def timed_sweep(env: dict[str, str], db_url: str, worker: Worker | Workers, jobs: int, batch_jobs: int,
-                timeout: float) -> SweepRun:
+                timeout: float, wait: bool = False) -> SweepRun:
     reset(db_url)
     eng = poll_engine(db_url)
     finished_sql = text("SELECT count(*) FROM jobs WHERE status IN ('" + "','".join(FINISHED) + "')")
     offset = worker.offset()
-    argv = [KLAB, "sweep", *book_argv(), "--seed", f"0..{jobs - 1}", "--batch-jobs", str(batch_jobs)]
+    argv = [KLAB, "sweep", *book_argv(), "--seed", f"0..{jobs - 1}", "--batch-jobs", str(batch_jobs),
+            *(["--wait"] if wait else [])]
     try:
         with eng.connect() as conn:
             wall0 = time.time()
@@ -420,6 +423,8 @@ def timed_sweep(env: dict[str, str], db_url: str, worker: Worker | Workers, jobs
                     raise SystemExit(f"the sweep did not finish in {timeout:.0f} s; worker log: {worker.log}")
                 time.sleep(POLL_SECONDS)
             cli = exited.wait()
+            if proc.returncode != 0:
+                raise SystemExit(f"klab sweep failed ({proc.returncode}):\n{exited.stderr[-3000:]}")
             statuses = dict(conn.execute(text("SELECT status, count(*) FROM jobs GROUP BY status")).all())
             retried = conn.execute(text("SELECT count(*) FROM jobs WHERE attempts > 1")).scalar()
             foreign = conn.execute(text("SELECT count(*) FROM jobs WHERE worker_host NOT LIKE :me"),
@@ -835,6 +840,8 @@ def main() -> None:
                     help="comma list of worker concurrencies to time (default: klab worker's, the number of cores)")
     ap.add_argument("--connections", default="",
                     help="comma list of KLAB_SUBMIT_CONNECTIONS values the CLI stores with (default: klab's)")
+    ap.add_argument("--wait", default="plain,wait", help="comma list of how `klab sweep` runs: plain (it exits once "
+                    "every task is sent) and wait (with --wait: it exits once every job has ended)")
     ap.add_argument("--sweep-only", action="store_true", help="the book's loop and the sweeps; not the engine "
                     "alone, the store or the bare COPY")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each configuration (median)")
@@ -856,6 +863,9 @@ def main() -> None:
     sizes = _ints(args.batch_jobs)
     concurrencies: list[int | None] = list(_ints(args.concurrency)) or [None]
     connections: list[int | None] = list(_ints(args.connections)) or [None]
+    args.waits = [w == "wait" for w in args.wait.split(",")]
+    if not args.waits or any(w not in ("plain", "wait") for w in args.wait.split(",")):
+        ap.error("--wait: plain, wait or both")
     sample_seeds = sorted({round(i * (n - 1) / max(1, args.sample - 1)) for i in range(min(args.sample, n))})
     print(f"machine: {machine()}")
     print(f"date: {datetime.now().astimezone().isoformat(timespec='seconds')}")
@@ -885,7 +895,7 @@ def timings(args: argparse.Namespace, env: dict[str, str], db_url: str, tmp: Pat
     book_losses: dict[int, list[float]] = {}
     torch_threads = _default_threads()  # a gpu worker's (it sets none), before the book's loop sets 1 here
     book_seconds_per_job(sample_seeds[:5], 1)  # warm-up: first-call allocations and dispatch caches
-    results: dict[tuple[int, int, int | None], list[SweepRun]] = {}
+    results: dict[tuple[int, int, int | None, bool], list[SweepRun]] = {}
     stores: list[StoreRun] = []
     worst = 0.0
     for c in concurrencies:
@@ -901,14 +911,15 @@ def timings(args: argparse.Namespace, env: dict[str, str], db_url: str, tmp: Pat
             for r in range(args.repeat):
                 per_job, book_losses = book_seconds_per_job(sample_seeds, args.book_threads)
                 book_runs.append(per_job)
-                for b, k in itertools.product(sizes, connections):
+                for b, k, w in itertools.product(sizes, connections, args.waits):
                     cli_env = env if k is None else {**env, "KLAB_SUBMIT_CONNECTIONS": str(k)}
-                    run = timed_sweep(cli_env, db_url, worker, n, b, args.timeout)
+                    run = timed_sweep(cli_env, db_url, worker, n, b, args.timeout, w)
                     run.book_total = per_job * n
-                    results.setdefault((children, b, k), []).append(run)
+                    results.setdefault((children, b, k, w), []).append(run)
                     ok = run.statuses.get("succeeded", 0)
                     conns = "" if k is None else f", {k} connection(s)"
-                    print(f"  run {r + 1} --batch-jobs {b}{conns}: total {run.total:.2f} s, CLI {run.cli:.2f} s, "
+                    print(f"  run {r + 1} --batch-jobs {b}{conns}{' --wait' if w else ''}: total {run.total:.2f} s, "
+                          f"CLI {run.cli:.2f} s, "
                           f"after CLI {run.after_cli:.2f} s, first task received {run.first_received or 0:.2f} s, "
                           f"{run.tasks} task(s) [{_runs(run.task_seconds[:8])}{' ...' if run.tasks > 8 else ''}] s, "
                           f"{ok} succeeded, {run.attempts_over_one} retried; book {per_job * 1e3:.3f} ms/job; "
@@ -965,21 +976,22 @@ def timings(args: argparse.Namespace, env: dict[str, str], db_url: str, tmp: Pat
     print(f"target: sweep >= {args.target:g}x the book's loop")
 
 
-def print_sweeps(args: argparse.Namespace, results: dict[tuple[int, int, int | None], list[SweepRun]],
+def print_sweeps(args: argparse.Namespace, results: dict[tuple[int, int, int | None, bool], list[SweepRun]],
                  book_total: float, engine_s: float) -> None:
     print("\nspeedup: the book loop's median over the sweep's median; per run: against the book loop timed just "
           "before it (median of those)")
-    print("\n| worker children | --batch-jobs | CLI connections | total s (median) | runs | CLI s "
+    print("\n| worker children | --batch-jobs | CLI connections | command | total s (median) | runs | CLI s "
           "| first task received s | worker s/task (median; tasks) | after CLI s | sweep vs book | per run "
           "| sweep vs engine |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for (c, b, k), runs in results.items():
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (c, b, k, w), runs in results.items():
         total = statistics.median(r.total for r in runs)
         per_task = statistics.median(s for r in runs for s in r.task_seconds) if runs[0].task_seconds else 0
         first = [r.first_received for r in runs if r.first_received is not None]
         speedup = book_total / total
         per_run = [r.book_total / r.total for r in runs]
-        print(f"| {c} | {b} | {k or 'default'} | {total:.2f} | {_runs([r.total for r in runs])} "
+        command = "--wait" if w else "plain"
+        print(f"| {c} | {b} | {k or 'default'} | {command} | {total:.2f} | {_runs([r.total for r in runs])} "
               f"| {statistics.median(r.cli for r in runs):.2f} "
               f"| {statistics.median(first) if first else float('nan'):.2f} | {per_task:.3f}; {runs[0].tasks} "
               f"| {statistics.median(r.after_cli for r in runs):.2f} "
