@@ -140,6 +140,13 @@ def test_npy_of_five_dimensions_and_missing_or_garbage_files(tmp_path):
     for there in (tmp_path, "/dev/null"):  # a path that exists is not said to be missing
         with pytest.raises(BadInput, match=f"^labels: not a file: {there}$"):
             inputs.parse_labels(f"npy:{there}")
+    (tmp_path / "a.npy").symlink_to(tmp_path / "b.npy")
+    (tmp_path / "b.npy").symlink_to(tmp_path / "a.npy")
+    (tmp_path / "dangling.npy").symlink_to(tmp_path / "missing.npy")
+    with pytest.raises(BadInput, match="^input: cannot read .*a.npy: Too many levels of symbolic links$"):
+        inputs.parse_input(f"npy:{tmp_path / 'a.npy'}", 0)  # was "no such file", of a file ls lists
+    with pytest.raises(BadInput, match="^kernel: a link to no file: .*dangling.npy$"):
+        inputs.parse_kernel(f"npy:{tmp_path / 'dangling.npy'}", 0)
     (tmp_path / "garbage.npy").write_bytes(b"not numpy at all")
     with pytest.raises(BadInput, match="^input: ") as exc:  # numpy takes a non-npy file for a pickle
         inputs.parse_input(f"npy:{tmp_path / 'garbage.npy'}", 0)

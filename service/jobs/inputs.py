@@ -70,8 +70,17 @@ def checked_file(field: str, raw: str) -> Path:
         regular, exists = path.is_file(), path.exists()
     except (OSError, RuntimeError) as exc:  # a name too long for the file system, ~user of no user
         raise BadInput(field, f"cannot read {raw}: {getattr(exc, 'strerror', None) or exc}") from None
-    if not regular:  # a directory, a device (/dev/null) or nothing at all
-        raise BadInput(field, f"not a file: {raw}" if exists else f"no such file: {raw}")
+    if not regular:  # a directory, a device (/dev/null), nothing at all, a link to nothing or a loop of links
+        if exists:
+            raise BadInput(field, f"not a file: {raw}")
+        try:
+            path.stat()
+        except FileNotFoundError:
+            why = "a link to no file" if path.is_symlink() else "no such file"
+            raise BadInput(field, f"{why}: {raw}") from None
+        except OSError as exc:  # ELOOP: exists() says False as if there were nothing
+            raise BadInput(field, f"cannot read {raw}: {exc.strerror}") from None
+        raise BadInput(field, f"no such file: {raw}")  # gone between the two looks
     if not os.access(path, os.R_OK):
         raise BadInput(field, f"file is not readable: {raw}")
     size = path.stat().st_size
