@@ -405,6 +405,9 @@ def test_a_near_miss_is_answered_with_what_was_meant(args, hint, cli_env):
                                        "'critical'"),
     (("export", "3", "--format", "xml"), "--format: 'xml' is not one of 'csv', 'json'"),
     (("plot", "3"), "--output: missing; see klab plot --help"),
+    (("delete", "--sweep", "1", "--sweep", "2"), "sweep: given 2 times (--sweep 1 --sweep 2); a command takes one "
+                                                 "sweep"),  # click kept the last: sweep 2 alone was deleted
+    (("list", "--sweep", "3", "--sweep", "3"), "sweep: given 2 times (--sweep 3 --sweep 3); a command takes one sweep"),
 ])
 def test_a_misused_command_names_itself_or_the_option(args, line, cli_env):
     """Arguments that the command does not take: one line naming the command and where its usage is."""

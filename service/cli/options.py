@@ -70,7 +70,7 @@ def selected(ids: str = "many", optional: bool = False) -> Callable[[Callable[..
                 given += _id_list(listed)
             return func(*args, selection=Selection.of(given, sweep, field, optional), **kwargs)
 
-        command = click.option("--sweep", type=int, default=None, help="every job of this sweep")(command)
+        command = sweep_option("every job of this sweep")(command)
         if ids == "option":
             command = click.option("--ids", "listed", default=None, metavar="1,2,3", help="these jobs")(command)
         if ids == "one":
@@ -78,6 +78,19 @@ def selected(ids: str = "many", optional: bool = False) -> Callable[[Callable[..
         return click.argument("job_ids", metavar="[ID]...", nargs=-1, type=int)(command)
 
     return decorate
+
+
+def sweep_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--sweep S, once: given again, click would keep the last and `klab delete --sweep 1 --sweep 2` would delete
+    sweep 2 alone."""
+
+    def one(ctx: click.Context, param: click.Parameter, values: tuple[int, ...]) -> int | None:
+        if len(values) > 1:
+            given = " ".join(f"--sweep {v}" for v in values)
+            raise BadInput("sweep", f"given {len(values)} times ({given}); a command takes one sweep")
+        return values[0] if values else None
+
+    return click.option("--sweep", type=int, multiple=True, callback=one, help=help)
 
 
 def _id_list(raw: str | None) -> list[int]:

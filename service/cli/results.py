@@ -10,7 +10,7 @@ from typing import IO, Any
 import click
 
 from service.cli import cli
-from service.cli.options import selected
+from service.cli.options import selected, sweep_option
 from service.errors import BadInput
 from service.jobs.selection import Selection
 
@@ -46,7 +46,7 @@ def _unless_ignored(column: str, text: Callable[[dict[str, Any]], str] | None = 
 
 @cli.command("list")
 @click.option("--status", default=None, help="only jobs with this status (succeeded, diverged, failed, ...)")
-@click.option("--sweep", type=int, default=None, help="only the jobs of this sweep")
+@sweep_option("only the jobs of this sweep")
 @click.option("--method", default=None, help="only jobs trained with this method")
 @click.option("--kernel", default=None,
               help="only jobs with this true kernel (as given, e.g. sobel-x; a literal whatever its spaces; none: the "
