@@ -34,10 +34,7 @@ def run(*, input: Any = None, kernel: Any = None, method: str | None = None, lr:
     from service.jobs.spec import JobSpec
 
     with arrays() as files:
-        job = files.job(values)
-        if labels is not None and kernel is None:
-            job["kernel"] = None
-        spec = JobSpec.parse(job)
+        spec = JobSpec.parse(files.job(values))
         problem = build_problem(spec)  # every mistake surfaces here, before torch is imported
         if store:
             from service.db.engine import ready_engine

@@ -67,6 +67,12 @@ def given(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def unlabelled(values: Mapping[str, Any]) -> bool:
+    """Labels given without a kernel: the API's one default unlike the command's (whose kernel is d2l unless
+    `--kernel none`), since a call that hands its own labels has no true kernel to compare with."""
+    return "labels" in values and "kernel" not in values
+
+
 def is_array(value: Any) -> bool:
     """A numpy array, or a torch tensor (recognised by its methods, so that torch is never imported here)."""
     import numpy as np
@@ -105,13 +111,16 @@ class Files:
         return self.npy(field, value) if field in ARRAY_FIELDS and is_array(value) else value
 
     def job(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """One job's values, arrays as npy:PATH."""
-        return {k: self.value(k, v) for k, v in given(values).items()}
+        """One job's values, arrays as npy:PATH; labels without a kernel mean no true kernel (unlabelled)."""
+        job = {k: self.value(k, v) for k, v in given(values).items()}
+        return {**job, "kernel": None} if unlabelled(job) else job
 
     def flags(self, values: Mapping[str, Any]) -> dict[str, str]:
         """A sweep's values as `klab sweep` flags: lists, tuples, generators, numpy arrays and tensors (but an
-        array for input, kernel or labels, which is one value) as comma lists, ranges as A..B."""
-        return {k: self._flag(k, v) for k, v in given(values).items()}
+        array for input, kernel or labels, which is one value) as comma lists, ranges as A..B; labels without a
+        kernel mean no true kernel (unlabelled)."""
+        flags = {k: self._flag(k, v) for k, v in given(values).items()}
+        return {**flags, "kernel": "none"} if unlabelled(flags) else flags
 
     def _flag(self, field: str, value: Any) -> str:
         pandas = type(value).__module__.split(".")[0] == "pandas"

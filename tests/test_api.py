@@ -407,6 +407,19 @@ def test_a_handle_that_times_out_says_how_far_its_jobs_came(client_of):
     assert handle.status()["by_status"] == {JobStatus.CANCELLED.value: 1}
 
 
+def test_labels_without_a_kernel_mean_no_true_kernel_in_submit_and_sweep_too(client_of):
+    x, k, y = book_data()
+    with pytest.warns(klab.NoWorker):
+        one = klab.submit(input=x.numpy(), labels=y.numpy(), method="lstsq")
+        many = klab.submit(jobs=[{"labels": y.numpy()}, {"seed": 1}], input=x.numpy(), method="lstsq")
+        swept = klab.sweep(input=x.numpy(), labels=y.numpy(), method="lstsq", seed=[0, 1])
+    kernels = [[v if isinstance(v, str) else None for v in h.jobs()["kernel"]] for h in (one, many, swept)]  # NaN
+    assert kernels == [[None], [None, "d2l"], [None, None]]  # were d2l: the labels' kernel compared with the book's
+    here = klab.sweep(input=x.numpy(), labels=y.numpy(), method="lstsq", seed=[0], local=True).result()
+    assert here.true_kernel is None and here.spec["kernel"] is None
+    np.testing.assert_allclose(here.learned_kernel, k.numpy(), atol=1e-6)
+
+
 def test_a_sweep_takes_a_list_of_arrays_and_a_literal_kernel_as_one_value(client_of):
     images = [np.eye(4), np.ones((4, 4))]
     with pytest.warns(klab.NoWorker, match="consumes queue cpu;") as warned:
