@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-_PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^\s/]*)(?P<at>@)", re.IGNORECASE)
-"""user:password@ in a URL, up to the last @ before the host (a password may hold an @ that was not escaped)."""
+_PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>\S*)(?P<at>@)", re.IGNORECASE)
+"""user:password@ in a URL, up to the last @ before a space (a password may hold an @ or a / not escaped)."""
 _QUERY_PASSWORD = re.compile(r"(?P<pre>[?&](?:password|passwd|pwd)=)[^&\s]*", re.IGNORECASE)
 """A password given as a URL's parameter (libpq's ?password=, redis-py's too)."""
 

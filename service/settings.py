@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from service import defaults
 from service.errors import BadInput, mask
@@ -70,7 +70,8 @@ class Settings:
         numbers = {f.name: _positive(env, f"KLAB_{f.name.upper()}", f.default, SECONDS_MOST if f.name in SECONDS
                                      else None) for f in fields(cls) if f.type in ("int", "int | None")}
         return cls(home=home, database_url=normalize_url(url or f"sqlite:///{home / 'klab.db'}"),
-                   broker_url=env.get("KLAB_BROKER_URL") or defaults.BROKER_URL, default_database=not url,
+                   broker_url=broker_password(env.get("KLAB_BROKER_URL") or defaults.BROKER_URL),
+                   default_database=not url,
                    **numbers)
 
 
@@ -102,11 +103,33 @@ def settings() -> Settings:
 
 
 def one_at(name: str, url: str) -> str:
-    """A URL whose user part ends at its one @: a password holding an @ of its own must write it %40, or the
-    drivers read the rest of the password as the host (and print it in their errors)."""
-    if url.partition("://")[2].partition("/")[0].count("@") > 1:
+    """A URL whose user part ends at its one @ and holds no character a URL's user part cannot: a password holding
+    an @, a / or a space of its own must write it %40, %2F or %20, or the drivers read the rest of the password as
+    the host (and print it in their errors), and no pattern can tell where it ends to mask it."""
+    rest = url.partition("://")[2]
+    if rest.partition("/")[0].count("@") > 1:
         raise BadInput(name, "the password holds an @, which ends the user part of a URL: write it as %40")
+    user = rest.partition("@")[0] if "@" in rest else ""
+    if ":" in user and (odd := next((c for c in user if c in "/#" or c.isspace()), None)):
+        raise BadInput(name, f"the password holds {odd!r}, which a URL's user part cannot hold: write it as "
+                             f"{quote(odd, safe='')}")
     return url
+
+
+def broker_password(url: str) -> str:
+    """A Redis URL's ?password=, which kombu refuses beside the password it passes itself (a TypeError after a
+    submission's jobs were stored), moved into the URL's user part, which kombu and redis-py both read."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    given = [v for k, v in query if k == "password"]
+    if not given:
+        return url
+    if parts.password is not None or len(given) > 1:
+        raise BadInput("KLAB_BROKER_URL", f"give one password, in the user part or as ?password=: {mask(url)!r}")
+    user, _, host = parts.netloc.rpartition("@")
+    userinfo = f"{user}:{quote(given[0], safe='')}@"
+    rest = urlencode([(k, v) for k, v in query if k != "password"])
+    return urlunsplit((parts.scheme, userinfo + host, parts.path, rest, parts.fragment))
 
 
 def normalize_url(url: str) -> str:

@@ -108,6 +108,9 @@ def test_passwords_in_broker_and_database_urls_are_never_printed_or_logged(tmp_p
     w.wait_ready()
     job = json.loads(run({}, "submit", "--wait", "--json"))
     assert job["status"] == "succeeded"
+    as_parameter = {"KLAB_BROKER_URL": f"redis://127.0.0.1:{broker.port}/0?password={SECRET}"}  # the README's form
+    assert json.loads(run(as_parameter, "submit", "--wait", "--json"))["status"] == "succeeded"  # was kombu's
+    # TypeError (a traceback, exit 1) once the job was stored
     run({}, "status", str(job["id"]))
     run({}, "show", str(job["id"]))
     run({}, "workers")
@@ -128,7 +131,12 @@ def test_passwords_in_broker_and_database_urls_are_never_printed_or_logged(tmp_p
                 ("list",), 3),
                ({"KLAB_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0?password={SECRET}"}, ("submit",), 3),
                ({"KLAB_DATABASE_URL": f"postgresql://postgres:p@{SECRET}@127.0.0.1/klab"}, ("list",), 2),
-               ({"KLAB_BROKER_URL": f"redis://:p@{SECRET}@127.0.0.1:{free_port()}/0"}, ("submit",), 2)]
+               ({"KLAB_BROKER_URL": f"redis://:p@{SECRET}@127.0.0.1:{free_port()}/0"}, ("submit",), 2),
+               # a / or a space, which a URL's user part cannot hold, not written %2F or %20: were printed whole
+               ({"KLAB_DATABASE_URL": f"postgresql://postgres:{SECRET}/x@127.0.0.1:{free_port()}/klab"}, ("list",), 2),
+               ({"KLAB_BROKER_URL": f"redis://:{SECRET}/x@127.0.0.1:{free_port()}/0"}, ("submit",), 2),
+               ({"KLAB_BROKER_URL": f"redis://:{SECRET} x@127.0.0.1:{free_port()}/0"}, ("workers",), 2),
+               ({"KLAB_BROKER_URL": f"redis://:{SECRET}@127.0.0.1:{free_port()}/0?password={SECRET}"}, ("submit",), 2)]
     procs = [(Client({**env, **extra}, *args), args, code) for extra, args, code in failing]
     wrong = []
     for proc, args, code in procs:
@@ -152,6 +160,7 @@ def test_mask_hides_a_password_in_the_user_part_and_in_the_parameters():
         "postgresql://u@h/db?sslmode=require&password=***&x=1"
     assert mask("redis://h:1/0?PASSWORD=pw") == "redis://h:1/0?PASSWORD=***"
     assert mask("an @ in words: user@example.com") == "an @ in words: user@example.com"
+    assert mask("reaching postgresql://u:pa/ss@h:1/db: refused") == "reaching postgresql://u:***@h:1/db: refused"
 
 
 # --- the code itself ------------------------------------------------------------------------------------
