@@ -37,11 +37,15 @@ def public(func: F) -> F:
     return call  # type: ignore[return-value]
 
 
+KEYWORDS = {"tag": "tags"}
+"""Fields the command names by its flag (--tag, given once a tag) and the call by its keyword (tags=[...])."""
+
+
 def _keyword(field: str) -> str:
-    """A field as the call's keyword names it: batch_size, not the command's batch-size."""
+    """A field as the call's keyword names it: batch_size, not the command's batch-size; tags, not tag."""
     from service.jobs.spec import JobSpec
 
-    return field.replace("-", "_") if field.replace("-", "_") in JobSpec.model_fields else field
+    return field.replace("-", "_") if field.replace("-", "_") in JobSpec.model_fields else KEYWORDS.get(field, field)
 
 
 FLAGS = (

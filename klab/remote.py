@@ -51,8 +51,9 @@ class Handle:
         """Until every job is finished, with a progress bar (TimeoutError after `timeout` seconds)."""
         from klab.progress import follow
 
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
-            raise BadInput("timeout", f"seconds, a number or None, got {timeout!r}")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not timeout >= 0):  # NaN compares false with everything: it never ended
+            raise BadInput("timeout", f"seconds, a number from 0 or None, got {timeout!r}")
         follow(self.selection, timeout, progress)
         return self
 
@@ -87,10 +88,13 @@ class Handle:
     @public
     def cancel(self) -> tuple[int, int]:
         """Cancel the jobs, as `klab cancel`: (jobs ended before they started, running jobs asked to stop)."""
+        from service.db.connect import Reader
         from service.db.engine import writing
+        from service.db.reads import where
         from service.db.writes import cancel
 
         with writing() as conn:
+            where(Reader.of(conn), self.selection)  # no such job or sweep: klab.BadInput, as wait() and status() say
             return cancel(conn, self.selection)
 
 

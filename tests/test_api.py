@@ -124,7 +124,7 @@ BAD = [
     ("an-unknown-field-swept", lambda: klab.sweep(lrs=[0.1, 0.2], local=True), "lrs", "unknown field; did you mean lr"),
     ("a-plot-of-no-epochs", lambda: klab.Result({"id": 3, "status": "queued", "epochs": []}).plot(), "id",
      "job 3 has no epochs to plot (it is queued)"),  # was an empty figure; klab plot 3 refuses it so
-    ("a-tag-with-a-comma", lambda: klab.sweep(seed=range(2), tags=["a,b"], local=True), "tag",
+    ("a-tag-with-a-comma", lambda: klab.sweep(seed=range(2), tags=["a,b"], local=True), "tags",
      "give them as a list (tags=['a', 'b'])"),  # in Python's words, not --tag a --tag b
     ("cuda-to-the-cpu-queue", lambda: klab.submit(device="cuda", queue="cpu"), "queue",
      'a device="cuda" job goes to the gpu queue (queue="gpu", or leave queue out)'),
@@ -146,7 +146,12 @@ BAD = [
     ("an-empty-range", lambda: klab.sweep(seed=range(0), local=True), "seed", "no value given"),
     ("a-long-sweep-name", lambda: klab.sweep(seed=range(2), name="x" * 201, local=True), "name",
      "a sweep's name has 1 to 200 characters"),
-    ("a-tag-not-text", lambda: klab.sweep(seed=range(2), tags=[1], local=True), "tag", "a tag is text, got 1"),
+    ("a-tag-not-text", lambda: klab.sweep(seed=range(2), tags=[1], local=True), "tags", "a tag is text, got 1"),
+    ("tags-not-texts", lambda: klab.sweep(seed=range(2), tags=5, local=True), "tags", "tags are texts, or one text, "
+     "got 5"),  # was a TypeError from service/
+    ("a-timeout-of-nan", lambda: klab.Handle((1,)).wait(timeout=float("nan")), "timeout", "got nan"),  # never ended
+    ("cancel-of-no-job", lambda: klab.Handle((999,)).cancel(), "id", "no job 999"),  # was (0, 0), where klab cancel
+    # says so
     ("jobs-not-a-list", lambda: klab.submit(jobs={"seed": 1}), "jobs", "got dict; one job's values go as keywords"),
     ("a-job-not-a-mapping", lambda: klab.submit(jobs=[{"seed": 1}, 2]), "jobs", "job 2 is of type int"),
     ("no-batch", lambda: klab.sweep(seed=range(2), batch_jobs=0, local=True), "batch_jobs", "from 1 to 100000, got 0"),

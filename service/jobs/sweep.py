@@ -238,12 +238,14 @@ def _label(field: str, what: str, given: Any, most: int) -> str:
     return text
 
 
-def tags(given: Iterable[str] | str) -> list[str]:
-    """A sweep's tags as given (--tag, repeatable; one text is one tag), stripped, each once, in order. A tag
-    has no comma: tags are shown joined by commas, and everywhere else in klab a comma separates values, so
-    `--tag a,b` would read as two tags while it made one."""
+def tags(given: Iterable[str] | str | None) -> list[str]:
+    """A sweep's tags as given (--tag, repeatable; one text is one tag; None is none), stripped, each once, in
+    order. A tag has no comma: tags are shown joined by commas, and everywhere else in klab a comma separates
+    values, so `--tag a,b` would read as two tags while it made one."""
+    if given is not None and not isinstance(given, (str, Iterable)):  # klab.sweep(tags=5): was a TypeError
+        raise BadInput("tag", f"tags are texts, or one text, got {given!r}")
     out: list[str] = []
-    for tag in [given] if isinstance(given, str) else given:
+    for tag in [given] if isinstance(given, str) else given or ():
         tag = _label("tag", "a tag", tag, TAG_LENGTH)
         if "," in tag:
             meant = " ".join(f"--tag {t.strip()}" for t in tag.split(",") if t.strip())
