@@ -63,8 +63,18 @@ def _numpy(tensor: Any) -> Any:
 
 
 def given(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The values a caller gave (None: the CLI's default)."""
-    return {k: v for k, v in values.items() if v is not None}
+    """The values a caller gave (None: the CLI's default), a key spelled with - read as with _ (batch-size, as a
+    job file may spell it, is batch_size; named both ways, it is refused)."""
+    out: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for key, value in values.items():
+        same = key.replace("-", "_") if isinstance(key, str) else key
+        if same in spelled:
+            raise BadInput(same, f"given twice ({spelled[same]} and {key}); give it once")
+        spelled[same] = key
+        if value is not None:
+            out[same] = value
+    return out
 
 
 def unlabelled(values: Mapping[str, Any]) -> bool:

@@ -425,6 +425,15 @@ def test_labels_without_a_kernel_mean_no_true_kernel_in_submit_and_sweep_too(cli
     np.testing.assert_allclose(here.learned_kernel, k.numpy(), atol=1e-6)
 
 
+def test_keys_spelled_as_in_a_job_file_read_as_the_keywords(client_of):
+    with pytest.warns(klab.NoWorker):
+        handle = klab.submit(jobs=[{"seed": 1, "batch-size": 3, "method": "adam"}])  # a JSONL line's keys, say
+    assert handle.jobs()[["batch_size", "method"]].values.tolist() == [[3, "adam"]]  # was 'batch_size: unknown
+    # field; did you mean batch_size?'
+    with pytest.raises(klab.BadInput, match=r"^batch_size: given twice \(batch_size and batch-size\); give it once$"):
+        klab.submit(jobs=[{"batch_size": 1, "batch-size": 3}])
+
+
 def test_a_sweep_takes_a_list_of_arrays_and_a_literal_kernel_as_one_value(client_of):
     images = [np.eye(4), np.ones((4, 4))]
     with pytest.warns(klab.NoWorker, match="consumes queue cpu;") as warned:
