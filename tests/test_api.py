@@ -147,6 +147,9 @@ BAD = [
     ("a-long-sweep-name", lambda: klab.sweep(seed=range(2), name="x" * 201, local=True), "name",
      "a sweep's name has 1 to 200 characters"),
     ("a-tag-not-text", lambda: klab.sweep(seed=range(2), tags=[1], local=True), "tags", "a tag is text, got 1"),
+    ("a-range-to-run", lambda: klab.run(seed=range(3), store=False), "seed",
+     "a valid integer; several values make a sweep: klab.sweep(...)"),  # as a list was told; a range was not
+    ("an-array-to-submit", lambda: klab.submit(lr=np.array([0.1, 0.2])), "lr", "several values make a sweep"),
     ("tags-not-texts", lambda: klab.sweep(seed=range(2), tags=5, local=True), "tags", "tags are texts, or one text, "
      "got 5"),  # was a TypeError from service/
     ("a-timeout-of-nan", lambda: klab.Handle((1,)).wait(timeout=float("nan")), "timeout", "got nan"),  # never ended

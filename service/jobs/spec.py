@@ -6,7 +6,7 @@ import difflib
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -127,7 +127,8 @@ def bad_input_from(exc: ValidationError) -> BadInput:
     got = err.get("input")
     if err["type"] in ("enum",):
         message = f"unknown value {got!r}; {message[0].lower()}{message[1:]}"
-    listed = isinstance(got, list) and not (field == "kernel" and kernel_literal(got))  # not one kernel's rows
+    listed = (isinstance(got, Iterable) and not isinstance(got, (str, bytes, Mapping))  # a list, tuple, range, array
+              and not (field == "kernel" and kernel_literal(got)))  # not one kernel's rows
     if listed or (isinstance(got, str) and (err["type"].endswith("_parsing") or err["type"] == "enum")
                   and (".." in got or "," in got or got.count(":") == 2)):  # a sweep's values
         message += f"; {SWEEP_HINT}" if field in SWEEPABLE else f"; a sweep varies only {', '.join(SWEEPABLE)}"
