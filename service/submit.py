@@ -26,6 +26,7 @@ from service import broker
 from service.db import bulk, datasets, reads, writes
 from service.db.connect import Reader
 from service.db.engine import writing
+from service.db.ids import reserve_ids
 from service.errors import BadInput, BrokerUnavailable, Gone
 from service.jobs import sweep as sweeps
 from service.jobs.choices import Device
@@ -244,7 +245,7 @@ def _stored(plan: Plan, start_as: Callable[[], JobStatus]) -> Iterator[tuple[lis
         while len(pending) < connections and (chunk := next(chunks, None)):
             start = start_as()
             with writing() as conn:  # its arrays committed before any job refers to them
-                ids = writes.reserve_ids(conn, len(chunk))
+                ids = reserve_ids(conn, len(chunk))
                 _upload(conn, plan, chunk)
             pending.append((chunk, pool.submit(_store_alone, plan, chunk, start, ids), start))
 
@@ -280,7 +281,7 @@ def most_jobs(key: tuple) -> int:
 
 def store(conn: Connection, plan: Plan, chunk: Sequence[Job], start: JobStatus, ids: list[int] | None = None
           ) -> list[int]:
-    """Store a chunk of a plan's jobs as `start`, in the caller's transaction, with `ids` (writes.reserve_ids's)
+    """Store a chunk of a plan's jobs as `start`, in the caller's transaction, with `ids` (reserve_ids's)
     or new ones: its sweep with the first chunk, each array once; their ids. Jobs stored running train here
     (klab sweep --local) and go to no queue."""
     if plan.sweep is not None and plan.sweep_id is None:

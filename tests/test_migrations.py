@@ -36,6 +36,10 @@ def test_every_revision_is_known_in_order() -> None:
     assert tuple(reversed([r.revision for r in script.walk_revisions()])) == REVISIONS
 
 
+NEWER = f"{int(HEAD) + 1:04d}"
+"""The revision a newer kernel-lab would be at."""
+
+
 def test_upgrade_refuses_what_it_cannot_do_in_one_line(pg_url: str, tmp_path) -> None:
     """A revision that is none, a database of a newer kernel-lab (or another Alembic application's), a table of
     another application's in the way, a read-only server: one line each, never Alembic's or psycopg's traceback."""
@@ -58,10 +62,10 @@ def test_upgrade_refuses_what_it_cannot_do_in_one_line(pg_url: str, tmp_path) ->
     code, err = line("run", "--epochs", "1", PGOPTIONS="-c default_transaction_read_only=on")  # a standby's
     assert (code, err) == (3, "klab: error: database error: cannot execute nextval() in a read-only transaction\n")
     with psycopg.connect(pg_url.replace("+psycopg", ""), autocommit=True) as conn:
-        conn.execute("UPDATE alembic_version SET version_num = '0010'")  # a newer kernel-lab's
+        conn.execute(f"UPDATE alembic_version SET version_num = '{NEWER}'")  # a newer kernel-lab's
     for args in (("db", "current"), ("db", "upgrade"), ("list",)):
         code, err = line(*args)  # they said: not at head, run klab db upgrade; which raised Alembic's error
-        assert code == 2 and "at revision 0010, which this kernel-lab does not have (its newest is" in err, args
+        assert code == 2 and f"at revision {NEWER}, which this kernel-lab does not have (its newest is" in err, args
 
 
 def test_upgrades_at_once_on_a_new_database_wait_for_each_other(pg_url: str, tmp_path) -> None:
@@ -306,3 +310,30 @@ def test_jobs_that_ended_badly_before_0009_get_their_mark_and_are_listed(db_url:
     downgrade(db_url, "0008")
     assert "ix_jobs_ended_badly" not in {i["name"] for i in inspect(engine_for(db_url)).get_indexes("jobs")}
     upgrade(db_url)
+
+
+def test_a_deleted_jobs_or_sweeps_id_is_never_given_again(db_url: str, add_job) -> None:
+    """SQLite gave a new job the greatest id plus one, a deleted job's: a worker still training the deleted one
+    took the new job for it and stored its results there (a hunt saw sweep B's jobs hold sweep A's 85 epochs).
+    0010 keeps the greatest id each table gave; the ids deleted before it are not known, so it starts at max."""
+    from service.jobs.selection import Selection
+
+    upgrade(db_url, "0009")
+    columns = ("spec, status, method, input, lr, epochs, batch_size, seed, noise, created_at, attempts, "
+               "cancel_requested, task_try, epochs_done")
+    with engine_for(db_url).begin() as conn:  # ids as the database gives them (PostgreSQL: its sequence)
+        old = [conn.execute(text(f"INSERT INTO jobs ({columns}) VALUES ('{{}}', 'created', 'adam', 'edge:6x8', 0.1, "
+                                 "3, 2, 0, 0, '2026-01-01', 0, false, 0, 0) RETURNING id")).scalar_one()
+               for _ in range(3)]
+    upgrade(db_url)
+    with writing(db_url) as conn:
+        writes.delete_jobs(conn, Selection(ids=(old[-1],)))
+        sweep = writes.create_sweep(conn, {}, 1)
+        first = add_job(conn, sweep_id=sweep)
+    with writing(db_url) as conn:
+        writes.delete_jobs(conn, Selection(sweep=sweep))  # the newest job and the newest sweep
+    with writing(db_url) as conn:
+        again = writes.create_sweep(conn, {}, 1)
+        second = add_job(conn, sweep_id=again)
+    assert (first, second) == (old[-1] + 1, old[-1] + 2)  # were both old[-1]: the deleted job's id, twice over
+    assert again == sweep + 1

@@ -92,6 +92,14 @@ database_identity = Table(
 )
 """One row, written by migration 0005: the name of this database's queues on the broker (service.broker.routed)."""
 
+id_floors = Table(
+    "id_floors", metadata,
+    Column("name", String(16), primary_key=True),
+    Column("last_id", BigInteger, nullable=False),
+)
+"""On SQLite, the greatest id each table ('jobs', 'sweeps') ever gave (migration 0010): new ids start above it,
+never at a deleted row's (service.db.ids). PostgreSQL's sequences do this themselves; its rows stay unused."""
+
 jobs = Table(
     "jobs", metadata,
     *(_column(f, primary=f.name == "id") for f in result.JOB),

@@ -31,10 +31,10 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.dialects.postgresql import REGCLASS
 
 from service.db import bulk
 from service.db.datasets import put_dataset
+from service.db.ids import reserve_ids
 from service.db.schema import epochs, jobs, sweeps, unfinished, utcnow
 from service.jobs import result, status
 from service.jobs.columns import Columns
@@ -220,6 +220,8 @@ def waiting(conn: Connection, selection: Selection, include_queued: bool) -> lis
 def create_sweep(conn: Connection, params: dict[str, Any], size: int, name: str | None = None,
                  tags: Sequence[str] = ()) -> int:
     row = {"params": params, "size": size, "name": name, "tags": list(tags), "created_at": utcnow()}
+    if conn.dialect.name == "sqlite":  # never a deleted sweep's id (service.db.ids)
+        row["id"] = reserve_ids(conn, 1, sweeps)[0]
     return conn.execute(insert(sweeps).values(**row).returning(sweeps.c.id)).scalar_one()
 
 
@@ -268,19 +270,6 @@ def new_job(spec: JobSpec, *, start: JobStatus = JobStatus.CREATED, sweep_id: in
 def insert_jobs(conn: Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
     """Insert job rows (new_job's, all with the same columns); their ids, in order."""
     return insert_columns(conn, {c: [r[c] for r in rows] for c in rows[0]}, len(rows)) if rows else []
-
-
-def reserve_ids(conn: Connection, n: int) -> list[int]:
-    """n new job ids, ascending. PostgreSQL: from the sequence (looked up once, not once an id: 5x faster),
-    which no rollback takes back, so rows inserted with them later, by any connection, keep them; they come
-    back as one array (a row an id took twice as long). SQLite: the next after the greatest, for this
-    transaction (they begin IMMEDIATE: no other writer meanwhile)."""
-    if conn.dialect.name == "postgresql":
-        sequence = select(func.pg_get_serial_sequence("jobs", "id").cast(REGCLASS)).scalar_subquery()
-        taken = select(func.nextval(sequence).label("id")).select_from(func.generate_series(1, n)).subquery()
-        return sorted(conn.execute(select(func.array_agg(taken.c.id))).scalar_one())
-    start = conn.execute(select(func.coalesce(func.max(jobs.c.id), 0))).scalar_one() + 1
-    return list(range(start, start + n))
 
 
 def insert_columns(conn: Connection, columns: dict[str, Any], n: int, ids: list[int] | None = None) -> list[int]:
