@@ -161,6 +161,15 @@ def test_grayscale_png_is_scaled_to_unit_interval(tmp_path):
     np.testing.assert_allclose(x[0, 0], pixels / 255.0, rtol=1e-7)
 
 
+def test_a_16_bit_grayscale_png_is_scaled_by_its_own_range(tmp_path):
+    pixels = np.array([[0, 1000, 65535], [300, 40000, 255]], dtype=np.uint16)
+    Image.fromarray(pixels).save(tmp_path / "g16.png")
+    x, _ = inputs.parse_input(f"image:{tmp_path / 'g16.png'}", 0)
+    np.testing.assert_allclose(x[0, 0], pixels / 65535.0, rtol=1e-7)  # was 1.0 wherever a pixel was 255 or more
+    rgb, _ = inputs.parse_input(f"image:{tmp_path / 'g16.png'}:rgb", 0)
+    assert rgb.shape == (1, 3, 2, 3) and all(np.array_equal(rgb[0, c], x[0, 0]) for c in range(3))
+
+
 def test_rgb_image_gives_three_channels(tmp_path):
     rgb = np.zeros((4, 5, 3), dtype=np.uint8)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 255, 128, 0

@@ -130,8 +130,11 @@ def load_image(field: str, raw: str, rgb: bool) -> np.ndarray:
             if img.width * img.height > pixels:
                 raise BadInput(field, f"{raw} is {img.width}x{img.height}, {img.width * img.height} pixels, more "
                                       f"than the limit {pixels} ({LIMITS['input']}{' / 3 for rgb' if rgb else ''})")
-            img = img.convert("RGB" if rgb else "L")
-            array = np.asarray(img, dtype=np.float64) / 255.0
+            if img.mode.startswith("I;16") or img.mode == "I":  # a 16-bit grayscale PNG: to L, every value past
+                gray = np.asarray(img, dtype=np.float64) / 65535.0  # 255 was clipped, a constant image of 1s
+                array = np.stack([gray] * 3, axis=-1) if rgb else gray
+            else:
+                array = np.asarray(img.convert("RGB" if rgb else "L"), dtype=np.float64) / 255.0
     except BadInput:
         raise
     except Image.DecompressionBombError:
