@@ -204,9 +204,12 @@ def test_an_interrupted_local_sweep_leaves_no_job_running(here: str) -> None:
     assert [bool(r.cancel_requested) for r in rows] == [False] * 4 + [True] * 6  # the user asked: its mark
 
 
-def test_ctrl_c_before_any_job_of_a_local_sweep_trained_says_what_it_keeps(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_ctrl_c_before_any_job_of_a_local_sweep_trained_says_what_it_keeps(tmp_path: Path, sig: str) -> None:
     """`klab sweep --local` stores its first chunk (running), then trains it; Ctrl-C ends those cancelled. With none
-    trained it said `0 of 10 jobs trained; sweep 1 keeps them`, as if it kept none."""
+    trained it said `0 of 10 jobs trained; sweep 1 keeps them`, as if it kept none. `kill` (SIGTERM) and a closed
+    terminal (SIGHUP) ended the process where it stood, its jobs left running for good: no reaper takes back a job
+    whose lease no worker holds."""
     import signal
     import sqlite3
     import subprocess
@@ -229,10 +232,12 @@ def test_ctrl_c_before_any_job_of_a_local_sweep_trained_says_what_it_keeps(tmp_p
 
     try:
         wait_until(lambda: running() == 10, 60, "the sweep's jobs stored")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, sig))
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 130
     said = "klab: stopped: 0 of 10 jobs trained; sweep 1 keeps the jobs stored so far, cancelled"
     assert err.strip().splitlines()[-1] == said, err
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall() == [("cancelled", 10)]

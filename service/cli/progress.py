@@ -86,10 +86,14 @@ def interrupts() -> Iterator[Callable[[], None]]:
     Python runs a signal's handler wherever the main thread is, finalizers included (a database connection's
     `__del__`, run when the garbage collector frees it), and an exception raised in a finalizer is printed as
     "Exception ignored" and dropped: a Ctrl-C landing there was lost, and `watch` went on waiting for jobs no
-    worker would train. A SIGINT that the process was started ignoring stays ignored."""
+    worker would train. A SIGINT that the process was started ignoring stays ignored.
+
+    SIGTERM (`kill`) and SIGHUP (its terminal closed) stop it the same way: Python's default for them ends the
+    process where it stands, and a `klab sweep --local` so ended left the jobs it was training `running` for
+    good (no worker holds their lease, so no reaper takes them back)."""
     pressed = False
 
-    def on_sigint(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
         nonlocal pressed
         pressed = True
         raise KeyboardInterrupt
@@ -98,19 +102,21 @@ def interrupts() -> Iterator[Callable[[], None]]:
         if pressed:
             raise KeyboardInterrupt
 
-    previous = signal.getsignal(signal.SIGINT)
-    installed = False
-    if previous is not signal.SIG_IGN:
+    installed = {}
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        previous = signal.getsignal(sig)
+        if previous is signal.SIG_IGN:
+            continue
         try:
-            signal.signal(signal.SIGINT, on_sigint)
-            installed = True
+            signal.signal(sig, on_signal)
         except ValueError:  # not the main thread (a notebook's): Python's own handling, as it is
-            pass
+            break
+        installed[sig] = previous
     try:
         yield check
     finally:
-        if installed:
-            signal.signal(signal.SIGINT, previous)
+        for sig, previous in installed.items():
+            signal.signal(sig, previous)
 
 
 def counts(selection: Selection, waited: bool = False) -> dict[str, Any]:
