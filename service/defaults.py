@@ -128,3 +128,7 @@ CONNECT_TIMEOUT_S = 5
 PRESENCE_SECONDS = 30
 """How long a worker's presence on a Redis broker lasts unless renewed (it renews it every third of that):
 what `klab submit` reads to warn that no worker of this database consumes a queue."""
+
+INT32_MOST = 2**31 - 1
+"""The most a count may be: epochs and batch size (their columns are 32-bit integers: service.jobs.result), and any
+number setting but times and sizes (service.settings), which a C int must hold too (torch's set_num_threads)."""

@@ -67,8 +67,8 @@ class Settings:
         env = os.environ if env is None else env
         home = Path(env.get("KLAB_HOME") or Path.home() / ".klab").expanduser()
         url = env.get("KLAB_DATABASE_URL") or ""
-        numbers = {f.name: _positive(env, f"KLAB_{f.name.upper()}", f.default, SECONDS_MOST if f.name in SECONDS
-                                     else None) for f in fields(cls) if f.type in ("int", "int | None")}
+        numbers = {f.name: _positive(env, f"KLAB_{f.name.upper()}", f.default, MOST.get(f.name, defaults.INT32_MOST))
+                   for f in fields(cls) if f.type in ("int", "int | None")}
         return cls(home=home, database_url=normalize_url(url or f"sqlite:///{home / 'klab.db'}"),
                    broker_url=broker_password(env.get("KLAB_BROKER_URL") or defaults.BROKER_URL),
                    default_database=not url,
@@ -81,7 +81,14 @@ SECONDS_MOST = 10**9
 1, which no database or datetime holds (the reaper raised OverflowError)."""
 
 
-def _positive(env: Mapping[str, str], name: str, default: int | None, most: int | None = None) -> int | None:
+MOST = {**dict.fromkeys(SECONDS, SECONDS_MOST), **dict.fromkeys(("max_file_bytes", "max_job_memory",
+                                                                 "max_input_elements"), 2**62)}
+"""The settings that may hold more than defaults.INT32_MOST, as any other does (KLAB_MAX_ATTEMPTS of 10**20 made
+SQLite's reaper raise OverflowError at every look, KLAB_TORCH_THREADS torch's set_num_threads): times
+(SECONDS_MOST), and sizes (2**62, past any machine's)."""
+
+
+def _positive(env: Mapping[str, str], name: str, default: int | None, most: int) -> int | None:
     raw = env.get(name)
     if not raw:
         return default
@@ -91,8 +98,8 @@ def _positive(env: Mapping[str, str], name: str, default: int | None, most: int 
         raise BadInput(name, f"must be an integer, got {raw!r}") from None
     if value <= 0:
         raise BadInput(name, f"must be positive, got {value}")
-    if most is not None and value > most:
-        raise BadInput(name, f"at most {most} seconds, got {value}")
+    if value > most:
+        raise BadInput(name, f"at most {most}{' seconds' if most == SECONDS_MOST else ''}, got {value}")
     return value
 
 

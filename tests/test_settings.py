@@ -52,6 +52,24 @@ def test_a_time_past_any_date_is_refused_naming_its_variable(variable):
         Settings.from_env({variable: "100000000000"})
 
 
+@pytest.mark.parametrize("variable,most", [("KLAB_MAX_ATTEMPTS", 2**31 - 1), ("KLAB_TORCH_THREADS", 2**31 - 1),
+                                           ("KLAB_MAX_EPOCHS", 2**31 - 1), ("KLAB_MAX_JOB_MEMORY", 2**62)])
+def test_a_number_past_what_its_use_holds_is_refused_naming_its_variable(variable, most):
+    """KLAB_MAX_ATTEMPTS of 10**20 made SQLite's reaper raise OverflowError at every look (dead workers' jobs were
+    never taken back), KLAB_TORCH_THREADS torch's set_num_threads in every worker child."""
+    assert getattr(Settings.from_env({variable: str(most)}), variable.removeprefix("KLAB_").lower()) == most
+    with pytest.raises(BadInput, match=f"^{variable}: at most {most}, got {most + 1}$"):
+        Settings.from_env({variable: str(most + 1)})
+
+
+def test_epochs_past_any_limit_name_the_limit(setenv):
+    from service.jobs.spec import JobSpec
+
+    setenv(KLAB_MAX_EPOCHS=str(2**31 - 1))
+    with pytest.raises(BadInput, match=r"^epochs: .*2147483648 is more than the limit 2147483647 \(KLAB_MAX_EPOCHS\)"):
+        JobSpec.parse({"epochs": 2**31})  # said 'less than or equal to 2147483647', naming no variable
+
+
 def test_the_broker_keeps_an_unacknowledged_message_for_the_visibility_timeout():
     from service.broker import celery_config
 

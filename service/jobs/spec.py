@@ -18,9 +18,6 @@ from service.jobs.inputs import checked_file
 from service.jobs.sweep import SWEEP_HINT, SWEEPABLE, kernel_literal
 from service.settings import settings
 
-COLUMN_MOST = 2**31 - 1
-"""The most epochs or batch size a job may ask for: their columns are 32-bit integers (service.jobs.result: int)."""
-
 
 class JobSpec(BaseModel):
     """A kernel-learning job, exactly as the user asked for it."""
@@ -34,8 +31,8 @@ class JobSpec(BaseModel):
     noise: float = Field(default=0.0, ge=0.0)
     method: Method = Method(defaults.METHOD)
     lr: float = Field(default=defaults.LR, gt=0.0)
-    epochs: int = Field(default=defaults.EPOCHS, gt=0, le=COLUMN_MOST)
-    batch_size: int = Field(default=defaults.BATCH_SIZE, gt=0, le=COLUMN_MOST)
+    epochs: int = Field(default=defaults.EPOCHS, gt=0)  # at most KLAB_MAX_EPOCHS, itself at most INT32_MOST
+    batch_size: int = Field(default=defaults.BATCH_SIZE, gt=0, le=defaults.INT32_MOST)
     seed: int = Field(default=defaults.SEED, ge=0, lt=2**63)
     tol: float = Field(default=defaults.TOL, ge=0.0)
     device: Device = Device.CPU
