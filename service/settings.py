@@ -1,7 +1,8 @@
 """The settings: one object built from the environment, once per process (`settings()`).
 
-Every `KLAB_*` variable is read here and nowhere else; an empty value means the default in
-`service.defaults`. A value that is not a positive integer is bad input naming the variable.
+Every `KLAB_*` variable is read here and nowhere else, without the spaces around it; an empty value (or spaces)
+means the default in `service.defaults` (KLAB_HOME of two spaces made a folder named so). A number that is not a
+positive integer, or past what its use holds, is bad input naming the variable.
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
+        env = {k: v.strip() for k, v in (os.environ if env is None else env).items() if k.startswith("KLAB_")}
         home = Path(env.get("KLAB_HOME") or Path.home() / ".klab").expanduser()
         url = env.get("KLAB_DATABASE_URL") or ""
         numbers = {f.name: _positive(env, f"KLAB_{f.name.upper()}", f.default, MOST.get(f.name, defaults.INT32_MOST))

@@ -70,6 +70,14 @@ def test_epochs_past_any_limit_name_the_limit(setenv):
         JobSpec.parse({"epochs": 2**31})  # said 'less than or equal to 2147483647', naming no variable
 
 
+def test_a_value_of_spaces_is_the_default_and_spaces_around_a_value_are_not_part_of_it(tmp_path):
+    spaced = Settings.from_env({"KLAB_HOME": "  ", "KLAB_LEASE_SECONDS": " ", "KLAB_MAX_ATTEMPTS": " 7 ",
+                                "KLAB_BROKER_URL": " redis://h:1/2 "})
+    default = Settings.from_env({})
+    assert (spaced.home, spaced.lease_seconds) == (default.home, default.lease_seconds)  # were ./'  ', and refused
+    assert (spaced.max_attempts, spaced.broker_url) == (7, "redis://h:1/2")
+
+
 def test_the_broker_keeps_an_unacknowledged_message_for_the_visibility_timeout():
     from service.broker import celery_config
 
