@@ -20,6 +20,7 @@ from service.db.engine import alembic_config, current_revision, downgrade, engin
 from service.db.schema import compared, metadata
 from service.jobs import result
 from service.jobs.spec import JobSpec
+from service.settings import describe
 
 TABLES = {"datasets", "sweeps", "jobs", "epochs"}
 REFUSED = (IntegrityError, sqlite3.IntegrityError, psycopg.errors.IntegrityError)
@@ -60,7 +61,8 @@ def test_upgrade_refuses_what_it_cannot_do_in_one_line(pg_url: str, tmp_path) ->
         conn.execute("DROP TABLE jobs")
     assert klab(env, "db", "upgrade").returncode == 0
     code, err = line("run", "--epochs", "1", PGOPTIONS="-c default_transaction_read_only=on")  # a standby's
-    assert (code, err) == (3, "klab: error: database error: cannot execute nextval() in a read-only transaction\n")
+    assert (code, err) == (3, f"klab: error: database error on the {describe(pg_url)}: cannot execute nextval() in a "
+                              "read-only transaction\n")  # named no database
     with psycopg.connect(pg_url.replace("+psycopg", ""), autocommit=True) as conn:
         conn.execute(f"UPDATE alembic_version SET version_num = '{NEWER}'")  # a newer kernel-lab's
     for args in (("db", "current"), ("db", "upgrade"), ("list",)):

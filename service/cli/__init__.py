@@ -133,7 +133,10 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"cannot write the output: {exc.strerror}", 1)
     except Exception as exc:
         if _database_gone(exc):
-            fail(f"database error: {one_line(getattr(exc, 'orig', None) or exc)}", 3)
+            from service.settings import describe, settings
+
+            fail(f"database error on the {describe(settings().database_url)}: "
+                 f"{one_line(getattr(exc, 'orig', None) or exc)}", 3)
         raise
     sys.exit(code if isinstance(code, int) else 0)
 
