@@ -127,7 +127,8 @@ CASES = [
     # whole numbers: past their 32-bit columns (PostgreSQL stored -2147483648), log-spaced ones that round together
     Case("batch-size-past-its-column", ("submit", "--method", "adam", "--batch-size", "2147483648"), "batch-size"),
     Case("epochs-past-their-column", ("run", "--method", "lstsq", "--epochs", "2147483648"), "epochs",
-         {"KLAB_MAX_EPOCHS": "3000000000"}),
+         {"KLAB_MAX_EPOCHS": "2147483647"}),  # the limit at the column's: a KLAB_MAX_EPOCHS past it is refused
+    Case("max-epochs-past-the-column", ("run", "--epochs", "1"), "KLAB_MAX_EPOCHS", {"KLAB_MAX_EPOCHS": "3000000000"}),
     Case("batch-size-past-64-bits", ("sweep", "--local", "--batch-size", str(2**63)), "batch-size"),
     Case("log-spaced-seeds-that-round-together", ("sweep", "--seed", "1:2:5"), "seed"),
     Case("log-spaced-epochs-that-round-together", ("sweep", "--local", "--epochs", "1:100:100"), "epochs"),
