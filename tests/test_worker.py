@@ -477,3 +477,30 @@ def test_ctrl_c_that_lands_in_a_finalizer_still_stops_the_waiting(service_env):
     assert out.returncode == 130, out.stderr[-2000:]
     assert out.stderr.strip().splitlines()[-1] == (f"klab: stopped waiting; the jobs go on: follow them with klab "
                                                    f"watch --sweep {sweep}")
+
+
+def test_wait_reads_the_counts_at_its_first_look_and_once_the_broker_holds_nothing(service_env, workers, setenv,
+                                                                                  klab_cli, monkeypatch):
+    """--wait read every selected job at each look, as often as that read's cost allowed (a 100,000-job sweep's
+    took 0.2 s, so it looked again 2 s later and ended up to 2 s after the last job). Quiet (--json), it reads them
+    at its first look and when the broker holds no message of this database any more: every task has ended."""
+    import service.cli.progress as progress
+
+    setenv(**{k: service_env[k] for k in ("KLAB_DATABASE_URL", "KLAB_BROKER_URL", "KLAB_HOME")})
+    workers("cpu")
+    looks: dict[str, int] = {"counts": 0, "broker_idle": 0}
+
+    def counted(name: str) -> Callable[..., object]:
+        real = getattr(progress, name)
+
+        def look(*args: object, **kwargs: object) -> object:
+            looks[name] += 1
+            return real(*args, **kwargs)
+        return look
+
+    for name in looks:
+        monkeypatch.setattr(progress, name, counted(name))
+    code, out, err = klab_cli("sweep", "--epochs", "3000", "--seed", "0..15", "--batch-jobs", "4", "--wait", "--json")
+    assert code == 0, err
+    assert [r["status"] for r in json.loads(out)] == ["succeeded"] * 16
+    assert looks["counts"] == 2 and looks["broker_idle"] >= 2, looks  # between the two, the broker was asked

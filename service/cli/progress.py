@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -144,35 +145,68 @@ def count_line(c: dict[str, Any]) -> str:
 
 def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
     """Poll until every selected job is finished: a progress bar of epochs on a terminal, else a line on
-    stderr whenever the counts change (at most every LINE_SECONDS). Ctrl-C stops the waiting, not the jobs."""
+    stderr whenever the counts change (at most every LINE_SECONDS). Ctrl-C stops the waiting, not the jobs.
+    Returns the counts once all have ended.
+
+    The counts read every selected job, so they are read as often as what is shown needs them (the bar at each
+    look, lines every LINE_SECONDS) and never more than their own cost allows (pause: a 100,000-job sweep's took
+    0.2 s, so the next came 2 s later, and `--wait` ended up to 2 s after the sweep's last job). On a Redis
+    broker the looks between ask it whether it still holds a message of this database (broker_idle): once it
+    holds none, every task sent has ended, and the counts are read at once."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from service.db.reads import identity
 
     show = not quiet and sys.stderr.isatty() and not os.environ.get("NO_COLOR")
     lines = not quiet and not show
-    last_line, last_at = "", 0.0
+    told = broker_tells()
+    shown_every = 0.0 if show or not told else LINE_SECONDS if lines else math.inf
+    last_line, counted_at, counting, was_idle = "", -math.inf, 0.0, False
     try:
         with interrupts() as check, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                              TimeElapsedColumn(), transient=True, disable=not show) as bar:
             task = bar.add_task("epochs", total=None)
-            polled = False
+            c: dict[str, Any] | None = None
             while True:
                 started = time.monotonic()
-                c = counts(selection, polled)
-                polled = True
+                idle = told and c is not None and broker_idle(identity())
+                if c is None or started - counted_at >= max(shown_every, pause(counting)) or idle and not was_idle:
+                    c, counted_at = counts(selection, c is not None), started
+                    counting = time.monotonic() - started
+                    if c["finished"] == c["jobs"]:
+                        return c
+                    bar.update(task, total=c["epochs_total"], completed=c["epochs_done"],
+                               description=f"{c['finished']}/{c['jobs']} jobs")
+                    line = count_line(c)
+                    if lines and line != last_line:
+                        click.echo(line, err=True)
+                        last_line = line
+                was_idle = idle
                 check()
-                took = time.monotonic() - started
-                if c["finished"] == c["jobs"]:
-                    return c
-                bar.update(task, total=c["epochs_total"], completed=c["epochs_done"],
-                           description=f"{c['finished']}/{c['jobs']} jobs")
-                line = count_line(c)
-                if lines and line != last_line and time.monotonic() - last_at >= (LINE_SECONDS if last_line else 0):
-                    click.echo(line, err=True)
-                    last_line, last_at = line, time.monotonic()
-                time.sleep(pause(took))
+                time.sleep(pause(time.monotonic() - started))
                 check()
     except KeyboardInterrupt:
         raise Interrupted(f"stopped waiting; the jobs go on: follow them with klab watch {selection}") from None
+
+
+def broker_tells() -> bool:
+    """Whether the broker can say what it holds (a Redis one: service.broker.holdings)."""
+    from service.settings import settings
+
+    return settings().broker_url.startswith(("redis://", "rediss://", "unix://"))
+
+
+def broker_idle(identity: str) -> bool:
+    """Whether the broker holds no message of database `identity`, neither waiting in its queues nor delivered
+    and not yet acknowledged: a worker acknowledges a task once it has ended (task_acks_late), so every task
+    sent has then ended. False where it cannot tell (a broker away: the reads of the database go on)."""
+    from service import broker
+
+    try:
+        held = broker.holdings(broker.client(), math.inf, identity)
+    except Exception:  # noqa: BLE001 - whatever keeps the broker from answering, the database still does
+        return False
+    return held is not None and not held.busy_queues and not held.delivered_ids
 
 
 @cli.command()

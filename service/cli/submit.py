@@ -55,7 +55,7 @@ def show_results(selection: Selection, as_json: bool, one: bool) -> None:
     from service.db.reads import reading, result_of, results
     from service.render.text import render
 
-    wait(selection, quiet=as_json)
+    ended = wait(selection, quiet=as_json)
     out = None
     with reading() as reader:  # print after reading: never hold the database
         if as_json:
@@ -66,7 +66,7 @@ def show_results(selection: Selection, as_json: bool, one: bool) -> None:
     if out is not None:
         click.echo(out)
         return
-    click.echo(count_line(counts(selection)))
+    click.echo(count_line(ended))  # the counts of the jobs' last look: they change no more
     if selection.sweep is not None:
         click.echo(f"compare them with: klab compare --sweep {selection.sweep}")
 
