@@ -479,28 +479,33 @@ def test_ctrl_c_that_lands_in_a_finalizer_still_stops_the_waiting(service_env):
                                                    f"watch --sweep {sweep}")
 
 
-def test_wait_reads_the_counts_at_its_first_look_and_once_the_broker_holds_nothing(service_env, workers, setenv,
-                                                                                  klab_cli, monkeypatch):
-    """--wait read every selected job at each look, as often as that read's cost allowed (a 100,000-job sweep's
-    took 0.2 s, so it looked again 2 s later and ended up to 2 s after the last job). Quiet (--json), it reads them
-    at its first look and when the broker holds no message of this database any more: every task has ended."""
+def test_wait_reads_the_counts_once_the_broker_holds_nothing(service_env, workers, setenv, klab_cli, monkeypatch):
+    """--wait read every selected job at each look, no more often than that read's cost allowed (a 100,000-job
+    sweep's took 0.2 s, so it looked again 2 s later and ended up to 2 s after the last job). Between its reads it
+    asks the broker whether it still holds a message of this database; once it holds none, every task has
+    ended, and the counts are read at once. Here each read of the counts takes a second (so the next is due 10 s
+    later): the sweep's end is seen through the broker, not the paced reads."""
     import service.cli.progress as progress
 
     setenv(**{k: service_env[k] for k in ("KLAB_DATABASE_URL", "KLAB_BROKER_URL", "KLAB_HOME")})
     workers("cpu")
-    looks: dict[str, int] = {"counts": 0, "broker_idle": 0}
+    events: list[tuple[str, object]] = []
+    real_counts, real_idle = progress.counts, progress.broker_idle
 
-    def counted(name: str) -> Callable[..., object]:
-        real = getattr(progress, name)
+    def slow_counts(*args: object, **kwargs: object) -> dict:
+        time.sleep(1.0)
+        c = real_counts(*args, **kwargs)
+        events.append(("counts", c["jobs"] - c["finished"]))
+        return c
 
-        def look(*args: object, **kwargs: object) -> object:
-            looks[name] += 1
-            return real(*args, **kwargs)
-        return look
+    def idle(identity: str) -> bool:
+        events.append(("idle", answer := real_idle(identity)))
+        return answer
 
-    for name in looks:
-        monkeypatch.setattr(progress, name, counted(name))
+    monkeypatch.setattr(progress, "counts", slow_counts)
+    monkeypatch.setattr(progress, "broker_idle", idle)
     code, out, err = klab_cli("sweep", "--epochs", "3000", "--seed", "0..15", "--batch-jobs", "4", "--wait", "--json")
     assert code == 0, err
     assert [r["status"] for r in json.loads(out)] == ["succeeded"] * 16
-    assert looks["counts"] == 2 and looks["broker_idle"] >= 2, looks  # between the two, the broker was asked
+    assert events[-2:] == [("idle", True), ("counts", 0)], events  # read at once, not at the next paced read
+    assert ("idle", False) in events  # asked while the tasks ran

@@ -148,11 +148,12 @@ def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
     stderr whenever the counts change (at most every LINE_SECONDS). Ctrl-C stops the waiting, not the jobs.
     Returns the counts once all have ended.
 
-    The counts read every selected job, so they are read as often as what is shown needs them (the bar at each
-    look, lines every LINE_SECONDS) and never more than their own cost allows (pause: a 100,000-job sweep's took
-    0.2 s, so the next came 2 s later, and `--wait` ended up to 2 s after the sweep's last job). On a Redis
-    broker the looks between ask it whether it still holds a message of this database (broker_idle): once it
-    holds none, every task sent has ended, and the counts are read at once."""
+    The counts read every selected job, so they are read no more often than their own cost allows (pause: a
+    100,000-job sweep's took 0.2 s, so the next came 2 s later, and `--wait` ended up to 2 s after the sweep's
+    last job). On a Redis broker the looks between ask it, every POLL_SECONDS, whether it still holds a message
+    of this database (broker_idle): once it holds none, every task sent has ended, and the counts are read at
+    once. Messages that wait for no worker (a queue nobody serves) keep it from ever holding none: the paced
+    reads still end the wait."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from service.db.reads import identity
@@ -160,8 +161,7 @@ def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
     show = not quiet and sys.stderr.isatty() and not os.environ.get("NO_COLOR")
     lines = not quiet and not show
     told = broker_tells()
-    shown_every = 0.0 if show or not told else LINE_SECONDS if lines else math.inf
-    last_line, counted_at, counting, was_idle = "", -math.inf, 0.0, False
+    last_line, last_at, counted_at, counting, was_idle = "", 0.0, -math.inf, 0.0, False
     try:
         with interrupts() as check, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                              TimeElapsedColumn(), transient=True, disable=not show) as bar:
@@ -170,7 +170,7 @@ def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
             while True:
                 started = time.monotonic()
                 idle = told and c is not None and broker_idle(identity())
-                if c is None or started - counted_at >= max(shown_every, pause(counting)) or idle and not was_idle:
+                if c is None or started - counted_at >= pause(counting) or idle and not was_idle:
                     c, counted_at = counts(selection, c is not None), started
                     counting = time.monotonic() - started
                     if c["finished"] == c["jobs"]:
@@ -178,12 +178,12 @@ def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
                     bar.update(task, total=c["epochs_total"], completed=c["epochs_done"],
                                description=f"{c['finished']}/{c['jobs']} jobs")
                     line = count_line(c)
-                    if lines and line != last_line:
+                    if lines and line != last_line and time.monotonic() - last_at >= (LINE_SECONDS if last_line else 0):
                         click.echo(line, err=True)
-                        last_line = line
+                        last_line, last_at = line, time.monotonic()
                 was_idle = idle
                 check()
-                time.sleep(pause(time.monotonic() - started))
+                time.sleep(POLL_SECONDS if told else pause(time.monotonic() - started))
                 check()
     except KeyboardInterrupt:
         raise Interrupted(f"stopped waiting; the jobs go on: follow them with klab watch {selection}") from None
