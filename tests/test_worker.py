@@ -509,3 +509,20 @@ def test_wait_reads_the_counts_once_the_broker_holds_nothing(service_env, worker
     assert [r["status"] for r in json.loads(out)] == ["succeeded"] * 16
     assert events[-2:] == [("idle", True), ("counts", 0)], events  # read at once, not at the next paced read
     assert ("idle", False) in events  # asked while the tasks ran
+
+
+@pytest.mark.parametrize("variable,value,line", [
+    ("KLAB_LEASE_SECONDS", "abc", "klab: error: KLAB_LEASE_SECONDS: must be an integer, got 'abc'"),
+    ("KLAB_BROKER_URL", "redis://127.0.0.1:6379/x", "klab: error: KLAB_BROKER_URL: the Redis database after the host "
+                                                    "is a number, as in redis://localhost:6379/0; got "
+                                                    "'redis://127.0.0.1:6379/x'"),
+])
+def test_the_plain_celery_line_says_a_bad_setting_in_one_line(tmp_path, variable, value, line):
+    """compose starts workers with celery's own command line, not `klab worker`, which checks the settings first:
+    a bad KLAB_* variable was Python's traceback from the app's import."""
+    import sys
+
+    env = {**clean_env(tmp_path / "home"), variable: value}
+    out = subprocess.run([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "cpu"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert (out.returncode, out.stderr.strip()) == (2, line), out.stderr[-2000:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 import threading
 import time
 
@@ -15,13 +16,17 @@ from service import broker, defaults
 from service.broker import celery_config
 from service.db import reads
 from service.db.engine import dispose_engines
-from service.errors import DatabaseUnavailable
+from service.errors import BadInput, DatabaseUnavailable
 from service.settings import describe, settings
 from worker.lease import backoff, reaper
 
 log = logging.getLogger(__name__)
 app = Celery("klab", include=["worker.tasks"])
-app.conf.update(celery_config(settings().broker_url))
+try:
+    app.conf.update(celery_config(broker.checked_url()))  # the KLAB_* settings are read here first
+except BadInput as exc:  # the plain celery line (compose's) printed a traceback; `klab worker` says this first
+    sys.stderr.write(f"klab: error: {exc}\n")
+    raise SystemExit(2) from None
 
 _reaper_stop = threading.Event()
 _serving: dict[str, object] = {}  # this worker's database identity, queues (as users name them) and name
