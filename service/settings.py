@@ -117,7 +117,8 @@ def one_at(name: str, url: str) -> str:
     rest = url.partition("://")[2]
     if rest.partition("/")[0].count("@") > 1:
         raise BadInput(name, "the password holds an @, which ends the user part of a URL: write it as %40")
-    user = rest.partition("@")[0] if "@" in rest else ""
+    head = rest.partition("?")[0]  # an @ in a parameter's value (libpq's options=...) is not the user part's
+    user = head.partition("@")[0] if "@" in head else ""
     if ":" in user and (odd := next((c for c in user if c in "/#" or c.isspace()), None)):
         raise BadInput(name, f"the password holds {odd!r}, which a URL's user part cannot hold: write it as "
                              f"{quote(odd, safe='')}")
