@@ -163,7 +163,7 @@ def test_mask_hides_a_password_in_the_user_part_and_in_the_parameters():
     assert mask("reaching postgresql://u:pa/ss@h:1/db: refused") == "reaching postgresql://u:***@h:1/db: refused"
     from service.settings import Settings
 
-    at = "postgresql://postgres@h:5432/db?options=-c%20x@y"  # an @ in a parameter's value, no password
+    at = "postgresql://h:5432/db?options=-c%20x@y"  # an @ in a parameter's value, no user part
     assert Settings.from_env({"KLAB_DATABASE_URL": at}).database_url == at.replace("postgresql:", "postgresql+psycopg:")
 
 
