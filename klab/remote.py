@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from klab.errors import NoWorker, public
 from klab.result import Result
-from klab.values import arrays, checked_batch_jobs, job_values
+from klab.values import arrays, checked_batch_jobs, job_values, spelled
 from service import defaults
 from service.errors import BadInput
 from service.jobs.selection import Selection
@@ -113,7 +113,7 @@ def submit(jobs: Sequence[Mapping[str, Any]] | None = None, *, queue: str | None
         specs = []
         for n, doc in enumerate(docs, 1):
             try:
-                specs.append(JobSpec.parse(files.job({**values, **doc})))
+                specs.append(JobSpec.parse(files.job({**values, **spelled(doc)})))  # the job's over the call's
             except BadInput as exc:
                 raise BadInput(exc.field, f"{exc.message} (job {n})" if len(docs) > 1 else exc.message) from None
         plan = plan_specs(specs, queue)

@@ -62,19 +62,22 @@ def _numpy(tensor: Any) -> Any:
         return tensor.float().numpy()
 
 
-def given(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The values a caller gave (None: the CLI's default), a key spelled with - read as with _ (batch-size, as a
-    job file may spell it, is batch_size; named both ways, it is refused)."""
+def spelled(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A mapping's keys spelled with - read as with _ (batch-size, as a job file may spell it, is batch_size;
+    named both ways in one mapping, it is refused)."""
     out: dict[str, Any] = {}
-    spelled: dict[str, str] = {}
+    spelling: dict[str, Any] = {}
     for key, value in values.items():
         same = key.replace("-", "_") if isinstance(key, str) else key
-        if same in spelled:
-            raise BadInput(same, f"given twice ({spelled[same]} and {key}); give it once")
-        spelled[same] = key
-        if value is not None:
-            out[same] = value
+        if same in spelling:
+            raise BadInput(same, f"given twice ({spelling[same]} and {key}); give it once")
+        spelling[same], out[same] = key, value
     return out
+
+
+def given(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values a caller gave (None: the CLI's default), keys as spelled() reads them."""
+    return {k: v for k, v in spelled(values).items() if v is not None}
 
 
 def unlabelled(values: Mapping[str, Any]) -> bool:

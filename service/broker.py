@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from service import defaults
 from service.errors import BadInput, BrokerUnavailable, mask, one_line
@@ -90,15 +90,24 @@ def checked_url(broker_url: str | None = None) -> str:
     kombu raised its own error from deep inside a worker or after a submission's jobs were stored."""
     broker_url = one_at("KLAB_BROKER_URL", broker_url or settings().broker_url)
     scheme = broker_url.partition("://")[0].lower()
-    if scheme not in ("redis", "rediss", "unix"):  # presence, holdings and stranded jobs are read in Redis itself
-        raise BadInput("KLAB_BROKER_URL", f"the broker is Redis (redis://HOST:PORT/N, rediss://, unix://); got "
-                                          f"{mask(broker_url)!r}")
+    if scheme not in ("redis", "rediss"):  # presence, holdings and stranded jobs are read in Redis itself
+        raise BadInput("KLAB_BROKER_URL", f"the broker is Redis, reached over TCP (redis://HOST:PORT/N or "
+                                          f"rediss://); got {mask(broker_url)!r}")  # kombu has no unix:// transport
+    if "#" in broker_url:  # a fragment: kombu and redis-py would drop what follows, a password's rest too
+        raise BadInput("KLAB_BROKER_URL", "the URL holds a #, which ends it: write a # of its password as %23")
     try:
         parts = urlsplit(broker_url)
         _ = parts.port  # a port that is not a number raises
+        query = parse_qsl(parts.query, keep_blank_values=True)
     except ValueError:
-        raise BadInput("KLAB_BROKER_URL", f"the port is not a number: {mask(broker_url)!r}") from None
-    number = parts.path.strip("/") if scheme != "unix" else ""
+        raise BadInput("KLAB_BROKER_URL", f"the host or port does not parse: {mask(broker_url)!r}") from None
+    if [k for k, _ in query if k == "password"]:  # still there: settings() moves a lone one to the user part
+        raise BadInput("KLAB_BROKER_URL", f"give one password, in the user part or as ?password=: "
+                                          f"{mask(broker_url)!r}")
+    if odd := sorted({k for k, _ in query if not k.startswith("ssl_")}):  # kombu hands them to redis-py's
+        raise BadInput("KLAB_BROKER_URL", f"takes no parameter but ?password= and rediss://'s ssl_*; got "
+                                          f"{', '.join(odd)}")  # connection, which raised TypeError at the send
+    number = parts.path[1:]
     if number and not (number.isascii() and number.isdigit()):  # kombu's int(): redis-py alone would use 0
         raise BadInput("KLAB_BROKER_URL", f"the Redis database after the host is a number, as in "
                                           f"redis://localhost:6379/0; got {mask(broker_url)!r}")
@@ -109,17 +118,13 @@ def check(broker_url: str | None = None) -> None:
     """Fail fast, before anything is written, when the broker does not answer (or its URL is none: checked_url)."""
     broker_url = checked_url(broker_url)
     try:
-        if broker_url.startswith(("redis://", "rediss://", "unix://")):
-            import redis
+        import redis
 
-            conn = redis.Redis.from_url(broker_url, socket_connect_timeout=2, socket_timeout=2)
-            try:
-                conn.ping()
-            finally:
-                conn.close()
-        else:
-            with client(broker_url).connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1, timeout=2)
+        conn = redis.Redis.from_url(broker_url, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            conn.ping()
+        finally:
+            conn.close()
     except Exception as exc:  # noqa: BLE001 - any failure to reach it is the same one line
         raise unavailable(broker_url, exc) from None
 
@@ -248,7 +253,7 @@ def consumers(identity: str, queue: str) -> int | None:
 def _redis() -> Iterator[Any]:
     """A plain client of a Redis broker (None for another broker), closed afterwards."""
     url = settings().broker_url
-    if not url.startswith(("redis://", "rediss://", "unix://")):
+    if not url.startswith(("redis://", "rediss://")):
         yield None
         return
     import redis

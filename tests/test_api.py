@@ -396,6 +396,9 @@ def test_a_sweep_takes_arrays_tensors_and_generators_of_values_and_a_tag_as_text
     assert klab.sweeps()["tags"].tolist() == [["book"]]  # one tag, not b, o and k
     import pandas as pd
 
+    for tags in (np.array(["a", "b"]), pd.Series(["c"])):  # an array's truth was asked: ValueError from service/
+        klab.sweep(**BOOK, epochs=1, seed=[0], tags=tags, local=True)
+    assert klab.sweeps()["tags"].tolist() == [["book"], ["a", "b"], ["c"]]
     frame = klab.sweep(**BOOK, epochs=1, lr=pd.Series([0.01, 0.03]), seed=pd.RangeIndex(2), local=True).jobs()
     assert sorted(set(frame["lr"])) == [0.01, 0.03] and sorted(set(frame["seed"])) == [0, 1]  # was a text's lines
     bf16 = klab.run(input=book_data()[0].to(torch.bfloat16), epochs=1, store=False)  # was a TypeError
@@ -433,6 +436,9 @@ def test_keys_spelled_as_in_a_job_file_read_as_the_keywords(client_of):
         handle = klab.submit(jobs=[{"seed": 1, "batch-size": 3, "method": "adam"}])  # a JSONL line's keys, say
     assert handle.jobs()[["batch_size", "method"]].values.tolist() == [[3, "adam"]]  # was 'batch_size: unknown
     # field; did you mean batch_size?'
+    with pytest.warns(klab.NoWorker):  # a job's value overrides the call's, however it is spelled
+        over = klab.submit(jobs=[{"batch-size": 3}, {}], batch_size=4, method="adam")
+    assert over.jobs()["batch_size"].tolist() == [3, 4]
     with pytest.raises(klab.BadInput, match=r"^batch_size: given twice \(batch_size and batch-size\); give it once$"):
         klab.submit(jobs=[{"batch_size": 1, "batch-size": 3}])
 

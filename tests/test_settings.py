@@ -78,6 +78,11 @@ def test_a_value_of_spaces_is_the_default_and_spaces_around_a_value_are_not_part
     assert (spaced.max_attempts, spaced.broker_url) == (7, "redis://h:1/2")
 
 
+def test_a_sqlite_path_may_hold_a_colon_and_an_at():
+    url = "sqlite:////tmp/a:b/x@y/klab.db"  # was refused as a password holding a /
+    assert Settings.from_env({"KLAB_DATABASE_URL": url}).database_url == url
+
+
 def test_the_broker_keeps_an_unacknowledged_message_for_the_visibility_timeout():
     from service.broker import celery_config
 

@@ -193,7 +193,7 @@ def broker_tells() -> bool:
     """Whether the broker can say what it holds (a Redis one: service.broker.holdings)."""
     from service.settings import settings
 
-    return settings().broker_url.startswith(("redis://", "rediss://", "unix://"))
+    return settings().broker_url.startswith(("redis://", "rediss://"))
 
 
 def broker_idle(identity: str) -> bool:

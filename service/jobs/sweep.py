@@ -245,7 +245,7 @@ def tags(given: Iterable[str] | str | None) -> list[str]:
     if given is not None and not isinstance(given, (str, Iterable)):  # klab.sweep(tags=5): was a TypeError
         raise BadInput("tag", f"tags are texts, or one text, got {given!r}")
     out: list[str] = []
-    for tag in [given] if isinstance(given, str) else given or ():
+    for tag in [given] if isinstance(given, str) else () if given is None else given:  # an array has no truth
         tag = _label("tag", "a tag", tag, TAG_LENGTH)
         if "," in tag:
             meant = " ".join(f"--tag {t.strip()}" for t in tag.split(",") if t.strip())
