@@ -229,28 +229,48 @@ def _job_ids(raw: bytes, queues: set[str]) -> list[int]:
 
 def announce(identity: str, queues: Sequence[str], hostname: str, seconds: int) -> None:
     """Say on a Redis broker that this worker consumes these queues of database `identity`, for `seconds`."""
-    with _redis() as r:
+    with redis_client() as r:
         if r is not None:
             for queue in queues:
                 r.set(f"{PRESENCE}:{identity}:{queue}:{hostname}", "1", ex=seconds)
 
 
 def withdraw(identity: str, queues: Sequence[str], hostname: str) -> None:
-    with _redis() as r:
+    with redis_client() as r:
         if r is not None:
             r.delete(*(f"{PRESENCE}:{identity}:{queue}:{hostname}" for queue in queues))
 
 
 def consumers(identity: str, queue: str) -> int | None:
     """How many live workers consume `queue` of database `identity` (None: not a Redis broker)."""
-    with _redis() as r:
+    with redis_client() as r:
         if r is None:
             return None
         return sum(1 for _ in r.scan_iter(match=f"{PRESENCE}:{identity}:{queue}:*", count=1000))
 
 
+UNACKED = "unacked"
+"""kombu's Redis hash of messages delivered and not yet acknowledged (its Channel.unacked_key, by default)."""
+
+
+def holds_none(r: Any, identity: str) -> bool:
+    """Whether Redis (a plain client: redis_client) holds no message of database `identity`, neither waiting in its
+    queues nor delivered and not yet acknowledged: a worker acknowledges a task once it has ended
+    (task_acks_late), so every task sent has then ended. What `--wait` asks between its reads of the database."""
+    ours = {routed(q, identity) for q in QUEUES}
+    if any(r.llen(q) for q in ours):
+        return False
+    for raw in r.hvals(UNACKED):
+        try:
+            if json.loads(raw)[2] in ours:  # (message, exchange, routing key: the queue's name)
+                return False
+        except (ValueError, IndexError, TypeError):
+            continue
+    return True
+
+
 @contextmanager
-def _redis() -> Iterator[Any]:
+def redis_client() -> Iterator[Any]:
     """A plain client of a Redis broker (None for another broker), closed afterwards."""
     url = settings().broker_url
     if not url.startswith(("redis://", "rediss://")):

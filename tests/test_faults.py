@@ -569,3 +569,35 @@ def test_results_the_database_refuses_end_their_jobs_failed_once(tmp_path, pg_db
     assert (job.status, job.attempts) == ("failed", 1), (job, w.text()[-2000:])
     assert job.error_message.startswith("RaiseException storing the results of 1 job(s): refused by the test")
     assert "re-queued" not in w.text() and w.proc.poll() is None
+
+
+def test_a_wait_whose_broker_stops_answering_ends_on_the_databases_reads(klab_db, add_job, setenv):
+    """--wait asks the broker, between its reads of the database, whether it holds a message still. A frozen
+    broker (SIGSTOP, a partition: the connection opens, nothing answers) held --wait and watch after every job
+    had ended, for as long as it stayed frozen. Now a broker that does not answer within its timeout is asked no
+    more, and the paced reads of the database end the wait."""
+    import threading
+
+    from service.cli.progress import wait
+    from service.db.engine import writing
+    from service.jobs.selection import Selection
+
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts connections (the backlog), never answers
+    setenv(KLAB_BROKER_URL=f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+    with writing() as conn:
+        job = add_job(conn, status="queued")
+
+    def end_it() -> None:
+        time.sleep(0.5)
+        with writing() as conn:
+            conn.execute(text("UPDATE jobs SET status = 'cancelled', cancel_requested = true, "
+                              "finished_at = CURRENT_TIMESTAMP WHERE id = :id"), {"id": job})
+
+    ender = threading.Thread(target=end_it)
+    ender.start()
+    try:
+        c = wait(Selection((job,)), quiet=True)
+    finally:
+        ender.join()
+        silent.close()
+    assert (c["finished"], c["by_status"]) == (1, {"cancelled": 1})  # it hung on the broker's reply before

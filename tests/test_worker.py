@@ -498,8 +498,8 @@ def test_wait_reads_the_counts_once_the_broker_holds_nothing(service_env, worker
         events.append(("counts", c["jobs"] - c["finished"]))
         return c
 
-    def idle(identity: str) -> bool:
-        events.append(("idle", answer := real_idle(identity)))
+    def idle(r: object, identity: str) -> bool | None:
+        events.append(("idle", answer := real_idle(r, identity)))
         return answer
 
     monkeypatch.setattr(progress, "counts", slow_counts)

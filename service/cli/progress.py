@@ -150,26 +150,30 @@ def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
 
     The counts read every selected job, so they are read no more often than their own cost allows (pause: a
     100,000-job sweep's took 0.2 s, so the next came 2 s later, and `--wait` ended up to 2 s after the sweep's
-    last job). On a Redis broker the looks between ask it, every POLL_SECONDS, whether it still holds a message
-    of this database (broker_idle): once it holds none, every task sent has ended, and the counts are read at
-    once. Messages that wait for no worker (a queue nobody serves) keep it from ever holding none: the paced
-    reads still end the wait."""
+    last job). On a Redis broker the looks between ask it, every POLL_SECONDS over one connection, whether it
+    still holds a message of this database (service.broker.holds_none): once it holds none, every task sent has
+    ended, and the counts are read at once. Messages that wait for no worker (a queue nobody serves) keep it from
+    ever holding none, and a broker that does not answer (within its timeout) is asked no more: the paced reads
+    end the wait."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from service import broker
     from service.db.reads import identity
 
     show = not quiet and sys.stderr.isatty() and not os.environ.get("NO_COLOR")
     lines = not quiet and not show
-    told = broker_tells()
     last_line, last_at, counted_at, counting, was_idle = "", 0.0, -math.inf, 0.0, False
     try:
-        with interrupts() as check, Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                             TimeElapsedColumn(), transient=True, disable=not show) as bar:
+        with interrupts() as check, broker.redis_client() as told, \
+                Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                         transient=True, disable=not show) as bar:
             task = bar.add_task("epochs", total=None)
             c: dict[str, Any] | None = None
             while True:
                 started = time.monotonic()
-                idle = told and c is not None and broker_idle(identity())
+                idle = told is not None and c is not None and broker_idle(told, identity())
+                if idle is None:
+                    told = None  # it did not answer: the database's reads alone, as on another broker
                 if c is None or started - counted_at >= pause(counting) or idle and not was_idle:
                     c, counted_at = counts(selection, c is not None), started
                     counting = time.monotonic() - started
@@ -181,32 +185,23 @@ def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
                     if lines and line != last_line and time.monotonic() - last_at >= (LINE_SECONDS if last_line else 0):
                         click.echo(line, err=True)
                         last_line, last_at = line, time.monotonic()
-                was_idle = idle
+                was_idle = bool(idle)
                 check()
-                time.sleep(POLL_SECONDS if told else pause(time.monotonic() - started))
+                time.sleep(POLL_SECONDS if told is not None else pause(time.monotonic() - started))
                 check()
     except KeyboardInterrupt:
         raise Interrupted(f"stopped waiting; the jobs go on: follow them with klab watch {selection}") from None
 
 
-def broker_tells() -> bool:
-    """Whether the broker can say what it holds (a Redis one: service.broker.holdings)."""
-    from service.settings import settings
-
-    return settings().broker_url.startswith(("redis://", "rediss://"))
-
-
-def broker_idle(identity: str) -> bool:
-    """Whether the broker holds no message of database `identity`, neither waiting in its queues nor delivered
-    and not yet acknowledged: a worker acknowledges a task once it has ended (task_acks_late), so every task
-    sent has then ended. False where it cannot tell (a broker away: the reads of the database go on)."""
-    from service import broker
+def broker_idle(r: Any, identity: str) -> bool | None:
+    """Whether the broker holds no message of database `identity` (service.broker.holds_none); None when it does
+    not answer within its timeout (a broker gone, frozen or cut off)."""
+    from service.broker import holds_none
 
     try:
-        held = broker.holdings(broker.client(), math.inf, identity)
+        return holds_none(r, identity)
     except Exception:  # noqa: BLE001 - whatever keeps the broker from answering, the database still does
-        return False
-    return held is not None and not held.busy_queues and not held.delivered_ids
+        return None
 
 
 @cli.command()
