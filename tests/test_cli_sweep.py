@@ -241,3 +241,22 @@ def test_ctrl_c_before_any_job_of_a_local_sweep_trained_says_what_it_keeps(tmp_p
     assert err.strip().splitlines()[-1] == said, err
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall() == [("cancelled", 10)]
+
+
+def test_a_local_sweep_stopped_while_its_first_chunk_is_stored_says_nothing_was(here: str, klab_cli,
+                                                                                monkeypatch) -> None:
+    """A Ctrl-C (or kill) inside the first chunk's transaction rolls the sweep back with it: the line named sweep 1,
+    which did not exist (and which the next sweep would be)."""
+    import worker.local
+
+    real = worker.local.store
+
+    def interrupted(*args, **kwargs):
+        real(*args, **kwargs)  # the sweep and its first jobs written, not committed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(worker.local, "store", interrupted)
+    code, out, err = klab_cli("sweep", "--local", "--seed", "0..9", "--epochs", "1")
+    assert (code, out) == (130, "") and err.strip() == "klab: stopped: 0 of 10 jobs trained; nothing was stored", err
+    monkeypatch.undo()
+    assert klab_cli("sweeps") == (0, "", "no sweeps\n")

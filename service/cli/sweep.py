@@ -78,6 +78,20 @@ def _train_here(plan: Plan, batch_jobs: int) -> list[int]:
         where = f"; sweep {plan.sweep_id} keeps them" if plan.sweep_id is not None else ""
         if plan.sweep_id is not None and not done:  # its first chunk is stored, cancelled: `keeps them` read as none
             where = f"; sweep {plan.sweep_id} keeps the jobs stored so far, cancelled"
+            if not _stored(plan.sweep_id):  # stopped while its first chunk was stored: rolled back with it
+                where = "; nothing was stored"
         raise Interrupted(f"stopped: {done} of {plan.size} jobs trained{where}") from None
     finally:
         tally.close()
+
+
+def _stored(sweep_id: int) -> bool:
+    """Whether a sweep was stored (its first chunk's transaction committed)."""
+    from service.db.reads import reading, sweep_name
+
+    try:
+        with reading() as reader:
+            sweep_name(reader, sweep_id)
+    except BadInput:
+        return False
+    return True
