@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from service import defaults
 from service.errors import BadInput, BrokerUnavailable, mask, one_line
-from service.settings import one_at, settings
+from service.settings import broker_password, one_at, settings
 
 QUEUES = ("cpu", "gpu")
 """The queues users name (--queue, klab worker -Q); on the broker each is routed per database."""
@@ -88,7 +88,7 @@ def unavailable(broker_url: str, exc: BaseException) -> BrokerUnavailable:
 def checked_url(broker_url: str | None = None) -> str:
     """The broker's URL, a Redis one that kombu and redis-py read alike, or one line naming KLAB_BROKER_URL (exit 2):
     kombu raised its own error from deep inside a worker or after a submission's jobs were stored."""
-    broker_url = one_at("KLAB_BROKER_URL", broker_url or settings().broker_url)
+    broker_url = one_at("KLAB_BROKER_URL", broker_password(broker_url or settings().broker_url))
     scheme = broker_url.partition("://")[0].lower()
     if scheme not in ("redis", "rediss"):  # presence, holdings and stranded jobs are read in Redis itself
         raise BadInput("KLAB_BROKER_URL", f"the broker is Redis, reached over TCP (redis://HOST:PORT/N or "
