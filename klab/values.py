@@ -18,7 +18,7 @@ from typing import Any
 
 from service.defaults import BATCH_JOBS_MOST
 from service.errors import BadInput
-from service.jobs.sweep import as_flag
+from service.jobs.sweep import as_flag, kernel_literal
 from service.settings import settings
 
 ARRAY_FIELDS = ("input", "kernel", "labels")
@@ -120,8 +120,13 @@ class Files:
         return f"npy:{path}"
 
     def value(self, field: str, value: Any) -> Any:
-        """One job's value of a field: an array as npy:PATH, anything else as given."""
-        return self.npy(field, value) if field in ARRAY_FIELDS and is_array(value) else value
+        """One job's value of a field: an array as npy:PATH, a kernel of nested tuples as the lists a job file
+        writes (it was told `must be a string`), anything else as given."""
+        if field in ARRAY_FIELDS and is_array(value):
+            return self.npy(field, value)
+        if field == "kernel" and isinstance(value, tuple) and kernel_literal(value):
+            return json.loads(json.dumps(value))
+        return value
 
     def job(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """One job's values, arrays as npy:PATH; labels without a kernel mean no true kernel (unlabelled)."""

@@ -83,10 +83,10 @@ SECONDS_MOST = 10**9
 
 
 MOST = {**dict.fromkeys(SECONDS, SECONDS_MOST), **dict.fromkeys(("max_file_bytes", "max_job_memory",
-                                                                 "max_input_elements"), 2**62)}
-"""The settings that may hold more than defaults.INT32_MOST, as any other does (KLAB_MAX_ATTEMPTS of 10**20 made
-SQLite's reaper raise OverflowError at every look, KLAB_TORCH_THREADS torch's set_num_threads): times
-(SECONDS_MOST), and sizes (2**62, past any machine's)."""
+                                                                 "max_input_elements"), 2**62), "torch_threads": 1024}
+"""The settings whose most is not defaults.INT32_MOST, any other's (KLAB_MAX_ATTEMPTS of 10**20 made SQLite's
+reaper raise OverflowError at every look): times (SECONDS_MOST), sizes (2**62, past any machine's), and torch's
+threads a worker child (1024: at 2**31 - 1 every child died in libgomp, allocating 432 GiB for them)."""
 
 
 def _positive(env: Mapping[str, str], name: str, default: int | None, most: int) -> int | None:
@@ -120,7 +120,8 @@ def one_at(name: str, url: str) -> str:
     head = rest.partition("?")[0]  # an @ in a parameter's value (libpq's options=...) is not the user part's
     user = head.partition("@")[0] if "@" in head and not scheme.startswith("sqlite") else ""  # a path's @ neither
     if ":" in user and (odd := next((c for c in user if c in "/#" or c.isspace()), None)):
-        raise BadInput(name, f"the password holds {odd!r}, which a URL's user part cannot hold: write it as "
+        which = "password" if user.index(odd) > user.index(":") else "user name"
+        raise BadInput(name, f"the {which} holds {odd!r}, which a URL's user part cannot hold: write it as "
                              f"{quote(odd, safe='')}")
     return url
 

@@ -84,6 +84,12 @@ def test_a_torch_tensor_trains_as_the_same_image_given_by_name(home):
     np.testing.assert_array_equal(r.learned_kernel, named.learned_kernel)
 
 
+def test_a_kernel_of_nested_tuples_is_the_kernel_of_nested_lists(home):
+    as_tuples = klab.run(kernel=((1.0, -1.0),), epochs=2, store=False)  # was 'kernel: must be a string'
+    np.testing.assert_array_equal(as_tuples.learned_kernel, klab.run(kernel=[[1, -1]], epochs=2,
+                                                                      store=False).learned_kernel)
+
+
 def test_labels_without_a_kernel_learn_the_kernel_they_were_made_with(home):
     x, k, y = book_data()
     r = klab.run(input=x.numpy(), labels=y.numpy(), method="lstsq", store=False)

@@ -52,7 +52,7 @@ def test_a_time_past_any_date_is_refused_naming_its_variable(variable):
         Settings.from_env({variable: "100000000000"})
 
 
-@pytest.mark.parametrize("variable,most", [("KLAB_MAX_ATTEMPTS", 2**31 - 1), ("KLAB_TORCH_THREADS", 2**31 - 1),
+@pytest.mark.parametrize("variable,most", [("KLAB_MAX_ATTEMPTS", 2**31 - 1), ("KLAB_TORCH_THREADS", 1024),
                                            ("KLAB_MAX_EPOCHS", 2**31 - 1), ("KLAB_MAX_JOB_MEMORY", 2**62)])
 def test_a_number_past_what_its_use_holds_is_refused_naming_its_variable(variable, most):
     """KLAB_MAX_ATTEMPTS of 10**20 made SQLite's reaper raise OverflowError at every look (dead workers' jobs were
@@ -76,6 +76,12 @@ def test_a_value_of_spaces_is_the_default_and_spaces_around_a_value_are_not_part
     default = Settings.from_env({})
     assert (spaced.home, spaced.lease_seconds) == (default.home, default.lease_seconds)  # were ./'  ', and refused
     assert (spaced.max_attempts, spaced.broker_url) == (7, "redis://h:1/2")
+
+
+def test_a_user_name_holding_what_a_url_cannot_is_named_as_the_user_name():
+    with pytest.raises(BadInput, match="^KLAB_DATABASE_URL: the user name holds ' ', which a URL's user part cannot "
+                                       "hold: write it as %20$"):
+        Settings.from_env({"KLAB_DATABASE_URL": "postgresql://us er:pw@h/db"})  # was 'the password holds'
 
 
 def test_a_sqlite_path_may_hold_a_colon_and_an_at():
