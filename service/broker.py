@@ -88,7 +88,7 @@ def unavailable(broker_url: str, exc: BaseException) -> BrokerUnavailable:
 def checked_url(broker_url: str | None = None) -> str:
     """The broker's URL, a Redis one that kombu and redis-py read alike, or one line naming KLAB_BROKER_URL (exit 2):
     kombu raised its own error from deep inside a worker or after a submission's jobs were stored."""
-    broker_url = one_at("KLAB_BROKER_URL", broker_password(broker_url or settings().broker_url))
+    broker_url = one_at("KLAB_BROKER_URL", broker_password(broker_url) if broker_url else settings().broker_url)
     scheme = broker_url.partition("://")[0].lower()
     if scheme not in ("redis", "rediss"):  # presence, holdings and stranded jobs are read in Redis itself
         raise BadInput("KLAB_BROKER_URL", f"the broker is Redis, reached over TCP (redis://HOST:PORT/N or "
@@ -258,15 +258,7 @@ def holds_none(r: Any, identity: str) -> bool:
     queues nor delivered and not yet acknowledged: a worker acknowledges a task once it has ended
     (task_acks_late), so every task sent has then ended. What `--wait` asks between its reads of the database."""
     ours = {routed(q, identity) for q in QUEUES}
-    if any(r.llen(q) for q in ours):
-        return False
-    for raw in r.hvals(UNACKED):
-        try:
-            if json.loads(raw)[2] in ours:  # (message, exchange, routing key: the queue's name)
-                return False
-        except (ValueError, IndexError, TypeError):
-            continue
-    return True
+    return not any(r.llen(q) for q in ours) and not any(_job_ids(raw, ours) for raw in r.hvals(UNACKED))
 
 
 @contextmanager
