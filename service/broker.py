@@ -57,13 +57,19 @@ def celery_config(broker_url: str) -> dict[str, Any]:
     }
 
 
-@lru_cache(maxsize=4)
 def client(broker_url: str | None = None):
-    """A Celery app that only publishes (no tasks registered, no torch)."""
+    """A Celery app that only publishes (no tasks registered, no torch), one per broker: the settings' broker
+    unless one is given (kept per URL, not per None: a test that moves KLAB_BROKER_URL, and clears the settings,
+    publishes to the new broker, where the app of the old one once took its messages)."""
+    return _client(broker_url or settings().broker_url)
+
+
+@lru_cache(maxsize=4)
+def _client(broker_url: str):
     from celery import Celery
 
     app = Celery("klab-client")
-    app.conf.update(celery_config(broker_url or settings().broker_url))
+    app.conf.update(celery_config(broker_url))
     app.conf.task_publish_retry_policy = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2}
     return app
 

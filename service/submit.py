@@ -199,26 +199,40 @@ def submit(plan: Plan, batch_jobs: int) -> tuple[int | None, list[int]]:
         return _submit(plan, batch_jobs, identity)
 
 
+def stored_in_part(plan: Plan, stored: int) -> str:
+    """What a submission stopped midway leaves: the jobs it stored, queued (the workers send those whose message
+    never went: service.db.writes.stranded)."""
+    if plan.sweep_id is not None:
+        return (f"sweep {plan.sweep_id} was stored in part, at least {stored:,} of its {plan.size:,} jobs, "
+                f"which run (klab sweeps shows how many; klab delete --sweep {plan.sweep_id} deletes them)")
+    return f"at least {stored:,} of the {plan.size:,} jobs were stored, which run (klab list --status queued)"
+
+
 def _submit(plan: Plan, batch_jobs: int, identity: str) -> tuple[int | None, list[int]]:
     ids: list[int] = []
     failed: list[BrokerUnavailable] = []  # the broker's failure, once it failed
-    for chunk, made, start in _stored(plan, lambda: JobStatus.CREATED if failed else JobStatus.QUEUED):
-        ids += made
-        if start is JobStatus.CREATED:
-            continue
-        if failed:  # stored queued while the broker failed: no message of theirs was sent
-            with writing() as conn:
-                writes.unsent(conn, made)
-            continue
-        plan.queues.update(key[0] for _, key, _ in chunk)
-        taken: list[int] = []
-        try:
-            broker.publish(broker.client(), broker.tasks([(i, key) for i, (_, key, _) in zip(made, chunk)],
-                                                         batch_jobs, most_jobs), identity, taken.extend)
-        except BrokerUnavailable as exc:
-            failed.append(exc)
-            with writing() as conn:
-                writes.unsent(conn, sorted(set(made) - set(taken)))
+    try:
+        for chunk, made, start in _stored(plan, lambda: JobStatus.CREATED if failed else JobStatus.QUEUED):
+            ids += made
+            if start is JobStatus.CREATED:
+                continue
+            if failed:  # stored queued while the broker failed: no message of theirs was sent
+                with writing() as conn:
+                    writes.unsent(conn, made)
+                continue
+            plan.queues.update(key[0] for _, key, _ in chunk)
+            taken: list[int] = []
+            try:
+                broker.publish(broker.client(), broker.tasks([(i, key) for i, (_, key, _) in zip(made, chunk)],
+                                                             batch_jobs, most_jobs), identity, taken.extend)
+            except BrokerUnavailable as exc:
+                failed.append(exc)
+                with writing() as conn:
+                    writes.unsent(conn, sorted(set(made) - set(taken)))
+    except BaseException as exc:  # the database lost, Ctrl-C: the jobs stored before stay queued, and run
+        if ids and not failed and not isinstance(exc, Gone):  # Gone: the sweep was deleted, and says so
+            exc.add_note(stored_in_part(plan, len(ids)))
+        raise
     if failed:
         again = (Selection(sweep=plan.sweep_id) if plan.sweep_id is not None
                  else Selection(tuple(ids) if len(ids) <= 50 else ()))

@@ -326,13 +326,10 @@ def test_import_klab_loads_neither_torch_pandas_nor_matplotlib():
 
 @pytest.fixture
 def client_of(service_env, setenv):  # noqa: F811 (service_env is test_worker's fixture)
-    """This process made a client of the test's service: its database, broker and home."""
-    from service import broker
-
-    broker.client.cache_clear()  # a client cached for another test's broker must not take these messages
+    """This process made a client of the test's service: its database, broker and home (service.broker.client
+    keeps an app per broker: one cached for another test's broker takes none of these messages)."""
     setenv(**{k: service_env[k] for k in ("KLAB_DATABASE_URL", "KLAB_BROKER_URL", "KLAB_HOME")})
     yield service_env
-    broker.client.cache_clear()
 
 
 def test_submit_waits_for_a_real_worker_and_equals_its_run_twin(client_of, workers, capsys):  # noqa: F811

@@ -181,13 +181,11 @@ def test_a_submission_makes_its_jobs_with_the_cycle_collector_paused_and_leaves_
     import gc
 
     import klab
-    from service import broker
     from service import submit as submitting
     from service.jobs.selection import Selection
 
     url, db = pg_db
     env = service_env(tmp_path, url, redis_server().url())
-    broker.client.cache_clear()  # this process's client, of this test's broker
     setenv(**{k: env[k] for k in ("KLAB_DATABASE_URL", "KLAB_BROKER_URL", "KLAB_HOME")})
     collections: list[int] = []
     during: list[tuple[bool, int]] = []
@@ -228,5 +226,18 @@ def test_a_submission_makes_its_jobs_with_the_cycle_collector_paused_and_leaves_
     finally:
         gc.enable()
         gc.callbacks.remove(seen)
-        broker.client.cache_clear()
 
+
+
+def test_a_process_whose_broker_moves_publishes_to_the_new_one(klab_db, klab_cli, setenv, redis_server):
+    """The same process submits to one broker, then, KLAB_BROKER_URL moved and the settings read anew (as every
+    test that starts a broker of its own does), to another: the second sweep's message goes to the second broker.
+    The client app was cached for "the settings' broker", and published to the first one's port: a test that
+    came after another in one process stored its jobs, found that broker gone and left them created."""
+    servers = [redis_server(), redis_server()]
+    for server in servers:
+        setenv(KLAB_BROKER_URL=server.url())
+        code, out, err = klab_cli("sweep", "--seed", "0..2", "--epochs", "1", "--json")
+        assert code == 0, err
+    sent = [[body(m)[0][0] for m in messages(server.client(), queue_key(klab_db))] for server in servers]
+    assert sent == [[[1, 2, 3]], [[4, 5, 6]]]

@@ -601,3 +601,42 @@ def test_a_wait_whose_broker_stops_answering_ends_on_the_databases_reads(klab_db
         ender.join()
         silent.close()
     assert (c["finished"], c["by_status"]) == (1, {"cancelled": 1})  # it hung on the broker's reply before
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("stop", ["database lost", "ctrl-c"])
+def test_a_sweep_stopped_midway_says_how_much_of_it_was_stored(stop, klab_db, klab_cli, setenv, redis_server,
+                                                              monkeypatch):
+    """The database lost, or Ctrl-C, while `klab sweep` stores its second chunk: the line says that the sweep was
+    stored in part and how much (its first chunk, queued, runs), where it once said only the database's error
+    (or `aborted`) and left a sweep of 4,096 of 8,193 jobs for the user to find."""
+    import psycopg
+    from conftest import PG_ADMIN_URL
+
+    from service import submit
+
+    setenv(KLAB_BROKER_URL=redis_server().url(), KLAB_SUBMIT_CONNECTIONS="1")
+    store, calls = submit.store, []
+
+    def store_then_stop(conn, plan, chunk, start, ids=None):
+        calls.append(len(chunk))
+        if len(calls) == 2:
+            if stop == "ctrl-c":
+                raise KeyboardInterrupt
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            with psycopg.connect(PG_ADMIN_URL.replace("+psycopg", ""), autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        return store(conn, plan, chunk, start, ids)
+
+    monkeypatch.setattr(submit, "store", store_then_stop)
+    code, out, err = klab_cli("sweep", "--seed", f"0..{2 * submit.CHUNK_JOBS}", "--epochs", "1")
+    first = {"database lost": "klab: error: database error on the postgresql database klab_test_",
+             "ctrl-c": "klab: error: aborted; "}[stop]
+    err = err.lstrip("\n")  # click's line ending where ^C left the cursor
+    assert (code, out, err.count("\n")) == ({"database lost": 3, "ctrl-c": 130}[stop], "", 1), err
+    assert err.startswith(first) and err.endswith(
+        "; sweep 1 was stored in part, at least 4,096 of its 8,193 jobs, which run (klab sweeps shows how many; "
+        "klab delete --sweep 1 deletes them)\n"), err
+    with psycopg.connect(klab_db.replace("+psycopg", "")) as conn:
+        assert conn.execute("SELECT sweep_id, status, count(*) FROM jobs GROUP BY 1, 2").fetchall() == \
+            [(1, "queued", 4096)]

@@ -116,12 +116,12 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"{exc.option_name}: no such option{_option_hint(exc)}", 2)
     except click.UsageError as exc:
         fail(_usage_line(exc), 2)
-    except click.Abort:
-        fail("aborted", 130)
+    except click.Abort as exc:  # click's word for a Ctrl-C
+        fail(_noted("aborted", exc), 130)
     except click.ClickException as exc:
         fail(exc.format_message().replace("\n", " "), exc.exit_code)
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
+    except KeyboardInterrupt as exc:
+        fail(_noted("interrupted", exc), 130)
     except BrokenPipeError:
         sys.exit(0)
     except OSError as exc:
@@ -135,10 +135,16 @@ def main(argv: list[str] | None = None) -> None:
         if _database_gone(exc):
             from service.settings import describe, settings
 
-            fail(f"database error on the {describe(settings().database_url)}: "
-                 f"{one_line(getattr(exc, 'orig', None) or exc)}", 3)
+            fail(_noted(f"database error on the {describe(settings().database_url)}: "
+                        f"{one_line(getattr(exc, 'orig', None) or exc)}", exc), 3)
         raise
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _noted(line: str, exc: BaseException) -> str:
+    """A line and what the command noted on the exception on its way out (service.submit: what it stored), or on
+    the one it stands for (click's Abort for a KeyboardInterrupt)."""
+    return "; ".join([line, *getattr(exc, "__notes__", ()), *getattr(exc.__cause__, "__notes__", ())])
 
 
 def _option_hint(exc: click.NoSuchOption) -> str:
