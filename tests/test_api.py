@@ -163,6 +163,10 @@ BAD = [
     # says so
     ("jobs-not-a-list", lambda: klab.submit(jobs={"seed": 1}), "jobs", "got dict; one job's values go as keywords"),
     ("a-job-not-a-mapping", lambda: klab.submit(jobs=[{"seed": 1}, 2]), "jobs", "job 2 is of type int"),
+    ("a-list-item-holding-a-comma", lambda: klab.sweep(seed=["1,2"], local=True), "seed",
+     "the item '1,2' holds a comma, which separates a sweep's values"),  # it swept seeds 1 and 2
+    ("a-path-holding-a-comma", lambda: klab.sweep(input=["edge:6x8", "image:/a,b.png"], local=True), "input",
+     "the item 'image:/a,b.png' holds a comma"),  # it was split in two, neither of them the file
     ("no-batch", lambda: klab.sweep(seed=range(2), batch_jobs=0, local=True), "batch_jobs", "from 1 to 100000, got 0"),
     ("batch-as-text", lambda: klab.submit(batch_jobs="8"), "batch_jobs", "a whole number from 1 to 100000, got '8'"),
 ]

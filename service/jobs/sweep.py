@@ -202,8 +202,25 @@ def as_flag(field: str, value: Any, text: Callable[[Any], str] = _text) -> str:
         if field in ONE_VALUE:  # an unknown field goes on, to be named as unknown by the job's spec
             raise BadInput(field.replace("_", "-"), f"takes one value, not a list; only {', '.join(SWEEPABLE)} "
                                                     "can be swept")
-        return ",".join(text(v) for v in value)
+        items = [text(v) for v in value]
+        for v, item in zip(value, items):
+            _one_value(field, v, item)
+        return ",".join(items)
     return text(value)
+
+
+def _one_value(field: str, value: Any, item: str) -> None:
+    """An item of a list that is one value: one holding a comma outside brackets would be split again, into
+    values the user never gave (`seed: ["1,2"]` swept seeds 1 and 2)."""
+    if "," not in item:
+        return
+    try:
+        one = len(split_list(field, item)) == 1
+    except BadInput:  # "1,": an empty value beside a comma
+        one = False
+    if not one:
+        raise BadInput(field.replace("_", "-"), f"the item {value!r} holds a comma, which separates a sweep's "
+                                                "values: give each value as an item of its own")
 
 
 def file_flags(doc: dict[str, Any]) -> dict[str, str]:
