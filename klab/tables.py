@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 
 TIMES = tuple(n for n in schema.SUMMARY_NAMES if schema.BY_NAME[n].kind == "time")
 """Summary columns that hold timestamps: datetimes in UTC in a DataFrame, whatever the database."""
+NULLABLE = {n: {"int": "Int64", "bigint": "Int64", "bool": "boolean"}[schema.BY_NAME[n].kind]
+            for n in schema.SUMMARY_NAMES
+            if schema.BY_NAME[n].nullable and schema.BY_NAME[n].kind in ("int", "bigint", "bool")}
+"""Summary columns of whole numbers or flags that may be null, and pandas' dtype that holds both (converged_epoch was
+float64 where some job converged, object where none had, int64 where all had)."""
 
 
 def _id(value: Any, field: str) -> int:
@@ -73,8 +78,7 @@ def jobs(ids: int | Iterable[int] | None = None, sweep: int | None = None, **fil
     equal = {k: _one_value(k, v) for k, v in filters.items()}
     with reading() as reader:
         rows = summaries(reader, selection, equal)
-    frame = pd.DataFrame(rows, columns=list(schema.SUMMARY_NAMES))
-    frame["sweep_id"] = frame["sweep_id"].astype("Int64")  # whole numbers with gaps, as klab.jobs(sweep=...) takes
+    frame = pd.DataFrame(rows, columns=list(schema.SUMMARY_NAMES)).astype(NULLABLE)
     return _times(frame, TIMES)
 
 

@@ -200,6 +200,11 @@ def test_jobs_epochs_and_sweeps_are_dataframes_of_the_stored_rows(klab_db, add_j
     assert klab.jobs(swept[1])["relative_error"].tolist() == pytest.approx([0.2])
     assert klab.jobs(status="diverged", method="adam")["id"].tolist() == [diverged]
     assert klab.jobs(ids=swept, relative_error=None).empty
+    for frame in (every, klab.jobs(queued), klab.jobs(swept)):  # no value, some, all: one dtype (it was object,
+        # float64 or int64 as the rows came)
+        assert {str(frame[n].dtype) for n in ("converged_epoch", "diverged_epoch", "rank", "more_epochs")} == \
+            {"Int64"}
+        assert str(frame["identifiable"].dtype) == "boolean"
 
     epochs = klab.epochs(sweep=sweep)
     assert list(epochs.columns) == list(EPOCH_NAMES)
