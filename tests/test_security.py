@@ -290,3 +290,22 @@ def test_hostile_values_are_data_never_sql(klab_db, add_job, klab_cli):
     assert {listed[i]: i for i in sweeps.values()} == sweeps  # stored and read back verbatim
     code, out, _ = klab_cli("list", "--limit", "0", "--json")
     assert sorted(r["id"] for r in json.loads(out)) == ids  # the jobs table is intact
+
+
+@pytest.mark.parametrize(("url", "said"), [
+    ("redis://:pa?ss@127.0.0.1:6379/0", "the password holds '?', which a URL's user part cannot hold: write it as %3F"),
+    ("redis://u?v:pass@127.0.0.1:6379/0", "the user name holds '?', which a URL's user part cannot hold: write it as "
+                                          "%3F"),
+    ("redis://:pa#ss@127.0.0.1:6379/0", "the password holds '#', which a URL's user part cannot hold: write it as %23"),
+    ("redis://:pa/ss@127.0.0.1:6379/0", "the password holds '/', which a URL's user part cannot hold: write it as %2F"),
+    ("redis://:p@ss@127.0.0.1:6379/0", "the password holds an @, which ends the user part of a URL: write it as %40")])
+def test_a_broker_password_holding_what_a_url_cannot_is_told_its_escape(url, said):
+    """A ? in the password was told "the host or port does not parse": kombu and redis-py read the rest as
+    parameters."""
+    from service.broker import checked_url
+    from service.errors import BadInput
+
+    with pytest.raises(BadInput) as caught:
+        checked_url(url)
+    assert (caught.value.field, caught.value.message) == ("KLAB_BROKER_URL", said)
+    assert checked_url(url.replace("?", "%3F").replace("#", "%23").replace("/ss", "%2Fss").replace("p@", "p%40"))
