@@ -398,6 +398,21 @@ def test_a_diverging_job_leaves_the_others_in_its_batch_untouched():
         assert record(batch, i)["epochs"] == record(alone, 0)["epochs"]
 
 
+@pytest.mark.parametrize("method", [Method.D2L_SGD, Method.MOMENTUM])
+def test_an_lr_past_what_an_epochs_map_holds_diverges_alone_and_leaves_its_batch_untouched(method):
+    """The minibatch methods' pace multiplies each batch's step into an epoch's map: at lr 1e300 its entries
+    overflowed, numpy's eigvals raised LinAlgError, and every job of the batch ended failed (`klab run` printed a
+    traceback). That job diverges; its rate is unknown (None), the other job's is as alone."""
+    problem = build_problem(spec(method=method.value))
+    jobs = [Job(problem, seed=0, lr=0.01), Job(problem, seed=1, lr=1e300)]
+    batch = train(jobs, method, 5, 2)
+    assert [batch.status(i).value for i in range(2)] == ["succeeded", "diverged"]
+    assert record(batch, 1)["pace"]["convergence_rate"] is None
+    alone = train(jobs[:1], method, 5, 2)
+    assert record(batch, 0)["epochs"] == record(alone, 0)["epochs"]
+    assert record(batch, 0)["pace"] == record(alone, 0)["pace"] and record(alone, 0)["pace"]["convergence_rate"] < 1
+
+
 @pytest.mark.parametrize("i", [0, 1])
 def test_a_diverged_jobs_record_is_the_same_in_a_batch_and_alone(i):
     jobs = diverging_batch()

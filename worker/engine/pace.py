@@ -93,12 +93,15 @@ class Pace:
         eye = np.eye(r)
         epoch = np.eye(2 * r if momentum else r)
         mu = defaults.MOMENTUM
-        for c, h in self.steps:
-            if momentum:
-                step = np.block([[eye - lr * c * h, -lr * mu * eye], [c * h, mu * eye]])
-            else:
-                step = eye - lr * c * h
-            epoch = step @ epoch
+        with np.errstate(over="ignore", invalid="ignore"):
+            for c, h in self.steps:
+                if momentum:
+                    step = np.block([[eye - lr * c * h, -lr * mu * eye], [c * h, mu * eye]])
+                else:
+                    step = eye - lr * c * h
+                epoch = step @ epoch
+        if not np.isfinite(epoch).all():  # an lr so large that an epoch's map overflows: it grows without bound
+            return float("inf")
         return float(np.abs(np.linalg.eigvals(epoch)).max())
 
     def best_lr(self) -> tuple[float, float] | None:
