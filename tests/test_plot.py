@@ -399,6 +399,18 @@ def test_sweep_panels_aggregate_over_seeds_coloured_by_the_other_parameter() -> 
     readable(fig)
 
 
+def test_a_one_panel_sweeps_title_stays_in_the_figure() -> None:
+    """One panel is 6.5 inches wide: the line of what stayed fixed (a minibatch method names its batch size, a noisy
+    sweep its noise) and a long name ran past both edges, `ixed: method d2l-sgd, ... kernel d2`."""
+    rows = sweep_rows({(lr, "momentum"): [0.2] for lr in (0.01, 0.02, 0.03)})
+    for row in rows:
+        row.update(noise=0.1, batch_size=3)
+    fig = plot.figure_sweep(rows, ["lr"], f"sweep 2 ({'a long name ' * 12}): 3 jobs")
+    title = fig._suptitle.get_text().replace("\n", " ")  # wrapped: every word kept
+    assert "fixed: method momentum, epochs 10, batch size 3, seed 0, input edge:6x8, kernel d2l, noise 0.1" in title
+    readable(fig)
+
+
 def test_four_varied_parameters_take_two_rows_of_at_most_three_panels() -> None:
     rows = [{**row, "input": i, "kernel": k, "relative_error": row["relative_error"] * (1 + n)}
             for n, (i, k) in enumerate(itertools.product(("edge:6x8", "checker:6x8"), ("d2l", "sobel-x")))

@@ -52,6 +52,20 @@ def new_figure(width: float, height: float):
     return fig
 
 
+TITLE_POINTS = 12.0
+"""The size of a figure's title (matplotlib's `large`)."""
+
+
+def title(fig: Any, text: str) -> None:
+    """A figure's title, each line wrapped to the figure's width (a sweep's fixed parameters and a long name ran
+    past both edges of one panel), at about 0.6 of the font's size a character."""
+    import textwrap
+
+    most = int(fig.get_figwidth() * 72 * 0.95 / (TITLE_POINTS * 0.6))
+    fig.suptitle("\n".join(part for line in text.split("\n") for part in textwrap.wrap(line, most) or [""]),
+                 fontsize=TITLE_POINTS)
+
+
 def status_style(status: str) -> tuple[str, str]:
     return STATUS_STYLE.get(JobStatus(status), ("o", "tab:olive"))
 

@@ -148,7 +148,7 @@ def _job_title(result: dict[str, Any]) -> str:
 def figure_job(result: dict[str, Any]) -> Any:
     """One job: loss and relative kernel error over epochs, then the true, learned and difference kernels."""
     fig = new_figure(*JOB_SIZE)
-    fig.suptitle(_job_title(result))
+    ax_.title(fig, _job_title(result))
     grid = fig.add_gridspec(2, 6, height_ratios=(1, 1.1))
     loss_ax, err_ax = fig.add_subplot(grid[0, :3]), fig.add_subplot(grid[0, 3:])
     epochs = result.get("epochs") or []
@@ -210,7 +210,7 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
     fig = new_figure(JOBS_SIZE[0], JOBS_SIZE[1] + (-(-len(results) // ncols) - 1) * LEGEND_ROW)
     loss_ax, err_ax = fig.subplots(1, 2)
     common = _described(specs[0], [k for k in ESSENTIALS if k in alike])
-    fig.suptitle(f"{len(results)} jobs" + (f", all with {common}" if common else "")
+    ax_.title(fig, f"{len(results)} jobs" + (f", all with {common}" if common else "")
                  + "\nrelative error after training in the legend")
     cmap = matplotlib.colormaps["tab10" if len(results) <= 10 else "viridis"]
     last = int(max((e["epoch"] for r in results for e in r.get("epochs") or []), default=1))
@@ -288,7 +288,7 @@ def figure_sweep(rows: Sequence[dict], params: Sequence[str], title: str = "", s
     missing = in_order(status[flagged].tolist())
     across, down = min(len(shown), 3), -(-len(shown) // 3)
     fig = new_figure(SWEEP_PANEL[0] * across, (SWEEP_PANEL[1] + (0.4 + 0.3 * len(missing) if missing else 0)) * down)
-    fig.suptitle(head + f"\nrelative error at each value: line {'geometric ' if log else ''}mean, band "
+    ax_.title(fig, head + f"\nrelative error at each value: line {'geometric ' if log else ''}mean, band "
                  f"{ax_.BAND[0]:.0f}th-{ax_.BAND[1]:.0f}th percentile")
     grid = fig.add_gridspec(2 * down if missing else down, across, height_ratios=(0.3 * len(missing) + 0.3, 4) * down
                             if missing else None)
@@ -361,7 +361,7 @@ def _figure_distribution(rows: Sequence[dict[str, Any]], errors: np.ndarray, log
     fig = new_figure(11.0, 4.5)
     hist, counts = fig.subplots(1, 2, width_ratios=(3, 1))
     finite = errors[np.isfinite(errors)]
-    fig.suptitle(head + ("\nrelative error over the seeds" if len(rows) > 1 else ""))
+    ax_.title(fig, head + ("\nrelative error over the seeds" if len(rows) > 1 else ""))
     if finite.size:
         lo, hi = float(finite.min()), float(finite.max())
         bins = int(np.clip(np.sqrt(finite.size), 10, 60))
