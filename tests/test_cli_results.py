@@ -210,6 +210,10 @@ def test_compare_marks_what_a_method_never_reads(klab_db: str, add_job, klab_cli
     assert header.split()[:5] == ["id", "method", "lr", "epochs", "batch"]  # lstsq reads no lr nor epochs
     assert {int(r.split()[0]): r.split()[2:5] for r in rows} == {ids[0]: ["-", "-", "-"], ids[1]: ["0.03", "10", "-"],
                                                                  ids[2]: ["0.03", "10", "3"]}
+    with writing() as conn:  # least squares alone, stored with lrs and epochs that differ: columns no job reads
+        solved = [add_job(conn, method="lstsq", lr=lr, epochs=e) for lr, e in ((0.03, 10), (0.01, 30))]
+    code, out, err = klab_cli("compare", *map(str, solved))
+    assert code == 0 and out.splitlines()[1].split()[:3] == ["id", "status", "done"], out  # were lr and epochs: all -
 
 
 @SQLITE_ONLY

@@ -27,9 +27,10 @@ solves in one step), left out of the spec line."""
 def shared(rows: Sequence[dict[str, Any]], keys: Sequence[str], differ: Sequence[str]) -> tuple[list[str], list[str]]:
     """Of `keys` (the parameters of several jobs' rows or specs, `differ` those whose values differ), those to name
     for each job: `differ`, and those alike that some jobs' methods read and others' never do; and those every job
-    shares, alike and read by every job's method (said once). What no job's method reads is in neither."""
+    shares, alike and read by every job's method (said once). What no job's method reads is in neither, even where
+    its stored values differ (lstsq jobs' lr and epochs)."""
     read = {k: [k not in IGNORED_BY.get(r.get("method"), ()) for r in rows] for k in keys}
-    each = [k for k in keys if k in differ or (any(read[k]) and not all(read[k]))]
+    each = [k for k in keys if any(read[k]) and (k in differ or not all(read[k]))]
     return each, [k for k in keys if k not in each and all(read[k])]
 
 
