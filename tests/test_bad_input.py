@@ -86,6 +86,10 @@ def make_files(d: Path) -> None:
     np.save(d / "labels_6x6.npy", np.ones((6, 6)))
     np.save(d / "big.npy", np.ones((40, 40)))  # 12,928 bytes
     (d / "corrupt.npy").write_bytes((d / "x.npy").read_bytes()[:90])
+    with (d / "claims_37_gib.npy").open("wb") as fh:  # 145 bytes: numpy made the array the header claims first
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (100_000, 100_000)})
+        fh.write(bytes(16))
+    (d / "nul_in_path.json").write_text('{"input": "npy:a\\u0000b"}')  # ValueError from the file system's calls
     (d / "text.png").write_text("not an image at all\n")
     Image.new("L", (8, 8)).save(d / "tiny.gif")
     tiny_png(d / "bomb.png", 20_000, 20_000)  # past twice Pillow's limit: a DecompressionBombError
@@ -144,6 +148,8 @@ CASES = [
     Case("database-in-memory-by-name", ("sweep", "--local", "--seed", "0..1"), "KLAB_DATABASE_URL",
          {"KLAB_DATABASE_URL": "sqlite:///:memory:"}),
     Case("a-newline-in-a-path", ("run", "--input", "npy:a\nb"), "input"),  # printed on two lines
+    Case("a-nul-byte-in-a-path", ("run", "-f", "{d}/nul_in_path.json"), "input"),  # was a traceback, exit 1
+    Case("an-npy-header-claiming-more-than-the-file", ("submit", "--kernel", "npy:{d}/claims_37_gib.npy"), "kernel"),
     # a broker URL whose database is not a number (redis-py would use 0, kombu raised after the jobs were stored)
     Case("broker-database-not-a-number", ("submit",), "KLAB_BROKER_URL", {"KLAB_BROKER_URL": "redis://127.0.0.1:1/abc"}),
     Case("broker-database-with-more", ("sweep", "--seed", "0..2"), "KLAB_BROKER_URL",

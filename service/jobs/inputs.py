@@ -65,6 +65,8 @@ def checked_file(field: str, raw: str) -> Path:
     """A file a user named: it exists, can be read, and is within KLAB_MAX_FILE_BYTES."""
     if not raw:
         raise BadInput(field, "missing file path")
+    if "\0" in raw:  # the file system's calls raise ValueError for it
+        raise BadInput(field, f"the path holds a NUL byte, which no file's name can: {raw!r}")
     try:
         path = Path(raw).expanduser()
         regular, exists = path.is_file(), path.exists()
@@ -96,6 +98,7 @@ def load_npy(field: str, raw: str) -> np.ndarray:
     with path.open("rb") as fh:
         if fh.read(6) != b"\x93NUMPY":
             raise BadInput(field, f"{raw} is not a .npy file")
+        _header_fits(field, raw, fh)
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as exc:
@@ -111,6 +114,30 @@ def load_npy(field: str, raw: str) -> np.ndarray:
     if array.size == 0:
         raise BadInput(field, f"{raw} is empty")
     return _finite(field, array.astype(np.float64))
+
+
+def _header_fits(field: str, raw: str, fh: Any) -> None:
+    """An .npy file's header read before its array: numpy makes an array of the shape the header claims, then reads
+    the data into it, so a file of 145 bytes claiming 100,000 x 100,000 floats asked for 37 GiB (a traceback, or all
+    of memory where it is overcommitted). The data a header claims must be in the file."""
+    from numpy.lib import format as npy
+
+    fh.seek(0)
+    try:
+        version = npy.read_magic(fh)
+        read = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+        if read is None:  # 3.0: UTF-8 field names of a structured dtype, which is no array of numbers anyway
+            raise ValueError(version)
+        shape, _, dtype = read(fh)
+    except (ValueError, OSError, EOFError):
+        raise BadInput(field, f"{raw} is not a valid .npy file") from None
+    if dtype.hasobject:
+        raise BadInput(field, f"{raw} holds Python objects; only numeric arrays are accepted")
+    claimed = math.prod(shape) * dtype.itemsize
+    held = os.fstat(fh.fileno()).st_size - fh.tell()
+    if claimed > held:
+        raise BadInput(field, f"{raw} is not a valid .npy file: its header claims {claimed} bytes of data "
+                              f"(shape {tuple(shape)}), the file holds {held}")
 
 
 def load_image(field: str, raw: str, rgb: bool) -> np.ndarray:
