@@ -159,6 +159,36 @@ def test_a_local_sweep_deleted_meanwhile_stops_with_one_line(here: str, klab_cli
         assert conn.execute(select(func.count()).select_from(sweeps_table)).scalar() == 0
 
 
+def test_a_job_cancelled_before_the_time_limit_stopped_its_batch_ends_cancelled(here: str, klab_cli, setenv,
+                                                                               monkeypatch) -> None:
+    """Two jobs trained together; `klab cancel` of the first (made just before the batch trains: it stops at the
+    first check, about a second in), then the time limit stops the second at 4 s. The first ends cancelled, as
+    asked, where it once ended failed with the second, `time limit of 4 s exceeded`, having stopped seconds before
+    it."""
+    import worker.local as local
+    from service.db import writes
+    from service.jobs.selection import Selection
+
+    setenv(KLAB_MAX_JOB_SECONDS="4")
+    train = local._train
+
+    def cancel_one_then_train(spec, ids, batch) -> None:
+        with writing() as conn:
+            assert writes.cancel(conn, Selection((ids[0],))) == (0, 1)
+        train(spec, ids, batch)
+
+    monkeypatch.setattr(local, "_train", cancel_one_then_train)
+    code, out, err = klab_cli("sweep", "--local", "--input", "random:32x32", "--kernel", "random:3x3", "--seed", "0,1",
+                              "--method", "adam", "--lr", "0.01", "--epochs", "100000", "--json")  # thousands a second
+    assert code == 0, err
+    asked, late = stored_jobs(json.loads(out)["sweep"])
+    assert (asked.status, asked.error_message) == (JobStatus.CANCELLED.value, None)
+    assert asked.explanation.startswith("cancelled before its last epoch; up to then, ")
+    assert (late.status, late.error_message) == (JobStatus.FAILED.value,
+                                                 "time limit of 4 s exceeded (KLAB_MAX_JOB_SECONDS)")
+    assert 0 < asked.epochs_done < late.epochs_done < 100_000
+
+
 def test_klab_cancel_stops_a_local_sweeps_running_jobs_as_a_workers(here: str, klab_cli, monkeypatch) -> None:
     """`klab cancel` from another shell while `klab sweep --local` trains: its running jobs stop at the next
     check (about a second), as a worker's do, and end cancelled with their kernel so far (where `cancel` once

@@ -33,6 +33,7 @@ class Progress:
         self.pending: list[dict] = []
         self.timed_out = False
         self.lost: set[int] = set()  # jobs no longer this worker's: nothing of them is to be stored here
+        self.asked: set[int] = set()  # jobs stopped because `klab cancel` asked: cancelled, whatever the time limit
 
     def __call__(self, event: EpochEvent) -> np.ndarray | None:
         if self.stream:
@@ -52,17 +53,19 @@ class Progress:
                 return np.ones(len(self.ids), dtype=bool)
             cancelled, gone = writes.stopping(conn, self.ids, self.attempts, self.quick)
         self.lost |= gone
+        self.asked |= cancelled
         if cancelled or self.lost:
             return np.array([i in cancelled or i in self.lost for i in self.ids])
         return None
 
     def ended(self, results: Columns) -> None:
-        """The batch's results as they are to be stored: past the time limit, the jobs it stopped failed."""
+        """The batch's results as they are to be stored: past the time limit, the jobs it stopped failed (not those
+        `klab cancel` had stopped before it: they end cancelled, as asked)."""
         if not self.timed_out:
             return
         late = f"time limit of {settings().max_job_seconds} s exceeded (KLAB_MAX_JOB_SECONDS)"
         ends = results.values["status"]
-        stopped = [s == JobStatus.CANCELLED.value for s in ends]
+        stopped = [s == JobStatus.CANCELLED.value and i not in self.asked for i, s in zip(self.ids, ends)]
         results.values["status"] = [JobStatus.FAILED.value if x else s for s, x in zip(ends, stopped)]
         results.values["error_message"] = [late if x else None for x in stopped]
         results.values["explanation"] = [e.replace(CANCELLED_PART_WAY, TIMED_OUT_PART_WAY, 1) if x and e else e
