@@ -7,7 +7,7 @@ from typing import Any
 
 from service.errors import BadInput
 from service.jobs import result
-from service.jobs.choices import KERNEL_PRESETS, NO_KERNEL, Method, means_no_kernel
+from service.jobs.choices import KERNEL_PRESETS, NO_KERNEL, Method, kernel_key, means_no_kernel
 
 LITERAL_KERNEL = ("kernel LIKE :literal AND (replace(kernel, ' ', '') = :kernel OR (length(kernel) = :cut AND "
                   "substr(:kernel, 1, length(replace(kernel, ' ', ''))) = replace(kernel, ' ', '')))")
@@ -42,7 +42,7 @@ def kernel_is(kernel: str) -> tuple[str, dict[str, Any]]:
     if kernel == NO_KERNEL:  # the jobs given labels and no true kernel
         return "kernel IS NULL", {}
     if kernel.lstrip().startswith("["):
-        return LITERAL_KERNEL, {"kernel": "".join(kernel.split()), "cut": result.BY_NAME["kernel"].length,
+        return LITERAL_KERNEL, {"kernel": kernel_key(kernel), "cut": result.BY_NAME["kernel"].length,
                                 "literal": "[%"}
     cut = kernel[:result.BY_NAME["kernel"].length]  # as the column keeps it
     return KERNEL, {"kernel": cut, "kernel_length": len(cut)}

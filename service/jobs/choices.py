@@ -35,6 +35,12 @@ def means_no_kernel(text: str) -> bool:
     return text.strip().lower() == NO_KERNEL
 
 
+def kernel_key(kernel: str) -> str:
+    """A --kernel text as jobs are told apart by it: a literal whatever its spaces (`[[1, -1]]` is `[[1,-1]]`), as
+    `klab list --kernel` matches it and a sweep refuses it twice; any other text as it is."""
+    return "".join(kernel.split()) if kernel.lstrip().startswith("[") else kernel
+
+
 KERNEL_PRESETS: dict[str, list[list[float]]] = {
     "d2l": [[1.0, -1.0]],
     "edge-v": [[1.0], [-1.0]],

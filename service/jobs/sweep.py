@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.errors import BadInput
-from service.jobs.choices import NO_KERNEL
+from service.jobs.choices import NO_KERNEL, kernel_key
 from service.settings import settings
 
 SWEEPABLE = ("input", "kernel", "method", "lr", "epochs", "batch_size", "seed", "noise")
@@ -166,9 +166,10 @@ def grid(flags: dict[str, str]) -> Grid:
         values: list[Any] = []
         for item in split_list(field, str(text)):
             values.extend(_values(field, item, limit))
-        if len(set(values)) < len(values):  # the same job twice: a typo, never a wish (repeat with --seed)
+        keys = [kernel_key(v) if field == "kernel" and isinstance(v, str) else v for v in values]
+        if len(set(keys)) < len(keys):  # the same job twice: a typo, never a wish (repeat with --seed)
             seen: set[Any] = set()
-            twice = next(v for v in values if v in seen or seen.add(v))
+            twice = next(v for v, k in zip(values, keys) if k in seen or seen.add(k))
             raise BadInput(field, f"{twice} appears more than once in {text!r}; give each value once")
         if len(values) == 1:
             fixed[field] = values[0]
