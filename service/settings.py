@@ -7,6 +7,7 @@ positive integer, or past what its use holds, is bad input naming the variable.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
@@ -89,14 +90,20 @@ reaper raise OverflowError at every look): times (SECONDS_MOST), sizes (2**62, p
 threads a worker child (1024: at 2**31 - 1 every child died in libgomp, allocating 432 GiB for them)."""
 
 
+_WHOLE = re.compile(r"[-+]?[0-9][0-9_]*")
+"""A whole number as a setting is written: ASCII digits (and Python's _ between them), a sign."""
+
+
 def _positive(env: Mapping[str, str], name: str, default: int | None, most: int) -> int | None:
     raw = env.get(name)
     if not raw:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadInput(name, f"must be an integer, got {raw!r}") from None
+    if not _WHOLE.fullmatch(raw):  # int() reads any script's digits (١٠ as 10), which the flags do not
+        raise BadInput(name, f"must be an integer, got {raw[:40]!r}{'...' if len(raw) > 40 else ''}")
+    if len(raw.lstrip("+-").lstrip("0_")) > 30:  # past any setting's most (a 5,000-digit one was printed whole)
+        raise BadInput(name, f"at most {most}{' seconds' if most == SECONDS_MOST else ''}, got a number of "
+                             f"{len(raw)} digits")
+    value = int(raw)
     if value <= 0:
         raise BadInput(name, f"must be positive, got {value}")
     if value > most:

@@ -70,6 +70,7 @@ def make_files(d: Path) -> None:
     (d / "kernel_null.json").write_text('{"kernel": null}')
     (d / "lr_nan.json").write_text('{"lr": NaN}')
     (d / "lr_inf.yaml").write_text("lr: .inf\n")
+    (d / "epochs_hex.yaml").write_text("epochs: 0x10\n")
     (d / "seed_item_comma.yaml").write_text('seed: ["1,2", 3]\n')  # two values in one item: it swept 1, 2, 3
     (d / "kernel_nan.json").write_text('{"kernel": [[1.0, NaN]]}')
     (d / "third_bad.jsonl").write_text('{"seed": 1}\n{"seed": 2}\n{"seed": 3, "lr": -1}\n')
@@ -135,6 +136,11 @@ CASES = [
     Case("epochs-past-their-column", ("run", "--method", "lstsq", "--epochs", "2147483648"), "epochs",
          {"KLAB_MAX_EPOCHS": "2147483647"}),  # the limit at the column's: a KLAB_MAX_EPOCHS past it is refused
     Case("max-epochs-past-the-column", ("run", "--epochs", "1"), "KLAB_MAX_EPOCHS", {"KLAB_MAX_EPOCHS": "3000000000"}),
+    Case("a-setting-in-arabic-digits", ("run", "--epochs", "1"), "KLAB_MAX_EPOCHS", {"KLAB_MAX_EPOCHS": "١٠"}),  # read
+    # as 10, where --epochs ١٠ is refused
+    Case("a-setting-of-5000-digits", ("run", "--epochs", "1"), "KLAB_MAX_EPOCHS", {"KLAB_MAX_EPOCHS": "9" * 5000}),
+    Case("an-lr-in-arabic-digits", ("sweep", "--lr", "٠.١,0.2"), "lr"),  # swept 0.1 and 0.2
+    Case("a-hex-number-in-a-file", ("run", "-f", "{d}/epochs_hex.yaml"), "epochs"),  # YAML 1.1 read 0x10 as 16
     Case("batch-size-past-64-bits", ("sweep", "--local", "--batch-size", str(2**63)), "batch-size"),
     Case("log-spaced-seeds-that-round-together", ("sweep", "--seed", "1:2:5"), "seed"),
     Case("log-spaced-epochs-that-round-together", ("sweep", "--local", "--epochs", "1:100:100"), "epochs"),

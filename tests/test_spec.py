@@ -139,8 +139,16 @@ def test_a_yaml_number_with_colons_is_a_range_not_base_60(tmp_path):
     path.write_text("batch-size: 1:16:5\nlr: 0.001:0.1:3\nepochs: 1:30\nseed: 0..9\nnoise: 0.5\ntol: 1e-3\n")
     assert load_spec_file(str(path)) == [{"batch_size": "1:16:5", "lr": "0.001:0.1:3", "epochs": "1:30",
                                           "seed": "0..9", "noise": 0.5, "tol": "1e-3"}]
-    path.write_text("epochs: 12\nlr: 0x10\n")  # plain numbers stay numbers
-    assert load_spec_file(str(path)) == [{"epochs": 12, "lr": 16}]
+    path.write_text("epochs: 12\nlr: 0.5\n")  # plain numbers stay numbers
+    assert load_spec_file(str(path)) == [{"epochs": 12, "lr": 0.5}]
+
+
+def test_a_yaml_number_in_base_16_2_or_8_is_text_refused_as_the_flag_refuses_it(tmp_path):
+    """YAML 1.1 reads 0x10 as 16 and 0b11 as 3, where `--epochs 0x10` is refused: a file's number reads as the
+    flag's (0o10 was text already)."""
+    path = tmp_path / "job.yaml"
+    path.write_text("epochs: 0x10\nseed: [0b11, -0x1F, 3]\nlr: 0o10\n")
+    assert load_spec_file(str(path)) == [{"epochs": "0x10", "seed": ["0b11", "-0x1F", 3], "lr": "0o10"}]
 
 
 def test_a_yaml_number_with_leading_zeros_is_decimal_as_on_the_command_line(tmp_path):

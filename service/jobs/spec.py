@@ -239,6 +239,10 @@ _LEADING_ZERO = re.compile(r"[-+]?0[0-9_]+")
 """A whole number written with leading zeros, which YAML 1.1 reads in base 8."""
 
 
+_BASE_PREFIX = re.compile(r"[-+]?0[xXbBoO][0-9a-fA-F_]+")
+"""A whole number written in base 16, 2 or 8 (0x10, 0b11, 0o10), which YAML 1.1 reads so and no flag does."""
+
+
 def _loader() -> type:
     """YAML's safe loader, but a number with colons stays text: YAML 1.1 reads `1:16:5` in base 60 (as 4565),
     where a sweep file means 5 log-spaced values from 1 to 16; and one with leading zeros is in base 10."""
@@ -254,6 +258,8 @@ def _loader() -> type:
             return loader.construct_scalar(node)
         if _LEADING_ZERO.fullmatch(node.value):  # 010 is ten, as on the command line (YAML 1.1: eight)
             return int(node.value.replace("_", ""), 10)
+        if _BASE_PREFIX.fullmatch(node.value):  # 0x10, 0b11: text, refused as the flag refuses it (YAML 1.1: 16, 3)
+            return loader.construct_scalar(node)
         return (yaml.SafeLoader.construct_yaml_int if node.tag.endswith(":int")
                 else yaml.SafeLoader.construct_yaml_float)(loader, node)
 

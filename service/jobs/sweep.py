@@ -58,6 +58,8 @@ _DASHED = re.compile(r"\s*([-+]?[\d.]+(?:[eE][-+]?\d+)?)\s*-\s*([\d.]+(?:[eE][-+
 
 
 def _number(field: str, text: str, integer: bool) -> float | int:
+    if not text.isascii():  # int() and float() read any script's digits (٠.١ as 0.1), which the flags do not
+        raise BadInput(field, f"not a number: {text!r}")
     if integer:
         with contextlib.suppress(ValueError):
             return int(text)  # exactly: a float keeps whole numbers only up to 2**53 (a seed goes to 2**63 - 1)
