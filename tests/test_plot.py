@@ -411,6 +411,24 @@ def test_a_one_panel_sweeps_title_stays_in_the_figure() -> None:
     readable(fig)
 
 
+def test_a_swept_value_near_the_float64_most_keeps_every_point_drawn() -> None:
+    """lr 0.01 beside 1e300: the log axis' margins overflowed (`overflow encountered in exp`), and the panel drew
+    nothing, not even the job that succeeded at 0.01."""
+    import warnings
+
+    rows = sweep_rows({(0.01, "d2l-manual"): [0.63], (1e300, "d2l-manual"): [None]}, {1: DIVERGED})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's overflow and log-limit warnings were the symptom
+        fig = plot.figure_sweep(rows, ["lr"], "sweep 1: 2 jobs")
+        readable(fig)
+    (panel,) = [a for a in fig.axes if a.get_ylabel() == "relative error"]
+    lo, hi = panel.get_xlim()
+    assert lo < 0.01 and 1e300 <= hi < float("inf")
+    assert [t.get_text() for t in panel.get_xticklabels()] == ["0.01", "1e+300"]
+    drawn = [xy for c in panel.collections for xy in c.get_offsets().tolist()]
+    assert [0.01, 0.63] in drawn, drawn
+
+
 def test_four_varied_parameters_take_two_rows_of_at_most_three_panels() -> None:
     rows = [{**row, "input": i, "kernel": k, "relative_error": row["relative_error"] * (1 + n)}
             for n, (i, k) in enumerate(itertools.product(("edge:6x8", "checker:6x8"), ("d2l", "sobel-x")))

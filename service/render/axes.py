@@ -127,8 +127,12 @@ def numeric_axis(ax: Any, values: np.ndarray, integer: bool) -> bool:
     """The x axis of a numeric parameter: log if positive over a decade or more; returns whether log."""
     distinct = np.unique(values)
     log = bool(distinct.size > 1 and distinct[0] > 0 and distinct[-1] / distinct[0] >= LOG_SPAN)
-    if log:
+    if log:  # its limits set in logs: matplotlib's margins past values near the float64 most overflowed, and drew
+        # nothing at all (an lr of 1e300 beside 0.01)
         ax.set_xscale("log")
+        lo, hi = np.log10(distinct[0]), np.log10(distinct[-1])
+        pad = 0.05 * (hi - lo)
+        ax.set_xlim(10 ** (lo - pad), max(distinct[-1], 10 ** min(hi + pad, 307.0)))
     if distinct.size <= EXPLICIT_TICKS:
         value_ticks(ax.xaxis, distinct)
     elif integer:
