@@ -429,6 +429,19 @@ def test_a_swept_value_near_the_float64_most_keeps_every_point_drawn() -> None:
     assert [0.01, 0.63] in drawn, drawn
 
 
+def test_a_sweep_of_noise_from_0_over_decades_keeps_0_apart_from_the_least_noise() -> None:
+    """Noise 0, 0.01, 0.1, 1 on a linear axis put 0 and 0.01 a hundredth of it apart: their labels read `00.01`.
+    A symmetric log axis, linear up to 0.01, spaces them."""
+    rows = sweep_rows({(noise, "d2l-manual"): [0.001 + noise] * 3 for noise in (0.0, 0.01, 0.1, 1.0)})
+    for row in rows:
+        row["noise"], row["lr"] = row["lr"], 0.03
+    fig = plot.figure_sweep(rows, ["noise", "seed"], "sweep 2: 12 jobs")
+    (panel,) = [a for a in fig.axes if a.get_ylabel() == "relative error"]
+    assert panel.get_xscale() == "symlog"
+    assert [t.get_text() for t in panel.get_xticklabels()] == ["0", "0.01", "0.1", "1"]
+    readable(fig)
+
+
 def test_four_varied_parameters_take_two_rows_of_at_most_three_panels() -> None:
     rows = [{**row, "input": i, "kernel": k, "relative_error": row["relative_error"] * (1 + n)}
             for n, (i, k) in enumerate(itertools.product(("edge:6x8", "checker:6x8"), ("d2l", "sobel-x")))

@@ -124,9 +124,13 @@ def value_ticks(axis: Any, values: Sequence[float]) -> None:
 
 
 def numeric_axis(ax: Any, values: np.ndarray, integer: bool) -> bool:
-    """The x axis of a numeric parameter: log if positive over a decade or more; returns whether log."""
+    """The x axis of a numeric parameter: log if positive over a decade or more (symmetric log, linear up to the
+    least positive value, for 0 and positive values over a decade: noise 0, 0.01, 0.1, 1 put 0 and 0.01 a
+    hundredth of the axis apart, their labels on each other); returns whether log."""
     distinct = np.unique(values)
     log = bool(distinct.size > 1 and distinct[0] > 0 and distinct[-1] / distinct[0] >= LOG_SPAN)
+    if distinct.size > 2 and distinct[0] == 0 and distinct[1] > 0 and distinct[-1] / distinct[1] >= LOG_SPAN:
+        ax.set_xscale("symlog", linthresh=distinct[1], linscale=0.5)
     if log:  # its limits set in logs: matplotlib's margins past values near the float64 most overflowed, and drew
         # nothing at all (an lr of 1e300 beside 0.01)
         ax.set_xscale("log")
