@@ -541,6 +541,14 @@ def test_a_seed_only_sweep_shows_the_distribution_of_its_errors() -> None:
     readable(fig)
 
 
+def test_a_seed_only_sweep_of_exact_kernels_says_0_for_its_mean_and_band_alike() -> None:
+    """Ten lstsq seeds, each error 0: the legend said `geometric mean 1.19e-07` beside `percentile 0-0`."""
+    rows = [{"id": i, "status": SUCCEEDED, "method": "lstsq", "seed": i, "relative_error": 0.0} for i in range(10)]
+    fig = plot.figure_sweep(rows, reads.varying(rows), "sweep 3: 10 jobs")
+    hist = [a for a in fig.axes if a.get_xlabel() == "relative error"][0]
+    assert [t.get_text() for t in hist.get_legend().get_texts()] == ["geometric mean 0", "10th-90th percentile 0-0"]
+
+
 def test_200000_seeds_are_aggregated_not_drawn_one_by_one() -> None:
     rng = np.random.default_rng(4)
     errors = np.exp(rng.normal(-3, 0.5, 200_000))
