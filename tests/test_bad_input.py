@@ -447,9 +447,14 @@ def test_a_klab_home_that_cannot_be_a_folder_is_one_line(args, files, cli_env, s
                                         f"{files / 'x.npy'} is a file, not a folder"])
 
 
-def test_a_job_that_blows_up_says_so_without_numpys_warnings(cli_env):
-    code, out, lines = klab_here("run", "--no-store", "--lr", "1e300")
-    assert (code, lines) == (0, []) and out.startswith("diverged (not stored)")  # was a RuntimeWarning in matmul
+@pytest.mark.parametrize("args", [("--lr", "1e300"), ("--lr", "1e38"), ("--method", "momentum", "--lr", "1e300"),
+                                  ("--input", "random:8x8", "--kernel", "random:3x3", "--bias", "0.5", "--lr", "1e38"),
+                                  ("--input", "random:8x8", "--kernel", "random:3x3", "--method", "momentum", "--lr",
+                                   "1e300")])
+def test_a_job_that_blows_up_says_so_without_numpys_warnings(args, cli_env):
+    code, out, lines = klab_here("run", "--no-store", *args)  # 1e300: a RuntimeWarning in matmul; 1e38 (weights of
+    # inf and NaN) one in the gap's subtraction; momentum at 1e300 a traceback, or one in the heavy ball's rate
+    assert (code, lines) == (0, []) and out.startswith("diverged (not stored)")
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "0", "-5", "1e9"])

@@ -263,7 +263,11 @@ def test_not_identifiable_and_diverged_are_said_and_drawn() -> None:
     assert floors[0].get_ydata()[0] == pytest.approx(1.5 / np.linalg.norm(hidden["true_kernel"]))
     diverged = result_of({"epochs": 12}, relative=None, status=DIVERGED)
     fig = plot.figure_job(diverged)
-    assert "diverged at epoch 12" in fig._suptitle.get_text() and "no relative error" in fig._suptitle.get_text()
+    assert "diverged at epoch 12" in fig._suptitle.get_text()
+    assert "no relative error (" in fig._suptitle.get_text()
+    nan_weights = result_of({"epochs": 12}, relative=None, status=DIVERGED, learned_kernel=[[float("nan")] * 3] * 3)
+    assert "no relative error (weights past float32)" in plot.figure_job(nan_weights)._suptitle.get_text()  # was:
+    # "no true kernel or no result", for a job that has both
     marks = [line.get_label() for line in by_title(fig, "loss").get_lines()]
     assert "diverged (epoch 12)" in marks
     readable(fig)

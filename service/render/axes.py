@@ -264,6 +264,15 @@ def settled_error(error: float) -> str:
     return "0" if error <= FLOAT32_EPS * (1 + 1e-9) else f"{error:.3g}"
 
 
+def unmeasured(result: dict[str, Any]) -> str:
+    """Why a job has no relative error (a diverged job's NaN weights were said to be no true kernel or no result)."""
+    learned = result.get("learned_kernel")
+    if result.get("true_kernel") is None:
+        return "no true kernel"
+    finite = learned is not None and bool(np.isfinite(np.asarray(learned, dtype=float)).all())
+    return "weights past float32" if learned is not None and not finite else "no result"
+
+
 def _epochs(n: int) -> str:
     return f"{n} epoch{'s' * (n != 1)}"
 

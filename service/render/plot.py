@@ -132,7 +132,7 @@ def _job_title(result: dict[str, Any]) -> str:
     lines = textwrap.wrap(f"{head}: {result.get('status')}: {_described(_spec(result), ESSENTIALS)}", 150)  # paths
     err, ident = result.get("error") or {}, result.get("identifiability") or {}
     rel = settled(err.get("relative"), 1.0)  # 0 under the weights' float32 rounding, as klab show prints it
-    facts = [f"relative error {cell(rel)}" if rel is not None else "no relative error (no true kernel or no result)"]
+    facts = [f"relative error {cell(rel)}" if rel is not None else f"no relative error ({ax_.unmeasured(result)})"]
     if ident.get("identifiable") is not None:
         facts.append(("identifiable" if ident["identifiable"] else "not identifiable")
                      + f" (rank {ident.get('rank')} of {ident.get('params')} weights)")

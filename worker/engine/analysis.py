@@ -201,7 +201,9 @@ def gaps(design: Design, w: np.ndarray, wstar: np.ndarray, k: np.ndarray | None)
         return Gap(optimization, None, None)
     pk = design.project(k)
     noise = np.sqrt(((wstar - pk) ** 2).sum(axis=(1, 2)))
-    ident = np.sqrt((((w - k) - (pw - pk)) ** 2).sum(axis=(1, 2)))
+    with np.errstate(invalid="ignore", over="ignore"):  # weights of inf beside NaN (lr 1e38): NaN, said without a
+        # RuntimeWarning on the user's terminal
+        ident = np.sqrt((((w - k) - (pw - pk)) ** 2).sum(axis=(1, 2)))
     return Gap(optimization, noise, ident)
 
 

@@ -88,7 +88,8 @@ class Pace:
         if self.eigen is not None:
             if not momentum:
                 return float(np.abs(1.0 - lr * self.eigen).max())
-            return max(_heavy_ball(lr * h) for h in self.eigen)
+            with np.errstate(over="ignore", invalid="ignore"):  # an lr of 1e300: an infinite rate, no RuntimeWarning
+                return max(_heavy_ball(lr * h) for h in self.eigen)
         r = self.steps[0][1].shape[0]
         eye = np.eye(r)
         epoch = np.eye(2 * r if momentum else r)
