@@ -419,6 +419,10 @@ def test_compare_group_by_csv_and_the_table(seeds: dict, klab_cli) -> None:
     assert lines[2].split()[:5] == ["2", "0.01", "5", "4", "0.5"]
     code, out, _ = klab_cli("compare", "--sweep", str(seeds["sweep"]), "--group-by", "seed,method,lr")
     assert code == 0 and out.splitlines()[0].endswith("; relative error and final loss of each group's one job")
+    head, first = out.splitlines()[1:3]
+    std = head.index("rel. error std") + len("rel. error std")
+    assert first[std - 1] == "-" and first[std - 2] == " "  # a std of one job: its dash under the column's end,
+    # as every number's (it stood at the column's start)
     code, out, _ = klab_cli("compare", str(seeds["lone"]), "--group-by", "lr")
     title = "jobs: 1 job in 1 group by lr; relative error and final loss over the rest"  # not a sweep: unknown
     assert code == 0 and out.splitlines()[0] == title

@@ -49,12 +49,12 @@ def _is_number(value: Any) -> bool:
 
 def _numeric(column: str, rows: Sequence[dict[str, Any]]) -> bool:
     """Whether a column is right-aligned: a stored field by its kind, whatever these rows hold (a kernel column of
-    dashes alone is still text, a loss column of dashes alone still numbers); any other by its values."""
+    dashes alone is still text, a loss column of dashes alone still numbers); any other by its values, one of dashes
+    alone as numbers (a group's std of one job each was a column of dashes on the left)."""
     f = result.BY_NAME.get(column)
     if f is not None:
         return f.numeric
-    return any(_is_number(r.get(column)) for r in rows) and all(_is_number(r.get(column)) or r.get(column) is None
-                                                              for r in rows)
+    return all(_is_number(r.get(column)) or r.get(column) is None for r in rows)
 
 
 def _text(column: str, row: dict[str, Any], cells: dict[str, Any] | None) -> str:
