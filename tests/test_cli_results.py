@@ -116,7 +116,10 @@ def test_lstsq_jobs_show_no_learning_rate_or_epochs(klab_db: str, add_job, klab_
 @SQLITE_ONLY
 def test_list_errors_are_one_line_naming_the_option(jobs: dict[str, int], klab_cli) -> None:
     for args, field in ((["--sort", "loss"], "sort"), (["--sweep", "99"], "sweep"), (["--status", "done"], "status"),
-                        (["--limit", "-1"], "--limit: -1 is not in the range")):
+                        (["--limit", "-1"], "--limit: -1 is not in the range"),
+                        # each was taken: --id as -id, a tag no sweep can have answered with no jobs
+                        (["--sort", "--id"], "sort"), (["--sort", "-+lr"], "sort"), (["--tag", ""], "tag"),
+                        (["--tag", "a,b"], "tag: a tag has no commas, got 'a,b'; select by one tag")):
         code, out, err = klab_cli("list", *args)
         assert code == 2 and out == "", args
         assert err.startswith(f"klab: error: {field}") and err.count("\n") == 1, err
@@ -456,6 +459,7 @@ def test_sweeps_lists_name_tags_size_counts_and_what_varies(seeds: dict, klab_cl
     code, out, _ = klab_cli("sweeps", "--tag", "lr", "--json")
     assert [r["id"] for r in json.loads(out)] == [seeds["sweep"]]
     assert klab_cli("sweeps", "--tag", "nope") == (0, "", "no sweeps\n")
+    assert klab_cli("sweeps", "--tag", " ") == (2, "", "klab: error: tag: a tag has 1 to 100 characters, got ' '\n")
 
 
 def test_sweeps_lists_the_newest_and_says_when_there_are_older_ones(seeds: dict, klab_cli) -> None:

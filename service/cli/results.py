@@ -61,10 +61,11 @@ def list_(status: str | None, sweep: int | None, method: str | None, kernel: str
           sort: str, limit: int, as_json: bool) -> None:
     """One row per stored job, newest first."""
     from service.db import filters, reads
+    from service.jobs.sweep import tag_filter
     from service.render import table
 
     reads.parse_sort(sort)  # a bad --sort is reported before the database is opened
-    method, kernel = filters.known(method, kernel)
+    method, kernel, tag = *filters.known(method, kernel), tag_filter(tag)
     with _reading() as reader:
         rows = reads.list_jobs(reader, status=status, sweep=sweep, method=method, kernel=kernel, tag=tag,
                                sort=sort, limit=limit)
@@ -179,7 +180,9 @@ def _compare_groups(selection: Selection, group_by: str, as_json: bool, as_csv: 
 def sweeps(tag: str | None, limit: int, as_json: bool) -> None:
     """The newest sweeps, oldest of them first: id, name, tags, size, jobs by status, created, what it varies."""
     from service.db.sweeps import list_sweeps
+    from service.jobs.sweep import tag_filter
 
+    tag = tag_filter(tag)
     with _reading() as reader:
         rows, older = list_sweeps(reader, tag, limit or None)
     _sweeps_shown(rows, as_json)

@@ -153,7 +153,7 @@ def _order(name: str, descending: bool) -> str:
 def parse_sort(sort: str) -> tuple[str, bool]:
     """A --sort value ("relative_error", "-lr") as a column name and whether it is descending."""
     descending = sort.startswith("-")
-    name = sort.lstrip("-+").strip().replace("-", "_")
+    name = (sort[1:] if sort[:1] in ("-", "+") else sort).strip().replace("-", "_")  # one sign: --id, +-lr are none
     if name not in LIST_COLUMNS:
         raise BadInput("sort", f"unknown column {sort!r}; choose from {', '.join(LIST_COLUMNS)} "
                        "(prefix - for descending)")

@@ -276,6 +276,14 @@ def tags(given: Iterable[str] | str | None) -> list[str]:
     return out
 
 
+def tag_filter(given: str | None) -> str | None:
+    """A tag to select by (klab list --tag, klab sweeps --tag): one a sweep could have (an empty one, or `a,b`, was
+    answered "no jobs" where --tag of klab sweep refuses it), stripped; None for none."""
+    if given is not None and "," in given:  # not tags' hint, "give each tag its own --tag": a filter takes one
+        raise BadInput("tag", f"a tag has no commas, got {given!r}; select by one tag")
+    return None if given is None else tags([given])[0]
+
+
 def _shown(value: Any, most: int = 60) -> str:
     """A value in a message: its repr, the middle of a long one left out."""
     text = repr(value)
