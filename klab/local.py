@@ -11,7 +11,7 @@ from typing import Any
 from klab.errors import public
 from klab.remote import Handle, warn_unserved
 from klab.result import Result
-from klab.values import arrays, checked_batch_jobs
+from klab.values import arrays, checked_batch_jobs, checked_flag
 from service import defaults
 from service.errors import BadInput
 
@@ -26,6 +26,7 @@ def run(*, input: Any = None, kernel: Any = None, method: str | None = None, lr:
     Every value as `klab run` takes it; input, kernel and labels also as numpy arrays or torch tensors. A value
     left None is the command's default, but labels given without a kernel mean no true kernel.
     """
+    store = checked_flag("store", store)
     values = {"input": input, "kernel": kernel, "method": method, "lr": lr, "epochs": epochs,
               "batch_size": batch_size, "seed": seed, "noise": noise, "bias": bias, "labels": labels, "tol": tol,
               "device": device}
@@ -70,7 +71,7 @@ def sweep(*, name: str | None = None, tags: Sequence[str] | str = (), local: boo
     from service.jobs import sweep as sweeps
     from service.submit import plan_sweep, submit
 
-    if local and queue is not None:
+    if checked_flag("local", local) and queue is not None:
         raise BadInput("queue", "a local sweep trains here and goes to no queue")
     batch_jobs = checked_batch_jobs(batch_jobs)
     with arrays() as files:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from klab.errors import NoWorker, public
 from klab.result import Result
-from klab.values import arrays, checked_batch_jobs, job_values, spelled
+from klab.values import arrays, checked_batch_jobs, checked_flag, job_values, spelled
 from service import defaults
 from service.errors import BadInput
 from service.jobs.selection import Selection
@@ -54,7 +54,7 @@ class Handle:
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                     or not timeout >= 0):  # NaN compares false with everything: it never ended
             raise BadInput("timeout", f"seconds, a number from 0 or None, got {timeout!r}")
-        follow(self.selection, timeout, progress)
+        follow(self.selection, timeout, checked_flag("progress", progress))
         return self
 
     @public

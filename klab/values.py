@@ -33,6 +33,13 @@ def whole(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def checked_flag(name: str, value: Any) -> bool:
+    """A keyword that is True or False (store=, local=, progress=): store="no" was true, and stored the job."""
+    if type(value).__name__ not in ("bool", "bool_"):  # Python's, or numpy's
+        raise BadInput(name, f"True or False, got {value!r}")
+    return bool(value)
+
+
 def checked_batch_jobs(value: Any) -> int:
     """batch_jobs= as `--batch-jobs` takes it: a whole number from 1 to BATCH_JOBS_MOST."""
     if not whole(value) or not 1 <= value <= BATCH_JOBS_MOST:

@@ -167,6 +167,10 @@ BAD = [
      "the item '1,2' holds a comma, which separates a sweep's values"),  # it swept seeds 1 and 2
     ("a-path-holding-a-comma", lambda: klab.sweep(input=["edge:6x8", "image:/a,b.png"], local=True), "input",
      "the item 'image:/a,b.png' holds a comma"),  # it was split in two, neither of them the file
+    ("store-as-text", lambda: klab.run(epochs=1, store="no"), "store", "True or False, got 'no'"),  # stored it
+    ("local-as-a-number", lambda: klab.sweep(seed=range(2), local=2), "local", "True or False, got 2"),
+    ("progress-as-text", lambda: klab.Handle((1,)).wait(timeout=0, progress="off"), "progress",
+     "True or False, got 'off'"),
     ("no-batch", lambda: klab.sweep(seed=range(2), batch_jobs=0, local=True), "batch_jobs", "from 1 to 100000, got 0"),
     ("batch-as-text", lambda: klab.submit(batch_jobs="8"), "batch_jobs", "a whole number from 1 to 100000, got '8'"),
 ]
