@@ -108,13 +108,19 @@ class _Built:
         return self.problems[key], self.files[names]
 
 
-def plan_specs(specs: Sequence[JobSpec], queue: str | None) -> Plan:
-    """Jobs given one by one (klab submit, -f jobs.jsonl): each built as a worker would, alike ones once."""
+def plan_specs(specs: Sequence[JobSpec], queue: str | None, where: str | None = None) -> Plan:
+    """Jobs given one by one (klab submit, -f jobs.jsonl): each built as a worker would, alike ones once; a mistake
+    in one of several from a file (`where`) names the job, as a mistake in its values does."""
     built = _Built()
     jobs = []
-    for spec in specs:
-        problem, files = built.of(spec)
-        jobs.append((spec.to_json(), (queue_for(spec, queue), *together(problem, spec)), files))
+    for n, spec in enumerate(specs, 1):
+        try:
+            problem, files = built.of(spec)
+            jobs.append((spec.to_json(), (queue_for(spec, queue), *together(problem, spec)), files))
+        except BadInput as exc:
+            if where is None or len(specs) == 1:
+                raise
+            raise BadInput(exc.field, f"{exc.message} (job {n} of {where})") from None
     return Plan(len(jobs), iter(jobs))
 
 

@@ -409,6 +409,18 @@ def test_a_near_miss_is_answered_with_what_was_meant(args, hint, cli_env):
     assert lines[0].startswith("klab: error: ") and hint in lines[0], lines[0]
 
 
+def test_a_mistake_in_one_of_several_jobs_of_a_file_names_the_job(tmp_path, cli_env):
+    """A file it could not read or a queue it cannot go to, in job 2 of 2, named no job (a value out of range did)."""
+    (tmp_path / "files.jsonl").write_text('{"seed": 1}\n{"input": "npy:/nowhere.npy"}\n')
+    (tmp_path / "cuda.jsonl").write_text('{"seed": 1}\n{"device": "cuda"}\n')
+    for args, line in ((("-f", "files.jsonl"), "input: no such file: /nowhere.npy (job 2 of {d}/files.jsonl)"),
+                       (("-f", "cuda.jsonl", "--queue", "cpu"), "queue: a --device cuda job goes to the gpu queue "
+                                                                "(--queue gpu, or leave --queue out) (job 2 of "
+                                                                "{d}/cuda.jsonl)")):
+        args = tuple(str(tmp_path / a) if a.endswith(".jsonl") else a for a in args)
+        assert klab_here("submit", *args) == (2, "", ["klab: error: " + line.format(d=tmp_path)])
+
+
 @pytest.mark.parametrize("args,line", [
     (("show",), "show: missing argument 'ID'; see klab show --help"),
     (("show", "1", "2"), "show: unexpected extra argument (2); see klab show --help"),

@@ -31,7 +31,7 @@ def submit(spec_file: str | None, queue: str | None, wait: bool, as_json: bool, 
     """Submit jobs to the workers: flags, -f job.yaml|job.json, or -f jobs.jsonl (many)."""
     from service.submit import plan_specs, submit
 
-    plan = plan_specs(specs_from(values, spec_file), queue)
+    plan = plan_specs(specs_from(values, spec_file), queue, spec_file)
     _, ids = submit(plan, batch_jobs)
     warn_unserved(plan.queues)
     if not wait:
