@@ -413,6 +413,8 @@ def test_a_one_panel_sweeps_title_stays_in_the_figure() -> None:
     title = fig._suptitle.get_text().replace("\n", " ")  # wrapped: every word kept
     assert "fixed: method momentum, epochs 10, batch size 3, seed 0, input edge:6x8, kernel d2l, noise 0.1" in title
     readable(fig)
+    for name in ("MOMENTUM WARMUP SWEEP " * 6, "W" * 80):  # capitals are wider than a guess of the characters' width
+        readable(plot.figure_sweep(rows, ["lr"], f"sweep 2 ({name}): 3 jobs"))
 
 
 def test_a_swept_value_near_the_float64_most_keeps_every_point_drawn() -> None:
@@ -420,17 +422,18 @@ def test_a_swept_value_near_the_float64_most_keeps_every_point_drawn() -> None:
     nothing, not even the job that succeeded at 0.01."""
     import warnings
 
-    rows = sweep_rows({(0.01, "d2l-manual"): [0.63], (1e300, "d2l-manual"): [None]}, {1: DIVERGED})
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # matplotlib's overflow and log-limit warnings were the symptom
-        fig = plot.figure_sweep(rows, ["lr"], "sweep 1: 2 jobs")
-        readable(fig)
-    (panel,) = [a for a in fig.axes if a.get_ylabel() == "relative error"]
-    lo, hi = panel.get_xlim()
-    assert lo < 0.01 and 1e300 <= hi < float("inf")
-    assert [t.get_text() for t in panel.get_xticklabels()] == ["0.01", "1e+300"]
-    drawn = [xy for c in panel.collections for xy in c.get_offsets().tolist()]
-    assert [0.01, 0.63] in drawn, drawn
+    for least in (0.01, 1e-300):  # and a least value near the float64 least, whose margin underflowed to 0
+        rows = sweep_rows({(least, "d2l-manual"): [0.63], (1e300, "d2l-manual"): [None]}, {1: DIVERGED})
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # matplotlib's overflow and log-limit warnings were the symptom
+            fig = plot.figure_sweep(rows, ["lr"], "sweep 1: 2 jobs")
+            readable(fig)
+        (panel,) = [a for a in fig.axes if a.get_ylabel() == "relative error"]
+        lo, hi = panel.get_xlim()
+        assert 0 < lo <= least and 1e300 <= hi < float("inf")
+        assert [t.get_text() for t in panel.get_xticklabels()] == [f"{least:g}", "1e+300"]
+        drawn = [xy for c in panel.collections for xy in c.get_offsets().tolist()]
+        assert [least, 0.63] in drawn, drawn
 
 
 def test_a_sweep_of_noise_from_0_over_decades_keeps_0_apart_from_the_least_noise() -> None:
@@ -444,6 +447,11 @@ def test_a_sweep_of_noise_from_0_over_decades_keeps_0_apart_from_the_least_noise
     assert panel.get_xscale() == "symlog"
     assert [t.get_text() for t in panel.get_xticklabels()] == ["0", "0.01", "0.1", "1"]
     readable(fig)
+    rows[0].update(status=FAILED, relative_error=None)  # one at 0, one at 0.01: far apart as drawn, so each is counted
+    rows[3].update(status=FAILED, relative_error=None)
+    fig = plot.figure_sweep(rows, ["noise", "seed"], "sweep 2: 12 jobs")
+    (strip,) = [a for a in fig.axes if a.get_title().startswith("jobs that did not succeed")]
+    assert sorted(t.get_text() for t in strip.texts) == ["1", "1"]  # measured as if linear: too close to write
 
 
 def test_four_varied_parameters_take_two_rows_of_at_most_three_panels() -> None:

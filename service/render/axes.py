@@ -58,12 +58,19 @@ TITLE_POINTS = 12.0
 
 def title(fig: Any, text: str) -> None:
     """A figure's title, each line wrapped to the figure's width (a sweep's fixed parameters and a long name ran
-    past both edges of one panel), at about 0.6 of the font's size a character."""
+    past both edges of one panel): at about 0.6 of the font's size a character, then narrower until the text
+    measured fits (capitals are wider)."""
     import textwrap
 
     most = int(fig.get_figwidth() * 72 * 0.95 / (TITLE_POINTS * 0.6))
-    fig.suptitle("\n".join(part for line in text.split("\n") for part in textwrap.wrap(line, most) or [""]),
-                 fontsize=TITLE_POINTS)
+    renderer = fig.canvas.get_renderer()
+    for _ in range(10):
+        shown = fig.suptitle("\n".join(part for line in text.split("\n") for part in textwrap.wrap(line, most) or [""]),
+                             fontsize=TITLE_POINTS)
+        wide = shown.get_window_extent(renderer).width
+        if wide <= 0.95 * fig.bbox.width or most <= 8:
+            return
+        most = max(8, min(most - 1, int(most * 0.95 * fig.bbox.width / wide)))
 
 
 def status_style(status: str) -> tuple[str, str]:
@@ -95,7 +102,7 @@ def status_strip(ax: Any, code: tuple[list[Any], np.ndarray, bool], flagged: np.
 
 def _apart(ax: Any, xs: np.ndarray, at: np.ndarray) -> bool:
     """Whether the positions `at` are far enough apart on the axis to write a count beside each."""
-    scaled = np.log10(xs) if ax.get_xscale() == "log" else xs
+    scaled = ax.xaxis.get_transform().transform(np.asarray(xs, dtype=float))  # as drawn: linear, log or symlog
     span = float(scaled.max() - scaled.min()) or 1.0
     return bool(at.size < 2 or np.diff(np.sort(scaled[at])).min() >= 0.08 * span)
 
@@ -128,15 +135,16 @@ def numeric_axis(ax: Any, values: np.ndarray, integer: bool) -> bool:
     least positive value, for 0 and positive values over a decade: noise 0, 0.01, 0.1, 1 put 0 and 0.01 a
     hundredth of the axis apart, their labels on each other); returns whether log."""
     distinct = np.unique(values)
-    log = bool(distinct.size > 1 and distinct[0] > 0 and distinct[-1] / distinct[0] >= LOG_SPAN)
-    if distinct.size > 2 and distinct[0] == 0 and distinct[1] > 0 and distinct[-1] / distinct[1] >= LOG_SPAN:
+    decades = np.log10(np.where(distinct > 0, distinct, np.nan))  # in logs: a ratio of 1e300 to 1e-300 overflows
+    log = bool(distinct.size > 1 and distinct[0] > 0 and decades[-1] - decades[0] >= np.log10(LOG_SPAN))
+    if distinct.size > 2 and distinct[0] == 0 and distinct[1] > 0 and decades[-1] - decades[1] >= np.log10(LOG_SPAN):
         ax.set_xscale("symlog", linthresh=distinct[1], linscale=0.5)
-    if log:  # its limits set in logs: matplotlib's margins past values near the float64 most overflowed, and drew
-        # nothing at all (an lr of 1e300 beside 0.01)
+    if log:  # its limits set in logs: matplotlib's margins past values near the float64 most (or least) overflowed,
+        # and drew nothing at all (an lr of 1e300 beside 0.01)
         ax.set_xscale("log")
-        lo, hi = np.log10(distinct[0]), np.log10(distinct[-1])
+        lo, hi = decades[0], decades[-1]
         pad = 0.05 * (hi - lo)
-        ax.set_xlim(10 ** (lo - pad), max(distinct[-1], 10 ** min(hi + pad, 307.0)))
+        ax.set_xlim(min(distinct[0], 10 ** max(lo - pad, -307.0)), max(distinct[-1], 10 ** min(hi + pad, 307.0)))
     if distinct.size <= EXPLICIT_TICKS:
         value_ticks(ax.xaxis, distinct)
     elif integer:
