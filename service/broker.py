@@ -101,9 +101,11 @@ def checked_url(broker_url: str | None = None) -> str:
                                           f"rediss://); got {mask(broker_url)!r}")  # kombu has no unix:// transport
     if "#" in broker_url:  # a fragment: kombu and redis-py would drop what follows, a password's rest too
         raise BadInput("KLAB_BROKER_URL", "the URL holds a #, which ends it: write a # of its password as %23")
-    user = broker_url.partition("://")[2].partition("/")[0].rpartition("@")[0]
-    if "?" in user:  # kombu and redis-py end the URL's host part at a ?, and read the rest as parameters
-        which = "password" if ":" in user.partition("?")[0] else "user name"
+    head, asked, tail = broker_url.partition("://")[2].partition("?")
+    if asked and "@" not in head and "@" in tail.partition("/")[0] and "=" not in tail.partition("@")[0]:
+        # a ? before the user part's @, not a parameter's value (rediss://h?ssl_ca_certs=ca@corp.pem): kombu and
+        # redis-py end the host part at the ?, and read the rest, the password's, as parameters
+        which = "password" if ":" in head else "user name"
         raise BadInput("KLAB_BROKER_URL", f"the {which} holds '?', which a URL's user part cannot hold: write it "
                                           "as %3F")
     try:

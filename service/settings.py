@@ -90,19 +90,23 @@ reaper raise OverflowError at every look): times (SECONDS_MOST), sizes (2**62, p
 threads a worker child (1024: at 2**31 - 1 every child died in libgomp, allocating 432 GiB for them)."""
 
 
-_WHOLE = re.compile(r"[-+]?[0-9][0-9_]*")
-"""A whole number as a setting is written: ASCII digits (and Python's _ between them), a sign."""
+_WHOLE = re.compile(r"[-+]?[0-9]+(?:_[0-9]+)*")
+"""A whole number as a setting is written: ASCII digits (and Python's single _ between two), a sign."""
 
 
 def _positive(env: Mapping[str, str], name: str, default: int | None, most: int) -> int | None:
     raw = env.get(name)
     if not raw:
         return default
+    shown = f"{raw[:40]!r}{'...' if len(raw) > 40 else ''}"
     if not _WHOLE.fullmatch(raw):  # int() reads any script's digits (١٠ as 10), which the flags do not
-        raise BadInput(name, f"must be an integer, got {raw[:40]!r}{'...' if len(raw) > 40 else ''}")
-    if len(raw.lstrip("+-").lstrip("0_")) > 30:  # past any setting's most (a 5,000-digit one was printed whole)
+        raise BadInput(name, f"must be an integer, got {shown}")
+    digits = raw.lstrip("+-").replace("_", "").lstrip("0")
+    if raw.startswith("-") and digits:
+        raise BadInput(name, f"must be positive, got {shown}")
+    if len(digits) > 30:  # past any setting's most (a 5,000-digit one was printed whole)
         raise BadInput(name, f"at most {most}{' seconds' if most == SECONDS_MOST else ''}, got a number of "
-                             f"{len(raw)} digits")
+                             f"{len(digits)} digits")
     value = int(raw)
     if value <= 0:
         raise BadInput(name, f"must be positive, got {value}")

@@ -139,6 +139,9 @@ CASES = [
     Case("a-setting-in-arabic-digits", ("run", "--epochs", "1"), "KLAB_MAX_EPOCHS", {"KLAB_MAX_EPOCHS": "١٠"}),  # read
     # as 10, where --epochs ١٠ is refused
     Case("a-setting-of-5000-digits", ("run", "--epochs", "1"), "KLAB_MAX_EPOCHS", {"KLAB_MAX_EPOCHS": "9" * 5000}),
+    Case("a-setting-ending-in-an-underscore", ("run", "--epochs", "1"), "KLAB_MAX_EPOCHS", {"KLAB_MAX_EPOCHS": "10_"}),
+    Case("a-negative-setting-of-40-digits", ("run", "--epochs", "1"), "KLAB_MAX_EPOCHS",
+         {"KLAB_MAX_EPOCHS": "-" + "9" * 40}),
     Case("an-lr-in-arabic-digits", ("sweep", "--lr", "٠.١,0.2"), "lr"),  # swept 0.1 and 0.2
     Case("a-hex-number-in-a-file", ("run", "-f", "{d}/epochs_hex.yaml"), "epochs"),  # YAML 1.1 read 0x10 as 16
     Case("batch-size-past-64-bits", ("sweep", "--local", "--batch-size", str(2**63)), "batch-size"),

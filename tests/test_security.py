@@ -309,3 +309,5 @@ def test_a_broker_password_holding_what_a_url_cannot_is_told_its_escape(url, sai
         checked_url(url)
     assert (caught.value.field, caught.value.message) == ("KLAB_BROKER_URL", said)
     assert checked_url(url.replace("?", "%3F").replace("#", "%23").replace("/ss", "%2Fss").replace("p@", "p%40"))
+    for fine in ("rediss://h:6380?ssl_ca_certs=ca@corp.pem", "rediss://h:6380/0?ssl_certfile=me@host.crt"):
+        assert checked_url(fine) == fine  # an @ in a parameter's value, after the ?: no user part (once refused)

@@ -125,8 +125,10 @@ def _header_fits(field: str, raw: str, fh: Any) -> None:
     fh.seek(0)
     try:
         version = npy.read_magic(fh)
-        read = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
-        if read is None:  # 3.0: UTF-8 field names of a structured dtype, which is no array of numbers anyway
+        # 3.0 differs from 2.0 in its header's encoding alone (UTF-8, for a structured dtype's field names)
+        read = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0,
+                (3, 0): npy.read_array_header_2_0}.get(version)
+        if read is None:
             raise ValueError(version)
         shape, _, dtype = read(fh)
     except (ValueError, OSError, EOFError):
