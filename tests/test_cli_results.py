@@ -769,3 +769,12 @@ def test_list_kernel_finds_a_literal_whatever_its_spaces(klab_db: str, add_job, 
     assert ids("[[1,-1,0]]") == [other]
     assert ids(long) == ids(long.replace(" ", "")) == [cut]
     assert ids("[[1, 1]]") == []
+
+
+def test_a_text_column_of_dashes_alone_stays_left_and_a_column_named_numbers_goes_right() -> None:
+    """`klab sweeps` of unnamed, untagged sweeps keeps its name and tags columns on the left; compare --group-by's
+    std of one job a group (dashes alone) is right-aligned as the numbers of its neighbours."""
+    from service.render import table
+
+    head, row = table.plain(["name", "std"], [{"name": None, "std": None}], numbers=["std"]).splitlines()
+    assert (head, row) == ("name  std", "-       -")

@@ -169,7 +169,7 @@ def _compare_groups(selection: Selection, group_by: str, as_json: bool, as_csv: 
              **{f"{m}_{s}": f"{short[m]} {s}" for m in groups.METRICS for s in groups.STATISTICS}}
     shown = [{names[k]: shown_value(k.rpartition("_")[0], v, 1.0) if k not in by else v for k, v in r.items()}
              for r in rows]  # a relative error as the jobs' own tables show it
-    table.show(list(names.values()), shown, title=title)
+    table.show(list(names.values()), shown, title=title, numbers=[names[k] for k in names if k not in by])
 
 
 @cli.command()

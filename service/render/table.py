@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import IO, Any
 
 from service.jobs import result
@@ -31,12 +31,14 @@ def is_terminal(stream: IO[str] | None = None) -> bool:
     return hasattr(stream, "isatty") and stream.isatty() and os.environ.get("TERM") != "dumb"
 
 
-def plain(columns: Sequence[str], rows: Sequence[dict[str, Any]], cells: dict[str, Any] | None = None) -> str:
-    """Aligned columns separated by two spaces; numbers right-aligned, text left-aligned."""
+def plain(columns: Sequence[str], rows: Sequence[dict[str, Any]], cells: dict[str, Any] | None = None,
+          numbers: Collection[str] = ()) -> str:
+    """Aligned columns separated by two spaces; numbers right-aligned (and the columns `numbers` names, whatever
+    they hold), text left-aligned."""
     texts = [[_text(c, r, cells) for c in columns] for r in rows]
     heads = [header(c) for c in columns]
     widths = [max([len(h)] + [len(t[i]) for t in texts]) for i, h in enumerate(heads)]
-    right = [_numeric(c, rows) for c in columns]
+    right = [c in numbers or _numeric(c, rows) for c in columns]
 
     def line(parts: Sequence[str]) -> str:
         return "  ".join(p.rjust(w) if rj else p.ljust(w) for p, w, rj in zip(parts, widths, right)).rstrip()
@@ -49,12 +51,12 @@ def _is_number(value: Any) -> bool:
 
 def _numeric(column: str, rows: Sequence[dict[str, Any]]) -> bool:
     """Whether a column is right-aligned: a stored field by its kind, whatever these rows hold (a kernel column of
-    dashes alone is still text, a loss column of dashes alone still numbers); any other by its values, one of dashes
-    alone as numbers (a group's std of one job each was a column of dashes on the left)."""
+    dashes alone is still text, a loss column of dashes alone still numbers); any other by its values."""
     f = result.BY_NAME.get(column)
     if f is not None:
         return f.numeric
-    return all(_is_number(r.get(column)) or r.get(column) is None for r in rows)
+    return any(_is_number(r.get(column)) for r in rows) and all(_is_number(r.get(column)) or r.get(column) is None
+                                                              for r in rows)
 
 
 def _text(column: str, row: dict[str, Any], cells: dict[str, Any] | None) -> str:
@@ -64,27 +66,28 @@ def _text(column: str, row: dict[str, Any], cells: dict[str, Any] | None) -> str
 
 
 def show(columns: Sequence[str], rows: Sequence[dict[str, Any]], *, title: str | None = None,
-         cells: dict[str, Any] | None = None, stream: IO[str] | None = None) -> None:
-    """Print a table of rows (dicts) with the given columns; `cells` may format a column itself."""
+         cells: dict[str, Any] | None = None, stream: IO[str] | None = None, numbers: Collection[str] = ()) -> None:
+    """Print a table of rows (dicts) with the given columns; `cells` may format a column itself; `numbers` names
+    columns of numbers that may hold none (a group's std of one job: a column of dashes, on the right)."""
     stream = stream or sys.stdout
     if not is_terminal(stream):
         if title:
             stream.write(title + "\n")
-        stream.write(plain(columns, rows, cells) + "\n")
+        stream.write(plain(columns, rows, cells, numbers) + "\n")
         return
-    stream.write(rich_table(columns, rows, title=title, cells=cells, stream=stream))
+    stream.write(rich_table(columns, rows, title=title, cells=cells, stream=stream, numbers=numbers))
 
 
 def rich_table(columns: Sequence[str], rows: Sequence[dict[str, Any]], *, title: str | None = None,
                cells: dict[str, Any] | None = None, stream: IO[str] | None = None,
-               force_terminal: bool | None = None, width: int | None = None) -> str:
+               force_terminal: bool | None = None, width: int | None = None, numbers: Collection[str] = ()) -> str:
     """The table as rich renders it for a terminal (colors unless NO_COLOR is set)."""
     from rich.console import Console
 
     console = Console(file=stream, force_terminal=force_terminal, width=width,
                       no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
     natural = {c: max([len(header(c))] + [len(_text(c, r, cells)) for r in rows]) for c in columns}
-    table = _table(columns, rows, natural, title, cells)
+    table = _table(columns, rows, natural, title, cells, numbers)
     # Too wide for the terminal: free text (input, kernel, method) gives way first, down to 8 characters;
     # numbers are never cut, so a table that still does not fit is printed whole and the terminal wraps it.
     excess = _width(console, table) - console.width
@@ -95,7 +98,7 @@ def rich_table(columns: Sequence[str], rows: Sequence[dict[str, Any]], *, title:
                 cut = min(excess, max(0, natural[c] - 8))
                 widths[c] -= cut
                 excess -= cut
-        table = _table(columns, rows, widths, title, cells)
+        table = _table(columns, rows, widths, title, cells, numbers)
         console.width = max(console.width, _width(console, table))
     with console.capture() as capture:
         console.print(table)
@@ -110,15 +113,15 @@ def _width(console, table) -> int:
 
 
 def _table(columns: Sequence[str], rows: Sequence[dict[str, Any]], widths: dict[str, int], title: str | None,
-           cells: dict[str, Any] | None):
+           cells: dict[str, Any] | None, numbers: Collection[str] = ()):
     from rich import box
     from rich.table import Table
 
     table = Table(title=title, header_style="bold", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
                   pad_edge=False, collapse_padding=True)
     for c in columns:
-        table.add_column(header(c), justify="right" if _numeric(c, rows) else "left", no_wrap=True, overflow="ellipsis",
-                         min_width=widths[c], max_width=widths[c])
+        table.add_column(header(c), justify="right" if c in numbers or _numeric(c, rows) else "left", no_wrap=True,
+                         overflow="ellipsis", min_width=widths[c], max_width=widths[c])
     for r in rows:
         table.add_row(*(_styled(c, r, cells) for c in columns))
     return table
