@@ -462,7 +462,8 @@ def test_a_klab_home_that_cannot_be_a_folder_is_one_line(args, files, cli_env, s
                                         f"{files / 'x.npy'} is a file, not a folder"])
 
 
-@pytest.mark.parametrize("args", [("--lr", "1e300"), ("--lr", "1e38"), ("--method", "momentum", "--lr", "1e300"),
+@pytest.mark.parametrize("args", [("--lr", "1e300"), ("--lr", "1e308"), ("--lr", "1e38"),
+                                  ("--method", "momentum", "--lr", "1e300"),
                                   ("--input", "random:8x8", "--kernel", "random:3x3", "--bias", "0.5", "--lr", "1e38"),
                                   ("--input", "random:8x8", "--kernel", "random:3x3", "--method", "momentum", "--lr",
                                    "1e300")])

@@ -86,9 +86,9 @@ class Pace:
             return None
         momentum = self.method is Method.MOMENTUM
         if self.eigen is not None:
-            if not momentum:
-                return float(np.abs(1.0 - lr * self.eigen).max())
-            with np.errstate(over="ignore", invalid="ignore"):  # an lr of 1e300: an infinite rate, no RuntimeWarning
+            with np.errstate(over="ignore", invalid="ignore"):  # lr 1e308: an infinite rate, no RuntimeWarning
+                if not momentum:
+                    return float(np.abs(1.0 - lr * self.eigen).max())
                 return max(_heavy_ball(lr * h) for h in self.eigen)
         r = self.steps[0][1].shape[0]
         eye = np.eye(r)
