@@ -207,7 +207,10 @@ def submit(plan: Plan, batch_jobs: int) -> tuple[int | None, list[int]]:
 
 def stored_in_part(plan: Plan, stored: int) -> str:
     """What a submission stopped midway leaves: the jobs it stored, queued (the workers send those whose message
-    never went: service.db.writes.stranded)."""
+    never went: service.db.writes.stranded); all of them, where it stopped while the last were sent."""
+    if stored >= plan.size:
+        what = f"sweep {plan.sweep_id}" if plan.sweep_id is not None else "the submission"
+        return f"{what} was stored whole, its {plan.size:,} jobs, which run"
     if plan.sweep_id is not None:
         return (f"sweep {plan.sweep_id} was stored in part, at least {stored:,} of its {plan.size:,} jobs, "
                 f"which run (klab sweeps shows how many; klab delete --sweep {plan.sweep_id} deletes them)")

@@ -178,8 +178,8 @@ def test_a_job_cancelled_before_the_time_limit_stopped_its_batch_ends_cancelled(
         train(spec, ids, batch)
 
     monkeypatch.setattr(local, "_train", cancel_one_then_train)
-    code, out, err = klab_cli("sweep", "--local", "--input", "random:32x32", "--kernel", "random:3x3", "--seed", "0,1",
-                              "--method", "adam", "--lr", "0.01", "--epochs", "100000", "--json")  # thousands a second
+    code, out, err = klab_cli("sweep", "--local", "--input", "random:96x96", "--kernel", "random:5x5", "--seed", "0,1",
+                              "--method", "adam", "--lr", "0.01", "--epochs", "100000", "--json")  # a minute's work
     assert code == 0, err
     asked, late = stored_jobs(json.loads(out)["sweep"])
     assert (asked.status, asked.error_message) == (JobStatus.CANCELLED.value, None)

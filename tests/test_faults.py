@@ -640,3 +640,25 @@ def test_a_sweep_stopped_midway_says_how_much_of_it_was_stored(stop, klab_db, kl
     with psycopg.connect(klab_db.replace("+psycopg", "")) as conn:
         assert conn.execute("SELECT sweep_id, status, count(*) FROM jobs GROUP BY 1, 2").fetchall() == \
             [(1, "queued", 4096)]
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_ctrl_c_while_a_sweeps_last_jobs_are_sent_says_it_was_stored_whole(klab_db, klab_cli, setenv, redis_server,
+                                                                          monkeypatch):
+    """Every job stored, Ctrl-C while the broker takes their message: the jobs run (the workers send them), and the
+    line says so, where it said `stored in part, at least 3 of its 3 jobs`."""
+    import psycopg
+
+    from service import broker
+
+    setenv(KLAB_BROKER_URL=redis_server().url())
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(broker, "publish", interrupted)
+    code, out, err = klab_cli("sweep", "--seed", "0..2", "--epochs", "1")
+    assert (code, out, err.lstrip("\n")) == (130, "", "klab: error: aborted; sweep 1 was stored whole, its 3 jobs, "
+                                                      "which run\n")
+    with psycopg.connect(klab_db.replace("+psycopg", "")) as conn:
+        assert conn.execute("SELECT status, count(*) FROM jobs GROUP BY 1").fetchall() == [("queued", 3)]

@@ -222,8 +222,8 @@ def _one_value(field: str, value: Any, item: str) -> None:
     except BadInput:  # "1,": an empty value beside a comma
         one = False
     if not one:
-        raise BadInput(field.replace("_", "-"), f"the item {value!r} holds a comma, which separates a sweep's "
-                                                "values: give each value as an item of its own")
+        raise BadInput(field, f"the item {value!r} holds a comma, which separates a sweep's values: give each value "
+                              "as an item of its own")  # named as the sweep's other messages name it (batch_size)
 
 
 def file_flags(doc: dict[str, Any]) -> dict[str, str]:
