@@ -34,9 +34,12 @@ MIGRATING = 0x6B6C6162  # "klab": the PostgreSQL advisory lock every upgrade and
 
 
 def _run(connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata,
-                      render_as_batch=connection.dialect.name == "sqlite",
-                      include_object=compared(connection.dialect.name))
+    sqlite = connection.dialect.name == "sqlite"
+    # SQLite too in one transaction, which begins by taking the write lock (service.db.engine's BEGIN IMMEDIATE):
+    # Alembic runs SQLite's DDL outside any by default, so two commands upgrading one new file at once both applied
+    # the same step (`duplicate column name: tags`, exit 3); the second now waits, then finds the file at head.
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=sqlite,
+                      transactional_ddl=True, include_object=compared(connection.dialect.name))
     with context.begin_transaction():
         if connection.dialect.name == "postgresql":
             # Two at once (compose's migrate and a user's `klab db upgrade`) would both find the database empty and

@@ -154,6 +154,8 @@ CASES = [
     Case("input-name-too-long", ("run", "--input", "npy:" + "x" * 256), "input"),
     Case("spec-file-name-too-long", ("submit", "-f", "x" * 256 + ".yaml"), "file"),
     Case("database-in-memory", ("run", "--epochs", "1"), "KLAB_DATABASE_URL", {"KLAB_DATABASE_URL": "sqlite://"}),
+    Case("database-in-memory-as-a-uri", ("run", "--epochs", "1"), "KLAB_DATABASE_URL",  # stored, then lost
+         {"KLAB_DATABASE_URL": "sqlite:///file::memory:?cache=shared&uri=true"}),
     Case("database-in-memory-by-name", ("sweep", "--local", "--seed", "0..1"), "KLAB_DATABASE_URL",
          {"KLAB_DATABASE_URL": "sqlite:///:memory:"}),
     Case("a-newline-in-a-path", ("run", "--input", "npy:a\nb"), "input"),  # printed on two lines

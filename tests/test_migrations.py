@@ -1,6 +1,7 @@
 """Alembic owns the schema: the models and the migrations agree, and every migration runs both ways."""
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -91,6 +92,66 @@ def test_upgrades_at_once_on_a_new_database_wait_for_each_other(pg_url: str, tmp
     assert [(d.returncode, d.stderr) for d in done] == [(0, "")] * 3
     assert all(d.stdout.endswith(f"is at revision {HEAD}\n") for d in done), [d.stdout for d in done]
     assert current_revision(pg_url) == HEAD
+
+
+def test_upgrades_at_once_of_a_new_sqlite_file_wait_for_each_other(tmp_path) -> None:
+    """Two commands that each upgrade one new SQLite file at once: both read it empty, then the second applied the
+    steps the first had applied (`duplicate column name`, `table ... already exists`, exit 3, one time in twenty).
+    Made likelier here: the file's write lock is held until all four have opened it (its -wal), then released; each
+    upgrade is one transaction that begins by taking that lock, so the second waits and finds the file at head."""
+    import os
+
+    from harness import Client
+
+    path = tmp_path / "klab.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("BEGIN IMMEDIATE")
+    env = clean_env(tmp_path / "home", f"sqlite:///{path}")
+    clients = [Client(env, "db", "upgrade") for _ in range(4)]
+
+    def opened(pid: int) -> bool:
+        with contextlib.suppress(OSError):
+            return any(os.readlink(f"/proc/{pid}/fd/{fd}") == f"{path}-wal" for fd in os.listdir(f"/proc/{pid}/fd"))
+        return False
+
+    wait_until(lambda: all(opened(c.proc.pid) for c in clients), 60, "both upgrades opened the file")
+    holder.execute("ROLLBACK")
+    holder.close()
+    done = [c.result(120) for c in clients]
+    assert [(d.returncode, d.stderr) for d in done] == [(0, "")] * 4
+    assert current_revision(f"sqlite:///{path}") == HEAD
+
+
+def test_an_upgrade_of_sqlite_is_one_transaction_whole_or_not_at_all(tmp_path) -> None:
+    """What makes upgrades at once wait for each other (above): on SQLite Alembic committed after each step, so
+    another command could begin between two steps, from the revision it read, and apply them again. A file at 0008
+    whose 0010 step fails (a table of that name in the way) now stays at 0008, where it was left at 0009."""
+    url = f"sqlite:///{tmp_path / 'klab.db'}"
+    upgrade(url, "0008")
+    with sqlite3.connect(tmp_path / "klab.db") as conn:
+        conn.execute("CREATE TABLE id_floors (x int)")  # what 0010 creates
+    done = klab(clean_env(tmp_path / "home", url), "db", "upgrade")
+    assert done.returncode == 3 and "refused the upgrade: table id_floors already exists" in done.stderr, done
+    assert current_revision(url) == "0008"
+    with sqlite3.connect(tmp_path / "klab.db") as conn:  # 0009's index rolled back with the rest
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'ix_jobs_ended_badly'").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("stored", ["0009_x", "001", ""])
+def test_a_sqlite_file_at_a_revision_no_migration_has_is_refused_not_upgraded(tmp_path, stored) -> None:
+    """A SQLite file upgrades itself when behind head, and a revision was behind when it sorted below "0010":
+    '0009_x' and '' were Alembic's traceback, '001' was read as 0010 (head), and commands ran on 0009's schema."""
+    url = f"sqlite:///{tmp_path / 'klab.db'}"
+    upgrade(url, "0009")
+    with sqlite3.connect(tmp_path / "klab.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = ?", (stored,))
+    env = clean_env(tmp_path / "home", url)
+    for args in (("list",), ("run", "--epochs", "1"), ("delete", "1")):
+        done = klab(env, *args)
+        assert (done.returncode, done.stdout) == (2, "") and done.stderr.count("\n") == 1, (args, done.stderr[-500:])
+        assert f"is at revision {stored}, which this kernel-lab does not have" in done.stderr, done.stderr
+    assert current_revision(url) == stored
 
 
 def test_db_current_of_a_sqlite_file_not_made_yet_makes_none(tmp_path) -> None:

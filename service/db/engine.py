@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from service import defaults
-from service.db.connect import HEAD, require_head, sqlite_setup, unreachable
+from service.db.connect import HEAD, require_head, sqlite_setup, unknown_revision, unreachable
 from service.errors import BadInput, DatabaseUnavailable, mask
 from service.settings import describe, settings
 
@@ -50,7 +50,7 @@ def _create(url: str) -> Engine:
                                  connect_args={"connect_timeout": defaults.CONNECT_TIMEOUT_S})
         except (ArgumentError, ImportError) as exc:
             raise DatabaseUnavailable(f"cannot use {describe(url)}: {mask(str(exc))}", 2) from None
-    if not u.database or u.database == ":memory:" or u.query.get("mode") == "memory":
+    if not u.database or ":memory:" in u.database or u.query.get("mode") == "memory":  # file::memory: too
         raise BadInput("KLAB_DATABASE_URL", "an in-memory SQLite database would begin empty in every command and "
                                             "lose what it stored; give a file, as sqlite:////path/to/klab.db")
     folder = Path(u.database).expanduser().parent
@@ -114,6 +114,8 @@ def ready_engine(url: str | None = None) -> Engine:
     if url in _AT_HEAD:
         return engine
     rev = current_revision(url)
+    if (unknown := unknown_revision(rev, url)) is not None:  # before any upgrade: Alembic read '001' as 0010, and
+        raise unknown  # tracebacked on '0009_x' (SQLite upgrades a revision that sorts below head)
     if engine.dialect.name == "sqlite" and (rev is None or rev < HEAD):
         upgrade(url)
         rev = HEAD
