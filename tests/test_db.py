@@ -145,6 +145,9 @@ def test_a_sqlite_file_in_a_folder_that_does_not_exist_is_refused(tmp_path: Path
         assert out.stderr.strip() == f"klab: error: the folder of the sqlite database {missing_folder / 'klab.db'} " \
                                      f"does not exist: {missing_folder}", (args, out.stderr)
     assert not (tmp_path / "no").exists()
+    tilde = klab(clean_env(tmp_path / "home", "sqlite:///~/klab.db"), "list")  # SQLite reads no home folder in a ~:
+    assert (tilde.returncode, tilde.stderr) == (2, "klab: error: the folder of the sqlite database ~/klab.db does not "
+                                                   "exist: ~\n")  # it was `unable to open database file`, exit 3
     fresh = clean_env(tmp_path / "new-home")
     assert klab(fresh, "list").returncode == 0 and (tmp_path / "new-home" / "klab.db").is_file()
 
