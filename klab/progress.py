@@ -51,10 +51,12 @@ class _Terminal:
     """rich's bar, as `klab watch` draws it."""
 
     def __init__(self) -> None:
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            transient=True)
+                            transient=True, console=Console(file=sys.stderr))  # on stderr, the terminal it was chosen
+        # for: on stdout (rich's default) it was drawn nowhere where stdout is piped, and left a blank line there
         self.task = self.bar.add_task("epochs", total=None)
         self.bar.start()
 

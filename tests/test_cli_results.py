@@ -778,3 +778,23 @@ def test_a_text_column_of_dashes_alone_stays_left_and_a_column_named_numbers_goe
 
     head, row = table.plain(["name", "std"], [{"name": None, "std": None}], numbers=["std"]).splitlines()
     assert (head, row) == ("name  std", "-       -")
+
+
+def test_watch_draws_its_bar_on_the_terminal_of_stderr_and_writes_nothing_else_to_stdout(klab_db: str, add_job,
+                                                                                       tmp_path: Path) -> None:
+    """stderr a terminal, stdout a pipe (`klab watch ... > counts.txt`): the bar went to stdout (rich's default),
+    where it was drawn nowhere and left a blank line before the counts."""
+    import os
+    import pty
+
+    with writing() as conn:
+        job = add_job(conn)
+    terminal, stderr = pty.openpty()
+    try:
+        env = {k: v for k, v in clean_env(tmp_path / "home", klab_db).items() if k != "NO_COLOR"}  # a bar, not lines
+        done = subprocess.run([klab_path(), "watch", str(job)], env={**env, "TERM": "xterm"}, stdout=subprocess.PIPE,
+                              stderr=stderr, timeout=120)
+    finally:
+        os.close(stderr)
+        os.close(terminal)
+    assert done.returncode == 0 and done.stdout.decode() == "1 job(s): 1 succeeded; 10 of 10 epochs trained\n"

@@ -155,6 +155,7 @@ def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
     ended, and the counts are read at once. Messages that wait for no worker (a queue nobody serves) keep it from
     ever holding none, and a broker that does not answer (within its timeout) is asked no more: the paced reads
     end the wait."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from service import broker
@@ -166,7 +167,8 @@ def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
     try:
         with interrupts() as check, broker.redis_client() as told, \
                 Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                         transient=True, disable=not show) as bar:
+                         transient=True, disable=not show, console=Console(file=sys.stderr)) as bar:  # stderr's
+                # terminal: on stdout, `--wait --json > file` drew nothing and wrote a blank line into the file
             task = bar.add_task("epochs", total=None)
             c: dict[str, Any] | None = None
             while True:
