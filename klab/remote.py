@@ -3,13 +3,13 @@ waits for them (or a sweep's: klab.local.sweep) and reads their results."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from klab.errors import NoWorker, public
 from klab.result import Result
-from klab.values import arrays, checked_batch_jobs, checked_flag, job_values, spelled
+from klab.values import arrays, checked_batch_jobs, checked_flag, job_values, spelled, whole
 from service import defaults
 from service.errors import BadInput
 from service.jobs.selection import Selection
@@ -32,6 +32,16 @@ class Handle:
 
     @public
     def __post_init__(self) -> None:
+        ids = self.ids
+        if isinstance(ids, (str, bytes)) or whole(ids) or not isinstance(ids, Iterable):  # "12" was jobs 1 and 2
+            raise BadInput("ids", f"a Handle holds a tuple of job ids, got {ids!r}")
+        ids = tuple(ids)
+        if not all(whole(i) for i in ids):  # 1.5 and True were job 1
+            raise BadInput("ids", f"an id is a whole number, got {next(i for i in ids if not whole(i))!r}")
+        if self.sweep is not None and not whole(self.sweep):
+            raise BadInput("sweep", f"a sweep's id is a whole number, got {self.sweep!r}")
+        object.__setattr__(self, "ids", tuple(int(i) for i in ids))  # hashable, and numpy's ints as Python's
+        object.__setattr__(self, "sweep", None if self.sweep is None else int(self.sweep))
         if not self.ids and self.sweep is None:  # a Selection of neither is every job in the database
             raise BadInput("ids", "a Handle holds the ids of jobs, or a sweep")
 

@@ -167,6 +167,12 @@ BAD = [
      "the item '1,2' holds a comma, which separates a sweep's values"),  # it swept seeds 1 and 2
     ("a-path-holding-a-comma", lambda: klab.sweep(input=["edge:6x8", "image:/a,b.png"], local=True), "input",
      "the item 'image:/a,b.png' holds a comma"),  # it was split in two, neither of them the file
+    ("a-handle-of-text", lambda: klab.Handle("12").status(), "ids", "a Handle holds a tuple of job ids, got '12'"),
+    # it counted jobs 1 and 2 (and its cancel would have cancelled them)
+    ("a-handle-of-an-int", lambda: klab.Handle(12), "ids", "a tuple of job ids, got 12"),  # was a TypeError
+    ("a-handle-of-a-fraction", lambda: klab.Handle((1.5,)), "ids", "an id is a whole number, got 1.5"),  # job 1
+    ("a-handle-of-a-bool", lambda: klab.Handle((True,)), "ids", "an id is a whole number, got True"),
+    ("a-handle-of-a-sweep-as-text", lambda: klab.Handle((), sweep="2"), "sweep", "a whole number, got '2'"),
     ("store-as-text", lambda: klab.run(epochs=1, store="no"), "store", "True or False, got 'no'"),  # stored it
     ("local-as-a-number", lambda: klab.sweep(seed=range(2), local=2), "local", "True or False, got 2"),
     ("progress-as-text", lambda: klab.Handle((1,)).wait(timeout=0, progress="off"), "progress",
