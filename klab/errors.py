@@ -2,7 +2,9 @@
 field as the `klab` command prints it."""
 from __future__ import annotations
 
+import difflib
 import functools
+import inspect
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -26,9 +28,26 @@ class NoWorker(UserWarning):
 
 
 def public(func: F) -> F:
-    """An API function: its mistakes are raised from here, not from deep inside service/ or the engine."""
+    """An API function: its mistakes are raised from here, not from deep inside service/ or the engine; a keyword
+    it has not is one too (klab.run(foo=1) was Python's TypeError where klab.submit(foo=1) named the field), and one
+    spelled with dashes is read as with underscores, as job files read it (klab.run(**{"batch-size": 2}))."""
+    signature = inspect.signature(func)
+    takes = [n for n, p in signature.parameters.items() if n != "self" and p.kind is not p.VAR_KEYWORD]
+    loose = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+
     @functools.wraps(func)
     def call(*args: Any, **kwargs: Any) -> Any:
+        if not loose:
+            kwargs = {k.replace("-", "_") if k not in takes and k.replace("-", "_") in takes else k: v
+                      for k, v in kwargs.items()}
+            if unknown := [k for k in kwargs if k not in takes]:
+                close = difflib.get_close_matches(unknown[0], takes, 1)
+                hint = f"did you mean {close[0]}?" if close else f"it takes {', '.join(takes) or 'none'}"
+                raise BadInput(unknown[0], f"{func.__name__}() takes no such keyword; {hint}")
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as exc:  # too many positional values, a keyword given twice, one missing
+                raise BadInput(func.__name__, f"{exc} (it takes {', '.join(takes) or 'none'})") from None
         try:
             return func(*args, **kwargs)
         except errors.BadInput as exc:

@@ -173,6 +173,11 @@ BAD = [
     ("a-handle-of-a-fraction", lambda: klab.Handle((1.5,)), "ids", "an id is a whole number, got 1.5"),  # job 1
     ("a-handle-of-a-bool", lambda: klab.Handle((True,)), "ids", "an id is a whole number, got True"),
     ("a-handle-of-a-sweep-as-text", lambda: klab.Handle((), sweep="2"), "sweep", "a whole number, got '2'"),
+    ("an-unknown-keyword-to-run", lambda: klab.run(foo=1), "foo", "run() takes no such keyword; it takes input, "),
+    # it was Python's TypeError, where klab.submit(foo=1) named the field
+    ("a-misspelled-keyword", lambda: klab.run(epochz=1), "epochz", "did you mean epochs?"),
+    ("a-keyword-a-read-has-not", lambda: klab.epochs(status="succeeded"), "status", "it takes ids, sweep"),
+    ("a-positional-value-too-many", lambda: klab.sweeps(1), "sweeps", "too many positional arguments"),
     ("store-as-text", lambda: klab.run(epochs=1, store="no"), "store", "True or False, got 'no'"),  # stored it
     ("local-as-a-number", lambda: klab.sweep(seed=range(2), local=2), "local", "True or False, got 2"),
     ("progress-as-text", lambda: klab.Handle((1,)).wait(timeout=0, progress="off"), "progress",
@@ -476,3 +481,9 @@ def test_a_sweep_takes_a_list_of_arrays_and_a_literal_kernel_as_one_value(client
     assert sorted(set(frame["lr"])) == [0.1, 0.2]
     assert frame["status"].tolist() == [JobStatus.QUEUED.value] * 4
     assert handle.cancel() == (4, 0)
+
+
+def test_run_reads_a_dashed_keyword_as_job_files_read_it():
+    """klab.run(**{"batch-size": 3}) was Python's TypeError; submit and sweep (and job files) read it."""
+    r = klab.run(**{"batch-size": 3}, method="d2l-sgd", epochs=1, store=False)
+    assert r.spec["batch_size"] == 3
