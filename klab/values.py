@@ -33,6 +33,14 @@ def whole(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _nested(value: Any) -> Any:
+    """A kernel of nested lists or tuples as the lists of Python numbers a job file writes (numpy's numbers in it were
+    no JSON: a TypeError, or `must be a string`)."""
+    if isinstance(value, (list, tuple)):
+        return [_nested(v) for v in value]
+    return value.item() if hasattr(value, "item") else value
+
+
 def checked_flag(name: str, value: Any) -> bool:
     """A keyword that is True or False (store=, local=, progress=): store="no" was true, and stored the job."""
     if type(value).__name__ not in ("bool", "bool_"):  # Python's, or numpy's
@@ -131,8 +139,8 @@ class Files:
         writes (it was told `must be a string`), anything else as given."""
         if field in ARRAY_FIELDS and is_array(value):
             return self.npy(field, value)
-        if field == "kernel" and isinstance(value, tuple) and kernel_literal(value):
-            return json.loads(json.dumps(value))
+        if field == "kernel" and isinstance(value, (list, tuple)) and kernel_literal(value):
+            return _nested(value)
         return value
 
     def job(self, values: Mapping[str, Any]) -> dict[str, Any]:

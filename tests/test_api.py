@@ -487,3 +487,14 @@ def test_run_reads_a_dashed_keyword_as_job_files_read_it():
     """klab.run(**{"batch-size": 3}) was Python's TypeError; submit and sweep (and job files) read it."""
     r = klab.run(**{"batch-size": 3}, method="d2l-sgd", epochs=1, store=False)
     assert r.spec["batch_size"] == 3
+
+
+def test_a_kernel_of_numpy_numbers_in_nested_lists_is_one_kernel(klab_db, setenv):
+    """[[np.int64(1), -1]] (a row of an array's values): klab.run said `must be a string or a nested list of numbers;
+    several values make a sweep`, and klab.sweep raised json's TypeError."""
+    setenv(KLAB_BROKER_URL="redis://127.0.0.1:1/0")  # nothing listens there
+    assert np.asarray(klab.run(epochs=1, kernel=[[np.int64(1), -1]], store=False).true_kernel).tolist() == [[1, -1]]
+    assert np.asarray(klab.run(epochs=1, kernel=((np.float32(1.5), -1),), store=False).true_kernel).tolist() == \
+        [[1.5, -1]]
+    frame = klab.sweep(epochs=1, kernel=[[[np.int64(1), -1]], [[1, np.int64(-2)]]], local=True).jobs()
+    assert frame["kernel"].tolist() == ["[[1, -1]]", "[[1, -2]]"]

@@ -5,6 +5,7 @@ import contextlib
 import itertools
 import json
 import math
+import numbers
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
@@ -188,7 +189,7 @@ def kernel_literal(value: Any) -> bool:
     depth = 0
     while isinstance(value, (list, tuple)) and value:
         value, depth = value[0], depth + 1
-    return depth in (2, 4) and isinstance(value, (int, float))
+    return depth in (2, 4) and isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy's too
 
 
 def _text(value: Any) -> str:
