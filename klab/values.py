@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from service.defaults import BATCH_JOBS_MOST
-from service.errors import BadInput
+from service.errors import BadInput, one_line
 from service.jobs.sweep import as_flag, kernel_literal
 from service.settings import settings
 
@@ -118,13 +118,22 @@ class Files:
         """An array or tensor as npy:PATH."""
         import numpy as np
 
-        array = value if isinstance(value, np.ndarray) else _numpy(value.detach().cpu())
+        if isinstance(value, np.ma.MaskedArray) and np.ma.getmaskarray(value).any():  # its mask was dropped
+            raise BadInput(field, f"{ARRAY_NAME} is masked; give its values (.filled(...)): a job takes every value")
+        try:
+            array = value if isinstance(value, np.ndarray) else _numpy(value.detach().cpu())
+        except (RuntimeError, TypeError, NotImplementedError) as exc:  # meta, sparse, nested tensors: torch's error
+            raise BadInput(field, f"{ARRAY_NAME} cannot be read as numbers: {one_line(exc)}") from None
         limit = settings().max_file_bytes
-        if array.nbytes > limit:  # refused before it is written, with the limit a file of it would meet
-            raise BadInput(field, f"{ARRAY_NAME} is {array.nbytes} bytes, more than the limit {limit}")
+        if array.nbytes > limit:  # refused before it is made a file, with the limit the file would meet
+            raise BadInput(field, f"{ARRAY_NAME} is {array.nbytes} bytes, more than the limit {limit} "
+                                  "(KLAB_MAX_FILE_BYTES)")
         buf = io.BytesIO()
-        np.save(buf, array)  # an object array is pickled here, then refused unread as it would be in a file
+        np.save(buf, np.asarray(array))  # an object array is pickled here, then refused unread as in a file
         blob = buf.getvalue()
+        if len(blob) > limit:  # its .npy header too: refused before it is written, as the array (not "file is ...")
+            raise BadInput(field, f"{ARRAY_NAME} is {len(blob)} bytes as .npy, more than the limit {limit} "
+                                  "(KLAB_MAX_FILE_BYTES)")
         folder = settings().folder("arrays")
         path = folder / f"{hashlib.sha256(blob).hexdigest()}.npy"
         if not path.is_file():

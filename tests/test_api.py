@@ -178,6 +178,12 @@ BAD = [
     ("a-misspelled-keyword", lambda: klab.run(epochz=1), "epochz", "did you mean epochs?"),
     ("a-keyword-a-read-has-not", lambda: klab.epochs(status="succeeded"), "status", "it takes ids, sweep"),
     ("a-positional-value-too-many", lambda: klab.sweeps(1), "sweeps", "too many positional arguments"),
+    ("a-meta-tensor", lambda: klab.run(input=torch.zeros(6, 8, device="meta"), store=False), "input",
+     "the array cannot be read as numbers: Cannot copy out of meta tensor"),  # torch's NotImplementedError
+    ("a-sparse-tensor", lambda: klab.run(input=torch.eye(6).to_sparse(), store=False), "input",
+     "the array cannot be read as numbers"),  # torch's TypeError
+    ("a-masked-array", lambda: klab.run(input=np.ma.masked_array(np.ones((6, 8)), mask=np.eye(6, 8)), store=False),
+     "input", "the array is masked"),  # its mask was dropped without a word
     ("store-as-text", lambda: klab.run(epochs=1, store="no"), "store", "True or False, got 'no'"),  # stored it
     ("local-as-a-number", lambda: klab.sweep(seed=range(2), local=2), "local", "True or False, got 2"),
     ("progress-as-text", lambda: klab.Handle((1,)).wait(timeout=0, progress="off"), "progress",
@@ -498,3 +504,16 @@ def test_a_kernel_of_numpy_numbers_in_nested_lists_is_one_kernel(klab_db, setenv
         [[1.5, -1]]
     frame = klab.sweep(epochs=1, kernel=[[[np.int64(1), -1]], [[1, np.int64(-2)]]], local=True).jobs()
     assert frame["kernel"].tolist() == ["[[1, -1]]", "[[1, -2]]"]
+
+
+def test_an_array_past_the_file_limit_names_the_limit_and_is_not_saved(klab_db, setenv, tmp_path):
+    """An array over KLAB_MAX_FILE_BYTES named no variable; one whose .npy (its header added) was over it was called
+    a file, and saved before it was refused."""
+    setenv(KLAB_MAX_FILE_BYTES="1000", KLAB_HOME=str(tmp_path / "home"))
+    for array, words in ((np.zeros((100, 100)), "the array is 80000 bytes, more than the limit 1000 "
+                                                "(KLAB_MAX_FILE_BYTES)"),
+                         (np.ones((10, 12)), "the array is 1088 bytes as .npy, more than the limit 1000 "
+                                             "(KLAB_MAX_FILE_BYTES)")):
+        with pytest.raises(klab.BadInput, match=re.escape(f"input: {words}")):
+            klab.run(input=array, store=False)
+    assert not list((tmp_path / "home").glob("arrays/*.npy"))
