@@ -36,7 +36,13 @@ def _id(value: Any, field: str) -> int:
 def _plain(value: Any) -> Any:
     """numpy's scalars (a DataFrame's cells: np.int64, np.float32, np.str_) as Python's, which both databases
     bind as the numbers and texts they are (sqlite3 would bind np.int64 as bytes, equal to no number)."""
-    return value.item() if type(value).__module__ == "numpy" else value
+    if type(value).__module__ != "numpy":
+        return value
+    import numpy as np
+
+    if isinstance(value, np.floating) and value.dtype.itemsize < 8:  # np.float32(0.03) as the 0.03 it was written,
+        return float(str(value))  # not 0.029999999329 (no job's lr)
+    return value.item()
 
 
 def _selection(ids: int | Iterable[int] | None, sweep: int | None) -> Selection | None:
@@ -78,9 +84,16 @@ def jobs(ids: int | Iterable[int] | None = None, sweep: int | None = None, **fil
     equal = {k: _one_value(k, v) for k, v in filters.items()}
     with reading() as reader:
         rows = summaries(reader, selection, equal)
-    frame = pd.DataFrame(rows, columns=list(schema.SUMMARY_NAMES)).astype(NULLABLE)
-    return _times(frame, TIMES)
+    frame = pd.DataFrame(rows, columns=list(schema.SUMMARY_NAMES))
+    if frame.empty:  # no row to tell the kinds from: each column's as rows would make it (they were all object)
+        kinds = {n: schema.BY_NAME[n].kind for n in frame.columns}
+        frame = frame.astype({n: EMPTY[k] for n, k in kinds.items() if k in EMPTY})
+    frame = _times(frame.astype(NULLABLE), TIMES)
+    return frame.astype({n: "datetime64[us, UTC]" for n in TIMES}) if frame.empty else frame
 
+
+EMPTY = {"int": "int64", "bigint": "int64", "float": "float64", "text": "str"}
+"""The dtype of an empty frame's columns, by kind, as the rows of a non-empty one make them."""
 
 KINDS = {"int": ((int,), "a whole number"), "bigint": ((int,), "a whole number"), "float": ((int, float), "a number"),
          "bool": ((bool,), "True or False"), "text": ((str,), "text")}

@@ -226,6 +226,10 @@ def test_jobs_epochs_and_sweeps_are_dataframes_of_the_stored_rows(klab_db, add_j
         assert {str(frame[n].dtype) for n in ("converged_epoch", "diverged_epoch", "rank", "more_epochs")} == \
             {"Int64"}
         assert str(frame["identifiable"].dtype) == "boolean"
+    empty = klab.jobs([])  # no row to tell the kinds from: it was object in every column, datetime64[s] in the times
+    for name in ("id", "epochs", "seed", "lr", "relative_error", "converged_epoch", "identifiable", "created_at"):
+        assert empty[name].dtype == every[name].dtype, name
+    assert str(empty["status"].dtype) in ("str", "string") and len(klab.jobs(status="failed")) == 0
 
     epochs = klab.epochs(sweep=sweep)
     assert list(epochs.columns) == list(EPOCH_NAMES)
@@ -252,6 +256,9 @@ def test_ids_and_values_from_a_dataframe_select_as_python_numbers_do(klab_db, ad
     assert klab.jobs(first)["id"].tolist() == [ids[0]] and klab.epochs(first)["job_id"].unique().tolist() == [ids[0]]
     assert klab.jobs(sweep=frame["sweep_id"].iloc[0])["id"].tolist() == ids
     assert klab.jobs(seed=frame["seed"].iloc[1])["id"].tolist() == [ids[1]]
+    lr = float(frame["lr"].iloc[0])
+    assert klab.jobs(lr=np.float32(lr))["id"].tolist() == klab.jobs(lr=lr)["id"].tolist() == ids  # float32's 0.03 was
+    # compared as 0.029999999329, and found no job
     none = frame["id"][frame["seed"] > 99]  # ids that select no job: none, not every job
     assert klab.jobs(none).empty and list(klab.jobs(none).columns) == list(SUMMARY_NAMES)
     assert klab.epochs(none).empty and list(klab.epochs(none).columns) == list(EPOCH_NAMES)
