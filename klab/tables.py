@@ -48,6 +48,8 @@ def _plain(value: Any) -> Any:
 def _selection(ids: int | Iterable[int] | None, sweep: int | None) -> Selection | None:
     """The jobs asked for: every job (neither ids nor a sweep), these ids, or a sweep's; None for an empty
     list of ids, which asks for no job (`klab.jobs(frame.id[frame.lr > 1])` when no job has that lr)."""
+    if getattr(ids, "ndim", None) == 0:  # a 0-d array (np.array(12)): one id, which iterating raised TypeError on
+        ids = ids.item()
     given = None if ids is None else list(ids) if isinstance(ids, Iterable) and not isinstance(ids, str) else [ids]
     if given == [] and sweep is None:
         return None

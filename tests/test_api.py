@@ -256,6 +256,7 @@ def test_ids_and_values_from_a_dataframe_select_as_python_numbers_do(klab_db, ad
     assert klab.jobs(first)["id"].tolist() == [ids[0]] and klab.epochs(first)["job_id"].unique().tolist() == [ids[0]]
     assert klab.jobs(sweep=frame["sweep_id"].iloc[0])["id"].tolist() == ids
     assert klab.jobs(seed=frame["seed"].iloc[1])["id"].tolist() == [ids[1]]
+    assert klab.jobs(np.array(ids[0]))["id"].tolist() == [ids[0]]  # a 0-d array: iterating it was a TypeError
     lr = float(frame["lr"].iloc[0])
     assert klab.jobs(lr=np.float32(lr))["id"].tolist() == klab.jobs(lr=lr)["id"].tolist() == ids  # float32's 0.03 was
     # compared as 0.029999999329, and found no job
