@@ -256,6 +256,6 @@ def chunks(draw) -> list[dict[str, Any]]:
 def test_spec_texts_from_a_template_are_what_json_dumps_writes(specs):
     """The jobs' spec texts are made from one template of what they share (service.submit); each must be
     exactly json.dumps of its spec, whatever the values and whatever the keys share."""
-    from service.submit import _spec_texts, _varying
+    from service.db.rows import spec_texts, varying
 
-    assert _spec_texts(specs, _varying(specs)) == [json.dumps(s) for s in specs]
+    assert spec_texts(specs, varying(specs)) == [json.dumps(s) for s in specs]
