@@ -139,7 +139,8 @@ def test_a_sqlite_file_in_a_folder_that_does_not_exist_is_refused(tmp_path: Path
     still made on first use."""
     missing_folder = tmp_path / "no" / "such" / "folder"
     env = clean_env(tmp_path / "home", f"sqlite:///{missing_folder / 'klab.db'}")
-    for args in (["list"], ["db", "upgrade"], ["run", "--epochs", "1"]):
+    for args in (["list"], ["db", "upgrade"], ["run", "--epochs", "1"], ["db", "current"]):  # current: `revision
+        # none; run: klab db upgrade`, exit 0, where that upgrade is refused
         out = klab(env, *args)
         assert out.returncode == 2, (args, out.stderr)
         assert out.stderr.strip() == f"klab: error: the folder of the sqlite database {missing_folder / 'klab.db'} " \

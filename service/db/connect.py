@@ -65,6 +65,11 @@ def require_head(revision: str | None, url: str) -> None:
     raise DatabaseUnavailable(f"the {where} is at revision {revision}, not {HEAD}; run: klab db upgrade", 2)
 
 
+def no_folder(url: str, folder: Path) -> DatabaseUnavailable:
+    """A SQLite file whose folder does not exist: a typo in a path must not become a new, empty database (exit 2)."""
+    return DatabaseUnavailable(f"the folder of the {describe(url)} does not exist: {folder}", 2)
+
+
 def unreachable(url: str, exc: BaseException) -> DatabaseUnavailable:
     """A database that cannot be reached, as one line naming it (exit code 3)."""
     return DatabaseUnavailable(f"cannot reach the {describe(url)}: {one_line(exc)}")

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from service import defaults
-from service.db.connect import HEAD, require_head, sqlite_setup, unknown_revision, unreachable
+from service.db.connect import HEAD, no_folder, require_head, sqlite_setup, unknown_revision, unreachable
 from service.errors import BadInput, DatabaseUnavailable, mask
 from service.settings import describe, settings
 
@@ -57,7 +57,7 @@ def _create(url: str) -> Engine:
     if url == settings().database_url and settings().default_database:
         settings().folder()  # KLAB_HOME, made on first use
     elif not folder.is_dir():  # a typo in a path must not become a new, empty database
-        raise DatabaseUnavailable(f"the folder of the {describe(url)} does not exist: {folder}", 2)
+        raise no_folder(url, folder)
     eng = create_engine(url, connect_args={"timeout": defaults.SQLITE_BUSY_MS / 1000})
     event.listen(eng, "connect", lambda dbapi_conn, _record: sqlite_setup(dbapi_conn))
 

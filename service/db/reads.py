@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.db import filters
-from service.db.connect import HEAD, INTEGER_MOST, Reader, open_reader, sqlite_file
+from service.db.connect import HEAD, INTEGER_MOST, Reader, no_folder, open_reader, sqlite_file
 from service.errors import BadInput, DatabaseUnavailable
 from service.jobs import result
 from service.jobs import status as statuses
@@ -86,6 +86,9 @@ def revision(url: str | None = None) -> str | None:
     opened = open_reader(url)
     if opened is None:
         if (path := sqlite_file(url)) is not None and not path.exists():
+            default = url == settings().database_url and settings().default_database  # its KLAB_HOME: made on use
+            if not default and not path.parent.is_dir():  # not `revision none; run: klab db upgrade`, refused so
+                raise no_folder(url, path.parent)
             return None  # a SQLite file not made yet: none, and none made by looking (klab db current)
         from service.db.engine import current_revision
 
