@@ -37,17 +37,21 @@ def public(func: F) -> F:
 
     @functools.wraps(func)
     def call(*args: Any, **kwargs: Any) -> Any:
-        if not loose:
-            kwargs = {k.replace("-", "_") if k not in takes and k.replace("-", "_") in takes else k: v
-                      for k, v in kwargs.items()}
+        if not loose:  # (one that takes any keyword reads its job fields so itself: klab.submit, klab.sweep)
+            from klab.values import spelled
+
+            try:
+                kwargs = spelled(kwargs)  # batch-size and batch_size both given: refused, as submit refuses them
+            except errors.BadInput as exc:
+                raise BadInput(exc.field, exc.message) from None
             if unknown := [k for k in kwargs if k not in takes]:
                 close = difflib.get_close_matches(unknown[0], takes, 1)
                 hint = f"did you mean {close[0]}?" if close else f"it takes {', '.join(takes) or 'none'}"
                 raise BadInput(unknown[0], f"{func.__name__}() takes no such keyword; {hint}")
-            try:
-                signature.bind(*args, **kwargs)
-            except TypeError as exc:  # too many positional values, a keyword given twice, one missing
-                raise BadInput(func.__name__, f"{exc} (it takes {', '.join(takes) or 'none'})") from None
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:  # too many positional values, a keyword given twice, one missing
+            raise BadInput(func.__name__, f"{exc} (it takes {', '.join(takes) or 'none'})") from None
         try:
             return func(*args, **kwargs)
         except errors.BadInput as exc:

@@ -55,7 +55,8 @@ class _Terminal:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            transient=True, console=Console(file=sys.stderr))  # on stderr, the terminal it was chosen
+                            transient=True, console=Console(file=sys.stderr),
+                            redirect_stdout=False)  # on stderr, the terminal it was chosen
         # for: on stdout (rich's default) it was drawn nowhere where stdout is piped, and left a blank line there
         self.task = self.bar.add_task("epochs", total=None)
         self.bar.start()

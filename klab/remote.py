@@ -33,6 +33,8 @@ class Handle:
     @public
     def __post_init__(self) -> None:
         ids = self.ids
+        if getattr(ids, "ndim", None) == 0:  # a 0-d array: one id, as klab.jobs reads it (iterating it: TypeError)
+            ids = (ids.item(),)
         if isinstance(ids, (str, bytes)) or whole(ids) or not isinstance(ids, Iterable):  # "12" was jobs 1 and 2
             raise BadInput("ids", f"a Handle holds a tuple of job ids, got {ids!r}")
         ids = tuple(ids)

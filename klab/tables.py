@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from klab.errors import public
 from klab.result import Result, typed_epochs
-from klab.values import whole
+from klab.values import plain, whole
 from service.db.connect import INTEGER_MOST
 from service.errors import BadInput
 from service.jobs import result as schema
@@ -36,13 +36,7 @@ def _id(value: Any, field: str) -> int:
 def _plain(value: Any) -> Any:
     """numpy's scalars (a DataFrame's cells: np.int64, np.float32, np.str_) as Python's, which both databases
     bind as the numbers and texts they are (sqlite3 would bind np.int64 as bytes, equal to no number)."""
-    if type(value).__module__ != "numpy":
-        return value
-    import numpy as np
-
-    if isinstance(value, np.floating) and value.dtype.itemsize < 8:  # np.float32(0.03) as the 0.03 it was written,
-        return float(str(value))  # not 0.029999999329 (no job's lr)
-    return value.item()
+    return plain(value)  # np.float32(0.03) as 0.03, as a job's lr given so is stored
 
 
 def _selection(ids: int | Iterable[int] | None, sweep: int | None) -> Selection | None:

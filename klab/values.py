@@ -69,6 +69,19 @@ def job_values(jobs: Any) -> list[dict[str, Any]]:
     return [dict(doc) for doc in docs]
 
 
+def plain(value: Any) -> Any:
+    """numpy's scalar as Python's: a float of fewer than 64 bits as the shortest decimal that reads back to it
+    (np.float32(0.03) is the 0.03 it was written, not 0.029999999329, in a job's lr and in a filter alike);
+    anything else by .item(); any other value as it is."""
+    if type(value).__module__ != "numpy":
+        return value
+    import numpy as np
+
+    if isinstance(value, np.floating) and value.dtype.itemsize < 8:
+        return float(str(value))
+    return value.item()
+
+
 def _numpy(tensor: Any) -> Any:
     """A CPU tensor's values as numpy's, a dtype numpy lacks (bfloat16) as float32."""
     try:
@@ -148,6 +161,8 @@ class Files:
         writes (it was told `must be a string`), anything else as given."""
         if field in ARRAY_FIELDS and is_array(value):
             return self.npy(field, value)
+        if field not in ARRAY_FIELDS and type(value).__module__ == "numpy" and not is_array(value):
+            return plain(value)  # a scalar: np.float32(0.03) is 0.03
         if field == "kernel" and isinstance(value, (list, tuple)) and kernel_literal(value):
             return _nested(value)
         return value
@@ -167,7 +182,11 @@ class Files:
     def _flag(self, field: str, value: Any) -> str:
         pandas = type(value).__module__.split(".")[0] == "pandas"
         if field not in ARRAY_FIELDS and (is_array(value) or pandas and hasattr(value, "tolist")):
-            value = value.tolist()  # np.logspace(...), torch.arange(...), a DataFrame's column: their values
+            # np.logspace(...), torch.arange(...), a DataFrame's column: their values, float32's as written
+            import numpy as np
+
+            values = _numpy(value.detach().cpu()) if hasattr(value, "detach") else np.asarray(value)
+            value = [plain(v) for v in values] if values.ndim == 1 else values.tolist()
         elif isinstance(value, Iterator):  # a generator: its items, as a list's
             value = list(value)
         elif isinstance(value, (set, frozenset, Mapping)) or pandas:  # no order to sweep in, or not one list

@@ -184,6 +184,9 @@ BAD = [
      "the array cannot be read as numbers"),  # torch's TypeError
     ("a-masked-array", lambda: klab.run(input=np.ma.masked_array(np.ones((6, 8)), mask=np.eye(6, 8)), store=False),
      "input", "the array is masked"),  # its mask was dropped without a word
+    ("a-field-spelled-twice-to-run", lambda: klab.run(batch_size=4, **{"batch-size": 2}, store=False), "batch_size",
+     "given twice (batch_size and batch-size); give it once"),  # the last spelling was kept, where submit refused it
+    ("a-positional-value-to-sweep", lambda: klab.sweep("x"), "sweep", "too many positional arguments"),  # TypeError
     ("store-as-text", lambda: klab.run(epochs=1, store="no"), "store", "True or False, got 'no'"),  # stored it
     ("local-as-a-number", lambda: klab.sweep(seed=range(2), local=2), "local", "True or False, got 2"),
     ("progress-as-text", lambda: klab.Handle((1,)).wait(timeout=0, progress="off"), "progress",
@@ -257,6 +260,7 @@ def test_ids_and_values_from_a_dataframe_select_as_python_numbers_do(klab_db, ad
     assert klab.jobs(sweep=frame["sweep_id"].iloc[0])["id"].tolist() == ids
     assert klab.jobs(seed=frame["seed"].iloc[1])["id"].tolist() == [ids[1]]
     assert klab.jobs(np.array(ids[0]))["id"].tolist() == [ids[0]]  # a 0-d array: iterating it was a TypeError
+    assert klab.Handle(np.array(ids[0])).ids == (ids[0],)
     lr = float(frame["lr"].iloc[0])
     assert klab.jobs(lr=np.float32(lr))["id"].tolist() == klab.jobs(lr=lr)["id"].tolist() == ids  # float32's 0.03 was
     # compared as 0.029999999329, and found no job
@@ -525,3 +529,43 @@ def test_an_array_past_the_file_limit_names_the_limit_and_is_not_saved(klab_db, 
         with pytest.raises(klab.BadInput, match=re.escape(f"input: {words}")):
             klab.run(input=array, store=False)
     assert not list((tmp_path / "home").glob("arrays/*.npy"))
+
+
+def test_a_float32_lr_is_stored_as_written_and_found_by_a_float32_filter(klab_db, setenv):
+    """np.float32(0.03) was stored as 0.029999999329447746, which a filter of 0.03 does not find, nor (once filters
+    read float32 as written) one of np.float32(0.03); a float32 array of lrs in a sweep likewise."""
+    setenv(KLAB_BROKER_URL="redis://127.0.0.1:1/0")
+    job = klab.run(epochs=1, lr=np.float32(0.03))
+    sweep = klab.sweep(epochs=1, lr=np.array([0.01, 0.03], np.float32), local=True)
+    assert job.spec["lr"] == 0.03 and sorted(sweep.jobs()["lr"]) == [0.01, 0.03]
+    assert len(klab.jobs(lr=np.float32(0.03))) == len(klab.jobs(lr=0.03)) == 2
+
+
+def test_a_wait_draws_its_bar_on_stderr_and_leaves_stdout_to_the_program(klab_db, add_job, tmp_path):
+    """stderr a terminal, stdout a pipe: rich drew the bar on stdout (nowhere, there); drawn on stderr, it took
+    stdout over while it ran, and what the program printed meanwhile went to the terminal instead of the pipe."""
+    import os
+    import pty
+
+    with writing() as conn:
+        queued = add_job(conn, status="queued")
+    script = ("import threading, time, klab\n"
+              "def talk():\n"
+              "    for i in range(3):\n"
+              "        print(f'DATA {i}', flush=True); time.sleep(0.2)\n"
+              "threading.Thread(target=talk).start()\n"
+              "try:\n"
+              f"    klab.Handle(({queued},)).wait(timeout=1.5)\n"
+              "except TimeoutError:\n"
+              "    print('END')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KLAB_") and k != "NO_COLOR"}
+    env.update(KLAB_DATABASE_URL=klab_db, KLAB_HOME=str(tmp_path / "home"), TERM="xterm",
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    terminal, stderr = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=stderr,
+                              timeout=120)
+    finally:
+        os.close(stderr)
+        os.close(terminal)
+    assert done.returncode == 0 and done.stdout.decode().split() == ["DATA", "0", "DATA", "1", "DATA", "2", "END"]

@@ -149,6 +149,8 @@ def test_a_sqlite_file_in_a_folder_that_does_not_exist_is_refused(tmp_path: Path
     tilde = klab(clean_env(tmp_path / "home", "sqlite:///~/klab.db"), "list")  # SQLite reads no home folder in a ~:
     assert (tilde.returncode, tilde.stderr) == (2, "klab: error: the folder of the sqlite database ~/klab.db does not "
                                                    "exist: ~\n")  # it was `unable to open database file`, exit 3
+    odd = tmp_path / ":memory:x.db"  # a file, as SQLite reads the name: only :memory: itself is in memory
+    assert klab(clean_env(tmp_path / "home", f"sqlite:///{odd}"), "list").returncode == 0 and odd.is_file()
     fresh = clean_env(tmp_path / "new-home")
     assert klab(fresh, "list").returncode == 0 and (tmp_path / "new-home" / "klab.db").is_file()
 

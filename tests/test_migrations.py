@@ -97,8 +97,10 @@ def test_upgrades_at_once_on_a_new_database_wait_for_each_other(pg_url: str, tmp
 def test_upgrades_at_once_of_a_new_sqlite_file_wait_for_each_other(tmp_path) -> None:
     """Two commands that each upgrade one new SQLite file at once: both read it empty, then the second applied the
     steps the first had applied (`duplicate column name`, `table ... already exists`, exit 3, one time in twenty).
-    Made likelier here: the file's write lock is held until all four have opened it (its -wal), then released; each
-    upgrade is one transaction that begins by taking that lock, so the second waits and finds the file at head."""
+    Here the file's write lock is held until all four have opened it (its -wal), then released; each upgrade is one
+    transaction that begins by taking that lock, so the others wait and find the file at head. The race needs one
+    to begin between two steps of another, which this does not force (it passed on the old code): the next test
+    checks, deterministically, that an upgrade is one transaction."""
     import os
 
     from harness import Client
@@ -134,6 +136,13 @@ def test_an_upgrade_of_sqlite_is_one_transaction_whole_or_not_at_all(tmp_path) -
     done = klab(clean_env(tmp_path / "home", url), "db", "upgrade")
     assert done.returncode == 3 and "refused the upgrade: table id_floors already exists" in done.stderr, done
     assert current_revision(url) == "0008"
+    from service.db.engine import ready_engine
+    from service.errors import DatabaseUnavailable
+
+    with pytest.raises(DatabaseUnavailable) as refused:  # the file's own upgrade, as the API meets it: it was
+        ready_engine(url)  # SQLAlchemy's OperationalError of many lines
+    assert str(refused.value).endswith("refused the upgrade: table id_floors already exists")
+    assert refused.value.exit_code == 3 and "\n" not in str(refused.value)
     with sqlite3.connect(tmp_path / "klab.db") as conn:  # 0009's index rolled back with the rest
         assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'ix_jobs_ended_badly'").fetchone() == (0,)
 

@@ -167,7 +167,8 @@ def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
     try:
         with interrupts() as check, broker.redis_client() as told, \
                 Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                         transient=True, disable=not show, console=Console(file=sys.stderr)) as bar:  # stderr's
+                         transient=True, disable=not show, console=Console(file=sys.stderr),
+                         redirect_stdout=False) as bar:  # stderr's
                 # terminal: on stdout, `--wait --json > file` drew nothing and wrote a blank line into the file
             task = bar.add_task("epochs", total=None)
             c: dict[str, Any] | None = None

@@ -15,7 +15,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from service import defaults
 from service.db.connect import HEAD, no_folder, require_head, sqlite_setup, unknown_revision, unreachable
-from service.errors import BadInput, DatabaseUnavailable, mask
+from service.errors import BadInput, DatabaseUnavailable, mask, one_line
 from service.settings import describe, settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
@@ -50,7 +50,7 @@ def _create(url: str) -> Engine:
                                  connect_args={"connect_timeout": defaults.CONNECT_TIMEOUT_S})
         except (ArgumentError, ImportError) as exc:
             raise DatabaseUnavailable(f"cannot use {describe(url)}: {mask(str(exc))}", 2) from None
-    if not u.database or ":memory:" in u.database or u.query.get("mode") == "memory":  # file::memory: too
+    if not u.database or u.database in (":memory:", "file::memory:") or u.query.get("mode") == "memory":
         raise BadInput("KLAB_DATABASE_URL", "an in-memory SQLite database would begin empty in every command and "
                                             "lose what it stored; give a file, as sqlite:////path/to/klab.db")
     folder = Path(u.database).parent  # as SQLite reads it: a ~ is no home folder there
@@ -84,11 +84,17 @@ def current_revision(url: str) -> str | None:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Run Alembic's migrations up to `revision`."""
+    """Run Alembic's migrations up to `revision`; one the database refuses (a table of another application's, a
+    read-only server) is one line, exit code 3, whether `klab db upgrade` or a SQLite file's own upgrade ran it
+    (the API raised SQLAlchemy's error of many lines)."""
     from alembic import command
 
-    command.upgrade(alembic_config(url), revision)
-    _AT_HEAD.discard(url)
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except DBAPIError as exc:
+        raise DatabaseUnavailable(f"the {describe(url)} refused the upgrade: {one_line(exc.orig)}") from None
+    finally:
+        _AT_HEAD.discard(url)
 
 
 def downgrade(url: str, revision: str) -> None:
