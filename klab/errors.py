@@ -40,14 +40,14 @@ def public(func: F) -> F:
         if not loose:  # (one that takes any keyword reads its job fields so itself: klab.submit, klab.sweep)
             from klab.values import spelled
 
+            if unknown := [k for k in kwargs if k.replace("-", "_") not in takes]:  # named as typed
+                close = difflib.get_close_matches(unknown[0], takes, 1)
+                hint = f"did you mean {close[0]}?" if close else f"it takes {', '.join(takes) or 'none'}"
+                raise BadInput(unknown[0], f"{func.__name__}() takes no such keyword; {hint}")
             try:
                 kwargs = spelled(kwargs)  # batch-size and batch_size both given: refused, as submit refuses them
             except errors.BadInput as exc:
                 raise BadInput(exc.field, exc.message) from None
-            if unknown := [k for k in kwargs if k not in takes]:
-                close = difflib.get_close_matches(unknown[0], takes, 1)
-                hint = f"did you mean {close[0]}?" if close else f"it takes {', '.join(takes) or 'none'}"
-                raise BadInput(unknown[0], f"{func.__name__}() takes no such keyword; {hint}")
         try:
             signature.bind(*args, **kwargs)
         except TypeError as exc:  # too many positional values, a keyword given twice, one missing

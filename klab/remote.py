@@ -34,8 +34,10 @@ class Handle:
     def __post_init__(self) -> None:
         ids = self.ids
         if getattr(ids, "ndim", None) == 0:  # a 0-d array: one id, as klab.jobs reads it (iterating it: TypeError)
-            ids = (ids.item(),)
-        if isinstance(ids, (str, bytes)) or whole(ids) or not isinstance(ids, Iterable):  # "12" was jobs 1 and 2
+            ids = ids.item()
+        if whole(ids):  # one id, as klab.jobs(12) reads it (Handle(12) was a TypeError)
+            ids = (ids,)
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):  # "12" was jobs 1 and 2
             raise BadInput("ids", f"a Handle holds a tuple of job ids, got {ids!r}")
         ids = tuple(ids)
         if not all(whole(i) for i in ids):  # 1.5 and True were job 1

@@ -77,9 +77,19 @@ def plain(value: Any) -> Any:
         return value
     import numpy as np
 
-    if isinstance(value, np.floating) and value.dtype.itemsize < 8:
-        return float(str(value))
-    return value.item()
+    if isinstance(value, np.ndarray) and value.ndim == 0:  # np.array(0.03, dtype=np.float32): its one value
+        value = value[()]
+    if isinstance(value, np.floating) and value.dtype.itemsize < 8 and not float(value).is_integer():
+        return float(str(value))  # a whole one exactly (np.float32(123456792) as a seed, not 123456790)
+    return value.item() if hasattr(value, "item") else value
+
+
+def _unmasked(field: str, value: Any) -> None:
+    """A masked array is refused: its mask was dropped, and the values under it used."""
+    import numpy as np
+
+    if isinstance(value, np.ma.MaskedArray) and np.ma.getmaskarray(value).any():
+        raise BadInput(field, f"{ARRAY_NAME} is masked; give its values (.filled(...)): a job takes every value")
 
 
 def _numpy(tensor: Any) -> Any:
@@ -131,8 +141,7 @@ class Files:
         """An array or tensor as npy:PATH."""
         import numpy as np
 
-        if isinstance(value, np.ma.MaskedArray) and np.ma.getmaskarray(value).any():  # its mask was dropped
-            raise BadInput(field, f"{ARRAY_NAME} is masked; give its values (.filled(...)): a job takes every value")
+        _unmasked(field, value)
         try:
             array = value if isinstance(value, np.ndarray) else _numpy(value.detach().cpu())
         except (RuntimeError, TypeError, NotImplementedError) as exc:  # meta, sparse, nested tensors: torch's error
@@ -161,8 +170,9 @@ class Files:
         writes (it was told `must be a string`), anything else as given."""
         if field in ARRAY_FIELDS and is_array(value):
             return self.npy(field, value)
-        if field not in ARRAY_FIELDS and type(value).__module__ == "numpy" and not is_array(value):
-            return plain(value)  # a scalar: np.float32(0.03) is 0.03
+        if field not in ARRAY_FIELDS and (type(value).__module__ == "numpy" or is_array(value)) and \
+                getattr(value, "ndim", 0) == 0:  # one value, a 0-d array or tensor too: np.float32(0.03) is 0.03
+            return plain(_numpy(value.detach().cpu()) if hasattr(value, "detach") else value)
         if field == "kernel" and isinstance(value, (list, tuple)) and kernel_literal(value):
             return _nested(value)
         return value
@@ -185,8 +195,10 @@ class Files:
             # np.logspace(...), torch.arange(...), a DataFrame's column: their values, float32's as written
             import numpy as np
 
+            _unmasked(field, value)
             values = _numpy(value.detach().cpu()) if hasattr(value, "detach") else np.asarray(value)
-            value = [plain(v) for v in values] if values.ndim == 1 else values.tolist()
+            value = [plain(v) for v in values] if values.ndim == 1 else plain(values) if not values.ndim \
+                else values.tolist()
         elif isinstance(value, Iterator):  # a generator: its items, as a list's
             value = list(value)
         elif isinstance(value, (set, frozenset, Mapping)) or pandas:  # no order to sweep in, or not one list

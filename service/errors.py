@@ -29,6 +29,11 @@ class DatabaseUnavailable(RuntimeError):
         self.exit_code = exit_code
 
 
+class UpgradeRefused(DatabaseUnavailable):
+    """The database refused an upgrade (a table of another application's in the way, a read-only server): one line,
+    exit code 3, but no wait mends it (service.db.connect.out_of_reach: a worker stops, it does not retry)."""
+
+
 class BrokerUnavailable(RuntimeError):
     """The broker cannot be reached: one line naming it, exit code 3."""
 

@@ -169,7 +169,6 @@ BAD = [
      "the item 'image:/a,b.png' holds a comma"),  # it was split in two, neither of them the file
     ("a-handle-of-text", lambda: klab.Handle("12").status(), "ids", "a Handle holds a tuple of job ids, got '12'"),
     # it counted jobs 1 and 2 (and its cancel would have cancelled them)
-    ("a-handle-of-an-int", lambda: klab.Handle(12), "ids", "a tuple of job ids, got 12"),  # was a TypeError
     ("a-handle-of-a-fraction", lambda: klab.Handle((1.5,)), "ids", "an id is a whole number, got 1.5"),  # job 1
     ("a-handle-of-a-bool", lambda: klab.Handle((True,)), "ids", "an id is a whole number, got True"),
     ("a-handle-of-a-sweep-as-text", lambda: klab.Handle((), sweep="2"), "sweep", "a whole number, got '2'"),
@@ -182,6 +181,8 @@ BAD = [
      "the array cannot be read as numbers: Cannot copy out of meta tensor"),  # torch's NotImplementedError
     ("a-sparse-tensor", lambda: klab.run(input=torch.eye(6).to_sparse(), store=False), "input",
      "the array cannot be read as numbers"),  # torch's TypeError
+    ("a-masked-array-of-lrs", lambda: klab.sweep(lr=np.ma.array([0.1, 0.2], mask=[False, True]), local=True), "lr",
+     "the array is masked"),  # its masked 0.2 was trained
     ("a-masked-array", lambda: klab.run(input=np.ma.masked_array(np.ones((6, 8)), mask=np.eye(6, 8)), store=False),
      "input", "the array is masked"),  # its mask was dropped without a word
     ("a-field-spelled-twice-to-run", lambda: klab.run(batch_size=4, **{"batch-size": 2}, store=False), "batch_size",
@@ -260,7 +261,8 @@ def test_ids_and_values_from_a_dataframe_select_as_python_numbers_do(klab_db, ad
     assert klab.jobs(sweep=frame["sweep_id"].iloc[0])["id"].tolist() == ids
     assert klab.jobs(seed=frame["seed"].iloc[1])["id"].tolist() == [ids[1]]
     assert klab.jobs(np.array(ids[0]))["id"].tolist() == [ids[0]]  # a 0-d array: iterating it was a TypeError
-    assert klab.Handle(np.array(ids[0])).ids == (ids[0],)
+    assert klab.Handle(np.array(ids[0])).ids == klab.Handle(ids[0]).ids == (ids[0],)  # one id, as jobs reads it
+    # (Handle(12) was a TypeError)
     lr = float(frame["lr"].iloc[0])
     assert klab.jobs(lr=np.float32(lr))["id"].tolist() == klab.jobs(lr=lr)["id"].tolist() == ids  # float32's 0.03 was
     # compared as 0.029999999329, and found no job
@@ -539,6 +541,10 @@ def test_a_float32_lr_is_stored_as_written_and_found_by_a_float32_filter(klab_db
     sweep = klab.sweep(epochs=1, lr=np.array([0.01, 0.03], np.float32), local=True)
     assert job.spec["lr"] == 0.03 and sorted(sweep.jobs()["lr"]) == [0.01, 0.03]
     assert len(klab.jobs(lr=np.float32(0.03))) == len(klab.jobs(lr=0.03)) == 2
+    one = klab.sweep(epochs=1, lr=np.array(0.03, np.float32), seed=[7, 8], local=True)  # a 0-d array, one value
+    assert one.jobs()["lr"].tolist() == [0.03, 0.03] and len(klab.jobs(lr=torch.tensor(0.03).numpy())) == 4
+    whole = klab.run(epochs=1, seed=np.float32(123456792), store=False)  # a whole float32 exactly, not 123456790
+    assert whole.spec["seed"] == 123456792
 
 
 def test_a_wait_draws_its_bar_on_stderr_and_leaves_stdout_to_the_program(klab_db, add_job, tmp_path):

@@ -143,6 +143,9 @@ def test_an_upgrade_of_sqlite_is_one_transaction_whole_or_not_at_all(tmp_path) -
         ready_engine(url)  # SQLAlchemy's OperationalError of many lines
     assert str(refused.value).endswith("refused the upgrade: table id_floors already exists")
     assert refused.value.exit_code == 3 and "\n" not in str(refused.value)
+    from service.db.connect import out_of_reach
+
+    assert not out_of_reach(refused.value)  # no wait mends it: a worker stops, where it waited for ever
     with sqlite3.connect(tmp_path / "klab.db") as conn:  # 0009's index rolled back with the rest
         assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'ix_jobs_ended_badly'").fetchone() == (0,)
 

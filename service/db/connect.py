@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from service import defaults
-from service.errors import DatabaseUnavailable, one_line
+from service.errors import DatabaseUnavailable, UpgradeRefused, one_line
 from service.settings import describe
 
 HEAD = "0010"
@@ -83,7 +83,7 @@ def out_of_reach(exc: BaseException) -> bool:
     """Whether an error means the database is out of reach for now (worth waiting for), as opposed to a bug
     or bad data; through SQLAlchemy or a driver alike."""
     if isinstance(exc, DatabaseUnavailable):
-        return exc.exit_code == 3
+        return exc.exit_code == 3 and not isinstance(exc, UpgradeRefused)
     if getattr(exc, "connection_invalidated", False):
         return True
     orig = getattr(exc, "orig", None) or exc

@@ -14,8 +14,16 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from service import defaults
-from service.db.connect import HEAD, no_folder, require_head, sqlite_setup, unknown_revision, unreachable
-from service.errors import BadInput, DatabaseUnavailable, mask, one_line
+from service.db.connect import (
+    HEAD,
+    no_folder,
+    out_of_reach,
+    require_head,
+    sqlite_setup,
+    unknown_revision,
+    unreachable,
+)
+from service.errors import BadInput, DatabaseUnavailable, UpgradeRefused, mask, one_line
 from service.settings import describe, settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
@@ -92,7 +100,9 @@ def upgrade(url: str, revision: str = "head") -> None:
     try:
         command.upgrade(alembic_config(url), revision)
     except DBAPIError as exc:
-        raise DatabaseUnavailable(f"the {describe(url)} refused the upgrade: {one_line(exc.orig)}") from None
+        if out_of_reach(exc):  # lost on the way: worth waiting for, as any other read or write
+            raise unreachable(url, exc.orig if exc.orig is not None else exc) from None
+        raise UpgradeRefused(f"the {describe(url)} refused the upgrade: {one_line(exc.orig)}") from None
     finally:
         _AT_HEAD.discard(url)
 
