@@ -55,9 +55,9 @@ class _Terminal:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            transient=True, console=Console(file=sys.stderr),
-                            redirect_stdout=False)  # on stderr, the terminal it was chosen
-        # for: on stdout (rich's default) it was drawn nowhere where stdout is piped, and left a blank line there
+                            transient=True, console=Console(file=sys.stderr), redirect_stdout=False)
+        # on stderr, the terminal it was chosen for: on stdout (rich's default) it was drawn nowhere where stdout is
+        # piped, and left a blank line there; and stdout stays the program's while it is drawn
         self.task = self.bar.add_task("epochs", total=None)
         self.bar.start()
 

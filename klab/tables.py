@@ -24,6 +24,8 @@ NULLABLE = {n: {"int": "Int64", "bigint": "Int64", "bool": "boolean"}[schema.BY_
             if schema.BY_NAME[n].nullable and schema.BY_NAME[n].kind in ("int", "bigint", "bool")}
 """Summary columns of whole numbers or flags that may be null, and pandas' dtype that holds both (converged_epoch was
 float64 where some job converged, object where none had, int64 where all had)."""
+EMPTY = {"int": "int64", "bigint": "int64", "float": "float64", "text": "str"}
+"""The dtype of an empty frame's columns, by kind, as the rows of a non-empty one make them."""
 
 
 def _id(value: Any, field: str) -> int:
@@ -87,9 +89,6 @@ def jobs(ids: int | Iterable[int] | None = None, sweep: int | None = None, **fil
     frame = _times(frame.astype(NULLABLE), TIMES)
     return frame.astype({n: "datetime64[us, UTC]" for n in TIMES}) if frame.empty else frame
 
-
-EMPTY = {"int": "int64", "bigint": "int64", "float": "float64", "text": "str"}
-"""The dtype of an empty frame's columns, by kind, as the rows of a non-empty one make them."""
 
 KINDS = {"int": ((int,), "a whole number"), "bigint": ((int,), "a whole number"), "float": ((int, float), "a number"),
          "bool": ((bool,), "True or False"), "text": ((str,), "text")}

@@ -168,8 +168,9 @@ def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
         with interrupts() as check, broker.redis_client() as told, \
                 Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                          transient=True, disable=not show, console=Console(file=sys.stderr),
-                         redirect_stdout=False) as bar:  # stderr's
-                # terminal: on stdout, `--wait --json > file` drew nothing and wrote a blank line into the file
+                         redirect_stdout=False) as bar:
+            # on stderr's terminal, the one `show` asked: on stdout, `--wait --json > file` drew nothing and wrote a
+            # blank line into the file
             task = bar.add_task("epochs", total=None)
             c: dict[str, Any] | None = None
             while True:
