@@ -37,6 +37,14 @@ def public(func: F) -> F:
 
     @functools.wraps(func)
     def call(*args: Any, **kwargs: Any) -> Any:
+        if loose:  # klab.submit, sweep, jobs: the job fields or filters they read themselves, and keywords of their
+            # own, which a slip (locl=True, batch-jobs=2) made "an unknown field" with a job field's suggestion
+            kwargs = {k.replace("-", "_") if k not in takes and k.replace("-", "_") in takes else k: v
+                      for k, v in kwargs.items()}
+            for k in kwargs:
+                close = difflib.get_close_matches(k, takes, 1, 0.8)
+                if k not in takes and close and k.replace("-", "_") not in _named_elsewhere():
+                    raise BadInput(k, f"{func.__name__}() takes no such keyword; did you mean {close[0]}?")
         if not loose:  # (one that takes any keyword reads its job fields so itself: klab.submit, klab.sweep)
             from klab.values import spelled
 
@@ -58,6 +66,15 @@ def public(func: F) -> F:
             raise BadInput(_keyword(exc.field), _in_python(exc.message)) from None
 
     return call  # type: ignore[return-value]
+
+
+@functools.cache
+def _named_elsewhere() -> frozenset[str]:
+    """What a function that takes any keyword may be given besides its own: a job's fields, a job's columns."""
+    from service.jobs import result
+    from service.jobs.spec import JobSpec
+
+    return frozenset(JobSpec.model_fields) | frozenset(result.SUMMARY_NAMES)
 
 
 KEYWORDS = {"tag": "tags"}

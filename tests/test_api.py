@@ -188,6 +188,10 @@ BAD = [
     ("a-field-spelled-twice-to-run", lambda: klab.run(batch_size=4, **{"batch-size": 2}, store=False), "batch_size",
      "given twice (batch_size and batch-size); give it once"),  # the last spelling was kept, where submit refused it
     ("a-positional-value-to-sweep", lambda: klab.sweep("x"), "sweep", "too many positional arguments"),  # TypeError
+    ("a-slip-in-a-sweeps-own-keyword", lambda: klab.sweep(seed=[1, 2], locl=True), "locl",
+     "sweep() takes no such keyword; did you mean local?"),  # was "unknown field; a job's fields are input, ..."
+    ("a-slip-in-a-submits-own-keyword", lambda: klab.submit(batch_job=2), "batch_job",
+     "submit() takes no such keyword; did you mean batch_jobs?"),  # was named batch-job, "did you mean batch_size?"
     ("store-as-text", lambda: klab.run(epochs=1, store="no"), "store", "True or False, got 'no'"),  # stored it
     ("local-as-a-number", lambda: klab.sweep(seed=range(2), local=2), "local", "True or False, got 2"),
     ("progress-as-text", lambda: klab.Handle((1,)).wait(timeout=0, progress="off"), "progress",
