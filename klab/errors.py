@@ -39,8 +39,10 @@ def public(func: F) -> F:
     def call(*args: Any, **kwargs: Any) -> Any:
         if loose:  # klab.submit, sweep, jobs: the job fields or filters they read themselves, and keywords of their
             # own, which a slip (locl=True, batch-jobs=2) made "an unknown field" with a job field's suggestion
-            kwargs = {k.replace("-", "_") if k not in takes and k.replace("-", "_") in takes else k: v
-                      for k, v in kwargs.items()}
+            own = {k: k.replace("-", "_") for k in kwargs if k not in takes and k.replace("-", "_") in takes}
+            if twice := [k for k in own if own[k] in kwargs]:
+                raise BadInput(own[twice[0]], f"given twice ({own[twice[0]]} and {twice[0]}); give it once")
+            kwargs = {own.get(k, k): v for k, v in kwargs.items()}
             for k in kwargs:
                 close = difflib.get_close_matches(k, takes, 1, 0.8)
                 if k not in takes and close and k.replace("-", "_") not in _named_elsewhere():

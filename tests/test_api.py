@@ -192,6 +192,8 @@ BAD = [
      "sweep() takes no such keyword; did you mean local?"),  # was "unknown field; a job's fields are input, ..."
     ("a-slip-in-a-submits-own-keyword", lambda: klab.submit(batch_job=2), "batch_job",
      "submit() takes no such keyword; did you mean batch_jobs?"),  # was named batch-job, "did you mean batch_size?"
+    ("a-sweeps-keyword-spelled-twice", lambda: klab.sweep(seed=[1, 2], batch_jobs=2, **{"batch-jobs": 3}),
+     "batch_jobs", "given twice (batch_jobs and batch-jobs); give it once"),
     ("store-as-text", lambda: klab.run(epochs=1, store="no"), "store", "True or False, got 'no'"),  # stored it
     ("local-as-a-number", lambda: klab.sweep(seed=range(2), local=2), "local", "True or False, got 2"),
     ("progress-as-text", lambda: klab.Handle((1,)).wait(timeout=0, progress="off"), "progress",
@@ -511,6 +513,12 @@ def test_run_reads_a_dashed_keyword_as_job_files_read_it():
     """klab.run(**{"batch-size": 3}) was Python's TypeError; submit and sweep (and job files) read it."""
     r = klab.run(**{"batch-size": 3}, method="d2l-sgd", epochs=1, store=False)
     assert r.spec["batch_size"] == 3
+
+
+def test_a_sweeps_own_keyword_spelled_with_a_dash_is_read(klab_db, setenv):
+    """klab.sweep(**{"batch-jobs": 1}) was `batch-jobs: unknown field; did you mean batch_size?`."""
+    setenv(KLAB_BROKER_URL="redis://127.0.0.1:1/0")
+    assert len(klab.sweep(seed=[1, 2], epochs=1, local=True, **{"batch-jobs": 1}).ids) == 2
 
 
 def test_a_kernel_of_numpy_numbers_in_nested_lists_is_one_kernel(klab_db, setenv):
