@@ -441,6 +441,10 @@ def test_a_mistake_in_one_of_several_jobs_of_a_file_names_the_job(tmp_path, cli_
     (("delete", "--sweep", "1", "--sweep", "2"), "sweep: given 2 times (--sweep 1 --sweep 2); a command takes one "
                                                  "sweep"),  # click kept the last: sweep 2 alone was deleted
     (("list", "--sweep", "3", "--sweep", "3"), "sweep: given 2 times (--sweep 3 --sweep 3); a command takes one sweep"),
+    (("list", "--limit", "٢"), "--limit: '٢' is not a number of ASCII digits"),  # int() read it as 2, where job
+    (("sweep", "--seed", "1,2", "--batch-jobs", "١٠"), "--batch-jobs: '١٠' is not a number of ASCII digits"),  # values,
+    (("show", "٣"), "show: invalid value for 'ID': '٣' is not a number of ASCII digits; see klab show --help"),  # and
+    (("export", "--ids", "١,2"), "ids: must be job ids separated by commas, got '١,2'"),  # settings refuse them
 ])
 def test_a_misused_command_names_itself_or_the_option(args, line, cli_env):
     """Arguments that the command does not take: one line naming the command and where its usage is."""

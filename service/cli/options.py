@@ -74,8 +74,8 @@ def selected(ids: str = "many", optional: bool = False) -> Callable[[Callable[..
         if ids == "option":
             command = click.option("--ids", "listed", default=None, metavar="1,2,3", help="these jobs")(command)
         if ids == "one":
-            return click.argument("job_ids", metavar="[ID]", type=int, required=False)(command)
-        return click.argument("job_ids", metavar="[ID]...", nargs=-1, type=int)(command)
+            return click.argument("job_ids", metavar="[ID]", type=WHOLE, required=False)(command)
+        return click.argument("job_ids", metavar="[ID]...", nargs=-1, type=WHOLE)(command)
 
     return decorate
 
@@ -90,7 +90,32 @@ def sweep_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
             raise BadInput("sweep", f"given {len(values)} times ({given}); a command takes one sweep")
         return values[0] if values else None
 
-    return click.option("--sweep", type=int, multiple=True, callback=one, help=help)
+    return click.option("--sweep", type=WHOLE, multiple=True, callback=one, help=help)
+
+
+class _Ascii:
+    """A number as every other number klab reads: ASCII digits (Python's int() and float() read any script's, and
+    `--limit ٢` was 2 where `--epochs ١٠` and KLAB_MAX_EPOCHS=١٠ are refused)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.isascii():
+            self.fail(f"{value!r} is not a number of ASCII digits", param, ctx)  # type: ignore[attr-defined]
+        return super().convert(value, param, ctx)  # type: ignore[misc]
+
+
+class WholeNumber(_Ascii, click.types.IntParamType):
+    """click's integer, in ASCII digits."""
+
+
+class WholeRange(_Ascii, click.IntRange):
+    """click's IntRange, in ASCII digits."""
+
+
+class NumberRange(_Ascii, click.FloatRange):
+    """click's FloatRange, in ASCII digits."""
+
+
+WHOLE = WholeNumber()
 
 
 def _id_list(raw: str | None) -> list[int]:
@@ -101,6 +126,8 @@ def _id_list(raw: str | None) -> list[int]:
     if not any(parts):
         raise BadInput("ids", "give at least one job id")
     try:
+        if not raw.isascii():
+            raise ValueError(raw)
         return [int(p) for p in parts]  # an empty item too is refused: `1,,2` is a typo, maybe of 1,12
     except ValueError:
         raise BadInput("ids", f"must be job ids separated by commas, got {raw!r}") from None

@@ -10,7 +10,7 @@ from typing import IO, Any
 import click
 
 from service.cli import cli
-from service.cli.options import selected, sweep_option
+from service.cli.options import WHOLE, WholeRange, selected, sweep_option
 from service.errors import BadInput
 from service.jobs.selection import Selection
 
@@ -55,7 +55,7 @@ def _unless_ignored(column: str, text: Callable[[dict[str, Any]], str] | None = 
 @click.option("--sort", default="-id", show_default=True,
               help="column to sort by (id, status, method, input, kernel, lr, epochs, final_loss, "
                    "relative_error, identifiable); prefix - for descending")
-@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True, help="most rows (0: all)")
+@click.option("--limit", type=WholeRange(min=0), default=50, show_default=True, help="most rows (0: all)")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list")
 def list_(status: str | None, sweep: int | None, method: str | None, kernel: str | None, tag: str | None,
           sort: str, limit: int, as_json: bool) -> None:
@@ -81,7 +81,7 @@ def list_(status: str | None, sweep: int | None, method: str | None, kernel: str
 
 
 @cli.command()
-@click.argument("job_id", metavar="ID", type=int)
+@click.argument("job_id", metavar="ID", type=WHOLE)
 @click.option("--json", "as_json", is_flag=True, help="print the full stored result, epochs included")
 def show(job_id: int, as_json: bool) -> None:
     """One job: its spec, kernels side by side, error metrics, the gap explained and the loss curve."""
@@ -174,7 +174,7 @@ def _compare_groups(selection: Selection, group_by: str, as_json: bool, as_csv: 
 
 @cli.command()
 @click.option("--tag", default=None, help="only the sweeps with this tag")
-@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True,
+@click.option("--limit", type=WholeRange(min=0), default=50, show_default=True,
               help="the newest this many, oldest first (0: every sweep)")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list (each sweep's parameters in full)")
 def sweeps(tag: str | None, limit: int, as_json: bool) -> None:

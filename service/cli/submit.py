@@ -7,12 +7,12 @@ import click
 
 from service import defaults
 from service.cli import cli
-from service.cli.options import job_options, selected, specs_from
+from service.cli.options import WholeRange, job_options, selected, specs_from
 from service.cli.progress import count_line, counts, wait
 from service.jobs.selection import Selection
 from service.jobs.status import JobStatus
 
-_batch_jobs = click.option("--batch-jobs", type=click.IntRange(1, defaults.BATCH_JOBS_MOST),
+_batch_jobs = click.option("--batch-jobs", type=WholeRange(1, defaults.BATCH_JOBS_MOST),
                            default=defaults.BATCH_JOBS, show_default=True,
                            help="most compatible jobs trained together in one task")
 

@@ -10,12 +10,13 @@ import sys
 import click
 
 from service.cli import cli
+from service.cli.options import NumberRange, WholeRange
 from service.errors import BadInput
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list, one object a worker")
-@click.option("--timeout", type=click.FloatRange(0.1, 60), default=1.5, show_default=True,
+@click.option("--timeout", type=NumberRange(0.1, 60), default=1.5, show_default=True,
               help="seconds to wait for replies (0.1 to 60)")
 def workers(as_json: bool, timeout: float) -> None:
     """Live workers with their queues, the database they serve, device and active jobs."""
@@ -68,9 +69,9 @@ def worker_argv(queue: str, concurrency: int | None, loglevel: str, name: str | 
 @cli.command()
 @click.option("--queue", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
               help="the queue it takes jobs from")
-@click.option("--concurrency", type=click.IntRange(1, 256), default=None,
+@click.option("--concurrency", type=WholeRange(1, 256), default=None,
               help="prefork children for the cpu queue [default: the number of cores]")
-@click.option("--gpu", "gpu_index", type=click.IntRange(0, 64), default=None, help="GPU index for the gpu queue")
+@click.option("--gpu", "gpu_index", type=WholeRange(0, 64), default=None, help="GPU index for the gpu queue")
 @click.option("--loglevel", default="info", show_default=True, type=click.Choice(LOGLEVELS, case_sensitive=False),
               help="what the worker logs")
 @click.option("--name", default=None, help="node name before @host [default: the queue's]; several workers on one "
