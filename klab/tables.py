@@ -35,12 +35,6 @@ def _id(value: Any, field: str) -> int:
     return int(value)
 
 
-def _plain(value: Any) -> Any:
-    """numpy's scalars (a DataFrame's cells: np.int64, np.float32, np.str_) as Python's, which both databases
-    bind as the numbers and texts they are (sqlite3 would bind np.int64 as bytes, equal to no number)."""
-    return plain(value)  # np.float32(0.03) as 0.03, as a job's lr given so is stored
-
-
 def _selection(ids: int | Iterable[int] | None, sweep: int | None) -> Selection | None:
     """The jobs asked for: every job (neither ids nor a sweep), these ids, or a sweep's; None for an empty
     list of ids, which asks for no job (`klab.jobs(frame.id[frame.lr > 1])` when no job has that lr)."""
@@ -99,7 +93,7 @@ frame)."""
 def _one_value(name: str, value: Any) -> Any:
     """A filter's value: one value of the column's kind (KINDS), or None (is null), as both databases bind it alike:
     lr="abc" was psycopg's error on PostgreSQL and no job on SQLite, identifiable="yes" true on PostgreSQL only."""
-    value = _plain(value)
+    value = plain(value)
     field = schema.BY_NAME.get(name)
     if value is None or field is None:  # an unknown column is named as such by the read
         return value

@@ -70,9 +70,10 @@ def job_values(jobs: Any) -> list[dict[str, Any]]:
 
 
 def plain(value: Any) -> Any:
-    """numpy's scalar as Python's: a float of fewer than 64 bits as the shortest decimal that reads back to it
-    (np.float32(0.03) is the 0.03 it was written, not 0.029999999329, in a job's lr and in a filter alike);
-    anything else by .item(); any other value as it is."""
+    """numpy's scalar (a DataFrame's cell: np.int64, np.float32, np.str_) as Python's, which both databases bind as
+    the number or text it is (sqlite3 would bind np.int64 as bytes, equal to no number): a float of fewer than 64 bits
+    as the shortest decimal that reads back to it (np.float32(0.03) is the 0.03 it was written, not 0.029999999329,
+    in a job's lr and in a filter alike); anything else by .item(); any other value as it is."""
     if type(value).__module__ != "numpy":
         return value
     import numpy as np
@@ -92,8 +93,14 @@ def _unmasked(field: str, value: Any) -> None:
         raise BadInput(field, f"{ARRAY_NAME} is masked; give its values (.filled(...)): a job takes every value")
 
 
-def _numpy(tensor: Any) -> Any:
-    """A CPU tensor's values as numpy's, a dtype numpy lacks (bfloat16) as float32."""
+def _numpy(value: Any) -> Any:
+    """An array's, a tensor's (on the CPU) or a scalar's values as numpy's; a dtype numpy lacks (bfloat16) as
+    float32."""
+    import numpy as np
+
+    if not hasattr(value, "detach"):
+        return np.asarray(value)
+    tensor = value.detach().cpu()
     try:
         return tensor.numpy()
     except TypeError:  # Got unsupported ScalarType BFloat16
@@ -143,7 +150,7 @@ class Files:
 
         _unmasked(field, value)
         try:
-            array = value if isinstance(value, np.ndarray) else _numpy(value.detach().cpu())
+            array = _numpy(value)
         except (RuntimeError, TypeError, NotImplementedError) as exc:  # meta, sparse, nested tensors: torch's error
             raise BadInput(field, f"{ARRAY_NAME} cannot be read as numbers: {one_line(exc)}") from None
         limit = settings().max_file_bytes
@@ -151,7 +158,7 @@ class Files:
             raise BadInput(field, f"{ARRAY_NAME} is {array.nbytes} bytes, more than the limit {limit} "
                                   "(KLAB_MAX_FILE_BYTES)")
         buf = io.BytesIO()
-        np.save(buf, np.asarray(array))  # an object array is pickled here, then refused unread as in a file
+        np.save(buf, array)  # an object array is pickled here, then refused unread as it would be in a file
         blob = buf.getvalue()
         if len(blob) > limit:  # its .npy header too: refused before it is written, as the array (not "file is ...")
             raise BadInput(field, f"{ARRAY_NAME} is {len(blob)} bytes as .npy, more than the limit {limit} "
@@ -172,7 +179,7 @@ class Files:
             return self.npy(field, value)
         if field not in ARRAY_FIELDS and (type(value).__module__ == "numpy" or is_array(value)) and \
                 getattr(value, "ndim", 0) == 0:  # one value, a 0-d array or tensor too: np.float32(0.03) is 0.03
-            return plain(_numpy(value.detach().cpu()) if hasattr(value, "detach") else value)
+            return plain(_numpy(value))
         if field == "kernel" and isinstance(value, (list, tuple)) and kernel_literal(value):
             return _nested(value)
         return value
@@ -193,10 +200,8 @@ class Files:
         pandas = type(value).__module__.split(".")[0] == "pandas"
         if field not in ARRAY_FIELDS and (is_array(value) or pandas and hasattr(value, "tolist")):
             # np.logspace(...), torch.arange(...), a DataFrame's column: their values, float32's as written
-            import numpy as np
-
             _unmasked(field, value)
-            values = _numpy(value.detach().cpu()) if hasattr(value, "detach") else np.asarray(value)
+            values = _numpy(value)
             value = [plain(v) for v in values] if values.ndim == 1 else plain(values) if not values.ndim \
                 else values.tolist()
         elif isinstance(value, Iterator):  # a generator: its items, as a list's

@@ -43,6 +43,11 @@ class Settings:
     default_database: bool = True
     """Whether KLAB_DATABASE_URL was left unset (the SQLite file in KLAB_HOME)."""
 
+    def is_default(self, url: str) -> bool:
+        """Whether `url` is the default database (KLAB_DATABASE_URL unset: KLAB_HOME's klab.db), whose folder is made
+        on first use; any other SQLite file's folder must exist."""
+        return self.default_database and url == self.database_url
+
     def folder(self, *names: str) -> Path:
         """A folder in KLAB_HOME (KLAB_HOME itself with no names), made on first use."""
         folder = self.home.joinpath(*names)

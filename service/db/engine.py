@@ -62,7 +62,7 @@ def _create(url: str) -> Engine:
         raise BadInput("KLAB_DATABASE_URL", "an in-memory SQLite database would begin empty in every command and "
                                             "lose what it stored; give a file, as sqlite:////path/to/klab.db")
     folder = Path(u.database).parent  # as SQLite reads it: a ~ is no home folder there
-    if url == settings().database_url and settings().default_database:
+    if settings().is_default(url):
         settings().folder()  # KLAB_HOME, made on first use
     elif not folder.is_dir():  # a typo in a path must not become a new, empty database
         raise no_folder(url, folder)

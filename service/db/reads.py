@@ -86,8 +86,8 @@ def revision(url: str | None = None) -> str | None:
     opened = open_reader(url)
     if opened is None:
         if (path := sqlite_file(url)) is not None and not path.exists():
-            default = url == settings().database_url and settings().default_database  # its KLAB_HOME: made on use
-            if not default and not path.parent.is_dir():  # not `revision none; run: klab db upgrade`, refused so
+            if not settings().is_default(url) and not path.parent.is_dir():  # not `revision none; run: klab db
+                # upgrade`, which refuses it so
                 raise no_folder(url, path.parent)
             return None  # a SQLite file not made yet: none, and none made by looking (klab db current)
         from service.db.engine import current_revision
