@@ -24,8 +24,8 @@ NULLABLE = {n: {"int": "Int64", "bigint": "Int64", "bool": "boolean"}[schema.BY_
             if schema.BY_NAME[n].nullable and schema.BY_NAME[n].kind in ("int", "bigint", "bool")}
 """Summary columns of whole numbers or flags that may be null, and pandas' dtype that holds both (converged_epoch was
 float64 where some job converged, object where none had, int64 where all had)."""
-EMPTY = {"int": "int64", "bigint": "int64", "float": "float64", "text": "str"}
-"""The dtype of an empty frame's columns, by kind, as the rows of a non-empty one make them."""
+DTYPES = {"int": "int64", "bigint": "int64", "float": "float64", "text": "str"}
+"""The dtype of the other columns, by kind, as rows that hold values make them (NULLABLE's aside)."""
 
 
 def _id(value: Any, field: str) -> int:
@@ -77,9 +77,10 @@ def jobs(ids: int | Iterable[int] | None = None, sweep: int | None = None, **fil
     with reading() as reader:
         rows = summaries(reader, selection, equal)
     frame = pd.DataFrame(rows, columns=list(schema.SUMMARY_NAMES))
-    if frame.empty:  # no row to tell the kinds from: each column's as rows would make it (they were all object)
-        kinds = {n: schema.BY_NAME[n].kind for n in frame.columns}
-        frame = frame.astype({n: EMPTY[k] for n, k in kinds.items() if k in EMPTY})
+    # each column of its kind's dtype whatever its rows hold: pandas told it from the values, and made a column
+    # of no value at all (every row None, or no row) object, where rows with values made it float64 or str
+    kinds = {n: schema.BY_NAME[n].kind for n in frame.columns if n not in NULLABLE}
+    frame = frame.astype({n: DTYPES[k] for n, k in kinds.items() if k in DTYPES})
     frame = _times(frame.astype(NULLABLE), TIMES)
     return frame.astype({n: "datetime64[us, UTC]" for n in TIMES}) if frame.empty else frame
 

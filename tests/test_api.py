@@ -236,6 +236,12 @@ def test_jobs_epochs_and_sweeps_are_dataframes_of_the_stored_rows(klab_db, add_j
         assert {str(frame[n].dtype) for n in ("converged_epoch", "diverged_epoch", "rank", "more_epochs")} == \
             {"Int64"}
         assert str(frame["identifiable"].dtype) == "boolean"
+        # a float or text column of no value in any row was object: the queued job's alone had no relative error
+        # and no queue, worker or error message
+        for name in ("relative_error", "final_loss", "worker_host", "error_message"):
+            assert frame[name].dtype == every[name].dtype, name
+        assert str(frame["relative_error"].dtype) == "float64"
+        assert str(frame["error_message"].dtype) in ("str", "string")
     empty = klab.jobs([])  # no row to tell the kinds from: it was object in every column, datetime64[s] in the times
     for name in ("id", "epochs", "seed", "lr", "relative_error", "converged_epoch", "identifiable", "created_at"):
         assert empty[name].dtype == every[name].dtype, name
