@@ -157,6 +157,22 @@ def test_an_ill_conditioned_design_is_solved_to_lstsq_accuracy():
     assert sse[0] == pytest.approx(float(((a @ ref.T - label_columns(y)) ** 2).sum()), rel=1e-10)
 
 
+@pytest.mark.parametrize("texture", [1e-5, 1e-6, 3e-7])
+def test_a_nearly_constant_input_is_solved_to_lstsq_accuracy(texture):
+    """A constant image with a texture of 3e-7 (float32's own rounding of 1): cond(A) ~ 8e6, so that one refining
+    step left W* 1e-5 off numpy's lstsq (cond(A)^2 * eps ~ 0.01 a step); as many as it takes bring it to cond * eps."""
+    rng = np.random.default_rng(5)
+    x = (1.0 + texture * rng.standard_normal((6, 8))).astype(np.float32)[None, None]
+    a = design_matrix(x, 2, 2, False)
+    assert np.linalg.matrix_rank(a) == 4 and np.linalg.cond(a) > 1e5
+    y = (a @ np.array([1.0, -1.0, 2.0, 0.5])).astype(np.float32).reshape(1, 1, 5, 7)
+    design = analysis.Design(x, (1, 1, 2, 2), False)
+    wstar, sse = design.solve([y])
+    ref = np.linalg.lstsq(a, label_columns(y), rcond=None)[0].T
+    np.testing.assert_allclose(wstar[0], ref, rtol=0, atol=np.linalg.cond(a) * 1e-15 * np.abs(ref).max())
+    assert sse[0] == pytest.approx(float(((a @ ref.T - label_columns(y)) ** 2).sum()), rel=1e-6, abs=1e-20)
+
+
 def test_rank_deficiency_survives_rounding_in_large_sums(monkeypatch):
     """An edge image of 0.1s and 0.47s (neither exact in binary), 299 x 399 windows of 2x2 with a bias: A has
     exactly 3 independent columns; summed over 119,301 rows in 1-row and in 16 MiB blocks, G's rounding stays
