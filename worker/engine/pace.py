@@ -16,8 +16,12 @@ Momentum (torch's heavy ball, mu = MOMENTUM) carries its buffer along: (e, buf) 
 - d2l-sgd: lr < min_b 2 / (c_b lambda_max(H_b)) keeps every step from growing the gap. With one batch an
   epoch that is exact; with several it is sufficient (each step is then non-expansive), and the rate is
   the spectral radius of the product of the epoch's steps, computed in the row space.
-- momentum: (1 + mu) times d2l-sgd's bound, the heavy ball's condition on each batch's quadratic (exact
-  with one batch); the rate is the spectral radius of the epoch's product of (e, buf) steps.
+- momentum: with one batch an epoch, (1 + mu) times d2l-sgd's bound, the heavy ball's exact condition. With
+  several, the buffer carried from batch to batch can make the epoch grow the gap far below that (at a third
+  of it, on random inputs): the bound is then the least lr found at which the spectral radius of the
+  epoch's product of (e, buf) steps reaches 1, scanning lrs a factor sqrt(2) apart up to (1 + mu) times
+  d2l-sgd's bound and bisecting the step where it first does (BOUND_RATES rates at most); none where that
+  would spend over RATE_WORK_LIMIT. The rate is that spectral radius.
 - adam scales each weight's step by its own gradient history, so no curvature bound applies: none is
   reported. lstsq has no learning rate.
 
@@ -40,6 +44,10 @@ from worker.engine.analysis import Design, gram
 
 RATE_WORK_LIMIT = 2e9
 """Most multiply-adds spent on one job's rate (products of r x r matrices over an epoch's batches)."""
+
+BOUND_RATES = 41
+"""Most epoch rates computed to find momentum's stable lr over several batches: 21 lrs sqrt(2) apart from a
+thousandth of the per-batch bound up to it, then 20 bisections (a millionth of the bound)."""
 
 RATE_MEMORY_LIMIT = 64 * 2**20
 """Most bytes of an epoch's per-batch curvatures (r x r each) kept for the rate; beyond it none is reported.
@@ -69,8 +77,8 @@ class Pace:
             largest = float(self.eigen.max())
         else:
             v, r = design.v, design.rank
-            keep = (2 * r if method is Method.MOMENTUM else r) ** 3 * len(bounds) <= RATE_WORK_LIMIT and \
-                8 * r * r * len(bounds) <= RATE_MEMORY_LIMIT
+            work = (2 * r if method is Method.MOMENTUM else r) ** 3 * len(bounds)  # an epoch's rate
+            keep = work <= RATE_WORK_LIMIT and 8 * r * r * len(bounds) <= RATE_MEMORY_LIMIT
             largest = 0.0
             for (s, e), c in zip(bounds, scale):
                 h = v.T @ gram(design.x[s:e], design.kh, design.kw, design.bias) @ v
@@ -78,12 +86,38 @@ class Pace:
                 if keep:
                     self.steps.append((c, h))
         if largest > 0:
-            self.stable_lr = 2.0 / largest * (1 + defaults.MOMENTUM if method is Method.MOMENTUM else 1.0)
+            bound = 2.0 / largest * (1 + defaults.MOMENTUM if method is Method.MOMENTUM else 1.0)
+            if method is Method.MOMENTUM and len(bounds) > 1:
+                bound = self._first_growing(bound) if keep and work * BOUND_RATES <= RATE_WORK_LIMIT else None
+            self.stable_lr = bound
+
+    def _first_growing(self, upper: float) -> float | None:
+        """The least lr up to `upper` found at which an epoch's map grows (spectral radius 1 or more): `upper` when
+        none does; None when even a thousandth of it does."""
+        grid = upper * 2.0 ** (-np.arange(20, -1, -1) / 2)
+        lo = None
+        for hi in grid:
+            if self._radius(float(hi)) >= 1:
+                break
+            lo = float(hi)
+        else:
+            return upper
+        if lo is None:
+            return None
+        hi = float(hi)
+        for _ in range(BOUND_RATES - len(grid)):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if self._radius(mid) >= 1 else (mid, hi)
+        return lo
 
     def rate(self, lr: float) -> float | None:
         """The factor by which the slowest identifiable direction of the gap shrinks each epoch at `lr`."""
         if self.stable_lr is None or (self.eigen is None and not self.steps):
             return None
+        return self._radius(lr)
+
+    def _radius(self, lr: float) -> float:
+        """The spectral radius of an epoch's map of the gap (with momentum, of the gap and the buffer) at `lr`."""
         momentum = self.method is Method.MOMENTUM
         if self.eigen is not None:
             with np.errstate(over="ignore", invalid="ignore"):  # lr 1e308: an infinite rate, no RuntimeWarning
