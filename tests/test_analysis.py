@@ -406,3 +406,54 @@ def test_a_fit_worse_than_the_start_is_told_to_lower_the_learning_rate():
     assert result["epochs"][-1]["mse"] > 10 * start
     assert result["epochs"][0]["loss"] > result["epochs"][-1]["loss"]
     assert "lower --lr" in result["explanation"] and "raise" not in result["explanation"]
+
+
+def test_labels_without_noise_off_the_true_kernel_blame_the_input_not_noise(tmp_path):
+    # a constant image with a texture of 1e-5 (cond(A) ~ 3e5): the float32 rounding of the kernel's own labels puts
+    # the exact least-squares kernel 0.0037 from the true one, which was called "label noise" with noise 0
+    x = (1.0 + 1e-5 * np.random.default_rng(5).standard_normal((6, 8))).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    values = dict(input=f"npy:{tmp_path / 'x.npy'}", kernel="[[1, -1], [2, 0.5]]", method="lstsq")
+    exact, noisy = run_spec(JobSpec.parse(values)), run_spec(JobSpec.parse({**values, "noise": 0.01}))
+    assert exact["gap"]["noise"] > 1e-3 and exact["gap"]["noise"] > 10 * exact["gap"]["optimization"]
+    assert exact["explanation"].startswith("an ill-conditioned input: the labels hold no noise, yet their rounding "
+                                           f"to float32 alone puts the exact least-squares kernel "
+                                           f"{exact['gap']['noise']:.3g} from the true one")
+    assert noisy["explanation"].startswith("label noise: ")
+
+
+def test_a_loss_beyond_float32_is_not_blamed_on_the_learning_rate():
+    # labels of 1e30 fit float32, their squares do not: the first loss is infinite whatever the lr (1e-12 here)
+    result = run_spec(JobSpec.parse(dict(kernel="[[1e30, -1]]", lr=1e-12, epochs=3)))
+    assert (result["status"], result["diverged_epoch"]) == ("diverged", 1)
+    assert result["explanation"] == ("training diverged, though lr 1e-12 is within the largest stable learning rate "
+                                     "0.0333: the values left float32's range (over 3.4e38); scale the input or the "
+                                     "labels down.")
+
+
+@pytest.mark.parametrize("lr,advice", [(0.03, "train longer, or lower the learning rate to 0.0278, the fastest"),
+                                       (0.01, "train longer or raise the learning rate towards 0.0278, the fastest"),
+                                       (0.0278, "train longer: this lr is about the fastest")])
+def test_with_tol_0_a_slow_job_is_pointed_at_the_fastest_lr(lr, advice):
+    # edge:6x8's fastest lr is 1/36 = 0.0278: above it, "raise the learning rate" slowed the job, then diverged it
+    result = run_spec(JobSpec.parse(dict(lr=lr, epochs=6, tol=0)))
+    assert result["explanation"].startswith("not converged yet: ") and advice in result["explanation"]
+
+
+def test_a_minibatch_loss_rising_while_the_fit_improves_is_not_called_growth(tmp_path):
+    # four samples in batches of one, the last labelled by the initial kernel itself: adam's loss (the last batch's)
+    # rises from epoch to epoch while the mse over all the data falls, and it was told "the loss grew ... lower --lr"
+    x = np.random.default_rng(7).standard_normal((4, 1, 5, 5))
+    kernel = np.array([[[[1.0, -1.0], [0.5, 2.0]]]])
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "k.npy", kernel)
+    values = dict(input=f"npy:{tmp_path / 'x.npy'}", kernel=f"npy:{tmp_path / 'k.npy'}", method="adam", lr=0.01,
+                  batch_size=1)
+    start = np.array(run_spec(JobSpec.parse({**values, "epochs": 1}))["initial_kernel"])
+    y = correlate(x, kernel)
+    y[3:] = correlate(x[3:], start)
+    np.save(tmp_path / "y.npy", y)
+    result = run_spec(JobSpec.parse({**values, "labels": f"npy:{tmp_path / 'y.npy'}", "epochs": 20}))
+    first, last = result["epochs"][0], result["epochs"][-1]
+    assert last["loss"] > first["loss"] and last["mse"] < first["mse"]
+    assert "grew" not in result["explanation"] and result["explanation"].startswith("not converged yet")

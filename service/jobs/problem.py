@@ -30,6 +30,7 @@ class Problem:
     true_bias: float | None
     has_bias: bool
     single_channel: bool  # report kernels as 2-D
+    exact_labels: bool = False  # the true kernel's own labels (and bias), no noise added: rounded to float32 alone
 
 
 def build_problem(spec: JobSpec, arrays: dict[str, np.ndarray] | None = None) -> Problem:
@@ -115,6 +116,7 @@ def build_problem(spec: JobSpec, arrays: dict[str, np.ndarray] | None = None) ->
         true_bias=true_bias,
         has_bias=spec.bias is not None,
         single_channel=two_d,
+        exact_labels=spec.labels is None and spec.noise == 0,
     )
 
 

@@ -24,7 +24,8 @@ class Facts:
     rank: np.ndarray
     params: np.ndarray
     sums_only: np.ndarray  # bool
-    grew: np.ndarray  # bool: the loss ended above where it began
+    grew: np.ndarray  # bool: the mse ended above where it began
+    exact: np.ndarray  # bool: labels of the true kernel itself, no noise added (rounded to float32 alone)
     lr: np.ndarray
     lr_bound: np.ndarray  # the largest stable lr (worker.engine.pace)
     rate: np.ndarray
@@ -51,11 +52,12 @@ class Facts:
         for name in ("relative", "lr", "lr_bound", "rate", "more", "best_lr", "best_rate", "converged"):
             values[name] = more.get(name)
         return cls(status=np.array([status.value]), sums_only=np.array([sums_only]),
-                   grew=np.array([bool(more.get("grew"))]), **{k: arr(v) for k, v in values.items()})
+                   grew=np.array([bool(more.get("grew"))]), exact=np.array([bool(more.get("exact"))]),
+                   **{k: arr(v) for k, v in values.items()})
 
 
 (DIVERGED, NOTHING, NO_TRUTH, MATCH, TOO_FAST_DIVERGED, TOO_FAST, STALLED, GREW, CLOSING, SLOW, SLOW_UNBOUNDED,
- WITHIN_TOL, IDENT, NOISE) = range(14)
+ WITHIN_TOL, IDENT, NOISE, ROUNDING, OVERFLOW) = range(16)
 
 
 def cases(f: Facts) -> np.ndarray:
@@ -67,6 +69,7 @@ def cases(f: Facts) -> np.ndarray:
         total = np.sqrt(np.nansum(parts**2, axis=0))
         main = np.argmax(np.nan_to_num(parts, nan=-1.0), axis=0)
     out = np.full(len(f.status), NOISE)
+    out[f.exact] = ROUNDING  # no noise in the labels: their float32 rounding, grown by an ill-conditioned input
     out[main == 2] = IDENT
     optimization = main == 0
     out[optimization] = SLOW
@@ -82,6 +85,7 @@ def cases(f: Facts) -> np.ndarray:
     out[~trained | np.isnan(f.optimization)] = NOTHING
     diverged = f.status == JobStatus.DIVERGED.value
     out[diverged] = DIVERGED
+    out[diverged & stable] = OVERFLOW  # no step at that lr grows the gap: the values left float32's range
     out[diverged & too_fast] = TOO_FAST_DIVERGED
     return out
 
@@ -98,6 +102,18 @@ def _closing(f: Facts, i: int) -> str:
     if f.best_rate[i] < f.rate[i] * 0.95:
         words += f"; lr {f.best_lr[i]:.3g} would close it fastest (x{factor(f.best_rate[i], 3)} an epoch)"
     return words
+
+
+def _slow(f: Facts, i: int) -> str:
+    """What would close a gap still open, where no number of epochs says how long it takes (--tol 0): more epochs,
+    and the way to the fastest lr where one is known."""
+    best, lr = f.best_lr[i], f.lr[i]
+    if not np.isfinite(best) or lr < 0.95 * best:
+        return "train longer or raise the learning rate" + (f" towards {best:.3g}, the fastest for this input."
+                                                           if np.isfinite(best) else ".")
+    if lr > 1.05 * best:
+        return f"train longer, or lower the learning rate to {best:.3g}, the fastest for this input."
+    return "train longer: this lr is about the fastest for this input."
 
 
 def _stopped(f: Facts, i: int) -> str:
@@ -124,7 +140,7 @@ SENTENCES: dict[int, Callable[[Facts, int], str]] = {
     GREW: lambda f, i: ("not converging: the loss grew during training, so the learning rate is too large for "
                         "this input; lower --lr."),
     CLOSING: lambda f, i: _stopped(f, i) + _closing(f, i) + ".",
-    SLOW: lambda f, i: _stopped(f, i) + "train longer or raise the learning rate.",
+    SLOW: lambda f, i: _stopped(f, i) + _slow(f, i),
     SLOW_UNBOUNDED: lambda f, i: (_stopped(f, i) + "train longer, or try other learning rates (klab sweep --lr): "
                                   "this method has no stable lr to say which way."),
     WITHIN_TOL: lambda f, i: (f"converged: the mse came within --tol of the optimum's at epoch {int(f.converged[i])}, "
@@ -134,6 +150,12 @@ SENTENCES: dict[int, Callable[[Facts, int], str]] = {
     IDENT: _ident,
     NOISE: lambda f, i: (f"label noise: even the exact least-squares kernel is {f.noise[i]:.3g} from the true "
                          "one; more data or less noise would close it."),
+    ROUNDING: lambda f, i: (f"an ill-conditioned input: the labels hold no noise, yet their rounding to float32 alone "
+                            f"puts the exact least-squares kernel {f.noise[i]:.3g} from the true one; a "
+                            "better-conditioned input would close it."),
+    OVERFLOW: lambda f, i: (f"training diverged, though lr {f.lr[i]:.3g} is within the largest stable learning rate "
+                            f"{f.lr_bound[i]:.3g}: the values left float32's range (over 3.4e38); scale the input or "
+                            "the labels down."),
 }
 
 

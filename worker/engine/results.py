@@ -168,8 +168,9 @@ class BatchResult:
         # The fit ended worse than at the start: by more than --tol and than float32 could misround a sum of the
         # labels' size (n eps: a bound on any order of summation), which an lr of 1e-15 alone would show.
         worse_above = self.initial_mse * (1 + p0.y.size * FLOAT32_EPS) + tol
-        with np.errstate(invalid="ignore"):  # or the loss ended above where it began
-            grew = (((done > 1) & (t.loss[last, cols] > t.loss[0]) & np.isfinite(t.loss[0]) & np.isfinite(final_loss))
+        with np.errstate(invalid="ignore"):  # or the mse over all the data ended above its first epoch's (not the
+            # loss: a minibatch method's is its last batch's, which can rise while the fit improves)
+            grew = (((done > 1) & (final_mse > t.mse[0]) & np.isfinite(t.mse[0]) & np.isfinite(final_mse))
                     | (final_mse > worse_above))
         values: dict[str, Any] = {
             "status": status.tolist(), "error_message": None, "device": self.device,
@@ -197,7 +198,8 @@ class BatchResult:
             status=status, optimization=said, noise=values["gap_noise"],
             identifiability=values["gap_identifiability"], relative=values["relative_error"], rank=rank,
             params=params, sums_only=sums_only, grew=grew, lr=lrs, lr_bound=paces.bound, rate=paces.rate,
-            more=paces.more, best_lr=paces.best_lr, best_rate=paces.best_rate, converged=converged))
+            more=paces.more, best_lr=paces.best_lr, best_rate=paces.best_rate, converged=converged,
+            exact=np.array([j.problem.exact_labels for j in self.jobs])))
         return Columns(values=values, loss=t.loss, mse=t.mse, kernel_error=t.kernel_error, epochs_done=done)
 
     def _as_given(self, a: np.ndarray) -> np.ndarray:
