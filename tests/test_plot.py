@@ -222,6 +222,34 @@ def test_a_title_naming_long_paths_stays_in_the_figure() -> None:
     readable(fig)
 
 
+def test_a_dollar_in_a_name_or_a_path_is_drawn_as_written(tmp_path) -> None:
+    """matplotlib read text between two $ as mathtext: a sweep named `cost $^$ run` or an input file named
+    `c$\\frac{$.npy` was a traceback and no PNG, `$5 and $6` drawn in italics without its dollars."""
+    rows = sweep_rows({(lr, "momentum"): [0.2] for lr in (0.01, 0.02)})
+    rows[1]["input"] = "npy:c$\\frac{$.npy"  # a second input: a panel whose ticks name it
+    job = result_of({})
+    job["spec"]["input"] = "npy:c$\\frac{$.npy"
+    sweep = plot.figure_sweep(rows, ["lr", "input"], "sweep 2 (cost $^$ run, $5 and $6): 2 jobs")
+    for fig in (sweep, plot.figure_job(job)):
+        path = plot.save(fig, tmp_path / "figure.png")
+        assert opened(path)[1] > 100
+        texts = [t for t in fig.findobj(Text) if "$" in t.get_text()]
+        assert texts and not [t.get_text() for t in texts if t.get_parse_math()]
+        assert "npy:c$\\frac{$.npy" in " ".join(t.get_text() for t in texts)
+    assert "sweep 2 (cost $^$ run, $5 and $6)" in sweep.get_suptitle()
+
+
+def test_a_long_explanation_is_wrapped_once_as_drawn() -> None:
+    """The explanation was wrapped at 150 characters, then again to the figure's width: `shrinks` alone on a line."""
+    sentence = ("not converged yet: training stopped 0.974 from the best kernel the data allow; about 14 more epochs "
+                "at this lr would reach --tol (the gap shrinks x0.76 an epoch); lr 0.0278 would close it fastest "
+                "(x0.667 an epoch).")
+    fig = plot.figure_job(result_of({}, explanation=sentence))
+    lines = fig.get_suptitle().split("\n")
+    assert " ".join(lines[2:]) == sentence and all(len(line.split()) > 3 for line in lines), lines
+    readable(fig)
+
+
 def test_a_one_epoch_job_has_one_epoch_tick() -> None:
     """lstsq solves in one step: its axis spans epoch 1 alone, and shows 1, not 0.96, 0.98, 1.00, 1.02."""
     result = result_of({"method": "lstsq"}, relative=0.0, epochs=1)

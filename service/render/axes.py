@@ -5,7 +5,9 @@ No pyplot: nothing global changes (a notebook keeps its backend), and a figure n
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,27 @@ STATUS_STYLE: dict[JobStatus, tuple[str, str]] = {
     JobStatus.CANCELLED: ("s", "tab:gray"),
 }
 """Marker and colour of a job without an error, by status; any other status: a hollow circle."""
+
+
+def plain_text(draw: Callable[..., Any]) -> Callable[..., Any]:
+    """`draw` making (or saving) a figure whose texts are drawn as written: a sweep's name, an input's path or a
+    tag with a $ was read as mathtext (`--name 'cost $^$'` was a traceback, `$5 and $6` drawn in italics). A text
+    takes the setting as it is made; tick labels are made as the figure is drawn, so saving takes it too."""
+    @functools.wraps(draw)
+    def drawn(*args: Any, **kwargs: Any) -> Any:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return drawn
+
+
+def true_norm(result: dict[str, Any]) -> float | None:
+    """The norm of a result's true kernel, where it has one that a relative error can divide by."""
+    true = result.get("true_kernel")
+    norm = float(np.linalg.norm(np.asarray(true, dtype=float))) if true is not None else 0.0
+    return norm if math.isfinite(norm) and norm > 0 else None
 
 
 def new_figure(width: float, height: float):

@@ -7,7 +7,6 @@ for it. Shared pieces (figures, ticks, heatmaps, group aggregates) are in servic
 from __future__ import annotations
 
 import math
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -66,6 +65,7 @@ OWN_SCALE = 10.0
 (a diverged job), so that the true kernel stays readable."""
 
 
+@ax_.plain_text
 def save(fig: Any, path: str | Path) -> Path:
     """Write a figure as a PNG (its directory must exist)."""
     path = Path(path)
@@ -99,12 +99,6 @@ def _described(spec: dict[str, Any], keys: Sequence[str]) -> str:
     return ", ".join(f"{_name(k)} {cell(spec[k])}" for k in shown)
 
 
-def _true_norm(result: dict[str, Any]) -> float | None:
-    true = result.get("true_kernel")
-    norm = float(np.linalg.norm(np.asarray(true, dtype=float))) if true is not None else 0.0
-    return norm if math.isfinite(norm) and norm > 0 else None
-
-
 def _series(epochs: Sequence[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Epochs and one of their values, non-finite ones (a diverged run's last) dropped."""
     x = np.array([e["epoch"] for e in epochs], dtype=float)
@@ -129,7 +123,7 @@ def _raised(values: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _job_title(result: dict[str, Any]) -> str:
     head = f"job {result['id']}" if result.get("id") is not None else "job (not stored)"
-    lines = textwrap.wrap(f"{head}: {result.get('status')}: {_described(_spec(result), ESSENTIALS)}", 150)  # paths
+    lines = [f"{head}: {result.get('status')}: {_described(_spec(result), ESSENTIALS)}"]  # wrapped as drawn (title)
     err, ident = result.get("error") or {}, result.get("identifiability") or {}
     rel = settled(err.get("relative"), 1.0)  # 0 under the weights' float32 rounding, as klab show prints it
     facts = [f"relative error {cell(rel)}" if rel is not None else f"no relative error ({ax_.unmeasured(result)})"]
@@ -140,11 +134,12 @@ def _job_title(result: dict[str, Any]) -> str:
         if result.get(key) is not None:
             facts.append(f"{key.removesuffix('_epoch')} at epoch {result[key]}")
     lines.append(", ".join(facts))
-    if result.get("explanation"):
-        lines += textwrap.wrap(result["explanation"], 150)
+    if result.get("explanation"):  # not wrapped here too: a line wrapped twice left a word alone on a line
+        lines.append(result["explanation"])
     return "\n".join(lines)
 
 
+@ax_.plain_text
 def figure_job(result: dict[str, Any]) -> Any:
     """One job: loss and relative kernel error over epochs, then the true, learned and difference kernels."""
     fig = new_figure(*JOB_SIZE)
@@ -154,7 +149,7 @@ def figure_job(result: dict[str, Any]) -> Any:
     epochs = result.get("epochs") or []
     last = int(max((e["epoch"] for e in epochs), default=1))
     loss = _series(epochs, "loss")
-    norm = _true_norm(result)
+    norm = ax_.true_norm(result)
     *error, floored = _kernel_errors(epochs, norm)
     loss_ax.plot(*loss, marker="o" if loss[0].size <= 50 else None, markersize=3, color="tab:blue")
     err_ax.plot(*error, marker="o" if error[0].size <= 50 else None, markersize=3, color="tab:green")
@@ -194,6 +189,7 @@ def _differing(specs: Sequence[dict[str, Any]]) -> list[str]:
     return [k for k in SPEC_SHOWN if len({repr(s.get(k)) for s in specs}) > 1]
 
 
+@ax_.plain_text
 def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
     """Several jobs overlaid: loss and relative kernel error, each job named by its id and what differs."""
     if len(results) == 1:
@@ -217,7 +213,7 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
     all_relative, losses, errors, floored = True, [], [], 0
     for n, (r, label) in enumerate(zip(results, labels)):
         colour = cmap(n if len(results) <= 10 else n / (len(results) - 1))
-        norm = _true_norm(r)
+        norm = ax_.true_norm(r)
         all_relative &= norm is not None
         loss = _series(r.get("epochs") or [], "loss")
         *error, raised = _kernel_errors(r.get("epochs") or [], norm)
@@ -269,6 +265,7 @@ def _codes(values: list[Any]) -> tuple[list[Any], np.ndarray, bool]:
     return distinct.tolist(), index, numeric
 
 
+@ax_.plain_text
 def figure_sweep(rows: Sequence[dict], params: Sequence[str], title: str = "", swept: Sequence[str] = ()) -> Any:
     """A sweep's relative error per value of each parameter it varies: mean and spread over the seeds (and any
     parameter not on that panel), coloured by a second varying parameter, jobs without an error by status above.
