@@ -3,11 +3,15 @@ with any password in it masked."""
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>\S*)(?P<at>@)", re.IGNORECASE)
 """user:password@ in a URL, up to the last @ before a space (a password may hold an @ or a / not escaped)."""
-_QUERY_PASSWORD = re.compile(r"(?P<pre>[?&](?:password|passwd|pwd)=)[^&\s]*", re.IGNORECASE)
-"""A password given as a URL's parameter (libpq's ?password=, redis-py's too)."""
+_QUERY_PASSWORD = re.compile(r"(?P<pre>(?:^|[?&;\s])[\w.-]*(?:pass|pwd|secret|token)[\w.-]*\s*=\s*)"
+                             r"(?:'(?:[^'\\]|\\.)*'?|[^&;\s]*)", re.IGNORECASE)
+"""A secret given as a URL's parameter or in a libpq keyword string (host=h password=pw): libpq's ?password= and
+?sslpassword=, redis-py's ?password= and ?ssl_keyfile_password=, any parameter named for a password, a secret or a
+token; its value to the next separator, or quoted."""
 
 
 class BadInput(ValueError):
@@ -56,6 +60,20 @@ def mask(text: str) -> str:
     """Any URL's password replaced by ***, in its user part or its parameters."""
     text = _PASSWORD.sub(lambda m: f"{m['pre']}***{m['at']}", str(text))
     return _QUERY_PASSWORD.sub(lambda m: f"{m['pre']}***", text)
+
+
+INVISIBLE = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))
+"""Unicode categories a terminal plays, hides or cannot write rather than shows: control characters (a newline, the
+ESC of an escape sequence), format characters (bidi overrides, zero-width spaces), surrogates (bytes of a file name
+that are not UTF-8) and line and paragraph separators."""
+
+
+def visible(text: str) -> str:
+    """Text as a terminal should show it: each INVISIBLE character as Python writes it in a literal (\\n, \\x1b,
+    \\u202e), so that a path, a value or a message stays on its line and shows what it holds."""
+    if text.isprintable():
+        return text
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in INVISIBLE else c for c in text)
 
 
 def one_line(exc: BaseException) -> str:

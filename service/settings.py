@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from service import defaults
-from service.errors import BadInput, mask
+from service.errors import BadInput, mask, visible
 
 
 @dataclass(frozen=True)
@@ -181,11 +181,11 @@ def describe(url: str) -> str:
     """Where a database URL points, for messages: host and database, never the password."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return mask(url)
+        return visible(mask(url))
     backend = scheme.split("+")[0].lower()
     if backend == "sqlite":
         path = rest.partition("/")[2].partition("?")[0]
-        return f"sqlite database {unquote(path) or ':memory:'}"
+        return f"sqlite database {visible(unquote(path)) or ':memory:'}"
     try:
         parts = urlsplit(url)
         query = parse_qs(parts.query)  # libpq also takes ?host=...&port=...

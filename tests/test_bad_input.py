@@ -452,6 +452,23 @@ def test_a_misused_command_names_itself_or_the_option(args, line, cli_env):
     assert (code, out, lines) == (2, "", [f"klab: error: {line}"])
 
 
+@pytest.mark.parametrize("args,shown", [
+    (("run", "--kernel", "npy:/tmp/a\x1b]0;pwn\x07.npy", "--no-store"),
+     "kernel: no such file: /tmp/a\\x1b]0;pwn\\x07.npy"),
+    (("run", "--bogus\x1b[31m"), "--bogus\\x1b[31m: no such option"),
+    (("run", "--input", "npy:/tmp/\u202eypn.npy", "--no-store"), "input: no such file: /tmp/\\u202eypn.npy"),
+    (("sweep", "--local", "--seed", "1,2", "--name", "bad\udcffname"),
+     "bad\\udcffname: holds bytes that are not UTF-8"),
+    (("list", "--tag", "t\udcff"), "t\\udcff: holds bytes that are not UTF-8"),
+])
+def test_what_a_terminal_would_play_is_shown_as_written(args, shown, cli_env):
+    """An escape sequence (a window title, colours), a bidi override or bytes that are not UTF-8 in a value: the
+    error line played them on the terminal, or a traceback could not print them (a name of such bytes was stored)."""
+    code, out, lines = klab_here(*args)
+    assert code == 2 and out == "" and len(lines) == 1 and shown in lines[0], lines
+    assert lines[0].isprintable()
+
+
 @pytest.mark.parametrize("args", [(), ("db",)])
 def test_a_group_without_a_command_prints_its_help_whole(args, cli_env):
     code, out, lines = klab_here(*args)

@@ -798,3 +798,20 @@ def test_watch_draws_its_bar_on_the_terminal_of_stderr_and_writes_nothing_else_t
         os.close(stderr)
         os.close(terminal)
     assert done.returncode == 0 and done.stdout.decode() == "1 job(s): 1 succeeded; 10 of 10 epochs trained\n"
+
+
+def test_a_path_holding_a_newline_or_an_escape_stays_on_its_row(klab_db: str, klab_cli, tmp_path: Path) -> None:
+    """A file named with a newline, a carriage return and an escape sequence: `klab list` drew a row of its own for
+    what followed the newline, and every command played the escape on the terminal."""
+    import numpy as np
+
+    odd = tmp_path / "b\nfake row\r\x1b[31m.npy"
+    np.save(odd, np.random.default_rng(0).random((6, 8)))
+    assert klab_cli("run", "--input", f"npy:{odd}", "--epochs", "2")[0] == 0
+    shown = f"npy:{tmp_path}/b\\nfake row\\r\\x1b[31m.npy"
+    for args in (("list",), ("show", "1"), ("compare", "1"), ("compare", "--group-by", "input", "1")):
+        code, out, err = klab_cli(*args)
+        rows = [line for line in out.splitlines() if "fake row" in line]
+        assert code == 0 and "\x1b" not in out and "\r" not in out and len(rows) == 1, (args, out)
+        assert shown in rows[0], (args, rows)
+    assert json.loads(klab_cli("list", "--json")[1])[0]["input"] == f"npy:{odd}"  # the data keep the name as it is

@@ -144,7 +144,13 @@ def test_passwords_in_broker_and_database_urls_are_never_printed_or_logged(tmp_p
                # what kombu cannot use, refused before anything is stored: it raised after the jobs were
                ({"KLAB_BROKER_URL": f"redis://:{SECRET}@127.0.0.1:{free_port()}/0?socket_timeout=5"}, ("submit",), 2),
                ({"KLAB_BROKER_URL": f"unix://:{SECRET}@/tmp/redis.sock?db=0"}, ("submit",), 2),
-               ({"KLAB_BROKER_URL": f"redis://:{SECRET}@127.0.0.1:{free_port()}/0/"}, ("submit",), 2)]
+               ({"KLAB_BROKER_URL": f"redis://:{SECRET}@127.0.0.1:{free_port()}/0/"}, ("submit",), 2),
+               # libpq's keyword string, and other secrets as parameters: printed whole
+               ({"KLAB_DATABASE_URL": f"host=127.0.0.1 port=1 password={SECRET}"}, ("list",), 2),
+               ({"KLAB_DATABASE_URL": f"postgresql://u:x@127.0.0.1:{free_port()}/klab?sslpassword={SECRET}"},
+                ("list",), 3),
+               ({"KLAB_BROKER_URL": f"redis://:x@127.0.0.1:{free_port()}/0?ssl_keyfile_password={SECRET}"},
+                ("workers",), 3)]
     procs = [(Client({**env, **extra}, *args), args, code) for extra, args, code in failing]
     wrong = []
     for proc, args, code in procs:
@@ -169,6 +175,11 @@ def test_mask_hides_a_password_in_the_user_part_and_in_the_parameters():
     assert mask("redis://h:1/0?PASSWORD=pw") == "redis://h:1/0?PASSWORD=***"
     assert mask("an @ in words: user@example.com") == "an @ in words: user@example.com"
     assert mask("reaching postgresql://u:pa/ss@h:1/db: refused") == "reaching postgresql://u:***@h:1/db: refused"
+    assert mask("host=h password=pw user=u") == "host=h password=*** user=u"
+    assert mask("host=h password = 'p w' dbname=d") == "host=h password = *** dbname=d"
+    assert mask("postgresql://h/db?sslpassword=pw&sslmode=require") == "postgresql://h/db?sslpassword=***&sslmode=require"
+    assert mask("rediss://h/0?ssl_keyfile_password=pw") == "rediss://h/0?ssl_keyfile_password=***"
+    assert mask("sqlite:///tmp/passwords.db") == "sqlite:///tmp/passwords.db"
     from service.settings import Settings
 
     at = "postgresql://h:5432/db?options=-c%20x@y"  # an @ in a parameter's value, no user part

@@ -9,10 +9,11 @@ import errno
 import importlib
 import os
 import sys
+import unicodedata
 
 import click
 
-from service.errors import BadInput, BrokerUnavailable, DatabaseUnavailable, Gone, Interrupted, one_line
+from service.errors import BadInput, BrokerUnavailable, DatabaseUnavailable, Gone, Interrupted, one_line, visible
 
 # command -> (the module defining it, imported only when the command runs; its line in --help)
 COMMANDS = {
@@ -87,8 +88,8 @@ def cli() -> None:
 
 def fail(message: str, code: int = 2) -> None:
     """One line on stderr and the exit code: how every user-facing error ends (a newline a user typed into a
-    value, `--input $'npy:a\\nb'`, is shown as \\n)."""
-    click.echo("klab: error: " + message.replace("\r", "\\r").replace("\n", "\\n"), err=True)
+    value, `--input $'npy:a\\nb'`, is shown as \\n, an escape sequence as \\x1b: service.errors.visible)."""
+    click.echo("klab: error: " + visible(message), err=True)
     sys.exit(code)
 
 
@@ -99,6 +100,9 @@ large, a device's error, a read-only file system."""
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes become one line and exit code 2, never a traceback."""
+    for arg in sys.argv[1:] if argv is None else argv:
+        if not arg.isascii() and any(unicodedata.category(c) == "Cs" for c in arg):  # bytes that are not UTF-8
+            fail(f"{visible(arg)}: holds bytes that are not UTF-8 (names, paths and values are stored as UTF-8 text)")
     try:
         code = cli.main(args=argv, prog_name="klab", standalone_mode=False)
         sys.stdout.flush()  # what is left to write fails here, where it is said, not at the interpreter's exit

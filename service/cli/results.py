@@ -11,7 +11,7 @@ import click
 
 from service.cli import cli
 from service.cli.options import WHOLE, WholeRange, selected, sweep_option
-from service.errors import BadInput
+from service.errors import BadInput, visible
 from service.jobs.selection import Selection
 
 
@@ -241,7 +241,7 @@ def export(selection: Selection, what: str, fmt: str, output: str | None) -> Non
         with _output(output) as out:
             count = WRITERS[fmt](out, columns, rows)
     if output:
-        click.echo(f"wrote {count} {what[:-1] if count == 1 else what} to {output}")
+        click.echo(f"wrote {count} {what[:-1] if count == 1 else what} to {visible(str(output))}")
 
 
 @contextmanager
@@ -301,7 +301,7 @@ def plot(selection: Selection, output: str) -> None:
         plots.save(fig, output)
     except OSError as exc:
         raise BadInput("output", f"cannot write {output}: {exc.strerror or exc}") from None
-    click.echo(f"wrote {output}")
+    click.echo(f"wrote {visible(str(output))}")
 
 
 @cli.command()

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from service.errors import BadInput
+from service.errors import INVISIBLE, BadInput
 from service.jobs.choices import NO_KERNEL, kernel_key
 from service.settings import settings
 
@@ -254,7 +254,7 @@ def _label(field: str, what: str, given: Any, most: int) -> str:
     text = given.strip()
     if not text or len(text) > most:
         raise BadInput(field, f"{what} has 1 to {most} characters, got {_shown(given)}")
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text):
+    if any(unicodedata.category(c) in INVISIBLE for c in text):
         raise BadInput(field, f"{what} has no control or invisible characters, got {_shown(text)}")
     return text
 

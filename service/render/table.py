@@ -11,7 +11,7 @@ from typing import IO, Any
 
 from service.jobs import result
 from service.jobs.status import JobStatus
-from service.render.text import cell
+from service.render.text import cell, visible
 
 STATUS_STYLE = {JobStatus.SUCCEEDED: "green", JobStatus.DIVERGED: "red", JobStatus.FAILED: "red",
                 JobStatus.RUNNING: "yellow", JobStatus.QUEUED: "cyan", JobStatus.CREATED: "cyan",
@@ -61,7 +61,7 @@ def _numeric(column: str, rows: Sequence[dict[str, Any]]) -> bool:
 
 def _text(column: str, row: dict[str, Any], cells: dict[str, Any] | None) -> str:
     if cells and column in cells:
-        return cells[column](row)
+        return visible(cells[column](row))
     return cell(row.get(column))
 
 

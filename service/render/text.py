@@ -9,6 +9,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from service.errors import visible
 from service.jobs import result as schema
 from service.jobs.status import in_order
 
@@ -42,7 +43,7 @@ def cell(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return str(value)
+    return visible(str(value))  # a path holding a newline or an escape sequence, as it is written in Python
 
 
 def counted(by_status: dict[str, int]) -> str:
@@ -225,7 +226,7 @@ def render(result: dict[str, Any]) -> str:
     ran = [f"on {result['device']}" if result.get("device") else None,
            f"torch {result['torch_version']}" if result.get("torch_version") else None,
            f"{result['train_seconds']:.3g} s" if result.get("train_seconds") is not None else None,
-           f"by {result['worker_host']}" if result.get("worker_host") else None,
+           f"by {visible(result['worker_host'])}" if result.get("worker_host") else None,
            f"created {moment(result['created_at'])} UTC" if result.get("created_at") else None,
            f"finished {moment(result['finished_at'])} UTC" if result.get("finished_at") else None]
     lines.append("ran: " + ", ".join(r for r in ran if r))
@@ -256,7 +257,7 @@ def render(result: dict[str, Any]) -> str:
     if result.get("explanation"):
         lines.append(result["explanation"])
     if result.get("error_message"):
-        lines.append(f"error message: {result['error_message']}")
+        lines.append(f"error message: {visible(result['error_message'])}")
     return "\n".join(lines)
 
 
