@@ -705,6 +705,9 @@ def test_plot_mistakes_are_one_line_and_write_nothing(klab_db: str, add_job, kla
     code, out, err = klab_cli("plot", str(job), "-o", str(nowhere))
     assert (code, out) == (2, "") and err.startswith("klab: error: output: cannot write ") and err.count("\n") == 1
     assert not (tmp_path / "no").exists() and not png.exists()
+    (tmp_path / "file.png").write_bytes(b"")  # a file where the folder would be: was "no folder"
+    assert klab_cli("plot", str(job), "-o", str(tmp_path / "file.png" / "x.png"))[2] == \
+        f"klab: error: output: cannot write {tmp_path}/file.png/x.png: {tmp_path}/file.png is a file, not a folder\n"
 
 
 @SQLITE_ONLY

@@ -271,8 +271,9 @@ def plot(selection: Selection, output: str) -> None:
     sweep = selection.sweep
     if not output.lower().endswith(".png"):
         raise BadInput("output", f"must be a .png file, got {output}")
-    if not Path(output).parent.is_dir():
-        raise BadInput("output", f"cannot write {output}: no folder {Path(output).parent}")
+    if not (folder := Path(output).parent).is_dir():
+        raise BadInput("output", f"cannot write {output}: " + (f"{folder} is a file, not a folder" if folder.exists()
+                                                                else f"no folder {folder}"))
     with _reading() as reader:
         if sweep is None:
             found = {r["id"]: r for r in reads.results(reader, selection)}
