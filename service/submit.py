@@ -323,7 +323,8 @@ def _upload(conn: Connection, plan: Plan, chunk: Sequence[Job]) -> None:
 
 def _and_then(exc: BrokerUnavailable, again: Selection) -> str:
     """The broker's error line, and the requeue that sends what it did not take."""
-    return f"{exc}; the jobs not yet queued will run after: klab requeue{'' if again.everything else f' {again}'}"
+    return (f"{str(exc).rstrip('.')}; the jobs not yet queued will run after: "  # `refused.; the jobs` read badly
+            f"klab requeue{'' if again.everything else f' {again}'}")
 
 
 def send(messages: Sequence[broker.Task], again: Selection, sent_before: bool = False) -> int:

@@ -469,6 +469,28 @@ def test_what_a_terminal_would_play_is_shown_as_written(args, shown, cli_env):
     assert lines[0].isprintable()
 
 
+def test_a_ctrl_c_that_a_driver_turned_into_its_own_error_is_an_interrupt(monkeypatch, cli_env):
+    """Ctrl-C while SQLAlchemy's pool pinged a connection: psycopg raised "can't change 'autocommit' now" while the
+    KeyboardInterrupt was handled, and `klab sweep` printed a traceback, exit 1, under its note of what it stored."""
+    import click
+    import psycopg
+    from sqlalchemy.exc import ProgrammingError
+
+    from service.cli import cli
+
+    @click.command("pinged")
+    def pinged() -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            error = ProgrammingError("SELECT 1", {}, psycopg.ProgrammingError("can't change 'autocommit' now"))
+            error.add_note("sweep 3 was stored in part")
+            raise error  # noqa: B904 - raised while the interrupt is handled: its __context__, as psycopg's
+
+    monkeypatch.setitem(cli.commands, "pinged", pinged)
+    assert klab_here("pinged") == (130, "", ["klab: error: interrupted; sweep 3 was stored in part"])
+
+
 @pytest.mark.parametrize("args", [(), ("db",)])
 def test_a_group_without_a_command_prints_its_help_whole(args, cli_env):
     code, out, lines = klab_here(*args)

@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
         os.close(devnull)
         fail(f"cannot write the output: {exc.strerror}", 1)
     except Exception as exc:
+        if _interrupted(exc):  # Ctrl-C inside a driver, which raised its own error while handling it
+            fail(_noted("interrupted", exc), 130)
         if _database_gone(exc):
             from service.settings import describe, settings
 
@@ -189,6 +191,18 @@ REFUSED = ("08", "25", "53", "57", "42501")
 """SQLSTATEs (classes, or one code) of a PostgreSQL that cannot do what was asked, whatever the command: the
 connection (08), a read-only server such as a standby (25006), a full disk or too little memory (53), a shutdown
 (57), a role without the privilege (42501)."""
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is behind an error: psycopg raised "can't change 'autocommit' now" as SQLAlchemy's
+    pool, pinging a connection when Ctrl-C came, put it back; a traceback, exit 1, where Ctrl-C is one line, 130."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _database_gone(exc: Exception) -> bool:
