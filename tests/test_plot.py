@@ -7,6 +7,7 @@ import itertools
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -231,12 +232,20 @@ def test_a_dollar_in_a_name_or_a_path_is_drawn_as_written(tmp_path) -> None:
     job["spec"]["input"] = "npy:c$\\frac{$.npy"
     sweep = plot.figure_sweep(rows, ["lr", "input"], "sweep 2 (cost $^$ run, $5 and $6): 2 jobs")
     for fig in (sweep, plot.figure_job(job)):
-        path = plot.save(fig, tmp_path / "figure.png")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # parsing turned off whole, matplotlib's own log ticks collapsed the axes
+            path = plot.save(fig, tmp_path / "figure.png")
         assert opened(path)[1] > 100
-        texts = [t for t in fig.findobj(Text) if "$" in t.get_text()]
-        assert texts and not [t.get_text() for t in texts if t.get_parse_math()]
-        assert "npy:c$\\frac{$.npy" in " ".join(t.get_text() for t in texts)
-    assert "sweep 2 (cost $^$ run, $5 and $6)" in sweep.get_suptitle()
+        drawn = [t._preprocess_math(t.get_text()) for t in fig.findobj(Text)
+                 if "$" in t.get_text() and "mathdefault" not in t.get_text()]  # matplotlib's own ticks aside
+        assert drawn and not [text for text, math in drawn if math], drawn  # as text, not mathtext
+        assert "npy:c$\\frac{$.npy" in " ".join(text for text, _ in drawn)
+    assert "sweep 2 (cost $^$ run, $5 and $6)" in sweep._suptitle._preprocess_math(sweep.get_suptitle())[0]
+    plain = plot.figure_job(result_of({}))
+    plot.save(plain, tmp_path / "plain.png")  # drawn: its tick labels made
+    ticks = [t for a in plain.axes for t in a.get_yticklabels() if t.get_text().startswith("$\\mathdefault")]
+    assert ticks and all(t.get_parse_math() for t in ticks)  # matplotlib's own log ticks (10^-2) stay mathtext:
+    # with parsing turned off whole they were drawn as `$\mathdefault{10^{-2}}$`, and collapsed the axes
 
 
 def test_a_long_explanation_is_wrapped_once_as_drawn() -> None:
@@ -448,7 +457,6 @@ def test_a_one_panel_sweeps_title_stays_in_the_figure() -> None:
 def test_a_swept_value_near_the_float64_most_keeps_every_point_drawn() -> None:
     """lr 0.01 beside 1e300: the log axis' margins overflowed (`overflow encountered in exp`), and the panel drew
     nothing, not even the job that succeeded at 0.01."""
-    import warnings
 
     for least in (0.01, 1e-300):  # and a least value near the float64 least, whose margin underflowed to 0
         rows = sweep_rows({(least, "d2l-manual"): [0.63], (1e300, "d2l-manual"): [None]}, {1: DIVERGED})

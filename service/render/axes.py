@@ -5,9 +5,8 @@ No pyplot: nothing global changes (a notebook keeps its backend), and a figure n
 """
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -44,18 +43,11 @@ STATUS_STYLE: dict[JobStatus, tuple[str, str]] = {
 """Marker and colour of a job without an error, by status; any other status: a hollow circle."""
 
 
-def plain_text(draw: Callable[..., Any]) -> Callable[..., Any]:
-    """`draw` making (or saving) a figure whose texts are drawn as written: a sweep's name, an input's path or a
-    tag with a $ was read as mathtext (`--name 'cost $^$'` was a traceback, `$5 and $6` drawn in italics). A text
-    takes the setting as it is made; tick labels are made as the figure is drawn, so saving takes it too."""
-    @functools.wraps(draw)
-    def drawn(*args: Any, **kwargs: Any) -> Any:
-        import matplotlib
-
-        with matplotlib.rc_context({"text.parse_math": False}):
-            return draw(*args, **kwargs)
-
-    return drawn
+def literal(text: str) -> str:
+    """A name, a tag or a path as a figure draws it as written: matplotlib reads text between two $ as mathtext (a
+    sweep named `cost $^$ run` or a file `c$\\frac{$.npy` was a traceback and no PNG, `$5 and $6` drawn in italics),
+    and shows an escaped \\$ as $. (Its own log ticks are mathtext: parsing stays on.)"""
+    return text.replace("$", r"\$")
 
 
 def true_norm(result: dict[str, Any]) -> float | None:
@@ -88,8 +80,8 @@ def title(fig: Any, text: str) -> None:
     most = int(fig.get_figwidth() * 72 * 0.95 / (TITLE_POINTS * 0.6))
     renderer = fig.canvas.get_renderer()
     for _ in range(10):
-        shown = fig.suptitle("\n".join(part for line in text.split("\n") for part in textwrap.wrap(line, most) or [""]),
-                             fontsize=TITLE_POINTS)
+        shown = fig.suptitle(literal("\n".join(part for line in text.split("\n")
+                                                for part in textwrap.wrap(line, most) or [""])), fontsize=TITLE_POINTS)
         wide = shown.get_window_extent(renderer).width
         if wide <= 0.95 * fig.bbox.width or most <= 8:
             return
@@ -179,7 +171,7 @@ def category_axis(ax: Any, labels: Sequence[str]) -> None:
     """Categories at 0, 1, 2, ...; past 30 of them only every k-th is labelled (labels never overlap)."""
     step = max(1, -(-len(labels) // 30))
     ax.set_xticks(range(0, len(labels), step))
-    ax.set_xticklabels(labels[::step], rotation=30, ha="right")
+    ax.set_xticklabels([literal(label) for label in labels[::step]], rotation=30, ha="right")
     ax.set_xlim(-0.5, len(labels) - 0.5)
 
 

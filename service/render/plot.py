@@ -65,7 +65,6 @@ OWN_SCALE = 10.0
 (a diverged job), so that the true kernel stays readable."""
 
 
-@ax_.plain_text
 def save(fig: Any, path: str | Path) -> Path:
     """Write a figure as a PNG (its directory must exist)."""
     path = Path(path)
@@ -139,7 +138,6 @@ def _job_title(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@ax_.plain_text
 def figure_job(result: dict[str, Any]) -> Any:
     """One job: loss and relative kernel error over epochs, then the true, learned and difference kernels."""
     fig = new_figure(*JOB_SIZE)
@@ -189,7 +187,6 @@ def _differing(specs: Sequence[dict[str, Any]]) -> list[str]:
     return [k for k in SPEC_SHOWN if len({repr(s.get(k)) for s in specs}) > 1]
 
 
-@ax_.plain_text
 def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
     """Several jobs overlaid: loss and relative kernel error, each job named by its id and what differs."""
     if len(results) == 1:
@@ -219,7 +216,7 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
         *error, raised = _kernel_errors(r.get("epochs") or [], norm)
         floored += raised
         style = {"color": colour, "linestyle": LINESTYLES[n % len(LINESTYLES)], "markersize": 3}  # equal runs show
-        loss_ax.plot(*loss, label=label, marker="o" if loss[0].size <= 30 else None, **style)
+        loss_ax.plot(*loss, label=ax_.literal(label), marker="o" if loss[0].size <= 30 else None, **style)
         err_ax.plot(*error, marker="o" if error[0].size <= 30 else None, **style)
         losses.append(loss[1])
         errors.append(error[1])
@@ -265,7 +262,6 @@ def _codes(values: list[Any]) -> tuple[list[Any], np.ndarray, bool]:
     return distinct.tolist(), index, numeric
 
 
-@ax_.plain_text
 def figure_sweep(rows: Sequence[dict], params: Sequence[str], title: str = "", swept: Sequence[str] = ()) -> Any:
     """A sweep's relative error per value of each parameter it varies: mean and spread over the seeds (and any
     parameter not on that panel), coloured by a second varying parameter, jobs without an error by status above.
@@ -331,7 +327,7 @@ def _panel(ax: Any, name: str, code: tuple[list[Any], np.ndarray, bool], colour:
         colour_c = palette(c) if colour else "tab:blue"
         shift = 0.0 if code[2] or ncolours == 1 else (c - (ncolours - 1) / 2) * 0.6 / ncolours
         x = xs[stats["key"][mine] // ncolours] + shift
-        label = cell(colour[0][c]) if colour else "relative error"
+        label = ax_.literal(cell(colour[0][c])) if colour else "relative error"
         ax.plot(x, stats["mean"][mine], marker="o", markersize=4, color=colour_c, label=label, zorder=3,
                 linestyle="-" if code[2] else "none")
         low, high = stats["low"][mine], stats["high"][mine]
