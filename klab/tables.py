@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from klab.errors import public
 from klab.result import Result, typed_epochs
-from klab.values import plain, whole
+from klab.values import plain, spelled, whole
 from service.db.connect import INTEGER_MOST
 from service.errors import BadInput
 from service.jobs import result as schema
@@ -73,7 +73,7 @@ def jobs(ids: int | Iterable[int] | None = None, sweep: int | None = None, **fil
     from service.db.reads import reading, summaries
 
     selection = _selection(ids, sweep)
-    equal = {k: _one_value(k, v) for k, v in filters.items()}
+    equal = {k: _one_value(k, v) for k, v in spelled(filters).items()}  # batch-size read as batch_size, as elsewhere
     with reading() as reader:
         rows = summaries(reader, selection, equal)
     frame = pd.DataFrame(rows, columns=list(schema.SUMMARY_NAMES))

@@ -283,6 +283,10 @@ def test_ids_and_values_from_a_dataframe_select_as_python_numbers_do(klab_db, ad
     assert klab.epochs(none).empty and list(klab.epochs(none).columns) == list(EPOCH_NAMES)
     with pytest.raises(klab.BadInput, match="^colour: unknown filter"):
         klab.jobs(none, colour="red")
+    # a column spelled with dashes, as klab.run and job files read a field: was "unknown filter ... batch_size"
+    assert klab.jobs(**{"batch-size": int(frame["batch_size"].iloc[0])})["id"].tolist() == ids
+    with pytest.raises(klab.BadInput, match="^batch_size: given twice"):
+        klab.jobs(batch_size=2, **{"batch-size": 2})
 
 
 @pytest.mark.parametrize(("variable", "value"), [("KLAB_MAX_EPOCHS", "abc"), ("KLAB_MAX_INPUT_ELEMENTS", "-5"),
