@@ -193,3 +193,15 @@ def test_momentum_over_several_batches_is_stable_up_to_its_bound(seed):
     _, result = job(**values, lr=1.5 * stable, epochs=200)
     assert result["status"] == "diverged"
     assert f"above the largest stable learning rate {stable:.3g}" in result["explanation"]
+
+
+def test_momentum_too_costly_to_bound_still_has_its_rate():
+    """8,400 batches of a 3x3 kernel: searching momentum's bound would take over RATE_WORK_LIMIT, so it has none;
+    its rate at an lr costs one epoch's product and is still reported (it was dropped with the bound)."""
+    from service.jobs.choices import Method
+    from worker.engine.analysis import Design
+    from worker.engine.pace import Pace
+
+    x = np.random.default_rng(0).standard_normal((8400, 1, 5, 5)).astype(np.float32)
+    pace = Pace(Design(x, (1, 1, 3, 3), False), Method.MOMENTUM, 1, 1)
+    assert pace.stable_lr is None and 0 <= pace.rate(1e-4) < 1

@@ -49,6 +49,9 @@ BOUND_RATES = 41
 """Most epoch rates computed to find momentum's stable lr over several batches: 21 lrs sqrt(2) apart from a
 thousandth of the per-batch bound up to it, then 20 bisections (a millionth of the bound)."""
 
+PRODUCT_BYTES = 16 * 2**20
+"""Most bytes of an epoch's steps made at once to multiply them (Pace._radius), beside the curvatures kept."""
+
 RATE_MEMORY_LIMIT = 64 * 2**20
 """Most bytes of an epoch's per-batch curvatures (r x r each) kept for the rate; beyond it none is reported.
 (service.jobs.problem.ENGINE_BYTES counts them in a job's memory.)"""
@@ -60,7 +63,8 @@ class Pace:
     def __init__(self, design: Design, method: Method, batch_size: int, c_out: int):
         self.method = method
         self.stable_lr: float | None = None
-        self.steps: list[tuple[float, np.ndarray]] = []  # (c_b, V^T H_b V) per batch of an epoch
+        self.cs: np.ndarray | None = None  # c_b per batch of an epoch, where its steps are kept
+        self.hs: np.ndarray | None = None  # V^T H_b V per batch of an epoch (batches x r x r)
         self.eigen: np.ndarray | None = None  # c * eigenvalues, with one step an epoch
         if method in (Method.ADAM, Method.LSTSQ) or design.rank == 0:
             return
@@ -79,12 +83,14 @@ class Pace:
             v, r = design.v, design.rank
             work = (2 * r if method is Method.MOMENTUM else r) ** 3 * len(bounds)  # an epoch's rate
             keep = work <= RATE_WORK_LIMIT and 8 * r * r * len(bounds) <= RATE_MEMORY_LIMIT
-            largest = 0.0
+            largest, hs = 0.0, []
             for (s, e), c in zip(bounds, scale):
                 h = v.T @ gram(design.x[s:e], design.kh, design.kw, design.bias) @ v
                 largest = max(largest, c * float(np.linalg.eigvalsh(h).max()))
                 if keep:
-                    self.steps.append((c, h))
+                    hs.append(h)
+            if keep:
+                self.cs, self.hs = np.array(scale), np.stack(hs)
         if largest > 0:
             bound = 2.0 / largest * (1 + defaults.MOMENTUM if method is Method.MOMENTUM else 1.0)
             if method is Method.MOMENTUM and len(bounds) > 1:
@@ -111,8 +117,9 @@ class Pace:
         return lo
 
     def rate(self, lr: float) -> float | None:
-        """The factor by which the slowest identifiable direction of the gap shrinks each epoch at `lr`."""
-        if self.stable_lr is None or (self.eigen is None and not self.steps):
+        """The factor by which the slowest identifiable direction of the gap shrinks each epoch at `lr` (momentum's
+        too where its bound was not searched for: it needs no bound)."""
+        if self.eigen is None and self.hs is None:
             return None
         return self._radius(lr)
 
@@ -124,17 +131,23 @@ class Pace:
                 if not momentum:
                     return float(np.abs(1.0 - lr * self.eigen).max())
                 return max(_heavy_ball(lr * h) for h in self.eigen)
-        r = self.steps[0][1].shape[0]
-        eye = np.eye(r)
-        epoch = np.eye(2 * r if momentum else r)
-        mu = defaults.MOMENTUM
+        r = self.hs.shape[1]
+        d, eye, mu = 2 * r if momentum else r, np.eye(r), defaults.MOMENTUM
+        epoch = np.eye(d)
+        chunk = max(1, PRODUCT_BYTES // (8 * d * d))
         with np.errstate(over="ignore", invalid="ignore"):
-            for c, h in self.steps:
+            for s in range(0, len(self.hs), chunk):  # each chunk's steps made at once, multiplied pairwise
+                c, h = self.cs[s : s + chunk, None, None], self.hs[s : s + chunk]
                 if momentum:
-                    step = np.block([[eye - lr * c * h, -lr * mu * eye], [c * h, mu * eye]])
+                    steps = np.empty((len(h), d, d))
+                    steps[:, :r, :r], steps[:, :r, r:] = eye - lr * c * h, -lr * mu * eye
+                    steps[:, r:, :r], steps[:, r:, r:] = c * h, mu * eye
                 else:
-                    step = eye - lr * c * h
-                epoch = step @ epoch
+                    steps = eye - lr * c * h
+                while len(steps) > 1:  # each later step times the one before it, in order
+                    even = len(steps) - len(steps) % 2
+                    steps = np.concatenate([steps[1:even:2] @ steps[0:even:2], steps[even:]])
+                epoch = steps[0] @ epoch
         if not np.isfinite(epoch).all():  # an lr so large that an epoch's map overflows: it grows without bound
             return float("inf")
         return float(np.abs(np.linalg.eigvals(epoch)).max())
@@ -167,9 +180,9 @@ class Paces:
         bound, rate, best_lr, best_rate = (np.full(n, np.nan) for _ in range(4))
         for pace, idx in groups:
             lr = lrs[idx]
-            if pace.stable_lr is None or np.isnan(lr).all():
+            if np.isnan(lr).all():
                 continue
-            bound[idx] = pace.stable_lr
+            bound[idx] = np.nan if pace.stable_lr is None else pace.stable_lr
             distinct, which = np.unique(lr, return_inverse=True)  # one rate per distinct lr
             rates = np.array([np.nan if (r := pace.rate(float(v))) is None else r for v in distinct])
             rate[idx] = rates[which]
