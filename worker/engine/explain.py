@@ -25,6 +25,7 @@ class Facts:
     params: np.ndarray
     sums_only: np.ndarray  # bool
     grew: np.ndarray  # bool: the mse ended above where it began
+    overflowed: np.ndarray  # bool: diverged with a loss or mse out of float32's range (not by growth alone)
     exact: np.ndarray  # bool: labels of the true kernel itself, no noise added (rounded to float32 alone)
     lr: np.ndarray
     lr_bound: np.ndarray  # the largest stable lr (worker.engine.pace)
@@ -53,6 +54,7 @@ class Facts:
             values[name] = more.get(name)
         return cls(status=np.array([status.value]), sums_only=np.array([sums_only]),
                    grew=np.array([bool(more.get("grew"))]), exact=np.array([bool(more.get("exact"))]),
+                   overflowed=np.array([bool(more.get("overflowed"))]),
                    **{k: arr(v) for k, v in values.items()})
 
 
@@ -85,7 +87,7 @@ def cases(f: Facts) -> np.ndarray:
     out[~trained | np.isnan(f.optimization)] = NOTHING
     diverged = f.status == JobStatus.DIVERGED.value
     out[diverged] = DIVERGED
-    out[diverged & stable] = OVERFLOW  # no step at that lr grows the gap: the values left float32's range
+    out[diverged & stable & f.overflowed] = OVERFLOW  # no step at that lr grows the gap: float32's range did it
     out[diverged & too_fast] = TOO_FAST_DIVERGED
     return out
 
@@ -137,16 +139,16 @@ SENTENCES: dict[int, Callable[[Facts, int], str]] = {
     MATCH: lambda f, i: "the learned kernel matches the true kernel.",
     TOO_FAST: lambda f, i: "not converging: " + _too_fast(f, i),
     STALLED: lambda f, i: f"not converging: at lr {f.lr[i]:.3g} the gap does not shrink; lower --lr.",
-    GREW: lambda f, i: ("not converging: the loss grew during training, so the learning rate is too large for "
+    GREW: lambda f, i: ("not converging: the mse grew during training, so the learning rate is too large for "
                         "this input; lower --lr."),
     CLOSING: lambda f, i: _stopped(f, i) + _closing(f, i) + ".",
     SLOW: lambda f, i: _stopped(f, i) + _slow(f, i),
     SLOW_UNBOUNDED: lambda f, i: (_stopped(f, i) + "train longer, or try other learning rates (klab sweep --lr): "
-                                  "this method has no stable lr to say which way."),
+                                  "no stable lr is known for this job to say which way."),
     WITHIN_TOL: lambda f, i: (f"converged: the mse came within --tol of the optimum's at epoch {int(f.converged[i])}, "
                               f"with the learned kernel still {f.optimization[i]:.3g} from the best kernel the data "
-                              "allow; " + ("more epochs may bring it closer (this method has no stable lr to promise "
-                                           "it)." if f.unbounded[i] else "more epochs would bring it closer.")),
+                              "allow; " + ("more epochs may bring it closer (no stable lr is known for this job to "
+                                           "promise it)." if f.unbounded[i] else "more epochs would bring it closer.")),
     IDENT: _ident,
     NOISE: lambda f, i: (f"label noise: even the exact least-squares kernel is {f.noise[i]:.3g} from the true "
                          "one; more data or less noise would close it."),

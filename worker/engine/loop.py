@@ -102,10 +102,14 @@ def fit(res: Residuals, w: torch.Tensor, b: torch.Tensor | None, lrs: Sequence[f
                 total = res.sq(w, b, 0, n)
                 last = total if s_last == 0 else res.sq(w, b, s_last, n)
                 reported = last / ((n - s_last) * count)  # the seed's loss of the last batch
-                hist.mse[epoch - 1] = torch.where(alive, total / (n * count), hist.mse[epoch - 1])
-            newly = _diverging(reported, epoch, alive, diverged_at, first)
+                fit = total / (n * count)
+                hist.mse[epoch - 1] = torch.where(alive, fit, hist.mse[epoch - 1])
+            # grown past its first by the mse over all the data: the last batch's loss alone can rise from 0 (a batch
+            # fitted exactly) or from near it while the fit improves, which was called diverging
+            newly = _diverging(fit, epoch, alive, diverged_at, first) | (~torch.isfinite(reported) & alive)
+            diverged_at[newly] = epoch
             if first is None:
-                first = reported.clone()
+                first = fit.clone()
             alive &= ~newly
         hist.loss[epoch - 1] = torch.where(alive | newly, reported, hist.loss[epoch - 1])
         if hist.kernel_error is not None:
@@ -142,10 +146,11 @@ def fit(res: Residuals, w: torch.Tensor, b: torch.Tensor | None, lrs: Sequence[f
 
 def _diverging(loss: torch.Tensor, epoch: int, alive: torch.Tensor, diverged_at: torch.Tensor,
                first: torch.Tensor | None) -> torch.Tensor:
-    """Jobs whose loss just became non-finite or grew past DIVERGENCE_FACTOR times its first value."""
+    """Jobs whose loss just became non-finite or grew past DIVERGENCE_FACTOR times its first value (where that was
+    above 0: from an exact fit, any rounding is growth without bound)."""
     bad = ~torch.isfinite(loss)
     if first is not None:
-        bad |= loss > defaults.DIVERGENCE_FACTOR * first
+        bad |= (loss > defaults.DIVERGENCE_FACTOR * first) & (first > 0)
     newly = bad & alive
     diverged_at[newly] = epoch
     return newly

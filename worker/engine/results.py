@@ -199,8 +199,14 @@ class BatchResult:
             identifiability=values["gap_identifiability"], relative=values["relative_error"], rank=rank,
             params=params, sums_only=sums_only, grew=grew, lr=lrs, lr_bound=paces.bound, rate=paces.rate,
             more=paces.more, best_lr=paces.best_lr, best_rate=paces.best_rate, converged=converged,
-            exact=np.array([j.problem.exact_labels for j in self.jobs])))
+            exact=np.array([j.problem.exact_labels for j in self.jobs]), overflowed=self._overflowed()))
         return Columns(values=values, loss=t.loss, mse=t.mse, kernel_error=t.kernel_error, epochs_done=done)
+
+    def _overflowed(self) -> np.ndarray:
+        """Jobs that diverged with a loss or an mse out of float32's range at that epoch (not by growth alone)."""
+        t, at = self.trained, self.trained.diverged_epoch
+        cols, row = np.arange(len(at)), np.maximum(at - 1, 0)
+        return (at > 0) & (~np.isfinite(t.loss[row, cols]) | np.isinf(t.mse[row, cols]))
 
     def _as_given(self, a: np.ndarray) -> np.ndarray:
         """Kernels (jobs x ...) in the shape the user gave: 2-D for a 2-D input and kernel, else 4-D."""
