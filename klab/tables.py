@@ -80,7 +80,8 @@ def jobs(ids: int | Iterable[int] | None = None, sweep: int | None = None, **fil
     # each column of its kind's dtype whatever its rows hold: pandas told it from the values, and made a column
     # of no value at all (every row None, or no row) object, where rows with values made it float64 or str
     kinds = {n: schema.BY_NAME[n].kind for n in frame.columns if n not in NULLABLE}
-    frame = frame.astype({n: DTYPES[k] for n, k in kinds.items() if k in DTYPES})
+    text = int(pd.__version__.split(".")[0]) >= 3  # pandas 2 keeps text as object, and its str wrote None as 'None'
+    frame = frame.astype({n: DTYPES[k] for n, k in kinds.items() if k in DTYPES and (text or k != "text")})
     frame = _times(frame.astype(NULLABLE), TIMES)
     return frame.astype({n: "datetime64[us, UTC]" for n in TIMES}) if frame.empty else frame
 

@@ -7,11 +7,11 @@ import unicodedata
 
 _PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>\S*)(?P<at>@)", re.IGNORECASE)
 """user:password@ in a URL, up to the last @ before a space (a password may hold an @ or a / not escaped)."""
-_QUERY_PASSWORD = re.compile(r"(?P<pre>(?:^|[?&;\s])[\w.-]*(?:pass|pwd|secret|token)[\w.-]*\s*=\s*)"
-                             r"(?:'(?:[^'\\]|\\.)*'?|[^&;\s]*)", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"(?P<pre>(?:^|[?&\s])[\w.-]*(?:passw(?:or)?d|pwd|secret|token)[\w.-]*\s*=\s*)"
+                             r"(?:'(?:[^'\\]|\\.)*'?|[^&\s]*)", re.IGNORECASE)
 """A secret given as a URL's parameter or in a libpq keyword string (host=h password=pw): libpq's ?password= and
 ?sslpassword=, redis-py's ?password= and ?ssl_keyfile_password=, any parameter named for a password, a secret or a
-token; its value to the next separator, or quoted."""
+token; its value up to the next & or space (a ; is part of a password), or quoted."""
 
 
 class BadInput(ValueError):

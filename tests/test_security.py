@@ -180,6 +180,9 @@ def test_mask_hides_a_password_in_the_user_part_and_in_the_parameters():
     assert mask("postgresql://h/db?sslpassword=pw&sslmode=require") == "postgresql://h/db?sslpassword=***&sslmode=require"
     assert mask("rediss://h/0?ssl_keyfile_password=pw") == "rediss://h/0?ssl_keyfile_password=***"
     assert mask("sqlite:///tmp/passwords.db") == "sqlite:///tmp/passwords.db"
+    assert mask("postgresql://u@h/db?password=ab;cd&x=1") == "postgresql://u@h/db?password=***&x=1"  # a ; is the
+    # password's: it was cut there and the rest printed
+    assert mask("bypass=3 compass=north passfile=/x") == "bypass=3 compass=north passfile=/x"  # no secrets
     from service.settings import Settings
 
     at = "postgresql://h:5432/db?options=-c%20x@y"  # an @ in a parameter's value, no user part
