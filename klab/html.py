@@ -2,9 +2,10 @@
 sentence. Values are formatted as `klab show` formats them (service.render.text)."""
 from __future__ import annotations
 
-from html import escape
+import html
 from typing import Any
 
+from service.errors import visible
 from service.render.text import (
     bias_line,
     difference,
@@ -15,6 +16,13 @@ from service.render.text import (
     slices,
     weight,
 )
+
+
+def escape(text: str) -> str:
+    """Text as HTML shows it as written: markup escaped, and what a page would play rather than show (a bidi override
+    reordering a stored path, a newline) written as in a literal, as `klab show` writes it (service.errors.visible)."""
+    return html.escape(visible(text))
+
 
 _TABLE = "border-collapse:collapse;margin:0 1.5em 0.5em 0"
 _CELL = "padding:1px 6px;text-align:right;font-family:monospace;border:1px solid #ccc"

@@ -191,5 +191,5 @@ def describe(url: str) -> str:
         query = parse_qs(parts.query)  # libpq also takes ?host=...&port=...
         host, port = parts.hostname or query.get("host", [None])[0], parts.port or query.get("port", [None])[0]
     except ValueError:  # a port that is not a number
-        return mask(url)
-    return f"{backend} database {unquote(parts.path.lstrip('/'))} on {host or 'localhost'}:{port or 5432}"
+        return visible(mask(url))
+    return visible(f"{backend} database {unquote(parts.path.lstrip('/'))} on {host or 'localhost'}:{port or 5432}")

@@ -340,7 +340,8 @@ def test_a_growing_loss_is_never_told_to_raise_the_learning_rate():
 @pytest.mark.parametrize("lr,bound,expected", [
     (0.03, None, "train longer, or try other learning rates (klab sweep --lr): no stable lr is known for this job"),
     (10.0, None, "train longer, or try other learning rates"),
-    (0.03, 0.0333, "train longer or raise the learning rate."),
+    (0.01, 0.0333, "train longer or raise the learning rate."),
+    (0.03, 0.0333, "train longer: this lr is near the largest stable one."),  # was told to raise it past 0.0333
     (None, None, "train longer or raise the learning rate."),
 ])
 def test_a_slow_job_is_told_to_raise_the_learning_rate_only_where_a_stable_lr_says_it_may(lr, bound, expected):
@@ -349,7 +350,7 @@ def test_a_slow_job_is_told_to_raise_the_learning_rate_only_where_a_stable_lr_sa
     (sentence,) = explain(Facts.one(JobStatus.SUCCEEDED, 1.5, 0.0, 0.0, 2, 2, lr=lr, lr_bound=bound))
     assert sentence.startswith("not converged yet: training stopped 1.5 from the best kernel the data allow; ")
     assert expected in sentence
-    assert ("raise" in sentence) == (bound is not None or lr is None)
+    assert ("raise" in sentence) == (bound is not None and lr < 0.9 * bound or lr is None)
 
 
 @pytest.mark.parametrize("method", ["adam", "d2l-sgd"])

@@ -597,3 +597,12 @@ def test_a_wait_draws_its_bar_on_stderr_and_leaves_stdout_to_the_program(klab_db
         os.close(stderr)
         os.close(terminal)
     assert done.returncode == 0 and done.stdout.decode().split() == ["DATA", "0", "DATA", "1", "DATA", "2", "END"]
+
+
+def test_a_results_html_shows_what_a_page_would_play_as_written():
+    """A bidi override in a stored path reordered the notebook's text; a newline joined two lines of it."""
+    from klab.html import result_html
+
+    page = result_html({"id": 1, "status": "failed", "spec": {"input": "npy:/tmp/\u202eypn.npy"},
+                        "error_message": "input: no such file: /tmp/\u202eypn.npy\nsecond"})
+    assert "\u202e" not in page and "/tmp/\\u202eypn.npy\\nsecond" in page and "npy:/tmp/\\u202eypn.npy" in page

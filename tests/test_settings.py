@@ -138,3 +138,12 @@ def test_epochs_and_arrays_at_their_limits(setenv):
     assert parse_input("ones:4096x4096", 0)[0].size == 16_777_216  # (training it also needs the memory for it)
     with pytest.raises(BadInput, match=r"16781312 elements, more than the limit 16777216 \(KLAB_MAX_INPUT_ELEMENTS\)"):
         parse_input("ones:4097x4096", 0)
+
+
+def test_a_database_named_with_a_newline_or_an_escape_is_described_on_one_line():
+    """`klab db current` and `klab workers` print where a URL points: a name written %0A or %1B was printed raw."""
+    from service.settings import describe
+
+    assert describe("postgresql+psycopg://u:pw@h:5/na%0Ame%1B[2J") == \
+        "postgresql database na\\nme\\x1b[2J on h:5"
+    assert describe("sqlite:////tmp/a%0Ab.db") == "sqlite database /tmp/a\\nb.db"

@@ -11,7 +11,7 @@ import click
 
 from service.cli import cli
 from service.cli.options import NumberRange, WholeRange
-from service.errors import BadInput
+from service.errors import BadInput, visible
 
 
 @cli.command()
@@ -36,8 +36,9 @@ def workers(as_json: bool, timeout: float) -> None:
         held = r.get("active_jobs", [])
         active = ", ".join(str(j) for j in held[:10]) + (f", ... ({len(held)} in all)" if len(held) > 10 else "") \
             or "-"
-        click.echo(f"{r['worker']}  queues {','.join(r.get('queues', []))}  database {r.get('database')}  "
-                   f"device {r.get('device')}  pool {r.get('pool')}  active jobs {active}")
+        click.echo(visible(f"{r['worker']}  queues {','.join(r.get('queues', []))}  database {r.get('database')}  "
+                           f"device {r.get('device')}  pool {r.get('pool')}  active jobs {active}"))  # what workers
+        # answered: a database named with a newline kept to its line
 
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

@@ -110,6 +110,8 @@ def _slow(f: Facts, i: int) -> str:
     """What would close a gap still open, where no number of epochs says how long it takes (--tol 0): more epochs,
     and the way to the fastest lr where one is known."""
     best, lr = f.best_lr[i], f.lr[i]
+    if not np.isfinite(best) and lr >= 0.9 * f.lr_bound[i]:  # momentum just under its bound: raising it would not
+        return "train longer: this lr is near the largest stable one."
     if not np.isfinite(best) or lr < 0.95 * best:
         return "train longer or raise the learning rate" + (f" towards {best:.3g}, the fastest for this input."
                                                            if np.isfinite(best) else ".")
