@@ -170,8 +170,8 @@ class BatchResult:
         worse_above = self.initial_mse * (1 + p0.y.size * FLOAT32_EPS) + tol
         with np.errstate(invalid="ignore"):  # or the mse over all the data ended above its first epoch's (not the
             # loss: a minibatch method's is its last batch's, which can rise while the fit improves)
-            grew = (((done > 1) & (final_mse > t.mse[0]) & np.isfinite(t.mse[0]) & np.isfinite(final_mse))
-                    | (final_mse > worse_above))
+            grew = (((done > 1) & (final_mse > t.mse[0] * (1 + p0.y.size * FLOAT32_EPS) + tol) & np.isfinite(t.mse[0])
+                     & np.isfinite(final_mse)) | (final_mse > worse_above))  # by more than rounding and --tol
         values: dict[str, Any] = {
             "status": status.tolist(), "error_message": None, "device": self.device,
             "torch_version": torch.__version__, "train_seconds": self.train_seconds / n,
