@@ -162,3 +162,50 @@ def test_a_database_other_than_sqlite_or_postgresql_is_refused_by_name(tmp_path:
         (line,) = out.stderr.splitlines()
         assert line.startswith("klab: error: KLAB_DATABASE_URL: ") and "is not supported" in line
         assert "SQLite" in line and "PostgreSQL" in line and "hunter2" not in line
+
+
+def test_a_process_forked_while_a_thread_writes_to_sqlite_can_write(tmp_path: Path) -> None:
+    """Celery forks a new pool child from the worker's main process when one dies; if its reaper thread was in a
+    SQLite write then, the child inherited SQLite's note that its process held the lock (not the lock), and every
+    write of the child's was "database is locked" after the busy timeout, for ever. The fork waits for it now."""
+    import os
+    import threading
+    import time
+
+    url = f"sqlite:///{tmp_path / 'fork.db'}"
+    upgrade(url)
+    inside, release = threading.Event(), threading.Event()
+
+    def reaper_like() -> None:
+        with writing(url) as conn:  # BEGIN IMMEDIATE: the write lock, held until the commit
+            conn.execute(text("CREATE TABLE parents (x integer)"))
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=reaper_like)
+    thread.start()
+    assert inside.wait(10)
+    threading.Timer(0.5, release.set).start()
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # the child: as worker.app._child_init, then a write
+        code = 1
+        try:
+            dispose_engines()
+            with writing(url) as conn:
+                conn.execute(text("CREATE TABLE children (x integer)"))
+            code = 0
+        finally:
+            os._exit(code)
+    forked_after = time.monotonic() - started
+    thread.join(10)
+    deadline = time.monotonic() + 20
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0, "the child could not write"
+    assert forked_after >= 0.4  # the fork waited for the parent's transaction to end
+    with writing(url) as conn:
+        assert conn.execute(text("SELECT count(*) FROM children")).scalar() == 0

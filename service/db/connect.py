@@ -7,8 +7,11 @@ Also the two things every connection shares, whichever way it was opened: the SQ
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import sqlite3
+import threading
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,58 @@ INTEGER_MOST = 2**63 - 1
 to bind it), a limit past it is no limit."""
 
 _NAMED = re.compile(r"(?<![:\w]):(\w+)")
+
+
+class ForkGuard:
+    """No fork while a thread of this process is in a SQLite transaction. SQLite keeps, in the process, which of its
+    files the process has locked; a child forked meanwhile (Celery replacing a dead pool child while the worker's
+    reaper wrote) inherits that note without the lock, and each of its writes ever after was "database is locked".
+    Transactions go on at once, any number (a thread's nested ones too); a fork waits until none is open (and new
+    ones wait for it), at most FORK_WAIT_S, then forks anyway."""
+
+    FORK_WAIT_S = 60.0
+
+    def __init__(self) -> None:
+        self._cond, self._open, self._forking, self._mine = threading.Condition(), 0, False, threading.local()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        depth = getattr(self._mine, "depth", 0)
+        with self._cond:
+            if not depth:  # a thread already in one goes on: a fork waiting for it would wait for ever
+                self._cond.wait_for(lambda: not self._forking)
+            self._open += 1
+        self._mine.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._mine.depth = depth
+            with self._cond:
+                self._open -= 1
+                self._cond.notify_all()
+
+    def before_fork(self) -> None:
+        self._cond.acquire()
+        self._forking = True
+        self._cond.wait_for(lambda: self._open == 0, timeout=self.FORK_WAIT_S)
+
+    def after_fork_in_parent(self) -> None:
+        self._forking = False
+        self._cond.notify_all()
+        self._cond.release()
+
+    def after_fork_in_child(self) -> None:
+        self.__init__()  # no transaction of the parent's goes on here
+
+
+FORKS = ForkGuard()
+os.register_at_fork(before=FORKS.before_fork, after_in_parent=FORKS.after_fork_in_parent,
+                    after_in_child=FORKS.after_fork_in_child)
+
+
+def sqlite_transaction(url: str) -> contextlib.AbstractContextManager[None]:
+    """What a transaction on `url` holds through it: on SQLite, the process's ForkGuard."""
+    return FORKS.transaction() if url.lower().startswith("sqlite") else contextlib.nullcontext()
 
 
 def sqlite_setup(conn: sqlite3.Connection) -> None:

@@ -20,6 +20,7 @@ from service.db.connect import (
     out_of_reach,
     require_head,
     sqlite_setup,
+    sqlite_transaction,
     unknown_revision,
     unreachable,
 )
@@ -168,7 +169,7 @@ def writing(url: str | None = None, durable: bool = True) -> Iterator[Connection
     commits, never a part of one: those jobs are then taken back and trained again (service.db.writes.reap
     and stranded), as after a worker's death.
     """
-    with ready_engine(url).begin() as conn:
+    with sqlite_transaction(url or settings().database_url), ready_engine(url).begin() as conn:
         if not durable and conn.dialect.name == "postgresql":
             conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
         yield conn

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.db import filters
-from service.db.connect import HEAD, INTEGER_MOST, Reader, no_folder, open_reader, sqlite_file
+from service.db.connect import HEAD, INTEGER_MOST, Reader, no_folder, open_reader, sqlite_file, sqlite_transaction
 from service.errors import BadInput, DatabaseUnavailable
 from service.jobs import result
 from service.jobs import status as statuses
@@ -56,28 +56,29 @@ def reading(url: str | None = None) -> Iterator[Reader]:
     reads through that engine's driver connection, with the same SQL.
     """
     url = url or settings().database_url
-    direct = open_reader(url)
-    if direct is not None:
-        try:
-            if direct.revision(url) == HEAD:
-                yield direct
-                return
-        finally:
-            direct.end_streams()
-            direct.conn.close()
-    from service.db.engine import ready_engine
+    with sqlite_transaction(url):  # no fork meanwhile (service.db.connect.ForkGuard)
+        direct = open_reader(url)
+        if direct is not None:
+            try:
+                if direct.revision(url) == HEAD:
+                    yield direct
+                    return
+            finally:
+                direct.end_streams()
+                direct.conn.close()
+        from service.db.engine import ready_engine
 
-    engine = ready_engine(url)
-    raw = engine.raw_connection()
-    reader = Reader(raw.driver_connection, engine.dialect.name)
-    try:
-        if engine.dialect.name == "sqlite":
-            raw.driver_connection.execute("BEGIN")
-        yield reader
-    finally:
-        reader.end_streams()
-        raw.rollback()
-        raw.close()
+        engine = ready_engine(url)
+        raw = engine.raw_connection()
+        reader = Reader(raw.driver_connection, engine.dialect.name)
+        try:
+            if engine.dialect.name == "sqlite":
+                raw.driver_connection.execute("BEGIN")
+            yield reader
+        finally:
+            reader.end_streams()
+            raw.rollback()
+            raw.close()
 
 
 def revision(url: str | None = None) -> str | None:
