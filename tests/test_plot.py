@@ -248,6 +248,17 @@ def test_a_dollar_in_a_name_or_a_path_is_drawn_as_written(tmp_path) -> None:
     # with parsing turned off whole they were drawn as `$\mathdefault{10^{-2}}$`, and collapsed the axes
 
 
+def test_a_sweep_none_of_whose_jobs_has_an_error_yet_draws_without_warnings() -> None:
+    """Queued jobs of an lr x method sweep: `klab plot --sweep` printed matplotlib's "No artists with labels found to
+    put in legend" on stderr, twice."""
+    rows = sweep_rows({(lr, m): [None, None] for lr in (0.01, 0.03) for m in ("d2l-manual", "adam")},
+                      {i: "queued" for i in range(8)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = plot.figure_sweep(rows, ["lr", "method"], "sweep 4: 8 jobs")
+    assert [t for t in fig.findobj(Text) if t.get_text() == "no job has a relative error"]
+
+
 def test_a_long_explanation_is_wrapped_once_as_drawn() -> None:
     """The explanation was wrapped at 150 characters, then again to the figure's width: `shrinks` alone on a line."""
     sentence = ("not converged yet: training stopped 0.974 from the best kernel the data allow; about 14 more epochs "

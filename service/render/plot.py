@@ -345,7 +345,7 @@ def _panel(ax: Any, name: str, code: tuple[list[Any], np.ndarray, bool], colour:
         ax.text(0.5, 0.5, "no job has a relative error", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylabel("relative error")
     ax.grid(True, which="both", alpha=0.3)
-    if colour:
+    if colour and ax.get_legend_handles_labels()[0]:  # no line drawn, no legend (matplotlib warned of it on stderr)
         ax.legend(fontsize=8, title=_name(by), title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
 
 
