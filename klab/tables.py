@@ -60,7 +60,7 @@ def show(id: int) -> Result:
     """One stored job's result, as `klab show ID --json` gives it."""
     from service.db.reads import reading, result_of
 
-    with reading() as reader:
+    with reading(make=False) as reader:
         return Result(result_of(reader, _id(id, "id")))
 
 
@@ -74,7 +74,7 @@ def jobs(ids: int | Iterable[int] | None = None, sweep: int | None = None, **fil
 
     selection = _selection(ids, sweep)
     equal = {k: _one_value(k, v) for k, v in spelled(filters).items()}  # batch-size read as batch_size, as elsewhere
-    with reading() as reader:
+    with reading(make=False) as reader:
         rows = summaries(reader, selection, equal)
     frame = pd.DataFrame(rows, columns=list(schema.SUMMARY_NAMES))
     # each column of its kind's dtype whatever its rows hold: pandas told it from the values, and made a column
@@ -116,7 +116,7 @@ def epochs(ids: int | Iterable[int] | None = None, sweep: int | None = None) -> 
     from service.db.reads import export_epochs, reading
 
     selection = _selection(ids, sweep)
-    with reading() as reader:
+    with reading(make=False) as reader:
         names, rows = export_epochs(reader, selection)
         return typed_epochs(pd.DataFrame.from_records(rows, columns=names))
 
@@ -130,7 +130,7 @@ def sweeps() -> pd.DataFrame:
     from service.db.reads import reading
     from service.db.sweeps import list_sweeps
 
-    with reading() as reader:
+    with reading(make=False) as reader:
         rows, _ = list_sweeps(reader)
     names = ["id", "name", "tags", "size", "created_at", "params", *(s.value for s in JobStatus)]
     frame = pd.DataFrame([{**{k: r[k] for k in names[:6]}, **{s.value: r["by_status"].get(s.value, 0)

@@ -606,3 +606,14 @@ def test_a_results_html_shows_what_a_page_would_play_as_written():
     page = result_html({"id": 1, "status": "failed", "spec": {"input": "npy:/tmp/\u202eypn.npy"},
                         "error_message": "input: no such file: /tmp/\u202eypn.npy\nsecond"})
     assert "\u202e" not in page and "/tmp/\\u202eypn.npy\\nsecond" in page and "npy:/tmp/\\u202eypn.npy" in page
+
+
+def test_reading_a_sqlite_file_that_does_not_exist_makes_none(tmp_path, setenv):
+    """klab.jobs() on a mistyped file made a new empty database and answered an empty frame."""
+    from service.errors import DatabaseUnavailable
+
+    setenv(KLAB_DATABASE_URL=f"sqlite:///{tmp_path / 'typo.db'}", KLAB_HOME=str(tmp_path / "home"))
+    for read in (klab.jobs, klab.sweeps, klab.epochs):
+        with pytest.raises(DatabaseUnavailable, match="^no sqlite database .*typo.db: reading makes none"):
+            read()
+    assert not (tmp_path / "typo.db").exists()

@@ -150,7 +150,15 @@ def test_a_sqlite_file_in_a_folder_that_does_not_exist_is_refused(tmp_path: Path
     assert (tilde.returncode, tilde.stderr) == (2, "klab: error: the folder of the sqlite database ~/klab.db does not "
                                                    "exist: ~\n")  # it was `unable to open database file`, exit 3
     odd = tmp_path / ":memory:x.db"  # a file, as SQLite reads the name: only :memory: itself is in memory
-    assert klab(clean_env(tmp_path / "home", f"sqlite:///{odd}"), "list").returncode == 0 and odd.is_file()
+    assert klab(clean_env(tmp_path / "home", f"sqlite:///{odd}"), "db", "upgrade").returncode == 0 and odd.is_file()
+    assert klab(clean_env(tmp_path / "home", f"sqlite:///{odd}"), "list").returncode == 0
+    typo = tmp_path / "klab-typo.db"  # a folder that exists, a file that does not: a command that only reads made it,
+    # a new empty database answering "no jobs" (or "no sweep 1", where the workers wrote to a file moved away)
+    for args in (["list"], ["status", "--sweep", "1"], ["sweeps"], ["export", "1"]):
+        out = klab(clean_env(tmp_path / "home", f"sqlite:///{typo}"), *args)
+        assert (out.returncode, out.stderr) == (2, f"klab: error: no sqlite database {typo}: reading makes none (klab "
+                                                   "db upgrade makes it, as does a command that stores jobs)\n"), args
+    assert not typo.exists()
     fresh = clean_env(tmp_path / "new-home")
     assert klab(fresh, "list").returncode == 0 and (tmp_path / "new-home" / "klab.db").is_file()
 

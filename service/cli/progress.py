@@ -126,7 +126,7 @@ def counts(selection: Selection, waited: bool = False) -> dict[str, Any]:
     from service.db.reads import progress, reading
 
     try:
-        with reading() as reader:
+        with reading(make=False) as reader:
             return progress(reader, selection)
     except BadInput as exc:
         if not waited:

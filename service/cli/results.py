@@ -18,7 +18,7 @@ from service.jobs.selection import Selection
 def _reading():
     from service.db.reads import reading
 
-    return reading()
+    return reading(make=False)
 
 
 def _json(value: Any) -> None:

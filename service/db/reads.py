@@ -24,7 +24,7 @@ from service.jobs import result
 from service.jobs import status as statuses
 from service.jobs.choices import Method
 from service.jobs.selection import Selection
-from service.settings import settings
+from service.settings import describe, settings
 
 LIST_COLUMNS = ("id", "status", "method", "input", "kernel", "lr", "epochs", "final_loss", "relative_error",
                 "identifiable")
@@ -48,14 +48,20 @@ _DECODE = {f.name: f.kind for f in result.JOB if f.kind in ("json", "time", "boo
 
 
 @contextmanager
-def reading(url: str | None = None) -> Iterator[Reader]:
+def reading(url: str | None = None, make: bool = True) -> Iterator[Reader]:
     """A Reader on a database at head, in one transaction that only reads (one consistent snapshot).
 
     Straight through the driver where it can; a SQLite file still to create or upgrade, or a URL only
     SQLAlchemy understands, goes through service.db.engine first (which upgrades or refuses), then
-    reads through that engine's driver connection, with the same SQL.
+    reads through that engine's driver connection, with the same SQL. `make=False` (the commands and functions
+    that only read): a SQLite file that does not exist is refused, but for the default one, not made: a name
+    mistyped, or a file moved away, became a new empty database that answered "no jobs".
     """
     url = url or settings().database_url
+    path = sqlite_file(url)
+    if not make and path is not None and not path.exists() and path.parent.is_dir() and not settings().is_default(url):
+        raise DatabaseUnavailable(f"no {describe(url)}: reading makes none (klab db upgrade makes it, as does a "
+                                  "command that stores jobs)", 2)
     with sqlite_transaction(url):  # no fork meanwhile (service.db.connect.ForkGuard)
         direct = open_reader(url)
         if direct is not None:
