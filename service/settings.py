@@ -40,13 +40,11 @@ class Settings:
     submit_connections: int = defaults.SUBMIT_CONNECTIONS
     torch_threads: int | None = None
     """KLAB_TORCH_THREADS: torch threads of each worker child (default: torch's own)."""
-    default_database: bool = True
-    """Whether KLAB_DATABASE_URL was left unset (the SQLite file in KLAB_HOME)."""
 
     def is_default(self, url: str) -> bool:
-        """Whether `url` is the default database (KLAB_DATABASE_URL unset: KLAB_HOME's klab.db), whose folder is made
-        on first use; any other SQLite file's folder must exist."""
-        return self.default_database and url == self.database_url
+        """Whether `url` is the default database (KLAB_HOME's klab.db, KLAB_DATABASE_URL unset or naming it), whose
+        folder and file are made on first use; any other SQLite file's folder must exist."""
+        return url == normalize_url(f"sqlite:///{self.home / 'klab.db'}")
 
     def folder(self, *names: str) -> Path:
         """A folder in KLAB_HOME (KLAB_HOME itself with no names), made on first use."""
@@ -78,7 +76,6 @@ class Settings:
                    for f in fields(cls) if f.type in ("int", "int | None")}
         return cls(home=home, database_url=normalize_url(url or f"sqlite:///{home / 'klab.db'}"),
                    broker_url=broker_password(env.get("KLAB_BROKER_URL") or defaults.BROKER_URL),
-                   default_database=not url,
                    **numbers)
 
 

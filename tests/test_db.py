@@ -22,9 +22,9 @@ def bare_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def test_settings_default_to_sqlite_under_klab_home(tmp_path: Path) -> None:
     s = Settings.from_env({"KLAB_HOME": str(tmp_path)})
     assert s.database_url == f"sqlite:///{tmp_path / 'klab.db'}"
-    assert s.default_database
+    assert s.is_default(s.database_url)
     s = Settings.from_env({"KLAB_HOME": str(tmp_path), "KLAB_DATABASE_URL": "postgres://u:pw@h/d"})
-    assert s.database_url == "postgresql+psycopg://u:pw@h/d" and not s.default_database
+    assert s.database_url == "postgresql+psycopg://u:pw@h/d" and not s.is_default(s.database_url)
 
 
 def test_passwords_are_masked() -> None:
@@ -217,3 +217,33 @@ def test_a_process_forked_while_a_thread_writes_to_sqlite_can_write(tmp_path: Pa
     assert forked_after >= 0.4  # the fork waited for the parent's transaction to end
     with writing(url) as conn:
         assert conn.execute(text("SELECT count(*) FROM children")).scalar() == 0
+
+
+def test_a_fork_inside_the_forking_threads_own_transaction_does_not_wait_for_it(monkeypatch) -> None:
+    """The guard waited for every open transaction, the forking thread's own too: the full wait, every time, and
+    the child counted -1 open ever after (its next fork waited the full wait again)."""
+    import os
+    import time
+
+    from service.db.connect import FORKS
+
+    monkeypatch.setattr(FORKS, "FORK_WAIT_S", 3.0)
+    with FORKS.transaction():
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                pass
+            finally:
+                os._exit(code if FORKS._open != 1 else 0)  # its own transaction, still open in the child
+        waited = time.monotonic() - started
+    _, status = os.waitpid(pid, 0)
+    assert waited < 1.0 and os.waitstatus_to_exitcode(status) == 0 and FORKS._open == 0
+
+
+def test_the_default_database_named_in_klab_database_url_is_still_the_default(tmp_path: Path) -> None:
+    """KLAB_DATABASE_URL naming KLAB_HOME's klab.db is the database a user gets with it unset: made on first use."""
+    home = tmp_path / "home"
+    out = klab(clean_env(home, f"sqlite:///{home / 'klab.db'}"), "list")  # was: no sqlite database ...
+    assert (out.returncode, out.stderr.strip()) == (0, "no jobs") and (home / "klab.db").is_file(), out.stderr

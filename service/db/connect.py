@@ -65,7 +65,8 @@ class ForkGuard:
     def before_fork(self) -> None:
         self._cond.acquire()
         self._forking = True
-        self._cond.wait_for(lambda: self._open == 0, timeout=self.FORK_WAIT_S)
+        own = getattr(self._mine, "depth", 0)  # a thread forking inside its own transactions waits for the others'
+        self._cond.wait_for(lambda: self._open == own, timeout=self.FORK_WAIT_S)
 
     def after_fork_in_parent(self) -> None:
         self._forking = False
@@ -73,7 +74,10 @@ class ForkGuard:
         self._cond.release()
 
     def after_fork_in_child(self) -> None:
-        self.__init__()  # no transaction of the parent's goes on here
+        """Only the forking thread goes on in the child, with its own transactions, if any (its thread-local depth
+        is kept: they end here as they began)."""
+        self._cond, self._forking = threading.Condition(), False
+        self._open = getattr(self._mine, "depth", 0)
 
 
 FORKS = ForkGuard()
