@@ -83,14 +83,14 @@ class Pace:
             v, r = design.v, design.rank
             work = (2 * r if method is Method.MOMENTUM else r) ** 3 * len(bounds)  # an epoch's rate
             keep = work <= RATE_WORK_LIMIT and 8 * r * r * len(bounds) <= RATE_MEMORY_LIMIT
-            largest, hs = 0.0, []
-            for (s, e), c in zip(bounds, scale):
+            largest = 0.0
+            if keep:  # filled in place: a list stacked at the end held them twice
+                self.cs, self.hs = np.array(scale), np.empty((len(bounds), r, r))
+            for b, ((s, e), c) in enumerate(zip(bounds, scale)):
                 h = v.T @ gram(design.x[s:e], design.kh, design.kw, design.bias) @ v
                 largest = max(largest, c * float(np.linalg.eigvalsh(h).max()))
-                if keep:
-                    hs.append(h)
-            if keep:
-                self.cs, self.hs = np.array(scale), np.stack(hs)
+                if self.hs is not None:
+                    self.hs[b] = h
         if largest > 0:
             bound = 2.0 / largest * (1 + defaults.MOMENTUM if method is Method.MOMENTUM else 1.0)
             if method is Method.MOMENTUM and len(bounds) > 1:
