@@ -42,9 +42,11 @@ class Settings:
     """KLAB_TORCH_THREADS: torch threads of each worker child (default: torch's own)."""
 
     def is_default(self, url: str) -> bool:
-        """Whether `url` is the default database (KLAB_HOME's klab.db, KLAB_DATABASE_URL unset or naming it), whose
-        folder and file are made on first use; any other SQLite file's folder must exist."""
-        return url == normalize_url(f"sqlite:///{self.home / 'klab.db'}")
+        """Whether `url` is the default database (KLAB_HOME's klab.db, KLAB_DATABASE_URL unset or naming it however
+        it is written: a driver, an escape, a relative path, a link), whose folder and file are made on first use;
+        any other SQLite file's folder must exist."""
+        path = sqlite_path(url)
+        return path is not None and os.path.realpath(path) == os.path.realpath(self.home / "klab.db")
 
     def folder(self, *names: str) -> Path:
         """A folder in KLAB_HOME (KLAB_HOME itself with no names), made on first use."""
@@ -172,6 +174,16 @@ def normalize_url(url: str) -> str:
         raise BadInput("KLAB_DATABASE_URL", f"{backend} is not supported: kernel-lab stores its results in "
                        "SQLite (sqlite:///PATH) or PostgreSQL (postgresql://USER@HOST/DB)")
     return url
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file a SQLite URL names (its escapes read, its query left out); None for another database, for SQLite in
+    memory and for a `file:` URI."""
+    scheme, sep, rest = url.partition("://")
+    path = unquote(rest.partition("/")[2].partition("?")[0])
+    if not sep or not scheme.lower().startswith("sqlite") or path in ("", ":memory:") or path.startswith("file:"):
+        return None
+    return Path(path)
 
 
 def describe(url: str) -> str:

@@ -154,8 +154,9 @@ def test_a_sqlite_file_in_a_folder_that_does_not_exist_is_refused(tmp_path: Path
     assert klab(clean_env(tmp_path / "home", f"sqlite:///{odd}"), "list").returncode == 0
     typo = tmp_path / "klab-typo.db"  # a folder that exists, a file that does not: a command that only reads made it,
     # a new empty database answering "no jobs" (or "no sweep 1", where the workers wrote to a file moved away)
-    for args in (["list"], ["status", "--sweep", "1"], ["sweeps"], ["export", "1"]):
-        out = klab(clean_env(tmp_path / "home", f"sqlite:///{typo}"), *args)
+    for args, query in ((["list"], ""), (["status", "--sweep", "1"], "?timeout=5"), (["sweeps"], ""),
+                        (["export", "1"], "?timeout=5")):  # a query too: it was made
+        out = klab(clean_env(tmp_path / "home", f"sqlite:///{typo}{query}"), *args)
         assert (out.returncode, out.stderr) == (2, f"klab: error: no sqlite database {typo}: reading makes none (klab "
                                                    "db upgrade makes it, as does a command that stores jobs)\n"), args
     assert not typo.exists()
@@ -245,5 +246,10 @@ def test_a_fork_inside_the_forking_threads_own_transaction_does_not_wait_for_it(
 def test_the_default_database_named_in_klab_database_url_is_still_the_default(tmp_path: Path) -> None:
     """KLAB_DATABASE_URL naming KLAB_HOME's klab.db is the database a user gets with it unset: made on first use."""
     home = tmp_path / "home"
-    out = klab(clean_env(home, f"sqlite:///{home / 'klab.db'}"), "list")  # was: no sqlite database ...
-    assert (out.returncode, out.stderr.strip()) == (0, "no jobs") and (home / "klab.db").is_file(), out.stderr
+    for url in (f"sqlite:///{home / 'klab.db'}", f"sqlite+pysqlite:///{home / 'klab.db'}",
+                f"sqlite:///{home}/./klab.db", f"sqlite:///{home}/klab%2Edb"):  # was: no sqlite database ...
+        out = klab(clean_env(home, url), "list")
+        assert (out.returncode, out.stderr.strip()) == (0, "no jobs"), (url, out.stderr)
+        assert (home / "klab.db").is_file(), url
+        for made in home.glob("klab.db*"):
+            made.unlink()

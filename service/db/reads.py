@@ -24,7 +24,7 @@ from service.jobs import result
 from service.jobs import status as statuses
 from service.jobs.choices import Method
 from service.jobs.selection import Selection
-from service.settings import describe, settings
+from service.settings import describe, settings, sqlite_path
 
 LIST_COLUMNS = ("id", "status", "method", "input", "kernel", "lr", "epochs", "final_loss", "relative_error",
                 "identifiable")
@@ -58,7 +58,7 @@ def reading(url: str | None = None, make: bool = True) -> Iterator[Reader]:
     mistyped, or a file moved away, became a new empty database that answered "no jobs".
     """
     url = url or settings().database_url
-    path = sqlite_file(url)
+    path = sqlite_path(url)  # with a query or an escape too (sqlite_file's plain URLs alone let ?timeout=5 be made)
     if not make and path is not None and not path.exists() and path.parent.is_dir() and not settings().is_default(url):
         raise DatabaseUnavailable(f"no {describe(url)}: reading makes none (klab db upgrade makes it, as does a "
                                   "command that stores jobs)", 2)
