@@ -46,7 +46,7 @@ class Settings:
         it is written: a driver, an escape, a relative path, a link), whose folder and file are made on first use;
         any other SQLite file's folder must exist."""
         path = sqlite_path(url)
-        return path is not None and os.path.realpath(path) == os.path.realpath(self.home / "klab.db")
+        return path is not None and _real(path) == _real(self.home / "klab.db")
 
     def folder(self, *names: str) -> Path:
         """A folder in KLAB_HOME (KLAB_HOME itself with no names), made on first use."""
@@ -183,7 +183,15 @@ def sqlite_path(url: str) -> Path | None:
     path = unquote(rest.partition("/")[2].partition("?")[0])
     if not sep or not scheme.lower().startswith("sqlite") or path in ("", ":memory:") or path.startswith("file:"):
         return None
+    if "\0" in path:  # os and sqlite3 alike raised ValueError: a traceback
+        raise BadInput("KLAB_DATABASE_URL", f"the sqlite database's path holds a NUL byte: {visible(path)}")
     return Path(path)
+
+
+def _real(path: Path) -> str:
+    """A path as the file it reaches: made absolute by its text first, as SQLAlchemy opens a relative one (so `..`
+    after a link is the link's folder's parent), then its links followed."""
+    return os.path.realpath(os.path.abspath(path))
 
 
 def describe(url: str) -> str:

@@ -253,3 +253,24 @@ def test_the_default_database_named_in_klab_database_url_is_still_the_default(tm
         assert (home / "klab.db").is_file(), url
         for made in home.glob("klab.db*"):
             made.unlink()
+
+
+def test_odd_sqlite_urls_are_one_line_and_make_no_file(tmp_path: Path, monkeypatch) -> None:
+    """A NUL in the path was ValueError's traceback; `db current` of a URL with a query made the file it looked at;
+    a relative path with `..` after a link was compared as the link's target's parent (SQLAlchemy reads it by its
+    text), and a file named so in the working folder was taken for the default database."""
+    home = tmp_path / "home"
+    nul = klab(clean_env(home, "sqlite:////tmp/a%00b.db"), "list")
+    assert (nul.returncode, nul.stderr) == (2, "klab: error: KLAB_DATABASE_URL: the sqlite database's path holds a NUL "
+                                               "byte: /tmp/a\\x00b.db\n")
+    (tmp_path / "x").mkdir()
+    current = klab(clean_env(home, f"sqlite:///{tmp_path / 'x' / 'cur.db'}?timeout=5"), "db", "current")
+    assert current.returncode == 0 and "revision none" in current.stdout and not (tmp_path / "x" / "cur.db").exists()
+    from service.settings import Settings
+
+    (home / "sub").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lnk").symlink_to(home / "sub")
+    settings = Settings.from_env({"KLAB_HOME": str(home)})
+    assert not settings.is_default("sqlite:///lnk/../klab.db")  # the working folder's klab.db, as SQLite opens it
+    assert settings.is_default(f"sqlite:///{home}/sub/../klab.db")

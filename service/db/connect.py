@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from service import defaults
 from service.errors import DatabaseUnavailable, UpgradeRefused, one_line
-from service.settings import describe
+from service.settings import describe, sqlite_path
 
 HEAD = "0010"
 """The newest migration in migrations/versions (a test keeps this in step with Alembic's head)."""
@@ -228,12 +228,12 @@ class Reader:
 
 
 def sqlite_file(url: str) -> Path | None:
-    """The file of a plain SQLite URL (sqlite:///PATH, no query), whether it exists or not; None for any other."""
+    """The file of a plain SQLite URL (sqlite:///PATH, no query, no escape: sqlite3 opens the path as written),
+    whether it exists or not; None for any other (service.settings.sqlite_path reads those too)."""
     scheme, _, rest = url.partition("://")
-    path = rest.partition("/")[2]
-    if scheme not in ("sqlite", "sqlite+pysqlite") or not path or path == ":memory:" or any(c in path for c in "?%"):
+    if scheme not in ("sqlite", "sqlite+pysqlite") or any(c in rest for c in "?%"):
         return None
-    return Path(path)
+    return sqlite_path(url)
 
 
 def open_reader(url: str) -> Reader | None:

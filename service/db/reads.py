@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.db import filters
-from service.db.connect import HEAD, INTEGER_MOST, Reader, no_folder, open_reader, sqlite_file, sqlite_transaction
+from service.db.connect import HEAD, INTEGER_MOST, Reader, no_folder, open_reader, sqlite_transaction
 from service.errors import BadInput, DatabaseUnavailable
 from service.jobs import result
 from service.jobs import status as statuses
@@ -92,7 +92,7 @@ def revision(url: str | None = None) -> str | None:
     url = url or settings().database_url
     opened = open_reader(url)
     if opened is None:
-        if (path := sqlite_file(url)) is not None and not path.exists():
+        if (path := sqlite_path(url)) is not None and not path.exists():  # a query or an escape too
             if not settings().is_default(url) and not path.parent.is_dir():  # not `revision none; run: klab db
                 # upgrade`, which refuses it so
                 raise no_folder(url, path.parent)
