@@ -15,7 +15,7 @@ from service import defaults
 from service.errors import BadInput
 from service.jobs.choices import Device, Method, means_no_kernel
 from service.jobs.inputs import checked_file
-from service.jobs.sweep import SWEEP_HINT, SWEEPABLE, kernel_literal
+from service.jobs.sweep import INTEGER, SWEEP_HINT, SWEEPABLE, kernel_literal, number
 from service.settings import settings
 
 
@@ -63,6 +63,19 @@ class JobSpec(BaseModel):
         if isinstance(value, bool):  # a file's `epochs: true` would train one epoch
             raise ValueError(f"must be a number, got {str(value).lower()}")
         return value
+
+    @field_validator("lr", "bias", "noise", "tol", "epochs", "batch_size", "seed", mode="before")
+    @classmethod
+    def _as_sweeps_read_it(cls, value: Any, info: Any) -> Any:
+        """A number given as text (a flag of `klab run`, a file's quoted value) read as a sweep reads one: pydantic
+        read `--seed 0-9` as -9 (and `0-0` as 0), where `klab sweep --seed 0-9` asks `did you mean 0..9?`."""
+        if not isinstance(value, str) or value.strip().lower() == "none" or ".." in value or "," in value or \
+                value.count(":") == 2:  # a sweep's values: pydantic's error, which bad_input_from points at klab sweep
+            return value
+        try:
+            return number(info.field_name, value.strip(), info.field_name in INTEGER)
+        except BadInput as exc:
+            raise ValueError(exc.message) from None
 
     @field_validator("bias", mode="before")
     @classmethod

@@ -58,7 +58,9 @@ _DASHED = re.compile(r"\s*([-+]?[\d.]+(?:[eE][-+]?\d+)?)\s*-\s*([\d.]+(?:[eE][-+
 """`0-9`: a range written with a dash, which the sweep syntax spells `0..9` (or `A:B:N`, log-spaced)."""
 
 
-def _number(field: str, text: str, integer: bool) -> float | int:
+def number(field: str, text: str, integer: bool) -> float | int:
+    """A number as the flags, job files and sweeps write it: ASCII digits, an integer field's exactly, a range written
+    with a dash named as such (`0-9`: did you mean 0..9?)."""
     if not text.isascii():  # int() and float() read any script's digits (٠.١ as 0.1), which the flags do not
         raise BadInput(field, f"not a number: {text!r}")
     if integer:
@@ -106,7 +108,7 @@ def _values(field: str, item: str, limit: int) -> list[Any]:
         lo_s, _, hi_s = item.partition("..")
         if not integer and not all(float(v) == int(float(v)) for v in (lo_s, hi_s) if _finite(v)):
             raise BadInput(field, f"range {item}: A..B counts integers; {_listed(lo_s, hi_s)}")
-        lo, hi = _number(field, lo_s, True), _number(field, hi_s, True)
+        lo, hi = number(field, lo_s, True), number(field, hi_s, True)
         if lo > hi:
             raise BadInput(field, f"range {item} is written backwards; write {hi}..{lo}")
         if hi - lo + 1 > limit:
@@ -115,8 +117,8 @@ def _values(field: str, item: str, limit: int) -> list[Any]:
         return list(range(int(lo), int(hi) + 1))
     if field in NUMERIC and item.count(":") == 2:
         a_s, b_s, n_s = item.split(":")
-        a, b = _number(field, a_s, integer), _number(field, b_s, integer)
-        n = _number(field, n_s, True)
+        a, b = number(field, a_s, integer), number(field, b_s, integer)
+        n = number(field, n_s, True)
         if n < 1 or n > limit:
             raise BadInput(field, f"{item}: the count must be between 1 and {limit} (KLAB_MAX_SWEEP_JOBS)")
         if a <= 0 or b <= 0:
@@ -135,7 +137,7 @@ def _values(field: str, item: str, limit: int) -> list[Any]:
             return whole
         return [float(f"{v:.12g}") for v in vals]
     if field in NUMERIC:
-        return [_number(field, item, integer)]
+        return [number(field, item, integer)]
     return [item]
 
 
