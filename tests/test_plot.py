@@ -385,6 +385,9 @@ def test_several_jobs_overlaid_are_named_by_id_and_what_differs() -> None:
         integer_ticks(a)
     assert len({line.get_linestyle() for line in by_title(fig, "loss").get_lines()}) == 3  # equal runs stay visible
     readable(fig)
+    noisy = [result_of({"noise": noise, "seed": 5}, id=i) for i, noise in ((12, 0.1), (13, 0.0))]
+    labels = [t.get_text() for t in plot.figure_jobs(noisy).legends[0].get_texts()]
+    assert [label.split(" (")[0] for label in labels] == ["job 12: noise 0.1", "job 13: noise 0"]  # was `job 13`
 
 
 def test_overlaid_jobs_share_only_what_every_method_reads_and_name_a_bias_one_has() -> None:

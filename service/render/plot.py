@@ -91,10 +91,12 @@ def _name(key: str) -> str:
     return key.replace("_", " ")
 
 
-def _described(spec: dict[str, Any], keys: Sequence[str]) -> str:
-    """The spec's values of `keys`, less what is unset, a noise of 0 and what its method never reads."""
+def _described(spec: dict[str, Any], keys: Sequence[str], differ: Sequence[str] = ()) -> str:
+    """The spec's values of `keys`, less what is unset, a noise of 0 (but where jobs `differ` in it: beside noise
+    0.1, a job of none is named so) and what its method never reads."""
     ignored = IGNORED_BY.get(spec.get("method"), ())
-    shown = [k for k in keys if spec.get(k) is not None and not (k == "noise" and spec[k] == 0) and k not in ignored]
+    shown = [k for k in keys if spec.get(k) is not None and not (k == "noise" and spec[k] == 0 and k not in differ)
+             and k not in ignored]
     return ", ".join(f"{_name(k)} {cell(spec[k])}" for k in shown)
 
 
@@ -195,7 +197,7 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
 
     specs = [_spec(r) for r in results]
     differ, alike = shared(specs, SPEC_SHOWN, _differing(specs))  # alike: read by every job's method, too
-    labels = [f"job {r.get('id')}" + (f": {named}" if (named := _described(spec, differ)) else "")
+    labels = [f"job {r.get('id')}" + (f": {named}" if (named := _described(spec, differ, differ)) else "")
               + f" ({r.get('status')}, relative error {cell(settled((r.get('error') or {}).get('relative'), 1.0))})"
               for r, spec in zip(results, specs)]
     widest = max(len(t) for t in labels) * 0.55 * 9 + 40  # points, 9 pt font
