@@ -363,3 +363,23 @@ def test_limits_have_their_documented_defaults_and_reject_bad_env():
     with pytest.raises(BadInput, match="^KLAB_LEASE_SECONDS: must be positive"):
         Settings.from_env({"KLAB_LEASE_SECONDS": "0"})
     assert Settings.from_env({"KLAB_MAX_EPOCHS": ""}).max_epochs == 100_000  # empty: the default
+
+
+@pytest.mark.parametrize("text,seed", [("9007199254740993.0", 9007199254740993), ("9223372036854775807.0", 2**63 - 1),
+                                       ("1_000", 1000), (" 7 ", 7), ("1e3", 1000), ("+3", 3)])
+def test_a_whole_number_given_as_text_is_read_exactly(text, seed):
+    """Through a float, 9007199254740993.0 trained seed ...992 and 2**63 - 1 written .0 was refused as too large."""
+    assert JobSpec.parse({"seed": text}).seed == seed
+
+
+@pytest.mark.parametrize("text,message", [
+    ("7.00000000000000001", "seed: must be an integer, got '7.00000000000000001'"),  # was seed 7
+    ("0-9", "seed: not a number: '0-9'; did you mean 0..9?"),  # pydantic read -9
+    ("9" * 5000, "seed: too large, got '99999999999999999999999999999...99999999999999999999999999999' (5000 "
+                 "characters)"),  # was `must be finite`, and the 5,000 digits
+    ("1e999999", "seed: too large, got '1e999999'"),
+])
+def test_a_whole_number_that_is_not_one_is_refused_in_one_short_line(text, message):
+    with pytest.raises(BadInput) as caught:
+        JobSpec.parse({"seed": text})
+    assert str(caught.value) == message

@@ -1,7 +1,7 @@
 """Sweeps: flags holding lists, ranges or log-spaced values, expanded into their cartesian product."""
 from __future__ import annotations
 
-import contextlib
+import decimal
 import itertools
 import json
 import math
@@ -54,6 +54,10 @@ def split_list(field: str, text: str) -> list[str]:
     return items
 
 
+WHOLE_DIGITS = 30
+"""Most digits of a whole number read (past the decimal point's place): far above any field's limit (2**63), far
+below what would take time to convert."""
+
 _DASHED = re.compile(r"\s*([-+]?[\d.]+(?:[eE][-+]?\d+)?)\s*-\s*([\d.]+(?:[eE][-+]?\d+)?)\s*")
 """`0-9`: a range written with a dash, which the sweep syntax spells `0..9` (or `A:B:N`, log-spaced)."""
 
@@ -62,20 +66,26 @@ def number(field: str, text: str, integer: bool) -> float | int:
     """A number as the flags, job files and sweeps write it: ASCII digits, an integer field's exactly, a range written
     with a dash named as such (`0-9`: did you mean 0..9?)."""
     if not text.isascii():  # int() and float() read any script's digits (٠.١ as 0.1), which the flags do not
-        raise BadInput(field, f"not a number: {text!r}")
-    if integer:
-        with contextlib.suppress(ValueError):
-            return int(text)  # exactly: a float keeps whole numbers only up to 2**53 (a seed goes to 2**63 - 1)
+        raise BadInput(field, f"not a number: {_shown(text)}")
+    if integer:  # exactly, as decimal digits: through a float, 9007199254740993.0 was seed ...992 (a seed goes to
+        # 2**63 - 1), and 7.00000000000000001 seed 7
+        try:
+            exact = decimal.Decimal(text.strip())
+        except decimal.InvalidOperation:
+            raise BadInput(field, f"not a number: {_shown(text)}{_range_hint(field, text)}") from None
+        if not exact.is_finite():
+            raise BadInput(field, f"must be finite, got {_shown(text)}")
+        if exact.adjusted() > WHOLE_DIGITS:  # before int(): 1e999999 would be a million digits
+            raise BadInput(field, f"too large, got {_shown(text)}")
+        if exact != exact.to_integral_value():
+            raise BadInput(field, f"must be an integer, got {_shown(text)}")
+        return int(exact)
     try:
         value = float(text)
     except ValueError:
-        raise BadInput(field, f"not a number: {text!r}{_range_hint(field, text)}") from None
+        raise BadInput(field, f"not a number: {_shown(text)}{_range_hint(field, text)}") from None
     if not math.isfinite(value):
-        raise BadInput(field, f"must be finite, got {text!r}")
-    if integer:
-        if value != int(value):
-            raise BadInput(field, f"must be an integer, got {text!r}")
-        return int(value)
+        raise BadInput(field, f"must be finite, got {_shown(text)}")
     return value
 
 
