@@ -178,10 +178,12 @@ def normalize_url(url: str) -> str:
 
 def sqlite_path(url: str) -> Path | None:
     """The file a SQLite URL names (its escapes read, its query left out); None for another database, for SQLite in
-    memory and for a `file:` URI."""
+    memory and for a `file:` URI (`?uri=true`; without it, SQLite opens a file named `file:...`)."""
     scheme, sep, rest = url.partition("://")
-    path = unquote(rest.partition("/")[2].partition("?")[0])
-    if not sep or not scheme.lower().startswith("sqlite") or path in ("", ":memory:") or path.startswith("file:"):
+    path, _, query = rest.partition("/")[2].partition("?")
+    path = unquote(path)
+    uri = path.startswith("file:") and "uri=true" in query.lower()
+    if not sep or not scheme.lower().startswith("sqlite") or path in ("", ":memory:") or uri:
         return None
     if "\0" in path:  # os and sqlite3 alike raised ValueError: a traceback
         raise BadInput("KLAB_DATABASE_URL", f"the sqlite database's path holds a NUL byte: {visible(path)}")

@@ -3,6 +3,7 @@ independently of service/defaults.py, then try one past each limit and the limit
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +148,16 @@ def test_a_database_named_with_a_newline_or_an_escape_is_described_on_one_line()
     assert describe("postgresql+psycopg://u:pw@h:5/na%0Ame%1B[2J") == \
         "postgresql database na\\nme\\x1b[2J on h:5"
     assert describe("sqlite:////tmp/a%0Ab.db") == "sqlite database /tmp/a\\nb.db"
+
+
+@pytest.mark.parametrize("url,path", [
+    ("sqlite:////tmp/a.db", "/tmp/a.db"), ("sqlite+pysqlite:////tmp/a.db?timeout=5", "/tmp/a.db"),
+    ("sqlite:////tmp/a%20b.db", "/tmp/a b.db"), ("sqlite:///rel.db", "rel.db"),
+    ("sqlite:///file:x.db", "file:x.db"),  # a file of that name, as SQLite opens it without uri=true
+    ("sqlite:///file:x.db?uri=true", None), ("sqlite://", None), ("sqlite:///:memory:", None),
+    ("postgresql://h/db", None),
+])
+def test_a_sqlite_url_names_the_file_sqlite_opens(url, path):
+    from service.settings import sqlite_path
+
+    assert sqlite_path(url) == (None if path is None else Path(path))
