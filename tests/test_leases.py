@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(300)
 LEASE = 2
 LONG_JOB = ("--input", "random:3x96x96", "--kernel", "random:4x3x5x5", "--method", "adam", "--lr", "0.001",
             "--epochs", "100000")
-"""One job that trains until it is cancelled (about a second per hundred epochs here)."""
+"""One job that trains until it is cancelled (0.3 to 1 s a hundred epochs on the machines seen)."""
 
 
 def one(env: dict[str, str], *args: str) -> int:
@@ -114,7 +114,8 @@ def test_a_worker_stopped_past_its_lease_writes_nothing_into_the_job_another_wor
     url, db = pg_db
     env = service_env(tmp_path, url, redis_server().url(), KLAB_LEASE_SECONDS=str(LEASE))
     first = worker_procs(env, "first").wait_ready()
-    epochs = 400
+    epochs = 2000  # seconds of training: the freeze below must find the job still training (400: 1.2 s on a fast
+    # machine, as much as starting the freeze can take)
     job = one(env, *LONG_JOB[:-1], str(epochs))
     wait_until(lambda: (db.scalar("SELECT epochs_done FROM jobs WHERE id = :j", j=job) or 0) > 0, 60,
                lambda: (db.rows("SELECT status, epochs_done FROM jobs"), tails(first)()))
@@ -151,7 +152,8 @@ def test_a_worker_stopped_past_its_lease_neither_stores_nor_fails_a_batched_job_
     # the first never reaps (its lease is long): only the second's reaper takes the batch back
     first = worker_procs(service_env(tmp_path, url, broker_url, KLAB_LEASE_SECONDS="600"), "first").wait_ready()
     env = service_env(tmp_path, url, broker_url, KLAB_LEASE_SECONDS=str(LEASE))
-    epochs = 300
+    epochs = 2000  # seconds of training for the second worker: at 300 a fast machine (0.3 s a hundred epochs) had
+    # trained the job through before the freeze below found it between two transactions
     assert klab(env, "sweep", *LONG_JOB[:-1], str(epochs), "--seed", "0..1").returncode == 0
     kept, cancelled = sorted(db.scalar("SELECT array_agg(id) FROM jobs"))
     wait_until(lambda: db.statuses() == {"running": 2}, 60, lambda: (db.statuses(), tails(first)()))
