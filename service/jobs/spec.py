@@ -69,9 +69,8 @@ class JobSpec(BaseModel):
     def _as_sweeps_read_it(cls, value: Any, info: Any) -> Any:
         """A number given as text (a flag of `klab run`, a file's quoted value) read as a sweep reads one: pydantic
         read `--seed 0-9` as -9 (and `0-0` as 0), where `klab sweep --seed 0-9` asks `did you mean 0..9?`."""
-        if not isinstance(value, str) or value.strip().lower() == "none" or ".." in value or "," in value or \
-                value.count(":") == 2:  # a sweep's values: pydantic's error, which bad_input_from points at klab sweep
-            return value
+        if not isinstance(value, str) or value.strip().lower() == "none" or _swept(value):  # a sweep's values:
+            return value  # pydantic's error, which bad_input_from points at klab sweep
         try:
             return number(info.field_name, value.strip(), info.field_name in INTEGER)
         except BadInput as exc:
@@ -122,6 +121,11 @@ class JobSpec(BaseModel):
         return self.model_dump(mode="json")
 
 
+def _swept(text: str) -> bool:
+    """Whether a value given as text reads as a sweep's values (a list, a range, log-spaced values)."""
+    return ".." in text or "," in text or text.count(":") == 2
+
+
 def bad_input_from(exc: ValidationError) -> BadInput:
     """The first pydantic error as one BadInput line."""
     err = exc.errors()[0]
@@ -140,7 +144,7 @@ def bad_input_from(exc: ValidationError) -> BadInput:
     listed = (isinstance(got, Iterable) and not isinstance(got, (str, bytes, Mapping))  # a list, tuple, range, array
               and not (field == "kernel" and kernel_literal(got)))  # not one kernel's rows
     if listed or (isinstance(got, str) and (err["type"].endswith("_parsing") or err["type"] == "enum")
-                  and (".." in got or "," in got or got.count(":") == 2)):  # a sweep's values
+                  and _swept(got)):
         message += f"; {SWEEP_HINT}" if field in SWEEPABLE else f"; a sweep varies only {', '.join(SWEEPABLE)}"
     return BadInput(field.replace("_", "-"), message)
 

@@ -9,9 +9,10 @@ import sys
 from collections.abc import Collection, Sequence
 from typing import IO, Any
 
+from service.errors import visible
 from service.jobs import result
 from service.jobs.status import JobStatus
-from service.render.text import cell, visible
+from service.render.text import cell
 
 STATUS_STYLE = {JobStatus.SUCCEEDED: "green", JobStatus.DIVERGED: "red", JobStatus.FAILED: "red",
                 JobStatus.RUNNING: "yellow", JobStatus.QUEUED: "cyan", JobStatus.CREATED: "cyan",

@@ -106,8 +106,7 @@ def fit(res: Residuals, w: torch.Tensor, b: torch.Tensor | None, lrs: Sequence[f
                 hist.mse[epoch - 1] = torch.where(alive, fit, hist.mse[epoch - 1])
             # grown past its first by the mse over all the data: the last batch's loss alone can rise from 0 (a batch
             # fitted exactly) or from near it while the fit improves, which was called diverging
-            newly = _diverging(fit, epoch, alive, diverged_at, first) | (~torch.isfinite(reported) & alive)
-            diverged_at[newly] = epoch
+            newly = _diverging(fit, epoch, alive, diverged_at, first, also=~torch.isfinite(reported))
             if first is None:
                 first = fit.clone()
             alive &= ~newly
@@ -145,10 +144,11 @@ def fit(res: Residuals, w: torch.Tensor, b: torch.Tensor | None, lrs: Sequence[f
 
 
 def _diverging(loss: torch.Tensor, epoch: int, alive: torch.Tensor, diverged_at: torch.Tensor,
-               first: torch.Tensor | None) -> torch.Tensor:
+               first: torch.Tensor | None, also: torch.Tensor | None = None) -> torch.Tensor:
     """Jobs whose loss just became non-finite or grew past DIVERGENCE_FACTOR times its first value (where that was
-    above 0: from an exact fit, any rounding is growth without bound)."""
-    bad = ~torch.isfinite(loss)
+    above 0: from an exact fit, any rounding is growth without bound), or that `also` marks (a reported loss that
+    is not finite)."""
+    bad = ~torch.isfinite(loss) if also is None else ~torch.isfinite(loss) | also
     if first is not None:
         bad |= (loss > defaults.DIVERGENCE_FACTOR * first) & (first > 0)
     newly = bad & alive
