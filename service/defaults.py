@@ -26,7 +26,7 @@ SEED = 0
 """Seed for the initial weights and for any random input, kernel or noise."""
 
 TOL = 1e-4
-"""An epoch has converged when its mse is within this of the least-squares optimum's mse."""
+"""A job has converged from the epoch its mse came within this of the least-squares optimum's mse to stay."""
 
 DIVERGENCE_FACTOR = 1e6
 """A loss that grows past this many times its first value has diverged."""

@@ -110,7 +110,7 @@ def test_a_job_whose_mse_came_within_tol_is_called_converged():
     assert epoch is not None and epoch < 20
     assert result["error"]["relative"] > 1e-3 and result["gap"]["optimization"] > 1e-3
     assert result["explanation"] == (
-        f"converged: the mse came within --tol of the optimum's at epoch {epoch}, with the learned kernel still "
+        f"converged: the mse has been within --tol of the optimum's since epoch {epoch}, with the learned kernel still "
         f"{result['gap']['optimization']:.3g} from the best kernel the data allow; more epochs would bring it "
         "closer.")
 

@@ -147,8 +147,8 @@ TRAINED: tuple[Field, ...] = (
        group="gap", key="noise"),
     _f("gap_identifiability", "float", "||(I - P)(W - K)||: what this input cannot determine (a richer input "
        "would).", S, R, group="gap", key="identifiability", header="gap ident."),
-    _f("converged_epoch", "int", "The first epoch whose mse came within --tol of the optimum's.", S, R,
-       header="converged at"),
+    _f("converged_epoch", "int", "The epoch from which the mse stayed within --tol of the optimum's, to the last "
+       "epoch run.", S, R, header="converged at"),
     _f("diverged_epoch", "int", "The epoch its loss became non-finite or grew past 10^6 times its first.", S, R,
        header="diverged at"),
     _f("stable_lr", "float", "The largest learning rate at which this method's steps cannot grow the gap on "

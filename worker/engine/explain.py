@@ -33,7 +33,7 @@ class Facts:
     more: np.ndarray
     best_lr: np.ndarray
     best_rate: np.ndarray
-    converged: np.ndarray  # the first epoch whose mse came within --tol of the optimum's (NaN: none)
+    converged: np.ndarray  # the epoch from which the mse stayed within --tol of the optimum's (NaN: none)
 
     @cached_property
     def unbounded(self) -> np.ndarray:
@@ -147,10 +147,11 @@ SENTENCES: dict[int, Callable[[Facts, int], str]] = {
     SLOW: lambda f, i: _stopped(f, i) + _slow(f, i),
     SLOW_UNBOUNDED: lambda f, i: (_stopped(f, i) + "train longer, or try other learning rates (klab sweep --lr): "
                                   "no stable lr is known for this job to say which way."),
-    WITHIN_TOL: lambda f, i: (f"converged: the mse came within --tol of the optimum's at epoch {int(f.converged[i])}, "
-                              f"with the learned kernel still {f.optimization[i]:.3g} from the best kernel the data "
-                              "allow; " + ("more epochs may bring it closer (no stable lr is known for this job to "
-                                           "promise it)." if f.unbounded[i] else "more epochs would bring it closer.")),
+    WITHIN_TOL: lambda f, i: (f"converged: the mse has been within --tol of the optimum's since epoch "
+                              f"{int(f.converged[i])}, with the learned kernel still {f.optimization[i]:.3g} from "
+                              "the best kernel the data allow; "
+                              + ("more epochs may bring it closer (no stable lr is known for this job to promise it)."
+                                 if f.unbounded[i] else "more epochs would bring it closer.")),
     IDENT: _ident,
     NOISE: lambda f, i: (f"label noise: even the exact least-squares kernel is {f.noise[i]:.3g} from the true "
                          "one; more data or less noise would close it."),

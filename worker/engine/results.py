@@ -152,10 +152,12 @@ class BatchResult:
         tol = np.array([j.tol for j in self.jobs])
         epochs = np.arange(1, t.mse.shape[0] + 1)[:, None]
         with np.errstate(invalid="ignore"):
-            reached = (t.mse <= optimum + tol) & (epochs <= done)
+            missed = ~(t.mse <= optimum + tol) & (epochs <= done)  # an epoch run whose mse was not within --tol
         ran = np.isin(status, [s.value for s in TRAINED])
-        converged = np.where(reached.any(axis=0) & ran,
-                             reached.argmax(axis=0) + 1.0, np.nan)
+        # converged from the epoch after the last one that missed, if the last epoch run was within --tol: a fit that
+        # passed through the optimum's mse and left it (adam at a wild lr) never converged
+        last_missed = np.where(missed.any(axis=0), len(epochs) - np.argmax(missed[::-1], axis=0), 0)
+        converged = np.where(ran & (last_missed < done), last_missed + 1.0, np.nan)
         rank, params, sums_only = (np.empty(n), np.empty(n), np.zeros(n, dtype=bool))
         for g in s.groups:
             rank[g.index], params[g.index], sums_only[g.index] = g.design.rank, g.design.params, g.design.sums_only
