@@ -412,3 +412,21 @@ def test_a_deleted_jobs_or_sweeps_id_is_never_given_again(db_url: str, add_job) 
         second = add_job(conn, sweep_id=again)
     assert (first, second) == (old[-1] + 1, old[-1] + 2)  # were both old[-1]: the deleted job's id, twice over
     assert again == sweep + 1
+
+
+def test_a_database_whose_identity_was_deleted_is_told_a_fix_that_works(db_url: str, tmp_path, redis_url) -> None:
+    # it was told to "downgrade it to 0004 and upgrade it again": klab has no downgrade, and upgrade never goes back
+    upgrade(db_url)
+    with engine_for(db_url).begin() as conn:
+        conn.execute(text("DELETE FROM database_identity"))
+    env = clean_env(tmp_path / "home", db_url, KLAB_BROKER_URL=redis_url)
+    out = klab(env, "submit", "--epochs", "1")  # its queue is named by the identity
+    assert (out.returncode, out.stdout) == (2, "") and len(out.stderr.splitlines()) == 1, out.stderr
+    said = f"klab: error: the {describe(db_url)} has no identity (its table database_identity is empty): give it one, "
+    assert out.stderr.startswith(said) and "downgrade" not in out.stderr
+    fix = out.stderr.removeprefix(said).strip()
+    with engine_for(db_url).begin() as conn:
+        conn.execute(text(fix))  # the SQL it names, as given, on either database
+        identity = conn.execute(text("SELECT identity FROM database_identity")).scalar_one()
+    assert len(identity) == 12 and int(identity, 16) >= 0
+    assert klab(env, "submit", "--epochs", "1").returncode == 0

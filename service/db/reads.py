@@ -12,6 +12,7 @@ only; every value a user gives is bound as a parameter. The statements that are 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -113,9 +114,11 @@ def identity(url: str | None = None) -> str:
     if url not in _identities:
         with reading(url) as reader:
             row = reader.one("SELECT identity FROM database_identity")
-        if row is None:  # only if someone emptied the table by hand
-            raise DatabaseUnavailable("the database has no identity (table database_identity is empty): "
-                                      "downgrade it to 0004 and upgrade it again (klab db upgrade)", 2)
+        if row is None:  # only if someone emptied the table by hand; klab never goes back a revision to remake it
+            fix = f"INSERT INTO database_identity VALUES ('{uuid.uuid4().hex[:12]}', CURRENT_TIMESTAMP)"  # noqa: S608
+            # a message to a user, never run here; a fresh identity as migration 0005 makes one
+            raise DatabaseUnavailable(f"the {describe(url)} has no identity (its table database_identity is empty): "
+                                      f"give it one, {fix}", 2)
         _identities[url] = row["identity"]
     return _identities[url]
 
