@@ -262,6 +262,19 @@ def consumers(identity: str, queue: str) -> int | None:
         return sum(1 for _ in r.scan_iter(match=f"{PRESENCE}:{identity}:{queue}:*", count=1000))
 
 
+def taken(node: str) -> bool:
+    """Whether a live worker on this broker already goes by this node name (`name@host`), whatever database it
+    serves: Celery's control commands and `klab workers` tell workers by it. Its presence says so and it answers a
+    ping (a worker killed leaves its presence until it expires); a broker away or not Redis: not known, False."""
+    try:
+        with redis_client() as r:
+            if r is None or not any(r.scan_iter(match=f"{PRESENCE}:*:*:{node}", count=1000)):
+                return False
+        return any(node in reply for reply in client().control.ping(destination=[node], timeout=1.0) or [])
+    except Exception:  # noqa: BLE001 - the broker is away: the worker waits for it, as it would have
+        return False
+
+
 UNACKED = "unacked"
 """kombu's Redis hash of messages delivered and not yet acknowledged (its Channel.unacked_key, by default)."""
 

@@ -142,6 +142,32 @@ def test_klab_worker_splits_the_cores_and_its_children_use_that_many_torch_threa
     assert len(frozen) == 2 and min(frozen) > 100_000, frozen
 
 
+def test_klab_worker_refuses_the_name_of_a_live_worker_and_not_of_a_killed_one(tmp_path, pg_db, redis_server,
+                                                                             worker_procs, setenv):
+    """Two `klab worker` on one host without --name were both cpu@host: `klab workers` listed the name twice, and
+    the first to stop withdrew the other's presence. A name a live worker has is refused; a killed worker's
+    presence, left until it expires, does not keep its name from a worker started in its place."""
+    import socket
+
+    from service import broker
+
+    url, _ = pg_db
+    redis = redis_server().url()
+    env = service_env(tmp_path, url, redis)
+    first = worker_procs(env, "twin").wait_ready()
+    out = klab(env, "worker", "--name", "twin", timeout=60)
+    node = f"twin@{socket.gethostname()}"
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == (f"klab: error: name: a worker named {node} is already running on this broker; give each "
+                          "worker on a host its own --name\n")
+    setenv(KLAB_BROKER_URL=redis, KLAB_DATABASE_URL=url)
+    assert broker.taken(node) and not broker.taken(f"other@{socket.gethostname()}")
+    first.kill()
+    with broker.redis_client() as r:
+        assert any(r.scan_iter(match=f"{broker.PRESENCE}:*:*:{node}"))  # still there, for PRESENCE_SECONDS
+    assert not broker.taken(node)
+
+
 def test_klab_worker_gpu_index_sets_the_visible_device(tmp_path, pg_db, redis_server):
     """`klab worker --queue gpu --gpu 3`: the worker sees only GPU 3 (CUDA_VISIBLE_DEVICES). Without a GPU it
     then refuses to start, naming what it saw; with one, 3 is a device it cannot see either (no machine here has

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import socket
 import sys
 
 import click
@@ -93,6 +94,10 @@ def worker(queue: str, concurrency: int | None, gpu_index: int | None, loglevel:
 
     broker.checked_url()  # a malformed URL is one line here (the broker itself may come up later: it is waited for)
     identity()  # a database that is unreachable or not at head is one line here, not a worker that waits
+    node = f"{name or queue}@{socket.gethostname()}"  # as Celery reads %h
+    if broker.taken(node):
+        raise BadInput("name", f"a worker named {node} is already running on this broker; give each worker on a host "
+                       "its own --name")
     argv, env = worker_argv(queue, concurrency, loglevel, name, settings().torch_threads)
     if gpu_index is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu_index)
