@@ -383,3 +383,25 @@ def test_a_whole_number_that_is_not_one_is_refused_in_one_short_line(text, messa
     with pytest.raises(BadInput) as caught:
         JobSpec.parse({"seed": text})
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("suffix,written", [
+    (".yaml", "seed: {}\nepochs: {}\n"), (".json", '{{"seed": {}, "epochs": {}}}'),
+    (".jsonl", '{{"seed": {}, "epochs": {}}}\n'),
+], ids=["yaml", "json", "jsonl"])
+def test_a_files_whole_number_is_read_from_its_text_as_its_flag_is(tmp_path, suffix, written):
+    """A file's number with a fraction went through a float: `seed: 9007199254740993.0` trained seed ...992, and
+    `epochs: 7.00000000000000001` trained 7 where --epochs refuses it; a sweep file's list of the two seeds around
+    2**53 was 'given twice'."""
+    from service.jobs.sweep import as_flag, grid
+
+    path = tmp_path / f"job{suffix}"
+    path.write_text(written.format("9007199254740993.0", "3.0"))
+    (doc,) = load_spec_file(str(path))
+    assert JobSpec.parse(doc).seed == 9007199254740993 and JobSpec.parse(doc).epochs == 3
+    assert grid({"seed": as_flag("seed", [doc["seed"], 9007199254740992])}).swept["seed"] == [2**53 + 1, 2**53]
+    assert JobSpec.parse({"lr": doc["seed"]}).lr == 9007199254740992.0  # the rest are floats, as before
+    path.write_text(written.format("1", "7.00000000000000001"))
+    with pytest.raises(BadInput) as caught:
+        JobSpec.parse(load_spec_file(str(path))[0])
+    assert str(caught.value) == "epochs: must be an integer, got '7.00000000000000001'"

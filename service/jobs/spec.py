@@ -69,6 +69,8 @@ class JobSpec(BaseModel):
     def _as_sweeps_read_it(cls, value: Any, info: Any) -> Any:
         """A number given as text (a flag of `klab run`, a file's quoted value) read as a sweep reads one: pydantic
         read `--seed 0-9` as -9 (and `0-0` as 0), where `klab sweep --seed 0-9` asks `did you mean 0..9?`."""
+        if isinstance(value, Written) and info.field_name in INTEGER:
+            value = value.text
         if not isinstance(value, str) or value.strip().lower() == "none" or _swept(value):  # a sweep's values:
             return value  # pydantic's error, which bad_input_from points at klab sweep
         try:
@@ -166,7 +168,7 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
             for number, line in enumerate(text.splitlines(), 1):
                 if line.strip():
                     try:
-                        docs.append(json.loads(line, object_pairs_hook=_once))
+                        docs.append(json.loads(line, object_pairs_hook=_once, parse_float=Written.read))
                     except Twice as exc:
                         raise Twice(f"{exc}, line {number}") from None
                     except ValueError:
@@ -174,7 +176,7 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
             if not docs:
                 raise BadInput(field, f"{path} holds no jobs")
         elif suffix == ".json":
-            docs = [json.loads(text, object_pairs_hook=_once)]
+            docs = [json.loads(text, object_pairs_hook=_once, parse_float=Written.read)]
         else:
             docs = [_yaml(field, path, text)]
     except Twice as exc:
@@ -191,6 +193,27 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
             which = f" (job {n}: {type(doc).__name__})" if suffix == ".jsonl" else ""
             raise BadInput(field, f"{path} must hold a mapping of job fields{which}")
     return [{k.replace("-", "_") if isinstance(k, str) else k: v for k, v in doc.items()} for doc in docs]
+
+
+class Written(float):
+    """A file's number with a fraction or an exponent, as a float that keeps the text it was written as: a whole
+    number is read from that text, as its flag is (`seed: 9007199254740993.0` trained seed ...992 through the
+    float, and `epochs: 7.00000000000000001` trained 7 where --epochs refuses it), and a sweep writes its items so."""
+
+    text: str
+
+    def __new__(cls, value: float, text: str) -> Written:
+        number = super().__new__(cls, value)
+        number.text = text
+        return number
+
+    @classmethod
+    def read(cls, text: str) -> Written:
+        """json's parse_float."""
+        return cls(float(text), text)
+
+    def __str__(self) -> str:
+        return self.text
 
 
 class Twice(ValueError):
@@ -277,8 +300,9 @@ def _loader() -> type:
             return int(node.value.replace("_", ""), 10)
         if _BASE_PREFIX.fullmatch(node.value):  # 0x10, 0b11: text, refused as the flag refuses it (YAML 1.1: 16, 3)
             return loader.construct_scalar(node)
-        return (yaml.SafeLoader.construct_yaml_int if node.tag.endswith(":int")
-                else yaml.SafeLoader.construct_yaml_float)(loader, node)
+        if node.tag.endswith(":int"):
+            return yaml.SafeLoader.construct_yaml_int(loader, node)
+        return Written(yaml.SafeLoader.construct_yaml_float(loader, node), node.value)
 
     for tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
         Loader.add_constructor(tag, number)
