@@ -11,6 +11,7 @@ import pytest
 from harness import body, klab, messages, queue_key, service_env, sweep_id_of, tails, wait_until
 
 from service import defaults
+from service.errors import BadInput
 from service.jobs.problem import fitting, together
 
 pytestmark = pytest.mark.timeout(240)
@@ -98,6 +99,19 @@ def test_log_spaced_values_are_exact(tmp_path):
     assert g.swept["lr"] == [0.001, 0.01, 0.1]
     assert g.swept["epochs"] == [10, 100, 1000]
     assert g.fixed["noise"] == 0.5
+    # whole numbers past 2**53 end where they are asked to: they were [1, 9007199254740986], [1, 3037000500,
+    # 9223372036854745088], and two ends 1 apart were refused as rounding to one whole number
+    assert grid({"seed": "1:9007199254740993:2"}).swept["seed"] == [1, 2**53 + 1]
+    assert grid({"seed": f"1:{2**63 - 1}:3"}).swept["seed"] == [1, 3037000500, 2**63 - 1]
+    assert grid({"seed": "10000000000000000:10000000000000001:2"}).swept["seed"] == [10**16, 10**16 + 1]
+
+
+def test_no_kernel_in_any_case_is_one_value_of_a_sweep():
+    from service.jobs.sweep import grid
+
+    for text in ("none,None", "none, NONE "):  # were two jobs alike
+        with pytest.raises(BadInput, match="^kernel: .* appears more than once in .*; give each value once$"):
+            grid({"kernel": text})
     assert grid({"lr": "1e-4:1:5"}).swept["lr"] == [0.0001, 0.001, 0.01, 0.1, 1.0]
     assert grid({"lr": "0.002:0.2:5"}).swept["lr"] == [0.002, 0.00632455532034, 0.02, 0.0632455532034, 0.2]
 

@@ -37,7 +37,10 @@ def means_no_kernel(text: str) -> bool:
 
 def kernel_key(kernel: str) -> str:
     """A --kernel text as jobs are told apart by it: a literal whatever its spaces (`[[1, -1]]` is `[[1,-1]]`), as
-    `klab list --kernel` matches it and a sweep refuses it twice; any other text as it is."""
+    `klab list --kernel` matches it and a sweep refuses it twice; no kernel in any case as NO_KERNEL (`none,None`
+    was two jobs alike); any other text as it is."""
+    if means_no_kernel(kernel):
+        return NO_KERNEL
     return "".join(kernel.split()) if kernel.lstrip().startswith("[") else kernel
 
 

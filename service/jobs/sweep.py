@@ -139,8 +139,8 @@ def _values(field: str, item: str, limit: int) -> list[Any]:
         vals = [a] if n == 1 else [math.exp(lo + (hi - lo) * i / (n - 1)) for i in range(int(n))]
         if not all(math.isfinite(v) for v in vals):
             raise BadInput(field, f"{item}: values out of range")
-        if integer:
-            whole = sorted({int(round(v)) for v in vals})
+        if integer:  # the ends as given, exactly: through exp and log, 1:9007199254740993:2 ended at ...986
+            whole = sorted({int(a), int(b), *(int(round(v)) for v in vals[1:-1])})
             if len(whole) < n:  # log-spaced values closer than 1 round to the same whole number
                 raise BadInput(field, f"{item}: {n} log-spaced values from {a} to {b} round to {len(whole)} whole "
                                       f"numbers; ask for fewer, or for all of them: {a}..{b}")
