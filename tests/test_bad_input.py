@@ -448,6 +448,12 @@ def test_a_mistake_in_one_of_several_jobs_of_a_file_names_the_job(tmp_path, cli_
     (("sweep", "--seed", "1,2", "--batch-jobs", "١٠"), "--batch-jobs: '١٠' is not a number of ASCII digits"),  # values,
     (("show", "٣"), "show: invalid value for 'ID': '٣' is not a number of ASCII digits; see klab show --help"),  # and
     (("export", "--ids", "١,2"), "ids: must be job ids separated by commas, got '١,2'"),  # settings refuse them
+    # an option of one value given twice: click kept the last (`--seed 0..2 --seed 5` was one job, of seed 5)
+    (("sweep", "--seed", "0..2", "--seed", "5"), "--seed: given 2 times; give it once"),
+    (("run", "--no-store", "-f", "a.yaml", "--file", "b.yaml"), "--file: given 2 times; give it once"),
+    (("submit", "--queue", "cpu", "--queue=gpu"), "--queue: given 2 times; give it once"),
+    (("list", "--limit", "1", "--limit", "2", "--limit", "3"), "--limit: given 3 times; give it once"),
+    (("db", "upgrade", "--revision", "0010", "--revision", "0010"), "--revision: given 2 times; give it once"),
 ])
 def test_a_misused_command_names_itself_or_the_option(args, line, cli_env):
     """Arguments that the command does not take: one line naming the command and where its usage is."""
@@ -461,8 +467,9 @@ def test_a_misused_command_names_itself_or_the_option(args, line, cli_env):
     (("run", "--bogus\x1b[31m"), "--bogus\\x1b[31m: no such option"),
     (("run", "--input", "npy:/tmp/\u202eypn.npy", "--no-store"), "input: no such file: /tmp/\\u202eypn.npy"),
     (("sweep", "--local", "--seed", "1,2", "--name", "bad\udcffname"),
-     "bad\\udcffname: holds bytes that are not UTF-8"),
-    (("list", "--tag", "t\udcff"), "t\\udcff: holds bytes that are not UTF-8"),
+     "--name: bad\\udcffname holds bytes that are not UTF-8"),  # the option named, not the value in its place
+    (("list", "--tag=t\udcff"), "--tag: t\\udcff holds bytes that are not UTF-8"),
+    (("show", "1\udcff"), "klab: error: 1\\udcff holds bytes that are not UTF-8"),
 ])
 def test_what_a_terminal_would_play_is_shown_as_written(args, shown, cli_env):
     """An escape sequence (a window title, colours), a bidi override or bytes that are not UTF-8 in a value: the

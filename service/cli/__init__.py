@@ -10,6 +10,7 @@ import importlib
 import os
 import sys
 import unicodedata
+from collections import Counter
 
 import click
 
@@ -41,7 +42,24 @@ class NoSuchCommand(click.UsageError):
     """A command no group has: its message names the closest ones, or where the commands are listed."""
 
 
+class OnceCommand(click.Command):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """An option of one value given twice is refused in one line: click keeps the last without a word, and `klab
+        sweep --seed 0..2 --seed 5` was one job of seed 5, `klab run -f a.yaml -f b.yaml` never read a.yaml."""
+        try:
+            _, _, order = self.make_parser(ctx).parse_args(args=list(args))
+        except click.ClickException:
+            order = []  # what is wrong is said below, by click's own parse
+        counts = Counter(p for p in order if isinstance(p, click.Option) and not (p.multiple or p.is_flag or p.count))
+        for param, times in counts.items():
+            if times > 1:
+                flag = max(param.opts, key=len)
+                raise BadInput(flag, f"given {times} times; give it once")
+        return super().parse_args(ctx, args)
+
+
 class NearMissGroup(click.Group):
+    command_class = OnceCommand
     def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
                                                                             list[str]]:
         """An unknown command is one line naming the closest ones (`klab lis`: did you mean list?)."""
@@ -100,9 +118,14 @@ large, a device's error, a read-only file system."""
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes become one line and exit code 2, never a traceback."""
-    for arg in sys.argv[1:] if argv is None else argv:
+    args = sys.argv[1:] if argv is None else argv
+    for i, arg in enumerate(args):
         if not arg.isascii() and any(unicodedata.category(c) == "Cs" for c in arg):  # bytes that are not UTF-8
-            fail(f"{visible(arg)}: holds bytes that are not UTF-8 (names, paths and values are stored as UTF-8 text)")
+            flag, _, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
+            if not flag and i and args[i - 1].startswith("-") and not arg.startswith("-"):
+                flag = args[i - 1]  # the value of the option before it (a command's argument has no flag)
+            fail(f"{visible(flag) + ': ' if flag else ''}{visible(value)} holds bytes that are not UTF-8 (names, "
+                 "paths and values are stored as UTF-8 text)")
     try:
         code = cli.main(args=argv, prog_name="klab", standalone_mode=False)
         sys.stdout.flush()  # what is left to write fails here, where it is said, not at the interpreter's exit
