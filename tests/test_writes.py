@@ -55,6 +55,19 @@ def test_a_claim_is_one_statement_that_starts_waiting_jobs_and_ends_cancelled_on
         assert job(conn, stop).finished_at is not None and job(conn, stop).started_at is None
 
 
+def test_a_dead_workers_job_asked_to_stop_ends_cancelled_not_queued_again(klab_db: str) -> None:
+    """It went back to queued, counted so by `klab status`, and waited for a worker to reach its message."""
+    with writing() as conn:
+        stop, go, spent = (new(conn, JobStatus.CREATED) for _ in range(3))
+        assert claimed(conn, [stop, go, spent], "w1", "task-1", 0) == [stop, go, spent]
+        assert writes.cancel(conn, Selection.of([stop, spent], None, "id")) == (0, 2)  # asked, running
+        conn.execute(update(jobs).where(jobs.c.id == spent).values(attempts=5))
+        conn.execute(update(jobs).values(heartbeat_at=text("'2000-01-01'")))
+        assert writes.reap(conn, lease=60, max_attempts=5) == [(go, None)]
+        assert [(job(conn, i).status, job(conn, i).finished_at is not None) for i in (stop, go, spent)] == [
+            ("cancelled", True), ("queued", False), ("cancelled", True)]
+
+
 def test_a_claim_tells_alike_specs_apart_from_their_text_as_parsing_would(klab_db: str) -> None:
     def spec(**values) -> dict:
         return JobSpec.parse({"input": "edge:6x8", "kernel": "d2l", **values}).to_json()

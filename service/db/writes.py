@@ -159,10 +159,12 @@ def heartbeat(conn: Connection, ids: Sequence[int], attempts: Sequence[int]) -> 
 
 
 def reap(conn: Connection, lease: int, max_attempts: int) -> list[tuple[int, str | None]]:
-    """Jobs of dead workers (running, lease run out) back to queued; those that took down `max_attempts`
-    workers fail instead. Returns (id, queue) of the jobs to send again."""
+    """Jobs of dead workers (running, lease run out) back to queued; those `klab cancel` asked to stop end cancelled
+    (they went back to queued, counted so, until a worker's claim ended them), and those that took down
+    `max_attempts` workers fail instead. Returns (id, queue) of the jobs to send again."""
     now = utcnow()
     orphaned = unfinished(JobStatus.RUNNING.value) & (jobs.c.heartbeat_at < now - timedelta(seconds=lease))
+    change_status(conn, JobStatus.CANCELLED, orphaned & jobs.c.cancel_requested, cancel_requested=True, finished_at=now)
     change_status(conn, JobStatus.FAILED, orphaned & (jobs.c.attempts >= max_attempts), finished_at=now,
                   error_message=f"its worker stopped answering {max_attempts} times (KLAB_MAX_ATTEMPTS)")
     return change_status(conn, JobStatus.QUEUED, orphaned, task_id=None, queued_at=now)
