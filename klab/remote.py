@@ -107,7 +107,7 @@ class Handle:
         from service.db.reads import where
         from service.db.writes import cancel
 
-        with writing() as conn:
+        with writing(make=False) as conn:
             where(Reader.of(conn), self.selection)  # no such job or sweep: klab.BadInput, as wait() and status() say
             return cancel(conn, self.selection)
 

@@ -355,7 +355,7 @@ def requeue(selection: Selection, include_queued: bool, batch_jobs: int) -> tupl
     Returns how many were sent and the queues they went to."""
     broker.check()
     with cycles_uncollected():
-        with writing() as conn:
+        with writing(make=False) as conn:
             reads.where(Reader.of(conn), selection)  # no such job or sweep: one line, exit 2
             found = writes.waiting(conn, selection, include_queued)
         queues = {q or "cpu" for _, q in found}

@@ -134,7 +134,7 @@ def test_cli_default_sqlite_upgrades_itself_on_first_use(tmp_path: Path) -> None
     dispose_engines()
 
 
-def test_a_sqlite_file_in_a_folder_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+def test_a_sqlite_file_in_a_folder_that_does_not_exist_is_refused(tmp_path: Path, redis_url: str) -> None:
     """A typo in a path must not become a new, empty database answering `no jobs`; the default KLAB_HOME is
     still made on first use."""
     missing_folder = tmp_path / "no" / "such" / "folder"
@@ -155,10 +155,11 @@ def test_a_sqlite_file_in_a_folder_that_does_not_exist_is_refused(tmp_path: Path
     typo = tmp_path / "klab-typo.db"  # a folder that exists, a file that does not: a command that only reads made it,
     # a new empty database answering "no jobs" (or "no sweep 1", where the workers wrote to a file moved away)
     for args, query in ((["list"], ""), (["status", "--sweep", "1"], "?timeout=5"), (["sweeps"], ""),
-                        (["export", "1"], "?timeout=5")):  # a query too: it was made
-        out = klab(clean_env(tmp_path / "home", f"sqlite:///{typo}{query}"), *args)
-        assert (out.returncode, out.stderr) == (2, f"klab: error: no sqlite database {typo}: reading makes none (klab "
-                                                   "db upgrade makes it, as does a command that stores jobs)\n"), args
+                        (["export", "1"], "?timeout=5"),  # a query too: it was made
+                        (["cancel", "1"], ""), (["delete", "1"], ""), (["requeue"], "")):  # changes no job: made it
+        out = klab(clean_env(tmp_path / "home", f"sqlite:///{typo}{query}", KLAB_BROKER_URL=redis_url), *args)
+        assert (out.returncode, out.stderr) == (2, f"klab: error: no sqlite database {typo}: only klab db upgrade and "
+                                                   "the commands that store jobs make one\n"), args
     assert not typo.exists()
     fresh = clean_env(tmp_path / "new-home")
     assert klab(fresh, "list").returncode == 0 and (tmp_path / "new-home" / "klab.db").is_file()

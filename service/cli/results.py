@@ -314,7 +314,7 @@ def delete(selection: Selection) -> None:
     from service.db.reads import where
     from service.db.writes import delete_jobs
 
-    with writing() as conn:
+    with writing(make=False) as conn:
         where(Reader.of(conn), selection)  # unknown ids or sweep: bad input, nothing deleted
         jobs, epochs = delete_jobs(conn, selection)
     what = f" and sweep {selection.sweep}" if selection.sweep is not None else ""

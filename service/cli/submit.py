@@ -98,7 +98,7 @@ def cancel(selection: Selection) -> None:
     from service.db.reads import where
     from service.db.writes import cancel
 
-    with writing() as conn:
+    with writing(make=False) as conn:
         where(Reader.of(conn), selection)  # no such job or sweep: one line, exit 2, nothing changed
         ended, asked = cancel(conn, selection)
     click.echo(f"cancelled {ended} job(s) not yet started; asked {asked} running job(s) to stop")

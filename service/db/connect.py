@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from service import defaults
 from service.errors import DatabaseUnavailable, UpgradeRefused, one_line
-from service.settings import describe, sqlite_path
+from service.settings import describe, settings, sqlite_path
 
 HEAD = "0010"
 """The newest migration in migrations/versions (a test keeps this in step with Alembic's head)."""
@@ -127,6 +127,16 @@ def require_head(revision: str | None, url: str) -> None:
 def no_folder(url: str, folder: Path) -> DatabaseUnavailable:
     """A SQLite file whose folder does not exist: a typo in a path must not become a new, empty database (exit 2)."""
     return DatabaseUnavailable(f"the folder of the {describe(url)} does not exist: {folder}", 2)
+
+
+def refuse_unmade(url: str) -> None:
+    """What only reads or changes jobs already stored (`make=False`: list, show, cancel, delete...) refuses a SQLite
+    file that does not exist, but the default one: a name mistyped, or a file moved away, became a new empty
+    database that answered "no jobs" (a missing folder is refused by every command: no_folder)."""
+    path = sqlite_path(url)  # with a query or an escape too
+    if path is not None and not path.exists() and path.parent.is_dir() and not settings().is_default(url):
+        raise DatabaseUnavailable(f"no {describe(url)}: only klab db upgrade and the commands that store jobs make "
+                                  "one", 2)
 
 
 def unreachable(url: str, exc: BaseException) -> DatabaseUnavailable:

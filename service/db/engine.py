@@ -18,6 +18,7 @@ from service.db.connect import (
     HEAD,
     no_folder,
     out_of_reach,
+    refuse_unmade,
     require_head,
     sqlite_setup,
     sqlite_transaction,
@@ -161,15 +162,20 @@ def peeking(url: str | None = None) -> Iterator[Connection]:
 
 
 @contextmanager
-def writing(url: str | None = None, durable: bool = True) -> Iterator[Connection]:
+def writing(url: str | None = None, durable: bool = True, make: bool = True) -> Iterator[Connection]:
     """A connection in a write transaction on a database at head: committed on success, rolled back on error.
+    `make=False` (what changes jobs already stored: cancel, delete, requeue): a SQLite file that does not exist is
+    refused as reading refuses it (service.db.connect.refuse_unmade), not made to answer "no job 1".
 
     `durable=False` (a worker's claims and results): PostgreSQL does not wait for the transaction to reach
     the disk before answering. A machine that loses power may lose the last fraction of a second of such
     commits, never a part of one: those jobs are then taken back and trained again (service.db.writes.reap
     and stranded), as after a worker's death.
     """
-    with sqlite_transaction(url or settings().database_url), ready_engine(url).begin() as conn:
+    url = url or settings().database_url
+    if not make:
+        refuse_unmade(url)
+    with sqlite_transaction(url), ready_engine(url).begin() as conn:
         if not durable and conn.dialect.name == "postgresql":
             conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
         yield conn

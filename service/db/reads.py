@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.db import filters
-from service.db.connect import HEAD, INTEGER_MOST, Reader, no_folder, open_reader, sqlite_transaction
+from service.db.connect import HEAD, INTEGER_MOST, Reader, no_folder, open_reader, refuse_unmade, sqlite_transaction
 from service.errors import BadInput, DatabaseUnavailable
 from service.jobs import result
 from service.jobs import status as statuses
@@ -59,10 +59,8 @@ def reading(url: str | None = None, make: bool = True) -> Iterator[Reader]:
     mistyped, or a file moved away, became a new empty database that answered "no jobs".
     """
     url = url or settings().database_url
-    path = sqlite_path(url)  # with a query or an escape too (sqlite_file's plain URLs alone let ?timeout=5 be made)
-    if not make and path is not None and not path.exists() and path.parent.is_dir() and not settings().is_default(url):
-        raise DatabaseUnavailable(f"no {describe(url)}: reading makes none (klab db upgrade makes it, as does a "
-                                  "command that stores jobs)", 2)
+    if not make:
+        refuse_unmade(url)
     with sqlite_transaction(url):  # no fork meanwhile (service.db.connect.ForkGuard)
         direct = open_reader(url)
         if direct is not None:
