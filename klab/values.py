@@ -14,6 +14,7 @@ import numbers
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from service.defaults import BATCH_JOBS_MOST
@@ -143,6 +144,7 @@ class Files:
 
     def __init__(self) -> None:
         self.paths: list[str] = []
+        self.made: list[Path] = []  # the files this call wrote: taken back if the call is refused
 
     def npy(self, field: str, value: Any) -> str:
         """An array or tensor as npy:PATH."""
@@ -169,6 +171,7 @@ class Files:
             part = path.with_suffix(f".{os.getpid()}.part")  # another process may save the same array meanwhile
             part.write_bytes(blob)
             os.replace(part, path)
+            self.made.append(path)
         self.paths.append(str(path))
         return f"npy:{path}"
 
@@ -230,4 +233,6 @@ def arrays() -> Iterator[Files]:
     try:
         yield files
     except BadInput as exc:
+        for path in files.made:  # bad input writes nothing: not the arrays it gave either (KLAB_HOME/arrays)
+            path.unlink(missing_ok=True)
         raise files.unsaid(exc) from None

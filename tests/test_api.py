@@ -617,3 +617,24 @@ def test_reading_a_sqlite_file_that_does_not_exist_makes_none(tmp_path, setenv):
         with pytest.raises(DatabaseUnavailable, match="^no sqlite database .*typo.db: only klab db upgrade and"):
             read()
     assert not (tmp_path / "typo.db").exists()
+
+
+def test_a_refused_call_leaves_none_of_the_arrays_it_gave(tmp_path, setenv):
+    """The arrays were saved under KLAB_HOME/arrays before the call was validated, and stayed when it was refused;
+    even the array that was the bad input (NaN) did."""
+    home = tmp_path / "home"
+    setenv(KLAB_HOME=str(home), KLAB_DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}")
+    x = np.ones((6, 6))
+    refused = (lambda: klab.run(input=np.full((5, 5), np.nan), store=False),
+               lambda: klab.run(input=x, lr=-1, store=False),
+               lambda: klab.run(input=x, kernel=np.ones((9, 9)), store=False),
+               lambda: klab.submit(input=x, lr=-1), lambda: klab.sweep(input=x, seed=[1, 1]))
+    for call in refused:
+        with pytest.raises(klab.BadInput):
+            call()
+    assert list(home.rglob("*")) in ([], [home / "arrays"])
+    assert klab.run(input=x, epochs=1, store=False).status == "succeeded"  # a call that runs keeps its file,
+    kept = list(home.rglob("*.npy"))
+    with pytest.raises(klab.BadInput):
+        klab.run(input=x, lr=-1, store=False)
+    assert len(kept) == 1 and list(home.rglob("*.npy")) == kept  # which a refused call of the same array leaves be
