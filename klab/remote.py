@@ -2,6 +2,7 @@
 waits for them (or a sweep's: klab.local.sweep) and reads their results."""
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -65,10 +66,10 @@ class Handle:
         """Until every job is finished, with a progress bar (TimeoutError after `timeout` seconds)."""
         from klab.progress import follow
 
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
                                     or not timeout >= 0):  # NaN compares false with everything: it never ended
-            raise BadInput("timeout", f"seconds, a number from 0 or None, got {timeout!r}")
-        follow(self.selection, timeout, checked_flag("progress", progress))
+            raise BadInput("timeout", f"seconds, a number from 0 or None, got {timeout!r}")  # numpy's numbers too
+        follow(self.selection, None if timeout is None else float(timeout), checked_flag("progress", progress))
         return self
 
     @public
@@ -83,16 +84,21 @@ class Handle:
     @public
     def result(self, timeout: float | None = None) -> Result:
         """The result of a handle's one job, once it is finished."""
-        if len(self.ids) != 1:
+        if self.ids and len(self.ids) != 1:
             raise BadInput("result", f"{len(self.ids)} jobs here; read them with .results() or .jobs()")
-        return self.results(timeout)[0]
+        found = self.results(timeout)  # a handle of a sweep alone (Handle((), sweep=S)) counts its jobs here
+        if len(found) != 1:
+            raise BadInput("result", f"{len(found)} jobs here; read them with .results() or .jobs()")
+        return found[0]
 
+    @public
     def jobs(self) -> pd.DataFrame:
         """One row per job, as klab.jobs gives them (finished or not)."""
         from klab.tables import jobs
 
         return jobs(sweep=self.sweep) if self.sweep is not None else jobs(ids=self.ids)
 
+    @public
     def epochs(self) -> pd.DataFrame:
         """Every epoch the jobs have stored, as klab.epochs gives them."""
         from klab.tables import epochs

@@ -638,3 +638,21 @@ def test_a_refused_call_leaves_none_of_the_arrays_it_gave(tmp_path, setenv):
     with pytest.raises(klab.BadInput):
         klab.run(input=x, lr=-1, store=False)
     assert len(kept) == 1 and list(home.rglob("*.npy")) == kept  # which a refused call of the same array leaves be
+
+
+def test_a_handle_takes_numpy_numbers_counts_a_sweeps_jobs_and_refuses_its_mistakes_as_bad_input(tmp_path, setenv):
+    """wait(timeout=np.int64(5)) was refused as not "a number from 0"; Handle((), sweep=S).result() of a one-job
+    sweep said "0 jobs here"; .jobs(status=...) and .epochs(1) raised TypeError, where every other call says
+    klab.BadInput."""
+    setenv(KLAB_HOME=str(tmp_path / "home"), KLAB_DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}")
+    one = klab.sweep(local=True, seed=[77], epochs=2)
+    handle = klab.Handle((), sweep=one.sweep)
+    assert handle.wait(timeout=np.int64(5), progress=False) is handle
+    assert handle.wait(timeout=np.float32(2.5), progress=False) is handle
+    assert handle.result().id == one.ids[0]
+    two = klab.Handle((), sweep=klab.sweep(local=True, seed=[1, 2], epochs=1).sweep)
+    for mistake, says in ((two.result, "^result: 2 jobs here"),
+                          (lambda: handle.jobs(status="succeeded"), "^status: jobs\\(\\) takes no such keyword"),
+                          (lambda: handle.epochs(1), "^epochs: too many positional arguments")):
+        with pytest.raises(klab.BadInput, match=says):
+            mistake()
