@@ -110,7 +110,9 @@ BAD = [
      "more than the limit 4096"),
     ("labels-shape", lambda: klab.run(**BOOK, labels=np.zeros((6, 6)), store=False), "labels", "do not fit"),
     ("three-d-kernel", lambda: klab.run(kernel=torch.ones((1, 1, 2)), store=False), "kernel", "must be 2-D or 4-D"),
-    ("unknown-field", lambda: klab.submit(jobs=[{"learning_rate": 0.1}]), "learning-rate", "unknown field"),
+    ("unknown-field", lambda: klab.submit(jobs=[{"learning_rate": 0.1}]), "learning_rate", "unknown field"),  # as
+    # written: it was learning-rate, a flag no command has
+    ("unknown-keyword", lambda: klab.submit(foo_bar=1), "foo_bar", "unknown field"),
     ("sweep-values", lambda: klab.run(seed=[1, 2], store=False), "seed",
      "several values make a sweep: klab.sweep(...)"),
     ("sweep-text", lambda: klab.submit(lr="0.1,0.2"), "lr", "several values make a sweep: klab.sweep(...)"),

@@ -115,7 +115,7 @@ CASES = [
     Case("missing-spec-file", ("submit", "-f", "{d}/nope.yaml"), "file"),
     Case("spec-file-is-a-directory", ("run", "-f", "{d}/a_directory.npy"), "file"),
     Case("spec-file-too-large", ("submit", "-f", "{d}/long.json"), "file", {"KLAB_MAX_FILE_BYTES": "40"}),
-    Case("unknown-key-in-file", ("submit", "-f", "{d}/unknown.json"), "learning-rate"),
+    Case("unknown-key-in-file", ("submit", "-f", "{d}/unknown.json"), "learning_rate"),
     Case("epochs-text-in-file", ("run", "-f", "{d}/epochs_text.yaml"), "epochs"),
     Case("epochs-fraction-in-file", ("submit", "-f", "{d}/epochs_float.json"), "epochs"),
     Case("lr-list-in-file", ("submit", "-f", "{d}/lr_list.json"), "lr"),

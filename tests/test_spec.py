@@ -234,7 +234,7 @@ def test_missing_spec_file(tmp_path):
 def test_unknown_key_in_a_spec_file_names_the_key(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text("input: edge:6x8\nlearning_rate: 0.1\n")
-    with pytest.raises(BadInput, match="^learning-rate: unknown field; a job's fields are input, kernel, labels, "
+    with pytest.raises(BadInput, match="^learning_rate: unknown field; a job's fields are input, kernel, labels, "
                                        "bias, noise, method, lr, epochs, batch_size, seed, tol, device$"):
         JobSpec.parse(load_spec_file(str(path))[0])
     path.write_text("input: edge:6x8\nepochz: 5\n")  # a near miss is named

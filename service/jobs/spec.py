@@ -148,6 +148,8 @@ def bad_input_from(exc: ValidationError) -> BadInput:
     if listed or (isinstance(got, str) and (err["type"].endswith("_parsing") or err["type"] == "enum")
                   and _swept(got)):
         message += f"; {SWEEP_HINT}" if field in SWEEPABLE else f"; a sweep varies only {', '.join(SWEEPABLE)}"
+    if err["type"] == "extra_forbidden":  # named as it was written: foo_bar is no flag's --foo-bar
+        return BadInput(field, message)
     return BadInput(field.replace("_", "-"), message)
 
 
