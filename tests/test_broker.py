@@ -281,3 +281,12 @@ def test_a_process_whose_broker_moves_publishes_to_the_new_one(klab_db, klab_cli
         assert code == 0, err
     sent = [[body(m)[0][0] for m in messages(server.client(), queue_key(klab_db))] for server in servers]
     assert sent == [[[1, 2, 3]], [[4, 5, 6]]]
+
+
+def test_a_sweeps_bias_and_tol_are_numbers_in_its_params_as_every_other_number():
+    """They were stored as text ('0.5'), beside noise 0.1 and epochs 2 as numbers."""
+    from service.jobs.sweep import grid
+
+    g = grid({"bias": "0.5", "tol": "1e-3", "noise": "0.1", "seed": "1,2"})
+    assert g.fixed == {"bias": 0.5, "tol": 0.001, "noise": 0.1} and g.swept == {"seed": [1, 2]}
+    assert grid({"bias": "none", "tol": "x"}).fixed == {"bias": "none", "tol": "x"}  # for the job's spec to name

@@ -176,7 +176,7 @@ def grid(flags: dict[str, str]) -> Grid:
     fixed: dict[str, Any] = {}
     for field, text in flags.items():
         if field not in SWEEPABLE:
-            fixed[field] = text
+            fixed[field] = _one_number(field, text) if field in ("bias", "tol") else text
             continue
         values: list[Any] = []
         for item in split_list(field, str(text)):
@@ -194,6 +194,15 @@ def grid(flags: dict[str, str]) -> Grid:
     if g.size > limit:
         raise BadInput("sweep", f"{g.size} jobs, more than the limit {limit} (KLAB_MAX_SWEEP_JOBS)")
     return g
+
+
+def _one_number(field: str, text: Any) -> Any:
+    """A sweep's bias or tol as the number it is, stored so in its params as every swept number is (they were text,
+    '0.5'); anything else as given, for the job's spec to name (`none`, a list)."""
+    try:
+        return number(field, str(text).strip(), False)
+    except BadInput:
+        return text
 
 
 def kernel_literal(value: Any) -> bool:
