@@ -271,6 +271,8 @@ CASES = [
     Case("a-kernel-whose-labels-overflow", ("run", "--input", "ones:6x8", "--kernel", "[[3e38, 3e38]]"), "kernel"),
     Case("a-bias-that-overflows-the-labels", ("run", "--bias", "1e308"), "bias"),
     Case("noise-that-overflows-the-labels", ("sweep", "--noise", "0,1e308"), "noise"),
+    # validated with seed 1, whose labels fit; seed 6's did not, and its job was stored, then failed by its worker
+    Case("noise-that-overflows-the-labels-of-a-later-seed", ("sweep", "--noise", "1.2e38", "--seed", "1,6"), "noise"),
     Case("gpu-index-for-a-cpu-worker", ("worker", "--queue", "cpu", "--gpu", "0"), "gpu"),
     Case("a-worker-name-with-an-at", ("worker", "--queue", "gpu", "--name", "gpu@2"), "name"),
     Case("an-unknown-log-level", ("worker", "--loglevel", "bogus"), "--loglevel"),

@@ -312,3 +312,18 @@ def test_label_noise_is_seeded_and_has_the_requested_scale():
     assert abs(residual.std() - 0.5) < 0.05 and abs(residual.mean()) < 0.05
     expected = 0.5 * inputs.rng(1, inputs.NOISE_STREAM).standard_normal(base.y.shape)
     np.testing.assert_allclose(residual, expected, atol=1e-5)
+
+
+def test_noise_that_could_overflow_the_labels_with_some_seed_is_refused_whatever_the_seed():
+    """At noise 1.2e38 seed 1's labels fit float32 and seed 6's did not: a sweep validated with its first seed stored
+    jobs its worker then failed. No standard normal draw of numpy's is larger than NORMAL_MOST."""
+    from service.jobs.problem import NORMAL_MOST, build_problem
+    from service.jobs.spec import JobSpec
+
+    draws = np.random.default_rng(0).standard_normal(2_000_000)
+    assert 5 < np.abs(draws).max() < NORMAL_MOST
+    for seed in range(8):
+        with pytest.raises(BadInput, match=r"^noise: 1\.2e\+38 can make the labels too large for float32 with some "
+                                           r"seeds .*; at most 2\.77e\+37 with these labels$"):
+            build_problem(JobSpec.parse({"noise": 1.2e38, "seed": seed}))
+        assert np.isfinite(build_problem(JobSpec.parse({"noise": 2.7e37, "seed": seed})).y).all()

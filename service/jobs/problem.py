@@ -89,6 +89,7 @@ def build_problem(spec: JobSpec, arrays: dict[str, np.ndarray] | None = None) ->
                 y += spec.bias
         true_bias = spec.bias
     if spec.noise > 0:
+        _noise_fits(y, spec.noise)
         noise = inputs.rng(spec.seed, inputs.NOISE_STREAM).standard_normal(y.shape)
         with np.errstate(over="ignore", invalid="ignore"):
             noise *= spec.noise
@@ -198,6 +199,24 @@ def gib(size: int) -> str:
         if size >= scale:
             return f"{size / scale:.3g} {unit}"
     return f"{size} bytes"
+
+
+NORMAL_MOST = 12.3
+"""No draw of numpy's standard_normal is larger in size: its ziggurat's tail returns r + x with r = 3.6542 and x
+under sqrt(2 * 53 ln 2) = 8.57, the most a double's uniform draw allows."""
+
+
+def _noise_fits(clean: np.ndarray, noise: float) -> None:
+    """Noise that could take the labels out of float32's range with some seed is refused whatever the seed: a sweep
+    is validated with its first seed, and stored jobs of the others failed at the worker (`--noise 1.2e38 --seed
+    1..7`: seeds 6 and 7)."""
+    if not _fits(clean):
+        return  # named below by what made them so
+    top = float(np.abs(clean).max(initial=0.0))
+    room = (float(np.finfo(np.float32).max) - top) / NORMAL_MOST
+    if noise > room:
+        raise BadInput("noise", f"{noise:g} can make the labels too large for float32 with some seeds (a draw of up "
+                                f"to {NORMAL_MOST} standard deviations); at most {room:.3g} with these labels")
 
 
 def _fits(y: np.ndarray) -> bool:
