@@ -443,9 +443,9 @@ def test_a_mistake_in_one_of_several_jobs_of_a_file_names_the_job(tmp_path, cli_
                                        "'critical'"),
     (("export", "3", "--format", "xml"), "--format: 'xml' is not one of 'csv', 'json'"),
     (("plot", "3"), "--output: missing; see klab plot --help"),
-    (("delete", "--sweep", "1", "--sweep", "2"), "sweep: given 2 times (--sweep 1 --sweep 2); a command takes one "
-                                                 "sweep"),  # click kept the last: sweep 2 alone was deleted
-    (("list", "--sweep", "3", "--sweep", "3"), "sweep: given 2 times (--sweep 3 --sweep 3); a command takes one sweep"),
+    (("delete", "--sweep", "1", "--sweep", "2"), "--sweep: given 2 times; give it once"),  # click kept the last:
+    # sweep 2 alone was deleted
+    (("list", "--sweep", "3", "--sweep", "3"), "--sweep: given 2 times; give it once"),
     (("list", "--limit", "٢"), "--limit: '٢' is not a number of ASCII digits"),  # int() read it as 2, where job
     (("sweep", "--seed", "1,2", "--batch-jobs", "١٠"), "--batch-jobs: '١٠' is not a number of ASCII digits"),  # values,
     (("show", "٣"), "show: invalid value for 'ID': '٣' is not a number of ASCII digits; see klab show --help"),  # and
@@ -472,6 +472,10 @@ def test_a_misused_command_names_itself_or_the_option(args, line, cli_env):
      "--name: bad\\udcffname holds bytes that are not UTF-8"),  # the option named, not the value in its place
     (("list", "--tag=t\udcff"), "--tag: t\\udcff holds bytes that are not UTF-8"),
     (("show", "1\udcff"), "klab: error: 1\\udcff holds bytes that are not UTF-8"),
+    (("show", "--json", "1\udcff"), "klab: error: 1\\udcff holds bytes"),  # an argument after a flag: no option's
+    (("show", "--", "1\udcff"), "klab: error: 1\\udcff holds bytes"),
+    (("export", "--ids=1,2", "x\udcff"), "klab: error: x\\udcff holds bytes"),
+    (("db", "upgrade", "--revision", "1\udcff"), "klab: error: --revision: 1\\udcff holds bytes"),  # a subcommand's
 ])
 def test_what_a_terminal_would_play_is_shown_as_written(args, shown, cli_env):
     """An escape sequence (a window title, colours), a bidi override or bytes that are not UTF-8 in a value: the
@@ -583,3 +587,9 @@ def test_every_limit_names_its_variable(args, env, variable, files, cli_env, set
     code, out, lines = klab_here(*[a.replace("{d}", str(files)) for a in args])
     assert code == 2 and len(lines) == 1, lines
     assert lines[0].startswith("klab: error: ") and f"({variable}" in lines[0], lines[0]
+
+
+def test_help_is_shown_whatever_else_the_line_holds(cli_env):
+    """An option given twice was refused before click's --help could show the usage."""
+    code, out, lines = klab_here("run", "--seed", "1", "--seed", "2", "--help")
+    assert (code, lines) == (0, []) and out.startswith("Usage: klab run [OPTIONS]")

@@ -104,6 +104,9 @@ def test_log_spaced_values_are_exact(tmp_path):
     assert grid({"seed": "1:9007199254740993:2"}).swept["seed"] == [1, 2**53 + 1]
     assert grid({"seed": f"1:{2**63 - 1}:3"}).swept["seed"] == [1, 3037000500, 2**63 - 1]
     assert grid({"seed": "10000000000000000:10000000000000001:2"}).swept["seed"] == [10**16, 10**16 + 1]
+    assert grid({"seed": "1:5:1"}).fixed["seed"] == 1 and grid({"epochs": "1:10:1"}).fixed["epochs"] == 1  # one value
+    with pytest.raises(BadInput, match="round to 2 whole numbers"):  # exp put the middle one past the end: not taken
+        grid({"seed": f"{2**62}:{2**62 + 2}:3"})
 
 
 def test_no_kernel_in_any_case_is_one_value_of_a_sweep():

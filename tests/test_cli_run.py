@@ -49,7 +49,7 @@ BAD_INPUT = [
     ("missing-file", ["--input", "npy:{files}/missing.npy"], {}, "input"),
     ("not-an-image", ["--input", "image:{files}/not-an-image.png"], {}, "input"),
     ("yaml-unknown-key", ["-f", "{files}/job.yaml"], {}, "colour"),
-    ("json-unknown-key", ["-f", "{files}/job.json"], {}, "learning-rate"),
+    ("json-unknown-key", ["-f", "{files}/job.json"], {}, "learning_rate"),  # as written
 ]
 
 NO_TORCH = [["--help"], ["run", "--help"], ["--version"], ["run", "--lr", "-1"], ["run", "--kernel", "random:9x9"],

@@ -237,6 +237,14 @@ def test_unknown_key_in_a_spec_file_names_the_key(tmp_path):
     with pytest.raises(BadInput, match="^learning_rate: unknown field; a job's fields are input, kernel, labels, "
                                        "bias, noise, method, lr, epochs, batch_size, seed, tol, device$"):
         JobSpec.parse(load_spec_file(str(path))[0])
+    path.write_text("input: edge:6x8\nlearning-rate: 0.1\n")  # as written, dashes and all
+    with pytest.raises(BadInput, match="^learning-rate: unknown field; "):
+        JobSpec.parse(load_spec_file(str(path))[0])
+    path.write_text("batch-size: 4\n")  # a field's flag spelling is the field
+    assert JobSpec.parse(load_spec_file(str(path))[0]).batch_size == 4
+    path.write_text("seed: .inf\n")  # not a number read from its text: not finite, as before
+    with pytest.raises(BadInput, match="^seed: Input should be a finite number$"):
+        JobSpec.parse(load_spec_file(str(path))[0])
     path.write_text("input: edge:6x8\nepochz: 5\n")  # a near miss is named
     with pytest.raises(BadInput, match=r"^epochz: unknown field; did you mean epochs\?$"):
         JobSpec.parse(load_spec_file(str(path))[0])

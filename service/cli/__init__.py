@@ -45,7 +45,10 @@ class NoSuchCommand(click.UsageError):
 class OnceCommand(click.Command):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         """An option of one value given twice is refused in one line: click keeps the last without a word, and `klab
-        sweep --seed 0..2 --seed 5` was one job of seed 5, `klab run -f a.yaml -f b.yaml` never read a.yaml."""
+        sweep --seed 0..2 --seed 5` was one job of seed 5, `klab run -f a.yaml -f b.yaml` never read a.yaml. The one
+        home of the rule (`--sweep` too). --help anywhere shows the help, as click does."""
+        if any(arg in ctx.help_option_names for arg in args):
+            return super().parse_args(ctx, args)
         try:
             _, _, order = self.make_parser(ctx).parse_args(args=list(args))
         except click.ClickException:
@@ -116,14 +119,28 @@ UNWRITABLE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS)
 large, a device's error, a read-only file system."""
 
 
+def _taking(before: list[str]) -> str:
+    """The option that takes the next argument as its value, where the last of `before` is one (not a flag, not
+    `--`, not an --option=value): the command's own options, found through its group(s)."""
+    if not before or not before[-1].startswith("-") or "=" in before[-1]:
+        return ""
+    command: click.Command = cli
+    for word in before[:-1]:
+        if isinstance(command, click.Group) and not word.startswith("-"):
+            command = command.get_command(click.Context(command), word) or command
+    for param in command.params:
+        if isinstance(param, click.Option) and before[-1] in param.opts and not (param.is_flag or param.count):
+            return before[-1]
+    return ""
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes become one line and exit code 2, never a traceback."""
     args = sys.argv[1:] if argv is None else argv
     for i, arg in enumerate(args):
         if not arg.isascii() and any(unicodedata.category(c) == "Cs" for c in arg):  # bytes that are not UTF-8
             flag, _, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
-            if not flag and i and args[i - 1].startswith("-") and not arg.startswith("-"):
-                flag = args[i - 1]  # the value of the option before it (a command's argument has no flag)
+            flag = flag or _taking(args[:i])  # the option whose value it is; an argument has none
             fail(f"{visible(flag) + ': ' if flag else ''}{visible(value)} holds bytes that are not UTF-8 (names, "
                  "paths and values are stored as UTF-8 text)")
     try:

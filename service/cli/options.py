@@ -81,16 +81,9 @@ def selected(ids: str = "many", optional: bool = False) -> Callable[[Callable[..
 
 
 def sweep_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """--sweep S, once: given again, click would keep the last and `klab delete --sweep 1 --sweep 2` would delete
-    sweep 2 alone."""
-
-    def one(ctx: click.Context, param: click.Parameter, values: tuple[int, ...]) -> int | None:
-        if len(values) > 1:
-            given = " ".join(f"--sweep {v}" for v in values)
-            raise BadInput("sweep", f"given {len(values)} times ({given}); a command takes one sweep")
-        return values[0] if values else None
-
-    return click.option("--sweep", type=WHOLE, multiple=True, callback=one, help=help)
+    """--sweep S, once (given again, `klab delete --sweep 1 --sweep 2` would have deleted sweep 2 alone: refused, as
+    every option of one value given twice is, by service.cli.OnceCommand)."""
+    return click.option("--sweep", type=WHOLE, default=None, help=help)
 
 
 class _Ascii:

@@ -69,8 +69,8 @@ class JobSpec(BaseModel):
     def _as_sweeps_read_it(cls, value: Any, info: Any) -> Any:
         """A number given as text (a flag of `klab run`, a file's quoted value) read as a sweep reads one: pydantic
         read `--seed 0-9` as -9 (and `0-0` as 0), where `klab sweep --seed 0-9` asks `did you mean 0..9?`."""
-        if isinstance(value, Written) and info.field_name in INTEGER:
-            value = value.text
+        if isinstance(value, Written) and info.field_name in INTEGER and math.isfinite(value):
+            value = value.text  # .inf and .nan are told they are not finite, as before
         if not isinstance(value, str) or value.strip().lower() == "none" or _swept(value):  # a sweep's values:
             return value  # pydantic's error, which bad_input_from points at klab sweep
         try:
@@ -194,7 +194,15 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
         if not isinstance(doc, dict):
             which = f" (job {n}: {type(doc).__name__})" if suffix == ".jsonl" else ""
             raise BadInput(field, f"{path} must hold a mapping of job fields{which}")
-    return [{k.replace("-", "_") if isinstance(k, str) else k: v for k, v in doc.items()} for doc in docs]
+    return [{_field_key(k): v for k, v in doc.items()} for doc in docs]
+
+
+def _field_key(key: Any) -> Any:
+    """A file's key as the field it names (batch-size is batch_size); a key of no field as written, for its error to
+    name it so (learning-rate, not learning_rate)."""
+    if isinstance(key, str) and key.replace("-", "_") in JobSpec.model_fields:
+        return key.replace("-", "_")
+    return key
 
 
 class Written(float):

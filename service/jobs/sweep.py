@@ -139,8 +139,10 @@ def _values(field: str, item: str, limit: int) -> list[Any]:
         vals = [a] if n == 1 else [math.exp(lo + (hi - lo) * i / (n - 1)) for i in range(int(n))]
         if not all(math.isfinite(v) for v in vals):
             raise BadInput(field, f"{item}: values out of range")
-        if integer:  # the ends as given, exactly: through exp and log, 1:9007199254740993:2 ended at ...986
-            whole = sorted({int(a), int(b), *(int(round(v)) for v in vals[1:-1])})
+        if integer:  # the ends as given, exactly (through exp and log, 1:9007199254740993:2 ended at ...986), and
+            # the values between them within them (past 2**53 exp can round one beyond the end)
+            inner = (min(max(int(round(v)), int(a)), int(b)) for v in vals[1:-1])
+            whole = sorted({int(a), int(b), *inner}) if n > 1 else [int(a)]
             if len(whole) < n:  # log-spaced values closer than 1 round to the same whole number
                 raise BadInput(field, f"{item}: {n} log-spaced values from {a} to {b} round to {len(whole)} whole "
                                       f"numbers; ask for fewer, or for all of them: {a}..{b}")
