@@ -235,6 +235,35 @@ def test_compare_names_a_bias_or_tol_that_differs_and_shares_only_what_every_met
     title, header = klab_cli("compare", str(manual), str(least))[1].splitlines()[:2]
     assert title.startswith("all jobs: input random:8x8") and "batch" not in title + header  # neither reads it
     assert header.split()[:4] == ["id", "method", "lr", "epochs"]  # only one reads them: each job's, or -
+    with writing() as conn:
+        both = [add_job(conn, bias=0.5, tol=0.01) for _ in range(2)]
+    title, header = klab_cli("compare", *map(str, both))[1].splitlines()[:2]
+    assert title.endswith(", bias 0.5, tol 0.01") and "bias" not in header  # shared: said once (was nowhere)
+    assert "tol" not in klab_cli("compare", str(plain), str(manual))[1].splitlines()[0]  # the defaults are not said
+
+
+def test_compare_of_a_sweep_whose_jobs_were_all_deleted_says_so(klab_db: str, klab_cli) -> None:
+    with writing() as conn:
+        sweep = writes.create_sweep(conn, {"seed": [1, 2]}, 2)
+    assert klab_cli("compare", "--sweep", str(sweep)) == (0, "", "no jobs\n")  # was a traceback (IndexError)
+
+
+def test_a_table_title_is_shown_as_written_not_read_as_markup() -> None:
+    rows = [{"id": 1, "status": "succeeded"}]
+    for title in ("sweep 1 (a[/]b)", "sweep 2 ([bold red]hidden[/bold red] name)"):  # a traceback; a word gone red
+        drawn = tables.rich_table(["id", "status"], rows, title=title, force_terminal=True, width=80)
+        assert "".join(title.split()) in "".join(re.sub(r"\x1b\[[0-9;]*m", "", drawn).split())  # wrapped as wide
+        # as the table
+
+
+def test_progress_short_of_every_epoch_is_never_said_to_be_100_percent() -> None:
+    from service.cli.progress import count_line
+
+    line = count_line({"jobs": 3, "finished": 2, "by_status": {"queued": 1, "cancelled": 2}, "epochs_done": 12348,
+                       "epochs_total": 12358})
+    assert line.endswith("epochs 12348/12358 (99%)")  # was 100%, with a job still queued
+    assert count_line({"jobs": 2, "finished": 1, "by_status": {"running": 1, "succeeded": 1}, "epochs_done": 10,
+                       "epochs_total": 20}).endswith("(50%)")
 
 
 def test_compare_ids_csv_and_json(jobs: dict[str, int], klab_cli) -> None:

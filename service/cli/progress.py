@@ -140,6 +140,7 @@ def count_line(c: dict[str, Any]) -> str:
     if c["finished"] == c["jobs"]:
         return f"{c['jobs']} job(s): {parts}; {c['epochs_done']} of {c['epochs_asked']} epochs trained"
     pct = 100.0 * c["epochs_done"] / c["epochs_total"] if c["epochs_total"] else 100.0
+    pct = min(pct, 99.0) if c["epochs_done"] < c["epochs_total"] else pct  # 12348 of 12358 is not 100% yet
     return f"{c['jobs']} job(s): {parts}; epochs {c['epochs_done']}/{c['epochs_total']} ({pct:.0f}%)"
 
 

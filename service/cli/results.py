@@ -9,6 +9,7 @@ from typing import IO, Any
 
 import click
 
+from service import defaults
 from service.cli import cli
 from service.cli.options import WHOLE, WholeRange, selected, sweep_option
 from service.errors import BadInput, visible
@@ -120,11 +121,15 @@ def compare(selection: Selection, group_by: str | None, as_json: bool, as_csv: b
         _json(rows)
     elif as_csv:
         write_csv(sys.stdout, list(SUMMARY_NAMES), rows)
+    elif not rows:  # a sweep whose jobs were all deleted: its title was read from a first row (a traceback)
+        click.echo("no jobs", err=True)
     else:
         rows = [settle({**r, **{k: r["spec"].get(k) for k in SPEC_ONLY}}) for r in rows]
         params = ["method", "input", "kernel", "lr", "epochs", "batch_size", "seed", "noise"]
         differ = reads.varying(rows, [*params, *SPEC_ONLY]) if len(rows) > 1 else params
-        shown, common = shared(rows, [*params, *(k for k in SPEC_ONLY if k in differ)], differ)
+        given = [k for k in SPEC_ONLY if k in differ or rows[0][k] not in (None, defaults.TOL)]  # shared: in the
+        # title where some was given (a bias every job has), never the defaults (no labels, no bias, tol 1e-4)
+        shown, common = shared(rows, [*params, *given], differ)
         metrics = ["status", "epochs_done", "final_loss", "relative_error", "max_abs_error", "identifiable",
                    *group("gap"), *group("pace")]
         title = ("all jobs: " + ", ".join(f"{table.header(p)} {table.cell(rows[0][p])}" for p in common)

@@ -116,9 +116,12 @@ def _width(console, table) -> int:
 def _table(columns: Sequence[str], rows: Sequence[dict[str, Any]], widths: dict[str, int], title: str | None,
            cells: dict[str, Any] | None, numbers: Collection[str] = ()):
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, header_style="bold", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+    shown = None if title is None else escape(visible(title))  # a sweep's name or a path, as written: `a[/]b` was
+    # rich markup, a traceback
+    table = Table(title=shown, header_style="bold", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
                   pad_edge=False, collapse_padding=True)
     for c in columns:
         table.add_column(header(c), justify="right" if c in numbers or _numeric(c, rows) else "left", no_wrap=True,
