@@ -69,7 +69,7 @@ class Handle:
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
                                     or not timeout >= 0):  # NaN compares false with everything: it never ended
             raise BadInput("timeout", f"seconds, a number from 0 or None, got {timeout!r}")  # numpy's numbers too
-        follow(self.selection, None if timeout is None else float(timeout), checked_flag("progress", progress))
+        follow(self.selection, _seconds(timeout), checked_flag("progress", progress))
         return self
 
     @public
@@ -84,12 +84,10 @@ class Handle:
     @public
     def result(self, timeout: float | None = None) -> Result:
         """The result of a handle's one job, once it is finished."""
-        if self.ids and len(self.ids) != 1:
-            raise BadInput("result", f"{len(self.ids)} jobs here; read them with .results() or .jobs()")
-        found = self.results(timeout)  # a handle of a sweep alone (Handle((), sweep=S)) counts its jobs here
-        if len(found) != 1:
-            raise BadInput("result", f"{len(found)} jobs here; read them with .results() or .jobs()")
-        return found[0]
+        jobs = len(self.ids) if self.ids else self.status()["jobs"]  # a sweep's alone (Handle((), sweep=S)): counted
+        if jobs != 1:  # before waiting for them all
+            raise BadInput("result", f"{jobs} jobs here; read them with .results() or .jobs()")
+        return self.results(timeout)[0]
 
     @public
     def jobs(self) -> pd.DataFrame:
@@ -140,6 +138,14 @@ def submit(jobs: Sequence[Mapping[str, Any]] | None = None, *, queue: str | None
         _, ids = store_and_send(plan, batch_jobs)
     warn_unserved(plan.queues)
     return Handle(tuple(ids))
+
+
+def _seconds(timeout: float | None) -> float | None:
+    """A timeout as follow() takes it: a whole number past a float's range (10**400) is no limit, as it was."""
+    try:
+        return None if timeout is None else float(timeout)
+    except OverflowError:
+        return None
 
 
 def warn_unserved(queues: set[str]) -> None:

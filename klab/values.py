@@ -14,7 +14,6 @@ import numbers
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from service.defaults import BATCH_JOBS_MOST
@@ -144,7 +143,6 @@ class Files:
 
     def __init__(self) -> None:
         self.paths: list[str] = []
-        self.made: list[Path] = []  # the files this call wrote: taken back if the call is refused
 
     def npy(self, field: str, value: Any) -> str:
         """An array or tensor as npy:PATH."""
@@ -155,6 +153,10 @@ class Files:
             array = _numpy(value)
         except (RuntimeError, TypeError, NotImplementedError) as exc:  # meta, sparse, nested tensors: torch's error
             raise BadInput(field, f"{ARRAY_NAME} cannot be read as numbers: {one_line(exc)}") from None
+        if not array.dtype.hasobject:  # an array of NaN, the bad input itself, was saved before it was refused
+            from service.jobs.inputs import numbers_only
+
+            numbers_only(field, ARRAY_NAME, array)
         limit = settings().max_file_bytes
         if array.nbytes > limit:  # refused before it is made a file, with the limit the file would meet
             raise BadInput(field, f"{ARRAY_NAME} is {array.nbytes} bytes, more than the limit {limit} "
@@ -171,7 +173,6 @@ class Files:
             part = path.with_suffix(f".{os.getpid()}.part")  # another process may save the same array meanwhile
             part.write_bytes(blob)
             os.replace(part, path)
-            self.made.append(path)
         self.paths.append(str(path))
         return f"npy:{path}"
 
@@ -233,6 +234,4 @@ def arrays() -> Iterator[Files]:
     try:
         yield files
     except BadInput as exc:
-        for path in files.made:  # bad input writes nothing: not the arrays it gave either (KLAB_HOME/arrays)
-            path.unlink(missing_ok=True)
         raise files.unsaid(exc) from None

@@ -621,38 +621,39 @@ def test_reading_a_sqlite_file_that_does_not_exist_makes_none(tmp_path, setenv):
     assert not (tmp_path / "typo.db").exists()
 
 
-def test_a_refused_call_leaves_none_of_the_arrays_it_gave(tmp_path, setenv):
-    """The arrays were saved under KLAB_HOME/arrays before the call was validated, and stayed when it was refused;
-    even the array that was the bad input (NaN) did."""
+def test_an_array_refused_for_its_values_is_never_saved(tmp_path, setenv):
+    """An array of NaN, the bad input itself, was saved under KLAB_HOME/arrays before it was refused. (An array
+    that is good, of a call refused for another value, stays: another call may be using the same file.)"""
     home = tmp_path / "home"
     setenv(KLAB_HOME=str(home), KLAB_DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}")
-    x = np.ones((6, 6))
-    refused = (lambda: klab.run(input=np.full((5, 5), np.nan), store=False),
-               lambda: klab.run(input=x, lr=-1, store=False),
-               lambda: klab.run(input=x, kernel=np.ones((9, 9)), store=False),
-               lambda: klab.submit(input=x, lr=-1), lambda: klab.sweep(input=x, seed=[1, 1]))
-    for call in refused:
-        with pytest.raises(klab.BadInput):
-            call()
-    assert list(home.rglob("*")) in ([], [home / "arrays"])
-    assert klab.run(input=x, epochs=1, store=False).status == "succeeded"  # a call that runs keeps its file,
-    kept = list(home.rglob("*.npy"))
-    with pytest.raises(klab.BadInput):
-        klab.run(input=x, lr=-1, store=False)
-    assert len(kept) == 1 and list(home.rglob("*.npy")) == kept  # which a refused call of the same array leaves be
+    for bad, says in ((np.full((5, 5), np.nan), "contains NaN or infinite values"), (np.ones((0, 4)), "is empty"),
+                      (np.ones((6, 8), dtype=complex), "holds complex128 values")):
+        with pytest.raises(klab.BadInput, match=f"^input: .*{says}"):
+            klab.run(input=bad, store=False)
+        with pytest.raises(klab.BadInput, match=f"^kernel: .*{says}"):
+            klab.submit(kernel=bad)
+    assert not list(home.rglob("*.npy"))
 
 
-def test_a_handle_takes_numpy_numbers_counts_a_sweeps_jobs_and_refuses_its_mistakes_as_bad_input(tmp_path, setenv):
+def test_a_handle_takes_numpy_numbers_counts_a_sweeps_jobs_and_refuses_its_mistakes_as_bad_input(tmp_path, setenv,
+                                                                                                   redis_url):
     """wait(timeout=np.int64(5)) was refused as not "a number from 0"; Handle((), sweep=S).result() of a one-job
     sweep said "0 jobs here"; .jobs(status=...) and .epochs(1) raised TypeError, where every other call says
     klab.BadInput."""
-    setenv(KLAB_HOME=str(tmp_path / "home"), KLAB_DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}")
+    setenv(KLAB_HOME=str(tmp_path / "home"), KLAB_DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}",
+           KLAB_BROKER_URL=redis_url)
     one = klab.sweep(local=True, seed=[77], epochs=2)
     handle = klab.Handle((), sweep=one.sweep)
     assert handle.wait(timeout=np.int64(5), progress=False) is handle
+    assert handle.wait(timeout=10**400, progress=False) is handle  # past a float: no limit (float() overflowed)
     assert handle.wait(timeout=np.float32(2.5), progress=False) is handle
     assert handle.result().id == one.ids[0]
     two = klab.Handle((), sweep=klab.sweep(local=True, seed=[1, 2], epochs=1).sweep)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", klab.NoWorker)
+        waiting = klab.Handle((), sweep=klab.sweep(seed=[1, 2], epochs=1).sweep)  # queued: no worker
+    with pytest.raises(klab.BadInput, match="^result: 2 jobs here"):  # counted first: it waited for them all
+        waiting.result(timeout=0.5)
     for mistake, says in ((two.result, "^result: 2 jobs here"),
                           (lambda: handle.jobs(status="succeeded"), "^status: jobs\\(\\) takes no such keyword"),
                           (lambda: handle.epochs(1), "^epochs: too many positional arguments")):

@@ -109,11 +109,18 @@ def load_npy(field: str, raw: str) -> np.ndarray:
         raise BadInput(field, f"{raw} is not a valid .npy file") from None
     if not isinstance(array, np.ndarray):
         raise BadInput(field, f"{raw} is not a single .npy array")
+    numbers_only(field, raw, array)
+    return array.astype(np.float64)
+
+
+def numbers_only(field: str, raw: str, array: np.ndarray) -> None:
+    """What an array's values must be, in a file or handed to the Python API (before it is saved as one): numbers,
+    some, all finite."""
     if array.dtype.kind not in "biuf":
         raise BadInput(field, f"{raw} holds {array.dtype} values; only numbers are accepted")
     if array.size == 0:
         raise BadInput(field, f"{raw} is empty")
-    return _finite(field, array.astype(np.float64))
+    _finite(field, array)
 
 
 def _header_fits(field: str, raw: str, fh: Any) -> None:
