@@ -844,3 +844,8 @@ def test_a_path_holding_a_newline_or_an_escape_stays_on_its_row(klab_db: str, kl
         assert code == 0 and "\x1b" not in out and "\r" not in out and len(rows) == 1, (args, out)
         assert shown in rows[0], (args, rows)
     assert json.loads(klab_cli("list", "--json")[1])[0]["input"] == f"npy:{odd}"  # the data keep the name as it is
+
+
+def test_requeue_of_an_empty_database_sends_nothing_and_says_so(klab_db: str, klab_cli, setenv, redis_url) -> None:
+    setenv(KLAB_BROKER_URL=redis_url)
+    assert klab_cli("requeue") == (0, "queued 0 job(s)\n", "")  # then `id: no such jobs`, exit 2

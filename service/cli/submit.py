@@ -84,9 +84,21 @@ def requeue(selection: Selection, batch_jobs: int, include_queued: bool) -> None
     click.echo(f"queued {sent} job(s)")
     if sent:
         warn_unserved(queues)
-    elif not include_queued and (waiting := counts(selection)["by_status"].get(JobStatus.QUEUED.value)):
+    elif not include_queued and not _empty(selection) and (
+            waiting := counts(selection)["by_status"].get(JobStatus.QUEUED.value)):
         click.echo(f"{waiting} job(s) are queued already; if the broker lost them, klab requeue --queued"
                    f"{'' if selection.everything else f' {selection}'} sends them again", err=True)
+
+
+def _empty(selection: Selection) -> bool:
+    """Every job of a database that holds none (requeue checked ids and sweeps already): nothing to count, where
+    counts() says "no such jobs" (requeue printed `queued 0 job(s)`, then that error, exit 2)."""
+    from service.db.reads import reading
+
+    if not selection.everything:
+        return False
+    with reading(make=False) as reader:
+        return reader.one("SELECT 1 AS one FROM jobs LIMIT 1") is None
 
 
 @cli.command()
