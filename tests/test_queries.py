@@ -299,7 +299,7 @@ def test_a_reapers_looks_read_the_jobs_not_yet_ended_not_every_job_ever_run(klab
         assert writes.reap(conn, lease=60, max_attempts=5) == []  # their leases are fresh
         assert writes.stranded(conn, 60, ["cpu", "gpu"], frozenset()) == []
         event.remove(conn, "before_cursor_execute", sent)
-        assert len(statements) == 3, statements  # reap: fail, then requeue; stranded: its candidates
+        assert len(statements) == 4, statements  # reap: cancel, fail, then requeue; stranded: its candidates
         for statement, parameters in statements:
             shown = "\n".join(str(r) for r in conn.exec_driver_sql(explain(conn.dialect.name) + statement,
                                                                     parameters))
