@@ -117,14 +117,25 @@ def checked_url(broker_url: str | None = None) -> str:
     if [k for k, _ in query if k == "password"]:  # still there: settings() moves a lone one to the user part
         raise BadInput("KLAB_BROKER_URL", f"give one password, in the user part or as ?password=: "
                                           f"{mask(broker_url)!r}")
-    if odd := sorted({k for k, _ in query if not k.startswith("ssl_")}):  # kombu hands them to redis-py's
-        raise BadInput("KLAB_BROKER_URL", f"takes no parameter but ?password= and rediss://'s ssl_*; got "
-                                          f"{', '.join(odd)}")  # connection, which raised TypeError at the send
+    ssl = _ssl_parameters() if scheme == "rediss" else set()  # redis:// took them too, and its connection raised
+    if odd := sorted({k for k, _ in query if k not in ssl}):  # kombu hands them to redis-py's connection, which
+        # raised TypeError at the send (a worker logged it every 10 s and never stopped)
+        raise BadInput("KLAB_BROKER_URL", f"takes no parameter but ?password= and, with rediss://, the ssl_* ones "
+                                          f"redis-py's SSL connection takes; got {', '.join(odd)}")
     number = parts.path[1:]
     if number and not (number.isascii() and number.isdigit()):  # kombu's int(): redis-py alone would use 0
         raise BadInput("KLAB_BROKER_URL", f"the Redis database after the host is a number, as in "
                                           f"redis://localhost:6379/0; got {mask(broker_url)!r}")
     return broker_url
+
+
+def _ssl_parameters() -> set[str]:
+    """The ssl_* parameters redis-py's SSL connection takes (its version's: ssl_cert_reqs, ssl_ca_certs...)."""
+    import inspect
+
+    from redis.connection import SSLConnection
+
+    return {p for p in inspect.signature(SSLConnection.__init__).parameters if p.startswith("ssl_")}
 
 
 def check(broker_url: str | None = None) -> None:

@@ -185,6 +185,38 @@ def test_klab_worker_refuses_the_name_of_a_live_worker_and_not_of_a_killed_one(t
     assert not broker.taken(node)
 
 
+def test_the_plain_celery_command_stops_on_a_database_setting_that_is_bad_input(tmp_path, redis_server):
+    """KLAB_HOME a file, or an in-memory SQLite URL: Celery logged the BadInput's traceback, consumed the bare cpu
+    queue (no database's) and said it was ready; `klab worker` refused it in one line."""
+    import subprocess
+    import sys
+
+    from harness import clean_env
+
+    from service.cli.workers import worker_argv
+
+    (tmp_path / "afile").write_text("")
+    argv, extra = worker_argv("cpu", 1, "INFO", "bad")
+    for home, url in ((tmp_path / "afile", None), (tmp_path / "home", "sqlite://")):
+        env = {**clean_env(home, url, KLAB_BROKER_URL=redis_server().url()), **extra}
+        out = subprocess.run([sys.executable, "-m", *argv], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode != 0 and " ready." not in out.stderr, out.stderr[-2000:]
+        assert "klab worker: " in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+def test_redis_ssl_parameters_are_taken_only_with_rediss_and_only_those_redis_py_takes(setenv):
+    """redis:// with ?ssl_cert_reqs=none, or rediss:// with ?ssl_bogus=1, passed the check: the CLI failed 'cannot
+    reach the broker' (exit 3), and a worker logged a TypeError every 10 s and never stopped."""
+    from service.broker import checked_url
+
+    for url, odd in (("redis://h:6379/0?ssl_cert_reqs=none", "ssl_cert_reqs"), ("rediss://h:6379/0?ssl_bogus=1",
+                                                                                "ssl_bogus")):
+        with pytest.raises(BadInput, match=f"^KLAB_BROKER_URL: takes no parameter but .*; got {odd}$"):
+            checked_url(url)
+    good = "rediss://h:6380/0?ssl_cert_reqs=none&ssl_ca_certs=/etc/ca.pem"
+    assert checked_url(good) == good
+
+
 def test_klab_worker_gpu_index_sets_the_visible_device(tmp_path, pg_db, redis_server):
     """`klab worker --queue gpu --gpu 3`: the worker sees only GPU 3 (CUDA_VISIBLE_DEVICES). Without a GPU it
     then refuses to start, naming what it saw; with one, 3 is a device it cannot see either (no machine here has

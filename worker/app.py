@@ -61,6 +61,8 @@ def _identity() -> str:
     while True:
         try:
             return reads.identity()
+        except BadInput as exc:  # KLAB_HOME a file, an in-memory SQLite URL: Celery logged the traceback, consumed
+            raise SystemExit(f"klab worker: {exc}") from None  # the bare queue and said it was ready
         except DatabaseUnavailable as exc:
             if exc.exit_code != 3:  # not at head, or no identity: nothing to wait for
                 raise SystemExit(f"klab worker: {exc}") from None
