@@ -165,6 +165,9 @@ def broker_password(url: str) -> str:
 def normalize_url(url: str) -> str:
     """postgresql:// and postgres:// URLs go through psycopg 3; a URL of another database is refused."""
     one_at("KLAB_DATABASE_URL", url)
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme != scheme.lower():  # a scheme is read in any case (RFC 3986): POSTGRESQL:// was no dialect
+        url = scheme.lower() + sep + rest
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
@@ -208,7 +211,8 @@ def describe(url: str) -> str:
     try:
         parts = urlsplit(url)
         query = parse_qs(parts.query)  # libpq also takes ?host=...&port=...
-        host, port = parts.hostname or query.get("host", [None])[0], parts.port or query.get("port", [None])[0]
+        host = unquote(parts.hostname or "") or query.get("host", [None])[0]  # a socket's folder, %2F-escaped too
+        port = parts.port or query.get("port", [None])[0]
     except ValueError:  # a port that is not a number
         return visible(mask(url))
     return visible(f"{backend} database {unquote(parts.path.lstrip('/'))} on {host or 'localhost'}:{port or 5432}")

@@ -161,3 +161,23 @@ def test_a_sqlite_url_names_the_file_sqlite_opens(url, path):
     from service.settings import sqlite_path
 
     assert sqlite_path(url) == (None if path is None else Path(path))
+
+
+def test_a_database_url_its_driver_refuses_is_the_users_mistake_named_by_its_variable(tmp_path, pg_url):
+    """?sslmode=bogus and ?bogusparam=1 were 'cannot reach the database', exit 3; postgresql+psycopg2:// and
+    POSTGRESQL:// named no variable (the latter: "Can't load plugin"); a socket's %2F-escaped folder was shown so."""
+    from harness import clean_env, klab
+
+    for query, says in (("sslmode=bogus", 'invalid sslmode value: "bogus"'),
+                        ("bogusparam=1", 'invalid connection option "bogusparam"')):
+        out = klab(clean_env(tmp_path / "home", f"{pg_url}?{query}"), "list")
+        assert out.returncode == 2 and out.stderr.startswith("klab: error: KLAB_DATABASE_URL: ") and \
+            out.stderr.rstrip().endswith(says), out.stderr
+    psycopg2 = klab(clean_env(tmp_path / "home", pg_url.replace("postgresql+psycopg://", "postgresql+psycopg2://")),
+                    "list")
+    assert psycopg2.returncode == 2 and psycopg2.stderr.startswith("klab: error: KLAB_DATABASE_URL: cannot use ")
+    upper = pg_url.replace("postgresql+psycopg://", "POSTGRESQL://")
+    assert klab(clean_env(tmp_path / "home", upper), "db", "current").returncode == 0
+    from service.settings import describe
+
+    assert describe("postgresql://u@%2Fvar%2Frun%2Fpostgresql/db") == "postgresql database db on /var/run/postgresql:5432"

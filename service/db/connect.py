@@ -139,8 +139,16 @@ def refuse_unmade(url: str) -> None:
                                   "one", 2)
 
 
+_REFUSED_URL = re.compile(r"invalid (URI query parameter|connection option|\w+ value)")
+"""libpq's words for a URL it refuses (?bogus=1, ?sslmode=bogus): the user's mistake, not a database away."""
+
+
 def unreachable(url: str, exc: BaseException) -> DatabaseUnavailable:
-    """A database that cannot be reached, as one line naming it (exit code 3)."""
+    """A database that cannot be reached, as one line naming it (exit code 3); a URL its driver refuses names
+    KLAB_DATABASE_URL (exit code 2)."""
+    if _REFUSED_URL.search(str(exc)):
+        return DatabaseUnavailable(f"KLAB_DATABASE_URL: the {describe(url)}'s driver refuses the URL: "
+                                   f"{one_line(exc)}", 2)
     return DatabaseUnavailable(f"cannot reach the {describe(url)}: {one_line(exc)}")
 
 

@@ -58,8 +58,9 @@ def _create(url: str) -> Engine:
         try:
             return create_engine(url, pool_pre_ping=True,
                                  connect_args={"connect_timeout": defaults.CONNECT_TIMEOUT_S})
-        except (ArgumentError, ImportError) as exc:
-            raise DatabaseUnavailable(f"cannot use {describe(url)}: {mask(str(exc))}", 2) from None
+        except (ArgumentError, ImportError) as exc:  # postgresql+psycopg2: a driver kernel-lab does not install
+            raise DatabaseUnavailable(f"KLAB_DATABASE_URL: cannot use {describe(url)}: {mask(str(exc))} (kernel-lab "
+                                      "reaches PostgreSQL through psycopg 3: postgresql://...)", 2) from None
     if not u.database or u.database in (":memory:", "file::memory:") or u.query.get("mode") == "memory":
         raise BadInput("KLAB_DATABASE_URL", "an in-memory SQLite database would begin empty in every command and "
                                             "lose what it stored; give a file, as sqlite:////path/to/klab.db")
