@@ -180,4 +180,5 @@ def test_a_database_url_its_driver_refuses_is_the_users_mistake_named_by_its_var
     assert klab(clean_env(tmp_path / "home", upper), "db", "current").returncode == 0
     from service.settings import describe
 
-    assert describe("postgresql://u@%2Fvar%2Frun%2Fpostgresql/db") == "postgresql database db on /var/run/postgresql:5432"
+    assert describe("postgresql://u@%2Fvar%2Frun%2Fpostgresql/db") == \
+        "postgresql database db on /var/run/postgresql:5432"
