@@ -153,16 +153,16 @@ class Files:
             array = _numpy(value)
         except (RuntimeError, TypeError, NotImplementedError) as exc:  # meta, sparse, nested tensors: torch's error
             raise BadInput(field, f"{ARRAY_NAME} cannot be read as numbers: {one_line(exc)}") from None
-        if not array.dtype.hasobject:  # an array of NaN, the bad input itself, was saved before it was refused
-            from service.jobs.inputs import numbers_only
+        from service.jobs.inputs import numbers_only
 
-            numbers_only(field, ARRAY_NAME, array)
+        numbers_only(field, ARRAY_NAME, array)  # an array of NaN or of objects, the bad input itself, was saved
+        # before it was refused
         limit = settings().max_file_bytes
         if array.nbytes > limit:  # refused before it is made a file, with the limit the file would meet
             raise BadInput(field, f"{ARRAY_NAME} is {array.nbytes} bytes, more than the limit {limit} "
                                   "(KLAB_MAX_FILE_BYTES)")
         buf = io.BytesIO()
-        np.save(buf, array)  # an object array is pickled here, then refused unread as it would be in a file
+        np.save(buf, array)
         blob = buf.getvalue()
         if len(blob) > limit:  # its .npy header too: refused before it is written, as the array (not "file is ...")
             raise BadInput(field, f"{ARRAY_NAME} is {len(blob)} bytes as .npy, more than the limit {limit} "

@@ -91,6 +91,15 @@ def unavailable(broker_url: str, exc: BaseException) -> BrokerUnavailable:
     return BrokerUnavailable(f"{what.format(mask(broker_url))}: {one_line(exc)}")
 
 
+SSL_PARAMETERS = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_cert_reqs")
+"""What a rediss:// URL may set: files, a password and a word, which kombu (the workers) and redis-py (klab's own
+looks at the broker) both read from the text as it is. Others redis-py's SSL connection takes are numbers, flags or
+objects that kombu hands over as text (ssl_min_version=TLSv1_2: a TypeError in the worker)."""
+
+CERT_REQS = ("none", "optional", "required")
+"""ssl_cert_reqs as both read it (kombu also takes CERT_NONE..., which redis-py refuses)."""
+
+
 def checked_url(broker_url: str | None = None) -> str:
     """The broker's URL, a Redis one that kombu and redis-py read alike, or one line naming KLAB_BROKER_URL (exit 2):
     kombu raised its own error from deep inside a worker or after a submission's jobs were stored."""
@@ -117,25 +126,18 @@ def checked_url(broker_url: str | None = None) -> str:
     if [k for k, _ in query if k == "password"]:  # still there: settings() moves a lone one to the user part
         raise BadInput("KLAB_BROKER_URL", f"give one password, in the user part or as ?password=: "
                                           f"{mask(broker_url)!r}")
-    ssl = _ssl_parameters() if scheme == "rediss" else set()  # redis:// took them too, and its connection raised
+    ssl = SSL_PARAMETERS if scheme == "rediss" else ()  # redis:// took them too, and its connection raised
     if odd := sorted({k for k, _ in query if k not in ssl}):  # kombu hands them to redis-py's connection, which
         # raised TypeError at the send (a worker logged it every 10 s and never stopped)
-        raise BadInput("KLAB_BROKER_URL", f"takes no parameter but ?password= and, with rediss://, the ssl_* ones "
-                                          f"redis-py's SSL connection takes; got {', '.join(odd)}")
+        raise BadInput("KLAB_BROKER_URL", f"takes no parameter but ?password= and, with rediss://, "
+                                          f"{', '.join(SSL_PARAMETERS)}; got {', '.join(odd)}")
+    if bad := [v for k, v in query if k == "ssl_cert_reqs" and v not in CERT_REQS]:
+        raise BadInput("KLAB_BROKER_URL", f"ssl_cert_reqs is one of {', '.join(CERT_REQS)}; got {bad[0]!r}")
     number = parts.path[1:]
     if number and not (number.isascii() and number.isdigit()):  # kombu's int(): redis-py alone would use 0
         raise BadInput("KLAB_BROKER_URL", f"the Redis database after the host is a number, as in "
                                           f"redis://localhost:6379/0; got {mask(broker_url)!r}")
     return broker_url
-
-
-def _ssl_parameters() -> set[str]:
-    """The ssl_* parameters redis-py's SSL connection takes (its version's: ssl_cert_reqs, ssl_ca_certs...)."""
-    import inspect
-
-    from redis.connection import SSLConnection
-
-    return {p for p in inspect.signature(SSLConnection.__init__).parameters if p.startswith("ssl_")}
 
 
 def check(broker_url: str | None = None) -> None:

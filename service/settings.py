@@ -130,6 +130,7 @@ def one_at(name: str, url: str) -> str:
     an @, a / or a space of its own must write it %40, %2F or %20, or the drivers read the rest of the password as
     the host (and print it in their errors), and no pattern can tell where it ends to mask it."""
     scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()  # SQLITE:// is sqlite:// (RFC 3986): a path's @ is no user part's in either
     if rest.partition("/")[0].count("@") > 1:
         raise BadInput(name, "the password holds an @, which ends the user part of a URL: write it as %40")
     head = rest.partition("?")[0]  # an @ in a parameter's value (libpq's options=...) is not the user part's

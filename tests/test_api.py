@@ -627,7 +627,8 @@ def test_an_array_refused_for_its_values_is_never_saved(tmp_path, setenv):
     home = tmp_path / "home"
     setenv(KLAB_HOME=str(home), KLAB_DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}")
     for bad, says in ((np.full((5, 5), np.nan), "contains NaN or infinite values"), (np.ones((0, 4)), "is empty"),
-                      (np.ones((6, 8), dtype=complex), "holds complex128 values")):
+                      (np.ones((6, 8), dtype=complex), "holds complex128 values"),
+                      (np.array([[1, "a"], [2, 3]], dtype=object), "holds Python objects")):
         with pytest.raises(klab.BadInput, match=f"^input: .*{says}"):
             klab.run(input=bad, store=False)
         with pytest.raises(klab.BadInput, match=f"^kernel: .*{says}"):

@@ -849,3 +849,6 @@ def test_a_path_holding_a_newline_or_an_escape_stays_on_its_row(klab_db: str, kl
 def test_requeue_of_an_empty_database_sends_nothing_and_says_so(klab_db: str, klab_cli, setenv, redis_url) -> None:
     setenv(KLAB_BROKER_URL=redis_url)
     assert klab_cli("requeue") == (0, "queued 0 job(s)\n", "")  # then `id: no such jobs`, exit 2
+    with writing() as conn:
+        sweep = writes.create_sweep(conn, {"seed": [1, 2]}, 2)  # its jobs all deleted
+    assert klab_cli("requeue", "--sweep", str(sweep)) == (0, "queued 0 job(s)\n", "")  # `sweep N has no jobs`

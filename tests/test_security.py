@@ -149,8 +149,10 @@ def test_passwords_in_broker_and_database_urls_are_never_printed_or_logged(tmp_p
                ({"KLAB_DATABASE_URL": f"host=127.0.0.1 port=1 password={SECRET}"}, ("list",), 2),
                ({"KLAB_DATABASE_URL": f"postgresql://u:x@127.0.0.1:{free_port()}/klab?sslpassword={SECRET}"},
                 ("list",), 3),
+               ({"KLAB_BROKER_URL": f"rediss://:x@127.0.0.1:{free_port()}/0?ssl_password={SECRET}"},
+                ("workers",), 3),
                ({"KLAB_BROKER_URL": f"redis://:x@127.0.0.1:{free_port()}/0?ssl_keyfile_password={SECRET}"},
-                ("workers",), 3)]
+                ("workers",), 2)]  # no parameter redis-py's connection takes: refused, by its name alone
     procs = [(Client({**env, **extra}, *args), args, code) for extra, args, code in failing]
     wrong = []
     for proc, args, code in procs:

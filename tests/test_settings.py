@@ -169,7 +169,9 @@ def test_a_database_url_its_driver_refuses_is_the_users_mistake_named_by_its_var
     from harness import clean_env, klab
 
     for query, says in (("sslmode=bogus", 'invalid sslmode value: "bogus"'),
-                        ("bogusparam=1", 'invalid connection option "bogusparam"')):
+                        ("bogusparam=1", 'invalid connection option "bogusparam"'),
+                        ("client_encoding=bogus", 'invalid value for parameter "client_encoding": "bogus"')):  # the
+        # server's word, not libpq's
         out = klab(clean_env(tmp_path / "home", f"{pg_url}?{query}"), "list")
         assert out.returncode == 2 and out.stderr.startswith("klab: error: KLAB_DATABASE_URL: ") and \
             out.stderr.rstrip().endswith(says), out.stderr
@@ -178,6 +180,13 @@ def test_a_database_url_its_driver_refuses_is_the_users_mistake_named_by_its_var
     assert psycopg2.returncode == 2 and psycopg2.stderr.startswith("klab: error: KLAB_DATABASE_URL: cannot use ")
     upper = pg_url.replace("postgresql+psycopg://", "POSTGRESQL://")
     assert klab(clean_env(tmp_path / "home", upper), "db", "current").returncode == 0
+    odd = tmp_path / "a:b c@d"  # a path's @, read as a user part's under SQLITE:// alone
+    odd.mkdir()
+    assert klab(clean_env(tmp_path / "home", f"SQLITE:///{odd / 'k.db'}"), "db", "upgrade").returncode == 0
+    for driver in ("sqlite+bogus", "sqlite+aiosqlite"):  # a traceback
+        out = klab(clean_env(tmp_path / "home", f"{driver}:///{tmp_path / 'k.db'}"), "run", "--epochs", "1")
+        assert out.returncode == 2 and out.stderr.startswith("klab: error: KLAB_DATABASE_URL: cannot use ") and \
+            len(out.stderr.splitlines()) == 1, out.stderr
     from service.settings import describe
 
     assert describe("postgresql://u@%2Fvar%2Frun%2Fpostgresql/db") == \

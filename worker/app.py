@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import time
+from typing import NoReturn
 
 from celery import Celery
 from celery.signals import celeryd_after_setup, worker_process_init, worker_ready, worker_shutdown
@@ -56,16 +57,23 @@ def _consume_this_databases_queues(sender: str, instance, **_: object) -> None:
              ", ".join(broker.routed(q, identity) for q in named))
 
 
+def _stop(message: str, code: int) -> NoReturn:
+    """A worker that cannot serve its database stops in one line, with `klab worker`'s exit code (2: the user's
+    setting; it exited 1)."""
+    sys.stderr.write(f"klab worker: {message}\n")
+    raise SystemExit(code)
+
+
 def _identity() -> str:
     tries = 0
     while True:
         try:
             return reads.identity()
         except BadInput as exc:  # KLAB_HOME a file, an in-memory SQLite URL: Celery logged the traceback, consumed
-            raise SystemExit(f"klab worker: {exc}") from None  # the bare queue and said it was ready
+            _stop(str(exc), exc.exit_code)  # the bare queue and said it was ready
         except DatabaseUnavailable as exc:
             if exc.exit_code != 3:  # not at head, or no identity: nothing to wait for
-                raise SystemExit(f"klab worker: {exc}") from None
+                _stop(str(exc), exc.exit_code)
             log.warning("waiting for the database: %s", exc)
         time.sleep(backoff(tries))
         tries += 1

@@ -9,6 +9,7 @@ from service import defaults
 from service.cli import cli
 from service.cli.options import WholeRange, job_options, selected, specs_from
 from service.cli.progress import count_line, counts, wait
+from service.errors import BadInput
 from service.jobs.selection import Selection
 from service.jobs.status import JobStatus
 
@@ -84,21 +85,19 @@ def requeue(selection: Selection, batch_jobs: int, include_queued: bool) -> None
     click.echo(f"queued {sent} job(s)")
     if sent:
         warn_unserved(queues)
-    elif not include_queued and not _empty(selection) and (
-            waiting := counts(selection)["by_status"].get(JobStatus.QUEUED.value)):
+    elif not include_queued and (waiting := _queued(selection)):
         click.echo(f"{waiting} job(s) are queued already; if the broker lost them, klab requeue --queued"
                    f"{'' if selection.everything else f' {selection}'} sends them again", err=True)
 
 
-def _empty(selection: Selection) -> bool:
-    """Every job of a database that holds none (requeue checked ids and sweeps already): nothing to count, where
-    counts() says "no such jobs" (requeue printed `queued 0 job(s)`, then that error, exit 2)."""
-    from service.db.reads import reading
-
-    if not selection.everything:
-        return False
-    with reading(make=False) as reader:
-        return reader.one("SELECT 1 AS one FROM jobs LIMIT 1") is None
+def _queued(selection: Selection) -> int | None:
+    """How many of the jobs are queued; None where none is left to count (an empty database, a sweep whose jobs were
+    all deleted: requeue printed `queued 0 job(s)`, then counts()'s "no such jobs", exit 2). requeue() refused ids and
+    sweeps that do not exist already."""
+    try:
+        return counts(selection)["by_status"].get(JobStatus.QUEUED.value)
+    except BadInput:
+        return None
 
 
 @cli.command()

@@ -69,7 +69,11 @@ def _create(url: str) -> Engine:
         settings().folder()  # KLAB_HOME, made on first use
     elif not folder.is_dir():  # a typo in a path must not become a new, empty database
         raise no_folder(url, folder)
-    eng = create_engine(url, connect_args={"timeout": defaults.SQLITE_BUSY_MS / 1000})
+    try:
+        eng = create_engine(url, connect_args={"timeout": defaults.SQLITE_BUSY_MS / 1000})
+    except (ArgumentError, ImportError) as exc:  # sqlite+aiosqlite://, sqlite+bogus://: a traceback
+        raise DatabaseUnavailable(f"KLAB_DATABASE_URL: cannot use {describe(url)}: {mask(str(exc))} (kernel-lab "
+                                  "reaches SQLite through Python's sqlite3: sqlite:///PATH)", 2) from None
     event.listen(eng, "connect", lambda dbapi_conn, _record: sqlite_setup(dbapi_conn))
 
     @event.listens_for(eng, "begin")

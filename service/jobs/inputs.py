@@ -103,7 +103,7 @@ def load_npy(field: str, raw: str) -> np.ndarray:
         array = np.load(path, allow_pickle=False)
     except ValueError as exc:
         if "pickle" in str(exc).lower() or "object" in str(exc).lower():
-            raise BadInput(field, f"{raw} holds Python objects; only numeric arrays are accepted") from None
+            raise objects(field, raw) from None
         raise BadInput(field, f"{raw} is not a valid .npy file") from None
     except (OSError, EOFError):
         raise BadInput(field, f"{raw} is not a valid .npy file") from None
@@ -113,9 +113,16 @@ def load_npy(field: str, raw: str) -> np.ndarray:
     return array.astype(np.float64)
 
 
+def objects(field: str, raw: str) -> BadInput:
+    """An array of Python objects, never unpickled."""
+    return BadInput(field, f"{raw} holds Python objects; only numeric arrays are accepted")
+
+
 def numbers_only(field: str, raw: str, array: np.ndarray) -> None:
     """What an array's values must be, in a file or handed to the Python API (before it is saved as one): numbers,
     some, all finite."""
+    if array.dtype.hasobject:
+        raise objects(field, raw)
     if array.dtype.kind not in "biuf":
         raise BadInput(field, f"{raw} holds {array.dtype} values; only numbers are accepted")
     if array.size == 0:
@@ -141,7 +148,7 @@ def _header_fits(field: str, raw: str, fh: Any) -> None:
     except (ValueError, OSError, EOFError):
         raise BadInput(field, f"{raw} is not a valid .npy file") from None
     if dtype.hasobject:
-        raise BadInput(field, f"{raw} holds Python objects; only numeric arrays are accepted")
+        raise objects(field, raw)
     claimed = math.prod(shape) * dtype.itemsize
     held = os.fstat(fh.fileno()).st_size - fh.tell()
     if claimed > held:
