@@ -37,16 +37,16 @@ def run(*, input: Any = None, kernel: Any = None, method: str | None = None, lr:
     with arrays() as files:
         spec = JobSpec.parse(files.job(values))
         problem = build_problem(spec)  # every mistake surfaces here, before torch is imported
+        from worker.engine import resolve_device, run_spec
+
+        try:
+            resolve_device(spec.device.value)  # a GPU this machine lacks: said before the database is made
+        except RuntimeError as exc:
+            raise BadInput("device", str(exc)) from None
         if store:
             from service.db.engine import ready_engine
 
             ready_engine()  # an unreachable or outdated database is reported before training
-        from worker.engine import resolve_device, run_spec
-
-        try:
-            resolve_device(spec.device.value)
-        except RuntimeError as exc:
-            raise BadInput("device", str(exc)) from None
         row, epoch_list = run_spec(spec, problem)
         if not store:
             return Result({**result.to_json(row, epoch_list, stored=False, spec=spec.to_json()),
@@ -80,10 +80,7 @@ def sweep(*, name: str | None = None, tags: Sequence[str] | str = (), local: boo
             sweep_id, ids = submit(plan, batch_jobs)
             warn_unserved(plan.queues)
             return Handle(tuple(ids), sweep_id)
-        from service.db.engine import ready_engine
-
-        ready_engine()  # an unreachable or outdated database is reported before torch is imported
-        from worker.local import train_plan
+        from worker.local import train_plan  # its device is checked before the database is made or reached
 
         ids = train_plan(plan, batch_jobs)
         return Handle(tuple(ids), plan.sweep_id)

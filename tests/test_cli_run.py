@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import Runs, klab_main, strict_json
+from harness import Runs, clean_env, klab, klab_main, strict_json
 from test_engine import EPOCH_KEYS, RESULT_KEYS, book_manual, book_sgd
 
 BOOK = ["run", "--input", "edge:6x8", "--kernel", "d2l"]
@@ -354,3 +354,17 @@ def test_commands_that_do_not_train_never_import_torch(runs):
         *_, torch_imported, code = line.split()
         assert torch_imported == "False", line
         assert code == ("2" if "-1" in argv or "0.1,-1" in argv or "random:9x9" in argv else "0"), line
+
+
+def test_a_device_this_machine_lacks_is_refused_before_the_database_is_made(tmp_path):
+    """`klab run --device cuda` without a GPU (none visible: CUDA_VISIBLE_DEVICES empty) made KLAB_HOME and its
+    database, then said so; with a database away it said the database (exit 3), not the user's mistake."""
+    home = tmp_path / "home"
+    for url in (None, "postgresql://postgres@127.0.0.1:1/nowhere"):
+        env = {**clean_env(home, url), "CUDA_VISIBLE_DEVICES": ""}
+        for args in (("run", "--device", "cuda", "--epochs", "1"),
+                     ("sweep", "--local", "--device", "cuda", "--seed", "0..1", "--epochs", "1")):
+            out = klab(env, *args)
+            assert (out.returncode, out.stderr) == (2, "klab: error: device: device cuda was asked for but no CUDA "
+                                                       "GPU is visible\n"), (args, out.stderr)
+    assert not home.exists()

@@ -58,10 +58,7 @@ def sweep(spec_file: str | None, queue: str | None, wait: bool, as_json: bool, b
 def _train_here(plan: Plan, batch_jobs: int) -> list[int]:
     """The plan's jobs trained in this process (worker.local), with their progress on stderr."""
     from service.cli.progress import Tally, interrupts
-    from service.db.engine import ready_engine
-
-    ready_engine()  # an unreachable or outdated database is reported before torch is imported
-    from worker.local import train_plan
+    from worker.local import train_plan  # its device is checked before the database is made or reached
 
     tally, done = Tally(plan.size, "jobs"), 0
 
