@@ -14,6 +14,7 @@ from klab.result import Result
 from klab.values import arrays, checked_batch_jobs, checked_flag
 from service import defaults
 from service.errors import BadInput
+from service.jobs.choices import Device
 
 
 @public
@@ -37,16 +38,16 @@ def run(*, input: Any = None, kernel: Any = None, method: str | None = None, lr:
     with arrays() as files:
         spec = JobSpec.parse(files.job(values))
         problem = build_problem(spec)  # every mistake surfaces here, before torch is imported
-        from worker.engine import resolve_device, run_spec
+        if spec.device is Device.CUDA:  # a GPU this machine lacks is said before the database is made or reached
+            from worker.engine import checked_device  # (torch; cpu and auto cannot fail)
 
-        try:
-            resolve_device(spec.device.value)  # a GPU this machine lacks: said before the database is made
-        except RuntimeError as exc:
-            raise BadInput("device", str(exc)) from None
+            checked_device(spec.device.value)
         if store:
             from service.db.engine import ready_engine
 
-            ready_engine()  # an unreachable or outdated database is reported before training
+            ready_engine()  # an unreachable or outdated database is reported before torch is imported
+        from worker.engine import run_spec
+
         row, epoch_list = run_spec(spec, problem)
         if not store:
             return Result({**result.to_json(row, epoch_list, stored=False, spec=spec.to_json()),
@@ -69,7 +70,7 @@ def sweep(*, name: str | None = None, tags: Sequence[str] | str = (), local: boo
     the workers, returning at once; with local=True trained here, batched, and stored before it returns (no
     broker, no worker: `klab sweep --local`)."""
     from service.jobs import sweep as sweeps
-    from service.submit import plan_sweep, submit
+    from service.submit import device_of, plan_sweep, submit
 
     if checked_flag("local", local) and queue is not None:
         raise BadInput("queue", "a local sweep trains here and goes to no queue")
@@ -80,7 +81,14 @@ def sweep(*, name: str | None = None, tags: Sequence[str] | str = (), local: boo
             sweep_id, ids = submit(plan, batch_jobs)
             warn_unserved(plan.queues)
             return Handle(tuple(ids), sweep_id)
-        from worker.local import train_plan  # its device is checked before the database is made or reached
+        if device_of(plan) is Device.CUDA:  # a GPU this machine lacks is said before the database is made or reached
+            from worker.engine import checked_device
+
+            checked_device(Device.CUDA.value)
+        from service.db.engine import ready_engine
+
+        ready_engine()  # an unreachable or outdated database is reported before torch is imported
+        from worker.local import train_plan
 
         ids = train_plan(plan, batch_jobs)
         return Handle(tuple(ids), plan.sweep_id)

@@ -54,7 +54,19 @@ def celery_config(broker_url: str) -> dict[str, Any]:
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
+        **_verified(broker_url),
     }
+
+
+def _verified(broker_url: str) -> dict[str, Any]:
+    """A rediss:// URL without ssl_* parameters verifies the server's certificate in the workers too: kombu then
+    fell back to CERT_NONE ("insecure SSL behaviour") where klab's own reads (redis-py) required it. With ssl_*
+    parameters, kombu reads them (and redis-py's default, required, where ssl_cert_reqs is not among them)."""
+    if not broker_url.lower().startswith("rediss://") or "ssl_" in broker_url.partition("?")[2]:
+        return {}
+    import ssl
+
+    return {"broker_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED}}
 
 
 def client(broker_url: str | None = None):

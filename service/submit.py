@@ -88,6 +88,11 @@ class Plan:
     datasets: dict[int, int] = field(default_factory=dict)  # id(array) -> its dataset, once uploaded
 
 
+def device_of(plan: Plan) -> Device:
+    """A sweep's device: one for all its jobs (not a swept field); cpu unless given."""
+    return Device((plan.sweep or {}).get("fixed", {}).get("device", Device.CPU.value))
+
+
 class _Built:
     """What a submission builds once for many jobs: the arrays of the files it names, and its problems."""
 

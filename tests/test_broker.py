@@ -222,6 +222,26 @@ def test_redis_ssl_parameters_are_taken_only_with_rediss_and_only_those_redis_py
     assert checked_url(good) == good
 
 
+def test_a_rediss_url_without_ssl_parameters_verifies_the_certificate_in_the_workers_too():
+    """kombu fell back to CERT_NONE for a bare rediss:// URL ("insecure SSL behaviour"), where klab's own reads of
+    the broker (redis-py) required the certificate."""
+    import ssl
+
+    from celery import Celery
+
+    from service.broker import celery_config
+
+    def ssl_of(url: str):
+        app = Celery()
+        app.conf.update(celery_config(url))
+        return app.connection_for_write().ssl
+
+    assert ssl_of("rediss://h:6380/0") == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    assert ssl_of("rediss://h:6380/0?ssl_cert_reqs=none") == {"ssl_cert_reqs": ssl.CERT_NONE}  # as the URL says
+    assert ssl_of("rediss://h:6380/0?ssl_ca_certs=/ca.pem") == {"ssl_ca_certs": "/ca.pem"}  # redis-py's default
+    assert not ssl_of("redis://h:6379/0")
+
+
 def test_klab_worker_gpu_index_sets_the_visible_device(tmp_path, pg_db, redis_server):
     """`klab worker --queue gpu --gpu 3`: the worker sees only GPU 3 (CUDA_VISIBLE_DEVICES). Without a GPU it
     then refuses to start, naming what it saw; with one, 3 is a device it cannot see either (no machine here has

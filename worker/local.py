@@ -36,10 +36,7 @@ def train_plan(plan: Plan, batch_jobs: int, trained: Callable[[int], None] | Non
     first = next(jobs, None)
     if first is None:
         return []
-    try:
-        engine.resolve_device(first[0]["device"])  # the device is one for a whole sweep: checked before storing
-    except RuntimeError as exc:
-        raise BadInput("device", str(exc)) from None
+    engine.checked_device(first[0]["device"])  # the device is one for a whole sweep: checked before storing
     ids: list[int] = []
     for chunk in _chunks(itertools.chain([first], jobs)):
         with writing() as conn:

@@ -9,7 +9,7 @@ import click
 
 from service.cli import cli
 from service.cli.options import job_options, specs_from
-from service.errors import BadInput
+from service.jobs.choices import Device
 
 
 @cli.command()
@@ -25,16 +25,16 @@ def run(spec_file: str | None, as_json: bool, no_store: bool, verbose: bool, **v
 
     (spec,) = specs_from(values, spec_file, one="klab run takes one")
     problem = build_problem(spec)  # every user mistake surfaces here, before torch is imported
-    from worker.engine import resolve_device, run_spec
+    if spec.device is Device.CUDA:  # a GPU this machine lacks is said before the database is made or reached
+        from worker.engine import checked_device  # (torch; cpu and auto cannot fail)
 
-    try:
-        resolve_device(spec.device.value)  # a GPU this machine lacks: said before the database is made or reached
-    except RuntimeError as exc:
-        raise BadInput("device", str(exc)) from None
+        checked_device(spec.device.value)
     if not no_store:
         from service.db.engine import ready_engine
 
-        ready_engine()  # an unreachable or outdated database is reported before training
+        ready_engine()  # an unreachable or outdated database is reported before torch is imported
+    from worker.engine import run_spec
+
     with Epochs(spec.epochs, verbose, err=as_json) as on_epoch:
         row, epochs = run_spec(spec, problem, on_epoch)
     if no_store:

@@ -12,6 +12,7 @@ from service.cli import cli
 from service.cli.options import given, job_options, spec_docs
 from service.cli.submit import queue_options, show_results, warn_unserved
 from service.errors import BadInput, Interrupted
+from service.jobs.choices import Device
 from service.jobs.selection import Selection
 
 if TYPE_CHECKING:
@@ -58,7 +59,15 @@ def sweep(spec_file: str | None, queue: str | None, wait: bool, as_json: bool, b
 def _train_here(plan: Plan, batch_jobs: int) -> list[int]:
     """The plan's jobs trained in this process (worker.local), with their progress on stderr."""
     from service.cli.progress import Tally, interrupts
-    from worker.local import train_plan  # its device is checked before the database is made or reached
+    from service.db.engine import ready_engine
+    from service.submit import device_of
+
+    if device_of(plan) is Device.CUDA:  # a GPU this machine lacks is said before the database is made or reached
+        from worker.engine import checked_device  # (torch; cpu and auto cannot fail)
+
+        checked_device(Device.CUDA.value)
+    ready_engine()  # an unreachable or outdated database is reported before torch is imported
+    from worker.local import train_plan
 
     tally, done = Tally(plan.size, "jobs"), 0
 

@@ -10,12 +10,12 @@ from typing import Any
 
 from service.jobs.problem import Problem, build_problem
 from service.jobs.spec import JobSpec
-from worker.engine.batch import resolve_device, train
+from worker.engine.batch import checked_device, resolve_device, train
 from worker.engine.job import Job
 from worker.engine.loop import EpochEvent, OnEpoch
 from worker.engine.results import BatchResult
 
-__all__ = ["BatchResult", "EpochEvent", "Job", "OnEpoch", "resolve_device", "run_spec", "train"]
+__all__ = ["BatchResult", "EpochEvent", "Job", "OnEpoch", "checked_device", "resolve_device", "run_spec", "train"]
 
 
 def run_spec(spec: JobSpec, problem: Problem | None = None, on_epoch: OnEpoch | None = None

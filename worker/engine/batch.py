@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from service.errors import BadInput
 from service.jobs.choices import Method
 from service.jobs.problem import shapes
 from worker.engine import analysis
@@ -36,6 +37,14 @@ def resolve_device(device: str) -> str:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     return device
+
+
+def checked_device(device: str) -> str:
+    """resolve_device, a GPU this machine lacks told as the user's mistake (klab run, sweep --local, their API)."""
+    try:
+        return resolve_device(device)
+    except RuntimeError as exc:
+        raise BadInput("device", str(exc)) from None
 
 
 def train(jobs: Sequence[Job], method: Method, epochs: int, batch_size: int, device: str = "cpu",
