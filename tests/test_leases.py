@@ -128,7 +128,8 @@ def test_a_worker_stopped_past_its_lease_writes_nothing_into_the_job_another_wor
     try:
         second = worker_procs(env, "second").wait_ready()  # its reaper finds the lease run out
         wait_until(lambda: db.rows("SELECT status, attempts FROM jobs WHERE id = :j", j=job)[0] == ("succeeded", 2),
-                   TRAINED_THROUGH, lambda: (db.rows("SELECT status, attempts, epochs_done FROM jobs"), tails(second)()))
+                   TRAINED_THROUGH,
+                   lambda: (db.rows("SELECT status, attempts, epochs_done FROM jobs"), tails(second)()))
     finally:
         os.killpg(first.proc.pid, signal.SIGCONT)
     host = db.scalar("SELECT worker_host FROM jobs WHERE id = :j", j=job)
