@@ -110,7 +110,7 @@ def load_npy(field: str, raw: str) -> np.ndarray:
     if not isinstance(array, np.ndarray):
         raise BadInput(field, f"{raw} is not a single .npy array")
     numbers_only(field, raw, array)
-    return array.astype(np.float64)
+    return _finite(field, array.astype(np.float64))  # a longdouble past float64's range is infinite here
 
 
 def objects(field: str, raw: str) -> BadInput:
