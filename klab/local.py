@@ -14,7 +14,6 @@ from klab.result import Result
 from klab.values import arrays, checked_batch_jobs, checked_flag
 from service import defaults
 from service.errors import BadInput
-from service.jobs.choices import Device
 
 
 @public
@@ -34,14 +33,12 @@ def run(*, input: Any = None, kernel: Any = None, method: str | None = None, lr:
     from service.jobs import result
     from service.jobs.problem import build_problem
     from service.jobs.spec import JobSpec
+    from worker import device_first
 
     with arrays() as files:
         spec = JobSpec.parse(files.job(values))
         problem = build_problem(spec)  # every mistake surfaces here, before torch is imported
-        if spec.device is Device.CUDA:  # a GPU this machine lacks is said before the database is made or reached
-            from worker.engine import checked_device  # (torch; cpu and auto cannot fail)
-
-            checked_device(spec.device.value)
+        device_first(spec.device)
         if store:
             from service.db.engine import ready_engine
 
@@ -71,6 +68,7 @@ def sweep(*, name: str | None = None, tags: Sequence[str] | str = (), local: boo
     broker, no worker: `klab sweep --local`)."""
     from service.jobs import sweep as sweeps
     from service.submit import device_of, plan_sweep, submit
+    from worker import device_first
 
     if checked_flag("local", local) and queue is not None:
         raise BadInput("queue", "a local sweep trains here and goes to no queue")
@@ -81,10 +79,7 @@ def sweep(*, name: str | None = None, tags: Sequence[str] | str = (), local: boo
             sweep_id, ids = submit(plan, batch_jobs)
             warn_unserved(plan.queues)
             return Handle(tuple(ids), sweep_id)
-        if device_of(plan) is Device.CUDA:  # a GPU this machine lacks is said before the database is made or reached
-            from worker.engine import checked_device
-
-            checked_device(Device.CUDA.value)
+        device_first(device_of(plan))
         from service.db.engine import ready_engine
 
         ready_engine()  # an unreachable or outdated database is reported before torch is imported

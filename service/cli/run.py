@@ -9,7 +9,6 @@ import click
 
 from service.cli import cli
 from service.cli.options import job_options, specs_from
-from service.jobs.choices import Device
 
 
 @cli.command()
@@ -22,13 +21,11 @@ def run(spec_file: str | None, as_json: bool, no_store: bool, verbose: bool, **v
     from service.jobs import result
     from service.jobs.problem import build_problem
     from service.render.text import render
+    from worker import device_first
 
     (spec,) = specs_from(values, spec_file, one="klab run takes one")
     problem = build_problem(spec)  # every user mistake surfaces here, before torch is imported
-    if spec.device is Device.CUDA:  # a GPU this machine lacks is said before the database is made or reached
-        from worker.engine import checked_device  # (torch; cpu and auto cannot fail)
-
-        checked_device(spec.device.value)
+    device_first(spec.device)
     if not no_store:
         from service.db.engine import ready_engine
 

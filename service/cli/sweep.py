@@ -12,7 +12,6 @@ from service.cli import cli
 from service.cli.options import given, job_options, spec_docs
 from service.cli.submit import queue_options, show_results, warn_unserved
 from service.errors import BadInput, Interrupted
-from service.jobs.choices import Device
 from service.jobs.selection import Selection
 
 if TYPE_CHECKING:
@@ -61,11 +60,9 @@ def _train_here(plan: Plan, batch_jobs: int) -> list[int]:
     from service.cli.progress import Tally, interrupts
     from service.db.engine import ready_engine
     from service.submit import device_of
+    from worker import device_first
 
-    if device_of(plan) is Device.CUDA:  # a GPU this machine lacks is said before the database is made or reached
-        from worker.engine import checked_device  # (torch; cpu and auto cannot fail)
-
-        checked_device(Device.CUDA.value)
+    device_first(device_of(plan))
     ready_engine()  # an unreachable or outdated database is reported before torch is imported
     from worker.local import train_plan
 
