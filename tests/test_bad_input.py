@@ -273,6 +273,9 @@ CASES = [
     Case("noise-that-overflows-the-labels", ("sweep", "--noise", "0,1e308"), "noise"),
     # validated with seed 1, whose labels fit; seed 6's did not, and its job was stored, then failed by its worker
     Case("noise-that-overflows-the-labels-of-a-later-seed", ("sweep", "--noise", "1.2e38", "--seed", "1,6"), "noise"),
+    # validated with seed 57, whose labels fit; seed 58's random input has a draw of 3.43 and made 3.4e38
+    Case("a-kernel-that-overflows-the-labels-of-a-later-seed",
+         ("sweep", "--input", "random:6x8", "--kernel", "[[1e38]]", "--seed", "57..59"), "kernel"),
     Case("gpu-index-for-a-cpu-worker", ("worker", "--queue", "cpu", "--gpu", "0"), "gpu"),
     Case("a-worker-name-with-an-at", ("worker", "--queue", "gpu", "--name", "gpu@2"), "name"),
     Case("an-unknown-log-level", ("worker", "--loglevel", "bogus"), "--loglevel"),

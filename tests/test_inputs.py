@@ -1,6 +1,8 @@
 """Inputs, kernels and labels from the CLI's forms, checked against plain numpy, Pillow and scipy."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -327,3 +329,37 @@ def test_noise_that_could_overflow_the_labels_with_some_seed_is_refused_whatever
                                            r"seeds .*; at most 2\.77e\+37 with these labels$"):
             build_problem(JobSpec.parse({"noise": 1.2e38, "seed": seed}))
         assert np.isfinite(build_problem(JobSpec.parse({"noise": 2.7e37, "seed": seed})).y).all()
+
+
+def test_random_draws_that_could_overflow_the_labels_with_some_seed_are_refused_whatever_the_seed(tmp_path):
+    """A random input times a kernel of 1e38 fits float32 for seed 57 and not for seed 58 (a draw of 3.43): a sweep
+    validated with its first seed stored seed 58's job, which its worker failed. A random kernel on an input of huge
+    values likewise. The bound is the draws' largest, NORMAL_MOST, times the kernel's (or the window's) absolute sum."""
+    from service.jobs.problem import NORMAL_MOST, build_problem
+    from service.jobs.spec import JobSpec
+
+    def build(**fields):
+        return build_problem(JobSpec.parse({"epochs": 1, **fields}))
+
+    x58, _ = inputs.parse_input("random:6x8", 58)
+    assert np.abs(x58).max() * 1e38 > np.finfo(np.float32).max  # the seed the old check let through
+    assert np.isfinite(build(input="random:6x8", kernel="[[1e37]]", seed=57).y).all()
+    for seed in (57, 58):
+        with pytest.raises(BadInput, match=r"^kernel: can make the labels too large for float32 with some seeds"):
+            build(input="random:6x8", kernel="[[1e38]]", seed=seed)
+        with pytest.raises(BadInput, match=r"^bias: can make the labels too large"):  # the kernel alone fits
+            build(input="random:6x8", kernel="[[1e37]]", bias=3e38, seed=seed)
+    # noise's room counts the most any seed's labels reach: 12.3e37 here, not this seed's largest label
+    most = NORMAL_MOST * 1e37
+    room = (float(np.finfo(np.float32).max) - most) / NORMAL_MOST
+    with pytest.raises(BadInput, match=rf"^noise: .*; at most {re.escape(f'{room:.3g}')} with these labels$"):
+        build(input="random:6x8", kernel="[[1e37]]", noise=room * 1.01, seed=57)
+    assert np.isfinite(build(input="random:6x8", kernel="[[1e37]]", noise=room * 0.99, seed=58).y).all()
+
+    window = np.zeros((6, 8))
+    window[2, 3] = window[2, 4] = window[3, 3] = 2e37  # a 2x2 window sums 6e37, one value 2e37
+    np.save(tmp_path / "huge.npy", window)
+    with pytest.raises(BadInput, match=r"^input: can make the labels too large for float32 with some seeds"):
+        build(input=f"npy:{tmp_path / 'huge.npy'}", kernel="random:2x2")
+    assert np.isfinite(build(input=f"npy:{tmp_path / 'huge.npy'}", kernel="random:1x1").y).all()
+    assert np.isfinite(build(input="random:6x8", kernel="random:3x3", seed=58).y).all()

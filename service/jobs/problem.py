@@ -88,8 +88,10 @@ def build_problem(spec: JobSpec, arrays: dict[str, np.ndarray] | None = None) ->
             with np.errstate(over="ignore", invalid="ignore"):  # labels too large are refused below, once
                 y += spec.bias
         true_bias = spec.bias
+    if spec.labels is None:
+        _seeds_fit(spec, x, kernel, y)
     if spec.noise > 0:
-        _noise_fits(y, spec.noise)
+        _noise_fits(y if spec.labels is not None else _reach(spec, x, kernel, y), spec.noise)
         noise = inputs.rng(spec.seed, inputs.NOISE_STREAM).standard_normal(y.shape)
         with np.errstate(over="ignore", invalid="ignore"):
             noise *= spec.noise
@@ -206,10 +208,46 @@ NORMAL_MOST = 12.3
 under sqrt(2 * 53 ln 2) = 8.57, the most a double's uniform draw allows."""
 
 
+def _reach(spec: JobSpec, x: np.ndarray, kernel: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The largest labels, in size, that any seed could give a job whose labels are its kernel's (and bias's) on its
+    input: these labels where neither is drawn from the seed; else a bound from the draws' largest, NORMAL_MOST."""
+    random_kernel = str(spec.kernel).startswith("random:")
+    if not (random_input(spec) or random_kernel):
+        return y
+    co, c, kh, kw = kernel.shape
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not random_kernel:  # |sum K x| <= sum |K| * max |x|, by output channel
+            most = NORMAL_MOST * np.abs(kernel).reshape(co, -1).sum(axis=1)
+        elif random_input(spec):
+            most = np.array([NORMAL_MOST * NORMAL_MOST * c * kh * kw])
+        else:  # the input's largest window, in absolute values; the cheap bound first, the window sums if need be
+            most = np.array([NORMAL_MOST * c * kh * kw * float(np.abs(x).max(initial=0.0))])
+            if not _fits(most):
+                windows = inputs.correlate(np.abs(x), np.ones((1, c, kh, kw)))
+                most = NORMAL_MOST * windows.max(initial=0.0, keepdims=True)
+        return most.reshape(-1) + abs(spec.bias or 0.0)
+
+
+def _seeds_fit(spec: JobSpec, x: np.ndarray, kernel: np.ndarray, y: np.ndarray) -> None:
+    """A job whose random input or kernel could give labels out of float32's range with some seed is refused
+    whatever its seed, as noise is: a sweep is validated with its first seed, and stored jobs of the others failed at
+    the worker (`--input random:6x8 --kernel [[1e38]] --seed 57..59`: seed 58)."""
+    if not (random_input(spec) or str(spec.kernel).startswith("random:")):
+        return  # every seed's labels are these: checked by the caller
+    with np.errstate(over="ignore", invalid="ignore"):
+        reach = _reach(spec, x, kernel, y)
+        if _fits(reach):
+            return
+        field = "bias" if spec.bias and _fits(reach - abs(spec.bias)) else \
+            "input" if str(spec.kernel).startswith("random:") and not random_input(spec) else "kernel"
+    raise BadInput(field, f"can make the labels too large for float32 with some seeds (a random draw of up to "
+                          f"{NORMAL_MOST} standard deviations)")
+
+
 def _noise_fits(clean: np.ndarray, noise: float) -> None:
     """Noise that could take the labels out of float32's range with some seed is refused whatever the seed: a sweep
     is validated with its first seed, and stored jobs of the others failed at the worker (`--noise 1.2e38 --seed
-    1..7`: seeds 6 and 7)."""
+    1..7`: seeds 6 and 7). `clean`: the labels without noise, or the most any seed could make them (_reach)."""
     if not _fits(clean):
         return  # named below by what made them so
     top = float(np.abs(clean).max(initial=0.0))
