@@ -1,12 +1,12 @@
 """Latency: one small job (edge:6x8, d2l, d2l-manual, 10 epochs) from submit to stored result, warm worker.
 
 The service path, in this process (no CLI start-up): the clock starts before the spec is parsed, then
-service.submit.prepare, service.broker.check, service.submit.store (the job row, in one transaction),
-service.submit.send, and the job row is polled (status finished) every ~2 ms on a direct autocommit
-connection; the clock stops when the row says finished (its epochs are committed in the same
-transaction). 200 jobs, one after another, after a few warm-up jobs; median and 95th percentile. Then
-the same through the real CLI, `klab submit --wait --json` (its Python start-up and its 0.25 s polling
-included), on fewer runs.
+service.submit.plan_specs (the job built as a worker would) and service.submit.submit (what `klab submit`
+calls: the broker checked, the job row stored queued in one transaction, its task sent), and the job row is
+polled (status finished) every ~2 ms on a direct autocommit connection; the clock stops when the row says
+finished (its epochs are committed in the same transaction). 200 jobs, one after another, after a few warm-up
+jobs; median and 95th percentile. Then the same through the real CLI, `klab submit --wait --json` (its Python
+start-up and its 0.25 s polling included), on fewer runs.
 
     .venv/bin/python bench/latency_bench.py                         # PostgreSQL and SQLite
     .venv/bin/python bench/latency_bench.py --jobs 50 --cli-runs 5 --backends postgresql
@@ -77,27 +77,20 @@ def _utc_seconds(value: datetime | str | None) -> float | None:
 
 def service_path(url: str, broker_url: str, jobs: int, warmup: int, worker_name: str) -> dict[str, list[float]]:
     """Submit one job at a time through the service's functions; seconds per phase, per job."""
-    from service import broker
     from service.jobs.spec import JobSpec
     from service.settings import settings
-    from service.submit import prepare, send, store
+    from service.submit import plan_specs, submit
 
     assert settings().database_url == url, "service.submit stores into KLAB_DATABASE_URL: set it to url"
     status_sql = text("SELECT status, started_at, finished_at, worker_host FROM jobs WHERE id = :id")
-    phases: dict[str, list[float]] = {k: [] for k in ("total", "create", "publish", "to_start", "in_worker",
-                                                       "to_seen")}
+    phases: dict[str, list[float]] = {k: [] for k in ("total", "submit", "to_start", "in_worker", "to_seen")}
     eng = poll_engine(url)
     try:
         with eng.connect() as conn:
             for i in range(warmup + jobs):
                 wall0 = time.time()
                 t0 = time.perf_counter()
-                spec = JobSpec.parse({**JOB, "seed": i})
-                prepared = prepare([spec], None)
-                broker.check(broker_url)
-                _, ids = store(prepared)
-                publishing = time.perf_counter() - t0
-                send(broker.tasks([(job_id, p.key) for job_id, p in zip(ids, prepared)], 1))
+                _, ids = submit(plan_specs([JobSpec.parse({**JOB, "seed": i})], None), 1)
                 submitted = time.perf_counter() - t0
                 while True:
                     row = conn.execute(status_sql, {"id": ids[0]}).one()
@@ -115,11 +108,10 @@ def service_path(url: str, broker_url: str, jobs: int, warmup: int, worker_name:
                     raise SystemExit(f"job {ids[0]} was trained by {row.worker_host}, another worker on the broker")
                 started, finished = _utc_seconds(row.started_at), _utc_seconds(row.finished_at)
                 phases["total"].append(total)
-                phases["create"].append(publishing)
-                phases["publish"].append(submitted - publishing)
+                phases["submit"].append(submitted)
                 if started is not None and finished is not None:
                     # The worker's and this process's clocks are the same host's clock.
-                    phases["to_start"].append(started - (wall0 + publishing))
+                    phases["to_start"].append(started - (wall0 + submitted))
                     phases["in_worker"].append(finished - started)
                     phases["to_seen"].append(wall0 + total - finished)
     finally:
@@ -131,15 +123,19 @@ def profile_worker(url: str, jobs: int, lines: int) -> None:
     """cProfile, in this process, of the worker's task on single jobs: worker.tasks.train_jobs([id])."""
     import cProfile
 
+    from service.db.engine import writing
     from service.jobs.spec import JobSpec
+    from service.jobs.status import JobStatus
     from service.settings import settings
-    from service.submit import prepare, store
+    from service.submit import plan_specs, store
     from worker.tasks import train_jobs
 
     assert settings().database_url == url, "service.submit stores into KLAB_DATABASE_URL: set it to url"
 
-    def one(seed: int) -> list[int]:
-        return store(prepare([JobSpec.parse({**JOB, "seed": seed})], "cpu"))[1]
+    def one(seed: int) -> list[int]:  # stored queued as klab submit stores it; no message: trained here
+        plan = plan_specs([JobSpec.parse({**JOB, "seed": seed})], "cpu")
+        with writing() as conn:
+            return store(conn, plan, list(plan.jobs), JobStatus.QUEUED)
 
     for seed in range(5):  # first-call costs
         train_jobs(one(20_000 + seed), "bench-warmup")
@@ -238,9 +234,8 @@ def main() -> None:
         median_ms = statistics.median(phases["total"]) * 1e3
         print(f"\n{backend}: submit to stored result, service path: {_ms(phases['total'])}; "
               f"target median < {TARGET_MS:.0f} ms: {'met' if median_ms < TARGET_MS else 'NOT MET'}")
-        print(f"  parse + prepare + check broker + create the row:       {_ms(phases['create'])}")
-        print(f"  publish (send the task, mark the row queued):          {_ms(phases['publish'])}")
-        print(f"  publish called to claimed by the worker (started_at):  {_ms(phases['to_start'])}")
+        print(f"  parse, plan, check broker, store the row, send task:   {_ms(phases['submit'])}")
+        print(f"  submitted to started by the worker (started_at):       {_ms(phases['to_start'])}")
         print(f"  claimed to finished_at (train, analyse, store):        {_ms(phases['in_worker'])}")
         print(f"  finished_at to seen by the poll (commit, poll):        {_ms(phases['to_seen'])}")
         if submits:
