@@ -86,11 +86,12 @@ MAX_ATTEMPTS = 5
 STRANDED_SECONDS = 60
 """A job queued this long while the broker holds no message for it is sent again.
 
-Longer than a task's longest retry wait (RETRY_MAX_SECONDS), so a message on its way is never taken
-for lost."""
+Longer than a task's longest wait between two tries of the database (RETRY_MAX_SECONDS): a task waiting for it
+holds its message, unacknowledged, and one held longer than this is sent again (harmless: a job is claimed once)."""
 
 RETRY_FIRST_SECONDS = 0.5
-"""A task that cannot reach the database first waits this long, then twice as long each time."""
+"""A task that cannot reach the database first waits this long, then twice as long each time, then tries again in
+the same worker child (worker.tasks.train)."""
 
 RETRY_MAX_SECONDS = 30.0
 """The longest wait between two tries of a task that cannot reach the database."""

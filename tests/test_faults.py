@@ -255,6 +255,38 @@ def test_database_unreachable_mid_sweep_workers_retry_and_no_job_fails(tmp_path,
     db.assert_epochs_stored_once()
 
 
+def test_a_task_that_lost_the_database_tries_again_before_the_tasks_queued_behind_it(tmp_path, pg_db, redis_server,
+                                                                                    worker_procs):
+    """A long job's task loses its connection mid-training; a short job's task is queued behind it, on a worker of one
+    child. The task tries again in place, 0.5 s later, and trains the long job to its end before the short one starts.
+    A retry sent to the broker (Celery's Task.retry) went to the back of the queue: the short job ran first, and
+    behind a sweep's backlog a long job waited minutes, lost its lease and trained twice."""
+    url, db = pg_db
+    env = service_env(tmp_path, url, redis_server().url())
+    out = klab(env, "submit", "--input", "random:32x32", "--kernel", "random:3x3", "--lr", "0.0005",
+               "--epochs", "12000", "--json")  # about 7 s on a quiet machine
+    assert out.returncode == 0, out.stderr
+    (long_job,) = json.loads(out.stdout)["ids"]
+    out = klab(env, "submit", "--json")  # the book's job, queued behind it
+    assert out.returncode == 0, out.stderr
+    (short_job,) = json.loads(out.stdout)["ids"]
+    w = worker_procs(env, "one").wait_ready()
+    wait_until(lambda: db.scalar("SELECT epochs_done FROM jobs WHERE id = :i", i=long_job) > 0, 120,
+               lambda: w.text()[-2000:], every=0.05)  # its first epochs written: its task holds a connection
+    with db.engine.connect() as holder:  # its next write waits on this lock; its connection is then cut under it
+        holder.execute(text("SELECT id FROM jobs WHERE id = :i FOR UPDATE"), {"i": long_job})
+        waiting = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        pids = wait_until(lambda: db.rows(waiting), 60, lambda: w.text()[-2000:], every=0.05)
+        db.rows(f"SELECT pg_terminate_backend(pid) FROM ({waiting}) AS w")
+        holder.rollback()
+    wait_until(lambda: db.statuses().get("succeeded") == 2, 180, lambda: (db.statuses(), w.text()[-3000:]))
+    assert pids and "retrying in 0.5 s" in w.text(), w.text()[-3000:]
+    ended = {r.id: r for r in db.rows("SELECT id, started_at, finished_at, attempts FROM jobs")}
+    assert ended[long_job].finished_at < ended[short_job].started_at, ended  # the short one waited its turn
+    assert ended[long_job].attempts == 2, ended  # claimed again by the same task's next try
+    db.assert_epochs_stored_once()
+
+
 # --- the broker down when submitting, and requeue ---------------------------------------------------
 
 def test_submit_while_the_broker_is_down_writes_nothing_and_requeue_sends_what_was_left(tmp_path, pg_db,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import time
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -234,7 +235,7 @@ def fail(ids: list[int], message: str, attempts: list[int], quick: dict[str, Any
         return Counter({JobStatus.FAILED.value: len(writes.fail(conn, ids, message, attempts, quick))})
 
 
-@app.task(name=TASK_TRAIN, bind=True, max_retries=None)
+@app.task(name=TASK_TRAIN, bind=True)
 def train(self: Task, job_ids: list[int], again: bool = False) -> dict[str, int]:
     """Train the jobs with these ids (a batch of compatible jobs, or one); `again`: sent before
     (service.broker.publish), as is a message Redis gives back (redelivered)."""
@@ -242,13 +243,18 @@ def train(self: Task, job_ids: list[int], again: bool = False) -> dict[str, int]
         log.error("refusing a malformed task: %r", job_ids)
         return {}
     again = again is True or bool((self.request.delivery_info or {}).get("redelivered"))
-    try:
-        return train_jobs(job_ids, self.request.id or "", self.request.hostname or HOST, self.request.retries or 0,
-                          again)
-    except Exception as exc:
-        if not out_of_reach(exc):
-            raise
-        # The database is away: wait and try again, with backoff, as long as it takes.
-        delay = backoff(self.request.retries or 0)
-        log.warning("database unreachable (%s); task %s retrying in %.1f s", type(exc).__name__, self.request.id, delay)
-        raise self.retry(countdown=delay) from None
+    tries = self.request.retries or 0  # a message retried by an earlier release counts its tries
+    while True:
+        try:
+            return train_jobs(job_ids, self.request.id or "", self.request.hostname or HOST, tries, again)
+        except Exception as exc:
+            if not out_of_reach(exc):
+                raise
+            away = type(exc).__name__
+        # The database is away: wait and try again, with backoff, as long as it takes, here and holding the message
+        # (acknowledged once the task ends). A retry sent to the broker (Task.retry) went to the back of the queue:
+        # it waited for every task behind it, and a long job it held lost its lease and trained twice.
+        delay = backoff(tries)
+        log.warning("database unreachable (%s); task %s retrying in %.1f s", away, self.request.id, delay)
+        time.sleep(delay)
+        tries += 1
