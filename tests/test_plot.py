@@ -418,6 +418,23 @@ def test_many_jobs_overlaid_leave_the_axes_their_height() -> None:
     assert min(many) >= 0.95 * min(few), (few, many)
 
 
+def test_more_jobs_overlaid_than_a_legend_names_are_drawn_unnamed_in_a_figure_of_one_size() -> None:
+    """9,000 jobs overlaid made a legend of 9,000 rows: a PNG 66,628 pixels tall, minutes to draw. Past
+    LEGEND_MOST the jobs are drawn in order of the ids given, unnamed, and the figure keeps its size."""
+    def figure(n: int) -> Any:
+        return plot.figure_jobs([result_of({"lr": 0.001 * (i + 1), "seed": i}, relative=0.1, id=i + 1)
+                                 for i in range(n)])
+
+    named, unnamed, many = figure(plot.LEGEND_MOST), figure(plot.LEGEND_MOST + 1), figure(600)
+    assert len(named.legends[0].get_texts()) == plot.LEGEND_MOST
+    assert named.get_size_inches()[1] > plot.JOBS_SIZE[1]
+    for fig, n in ((unnamed, plot.LEGEND_MOST + 1), (many, 600)):
+        readable(fig)
+        assert not fig.legends and tuple(fig.get_size_inches()) == plot.JOBS_SIZE
+        assert f"coloured in order, job 1 purple to job {n} yellow" in fig._suptitle.get_text()
+        assert len(by_title(fig, "loss").get_lines()) >= n
+
+
 # --- sweeps ----------------------------------------------------------------------------------------------
 
 def test_sweep_panels_aggregate_over_seeds_coloured_by_the_other_parameter() -> None:

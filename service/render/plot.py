@@ -19,7 +19,7 @@ from service.render import axes as ax_
 from service.render.axes import DPI, new_figure
 from service.render.text import FLOAT32_EPS, IGNORED_BY, cell, difference, kernel_scale, settled, shared
 
-__all__ = ["DPI", "figure_job", "figure_jobs", "figure_sweep", "plot_job", "plot_sweep", "save"]
+__all__ = ["DPI", "figure_job", "figure_jobs", "figure_sweep", "plot_job", "save"]
 
 JOB_SIZE = (15.0, 9.0)
 """Inches of a job's figure: loss and kernel error over epochs above, the three kernels below."""
@@ -30,6 +30,9 @@ LEGEND_ROW for each further row, so that many jobs leave the axes their height).
 
 LEGEND_ROW = 0.22
 """Inches of one row of a legend in 9 pt type, and a little more (0.14 to 0.2 as drawn)."""
+
+LEGEND_MOST = 40
+"""Most jobs an overlay names in its legend; more are drawn unnamed, in order (9,000 named: a figure 66,628 px tall)."""
 
 SWEEP_PANEL = (6.5, 4.5)
 """Inches of each panel of a sweep's figure (one per parameter it varies, seeds aside), at most 3 to a row."""
@@ -74,10 +77,6 @@ def save(fig: Any, path: str | Path) -> Path:
 
 def plot_job(result: dict[str, Any], path: str | Path) -> Path:
     return save(figure_job(result), path)
-
-
-def plot_sweep(rows: Sequence[dict[str, Any]], params: Sequence[str], path: str | Path, title: str = "") -> Path:
-    return save(figure_sweep(rows, params, title), path)
 
 
 # --- one job, several jobs ---------------------------------------------------------------------------------
@@ -200,13 +199,16 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
     labels = [f"job {r.get('id')}" + (f": {named}" if (named := _described(spec, differ, differ)) else "")
               + f" ({r.get('status')}, relative error {cell(settled((r.get('error') or {}).get('relative'), 1.0))})"
               for r, spec in zip(results, specs)]
+    named = len(results) <= LEGEND_MOST
     widest = max(len(t) for t in labels) * 0.55 * 9 + 40  # points, 9 pt font
     ncols = max(1, min(len(results), int(JOBS_SIZE[0] * 72 * 0.95 // widest)))
-    fig = new_figure(JOBS_SIZE[0], JOBS_SIZE[1] + (-(-len(results) // ncols) - 1) * LEGEND_ROW)
+    fig = new_figure(JOBS_SIZE[0], JOBS_SIZE[1] + ((-(-len(results) // ncols) - 1) * LEGEND_ROW if named else 0))
     loss_ax, err_ax = fig.subplots(1, 2)
     common = _described(specs[0], [k for k in ESSENTIALS if k in alike])
     ax_.title(fig, f"{len(results)} jobs" + (f", all with {common}" if common else "")
-                 + "\nrelative error after training in the legend")
+                 + ("\nrelative error after training in the legend" if named else
+                    f"\ncoloured in order, job {results[0].get('id')} purple to job {results[-1].get('id')} yellow "
+                    f"(more than {LEGEND_MOST}: not named; klab compare lists them)"))
     cmap = matplotlib.colormaps["tab10" if len(results) <= 10 else "viridis"]
     last = int(max((e["epoch"] for r in results for e in r.get("epochs") or []), default=1))
     all_relative, losses, errors, floored = True, [], [], 0
@@ -217,16 +219,19 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
         loss = _series(r.get("epochs") or [], "loss")
         *error, raised = _kernel_errors(r.get("epochs") or [], norm)
         floored += raised
-        style = {"color": colour, "linestyle": LINESTYLES[n % len(LINESTYLES)], "markersize": 3}  # equal runs show
-        loss_ax.plot(*loss, label=ax_.literal(label), marker="o" if loss[0].size <= 30 else None, **style)
-        err_ax.plot(*error, marker="o" if error[0].size <= 30 else None, **style)
+        style = ({"color": colour, "linestyle": LINESTYLES[n % len(LINESTYLES)], "markersize": 3} if named
+                 else {"color": colour, "linewidth": 0.6})  # equal runs show; thin where many
+        loss_ax.plot(*loss, label=ax_.literal(label) if named else None,
+                     marker="o" if named and loss[0].size <= 30 else None, **style)
+        err_ax.plot(*error, marker="o" if named and error[0].size <= 30 else None, **style)
         losses.append(loss[1])
         errors.append(error[1])
     ax_.curve_axes(loss_ax, "loss", "loss", last, losses, last > LOG_EPOCHS)
     ax_.curve_axes(err_ax, "kernel error", "relative error ||W - K|| / ||K||" if all_relative else
                    "kernel error ||W - K|| (relative where a true kernel is known)", last, errors,
                    last > LOG_EPOCHS, floored)
-    fig.legend(loc="outside lower center", ncols=ncols, fontsize=9)
+    if named:
+        fig.legend(loc="outside lower center", ncols=ncols, fontsize=9)
     return fig
 
 
