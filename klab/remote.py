@@ -107,13 +107,15 @@ class Handle:
     def cancel(self) -> tuple[int, int]:
         """Cancel the jobs, as `klab cancel`: (jobs ended before they started, running jobs asked to stop)."""
         from service.db.connect import Reader
-        from service.db.engine import writing
+        from service.db.engine import retried
         from service.db.reads import where
         from service.db.writes import cancel
 
-        with writing(make=False) as conn:
+        def ask(conn: Any) -> tuple[int, int]:
             where(Reader.of(conn), self.selection)  # no such job or sweep: klab.BadInput, as wait() and status() say
             return cancel(conn, self.selection)
+
+        return retried(ask, make=False)
 
 
 @public

@@ -22,7 +22,7 @@ from sqlalchemy import Connection
 from service import broker
 from service.db import bulk, datasets, reads, rows, writes
 from service.db.connect import Reader
-from service.db.engine import writing
+from service.db.engine import retried, writing
 from service.db.ids import reserve_ids
 from service.errors import BadInput, BrokerUnavailable, Gone
 from service.jobs import sweep as sweeps
@@ -360,8 +360,10 @@ def requeue(selection: Selection, include_queued: bool, batch_jobs: int) -> tupl
     Returns how many were sent and the queues they went to."""
     broker.check()
     with cycles_uncollected():
-        with writing(make=False) as conn:
+        def take(conn: Connection) -> list[tuple[int, str | None]]:
             reads.where(Reader.of(conn), selection)  # no such job or sweep: one line, exit 2
-            found = writes.waiting(conn, selection, include_queued)
+            return writes.waiting(conn, selection, include_queued)
+
+        found = retried(take, make=False)
         queues = {q or "cpu" for _, q in found}
         return send(broker.tasks([(i, (q or "cpu",)) for i, q in found], batch_jobs), selection, include_queued), queues

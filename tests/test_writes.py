@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from conftest import ROOT, fake_result
 from sqlalchemy import func, select, text, update
+from sqlalchemy.pool import NullPool
 
 from service.db import datasets, reads, writes
 from service.db.connect import Reader
@@ -33,6 +37,13 @@ def new(conn, start: JobStatus = JobStatus.RUNNING, **kw) -> int:
 
 def job(conn, job_id: int):
     return conn.execute(select(jobs).where(jobs.c.id == job_id)).one()
+
+
+def wait_for(check: Callable[[], bool], timeout: float) -> None:
+    ends = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < ends, f"not within {timeout} s"
+        time.sleep(0.02)
 
 
 def claimed(conn, ids, host, task, attempt):
@@ -425,6 +436,92 @@ def test_delete_removes_jobs_epochs_and_the_sweep(klab_db: str, add_job) -> None
         assert conn.execute(select(jobs.c.id)).scalars().all() == [keep]
         assert conn.execute(select(func.count()).select_from(epochs)).scalar() == 10
         assert conn.execute(select(sweeps.c.id).where(sweeps.c.id == sweep)).first() is None
+
+
+def _waiting_on_a_lock(url: str) -> Callable[[], bool]:
+    from sqlalchemy import create_engine
+
+    watcher = create_engine(url, poolclass=NullPool)
+
+    def waiting() -> bool:
+        with watcher.connect() as conn:
+            return bool(conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                          "AND wait_event_type = 'Lock'")).scalar())
+    return waiting
+
+
+def test_delete_counts_the_epochs_a_worker_committed_while_it_waited_for_their_jobs(pg_url: str, add_job) -> None:
+    """A worker stores a job's result and epochs in one transaction, holding the job's row; a delete of that job
+    meanwhile waits for it. It counted the epochs before it waited (none yet), and the trigger then deleted those the
+    worker committed, uncounted: 'deleted 2000 jobs and 0 epochs' of 2,000,000 deleted. It locks the jobs first."""
+    from sqlalchemy import create_engine
+
+    upgrade(pg_url)
+    with writing(pg_url) as conn:
+        job_id = new(conn)
+    worker = create_engine(pg_url, poolclass=NullPool)
+    with worker.connect() as held, ThreadPoolExecutor(1) as pool:
+        held.execute(update(jobs).where(jobs.c.id == job_id).values(epochs_done=3))  # the job's row, held
+        held.execute(text("INSERT INTO epochs (job_id, epoch, loss, mse) VALUES (:j, 1, 3, 3), (:j, 2, 2, 2), "
+                          "(:j, 3, 1, 1)"), {"j": job_id})
+        deleted = pool.submit(lambda: writes_retried(pg_url, Selection(ids=(job_id,))))
+        wait_for(_waiting_on_a_lock(pg_url), 30)
+        held.commit()
+        assert deleted.result(timeout=30) == (1, 3)
+    with writing(pg_url) as conn:
+        assert conn.execute(select(func.count()).select_from(epochs)).scalar() == 0
+
+
+def writes_retried(url: str, selection: Selection) -> tuple[int, int]:
+    from service.db.engine import retried
+
+    return retried(lambda conn: writes.delete_jobs(conn, selection), url)
+
+
+def test_a_transaction_that_postgresql_ends_to_break_a_deadlock_is_run_again(pg_url: str) -> None:
+    """Two transactions lock two rows in opposite orders; PostgreSQL ends the one that checks first (deadlock_timeout
+    1 s; the other's 60 s) with 'deadlock detected'. retried runs it again, and it goes through once the other has
+    committed: klab delete or cancel racing a worker's results failed, exit 3, and the worker failed its jobs."""
+    from threading import Event
+
+    from sqlalchemy import create_engine
+
+    from service.db.connect import lost_race
+    from service.db.engine import retried
+
+    upgrade(pg_url)
+    with writing(pg_url) as conn:
+        first, second = new(conn), new(conn)
+    other = create_engine(pg_url, poolclass=NullPool)
+    runs, locked = [], Event()
+
+    def work(conn) -> int:
+        runs.append(len(runs) + 1)
+        conn.execute(update(jobs).where(jobs.c.id == second).values(epochs_done=jobs.c.epochs_done + 1))
+        if len(runs) == 1:
+            locked.set()
+            wait_for(_waiting_on_a_lock(pg_url), 30)  # the other holds `first` and waits for `second`
+        conn.execute(update(jobs).where(jobs.c.id == first).values(epochs_done=jobs.c.epochs_done + 1))
+        return len(runs)
+
+    with other.connect() as held, ThreadPoolExecutor(1) as pool:
+        held.execute(text("SET deadlock_timeout = '60s'"))
+        held.execute(update(jobs).where(jobs.c.id == first).values(epochs_done=jobs.c.epochs_done + 10))
+
+        def then_second() -> None:
+            locked.wait(30)
+            held.execute(update(jobs).where(jobs.c.id == second).values(epochs_done=jobs.c.epochs_done + 10))
+            held.commit()
+
+        done = pool.submit(then_second)
+        assert retried(work, pg_url) == 2
+        done.result(timeout=30)
+    with writing(pg_url) as conn:
+        assert dict(conn.execute(select(jobs.c.id, jobs.c.epochs_done).where(jobs.c.id.in_((first, second))))
+                    .all()) == {first: 11, second: 11}
+    with pytest.raises(Exception) as other_error:  # any error but a lost race: never run again
+        retried(lambda conn: runs.append(conn.execute(text("SELECT 1/0"))), pg_url)
+    assert not lost_race(other_error.value) and len(runs) == 2
 
 
 # --- the README's SQL --------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 
 from service import broker, defaults
 from service.db import reads, writes
-from service.db.engine import writing
+from service.db.engine import retried, writing
 from service.settings import settings
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,8 @@ def backoff(tries: int) -> float:
 
 def claim(ids: Sequence[int], host: str, task_id: str, task_try: int) -> list[Any]:
     """This task's jobs that it may train now, with what it needs to train them (service.db.writes.claim)."""
-    with writing(durable=False) as conn:
-        return writes.claim(conn, ids, host, task_id, task_try, settings().lease_seconds)
+    lease = settings().lease_seconds
+    return retried(lambda conn: writes.claim(conn, ids, host, task_id, task_try, lease), durable=False)
 
 
 class Heartbeat:

@@ -15,7 +15,7 @@ from typing import Any
 
 from service.db import writes
 from service.db.connect import out_of_reach
-from service.db.engine import writing
+from service.db.engine import retried, writing
 from service.errors import BadInput, one_line
 from service.jobs.problem import Problem, build_problem, problem_key
 from service.jobs.spec import PER_JOB, JobSpec
@@ -118,5 +118,4 @@ def _train(spec: JobSpec, ids: list[int], jobs: list[engine.Job]) -> None:
             writes.fail(conn, ids, f"{type(exc).__name__} training {what}: {one_line(exc)}")
         return
     progress.ended(results)
-    with writing() as conn:
-        writes.save_results(conn, ids, results, fresh=True)
+    retried(lambda conn: writes.save_results(conn, ids, results, fresh=True))

@@ -18,7 +18,7 @@ from service.broker import TASK_TRAIN
 from service.db import writes
 from service.db.connect import out_of_reach
 from service.db.datasets import dataset
-from service.db.engine import peeking, writing
+from service.db.engine import peeking, retried, writing
 from service.db.reads import reading
 from service.db.schema import utcnow
 from service.errors import BadInput, one_line
@@ -195,9 +195,8 @@ def train_group(group: Group) -> Counter[str]:
         return fail(ids, failure(exc, group, device), group.attempts, group.quick)
     progress.ended(results)
     try:
-        with writing(durable=False) as conn:
-            stored = writes.save_results(conn, ids, results, fresh=group.fresh and not stream, attempts=group.attempts,
-                                         quick=group.quick)
+        stored = retried(lambda conn: writes.save_results(conn, ids, results, fresh=group.fresh and not stream,
+                                                          attempts=group.attempts, quick=group.quick), durable=False)
     except Exception as exc:
         if out_of_reach(exc):
             raise
@@ -231,8 +230,8 @@ def failure(exc: BaseException, group: Group, device: str) -> str:
 def fail(ids: list[int], message: str, attempts: list[int], quick: dict[str, Any] | None = None) -> Counter[str]:
     """End failed the jobs whose claims (`attempts`, as they left them) still hold, or a quick task's still waiting;
     how many, as counts by status."""
-    with writing() as conn:
-        return Counter({JobStatus.FAILED.value: len(writes.fail(conn, ids, message, attempts, quick))})
+    failed = retried(lambda conn: writes.fail(conn, ids, message, attempts, quick))
+    return Counter({JobStatus.FAILED.value: len(failed)})
 
 
 @app.task(name=TASK_TRAIN, bind=True)

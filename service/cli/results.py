@@ -315,12 +315,14 @@ def plot(selection: Selection, output: str) -> None:
 def delete(selection: Selection) -> None:
     """Delete jobs and their epochs (or a whole sweep)."""
     from service.db.connect import Reader
-    from service.db.engine import writing
+    from service.db.engine import retried
     from service.db.reads import where
     from service.db.writes import delete_jobs
 
-    with writing(make=False) as conn:
+    def delete(conn: Any) -> tuple[int, int]:
         where(Reader.of(conn), selection)  # unknown ids or sweep: bad input, nothing deleted
-        jobs, epochs = delete_jobs(conn, selection)
+        return delete_jobs(conn, selection)
+
+    jobs, epochs = retried(delete, make=False)
     what = f" and sweep {selection.sweep}" if selection.sweep is not None else ""
     click.echo(f"deleted {jobs} job{'s' if jobs != 1 else ''} and {epochs} epoch{'s' if epochs != 1 else ''}{what}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -105,11 +106,13 @@ def _queued(selection: Selection) -> int | None:
 def cancel(selection: Selection) -> None:
     """Cancel jobs: queued ones never start, running ones stop at their next epoch check."""
     from service.db.connect import Reader
-    from service.db.engine import writing
+    from service.db.engine import retried
     from service.db.reads import where
     from service.db.writes import cancel
 
-    with writing(make=False) as conn:
+    def ask(conn: Any) -> tuple[int, int]:
         where(Reader.of(conn), selection)  # no such job or sweep: one line, exit 2, nothing changed
-        ended, asked = cancel(conn, selection)
+        return cancel(conn, selection)
+
+    ended, asked = retried(ask, make=False)
     click.echo(f"cancelled {ended} job(s) not yet started; asked {asked} running job(s) to stop")

@@ -153,6 +153,18 @@ def unreachable(url: str, exc: BaseException) -> DatabaseUnavailable:
     return DatabaseUnavailable(f"cannot reach the {describe(url)}: {one_line(exc)}")
 
 
+_RACES = ("40P01", "40001")
+"""PostgreSQL's deadlock_detected and serialization_failure: it ended the transaction to let another go on."""
+
+
+def lost_race(exc: BaseException) -> bool:
+    """Whether PostgreSQL ended a transaction to break a deadlock with another (a worker storing results while klab
+    delete or cancel changes the same jobs: each locks many job rows, each in its own order): nothing is wrong with
+    it, and run again it goes through (service.db.engine.retried)."""
+    orig = getattr(exc, "orig", None) or exc
+    return getattr(orig, "sqlstate", None) in _RACES
+
+
 _GONE = ("connection", "could not connect", "server closed", "terminating", "timeout", "database is locked",
          "the database system is")
 

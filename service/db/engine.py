@@ -5,9 +5,10 @@ connections, unless the database must first be created or upgraded.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
@@ -16,6 +17,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from service import defaults
 from service.db.connect import (
     HEAD,
+    lost_race,
     no_folder,
     out_of_reach,
     refuse_unmade,
@@ -29,6 +31,9 @@ from service.errors import BadInput, DatabaseUnavailable, UpgradeRefused, mask, 
 from service.settings import describe, settings
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+RACE_TRIES = 5
+"""Times a write transaction is run before a deadlock it keeps losing is reported (retried)."""
+T = TypeVar("T")
 
 _ENGINES: dict[str, Engine] = {}
 _AT_HEAD: set[str] = set()  # URLs already found at head by this process
@@ -184,3 +189,18 @@ def writing(url: str | None = None, durable: bool = True, make: bool = True) -> 
         if not durable and conn.dialect.name == "postgresql":
             conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
         yield conn
+
+
+def retried(work: Callable[[Connection], T], url: str | None = None, durable: bool = True, make: bool = True) -> T:
+    """`work(conn)` in a write transaction (writing's), run again, up to RACE_TRIES times, when PostgreSQL ended it to
+    break a deadlock (service.db.connect.lost_race): `klab delete --sweep` while a worker stored its results failed
+    "deadlock detected", exit 3; a worker that lost the same race failed the jobs it had trained."""
+    tried = 1
+    while True:
+        try:
+            with writing(url, durable, make) as conn:
+                return work(conn)
+        except Exception as exc:
+            if not lost_race(exc) or tried >= RACE_TRIES:
+                raise
+            tried += 1

@@ -371,8 +371,14 @@ def stopping(conn: Connection, ids: Sequence[int], attempts: Sequence[int], quic
 
 
 def delete_jobs(conn: Connection, selection: Selection) -> tuple[int, int]:
-    """Delete jobs with their epochs (and the sweep itself for a sweep). Returns (jobs, epochs) deleted."""
+    """Delete jobs with their epochs (and the sweep itself for a sweep). Returns (jobs, epochs) deleted.
+
+    The jobs' rows are locked first, in id order: a worker storing results of some of them has committed, and its
+    epochs are counted, or waits, and finds them gone. Deleting the epochs first counted none of those a worker
+    committed meanwhile (the trigger deleted them with their jobs), and locked epochs that worker was replacing
+    while it held their jobs: a deadlock."""
     where = selected(conn, selection)
+    conn.execute(select(jobs.c.id).where(where).order_by(jobs.c.id).with_for_update())
     n_epochs = conn.execute(delete(epochs).where(epochs.c.job_id.in_(select(jobs.c.id).where(where)))).rowcount
     n_jobs = conn.execute(delete(jobs).where(where)).rowcount
     if selection.sweep is not None:
