@@ -44,10 +44,11 @@ LIMITS = {"input": "KLAB_MAX_INPUT_ELEMENTS", "labels": "KLAB_MAX_INPUT_ELEMENTS
 """The variable that sets each array's limit, named in every message about it."""
 
 
-def _check_elements(field: str, shape: tuple[int, ...], limit: int, what: str) -> None:
+def _check_elements(field: str, shape: tuple[int, ...], limit: int) -> None:
+    """The field's array within its limit: `kernel: has 9 elements, more than the limit 4 (KLAB_MAX_...)`."""
     count = math.prod(shape)
     if count > limit:
-        raise BadInput(field, f"{what} has {count} elements, more than the limit {limit} ({LIMITS[what]})")
+        raise BadInput(field, f"has {count} elements, more than the limit {limit} ({LIMITS[field]})")
 
 
 def rng(seed: int, stream: int) -> np.random.Generator:
@@ -211,7 +212,7 @@ def parse_input(raw: str, seed: int) -> tuple[np.ndarray, int]:
         raise BadInput(field, f"unknown input {kind!r}; expected one of {', '.join(INPUT_KINDS)}")
     if kind in ("edge", "ones", "checker", "diagonal"):
         h, w = _dims(field, rest, (2,))
-        _check_elements(field, (h, w), settings().max_input_elements, "input")
+        _check_elements(field, (h, w), settings().max_input_elements)
         if kind == "ones":
             x = np.ones((h, w))
         elif kind == "edge":
@@ -224,7 +225,7 @@ def parse_input(raw: str, seed: int) -> tuple[np.ndarray, int]:
         array = x
     elif kind == "random":
         dims = _dims(field, rest, (2, 3, 4))
-        _check_elements(field, dims, settings().max_input_elements, "input")
+        _check_elements(field, dims, settings().max_input_elements)
         array = rng(seed, INPUT_STREAM).standard_normal(dims)
     elif kind == "image":
         path, rgb = rest, False
@@ -237,7 +238,7 @@ def parse_input(raw: str, seed: int) -> tuple[np.ndarray, int]:
         array = load_npy(field, rest)
         if array.ndim not in (2, 3, 4):
             raise BadInput(field, f"expected H x W, C x H x W or N x C x H x W, got {array.ndim} dimensions")
-        _check_elements(field, array.shape, settings().max_input_elements, "input")
+        _check_elements(field, array.shape, settings().max_input_elements)
     ndim = array.ndim
     while array.ndim < 4:
         array = array[None]
@@ -293,7 +294,7 @@ def parse_kernel(raw: str, seed: int) -> np.ndarray:
         array = _literal(field, raw)
     elif raw.startswith("random:"):
         dims = _dims(field, raw[len("random:"):], (2, 4))
-        _check_elements(field, dims, settings().max_kernel_elements, "kernel")
+        _check_elements(field, dims, settings().max_kernel_elements)
         array = rng(seed, KERNEL_STREAM).standard_normal(dims)
     elif raw.startswith("npy:"):
         array = load_npy(field, raw[len("npy:"):])
@@ -303,7 +304,7 @@ def parse_kernel(raw: str, seed: int) -> np.ndarray:
         presets = ", ".join(KERNEL_PRESETS)
         raise BadInput(field, f"unknown kernel {raw[:40]!r}; expected a preset ({presets}), "
                               "a JSON literal, random:KHxKW, npy:PATH or none (no true kernel)")
-    _check_elements(field, array.shape, settings().max_kernel_elements, "kernel")
+    _check_elements(field, array.shape, settings().max_kernel_elements)
     return array
 
 
@@ -315,7 +316,7 @@ def parse_labels(raw: str) -> np.ndarray:
     array = load_npy(field, raw[len("npy:"):])
     if array.ndim not in (2, 3, 4):
         raise BadInput(field, f"expected Ho x Wo, C x Ho x Wo or N x C x Ho x Wo, got {array.ndim} dimensions")
-    _check_elements(field, array.shape, settings().max_input_elements, "labels")
+    _check_elements(field, array.shape, settings().max_input_elements)
     return array
 
 
