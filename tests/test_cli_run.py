@@ -140,6 +140,25 @@ def test_text_report_of_a_2x2_kernel_says_the_weights_cannot_be_told_apart(tmp_p
     assert "cannot tell these weights apart" in lines[-1] and lines[-1].endswith(".")
 
 
+def test_the_rank_of_a_kernel_of_several_output_channels_says_it_counts_each_channels_weights(tmp_path):
+    """A 4-D kernel's output channels are each fitted alone on the same input: the analysis counts one channel's
+    weights (4 of a 2x1x2x2 kernel's 8), which the report said as if they were all: 'rank 2 of 4 weights'."""
+    from service.render.plot import figure_job
+
+    code, out, err = klab_main("run", "--input", "edge:6x8", "--kernel", "[[[[1, -1], [0, 0]]], [[[2, 0], [0, 1]]]]",
+                               "--method", "lstsq", "--no-store", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["identifiability"] | {"identifiable": False} == {"identifiable": False, "rank": 2, "params": 4}
+    code, out, err = klab_main("run", "--input", "edge:6x8", "--kernel", "[[[[1, -1], [0, 0]]], [[[2, 0], [0, 1]]]]",
+                               "--method", "lstsq", "--no-store")
+    assert "identifiable: no (rank 2 of 4 weights of each of its 2 output channels)" in out.splitlines()
+    assert "(rank 2 of 4 weights of each of its 2 output channels)" in figure_job(result)._suptitle.get_text()
+    code, out, err = klab_main("run", "--input", "edge:6x8", "--kernel", "[[[[1, -1], [0, 0]]]]", "--method", "lstsq",
+                               "--no-store")
+    assert "identifiable: no (rank 2 of 4 weights)" in out.splitlines()
+
+
 def test_verbose_prints_the_books_lines_with_the_books_losses():
     code, out, err = klab_main(*BOOK, "--epochs", "10", "--seed", "0", "--no-store", "--verbose")
     assert code == 0 and err == "", err

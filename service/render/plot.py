@@ -17,7 +17,7 @@ from service.jobs.status import JobStatus, in_order
 from service.jobs.sweep import INTEGER, SWEEPABLE
 from service.render import axes as ax_
 from service.render.axes import DPI, new_figure
-from service.render.text import FLOAT32_EPS, IGNORED_BY, cell, difference, kernel_scale, settled, shared
+from service.render.text import FLOAT32_EPS, IGNORED_BY, cell, difference, kernel_scale, rank_words, settled, shared
 
 __all__ = ["DPI", "figure_job", "figure_jobs", "figure_sweep", "plot_job", "save"]
 
@@ -129,7 +129,7 @@ def _job_title(result: dict[str, Any]) -> str:
     facts = [f"relative error {cell(rel)}" if rel is not None else f"no relative error ({ax_.unmeasured(result)})"]
     if ident.get("identifiable") is not None:
         facts.append(("identifiable" if ident["identifiable"] else "not identifiable")
-                     + f" (rank {ident.get('rank')} of {ident.get('params')} weights)")
+                     + f" ({rank_words(result)})")
     for key in ("converged_epoch", "diverged_epoch"):
         if result.get(key) is not None:
             facts.append(f"{key.removesuffix('_epoch')} at epoch {result[key]}")

@@ -287,5 +287,17 @@ def identifiable_line(result: dict[str, Any]) -> str | None:
     ident = result.get("identifiability")
     if not ident:
         return None
-    return (f"identifiable: {'yes' if ident['identifiable'] else 'no'} "
-            f"(rank {ident['rank']} of {ident['params']} weights)")
+    return f"identifiable: {'yes' if ident['identifiable'] else 'no'} ({rank_words(result)})"
+
+
+def rank_words(result: dict[str, Any]) -> str:
+    """`rank 2 of 4 weights`: of one output channel's, which a 4-D kernel of several says (each is fitted on the
+    same input, alone: they share the rank, and the analysis counts one)."""
+    ident = result.get("identifiability") or {}
+    kernel = result.get("learned_kernel") or result.get("true_kernel") or []
+    depth, k = 0, kernel
+    while isinstance(k, list) and k:
+        depth, k = depth + 1, k[0]
+    outputs = len(kernel) if depth == 4 else 1
+    each = f" of each of its {outputs} output channels" if outputs > 1 else ""
+    return f"rank {ident.get('rank')} of {ident.get('params')} weights{each}"
