@@ -339,16 +339,24 @@ def test_kernel_values_are_written_in_cells_up_to_7x7(side: int, written: bool) 
     readable(fig)
 
 
-def test_a_4d_kernel_is_labelled_by_out_and_in_channel() -> None:
+@pytest.mark.parametrize("shape", [(3, 2, 2, 2), (2, 3, 3, 3)])  # (3, 2, 2, 2) was drawn without its values
+def test_a_4d_kernel_is_labelled_by_out_and_in_channel(shape: tuple[int, ...]) -> None:
     rng = np.random.default_rng(3)
-    true = rng.standard_normal((2, 3, 3, 3))
+    true = rng.standard_normal(shape)
     result = {**result_of({}), "true_kernel": true.tolist(), "learned_kernel": (true * 0.9).tolist()}
     fig = plot.figure_job(result)
     a = by_title(fig, "true kernel")
-    assert [t.get_text() for t in a.get_xticklabels()] == ["in 0", "in 1", "in 2"]
-    assert [t.get_text() for t in a.get_yticklabels()] == ["out 0", "out 1"]
+    assert [t.get_text() for t in a.get_xticklabels()] == [f"in {i}" for i in range(shape[1])]
+    assert [t.get_text() for t in a.get_yticklabels()] == [f"out {o}" for o in range(shape[0])]
     assert "(out, in)" in a.get_xlabel()
     assert len(a.texts) == true.size  # every weight, none for the blanks between blocks
+    readable(fig)
+    cell = abs(a.transData.transform((1, 1)) - a.transData.transform((0, 0)))  # pixels of one cell
+    renderer = fig.canvas.get_renderer()
+    assert all(t.get_window_extent(renderer).width < cell[0] and t.get_window_extent(renderer).height < cell[1]
+               for t in a.texts)  # each value within its cell
+    if shape != (2, 3, 3, 3):
+        return
     cells, shape = plot_axes.kernel_cells(true)
     assert shape == (2, 3, 3, 3) and cells.shape == (7, 11)
     assert cells[4:7, 8:11].tolist() == true[1, 2].tolist() and np.isnan(cells[3]).all()
