@@ -335,7 +335,9 @@ def test_labels_instead_of_a_kernel(tmp_path):
 
 
 @pytest.mark.parametrize("labels_shape,values,message", [
-    ((6, 6), {}, "do not fit"),                                 # implies a 1x3 kernel, not d2l's 1x2
+    # implies a 1x3 kernel, not d2l's 1x2: the kernel named (the default: maybe not given), and the way out
+    ((6, 6), {}, "of shape (1, 6, 6) do not fit kernel d2l (1, 1, 1, 2) on input (1, 6, 8), which makes labels of "
+                 "shape (1, 6, 7); with kernel none (no true kernel) the labels set the kernel's shape"),
     ((9, 9), {"kernel": None}, "larger than the 6x8 input"),
     ((2, 1, 6, 7), {}, "2 samples but the input has 1"),
     ((6, 7), {"input": "random:3x1x6x8", "kernel": None}, "2-D but the input has 3 samples"),

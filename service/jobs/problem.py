@@ -70,8 +70,11 @@ def build_problem(spec: JobSpec, arrays: dict[str, np.ndarray] | None = None) ->
             raise BadInput("labels", f"are {ho}x{wo}, larger than the {h}x{w} input")
         shape = (labels.shape[1], c, h - ho + 1, w - wo + 1)
         if kernel is not None and kernel.shape != shape:
-            raise BadInput("labels", f"of shape {labels.shape[1:]} do not fit kernel {kernel.shape} "
-                                     f"on input {x.shape[1:]}")
+            made = (kernel.shape[0], h - kernel.shape[2] + 1, w - kernel.shape[3] + 1)
+            named = f"{spec.kernel} " if len(str(spec.kernel)) <= 40 else ""  # d2l: the default, maybe not given
+            raise BadInput("labels", f"of shape {labels.shape[1:]} do not fit kernel {named}{kernel.shape} on input "
+                                     f"{x.shape[1:]}, which makes labels of shape {made}; with kernel none (no true "
+                                     f"kernel) the labels set the kernel's shape")
         if shape[2] * shape[3] * c * shape[0] > settings().max_kernel_elements:
             raise BadInput("labels", f"imply a {shape} kernel, more than the limit "
                                      f"{settings().max_kernel_elements} (KLAB_MAX_KERNEL_ELEMENTS)")
