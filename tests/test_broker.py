@@ -249,9 +249,9 @@ def test_klab_worker_gpu_index_sets_the_visible_device(tmp_path, pg_db, redis_se
     url, _ = pg_db
     env = service_env(tmp_path, url, redis_server().url())
     out = klab(env, "worker", "--queue", "gpu", "--gpu", "3", timeout=120)
-    assert out.returncode != 0
-    assert out.stderr.strip().splitlines()[-1].startswith("klab worker: the gpu queue needs a GPU")
-    assert "CUDA_VISIBLE_DEVICES='3'" in out.stderr
+    assert out.returncode == 2  # said before Celery starts (its banner, exit code 1, came first)
+    assert out.stderr.startswith("klab: error: queue: the gpu queue needs a GPU") and len(out.stderr.splitlines()) == 1
+    assert "CUDA_VISIBLE_DEVICES='3'" in out.stderr and out.stdout == ""
 
 
 def test_run_no_store_leaves_the_database_untouched(tmp_path, pg_url):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -187,9 +188,13 @@ def test_routing_to_cpu_and_gpu_queues(service_env, workers, redis_url, worker_p
     if not torch.cuda.is_available():
         # a gpu worker refuses to start where torch sees no GPU (it would take gpu jobs only to fail them)
         refused = klab(service_env, "worker", "--queue", "gpu", timeout=120)
-        assert refused.returncode != 0
-        assert refused.stderr.strip().splitlines()[-1].startswith("klab worker: the gpu queue needs a GPU")
-        assert "Traceback" not in refused.stderr
+        assert refused.returncode == 2 and refused.stdout == ""  # one line before Celery's banner
+        assert refused.stderr.startswith("klab: error: queue: the gpu queue needs a GPU"), refused.stderr
+        plain = subprocess.run([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "gpu", "--pool",
+                                "solo"], env=service_env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert plain.returncode == 2, plain.stderr[-2000:]  # compose's line: the same, in the worker's own words
+        assert plain.stderr.strip().splitlines()[-1].startswith("klab worker: the gpu queue needs a GPU")
+        assert "Traceback" not in plain.stderr
         assert r.llen(queue_key(url, "gpu")) == 2  # their jobs still wait for a worker with a GPU
         return
     workers("gpu")
@@ -520,8 +525,6 @@ def test_wait_reads_the_counts_once_the_broker_holds_nothing(service_env, worker
 def test_the_plain_celery_line_says_a_bad_setting_in_one_line(tmp_path, variable, value, line):
     """compose starts workers with celery's own command line, not `klab worker`, which checks the settings first:
     a bad KLAB_* variable was Python's traceback from the app's import."""
-    import sys
-
     env = {**clean_env(tmp_path / "home"), variable: value}
     out = subprocess.run([sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "cpu"], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=120)

@@ -2,6 +2,8 @@
 tasks, lease, progress). Imports flow one way: worker -> service."""
 from __future__ import annotations
 
+import os
+
 from service.jobs.choices import Device
 
 
@@ -13,3 +15,14 @@ def device_first(device: Device | str) -> None:
         from worker.engine import checked_device
 
         checked_device(Device.CUDA.value)
+
+
+def no_gpu() -> str | None:
+    """Why a worker of the gpu queue cannot serve here (it would take gpu jobs only to fail them), or None: torch
+    sees no GPU. `klab worker --queue gpu` refuses so before it starts Celery, the plain celery line when it starts."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    return (f"the gpu queue needs a GPU, and torch sees none (torch {torch.__version__}, "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import sys
 import threading
 import time
@@ -19,6 +18,7 @@ from service.db import reads
 from service.db.engine import dispose_engines
 from service.errors import BadInput, DatabaseUnavailable
 from service.settings import describe, settings
+from worker import no_gpu
 from worker.lease import backoff, reaper
 
 log = logging.getLogger(__name__)
@@ -39,13 +39,8 @@ def _consume_this_databases_queues(sender: str, instance, **_: object) -> None:
     another database's messages. Waits for the database if it is away; stops if it is not at head."""
     queues = instance.app.amqp.queues
     named = [q for q in broker.QUEUES if q in (queues.consume_from or {app.conf.task_default_queue: None})]
-    if "gpu" in named:
-        import torch
-
-        if not torch.cuda.is_available():  # it would take gpu jobs only to fail them
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-            raise SystemExit("klab worker: the gpu queue needs a GPU, and torch sees none "
-                             f"(torch {torch.__version__}, CUDA_VISIBLE_DEVICES={visible!r})")
+    if "gpu" in named and (why := no_gpu()):
+        _stop(why, 2)  # exit code 2, as `klab worker --queue gpu` refuses it before Celery starts
     identity = _identity()
     for q in named:
         queues.select_add(broker.routed(q, identity))

@@ -92,6 +92,13 @@ def worker(queue: str, concurrency: int | None, gpu_index: int | None, loglevel:
     from service.db.reads import identity
     from service.settings import settings
 
+    if queue == "gpu":
+        from worker import no_gpu
+
+        if gpu_index is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_index)  # before torch: the one device it may see
+        if why := no_gpu():  # said in one line before Celery prints its banner, exit code 2
+            raise BadInput("queue", why)
     broker.checked_url()  # a malformed URL is one line here (the broker itself may come up later: it is waited for)
     identity()  # a database that is unreachable or not at head is one line here, not a worker that waits
     node = f"{name or queue}@{socket.gethostname()}"  # as Celery reads %h
