@@ -110,8 +110,8 @@ def main() -> None:
                   flush=True)
     base = statistics.median(r["seconds"] for r in runs[factors[0]])
     base_pages = statistics.median(r["pages_end"] for r in runs[factors[0]])
-    print(f"\n| fillfactor | {args.mode} s, median (runs) | vs {factors[0]} | HOT share of the updates "
-          f"| pages at the end | vs {factors[0]} |")
+    print(f"\n| fillfactor | {args.mode} s, median (runs) | speed vs {factors[0]} ({factors[0]}'s s / these) "
+          f"| HOT share of the updates | pages at the end | size vs {factors[0]} (these / {factors[0]}'s) |")
     print("|---|---|---|---|---|---|")
     for f in factors:
         sec = statistics.median(r["seconds"] for r in runs[f])

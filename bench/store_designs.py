@@ -252,9 +252,12 @@ def main() -> None:
         from service.db.engine import dispose_engines
 
         dispose_engines()
-    print("\n| design | processes | epoch rows/s, median | runs | one job's epochs, ms (runs) |\n|---|---|---|---|---|")
+    base = "shipped" if "shipped" in designs else designs[0]  # the service's own store, measured in the same run
+    print(f"\n| design | processes | epoch rows/s, median | vs {base} (same processes) | runs | one job's epochs, ms "
+          f"(runs) |\n|---|---|---|---|---|---|")
     for (design, streams), values in rates.items():
-        print(f"| {design} | {streams} | {statistics.median(values):,.0f} | "
+        ratio = statistics.median(values) / statistics.median(rates[(base, streams)])
+        print(f"| {design} | {streams} | {statistics.median(values):,.0f} | {ratio:.2f}x | "
               f"{', '.join(f'{v:,.0f}' for v in values)} | {', '.join(f'{v:.1f}' for v in lookups[design])} |")
 
 
