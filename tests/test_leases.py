@@ -25,7 +25,9 @@ LONG_JOB = ("--input", "random:3x96x96", "--kernel", "random:4x3x5x5", "--method
 TRAINED_THROUGH = 600
 """Seconds to wait for 2,000 of its epochs to be trained through: 6 to 20 s alone, but over 120 s where the suite's
 other processes share the two cores (it failed so twice, at epoch 916 of 2,000 after 180 s); a bound on a failure,
-never a wait of a test that passes."""
+never a wait of a test that passes. The tests that wait so have a pytest timeout above it (TRAINED_TIMEOUT): under
+the module's 300 s, pytest-timeout ended them first (twice, the suite beside two other sessions' processes)."""
+TRAINED_TIMEOUT = TRAINED_THROUGH + 300
 
 
 def one(env: dict[str, str], *args: str) -> int:
@@ -59,7 +61,7 @@ def test_backoff_is_half_a_second_doubling_to_thirty():
     # the README's numbers, read from the README, are the code's
     readme = (defaults.__file__.rsplit("/service/", 1)[0] + "/README.md")
     with open(readme) as f:
-        assert "retries with backoff (0.5 s, doubling up to 30 s)" in f.read()
+        assert "tries again with backoff (0.5 s, doubling up to 30 s)" in f.read()
 
 
 def test_a_job_training_longer_than_its_lease_on_a_live_worker_is_never_taken_back(tmp_path, pg_db, redis_server,
@@ -109,6 +111,7 @@ def test_a_redelivered_message_of_jobs_alive_elsewhere_claims_nothing(tmp_path, 
     wait_until(lambda: db.statuses() == {"cancelled": 1}, 60, tails(first))
 
 
+@pytest.mark.timeout(TRAINED_TIMEOUT)
 def test_a_worker_stopped_past_its_lease_writes_nothing_into_the_job_another_worker_finished(tmp_path, pg_db,
                                                                                           redis_server, worker_procs):
     """A worker frozen for longer than its lease (SIGSTOP here; a paused machine, a swap storm) while it trains a
@@ -145,6 +148,7 @@ def test_a_worker_stopped_past_its_lease_writes_nothing_into_the_job_another_wor
     assert db.rows(history, j=job) == stored
 
 
+@pytest.mark.timeout(TRAINED_TIMEOUT)
 def test_a_worker_stopped_past_its_lease_neither_stores_nor_fails_a_batched_job_another_worker_holds(
         tmp_path, pg_db, redis_server, worker_procs):
     """A worker frozen past its lease while it trains two jobs as one batch, one of which is cancelled meanwhile:
