@@ -150,6 +150,8 @@ def test_the_rank_of_a_kernel_of_several_output_channels_says_it_counts_each_cha
     assert code == 0, err
     result = json.loads(out)
     assert result["identifiability"] | {"identifiable": False} == {"identifiable": False, "rank": 2, "params": 4}
+    assert result["explanation"].endswith("(rank 2 of 4 weights of each of its 2 output channels); a richer input "
+                                          "would.")
     code, out, err = klab_main("run", "--input", "edge:6x8", "--kernel", "[[[[1, -1], [0, 0]]], [[[2, 0], [0, 1]]]]",
                                "--method", "lstsq", "--no-store")
     assert "identifiable: no (rank 2 of 4 weights of each of its 2 output channels)" in out.splitlines()

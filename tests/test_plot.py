@@ -339,10 +339,13 @@ def test_kernel_values_are_written_in_cells_up_to_7x7(side: int, written: bool) 
     readable(fig)
 
 
-@pytest.mark.parametrize("shape", [(3, 2, 2, 2), (2, 3, 3, 3)])  # (3, 2, 2, 2) was drawn without its values
-def test_a_4d_kernel_is_labelled_by_out_and_in_channel(shape: tuple[int, ...]) -> None:
+@pytest.mark.parametrize("shape, scale", [((3, 2, 2, 2), 1.0), ((2, 3, 3, 3), 1.0), ((3, 2, 2, 4), 1.0),
+                                          ((2, 2, 4, 4), 1.0), ((1, 2, 2, 2), 1.2345e-3)])
+def test_a_4d_kernel_is_labelled_by_out_and_in_channel(shape: tuple[int, ...], scale: float) -> None:
+    """(3, 2, 2, 2) was drawn without its values; (3, 2, 2, 4)'s and small values ('0.00252') were a little wider
+    than their cells."""
     rng = np.random.default_rng(3)
-    true = rng.standard_normal(shape)
+    true = rng.standard_normal(shape) * scale
     result = {**result_of({}), "true_kernel": true.tolist(), "learned_kernel": (true * 0.9).tolist()}
     fig = plot.figure_job(result)
     a = by_title(fig, "true kernel")

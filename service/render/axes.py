@@ -194,8 +194,9 @@ def kernel_cells(kernel: Any) -> tuple[np.ndarray, tuple[int, int, int, int]]:
 def heatmap(fig: Any, ax: Any, title: str, kernel: Any, cmap: str, scale: float,
             box: tuple[float, float] = (280.0, 250.0)) -> None:
     """A kernel's heatmap on a symmetric colour scale; values written in the cells of kernels up to ANNOTATE_MAX
-    square when they fit a `box` (points, the heatmap's room at most: a job's figure gives each 246 to 258 points
-    of height; 200 left a 3x2 grid of 2x2 blocks, 8 cells tall, without its values)."""
+    square when they fit a `box` (points, the heatmap's room at most: a job's figure gives each 236 to 258 points
+    of height, measured; 200 left a 3x2 grid of 2x2 blocks, 8 cells tall, without its values). Measured on 125
+    shapes of 2-D and 4-D kernels, values of 1 and of 0.001, every value written lies within its cell."""
     import matplotlib
 
     ax.set_title(title)

@@ -299,5 +299,9 @@ def rank_words(result: dict[str, Any]) -> str:
     while isinstance(k, list) and k:
         depth, k = depth + 1, k[0]
     outputs = len(kernel) if depth == 4 else 1
-    each = f" of each of its {outputs} output channels" if outputs > 1 else ""
-    return f"rank {ident.get('rank')} of {ident.get('params')} weights{each}"
+    return f"rank {ident.get('rank')} of {ident.get('params')} weights{each_channel(outputs)}"
+
+
+def each_channel(outputs: int) -> str:
+    """What a rank of one output channel's weights adds for a kernel of several (rank_words, the sentence)."""
+    return f" of each of its {outputs} output channels" if outputs > 1 else ""

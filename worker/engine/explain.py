@@ -9,7 +9,7 @@ from functools import cached_property
 import numpy as np
 
 from service.jobs.status import TRAINED, JobStatus
-from service.render.text import factor
+from service.render.text import each_channel, factor
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Facts:
     best_lr: np.ndarray
     best_rate: np.ndarray
     converged: np.ndarray  # the epoch from which the mse stayed within --tol of the optimum's (NaN: none)
+    outputs: int = 1  # the kernel's output channels: rank and params are one channel's (each is fitted alone)
 
     @cached_property
     def unbounded(self) -> np.ndarray:
@@ -128,7 +129,9 @@ def _ident(f: Facts, i: int) -> str:
     r, p = int(f.rank[i]), int(f.params[i])
     what = "only their sums are determined" if f.sums_only[i] else \
         f"only {r} combination{'s' * (r != 1)} of the {p} weights {'are' if r != 1 else 'is'} determined"
-    return f"the data cannot tell these weights apart: {what} (rank {r} of {p}); a richer input would."
+    each = each_channel(f.outputs)
+    return (f"the data cannot tell these weights apart: {what} (rank {r} of {p}{' weights' + each if each else ''}); "
+            f"a richer input would.")
 
 
 SENTENCES: dict[int, Callable[[Facts, int], str]] = {
