@@ -75,7 +75,7 @@ def _utc_seconds(value: datetime | str | None) -> float | None:
     return value.timestamp()
 
 
-def service_path(url: str, broker_url: str, jobs: int, warmup: int, worker_name: str) -> dict[str, list[float]]:
+def service_path(url: str, jobs: int, warmup: int, worker_name: str) -> dict[str, list[float]]:
     """Submit one job at a time through the service's functions; seconds per phase, per job."""
     from service.jobs.spec import JobSpec
     from service.settings import settings
@@ -223,7 +223,7 @@ def main() -> None:
 
             settings.cache_clear()
             with Worker(env, args.concurrency, Path(tmp) / "worker.log") as worker:
-                phases = service_path(url, broker_url, args.jobs, args.warmup, worker.name)
+                phases = service_path(url, args.jobs, args.warmup, worker.name)
                 submits, startups = cli_path(env, args.cli_runs) if args.cli_runs else ([], [])
                 errors = worker.tasks_since(0).errors
             if args.profile:

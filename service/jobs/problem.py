@@ -91,10 +91,9 @@ def build_problem(spec: JobSpec, arrays: dict[str, np.ndarray] | None = None) ->
             with np.errstate(over="ignore", invalid="ignore"):  # labels too large are refused below, once
                 y += spec.bias
         true_bias = spec.bias
-    if spec.labels is None:
-        _seeds_fit(spec, x, kernel, y)
+    reach = y if spec.labels is not None else _seeds_fit(spec, x, kernel, y)  # the largest labels any seed gives
     if spec.noise > 0:
-        _noise_fits(y if spec.labels is not None else _reach(spec, x, kernel, y), spec.noise)
+        _noise_fits(reach, spec.noise)
         noise = inputs.rng(spec.seed, inputs.NOISE_STREAM).standard_normal(y.shape)
         with np.errstate(over="ignore", invalid="ignore"):
             noise *= spec.noise
@@ -214,12 +213,11 @@ under sqrt(2 * 53 ln 2) = 8.57, the most a double's uniform draw allows."""
 def _reach(spec: JobSpec, x: np.ndarray, kernel: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The largest labels, in size, that any seed could give a job whose labels are its kernel's (and bias's) on its
     input: these labels where neither is drawn from the seed; else a bound from the draws' largest, NORMAL_MOST."""
-    random_kernel = str(spec.kernel).startswith("random:")
-    if not (random_input(spec) or random_kernel):
+    if not (random_input(spec) or random_kernel(spec)):
         return y
     co, c, kh, kw = kernel.shape
     with np.errstate(over="ignore", invalid="ignore"):
-        if not random_kernel:  # |sum K x| <= sum |K| * max |x|, by output channel
+        if not random_kernel(spec):  # |sum K x| <= sum |K| * max |x|, by output channel
             most = NORMAL_MOST * np.abs(kernel).reshape(co, -1).sum(axis=1)
         elif random_input(spec):
             most = np.array([NORMAL_MOST * NORMAL_MOST * c * kh * kw])
@@ -231,18 +229,19 @@ def _reach(spec: JobSpec, x: np.ndarray, kernel: np.ndarray, y: np.ndarray) -> n
         return most.reshape(-1) + abs(spec.bias or 0.0)
 
 
-def _seeds_fit(spec: JobSpec, x: np.ndarray, kernel: np.ndarray, y: np.ndarray) -> None:
-    """A job whose random input or kernel could give labels out of float32's range with some seed is refused
-    whatever its seed, as noise is: a sweep is validated with its first seed, and stored jobs of the others failed at
-    the worker (`--input random:6x8 --kernel [[1e38]] --seed 57..59`: seed 58)."""
-    if not (random_input(spec) or str(spec.kernel).startswith("random:")):
-        return  # every seed's labels are these: checked by the caller
+def _seeds_fit(spec: JobSpec, x: np.ndarray, kernel: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The largest labels any seed could give (_reach), where a random input or kernel could give labels out of
+    float32's range with some seed: such a job is refused whatever its seed, as noise is (a sweep is validated with
+    its first seed, and stored jobs of the others failed at the worker: `--input random:6x8 --kernel [[1e38]] --seed
+    57..59`, seed 58). Where neither is random, these labels: the caller checks them."""
+    reach = _reach(spec, x, kernel, y)
+    if reach is y:
+        return y
     with np.errstate(over="ignore", invalid="ignore"):
-        reach = _reach(spec, x, kernel, y)
         if _fits(reach):
-            return
+            return reach
         field = "bias" if spec.bias and _fits(reach - abs(spec.bias)) else \
-            "input" if str(spec.kernel).startswith("random:") and not random_input(spec) else "kernel"
+            "input" if random_kernel(spec) and not random_input(spec) else "kernel"
     raise BadInput(field, f"can make the labels too large for float32 with some seeds (a random draw of up to "
                           f"{NORMAL_MOST} standard deviations)")
 
@@ -287,9 +286,14 @@ def random_input(spec: JobSpec) -> bool:
     return str(spec.input).startswith("random:")
 
 
+def random_kernel(spec: JobSpec) -> bool:
+    """Whether a spec's true kernel is drawn from its seed."""
+    return str(spec.kernel).startswith("random:")
+
+
 def seeded(spec: JobSpec) -> bool:
     """Whether a spec's arrays depend on its seed (random input, kernel or noise)."""
-    return spec.noise > 0 or random_input(spec) or str(spec.kernel).startswith("random:")
+    return spec.noise > 0 or random_input(spec) or random_kernel(spec)
 
 
 def problem_key(spec: JobSpec, datasets: tuple = ()) -> tuple:
