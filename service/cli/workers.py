@@ -106,8 +106,6 @@ def worker(queue: str, concurrency: int | None, gpu_index: int | None, loglevel:
         raise BadInput("name", f"a worker named {node} is already running on this broker; give each worker on a host "
                        "its own --name")
     argv, env = worker_argv(queue, concurrency, loglevel, name, settings().torch_threads)
-    if gpu_index is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu_index)
-    os.environ.update(env)
+    os.environ.update(env)  # with CUDA_VISIBLE_DEVICES set above for --gpu
     os.execvp(sys.executable, [sys.executable, "-m", *argv])  # noqa: S606 - our own argv: no shell, no user text
 

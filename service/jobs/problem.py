@@ -210,11 +210,9 @@ NORMAL_MOST = 12.3
 under sqrt(2 * 53 ln 2) = 8.57, the most a double's uniform draw allows."""
 
 
-def _reach(spec: JobSpec, x: np.ndarray, kernel: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """The largest labels, in size, that any seed could give a job whose labels are its kernel's (and bias's) on its
-    input: these labels where neither is drawn from the seed; else a bound from the draws' largest, NORMAL_MOST."""
-    if not (random_input(spec) or random_kernel(spec)):
-        return y
+def _reach(spec: JobSpec, x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """The largest labels, in size, that any seed could give a job whose random input or kernel (and bias) make its
+    labels: a bound from the draws' largest, NORMAL_MOST."""
     co, c, kh, kw = kernel.shape
     with np.errstate(over="ignore", invalid="ignore"):
         if not random_kernel(spec):  # |sum K x| <= sum |K| * max |x|, by output channel
@@ -234,9 +232,9 @@ def _seeds_fit(spec: JobSpec, x: np.ndarray, kernel: np.ndarray, y: np.ndarray) 
     float32's range with some seed: such a job is refused whatever its seed, as noise is (a sweep is validated with
     its first seed, and stored jobs of the others failed at the worker: `--input random:6x8 --kernel [[1e38]] --seed
     57..59`, seed 58). Where neither is random, these labels: the caller checks them."""
-    reach = _reach(spec, x, kernel, y)
-    if reach is y:
+    if not (random_input(spec) or random_kernel(spec)):
         return y
+    reach = _reach(spec, x, kernel)
     with np.errstate(over="ignore", invalid="ignore"):
         if _fits(reach):
             return reach
