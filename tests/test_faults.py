@@ -141,6 +141,30 @@ def test_broker_restarted_mid_sweep_workers_reconnect_and_the_sweep_completes(tm
     db.assert_epochs_stored_once()
 
 
+def test_a_broker_restart_is_logged_in_lines_not_tracebacks(tmp_path, pg_db, redis_server, worker_procs):
+    """A worker whose broker restarts says so and reconnects: Celery's gossip (which klab never used) logged a
+    traceback of 100 lines each time ("Error on restarting Gossip"), and a deprecation of 9 about a setting klab
+    sets; its mingle cost every start a second. Then it trains as before."""
+    url, db = pg_db
+    broker = redis_server(persistent=False)
+    env = service_env(tmp_path, url, broker.url())
+    w = worker_procs(env, "steady").wait_ready()
+    assert "mingle" not in w.text(), w.text()[-3000:]
+    for stop in (broker.proc.terminate, broker.kill):  # a restart (redis shuts down), then a crash
+        connected = w.text().count("Connected to redis://")
+        stop()
+        broker.proc.wait(10)
+        wait_until(lambda: "Cannot connect to" in w.text() or "Connection to broker lost" in w.text(), 30,
+                   lambda: w.text()[-3000:])
+        broker.start()
+        wait_until(lambda n=connected: w.text().count("Connected to redis://") > n, 60, lambda: w.text()[-3000:])
+    done = klab(env, "submit", "--epochs", "2", "--wait", "--json")
+    assert done.returncode == 0, done.stderr
+    assert [r.status for r in db.rows("SELECT status FROM jobs")] == ["succeeded"]
+    assert "Traceback" not in w.text() and "Gossip" not in w.text(), w.text()[-3000:]
+    assert "In Celery 5.1" not in w.text() and "Connection to broker lost" in w.text(), w.text()[-3000:]
+
+
 def test_a_worker_started_before_its_broker_is_seen_and_served_once_the_broker_is_up(tmp_path, pg_db, redis_server,
                                                                                     worker_procs):
     """As compose may start them: the worker waits for its broker, then announces itself (what `klab submit`

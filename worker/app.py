@@ -6,9 +6,11 @@ import logging
 import sys
 import threading
 import time
+import warnings
 from typing import NoReturn
 
 from celery import Celery
+from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import celeryd_after_setup, worker_process_init, worker_ready, worker_shutdown
 from celery.worker.control import control_command
 
@@ -50,6 +52,16 @@ def _consume_this_databases_queues(sender: str, instance, **_: object) -> None:
     threading.Thread(target=_keep_present, name="klab-presence", daemon=True).start()
     log.info("serving %s (identity %s): queues %s", describe(settings().database_url), identity,
              ", ".join(broker.routed(q, identity) for q in named))
+
+
+@celeryd_after_setup.connect
+def _quiet_reconnections(**_: object) -> None:
+    """Celery warns at every reconnection to the broker that `worker_cancel_long_running_tasks_on_connection_loss`
+    will change (9 lines, a broker restart's); klab sets it, False (service/broker.py: a job keeps training, its
+    claim holds), and Celery warns whatever it is set to. Said here, after Celery's logging set its warnings to
+    "always"."""
+    warnings.filterwarnings("ignore", message="\nIn Celery 5.1 we introduced an optional breaking change",
+                            category=CPendingDeprecationWarning)
 
 
 def _stop(message: str, code: int) -> NoReturn:

@@ -46,6 +46,12 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """A worker's node name before `@host`: what Celery, `klab workers` and the broker's presence keys tell it by."""
 
 
+ALONE = ("--without-gossip", "--without-mingle")
+"""Celery's talk between workers, which klab never uses (it revokes nothing; its workers find each other through
+the database and its own presence keys): mingle cost every start a second ("searching for neighbors"), and gossip
+logged a traceback of 100 lines at every broker restart ("Error on restarting Gossip", Celery 5.7)."""
+
+
 LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 """Celery's log levels (refused here in one line, before Celery's own usage text could be)."""
 
@@ -58,12 +64,12 @@ def worker_argv(queue: str, concurrency: int | None, loglevel: str, name: str | 
     env: dict[str, str] = {}
     node = f"{name or queue}@%h"
     if queue == "gpu":
-        argv = ["celery", "-A", "worker.app", "worker", "-Q", "gpu", "--pool", "solo", "--hostname", node,
+        argv = ["celery", "-A", "worker.app", "worker", "-Q", "gpu", "--pool", "solo", "--hostname", node, *ALONE,
                 "--loglevel", loglevel.upper()]
     else:
         n = concurrency or os.cpu_count() or 1
         argv = ["celery", "-A", "worker.app", "worker", "-Q", "cpu", "--pool", "prefork", "--concurrency", str(n),
-                "--hostname", node, "--loglevel", loglevel.upper()]
+                "--hostname", node, *ALONE, "--loglevel", loglevel.upper()]
         env["KLAB_TORCH_THREADS"] = str(threads or max(1, (os.cpu_count() or 1) // n))  # the cores split
     return argv, env
 
