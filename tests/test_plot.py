@@ -607,9 +607,22 @@ def test_a_loss_of_0_at_every_epoch_says_so_and_a_job_without_a_true_kernel_says
     free = result_of({}, epochs=20, true_kernel=None)
     for e in free["epochs"]:
         e["kernel_error"] = None  # labels given, no true kernel: nothing to measure against
-    error = by_title(plot.figure_job(free), "kernel error")
+    fig = plot.figure_job(free)
+    error, loss = by_title(fig, "kernel error"), by_title(fig, "loss")
     assert [t.get_text() for t in error.texts] == ["no true kernel"]  # was "no epochs", of a job of 20
-    assert error.get_xlim() == (1, 20) and list(error.get_yticks()) == []
+    assert list(error.get_yticks()) == []
+    # the epochs of the loss beside it (their axis was 1 to 20 without margins, its ticks every 3 where the loss's
+    # were every 4; a job of one epoch had 1 to 2 beside the loss's one tick)
+    assert error.get_xlim() == loss.get_xlim() and loss.get_xlim()[0] < 1 and loss.get_xlim()[1] > 20
+    assert list(error.get_xticks()) == list(loss.get_xticks())
+    free["epochs"] = free["epochs"][:1]
+    fig = plot.figure_job(free)
+    assert by_title(fig, "kernel error").get_xlim() == by_title(fig, "loss").get_xlim()
+    for e in free["epochs"]:
+        e["loss"] = float("nan")  # no value on either panel: the epochs the job trained
+    assert by_title(plot.figure_job(free), "kernel error").get_xlim() == (1, 2)
+    overlay = plot.figure_jobs([free, result_of({}, epochs=20, true_kernel=None)])
+    assert by_title(overlay, "kernel error").get_xlim() == by_title(overlay, "loss").get_xlim()
 
 
 def test_a_seed_only_sweep_shows_the_distribution_of_its_errors() -> None:

@@ -310,6 +310,14 @@ def drawable(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def series(epochs: Sequence[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Epochs and one of their values, non-finite ones (a diverged run's last) dropped."""
+    x = np.array([e["epoch"] for e in epochs], dtype=float)
+    y = np.array([e.get(key) for e in epochs], dtype=float) / scale
+    ok = np.isfinite(y)
+    return x[ok], y[ok]
+
+
 def curve_axes(ax: Any, title: str, ylabel: str, last: int, values: Sequence[np.ndarray], log_epochs: bool,
                floored: int = 0, empty: str = "no epochs") -> None:
     """An axes of values over epochs 1..last (on a log axis with `log_epochs`): log values where they are
@@ -338,7 +346,8 @@ def curve_axes(ax: Any, title: str, ylabel: str, last: int, values: Sequence[np.
         ax.set_xlabel(ax.get_xlabel() + f"\nexactly 0 at {_epochs(finite.size)}")
     if not finite.size:
         ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlim(1, max(last, 2))  # the epochs the job trained, none of which has a value here
+        if not any(a.dataLim.x0 <= a.dataLim.x1 for a in ax.get_shared_x_axes().get_siblings(ax)):
+            ax.set_xlim(1, max(last, 2))  # the epochs the job trained, none of which has a value on any panel
         ax.set_yticks([])
     ax.grid(True, which="both", alpha=0.3)
 

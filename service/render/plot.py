@@ -99,19 +99,11 @@ def _described(spec: dict[str, Any], keys: Sequence[str], differ: Sequence[str] 
     return ", ".join(f"{_name(k)} {cell(spec[k])}" for k in shown)
 
 
-def _series(epochs: Sequence[dict[str, Any]], key: str, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Epochs and one of their values, non-finite ones (a diverged run's last) dropped."""
-    x = np.array([e["epoch"] for e in epochs], dtype=float)
-    y = np.array([e.get(key) for e in epochs], dtype=float) / scale
-    ok = np.isfinite(y)
-    return x[ok], y[ok]
-
-
 def _kernel_errors(epochs: Sequence[dict[str, Any]], norm: float | None) -> tuple[np.ndarray, np.ndarray, int]:
     """The kernel error of each epoch, relative to the true kernel's norm where it has one, and raised to the
     weights' float32 rounding, as a sweep's relative errors are (_errors): an exactly learned kernel keeps the log
     axis. Also how many epochs were raised."""
-    x, y = _series(epochs, "kernel_error", norm or 1.0)
+    x, y = ax_.series(epochs, "kernel_error", norm or 1.0)
     return x, *_raised(y)
 
 
@@ -140,14 +132,16 @@ def _job_title(result: dict[str, Any]) -> str:
 
 
 def figure_job(result: dict[str, Any]) -> Any:
-    """One job: loss and relative kernel error over epochs, then the true, learned and difference kernels."""
+    """One job: loss and relative kernel error over the same epochs (where one has no value too), then the true,
+    learned and difference kernels."""
     fig = new_figure(*JOB_SIZE)
     ax_.title(fig, _job_title(result))
     grid = fig.add_gridspec(2, 6, height_ratios=(1, 1.1))
-    loss_ax, err_ax = fig.add_subplot(grid[0, :3]), fig.add_subplot(grid[0, 3:])
+    loss_ax = fig.add_subplot(grid[0, :3])
+    err_ax = fig.add_subplot(grid[0, 3:], sharex=loss_ax)
     epochs = result.get("epochs") or []
     last = int(max((e["epoch"] for e in epochs), default=1))
-    loss = _series(epochs, "loss")
+    loss = ax_.series(epochs, "loss")
     norm = ax_.true_norm(result)
     *error, floored = _kernel_errors(epochs, norm)
     loss_ax.plot(*loss, marker="o" if loss[0].size <= 50 else None, markersize=3, color="tab:blue")
@@ -203,7 +197,7 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
     widest = max(len(t) for t in labels) * 0.55 * 9 + 40  # points, 9 pt font
     ncols = max(1, min(len(results), int(JOBS_SIZE[0] * 72 * 0.95 // widest)))
     fig = new_figure(JOBS_SIZE[0], JOBS_SIZE[1] + ((-(-len(results) // ncols) - 1) * LEGEND_ROW if named else 0))
-    loss_ax, err_ax = fig.subplots(1, 2)
+    loss_ax, err_ax = fig.subplots(1, 2, sharex=True)
     common = _described(specs[0], [k for k in ESSENTIALS if k in alike])
     ax_.title(fig, f"{len(results)} jobs" + (f", all with {common}" if common else "")
                  + ("\nrelative error after training in the legend" if named else
@@ -216,7 +210,7 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
         colour = cmap(n if len(results) <= 10 else n / (len(results) - 1))
         norm = ax_.true_norm(r)
         all_relative &= norm is not None
-        loss = _series(r.get("epochs") or [], "loss")
+        loss = ax_.series(r.get("epochs") or [], "loss")
         *error, raised = _kernel_errors(r.get("epochs") or [], norm)
         floored += raised
         style = ({"color": colour, "linestyle": LINESTYLES[n % len(LINESTYLES)], "markersize": 3} if named
