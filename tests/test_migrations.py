@@ -300,6 +300,37 @@ def test_a_job_names_a_sweep_that_exists_and_goes_with_it(klab_db: str, add_job)
         assert conn.execute(text("SELECT DISTINCT job_id FROM epochs")).scalars().all() == [theirs]
 
 
+def test_a_truncate_takes_what_a_delete_takes(pg_url: str, tmp_path, setenv, add_job) -> None:
+    """PostgreSQL fires no DELETE trigger on TRUNCATE (0011): `TRUNCATE jobs` left every epoch behind, and
+    `TRUNCATE sweeps` left its jobs naming no sweep, which RESTART IDENTITY then gave to the next sweep."""
+    upgrade(pg_url)
+    setenv(KLAB_DATABASE_URL=pg_url, KLAB_HOME=str(tmp_path / "home"))
+
+    def rows(conn: Any) -> tuple[list[tuple], list[int]]:
+        return (conn.execute(text("SELECT id, sweep_id FROM jobs ORDER BY id")).all(),
+                conn.execute(text("SELECT DISTINCT job_id FROM epochs ORDER BY job_id")).scalars().all())
+
+    with writing() as conn:
+        sweep = writes.create_sweep(conn, {}, 2)
+        swept = [add_job(conn, sweep_id=sweep) for _ in range(2)]
+        alone = add_job(conn)
+    with writing() as conn:
+        assert rows(conn) == ([(swept[0], sweep), (swept[1], sweep), (alone, None)], [*swept, alone])
+        conn.execute(text("TRUNCATE sweeps RESTART IDENTITY"))
+    with writing() as conn:
+        assert rows(conn) == ([(alone, None)], [alone])  # the sweep's jobs went, and their epochs
+        again = writes.create_sweep(conn, {}, 1)  # the truncated sweep's id: it finds none of its jobs
+        assert again == sweep and add_job(conn, sweep_id=again) > alone
+        conn.execute(text("TRUNCATE jobs"))
+    with writing() as conn:
+        assert rows(conn) == ([], [])  # every epoch went with the jobs (840 stayed, of a hunter's database)
+        assert conn.execute(text("SELECT count(*) FROM sweeps")).scalar() == 1
+        add_job(conn, sweep_id=again)
+        conn.execute(text("TRUNCATE sweeps, jobs, epochs RESTART IDENTITY"))  # all at once, as before
+    with writing() as conn:
+        assert rows(conn) == ([], []) and conn.execute(text("SELECT count(*) FROM sweeps")).scalar() == 0
+
+
 def test_a_sweep_deleted_while_its_jobs_are_stored_leaves_no_job_without_its_sweep(pg_url: str) -> None:
     """The triggers lock the sweeps that new jobs name, as the key did: a DELETE of the sweep waits for the
     transaction storing its jobs and then deletes them; jobs stored while the sweep's DELETE is under way wait
