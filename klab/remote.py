@@ -13,7 +13,7 @@ from klab.result import Result
 from klab.values import arrays, checked_batch_jobs, checked_flag, job_values, spelled, whole
 from service import defaults
 from service.errors import BadInput
-from service.jobs.selection import Selection
+from service.jobs.selection import Selection, distinct
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -45,7 +45,7 @@ class Handle:
             raise BadInput("ids", f"an id is a whole number, got {next(i for i in ids if not whole(i))!r}")
         if self.sweep is not None and not whole(self.sweep):
             raise BadInput("sweep", f"a sweep's id is a whole number, got {self.sweep!r}")
-        object.__setattr__(self, "ids", tuple(int(i) for i in ids))  # hashable, and numpy's ints as Python's
+        object.__setattr__(self, "ids", distinct(int(i) for i in ids))  # hashable, numpy's ints as Python's, once
         object.__setattr__(self, "sweep", None if self.sweep is None else int(self.sweep))
         if not self.ids and self.sweep is None:  # a Selection of neither is every job in the database
             raise BadInput("ids", "a Handle holds the ids of jobs, or a sweep")

@@ -655,6 +655,13 @@ def test_a_handle_takes_numpy_numbers_counts_a_sweeps_jobs_and_refuses_its_mista
         waiting = klab.Handle((), sweep=klab.sweep(seed=[1, 2], epochs=1).sweep)  # queued: no worker
     with pytest.raises(klab.BadInput, match="^result: 2 jobs here"):  # counted first: it waited for them all
         waiting.result(timeout=0.5)
+    # ids given twice (an epochs frame's job_id column) are each job once, as klab.jobs and `klab status 5 5`
+    # read them: status, wait, results and cancel said "id: no job " (2 ids asked, 1 row found)
+    (seed,) = one.ids
+    twice = klab.Handle(klab.epochs([seed]).job_id)
+    assert twice.ids == (seed,) and twice.status()["jobs"] == 1 and twice.result().id == seed
+    assert [r.id for r in twice.wait(progress=False).results()] == [seed]
+    assert [r.id for r in klab.Handle((seed, seed)).results()] == [seed]
     for mistake, says in ((two.result, "^result: 2 jobs here"),
                           (lambda: handle.jobs(status="succeeded"), "^status: jobs\\(\\) takes no such keyword"),
                           (lambda: handle.epochs(1), "^epochs: too many positional arguments")):

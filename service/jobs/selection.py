@@ -7,16 +7,24 @@ from dataclasses import dataclass
 from service.errors import BadInput
 
 
+def distinct(ids: Iterable[int]) -> tuple[int, ...]:
+    """Job ids as a user gave them, in order, once each (`klab status 5 5`, a DataFrame's job_id column)."""
+    return tuple(dict.fromkeys(ids))
+
+
 @dataclass(frozen=True)
 class Selection:
     ids: tuple[int, ...] = ()
     sweep: int | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ids", distinct(self.ids))  # a read counts each once (ids twice: "no job ")
+
     @classmethod
     def of(cls, ids: Iterable[int] | None, sweep: int | None, field: str = "id", optional: bool = False
            ) -> Selection:
         """Ids or a sweep, as a user gave them; `optional`: neither means every job."""
-        ids = tuple(dict.fromkeys(ids or ()))  # in order, once each
+        ids = distinct(ids or ())
         if ids and sweep is not None:
             raise BadInput(field, "give job ids or --sweep, not both")
         if not ids and sweep is None and not optional:
