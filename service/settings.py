@@ -213,7 +213,7 @@ def describe(url: str) -> str:
         parts = urlsplit(url)
         query = parse_qs(parts.query)  # libpq also takes ?host=...&port=...
         host = unquote(parts.hostname or "") or query.get("host", [None])[0]  # a socket's folder, %2F-escaped too
-        port = parts.port or query.get("port", [None])[0]
+        port = parts.port if parts.port is not None else query.get("port", [5432])[0]  # port 0 is 0, not 5432
     except ValueError:  # a port that is not a number
         return visible(mask(url))
-    return visible(f"{backend} database {unquote(parts.path.lstrip('/'))} on {host or 'localhost'}:{port or 5432}")
+    return visible(f"{backend} database {unquote(parts.path.lstrip('/'))} on {host or 'localhost'}:{port}")

@@ -32,14 +32,20 @@ def test_passwords_are_masked() -> None:
     assert mask("cannot use postgresql+psycopg://user:s3cr3t@db:5432/klab") == \
         "cannot use postgresql+psycopg://user:***@db:5432/klab"
     assert "secret" not in describe(UNREACHABLE) and "127.0.0.1:1" in describe(UNREACHABLE)
+    assert describe("postgresql+psycopg://u@h:0/x") == "postgresql database x on h:0"  # was h:5432
 
 
-@pytest.mark.parametrize("url", ["postgresql+psycopg://u:secret@h:notaport/x", "nosuchdb://u:secret@h/x"])
+@pytest.mark.parametrize("url", ["postgresql+psycopg://u:secret@h:notaport/x", "nosuchdb://u:secret@h/x",
+                                 "postgresql+psycopg://u:secret@127.0.0.1:99999/x",  # these were exit code 3,
+                                 "postgresql+psycopg://u:secret@127.0.0.1:0/x"])  # "cannot reach ... :5432"
 def test_a_url_that_is_not_one_is_refused_without_the_password(url: str) -> None:
-    with pytest.raises(DatabaseUnavailable) as info:
-        ready_engine(url)
-    assert info.value.exit_code == 2 and ("not a database URL" in str(info.value) or "cannot use" in str(info.value))
-    assert "secret" not in str(info.value) and "secret" not in describe(url)
+    from service.db.reads import revision
+
+    for read in (ready_engine, revision):  # SQLAlchemy's engine, and the reads' own connection (klab list, db current)
+        with pytest.raises(DatabaseUnavailable) as info:
+            read(url)
+        assert info.value.exit_code == 2 and any(s in str(info.value) for s in ("not a database URL", "cannot use"))
+        assert "secret" not in str(info.value) and "secret" not in describe(url)
 
 
 def test_sqlite_upgrades_itself(sqlite_url: str) -> None:

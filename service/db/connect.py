@@ -298,7 +298,7 @@ def open_reader(url: str) -> Reader | None:
 
 def _well_formed(url: str) -> bool:
     try:
-        _ = urlsplit(url).port  # a port that is not a number raises
+        port = urlsplit(url).port  # a port that is not a number, or past 65535, raises
     except ValueError:
         return False
-    return True
+    return port != 0  # service.db.engine says what is wrong with these

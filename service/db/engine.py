@@ -59,6 +59,9 @@ def _create(url: str) -> Engine:
         u = make_url(url)
     except (ArgumentError, ValueError):  # a bad port is a ValueError
         raise DatabaseUnavailable(f"KLAB_DATABASE_URL is not a database URL: {mask(url)}", 2) from None
+    if u.port is not None and not 0 < u.port < 65536:  # the driver's "invalid port number" read as unreachable
+        raise DatabaseUnavailable(f"KLAB_DATABASE_URL is not a database URL: port {u.port} is not 1 to 65535: "
+                                  f"{mask(url)}", 2)
     if not u.drivername.startswith("sqlite"):
         try:
             return create_engine(url, pool_pre_ping=True,
