@@ -158,6 +158,14 @@ def test_a_sqlite_file_in_a_folder_that_does_not_exist_is_refused(tmp_path: Path
     odd = tmp_path / ":memory:x.db"  # a file, as SQLite reads the name: only :memory: itself is in memory
     assert klab(clean_env(tmp_path / "home", f"sqlite:///{odd}"), "db", "upgrade").returncode == 0 and odd.is_file()
     assert klab(clean_env(tmp_path / "home", f"sqlite:///{odd}"), "list").returncode == 0
+    # a `file:` URI (?uri=true), which SQLAlchemy and SQLite read: its folder is its path's (it was "file:FOLDER",
+    # which never exists: every such URL was refused)
+    uri = clean_env(tmp_path / "home", f"sqlite:///file:{tmp_path / 'uri.db'}?uri=true")
+    assert klab(uri, "run", "--epochs", "1").returncode == 0 and (tmp_path / "uri.db").is_file()
+    assert klab(uri, "list", "--json").stdout.count('"id"') == 1
+    out = klab(clean_env(tmp_path / "home", f"sqlite:///file:{missing_folder / 'klab.db'}?uri=true"), "list")
+    assert (out.returncode, out.stderr) == (2, f"klab: error: the folder of the sqlite database file:{missing_folder}/"
+                                               f"klab.db does not exist: {missing_folder}\n")
     typo = tmp_path / "klab-typo.db"  # a folder that exists, a file that does not: a command that only reads made it,
     # a new empty database answering "no jobs" (or "no sweep 1", where the workers wrote to a file moved away)
     for args, query in ((["list"], ""), (["status", "--sweep", "1"], "?timeout=5"), (["sweeps"], ""),

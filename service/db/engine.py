@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
@@ -72,7 +73,8 @@ def _create(url: str) -> Engine:
     if not u.database or u.database in (":memory:", "file::memory:") or u.query.get("mode") == "memory":
         raise BadInput("KLAB_DATABASE_URL", "an in-memory SQLite database would begin empty in every command and "
                                             "lose what it stored; give a file, as sqlite:////path/to/klab.db")
-    folder = Path(u.database).parent  # as SQLite reads it: a ~ is no home folder there
+    file = urlsplit(u.database).path if u.database.startswith("file:") and u.query.get("uri") == "true" else u.database
+    folder = Path(file).parent  # as SQLite reads it (a `file:` URI's path): a ~ is no home folder there
     if settings().is_default(url):
         settings().folder()  # KLAB_HOME, made on first use
     elif not folder.is_dir():  # a typo in a path must not become a new, empty database
