@@ -51,7 +51,8 @@ def _times(frame: pd.DataFrame, names: Iterable[str]) -> pd.DataFrame:
     import pandas as pd
 
     for name in names:
-        frame[name] = pd.to_datetime(frame[name], utc=True, format="ISO8601")
+        frame[name] = pd.to_datetime(frame[name], utc=True, format="ISO8601").astype("datetime64[us, UTC]")  # a
+        # column of no time in any row (a queued job's started_at) was datetime64[s], the others [us]
     return frame
 
 

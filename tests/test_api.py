@@ -240,7 +240,7 @@ def test_jobs_epochs_and_sweeps_are_dataframes_of_the_stored_rows(klab_db, add_j
         assert str(frame["identifiable"].dtype) == "boolean"
         # a float or text column of no value in any row was object: the queued job's alone had no relative error
         # and no queue, worker or error message
-        for name in ("relative_error", "final_loss", "worker_host", "error_message"):
+        for name in ("relative_error", "final_loss", "worker_host", "error_message", "started_at", "finished_at"):
             assert frame[name].dtype == every[name].dtype, name
         assert str(frame["relative_error"].dtype) == "float64"
         assert str(frame["error_message"].dtype) in ("str", "string")
