@@ -126,6 +126,12 @@ SQLITE_BUSY_MS = 30_000
 CONNECT_TIMEOUT_S = 5
 """How long to wait for PostgreSQL or Redis to answer a connection."""
 
+BROKER_SOCKET_TIMEOUT_S = 10
+"""How long a worker or a publisher waits on the broker's socket for a reply (kombu's `socket_timeout`: None, for
+ever, by default): a TLS handshake with a Redis that does not speak TLS (a rediss:// URL for a plain server), or
+a broker gone without closing the connection, hung a worker that no SIGTERM stopped. Far above kombu's BRPOP
+(1 s), which the broker answers within that even when no message waits."""
+
 PRESENCE_SECONDS = 30
 """How long a worker's presence on a Redis broker lasts unless renewed (it renews it every third of that):
 what `klab submit` reads to warn that no worker of this database consumes a queue."""
