@@ -378,8 +378,10 @@ def delete_jobs(conn: Connection, selection: Selection) -> tuple[int, int]:
     committed meanwhile (the trigger deleted them with their jobs), and locked epochs that worker was replacing
     while it held their jobs: a deadlock."""
     where = selected(conn, selection)
-    conn.execute(select(jobs.c.id).where(where).order_by(jobs.c.id).with_for_update())
-    n_epochs = conn.execute(delete(epochs).where(epochs.c.job_id.in_(select(jobs.c.id).where(where)))).rowcount
+    ids = conn.execute(select(jobs.c.id).where(where).order_by(jobs.c.id).with_for_update()).scalars().all()
+    # their epochs by the ids (by epochs' primary key): PostgreSQL joined `IN (SELECT id ... WHERE sweep_id = ...)`
+    # by reading every epoch (40 s on 251,000,000 of them, for a sweep of 300 jobs that had none)
+    n_epochs = conn.execute(delete(epochs).where(ids_in(conn, epochs.c.job_id, ids))).rowcount
     n_jobs = conn.execute(delete(jobs).where(where)).rowcount
     if selection.sweep is not None:
         conn.execute(delete(sweeps).where(sweeps.c.id == selection.sweep))
