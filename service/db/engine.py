@@ -73,7 +73,8 @@ def _create(url: str) -> Engine:
     if not u.database or u.database in (":memory:", "file::memory:") or u.query.get("mode") == "memory":
         raise BadInput("KLAB_DATABASE_URL", "an in-memory SQLite database would begin empty in every command and "
                                             "lose what it stored; give a file, as sqlite:////path/to/klab.db")
-    file = urlsplit(u.database).path if u.database.startswith("file:") and u.query.get("uri") == "true" else u.database
+    uri = u.database.startswith("file:") and str(u.query.get("uri", "")).lower() == "true"  # as sqlite_path reads it
+    file = urlsplit(u.database).path if uri else u.database
     folder = Path(file).parent  # as SQLite reads it (a `file:` URI's path): a ~ is no home folder there
     if settings().is_default(url):
         settings().folder()  # KLAB_HOME, made on first use
