@@ -180,14 +180,23 @@ def normalize_url(url: str) -> str:
     return url
 
 
+URI_ON = ("true", "yes", "on", "y", "t", "1")
+"""The values of `?uri=` that make SQLAlchemy open a SQLite URL's `file:` name as a URI (its asbool's)."""
+
+
 def sqlite_path(url: str) -> Path | None:
-    """The file a SQLite URL names (its escapes read, its query left out); None for another database, for SQLite in
-    memory and for a `file:` URI (`?uri=true`; without it, SQLite opens a file named `file:...`)."""
+    """The file a SQLite URL names (its escapes read, its query left out), a `file:` URI's too (`?uri=true`: the
+    path after `file:`; without it, SQLite opens a file named `file:...`); None for another database, and for
+    SQLite in memory."""
     scheme, sep, rest = url.partition("://")
     path, _, query = rest.partition("/")[2].partition("?")
     path = unquote(path)
-    uri = path.startswith("file:") and "uri=true" in query.lower()
-    if not sep or not scheme.lower().startswith("sqlite") or path in ("", ":memory:") or uri:
+    options = dict(parse_qsl(query))
+    if path.startswith("file:") and options.get("uri", "").strip().lower() in URI_ON:  # as SQLite reads a URI
+        if options.get("mode") == "memory":
+            return None
+        path = unquote(urlsplit(path).path)  # file:/a/b.db, file:///a/b.db, file:b.db
+    if not sep or not scheme.lower().startswith("sqlite") or path in ("", ":memory:"):
         return None
     if "\0" in path:  # os and sqlite3 alike raised ValueError: a traceback
         raise BadInput("KLAB_DATABASE_URL", f"the sqlite database's path holds a NUL byte: {visible(path)}")

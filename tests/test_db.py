@@ -163,6 +163,13 @@ def test_a_sqlite_file_in_a_folder_that_does_not_exist_is_refused(tmp_path: Path
     uri = clean_env(tmp_path / "home", f"sqlite:///file:{tmp_path / 'uri.db'}?uri=true")
     assert klab(uri, "run", "--epochs", "1").returncode == 0 and (tmp_path / "uri.db").is_file()
     assert klab(uri, "list", "--json").stdout.count('"id"') == 1
+    typo = clean_env(tmp_path / "home", f"sqlite:///file:{tmp_path / 'typo.db'}?uri=1")  # uri as SQLAlchemy reads it
+    for args in (["list"], ["cancel", "1"], ["delete", "1"]):  # refused as a plain path's missing file is: they made
+        # it, empty, and answered "no jobs"
+        out = klab(typo, *args)
+        assert (out.returncode, out.stderr) == (2, f"klab: error: no sqlite database file:{tmp_path / 'typo.db'}: "
+                                                   "only klab db upgrade and the commands that store jobs make one\n")
+    assert klab(typo, "db", "current").returncode == 0 and not (tmp_path / "typo.db").exists()
     out = klab(clean_env(tmp_path / "home", f"sqlite:///file:{missing_folder / 'klab.db'}?uri=true"), "list")
     assert (out.returncode, out.stderr) == (2, f"klab: error: the folder of the sqlite database file:{missing_folder}/"
                                                f"klab.db does not exist: {missing_folder}\n")

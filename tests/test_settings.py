@@ -155,7 +155,10 @@ def test_a_database_named_with_a_newline_or_an_escape_is_described_on_one_line()
     ("sqlite:////tmp/a.db", "/tmp/a.db"), ("sqlite+pysqlite:////tmp/a.db?timeout=5", "/tmp/a.db"),
     ("sqlite:////tmp/a%20b.db", "/tmp/a b.db"), ("sqlite:///rel.db", "rel.db"),
     ("sqlite:///file:x.db", "file:x.db"),  # a file of that name, as SQLite opens it without uri=true
-    ("sqlite:///file:x.db?uri=true", None), ("sqlite://", None), ("sqlite:///:memory:", None),
+    ("sqlite:///file:x.db?uri=true", "x.db"), ("sqlite:///file:/tmp/x.db?mode=ro&uri=1", "/tmp/x.db"),  # a URI:
+    ("sqlite:///file:///tmp/x%20y.db?uri=yes", "/tmp/x y.db"),  # its path, `uri` read as SQLAlchemy reads it
+    ("sqlite:///file:x.db?uri=false", "file:x.db"), ("sqlite:///file::memory:?uri=true", None),
+    ("sqlite:///file:x.db?mode=memory&uri=true", None), ("sqlite://", None), ("sqlite:///:memory:", None),
     ("postgresql://h/db", None),
 ])
 def test_a_sqlite_url_names_the_file_sqlite_opens(url, path):

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
@@ -29,7 +28,7 @@ from service.db.connect import (
     unreachable,
 )
 from service.errors import BadInput, DatabaseUnavailable, UpgradeRefused, mask, one_line
-from service.settings import describe, settings
+from service.settings import describe, settings, sqlite_path
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 RACE_TRIES = 5
@@ -73,9 +72,8 @@ def _create(url: str) -> Engine:
     if not u.database or u.database in (":memory:", "file::memory:") or u.query.get("mode") == "memory":
         raise BadInput("KLAB_DATABASE_URL", "an in-memory SQLite database would begin empty in every command and "
                                             "lose what it stored; give a file, as sqlite:////path/to/klab.db")
-    uri = u.database.startswith("file:") and str(u.query.get("uri", "")).lower() == "true"  # as sqlite_path reads it
-    file = urlsplit(u.database).path if uri else u.database
-    folder = Path(file).parent  # as SQLite reads it (a `file:` URI's path): a ~ is no home folder there
+    folder = (sqlite_path(url) or Path(u.database)).parent  # as SQLite reads it (a `file:` URI's path): a ~ is no
+    # home folder there
     if settings().is_default(url):
         settings().folder()  # KLAB_HOME, made on first use
     elif not folder.is_dir():  # a typo in a path must not become a new, empty database
