@@ -174,10 +174,9 @@ def test_a_worker_whose_broker_does_not_speak_tls_says_so_and_stops_when_asked(t
     env = service_env(tmp_path, url, broker.url().replace("redis://", "rediss://", 1) + "?ssl_cert_reqs=none")
     w = worker_procs(env, "tls")
     wait_until(lambda: "consumer: Cannot connect to rediss://" in w.text(), 180, lambda: w.text()[-3000:])
-    started = time.monotonic()
     w.terminate()
     wait_until(lambda: w.proc.poll() is not None, 90, lambda: f"SIGTERM did not stop it: {w.text()[-2000:]}")
-    assert time.monotonic() - started < 60 and "Traceback" not in w.text(), w.text()[-3000:]
+    assert "Traceback" not in w.text(), w.text()[-3000:]
 
 
 def test_a_worker_started_before_its_broker_is_seen_and_served_once_the_broker_is_up(tmp_path, pg_db, redis_server,

@@ -332,7 +332,7 @@ def test_a_truncate_takes_what_a_delete_takes(pg_url: str, tmp_path, setenv, add
         assert again == sweep and add_job(conn, sweep_id=again) > alone
         conn.execute(text("TRUNCATE jobs"))
     with writing() as conn:
-        assert rows(conn) == ([], [])  # every epoch went with the jobs (840 stayed, of a hunter's database)
+        assert rows(conn) == ([], [])  # every epoch went with the jobs (before 0011 every one stayed)
         assert conn.execute(text("SELECT count(*) FROM sweeps")).scalar() == 1
         add_job(conn, sweep_id=again)
         conn.execute(text("TRUNCATE sweeps, jobs, epochs RESTART IDENTITY"))  # all at once, as before
