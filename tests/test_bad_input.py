@@ -63,6 +63,9 @@ def make_files(d: Path) -> None:
         levels = [f"  - &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
         (d / f"{name}_aliases.yaml").write_text("\n".join([f"{name}:", "  - &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]",
                                                             *levels]) + "\n")
+    for name in ("input", "seed"):  # a long text aliased thousands of times: 220 KB asked for 2 GB and ended in a
+        # MemoryError's traceback (input), or took 11 s (seed), counted a value an alias
+        (d / f"{name}_long_aliases.yaml").write_text(f"{name}: [&s {'a' * 20_000}, {', '.join(['*s'] * 50_000)}]\n")
     (d / "tol_list.yaml").write_text("lr: [0.1, 0.2]\ntol: [0.001, 0.01]\n")
     (d / "input_number.yaml").write_text("input: 5\n")
     (d / "kernel_date.yaml").write_text("kernel: [2024-01-01]\n")
@@ -108,6 +111,8 @@ CASES = [
     Case("malformed-yaml", ("run", "-f", "{d}/bad.yaml"), "file"),
     Case("yaml-aliases-past-the-files-size", ("run", "-f", "{d}/kernel_aliases.yaml"), "file"),
     Case("yaml-aliases-past-the-files-size-in-a-sweep", ("sweep", "-f", "{d}/seed_aliases.yaml"), "file"),
+    Case("yaml-aliases-of-a-long-text", ("run", "--no-store", "-f", "{d}/input_long_aliases.yaml"), "file"),
+    Case("yaml-aliases-of-a-long-text-in-a-sweep", ("sweep", "-f", "{d}/seed_long_aliases.yaml"), "file"),
     Case("malformed-jsonl", ("submit", "-f", "{d}/bad.jsonl"), "file"),
     Case("json-not-a-mapping", ("submit", "-f", "{d}/list.json"), "file"),
     Case("yaml-scalar", ("sweep", "-f", "{d}/scalar.yaml"), "file"),
