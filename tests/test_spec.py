@@ -248,6 +248,9 @@ def test_unknown_key_in_a_spec_file_names_the_key(tmp_path):
     path.write_text("input: edge:6x8\nepochz: 5\n")  # a near miss is named
     with pytest.raises(BadInput, match=r"^epochz: unknown field; did you mean epochs\?$"):
         JobSpec.parse(load_spec_file(str(path))[0])
+    path.write_text("methd: [adam]\n")  # a list under it too: no sweep's advice after the near miss
+    with pytest.raises(BadInput, match=r"^methd: unknown field; did you mean method\?$"):
+        JobSpec.parse(load_spec_file(str(path))[0])
 
 
 # ---------------------------------------------------------------------------------------------------

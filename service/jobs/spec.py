@@ -140,6 +140,9 @@ def bad_input_from(exc: ValidationError) -> BadInput:
                                      else f"; a job's fields are {', '.join(known)}")
     if field == "spec" and ":" in message:
         field, _, message = message.partition(": ")
+    if err["type"] == "extra_forbidden":  # named as it was written: foo_bar is no flag's --foo-bar; no sweep's
+        # advice (`methd: [adam]` was "did you mean method?; a sweep varies only ...")
+        return BadInput(field, message)
     got = err.get("input")
     if err["type"] in ("enum",):
         message = f"unknown value {got!r}; {message[0].lower()}{message[1:]}"
@@ -148,8 +151,6 @@ def bad_input_from(exc: ValidationError) -> BadInput:
     if listed or (isinstance(got, str) and (err["type"].endswith("_parsing") or err["type"] == "enum")
                   and _swept(got)):
         message += f"; {SWEEP_HINT}" if field in SWEEPABLE else f"; a sweep varies only {', '.join(SWEEPABLE)}"
-    if err["type"] == "extra_forbidden":  # named as it was written: foo_bar is no flag's --foo-bar
-        return BadInput(field, message)
     return BadInput(field.replace("_", "-"), message)
 
 
