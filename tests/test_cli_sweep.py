@@ -104,6 +104,22 @@ def test_a_sweep_file_sweeps_its_lists_and_ranges(here: str, klab_cli, tmp_path:
     assert epochs == 2
 
 
+def test_a_flag_replaces_a_file_value_it_could_not_sweep(here: str, klab_cli, tmp_path: Path) -> None:
+    """A list in a field that takes one value is not read when a flag gives that field: `tol: [0.1, 0.2]` with
+    --tol 0.1 was refused as a list of tol, where `klab run` takes the flag; without the flag it is refused."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text("tol: [0.1, 0.2]\nbatch-size: [1, 2]\nseed: [1, 2]\nepochs: 2\n")
+    code, out, err = klab_cli("sweep", "--local", "-f", str(path), "--tol", "0.1", "--batch-size", "3", "--json")
+    assert code == 0, err
+    with writing() as conn:
+        params = conn.execute(select(sweeps_table.c.params)).scalar_one()
+    assert params["swept"] == {"seed": [1, 2]}
+    assert params["fixed"] == {"tol": 0.1, "batch_size": 3, "epochs": 2}
+    code, out, err = klab_cli("sweep", "--local", "-f", str(path), "--batch-size", "3")
+    assert (code, out) == (2, "") and err == ("klab: error: tol: takes one value, not a list; only input, kernel, "
+                                              "method, lr, epochs, batch_size, seed, noise can be swept\n")
+
+
 def test_a_sweep_file_without_a_true_kernel(here: str, klab_cli, tmp_path: Path) -> None:
     x = np.random.default_rng(0).standard_normal((6, 8))
     np.save(tmp_path / "x.npy", x)

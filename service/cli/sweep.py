@@ -36,7 +36,7 @@ def sweep(spec_file: str | None, queue: str | None, wait: bool, as_json: bool, b
     if local and queue is not None:
         raise BadInput("queue", "a --local sweep trains here and goes to no queue")
     (doc,) = spec_docs(spec_file, one="a sweep takes one base job")
-    plan = plan_sweep(sweeps.grid({**sweeps.file_flags(doc), **given(values)}), queue, name, tags)
+    plan = plan_sweep(sweeps.grid(sweeps.file_flags(doc, given(values))), queue, name, tags)
     if local:
         started = time.monotonic()
         ids = _train_here(plan, batch_jobs)

@@ -250,10 +250,13 @@ def _one_value(field: str, value: Any, item: str) -> None:
                               "as an item of its own")  # named as the sweep's other messages name it (batch_size)
 
 
-def file_flags(doc: dict[str, Any]) -> dict[str, str]:
-    """A sweep file's fields as flags: lists sweep, `kernel: null` means no true kernel, other nulls the
-    default."""
-    return {k: NO_KERNEL if v is None else as_flag(k, v) for k, v in doc.items() if v is not None or k == "kernel"}
+def file_flags(doc: dict[str, Any], flags: dict[str, str]) -> dict[str, str]:
+    """A sweep file's fields as flags, under the flags given: lists sweep, `kernel: null` means no true kernel,
+    other nulls the default. A field a flag gives is not read from the file (`tol: [0.1, 0.2]` with --tol 0.1 was
+    refused as a list of tol, which --tol replaces, as `klab run` replaces it)."""
+    read = {k: NO_KERNEL if v is None else as_flag(k, v) for k, v in doc.items()
+            if k not in flags and (v is not None or k == "kernel")}
+    return {**read, **flags}
 
 
 NAME_LENGTH = 200
