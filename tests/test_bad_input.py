@@ -439,6 +439,19 @@ def test_a_mistake_in_one_of_several_jobs_of_a_file_names_the_job(tmp_path, cli_
         assert klab_here("submit", *args) == (2, "", ["klab: error: " + line.format(d=tmp_path)])
 
 
+def test_a_bad_flag_for_several_jobs_of_a_file_is_named_as_a_flag(tmp_path, cli_env):
+    """A flag is every job's: its mistake was labelled "(job 1 of FILE)". A job's own mistake still names the job,
+    with a flag's value or without (kernel none and no labels in job 2)."""
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"seed": 1}\n{"seed": 2, "labels": null}\n')
+    for flags, line in ((("--lr", "abc"), "lr: not a number: 'abc'"),
+                        (("--epochs", "0"), "epochs: Input should be greater than 0"),
+                        (("--kernel", "none"), f"kernel: give a true kernel, or labels with --labels (job 1 of "
+                                               f"{jobs})"),
+                        (("--seed", "x"), "seed: not a number: 'x'")):
+        assert klab_here("submit", "-f", str(jobs), *flags) == (2, "", ["klab: error: " + line])
+
+
 @pytest.mark.parametrize("args,line", [
     (("show",), "show: missing argument 'ID'; see klab show --help"),
     (("show", "1", "2"), "show: unexpected extra argument (2); see klab show --help"),

@@ -145,6 +145,8 @@ def specs_from(values: dict[str, Any], spec_file: str | None, one: str | None = 
 
     docs = spec_docs(spec_file, one)
     flags = given(values)
+    if len(docs) > 1:
+        JobSpec.check_fields(flags)  # a bad flag is named as itself, not as the first job of the file's
     specs = []
     for n, doc in enumerate(docs, 1):
         try:

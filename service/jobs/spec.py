@@ -119,6 +119,17 @@ class JobSpec(BaseModel):
         except ValidationError as exc:
             raise bad_input_from(exc) from None
 
+    @classmethod
+    def check_fields(cls, values: dict[str, Any]) -> None:
+        """BadInput for the first of `values` that is wrong on its own, whatever the rest of a job holds (a flag
+        given for every job of a file); the check of kernel and labels together is the whole job's."""
+        settings()
+        try:
+            cls.model_validate(values)
+        except ValidationError as exc:
+            if exc.errors()[0]["loc"]:  # a field's own error; the kernel-or-labels check has none
+                raise bad_input_from(exc) from None
+
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
