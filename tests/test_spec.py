@@ -217,6 +217,9 @@ def test_json_and_jsonl_files(tmp_path):
     ("twice.json", '{"epochs": 2, "epochs": 3}', "names a field twice \\('epochs'\\)"),
     ("twice.jsonl", '{"seed": 1}\n{"lr": 0.1, "lr": 0.2}\n', "names a field twice \\('lr', line 2\\)"),
     ("sweep-twice.yaml", "batch_size: [1, 2]\nbatch-size: 3\n", "\\('batch_size' and 'batch-size'\\)"),
+    ("merged-twice.yaml", "<<: {lr: 0.1, lr: 0.2}\n", "names a field twice \\('lr'\\)"),  # yaml kept the last
+    ("merged-spelled-twice.yaml", "seed: 1\n<<: [{epochs: 2}, {batch-size: 3, batch_size: 4}]\n",
+     "\\('batch-size' and 'batch_size'\\)"),
 ])
 def test_bad_spec_files_name_the_file_field(tmp_path, name, text, message):
     path = tmp_path / name
@@ -224,6 +227,21 @@ def test_bad_spec_files_name_the_file_field(tmp_path, name, text, message):
     with pytest.raises(BadInput, match=message) as exc:
         load_spec_file(str(path))
     assert exc.value.field == "file"
+
+
+@pytest.mark.parametrize("text,want", [
+    ("batch_size: 4\n<<: {batch-size: 3}\n", 4),  # the mapping's own field wins over a merged one, as YAML says
+    ("batch-size: 4\n<<: {batch_size: 3}\n", 4),
+    ("<<: [{batch-size: 4}, {batch_size: 3}]\n", 4),  # the first merged mapping wins (3 was: the last spelling)
+    ("<<: [{batch_size: 4}, {batch_size: 3}]\n", 4),
+    ("<<: {<<: {batch-size: 9}, batch_size: 4}\n", 4),
+    ("base: &b {batch-size: 4}\n", None),  # an anchor is a value of its own field, merged nowhere
+])
+def test_a_yaml_merge_key_gives_each_field_once(tmp_path, text, want):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    (doc,) = load_spec_file(str(path))
+    assert doc.get("batch_size") == want and len(doc) == 1, doc
 
 
 def test_missing_spec_file(tmp_path):

@@ -313,9 +313,23 @@ def _loader() -> type:
     import yaml
 
     class Loader(yaml.SafeLoader):
-        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        def flatten_mapping(self, node: yaml.MappingNode) -> None:
+            """Each mapping names a field once, a merged one (`<<: {lr: 1, lr: 2}`) too, which yaml flattens
+            into the mapping that merges it without constructing it. Then, as YAML says, the mapping's own field
+            wins over a merged one, and the first of several merged mappings over the next, whatever the spelling:
+            `<<: [{batch-size: 4}, {batch_size: 3}]` trained 3 (yaml keeps both, and the last spelling won)."""
             _once([(k.value, None) for k, _ in node.value if isinstance(k, yaml.ScalarNode)])
-            return super().construct_mapping(node, deep)
+            own = sum(k.tag != "tag:yaml.org,2002:merge" for k, _ in node.value)
+            super().flatten_mapping(node)  # the merged pairs, first mapping first, then the mapping's own
+            merged, mine = node.value[:len(node.value) - own], node.value[len(node.value) - own:]
+            seen = {_field_key(k.value) for k, _ in mine if isinstance(k, yaml.ScalarNode)}
+            kept = []
+            for key, value in merged:
+                field = _field_key(key.value) if isinstance(key, yaml.ScalarNode) else id(key)
+                if field not in seen:
+                    seen.add(field)
+                    kept.append((key, value))
+            node.value = kept + mine
 
     def number(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
         if ":" in node.value:
