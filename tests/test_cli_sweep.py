@@ -120,6 +120,15 @@ def test_a_flag_replaces_a_file_value_it_could_not_sweep(here: str, klab_cli, tm
                                               "method, lr, epochs, batch_size, seed, noise can be swept\n")
 
 
+def test_sweeps_tells_values_far_apart_without_counting_between_them(here: str, klab_cli) -> None:
+    """`klab sweeps` checked whether whole numbers were consecutive by building their range: seeds 1 and
+    9007199254740993 ended in a MemoryError's traceback."""
+    code, _, err = klab_cli("sweep", "--local", "--seed", "1,9007199254740993", "--epochs", "1", "--method", "lstsq")
+    assert code == 0, err
+    code, out, err = klab_cli("sweeps")
+    assert code == 0 and out.splitlines()[1].endswith("seed 1,9007199254740993"), (out, err)
+
+
 def test_a_sweep_file_without_a_true_kernel(here: str, klab_cli, tmp_path: Path) -> None:
     x = np.random.default_rng(0).standard_normal((6, 8))
     np.save(tmp_path / "x.npy", x)
