@@ -138,9 +138,20 @@ def test_a_yaml_number_with_colons_is_a_range_not_base_60(tmp_path):
     path = tmp_path / "sweep.yaml"
     path.write_text("batch-size: 1:16:5\nlr: 0.001:0.1:3\nepochs: 1:30\nseed: 0..9\nnoise: 0.5\ntol: 1e-3\n")
     assert load_spec_file(str(path)) == [{"batch_size": "1:16:5", "lr": "0.001:0.1:3", "epochs": "1:30",
-                                          "seed": "0..9", "noise": 0.5, "tol": "1e-3"}]
+                                          "seed": "0..9", "noise": 0.5, "tol": 1e-3}]
     path.write_text("epochs: 12\nlr: 0.5\n")  # plain numbers stay numbers
     assert load_spec_file(str(path)) == [{"epochs": 12, "lr": 0.5}]
+
+
+def test_a_yaml_number_with_an_exponent_is_a_number_as_in_json(tmp_path):
+    """YAML 1.1 reads 1e-3 and 1.5e3 as text (it wants a dot and a sign): `kernel: [[1e-3, 1]]` was refused as
+    holding a non-numeric value, where JSON and --kernel take it."""
+    path = tmp_path / "job.yaml"
+    path.write_text("kernel: [[1e-3, 1.5E3], [-2e+1, .5e1]]\nlr: 1e-3\nseed: 1e3\ninput: edge:1e3x2\n")
+    (doc,) = load_spec_file(str(path))
+    assert doc["kernel"] == [[0.001, 1500.0], [-20.0, 5.0]] and doc["lr"] == 0.001 and doc["input"] == "edge:1e3x2"
+    spec = JobSpec.parse(doc)
+    assert json.loads(spec.kernel) == [[0.001, 1500.0], [-20.0, 5.0]] and spec.seed == 1000 and spec.lr == 0.001
 
 
 def test_a_yaml_number_in_base_16_2_or_8_is_text_refused_as_the_flag_refuses_it(tmp_path):

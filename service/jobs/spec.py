@@ -307,6 +307,11 @@ _BASE_PREFIX = re.compile(r"[-+]?0[xXbBoO][0-9a-fA-F_]+")
 """A whole number written in base 16, 2 or 8 (0x10, 0b11, 0o10), which YAML 1.1 reads so and no flag does."""
 
 
+_EXPONENT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
+"""A number with an exponent as JSON, YAML 1.2 and the flags write it (1e-3, 1.5e3), which YAML 1.1 reads as text
+unless it has a dot and a signed exponent (1.5e+3): `kernel: [[1e-3, 1]]` was refused as holding text."""
+
+
 def _loader() -> type:
     """YAML's safe loader, but a number with colons stays text: YAML 1.1 reads `1:16:5` in base 60 (as 4565),
     where a sweep file means 5 log-spaced values from 1 to 16; and one with leading zeros is in base 10."""
@@ -344,6 +349,7 @@ def _loader() -> type:
 
     for tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
         Loader.add_constructor(tag, number)
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT, list("-+0123456789."))
     return Loader
 
 
