@@ -51,6 +51,10 @@ def test_bad_values_name_their_field(values, field):
 @pytest.mark.parametrize("values,field", [
     ({"lr": [0.01, 0.03]}, "lr"), ({"seed": "0..2"}, "seed"), ({"lr": "0.01,0.03"}, "lr"),
     ({"epochs": [10, 20]}, "epochs"), ({"method": "adam,momentum"}, "method"), ({"method": ["adam"]}, "method"),
+    # a file's list of kernels or inputs, as a sweep file writes them (was: "holds a non-numeric value 'd2l'",
+    # "must be 2-D ..., got 3-D", "unknown input '[\"edge'")
+    ({"kernel": ["d2l", "sobel-x"]}, "kernel"), ({"kernel": [[[1, -1]], [[2, -1]]]}, "kernel"),
+    ({"kernel": ["d2l", [[1, -1]]]}, "kernel"), ({"input": ["edge:6x8", "ones:6x8"]}, "input"),
 ])
 def test_a_sweeps_values_given_to_one_job_point_at_klab_sweep(values, field):
     """klab run and submit, and their files, take one job: a list or range there is a sweep's."""

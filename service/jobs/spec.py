@@ -39,8 +39,11 @@ class JobSpec(BaseModel):
 
     @field_validator("input", "kernel", "labels", mode="before")
     @classmethod
-    def _text(cls, value: Any) -> Any:
+    def _text(cls, value: Any, info: Any) -> Any:
         if value is not None and not isinstance(value, str):
+            if isinstance(value, list) and value and (info.field_name != "kernel" or _kernels(value)):
+                raise ValueError("takes one value, not a list")  # a sweep's, told so by bad_input_from (a list of
+                # kernels was "holds a non-numeric value 'd2l'", a list of inputs "unknown input '[\"edge'")
             if isinstance(value, list):  # a YAML/JSON file may hold the kernel as a nested list
                 try:
                     return json.dumps(value, allow_nan=False)
@@ -132,6 +135,11 @@ class JobSpec(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def _kernels(value: list[Any]) -> bool:
+    """Whether a file's list is kernels, as a sweep reads it (names, or kernels written as nested lists), not one."""
+    return not kernel_literal(value) and all(isinstance(v, str) or kernel_literal(v) for v in value)
 
 
 def _swept(text: str) -> bool:
