@@ -782,12 +782,14 @@ def test_list_kernel_none_lists_the_jobs_given_labels_and_no_kernel(jobs: dict[s
 
 def test_list_kernel_finds_a_literal_whatever_its_spaces(klab_db: str, add_job, klab_cli) -> None:
     long = json.dumps([[round(0.001 * (i + 1) * (j + 1), 3) for j in range(7)] for i in range(7)])
-    assert len(long) > result.BY_NAME["kernel"].length  # the column keeps it cut
+    longer = long[:-3] + "5]]"  # alike in their first 300 characters, which the column kept before 0013
+    assert len(long) > 300 and long != longer
     with writing() as conn:
         tight = add_job(conn, kernel="[[1,-1]]")
         spaced = add_job(conn, kernel="[[1, -1]]")
         other = add_job(conn, kernel="[[1, -1, 0]]")
         cut = add_job(conn, kernel=long, input="random:12x12")
+        last = add_job(conn, kernel=longer, input="random:12x12")
 
     def ids(kernel: str) -> list[int]:
         code, out, err = klab_cli("list", "--kernel", kernel, "--json")
@@ -796,8 +798,12 @@ def test_list_kernel_finds_a_literal_whatever_its_spaces(klab_db: str, add_job, 
 
     assert ids("[[1,-1]]") == ids("[[1, -1]]") == ids(" [ [1 , -1] ] ") == [tight, spaced]
     assert ids("[[1,-1,0]]") == [other]
-    assert ids(long) == ids(long.replace(" ", "")) == [cut]
+    assert ids(long) == ids(long.replace(" ", "")) == [cut] and ids(longer) == [last]
     assert ids("[[1, 1]]") == []
+    code, out, err = klab_cli("compare", str(cut), str(last), "--group-by", "kernel", "--json")
+    assert code == 0 and sorted(g["kernel"] for g in json.loads(out)) == sorted([long, longer]), (out, err)
+    code, out, err = klab_cli("export", str(cut), "--format", "json")
+    assert code == 0 and json.loads(json.loads(out)[0]["kernel"]) == json.loads(long)  # was cut: no JSON
 
 
 def test_a_text_column_of_dashes_alone_stays_left_and_a_column_named_numbers_goes_right() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -500,6 +501,36 @@ def test_jobs_that_ended_badly_before_0009_get_their_mark_and_are_listed(db_url:
     downgrade(db_url, "0008")
     assert "ix_jobs_ended_badly" not in {i["name"] for i in inspect(engine_for(db_url)).get_indexes("jobs")}
     upgrade(db_url)
+
+
+def test_inputs_and_kernels_cut_to_300_characters_before_0013_are_made_whole(db_url: str) -> None:
+    """Before 0013 jobs.input and jobs.kernel were cut to 300 characters (the spec kept them whole): two kernels
+    alike in their first 300 were one. 0013 restores them from the spec; a downgrade cuts them again (its column, on
+    PostgreSQL, refuses more)."""
+    upgrade(db_url, "0012")
+    kernels = [json.dumps([[[[i / 7 + j for i in range(9)] for j in range(3)]]] * 2)[:-5] + f"{last}]]]]"
+               for last in (1, 9)]  # alike but for their last weight
+    path = "npy:/" + "d/" * 160 + "x.npy"
+    columns = ("spec, status, method, input, kernel, lr, epochs, batch_size, seed, noise, created_at, attempts, "
+               "cancel_requested, task_try, epochs_done")
+    rows = [(kernels[0], "edge:6x8"), (kernels[1], path), ("d2l", "edge:6x8"), ("x" * 300, "edge:6x8")]
+    with engine_for(db_url).begin() as conn:  # as 0012's kernel-lab stored them: the columns cut, the spec whole
+        for kernel, input_ in rows:
+            conn.execute(text(f"INSERT INTO jobs ({columns}) VALUES (:spec, 'created', 'adam', :input, :kernel, 0.1, "
+                              "3, 2, 0, 0, '2026-01-01', 0, false, 0, 0)"),
+                         {"spec": json.dumps({"kernel": kernel, "input": input_}), "kernel": kernel[:300],
+                          "input": input_[:300]})
+    upgrade(db_url)
+    with engine_for(db_url).connect() as conn:
+        got = [tuple(r) for r in conn.execute(text("SELECT kernel, input FROM jobs ORDER BY id"))]
+        groups = conn.execute(text("SELECT count(DISTINCT kernel) FROM job_summary")).scalar_one()
+    assert got == rows and len(kernels[0]) > 300 and len(path) > 300 and groups == 4
+    downgrade(db_url, "0012")
+    with engine_for(db_url).connect() as conn:
+        cut = [tuple(r) for r in conn.execute(text("SELECT kernel, input FROM jobs ORDER BY id"))]
+    assert cut == [(k[:300], i[:300]) for k, i in rows]
+    upgrade(db_url)
+    assert current_revision(db_url) == HEAD
 
 
 def test_a_deleted_jobs_or_sweeps_id_is_never_given_again(db_url: str, add_job) -> None:

@@ -6,14 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from service.errors import BadInput
-from service.jobs import result
 from service.jobs.choices import KERNEL_PRESETS, NO_KERNEL, Method, kernel_key, means_no_kernel
 
-LITERAL_KERNEL = ("kernel LIKE :literal AND (replace(kernel, ' ', '') = :kernel OR (length(kernel) = :cut AND "
-                  "substr(:kernel, 1, length(replace(kernel, ' ', ''))) = replace(kernel, ' ', '')))")
-"""A job given the literal :kernel (spaces left out), whatever spaces either had; one longer than its column (:cut)
-matches on what the column keeps. `LIKE '[%'` (:literal; kernels are stored stripped) lets PostgreSQL count the
-literals: a rare one is found by a parallel scan, not by walking every job (0.61 s, not 1.24: bench/RESULTS.md)."""
+LITERAL_KERNEL = "kernel LIKE :literal AND replace(kernel, ' ', '') = :kernel"
+"""A job given the literal :kernel (spaces left out), whatever spaces either had (the column holds it whole since
+0013). `LIKE '[%'` (:literal; kernels are stored stripped) lets PostgreSQL count the literals: a rare one is found
+by a parallel scan, not by walking every job (0.61 s, not 1.24: bench/RESULTS.md)."""
 
 KERNEL = "kernel = :kernel AND length(kernel) = :kernel_length"
 """A job given :kernel (a preset, random:..., npy:PATH). The length, implied by the equality, is for PostgreSQL
@@ -42,7 +40,5 @@ def kernel_is(kernel: str) -> tuple[str, dict[str, Any]]:
     if kernel == NO_KERNEL:  # the jobs given labels and no true kernel
         return "kernel IS NULL", {}
     if kernel.lstrip().startswith("["):
-        return LITERAL_KERNEL, {"kernel": kernel_key(kernel), "cut": result.BY_NAME["kernel"].length,
-                                "literal": "[%"}
-    cut = kernel[:result.BY_NAME["kernel"].length]  # as the column keeps it
-    return KERNEL, {"kernel": cut, "kernel_length": len(cut)}
+        return LITERAL_KERNEL, {"kernel": kernel_key(kernel), "literal": "[%"}
+    return KERNEL, {"kernel": kernel, "kernel_length": len(kernel)}

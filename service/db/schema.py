@@ -47,7 +47,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+SQLITE_DECLARED = {"input": 300, "kernel": 300}
+"""Texts held whole since 0013 that a SQLite file still declares VARCHAR(300), as 0001 made them: SQLite never
+enforces a declared length, and declaring another would copy the table (its view and triggers with it)."""
+
+
 def _type(f: result.Field):
+    if f.kind == "text" and f.name in SQLITE_DECLARED:
+        return Text().with_variant(String(SQLITE_DECLARED[f.name]), "sqlite")
     if f.kind == "text":
         return String(f.length) if f.length else Text()
     return {"int": Integer(), "bigint": BigInteger(), "float": Float(), "bool": Boolean(), "json": JSON(),

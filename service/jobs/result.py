@@ -85,8 +85,8 @@ SPEC: tuple[Field, ...] = (
     # the spec's main knobs as columns, for filters, sorting and SQL
     _f("method", "text", "d2l-manual, d2l-sgd, momentum, adam or lstsq.", S, R, nullable=False, length=16,
        index=True),
-    _f("input", "text", "The input as given (edge:6x8, npy:PATH, ...).", S, nullable=False, length=300),
-    _f("kernel", "text", "The true kernel as given (d2l, a literal, ...).", S, length=300),
+    _f("input", "text", "The input as given (edge:6x8, npy:PATH, ...).", S, nullable=False),  # whole (0013)
+    _f("kernel", "text", "The true kernel as given (d2l, a literal, ...).", S),
     _f("lr", "float", "Learning rate.", S, nullable=False),
     _f("epochs", "int", "Epochs asked for.", S, nullable=False),
     _f("batch_size", "int", "Minibatch size of d2l-sgd, momentum and adam.", S, nullable=False, header="batch"),
