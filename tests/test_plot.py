@@ -23,12 +23,13 @@ from PIL import Image
 from service.db import reads, writes
 from service.db.connect import Reader
 from service.db.engine import writing
+from service.jobs.problem import build_problem
 from service.jobs.result import to_json
 from service.jobs.selection import Selection
 from service.jobs.spec import JobSpec
 from service.jobs.status import JobStatus
 from service.render import axes as plot_axes
-from service.render import plot
+from service.render import kernels, plot
 
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 """Drawing does not depend on the backend; the sweep's plot still reads both."""
@@ -339,6 +340,15 @@ def test_kernel_values_are_written_in_cells_up_to_7x7(side: int, written: bool) 
     readable(fig)
 
 
+def test_a_large_value_in_a_cell_is_written_as_its_whole_number_where_it_fits() -> None:
+    """-1587.76 was written -2e+03 (26% off) in a 5x5 kernel's cell, beside -980 in the next."""
+    true = np.full((5, 5), -980.0)
+    true[0, 0], true[0, 1] = -1587.76, 0.5
+    result = {**result_of({}), "true_kernel": true.tolist(), "learned_kernel": true.tolist()}
+    texts = {tuple(t.get_position()): t.get_text() for t in by_title(plot.figure_job(result), "true kernel").texts}
+    assert (texts[(0, 0)], texts[(1, 0)], texts[(2, 0)]) == ("-1588", "0.5", "-980")
+
+
 @pytest.mark.parametrize("shape, scale", [((3, 2, 2, 2), 1.0), ((2, 3, 3, 3), 1.0), ((3, 2, 2, 4), 1.0),
                                           ((2, 2, 4, 4), 1.0), ((1, 2, 2, 2), 1.2345e-3)])
 def test_a_4d_kernel_is_labelled_by_out_and_in_channel(shape: tuple[int, ...], scale: float) -> None:
@@ -360,7 +370,7 @@ def test_a_4d_kernel_is_labelled_by_out_and_in_channel(shape: tuple[int, ...], s
                for t in a.texts)  # each value within its cell
     if shape != (2, 3, 3, 3):
         return
-    cells, shape = plot_axes.kernel_cells(true)
+    cells, shape = kernels.kernel_cells(true)
     assert shape == (2, 3, 3, 3) and cells.shape == (7, 11)
     assert cells[4:7, 8:11].tolist() == true[1, 2].tolist() and np.isnan(cells[3]).all()
     readable(fig)
@@ -399,6 +409,28 @@ def test_several_jobs_overlaid_are_named_by_id_and_what_differs() -> None:
     noisy = [result_of({"noise": noise, "seed": 5}, id=i) for i, noise in ((12, 0.1), (13, 0.0))]
     labels = [t.get_text() for t in plot.figure_jobs(noisy).legends[0].get_texts()]
     assert [label.split(" (")[0] for label in labels] == ["job 12: noise 0.1", "job 13: noise 0"]  # was `job 13`
+
+
+def test_a_running_job_is_drawn_against_its_true_kernel_as_it_will_be_once_ended() -> None:
+    """A job's kernels are stored when it ends, its epochs as it trains: a running job was drawn as having no true
+    kernel, its kernel error absolute (beside ended jobs' relative errors in an overlay, 4 times theirs)."""
+    ended = result_of({"seed": 3, "epochs": 30}, id=8)
+    ended["true_kernel"] = build_problem(JobSpec.parse(ended["spec"])).true_kernel[0, 0].tolist()  # as the worker's
+    running = {**ended, "id": 9, "status": JobStatus.RUNNING.value, "true_kernel": None, "learned_kernel": None,
+               "error": None, "explanation": None}
+    assert np.linalg.norm(ended["true_kernel"]) > 1.5  # relative and absolute errors would differ
+    fig = plot.figure_job(running)
+    assert "no relative error (running)" in fig._suptitle.get_text()
+    err = by_title(fig, "kernel error")
+    assert err.get_ylabel() == "relative error ||W - K|| / ||K||"
+    ended_err = by_title(plot.figure_job(ended), "kernel error")
+    np.testing.assert_array_equal(err.get_lines()[0].get_ydata(), ended_err.get_lines()[0].get_ydata())
+    assert by_title(fig, "true kernel K").get_images()  # drawn from its spec, not "none"
+    assert [t.get_text() for t in by_title(fig, "learned kernel W").texts] == ["when it ends"]
+    both = by_title(plot.figure_jobs([running, ended]), "kernel error")
+    assert both.get_ylabel() == "relative error ||W - K|| / ||K||"
+    np.testing.assert_array_equal(*(line.get_ydata() for line in both.get_lines()))
+    readable(fig)
 
 
 def test_overlaid_jobs_share_only_what_every_method_reads_and_name_a_bias_one_has() -> None:
@@ -562,6 +594,20 @@ def test_sweep_over_an_integer_parameter_has_integer_ticks() -> None:
     assert integer_ticks(fig.axes[0]) and fig.axes[0].get_xscale() == "log"
     assert fig.axes[0].get_xlabel() == "epochs (one job at each point)"
     readable(fig)
+
+
+@pytest.mark.parametrize("count", [8, 12])
+def test_a_sweeps_many_values_are_labelled_readably(count: int) -> None:
+    """12 log-spaced lrs were labelled at 6 digits (0.00136233), side by side: one unreadable line of text."""
+    lrs = np.geomspace(0.001, 0.03, count).tolist()
+    rows = sweep_rows({(lr, "d2l-manual"): [0.5 / (1 + i), 0.4 / (1 + i)] for i, lr in enumerate(lrs)})
+    fig = plot.figure_sweep(rows, reads.varying(rows), "")
+    (a,) = fig.axes
+    texts = [t.get_text() for t in a.get_xticklabels()]
+    assert texts[:3] == ["0.001", f"{lrs[1]:.3g}", f"{lrs[2]:.3g}"] and len(set(texts)) == count
+    readable(fig)
+    close = plot.figure_sweep(sweep_rows({(lr, "adam"): [0.1] for lr in (0.01, 0.01001, 0.03)}), ["lr"], "")
+    assert [t.get_text() for t in close.axes[0].get_xticklabels()] == ["0.01", "0.01001", "0.03"]  # told apart
 
 
 def test_a_narrow_error_range_keeps_every_label_inside() -> None:

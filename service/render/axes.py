@@ -1,11 +1,10 @@
 """What the plots share: figures on the Agg canvas without pyplot, axes whose ticks are integers where the values
-are, kernels as heatmaps, jobs counted by status, and the aggregates of a sweep's groups (numpy, any number of jobs).
+are, jobs counted by status, and the aggregates of a sweep's groups (numpy, any number of jobs).
 
 No pyplot: nothing global changes (a notebook keeps its backend), and a figure needs no closing.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,12 +15,6 @@ from service.jobs.status import JobStatus
 from service.render.text import FLOAT32_EPS
 
 DPI = 100
-
-ANNOTATE_MAX = 7
-"""Kernels up to this many rows and columns (each (out, in) slice of a 4-D one) get their values in the cells."""
-
-ANNOTATE_CELLS = 200
-"""... as long as the whole heatmap has at most this many cells."""
 
 EXPLICIT_TICKS = 12
 """A numeric parameter with at most this many values gets a tick at each value, labelled with it."""
@@ -48,13 +41,6 @@ def literal(text: str) -> str:
     sweep named `cost $^$ run` or a file `c$\\frac{$.npy` was a traceback and no PNG, `$5 and $6` drawn in italics),
     and shows an escaped \\$ as $. (Its own log ticks are mathtext: parsing stays on.)"""
     return text.replace("$", r"\$")
-
-
-def true_norm(result: dict[str, Any]) -> float | None:
-    """The norm of a result's true kernel, where it has one that a relative error can divide by."""
-    true = result.get("true_kernel")
-    norm = float(np.linalg.norm(np.asarray(true, dtype=float))) if true is not None else 0.0
-    return norm if math.isfinite(norm) and norm > 0 else None
 
 
 def new_figure(width: float, height: float):
@@ -137,12 +123,24 @@ def integer_ticks(axis: Any, log: bool, last: float = 0) -> None:
 
 
 def value_ticks(axis: Any, values: Sequence[float]) -> None:
-    """A tick at each value, labelled with it (a sweep's few values)."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+    """A tick at each of a sweep's few values, labelled with it to 3 digits, or as many more as tell them apart,
+    turned upright where side by side they would run into each other (12 log-spaced lrs, written `0.00136233`
+    at 6 digits, were one unreadable line)."""
+    from matplotlib import rcParams
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
+    digits = 3
+    while len({f"{v:.{digits}g}" for v in values}) < len(values) and digits < 17:
+        digits += 1
+    texts = [f"{v:.{digits}g}" for v in values]
     axis.set_major_locator(FixedLocator(list(values)))
     axis.set_minor_locator(NullLocator())
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_major_formatter(FixedFormatter(texts))
+    ax, size = axis.axes, FontProperties(size=rcParams["xtick.labelsize"]).get_size_in_points()
+    room = 0.8 * ax.get_position().width * ax.figure.get_figwidth() * 72  # points, less what the layout takes
+    if axis is ax.xaxis and sum(0.62 * size * len(t) + size for t in texts) > room:
+        axis.set_tick_params(labelrotation=90)
 
 
 def numeric_axis(ax: Any, values: np.ndarray, integer: bool) -> bool:
@@ -173,70 +171,6 @@ def category_axis(ax: Any, labels: Sequence[str]) -> None:
     ax.set_xticks(range(0, len(labels), step))
     ax.set_xticklabels([literal(label) for label in labels[::step]], rotation=30, ha="right")
     ax.set_xlim(-0.5, len(labels) - 0.5)
-
-
-def kernel_cells(kernel: Any) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """A kernel as one 2-D array: a 4-D one as blocks, a row per out channel and a column per in channel,
-    separated by a blank (NaN) line; its shape as (out, in, rows, columns)."""
-    a = np.asarray(kernel, dtype=float)
-    if a.ndim == 4 and a.shape[:2] == (1, 1):
-        a = a[0, 0]
-    if a.ndim == 2:
-        return a, (1, 1, *a.shape)
-    co, ci, kh, kw = a.shape
-    cells = np.full((co * (kh + 1) - 1, ci * (kw + 1) - 1), np.nan)
-    for o in range(co):
-        for i in range(ci):
-            cells[o * (kh + 1):o * (kh + 1) + kh, i * (kw + 1):i * (kw + 1) + kw] = a[o, i]
-    return cells, (co, ci, kh, kw)
-
-
-def heatmap(fig: Any, ax: Any, title: str, kernel: Any, cmap: str, scale: float,
-            box: tuple[float, float] = (280.0, 250.0)) -> None:
-    """A kernel's heatmap on a symmetric colour scale; values written in the cells of kernels up to ANNOTATE_MAX
-    square when they fit a `box` (points, the heatmap's room at most: a job's figure gives each 236 to 258 points
-    of height, measured; 200 left a 3x2 grid of 2x2 blocks, 8 cells tall, without its values). Measured on 125
-    shapes of 2-D and 4-D kernels, values of 1 and of 0.001, every value written lies within its cell."""
-    import matplotlib
-
-    ax.set_title(title)
-    if kernel is None:
-        ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        return
-    cells, (co, ci, kh, kw) = kernel_cells(kernel)
-    image = ax.imshow(cells, cmap=matplotlib.colormaps[cmap].with_extremes(bad="white"), vmin=-scale, vmax=scale)
-    tall = cells.shape[0] / cells.shape[1] * box[0] / box[1]  # the kernel's height over its room's, about
-    fig.colorbar(image, ax=ax, shrink=float(np.clip(tall, 0.3, 1.0)))
-    if co * ci == 1:
-        ax.xaxis.set_major_locator(_integer_locator(kw))
-        ax.yaxis.set_major_locator(_integer_locator(kh))
-        ax.set_xlabel("column")
-        ax.set_ylabel("row")
-    else:  # one tick per block, named by its channel
-        ax.set_xticks([i * (kw + 1) + (kw - 1) / 2 for i in range(ci)], [f"in {i}" for i in range(ci)])
-        ax.set_yticks([o * (kh + 1) + (kh - 1) / 2 for o in range(co)], [f"out {o}" for o in range(co)])
-        ax.tick_params(length=0)
-        ax.set_xlabel(f"(out, in) channels: {co} x {ci} blocks of {kh}x{kw}")
-    if kh > ANNOTATE_MAX or kw > ANNOTATE_MAX:
-        return
-    cell_pt = min(box[0] / cells.shape[1], box[1] / cells.shape[0])
-    size = min(9.0, 0.85 * cell_pt / (0.6 * 6))  # six characters fit a cell
-    if size < 6:
-        return  # too many blocks to read their values: the colours say it
-    chars = int(0.85 * cell_pt / (0.6 * size))
-    for (r, c), v in np.ndenumerate(cells):
-        if np.isnan(v) and (r % (kh + 1) == kh or c % (kw + 1) == kw):
-            continue  # the blank between blocks
-        red, green, blue, _ = image.cmap(image.norm(v)) if np.isfinite(v) else (1, 1, 1, 1)
-        color = "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"  # readable on the cell
-        ax.text(c, r, _short(v, chars), ha="center", va="center", fontsize=size, color=color)
-
-
-def _short(v: float, chars: int) -> str:
-    """A value in at most `chars` characters if it can be: 3 significant digits, then 2, then 1."""
-    texts = [f"{v:.3g}", f"{v:.2g}", f"{v:.0e}"]
-    return next((t for t in texts if len(t) <= chars), min(texts, key=len))
 
 
 def log_labels(axis: Any, values: np.ndarray) -> None:
@@ -271,12 +205,6 @@ def log_labels(axis: Any, values: np.ndarray) -> None:
     axis.set_minor_formatter(FuncFormatter(plain))
 
 
-def _integer_locator(n: int) -> Any:
-    from matplotlib.ticker import FixedLocator, MaxNLocator
-
-    return FixedLocator(range(n)) if n <= 16 else MaxNLocator(integer=True)
-
-
 FLOORED = f"under the weights' float32 rounding ({FLOAT32_EPS:.3g})"
 """Values raised to the float32 rounding of the weights, as figures say so: a relative kernel error under it is 0 as
 reports print it (service.render.text.settled), and drawn at it on a log axis."""
@@ -292,6 +220,8 @@ def settled_error(error: float) -> str:
 def unmeasured(result: dict[str, Any]) -> str:
     """Why a job has no relative error (a diverged job's NaN weights were said to be no true kernel or no result)."""
     learned = result.get("learned_kernel")
+    if result.get("status") == JobStatus.RUNNING.value:
+        return "running"
     if result.get("true_kernel") is None:
         return "no true kernel"
     finite = learned is not None and bool(np.isfinite(np.asarray(learned, dtype=float)).all())
@@ -350,18 +280,6 @@ def curve_axes(ax: Any, title: str, ylabel: str, last: int, values: Sequence[np.
             ax.set_xlim(1, max(last, 2))  # the epochs the job trained, none of which has a value on any panel
         ax.set_yticks([])
     ax.grid(True, which="both", alpha=0.3)
-
-
-def kernel_scale(kernels: Sequence[Any]) -> float:
-    """The largest finite absolute value among kernels (1 if none): a symmetric colour scale."""
-    biggest = 0.0
-    for k in kernels:
-        if k is None:
-            continue
-        a = np.abs(np.asarray(k, dtype=float))
-        a = a[np.isfinite(a)]
-        biggest = max(biggest, float(a.max()) if a.size else 0.0)
-    return biggest or 1.0
 
 
 def groups(keys: np.ndarray, values: np.ndarray, log: bool) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ import numpy as np
 from service.jobs.status import JobStatus, in_order
 from service.jobs.sweep import INTEGER, SWEEPABLE
 from service.render import axes as ax_
+from service.render import kernels
 from service.render.axes import DPI, new_figure
 from service.render.text import FLOAT32_EPS, IGNORED_BY, cell, difference, kernel_scale, rank_words, settled, shared
 
@@ -142,7 +143,7 @@ def figure_job(result: dict[str, Any]) -> Any:
     epochs = result.get("epochs") or []
     last = int(max((e["epoch"] for e in epochs), default=1))
     loss = ax_.series(epochs, "loss")
-    norm = ax_.true_norm(result)
+    norm = kernels.true_norm(result)
     *error, floored = _kernel_errors(epochs, norm)
     loss_ax.plot(*loss, marker="o" if loss[0].size <= 50 else None, markersize=3, color="tab:blue")
     err_ax.plot(*error, marker="o" if error[0].size <= 50 else None, markersize=3, color="tab:green")
@@ -164,8 +165,8 @@ def figure_job(result: dict[str, Any]) -> Any:
                           label=f"{key.removesuffix('_epoch')} (epoch {result[key]})")
         if a.get_legend_handles_labels()[0]:
             a.legend(fontsize=8)
-    true, learned, diff = result.get("true_kernel"), result.get("learned_kernel"), difference(result)
-    scale, own = ax_.kernel_scale([true]), ax_.kernel_scale([learned])
+    true, learned, diff = kernels.true_kernel(result), result.get("learned_kernel"), difference(result)
+    scale, own = kernels.kernel_scale([true]), kernels.kernel_scale([learned])
     learned_title = "learned kernel W"
     if true is None or own <= OWN_SCALE * scale:
         scale = own = max(scale, own) if true is not None else own
@@ -173,8 +174,9 @@ def figure_job(result: dict[str, Any]) -> Any:
         learned_title += " (a colour scale of its own)"
     for n, (title, kernel, cmap, s) in enumerate((("true kernel K", true, "viridis", scale),
                                                   (learned_title, learned, "viridis", own),
-                                                  ("difference W - K", diff, "RdBu_r", ax_.kernel_scale([diff])))):
-        ax_.heatmap(fig, fig.add_subplot(grid[1, 2 * n:2 * n + 2]), title, kernel, cmap, s)
+                                                  ("difference W - K", diff, "RdBu_r", kernels.kernel_scale([diff])))):
+        kernels.heatmap(fig, fig.add_subplot(grid[1, 2 * n:2 * n + 2]), title, kernel, cmap, s,
+                    empty="when it ends" if result.get("status") == JobStatus.RUNNING.value and n else "none")
     return fig
 
 
@@ -208,7 +210,7 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
     all_relative, losses, errors, floored = True, [], [], 0
     for n, (r, label) in enumerate(zip(results, labels)):
         colour = cmap(n if len(results) <= 10 else n / (len(results) - 1))
-        norm = ax_.true_norm(r)
+        norm = kernels.true_norm(r)
         all_relative &= norm is not None
         loss = ax_.series(r.get("epochs") or [], "loss")
         *error, raised = _kernel_errors(r.get("epochs") or [], norm)
