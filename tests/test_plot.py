@@ -420,7 +420,7 @@ def test_a_running_job_is_drawn_against_its_true_kernel_as_it_will_be_once_ended
                "error": None, "explanation": None}
     assert np.linalg.norm(ended["true_kernel"]) > 1.5  # relative and absolute errors would differ
     fig = plot.figure_job(running)
-    assert "no relative error (running)" in fig._suptitle.get_text()
+    assert "no relative error (not ended yet)" in fig._suptitle.get_text()
     err = by_title(fig, "kernel error")
     assert err.get_ylabel() == "relative error ||W - K|| / ||K||"
     ended_err = by_title(plot.figure_job(ended), "kernel error")

@@ -221,7 +221,7 @@ def unmeasured(result: dict[str, Any]) -> str:
     """Why a job has no relative error (a diverged job's NaN weights were said to be no true kernel or no result)."""
     learned = result.get("learned_kernel")
     if result.get("status") == JobStatus.RUNNING.value:
-        return "running"
+        return "not ended yet"
     if result.get("true_kernel") is None:
         return "no true kernel"
     finite = learned is not None and bool(np.isfinite(np.asarray(learned, dtype=float)).all())
