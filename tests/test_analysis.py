@@ -393,6 +393,10 @@ def test_a_job_closing_above_a_bound_that_is_only_sufficient_is_not_told_it_does
     assert closing["pace"]["stable_lr"] < 1 and closing["pace"]["convergence_rate"] < 1
     assert closing["explanation"].startswith("not converged yet: ")
     assert "more epochs at this lr" in closing["explanation"]
+    untold = run_spec(JobSpec.parse(dict(spec, lr=1.0, tol=0)))  # no epoch count: was "near the largest stable one"
+    assert untold["explanation"].endswith(f"train longer: at this lr, above the stable lr "
+                                          f"{untold['pace']['stable_lr']:.3g} that keeps every step from growing the "
+                                          "gap, each epoch still shrinks it (x0.494).")
     growing = run_spec(JobSpec.parse(dict(spec, lr=1.1)))
     assert growing["pace"]["convergence_rate"] > 1 and growing["explanation"].startswith(
         "not converging: lr 1.1 is above the largest stable learning rate 0.621")

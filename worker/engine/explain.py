@@ -125,6 +125,9 @@ def _slow(f: Facts, i: int) -> str:
     """What would close a gap still open, where no number of epochs says how long it takes (--tol 0): more epochs,
     and the way to the fastest lr where one is known."""
     best, lr = f.best_lr[i], f.lr[i]
+    if lr > f.lr_bound[i]:  # d2l-sgd's bound over several batches is only sufficient: the epochs shrink the gap
+        return (f"train longer: at this lr, above the stable lr {f.lr_bound[i]:.3g} that keeps every step from "
+                f"growing the gap, each epoch still shrinks it (x{factor(f.rate[i], 3)}).")
     if not np.isfinite(best) and lr >= 0.9 * f.lr_bound[i]:  # momentum just under its bound: raising it would not
         return "train longer: this lr is near the largest stable one."
     if not np.isfinite(best) or lr < 0.95 * best:
