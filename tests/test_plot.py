@@ -427,6 +427,10 @@ def test_a_running_job_is_drawn_against_its_true_kernel_as_it_will_be_once_ended
     np.testing.assert_array_equal(err.get_lines()[0].get_ydata(), ended_err.get_lines()[0].get_ydata())
     assert by_title(fig, "true kernel K").get_images()  # drawn from its spec, not "none"
     assert [t.get_text() for t in by_title(fig, "learned kernel W").texts] == ["when it ends"]
+    labelled = {**running, "spec": {**running["spec"], "kernel": None}}  # labels alone: never a true kernel
+    fig_labels = plot.figure_job(labelled)
+    assert "no relative error (no true kernel)" in fig_labels._suptitle.get_text()
+    assert [t.get_text() for t in by_title(fig_labels, "difference").texts] == ["none"]
     both = by_title(plot.figure_jobs([running, ended]), "kernel error")
     assert both.get_ylabel() == "relative error ||W - K|| / ||K||"
     np.testing.assert_array_equal(*(line.get_ydata() for line in both.get_lines()))
@@ -608,6 +612,9 @@ def test_a_sweeps_many_values_are_labelled_readably(count: int) -> None:
     readable(fig)
     close = plot.figure_sweep(sweep_rows({(lr, "adam"): [0.1] for lr in (0.01, 0.01001, 0.03)}), ["lr"], "")
     assert [t.get_text() for t in close.axes[0].get_xticklabels()] == ["0.01", "0.01001", "0.03"]  # told apart
+    whole = [{**rows[0], "id": e, "epochs": e, "relative_error": 1.0 / e} for e in (1234, 2345, 4321)]
+    fig = plot.figure_sweep(whole, ["epochs"], "")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1234", "2345", "4321"]  # not 1.23e+03
 
 
 def test_a_narrow_error_range_keeps_every_label_inside() -> None:

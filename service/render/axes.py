@@ -133,7 +133,8 @@ def value_ticks(axis: Any, values: Sequence[float]) -> None:
     digits = 3
     while len({f"{v:.{digits}g}" for v in values}) < len(values) and digits < 17:
         digits += 1
-    texts = [f"{v:.{digits}g}" for v in values]
+    texts = [f"{v:.0f}" if float(v).is_integer() and abs(v) < 1e15 else f"{v:.{digits}g}" for v in values]  # 1234,
+    # not 1.23e+03
     axis.set_major_locator(FixedLocator(list(values)))
     axis.set_minor_locator(NullLocator())
     axis.set_major_formatter(FixedFormatter(texts))
@@ -220,8 +221,8 @@ def settled_error(error: float) -> str:
 def unmeasured(result: dict[str, Any]) -> str:
     """Why a job has no relative error (a diverged job's NaN weights were said to be no true kernel or no result)."""
     learned = result.get("learned_kernel")
-    if result.get("status") == JobStatus.RUNNING.value:
-        return "not ended yet"
+    if result.get("status") == JobStatus.RUNNING.value:  # its kernels are stored when it ends
+        return "not ended yet" if (result.get("spec") or {}).get("kernel") is not None else "no true kernel"
     if result.get("true_kernel") is None:
         return "no true kernel"
     finite = learned is not None and bool(np.isfinite(np.asarray(learned, dtype=float)).all())

@@ -176,7 +176,8 @@ def figure_job(result: dict[str, Any]) -> Any:
                                                   (learned_title, learned, "viridis", own),
                                                   ("difference W - K", diff, "RdBu_r", kernels.kernel_scale([diff])))):
         kernels.heatmap(fig, fig.add_subplot(grid[1, 2 * n:2 * n + 2]), title, kernel, cmap, s,
-                    empty="when it ends" if result.get("status") == JobStatus.RUNNING.value and n else "none")
+                    empty="when it ends" if result.get("status") == JobStatus.RUNNING.value
+                    and (n == 1 or _spec(result).get("kernel") is not None) else "none")
     return fig
 
 
