@@ -156,6 +156,13 @@ def test_a_yaml_number_with_an_exponent_is_a_number_as_in_json(tmp_path):
     assert doc["kernel"] == [[0.001, 1500.0], [-20.0, 5.0]] and doc["lr"] == 0.001 and doc["input"] == "edge:1e3x2"
     spec = JobSpec.parse(doc)
     assert json.loads(spec.kernel) == [[0.001, 1500.0], [-20.0, 5.0]] and spec.seed == 1000 and spec.lr == 0.001
+    path.write_text("input: 1e3\n")  # a text as written, which the input's parser names ("must be a string" was)
+    assert JobSpec.parse(load_spec_file(str(path))[0]).input == "1e3"
+    for text, line in (("method: 1e3", "method: unknown value '1e3'"), ("1e3: 1", "1e3: unknown field")):  # not 1000.0
+        path.write_text(text + "\n")
+        with pytest.raises(BadInput) as caught:
+            JobSpec.parse(load_spec_file(str(path))[0])
+        assert str(caught.value).startswith(line), caught.value
 
 
 def test_a_yaml_number_in_base_16_2_or_8_is_text_refused_as_the_flag_refuses_it(tmp_path):

@@ -54,6 +54,13 @@ class JobSpec(BaseModel):
             raise ValueError("must be a string")
         return value.strip() if isinstance(value, str) else value
 
+    @field_validator("input", "kernel", "labels", "method", "device", mode="before")
+    @classmethod
+    def _as_written(cls, value: Any) -> Any:
+        """A file's number where a text goes, named as written (`method: 1e3` was "unknown value 1000.0"); before
+        validators run last defined first, so this one is defined after _text."""
+        return value.text if isinstance(value, Written) else value
+
     @field_validator("kernel")
     @classmethod
     def _no_kernel(cls, value: str | None) -> str | None:
@@ -222,7 +229,7 @@ def _field_key(key: Any) -> Any:
     name it so (learning-rate, not learning_rate)."""
     if isinstance(key, str) and key.replace("-", "_") in JobSpec.model_fields:
         return key.replace("-", "_")
-    return key
+    return key.text if isinstance(key, Written) else key  # `1e3:` is named as written, not 1000.0
 
 
 class Written(float):
