@@ -131,9 +131,6 @@ def _values(field: str, item: str, limit: int) -> list[Any]:
         n = number(field, n_s, True)
         if n < 1 or n > limit:
             raise BadInput(field, f"{item}: the count must be between 1 and {limit} (KLAB_MAX_SWEEP_JOBS)")
-        if n == 1 and a != b:  # `0.01:0.1:1` swept 0.01 alone, the end given left out without a word
-            raise BadInput(field, f"{item}: one value cannot run from {a_s} to {b_s}; ask for 2 or more, or give the "
-                                  "one value")
         if a <= 0 or b <= 0:
             raise BadInput(field, f"{item}: log-spaced ends must be positive")
         if a > b:
@@ -151,7 +148,8 @@ def _values(field: str, item: str, limit: int) -> list[Any]:
                                       f"numbers; ask for fewer, or for all of them: {a}..{b}")
             return whole
         return [a, *(float(f"{v:.12g}") for v in vals[1:-1]), b] if n > 1 else [a]  # the ends as given, exactly
-        # (0.0123456789012345:0.1:3 trained 0.0123456789012, and 1:1.0000000000001:2 was refused as 1.0 twice)
+        # (0.0123456789012345:0.1:3 trained 0.0123456789012, and 1:1.0000000000001:2 was refused as 1.0 twice);
+        # one value is A, as numpy's geomspace gives it
     if field in NUMERIC:
         return [number(field, item, integer)]
     return [item]
