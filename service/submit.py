@@ -27,7 +27,7 @@ from service.db.ids import reserve_ids
 from service.errors import BadInput, BrokerUnavailable, Gone
 from service.jobs import sweep as sweeps
 from service.jobs.choices import Device
-from service.jobs.problem import Problem, build_problem, file_arrays, fitting, problem_key, together
+from service.jobs.problem import Problem, build_problem, check_memory, file_arrays, fitting, problem_key, together
 from service.jobs.selection import Selection
 from service.jobs.spec import JobSpec
 from service.jobs.status import JobStatus
@@ -107,7 +107,10 @@ class _Built:
         key = problem_key(spec) if key is None else key
         if key not in self.problems:
             self.problems[key] = build_problem(spec, dict(self.files[names]))
-        return self.problems[key], self.files[names]
+        problem = self.problems[key]  # maybe another spec's: this one's method and epochs are checked too (an
+        # lstsq job's problem passed a d2l-manual job of 2.7 GiB; 10 epochs' one a job of 100,000)
+        check_memory(spec, problem.x.shape, problem.kernel_shape)
+        return problem, self.files[names]
 
 
 def plan_specs(specs: Sequence[JobSpec], queue: str | None, where: str | None = None) -> Plan:

@@ -197,9 +197,11 @@ def test_the_limit_is_where_the_estimate_says(tmp_path):
     need = job_memory((1, 1, 256, 256), (1, 1, 3, 3), False, Method.D2L_MANUAL, 2)
     out = klab(clean_env(home, KLAB_MAX_JOB_MEMORY=str(need - 1)), *args)
     assert out.returncode == 2 and out.stdout == "", out.stderr
-    assert out.stderr == (f"klab: error: memory: the job needs about {need / 2**20:.3g} MiB at once (input "
+    assert out.stderr == (f"klab: error: memory: the job needs about {need / 2**20:.9g} MiB at once (input "
                           "1x1x256x256, kernel 1x1x3x3, method d2l-manual), more than the limit "
-                          f"{(need - 1) / 2**20:.3g} MiB (KLAB_MAX_JOB_MEMORY)\n")
+                          f"{(need - 1) / 2**20:.9g} MiB (KLAB_MAX_JOB_MEMORY)\n")  # with the digits that tell
+    # them apart: both were "186 MiB"
+    assert f"{need / 2**20:.8g}" == f"{(need - 1) / 2**20:.8g}"
     assert stored_jobs(home) == 0
     out = klab(clean_env(home, KLAB_MAX_JOB_MEMORY=str(need)), *args)
     assert out.returncode == 0, out.stderr
@@ -229,6 +231,37 @@ def test_submit_and_sweep_refuse_before_the_broker_or_the_database(tmp_path):
     assert out.returncode == 2, out.stderr
     assert "input 1x1x4096x4096" in out.stderr and "(KLAB_MAX_JOB_MEMORY)" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+    assert stored_jobs(home) == 0
+
+
+def test_each_job_that_shares_its_data_with_another_is_estimated_on_its_own(tmp_path):
+    """Jobs of one submission or sweep that share their data were built once and estimated once, by the first of
+    them: an lstsq job let a d2l-manual job of 2.7 GiB through, 10 epochs a job of 100,000; both were stored and
+    queued, and failed on the worker."""
+    home = tmp_path / "home"
+    env = clean_env(home, f"sqlite:///{home / 'klab.db'}", KLAB_BROKER_URL="redis://127.0.0.1:9/0")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"input": "random:4096x4096", "method": "lstsq"}\n'
+                    '{"input": "random:4096x4096", "method": "d2l-manual"}\n')
+    out = klab(env, "submit", "-f", str(jobs))
+    assert out.returncode == 2 and out.stderr.startswith("klab: error: memory: ") and out.stderr.endswith(
+        f"method d2l-manual), more than the limit 2 GiB (KLAB_MAX_JOB_MEMORY) (job 2 of {jobs})\n"), out.stderr
+    need = job_memory((1, 1, 2914, 4095), (1, 1, 1, 2), False, Method.D2L_MANUAL, 100_000)
+    assert job_memory((1, 1, 2914, 4095), (1, 1, 1, 2), False, Method.D2L_MANUAL, 10) < 2 * GIB < need
+    out = klab(env, "sweep", "--input", "random:2914x4095", "--epochs", "10,100000", "--lr", "1e-9")
+    assert out.returncode == 2 and "input 1x1x2914x4095" in out.stderr and "(KLAB_MAX_JOB_MEMORY)" in out.stderr
+    assert stored_jobs(home) == 0
+
+
+def test_a_job_too_large_is_refused_before_its_input_is_drawn(tmp_path):
+    """With KLAB_MAX_INPUT_ELEMENTS raised, a 200000x200000 random input was drawn before the estimate refused
+    its job: numpy's MemoryError (298 GiB) in a 35-line traceback."""
+    home = tmp_path / "home"
+    env = clean_env(home, KLAB_MAX_INPUT_ELEMENTS=str(200_000**2))
+    out = measured(env, "run", "--input", "random:200000x200000", "--kernel", "random:3x3", "--method", "lstsq",
+                   cap=4 * GIB, timeout=120)
+    assert out["rc"] == 2 and out["stdout"] == "", out["stderr"]
+    assert out["stderr"].startswith("klab: error: memory: the job needs about ") and "\n" not in out["stderr"][:-1]
     assert stored_jobs(home) == 0
 
 

@@ -204,15 +204,27 @@ def _one(parse: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @_one
-def parse_input(raw: str, seed: int) -> tuple[np.ndarray, int]:
-    """The input as float32 N x C x H x W, and how many dimensions the user gave (2, 3 or 4)."""
+def made_dims(raw: str) -> tuple[int, ...] | None:
+    """The dimensions, as given, of an input klab makes (edge, ones, checker, diagonal, random), checked and
+    nothing drawn; None for one read from a file (image:, npy:)."""
     field = "input"
     kind, _, rest = raw.partition(":")
     if kind not in INPUT_KINDS:
         raise BadInput(field, f"unknown input {kind!r}; expected one of {', '.join(INPUT_KINDS)}")
+    if kind in ("image", "npy"):
+        return None
+    dims = _dims(field, rest, (2, 3, 4) if kind == "random" else (2,))
+    _check_elements(field, dims, settings().max_input_elements)
+    return dims
+
+
+def parse_input(raw: str, seed: int) -> tuple[np.ndarray, int]:
+    """The input as float32 N x C x H x W, and how many dimensions the user gave (2, 3 or 4)."""
+    field = "input"
+    kind, _, rest = raw.partition(":")
+    dims = made_dims(raw)
     if kind in ("edge", "ones", "checker", "diagonal"):
-        h, w = _dims(field, rest, (2,))
-        _check_elements(field, (h, w), settings().max_input_elements)
+        h, w = dims
         if kind == "ones":
             x = np.ones((h, w))
         elif kind == "edge":
@@ -224,8 +236,6 @@ def parse_input(raw: str, seed: int) -> tuple[np.ndarray, int]:
             x = (np.arange(w)[None, :] * h >= np.arange(h)[:, None] * w).astype(np.float64)
         array = x
     elif kind == "random":
-        dims = _dims(field, rest, (2, 3, 4))
-        _check_elements(field, dims, settings().max_input_elements)
         array = rng(seed, INPUT_STREAM).standard_normal(dims)
     elif kind == "image":
         path, rgb = rest, False

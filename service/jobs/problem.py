@@ -39,6 +39,7 @@ def build_problem(spec: JobSpec, arrays: dict[str, np.ndarray] | None = None) ->
     `arrays` may hold already-loaded arrays for "input", "kernel" and "labels" (from stored datasets).
     """
     arrays = arrays or {}
+    _fits_before_drawn(spec, arrays)
     if "input" in arrays:
         x = np.ascontiguousarray(arrays["input"], dtype=np.float32)
         input_ndim = x.ndim
@@ -125,6 +126,20 @@ def build_problem(spec: JobSpec, arrays: dict[str, np.ndarray] | None = None) ->
     )
 
 
+def _fits_before_drawn(spec: JobSpec, arrays: dict[str, np.ndarray]) -> None:
+    """A job whose input klab makes (random:, edge:...) refused for memory before that input is drawn (a 4096x4096
+    one was, at 262 MB, and with KLAB_MAX_INPUT_ELEMENTS raised a 200000x200000 one ended in numpy's MemoryError);
+    its other mistakes are told by build_problem, in their order."""
+    dims = None if "input" in arrays or spec.kernel is None else inputs.made_dims(spec.input)
+    if dims is None:
+        return
+    x_shape = (1,) * (4 - len(dims)) + dims
+    kernel = arrays["kernel"] if "kernel" in arrays else inputs.parse_kernel(spec.kernel, spec.seed)
+    k_shape = (1,) * (4 - kernel.ndim) + kernel.shape
+    if k_shape[1] == x_shape[1] and k_shape[2] <= x_shape[2] and k_shape[3] <= x_shape[3]:
+        check_memory(spec, x_shape, k_shape)
+
+
 def job_memory(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], bias: bool, method: Method, epochs: int
                ) -> int:
     """About the most bytes a job's arrays take at once, beyond the process itself: an upper bound from the arrays
@@ -193,15 +208,19 @@ def check_memory(spec: JobSpec, x_shape: tuple[int, ...], kernel_shape: tuple[in
     limit = settings().max_job_memory
     if need > limit:
         shapes = f"input {'x'.join(map(str, x_shape))}, kernel {'x'.join(map(str, kernel_shape))}"
-        raise BadInput("memory", f"the job needs about {gib(need)} at once ({shapes}, method "
-                                 f"{spec.method.value}), more than the limit {gib(limit)} (KLAB_MAX_JOB_MEMORY)")
+        digits = 3  # as many as tell the two apart ("needs about 176 MiB ... more than the limit 176 MiB" was)
+        while gib(need, digits) == gib(limit, digits) and digits < 12:
+            digits += 1
+        raise BadInput("memory", f"the job needs about {gib(need, digits)} at once ({shapes}, method "
+                                 f"{spec.method.value}), more than the limit {gib(limit, digits)} "
+                                 "(KLAB_MAX_JOB_MEMORY)")
 
 
-def gib(size: int) -> str:
+def gib(size: int, digits: int = 3) -> str:
     """A size in bytes for a message: 1.5 GiB, 512 MiB, 2 KiB, 100 bytes."""
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if size >= scale:
-            return f"{size / scale:.3g} {unit}"
+            return f"{size / scale:.{digits}g} {unit}"
     return f"{size} bytes"
 
 
