@@ -39,7 +39,11 @@ def build_problem(spec: JobSpec, arrays: dict[str, np.ndarray] | None = None) ->
     `arrays` may hold already-loaded arrays for "input", "kernel" and "labels" (from stored datasets).
     """
     arrays = arrays or {}
-    _fits_before_drawn(spec, arrays)
+    made = None if "input" in arrays else inputs.made_dims(spec.input)  # an input klab makes, not made yet
+    early = made is not None and spec.kernel is not None  # its job refused for memory before the input is drawn
+    kernel, two_d = _kernel(spec, arrays) if early else (None, True)
+    if early:
+        _fits_before_drawn(spec, (1,) * (4 - len(made)) + made, kernel.shape)
     if "input" in arrays:
         x = np.ascontiguousarray(arrays["input"], dtype=np.float32)
         input_ndim = x.ndim
@@ -47,13 +51,8 @@ def build_problem(spec: JobSpec, arrays: dict[str, np.ndarray] | None = None) ->
             x = x[None]
     else:
         x, input_ndim = inputs.parse_input(spec.input, spec.seed)
-    kernel = None
-    two_d = True  # kernels are reported in the shape the user gave: the kernel's, else the labels'
-    if spec.kernel is not None:
-        kernel = arrays["kernel"] if "kernel" in arrays else inputs.parse_kernel(spec.kernel, spec.seed)
-        two_d = kernel.ndim == 2
-        while kernel.ndim < 4:
-            kernel = kernel[None]
+    if not early and spec.kernel is not None:  # after a file's input, as ever
+        kernel, two_d = _kernel(spec, arrays)
     n, c, h, w = x.shape
 
     if kernel is not None:
@@ -126,16 +125,20 @@ def build_problem(spec: JobSpec, arrays: dict[str, np.ndarray] | None = None) ->
     )
 
 
-def _fits_before_drawn(spec: JobSpec, arrays: dict[str, np.ndarray]) -> None:
+def _kernel(spec: JobSpec, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, bool]:
+    """The true kernel as C_out x C_in x kh x kw, and whether the user gave it 2-D (kernels are reported in the shape
+    the user gave: the kernel's, else the labels')."""
+    kernel = arrays["kernel"] if "kernel" in arrays else inputs.parse_kernel(spec.kernel, spec.seed)
+    two_d = kernel.ndim == 2
+    while kernel.ndim < 4:
+        kernel = kernel[None]
+    return kernel, two_d
+
+
+def _fits_before_drawn(spec: JobSpec, x_shape: tuple[int, ...], k_shape: tuple[int, ...]) -> None:
     """A job whose input klab makes (random:, edge:...) refused for memory before that input is drawn (a 4096x4096
     one was, at 262 MB, and with KLAB_MAX_INPUT_ELEMENTS raised a 200000x200000 one ended in numpy's MemoryError);
-    its other mistakes are told by build_problem, in their order."""
-    dims = None if "input" in arrays or spec.kernel is None else inputs.made_dims(spec.input)
-    if dims is None:
-        return
-    x_shape = (1,) * (4 - len(dims)) + dims
-    kernel = arrays["kernel"] if "kernel" in arrays else inputs.parse_kernel(spec.kernel, spec.seed)
-    k_shape = (1,) * (4 - kernel.ndim) + kernel.shape
+    a kernel that does not fit the input is told by build_problem, as before."""
     if k_shape[1] == x_shape[1] and k_shape[2] <= x_shape[2] and k_shape[3] <= x_shape[3]:
         check_memory(spec, x_shape, k_shape)
 
