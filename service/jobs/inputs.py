@@ -218,6 +218,7 @@ def made_dims(raw: str) -> tuple[int, ...] | None:
     return dims
 
 
+@_one
 def parse_input(raw: str, seed: int) -> tuple[np.ndarray, int]:
     """The input as float32 N x C x H x W, and how many dimensions the user gave (2, 3 or 4)."""
     field = "input"
