@@ -778,6 +778,8 @@ def test_list_kernel_none_lists_the_jobs_given_labels_and_no_kernel(jobs: dict[s
         assert [(r["id"], r["kernel"]) for r in json.loads(out)] == [(labelled, None)], given
     code, out, err = klab_cli("list", "--kernel", "random:3x3", "--json")
     assert code == 0 and labelled not in {r["id"] for r in json.loads(out)} and len(json.loads(out)) == 4
+    code, out, err = klab_cli("list", "--kernel", " random:3x3 ", "--json")  # as `run --kernel ' random:3x3 '` keeps it
+    assert code == 0 and len(json.loads(out)) == 4, (out, err)  # was: no jobs
 
 
 def test_list_kernel_finds_a_literal_whatever_its_spaces(klab_db: str, add_job, klab_cli) -> None:

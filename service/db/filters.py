@@ -23,6 +23,7 @@ found among the newest jobs (0.18 s)."""
 def known(method: str | None, kernel: str | None) -> tuple[str | None, str | None]:
     """Filter values checked as a job's own would be (an unknown one is refused, not answered `no jobs`): a
     method or a kernel preset by name, other kernels by the parser that reads a job's (it loads numpy)."""
+    kernel = kernel.strip() if kernel is not None else None  # as a job's spec keeps it (` sobel-x` found none)
     if method is not None and method not in set(Method):
         raise BadInput("method", f"unknown method {method!r}; choose from {', '.join(Method)}")
     if kernel is not None and means_no_kernel(kernel):  # as a job's spec reads it
