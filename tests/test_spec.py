@@ -235,6 +235,8 @@ def test_log_spaced_values_keep_the_ends_given():
     assert grid({"lr": "0.0123456789012345:0.1:3"}).swept["lr"] == [0.0123456789012345, 0.0351364182882, 0.1]
     assert grid({"noise": "1:1.0000000000001:2"}).swept["noise"] == [1.0, 1.0000000000001]
     assert grid({"lr": "0.01:0.1:1", "seed": "0,1"}).fixed["lr"] == 0.01  # one value: A, as numpy's geomspace
+    assert grid({"lr": "0.1:0.01:1", "seed": "0,1"}).fixed["lr"] == 0.1  # whichever end is greater (was told
+    # "written backwards; write 0.01:0.1:1", which is 0.01)
 
 
 @pytest.mark.parametrize("name,text,message", [

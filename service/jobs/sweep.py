@@ -133,7 +133,7 @@ def _values(field: str, item: str, limit: int) -> list[Any]:
             raise BadInput(field, f"{item}: the count must be between 1 and {limit} (KLAB_MAX_SWEEP_JOBS)")
         if a <= 0 or b <= 0:
             raise BadInput(field, f"{item}: log-spaced ends must be positive")
-        if a > b:
+        if a > b and n > 1:  # one value is A, whichever end is the greater, as numpy's geomspace gives it
             raise BadInput(field, f"range {item} is written backwards; write {b_s}:{a_s}:{n_s}")
         lo, hi = math.log(a), math.log(b)  # in logs, so no ratio of extreme ends overflows
         vals = [a] if n == 1 else [math.exp(lo + (hi - lo) * i / (n - 1)) for i in range(int(n))]
