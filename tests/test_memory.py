@@ -253,6 +253,17 @@ def test_each_job_that_shares_its_data_with_another_is_estimated_on_its_own(tmp_
     assert stored_jobs(home) == 0
 
 
+def test_labels_that_do_not_fit_the_kernel_are_named_before_the_memory_a_job_cannot_have(tmp_path):
+    """The check before a made input is drawn named memory first for labels of the wrong shape, an estimate of a job
+    that cannot exist (and `submit`, which reads the labels first, named the labels)."""
+    home = tmp_path / "home"
+    np.save(tmp_path / "y.npy", np.zeros((1998, 1998)))
+    out = klab(clean_env(home, KLAB_MAX_JOB_MEMORY="200000000"), "run", "--input", "random:2000x2000", "--kernel",
+               "random:5x5", "--labels", f"npy:{tmp_path / 'y.npy'}")
+    assert out.returncode == 2 and out.stderr.startswith("klab: error: labels: of shape (1, 1998, 1998) do not fit "
+                                                         "kernel random:5x5"), out.stderr
+
+
 def test_a_job_too_large_is_refused_before_its_input_is_drawn(tmp_path):
     """With KLAB_MAX_INPUT_ELEMENTS raised, a 200000x200000 random input was drawn before the estimate refused
     its job: numpy's MemoryError (298 GiB) in a 35-line traceback."""

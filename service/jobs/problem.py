@@ -40,7 +40,8 @@ def build_problem(spec: JobSpec, arrays: dict[str, np.ndarray] | None = None) ->
     """
     arrays = arrays or {}
     made = None if "input" in arrays else inputs.made_dims(spec.input)  # an input klab makes, not made yet
-    early = made is not None and spec.kernel is not None  # its job refused for memory before the input is drawn
+    early = made is not None and spec.kernel is not None and spec.labels is None  # its job refused for memory before
+    # the input is drawn (with labels, their fit to the kernel is told first, as ever)
     kernel, two_d = _kernel(spec, arrays) if early else (None, True)
     if early:
         _fits_before_drawn(spec, (1,) * (4 - len(made)) + made, kernel.shape)
@@ -212,7 +213,7 @@ def check_memory(spec: JobSpec, x_shape: tuple[int, ...], kernel_shape: tuple[in
     if need > limit:
         shapes = f"input {'x'.join(map(str, x_shape))}, kernel {'x'.join(map(str, kernel_shape))}"
         digits = 3  # as many as tell the two apart ("needs about 176 MiB ... more than the limit 176 MiB" was)
-        while gib(need, digits) == gib(limit, digits) and digits < 12:
+        while gib(need, digits) == gib(limit, digits) and digits < 17:
             digits += 1
         raise BadInput("memory", f"the job needs about {gib(need, digits)} at once ({shapes}, method "
                                  f"{spec.method.value}), more than the limit {gib(limit, digits)} "
