@@ -149,13 +149,15 @@ def test_klab_worker_splits_the_cores_and_its_children_use_that_many_torch_threa
     url, _ = pg_db
     env = service_env(tmp_path, url, redis_server().url())
     w = worker_procs(env, "split", concurrency=2).wait_ready()
-    wait_until(lambda: w.text().count("torch threads in this pool process: ") == 2, 60, tails(w))
+    frozen_line = "objects left out of the cycle collector's walks in this pool process"  # logged by each child
+    # after its threads' line: waiting for the threads' lines alone read the second child's before it was written
+    wait_until(lambda: w.text().count("torch threads in this pool process: ") == 2
+               and w.text().count(frozen_line) == 2, 60, tails(w))
     threads = {line.split("torch threads in this pool process: ")[1].split()[0]
                for line in w.text().splitlines() if "torch threads in this pool process" in line}
     assert threads == {str(max(1, cores // 2))}
     # and each froze what the imports made before the fork (torch among them), out of the collector's walks
-    frozen = [int(line.rsplit(": ", 1)[1]) for line in w.text().splitlines()
-              if "objects left out of the cycle collector's walks in this pool process" in line]
+    frozen = [int(line.rsplit(": ", 1)[1]) for line in w.text().splitlines() if frozen_line in line]
     assert len(frozen) == 2 and min(frozen) > 100_000, frozen
 
 
