@@ -1,6 +1,8 @@
 """A job's figure for Python: service.render.plot's, as a matplotlib Figure rather than a PNG file."""
 from __future__ import annotations
 
+import io
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,9 +16,33 @@ if TYPE_CHECKING:
 def job_figure(result: dict[str, Any]) -> Figure:
     """The figure `klab plot ID` saves: the job's curves and its true, learned and difference kernels."""
     make = getattr(plot, "figure_job", None)
+    _shown_in_ipython()
     if make is not None:
         return make(result)
     return _from_png(result)
+
+
+def _shown_in_ipython() -> None:
+    """In IPython (a notebook), a Figure shown as its PNG: matplotlib's inline backend registers that display only
+    once pyplot makes a figure, and klab's are made without pyplot, so `r.plot()` in a fresh notebook showed
+    `<Figure size 1500x900 with 8 Axes>` alone. The inline backend's own display, where it has one, is kept."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None:
+        return
+    from matplotlib.figure import Figure
+
+    png = shell.display_formatter.formatters["image/png"]
+    try:
+        png.lookup_by_type(Figure)
+    except KeyError:
+        png.for_type(Figure, _png)
+
+
+def _png(fig: Figure) -> bytes:
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    return out.getvalue()
 
 
 def _from_png(result: dict[str, Any]) -> Figure:

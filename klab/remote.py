@@ -31,8 +31,7 @@ class Handle:
             return f"Handle(sweep={self.sweep}, jobs={len(self.ids)})"
         return f"Handle(ids={list(self.ids) if len(self.ids) <= 10 else f'[{len(self.ids)} jobs]'})"
 
-    @public
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # its mistakes raised as klab.BadInput by __init__, made public below
         ids = self.ids
         if getattr(ids, "ndim", None) == 0:  # a 0-d array: one id, as klab.jobs reads it (iterating it: TypeError)
             ids = ids.item()
@@ -116,6 +115,10 @@ class Handle:
             return cancel(conn, self.selection)
 
         return retried(ask, make=False)
+
+
+Handle.__init__.__name__ = "Handle"  # a wrong or missing keyword is klab.BadInput, named as the call is written (it was
+Handle.__init__ = public(Handle.__init__)  # TypeError: Handle.__init__() got an unexpected keyword argument 'swep')
 
 
 @public

@@ -208,6 +208,10 @@ class Files:
             values = _numpy(value)
             value = [plain(v) for v in values] if values.ndim == 1 else plain(values) if not values.ndim \
                 else values.tolist()
+        elif pandas and hasattr(value, "tolist") and getattr(value, "ndim", 1) == 1 or \
+                is_array(value) and getattr(value, "ndim", 0) == 1 and getattr(value.dtype, "kind", "") in "US":
+            value = value.tolist()  # a column of inputs or kernels, or an array of their names: its items (a Series
+            # of kernels was refused as a Series, an array of names taken for one kernel's values)
         elif isinstance(value, Iterator):  # a generator: its items, as a list's
             value = list(value)
         elif isinstance(value, (set, frozenset, Mapping)) or pandas:  # no order to sweep in, or not one list

@@ -192,6 +192,11 @@ BAD = [
     ("a-positional-value-to-sweep", lambda: klab.sweep("x"), "sweep", "too many positional arguments"),  # TypeError
     ("a-slip-in-a-sweeps-own-keyword", lambda: klab.sweep(seed=[1, 2], locl=True), "locl",
      "sweep() takes no such keyword; did you mean local?"),  # was "unknown field; a job's fields are input, ..."
+    ("letters-swapped-in-a-sweeps-own-keyword", lambda: klab.sweep(seed=[1, 2], tgas=["a"]), "tgas",
+     "sweep() takes no such keyword; did you mean tags?"),  # was "unknown field; a job's fields are ...": 0.75
+    ("a-handles-misspelled-keyword", lambda: klab.Handle(ids=(1,), swep=1), "swep",
+     "Handle() takes no such keyword; did you mean sweep?"),  # was Python's TypeError
+    ("a-handle-of-nothing", lambda: klab.Handle(), "Handle", "missing a required argument: 'ids'"),
     ("a-slip-in-a-submits-own-keyword", lambda: klab.submit(batch_job=2), "batch_job",
      "submit() takes no such keyword; did you mean batch_jobs?"),  # was named batch-job, "did you mean batch_size?"
     ("a-sweeps-keyword-spelled-twice", lambda: klab.sweep(seed=[1, 2], batch_jobs=2, **{"batch-jobs": 3}),
@@ -371,6 +376,12 @@ def test_a_result_draws_a_figure_and_shows_itself_as_html(home, monkeypatch, tmp
     assert cells[1:7] == ["out 0, in 0", "1.0000", "2.0000", "out 0, in 1", "3.0000", "4.0000"]  # after the spec
     fig = r.plot()
     assert isinstance(fig, Figure) and len(fig.axes) >= 4
+    from IPython.core.interactiveshell import InteractiveShell  # a notebook's kernel, whose inline backend shows a
+    # Figure only once pyplot made one: r.plot() showed `<Figure size 1500x900 with 8 Axes>` alone
+
+    shown, _ = InteractiveShell.instance().display_formatter.format(r.plot())
+    assert shown["image/png"].startswith(b"\x89PNG")
+    InteractiveShell.clear_instance()
     # a plot module that only saves PNGs (before figure_job): its picture, in a Figure
     monkeypatch.setattr(klab.figure, "plot", SimpleNamespace(plot_job=plot.plot_job))
     fallback = r.plot()
@@ -466,6 +477,12 @@ def test_a_sweep_takes_arrays_tensors_and_generators_of_values_and_a_tag_as_text
     assert klab.sweeps()["tags"].tolist() == [["book"], ["a", "b"], ["c"]]
     frame = klab.sweep(**BOOK, epochs=1, lr=pd.Series([0.01, 0.03]), seed=pd.RangeIndex(2), local=True).jobs()
     assert sorted(set(frame["lr"])) == [0.01, 0.03] and sorted(set(frame["seed"])) == [0, 1]  # was a text's lines
+    for kernels, inputs in ((pd.Series(["d2l", "edge-v"]), pd.DataFrame({"x": ["edge:6x8", "checker:6x6"]}).x),
+                            (np.array(["d2l", "edge-v"]), klab.jobs()["input"].unique()[:1])):  # were refused as a
+        # Series, or taken for one kernel's values ("the array holds <U6 values")
+        frame = klab.sweep(kernel=kernels, input=inputs, epochs=1, local=True).jobs()
+        assert sorted(frame["kernel"]) == sorted(["d2l", "edge-v"] * len(inputs))
+        assert sorted(set(frame["input"])) == sorted(set(inputs))
     bf16 = klab.run(input=book_data()[0].to(torch.bfloat16), epochs=1, store=False)  # was a TypeError
     assert bf16.status == JobStatus.SUCCEEDED.value
 
