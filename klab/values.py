@@ -209,7 +209,7 @@ class Files:
             value = [plain(v) for v in values] if values.ndim == 1 else plain(values) if not values.ndim \
                 else values.tolist()
         elif pandas and hasattr(value, "tolist") and getattr(value, "ndim", 1) == 1 or \
-                is_array(value) and getattr(value, "ndim", 0) == 1 and getattr(value.dtype, "kind", "") in "US":
+                is_array(value) and getattr(value, "ndim", 0) == 1 and getattr(value.dtype, "kind", None) == "U":
             value = value.tolist()  # a column of inputs or kernels, or an array of their names: its items (a Series
             # of kernels was refused as a Series, an array of names taken for one kernel's values)
         elif isinstance(value, Iterator):  # a generator: its items, as a list's

@@ -483,6 +483,8 @@ def test_a_sweep_takes_arrays_tensors_and_generators_of_values_and_a_tag_as_text
         frame = klab.sweep(kernel=kernels, input=inputs, epochs=1, local=True).jobs()
         assert sorted(frame["kernel"]) == sorted(["d2l", "edge-v"] * len(inputs))
         assert sorted(set(frame["input"])) == sorted(set(inputs))
+    with pytest.raises(klab.BadInput, match="^kernel: must be 2-D or 4-D, got 1-D$"):  # one kernel's values, not
+        klab.sweep(kernel=torch.tensor([1.0, -1.0]), seed=[0, 1], epochs=1, local=True)  # a list of kernels
     bf16 = klab.run(input=book_data()[0].to(torch.bfloat16), epochs=1, store=False)  # was a TypeError
     assert bf16.status == JobStatus.SUCCEEDED.value
 
