@@ -406,6 +406,29 @@ def test_a_learning_rate_just_above_the_stable_one_is_printed_apart_from_it():
     facts = Facts.one(JobStatus.SUCCEEDED, 0.5, 0.0, 0.0, 1, 1, lr=1.0000001, lr_bound=1.0, rate=1.0000002)
     assert explain(facts) == ["not converging: lr 1.0000001 is above the largest stable learning rate 1 for this "
                               "input; lower --lr below it."]
+    closing = Facts.one(JobStatus.SUCCEEDED, 0.5, 0.0, 0.0, 1, 1, lr=0.80693, lr_bound=0.80692171, rate=0.0281)
+    assert explain(closing)[0].endswith("above the stable lr 0.80692 that keeps every step from growing the gap, "
+                                        "each epoch still shrinks it (x0.0281).")  # was 0.807, above the lr
+
+
+def test_a_heavy_ball_whose_epochs_shrink_the_gap_is_not_told_its_mse_grew():
+    """Momentum over several batches above its reported stable lr, its epochs shrinking the gap (rate 0.81): its mse
+    rose after the first epoch, and it was told "the mse grew ... lower --lr"; at 30 epochs it converges."""
+    job = run_spec(JobSpec.parse(dict(input="random:8x1x6x8", method="momentum", batch_size=2, lr=0.5, epochs=3)))
+    mse = [e["mse"] for e in job["epochs"]]
+    assert mse[-1] > mse[0] and job["pace"]["convergence_rate"] < 1 and job["pace"]["stable_lr"] < 0.5
+    assert job["explanation"].startswith("not converged yet: ") and "more epochs at this lr" in job["explanation"]
+
+
+def test_labels_alone_are_told_of_a_learning_rate_too_large(tmp_path):
+    """A job given labels and no kernel was told only "no true kernel ..." while its gap grew to 344 at lr 0.05
+    (stable up to 0.033)."""
+    np.save(tmp_path / "y.npy", np.random.default_rng(0).standard_normal((6, 7)).astype(np.float32))
+    spec = dict(kernel="none", labels=f"npy:{tmp_path / 'y.npy'}", epochs=10)
+    fast = run_spec(JobSpec.parse(dict(spec, lr=0.05)))
+    assert fast["explanation"] == ("not converging: lr 0.05 is above the largest stable learning rate 0.0333 for this "
+                                   "input; lower --lr below it.")
+    assert run_spec(JobSpec.parse(dict(spec, lr=0.01)))["explanation"].startswith("no true kernel to compare with; ")
 
 
 def test_more_epochs_are_promised_to_help_only_where_a_stable_lr_says_so():
