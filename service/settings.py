@@ -73,11 +73,12 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = {k: v.strip() for k, v in (os.environ if env is None else env).items() if k.startswith("KLAB_")}
         home = Path(env.get("KLAB_HOME") or Path.home() / ".klab").expanduser()
-        url = env.get("KLAB_DATABASE_URL") or ""
+        url = _utf8("KLAB_DATABASE_URL", env.get("KLAB_DATABASE_URL") or "")
         numbers = {f.name: _positive(env, f"KLAB_{f.name.upper()}", f.default, MOST.get(f.name, defaults.INT32_MOST))
                    for f in fields(cls) if f.type in ("int", "int | None")}
         return cls(home=home, database_url=normalize_url(url or f"sqlite:///{home / 'klab.db'}"),
-                   broker_url=broker_password(env.get("KLAB_BROKER_URL") or defaults.BROKER_URL),
+                   broker_url=broker_password(_utf8("KLAB_BROKER_URL", env.get("KLAB_BROKER_URL") or "")
+                                              or defaults.BROKER_URL),
                    **numbers)
 
 
@@ -139,6 +140,17 @@ def one_at(name: str, url: str) -> str:
         which = "password" if user.index(odd) > user.index(":") else "user name"
         raise BadInput(name, f"the {which} holds {odd!r}, which a URL's user part cannot hold: write it as "
                              f"{quote(odd, safe='')}")
+    return url
+
+
+def _utf8(name: str, url: str) -> str:
+    """A URL whose text is UTF-8, %-escapes included: a byte that is not (`\xff` in the environment, `%FF` typed)
+    ended in psycopg's or kombu's UnicodeError traceback, exit 1 (the URL is not echoed: it may hold a password)."""
+    try:
+        unquote(url, errors="strict").encode("utf-8")  # a byte of the environment's is a surrogate here
+    except UnicodeError:
+        raise BadInput(name, "holds bytes that are not UTF-8, as written or %-escaped; write the URL in UTF-8"
+                       ) from None
     return url
 
 

@@ -63,6 +63,22 @@ def test_a_number_past_what_its_use_holds_is_refused_naming_its_variable(variabl
         Settings.from_env({variable: str(most + 1)})
 
 
+@pytest.mark.parametrize("variable,url", [
+    ("KLAB_DATABASE_URL", "postgresql://postgres:pw\udcffx@127.0.0.1:5432/db"),  # a byte of the environment's
+    ("KLAB_DATABASE_URL", "postgresql://postgres:pw%FFx@127.0.0.1:5432/db"),  # typed, %-escaped
+    ("KLAB_DATABASE_URL", "sqlite:////tmp/k%FF.db"),
+    ("KLAB_BROKER_URL", "redis://127.0.0.1:6379/0?password=\udcffx"),
+])
+def test_a_url_of_bytes_that_are_not_utf8_is_one_line_naming_its_variable(variable, url):
+    """They ended in psycopg's or kombu's UnicodeError traceback, exit 1; the line does not echo the URL (its
+    password)."""
+    with pytest.raises(BadInput) as caught:
+        Settings.from_env({variable: url})
+    assert str(caught.value) == (f"{variable}: holds bytes that are not UTF-8, as written or %-escaped; write the URL "
+                                 "in UTF-8")
+    assert Settings.from_env({variable: url.replace("\udcff", "%C3%A9").replace("%FF", "%C3%A9")})  # é: UTF-8
+
+
 def test_epochs_past_any_limit_name_the_limit(setenv):
     from service.jobs.spec import JobSpec
 
