@@ -429,6 +429,8 @@ def test_labels_alone_are_told_of_a_learning_rate_too_large(tmp_path):
     assert fast["explanation"] == ("not converging: lr 0.05 is above the largest stable learning rate 0.0333 for this "
                                    "input; lower --lr below it.")
     assert run_spec(JobSpec.parse(dict(spec, lr=0.01)))["explanation"].startswith("no true kernel to compare with; ")
+    close = Facts.one(JobStatus.SUCCEEDED, 1e-4, None, None, 2, 2, lr=0.05, lr_bound=0.0333, rate=2.0)
+    assert explain(close)[0].startswith("not converging: lr 0.05 is above")  # never "matches the true kernel": none
 
 
 def test_more_epochs_are_promised_to_help_only_where_a_stable_lr_says_so():

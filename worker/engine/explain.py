@@ -90,11 +90,12 @@ def cases(f: Facts) -> np.ndarray:
         out[f.rate >= 1] = STALLED
     out[too_fast] = TOO_FAST
     lr_told = np.isin(out, (GREW, STALLED, TOO_FAST))
+    no_truth = np.isnan(f.noise) | np.isnan(f.identifiability)
     with np.errstate(invalid="ignore"):  # relative to the true kernel's size (a kernel of 1e-4 learned as its
         # opposite "matched" under an absolute 1e-3); a true kernel of zeros has no relative error
-        out[(f.relative < 1e-3) | (np.isnan(f.relative) & (total < 1e-3))] = MATCH
-    out[(np.isnan(f.noise) | np.isnan(f.identifiability)) & ~lr_told] = NO_TRUTH  # labels alone: told of an lr
-    # too large too (at lr 0.05, stable up to 0.033, the gap grew to 344 and only "no true kernel" was said)
+        out[((f.relative < 1e-3) | (np.isnan(f.relative) & (total < 1e-3))) & ~no_truth] = MATCH
+    out[no_truth & ~lr_told] = NO_TRUTH  # labels alone: told of an lr too large too (at lr 0.05, stable up to 0.033,
+    # the gap grew to 344 and only "no true kernel" was said)
     out[~trained | np.isnan(f.optimization)] = NOTHING
     diverged = f.status == JobStatus.DIVERGED.value
     out[diverged] = DIVERGED
