@@ -146,6 +146,10 @@ def checked_url(broker_url: str | None = None) -> str:
                                           f"{', '.join(SSL_PARAMETERS)}; got {', '.join(odd)}")
     if bad := [v for k, v in query if k == "ssl_cert_reqs" and v not in CERT_REQS]:
         raise BadInput("KLAB_BROKER_URL", f"ssl_cert_reqs is one of {', '.join(CERT_REQS)}; got {bad[0]!r}")
+    given = {k for k, v in query if v}
+    if "ssl_keyfile" in given and "ssl_certfile" not in given:  # redis-py's load_cert_chain(None, key): "cannot
+        # reach the broker" (exit 3), and a worker's traceback
+        raise BadInput("KLAB_BROKER_URL", "ssl_keyfile is the key of a client certificate: give ssl_certfile too")
     number = parts.path[1:]
     if number and not (number.isascii() and number.isdigit()):  # kombu's int(): redis-py alone would use 0
         raise BadInput("KLAB_BROKER_URL", f"the Redis database after the host is a number, as in "

@@ -224,6 +224,27 @@ def test_redis_ssl_parameters_are_taken_only_with_rediss_and_only_those_redis_py
     assert checked_url(good) == good
 
 
+def test_a_client_key_without_its_certificate_is_a_mistake_in_the_url(tmp_path):
+    """rediss:// with ssl_keyfile but no ssl_certfile: redis-py's load_cert_chain(None, key) said "cannot reach
+    the broker ... certfile should be a valid filesystem path" (exit 3), and `klab worker` ended in a traceback."""
+    from service.broker import checked_url
+
+    for url in ("rediss://h:6380/0?ssl_keyfile=/k.pem", "rediss://h:6380/0?ssl_keyfile=/k.pem&ssl_certfile="):
+        with pytest.raises(BadInput, match="^KLAB_BROKER_URL: ssl_keyfile is the key of a client certificate: give "
+                                           "ssl_certfile too$"):
+            checked_url(url)
+    for url in ("rediss://h:6380/0?ssl_certfile=/c.pem", "rediss://h:6380/0?ssl_certfile=/c.pem&ssl_keyfile=/k.pem"):
+        assert checked_url(url) == url  # a certificate file may hold its key
+    from harness import clean_env
+
+    env = clean_env(tmp_path / "home", KLAB_BROKER_URL="rediss://127.0.0.1:1/0?ssl_keyfile=/k.pem")
+    for argv in (["submit", "--input", "edge:6x8"], ["worker", "--queue", "cpu"]):
+        out = klab(env, *argv)
+        assert (out.returncode, out.stderr.splitlines()) == (2, [
+            "klab: error: KLAB_BROKER_URL: ssl_keyfile is the key of a client certificate: give ssl_certfile too"]), out
+    assert not (tmp_path / "home").exists() or not list((tmp_path / "home").rglob("*.db"))  # nothing written
+
+
 def test_a_rediss_url_without_ssl_parameters_verifies_the_certificate_in_the_workers_too():
     """kombu fell back to CERT_NONE for a bare rediss:// URL ("insecure SSL behaviour"), where klab's own reads of
     the broker (redis-py) required the certificate."""
