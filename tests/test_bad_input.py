@@ -258,6 +258,8 @@ CASES = [
     Case("overlapping-ranges", ("sweep", "--seed", "0..5,3..8"), "seed"),
     Case("a-kernel-twice", ("sweep", "--kernel", "d2l,sobel-x,d2l"), "kernel"),
     Case("a-kernel-literal-twice-spaced-apart", ("sweep", "--kernel", "[[1,-1]],[[1, -1]]"), "kernel"),  # ran twice
+    Case("a-kernel-literal-twice-spelled-apart", ("sweep", "--kernel", "[[1,-1]],[[1.0,-1e0]]"), "kernel"),  # ran
+    # twice
     Case("cuda-job-to-the-cpu-queue", ("submit", "--device", "cuda", "--queue", "cpu"), "queue"),
     Case("a-list-of-what-cannot-sweep-in-a-sweep-file", ("sweep", "-f", "{d}/tol_list.yaml"), "tol"),
     Case("a-range-written-with-a-dash", ("sweep", "--seed", "0-9"), "seed"),

@@ -808,6 +808,25 @@ def test_list_kernel_finds_a_literal_whatever_its_spaces(klab_db: str, add_job, 
     assert code == 0 and json.loads(json.loads(out)[0]["kernel"]) == json.loads(long)  # was cut: no JSON
 
 
+def test_a_kernel_literal_is_one_kernel_whatever_the_spelling_of_its_numbers(klab_db: str, klab_cli,
+                                                                              tmp_path) -> None:
+    """`[[1, 0.5e-1]]` typed and `kernel: [[1.0, 0.05]]` from a file (kept as json.dumps wrote it) were kept as
+    given: `klab list --kernel '[[1, 0.05]]'` found one of them, `compare --group-by kernel` made two groups of the
+    one kernel. Each is kept as the numbers it trains with (test_bad_input: a sweep refuses the two)."""
+    (tmp_path / "job.yaml").write_text("kernel: [[1.0, 0.05]]\nepochs: 2\n")
+    ids = []
+    for args in (("--kernel", "[[1, 0.5e-1]]"), ("-f", str(tmp_path / "job.yaml")), ("--kernel", " [[1.00,5E-2]] ")):
+        code, out, err = klab_cli("run", *args, "--epochs", "2", "--json")
+        assert code == 0, err
+        ids.append(json.loads(out)["id"])
+        assert json.loads(out)["spec"]["kernel"] == "[[1, 0.05]]", out
+    for given in ("[[1, 0.05]]", "[[1,5e-2]]", "[[1.0, 0.050]]"):
+        code, out, err = klab_cli("list", "--kernel", given, "--json")
+        assert code == 0 and sorted(r["id"] for r in json.loads(out)) == ids, (given, out, err)
+    code, out, err = klab_cli("compare", *map(str, ids), "--group-by", "kernel", "--json")
+    assert code == 0 and [(g["kernel"], g["jobs"]) for g in json.loads(out)] == [("[[1, 0.05]]", 3)], (out, err)
+
+
 def test_a_text_column_of_dashes_alone_stays_left_and_a_column_named_numbers_goes_right() -> None:
     """`klab sweeps` of unnamed, untagged sweeps keeps its name and tags columns on the left; compare --group-by's
     std of one job a group (dashes alone) is right-aligned as the numbers of its neighbours."""

@@ -520,7 +520,7 @@ def test_inputs_and_kernels_cut_to_300_characters_before_0013_are_made_whole(db_
                               "3, 2, 0, 0, '2026-01-01', 0, false, 0, 0)"),
                          {"spec": json.dumps({"kernel": kernel, "input": input_}), "kernel": kernel[:300],
                           "input": input_[:300]})
-    upgrade(db_url)
+    upgrade(db_url, "0013")  # 0014 writes the literals' whole numbers (1.0) as 1
     with engine_for(db_url).connect() as conn:
         got = [tuple(r) for r in conn.execute(text("SELECT kernel, input FROM jobs ORDER BY id"))]
         groups = conn.execute(text("SELECT count(DISTINCT kernel) FROM job_summary")).scalar_one()
@@ -531,6 +531,50 @@ def test_inputs_and_kernels_cut_to_300_characters_before_0013_are_made_whole(db_
     assert cut == [(k[:300], i[:300]) for k, i in rows]
     upgrade(db_url)
     assert current_revision(db_url) == HEAD
+
+
+def test_kernel_literals_kept_as_typed_before_0014_are_kept_by_their_numbers(db_url: str) -> None:
+    """Before 0014 a kernel literal was kept as typed (`[[1, 0.5e-1]]`) and as json.dumps wrote a file's
+    (`[[1.0, 0.05]]`): two kernels to `klab list --kernel` and `compare --group-by kernel`. 0014 writes each as the
+    numbers it trains with, in the column, in the spec (as json.dumps wrote it, its keys in their order, or
+    otherwise) and in sweeps' params; other kernels and a spec's other keys are left as they were."""
+    from service.db import reads
+
+    upgrade(db_url, "0013")
+    four = json.dumps([[[[1.0, 2.5e-3], [3, 4]]]])
+    given = ["[[1, 0.5e-1]]", "[[1.0, 0.05]]", "[[1,-1]]", "d2l", four, None, "[[2.0, 1e2]]"]
+    specs = [json.dumps({"input": "edge:6x8", "kernel": k, "seed": 3}) for k in given[:-1]]
+    specs.append(json.dumps({"kernel": given[-1], "input": "edge:6x8"}, separators=(",", ":")))  # written otherwise
+    columns = ("spec, status, method, input, kernel, lr, epochs, batch_size, seed, noise, created_at, attempts, "
+               "cancel_requested, task_try, epochs_done")
+    with engine_for(db_url).begin() as conn:
+        conn.execute(text("INSERT INTO sweeps (params, size, created_at) VALUES (:p, 2, '2026-01-01')"),
+                     {"p": json.dumps({"swept": {"kernel": ["[[1,5e-2]]", "d2l"]}, "fixed": {"kernel2": "[[1.0]]"}})})
+        conn.execute(text("INSERT INTO sweeps (params, size, created_at) VALUES (:p, 2, '2026-01-01')"),
+                     {"p": json.dumps({"swept": {"seed": [1, 2]}, "fixed": {"kernel": "[[1.0, -1.0]]"}})})
+        for spec, kernel in zip(specs, given):
+            conn.execute(text(f"INSERT INTO jobs ({columns}) VALUES (:spec, 'created', 'adam', 'edge:6x8', :kernel, "
+                              "0.1, 3, 2, 0, 0, '2026-01-01', 0, false, 0, 0)"), {"spec": spec, "kernel": kernel})
+    upgrade(db_url)
+    assert current_revision(db_url) == HEAD
+    want = ["[[1, 0.05]]", "[[1, 0.05]]", "[[1, -1]]", "d2l", "[[[[1, 0.0025], [3, 4]]]]", None, "[[2, 100]]"]
+    with engine_for(db_url).connect() as conn:
+        got = conn.execute(text("SELECT kernel, CAST(spec AS text) FROM jobs ORDER BY id")).all()
+        params = [json.loads(p) for p in conn.execute(text("SELECT CAST(params AS text) FROM sweeps ORDER BY id"))
+                  .scalars()]
+        groups = conn.execute(text("SELECT count(DISTINCT kernel) FROM job_summary")).scalar_one()
+    assert [k for k, _ in got] == want and groups == 5  # were 6: the first two apart
+    assert [s for _, s in got[:-1]] == [json.dumps({"input": "edge:6x8", "kernel": k, "seed": 3}) for k in want[:-1]]
+    assert json.loads(got[-1][1]) == {"kernel": "[[2, 100]]", "input": "edge:6x8"}
+    assert params == [{"swept": {"kernel": ["[[1, 0.05]]", "d2l"]}, "fixed": {"kernel2": "[[1.0]]"}},
+                      {"swept": {"seed": [1, 2]}, "fixed": {"kernel": "[[1, -1]]"}}]
+    with reads.reading(db_url) as reader:
+        found = [r["id"] for r in reads.list_jobs(reader, kernel="[[1.00, 5e-2]]")]
+    assert sorted(found) == [1, 2]
+    downgrade(db_url, "0013")
+    upgrade(db_url)
+    with engine_for(db_url).connect() as conn:
+        assert conn.execute(text("SELECT kernel FROM jobs ORDER BY id")).scalars().all() == want
 
 
 def test_a_deleted_jobs_or_sweeps_id_is_never_given_again(db_url: str, add_job) -> None:

@@ -5,7 +5,9 @@ Plain Python (no numpy, no pydantic), so that a command filtering by them (`klab
 """
 from __future__ import annotations
 
+import json
 from enum import StrEnum
+from typing import Any
 
 
 class Method(StrEnum):
@@ -36,12 +38,36 @@ def means_no_kernel(text: str) -> bool:
 
 
 def kernel_key(kernel: str) -> str:
-    """A --kernel text as jobs are told apart by it: a literal whatever its spaces (`[[1, -1]]` is `[[1,-1]]`), as
-    `klab list --kernel` matches it and a sweep refuses it twice; no kernel in any case as NO_KERNEL (`none,None`
-    was two jobs alike); any other text as it is."""
+    """A --kernel text as jobs are told apart by it: a literal by its numbers whatever their spelling and spaces
+    (`[[1, -1]]`, `[[1.0,-1.0]]` and `[[1,-1e0]]` are one kernel: kernel_text), as `klab list --kernel` matches it
+    and a sweep refuses it twice; no kernel in any case as NO_KERNEL (`none,None` was two jobs alike); any other
+    text as it is."""
     if means_no_kernel(kernel):
         return NO_KERNEL
-    return "".join(kernel.split()) if kernel.lstrip().startswith("[") else kernel
+    return "".join(kernel_text(kernel).split()) if kernel.lstrip().startswith("[") else kernel
+
+
+def kernel_text(kernel: str) -> str:
+    """A --kernel text as a job keeps it: a JSON literal written with each number as the float64 it trains with,
+    in its shortest form (a whole one without .0), and `, ` between items: `[[1, 0.5e-1]]` typed and `[[1.0, 0.05]]`
+    from a file were two kernels to `klab list --kernel` and `compare --group-by kernel`. Any other text, or a
+    literal that does not parse or holds a number not finite (the parser names the mistake as written), as it is."""
+    if not kernel.lstrip().startswith("["):
+        return kernel
+    try:
+        return json.dumps(_numbers(json.loads(kernel)), allow_nan=False)
+    except (ValueError, RecursionError, OverflowError):
+        return kernel
+
+
+def _numbers(value: Any) -> Any:
+    """Each number of a nested list as the float64 it trains with, a whole one (exact as an int) as int."""
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    f = float(value)
+    return int(f) if f.is_integer() and abs(f) < 1e16 else f
 
 
 KERNEL_PRESETS: dict[str, list[list[float]]] = {

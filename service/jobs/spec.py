@@ -13,14 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from service import defaults
 from service.errors import BadInput
-from service.jobs.choices import Device, Method, means_no_kernel
+from service.jobs.choices import Device, Method, kernel_text, means_no_kernel
 from service.jobs.inputs import checked_file
 from service.jobs.sweep import INTEGER, SWEEP_HINT, SWEEPABLE, kernel_literal, number
 from service.settings import settings
 
 
 class JobSpec(BaseModel):
-    """A kernel-learning job, exactly as the user asked for it."""
+    """A kernel-learning job, as the user asked for it (a kernel literal kept as the numbers it trains with)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False, validate_default=True)
 
@@ -64,8 +64,9 @@ class JobSpec(BaseModel):
     @field_validator("kernel")
     @classmethod
     def _no_kernel(cls, value: str | None) -> str | None:
-        """`--kernel none`: no true kernel (labels given with --labels); the kernel's shape follows from them."""
-        return None if value is not None and means_no_kernel(value) else value
+        """`--kernel none`: no true kernel (labels given with --labels); the kernel's shape follows from them. A
+        literal as kernel_text writes it."""
+        return None if value is None or means_no_kernel(value) else kernel_text(value)
 
     @field_validator("lr", "bias", "noise", "tol", "epochs", "batch_size", "seed", mode="before")
     @classmethod

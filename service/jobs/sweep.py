@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.errors import INVISIBLE, BadInput
-from service.jobs.choices import NO_KERNEL, kernel_key
+from service.jobs.choices import NO_KERNEL, kernel_key, kernel_text
 from service.settings import settings
 
 SWEEPABLE = ("input", "kernel", "method", "lr", "epochs", "batch_size", "seed", "noise")
@@ -190,6 +190,8 @@ def grid(flags: dict[str, str]) -> Grid:
             seen: set[Any] = set()
             twice = next(v for v, k in zip(values, keys) if k in seen or seen.add(k))
             raise BadInput(field, f"{twice} appears more than once in {text!r}; give each value once")
+        if field == "kernel":  # in the sweep's params as its jobs keep them
+            values = [kernel_text(v) if isinstance(v, str) else v for v in values]
         if len(values) == 1:
             fixed[field] = values[0]
         else:
