@@ -181,6 +181,8 @@ def normalize_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if sep and scheme != scheme.lower():  # a scheme is read in any case (RFC 3986): POSTGRESQL:// was no dialect
         url = scheme.lower() + sep + rest
+    if scheme.split("+")[0].lower() in ("postgresql", "postgres"):
+        _names_a_database(url)
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
@@ -190,6 +192,17 @@ def normalize_url(url: str) -> str:
         raise BadInput("KLAB_DATABASE_URL", f"{backend} is not supported: kernel-lab stores its results in "
                        "SQLite (sqlite:///PATH) or PostgreSQL (postgresql://USER@HOST/DB)")
     return url
+
+
+def _names_a_database(url: str) -> None:
+    """A PostgreSQL URL names its database, after the host or as ?dbname=: without one libpq took PGDATABASE's or
+    the user's own (`postgres`), which every message named as "" and `klab db upgrade` would have filled."""
+    rest = url.partition("://")[2].partition("#")[0]
+    path, _, query = rest.partition("?")
+    if not unquote(path.partition("/")[2]).strip() and not any(
+            k == "dbname" and v.strip() for k, v in parse_qsl(query, keep_blank_values=True)):
+        raise BadInput("KLAB_DATABASE_URL", "names no database: give its name after the host, as in "
+                                            "postgresql://USER@HOST:5432/NAME")
 
 
 URI_ON = ("true", "yes", "on", "y", "t", "1")
@@ -237,4 +250,5 @@ def describe(url: str) -> str:
         port = parts.port if parts.port is not None else query.get("port", [5432])[0]  # port 0 is 0, not 5432
     except ValueError:  # a port that is not a number
         return visible(mask(url))
-    return visible(f"{backend} database {unquote(parts.path.lstrip('/'))} on {host or 'localhost'}:{port}")
+    name = unquote(parts.path.lstrip("/")) or query.get("dbname", [""])[0]
+    return visible(f"{backend} database {name} on {host or 'localhost'}:{port}")

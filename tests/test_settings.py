@@ -183,6 +183,27 @@ def test_a_sqlite_url_names_the_file_sqlite_opens(url, path):
     assert sqlite_path(url) == (None if path is None else Path(path))
 
 
+def test_a_postgresql_url_that_names_no_database_is_refused(tmp_path, pg_url):
+    """postgresql://HOST:5432/ took libpq's default database (PGDATABASE's, or the user's own: `postgres`), which
+    every message named as "" (`run: klab db upgrade` would have filled it)."""
+    from harness import clean_env, klab
+
+    from service.settings import describe, normalize_url
+
+    base = pg_url.rpartition("/")[0]
+    name = pg_url.rpartition("/")[2]
+    for url in (f"{base}/", base, f"{base}/?sslmode=disable", f"{base}/?dbname=", "postgres://h", "POSTGRESQL://h/%20",
+                "postgresql+psycopg:///?host=/tmp"):
+        with pytest.raises(BadInput, match="^KLAB_DATABASE_URL: names no database: give its name after the host, as "
+                                           r"in postgresql://USER@HOST:5432/NAME$"):
+            normalize_url(url)
+    out = klab(clean_env(tmp_path / "home", f"{base}/", PGDATABASE=name), "db", "current")
+    assert (out.returncode, out.stdout) == (2, "") and len(out.stderr.splitlines()) == 1, out.stderr
+    given = klab(clean_env(tmp_path / "home", f"{base}/?dbname={name}"), "db", "current")
+    assert given.returncode == 0 and given.stdout.startswith(f"postgresql database {name} on "), given
+    assert describe("postgresql://u@h/?dbname=x") == "postgresql database x on h:5432"
+
+
 def test_a_database_url_its_driver_refuses_is_the_users_mistake_named_by_its_variable(tmp_path, pg_url):
     """?sslmode=bogus and ?bogusparam=1 were 'cannot reach the database', exit 3; postgresql+psycopg2:// and
     POSTGRESQL:// named no variable (the latter: "Can't load plugin"); a socket's %2F-escaped folder was shown so."""
