@@ -470,3 +470,20 @@ def test_a_files_whole_number_is_read_from_its_text_as_its_flag_is(tmp_path, suf
     with pytest.raises(BadInput) as caught:
         JobSpec.parse(load_spec_file(str(path))[0])
     assert str(caught.value) == "epochs: must be an integer, got '7.00000000000000001'"
+
+
+@pytest.mark.parametrize("field", ["input", "kernel", "labels"])
+@pytest.mark.parametrize("text", ['"npy:/tmp/\\ud800.npy"', '"image:/tmp/a\\udfffb.png"'])
+def test_a_lone_surrogate_in_a_files_text_is_the_users_mistake(tmp_path, field, text):
+    """JSON lets a file write "\\ud800", which no file name (os.stat) or database (its encoding) takes: `klab run
+    -f`, `submit -f` and `sweep -f` with such a path ended in UnicodeEncodeError's traceback, exit 1."""
+    from harness import klab_main
+
+    path = tmp_path / "job.json"
+    path.write_text(f'{{"{field}": {text}, "epochs": 1}}')
+    half = text.partition("\\")[2][:5]
+    with pytest.raises(BadInput, match=rf"^{field}: holds \\{half}, half of a UTF-16 surrogate pair, which no text or "
+                                       "file name holds alone$"):
+        JobSpec.parse(load_spec_file(str(path))[0])
+    code, out, err = klab_main("run", "-f", str(path))
+    assert (code, out, err.count("\n")) == (2, "", 1) and err.startswith(f"klab: error: {field}: holds \\"), err
