@@ -150,6 +150,10 @@ CASES = [
     Case("an-lr-in-arabic-digits", ("sweep", "--lr", "٠.١,0.2"), "lr"),  # swept 0.1 and 0.2
     Case("a-hex-number-in-a-file", ("run", "-f", "{d}/epochs_hex.yaml"), "epochs"),  # YAML 1.1 read 0x10 as 16
     Case("batch-size-past-64-bits", ("sweep", "--local", "--batch-size", str(2**63)), "batch-size"),
+    Case("batch-size-dash-range", ("sweep", "--local", "--batch-size", "1-2"), "batch-size"),  # these four named
+    Case("batch-size-word", ("sweep", "--local", "--batch-size", "x"), "batch-size"),  # batch_size, the keyword
+    Case("batch-size-twice-in-a-range", ("sweep", "--local", "--batch-size", "1..2,2"), "batch-size"),
+    Case("batch-size-log-rounds-together", ("sweep", "--local", "--batch-size", "1:2:3"), "batch-size"),
     Case("log-spaced-seeds-that-round-together", ("sweep", "--seed", "1:2:5"), "seed"),
     Case("log-spaced-epochs-that-round-together", ("sweep", "--local", "--epochs", "1:100:100"), "epochs"),
     Case("log-spaced-seeds-not-whole", ("sweep", "--seed", "0.5:1.4:2"), "seed"),

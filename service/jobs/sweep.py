@@ -183,13 +183,17 @@ def grid(flags: dict[str, str]) -> Grid:
             fixed[field] = _one_number(field, text) if field in ("bias", "tol") else text
             continue
         values: list[Any] = []
-        for item in split_list(field, str(text)):
-            values.extend(_values(field, item, limit))
+        try:
+            for item in split_list(field, str(text)):
+                values.extend(_values(field, item, limit))
+        except BadInput as exc:  # named as its flag, as the spec names it (batch_size was batch-size's name here)
+            raise BadInput(field.replace("_", "-"), exc.message) from None
         keys = [kernel_key(v) if field == "kernel" and isinstance(v, str) else v for v in values]
         if len(set(keys)) < len(keys):  # the same job twice: a typo, never a wish (repeat with --seed)
             seen: set[Any] = set()
             twice = next(v for v, k in zip(values, keys) if k in seen or seen.add(k))
-            raise BadInput(field, f"{twice} appears more than once in {text!r}; give each value once")
+            raise BadInput(field.replace("_", "-"), f"{twice} appears more than once in {text!r}; give each value "
+                                                    "once")
         if field == "kernel":  # in the sweep's params as its jobs keep them
             values = [kernel_text(v) if isinstance(v, str) else v for v in values]
         if len(values) == 1:
