@@ -84,6 +84,19 @@ def test_input_element_limit_comes_from_the_environment(setenv):
     assert inputs.parse_input("edge:6x8", 0)[0].size == 48
 
 
+@pytest.mark.parametrize(("raw", "shown"), [
+    ("edge:9999999999x8", "79999999992"),  # 10 digits were "expected dimensions like 6x8" of a text of that form
+    ("random:12345678x2x2x1", "49382712"),
+    ("random:" + "9" * 300 + "x" + "9" * 300, "about 10^599"),  # not a line of 600 digits
+])
+def test_a_dimension_of_many_digits_is_told_the_limit_it_passes(raw, shown):
+    with pytest.raises(BadInput, match=rf"^input: has {re.escape(shown)} elements, more than the limit 16777216 "
+                                       r"\(KLAB_MAX_INPUT_ELEMENTS\)$"):
+        inputs.parse_input(raw, 0)
+    with pytest.raises(BadInput, match=r"^kernel: has .* elements, more than the limit 4096 \(KLAB_MAX_KERNEL_"):
+        inputs.parse_kernel(raw.replace("edge:", "random:"), 0)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Files: npy and images
 # ---------------------------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ from service.settings import settings
 INPUT_STREAM, KERNEL_STREAM, NOISE_STREAM = 1, 2, 3
 
 INPUT_KINDS = ("edge", "ones", "random", "checker", "diagonal", "image", "npy")
-_DIMS = re.compile(r"^[0-9]{1,7}(x[0-9]{1,7}){1,3}$")
+_DIMS = re.compile(r"^[0-9]{1,300}(x[0-9]{1,300}){1,3}$")
+"""Up to 300 digits a dimension (10**300 is past every limit, which then names its variable); more is no number."""
 
 
 def _dims(field: str, text: str, allowed: tuple[int, ...]) -> tuple[int, ...]:
@@ -48,7 +49,8 @@ def _check_elements(field: str, shape: tuple[int, ...], limit: int) -> None:
     """The field's array within its limit: `kernel: has 9 elements, more than the limit 4 (KLAB_MAX_...)`."""
     count = math.prod(shape)
     if count > limit:
-        raise BadInput(field, f"has {count} elements, more than the limit {limit} ({LIMITS[field]})")
+        shown = count if count < 10**18 else f"about 10^{len(str(count)) - 1}"  # not a line of 300 digits
+        raise BadInput(field, f"has {shown} elements, more than the limit {limit} ({LIMITS[field]})")
 
 
 def rng(seed: int, stream: int) -> np.random.Generator:
