@@ -487,3 +487,18 @@ def test_a_lone_surrogate_in_a_files_text_is_the_users_mistake(tmp_path, field, 
         JobSpec.parse(load_spec_file(str(path))[0])
     code, out, err = klab_main("run", "-f", str(path))
     assert (code, out, err.count("\n")) == (2, "", 1) and err.startswith(f"klab: error: {field}: holds \\"), err
+
+
+def test_minus_zero_is_zero_as_it_trains():
+    """`--bias -0 --noise -0` was kept as -0: shown `bias -0`, and `klab compare` showed a job of bias -0 apart from
+    one of bias 0 (a column of `-0` and `0`), though both train alike."""
+    import math
+
+    from service.jobs.sweep import grid
+
+    for given in ({"bias": "-0", "noise": "-0", "tol": "-0.0"}, {"bias": -0.0, "noise": -0.0, "tol": -0.0}):
+        spec = JobSpec.parse(given)
+        assert [math.copysign(1, v) for v in (spec.bias, spec.noise, spec.tol)] == [1, 1, 1], given
+        assert json.dumps(spec.to_json()).count("-0") == 0
+    g = grid({"noise": "-0,0.1", "bias": "-0"})
+    assert math.copysign(1, g.swept["noise"][0]) == 1 and math.copysign(1, g.fixed["bias"]) == 1

@@ -112,6 +112,12 @@ class JobSpec(BaseModel):
             raise ValueError("must be a finite number")
         return value
 
+    @field_validator("bias", "noise", "tol")
+    @classmethod
+    def _no_minus_zero(cls, value: float | None) -> float | None:
+        """-0 (a file's number too) as 0, the number it trains as, stored, shown and compared so."""
+        return None if value is None else value + 0.0
+
     @field_validator("epochs")
     @classmethod
     def _epoch_limit(cls, value: int) -> int:

@@ -86,7 +86,7 @@ def number(field: str, text: str, integer: bool) -> float | int:
         raise BadInput(field, f"not a number: {_shown(text)}{_range_hint(field, text)}") from None
     if not math.isfinite(value):
         raise BadInput(field, f"must be finite, got {_shown(text)}")
-    return value
+    return value + 0.0  # -0 as 0, the number it trains as (a job of bias -0 was shown apart from one of bias 0)
 
 
 def _finite(text: str) -> bool:
