@@ -275,6 +275,10 @@ def test_klab_worker_gpu_index_sets_the_visible_device(tmp_path, pg_db, redis_se
     assert out.returncode == 2  # said before Celery starts (its banner, exit code 1, came first)
     assert out.stderr.startswith("klab: error: queue: the gpu queue needs a GPU") and len(out.stderr.splitlines()) == 1
     assert "CUDA_VISIBLE_DEVICES='3'" in out.stderr and out.stdout == ""
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    out = klab(env, "worker", "--queue", "gpu", timeout=120)
+    assert out.returncode == 2 and out.stderr.rstrip().endswith(", CUDA_VISIBLE_DEVICES unset)"), out.stderr  # was
+    # CUDA_VISIBLE_DEVICES=None, as if set to that text
 
 
 def test_run_no_store_leaves_the_database_untouched(tmp_path, pg_url):

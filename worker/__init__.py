@@ -24,5 +24,6 @@ def no_gpu() -> str | None:
 
     if torch.cuda.is_available():
         return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # unset, not the text None
     return (f"the gpu queue needs a GPU, and torch sees none (torch {torch.__version__}, "
-            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+            f"{'CUDA_VISIBLE_DEVICES unset' if visible is None else f'CUDA_VISIBLE_DEVICES={visible!r}'})")
