@@ -195,12 +195,13 @@ def normalize_url(url: str) -> str:
 
 
 def _names_a_database(url: str) -> None:
-    """A PostgreSQL URL names its database, after the host or as ?dbname=: without one libpq took PGDATABASE's or
-    the user's own (`postgres`), which every message named as "" and `klab db upgrade` would have filled."""
+    """A PostgreSQL URL names its database, after the host, as ?dbname= or by a ?service= of libpq's service file:
+    without one libpq took PGDATABASE's or the user's own (`postgres`), which every message named as "" and `klab db
+    upgrade` would have filled."""
     rest = url.partition("://")[2].partition("#")[0]
     path, _, query = rest.partition("?")
-    if not unquote(path.partition("/")[2]).strip() and not any(
-            k == "dbname" and v.strip() for k, v in parse_qsl(query, keep_blank_values=True)):
+    if not unquote(path.partition("/")[2]).strip() and not any(  # a libpq service file's entry may name it
+            k in ("dbname", "service") and v.strip() for k, v in parse_qsl(query, keep_blank_values=True)):
         raise BadInput("KLAB_DATABASE_URL", "names no database: give its name after the host, as in "
                                             "postgresql://USER@HOST:5432/NAME")
 

@@ -202,6 +202,7 @@ def test_a_postgresql_url_that_names_no_database_is_refused(tmp_path, pg_url):
     given = klab(clean_env(tmp_path / "home", f"{base}/?dbname={name}"), "db", "current")
     assert given.returncode == 0 and given.stdout.startswith(f"postgresql database {name} on "), given
     assert describe("postgresql://u@h/?dbname=x") == "postgresql database x on h:5432"
+    assert normalize_url("postgresql://u@h/?service=klab").endswith("?service=klab")  # its file may name one
 
 
 def test_a_database_url_its_driver_refuses_is_the_users_mistake_named_by_its_variable(tmp_path, pg_url):
