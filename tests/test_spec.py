@@ -502,3 +502,17 @@ def test_minus_zero_is_zero_as_it_trains():
         assert json.dumps(spec.to_json()).count("-0") == 0
     g = grid({"noise": "-0,0.1", "bias": "-0"})
     assert math.copysign(1, g.swept["noise"][0]) == 1 and math.copysign(1, g.fixed["bias"]) == 1
+
+
+@pytest.mark.parametrize(("line", "says"), [
+    ("method: on", "method: unknown value 'on'; "),  # was: unknown value True
+    ("lr: yes", "lr: not a number: 'yes'"),  # was: must be a number, got true
+    ("device: No", "device: unknown value 'No'; "),
+    ("epochs: TRUE", "epochs: must be a number, got true"),  # true and false stay booleans, as in JSON
+])
+def test_yaml_1_1_booleans_are_text_named_as_written(tmp_path, line, says):
+    path = tmp_path / "job.yaml"
+    path.write_text(line + "\n")
+    with pytest.raises(BadInput) as exc:
+        JobSpec.parse(load_spec_file(str(path))[0])
+    assert str(exc.value).startswith(says), str(exc.value)

@@ -374,8 +374,16 @@ def _loader() -> type:
             return yaml.SafeLoader.construct_yaml_int(loader, node)
         return Written(yaml.SafeLoader.construct_yaml_float(loader, node), node.value)
 
+    def boolean(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+        """true and false, as JSON and YAML 1.2 write them; YAML 1.1's yes, no, on and off are text, named as
+        written (`method: on` was "unknown value True")."""
+        if node.value.lower() in ("true", "false"):
+            return yaml.SafeLoader.construct_yaml_bool(loader, node)
+        return loader.construct_scalar(node)
+
     for tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
         Loader.add_constructor(tag, number)
+    Loader.add_constructor("tag:yaml.org,2002:bool", boolean)
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT, list("-+0123456789."))
     return Loader
 
