@@ -18,8 +18,9 @@ from service.db.connect import out_of_reach
 from service.db.engine import retried, writing
 from service.errors import BadInput, one_line
 from service.jobs.problem import Problem, build_problem, problem_key
-from service.jobs.spec import PER_JOB, JobSpec
+from service.jobs.spec import JobSpec
 from service.jobs.status import JobStatus
+from service.jobs.stored import PER_JOB
 from service.submit import CHUNK_JOBS, Job, Plan, most_jobs, store
 from worker import engine
 from worker.progress import Progress

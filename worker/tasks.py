@@ -23,8 +23,9 @@ from service.db.reads import reading
 from service.db.schema import utcnow
 from service.errors import BadInput, one_line
 from service.jobs.problem import Problem, build_problem, fitting, random_input, seeded, together, work
-from service.jobs.spec import JobSpec, alike
+from service.jobs.spec import JobSpec
 from service.jobs.status import FINISHED, WAITING, JobStatus
+from service.jobs.stored import alike
 from worker import engine
 from worker.app import app
 from worker.lease import Heartbeat, backoff, claim
@@ -114,7 +115,7 @@ def trained(groups: list[Group], failed: list[tuple[int, str]], attempts: dict[i
 def load(rows: Sequence[Any]) -> tuple[list[Group], list[tuple[int, str]]]:
     """The claimed jobs as engine jobs, grouped by what trains together, in batches that fit in
     KLAB_MAX_JOB_MEMORY together (service.jobs.problem.fitting). Jobs alike but for their seed, lr and
-    tol (service.jobs.spec.PER_JOB) share one parsed spec, and jobs whose data are alike one Problem, built
+    tol (service.jobs.stored.PER_JOB) share one parsed spec, and jobs whose data are alike one Problem, built
     once. Also the jobs that could not be loaded, with why."""
     by_spec: dict[tuple, list[tuple[Any, float]]] = {}
     texts, tols = alike([row.spec for row in rows])
