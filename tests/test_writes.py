@@ -24,8 +24,9 @@ from service.errors import BadInput
 from service.jobs import status
 from service.jobs.columns import Columns, json_texts
 from service.jobs.selection import Selection
-from service.jobs.spec import PER_JOB, JobSpec, alike
+from service.jobs.spec import JobSpec
 from service.jobs.status import JobStatus
+from service.jobs.stored import PER_JOB, alike
 
 SPEC = JobSpec.parse({"input": "random:8x8", "kernel": "random:3x3", "epochs": 6})
 
@@ -145,6 +146,24 @@ def test_a_result_replaces_the_epochs_written_while_training(klab_db: str) -> No
         writes.save_rows(conn, [(job_id, *fake_result(SPEC, relative=0.5, epochs=3))])
         assert [e["epoch"] for e in reads.epochs_of(Reader.of(conn), job_id)] == [1, 2, 3]
         assert job(conn, job_id).epochs_done == 3 and job(conn, job_id).err_relative == 0.5
+
+
+def test_a_running_jobs_latest_loss_is_in_its_row_as_its_epochs_are_written(klab_db: str) -> None:
+    """`klab list` (the jobs table alone) showed a long job 11824/100000 epochs done and no loss, where `klab show`
+    (its epochs) showed the latest; the README says its row keeps its latest final_loss and epochs_done."""
+    with writing() as conn:
+        job_id = new(conn)
+        assert writes.streamed(conn, job_id, 0, [{"epoch": e, "loss": 10.0 / e, "mse": 1.0 / e, "kernel_error": 1.0}
+                                                 for e in range(1, 5)], 4)
+        row = job(conn, job_id)
+        assert (row.epochs_done, row.final_loss, row.final_mse) == (4, 2.5, 0.25)
+        assert writes.streamed(conn, job_id, 0, [], 4)  # nothing new: the latest kept
+        assert writes.streamed(conn, job_id, 0, [{"epoch": 5, "loss": float("inf"), "mse": float("nan"),
+                                                  "kernel_error": None}], 5)
+        row = job(conn, job_id)
+        assert (row.epochs_done, row.final_loss, row.final_mse) == (5, None, None)  # as a result stores them
+        listed = reads.list_jobs(Reader.of(conn))
+        assert [(r["id"], r["epochs_done"], r["final_loss"]) for r in listed] == [(job_id, 5, None)]
 
 
 def test_a_job_finished_twice_keeps_its_first_result_and_its_epochs(klab_db: str) -> None:

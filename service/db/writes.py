@@ -8,6 +8,7 @@ claim, which starts or cancels in one statement). Lists of job ids travel as one
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -86,7 +87,7 @@ def mark_queued(conn: Connection, ids: Sequence[int]) -> None:
 
 
 def _claimed(conn: Connection) -> tuple[Any, ...]:
-    """What a claim returns of each job: all a worker needs to train it, the spec as its stored text (`spec.alike`
+    """What a claim returns of each job: all a worker needs to train it, the spec as its stored text (`stored.alike`
     tells which jobs share it)."""
     return (jobs.c.id, jobs.c.status, jobs.c.attempts, jobs.c.seed, jobs.c.lr, cast(jobs.c.spec, Text).label("spec"),
             jobs.c.input, jobs.c.kernel, jobs.c.input_dataset_id, jobs.c.labels_dataset_id, jobs.c.kernel_dataset_id)
@@ -338,8 +339,10 @@ def streamed(conn: Connection, job_id: int, attempt: int, epoch_list: Sequence[d
     The job's row is locked first, so a result stored meanwhile comes wholly before or after. Whether it holds."""
     import numpy as np
 
+    last = {f"final_{k}": _finite(epoch_list[-1][k]) for k in ("loss", "mse")} if epoch_list else {}  # as `klab
+    # show` reads the epochs (`klab list` showed a running job's progress with no loss)
     holds = conn.execute(update(jobs).where(held(conn, [job_id], [attempt]))
-                         .values(epochs_done=epochs_done).returning(jobs.c.id)).first()
+                         .values(epochs_done=epochs_done, **last).returning(jobs.c.id)).first()
     if holds is None or not epoch_list:
         return holds is not None
     conn.execute(delete(epochs).where(epochs.c.job_id == job_id, epochs.c.epoch >= epoch_list[0]["epoch"]))
@@ -351,6 +354,10 @@ def streamed(conn: Connection, job_id: int, attempt: int, epoch_list: Sequence[d
     bulk.insert_epochs(conn, [job_id], [len(epoch_list)], column("loss"), column("mse"),
                        None if np.isnan(ke).all() else ke, first=epoch_list[0]["epoch"])
     return True
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 def set_device(conn: Connection, ids: Sequence[int], device: str) -> None:
