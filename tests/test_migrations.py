@@ -542,7 +542,10 @@ def test_kernel_literals_kept_as_typed_before_0014_are_kept_by_their_numbers(db_
 
     upgrade(db_url, "0013")
     four = json.dumps([[[[1.0, 2.5e-3], [3, 4]]]])
-    given = ["[[1, 0.5e-1]]", "[[1.0, 0.05]]", "[[1,-1]]", "d2l", four, None, "[[2.0, 1e2]]"]
+    wide = json.dumps([[round((i * 32 + j) / 1024 - 0.5, 4) for j in range(32)] for i in range(32)],
+                      separators=(",", ":"))  # 1,024 weights in 7,000 characters, no spaces: PostgreSQL's btree
+    # index refused the upgrade (an entry past 2704 bytes)
+    given = ["[[1, 0.5e-1]]", "[[1.0, 0.05]]", "[[1,-1]]", "d2l", four, None, wide, "[[2.0, 1e2]]"]
     specs = [json.dumps({"input": "edge:6x8", "kernel": k, "seed": 3}) for k in given[:-1]]
     specs.append(json.dumps({"kernel": given[-1], "input": "edge:6x8"}, separators=(",", ":")))  # written otherwise
     columns = ("spec, status, method, input, kernel, lr, epochs, batch_size, seed, noise, created_at, attempts, "
@@ -557,13 +560,14 @@ def test_kernel_literals_kept_as_typed_before_0014_are_kept_by_their_numbers(db_
                               "0.1, 3, 2, 0, 0, '2026-01-01', 0, false, 0, 0)"), {"spec": spec, "kernel": kernel})
     upgrade(db_url)
     assert current_revision(db_url) == HEAD
-    want = ["[[1, 0.05]]", "[[1, 0.05]]", "[[1, -1]]", "d2l", "[[[[1, 0.0025], [3, 4]]]]", None, "[[2, 100]]"]
+    want = ["[[1, 0.05]]", "[[1, 0.05]]", "[[1, -1]]", "d2l", "[[[[1, 0.0025], [3, 4]]]]", None,
+            json.dumps([[int(v) if v == int(v) else v for v in row] for row in json.loads(wide)]), "[[2, 100]]"]
     with engine_for(db_url).connect() as conn:
         got = conn.execute(text("SELECT kernel, CAST(spec AS text) FROM jobs ORDER BY id")).all()
         params = [json.loads(p) for p in conn.execute(text("SELECT CAST(params AS text) FROM sweeps ORDER BY id"))
                   .scalars()]
         groups = conn.execute(text("SELECT count(DISTINCT kernel) FROM job_summary")).scalar_one()
-    assert [k for k, _ in got] == want and groups == 5  # were 6: the first two apart
+    assert [k for k, _ in got] == want and groups == 6  # were 7: the first two apart
     assert [s for _, s in got[:-1]] == [json.dumps({"input": "edge:6x8", "kernel": k, "seed": 3}) for k in want[:-1]]
     assert json.loads(got[-1][1]) == {"kernel": "[[2, 100]]", "input": "edge:6x8"}
     assert params == [{"swept": {"kernel": ["[[1, 0.05]]", "d2l"]}, "fixed": {"kernel2": "[[1.0]]"}},
