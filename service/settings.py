@@ -195,15 +195,24 @@ def normalize_url(url: str) -> str:
 
 
 def _names_a_database(url: str) -> None:
-    """A PostgreSQL URL names its database, after the host, as ?dbname= or by a ?service= of libpq's service file:
-    without one libpq took PGDATABASE's or the user's own (`postgres`), which every message named as "" and `klab db
-    upgrade` would have filled."""
-    rest = url.partition("://")[2].partition("#")[0]
+    """A PostgreSQL URL names its database once: after the host, as ?dbname= or by a ?service= of libpq's service
+    file. Without one libpq took PGDATABASE's or the user's own (`postgres`), which every message named as "" and
+    `klab db upgrade` would have filled; a ?dbname= beside the name after the host won over it (an empty one, for
+    libpq's reads alone), where every message named the other."""
+    rest = _USER_PART.sub("", url.partition("://")[2], count=1)  # as SQLAlchemy reads it: a password may hold ?
     path, _, query = rest.partition("?")
-    if not unquote(path.partition("/")[2]).strip() and not any(  # a libpq service file's entry may name it
-            k in ("dbname", "service") and v.strip() for k, v in parse_qsl(query, keep_blank_values=True)):
+    named = bool(unquote(path.partition("/")[2]).strip())
+    given = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == "dbname"]
+    if named and given:
+        raise BadInput("KLAB_DATABASE_URL", "names its database twice, after the host and as ?dbname=: give it once"
+                       if any(v.strip() for v in given) else "holds an empty ?dbname=: leave it out")
+    if not named and not any(v.strip() for k, v in parse_qsl(query) if k in ("dbname", "service")):
         raise BadInput("KLAB_DATABASE_URL", "names no database: give its name after the host, as in "
                                             "postgresql://USER@HOST:5432/NAME")
+
+
+_USER_PART = re.compile(r"^[^:/]*(?::[^@]*)?@")
+"""A URL's user name and password, as SQLAlchemy's URL pattern reads them."""
 
 
 URI_ON = ("true", "yes", "on", "y", "t", "1")
@@ -245,7 +254,7 @@ def describe(url: str) -> str:
         path = rest.partition("/")[2].partition("?")[0]
         return f"sqlite database {visible(unquote(path)) or ':memory:'}"
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(f"{scheme}://{_USER_PART.sub('', rest, count=1)}")  # a password's ? is no query's
         query = parse_qs(parts.query)  # libpq also takes ?host=...&port=...
         host = unquote(parts.hostname or "") or query.get("host", [None])[0]  # a socket's folder, %2F-escaped too
         port = parts.port if parts.port is not None else query.get("port", [5432])[0]  # port 0 is 0, not 5432

@@ -203,6 +203,13 @@ def test_a_postgresql_url_that_names_no_database_is_refused(tmp_path, pg_url):
     assert given.returncode == 0 and given.stdout.startswith(f"postgresql database {name} on "), given
     assert describe("postgresql://u@h/?dbname=x") == "postgresql database x on h:5432"
     assert normalize_url("postgresql://u@h/?service=klab").endswith("?service=klab")  # its file may name one
+    for url, says in ((f"{pg_url}?dbname=other", "names its database twice, after the host and as ?dbname=: give "
+                                                 "it once"),  # libpq took the other, every message named this one
+                      (f"{pg_url}?dbname=", "holds an empty ?dbname=: leave it out")):  # libpq's reads: `postgres`
+        with pytest.raises(BadInput, match=f"^KLAB_DATABASE_URL: {re.escape(says)}$"):
+            normalize_url(url)
+    asked = "postgresql://u:pa?ss@h:6543/db"  # a password's ?, which SQLAlchemy reads as the password's: no query
+    assert normalize_url(asked).endswith("@h:6543/db") and describe(asked) == "postgresql database db on h:6543"
 
 
 def test_a_database_url_its_driver_refuses_is_the_users_mistake_named_by_its_variable(tmp_path, pg_url):
