@@ -179,7 +179,7 @@ def plan_sweep(grid: Grid, queue: str | None, name: str | None = None, tags: Seq
             values.update(zip(names, [c[0] for c in combo]))
             yield values, key, files
 
-    return Plan(grid.size, jobs(), {"swept": grid.swept, "fixed": grid.fixed}, name, tags)
+    return Plan(grid.size, jobs(), grid.params(), name, tags)
 
 
 @contextlib.contextmanager

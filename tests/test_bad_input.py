@@ -75,6 +75,7 @@ def make_files(d: Path) -> None:
     (d / "lr_inf.yaml").write_text("lr: .inf\n")
     (d / "epochs_hex.yaml").write_text("epochs: 0x10\n")
     (d / "seed_item_comma.yaml").write_text('seed: ["1,2", 3]\n')  # two values in one item: it swept 1, 2, 3
+    (d / "batch_item_comma.yaml").write_text('method: adam\nbatch-size: ["1,2", 3]\n')  # named batch_size
     (d / "kernel_nan.json").write_text('{"kernel": [[1.0, NaN]]}')
     (d / "third_bad.jsonl").write_text('{"seed": 1}\n{"seed": 2}\n{"seed": 3, "lr": -1}\n')
     (d / "eleven.jsonl").write_text("".join(f'{{"seed": {i}}}\n' for i in range(11)))
@@ -131,6 +132,7 @@ CASES = [
     Case("nan-lr-in-json", ("submit", "-f", "{d}/lr_nan.json"), "lr"),
     Case("inf-lr-in-yaml", ("run", "-f", "{d}/lr_inf.yaml"), "lr"),
     Case("a-sweep-files-list-item-holding-a-comma", ("sweep", "-f", "{d}/seed_item_comma.yaml"), "seed"),
+    Case("a-batch-size-list-item-holding-a-comma", ("sweep", "-f", "{d}/batch_item_comma.yaml"), "batch-size"),
     Case("nan-kernel-in-json", ("submit", "-f", "{d}/kernel_nan.json"), "kernel"),
     Case("third-of-three-jobs-bad", ("submit", "-f", "{d}/third_bad.jsonl"), "lr"),
     Case("jobs-in-file-over-limit", ("submit", "-f", "{d}/eleven.jsonl"), "file", {"KLAB_MAX_SWEEP_JOBS": "10"}),

@@ -827,6 +827,21 @@ def test_a_kernel_literal_is_one_kernel_whatever_the_spelling_of_its_numbers(kla
     assert code == 0 and [(g["kernel"], g["jobs"]) for g in json.loads(out)] == [("[[1, 0.05]]", 3)], (out, err)
 
 
+def test_a_sweeps_kernel_literals_are_kept_by_their_numbers_and_its_messages_quote_them_as_typed() -> None:
+    """The sweep's params keep its literals as its jobs do; a message about one quotes it as typed, not as kept
+    (`the sweep's value '[[1, 2]]'` for a `[[1.0,2.0]]` typed)."""
+    from service.errors import BadInput
+    from service.jobs.sweep import grid
+    from service.submit import plan_sweep
+
+    g = grid({"kernel": "[[1.0,2.0]],[[0.5E1,-0]]", "input": "random:3x8x8"})
+    assert g.params() == {"swept": {"kernel": ["[[1, 2]]", "[[5, 0]]"]}, "fixed": {"input": "random:3x8x8"}}
+    with pytest.raises(BadInput, match=r"^kernel: has 1 input channel\(s\) but the input has 3 \(the sweep's value "
+                                       r"'\[\[1.0,2.0\]\]'\)$"):
+        plan_sweep(g, None)
+    assert grid({"kernel": "[[1e0, 2]]", "seed": "1,2"}).params()["fixed"] == {"kernel": "[[1, 2]]"}
+
+
 def test_a_text_column_of_dashes_alone_stays_left_and_a_column_named_numbers_goes_right() -> None:
     """`klab sweeps` of unnamed, untagged sweeps keeps its name and tags columns on the left; compare --group-by's
     std of one job a group (dashes alone) is right-aligned as the numbers of its neighbours."""

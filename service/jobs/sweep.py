@@ -166,6 +166,15 @@ class Grid:
     def size(self) -> int:
         return math.prod(len(v) for v in self.swept.values())
 
+    def params(self) -> dict[str, Any]:
+        """The sweep's params as stored: its kernel literals as its jobs keep them (kernel_text), its other values
+        as given (a message about one of them quotes it as typed)."""
+        def kept(field: str, value: Any) -> Any:
+            return kernel_text(value) if field == "kernel" and isinstance(value, str) else value
+
+        return {"swept": {f: [kept(f, v) for v in vs] for f, vs in self.swept.items()},
+                "fixed": {f: kept(f, v) for f, v in self.fixed.items()}}
+
     def jobs(self) -> Iterator[dict[str, Any]]:
         """One dict of flags per job, in product order (the last parameter varies fastest)."""
         names = list(self.swept)
@@ -194,8 +203,6 @@ def grid(flags: dict[str, str]) -> Grid:
             twice = next(v for v, k in zip(values, keys) if k in seen or seen.add(k))
             raise BadInput(field.replace("_", "-"), f"{twice} appears more than once in {text!r}; give each value "
                                                     "once")
-        if field == "kernel":  # in the sweep's params as its jobs keep them
-            values = [kernel_text(v) if isinstance(v, str) else v for v in values]
         if len(values) == 1:
             fixed[field] = values[0]
         else:
@@ -254,8 +261,8 @@ def _one_value(field: str, value: Any, item: str) -> None:
     except BadInput:  # "1,": an empty value beside a comma
         one = False
     if not one:
-        raise BadInput(field, f"the item {value!r} holds a comma, which separates a sweep's values: give each value "
-                              "as an item of its own")  # named as the sweep's other messages name it (batch_size)
+        raise BadInput(field.replace("_", "-"), f"the item {value!r} holds a comma, which separates a sweep's "
+                                                "values: give each value as an item of its own")  # as its flag
 
 
 def file_flags(doc: dict[str, Any], flags: dict[str, str]) -> dict[str, str]:
