@@ -518,6 +518,41 @@ def test_sweep_panels_aggregate_over_seeds_coloured_by_the_other_parameter() -> 
     readable(fig)
 
 
+@pytest.mark.parametrize("field", ["kernel", "input"])
+def test_a_sweep_of_arrays_names_their_paths_readably(field: str) -> None:
+    """`klab.sweep(kernel=["d2l", [[1, 1]], array])` keeps the array as npy:$KLAB_HOME/arrays/<sha256>.npy: its
+    110 characters as a category's label collapsed the panel's axes (matplotlib warned so on stderr), the title's
+    last line over the data, the label cut at the figure's edge; as a legend's entry, the panel squeezed."""
+    home = "npy:/home/someone/.klab/arrays/"
+    paths = [home + "d4d723856960f44591577c92e3b373d8f667c96469eaea926139801448f2fcff.npy",
+             home + "d4d723856960f44591577c92e3b373d8f667c96469eaea926139801448f2fcfe.npy"]  # alike but at the end
+    values = ["d2l", "[[1, 1]]", *paths] if field == "kernel" else ["edge:6x8", *paths]
+    rows = []
+    for value in values:
+        for lr in (0.01, 0.03):
+            rows.append({"id": len(rows) + 1, "status": SUCCEEDED, "method": "d2l-manual", "input": "edge:6x8",
+                         "kernel": "d2l", "lr": lr, "epochs": 10, "batch_size": 2, "seed": 0, "noise": 0.0,
+                         field: value, "relative_error": 0.1 * len(rows) + 0.1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied because axes sizes collapsed to zero"
+        fig = plot.figure_sweep(rows, [field, "lr"], "sweep 1: 8 jobs")
+        fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    tight, box = fig.get_tightbbox(renderer), fig.get_size_inches()
+    assert tight.x0 >= -0.01 and tight.y0 >= -0.01 and tight.x1 <= box[0] + 0.01 and tight.y1 <= box[1] + 0.01, tight
+    title = fig._suptitle.get_window_extent(renderer)
+    for a in fig.axes:  # each panel its height, under the title, its x label inside the figure
+        frame, xlabel = a.get_window_extent(renderer), a.xaxis.label.get_window_extent(renderer)
+        assert frame.height > 0.25 * fig.bbox.height and frame.y1 < title.y0 and xlabel.y0 >= 0, (frame, title)
+    panel, other = [a for a in fig.axes if a.get_ylabel() == "relative error"]
+    labels = [t.get_text() for t in panel.get_xticklabels()]
+    entries = [t.get_text() for t in other.get_legend().get_texts()]
+    for shown in (labels, entries):
+        assert len(set(shown)) == len(values) and max(map(len, shown)) <= 28, shown  # apart, and short
+        assert {t for t in shown if t.endswith(("2fcff.npy", "2fcfe.npy"))} == {
+            t for t in shown if t.startswith("npy:/home/")}, shown  # each path's ends kept
+
+
 def test_a_one_panel_sweeps_title_stays_in_the_figure() -> None:
     """One panel is 6.5 inches wide: the line of what stayed fixed (a minibatch method names its batch size, a noisy
     sweep its noise) and a long name ran past both edges, `ixed: method d2l-sgd, ... kernel d2`."""

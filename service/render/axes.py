@@ -170,8 +170,24 @@ def category_axis(ax: Any, labels: Sequence[str]) -> None:
     """Categories at 0, 1, 2, ...; past 30 of them only every k-th is labelled (labels never overlap)."""
     step = max(1, -(-len(labels) // 30))
     ax.set_xticks(range(0, len(labels), step))
-    ax.set_xticklabels([literal(label) for label in labels[::step]], rotation=30, ha="right")
+    ax.set_xticklabels([literal(label) for label in shortened(labels)[::step]], rotation=30, ha="right")
     ax.set_xlim(-0.5, len(labels) - 0.5)
+
+
+LABEL_CHARACTERS = 28
+"""Most characters of a category's label or a legend's entry: an array's path (`klab.sweep(kernel=[array])` keeps it
+as npy:$KLAB_HOME/arrays/<sha256>.npy, 110 characters) made the panel's axes collapse, its labels cut off."""
+
+
+def shortened(labels: Sequence[str], most: int = LABEL_CHARACTERS) -> list[str]:
+    """Labels past `most` characters cut in the middle (`npy:/home/u/…c9f2e1.npy`), their ends kept, widened until
+    no two that differ read alike."""
+    longest = max((len(t) for t in labels), default=0)
+    while True:
+        out = [t if len(t) <= most else f"{t[:(most - 1) // 2]}…{t[len(t) - most // 2:]}" for t in labels]
+        if len(set(out)) == len(set(labels)) or most >= longest:
+            return out
+        most *= 2
 
 
 def log_labels(axis: Any, values: np.ndarray) -> None:

@@ -324,6 +324,7 @@ def _panel(ax: Any, name: str, code: tuple[list[Any], np.ndarray, bool], colour:
     keys = code[1] * ncolours + cindex
     stats = ax_.groups(keys[ok], errors[ok], log)
     palette = matplotlib.colormaps["tab10"]
+    names = ax_.shortened([cell(v) for v in colour[0]]) if colour else []
     for c in range(ncolours):
         mine = stats["key"] % ncolours == c
         if not mine.any():
@@ -331,7 +332,7 @@ def _panel(ax: Any, name: str, code: tuple[list[Any], np.ndarray, bool], colour:
         colour_c = palette(c) if colour else "tab:blue"
         shift = 0.0 if code[2] or ncolours == 1 else (c - (ncolours - 1) / 2) * 0.6 / ncolours
         x = xs[stats["key"][mine] // ncolours] + shift
-        label = ax_.literal(cell(colour[0][c])) if colour else "relative error"
+        label = ax_.literal(names[c]) if colour else "relative error"
         ax.plot(x, stats["mean"][mine], marker="o", markersize=4, color=colour_c, label=label, zorder=3,
                 linestyle="-" if code[2] else "none")
         low, high = stats["low"][mine], stats["high"][mine]
