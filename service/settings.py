@@ -197,16 +197,25 @@ def normalize_url(url: str) -> str:
 def _names_a_database(url: str) -> None:
     """A PostgreSQL URL names its database once: after the host, as ?dbname= or by a ?service= of libpq's service
     file. Without one libpq took PGDATABASE's or the user's own (`postgres`), which every message named as "" and
-    `klab db upgrade` would have filled; a ?dbname= beside the name after the host won over it (an empty one, for
-    libpq's reads alone), where every message named the other."""
+    `klab db upgrade` would have filled; with two (a ?dbname= beside the name after the host, or twice) libpq took
+    one and every message named the other. An @ or a # after the host is refused too: SQLAlchemy read
+    `h:5432/db?options=x@y` as user h of host y (klab's writes went there, its reads to h), and `h/#x` as the
+    database `#x`, which messages named as none."""
+    after = url.partition("://")[2].partition("/")[2]  # one_at refused a / in the user part: this is past the host
+    for odd, escaped in (("@", "%40"), ("#", "%23")):
+        if odd in after:
+            raise BadInput("KLAB_DATABASE_URL", f"holds {odd!r} after the host (in the database's name or a "
+                                                f"parameter), which a URL cannot hold there: write it as {escaped}")
     rest = _USER_PART.sub("", url.partition("://")[2], count=1)  # as SQLAlchemy reads it: a password may hold ?
     path, _, query = rest.partition("?")
-    named = bool(unquote(path.partition("/")[2]).strip())
+    name = unquote(path.partition("/")[2])
+    if name and not name.strip():
+        raise BadInput("KLAB_DATABASE_URL", f"the database's name after the host is blank: {name!r}")
     given = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == "dbname"]
-    if named and given:
-        raise BadInput("KLAB_DATABASE_URL", "names its database twice, after the host and as ?dbname=: give it once"
-                       if any(v.strip() for v in given) else "holds an empty ?dbname=: leave it out")
-    if not named and not any(v.strip() for k, v in parse_qsl(query) if k in ("dbname", "service")):
+    if bool(name) + len(given) > 1:
+        raise BadInput("KLAB_DATABASE_URL", "names its database twice (after the host, or as ?dbname=): give it once"
+                       if all(v.strip() for v in given) else "holds an empty ?dbname=: leave it out")
+    if not name and not any(v.strip() for k, v in parse_qsl(query) if k in ("dbname", "service")):
         raise BadInput("KLAB_DATABASE_URL", "names no database: give its name after the host, as in "
                                             "postgresql://USER@HOST:5432/NAME")
 

@@ -185,10 +185,13 @@ def test_mask_hides_a_password_in_the_user_part_and_in_the_parameters():
     assert mask("postgresql://u@h/db?password=ab;cd&x=1") == "postgresql://u@h/db?password=***&x=1"  # a ; is the
     # password's: it was cut there and the rest printed
     assert mask("bypass=3 compass=north passfile=/x") == "bypass=3 compass=north passfile=/x"  # no secrets
+    from service.errors import BadInput
     from service.settings import Settings
 
-    at = "postgresql://h:5432/db?options=-c%20x@y"  # an @ in a parameter's value, no user part
+    at = "postgresql://h:5432/db?options=-c%20x%40y"  # an @ in a parameter's value, written %40, no user part
     assert Settings.from_env({"KLAB_DATABASE_URL": at}).database_url == at.replace("postgresql:", "postgresql+psycopg:")
+    with pytest.raises(BadInput, match="^KLAB_DATABASE_URL: holds '@' after the host .*: write it as %40$"):
+        Settings.from_env({"KLAB_DATABASE_URL": at.replace("%40", "@")})  # SQLAlchemy read it as user h of host y
 
 
 # --- the code itself ------------------------------------------------------------------------------------

@@ -192,7 +192,7 @@ def test_a_postgresql_url_that_names_no_database_is_refused(tmp_path, pg_url):
 
     base = pg_url.rpartition("/")[0]
     name = pg_url.rpartition("/")[2]
-    for url in (f"{base}/", base, f"{base}/?sslmode=disable", f"{base}/?dbname=", "postgres://h", "POSTGRESQL://h/%20",
+    for url in (f"{base}/", base, f"{base}/?sslmode=disable", f"{base}/?dbname=", "postgres://h", "POSTGRESQL://h/",
                 "postgresql+psycopg:///?host=/tmp"):
         with pytest.raises(BadInput, match="^KLAB_DATABASE_URL: names no database: give its name after the host, as "
                                            r"in postgresql://USER@HOST:5432/NAME$"):
@@ -203,9 +203,17 @@ def test_a_postgresql_url_that_names_no_database_is_refused(tmp_path, pg_url):
     assert given.returncode == 0 and given.stdout.startswith(f"postgresql database {name} on "), given
     assert describe("postgresql://u@h/?dbname=x") == "postgresql database x on h:5432"
     assert normalize_url("postgresql://u@h/?service=klab").endswith("?service=klab")  # its file may name one
-    for url, says in ((f"{pg_url}?dbname=other", "names its database twice, after the host and as ?dbname=: give "
+    for url, says in ((f"{pg_url}?dbname=other", "names its database twice (after the host, or as ?dbname=): give "
                                                  "it once"),  # libpq took the other, every message named this one
-                      (f"{pg_url}?dbname=", "holds an empty ?dbname=: leave it out")):  # libpq's reads: `postgres`
+                      (f"{base}/?dbname=a&dbname=b", "names its database twice (after the host, or as ?dbname=): "
+                                                     "give it once"),  # libpq took b, messages named a
+                      (f"{pg_url}?dbname=", "holds an empty ?dbname=: leave it out"),  # libpq's reads: `postgres`
+                      (f"{base}/%20?dbname={name}", "the database's name after the host is blank: ' '"),
+                      (f"{base}/#x", "holds '#' after the host (in the database's name or a parameter), which a URL "
+                                     "cannot hold there: write it as %23"),  # the database `#x`, named as none
+                      (f"{pg_url}?application_name=x@y", "holds '@' after the host (in the database's name or a "
+                                                         "parameter), which a URL cannot hold there: write it as "
+                                                         "%40")):  # with a port: SQLAlchemy's user of host y
         with pytest.raises(BadInput, match=f"^KLAB_DATABASE_URL: {re.escape(says)}$"):
             normalize_url(url)
     asked = "postgresql://u:pa?ss@h:6543/db"  # a password's ?, which SQLAlchemy reads as the password's: no query
