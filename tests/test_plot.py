@@ -526,7 +526,10 @@ def test_a_sweep_of_arrays_names_their_paths_readably(field: str) -> None:
     home = "npy:/home/someone/.klab/arrays/"
     paths = [home + "d4d723856960f44591577c92e3b373d8f667c96469eaea926139801448f2fcff.npy",
              home + "d4d723856960f44591577c92e3b373d8f667c96469eaea926139801448f2fcfe.npy"]  # alike but at the end
-    values = ["d2l", "[[1, 1]]", *paths] if field == "kernel" else ["edge:6x8", *paths]
+    middle = ["[[0.1234, 0.5678, 0.9012], [0.3456, 0.7890, 0.1234], [0.5678, 0.9012, 0.3456]]",
+              "[[0.1234, 0.5678, 0.9012], [0.3456, 0.7891, 0.1234], [0.5678, 0.9012, 0.3456]]"]  # alike but in the
+    # middle: every label was drawn whole, and the panel collapsed again
+    values = ["d2l", *middle, *paths] if field == "kernel" else ["edge:6x8", *paths]
     rows = []
     for value in values:
         for lr in (0.01, 0.03):
@@ -535,7 +538,7 @@ def test_a_sweep_of_arrays_names_their_paths_readably(field: str) -> None:
                          field: value, "relative_error": 0.1 * len(rows) + 0.1})
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "constrained_layout not applied because axes sizes collapsed to zero"
-        fig = plot.figure_sweep(rows, [field, "lr"], "sweep 1: 8 jobs")
+        fig = plot.figure_sweep(rows, [field, "lr"], f"sweep 1: {len(rows)} jobs")
         fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     tight, box = fig.get_tightbbox(renderer), fig.get_size_inches()
@@ -548,7 +551,9 @@ def test_a_sweep_of_arrays_names_their_paths_readably(field: str) -> None:
     labels = [t.get_text() for t in panel.get_xticklabels()]
     entries = [t.get_text() for t in other.get_legend().get_texts()]
     for shown in (labels, entries):
-        assert len(set(shown)) == len(values) and max(map(len, shown)) <= 28, shown  # apart, and short
+        assert len(set(shown)) == len(values) and max(map(len, shown)) <= 36, shown  # apart, and short
+        assert [t for t in shown if ".789" in t] == [t for t in shown if t.startswith("[[0.12")], shown  # where
+        # the two literals differ
         assert {t for t in shown if t.endswith(("2fcff.npy", "2fcfe.npy"))} == {
             t for t in shown if t.startswith("npy:/home/")}, shown  # each path's ends kept
 

@@ -5,6 +5,7 @@ No pyplot: nothing global changes (a notebook keeps its backend), and a figure n
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -180,14 +181,30 @@ as npy:$KLAB_HOME/arrays/<sha256>.npy, 110 characters) made the panel's axes col
 
 
 def shortened(labels: Sequence[str], most: int = LABEL_CHARACTERS) -> list[str]:
-    """Labels past `most` characters cut in the middle (`npy:/home/u/…c9f2e1.npy`), their ends kept, widened until
-    no two that differ read alike."""
-    longest = max((len(t) for t in labels), default=0)
-    while True:
-        out = [t if len(t) <= most else f"{t[:(most - 1) // 2]}…{t[len(t) - most // 2:]}" for t in labels]
-        if len(set(out)) == len(set(labels)) or most >= longest:
-            return out
-        most *= 2
+    """Labels past `most` characters cut in the middle (`npy:/home/u/…c9f2e1.npy`), their ends kept; labels that
+    would then read alike keep, between their ends, the part where they first differ (`[[0.12…, 0.789…0.3]]`).
+    Widening every label until they read apart drew two literals differing in their middle, and every other label
+    beside them, whole: the panel collapsed again."""
+    def cut(t: str, differ: int | None = None) -> str:
+        if len(t) <= most:
+            return t
+        head, tail = t[:(most - 1) // 2], t[len(t) - most // 2:]
+        if differ is None or differ < len(head) or differ >= len(t) - len(tail):
+            return f"{head}…{tail}"
+        head, tail = t[:most // 4], t[len(t) - most // 4:]
+        return f"{head}…{t[max(differ - 4, len(head)):differ + most // 2]}…{tail}"
+
+    out = [cut(t) for t in labels]
+    alike: dict[str, set[str]] = {}
+    for t, o in zip(labels, out):
+        alike.setdefault(o, set()).add(t)
+    for t_i, (t, o) in enumerate(zip(labels, out)):
+        if len(others := alike[o]) > 1:
+            out[t_i] = cut(t, min(len(os.path.commonprefix([t, u])) for u in others if u != t))
+    shown: dict[str, set[str]] = {}
+    for t, o in zip(labels, out):
+        shown.setdefault(o, set()).add(t)
+    return [t if len(shown[o]) > 1 else o for t, o in zip(labels, out)]  # alike still: whole
 
 
 def log_labels(axis: Any, values: np.ndarray) -> None:
