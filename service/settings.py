@@ -198,15 +198,18 @@ def _names_a_database(url: str) -> None:
     """A PostgreSQL URL names its database once: after the host, as ?dbname= or by a ?service= of libpq's service
     file. Without one libpq took PGDATABASE's or the user's own (`postgres`), which every message named as "" and
     `klab db upgrade` would have filled; with two (a ?dbname= beside the name after the host, or twice) libpq took
-    one and every message named the other. An @ or a # after the host is refused too: SQLAlchemy read
-    `h:5432/db?options=x@y` as user h of host y (klab's writes went there, its reads to h), and `h/#x` as the
-    database `#x`, which messages named as none."""
-    after = url.partition("://")[2].partition("/")[2]  # one_at refused a / in the user part: this is past the host
-    for odd, escaped in (("@", "%40"), ("#", "%23")):
-        if odd in after:
-            raise BadInput("KLAB_DATABASE_URL", f"holds {odd!r} after the host (in the database's name or a "
-                                                f"parameter), which a URL cannot hold there: write it as {escaped}")
-    rest = _USER_PART.sub("", url.partition("://")[2], count=1)  # as SQLAlchemy reads it: a password may hold ?
+    one and every message named the other. An @ after the host that SQLAlchemy reads as a user part's end is refused
+    too (`h:5432/db?options=x@y` was user h of host y: klab's writes went there, its reads to h), and a # after the
+    host (`h/#x`, `h?dbname=a#b`: the database `#x` or `a#b`, which messages named otherwise)."""
+    rest = url.partition("://")[2]
+    user, slash = _USER_PART.match(rest), rest.find("/")  # one_at refused a / in the user part: past the host
+    if user and -1 < slash < user.end():
+        raise BadInput("KLAB_DATABASE_URL", "holds an @ after the host (in the database's name or a parameter), "
+                                            "which SQLAlchemy reads as the end of a user name and password, and its "
+                                            "host as what follows: write it as %40")
+    rest = rest[user.end():] if user else rest  # as SQLAlchemy reads it: a password may hold ?
+    if "#" in rest:
+        raise BadInput("KLAB_DATABASE_URL", "holds a # after the host, which ends a URL: write it as %23")
     path, _, query = rest.partition("?")
     name = unquote(path.partition("/")[2])
     if name and not name.strip():

@@ -190,7 +190,7 @@ def test_mask_hides_a_password_in_the_user_part_and_in_the_parameters():
 
     at = "postgresql://h:5432/db?options=-c%20x%40y"  # an @ in a parameter's value, written %40, no user part
     assert Settings.from_env({"KLAB_DATABASE_URL": at}).database_url == at.replace("postgresql:", "postgresql+psycopg:")
-    with pytest.raises(BadInput, match="^KLAB_DATABASE_URL: holds '@' after the host .*: write it as %40$"):
+    with pytest.raises(BadInput, match="^KLAB_DATABASE_URL: holds an @ after the host .*: write it as %40$"):
         Settings.from_env({"KLAB_DATABASE_URL": at.replace("%40", "@")})  # SQLAlchemy read it as user h of host y
 
 

@@ -209,13 +209,17 @@ def test_a_postgresql_url_that_names_no_database_is_refused(tmp_path, pg_url):
                                                      "give it once"),  # libpq took b, messages named a
                       (f"{pg_url}?dbname=", "holds an empty ?dbname=: leave it out"),  # libpq's reads: `postgres`
                       (f"{base}/%20?dbname={name}", "the database's name after the host is blank: ' '"),
-                      (f"{base}/#x", "holds '#' after the host (in the database's name or a parameter), which a URL "
-                                     "cannot hold there: write it as %23"),  # the database `#x`, named as none
-                      (f"{pg_url}?application_name=x@y", "holds '@' after the host (in the database's name or a "
-                                                         "parameter), which a URL cannot hold there: write it as "
-                                                         "%40")):  # with a port: SQLAlchemy's user of host y
+                      (f"{base}/#x", "holds a # after the host, which ends a URL: write it as %23"),  # the
+                      # database `#x`, named as none
+                      (f"{base}?dbname={name}#b", "holds a # after the host, which ends a URL: write it as %23"),
+                      (f"{pg_url}?application_name=x@y", "holds an @ after the host (in the database's name or a "
+                                                         "parameter), which SQLAlchemy reads as the end of a user "
+                                                         "name and password, and its host as what follows: write it "
+                                                         "as %40")):  # with a port: SQLAlchemy's user of host y
         with pytest.raises(BadInput, match=f"^KLAB_DATABASE_URL: {re.escape(says)}$"):
             normalize_url(url)
+    assert normalize_url("postgresql://u@h/db?sslrootcert=/a@b").endswith("/db?sslrootcert=/a@b")  # read right: no :
+    # before it, SQLAlchemy's user part ends at the first @
     asked = "postgresql://u:pa?ss@h:6543/db"  # a password's ?, which SQLAlchemy reads as the password's: no query
     assert normalize_url(asked).endswith("@h:6543/db") and describe(asked) == "postgresql database db on h:6543"
 
