@@ -558,6 +558,24 @@ def test_a_sweep_of_arrays_names_their_paths_readably(field: str) -> None:
             t for t in shown if t.startswith("npy:/home/")}, shown  # each path's ends kept
 
 
+def test_long_labels_alike_in_several_places_are_cut_apart_around_each_difference() -> None:
+    """Four literals differing in two places (a 2x2 grid of values) were all drawn whole: each pair apart at its first
+    difference read alike with another pair; a label's window around a difference repeated the tail kept after it
+    (`...kernel…nel.npy`)."""
+    from service.render.axes import shortened
+
+    base = "[[0.1234567, 0.2345678, 0.3456789, 0.4567890, 0.5678901]]"
+    four = [base, base.replace("78, ", "79, "), base.replace("90, ", "91, "),
+            base.replace("78, ", "79, ").replace("90, ", "91, ")]
+    cut = shortened(four)
+    assert len(set(cut)) == 4 and max(map(len, cut)) <= 36, cut
+    assert [("45679" in c, "67891" in c) for c in cut] == [(False, False), (True, False), (False, True), (True, True)]
+    paths = [f"npy:/tmp/data/experiment_{e}/run_{r}/kernel.npy" for e in "AB" for r in "12"]
+    cut = shortened(paths)
+    assert len(set(cut)) == 4 and all(c.endswith("/kernel.npy") and c.count("kernel") == 1 for c in cut), cut
+    assert shortened(["x" * 28, "x" * 29, "d2l"]) == ["x" * 28, "x" * 13 + "…" + "x" * 14, "d2l"]
+
+
 def test_a_one_panel_sweeps_title_stays_in_the_figure() -> None:
     """One panel is 6.5 inches wide: the line of what stayed fixed (a minibatch method names its batch size, a noisy
     sweep its noise) and a long name ran past both edges, `ixed: method d2l-sgd, ... kernel d2`."""

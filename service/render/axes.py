@@ -5,7 +5,6 @@ No pyplot: nothing global changes (a notebook keeps its backend), and a figure n
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -182,29 +181,42 @@ as npy:$KLAB_HOME/arrays/<sha256>.npy, 110 characters) made the panel's axes col
 
 def shortened(labels: Sequence[str], most: int = LABEL_CHARACTERS) -> list[str]:
     """Labels past `most` characters cut in the middle (`npy:/home/u/…c9f2e1.npy`), their ends kept; labels that
-    would then read alike keep, between their ends, the part where they first differ (`[[0.12…, 0.789…0.3]]`).
-    Widening every label until they read apart drew two literals differing in their middle, and every other label
-    beside them, whole: the panel collapsed again."""
-    def cut(t: str, differ: int | None = None) -> str:
-        if len(t) <= most:
-            return t
-        head, tail = t[:(most - 1) // 2], t[len(t) - most // 2:]
-        if differ is None or differ < len(head) or differ >= len(t) - len(tail):
-            return f"{head}…{tail}"
-        head, tail = t[:most // 4], t[len(t) - most // 4:]
-        return f"{head}…{t[max(differ - 4, len(head)):differ + most // 2]}…{tail}"
+    would then read alike keep, between their ends, a few characters around each place where they differ
+    (`[[0.12…0.7890, 0…3456]]`). Widening every label until they read apart drew two literals differing in their
+    middle, and every other label beside them, whole: the panel collapsed again. Labels alike still are whole."""
+    differ: dict[str, set[int]] = {t: set() for t in labels}
+    for _ in range(4):  # labels apart in one place may read alike with others in another: a few rounds
+        out = [_cut(t, most, sorted(differ[t])) for t in labels]
+        alike: dict[str, set[str]] = {}
+        for t, o in zip(labels, out):
+            alike.setdefault(o, set()).add(t)
+        groups = [g for g in alike.values() if len(g) > 1]
+        for group in groups:
+            shortest = min(len(t) for t in group)
+            places = {i for i in range(shortest) if len({t[i] for t in group}) > 1}
+            for t in group:
+                differ[t] |= places | ({shortest} if len({len(u) for u in group}) > 1 else set())
+        if not groups:
+            return out
+    return [t if len(alike[o]) > 1 else o for t, o in zip(labels, out)]  # alike still: whole
 
-    out = [cut(t) for t in labels]
-    alike: dict[str, set[str]] = {}
-    for t, o in zip(labels, out):
-        alike.setdefault(o, set()).add(t)
-    for t_i, (t, o) in enumerate(zip(labels, out)):
-        if len(others := alike[o]) > 1:
-            out[t_i] = cut(t, min(len(os.path.commonprefix([t, u])) for u in others if u != t))
-    shown: dict[str, set[str]] = {}
-    for t, o in zip(labels, out):
-        shown.setdefault(o, set()).add(t)
-    return [t if len(shown[o]) > 1 else o for t, o in zip(labels, out)]  # alike still: whole
+
+def _cut(text: str, most: int, differ: Sequence[int]) -> str:
+    """Text past `most` characters as its ends and, between them, the characters around each of `differ`, a … for
+    each run left out (none where the kept parts meet); whole where that keeps most of it anyway."""
+    if len(text) <= most:
+        return text
+    end = (most - 1) // 2 if not differ else most // 4
+    kept = set(range(end)) | set(range(len(text) - (most // 2 if not differ else most // 4), len(text)))
+    for i in differ[:8]:  # a few places: more reads as the whole text
+        kept |= set(range(max(i - 4, 0), min(i + 5, len(text))))
+    if len(kept) > 2 * most:
+        return text
+    pieces, last = [], -1
+    for i in sorted(kept):
+        pieces.append(("…" if last >= 0 and i != last + 1 else "") + text[i])
+        last = i
+    return "".join(pieces)
 
 
 def log_labels(axis: Any, values: np.ndarray) -> None:
