@@ -574,6 +574,10 @@ def test_long_labels_alike_in_several_places_are_cut_apart_around_each_differenc
     cut = shortened(paths)
     assert len(set(cut)) == 4 and all(c.endswith("/kernel.npy") and c.count("kernel") == 1 for c in cut), cut
     assert shortened(["x" * 28, "x" * 29, "d2l"]) == ["x" * 28, "x" * 13 + "…" + "x" * 14, "d2l"]
+    one_hot = sorted("[[" + ",".join("0.5" if j == i else "0.25" for j in range(12)) + "]]" for i in range(12))
+    cut = shortened(one_hot)  # each apart in its own place: four came back whole (62 characters), windows kept
+    # only around the first 8 of every place the group differed in
+    assert len(set(cut)) == 12 and max(map(len, cut)) <= 40, cut
 
 
 def test_a_one_panel_sweeps_title_stays_in_the_figure() -> None:

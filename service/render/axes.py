@@ -181,24 +181,31 @@ as npy:$KLAB_HOME/arrays/<sha256>.npy, 110 characters) made the panel's axes col
 
 def shortened(labels: Sequence[str], most: int = LABEL_CHARACTERS) -> list[str]:
     """Labels past `most` characters cut in the middle (`npy:/home/u/…c9f2e1.npy`), their ends kept; labels that
-    would then read alike keep, between their ends, a few characters around each place where they differ
-    (`[[0.12…0.7890, 0…3456]]`). Widening every label until they read apart drew two literals differing in their
-    middle, and every other label beside them, whole: the panel collapsed again. Labels alike still are whole."""
+    would then read alike keep, between their ends, a few characters around each place where they differ from most
+    of them (`[[0.12…0.7890, 0…3456]]`), then, where still alike, around each place where any two differ. Widening
+    every label until they read apart drew two literals differing in their middle, and every other label beside
+    them, whole: the panel collapsed again. Labels alike still are whole."""
     differ: dict[str, set[int]] = {t: set() for t in labels}
-    for _ in range(4):  # labels apart in one place may read alike with others in another: a few rounds
+    for round_ in range(4):  # labels apart in one place may read alike with others in another: a few rounds
         out = [_cut(t, most, sorted(differ[t])) for t in labels]
-        alike: dict[str, set[str]] = {}
+        alike: dict[str, list[str]] = {}
         for t, o in zip(labels, out):
-            alike.setdefault(o, set()).add(t)
-        groups = [g for g in alike.values() if len(g) > 1]
-        for group in groups:
-            shortest = min(len(t) for t in group)
-            places = {i for i in range(shortest) if len({t[i] for t in group}) > 1}
-            for t in group:
-                differ[t] |= places | ({shortest} if len({len(u) for u in group}) > 1 else set())
+            alike.setdefault(o, []).append(t)
+        groups = [g for g in alike.values() if len(set(g)) > 1]
         if not groups:
             return out
-    return [t if len(alike[o]) > 1 else o for t, o in zip(labels, out)]  # alike still: whole
+        for group in map(sorted, map(set, groups)):
+            places = [i for i, chars in enumerate(zip(*group)) if len(set(chars)) > 1]
+            for i in places:
+                common = max(set(column := [t[i] for t in group]), key=column.count)
+                held = column.count(common) * 2 > len(group)  # by most of them: the others' own place
+                for t in group:  # its own places first (a literal's one changed weight); then every place
+                    if round_ or not held or t[i] != common:
+                        differ[t].add(i)
+            if len({len(t) for t in group}) > 1:
+                for t in group:
+                    differ[t].add(min(len(u) for u in group))
+    return [t if len(set(alike[o])) > 1 else o for t, o in zip(labels, out)]  # alike still: whole
 
 
 def _cut(text: str, most: int, differ: Sequence[int]) -> str:
@@ -208,7 +215,7 @@ def _cut(text: str, most: int, differ: Sequence[int]) -> str:
         return text
     end = (most - 1) // 2 if not differ else most // 4
     kept = set(range(end)) | set(range(len(text) - (most // 2 if not differ else most // 4), len(text)))
-    for i in differ[:8]:  # a few places: more reads as the whole text
+    for i in differ:
         kept |= set(range(max(i - 4, 0), min(i + 5, len(text))))
     if len(kept) > 2 * most:
         return text
