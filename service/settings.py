@@ -132,7 +132,9 @@ def one_at(name: str, url: str) -> str:
     the host (and print it in their errors), and no pattern can tell where it ends to mask it."""
     scheme, _, rest = url.partition("://")
     scheme = scheme.lower()  # SQLITE:// is sqlite:// (RFC 3986): a path's @ is no user part's in either
-    if rest.partition("/")[0].count("@") > 1:
+    if (authority := rest.partition("/")[0]).count("@") > 1:
+        if "?" in authority.split("@")[1]:  # no / after the host, and an @ in a parameter's value (h:5432?dbname=x@y)
+            raise BadInput(name, "holds an @ in a parameter, which ends the user part of a URL: write it as %40")
         raise BadInput(name, "the password holds an @, which ends the user part of a URL: write it as %40")
     head = rest.partition("?")[0]  # an @ in a parameter's value (libpq's options=...) is not the user part's
     user = head.partition("@")[0] if "@" in head and not scheme.startswith("sqlite") else ""  # a path's @ neither

@@ -218,6 +218,9 @@ def test_a_postgresql_url_that_names_no_database_is_refused(tmp_path, pg_url):
                                                          "as %40")):  # with a port: SQLAlchemy's user of host y
         with pytest.raises(BadInput, match=f"^KLAB_DATABASE_URL: {re.escape(says)}$"):
             normalize_url(url)
+    with pytest.raises(BadInput, match="^KLAB_DATABASE_URL: holds an @ in a parameter, which ends the user part of "
+                                       "a URL: write it as %40$"):  # no / after the host: was "the password holds"
+        normalize_url(f"{base}?dbname={name}@x")
     assert normalize_url("postgresql://u@h/db?sslrootcert=/a@b").endswith("/db?sslrootcert=/a@b")  # read right: no :
     # before it, SQLAlchemy's user part ends at the first @
     asked = "postgresql://u:pa?ss@h:6543/db"  # a password's ?, which SQLAlchemy reads as the password's: no query
