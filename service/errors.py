@@ -68,6 +68,14 @@ ESC of an escape sequence), format characters (bidi overrides, zero-width spaces
 that are not UTF-8) and line and paragraph separators."""
 
 
+def surrogate(text: str) -> str | None:
+    """The first lone surrogate in a text, or None: a byte of an argument that is not UTF-8 (Python's
+    surrogateescape), or a file's JSON "\ud800"; no file name or database takes it."""
+    if text.isascii():
+        return None
+    return next((c for c in text if unicodedata.category(c) == "Cs"), None)
+
+
 def visible(text: str) -> str:
     """Text as a terminal should show it: each INVISIBLE character as Python writes it in a literal (\\n, \\x1b,
     \\u202e), so that a path, a value or a message stays on its line and shows what it holds."""

@@ -9,12 +9,20 @@ import errno
 import importlib
 import os
 import sys
-import unicodedata
 from collections import Counter
 
 import click
 
-from service.errors import BadInput, BrokerUnavailable, DatabaseUnavailable, Gone, Interrupted, one_line, visible
+from service.errors import (
+    BadInput,
+    BrokerUnavailable,
+    DatabaseUnavailable,
+    Gone,
+    Interrupted,
+    one_line,
+    surrogate,
+    visible,
+)
 
 # command -> (the module defining it, imported only when the command runs; its line in --help)
 COMMANDS = {
@@ -138,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes become one line and exit code 2, never a traceback."""
     args = sys.argv[1:] if argv is None else argv
     for i, arg in enumerate(args):
-        if not arg.isascii() and any(unicodedata.category(c) == "Cs" for c in arg):  # bytes that are not UTF-8
+        if surrogate(arg):  # bytes that are not UTF-8
             flag, _, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
             flag = flag or _taking(args[:i])  # the option whose value it is; an argument has none
             fail(f"{visible(flag) + ': ' if flag else ''}{visible(value)} holds bytes that are not UTF-8 (names, "

@@ -8,7 +8,6 @@ claim, which starts or cancels in one statement). Lists of job ids travel as one
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -38,7 +37,7 @@ from service.db.datasets import put_dataset
 from service.db.ids import reserve_ids
 from service.db.schema import epochs, jobs, sweeps, unfinished, utcnow
 from service.jobs import result, status
-from service.jobs.columns import Columns
+from service.jobs.columns import Columns, finite
 from service.jobs.selection import Selection
 from service.jobs.status import JobStatus
 
@@ -339,7 +338,7 @@ def streamed(conn: Connection, job_id: int, attempt: int, epoch_list: Sequence[d
     The job's row is locked first, so a result stored meanwhile comes wholly before or after. Whether it holds."""
     import numpy as np
 
-    last = {f"final_{k}": _finite(epoch_list[-1][k]) for k in ("loss", "mse")} if epoch_list else {}  # as `klab
+    last = {f"final_{k}": finite(epoch_list[-1][k]) for k in ("loss", "mse")} if epoch_list else {}  # as `klab
     # show` reads the epochs (`klab list` showed a running job's progress with no loss)
     holds = conn.execute(update(jobs).where(held(conn, [job_id], [attempt]))
                          .values(epochs_done=epochs_done, **last).returning(jobs.c.id)).first()
@@ -354,10 +353,6 @@ def streamed(conn: Connection, job_id: int, attempt: int, epoch_list: Sequence[d
     bulk.insert_epochs(conn, [job_id], [len(epoch_list)], column("loss"), column("mse"),
                        None if np.isnan(ke).all() else ke, first=epoch_list[0]["epoch"])
     return True
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
 
 
 def set_device(conn: Connection, ids: Sequence[int], device: str) -> None:

@@ -35,8 +35,8 @@ class Columns:
         """Job i's result row, in plain Python values (None for what is missing or not finite), and its epochs."""
         row = {name: _plain(result.BY_NAME[name], self.values.get(name), i) for name in result.ROW}
         ke = self.kernel_error
-        epochs = [{"epoch": e + 1, "loss": _float(self.loss[e, i]), "mse": _float(self.mse[e, i]),
-                   "kernel_error": None if ke is None else _float(ke[e, i])} for e in range(int(self.epochs_done[i]))]
+        epochs = [{"epoch": e + 1, "loss": finite(self.loss[e, i]), "mse": finite(self.mse[e, i]),
+                   "kernel_error": None if ke is None else finite(ke[e, i])} for e in range(int(self.epochs_done[i]))]
         return row, epochs
 
     def column(self, name: str) -> list[Any]:
@@ -142,14 +142,17 @@ def _stored_values(f: result.Field, v: Any, n: int) -> list[Any]:
         return list(v)
     if f.kind == "bool":
         return v.astype(bool).tolist()
-    finite = np.isfinite(v)
-    out = (np.where(finite, v, 0).astype(np.int64) if f.kind in ("int", "bigint") else v).tolist()
-    if finite.all():
+    kept = np.isfinite(v)
+    out = (np.where(kept, v, 0).astype(np.int64) if f.kind in ("int", "bigint") else v).tolist()
+    if kept.all():
         return out
-    return [x if ok else None for x, ok in zip(out, finite.tolist())]
+    return [x if ok else None for x, ok in zip(out, kept.tolist())]
 
 
-def _float(v: Any) -> float | None:
+def finite(v: Any) -> float | None:
+    """A number as the database keeps it: None for none, or for one not finite."""
+    if v is None:
+        return None
     v = float(v)
     return v if math.isfinite(v) else None
 
@@ -176,7 +179,7 @@ def _floats(a: Any) -> Any:
     import numpy as np
 
     if a.ndim == 0:
-        return _float(a)
+        return finite(a)
     if np.all(np.isfinite(a)):
         return a.tolist()
     return [_floats(x) for x in a]

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service import defaults
-from service.errors import BadInput, visible
+from service.errors import BadInput, surrogate, visible
 from service.jobs.choices import Device, Method, kernel_text, means_no_kernel
 from service.jobs.inputs import checked_file
 from service.jobs.sweep import INTEGER, SWEEP_HINT, SWEEPABLE, kernel_literal, number
@@ -51,9 +51,8 @@ class JobSpec(BaseModel):
                 except (TypeError, RecursionError):
                     raise ValueError("must be a string or a nested list of numbers") from None
             raise ValueError("must be a string")
-        if value is not None and not value.isascii() and (half := next(
-                (c for c in value if "\ud800" <= c <= "\udfff"), None)):  # a file's "\ud800": os.stat and the
-            # database raised UnicodeEncodeError (a traceback)
+        if value is not None and (half := surrogate(value)):  # a file's "\ud800": os.stat and the database raised
+            # UnicodeEncodeError (a traceback)
             raise ValueError(f"holds {visible(half)}, half of a UTF-16 surrogate pair, which no text or file name "
                              "holds alone")
         return value.strip() if isinstance(value, str) else value

@@ -195,14 +195,13 @@ def grid(flags: dict[str, str]) -> Grid:
         try:
             for item in split_list(field, str(text)):
                 values.extend(_values(field, item, limit))
+            keys = [kernel_key(v) if field == "kernel" and isinstance(v, str) else v for v in values]
+            if len(set(keys)) < len(keys):  # the same job twice: a typo, never a wish (repeat with --seed)
+                seen: set[Any] = set()
+                twice = next(v for v, k in zip(values, keys) if k in seen or seen.add(k))
+                raise BadInput(field, f"{twice} appears more than once in {text!r}; give each value once")
         except BadInput as exc:  # named as its flag, as the spec names it (batch_size was batch-size's name here)
             raise BadInput(field.replace("_", "-"), exc.message) from None
-        keys = [kernel_key(v) if field == "kernel" and isinstance(v, str) else v for v in values]
-        if len(set(keys)) < len(keys):  # the same job twice: a typo, never a wish (repeat with --seed)
-            seen: set[Any] = set()
-            twice = next(v for v, k in zip(values, keys) if k in seen or seen.add(k))
-            raise BadInput(field.replace("_", "-"), f"{twice} appears more than once in {text!r}; give each value "
-                                                    "once")
         if len(values) == 1:
             fixed[field] = values[0]
         else:
