@@ -150,12 +150,18 @@ def test_a_broker_restart_is_logged_in_lines_not_tracebacks(tmp_path, pg_db, red
     env = service_env(tmp_path, url, broker.url())
     w = worker_procs(env, "steady").wait_ready()
     assert "mingle" not in w.text(), w.text()[-3000:]
+    def lost() -> int:
+        return w.text().count("Cannot connect to") + w.text().count("Connection to broker lost")
+
     for stop in (broker.proc.terminate, broker.kill):  # a restart (redis shuts down), then a crash
-        connected = w.text().count("Connected to redis://")
+        connected, noticed = w.text().count("Connected to redis://"), lost()
         stop()
         broker.proc.wait(10)
-        wait_until(lambda: "Cannot connect to" in w.text() or "Connection to broker lost" in w.text(), 30,
-                   lambda: w.text()[-3000:])
+        # This stop's own line, the broker kept away until it comes. The lines of the first stop answered the
+        # second's wait at once, and a broker back at once after a crash just past "Connected" may be reached again
+        # without a line (1 of 22 such crashes on a loaded machine; the worker trained the next job all the same):
+        # the test then waited for a "Connected" that never came.
+        wait_until(lambda n=noticed: lost() > n, 30, lambda: w.text()[-3000:])
         broker.start()
         wait_until(lambda n=connected: w.text().count("Connected to redis://") > n, 60, lambda: w.text()[-3000:])
     done = klab(env, "submit", "--epochs", "2", "--wait", "--json")
