@@ -109,12 +109,19 @@ def test_log_spaced_values_are_exact(tmp_path):
         grid({"seed": f"{2**62}:{2**62 + 2}:3"})
 
 
-def test_no_kernel_in_any_case_is_one_value_of_a_sweep():
+def test_no_kernel_in_any_case_and_a_made_input_whatever_its_zeros_are_one_value_of_a_sweep():
     from service.jobs.sweep import grid
 
     for text in ("none,None", "none, NONE "):  # were two jobs alike
         with pytest.raises(BadInput, match="^kernel: .* appears more than once in .*; give each value once$"):
             grid({"kernel": text})
+    for field, text in (("input", "edge:6x8,edge:06x8"), ("input", "image:a.png, image:a.png:gray"),
+                        ("kernel", "random:2x2,random:02x2")):  # were two jobs alike
+        with pytest.raises(BadInput, match=f"^{field}: .* appears more than once in .*; give each value once$"):
+            grid({field: text})
+    made = grid({"input": "edge:06x8,random:2x03", "kernel": "random:01x2"})
+    assert made.params() == {"swept": {"input": ["edge:6x8", "random:2x3"]}, "fixed": {"kernel": "random:1x2"}}
+    assert [job["input"] for job in made.jobs()] == ["edge:06x8", "random:2x03"]  # as typed, for its messages
     assert grid({"lr": "1e-4:1:5"}).swept["lr"] == [0.0001, 0.001, 0.01, 0.1, 1.0]
     assert grid({"lr": "0.002:0.2:5"}).swept["lr"] == [0.002, 0.00632455532034, 0.02, 0.0632455532034, 0.2]
 

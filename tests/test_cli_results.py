@@ -827,6 +827,23 @@ def test_a_kernel_literal_is_one_kernel_whatever_the_spelling_of_its_numbers(kla
     assert code == 0 and [(g["kernel"], g["jobs"]) for g in json.loads(out)] == [("[[1, 0.05]]", 3)], (out, err)
 
 
+def test_a_made_input_and_a_random_kernel_are_kept_by_their_numbers(klab_db: str, klab_cli) -> None:
+    """`edge:06x8` trained as `edge:6x8` and was kept as typed: `compare --group-by input` made two groups of one
+    input, `klab list --kernel random:2x2` missed the jobs given `random:02x2`."""
+    ids = []
+    for given in (("edge:06x8", "random:02x2"), ("edge:6x8", "random:2x02"), ("edge:6x08", "random:2x2")):
+        code, out, err = klab_cli("run", "--input", given[0], "--kernel", given[1], "--epochs", "2", "--json")
+        assert code == 0, err
+        ids.append(json.loads(out)["id"])
+        assert [json.loads(out)["spec"][f] for f in ("input", "kernel")] == ["edge:6x8", "random:2x2"], out
+    for kernel in ("random:2x2", "random:002x2"):
+        code, out, err = klab_cli("list", "--kernel", kernel, "--json")
+        assert code == 0 and sorted(r["id"] for r in json.loads(out)) == ids, (kernel, out, err)
+    code, out, err = klab_cli("compare", *map(str, ids), "--group-by", "input,kernel", "--json")
+    assert code == 0 and [(g["input"], g["kernel"], g["jobs"]) for g in json.loads(out)] == [
+        ("edge:6x8", "random:2x2", 3)], (out, err)
+
+
 def test_a_sweeps_kernel_literals_are_kept_by_their_numbers_and_its_messages_quote_them_as_typed() -> None:
     """The sweep's params keep its literals as its jobs do; a message about one quotes it as typed, not as kept
     (`the sweep's value '[[1, 2]]'` for a `[[1.0,2.0]]` typed)."""

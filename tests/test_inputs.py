@@ -376,3 +376,32 @@ def test_random_draws_that_could_overflow_the_labels_with_some_seed_are_refused_
         build(input=f"npy:{tmp_path / 'huge.npy'}", kernel="random:2x2")
     assert np.isfinite(build(input=f"npy:{tmp_path / 'huge.npy'}", kernel="random:1x1").y).all()
     assert np.isfinite(build(input="random:6x8", kernel="random:3x3", seed=58).y).all()
+
+
+def test_a_made_input_or_kernel_is_kept_by_its_numbers_and_trains_as_typed(tmp_path):
+    """`edge:06x8` trained as `edge:6x8` but was another input to a sweep and to `compare --group-by input`, as
+    `image:PATH:gray` was to `image:PATH`. Each is kept as the text of what it trains; a text the parser refuses,
+    or one it reads otherwise, is kept as typed (its message names it so)."""
+    from service.jobs.choices import input_text, kernel_text
+
+    Image.fromarray(np.arange(12, dtype=np.uint8).reshape(3, 4)).save(tmp_path / "a.png")
+    png = tmp_path / "a.png"
+    kept = {"edge:06x08": "edge:6x8", "random:01x2x003": "random:1x2x3", "ones:0010x2": "ones:10x2",
+            f"image:{png}:gray": f"image:{png}", "checker:3x4": "checker:3x4", f"image:{png}:rgb": f"image:{png}:rgb",
+            f"image:{png}:rgb:gray": f"image:{png}:rgb:gray", "image:a:gray:gray": "image:a:gray:gray",
+            "edge:00x8": "edge:00x8", "edge:06x8x1": "edge:06x8x1", "edge: 06x8": "edge: 06x8", "npy:06x8": "npy:06x8",
+            "Edge:06x8": "Edge:06x8", "random:1x1x1x1x01": "random:1x1x1x1x01"}
+    assert {t: input_text(t) for t in kept} == kept
+    for typed, text in kept.items():
+        if text == typed:
+            continue
+        assert all(np.array_equal(a, b) for a, b in zip(inputs.parse_input(typed, 5), inputs.parse_input(text, 5)))
+    for typed in ("edge:00x8", "edge:06x8x1", "random:1x1x1x1x01"):
+        with pytest.raises(BadInput, match=re.escape(repr(typed.partition(":")[2]))):
+            inputs.parse_input(typed, 0)
+    kernels = {"random:02x03": "random:2x3", "random:1x01x2x2": "random:1x1x2x2", "random:02x2x2": "random:02x2x2",
+               "d2l": "d2l", "npy:02x2": "npy:02x2"}
+    assert {t: kernel_text(t) for t in kernels} == kernels
+    assert np.array_equal(inputs.parse_kernel("random:02x03", 7), inputs.parse_kernel("random:2x3", 7))
+    assert JobSpec.parse({"input": " edge:06x8 ", "kernel": "random:01x2"}).model_dump()["input"] == "edge:6x8"
+    assert JobSpec.parse({"input": "edge:6x8", "kernel": "random:01x2"}).kernel == "random:1x2"

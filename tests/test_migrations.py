@@ -581,6 +581,48 @@ def test_kernel_literals_kept_as_typed_before_0014_are_kept_by_their_numbers(db_
         assert conn.execute(text("SELECT kernel FROM jobs ORDER BY id")).scalars().all() == want
 
 
+def test_made_inputs_and_random_kernels_kept_as_typed_before_0015_are_kept_by_their_numbers(db_url: str) -> None:
+    """Before 0015 `edge:06x8` (and `image:PATH:gray`, `random:02x2`) were kept as typed: another input (kernel) than
+    `edge:6x8` to `compare --group-by` and to `klab list --kernel`. 0015 writes each as what it trains, in the column,
+    in the spec (as json.dumps wrote it, or otherwise) and in sweeps' params; other texts are left as they were."""
+    upgrade(db_url, "0014")
+    given = [("edge:06x8", "random:02x2"), ("image:/p/a.png:gray", "d2l"), ("edge:6x8", "random:2x2"),
+             ("random:01x2x3", None), ("image:/p/a.png:rgb", "[[1, 2]]"), ("edge:6x08", "random:2x2x2")]
+    specs = [json.dumps({"input": i, "kernel": k, "seed": 3}) for i, k in given[:-1]]
+    specs.append(json.dumps({"kernel": given[-1][1], "input": given[-1][0]}, separators=(",", ":")))  # otherwise
+    columns = ("spec, status, method, input, kernel, lr, epochs, batch_size, seed, noise, created_at, attempts, "
+               "cancel_requested, task_try, epochs_done")
+    with engine_for(db_url).begin() as conn:
+        conn.execute(text("INSERT INTO sweeps (params, size, created_at) VALUES (:p, 2, '2026-01-01')"),
+                     {"p": json.dumps({"swept": {"input": ["edge:06x8", "npy:/x.npy"]},
+                                       "fixed": {"kernel": "random:2x02", "kernel2": "random:02x2"}})})
+        conn.execute(text("INSERT INTO sweeps (params, size, created_at) VALUES (:p, 2, '2026-01-01')"),
+                     {"p": json.dumps({"swept": {"kernel": ["random:03x3", "d2l"]}, "fixed": {"input": "ones:4x4"}})})
+        for spec, (input_, kernel) in zip(specs, given):
+            conn.execute(text(f"INSERT INTO jobs ({columns}) VALUES (:spec, 'created', 'adam', :input, :kernel, 0.1, "
+                              "3, 2, 0, 0, '2026-01-01', 0, false, 0, 0)"),
+                         {"spec": spec, "input": input_, "kernel": kernel})
+    upgrade(db_url)
+    assert current_revision(db_url) == HEAD
+    want = [("edge:6x8", "random:2x2"), ("image:/p/a.png", "d2l"), ("edge:6x8", "random:2x2"),
+            ("random:1x2x3", None), ("image:/p/a.png:rgb", "[[1, 2]]"), ("edge:6x8", "random:2x2x2")]
+    with engine_for(db_url).connect() as conn:
+        got = conn.execute(text("SELECT input, kernel, CAST(spec AS text) FROM jobs ORDER BY id")).all()
+        params = [json.loads(p) for p in conn.execute(text("SELECT CAST(params AS text) FROM sweeps ORDER BY id"))
+                  .scalars()]
+        groups = conn.execute(text("SELECT count(DISTINCT input) FROM job_summary")).scalar_one()
+    assert [(i, k) for i, k, _ in got] == want and groups == 4  # were 6
+    assert [s for *_, s in got[:-1]] == [json.dumps({"input": i, "kernel": k, "seed": 3}) for i, k in want[:-1]]
+    assert json.loads(got[-1][2]) == {"kernel": "random:2x2x2", "input": "edge:6x8"}
+    assert params == [{"swept": {"input": ["edge:6x8", "npy:/x.npy"]},
+                       "fixed": {"kernel": "random:2x2", "kernel2": "random:02x2"}},
+                      {"swept": {"kernel": ["random:3x3", "d2l"]}, "fixed": {"input": "ones:4x4"}}]
+    downgrade(db_url, "0014")
+    upgrade(db_url)
+    with engine_for(db_url).connect() as conn:
+        assert [tuple(r) for r in conn.execute(text("SELECT input, kernel FROM jobs ORDER BY id"))] == want
+
+
 def test_a_deleted_jobs_or_sweeps_id_is_never_given_again(db_url: str, add_job) -> None:
     """SQLite gave a new job the greatest id plus one, a deleted job's: a worker still training the deleted one
     took the new job for it and stored its results there (a hunt saw sweep B's jobs hold sweep A's 85 epochs).

@@ -42,4 +42,5 @@ def kernel_is(kernel: str) -> tuple[str, dict[str, Any]]:
         return "kernel IS NULL", {}
     if kernel.lstrip().startswith("["):
         return LITERAL_KERNEL, {"kernel": kernel_key(kernel), "literal": "[%"}
-    return KERNEL, {"kernel": kernel, "kernel_length": len(kernel)}
+    kept = kernel_key(kernel)  # `random:02x2` as `random:2x2`, as a job keeps it
+    return KERNEL, {"kernel": kept, "kernel_length": len(kept)}

@@ -6,6 +6,7 @@ Plain Python (no numpy, no pydantic), so that a command filtering by them (`klab
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
 from typing import Any
 
@@ -37,6 +38,35 @@ def means_no_kernel(text: str) -> bool:
     return text.strip().lower() == NO_KERNEL
 
 
+MADE = ("edge", "ones", "random", "checker", "diagonal")
+"""The inputs klab makes from their dimensions (`edge:6x8`); `random:` makes kernels too."""
+DIMS = re.compile(r"^[0-9]{1,300}(x[0-9]{1,300}){1,3}$")
+"""Up to 300 digits a dimension (10**300 is past every limit, which then names its variable); more is no number."""
+
+
+def made_text(text: str, kernel: bool = False) -> str:
+    """A made input (or `random:` kernel) with its dimensions as the numbers they are: `edge:06x8` trained as
+    `edge:6x8` and was another input to a sweep's duplicate check and `compare --group-by input`. Any other text,
+    and dimensions the parser refuses (it names them as written), as it is."""
+    kind, _, dims = text.partition(":")
+    if kind not in (("random",) if kernel else MADE) or not DIMS.match(dims):
+        return text
+    numbers = [int(d) for d in dims.split("x")]
+    counts = (2, 4) if kernel else (2, 3, 4) if kind == "random" else (2,)
+    if len(numbers) not in counts or 0 in numbers:
+        return text
+    return f"{kind}:{'x'.join(map(str, numbers))}"
+
+
+def input_text(text: str) -> str:
+    """An --input text as a job keeps it: made dimensions by their numbers (made_text), and `image:PATH:gray`, the
+    same as `image:PATH`, as that (a PATH itself ending in :rgb or :gray keeps the :gray that tells it apart)."""
+    if text.startswith("image:") and text.endswith(":gray"):
+        path = text[len("image:"):-len(":gray")]
+        return text if path.endswith((":rgb", ":gray")) else f"image:{path}"
+    return made_text(text)
+
+
 def kernel_key(kernel: str) -> str:
     """A --kernel text as jobs are told apart by it: a literal by its numbers whatever their spelling and spaces
     (`[[1, -1]]`, `[[1.0,-1.0]]` and `[[1,-1e0]]` are one kernel: kernel_text), as `klab list --kernel` matches it
@@ -44,16 +74,17 @@ def kernel_key(kernel: str) -> str:
     text as it is."""
     if means_no_kernel(kernel):
         return NO_KERNEL
-    return "".join(kernel_text(kernel).split()) if kernel.lstrip().startswith("[") else kernel
+    return "".join(kernel_text(kernel).split()) if kernel.lstrip().startswith("[") else kernel_text(kernel)
 
 
 def kernel_text(kernel: str) -> str:
     """A --kernel text as a job keeps it: a JSON literal written with each number as the float64 it trains with,
     in its shortest form (a whole one without .0), and `, ` between items: `[[1, 0.5e-1]]` typed and `[[1.0, 0.05]]`
     from a file were two kernels to `klab list --kernel` and `compare --group-by kernel`. Any other text, or a
-    literal that does not parse or holds a number not finite (the parser names the mistake as written), as it is."""
+    literal that does not parse or holds a number not finite (the parser names the mistake as written), as it is;
+    `random:02x2` as `random:2x2` (made_text)."""
     if not kernel.lstrip().startswith("["):
-        return kernel
+        return made_text(kernel, kernel=True)
     try:
         return json.dumps(_numbers(json.loads(kernel)), allow_nan=False)
     except (ValueError, RecursionError, OverflowError):

@@ -8,7 +8,6 @@ import functools
 import json
 import math
 import os
-import re
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,20 +16,18 @@ from typing import Any
 import numpy as np
 
 from service.errors import BadInput
-from service.jobs.choices import KERNEL_PRESETS
+from service.jobs.choices import DIMS, KERNEL_PRESETS, MADE
 from service.jobs.sweep import SWEEP_HINT, several
 from service.settings import settings
 
 # Streams of the job's seed, so random input, kernel and noise never share numbers.
 INPUT_STREAM, KERNEL_STREAM, NOISE_STREAM = 1, 2, 3
 
-INPUT_KINDS = ("edge", "ones", "random", "checker", "diagonal", "image", "npy")
-_DIMS = re.compile(r"^[0-9]{1,300}(x[0-9]{1,300}){1,3}$")
-"""Up to 300 digits a dimension (10**300 is past every limit, which then names its variable); more is no number."""
+INPUT_KINDS = (*MADE, "image", "npy")
 
 
 def _dims(field: str, text: str, allowed: tuple[int, ...]) -> tuple[int, ...]:
-    if not _DIMS.match(text):
+    if not DIMS.match(text):
         raise BadInput(field, f"expected dimensions like 6x8, got {text!r}")
     dims = tuple(int(d) for d in text.split("x"))
     if len(dims) not in allowed:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from service import defaults
 from service.errors import BadInput, surrogate, visible
-from service.jobs.choices import Device, Method, kernel_text, means_no_kernel
+from service.jobs.choices import Device, Method, input_text, kernel_text, means_no_kernel
 from service.jobs.inputs import checked_file
 from service.jobs.sweep import INTEGER, SWEEP_HINT, SWEEPABLE, kernel_literal, number
 from service.settings import settings
@@ -70,6 +70,12 @@ class JobSpec(BaseModel):
         """`--kernel none`: no true kernel (labels given with --labels); the kernel's shape follows from them. A
         literal as kernel_text writes it."""
         return None if value is None or means_no_kernel(value) else kernel_text(value)
+
+    @field_validator("input")
+    @classmethod
+    def _input_as_kept(cls, value: str) -> str:
+        """`edge:06x8` as `edge:6x8`, `image:PATH:gray` as `image:PATH`: what it trains (input_text)."""
+        return input_text(value)
 
     @field_validator("lr", "bias", "noise", "tol", "epochs", "batch_size", "seed", mode="before")
     @classmethod

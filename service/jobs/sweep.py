@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.errors import INVISIBLE, BadInput
-from service.jobs.choices import NO_KERNEL, kernel_key, kernel_text
+from service.jobs.choices import NO_KERNEL, input_text, kernel_key, kernel_text
 from service.settings import settings
 
 SWEEPABLE = ("input", "kernel", "method", "lr", "epochs", "batch_size", "seed", "noise")
@@ -21,6 +21,10 @@ ONE_VALUE = ("labels", "bias", "tol", "device")
 """The job's other fields (service.jobs.spec.JobSpec): one value for every job of a sweep."""
 INTEGER = ("epochs", "batch_size", "seed")
 NUMERIC = ("lr", "noise", *INTEGER)
+KEPT = {"input": input_text, "kernel": kernel_text}
+"""How a job keeps a text value, and so the sweep's params (choices)."""
+KEYS = {"input": input_text, "kernel": kernel_key}
+"""What tells two text values apart, for a sweep's duplicate check."""
 
 
 SWEEP_HINT = "several values make a sweep: klab sweep"
@@ -167,10 +171,10 @@ class Grid:
         return math.prod(len(v) for v in self.swept.values())
 
     def params(self) -> dict[str, Any]:
-        """The sweep's params as stored: its kernel literals as its jobs keep them (kernel_text), its other values
-        as given (a message about one of them quotes it as typed)."""
+        """The sweep's params as stored: its inputs and kernels as its jobs keep them (input_text, kernel_text), its
+        other values as given (a message about one of them quotes it as typed)."""
         def kept(field: str, value: Any) -> Any:
-            return kernel_text(value) if field == "kernel" and isinstance(value, str) else value
+            return KEPT[field](value) if field in KEPT and isinstance(value, str) else value
 
         return {"swept": {f: [kept(f, v) for v in vs] for f, vs in self.swept.items()},
                 "fixed": {f: kept(f, v) for f, v in self.fixed.items()}}
@@ -195,7 +199,7 @@ def grid(flags: dict[str, str]) -> Grid:
         try:
             for item in split_list(field, str(text)):
                 values.extend(_values(field, item, limit))
-            keys = [kernel_key(v) if field == "kernel" and isinstance(v, str) else v for v in values]
+            keys = [KEYS[field](v) if field in KEYS and isinstance(v, str) else v for v in values]
             if len(set(keys)) < len(keys):  # the same job twice: a typo, never a wish (repeat with --seed)
                 seen: set[Any] = set()
                 twice = next(v for v, k in zip(values, keys) if k in seen or seen.add(k))
