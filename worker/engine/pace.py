@@ -18,9 +18,10 @@ Momentum (torch's heavy ball, mu = MOMENTUM) carries its buffer along: (e, buf) 
   the spectral radius of the product of the epoch's steps, computed in the row space.
 - momentum: with one batch an epoch, (1 + mu) times d2l-sgd's bound, the heavy ball's exact condition. With
   several, the buffer carried from batch to batch can make the epoch grow the gap far below that (at a third
-  of it, on random inputs): the bound is then the least lr found at which the spectral radius of the
-  epoch's product of (e, buf) steps reaches 1, scanning lrs a factor sqrt(2) apart up to (1 + mu) times
-  d2l-sgd's bound and bisecting the step where it first does (BOUND_RATES rates at most); none where that
+  of it, on random inputs), and only in windows of lrs a few percent wide: the bound is then the least lr
+  found at which the spectral radius of the epoch's product of (e, buf) steps reaches 1, scanning lrs
+  2^(1/BOUND_SCAN) apart (coarser, down to sqrt(2), where RATE_WORK_LIMIT would be spent) from a thousandth of
+  (1 + mu) times d2l-sgd's bound up to it, and bisecting the step where it first does; none where even sqrt(2)
   would spend over RATE_WORK_LIMIT. The rate is that spectral radius.
 - adam scales each weight's step by its own gradient history, so no curvature bound applies: none is
   reported. lstsq has no learning rate.
@@ -45,9 +46,30 @@ from worker.engine.analysis import Design, gram
 RATE_WORK_LIMIT = 2e9
 """Most multiply-adds spent on one job's rate (products of r x r matrices over an epoch's batches)."""
 
-BOUND_RATES = 41
-"""Most epoch rates computed to find momentum's stable lr over several batches: 21 lrs sqrt(2) apart from a
-thousandth of the per-batch bound up to it, then 20 bisections (a millionth of the bound)."""
+BOUND_SCAN = 64
+"""Lrs scanned an octave for momentum's stable lr over several batches, where RATE_WORK_LIMIT allows: its epochs
+can grow the gap in windows a few percent wide. Scanned sqrt(2) apart, about one random input in five (17 to 21%) had
+its bound missed, up to 14 times too high; 64 an octave with the peaks looked into, none of 1,200 (against 1,024 an
+octave: bench/momentum_bound.py, bench/RESULTS.md)."""
+
+BOUND_OCTAVES = 10
+"""The scan runs from 2^-10 (about a thousandth) of the per-batch bound up to it."""
+
+BISECTIONS = 20
+"""Bisections of the scanned step where an epoch first grows the gap (to a millionth of the bound)."""
+
+PEAK_FLOOR = 1 - 1e-3
+"""A peak of the scanned radii whose parabola through it and its neighbours reaches this is looked at between its
+neighbours, PEAKS at most, the highest first: a window of growth may lie there. (The radius of a small lr is just
+under 1, its scanned values a little uneven: every one of those peaks was looked at, and the budget spent.)"""
+
+PEAKS = 8
+
+ZOOM, ZOOMS = 17, 4
+PEAK_RATES = ZOOM * ZOOMS
+"""Rates spent on one peak: ZOOM lrs across the two steps around it, then around the largest, ZOOMS times (its top
+found to 4,096th of a step)."""
+
 
 PRODUCT_BYTES = 16 * 2**20
 """Most bytes of an epoch's steps made at once to multiply them (Pace._radius), beside the curvatures kept."""
@@ -93,28 +115,54 @@ class Pace:
                     self.hs[b] = h
         if largest > 0:
             bound = 2.0 / largest * (1 + defaults.MOMENTUM if method is Method.MOMENTUM else 1.0)
-            if method is Method.MOMENTUM and len(bounds) > 1:
-                bound = self._first_growing(bound) if keep and work * BOUND_RATES <= RATE_WORK_LIMIT else None
+            if method is Method.MOMENTUM and len(bounds) > 1:  # the rates a search may spend: lrs an octave
+                rates = int(RATE_WORK_LIMIT / work) - 1 - BISECTIONS
+                scan = min(BOUND_SCAN, rates // BOUND_OCTAVES)
+                spare = rates - scan * BOUND_OCTAVES
+                bound = self._first_growing(bound, scan, spare) if keep and scan >= 2 else None
             self.stable_lr = bound
 
-    def _first_growing(self, upper: float) -> float | None:
-        """The least lr up to `upper` found at which an epoch's map grows (spectral radius 1 or more): `upper` when
-        none does; None when even a thousandth of it does."""
-        grid = upper * 2.0 ** (-np.arange(20, -1, -1) / 2)
-        lo = None
-        for hi in grid:
-            if self._radius(float(hi)) >= 1:
-                break
-            lo = float(hi)
-        else:
-            return upper
-        if lo is None:
+    def _first_growing(self, upper: float, per_octave: int, spare: int) -> float | None:
+        """The least lr up to `upper` found at which an epoch's map grows (spectral radius 1 or more), scanning
+        `per_octave` lrs an octave, then looking between two scanned lrs at each peak of the radius from
+        PEAK_FLOOR up, in order, while `spare` rates last (a window of growth narrower than the scan's step, 1.0003
+        at its top: 0.93 on a random input, where the scan found 1.49): `upper` when none grows; None when even the
+        least scanned does."""
+        grid = upper * 2.0 ** (-np.arange(BOUND_OCTAVES * per_octave, -1, -1) / per_octave)
+        radii = self._radii(grid)
+        end = int(np.argmax(radii >= 1)) if (radii >= 1).any() else len(grid)  # the first scanned that grows
+        if end == 0:
             return None
-        hi = float(hi)
-        for _ in range(BOUND_RATES - len(grid)):
+        lo, hi = (float(grid[end - 1]), float(grid[end])) if end < len(grid) else (upper, None)
+        i = np.arange(1, end - 1)
+        left, mid, right = radii[i - 1], radii[i], radii[i + 1]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # the top of a parabola through three
+            top = np.where(2 * mid > left + right, mid + (right - left) ** 2 / (8 * (2 * mid - left - right)), mid)
+        peaks = (left <= mid) & (mid >= right) & (top >= PEAK_FLOOR)
+        order = np.argsort(-top[peaks], kind="stable")[: min(PEAKS, spare // PEAK_RATES)]
+        if len(order):
+            at = i[peaks][order]
+            tops, top_radii = self._tops(grid[at - 1], grid[at + 1])
+            if (top_radii >= 1).any():
+                k = np.flatnonzero(top_radii >= 1)[np.argmin(tops[top_radii >= 1])]  # the least lr that grows
+                lo, hi = float(grid[at[k] - 1]), float(tops[k])
+        if hi is None:
+            return upper
+        for _ in range(BISECTIONS):
             mid = (lo + hi) / 2
             lo, hi = (lo, mid) if self._radius(mid) >= 1 else (mid, hi)
         return lo
+
+    def _tops(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where the radius is largest between a[k] and b[k], and that radius, for every k at once: ZOOM lrs across
+        each, then across the two steps around the largest, ZOOMS times (PEAK_RATES rates a peak)."""
+        rows = np.arange(len(a))
+        for _ in range(ZOOMS):
+            lrs = a[:, None] + (b - a)[:, None] * np.linspace(0.0, 1.0, ZOOM)
+            radii = self._radii(lrs.ravel()).reshape(lrs.shape)
+            j = radii.argmax(axis=1)
+            a, b = lrs[rows, np.maximum(j - 1, 0)], lrs[rows, np.minimum(j + 1, ZOOM - 1)]
+        return lrs[rows, j], radii[rows, j]
 
     def rate(self, lr: float) -> float | None:
         """The factor by which the slowest identifiable direction of the gap shrinks each epoch at `lr` (momentum's
@@ -151,6 +199,27 @@ class Pace:
         if not np.isfinite(epoch).all():  # an lr so large that an epoch's map overflows: it grows without bound
             return float("inf")
         return float(np.abs(np.linalg.eigvals(epoch)).max())
+
+    def _radii(self, lrs: np.ndarray) -> np.ndarray:
+        """_radius at many lrs at once (momentum over several batches): each lr's epoch map multiplied step by step,
+        as many lrs together as PRODUCT_BYTES holds."""
+        r = self.hs.shape[1]
+        d, eye, mu = 2 * r, np.eye(r), defaults.MOMENTUM
+        out = np.empty(len(lrs))
+        chunk = max(1, PRODUCT_BYTES // (2 * 8 * d * d))  # the maps and one step for each lr
+        with np.errstate(over="ignore", invalid="ignore"):
+            for s in range(0, len(lrs), chunk):
+                lr = lrs[s : s + chunk, None, None]
+                epoch = np.broadcast_to(np.eye(d), (len(lr), d, d))
+                step = np.empty((len(lr), d, d))
+                step[:, :r, r:], step[:, r:, r:] = -lr * mu * eye, mu * eye
+                for c, h in zip(self.cs, self.hs):
+                    step[:, :r, :r], step[:, r:, :r] = eye - lr * c * h, c * h
+                    epoch = step @ epoch
+                finite = np.isfinite(epoch).all(axis=(1, 2))  # not: an lr so large that the map overflows
+                radius = np.abs(np.linalg.eigvals(np.where(finite[:, None, None], epoch, 0.0))).max(axis=1)
+                out[s : s + chunk] = np.where(finite, radius, np.inf)
+        return out
 
     def best_lr(self) -> tuple[float, float] | None:
         """For plain gradient descent with one step an epoch: the lr at which the gap shrinks fastest, and
