@@ -193,7 +193,31 @@ def normalize_url(url: str) -> str:
     if sep and backend not in ("sqlite", "postgresql"):
         raise BadInput("KLAB_DATABASE_URL", f"{backend} is not supported: kernel-lab stores its results in "
                        "SQLite (sqlite:///PATH) or PostgreSQL (postgresql://USER@HOST/DB)")
+    if sep and backend == "sqlite":
+        _sqlite_parameters(url)
     return url
+
+
+SQLITE_DRIVER = ("uri", "timeout", "isolation_level", "detect_types", "check_same_thread", "cached_statements")
+"""The parameters of a SQLite URL that SQLAlchemy hands Python's sqlite3; with ?uri=true, the others go in the URI."""
+
+
+def _sqlite_parameters(url: str) -> None:
+    """A SQLite URL's other parameters (`mode=ro`) are SQLite's own, read only in a `file:` URI with ?uri=true:
+    without uri=true SQLAlchemy dropped them with a warning, and klab wrote to the database meant read-only; with it
+    and a plain path, SQLite opened a new file named `PATH?mode=ro`, which no message named."""
+    path, _, query = url.partition("://")[2].partition("/")[2].partition("?")
+    params = parse_qsl(query, keep_blank_values=True)
+    own = sorted({k for k, _ in params if k not in SQLITE_DRIVER})
+    if not own:
+        return
+    example = "sqlite:///file:/path/klab.db?mode=ro&uri=true"
+    if not any(k == "uri" and v.strip().lower() in URI_ON for k, v in params):
+        raise BadInput("KLAB_DATABASE_URL", f"SQLite's driver takes no parameter {own[0]!r}, which would be ignored: "
+                                            f"SQLite's own are read in a file: URI with uri=true, as {example}")
+    if not unquote(path).startswith("file:"):
+        raise BadInput("KLAB_DATABASE_URL", f"with uri=true, SQLite reads {own[0]!r} only in a path that begins with "
+                                            f"file: (it would open a new file named after the whole URL): {example}")
 
 
 def _names_a_database(url: str) -> None:

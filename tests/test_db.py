@@ -186,6 +186,29 @@ def test_a_sqlite_file_in_a_folder_that_does_not_exist_is_refused(tmp_path: Path
     assert klab(fresh, "list").returncode == 0 and (tmp_path / "new-home" / "klab.db").is_file()
 
 
+def test_a_sqlite_urls_parameters_are_the_drivers_or_sqlites_own_in_a_file_uri(tmp_path: Path) -> None:
+    """?mode=ro without uri=true was dropped by SQLAlchemy with a warning and klab wrote to the database meant
+    read-only; with uri=true on a plain path SQLite made and wrote a new file named `a.db?mode=ro`, every message
+    naming a.db; ?timeout=abc ended in ValueError's traceback. Each is one line, exit 2, nothing written."""
+    db = tmp_path / "a.db"
+    assert klab(clean_env(tmp_path / "home", f"sqlite:///{db}"), "run", "--epochs", "1").returncode == 0
+    before = db.read_bytes()
+    for query, said in (("?mode=ro", "SQLite's driver takes no parameter 'mode', which would be ignored"),
+                        ("?mode=ro&uri=false", "SQLite's driver takes no parameter 'mode', which would be ignored"),
+                        ("?uri=true&mode=ro", "with uri=true, SQLite reads 'mode' only in a path that begins with "
+                                              "file:"),
+                        ("?timeout=abc", "a parameter of the URL is not what SQLite's driver takes: could not convert "
+                                         "string to float: 'abc'"),
+                        ("?check_same_thread=maybe", "String is not true/false: 'maybe'")):
+        for args in (["run", "--epochs", "1"], ["list"], ["db", "upgrade"]):
+            out = klab(clean_env(tmp_path / "home", f"sqlite:///{db}{query}"), *args)
+            assert (out.returncode, out.stdout) == (2, "") and len(out.stderr.splitlines()) == 1, (query, out.stderr)
+            assert out.stderr.startswith("klab: error: KLAB_DATABASE_URL: ") and said in out.stderr, out.stderr
+    assert [p.name for p in tmp_path.iterdir() if "?" in p.name] == [] and db.read_bytes() == before
+    read_only = clean_env(tmp_path / "home", f"sqlite:///file:{db}?mode=ro&uri=true")  # as SQLite reads it
+    assert klab(read_only, "list", "--json").stdout.count('"id"') == 1
+
+
 def test_a_database_other_than_sqlite_or_postgresql_is_refused_by_name(tmp_path: Path) -> None:
     for url in ("mysql://user:hunter2@db-host/klab", "mssql+pyodbc://user:hunter2@db-host/klab"):
         out = klab(clean_env(tmp_path / "home", url), "list")

@@ -83,6 +83,9 @@ def _create(url: str) -> Engine:
     except (ArgumentError, ImportError) as exc:  # sqlite+aiosqlite://, sqlite+bogus://: a traceback
         raise DatabaseUnavailable(f"KLAB_DATABASE_URL: cannot use {describe(url)}: {mask(str(exc))} (kernel-lab "
                                   "reaches SQLite through Python's sqlite3: sqlite:///PATH)", 2) from None
+    except ValueError as exc:  # ?timeout=abc, ?check_same_thread=maybe: the driver's parameters, read by SQLAlchemy
+        raise DatabaseUnavailable(f"KLAB_DATABASE_URL: cannot use {describe(url)}: a parameter of the URL is not "
+                                  f"what SQLite's driver takes: {mask(str(exc))}", 2) from None
     event.listen(eng, "connect", lambda dbapi_conn, _record: sqlite_setup(dbapi_conn))
 
     @event.listens_for(eng, "begin")
