@@ -191,6 +191,21 @@ def test_an_input_too_large_for_memory_is_refused_in_one_line_without_a_tracebac
     assert stored_jobs(home) == 0
 
 
+def test_a_job_past_the_machines_memory_under_a_raised_limit_is_one_line_and_nothing_stored(tmp_path):
+    """KLAB_MAX_JOB_MEMORY raised past what the machine holds (the README allows 2**62): `klab run` ended in numpy's
+    MemoryError traceback, exit 1. Under an address-space cap of 4 GiB, so that the attempt fails at once."""
+    home = tmp_path / "home"
+    env = clean_env(home, OPENBLAS_NUM_THREADS="1", KLAB_MAX_INPUT_ELEMENTS=str(2**62), KLAB_MAX_JOB_MEMORY=str(2**62))
+    for store in ([], ["--no-store"]):
+        out = measured(env, "run", *store, "--input", "random:100000x100000", "--epochs", "1", cap=4 * GIB,
+                       timeout=120)
+        assert (out["rc"], out["stdout"]) == (1, ""), out
+        (line,) = out["stderr"].splitlines()
+        assert line.startswith("klab: error: out of memory: Unable to allocate 74.5 GiB for an array with shape "
+                               "(100000, 100000) and data type float64 (KLAB_MAX_JOB_MEMORY lets through"), line
+    assert stored_jobs(home) == 0
+
+
 def test_the_limit_is_where_the_estimate_says(tmp_path):
     home = tmp_path / "home"
     args = ("run", "--input", "random:256x256", "--kernel", "sobel-x", "--epochs", "2")

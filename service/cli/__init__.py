@@ -176,6 +176,9 @@ def main(argv: list[str] | None = None) -> None:
         fail(_noted("interrupted", exc), 130)
     except BrokenPipeError:
         sys.exit(0)
+    except MemoryError as exc:  # numpy's or torch's, for a job KLAB_MAX_JOB_MEMORY raised past what the machine holds
+        fail(f"out of memory: {one_line(exc) or 'MemoryError'} (KLAB_MAX_JOB_MEMORY lets through jobs this large: "
+             "lower it to what this machine holds)", 1)
     except OSError as exc:
         if exc.errno not in UNWRITABLE:
             raise
