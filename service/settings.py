@@ -225,8 +225,9 @@ def _names_a_database(url: str) -> None:
     file. Without one libpq took PGDATABASE's or the user's own (`postgres`), which every message named as "" and
     `klab db upgrade` would have filled; with two (a ?dbname= beside the name after the host, or twice) libpq took
     one and every message named the other. An @ after the host that SQLAlchemy reads as a user part's end is refused
-    too (`h:5432/db?options=x@y` was user h of host y: klab's writes went there, its reads to h), and a # after the
-    host (`h/#x`, `h?dbname=a#b`: the database `#x` or `a#b`, which messages named otherwise)."""
+    too (`h:5432/db?options=x@y` was user h of host y: klab's writes went there, its reads to h), a # after the
+    host (`h/#x`, `h?dbname=a#b`: the database `#x` or `a#b`, which messages named otherwise), and a host or port
+    given twice (`h:5432/db?port=1`: libpq reached port 1, messages named 5432)."""
     rest = url.partition("://")[2]
     user, slash = _USER_PART.match(rest), rest.find("/")  # one_at refused a / in the user part: past the host
     if user and -1 < slash < user.end():
@@ -237,6 +238,12 @@ def _names_a_database(url: str) -> None:
     if "#" in rest:
         raise BadInput("KLAB_DATABASE_URL", "holds a # after the host, which ends a URL: write it as %23")
     path, _, query = rest.partition("?")
+    netloc, keys = path.partition("/")[0], [k for k, _ in parse_qsl(query, keep_blank_values=True)]
+    port = None if netloc.endswith("]") else re.search(r":[0-9]+$", netloc)  # an IPv6 host's : are no port's
+    for key, given in (("host", bool(netloc[: port.start()] if port else netloc)), ("port", port is not None)):
+        if given + keys.count(key) > 1:  # libpq took the parameter's, every message named the other
+            raise BadInput("KLAB_DATABASE_URL", f"names its {key} twice (before the /NAME and as ?{key}=, or as "
+                                                f"?{key}= twice): give it once")
     name = unquote(path.partition("/")[2])
     if name and not name.strip():
         raise BadInput("KLAB_DATABASE_URL", f"the database's name after the host is blank: {name!r}")

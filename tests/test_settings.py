@@ -203,7 +203,14 @@ def test_a_postgresql_url_that_names_no_database_is_refused(tmp_path, pg_url):
     assert given.returncode == 0 and given.stdout.startswith(f"postgresql database {name} on "), given
     assert describe("postgresql://u@h/?dbname=x") == "postgresql database x on h:5432"
     assert normalize_url("postgresql://u@h/?service=klab").endswith("?service=klab")  # its file may name one
-    for url, says in ((f"{pg_url}?dbname=other", "names its database twice (after the host, or as ?dbname=): give "
+    for url, says in ((f"{pg_url}?port=1", "names its port twice (before the /NAME and as ?port=, or as ?port= "
+                                           "twice): give it once"),  # libpq reached port 1, messages named 5432
+                      (f"{pg_url}?host=127.0.0.2", "names its host twice (before the /NAME and as ?host=, or as "
+                                                   "?host= twice): give it once"),
+                      (f"{base.rpartition(':')[0]}/{name}?port=1&port=2", "names its port twice (before the /NAME "
+                                                                          "and as ?port=, or as ?port= twice): give "
+                                                                          "it once"),
+                      (f"{pg_url}?dbname=other", "names its database twice (after the host, or as ?dbname=): give "
                                                  "it once"),  # libpq took the other, every message named this one
                       (f"{base}/?dbname=a&dbname=b", "names its database twice (after the host, or as ?dbname=): "
                                                      "give it once"),  # libpq took b, messages named a
