@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from service.defaults import BATCH_JOBS_MOST
-from service.errors import BadInput, one_line
+from service.errors import BadInput, one_line, surrogate, visible
 from service.jobs.sweep import as_flag, kernel_literal
 from service.settings import settings
 
@@ -167,6 +167,10 @@ class Files:
         if len(blob) > limit:  # its .npy header too: refused before it is written, as the array (not "file is ...")
             raise BadInput(field, f"{ARRAY_NAME} is {len(blob)} bytes as .npy, more than the limit {limit} "
                                   "(KLAB_MAX_FILE_BYTES)")
+        if surrogate(str(settings().home)):  # the array's path, which its job keeps as UTF-8 text, would hold them:
+            # the array was saved, then refused as "input: holds \udcff, half of a UTF-16 surrogate pair"
+            raise BadInput("KLAB_HOME", f"{visible(str(settings().home))} holds bytes that are not UTF-8, and "
+                                        f"{ARRAY_NAME} is kept under it, named by a path its job stores as UTF-8 text")
         folder = settings().folder("arrays")
         path = folder / f"{hashlib.sha256(blob).hexdigest()}.npy"
         if not path.is_file():

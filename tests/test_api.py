@@ -2,6 +2,7 @@
 input, submit and sweep through a real worker, and an import that loads neither torch, pandas nor matplotlib."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -574,6 +575,17 @@ def test_an_array_past_the_file_limit_names_the_limit_and_is_not_saved(klab_db, 
         with pytest.raises(klab.BadInput, match=re.escape(f"input: {words}")):
             klab.run(input=array, store=False)
     assert not list((tmp_path / "home").glob("arrays/*.npy"))
+
+
+def test_an_array_under_a_klab_home_that_is_not_utf8_names_klab_home_and_is_not_saved(setenv, tmp_path):
+    """A KLAB_HOME holding a byte that is not UTF-8 (0xff): the array was saved under it, then refused as the user's
+    `input: holds \\udcff, half of a UTF-16 surrogate pair` (the path its job would store)."""
+    home = os.fsdecode(bytes(tmp_path) + b"/bad\xffhome")
+    setenv(KLAB_HOME=home)
+    with pytest.raises(klab.BadInput, match=r"^KLAB_HOME: .*bad\\udcffhome holds bytes that are not UTF-8, and the "
+                                            r"array is kept under it, named by a path its job stores as UTF-8 text$"):
+        klab.run(input=np.ones((8, 8)), epochs=2, store=False)
+    assert not os.path.exists(home)
 
 
 def test_a_float32_lr_is_stored_as_written_and_found_by_a_float32_filter(klab_db, setenv):
