@@ -421,6 +421,23 @@ def test_compare_group_by_equal_values_have_no_spread(klab_db: str, add_job, kla
     assert out.splitlines()[2].split()[:7] == ["0.01", "3", "3", "0.1", "0", "0.1", "0.1"]
 
 
+def test_compare_group_by_spreads_of_tiny_values(klab_db: str, add_job, klab_cli) -> None:
+    """Squared deviations under 1e-308 raised PostgreSQL's underflow error (a traceback, exit 1) and were 0 in
+    SQLite (std 0 of three values apart). Stored by hand or by another tool: training makes none so small."""
+    groups = {0.01: [1e-300, 2e-300, 4e-300], 0.1: [1e-170, 2e-170, 4e-170], 0.3: [0.0, 1e-300, 3e-300]}
+    with writing() as conn:
+        sweep = writes.create_sweep(conn, {"swept": {"seed": [0, 1, 2]}, "fixed": {}}, 9)
+        for lr, values in groups.items():
+            for seed, rel in enumerate(values):
+                add_job(conn, relative=rel, sweep_id=sweep, seed=seed, lr=lr)
+    code, out, err = klab_cli("compare", "--sweep", str(sweep), "--group-by", "lr", "--json")
+    assert code == 0, err
+    for row in json.loads(out):
+        want = _stats(groups[row["lr"]])
+        assert row["relative_error_std"] == pytest.approx(want["std"], rel=1e-12, abs=0), row
+        assert row["relative_error_mean"] == pytest.approx(want["mean"], rel=1e-12, abs=0), row
+
+
 @SQLITE_ONLY
 def test_compare_group_by_prints_relative_errors_under_float32_rounding_as_the_jobs_tables_do(klab_db: str, add_job,
                                                                                                 klab_cli) -> None:

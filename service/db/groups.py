@@ -6,8 +6,10 @@ into Python. The standard deviation is computed in two passes, the group's mean 
 then the squared deviations from it, and not as the mean of squares less the squared mean, which cancels to noise
 when the spread is small beside the values; less what the mean's own rounding adds (equal values' mean need not
 round back to them: [0.1] * 3 has mean 0.10000000000000002, and numpy's std of them is 1.7e-17, not 0). For the same
-reason the mean is held between the least and the greatest value. The square root is taken here, since SQLite has no
-sqrt unless built with its math functions.
+reason the mean is held between the least and the greatest value. The deviations are taken in units of the group's
+greatest value: their squares below 1e-308 raised PostgreSQL's underflow error (a traceback) and were 0 in SQLite.
+(PostgreSQL's avg squares its values too: past about 1e154 it refuses them; no stored metric comes near.) The
+square root is taken here, since SQLite has no sqrt unless built with its math functions.
 """
 from __future__ import annotations
 
@@ -54,10 +56,11 @@ def grouped(reader: Reader, selection: Selection, by: Sequence[str]) -> list[dic
     clause, params = where(reader, selection)
     keys = ", ".join(by)  # names of SWEPT only (parse_group_by), never a user's text
     cols = [result.BY_NAME[m].col for m in METRICS]
-    inner = ", ".join(f"{c} AS x{i}, avg({c}) OVER (PARTITION BY {keys}) AS m{i}" for i, c in enumerate(cols))
+    inner = ", ".join(f"{c} AS x{i}, avg({c}) OVER (PARTITION BY {keys}) AS m{i}, "
+                      f"nullif(max(abs({c})) OVER (PARTITION BY {keys}), 0) AS s{i}" for i, c in enumerate(cols))
     stats = ", ".join(f"count(x{i}) AS n{i}, avg(x{i}) AS mean{i}, min(x{i}) AS min{i}, max(x{i}) AS max{i}, "
-                      f"sum((x{i} - m{i}) * (x{i} - m{i})) AS ss{i}, sum(x{i} - m{i}) AS d{i}"
-                      for i in range(len(cols)))
+                      f"sum(((x{i} - m{i}) / s{i}) * ((x{i} - m{i}) / s{i})) AS ss{i}, sum((x{i} - m{i}) / s{i}) AS "
+                      f"d{i}, max(s{i}) AS s{i}" for i in range(len(cols)))
     order = ", ".join(f"{k} IS NULL, {k}" for k in by)
     sql = (f"SELECT {keys}, count(*) AS jobs, sum(CASE WHEN status = :ok THEN 1 ELSE 0 END) AS n_ok, "  # noqa: S608
            f"{stats} FROM (SELECT {keys}, status, {inner} FROM jobs WHERE {clause}) AS t "
@@ -71,7 +74,8 @@ def grouped(reader: Reader, selection: Selection, by: Sequence[str]) -> list[dic
             n = int(r[f"n{i}"])
             low, high = (None, None) if n == 0 else (float(r[f"min{i}"]), float(r[f"max{i}"]))
             row[f"{m}_mean"] = None if n == 0 else min(max(float(r[f"mean{i}"]), low), high)  # a rounded sum's
-            row[f"{m}_std"] = None if n < 2 else 0.0 if low == high else _std(n, r[f"ss{i}"], r[f"d{i}"])
+            row[f"{m}_std"] = None if n < 2 else 0.0 if low == high else \
+                float(r[f"s{i}"]) * _std(n, r[f"ss{i}"], r[f"d{i}"])
             row[f"{m}_min"], row[f"{m}_max"] = low, high
         out.append(row)
     return out
