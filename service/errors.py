@@ -84,6 +84,13 @@ def visible(text: str) -> str:
     return "".join(repr(c)[1:-1] if unicodedata.category(c) in INVISIBLE else c for c in text)
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """An allocation that failed: numpy's MemoryError, or torch's allocator's RuntimeError (`DefaultCPUAllocator:
+    can't allocate memory`, CUDA's `out of memory`)."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
 def one_line(exc: BaseException) -> str:
     """An exception as the first line of its message (its type's name if it has none), passwords masked."""
     text = str(exc).strip()

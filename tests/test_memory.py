@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from harness import ROOT, clean_env, klab, klab_path
 from harness import service_env as env_of
 
@@ -204,6 +205,32 @@ def test_a_job_past_the_machines_memory_under_a_raised_limit_is_one_line_and_not
         assert line.startswith("klab: error: out of memory: Unable to allocate 74.5 GiB for an array with shape "
                                "(100000, 100000) and data type float64 (KLAB_MAX_JOB_MEMORY lets through"), line
     assert stored_jobs(home) == 0
+
+
+def test_torchs_allocation_failure_is_out_of_memory_too_and_a_local_sweep_fails_its_jobs_and_goes_on(tmp_path):
+    """An input that fits where its convolution does not: torch's allocator raised RuntimeError ("can't allocate
+    memory"), which `klab run` let out as a traceback; `klab sweep --local` stored `MemoryError training ...` where a
+    worker says `out of memory training ...`, or (its data not built) ended in one line, its jobs cancelled. Under an
+    address-space cap of 3.5 GiB: which allocation fails first, numpy's or torch's, is the allocator's."""
+    from service.errors import out_of_memory
+
+    try:
+        torch.empty(10**13)
+    except RuntimeError as exc:
+        assert out_of_memory(exc), exc
+    home = tmp_path / "home"
+    env = clean_env(home, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", KLAB_MAX_INPUT_ELEMENTS=str(2**62),
+                    KLAB_MAX_JOB_MEMORY=str(2**62))
+    big = ("--input", "random:12000x12000", "--kernel", "d2l", "--epochs", "1")
+    out = measured(env, "run", *big, cap=3584 * 2**20, timeout=300)
+    assert (out["rc"], out["stdout"]) == (1, "") and len(out["stderr"].splitlines()) == 1, out
+    assert out["stderr"].startswith("klab: error: out of memory: "), out["stderr"]
+    out = measured(env, "sweep", "--local", *big, "--seed", "0..1", cap=3584 * 2**20, timeout=300)
+    assert out["rc"] == 0, out
+    with sqlite3.connect(home / "klab.db") as conn:
+        ended = conn.execute("SELECT status, error_message FROM jobs ORDER BY id").fetchall()
+    assert [s for s, _ in ended] == ["failed", "failed"], ended
+    assert all(m.startswith(("out of memory training ", "out of memory building the data of job ")) for _, m in ended)
 
 
 def test_the_limit_is_where_the_estimate_says(tmp_path):

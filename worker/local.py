@@ -16,7 +16,7 @@ from typing import Any
 from service.db import writes
 from service.db.connect import out_of_reach
 from service.db.engine import retried, writing
-from service.errors import BadInput, one_line
+from service.errors import BadInput
 from service.jobs.problem import Problem, build_problem, problem_key
 from service.jobs.spec import JobSpec
 from service.jobs.status import JobStatus
@@ -89,6 +89,9 @@ def batches(ids: Sequence[int], chunk: Sequence[Job], batch_jobs: int, left: set
                 except BadInput as exc:
                     failed.append((job_id, f"bad input: {exc}"))
                     continue
+                except MemoryError:  # as a worker's: the job fails, the sweep goes on (it ended, its jobs cancelled)
+                    failed.append((job_id, engine.unbuilt(job_id, own.input, own.kernel)))
+                    continue
                 batch_ids.append(job_id)
                 batch.append(engine.Job(problems[pk], seed=values["seed"], lr=values["lr"], tol=values["tol"]))
             if failed:
@@ -112,11 +115,8 @@ def _train(spec: JobSpec, ids: list[int], jobs: list[engine.Job]) -> None:
         if out_of_reach(exc):
             raise
         # Whatever went wrong with these jobs ends them, never the sweep.
-        p = jobs[0].problem
-        what = (f"{len(jobs)} job(s) with input {'x'.join(map(str, p.x.shape))} and kernel "
-                f"{'x'.join(map(str, p.kernel_shape))}")
         with writing() as conn:
-            writes.fail(conn, ids, f"{type(exc).__name__} training {what}: {one_line(exc)}")
+            writes.fail(conn, ids, engine.failure(exc, jobs, spec.device.value))
         return
     progress.ended(results)
     retried(lambda conn: writes.save_results(conn, ids, results, fresh=True))

@@ -139,7 +139,7 @@ def load(rows: Sequence[Any]) -> tuple[list[Group], list[tuple[int, str]]]:
             except BadInput as exc:
                 return f"bad input: {exc}"
             except MemoryError:
-                return f"out of memory building the data of job {row.id} (input {row.input}, kernel {row.kernel})"
+                return engine.unbuilt(row.id, row.input, row.kernel)
             except Exception as exc:
                 if out_of_reach(exc):
                     raise
@@ -193,7 +193,7 @@ def train_group(group: Group) -> Counter[str]:
         if out_of_reach(exc):
             raise
         # Whatever went wrong with these jobs ends them, never the worker (nor a retry loop).
-        return fail(ids, failure(exc, group, device), group.attempts, group.quick)
+        return fail(ids, engine.failure(exc, group.jobs, device), group.attempts, group.quick)
     progress.ended(results)
     try:
         stored = retried(lambda conn: writes.save_results(conn, ids, results, fresh=group.fresh and not stream,
@@ -215,17 +215,6 @@ def train_group(group: Group) -> Counter[str]:
                     len(ids) - len(stored), len(ids))
     kept = set(stored)
     return Counter(s for i, s in zip(ids, results.values["status"]) if i in kept)
-
-
-def failure(exc: BaseException, group: Group, device: str) -> str:
-    """Why a group failed, saying how large it was."""
-    p = group.jobs[0].problem
-    what = (f"{len(group.jobs)} job(s) with input {'x'.join(map(str, p.x.shape))} ({p.x.size} elements) "
-            f"and kernel {'x'.join(map(str, p.kernel_shape))} on {device}")
-    text = one_line(exc)
-    if isinstance(exc, MemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text.lower():
-        return f"out of memory training {what}: {text}"
-    return f"{type(exc).__name__} training {what}: {text}"
 
 
 def fail(ids: list[int], message: str, attempts: list[int], quick: dict[str, Any] | None = None) -> Counter[str]:

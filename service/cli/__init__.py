@@ -20,6 +20,7 @@ from service.errors import (
     Gone,
     Interrupted,
     one_line,
+    out_of_memory,
     surrogate,
     visible,
 )
@@ -176,9 +177,6 @@ def main(argv: list[str] | None = None) -> None:
         fail(_noted("interrupted", exc), 130)
     except BrokenPipeError:
         sys.exit(0)
-    except MemoryError as exc:  # numpy's or torch's, for a job KLAB_MAX_JOB_MEMORY raised past what the machine holds
-        fail(f"out of memory: {one_line(exc) or 'MemoryError'} (KLAB_MAX_JOB_MEMORY lets through jobs this large: "
-             "lower it to what this machine holds)", 1)
     except OSError as exc:
         if exc.errno not in UNWRITABLE:
             raise
@@ -194,6 +192,9 @@ def main(argv: list[str] | None = None) -> None:
 
             fail(_noted(f"database error on the {describe(settings().database_url)}: "
                         f"{one_line(getattr(exc, 'orig', None) or exc)}", exc), 3)
+        if out_of_memory(exc):  # numpy's MemoryError or torch's, for a job KLAB_MAX_JOB_MEMORY let through
+            fail(_noted(f"out of memory: {one_line(exc)} (KLAB_MAX_JOB_MEMORY lets through jobs this large: lower "
+                        "it to what this machine holds)", exc), 1)
         raise
     sys.exit(code if isinstance(code, int) else 0)
 
