@@ -206,13 +206,14 @@ class BatchResult:
         return Columns(values=values, loss=t.loss, mse=t.mse, kernel_error=t.kernel_error, epochs_done=done)
 
     def _matched(self, relative: np.ndarray) -> np.ndarray:
-        """The relative error the sentence's "matches" reads: of the kernel and, where a true bias is given, the bias
-        with it (a bias at 0.76 of a true 3, its weights learned, was told the learned kernel matches)."""
+        """The relative error the sentence's "matches" reads: the kernel's, and where a true bias is given, the larger
+        of it and that of the kernel and the bias together (a bias at 0.76 of a true 3, its weights learned, was told
+        the learned kernel matches; the two together alone let a true bias of 1000 hide a kernel 14% off)."""
         w, k = self._flat
         if k is None or self.trained.bias is None:
             return relative
-        with_bias = analysis.kernel_errors(w, k)["relative"]  # NaN where no true bias is known: the kernel's alone
-        return np.where(np.isnan(with_bias), relative, with_bias)
+        return np.fmax(relative, analysis.kernel_errors(w, k)["relative"])  # NaN (no true bias, or a kernel of
+        # zeros): the other
 
     def _overflowed(self) -> np.ndarray:
         """Jobs that diverged with a loss or an mse out of float32's range at that epoch (not by growth alone)."""
