@@ -594,7 +594,7 @@ def test_made_inputs_and_random_kernels_kept_as_typed_before_0015_are_kept_by_th
                "cancel_requested, task_try, epochs_done")
     with engine_for(db_url).begin() as conn:
         conn.execute(text("INSERT INTO sweeps (params, size, created_at) VALUES (:p, 2, '2026-01-01')"),
-                     {"p": json.dumps({"swept": {"input": ["edge:06x8", "npy:/x.npy"]},
+                     {"p": json.dumps({"swept": {"input": ["edge:06x8", "npy:/x.npy", "edge:6x8"]},
                                        "fixed": {"kernel": "random:2x02", "kernel2": "random:02x2"}})})
         conn.execute(text("INSERT INTO sweeps (params, size, created_at) VALUES (:p, 2, '2026-01-01')"),
                      {"p": json.dumps({"swept": {"kernel": ["random:03x3", "d2l"]}, "fixed": {"input": "ones:4x4"}})})

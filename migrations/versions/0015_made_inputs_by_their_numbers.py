@@ -2,7 +2,8 @@
 `edge:6x8`), and `image:PATH:gray`, the same input as `image:PATH`, as that (service.jobs.choices.input_text and
 made_text). They were kept as typed: a sweep trained `edge:6x8,edge:06x8` twice over, and `klab compare --group-by
 input` made two groups of one input. The texts of jobs (the column and the spec's key) and of sweeps' params are
-written so; a downgrade leaves them, which every revision reads alike.
+written so (a sweep's list keeps a value given twice once); a downgrade leaves them, which every revision reads
+alike.
 
 Revision ID: 0015
 Revises: 0014
@@ -82,8 +83,10 @@ def upgrade() -> None:
         params = json.loads(params_text)
         swept, fixed = params.get("swept") or {}, params.get("fixed") or {}
         for column, kept in KEPT.items():
-            if isinstance(swept.get(column), list):
-                swept[column] = [kept(v) if isinstance(v, str) else v for v in swept[column]]
+            if isinstance(swept.get(column), list):  # a value given twice (edge:6x8,edge:06x8) listed once, as a
+                # sweep now refuses it: the list was shown `edge:6x8,edge:6x8`
+                texts = [kept(v) if isinstance(v, str) else v for v in swept[column]]
+                swept[column] = [v for i, v in enumerate(texts) if not isinstance(v, str) or v not in texts[:i]]
             if isinstance(fixed.get(column), str):
                 fixed[column] = kept(fixed[column])
         if json.dumps(params) != json.dumps(json.loads(params_text)):
