@@ -243,7 +243,8 @@ def _names_a_database(url: str) -> None:
     for key, given in (("host", bool(netloc[: port.start()] if port else netloc)), ("port", port is not None)):
         if given + keys.count(key) > 1:  # libpq took the parameter's, every message named the other
             raise BadInput("KLAB_DATABASE_URL", f"names its {key} twice (before the /NAME and as ?{key}=, or as "
-                                                f"?{key}= twice): give it once")
+                                                f"?{key}= twice): give it once (several hosts go in one, "
+                                                "comma-separated: ?host=h1,h2&port=p1,p2)")
     name = unquote(path.partition("/")[2])
     if name and not name.strip():
         raise BadInput("KLAB_DATABASE_URL", f"the database's name after the host is blank: {name!r}")
@@ -306,4 +307,5 @@ def describe(url: str) -> str:
     except ValueError:  # a port that is not a number
         return visible(mask(url))
     name = unquote(parts.path.lstrip("/")) or query.get("dbname", [""])[0]
-    return visible(f"{backend} database {name} on {host or 'localhost'}:{port}")
+    at = f" (hostaddr {query['hostaddr'][0]})" if query.get("hostaddr") else ""  # where libpq connects, host or none
+    return visible(f"{backend} database {name} on {host or 'localhost'}:{port}{at}")

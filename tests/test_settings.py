@@ -202,14 +202,19 @@ def test_a_postgresql_url_that_names_no_database_is_refused(tmp_path, pg_url):
     given = klab(clean_env(tmp_path / "home", f"{base}/?dbname={name}"), "db", "current")
     assert given.returncode == 0 and given.stdout.startswith(f"postgresql database {name} on "), given
     assert describe("postgresql://u@h/?dbname=x") == "postgresql database x on h:5432"
+    assert describe("postgresql://u@h/x?hostaddr=10.0.0.9") == "postgresql database x on h:5432 (hostaddr 10.0.0.9)"
     assert normalize_url("postgresql://u@h/?service=klab").endswith("?service=klab")  # its file may name one
     for url, says in ((f"{pg_url}?port=1", "names its port twice (before the /NAME and as ?port=, or as ?port= "
-                                           "twice): give it once"),  # libpq reached port 1, messages named 5432
+                                           "twice): give it once (several hosts go in one, comma-separated: "
+                                           "?host=h1,h2&port=p1,p2)"),
+                      # libpq reached port 1, messages named 5432
                       (f"{pg_url}?host=127.0.0.2", "names its host twice (before the /NAME and as ?host=, or as "
-                                                   "?host= twice): give it once"),
+                                                   "?host= twice): give it once (several hosts go in one, "
+                                                   "comma-separated: ?host=h1,h2&port=p1,p2)"),
                       (f"{base.rpartition(':')[0]}/{name}?port=1&port=2", "names its port twice (before the /NAME "
                                                                           "and as ?port=, or as ?port= twice): give "
-                                                                          "it once"),
+                                                                          "it once (several hosts go in one, comma-"
+                                                                          "separated: ?host=h1,h2&port=p1,p2)"),
                       (f"{pg_url}?dbname=other", "names its database twice (after the host, or as ?dbname=): give "
                                                  "it once"),  # libpq took the other, every message named this one
                       (f"{base}/?dbname=a&dbname=b", "names its database twice (after the host, or as ?dbname=): "
