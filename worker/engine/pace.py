@@ -64,6 +64,7 @@ neighbours, PEAKS at most, the highest first: a window of growth may lie there. 
 under 1, its scanned values a little uneven: every one of those peaks was looked at, and the budget spent.)"""
 
 PEAKS = 8
+"""Most peaks looked into (PEAK_FLOOR)."""
 
 ZOOM, ZOOMS = 17, 4
 PEAK_RATES = ZOOM * ZOOMS
@@ -124,10 +125,10 @@ class Pace:
 
     def _first_growing(self, upper: float, per_octave: int, spare: int) -> float | None:
         """The least lr up to `upper` found at which an epoch's map grows (spectral radius 1 or more), scanning
-        `per_octave` lrs an octave, then looking between two scanned lrs at each peak of the radius from
-        PEAK_FLOOR up, in order, while `spare` rates last (a window of growth narrower than the scan's step, 1.0003
-        at its top: 0.93 on a random input, where the scan found 1.49): `upper` when none grows; None when even the
-        least scanned does."""
+        `per_octave` lrs an octave, then looking between two scanned lrs at the PEAKS highest peaks of the radius
+        whose parabola reaches PEAK_FLOOR, as far as `spare` rates allow (a window of growth narrower than the
+        scan's step, 1.0003 at its top: 0.93 on a random input, where the scan found 1.49): `upper` when none grows;
+        None when even the least scanned does."""
         grid = upper * 2.0 ** (-np.arange(BOUND_OCTAVES * per_octave, -1, -1) / per_octave)
         radii = self._radii(grid)
         end = int(np.argmax(radii >= 1)) if (radii >= 1).any() else len(grid)  # the first scanned that grows
