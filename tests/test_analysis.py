@@ -387,6 +387,9 @@ def test_a_bias_far_from_the_true_one_does_not_match(tmp_path):
     hidden = run_spec(JobSpec.parse(dict(input="random:1x1x20x20", kernel="[[0.01, -0.01]]", bias=1000, noise=0.01,
                                          method="lstsq")))  # the kernel 14% off beside a bias of 1000: no match
     assert hidden["error"]["relative"] > 0.1 and hidden["explanation"].startswith("label noise: "), hidden
+    zeros = run_spec(JobSpec.parse(dict(input="random:1x1x20x20", kernel="[[0, 0]]", bias=1000, noise=0.01,
+                                        method="lstsq")))  # no relative error: the kernel by its size, as without
+    assert zeros["error"]["frobenius"] > 1e-3 and zeros["explanation"].startswith("label noise: "), zeros
     long = run_spec(JobSpec.parse(dict(job, epochs=2000)))
     assert abs(long["learned_bias"][0] - 3) < 1e-3
     assert long["explanation"] == "the learned kernel matches the true kernel."

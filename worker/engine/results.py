@@ -198,22 +198,18 @@ class BatchResult:
             said = np.where(gap.optimization < FLOAT32_EPS * scale, 0.0, gap.optimization)
         values["explanation"] = explain(Facts(
             status=status, optimization=said, noise=values["gap_noise"],
-            identifiability=values["gap_identifiability"], relative=self._matched(values["relative_error"]), rank=rank,
+            identifiability=values["gap_identifiability"], relative=values["relative_error"], rank=rank,
             params=params, sums_only=sums_only, grew=grew, lr=lrs, lr_bound=paces.bound, rate=paces.rate,
             more=paces.more, best_lr=paces.best_lr, best_rate=paces.best_rate, converged=converged,
             exact=np.array([j.problem.exact_labels for j in self.jobs]), overflowed=self._overflowed(),
-            outputs=p0.kernel_shape[0]))
+            outputs=p0.kernel_shape[0], with_bias=self._with_bias()))
         return Columns(values=values, loss=t.loss, mse=t.mse, kernel_error=t.kernel_error, epochs_done=done)
 
-    def _matched(self, relative: np.ndarray) -> np.ndarray:
-        """The relative error the sentence's "matches" reads: the kernel's, and where a true bias is given, the larger
-        of it and that of the kernel and the bias together (a bias at 0.76 of a true 3, its weights learned, was told
-        the learned kernel matches; the two together alone let a true bias of 1000 hide a kernel 14% off)."""
+    def _with_bias(self) -> np.ndarray | None:
+        """The relative error of the learned kernel and bias together against the true ones (NaN where no true bias
+        is known); None without a bias or a true kernel."""
         w, k = self._flat
-        if k is None or self.trained.bias is None:
-            return relative
-        return np.fmax(relative, analysis.kernel_errors(w, k)["relative"])  # NaN (no true bias, or a kernel of
-        # zeros): the other
+        return None if k is None or self.trained.bias is None else analysis.kernel_errors(w, k)["relative"]
 
     def _overflowed(self) -> np.ndarray:
         """Jobs that diverged with a loss or an mse out of float32's range at that epoch (not by growth alone)."""
