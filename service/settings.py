@@ -227,7 +227,7 @@ def _names_a_database(url: str) -> None:
     one and every message named the other. An @ after the host that SQLAlchemy reads as a user part's end is refused
     too (`h:5432/db?options=x@y` was user h of host y: klab's writes went there, its reads to h), a # after the
     host (`h/#x`, `h?dbname=a#b`: the database `#x` or `a#b`, which messages named otherwise), and a host or port
-    given twice (`h:5432/db?port=1`: libpq reached port 1, messages named 5432)."""
+    given twice (`h:5432/db?port=1`: libpq reached port 1, messages named 5432; ?hostaddr= twice likewise)."""
     rest = url.partition("://")[2]
     user, slash = _USER_PART.match(rest), rest.find("/")  # one_at refused a / in the user part: past the host
     if user and -1 < slash < user.end():
@@ -240,11 +240,14 @@ def _names_a_database(url: str) -> None:
     path, _, query = rest.partition("?")
     netloc, keys = path.partition("/")[0], [k for k, _ in parse_qsl(query, keep_blank_values=True)]
     port = None if netloc.endswith("]") else re.search(r":[0-9]+$", netloc)  # an IPv6 host's : are no port's
-    for key, given in (("host", bool(netloc[: port.start()] if port else netloc)), ("port", port is not None)):
-        if given + keys.count(key) > 1:  # libpq took the parameter's, every message named the other
-            raise BadInput("KLAB_DATABASE_URL", f"names its {key} twice (before the /NAME and as ?{key}=, or as "
-                                                f"?{key}= twice): give it once (several hosts go in one, "
-                                                "comma-separated: ?host=h1,h2&port=p1,p2)")
+    for key, given in (("host", bool(netloc[: port.start()] if port else netloc)), ("port", port is not None),
+                       ("hostaddr", False)):
+        if given + keys.count(key) > 1:  # libpq took the parameter's (the last), every message named the other
+            where = f"before the /NAME and as ?{key}=, or as ?{key}= twice" if given or key != "hostaddr" else \
+                f"as ?{key}= twice"
+            several = "?hostaddr=a1,a2" if key == "hostaddr" else "?host=h1,h2&port=p1,p2"
+            raise BadInput("KLAB_DATABASE_URL", f"names its {key} twice ({where}): give it once (several hosts go "
+                                                f"in one, comma-separated: {several})")
     name = unquote(path.partition("/")[2])
     if name and not name.strip():
         raise BadInput("KLAB_DATABASE_URL", f"the database's name after the host is blank: {name!r}")

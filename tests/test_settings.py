@@ -203,6 +203,8 @@ def test_a_postgresql_url_that_names_no_database_is_refused(tmp_path, pg_url):
     assert given.returncode == 0 and given.stdout.startswith(f"postgresql database {name} on "), given
     assert describe("postgresql://u@h/?dbname=x") == "postgresql database x on h:5432"
     assert describe("postgresql://u@h/x?hostaddr=10.0.0.9") == "postgresql database x on h:5432 (hostaddr 10.0.0.9)"
+    with pytest.raises(BadInput, match=r"^KLAB_DATABASE_URL: names its hostaddr twice "):  # libpq took the last,
+        normalize_url("postgresql://u@h/x?hostaddr=10.0.0.1&hostaddr=10.0.0.2")  # messages named the first
     assert normalize_url("postgresql://u@h/?service=klab").endswith("?service=klab")  # its file may name one
     for url, says in ((f"{pg_url}?port=1", "names its port twice (before the /NAME and as ?port=, or as ?port= "
                                            "twice): give it once (several hosts go in one, comma-separated: "
