@@ -153,6 +153,28 @@ def test_a_job_stopped_by_the_time_limit_is_said_so_not_cancelled(here: str, kla
                                       "up to then, ")  # it began "cancelled before its last epoch"
 
 
+def test_a_local_sweep_stopped_by_an_error_says_what_it_trained_and_keeps(here: str, klab_cli, monkeypatch) -> None:
+    """Out of memory (or the database lost) past the first batch ended `klab sweep --local` in its line alone, where a
+    Ctrl-C says how many jobs were trained and that the sweep keeps them. Made to happen, deterministically, as the
+    second batch trains."""
+    import worker.local as local
+
+    train, calls = local._train, []
+
+    def train_then_fail(spec, ids, batch) -> None:
+        calls.append(ids)
+        if len(calls) == 2:
+            raise MemoryError("Unable to allocate 1.07 GiB for an array")
+        train(spec, ids, batch)
+
+    monkeypatch.setattr(local, "_train", train_then_fail)
+    code, out, err = klab_cli("sweep", "--local", "--seed", "0..3", "--epochs", "1", "--batch-jobs", "1")
+    assert (code, out) == (1, "") and len(err.splitlines()) == 1, err
+    assert err == ("klab: error: out of memory: Unable to allocate 1.07 GiB for an array (KLAB_MAX_JOB_MEMORY may let "
+                   "through jobs larger than this machine holds); 1 of 4 jobs trained; sweep 1 keeps them\n"), err
+    assert [r.status for r in stored_jobs(1)] == ["succeeded", "cancelled", "cancelled", "cancelled"]
+
+
 def test_a_local_sweep_deleted_meanwhile_stops_with_one_line(here: str, klab_cli, monkeypatch) -> None:
     """`klab delete --sweep` from another shell while `klab sweep --local` trains it: at its next chunk the
     sweep says so in one line, exit code 1, and stores nothing more (where it once ended in a traceback of the

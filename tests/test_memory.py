@@ -203,7 +203,8 @@ def test_a_job_past_the_machines_memory_under_a_raised_limit_is_one_line_and_not
         assert (out["rc"], out["stdout"]) == (1, ""), out
         (line,) = out["stderr"].splitlines()
         assert line.startswith("klab: error: out of memory: Unable to allocate 74.5 GiB for an array with shape "
-                               "(100000, 100000) and data type float64 (KLAB_MAX_JOB_MEMORY lets through"), line
+                               "(100000, 100000) and data type float64 (KLAB_MAX_JOB_MEMORY may let through jobs "
+                               "larger than this machine holds)"), line
     assert stored_jobs(home) == 0
 
 

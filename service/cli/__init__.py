@@ -193,8 +193,8 @@ def main(argv: list[str] | None = None) -> None:
             fail(_noted(f"database error on the {describe(settings().database_url)}: "
                         f"{one_line(getattr(exc, 'orig', None) or exc)}", exc), 3)
         if out_of_memory(exc):  # numpy's MemoryError or torch's, for a job KLAB_MAX_JOB_MEMORY let through
-            fail(_noted(f"out of memory: {one_line(exc)} (KLAB_MAX_JOB_MEMORY lets through jobs this large: lower "
-                        "it to what this machine holds)", exc), 1)
+            fail(_noted(f"out of memory: {one_line(exc)} (KLAB_MAX_JOB_MEMORY may let through jobs larger than "
+                        "this machine holds)", exc), 1)
         raise
     sys.exit(code if isinstance(code, int) else 0)
 

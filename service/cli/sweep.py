@@ -11,7 +11,7 @@ import click
 from service.cli import cli
 from service.cli.options import given, job_options, spec_docs
 from service.cli.submit import queue_options, show_results, warn_unserved
-from service.errors import BadInput, Interrupted
+from service.errors import BadInput, Gone, Interrupted
 from service.jobs.selection import Selection
 
 if TYPE_CHECKING:
@@ -84,6 +84,11 @@ def _train_here(plan: Plan, batch_jobs: int) -> list[int]:
             if not _stored(plan.sweep_id):  # stopped while its first chunk was stored: rolled back with it
                 where = "; nothing was stored"
         raise Interrupted(f"stopped: {done} of {plan.size} jobs trained{where}") from None
+    except Exception as exc:  # the database lost, out of memory: said as a Ctrl-C is (the line said nothing of them)
+        if not isinstance(exc, Gone):  # the sweep deleted meanwhile says so itself
+            exc.add_note(f"{done} of {plan.size} jobs trained" + (f"; sweep {plan.sweep_id} keeps them"
+                                                                  if done and plan.sweep_id is not None else ""))
+        raise
     finally:
         tally.close()
 
