@@ -205,6 +205,53 @@ def test_a_json_file_with_a_byte_order_mark_and_a_suffix_in_capitals(tmp_path):
     assert load_spec_file(str(tmp_path / "JOBS.JSONL")) == [{"seed": 1}, {"seed": 2}]
 
 
+def test_a_jsonl_line_ends_at_a_newline_alone_a_utf16_file_is_read_and_jobs_past_the_limit_are_counted_first(
+        tmp_path, setenv):
+    """U+2028, U+2029 and U+0085 may stand unescaped in a JSON string, where splitlines() ended the line (`not valid
+    jsonl (line 1)`); a UTF-16 file with its byte-order mark (PowerShell's `>`) was `not a readable text file`; a
+    JSONL file of more jobs than KLAB_MAX_SWEEP_JOBS was parsed whole first (a 21 MB file ran out of memory)."""
+    (tmp_path / "odd.jsonl").write_text('{"input": "npy:x\u2028y.npy"}\r\n{"input": "a\u0085b\u2029c"}\n',
+                                        encoding="utf-8")
+    assert load_spec_file(str(tmp_path / "odd.jsonl")) == [{"input": "npy:x\u2028y.npy"}, {"input": "a\u0085b\u2029c"}]
+    (tmp_path / "bad.jsonl").write_text('{"input": "a\u2028b"}\n{"seed": 2\n', encoding="utf-8")
+    with pytest.raises(BadInput, match=r"is not valid jsonl \(line 2\)$"):  # counted as the file's lines
+        load_spec_file(str(tmp_path / "bad.jsonl"))
+    for bom in ("utf-16", "utf-16-be"):
+        text = "epochs: 3\n".encode(bom)
+        (tmp_path / "u16.yaml").write_bytes(text if bom == "utf-16" else b"\xfe\xff" + text)
+        assert load_spec_file(str(tmp_path / "u16.yaml")) == [{"epochs": 3}]
+    setenv(KLAB_MAX_SWEEP_JOBS="10")
+    (tmp_path / "many.jsonl").write_text("{}\n" * 10 + "not json\n")
+    with pytest.raises(BadInput, match=r"^file: 11 jobs, more than the limit 10 \(KLAB_MAX_SWEEP_JOBS\)$"):
+        load_spec_file(str(tmp_path / "many.jsonl"))
+
+
+def test_list_items_that_would_be_joined_or_a_list_past_the_limit_are_refused_before_they_are_expanded(setenv):
+    """A sweep file's items are joined with commas and split again: `["[[1", "-1]]"]` became the one kernel
+    [[1, -1]], which the file never gave. Sixty ranges of 200,000 seeds, each within the limit, were all expanded (1.4
+    GB) before the sweep's size was checked."""
+    import tracemalloc
+
+    from service.jobs.sweep import as_flag, grid
+
+    for field, items in (("kernel", ["[[1", "-1]]"]), ("input", ["npy:a(.npy", "edge:6x8"]),
+                         ("method", ["adam)", "x("])):
+        with pytest.raises(BadInput, match=f"^{field}: the item .* opens a bracket it does not close, or closes one it "
+                                           "did not open, which would join it to the items beside it"):
+            as_flag(field, items)
+    assert as_flag("input", ["npy:a(.npy"]) == "npy:a(.npy" and as_flag("kernel", ["[[1, 2]]", "d2l"]) == "[[1, 2]],d2l"
+    seeds = ",".join(f"{i * 200_000}..{i * 200_000 + 199_999}" for i in range(60))
+    tracemalloc.start()
+    try:
+        with pytest.raises(BadInput, match=r"^sweep: seed alone lists more than 200000 values, so more jobs than the "
+                                           r"limit 200000 \(KLAB_MAX_SWEEP_JOBS\)$"):
+            grid({"seed": seeds})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 2**20, peak  # two ranges' values at most, where all sixty took 1.4 GB
+
+
 def test_a_sweep_knows_every_field_of_a_job():
     from service.jobs.sweep import ONE_VALUE, SWEEPABLE
 

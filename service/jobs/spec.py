@@ -203,14 +203,21 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
     field = "file"
     p = checked_file(field, path)
     try:
-        text = p.read_text(encoding="utf-8-sig")  # a byte-order mark, which some editors write, is no JSON
+        raw = p.read_bytes()  # UTF-8, with or without a byte-order mark (which some editors write: no JSON), or UTF-16
+        # with one (PowerShell's `>`)
+        text = raw.decode("utf-16" if raw.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig")
     except (OSError, UnicodeDecodeError):
         raise BadInput(field, f"{path} is not a readable text file") from None
     try:
         suffix = p.suffix.lower()  # JOBS.JSONL is JSONL too
         if suffix == ".jsonl":
+            lines = text.split("\n")  # a JSONL line ends at \n alone: splitlines() broke a string holding U+2028
+            if (count := sum(1 for line in lines if line.strip())) > settings().max_sweep_jobs:  # before parsing
+                # them all (a 21 MB file of {} ran out of memory first)
+                raise BadInput(field, f"{count} jobs, more than the limit {settings().max_sweep_jobs} "
+                                      "(KLAB_MAX_SWEEP_JOBS)")
             docs = []
-            for number, line in enumerate(text.splitlines(), 1):
+            for number, line in enumerate(lines, 1):
                 if line.strip():
                     try:
                         docs.append(json.loads(line, object_pairs_hook=_once, parse_float=Written.read))

@@ -199,13 +199,17 @@ def grid(flags: dict[str, str]) -> Grid:
         try:
             for item in split_list(field, str(text)):
                 values.extend(_values(field, item, limit))
+                if len(values) > limit:  # each item within the limit, a list of them past it: sixty ranges of
+                    # 200,000 seeds took 1.4 GB before the grid's size was checked
+                    raise BadInput("sweep", f"{field.replace('_', '-')} alone lists more than {limit} values, so "
+                                            f"more jobs than the limit {limit} (KLAB_MAX_SWEEP_JOBS)")
             keys = [KEYS[field](v) if field in KEYS and isinstance(v, str) else v for v in values]
             if len(set(keys)) < len(keys):  # the same job twice: a typo, never a wish (repeat with --seed)
                 seen: set[Any] = set()
                 twice = next(v for v, k in zip(values, keys) if k in seen or seen.add(k))
                 raise BadInput(field, f"{twice} appears more than once in {text!r}; give each value once")
         except BadInput as exc:  # named as its flag, as the spec names it (batch_size was batch-size's name here)
-            raise BadInput(field.replace("_", "-"), exc.message) from None
+            raise BadInput(exc.field if exc.field == "sweep" else field.replace("_", "-"), exc.message) from None
         if len(values) == 1:
             fixed[field] = values[0]
         else:
@@ -250,8 +254,22 @@ def as_flag(field: str, value: Any, text: Callable[[Any], str] = _text) -> str:
         items = [text(v) for v in value]
         for v, item in zip(value, items):
             _one_value(field, v, item)
+            if len(items) > 1 and not _balanced(item):  # `["[[1", "-1]]"]` was read as the one kernel [[1,-1]]
+                raise BadInput(field.replace("_", "-"), f"the item {v!r} opens a bracket it does not close, or closes "
+                                                        "one it did not open, which would join it to the items beside "
+                                                        "it: give each value whole")
         return ",".join(items)
     return text(value)
+
+
+def _balanced(item: str) -> bool:
+    """Whether an item's brackets close as split_list counts them: it is then read back as itself."""
+    depth = 0
+    for ch in item:
+        depth += (ch in "[(") - (ch in "])")
+        if depth < 0:
+            return False
+    return depth == 0
 
 
 def _one_value(field: str, value: Any, item: str) -> None:
