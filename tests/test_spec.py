@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -213,13 +214,15 @@ def test_a_jsonl_line_ends_at_a_newline_alone_a_utf16_file_is_read_and_jobs_past
     (tmp_path / "odd.jsonl").write_text('{"input": "npy:x\u2028y.npy"}\r\n{"input": "a\u0085b\u2029c"}\n',
                                         encoding="utf-8")
     assert load_spec_file(str(tmp_path / "odd.jsonl")) == [{"input": "npy:x\u2028y.npy"}, {"input": "a\u0085b\u2029c"}]
+    (tmp_path / "cr.jsonl").write_bytes(b'{"seed": 1}\r{"seed": 2}\r')  # lines ended by \r alone, as splitlines() read
+    assert load_spec_file(str(tmp_path / "cr.jsonl")) == [{"seed": 1}, {"seed": 2}]
     (tmp_path / "bad.jsonl").write_text('{"input": "a\u2028b"}\n{"seed": 2\n', encoding="utf-8")
     with pytest.raises(BadInput, match=r"is not valid jsonl \(line 2\)$"):  # counted as the file's lines
         load_spec_file(str(tmp_path / "bad.jsonl"))
-    for bom in ("utf-16", "utf-16-be"):
+    for bom in ("utf-16", "utf-16-be", "utf-32", "utf-32-be"):  # UTF-32-LE's mark begins as UTF-16-LE's
         text = "epochs: 3\n".encode(bom)
-        (tmp_path / "u16.yaml").write_bytes(text if bom == "utf-16" else b"\xfe\xff" + text)
-        assert load_spec_file(str(tmp_path / "u16.yaml")) == [{"epochs": 3}]
+        (tmp_path / "u.yaml").write_bytes(text if bom in ("utf-16", "utf-32") else "\ufeff".encode(bom) + text)
+        assert load_spec_file(str(tmp_path / "u.yaml")) == [{"epochs": 3}], bom
     setenv(KLAB_MAX_SWEEP_JOBS="10")
     (tmp_path / "many.jsonl").write_text("{}\n" * 10 + "not json\n")
     with pytest.raises(BadInput, match=r"^file: 11 jobs, more than the limit 10 \(KLAB_MAX_SWEEP_JOBS\)$"):
@@ -235,11 +238,17 @@ def test_list_items_that_would_be_joined_or_a_list_past_the_limit_are_refused_be
     from service.jobs.sweep import as_flag, grid
 
     for field, items in (("kernel", ["[[1", "-1]]"]), ("input", ["npy:a(.npy", "edge:6x8"]),
-                         ("method", ["adam)", "x("])):
-        with pytest.raises(BadInput, match=f"^{field}: the item .* opens a bracket it does not close, or closes one it "
-                                           "did not open, which would join it to the items beside it"):
+                         ("method", ["d2l-sgd", "adam)", "x("])):
+        with pytest.raises(BadInput, match=f"^{field}: the items {re.escape(repr(items[-2]))} and "
+                                           f"{re.escape(repr(items[-1]))} would be read as one value"):
             as_flag(field, items)
     assert as_flag("input", ["npy:a(.npy"]) == "npy:a(.npy" and as_flag("kernel", ["[[1, 2]]", "d2l"]) == "[[1, 2]],d2l"
+    for items in (["edge:6x8", "image:a(.png"], ["image:b)(c.png", "edge:6x8"]):  # read back as themselves, as
+        assert as_flag("input", items) == ",".join(items)  # the flag --input 'edge:6x8,image:a(.png' is
+    setenv(KLAB_MAX_SWEEP_JOBS="3")  # a value given twice is told so, not that the list is past the limit
+    with pytest.raises(BadInput, match=r"^seed: 1 appears more than once in '1,2,3,1'; give each value once$"):
+        grid({"seed": "1,2,3,1"})
+    setenv(KLAB_MAX_SWEEP_JOBS=None)
     seeds = ",".join(f"{i * 200_000}..{i * 200_000 + 199_999}" for i in range(60))
     tracemalloc.start()
     try:

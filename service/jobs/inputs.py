@@ -92,6 +92,21 @@ def checked_file(field: str, raw: str) -> Path:
     return path
 
 
+BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe", "utf-16"),
+        (b"\xfe\xff", "utf-16"))
+"""The byte-order marks a text file may begin with, and their encodings (UTF-32-LE's begins as UTF-16-LE's)."""
+
+
+def read_text(field: str, path: Path, raw: str) -> str:
+    """A user's text file: UTF-8, with or without a byte-order mark (which some editors write: no JSON), or UTF-16
+    or UTF-32 with one (PowerShell's `>` writes UTF-16, which was `not a readable text file`)."""
+    try:
+        data = path.read_bytes()
+        return data.decode(next((e for b, e in BOMS if data.startswith(b)), "utf-8-sig"))
+    except (OSError, UnicodeDecodeError):
+        raise BadInput(field, f"{raw} is not a readable text file") from None
+
+
 def load_npy(field: str, raw: str) -> np.ndarray:
     """An array from an .npy file, never unpickled, as float64."""
     path = checked_file(field, raw)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from service import defaults
 from service.errors import BadInput, surrogate, visible
 from service.jobs.choices import Device, Method, input_text, kernel_text, means_no_kernel
-from service.jobs.inputs import checked_file
+from service.jobs.inputs import checked_file, read_text
 from service.jobs.sweep import INTEGER, SWEEP_HINT, SWEEPABLE, kernel_literal, number
 from service.settings import settings
 
@@ -202,16 +202,11 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
 
     field = "file"
     p = checked_file(field, path)
-    try:
-        raw = p.read_bytes()  # UTF-8, with or without a byte-order mark (which some editors write: no JSON), or UTF-16
-        # with one (PowerShell's `>`)
-        text = raw.decode("utf-16" if raw.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig")
-    except (OSError, UnicodeDecodeError):
-        raise BadInput(field, f"{path} is not a readable text file") from None
+    text = read_text(field, p, path)
     try:
         suffix = p.suffix.lower()  # JOBS.JSONL is JSONL too
         if suffix == ".jsonl":
-            lines = text.split("\n")  # a JSONL line ends at \n alone: splitlines() broke a string holding U+2028
+            lines = re.split(r"\r\n|\r|\n", text)  # not splitlines(), which broke a string holding U+2028
             if (count := sum(1 for line in lines if line.strip())) > settings().max_sweep_jobs:  # before parsing
                 # them all (a 21 MB file of {} ran out of memory first)
                 raise BadInput(field, f"{count} jobs, more than the limit {settings().max_sweep_jobs} "

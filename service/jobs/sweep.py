@@ -200,14 +200,15 @@ def grid(flags: dict[str, str]) -> Grid:
             for item in split_list(field, str(text)):
                 values.extend(_values(field, item, limit))
                 if len(values) > limit:  # each item within the limit, a list of them past it: sixty ranges of
-                    # 200,000 seeds took 1.4 GB before the grid's size was checked
-                    raise BadInput("sweep", f"{field.replace('_', '-')} alone lists more than {limit} values, so "
-                                            f"more jobs than the limit {limit} (KLAB_MAX_SWEEP_JOBS)")
+                    break  # 200,000 seeds took 1.4 GB before the grid's size was checked
             keys = [KEYS[field](v) if field in KEYS and isinstance(v, str) else v for v in values]
             if len(set(keys)) < len(keys):  # the same job twice: a typo, never a wish (repeat with --seed)
                 seen: set[Any] = set()
                 twice = next(v for v, k in zip(values, keys) if k in seen or seen.add(k))
                 raise BadInput(field, f"{twice} appears more than once in {text!r}; give each value once")
+            if len(values) > limit:
+                raise BadInput("sweep", f"{field.replace('_', '-')} alone lists more than {limit} values, so more "
+                                        f"jobs than the limit {limit} (KLAB_MAX_SWEEP_JOBS)")
         except BadInput as exc:  # named as its flag, as the spec names it (batch_size was batch-size's name here)
             raise BadInput(exc.field if exc.field == "sweep" else field.replace("_", "-"), exc.message) from None
         if len(values) == 1:
@@ -254,22 +255,23 @@ def as_flag(field: str, value: Any, text: Callable[[Any], str] = _text) -> str:
         items = [text(v) for v in value]
         for v, item in zip(value, items):
             _one_value(field, v, item)
-            if len(items) > 1 and not _balanced(item):  # `["[[1", "-1]]"]` was read as the one kernel [[1,-1]]
-                raise BadInput(field.replace("_", "-"), f"the item {v!r} opens a bracket it does not close, or closes "
-                                                        "one it did not open, which would join it to the items beside "
-                                                        "it: give each value whole")
+        _read_back(field, list(value), items)
         return ",".join(items)
     return text(value)
 
 
-def _balanced(item: str) -> bool:
-    """Whether an item's brackets close as split_list counts them: it is then read back as itself."""
-    depth = 0
-    for ch in item:
-        depth += (ch in "[(") - (ch in "])")
-        if depth < 0:
-            return False
-    return depth == 0
+def _read_back(field: str, value: list[Any], items: list[str]) -> None:
+    """A list's items, joined as its flag, read back as themselves: `["[[1", "-1]]"]` was read as the one kernel
+    [[1, -1]], which the file never gave (a bracket one item opens and the next closes)."""
+    for n in range(1, len(items)):
+        try:
+            apart = split_list(field, ",".join(items[: n + 1])) == [i.strip() for i in items[: n + 1]]
+        except BadInput:  # an empty item: the grid names it as before
+            return
+        if not apart:
+            raise BadInput(field.replace("_", "-"), f"the items {value[n - 1]!r} and {value[n]!r} would be read as one "
+                                                    "value (a bracket one opens, the other closes): give each value "
+                                                    "whole")
 
 
 def _one_value(field: str, value: Any, item: str) -> None:
