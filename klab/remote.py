@@ -132,6 +132,7 @@ def submit(jobs: Sequence[Mapping[str, Any]] | None = None, *, queue: str | None
 
     docs = [{}] if jobs is None else job_values(jobs)
     batch_jobs = checked_batch_jobs(batch_jobs)
+    values = spelled(values)  # batch-size=2 in the call and batch_size=3 in a job: the job's, as with batch_size=2
     with arrays() as files:
         specs = []
         for n, doc in enumerate(docs, 1):

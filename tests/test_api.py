@@ -524,6 +524,10 @@ def test_keys_spelled_as_in_a_job_file_read_as_the_keywords(client_of):
     with pytest.warns(klab.NoWorker):  # a job's value overrides the call's, however it is spelled
         over = klab.submit(jobs=[{"batch-size": 3}, {}], batch_size=4, method="adam")
     assert over.jobs()["batch_size"].tolist() == [3, 4]
+    for call, job in (("batch-size", "batch_size"), ("batch-size", "batch-size")):  # the call's spelled with -: was
+        with pytest.warns(klab.NoWorker):  # "given twice (batch-size and batch_size)", in neither mapping twice
+            dashed = klab.submit(jobs=[{job: 3}, {}], **{call: 2}, method="adam")
+        assert dashed.jobs()["batch_size"].tolist() == [3, 2]
     with pytest.raises(klab.BadInput, match=r"^batch_size: given twice \(batch_size and batch-size\); give it once$"):
         klab.submit(jobs=[{"batch_size": 1, "batch-size": 3}])
 
