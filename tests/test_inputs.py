@@ -405,3 +405,15 @@ def test_a_made_input_or_kernel_is_kept_by_its_numbers_and_trains_as_typed(tmp_p
     assert np.array_equal(inputs.parse_kernel("random:02x03", 7), inputs.parse_kernel("random:2x3", 7))
     assert JobSpec.parse({"input": " edge:06x8 ", "kernel": "random:01x2"}).model_dump()["input"] == "edge:6x8"
     assert JobSpec.parse({"input": "edge:6x8", "kernel": "random:01x2"}).kernel == "random:1x2"
+
+
+def test_a_longdouble_past_float64s_range_is_too_large_without_numpys_warning(tmp_path):
+    """Every value finite, but past float64's range: numpy's 'overflow encountered in cast' went to stderr beside the
+    line, which said the array 'contains NaN or infinite values'."""
+    import warnings
+
+    np.save(tmp_path / "ld.npy", np.full((6, 8), np.longdouble("1e4000")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(BadInput, match=r"^input: holds values too large for float32$"):
+            inputs.parse_input(f"npy:{tmp_path / 'ld.npy'}", 0)

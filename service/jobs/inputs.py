@@ -10,13 +10,13 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from service.errors import BadInput
 from service.jobs.choices import DIMS, KERNEL_PRESETS, MADE
+from service.jobs.files import checked_file
 from service.jobs.sweep import SWEEP_HINT, several
 from service.settings import settings
 
@@ -61,52 +61,6 @@ def _finite(field: str, array: np.ndarray) -> np.ndarray:
     return array
 
 
-def checked_file(field: str, raw: str) -> Path:
-    """A file a user named: it exists, can be read, and is within KLAB_MAX_FILE_BYTES."""
-    if not raw:
-        raise BadInput(field, "missing file path")
-    if "\0" in raw:  # the file system's calls raise ValueError for it
-        raise BadInput(field, f"the path holds a NUL byte, which no file's name can: {raw!r}")
-    try:
-        path = Path(raw).expanduser()
-        regular, exists = path.is_file(), path.exists()
-    except (OSError, RuntimeError) as exc:  # a name too long for the file system, ~user of no user
-        raise BadInput(field, f"cannot read {raw}: {getattr(exc, 'strerror', None) or exc}") from None
-    if not regular:  # a directory, a device (/dev/null), nothing at all, a link to nothing or a loop of links
-        if exists:
-            raise BadInput(field, f"not a file: {raw}")
-        try:
-            path.stat()
-        except FileNotFoundError:
-            why = "a link to no file" if path.is_symlink() else "no such file"
-            raise BadInput(field, f"{why}: {raw}") from None
-        except OSError as exc:  # ELOOP: exists() says False as if there were nothing
-            raise BadInput(field, f"cannot read {raw}: {exc.strerror}") from None
-        raise BadInput(field, f"no such file: {raw}")  # gone between the two looks
-    if not os.access(path, os.R_OK):
-        raise BadInput(field, f"file is not readable: {raw}")
-    size = path.stat().st_size
-    limit = settings().max_file_bytes
-    if size > limit:
-        raise BadInput(field, f"file is {size} bytes, more than the limit {limit} (KLAB_MAX_FILE_BYTES)")
-    return path
-
-
-BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe", "utf-16"),
-        (b"\xfe\xff", "utf-16"))
-"""The byte-order marks a text file may begin with, and their encodings (UTF-32-LE's begins as UTF-16-LE's)."""
-
-
-def read_text(field: str, path: Path, raw: str) -> str:
-    """A user's text file: UTF-8, with or without a byte-order mark (which some editors write: no JSON), or UTF-16
-    or UTF-32 with one (PowerShell's `>` writes UTF-16, which was `not a readable text file`)."""
-    try:
-        data = path.read_bytes()
-        return data.decode(next((e for b, e in BOMS if data.startswith(b)), "utf-8-sig"))
-    except (OSError, UnicodeDecodeError):
-        raise BadInput(field, f"{raw} is not a readable text file") from None
-
-
 def load_npy(field: str, raw: str) -> np.ndarray:
     """An array from an .npy file, never unpickled, as float64."""
     path = checked_file(field, raw)
@@ -124,8 +78,12 @@ def load_npy(field: str, raw: str) -> np.ndarray:
         raise BadInput(field, f"{raw} is not a valid .npy file") from None
     if not isinstance(array, np.ndarray):
         raise BadInput(field, f"{raw} is not a single .npy array")
-    numbers_only(field, raw, array)
-    return _finite(field, array.astype(np.float64))  # a longdouble past float64's range is infinite here
+    numbers_only(field, raw, array)  # every value finite: what the cast makes infinite is past float64's range
+    with np.errstate(over="ignore"):  # a longdouble's: numpy's warning went to stderr beside the line, which said
+        wide = array.astype(np.float64)  # "contains NaN or infinite values"
+    if not np.isfinite(wide).all():
+        raise BadInput(field, "holds values too large for float32")
+    return wide
 
 
 def objects(field: str, raw: str) -> BadInput:

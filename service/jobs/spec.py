@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from service import defaults
 from service.errors import BadInput, surrogate, visible
 from service.jobs.choices import Device, Method, input_text, kernel_text, means_no_kernel
-from service.jobs.inputs import checked_file, read_text
+from service.jobs.files import checked_file, read_text
 from service.jobs.sweep import INTEGER, SWEEP_HINT, SWEEPABLE, kernel_literal, number
 from service.settings import settings
 
