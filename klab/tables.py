@@ -29,7 +29,10 @@ DTYPES = {"int": "int64", "bigint": "int64", "float": "float64", "text": "str"}
 
 
 def _id(value: Any, field: str) -> int:
-    """A job's or a sweep's id as a caller gave it: a whole number, numpy's too (a DataFrame's id column)."""
+    """A job's or a sweep's id as a caller gave it: a whole number, numpy's too (a DataFrame's id column), a 0-d array
+    as jobs() and Handle take it (klab.show(np.array(1)) was refused)."""
+    if getattr(value, "ndim", None) == 0:
+        value = value.item()
     if not whole(value):
         raise BadInput(field, f"an id is a whole number, got {value!r}")
     return int(value)

@@ -281,6 +281,7 @@ def test_ids_and_values_from_a_dataframe_select_as_python_numbers_do(klab_db, ad
     assert klab.jobs(sweep=frame["sweep_id"].iloc[0])["id"].tolist() == ids
     assert klab.jobs(seed=frame["seed"].iloc[1])["id"].tolist() == [ids[1]]
     assert klab.jobs(np.array(ids[0]))["id"].tolist() == [ids[0]]  # a 0-d array: iterating it was a TypeError
+    assert klab.show(np.array(ids[0])).id == ids[0]  # as jobs() reads it: was "an id is a whole number"
     assert klab.Handle(np.array(ids[0])).ids == klab.Handle(ids[0]).ids == (ids[0],)  # one id, as jobs reads it
     # (Handle(12) was a TypeError)
     lr = float(frame["lr"].iloc[0])
