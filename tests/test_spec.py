@@ -214,8 +214,8 @@ def test_a_jsonl_line_ends_at_a_newline_alone_a_utf16_file_is_read_and_jobs_past
     (tmp_path / "odd.jsonl").write_text('{"input": "npy:x\u2028y.npy"}\r\n{"input": "a\u0085b\u2029c"}\n',
                                         encoding="utf-8")
     assert load_spec_file(str(tmp_path / "odd.jsonl")) == [{"input": "npy:x\u2028y.npy"}, {"input": "a\u0085b\u2029c"}]
-    (tmp_path / "cr.jsonl").write_bytes(b'{"seed": 1}\r{"seed": 2}\r')  # lines ended by \r alone, as splitlines() read
-    assert load_spec_file(str(tmp_path / "cr.jsonl")) == [{"seed": 1}, {"seed": 2}]
+    (tmp_path / "cr.jsonl").write_bytes(b'{"seed": 1,\r"epochs": 1}\r\r\n{"seed": 2}\n')  # \r is JSON's whitespace
+    assert load_spec_file(str(tmp_path / "cr.jsonl")) == [{"seed": 1, "epochs": 1}, {"seed": 2}]  # splitlines() cut it
     (tmp_path / "bad.jsonl").write_text('{"input": "a\u2028b"}\n{"seed": 2\n', encoding="utf-8")
     with pytest.raises(BadInput, match=r"is not valid jsonl \(line 2\)$"):  # counted as the file's lines
         load_spec_file(str(tmp_path / "bad.jsonl"))

@@ -206,7 +206,8 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
     try:
         suffix = p.suffix.lower()  # JOBS.JSONL is JSONL too
         if suffix == ".jsonl":
-            lines = re.split(r"\r\n|\r|\n", text)  # not splitlines(), which broke a string holding U+2028
+            lines = text.split("\n")  # as JSON Lines ends a line (\r, as JSON's whitespace, stays in it): not
+            # splitlines(), which broke a string holding U+2028 and a line holding \r between its tokens
             if (count := sum(1 for line in lines if line.strip())) > settings().max_sweep_jobs:  # before parsing
                 # them all (a 21 MB file of {} ran out of memory first)
                 raise BadInput(field, f"{count} jobs, more than the limit {settings().max_sweep_jobs} "

@@ -262,7 +262,7 @@ def as_flag(field: str, value: Any, text: Callable[[Any], str] = _text) -> str:
 
 def _read_back(field: str, value: list[Any], items: list[str]) -> None:
     """A list's items, joined as its flag, read back as themselves: `["[[1", "-1]]"]` was read as the one kernel
-    [[1, -1]], which the file never gave (a bracket one item opens and the next closes)."""
+    [[1, -1]], which the file never gave (a bracket one item opens and the next closes, or a stray closing one)."""
     for n in range(1, len(items)):
         try:
             apart = split_list(field, ",".join(items[: n + 1])) == [i.strip() for i in items[: n + 1]]
@@ -270,8 +270,8 @@ def _read_back(field: str, value: list[Any], items: list[str]) -> None:
             return
         if not apart:
             raise BadInput(field.replace("_", "-"), f"the items {value[n - 1]!r} and {value[n]!r} would be read as one "
-                                                    "value (a bracket one opens, the other closes): give each value "
-                                                    "whole")
+                                                    "value (a comma inside brackets joins what is beside it): give "
+                                                    "each value whole")
 
 
 def _one_value(field: str, value: Any, item: str) -> None:
