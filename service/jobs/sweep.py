@@ -263,15 +263,16 @@ def as_flag(field: str, value: Any, text: Callable[[Any], str] = _text) -> str:
 def _read_back(field: str, value: list[Any], items: list[str]) -> None:
     """A list's items, joined as its flag, read back as themselves: `["[[1", "-1]]"]` was read as the one kernel
     [[1, -1]], which the file never gave (a bracket one item opens and the next closes, or a stray closing one)."""
-    for n in range(1, len(items)):
-        try:
-            apart = split_list(field, ",".join(items[: n + 1])) == [i.strip() for i in items[: n + 1]]
-        except BadInput:  # an empty item: the grid names it as before
-            return
-        if not apart:
-            raise BadInput(field.replace("_", "-"), f"the items {value[n - 1]!r} and {value[n]!r} would be read as one "
-                                                    "value (a comma inside brackets joins what is beside it): give "
-                                                    "each value whole")
+    try:
+        parts = split_list(field, ",".join(items))  # once: a list of 200,000 seeds is read in one pass
+    except BadInput:  # an empty item: the grid names it as before
+        return
+    kept = [item.strip() for item in items]
+    if parts != kept:  # the first part that differs took in the item after it
+        n = next(i for i, (part, item) in enumerate(zip(parts, kept)) if part != item)
+        raise BadInput(field.replace("_", "-"), f"the items {value[n]!r} and {value[n + 1]!r} would be read as one "
+                                                "value (a comma inside brackets joins what is beside it): give "
+                                                "each value whole")
 
 
 def _one_value(field: str, value: Any, item: str) -> None:
