@@ -243,8 +243,8 @@ def _names_a_database(url: str) -> None:
     for key, given in (("host", bool(netloc[: port.start()] if port else netloc)), ("port", port is not None),
                        ("hostaddr", False)):
         if given + keys.count(key) > 1:  # libpq took the parameter's (the last), every message named the other
-            where = f"before the /NAME and as ?{key}=, or as ?{key}= twice" if given or key != "hostaddr" else \
-                f"as ?{key}= twice"
+            where = f"as ?{key}= twice" if key == "hostaddr" else \
+                f"before the /NAME and as ?{key}=, or as ?{key}= twice"  # a hostaddr has no place before /NAME
             several = "?hostaddr=a1,a2" if key == "hostaddr" else "?host=h1,h2&port=p1,p2"
             raise BadInput("KLAB_DATABASE_URL", f"names its {key} twice ({where}): give it once (several hosts go "
                                                 f"in one, comma-separated: {several})")

@@ -208,10 +208,9 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
         if suffix == ".jsonl":
             lines = text.split("\n")  # as JSON Lines ends a line (\r, as JSON's whitespace, stays in it): not
             # splitlines(), which broke a string holding U+2028 and a line holding \r between its tokens
-            if (count := sum(1 for line in lines if line.strip())) > settings().max_sweep_jobs:  # before parsing
-                # them all (a 21 MB file of {} ran out of memory first)
-                raise BadInput(field, f"{count} jobs, more than the limit {settings().max_sweep_jobs} "
-                                      "(KLAB_MAX_SWEEP_JOBS)")
+            count, limit = sum(1 for line in lines if line.strip()), settings().max_sweep_jobs
+            if count > limit:  # before parsing them all (a 21 MB file of {} ran out of memory first)
+                raise BadInput(field, f"{count} jobs, more than the limit {limit} (KLAB_MAX_SWEEP_JOBS)")
             docs = []
             for number, line in enumerate(lines, 1):
                 if line.strip():
