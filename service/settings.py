@@ -41,6 +41,11 @@ class Settings:
     torch_threads: int | None = None
     """KLAB_TORCH_THREADS: torch threads of each worker child (default: torch's own)."""
 
+    def __repr__(self) -> str:
+        """The settings as the dataclass writes them, the URLs' passwords masked: a debugger or a log shows none."""
+        values = ((f.name, getattr(self, f.name)) for f in fields(self))
+        return "Settings(" + ", ".join(f"{k}={mask(v) if k.endswith('_url') else v!r}" for k, v in values) + ")"
+
     def is_default(self, url: str) -> bool:
         """Whether `url` is the default database (KLAB_HOME's klab.db, KLAB_DATABASE_URL unset or naming it however
         it is written: a driver, an escape, a relative path, a link), whose folder and file are made on first use;

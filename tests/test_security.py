@@ -330,3 +330,13 @@ def test_a_broker_password_holding_what_a_url_cannot_is_told_its_escape(url, sai
     assert checked_url(url.replace("?", "%3F").replace("#", "%23").replace("/ss", "%2Fss").replace("p@", "p%40"))
     for fine in ("rediss://h:6380?ssl_ca_certs=ca@corp.pem", "rediss://h:6380/0?ssl_certfile=me@host.crt"):
         assert checked_url(fine) == fine  # an @ in a parameter's value, after the ?: no user part (once refused)
+
+
+def test_the_settings_object_masks_its_passwords_when_written():
+    from service.settings import Settings
+    s = Settings.from_env({"KLAB_HOME": "/tmp/h", "KLAB_DATABASE_URL": "postgresql://u:s3cret@h:1/db?sslpassword=k3y",
+                           "KLAB_BROKER_URL": "redis://:b4d@h:1/0"})
+    written = repr(s)
+    assert "s3cret" not in written and "k3y" not in written and "b4d" not in written
+    assert "database_url='postgresql+psycopg://u:***@h:1/db?sslpassword=***', " in written
+    assert "broker_url='redis://:***@h:1/0'" in written and "max_epochs=" in written
