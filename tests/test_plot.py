@@ -580,6 +580,21 @@ def test_long_labels_alike_in_several_places_are_cut_apart_around_each_differenc
     assert len(set(cut)) == 12 and max(map(len, cut)) <= 40, cut
 
 
+def test_long_labels_of_different_lengths_keep_only_where_they_differ() -> None:
+    """A stored literal drops a weight's trailing zero (0.7890 as 0.789): read character by character from the start,
+    every character after that weight differed, and both labels were kept whole to their ends (48 characters), the
+    sweep's panel squeezed to a fifth of its figure."""
+    from service.render.axes import shortened
+
+    a = "[[0.1234, 0.5678, 0.9012], [0.3456, 0.7891, 0.1234], [0.5678, 0.9012, 0.3456]]"
+    cut = shortened([a, a.replace("0.7891", "0.789")])
+    assert len(set(cut)) == 2 and max(map(len, cut)) <= 30, cut
+    assert "7891" in cut[0] and "789," in cut[1], cut
+    cut = shortened([a, a.replace("0.7891", "0.789"), a.replace("0.9012]", "0.90123]")])
+    assert len(set(cut)) == 3 and max(map(len, cut)) <= 40, cut  # whole, each was 80 characters
+    assert "7891" in cut[0] and "789," in cut[1] and "90123" in cut[2], cut
+
+
 def test_a_one_panel_sweeps_title_stays_in_the_figure() -> None:
     """One panel is 6.5 inches wide: the line of what stayed fixed (a minibatch method names its batch size, a noisy
     sweep its noise) and a long name ran past both edges, `ixed: method d2l-sgd, ... kernel d2`."""

@@ -195,17 +195,37 @@ def shortened(labels: Sequence[str], most: int = LABEL_CHARACTERS) -> list[str]:
         if not groups:
             return out
         for group in map(sorted, map(set, groups)):
-            places = [i for i, chars in enumerate(zip(*group)) if len(set(chars)) > 1]
-            for i in places:
-                common = max(set(column := [t[i] for t in group]), key=column.count)
-                held = column.count(common) * 2 > len(group)  # by most of them: the others' own place
-                for t in group:  # its own places first (a literal's one changed weight); then every place
-                    if round_ or not held or t[i] != common:
-                        differ[t].add(i)
-            if len({len(t) for t in group}) > 1:
-                for t in group:
-                    differ[t].add(min(len(u) for u in group))
+            for t, places in _places(group, strict=round_ > 0).items():
+                differ[t] |= places
     return [t if len(set(alike[o])) > 1 else o for t, o in zip(labels, out)]  # alike still: whole
+
+
+def _places(group: Sequence[str], strict: bool) -> dict[str, set[int]]:
+    """Where each label of a group differs: in a column of characters that are not all the same, where its own is
+    not the one most of them hold (`strict`: any such column). Columns are read from the start and from the end,
+    and a place is one where both readings differ: a weight written a character shorter (0.789 beside 0.7891)
+    shifted every later character, and every one of them was kept. A label of another length with no such place
+    keeps the first column where they part."""
+    def columns(texts: Sequence[str]) -> list[tuple[bool, str | None, bool]]:
+        out = []
+        for i in range(max(map(len, texts))):
+            column = [t[i] if i < len(t) else None for t in texts]
+            common = max(set(column), key=column.count)
+            out.append((len(set(column)) > 1, common, column.count(common) * 2 > len(column)))
+        return out
+
+    def apart(column: tuple[bool, str | None, bool], c: str) -> bool:
+        mixed, common, held = column
+        return mixed and (strict or not held or c != common)
+
+    ahead, behind = columns(group), columns([t[::-1] for t in group])
+    places = {t: {i for i, c in enumerate(t) if apart(ahead[i], c) and apart(behind[len(t) - 1 - i], c)}
+              for t in group}
+    if len({len(t) for t in group}) > 1:
+        first = next(i for i, column in enumerate(ahead) if column[0])
+        for t in group:
+            places[t] = places[t] or {min(first, len(t) - 1)}
+    return places
 
 
 def _cut(text: str, most: int, differ: Sequence[int]) -> str:
