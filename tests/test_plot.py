@@ -449,6 +449,19 @@ def test_overlaid_jobs_share_only_what_every_method_reads_and_name_a_bias_one_ha
         "job 1 (succeeded, relative error 0.1)", "job 2: bias 0.5 (succeeded, relative error 0.1)"]
 
 
+def test_an_overlays_legend_of_long_kernels_stays_in_the_figure_naming_each_job() -> None:
+    """Two 5x5 kernels as literals (about 200 characters each entry): the legend ran past both edges of the figure,
+    neither entry's job id nor its relative error left in it."""
+    rng = np.random.default_rng(1)
+    kernels = [json.dumps(np.round(rng.standard_normal((5, 5)), 4).tolist()) for _ in range(2)]
+    fig = plot.figure_jobs([result_of({"kernel": k, "method": "lstsq"}, id=181 + i) for i, k in enumerate(kernels)])
+    readable(fig)
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert [t[:13] for t in texts] == ["job 181: kern", "job 182: kern"], texts
+    assert all(t.endswith("(succeeded, relative error 0.1)") and "…" in t for t in texts), texts
+    assert texts[0] != texts[1], texts
+
+
 def test_many_jobs_overlaid_leave_the_axes_their_height() -> None:
     def heights(n: int) -> list[float]:
         fig = plot.figure_jobs([result_of({"lr": 0.001 * (i + 1), "seed": i}, relative=0.1, id=i) for i in range(n)])

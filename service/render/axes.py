@@ -200,6 +200,14 @@ def shortened(labels: Sequence[str], most: int = LABEL_CHARACTERS) -> list[str]:
     return [t if len(set(alike[o])) > 1 else o for t, o in zip(labels, out)]  # alike still: whole
 
 
+def fitted(labels: Sequence[str], most: int) -> list[str]:
+    """Labels of at most `most` characters (and no fewer than 20), whatever they hold: shortened, else cut in the
+    middle (an overlay's legend entry past the figure's width was cut off at both edges, its job's id lost)."""
+    most = max(most, 20)
+    return [t if len(t) <= most else f"{t[:(most - 1) // 2]}…{t[len(t) - most // 2:]}"
+            for t in shortened(labels, most)]
+
+
 def _places(group: Sequence[str], strict: bool) -> dict[str, set[int]]:
     """Where each label of a group differs: in a column of characters that are not all the same, where its own is
     not the one most of them hold (`strict`: any such column). Columns are read from the start and from the end,

@@ -193,9 +193,11 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
 
     specs = [_spec(r) for r in results]
     differ, alike = shared(specs, SPEC_SHOWN, _differing(specs))  # alike: read by every job's method, too
-    labels = [f"job {r.get('id')}" + (f": {named}" if (named := _described(spec, differ, differ)) else "")
-              + f" ({r.get('status')}, relative error {cell(settled((r.get('error') or {}).get('relative'), 1.0))})"
-              for r, spec in zip(results, specs)]
+    ends = [(f"job {r.get('id')}", f" ({r.get('status')}, relative error "
+             f"{cell(settled((r.get('error') or {}).get('relative'), 1.0))})") for r in results]
+    room = int((JOBS_SIZE[0] * 72 * 0.95 - 40) / (0.6 * 9)) - max(len(a) + len(b) + 2 for a, b in ends)
+    labels = [a + (f": {named}" if named else "") + b  # what differs shortened to the figure's width, ends kept
+              for (a, b), named in zip(ends, ax_.fitted([_described(s, differ, differ) for s in specs], room))]
     named = len(results) <= LEGEND_MOST
     widest = max(len(t) for t in labels) * 0.55 * 9 + 40  # points, 9 pt font
     ncols = max(1, min(len(results), int(JOBS_SIZE[0] * 72 * 0.95 // widest)))
