@@ -301,6 +301,22 @@ def test_epochs_without_a_finite_kernel_error_say_so_not_no_epochs() -> None:
     readable(fig)
 
 
+def test_a_job_whose_only_epoch_diverged_says_no_finite_loss_and_shows_its_divergence() -> None:
+    """`klab run --lr 1e15 --epochs 5 --method d2l-sgd` diverges at its first epoch, stored with no finite loss: the
+    loss panel said "no epochs" of a job of one, and the line of its divergence lay on the axes' left edge."""
+    result = result_of({"epochs": 5}, relative=None, status=DIVERGED, epochs=1, diverged_epoch=1)
+    result["epochs"][0].update(loss=None, kernel_error=None)
+    fig = plot.figure_job(result)
+    for title, note in (("loss", "no finite loss (past float32)"),
+                        ("kernel error", "no finite kernel error (weights past float32)")):
+        panel = by_title(fig, title)
+        assert [t.get_text() for t in panel.texts] == [note]
+        lo, hi = panel.get_xlim()
+        assert [line.get_xdata()[0] for line in panel.get_lines() if "diverged" in line.get_label()] == [1]
+        assert lo < 1 < hi
+    readable(fig)
+
+
 def test_not_identifiable_and_diverged_are_said_and_drawn() -> None:
     hidden = result_of({"epochs": 20}, relative=0.5, rank=4, params=9, identifiable=False, gap_identifiability=1.5,
                        explanation="the data cannot tell these weights apart")
@@ -763,7 +779,7 @@ def test_a_loss_of_0_at_every_epoch_says_so_and_a_job_without_a_true_kernel_says
     assert by_title(fig, "kernel error").get_xlim() == by_title(fig, "loss").get_xlim()
     for e in free["epochs"]:
         e["loss"] = float("nan")  # no value on either panel: the epochs the job trained
-    assert by_title(plot.figure_job(free), "kernel error").get_xlim() == (1, 2)
+    assert by_title(plot.figure_job(free), "kernel error").get_xlim() == (0.5, 1.5)  # its one epoch in the middle
     overlay = plot.figure_jobs([free, result_of({}, epochs=20, true_kernel=None)])
     assert by_title(overlay, "kernel error").get_xlim() == by_title(overlay, "loss").get_xlim()
 

@@ -358,7 +358,8 @@ def curve_axes(ax: Any, title: str, ylabel: str, last: int, values: Sequence[np.
     if not finite.size:
         ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
         if not any(a.dataLim.x0 <= a.dataLim.x1 for a in ax.get_shared_x_axes().get_siblings(ax)):
-            ax.set_xlim(1, max(last, 2))  # the epochs the job trained, none of which has a value on any panel
+            ax.set_xlim(*((1, last) if log_epochs else (0.5, last + 0.5)))  # the epochs trained, none with a
+            # value on any panel: half an epoch beside each, so that a line at the first or the last shows
         ax.set_yticks([])
     ax.grid(True, which="both", alpha=0.3)
 

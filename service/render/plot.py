@@ -71,8 +71,7 @@ OWN_SCALE = 10.0
 
 def save(fig: Any, path: str | Path) -> Path:
     """Write a figure as a PNG (its directory must exist)."""
-    path = Path(path)
-    fig.savefig(path, format="png", dpi=DPI)
+    fig.savefig(path := Path(path), format="png", dpi=DPI)
     return path
 
 
@@ -147,7 +146,8 @@ def figure_job(result: dict[str, Any]) -> Any:
     *error, floored = _kernel_errors(epochs, norm)
     loss_ax.plot(*loss, marker="o" if loss[0].size <= 50 else None, markersize=3, color="tab:blue")
     err_ax.plot(*error, marker="o" if error[0].size <= 50 else None, markersize=3, color="tab:green")
-    ax_.curve_axes(loss_ax, "loss (as the book prints it)", "loss", last, [loss[1]], last > LOG_EPOCHS)
+    ax_.curve_axes(loss_ax, "loss (as the book prints it)", "loss", last, [loss[1]], last > LOG_EPOCHS,
+                   empty="no epochs" if not epochs else "no finite loss (past float32)")
     gap, scale = result.get("gap") or {}, kernel_scale(result)  # the gaps as klab show prints them: 0 under rounding
     floor = math.hypot(*(settled(gap.get(k) or 0.0, scale) for k in ("noise", "identifiability"))) / (norm or 1.0)
     drawn = [error[1]]
