@@ -53,6 +53,20 @@ class Settings:
         path = sqlite_path(url)
         return path is not None and _real(path) == _real(self.home / "klab.db")
 
+    def is_database(self, path: str | Path) -> bool:
+        """Whether a file is the SQLite database these settings name, or its journal, WAL or shared memory, by its
+        path or as the same file (a link): `klab export 1 -o ~/.klab/klab.db` replaced every job with a CSV line."""
+        db = sqlite_path(self.database_url)
+        if db is None:
+            return False
+        names = [db, *(db.with_name(db.name + suffix) for suffix in ("-journal", "-wal", "-shm"))]
+        if _real(Path(path)) in {_real(n) for n in names}:
+            return True
+        try:
+            return Path(path).exists() and any(n.exists() and os.path.samefile(path, n) for n in names)
+        except OSError:  # a path that cannot be read: not the database, which klab reads
+            return False
+
     def folder(self, *names: str) -> Path:
         """A folder in KLAB_HOME (KLAB_HOME itself with no names), made on first use."""
         folder = self.home.joinpath(*names)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -588,6 +589,27 @@ def test_export_errors(jobs: dict[str, int], klab_cli) -> None:
     assert klab_cli("export", "--ids", "1,x")[2].startswith("klab: error: ids: must be job ids")
     assert klab_cli("export", "--ids", "999")[2] == "klab: error: ids: no job 999\n"
     assert klab_cli("export", "--ids", "1", "--format", "xml")[0] == 2
+
+
+@SQLITE_ONLY
+def test_export_and_plot_never_write_over_the_database_they_read(jobs: dict[str, int], klab_db: str, klab_cli,
+                                                                  tmp_path: Path) -> None:
+    """`klab export 1 -o ~/.klab/klab.db` replaced the database with one CSV line, and said it wrote it."""
+    from service.settings import sqlite_path
+
+    db = sqlite_path(klab_db)
+    before = db.read_bytes()
+    (tmp_path / "link.png").symlink_to(db)
+    os.link(db, tmp_path / "hard.csv")
+    for command, path in (("export", str(db)), ("export", f"{db.parent}/../{db.parent.name}/{db.name}"),
+                          ("export", f"{db}-wal"), ("export", f"{db}-journal"), ("plot", str(tmp_path / "link.png")),
+                          ("export", str(tmp_path / "hard.csv"))):
+        code, out, err = klab_cli(command, str(jobs["best"]), "-o", path)
+        assert (code, out) == (2, "") and err == (
+            f"klab: error: output: {path} is klab's SQLite database or one of its files (KLAB_DATABASE_URL): "
+            "writing there would destroy its jobs; choose another file\n"), err
+    assert db.read_bytes() == before and not os.path.exists(f"{db}-journal")
+    assert klab_cli("export", str(jobs["best"]), "-o", str(tmp_path / "jobs.csv"))[0] == 0  # beside it: written
 
 
 # --- delete ----------------------------------------------------------------------------------

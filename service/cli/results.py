@@ -241,6 +241,8 @@ def export(selection: Selection, what: str, fmt: str, output: str | None) -> Non
     from service.render.export import WRITERS
 
     output = None if output == "-" else output  # as for every command that writes a file: - is stdout
+    if output is not None:
+        _not_the_database(output)
     with _reading() as reader:
         fetch = reads.export_jobs if what == "jobs" else reads.export_epochs
         columns, rows = fetch(reader, selection)
@@ -248,6 +250,14 @@ def export(selection: Selection, what: str, fmt: str, output: str | None) -> Non
             count = WRITERS[fmt](out, columns, rows)
     if output:
         click.echo(f"wrote {count} {what[:-1] if count == 1 else what} to {visible(str(output))}")
+
+
+def _not_the_database(output: str) -> None:
+    from service.settings import settings
+
+    if settings().is_database(output):
+        raise BadInput("output", f"{visible(output)} is klab's SQLite database or one of its files "
+                                 "(KLAB_DATABASE_URL): writing there would destroy its jobs; choose another file")
 
 
 @contextmanager
@@ -277,6 +287,7 @@ def plot(selection: Selection, output: str) -> None:
     sweep = selection.sweep
     if not output.lower().endswith(".png"):
         raise BadInput("output", f"must be a .png file, got {output}")
+    _not_the_database(output)
     if not (folder := Path(output).parent).is_dir():
         raise BadInput("output", f"cannot write {output}: " + (f"{folder} is a file, not a folder" if folder.exists()
                                                                 else f"no folder {folder}"))
