@@ -128,6 +128,17 @@ def test_db_current_says_whether_at_head(klab_db: str, klab_cli) -> None:
     assert code == 0 and current_revision(klab_db) == HEAD
 
 
+def test_db_current_refuses_a_klab_home_that_cannot_be_made_as_every_command_does(tmp_path: Path) -> None:
+    """It said `revision none (not at head 0015; run: klab db upgrade)`, exit 0, where that upgrade is refused."""
+    (tmp_path / "file").write_text("not a folder")
+    env = clean_env(tmp_path / "file", "")
+    for args in (["db", "current"], ["db", "upgrade"], ["list"]):
+        out = klab(env, *args)
+        assert (out.returncode, out.stdout, out.stderr) == (2, "", f"klab: error: KLAB_HOME: cannot make the folder "
+                                                            f"{tmp_path / 'file'}: {tmp_path / 'file'} is a file, "
+                                                            "not a folder\n"), args
+
+
 def test_cli_default_sqlite_upgrades_itself_on_first_use(tmp_path: Path) -> None:
     env = bare_env(tmp_path)
     out = klab(env, "list", "--json")

@@ -95,6 +95,8 @@ def revision(url: str | None = None) -> str | None:
             if not settings().is_default(url) and not path.parent.is_dir():  # not `revision none; run: klab db
                 # upgrade`, which refuses it so
                 raise no_folder(url, path.parent)
+            if settings().is_default(url):  # KLAB_HOME made as every command makes it, or refused as they refuse it
+                settings().folder()  # (a file in its way): not `revision none; run: klab db upgrade`, which fails
             return None  # a SQLite file not made yet: none, and none made by looking (klab db current)
         from service.db.engine import current_revision
 
