@@ -420,6 +420,7 @@ def test_bad_input_is_one_line_exit_2_nothing_stored_nothing_queued(case, files,
     (("compare", "--by", "lr"), "--by: no such option; did you mean --group-by?"),
     (("list", "--metod", "adam"), "--metod: no such option; did you mean --method?"),
     (("show", "1", "--format", "csv"), "--format: no such option; see klab show --help"),
+    (("show", "1", "--sweep", "3"), "--sweep: no such option; see klab show --help"),  # was "did you mean --help?"
     (("run", "--no-store", "--seed", "0-9"), "seed: not a number: '0-9'; did you mean 0..9?"),  # pydantic read -9
     (("run", "--no-store", "--seed", "0-0"), "seed: not a number: '0-0'; did you mean 0..0?"),  # and trained seed 0
     (("run", "--no-store", "--epochs", "00-3"), "epochs: not a number: '00-3'; did you mean 00..3?"),

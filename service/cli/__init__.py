@@ -207,8 +207,9 @@ def _noted(line: str, exc: BaseException) -> str:
 
 def _option_hint(exc: click.NoSuchOption) -> str:
     """The options meant by an unknown one: click's close spellings, and those it is a word of (`--by`:
-    `--group-by`); else where the command's options are listed."""
-    close = set(exc.possibilities or ())
+    `--group-by`); else where the command's options are listed. Never --help as one meant: `klab show 1 --sweep`
+    read `did you mean --help?`."""
+    close = set(exc.possibilities or ()) - {"--help", "-h"}
     ctx = exc.ctx
     if ctx is not None:
         word = exc.option_name.lstrip("-")
