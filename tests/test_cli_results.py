@@ -625,6 +625,19 @@ def test_delete_jobs_and_a_sweep(jobs: dict[str, int], klab_cli) -> None:
 
 # --- tables ----------------------------------------------------------------------------------
 
+def test_plain_tables_align_wide_characters_by_the_columns_they_take() -> None:
+    """A sweep named in Chinese (and an emoji) shifted every later column of `klab sweeps | cat` to the right: each
+    wide character takes two columns of a terminal, and was padded as one."""
+    from service.render.table import plain, width
+
+    assert (width("学习核 实验 🚀"), width("e\u0301"), width("abc")) == (14, 1, 3)
+    lines = plain(["name", "jobs", "tags"], [{"name": "学习核 实验 🚀", "jobs": 2, "tags": "日本"},
+                                             {"name": "book", "jobs": 10, "tags": "x"}]).splitlines()
+    assert lines == ["name            jobs  tags",
+                     "学习核 实验 🚀     2  日本",
+                     "book              10  x"], lines
+
+
 @SQLITE_ONLY
 def test_small_things_said_right(klab_db: str, klab_cli) -> None:
     """An lstsq job trains one epoch whatever its --epochs; `-o -` is stdout; `1,,2` is a typo; a sweep whose jobs

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import unicodedata
 from collections.abc import Collection, Sequence
 from typing import IO, Any
 
@@ -38,12 +39,21 @@ def plain(columns: Sequence[str], rows: Sequence[dict[str, Any]], cells: dict[st
     they hold), text left-aligned."""
     texts = [[_text(c, r, cells) for c in columns] for r in rows]
     heads = [header(c) for c in columns]
-    widths = [max([len(h)] + [len(t[i]) for t in texts]) for i, h in enumerate(heads)]
+    widths = [max([width(h)] + [width(t[i]) for t in texts]) for i, h in enumerate(heads)]
     right = [c in numbers or _numeric(c, rows) for c in columns]
 
     def line(parts: Sequence[str]) -> str:
-        return "  ".join(p.rjust(w) if rj else p.ljust(w) for p, w, rj in zip(parts, widths, right)).rstrip()
+        pads = [" " * (w - width(p)) for p, w in zip(parts, widths)]
+        return "  ".join(pad + p if rj else p + pad for p, pad, rj in zip(parts, pads, right)).rstrip()
     return "\n".join([line(heads)] + [line(t) for t in texts])
+
+
+def width(text: str) -> int:
+    """Columns a text takes on a terminal: two for a wide character (CJK, most emoji), none for a combining one
+    (a name of Chinese characters shifted every column after it)."""
+    if text.isascii():
+        return len(text)
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 0 if unicodedata.combining(c) else 1 for c in text)
 
 
 def _is_number(value: Any) -> bool:
