@@ -885,6 +885,21 @@ def test_plot_sweep_labels_jobs_by_status(klab_db: str, add_job, klab_cli, tmp_p
     assert size[0] == 2 * plot.SWEEP_PANEL[0] * plot.DPI and colors > 50
 
 
+@SQLITE_ONLY
+def test_characters_no_font_draws_are_said_in_one_line_not_matplotlibs_warnings(klab_db: str, add_job, klab_cli,
+                                                                                 tmp_path: Path) -> None:
+    """A sweep named in characters no font here has (Chinese on this machine; a private-use character on any): two
+    lines of matplotlib's warning, with a line of klab's source, for each character at each drawing of the title."""
+    with writing() as conn:
+        sweep = writes.create_sweep(conn, {"lr": [0.01, 0.1]}, 2, name="run \ue000\ue001 \ue000")
+        for lr in (0.01, 0.1):
+            add_job(conn, relative=0.1, sweep_id=sweep, lr=lr)
+    out = tmp_path / "sweep.png"
+    assert klab_cli("plot", "--sweep", str(sweep), "-o", str(out)) == (
+        0, f"wrote {out}\n", "klab: warning: no font here draws \ue000 \ue001: drawn as boxes\n")
+    assert opened(out)[1] > 50
+
+
 def test_a_sweep_stopped_before_its_other_values_were_stored_does_not_call_them_fixed(
         klab_db: str, add_job, klab_cli, tmp_path: Path, monkeypatch) -> None:
     """Ctrl-C in `klab sweep --local --method d2l-manual,adam`: the first chunk (d2l-manual's) is stored; the plot's

@@ -310,16 +310,41 @@ def plot(selection: Selection, output: str) -> None:
             alone = [p for p in swept(reader, sweep) if p not in varying and p in rows[0]]
     from service.render import plot as plots
 
-    if sweep is None:
-        fig = plots.figure_jobs(results)
-    else:
-        title = f"sweep {sweep}" + (f" ({name})" if name else "") + f": {len(rows)} job{'s' * (len(rows) != 1)}"
-        fig = plots.figure_sweep(rows, varying, title, swept=alone)
-    try:
-        plots.save(fig, output)
-    except OSError as exc:
-        raise BadInput("output", f"cannot write {output}: {exc.strerror or exc}") from None
+    with _glyphs_missing():
+        if sweep is None:
+            fig = plots.figure_jobs(results)
+        else:
+            title = f"sweep {sweep}" + (f" ({name})" if name else "") + f": {len(rows)} job{'s' * (len(rows) != 1)}"
+            fig = plots.figure_sweep(rows, varying, title, swept=alone)
+        try:
+            plots.save(fig, output)
+        except OSError as exc:
+            raise BadInput("output", f"cannot write {output}: {exc.strerror or exc}") from None
     click.echo(f"wrote {visible(str(output))}")
+
+
+GLYPH = r"Glyph (\d+) .*missing from font"
+"""matplotlib's warning of a character no font it has draws."""
+
+
+@contextmanager
+def _glyphs_missing() -> Iterator[None]:
+    """Characters no font here draws (a sweep named in Chinese, an emoji) said in one line, once: matplotlib warned
+    of each in two lines, with a line of klab's source, on every drawing of the text. Other warnings as they come."""
+    import re
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("always", message=GLYPH)  # each one, whatever the filters say of the rest
+        yield
+    missing = {}
+    for w in caught:
+        if found := re.match(GLYPH, str(w.message)):
+            missing[chr(int(found[1]))] = None
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if missing:
+        click.echo(f"klab: warning: no font here draws {' '.join(missing)}: drawn as boxes", err=True)
 
 
 @cli.command()
