@@ -30,6 +30,7 @@ from service.jobs.spec import JobSpec
 from service.jobs.status import JobStatus
 from service.render import axes as plot_axes
 from service.render import kernels, plot
+from service.render.text import FLOAT32_EPS
 
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 """Drawing does not depend on the backend; the sweep's plot still reads both."""
@@ -315,6 +316,22 @@ def test_a_job_whose_only_epoch_diverged_says_no_finite_loss_and_shows_its_diver
         assert [line.get_xdata()[0] for line in panel.get_lines() if "diverged" in line.get_label()] == [1]
         assert lo < 1 < hi
     readable(fig)
+
+
+def test_a_difference_under_float32_rounding_is_drawn_pale_not_as_an_error() -> None:
+    """lstsq on labels made by sobel-x learns it to about 1e-8 (klab show: a difference of 0.0000, the title: the
+    kernel matches): on a colour scale of its own, ±1.4e-8, the difference's cells were full red and blue."""
+    true = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    learned = true + np.array([[1.4e-8, -1e-8, 0], [0, 1.2e-8, -1.4e-8], [0, 0, 1e-9]])
+    result = result_of({"method": "lstsq"}, relative=1e-8, true_kernel=true.tolist(), learned_kernel=learned.tolist())
+    (image,) = by_title(plot.figure_job(result), "difference W - K").get_images()
+    low, high = image.get_clim()
+    assert high == -low == pytest.approx(FLOAT32_EPS * np.linalg.norm(true))  # the weights' own rounding
+    assert max(abs(image.norm(v) - 0.5) for v in (learned - true).ravel()) < 0.02  # all but white
+    off = true + 0.5 * np.eye(3)  # a real difference keeps a scale of its largest value
+    result = result_of({}, relative=0.1, true_kernel=true.tolist(), learned_kernel=off.tolist())
+    (image,) = by_title(plot.figure_job(result), "difference W - K").get_images()
+    assert image.get_clim() == (-0.5, 0.5)
 
 
 def test_not_identifiable_and_diverged_are_said_and_drawn() -> None:

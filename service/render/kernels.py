@@ -108,8 +108,9 @@ def _integer_locator(n: int) -> Any:
     return FixedLocator(range(n)) if n <= 16 else MaxNLocator(integer=True)
 
 
-def kernel_scale(kernels: Sequence[Any]) -> float:
-    """The largest finite absolute value among kernels (1 if none): a symmetric colour scale."""
+def kernel_scale(kernels: Sequence[Any], least: float = 0.0) -> float:
+    """The largest finite absolute value among kernels, and no less than `least` (1 if both are 0): a symmetric
+    colour scale."""
     biggest = 0.0
     for k in kernels:
         if k is None:
@@ -117,4 +118,4 @@ def kernel_scale(kernels: Sequence[Any]) -> float:
         a = np.abs(np.asarray(k, dtype=float))
         a = a[np.isfinite(a)]
         biggest = max(biggest, float(a.max()) if a.size else 0.0)
-    return biggest or 1.0
+    return max(biggest, least) or 1.0

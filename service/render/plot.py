@@ -172,17 +172,15 @@ def figure_job(result: dict[str, Any]) -> Any:
         scale = own = max(scale, own) if true is not None else own
     else:
         learned_title += " (a colour scale of its own)"
+    # a difference under the weights' float32 rounding (klab show's 0.0000) drawn pale: on a scale of its own, one
+    least = kernels.kernel_scale([diff], FLOAT32_EPS * kernel_scale(result))  # of ±1e-8 was full red and blue
     for n, (title, kernel, cmap, s) in enumerate((("true kernel K", true, "viridis", scale),
                                                   (learned_title, learned, "viridis", own),
-                                                  ("difference W - K", diff, "RdBu_r", kernels.kernel_scale([diff])))):
+                                                  ("difference W - K", diff, "RdBu_r", least))):
         kernels.heatmap(fig, fig.add_subplot(grid[1, 2 * n:2 * n + 2]), title, kernel, cmap, s,
                     empty="when it ends" if result.get("status") == JobStatus.RUNNING.value
                     and (n == 1 or _spec(result).get("kernel") is not None) else "none")
     return fig
-
-
-def _differing(specs: Sequence[dict[str, Any]]) -> list[str]:
-    return [k for k in SPEC_SHOWN if len({repr(s.get(k)) for s in specs}) > 1]
 
 
 def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
@@ -192,7 +190,8 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
     import matplotlib
 
     specs = [_spec(r) for r in results]
-    differ, alike = shared(specs, SPEC_SHOWN, _differing(specs))  # alike: read by every job's method, too
+    differing = [k for k in SPEC_SHOWN if len({repr(s.get(k)) for s in specs}) > 1]
+    differ, alike = shared(specs, SPEC_SHOWN, differing)  # alike: read by every job's method, too
     ends = [(f"job {r.get('id')}", f" ({r.get('status')}, relative error "
              f"{cell(settled((r.get('error') or {}).get('relative'), 1.0))})") for r in results]
     room = int((JOBS_SIZE[0] * 72 * 0.95 - 40) / (0.6 * 9)) - max(len(a) + len(b) + 2 for a, b in ends)
