@@ -55,7 +55,8 @@ def _mt19937_first(seeds: np.ndarray, k: int) -> np.ndarray:
         v ^= (v << np.uint32(15)) & np.uint32(0xEFC60000)
         v ^= v >> np.uint32(18)
         out[i] = v
-    return out.T
+    return np.ascontiguousarray(out.T)  # B x k in rows: weights laid out as a job's alone (out.T's columns reached
+    # Residuals as strides that summed a batch's outputs in another order: float32 losses apart from the job's alone)
 
 
 def _uniform(raw: np.ndarray, bound: float) -> np.ndarray:
