@@ -143,6 +143,33 @@ def test_a_sweep_file_without_a_true_kernel(here: str, klab_cli, tmp_path: Path)
     np.testing.assert_allclose(results[1]["learned_kernel"], [[1.0, -1.0]], atol=0.05)
 
 
+@pytest.mark.parametrize("kernels", ["none,random:2x3", "random:2x3,none"])
+def test_labels_with_a_true_kernel_and_without_one_in_one_sweep_are_each_their_twin(here: str, klab_cli,
+                                                                                   tmp_path: Path, kernels) -> None:
+    """Jobs given labels, some with a true kernel and some with none, trained in one batch: a kernel-less job first
+    cost the others their errors and gaps ("no true kernel to compare with"), and one last failed every job of the
+    batch (ValueError: all input arrays must have the same shape)."""
+    from worker.engine import run_spec
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.standard_normal((6, 8)))
+    np.save(tmp_path / "y.npy", rng.standard_normal((5, 6)))
+    code, out, err = klab_cli("sweep", "--local", "--input", f"npy:{tmp_path / 'x.npy'}", "--labels",
+                              f"npy:{tmp_path / 'y.npy'}", "--kernel", kernels, "--method", "d2l-manual,adam",
+                              "--lr", "0.005", "--epochs", "4", "--seed", "0..1", "--json", "--wait")
+    assert code == 0, err
+    results = json.loads(out)
+    assert len(results) == 8 and {r["status"] for r in results} == {JobStatus.SUCCEEDED.value}
+    for got in results:
+        alone, epochs = run_spec(JobSpec.parse(got["spec"]))
+        assert (got["true_kernel"] is None) == (got["spec"]["kernel"] is None), got["spec"]
+        assert got["true_kernel"] == alone["true_kernel"] and got["learned_kernel"] == alone["learned_kernel"]
+        assert [(e["loss"], e["kernel_error"]) for e in got["epochs"]] == [(e["loss"], e["kernel_error"])
+                                                                          for e in epochs]
+        assert (got["error"] or {}).get("relative") == alone["relative_error"]
+        assert got["gap"]["noise"] == alone["gap_noise"] and got["explanation"] == alone["explanation"]
+
+
 def test_a_job_stopped_by_the_time_limit_is_said_so_not_cancelled(here: str, klab_cli, setenv) -> None:
     setenv(KLAB_MAX_JOB_SECONDS="1")
     code, out, err = klab_cli("sweep", "--local", "--seed", "0,1", "--epochs", "100000", "--json")

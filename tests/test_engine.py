@@ -492,11 +492,16 @@ def test_lstsq_batched_equals_alone_and_needs_no_training():
         assert rb["converged_epoch"] == 1 and len(rb["epochs"]) == 1
 
 
-def test_jobs_of_different_shapes_cannot_share_a_batch():
+def test_jobs_of_different_shapes_cannot_share_a_batch(tmp_path):
     a = Job(build_problem(spec(input="edge:6x8")))
     b = Job(build_problem(spec(input="edge:6x9")))
     with pytest.raises(ValueError):
         train([a, b], Method.D2L_MANUAL, 2, 2)
+    np.save(labels := tmp_path / "y.npy", np.ones((6, 7)))  # a job with a true kernel beside one without: the
+    # first's was used for both
+    free, known = (Job(build_problem(spec(kernel=k, labels=f"npy:{labels}"))) for k in (None, "d2l"))
+    with pytest.raises(ValueError, match="a true kernel or none"):
+        train([free, known], Method.D2L_MANUAL, 2, 2)
 
 
 # ---------------------------------------------------------------------------------------------------

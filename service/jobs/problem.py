@@ -342,6 +342,7 @@ def shapes(p: Problem) -> tuple:
 
 
 def together(p: Problem, spec: JobSpec) -> tuple[Any, ...]:
-    """Jobs with equal keys can train together, in one batch: the same shapes, method, epochs, batch
-    size and device."""
-    return (*shapes(p), spec.method.value, spec.epochs, spec.batch_size, spec.device.value)
+    """Jobs with equal keys can train together, in one batch: the same shapes, method, epochs, batch size and
+    device, and each with a true kernel or none (`--kernel none,random:2x3` with labels: a batch measured every
+    job's error against the first job's, and a kernel-less job first cost the others their errors and gaps)."""
+    return (*shapes(p), spec.method.value, spec.epochs, spec.batch_size, spec.device.value, p.true_kernel is not None)

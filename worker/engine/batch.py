@@ -52,8 +52,9 @@ def train(jobs: Sequence[Job], method: Method, epochs: int, batch_size: int, dev
     """Train jobs that share their shapes together; `on_epoch` may return a mask of jobs to cancel."""
     method = Method(method)
     device = resolve_device(device)
-    if len({shapes(p) for p in {id(j.problem): j.problem for j in jobs}.values()}) != 1:
-        raise ValueError("jobs of one batch must share input shape, kernel shape and bias")
+    if len({(*shapes(p), p.true_kernel is None) for p in {id(j.problem): j.problem for j in jobs}.values()}) != 1:
+        raise ValueError("jobs of one batch must share input shape, kernel shape and bias, and each have a true "
+                         "kernel or none")
     started = time.perf_counter()
     p0 = jobs[0].problem
     w0, b0 = batch_initial_weights([j.seed for j in jobs], p0.kernel_shape, p0.has_bias)
