@@ -243,6 +243,35 @@ def test_broker_killed_while_a_task_is_between_delivery_and_ack(persistent, tmp_
     db.assert_epochs_stored_once()
 
 
+def test_a_message_its_worker_holds_behind_a_task_in_hand_is_not_sent_again(tmp_path, pg_db, redis_server,
+                                                                            worker_procs):
+    """After a reconnect a worker takes one message more than its pool runs (the task in hand goes on): that message
+    waits in `unacked` for as long as the task before it trains, and once older than KLAB_STRANDED_SECONDS its own
+    worker's reaper read it as dropped and sent its jobs again, every few seconds (the test above saw 240 jobs sent
+    again for 120 when its task in hand trained slowly under load)."""
+    url, db = pg_db
+    broker = redis_server(persistent=False)
+    env = service_env(tmp_path, url, broker.url(), **STRANDED)
+    job = ("--input", "random:24x24", "--kernel", "random:3x3", "--lr", "0.001", "--json")
+    held = sweep_id_of(klab(env, "sweep", *job, "--epochs", "3000", "--tol", "1e-300", "--seed", "1000..1009"))
+    sweep = sweep_id_of(klab(env, "sweep", *job, "--epochs", "5", "--seed", "0..119"))
+    with db.engine.connect() as holder:
+        holder.execute(text("LOCK TABLE epochs IN SHARE MODE"))  # `held` stays in hand until the lock goes
+        w = worker_procs(env, "holder").wait_ready()
+        wait_until(lambda: db.statuses(held).get("running", 0) == 10, 120,
+                   lambda: (db.statuses(), w.text()[-2000:]), every=0.01)
+        broker.kill()
+        broker.start()  # empty: the sweep's message is gone, sent again by the reaper, and taken behind `held`
+        wait_until(lambda: resent(w) and w.text().count("] received") == 2, TRAINING + RECOVERY,
+                   lambda: (db.statuses(), w.text()[-3000:]))
+        time.sleep(RECOVERY)  # what is under test is an absence: two reaper rounds past the threshold, no resend
+        assert resent(w) == 120 and db.statuses(held) == {"running": 10}, w.text()[-3000:]
+    wait_until(db.all_succeeded(sweep, 120), TRAINING + RECOVERY, lambda: (db.statuses(sweep), tails(w)()))
+    assert db.statuses(held) == {"succeeded": 10} and resent(w) == 120, w.text()[-3000:]
+    assert {r.attempts for r in db.rows("SELECT attempts FROM jobs")} == {1}
+    db.assert_epochs_stored_once()
+
+
 def test_jobs_whose_message_the_broker_lost_or_a_worker_dropped_are_sent_again(tmp_path, pg_db, redis_server,
                                                                                worker_procs):
     """The two places a message can strand its jobs, made by hand: popped from its queue by a worker

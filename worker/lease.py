@@ -91,12 +91,29 @@ def resend_stranded() -> int:
     if not idle:
         return 0
     with writing() as conn:
-        found = writes.stranded(conn, threshold, idle, held.delivered_ids)
+        found = writes.stranded(conn, threshold, idle, held.delivered_ids | in_hand())
     if found:
         _send_again(found)
         log.warning("sent again %d queued job(s) the broker held no message for (KLAB_STRANDED_SECONDS=%d)",
                     len(found), threshold)
     return len(found)
+
+
+def in_hand() -> frozenset[int]:
+    """The job ids of the messages this worker holds, received and not yet acknowledged: its pool's tasks and any
+    waiting for it. After a reconnect a worker takes one message more than its pool runs; it waits in `unacked` for
+    as long as the task before it trains, and past KLAB_STRANDED_SECONDS it read as one dropped: its jobs were sent
+    again while this worker held them (harmless, claimed once, but sent and logged again every few seconds)."""
+    from celery.worker import state
+
+    ids: set[int] = set()
+    for request in list(state.requests.values()):  # every request reserved and not ready; a dict the consumer
+        # changes meanwhile, copied in one step
+        try:
+            ids.update(i for i in request.args[0] if isinstance(i, int))
+        except (TypeError, IndexError, ValueError):  # a message of another task: none of ours
+            continue
+    return frozenset(ids)
 
 
 def reaper(stop: threading.Event) -> threading.Thread:
