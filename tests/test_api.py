@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import traceback
 import warnings
 from html import escape
@@ -628,13 +629,30 @@ def test_a_wait_draws_its_bar_on_stderr_and_leaves_stdout_to_the_program(klab_db
     env.update(KLAB_DATABASE_URL=klab_db, KLAB_HOME=str(tmp_path / "home"), TERM="xterm",
                PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     terminal, stderr = pty.openpty()
+    drawn: list[bytes] = []
+
+    def read() -> None:  # as a terminal does: a pty nobody read filled after some 19 KB of the bar's redrawing (10
+        # s of it, when a loaded machine slowed the first count), and the bar's writes blocked it for good
+        while True:
+            try:
+                chunk = os.read(terminal, 65536)
+            except OSError:  # the program's end closed the pty's last writer
+                return
+            if not chunk:
+                return
+            drawn.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
         done = subprocess.run([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=stderr,
                               timeout=120)
     finally:
         os.close(stderr)
+        reader.join(10)
         os.close(terminal)
     assert done.returncode == 0 and done.stdout.decode().split() == ["DATA", "0", "DATA", "1", "DATA", "2", "END"]
+    assert b"0/1 jobs" in b"".join(drawn) and b"DATA" not in b"".join(drawn)  # the bar on the terminal, nothing else
 
 
 def test_a_results_html_shows_what_a_page_would_play_as_written():
