@@ -88,6 +88,38 @@ def klab(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.Co
     return subprocess.run([klab_path(), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
+def with_terminal_stderr(args: list[str], env: dict[str, str], timeout: float = 120
+                         ) -> tuple[subprocess.CompletedProcess[bytes], bytes]:
+    """A program run with stdout piped and stderr a terminal (a pty), the terminal read as one is: what it drew.
+    A pty nobody reads fills after some 19 KB, and a progress bar redrawn for 10 s (a loaded machine's slow first
+    count) then blocks the program for good."""
+    import pty
+    import threading
+
+    terminal, stderr = pty.openpty()
+    drawn: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(terminal, 65536)
+            except OSError:  # the program's end closed the pty's last writer
+                return
+            if not chunk:
+                return
+            drawn.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        done = subprocess.run(args, env=env, stdout=subprocess.PIPE, stderr=stderr, timeout=timeout)
+    finally:
+        os.close(stderr)
+        reader.join(10)
+        os.close(terminal)
+    return done, b"".join(drawn)
+
+
 def klab_main(*args: str) -> tuple[int, str, str]:
     """The console script's entry point run in this process: (exit code, stdout, stderr)."""
     from service.cli import main

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import traceback
 import warnings
 from html import escape
@@ -16,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from harness import ROOT
+from harness import ROOT, with_terminal_stderr
 from test_engine import book_data, book_manual, book_sgd
 from test_worker import service_env, workers  # noqa: F401 (fixtures: a service of the test's own, its workers)
 
@@ -611,9 +610,6 @@ def test_a_float32_lr_is_stored_as_written_and_found_by_a_float32_filter(klab_db
 def test_a_wait_draws_its_bar_on_stderr_and_leaves_stdout_to_the_program(klab_db, add_job, tmp_path):
     """stderr a terminal, stdout a pipe: rich drew the bar on stdout (nowhere, there); drawn on stderr, it took
     stdout over while it ran, and what the program printed meanwhile went to the terminal instead of the pipe."""
-    import os
-    import pty
-
     with writing() as conn:
         queued = add_job(conn, status="queued")
     script = ("import threading, time, klab\n"
@@ -628,31 +624,9 @@ def test_a_wait_draws_its_bar_on_stderr_and_leaves_stdout_to_the_program(klab_db
     env = {k: v for k, v in os.environ.items() if not k.startswith("KLAB_") and k != "NO_COLOR"}
     env.update(KLAB_DATABASE_URL=klab_db, KLAB_HOME=str(tmp_path / "home"), TERM="xterm",
                PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    terminal, stderr = pty.openpty()
-    drawn: list[bytes] = []
-
-    def read() -> None:  # as a terminal does: a pty nobody read filled after some 19 KB of the bar's redrawing (10
-        # s of it, when a loaded machine slowed the first count), and the bar's writes blocked it for good
-        while True:
-            try:
-                chunk = os.read(terminal, 65536)
-            except OSError:  # the program's end closed the pty's last writer
-                return
-            if not chunk:
-                return
-            drawn.append(chunk)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        done = subprocess.run([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=stderr,
-                              timeout=120)
-    finally:
-        os.close(stderr)
-        reader.join(10)
-        os.close(terminal)
+    done, drawn = with_terminal_stderr([sys.executable, "-c", script], env)
     assert done.returncode == 0 and done.stdout.decode().split() == ["DATA", "0", "DATA", "1", "DATA", "2", "END"]
-    assert b"0/1 jobs" in b"".join(drawn) and b"DATA" not in b"".join(drawn)  # the bar on the terminal, nothing else
+    assert b"0/1 jobs" in drawn and b"DATA" not in drawn  # the bar on the terminal, nothing else
 
 
 def test_a_results_html_shows_what_a_page_would_play_as_written():

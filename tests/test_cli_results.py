@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from harness import clean_env, klab_path
+from harness import clean_env, klab_path, with_terminal_stderr
 from harness import klab as klab_proc
 from sqlalchemy import select
 
@@ -924,19 +924,10 @@ def test_watch_draws_its_bar_on_the_terminal_of_stderr_and_writes_nothing_else_t
                                                                                        tmp_path: Path) -> None:
     """stderr a terminal, stdout a pipe (`klab watch ... > counts.txt`): the bar went to stdout (rich's default),
     where it was drawn nowhere and left a blank line before the counts."""
-    import os
-    import pty
-
     with writing() as conn:
         job = add_job(conn)
-    terminal, stderr = pty.openpty()
-    try:
-        env = {k: v for k, v in clean_env(tmp_path / "home", klab_db).items() if k != "NO_COLOR"}  # a bar, not lines
-        done = subprocess.run([klab_path(), "watch", str(job)], env={**env, "TERM": "xterm"}, stdout=subprocess.PIPE,
-                              stderr=stderr, timeout=120)
-    finally:
-        os.close(stderr)
-        os.close(terminal)
+    env = {k: v for k, v in clean_env(tmp_path / "home", klab_db).items() if k != "NO_COLOR"}  # a bar, not lines
+    done, _ = with_terminal_stderr([klab_path(), "watch", str(job)], {**env, "TERM": "xterm"})
     assert done.returncode == 0 and done.stdout.decode() == "1 job(s): 1 succeeded; 10 of 10 epochs trained\n"
 
 
