@@ -625,17 +625,24 @@ def test_delete_jobs_and_a_sweep(jobs: dict[str, int], klab_cli) -> None:
 
 # --- tables ----------------------------------------------------------------------------------
 
-def test_plain_tables_align_wide_characters_by_the_columns_they_take() -> None:
+def test_tables_align_wide_characters_by_the_columns_they_take() -> None:
     """A sweep named in Chinese (and an emoji) shifted every later column of `klab sweeps | cat` to the right: each
-    wide character takes two columns of a terminal, and was padded as one."""
-    from service.render.table import plain, width
+    wide character takes two columns of a terminal, and was padded as one; on a terminal rich cut the name to
+    `学习 …`, its column sized by characters. Marks that combine (Thai, Devanagari) take none."""
+    from service.render.table import display_width, plain, rich_table
 
-    assert (width("学习核 实验 🚀"), width("e\u0301"), width("abc")) == (14, 1, 3)
-    lines = plain(["name", "jobs", "tags"], [{"name": "学习核 实验 🚀", "jobs": 2, "tags": "日本"},
-                                             {"name": "book", "jobs": 10, "tags": "x"}]).splitlines()
+    assert [display_width(t) for t in ("学习核 实验 🚀", "e\u0301", "ที่นี่", "abc")] == [14, 1, 2, 3]
+    rows = [{"name": "学习核 实验 🚀", "jobs": 2, "tags": "日本"}, {"name": "ที่นี่", "jobs": 3, "tags": "-"},
+            {"name": "book", "jobs": 10, "tags": "x"}]
+    lines = plain(["name", "jobs", "tags"], rows).splitlines()
     assert lines == ["name            jobs  tags",
                      "学习核 实验 🚀     2  日本",
+                     "ที่นี่" + " " * 17 + "3  -",
                      "book              10  x"], lines
+    drawn = rich_table(["name", "jobs", "tags"], rows, force_terminal=False, width=120)
+    assert "学习核 实验 🚀" in drawn and "…" not in drawn, drawn
+    ends = [display_width(line[:line.index(n) + len(n)]) for line, n in zip(drawn.splitlines()[2:], ("2", "3", "10"))]
+    assert ends == [display_width(drawn.splitlines()[0].split("tags")[0].rstrip())] * 3, drawn  # under "jobs"
 
 
 @SQLITE_ONLY

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import sys
-import unicodedata
 from collections.abc import Collection, Sequence
 from typing import IO, Any
 
@@ -39,21 +38,23 @@ def plain(columns: Sequence[str], rows: Sequence[dict[str, Any]], cells: dict[st
     they hold), text left-aligned."""
     texts = [[_text(c, r, cells) for c in columns] for r in rows]
     heads = [header(c) for c in columns]
-    widths = [max([width(h)] + [width(t[i]) for t in texts]) for i, h in enumerate(heads)]
+    widths = [max([display_width(h)] + [display_width(t[i]) for t in texts]) for i, h in enumerate(heads)]
     right = [c in numbers or _numeric(c, rows) for c in columns]
 
     def line(parts: Sequence[str]) -> str:
-        pads = [" " * (w - width(p)) for p, w in zip(parts, widths)]
+        pads = [" " * (w - display_width(p)) for p, w in zip(parts, widths)]
         return "  ".join(pad + p if rj else p + pad for p, pad, rj in zip(parts, pads, right)).rstrip()
     return "\n".join([line(heads)] + [line(t) for t in texts])
 
 
-def width(text: str) -> int:
-    """Columns a text takes on a terminal: two for a wide character (CJK, most emoji), none for a combining one
-    (a name of Chinese characters shifted every column after it)."""
+def display_width(text: str) -> int:
+    """Columns a text takes on a terminal, as rich measures it for its tables: two for a wide character (CJK, most
+    emoji), none for a combining mark (a name of Chinese characters shifted every later column of a plain table)."""
     if text.isascii():
         return len(text)
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 0 if unicodedata.combining(c) else 1 for c in text)
+    from rich.cells import cell_len
+
+    return cell_len(text)
 
 
 def _is_number(value: Any) -> bool:
@@ -97,7 +98,7 @@ def rich_table(columns: Sequence[str], rows: Sequence[dict[str, Any]], *, title:
 
     console = Console(file=stream, force_terminal=force_terminal, width=width,
                       no_color=bool(os.environ.get("NO_COLOR")) or None, highlight=False)
-    natural = {c: max([len(header(c))] + [len(_text(c, r, cells)) for r in rows]) for c in columns}
+    natural = {c: max([display_width(header(c))] + [display_width(_text(c, r, cells)) for r in rows]) for c in columns}
     table = _table(columns, rows, natural, title, cells, numbers)
     # Too wide for the terminal: free text (input, kernel, method) gives way first, down to 8 characters;
     # numbers are never cut, so a table that still does not fit is printed whole and the terminal wraps it.
