@@ -316,6 +316,10 @@ def test_a_job_whose_only_epoch_diverged_says_no_finite_loss_and_shows_its_diver
         assert [line.get_xdata()[0] for line in panel.get_lines() if "diverged" in line.get_label()] == [1]
         assert lo < 1 < hi
     readable(fig)
+    overlay = plot.figure_jobs([result, {**result, "id": 8}])  # said "no epochs" too
+    assert [t.get_text() for t in by_title(overlay, "loss").texts] == ["no finite loss (past float32)"]
+    assert [t.get_text() for t in by_title(overlay, "kernel error").texts] == [
+        "no finite kernel error (weights past float32)"]
 
 
 def test_a_difference_under_float32_rounding_is_drawn_pale_not_as_an_error() -> None:

@@ -146,8 +146,8 @@ def figure_job(result: dict[str, Any]) -> Any:
     *error, floored = _kernel_errors(epochs, norm)
     loss_ax.plot(*loss, marker="o" if loss[0].size <= 50 else None, markersize=3, color="tab:blue")
     err_ax.plot(*error, marker="o" if error[0].size <= 50 else None, markersize=3, color="tab:green")
-    ax_.curve_axes(loss_ax, "loss (as the book prints it)", "loss", last, [loss[1]], last > LOG_EPOCHS,
-                   empty="no epochs" if not epochs else "no finite loss (past float32)")
+    no_loss, no_error = ax_.no_values([result])
+    ax_.curve_axes(loss_ax, "loss (as the book prints it)", "loss", last, [loss[1]], last > LOG_EPOCHS, empty=no_loss)
     gap, scale = result.get("gap") or {}, kernel_scale(result)  # the gaps as klab show prints them: 0 under rounding
     floor = math.hypot(*(settled(gap.get(k) or 0.0, scale) for k in ("noise", "identifiability"))) / (norm or 1.0)
     drawn = [error[1]]
@@ -156,8 +156,7 @@ def figure_job(result: dict[str, Any]) -> Any:
         drawn.append(np.array([floor]))
     ax_.curve_axes(err_ax, "kernel error: how far the learned kernel is from the true one",
                    "relative error ||W - K|| / ||K||" if norm else "kernel error ||W - K||", last, drawn,
-                   last > LOG_EPOCHS, floored, "no true kernel" if not result.get("true_kernel") else
-                   "no epochs" if not epochs else "no finite kernel error (weights past float32)")
+                   last > LOG_EPOCHS, floored, no_error)
     for a in (loss_ax, err_ax):
         for key, colour in (("converged_epoch", "tab:green"), ("diverged_epoch", "tab:red")):
             if result.get(key) is not None:
@@ -224,10 +223,11 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
         err_ax.plot(*error, marker="o" if named and error[0].size <= 30 else None, **style)
         losses.append(loss[1])
         errors.append(error[1])
-    ax_.curve_axes(loss_ax, "loss", "loss", last, losses, last > LOG_EPOCHS)
+    no_loss, no_error = ax_.no_values(results)
+    ax_.curve_axes(loss_ax, "loss", "loss", last, losses, last > LOG_EPOCHS, empty=no_loss)
     ax_.curve_axes(err_ax, "kernel error", "relative error ||W - K|| / ||K||" if all_relative else
                    "kernel error ||W - K|| (relative where a true kernel is known)", last, errors,
-                   last > LOG_EPOCHS, floored)
+                   last > LOG_EPOCHS, floored, no_error)
     if named:
         fig.legend(loc="outside lower center", ncols=ncols, fontsize=9)
     return fig
