@@ -264,10 +264,17 @@ def _job_ids(raw: bytes, queues: set[str]) -> list[int]:
         body = message["body"]
         if message.get("properties", {}).get("body_encoding") == "base64":
             body = b64decode(body)
-        args = json.loads(body)[0]
-        return [i for i in args[0] if isinstance(i, int)]
+        return carried(json.loads(body)[0])
     except (ValueError, KeyError, IndexError, TypeError):
         return []
+
+
+def carried(args: Any) -> list[int]:
+    """The job ids a klab.train task's arguments carry (its first: a list of ids), as the task reads them; none
+    where they are not that (a message made by hand)."""
+    if not isinstance(args, (list, tuple)) or not args or not isinstance(args[0], list):
+        return []
+    return [i for i in args[0] if isinstance(i, int) and not isinstance(i, bool)]
 
 
 def announce(identity: str, queues: Sequence[str], hostname: str, seconds: int) -> None:

@@ -249,3 +249,27 @@ def test_a_task_that_finds_the_database_away_waits_half_a_second_doubling(tmp_pa
     for (at, wait), (later, _) in zip(seen, seen[1:]):
         assert later - at >= wait - 0.05, seen  # it did wait before trying again
     assert db.scalar("SELECT attempts FROM jobs WHERE id = :j", j=job) == 1
+
+
+def test_a_workers_own_messages_are_read_for_the_ids_they_carry_and_none_made_by_hand_stops_the_reaper():
+    """The reaper leaves the jobs of messages its worker holds (in_hand): a message made by hand, its arguments
+    not a list of ids, raised KeyError there and stopped every round of resending stranded jobs while it was held;
+    a bool was read as job 1."""
+    from celery.contrib.testing.mocks import TaskMessage
+    from celery.worker import state
+    from celery.worker.request import Request
+
+    import worker.tasks  # noqa: F401 - klab.train registered, as in a worker
+    from worker.app import app
+    from worker.lease import in_hand
+
+    held = [Request(TaskMessage("klab.train", args=a), app=app)
+            for a in ([[5, 6, True]], {"job_ids": [3]}, [], ["x"], [[7], {"again": True}])]
+    for request in held:
+        state.task_reserved(request)
+    try:
+        assert in_hand() == {5, 6, 7}
+    finally:
+        for request in held:
+            state.task_ready(request)
+    assert in_hand() == frozenset()

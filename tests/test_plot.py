@@ -320,6 +320,13 @@ def test_a_job_whose_only_epoch_diverged_says_no_finite_loss_and_shows_its_diver
     assert [t.get_text() for t in by_title(overlay, "loss").texts] == ["no finite loss (past float32)"]
     assert [t.get_text() for t in by_title(overlay, "kernel error").texts] == [
         "no finite kernel error (weights past float32)"]
+    queued = {**result_of({}, status=JobStatus.QUEUED.value), "epochs": []}  # a true kernel, no epoch yet; beside
+    # a job with none to measure
+    free = result_of({}, epochs=5, true_kernel=None)
+    for e in free["epochs"]:
+        e["kernel_error"] = None
+    overlay = plot.figure_jobs([queued, {**free, "id": 8}])  # it said the weights went past float32
+    assert [t.get_text() for t in by_title(overlay, "kernel error").texts] == ["no epochs"]
 
 
 def test_a_difference_under_float32_rounding_is_drawn_pale_not_as_an_error() -> None:

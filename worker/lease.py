@@ -106,14 +106,9 @@ def in_hand() -> frozenset[int]:
     again while this worker held them (harmless, claimed once, but sent and logged again every few seconds)."""
     from celery.worker import state
 
-    ids: set[int] = set()
-    for request in list(state.requests.values()):  # every request reserved and not ready; a dict the consumer
-        # changes meanwhile, copied in one step
-        try:
-            ids.update(i for i in request.args[0] if isinstance(i, int))
-        except (TypeError, IndexError, ValueError):  # a message of another task: none of ours
-            continue
-    return frozenset(ids)
+    return frozenset(i for request in list(state.requests.values())  # every request reserved and not ready; a dict
+                     # the consumer changes meanwhile, copied in one step
+                     if request.name == broker.TASK_TRAIN for i in broker.carried(request.args))
 
 
 def reaper(stop: threading.Event) -> threading.Thread:

@@ -332,10 +332,10 @@ def series(epochs: Sequence[dict[str, Any]], key: str, scale: float = 1.0) -> tu
 def no_values(results: Sequence[dict[str, Any]]) -> tuple[str, str]:
     """What a loss panel and a kernel error panel of these jobs say where they draw no value: no epoch trained; or
     none finite (a divergence past float32, stored as none); or, for the error, no true kernel to measure against."""
-    trained = any(r.get("epochs") for r in results)
-    return ("no finite loss (past float32)" if trained else "no epochs",
-            "no true kernel" if not any(r.get("true_kernel") for r in results) else
-            "no finite kernel error (weights past float32)" if trained else "no epochs")
+    measured = [r for r in results if r.get("true_kernel")]  # the jobs a kernel error is drawn for
+    return ("no finite loss (past float32)" if any(r.get("epochs") for r in results) else "no epochs",
+            "no true kernel" if not measured else
+            "no finite kernel error (weights past float32)" if any(r.get("epochs") for r in measured) else "no epochs")
 
 
 def curve_axes(ax: Any, title: str, ylabel: str, last: int, values: Sequence[np.ndarray], log_epochs: bool,
