@@ -263,6 +263,33 @@ def test_a_job_cancelled_before_the_time_limit_stopped_its_batch_ends_cancelled(
     assert 0 < asked.epochs_done < late.epochs_done < 100_000
 
 
+def test_a_job_cancelled_in_the_last_second_before_the_time_limit_ends_cancelled(here: str, klab_cli, setenv,
+                                                                                 monkeypatch) -> None:
+    """The cancel is read about once a second; the time limit, checked first, stopped the batch without reading the
+    cancels asked since the last look: a job cancelled within the second before the limit ended failed, `time limit
+    exceeded`, though `klab cancel` had said it was asked to stop. A limit of 1 s comes before any look."""
+    import worker.local as local
+    from service.db import writes
+    from service.jobs.selection import Selection
+
+    setenv(KLAB_MAX_JOB_SECONDS="1")
+    train = local._train
+
+    def cancel_one_then_train(spec, ids, batch) -> None:
+        with writing() as conn:
+            assert writes.cancel(conn, Selection((ids[0],))) == (0, 1)
+        train(spec, ids, batch)
+
+    monkeypatch.setattr(local, "_train", cancel_one_then_train)
+    code, out, err = klab_cli("sweep", "--local", "--input", "random:96x96", "--kernel", "random:5x5", "--seed", "0,1",
+                              "--method", "adam", "--lr", "0.01", "--epochs", "100000", "--json")
+    assert code == 0, err
+    asked, late = stored_jobs(json.loads(out)["sweep"])
+    assert (asked.status, asked.error_message) == (JobStatus.CANCELLED.value, None)
+    assert (late.status, late.error_message) == (JobStatus.FAILED.value,
+                                                 "time limit of 1 s exceeded (KLAB_MAX_JOB_SECONDS)")
+
+
 def test_klab_cancel_stops_a_local_sweeps_running_jobs_as_a_workers(here: str, klab_cli, monkeypatch) -> None:
     """`klab cancel` from another shell while `klab sweep --local` trains: its running jobs stop at the next
     check (about a second), as a worker's do, and end cancelled with their kernel so far (where `cancel` once

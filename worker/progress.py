@@ -42,21 +42,29 @@ class Progress:
                                  "kernel_error": None if event.kernel_error is None else float(event.kernel_error[0])})
         now = time.monotonic()
         if now - self.started > settings().max_job_seconds:
-            self.timed_out = True
+            if not self.timed_out:  # a cancel asked since the last look ends its job cancelled, as asked: it ended
+                self.timed_out = True  # failed at the limit when asked within the second before it
+                self._look()
             return np.ones(len(self.ids), dtype=bool)
         if now - self.last_flush < defaults.FLUSH_SECONDS:
             return None
         self.last_flush = now
-        with writing(durable=False) as conn:
-            if self.stream and not self._flush(conn):
-                self.lost = set(self.ids)
-                return np.ones(len(self.ids), dtype=bool)
-            cancelled, gone = writes.stopping(conn, self.ids, self.attempts, self.quick)
-        self.lost |= gone
-        self.asked |= cancelled
+        cancelled = self._look()
         if cancelled or self.lost:
             return np.array([i in cancelled or i in self.lost for i in self.ids])
         return None
+
+    def _look(self) -> set[int]:
+        """Which jobs were cancelled (added to `asked`, and returned) and which are no longer this worker's (`lost`);
+        a streamed job's epochs written first."""
+        with writing(durable=False) as conn:
+            if self.stream and not self._flush(conn):
+                self.lost = set(self.ids)
+                return set()
+            cancelled, gone = writes.stopping(conn, self.ids, self.attempts, self.quick)
+        self.lost |= gone
+        self.asked |= cancelled
+        return set(cancelled)
 
     def ended(self, results: Columns) -> None:
         """The batch's results as they are to be stored: past the time limit, the jobs it stopped failed (not those
