@@ -294,7 +294,19 @@ def _stored(plan: Plan, start_as: Callable[[], JobStatus]) -> Iterator[tuple[lis
             yield chunk, stored.result(), start
     finally:
         if pool is not None:
+            finish(pool)
+
+
+def finish(pool: ThreadPoolExecutor) -> None:
+    """Wait for the chunks being stored (each a transaction, done in a fraction of a second), the rest cancelled:
+    a second Ctrl-C while they finished was a traceback (`Exception ignored in <generator _stored>`), and the
+    chunks then committed went unsaid."""
+    while True:
+        try:
             pool.shutdown(cancel_futures=True)
+            return
+        except KeyboardInterrupt:  # Ctrl-C again: already stopping, as soon as they are
+            continue
 
 
 def _store_alone(plan: Plan, chunk: list[Job], start: JobStatus, ids: list[int]) -> list[int]:

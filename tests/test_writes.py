@@ -643,3 +643,28 @@ def test_a_claim_writes_its_jobs_new_rows_in_place_where_their_page_has_room(pg_
     with writing(pg_url) as conn:
         conn.execute(text("CREATE INDEX ix_jobs_status_shown ON jobs (status)"))
     assert claim_counted(range(2000, 4000), "t2") == (2000, 0)
+
+
+def test_a_second_ctrl_c_while_the_chunks_being_stored_finish_waits_for_them_quietly():
+    """Ctrl-C twice during a large submission on PostgreSQL: the second came while the storing threads finished their
+    chunks, in the pool's shutdown, and was a traceback (`Exception ignored in <generator _stored>`)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.submit import finish
+
+    class PressedAgain(ThreadPoolExecutor):
+        calls = 0
+
+        def shutdown(self, *args, **kwargs):
+            self.calls += 1
+            if self.calls == 1:
+                raise KeyboardInterrupt  # as the SIGINT raises it in the join
+            super().shutdown(*args, **kwargs)
+
+    release = threading.Event()
+    pool = PressedAgain(2)
+    storing = pool.submit(lambda: release.wait(10) and "committed")
+    threading.Timer(0.2, release.set).start()
+    finish(pool)
+    assert pool.calls == 2 and storing.done() and storing.result() == "committed"
