@@ -537,6 +537,26 @@ def test_a_ctrl_c_that_a_driver_turned_into_its_own_error_is_an_interrupt(monkey
     assert klab_here("pinged") == (130, "", ["klab: error: interrupted; sweep 3 was stored in part"])
 
 
+def test_a_second_ctrl_c_keeps_what_the_first_noted(monkeypatch, cli_env):
+    """Ctrl-C twice while `klab sweep` stored 200,000 jobs on PostgreSQL: the second came while the first unwound,
+    and the line said `aborted` alone, of a sweep with 151,552 jobs stored and queued."""
+    import click
+
+    from service.cli import cli
+
+    @click.command("twice")
+    def twice() -> None:
+        try:
+            first = KeyboardInterrupt()
+            first.add_note("sweep 5 was stored in part")
+            raise first
+        finally:
+            raise KeyboardInterrupt  # the second, while the first is on its way out: its __context__
+
+    monkeypatch.setitem(cli.commands, "twice", twice)
+    assert klab_here("twice") == (130, "", ["", "klab: error: aborted; sweep 5 was stored in part"])  # click's \n
+
+
 @pytest.mark.parametrize("args", [(), ("db",)])
 def test_a_group_without_a_command_prints_its_help_whole(args, cli_env):
     code, out, lines = klab_here(*args)

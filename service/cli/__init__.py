@@ -199,10 +199,17 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _noted(line: str, exc: BaseException) -> str:
+def _noted(line: str, exc: BaseException | None) -> str:
     """A line and what the command noted on the exception on its way out (service.submit: what it stored), or on
-    the one it stands for (click's Abort for a KeyboardInterrupt)."""
-    return "; ".join([line, *getattr(exc, "__notes__", ()), *getattr(exc.__cause__, "__notes__", ())])
+    those it stands for or arose while handling: click's Abort for a KeyboardInterrupt, a second Ctrl-C while the
+    first one's unwound (`aborted` alone, of a sweep stored in part)."""
+    notes: list[str] = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        notes += [n for n in getattr(exc, "__notes__", ()) if n not in notes]
+        exc = exc.__cause__ or exc.__context__
+    return "; ".join([line, *notes])
 
 
 def _option_hint(exc: click.NoSuchOption) -> str:
