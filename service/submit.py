@@ -298,15 +298,14 @@ def _stored(plan: Plan, start_as: Callable[[], JobStatus]) -> Iterator[tuple[lis
 
 
 def finish(pool: ThreadPoolExecutor) -> None:
-    """Wait for the chunks being stored (each a transaction, done in a fraction of a second), the rest cancelled:
-    a second Ctrl-C while they finished was a traceback (`Exception ignored in <generator _stored>`), and the
-    chunks then committed went unsaid."""
-    while True:
-        try:
-            pool.shutdown(cancel_futures=True)
-            return
-        except KeyboardInterrupt:  # Ctrl-C again: already stopping, as soon as they are
-            continue
+    """Wait for the chunks being stored (each a transaction, done in a fraction of a second), the rest cancelled.
+    A second Ctrl-C stops the wait, quietly (it was a traceback, `Exception ignored in <generator _stored>`): a
+    chunk then unfinished is rolled back with the process, one committed stays queued and runs (writes.stranded);
+    the line says at least what was stored."""
+    try:
+        pool.shutdown(cancel_futures=True)
+    except KeyboardInterrupt:
+        return
 
 
 def _store_alone(plan: Plan, chunk: list[Job], start: JobStatus, ids: list[int]) -> list[int]:
