@@ -320,13 +320,15 @@ def test_a_job_whose_only_epoch_diverged_says_no_finite_loss_and_shows_its_diver
     assert [t.get_text() for t in by_title(overlay, "loss").texts] == ["no finite loss (past float32)"]
     assert [t.get_text() for t in by_title(overlay, "kernel error").texts] == [
         "no finite kernel error (weights past float32)"]
-    queued = {**result_of({}, status=JobStatus.QUEUED.value), "epochs": []}  # a true kernel, no epoch yet; beside
-    # a job with none to measure
+    running = {**result_of({}, status=JobStatus.RUNNING.value), "epochs": [], "true_kernel": None}  # as stored: its
+    # true kernel comes with its result; beside a job with none to measure
     free = result_of({}, epochs=5, true_kernel=None)
     for e in free["epochs"]:
         e["kernel_error"] = None
-    overlay = plot.figure_jobs([queued, {**free, "id": 8}])  # it said the weights went past float32
-    assert [t.get_text() for t in by_title(overlay, "kernel error").texts] == ["no epochs"]
+    for jobs in ([running, {**free, "id": 8}], [running]):  # it said the weights went past float32, or (alone) that
+        # the running job had no true kernel
+        fig = plot.figure_jobs(jobs)
+        assert [t.get_text() for t in by_title(fig, "kernel error").texts] == ["no epochs"]
 
 
 def test_a_difference_under_float32_rounding_is_drawn_pale_not_as_an_error() -> None:

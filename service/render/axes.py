@@ -12,6 +12,7 @@ import numpy as np
 
 from service.errors import BadInput
 from service.jobs.status import JobStatus
+from service.render.kernels import true_kernel
 from service.render.text import FLOAT32_EPS
 
 DPI = 100
@@ -332,7 +333,8 @@ def series(epochs: Sequence[dict[str, Any]], key: str, scale: float = 1.0) -> tu
 def no_values(results: Sequence[dict[str, Any]]) -> tuple[str, str]:
     """What a loss panel and a kernel error panel of these jobs say where they draw no value: no epoch trained; or
     none finite (a divergence past float32, stored as none); or, for the error, no true kernel to measure against."""
-    measured = [r for r in results if r.get("true_kernel")]  # the jobs a kernel error is drawn for
+    measured = [r for r in results if true_kernel(r) is not None]  # the jobs a kernel error is drawn for (a running
+    # job's true kernel, stored at its end, from its spec)
     return ("no finite loss (past float32)" if any(r.get("epochs") for r in results) else "no epochs",
             "no true kernel" if not measured else
             "no finite kernel error (weights past float32)" if any(r.get("epochs") for r in measured) else "no epochs")
