@@ -553,8 +553,19 @@ def test_a_second_ctrl_c_keeps_what_the_first_noted(monkeypatch, cli_env):
         finally:
             raise KeyboardInterrupt  # the second, while the first is on its way out: its __context__
 
+    @click.command("replaced")
+    def replaced() -> None:
+        try:
+            other = ValueError()
+            other.add_note("a note of another error")
+            raise other
+        except ValueError:
+            raise KeyboardInterrupt from None  # its context set aside, as Python's traceback sets it aside
+
     monkeypatch.setitem(cli.commands, "twice", twice)
+    monkeypatch.setitem(cli.commands, "replaced", replaced)
     assert klab_here("twice") == (130, "", ["", "klab: error: aborted; sweep 5 was stored in part"])  # click's \n
+    assert klab_here("replaced") == (130, "", ["", "klab: error: aborted"])
 
 
 @pytest.mark.parametrize("args", [(), ("db",)])

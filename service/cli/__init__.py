@@ -208,7 +208,7 @@ def _noted(line: str, exc: BaseException | None) -> str:
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         notes += [n for n in getattr(exc, "__notes__", ()) if n not in notes]
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__ if exc.__cause__ is not None or exc.__suppress_context__ else exc.__context__
     return "; ".join([line, *notes])
 
 
