@@ -233,17 +233,14 @@ def test_a_local_sweep_deleted_meanwhile_stops_with_one_line(here: str, klab_cli
         assert conn.execute(select(func.count()).select_from(sweeps_table)).scalar() == 0
 
 
-def test_a_job_cancelled_before_the_time_limit_stopped_its_batch_ends_cancelled(here: str, klab_cli, setenv,
-                                                                               monkeypatch) -> None:
-    """Two jobs trained together; `klab cancel` of the first (made just before the batch trains: it stops at the
-    first check, about a second in), then the time limit stops the second at 4 s. The first ends cancelled, as
-    asked, where it once ended failed with the second, `time limit of 4 s exceeded`, having stopped seconds before
-    it."""
+def first_cancelled_then_timed_out(seconds: int, klab_cli, setenv, monkeypatch) -> list:
+    """Two jobs of a local sweep trained together (a minute's work) under a time limit of `seconds`, the first
+    cancelled by `klab cancel`'s own write just before the batch trains: their stored rows."""
     import worker.local as local
     from service.db import writes
     from service.jobs.selection import Selection
 
-    setenv(KLAB_MAX_JOB_SECONDS="4")
+    setenv(KLAB_MAX_JOB_SECONDS=str(seconds))
     train = local._train
 
     def cancel_one_then_train(spec, ids, batch) -> None:
@@ -253,9 +250,18 @@ def test_a_job_cancelled_before_the_time_limit_stopped_its_batch_ends_cancelled(
 
     monkeypatch.setattr(local, "_train", cancel_one_then_train)
     code, out, err = klab_cli("sweep", "--local", "--input", "random:96x96", "--kernel", "random:5x5", "--seed", "0,1",
-                              "--method", "adam", "--lr", "0.01", "--epochs", "100000", "--json")  # a minute's work
+                              "--method", "adam", "--lr", "0.01", "--epochs", "100000", "--json")
     assert code == 0, err
-    asked, late = stored_jobs(json.loads(out)["sweep"])
+    return stored_jobs(json.loads(out)["sweep"])
+
+
+def test_a_job_cancelled_before_the_time_limit_stopped_its_batch_ends_cancelled(here: str, klab_cli, setenv,
+                                                                               monkeypatch) -> None:
+    """Two jobs trained together; `klab cancel` of the first (made just before the batch trains: it stops at the
+    first check, about a second in), then the time limit stops the second at 4 s. The first ends cancelled, as
+    asked, where it once ended failed with the second, `time limit of 4 s exceeded`, having stopped seconds before
+    it."""
+    asked, late = first_cancelled_then_timed_out(4, klab_cli, setenv, monkeypatch)
     assert (asked.status, asked.error_message) == (JobStatus.CANCELLED.value, None)
     assert asked.explanation.startswith("cancelled before its last epoch; up to then, ")
     assert (late.status, late.error_message) == (JobStatus.FAILED.value,
@@ -268,23 +274,7 @@ def test_a_job_cancelled_in_the_last_second_before_the_time_limit_ends_cancelled
     """The cancel is read about once a second; the time limit, checked first, stopped the batch without reading the
     cancels asked since the last look: a job cancelled within the second before the limit ended failed, `time limit
     exceeded`, though `klab cancel` had said it was asked to stop. A limit of 1 s comes before any look."""
-    import worker.local as local
-    from service.db import writes
-    from service.jobs.selection import Selection
-
-    setenv(KLAB_MAX_JOB_SECONDS="1")
-    train = local._train
-
-    def cancel_one_then_train(spec, ids, batch) -> None:
-        with writing() as conn:
-            assert writes.cancel(conn, Selection((ids[0],))) == (0, 1)
-        train(spec, ids, batch)
-
-    monkeypatch.setattr(local, "_train", cancel_one_then_train)
-    code, out, err = klab_cli("sweep", "--local", "--input", "random:96x96", "--kernel", "random:5x5", "--seed", "0,1",
-                              "--method", "adam", "--lr", "0.01", "--epochs", "100000", "--json")
-    assert code == 0, err
-    asked, late = stored_jobs(json.loads(out)["sweep"])
+    asked, late = first_cancelled_then_timed_out(1, klab_cli, setenv, monkeypatch)
     assert (asked.status, asked.error_message) == (JobStatus.CANCELLED.value, None)
     assert (late.status, late.error_message) == (JobStatus.FAILED.value,
                                                  "time limit of 1 s exceeded (KLAB_MAX_JOB_SECONDS)")
