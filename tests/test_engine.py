@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from harness import run_json as run_spec
 from harness import strict_json
+from scipy.signal import correlate2d
 from torch import nn
 from torch.utils import data
 
@@ -186,6 +188,29 @@ MINIBATCH_CASES = [
     dict(input="random:6x7", kernel="random:2x2", bias=-0.3, method="adam", lr=0.05, epochs=12, batch_size=2,
          seed=11),
 ]
+
+
+@pytest.mark.parametrize("method", ["d2l-sgd", "momentum", "adam"])
+def test_a_2d_input_cut_into_rows_keeps_each_output_channel_on_its_own_row(method):
+    """A 2-D input meets the minibatch methods as H one-row samples (the seed's X.view(H, 1, 1, W)); with two output
+    channels each sample's labels are that row of each channel, as scipy makes them from the image, and the job
+    trains as torch.optim does on those samples. (The labels once came cut as if one channel: rows of the two
+    channels crossed, and the least-squares kernel of such a job was 2.7 from the true one.)"""
+    kernel = np.array([[[[1.0, -1.0]]], [[[0.5, 2.0]]]])
+    s = spec(input="edge:6x8", kernel=kernel.tolist(), method=method, lr=0.02, epochs=6, batch_size=2, seed=3)
+    x = np.ones((6, 8))
+    x[:, 2:6] = 0
+    labels = np.stack([correlate2d(x, k[0], mode="valid") for k in kernel])  # (channel, row, column)
+    rows = SimpleNamespace(x=x.reshape(6, 1, 1, 8).astype(np.float32), kernel_shape=(2, 1, 1, 2), has_bias=False,
+                           y=labels.transpose(1, 0, 2)[:, :, None, :].astype(np.float32))
+    problem = build_problem(s)
+    np.testing.assert_array_equal(problem.y, rows.y)
+    result = run_spec(s, problem)
+    losses, mses, learned, _ = torch_minibatch(rows, method, s.seed, s.lr, s.epochs, s.batch_size)
+    np.testing.assert_allclose(losses_of(result), losses, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose([e["mse"] for e in result["epochs"]], mses, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.array(result["learned_kernel"]), learned, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.array(result["lstsq_kernel"]), kernel, atol=1e-6)
 
 
 @pytest.mark.parametrize("values", MINIBATCH_CASES, ids=lambda v: f"{v['method']}-{v['input']}-b{v['batch_size']}")

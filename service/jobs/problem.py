@@ -111,9 +111,10 @@ def build_problem(spec: JobSpec, arrays: dict[str, np.ndarray] | None = None) ->
                        "the labels overflow: values too large for float32")
 
     if spec.method.is_minibatch and input_ndim == 2 and shape[2] == 1:
-        # The seed cuts a 2-D H x W image into H one-row samples: X.view(H, 1, 1, W).
+        # The seed cuts a 2-D H x W image into H one-row samples: X.view(H, 1, 1, W); sample i's labels are row i
+        # of each output channel.
         x = x.reshape(h, 1, 1, w)
-        y = y.reshape(h, y.shape[1], 1, y.shape[3])
+        y = y[0].transpose(1, 0, 2)[:, :, None, :]
     return Problem(
         x=np.ascontiguousarray(x, dtype=np.float32),
         y=np.ascontiguousarray(y, dtype=np.float32),
