@@ -89,6 +89,8 @@ def make_files(d: Path) -> None:
     np.save(d / "empty.npy", np.zeros((0, 4)))
     np.save(d / "vector.npy", np.ones(8))
     np.save(d / "labels_6x6.npy", np.ones((6, 6)))
+    np.save(d / "labels_6x7.npy", np.ones((6, 7)))
+    np.save(d / "kernel_1e300.npy", np.array([[1e300, -1.0]]))
     np.save(d / "big.npy", np.ones((40, 40)))  # 12,928 bytes
     (d / "corrupt.npy").write_bytes((d / "x.npy").read_bytes()[:90])
     with (d / "claims_37_gib.npy").open("wb") as fh:  # 145 bytes: numpy made the array the header claims first
@@ -283,6 +285,13 @@ CASES = [
     Case("no-true-kernel-and-no-labels", ("run", "--kernel", "none"), "kernel"),
     Case("a-kernel-whose-labels-overflow", ("run", "--input", "ones:6x8", "--kernel", "[[3e38, 3e38]]"), "kernel"),
     Case("a-bias-that-overflows-the-labels", ("run", "--bias", "1e308"), "bias"),
+    # with labels given the true kernel and bias make nothing: they were compared with, as inf and overflow warnings
+    Case("a-true-kernel-beyond-float32-with-labels",
+         ("run", "--labels", "npy:{d}/labels_6x7.npy", "--kernel", "[[1e39, -1]]"), "kernel"),
+    Case("a-true-kernel-file-beyond-float32-with-labels",
+         ("sweep", "--labels", "npy:{d}/labels_6x7.npy", "--kernel", "npy:{d}/kernel_1e300.npy"), "kernel"),
+    Case("a-true-bias-beyond-float32-with-labels", ("run", "--labels", "npy:{d}/labels_6x7.npy", "--bias", "1e39"),
+         "bias"),
     Case("noise-that-overflows-the-labels", ("sweep", "--noise", "0,1e308"), "noise"),
     # validated with seed 1, whose labels fit; seed 6's did not, and its job was stored, then failed by its worker
     Case("noise-that-overflows-the-labels-of-a-later-seed", ("sweep", "--noise", "1.2e38", "--seed", "1,6"), "noise"),

@@ -56,6 +56,8 @@ def build_problem(spec: JobSpec, arrays: dict[str, np.ndarray] | None = None) ->
         kernel, two_d = _kernel(spec, arrays)
     n, c, h, w = x.shape
 
+    if spec.bias is not None and not _fits(np.array(spec.bias)):
+        raise BadInput("bias", f"{spec.bias:g} is beyond float32's range, what the weights train in")
     if kernel is not None:
         co, ci, kh, kw = kernel.shape
         if ci != c:
@@ -131,6 +133,8 @@ def _kernel(spec: JobSpec, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, b
     """The true kernel as C_out x C_in x kh x kw, and whether the user gave it 2-D (kernels are reported in the shape
     the user gave: the kernel's, else the labels')."""
     kernel = arrays["kernel"] if "kernel" in arrays else inputs.parse_kernel(spec.kernel, spec.seed)
+    if not _fits(kernel):  # with labels given, nothing else would tell it: it is only compared with
+        raise BadInput("kernel", "has values beyond float32's range, what the weights train in")
     two_d = kernel.ndim == 2
     while kernel.ndim < 4:
         kernel = kernel[None]
