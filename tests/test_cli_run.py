@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import Runs, clean_env, klab, klab_main, strict_json
+from harness import Runs, clean_env, klab, klab_main, klab_path, strict_json
 from test_engine import EPOCH_KEYS, RESULT_KEYS, book_manual, book_sgd
 
 BOOK = ["run", "--input", "edge:6x8", "--kernel", "d2l"]
@@ -213,6 +215,66 @@ def test_progress_of_a_long_job_a_line_at_most_every_few_seconds_away_from_a_ter
         for epoch in range(1, 11):
             on_epoch(SimpleNamespace(epoch=epoch, loss=np.array([1.0])))
     assert quick.getvalue() == ""
+
+
+def _unread_pipe() -> int:
+    """The writing end of a pipe whose reader has already gone (`| head -1` once it has its line): every write to
+    it fails (EPIPE), whatever the machine's pace."""
+    read, write = os.pipe()
+    os.close(read)
+    return write
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_a_reader_gone_does_not_stop_the_job_klab_run_trains_from_being_stored(tmp_path: Path, stream: str):
+    """`klab run -v | head -1` (the epoch lines on stdout; with --json on stderr): the lines go nowhere once their
+    reader has gone, and the job trains to its end and is stored, exit 0. (It once stopped at the first line and
+    stored nothing, exit 0, the job trained here lost without a word.)"""
+    env = clean_env(tmp_path / "home")
+    gone = _unread_pipe()
+    try:
+        proc = subprocess.run([klab_path(), *BOOK, "--epochs", "30", "-v", *(["--json"] if stream == "stderr" else [])],
+                              env=env, cwd=tmp_path, timeout=180, text=True,
+                              stdout=gone if stream == "stdout" else subprocess.PIPE,
+                              stderr=gone if stream == "stderr" else subprocess.PIPE)
+    finally:
+        os.close(gone)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    if stream == "stdout":
+        assert proc.stderr == ""
+    else:  # the one JSON object, on stdout as ever
+        assert json.loads(proc.stdout)["status"] == "succeeded"
+    listed = klab(env, "list", "--json")
+    assert [(r["status"], r["epochs"]) for r in json.loads(listed.stdout)] == [("succeeded", 30)]
+
+
+def test_progress_lines_whose_reader_has_gone_go_nowhere_and_the_work_goes_on():
+    """`klab sweep --local 2>&1 | head -1`: the progress line that finds its reader gone is the last written, and
+    the work goes on (it stopped the sweep part way, exit 0, with the rest of its jobs never trained)."""
+    from service.cli.progress import LINE_SECONDS, SHOW_AFTER_SECONDS, Tally
+
+    now = [0.0]
+    with os.fdopen(_unread_pipe(), "w") as stream:
+        tally = Tally(100, "jobs", stream, clock=lambda: now[0])
+        for done in range(1, 100):
+            now[0] += (SHOW_AFTER_SECONDS + LINE_SECONDS) / 10
+            tally.update(done)  # the first line fails; the next ones go to /dev/null
+        assert os.path.samestat(os.fstat(stream.fileno()), os.stat(os.devnull))
+        tally.close()
+
+
+def test_a_closed_stdout_is_one_line_before_anything_is_done_and_a_closed_stderr_is_dev_null(tmp_path: Path):
+    """Started with stdout or stderr closed (`klab ... >&-`, a daemon's): Python has no such stream, and every
+    command ended in a traceback, exit 1."""
+    env = clean_env(tmp_path / "home")
+    closed_out = subprocess.run([klab_path(), *BOOK, "--epochs", "3"], env=env, cwd=tmp_path, timeout=180,
+                                text=True, stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1))
+    assert closed_out.returncode == 1
+    assert closed_out.stderr == "klab: error: cannot write the output: stdout is closed\n"
+    assert not (tmp_path / "home" / "klab.db").exists()  # nothing done: the job was not trained, nor stored
+    closed_err = subprocess.run([klab_path(), *BOOK, "--epochs", "3", "--no-store"], env=env, cwd=tmp_path,
+                                timeout=180, text=True, stdout=subprocess.PIPE, preexec_fn=lambda: os.close(2))
+    assert closed_err.returncode == 0 and closed_err.stdout.startswith("succeeded (not stored)\n")
 
 
 def test_progress_on_a_terminal_is_a_bar_on_that_terminal(monkeypatch):

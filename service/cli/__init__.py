@@ -99,9 +99,7 @@ class LazyGroup(NearMissGroup):
         try:
             return super().invoke(ctx)
         except BrokenPipeError:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
+            to_nowhere(sys.stdout)
             ctx.exit(0)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -114,6 +112,31 @@ class LazyGroup(NearMissGroup):
 @click.version_option(package_name="kernel-lab", prog_name="klab")
 def cli() -> None:
     """kernel-lab: learn convolution kernels as Dive into Deep Learning does, and explain the gap."""
+
+
+def to_nowhere(stream: object) -> None:
+    """What is written to `stream` from now on goes to /dev/null (its descriptor made /dev/null's): after its
+    reader went away, or a disk filled, so that writing or flushing it at exit cannot fail again."""
+    fd = stream.fileno()  # type: ignore[attr-defined]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    if devnull != fd:
+        os.dup2(devnull, fd)
+        os.close(devnull)
+
+
+def _closed_streams() -> None:
+    """Streams closed by whoever started klab (`klab export 1 >&-`), where Python has none and every command ended
+    in a traceback: stderr becomes /dev/null on descriptor 2, so that no file klab opens takes that descriptor (and
+    what a library writes there with it); with no stdout a command's output cannot be written, which is said before
+    anything is done."""
+    if sys.stderr is None:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        if fd != 2:
+            os.dup2(fd, 2)
+            os.close(fd)
+        sys.stderr = open(2, "w", closefd=False)
+    if sys.stdout is None:
+        fail("cannot write the output: stdout is closed", 1)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -145,6 +168,7 @@ def _taking(before: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes become one line and exit code 2, never a traceback."""
+    _closed_streams()
     args = sys.argv[1:] if argv is None else argv
     for i, arg in enumerate(args):
         if surrogate(arg):  # bytes that are not UTF-8
@@ -180,9 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         if exc.errno not in UNWRITABLE:
             raise
-        devnull = os.open(os.devnull, os.O_WRONLY)  # the rest of stdout goes nowhere, as after a closed pipe
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        to_nowhere(sys.stdout)  # the rest of stdout goes nowhere, as after a closed pipe
         fail(f"cannot write the output: {exc.strerror}", 1)
     except Exception as exc:
         if _interrupted(exc):  # Ctrl-C inside a driver, which raised its own error while handling it

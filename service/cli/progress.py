@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from service.cli import cli
+from service.cli import cli, to_nowhere
 from service.cli.options import selected
 from service.errors import BadInput, Gone, Interrupted
 from service.jobs.selection import Selection
@@ -58,8 +58,11 @@ class Tally:
         if self.terminal:
             self._bar().update(self.task, completed=done, description=note or self.unit)
         elif now - self.last_line >= LINE_SECONDS:
-            self.stream.write(f"{self.unit} {done} of {self.total}{', ' + note if note else ''}\n")
-            self.stream.flush()
+            try:
+                self.stream.write(f"{self.unit} {done} of {self.total}{', ' + note if note else ''}\n")
+                self.stream.flush()
+            except BrokenPipeError:  # its reader went away (`klab sweep --local 2>&1 | head -1`): the work goes on
+                to_nowhere(self.stream)
             self.last_line = now
 
     def _bar(self) -> Any:

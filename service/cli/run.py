@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any
 
 import click
 
-from service.cli import cli
+from service.cli import cli, to_nowhere
 from service.cli.options import job_options, specs_from
 
 
@@ -70,7 +71,10 @@ class Epochs:
     def __call__(self, event: Any) -> None:
         loss = float(event.loss[0])
         if self.tally is None:
-            click.echo(f"epoch {event.epoch}, loss {book_loss(loss)}", err=self.err)
+            try:
+                click.echo(f"epoch {event.epoch}, loss {book_loss(loss)}", err=self.err)
+            except BrokenPipeError:  # its reader went away (`klab run -v | head -3`): the job still trains, is stored
+                to_nowhere(sys.stderr if self.err else sys.stdout)
         else:
             self.tally.update(event.epoch, f"loss {book_loss(loss)}")
 
