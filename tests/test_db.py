@@ -229,6 +229,43 @@ def test_a_database_other_than_sqlite_or_postgresql_is_refused_by_name(tmp_path:
         assert "SQLite" in line and "PostgreSQL" in line and "hunter2" not in line
 
 
+def test_a_sqlite_writer_waits_for_the_write_lock_past_one_busy_timeout(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process holding SQLite's write lock past the busy timeout (a worker storing a large task: 37 s for
+    15,000,000 epochs): a writer waits again, a busy timeout at a time, where it failed "database is locked" (exit
+    3: a job `klab run` had trained lost, a `sweep --local` stopped part way). Past SQLITE_WRITE_WAIT_S it fails."""
+    import sqlite3
+    import threading
+    import time
+
+    from sqlalchemy.exc import OperationalError
+
+    from service import defaults
+
+    url = f"sqlite:///{tmp_path / 'lock.db'}"
+    upgrade(url)
+    dispose_engines()
+    monkeypatch.setattr(defaults, "SQLITE_BUSY_MS", 100)  # the lock below is held for ten busy timeouts
+    holder = sqlite3.connect(tmp_path / "lock.db", isolation_level=None, check_same_thread=False)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(1.0, holder.execute, ["COMMIT"])
+        started = time.monotonic()
+        release.start()
+        with writing(url) as conn:
+            conn.execute(text("CREATE TABLE waited (x integer)"))
+        assert time.monotonic() - started >= 0.9  # it held on until the other's commit, then wrote
+        release.join()
+        monkeypatch.setattr(defaults, "SQLITE_WRITE_WAIT_S", 0.3)
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(OperationalError, match="database is locked"), writing(url) as conn:
+            conn.execute(text("CREATE TABLE never (x integer)"))
+        holder.execute("COMMIT")
+    finally:
+        holder.close()
+        dispose_engines()
+
+
 def test_a_process_forked_while_a_thread_writes_to_sqlite_can_write(tmp_path: Path) -> None:
     """Celery forks a new pool child from the worker's main process when one dies; if its reaper thread was in a
     SQLite write then, the child inherited SQLite's note that its process held the lock (not the lock), and every

@@ -12,6 +12,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,21 @@ def sqlite_setup(conn: sqlite3.Connection) -> None:
     for pragma in ("journal_mode=WAL", f"busy_timeout={defaults.SQLITE_BUSY_MS}", "foreign_keys=ON",
                    "synchronous=NORMAL"):
         conn.execute(f"PRAGMA {pragma}")
+
+
+def begin_writing(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE: the write lock, waited for SQLITE_BUSY_MS at a time while another process holds it, for up to
+    SQLITE_WRITE_WAIT_S. One busy timeout was all it had: a `klab run`, a `sweep --local` or a `db upgrade` started
+    while a worker stored a large task (15,000,000 epochs: 37 s) failed "database is locked", exit 3, the job it had
+    trained lost. Nothing is done before the lock is held, so nothing is done twice."""
+    deadline = time.monotonic() + defaults.SQLITE_WRITE_WAIT_S
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
+                raise
 
 
 REVISIONS = tuple(f"{n:04d}" for n in range(1, int(HEAD) + 1))

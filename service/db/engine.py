@@ -5,6 +5,7 @@ connections, unless the database must first be created or upgraded.
 """
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,11 +13,12 @@ from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from service import defaults
 from service.db.connect import (
     HEAD,
+    begin_writing,
     lost_race,
     no_folder,
     out_of_reach,
@@ -93,7 +95,13 @@ def _create(url: str) -> Engine:
         # Writers take the write lock up front: a deferred transaction that later writes fails at once
         # with "database is locked" when another process wrote meanwhile, whatever the timeout. A read
         # (`peeking`) takes none: a worker frozen in one must not stop every other worker's writes.
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("klab_read") else "BEGIN IMMEDIATE")
+        if conn.get_execution_options().get("klab_read"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            try:
+                begin_writing(conn.connection.driver_connection)
+            except sqlite3.Error as exc:  # as SQLAlchemy wraps a driver's error, for those who read it so
+                raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
 
     return eng
 
