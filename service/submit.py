@@ -123,9 +123,9 @@ def plan_specs(specs: Sequence[JobSpec], queue: str | None, where: str | None = 
             problem, files = built.of(spec)
             jobs.append((spec.to_json(), (queue_for(spec, queue), *together(problem, spec)), files))
         except BadInput as exc:
-            if where is None or len(specs) == 1:
+            if len(specs) == 1:
                 raise
-            raise BadInput(exc.field, f"{exc.message} (job {n} of {where})") from None
+            raise BadInput(exc.field, f"{exc.message} (job {n}{f' of {where}' if where else ''})") from None
     return Plan(len(jobs), iter(jobs))
 
 

@@ -569,6 +569,31 @@ def test_a_kernel_of_numpy_numbers_in_nested_lists_is_one_kernel(klab_db, setenv
     assert frame["kernel"].tolist() == ["[[1, -1]]", "[[1, -2]]"]
 
 
+def test_jobs_and_sweep_values_past_the_job_limit_are_refused_before_more_are_made(klab_db, setenv):
+    """klab.submit(jobs=[...]) stored and queued 7 jobs past KLAB_MAX_SWEEP_JOBS=6, which `klab submit -f` refuses;
+    klab.sweep read a whole generator or list before counting it (3,000,000 seeds: 8.7 s and 650 MB; a generator
+    without end, until the machine ran out of memory). Nothing past the limit is read now, and nothing stored."""
+    setenv(KLAB_MAX_SWEEP_JOBS="6", KLAB_BROKER_URL="redis://127.0.0.1:1/0")  # nothing listens there
+
+    def seven_then_no_more(make):
+        yield from (make(i) for i in range(7))
+        raise AssertionError("read past the limit")
+
+    with pytest.raises(klab.BadInput, match=re.escape("jobs: 7 jobs, more than the limit 6 (KLAB_MAX_SWEEP_JOBS)")):
+        klab.submit(jobs=[{"seed": i} for i in range(7)])
+    with pytest.raises(klab.BadInput, match=re.escape("jobs: more jobs than the limit 6 (KLAB_MAX_SWEEP_JOBS)")):
+        klab.submit(jobs=seven_then_no_more(lambda i: {"seed": i}))
+    for values in (seven_then_no_more(int), list(range(3_000_000)), np.arange(3_000_000)):
+        with pytest.raises(klab.BadInput, match=re.escape("seed alone lists more than 6 values, so more jobs than "
+                                                          "the limit 6 (KLAB_MAX_SWEEP_JOBS)")):
+            klab.sweep(seed=values, epochs=1)
+    assert len(klab.jobs()) == 0
+    setenv(KLAB_MAX_KERNEL_ELEMENTS="4")  # a limit one job of several passes: which one, as `-f jobs.jsonl` says
+    with pytest.raises(klab.BadInput, match=re.escape("kernel: has 9 elements, more than the limit 4 "
+                                                      "(KLAB_MAX_KERNEL_ELEMENTS) (job 2)")):
+        klab.submit(jobs=[{"epochs": 1}, {"epochs": 1, "kernel": "box3"}])
+
+
 def test_an_array_past_the_file_limit_names_the_limit_and_is_not_saved(klab_db, setenv, tmp_path):
     """An array over KLAB_MAX_FILE_BYTES named no variable; one whose .npy (its header added) was over it was called
     a file, and saved before it was refused."""

@@ -663,3 +663,21 @@ def test_help_is_shown_whatever_else_the_line_holds(cli_env):
     """An option given twice was refused before click's --help could show the usage."""
     code, out, lines = klab_here("run", "--seed", "1", "--seed", "2", "--help")
     assert (code, lines) == (0, []) and out.startswith("Usage: klab run [OPTIONS]")
+
+
+def test_a_default_past_a_lowered_limit_is_no_mistake_of_a_job_file(cli_env, database, setenv, tmp_path: Path):
+    """KLAB_MAX_EPOCHS=5 and a JSONL file whose jobs say 5 epochs or fewer: the default (10), checked as a flag given
+    for every job, refused the file (`epochs: 10 is more than the limit 5`, a value nobody gave), and a job of 6 was
+    told of that 10."""
+    setenv(KLAB_MAX_EPOCHS="5")
+    (tmp_path / "ok.jsonl").write_text('{"epochs": 5}\n{"epochs": 4}\n')
+    (tmp_path / "bad.jsonl").write_text('{"epochs": 5}\n{"epochs": 6}\n')
+    try:
+        code, _, lines = klab_here("submit", "-f", str(tmp_path / "bad.jsonl"))
+        assert (code, lines) == (2, ["klab: error: epochs: 6 is more than the limit 5 (KLAB_MAX_EPOCHS) (job 2 of "
+                                     f"{tmp_path / 'bad.jsonl'})"])
+        code, _, lines = klab_here("submit", "-f", str(tmp_path / "ok.jsonl"))
+        assert code == 3 and lines[0].startswith("klab: error: cannot reach the broker"), lines  # valid: sent
+        assert stored(database) == {"jobs": 0, "sweeps": 0, "datasets": 0, "epochs": 0}
+    finally:
+        clear(database)

@@ -153,8 +153,11 @@ class JobSpec(BaseModel):
         try:
             cls.model_validate(values)
         except ValidationError as exc:
-            if exc.errors()[0]["loc"]:  # a field's own error; the kernel-or-labels check has none
-                raise bad_input_from(exc) from None
+            # a field's own error (the kernel-or-labels check has none), of a field given: a default is checked with
+            # each job's values (epochs' 10 past KLAB_MAX_EPOCHS=5 refused a file whose every job said 5)
+            given = [e for e in exc.errors() if e["loc"] and e["loc"][0] in values]
+            if given:
+                raise bad_input_from(exc, given[0]) from None
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -170,9 +173,9 @@ def _swept(text: str) -> bool:
     return ".." in text or "," in text or text.count(":") == 2
 
 
-def bad_input_from(exc: ValidationError) -> BadInput:
-    """The first pydantic error as one BadInput line."""
-    err = exc.errors()[0]
+def bad_input_from(exc: ValidationError, err: Any = None) -> BadInput:
+    """The first pydantic error (or `err`, one of them) as one BadInput line."""
+    err = err or exc.errors()[0]
     field = ".".join(str(p) for p in err["loc"]) or "spec"
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
