@@ -218,6 +218,18 @@ def test_jpeg_is_accepted_and_other_formats_or_text_are_not(tmp_path):
         inputs.parse_input(f"image:{tmp_path / 't.png'}", 0)
 
 
+def test_a_jpeg_holding_several_pictures_is_read_as_its_first(tmp_path):
+    """A phone's or camera's JPEG with a second picture after the first (Pillow's MPO) was refused: `is MPO, not a
+    PNG or JPEG image`."""
+    first = Image.new("L", (8, 6), 10)
+    first.save(tmp_path / "two.jpg", format="MPO", save_all=True, append_images=[Image.new("L", (8, 6), 200)])
+    first.save(tmp_path / "one.jpg", format="JPEG")
+    with Image.open(tmp_path / "two.jpg") as img:
+        assert img.format == "MPO" and img.n_frames == 2
+    x, _ = inputs.parse_input(f"image:{tmp_path / 'two.jpg'}", 0)
+    np.testing.assert_array_equal(x, inputs.parse_input(f"image:{tmp_path / 'one.jpg'}", 0)[0])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------------------

@@ -140,8 +140,8 @@ def load_image(field: str, raw: str, rgb: bool) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
         with img:
-            if img.format not in ("PNG", "JPEG"):
-                raise BadInput(field, f"{raw} is {img.format}, not a PNG or JPEG image")
+            if img.format not in ("PNG", "JPEG", "MPO"):  # MPO: a JPEG with more pictures after it (a phone's,
+                raise BadInput(field, f"{raw} is {img.format}, not a PNG or JPEG image")  # a camera's): its first
             pixels = max(1, settings().max_input_elements // (3 if rgb else 1))
             if img.width * img.height > pixels:
                 raise BadInput(field, f"{raw} is {img.width}x{img.height}, {img.width * img.height} pixels, more "
