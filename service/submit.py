@@ -63,11 +63,16 @@ def cycles_uncollected() -> Iterator[None]:
             gc.enable()
 
 
+def known_queue(queue: str | None) -> None:
+    """--queue is cpu, gpu or not given."""
+    if queue is not None and queue not in broker.QUEUES:
+        raise BadInput("queue", f"unknown queue {queue!r}; expected cpu or gpu")
+
+
 def queue_for(spec: JobSpec, queue: str | None) -> str:
     """--queue wins; else cuda goes to gpu, cpu and auto to cpu."""
     if queue is not None:
-        if queue not in broker.QUEUES:
-            raise BadInput("queue", f"unknown queue {queue!r}; expected cpu or gpu")
+        known_queue(queue)
         if queue == "cpu" and spec.device is Device.CUDA:  # a cpu worker has no GPU: it could only fail it
             raise BadInput("queue", "a --device cuda job goes to the gpu queue (--queue gpu, or leave --queue out)")
         return queue
@@ -116,6 +121,7 @@ class _Built:
 def plan_specs(specs: Sequence[JobSpec], queue: str | None, where: str | None = None) -> Plan:
     """Jobs given one by one (klab submit, -f jobs.jsonl): each built as a worker would, alike ones once; a mistake
     in one of several from a file (`where`) names the job, as a mistake in its values does."""
+    known_queue(queue)  # the flag's mistake, not the first job's
     built = _Built()
     jobs = []
     for n, spec in enumerate(specs, 1):

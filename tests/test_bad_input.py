@@ -681,3 +681,14 @@ def test_a_default_past_a_lowered_limit_is_no_mistake_of_a_job_file(cli_env, dat
         assert stored(database) == {"jobs": 0, "sweeps": 0, "datasets": 0, "epochs": 0}
     finally:
         clear(database)
+
+
+def test_an_unknown_queue_for_a_files_jobs_is_the_flags_mistake(cli_env, database, tmp_path: Path):
+    """`klab submit -f jobs.jsonl --queue nosuch` was told of the first job: `... (job 1 of jobs.jsonl)`."""
+    (tmp_path / "jobs.jsonl").write_text('{"epochs": 5}\n{"epochs": 4}\n')
+    try:
+        code, _, lines = klab_here("submit", "-f", str(tmp_path / "jobs.jsonl"), "--queue", "nosuch")
+        assert (code, lines) == (2, ["klab: error: queue: unknown queue 'nosuch'; expected cpu or gpu"])
+        assert stored(database) == {"jobs": 0, "sweeps": 0, "datasets": 0, "epochs": 0}
+    finally:
+        clear(database)
