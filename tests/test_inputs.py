@@ -367,7 +367,7 @@ def test_random_draws_that_could_overflow_the_labels_with_some_seed_are_refused_
         return build_problem(JobSpec.parse({"epochs": 1, **fields}))
 
     x58, _ = inputs.parse_input("random:6x8", 58)
-    assert np.abs(x58).max() * 1e38 > np.finfo(np.float32).max  # the seed the old check let through
+    assert float(np.abs(x58).max()) * 1e38 > float(np.finfo(np.float32).max)  # the seed the old check let through
     assert np.isfinite(build(input="random:6x8", kernel="[[1e37]]", seed=57).y).all()
     for seed in (57, 58):
         with pytest.raises(BadInput, match=r"^kernel: can make the labels too large for float32 with some seeds"):
