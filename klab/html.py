@@ -10,6 +10,7 @@ from service.render.text import (
     bias_line,
     difference,
     gap_parts,
+    gap_title,
     group_line,
     heading,
     identifiable_line,
@@ -64,8 +65,8 @@ def result_html(result: dict[str, Any]) -> str:
         rows = "".join(f'<tr><td style="text-align:left">{escape(f.key or f.name)}</td>'
                        f'<td style="{_CELL}">{escape(value)}</td>'
                        f'<td style="text-align:left">{escape(f.doc)}</td></tr>' for f, value in gap)
-        parts.append(f'<table style="{_TABLE}"><caption style="text-align:left">gap between learned and true '
-                     f"kernel, by part</caption>{rows}</table>")
+        parts.append(f'<table style="{_TABLE}"><caption style="text-align:left">{escape(gap_title(result))}'
+                     f"</caption>{rows}</table>")
     if result.get("explanation"):
         parts.append(f"<p><b>{escape(result['explanation'])}</b></p>")
     if result.get("error_message"):

@@ -282,6 +282,13 @@ def test_without_a_true_kernel_only_the_optimization_gap_is_known(tmp_path):
     assert 0 < result["gap"]["optimization"] < 2**-23 * np.linalg.norm(result["learned_kernel"])  # kept as it is
     assert result["explanation"] == ("no true kernel to compare with; the learned kernel is the least-squares "
                                      "kernel the labels determine.")  # said as the gap's 0 is: it said 2.8e-15
+    # its one part is no gap to a true kernel: the text and the notebook's table said "between learned and true"
+    from klab.html import result_html
+    from service.render.text import render
+
+    title = "gap between learned kernel and the best the data allow (no true kernel)"
+    assert f"\n{title}:\n  optimization " in render(result) and f">{title}</caption>" in result_html(result)
+    assert "true kernel, by part" not in render(result) + result_html(result)
 
 
 # ---------------------------------------------------------------------------------------------------
