@@ -785,7 +785,7 @@ def test_an_exactly_learned_kernel_keeps_the_log_axis() -> None:
     rows = sweep_rows({(0.01, "d2l-manual"): [0.0] * 5})  # every seed exact: its legend says 0, as reports do
     fig = plot.figure_sweep(rows, ["seed"], "")
     hist = [a for a in fig.axes if a.get_xlabel() == "relative error"][0]
-    assert [t.get_text() for t in hist.get_legend().get_texts()] == ["geometric mean 0", "10th-90th percentile 0-0"]
+    assert [t.get_text() for t in hist.get_legend().get_texts()] == ["geometric mean 0", "10th-90th percentile 0 to 0"]
 
 
 def test_a_loss_of_0_at_every_epoch_says_so_and_a_job_without_a_true_kernel_says_why_it_has_no_error() -> None:
@@ -838,7 +838,7 @@ def test_a_seed_only_sweep_of_exact_kernels_says_0_for_its_mean_and_band_alike()
     rows = [{"id": i, "status": SUCCEEDED, "method": "lstsq", "seed": i, "relative_error": 0.0} for i in range(10)]
     fig = plot.figure_sweep(rows, reads.varying(rows), "sweep 3: 10 jobs")
     hist = [a for a in fig.axes if a.get_xlabel() == "relative error"][0]
-    assert [t.get_text() for t in hist.get_legend().get_texts()] == ["geometric mean 0", "10th-90th percentile 0-0"]
+    assert [t.get_text() for t in hist.get_legend().get_texts()] == ["geometric mean 0", "10th-90th percentile 0 to 0"]
 
 
 def test_200000_seeds_are_aggregated_not_drawn_one_by_one() -> None:

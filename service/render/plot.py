@@ -377,7 +377,7 @@ def _figure_distribution(rows: Sequence[dict[str, Any]], errors: np.ndarray, log
         band = np.percentile(finite, ax_.BAND)
         hist.axvline(middle, color="black", label=f"{'geometric ' if log else ''}mean {ax_.settled_error(middle)}")
         hist.axvspan(*band, color="tab:orange", alpha=0.15, label=f"{ax_.BAND[0]:.0f}th-{ax_.BAND[1]:.0f}th percentile "
-                     f"{ax_.settled_error(band[0])}-{ax_.settled_error(band[1])}")
+                     f"{ax_.settled_error(band[0])} to {ax_.settled_error(band[1])}")
         hist.legend(fontsize=8)
     else:
         hist.text(0.5, 0.5, "no job has a relative error", ha="center", va="center", transform=hist.transAxes)
