@@ -692,3 +692,25 @@ def test_an_unknown_queue_for_a_files_jobs_is_the_flags_mistake(cli_env, databas
         assert stored(database) == {"jobs": 0, "sweeps": 0, "datasets": 0, "epochs": 0}
     finally:
         clear(database)
+
+
+@pytest.mark.parametrize("args,said", [
+    (("--input", "random:3x6x8,random:2x6x8", "--kernel", "random:1x3x2x2"),
+     "kernel: has 3 input channel(s) but the input has 2 (with the sweep's input 'random:2x6x8')"),
+    (("--input", "edge:6x8,edge:3x3", "--kernel", "random:4x4", "--epochs", "3,4"),
+     "kernel: is 4x4, larger than the 3x3 input (with the sweep's input 'edge:3x3')"),  # epochs build nothing
+    (("--input", "random:3x6x8,random:2x6x8", "--kernel", "random:1x3x2x2,random:1x2x2x2"),
+     "kernel: has 2 input channel(s) but the input has 3 (the sweep's value 'random:1x2x2x2', with input "
+     "'random:3x6x8')"),
+    (("--input", "edge:6x8", "--kernel", "d2l,random:1x3x2x2"),  # as before
+     "kernel: has 3 input channel(s) but the input has 1 (the sweep's value 'random:1x3x2x2')"),
+])
+def test_a_job_of_a_sweep_that_does_not_fit_names_the_swept_values_it_was_built_from(args, said, cli_env, database):
+    """With the input swept, a kernel that did not fit one of them named neither: `kernel: has 3 input channel(s)
+    but the input has 2`, out of several inputs."""
+    try:
+        code, _, lines = klab_here("sweep", "--local", *args)
+        assert (code, lines) == (2, [f"klab: error: {said}"])
+        assert stored(database) == {"jobs": 0, "sweeps": 0, "datasets": 0, "epochs": 0}
+    finally:
+        clear(database)
