@@ -190,6 +190,24 @@ MINIBATCH_CASES = [
 ]
 
 
+@pytest.mark.parametrize("method", [m.value for m in Method])
+def test_torchs_default_dtype_changes_no_number(method):
+    """A notebook's torch.set_default_dtype(torch.float64) made klab.run draw other initial weights and train in
+    float64: other numbers than `klab run` and the workers give for the same spec."""
+    s = spec(input="random:2x6x8", kernel="random:2x2x2x2", bias=0.5, method=method, lr=0.01, epochs=3, batch_size=2,
+             seed=5)
+    alone = run_spec(s)
+    torch.set_default_dtype(torch.float64)
+    try:
+        in_float64 = run_spec(s)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert in_float64["initial_kernel"] == alone["initial_kernel"]
+    assert losses_of(in_float64).tolist() == losses_of(alone).tolist()
+    for key in ("learned_kernel", "learned_bias"):
+        assert in_float64[key] == alone[key]
+
+
 @pytest.mark.parametrize("method", ["d2l-sgd", "momentum", "adam"])
 def test_a_2d_input_cut_into_rows_keeps_each_output_channel_on_its_own_row(method):
     """A 2-D input meets the minibatch methods as H one-row samples (the seed's X.view(H, 1, 1, W)); with two output

@@ -56,7 +56,7 @@ class _History:
     @classmethod
     def empty(cls, epochs: int, bsz: int, with_kernel: bool, device: torch.device) -> _History:
         def nan() -> torch.Tensor:
-            return torch.full((epochs, bsz), float("nan"), device=device)
+            return torch.full((epochs, bsz), float("nan"), dtype=torch.float32, device=device)
 
         return cls(nan(), nan(), nan() if with_kernel else None)
 

@@ -31,8 +31,11 @@ def initial_weights(seed: int, shape: tuple[int, int, int, int], bias: bool,
     """What `torch.manual_seed(seed); nn.Conv2d(...)` starts from, without nn.Conv2d's overhead."""
     bound, bias_bound = _bounds(shape)
     generator.manual_seed(seed)
-    w = torch.empty(shape).uniform_(-bound, bound, generator=generator)
-    b = torch.empty(shape[0]).uniform_(-bias_bound, bias_bound, generator=generator) if bias else None
+    # float32 whatever torch's default dtype (a notebook's torch.set_default_dtype(torch.float64) drew other weights
+    # and trained in float64): nn.Conv2d's, as `klab run` and the workers draw them
+    w = torch.empty(shape, dtype=torch.float32).uniform_(-bound, bound, generator=generator)
+    b = torch.empty(shape[0], dtype=torch.float32).uniform_(-bias_bound, bias_bound, generator=generator) if bias \
+        else None
     return w, b
 
 
