@@ -369,6 +369,24 @@ def test_kernels_columns_line_up_whatever_the_weights_size():
         "  3.0000    4.0000     3.0000    4.0000"]
 
 
+def test_kernels_too_wide_for_the_terminal_go_below_each_other():
+    """Three 3x3 kernels side by side took 90 columns, and an 80-column terminal folded each of their lines into the
+    next: as many go in a row as fit the width, the rest below, a 4-D kernel's slices named in each row."""
+    from service.render.text import side_by_side
+
+    sobel = [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]
+    three = [("true", sobel), ("learned", sobel), ("difference", [[0.0] * 3] * 3)]
+    assert max(len(line) for line in side_by_side(three).splitlines()) > 80  # no width: one row, as when piped
+    lines = side_by_side(three, width=80).splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert [line.split() for line in lines if line and not line[-1].isdigit()] == [["true", "learned"], ["difference"]]
+    assert side_by_side(three, width=20).count("\n\n") == 2  # one a row: none fits beside another
+    four_d = [[[[1.0, 2.0]], [[3.0, 4.0]]]]
+    assert side_by_side([("true", four_d), ("learned", four_d)], width=30).splitlines() == [
+        "true", "out 0, in 0", "  1.0000    2.0000", "out 0, in 1", "  3.0000    4.0000", "",
+        "learned", "out 0, in 0", "  1.0000    2.0000", "out 0, in 1", "  3.0000    4.0000"]
+
+
 def test_dust_is_measured_against_the_kernels_norm():
     from service.render.text import FLOAT32_EPS, settled
 

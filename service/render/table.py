@@ -12,7 +12,7 @@ from typing import IO, Any
 from service.errors import visible
 from service.jobs import result
 from service.jobs.status import JobStatus
-from service.render.text import cell
+from service.render.text import cell, is_terminal
 
 STATUS_STYLE = {JobStatus.SUCCEEDED: "green", JobStatus.DIVERGED: "red", JobStatus.FAILED: "red",
                 JobStatus.RUNNING: "yellow", JobStatus.QUEUED: "cyan", JobStatus.CREATED: "cyan",
@@ -25,11 +25,6 @@ SQUEEZABLE = {"input", "kernel", "method"}
 def header(name: str) -> str:
     f = result.BY_NAME.get(name)
     return f.shown_as if f is not None else name.replace("_", " ")
-
-
-def is_terminal(stream: IO[str] | None = None) -> bool:
-    stream = stream or sys.stdout
-    return hasattr(stream, "isatty") and stream.isatty() and os.environ.get("TERM") != "dumb"
 
 
 def plain(columns: Sequence[str], rows: Sequence[dict[str, Any]], cells: dict[str, Any] | None = None,

@@ -6,8 +6,11 @@ schema (service.jobs.result).
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, Any
 
 from service.errors import visible
 from service.jobs import result as schema
@@ -156,23 +159,46 @@ def settle(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, **{name: shown_value(name, row[name], scale) for name in DISTANCES if name in row}}
 
 
-def side_by_side(named: list[tuple[str, Any]]) -> str:
-    """Kernels next to each other under their names."""
-    blocks: list[list[str]] = []
+def is_terminal(stream: IO[str] | None = None) -> bool:
+    stream = stream or sys.stdout
+    return hasattr(stream, "isatty") and stream.isatty() and os.environ.get("TERM") != "dumb"
+
+
+def side_by_side(named: list[tuple[str, Any]], width: int | None = None) -> str:
+    """Kernels next to each other under their names; on a terminal (or within `width`) as many a row as fit it, the
+    rest below (a 3x3 kernel's three took 90 columns, and an 80-column terminal folded every line into the next)."""
+    room = width if width is not None else shutil.get_terminal_size().columns if is_terminal() else None
+    made: list[tuple[str, list[tuple[str | None, str]]]] = []  # a kernel's name, its lines: (a slice's label, text)
     for name, kernel in named:
         if kernel is None:
             continue
         parts = [(label, [[weight(v) for v in row] for row in rows]) for label, rows in slices(kernel)]
         wide = max((len(c) for _, rows in parts for row in rows for c in row), default=0)  # past 999.9999 too
-        lines = []
-        for label, rows in parts:  # a 4-D kernel's slices, named in the first block's column
+        lines: list[tuple[str | None, str]] = []
+        for label, rows in parts:  # a 4-D kernel's slices, named in the column of a row's first kernel
             if label is not None:
-                lines.append("" if blocks else label)
-            lines += ["  ".join(c.rjust(wide) for c in row) for row in rows]
-        width = max(len(name), *(len(line) for line in lines))
-        blocks.append([name.ljust(width)] + [line.ljust(width) for line in lines])
-    if not blocks:
+                lines.append((label, ""))
+            lines += [(None, "  ".join(c.rjust(wide) for c in row)) for row in rows]
+        made.append((name, lines))
+    if not made:
         return "(no kernels: the job did not train)"
+
+    def block(name: str, lines: list[tuple[str | None, str]], first: bool) -> list[str]:
+        texts = [label if label is not None and first else text for label, text in lines]
+        width = max(len(name), *(len(t) for t in texts))
+        return [name.ljust(width)] + [t.ljust(width) for t in texts]
+
+    rows: list[list[list[str]]] = [[]]
+    for name, lines in made:
+        b = block(name, lines, not rows[-1])
+        if rows[-1] and room is not None and sum(len(r[0]) + 3 for r in rows[-1]) + len(b[0]) > room:
+            rows.append([])
+            b = block(name, lines, True)
+        rows[-1].append(b)
+    return "\n\n".join(_beside(row) for row in rows)
+
+
+def _beside(blocks: list[list[str]]) -> str:
     height = max(len(b) for b in blocks)
     for b in blocks:
         b.extend([" " * len(b[0])] * (height - len(b)))
