@@ -999,3 +999,18 @@ print(json.dumps(sorted(m for m in ("torch", "worker", "sqlalchemy", "alembic", 
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1]) == ["matplotlib"]  # it drew, with matplotlib alone
     assert all(opened(tmp_path / name)[1] > 50 for name in ("one.png", "two.png", "sweep.png"))
+
+
+@pytest.mark.parametrize("input_,kernel", [("random:8x8", "random:7x1"), ("edge:6x8", "random:20x1x1x2"),
+                                           ("random:12x6x8", "random:2x12x2x2")])
+def test_heatmaps_of_tall_or_many_channel_kernels_keep_their_labels_apart(input_: str, kernel: str) -> None:
+    """A tiny difference's colour bar wrote its scale (1e-7) once above the bar, over the panel's title; 20 out
+    channels of 1x2 cut their x label at the figure's edge; 12 in channels ran their labels together (`in 9in 10in
+    11`)."""
+    fig = plot.figure_job(result_of({"input": input_, "kernel": kernel}, relative=1e-7))
+    readable(fig)
+    renderer = fig.canvas.get_renderer()
+    assert not [a.yaxis.get_offset_text().get_text() for a in fig.axes if a.yaxis.get_offset_text().get_text()]
+    for start in ("true kernel", "learned kernel", "difference"):
+        boxes = [t.get_window_extent(renderer) for t in by_title(fig, start).get_xticklabels() if t.get_text()]
+        assert all(right.x0 - left.x1 >= 2 for left, right in zip(boxes, boxes[1:])), start  # 2 px apart at least

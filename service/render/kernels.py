@@ -69,20 +69,24 @@ def heatmap(fig: Any, ax: Any, title: str, kernel: Any, cmap: str, scale: float,
     cells, (co, ci, kh, kw) = kernel_cells(kernel)
     image = ax.imshow(cells, cmap=matplotlib.colormaps[cmap].with_extremes(bad="white"), vmin=-scale, vmax=scale)
     tall = cells.shape[0] / cells.shape[1] * box[0] / box[1]  # the kernel's height over its room's, about
-    fig.colorbar(image, ax=ax, shrink=float(np.clip(tall, 0.3, 1.0)))
+    bar = fig.colorbar(image, ax=ax, shrink=float(np.clip(tall, 0.3, 1.0)))
+    # each tick its own number: a scale of 1e-7 was written once, above the bar, over the panel's title
+    bar.ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+    cell_pt = min(box[0] / cells.shape[1], box[1] / cells.shape[0])  # a cell's side as drawn, about
     if co * ci == 1:
         ax.xaxis.set_major_locator(_integer_locator(kw))
         ax.yaxis.set_major_locator(_integer_locator(kh))
         ax.set_xlabel("column")
         ax.set_ylabel("row")
-    else:  # one tick per block, named by its channel
-        ax.set_xticks([i * (kw + 1) + (kw - 1) / 2 for i in range(ci)], [f"in {i}" for i in range(ci)])
-        ax.set_yticks([o * (kh + 1) + (kh - 1) / 2 for o in range(co)], [f"out {o}" for o in range(co)])
+    else:  # one tick per block, named by its channel, as many as have room
+        ax.set_xticks(*_block_ticks(ci, kw, "in", cell_pt, across=True))
+        ax.set_yticks(*_block_ticks(co, kh, "out", cell_pt, across=False))
         ax.tick_params(length=0)
-        ax.set_xlabel(f"(out, in) channels: {co} x {ci} blocks of {kh}x{kw}")
+        label = f"(out, in) channels: {co} x {ci} blocks of {kh}x{kw}"
+        narrow = cells.shape[1] * cell_pt < TICK_CHAR_PT * len(label)  # wider than its kernel: cut at the edge
+        ax.set_xlabel(label.replace(": ", ":\n") if narrow else label)
     if kh > ANNOTATE_MAX or kw > ANNOTATE_MAX:
         return
-    cell_pt = min(box[0] / cells.shape[1], box[1] / cells.shape[0])
     size = min(9.0, 0.85 * cell_pt / (0.6 * 6))  # six characters fit a cell
     if size < 6:
         return  # too many blocks to read their values: the colours say it
@@ -93,6 +97,23 @@ def heatmap(fig: Any, ax: Any, title: str, kernel: Any, cmap: str, scale: float,
         red, green, blue, _ = image.cmap(image.norm(v)) if np.isfinite(v) else (1, 1, 1, 1)
         color = "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"  # readable on the cell
         ax.text(c, r, _short(v, chars), ha="center", va="center", fontsize=size, color=color)
+
+
+TICK_CHAR_PT = 6.0
+"""About how wide a character of a tick label is, in points (matplotlib's 10-point sans serif)."""
+
+
+def _block_ticks(n: int, side: int, word: str, cell_pt: float, across: bool) -> tuple[list[float], list[str]]:
+    """Ticks at the middles of n blocks of `side` cells, named `in 3` (`3` where that has no room across the
+    blocks: 12 in channels ran together as `in 9in 10in 11`), every k-th where even numbers have none."""
+    room = (side + 1) * cell_pt  # a block and its blank line
+    names = [f"{word} {i}" for i in range(n)]
+    if across and room < TICK_CHAR_PT * (len(names[-1]) + 1):
+        names = [str(i) for i in range(n)]
+    need = TICK_CHAR_PT * (len(names[-1]) + 1) if across else 12.0  # a label's width, or a line's height
+    step = max(1, math.ceil(need / room))
+    shown = range(0, n, step)
+    return [i * (side + 1) + (side - 1) / 2 for i in shown], [names[i] for i in shown]
 
 
 def _short(v: float, chars: int) -> str:
