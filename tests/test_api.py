@@ -588,6 +588,9 @@ def test_jobs_and_sweep_values_past_the_job_limit_are_refused_before_more_are_ma
                                                           "the limit 6 (KLAB_MAX_SWEEP_JOBS)")):
             klab.sweep(seed=values, epochs=1)
     assert len(klab.jobs()) == 0
+    rows = [[float(i), -float(i)] for i in range(1, 10)]
+    swept = klab.sweep(input="random:10x10", kernel=rows, seed=[0, 1], epochs=1, local=True)  # one kernel, not a
+    assert [r.true_kernel.tolist() for r in swept.results()] == [rows, rows]  # list of 9 values: its rows all kept
     setenv(KLAB_MAX_KERNEL_ELEMENTS="4")  # a limit one job of several passes: which one, as `-f jobs.jsonl` says
     with pytest.raises(klab.BadInput, match=re.escape("kernel: has 9 elements, more than the limit 4 "
                                                       "(KLAB_MAX_KERNEL_ELEMENTS) (job 2)")):
