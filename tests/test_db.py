@@ -258,12 +258,63 @@ def test_a_sqlite_writer_waits_for_the_write_lock_past_one_busy_timeout(tmp_path
         release.join()
         monkeypatch.setattr(defaults, "SQLITE_WRITE_WAIT_S", 0.3)
         holder.execute("BEGIN IMMEDIATE")
+        assert current_revision(url) == HEAD  # a read: it takes no write lock, nor waits for one
         with pytest.raises(OperationalError, match="database is locked"), writing(url) as conn:
             conn.execute(text("CREATE TABLE never (x integer)"))
         holder.execute("COMMIT")
     finally:
         holder.close()
         dispose_engines()
+
+
+def test_a_write_waiting_for_the_sqlite_lock_lets_a_fork_go_between_its_tries(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's reaper waiting minutes for the lock another process holds (9e369ce) held a fork of the worker
+    (Celery replacing a dead pool child) for FORK_WAIT_S, then the fork went on with the write open: between two tries
+    the process holds no lock, and the fork goes there. The write then goes on to hold the lock, and writes."""
+    import os
+    import sqlite3
+    import threading
+    import time
+
+    from service import defaults
+    from service.db.connect import FORKS, ForkGuard
+
+    url = f"sqlite:///{tmp_path / 'lock.db'}"
+    upgrade(url)
+    dispose_engines()
+    monkeypatch.setattr(defaults, "SQLITE_BUSY_MS", 200)
+    monkeypatch.setattr(ForkGuard, "FORK_WAIT_S", 10.0)
+    holder = sqlite3.connect(tmp_path / "lock.db", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    wrote = threading.Event()
+
+    def reaper_like() -> None:
+        with writing(url) as conn:
+            conn.execute(text("CREATE TABLE waited (x integer)"))
+        wrote.set()
+
+    thread = threading.Thread(target=reaper_like)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not FORKS._open and time.monotonic() < deadline:  # the write is under way: waiting for the lock
+            time.sleep(0.01)
+        assert FORKS._open
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        forked = time.monotonic() - started
+        os.waitpid(pid, 0)
+        assert forked < 2, forked  # within one try (0.2 s), not FORK_WAIT_S
+        assert not wrote.is_set()
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+        thread.join(30)
+        dispose_engines()
+    assert wrote.is_set()
 
 
 def test_a_process_forked_while_a_thread_writes_to_sqlite_can_write(tmp_path: Path) -> None:

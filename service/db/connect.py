@@ -63,6 +63,20 @@ class ForkGuard:
                 self._open -= 1
                 self._cond.notify_all()
 
+    def between(self) -> None:
+        """Called by a thread whose transactions hold no lock for now (a write whose BEGIN found SQLite's lock held
+        by another process, before it tries again): a fork waiting for them goes on now, and the thread goes on once
+        it is done. A write waiting minutes for that lock held every fork for FORK_WAIT_S, and the fork then went on
+        while the write was open."""
+        depth = getattr(self._mine, "depth", 0)
+        if not depth:
+            return
+        with self._cond:
+            self._open -= depth
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: not self._forking)
+            self._open += depth
+
     def before_fork(self) -> None:
         self._cond.acquire()
         self._forking = True
@@ -104,7 +118,8 @@ def begin_writing(conn: sqlite3.Connection) -> None:
     """BEGIN IMMEDIATE: the write lock, waited for SQLITE_BUSY_MS at a time while another process holds it, for up to
     SQLITE_WRITE_WAIT_S. One busy timeout was all it had: a `klab run`, a `sweep --local` or a `db upgrade` started
     while a worker stored a large task (15,000,000 epochs: 37 s) failed "database is locked", exit 3, the job it had
-    trained lost. Nothing is done before the lock is held, so nothing is done twice."""
+    trained lost. Nothing is done before the lock is held, so nothing is done twice; between two tries the process
+    holds no lock, and a fork waiting for its transactions goes on (ForkGuard.between)."""
     deadline = time.monotonic() + defaults.SQLITE_WRITE_WAIT_S
     while True:
         try:
@@ -113,6 +128,7 @@ def begin_writing(conn: sqlite3.Connection) -> None:
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
                 raise
+        FORKS.between()
 
 
 REVISIONS = tuple(f"{n:04d}" for n in range(1, int(HEAD) + 1))

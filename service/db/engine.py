@@ -113,6 +113,7 @@ def current_revision(url: str) -> str | None:
     two apart by the error's text made an empty PostgreSQL database look unreachable.)
     """
     with reachable(url), engine_for(url).connect() as conn:
+        conn = conn.execution_options(klab_read=True)  # a read: on SQLite no write lock (nor a wait for one)
         if not inspect(conn).has_table("alembic_version"):
             return None
         return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
