@@ -57,7 +57,7 @@ def build_problem(spec: JobSpec, arrays: dict[str, np.ndarray] | None = None) ->
     n, c, h, w = x.shape
 
     if spec.bias is not None and not _fits(np.array(spec.bias)):
-        raise BadInput("bias", f"{spec.bias:g} is beyond float32's range, what the weights train in")
+        raise BadInput("bias", f"{spec.bias} is beyond float32's range, what the weights train in")
     if kernel is not None:
         co, ci, kh, kw = kernel.shape
         if ci != c:
