@@ -30,18 +30,33 @@ class _Lines:
         pass
 
 
+class _Shown:
+    """What the bar shows: HTML, and its count line as text where a front end shows no HTML (a notebook exported
+    as text showed `<IPython.core.display.HTML object>`)."""
+
+    def __init__(self, html: str, text: str) -> None:
+        self.html, self.text = html, text
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 class _Notebook:
     """An HTML <progress> element, updated in place: works in any Jupyter front end, no widgets needed."""
 
     def __init__(self) -> None:
-        from IPython.display import HTML, display
+        from IPython.display import display
 
-        self.html = HTML
-        self.handle = display(HTML("waiting for the first count..."), display_id=True)
+        self.handle = display(_Shown("waiting for the first count...", "waiting for the first count..."),
+                              display_id=True)
 
     def update(self, c: dict[str, Any], final: bool = False) -> None:
         bar = f'<progress value="{c["epochs_done"]}" max="{max(c["epochs_total"], 1)}" style="width:20em"></progress>'
-        self.handle.update(self.html(f"{bar} <code>{escape(count_line(c))}</code>"))
+        line = count_line(c)
+        self.handle.update(_Shown(f"{bar} <code>{escape(line)}</code>", line))
 
     def close(self) -> None:
         pass

@@ -27,8 +27,8 @@ class Handle:
     sweep: int | None = None
 
     def __repr__(self) -> str:
-        if self.sweep is not None:
-            return f"Handle(sweep={self.sweep}, jobs={len(self.ids)})"
+        if self.sweep is not None:  # its ids, where it knows them (Handle(sweep=3) made by hand knows none)
+            return f"Handle(sweep={self.sweep}, jobs={len(self.ids)})" if self.ids else f"Handle(sweep={self.sweep})"
         return f"Handle(ids={list(self.ids) if len(self.ids) <= 10 else f'[{len(self.ids)} jobs]'})"
 
     def __post_init__(self) -> None:  # its mistakes raised as klab.BadInput by __init__, made public below

@@ -13,6 +13,7 @@ import itertools
 import json
 import numbers
 import os
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sized
 from contextlib import contextmanager
 from typing import Any
@@ -179,7 +180,9 @@ class Files:
         folder = settings().folder("arrays")
         path = folder / f"{hashlib.sha256(blob).hexdigest()}.npy"
         if not path.is_file():
-            part = path.with_suffix(f".{os.getpid()}.part")  # another process may save the same array meanwhile
+            # another process, or another thread of this one, may save the same array meanwhile: a part of its own
+            # (threads shared one, and read it half written: "not a valid .npy file", or found it moved away)
+            part = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
             part.write_bytes(blob)
             os.replace(part, path)
         self.paths.append(str(path))

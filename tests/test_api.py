@@ -723,3 +723,69 @@ def test_a_handle_takes_numpy_numbers_counts_a_sweeps_jobs_and_refuses_its_mista
                           (lambda: handle.epochs(1), "^epochs: too many positional arguments")):
         with pytest.raises(klab.BadInput, match=says):
             mistake()
+
+
+def test_calls_from_threads_on_a_new_sqlite_file_and_with_one_new_array_all_go_through(tmp_path, setenv):
+    """A notebook's threads (ThreadPoolExecutor): two klab.jobs() on a new SQLite file raised `KeyError: 'config'`
+    from inside Alembic, which the first use's upgrade runs (5 times in 5); several calls handing the same new array
+    shared one part file, and read it half written (`not a valid .npy file`) or found it moved (FileNotFoundError)."""
+    import threading
+
+    from klab.values import arrays
+
+    def together(n: int, work) -> list[str]:
+        start, errors = threading.Barrier(n), []
+
+        def one() -> None:
+            start.wait()
+            try:
+                work()
+            except Exception as exc:  # noqa: BLE001 - what a thread raised, to be told
+                errors.append(f"{type(exc).__name__}: {exc}")
+        threads = [threading.Thread(target=one) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        return errors
+
+    for attempt in range(3):
+        setenv(KLAB_HOME=str(tmp_path / f"home{attempt}"), KLAB_DATABASE_URL=None)
+        assert together(4, klab.jobs) == []
+    for attempt in range(10):
+        x = np.random.default_rng(attempt).standard_normal((300, 300))
+
+        def save(x=x) -> None:
+            with arrays() as files:
+                assert np.array_equal(np.load(files.npy("input", x)[4:], allow_pickle=False), x)
+        assert together(6, save) == []
+
+
+def test_a_nested_list_or_a_dataframe_as_an_input_is_told_to_be_an_array(klab_db):
+    """`input=[[1.0, 2], [3, 4]]` was told `takes one value, not a list; several values make a sweep`, and the sweep
+    then refused each row; a DataFrame `must be a string; several values make a sweep`."""
+    import pandas as pd
+
+    with pytest.raises(klab.BadInput, match=r"^input: is a name \(edge:6x8, npy:PATH, image:PATH\) or, from Python, "
+                                            r"a numpy array or torch tensor; not a nested list of numbers$"):
+        klab.run(input=[[1.0, 2, 3], [4, 5, 6]], epochs=1, store=False)
+    with pytest.raises(klab.BadInput, match=r"^input: must be a string, or from Python a numpy array or torch "
+                                            r"tensor$"):
+        klab.run(input=pd.DataFrame(np.ones((4, 4))), epochs=1, store=False)
+    assert klab.run(input=pd.DataFrame(np.ones((4, 4))).to_numpy(), epochs=1, store=False).status == "succeeded"
+
+
+def test_a_sweeps_handle_made_by_hand_counts_no_jobs_it_does_not_know():
+    """klab.Handle((), sweep=1) showed `Handle(sweep=1, jobs=0)` of a sweep of 6 jobs."""
+    assert repr(klab.Handle((), sweep=1)) == "Handle(sweep=1)"
+    assert repr(klab.Handle((4, 5), sweep=1)) == "Handle(sweep=1, jobs=2)"
+
+
+def test_the_notebooks_bar_shows_its_count_line_where_html_is_not_shown():
+    """A front end without HTML (a notebook exported as text) showed `<IPython.core.display.HTML object>`."""
+    from IPython.core.formatters import DisplayFormatter
+
+    from klab.progress import _Shown
+
+    shown, _ = DisplayFormatter().format(_Shown("<progress></progress> <code>2 of 4 jobs</code>", "2 of 4 jobs"))
+    assert shown == {"text/plain": "2 of 4 jobs", "text/html": "<progress></progress> <code>2 of 4 jobs</code>"}

@@ -109,8 +109,17 @@ def sqlite_setup(conn: sqlite3.Connection) -> None:
     """Every SQLite connection: WAL (a reader never blocks a writer), the busy timeout, foreign keys
     (deletes cascade), and transactions begun by us, not by the driver."""
     conn.isolation_level = None
-    for pragma in ("journal_mode=WAL", f"busy_timeout={defaults.SQLITE_BUSY_MS}", "foreign_keys=ON",
-                   "synchronous=NORMAL"):
+    conn.execute(f"PRAGMA busy_timeout={defaults.SQLITE_BUSY_MS}")
+    deadline = time.monotonic() + defaults.SQLITE_BUSY_MS / 1000
+    while True:  # a new file turned to WAL by two connections at once: one is "database is locked" at once, the
+        try:  # busy timeout not asked (two threads' first klab.jobs() on a new SQLite file, or two processes')
+            conn.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+    for pragma in ("foreign_keys=ON", "synchronous=NORMAL"):
         conn.execute(f"PRAGMA {pragma}")
 
 

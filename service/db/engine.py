@@ -6,6 +6,7 @@ connections, unless the database must first be created or upgraded.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -119,6 +120,11 @@ def current_revision(url: str) -> str | None:
         return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
+_UPGRADING = threading.Lock()
+"""One upgrade at a time in a process: Alembic's module-level proxies are not for threads (klab.jobs() from two
+threads of a notebook on a new SQLite file: `KeyError: 'config'` from deep inside Alembic, in one of them)."""
+
+
 def upgrade(url: str, revision: str = "head") -> None:
     """Run Alembic's migrations up to `revision`; one the database refuses (a table of another application's, a
     read-only server) is one line, exit code 3, whether `klab db upgrade` or a SQLite file's own upgrade ran it
@@ -126,7 +132,8 @@ def upgrade(url: str, revision: str = "head") -> None:
     from alembic import command
 
     try:
-        command.upgrade(alembic_config(url), revision)
+        with _UPGRADING:
+            command.upgrade(alembic_config(url), revision)
     except DBAPIError as exc:
         if out_of_reach(exc):  # lost on the way: worth waiting for, as any other read or write
             raise unreachable(url, exc.orig if exc.orig is not None else exc) from None
@@ -138,7 +145,8 @@ def upgrade(url: str, revision: str = "head") -> None:
 def downgrade(url: str, revision: str) -> None:
     from alembic import command
 
-    command.downgrade(alembic_config(url), revision)
+    with _UPGRADING:
+        command.downgrade(alembic_config(url), revision)
     _AT_HEAD.discard(url)
 
 

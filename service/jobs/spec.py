@@ -40,6 +40,10 @@ class JobSpec(BaseModel):
     @classmethod
     def _text(cls, value: Any, info: Any) -> Any:
         if value is not None and not isinstance(value, str):
+            if isinstance(value, list) and info.field_name != "kernel" and kernel_literal(value):  # an array's
+                # values as lists (`input=[[1.0, 2], [3, 4]]`): told to make a sweep, which refused each row
+                raise ValueError("is a name (edge:6x8, npy:PATH, image:PATH) or, from Python, a numpy array or torch "
+                                 "tensor; not a nested list of numbers")
             if isinstance(value, list) and value and (info.field_name != "kernel" or _kernels(value)):
                 raise ValueError("takes one value, not a list")  # a sweep's, told so by bad_input_from (a list of
                 # kernels was "holds a non-numeric value 'd2l'", a list of inputs "unknown input '[\"edge'")
@@ -50,7 +54,7 @@ class JobSpec(BaseModel):
                     raise ValueError("must be a nested list of finite numbers") from None
                 except (TypeError, RecursionError):
                     raise ValueError("must be a string or a nested list of numbers") from None
-            raise ValueError("must be a string")
+            raise ValueError("must be a string, or from Python a numpy array or torch tensor")  # a DataFrame too
         if value is not None and (half := surrogate(value)):  # a file's "\ud800": os.stat and the database raised
             # UnicodeEncodeError (a traceback)
             raise ValueError(f"holds {visible(half)}, half of a UTF-16 surrogate pair, which no text or file name "
@@ -192,7 +196,8 @@ def bad_input_from(exc: ValidationError, err: Any = None) -> BadInput:
     if err["type"] in ("enum",):
         message = f"unknown value {got!r}; {message[0].lower()}{message[1:]}"
     listed = (isinstance(got, Iterable) and not isinstance(got, (str, bytes, Mapping))  # a list, tuple, range, array
-              and not (field == "kernel" and kernel_literal(got)))  # not one kernel's rows
+              and not (field in ("kernel", "input", "labels") and kernel_literal(got))  # not one kernel's rows
+              and "array" not in message)  # a DataFrame for an input: no sweep to make
     if listed or (isinstance(got, str) and (err["type"].endswith("_parsing") or err["type"] == "enum")
                   and _swept(got)):
         message += f"; {SWEEP_HINT}" if field in SWEEPABLE else f"; a sweep varies only {', '.join(SWEEPABLE)}"
