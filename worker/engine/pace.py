@@ -72,6 +72,11 @@ PEAK_RATES = ZOOM * ZOOMS
 found to 4,096th of a step)."""
 
 
+AT_BOUND = 1e-9
+"""An lr within this much of the stable lr, relative, whose rate is within it of 1, is at the bound: its rate is 1
+(an exact bound's rate there is 1, which float64 computes a few units of its last place either side)."""
+
+
 PRODUCT_BYTES = 16 * 2**20
 """Most bytes of an epoch's steps made at once to multiply them (Pace._radius), beside the curvatures kept."""
 
@@ -255,6 +260,10 @@ class Paces:
             bound[idx] = np.nan if pace.stable_lr is None else pace.stable_lr
             distinct, which = np.unique(lr, return_inverse=True)  # one rate per distinct lr
             rates = np.array([np.nan if (r := pace.rate(float(v))) is None else r for v in distinct])
+            if pace.stable_lr is not None:  # at the stable lr the rate is 1; float64 made it 0.999999999999999 at
+                # times, and `about 10892616853088272 more epochs` beside the same job's `not converging` at others
+                at_bound = (distinct >= pace.stable_lr * (1 - AT_BOUND)) & (rates > 1 - AT_BOUND)
+                rates = np.where(at_bound, np.maximum(rates, 1.0), rates)
             rate[idx] = rates[which]
             best = pace.best_lr()
             if best is not None:
