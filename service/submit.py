@@ -189,6 +189,11 @@ def plan_sweep(grid: Grid, queue: str | None, name: str | None = None, tags: Seq
     return Plan(grid.size, jobs(), grid.params(), name, tags)
 
 
+SHAPED = ("input", "kernel", "labels")
+"""Fields whose shapes must fit each other: a mistake in one names the swept others it was built with (a method or
+bias swept beside them is no part of it)."""
+
+
 @contextlib.contextmanager
 def _naming(grid: Grid, values: dict[str, Any], built_from: dict[str, Any] | None = None) -> Iterator[None]:
     """A mistake in one of a field's several values names the value (`--noise=-1,0`: which one is not >= 0),
@@ -203,7 +208,7 @@ def _naming(grid: Grid, values: dict[str, Any], built_from: dict[str, Any] | Non
         if len(grid.swept.get(f, ())) >= 2 and not (isinstance(value, str) and repr(value) in exc.message):
             notes.append(f"the sweep's value {value!r}")
         others = [f"{g.replace('_', '-')} {v!r}" for g, v in (built_from or {}).items()
-                  if g != f and len(grid.swept.get(g, ())) >= 2]
+                  if f in SHAPED and g in SHAPED and g != f and len(grid.swept.get(g, ())) >= 2]
         if others:
             notes.append(("with " if notes else "with the sweep's ") + ", ".join(others))
         if not notes:

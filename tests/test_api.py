@@ -583,6 +583,14 @@ def test_jobs_and_sweep_values_past_the_job_limit_are_refused_before_more_are_ma
         klab.submit(jobs=[{"seed": i} for i in range(7)])
     with pytest.raises(klab.BadInput, match=re.escape("jobs: more jobs than the limit 6 (KLAB_MAX_SWEEP_JOBS)")):
         klab.submit(jobs=seven_then_no_more(lambda i: {"seed": i}))
+    class ReadPastTheLimit(list):
+        def __iter__(self):
+            for i, v in enumerate(super().__iter__()):
+                assert i <= 6, "read past the limit"
+                yield v
+
+    with pytest.raises(klab.BadInput, match=re.escape("seed: not a number: '[0]'")):  # rows of one: no kernel
+        klab.sweep(seed=ReadPastTheLimit([[i] for i in range(10)]), epochs=1)
     for values in (seven_then_no_more(int), list(range(3_000_000)), np.arange(3_000_000)):
         with pytest.raises(klab.BadInput, match=re.escape("seed alone lists more than 6 values, so more jobs than "
                                                           "the limit 6 (KLAB_MAX_SWEEP_JOBS)")):
@@ -772,6 +780,12 @@ def test_a_nested_list_or_a_dataframe_as_an_input_is_told_to_be_an_array(klab_db
     with pytest.raises(klab.BadInput, match=r"^input: must be a string, or from Python a numpy array or torch "
                                             r"tensor$"):
         klab.run(input=pd.DataFrame(np.ones((4, 4))), epochs=1, store=False)
+    with pytest.raises(klab.BadInput, match=r"^input: is a name .*; not a nested list of numbers$"):  # a sweep's too
+        klab.sweep(input=[[1.0, 2, 3], [4, 5, 6]], lr=[0.01, 0.02], epochs=1, local=True)
+    for labels in ([[1.0, 2], [3, 4]], [[[[1.0, 2]]]]):  # labels are a file or an array, never a name
+        with pytest.raises(klab.BadInput, match=r"^labels: is npy:PATH or, from Python, a numpy array or torch "
+                                                r"tensor; not a nested list of numbers$"):
+            klab.run(labels=labels, kernel=None, epochs=1, store=False)
     assert klab.run(input=pd.DataFrame(np.ones((4, 4))).to_numpy(), epochs=1, store=False).status == "succeeded"
 
 

@@ -14,7 +14,7 @@ from service import defaults
 from service.errors import BadInput, surrogate, visible
 from service.jobs.choices import Device, Method, input_text, kernel_text, means_no_kernel
 from service.jobs.files import checked_file, read_text
-from service.jobs.sweep import INTEGER, SWEEP_HINT, SWEEPABLE, kernel_literal, number
+from service.jobs.sweep import INTEGER, NOT_AN_ARRAY, SWEEP_HINT, SWEEPABLE, kernel_literal, number
 from service.settings import settings
 
 
@@ -40,10 +40,8 @@ class JobSpec(BaseModel):
     @classmethod
     def _text(cls, value: Any, info: Any) -> Any:
         if value is not None and not isinstance(value, str):
-            if isinstance(value, list) and info.field_name != "kernel" and kernel_literal(value):  # an array's
-                # values as lists (`input=[[1.0, 2], [3, 4]]`): told to make a sweep, which refused each row
-                raise ValueError("is a name (edge:6x8, npy:PATH, image:PATH) or, from Python, a numpy array or torch "
-                                 "tensor; not a nested list of numbers")
+            if isinstance(value, list) and info.field_name in NOT_AN_ARRAY and kernel_literal(value):
+                raise ValueError(NOT_AN_ARRAY[info.field_name])
             if isinstance(value, list) and value and (info.field_name != "kernel" or _kernels(value)):
                 raise ValueError("takes one value, not a list")  # a sweep's, told so by bad_input_from (a list of
                 # kernels was "holds a non-numeric value 'd2l'", a list of inputs "unknown input '[\"edge'")

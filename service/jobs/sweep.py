@@ -242,12 +242,22 @@ def _text(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
 
 
+NOT_AN_ARRAY = {
+    "input": "is a name (edge:6x8, npy:PATH, image:PATH) or, from Python, a numpy array or torch tensor; not a nested "
+             "list of numbers",
+    "labels": "is npy:PATH or, from Python, a numpy array or torch tensor; not a nested list of numbers"}
+"""What an input or labels written as nested lists of numbers are told (an array's values as lists: a sweep of its
+rows was suggested, which refused each row)."""
+
+
 def as_flag(field: str, value: Any, text: Callable[[Any], str] = _text) -> str:
     """A value from a sweep file or a Python call as the text of its flag: a list, tuple or range sweeps its
     items (a range of integers as A..B), but a kernel written as nested lists is one kernel; `text` writes
     one item."""
     if isinstance(value, range) and value.step == 1 and len(value) > 1:
         return f"{value.start}..{value.stop - 1}"
+    if field in NOT_AN_ARRAY and isinstance(value, (list, tuple)) and kernel_literal(value):
+        raise BadInput(field, NOT_AN_ARRAY[field])
     if isinstance(value, (list, tuple, range)) and not (field == "kernel" and kernel_literal(value)):
         if field in ONE_VALUE:  # an unknown field goes on, to be named as unknown by the job's spec
             raise BadInput(field.replace("_", "-"), f"takes one value, not a list; only {', '.join(SWEEPABLE)} "
