@@ -124,8 +124,12 @@ SQLITE_BUSY_MS = 30_000
 """How long SQLite waits for another process's lock before giving up."""
 
 SQLITE_WRITE_WAIT_S = 600
-"""How long a write transaction on SQLite waits for the write lock, SQLITE_BUSY_MS at a time, before it fails
+"""How long a write transaction on SQLite waits for the write lock, SQLITE_TRY_MS at a time, before it fails
 "database is locked" (service.db.connect.begin_writing)."""
+
+SQLITE_TRY_MS = 1_000
+"""How long one try of a write's BEGIN waits for SQLite's lock: between two, a fork of the process may go
+(service.db.connect.ForkGuard.between)."""
 
 CONNECT_TIMEOUT_S = 5
 """How long to wait for PostgreSQL or Redis to answer a connection."""

@@ -124,20 +124,26 @@ def sqlite_setup(conn: sqlite3.Connection) -> None:
 
 
 def begin_writing(conn: sqlite3.Connection) -> None:
-    """BEGIN IMMEDIATE: the write lock, waited for SQLITE_BUSY_MS at a time while another process holds it, for up to
+    """BEGIN IMMEDIATE: the write lock, waited for SQLITE_TRY_MS at a time while another process holds it, for up to
     SQLITE_WRITE_WAIT_S. One busy timeout was all it had: a `klab run`, a `sweep --local` or a `db upgrade` started
     while a worker stored a large task (15,000,000 epochs: 37 s) failed "database is locked", exit 3, the job it had
     trained lost. Nothing is done before the lock is held, so nothing is done twice; between two tries the process
     holds no lock, and a fork waiting for its transactions goes on (ForkGuard.between)."""
     deadline = time.monotonic() + defaults.SQLITE_WRITE_WAIT_S
-    while True:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
-                raise
-        FORKS.between()
+    # tries of a second: a worker's reaper waiting out a whole busy timeout held the worker's fork of a new pool
+    # child for 30 s, and Celery killed the child it forked next, not told in time that it was up
+    conn.execute(f"PRAGMA busy_timeout={defaults.SQLITE_TRY_MS}")
+    try:
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
+                    raise
+            FORKS.between()
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={defaults.SQLITE_BUSY_MS}")
 
 
 REVISIONS = tuple(f"{n:04d}" for n in range(1, int(HEAD) + 1))
