@@ -145,7 +145,7 @@ def plan_sweep(grid: Grid, queue: str | None, name: str | None = None, tags: Seq
     first = {f: vs[0] for f, vs in grid.swept.items()}
 
     def parse(values: dict[str, Any]) -> JobSpec:
-        with _naming(grid, {**first, **values}):
+        with sweeps.naming(grid, {**first, **values}):
             return JobSpec.parse({**grid.fixed, **first, **values})
 
     base = parse({})
@@ -164,7 +164,7 @@ def plan_sweep(grid: Grid, queue: str | None, name: str | None = None, tags: Seq
     for combo in itertools.product(*(grid.swept[f] for f in keyed)):
         spec = parse(dict(zip(keyed, combo)))
         loudest = spec.model_copy(update={"noise": noise})
-        with _naming(grid, {**first, "noise": noise, **dict(zip(keyed, combo))},  # built with the loudest noise
+        with sweeps.naming(grid, {**first, "noise": noise, **dict(zip(keyed, combo))},  # built with the loudest noise
                      {f: v for f, v in zip(keyed, combo) if f in BUILT_FROM}):
             problem, files = built.of(loudest, tuple((f, v) for f, v in zip(keyed, combo) if f in BUILT_FROM))
         keys[combo] = ((queue_for(spec, queue), *together(problem, spec)), files)
@@ -187,33 +187,6 @@ def plan_sweep(grid: Grid, queue: str | None, name: str | None = None, tags: Seq
             yield values, key, files
 
     return Plan(grid.size, jobs(), grid.params(), name, tags)
-
-
-SHAPED = ("input", "kernel", "labels")
-"""Fields whose shapes must fit each other: a mistake in one names the swept others it was built with (a method or
-bias swept beside them is no part of it)."""
-
-
-@contextlib.contextmanager
-def _naming(grid: Grid, values: dict[str, Any], built_from: dict[str, Any] | None = None) -> Iterator[None]:
-    """A mistake in one of a field's several values names the value (`--noise=-1,0`: which one is not >= 0),
-    unless the message quotes it already; one of a job built from swept values names those too (`--input
-    random:3x6x8,random:2x6x8 --kernel random:1x3x2x2`: the kernel's channels do not fit which input)."""
-    try:
-        yield
-    except BadInput as exc:
-        f = exc.field.replace("-", "_")
-        value = values.get(f)
-        notes = []
-        if len(grid.swept.get(f, ())) >= 2 and not (isinstance(value, str) and repr(value) in exc.message):
-            notes.append(f"the sweep's value {value!r}")
-        others = [f"{g.replace('_', '-')} {v!r}" for g, v in (built_from or {}).items()
-                  if f in SHAPED and g in SHAPED and g != f and len(grid.swept.get(g, ())) >= 2]
-        if others:
-            notes.append(("with " if notes else "with the sweep's ") + ", ".join(others))
-        if not notes:
-            raise
-        raise BadInput(exc.field, f"{exc.message} ({', '.join(notes)})") from None
 
 
 def submit(plan: Plan, batch_jobs: int) -> tuple[int | None, list[int]]:

@@ -708,6 +708,8 @@ def test_an_unknown_queue_for_a_files_jobs_is_the_flags_mistake(cli_env, databas
      "kernel: has 3 input channel(s) but the input has 2 (with the sweep's input 'random:2x6x8')"),  # no method
     (("--input", "edge:6x8,checker:8x8", "--bias", "1e39"),  # wrong whatever the input: none named
      "bias: 1e+39 is beyond float32's range, what the weights train in"),
+    (("--kernel", "[[1,-1]],[[2e38,-2e38]]", "--bias", "2e38"),  # the labels one kernel makes with it
+     "bias: the labels overflow: values too large for float32 (with the sweep's kernel '[[2e38,-2e38]]')"),
 ])
 def test_a_job_of_a_sweep_that_does_not_fit_names_the_swept_values_it_was_built_from(args, said, cli_env, database):
     """With the input swept, a kernel that did not fit one of them named neither: `kernel: has 3 input channel(s)

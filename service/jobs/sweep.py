@@ -1,6 +1,7 @@
 """Sweeps: flags holding lists, ranges or log-spaced values, expanded into their cartesian product."""
 from __future__ import annotations
 
+import contextlib
 import decimal
 import itertools
 import json
@@ -184,6 +185,35 @@ class Grid:
         names = list(self.swept)
         for combo in itertools.product(*(self.swept[n] for n in names)):
             yield {**self.fixed, **dict(zip(names, combo))}
+
+
+SHAPED = ("input", "kernel", "labels")
+"""Fields whose shapes must fit each other: a mistake in one, or labels that overflow (a bias's, noise's: what the
+input and kernel make), names the swept others it was built with (a method swept beside them is no part of it, nor
+are they of a bias past float32 whatever they are)."""
+
+
+@contextlib.contextmanager
+def naming(grid: Grid, values: dict[str, Any], built_from: dict[str, Any] | None = None) -> Iterator[None]:
+    """A mistake in one of a field's several values names the value (`--noise=-1,0`: which one is not >= 0),
+    unless the message quotes it already; one of a job built from swept values names those too (`--input
+    random:3x6x8,random:2x6x8 --kernel random:1x3x2x2`: the kernel's channels do not fit which input)."""
+    try:
+        yield
+    except BadInput as exc:
+        f = exc.field.replace("-", "_")
+        value = values.get(f)
+        notes = []
+        if len(grid.swept.get(f, ())) >= 2 and not (isinstance(value, str) and repr(value) in exc.message):
+            notes.append(f"the sweep's value {value!r}")
+        others = [f"{g.replace('_', '-')} {v!r}" for g, v in (built_from or {}).items()
+                  if (f in SHAPED or "labels" in exc.message) and g in SHAPED and g != f
+                  and len(grid.swept.get(g, ())) >= 2]
+        if others:
+            notes.append(("with " if notes else "with the sweep's ") + ", ".join(others))
+        if not notes:
+            raise
+        raise BadInput(exc.field, f"{exc.message} ({', '.join(notes)})") from None
 
 
 def grid(flags: dict[str, str]) -> Grid:
