@@ -232,8 +232,9 @@ def test_a_database_other_than_sqlite_or_postgresql_is_refused_by_name(tmp_path:
 def test_a_sqlite_writer_waits_for_the_write_lock_past_one_busy_timeout(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Another process holding SQLite's write lock past the busy timeout (a worker storing a large task: 37 s for
-    15,000,000 epochs): a writer waits again, a busy timeout at a time, where it failed "database is locked" (exit
-    3: a job `klab run` had trained lost, a `sweep --local` stopped part way). Past SQLITE_WRITE_WAIT_S it fails."""
+    15,000,000 epochs): a writer tries again, SQLITE_TRY_MS at a time, where it failed "database is locked" after
+    one busy timeout (exit 3: a job `klab run` had trained lost, a `sweep --local` stopped part way). Past
+    SQLITE_WRITE_WAIT_S it fails."""
     import sqlite3
     import threading
     import time
