@@ -214,24 +214,25 @@ class Files:
 
     def _flag(self, field: str, value: Any) -> str:
         pandas = type(value).__module__.split(".")[0] == "pandas"
+        most = settings().max_sweep_jobs + 1  # values read at most: one past the limit is refused as all would be
         if field not in ARRAY_FIELDS and (is_array(value) or pandas and hasattr(value, "tolist")):
             # np.logspace(...), torch.arange(...), a DataFrame's column: their values, float32's as written
             _unmasked(field, value)
             values = _numpy(value)
-            value = [plain(v) for v in values[:settings().max_sweep_jobs + 1]] if values.ndim == 1 \
+            value = [plain(v) for v in values[:most]] if values.ndim == 1 \
                 else plain(values) if not values.ndim else values.tolist()
         elif pandas and hasattr(value, "tolist") and getattr(value, "ndim", 1) == 1 or \
                 is_array(value) and getattr(value, "ndim", 0) == 1 and getattr(value.dtype, "kind", None) == "U":
             value = value.tolist()  # a column of inputs or kernels, or an array of their names: its items (a Series
             # of kernels was refused as a Series, an array of names taken for one kernel's values)
         elif isinstance(value, Iterator):  # a generator: its items, as a list's, no more than a sweep may hold
-            value = list(itertools.islice(value, settings().max_sweep_jobs + 1))
+            value = list(itertools.islice(value, most))
         elif isinstance(value, (set, frozenset, Mapping)) or pandas:  # no order to sweep in, or not one list
             raise BadInput(field, f"a sweep's values are a list, tuple, range, generator or array, not a "
                                   f"{type(value).__name__}")
         if isinstance(value, (list, tuple)) and not (field == "kernel" and kernel_literal(value)):  # not a kernel's
             # rows: values, one past the limit refused as the whole would be, and sooner (3,000,000 seeds: 8.7 s)
-            value = value[:settings().max_sweep_jobs + 1]
+            value = value[:most]
         return as_flag(field, value, lambda v: self._text(field, v))
 
     def _text(self, field: str, value: Any) -> str:

@@ -115,9 +115,9 @@ def cli() -> None:
 
 
 def to_nowhere(stream: object) -> None:
-    """What is written to `stream` from now on goes to /dev/null (its descriptor made /dev/null's): after its
-    reader went away, or a disk filled, so that writing or flushing it at exit cannot fail again."""
-    fd = stream.fileno()  # type: ignore[attr-defined]
+    """What is written to `stream` (or descriptor) from now on goes to /dev/null (its descriptor made /dev/null's):
+    after its reader went away, or a disk filled, so that writing or flushing it at exit cannot fail again."""
+    fd = stream if isinstance(stream, int) else stream.fileno()  # type: ignore[attr-defined]
     devnull = os.open(os.devnull, os.O_WRONLY)
     if devnull != fd:
         os.dup2(devnull, fd)
@@ -130,10 +130,7 @@ def _closed_streams() -> None:
     what a library writes there with it); with no stdout a command's output cannot be written, which is said before
     anything is done."""
     if sys.stderr is None:
-        fd = os.open(os.devnull, os.O_WRONLY)
-        if fd != 2:
-            os.dup2(fd, 2)
-            os.close(fd)
+        to_nowhere(2)
         sys.stderr = open(2, "w", closefd=False)
     if sys.stdout is None:
         fail("cannot write the output: stdout is closed", 1)

@@ -13,7 +13,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -110,15 +110,9 @@ def sqlite_setup(conn: sqlite3.Connection) -> None:
     (deletes cascade), and transactions begun by us, not by the driver."""
     conn.isolation_level = None
     conn.execute(f"PRAGMA busy_timeout={defaults.SQLITE_BUSY_MS}")
-    deadline = time.monotonic() + defaults.SQLITE_BUSY_MS / 1000
-    while True:  # a new file turned to WAL by two connections at once: one is "database is locked" at once, the
-        try:  # busy timeout not asked (two threads' first klab.jobs() on a new SQLite file, or two processes')
-            conn.execute("PRAGMA journal_mode=WAL")
-            break
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.01)
+    # a new file turned to WAL by two connections at once: one is "database is locked" at once, the busy timeout not
+    # asked (two threads' first klab.jobs() on a new SQLite file, or two processes')
+    _while_locked(conn, "PRAGMA journal_mode=WAL", defaults.SQLITE_BUSY_MS / 1000, lambda: time.sleep(0.01))
     for pragma in ("foreign_keys=ON", "synchronous=NORMAL"):
         conn.execute(f"PRAGMA {pragma}")
 
@@ -129,21 +123,26 @@ def begin_writing(conn: sqlite3.Connection) -> None:
     while a worker stored a large task (15,000,000 epochs: 37 s) failed "database is locked", exit 3, the job it had
     trained lost. Nothing is done before the lock is held, so nothing is done twice; between two tries the process
     holds no lock, and a fork waiting for its transactions goes on (ForkGuard.between)."""
-    deadline = time.monotonic() + defaults.SQLITE_WRITE_WAIT_S
     # tries of a second: a worker's reaper waiting out a whole busy timeout held the worker's fork of a new pool
     # child for 30 s, and Celery killed the child it forked next, not told in time that it was up
     conn.execute(f"PRAGMA busy_timeout={defaults.SQLITE_TRY_MS}")
     try:
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
-                    raise
-            FORKS.between()
+        _while_locked(conn, "BEGIN IMMEDIATE", defaults.SQLITE_WRITE_WAIT_S, FORKS.between)
     finally:
         conn.execute(f"PRAGMA busy_timeout={defaults.SQLITE_BUSY_MS}")
+
+
+def _while_locked(conn: sqlite3.Connection, statement: str, seconds: float, pause: Callable[[], None]) -> None:
+    """`statement`, tried again while SQLite answers "database is locked", for up to `seconds`; `pause()` between."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            conn.execute(statement)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
+                raise
+        pause()
 
 
 REVISIONS = tuple(f"{n:04d}" for n in range(1, int(HEAD) + 1))
