@@ -3,6 +3,7 @@ design matrix built here, and against what training actually does on either side
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -241,3 +242,50 @@ def test_momentum_too_costly_to_bound_still_has_its_rate():
     x = np.random.default_rng(0).standard_normal((8400, 1, 5, 5)).astype(np.float32)
     pace = Pace(Design(x, (1, 1, 3, 3), False), Method.MOMENTUM, 1, 1)
     assert pace.stable_lr is None and 0 <= pace.rate(1e-4) < 1
+
+
+@pytest.mark.parametrize("values", [
+    dict(input="random:4x1x6x6", kernel="laplacian", batch_size=4),  # one batch an epoch: the heavy ball's own range
+    dict(input="random:5x1x5x5", kernel="random:2x2", batch_size=2, seed=1),  # three: the scanned range
+])
+def test_momentums_fastest_lrs_are_the_range_where_its_rate_is_least(values):
+    """The heavy ball shrinks the gap by sqrt(0.9) a step across lrs hundreds of times apart, and more slowly either
+    side: a job anywhere in that range was told "train longer or raise the learning rate", which closed it no faster
+    (edge:6x8 at lr 0.03 to 2, stable up to 2.66). The range the sentence names is checked against the radius of an
+    epoch's map multiplied out on a design matrix built by loops."""
+    values = dict(values, method="momentum")
+    slow = job(**values, lr=1e-5, epochs=1, tol=0)[1]
+    found = re.search(r"raise the learning rate to between (\S+) and (\S+), the fastest for this input\.$",
+                      slow["explanation"])
+    assert found, slow["explanation"]
+    lo, hi = float(found[1]), float(found[2])
+    assert hi < slow["pace"]["stable_lr"] and hi > 10 * lo
+    inside = epoch_radii(values, np.geomspace(lo * 1.01, hi * 0.99, 60))
+    least = inside.min()
+    np.testing.assert_allclose(inside, least, rtol=1e-3)  # flat across the range
+    assert epoch_radii(values, np.array([lo / 2]))[0] > least * 1.01  # and slower either side of it
+    assert epoch_radii(values, np.array([min(hi * 1.5, slow["pace"]["stable_lr"])]))[0] > least * 1.01
+    within = job(**values, lr=math.sqrt(lo * hi), epochs=1, tol=0)[1]
+    assert within["explanation"].endswith("train longer: this lr is about the fastest for this input.")
+    closing = job(**values, lr=1e-3 * lo, epochs=1)[1]
+    assert f"; lrs between {found[1]} and {found[2]} would close it fastest" in closing["explanation"]
+
+
+def test_on_an_ill_conditioned_input_momentums_fastest_lr_is_one_and_printed_under_the_stable_lr(tmp_path):
+    """With the least and largest curvature over 1,444 times apart no lr puts both in the heavy ball's sqrt(0.9)
+    range: the fastest is the one lr at which the two are as slow, a few ten-thousandths under the stable lr here.
+    At three digits it was printed above it (0.0135 for 0.013458, the stable lr 0.013463)."""
+    rng = np.random.default_rng(0)
+    x = np.add.outer(np.arange(6.0), np.arange(7.0)) + 0.3 * rng.standard_normal((6, 7))
+    np.save(tmp_path / "ramp.npy", x[None, None].astype(np.float32))
+    values = dict(input=f"npy:{tmp_path / 'ramp.npy'}", kernel="[[1,-1],[0.5,0]]", method="momentum", batch_size=1)
+    slow = job(**values, lr=1e-4, epochs=1, tol=0)[1]
+    stable = slow["pace"]["stable_lr"]
+    found = re.search(r"raise the learning rate towards (\S+), the fastest for this input\.$", slow["explanation"])
+    assert found, slow["explanation"]
+    best = float(found[1])
+    assert best < stable and f"{best:.3g}" == f"{stable:.3g}"  # told apart by more digits
+    lrs = np.linspace(0.9 * best, stable * (1 - 1e-9), 2000)
+    radii = epoch_radii(values, lrs)
+    assert radii[0] > radii[1000] > radii.min() and radii[-1] > radii.min()  # faster towards it, slower past it
+    assert lrs[radii.argmin()] == pytest.approx(best, rel=1e-4)

@@ -10,6 +10,7 @@ import numpy as np
 
 from service.jobs.status import TRAINED, JobStatus
 from service.render.text import each_channel, factor
+from worker.engine.pace import FASTEST_BAND
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,17 @@ class Facts:
     lr_bound: np.ndarray  # the largest stable lr (worker.engine.pace)
     rate: np.ndarray
     more: np.ndarray
-    best_lr: np.ndarray
+    best_lr: np.ndarray  # the least lr that closes the gap fastest (worker.engine.pace.Pace.best_lr)
     best_rate: np.ndarray
     converged: np.ndarray  # the epoch from which the mse stayed within --tol of the optimum's (NaN: none)
     outputs: int = 1  # the kernel's output channels: rank and params are one channel's (each is fitted alone)
     with_bias: np.ndarray | None = None  # the relative error of the kernel and the bias together (NaN: no true bias)
+    best_high: np.ndarray | None = None  # the most lr that closes it as fast (None: best_lr alone)
+
+    @cached_property
+    def fastest(self) -> tuple[np.ndarray, np.ndarray]:
+        """The least and the most lr that close the gap fastest (NaN where not known)."""
+        return self.best_lr, self.best_lr if self.best_high is None else self.best_high
 
     @cached_property
     def unbounded(self) -> np.ndarray:
@@ -52,7 +59,7 @@ class Facts:
 
         values = dict(optimization=optimization, noise=noise, identifiability=identifiability, rank=rank,
                       params=params)
-        for name in ("relative", "lr", "lr_bound", "rate", "more", "best_lr", "best_rate", "converged"):
+        for name in ("relative", "lr", "lr_bound", "rate", "more", "best_lr", "best_high", "best_rate", "converged"):
             values[name] = more.get(name)
         return cls(status=np.array([status.value]), sums_only=np.array([sums_only]),
                    grew=np.array([bool(more.get("grew"))]), exact=np.array([bool(more.get("exact"))]),
@@ -127,25 +134,40 @@ def _closing(f: Facts, i: int) -> str:
     words = (f"about {more} more epoch{'s' if more != 1 else ''} at this lr would reach --tol "
              f"(the gap shrinks x{factor(f.rate[i], 3)} an epoch)")
     if f.best_rate[i] < f.rate[i] * 0.95:
-        words += f"; lr {f.best_lr[i]:.3g} would close it fastest (x{factor(f.best_rate[i], 3)} an epoch)"
+        words += (f"; {_fastest(f, i, 'lr', 'lrs between')} would close it fastest "
+                  f"(x{factor(f.best_rate[i], 3)} an epoch)")
     return words
+
+
+def _fastest(f: Facts, i: int, one: str, several: str) -> str:
+    """The lr that closes the gap fastest after `one`, or the range of them (momentum's) after `several`."""
+    lo, hi = f.fastest[0][i], f.fastest[1][i]
+    # the fastest lr can lie a thousandth under the stable one (the heavy ball on an ill-conditioned input): printed to
+    # as many digits as tell them apart, it is never printed at or above it
+    top = _apart(hi, f.lr_bound[i])[0] if np.isfinite(f.lr_bound[i]) else f"{hi:.3g}"
+    return f"{one} {top}" if hi <= 1.05 * lo else f"{several} {lo:.3g} and {top}"
 
 
 def _slow(f: Facts, i: int) -> str:
     """What would close a gap still open, where no number of epochs says how long it takes (--tol 0): more epochs,
     and the way to the fastest lr where one is known."""
-    best, lr = f.best_lr[i], f.lr[i]
+    (best, most), lr = (f.fastest[0][i], f.fastest[1][i]), f.lr[i]
     if lr > f.lr_bound[i]:  # d2l-sgd's bound over several batches is only sufficient: the epochs shrink the gap
         bound = _apart(lr, f.lr_bound[i])[1]  # never printed above the lr (0.807 for 0.80692, at lr 0.80693)
         return (f"train longer: at this lr, above the stable lr {bound} that keeps every step from growing the gap, "
                 f"each epoch still shrinks it (x{factor(f.rate[i], 3)}).")
     if not np.isfinite(best) and lr >= 0.9 * f.lr_bound[i]:  # momentum just under its bound: raising it would not
         return "train longer: this lr is near the largest stable one."
-    if not np.isfinite(best) or lr < 0.95 * best:
-        return "train longer or raise the learning rate" + (f" towards {best:.3g}, the fastest for this input."
-                                                           if np.isfinite(best) else ".")
-    if lr > 1.05 * best:
-        return f"train longer, or lower the learning rate to {best:.3g}, the fastest for this input."
+    if np.isfinite(best) and f.rate[i] <= f.best_rate[i] * (1 + FASTEST_BAND):  # within momentum's flat rate
+        return "train longer: this lr is about the fastest for this input."
+    if not np.isfinite(best):
+        return "train longer or raise the learning rate."
+    if lr < 0.95 * best:
+        return f"train longer or raise the learning rate {_fastest(f, i, 'towards', 'to between')}, the fastest for " \
+               "this input."
+    if lr > 1.05 * most:
+        return f"train longer, or lower the learning rate {_fastest(f, i, 'to', 'to between')}, the fastest for " \
+               "this input."
     return "train longer: this lr is about the fastest for this input."
 
 

@@ -77,6 +77,11 @@ AT_BOUND = 1e-9
 (an exact bound's rate there is 1, which float64 computes a few units of its last place either side)."""
 
 
+FASTEST_BAND = 1e-3
+"""Lrs whose rate is within this much (relative) of the least found close the gap as fast: momentum's rate is flat, its
+heavy ball's sqrt(mu) a step, across lrs a hundred to a thousand times apart (edge:6x8 at lrs 0.001 to 2, its stable lr
+2.66, where the sentence said "raise the learning rate" at every one of them)."""
+
 PRODUCT_BYTES = 16 * 2**20
 """Most bytes of an epoch's steps made at once to multiply them (Pace._radius), beside the curvatures kept."""
 
@@ -94,6 +99,7 @@ class Pace:
         self.cs: np.ndarray | None = None  # c_b per batch of an epoch, where its steps are kept
         self.hs: np.ndarray | None = None  # V^T H_b V per batch of an epoch (batches x r x r)
         self.eigen: np.ndarray | None = None  # c * eigenvalues, with one step an epoch
+        self.scanned: tuple[np.ndarray, np.ndarray] | None = None  # momentum's scanned lrs under its bound, and radii
         if method in (Method.ADAM, Method.LSTSQ) or design.rank == 0:
             return
         n = design.x.shape[0]
@@ -139,6 +145,7 @@ class Pace:
         end = int(np.argmax(radii >= 1)) if (radii >= 1).any() else len(grid)  # the first scanned that grows
         if end == 0:
             return None
+        self.scanned = grid[:end], radii[:end]
         lo, hi = (float(grid[end - 1]), float(grid[end])) if end < len(grid) else (upper, None)
         i = np.arange(1, end - 1)
         left, mid, right = radii[i - 1], radii[i], radii[i + 1]
@@ -227,13 +234,41 @@ class Pace:
                 out[s : s + chunk] = np.where(finite, radius, np.inf)
         return out
 
-    def best_lr(self) -> tuple[float, float] | None:
-        """For plain gradient descent with one step an epoch: the lr at which the gap shrinks fastest, and
-        that rate ((kappa - 1) / (kappa + 1), kappa the condition number in the row space)."""
-        if self.eigen is None or self.method is Method.MOMENTUM:
+    def best_lr(self) -> tuple[float, float, float] | None:
+        """The lrs at which the gap shrinks fastest, as (least, most, that rate); None where not known.
+
+        - Plain gradient descent with one step an epoch: one lr, 2 / (lambda_min + lambda_max), at the rate
+          (kappa - 1) / (kappa + 1) (kappa the condition number in the row space).
+        - The heavy ball with one step an epoch: a direction of curvature h shrinks by sqrt(mu) a step wherever
+          lr h lies within [(1 - sqrt(mu))^2, (1 + sqrt(mu))^2], and more slowly either side; so every lr that puts
+          both the least and the largest curvature there is as fast, and where none does (kappa above
+          ((1 + sqrt(mu)) / (1 - sqrt(mu)))^2, about 1,444 at mu 0.9) the fastest is the one lr at which the two
+          are as slow.
+        - The heavy ball over several batches: the lrs scanned for its bound whose rate is within FASTEST_BAND of the
+          least, around it.
+        """
+        if self.eigen is not None and self.method is not Method.MOMENTUM:
+            lo, hi = float(self.eigen.min()), float(self.eigen.max())
+            return 2.0 / (lo + hi), 2.0 / (lo + hi), (hi - lo) / (hi + lo)
+        if self.eigen is not None:
+            least, most = float(self.eigen.min()), float(self.eigen.max())
+            s = math.sqrt(defaults.MOMENTUM)
+            low, high = (1 - s) ** 2 / least, (1 + s) ** 2 / most
+            if low <= high:
+                return low, high, s
+            a, b = high, low  # the least curvature's radius falls across [a, b], the largest's rises
+            for _ in range(60):
+                mid = (a + b) / 2
+                a, b = (mid, b) if _heavy_ball(mid * least) > _heavy_ball(mid * most) else (a, mid)
+            return a, a, max(_heavy_ball(a * least), _heavy_ball(a * most))
+        if self.scanned is None:
             return None
-        lo, hi = float(self.eigen.min()), float(self.eigen.max())
-        return 2.0 / (lo + hi), (hi - lo) / (hi + lo)
+        grid, radii = self.scanned
+        k = int(np.argmin(radii))
+        near = radii <= radii[k] * (1 + FASTEST_BAND)
+        lo = k - int(np.argmin(near[k::-1])) + 1 if not near[: k + 1].all() else 0  # the run of near ones around k
+        hi = k + int(np.argmin(near[k:])) - 1 if not near[k:].all() else len(grid) - 1
+        return float(grid[lo]), float(grid[hi]), float(radii[k])
 
 
 @dataclass(frozen=True)
@@ -243,7 +278,8 @@ class Paces:
     bound: np.ndarray  # the stable lr
     rate: np.ndarray
     more: np.ndarray  # epochs still needed (NaN: none, or not known)
-    best_lr: np.ndarray  # the lr that closes the gap fastest, where known
+    best_lr: np.ndarray  # the least lr that closes the gap fastest, where known
+    best_high: np.ndarray  # the most (momentum's rate is flat across a range of lrs)
     best_rate: np.ndarray
 
     @classmethod
@@ -252,7 +288,7 @@ class Paces:
         """`groups`: each input's pace and the indices of its jobs; `lrs` NaN for jobs without one (lstsq);
         `excess` the mse over the optimum's (NaN where it converged or did not succeed)."""
         n = len(lrs)
-        bound, rate, best_lr, best_rate = (np.full(n, np.nan) for _ in range(4))
+        bound, rate, best_lr, best_high, best_rate = (np.full(n, np.nan) for _ in range(5))
         for pace, idx in groups:
             lr = lrs[idx]
             if np.isnan(lr).all():
@@ -267,8 +303,8 @@ class Paces:
             rate[idx] = rates[which]
             best = pace.best_lr()
             if best is not None:
-                best_lr[idx], best_rate[idx] = best
-        return cls(bound, rate, more_epochs(rate, excess, tol), best_lr, best_rate)
+                best_lr[idx], best_high[idx], best_rate[idx] = best
+        return cls(bound, rate, more_epochs(rate, excess, tol), best_lr, best_high, best_rate)
 
     def fields(self) -> dict[str, np.ndarray]:
         """The result fields (service.jobs.result) that hold the pace."""

@@ -200,7 +200,8 @@ class BatchResult:
             status=status, optimization=said, noise=values["gap_noise"],
             identifiability=values["gap_identifiability"], relative=values["relative_error"], rank=rank,
             params=params, sums_only=sums_only, grew=grew, lr=lrs, lr_bound=paces.bound, rate=paces.rate,
-            more=paces.more, best_lr=paces.best_lr, best_rate=paces.best_rate, converged=converged,
+            more=paces.more, best_lr=paces.best_lr, best_rate=paces.best_rate,
+            best_high=paces.best_high, converged=converged,
             exact=np.array([j.problem.exact_labels for j in self.jobs]), overflowed=self._overflowed(),
             outputs=p0.kernel_shape[0], with_bias=self._with_bias()))
         return Columns(values=values, loss=t.loss, mse=t.mse, kernel_error=t.kernel_error, epochs_done=done)
