@@ -429,3 +429,14 @@ def test_a_longdouble_past_float64s_range_is_too_large_without_numpys_warning(tm
         warnings.simplefilter("error")
         with pytest.raises(BadInput, match=r"^input: holds values too large for float32$"):
             inputs.parse_input(f"npy:{tmp_path / 'ld.npy'}", 0)
+
+
+def test_numpys_float32_maximum_as_it_prints_is_a_float32_kernel():
+    """np.finfo(np.float32).max prints as 3.4028235e+38, a little over it as a float64, and rounds to it: it was
+    refused as beyond float32's range. One that rounds to infinity still is."""
+    top = np.finfo(np.float32).max
+    assert str(top) == "3.4028235e+38"
+    problem = build_problem(JobSpec.parse({"kernel": f"[[{str(top)}, -1]]"}))
+    assert problem.true_kernel.max() == float(str(top))  # as given
+    with pytest.raises(BadInput, match="^kernel: has values beyond float32's range"):
+        build_problem(JobSpec.parse({"kernel": "[[3.40282357e38, -1]]"}))

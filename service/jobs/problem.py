@@ -286,8 +286,10 @@ def _noise_fits(clean: np.ndarray, noise: float) -> None:
 
 
 def _fits(y: np.ndarray) -> bool:
-    """Finite, and within float32's range (what the engine trains in)."""
-    return bool(np.all(np.isfinite(y))) and max(y.max(), -y.min()) <= np.finfo(np.float32).max
+    """Finite once rounded to float32 (what the engine trains in): numpy's float32 maximum as it prints it,
+    3.4028235e38, is a little over it as a float64 and rounds to it (it was refused as beyond float32's range)."""
+    with np.errstate(over="ignore"):
+        return bool(np.all(np.isfinite(np.asarray(y).astype(np.float32))))
 
 
 def _labels_shape(labels: np.ndarray, x: np.ndarray, input_ndim: int) -> np.ndarray:
