@@ -60,7 +60,7 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import Engine, make_url  # noqa: E402
 
 from service import defaults  # noqa: E402
-from service.cli.workers import worker_argv  # noqa: E402
+from service.cli.workers import worker_argv, worker_command  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("KLAB_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("KLAB_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
@@ -223,7 +223,7 @@ class Worker:
         self.like = self.name + "@%"  # its jobs' worker_host, in SQL
         argv, extra = worker_argv(queue, concurrency, "INFO", self.name)  # `klab worker ... --name NAME`
         self.argv, self.extra, self.log = argv, extra, log
-        self.proc = subprocess.Popen([sys.executable, "-m", *argv], env={**env, **extra}, cwd=ROOT,
+        self.proc = subprocess.Popen(worker_command(argv), env={**env, **extra}, cwd=ROOT,
                                      stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 120
         while " ready." not in log.read_text():

@@ -256,10 +256,10 @@ class RedisServer:
 class Process:
     """A long-running command in its own process group, its output in a log file."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path, name: str | None = None):
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path, name: str | None = None, cwd: Path = ROOT):
         self.name = name or Path(argv[0]).name
         self.log = log
-        self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
     def wait_ready(self, timeout: float = 90, marker: str = "ready.") -> Process:
@@ -313,10 +313,10 @@ class WorkerProcess(Process):
 
     def __init__(self, env: dict[str, str], name: str, log: Path, queue: str = "cpu", concurrency: int = 1,
                  loglevel: str = "INFO"):
-        from service.cli.workers import worker_argv
+        from service.cli.workers import worker_argv, worker_command
 
         argv, extra = worker_argv(queue, concurrency, loglevel, name)
-        super().__init__([sys.executable, "-m", *argv], {**env, **extra}, log, name)
+        super().__init__(worker_command(argv), {**env, **extra}, log, name)
 
 
 def queue_key(db_url: str, queue: str = "cpu") -> str:

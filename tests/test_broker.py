@@ -6,9 +6,10 @@ import io
 import json
 import math
 import os
+import subprocess
 
 import pytest
-from harness import body, klab, messages, queue_key, service_env, sweep_id_of, tails, wait_until
+from harness import Process, body, klab, klab_path, messages, queue_key, service_env, sweep_id_of, tails, wait_until
 
 from service import defaults
 from service.errors import BadInput
@@ -211,6 +212,27 @@ def test_the_plain_celery_command_stops_on_a_database_setting_that_is_bad_input(
         out = subprocess.run([sys.executable, "-m", *argv], env=env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 2 and " ready." not in out.stderr, out.stderr[-2000:]  # as klab worker exits
         assert "klab worker: " in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+def test_klab_worker_starts_in_a_folder_holding_modules_named_as_klabs_own(tmp_path, redis_server):
+    """`python -m celery -A worker.app` puts the current folder first on sys.path: in a project with a worker.py of
+    its own `klab worker` said "The module worker.app was not found", with a service.py "'service' is not a
+    package"; a celery.py would have been taken for Celery."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("worker", "service", "celery"):
+        (project / f"{name}.py").write_text(f'raise SystemExit("the folder\'s own {name}.py was imported")\n')
+    env = service_env(tmp_path, f"sqlite:///{tmp_path / 'k.db'}", redis_server().url())
+    started = Process([klab_path(), "worker", "--queue", "cpu", "--concurrency", "1", "--name", "shadowed"], env,
+                      tmp_path / "worker.log", cwd=project)
+    try:
+        started.wait_ready()
+        assert "was imported" not in started.text()
+        done = subprocess.run([klab_path(), "sweep", "--seed", "1,2", "--epochs", "2", "--wait"], env=env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0 and "2 succeeded" in done.stderr + done.stdout, done.stderr[-2000:]
+    finally:
+        started.stop()
 
 
 def test_redis_ssl_parameters_are_taken_only_with_rediss_and_only_those_redis_py_takes(setenv):

@@ -56,11 +56,18 @@ LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 """Celery's log levels (refused here in one line, before Celery's own usage text could be)."""
 
 
+def worker_command(argv: list[str]) -> list[str]:
+    """The command that runs worker_argv's celery line as `klab worker` runs it: through worker/__main__.py, which
+    imports klab's app before celery looks for it in the current folder (a user's own worker.py there was taken for
+    it)."""
+    return [sys.executable, "-P", "-m", "worker", *argv[1:]]
+
+
 def worker_argv(queue: str, concurrency: int | None, loglevel: str, name: str | None = None,
                 threads: int | None = None) -> tuple[list[str], dict[str, str]]:
-    """The plain celery command line a worker runs, and the environment it adds. Its node name is
-    `<name>@<host>`, the queue's name unless given; a cpu worker's children have `threads` torch threads each (the
-    user's KLAB_TORCH_THREADS), or the cores split among them."""
+    """The plain celery command line a worker runs (`klab worker` runs it by worker_command), and the environment it
+    adds. Its node name is `<name>@<host>`, the queue's name unless given; a cpu worker's children have `threads`
+    torch threads each (the user's KLAB_TORCH_THREADS), or the cores split among them."""
     env: dict[str, str] = {}
     node = f"{name or queue}@%h"
     if queue == "gpu":
@@ -113,5 +120,5 @@ def worker(queue: str, concurrency: int | None, gpu_index: int | None, loglevel:
                        "its own --name")
     argv, env = worker_argv(queue, concurrency, loglevel, name, settings().torch_threads)
     os.environ.update(env)  # with CUDA_VISIBLE_DEVICES set above for --gpu
-    os.execvp(sys.executable, [sys.executable, "-m", *argv])  # noqa: S606 - our own argv: no shell, no user text
+    os.execvp(sys.executable, worker_command(argv))  # noqa: S606 - our own argv: no shell, no user text
 
