@@ -602,3 +602,27 @@ def test_a_last_batch_fitted_exactly_at_first_is_no_divergence(tmp_path):
     assert first["loss"] < 1e-12 and second["loss"] > 1e6 * first["loss"] and last["mse"] < first["mse"]
     assert result["status"] == "succeeded" and result["diverged_epoch"] is None, result["explanation"]
     assert "float32's range" not in result["explanation"]
+
+
+@pytest.mark.parametrize("values,told", [
+    (dict(lr=1e-18), "train longer or raise the learning rate towards 0.0278, the fastest for this input."),
+    (dict(lr=1e-18, tol=0), "train longer or raise the learning rate towards 0.0278, the fastest for this input."),
+    (dict(lr=1e-18, method="momentum"), "train longer or raise the learning rate to between "),
+])
+def test_an_lr_so_small_that_its_rate_rounds_to_one_is_told_to_be_raised_not_lowered(values, told):
+    """1 - 2 lr lambda is 1 in float64 at lr 1e-18 (momentum's radius 1.0000000000000007): the job was told "not
+    converging: at lr 1e-18 the gap does not shrink; lower --lr"."""
+    result = run_spec(JobSpec.parse(dict(values, epochs=3)))
+    assert result["pace"]["convergence_rate"] >= 1 and result["pace"]["stable_lr"] > 1e15 * values["lr"]
+    assert result["explanation"].startswith("not converged yet: ") and told in result["explanation"]
+
+
+def test_an_input_so_small_that_every_rate_rounds_to_one_is_converged_as_tol_says(tmp_path):
+    """An input of 1e-30: its loss 0 to float32, its mse within --tol from the first epoch. "converged at epoch 1"
+    stood above "not converging: at lr 0.03 the gap does not shrink; lower --lr", an lr 1e58 times under the stable
+    one."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "tiny.npy", (rng.standard_normal((6, 8)) * 1e-30).astype(np.float32))
+    result = run_spec(JobSpec.parse(dict(input=f"npy:{tmp_path / 'tiny.npy'}", epochs=3)))
+    assert result["converged_epoch"] == 1 and result["pace"]["convergence_rate"] == 1
+    assert result["explanation"].startswith("converged: the mse has been within --tol of the optimum's since epoch 1")

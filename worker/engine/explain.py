@@ -10,7 +10,7 @@ import numpy as np
 
 from service.jobs.status import TRAINED, JobStatus
 from service.render.text import each_channel, factor
-from worker.engine.pace import FASTEST_BAND
+from worker.engine.pace import AT_BOUND, FASTEST_BAND
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,10 @@ def cases(f: Facts) -> np.ndarray:
     with np.errstate(invalid="ignore"):  # not where an epoch's steps shrink the gap: a heavy ball's mse rises before it
         # falls (momentum over several batches, rate 0.81, was told "the mse grew ... lower --lr")
         out[f.grew & ~stable & ~(f.rate < 1)] = GREW
-        out[f.rate >= 1] = STALLED
+        # under the stable lr a rate of 1 is float64's rounding of 1 - lr * curvature (lr 1e-18 on edge:6x8, lr 0.03
+        # on an input of 1e-30): such a job was told its gap does not shrink, and to lower an lr already tiny
+        under = np.isfinite(f.lr_bound) & (f.lr < f.lr_bound * (1 - AT_BOUND))
+        out[(f.rate >= 1) & ~under] = STALLED
     out[too_fast] = TOO_FAST
     lr_told = np.isin(out, (GREW, STALLED, TOO_FAST))
     no_truth = np.isnan(f.noise) | np.isnan(f.identifiability)
