@@ -309,9 +309,10 @@ def save_results(conn: Connection, ids: Sequence[int], results: Columns, fresh: 
     import numpy as np
 
     keep = np.flatnonzero(np.isin(np.asarray(ids), stored))  # the jobs stored, in the order given
+    at = slice(None) if len(keep) == len(ids) else keep  # all of them: the histories themselves, not copies
     ke = results.kernel_error
-    bulk.insert_epochs(conn, np.asarray(ids)[keep], np.asarray(results.epochs_done)[keep], results.loss[:, keep],
-                       results.mse[:, keep], None if ke is None else ke[:, keep])
+    bulk.insert_epochs(conn, np.asarray(ids)[at], np.asarray(results.epochs_done)[at], results.loss[:, at],
+                       results.mse[:, at], None if ke is None else ke[:, at])
     return stored
 
 

@@ -13,6 +13,10 @@ from service.jobs.choices import Method
 from service.jobs.spec import JobSpec
 from service.settings import settings
 
+EPOCH_BYTES = 64
+"""Bytes counted in a job's memory for each of its epochs: its loss, mse and kernel error while it trains, and
+storing them (service.db.bulk.EPOCH_ROWS_CHUNK rows made at a time, whatever the batch's epochs)."""
+
 ENGINE_BYTES = 4 * inputs.BLOCK_BYTES + 3 * 4 * 2**22 + 64 * 2**20
 """What the engine holds at most besides the arrays job_memory counts: a few blocks of row windows (labels, the
 analysis), the elementwise path's im2col (worker.engine.residuals.MATMUL_LIMIT float32 values, thrice) and the
@@ -172,7 +176,7 @@ def job_memory(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], bias: bo
         return -(-channels // 16) * 16
 
     padded = 4 * n * (sixteen(c) * h * w + sixteen(co) * ho * wo)
-    train = 4 * x + 32 * y + padded + 64 * epochs
+    train = 4 * x + 32 * y + padded + EPOCH_BYTES * epochs
     return max(build, analysis, train) + ENGINE_BYTES
 
 
