@@ -302,6 +302,19 @@ def test_epochs_without_a_finite_kernel_error_say_so_not_no_epochs() -> None:
     readable(fig)
 
 
+def test_a_loss_that_left_float32_part_way_is_said_under_its_panel() -> None:
+    """`klab run --lr 1e20 --epochs 5` diverges at epoch 2, its loss stored as none there: the panel drew epoch 1's
+    point alone and said nothing of epoch 2, where a job with no finite loss at all says "no finite loss"."""
+    result = result_of({"epochs": 5}, relative=None, status=DIVERGED, epochs=2, diverged_epoch=2)
+    result["epochs"][1].update(loss=None)
+    two = plot.figure_jobs([result, {**result, "id": 8}])
+    for fig, past in ((plot.figure_job(result), "1 epoch"), (two, "2 epochs")):
+        loss = by_title(fig, "loss")
+        assert loss.get_xlabel() == f"epoch\npast float32 at {past}: not drawn"
+        assert list(loss.texts) == []
+        readable(fig)
+
+
 def test_a_job_whose_only_epoch_diverged_says_no_finite_loss_and_shows_its_divergence() -> None:
     """`klab run --lr 1e15 --epochs 5 --method d2l-sgd` diverges at its first epoch, stored with no finite loss: the
     loss panel said "no epochs" of a job of one, and the line of its divergence lay on the axes' left edge."""

@@ -341,10 +341,11 @@ def no_values(results: Sequence[dict[str, Any]]) -> tuple[str, str]:
 
 
 def curve_axes(ax: Any, title: str, ylabel: str, last: int, values: Sequence[np.ndarray], log_epochs: bool,
-               floored: int = 0, empty: str = "no epochs") -> None:
+               floored: int = 0, empty: str = "no epochs", past: int = 0) -> None:
     """An axes of values over epochs 1..last (on a log axis with `log_epochs`): log values where they are
     positive, and a note under it of how many were exactly 0 (below the axis, or on a linear one where every value
-    is 0) or `floored` (drawn at FLOORED); `empty` where there is no value at all."""
+    is 0), `floored` (drawn at FLOORED) or `past` float32's range (not drawn: a diverged job's loss from its
+    divergence on was left out without a word); `empty` where there is no value at all."""
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.set_xlabel("epoch (log scale)" if log_epochs else "epoch")
@@ -354,18 +355,20 @@ def curve_axes(ax: Any, title: str, ylabel: str, last: int, values: Sequence[np.
     integer_ticks(ax.xaxis, log_epochs, last)
     finite = np.concatenate([v for v in values if v.size] or [np.array([])])
     positive = finite[finite > 0]
+    notes = []
     if positive.size and (finite >= 0).all():  # a loss of exactly 0 (a perfect fit) goes below the axis, said so
         ax.set_yscale("log")
         log_labels(ax.yaxis, positive)
-        notes = []
         if zeros := finite.size - positive.size:
             notes.append(f"exactly 0 at {_epochs(zeros)}: below this log axis")
         if floored:
             notes.append(f"{FLOORED} at {_epochs(floored)}: drawn at it")
-        if notes:  # under the axis, where no curve is
-            ax.set_xlabel(ax.get_xlabel() + "\n" + "; ".join(notes))
     elif finite.size and not finite.any():  # a perfect fit from the first epoch on: no log axis has a place for it
-        ax.set_xlabel(ax.get_xlabel() + f"\nexactly 0 at {_epochs(finite.size)}")
+        notes.append(f"exactly 0 at {_epochs(finite.size)}")
+    if past and finite.size:
+        notes.append(f"past float32 at {_epochs(past)}: not drawn")
+    if notes:  # under the axis, where no curve is
+        ax.set_xlabel(ax.get_xlabel() + "\n" + "; ".join(notes))
     if not finite.size:
         ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
         if not any(a.dataLim.x0 <= a.dataLim.x1 for a in ax.get_shared_x_axes().get_siblings(ax)):

@@ -61,8 +61,8 @@ ESSENTIALS = SPEC_SHOWN[:-2]
 """What a job's title names of its spec (tol and device only where several jobs differ in them)."""
 
 FLOOR_SHOWN = 1e-6
-"""The kernel error's floor (what the data cannot determine, and label noise) is drawn from this relative size:
-below it, it is float32 rounding."""
+"""The kernel error's floor (unidentifiable directions and label noise) is drawn from this relative size up: float32
+rounding below it."""
 
 OWN_SCALE = 10.0
 """The learned kernel gets a colour scale of its own when its largest value is this many times the true one's
@@ -100,9 +100,8 @@ def _described(spec: dict[str, Any], keys: Sequence[str], differ: Sequence[str] 
 
 
 def _kernel_errors(epochs: Sequence[dict[str, Any]], norm: float | None) -> tuple[np.ndarray, np.ndarray, int]:
-    """The kernel error of each epoch, relative to the true kernel's norm where it has one, and raised to the
-    weights' float32 rounding, as a sweep's relative errors are (_errors): an exactly learned kernel keeps the log
-    axis. Also how many epochs were raised."""
+    """The kernel error of each epoch, relative to the true kernel's norm where it has one, raised to the weights'
+    float32 rounding as a sweep's are (_errors: an exactly learned kernel keeps the log axis); how many were raised."""
     x, y = ax_.series(epochs, "kernel_error", norm or 1.0)
     return x, *_raised(y)
 
@@ -147,7 +146,8 @@ def figure_job(result: dict[str, Any]) -> Any:
     loss_ax.plot(*loss, marker="o" if loss[0].size <= 50 else None, markersize=3, color="tab:blue")
     err_ax.plot(*error, marker="o" if error[0].size <= 50 else None, markersize=3, color="tab:green")
     no_loss, no_error = ax_.no_values([result])
-    ax_.curve_axes(loss_ax, "loss (as the book prints it)", "loss", last, [loss[1]], last > LOG_EPOCHS, empty=no_loss)
+    ax_.curve_axes(loss_ax, "loss (as the book prints it)", "loss", last, [loss[1]], last > LOG_EPOCHS, empty=no_loss,
+                   past=len(epochs) - loss[0].size)
     gap, scale = result.get("gap") or {}, kernel_scale(result)  # the gaps as klab show prints them: 0 under rounding
     floor = math.hypot(*(settled(gap.get(k) or 0.0, scale) for k in ("noise", "identifiability"))) / (norm or 1.0)
     drawn = [error[1]]
@@ -224,7 +224,8 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
         losses.append(loss[1])
         errors.append(error[1])
     no_loss, no_error = ax_.no_values(results)
-    ax_.curve_axes(loss_ax, "loss", "loss", last, losses, last > LOG_EPOCHS, empty=no_loss)
+    past = sum(len(r.get("epochs") or []) for r in results) - sum(v.size for v in losses)
+    ax_.curve_axes(loss_ax, "loss", "loss", last, losses, last > LOG_EPOCHS, empty=no_loss, past=past)
     ax_.curve_axes(err_ax, "kernel error", "relative error ||W - K|| / ||K||" if all_relative else
                    "kernel error ||W - K|| (relative where a true kernel is known)", last, errors,
                    last > LOG_EPOCHS, floored, no_error)
