@@ -149,6 +149,7 @@ class Files:
 
     def __init__(self) -> None:
         self.paths: list[str] = []
+        self.sweeping = False  # values made into a sweep's flags (`flags`), not one job's
 
     def npy(self, field: str, value: Any) -> str:
         """An array or tensor as npy:PATH."""
@@ -173,6 +174,10 @@ class Files:
         if len(blob) > limit:  # its .npy header too: refused before it is written, as the array (not "file is ...")
             raise BadInput(field, f"{ARRAY_NAME} is {len(blob)} bytes as .npy, more than the limit {limit} "
                                   "(KLAB_MAX_FILE_BYTES)")
+        if self.sweeping and "," in str(settings().home):  # a sweep's values are text, split at commas: the array
+            # was saved, then refused as "input: no such file: /home/a (the sweep's value 'npy:/home/a')"
+            raise BadInput("KLAB_HOME", f"{visible(str(settings().home))} holds a comma, and {ARRAY_NAME} of a sweep "
+                                        "is kept under it, named by a path that the sweep's commas would split")
         if surrogate(str(settings().home)):  # the array's path, which its job keeps as UTF-8 text, would hold them:
             # the array was saved, then refused as "input: holds \udcff, half of a UTF-16 surrogate pair"
             raise BadInput("KLAB_HOME", f"{visible(str(settings().home))} holds bytes that are not UTF-8, and "
@@ -209,6 +214,7 @@ class Files:
         """A sweep's values as `klab sweep` flags: lists, tuples, generators, numpy arrays and tensors (but an
         array for input, kernel or labels, which is one value) as comma lists, ranges as A..B; labels without a
         kernel mean no true kernel (unlabelled)."""
+        self.sweeping = True
         flags = {k: self._flag(k, v) for k, v in given(values).items()}
         return {**flags, "kernel": "none"} if unlabelled(flags) else flags
 

@@ -91,11 +91,13 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = {k: v.strip() for k, v in (os.environ if env is None else env).items() if k.startswith("KLAB_")}
-        home = Path(env.get("KLAB_HOME") or Path.home() / ".klab").expanduser()
+        # absolute: the arrays kept under it are named in their jobs' specs, which a relative home made true only in
+        # the folder they were made in
+        home = Path(os.path.abspath(Path(env.get("KLAB_HOME") or Path.home() / ".klab").expanduser()))
         url = _utf8("KLAB_DATABASE_URL", env.get("KLAB_DATABASE_URL") or "")
         numbers = {f.name: _positive(env, f"KLAB_{f.name.upper()}", f.default, MOST.get(f.name, defaults.INT32_MOST))
                    for f in fields(cls) if f.type in ("int", "int | None")}
-        return cls(home=home, database_url=normalize_url(url or f"sqlite:///{home / 'klab.db'}"),
+        return cls(home=home, database_url=normalize_url(url or sqlite_url(home / "klab.db")),
                    broker_url=broker_password(_utf8("KLAB_BROKER_URL", env.get("KLAB_BROKER_URL") or "")
                                               or defaults.BROKER_URL),
                    **numbers)
@@ -285,6 +287,13 @@ _USER_PART = re.compile(r"^[^:/]*(?::[^@]*)?@")
 
 URI_ON = ("true", "yes", "on", "y", "t", "1")
 """The values of `?uri=` that make SQLAlchemy open a SQLite URL's `file:` name as a URI (its asbool's)."""
+
+
+def sqlite_url(path: Path) -> str:
+    """The SQLite URL of a file, its path escaped where a URL reads it otherwise: a KLAB_HOME holding `?` was read as
+    the URL's parameters (`SQLite's driver takes no parameter 'q/klab.db'`), one holding `%41` as `A` (another
+    folder), neither set by the user. sqlite_path reads it back."""
+    return "sqlite:///" + str(path).replace("%", "%25").replace("?", "%3F")
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -626,3 +626,13 @@ def test_an_input_so_small_that_every_rate_rounds_to_one_is_converged_as_tol_say
     result = run_spec(JobSpec.parse(dict(input=f"npy:{tmp_path / 'tiny.npy'}", epochs=3)))
     assert result["converged_epoch"] == 1 and result["pace"]["convergence_rate"] == 1
     assert result["explanation"].startswith("converged: the mse has been within --tol of the optimum's since epoch 1")
+
+
+def test_facts_given_one_fastest_lr_name_it_alone():
+    """Facts.one without best_high: the top of the range was NaN ("to between 0.0278 and nan")."""
+    (sentence,) = explain(Facts.one(JobStatus.SUCCEEDED, 1.2, 0.0, 0.0, 2, 2, lr=0.01, lr_bound=1 / 30, rate=0.88,
+                                    best_lr=1 / 36, best_rate=2 / 3))
+    assert sentence.endswith("train longer or raise the learning rate towards 0.0278, the fastest for this input.")
+    (lower,) = explain(Facts.one(JobStatus.SUCCEEDED, 1.2, 0.0, 0.0, 2, 2, lr=0.032, lr_bound=1 / 30, rate=0.92,
+                                 best_lr=1 / 36, best_rate=2 / 3))
+    assert lower.endswith("train longer, or lower the learning rate to 0.0278, the fastest for this input.")

@@ -629,6 +629,19 @@ def test_an_array_under_a_klab_home_that_is_not_utf8_names_klab_home_and_is_not_
     assert not os.path.exists(home)
 
 
+def test_a_sweeps_array_under_a_klab_home_with_a_comma_names_klab_home_and_is_not_saved(klab_db, setenv, tmp_path):
+    """The array's path, under KLAB_HOME, is a sweep's value, and a sweep's values are split at commas: it was saved,
+    then refused as `input: no such file: /tmp/h (the sweep's value 'npy:/tmp/h')`. One job takes it as it is."""
+    home = tmp_path / "h,comma"
+    setenv(KLAB_HOME=str(home))
+    x = np.ones((6, 8))
+    with pytest.raises(klab.BadInput, match=r"^KLAB_HOME: .*h,comma holds a comma, and the array of a sweep is kept "
+                                            r"under it, named by a path that the sweep's commas would split$"):
+        klab.sweep(input=x, lr=[0.01, 0.02], epochs=2, local=True)
+    assert not home.exists()
+    assert klab.run(input=x, epochs=2, store=False).status is JobStatus.SUCCEEDED
+
+
 def test_a_float32_lr_is_stored_as_written_and_found_by_a_float32_filter(klab_db, setenv):
     """np.float32(0.03) was stored as 0.029999999329447746, which a filter of 0.03 does not find, nor (once filters
     read float32 as written) one of np.float32(0.03); a float32 array of lrs in a sweep likewise."""

@@ -440,3 +440,5 @@ def test_numpys_float32_maximum_as_it_prints_is_a_float32_kernel():
     assert problem.true_kernel.max() == float(str(top))  # as given
     with pytest.raises(BadInput, match="^kernel: has values beyond float32's range"):
         build_problem(JobSpec.parse({"kernel": "[[3.40282357e38, -1]]"}))
+    with pytest.raises(BadInput, match=r"^noise: 0.5 can make .* at most 0 with these labels$"):  # was -2.73e+29
+        build_problem(JobSpec.parse({"input": "ones:3x3", "kernel": f"[[{str(top)}]]", "noise": 0.5}))

@@ -269,3 +269,22 @@ def test_a_database_url_its_driver_refuses_is_the_users_mistake_named_by_its_var
 
     assert describe("postgresql://u@%2Fvar%2Frun%2Fpostgresql/db") == \
         "postgresql database db on /var/run/postgresql:5432"
+
+
+@pytest.mark.parametrize("name", ["h?q", "new%41", "h%20space", "plain"])
+def test_the_default_database_is_klab_db_in_klab_home_whatever_its_name_holds(tmp_path, name):
+    """KLAB_HOME went into the default SQLite URL unescaped: `h?q` was read as a parameter (`SQLite's driver takes no
+    parameter 'q/klab.db'`, of a KLAB_DATABASE_URL nobody set), `new%41` as the folder newA, `h%20space` as another
+    folder, `h space`, whose database took the jobs."""
+    from service.settings import sqlite_path
+
+    settings = Settings.from_env({"KLAB_HOME": str(tmp_path / name)})
+    assert sqlite_path(settings.database_url) == tmp_path / name / "klab.db"
+
+
+def test_a_relative_klab_home_is_made_absolute(tmp_path, monkeypatch):
+    """The arrays kept under it are named in their jobs' specs: `npy:relhome/arrays/...` held only in the folder the
+    job was made in."""
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({"KLAB_HOME": "relhome"})
+    assert settings.home == tmp_path / "relhome" and settings.home.is_absolute()

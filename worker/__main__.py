@@ -4,8 +4,9 @@ Celery imports the app `-A` names with the current folder first on sys.path, so 
 service.py or celery.py of the user's own, `python -m celery -A worker.app worker` imported that instead ("The
 module worker.app was not found"; "'service' is not a package"). Here the app is imported first, from where klab is
 installed (`-P`: the current folder is not on sys.path), and celery finds it imported."""
-from celery.__main__ import main
+if __name__ == "__main__":
+    from celery.__main__ import main
 
-import worker.app  # noqa: F401 - before celery looks for it
+    import worker.app  # noqa: F401 - before celery looks for it
 
-main()
+    main()

@@ -283,7 +283,7 @@ def _noise_fits(clean: np.ndarray, noise: float) -> None:
     if not _fits(clean):
         return  # named below by what made them so
     top = float(np.abs(clean).max(initial=0.0))
-    room = (float(np.finfo(np.float32).max) - top) / NORMAL_MOST
+    room = max(0.0, float(np.finfo(np.float32).max) - top) / NORMAL_MOST  # labels a little over it round to it
     if noise > room:
         raise BadInput("noise", f"{noise:g} can make the labels too large for float32 with some seeds (a draw of up "
                                 f"to {NORMAL_MOST} standard deviations); at most {room:.3g} with these labels")

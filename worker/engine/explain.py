@@ -10,7 +10,7 @@ import numpy as np
 
 from service.jobs.status import TRAINED, JobStatus
 from service.render.text import each_channel, factor
-from worker.engine.pace import AT_BOUND, FASTEST_BAND
+from worker.engine.pace import as_fast, under_bound
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,11 @@ class Facts:
 
     @cached_property
     def fastest(self) -> tuple[np.ndarray, np.ndarray]:
-        """The least and the most lr that close the gap fastest (NaN where not known)."""
-        return self.best_lr, self.best_lr if self.best_high is None else self.best_high
+        """The least and the most lr that close the gap fastest (NaN where not known; the most is the least where
+        not given)."""
+        high = self.best_lr if self.best_high is None else np.where(np.isnan(self.best_high), self.best_lr,
+                                                                    self.best_high)
+        return self.best_lr, high
 
     @cached_property
     def unbounded(self) -> np.ndarray:
@@ -97,8 +100,7 @@ def cases(f: Facts) -> np.ndarray:
         out[f.grew & ~stable & ~(f.rate < 1)] = GREW
         # under the stable lr a rate of 1 is float64's rounding of 1 - lr * curvature (lr 1e-18 on edge:6x8, lr 0.03
         # on an input of 1e-30): such a job was told its gap does not shrink, and to lower an lr already tiny
-        under = np.isfinite(f.lr_bound) & (f.lr < f.lr_bound * (1 - AT_BOUND))
-        out[(f.rate >= 1) & ~under] = STALLED
+        out[(f.rate >= 1) & ~under_bound(f.lr, f.lr_bound)] = STALLED
     out[too_fast] = TOO_FAST
     lr_told = np.isin(out, (GREW, STALLED, TOO_FAST))
     no_truth = np.isnan(f.noise) | np.isnan(f.identifiability)
@@ -161,17 +163,16 @@ def _slow(f: Facts, i: int) -> str:
                 f"each epoch still shrinks it (x{factor(f.rate[i], 3)}).")
     if not np.isfinite(best) and lr >= 0.9 * f.lr_bound[i]:  # momentum just under its bound: raising it would not
         return "train longer: this lr is near the largest stable one."
-    if np.isfinite(best) and f.rate[i] <= f.best_rate[i] * (1 + FASTEST_BAND):  # within momentum's flat rate
-        return "train longer: this lr is about the fastest for this input."
     if not np.isfinite(best):
         return "train longer or raise the learning rate."
-    if lr < 0.95 * best:
+    one = most <= 1.05 * best  # one fastest lr: within 5% of it is about as fast; a range (momentum's): by the rate
+    if as_fast(f.rate[i : i + 1], f.best_rate[i : i + 1])[0] or one and 0.95 * best <= lr <= 1.05 * most:
+        return "train longer: this lr is about the fastest for this input."
+    if lr < best:
         return f"train longer or raise the learning rate {_fastest(f, i, 'towards', 'to between')}, the fastest for " \
                "this input."
-    if lr > 1.05 * most:
-        return f"train longer, or lower the learning rate {_fastest(f, i, 'to', 'to between')}, the fastest for " \
-               "this input."
-    return "train longer: this lr is about the fastest for this input."
+    return f"train longer, or lower the learning rate {_fastest(f, i, 'to', 'to between')}, the fastest for " \
+           "this input."
 
 
 def _stopped(f: Facts, i: int) -> str:

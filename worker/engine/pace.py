@@ -78,9 +78,23 @@ AT_BOUND = 1e-9
 
 
 FASTEST_BAND = 1e-3
-"""Lrs whose rate is within this much (relative) of the least found close the gap as fast: momentum's rate is flat, its
-heavy ball's sqrt(mu) a step, across lrs a hundred to a thousand times apart (edge:6x8 at lrs 0.001 to 2, its stable lr
-2.66, where the sentence said "raise the learning rate" at every one of them)."""
+"""A rate as fast as another within this much: its epochs shrink the gap by as much, log for log (as_fast).
+Momentum's rate is flat, its heavy ball's sqrt(mu) a step, across lrs hundreds of times apart (edge:6x8 at lrs 0.0092
+to 2.63, its stable lr 2.66, where the sentence said "raise the learning rate" at every one of them)."""
+
+
+def as_fast(rate: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """Rates under 1 whose epochs shrink the gap as much as `best`'s within FASTEST_BAND (in log terms: relative to the
+    rate itself, a rate of 0.9999966 was as fast as a best of 0.999)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (rate < 1) & (np.log(rate) <= np.log(best) * (1 - FASTEST_BAND))
+
+
+def under_bound(lr: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """Lrs under the stable lr, not at it (AT_BOUND): their rate is under 1, but for float64's rounding."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(bound) & (lr < bound * (1 - AT_BOUND))
+
 
 PRODUCT_BYTES = 16 * 2**20
 """Most bytes of an epoch's steps made at once to multiply them (Pace._radius), beside the curvatures kept."""
@@ -133,6 +147,9 @@ class Pace:
                 spare = rates - scan * BOUND_OCTAVES
                 bound = self._first_growing(bound, scan, spare) if keep and scan >= 2 else None
             self.stable_lr = bound
+            if self.scanned is not None:  # the scan's lrs under the bound its peaks may have lowered
+                under = self.scanned[0] < (bound or 0.0)
+                self.scanned = self.scanned[0][under], self.scanned[1][under]
 
     def _first_growing(self, upper: float, per_octave: int, spare: int) -> float | None:
         """The least lr up to `upper` found at which an epoch's map grows (spectral radius 1 or more), scanning
@@ -244,8 +261,9 @@ class Pace:
           both the least and the largest curvature there is as fast, and where none does (kappa above
           ((1 + sqrt(mu)) / (1 - sqrt(mu)))^2, about 1,444 at mu 0.9) the fastest is the one lr at which the two
           are as slow.
-        - The heavy ball over several batches: the lrs scanned for its bound whose rate is within FASTEST_BAND of the
-          least, around it.
+        - The heavy ball over several batches: the lrs scanned for its bound, under it, as fast as the least rate
+          (as_fast): the widest run of them where there are several (0.0017 to 0.571 and 0.658 to 1.72 on one random
+          input); the least scanned where the run reaches the scan's end (a thousandth of the per-batch bound).
         """
         if self.eigen is not None and self.method is not Method.MOMENTUM:
             lo, hi = float(self.eigen.min()), float(self.eigen.max())
@@ -264,11 +282,14 @@ class Pace:
         if self.scanned is None:
             return None
         grid, radii = self.scanned
-        k = int(np.argmin(radii))
-        near = radii <= radii[k] * (1 + FASTEST_BAND)
-        lo = k - int(np.argmin(near[k::-1])) + 1 if not near[: k + 1].all() else 0  # the run of near ones around k
-        hi = k + int(np.argmin(near[k:])) - 1 if not near[k:].all() else len(grid) - 1
-        return float(grid[lo]), float(grid[hi]), float(radii[k])
+        if not len(grid):
+            return None
+        least = float(radii.min())
+        near = np.concatenate([[False], as_fast(radii, np.float64(least)) | (radii == least), [False]])
+        edges = np.flatnonzero(np.diff(near.astype(np.int8)))  # each run's start and end (past it), in pairs
+        starts, ends = edges[::2], edges[1::2]
+        widest = int(np.argmax(ends - starts))  # a run of scanned lrs, spaced alike: the widest in log lr
+        return float(grid[starts[widest]]), float(grid[ends[widest] - 1]), least
 
 
 @dataclass(frozen=True)
@@ -298,7 +319,7 @@ class Paces:
             rates = np.array([np.nan if (r := pace.rate(float(v))) is None else r for v in distinct])
             if pace.stable_lr is not None:  # at the stable lr the rate is 1; float64 made it 0.999999999999999 at
                 # times, and `about 10892616853088272 more epochs` beside the same job's `not converging` at others
-                at_bound = (distinct >= pace.stable_lr * (1 - AT_BOUND)) & (rates > 1 - AT_BOUND)
+                at_bound = ~under_bound(distinct, np.float64(pace.stable_lr)) & (rates > 1 - AT_BOUND)
                 rates = np.where(at_bound, np.maximum(rates, 1.0), rates)
             rate[idx] = rates[which]
             best = pace.best_lr()
