@@ -543,6 +543,17 @@ def test_export_jobs_csv_to_a_file(jobs: dict[str, int], klab_cli, tmp_path: Pat
     assert json.loads(rows[1]["learned_kernel"]) == learned and json.loads(rows[1]["spec"])["lr"] == 0.1
 
 
+def test_export_to_a_json_file_writes_json_unless_told_otherwise(jobs: dict[str, int], klab_cli, tmp_path: Path):
+    """`klab export 12 -o e.json` wrote CSV into e.json: the format's default was csv, whatever the file's name."""
+    path = tmp_path / "jobs.JSON"
+    code, out, _ = klab_cli("export", "--sweep", str(jobs["sweep"]), "-o", str(path))
+    assert code == 0 and len(json.loads(path.read_text())) == 3
+    code, out, _ = klab_cli("export", "--sweep", str(jobs["sweep"]), "-o", str(path), "--format", "csv")
+    assert code == 0 and path.read_text().startswith("id,")
+    code, out, _ = klab_cli("export", "--sweep", str(jobs["sweep"]), "-o", str(tmp_path / "jobs.txt"))
+    assert code == 0 and (tmp_path / "jobs.txt").read_text().startswith("id,")
+
+
 def test_export_epochs_json_and_csv(jobs: dict[str, int], klab_cli) -> None:
     code, out, _ = klab_cli("export", "--ids", f"{jobs['best']},{jobs['adam']}", "--what", "epochs",
                             "--format", "json")

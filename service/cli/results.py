@@ -232,15 +232,18 @@ def _values(values: list[Any]) -> str:
 @selected(ids="option")
 @click.option("--what", type=click.Choice(["jobs", "epochs"]), default="jobs", show_default=True,
               help="one row per job, or one row per epoch")
-@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
-              help="CSV with a header line, or a JSON list (an object a row, a row a line)")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default=None,
+              help="CSV with a header line, or a JSON list (an object a row, a row a line) [default: as -o's name "
+                   "ends, .json or .csv; else csv]")
 @click.option("-o", "--output", default=None, metavar="FILE", help="write here instead of stdout (-: stdout)")
-def export(selection: Selection, what: str, fmt: str, output: str | None) -> None:
+def export(selection: Selection, what: str, fmt: str | None, output: str | None) -> None:
     """Jobs or their epochs as CSV or JSON, streamed (any number of epochs)."""
     from service.db import reads
     from service.render.export import WRITERS
 
     output = None if output == "-" else output  # as for every command that writes a file: - is stdout
+    if fmt is None:  # `-o jobs.json` wrote CSV into it, unsaid
+        fmt = "json" if output is not None and output.lower().endswith(".json") else "csv"
     if output is not None:
         _not_the_database(output)
     with _reading() as reader:
