@@ -493,6 +493,10 @@ def test_a_running_job_is_drawn_against_its_true_kernel_as_it_will_be_once_ended
     both = by_title(plot.figure_jobs([running, ended]), "kernel error")
     assert both.get_ylabel() == "relative error ||W - K|| / ||K||"
     np.testing.assert_array_equal(*(line.get_ydata() for line in both.get_lines()))
+    from service.render.text import render, side_by_side
+
+    shown = render(running)  # `klab show` printed no kernel where the plot draws its true one
+    assert side_by_side([("true", ended["true_kernel"]), ("learned", None), ("difference", None)]) in shown
     readable(fig)
 
 

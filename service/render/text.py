@@ -260,8 +260,10 @@ def render(result: dict[str, Any]) -> str:
     if losses:
         lines.append(f"loss {cell(losses[0])} -> {cell(losses[-1])} over {len(losses)} "
                      f"epoch{'s' if len(losses) != 1 else ''}  {sparkline(losses)}")
-    kernels = [("true", result.get("true_kernel")), ("learned", result.get("learned_kernel")),
-               ("difference", difference(result))]
+    from service.render.kernels import true_kernel
+
+    kernels = [("true", true_kernel(result)), ("learned", result.get("learned_kernel")),  # a running job's from its
+               ("difference", difference(result))]  # spec, as its plot draws it (show printed none)
     if any(k is not None for _, k in kernels):
         lines += ["", side_by_side(kernels), ""]
     if (line := bias_line(result)) is not None:
