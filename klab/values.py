@@ -20,7 +20,7 @@ from typing import Any
 
 from service.defaults import BATCH_JOBS_MOST
 from service.errors import BadInput, one_line, surrogate, visible
-from service.jobs.sweep import as_flag, kernel_literal
+from service.jobs.sweep import ONE_VALUE, as_flag, kernel_literal
 from service.settings import settings
 
 ARRAY_FIELDS = ("input", "kernel", "labels")
@@ -174,8 +174,9 @@ class Files:
         if len(blob) > limit:  # its .npy header too: refused before it is written, as the array (not "file is ...")
             raise BadInput(field, f"{ARRAY_NAME} is {len(blob)} bytes as .npy, more than the limit {limit} "
                                   "(KLAB_MAX_FILE_BYTES)")
-        if self.sweeping and "," in str(settings().home):  # a sweep's values are text, split at commas: the array
-            # was saved, then refused as "input: no such file: /home/a (the sweep's value 'npy:/home/a')"
+        if self.sweeping and field not in ONE_VALUE and "," in str(settings().home):  # swept values are text, split
+            # at commas (labels, one value, are not): the array was saved, then refused as "input: no such file:
+            # /home/a (the sweep's value 'npy:/home/a')"
             raise BadInput("KLAB_HOME", f"{visible(str(settings().home))} holds a comma, and {ARRAY_NAME} of a sweep "
                                         "is kept under it, named by a path that the sweep's commas would split")
         if surrogate(str(settings().home)):  # the array's path, which its job keeps as UTF-8 text, would hold them:

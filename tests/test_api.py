@@ -640,6 +640,8 @@ def test_a_sweeps_array_under_a_klab_home_with_a_comma_names_klab_home_and_is_no
         klab.sweep(input=x, lr=[0.01, 0.02], epochs=2, local=True)
     assert not home.exists()
     assert klab.run(input=x, epochs=2, store=False).status is JobStatus.SUCCEEDED
+    labelled = klab.sweep(input="edge:6x8", kernel=None, labels=np.ones((6, 7)), lr=[0.01, 0.02], epochs=2, local=True)
+    assert len(labelled.jobs()) == 2  # labels, one value of every job, are never split
 
 
 def test_a_float32_lr_is_stored_as_written_and_found_by_a_float32_filter(klab_db, setenv):

@@ -336,3 +336,18 @@ def test_momentums_fastest_range_lies_under_its_bound_where_the_scans_peaks_lowe
     pace = Pace(Design(x.astype(np.float32), (1, 1, 1, 1), False), Method.MOMENTUM, 1, 1)
     lo, hi, _ = pace.best_lr()
     assert lo <= hi < pace.stable_lr < 0.6
+
+
+@pytest.mark.parametrize("lr,told", [
+    (0.000236191, "train longer, or lower the learning rate to "),  # rate 0.99999: within 5% of the lr, not the rate
+    (1e-6, "train longer or raise the learning rate towards "),
+])
+def test_on_an_ill_conditioned_input_about_the_fastest_is_judged_by_the_rate(tmp_path, lr, told):
+    """The fastest lr there lies within a thousandth of the stable one, its rate 0.9992: an lr within 5% of it was
+    "about the fastest" at a rate of 0.99999, which closes the gap 80 times more slowly. With --tol the sentence
+    names the fastest lr where a rate of 0.99999 was within 5% of 0.9992 and named none."""
+    values = dict(input=ramp(tmp_path), kernel="[[1,-1],[0.5,0]]", method="d2l-manual", epochs=3)
+    slow = job(**values, lr=lr, tol=0)[1]
+    assert told in slow["explanation"], slow["explanation"]
+    closing = job(**values, lr=lr)[1]
+    assert "would close it fastest" in closing["explanation"], closing["explanation"]

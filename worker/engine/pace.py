@@ -83,11 +83,11 @@ Momentum's rate is flat, its heavy ball's sqrt(mu) a step, across lrs hundreds o
 to 2.63, its stable lr 2.66, where the sentence said "raise the learning rate" at every one of them)."""
 
 
-def as_fast(rate: np.ndarray, best: np.ndarray) -> np.ndarray:
-    """Rates under 1 whose epochs shrink the gap as much as `best`'s within FASTEST_BAND (in log terms: relative to the
+def as_fast(rate: np.ndarray, best: np.ndarray, band: float = FASTEST_BAND) -> np.ndarray:
+    """Rates under 1 whose epochs shrink the gap as much as `best`'s within `band` (in log terms: relative to the
     rate itself, a rate of 0.9999966 was as fast as a best of 0.999)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return (rate < 1) & (np.log(rate) <= np.log(best) * (1 - FASTEST_BAND))
+        return (rate < 1) & (np.log(rate) <= np.log(best) * (1 - band))
 
 
 def under_bound(lr: np.ndarray, bound: np.ndarray) -> np.ndarray:
