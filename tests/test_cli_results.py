@@ -972,3 +972,12 @@ def test_requeue_of_an_empty_database_sends_nothing_and_says_so(klab_db: str, kl
     with writing() as conn:
         sweep = writes.create_sweep(conn, {"seed": [1, 2]}, 2)  # its jobs all deleted
     assert klab_cli("requeue", "--sweep", str(sweep)) == (0, "queued 0 job(s)\n", "")  # `sweep N has no jobs`
+
+
+def test_a_cosine_under_1_never_reads_1() -> None:
+    """0.9999838957684337 printed `cosine 1`: a kernel exactly aligned with the true one."""
+    from service.render.text import shown_value
+
+    assert shown_value("cosine", 0.9999838957684337, 1.0) == "0.99998"
+    assert shown_value("cosine", -0.9999838957684337, 1.0) == "-0.99998"
+    assert shown_value("cosine", 0.5, 1.0) == "0.5" and shown_value("cosine", 1.0, 1.0) == 1.0

@@ -1031,3 +1031,49 @@ def test_heatmaps_of_tall_or_many_channel_kernels_keep_their_labels_apart(input_
     for start in ("true kernel", "learned kernel", "difference"):
         boxes = [t.get_window_extent(renderer) for t in by_title(fig, start).get_xticklabels() if t.get_text()]
         assert all(right.x0 - left.x1 >= 2 for left, right in zip(boxes, boxes[1:])), start  # 2 px apart at least
+
+
+def test_a_title_wraps_between_a_sweeps_fixed_values_never_inside_one() -> None:
+    """Wrapped at any space, a sweep panel's title read `fixed: method d2l-manual, epochs 10, input edge:6x8, kernel`
+    over `d2l`, and `line geometric mean, band` over `10th-90th percentile`."""
+    from service.render.axes import new_figure, title
+
+    fig = new_figure(6.5, 4.5)
+    text = ("fixed: method d2l-manual, epochs 10, input edge:6x8, kernel d2l\n"
+            "line geometric mean, band 10th-90th percentile")
+    title(fig, text)
+    lines = fig._suptitle.get_text().split("\n")
+    assert len(lines) > 2  # wrapped
+    for part in ("fixed: method d2l-manual", "epochs 10", "input edge:6x8", "kernel d2l", "line geometric mean",
+                 "band 10th-90th percentile"):
+        assert any(part in line for line in lines), (part, lines)
+
+
+def test_a_log_axis_with_one_round_value_in_its_span_labels_every_tick() -> None:
+    """A kernel error from 0.44 down to 0.14 was labelled 0.2 alone (1, 2 and 5 times a power of ten, over a span of
+    three): neither end could be read."""
+    import matplotlib.pyplot as plt
+
+    from service.render.axes import log_labels
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3], [0.44, 0.3, 0.14])
+    ax.set_yscale("log")
+    log_labels(ax.yaxis, np.array([0.44, 0.3, 0.14]))
+    fig.canvas.draw()
+    lo, hi = ax.get_ylim()
+    ticks = list(ax.yaxis.get_major_ticks()) + list(ax.yaxis.get_minor_ticks())
+    shown = [t.label1.get_text() for t in ticks if lo <= t.get_loc() <= hi and t.label1.get_text()]
+    assert len(shown) >= 3, shown
+    plt.close(fig)
+
+
+def test_the_floor_line_names_only_the_parts_there_are() -> None:
+    """`[[1,-1],[0,0]]` on edge:6x8, no noise: its floor was labelled `unidentifiable + noise`."""
+    result = result_of({"kernel": "[[1,-1],[0,0]]", "epochs": 10})
+    result["gap"] = {"optimization": 0.0, "noise": 0.0, "identifiability": 0.707}
+    labels = [line.get_label() for line in by_title(plot.figure_job(result), "kernel error").get_lines()]
+    assert any(label.startswith("floor: unidentifiable (") for label in labels), labels
+    result["gap"]["noise"] = 0.1
+    labels = [line.get_label() for line in by_title(plot.figure_job(result), "kernel error").get_lines()]
+    assert any(label.startswith("floor: unidentifiable + noise (") for label in labels), labels

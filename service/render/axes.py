@@ -64,11 +64,13 @@ def title(fig: Any, text: str) -> None:
     measured fits (capitals are wider)."""
     import textwrap
 
-    most = int(fig.get_figwidth() * 72 * 0.95 / (TITLE_POINTS * 0.6))
-    renderer = fig.canvas.get_renderer()
+    most, renderer = int(fig.get_figwidth() * 72 * 0.95 / (TITLE_POINTS * 0.6)), fig.canvas.get_renderer()
+    kept = [", ".join(c.replace(" ", "\u00a0") if c.count(" ") <= 2 else c for c in line.split(", "))  # a short part
+            for line in text.split("\n")]  # between commas on one line: a sweep's title read `..., kernel` over `d2l`
     for _ in range(10):
-        shown = fig.suptitle(literal("\n".join(part for line in text.split("\n")
-                                                for part in textwrap.wrap(line, most) or [""])), fontsize=TITLE_POINTS)
+        shown = fig.suptitle(literal("\n".join(part.replace("\u00a0", " ") for line in kept for part in
+                                               textwrap.wrap(line, most, break_on_hyphens=False) or [""])),
+                             fontsize=TITLE_POINTS)
         wide = shown.get_window_extent(renderer).width
         if wide <= 0.95 * fig.bbox.width or most <= 8:
             return
@@ -256,9 +258,10 @@ def _cut(text: str, most: int, differ: Sequence[int]) -> str:
 
 
 def log_labels(axis: Any, values: np.ndarray) -> None:
-    """Plain numbers on a log axis spanning under two decades, where matplotlib would write few labels, as
-    2 x 10^-1: every tick under a factor 3, else those at 1, 2 and 5 times a power of ten. Values that are one
-    (within SAME) get a decade around them: matplotlib's view of them was so narrow that every label read alike."""
+    """Plain numbers on a log axis spanning under two decades, where matplotlib would write few labels, as 2 x 10^-1:
+    every tick under a factor 3 or where fewer than two of 1, 2 and 5 times a power of ten lie in the span, else those.
+    Values that are one (within SAME) get a decade around them: matplotlib's view of them was so narrow that every
+    label read alike."""
     from matplotlib.ticker import FuncFormatter
 
     if not values.size:
@@ -269,7 +272,8 @@ def log_labels(axis: Any, values: np.ndarray) -> None:
         (axis.axes.set_ylim if axis is axis.axes.yaxis else axis.axes.set_xlim)(lo, hi)
     if hi >= 100 * lo:
         return
-    every = hi < 3 * lo
+    marks = np.outer(10.0 ** np.arange(np.floor(np.log10(lo)), np.ceil(np.log10(hi)) + 1), [1, 2, 5])
+    every = hi < 3 * lo or np.count_nonzero((marks >= lo) & (marks <= hi)) < 2  # 0.14 to 0.44 had 0.2 alone
     if hi < 1.5 * lo:  # log's own ticks there are a factor apart that 3 digits write alike (1.2, 1.2, 1.2, 1.19)
         from matplotlib.ticker import MaxNLocator, NullFormatter, NullLocator
 
@@ -354,8 +358,7 @@ def curve_axes(ax: Any, title: str, ylabel: str, last: int, values: Sequence[np.
         ax.set_xlim(1, last)
     integer_ticks(ax.xaxis, log_epochs, last)
     finite = np.concatenate([v for v in values if v.size] or [np.array([])])
-    positive = finite[finite > 0]
-    notes = []
+    positive, notes = finite[finite > 0], []
     if positive.size and (finite >= 0).all():  # a loss of exactly 0 (a perfect fit) goes below the axis, said so
         ax.set_yscale("log")
         log_labels(ax.yaxis, positive)
@@ -365,8 +368,7 @@ def curve_axes(ax: Any, title: str, ylabel: str, last: int, values: Sequence[np.
             notes.append(f"{FLOORED} at {_epochs(floored)}: drawn at it")
     elif finite.size and not finite.any():  # a perfect fit from the first epoch on: no log axis has a place for it
         notes.append(f"exactly 0 at {_epochs(finite.size)}")
-    if past and finite.size:
-        notes.append(f"past float32 at {_epochs(past)}: not drawn")
+    notes += [f"past float32 at {_epochs(past)}: not drawn"] if past and finite.size else []
     if notes:  # under the axis, where no curve is
         ax.set_xlabel(ax.get_xlabel() + "\n" + "; ".join(notes))
     if not finite.size:

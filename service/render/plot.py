@@ -148,11 +148,11 @@ def figure_job(result: dict[str, Any]) -> Any:
     no_loss, no_error = ax_.no_values([result])
     ax_.curve_axes(loss_ax, "loss (as the book prints it)", "loss", last, [loss[1]], last > LOG_EPOCHS, empty=no_loss,
                    past=len(epochs) - loss[0].size)
-    gap, scale = result.get("gap") or {}, kernel_scale(result)  # the gaps as klab show prints them: 0 under rounding
-    floor = math.hypot(*(settled(gap.get(k) or 0.0, scale) for k in ("noise", "identifiability"))) / (norm or 1.0)
-    drawn = [error[1]]
+    gap, scale = result.get("gap") or {}, kernel_scale(result)  # the gaps as show prints them: 0 under rounding
+    p = {n: settled(gap.get(k) or 0.0, scale) for n, k in (("unidentifiable", "identifiability"), ("noise",) * 2)}
+    floor, drawn = math.hypot(*p.values()) / (norm or 1.0), [error[1]]  # named by the parts there are (not "+ noise")
     if norm and floor > FLOOR_SHOWN:  # what training cannot remove: directions the data cannot see, and label noise
-        err_ax.axhline(floor, color="tab:purple", linestyle="--", label=f"floor: unidentifiable + noise ({floor:.3g})")
+        err_ax.axhline(floor, c="tab:purple", ls="--", label=f"floor: {' + '.join(filter(p.get, p))} ({floor:.3g})")
         drawn.append(np.array([floor]))
     ax_.curve_axes(err_ax, "kernel error: how far the learned kernel is from the true one",
                    "relative error ||W - K|| / ||K||" if norm else "kernel error ||W - K||", last, drawn,

@@ -14,7 +14,7 @@ from typing import IO, Any
 
 from service.errors import visible
 from service.jobs import result as schema
-from service.jobs.status import in_order
+from service.jobs.status import JobStatus, in_order
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -144,9 +144,12 @@ def factor(value: float, digits: int = 4) -> str:
 
 def shown_value(name: str, value: Any, scale: float) -> Any:
     """A result field's value as text shows it: a distance (DISTANCES) settled at the kernels' norm `scale`
-    or at 1; a convergence rate under 1 never as 1 (`factor`); any other field as it is."""
+    or at 1; a convergence rate under 1, or a cosine between -1 and 1, never as 1 (`factor`); any other field as it
+    is."""
     if name == "convergence_rate" and isinstance(value, float) and math.isfinite(value):
         return factor(value)
+    if name == "cosine" and isinstance(value, float) and -1 < value < 1:  # 0.99998 read 1: aligned exactly
+        return factor(value) if value >= 0 else "-" + factor(-value)
     if name not in DISTANCES:
         return value
     return settled(value, scale if DISTANCES[name] else 1.0)
@@ -260,10 +263,12 @@ def render(result: dict[str, Any]) -> str:
     if losses:
         lines.append(f"loss {cell(losses[0])} -> {cell(losses[-1])} over {len(losses)} "
                      f"epoch{'s' if len(losses) != 1 else ''}  {sparkline(losses)}")
-    from service.render.kernels import true_kernel
+    true = result.get("true_kernel")
+    if true is None and result.get("status") == JobStatus.RUNNING.value:  # stored when it ends: made from its
+        from service.render.kernels import true_kernel  # spec, as its plot draws it (show printed none); numpy for it
 
-    kernels = [("true", true_kernel(result)), ("learned", result.get("learned_kernel")),  # a running job's from its
-               ("difference", difference(result))]  # spec, as its plot draws it (show printed none)
+        true = true_kernel(result)
+    kernels = [("true", true), ("learned", result.get("learned_kernel")), ("difference", difference(result))]
     if any(k is not None for _, k in kernels):
         lines += ["", side_by_side(kernels), ""]
     if (line := bias_line(result)) is not None:
