@@ -309,13 +309,20 @@ class Process:
 
 
 class WorkerProcess(Process):
-    """A real `celery -A worker.app worker`, started as `klab worker` starts it."""
+    """A real `celery -A worker.app worker`, started as `klab worker` starts it, with one torch thread a child
+    unless the test's environment sets KLAB_TORCH_THREADS (as `klab worker` reads it).
+
+    `klab worker` splits the cores among its children, which on a machine of its own is right; but the suite runs
+    three test processes, their workers and their clients on two cores, where a child with a thread per core
+    spins at every one of OpenMP's barriers while the other thread waits for a core: a 3x96x96 adam job trained
+    8x slower beside three busy processes than alone at two threads, 3.4x slower than at one thread, and a
+    test_leases job, 2,000 epochs in 10 s alone, had trained 1,679 of them after 600 s in CI."""
 
     def __init__(self, env: dict[str, str], name: str, log: Path, queue: str = "cpu", concurrency: int = 1,
                  loglevel: str = "INFO"):
         from service.cli.workers import worker_argv, worker_command
 
-        argv, extra = worker_argv(queue, concurrency, loglevel, name)
+        argv, extra = worker_argv(queue, concurrency, loglevel, name, int(env.get("KLAB_TORCH_THREADS") or 1))
         super().__init__(worker_command(argv), {**env, **extra}, log, name)
 
 
