@@ -23,10 +23,11 @@ LONG_JOB = ("--input", "random:3x96x96", "--kernel", "random:4x3x5x5", "--method
             "--epochs", "100000")
 """One job that trains until it is cancelled (0.3 to 1 s a hundred epochs on the machines seen)."""
 TRAINED_THROUGH = 600
-"""Seconds to wait for 2,000 of its epochs to be trained through: 6 to 20 s alone, but over 120 s where the suite's
-other processes share the two cores (it failed so twice, at epoch 916 of 2,000 after 180 s); a bound on a failure,
-never a wait of a test that passes. The tests that wait so have a pytest timeout above it (TRAINED_TIMEOUT): under
-the module's 300 s, pytest-timeout ended them first (twice, the suite beside two other sessions' processes)."""
+"""Seconds to wait for 2,000 of its epochs to be trained through: 6 to 20 s alone, 25 s beside three busy processes
+on the two cores; a bound on a failure, never a wait of a test that passes. (The test's workers once trained with a
+torch thread per core, which stall each other where other processes share the cores: 109 s so, 1,679 epochs after
+600 s in CI; they train with one now, harness.WorkerProcess.) The tests that wait so have a pytest timeout above
+it (TRAINED_TIMEOUT): under the module's 300 s, pytest-timeout ended them first."""
 TRAINED_TIMEOUT = TRAINED_THROUGH + 300
 
 
