@@ -199,7 +199,33 @@ def test_a_local_sweep_stopped_by_an_error_says_what_it_trained_and_keeps(here: 
     assert (code, out) == (1, "") and len(err.splitlines()) == 1, err
     assert err == ("klab: error: out of memory: Unable to allocate 1.07 GiB for an array (KLAB_MAX_JOB_MEMORY may let "
                    "through jobs larger than this machine holds); 1 of 4 jobs trained; sweep 1 keeps them\n"), err
-    assert [r.status for r in stored_jobs(1)] == ["succeeded", "cancelled", "cancelled", "cancelled"]
+    stopped = "klab sweep --local stopped at MemoryError: Unable to allocate 1.07 GiB for an array"
+    assert [(r.status, r.error_message) for r in stored_jobs(1)] == [("succeeded", None)] + [("failed", stopped)] * 3
+
+
+def test_a_local_sweep_on_a_full_disk_fails_the_jobs_it_could_not_save_and_names_its_sweep(pg_url, tmp_path, setenv,
+                                                                                         klab_cli) -> None:
+    """The database's disk fills as `klab sweep --local` saves its first batch: the jobs it had stored ended
+    cancelled, as if someone had asked, with no word of why, and its line named no sweep (0 jobs trained). They end
+    failed, saying why, as a worker's do, and the line names the sweep that keeps them. PostgreSQL's own refusal,
+    SQLSTATE 53100, raised by a trigger where a full disk raises it."""
+    from service.db.engine import dispose_engines, upgrade
+
+    upgrade(pg_url)
+    setenv(KLAB_DATABASE_URL=pg_url, KLAB_HOME=str(tmp_path / "home"), KLAB_BROKER_URL=NO_BROKER, NO_COLOR=None)
+    with writing() as conn:
+        conn.exec_driver_sql("""CREATE FUNCTION full_disk() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+            RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = 'disk_full'; END $$""")
+        conn.exec_driver_sql("CREATE TRIGGER full_disk BEFORE INSERT ON epochs FOR EACH ROW "
+                             "EXECUTE FUNCTION full_disk()")
+    dispose_engines()
+    code, out, err = klab_cli("sweep", "--local", "--seed", "0..3", "--epochs", "2", "--batch-jobs", "2")
+    assert (code, out) == (3, ""), err
+    assert err.startswith("klab: error: database error on the postgresql database ") and err.endswith(
+        ": could not extend file: No space left on device; 0 of 4 jobs trained; sweep 1 keeps the jobs stored so far, "
+        "failed\n"), err
+    stopped = "klab sweep --local stopped at DiskFull: could not extend file: No space left on device"
+    assert [(r.status, r.error_message, r.epochs_done) for r in stored_jobs(1)] == [("failed", stopped, 0)] * 4
 
 
 def test_a_local_sweep_deleted_meanwhile_stops_with_one_line(here: str, klab_cli, monkeypatch) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from service.db import writes
 from service.db.connect import out_of_reach
 from service.db.engine import retried, writing
-from service.errors import BadInput
+from service.errors import BadInput, one_line
 from service.jobs.problem import Problem, build_problem, problem_key
 from service.jobs.spec import JobSpec
 from service.jobs.status import JobStatus
@@ -32,7 +32,8 @@ and the engine's jobs."""
 
 def train_plan(plan: Plan, batch_jobs: int, trained: Callable[[int], None] | None = None) -> list[int]:
     """Store, train and save every job of a plan, a chunk at a time; their ids. `trained(n)` hears of each
-    batch of n jobs saved. Stopped midway (Ctrl-C), the jobs stored and not yet saved end cancelled."""
+    batch of n jobs saved. Stopped midway, the jobs stored and not yet saved end cancelled at a Ctrl-C, failed,
+    saying why, at an error (stopped)."""
     jobs = iter(plan.jobs)
     first = next(jobs, None)
     if first is None:
@@ -50,12 +51,27 @@ def train_plan(plan: Plan, batch_jobs: int, trained: Callable[[int], None] | Non
                 left -= set(batch_ids)
                 if trained is not None:
                     trained(len(batch_ids))
-        except BaseException:
+        except BaseException as exc:
             if left:
-                with writing() as conn:
-                    writes.stopped(conn, sorted(left))
+                stopped(sorted(left), exc)
             raise
     return ids
+
+
+def stopped(ids: list[int], exc: BaseException) -> None:
+    """Jobs stored and not saved when the sweep stopped: cancelled, as asked, at a Ctrl-C; failed at an error,
+    saying which, as a worker fails the jobs it cannot store (a full disk ended them cancelled, which nobody had
+    asked, with no word of why). Where the database that failed the sweep refuses this too, the sweep's error is
+    the one said."""
+    if not isinstance(exc, Exception):
+        with writing() as conn:
+            writes.stopped(conn, ids)
+        return
+    try:
+        with writing() as conn:
+            writes.fail(conn, ids, f"klab sweep --local stopped at {type(exc).__name__}: {one_line(exc)}")
+    except Exception:  # noqa: BLE001, S110 - the error the sweep stopped at is raised next
+        pass
 
 
 def _chunks(jobs: Iterator[Job]) -> Iterator[list[Job]]:

@@ -13,6 +13,7 @@ from service.cli.options import given, job_options, spec_docs
 from service.cli.submit import queue_options, show_results, warn_unserved
 from service.errors import BadInput, Gone, Interrupted
 from service.jobs.selection import Selection
+from service.jobs.status import JobStatus
 
 if TYPE_CHECKING:
     from service.submit import Plan
@@ -78,23 +79,32 @@ def _train_here(plan: Plan, batch_jobs: int) -> list[int]:
 
             return train_plan(plan, batch_jobs, trained)
     except KeyboardInterrupt:
-        where = f"; sweep {plan.sweep_id} keeps them" if plan.sweep_id is not None else ""
-        if plan.sweep_id is not None and not done:  # its first chunk is stored, cancelled: `keeps them` read as none
-            where = f"; sweep {plan.sweep_id} keeps the jobs stored so far, cancelled"
-            if not _stored(plan.sweep_id):  # stopped while its first chunk was stored: rolled back with it
-                where = "; nothing was stored"
-        raise Interrupted(f"stopped: {done} of {plan.size} jobs trained{where}") from None
-    except Exception as exc:  # the database lost, out of memory: said as a Ctrl-C is (the line said nothing of them)
+        kept = _kept(plan, done, JobStatus.CANCELLED)
+        raise Interrupted(f"stopped: {done} of {plan.size} jobs trained{kept}") from None
+    except Exception as exc:  # the database lost or full, out of memory: said as a Ctrl-C is
         if not isinstance(exc, Gone):  # the sweep deleted meanwhile says so itself
-            exc.add_note(f"{done} of {plan.size} jobs trained" + (f"; sweep {plan.sweep_id} keeps them"
-                                                                  if done and plan.sweep_id is not None else ""))
+            exc.add_note(f"{done} of {plan.size} jobs trained{_kept(plan, done, JobStatus.FAILED)}")
         raise
     finally:
         tally.close()
 
 
-def _stored(sweep_id: int) -> bool:
-    """Whether a sweep was stored (its first chunk's transaction committed)."""
+def _kept(plan: Plan, done: int, ended: JobStatus) -> str:
+    """What a stopped sweep's line says it keeps: the jobs trained; before any, the jobs of its first chunk, stored
+    and ended as `ended` says (else `keeps them` read as none: a full disk at the first batch named no sweep);
+    nothing, stopped while its first chunk was stored (rolled back with it), or where the database cannot say."""
+    if plan.sweep_id is None:
+        return ""
+    if done:
+        return f"; sweep {plan.sweep_id} keeps them"
+    stored = _stored(plan.sweep_id)
+    if stored is None:
+        return ""
+    return f"; sweep {plan.sweep_id} keeps the jobs stored so far, {ended.value}" if stored else "; nothing was stored"
+
+
+def _stored(sweep_id: int) -> bool | None:
+    """Whether a sweep was stored (its first chunk's transaction committed); None where the database cannot say."""
     from service.db.reads import reading, sweep_name
 
     try:
@@ -102,4 +112,6 @@ def _stored(sweep_id: int) -> bool:
             sweep_name(reader, sweep_id)
     except BadInput:
         return False
+    except Exception:  # noqa: BLE001 - the database the sweep stopped at: its error is the one said
+        return None
     return True
