@@ -706,6 +706,33 @@ def test_output_that_cannot_be_written_is_one_line(klab_db: str, add_job, tmp_pa
                                                      "device\n"), args
 
 
+def test_output_cut_short_is_removed_and_one_line(klab_db: str, add_job, tmp_path: Path) -> None:
+    """A write refused midway under export -o or plot -o (a full disk; here the file size limit, EFBIG, as the OS
+    refuses it: Python ignores SIGXFSZ): one line, exit 1, and no file left, where there was a truncated CSV that
+    read as a whole one, or an empty PNG (and plot called it a user's mistake, exit code 2)."""
+    import resource
+
+    with writing() as conn:
+        job = add_job(conn, epochs=1000)
+    env = clean_env(tmp_path, klab_db)
+    for args in (("plot", str(job), "-o", "whole.png"), ("export", str(job), "--what", "epochs", "-o", "whole.csv")):
+        whole = subprocess.run([klab_path(), *args], env=env, capture_output=True, text=True, timeout=120,
+                               cwd=tmp_path)
+        assert whole.returncode == 0, whole.stderr
+    most = min((tmp_path / "whole.png").stat().st_size, (tmp_path / "whole.csv").stat().st_size) // 2
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (most, most))
+
+    for args in (("export", str(job), "--what", "epochs", "-o"), ("plot", str(job), "-o")):
+        out = tmp_path / ("cut.png" if args[0] == "plot" else "cut.csv")
+        out.write_text("an earlier export\n")
+        done = subprocess.run([klab_path(), *args, str(out)], env=env, capture_output=True, text=True, timeout=120,
+                              preexec_fn=limited)
+        assert (done.returncode, done.stderr) == (1, "klab: error: cannot write the output: File too large\n"), args
+        assert not out.exists(), args
+
+
 def test_tables_use_color_on_a_terminal_unless_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
     rows = [{"id": 1, "status": "succeeded", "lr": 0.1}, {"id": 2, "status": "diverged", "lr": None}]
     monkeypatch.delenv("NO_COLOR", raising=False)

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import IO, Any
 
 import click
 
 from service import defaults
-from service.cli import cli
+from service.cli import UNWRITABLE, cli
 from service.cli.options import WHOLE, WholeRange, selected, sweep_option
 from service.errors import BadInput, visible
 from service.jobs.selection import Selection
@@ -264,16 +266,25 @@ def _not_the_database(output: str) -> None:
 
 
 @contextmanager
-def _output(path: str | None) -> Iterator[IO[str]]:
+def _output(path: str | None, binary: bool = False) -> Iterator[IO[Any]]:
+    """Stdout, or the file at `path`. A file cut short (a full disk midway, Ctrl-C) is removed: a truncated CSV read
+    as a whole one, an empty PNG was left. Not a special file (/dev/null) nor one reached through a link."""
     if path is None:
         yield sys.stdout
         return
     try:
-        f = open(path, "w", newline="", encoding="utf-8")
+        f = open(path, "wb") if binary else open(path, "w", newline="", encoding="utf-8")
     except OSError as exc:
         raise BadInput("output", f"cannot write {path}: {exc.strerror}") from None
-    with f:
-        yield f
+    regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode) and not os.path.islink(path)
+    try:
+        with f:
+            yield f
+    except BaseException:
+        if regular:
+            with suppress(OSError):
+                os.unlink(path)
+        raise
 
 
 @cli.command()
@@ -320,8 +331,11 @@ def plot(selection: Selection, output: str) -> None:
             title = f"sweep {sweep}" + (f" ({name})" if name else "") + f": {len(rows)} job{'s' * (len(rows) != 1)}"
             fig = plots.figure_sweep(rows, varying, title, swept=alone)
         try:
-            plots.save(fig, output)
+            with _output(output, binary=True) as f:
+                plots.save(fig, f)
         except OSError as exc:
+            if exc.errno in UNWRITABLE:  # a full disk: not the user's mistake (exit code 1, as export's)
+                raise
             raise BadInput("output", f"cannot write {output}: {exc.strerror or exc}") from None
     click.echo(f"wrote {visible(str(output))}")
 

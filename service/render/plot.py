@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -69,9 +69,9 @@ OWN_SCALE = 10.0
 (a diverged job), so that the true kernel stays readable."""
 
 
-def save(fig: Any, path: str | Path) -> Path:
-    """Write a figure as a PNG (its directory must exist)."""
-    fig.savefig(path := Path(path), format="png", dpi=DPI)
+def save(fig: Any, path: str | Path | IO[bytes]) -> Path | IO[bytes]:
+    """Write a figure as a PNG (its directory must exist), to a path or an open binary file."""
+    fig.savefig(path := path if hasattr(path, "write") else Path(path), format="png", dpi=DPI)
     return path
 
 
