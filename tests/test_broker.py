@@ -222,7 +222,8 @@ def test_klab_worker_starts_in_a_folder_holding_modules_named_as_klabs_own(tmp_p
     project.mkdir()
     for name in ("worker", "service", "celery"):
         (project / f"{name}.py").write_text(f'raise SystemExit("the folder\'s own {name}.py was imported")\n')
-    env = service_env(tmp_path, f"sqlite:///{tmp_path / 'k.db'}", redis_server().url())
+    env = service_env(tmp_path, f"sqlite:///{tmp_path / 'k.db'}", redis_server().url(),
+                      KLAB_TORCH_THREADS="1")  # as harness.WorkerProcess: the suite shares the cores
     started = Process([klab_path(), "worker", "--queue", "cpu", "--concurrency", "1", "--name", "shadowed"], env,
                       tmp_path / "worker.log", cwd=project)
     try:
