@@ -203,12 +203,40 @@ def test_a_local_sweep_stopped_by_an_error_says_what_it_trained_and_keeps(here: 
     assert [(r.status, r.error_message) for r in stored_jobs(1)] == [("succeeded", None)] + [("failed", stopped)] * 3
 
 
+def test_a_local_sweep_stopped_by_a_database_error_stores_the_drivers_words(here: str, klab_cli, monkeypatch) -> None:
+    """The jobs a database error stopped end failed with the driver's error, as the command's line says it, not
+    SQLAlchemy's wrapping of it (`OperationalError: (sqlite3.OperationalError) database or disk is full`)."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    import worker.local as local
+
+    train, calls = local._train, []
+
+    def train_then_fail(spec, ids, batch) -> None:
+        calls.append(ids)
+        if len(calls) == 2:
+            raise OperationalError("INSERT INTO epochs", None, sqlite3.OperationalError("database or disk is full"))
+        train(spec, ids, batch)
+
+    monkeypatch.setattr(local, "_train", train_then_fail)
+    code, out, err = klab_cli("sweep", "--local", "--seed", "0..3", "--epochs", "1", "--batch-jobs", "1")
+    assert (code, out) == (3, "") and err.endswith(": database or disk is full; 1 of 4 jobs trained; sweep 1 keeps "
+                                                   "them\n"), err
+    stopped = "klab sweep --local stopped at OperationalError: database or disk is full"
+    assert [(r.status, r.error_message) for r in stored_jobs(1)] == [("succeeded", None)] + [("failed", stopped)] * 3
+
+
+@pytest.mark.parametrize("refused", ["epochs", "epochs and jobs"])
 def test_a_local_sweep_on_a_full_disk_fails_the_jobs_it_could_not_save_and_names_its_sweep(pg_url, tmp_path, setenv,
-                                                                                         klab_cli) -> None:
+                                                                                         klab_cli, refused) -> None:
     """The database's disk fills as `klab sweep --local` saves its first batch: the jobs it had stored ended
     cancelled, as if someone had asked, with no word of why, and its line named no sweep (0 jobs trained). They end
-    failed, saying why, as a worker's do, and the line names the sweep that keeps them. PostgreSQL's own refusal,
-    SQLSTATE 53100, raised by a trigger where a full disk raises it."""
+    failed, saying why, as a worker's do, and the line names the sweep that keeps them. A PostgreSQL too full to
+    mark them failed (new heap pages for 4,096 rows) leaves them running, which no worker ends: the line says so,
+    and how to end them, where it said they had failed. PostgreSQL's own refusal, SQLSTATE 53100, raised by a
+    trigger where a full disk raises it."""
     from service.db.engine import dispose_engines, upgrade
 
     upgrade(pg_url)
@@ -218,14 +246,20 @@ def test_a_local_sweep_on_a_full_disk_fails_the_jobs_it_could_not_save_and_names
             RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = 'disk_full'; END $$""")
         conn.exec_driver_sql("CREATE TRIGGER full_disk BEFORE INSERT ON epochs FOR EACH ROW "
                              "EXECUTE FUNCTION full_disk()")
+        if refused == "epochs and jobs":
+            conn.exec_driver_sql("CREATE TRIGGER full_disk BEFORE UPDATE ON jobs FOR EACH ROW "
+                                 "WHEN (NEW.status <> 'running') EXECUTE FUNCTION full_disk()")
     dispose_engines()
     code, out, err = klab_cli("sweep", "--local", "--seed", "0..3", "--epochs", "2", "--batch-jobs", "2")
     assert (code, out) == (3, ""), err
+    kept = ("keeps the jobs stored so far, failed" if refused == "epochs" else
+            "keeps the jobs stored so far; 4 of its jobs are left running, which no worker will end: klab delete "
+            "--sweep 1")
     assert err.startswith("klab: error: database error on the postgresql database ") and err.endswith(
-        ": could not extend file: No space left on device; 0 of 4 jobs trained; sweep 1 keeps the jobs stored so far, "
-        "failed\n"), err
+        f": could not extend file: No space left on device; 0 of 4 jobs trained; sweep 1 {kept}\n"), err
     stopped = "klab sweep --local stopped at DiskFull: could not extend file: No space left on device"
-    assert [(r.status, r.error_message, r.epochs_done) for r in stored_jobs(1)] == [("failed", stopped, 0)] * 4
+    ended = [("failed", stopped, 0)] if refused == "epochs" else [("running", None, 0)]
+    assert [(r.status, r.error_message, r.epochs_done) for r in stored_jobs(1)] == ended * 4
 
 
 def test_a_local_sweep_deleted_meanwhile_stops_with_one_line(here: str, klab_cli, monkeypatch) -> None:

@@ -61,16 +61,17 @@ def train_plan(plan: Plan, batch_jobs: int, trained: Callable[[int], None] | Non
 def stopped(ids: list[int], exc: BaseException) -> None:
     """Jobs stored and not saved when the sweep stopped: cancelled, as asked, at a Ctrl-C; failed at an error,
     saying which, as a worker fails the jobs it cannot store (a full disk ended them cancelled, which nobody had
-    asked, with no word of why). Where the database that failed the sweep refuses this too, the sweep's error is
-    the one said."""
+    asked, with no word of why). Where the database that failed the sweep refuses this too (a full PostgreSQL), they
+    stay running, and the sweep's error is the one said."""
     if not isinstance(exc, Exception):
         with writing() as conn:
             writes.stopped(conn, ids)
         return
+    cause = getattr(exc, "orig", None) or exc  # the driver's, as the command's line says it
     try:
         with writing() as conn:
-            writes.fail(conn, ids, f"klab sweep --local stopped at {type(exc).__name__}: {one_line(exc)}")
-    except Exception:  # noqa: BLE001, S110 - the error the sweep stopped at is raised next
+            writes.fail(conn, ids, f"klab sweep --local stopped at {type(cause).__name__}: {one_line(cause)}")
+    except Exception:  # noqa: BLE001, S110 - the error the sweep stopped at is raised next (its line counts them)
         pass
 
 

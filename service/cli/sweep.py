@@ -90,28 +90,34 @@ def _train_here(plan: Plan, batch_jobs: int) -> list[int]:
 
 
 def _kept(plan: Plan, done: int, ended: JobStatus) -> str:
-    """What a stopped sweep's line says it keeps: the jobs trained; before any, the jobs of its first chunk, stored
-    and ended as `ended` says (else `keeps them` read as none: a full disk at the first batch named no sweep);
-    nothing, stopped while its first chunk was stored (rolled back with it), or where the database cannot say."""
-    if plan.sweep_id is None:
+    """What a stopped sweep's line says it keeps, as the database has it: the jobs trained; before any, those of its
+    first chunk, ended as `ended` says (else `keeps them` read as none: a full disk at the first batch named no
+    sweep); and those it could not end (a full PostgreSQL cannot even mark them failed), left running, which no
+    worker will end. Nothing was stored where its first chunk was stopped while stored (rolled back with it); where
+    the database cannot say, only what the count of jobs trained tells."""
+    if (sweep := plan.sweep_id) is None:
         return ""
-    if done:
-        return f"; sweep {plan.sweep_id} keeps them"
-    stored = _stored(plan.sweep_id)
-    if stored is None:
-        return ""
-    return f"; sweep {plan.sweep_id} keeps the jobs stored so far, {ended.value}" if stored else "; nothing was stored"
+    found = _statuses(sweep)
+    if found is None:
+        return f"; sweep {sweep} keeps them" if done else ""
+    if not found:
+        return "; nothing was stored"
+    running = found.get(JobStatus.RUNNING.value, 0)
+    if not running:
+        return f"; sweep {sweep} keeps them" if done else f"; sweep {sweep} keeps the jobs stored so far, {ended.value}"
+    return (f"; sweep {sweep} keeps {'them' if done else 'the jobs stored so far'}; {running} of its jobs are left "
+            f"running, which no worker will end: klab delete --sweep {sweep}")
 
 
-def _stored(sweep_id: int) -> bool | None:
-    """Whether a sweep was stored (its first chunk's transaction committed); None where the database cannot say."""
-    from service.db.reads import reading, sweep_name
+def _statuses(sweep_id: int) -> dict[str, int] | None:
+    """A stopped sweep's jobs by status ({} where it was not stored); None where the database cannot say."""
+    from service.db.reads import progress, reading, sweep_name
 
     try:
         with reading() as reader:
             sweep_name(reader, sweep_id)
+            return progress(reader, Selection(sweep=sweep_id))["by_status"]
     except BadInput:
-        return False
+        return {}
     except Exception:  # noqa: BLE001 - the database the sweep stopped at: its error is the one said
         return None
-    return True
