@@ -433,7 +433,9 @@ def test_compare_group_by_spreads_of_tiny_values(klab_db: str, add_job, klab_cli
                 add_job(conn, relative=rel, sweep_id=sweep, seed=seed, lr=lr)
     code, out, err = klab_cli("compare", "--sweep", str(sweep), "--group-by", "lr", "--json")
     assert code == 0, err
-    for row in json.loads(out):
+    rows = json.loads(out)
+    assert [row["lr"] for row in rows] == [0.01, 0.1, 0.3], rows  # every group, none dropped
+    for row in rows:
         want = _stats(groups[row["lr"]])
         assert row["relative_error_std"] == pytest.approx(want["std"], rel=1e-12, abs=0), row
         assert row["relative_error_mean"] == pytest.approx(want["mean"], rel=1e-12, abs=0), row

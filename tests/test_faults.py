@@ -676,14 +676,13 @@ def test_results_the_database_refuses_end_their_jobs_failed_once(tmp_path, pg_db
     assert "re-queued" not in w.text() and w.proc.poll() is None
 
 
-def test_a_wait_whose_broker_stops_answering_ends_on_the_databases_reads(klab_db, add_job, setenv):
+def test_a_wait_whose_broker_stops_answering_ends_on_the_databases_reads(klab_db, add_job, setenv, monkeypatch):
     """--wait asks the broker, between its reads of the database, whether it holds a message still. A frozen
     broker (SIGSTOP, a partition: the connection opens, nothing answers) held --wait and watch after every job
     had ended, for as long as it stayed frozen. Now a broker that does not answer within its timeout is asked no
-    more, and the paced reads of the database end the wait."""
-    import threading
-
-    from service.cli.progress import wait
+    more, and the paced reads of the database end the wait. The job ends only once the wait has read it running
+    after the broker's silence: a wait that asked again would wait out another timeout, and be seen asking."""
+    import service.cli.progress as progress
     from service.db.engine import writing
     from service.jobs.selection import Selection
 
@@ -691,21 +690,29 @@ def test_a_wait_whose_broker_stops_answering_ends_on_the_databases_reads(klab_db
     setenv(KLAB_BROKER_URL=f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
     with writing() as conn:
         job = add_job(conn, status="queued")
+    asked: list[bool | None] = []
+    real_idle, real_counts = progress.broker_idle, progress.counts
 
-    def end_it() -> None:
-        time.sleep(0.5)
-        with writing() as conn:
-            conn.execute(text("UPDATE jobs SET status = 'cancelled', cancel_requested = true, "
-                              "finished_at = CURRENT_TIMESTAMP WHERE id = :id"), {"id": job})
+    def idle(r: object, identity: str) -> bool | None:
+        asked.append(answer := real_idle(r, identity))
+        return answer
 
-    ender = threading.Thread(target=end_it)
-    ender.start()
+    def counts(*args: object, **kwargs: object) -> dict:
+        c = real_counts(*args, **kwargs)
+        if asked and c["finished"] == 0:  # read running after the silence: the job ends now, for the next read
+            with writing() as conn:
+                conn.execute(text("UPDATE jobs SET status = 'cancelled', cancel_requested = true, "
+                                  "finished_at = CURRENT_TIMESTAMP WHERE id = :id"), {"id": job})
+        return c
+
+    monkeypatch.setattr(progress, "broker_idle", idle)
+    monkeypatch.setattr(progress, "counts", counts)
     try:
-        c = wait(Selection((job,)), quiet=True)
+        c = progress.wait(Selection((job,)), quiet=True)
     finally:
-        ender.join()
         silent.close()
     assert (c["finished"], c["by_status"]) == (1, {"cancelled": 1})  # it hung on the broker's reply before
+    assert asked == [None]  # asked once: it did not answer, and was asked no more
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
