@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from service.db.engine import writing
 from service.db.reads import reading, result_of
+from service.db.schema import epochs as epochs_table
 from service.db.schema import jobs as jobs_table
 from service.db.schema import sweeps as sweeps_table
 from service.jobs.spec import JobSpec
@@ -260,6 +261,52 @@ def test_a_local_sweep_on_a_full_disk_fails_the_jobs_it_could_not_save_and_names
     stopped = "klab sweep --local stopped at DiskFull: could not extend file: No space left on device"
     ended = [("failed", stopped, 0)] if refused == "epochs" else [("running", None, 0)]
     assert [(r.status, r.error_message, r.epochs_done) for r in stored_jobs(1)] == ended * 4
+
+
+def test_a_local_sweep_cancelled_meanwhile_trains_no_batch_after(here: str, klab_cli, monkeypatch) -> None:
+    """`klab cancel --sweep` from another shell while `klab sweep --local` trains its first batch: the batches
+    after it train nothing and their jobs end cancelled, having trained none, as a worker's claim leaves them.
+    Each batch trained a second before it looked (a job of one epoch, `succeeded`), and 4,096 one-job batches took
+    over an hour to stop. The cancel is made, deterministically, right after the first batch is saved."""
+    import worker.local as local
+    from service.db import writes
+    from service.jobs.selection import Selection
+
+    train, calls = local._train, []
+
+    def train_then_cancel(spec, ids, batch) -> None:
+        calls.append(ids)
+        train(spec, ids, batch)
+        if len(calls) == 1:
+            with writing() as conn:  # what klab cancel --sweep 1 does, in its own transaction
+                writes.cancel(conn, Selection(sweep=1))
+
+    monkeypatch.setattr(local, "_train", train_then_cancel)
+    code, out, err = klab_cli("sweep", "--local", "--seed", "0..3", "--epochs", "1", "--batch-jobs", "1")
+    assert (code, len(calls)) == (0, 1), (err, calls)
+    assert [(r.status, r.epochs_done) for r in stored_jobs(1)] == [("succeeded", 1)] + [("cancelled", 0)] * 3
+    with writing() as conn:
+        assert conn.execute(select(func.count()).select_from(epochs_table)).scalar_one() == 1
+
+
+def test_a_local_sweep_deleted_as_its_last_batch_trains_says_so_in_one_line(here: str, klab_cli, monkeypatch) -> None:
+    """`klab delete --sweep` from another shell as `klab sweep --local` trains its one chunk: the look at its results
+    found no sweep and said `sweep: no sweep 1`, exit code 2, a user's mistake the user never made. It was deleted
+    meanwhile: one line saying so, exit code 1, as for any wait."""
+    import worker.local as local
+    from service.db import writes
+    from service.jobs.selection import Selection
+
+    train = local._train
+
+    def train_then_delete(spec, ids, batch) -> None:
+        train(spec, ids, batch)
+        with writing() as conn:  # what klab delete --sweep 1 does, in its own transaction
+            writes.delete_jobs(conn, Selection(sweep=1))
+
+    monkeypatch.setattr(local, "_train", train_then_delete)
+    code, out, err = klab_cli("sweep", "--local", "--seed", "0..1", "--epochs", "1")
+    assert (code, err) == (1, "klab: error: no sweep 1: deleted while waiting for it (klab delete)\n"), (out, err)
 
 
 def test_a_local_sweep_deleted_meanwhile_stops_with_one_line(here: str, klab_cli, monkeypatch) -> None:

@@ -147,7 +147,7 @@ def count_line(c: dict[str, Any]) -> str:
     return f"{c['jobs']} job(s): {parts}; epochs {c['epochs_done']}/{c['epochs_total']} ({pct:.0f}%)"
 
 
-def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
+def wait(selection: Selection, quiet: bool = False, stored: bool = False) -> dict[str, Any]:
     """Poll until every selected job is finished: a progress bar of epochs on a terminal, else a line on
     stderr whenever the counts change (at most every LINE_SECONDS). Ctrl-C stops the waiting, not the jobs.
     Returns the counts once all have ended.
@@ -158,7 +158,9 @@ def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
     still holds a message of this database (service.broker.holds_none): once it holds none, every task sent has
     ended, and the counts are read at once. Messages that wait for no worker (a queue nobody serves) keep it from
     ever holding none, and a broker that does not answer (within its timeout) is asked no more: the paced reads
-    end the wait."""
+    end the wait. `stored`: the command itself stored the jobs, so that, gone at the first look, they were deleted
+    meanwhile (Gone, exit code 1), not asked for by mistake (a sweep deleted as `klab sweep --local` trained it said
+    `sweep: no sweep 3`, exit code 2)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -183,7 +185,7 @@ def wait(selection: Selection, quiet: bool = False) -> dict[str, Any]:
                 if idle is None:
                     told = None  # it did not answer: the database's reads alone, as on another broker
                 if c is None or started - counted_at >= pause(counting) or idle and not was_idle:
-                    c, counted_at = counts(selection, c is not None), started
+                    c, counted_at = counts(selection, c is not None or stored), started
                     counting = time.monotonic() - started
                     if c["finished"] == c["jobs"]:
                         return c

@@ -57,7 +57,7 @@ def show_results(selection: Selection, as_json: bool, one: bool) -> None:
     from service.db.reads import reading, result_of, results
     from service.render.text import render
 
-    ended = wait(selection, quiet=as_json)
+    ended = wait(selection, quiet=as_json, stored=True)
     out = None
     with reading() as reader:  # print after reading: never hold the database
         if as_json:
