@@ -77,17 +77,23 @@ def test_a_numpy_image_and_kernel_give_the_exact_kernel_by_least_squares(home):
 
 
 def test_a_torch_tensor_trains_as_the_same_image_given_by_name(home):
-    x, _, _ = book_data()
-    tensor = x.clone().requires_grad_(True)  # a tensor that needs .detach() before numpy
-    r = klab.run(input=tensor, kernel=torch.tensor([[1.0, -1.0]]), epochs=10, store=False)
-    named = klab.run(**BOOK, epochs=10, store=False)
+    """Neither the image nor the kernel is the default's (the book's were: tensors dropped on the way trained the
+    defaults, and passed)."""
+    from service.jobs import inputs
+
+    image, _ = inputs.parse_input("diagonal:6x8", 0)
+    tensor = torch.tensor(image).requires_grad_(True)  # a tensor that needs .detach() before numpy
+    r = klab.run(input=tensor, kernel=torch.tensor([[0.5, 2.0]]), epochs=10, store=False)
+    named = klab.run(input="diagonal:6x8", kernel=[[0.5, 2.0]], epochs=10, store=False)
+    assert r.true_kernel.tolist() == [[0.5, 2.0]] and r.spec["input"] != "edge:6x8", r.spec
     assert r.epochs["loss"].tolist() == named.epochs["loss"].tolist()
     np.testing.assert_array_equal(r.learned_kernel, named.learned_kernel)
 
 
 def test_a_kernel_of_nested_tuples_is_the_kernel_of_nested_lists(home):
-    as_tuples = klab.run(kernel=((1.0, -1.0),), epochs=2, store=False)  # was 'kernel: must be a string'
-    np.testing.assert_array_equal(as_tuples.learned_kernel, klab.run(kernel=[[1, -1]], epochs=2,
+    as_tuples = klab.run(kernel=((2.0, -3.0),), epochs=2, store=False)  # was 'kernel: must be a string'
+    assert as_tuples.true_kernel.tolist() == [[2.0, -3.0]]  # not the default's, which a kernel dropped trains
+    np.testing.assert_array_equal(as_tuples.learned_kernel, klab.run(kernel=[[2, -3]], epochs=2,
                                                                       store=False).learned_kernel)
 
 

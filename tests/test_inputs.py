@@ -59,9 +59,15 @@ def test_random_inputs_are_seeded_standard_normal(dims, shape, ndim):
 
 
 def test_random_input_kernel_and_noise_use_different_streams():
+    """Each drawn from its own stream of the seed: labels' noise drawn from the input's stream is the input again,
+    scaled (a check of the input against the kernel alone passed so)."""
     x, _ = inputs.parse_input("random:2x2", 5)
     k = inputs.parse_kernel("random:2x2", 5)
-    assert not np.allclose(x[0, 0], k)
+    job = {"input": "random:2x2", "kernel": "[[1]]", "seed": 5}
+    noise = (build_problem(JobSpec.parse({**job, "noise": 0.5})).y - build_problem(JobSpec.parse(job)).y) / 0.5
+    draws = [np.asarray(a, dtype=np.float64).ravel()[:4] for a in (x, k, noise)]
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        assert not np.allclose(draws[i], draws[j], rtol=1e-3), (i, j, draws)
 
 
 @pytest.mark.parametrize("raw,field_text", [
