@@ -267,10 +267,14 @@ def test_a_local_sweep_cancelled_meanwhile_trains_no_batch_after(here: str, klab
     """`klab cancel --sweep` from another shell while `klab sweep --local` trains its first batch: the batches
     after it train nothing and their jobs end cancelled, having trained none, as a worker's claim leaves them.
     Each batch trained a second before it looked (a job of one epoch, `succeeded`), and 4,096 one-job batches took
-    over an hour to stop. The cancel is made, deterministically, right after the first batch is saved."""
+    over an hour to stop. The cancel is made, deterministically, right after the first batch is saved, and the
+    sweep looks before every batch (it looks once a FLUSH_SECONDS, as its batches' Progress does)."""
     import worker.local as local
+    from service import defaults
     from service.db import writes
     from service.jobs.selection import Selection
+
+    monkeypatch.setattr(defaults, "FLUSH_SECONDS", 0.0)
 
     train, calls = local._train, []
 
@@ -307,6 +311,27 @@ def test_a_local_sweep_deleted_as_its_last_batch_trains_says_so_in_one_line(here
     monkeypatch.setattr(local, "_train", train_then_delete)
     code, out, err = klab_cli("sweep", "--local", "--seed", "0..1", "--epochs", "1")
     assert (code, err) == (1, "klab: error: no sweep 1: deleted while waiting for it (klab delete)\n"), (out, err)
+
+
+def test_a_sweep_deleted_after_the_waits_last_look_says_so_in_one_line(here: str, klab_cli, monkeypatch) -> None:
+    """Deleted between the wait's last look and the read of the results it prints (--json): `sweep: no sweep 1`,
+    exit code 2, as the wait's looks once said; now as they say."""
+    import service.cli.submit as submit
+    from service.db import writes
+    from service.jobs.selection import Selection
+
+    real_wait = submit.wait
+
+    def wait_then_delete(*args, **kwargs):
+        ended = real_wait(*args, **kwargs)
+        with writing() as conn:  # what klab delete --sweep 1 does, in its own transaction
+            writes.delete_jobs(conn, Selection(sweep=1))
+        return ended
+
+    monkeypatch.setattr(submit, "wait", wait_then_delete)
+    code, out, err = klab_cli("sweep", "--local", "--seed", "0..1", "--epochs", "1", "--json", "--wait")
+    assert (code, out) == (1, "") and err.splitlines()[-1] == ("klab: error: no sweep 1: deleted while waiting for it "
+                                                               "(klab delete)"), (out, err)
 
 
 def test_a_local_sweep_deleted_meanwhile_stops_with_one_line(here: str, klab_cli, monkeypatch) -> None:

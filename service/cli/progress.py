@@ -134,7 +134,12 @@ def counts(selection: Selection, waited: bool = False) -> dict[str, Any]:
     except BadInput as exc:
         if not waited:
             raise
-        raise Gone(f"{exc.message}: deleted while waiting for it (klab delete)") from None
+        raise deleted(exc.message) from None
+
+
+def deleted(missing: str) -> Gone:
+    """Jobs or a sweep found at an earlier look and missing now (`missing`: `no sweep 3`): deleted meanwhile."""
+    return Gone(f"{missing}: deleted while waiting for it (klab delete)")
 
 
 def count_line(c: dict[str, Any]) -> str:

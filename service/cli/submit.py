@@ -9,7 +9,7 @@ import click
 from service import defaults
 from service.cli import cli
 from service.cli.options import WholeRange, job_options, selected, specs_from
-from service.cli.progress import count_line, counts, wait
+from service.cli.progress import count_line, counts, deleted, wait
 from service.errors import BadInput
 from service.jobs.selection import Selection
 from service.jobs.status import JobStatus
@@ -59,12 +59,15 @@ def show_results(selection: Selection, as_json: bool, one: bool) -> None:
 
     ended = wait(selection, quiet=as_json, stored=True)
     out = None
-    with reading() as reader:  # print after reading: never hold the database
-        if as_json:
-            found = results(reader, selection)
-            out = json.dumps(found[0] if one else found)
-        elif one:
-            out = render(result_of(reader, selection.ids[0]))
+    try:
+        with reading() as reader:  # print after reading: never hold the database
+            if as_json:
+                found = results(reader, selection)
+                out = json.dumps(found[0] if one else found)
+            elif one:
+                out = render(result_of(reader, selection.ids[0]))
+    except BadInput as exc:  # deleted since the wait's last look, as at any of its looks
+        raise deleted(exc.message) from None
     if out is not None:
         click.echo(out)
         return
