@@ -111,12 +111,11 @@ def _kept(plan: Plan, done: int, ended: JobStatus) -> str:
 
 def _statuses(sweep_id: int) -> dict[str, int] | None:
     """A stopped sweep's jobs by status ({} where it was not stored); None where the database cannot say."""
-    from service.db.reads import progress, reading, sweep_name
+    from service.db.reads import progress, reading
 
     try:
         with reading() as reader:
-            sweep_name(reader, sweep_id)
-            return progress(reader, Selection(sweep=sweep_id))["by_status"]
+            return progress(reader, Selection(sweep=sweep_id))["by_status"]  # BadInput: no such sweep (reads.where)
     except BadInput:
         return {}
     except Exception:  # noqa: BLE001 - the database the sweep stopped at: its error is the one said

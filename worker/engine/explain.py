@@ -48,6 +48,11 @@ class Facts:
         return self.best_lr, high
 
     @cached_property
+    def about_fastest(self) -> np.ndarray:
+        """Jobs whose epochs shrink the gap at least as much as the fastest lr's within ABOUT_FASTEST, log for log."""
+        return as_fast(self.rate, self.best_rate, ABOUT_FASTEST)
+
+    @cached_property
     def unbounded(self) -> np.ndarray:
         """Jobs trained with no stable lr to go by (adam; lstsq has no lr): their gap need not shrink every epoch."""
         return np.isnan(self.lr_bound) & np.isfinite(self.lr)
@@ -138,7 +143,7 @@ def _closing(f: Facts, i: int) -> str:
     more = int(f.more[i])
     words = (f"about {more} more epoch{'s' if more != 1 else ''} at this lr would reach --tol "
              f"(the gap shrinks x{factor(f.rate[i], 3)} an epoch)")
-    if np.isfinite(f.best_rate[i]) and not as_fast(f.rate[i : i + 1], f.best_rate[i : i + 1], ABOUT_FASTEST)[0]:
+    if np.isfinite(f.best_rate[i]) and not f.about_fastest[i]:
         words += (f"; {_fastest(f, i, 'lr', 'lrs between')} would close it fastest "
                   f"(x{factor(f.best_rate[i], 3)} an epoch)")
     return words
@@ -170,8 +175,8 @@ def _slow(f: Facts, i: int) -> str:
         return "train longer: this lr is near the largest stable one."
     if not np.isfinite(best):
         return "train longer or raise the learning rate."
-    if as_fast(f.rate[i : i + 1], f.best_rate[i : i + 1], ABOUT_FASTEST)[0]:  # by the rate: within 5% of the
-        # fastest lr, on an ill-conditioned input, was told so at a rate of 0.99999 against its 0.9992
+    if f.about_fastest[i]:  # by the rate: within 5% of the fastest lr, on an ill-conditioned input, was told so at
+        # a rate of 0.99999 against its 0.9992
         return "train longer: this lr is about the fastest for this input."
     if lr < best:
         return f"train longer or raise the learning rate {_fastest(f, i, 'towards', 'to between')}, the fastest for " \
