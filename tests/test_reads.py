@@ -2,12 +2,14 @@
 the same values SQLAlchemy does, on both backends and by every path a connection can come."""
 from __future__ import annotations
 
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import fake_result
+from harness import clean_env, klab_path
 from sqlalchemy import select
 
 from service.db import connect, reads, writes
@@ -175,3 +177,22 @@ def test_a_file_that_is_not_a_database_is_one_line(tmp_path: Path, klab_cli, set
         assert (code, out) == (3, "") and err == f"klab: error: cannot reach the sqlite database {path}: " \
                                                  "file is not a database\n", (args, err)
     assert path.read_text().startswith("these are my notes")  # left as it was
+
+
+def test_a_sqlite_file_on_a_full_disk_says_its_disk_is_full(tmp_path: Path) -> None:
+    """A SQLite file (in WAL mode) whose disk has no room for its shared-memory file: SQLite says only `disk I/O
+    error`, and every command said it could not reach the database, as of a server away. A tmpfs of its own, in a
+    mount namespace of its own (`unshare`: gone with the shell, whatever the test's end)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    env = clean_env(folder)
+    script = (f'mount -t tmpfs -o size=512k tmpfs "$KLAB_HOME" && "{klab_path()}" db upgrade >/dev/null && '
+              'head -c 1048576 /dev/zero > "$KLAB_HOME/fill" 2>/dev/null; df --output=avail -B1 "$KLAB_HOME"; '
+              f'for args in list "show 1" run; do "{klab_path()}" $args; echo "exit code $?"; done')
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.split()[:2] == ["Avail", "0"], (done.stdout, done.stderr)
+    assert done.stdout.split()[2:] == ["exit", "code", "3"] * 3, done.stdout  # nothing printed but the lines
+    line = (f"klab: error: the sqlite database {folder}/klab.db cannot be opened: its disk is full (0 bytes free "
+            f"in {folder}): disk I/O error\n")
+    assert done.stderr == line * 3, done.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import sqlite3
 import threading
 import time
@@ -192,11 +193,35 @@ _REFUSED_URL = re.compile(r"invalid (URI query parameter|connection option|\w+ v
 
 def unreachable(url: str, exc: BaseException) -> DatabaseUnavailable:
     """A database that cannot be reached, as one line naming it (exit code 3); a URL its driver refuses names
-    KLAB_DATABASE_URL (exit code 2)."""
+    KLAB_DATABASE_URL (exit code 2); a SQLite file on a full disk says so."""
     if _REFUSED_URL.search(str(exc)):
         return DatabaseUnavailable(f"KLAB_DATABASE_URL: the {describe(url)}'s driver refuses the URL: "
                                    f"{one_line(exc)}", 2)
+    if (full := _disk_full(url, exc)) is not None:
+        return DatabaseUnavailable(f"the {describe(url)} cannot be opened: its disk is full ({full}): "
+                                   f"{one_line(exc)}")
     return DatabaseUnavailable(f"cannot reach the {describe(url)}: {one_line(exc)}")
+
+
+FULL_BYTES = 1 << 20
+"""Free bytes under which a SQLite file's disk I/O error is read as its disk being full."""
+
+
+def _disk_full(url: str, exc: BaseException) -> str | None:
+    """How full a SQLite file's disk is, where that is why it could not be opened: in WAL mode SQLite maps a
+    shared-memory file beside it and, with no room for it, says only `disk I/O error` (the line said the database
+    could not be reached, as of a server away). None where its disk has room, or for another database."""
+    path = sqlite_path(url)
+    if path is None or not isinstance(exc, sqlite3.Error):
+        return None
+    words = str(exc)
+    if "database or disk is full" not in words and "disk I/O error" not in words:
+        return None
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return None
+    return f"{free:,} bytes free in {path.parent}" if free < FULL_BYTES else None
 
 
 _RACES = ("40P01", "40001")
