@@ -246,7 +246,8 @@ def test_a_sqlite_writer_waits_for_the_write_lock_past_one_busy_timeout(tmp_path
     url = f"sqlite:///{tmp_path / 'lock.db'}"
     upgrade(url)
     dispose_engines()
-    monkeypatch.setattr(defaults, "SQLITE_TRY_MS", 100)  # the lock below is held for ten tries
+    monkeypatch.setattr(defaults, "SQLITE_TRY_MS", 100)  # the lock below is held for ten tries,
+    monkeypatch.setattr(defaults, "SQLITE_BUSY_MS", 200)  # and past one busy timeout
     holder = sqlite3.connect(tmp_path / "lock.db", isolation_level=None, check_same_thread=False)
     try:
         holder.execute("BEGIN IMMEDIATE")
@@ -260,8 +261,10 @@ def test_a_sqlite_writer_waits_for_the_write_lock_past_one_busy_timeout(tmp_path
         monkeypatch.setattr(defaults, "SQLITE_WRITE_WAIT_S", 0.3)
         holder.execute("BEGIN IMMEDIATE")
         assert current_revision(url) == HEAD  # a read: it takes no write lock, nor waits for one
+        started = time.monotonic()
         with pytest.raises(OperationalError, match="database is locked"), writing(url) as conn:
             conn.execute(text("CREATE TABLE never (x integer)"))
+        assert time.monotonic() - started < 10  # SQLITE_WRITE_WAIT_S (0.3 s), not a busy timeout's or 600 s
         holder.execute("COMMIT")
     finally:
         holder.close()
@@ -314,6 +317,7 @@ def test_a_write_waiting_for_the_sqlite_lock_lets_a_fork_go_between_its_tries(tm
         thread.join(30)
         dispose_engines()
     assert wrote.is_set()
+    assert FORKS._open == 0  # the write, gone on after the fork, counted open again until it ended
 
 
 def test_a_process_forked_while_a_thread_writes_to_sqlite_can_write(tmp_path: Path) -> None:

@@ -118,6 +118,14 @@ def test_list_sorts_walk_an_index(klab_db, monkeypatch):
         whole = [r["id"] for r in reads.list_jobs(reader, sort="-relative_error", limit=0)]
         for limit in (1, 13_333, 13_334, 13_400, 20_000):
             assert [r["id"] for r in reads.list_jobs(reader, sort="-relative_error", limit=limit)] == whole[:limit]
+        # either way, the jobs without a relative error last and ties by id; the first 20 are the whole's first 20
+        for sort, sign in (("relative_error", 1), ("-relative_error", -1)):
+            rows = reads.list_jobs(reader, sort=sort, limit=0)
+            assert len(rows) == 20_000 and sum(r["relative_error"] is None for r in rows) == 6_667
+            ordered = sorted(rows, key=lambda r: (r["relative_error"] is None, sign * (r["relative_error"] or 0),
+                                                  r["id"]))
+            assert [r["id"] for r in rows] == [r["id"] for r in ordered], sort
+            assert [r["id"] for r in reads.list_jobs(reader, sort=sort, limit=20)] == [r["id"] for r in rows[:20]]
 
 
 def test_list_by_sweep_or_tag_reads_those_sweeps_jobs_by_their_index(klab_db, monkeypatch):
@@ -201,7 +209,8 @@ def test_list_by_a_status_not_ended_reads_the_unfinished_jobs_index(klab_db, mon
     with reading() as reader:
         for status, expected in (("queued", waiting[::-1]), ("running", [])):
             assert listed_through(reader, seen, "ix_jobs_unfinished", status=status, limit=20) == expected
-        assert len(reads.list_jobs(reader, status="succeeded", limit=20)) == 20
+        succeeded = reads.list_jobs(reader, status="succeeded", limit=20)
+        assert len(succeeded) == 20 and {r["status"] for r in succeeded} == {JobStatus.SUCCEEDED.value}
 
 
 def test_list_by_an_end_other_than_success_reads_the_ended_badly_index(klab_db, monkeypatch):
@@ -228,7 +237,8 @@ def test_list_by_an_end_other_than_success_reads_the_ended_badly_index(klab_db, 
             for sort, order in (("-id", expected[::-1]), ("lr", expected)):
                 assert listed_through(reader, seen, "ix_jobs_ended_badly", status=status, sort=sort) == order
         assert [r["id"] for r in reads.list_jobs(reader, status="running")] == [running[6], *running[4:2:-1]]
-        assert len(reads.list_jobs(reader, status="succeeded", limit=20)) == 20
+        succeeded = reads.list_jobs(reader, status="succeeded", limit=20)
+        assert len(succeeded) == 20 and {r["status"] for r in succeeded} == {JobStatus.SUCCEEDED.value}
 
 
 def test_a_sqlite_file_of_an_older_revision_upgrades_itself_with_its_jobs(tmp_path):
@@ -288,6 +298,9 @@ def test_a_reapers_looks_read_the_jobs_not_yet_ended_not_every_job_ever_run(klab
         ids = writes.insert_columns(conn, {**writes.new_job(spec, start=JobStatus.RUNNING, queue="cpu"),
                                            "seed": list(range(20_000))}, 20_000)
         writes.fail(conn, ids[:-64], "ended")  # the history: jobs that ended, as most jobs of a database have
+        lost = writes.insert_columns(conn, {**writes.new_job(spec, start=JobStatus.QUEUED, queue="cpu"),
+                                            "seed": list(range(8))}, 8)  # queued an hour ago, no message carries
+        conn.execute(update(jobs).where(jobs.c.id.in_(lost)).values(queued_at=datetime.now(UTC) - timedelta(hours=1)))
         conn.exec_driver_sql("ANALYZE")
     with writing() as conn:
         statements: list[tuple[str, Any]] = []
@@ -297,9 +310,10 @@ def test_a_reapers_looks_read_the_jobs_not_yet_ended_not_every_job_ever_run(klab
 
         event.listen(conn, "before_cursor_execute", sent)
         assert writes.reap(conn, lease=60, max_attempts=5) == []  # their leases are fresh
-        assert writes.stranded(conn, 60, ["cpu", "gpu"], frozenset()) == []
+        carried = frozenset(lost[:2])  # a message still carries these: never sent again
+        assert writes.stranded(conn, 60, ["cpu", "gpu"], carried) == [(i, "cpu") for i in lost[2:]]
         event.remove(conn, "before_cursor_execute", sent)
-        assert len(statements) == 4, statements  # reap: cancel, fail, then requeue; stranded: its candidates
+        assert len(statements) == 5, statements  # reap: cancel, fail, requeue; stranded: candidates, requeue
         for statement, parameters in statements:
             shown = "\n".join(str(r) for r in conn.exec_driver_sql(explain(conn.dialect.name) + statement,
                                                                     parameters))
@@ -319,7 +333,7 @@ def test_a_job_has_a_finished_at_exactly_when_it_ended(klab_db):
     spec = JobSpec.parse({"seed": 0})
     with writing() as conn:
         made = {start: writes.insert_columns(conn, {**writes.new_job(spec, start=start, queue="cpu"),
-                                                   "seed": list(range(8))}, 8)
+                                                   "seed": list(range(12))}, 12)
                 for start in (JobStatus.CREATED, JobStatus.QUEUED, JobStatus.RUNNING)}
         created, queued, running = made[JobStatus.CREATED], made[JobStatus.QUEUED], made[JobStatus.RUNNING]
         writes.mark_queued(conn, created[:4])
@@ -330,11 +344,21 @@ def test_a_job_has_a_finished_at_exactly_when_it_ended(klab_db):
         writes.stopped(conn, running[2:4])
         assert writes.cancel(conn, Selection(ids=(*created[4:6], *queued[4:6], *claimed[:2]))) == (4, 2)
         writes.save_rows(conn, [(i, *fake_result(spec, 0.2, JobStatus.SUCCEEDED.value)) for i in running[4:6]])
-        writes.save_rows(conn, [(i, *fake_result(spec, 0.2, JobStatus.DIVERGED.value)) for i in running[6:]])
+        writes.save_rows(conn, [(i, *fake_result(spec, 0.2, JobStatus.DIVERGED.value)) for i in running[6:8]])
         conn.execute(update(jobs).where(jobs.c.id.in_(claimed[2:])).values(heartbeat_at=long_ago))
+        # running jobs whose worker died: one that took down its last attempt, one a cancel was asked of
+        conn.execute(update(jobs).where(jobs.c.id.in_(running[8:10])).values(heartbeat_at=long_ago, attempts=5))
+        conn.execute(update(jobs).where(jobs.c.id.in_(running[10:])).values(heartbeat_at=long_ago,
+                                                                            cancel_requested=True))
+        # waiting jobs a cancel was asked of (a reaper before 0009 queued them so), ended by the claim that meets them
+        conn.execute(update(jobs).where(jobs.c.id.in_(queued[8:10])).values(cancel_requested=True))
+        quick = writes.trained_by("host", "task-3", 1, datetime.now(UTC))
+        assert writes.fail(conn, queued[10:], "broken", attempts=[0, 0], quick=quick) == queued[10:]
     with writing() as conn:
         assert len(writes.reap(conn, lease=60, max_attempts=5)) == 2  # their worker died: queued again
-        assert len(writes.claim(conn, queued[6:], "host", "task-2", 1, lease=60)) == 2
+        assert len(writes.claim(conn, queued[6:10], "host", "task-2", 1, lease=60)) == 2
+        ended = dict(conn.execute(select(jobs.c.id, jobs.c.status).where(
+            jobs.c.id.in_([*running[8:], *queued[8:]]))).all())
         statuses = dict(conn.exec_driver_sql("SELECT status, count(*) FROM jobs GROUP BY status").all())
         mismatched = conn.exec_driver_sql(
             "SELECT id, status, finished_at FROM jobs WHERE (finished_at IS NULL) <> "
@@ -342,5 +366,7 @@ def test_a_job_has_a_finished_at_exactly_when_it_ended(klab_db):
         unmarked = conn.exec_driver_sql(  # ix_jobs_ended_badly holds them all (service.jobs.status.MARKS)
             f"SELECT id, status FROM jobs WHERE status IN ('failed', 'diverged', 'cancelled') AND NOT ({ENDED_BADLY})"
         ).all()
+    failed, cancelled = JobStatus.FAILED.value, JobStatus.CANCELLED.value
+    assert [ended[i] for i in (*running[8:], *queued[8:])] == [failed] * 2 + [cancelled] * 4 + [failed] * 2
     assert set(statuses) == {s.value for s in JobStatus}, statuses
     assert mismatched == [] and unmarked == []
