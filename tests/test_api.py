@@ -300,6 +300,7 @@ def test_ids_and_values_from_a_dataframe_select_as_python_numbers_do(klab_db, ad
         klab.jobs(none, colour="red")
     # a column spelled with dashes, as klab.run and job files read a field: was "unknown filter ... batch_size"
     assert klab.jobs(**{"batch-size": int(frame["batch_size"].iloc[0])})["id"].tolist() == ids
+    assert klab.jobs(**{"batch-size": int(frame["batch_size"].iloc[0]) + 1}).empty  # read, not dropped
     with pytest.raises(klab.BadInput, match="^batch_size: given twice"):
         klab.jobs(batch_size=2, **{"batch-size": 2})
 
@@ -378,6 +379,8 @@ def test_a_result_draws_a_figure_and_shows_itself_as_html(home, monkeypatch, tmp
                                                        "true_kernel": [[1, -1, 0]]}))
     assert cells[:9] == ["1.0000", "-1.0000", "0.0000", "1.0000", "-1.0000", "nan",  # as klab show: never -0.0000
                          "0.0000", "0.0000", "nan"]
+    least = [f"{v:.4f}".replace("-0.0000", "0.0000") for row in r.data["lstsq_kernel"] for v in row]
+    assert cells[9:9 + len(least)] == least and len(set(least)) > 1  # then the least-squares kernel W*
     four_d = [[[[1.0, 2.0]], [[3.0, 4.0]]]]  # each (out, in) slice named above its rows, as klab show does
     cells = re.findall(r">([^<>]+)</(?:td|small)>", result_html({**r.data, "learned_kernel": four_d,
                                                                  "true_kernel": four_d}))

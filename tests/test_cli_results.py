@@ -11,10 +11,11 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 from harness import clean_env, klab_path, with_terminal_stderr
 from harness import klab as klab_proc
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from service.db import reads, writes
 from service.db.connect import Reader
@@ -22,6 +23,7 @@ from service.db.engine import upgrade, writing
 from service.db.reads import reading
 from service.db.schema import epochs
 from service.db.schema import jobs as jobs_table
+from service.db.schema import sweeps as sweeps_table
 from service.jobs import result
 from service.jobs.selection import Selection
 from service.render import table as tables
@@ -137,23 +139,36 @@ def test_list_never_reads_the_epochs_table(jobs: dict[str, int], klab_cli, monke
 
 @SQLITE_ONLY
 def test_show_prints_spec_kernels_metrics_gap_and_loss(jobs: dict[str, int], klab_cli) -> None:
+    with writing() as conn:  # three parts of three sizes, each of which a row could be shown in place of
+        conn.execute(update(jobs_table).where(jobs_table.c.id == jobs["best"])
+                     .values(gap_noise=0.0123, gap_identifiability=0.000456))
     code, out, err = klab_cli("show", str(jobs["best"]))
     assert code == 0, err
     with reading() as reader:
         shown = reads.result_of(reader, jobs["best"])
-    header = next(line for line in out.splitlines() if line.startswith("true"))
-    assert header.split() == ["true", "learned", "difference"]
-    for kernel in (shown["true_kernel"], shown["learned_kernel"]):
-        assert f"{kernel[1][2]:.4f}" in out
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("true"))
+    assert lines[at].split() == ["true", "learned", "difference"]
+    true, learned = np.array(shown["true_kernel"]), np.array(shown["learned_kernel"])
+    printed = np.array([[float(v) for v in line.split()] for line in lines[at + 1:at + 4]])
+    assert printed.shape == (3, 9)  # each row: the true kernel's, the learned one's, learned minus true
+    np.testing.assert_allclose(printed, np.hstack([true, learned, learned - true]), rtol=0, atol=5e-5)
     assert "lr 0.1" in out and f"sweep {jobs['sweep']}" in out
     assert "relative 0.05" in out and "identifiable: yes (rank 9 of 9 weights)" in out
-    assert re.search(r"optimization\s+\S+\s+\|\|P W - W\*\|\|: learned vs the best kernel", out)
+    optimization = f"{shown['gap']['optimization']:.4g}"
+    assert re.search(rf"optimization\s+{optimization}\s+\|\|P W - W\*\|\|: learned vs the best kernel", out)
+    assert re.search(r"noise\s+0\.0123\s+\|\|W\* - P K\|\|", out) and \
+        re.search(r"identifiability\s+0\.000456\s+\|\|\(I - P\)", out), out
     assert "pace: stable lr 0.5, rate 0.9, more epochs -" in out
     assert shown["explanation"] in out
-    assert re.search(r"loss 10 -> \S+ over 10 epochs  [▁▂▃▄▅▆▇█]{10}", out)
+    losses = [e["loss"] for e in shown["epochs"]]  # 10 halved nine times, drawn on a log scale from top to bottom
+    assert f"loss 10 -> {losses[-1]:.4g} over 10 epochs  █" in out and re.search(r"  █[▁▂▃▄▅▆▇]{8}▁\n", out), out
 
 
 def test_show_json_is_the_stored_result(jobs: dict[str, int], klab_cli) -> None:
+    with writing() as conn:  # the gap's three parts apart, so that none passes for another
+        conn.execute(update(jobs_table).where(jobs_table.c.id == jobs["blown"])
+                     .values(gap_noise=0.0123, gap_identifiability=0.000456))
     code, out, _ = klab_cli("show", str(jobs["blown"]), "--json")
     shown = json.loads(out)
     job = stored(jobs["blown"])  # what SQLAlchemy reads
@@ -161,7 +176,8 @@ def test_show_json_is_the_stored_result(jobs: dict[str, int], klab_cli) -> None:
         rows = conn.execute(select(epochs).where(epochs.c.job_id == job.id).order_by(epochs.c.epoch)).all()
     assert code == 0 and shown["status"] == job.status == "diverged" and shown["spec"] == job.spec
     assert shown["learned_kernel"] == job.learned_kernel and shown["true_kernel"] == job.true_kernel
-    assert shown["error"]["relative"] == job.err_relative and shown["gap"]["noise"] == job.gap_noise
+    assert shown["error"]["relative"] == job.err_relative
+    assert shown["gap"] == {"optimization": job.gap_optimization, "noise": 0.0123, "identifiability": 0.000456}
     assert shown["identifiability"]["identifiable"] is job.identifiable is True
     for name in ("created_at", "finished_at"):  # the stored instant, in UTC with its offset on either database
         assert shown[name].endswith("+00:00") and datetime.fromisoformat(shown[name]) == utc(getattr(job, name))
@@ -797,7 +813,10 @@ def test_times_are_utc_whatever_the_session_time_zone(jobs: dict[str, int], klab
     exported = json.loads(klab_proc(env, "export", "--ids", str(job.id), "--format", "json").stdout)
     assert exported[0]["created_at"] == created.isoformat()
     sweep = json.loads(klab_proc(env, "sweeps", "--json").stdout)[0]
-    assert sweep["created_at"].endswith("+00:00")
+    with writing() as conn:
+        sweep_created = conn.execute(select(sweeps_table.c.created_at)
+                                     .where(sweeps_table.c.id == jobs["sweep"])).scalar_one()
+    assert sweep["id"] == jobs["sweep"] and sweep["created_at"] == utc(sweep_created).isoformat()
 
 
 def test_run_json_then_show_json_agree(db_url: str, klab_env: dict[str, str]) -> None:
