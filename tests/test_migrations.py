@@ -206,6 +206,31 @@ def test_models_and_migrations_agree(db_url: str) -> None:
     assert ("fk_jobs_sweep_id_sweeps" in keys) is (dialect == "sqlite")
 
 
+def test_partial_indexes_hold_the_rows_the_models_say(db_url: str) -> None:
+    """What Alembic's compare leaves out: a partial index's WHERE (ix_jobs_unfinished, ix_jobs_ended_badly, the
+    readers' and the reaper's paths). Each is compared with the same index made from the model in the same database,
+    as the database itself writes them back (PostgreSQL: pg_get_expr; SQLite: the statement, its name aside)."""
+    from sqlalchemy.schema import CreateIndex
+
+    upgrade(db_url)
+    eng = engine_for(db_url)
+    dialect = eng.dialect.name
+    partial = [i for table in metadata.tables.values() for i in table.indexes
+               if i.dialect_options[dialect]["where"] is not None]
+    assert {i.name for i in partial} >= {"ix_jobs_unfinished", "ix_jobs_ended_badly"}
+    read = ("SELECT pg_get_expr(i.indpred, i.indrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relname = :name" if dialect == "postgresql" else
+            "SELECT replace(sql, :name, '') FROM sqlite_master WHERE type = 'index' AND name = :name")
+    with eng.connect() as conn:
+        for index in partial:
+            probe = f"probe_{index.name}"
+            conn.exec_driver_sql(str(CreateIndex(index).compile(dialect=eng.dialect)).replace(index.name, probe, 1))
+            migrated = conn.execute(text(read), {"name": index.name}).scalar_one()
+            modelled = conn.execute(text(read), {"name": probe}).scalar_one()
+            assert " ".join(migrated.split()) == " ".join(modelled.split()), index.name
+        conn.rollback()
+
+
 def test_downgrade_to_base_and_upgrade_again(db_url: str) -> None:
     upgrade(db_url)
     eng = engine_for(db_url)
@@ -246,11 +271,22 @@ def test_sqlite_runs_in_wal_mode_with_busy_timeout(sqlite_url: str) -> None:
 
 
 def test_the_view_is_what_the_result_schema_says(db_url: str) -> None:
-    """The view's SQL is written out in its revision (history does not change); at head it is the schema's."""
+    """The view's SQL is written out in its revision (history does not change); at head it is the schema's: its
+    names, each over the column the schema reads it from (two names over each other's columns passed)."""
+    from conftest import fake_result
+
+    from service.jobs.status import JobStatus
+
     upgrade(db_url)
+    spec = JobSpec.parse({"input": "random:8x8", "kernel": "random:3x3"})
     with writing(db_url) as conn:
+        (job_id,) = writes.insert_jobs(conn, [writes.new_job(spec, queue="cpu", start=JobStatus.RUNNING)])
+        writes.save_rows(conn, [(job_id, *fake_result(spec, 0.3))])
         names = list(conn.execute(text("SELECT * FROM job_summary WHERE 1 = 0")).keys())
+        viewed = dict(conn.execute(text("SELECT * FROM job_summary")).mappings().one())
+        read = dict(conn.execute(text(f"SELECT {result.select_list(result.SUMMARY_NAMES)} FROM jobs")).mappings().one())
     assert names == list(result.SUMMARY_NAMES)
+    assert viewed == read and len({v for v in viewed.values() if isinstance(v, float)}) >= 8, viewed
 
 
 def test_a_database_of_an_older_revision_keeps_its_jobs_through_the_upgrade(db_url: str) -> None:
