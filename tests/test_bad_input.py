@@ -438,6 +438,9 @@ def test_bad_input_is_one_line_exit_2_nothing_stored_nothing_queued(case, files,
     (("compre", "1"), "did you mean compare?"),
     (("frobnicate",), "no such command 'frobnicate'; see klab --help"),
     (("db", "downgrade"), "klab: error: db: no such command 'downgrade'; did you mean upgrade?"),
+    (("run", "--lr"), "klab: error: --lr: requires an argument"),  # was "Option '--lr' requires an argument."
+    (("export", "1", "-o"), "klab: error: -o: requires an argument"),
+    (("list", "--json=1"), "klab: error: --json: does not take a value"),
 ])
 def test_a_near_miss_is_answered_with_what_was_meant(args, hint, cli_env):
     code, out, lines = klab_here(*args)

@@ -250,6 +250,9 @@ def _usage_line(exc: click.UsageError) -> str:
     the command and where its usage is (`show: unexpected extra argument (2); see klab show --help`)."""
     param = getattr(exc, "param", None)
     msg = exc.format_message().replace("\n", " ")
+    if isinstance(exc, click.BadOptionUsage) and param is None:  # the parser's, before any option is known:
+        said = msg.removeprefix(f"Option '{exc.option_name}' ").rstrip(".")  # `klab run --lr` named no option
+        return f"{exc.option_name}: {said}"
     if isinstance(exc, click.MissingParameter) and isinstance(param, click.Option) and exc.ctx is not None:
         return f"{max(param.opts, key=len)}: missing; see {exc.ctx.command_path} --help"  # klab plot without -o
     if isinstance(exc, click.BadParameter) and isinstance(param, click.Option):  # `--limit: -1 is not in ...`
