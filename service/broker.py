@@ -326,11 +326,10 @@ def holds_none(r: Any, identity: str) -> bool:
 
 @contextmanager
 def redis_client() -> Iterator[Any]:
-    """A plain client of a Redis broker (None for another broker), closed afterwards."""
-    url = settings().broker_url
-    if not url.startswith(("redis://", "rediss://")):
-        yield None
-        return
+    """A plain client of the Redis broker, closed afterwards; a URL redis-py cannot read is one line naming
+    KLAB_BROKER_URL (checked_url: `klab watch` raised redis-py's ValueError, a port's part of a password in it, and
+    `REDIS://` was taken for another broker's, never asked)."""
+    url = checked_url()
     import redis
 
     conn = redis.Redis.from_url(url, socket_connect_timeout=defaults.CONNECT_TIMEOUT_S,

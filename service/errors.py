@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 import unicodedata
 
-_PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>\S*)(?P<at>@)", re.IGNORECASE)
-"""user:password@ in a URL, up to the last @ before a space (a password may hold an @ or a / not escaped)."""
+_PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.\-]*(?::/{0,2}|//)[^:/@\s]*:)(?P<pw>\S*)(?P<at>@)", re.IGNORECASE)
+"""user:password@ in a URL, up to the last @ before a space (a password may hold an @ or a / not escaped); after a
+scheme mistyped too (`redis:/:pw@`, `postgresql//u:pw@`: refused as no URL, and printed whole)."""
 _QUERY_PASSWORD = re.compile(r"(?P<pre>(?:^|[?&\s])[\w.-]*(?:passw(?:or)?d|pwd|secret|token)[\w.-]*\s*=\s*)"
                              r"(?:'(?:[^'\\]|\\.)*'?|[^&\s]*)", re.IGNORECASE)
 """A secret given as a URL's parameter or in a libpq keyword string (host=h password=pw): libpq's ?password= and

@@ -141,6 +141,11 @@ def test_passwords_in_broker_and_database_urls_are_never_printed_or_logged(tmp_p
                ({"KLAB_BROKER_URL": f"redis://u:{SECRET} x@127.0.0.1:{free_port()}/0?password=y"}, ("submit",), 2),
                ({"KLAB_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0?password=p#{SECRET}"}, ("submit",), 2),
                ({"KLAB_BROKER_URL": f"redis://:{SECRET}[@127.0.0.1:{free_port()}/0"}, ("submit",), 2),
+               # a scheme mistyped: refused as no URL, and printed whole; a port redis-py cannot read, by `watch`
+               ({"KLAB_BROKER_URL": f"redis:/:{SECRET}@127.0.0.1:{free_port()}/0"}, ("workers",), 2),
+               ({"KLAB_DATABASE_URL": f"postgresql:/klab:{SECRET}@127.0.0.1/klab"}, ("list",), 2),
+               ({"KLAB_DATABASE_URL": f"postgresql//klab:{SECRET}@127.0.0.1/klab"}, ("submit",), 2),
+               ({"KLAB_BROKER_URL": f"redis://:{SECRET}/x@127.0.0.1:{free_port()}/0"}, ("watch", "1"), 2),
                # what kombu cannot use, refused before anything is stored: it raised after the jobs were
                ({"KLAB_BROKER_URL": f"redis://:{SECRET}@127.0.0.1:{free_port()}/0?socket_timeout=5"}, ("submit",), 2),
                ({"KLAB_BROKER_URL": f"unix://:{SECRET}@/tmp/redis.sock?db=0"}, ("submit",), 2),
@@ -182,6 +187,8 @@ def test_mask_hides_a_password_in_the_user_part_and_in_the_parameters():
     assert mask("postgresql://h/db?sslpassword=pw&sslmode=require") == "postgresql://h/db?sslpassword=***&sslmode=require"
     assert mask("rediss://h/0?ssl_keyfile_password=pw") == "rediss://h/0?ssl_keyfile_password=***"
     assert mask("sqlite:///tmp/passwords.db") == "sqlite:///tmp/passwords.db"
+    assert mask("redis:/:pw@h:1/0 postgresql//u:pw@h/db") == "redis:/:***@h:1/0 postgresql//u:***@h/db"  # mistyped
+    assert mask("sqlite:////tmp/a:b@c/klab.db /tmp/a:b@c") == "sqlite:////tmp/a:b@c/klab.db /tmp/a:b@c"  # paths
     assert mask("postgresql://u@h/db?password=ab;cd&x=1") == "postgresql://u@h/db?password=***&x=1"  # a ; is the
     # password's: it was cut there and the rest printed
     assert mask("bypass=3 compass=north passfile=/x") == "bypass=3 compass=north passfile=/x"  # no secrets

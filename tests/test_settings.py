@@ -288,3 +288,18 @@ def test_a_relative_klab_home_is_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     settings = Settings.from_env({"KLAB_HOME": "relhome"})
     assert settings.home == tmp_path / "relhome" and settings.home.is_absolute()
+
+
+def test_a_broker_url_redis_py_cannot_read_is_one_line_and_a_local_sweep_asks_no_broker(klab_db, klab_cli, setenv,
+                                                                                           redis_url):
+    """`klab watch` and `klab sweep --local` (after storing and training its jobs) ended in redis-py's ValueError, a
+    port's part of the password in its last line; a scheme in capitals (kombu's and redis-py's alike) was taken for
+    another broker's, and `klab submit` never said no worker serves the queue."""
+    setenv(KLAB_BROKER_URL="redis://:s3cr/et@127.0.0.1:6379/15")
+    code, out, err = klab_cli("sweep", "--local", "--seed", "0..1", "--epochs", "2")
+    assert code == 0 and "2 job(s): 2 succeeded" in out and "s3cr" not in err, (out, err)
+    assert klab_cli("watch", "1") == (2, "", "klab: error: KLAB_BROKER_URL: the password holds '/', which a URL's "
+                                             "user part cannot hold: write it as %2F\n")
+    setenv(KLAB_BROKER_URL=redis_url.replace("redis://", "REDIS://", 1))
+    code, out, err = klab_cli("submit", "--epochs", "2")
+    assert code == 0 and "klab: warning: no live worker of this database" in err, err

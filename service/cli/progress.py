@@ -152,7 +152,7 @@ def count_line(c: dict[str, Any]) -> str:
     return f"{c['jobs']} job(s): {parts}; epochs {c['epochs_done']}/{c['epochs_total']} ({pct:.0f}%)"
 
 
-def wait(selection: Selection, quiet: bool = False, stored: bool = False) -> dict[str, Any]:
+def wait(selection: Selection, quiet: bool = False, stored: bool = False, broker_asked: bool = True) -> dict[str, Any]:
     """Poll until every selected job is finished: a progress bar of epochs on a terminal, else a line on
     stderr whenever the counts change (at most every LINE_SECONDS). Ctrl-C stops the waiting, not the jobs.
     Returns the counts once all have ended.
@@ -165,7 +165,8 @@ def wait(selection: Selection, quiet: bool = False, stored: bool = False) -> dic
     ever holding none, and a broker that does not answer (within its timeout) is asked no more: the paced reads
     end the wait. `stored`: the command itself stored the jobs, so that, gone at the first look, they were deleted
     meanwhile (Gone, exit code 1), not asked for by mistake (a sweep deleted as `klab sweep --local` trained it said
-    `sweep: no sweep 3`, exit code 2)."""
+    `sweep: no sweep 3`, exit code 2). `broker_asked` False: the database's reads alone (`klab sweep --local`,
+    whose jobs no broker carries)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -176,7 +177,7 @@ def wait(selection: Selection, quiet: bool = False, stored: bool = False) -> dic
     lines = not quiet and not show
     last_line, last_at, counted_at, counting, was_idle = "", 0.0, -math.inf, 0.0, False
     try:
-        with interrupts() as check, broker.redis_client() as told, \
+        with interrupts() as check, broker.redis_client() if broker_asked else contextlib.nullcontext() as told, \
                 Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                          transient=True, disable=not show, console=Console(file=sys.stderr),
                          redirect_stdout=False) as bar:

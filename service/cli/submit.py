@@ -52,12 +52,12 @@ def warn_unserved(queues: set[str]) -> None:
         click.echo(f"klab: warning: {line}", err=True)
 
 
-def show_results(selection: Selection, as_json: bool, one: bool) -> None:
+def show_results(selection: Selection, as_json: bool, one: bool, broker_asked: bool = True) -> None:
     """After --wait: each result as `klab show` prints it (one job), or the counts and what to run next."""
     from service.db.reads import reading, result_of, results
     from service.render.text import render
 
-    ended = wait(selection, quiet=as_json, stored=True)
+    ended = wait(selection, quiet=as_json, stored=True, broker_asked=broker_asked)
     out = None
     try:
         with reading() as reader:  # print after reading: never hold the database

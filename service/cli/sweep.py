@@ -53,7 +53,7 @@ def sweep(spec_file: str | None, queue: str | None, wait: bool, as_json: bool, b
         return
     click.echo(f"sweep {sweep_id}: {len(ids)} jobs" + (f", {what}" if what else ""), err=as_json)
     if wait or local:
-        show_results(Selection(sweep=sweep_id), as_json, one=False)
+        show_results(Selection(sweep=sweep_id), as_json, one=False, broker_asked=not local)
 
 
 def _train_here(plan: Plan, batch_jobs: int) -> list[int]:
