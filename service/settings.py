@@ -94,6 +94,7 @@ class Settings:
         # absolute: the arrays kept under it are named in their jobs' specs, which a relative home made true only in
         # the folder they were made in
         home = Path(os.path.abspath(Path(env.get("KLAB_HOME") or Path.home() / ".klab").expanduser()))
+        fits("KLAB_HOME", str(home))
         url = _utf8("KLAB_DATABASE_URL", env.get("KLAB_DATABASE_URL") or "")
         numbers = {f.name: _positive(env, f"KLAB_{f.name.upper()}", f.default, MOST.get(f.name, defaults.INT32_MOST))
                    for f in fields(cls) if f.type in ("int", "int | None")}
@@ -229,6 +230,10 @@ def _sqlite_parameters(url: str) -> None:
     and a plain path, SQLite opened a new file named `PATH?mode=ro`, which no message named."""
     path, _, query = url.partition("://")[2].partition("/")[2].partition("?")
     params = parse_qsl(query, keep_blank_values=True)
+    names = [k for k, _ in params]
+    if twice := sorted({k for k in names if names.count(k) > 1}):  # SQLAlchemy made a tuple of the values: a
+        # TypeError from sqlite3 (`?timeout=5&timeout=6`)
+        raise BadInput("KLAB_DATABASE_URL", f"the parameter {twice[0]!r} is given twice")
     own = sorted({k for k, _ in params if k not in SQLITE_DRIVER})
     if not own:
         return
@@ -312,7 +317,24 @@ def sqlite_path(url: str) -> Path | None:
         return None
     if "\0" in path:  # os and sqlite3 alike raised ValueError: a traceback
         raise BadInput("KLAB_DATABASE_URL", f"the sqlite database's path holds a NUL byte: {visible(path)}")
+    fits("KLAB_DATABASE_URL", path)
     return Path(path)
+
+
+NAME_MOST, PATH_MOST = 255, 4095
+"""The most bytes of a file's name, and of a whole path, that Linux's file systems take (NAME_MAX, PATH_MAX)."""
+
+
+def fits(name: str, path: str) -> None:
+    """A path the system can name, or one line naming its setting: past NAME_MOST or PATH_MOST, Path.exists() and
+    is_dir() raise OSError's "File name too long", a traceback from every command."""
+    size = len(path.encode("utf-8", "surrogatepass"))
+    long = next((p for p in Path(path).parts if len(p.encode("utf-8", "surrogatepass")) > NAME_MOST), None)
+    if long is not None:
+        raise BadInput(name, f"a name in the path is longer than {NAME_MOST} bytes, more than a file system holds: "
+                             f"{visible(long[:40])}...")
+    if size > PATH_MOST:
+        raise BadInput(name, f"the path is {size} bytes long, more than the system's most, {PATH_MOST}")
 
 
 def _real(path: Path) -> str:

@@ -210,7 +210,8 @@ def test_a_sqlite_urls_parameters_are_the_drivers_or_sqlites_own_in_a_file_uri(t
                                               "file:"),
                         ("?timeout=abc", "a parameter of the URL is not what SQLite's driver takes: could not convert "
                                          "string to float: 'abc'"),
-                        ("?check_same_thread=maybe", "String is not true/false: 'maybe'")):
+                        ("?check_same_thread=maybe", "String is not true/false: 'maybe'"),
+                        ("?timeout=5&timeout=6", "the parameter 'timeout' is given twice")):  # a TypeError's traceback
         for args in (["run", "--epochs", "1"], ["list"], ["db", "upgrade"]):
             out = klab(clean_env(tmp_path / "home", f"sqlite:///{db}{query}"), *args)
             assert (out.returncode, out.stdout) == (2, "") and len(out.stderr.splitlines()) == 1, (query, out.stderr)

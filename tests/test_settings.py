@@ -303,3 +303,18 @@ def test_a_broker_url_redis_py_cannot_read_is_one_line_and_a_local_sweep_asks_no
     setenv(KLAB_BROKER_URL=redis_url.replace("redis://", "REDIS://", 1))
     code, out, err = klab_cli("submit", "--epochs", "2")
     assert code == 0 and "klab: warning: no live worker of this database" in err, err
+
+
+@pytest.mark.parametrize("variable,value", [
+    ("KLAB_HOME", "/tmp/" + "a" * 256), ("KLAB_DATABASE_URL", "sqlite:////tmp/" + "a" * 256 + "/k.db"),
+    ("KLAB_HOME", "/tmp" + "/" + "/".join(["b" * 250] * 17))])
+def test_a_path_longer_than_the_system_names_is_one_line_naming_its_variable(variable, value, klab_cli, setenv,
+                                                                             tmp_path):
+    """Path.exists() raises "File name too long" past a name's 255 bytes or a path's 4,095: list, run, sweep and
+    submit ended in its traceback."""
+    setenv(**{"KLAB_HOME": str(tmp_path / "home"), "KLAB_DATABASE_URL": None, variable: value})
+    for args in (["list"], ["run", "--epochs", "1"]):
+        code, out, err = klab_cli(*args)
+        assert (code, out) == (2, "") and err.count("\n") == 1 and err.startswith(f"klab: error: {variable}: "), err
+        assert "longer than 255 bytes" in err or "more than the system's most, 4095" in err, err
+    assert not (tmp_path / "home").exists()
