@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from klab.errors import NoWorker, public
 from klab.result import Result
-from klab.values import arrays, checked_batch_jobs, checked_flag, job_values, spelled, whole
+from klab.values import arrays, checked_batch_jobs, checked_flag, item, job_values, shown, spelled, whole
 from service import defaults
 from service.errors import BadInput
 from service.jobs.selection import Selection, distinct
@@ -33,17 +33,16 @@ class Handle:
 
     def __post_init__(self) -> None:  # its mistakes raised as klab.BadInput by __init__, made public below
         ids = self.ids
-        if getattr(ids, "ndim", None) == 0:  # a 0-d array: one id, as klab.jobs reads it (iterating it: TypeError)
-            ids = ids.item()
+        ids = item(ids)  # a 0-d array: one id, as klab.jobs reads it (iterating it: TypeError)
         if whole(ids):  # one id, as klab.jobs(12) reads it (Handle(12) was a TypeError)
             ids = (ids,)
-        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):  # "12" was jobs 1 and 2
-            raise BadInput("ids", f"a Handle holds a tuple of job ids, got {ids!r}")
+        if isinstance(ids, (str, bytes, bytearray)) or not isinstance(ids, Iterable):  # "12" was jobs 1 and 2
+            raise BadInput("ids", f"a Handle holds a tuple of job ids, got {shown(ids)}")
         ids = tuple(ids)
         if not all(whole(i) for i in ids):  # 1.5 and True were job 1
-            raise BadInput("ids", f"an id is a whole number, got {next(i for i in ids if not whole(i))!r}")
+            raise BadInput("ids", f"an id is a whole number, got {shown(next(i for i in ids if not whole(i)))}")
         if self.sweep is not None and not whole(self.sweep):
-            raise BadInput("sweep", f"a sweep's id is a whole number, got {self.sweep!r}")
+            raise BadInput("sweep", f"a sweep's id is a whole number, got {shown(self.sweep)}")
         object.__setattr__(self, "ids", distinct(int(i) for i in ids))  # hashable, numpy's ints as Python's, once
         object.__setattr__(self, "sweep", None if self.sweep is None else int(self.sweep))
         if not self.ids and self.sweep is None:  # a Selection of neither is every job in the database
@@ -67,7 +66,7 @@ class Handle:
 
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
                                     or not timeout >= 0):  # NaN compares false with everything: it never ended
-            raise BadInput("timeout", f"seconds, a number from 0 or None, got {timeout!r}")  # numpy's numbers too
+            raise BadInput("timeout", f"seconds, a number from 0 or None, got {shown(timeout)}")  # numpy's too
         follow(self.selection, _seconds(timeout), checked_flag("progress", progress))
         return self
 

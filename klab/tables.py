@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from klab.errors import public
 from klab.result import Result, typed_epochs
-from klab.values import plain, spelled, whole
+from klab.values import item, plain, shown, spelled, whole
 from service.db.connect import INTEGER_MOST
 from service.errors import BadInput
 from service.jobs import result as schema
@@ -31,10 +31,9 @@ DTYPES = {"int": "int64", "bigint": "int64", "float": "float64", "text": "str"}
 def _id(value: Any, field: str) -> int:
     """A job's or a sweep's id as a caller gave it: a whole number, numpy's too (a DataFrame's id column), a 0-d array
     as jobs() and Handle take it (klab.show(np.array(1)) was refused)."""
-    if getattr(value, "ndim", None) == 0:
-        value = value.item()
+    value = item(value)
     if not whole(value):
-        raise BadInput(field, f"an id is a whole number, got {value!r}")
+        raise BadInput(field, f"an id is a whole number, got {shown(value)}")
     return int(value)
 
 
@@ -42,7 +41,7 @@ def _selection(ids: int | Iterable[int] | None, sweep: int | None) -> Selection 
     """The jobs asked for: every job (neither ids nor a sweep), these ids, or a sweep's; None for an empty
     list of ids, which asks for no job (`klab.jobs(frame.id[frame.lr > 1])` when no job has that lr)."""
     if getattr(ids, "ndim", None) == 0:  # a 0-d array (np.array(12)): one id, which iterating raised TypeError on
-        ids = ids.item()
+        ids = [item(ids)]  # (one holding None was every job)
     given = None if ids is None else list(ids) if isinstance(ids, Iterable) and not isinstance(ids, str) else [ids]
     if given == [] and sweep is None:
         return None
@@ -106,7 +105,7 @@ def _one_value(name: str, value: Any) -> Any:
     kinds, what = KINDS.get(field.kind, ((), None))
     if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
         raise BadInput(name, (f"a filter of {name} is {what} or None" if what else f"{name} is no filter of one "
-                              "value") + f", got {value!r}; filter the frame for more")
+                              "value") + f", got {shown(value)}; filter the frame for more")
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INTEGER_MOST:
         raise BadInput(name, f"{value} is past what a column holds (64 bits)")
     return value

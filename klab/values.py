@@ -31,8 +31,28 @@ ARRAY_NAME = "the array"
 
 
 def whole(value: Any) -> bool:
-    """A whole number as a caller may give one: Python's or numpy's int (a DataFrame's cell), never a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    """A whole number as a caller may give one: Python's or numpy's int (a DataFrame's cell), never a bool, nor numpy's
+    timedelta64 (which numpy counts an Integral: np.timedelta64(1) was job 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and \
+        type(value).__name__ != "timedelta64"
+
+
+def item(value: Any) -> Any:
+    """A 0-d array's or a numpy scalar's one value as Python's; a time (timedelta64, datetime64) as it is, whose
+    .item() is a number (np.timedelta64(1) was job 1)."""
+    if getattr(value, "ndim", None) == 0 and getattr(getattr(value, "dtype", None), "kind", "") not in ("m", "M"):
+        return value.item()
+    return value
+
+
+def shown(value: Any) -> str:
+    """A value as a one-line message names it: an array, a Series or a frame (whose repr spans lines) by its type and
+    shape, anything else by its repr, on one line and cut at 80 characters."""
+    shape, name = getattr(value, "shape", None), type(value).__name__
+    if isinstance(shape, tuple) and shape != ():
+        return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name} of shape {shape}"
+    text = visible(repr(value))
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def _nested(value: Any) -> Any:
@@ -46,20 +66,21 @@ def _nested(value: Any) -> Any:
 def checked_flag(name: str, value: Any) -> bool:
     """A keyword that is True or False (store=, local=, progress=): store="no" was true, and stored the job."""
     if type(value).__name__ not in ("bool", "bool_"):  # Python's, or numpy's
-        raise BadInput(name, f"True or False, got {value!r}")
+        raise BadInput(name, f"True or False, got {shown(value)}")
     return bool(value)
 
 
 def checked_batch_jobs(value: Any) -> int:
     """batch_jobs= as `--batch-jobs` takes it: a whole number from 1 to BATCH_JOBS_MOST."""
     if not whole(value) or not 1 <= value <= BATCH_JOBS_MOST:
-        raise BadInput("batch_jobs", f"a whole number from 1 to {BATCH_JOBS_MOST}, got {value!r}")
+        raise BadInput("batch_jobs", f"a whole number from 1 to {BATCH_JOBS_MOST}, got {shown(value)}")
     return int(value)
 
 
 def job_values(jobs: Any) -> list[dict[str, Any]]:
     """jobs= of klab.submit: a list (or any iterable but a text or a mapping) of mappings, one a job."""
-    if isinstance(jobs, (str, bytes, Mapping)) or not isinstance(jobs, Iterable):
+    if isinstance(jobs, (str, bytes, bytearray, Mapping)) or not isinstance(jobs, Iterable) or \
+            getattr(jobs, "ndim", None) == 0:  # a 0-d array: iterating it raised TypeError
         raise BadInput("jobs", f"a list of mappings, one a job, got {type(jobs).__name__}"
                                + ("; one job's values go as keywords" if isinstance(jobs, Mapping) else ""))
     limit = settings().max_sweep_jobs
@@ -86,6 +107,8 @@ def plain(value: Any) -> Any:
 
     if isinstance(value, np.ndarray) and value.ndim == 0:  # np.array(0.03, dtype=np.float32): its one value
         value = value[()]
+    elif isinstance(value, np.ndarray):  # several values, or one in a list of its own: not one value, which the
+        return value  # caller refuses (.item() raised ValueError of several, and took [[0.03]] for 0.03)
     if isinstance(value, np.floating) and value.dtype.itemsize < 8 and not float(value).is_integer():
         return float(str(value))  # a whole one exactly (np.float32(123456792) as a seed, not 123456790)
     return value.item() if hasattr(value, "item") else value
@@ -199,6 +222,11 @@ class Files:
         writes (it was told `must be a string`), anything else as given."""
         if field in ARRAY_FIELDS and is_array(value):
             return self.npy(field, value)
+        if field not in ARRAY_FIELDS and getattr(value, "ndim", 0) != 0 and \
+                (is_array(value) or type(value).__module__.split(".")[0] in ("numpy", "pandas")):
+            # several values: a pandas array compared equal to the first name it held (method=pd.array(["adam"]))
+            # and trained the default
+            raise BadInput(field, f"one value, got {shown(value)}; several values make a sweep: klab.sweep")
         if field not in ARRAY_FIELDS and (type(value).__module__ == "numpy" or is_array(value)) and \
                 getattr(value, "ndim", 0) == 0:  # one value, a 0-d array or tensor too: np.float32(0.03) is 0.03
             return plain(_numpy(value))

@@ -65,6 +65,8 @@ def cycles_uncollected() -> Iterator[None]:
 
 def known_queue(queue: str | None) -> None:
     """--queue is cpu, gpu or not given."""
+    if queue is not None and not isinstance(queue, str):  # an array's == answered for each of its items
+        raise BadInput("queue", f"a queue's name, cpu or gpu, got a value of type {type(queue).__name__}")
     if queue is not None and queue not in broker.QUEUES:
         raise BadInput("queue", f"unknown queue {queue!r}; expected cpu or gpu")
 

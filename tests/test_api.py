@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from harness import ROOT, with_terminal_stderr
@@ -214,6 +215,27 @@ BAD = [
      "True or False, got 'off'"),
     ("no-batch", lambda: klab.sweep(seed=range(2), batch_jobs=0, local=True), "batch_jobs", "from 1 to 100000, got 0"),
     ("batch-as-text", lambda: klab.submit(batch_jobs="8"), "batch_jobs", "a whole number from 1 to 100000, got '8'"),
+    # pandas' and numpy's arrays where one value goes (found by fuzzing): a pandas array compared equal to its first
+    # name and trained the default, .item() raised ValueError, a 0-d array was iterated, a Series printed its lines
+    ("a-pandas-array-of-methods", lambda: klab.run(method=pd.array(["adam"], dtype="string"), store=False), "method",
+     "one value, got a StringArray of shape (1,); several values make a sweep"),  # trained d2l-manual
+    ("a-pandas-array-of-devices", lambda: klab.run(device=pd.array(["cuda"]), store=False), "device",
+     "one value, got "),  # ran on the cpu
+    ("a-pandas-array-of-queues", lambda: klab.submit(queue=pd.array([1, 2])), "queue",
+     "a queue's name, cpu or gpu, got a value of type IntegerArray"),  # sqlite3's ProgrammingError
+    ("an-array-of-queues", lambda: klab.submit(queue=np.array([1, 2])), "queue", "of type ndarray"),
+    ("no-queue-as-pandas-says-it", lambda: klab.submit(queue=pd.NA), "queue", "of type NAType"),
+    ("an-array-to-a-filter", lambda: klab.jobs(status=np.array([1, 2])), "status",
+     "got a ndarray of shape (2,); filter the frame for more"),
+    ("one-value-in-arrays-to-a-filter", lambda: klab.jobs(lr=np.array([[0.03]])), "lr",
+     "got a ndarray of shape (1, 1)"),
+    ("jobs-as-a-0d-array", lambda: klab.submit(jobs=np.array(2)), "jobs", "a list of mappings, one a job, got ndarray"),
+    ("an-id-as-a-series", lambda: klab.show(pd.Series([1, 2])), "id", "an id is a whole number, got a Series of shape "
+     "(2,)"),  # its lines, one message of three
+    ("a-sweep-as-a-frame", lambda: klab.jobs(sweep=pd.DataFrame({"a": [1, 2]})), "sweep", "got a DataFrame of shape"),
+    ("an-id-as-a-time", lambda: klab.show(np.timedelta64(1)), "id", "got np.timedelta64(1)"),  # was job 1
+    ("a-handle-of-bytes", lambda: klab.Handle(bytearray(b"x")), "ids", "got bytearray(b'x')"),  # was job 120
+    ("ids-as-a-0d-array-of-none", lambda: klab.jobs(np.array(None, dtype=object)), "ids", "got None"),  # every job
 ]
 
 
