@@ -213,8 +213,8 @@ def normalize_url(url: str) -> str:
     scheme, sep, _ = url.partition("://")
     backend = scheme.split("+")[0].lower()
     if sep and backend not in ("sqlite", "postgresql"):
-        raise BadInput("KLAB_DATABASE_URL", f"{backend} is not supported: kernel-lab stores its results in "
-                       "SQLite (sqlite:///PATH) or PostgreSQL (postgresql://USER@HOST/DB)")
+        raise BadInput("KLAB_DATABASE_URL", f"{backend or 'a URL of no scheme'} is not supported: kernel-lab stores "
+                       "its results in SQLite (sqlite:///PATH) or PostgreSQL (postgresql://USER@HOST/DB)")
     if sep and backend == "sqlite":
         _sqlite_parameters(url)
     return url

@@ -219,6 +219,12 @@ def test_a_sqlite_urls_parameters_are_the_drivers_or_sqlites_own_in_a_file_uri(t
     assert [p.name for p in tmp_path.iterdir() if "?" in p.name] == [] and db.read_bytes() == before
     read_only = clean_env(tmp_path / "home", f"sqlite:///file:{db}?mode=ro&uri=true")  # as SQLite reads it
     assert klab(read_only, "list", "--json").stdout.count('"id"') == 1
+    for query, said in (("mode=bogus", "no such access mode: bogus"), ("vfs=bogus", "no such vfs: bogus")):
+        out = klab(clean_env(tmp_path / "home", f"sqlite:///file:{db}?{query}&uri=true"), "list")  # SQLite's own:
+        assert (out.returncode, out.stdout) == (2, "") and out.stderr.startswith("klab: error: KLAB_DATABASE_URL: ") \
+            and out.stderr.endswith(f"driver refuses the URL: {said}\n"), out.stderr  # was exit 3, "cannot reach"
+    out = klab(clean_env(tmp_path / "home", "://"), "list")
+    assert out.stderr.startswith("klab: error: KLAB_DATABASE_URL: a URL of no scheme is not supported: "), out.stderr
 
 
 def test_a_database_other_than_sqlite_or_postgresql_is_refused_by_name(tmp_path: Path) -> None:

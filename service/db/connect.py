@@ -186,9 +186,11 @@ def refuse_unmade(url: str) -> None:
                                   "one", 2)
 
 
-_REFUSED_URL = re.compile(r"invalid (URI query parameter|connection option|\w+ value|value for parameter)")
-"""libpq's words for a URL it refuses (?bogus=1, ?sslmode=bogus), and the server's for a parameter the URL sets
-(?client_encoding=bogus, ?options=-c TimeZone=bogus): the user's mistake, not a database away."""
+_REFUSED_URL = re.compile(r"invalid (URI query parameter|connection option|\w+ value|value for parameter)"
+                          r"|^no such (access mode|vfs|cache mode): ")
+"""libpq's words for a URL it refuses (?bogus=1, ?sslmode=bogus), the server's for a parameter the URL sets
+(?client_encoding=bogus, ?options=-c TimeZone=bogus), and SQLite's for a file: URI's (?mode=bogus, ?vfs=bogus): the
+user's mistake, not a database away."""
 
 
 def unreachable(url: str, exc: BaseException) -> DatabaseUnavailable:
