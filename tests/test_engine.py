@@ -322,12 +322,25 @@ def test_batch_initial_weights_equal_nn_conv2d_exactly(shape, bias, seeds):
         assert b is None
 
 
-def test_vectorized_initial_weights_cover_a_large_batch_of_consecutive_seeds():
+def test_vectorized_initial_weights_cover_a_large_batch_of_consecutive_seeds(monkeypatch):
+    from worker.engine import weights
+
+    drawn_alone = []  # the vectorized draw checks its first seed with torch's generator, and falls back silently
+    alone = weights.initial_weights
+    monkeypatch.setattr(weights, "initial_weights", lambda seed, *rest: drawn_alone.append(seed) or alone(seed, *rest))
     seeds = list(range(5000, 5000 + 4 * VECTOR_INIT_MIN))
     w, _ = batch_initial_weights(seeds, (1, 1, 1, 2), False)
+    assert drawn_alone == [5000]  # its check, not a fallback to drawing one seed at a time
     for i in range(0, len(seeds), 7):
         assert torch.equal(w[i], conv_init(seeds[i], (1, 1, 1, 2), False)[0])
     assert len({tuple(v.flatten().tolist()) for v in w}) == len(seeds)
+    # the emulated generator is torch's, draw for draw, whatever the seed's size
+    raw = weights._mt19937_first(np.array([0, 1, 5000, 2**40 + 7, 2**63 - 1], dtype=np.uint64), 9)
+    for row, seed in zip(raw, (0, 1, 5000, 2**40 + 7, 2**63 - 1)):
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+        assert torch.equal(torch.from_numpy(weights._uniform(row, 0.7)),
+                           torch.empty(9).uniform_(-0.7, 0.7, generator=generator)), seed
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -640,6 +653,14 @@ def test_four_d_kernels_are_reported_four_d():
     assert np.array(result["learned_kernel"]).shape == (3, 2, 2, 2)
     assert np.array(result["true_kernel"]).shape == (3, 2, 2, 2)
     assert np.array(result["lstsq_kernel"]).shape == (3, 2, 2, 2)
+    # and each value in its place (out, in, row, column): a kernel of distinct values, which this input determines,
+    # and the initial weights nn.Conv2d draws at the seed (transposed or flipped, the shapes above passed)
+    kernel = np.arange(1.0, 25.0).reshape(3, 2, 2, 2).tolist()
+    given = run_spec(spec(input="random:2x6x7", kernel=json.dumps(kernel), method="adam", lr=0.05, epochs=2, seed=1))
+    assert given["true_kernel"] == kernel and given["identifiability"]["identifiable"]
+    np.testing.assert_allclose(given["lstsq_kernel"], kernel, rtol=1e-6)
+    torch.manual_seed(1)
+    assert given["initial_kernel"] == nn.Conv2d(2, 3, kernel_size=(2, 2), bias=False).weight.tolist()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -656,6 +677,7 @@ def test_on_epoch_sees_every_epoch_of_every_job(method):
         assert np.array_equal(e.loss, batch.trained.loss[e.epoch - 1].astype(np.float32))
         assert e.alive.tolist() == [True] * 3
         assert e.kernel_error is not None and e.kernel_error.shape == (3,)
+        assert np.array_equal(e.kernel_error, batch.trained.kernel_error[e.epoch - 1].astype(np.float32))
         if method == "d2l-manual":
             assert e.mse is None
         else:
@@ -675,6 +697,9 @@ def test_on_epoch_can_cancel_a_job_and_the_others_are_unaffected():
     for i in (1, 2):
         assert np.array_equal(batch.trained.loss[:, i], full.trained.loss[:, i])
         assert np.array_equal(batch.trained.weights[i], full.trained.weights[i])
+    # the cancelled job keeps its kernel as its second epoch left it (README), not trained on to the sixth
+    assert np.array_equal(batch.trained.weights[0], train(jobs, Method.D2L_MANUAL, 2, 2).trained.weights[0])
+    assert not np.array_equal(batch.trained.weights[0], full.trained.weights[0])
 
 
 def test_cuda_trains_as_the_cpu_does_or_is_refused_where_there_is_none():

@@ -43,6 +43,10 @@ def test_ones_checker_and_diagonal():
     assert np.array_equal(diagonal, np.triu(np.ones((6, 6))))  # a diagonal edge, ones on and above it
     tall = inputs.parse_input("diagonal:8x4", 0)[0][0, 0]
     assert tall[0].tolist() == [1, 1, 1, 1] and tall[-1].tolist() == [0, 0, 0, 0]
+    # the edge from corner to corner whatever the aspect: column j is one from row 2j down (its first and last rows
+    # held either way)
+    assert np.array_equal(tall, [[1.0 if j * 8 >= i * 4 else 0.0 for j in range(4)] for i in range(8)])
+    assert tall[2].tolist() == [0, 1, 1, 1] and tall[5].tolist() == [0, 0, 0, 1]
 
 
 @pytest.mark.parametrize("dims,shape,ndim", [("5x7", (1, 1, 5, 7), 2), ("3x5x7", (1, 3, 5, 7), 3),
@@ -204,12 +208,15 @@ def test_a_16_bit_grayscale_png_is_scaled_by_its_own_range(tmp_path):
 def test_rgb_image_gives_three_channels(tmp_path):
     rgb = np.zeros((4, 5, 3), dtype=np.uint8)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 255, 128, 0
+    rgb[0, 3] = (10, 200, 60)  # one pixel of its own, top right: where it lands shows a flip or a transpose
     Image.fromarray(rgb, mode="RGB").save(tmp_path / "c.png")
     x, _ = inputs.parse_input(f"image:{tmp_path / 'c.png'}:rgb", 0)
     assert x.shape == (1, 3, 4, 5)
-    np.testing.assert_allclose(x[0, :, 0, 0], [1.0, 128 / 255, 0.0], rtol=1e-7)
+    np.testing.assert_allclose(x[0], rgb.transpose(2, 0, 1) / 255, rtol=1e-7)
     gray, _ = inputs.parse_input(f"image:{tmp_path / 'c.png'}", 0)
-    assert gray.shape == (1, 1, 4, 5)
+    assert gray.shape == (1, 1, 4, 5)  # Pillow's own luminance, not a channel (red, here, would be 255 and 10)
+    np.testing.assert_allclose(gray[0, 0], np.asarray(Image.fromarray(rgb, mode="RGB").convert("L")) / 255, rtol=1e-7)
+    assert gray[0, 0, 0, 0] != gray[0, 0, 0, 3]
 
 
 def test_jpeg_is_accepted_and_other_formats_or_text_are_not(tmp_path):
@@ -261,6 +268,9 @@ def test_kernel_literals_random_and_npy(tmp_path):
     r = inputs.parse_kernel("random:2x3x4x5", 3)
     assert r.shape == (2, 3, 4, 5)
     assert np.array_equal(r, inputs.parse_kernel("random:2x3x4x5", 3))
+    # the seed's own stream of kernels: another seed draws another kernel
+    assert np.array_equal(r, np.random.default_rng([inputs.KERNEL_STREAM, 3]).standard_normal((2, 3, 4, 5)))
+    assert not np.allclose(r, inputs.parse_kernel("random:2x3x4x5", 4))
     np.save(tmp_path / "k.npy", np.eye(3))
     assert np.array_equal(inputs.parse_kernel(f"npy:{tmp_path / 'k.npy'}", 0), np.eye(3))
 

@@ -381,6 +381,12 @@ def test_minibatch_methods_cut_the_books_image_into_rows_as_the_seed_does():
     whole = build_problem(JobSpec.parse({}))
     assert np.array_equal(p.x.reshape(6, 8), whole.x[0, 0])
     assert np.array_equal(p.y.reshape(6, 7), whole.y[0, 0])
+    # each row with its own labels, on an input whose rows differ (the book's six are the same: any order passed)
+    cut = build_problem(JobSpec.parse({"method": "d2l-sgd", "input": "random:6x8", "seed": 3}))
+    whole = build_problem(JobSpec.parse({"input": "random:6x8", "seed": 3}))
+    assert len({tuple(row) for row in whole.x[0, 0]}) == 6
+    assert np.array_equal(cut.x[:, 0, 0], whole.x[0, 0]) and np.array_equal(cut.y[:, 0, 0], whole.y[0, 0])
+    assert np.allclose(cut.y[:, 0, 0], whole.x[0, 0, :, :-1] - whole.x[0, 0, :, 1:], atol=1e-6)  # [[1, -1]], row by row
     # a kernel of two rows spans rows, so the image stays one sample
     assert build_problem(JobSpec.parse({"method": "adam", "kernel": "edge-v"})).x.shape == (1, 1, 6, 8)
     # a 3-D input is one sample of several channels, never cut
@@ -474,6 +480,18 @@ def test_given_arrays_replace_the_spec_forms():
     p = build_problem(JobSpec.parse({"kernel": "d2l"}), {"input": x})
     assert p.x.shape == (1, 1, 4, 5) and p.y.shape == (1, 1, 4, 4)
     np.testing.assert_allclose(p.y[0, 0], x[:, :-1] - x[:, 1:])
+    # a kernel and labels given as arrays too, on an input that is no ramp (a ramp's labels are all -1: any kernel
+    # of the same sum, any order of rows, passed)
+    from scipy.signal import correlate2d
+
+    x = np.random.default_rng(0).standard_normal((4, 5))
+    k = np.array([[0.5, 2.0, -1.0]])
+    p = build_problem(JobSpec.parse({"kernel": "d2l"}), {"input": x, "kernel": k})
+    np.testing.assert_allclose(p.x[0, 0], x, rtol=1e-6)
+    np.testing.assert_allclose(p.y[0, 0], correlate2d(x, k, mode="valid"), rtol=1e-5, atol=1e-6)
+    y = np.random.default_rng(1).standard_normal((4, 4))
+    p = build_problem(JobSpec.parse({"kernel": "none", "labels": "npy:/given.npy"}), {"input": x, "labels": y})
+    np.testing.assert_allclose(p.y[0, 0], y, rtol=1e-6)
 
 
 def test_limits_have_their_documented_defaults_and_reject_bad_env():
