@@ -173,11 +173,13 @@ def test_a_nearly_constant_input_is_solved_to_lstsq_accuracy(texture):
     assert sse[0] == pytest.approx(float(((a @ ref.T - label_columns(y)) ** 2).sum()), rel=1e-6, abs=1e-20)
 
 
-def test_rank_deficiency_survives_rounding_in_large_sums(monkeypatch):
-    """An edge image of 0.1s and 0.47s (neither exact in binary), 299 x 399 windows of 2x2 with a bias: A has
-    exactly 3 independent columns; summed over 119,301 rows in 1-row and in 16 MiB blocks, G's rounding stays
-    below the rank's tolerance and the rank is numpy's on A."""
-    x = (problem_of(input="edge:300x400").x * np.float32(0.1) + np.float32(0.37)).astype(np.float32)
+@pytest.mark.parametrize("scale,shift", [(0.1, 0.37), (0.3, 0.71), (1.7, 0.13)])
+def test_rank_deficiency_survives_rounding_in_large_sums(monkeypatch, scale, shift):
+    """An edge image of two values neither exact in binary, 299 x 399 windows of 2x2 with a bias: A has exactly 3
+    independent columns; summed over 119,301 rows in 1-row and in 16 MiB blocks, G's rounding stays below the rank's
+    tolerance and the rank is numpy's on A (the tolerance counts the rows summed: at 0.3 and 1.7 a tolerance of the
+    columns alone read rank 4 and 5; 0.1's rounding fell under either)."""
+    x = (problem_of(input="edge:300x400").x * np.float32(scale) + np.float32(shift)).astype(np.float32)
     a = design_matrix(x, 2, 2, True)
     assert np.linalg.matrix_rank(a) == 3
     for block in (inputs.BLOCK_BYTES, 8 * 5 * 7):  # 16 MiB, and 7 rows of A a block
@@ -304,6 +306,8 @@ def test_kernel_errors():
     np.testing.assert_allclose(e["max_abs"], [0.5, 1.0, 2.0])
     np.testing.assert_allclose(e["cosine"][0], 1.5 / (np.sqrt(1.25) * np.sqrt(2)))
     assert np.isnan(e["relative"][2]) and np.isnan(e["cosine"][1]) and np.isnan(e["cosine"][2])
+    opposite = analysis.kernel_errors(np.array([[[-1.0, 1.0]]]), np.array([[[1.0, -1.0]]]))
+    np.testing.assert_allclose(opposite["cosine"], [-1.0])  # the sign kept: the kernel learned backwards
 
 
 IDENT = {"rank": 2, "params": 4, "identifiable": False}

@@ -53,6 +53,8 @@ def test_on_a_real_photo_the_stable_lr_is_one_over_the_largest_eigenvalue():
     dict(input="random:3x2x6x6", kernel="random:2x2x2x2", method="d2l-manual"),
     dict(input="random:4x1x6x6", kernel="laplacian", method="d2l-sgd", batch_size=4),  # one batch an epoch
     dict(input="random:4x1x6x6", kernel="laplacian", method="momentum", batch_size=4),
+    dict(input="random:4x1x6x6", kernel="random:2x1x2x2", method="d2l-sgd", batch_size=4),  # two outputs: the loss
+    # averages over them too (a bound of half the lr passed every case of one output)
 ])
 def test_just_below_the_stable_lr_training_converges_and_just_above_it_diverges(values):
     stable = job(**values, lr=1e-4, epochs=1)[1]["pace"]["stable_lr"]
@@ -177,6 +179,7 @@ def reference_rate(values: dict, epochs: int = 4000) -> float:
     dict(input="random:4x1x6x6", kernel="laplacian", method="momentum", lr=0.05, batch_size=1),
     dict(input="random:4x1x6x6", kernel="laplacian", method="momentum", lr=0.002, batch_size=4),
     dict(input="checker:6x6", kernel="box3", method="d2l-manual", lr=0.01),
+    dict(input="random:5x1x7x7", kernel="random:2x1x2x2", method="d2l-sgd", lr=0.05, batch_size=2),  # two outputs
 ])
 def test_the_rate_is_the_spectral_radius_of_an_epoch(values):
     _, result = job(**values, epochs=1)
