@@ -356,8 +356,13 @@ def test_a_difference_under_float32_rounding_is_drawn_pale_not_as_an_error() -> 
     assert max(abs(image.norm(v) - 0.5) for v in (learned - true).ravel()) < 0.02  # all but white
     off = true + 0.5 * np.eye(3)  # a real difference keeps a scale of its largest value
     result = result_of({}, relative=0.1, true_kernel=true.tolist(), learned_kernel=off.tolist())
-    (image,) = by_title(plot.figure_job(result), "difference W - K").get_images()
+    fig = plot.figure_job(result)
+    (image,) = by_title(fig, "difference W - K").get_images()
     assert image.get_clim() == (-0.5, 0.5)
+    np.testing.assert_array_equal(image.get_array(), off - true)  # W - K, its sign as its title says
+    assert {t.get_text() for t in by_title(fig, "difference W - K").texts} == {"0.5", "0"}
+    (image,) = by_title(fig, "learned kernel").get_images()
+    np.testing.assert_array_equal(image.get_array(), off)  # the learned kernel's values, not the true one's
 
 
 def test_not_identifiable_and_diverged_are_said_and_drawn() -> None:
@@ -493,6 +498,11 @@ def test_a_running_job_is_drawn_against_its_true_kernel_as_it_will_be_once_ended
     both = by_title(plot.figure_jobs([running, ended]), "kernel error")
     assert both.get_ylabel() == "relative error ||W - K|| / ||K||"
     np.testing.assert_array_equal(*(line.get_ydata() for line in both.get_lines()))
+    other = {**ended, "id": 10, "true_kernel": (3 * np.array(ended["true_kernel"])).tolist()}  # each by its own norm
+    lines = by_title(plot.figure_jobs([ended, other]), "kernel error").get_lines()
+    for line, r in zip(lines, (ended, other), strict=True):
+        np.testing.assert_allclose(line.get_ydata(), np.array([e["kernel_error"] for e in r["epochs"]])
+                                   / np.linalg.norm(r["true_kernel"]), rtol=1e-12)
     from service.render.text import render, side_by_side
 
     shown = render(running)  # `klab show` printed no kernel where the plot draws its true one
@@ -590,6 +600,24 @@ def test_sweep_panels_aggregate_over_seeds_coloured_by_the_other_parameter() -> 
     for strip in strips:  # by status, in JobStatus's order, never lumped together
         assert [t.get_text() for t in strip.get_yticklabels()] == [DIVERGED, FAILED, CANCELLED]
     assert sorted(t.get_text() for t in strips[1].texts) == ["1", "2", "2"]  # d2l-manual 2 + 1, adam 2
+    for strip, adam_at in zip(strips, (0.001, 0.0)):  # each count at its value, on its status's row, as its marker
+        assert {(t.get_text(), float(t.xy[0]), t.xy[1]) for t in strip.texts} == \
+            {("2", 1.0, 0), ("1", 1.0, 1), ("2", adam_at, 2)}
+        assert [set(c.get_offsets()[:, 1]) for c in strip.collections] == [{0}, {1}, {2}]
+    # the band, 10th to 90th percentile over the seeds (of the logs, on a log axis): lr's filled between, method's
+    # drawn as a line each
+    def band(found: list[float]) -> np.ndarray:
+        return np.exp(np.percentile(np.log(found), (10, 90)))
+
+    (adam_band,) = [c for c in lr.collections if type(c).__name__ == "FillBetweenPolyCollection"][:1]
+    at = adam_band.get_paths()[0].vertices
+    for x in (0.001, 0.01, 0.1):
+        found = errors[(x, "adam")][2 if x == 0.001 else 0:]
+        np.testing.assert_allclose(sorted(set(at[np.isclose(at[:, 0], x), 1])), band(found), rtol=1e-12)
+    first_lr = [c for c in method.collections if type(c).__name__ == "LineCollection"][0]  # lr 0.001, per method
+    for segment, m in zip(first_lr.get_segments(), ("adam", "d2l-manual")):
+        found = errors[(0.001, m)][2 if m == "adam" else 0:]
+        np.testing.assert_allclose(sorted(segment[:, 1]), band(found), rtol=1e-12)
     assert not [t for t in fig.findobj(Text) if "diverged/failed" in t.get_text()]
     readable(fig)
 
@@ -844,9 +872,12 @@ def test_a_seed_only_sweep_shows_the_distribution_of_its_errors() -> None:
     assert hist.get_ylabel() == "jobs (498 of 500 have a relative error)"
     legend = [t.get_text() for t in hist.get_legend().get_texts()]
     assert legend[0] == f"geometric mean {np.exp(np.log([r['relative_error'] for r in rows[2:]]).mean()):.3g}"
+    found = [r["relative_error"] for r in rows[2:]]
+    assert legend[1] == "10th-90th percentile {:.3g} to {:.3g}".format(*np.percentile(found, (10, 90))), legend
     status = by_title(fig, "jobs by status")
     assert [t.get_text() for t in status.get_yticklabels()] == [SUCCEEDED, DIVERGED, CANCELLED]
     assert sorted(t.get_text() for t in status.texts) == ["1", "1", "498"]
+    assert [(p.get_y() + p.get_height() / 2, p.get_width()) for p in status.patches] == [(0, 498), (1, 1), (2, 1)]
     readable(fig)
 
 
@@ -1077,3 +1108,6 @@ def test_the_floor_line_names_only_the_parts_there_are() -> None:
     result["gap"]["noise"] = 0.1
     labels = [line.get_label() for line in by_title(plot.figure_job(result), "kernel error").get_lines()]
     assert any(label.startswith("floor: unidentifiable + noise (") for label in labels), labels
+    (floor,) = [line for line in by_title(plot.figure_job(result), "kernel error").get_lines()
+                if line.get_label().startswith("floor")]  # the two parts are orthogonal: their norms add as squares
+    assert floor.get_ydata()[0] == pytest.approx(np.hypot(0.707, 0.1) / np.linalg.norm(result["true_kernel"]))
