@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from klab.errors import NoWorker, public
 from klab.result import Result
-from klab.values import arrays, checked_batch_jobs, checked_flag, item, job_values, shown, spelled, whole
+from klab.values import arrays, checked_batch_jobs, checked_flag, item, job_values, spelled, whole
 from service import defaults
-from service.errors import BadInput
+from service.errors import BadInput, shown
 from service.jobs.selection import Selection, distinct
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ class Handle:
         from klab.progress import follow
 
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
+                                    or type(timeout).__name__ == "timedelta64"  # numpy's Integral, no float
                                     or not timeout >= 0):  # NaN compares false with everything: it never ended
             raise BadInput("timeout", f"seconds, a number from 0 or None, got {shown(timeout)}")  # numpy's too
         follow(self.selection, _seconds(timeout), checked_flag("progress", progress))

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from klab.errors import public
 from klab.result import Result, typed_epochs
-from klab.values import item, plain, shown, spelled, whole
+from klab.values import item, plain, spelled, whole
 from service.db.connect import INTEGER_MOST
-from service.errors import BadInput
+from service.errors import BadInput, shown
 from service.jobs import result as schema
 from service.jobs.selection import Selection
 from service.jobs.status import JobStatus

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from service.defaults import BATCH_JOBS_MOST
-from service.errors import BadInput, one_line, surrogate, visible
+from service.errors import BadInput, one_line, shown, surrogate, visible
 from service.jobs.sweep import ONE_VALUE, as_flag, kernel_literal
 from service.settings import settings
 
@@ -45,22 +45,17 @@ def item(value: Any) -> Any:
     return value
 
 
-def shown(value: Any) -> str:
-    """A value as a one-line message names it: an array, a Series or a frame (whose repr spans lines) by its type and
-    shape, anything else by its repr, on one line and cut at 80 characters."""
-    shape, name = getattr(value, "shape", None), type(value).__name__
-    if isinstance(shape, tuple) and shape != ():
-        return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name} of shape {shape}"
-    text = visible(repr(value))
-    return text if len(text) <= 80 else f"{text[:77]}..."
-
-
 def _nested(value: Any) -> Any:
-    """A kernel of nested lists or tuples as the lists of Python numbers a job file writes (numpy's numbers in it were
-    no JSON: a TypeError, or `must be a string`)."""
+    """A kernel of nested lists or tuples as the lists of Python numbers a job file writes (numpy's numbers in it, 0-d
+    arrays and tensors too, were no JSON: a TypeError, or `must be a string`)."""
     if isinstance(value, (list, tuple)):
         return [_nested(v) for v in value]
-    return value.item() if hasattr(value, "item") else value
+    return value.item() if getattr(value, "ndim", None) == 0 and hasattr(value, "item") and not _time(value) else value
+
+
+def _time(value: Any) -> bool:
+    """numpy's or pandas' times (datetime64, timedelta64), whose .item() in nanoseconds is a plain number."""
+    return getattr(getattr(value, "dtype", None), "kind", "") in ("m", "M")
 
 
 def checked_flag(name: str, value: Any) -> bool:
@@ -122,18 +117,25 @@ def _unmasked(field: str, value: Any) -> None:
         raise BadInput(field, f"{ARRAY_NAME} is masked; give its values (.filled(...)): a job takes every value")
 
 
-def _numpy(value: Any) -> Any:
+def _numpy(field: str, value: Any) -> Any:
     """An array's, a tensor's (on the CPU) or a scalar's values as numpy's; a dtype numpy lacks (bfloat16) as
-    float32."""
+    float32; a tensor of no values to read (meta, sparse, nested) or times, bad input."""
     import numpy as np
 
-    if not hasattr(value, "detach"):
-        return np.asarray(value)
-    tensor = value.detach().cpu()
     try:
-        return tensor.numpy()
-    except TypeError:  # Got unsupported ScalarType BFloat16
-        return tensor.float().numpy()
+        if not hasattr(value, "detach"):
+            array = np.asarray(value)
+        else:
+            tensor = value.detach().cpu()
+            try:
+                array = tensor.numpy()
+            except TypeError:  # Got unsupported ScalarType BFloat16
+                array = tensor.float().numpy()
+    except (RuntimeError, TypeError, NotImplementedError) as exc:  # meta, sparse, nested tensors: torch's error
+        raise BadInput(field, f"{ARRAY_NAME} cannot be read as numbers: {one_line(exc)}") from None
+    if _time(array):  # its nanoseconds as numbers: seed=np.datetime64(3, "ns") trained seed 3
+        raise BadInput(field, f"a number, got times ({array.dtype})")
+    return array
 
 
 def spelled(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -179,10 +181,7 @@ class Files:
         import numpy as np
 
         _unmasked(field, value)
-        try:
-            array = _numpy(value)
-        except (RuntimeError, TypeError, NotImplementedError) as exc:  # meta, sparse, nested tensors: torch's error
-            raise BadInput(field, f"{ARRAY_NAME} cannot be read as numbers: {one_line(exc)}") from None
+        array = _numpy(field, value)
         from service.jobs.inputs import numbers_only
 
         numbers_only(field, ARRAY_NAME, array)  # an array of NaN or of objects, the bad input itself, was saved
@@ -229,7 +228,9 @@ class Files:
             raise BadInput(field, f"one value, got {shown(value)}; several values make a sweep: klab.sweep")
         if field not in ARRAY_FIELDS and (type(value).__module__ == "numpy" or is_array(value)) and \
                 getattr(value, "ndim", 0) == 0:  # one value, a 0-d array or tensor too: np.float32(0.03) is 0.03
-            return plain(_numpy(value))
+            return plain(_numpy(field, value))
+        if _time(value):  # pandas' Timedelta and Timestamp: their nanoseconds read as numbers
+            raise BadInput(field, f"a number, got {shown(value)}")
         if field == "kernel" and isinstance(value, (list, tuple)) and kernel_literal(value):
             return _nested(value)
         return value
@@ -253,18 +254,22 @@ class Files:
         if field not in ARRAY_FIELDS and (is_array(value) or pandas and hasattr(value, "tolist")):
             # np.logspace(...), torch.arange(...), a DataFrame's column: their values, float32's as written
             _unmasked(field, value)
-            values = _numpy(value)
+            values = _numpy(field, value)
             value = [plain(v) for v in values[:most]] if values.ndim == 1 \
                 else plain(values) if not values.ndim else values.tolist()
         elif pandas and hasattr(value, "tolist") and getattr(value, "ndim", 1) == 1 or \
                 is_array(value) and getattr(value, "ndim", 0) == 1 and getattr(value.dtype, "kind", None) == "U":
             value = value.tolist()  # a column of inputs or kernels, or an array of their names: its items (a Series
             # of kernels was refused as a Series, an array of names taken for one kernel's values)
+        elif isinstance(value, range) and value.step != 1:  # no more than a sweep may hold: range(0, 10**9, 2) was
+            value = value[:most]  # listed whole, for minutes (one of step 1 is A..B, refused as a range whole)
         elif isinstance(value, Iterator):  # a generator: its items, as a list's, no more than a sweep may hold
             value = list(itertools.islice(value, most))
         elif isinstance(value, (set, frozenset, Mapping)) or pandas:  # no order to sweep in, or not one list
             raise BadInput(field, f"a sweep's values are a list, tuple, range, generator or array, not a "
                                   f"{type(value).__name__}")
+        if field == "kernel" and isinstance(value, (list, tuple)):  # a kernel's rows of 0-d arrays or tensors: numbers
+            value = _nested(value)  # (taken for a sweep of kernels of one row each, then no JSON: a TypeError)
         if isinstance(value, (list, tuple)) and not (field == "kernel" and kernel_literal(value)):  # not a kernel's
             # rows: values, one past the limit refused as the whole would be, and sooner (3,000,000 seeds: 8.7 s)
             value = value[:most]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from typing import Any
 
 _PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.\-]*(?::/{0,2}|//)[^:/@\s]*:)(?P<pw>\S*)(?P<at>@)", re.IGNORECASE)
 """user:password@ in a URL, up to the last @ before a space (a password may hold an @ or a / not escaped); after a
@@ -83,6 +84,16 @@ def visible(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(repr(c)[1:-1] if unicodedata.category(c) in INVISIBLE else c for c in text)
+
+
+def shown(value: Any) -> str:
+    """A value as a one-line message names it: an array, a Series or a frame (whose repr spans lines) by its type and
+    shape, anything else by its repr, on one line and cut at 80 characters."""
+    shape, name = getattr(value, "shape", None), type(value).__name__
+    if isinstance(shape, tuple) and shape != ():
+        return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name} of shape {shape}"
+    text = visible(repr(value))
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def out_of_memory(exc: BaseException) -> bool:

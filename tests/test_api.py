@@ -236,6 +236,27 @@ BAD = [
     ("an-id-as-a-time", lambda: klab.show(np.timedelta64(1)), "id", "got np.timedelta64(1)"),  # was job 1
     ("a-handle-of-bytes", lambda: klab.Handle(bytearray(b"x")), "ids", "got bytearray(b'x')"),  # was job 120
     ("ids-as-a-0d-array-of-none", lambda: klab.jobs(np.array(None, dtype=object)), "ids", "got None"),  # every job
+    ("lrs-of-a-meta-tensor", lambda: klab.sweep(lr=torch.empty(2, device="meta"), local=True), "lr",
+     "the array cannot be read as numbers: Cannot copy out of meta tensor"),  # torch's NotImplementedError
+    ("an-lr-of-a-meta-tensor", lambda: klab.run(lr=torch.tensor(0.1, device="meta"), store=False), "lr",
+     "the array cannot be read as numbers"),
+    ("a-range-past-what-len-takes", lambda: klab.sweep(seed=range(10**30), local=True), "seed",
+     "more than the limit 200000"),  # OverflowError
+    ("a-long-range-of-steps", lambda: klab.sweep(seed=range(0, 10**12, 2), local=True), "sweep",
+     "seed alone lists more than 200000 values"),  # listed whole: minutes, gigabytes
+    ("tags-as-a-0d-array", lambda: klab.sweep(seed=range(2), tags=np.array("book"), local=True), "tags",
+     "tags are texts, or one text, got array('book'"),  # iterated: TypeError
+    ("tags-as-a-frame", lambda: klab.sweep(seed=range(2), tags=pd.DataFrame({"tag": ["book"]}), local=True), "tags",
+     "got a DataFrame of shape (1, 1)"),  # its column's name stored as the tag
+    ("tags-as-a-dict", lambda: klab.sweep(seed=range(2), tags={"a": 1}, local=True), "tags", "got {'a': 1}"),
+    ("a-name-as-a-series", lambda: klab.sweep(seed=range(2), name=pd.Series(["a", "b"]), local=True), "name",
+     "a sweep's name is text, got a Series of shape (2,)"),  # its lines
+    ("a-timeout-as-a-time", lambda: klab.Handle((1,)).wait(timeout=np.timedelta64(5, "s")), "timeout",
+     "got np.timedelta64(5,'s')"),  # float()'s TypeError
+    ("a-seed-as-a-time", lambda: klab.run(seed=np.datetime64(3, "ns"), store=False), "seed",
+     "a number, got times (datetime64[ns])"),  # trained seed 3
+    ("lrs-as-times", lambda: klab.sweep(lr=pd.Series(pd.to_timedelta([1, 2], unit="ns")), local=True), "lr",
+     "a number, got times (timedelta64[ns])"),  # swept lr 1 and 2
 ]
 
 
@@ -598,6 +619,10 @@ def test_a_kernel_of_numpy_numbers_in_nested_lists_is_one_kernel(klab_db, setenv
         [[1.5, -1]]
     frame = klab.sweep(epochs=1, kernel=[[[np.int64(1), -1]], [[1, np.int64(-2)]]], local=True).jobs()
     assert frame["kernel"].tolist() == ["[[1, -1]]", "[[1, -2]]"]
+    # one kernel of 0-d arrays or tensors: taken for a sweep of one-number rows, then json's TypeError
+    for kernel in ([[np.array(1.0), np.array(-1.0)]], [(torch.tensor(1.0), torch.tensor(-1.0))]):
+        assert klab.sweep(epochs=1, kernel=kernel, local=True).jobs()["kernel"].tolist() == ["[[1, -1]]"]
+    assert klab.sweep(epochs=1, seed=range(0, 6, 2), local=True).jobs()["seed"].tolist() == [0, 2, 4]
 
 
 def test_jobs_and_sweep_values_past_the_job_limit_are_refused_before_more_are_made(klab_db, setenv):

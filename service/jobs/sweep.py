@@ -9,11 +9,11 @@ import math
 import numbers
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from service.errors import INVISIBLE, BadInput
+from service.errors import INVISIBLE, BadInput, shown
 from service.jobs.choices import NO_KERNEL, input_text, kernel_key, kernel_text
 from service.settings import settings
 
@@ -284,8 +284,8 @@ def as_flag(field: str, value: Any, text: Callable[[Any], str] = _text) -> str:
     """A value from a sweep file or a Python call as the text of its flag: a list, tuple or range sweeps its
     items (a range of integers as A..B), but a kernel written as nested lists is one kernel; `text` writes
     one item."""
-    if isinstance(value, range) and value.step == 1 and len(value) > 1:
-        return f"{value.start}..{value.stop - 1}"
+    if isinstance(value, range) and value.step == 1 and value.stop - value.start > 1:  # len() of range(10**30) raised
+        return f"{value.start}..{value.stop - 1}"  # OverflowError
     if field in NOT_AN_ARRAY and isinstance(value, (list, tuple)) and kernel_literal(value):
         raise BadInput(field, NOT_AN_ARRAY[field])
     if isinstance(value, (list, tuple, range)) and not (field == "kernel" and kernel_literal(value)):
@@ -355,7 +355,7 @@ def _label(field: str, what: str, given: Any, most: int) -> str:
     (a newline would split its row in `klab sweeps`, an escape sequence would be played by the terminal, a
     zero-width space would look like nothing)."""
     if not isinstance(given, str):
-        raise BadInput(field, f"{what} is text, got {given!r}")
+        raise BadInput(field, f"{what} is text, got {shown(given)}")
     text = given.strip()
     if not text or len(text) > most:
         raise BadInput(field, f"{what} has 1 to {most} characters, got {_shown(given)}")
@@ -368,8 +368,9 @@ def tags(given: Iterable[str] | str | None) -> list[str]:
     """A sweep's tags as given (--tag, repeatable; one text is one tag; None is none), stripped, each once, in
     order. A tag has no comma: tags are shown joined by commas, and everywhere else in klab a comma separates
     values, so `--tag a,b` would read as two tags while it made one."""
-    if given is not None and not isinstance(given, (str, Iterable)):  # klab.sweep(tags=5): was a TypeError
-        raise BadInput("tag", f"tags are texts, or one text, got {given!r}")
+    if given is not None and (not isinstance(given, (str, Iterable)) or isinstance(given, Mapping)
+                              or getattr(given, "ndim", 1) != 1):  # 5, a 0-d array: TypeError; a dict, a frame: keys
+        raise BadInput("tag", f"tags are texts, or one text, got {shown(given)}")
     out: list[str] = []
     for tag in [given] if isinstance(given, str) else () if given is None else given:  # an array has no truth
         tag = _label("tag", "a tag", tag, TAG_LENGTH)
