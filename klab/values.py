@@ -98,6 +98,9 @@ def plain(value: Any) -> Any:
     in a job's lr and in a filter alike); anything else by .item(); any other value as it is."""
     if type(value).__module__ != "numpy":
         return value
+    if _time(value):  # a time as Python's datetime or timedelta; in nanoseconds its .item() is a number: as it is
+        found = value.item() if getattr(value, "ndim", 0) == 0 else value
+        return value if isinstance(found, int) else found
     import numpy as np
 
     if isinstance(value, np.ndarray) and value.ndim == 0:  # np.array(0.03, dtype=np.float32): its one value
@@ -225,7 +228,8 @@ class Files:
                 (is_array(value) or type(value).__module__.split(".")[0] in ("numpy", "pandas")):
             # several values: a pandas array compared equal to the first name it held (method=pd.array(["adam"]))
             # and trained the default
-            raise BadInput(field, f"one value, got {shown(value)}; several values make a sweep: klab.sweep")
+            raise BadInput(field, f"one value, got {shown(value)}" + ("" if self.sweeping else
+                                                                      "; several values make a sweep: klab.sweep"))
         if field not in ARRAY_FIELDS and (type(value).__module__ == "numpy" or is_array(value)) and \
                 getattr(value, "ndim", 0) == 0:  # one value, a 0-d array or tensor too: np.float32(0.03) is 0.03
             return plain(_numpy(field, value))
@@ -277,7 +281,12 @@ class Files:
 
     def _text(self, field: str, value: Any) -> str:
         value = self.value(field, value)
-        return json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+        if not isinstance(value, (list, tuple)):
+            return str(value)
+        try:
+            return json.dumps(value)
+        except (TypeError, ValueError):  # a kernel of Decimals, complex numbers, times: json's TypeError
+            raise BadInput(field, f"a kernel's values are numbers, got {shown(value)}") from None
 
     def unsaid(self, exc: BadInput) -> BadInput:
         """The error with the arrays' paths named as the arrays they are."""

@@ -6,9 +6,11 @@ import re
 import unicodedata
 from typing import Any
 
-_PASSWORD = re.compile(r"(?P<pre>[a-z][a-z0-9+.\-]*(?::/{0,2}|//)[^:/@\s]*:)(?P<pw>\S*)(?P<at>@)", re.IGNORECASE)
+_PASSWORD = re.compile(r"(?P<pre>(?:[a-z][a-z0-9+.\-]*(?::/{1,2}|//)|(?:rediss?|postgres(?:ql)?(?:\+\w+)?):)"
+                       r"[^:/@\s]*:)(?P<pw>\S*)(?P<at>@)", re.IGNORECASE)
 """user:password@ in a URL, up to the last @ before a space (a password may hold an @ or a / not escaped); after a
-scheme mistyped too (`redis:/:pw@`, `postgresql//u:pw@`: refused as no URL, and printed whole)."""
+scheme mistyped too (`redis:/:pw@`, `postgresql//u:pw@`, `postgresql:u:pw@`: refused as no URL, and printed whole),
+but not any `word:a:b@c` (a time in a path, `image:a:b@c.png`)."""
 _QUERY_PASSWORD = re.compile(r"(?P<pre>(?:^|[?&\s])[\w.-]*(?:passw(?:or)?d|pwd|secret|token)[\w.-]*\s*=\s*)"
                              r"(?:'(?:[^'\\]|\\.)*'?|[^&\s]*)", re.IGNORECASE)
 """A secret given as a URL's parameter or in a libpq keyword string (host=h password=pw): libpq's ?password= and
@@ -90,8 +92,8 @@ def shown(value: Any) -> str:
     """A value as a one-line message names it: an array, a Series or a frame (whose repr spans lines) by its type and
     shape, anything else by its repr, on one line and cut at 80 characters."""
     shape, name = getattr(value, "shape", None), type(value).__name__
-    if isinstance(shape, tuple) and shape != ():
-        return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name} of shape {shape}"
+    if isinstance(shape, tuple) and shape != ():  # torch's Size too, written as a tuple
+        return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name} of shape {tuple(shape)}"
     text = visible(repr(value))
     return text if len(text) <= 80 else f"{text[:77]}..."
 

@@ -94,7 +94,7 @@ class Settings:
         # absolute: the arrays kept under it are named in their jobs' specs, which a relative home made true only in
         # the folder they were made in
         home = Path(os.path.abspath(Path(env.get("KLAB_HOME") or Path.home() / ".klab").expanduser()))
-        fits("KLAB_HOME", str(home))
+        fits("KLAB_HOME", str(home / "klab.db"))  # its default database's path, within the system's limits too
         url = _utf8("KLAB_DATABASE_URL", env.get("KLAB_DATABASE_URL") or "")
         numbers = {f.name: _positive(env, f"KLAB_{f.name.upper()}", f.default, MOST.get(f.name, defaults.INT32_MOST))
                    for f in fields(cls) if f.type in ("int", "int | None")}
@@ -328,13 +328,14 @@ NAME_MOST, PATH_MOST = 255, 4095
 def fits(name: str, path: str) -> None:
     """A path the system can name, or one line naming its setting: past NAME_MOST or PATH_MOST, Path.exists() and
     is_dir() raise OSError's "File name too long", a traceback from every command."""
-    size = len(path.encode("utf-8", "surrogatepass"))
-    long = next((p for p in Path(path).parts if len(p.encode("utf-8", "surrogatepass")) > NAME_MOST), None)
+    size = len(os.fsencode(path))  # as the system counts it: a byte that is not UTF-8 is one byte
+    long = next((p for p in Path(path).parts if len(os.fsencode(p)) > NAME_MOST), None)
     if long is not None:
         raise BadInput(name, f"a name in the path is longer than {NAME_MOST} bytes, more than a file system holds: "
                              f"{visible(long[:40])}...")
     if size > PATH_MOST:
-        raise BadInput(name, f"the path is {size} bytes long, more than the system's most, {PATH_MOST}")
+        raise BadInput(name, f"the path {'of its klab.db ' if name == 'KLAB_HOME' else ''}is {size} bytes long, more "
+                             f"than the system's most, {PATH_MOST}")
 
 
 def _real(path: Path) -> str:

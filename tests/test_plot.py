@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import fake_result
 from harness import clean_env
+from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.patches import StepPatch
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
@@ -609,12 +610,12 @@ def test_sweep_panels_aggregate_over_seeds_coloured_by_the_other_parameter() -> 
     def band(found: list[float]) -> np.ndarray:
         return np.exp(np.percentile(np.log(found), (10, 90)))
 
-    (adam_band,) = [c for c in lr.collections if type(c).__name__ == "FillBetweenPolyCollection"][:1]
+    (adam_band,) = [c for c in lr.collections if isinstance(c, PolyCollection)][:1]  # fill_between's
     at = adam_band.get_paths()[0].vertices
     for x in (0.001, 0.01, 0.1):
         found = errors[(x, "adam")][2 if x == 0.001 else 0:]
         np.testing.assert_allclose(sorted(set(at[np.isclose(at[:, 0], x), 1])), band(found), rtol=1e-12)
-    first_lr = [c for c in method.collections if type(c).__name__ == "LineCollection"][0]  # lr 0.001, per method
+    first_lr = [c for c in method.collections if isinstance(c, LineCollection)][0]  # lr 0.001, per method
     for segment, m in zip(first_lr.get_segments(), ("adam", "d2l-manual")):
         found = errors[(0.001, m)][2 if m == "adam" else 0:]
         np.testing.assert_allclose(sorted(segment[:, 1]), band(found), rtol=1e-12)

@@ -189,6 +189,10 @@ def test_mask_hides_a_password_in_the_user_part_and_in_the_parameters():
     assert mask("sqlite:///tmp/passwords.db") == "sqlite:///tmp/passwords.db"
     assert mask("redis:/:pw@h:1/0 postgresql//u:pw@h/db") == "redis:/:***@h:1/0 postgresql//u:***@h/db"  # mistyped
     assert mask("sqlite:////tmp/a:b@c/klab.db /tmp/a:b@c") == "sqlite:////tmp/a:b@c/klab.db /tmp/a:b@c"  # paths
+    for text in ("/tmp/run-T10:30:00@gpu1/k.db", "sqlite:/tmp/run-T10:30:00@gpu1/k.db", "image:a:b@c.png",
+                 "at 12:30 ab:cd:ef@host"):  # a time, a file: no URL's user part
+        assert mask(text) == text
+    assert mask("postgresql:u:pw@h/db") == "postgresql:u:***@h/db"  # a scheme of klab's, its slashes left out
     assert mask("postgresql://u@h/db?password=ab;cd&x=1") == "postgresql://u@h/db?password=***&x=1"  # a ; is the
     # password's: it was cut there and the rest printed
     assert mask("bypass=3 compass=north passfile=/x") == "bypass=3 compass=north passfile=/x"  # no secrets

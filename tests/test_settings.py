@@ -307,7 +307,8 @@ def test_a_broker_url_redis_py_cannot_read_is_one_line_and_a_local_sweep_asks_no
 
 @pytest.mark.parametrize("variable,value", [
     ("KLAB_HOME", "/tmp/" + "a" * 256), ("KLAB_DATABASE_URL", "sqlite:////tmp/" + "a" * 256 + "/k.db"),
-    ("KLAB_HOME", "/tmp" + "/" + "/".join(["b" * 250] * 17))])
+    ("KLAB_HOME", "/tmp" + "/" + "/".join(["b" * 250] * 17)),
+    ("KLAB_HOME", ("/tmp" + "/c" * 2100)[:4090])])  # its klab.db past the most: named as KLAB_HOME's
 def test_a_path_longer_than_the_system_names_is_one_line_naming_its_variable(variable, value, klab_cli, setenv,
                                                                              tmp_path):
     """Path.exists() raises "File name too long" past a name's 255 bytes or a path's 4,095: list, run, sweep and
@@ -318,3 +319,10 @@ def test_a_path_longer_than_the_system_names_is_one_line_naming_its_variable(var
         assert (code, out) == (2, "") and err.count("\n") == 1 and err.startswith(f"klab: error: {variable}: "), err
         assert "longer than 255 bytes" in err or "more than the system's most, 4095" in err, err
     assert not (tmp_path / "home").exists()
+
+
+def test_a_klab_home_of_bytes_that_are_not_utf8_counts_each_as_one_byte():
+    """100 bytes that are not UTF-8 (each read as one surrogate) were counted as 300, and the home refused."""
+    from service.settings import Settings
+
+    assert Settings.from_env({"KLAB_HOME": "/tmp/" + "\udcff" * 100}).home.name == "\udcff" * 100

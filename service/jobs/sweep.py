@@ -368,8 +368,8 @@ def tags(given: Iterable[str] | str | None) -> list[str]:
     """A sweep's tags as given (--tag, repeatable; one text is one tag; None is none), stripped, each once, in
     order. A tag has no comma: tags are shown joined by commas, and everywhere else in klab a comma separates
     values, so `--tag a,b` would read as two tags while it made one."""
-    if given is not None and (not isinstance(given, (str, Iterable)) or isinstance(given, Mapping)
-                              or getattr(given, "ndim", 1) != 1):  # 5, a 0-d array: TypeError; a dict, a frame: keys
+    if given is not None and not isinstance(given, str) and (not isinstance(given, Iterable) or isinstance(
+            given, Mapping) or getattr(given, "ndim", 1) != 1):  # 5, a 0-d array: TypeError; a dict, a frame: keys
         raise BadInput("tag", f"tags are texts, or one text, got {shown(given)}")
     out: list[str] = []
     for tag in [given] if isinstance(given, str) else () if given is None else given:  # an array has no truth
