@@ -40,9 +40,7 @@ def whole(value: Any) -> bool:
 def item(value: Any) -> Any:
     """A 0-d array's or a numpy scalar's one value as Python's; a time (timedelta64, datetime64) as it is, whose
     .item() is a number (np.timedelta64(1) was job 1)."""
-    if getattr(value, "ndim", None) == 0 and getattr(getattr(value, "dtype", None), "kind", "") not in ("m", "M"):
-        return value.item()
-    return value
+    return value.item() if getattr(value, "ndim", None) == 0 and not _time(value) else value
 
 
 def _nested(value: Any) -> Any:

@@ -328,14 +328,22 @@ NAME_MOST, PATH_MOST = 255, 4095
 def fits(name: str, path: str) -> None:
     """A path the system can name, or one line naming its setting: past NAME_MOST or PATH_MOST, Path.exists() and
     is_dir() raise OSError's "File name too long", a traceback from every command."""
-    size = len(os.fsencode(path))  # as the system counts it: a byte that is not UTF-8 is one byte
-    long = next((p for p in Path(path).parts if len(os.fsencode(p)) > NAME_MOST), None)
+    size = _bytes(path)
+    long = next((p for p in Path(path).parts if _bytes(p) > NAME_MOST), None)
     if long is not None:
         raise BadInput(name, f"a name in the path is longer than {NAME_MOST} bytes, more than a file system holds: "
                              f"{visible(long[:40])}...")
     if size > PATH_MOST:
         raise BadInput(name, f"the path {'of its klab.db ' if name == 'KLAB_HOME' else ''}is {size} bytes long, more "
                              f"than the system's most, {PATH_MOST}")
+
+
+def _bytes(text: str) -> int:
+    """A path's length as the system counts it: a byte that is not UTF-8 (read as one surrogate) is one byte."""
+    try:
+        return len(os.fsencode(text))
+    except UnicodeEncodeError:  # a surrogate no byte was read as: written as UTF-8 would write it
+        return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _real(path: Path) -> str:
