@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from klab.errors import NoWorker, public
 from klab.result import Result
-from klab.values import arrays, checked_batch_jobs, checked_flag, item, job_values, spelled, whole
+from klab.values import arrays, checked_batch_jobs, checked_flag, is_time, item, job_values, spelled, whole
 from service import defaults
 from service.errors import BadInput, shown
 from service.jobs.selection import Selection, distinct
@@ -65,7 +65,7 @@ class Handle:
         from klab.progress import follow
 
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
-                                    or type(timeout).__name__ == "timedelta64"  # numpy's Integral, no float
+                                    or is_time(timeout)  # numpy's timedelta64, an Integral, takes no float()
                                     or not timeout >= 0):  # NaN compares false with everything: it never ended
             raise BadInput("timeout", f"seconds, a number from 0 or None, got {shown(timeout)}")  # numpy's too
         follow(self.selection, _seconds(timeout), checked_flag("progress", progress))

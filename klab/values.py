@@ -30,17 +30,23 @@ ARRAY_NAME = "the array"
 """How messages name an array a user passed, where they would name a file."""
 
 
+def is_time(value: Any) -> bool:
+    """numpy's or pandas' times (datetime64, timedelta64), whose .item() in nanoseconds is a plain number (and
+    timedelta64 an Integral to numbers)."""
+    return getattr(getattr(value, "dtype", None), "kind", "") in ("m", "M")
+
+
 def whole(value: Any) -> bool:
     """A whole number as a caller may give one: Python's or numpy's int (a DataFrame's cell), never a bool, nor numpy's
-    timedelta64 (which numpy counts an Integral: np.timedelta64(1) was job 1)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and \
-        type(value).__name__ != "timedelta64"
+    timedelta64 (np.timedelta64(1) was job 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and not is_time(value)
 
 
 def item(value: Any) -> Any:
-    """A 0-d array's or a numpy scalar's one value as Python's; a time (timedelta64, datetime64) as it is, whose
-    .item() is a number (np.timedelta64(1) was job 1)."""
-    return value.item() if getattr(value, "ndim", None) == 0 and not _time(value) else value
+    """A 0-d array's, a tensor's or a numpy scalar's one value as Python's; a time (timedelta64, datetime64) as it
+    is, whose .item() is a number (np.timedelta64(1) was job 1)."""
+    return value.item() if getattr(value, "ndim", None) == 0 and hasattr(value, "item") and not is_time(value) \
+        else value
 
 
 def _nested(value: Any) -> Any:
@@ -48,12 +54,7 @@ def _nested(value: Any) -> Any:
     arrays and tensors too, were no JSON: a TypeError, or `must be a string`)."""
     if isinstance(value, (list, tuple)):
         return [_nested(v) for v in value]
-    return value.item() if getattr(value, "ndim", None) == 0 and hasattr(value, "item") and not _time(value) else value
-
-
-def _time(value: Any) -> bool:
-    """numpy's or pandas' times (datetime64, timedelta64), whose .item() in nanoseconds is a plain number."""
-    return getattr(getattr(value, "dtype", None), "kind", "") in ("m", "M")
+    return item(value)
 
 
 def checked_flag(name: str, value: Any) -> bool:
@@ -96,7 +97,7 @@ def plain(value: Any) -> Any:
     in a job's lr and in a filter alike); anything else by .item(); any other value as it is."""
     if type(value).__module__ != "numpy":
         return value
-    if _time(value):  # a time as Python's datetime or timedelta; in nanoseconds its .item() is a number: as it is
+    if is_time(value):  # a time as Python's datetime or timedelta; in nanoseconds its .item() is a number: as it is
         found = value.item() if getattr(value, "ndim", 0) == 0 else value
         return value if isinstance(found, int) else found
     import numpy as np
@@ -134,7 +135,7 @@ def _numpy(field: str, value: Any) -> Any:
                 array = tensor.float().numpy()
     except (RuntimeError, TypeError, NotImplementedError) as exc:  # meta, sparse, nested tensors: torch's error
         raise BadInput(field, f"{ARRAY_NAME} cannot be read as numbers: {one_line(exc)}") from None
-    if _time(array):  # its nanoseconds as numbers: seed=np.datetime64(3, "ns") trained seed 3
+    if is_time(array):  # its nanoseconds as numbers: seed=np.datetime64(3, "ns") trained seed 3
         raise BadInput(field, f"a number, got times ({array.dtype})")
     return array
 
@@ -231,7 +232,7 @@ class Files:
         if field not in ARRAY_FIELDS and (type(value).__module__ == "numpy" or is_array(value)) and \
                 getattr(value, "ndim", 0) == 0:  # one value, a 0-d array or tensor too: np.float32(0.03) is 0.03
             return plain(_numpy(field, value))
-        if _time(value):  # pandas' Timedelta and Timestamp: their nanoseconds read as numbers
+        if is_time(value):  # pandas' Timedelta and Timestamp: their nanoseconds read as numbers
             raise BadInput(field, f"a number, got {shown(value)}")
         if field == "kernel" and isinstance(value, (list, tuple)) and kernel_literal(value):
             return _nested(value)
