@@ -246,6 +246,22 @@ def test_minibatch_methods_equal_torch_optim(values):
         np.testing.assert_allclose(result["learned_bias"], bias, rtol=1e-5, atol=1e-6)
 
 
+def test_adams_eps_as_torchs_where_a_weights_gradient_is_tiny(tmp_path):
+    """Adam divides each weight's step by sqrt(v) + eps: eps weighs only where a gradient is near 1e-8, which no
+    case above reaches. Here the left weight of [[1, -1]] sees only columns of about 1e-7 (the right one a column
+    of ones), so its steps are torch's only with torch's eps (1e-8): an eps of 0, 1e-9 or 1e-6 fails here, and no
+    case above."""
+    x = np.random.default_rng(4).standard_normal((6, 8)) * 1e-7
+    x[:, 7] = 1.0
+    np.save(tmp_path / "x.npy", x)
+    s = spec(input=f"npy:{tmp_path / 'x.npy'}", kernel="d2l", method="adam", lr=0.05, epochs=8, batch_size=2, seed=3)
+    problem = build_problem(s)
+    result = run_spec(s, problem)
+    losses, _, kernel, _ = torch_minibatch(problem, "adam", s.seed, s.lr, s.epochs, s.batch_size)
+    np.testing.assert_allclose(losses_of(result), losses, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.array(result["learned_kernel"]).reshape(kernel.shape), kernel, rtol=1e-5, atol=1e-6)
+
+
 def test_d2l_manual_mse_is_the_next_epochs_summed_loss_over_the_count():
     result = run_spec(spec(method="d2l-manual", lr=0.03, epochs=10, seed=5))
     losses = losses_of(result)
