@@ -248,6 +248,36 @@ def test_a_reader_gone_does_not_stop_the_job_klab_run_trains_from_being_stored(t
     assert [(r["status"], r["epochs"]) for r in json.loads(listed.stdout)] == [("succeeded", 30)]
 
 
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_result_the_database_refuses_is_printed_not_stored_before_its_error(tmp_path, setenv, as_json):
+    """The database refused `klab run`'s result after training (read-only here; a full disk or a server gone alike):
+    the job trained is printed as --no-store prints it, then the database's one line, exit code 3, nothing stored.
+    (It printed the line alone: the training was lost without a trace.)"""
+    from service.db.engine import dispose_engines, upgrade
+
+    path = tmp_path / "klab.db"
+    upgrade(f"sqlite:///{path}")
+    dispose_engines()
+    setenv(KLAB_HOME=str(tmp_path / "home"), KLAB_DATABASE_URL=f"sqlite:///file:{path}?mode=ro&uri=true")
+    job = [*BOOK, "--epochs", "4", "--lr", "0.03", "--seed", "2", *(["--json"] if as_json else [])]
+    code, out, err = klab_main(*job)
+    _, alone, _ = klab_main(*job, "--no-store")
+    dispose_engines()
+    assert (code, err) == (3, f"klab: error: database error on the sqlite database file:{path}: attempt to write a "
+                              "readonly database\n")
+    if as_json:
+        printed, expected = json.loads(out), json.loads(alone)
+        assert "id" not in printed and printed.pop("train_seconds") > 0 and expected.pop("train_seconds") > 0
+        assert printed == expected
+    else:
+        assert out.startswith("succeeded (not stored)\n")
+        assert re.sub(r"\d+\.\d+ s\n", "", out) == re.sub(r"\d+\.\d+ s\n", "", alone)
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        assert db.execute("select count(*) from jobs").fetchone() == (0,)
+
+
 def test_progress_lines_whose_reader_has_gone_go_nowhere_and_the_work_goes_on():
     """`klab sweep --local 2>&1 | head -1`: the progress line that finds its reader gone is the last written, and
     the work goes on (it stopped the sweep part way, exit 0, with the rest of its jobs never trained)."""

@@ -35,18 +35,25 @@ def run(spec_file: str | None, as_json: bool, no_store: bool, verbose: bool, **v
 
     with Epochs(spec.epochs, verbose, err=as_json) as on_epoch:
         row, epochs = run_spec(spec, problem, on_epoch)
-    if no_store:
+
+    def unstored() -> None:
         shown = result.to_json(row, epochs, stored=False, spec=spec.to_json())
         click.echo(json.dumps(shown) if as_json else render({**shown, "spec": spec.to_json()}))
-        return
+
+    if no_store:
+        return unstored()
     from service.db.connect import Reader
     from service.db.engine import writing
     from service.db.reads import result_of
     from service.db.writes import store_run
 
-    with writing() as conn:
-        job_id = store_run(conn, spec, row, epochs)
-        stored = result_of(Reader.of(conn), job_id)
+    try:
+        with writing() as conn:
+            job_id = store_run(conn, spec, row, epochs)
+            stored = result_of(Reader.of(conn), job_id)
+    except Exception:  # the database refused it after training (full disk, a server gone): show what was trained
+        unstored()  # marked "not stored"; the database's error follows on stderr, exit code 3
+        raise
     click.echo(json.dumps(stored) if as_json else render(stored))
 
 
