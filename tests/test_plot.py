@@ -964,6 +964,18 @@ def test_plot_sweep_labels_jobs_by_status(klab_db: str, add_job, klab_cli, tmp_p
     assert size[0] == 2 * plot.SWEEP_PANEL[0] * plot.DPI and colors > 50
 
 
+def test_a_sweeps_points_come_in_the_order_of_their_ids_on_either_database(klab_db: str, add_job) -> None:
+    """A plot of a sweep draws each job's dot in the order its points come: PostgreSQL returned a job updated since
+    (cancelled here) after the others, SQLite by id, and one sweep's PNGs differed by a few faint pixels."""
+    with writing() as conn:
+        sweep = writes.create_sweep(conn, {"lr": [0.01, 0.1]}, 4)
+        waiting = add_job(conn, status=JobStatus.QUEUED.value, sweep_id=sweep, lr=0.01)
+        others = [add_job(conn, relative=0.1 * (i + 1), sweep_id=sweep, lr=lr) for i, lr in enumerate((0.1, 0.01, 0.1))]
+        writes.cancel(conn, Selection((waiting,)))
+        points = reads.sweep_points(Reader.of(conn), Selection(sweep=sweep))
+    assert [(p["id"], p["status"]) for p in points] == [(waiting, CANCELLED), *((i, "succeeded") for i in others)]
+
+
 @SQLITE_ONLY
 def test_characters_no_font_draws_are_said_in_one_line_not_matplotlibs_warnings(klab_db: str, add_job, klab_cli,
                                                                                  tmp_path: Path) -> None:
