@@ -160,6 +160,11 @@ BAD = [
     ("an-id-as-text", lambda: klab.show("12"), "id", "an id is a whole number, got '12'"),
     ("ids-as-text", lambda: klab.jobs("12"), "ids", "an id is a whole number, got '12'"),  # not jobs 1 and 2
     ("an-id-not-whole", lambda: klab.epochs(1.0), "ids", "an id is a whole number, got 1.0"),
+    ("ids-as-bytes", lambda: klab.jobs(b"\x01\x02"), "ids", "ids are a job's id or a list of them, got b'\\x01"),
+    # iterated as numbers: jobs 1 and 2
+    ("ids-as-a-bytearray", lambda: klab.epochs(bytearray(b"\x03")), "ids", "a list of them, got bytearray("),
+    ("ids-as-a-dict", lambda: klab.jobs({2: "x"}), "ids", "a list of them, got {2: 'x'}"),  # its keys: job 2
+    ("a-handle-of-a-dict", lambda: klab.Handle({921: "x"}), "ids", "a Handle holds a tuple of job ids, got {921: "),
     ("an-empty-range", lambda: klab.sweep(seed=range(0), local=True), "seed", "no value given"),
     ("a-long-sweep-name", lambda: klab.sweep(seed=range(2), name="x" * 201, local=True), "name",
      "a sweep's name has 1 to 200 characters"),
