@@ -77,8 +77,10 @@ def test_submit_is_trained_and_stored_like_its_run_twin(service_env, workers):
     assert result["worker_host"].startswith("cpu0@")
     assert result["queue"] == "cpu" and result["device"] == "cpu"
     alone = twin(kernel="sobel-x", input="checker:7x7", lr=0.01, epochs=12)
-    assert [e["loss"] for e in result["epochs"]] == [e["loss"] for e in alone["epochs"]]
-    assert result["learned_kernel"] == alone["learned_kernel"]
+    assert result["epochs"] == alone["epochs"]  # each epoch's loss, mse and kernel_error, as stored
+    for name in ("initial_kernel", "learned_kernel", "learned_bias", "lstsq_kernel", "epochs_done", "error",
+                 "identifiability", "converged_epoch", "diverged_epoch", "explanation"):
+        assert result[name] == alone[name], name
     assert result["gap"] == pytest.approx(alone["gap"])
 
 
@@ -325,6 +327,11 @@ def test_sqlite_backend_serves_workers_too(tmp_path, redis_url, worker_procs):
     out = klab(env, "sweep", "--lr", "0.01,0.02,0.03", "--wait", "--json")
     assert out.returncode == 0, out.stderr
     assert [r["status"] for r in json.loads(out.stdout)] == ["succeeded"] * 3
+    stored = rows(f"sqlite:///{tmp_path / 'h' / 'klab.db'}", "SELECT j.lr, j.epochs_done, e.epoch, e.loss, e.mse "
+                  "FROM jobs j JOIN epochs e ON e.job_id = j.id ORDER BY j.id, e.epoch")
+    assert [(r.lr, r.epochs_done, r.epoch, r.loss, r.mse) for r in stored] == [
+        (lr, 10, e + 1, epoch["loss"], epoch["mse"]) for lr in (0.01, 0.02, 0.03)
+        for e, epoch in enumerate(twin(lr=lr)["epochs"])]  # every epoch stored, as the job trained alone
 
 
 def test_submit_while_broker_is_down_exits_3_and_writes_nothing(service_env):
