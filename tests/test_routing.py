@@ -4,6 +4,8 @@ own database starts (issue 12, item 1)."""
 from __future__ import annotations
 
 import json
+import time
+from base64 import b64decode, b64encode
 
 import pytest
 from harness import Db, klab, queue_key, service_env, wait_until
@@ -55,6 +57,8 @@ def test_a_worker_never_takes_a_job_of_another_database(two, worker_procs, redis
         assert again.returncode == 0 and again.stdout.strip() == "queued 1 job(s)", again.stderr
         assert "klab: warning: no live worker of this database" in again.stderr and "hunter2" not in again.stderr
         assert broker.llen(queue_key(theirs["KLAB_DATABASE_URL"])) == 2
+        sent = [body(m) for m in broker.lrange(queue_key(theirs["KLAB_DATABASE_URL"]), 0, -1)]  # newest first
+        assert sent == [[[[stranger]], {"again": True}], [[[stranger]], {}]]  # sent again: claimed, never a quick task
         # `klab workers` names the database each worker serves, without its password
         listed = klab(mine, "workers", "--json")
         assert listed.returncode == 0, listed.stderr
@@ -71,6 +75,41 @@ def test_a_worker_never_takes_a_job_of_another_database(two, worker_procs, redis
     finally:
         ours.close()
         foreign.close()
+
+
+def body(raw: bytes) -> list:
+    """A klab.train message's arguments and keyword arguments, as kombu's Redis transport keeps them."""
+    message = json.loads(raw)
+    assert message["properties"]["body_encoding"] == "base64"
+    return json.loads(b64decode(message["body"]))[:2]
+
+
+def test_a_message_of_another_database_delivered_and_not_acknowledged_is_not_this_ones(redis_url):
+    """`--wait` (holds_none) and the reaper (holdings) read kombu's `unacked` hash, which every database on the
+    broker shares: a message of another database's queue there, its job ids the same numbers, is not this
+    database's job in hand (else --wait waits on that other database's tasks, and the reaper leaves a stranded job of
+    this one unsent while a job of the same id trains elsewhere)."""
+    import redis
+
+    from service.broker import UNACKED, client, holdings, holds_none, routed
+
+    mine, theirs = "a" * 12, "b" * 12
+    r = redis.Redis.from_url(redis_url)
+    for tag, identity, ids in (("t-theirs", theirs, [1, 2]), ("t-mine", mine, [3])):
+        message = {"body": b64encode(json.dumps([[ids], {}, {}]).encode()).decode(),
+                   "properties": {"body_encoding": "base64", "delivery_tag": tag}}
+        r.hset(UNACKED, tag, json.dumps([message, "", routed("cpu", identity)]))
+        r.zadd("unacked_index", {tag: time.time()})
+    try:
+        assert not holds_none(r, mine) and not holds_none(r, theirs) and holds_none(r, "c" * 12)
+        r.hdel(UNACKED, "t-mine")
+        assert holds_none(r, mine) and not holds_none(r, theirs)
+        r.hset(UNACKED, "t-mine", json.dumps([message, "", routed("cpu", mine)]))
+        app = client(redis_url)
+        assert holdings(app, 60, mine).delivered_ids == {3} and holdings(app, 60, theirs).delivered_ids == {1, 2}
+    finally:
+        r.delete(UNACKED, "unacked_index")
+        r.close()
 
 
 def test_each_database_has_its_own_identity_and_queues(two):
