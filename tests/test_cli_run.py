@@ -310,6 +310,7 @@ def test_a_closed_stdout_is_one_line_before_anything_is_done_and_a_closed_stderr
 def test_progress_on_a_terminal_is_a_bar_on_that_terminal(monkeypatch):
     from types import SimpleNamespace
 
+    from service.cli.progress import SHOW_AFTER_SECONDS
     from service.cli.run import Epochs
 
     class Terminal(io.StringIO):
@@ -323,6 +324,12 @@ def test_progress_on_a_terminal_is_a_bar_on_that_terminal(monkeypatch):
             now[0] += 0.1
             on_epoch(SimpleNamespace(epoch=epoch, loss=np.array([2.0])))
     assert "loss 2.000" in screen.getvalue() and "━" in screen.getvalue()
+    now[0], short = 0.0, Terminal()  # a job of under SHOW_AFTER_SECONDS draws no bar at all, even on a terminal
+    with Epochs(100, verbose=False, stream=short, clock=lambda: now[0]) as on_epoch:
+        for epoch in range(1, 101):
+            now[0] += SHOW_AFTER_SECONDS / 101
+            on_epoch(SimpleNamespace(epoch=epoch, loss=np.array([2.0])))
+    assert short.getvalue() == ""
 
 
 def test_kernel_none_with_labels_has_no_true_kernel(tmp_path):

@@ -17,8 +17,9 @@ from service.db.schema import sweeps as sweeps_table
 from service.jobs.spec import JobSpec
 from service.jobs.status import JobStatus
 
-NO_BROKER = "redis://127.0.0.1:1/0"
-"""Nothing listens there: a local sweep that asked the broker anything would fail with exit code 3."""
+NO_BROKER = "redis://:pw@127.0.0.1:notaport/0"
+"""A URL no Redis client reads: a local sweep that asked the broker anything would end in one line naming
+KLAB_BROKER_URL, exit code 2 (at a port where nothing listens, a look that tolerates a broker away went unseen)."""
 
 
 @pytest.fixture
@@ -32,15 +33,20 @@ def stored_jobs(sweep_id: int) -> list:
         return conn.execute(select(jobs_table).where(jobs_table.c.sweep_id == sweep_id).order_by(jobs_table.c.id)).all()
 
 
-def test_a_local_sweep_trains_here_batched_and_each_job_is_what_klab_run_gives(here: str, klab_cli) -> None:
+def test_a_local_sweep_trains_here_batched_and_each_job_is_what_klab_run_gives(here: str, klab_cli, monkeypatch
+                                                                              ) -> None:
     """Jobs of two kernel shapes and of noisy labels (a problem per seed) train in batches, and each stored
     result is bit for bit the one the job gives alone on the CPU."""
+    from worker import local
     from worker.engine import run_spec
 
+    batches, train = [], local._train
+    monkeypatch.setattr(local, "_train", lambda spec, ids, jobs: batches.append(len(ids)) or train(spec, ids, jobs))
     code, out, err = klab_cli("sweep", "--local", "--input", "edge:6x8", "--kernel", "d2l,edge-v", "--lr", "0.01,0.03",
                               "--seed", "0..2", "--noise", "0,0.1", "--epochs", "6", "--name", "here", "--tag", "t1",
                               "--batch-jobs", "4")
     assert code == 0, err
+    assert batches == [4] * 6  # each kernel's 12 jobs in batches of --batch-jobs
     lines = out.splitlines()
     assert lines[0].startswith("sweep 1: 24 jobs, trained here in ") and lines[0].endswith(" s")
     assert lines[1] == "24 job(s): 24 succeeded; 144 of 144 epochs trained"
