@@ -400,6 +400,7 @@ def test_submit_while_the_broker_is_down_writes_nothing_and_requeue_sends_what_w
 
     out = klab(env, "requeue", "--sweep", str(left))
     assert out.returncode == 0 and "queued 12 job(s)" in out.stdout, (out.stdout, out.stderr)
+    assert db.statuses(left) == {"queued": 12}  # each marked as the broker took its message (no worker yet)
     out = klab(env, "requeue", "--sweep", str(lost))  # not without --queued, which it names
     assert (out.stdout, out.stderr) == ("queued 0 job(s)\n", "10 job(s) are queued already; if the broker lost them, "
                                         f"klab requeue --queued --sweep {lost} sends them again\n")
