@@ -474,11 +474,11 @@ def test_a_bad_flag_for_several_jobs_of_a_file_is_named_as_a_flag(tmp_path, cli_
 
 
 @pytest.mark.parametrize("args,line", [
-    (("show",), "show: missing argument 'ID'; see klab show --help"),
+    (("show",), "id: missing; see klab show --help"),  # was `show: missing argument 'ID'`: the field first
     (("show", "1", "2"), "show: unexpected extra argument (2); see klab show --help"),
-    (("show", "x"), "show: invalid value for 'ID': 'x' is not a valid integer; see klab show --help"),
-    (("export", "epochs", "13"),
-     "export: invalid value for '[ID]...': 'epochs' is not a valid integer; see klab export --help"),
+    (("show", "x"), "id: 'x' is not a valid integer; see klab show --help"),
+    (("export", "epochs", "13"), "id: 'epochs' is not a valid integer; see klab export --help"),
+    (("cancel", "1", "x"), "id: 'x' is not a valid integer; see klab cancel --help"),
     (("db", "frob"), "db: no such command 'frob'; see klab db --help"),
     (("list", "--limit", "-1"), "--limit: -1 is not in the range x>=0"),
     (("worker", "--loglevel", "loud"), "--loglevel: 'loud' is not one of 'debug', 'info', 'warning', 'error', "
@@ -490,7 +490,7 @@ def test_a_bad_flag_for_several_jobs_of_a_file_is_named_as_a_flag(tmp_path, cli_
     (("list", "--sweep", "3", "--sweep", "3"), "--sweep: given 2 times; give it once"),
     (("list", "--limit", "٢"), "--limit: '٢' is not a number of ASCII digits"),  # int() read it as 2, where job
     (("sweep", "--seed", "1,2", "--batch-jobs", "١٠"), "--batch-jobs: '١٠' is not a number of ASCII digits"),  # values,
-    (("show", "٣"), "show: invalid value for 'ID': '٣' is not a number of ASCII digits; see klab show --help"),  # and
+    (("show", "٣"), "id: '٣' is not a number of ASCII digits; see klab show --help"),  # and
     (("export", "--ids", "١,2"), "ids: must be job ids separated by commas, got '١,2'"),  # settings refuse them
     # an option of one value given twice: click kept the last (`--seed 0..2 --seed 5` was one job, of seed 5)
     (("sweep", "--seed", "0..2", "--seed", "5"), "--seed: given 2 times; give it once"),

@@ -246,8 +246,9 @@ def _option_hint(exc: click.NoSuchOption) -> str:
 
 
 def _usage_line(exc: click.UsageError) -> str:
-    """A usage error as one line naming what was wrong: the option (`--lr: ...`), or for a command's arguments
-    the command and where its usage is (`show: unexpected extra argument (2); see klab show --help`)."""
+    """A usage error as one line naming what was wrong: the option (`--lr: ...`), the argument (`id: 'x' is not a
+    valid integer; see klab show --help`), or the command and where its usage is (`show: unexpected extra argument
+    (2); see klab show --help`)."""
     param = getattr(exc, "param", None)
     msg = exc.format_message().replace("\n", " ")
     if isinstance(exc, click.BadOptionUsage) and param is None:  # the parser's, before any option is known:
@@ -262,6 +263,10 @@ def _usage_line(exc: click.UsageError) -> str:
     ctx = exc.ctx
     if ctx is None or ctx.parent is None:  # the group's own: an unknown command
         return msg
+    if isinstance(param, click.Argument) and isinstance(exc, (click.BadParameter, click.MissingParameter)):
+        field = (param.metavar or param.name or "").strip("[].").lower()  # `id`, as --sweep names its option
+        said = "missing" if isinstance(exc, click.MissingParameter) else exc.message.rstrip(".")
+        return f"{field}: {said}; see {ctx.command_path} --help"
     if isinstance(exc, NoSuchCommand):  # a group's below klab (db): named, its message whole
         return f"{ctx.info_name}: {msg}"
     msg = msg[0].lower() + msg[1:].rstrip(".")
