@@ -370,3 +370,47 @@ def test_a_job_has_a_finished_at_exactly_when_it_ended(klab_db):
     assert [ended[i] for i in (*running[8:], *queued[8:])] == [failed] * 2 + [cancelled] * 4 + [failed] * 2
     assert set(statuses) == {s.value for s in JobStatus}, statuses
     assert mismatched == [] and unmarked == []
+
+
+def test_text_sorts_by_its_bytes_on_postgresql_of_a_languages_collation_as_on_sqlite(tmp_path, add_job, setenv):
+    """`klab list --sort input` and `compare --group-by input` order text by its UTF-8 bytes on either database. A
+    PostgreSQL database of a language's collation (ICU's `en` here; en_US.UTF-8, the postgres image's default,
+    alike) put npy:a.npy before npy:B.npy and _ before B, where SQLite and a C-collated PostgreSQL put them after."""
+    import uuid
+
+    from conftest import _pg_admin_engine
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from service.db.engine import dispose_engines
+    from service.db.groups import grouped
+
+    inputs = ["npy:/d/a.npy", "npy:/d/B.npy", "npy:/d/_c.npy", "npy:/d/b.npy", "npy:/d/A.npy", "npy:/d/é.npy"]
+    name, admin = f"klab_test_{uuid.uuid4().hex[:12]}", _pg_admin_engine()
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en' "
+                          "LOCALE 'C.UTF-8'"))
+    try:
+        urls = [f"sqlite:///{tmp_path / 'klab.db'}", make_url(str(admin.url)).set(database=name).render_as_string(
+            hide_password=False)]
+        for url in urls:
+            setenv(KLAB_DATABASE_URL=url)
+            upgrade(url)
+            with writing() as conn:
+                for at, path in enumerate(inputs):
+                    add_job(conn, relative=0.1, input=path, seed=at)
+                with conn.begin_nested():
+                    assert conn.exec_driver_sql("SELECT 'a' < 'B'").scalar() == (url.startswith("postgresql")), url
+            with reading() as reader:
+                listed = [r["input"] for r in reads.list_jobs(reader, sort="input", limit=0)]
+                backwards = [r["input"] for r in reads.list_jobs(reader, sort="-input", limit=0)]
+                groups = [r["input"] for r in grouped(reader, Selection(), ["input"])]
+            dispose_engines()
+            by_bytes = sorted(inputs, key=lambda i: i.encode())
+            assert listed == groups == by_bytes and backwards == by_bytes[::-1], url
+    finally:
+        dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+

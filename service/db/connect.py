@@ -272,6 +272,11 @@ class Reader:
         """Read inside a SQLAlchemy connection's transaction (what `klab run` and a write print)."""
         return cls(connection.connection.driver_connection, connection.dialect.name)
 
+    def bytewise(self, column: str) -> str:
+        """A text column sorted by its UTF-8 bytes, as SQLite sorts it: a PostgreSQL database of a language's
+        collation (en_US.UTF-8, ICU; the postgres image's default) put `npy:a.npy` before `npy:B.npy`."""
+        return column if self.dialect == "sqlite" else f'{column} COLLATE "C"'
+
     def _sql(self, sql: str) -> str:
         return sql if self.dialect == "sqlite" else _NAMED.sub(r"%(\1)s", sql)
 

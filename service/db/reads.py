@@ -156,9 +156,9 @@ def _fetch(reader: Reader, sql: str, params: dict[str, Any] | None = None) -> li
     return [_decode(r, sqlite) for r in reader.rows(sql, params)]
 
 
-def _order(name: str, descending: bool) -> str:
+def _order(reader: Reader, name: str, descending: bool) -> str:
     f = result.BY_NAME[name]
-    key = f"{f.col} {'DESC' if descending else 'ASC'}"
+    key = f"{reader.bytewise(f.col) if f.kind == 'text' else f.col} {'DESC' if descending else 'ASC'}"
     if f.nullable:  # a job that has not finished sorts after every finished one, either way
         key += " NULLS LAST"
     return key if name == "id" else f"{key}, id ASC"
@@ -258,7 +258,7 @@ def list_jobs(reader: Reader, *, status: str | None = None, sweep: int | None = 
         # walked backwards, then the jobs without one.
         found = listed([f"{f.col} IS NOT NULL"], f"{f.col} DESC, id ASC", limit)
         return found + (listed([f"{f.col} IS NULL"], "id ASC", limit - len(found)) if len(found) < limit else [])
-    return listed([], _order(name, descending), limit)
+    return listed([], _order(reader, name, descending), limit)
 
 
 def _sweeps_listed(reader: Reader, sweep: int | None, tag: str | None) -> list[int]:
@@ -279,7 +279,7 @@ def compare(reader: Reader, selection: Selection, also: Sequence[str] = ()) -> l
     clause, params = where(reader, selection)
     names = (*result.SUMMARY_NAMES, *also)
     return _fetch(reader, f"SELECT {result.select_list(names)} FROM jobs WHERE {clause} "  # noqa: S608
-                          f"ORDER BY {_order('relative_error', False)}", params)
+                          f"ORDER BY {_order(reader, 'relative_error', False)}", params)
 
 
 SWEEP_POINT = ("id", "status", *SWEPT, "relative_error")
