@@ -65,7 +65,7 @@ def public(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except errors.BadInput as exc:
-            raise BadInput(_keyword(exc.field), _in_python(exc.message)) from None
+            raise BadInput(_keyword(exc.field, takes), _in_python(exc.message)) from None
 
     return call  # type: ignore[return-value]
 
@@ -83,11 +83,14 @@ KEYWORDS = {"tag": "tags"}
 """Fields the command names by its flag (--tag, given once a tag) and the call by its keyword (tags=[...])."""
 
 
-def _keyword(field: str) -> str:
-    """A field as the call's keyword names it: batch_size, not the command's batch-size; tags, not tag."""
+def _keyword(field: str, takes: list[str]) -> str:
+    """A field as the call's keyword names it: batch_size, not the command's batch-size; tags, not tag, where the
+    call takes tags (klab.jobs(tag="x"), a filter no column has, is told of tag, as typed)."""
     from service.jobs.spec import JobSpec
 
-    return field.replace("-", "_") if field.replace("-", "_") in JobSpec.model_fields else KEYWORDS.get(field, field)
+    if field.replace("-", "_") in JobSpec.model_fields:
+        return field.replace("-", "_")
+    return KEYWORDS[field] if KEYWORDS.get(field) in takes else field
 
 
 FLAGS = (

@@ -164,6 +164,8 @@ BAD = [
     # iterated as numbers: jobs 1 and 2
     ("ids-as-a-bytearray", lambda: klab.epochs(bytearray(b"\x03")), "ids", "a list of them, got bytearray("),
     ("ids-as-a-dict", lambda: klab.jobs({2: "x"}), "ids", "a list of them, got {2: 'x'}"),  # its keys: job 2
+    ("a-tag-filter-to-jobs", lambda: klab.jobs(tag="x"), "tag", "tag: unknown filter; choose from id, "),  # named
+    # tags, a keyword klab.jobs has not
     ("a-handle-of-a-dict", lambda: klab.Handle({921: "x"}), "ids", "a Handle holds a tuple of job ids, got {921: "),
     ("an-empty-range", lambda: klab.sweep(seed=range(0), local=True), "seed", "no value given"),
     ("a-long-sweep-name", lambda: klab.sweep(seed=range(2), name="x" * 201, local=True), "name",
