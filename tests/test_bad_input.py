@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import struct
 import traceback
@@ -383,10 +384,17 @@ def clear(url: str) -> None:
         eng.dispose()
 
 
+LINES = json.loads((Path(__file__).parent / "bad_input_lines.json").read_text(encoding="utf-8"))
+"""Each case's line, after `klab: error: ` ({d}: the directory of the test files): the field and what is wrong in
+this case's own words, where the field alone passed with another check's message (a negative setting of 40
+digits told it was too large, NaN that it was beyond float32)."""
+
+
 def test_there_are_at_least_40_cases():
     assert len(CASES) >= 40
     assert len({c.name for c in CASES}) == len(CASES)
     assert {c.args[0] for c in CASES} == {"run", "submit", "sweep", "worker"}
+    assert {c.name for c in CASES} <= set(LINES) and set(LINES) - {c.name for c in CASES} <= {"unreadable-npy"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -401,6 +409,7 @@ def test_bad_input_is_one_line_exit_2_nothing_stored_nothing_queued(case, files,
         assert out == ""
         assert len(lines) == 1, lines
         assert names(lines[0], case.field), lines[0]
+        assert lines[0] == "klab: error: " + LINES[case.name].replace("{d}", str(files))
         assert stored(database) == {"jobs": 0, "sweeps": 0, "datasets": 0, "epochs": 0}
     finally:
         clear(database)
@@ -642,24 +651,33 @@ def test_bad_input_in_a_real_process_prints_exactly_one_line(files, database, re
 
 
 LIMIT_CASES = [
-    (("run", "--epochs", "100001"), {}, "KLAB_MAX_EPOCHS"),
-    (("run", "--input", "random:4097x4097"), {}, "KLAB_MAX_INPUT_ELEMENTS"),
-    (("run", "--input", "image:{d}/large.png"), {}, "KLAB_MAX_INPUT_ELEMENTS"),
-    (("run", "--kernel", "random:65x65", "--input", "random:80x80"), {}, "KLAB_MAX_KERNEL_ELEMENTS"),
-    (("run", "--input", "npy:{d}/nan.npy"), {"KLAB_MAX_FILE_BYTES": "10"}, "KLAB_MAX_FILE_BYTES"),
-    (("sweep", "--seed", "0..9"), {"KLAB_MAX_SWEEP_JOBS": "3"}, "KLAB_MAX_SWEEP_JOBS"),
-    (("sweep", "--seed", "0..2", "--lr", "0.1,0.2"), {"KLAB_MAX_SWEEP_JOBS": "5"}, "KLAB_MAX_SWEEP_JOBS"),
-    (("sweep", "--lr", "0.1:1:9"), {"KLAB_MAX_SWEEP_JOBS": "5"}, "KLAB_MAX_SWEEP_JOBS"),
+    (("run", "--epochs", "100001"), {}, "KLAB_MAX_EPOCHS", "epochs: 100001 is more than the limit 100000"),
+    (("run", "--input", "random:4097x4097"), {}, "KLAB_MAX_INPUT_ELEMENTS",
+     "input: has 16785409 elements, more than the limit 16777216"),
+    (("run", "--input", "image:{d}/large.png"), {}, "KLAB_MAX_INPUT_ELEMENTS",
+     "large.png is 5000x5000, 25000000 pixels, more than the limit 16777216"),
+    (("run", "--kernel", "random:65x65", "--input", "random:80x80"), {}, "KLAB_MAX_KERNEL_ELEMENTS",
+     "kernel: has 4225 elements, more than the limit 4096"),
+    (("run", "--input", "npy:{d}/nan.npy"), {"KLAB_MAX_FILE_BYTES": "10"}, "KLAB_MAX_FILE_BYTES",
+     "input: file is 160 bytes, more than the limit 10"),
+    (("sweep", "--seed", "0..9"), {"KLAB_MAX_SWEEP_JOBS": "3"}, "KLAB_MAX_SWEEP_JOBS",
+     "seed: range 0..9 has 10 values, more than the limit 3"),
+    (("sweep", "--seed", "0..2", "--lr", "0.1,0.2"), {"KLAB_MAX_SWEEP_JOBS": "5"}, "KLAB_MAX_SWEEP_JOBS",
+     "sweep: 6 jobs, more than the limit 5"),
+    (("sweep", "--lr", "0.1:1:9"), {"KLAB_MAX_SWEEP_JOBS": "5"}, "KLAB_MAX_SWEEP_JOBS",
+     "lr: 0.1:1:9: the count must be between 1 and 5"),  # before the 9 values are made (the grid's check would
+    # name the variable too, after making a count of 10**9)
 ]
 
 
-@pytest.mark.parametrize("args,env,variable", LIMIT_CASES, ids=[c[2] + "-" + c[0][1] for c in LIMIT_CASES])
-def test_every_limit_names_its_variable(args, env, variable, files, cli_env, setenv):
-    """A user over a limit learns which variable raises it (issue 12: only KLAB_MAX_EPOCHS said so)."""
+@pytest.mark.parametrize("args,env,variable,words", LIMIT_CASES, ids=[c[2] + "-" + c[0][1] for c in LIMIT_CASES])
+def test_every_limit_names_its_variable(args, env, variable, words, files, cli_env, setenv):
+    """A user over a limit learns which variable raises it (issue 12: only KLAB_MAX_EPOCHS said so), from the check
+    of that limit."""
     setenv(**env)
     code, out, lines = klab_here(*[a.replace("{d}", str(files)) for a in args])
     assert code == 2 and len(lines) == 1, lines
-    assert lines[0].startswith("klab: error: ") and f"({variable}" in lines[0], lines[0]
+    assert lines[0].startswith("klab: error: ") and f"{words} ({variable})" in lines[0], lines[0]
 
 
 def test_help_is_shown_whatever_else_the_line_holds(cli_env):
@@ -682,6 +700,20 @@ def test_a_default_past_a_lowered_limit_is_no_mistake_of_a_job_file(cli_env, dat
         code, _, lines = klab_here("submit", "-f", str(tmp_path / "ok.jsonl"))
         assert code == 3 and lines[0].startswith("klab: error: cannot reach the broker"), lines  # valid: sent
         assert stored(database) == {"jobs": 0, "sweeps": 0, "datasets": 0, "epochs": 0}
+    finally:
+        clear(database)
+
+
+def test_values_at_their_limits_are_no_mistake(files, cli_env, database, setenv, tmp_path: Path):
+    """A job file of exactly KLAB_MAX_SWEEP_JOBS jobs, a sweep's name of 200 characters and a tag of 100 are valid:
+    each goes on to the broker, which is not there (exit code 3: nothing was refused as bad input)."""
+    setenv(KLAB_MAX_SWEEP_JOBS="11")
+    try:
+        for args in (("submit", "-f", str(files / "eleven.jsonl")),
+                     ("sweep", "--seed", "1,2", "--name", "é" * 200, "--tag", "t" * 100)):
+            code, _, lines = klab_here(*args)
+            assert code == 3 and lines[0].startswith("klab: error: cannot reach the broker"), (args, lines)
+            assert stored(database)["jobs"] == 0
     finally:
         clear(database)
 

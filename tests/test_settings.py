@@ -106,11 +106,13 @@ def test_a_sqlite_path_may_hold_a_colon_and_an_at():
     assert Settings.from_env({"KLAB_DATABASE_URL": url}).database_url == url
 
 
-def test_the_broker_keeps_an_unacknowledged_message_for_the_visibility_timeout():
+def test_the_broker_keeps_an_unacknowledged_message_for_the_visibility_timeout(setenv):
     from service.broker import celery_config
 
     assert celery_config("redis://x")["broker_transport_options"] == {"visibility_timeout": 3600,
                                                                        "socket_timeout": 10}  # a reply's longest wait
+    setenv(KLAB_VISIBILITY_TIMEOUT="7200")
+    assert celery_config("redis://x")["broker_transport_options"]["visibility_timeout"] == 7200
 
 
 def test_a_file_of_the_limit_is_read_and_one_byte_more_is_refused(tmp_path, setenv):
