@@ -133,8 +133,12 @@ def fit(res: Residuals, w: torch.Tensor, b: torch.Tensor | None, lrs: Sequence[f
     if method is Method.D2L_MANUAL:  # the last epoch's mse needs one more forward pass
         with torch.no_grad():
             idx = last_epoch - 1
+            after = res.sq(w, b, 0, n)
             ok = torch.isnan(hist.mse[idx]) & ~torch.isnan(hist.loss[idx])
-            hist.mse[idx] = torch.where(ok, res.sq(w, b, 0, n) / (n * count), hist.mse[idx])
+            hist.mse[idx] = torch.where(ok, after / (n * count), hist.mse[idx])
+            # the last update, which no later epoch's loss measures: weights it blew up (lr 1e300, one epoch)
+            # diverged in that epoch, where they ended succeeded with a kernel of NaN
+            _diverging(after, last_epoch, alive, diverged_at, first)
 
     def out(t: torch.Tensor | None) -> np.ndarray | None:
         return None if t is None else t.detach().cpu().numpy().astype(np.float64)
