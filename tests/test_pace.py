@@ -101,7 +101,18 @@ def test_more_epochs_is_about_what_it_takes():
     assert stopped["converged_epoch"] is None and more and 1 <= more <= 20
     assert f"about {more} more epochs at this lr would reach --tol" in stopped["explanation"]
     _, longer = job(lr=0.03, epochs=10 + more + 5)
-    assert abs(longer["converged_epoch"] - (10 + more)) <= 2, (longer["converged_epoch"], more)
+    assert abs(longer["converged_epoch"] - (10 + more)) <= 1, (longer["converged_epoch"], more)  # 15 said, 14 took
+
+
+def test_more_epochs_counts_from_the_optimums_mse_on_noisy_labels():
+    """Noisy labels: the optimum's mse is far above 0, and the epochs left are those to come within --tol of it (a
+    count from 0 said 95 where 41 took)."""
+    values = dict(input="random:8x10", kernel="sobel-x", noise=3.0, lr=0.002, seed=0)
+    _, stopped = job(**values, epochs=40)
+    more = stopped["pace"]["more_epochs"]
+    assert stopped["converged_epoch"] is None and more and stopped["gap"]["noise"] > 1
+    _, longer = job(**values, epochs=400)
+    assert abs(longer["converged_epoch"] - (40 + more)) <= 1, (longer["converged_epoch"], more)
 
 
 def test_a_job_whose_mse_came_within_tol_is_called_converged():
@@ -110,7 +121,7 @@ def test_a_job_whose_mse_came_within_tol_is_called_converged():
     converged, nor to raise an lr already above the fastest (0.0278)."""
     _, result = job(lr=0.03, epochs=20)
     epoch = result["converged_epoch"]
-    assert epoch is not None and epoch < 20
+    assert epoch == 14
     assert result["error"]["relative"] > 1e-3 and result["gap"]["optimization"] > 1e-3
     assert result["explanation"] == (
         f"converged: the mse has been within --tol of the optimum's since epoch {epoch}, with the learned kernel still "
