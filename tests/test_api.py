@@ -164,6 +164,10 @@ BAD = [
     # iterated as numbers: jobs 1 and 2
     ("ids-as-a-bytearray", lambda: klab.epochs(bytearray(b"\x03")), "ids", "a list of them, got bytearray("),
     ("ids-as-a-dict", lambda: klab.jobs({2: "x"}), "ids", "a list of them, got {2: 'x'}"),  # its keys: job 2
+    ("ids-as-a-memoryview", lambda: klab.jobs(memoryview(b"\x01\x02")), "ids",
+     "a list of them, got a memoryview of shape (2,)"),
+    ("a-handle-of-a-memoryview", lambda: klab.Handle(memoryview(b"\x01")), "ids", "a Handle holds a tuple of job "
+     "ids, got a memoryview of shape (1,)"),
     ("a-tag-filter-to-jobs", lambda: klab.jobs(tag="x"), "tag", "tag: unknown filter; choose from id, "),  # named
     # tags, a keyword klab.jobs has not
     ("a-handle-of-a-dict", lambda: klab.Handle({921: "x"}), "ids", "a Handle holds a tuple of job ids, got {921: "),

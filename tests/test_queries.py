@@ -94,14 +94,17 @@ def test_list_sorts_walk_an_index(klab_db, monkeypatch):
     spec = JobSpec.parse({"seed": 0})
     with writing() as conn:
         columns = writes.new_job(spec, start=JobStatus.QUEUED, queue="cpu")
+        methods = ["adam", "d2l-manual", "d2l-sgd", "lstsq", "momentum"]
         writes.insert_columns(conn, {**columns, "seed": list(range(20_000)),
+                                     "method": [methods[i % 5] for i in range(20_000)],
                                      "err_relative": [i / 7 % 1 if i % 3 else None for i in range(20_000)]},
                               20_000)
         conn.exec_driver_sql("ANALYZE")
     seen = statements(monkeypatch)
     with reading() as reader:
         for sort, index in (("-id", "pk_jobs"), ("relative_error", "ix_jobs_err_relative"),
-                            ("-relative_error", "ix_jobs_err_relative")):
+                            ("-relative_error", "ix_jobs_err_relative"), ("method", "ix_jobs_method"),
+                            ("-method", "ix_jobs_method")):  # klab's own words: no collation of bytes to lose it
             seen.clear()
             reads.list_jobs(reader, sort=sort, limit=20)
             (sql, params), = [(s, p) for s, p in seen if s.lstrip().upper().startswith("SELECT")]

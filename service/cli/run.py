@@ -51,8 +51,8 @@ def run(spec_file: str | None, as_json: bool, no_store: bool, verbose: bool, **v
         with writing() as conn:
             job_id = store_run(conn, spec, row, epochs)
             stored = result_of(Reader.of(conn), job_id)
-    except Exception:  # the database refused it after training (full disk, a server gone): show what was trained
-        unstored()  # marked "not stored"; the database's error follows on stderr, exit code 3
+    except Exception:  # refused after training (the database: a full disk, a server gone, exit code 3; or a file it
+        unstored()  # stores, gone meanwhile, exit code 2): what was trained, marked "not stored", then the error line
         raise
     click.echo(json.dumps(stored) if as_json else render(stored))
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from service.db.connect import Reader
-from service.db.reads import SWEPT, where
+from service.db.reads import BYTEWISE, SWEPT, where
 from service.errors import BadInput
 from service.jobs import result
 from service.jobs.selection import Selection
@@ -61,7 +61,7 @@ def grouped(reader: Reader, selection: Selection, by: Sequence[str]) -> list[dic
     stats = ", ".join(f"count(x{i}) AS n{i}, avg(x{i}) AS mean{i}, min(x{i}) AS min{i}, max(x{i}) AS max{i}, "
                       f"sum(((x{i} - m{i}) / s{i}) * ((x{i} - m{i}) / s{i})) AS ss{i}, sum((x{i} - m{i}) / s{i}) AS "
                       f"d{i}, max(s{i}) AS s{i}" for i in range(len(cols)))
-    order = ", ".join(f"{k} IS NULL, {reader.bytewise(k) if result.BY_NAME[k].kind == 'text' else k}" for k in by)
+    order = ", ".join(f"{k} IS NULL, {reader.bytewise(k) if k in BYTEWISE else k}" for k in by)
     sql = (f"SELECT {keys}, count(*) AS jobs, sum(CASE WHEN status = :ok THEN 1 ELSE 0 END) AS n_ok, "  # noqa: S608
            f"{stats} FROM (SELECT {keys}, status, {inner} FROM jobs WHERE {clause}) AS t "
            f"GROUP BY {keys} ORDER BY {order}")

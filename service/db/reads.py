@@ -156,9 +156,14 @@ def _fetch(reader: Reader, sql: str, params: dict[str, Any] | None = None) -> li
     return [_decode(r, sqlite) for r in reader.rows(sql, params)]
 
 
+BYTEWISE = ("input", "kernel")
+"""Text columns of what users write (paths, literals), sorted by their bytes on either database (Reader.bytewise);
+method and status hold klab's own words, which sort alike in every collation, so ix_jobs_method serves its sort."""
+
+
 def _order(reader: Reader, name: str, descending: bool) -> str:
     f = result.BY_NAME[name]
-    key = f"{reader.bytewise(f.col) if f.kind == 'text' else f.col} {'DESC' if descending else 'ASC'}"
+    key = f"{reader.bytewise(f.col) if name in BYTEWISE else f.col} {'DESC' if descending else 'ASC'}"
     if f.nullable:  # a job that has not finished sorts after every finished one, either way
         key += " NULLS LAST"
     return key if name == "id" else f"{key}, id ASC"
@@ -291,8 +296,7 @@ def sweep_points(reader: Reader, selection: Selection) -> list[dict[str, Any]]:
     200,000 jobs."""
     clause, params = where(reader, selection)
     rows = _fetch(reader, f"SELECT {result.select_list(SWEEP_POINT)} FROM jobs WHERE {clause}", params)  # noqa: S608
-    rows.sort(key=itemgetter("id"))  # its dots drawn in one order on either database: one PNG
-    return rows
+    return sorted(rows, key=itemgetter("id"))  # its dots drawn in one order on either database: one PNG
 
 
 def progress(reader: Reader, selection: Selection) -> dict[str, Any]:

@@ -150,8 +150,8 @@ TRAINED: tuple[Field, ...] = (
        "would).", S, R, group="gap", key="identifiability", header="gap ident."),
     _f("converged_epoch", "int", "The epoch from which the mse stayed within --tol of the optimum's, to the last "
        "epoch run.", S, R, header="converged at"),
-    _f("diverged_epoch", "int", "The epoch its loss became non-finite or grew past 10^6 times its first.", S, R,
-       header="diverged at"),
+    _f("diverged_epoch", "int", "The epoch its loss became non-finite or grew past 10^6 times its first (d2l-manual: "
+       "or its last update made it so).", S, R, header="diverged at"),
     _f("stable_lr", "float", "The largest learning rate at which this method's steps cannot grow the gap on "
        "this input (d2l-manual: 1 / lambda_max(A^T A)); none for adam and lstsq.", S, R, group="pace",
        header="stable lr"),
