@@ -162,6 +162,8 @@ def only_bad_input(call, *args: Any) -> Any:
 @example(values={"input": "npy:{d}/objects.npy"})
 @example(values={"input": "image:{d}/bomb.png"})
 @example(values={"kernel": "[[1e308, 1e308]]", "input": "ones:3x3"})
+@example(values={"input": "npy:{d}/strings.npy"})  # the draws reach a file's loader a few times in 300: each
+@example(values={"input": "image:{d}/text.png"})  # refusal a loader makes of its own is given once here
 def test_spec_parser_raises_only_bad_input(values, files):
     spec = only_bad_input(JobSpec.parse, with_files(values, files))
     if spec is None:
@@ -192,6 +194,8 @@ flag_sets = st.dictionaries(st.sampled_from([*SWEEPABLE, "tol", "device", "bias"
 @example(flags={"epochs": "1:1e308:2"})
 @example(flags={"lr": "1e-320:1e300:4"})
 @example(flags={"kernel": "[[1,2],[3,4]],d2l", "lr": "0.1,,0.2"})
+@example(flags={"lr": "inf..2"})  # the draws build A..B of whole numbers only
+@example(flags={"seed": "1,9223372036854775808"})  # past a seed's column: the plan checks a sweep's extremes
 def test_sweep_flags_raise_only_bad_input(flags):
     g = only_bad_input(grid, flags)
     if g is None:
@@ -220,6 +224,8 @@ spec_texts = st.one_of(
 @given(text=spec_texts, suffix=st.sampled_from([".json", ".jsonl", ".yaml", ".yml", ""]))
 @example(text="kernel: [2024-01-01]\n", suffix=".yaml")
 @example(text='{"labels": [1, 2]}\n{"kernel": [[1, NaN]]}\n', suffix=".jsonl")
+@example(text="[" * 100_000, suffix=".yaml")  # nested past Python's recursion limit (300 deep is not)
+@example(text="[" * 100_000, suffix=".json")
 def test_spec_files_raise_only_bad_input(text, suffix, tmp_path_factory):
     path = tmp_path_factory.getbasetemp() / f"fuzzed-spec{suffix}"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
