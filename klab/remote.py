@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from klab.errors import NoWorker, public
 from klab.result import Result
-from klab.values import arrays, checked_batch_jobs, checked_flag, is_time, item, job_values, spelled, whole
+from klab.values import NOT_IDS, arrays, checked_batch_jobs, checked_flag, is_time, item, job_values, spelled, whole
 from service import defaults
 from service.errors import BadInput, shown
 from service.jobs.selection import Selection, distinct
@@ -36,8 +36,7 @@ class Handle:
         ids = item(ids)  # a 0-d array: one id, as klab.jobs reads it (iterating it: TypeError)
         if whole(ids):  # one id, as klab.jobs(12) reads it (Handle(12) was a TypeError)
             ids = (ids,)
-        if isinstance(ids, (str, bytes, bytearray, memoryview, Mapping)) or not isinstance(ids, Iterable):  # "12"
-            # was jobs 1 and 2, {921: "x"} job 921
+        if isinstance(ids, (str, *NOT_IDS)) or not isinstance(ids, Iterable):  # "12" was jobs 1 and 2
             raise BadInput("ids", f"a Handle holds a tuple of job ids, got {shown(ids)}")
         ids = tuple(ids)
         if not all(whole(i) for i in ids):  # 1.5 and True were job 1

@@ -2,12 +2,12 @@
 of service.db.reads, which `klab show`, `compare` and `export` print)."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from klab.errors import public
 from klab.result import Result, typed_epochs
-from klab.values import item, plain, spelled, whole
+from klab.values import NOT_IDS, item, plain, spelled, whole
 from service.db.connect import INTEGER_MOST
 from service.errors import BadInput, shown
 from service.jobs import result as schema
@@ -42,7 +42,7 @@ def _selection(ids: int | Iterable[int] | None, sweep: int | None) -> Selection 
     list of ids, which asks for no job (`klab.jobs(frame.id[frame.lr > 1])` when no job has that lr)."""
     if getattr(ids, "ndim", None) == 0:  # a 0-d array (np.array(12)): one id, which iterating raised TypeError on
         ids = [item(ids)]  # (one holding None was every job)
-    if isinstance(ids, (bytes, bytearray, memoryview, Mapping)):  # b"\x01\x02" was jobs 1 and 2, {2: "x"} job 2
+    if isinstance(ids, NOT_IDS):  # b"\x01\x02" was jobs 1 and 2, {2: "x"} job 2
         raise BadInput("ids", f"ids are a job's id or a list of them, got {shown(ids)}")
     given = None if ids is None else list(ids) if isinstance(ids, Iterable) and not isinstance(ids, str) else [ids]
     if given == [] and sweep is None:

@@ -30,6 +30,11 @@ ARRAY_NAME = "the array"
 """How messages name an array a user passed, where they would name a file."""
 
 
+NOT_IDS = (bytes, bytearray, memoryview, Mapping)
+"""What iterates into something other than job ids (bytes as numbers, a mapping's keys): refused where ids go, as
+text is (klab.jobs, klab.Handle)."""
+
+
 def is_time(value: Any) -> bool:
     """numpy's or pandas' times (datetime64, timedelta64), whose .item() in nanoseconds is a plain number (and
     timedelta64 an Integral to numbers)."""
