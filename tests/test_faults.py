@@ -153,20 +153,30 @@ def test_a_broker_restart_is_logged_in_lines_not_tracebacks(tmp_path, pg_db, red
     def lost() -> int:
         return w.text().count("Cannot connect to") + w.text().count("Connection to broker lost")
 
+    def trains() -> None:
+        done = klab(env, "submit", "--epochs", "2", "--wait", "--json", timeout=90)
+        assert done.returncode == 0, done.stderr
+
     for stop in (broker.proc.terminate, broker.kill):  # a restart (redis shuts down), then a crash
+        trains()  # at work: every step of its consumer set up, the last of which takes tasks
         connected, noticed = w.text().count("Connected to redis://"), lost()
         stop()
         broker.proc.wait(10)
-        # This stop's own line, the broker kept away until it comes. The lines of the first stop answered the
-        # second's wait at once, and a broker back at once after a crash just past "Connected" may be reached again
-        # without a line (1 of 22 such crashes on a loaded machine; the worker trained the next job all the same):
-        # the test then waited for a "Connected" that never came.
+        # This stop's own line, the broker kept away until it comes (one back at once may be reached again
+        # without a line: 1 of 22 such stops on a loaded machine).
         wait_until(lambda n=noticed: lost() > n, 30, lambda: w.text()[-3000:])
         broker.start()
-        wait_until(lambda n=connected: w.text().count("Connected to redis://") > n, 60, lambda: w.text()[-3000:])
-    done = klab(env, "submit", "--epochs", "2", "--wait", "--json")
-    assert done.returncode == 0, done.stderr
-    assert [r.status for r in db.rows("SELECT status FROM jobs")] == ["succeeded"]
+        wait_until(lambda n=connected: w.text().count("Connected to redis://") > n, 60, lambda: w.text()[-3000:],
+                   every=0.002)
+    # Then a crash at once, as the worker sets up the rest of what it holds on the broker. There Celery may say
+    # nothing of it (its consumer not yet reading) or retry its events' own connection without a "Connected" line:
+    # the test waited for lines that never came (CI of stop 59; here 3 of 3 "Connected" never said again, 1 of 6
+    # the crash unsaid), while the worker trained the next job each time. What counts is that it trains.
+    broker.kill()
+    broker.proc.wait(10)
+    broker.start()
+    trains()
+    assert [r.status for r in db.rows("SELECT status FROM jobs")] == ["succeeded"] * 3
     assert "Traceback" not in w.text() and "Gossip" not in w.text(), w.text()[-3000:]
     assert "In Celery 5.1" not in w.text() and "Connection to broker lost" in w.text(), w.text()[-3000:]
 
