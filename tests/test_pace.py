@@ -365,3 +365,84 @@ def test_on_an_ill_conditioned_input_about_the_fastest_is_judged_by_the_rate(tmp
     assert told in slow["explanation"], slow["explanation"]
     closing = job(**values, lr=lr)[1]
     assert "would close it fastest" in closing["explanation"], closing["explanation"]
+
+
+class MadeUpRadius:
+    """A heavy ball's epoch radius made up, for the search's own logic: 0.99 at every lr but for tents of growth in
+    log lr, each a scan's step wide either side of its top, whose scanned neighbours stay under 1."""
+
+    def __init__(self, *tents: tuple[float, float]):  # (top's lr, radius there)
+        self.tents = tents
+
+    def __call__(self, lrs: np.ndarray) -> np.ndarray:
+        from worker.engine.pace import BOUND_SCAN
+
+        step = math.log(2) / BOUND_SCAN
+        out = np.full(len(lrs), 0.99)
+        for at, top in self.tents:
+            out = np.maximum(out, 0.99 + (top - 0.99) * np.maximum(0.0, 1 - np.abs(np.log(lrs / at)) / step))
+        return out
+
+
+def made_up_pace(radius=None, scanned=None):
+    """A momentum Pace over several batches whose radius is `radius` (no design: the search alone)."""
+    from service.jobs.choices import Method
+    from worker.engine.pace import Pace
+
+    class MadeUp(Pace):
+        def _radii(self, lrs):
+            return radius(np.asarray(lrs, dtype=float))
+
+        def _radius(self, lr):
+            return float(radius(np.array([lr]))[0])
+
+    pace = MadeUp.__new__(MadeUp)
+    pace.method, pace.eigen, pace.hs, pace.stable_lr, pace.scanned = Method.MOMENTUM, None, None, None, scanned
+    return pace
+
+
+def test_of_several_windows_of_growth_between_scanned_lrs_the_bound_is_the_least_lr_of_the_lowest():
+    """Two windows narrower than the scan's step, the higher (looked into first) at the larger lr: the bound is where
+    the lower lr's window starts to grow, and the scanned lrs kept for the fastest range lie under it (the lrs above
+    it were scanned too, and found as fast)."""
+    from worker.engine.pace import BOUND_OCTAVES, BOUND_SCAN
+
+    grid = 2.0 ** (-np.arange(BOUND_OCTAVES * BOUND_SCAN, -1, -1) / BOUND_SCAN)  # what the scan of up to 1 looks at
+    offset = 2 ** (0.3 / BOUND_SCAN)  # each top 0.3 of a step above a scanned lr: its neighbours 0.9991 and 0.9939
+    low, high = grid[300] * offset, grid[500] * offset
+    radius = MadeUpRadius((low, 1.003), (high, 1.0035))
+    assert (radius(grid) < 1).all() and radius(np.array([low, high])).min() > 1  # the scan alone sees no growth
+    pace = made_up_pace(radius)
+    bound = pace._first_growing(1.0, BOUND_SCAN, 10**6)
+    starts = low * math.exp(-(1 - 0.01 / 0.013) * math.log(2) / BOUND_SCAN)  # 0.99 + 0.013 (1 - d / step) = 1
+    assert bound == pytest.approx(starts, rel=1e-6) and radius(np.array([bound * (1 - 1e-5)]))[0] < 1
+    kept = pace.scanned[0]
+    assert len(kept) == 301 and kept.max() < bound < grid[301]  # grid[0..300], not the 201 scanned above it
+
+
+def test_momentums_fastest_range_is_the_widest_run_of_scanned_lrs_as_fast_as_the_least_rate():
+    """Two runs of lrs at the least rate, the first two lrs long and the second four: the range named is the second
+    (a range of lrs spaced alike: the widest in log lr), at that rate."""
+    grid = 2.0 ** -np.arange(12.0, 0, -1)
+    radii = np.array([0.99, 0.95, 0.9, 0.9, 0.95, 0.9, 0.9, 0.9, 0.9, 0.95, 0.97, 0.99])
+    assert made_up_pace(scanned=(grid, radii)).best_lr() == (grid[5], grid[8], 0.9)
+    # as fast within a thousandth, log for log, is in the run (three long, the first two); a rate just out of it ends it
+    near, out = 0.9 ** (1 - 0.999e-3), 0.9 ** (1 - 1.001e-3)
+    radii[[5, 8]] = near, out
+    assert made_up_pace(scanned=(grid, radii)).best_lr() == (grid[5], grid[7], 0.9)
+
+
+@pytest.mark.parametrize("share,told", [(0.951, True), (0.949, False)])
+def test_about_the_fastest_is_within_5_percent_of_its_rate_log_for_log(share, told):
+    """A job whose epochs shrink the gap by at least 95% as much as the fastest lr's, log for log, is told its lr is
+    about the fastest; one at 94.9% is pointed at the fastest."""
+    from service.jobs.status import JobStatus
+    from worker.engine.explain import Facts, explain
+
+    best = 0.8
+    facts = Facts.one(JobStatus.SUCCEEDED, 0.5, 0.0, 0.0, rank=2, params=2, relative=0.5, lr=0.02, lr_bound=1 / 30,
+                      rate=best**share, best_lr=1 / 36, best_rate=best)
+    assert bool(facts.about_fastest[0]) is told
+    sentence = explain(facts)[0]
+    assert sentence.endswith("train longer: this lr is about the fastest for this input.") is told, sentence
+    assert ("raise the learning rate towards 0.0278, the fastest" in sentence) is not told, sentence

@@ -147,16 +147,14 @@ class Pace:
                 spare = rates - scan * BOUND_OCTAVES
                 bound = self._first_growing(bound, scan, spare) if keep and scan >= 2 else None
             self.stable_lr = bound
-            if self.scanned is not None:  # the scan's lrs under the bound its peaks may have lowered
-                under = self.scanned[0] < (bound or 0.0)
-                self.scanned = self.scanned[0][under], self.scanned[1][under]
 
     def _first_growing(self, upper: float, per_octave: int, spare: int) -> float | None:
         """The least lr up to `upper` found at which an epoch's map grows (spectral radius 1 or more), scanning
         `per_octave` lrs an octave, then looking between two scanned lrs at the PEAKS highest peaks of the radius
         whose parabola reaches PEAK_FLOOR, as far as `spare` rates allow (a window of growth narrower than the
         scan's step, 1.0003 at its top: 0.93 on a random input, where the scan found 1.49): `upper` when none grows;
-        None when even the least scanned does."""
+        None when even the least scanned does. The scanned lrs kept (best_lr's) are those under what it returns: a
+        peak may have lowered it below lrs the scan found fast."""
         grid = upper * 2.0 ** (-np.arange(BOUND_OCTAVES * per_octave, -1, -1) / per_octave)
         radii = self._radii(grid)
         end = int(np.argmax(radii >= 1)) if (radii >= 1).any() else len(grid)  # the first scanned that grows
@@ -176,12 +174,15 @@ class Pace:
             if (top_radii >= 1).any():
                 k = np.flatnonzero(top_radii >= 1)[np.argmin(tops[top_radii >= 1])]  # the least lr that grows
                 lo, hi = float(grid[at[k] - 1]), float(tops[k])
-        if hi is None:
-            return upper
-        for _ in range(BISECTIONS):
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if self._radius(mid) >= 1 else (mid, hi)
-        return lo
+        bound = upper
+        if hi is not None:
+            for _ in range(BISECTIONS):
+                mid = (lo + hi) / 2
+                lo, hi = (lo, mid) if self._radius(mid) >= 1 else (mid, hi)
+            bound = lo
+        under = self.scanned[0] < bound
+        self.scanned = self.scanned[0][under], self.scanned[1][under]
+        return bound
 
     def _tops(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where the radius is largest between a[k] and b[k], and that radius, for every k at once: ZOOM lrs across
