@@ -9,7 +9,7 @@ import time
 import warnings
 from typing import NoReturn
 
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import celeryd_after_setup, worker_process_init, worker_ready, worker_shutdown
 from celery.worker.control import control_command
@@ -30,6 +30,27 @@ try:
 except BadInput as exc:  # the plain celery line (compose's) printed a traceback; `klab worker` says this first
     sys.stderr.write(f"klab: error: {exc}\n")
     raise SystemExit(2) from None
+
+
+class _TakingTasksAgain(bootsteps.StartStopStep):
+    """Once a worker takes tasks again after losing its broker, it says so. Celery says "Connected" for its
+    consumer's own connection, then sets up the rest; its events' connection, lost there, is retried without a line:
+    a broker killed at that moment left "Cannot connect ... Trying again" the log's last word while the worker
+    trained (found by test_faults)."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent, **kwargs: object):
+        super().__init__(parent, **kwargs)
+        self.started = False  # the first start is the worker's: Celery says "ready"
+
+    def start(self, c) -> None:
+        if self.started:
+            log.info("taking tasks again from %s", c.connection.as_uri())
+        self.started = True
+
+
+app.steps["consumer"].add(_TakingTasksAgain)
 
 _reaper_stop = threading.Event()
 _serving: dict[str, object] = {}  # this worker's database identity, queues (as users name them) and name
