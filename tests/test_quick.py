@@ -137,6 +137,30 @@ def test_what_took_a_quick_tasks_jobs_meanwhile_keeps_them(klab_db) -> None:
     assert counted == {done: 10, **{i: 10 for i in kept}}  # none of the cancelled, the deleted or the running
 
 
+def test_a_job_claimed_and_sent_back_meanwhile_is_no_longer_a_quick_tasks(klab_db) -> None:
+    """Between a quick task's read and its results, another worker claims a job, streams an epoch and dies, and the
+    reaper sends the job again: queued as the task read it, but by a claim the task never held. The task leaves it to
+    its new message, and stores the others: matched by status alone, it took the job as its own, met the dead
+    worker's epoch, and its whole group rolled back and ended failed."""
+    ids = submit(3)
+    with writing() as conn:
+        peeked = writes.peek(conn, ids)
+    groups, failed = tasks.load(peeked)
+    assert not failed and [g.ids for g in groups] == [ids]
+    taken = ids[0]
+    with writing() as conn:
+        (row,) = writes.claim(conn, [taken], "dead", "t0", 0, lease=60)
+        assert writes.streamed(conn, taken, row.attempts, [{"epoch": 1, "loss": 9.0, "mse": 9.0, "kernel_error": 9.0}],
+                               1)
+        conn.execute(update(jobs).where(jobs.c.id == taken).values(heartbeat_at=datetime(2000, 1, 1)))
+        assert writes.reap(conn, lease=60, max_attempts=5) == [(taken, "cpu")]
+    group = groups[0]
+    group.quick = writes.trained_by("mine", "t1", 0, writes.utcnow())
+    assert tasks.train_group(group) == {"succeeded": 2}
+    assert [(r["status"], r["worker_host"], r["attempts"]) for r in rows(ids)] == [
+        ("queued", "dead", 1), ("succeeded", "mine", 1), ("succeeded", "mine", 1)]
+
+
 def test_a_quick_task_that_cannot_load_a_job_fails_it_as_a_claimed_one_would(klab_db) -> None:
     ids = submit(3)
     with writing() as conn:  # a stored spec that no longer parses (an older kernel-lab's, a hand edit)

@@ -54,7 +54,12 @@ def test_every_column_reads_as_sqlalchemy_reads_it(db_url: str, varied_jobs: lis
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     if path == "engine":  # as for a SQLite database still to upgrade, or a URL only SQLAlchemy reads
         monkeypatch.setattr(reads, "open_reader", lambda url: None)
+    if db_url.startswith("postgresql"):  # sessions in a zone not UTC: PostgreSQL gives the instant there, shown in
+        monkeypatch.setenv("PGTZ", "Asia/Kolkata")  # UTC all the same (on a server in UTC, times left as given passed)
+        dispose_engines()
     with writing(db_url) as conn:
+        if db_url.startswith("postgresql"):
+            assert conn.exec_driver_sql("SHOW TimeZone").scalar() == "Asia/Kolkata"
         core = {r.id: r for r in conn.execute(select(jobs).where(jobs.c.id.in_(varied_jobs)))}
         stored_epochs = {j: conn.execute(select(epochs_table).where(epochs_table.c.job_id == j)
                                          .order_by(epochs_table.c.epoch)).all() for j in varied_jobs}
