@@ -352,7 +352,9 @@ def test_a_task_that_lost_the_database_tries_again_before_the_tasks_queued_behin
     A retry sent to the broker (Celery's Task.retry) went to the back of the queue: the short job ran first, and
     behind a sweep's backlog a long job waited minutes, lost its lease and trained twice."""
     url, db = pg_db
-    env = service_env(tmp_path, url, redis_server().url())
+    # a lease of 10 minutes: no heartbeat (every fifth of it) comes to the lock before the task's write does, to have
+    # its own connection cut instead (a review, with heartbeats every 0.3 s: 3 of 3 cut the heartbeat's alone)
+    env = {**service_env(tmp_path, url, redis_server().url()), "KLAB_LEASE_SECONDS": "600"}
     out = klab(env, "submit", "--input", "random:32x32", "--kernel", "random:3x3", "--lr", "0.0005",
                "--epochs", "12000", "--json")  # about 7 s on a quiet machine
     assert out.returncode == 0, out.stderr
