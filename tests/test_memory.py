@@ -136,6 +136,8 @@ def test_the_estimate_grows_with_what_the_job_makes():
     # least squares on a 4096x4096 input with a 64x64 kernel: no training, G is 4096 x 4096
     lstsq = job_memory((1, 1, 4096, 4096), (1, 1, 64, 64), False, Method.LSTSQ, 10)
     assert 32 * 4096**2 < lstsq < GIB
+    # and on an input no larger than the kernel, G is what counts (the input's share 0.3 MiB, G's 512 MiB)
+    assert job_memory((1, 1, 64, 64), (1, 1, 64, 64), False, Method.LSTSQ, 10) > 32 * 4096**2
     # as many output channels as the kernel limit allows: labels 4096 times the input
     assert job_memory((1, 1, 4096, 4096), (4096, 1, 1, 1), False, Method.LSTSQ, 10) > 1000 * GIB
 
@@ -250,9 +252,22 @@ def test_the_limit_is_where_the_estimate_says(tmp_path):
     assert stored_jobs(home) == 1
 
 
+def test_a_worker_refuses_a_job_whose_labels_need_more_than_its_limit(tmp_path, setenv):
+    """A worker whose limit is lower than the client's: labels from a file set the kernel's shape, and the build
+    checks the job's memory before making its arrays, as it does with a true kernel (untested, it could go)."""
+    np.save(tmp_path / "y.npy", np.zeros((1, 1, 510, 510)))
+    spec = JobSpec.parse({"input": "random:512x512", "labels": f"npy:{tmp_path / 'y.npy'}", "kernel": "none"})
+    assert build_problem(spec).kernel_shape == (1, 1, 3, 3)  # within the default limit
+    setenv(KLAB_MAX_JOB_MEMORY="100000000")
+    with pytest.raises(BadInput, match=r"^memory: the job needs about \d+ MiB at once \(input 1x1x512x512, kernel "
+                                       r"1x1x3x3, method d2l-manual\), more than the limit 95.4 MiB"):
+        build_problem(spec)
+
+
 def test_a_limit_under_the_engines_share_names_itself_in_its_own_unit(tmp_path):
     assert [gib(n) for n in (3 * GIB // 2, 512 * 2**20, 2048, 1000, 1)] == [
-        "1.5 GiB", "512 MiB", "2 KiB", "1000 bytes", "1 bytes"]
+        "1.5 GiB", "512 MiB", "2 KiB", "1000 bytes", "1 byte"]
+    assert [gib(n) for n in (GIB, 2**20, 1024, GIB - 1)] == ["1 GiB", "1 MiB", "1 KiB", "1.02e+03 MiB"]  # at each unit
     home = tmp_path / "home"
     out = klab(clean_env(home, KLAB_MAX_JOB_MEMORY="1000"), "run", "--no-store")
     need = job_memory((1, 1, 6, 8), (1, 1, 1, 2), False, Method.D2L_MANUAL, 10)

@@ -230,11 +230,11 @@ def check_memory(spec: JobSpec, x_shape: tuple[int, ...], kernel_shape: tuple[in
 
 
 def gib(size: int, digits: int = 3) -> str:
-    """A size in bytes for a message: 1.5 GiB, 512 MiB, 2 KiB, 100 bytes."""
+    """A size in bytes for a message: 1.5 GiB, 512 MiB, 2 KiB, 100 bytes, 1 byte."""
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if size >= scale:
             return f"{size / scale:.{digits}g} {unit}"
-    return f"{size} bytes"
+    return f"{size} byte{'s' * (size != 1)}"
 
 
 NORMAL_MOST = 12.3
