@@ -323,6 +323,26 @@ def test_a_path_longer_than_the_system_names_is_one_line_naming_its_variable(var
     assert not (tmp_path / "home").exists()
 
 
+def test_a_path_at_the_systems_most_is_taken_and_a_byte_more_is_not():
+    """A name of 255 bytes and a klab.db path of 4,095 are what the system holds (the cases above are past it)."""
+    from service.errors import BadInput
+    from service.settings import NAME_MOST, PATH_MOST, Settings, sqlite_path
+
+    assert (NAME_MOST, PATH_MOST) == (255, 4095)
+    name = "/tmp/" + "a" * 255
+    assert Settings.from_env({"KLAB_HOME": name}).home.name == "a" * 255
+    with pytest.raises(BadInput, match="^KLAB_HOME: a name in the path is longer than 255 bytes"):
+        Settings.from_env({"KLAB_HOME": name + "a"})
+    home = "/tmp" + "/c" * 2040 + "/dd"
+    assert len(home + "/klab.db") == 4095
+    assert Settings.from_env({"KLAB_HOME": home}).database_url.endswith("/c/dd/klab.db")
+    with pytest.raises(BadInput, match="^KLAB_HOME: the path of its klab.db is 4096 bytes long"):
+        Settings.from_env({"KLAB_HOME": home + "d"})
+    assert str(sqlite_path(f"sqlite:///{home}/klab.db")) == f"{home}/klab.db"
+    with pytest.raises(BadInput, match="^KLAB_DATABASE_URL: the path is 4096 bytes long"):
+        sqlite_path(f"sqlite:///{home}/klabx.db")
+
+
 def test_a_klab_home_of_bytes_that_are_not_utf8_counts_each_as_one_byte():
     """100 bytes that are not UTF-8 (each read as one surrogate) were counted as 300, and the home refused."""
     from service.settings import Settings
