@@ -265,5 +265,7 @@ def test_a_quick_tasks_read_of_its_jobs_takes_no_write_lock(klab_db) -> None:
             finally:
                 other.close()
         else:
-            with writing() as other:  # PostgreSQL's reads never held a lock a writer waits on
-                other.execute(update(jobs).where(jobs.c.id == ids[0]).values(queued_at=jobs.c.queued_at))
+            with writing() as other:  # PostgreSQL's reads never held a lock a writer waits on: one would fail here
+                other.exec_driver_sql("SET LOCAL lock_timeout = '2s'")  # (it waited for the test's timeout)
+                done = other.execute(update(jobs).where(jobs.c.id == ids[0]).values(queued_at=jobs.c.queued_at))
+                assert done.rowcount == 1
