@@ -93,6 +93,25 @@ def test_klab_worker_gives_its_children_the_users_torch_threads_else_the_cores_s
     assert worker_argv("gpu", None, "INFO", threads=3)[1] == {}
 
 
+def test_klab_worker_itself_hands_its_children_the_users_torch_threads(klab_db, redis_url, setenv, klab_cli,
+                                                                      monkeypatch):
+    """What `klab worker` starts Celery with (the tests' workers are started by the harness, which sets the threads
+    alike: `klab worker` passing none of the user's passed every test)."""
+    seen: dict[str, object] = {}
+
+    def execvp(file: str, args: list[str]) -> None:
+        seen.update(argv=list(args), threads=os.environ.get("KLAB_TORCH_THREADS"))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execvp", execvp)
+    setenv(KLAB_BROKER_URL=redis_url, KLAB_TORCH_THREADS="3")
+    code, _, err = klab_cli("worker", "--concurrency", "1", "--name", "threads")
+    assert (code, err) == (0, ""), err
+    argv = seen["argv"]
+    assert seen["threads"] == "3" and argv[argv.index("--concurrency") + 1] == "1", seen
+    assert argv[argv.index("--hostname") + 1] == "threads@%h"
+
+
 def test_log_spaced_values_are_exact(tmp_path):
     from service.jobs.sweep import grid
 
@@ -153,9 +172,9 @@ def test_klab_worker_splits_the_cores_and_its_children_use_that_many_torch_threa
     second, _ = worker_argv("gpu", None, "INFO", "gpu-2")
     assert second[second.index("--hostname") + 1] == "gpu-2@%h"
     assert worker_argv("cpu", 1, "warning")[0][-2:] == ["--loglevel", "WARNING"]  # as the help's choices spell it
-    # the children apply it: two pool processes, one thread each, as `klab worker --concurrency 2` starts them
+    # the children apply what they are given: two pool processes, three threads each
     url, _ = pg_db
-    env = service_env(tmp_path, url, redis_server().url())
+    env = service_env(tmp_path, url, redis_server().url(), KLAB_TORCH_THREADS="3")  # not 1, nor this machine's split
     w = worker_procs(env, "split", concurrency=2).wait_ready()
     frozen_line = "objects left out of the cycle collector's walks in this pool process"  # logged by each child
     # after its threads' line: waiting for the threads' lines alone read the second child's before it was written
@@ -163,7 +182,7 @@ def test_klab_worker_splits_the_cores_and_its_children_use_that_many_torch_threa
                and w.text().count(frozen_line) == 2, 60, tails(w))
     threads = {line.split("torch threads in this pool process: ")[1].split()[0]
                for line in w.text().splitlines() if "torch threads in this pool process" in line}
-    assert threads == {str(max(1, cores // 2))}
+    assert threads == {"3"}
     # and each froze what the imports made before the fork (torch among them), out of the collector's walks
     frozen = [int(line.rsplit(": ", 1)[1]) for line in w.text().splitlines() if frozen_line in line]
     assert len(frozen) == 2 and min(frozen) > 100_000, frozen
