@@ -404,6 +404,12 @@ def test_random_draws_that_could_overflow_the_labels_with_some_seed_are_refused_
         build(input=f"npy:{tmp_path / 'huge.npy'}", kernel="random:2x2")
     assert np.isfinite(build(input=f"npy:{tmp_path / 'huge.npy'}", kernel="random:1x1").y).all()
     assert np.isfinite(build(input="random:6x8", kernel="random:3x3", seed=58).y).all()
+    # one value of 2e37 alone in its windows: 12.3 x 2e37 fits, where the whole input's sum times 12.3 (four
+    # windows' worth) does not: the window's bound takes it
+    lone = np.zeros((6, 8))
+    lone[2, 3] = 2e37
+    np.save(tmp_path / "lone.npy", lone)
+    assert np.isfinite(build(input=f"npy:{tmp_path / 'lone.npy'}", kernel="random:2x2").y).all()
 
 
 def test_a_made_input_or_kernel_is_kept_by_its_numbers_and_trains_as_typed(tmp_path):
@@ -445,6 +451,10 @@ def test_a_longdouble_past_float64s_range_is_too_large_without_numpys_warning(tm
         warnings.simplefilter("error")
         with pytest.raises(BadInput, match=r"^input: holds values too large for float32$"):
             inputs.parse_input(f"npy:{tmp_path / 'ld.npy'}", 0)
+        with pytest.raises(BadInput, match=r"^kernel: holds values too large for float32$"):  # the loader's own
+            inputs.parse_kernel(f"npy:{tmp_path / 'ld.npy'}", 0)  # check (parse_input checks again)
+        with pytest.raises(BadInput, match=r"^labels: holds values too large for float32$"):
+            inputs.parse_labels(f"npy:{tmp_path / 'ld.npy'}")
 
 
 def test_numpys_float32_maximum_as_it_prints_is_a_float32_kernel():
