@@ -179,6 +179,8 @@ def test_a_yaml_number_with_leading_zeros_is_decimal_as_on_the_command_line(tmp_
     path = tmp_path / "job.yaml"
     path.write_text("epochs: 010\nseed: [010, 8, -007, 0_12]\nlr: 0.010\nbatch-size: 0\n")
     assert load_spec_file(str(path)) == [{"epochs": 10, "seed": [10, 8, -7, 12], "lr": 0.01, "batch_size": 0}]
+    path.write_text("bias: -010\nseed: [-0_12]\n")  # signed: base 8 would read -8 and -10
+    assert load_spec_file(str(path)) == [{"bias": -10, "seed": [-12]}]
 
 
 @pytest.mark.parametrize("values", [{"lr": "nan"}, {"lr": float("nan")}, {"noise": "-inf"}, {"tol": "1e400"},
@@ -224,12 +226,15 @@ def test_a_jsonl_line_ends_at_a_newline_alone_a_utf16_file_is_read_and_jobs_past
         (tmp_path / "u.yaml").write_bytes(text if bom in ("utf-16", "utf-32") else "\ufeff".encode(bom) + text)
         assert load_spec_file(str(tmp_path / "u.yaml")) == [{"epochs": 3}], bom
     setenv(KLAB_MAX_SWEEP_JOBS="10")
+    (tmp_path / "ten.jsonl").write_text("{}\n" * 10)  # at the limit: taken
+    assert len(load_spec_file(str(tmp_path / "ten.jsonl"))) == 10
     (tmp_path / "many.jsonl").write_text("{}\n" * 10 + "not json\n")
     with pytest.raises(BadInput, match=r"^file: 11 jobs, more than the limit 10 \(KLAB_MAX_SWEEP_JOBS\)$"):
         load_spec_file(str(tmp_path / "many.jsonl"))
 
 
-def test_list_items_that_would_be_joined_or_a_list_past_the_limit_are_refused_before_they_are_expanded(setenv):
+def test_list_items_that_would_be_joined_or_a_list_past_the_limit_are_refused_before_they_are_expanded(setenv,
+                                                                                                       monkeypatch):
     """A sweep file's items are joined with commas and split again: `["[[1", "-1]]"]` became the one kernel
     [[1, -1]], which the file never gave. Sixty ranges of 200,000 seeds, each within the limit, were all expanded (1.4
     GB) before the sweep's size was checked."""
@@ -252,6 +257,10 @@ def test_list_items_that_would_be_joined_or_a_list_past_the_limit_are_refused_be
         grid({"seed": "1,2,3,1"})
     setenv(KLAB_MAX_SWEEP_JOBS=None)
     seeds = ",".join(f"{i * 200_000}..{i * 200_000 + 199_999}" for i in range(60))
+    from service.jobs import sweep as sweep_module
+
+    expanded, real_values = [], sweep_module._values  # the ranges expanded, counted
+    monkeypatch.setattr(sweep_module, "_values", lambda *a: expanded.append(a[1]) or real_values(*a))
     tracemalloc.start()
     try:
         with pytest.raises(BadInput, match=r"^sweep: seed alone lists more than 200000 values, so more jobs than the "
@@ -261,6 +270,7 @@ def test_list_items_that_would_be_joined_or_a_list_past_the_limit_are_refused_be
     finally:
         tracemalloc.stop()
     assert peak < 100 * 2**20, peak  # two ranges' values at most, where all sixty took 1.4 GB
+    assert len(expanded) == 2, expanded  # the second range passes the limit: none after it is expanded
 
 
 def test_a_sweep_knows_every_field_of_a_job():
@@ -428,6 +438,11 @@ def test_bias_adds_to_the_labels_and_is_learned():
     biased = build_problem(JobSpec.parse({"input": "random:5x6", "kernel": "box3", "seed": 2, "bias": 0.75}))
     np.testing.assert_allclose(biased.y, plain.y + 0.75, rtol=1e-6)
     assert biased.has_bias and biased.true_bias == 0.75 and not plain.has_bias
+
+
+def test_a_kernel_as_large_as_the_input_fits():
+    assert build_problem(JobSpec.parse({"kernel": "random:6x8"})).y.shape == (1, 1, 1, 1)
+    assert build_problem(JobSpec.parse({"kernel": "random:6x1"})).y.shape == (1, 1, 1, 8)
 
 
 @pytest.mark.parametrize("values,field,message", [
