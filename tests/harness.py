@@ -324,6 +324,20 @@ class WorkerProcess(Process):
 
         argv, extra = worker_argv(queue, concurrency, loglevel, name, int(env.get("KLAB_TORCH_THREADS") or 1))
         super().__init__(worker_command(argv), {**env, **extra}, log, name)
+        self.broker_url = env["KLAB_BROKER_URL"]
+
+    def wait_taking(self, timeout: float = 90) -> WorkerProcess:
+        """Until it answers a ping, which its event loop reads where it asks the broker for tasks: Celery logs "ready."
+        before that loop's first turn, and a worker stalled there (a loaded machine) could find a sweep the others
+        had already done (a review: 3 s of stall injected after "ready.", the other worker took every task)."""
+        from service.broker import client
+
+        self.wait_ready(timeout)
+        node = f"{self.name}@{socket.gethostname()}"
+        app = client(self.broker_url)
+        wait_until(lambda: any(node in reply for reply in app.control.ping(destination=[node], timeout=1.0) or []),
+                   timeout, lambda: f"{self.name} answered no ping:\n{self.text()[-3000:]}")
+        return self
 
 
 def queue_key(db_url: str, queue: str = "cpu") -> str:

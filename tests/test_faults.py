@@ -511,8 +511,8 @@ def test_two_sweeps_from_two_shells_and_four_workers(tmp_path, db_url, redis_ser
     db = Db(db_url)
     env = service_env(tmp_path, db_url, redis_server().url())
     ws = [worker_procs(env, f"w{i}", concurrency=2) for i in range(2)]
-    for w in ws:  # both listening before the 20 tasks arrive: one that started late could find none left
-        w.wait_ready()
+    for w in ws:  # both taking tasks before the 20 tasks arrive: one that started late could find none left
+        w.wait_taking()
     shells = [Client(env, "sweep", *SWEEP_A, "--batch-jobs", "8", "--wait", "--json"),
               Client(env, "sweep", *SWEEP_B, "--batch-jobs", "8", "--wait", "--json")]
     done = [p.result(200) for p in shells]

@@ -305,8 +305,8 @@ def test_deleting_jobs_while_they_train_frees_their_worker_and_leaves_nothing_of
 
 
 def test_two_workers_share_a_sweep_without_doing_a_job_twice(service_env, workers):
-    workers("cpu", "a")
-    workers("cpu", "b")
+    workers("cpu", "a").wait_taking()  # both taking tasks before the sweep's 40 come: each must train some
+    workers("cpu", "b").wait_taking()
     out = klab(service_env, "sweep", "--input", "random:6x6", "--kernel", "random:2x2", "--seed", "0..199",
                "--lr", "0.002", "--batch-jobs", "5", "--wait", "--json")
     assert out.returncode == 0, out.stderr
