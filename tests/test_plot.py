@@ -11,11 +11,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import pytest
 from conftest import fake_result
 from harness import clean_env
 from matplotlib.collections import LineCollection, PolyCollection
+from matplotlib.colors import to_rgba
 from matplotlib.patches import StepPatch
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
@@ -398,9 +400,15 @@ def test_kernel_values_are_written_in_cells_up_to_7x7(side: int, written: bool) 
         assert len(cells) == 0
         return
     assert len(cells) == side * side
+    image = by_title(fig, "true kernel").images[0]
+    def luminance(rgba: tuple[float, ...]) -> float:
+        return 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]
+
     for text in cells:
         col, row = text.get_position()
         assert float(text.get_text()) == pytest.approx(true[row, col], rel=5e-3, abs=5e-3)
+        cell = image.cmap(image.norm(true[row, col]))  # written in black or white, whichever stands out on it
+        assert abs(luminance(to_rgba(text.get_color())) - luminance(cell)) >= 0.5, (text.get_text(), cell)
     assert len(by_title(fig, "difference").texts) == side * side
     readable(fig)
 
@@ -435,6 +443,7 @@ def test_a_4d_kernel_is_labelled_by_out_and_in_channel(shape: tuple[int, ...], s
                for t in a.texts)  # each value within its cell
     if shape != (2, 3, 3, 3):
         return
+    assert list(a.get_xticks()) == [1.0, 5.0, 9.0] and list(a.get_yticks()) == [1.0, 5.0]  # each block's middle
     cells, shape = kernels.kernel_cells(true)
     assert shape == (2, 3, 3, 3) and cells.shape == (7, 11)
     assert cells[4:7, 8:11].tolist() == true[1, 2].tolist() and np.isnan(cells[3]).all()
@@ -566,7 +575,10 @@ def test_more_jobs_overlaid_than_a_legend_names_are_drawn_unnamed_in_a_figure_of
         readable(fig)
         assert not fig.legends and tuple(fig.get_size_inches()) == plot.JOBS_SIZE
         assert f"coloured in order, job 1 purple to job {n} yellow" in fig._suptitle.get_text()
-        assert len(by_title(fig, "loss").get_lines()) >= n
+        lines = by_title(fig, "loss").get_lines()
+        assert len(lines) >= n
+        viridis = matplotlib.colormaps["viridis"]  # as the title says
+        assert (to_rgba(lines[0].get_color()), to_rgba(lines[n - 1].get_color())) == (viridis(0.0), viridis(1.0))
 
 
 # --- sweeps ----------------------------------------------------------------------------------------------
@@ -875,10 +887,15 @@ def test_a_seed_only_sweep_shows_the_distribution_of_its_errors() -> None:
     assert legend[0] == f"geometric mean {np.exp(np.log([r['relative_error'] for r in rows[2:]]).mean()):.3g}"
     found = [r["relative_error"] for r in rows[2:]]
     assert legend[1] == "10th-90th percentile {:.3g} to {:.3g}".format(*np.percentile(found, (10, 90))), legend
+    (mean,) = hist.get_lines()  # drawn where the legend says: the mean's line, the band's span
+    assert mean.get_xdata()[0] == np.exp(np.log(found).mean())
+    (band,) = [p for p in hist.patches if p.get_label().startswith("10th")]
+    np.testing.assert_allclose([band.get_x(), band.get_x() + band.get_width()], np.percentile(found, (10, 90)))
     status = by_title(fig, "jobs by status")
     assert [t.get_text() for t in status.get_yticklabels()] == [SUCCEEDED, DIVERGED, CANCELLED]
-    assert sorted(t.get_text() for t in status.texts) == ["1", "1", "498"]
+    assert sorted((t.get_text(), t.xy[1]) for t in status.texts) == [("1", 1), ("1", 2), ("498", 0)]  # beside its bar
     assert [(p.get_y() + p.get_height() / 2, p.get_width()) for p in status.patches] == [(0, 498), (1, 1), (2, 1)]
+    assert status.yaxis_inverted()  # read top down: succeeded first
     readable(fig)
 
 
@@ -957,6 +974,7 @@ def test_plot_sweep_labels_jobs_by_status(klab_db: str, add_job, klab_cli, tmp_p
     fig = plot.figure_sweep(points, reads.varying(points), "")
     strip = [a for a in fig.axes if a.get_title().startswith("jobs that did not succeed")][0]
     assert [t.get_text() for t in strip.get_yticklabels()] == [FAILED, CANCELLED]
+    assert strip.yaxis_inverted()  # read top down, as its labels
     out = tmp_path / "sweep.png"
     code, _, err = klab_cli("plot", "--sweep", str(sweep), "-o", str(out))
     assert code == 0, err
