@@ -130,6 +130,8 @@ BAD = [
     ("unknown-filter", lambda: klab.jobs(colour="red"), "colour", "unknown filter"),
     ("a-filter-of-a-list", lambda: klab.jobs(lr=[0.03]), "lr", "a filter of lr is a number or None"),  # sqlite3's
     ("a-filter-of-text-for-a-number", lambda: klab.jobs(lr="abc"), "lr", "got 'abc'"),  # psycopg's error, or none
+    ("a-flag-for-a-number", lambda: klab.jobs(seed=True), "seed",  # a bool is an int: it filtered as seed 1
+     "a filter of seed is a whole number or None, got True"),
     ("a-filter-of-text-for-a-flag", lambda: klab.jobs(identifiable="yes"), "identifiable",  # true on PostgreSQL only
      "a filter of identifiable is True or False or None, got 'yes'"),
     ("a-filter-past-64-bits", lambda: klab.jobs(sweep_id=2**70), "sweep_id", "past what a column holds"),
@@ -330,6 +332,7 @@ def test_jobs_epochs_and_sweeps_are_dataframes_of_the_stored_rows(klab_db, add_j
     sweeps = klab.sweeps()
     assert list(sweeps.columns) == ["id", "name", "tags", "size", "created_at", "params",
                                     *(s.value for s in JobStatus)]
+    assert str(sweeps["created_at"].dtype).startswith("datetime64") and sweeps["created_at"].dt.tz is not None
     (row,) = sweeps.to_dict("records")
     assert (row["id"], row["name"], row["size"]) == (sweep, "seeds", 3)
     assert row["params"] == {"swept": {"seed": [1, 2, 3]}, "fixed": {"lr": 0.1}}
