@@ -93,8 +93,13 @@ def test_list_filters_sort_limit_json(jobs: dict[str, int], klab_cli) -> None:
     assert ids("--sort", "-relative_error", "--limit", "2") == [jobs["blown"], jobs["slow"]]
     assert ids("--sort", "relative-error")[-1] == jobs["queued"]  # no error: last
     assert ids("--status", "diverged") == [jobs["blown"]]
+    # a status of those not flagged: the filter itself, not the index's condition for the rest, selects them
+    assert ids("--status", "succeeded") == [jobs["adam"], jobs["best"], jobs["slow"]]
+    assert ids("--status", "cancelled") == []
     assert ids("--method", "adam") == ids("--kernel", "sobel-x") == [jobs["adam"]]
     assert ids("--sort", "lr", "--limit", "1") == [jobs["slow"]]
+    assert ids("--sort", "lr") == [jobs["slow"], jobs["adam"], jobs["queued"], jobs["best"], jobs["blown"]]  # equal
+    # lrs by id
     code, out, _ = klab_cli("list", "--json", "--limit", "1")
     row = json.loads(out)[0]
     assert set(reads.LIST_COLUMNS) <= set(row) and row["epochs_done"] == 0 and row["relative_error"] is None
@@ -163,6 +168,12 @@ def test_show_prints_spec_kernels_metrics_gap_and_loss(jobs: dict[str, int], kla
     assert shown["explanation"] in out
     losses = [e["loss"] for e in shown["epochs"]]  # 10 halved nine times, drawn on a log scale from top to bottom
     assert f"loss 10 -> {losses[-1]:.4g} over 10 epochs  █" in out and re.search(r"  █[▁▂▃▄▅▆▇]{8}▁\n", out), out
+    assert "converged at epoch" not in out and "diverged at epoch" not in out  # neither happened
+    code, blown, _ = klab_cli("show", str(jobs["blown"]))
+    assert code == 0 and "\ndiverged at epoch 10\n" in blown, blown  # the epoch its loss left every bound
+    with writing() as conn:
+        conn.execute(update(jobs_table).where(jobs_table.c.id == jobs["best"]).values(converged_epoch=7))
+    assert "\nconverged at epoch 7\n" in klab_cli("show", str(jobs["best"]))[1]
 
 
 def test_show_json_is_the_stored_result(jobs: dict[str, int], klab_cli) -> None:
@@ -533,10 +544,15 @@ def test_sweeps_lists_the_newest_and_says_when_there_are_older_ones(seeds: dict,
     assert err == "the newest 1 sweep: --limit 0 lists every one\n"
     code, out, err = klab_cli("sweeps", "--limit", "1", "--tag", "lr")
     assert code == 0 and out.splitlines()[1].split()[:2] == [str(seeds["sweep"]), "grid"] and err == ""
-    for limit in ("2", "0"):
+    with writing() as conn:
+        newer = writes.create_sweep(conn, {"swept": {"seed": [1]}, "fixed": {}}, 1, None, ["lr"])
+    code, out, err = klab_cli("sweeps", "--limit", "1", "--tag", "lr", "--json")
+    assert [r["id"] for r in json.loads(out)] == [newer] and err == "the newest 1 sweep tagged lr: --limit 0 lists " \
+        "every one\n"
+    for limit in ("3", "0"):
         code, out, err = klab_cli("sweeps", "--limit", limit)
         assert code == 0 and [line.split()[0] for line in out.splitlines()[1:]] == [
-            str(seeds["sweep"]), str(seeds["other"])] and err == ""
+            str(seeds["sweep"]), str(seeds["other"]), str(newer)] and err == ""
     assert klab_cli("sweeps", "--limit", "-1")[0] == 2
 
 
@@ -559,6 +575,8 @@ def test_export_jobs_csv_to_a_file(jobs: dict[str, int], klab_cli, tmp_path: Pat
     assert [int(r["id"]) for r in rows] == sorted([jobs["slow"], jobs["best"], jobs["blown"]])
     learned = stored(jobs["best"]).learned_kernel
     assert json.loads(rows[1]["learned_kernel"]) == learned and json.loads(rows[1]["spec"])["lr"] == 0.1
+    one = tmp_path / "one.csv"
+    assert klab_cli("export", str(jobs["best"]), "-o", str(one)) == (0, f"wrote 1 job to {one}\n", "")
 
 
 def test_export_to_a_json_file_writes_json_unless_told_otherwise(jobs: dict[str, int], klab_cli, tmp_path: Path):
@@ -846,20 +864,25 @@ def test_the_real_command_reads_postgresql(pg_url: str, add_job, tmp_path: Path)
 
 def test_every_command_output_goes_through_a_closed_pipe_cleanly(klab_db: str, add_job, tmp_path: Path) -> None:
     """`klab ... | head -1`: the reader goes away after one line; nothing is printed on stderr (no 'Exception
-    ignored', no traceback from a stream closed after its connection). The outputs exceed a pipe's buffer
-    (64 KiB), so the pipe is closed while the command still writes."""
+    ignored', no traceback from a stream closed after its connection). The outputs of list, compare and export
+    exceed a pipe's buffer (64 KiB), so the pipe is closed while the command still writes (list's of 120 jobs, 11 KB,
+    passed with the closed pipe's error raised); show's and status's are a few lines, written whole before."""
     from harness import klab_path
 
     with writing() as conn:
-        sweep = writes.create_sweep(conn, {"seed": list(range(120))}, 120)
-        ids = [add_job(conn, sweep_id=sweep, seed=s, epochs=400) for s in range(120)]
+        sweep = writes.create_sweep(conn, {"seed": list(range(1000))}, 1000)
+        ids = [add_job(conn, sweep_id=sweep, seed=s, epochs=400 if s < 120 else 2) for s in range(1000)]
     env = clean_env(tmp_path / "home", klab_db)
+    for args in (["list", "--limit", "0"], ["compare", "--sweep", str(sweep)]):
+        whole = subprocess.run([klab_path(), *args], env=env, capture_output=True, timeout=60)
+        assert whole.returncode == 0 and len(whole.stdout) > 65536 + 16384, (args, len(whole.stdout), whole.stderr)
     commands = [["list", "--limit", "0"], ["compare", "--sweep", str(sweep)], ["show", str(ids[0])],
                 ["status", "--sweep", str(sweep)]]
     commands += [["export", "--sweep", str(sweep), "--what", w, "--format", f]
                  for w in ("jobs", "epochs") for f in ("csv", "json")]
     for args in commands:
-        proc = subprocess.Popen([klab_path(), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen([klab_path(), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                bufsize=0)  # a line read, not a buffer's worth more
         first = proc.stdout.readline()
         proc.stdout.close()  # what `head -1` does
         err = proc.stderr.read().decode()
