@@ -146,7 +146,7 @@ def test_a_broker_restart_is_logged_in_lines_not_tracebacks(tmp_path, pg_db, red
     traceback of 100 lines each time ("Error on restarting Gossip"), and a deprecation of 9 about a setting klab
     sets; its mingle cost every start a second. Then it trains as before."""
     url, db = pg_db
-    broker = redis_server(persistent=False)
+    broker = redis_server(persistent=False, password="s3cret-broker")
     env = service_env(tmp_path, url, broker.url())
     w = worker_procs(env, "steady").wait_ready()
     assert "mingle" not in w.text(), w.text()[-3000:]
@@ -164,6 +164,7 @@ def test_a_broker_restart_is_logged_in_lines_not_tracebacks(tmp_path, pg_db, red
 
     for stop in (broker.proc.terminate, broker.kill):  # a restart (redis shuts down), then a crash
         trains()  # at work: every step of its consumer set up, the last of which takes tasks
+        assert ("taking tasks again" in w.text()) is (stop == broker.kill), w.text()[-3000:]  # not at its start
         connected, noticed = w.text().count("Connected to redis://"), lost()
         stop()
         broker.proc.wait(10)
@@ -182,7 +183,8 @@ def test_a_broker_restart_is_logged_in_lines_not_tracebacks(tmp_path, pg_db, red
     broker.start()
     trains()
     wait_until(back, 30, lambda: w.text()[-3000:])
-    assert w.text().count("taking tasks again from redis://:**@127.0.0.1:") >= 2, w.text()[-3000:]
+    assert w.text().count("taking tasks again from redis://:***@127.0.0.1:") >= 2, w.text()[-3000:]
+    assert "s3cret-broker" not in w.text(), w.text()[-3000:]
     assert [r.status for r in db.rows("SELECT status FROM jobs")] == ["succeeded"] * 3
     assert "Traceback" not in w.text() and "Gossip" not in w.text(), w.text()[-3000:]
     assert "In Celery 5.1" not in w.text() and "Connection to broker lost" in w.text(), w.text()[-3000:]

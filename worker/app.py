@@ -18,7 +18,7 @@ from service import broker, defaults
 from service.broker import celery_config
 from service.db import reads
 from service.db.engine import dispose_engines
-from service.errors import BadInput, DatabaseUnavailable
+from service.errors import BadInput, DatabaseUnavailable, mask
 from service.settings import describe, settings
 from worker import no_gpu
 from worker.lease import backoff, reaper
@@ -32,22 +32,21 @@ except BadInput as exc:  # the plain celery line (compose's) printed a traceback
     raise SystemExit(2) from None
 
 
+_ready = threading.Event()
+"""Celery has said "ready.": a start of the consumer after it is one after losing the broker."""
+
+
 class _TakingTasksAgain(bootsteps.StartStopStep):
     """Once a worker takes tasks again after losing its broker, it says so. Celery says "Connected" for its
     consumer's own connection, then sets up the rest; its events' connection, lost there, is retried without a line:
     a broker killed at that moment left "Cannot connect ... Trying again" the log's last word while the worker
-    trained (found by test_faults)."""
+    trained (found by test_faults). Its password masked as klab masks every URL it prints."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
-    def __init__(self, parent, **kwargs: object):
-        super().__init__(parent, **kwargs)
-        self.started = False  # the first start is the worker's: Celery says "ready"
-
     def start(self, c) -> None:
-        if self.started:
-            log.info("taking tasks again from %s", c.connection.as_uri())
-        self.started = True
+        if _ready.is_set():
+            log.info("taking tasks again from %s", mask(c.connection.as_uri(include_password=True)))
 
 
 app.steps["consumer"].add(_TakingTasksAgain)
@@ -141,6 +140,7 @@ def _child_init(**_: object) -> None:
 @worker_ready.connect
 def _start_reaper(**_: object) -> None:
     """The main process of every worker looks for jobs of dead workers and jobs the broker lost."""
+    _ready.set()
     reaper(_reaper_stop)
 
 
