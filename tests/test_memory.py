@@ -254,7 +254,7 @@ def test_the_limit_is_where_the_estimate_says(tmp_path):
 
 def test_a_worker_refuses_a_job_whose_labels_need_more_than_its_limit(tmp_path, setenv):
     """A worker whose limit is lower than the client's: labels from a file set the kernel's shape, and the build
-    checks the job's memory before making its arrays, as it does with a true kernel (untested, it could go)."""
+    refuses a job past its limit in one line, as it does with a true kernel (untested, the check could go)."""
     np.save(tmp_path / "y.npy", np.zeros((1, 1, 510, 510)))
     spec = JobSpec.parse({"input": "random:512x512", "labels": f"npy:{tmp_path / 'y.npy'}", "kernel": "none"})
     assert build_problem(spec).kernel_shape == (1, 1, 3, 3)  # within the default limit
@@ -267,7 +267,9 @@ def test_a_worker_refuses_a_job_whose_labels_need_more_than_its_limit(tmp_path, 
 def test_a_limit_under_the_engines_share_names_itself_in_its_own_unit(tmp_path):
     assert [gib(n) for n in (3 * GIB // 2, 512 * 2**20, 2048, 1000, 1)] == [
         "1.5 GiB", "512 MiB", "2 KiB", "1000 bytes", "1 byte"]
-    assert [gib(n) for n in (GIB, 2**20, 1024, GIB - 1)] == ["1 GiB", "1 MiB", "1 KiB", "1.02e+03 MiB"]  # at each unit
+    assert [gib(n) for n in (GIB, 2**20, 1024)] == ["1 GiB", "1 MiB", "1 KiB"]  # at each unit
+    assert [gib(n) for n in (GIB - 1, 1000 * 2**20, 1023 * 2**10, 5000 * GIB)] == [  # whole numbers written whole:
+        "1024 MiB", "1000 MiB", "1023 KiB", "5000 GiB"]  # 1.02e+03 MiB and 1e+03 MiB were
     home = tmp_path / "home"
     out = klab(clean_env(home, KLAB_MAX_JOB_MEMORY="1000"), "run", "--no-store")
     need = job_memory((1, 1, 6, 8), (1, 1, 1, 2), False, Method.D2L_MANUAL, 10)

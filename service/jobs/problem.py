@@ -230,10 +230,12 @@ def check_memory(spec: JobSpec, x_shape: tuple[int, ...], kernel_shape: tuple[in
 
 
 def gib(size: int, digits: int = 3) -> str:
-    """A size in bytes for a message: 1.5 GiB, 512 MiB, 2 KiB, 100 bytes, 1 byte."""
+    """A size in bytes for a message: 1.5 GiB, 512 MiB, 1000 MiB, 2 KiB, 100 bytes, 1 byte (at least the whole
+    number's digits: 1000 MiB was "1e+03 MiB")."""
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if size >= scale:
-            return f"{size / scale:.{digits}g} {unit}"
+            value = size / scale
+            return f"{value:.{max(digits, len(str(int(value))))}g} {unit}"
     return f"{size} byte{'s' * (size != 1)}"
 
 
