@@ -72,12 +72,16 @@ def test_a_dead_workers_job_asked_to_stop_ends_cancelled_not_queued_again(klab_d
     with writing() as conn:
         stop, go, spent = (new(conn, JobStatus.CREATED) for _ in range(3))
         assert claimed(conn, [stop, go, spent], "w1", "task-1", 0) == [stop, go, spent]
+        assert writes.reap(conn, lease=60, max_attempts=5) == []  # their leases fresh: none taken back
         assert writes.cancel(conn, Selection.of([stop, spent], None, "id")) == (0, 2)  # asked, running
         conn.execute(update(jobs).where(jobs.c.id == spent).values(attempts=5))
+        worn = new(conn, JobStatus.CREATED)  # dead as often as a job may be: failed, not sent a sixth time
+        assert claimed(conn, [worn], "w1", "task-2", 0) == [worn]
+        conn.execute(update(jobs).where(jobs.c.id == worn).values(attempts=5))
         conn.execute(update(jobs).values(heartbeat_at=text("'2000-01-01'")))
         assert writes.reap(conn, lease=60, max_attempts=5) == [(go, None)]
-        assert [(job(conn, i).status, job(conn, i).finished_at is not None) for i in (stop, go, spent)] == [
-            ("cancelled", True), ("queued", False), ("cancelled", True)]
+        assert [(job(conn, i).status, job(conn, i).finished_at is not None) for i in (stop, go, spent, worn)] == [
+            ("cancelled", True), ("queued", False), ("cancelled", True), ("failed", True)]
 
 
 def test_a_claim_tells_alike_specs_apart_from_their_text_as_parsing_would(klab_db: str) -> None:
@@ -164,6 +168,8 @@ def test_a_running_jobs_latest_loss_is_in_its_row_as_its_epochs_are_written(klab
         assert (row.epochs_done, row.final_loss, row.final_mse) == (5, None, None)  # as a result stores them
         listed = reads.list_jobs(Reader.of(conn))
         assert [(r["id"], r["epochs_done"], r["final_loss"]) for r in listed] == [(job_id, 5, None)]
+        # each batch adds to those before it (a flush that replaced them left `klab show` the latest batch alone)
+        assert [e["epoch"] for e in reads.epochs_of(Reader.of(conn), job_id)] == [1, 2, 3, 4, 5]
 
 
 def test_a_job_finished_twice_keeps_its_first_result_and_its_epochs(klab_db: str) -> None:
@@ -220,6 +226,8 @@ def test_a_claim_that_lapsed_and_was_taken_over_neither_stores_nor_fails_the_job
         assert writes.streamed(conn, x, 2, eps(1, 2, 2.0), 2)
         conn.execute(update(jobs).where(jobs.c.id == z).values(cancel_requested=True))  # klab cancel
         assert writes.stopping(conn, [x, y, z], [1, 1, 1]) == ({z}, {x})  # what the first stops at its next look
+        conn.execute(update(jobs).where(jobs.c.id == z).values(cancel_requested=False))
+        assert writes.stopping(conn, [x, y, z], [1, 1, 1]) == (set(), {x})  # taken over, told so with no cancel
         assert writes.stopping(conn, [x], [2]) == (set(), set())  # the second goes on
         results = Columns.of_rows([fake_result(SPEC, relative=r, epochs=6) for r in (0.5, 0.25, 0.125)])
         assert writes.save_results(conn, [x, y, z], results, fresh=True, attempts=[1, 1, 1]) == [y, z]
@@ -290,6 +298,8 @@ def test_status_changes_follow_the_rules(klab_db: str) -> None:
         assert job(conn, a).status == "queued" and job(conn, a).queued_at is not None
         # finished jobs are never claimed, cancelled or queued again
         assert claimed(conn, [a], "h", "t", 0) == [a]
+        writes.mark_queued(conn, [a])  # its publisher, after a worker claimed it: running it stays
+        assert job(conn, a).status == "running"
         writes.save_rows(conn, [(a, *fake_result(SPEC))])
         assert claimed(conn, [a], "h", "t2", 0) == []
         assert writes.cancel(conn, Selection((a,))) == (0, 0)
@@ -323,6 +333,7 @@ def test_a_claim_takes_waiting_jobs_and_lapsed_leases_only(klab_db: str) -> None
         # another task: only what waits or lapsed; the retry of the same task: its own jobs too
         assert claimed(conn, [waiting, mine, live, lapsed], "w2", "task-2", 0) == [waiting, lapsed]
         assert claimed(conn, [mine], "w1", "task-1", 1) == [mine]
+        assert claimed(conn, [mine], "w1", "task-1", 1) == []  # the same try again (a copy redelivered): nothing
         assert job(conn, lapsed).attempts == 2 and job(conn, lapsed).worker_host == "w2"
 
 
