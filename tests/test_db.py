@@ -52,6 +52,10 @@ def test_sqlite_upgrades_itself(sqlite_url: str) -> None:
     assert current_revision(sqlite_url) is None
     ready_engine(sqlite_url)
     assert current_revision(sqlite_url) == HEAD
+    downgrade(sqlite_url, "0014")  # an older kernel-lab's file: brought to head too, not only a new one
+    dispose_engines()
+    ready_engine(sqlite_url)
+    assert current_revision(sqlite_url) == HEAD
 
 
 def test_postgresql_not_at_head_is_refused(pg_url: str) -> None:

@@ -424,6 +424,8 @@ def test_datasets_are_stored_once_per_content(klab_db: str) -> None:
         first = datasets.put_dataset(conn, a)
         assert datasets.put_dataset(conn, a.copy()) == first
         assert datasets.put_dataset(conn, a.T) != first
+        assert datasets.put_dataset(conn, a.reshape(4, 3)) != first  # the same bytes, another shape
+        assert datasets.put_dataset(conn, a.astype(np.int32)) != first
     with reading(klab_db) as reader:
         back = datasets.dataset(reader, first)
     assert back.dtype == np.float32 and np.array_equal(back, a)
