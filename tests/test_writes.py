@@ -519,7 +519,7 @@ def test_a_transaction_that_postgresql_ends_to_break_a_deadlock_is_run_again(pg_
     from sqlalchemy import create_engine
 
     from service.db.connect import lost_race
-    from service.db.engine import retried
+    from service.db.engine import RACE_TRIES, retried
 
     upgrade(pg_url)
     with writing(pg_url) as conn:
@@ -560,6 +560,18 @@ def test_a_transaction_that_postgresql_ends_to_break_a_deadlock_is_run_again(pg_
     with pytest.raises(Exception) as other_error:  # any error but a lost race: never run again
         retried(lambda conn: (tries.append(1), conn.execute(text("SELECT 1/0"))), pg_url)
     assert not lost_race(other_error.value) and len(tries) == 1
+
+    class Lost(Exception):  # a race lost every time: run RACE_TRIES times, then said
+        sqlstate = "40P01"
+
+    def always_lost(conn) -> None:
+        tries.append(1)
+        raise Lost
+
+    tries.clear()
+    with pytest.raises(Lost):
+        retried(always_lost, pg_url)
+    assert len(tries) == RACE_TRIES
 
 
 # --- the README's SQL --------------------------------------------------------------------------
