@@ -352,6 +352,7 @@ def test_a_growing_loss_is_never_told_to_raise_the_learning_rate():
     (0.03, None, "train longer, or try other learning rates (klab sweep --lr): no stable lr is known for this job"),
     (10.0, None, "train longer, or try other learning rates"),
     (0.01, 0.0333, "train longer or raise the learning rate."),
+    (0.02, 0.0333, "train longer or raise the learning rate."),  # under 0.9 of the bound, not only far under
     (0.03, 0.0333, "train longer: this lr is near the largest stable one."),  # was told to raise it past 0.0333
     (None, None, "train longer or raise the learning rate."),
 ])
@@ -640,3 +641,30 @@ def test_facts_given_one_fastest_lr_name_it_alone():
     (lower,) = explain(Facts.one(JobStatus.SUCCEEDED, 1.2, 0.0, 0.0, 2, 2, lr=0.032, lr_bound=1 / 30, rate=0.92,
                                  best_lr=1 / 36, best_rate=2 / 3))
     assert lower.endswith("train longer, or lower the learning rate to 0.0278, the fastest for this input.")
+
+
+def test_only_sums_are_determined_where_the_weights_repeat_a_column_not_wherever_the_rank_falls_short():
+    """Four rows of a random input under a 3x3 kernel: rank 4 of 9, and no two weights alike, so "only 4 combinations
+    ... are determined", not "only their sums" (every rank-deficient input of the other tests repeats columns)."""
+    d = analysis.Design(small_input("few-rows"), (1, 1, 3, 3), False)
+    assert d.rank == 4 and not d.identifiable and not d.sums_only
+    told = run_spec(JobSpec.parse(dict(input="random:4x4", kernel="random:3x3", method="lstsq")))["explanation"]
+    assert "only 4 combinations of the 9 weights are determined (rank 4 of 9)" in told, told
+
+
+def test_a_job_without_a_stable_lr_that_overflowed_is_not_told_it_was_within_one():
+    """adam has no stable lr: its overflow was said "though lr 1e-12 is within the largest stable learning rate nan"
+    when the condition on the bound was dropped (untested)."""
+    result = run_spec(JobSpec.parse(dict(kernel="[[1e30, -1]]", method="adam", lr=1e-12, epochs=3)))
+    assert result["status"] == "diverged"
+    assert "within the largest stable learning rate" not in result["explanation"], result["explanation"]
+
+
+def test_the_closing_sentence_names_this_lrs_rate_and_counts_its_epochs():
+    def told(more: int) -> str:
+        return explain(Facts.one(JobStatus.SUCCEEDED, 0.5, 0.0, 0.0, 2, 2, lr=0.01, lr_bound=1 / 30, rate=0.88,
+                                 more=more, best_lr=1 / 36, best_rate=2 / 3))[0]
+
+    assert "about 2 more epochs at this lr would reach --tol (the gap shrinks x0.88 an epoch); lr 0.0278 would " \
+           "close it fastest (x0.667 an epoch)" in told(2), told(2)  # this lr's rate first, the fastest's after
+    assert "about 1 more epoch at this lr would reach --tol" in told(1)

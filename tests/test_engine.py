@@ -607,7 +607,7 @@ def test_ones_input_diverges_with_its_epoch_and_valid_json():
     assert isinstance(d, int) and 1 <= d <= 10
     assert len(result["epochs"]) == d
     losses = losses_of(result)
-    assert not np.all(np.isfinite(losses)) or losses[-1] > 1e6 * losses[0]
+    assert np.isfinite(losses[-1]) and losses[-1] > 1e6 * losses[0]  # the loss that crossed it, recorded (6.8e6)
     assert np.all(losses[:-1] <= 1e6 * losses[0])  # the first epoch past the threshold is the one reported
     assert result["converged_epoch"] is None
     text = json.dumps(result, allow_nan=False)  # raises on NaN or infinity
@@ -787,3 +787,11 @@ def test_at_its_stable_lr_a_job_is_not_converging_whatever_float64_rounds_its_ra
     below = run_spec(spec(input="random:6x8", kernel="random:3x3", lr=first["pace"]["stable_lr"] * 0.9, epochs=10,
                           seed=0))
     assert below["pace"]["convergence_rate"] < 1  # just below it, the rate is what it is
+
+
+def test_lstsq_reports_its_kernel_error_as_the_frobenius_norm_of_the_gap():
+    """Its one epoch's kernel_error is the result's Frobenius error (the book's job, its error about 0, passed with
+    the square's root left out)."""
+    result = run_spec(spec(method="lstsq", kernel="random:2x2", input="random:6x7", noise=0.1, seed=1))
+    assert result["error"]["frobenius"] > 0.01
+    assert result["epochs"][0]["kernel_error"] == pytest.approx(result["error"]["frobenius"], rel=1e-6)
