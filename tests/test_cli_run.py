@@ -297,6 +297,26 @@ def test_a_result_the_database_refuses_is_printed_not_stored_before_its_error(tm
         assert db.execute("select count(*) from jobs").fetchone() == (0,)
 
 
+def test_a_result_the_database_refuses_after_stdouts_reader_has_gone_still_says_so(tmp_path: Path):
+    """`klab run -v | head -1` whose result the database then refuses: the result printed for want of its row goes
+    nowhere as the epoch lines did, and the database's line comes on stderr, exit 3 (with the stream sent to nowhere
+    left as it was, the print met the dead pipe again: exit 0, nothing on stderr, nothing stored)."""
+    from service.db.engine import dispose_engines, upgrade
+
+    path = tmp_path / "klab.db"
+    upgrade(f"sqlite:///{path}")
+    dispose_engines()
+    env = clean_env(tmp_path / "home", f"sqlite:///file:{path}?mode=ro&uri=true")
+    gone = _unread_pipe()
+    try:
+        proc = subprocess.run([klab_path(), *BOOK, "--epochs", "30", "-v"], env=env, cwd=tmp_path, timeout=180,
+                              text=True, stdout=gone, stderr=subprocess.PIPE)
+    finally:
+        os.close(gone)
+    assert (proc.returncode, proc.stderr) == (3, f"klab: error: database error on the sqlite database file:{path}: "
+                                                 "attempt to write a readonly database\n")
+
+
 def test_progress_lines_whose_reader_has_gone_go_nowhere_and_the_work_goes_on():
     """`klab sweep --local 2>&1 | head -1`: the progress line that finds its reader gone is the last written, and
     the work goes on (it stopped the sweep part way, exit 0, with the rest of its jobs never trained)."""
