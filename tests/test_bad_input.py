@@ -56,6 +56,7 @@ def make_files(d: Path) -> None:
     (d / "list.json").write_text("[1, 2, 3]")
     (d / "scalar.yaml").write_text("just some words\n")
     (d / "empty.jsonl").write_text("\n\n")
+    (d / "two.jsonl").write_text('{"seed": 1}\n{"seed": 2}\n')
     (d / "unknown.json").write_text('{"learning_rate": 0.1}')
     (d / "epochs_text.yaml").write_text("epochs: ten\n")
     (d / "epochs_float.json").write_text('{"epochs": 2.5}')
@@ -121,6 +122,7 @@ CASES = [
     Case("json-not-a-mapping", ("submit", "-f", "{d}/list.json"), "file"),
     Case("yaml-scalar", ("sweep", "-f", "{d}/scalar.yaml"), "file"),
     Case("empty-jsonl", ("submit", "-f", "{d}/empty.jsonl"), "file"),
+    Case("two-jobs-for-run", ("run", "-f", "{d}/two.jsonl"), "file"),
     Case("missing-spec-file", ("submit", "-f", "{d}/nope.yaml"), "file"),
     Case("spec-file-is-a-directory", ("run", "-f", "{d}/a_directory.npy"), "file"),
     Case("spec-file-too-large", ("submit", "-f", "{d}/long.json"), "file", {"KLAB_MAX_FILE_BYTES": "40"}),
