@@ -372,15 +372,14 @@ class MadeUpRadius:
     log lr, each a scan's step wide either side of its top, whose scanned neighbours stay under 1."""
 
     def __init__(self, *tents: tuple[float, float]):  # (top's lr, radius there)
-        self.tents = tents
-
-    def __call__(self, lrs: np.ndarray) -> np.ndarray:
         from worker.engine.pace import BOUND_SCAN
 
-        step = math.log(2) / BOUND_SCAN
+        self.tents, self.step = tents, math.log(2) / BOUND_SCAN
+
+    def __call__(self, lrs: np.ndarray) -> np.ndarray:
         out = np.full(len(lrs), 0.99)
         for at, top in self.tents:
-            out = np.maximum(out, 0.99 + (top - 0.99) * np.maximum(0.0, 1 - np.abs(np.log(lrs / at)) / step))
+            out = np.maximum(out, 0.99 + (top - 0.99) * np.maximum(0.0, 1 - np.abs(np.log(lrs / at)) / self.step))
         return out
 
 

@@ -325,8 +325,7 @@ def test_a_path_longer_than_the_system_names_is_one_line_naming_its_variable(var
 
 def test_a_path_at_the_systems_most_is_taken_and_a_byte_more_is_not():
     """A name of 255 bytes and a klab.db path of 4,095 are what the system holds (the cases above are past it)."""
-    from service.errors import BadInput
-    from service.settings import NAME_MOST, PATH_MOST, Settings, sqlite_path
+    from service.settings import NAME_MOST, PATH_MOST, sqlite_path
 
     assert (NAME_MOST, PATH_MOST) == (255, 4095)
     name = "/tmp/" + "a" * 255

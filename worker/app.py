@@ -138,9 +138,13 @@ def _child_init(**_: object) -> None:
 
 
 @worker_ready.connect
+def _said_ready(**_: object) -> None:
+    _ready.set()
+
+
+@worker_ready.connect
 def _start_reaper(**_: object) -> None:
     """The main process of every worker looks for jobs of dead workers and jobs the broker lost."""
-    _ready.set()
     reaper(_reaper_stop)
 
 
