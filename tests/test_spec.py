@@ -307,6 +307,16 @@ def test_log_spaced_values_keep_the_ends_given():
     # "written backwards; write 0.01:0.1:1", which is 0.01)
 
 
+@pytest.mark.parametrize("item", ["0.1:0.01:2", "9:1:2"])
+def test_a_log_range_of_two_values_written_backwards_is_refused(item):
+    """Two values are a range with a direction, as three are: only one value (A) may be written either way."""
+    from service.jobs.sweep import grid
+
+    a, b, n = item.split(":")
+    with pytest.raises(BadInput, match=f"^lr: range {re.escape(item)} is written backwards; write {b}:{a}:{n}$"):
+        grid({"lr": item})
+
+
 @pytest.mark.parametrize("name,text,message", [
     ("bad.yaml", "input: [unclosed\n", "not valid yaml \\(line 2\\)$"),
     ("bad.json", '{"lr": 0.1,\n "epochs": }', "not valid json \\(line 2\\)$"),
