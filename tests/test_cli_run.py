@@ -199,8 +199,8 @@ def test_verbose_prints_the_books_lines_with_the_books_losses():
 def test_book_loss_never_prints_a_small_loss_as_zero():
     from service.cli.run import book_loss
 
-    assert [book_loss(v) for v in (19.1578, 0.0012345, 0.00043421, 0.0, float("inf"))] == \
-        ["19.158", "0.001", "0.000434", "0.000", "inf"]
+    assert [book_loss(v) for v in (19.1578, 0.0012345, 0.00043421, 0.0, float("inf"), float("nan"))] == \
+        ["19.158", "0.001", "0.000434", "0.000", "inf", "nan"]
 
 
 def test_waiting_reads_the_progress_taking_no_more_than_its_share_of_the_database():

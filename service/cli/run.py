@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from typing import Any
 
@@ -89,4 +88,4 @@ class Epochs:
 def book_loss(loss: float) -> str:
     """A loss as the book prints it (`{l.sum():.3f}`), but never a small loss as 0.000: three significant
     digits below 0.001."""
-    return f"{loss:.3f}" if abs(loss) >= 1e-3 or loss == 0 or not math.isfinite(loss) else f"{loss:.3g}"
+    return f"{loss:.3f}" if abs(loss) >= 1e-3 or loss == 0 else f"{loss:.3g}"  # nan: "nan" either way
