@@ -236,14 +236,15 @@ class RedisServer:
             argv += ["--requirepass", self.password]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
-        def answers() -> bool:
+        def answers() -> bool:  # this process: another's server that took the port meanwhile is not ours
             try:
-                return bool(self.client().ping())
+                return self.client().info("server")["process_id"] == self.proc.pid
             except Exception:  # noqa: BLE001 - not listening yet
+                return False
+            finally:
                 if self.proc.poll() is not None:
                     log = self.dir / "redis.log"
-                    raise AssertionError(f"redis-server did not start: {log.read_text()[-2000:]}") from None
-                return False
+                    raise AssertionError(f"redis-server did not start: {log.read_text()[-2000:]}")
 
         wait_until(answers, 15, "redis-server did not answer", every=0.05)
 
