@@ -332,6 +332,25 @@ def test_progress_lines_whose_reader_has_gone_go_nowhere_and_the_work_goes_on():
         tally.close()
 
 
+def test_too_few_open_files_is_one_line_not_a_traceback(tmp_path: Path):
+    """Under `ulimit -n 6` a module's file could not be opened on import: a traceback of importlib's, exit 1. At
+    every limit Python starts under, a command ends in its line or in none."""
+    import resource
+
+    lines = {}
+    for limit in range(5, 10):
+        env = clean_env(tmp_path / str(limit))
+        done = subprocess.run([klab_path(), *BOOK, "--epochs", "3"], env=env, cwd=tmp_path, timeout=180, text=True,
+                              capture_output=True, preexec_fn=lambda n=limit: resource.setrlimit(
+                                  resource.RLIMIT_NOFILE, (n, resource.getrlimit(resource.RLIMIT_NOFILE)[1])))
+        assert done.returncode in (0, 1, 3), (limit, done.stderr)
+        assert done.stderr.count("\n") == (done.returncode != 0), (limit, done.stderr)
+        lines[limit] = done.stderr
+    assert any(line == f"klab: error: too many open files: this process may open {n} at once; raise the limit "
+               "(ulimit -n)\n" for n, line in lines.items()), lines  # told where it was met (here at 6)
+    assert lines[9] == "" and (tmp_path / "9" / "klab.db").exists(), lines[9]  # enough: trained and stored
+
+
 def test_a_closed_stdout_is_one_line_before_anything_is_done_and_a_closed_stderr_is_dev_null(tmp_path: Path):
     """Started with stdout or stderr closed (`klab ... >&-`, a daemon's): Python has no such stream, and every
     command ended in a traceback, exit 1."""

@@ -8,6 +8,7 @@ import difflib
 import errno
 import importlib
 import os
+import resource  # here, not where a limit is told: importing it opens a file
 import sys
 from collections import Counter
 
@@ -199,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         sys.exit(0)
     except OSError as exc:
+        if exc.errno == errno.EMFILE:  # `ulimit -n 6`: not even a module's file to import
+            fail(f"too many open files: this process may open {_open_files()} at once; raise the limit (ulimit -n)", 1)
         if exc.errno not in UNWRITABLE:
             raise
         to_nowhere(sys.stdout)  # the rest of stdout goes nowhere, as after a closed pipe
@@ -216,6 +219,11 @@ def main(argv: list[str] | None = None) -> None:
                         "this machine holds)", exc), 1)
         raise
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _open_files() -> int:
+    """The most files this process may have open at once (RLIMIT_NOFILE's soft limit)."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def _noted(line: str, exc: BaseException | None) -> str:
