@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from harness import clean_env
 from harness import klab as klab_proc
 from sqlalchemy import event, select, update
@@ -36,26 +37,39 @@ def test_limit_zero_lists_every_job_and_a_job_stopped_early_shows_epochs_done_of
 
     with writing() as conn:
         made = [add_job(conn) for _ in range(60)]
+        waiting = add_job(conn, status="queued", epochs=10)
         early = stopped_early(conn, fake_result, 10, 3)
     code, out, _ = klab_cli("list", "--limit", "0", "--json")
-    assert code == 0 and sorted(r["id"] for r in json.loads(out)) == sorted([*made, early])
+    assert code == 0 and sorted(r["id"] for r in json.loads(out)) == sorted([*made, waiting, early])
     code, out, _ = klab_cli("list")  # the default: 50
     assert code == 0 and len([line for line in out.splitlines()[1:] if line.strip()]) == 50
     code, out, _ = klab_cli("list", "--limit", "1")
     row = out.splitlines()[1].split()
     assert row[0] == str(early) and "3/10" in row, row
+    code, out, _ = klab_cli("list", "--status", "queued")
+    row = out.splitlines()[1].split()
+    assert row[0] == str(waiting) and "0/10" in row, row  # none done yet: 0 of 10, not the 10 asked
     code, out, _ = klab_cli("show", str(early), "--json")
     shown = json.loads(out)
-    assert shown["epochs_done"] == 3 and len(shown["epochs"]) == 3 and shown["status"] == "cancelled"
+    assert shown["epochs_done"] == 3 and shown["status"] == "cancelled"
+    assert [e["epoch"] for e in shown["epochs"]] == [1, 2, 3]
 
 
 def test_export_jobs_as_json_is_every_job_with_its_kernels_as_arrays(klab_db, add_job, klab_cli, tmp_path):
+    import numpy as np
+
     with writing() as conn:
-        ids = [add_job(conn, relative=r) for r in (0.1, 0.2)]
+        made = [add_job(conn, relative=r, seed=seed) for r, seed in ((0.1, 1), (0.2, 2), (0.3, 3))]
+    ids = made[::2]  # with one between them: a list of ids, not a range
     code, out, err = klab_cli("export", "--ids", ",".join(map(str, ids)), "--what", "jobs", "--format", "json")
     assert code == 0, err
     exported = json.loads(out)
     assert [j["id"] for j in exported] == ids
+    for job, seed, relative in zip(exported, (1, 3), (0.1, 0.3)):  # each its own, as conftest.fake_result made it
+        true = np.random.default_rng(seed).standard_normal((3, 3))
+        assert (job["spec"]["seed"], job["true_kernel"], job["relative_error"]) == (seed, true.tolist(), relative)
+        learned = np.array(job["learned_kernel"])
+        assert np.linalg.norm(learned - true) / np.linalg.norm(true) == pytest.approx(relative), job["id"]
     with reading() as reader:
         for job in exported:
             stored = reads.result_of(reader, job["id"])
@@ -139,7 +153,7 @@ def test_list_by_sweep_or_tag_reads_those_sweeps_jobs_by_their_index(klab_db, mo
     spec = JobSpec.parse({"seed": 0})
     with writing() as conn:
         made = [writes.create_sweep(conn, {"swept": {"seed": list(range(100))}, "fixed": {}}, 100,
-                                    tags=["old"] if k == 0 else []) for k in range(200)]
+                                    tags=["old"] if k == 0 else ["pair"] if k in (3, 5) else []) for k in range(200)]
         columns = writes.new_job(spec, start=JobStatus.QUEUED, queue="cpu")
         ids = writes.insert_columns(conn, {**columns, "seed": list(range(20_000)),
                                            "sweep_id": [made[i // 100] for i in range(20_000)]}, 20_000)
@@ -153,6 +167,8 @@ def test_list_by_sweep_or_tag_reads_those_sweeps_jobs_by_their_index(klab_db, mo
             shown = plan(reader, sql, params)
             assert "ix_jobs_sweep_id" in shown, (asked, shown)
             assert "pk_jobs" not in shown and "Seq Scan" not in shown, (asked, shown)
+        paired = sorted(r["id"] for r in reads.list_jobs(reader, tag="pair", limit=0))
+        assert paired == [*ids[300:400], *ids[500:600]]  # a tag of two sweeps: the jobs of both
         seen.clear()
         assert reads.list_jobs(reader, tag="nope") == [] and reads.list_jobs(reader, sweep=made[1], tag="old") == []
         assert not [q for q, _ in seen if "FROM jobs" in q], seen  # no sweep named: no job read
@@ -165,13 +181,16 @@ def test_sweeps_count_the_jobs_of_the_newest_by_their_index(klab_db, monkeypatch
     with writing() as conn:
         made = [writes.create_sweep(conn, {"swept": {"seed": list(range(100))}, "fixed": {}}, 100) for _ in range(200)]
         columns = writes.new_job(spec, start=JobStatus.QUEUED, queue="cpu")
-        writes.insert_columns(conn, {**columns, "seed": list(range(20_000)),
-                                     "sweep_id": [made[i // 100] for i in range(20_000)]}, 20_000)
+        ids = writes.insert_columns(conn, {**columns, "seed": list(range(20_000)),
+                                           "sweep_id": [made[i // 100] for i in range(20_000)]}, 20_000)
+        for k in range(1, 6):  # the newest five sweeps each with a count of its own: k jobs not yet queued
+            first = 20_000 - 100 * (6 - k)
+            conn.execute(update(jobs).where(jobs.c.id.in_(ids[first:first + k])).values(status="created"))
     seen = statements(monkeypatch)
     with reading() as reader:
         rows, older = sweeps.list_sweeps(reader, limit=5)
         assert ([r["id"] for r in rows], older) == (made[-5:], True)
-        assert all(r["by_status"] == {"queued": 100} for r in rows)
+        assert [r["by_status"] for r in rows] == [{"queued": 100 - k, "created": k} for k in range(1, 6)]
         (sql, params), = [(q, p) for q, p in seen if "FROM jobs" in q]
         shown = plan(reader, sql, params)
         assert "ix_jobs_sweep_id" in shown and "Seq Scan" not in shown, shown
@@ -274,10 +293,13 @@ def test_a_task_finds_its_jobs_by_the_primary_key_on_a_table_not_yet_analysed(kl
     with writing() as conn:
         ids = writes.insert_columns(conn, {**writes.new_job(spec, start=JobStatus.RUNNING, queue="cpu"),
                                            "seed": list(range(30_000))}, 30_000)
-    task = ids[8192 : 8192 + 4096]
+    task = ids[8192 : 8192 + 8192 : 2]  # 4,096 ids, every other one: a list, not a range
+    with writing() as conn:
+        writes.fail(conn, task[1:2], "ended")  # no longer running: not held
+        conn.execute(update(jobs).where(jobs.c.id == task[0]).values(attempts=1))  # claimed again since
     with writing() as conn:
         looks = [(writes.ids_in(conn, jobs.c.id, task), task),
-                 (writes.held(conn, task, [0] * 4095 + [1]), task[:-1])]  # the last one's attempts are 0, not 1
+                 (writes.held(conn, task, [0] * 4095 + [1]), task[2:-1])]  # the last one's attempts are 0, not 1
         for where, found in looks:
             stmt = select(jobs.c.id).where(where)
             assert sorted(conn.execute(stmt).scalars().all()) == found
@@ -303,7 +325,12 @@ def test_a_reapers_looks_read_the_jobs_not_yet_ended_not_every_job_ever_run(klab
         writes.fail(conn, ids[:-64], "ended")  # the history: jobs that ended, as most jobs of a database have
         lost = writes.insert_columns(conn, {**writes.new_job(spec, start=JobStatus.QUEUED, queue="cpu"),
                                             "seed": list(range(8))}, 8)  # queued an hour ago, no message carries
-        conn.execute(update(jobs).where(jobs.c.id.in_(lost)).values(queued_at=datetime.now(UTC) - timedelta(hours=1)))
+        elsewhere = writes.insert_columns(conn, {**writes.new_job(spec, start=JobStatus.QUEUED, queue="other"),
+                                                 "seed": [0]}, 1)  # a queue these looks are not for
+        conn.execute(update(jobs).where(jobs.c.id.in_([*lost, *elsewhere]))
+                     .values(queued_at=datetime.now(UTC) - timedelta(hours=1)))
+        writes.insert_columns(conn, {**writes.new_job(spec, start=JobStatus.QUEUED, queue="cpu"), "seed": [0]},
+                              1)  # queued just now: its message is on its way
         conn.exec_driver_sql("ANALYZE")
     with writing() as conn:
         statements: list[tuple[str, Any]] = []
