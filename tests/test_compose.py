@@ -217,10 +217,26 @@ def test_interpolation_here_agrees_with_docker_compose(env_file: Path):
 def test_services_have_healthchecks_order_volumes_and_no_published_ports(env_file: Path):
     svc = services(dotenv(env_file))
     assert {"redis", "postgres", "migrate", "worker", "worker-gpu", "flower", "klab"} <= set(svc)
-    assert "--appendonly" in argv(svc["redis"]) and any(v.endswith(":/data") for v in svc["redis"]["volumes"])
+    redis = argv(svc["redis"])
+    assert redis[redis.index("--appendonly") + 1] == "yes"  # the queue survives a restart, on its volume:
+    assert any(v.endswith(":/data") for v in svc["redis"]["volumes"])
     assert any(v.endswith(":/var/lib/postgresql/data") for v in svc["postgres"]["volumes"])
     for name in ("redis", "postgres", "worker", "worker-gpu"):
         assert svc[name].get("healthcheck", {}).get("test"), name
+    ready = svc["postgres"]["healthcheck"]
+    assert "pg_isready -h 127.0.0.1 " in ready["test"][1] and ready["start_period"], ready  # TCP: during its
+    # initialisation a new volume's server answers on its socket only, and restarts
+    for name in ("worker", "worker-gpu"):  # each pings its own node, under the tree of processes of an init
+        command = argv(svc[name])
+        node = command[command.index("--hostname") + 1].partition("@")[0]
+        assert f"--destination {node}@$HOSTNAME " in svc[name]["healthcheck"]["test"][1], name
+        assert (svc[name].get("init"), svc[name].get("stop_grace_period")) == (True, "1m"), name
+    assert svc["worker-gpu"]["image"] != svc["worker"]["image"]  # two builds, two tags
+    assert svc["migrate"]["restart"] == "no"
+    flower = svc["flower"]
+    assert flower["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert [p.partition(":")[0] for p in flower["ports"]] == ["127.0.0.1"]  # never every interface
+    assert f"--broker={environment(svc['worker'])['KLAB_BROKER_URL']} " in argv(flower)[-1]  # the workers' broker
     for name in ("redis", "postgres"):
         assert "ports" not in svc[name], f"{name} is published without the opt-in override"
     for name in LONG_RUNNING:
@@ -256,6 +272,8 @@ def test_worker_commands_are_the_readme_lines_and_klab_workers_argv(env_file: Pa
     assert gpu == worker_argv("gpu", None, gpu[gpu.index("--loglevel") + 1])[0]
     assert any(f"`{shlex.join(gpu)}`" in ln for ln in readme)
     assert svc["worker"]["environment"]["KLAB_TORCH_THREADS"], "the plain line leaves torch threads to compose"
+    unset = services({"POSTGRES_PASSWORD": "x"})["worker"]["environment"]  # a .env without the line
+    assert unset["KLAB_TORCH_THREADS"] == "1"
 
 
 # --- every variable documented ----------------------------------------------------------------
@@ -327,6 +345,7 @@ def test_dockerfile_pins_bases_runs_as_a_user_and_installs_once_per_image():
         assert users and users[-1].split(":")[0] not in ("root", "0"), f"{name} runs as root"
         env = " ".join(rest for word, rest in targets[name]["lines"] if word == "ENV")
         assert "MPLCONFIGDIR=/tmp/" in env, f"{name}: matplotlib needs a writable cache under any --user"
+        assert "PYTHONPATH=/app" in env.split(), f"{name}: the klab script imports the code copied to /app"
 
     def pip_installs(stage: dict) -> list[str]:
         return [rest for word, rest in stage["lines"] if word == "RUN" and "pip install" in rest]
@@ -348,6 +367,10 @@ def test_dockerfile_pins_bases_runs_as_a_user_and_installs_once_per_image():
         assert not pip_installs(targets[name]), f"{name} installs in its own stage: build leftovers stay in it"
     cpu_install = [i for s in chain(targets["cpu"]) for i in pip_installs(s)][0]
     assert "download.pytorch.org/whl/cpu" in cpu_install
+    gpu_install = [i for s in chain(targets["gpu"]) for i in pip_installs(s)][0]
+    assert "download.pytorch.org" not in gpu_install, gpu_install  # the base image's CUDA torch, kept by:
+    assert any(word == "RUN" and "venv --system-site-packages" in rest
+               for word, rest in targets["gpu-builder"]["lines"])
     final = " ".join(rest for _, rest in targets["cpu"]["lines"])
     assert not re.search(r"apt-get|build-essential|gcc", final), "build tools in the final stage"
     for name in ("cpu", "gpu"):  # the CLI, the workers and the Python API (import klab) in both images
@@ -358,7 +381,7 @@ def test_dockerfile_pins_bases_runs_as_a_user_and_installs_once_per_image():
 def test_dockerignore_keeps_the_venv_and_git_out_but_not_the_code():
     patterns = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
                 if ln.strip() and not ln.startswith("#")]
-    assert {".venv", ".git"} <= {p.strip("/") for p in patterns}
+    assert {".venv", ".git", ".env", ".env.*"} <= {p.strip("/") for p in patterns}  # .env: the secrets
     copied = ["pyproject.toml", "constraints.txt", "alembic.ini", "klab", "service", "worker", "migrations"]
     assert [c for c in copied if any(fnmatch.fnmatch(c, p.strip("/")) for p in patterns)] == []
 
