@@ -61,3 +61,5 @@ def test_the_notebook_is_kept_without_outputs(path: Path):
     assert code
     assert [(n, cell.outputs, cell.execution_count) for n, cell in enumerate(code) if cell.outputs
             or cell.execution_count is not None] == []
+    assert [n for n, cell in enumerate(nb.cells) if "execution" in cell.metadata] == []  # a run's timestamps
+    assert "widgets" not in nb.metadata  # a run's widget state
