@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import re
 import subprocess
+import tomllib
 
 from harness import ROOT
 
@@ -98,3 +99,36 @@ PROJECT = {".ci", ".dockerignore", ".env.example", ".gitignore", "Dockerfile", "
 def test_the_top_level_holds_the_project_and_nothing_else():
     out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
     assert {path.split("/")[0] for path in out.stdout.split()} == PROJECT  # 5117bd4 committed a shell's scratch output
+
+
+def test_ci_runs_the_readme_commands_and_the_tests_lint_first():
+    """.ci/run is the README's `make test` (and the images' `make test-compose`); `make test` lints first, ruff
+    and the import contracts alike."""
+    run = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert run[-2:] == ["make test", "make test-compose"], run
+    make = (ROOT / "Makefile").read_text()
+    assert re.search(r"(?m)^test: lint\b", make)
+    lint = re.search(r"(?m)^lint:.*\n((?:\t.*\n)+)", make).group(1)
+    assert "ruff check ." in lint and "lint-imports" in lint, lint
+
+
+def test_the_import_contracts_cover_every_module_they_speak_for():
+    """A contract names its modules one by one: a module added beside them (a service/newthing.py importing
+    torch) would be under no contract at all."""
+    contracts = {c["name"]: c for c in
+                 tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]}
+
+    def children(package: str) -> set[str]:
+        folder = ROOT / package.replace(".", "/")
+        return {f"{package}.{p.stem}" for p in folder.iterdir()
+                if p.suffix == ".py" and p.stem != "__init__" or (p / "__init__.py").exists()}
+
+    def sources(start: str) -> set[str]:
+        (contract,) = [c for name, c in contracts.items() if name.startswith(start)]
+        assert {"torch", "worker"} <= set(contract["forbidden_modules"]), contract
+        return set(contract["source_modules"])
+
+    assert sources("Nothing under service/ but service/cli") == children("service") - {"service.cli"}
+    assert sources("Of the commands, only klab run") == children("service.cli") - {
+        "service.cli.run", "service.cli.sweep", "service.cli.workers"}  # the commands that train
+    assert sources("Of klab, only klab.local") == children("klab") - {"klab.local"}
