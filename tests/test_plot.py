@@ -581,6 +581,21 @@ def test_more_jobs_overlaid_than_a_legend_names_are_drawn_unnamed_in_a_figure_of
         assert (to_rgba(lines[0].get_color()), to_rgba(lines[n - 1].get_color())) == (viridis(0.0), viridis(1.0))
 
 
+def test_a_one_epoch_job_among_more_than_a_legend_names_is_still_drawn() -> None:
+    """Unnamed jobs were drawn as lines without markers: an lstsq job's single epoch, a line of one point, drew
+    nothing, while the footnote said its rounding was "drawn at it"."""
+    for n in (plot.LEGEND_MOST, plot.LEGEND_MOST + 1):
+        results = [result_of({"lr": 0.001 * (i + 1), "seed": i}, relative=0.1, id=i + 1) for i in range(n - 1)]
+        results.append(result_of({"method": "lstsq", "seed": n}, relative=0.05, epochs=1, id=n))
+        fig = plot.figure_jobs(results)
+        for panel in ("loss", "kernel error"):
+            ones = [line for line in by_title(fig, panel).get_lines() if len(line.get_xdata()) == 1]
+            assert len(ones) == 1 and ones[0].get_marker() == "o", (n, panel)  # seen
+            assert list(ones[0].get_xdata()) == [1]
+            many = [line for line in by_title(fig, panel).get_lines() if len(line.get_xdata()) == 10]
+            assert len(many) == n - 1 and {line.get_marker() for line in many} == {"o" if n <= plot.LEGEND_MOST else "None"}
+
+
 # --- sweeps ----------------------------------------------------------------------------------------------
 
 def test_sweep_panels_aggregate_over_seeds_coloured_by_the_other_parameter() -> None:

@@ -217,10 +217,10 @@ def figure_jobs(results: Sequence[dict[str, Any]]) -> Any:
         *error, raised = _kernel_errors(r.get("epochs") or [], norm)
         floored += raised
         style = ({"color": colour, "linestyle": LINESTYLES[n % len(LINESTYLES)], "markersize": 3} if named
-                 else {"color": colour, "linewidth": 0.6})  # equal runs show; thin where many
-        loss_ax.plot(*loss, label=ax_.literal(label) if named else None,
-                     marker="o" if named and loss[0].size <= 30 else None, **style)
-        err_ax.plot(*error, marker="o" if named and error[0].size <= 30 else None, **style)
+                 else {"color": colour, "linewidth": 0.6, "markersize": 3})  # equal runs show; thin where many
+        marked = [size == 1 or named and size <= 30 for size in (loss[0].size, error[0].size)]  # lstsq's 1 too
+        loss_ax.plot(*loss, label=ax_.literal(label) if named else None, marker="o" if marked[0] else None, **style)
+        err_ax.plot(*error, marker="o" if marked[1] else None, **style)
         losses.append(loss[1])
         errors.append(error[1])
     no_loss, no_error = ax_.no_values(results)
