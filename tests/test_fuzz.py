@@ -30,8 +30,8 @@ FIELDS = ("input", "kernel", "labels", "method", "lr", "epochs", "batch_size", "
 PRESETS = ("d2l", "edge-v", "sobel-x", "sobel-y", "laplacian", "second-diff", "box3", "gauss3", "sharpen",
            "identity3")
 FILES = ("x.npy", "x3.npy", "x4.npy", "objects.npy", "strings.npy", "nan.npy", "empty.npy", "vector.npy",
-         "five.npy", "labels.npy", "labels3.npy", "labels4.npy", "corrupt.npy", "gray.png", "rgb.png", "text.png",
-         "tiny.gif", "bomb.png", "missing.npy", "dir")
+         "five.npy", "labels.npy", "labels3.npy", "labels4.npy", "wide.npy", "corrupt.npy", "gray.png", "rgb.png",
+         "text.png", "tiny.gif", "bomb.png", "missing.npy", "dir")
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     np.save(d / "labels.npy", rng.standard_normal((6, 7)))
     np.save(d / "labels3.npy", rng.standard_normal((2, 5, 4)))
     np.save(d / "labels4.npy", rng.standard_normal((3, 2, 3, 3)))
+    np.save(d / "wide.npy", np.ones((3, 5)))  # labels wider than a 4x4 input
     (d / "corrupt.npy").write_bytes((d / "x.npy").read_bytes()[:100])
     Image.fromarray((rng.random((6, 9)) * 255).astype(np.uint8)).save(d / "gray.png")
     Image.fromarray((rng.random((5, 5, 3)) * 255).astype(np.uint8)).save(d / "rgb.png")
@@ -164,6 +165,14 @@ def only_bad_input(call, *args: Any) -> Any:
 @example(values={"kernel": "[[1e308, 1e308]]", "input": "ones:3x3"})
 @example(values={"input": "npy:{d}/strings.npy"})  # the draws reach a file's loader a few times in 300: each
 @example(values={"input": "image:{d}/text.png"})  # refusal a loader makes of its own is given once here
+@example(values={"bias": 10**400})  # past a float
+@example(values={"input": "ones:3x3", "kernel": "random:2x5"})  # wider than the input, not taller
+@example(values={"input": "random:3x6x6", "kernel": "random:2x1x3x3"})  # one input channel of three
+@example(values={"input": "ones:3x3", "kernel": "[[3e38]]", "bias": 3e38})  # labels past float32
+@example(values={"input": "ones:4x4", "labels": "npy:{d}/wide.npy", "kernel": None})  # labels wider than it
+@example(values={"input": "npy:/tmp/\ud800.npy"})  # a name that is not UTF-8 (Hypothesis' text never is)
+@example(values={"input": "npy:~nosuchuserxx/a.npy"})  # a home that is not there
+@example(values={"input": "npy:/tmp/a\x00.npy"})  # a NUL in a path
 def test_spec_parser_raises_only_bad_input(values, files):
     spec = only_bad_input(JobSpec.parse, with_files(values, files))
     if spec is None:
@@ -173,7 +182,10 @@ def test_spec_parser_raises_only_bad_input(values, files):
         return
     problem = only_bad_input(build_problem, spec, arrays)
     if problem is not None:
-        assert np.all(np.isfinite(problem.x)) and problem.x.ndim == problem.y.ndim == 4
+        assert np.all(np.isfinite(problem.x)) and np.all(np.isfinite(problem.y))
+        assert problem.x.ndim == problem.y.ndim == 4
+        assert problem.y.shape[2] <= problem.x.shape[2] and problem.y.shape[3] <= problem.x.shape[3]
+        assert min(problem.kernel_shape) > 0
 
 
 flag_text = st.one_of(
@@ -196,6 +208,9 @@ flag_sets = st.dictionaries(st.sampled_from([*SWEEPABLE, "tol", "device", "bias"
 @example(flags={"kernel": "[[1,2],[3,4]],d2l", "lr": "0.1,,0.2"})
 @example(flags={"lr": "inf..2"})  # the draws build A..B of whole numbers only
 @example(flags={"seed": "1,9223372036854775808"})  # past a seed's column: the plan checks a sweep's extremes
+@example(flags={"seed": "0..9", "epochs": "1..9"})  # 90 jobs: past the limit of 64 together, not each
+@example(flags={"lr": "0.1,-1"})  # the least value refused, not only the greatest
+@example(flags={"lr": "0:1:3"})  # a log range from 0
 def test_sweep_flags_raise_only_bad_input(flags):
     g = only_bad_input(grid, flags)
     if g is None:
@@ -234,6 +249,24 @@ def test_spec_files_raise_only_bad_input(text, suffix, tmp_path_factory):
         only_bad_input(JobSpec.parse, doc)
 
 
+@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".yaml", ""])
+def test_a_spec_file_not_in_utf8_is_bad_input_saying_where(suffix, tmp_path):
+    """The fuzzed files above are all UTF-8 (written so). A file of Latin-1 bytes, an old editor's, was "not a
+    readable text file", as a file that cannot be opened is."""
+    path = tmp_path / f"latin1{suffix}"
+    path.write_bytes(b'{"lr": "\xe9"}\n')
+    with pytest.raises(BadInput, match=r"^file: .* is not UTF-8 text \(byte 0xe9 at offset 8\); save it as UTF-8$"):
+        load_spec_file(str(path))
+
+
+def test_a_kernel_nested_past_pythons_recursion_limit_is_bad_input():
+    kernel: Any = 1.0
+    for _ in range(5_000):
+        kernel = [kernel]
+    with pytest.raises(BadInput, match="^kernel: must be a string or a nested list of numbers"):
+        JobSpec.parse({"kernel": kernel})
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
@@ -259,6 +292,7 @@ def chunks(draw) -> list[dict[str, Any]]:
 @FUZZ
 @given(specs=chunks())
 @example(specs=[{"lr": 1, "seed": 0.0, "s": "{}"}, {"lr": 1.0, "seed": -0.0, "s": "{}"}])
+@example(specs=[{"a": 0, "b": True}, {"a": 0, "b": False}])  # a bool is no int to JSON: true, not True
 def test_spec_texts_from_a_template_are_what_json_dumps_writes(specs):
     """The jobs' spec texts are made from one template of what they share (service.submit); each must be
     exactly json.dumps of its spec, whatever the values and whatever the keys share."""

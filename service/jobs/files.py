@@ -50,6 +50,11 @@ def read_text(field: str, path: Path, raw: str) -> str:
     or UTF-32 with one (PowerShell's `>` writes UTF-16, which was `not a readable text file`)."""
     try:
         data = path.read_bytes()
-        return data.decode(next((e for b, e in BOMS if data.startswith(b)), "utf-8-sig"))
-    except (OSError, UnicodeDecodeError):
+    except OSError:
         raise BadInput(field, f"{raw} is not a readable text file") from None
+    encoding = next((e for b, e in BOMS if data.startswith(b)), "utf-8-sig")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:  # Latin-1 from an old editor: say where, and what it must be
+        raise BadInput(field, f"{raw} is not {encoding.removesuffix('-sig').upper()} text (byte {data[exc.start]:#04x} "
+                              f"at offset {exc.start}); save it as UTF-8") from None
