@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -82,6 +83,23 @@ def test_a_dead_workers_job_asked_to_stop_ends_cancelled_not_queued_again(klab_d
         assert writes.reap(conn, lease=60, max_attempts=5) == [(go, None)]
         assert [(job(conn, i).status, job(conn, i).finished_at is not None) for i in (stop, go, spent, worn)] == [
             ("cancelled", True), ("queued", False), ("cancelled", True), ("failed", True)]
+
+
+def test_a_lease_runs_out_after_its_seconds_and_only_a_claims_own_heartbeat_renews_it(klab_db: str) -> None:
+    with writing() as conn:
+        live, lapsed, retaken = (new(conn, JobStatus.CREATED) for _ in range(3))
+        assert claimed(conn, [live, lapsed, retaken], "w1", "task-1", 0) == [live, lapsed, retaken]
+        now = writes.utcnow()
+        beats = {live: now - timedelta(seconds=30), lapsed: now - timedelta(seconds=90),
+                 retaken: now - timedelta(seconds=30)}
+        for i, beat in beats.items():
+            conn.execute(update(jobs).where(jobs.c.id == i).values(heartbeat_at=beat))
+        conn.execute(update(jobs).where(jobs.c.id == retaken).values(attempts=2))  # claimed again since
+        before = {i: job(conn, i).heartbeat_at for i in beats}  # as the database gives them back
+        writes.heartbeat(conn, [live, retaken], [1, 1])  # the first claim's: renews its own job, not the other's
+        assert job(conn, live).heartbeat_at > before[live] and job(conn, retaken).heartbeat_at == before[retaken]
+        assert writes.reap(conn, lease=60, max_attempts=5) == [(lapsed, None)]
+        assert [job(conn, i).status for i in (live, lapsed, retaken)] == ["running", "queued", "running"]
 
 
 def test_a_claim_tells_alike_specs_apart_from_their_text_as_parsing_would(klab_db: str) -> None:
@@ -329,7 +347,9 @@ def test_a_claim_takes_waiting_jobs_and_lapsed_leases_only(klab_db: str) -> None
     with writing() as conn:
         waiting, mine, live, lapsed = (new(conn, JobStatus.CREATED) for _ in range(4))
         assert claimed(conn, [mine, live, lapsed], "w1", "task-1", 0) == [mine, live, lapsed]
-        conn.execute(update(jobs).where(jobs.c.id == lapsed).values(heartbeat_at=text("'2000-01-01'")))
+        now = writes.utcnow()  # the lease is 60 s: a beat 30 s ago holds, 90 s ago lapsed
+        conn.execute(update(jobs).where(jobs.c.id == live).values(heartbeat_at=now - timedelta(seconds=30)))
+        conn.execute(update(jobs).where(jobs.c.id == lapsed).values(heartbeat_at=now - timedelta(seconds=90)))
         # another task: only what waits or lapsed; the retry of the same task: its own jobs too
         assert claimed(conn, [waiting, mine, live, lapsed], "w2", "task-2", 0) == [waiting, lapsed]
         assert claimed(conn, [mine], "w1", "task-1", 1) == [mine]
