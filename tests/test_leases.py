@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import time
+from datetime import timedelta
 
 import pytest
 from harness import klab, service_env, tails, wait_until
@@ -256,6 +257,7 @@ def test_a_task_that_finds_the_database_away_waits_half_a_second_doubling(tmp_pa
     for (at, wait), (later, _) in zip(seen, seen[1:]):
         assert later - at >= wait - 0.05, seen  # it did wait before trying again
     assert db.scalar("SELECT attempts FROM jobs WHERE id = :j", j=job) == 1
+    assert db.scalar("SELECT task_try FROM jobs WHERE id = :j", j=job) == len(seen)  # the try that trained it
 
 
 def test_a_workers_own_messages_are_read_for_the_ids_they_carry_and_none_made_by_hand_stops_the_reaper():
@@ -272,6 +274,7 @@ def test_a_workers_own_messages_are_read_for_the_ids_they_carry_and_none_made_by
 
     held = [Request(TaskMessage("klab.train", args=a), app=app)
             for a in ([[5, 6, True]], {"job_ids": [3]}, [], ["x"], [[7], {"again": True}])]
+    held.append(Request(TaskMessage("celery.accumulate", args=[[9]]), app=app))  # not klab's: carries no job
     for request in held:
         state.task_reserved(request)
     try:
@@ -280,3 +283,36 @@ def test_a_workers_own_messages_are_read_for_the_ids_they_carry_and_none_made_by
         for request in held:
             state.task_ready(request)
     assert in_hand() == frozenset()
+
+
+def test_the_reaper_never_sends_again_a_job_whose_message_its_worker_holds(klab_db, redis_url, setenv):
+    """Jobs queued past KLAB_STRANDED_SECONDS with no message on the broker are sent again, but not those of a
+    message this worker holds (in_hand: received, not yet acknowledged)."""
+    from celery.contrib.testing.mocks import TaskMessage
+    from celery.worker import state
+    from celery.worker.request import Request
+    from sqlalchemy import select, update
+
+    import worker.tasks  # noqa: F401 - klab.train registered, as in a worker
+    from service.db import writes
+    from service.db.engine import writing
+    from service.db.schema import jobs
+    from service.jobs.spec import JobSpec
+    from service.jobs.status import JobStatus
+    from worker.app import app
+    from worker.lease import resend_stranded
+
+    setenv(KLAB_BROKER_URL=redis_url, KLAB_STRANDED_SECONDS="5")
+    with writing() as conn:
+        kept, lost = writes.insert_columns(conn, {**writes.new_job(JobSpec.parse({}), start=JobStatus.QUEUED,
+                                                                     queue="cpu"), "seed": [0, 1]}, 2)
+        conn.execute(update(jobs).values(queued_at=writes.utcnow() - timedelta(hours=1)))
+    request = Request(TaskMessage("klab.train", args=[[kept]]), app=app)
+    state.task_reserved(request)
+    try:
+        assert resend_stranded() == 1
+    finally:
+        state.task_ready(request)
+    with writing() as conn:
+        queued_at = dict(conn.execute(select(jobs.c.id, jobs.c.queued_at)).all())
+    assert queued_at[lost] - queued_at[kept] > timedelta(minutes=59)  # sent again now; the one in hand waits on
