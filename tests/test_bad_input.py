@@ -334,7 +334,7 @@ NO_BROKER = "redis://127.0.0.1:1/0"
 @pytest.fixture
 def cli_env(database: str, tmp_path: Path, setenv) -> dict:
     env = {"KLAB_HOME": str(tmp_path / "home"), "KLAB_DATABASE_URL": database, "KLAB_BROKER_URL": NO_BROKER}
-    setenv(**{k: None for k in os.environ if k.startswith("KLAB_")}, **env)
+    setenv(**{**{k: None for k in os.environ if k.startswith("KLAB_")}, **env})  # a KLAB_HOME of the caller's: replaced
     return env
 
 

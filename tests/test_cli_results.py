@@ -573,6 +573,7 @@ def test_export_jobs_csv_to_a_file(jobs: dict[str, int], klab_cli, tmp_path: Pat
     assert code == 0 and out == f"wrote 3 jobs to {path}\n"
     rows = list(csv.DictReader(path.open()))
     assert [int(r["id"]) for r in rows] == sorted([jobs["slow"], jobs["best"], jobs["blown"]])
+    assert b"\r" not in path.read_bytes()  # lines end as the terminal's do: \n, not csv's \r\n
     learned = stored(jobs["best"]).learned_kernel
     assert json.loads(rows[1]["learned_kernel"]) == learned and json.loads(rows[1]["spec"])["lr"] == 0.1
     one = tmp_path / "one.csv"

@@ -464,6 +464,15 @@ def test_kernels_columns_line_up_whatever_the_weights_size():
         "  3.0000    4.0000     3.0000    4.0000"]
 
 
+def test_a_cells_yes_and_no_the_loss_curves_width_and_the_time_a_job_ran():
+    from service.render.text import SPARK, cell, render, sparkline
+
+    assert (cell(True), cell(False), cell(None)) == ("yes", "no", "-")
+    curve = sparkline([float(i + 1) for i in range(100)])  # 100 epochs sampled down to 60 characters
+    assert len(curve) == 60 and (curve[0], curve[-1]) == (SPARK[0], SPARK[-1])
+    assert render({"id": 1, "status": "succeeded", "train_seconds": 1.234}).splitlines()[-1] == "ran: 1.23 s"
+
+
 def test_kernels_too_wide_for_the_terminal_go_below_each_other():
     """Three 3x3 kernels side by side took 90 columns, and an 80-column terminal folded each of their lines into the
     next: as many go in a row as fit the width, the rest below, a 4-D kernel's slices named in each row."""
@@ -474,6 +483,8 @@ def test_kernels_too_wide_for_the_terminal_go_below_each_other():
     assert max(len(line) for line in side_by_side(three).splitlines()) > 80  # no width: one row, as when piped
     lines = side_by_side(three, width=80).splitlines()
     assert max(len(line) for line in lines) <= 80
+    assert len(side_by_side(three, width=90).splitlines()) == 4  # the three need 90 columns: one row at 90,
+    assert max(len(line) for line in side_by_side(three, width=89).splitlines()) <= 89  # two at 89
     assert [line.split() for line in lines if line and not line[-1].isdigit()] == [["true", "learned"], ["difference"]]
     assert side_by_side(three, width=20).count("\n\n") == 2  # one a row: none fits beside another
     four_d = [[[[1.0, 2.0]], [[3.0, 4.0]]]]

@@ -593,7 +593,8 @@ def test_a_one_epoch_job_among_more_than_a_legend_names_is_still_drawn() -> None
             assert len(ones) == 1 and ones[0].get_marker() == "o", (n, panel)  # seen
             assert list(ones[0].get_xdata()) == [1]
             many = [line for line in by_title(fig, panel).get_lines() if len(line.get_xdata()) == 10]
-            assert len(many) == n - 1 and {line.get_marker() for line in many} == {"o" if n <= plot.LEGEND_MOST else "None"}
+            named = n <= plot.LEGEND_MOST
+            assert len(many) == n - 1 and {line.get_marker() for line in many} == {"o" if named else "None"}
 
 
 # --- sweeps ----------------------------------------------------------------------------------------------

@@ -307,6 +307,14 @@ def test_log_spaced_values_keep_the_ends_given():
     # "written backwards; write 0.01:0.1:1", which is 0.01)
 
 
+def test_a_range_of_one_value_and_a_log_range_of_the_limits_count_are_sweeps(setenv):
+    from service.jobs.sweep import grid
+
+    assert grid({"seed": "3..3"}).fixed == {"seed": 3}  # not "written backwards"
+    setenv(KLAB_MAX_SWEEP_JOBS="3")
+    assert grid({"lr": "0.01:0.1:3"}).swept["lr"] == [0.01, 0.0316227766017, 0.1]  # the count at the limit
+
+
 @pytest.mark.parametrize("item", ["0.1:0.01:2", "9:1:2"])
 def test_a_log_range_of_two_values_written_backwards_is_refused(item):
     """Two values are a range with a direction, as three are: only one value (A) may be written either way."""
