@@ -247,6 +247,8 @@ CASES = [
     Case("log-range-to-infinity", ("sweep", "--seed", "1e-300:1e300:3"), "seed"),
     Case("empty-sweep-item", ("sweep", "--lr", "0.01,,0.02"), "lr"),
     Case("non-numeric-sweep-item", ("sweep", "--epochs", "5,ten"), "epochs"),
+    Case("sweep-seed-past-its-column", ("sweep", "--seed", "0,9223372036854775808"), "seed"),  # the greatest
+    Case("log-range-from-zero", ("sweep", "--lr", "0:1:3"), "lr"),
     # files named by fields
     Case("missing-npy", ("submit", "--input", "npy:{d}/nope.npy"), "input"),
     Case("directory-as-npy", ("run", "--input", "npy:{d}/a_directory.npy"), "input"),
