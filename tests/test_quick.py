@@ -104,7 +104,7 @@ def test_a_quick_task_writes_each_job_once_and_stores_what_a_claimed_task_stores
     assert history(quick) == history(claimed) and len(history(quick)) == 80
 
 
-def test_what_took_a_quick_tasks_jobs_meanwhile_keeps_them(klab_db) -> None:
+def test_what_took_a_quick_tasks_jobs_meanwhile_keeps_them(klab_db, caplog) -> None:
     """Between a quick task's read and its results: one job cancelled, one deleted, one claimed and one ended by
     another worker (a copy of the message). The task stores the other two alone, and ends nothing else."""
     ids = submit(6)
@@ -123,7 +123,9 @@ def test_what_took_a_quick_tasks_jobs_meanwhile_keeps_them(klab_db) -> None:
         assert set(writes.stopping(conn, ids, [0] * 6, quick=True)[1]) == {cancelled, deleted, running, done}
     group = groups[0]
     group.quick = writes.trained_by("mine", "t1", 0, writes.utcnow())
-    assert tasks.train_group(group) == {"succeeded": 2}
+    with caplog.at_level("WARNING", logger="worker.tasks"):
+        assert tasks.train_group(group) == {"succeeded": 2}
+    assert "4 of 6 job(s) of this quick task no longer waited when they ended" in caplog.text
     found = {r["id"]: r for r in rows(ids)}
     assert deleted not in found
     def seen(i: int) -> tuple:
@@ -181,18 +183,20 @@ def test_jobs_each_with_a_random_input_of_their_own_count_each_inputs_analysis(k
         assert not failed and (sum(g.work for g in groups) <= defaults.QUICK_WORK) is quick, values
 
 
-def test_a_job_sent_again_with_the_epochs_a_dead_worker_streamed_has_them_replaced(klab_db) -> None:
+@pytest.mark.parametrize("beside", [0, 1], ids=["alone", "beside a new job"])
+def test_a_job_sent_again_with_the_epochs_a_dead_worker_streamed_has_them_replaced(klab_db, beside) -> None:
     """A job trained alone writes its epochs as it goes; its worker dies, the reaper sends it again, queued. A quick
-    task that trains it then replaces those epochs (it took them for none, and ended failed on their key)."""
-    (job,) = submit(1)
+    task that trains it then replaces those epochs (it took them for none, and ended failed on their key), alone or
+    in a batch with a job never claimed (whose epochs it may write as new: not the whole batch's)."""
+    job, *fresh = submit(1 + beside)
     with writing() as conn:
         (row,) = writes.claim(conn, [job], "dead", "t0", 0, lease=60)
         assert writes.streamed(conn, job, row.attempts, [{"epoch": e, "loss": 9.0, "mse": 9.0, "kernel_error": 9.0}
                                                          for e in (1, 2, 3)], 3)
         conn.execute(update(jobs).where(jobs.c.id == job).values(heartbeat_at=datetime(2000, 1, 1)))
         assert writes.reap(conn, lease=60, max_attempts=5) == [(job, "cpu")]
-    assert tasks.train_jobs([job], "t1", "h") == {"succeeded": 1}
-    (stored,) = rows([job])
+    assert tasks.train_jobs([job, *fresh], "t1", "h") == {"succeeded": 1 + beside}
+    stored, *_ = rows([job])
     assert (stored["status"], stored["attempts"], stored["error_message"]) == ("succeeded", 2, None)
     assert [e[1] for e in history([job])] == list(range(1, 11)) and 9.0 not in [e[2] for e in history([job])]
 
@@ -269,3 +273,13 @@ def test_a_quick_tasks_read_of_its_jobs_takes_no_write_lock(klab_db) -> None:
                 other.exec_driver_sql("SET LOCAL lock_timeout = '2s'")  # (it waited for the test's timeout)
                 done = other.execute(update(jobs).where(jobs.c.id == ids[0]).values(queued_at=jobs.c.queued_at))
                 assert done.rowcount == 1
+
+
+def test_a_task_counts_only_the_jobs_it_ended(klab_db) -> None:
+    """A job that another worker claimed before this task could fail it is none of this task's counts (no
+    "failed: 1", nor a count of 0)."""
+    (job,) = submit(1)
+    with writing() as conn:
+        assert [r.id for r in writes.claim(conn, [job], "other", "t0", 0, lease=60)] == [job]
+    assert tasks.trained([], [(job, "could not load it")], {job: 0}, None) == {}
+    assert rows([job])[0]["status"] == "running"
