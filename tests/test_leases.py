@@ -294,8 +294,10 @@ def test_the_reaper_never_sends_again_a_job_whose_message_its_worker_holds(klab_
     from sqlalchemy import select, update
 
     import worker.tasks  # noqa: F401 - klab.train registered, as in a worker
+    from service import broker as brokers
     from service.db import writes
     from service.db.engine import writing
+    from service.db.reads import identity
     from service.db.schema import jobs
     from service.jobs.spec import JobSpec
     from service.jobs.status import JobStatus
@@ -316,3 +318,33 @@ def test_the_reaper_never_sends_again_a_job_whose_message_its_worker_holds(klab_
     with writing() as conn:
         queued_at = dict(conn.execute(select(jobs.c.id, jobs.c.queued_at)).all())
     assert queued_at[lost] - queued_at[kept] > timedelta(minutes=59)  # sent again now; the one in hand waits on
+    held = brokers.holdings(brokers.client(), 5, identity())
+    assert held.busy_queues == {"cpu"}  # its message waits there
+    with writing() as conn:  # and while a message waits on a queue, its jobs may simply be behind it: none sent
+        conn.execute(update(jobs).values(queued_at=writes.utcnow() - timedelta(hours=1)))
+    assert resend_stranded() == 0
+
+
+def test_the_reaper_sends_a_dead_workers_job_again_at_once(klab_db, redis_url, setenv):
+    """A running job whose lease ran out goes back to queued, and its message to the broker, in the same look (not
+    a look of resend_stranded's later, KLAB_STRANDED_SECONDS on)."""
+    from sqlalchemy import update
+
+    from service import broker as brokers
+    from service.db import writes
+    from service.db.engine import writing
+    from service.db.reads import identity
+    from service.db.schema import jobs
+    from service.jobs.spec import JobSpec
+    from service.jobs.status import JobStatus
+    from worker.lease import reap
+
+    setenv(KLAB_BROKER_URL=redis_url, KLAB_LEASE_SECONDS="60")
+    with writing() as conn:
+        dead, live = writes.insert_columns(conn, {**writes.new_job(JobSpec.parse({}), start=JobStatus.QUEUED,
+                                                                     queue="cpu"), "seed": [0, 1]}, 2)
+        assert len(writes.claim(conn, [dead, live], "gone", "t0", 0, lease=60)) == 2
+        conn.execute(update(jobs).where(jobs.c.id == dead).values(heartbeat_at=writes.utcnow() - timedelta(hours=1)))
+    assert brokers.holdings(brokers.client(), 5, identity()).busy_queues == frozenset()
+    assert reap() == 1
+    assert brokers.holdings(brokers.client(), 5, identity()).busy_queues == {"cpu"}
