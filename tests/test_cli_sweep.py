@@ -371,6 +371,49 @@ def test_a_local_sweep_deleted_meanwhile_stops_with_one_line(here: str, klab_cli
         assert conn.execute(select(func.count()).select_from(sweeps_table)).scalar() == 0
 
 
+def test_a_sweep_deleted_while_its_jobs_are_sent_stops_with_one_line_and_no_note(klab_db: str, redis_url: str,
+                                                                                  setenv, klab_cli, monkeypatch):
+    """`klab delete --sweep` from another shell while `klab sweep` stores and sends its chunks: at its next chunk
+    it says so in one line, exit code 1, without the note of a sweep stored in part (which it no longer is)."""
+    import service.submit as submit
+    from service import broker
+    from service.db import writes
+    from service.errors import Gone
+    from service.jobs.selection import Selection
+    from service.jobs.sweep import grid
+
+    setenv(KLAB_BROKER_URL=redis_url)
+    store, publish, stored = submit.store, broker.publish, []
+
+    def deleted() -> None:  # what klab delete --sweep S does, in its own transaction
+        with writing() as conn:
+            writes.delete_jobs(conn, Selection(sweep=stored[0].sweep_id))
+
+    def store_and_note(conn, plan, chunk, start, ids=None):
+        stored.append(plan)
+        if len(stored) == 2 and klab_db.startswith("postgresql"):  # chunks after the first go over connections
+            deleted()  # of their own, as the first one's tasks go out: deleted before the second is begun
+        return store(conn, plan, chunk, start, ids)
+
+    def publish_then_delete(*args, **kwargs):  # SQLite: one chunk after the other, deleted once the first's are sent
+        sent = publish(*args, **kwargs)
+        if klab_db.startswith("sqlite"):
+            deleted()
+        return sent
+
+    monkeypatch.setattr(submit, "store", store_and_note)
+    monkeypatch.setattr(broker, "publish", publish_then_delete)
+    code, out, err = klab_cli("sweep", "--seed", f"0..{submit.CHUNK_JOBS}")  # two chunks
+    assert (code, out, err) == (1, "", f"klab: error: sweep {stored[0].sweep_id} was deleted (klab delete) while its "
+                                       "jobs were being stored: stopped\n")
+    with writing() as conn:
+        assert conn.execute(select(func.count()).select_from(jobs_table)).scalar() == 0
+    stored.clear()  # the same from Python (klab.sweep): the error carries no note of jobs kept
+    with pytest.raises(Gone) as caught:
+        submit.submit(submit.plan_sweep(grid({"seed": f"0..{submit.CHUNK_JOBS}"}), None), submit.CHUNK_JOBS)
+    assert getattr(caught.value, "__notes__", []) == [] and len(stored) == 2
+
+
 def first_cancelled_then_timed_out(seconds: int, klab_cli, setenv, monkeypatch) -> list:
     """Two jobs of a local sweep trained together (a minute's work) under a time limit of `seconds`, the first
     cancelled by `klab cancel`'s own write just before the batch trains: their stored rows."""
