@@ -119,6 +119,37 @@ def test_a_redelivered_message_of_jobs_alive_elsewhere_claims_nothing(tmp_path, 
     wait_until(lambda: db.statuses() == {"cancelled": 1}, 60, tails(first))
 
 
+def test_a_message_sent_again_has_its_quick_jobs_claimed_first(tmp_path, pg_db, redis_server, worker_procs):
+    """A message sent again (a reaper's, `klab requeue --queued`) goes through the claim, which counts an attempt
+    against KLAB_MAX_ATTEMPTS, even for jobs a quick task would train unclaimed: its job is written when claimed and
+    when ended, a first message's quick job once."""
+    from service import broker as brokers
+    from service.db import writes
+    from service.db.engine import dispose_engines, writing
+    from service.db.reads import identity
+    from service.jobs.spec import JobSpec
+    from service.jobs.status import JobStatus
+
+    url, db = pg_db
+    server = redis_server()
+    env = service_env(tmp_path, url, server.url())
+    first = one(env, "--epochs", "2")
+    with writing(url) as conn:  # queued, its message not sent (as the reaper finds a job it sends again)
+        (again,) = writes.insert_jobs(conn, [writes.new_job(JobSpec.parse({"epochs": 2}), start=JobStatus.QUEUED,
+                                                             queue="cpu")])
+    dispose_engines()
+    db.execute("CREATE TABLE job_writes (job_id int)")  # every UPDATE of a job row from now on, counted (as
+    db.execute("CREATE FUNCTION count_job_write() RETURNS trigger LANGUAGE plpgsql AS "  # test_quick counts)
+               "$$ BEGIN INSERT INTO job_writes VALUES (NEW.id); RETURN NEW; END $$")
+    db.execute("CREATE TRIGGER counted AFTER UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION count_job_write()")
+    brokers.publish(brokers.client(server.url()), [("cpu", [again])], identity(url), again=True)
+    w = worker_procs(env, "w").wait_ready()
+    wait_until(lambda: db.statuses() == {"succeeded": 2}, 60, tails(w))
+    counted = dict(db.rows("SELECT job_id, count(*) FROM job_writes GROUP BY job_id"))
+    assert counted[first] == 1 and counted[again] >= 2, counted  # claimed, ended (and any heartbeat between)
+    assert db.rows("SELECT attempts FROM jobs ORDER BY id") == [(1,), (1,)]
+
+
 @pytest.mark.timeout(TRAINED_TIMEOUT)
 def test_a_worker_stopped_past_its_lease_writes_nothing_into_the_job_another_worker_finished(tmp_path, pg_db,
                                                                                           redis_server, worker_procs):
