@@ -250,12 +250,14 @@ def test_spec_files_raise_only_bad_input(text, suffix, tmp_path_factory):
 
 
 @pytest.mark.parametrize("suffix", [".json", ".jsonl", ".yaml", ""])
-def test_a_spec_file_not_in_utf8_is_bad_input_saying_where(suffix, tmp_path):
+@pytest.mark.parametrize("mark", [b"", b"\xef\xbb\xbf"], ids=["", "after a byte-order mark"])
+def test_a_spec_file_not_in_utf8_is_bad_input_saying_where(suffix, mark, tmp_path):
     """The fuzzed files above are all UTF-8 (written so). A file of Latin-1 bytes, an old editor's, was "not a
-    readable text file", as a file that cannot be opened is."""
+    readable text file", as a file that cannot be opened is. Where is counted in the file, its mark included."""
     path = tmp_path / f"latin1{suffix}"
-    path.write_bytes(b'{"lr": "\xe9"}\n')
-    with pytest.raises(BadInput, match=r"^file: .* is not UTF-8 text \(byte 0xe9 at offset 8\); save it as UTF-8$"):
+    path.write_bytes(mark + b'{"lr": "\xe9"}\n')
+    with pytest.raises(BadInput, match=rf"^file: .* is not UTF-8 text \(byte 0xe9 at offset {8 + len(mark)}\); save it "
+                                       "as UTF-8$"):
         load_spec_file(str(path))
 
 
