@@ -55,7 +55,8 @@ def read_text(field: str, path: Path, raw: str) -> str:
     encoding = next((e for b, e in BOMS if data.startswith(b)), "utf-8-sig")
     try:
         return data.decode(encoding)
-    except UnicodeDecodeError as exc:  # Latin-1 from an old editor: say where (in the file: utf-8-sig counts after
-        at = exc.start + (3 if encoding == "utf-8-sig" and data.startswith(b"\xef\xbb\xbf") else 0)  # its mark)
+    except UnicodeDecodeError as exc:  # Latin-1 from an old editor: say where, counted in the file (utf-8-sig
+        # counts from after its mark)
+        at = exc.start + (3 if encoding == "utf-8-sig" and data.startswith(b"\xef\xbb\xbf") else 0)
         raise BadInput(field, f"{raw} is not {encoding.removesuffix('-sig').upper()} text (byte {data[at]:#04x} at "
                               f"offset {at}); save it as UTF-8") from None
