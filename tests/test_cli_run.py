@@ -464,6 +464,14 @@ def test_kernels_columns_line_up_whatever_the_weights_size():
         "  3.0000    4.0000     3.0000    4.0000"]
 
 
+def test_the_cli_starts_without_the_resource_module(tmp_path: Path):
+    """Windows has no `resource` (the limit of open files above is told with it): klab still starts there."""
+    done = subprocess.run([sys.executable, "-c", "import sys; sys.modules['resource'] = None; "
+                           "from service.cli import main; main(['list'])"], env=clean_env(tmp_path / "home"),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (0, "no jobs\n")  # said on stderr: stdout holds the rows alone
+
+
 def test_a_cells_yes_and_no_the_loss_curves_width_and_the_time_a_job_ran():
     from service.render.text import SPARK, cell, render, sparkline
 

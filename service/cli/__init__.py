@@ -8,9 +8,13 @@ import difflib
 import errno
 import importlib
 import os
-import resource  # here, not where a limit is told: importing it opens a file
 import sys
 from collections import Counter
+
+try:
+    import resource  # here, not where a limit is told: importing it opens a file
+except ImportError:  # Windows: no such limit
+    resource = None  # type: ignore[assignment]
 
 import click
 
@@ -200,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         sys.exit(0)
     except OSError as exc:
-        if exc.errno == errno.EMFILE:  # `ulimit -n 6`: not even a module's file to import
+        if exc.errno == errno.EMFILE and resource is not None:  # `ulimit -n 6`: not even a module's file to import
             fail(f"too many open files: this process may open {_open_files()} at once; raise the limit (ulimit -n)", 1)
         if exc.errno not in UNWRITABLE:
             raise
