@@ -26,6 +26,8 @@ from service.db.schema import jobs as jobs_table
 from service.db.schema import sweeps as sweeps_table
 from service.jobs import result
 from service.jobs.selection import Selection
+from service.jobs.spec import JobSpec
+from service.jobs.status import JobStatus
 from service.render import table as tables
 
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -662,8 +664,30 @@ def test_export_and_plot_never_write_over_the_database_they_read(jobs: dict[str,
 
 # --- delete ----------------------------------------------------------------------------------
 
-def test_delete_jobs_and_a_sweep(jobs: dict[str, int], klab_cli) -> None:
-    assert klab_cli("delete", str(jobs["adam"]), str(jobs["queued"])) == (0, "deleted 2 jobs and 10 epochs\n", "")
+def test_ids_not_there_are_named_up_to_ten_and_a_queued_lstsq_job_counts_its_one_epoch(jobs, klab_cli) -> None:
+    ten = [str(i) for i in range(101, 111)]
+    assert klab_cli("status", *ten) == (2, "", f"klab: error: id: no job {', '.join(ten)}\n")
+    assert klab_cli("status", *ten, "111") == (2, "", f"klab: error: id: no job {', '.join(ten)} ...\n")
+    with writing() as conn:
+        (job,) = writes.insert_jobs(conn, [writes.new_job(JobSpec.parse({"method": "lstsq"}), start=JobStatus.QUEUED,
+                                                          queue="cpu")])
+    assert klab_cli("status", str(job)) == (0, "1 job(s): 1 queued; epochs 0/1 (0%)\n", "")  # one step to take
+
+
+def test_sweeps_names_up_to_four_values_of_a_parameter(klab_db, klab_cli) -> None:
+    with writing() as conn:
+        for values in ([0.01, 0.03, 0.1, 0.3], [0.01, 0.03, 0.1, 0.3, 1.0]):
+            writes.create_sweep(conn, {"swept": {"lr": values}, "fixed": {}}, len(values))
+    lines = klab_cli("sweeps")[1].splitlines()
+    assert lines[1].endswith("lr 0.01,0.03,0.1,0.3") and lines[2].endswith("lr 5 from 0.01 to 1"), lines
+
+
+def test_delete_jobs_and_a_sweep(jobs: dict[str, int], klab_cli, tmp_path: Path) -> None:
+    path = tmp_path / "none.csv"  # the queued job's epochs: none, in the plural as every count but 1
+    assert klab_cli("export", "--what", "epochs", str(jobs["queued"]), "-o", str(path))[1] == \
+        f"wrote 0 epochs to {path}\n"
+    assert klab_cli("delete", str(jobs["queued"])) == (0, "deleted 1 job and 0 epochs\n", "")
+    assert klab_cli("delete", str(jobs["adam"])) == (0, "deleted 1 job and 10 epochs\n", "")
     code, out, _ = klab_cli("delete", "--sweep", str(jobs["sweep"]))
     assert (code, out) == (0, f"deleted 3 jobs and 30 epochs and sweep {jobs['sweep']}\n")
     assert json.loads(klab_cli("list", "--json")[1]) == []
@@ -774,13 +798,16 @@ def test_tables_use_color_on_a_terminal_unless_no_color(monkeypatch: pytest.Monk
     rows = [{"id": 1, "status": "succeeded", "lr": 0.1}, {"id": 2, "status": "diverged", "lr": None}]
     monkeypatch.delenv("NO_COLOR", raising=False)
     colored = tables.rich_table(["id", "status", "lr"], rows, force_terminal=True, width=60)
-    assert "\x1b[32m" in colored and "succeeded" in colored  # green
+    assert "\x1b[32msucceeded" in colored and "\x1b[31mdiverged" in colored  # green, red
     monkeypatch.setenv("NO_COLOR", "1")
     plain_colors = tables.rich_table(["id", "status", "lr"], rows, force_terminal=True, width=60)
     assert not re.search(r"\x1b\[(3\d|9\d)m", plain_colors) and "diverged" in plain_colors
     narrow = tables.rich_table(["id", "input", "final_loss"], [{"id": 1, "input": "image:/a/long/path/to/cat.png",
                                                                  "final_loss": 1.698e10}], width=24)
     assert "1.698e+10" in narrow and "image:/…" in narrow  # free text gives way, numbers never do
+    narrower = tables.rich_table(["id", "method", "input", "final_loss"], [
+        {"id": 1, "method": "d2l-manual", "input": "image:/a/long/path/to/cat.png", "final_loss": 1.698e10}], width=10)
+    assert "image:/…" in narrower and "d2l-man…" in narrower  # the method too, and none below 8 characters
     assert tables.plain(["id", "status", "lr"], rows).splitlines() == [
         "id  status      lr", " 1  succeeded  0.1", " 2  diverged     -"]
     no_kernels = [{"id": 1, "kernel": None, "lr": 0.1}, {"id": 12, "kernel": None, "lr": 0.03}]
