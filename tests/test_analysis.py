@@ -245,7 +245,8 @@ def test_lstsq_rank_and_gaps_agree_with_numpy(values):
     dict(input="edge:6x8", kernel="d2l"),
     dict(input="edge:6x8", kernel="[[1, -1], [1, -1]]", bias="0.5"),  # rank-deficient, with a bias
     dict(input="random:2x7x7", kernel="random:2x2x3x3", noise="0.1", bias="0.3"),
-], ids=["d2l", "deficient-bias", "channels-noise"])
+    dict(input="random:3x1x6x6", kernel="sobel-x", noise="0.3"),  # over every sample's labels, not the first's
+], ids=["d2l", "deficient-bias", "channels-noise", "samples"])
 def test_the_mse_at_the_initial_weights_agrees_with_the_design_matrix(values):
     from worker.engine import Job, train
 

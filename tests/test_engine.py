@@ -795,3 +795,24 @@ def test_lstsq_reports_its_kernel_error_as_the_frobenius_norm_of_the_gap():
     result = run_spec(spec(method="lstsq", kernel="random:2x2", input="random:6x7", noise=0.1, seed=1))
     assert result["error"]["frobenius"] > 0.01
     assert result["epochs"][0]["kernel_error"] == pytest.approx(result["error"]["frobenius"], rel=1e-6)
+
+
+def test_lstsq_mse_is_over_every_label_of_every_sample():
+    """Three samples of 16 labels: the mse divides the sum of squares by all 48, not by one sample's 16."""
+    result = run_spec(JobSpec.parse(dict(input="random:3x1x6x6", kernel="sobel-x", method="lstsq", seed=4,
+                                         noise=0.3)))
+    (epoch,) = result["epochs"]
+    assert epoch["mse"] == pytest.approx(epoch["loss"] / 48, rel=1e-6) and epoch["mse"] > 0
+
+
+def test_a_fit_that_starts_exact_is_no_divergence_when_its_loss_rises():
+    """A first mse of exactly 0: the loss 10^6 times the first is any rise at all, and is no divergence (the
+    factor is of a loss that was not 0)."""
+    from worker.engine.loop import fit
+    from worker.engine.residuals import Residuals
+
+    x, y = np.zeros((1, 1, 4, 4), np.float32), np.full((1, 1, 4, 4), 3.0, np.float32)
+    res = Residuals([x], [y], (1, 1, 1, 1), "cpu")
+    trained = fit(res, torch.zeros(1, 1, 1, 1, 1), torch.tensor([[0.5]]), [0.5], None, Method.MOMENTUM, 4, 1)
+    assert trained.mse[0, 0] == 0 and trained.mse[1, 0] > 0  # exact at first, then it rises
+    assert trained.diverged_epoch[0] == 0 and np.isfinite(trained.mse[:, 0]).all()
