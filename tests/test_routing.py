@@ -107,6 +107,8 @@ def test_a_message_of_another_database_delivered_and_not_acknowledged_is_not_thi
         r.hset(UNACKED, "t-mine", json.dumps([message, "", routed("cpu", mine)]))
         app = client(redis_url)
         assert holdings(app, 60, mine).delivered_ids == {3} and holdings(app, 60, theirs).delivered_ids == {1, 2}
+        r.zadd("unacked_index", {"t-mine": time.time() - 120})  # delivered 2 minutes ago: a dead worker's, not held
+        assert holdings(app, 60, mine).delivered_ids == set() and holdings(app, 180, mine).delivered_ids == {3}
     finally:
         r.delete(UNACKED, "unacked_index")
         r.close()

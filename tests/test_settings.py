@@ -347,3 +347,13 @@ def test_a_klab_home_of_bytes_that_are_not_utf8_counts_each_as_one_byte():
     from service.settings import Settings
 
     assert Settings.from_env({"KLAB_HOME": "/tmp/" + "\udcff" * 100}).home.name == "\udcff" * 100
+
+
+def test_a_worker_beats_five_times_a_lease_and_reaps_twice_a_lease_or_a_stranded_wait():
+    """The heartbeat every fifth of the lease (the README's words); the reaper every half of the lease or of
+    KLAB_STRANDED_SECONDS, whichever is shorter (worker.lease.reaper's); neither faster than its floor."""
+    assert Settings.from_env({"KLAB_LEASE_SECONDS": "10"}).heartbeat_seconds == 2.0
+    assert Settings.from_env({"KLAB_LEASE_SECONDS": "10", "KLAB_STRANDED_SECONDS": "30"}).reaper_seconds == 5.0
+    assert Settings.from_env({"KLAB_LEASE_SECONDS": "30", "KLAB_STRANDED_SECONDS": "8"}).reaper_seconds == 4.0
+    assert Settings.from_env({"KLAB_LEASE_SECONDS": "1", "KLAB_STRANDED_SECONDS": "1"}).heartbeat_seconds == 0.2
+    assert Settings.from_env({"KLAB_LEASE_SECONDS": "1", "KLAB_STRANDED_SECONDS": "1"}).reaper_seconds == 0.5

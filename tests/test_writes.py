@@ -20,6 +20,7 @@ from service.db import datasets, reads, writes
 from service.db.connect import Reader
 from service.db.engine import upgrade, writing
 from service.db.reads import reading
+from service.db.schema import datasets as datasets_table
 from service.db.schema import epochs, jobs, sweeps
 from service.errors import BadInput
 from service.jobs import status
@@ -446,9 +447,25 @@ def test_datasets_are_stored_once_per_content(klab_db: str) -> None:
         assert datasets.put_dataset(conn, a.T) != first
         assert datasets.put_dataset(conn, a.reshape(4, 3)) != first  # the same bytes, another shape
         assert datasets.put_dataset(conn, a.astype(np.int32)) != first
+        assert datasets.put_dataset(conn, np.asfortranarray(a)) == first  # the same content, another memory order
+        row = conn.execute(select(datasets_table.c.shape, datasets_table.c.dtype, datasets_table.c.nbytes)
+                           .where(datasets_table.c.id == first)).one()
+        assert (list(row.shape), row.dtype, row.nbytes) == ([3, 4], "float32", len(datasets.array_bytes(a)))
     with reading(klab_db) as reader:
         back = datasets.dataset(reader, first)
     assert back.dtype == np.float32 and np.array_equal(back, a)
+
+
+def test_a_bulk_update_past_a_chunk_of_ids_changes_every_job(klab_db: str) -> None:
+    """SQLite reads the jobs a bulk update may change 5,000 ids a statement: the 5,001 jobs are all changed."""
+    from service.db import bulk
+
+    with writing() as conn:
+        ids = writes.insert_columns(conn, {**writes.new_job(SPEC, start=JobStatus.QUEUED, queue="cpu"),
+                                           "seed": list(range(5_001))}, 5_001)
+        changed = bulk.update_jobs(conn, ids, {"error_message": "x"}, where="status = :s", params={"s": "queued"})
+        assert sorted(changed) == ids
+        assert conn.execute(select(func.count()).where(jobs.c.error_message == "x")).scalar_one() == 5_001
 
 
 def test_list_filters_sorts_and_limits(klab_db: str, add_job) -> None:
