@@ -492,6 +492,7 @@ def test_labels_instead_of_a_kernel(tmp_path):
                  "shape (1, 6, 7); with kernel none (no true kernel) the labels set the kernel's shape"),
     ((9, 9), {"kernel": None}, "larger than the 6x8 input"),
     ((2, 1, 6, 7), {}, "2 samples but the input has 1"),
+    ((1, 1, 6, 7), {"input": "random:3x1x6x8"}, "1 samples but the input has 3"),  # fewer, as more
     ((6, 7), {"input": "random:3x1x6x8", "kernel": None}, "2-D but the input has 3 samples"),
 ])
 def test_labels_of_the_wrong_shape(tmp_path, labels_shape, values, message):
@@ -499,6 +500,32 @@ def test_labels_of_the_wrong_shape(tmp_path, labels_shape, values, message):
     with pytest.raises(BadInput) as exc:
         build_problem(JobSpec.parse({**values, "labels": f"npy:{tmp_path / 'y.npy'}"}))
     assert exc.value.field == "labels" and message in exc.value.message
+
+
+def test_labels_given_are_never_exact_and_count_against_the_input_limit(tmp_path, setenv):
+    """Labels of the user's own may hold noise klab cannot see (the explanation must not call their gap float32's
+    rounding), and are held to KLAB_MAX_INPUT_ELEMENTS as an input is (with channels they may be the larger)."""
+    from service.jobs.inputs import parse_labels
+
+    np.save(tmp_path / "y.npy", np.zeros((6, 7)))
+    assert build_problem(JobSpec.parse({"labels": f"npy:{tmp_path / 'y.npy'}"})).exact_labels is False
+    assert build_problem(JobSpec.parse({})).exact_labels is True  # the true kernel's own, no noise
+    np.save(tmp_path / "y5.npy", np.zeros((5, 6, 7)))
+    setenv(KLAB_MAX_INPUT_ELEMENTS="100")
+    with pytest.raises(BadInput, match="^labels: has 210 elements, more than the limit 100 "):
+        parse_labels(f"npy:{tmp_path / 'y5.npy'}")
+
+
+def test_the_key_of_a_problem_and_a_stored_specs_tolerance():
+    """Jobs share a problem (its labels drawn once) only where every value that makes it is the same: noise
+    too. A stored spec that holds no tol reads as the default one, as parsing it would."""
+    from service import defaults
+    from service.jobs.problem import problem_key
+    from service.jobs.stored import alike
+
+    noisy = [JobSpec.parse({"noise": noise, "seed": 3}) for noise in (0.1, 0.5)]
+    assert problem_key(noisy[0]) != problem_key(noisy[1])
+    assert alike(['{"input": "edge:6x8", "seed": 0, "lr": 0.03}'])[1] == [defaults.TOL]
 
 
 def test_labels_may_not_imply_a_kernel_over_the_limit(tmp_path, setenv):
