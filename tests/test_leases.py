@@ -123,6 +123,8 @@ def test_a_message_sent_again_has_its_quick_jobs_claimed_first(tmp_path, pg_db, 
     """A message sent again (a reaper's, `klab requeue --queued`) goes through the claim, which counts an attempt
     against KLAB_MAX_ATTEMPTS, even for jobs a quick task would train unclaimed: its job is written when claimed and
     when ended, a first message's quick job once."""
+    from test_quick import count_updates
+
     from service import broker as brokers
     from service.db import writes
     from service.db.engine import dispose_engines, writing
@@ -137,11 +139,8 @@ def test_a_message_sent_again_has_its_quick_jobs_claimed_first(tmp_path, pg_db, 
     with writing(url) as conn:  # queued, its message not sent (as the reaper finds a job it sends again)
         (again,) = writes.insert_jobs(conn, [writes.new_job(JobSpec.parse({"epochs": 2}), start=JobStatus.QUEUED,
                                                              queue="cpu")])
+        count_updates(conn)  # every UPDATE of a job row from now on
     dispose_engines()
-    db.execute("CREATE TABLE job_writes (job_id int)")  # every UPDATE of a job row from now on, counted (as
-    db.execute("CREATE FUNCTION count_job_write() RETURNS trigger LANGUAGE plpgsql AS "  # test_quick counts)
-               "$$ BEGIN INSERT INTO job_writes VALUES (NEW.id); RETURN NEW; END $$")
-    db.execute("CREATE TRIGGER counted AFTER UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION count_job_write()")
     brokers.publish(brokers.client(server.url()), [("cpu", [again])], identity(url), again=True)
     w = worker_procs(env, "w").wait_ready()
     wait_until(lambda: db.statuses() == {"succeeded": 2}, 60, tails(w))

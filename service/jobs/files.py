@@ -2,6 +2,7 @@
 text file read in the encodings editors write. Plain Python (no numpy)."""
 from __future__ import annotations
 
+import codecs
 import os
 from pathlib import Path
 
@@ -57,6 +58,6 @@ def read_text(field: str, path: Path, raw: str) -> str:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:  # Latin-1 from an old editor: say where, counted in the file (utf-8-sig
         # counts from after its mark)
-        at = exc.start + (3 if encoding == "utf-8-sig" and data.startswith(b"\xef\xbb\xbf") else 0)
+        at = exc.start + (len(codecs.BOM_UTF8) if encoding == "utf-8-sig" and data.startswith(codecs.BOM_UTF8) else 0)
         raise BadInput(field, f"{raw} is not {encoding.removesuffix('-sig').upper()} text (byte {data[at]:#04x} at "
                               f"offset {at}); save it as UTF-8") from None
