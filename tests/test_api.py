@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import traceback
 import warnings
 from decimal import Decimal
@@ -229,6 +230,10 @@ BAD = [
      "True or False, got 'off'"),
     ("no-batch", lambda: klab.sweep(seed=range(2), batch_jobs=0, local=True), "batch_jobs", "from 1 to 100000, got 0"),
     ("batch-as-text", lambda: klab.submit(batch_jobs="8"), "batch_jobs", "a whole number from 1 to 100000, got '8'"),
+    ("a-batch-past-the-most", lambda: klab.sweep(seed=range(2), batch_jobs=100_001, local=True), "batch_jobs",
+     "from 1 to 100000, got 100001"),
+    ("no-jobs", lambda: klab.submit(jobs=[]), "jobs", "give at least one job"),
+    ("a-filter-past-64-bits", lambda: klab.jobs(seed=2**63), "seed", "9223372036854775808 is past what a column holds"),
     # pandas' and numpy's arrays where one value goes (found by fuzzing): a pandas array compared equal to its first
     # name and trained the default, .item() raised ValueError, a 0-d array was iterated, a Series printed its lines
     ("a-pandas-array-of-methods", lambda: klab.run(method=pd.array(["adam"], dtype="string"), store=False), "method",
@@ -571,8 +576,10 @@ def test_a_handle_that_times_out_says_how_far_its_jobs_came(client_of):
     assert line.startswith("no live worker of this database (") and line.endswith(
         "consumes queue cpu; the jobs wait there until one starts: klab worker --queue cpu")
     assert warned[0].filename == __file__  # raised from the call the user made
-    with pytest.raises(TimeoutError, match=r"1 job\(s\): 1 queued"):
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"^still waiting after 0\.3 s: 1 job\(s\): 1 queued"):
         handle.wait(timeout=0.3, progress=False)
+    assert time.monotonic() - started >= 0.3  # a fraction of a second waited as it is, not cut to 0
     assert handle.cancel() == (1, 0)
     assert handle.status()["by_status"] == {JobStatus.CANCELLED.value: 1}
 
@@ -885,6 +892,24 @@ def test_a_sweeps_handle_made_by_hand_counts_no_jobs_it_does_not_know():
     """klab.Handle((), sweep=1) showed `Handle(sweep=1, jobs=0)` of a sweep of 6 jobs."""
     assert repr(klab.Handle((), sweep=1)) == "Handle(sweep=1)"
     assert repr(klab.Handle((4, 5), sweep=1)) == "Handle(sweep=1, jobs=2)"
+    assert repr(klab.Handle(tuple(range(1, 11)))) == "Handle(ids=[1, 2, 3, 4, 5, 6, 7, 8, 9, 10])"
+    assert repr(klab.Handle(tuple(range(1, 12)))) == "Handle(ids=[11 jobs])"
+
+
+def test_the_largest_batch_and_the_largest_filter_are_taken_and_a_sweeps_handle_reads_its_jobs(klab_db):
+    handle = klab.sweep(seed=[1, 2], epochs=1, batch_jobs=100_000, local=True)
+    by_hand = klab.Handle((), sweep=handle.sweep)  # knows its sweep alone: read by it, not by its (no) ids
+    assert sorted(by_hand.jobs()["id"]) == sorted(handle.ids) and len(by_hand.epochs()) == 2
+    assert len(klab.jobs(seed=2**63 - 1)) == 0 and len(klab.jobs(seed=-(2**63) + 1)) == 0
+
+
+def test_a_jobs_mistake_names_the_job_only_among_several(klab_db):
+    with pytest.raises(klab.BadInput) as one:
+        klab.submit(lr="abc")
+    assert str(one.value) == "lr: not a number: 'abc'"
+    with pytest.raises(klab.BadInput) as several:
+        klab.submit(jobs=[{"lr": 0.1}, {"lr": "abc"}])
+    assert str(several.value) == "lr: not a number: 'abc' (job 2)"
 
 
 def test_the_notebooks_bar_shows_its_count_line_where_html_is_not_shown():

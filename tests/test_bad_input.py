@@ -305,6 +305,8 @@ CASES = [
          ("sweep", "--input", "random:6x8", "--kernel", "[[1e38]]", "--seed", "57..59"), "kernel"),
     Case("gpu-index-for-a-cpu-worker", ("worker", "--queue", "cpu", "--gpu", "0"), "gpu"),
     Case("a-worker-name-with-an-at", ("worker", "--queue", "gpu", "--name", "gpu@2"), "name"),
+    Case("a-worker-name-past-64-characters", ("worker", "--queue", "gpu", "--name", "g" * 65), "name"),
+    Case("two-children-of-a-gpu-worker", ("worker", "--queue", "gpu", "--concurrency", "2"), "concurrency"),
     Case("an-unknown-log-level", ("worker", "--loglevel", "bogus"), "--loglevel"),
 ]
 if os.geteuid() != 0:  # root reads a file whatever its mode
@@ -502,6 +504,7 @@ def test_a_bad_flag_for_several_jobs_of_a_file_is_named_as_a_flag(tmp_path, cli_
     # sweep 2 alone was deleted
     (("list", "--sweep", "3", "--sweep", "3"), "--sweep: given 2 times; give it once"),
     (("list", "--limit", "٢"), "--limit: '٢' is not a number of ASCII digits"),  # int() read it as 2, where job
+    (("workers", "--timeout", "١"), "--timeout: '١' is not a number of ASCII digits"),
     (("sweep", "--seed", "1,2", "--batch-jobs", "١٠"), "--batch-jobs: '١٠' is not a number of ASCII digits"),  # values,
     (("show", "٣"), "id: '٣' is not a number of ASCII digits; see klab show --help"),  # and
     (("export", "--ids", "١,2"), "ids: must be job ids separated by commas, got '١,2'"),  # settings refuse them

@@ -91,6 +91,15 @@ def test_klab_worker_gives_its_children_the_users_torch_threads_else_the_cores_s
     assert worker_argv("cpu", 1, "INFO")[1] == {"KLAB_TORCH_THREADS": str(cores)}
     assert worker_argv("cpu", 1, "INFO", threads=1)[1] == {"KLAB_TORCH_THREADS": "1"}  # was the split, whatever set
     assert worker_argv("gpu", None, "INFO", threads=3)[1] == {}
+    # more children than cores: one thread each, never 0 (which the children's settings refuse)
+    assert worker_argv("cpu", cores + 1, "INFO")[1] == {"KLAB_TORCH_THREADS": "1"}
+
+
+def test_a_worker_name_of_64_characters_is_one():
+    from service.cli.workers import NAME
+
+    assert NAME.fullmatch("g" * 64) and NAME.fullmatch("g-1.x_" + "9" * 58)
+    assert not NAME.fullmatch("g" * 65) and not NAME.fullmatch("-g") and not NAME.fullmatch("gpu@2")
 
 
 def test_klab_worker_itself_hands_its_children_the_users_torch_threads(klab_db, redis_url, setenv, klab_cli,
@@ -426,3 +435,15 @@ def test_a_sweeps_bias_and_tol_are_numbers_in_its_params_as_every_other_number()
     g = grid({"bias": "0.5", "tol": "1e-3", "noise": "0.1", "seed": "1,2"})
     assert g.fixed == {"bias": 0.5, "tol": 0.001, "noise": 0.1} and g.swept == {"seed": [1, 2]}
     assert grid({"bias": "none", "tol": "x"}).fixed == {"bias": "none", "tol": "x"}  # for the job's spec to name
+
+
+def test_klab_workers_names_ten_active_jobs_and_counts_past_them():
+    from service.cli.workers import worker_line
+
+    row = {"worker": "cpu@h", "queues": ["cpu"], "database": "sqlite:///k.db", "device": "cpu", "pool": "prefork"}
+    assert worker_line({**row, "active_jobs": []}).endswith("pool prefork  active jobs -")
+    ten = "active jobs 1, 2, 3, 4, 5, 6, 7, 8, 9, 10"
+    assert worker_line({**row, "active_jobs": list(range(1, 11))}).endswith(ten)
+    assert worker_line({**row, "active_jobs": list(range(1, 12))}).endswith(ten + ", ... (11 in all)")
+    assert worker_line({**row, "database": "x\ny", "active_jobs": [3]}) == ("cpu@h  queues cpu  database x\\ny  device "
+                                                                            "cpu  pool prefork  active jobs 3")

@@ -583,3 +583,11 @@ def test_a_device_this_machine_lacks_is_refused_before_the_database_is_made(tmp_
             assert (out.returncode, out.stderr) == (2, "klab: error: device: device cuda was asked for but no CUDA "
                                                        "GPU is visible\n"), (args, out.stderr)
     assert not home.exists()
+
+
+def test_submit_wait_names_twenty_ids_and_marks_more():
+    from service.cli.submit import submitted_line
+
+    assert submitted_line([7]) == "submitted 7"
+    assert submitted_line(list(range(1, 21))) == "submitted " + " ".join(map(str, range(1, 21)))
+    assert submitted_line(list(range(1, 22))) == "submitted " + " ".join(map(str, range(1, 21))) + " ..."

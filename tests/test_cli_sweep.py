@@ -299,6 +299,81 @@ def test_a_local_sweep_cancelled_meanwhile_trains_no_batch_after(here: str, klab
         assert conn.execute(select(func.count()).select_from(epochs_table)).scalar_one() == 1
 
 
+def test_a_local_sweep_trains_no_job_deleted_meanwhile(here: str, klab_cli, monkeypatch) -> None:
+    """`klab delete 2,3,4` from another shell while `klab sweep --local` trains job 1: the batches of the jobs deleted
+    train nothing (each trained its second before its Progress looked, and stored nothing of it)."""
+    import worker.local as local
+    from service import defaults
+    from service.db import writes
+    from service.jobs.selection import Selection
+
+    monkeypatch.setattr(defaults, "FLUSH_SECONDS", 0.0)
+    train, calls = local._train, []
+
+    def train_then_delete(spec, ids, batch) -> None:
+        calls.append(ids)
+        train(spec, ids, batch)
+        if len(calls) == 1:
+            with writing() as conn:  # what klab delete 2,3,4 does, in its own transaction
+                writes.delete_jobs(conn, Selection(ids=(2, 3, 4)))
+
+    monkeypatch.setattr(local, "_train", train_then_delete)
+    code, out, err = klab_cli("sweep", "--local", "--seed", "0..3", "--epochs", "1", "--batch-jobs", "1")
+    assert (code, calls) == (0, [[1]]), (err, calls)
+    assert [(r.id, r.status) for r in stored_jobs(1)] == [(1, "succeeded")]
+
+
+def test_a_local_sweep_whose_database_drops_as_a_batch_trains_stops_with_the_databases_error(
+        here: str, klab_cli, monkeypatch) -> None:
+    """The database out of reach at a batch's look while it trains (its Progress): the sweep stops with the
+    database's error, exit code 3, as at any other write, not going on with the batch's jobs failed as if the
+    engine had."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    import worker.progress
+    from service import defaults
+
+    monkeypatch.setattr(defaults, "FLUSH_SECONDS", 0.0)
+
+    def look(self):
+        raise OperationalError("SELECT", None, sqlite3.OperationalError("database is locked"))
+
+    monkeypatch.setattr(worker.progress.Progress, "_look", look)
+    code, out, err = klab_cli("sweep", "--local", "--seed", "0..3", "--epochs", "3", "--batch-jobs", "1")
+    assert (code, out) == (3, "") and err.endswith(": database is locked; 0 of 4 jobs trained; sweep 1 keeps the jobs "
+                                                   "stored so far, failed\n"), err
+    stopped = "klab sweep --local stopped at OperationalError: database is locked"
+    assert [(r.status, r.error_message) for r in stored_jobs(1)] == [("failed", stopped)] * 4
+
+
+def test_a_local_sweep_stopped_where_the_database_cannot_say_what_it_keeps_counts_what_it_trained(
+        here: str, klab_cli, monkeypatch) -> None:
+    """Stopped by a database error, with the database unable to say the sweep's statuses after it: the line says
+    what the count of jobs trained tells, that the sweep keeps them."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    import service.db.reads
+    import worker.local as local
+
+    train, calls = local._train, []
+    gone = OperationalError("SELECT", None, sqlite3.OperationalError("disk I/O error"))
+
+    def train_then_fail(spec, ids, batch) -> None:
+        calls.append(ids)
+        if len(calls) == 2:
+            monkeypatch.setattr(service.db.reads, "progress", lambda *a, **k: (_ for _ in ()).throw(gone))
+            raise gone
+        train(spec, ids, batch)
+
+    monkeypatch.setattr(local, "_train", train_then_fail)
+    code, out, err = klab_cli("sweep", "--local", "--seed", "0..3", "--epochs", "1", "--batch-jobs", "1")
+    assert (code, out) == (3, "") and err.endswith(": disk I/O error; 1 of 4 jobs trained; sweep 1 keeps them\n"), err
+
+
 def test_a_local_sweep_deleted_as_its_last_batch_trains_says_so_in_one_line(here: str, klab_cli, monkeypatch) -> None:
     """`klab delete --sweep` from another shell as `klab sweep --local` trains its one chunk: the look at its results
     found no sweep and said `sweep: no sweep 1`, exit code 2, a user's mistake the user never made. It was deleted

@@ -40,8 +40,13 @@ def submit(spec_file: str | None, queue: str | None, wait: bool, as_json: bool, 
         click.echo(json.dumps({"ids": ids}) if as_json else "\n".join(map(str, ids)))
         return
     if not as_json:
-        click.echo("submitted " + " ".join(map(str, ids[:20])) + (" ..." if len(ids) > 20 else ""))
+        click.echo(submitted_line(ids))
     show_results(Selection(tuple(ids)), as_json, one=len(ids) == 1)
+
+
+def submitted_line(ids: list[int]) -> str:
+    """What `submit --wait` says before it waits: the first 20 ids, and `...` where there are more."""
+    return "submitted " + " ".join(map(str, ids[:20])) + (" ..." if len(ids) > 20 else "")
 
 
 def warn_unserved(queues: set[str]) -> None:

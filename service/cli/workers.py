@@ -34,12 +34,16 @@ def workers(as_json: bool, timeout: float) -> None:
         click.echo("no workers answered")
         return
     for r in rows:
-        held = r.get("active_jobs", [])
-        active = ", ".join(str(j) for j in held[:10]) + (f", ... ({len(held)} in all)" if len(held) > 10 else "") \
-            or "-"
-        click.echo(visible(f"{r['worker']}  queues {','.join(r.get('queues', []))}  database {r.get('database')}  "
-                           f"device {r.get('device')}  pool {r.get('pool')}  active jobs {active}"))  # what workers
-        # answered: a database named with a newline kept to its line
+        click.echo(worker_line(r))
+
+
+def worker_line(r: dict) -> str:
+    """A worker's line in `klab workers`: what it answered (a database named with a newline kept to its line), its
+    first 10 active jobs and how many in all."""
+    held = r.get("active_jobs", [])
+    active = ", ".join(str(j) for j in held[:10]) + (f", ... ({len(held)} in all)" if len(held) > 10 else "") or "-"
+    return visible(f"{r['worker']}  queues {','.join(r.get('queues', []))}  database {r.get('database')}  "
+                   f"device {r.get('device')}  pool {r.get('pool')}  active jobs {active}")
 
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
