@@ -799,6 +799,10 @@ def test_tables_use_color_on_a_terminal_unless_no_color(monkeypatch: pytest.Monk
     monkeypatch.delenv("NO_COLOR", raising=False)
     colored = tables.rich_table(["id", "status", "lr"], rows, force_terminal=True, width=60)
     assert "\x1b[32msucceeded" in colored and "\x1b[31mdiverged" in colored  # green, red
+    assert set(tables.STATUS_STYLE) == set(JobStatus)  # every status coloured
+    every = tables.rich_table(["id", "status"], [{"id": i, "status": s.value} for i, s in enumerate(JobStatus)],
+                              force_terminal=True, width=60)
+    assert "\x1b[35mcancelled" in every and "\x1b[33mrunning" in every and "\x1b[36mqueued" in every
     monkeypatch.setenv("NO_COLOR", "1")
     plain_colors = tables.rich_table(["id", "status", "lr"], rows, force_terminal=True, width=60)
     assert not re.search(r"\x1b\[(3\d|9\d)m", plain_colors) and "diverged" in plain_colors

@@ -436,6 +436,9 @@ def test_a_made_input_or_kernel_is_kept_by_its_numbers_and_trains_as_typed(tmp_p
     kernels = {"random:02x03": "random:2x3", "random:1x01x2x2": "random:1x1x2x2", "random:02x2x2": "random:02x2x2",
                "d2l": "d2l", "npy:02x2": "npy:02x2"}
     assert {t: kernel_text(t) for t in kernels} == kernels
+    literals = {"[[1.0, 0.5e-1]]": "[[1, 0.05]]", "[[1e20,-1]]": "[[1e+20, -1]]", "[[1e300, 1]]": "[[1e+300, 1]]",
+                "[[1e15, -2.0]]": "[[1000000000000000, -2]]", "[[-0.0, 3]]": "[[0, 3]]"}  # whole numbers as ints
+    assert {t: kernel_text(t) for t in literals} == literals  # while exact and short: 1e20 not 21 digits, 1e300 not 301
     assert np.array_equal(inputs.parse_kernel("random:02x03", 7), inputs.parse_kernel("random:2x3", 7))
     assert JobSpec.parse({"input": " edge:06x8 ", "kernel": "random:01x2"}).model_dump()["input"] == "edge:6x8"
     assert JobSpec.parse({"input": "edge:6x8", "kernel": "random:01x2"}).kernel == "random:1x2"

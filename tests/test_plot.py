@@ -1158,3 +1158,75 @@ def test_the_floor_line_names_only_the_parts_there_are() -> None:
     (floor,) = [line for line in by_title(plot.figure_job(result), "kernel error").get_lines()
                 if line.get_label().startswith("floor")]  # the two parts are orthogonal: their norms add as squares
     assert floor.get_ydata()[0] == pytest.approx(np.hypot(0.707, 0.1) / np.linalg.norm(result["true_kernel"]))
+
+
+def test_the_axes_helpers_hold_to_their_limits() -> None:
+    """Each limit the axes' helpers name, at it and past it: a log epoch axis reaching 10,000 ticks its decades
+    only; 31 to 61 categories keep to 30 labels; a log axis over a decade and a half writes plain numbers (matplotlib
+    wrote 3 x 10^1); swept values alike to 6 digits are each labelled as themselves."""
+    import matplotlib.pyplot as plt
+
+    from service.render.axes import category_axis, integer_ticks, log_labels, value_ticks
+
+    for last, ticks in ((10_000, [1, 10, 100, 1000, 10000]), (9_999, [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000,
+                                                                      5000])):
+        fig, ax = plt.subplots()
+        ax.set_xscale("log")
+        ax.set_xlim(1, last)
+        integer_ticks(ax.xaxis, True, last)
+        assert [t for t in ax.get_xticks() if 1 <= t <= last] == ticks, last
+        plt.close(fig)
+    for n in (30, 31, 45, 61):
+        fig, ax = plt.subplots()
+        category_axis(ax, [f"c{i}" for i in range(n)])
+        assert len(ax.get_xticks()) <= 30 and ax.get_xticks()[0] == 0, n
+        plt.close(fig)
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [30, 400])
+    ax.set_yscale("log")
+    log_labels(ax.yaxis, np.array([30.0, 400.0]))
+    fig.canvas.draw()
+    lo, hi = ax.get_ylim()
+    ticks = list(ax.yaxis.get_major_ticks()) + list(ax.yaxis.get_minor_ticks())
+    shown = [t.label1.get_text() for t in ticks if lo <= t.get_loc() <= hi and t.label1.get_text()]
+    assert {"50", "100", "200"} <= set(shown) and not any("times" in s for s in shown), shown
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    values = [0.1000001, 0.1000002, 0.1000003]
+    ax.plot(values, [1, 2, 3])
+    value_ticks(ax.xaxis, values)
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.1000001", "0.1000002", "0.1000003"]
+    plt.close(fig)
+
+
+def test_a_failed_job_with_a_true_kernel_and_no_learned_one_has_no_result() -> None:
+    from service.render.axes import unmeasured
+
+    failed = {**result_of({}), "status": FAILED, "learned_kernel": None}
+    assert failed["true_kernel"] is not None and unmeasured(failed) == "no result"
+    assert unmeasured({**failed, "learned_kernel": [[float("inf"), 1.0]]}) == "weights past float32"
+    assert unmeasured({**failed, "true_kernel": None}) == "no true kernel"
+
+
+def test_kernels_cells_ticks_scale_and_norm_at_their_limits() -> None:
+    """Values written in kernels of up to 7 rows and 7 columns, neither more (1x9 and 9x1 too); a tick at each row and
+    column up to 16; an all-zero kernel's colour scale -1..1; no relative error against a true kernel of norm 0."""
+    import matplotlib.pyplot as plt
+
+    for shape, written in (((1, 9), False), ((9, 1), False), ((1, 7), True), ((7, 7), True)):
+        fig, ax = plt.subplots()
+        kernels.heatmap(fig, ax, "k", np.full(shape, 0.5).tolist(), "RdBu_r", 1.0)
+        assert (len(ax.texts) == shape[0] * shape[1]) if written else not ax.texts, shape
+        plt.close(fig)
+    for side, each in ((16, True), (17, False)):
+        fig, ax = plt.subplots()
+        kernels.heatmap(fig, ax, "k", np.zeros((1, side)).tolist(), "RdBu_r", 1.0)
+        fig.canvas.draw()
+        ticks = [t for t in ax.get_xticks() if -0.5 <= t <= side - 0.5]
+        assert (ticks == list(range(side))) == each, ticks
+        plt.close(fig)
+    assert kernels.kernel_scale([[[0.0, 0.0]]]) == 1.0 and kernels.kernel_scale([None]) == 1.0
+    assert kernels.kernel_scale([[[0.0, -3.0]]], least=2.0) == 3.0
+    assert kernels.true_norm({"true_kernel": None}) is None and kernels.true_norm({"true_kernel": [[0.0, 0.0]]}) is None
+    assert kernels.true_norm({"true_kernel": [[3.0, -4.0]]}) == 5.0

@@ -487,7 +487,8 @@ def test_list_filters_sorts_and_limits(klab_db: str, add_job) -> None:
         assert ids(kernel="sobel-x") == [c]
         with pytest.raises(BadInput, match="^sort: unknown column 'loss'"):
             reads.list_jobs(reader, sort="loss")
-        with pytest.raises(BadInput, match="^status: unknown status"):
+        with pytest.raises(BadInput, match="^status: unknown status 'done'; choose from created, queued, running, "
+                                           "succeeded, diverged, failed, cancelled$"):  # every status, in their order
             reads.list_jobs(reader, status="done")
         with pytest.raises(BadInput, match="^sweep: no sweep 99"):
             reads.list_jobs(reader, sweep=99)
@@ -781,3 +782,9 @@ def test_a_batchs_epochs_are_stored_in_memory_that_does_not_grow_with_their_numb
     assert rows[7 * length + 5].loss is None and rows[7 * length + 5].mse == mse[5, 7]
     got = np.array([r.loss if r.loss is not None else np.inf for r in rows]).reshape(count, length).T
     assert np.array_equal(got, loss)
+
+
+def test_a_selection_is_said_as_the_commands_take_it_again() -> None:
+    """What the hints print after `follow them with klab watch ...` and `klab requeue --queued ...`: ids as the
+    commands take them, one argument each (`1,2` is no id)."""
+    assert str(Selection.of([3, 5, 3], None)) == "3 5" and str(Selection.of(None, 4)) == "--sweep 4"
