@@ -451,6 +451,21 @@ def test_compare_group_by_equal_values_have_no_spread(klab_db: str, add_job, kla
     assert out.splitlines()[2].split()[:7] == ["0.01", "3", "3", "0.1", "0", "0.1", "0.1"]
 
 
+def test_compare_group_by_a_group_of_zeros_and_a_group_without_a_true_kernel(klab_db: str, add_job, klab_cli) -> None:
+    """Errors all 0 in a group (exact fits) have a spread of 0, not PostgreSQL's division by zero; the jobs without a
+    true kernel are a group of their own, after the others on both databases."""
+    with writing() as conn:
+        sweep = writes.create_sweep(conn, {"swept": {"seed": [0, 1]}, "fixed": {}}, 4)
+        for seed in (0, 1):
+            add_job(conn, relative=0.0, sweep_id=sweep, seed=seed)
+            add_job(conn, relative=None, sweep_id=sweep, seed=seed, kernel="none", labels="npy:/nowhere/labels.npy")
+    code, out, err = klab_cli("compare", "--sweep", str(sweep), "--group-by", "kernel", "--json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [(r["kernel"], r["jobs"]) for r in rows] == [("random:3x3", 2), (None, 2)]
+    assert (rows[0]["relative_error_mean"], rows[0]["relative_error_std"]) == (0.0, 0.0)
+
+
 def test_compare_group_by_spreads_of_tiny_values(klab_db: str, add_job, klab_cli) -> None:
     """Squared deviations under 1e-308 raised PostgreSQL's underflow error (a traceback, exit 1) and were 0 in
     SQLite (std 0 of three values apart). Stored by hand or by another tool: training makes none so small."""

@@ -788,3 +788,68 @@ def test_a_selection_is_said_as_the_commands_take_it_again() -> None:
     """What the hints print after `follow them with klab watch ...` and `klab requeue --queued ...`: ids as the
     commands take them, one argument each (`1,2` is no id)."""
     assert str(Selection.of([3, 5, 3], None)) == "3 5" and str(Selection.of(None, 4)) == "--sweep 4"
+
+
+def test_each_uploaded_array_goes_by_its_own_column_into_the_job_and_to_its_worker(klab_db: str) -> None:
+    """A job's input, labels and kernel uploads each under their own column, as stored and as a claim and a peek (a
+    quick task's) give them to the worker that trains it."""
+    with writing() as conn:
+        up = {k: datasets.put_dataset(conn, np.full((2, 2), n, dtype=np.float32))
+              for n, k in enumerate(("input", "labels", "kernel"))}
+        assert len(set(up.values())) == 3
+        a, b = (new(conn, JobStatus.QUEUED, dataset_ids=up) for _ in range(2))
+        own = (up["input"], up["labels"], up["kernel"])
+        assert (job(conn, a).input_dataset_id, job(conn, a).labels_dataset_id, job(conn, a).kernel_dataset_id) == own
+        (row,) = writes.claim(conn, [a], "w", "t", 0, lease=60)
+        (peeked,) = writes.peek(conn, [b])
+        for r in (row, peeked):
+            assert (r.input_dataset_id, r.labels_dataset_id, r.kernel_dataset_id) == own
+
+
+def test_what_requeue_takes_a_device_shown_a_sweep_kept_and_a_message_unsent_are_each_their_own(klab_db: str) -> None:
+    with writing() as conn:
+        running, queued = new(conn, JobStatus.QUEUED), new(conn, JobStatus.QUEUED)
+        created = new(conn, JobStatus.CREATED)
+        assert claimed(conn, [running], "w", "t", 0) == [running]
+        assert writes.waiting(conn, Selection(), True) == [(queued, None), (created, None)]  # never a running job
+        assert writes.waiting(conn, Selection(), False) == [(created, None)]
+        writes.set_device(conn, [running], "cuda:0")  # a long job's, as it starts on its worker
+        assert job(conn, running).device == "cuda:0"
+        writes.unsent(conn, [queued])  # the one message the broker did not take
+        assert job(conn, queued).status == JobStatus.CREATED.value
+        old, new_sweep = (writes.create_sweep(conn, {}, 1) for _ in range(2))
+        conn.execute(sweeps.delete().where(sweeps.c.id == old))
+        assert writes.sweep_kept(conn, new_sweep) and not writes.sweep_kept(conn, old)
+
+
+def test_a_claim_ends_cancelled_only_the_waiting_jobs_asked_to_stop(klab_db: str) -> None:
+    """A message delivered again, for a job alive on another worker and asked to stop, or for one that ended after
+    the cancel was asked: the claim leaves both as they are (the worker that holds the first stops it)."""
+    with writing() as conn:
+        alive, ended = new(conn, JobStatus.QUEUED), new(conn, JobStatus.QUEUED)
+        assert claimed(conn, [alive, ended], "w1", "task-1", 0) == [alive, ended]
+        assert writes.cancel(conn, Selection(ids=(alive, ended))) == (0, 2)  # asked, both running
+        row, epoch_list = fake_result(SPEC, 0.1, JobStatus.SUCCEEDED.value)
+        assert writes.save_rows(conn, [(ended, row, epoch_list)]) == [ended]
+        finished = job(conn, ended).finished_at
+        assert claimed(conn, [alive, ended], "w2", "task-2", 0) == []
+        assert (job(conn, alive).status, job(conn, alive).finished_at) == (JobStatus.RUNNING.value, None)
+        assert (job(conn, ended).status, job(conn, ended).finished_at) == (JobStatus.SUCCEEDED.value, finished)
+
+
+def test_a_quick_task_holds_a_job_still_created_as_one_waiting(klab_db: str) -> None:
+    """Its message can come before the publisher marks the job queued: the job is still the task's to train or
+    fail."""
+    with writing() as conn:
+        a = new(conn, JobStatus.CREATED)
+        assert writes.stopping(conn, [a], [0], quick=True) == (set(), set())
+        by = writes.trained_by("w", "t", 0, writes.utcnow())
+        assert writes.fail(conn, [a], "x", [0], quick=by) == [a]
+        assert (job(conn, a).status, job(conn, a).attempts, job(conn, a).worker_host) == ("failed", 1, "w")
+
+
+def test_the_ids_of_jobs_deleted_are_never_given_again_after_a_batch(klab_db: str) -> None:
+    with writing() as conn:
+        ids = writes.insert_jobs(conn, [writes.new_job(SPEC) for _ in range(3)])
+        writes.delete_jobs(conn, Selection(ids=tuple(ids)))
+        assert new(conn) == ids[-1] + 1  # not ids[1] or ids[2] again
