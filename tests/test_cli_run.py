@@ -244,6 +244,19 @@ def _unread_pipe() -> int:
     return write
 
 
+@pytest.mark.parametrize("args", [("--help",), ("--version",), ("db", "--help"), ("list", "--help")])
+def test_what_klab_prints_as_it_reads_its_options_goes_through_a_closed_pipe_cleanly(tmp_path: Path, args):
+    """`klab --help | head -1`: exit code 0 and nothing on stderr, as for every command's output (the group's own
+    options, read before any command runs, exited 1)."""
+    gone = _unread_pipe()
+    try:
+        proc = subprocess.run([klab_path(), *args], env=clean_env(tmp_path / "home"), cwd=tmp_path, timeout=60,
+                              text=True, stdout=gone, stderr=subprocess.PIPE)
+    finally:
+        os.close(gone)
+    assert (proc.returncode, proc.stderr) == (0, ""), args
+
+
 @pytest.mark.parametrize("stream", ["stdout", "stderr"])
 def test_a_reader_gone_does_not_stop_the_job_klab_run_trains_from_being_stored(tmp_path: Path, stream: str):
     """`klab run -v | head -1` (the epoch lines on stdout; with --json on stderr): the lines go nowhere once their

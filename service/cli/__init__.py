@@ -107,6 +107,15 @@ class LazyGroup(NearMissGroup):
             to_nowhere(sys.stdout)
             ctx.exit(0)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """The same for what klab itself prints as it reads its options (`klab --help | head -1`, `klab --version`),
+        which exited 1."""
+        try:
+            return super().parse_args(ctx, args)
+        except BrokenPipeError:
+            to_nowhere(sys.stdout)
+            ctx.exit(0)
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][1]) for name in sorted(COMMANDS)]
         with formatter.section("Commands"):
