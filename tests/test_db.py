@@ -223,10 +223,14 @@ def test_a_sqlite_urls_parameters_are_the_drivers_or_sqlites_own_in_a_file_uri(t
     assert [p.name for p in tmp_path.iterdir() if "?" in p.name] == [] and db.read_bytes() == before
     read_only = clean_env(tmp_path / "home", f"sqlite:///file:{db}?mode=ro&uri=true")  # as SQLite reads it
     assert klab(read_only, "list", "--json").stdout.count('"id"') == 1
-    for query, said in (("mode=bogus", "no such access mode: bogus"), ("vfs=bogus", "no such vfs: bogus")):
-        out = klab(clean_env(tmp_path / "home", f"sqlite:///file:{db}?{query}&uri=true"), "list")  # SQLite's own:
-        assert (out.returncode, out.stdout) == (2, "") and out.stderr.startswith("klab: error: KLAB_DATABASE_URL: ") \
-            and out.stderr.endswith(f"driver refuses the URL: {said}\n"), out.stderr  # was exit 3, "cannot reach"
+    for query, said in (("mode=bogus", "no such access mode: bogus"), ("vfs=bogus", "no such vfs: bogus"),
+                        ("cache=bogus", "no such cache mode: bogus")):
+        # SQLite's own: was exit 3, "cannot reach"; and where `db upgrade` makes the file, "refused the upgrade"
+        for path, args in ((db, ["list"]), (tmp_path / "new.db", ["db", "upgrade"])):
+            out = klab(clean_env(tmp_path / "home", f"sqlite:///file:{path}?{query}&uri=true"), *args)
+            assert (out.returncode, out.stdout) == (2, ""), (args, out.stderr)
+            assert out.stderr.startswith("klab: error: KLAB_DATABASE_URL: ") and out.stderr.endswith(
+                f"driver refuses the URL: {said}\n"), (args, out.stderr)
     out = klab(clean_env(tmp_path / "home", "://"), "list")
     assert out.stderr.startswith("klab: error: KLAB_DATABASE_URL: a URL of no scheme is not supported: "), out.stderr
 

@@ -193,10 +193,15 @@ _REFUSED_URL = re.compile(r"invalid (URI query parameter|connection option|\w+ v
 user's mistake, not a database away."""
 
 
+def refused_url(exc: BaseException) -> bool:
+    """Whether a driver's error (not SQLAlchemy's wrapping of it) is its refusal of the URL (_REFUSED_URL)."""
+    return bool(_REFUSED_URL.search(str(exc)))
+
+
 def unreachable(url: str, exc: BaseException) -> DatabaseUnavailable:
     """A database that cannot be reached, as one line naming it (exit code 3); a URL its driver refuses names
     KLAB_DATABASE_URL (exit code 2); a SQLite file on a full disk says so."""
-    if _REFUSED_URL.search(str(exc)):
+    if refused_url(exc):
         return DatabaseUnavailable(f"KLAB_DATABASE_URL: the {describe(url)}'s driver refuses the URL: "
                                    f"{one_line(exc)}", 2)
     if (full := _disk_full(url, exc)) is not None:

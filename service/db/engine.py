@@ -24,6 +24,7 @@ from service.db.connect import (
     no_folder,
     out_of_reach,
     refuse_unmade,
+    refused_url,
     require_head,
     sqlite_setup,
     sqlite_transaction,
@@ -135,8 +136,9 @@ def upgrade(url: str, revision: str = "head") -> None:
         with _UPGRADING:
             command.upgrade(alembic_config(url), revision)
     except DBAPIError as exc:
-        if out_of_reach(exc):  # lost on the way: worth waiting for, as any other read or write
-            raise unreachable(url, exc.orig if exc.orig is not None else exc) from None
+        orig = exc.orig if exc.orig is not None else exc
+        if out_of_reach(exc) or refused_url(orig):  # lost on the way: worth waiting for, as any other read or write;
+            raise unreachable(url, orig) from None  # or a URL the driver refuses, as other commands say (exit code 2)
         raise UpgradeRefused(f"the {describe(url)} refused the upgrade: {one_line(exc.orig)}") from None
     finally:
         _AT_HEAD.discard(url)
