@@ -172,6 +172,8 @@ CASES = [
     Case("database-in-memory", ("run", "--epochs", "1"), "KLAB_DATABASE_URL", {"KLAB_DATABASE_URL": "sqlite://"}),
     Case("database-in-memory-as-a-uri", ("run", "--epochs", "1"), "KLAB_DATABASE_URL",  # stored, then lost
          {"KLAB_DATABASE_URL": "sqlite:///file::memory:?cache=shared&uri=true"}),
+    Case("database-in-memory-by-mode", ("run", "--epochs", "1"), "KLAB_DATABASE_URL",  # stored, then lost
+         {"KLAB_DATABASE_URL": "sqlite:///file:m.db?mode=memory&uri=true"}),
     Case("database-in-memory-by-name", ("sweep", "--local", "--seed", "0..1"), "KLAB_DATABASE_URL",
          {"KLAB_DATABASE_URL": "sqlite:///:memory:"}),
     Case("a-newline-in-a-path", ("run", "--input", "npy:a\nb"), "input"),  # printed on two lines
@@ -526,6 +528,8 @@ def test_a_misused_command_names_itself_or_the_option(args, line, cli_env):
      "kernel: no such file: /tmp/a\\x1b]0;pwn\\x07.npy"),
     (("run", "--bogus\x1b[31m"), "--bogus\\x1b[31m: no such option"),
     (("run", "--input", "npy:/tmp/\u202eypn.npy", "--no-store"), "input: no such file: /tmp/\\u202eypn.npy"),
+    (("run", "--input", "npy:/tmp/a\u2028b.npy", "--no-store"), "input: no such file: /tmp/a\\u2028b.npy"),  # a line
+    # separator: a new line to a terminal that plays it
     (("sweep", "--local", "--seed", "1,2", "--name", "bad\udcffname"),
      "--name: bad\\udcffname holds bytes that are not UTF-8"),  # the option named, not the value in its place
     (("list", "--tag=t\udcff"), "--tag: t\\udcff holds bytes that are not UTF-8"),

@@ -216,8 +216,9 @@ def test_ids_and_limits_past_64_bits_are_answered_not_sent_to_the_driver(jobs: d
         assert klab_cli(*command, "--sweep", huge) == (2, "", f"klab: error: sweep: no sweep {huge}\n"), command
     assert klab_cli("list", "--limit", "5")[1] == klab_cli("list", "--limit", huge)[1]
     assert len(json.loads(klab_cli("list", "--limit", huge, "--sort", "-relative_error", "--json")[1])) == 5
-    code, out, err = klab_cli("sweeps", "--limit", huge)
-    assert (code, err, out.splitlines()[1].split()[:2]) == (0, "", [str(jobs["sweep"]), "lr"])
+    for most in (huge, str(2**63 - 1)):  # the largest a column holds is no limit either (SQLite's OverflowError)
+        code, out, err = klab_cli("sweeps", "--limit", most)
+        assert (code, err, out.splitlines()[1].split()[:2]) == (0, "", [str(jobs["sweep"]), "lr"]), most
     assert len(klab_cli("list", "--limit", "0")[1].splitlines()) == 1 + 5  # nothing was deleted
 
 
@@ -449,6 +450,15 @@ def test_compare_group_by_equal_values_have_no_spread(klab_db: str, add_job, kla
                                                                                             "max")]
     code, out, _ = klab_cli("compare", "--sweep", str(sweep), "--group-by", "lr")
     assert out.splitlines()[2].split()[:7] == ["0.01", "3", "3", "0.1", "0", "0.1", "0.1"]
+
+
+def test_list_finds_the_jobs_of_a_kernel_file_since_deleted(klab_db: str, add_job, klab_cli) -> None:
+    """`--kernel npy:PATH` is matched as stored, never read: the file may be gone, its jobs are not."""
+    with writing() as conn:
+        gone = add_job(conn, kernel="npy:/nowhere/k.npy")
+        add_job(conn)
+    code, out, err = klab_cli("list", "--kernel", "npy:/nowhere/k.npy", "--json")
+    assert (code, err, [r["id"] for r in json.loads(out)]) == (0, "", [gone])
 
 
 def test_compare_group_by_a_group_of_zeros_and_a_group_without_a_true_kernel(klab_db: str, add_job, klab_cli) -> None:

@@ -37,7 +37,8 @@ def test_passwords_are_masked() -> None:
 
 @pytest.mark.parametrize("url", ["postgresql+psycopg://u:secret@h:notaport/x", "nosuchdb://u:secret@h/x",
                                  "postgresql+psycopg://u:secret@127.0.0.1:99999/x",  # these were exit code 3,
-                                 "postgresql+psycopg://u:secret@127.0.0.1:0/x"])  # "cannot reach ... :5432"
+                                 "postgresql+psycopg://u:secret@127.0.0.1:0/x",  # "cannot reach ... :5432"
+                                 "postgresql+psycopg://u:secret@127.0.0.1:65536/x"])
 def test_a_url_that_is_not_one_is_refused_without_the_password(url: str) -> None:
     from service.db.reads import revision
 

@@ -199,6 +199,7 @@ def test_mask_hides_a_password_in_the_user_part_and_in_the_parameters():
     assert mask("postgresql://u@h/db?password=ab;cd&x=1") == "postgresql://u@h/db?password=***&x=1"  # a ; is the
     # password's: it was cut there and the rest printed
     assert mask("bypass=3 compass=north passfile=/x") == "bypass=3 compass=north passfile=/x"  # no secrets
+    assert mask("postgresql://u@h/db?passwd=pw&db_passwd=q&x=1") == "postgresql://u@h/db?passwd=***&db_passwd=***&x=1"
     from service.errors import BadInput
     from service.settings import Settings
 
@@ -362,3 +363,12 @@ def test_the_settings_object_masks_its_passwords_when_written():
     assert "s3cret" not in written and "k3y" not in written and "b4d" not in written
     assert "database_url='postgresql+psycopg://u:***@h:1/db?sslpassword=***', " in written
     assert "broker_url='redis://:***@h:1/0'" in written and "max_epochs=" in written
+
+
+def test_an_error_and_a_value_are_said_on_one_line_each():
+    from service.errors import one_line, shown
+
+    assert one_line(MemoryError()) == "MemoryError" and one_line(RuntimeError("  ")) == "RuntimeError"  # no message
+    assert one_line(ValueError("first\nsecond")) == "first"
+    assert shown("x" * 78) == repr("x" * 78)  # 80 characters: whole
+    assert shown("x" * 79) == repr("x" * 79)[:77] + "..." and len(shown("x" * 79)) == 80

@@ -599,17 +599,18 @@ def test_a_transaction_that_postgresql_ends_to_break_a_deadlock_is_run_again(pg_
         retried(lambda conn: (tries.append(1), conn.execute(text("SELECT 1/0"))), pg_url)
     assert not lost_race(other_error.value) and len(tries) == 1
 
-    class Lost(Exception):  # a race lost every time: run RACE_TRIES times, then said
-        sqlstate = "40P01"
+    for code in ("40P01", "40001"):  # a deadlock; a serialization failure (a server set to serializable)
+        class Lost(Exception):  # a race lost every time: run RACE_TRIES times, then said
+            sqlstate = code
 
-    def always_lost(conn) -> None:
-        tries.append(1)
-        raise Lost
+        def always_lost(conn) -> None:
+            tries.append(1)
+            raise Lost
 
-    tries.clear()
-    with pytest.raises(Lost):
-        retried(always_lost, pg_url)
-    assert len(tries) == RACE_TRIES
+        tries.clear()
+        with pytest.raises(Lost):
+            retried(always_lost, pg_url)
+        assert len(tries) == RACE_TRIES, code
 
 
 # --- the README's SQL --------------------------------------------------------------------------
@@ -853,3 +854,77 @@ def test_the_ids_of_jobs_deleted_are_never_given_again_after_a_batch(klab_db: st
         ids = writes.insert_jobs(conn, [writes.new_job(SPEC) for _ in range(3)])
         writes.delete_jobs(conn, Selection(ids=tuple(ids)))
         assert new(conn) == ids[-1] + 1  # not ids[1] or ids[2] again
+
+
+def test_a_workers_write_alone_skips_waiting_for_the_disk(pg_url: str) -> None:
+    """synchronous_commit off for a worker's claims and results (durable=False), kept on for every other write."""
+    upgrade(pg_url)
+    for durable, said in ((True, "on"), (False, "off")):
+        with writing(pg_url, durable=durable) as conn:
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == said, durable
+
+
+def test_what_is_worth_waiting_for_and_what_is_not(pg_url: str, tmp_path) -> None:
+    """A statement's timeout is the database away for now (a worker waits and tries again); a SQLite statement's
+    error other than a lock is said at once, not tried for its minutes; an upgrade of a database out of reach says it
+    cannot reach it (worth waiting for), not that it refused the upgrade."""
+    import sqlite3
+
+    import psycopg
+
+    from service.db.connect import _while_locked, out_of_reach
+    from service.errors import DatabaseUnavailable, UpgradeRefused
+
+    with psycopg.connect(pg_url.replace("+psycopg", "")) as conn:
+        conn.execute("SET statement_timeout = '50ms'")
+        with pytest.raises(psycopg.errors.QueryCanceled) as timed_out:
+            conn.execute("SELECT pg_sleep(2)")
+    assert out_of_reach(timed_out.value)
+
+    class Broken:
+        tries = 0
+
+        def execute(self, statement: str) -> None:
+            Broken.tries += 1
+            raise sqlite3.OperationalError("disk I/O error")
+
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        _while_locked(Broken(), "BEGIN IMMEDIATE", 30.0, lambda: None)
+    assert Broken.tries == 1
+    with pytest.raises(DatabaseUnavailable) as away:
+        upgrade("postgresql+psycopg://u:secret@127.0.0.1:1/x")
+    assert not isinstance(away.value, UpgradeRefused) and out_of_reach(away.value)
+    assert "cannot reach" in str(away.value) and "secret" not in str(away.value)
+
+
+def test_two_clients_storing_one_array_at_once_share_one_dataset(pg_url: str) -> None:
+    """The second waits on the first's row of the same content, then finds it: its own transaction goes on (without
+    its savepoint, PostgreSQL had ended the whole transaction at the unique index's refusal)."""
+    from sqlalchemy import create_engine
+
+    upgrade(pg_url)
+    eng, array = create_engine(pg_url, poolclass=NullPool), np.arange(6.0)
+    try:
+        def waiting() -> int:  # a look of its own each time: a transaction keeps what it first read of the activity
+            with eng.connect() as look:
+                return look.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                         "AND wait_event_type = 'Lock'")).scalar()
+
+        with eng.connect() as first, ThreadPoolExecutor(1) as pool:
+            mine = datasets.put_dataset(first, array)  # its transaction left open
+
+            def second() -> int:
+                with eng.begin() as conn:
+                    theirs = datasets.put_dataset(conn, array)
+                    conn.execute(jobs.insert().values(writes.new_job(SPEC)))  # its transaction goes on
+                    return theirs
+
+            got = pool.submit(second)
+            wait_for(lambda: waiting() == 1, 30)  # the second waits on the first's row
+            first.commit()
+            assert got.result(timeout=30) == mine
+        with eng.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(datasets_table)).scalar() == 1
+            assert conn.execute(select(func.count()).select_from(jobs)).scalar() == 1
+    finally:
+        eng.dispose()
