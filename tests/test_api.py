@@ -233,6 +233,8 @@ BAD = [
     ("a-batch-past-the-most", lambda: klab.sweep(seed=range(2), batch_jobs=100_001, local=True), "batch_jobs",
      "from 1 to 100000, got 100001"),
     ("no-jobs", lambda: klab.submit(jobs=[]), "jobs", "give at least one job"),
+    ("a-handle-of-no-job", lambda: klab.Handle((999,)).wait(progress=False), "id", "no job 999"),  # never stored,
+    # not deleted while waiting
     ("a-filter-past-64-bits", lambda: klab.jobs(seed=2**63), "seed", "9223372036854775808 is past what a column holds"),
     # pandas' and numpy's arrays where one value goes (found by fuzzing): a pandas array compared equal to its first
     # name and trained the default, .item() raised ValueError, a 0-d array was iterated, a Series printed its lines
@@ -454,6 +456,9 @@ def test_a_result_draws_a_figure_and_shows_itself_as_html(home, monkeypatch, tmp
     cells = re.findall(r">([^<>]+)</(?:td|small)>", result_html({**r.data, "learned_kernel": four_d,
                                                                  "true_kernel": four_d}))
     assert cells[1:7] == ["out 0, in 0", "1.0000", "2.0000", "out 0, in 1", "3.0000", "4.0000"]  # after the spec
+    html = result_html({**r.data, "learned_kernel": four_d, "true_kernel": four_d})
+    assert html.count('<td colspan="2" ') >= 4 and 'colspan="1"' not in html  # a slice's name over its 2 columns
+    assert r.learned_kernel.dtype == np.float64 and r.learned_kernel.tolist() == r.data["learned_kernel"]  # unrounded
     fig = r.plot()
     assert isinstance(fig, Figure) and len(fig.axes) >= 4
     from IPython.core.interactiveshell import InteractiveShell  # a notebook's kernel, whose inline backend shows a
@@ -462,11 +467,22 @@ def test_a_result_draws_a_figure_and_shows_itself_as_html(home, monkeypatch, tmp
     shown, _ = InteractiveShell.instance().display_formatter.format(r.plot())
     assert shown["image/png"].startswith(b"\x89PNG")
     InteractiveShell.clear_instance()
+    png = InteractiveShell.instance().display_formatter.formatters["image/png"]
+
+    def inline(figure: Figure) -> bytes:  # the inline backend's own display of a Figure, where it has one: kept
+        return b"\x89PNG"
+
+    png.for_type(Figure, inline)
+    r.plot()
+    assert png.lookup_by_type(Figure) is inline
+    InteractiveShell.clear_instance()
     # a plot module that only saves PNGs (before figure_job): its picture, in a Figure
     monkeypatch.setattr(klab.figure, "plot", SimpleNamespace(plot_job=plot.plot_job))
     fallback = r.plot()
     assert isinstance(fallback, Figure) and fallback.axes[0].images[0].get_array().shape[:2] == (
         int(fig.get_figheight() * fig.dpi), int(fig.get_figwidth() * fig.dpi))
+    assert (fallback.get_figwidth() * fallback.dpi, fallback.get_figheight() * fallback.dpi) == pytest.approx(
+        (fig.get_figwidth() * fig.dpi, fig.get_figheight() * fig.dpi))  # a Figure of the picture's size, not turned
 
 
 def test_import_klab_loads_neither_torch_pandas_nor_matplotlib():

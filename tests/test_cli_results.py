@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import clean_env, klab_path, with_terminal_stderr
+from harness import clean_env, klab_path, wait_until, with_terminal_stderr
 from harness import klab as klab_proc
 from sqlalchemy import select, update
 
@@ -1109,3 +1109,39 @@ def test_a_cosine_under_1_never_reads_1() -> None:
     assert shown_value("cosine", 0.9999838957684337, 1.0) == "0.99998"
     assert shown_value("cosine", -0.9999838957684337, 1.0) == "-0.99998"
     assert shown_value("cosine", 0.5, 1.0) == "0.5" and shown_value("cosine", 1.0, 1.0) == 1.0
+
+
+def test_watch_away_from_a_terminal_says_the_same_counts_once(klab_db: str, add_job, klab_cli, monkeypatch,
+                                                              setenv, redis_url) -> None:
+    """`klab watch 1 2>log` on a job that waits: its count line once, not again every LINE_SECONDS while nothing
+    changes; then the line of its end."""
+    import threading
+
+    import service.cli.progress as progress
+    from service.jobs.selection import Selection
+
+    setenv(KLAB_BROKER_URL=redis_url)
+    monkeypatch.setattr(progress, "LINE_SECONDS", 0.05)
+    monkeypatch.setattr(progress, "POLL_SECONDS", 0.05)
+    with writing() as conn:
+        job = add_job(conn, relative=None, status="queued")
+
+    looks, counts = [], progress.counts
+
+    def counted(*args, **kwargs):
+        looks.append(1)
+        return counts(*args, **kwargs)
+
+    monkeypatch.setattr(progress, "counts", counted)
+
+    def cancel_later() -> None:
+        wait_until(lambda: len(looks) >= 6, 60, "six looks")  # the counts the same in each, LINE_SECONDS apart
+        with writing() as conn:
+            writes.cancel(conn, Selection(ids=(job,)))
+
+    later = threading.Thread(target=cancel_later)
+    later.start()
+    code, out, err = klab_cli("watch", str(job))
+    later.join()
+    assert (code, out) == (0, "1 job(s): 1 cancelled; 0 of 10 epochs trained\n"), (out, err)
+    assert err.splitlines() == ["1 job(s): 1 queued; epochs 0/10 (0%)"], err

@@ -604,3 +604,20 @@ def test_submit_wait_names_twenty_ids_and_marks_more():
     assert submitted_line([7]) == "submitted 7"
     assert submitted_line(list(range(1, 21))) == "submitted " + " ".join(map(str, range(1, 21)))
     assert submitted_line(list(range(1, 22))) == "submitted " + " ".join(map(str, range(1, 21))) + " ..."
+
+
+def test_a_signal_the_process_was_started_ignoring_stays_ignored():
+    """`nohup klab watch ...`: closing its terminal (SIGHUP) does not stop the wait."""
+    import signal
+
+    from service.cli.progress import interrupts
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with interrupts() as check:
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)
+            check()  # nothing pressed
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)

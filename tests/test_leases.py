@@ -378,3 +378,27 @@ def test_the_reaper_sends_a_dead_workers_job_again_at_once(klab_db, redis_url, s
     assert brokers.holdings(brokers.client(), 5, identity()).busy_queues == frozenset()
     assert reap() == 1
     assert brokers.holdings(brokers.client(), 5, identity()).busy_queues == {"cpu"}
+
+
+def test_a_workers_claim_takes_a_running_job_back_only_past_its_lease(klab_db, setenv):
+    """A heartbeat a few beats old (30 s, the lease 60 s, a beat 12 s) is a live worker's: a redelivered message
+    claims nothing of it."""
+    from sqlalchemy import update
+
+    from service.db import writes
+    from service.db.engine import writing
+    from service.db.schema import jobs
+    from service.jobs.spec import JobSpec
+    from service.jobs.status import JobStatus
+    from worker.lease import claim
+
+    setenv(KLAB_LEASE_SECONDS="60")
+    with writing() as conn:
+        (job,) = writes.insert_jobs(conn, [writes.new_job(JobSpec.parse({}), start=JobStatus.QUEUED, queue="cpu")])
+    assert [r.id for r in claim([job], "a", "t1", 0)] == [job]
+    with writing() as conn:
+        conn.execute(update(jobs).where(jobs.c.id == job).values(heartbeat_at=writes.utcnow() - timedelta(seconds=30)))
+    assert claim([job], "b", "t2", 0) == []
+    with writing() as conn:
+        conn.execute(update(jobs).where(jobs.c.id == job).values(heartbeat_at=writes.utcnow() - timedelta(seconds=61)))
+    assert [r.id for r in claim([job], "b", "t2", 0)] == [job]

@@ -283,3 +283,28 @@ def test_a_task_counts_only_the_jobs_it_ended(klab_db) -> None:
         assert [r.id for r in writes.claim(conn, [job], "other", "t0", 0, lease=60)] == [job]
     assert tasks.trained([], [(job, "could not load it")], {job: 0}, None) == {}
     assert rows([job])[0]["status"] == "running"
+
+
+def test_a_task_of_groups_each_quick_but_together_not_claims_its_jobs(klab_db, monkeypatch) -> None:
+    """What a task trains is the sum of its groups' work: two groups under QUICK_WORK each, over it together, are
+    claimed and held by a heartbeat, not trained unclaimed for longer than a quick task's second."""
+    from service.jobs.problem import build_problem
+
+    each = [work(together(build_problem(s), s), 2) for s in (JobSpec.parse({**BOOK, "input": i})
+                                                              for i in ("edge:6x8", "edge:6x9"))]
+    monkeypatch.setattr(defaults, "QUICK_WORK", 1.5 * max(each))
+    assert sum(each) > defaults.QUICK_WORK
+    with writing() as conn:
+        count_updates(conn)
+    ids = submit(2) + submit(2, input="edge:6x9")
+    assert tasks.train_jobs(ids, "t", "h") == {"succeeded": 4}
+    assert writes_of(ids) == {i: 2 for i in ids}  # claimed, then ended
+
+
+def test_a_task_of_ids_that_are_not_whole_numbers_is_refused(klab_db) -> None:
+    """A message made by hand: True (and 1.0) are no job ids, though Python takes them for 1."""
+    (job,) = submit(1)
+    assert job == 1
+    for ids in ([True], [1.0], ["1"], "1", [[1]]):
+        assert tasks.train(ids) == {}, ids
+    assert rows([job])[0]["status"] == JobStatus.QUEUED.value

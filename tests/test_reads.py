@@ -201,3 +201,30 @@ def test_a_sqlite_file_on_a_full_disk_says_its_disk_is_full(tmp_path: Path) -> N
     line = (f"klab: error: the sqlite database {folder}/klab.db cannot be opened: its disk is full (0 bytes free "
             f"in {folder}): disk I/O error\n")
     assert done.stderr == line * 3, done.stderr
+
+
+def test_a_role_without_the_right_to_read_is_one_line_exit_3(pg_url: str, tmp_path: Path) -> None:
+    """A PostgreSQL role that may log in but not read klab's tables (SQLSTATE 42501): the database refusing the
+    command, said in one line as any other refusal, not psycopg's traceback."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    upgrade(pg_url)
+    dispose_engines()
+    role = f"klab_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+    try:
+        env = clean_env(tmp_path / "home", make_url(pg_url).set(username=role).render_as_string(hide_password=False))
+        out = subprocess.run([klab_path(), "list"], env=env, capture_output=True, text=True, timeout=60)
+        assert (out.returncode, out.stdout) == (3, ""), out.stderr
+        (line,) = out.stderr.splitlines()
+        assert line.startswith("klab: error: database error on the postgresql database ") and \
+            line.endswith("permission denied for table alembic_version"), line
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+        admin.dispose()

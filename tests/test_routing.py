@@ -64,6 +64,7 @@ def test_a_worker_never_takes_a_job_of_another_database(two, worker_procs, redis
         assert listed.returncode == 0, listed.stderr
         (info,) = json.loads(listed.stdout)
         assert info["worker"].startswith("mine@") and info["queues"] == ["cpu"]
+        assert (info["pool"], info["device"], info["active_jobs"]) == ("prefork", "cpu", [])  # as klab workers says
         assert info["database"].startswith(("sqlite database", "postgresql database"))
         assert "hunter2" not in listed.stdout
         # the other database's worker starts: its job is trained, where it belongs
@@ -121,3 +122,17 @@ def test_each_database_has_its_own_identity_and_queues(two):
     lite, pg = (identity(env["KLAB_DATABASE_URL"]) for env in two.values())
     assert len({lite, pg}) == 2 and all(len(i) == 12 and int(i, 16) >= 0 for i in (lite, pg))
     assert routed("cpu", lite) == f"cpu.{lite}" != routed("cpu", pg)
+
+
+def test_a_worker_stopped_cleanly_is_gone_from_the_broker_at_once(tmp_path, redis_url, worker_procs):
+    """`klab submit` right after the only worker's warm shutdown warns that no worker serves the queue (its presence
+    withdrawn as it stops), not the PRESENCE_SECONDS after, while the jobs wait unserved."""
+    env = service_env(tmp_path, f"sqlite:///{tmp_path / 'k.db'}", redis_url)
+    worker = worker_procs(env, "leaving").wait_ready()
+    served = klab(env, "submit", "--epochs", "1")
+    assert served.returncode == 0 and "no live worker" not in served.stderr, served.stderr
+    worker.stop()
+    assert worker.proc.returncode is not None
+    unserved = klab(env, "submit", "--epochs", "1")
+    assert unserved.returncode == 0 and "klab: warning: no live worker of this database" in unserved.stderr, \
+        unserved.stderr
