@@ -83,6 +83,8 @@ def test_list_shows_one_row_per_job_newest_first(jobs: dict[str, int], klab_cli)
     listed = sorted((v for k, v in jobs.items() if k != "sweep"), reverse=True)
     assert [int(line.split()[0]) for line in lines[1:]] == listed
     assert "\x1b[" not in out and "━" not in out  # not a terminal: plain text
+    epochs = {int(line.split()[0]): line.split()[6] for line in lines[1:]}
+    assert epochs[jobs["best"]] == "10" and epochs[jobs["queued"]] == "0/10"  # done: the total alone
 
 
 def test_list_filters_sort_limit_json(jobs: dict[str, int], klab_cli) -> None:
@@ -124,7 +126,7 @@ def test_lstsq_jobs_show_no_learning_rate_or_epochs(klab_db: str, add_job, klab_
 
 
 @SQLITE_ONLY
-def test_list_errors_are_one_line_naming_the_option(jobs: dict[str, int], klab_cli) -> None:
+def test_list_errors_are_one_line_naming_the_option(jobs: dict[str, int], klab_cli, setenv) -> None:
     for args, field in ((["--sort", "loss"], "sort"), (["--sweep", "99"], "sweep"), (["--status", "done"], "status"),
                         (["--limit", "-1"], "--limit: -1 is not in the range"),
                         # each was taken: --id as -id, a tag no sweep can have answered with no jobs
@@ -133,6 +135,9 @@ def test_list_errors_are_one_line_naming_the_option(jobs: dict[str, int], klab_c
         code, out, err = klab_cli("list", *args)
         assert code == 2 and out == "", args
         assert err.startswith(f"klab: error: {field}") and err.count("\n") == 1, err
+    setenv(KLAB_DATABASE_URL="postgresql+psycopg://x@127.0.0.1:1/nowhere")  # a bad --sort is said before the
+    code, out, err = klab_cli("list", "--sort", "bogus")  # database is opened, not "cannot reach"
+    assert (code, out) == (2, "") and err.startswith("klab: error: sort: unknown column 'bogus'"), err
 
 
 def test_list_never_reads_the_epochs_table(jobs: dict[str, int], klab_cli, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -717,6 +722,11 @@ def test_delete_jobs_and_a_sweep(jobs: dict[str, int], klab_cli, tmp_path: Path)
     assert (code, out) == (0, f"deleted 3 jobs and 30 epochs and sweep {jobs['sweep']}\n")
     assert json.loads(klab_cli("list", "--json")[1]) == []
     assert klab_cli("delete", "--sweep", str(jobs["sweep"]))[2] == f"klab: error: sweep: no sweep {jobs['sweep']}\n"
+    with writing() as conn:
+        empty = writes.create_sweep(conn, {"lr": [0.1]}, 1)
+    assert klab_cli("compare", "--sweep", str(empty), "--group-by", "lr")[1].startswith(
+        f"sweep {empty}: 0 jobs in 0 groups by lr")
+    assert klab_cli("delete", "--sweep", str(empty)) == (0, f"deleted 0 jobs and 0 epochs and sweep {empty}\n", "")
     assert klab_cli("delete")[0] == 2
 
 
@@ -1109,6 +1119,7 @@ def test_a_cosine_under_1_never_reads_1() -> None:
     assert shown_value("cosine", 0.9999838957684337, 1.0) == "0.99998"
     assert shown_value("cosine", -0.9999838957684337, 1.0) == "-0.99998"
     assert shown_value("cosine", 0.5, 1.0) == "0.5" and shown_value("cosine", 1.0, 1.0) == 1.0
+    assert shown_value("cosine", 0.0, 1.0) == "0"  # orthogonal: never -0
 
 
 def test_watch_away_from_a_terminal_says_the_same_counts_once(klab_db: str, add_job, klab_cli, monkeypatch,
@@ -1145,3 +1156,32 @@ def test_watch_away_from_a_terminal_says_the_same_counts_once(klab_db: str, add_
     later.join()
     assert (code, out) == (0, "1 job(s): 1 cancelled; 0 of 10 epochs trained\n"), (out, err)
     assert err.splitlines() == ["1 job(s): 1 queued; epochs 0/10 (0%)"], err
+
+
+def test_an_output_stopped_by_ctrl_c_is_removed_and_a_png_named_in_capitals_is_one(klab_db: str, add_job, klab_cli,
+                                                                                   tmp_path: Path) -> None:
+    from service.cli.results import _output
+
+    cut = tmp_path / "cut.csv"
+    with pytest.raises(KeyboardInterrupt), _output(str(cut)) as f:
+        f.write("id\n1\n")
+        raise KeyboardInterrupt
+    assert not cut.exists()
+    with writing() as conn:
+        job = add_job(conn)
+    assert klab_cli("plot", str(job), "-o", str(tmp_path / "FIG.PNG"))[0] == 0
+    assert (tmp_path / "FIG.PNG").read_bytes().startswith(b"\x89PNG")
+
+
+def test_plot_overlays_the_jobs_in_the_order_given(klab_db: str, add_job, klab_cli, monkeypatch,
+                                                    tmp_path: Path) -> None:
+    """`klab plot 5 3`: job 5 first (its colour, its place in the legend and the title's `job 5 ... to job 3`)."""
+    from service.render import plot
+
+    with writing() as conn:
+        first, second = add_job(conn, seed=1), add_job(conn, seed=2)
+    drawn, figure_jobs = [], plot.figure_jobs
+    monkeypatch.setattr(plot, "figure_jobs", lambda results: drawn.append([r["id"] for r in results])
+                        or figure_jobs(results))
+    assert klab_cli("plot", str(second), str(first), "-o", str(tmp_path / "two.png"))[0] == 0
+    assert drawn == [[second, first]]

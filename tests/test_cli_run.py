@@ -621,3 +621,29 @@ def test_a_signal_the_process_was_started_ignoring_stays_ignored():
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+def test_the_reports_small_words_and_numbers():
+    """A weight from 1e5 on with an exponent; one epoch said in the singular (lstsq's); a bias with no true kernel
+    (labels given) compared with none; a stored error message shown as written, on its line."""
+    from service.render.text import bias_line, render, weight
+
+    assert (weight(1e5), weight(-1e5), weight(99999.9)) == ("1.000e+05", "-1.000e+05", "99999.9000")
+    one = {"status": "succeeded", "spec": {"method": "lstsq"}, "epochs": [{"epoch": 1, "loss": 0.0}]}
+    assert "over 1 epoch  " in render(one)
+    assert "over 2 epochs  " in render({**one, "epochs": [{"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 0.5}]})
+    learned = {"spec": {"bias": 0.5}, "learned_bias": [0.49]}
+    assert bias_line({**learned, "true_kernel": None}) == "learned bias: 0.4900"
+    assert bias_line({**learned, "true_kernel": [[1.0, -1.0]]}) == "learned bias: 0.4900  (true 0.5000)"
+    failed = render({"status": "failed", "spec": {}, "error_message": "input: no such file: /tmp/\u202eypn.npy\nmore"})
+    assert failed.splitlines()[-1] == "error message: input: no such file: /tmp/\\u202eypn.npy\\nmore"
+
+
+def test_run_no_store_touches_no_database(tmp_path: Path):
+    """Neither made (the default SQLite file) nor reached (a PostgreSQL away): nothing is stored."""
+    env = clean_env(tmp_path / "home")
+    for url in (None, "postgresql+psycopg://x@127.0.0.1:1/nowhere"):
+        done = subprocess.run([klab_path(), "run", "--no-store", "--method", "lstsq"], timeout=120, text=True,
+                              env={**env, **({"KLAB_DATABASE_URL": url} if url else {})}, capture_output=True)
+        assert done.returncode == 0 and done.stdout.startswith("succeeded (not stored)"), done.stderr
+    assert not (tmp_path / "home" / "klab.db").exists()

@@ -1230,3 +1230,41 @@ def test_kernels_cells_ticks_scale_and_norm_at_their_limits() -> None:
     assert kernels.kernel_scale([[[0.0, -3.0]]], least=2.0) == 3.0
     assert kernels.true_norm({"true_kernel": None}) is None and kernels.true_norm({"true_kernel": [[0.0, 0.0]]}) is None
     assert kernels.true_norm({"true_kernel": [[3.0, -4.0]]}) == 5.0
+
+
+def test_overlays_and_long_runs_at_their_limits() -> None:
+    """Ten jobs overlaid take ten distinct colours in order (tab10); a run of 200 epochs keeps a linear epoch axis,
+    one of 201 a log one (longer than LOG_EPOCHS); a legend says an error under the weights' rounding is 0, as the
+    title and `klab show` do."""
+    import matplotlib
+
+    fig = plot.figure_jobs([result_of({"seed": s}, id=s + 1) for s in range(10)])
+    jobs = [line for line in by_title(fig, "loss").get_lines() if line.get_label().startswith("job ")]
+    assert [to_rgba(line.get_color()) for line in jobs] == [matplotlib.colormaps["tab10"](n) for n in range(10)]
+    for n, scale in ((200, "linear"), (201, "log")):
+        result = result_of({"epochs": n, "method": "d2l-sgd"}, relative=1e-3, epochs=20)
+        result["epochs"] = [{"epoch": e, "loss": 0.99 ** e, "mse": 0.99 ** e, "kernel_error": 0.99 ** e}
+                            for e in range(1, n + 1)]
+        fig = plot.figure_job(result)
+        assert {by_title(fig, t).get_xscale() for t in ("loss", "kernel error")} == {scale}, n
+    exact = result_of({"seed": 1}, id=1)
+    exact["error"] = {**exact["error"], "relative": 3e-9}
+    fig = plot.figure_jobs([exact, result_of({"seed": 2}, id=2)])
+    labels = [line.get_label() for line in by_title(fig, "loss").get_lines()]
+    assert labels[:2] == ["job 1: seed 1 (succeeded, relative error 0)",
+                          "job 2: seed 2 (succeeded, relative error 0.1)"]
+
+
+def test_a_sweeps_title_names_its_mean_and_a_single_job_no_spread() -> None:
+    """The line is a geometric mean where errors are drawn on a log axis, an arithmetic one where none is (no job
+    has an error); a sweep of one stored job says nothing of errors over its seeds."""
+    both = sweep_rows({(lr, m): [0.1 * lr, 0.2 * lr, 0.3 * lr] for lr in (0.01, 0.1) for m in ("adam", "d2l-manual")})
+    assert "line geometric mean, band" in plot.figure_sweep(both, reads.varying(both), "")._suptitle.get_text()
+    none = sweep_rows({(lr, m): [None, None] for lr in (0.01, 0.1) for m in ("adam", "d2l-manual")},
+                      dict.fromkeys(range(8), FAILED))
+    title = plot.figure_sweep(none, reads.varying(none), "")._suptitle.get_text()
+    assert "line mean, band" in title and "geometric" not in title
+    one = [{"id": 1, "status": SUCCEEDED, "lr": 0.03, "seed": 0, "relative_error": 0.1}]
+    assert "over the seeds" not in plot.figure_sweep(one, ["seed"], "sweep 1: 1 job")._suptitle.get_text()
+    many = one + [{**one[0], "id": 2, "seed": 1, "relative_error": 0.2}]
+    assert "relative error over the seeds" in plot.figure_sweep(many, ["seed"], "sweep 1: 2 jobs")._suptitle.get_text()
