@@ -233,6 +233,8 @@ BAD = [
     ("a-batch-past-the-most", lambda: klab.sweep(seed=range(2), batch_jobs=100_001, local=True), "batch_jobs",
      "from 1 to 100000, got 100001"),
     ("no-jobs", lambda: klab.submit(jobs=[]), "jobs", "give at least one job"),
+    ("an-item-holding-a-comma", lambda: klab.sweep(seed=["1,", 2], local=True), "seed", "the item '1,' holds a comma"),
+    ("a-status-no-job-has", lambda: klab.jobs(status="done"), "status", "unknown status 'done'"),  # not no jobs
     ("a-handle-of-no-job", lambda: klab.Handle((999,)).wait(progress=False), "id", "no job 999"),  # never stored,
     # not deleted while waiting
     ("a-filter-past-64-bits", lambda: klab.jobs(seed=2**63), "seed", "9223372036854775808 is past what a column holds"),

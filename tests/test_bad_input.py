@@ -438,6 +438,8 @@ def test_bad_input_is_one_line_exit_2_nothing_stored_nothing_queued(case, files,
                                                  "values make a sweep: klab sweep"),
     (("sweep", "--lr", "0.01..0.05"), "lr: range 0.01..0.05: A..B counts integers; did you mean 0.01,0.05 or "
                                       "0.01:0.05:N (N log-spaced values)?"),
+    (("sweep", "--lr", "0.5..3"), "lr: range 0.5..3: A..B counts integers; did you mean 0.5,3 or 0.5:3:N (N "
+                                  "log-spaced values)?"),  # one end whole: the same
     (("sweep", "--noise=0,-1,0.1"), "noise: Input should be greater than or equal to 0 (the sweep's value -1.0)"),
     (("sweep", "--epochs", "0..3"), "epochs: Input should be greater than 0 (the sweep's value 0)"),
     (("sweep", "--input", "edge:6x8,image:/nowhere.png"), "input: no such file: /nowhere.png (the sweep's value "
@@ -486,7 +488,8 @@ def test_a_bad_flag_for_several_jobs_of_a_file_is_named_as_a_flag(tmp_path, cli_
                         (("--epochs", "0"), "epochs: Input should be greater than 0"),
                         (("--kernel", "none"), f"kernel: give a true kernel, or labels with --labels (job 1 of "
                                                f"{jobs})"),
-                        (("--seed", "x"), "seed: not a number: 'x'")):
+                        (("--seed", "x"), "seed: not a number: 'x'"),
+                        (("--lr", "abc", "--epochs", "0"), "lr: not a number: 'abc'")):  # the first, as run says
         assert klab_here("submit", "-f", str(jobs), *flags) == (2, "", ["klab: error: " + line])
 
 

@@ -280,6 +280,41 @@ def test_redis_ssl_parameters_are_taken_only_with_rediss_and_only_those_redis_py
         checked_url("rediss://h:6379/0?ssl_cert_reqs=CERT_NONE")
     good = "rediss://h:6380/0?ssl_cert_reqs=none&ssl_ca_certs=/etc/ca.pem"
     assert checked_url(good) == good
+    for url, said in (("rediss://h:6379/0?ssl_cert_reqs=Required", "ssl_cert_reqs is one of none, optional, required; "
+                                                                    "got 'Required'"),  # redis-py's are lower case
+                      ("redis://h:notaport/0", "the host or port does not parse: 'redis://h:notaport/0'"),
+                      ("redis://h:6379/0#x", "the URL holds a #, which ends it: write a # of its password as %23"),
+                      ("redis://h:6379/0?password=p#x", "the URL holds a #, which ends it: write a # of its password "
+                                                        "as %23"),
+                      ("redis://:a@h:6379/10?password=b", "give one password, in the user part or as ?password=: "
+                                                          "'redis://:***@h:6379/10?password=***'")):
+        with pytest.raises(BadInput) as refused:
+            checked_url(url)
+        assert str(refused.value) == f"KLAB_BROKER_URL: {said}", url
+
+
+def test_flower_shows_a_tasks_count_of_ids_in_words():
+    from service.broker import shown
+
+    assert shown([5]) == "[1 job id: 5]" and shown([5, 6]) == "[2 job ids: 5, 6]"
+    assert shown(list(range(1, 6))) == "[5 job ids: 1, 2, 3, ..., 5]"
+
+
+def test_a_workers_presence_lasts_its_seconds_and_is_withdrawn_from_every_queue(redis_url, setenv):
+    import redis
+
+    from service.broker import PRESENCE, announce, consumers, withdraw
+
+    setenv(KLAB_BROKER_URL=redis_url)
+    announce("db1", ["cpu", "gpu"], "w@h", 30)
+    r = redis.Redis.from_url(redis_url)
+    try:
+        assert [0 < r.ttl(f"{PRESENCE}:db1:{q}:w@h") <= 30 for q in ("cpu", "gpu")] == [True, True]  # it expires
+        assert (consumers("db1", "cpu"), consumers("db1", "gpu")) == (1, 1)
+        withdraw("db1", ["cpu", "gpu"], "w@h")
+        assert (consumers("db1", "cpu"), consumers("db1", "gpu")) == (0, 0)
+    finally:
+        r.close()
 
 
 def test_a_client_key_without_its_certificate_is_a_mistake_in_the_url(tmp_path):

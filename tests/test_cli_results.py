@@ -854,6 +854,8 @@ def test_tables_use_color_on_a_terminal_unless_no_color(monkeypatch: pytest.Monk
         "id  kernel    lr", " 1  -        0.1", "12  -       0.03"]
     assert tables.plain(["id", "final_loss"], [{"id": 1, "final_loss": None}]).splitlines() == [
         "id  final loss", " 1           -"]  # a number field of dashes alone: its kind, not its rows, aligns it
+    assert tables.plain(["id", "seed"], [{"id": 1, "seed": 7}, {"id": 2, "seed": 12345}]).splitlines() == [
+        "id   seed", " 1      7", " 2  12345"]  # a seed (a bigint) is a number: right-aligned
     assert tables.plain(["lr", "jobs"], [{"lr": 0.1, "jobs": 3}, {"lr": 1.0, "jobs": None}]).splitlines() == [
         " lr  jobs", "0.1     3", "  1     -"]  # a computed column (compare --group-by): its values align it
 

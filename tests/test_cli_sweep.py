@@ -637,3 +637,42 @@ def test_a_local_sweep_stopped_while_its_first_chunk_is_stored_says_nothing_was(
     assert (code, out) == (130, "") and err.strip() == "klab: stopped: 0 of 10 jobs trained; nothing was stored", err
     monkeypatch.undo()
     assert klab_cli("sweeps") == (0, "", "no sweeps\n")
+
+
+def test_a_submission_stopped_before_its_first_chunk_was_stored_says_nothing_was(klab_db: str, klab_cli, setenv,
+                                                                                 redis_url, monkeypatch) -> None:
+    """Ctrl-C inside the first chunk's transaction, which it rolls back: no note of jobs stored (`at least 0 of the 3
+    jobs were stored`), nor of a sweep to delete that does not exist."""
+    import service.submit
+
+    setenv(KLAB_BROKER_URL=redis_url)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(service.submit, "store", interrupted)
+    for args in (("sweep", "--seed", "0..2"), ("submit", "--seed", "1")):
+        code, out, err = klab_cli(*args)
+        assert (code, out, err.strip()) == (130, "", "klab: error: aborted"), args
+
+
+def test_what_a_submission_stored_in_part_says_and_where_its_jobs_go(klab_db: str, klab_cli, setenv, redis_url,
+                                                                    tmp_path: Path) -> None:
+    """The count of a submission stored in part, in its order; a job of device auto sent to the cpu queue as asked;
+    a file of a cpu job then a cuda job warns of both queues, no worker serving either."""
+    from types import SimpleNamespace
+
+    from service.submit import stored_in_part
+
+    assert stored_in_part(SimpleNamespace(size=10_000, sweep_id=None), 4096) == (
+        "at least 4,096 of the 10,000 jobs were stored, which run (klab list --status queued)")
+    setenv(KLAB_BROKER_URL=redis_url)
+    code, out, err = klab_cli("submit", "--device", "auto", "--queue", "cpu", "--epochs", "1")
+    assert code == 0, err
+    (job,) = map(int, out.split())
+    with writing() as conn:
+        assert conn.execute(select(jobs_table.c.queue).where(jobs_table.c.id == job)).scalar_one() == "cpu"
+    two = tmp_path / "two.jsonl"
+    two.write_text('{"seed": 1}\n{"device": "cuda"}\n')
+    code, out, err = klab_cli("submit", "-f", str(two))
+    assert code == 0 and "consumes queue cpu;" in err and "consumes queue gpu;" in err, err

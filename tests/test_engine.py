@@ -613,6 +613,12 @@ def test_ones_input_diverges_with_its_epoch_and_valid_json():
     text = json.dumps(result, allow_nan=False)  # raises on NaN or infinity
     assert strict_json(text)["status"] == "diverged"
     assert "diverged" in result["explanation"]
+    blown = run_spec(spec(input="ones:6x8", method="d2l-manual", lr=1e200, epochs=3, seed=0))  # weights past a float
+    json.dumps(blown, allow_nan=False)  # its kernels and epochs' kernel errors as null, never inf
+    assert blown["learned_kernel"] == [[None, None]] and {e["kernel_error"] for e in blown["epochs"]} == {None}
+    assert type(blown["identifiability"]["identifiable"]) is bool  # not 0.0
+    assert list(blown)[list(blown).index("lstsq_kernel") + 1:][:4] == ["error", "identifiability", "gap",
+                                                                      "converged_epoch"]  # groups in table order
 
 
 def test_d2l_sgd_from_a_fresh_start_does_not_converge_in_16_epochs():

@@ -259,7 +259,8 @@ def schema_of(url: str) -> dict[str, Any]:
         seen = inspect(conn)
         found: dict[str, Any] = {t: (sorted((c["name"], str(c["type"]), c["nullable"]) for c in seen.get_columns(t)),
                                      sorted((i["name"], tuple(i["column_names"])) for i in seen.get_indexes(t)),
-                                     sorted((k["name"], tuple(k["constrained_columns"]), k["referred_table"])
+                                     sorted((k["name"], tuple(k["constrained_columns"]), k["referred_table"],
+                                             str(sorted(k.get("options", {}).items())))
                                             for k in seen.get_foreign_keys(t)))
                                  for t in seen.get_table_names() if t != "alembic_version"}
         if conn.dialect.name == "postgresql":
@@ -564,10 +565,14 @@ def test_jobs_that_ended_badly_before_0009_get_their_mark_and_are_listed(db_url:
     columns = ("id, spec, status, method, input, lr, epochs, batch_size, seed, noise, created_at, attempts, "
                "cancel_requested, task_try, epochs_done, finished_at")
     with engine_for(db_url).begin() as conn:
-        for job_id, status in enumerate(("succeeded", "failed", "diverged", "cancelled"), start=1):
+        for job_id, status in enumerate(("succeeded", "failed", "diverged", "cancelled", "failed"), start=1):
             conn.execute(text(f"INSERT INTO jobs ({columns}) VALUES ({job_id}, '{{}}', '{status}', 'adam', "
                               "'edge:6x8', 0.1, 3, 2, 0, 0, '2026-01-01', 1, false, 0, 2, '2026-01-01')"))
+        conn.execute(text("UPDATE jobs SET error_message = 'CUDA out of memory' WHERE id = 5"))  # its own reason
     upgrade(db_url)
+    with engine_for(db_url).begin() as conn:
+        assert conn.execute(text("SELECT error_message FROM jobs WHERE id = 5")).scalar_one() == "CUDA out of memory"
+        conn.execute(text("DELETE FROM jobs WHERE id = 5"))
     with engine_for(db_url).connect() as conn:
         marked = conn.execute(text("SELECT id, error_message IS NOT NULL, diverged_epoch, cancel_requested "
                                    f"FROM jobs WHERE {reads.ENDED_BADLY} ORDER BY id")).all()
@@ -675,6 +680,8 @@ def test_made_inputs_and_random_kernels_kept_as_typed_before_0015_are_kept_by_th
                                        "fixed": {"kernel": "random:2x02", "kernel2": "random:02x2"}})})
         conn.execute(text("INSERT INTO sweeps (params, size, created_at) VALUES (:p, 2, '2026-01-01')"),
                      {"p": json.dumps({"swept": {"kernel": ["random:03x3", "d2l"]}, "fixed": {"input": "ones:4x4"}})})
+        conn.execute(text("INSERT INTO sweeps (params, size, created_at) VALUES (:p, 2, '2026-01-01')"),
+                     {"p": json.dumps({"swept": {"kernel": ["random:03x3", "random:3x3"]}, "fixed": {"seed": 1}})})
         for spec, (input_, kernel) in zip(specs, given):
             conn.execute(text(f"INSERT INTO jobs ({columns}) VALUES (:spec, 'created', 'adam', :input, :kernel, 0.1, "
                               "3, 2, 0, 0, '2026-01-01', 0, false, 0, 0)"),
@@ -693,7 +700,8 @@ def test_made_inputs_and_random_kernels_kept_as_typed_before_0015_are_kept_by_th
     assert json.loads(got[-1][2]) == {"kernel": "random:2x2x2", "input": "edge:6x8"}
     assert params == [{"swept": {"input": ["edge:6x8", "npy:/x.npy"]},
                        "fixed": {"kernel": "random:2x2", "kernel2": "random:02x2"}},
-                      {"swept": {"kernel": ["random:3x3", "d2l"]}, "fixed": {"input": "ones:4x4"}}]
+                      {"swept": {"kernel": ["random:3x3", "d2l"]}, "fixed": {"input": "ones:4x4"}},
+                      {"swept": {"kernel": ["random:3x3"]}, "fixed": {"seed": 1}}]  # kernels alone: each once
     downgrade(db_url, "0014")
     upgrade(db_url)
     with engine_for(db_url).connect() as conn:
@@ -713,10 +721,12 @@ def test_a_deleted_jobs_or_sweeps_id_is_never_given_again(db_url: str, add_job) 
         old = [conn.execute(text(f"INSERT INTO jobs ({columns}) VALUES ('{{}}', 'created', 'adam', 'edge:6x8', 0.1, "
                                  "3, 2, 0, 0, '2026-01-01', 0, false, 0, 0) RETURNING id")).scalar_one()
                for _ in range(3)]
+        conn.execute(text(f"DELETE FROM jobs WHERE id = {old[0]}"))  # before 0010: its floor is the greatest id
     upgrade(db_url)
     with writing(db_url) as conn:
         writes.delete_jobs(conn, Selection(ids=(old[-1],)))
         sweep = writes.create_sweep(conn, {}, 1)
+        assert sweep == 1  # the first sweep, whatever the jobs' ids
         first = add_job(conn, sweep_id=sweep)
     with writing(db_url) as conn:
         writes.delete_jobs(conn, Selection(sweep=sweep))  # the newest job and the newest sweep
@@ -743,3 +753,21 @@ def test_a_database_whose_identity_was_deleted_is_told_a_fix_that_works(db_url: 
         identity = conn.execute(text("SELECT identity FROM database_identity")).scalar_one()
     assert len(identity) == 12 and int(identity, 16) >= 0
     assert klab(env, "submit", "--epochs", "1").returncode == 0
+
+
+def test_jobs_queued_before_0002_are_known_as_sent_since_they_were_made(db_url: str) -> None:
+    """0002's queued_at: a job queued before it is taken to have been sent when it was made (the reaper's look for
+    messages lost reads it: a NULL never matched, and a lost job was never sent again); a job only created was never
+    sent, and has none."""
+    upgrade(db_url, "0001")
+    columns = ("spec, status, method, input, lr, epochs, batch_size, seed, noise, created_at, attempts, "
+               "cancel_requested, task_try, epochs_done")
+    with engine_for(db_url).begin() as conn:
+        for status in ("queued", "created"):
+            conn.execute(text(f"INSERT INTO jobs ({columns}) VALUES ('{{}}', '{status}', 'adam', 'edge:6x8', 0.1, 3, "
+                              "2, 0, 0, '2026-01-01', 0, false, 0, 0)"))
+    upgrade(db_url, "0002")
+    with engine_for(db_url).connect() as conn:
+        assert [tuple(r) for r in conn.execute(text("SELECT status, queued_at IS NOT NULL FROM jobs ORDER BY id"))] \
+            == [("queued", True), ("created", False)]
+    upgrade(db_url)

@@ -428,16 +428,19 @@ def test_text_sorts_by_its_bytes_on_postgresql_of_a_languages_collation_as_on_sq
             upgrade(url)
             with writing() as conn:
                 for at, path in enumerate(inputs):
-                    add_job(conn, relative=0.1, input=path, seed=at)
+                    add_job(conn, relative=0.1, input=path, kernel=path.replace("/d/", "/k/"), seed=at)
                 with conn.begin_nested():
                     assert conn.exec_driver_sql("SELECT 'a' < 'B'").scalar() == (url.startswith("postgresql")), url
             with reading() as reader:
                 listed = [r["input"] for r in reads.list_jobs(reader, sort="input", limit=0)]
                 backwards = [r["input"] for r in reads.list_jobs(reader, sort="-input", limit=0)]
                 groups = [r["input"] for r in grouped(reader, Selection(), ["input"])]
+                kernels = [r["kernel"] for r in reads.list_jobs(reader, sort="kernel", limit=0)]
+                kernel_groups = [r["kernel"] for r in grouped(reader, Selection(), ["kernel"])]
             dispose_engines()
             by_bytes = sorted(inputs, key=lambda i: i.encode())
             assert listed == groups == by_bytes and backwards == by_bytes[::-1], url
+            assert kernels == kernel_groups == [p.replace("/d/", "/k/") for p in by_bytes], url  # kernels too
     finally:
         dispose_engines()
         with admin.connect() as conn:

@@ -76,11 +76,32 @@ def test_log_spaced_values_point_at_a_sweep_and_what_cannot_be_swept_says_so(val
                                    "; a sweep varies only input, kernel, method, lr, epochs, batch_size, seed, noise")
 
 
-@pytest.mark.parametrize("values", [{"lr": "x"}, {"method": "sgd"}, {"epochs": "2.5"}, {"seed": -1}])
+@pytest.mark.parametrize("values", [{"lr": "x"}, {"method": "sgd"}, {"epochs": "2.5"}, {"seed": -1}, {"lr": "1:2"},
+                                    {"epochs": "1:2:3:4"}])
 def test_a_single_bad_value_is_not_told_about_sweeps(values):
     with pytest.raises(BadInput) as exc:
         JobSpec.parse(values)
     assert "sweep" not in str(exc.value)
+
+
+def test_a_specs_mistakes_in_their_own_words():
+    """A value of 58 characters named whole; an unknown field with both its near names; a sweep's tags each once and
+    its fixed tol a number, as its bias."""
+    from service.jobs.sweep import grid, tags
+
+    with pytest.raises(BadInput) as long:
+        JobSpec.parse({"lr": "x" * 58})
+    assert str(long.value) == f"lr: not a number: '{'x' * 58}'"
+    with pytest.raises(BadInput) as unknown:
+        JobSpec.parse({"biase": 1})
+    assert str(unknown.value) == "biase: unknown field; did you mean bias or noise?"
+    assert tags(["a", " a", "b", "a"]) == ["a", "b"]
+    from service.jobs.problem import build_problem
+
+    with pytest.raises(BadInput) as empty:  # an empty list is no sweep's values
+        build_problem(JobSpec.parse({"kernel": []}))
+    assert str(empty.value) == "kernel: has an empty list"
+    assert grid({"seed": "1,2", "tol": "0.5", "bias": "0.5"}).params()["fixed"] == {"tol": 0.5, "bias": 0.5}
 
 
 @pytest.mark.parametrize("raw", ["[[1,-1],[2]]", "nope", "random:3x3x"])
