@@ -70,6 +70,13 @@ def test_upgrade_refuses_what_it_cannot_do_in_one_line(pg_url: str, tmp_path) ->
     assert code == 3 and err.endswith('refused the upgrade: relation "jobs" already exists\n')
     with psycopg.connect(pg_url.replace("+psycopg", ""), autocommit=True) as conn:
         conn.execute("DROP TABLE jobs")
+        conn.execute("CREATE TYPE st AS ENUM ('queued'); CREATE TABLE jobs (id int, status st, cancel_requested bool, "
+                     "error_message text, diverged_epoch int, epochs_done int); CREATE TABLE alembic_version "
+                     "(version_num varchar(32) PRIMARY KEY); INSERT INTO alembic_version VALUES ('0008')")
+    code, err = line("db", "upgrade")  # a server's error in a migration that reads like a URL's: not the URL's
+    assert code == 3 and "refused the upgrade: invalid input value for enum st: " in err, err
+    with psycopg.connect(pg_url.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute("DROP TABLE jobs; DROP TABLE alembic_version; DROP TYPE st")
     assert klab(env, "db", "upgrade").returncode == 0
     done = klab({**env, "PGOPTIONS": "-c default_transaction_read_only=on"}, "run", "--epochs", "1")  # a standby's
     assert (done.returncode, done.stderr) == (3, f"klab: error: database error on the {describe(pg_url)}: cannot "

@@ -823,7 +823,7 @@ def test_what_requeue_takes_a_device_shown_a_sweep_kept_and_a_message_unsent_are
         assert writes.sweep_kept(conn, new_sweep) and not writes.sweep_kept(conn, old)
 
 
-def test_a_claim_ends_cancelled_only_the_waiting_jobs_asked_to_stop(klab_db: str) -> None:
+def test_a_claim_leaves_running_and_ended_jobs_asked_to_stop_as_they_are(klab_db: str) -> None:
     """A message delivered again, for a job alive on another worker and asked to stop, or for one that ended after
     the cancel was asked: the claim leaves both as they are (the worker that holds the first stops it)."""
     with writing() as conn:
