@@ -796,3 +796,17 @@ def test_ctrl_c_while_a_sweeps_last_jobs_are_sent_says_it_was_stored_whole(klab_
                                                       "which run\n")
     with psycopg.connect(klab_db.replace("+psycopg", "")) as conn:
         assert conn.execute("SELECT status, count(*) FROM jobs GROUP BY 1").fetchall() == [("queued", 3)]
+
+
+def test_chunks_stored_after_the_broker_failed_keep_their_queue_for_the_requeue(tmp_path, pg_db, redis_server):
+    """A broker full from the start refuses the first chunk's messages; the chunks begun after that (the third at
+    least: one connection stores the second as the first's go out) are stored created, never sent, and keep the
+    queue their jobs go to (requeue sent a job of none to cpu's, a cuda job's included)."""
+    url, db = pg_db
+    server = redis_server(persistent=False)
+    env = service_env(tmp_path, url, server.url(), KLAB_SUBMIT_CONNECTIONS="1")
+    server.client().config_set("maxmemory", 1)  # noeviction: every write refused
+    done = Client(env, "sweep", "--seed", "0..9999", "--epochs", "2").result(60)
+    assert done.returncode == 3 and "refused" in done.stderr, (done.stdout, done.stderr)
+    assert db.statuses() == {"created": 10_000}
+    assert db.rows("SELECT DISTINCT queue FROM jobs") == [("cpu",)]
