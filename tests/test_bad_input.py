@@ -467,6 +467,17 @@ def test_a_near_miss_is_answered_with_what_was_meant(args, hint, cli_env):
     assert lines[0].startswith("klab: error: ") and hint in lines[0], lines[0]
 
 
+def test_a_sweeps_value_its_message_names_is_not_named_again(cli_env):
+    """`(the sweep's value ...)` tells which of a sweep's values a message is about; one that quotes it says so."""
+    assert klab_here("sweep", "--kernel", "sobel-x,bogus") == (2, "", [
+        "klab: error: kernel: unknown kernel 'bogus'; expected a preset (d2l, edge-v, sobel-x, sobel-y, laplacian, "
+        "second-diff, box3, gauss3, sharpen, identity3), a JSON literal, random:KHxKW, npy:PATH or none (no true "
+        "kernel)"])
+    assert klab_here("sweep", "--method", "sgd,adam") == (2, "", [
+        "klab: error: method: unknown value 'sgd'; input should be 'd2l-manual', 'd2l-sgd', 'momentum', 'adam' or "
+        "'lstsq'"])
+
+
 def test_a_mistake_in_one_of_several_jobs_of_a_file_names_the_job(tmp_path, cli_env):
     """A file it could not read or a queue it cannot go to, in job 2 of 2, named no job (a value out of range did)."""
     (tmp_path / "files.jsonl").write_text('{"seed": 1}\n{"input": "npy:/nowhere.npy"}\n')

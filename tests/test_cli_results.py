@@ -706,10 +706,11 @@ def test_ids_not_there_are_named_up_to_ten_and_a_queued_lstsq_job_counts_its_one
 
 def test_sweeps_names_up_to_four_values_of_a_parameter(klab_db, klab_cli) -> None:
     with writing() as conn:
-        for values in ([0.01, 0.03, 0.1, 0.3], [0.01, 0.03, 0.1, 0.3, 1.0]):
+        for values in ([0.01, 0.03, 0.1, 0.3], [0.01, 0.03, 0.1, 0.3, 1.0], [1.0, 0.3, 0.1, 0.03, 0.01]):
             writes.create_sweep(conn, {"swept": {"lr": values}, "fixed": {}}, len(values))
     lines = klab_cli("sweeps")[1].splitlines()
     assert lines[1].endswith("lr 0.01,0.03,0.1,0.3") and lines[2].endswith("lr 5 from 0.01 to 1"), lines
+    assert lines[3].endswith("lr 5 from 0.01 to 1"), lines  # given from the largest: its least to its greatest
 
 
 def test_delete_jobs_and_a_sweep(jobs: dict[str, int], klab_cli, tmp_path: Path) -> None:
@@ -827,6 +828,11 @@ def test_output_cut_short_is_removed_and_one_line(klab_db: str, add_job, tmp_pat
                               preexec_fn=limited)
         assert (done.returncode, done.stderr) == (1, "klab: error: cannot write the output: File too large\n"), args
         assert not out.exists(), args
+    link = tmp_path / "link.csv"  # the user's link to a file: the link kept, whatever became of the file
+    link.symlink_to(tmp_path / "target.csv")
+    done = subprocess.run([klab_path(), "export", str(job), "--what", "epochs", "-o", str(link)], env=env,
+                          capture_output=True, text=True, timeout=120, preexec_fn=limited)
+    assert done.returncode == 1 and link.is_symlink(), done.stderr
 
 
 def test_tables_use_color_on_a_terminal_unless_no_color(monkeypatch: pytest.MonkeyPatch) -> None:

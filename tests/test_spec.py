@@ -96,6 +96,9 @@ def test_a_specs_mistakes_in_their_own_words():
         JobSpec.parse({"biase": 1})
     assert str(unknown.value) == "biase: unknown field; did you mean bias or noise?"
     assert tags(["a", " a", "b", "a"]) == ["a", "b"]
+    from service.jobs.sweep import name
+
+    assert name(" " + "x" * 200) == "x" * 200 and tags(["y" * 100 + " "]) == ["y" * 100]  # limits after the strip
     from service.jobs.problem import build_problem
 
     with pytest.raises(BadInput) as empty:  # an empty list is no sweep's values
