@@ -1128,6 +1128,9 @@ def test_a_cosine_under_1_never_reads_1() -> None:
     assert shown_value("cosine", -0.9999838957684337, 1.0) == "-0.99998"
     assert shown_value("cosine", 0.5, 1.0) == "0.5" and shown_value("cosine", 1.0, 1.0) == 1.0
     assert shown_value("cosine", 0.0, 1.0) == "0"  # orthogonal: never -0
+    # an angle under the weights' float32 rounding (an exact lstsq fit's, whose distances read 0) reads 1
+    assert shown_value("cosine", 0.9999999999999998, 1.0) == 1.0 and shown_value("cosine", -(1 - 2e-16), 1.0) == -1.0
+    assert shown_value("cosine", 1 - 1e-13, 1.0) == "0.9999999999999"
 
 
 def test_watch_away_from_a_terminal_says_the_same_counts_once(klab_db: str, add_job, klab_cli, monkeypatch,

@@ -149,6 +149,8 @@ def shown_value(name: str, value: Any, scale: float) -> Any:
     if name == "convergence_rate" and isinstance(value, float) and math.isfinite(value):
         return factor(value)
     if name == "cosine" and isinstance(value, float) and -1 < value < 1:  # 0.99998 read 1: aligned exactly
+        if 1 - abs(value) < FLOAT32_EPS ** 2 / 2:  # an angle under the weights' float32 rounding: aligned, as the
+            return math.copysign(1.0, value)  # distances' 0 beside it says (an exact fit read 0.9999999999999998)
         return factor(value) if value >= 0 else "-" + factor(-value)
     if name not in DISTANCES:
         return value
