@@ -635,6 +635,12 @@ def test_the_reports_small_words_and_numbers():
     learned = {"spec": {"bias": 0.5}, "learned_bias": [0.49]}
     assert bias_line({**learned, "true_kernel": None}) == "learned bias: 0.4900"
     assert bias_line({**learned, "true_kernel": [[1.0, -1.0]]}) == "learned bias: 0.4900  (true 0.5000)"
+    exact = render({**one, "error": {"frobenius": 0.0, "relative": 0.0, "max_abs": 0.0, "cosine": 1.0},
+                    "gap": {"optimization": 0.0, "noise": 0.0, "identifiability": 0.0}, "true_kernel": [[1.0, -1.0]],
+                    "learned_kernel": [[1.0, -1.0]]}).splitlines()
+    assert "error: frobenius 0, relative 0, max abs 0, cosine 1" in exact  # words, not the field's name
+    assert [line.split()[:2] for line in exact if line.startswith("  ")][-3:] == [
+        ["optimization", "0"], ["noise", "0"], ["identifiability", "0"]]  # a part of 0 said, not left out
     failed = render({"status": "failed", "spec": {}, "error_message": "input: no such file: /tmp/\u202eypn.npy\nmore"})
     assert failed.splitlines()[-1] == "error message: input: no such file: /tmp/\\u202eypn.npy\\nmore"
 

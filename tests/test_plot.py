@@ -1268,3 +1268,22 @@ def test_a_sweeps_title_names_its_mean_and_a_single_job_no_spread() -> None:
     assert "over the seeds" not in plot.figure_sweep(one, ["seed"], "sweep 1: 1 job")._suptitle.get_text()
     many = one + [{**one[0], "id": 2, "seed": 1, "relative_error": 0.2}]
     assert "relative error over the seeds" in plot.figure_sweep(many, ["seed"], "sweep 1: 2 jobs")._suptitle.get_text()
+
+
+def test_a_sweeps_panels_colour_by_ten_values_and_place_zero_and_categories_whole() -> None:
+    """A second parameter of ten values (tab10's all) colours the first's panel; noise of 0, 0.1 and 1 (a decade
+    over its least positive value) is on a symlog axis, 0 apart from 0.1; categories sit half a step in from the
+    edges, their markers whole."""
+    rows = [{"id": n, "status": SUCCEEDED, "method": m, "input": "edge:6x8", "kernel": "d2l", "lr": lr, "epochs": 10,
+             "batch_size": b, "seed": 0, "noise": 0.0, "relative_error": 0.01 * lr * b}
+            for n, (lr, b, m) in enumerate(itertools.product((0.01, 0.1), range(1, 11), ("adam", "d2l-sgd")))]
+    fig = plot.figure_sweep(rows, reads.varying(rows), "")
+    lr = next(a for a in fig.axes if a.get_xlabel().startswith("lr"))
+    assert lr.get_legend().get_title().get_text() == "batch size" and len(lr.get_legend().get_texts()) == 10
+    method = next(a for a in fig.axes if a.get_xlabel().startswith("method"))
+    assert method.get_xlim() == (-0.5, 1.5)
+    noisy = [{**rows[0], "id": n, "noise": noise, "seed": seed, "relative_error": 0.1 + noise}
+             for n, (noise, seed) in enumerate(itertools.product((0.0, 0.1, 1.0), (0, 1)))]
+    (panel,) = [a for a in plot.figure_sweep(noisy, reads.varying(noisy), "").axes
+                if a.get_xlabel().startswith("noise")]
+    assert panel.get_xscale() == "symlog" and panel.xaxis.get_transform().linthresh == 0.1
