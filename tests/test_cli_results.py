@@ -1140,7 +1140,6 @@ def test_watch_away_from_a_terminal_says_the_same_counts_once(klab_db: str, add_
     import threading
 
     import service.cli.progress as progress
-    from service.jobs.selection import Selection
 
     setenv(KLAB_BROKER_URL=redis_url)
     monkeypatch.setattr(progress, "LINE_SECONDS", 0.05)

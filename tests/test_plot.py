@@ -1166,14 +1166,15 @@ def test_the_axes_helpers_hold_to_their_limits() -> None:
     wrote 3 x 10^1); swept values alike to 6 digits are each labelled as themselves."""
     import matplotlib.pyplot as plt
 
-    from service.render.axes import category_axis, integer_ticks, log_labels, value_ticks
+    from service.render.axes import category_axis, log_labels, value_ticks
+    from service.render.axes import integer_ticks as tick_integers  # the module's own integer_ticks reads them
 
     for last, ticks in ((10_000, [1, 10, 100, 1000, 10000]), (9_999, [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000,
                                                                       5000])):
         fig, ax = plt.subplots()
         ax.set_xscale("log")
         ax.set_xlim(1, last)
-        integer_ticks(ax.xaxis, True, last)
+        tick_integers(ax.xaxis, True, last)
         assert [t for t in ax.get_xticks() if 1 <= t <= last] == ticks, last
         plt.close(fig)
     for n in (30, 31, 45, 61):

@@ -140,7 +140,7 @@ def upgrade(url: str, revision: str = "head") -> None:
         # lost on the way: worth waiting for, as any other read or write; or a URL the driver refuses as it connects
         # (no SQLSTATE: a server's own error in a migration, `invalid input value for enum`, is the upgrade refused)
         if out_of_reach(exc) or (refused_url(orig) and getattr(orig, "sqlstate", None) is None):
-            raise unreachable(url, orig) from None  # said as other commands say it (exit code 2)
+            raise unreachable(url, orig) from None  # each said as every other command says it
         raise UpgradeRefused(f"the {describe(url)} refused the upgrade: {one_line(exc.orig)}") from None
     finally:
         _AT_HEAD.discard(url)
