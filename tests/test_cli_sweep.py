@@ -269,29 +269,37 @@ def test_a_local_sweep_on_a_full_disk_fails_the_jobs_it_could_not_save_and_names
     assert [(r.status, r.error_message, r.epochs_done) for r in stored_jobs(1)] == ended * 4
 
 
+def after_the_first_batch(monkeypatch, act) -> list[list[int]]:
+    """Each batch's ids as `klab sweep --local` trains them (it looking before every batch, as its batches' Progress
+    does once a FLUSH_SECONDS), `act(conn)` done right after the first is saved, in a transaction of its own: what a
+    command from another shell does."""
+    import worker.local as local
+    from service import defaults
+
+    monkeypatch.setattr(defaults, "FLUSH_SECONDS", 0.0)
+    train, calls = local._train, []
+
+    def train_then_act(spec, ids, batch) -> None:
+        calls.append(ids)
+        train(spec, ids, batch)
+        if len(calls) == 1:
+            with writing() as conn:
+                act(conn)
+
+    monkeypatch.setattr(local, "_train", train_then_act)
+    return calls
+
+
 def test_a_local_sweep_cancelled_meanwhile_trains_no_batch_after(here: str, klab_cli, monkeypatch) -> None:
     """`klab cancel --sweep` from another shell while `klab sweep --local` trains its first batch: the batches
     after it train nothing and their jobs end cancelled, having trained none, as a worker's claim leaves them.
     Each batch trained a second before it looked (a job of one epoch, `succeeded`), and 4,096 one-job batches took
     over an hour to stop. The cancel is made, deterministically, right after the first batch is saved, and the
     sweep looks before every batch (it looks once a FLUSH_SECONDS, as its batches' Progress does)."""
-    import worker.local as local
-    from service import defaults
     from service.db import writes
     from service.jobs.selection import Selection
 
-    monkeypatch.setattr(defaults, "FLUSH_SECONDS", 0.0)
-
-    train, calls = local._train, []
-
-    def train_then_cancel(spec, ids, batch) -> None:
-        calls.append(ids)
-        train(spec, ids, batch)
-        if len(calls) == 1:
-            with writing() as conn:  # what klab cancel --sweep 1 does, in its own transaction
-                writes.cancel(conn, Selection(sweep=1))
-
-    monkeypatch.setattr(local, "_train", train_then_cancel)
+    calls = after_the_first_batch(monkeypatch, lambda conn: writes.cancel(conn, Selection(sweep=1)))  # cancel --sweep 1
     code, out, err = klab_cli("sweep", "--local", "--seed", "0..3", "--epochs", "1", "--batch-jobs", "1")
     assert (code, len(calls)) == (0, 1), (err, calls)
     assert [(r.status, r.epochs_done) for r in stored_jobs(1)] == [("succeeded", 1)] + [("cancelled", 0)] * 3
@@ -302,22 +310,10 @@ def test_a_local_sweep_cancelled_meanwhile_trains_no_batch_after(here: str, klab
 def test_a_local_sweep_trains_no_job_deleted_meanwhile(here: str, klab_cli, monkeypatch) -> None:
     """`klab delete 2,3,4` from another shell while `klab sweep --local` trains job 1: the batches of the jobs deleted
     train nothing (each trained its second before its Progress looked, and stored nothing of it)."""
-    import worker.local as local
-    from service import defaults
     from service.db import writes
     from service.jobs.selection import Selection
 
-    monkeypatch.setattr(defaults, "FLUSH_SECONDS", 0.0)
-    train, calls = local._train, []
-
-    def train_then_delete(spec, ids, batch) -> None:
-        calls.append(ids)
-        train(spec, ids, batch)
-        if len(calls) == 1:
-            with writing() as conn:  # what klab delete 2,3,4 does, in its own transaction
-                writes.delete_jobs(conn, Selection(ids=(2, 3, 4)))
-
-    monkeypatch.setattr(local, "_train", train_then_delete)
+    calls = after_the_first_batch(monkeypatch, lambda conn: writes.delete_jobs(conn, Selection(ids=(2, 3, 4))))
     code, out, err = klab_cli("sweep", "--local", "--seed", "0..3", "--epochs", "1", "--batch-jobs", "1")
     assert (code, calls) == (0, [[1]]), (err, calls)
     assert [(r.id, r.status) for r in stored_jobs(1)] == [(1, "succeeded")]

@@ -194,8 +194,9 @@ user's mistake, not a database away."""
 
 
 def refused_url(exc: BaseException) -> bool:
-    """Whether a driver's error (not SQLAlchemy's wrapping of it) is its refusal of the URL (_REFUSED_URL)."""
-    return bool(_REFUSED_URL.search(str(exc)))
+    """Whether a driver's error (not SQLAlchemy's wrapping of it) is its refusal of the URL (_REFUSED_URL), as it
+    connects: with no SQLSTATE (a server's own error in a statement, `invalid input value for enum`, has one)."""
+    return bool(_REFUSED_URL.search(str(exc))) and getattr(exc, "sqlstate", None) is None
 
 
 def unreachable(url: str, exc: BaseException) -> DatabaseUnavailable:

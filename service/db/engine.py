@@ -137,10 +137,8 @@ def upgrade(url: str, revision: str = "head") -> None:
             command.upgrade(alembic_config(url), revision)
     except DBAPIError as exc:
         orig = exc.orig if exc.orig is not None else exc
-        # lost on the way: worth waiting for, as any other read or write; or a URL the driver refuses as it connects
-        # (no SQLSTATE: a server's own error in a migration, `invalid input value for enum`, is the upgrade refused)
-        if out_of_reach(exc) or (refused_url(orig) and getattr(orig, "sqlstate", None) is None):
-            raise unreachable(url, orig) from None  # each said as every other command says it
+        if out_of_reach(exc) or refused_url(orig):  # lost on the way: worth waiting for, as any other read or write;
+            raise unreachable(url, orig) from None  # or a URL the driver refuses: each said as every command says it
         raise UpgradeRefused(f"the {describe(url)} refused the upgrade: {one_line(exc.orig)}") from None
     finally:
         _AT_HEAD.discard(url)
