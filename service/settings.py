@@ -253,8 +253,13 @@ def _names_a_database(url: str) -> None:
     one and every message named the other. An @ after the host that SQLAlchemy reads as a user part's end is refused
     too (`h:5432/db?options=x@y` was user h of host y: klab's writes went there, its reads to h), a # after the
     host (`h/#x`, `h?dbname=a#b`: the database `#x` or `a#b`, which messages named otherwise), and a host or port
-    given twice (`h:5432/db?port=1`: libpq reached port 1, messages named 5432; ?hostaddr= twice likewise)."""
+    given twice (`h:5432/db?port=1`: libpq reached port 1, messages named 5432; ?hostaddr= twice likewise). A NUL
+    byte (%00) anywhere ended libpq's connection string there: `HOST/%00x` reached the database named as the OS user,
+    as that user, where `klab db upgrade` wrote its schema while saying it upgraded `\x00x`."""
     rest = url.partition("://")[2]
+    if "\0" in unquote(rest):
+        raise BadInput("KLAB_DATABASE_URL", "holds a NUL byte (%00), where libpq's connection string ends: what "
+                                            "follows it would be dropped, and another database reached")
     user, slash = _USER_PART.match(rest), rest.find("/")  # one_at refused a / in the user part: past the host
     if user and -1 < slash < user.end():
         raise BadInput("KLAB_DATABASE_URL", "holds an @ after the host (in the database's name or a parameter), "

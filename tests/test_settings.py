@@ -34,6 +34,8 @@ DEFAULTS = {  # the README's words, and what they mean
     "KLAB_MAX_INPUT_ELEMENTS": ("16777216", 4096 * 4096),
     "KLAB_MAX_KERNEL_ELEMENTS": ("4096", 64 * 64),
     "KLAB_MAX_JOB_MEMORY": ("2147483648", 2 * 2**30),
+    "KLAB_BROKER_URL": ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+    "KLAB_SUBMIT_CONNECTIONS": ("4", 4),
 }
 
 
@@ -175,6 +177,7 @@ def test_a_database_named_with_a_newline_or_an_escape_is_described_on_one_line()
     ("sqlite:///file:x.db", "file:x.db"),  # a file of that name, as SQLite opens it without uri=true
     ("sqlite:///file:x.db?uri=true", "x.db"), ("sqlite:///file:/tmp/x.db?mode=ro&uri=1", "/tmp/x.db"),  # a URI:
     ("sqlite:///file:///tmp/x%20y.db?uri=yes", "/tmp/x y.db"),  # its path, `uri` read as SQLAlchemy reads it
+    ("sqlite:///file:/tmp/x.db?uri=%20TRUE", "/tmp/x.db"),  # spaces and case too
     ("sqlite:///file:x.db?uri=false", "file:x.db"), ("sqlite:///file::memory:?uri=true", None),
     ("sqlite:///file:x.db?mode=memory&uri=true", None), ("sqlite://", None), ("sqlite:///:memory:", None),
     ("postgresql://h/db", None),
@@ -357,3 +360,52 @@ def test_a_worker_beats_five_times_a_lease_and_reaps_twice_a_lease_or_a_stranded
     assert Settings.from_env({"KLAB_LEASE_SECONDS": "30", "KLAB_STRANDED_SECONDS": "8"}).reaper_seconds == 4.0
     assert Settings.from_env({"KLAB_LEASE_SECONDS": "1", "KLAB_STRANDED_SECONDS": "1"}).heartbeat_seconds == 0.2
     assert Settings.from_env({"KLAB_LEASE_SECONDS": "1", "KLAB_STRANDED_SECONDS": "1"}).reaper_seconds == 0.5
+
+
+def test_the_readme_batch_jobs_is_the_default_both_commands_show():
+    said = re.search(r"tasks of up to `--batch-jobs` \(([0-9,]+)\) jobs", README)
+    assert said, "the README's --batch-jobs default"
+    from harness import clean_env, klab
+
+    for command in ("submit", "sweep"):
+        out = klab(clean_env(ROOT / "no-home"), command, "--help")
+        assert f"[default: {said.group(1).replace(',', '')};" in " ".join(out.stdout.split()), out.stdout
+
+
+@pytest.mark.parametrize("url,says", [
+    ("sqlite:////tmp/x.db?timeout=5&timeout=6", "the parameter 'timeout' is given twice"),  # SQLAlchemy made a
+    # tuple of the two, sqlite3 a TypeError: a traceback
+    ("postgresql://u:pw#x@h:5432/db", "the password holds '#', which a URL's user part cannot hold: write it as %23"),
+    ("postgresql://u@h:5432/%00", "holds a NUL byte (%00), where libpq's connection string ends: what follows it "
+                                  "would be dropped, and another database reached"),  # connected to the database
+    # named as the OS user, as that user (root), and `klab db upgrade` wrote its schema there, naming `\x00`
+    ("postgresql://u:p%00w@h:5432/db", "holds a NUL byte (%00), where libpq's connection string ends: what follows "
+                                       "it would be dropped, and another database reached"),
+    ("postgresql://u@h:5432/db?application_name=a%00b", "holds a NUL byte (%00), where libpq's connection string "
+                                                        "ends: what follows it would be dropped, and another database "
+                                                        "reached"),
+    ("mysql://u@h/db", "mysql is not supported: kernel-lab stores its results in SQLite (sqlite:///PATH) or "
+                       "PostgreSQL (postgresql://USER@HOST/DB)"),  # not "cannot use mysql database db on h:5432"
+])
+def test_a_database_urls_mistake_is_said_in_its_own_words(url, says):
+    from service.settings import normalize_url
+
+    with pytest.raises(BadInput, match=f"^KLAB_DATABASE_URL: {re.escape(says)}$"):
+        normalize_url(url)
+
+
+def test_an_escaped_percent_before_00_is_no_nul():
+    from service.settings import normalize_url
+
+    assert normalize_url("postgresql://u@h:5432/a%2500b").endswith("@h:5432/a%2500b")  # the database a%00b
+
+
+def test_a_brokers_password_given_as_a_parameter_is_escaped_into_the_user_part():
+    """kombu refuses ?password= beside the one it passes; moved into the user part, its / is written %2F, where one
+    left as it is would be refused as a / the user wrote in the user part."""
+    from service.settings import Settings, broker_password
+
+    assert broker_password("redis://h:6379/3?password=a/b#c") == "redis://h:6379/3?password=a/b#c"  # left as it is
+    assert broker_password("redis://h:6379/3?password=a/b%23c&x=1") == "redis://:a%2Fb%23c@h:6379/3?x=1"
+    assert Settings.from_env({"KLAB_BROKER_URL": "redis://127.0.0.1:6379/3?password=a/b"}).broker_url == \
+        "redis://:a%2Fb@127.0.0.1:6379/3"
