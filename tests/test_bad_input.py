@@ -76,6 +76,13 @@ def make_files(d: Path) -> None:
     (d / "lr_nan.json").write_text('{"lr": NaN}')
     (d / "lr_inf.yaml").write_text("lr: .inf\n")
     (d / "epochs_hex.yaml").write_text("epochs: 0x10\n")
+    (d / "method_date.yaml").write_text("method: 2001-12-14\n")  # was "unknown value datetime.date(2001, 12, 14)"
+    (d / "key_true.yaml").write_text("true: 3\n")  # the key True: "1: Keys should be strings"
+    (d / "key_number.yaml").write_text("3: 3\n")
+    (d / "epochs_5000_digits.json").write_text('{"epochs": ' + "9" * 5000 + "}")  # past int()'s 4,300 digits: the
+    (d / "epochs_5000_digits.yaml").write_text("epochs: " + "9" * 5000 + "\n")  # file was "not valid json"
+    (d / "separator_line.jsonl").write_text('{"seed": 1}\n\x1c\n{"seed": 2}\n')  # skipped: str.strip() took it
+    # for space, where JSON's space is " \t\r\n"
     (d / "seed_item_comma.yaml").write_text('seed: ["1,2", 3]\n')  # two values in one item: it swept 1, 2, 3
     (d / "batch_item_comma.yaml").write_text('method: adam\nbatch-size: ["1,2", 3]\n')  # named batch_size
     (d / "kernel_nan.json").write_text('{"kernel": [[1.0, NaN]]}')
@@ -154,8 +161,18 @@ CASES = [
     Case("a-setting-ending-in-an-underscore", ("run", "--epochs", "1"), "KLAB_MAX_EPOCHS", {"KLAB_MAX_EPOCHS": "10_"}),
     Case("a-negative-setting-of-40-digits", ("run", "--epochs", "1"), "KLAB_MAX_EPOCHS",
          {"KLAB_MAX_EPOCHS": "-" + "9" * 40}),
+    Case("a-lease-of-zero-seconds", ("run", "--epochs", "1"), "KLAB_LEASE_SECONDS", {"KLAB_LEASE_SECONDS": "0"}),
+    Case("a-setting-of-minus-zero", ("run", "--epochs", "1"), "KLAB_MAX_EPOCHS", {"KLAB_MAX_EPOCHS": "-0"}),
+    Case("a-setting-of-30-digits", ("run", "--epochs", "1"), "KLAB_MAX_EPOCHS", {"KLAB_MAX_EPOCHS": "9" * 30}),
+    Case("a-setting-of-31-digits", ("run", "--epochs", "1"), "KLAB_MAX_EPOCHS", {"KLAB_MAX_EPOCHS": "1" + "0" * 30}),
     Case("an-lr-in-arabic-digits", ("sweep", "--lr", "٠.١,0.2"), "lr"),  # swept 0.1 and 0.2
     Case("a-hex-number-in-a-file", ("run", "-f", "{d}/epochs_hex.yaml"), "epochs"),  # YAML 1.1 read 0x10 as 16
+    Case("a-date-in-a-file", ("run", "-f", "{d}/method_date.yaml"), "method"),
+    Case("a-key-of-true", ("run", "-f", "{d}/key_true.yaml"), "true"),
+    Case("a-key-of-a-number", ("run", "-f", "{d}/key_number.yaml"), "3"),
+    Case("epochs-of-5000-digits-in-json", ("run", "-f", "{d}/epochs_5000_digits.json"), "epochs"),
+    Case("epochs-of-5000-digits-in-yaml", ("submit", "-f", "{d}/epochs_5000_digits.yaml"), "epochs"),
+    Case("a-jsonl-line-of-a-separator", ("submit", "-f", "{d}/separator_line.jsonl"), "file"),
     Case("batch-size-past-64-bits", ("sweep", "--local", "--batch-size", str(2**63)), "batch-size"),
     Case("batch-size-dash-range", ("sweep", "--local", "--batch-size", "1-2"), "batch-size"),  # these four named
     Case("batch-size-word", ("sweep", "--local", "--batch-size", "x"), "batch-size"),  # batch_size, the keyword

@@ -1,10 +1,13 @@
-"""The files a user names (an input, labels, a kernel, a job or sweep file): checked before they are read, and a
-text file read in the encodings editors write. Plain Python (no numpy)."""
+"""The files a user names (an input, labels, a kernel, a job or sweep file): checked before they are read, a
+text file read in the encodings editors write, and a job file's numbers and fields as read. Plain Python (no
+numpy)."""
 from __future__ import annotations
 
 import codecs
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from service.errors import BadInput
 from service.settings import settings
@@ -61,3 +64,53 @@ def read_text(field: str, path: Path, raw: str) -> str:
         at = exc.start + (len(codecs.BOM_UTF8) if encoding == "utf-8-sig" and data.startswith(codecs.BOM_UTF8) else 0)
         raise BadInput(field, f"{raw} is not {encoding.removesuffix('-sig').upper()} text (byte {data[at]:#04x} at "
                               f"offset {at}); save it as UTF-8") from None
+
+
+JSON_SPACE = " \t\r\n"
+"""JSON's whitespace: a JSONL line of nothing else is no job's."""
+
+
+class Written(float):
+    """A file's number with a fraction or an exponent, as a float that keeps the text it was written as: a whole
+    number is read from that text, as its flag is (`seed: 9007199254740993.0` trained seed ...992 through the
+    float, and `epochs: 7.00000000000000001` trained 7 where --epochs refuses it), and a sweep writes its items so."""
+
+    text: str
+
+    def __new__(cls, value: float, text: str) -> Written:
+        number = super().__new__(cls, value)
+        number.text = text
+        return number
+
+    @classmethod
+    def read(cls, text: str) -> Written:
+        """json's parse_float."""
+        return cls(float(text), text)
+
+    @classmethod
+    def whole(cls, text: str) -> int | Written:
+        """json's parse_int: a whole number past the 4,300 digits int() reads kept as written, for its field to
+        refuse it as its flag does (`too large`), where the file was said not to be valid JSON."""
+        try:
+            return int(text)
+        except ValueError:
+            return cls(float(text), text)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class Twice(ValueError):
+    """A file's mapping that names a field twice (or as `batch-size` and `batch_size`): JSON and YAML would keep
+    the last value without a word."""
+
+
+def named_once(pairs: Sequence[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A mapping from its (key, value) pairs, each field named once (Twice otherwise)."""
+    seen: dict[Any, Any] = {}
+    for key, _ in pairs:
+        same = key.replace("-", "_") if isinstance(key, str) else key
+        if same in seen:
+            raise Twice(f"{seen[same]!r} and {key!r}" if seen[same] != key else repr(key))
+        seen[same] = key
+    return dict(pairs)

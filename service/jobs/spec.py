@@ -5,7 +5,7 @@ import difflib
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from service import defaults
 from service.errors import BadInput, surrogate, visible
 from service.jobs.choices import Device, Method, input_text, kernel_text, means_no_kernel
-from service.jobs.files import checked_file, read_text
+from service.jobs.files import JSON_SPACE, Twice, Written, checked_file, named_once, read_text
 from service.jobs.sweep import INTEGER, NOT_AN_ARRAY, SWEEP_HINT, SWEEPABLE, kernel_literal, number
 from service.settings import settings
 
@@ -91,8 +91,9 @@ class JobSpec(BaseModel):
     def _as_sweeps_read_it(cls, value: Any, info: Any) -> Any:
         """A number given as text (a flag of `klab run`, a file's quoted value) read as a sweep reads one: pydantic
         read `--seed 0-9` as -9 (and `0-0` as 0), where `klab sweep --seed 0-9` asks `did you mean 0..9?`."""
-        if isinstance(value, Written) and info.field_name in INTEGER and math.isfinite(value):
-            value = value.text  # .inf and .nan are told they are not finite, as before
+        if isinstance(value, Written) and info.field_name in INTEGER and (math.isfinite(value) or
+                                                                         value.text.lstrip("+-").isdigit()):
+            value = value.text  # .inf and .nan are told they are not finite, as before; 5,000 digits too large
         if not isinstance(value, str) or value.strip().lower() == "none" or _swept(value):  # a sweep's values:
             return value  # pydantic's error, which bad_input_from points at klab sweep
         try:
@@ -214,14 +215,15 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
         if suffix == ".jsonl":
             lines = text.split("\n")  # as JSON Lines ends a line (\r, as JSON's whitespace, stays in it): not
             # splitlines(), which broke a string holding U+2028 and a line holding \r between its tokens
-            count, limit = sum(1 for line in lines if line.strip()), settings().max_sweep_jobs
+            count, limit = sum(1 for line in lines if line.strip(JSON_SPACE)), settings().max_sweep_jobs
             if count > limit:  # before parsing them all (a 21 MB file of {} ran out of memory first)
                 raise BadInput(field, f"{count} jobs, more than the limit {limit} (KLAB_MAX_SWEEP_JOBS)")
             docs = []
             for number, line in enumerate(lines, 1):
-                if line.strip():
+                if line.strip(JSON_SPACE):  # a line of \x1c, which str.strip() takes for space, is no job's
                     try:
-                        docs.append(json.loads(line, object_pairs_hook=_once, parse_float=Written.read))
+                        docs.append(json.loads(line, object_pairs_hook=named_once, parse_float=Written.read,
+                                               parse_int=Written.whole))
                     except Twice as exc:
                         raise Twice(f"{exc}, line {number}") from None
                     except ValueError:
@@ -229,7 +231,7 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
             if not docs:
                 raise BadInput(field, f"{path} holds no jobs")
         elif suffix == ".json":
-            docs = [json.loads(text, object_pairs_hook=_once, parse_float=Written.read)]
+            docs = [json.loads(text, object_pairs_hook=named_once, parse_float=Written.read, parse_int=Written.whole)]
         else:
             docs = [_yaml(field, path, text)]
     except Twice as exc:
@@ -254,43 +256,6 @@ def _field_key(key: Any) -> Any:
     if isinstance(key, str) and key.replace("-", "_") in JobSpec.model_fields:
         return key.replace("-", "_")
     return key.text if isinstance(key, Written) else key  # `1e3:` is named as written, not 1000.0
-
-
-class Written(float):
-    """A file's number with a fraction or an exponent, as a float that keeps the text it was written as: a whole
-    number is read from that text, as its flag is (`seed: 9007199254740993.0` trained seed ...992 through the
-    float, and `epochs: 7.00000000000000001` trained 7 where --epochs refuses it), and a sweep writes its items so."""
-
-    text: str
-
-    def __new__(cls, value: float, text: str) -> Written:
-        number = super().__new__(cls, value)
-        number.text = text
-        return number
-
-    @classmethod
-    def read(cls, text: str) -> Written:
-        """json's parse_float."""
-        return cls(float(text), text)
-
-    def __str__(self) -> str:
-        return self.text
-
-
-class Twice(ValueError):
-    """A file's mapping that names a field twice (or as `batch-size` and `batch_size`): JSON and YAML would keep
-    the last value without a word."""
-
-
-def _once(pairs: Sequence[tuple[Any, Any]]) -> dict[Any, Any]:
-    """A mapping from its (key, value) pairs, each field named once (Twice otherwise)."""
-    seen: dict[Any, Any] = {}
-    for key, _ in pairs:
-        same = key.replace("-", "_") if isinstance(key, str) else key
-        if same in seen:
-            raise Twice(f"{seen[same]!r} and {key!r}" if seen[same] != key else repr(key))
-        seen[same] = key
-    return dict(pairs)
 
 
 YAML_VALUES = 100_000
@@ -362,7 +327,7 @@ def _loader() -> type:
             into the mapping that merges it without constructing it. Then, as YAML says, the mapping's own field
             wins over a merged one, and the first of several merged mappings over the next, whatever the spelling:
             `<<: [{batch-size: 4}, {batch_size: 3}]` trained 3 (yaml keeps both, and the last spelling won)."""
-            _once([(k.value, None) for k, _ in node.value if isinstance(k, yaml.ScalarNode)])
+            named_once([(k.value, None) for k, _ in node.value if isinstance(k, yaml.ScalarNode)])
             own = sum(k.tag != "tag:yaml.org,2002:merge" for k, _ in node.value)
             super().flatten_mapping(node)  # the merged pairs, first mapping first, then the mapping's own
             merged, mine = node.value[:len(node.value) - own], node.value[len(node.value) - own:]
@@ -374,6 +339,9 @@ def _loader() -> type:
                     seen.add(field)
                     kept.append((key, value))
             node.value = kept + mine
+            for key, _ in node.value:  # a key names a field: as written (`true:`, `3:` were "Keys should be strings")
+                if isinstance(key, yaml.ScalarNode):
+                    key.tag = "tag:yaml.org,2002:str"
 
     def number(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
         if ":" in node.value:
@@ -383,7 +351,10 @@ def _loader() -> type:
         if _BASE_PREFIX.fullmatch(node.value):  # 0x10, 0b11: text, refused as the flag refuses it (YAML 1.1: 16, 3)
             return loader.construct_scalar(node)
         if node.tag.endswith(":int"):
-            return yaml.SafeLoader.construct_yaml_int(loader, node)
+            try:
+                return yaml.SafeLoader.construct_yaml_int(loader, node)
+            except ValueError:  # past the 4,300 digits int() reads: its field says it is too large
+                return Written.whole(node.value.replace("_", ""))
         return Written(yaml.SafeLoader.construct_yaml_float(loader, node), node.value)
 
     def boolean(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
@@ -396,5 +367,7 @@ def _loader() -> type:
     for tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
         Loader.add_constructor(tag, number)
     Loader.add_constructor("tag:yaml.org,2002:bool", boolean)
+    Loader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_scalar)  # 2001-12-14 is text
+    # (`method: 2001-12-14` was "unknown value datetime.date(2001, 12, 14)")
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT, list("-+0123456789."))
     return Loader
