@@ -178,6 +178,10 @@ CASES = [
     Case("batch-size-word", ("sweep", "--local", "--batch-size", "x"), "batch-size"),  # batch_size, the keyword
     Case("batch-size-twice-in-a-range", ("sweep", "--local", "--batch-size", "1..2,2"), "batch-size"),
     Case("batch-size-log-rounds-together", ("sweep", "--local", "--batch-size", "1:2:3"), "batch-size"),
+    Case("log-spaced-lrs-closer-than-12-digits", ("sweep", "--lr", "1:1.0000000000001:3"), "lr"),  # was "1.0
+    # appears more than once", each value given once
+    Case("log-spaced-noise-of-equal-ends", ("sweep", "--noise", "0.5:0.5:3"), "noise"),
+    Case("log-spaced-seeds-of-equal-ends", ("sweep", "--seed", "3:3:2"), "seed"),  # "1 whole numbers"
     Case("log-spaced-seeds-that-round-together", ("sweep", "--seed", "1:2:5"), "seed"),
     Case("log-spaced-epochs-that-round-together", ("sweep", "--local", "--epochs", "1:100:100"), "epochs"),
     Case("log-spaced-seeds-not-whole", ("sweep", "--seed", "0.5:1.4:2"), "seed"),

@@ -95,21 +95,17 @@ def number(field: str, text: str, integer: bool) -> float | int:
 
 
 def _finite(text: str) -> bool:
-    try:
+    with contextlib.suppress(ValueError):
         return math.isfinite(float(text))
-    except ValueError:
-        return False
+    return False
 
 
 def _range_hint(field: str, text: str) -> str:
     """What a number that is a range written with a dash was meant to be."""
-    dashed = _DASHED.fullmatch(text)
-    if dashed is None:
+    if (dashed := _DASHED.fullmatch(text)) is None:
         return ""
     a, b = dashed.groups()
-    if field in INTEGER:
-        return f"; did you mean {a}..{b}?"
-    return f"; {_listed(a, b)}"
+    return f"; did you mean {a}..{b}?" if field in INTEGER else f"; {_listed(a, b)}"
 
 
 def _listed(a: str, b: str) -> str:
@@ -150,11 +146,15 @@ def _values(field: str, item: str, limit: int) -> list[Any]:
             whole = sorted({int(a), int(b), *inner}) if n > 1 else [int(a)]
             if len(whole) < n:  # log-spaced values closer than 1 round to the same whole number
                 raise BadInput(field, f"{item}: {n} log-spaced values from {a} to {b} round to {len(whole)} whole "
-                                      f"numbers; ask for fewer, or for all of them: {a}..{b}")
+                                      f"number{'s' * (len(whole) != 1)}; ask for fewer, or for all of them: {a}..{b}")
             return whole
-        return [a, *(float(f"{v:.12g}") for v in vals[1:-1]), b] if n > 1 else [a]  # the ends as given, exactly
-        # (0.0123456789012345:0.1:3 trained 0.0123456789012, and 1:1.0000000000001:2 was refused as 1.0 twice);
-        # one value is A, as numpy's geomspace gives it
+        kept = [a, *(float(f"{v:.12g}") for v in vals[1:-1]), b] if n > 1 else [a]  # the ends as given, exactly
+        # (0.0123456789012345:0.1:3 trained 0.0123456789012); one value is A, as numpy's geomspace gives it
+        if (k := len(set(kept))) < n:  # 1:1.0000000000001:3 was "1.0 appears more than once", each given once
+            raise BadInput(field, f"{item}: {n} log-spaced values from {a_s.strip()} to {b_s.strip()} are {k} "
+                                  f"number{'s' * (k != 1)} at the 12 significant digits kept between the ends; ask "
+                                  "for fewer, or ends further apart")
+        return kept
     if field in NUMERIC:
         return [number(field, item, integer)]
     return [item]
