@@ -726,6 +726,19 @@ def test_on_epoch_sees_every_epoch_of_every_job(method):
             np.testing.assert_allclose(e.mse, batch.trained.mse[e.epoch - 1], rtol=1e-7)
 
 
+def test_training_stops_once_every_job_has_stopped():
+    """The book's job at lr 3 diverges at its third epoch, and the other job at lr 2 at its fourth: training ends
+    there, where without the loop's break it went on to the tenth epoch of NaN (`klab run -v` printed `epoch 4,
+    loss nan` to `epoch 10`)."""
+    jobs = jobs_of([spec(method="d2l-manual", seed=0, lr=lr) for lr in (3.0, 2.0)])
+    events = []
+    batch = train(jobs, Method.D2L_MANUAL, 10, 2, on_epoch=events.append)
+    assert [batch.status(i).value for i in range(2)] == ["diverged", "diverged"]
+    ends = [int(batch.trained.diverged_epoch[i]) for i in range(2)]
+    assert [e.epoch for e in events] == list(range(1, max(ends) + 1)) and max(ends) < 10, ends
+    assert [e.alive.tolist() for e in events][-1] == [False, False]
+
+
 def test_on_epoch_can_cancel_a_job_and_the_others_are_unaffected():
     jobs = jobs_of([spec(method="d2l-manual", seed=s, lr=0.01) for s in range(3)])
     full = train(jobs, Method.D2L_MANUAL, 6, 2)
@@ -809,6 +822,20 @@ def test_lstsq_mse_is_over_every_label_of_every_sample():
                                          noise=0.3)))
     (epoch,) = result["epochs"]
     assert epoch["mse"] == pytest.approx(epoch["loss"] / 48, rel=1e-6) and epoch["mse"] > 0
+
+
+def test_a_minibatch_job_is_judged_diverged_by_its_whole_datas_mse_not_its_last_batchs(tmp_path):
+    """Three samples, the last 10^4 times smaller than the others: the last batch's loss after the first epoch is
+    some 10^8 times under the whole data's mse, and a rise of the mse past 10^6 times that loss (its second epoch,
+    still falling) was told `diverged at epoch 2`, `training diverged: the learning rate is too large`."""
+    x = np.random.default_rng(0).standard_normal((3, 1, 6, 8))
+    x[2] *= 1e-4
+    np.save(tmp_path / "x.npy", x)
+    job = spec(input=f"npy:{tmp_path / 'x.npy'}", kernel="d2l", method="d2l-sgd", batch_size=1, lr=0.01, epochs=5)
+    got = run_spec(job)
+    assert got["status"] == "succeeded" and got["epochs_done"] == 5, got["status"]
+    losses = [e["loss"] for e in got["epochs"]]
+    assert losses[-1] < losses[0] and got["diverged_epoch"] is None, losses
 
 
 def test_a_fit_that_starts_exact_is_no_divergence_when_its_loss_rises():
