@@ -223,6 +223,7 @@ CASES = [
     Case("empty-row-kernel-literal", ("run", "--kernel", "[[]]"), "kernel"),
     Case("ragged-kernel-literal", ("submit", "--kernel", "[[1, 2], [3]]"), "kernel"),
     Case("nan-kernel-literal", ("run", "--kernel", "[[1, NaN]]"), "kernel"),
+    Case("a-kernel-literal-nested-5-deep", ("run", "--kernel", "[[[[[1]]]]]"), "kernel"),  # taken: "got 5-D"
     Case("inf-kernel-literal", ("submit", "--kernel", "[[1, -Infinity]]"), "kernel"),
     Case("huge-kernel-literal", ("submit", "--kernel", "[[1e999, 1]]"), "kernel"),
     Case("non-numeric-kernel-literal", ("run", "--kernel", '[["a", 1]]'), "kernel"),
@@ -249,6 +250,8 @@ CASES = [
     Case("negative-noise", ("submit", "--noise", "-1"), "noise"),
     Case("negative-seed", ("submit", "--seed", "-1"), "seed"),
     Case("seed-too-large", ("run", "--seed", str(2**63)), "seed"),
+    Case("a-seed-of-31-digits-in-a-sweep", ("sweep", "--seed", "1e30"), "seed"),  # read whole and told the
+    # column's bound; 'too large, got ...' is for longer ones
     Case("non-numeric-bias", ("submit", "--bias", "some"), "bias"),
     Case("negative-tol", ("run", "--tol", "-1"), "tol"),
     Case("zero-batch-jobs", ("sweep", "--seed", "1,2", "--batch-jobs", "0"), "--batch-jobs"),
@@ -262,6 +265,8 @@ CASES = [
     Case("sweep-jobs-over-limit", ("sweep", "--seed", "0..4", "--lr", "0.01,0.02,0.03"), "sweep",
          {"KLAB_MAX_SWEEP_JOBS": "10"}),
     Case("sweep-range-over-limit", ("sweep", "--seed", "0..20"), "seed", {"KLAB_MAX_SWEEP_JOBS": "10"}),
+    Case("a-range-one-value-longer-than-the-limit", ("sweep", "--seed", "1..11"), "seed",
+         {"KLAB_MAX_SWEEP_JOBS": "10"}),  # its 11 values were let through to the grid's own check
     Case("upload-over-size-limit", ("submit", "--input", "npy:{d}/big.npy"), "input",
          {"KLAB_MAX_FILE_BYTES": "4096"}),
     # sweeps
@@ -751,11 +756,12 @@ def test_a_default_past_a_lowered_limit_is_no_mistake_of_a_job_file(cli_env, dat
 
 
 def test_values_at_their_limits_are_no_mistake(files, cli_env, database, setenv, tmp_path: Path):
-    """A job file of exactly KLAB_MAX_SWEEP_JOBS jobs, a sweep's name of 200 characters and a tag of 100 are valid:
-    each goes on to the broker, which is not there (exit code 3: nothing was refused as bad input)."""
+    """A job file of exactly KLAB_MAX_SWEEP_JOBS jobs, a range of as many values, a sweep's name of 200 characters
+    and a tag of 100 are valid: each goes on to the broker, which is not there (exit code 3: nothing was refused as
+    bad input)."""
     setenv(KLAB_MAX_SWEEP_JOBS="11")
     try:
-        for args in (("submit", "-f", str(files / "eleven.jsonl")),
+        for args in (("submit", "-f", str(files / "eleven.jsonl")), ("sweep", "--seed", "1..11"),
                      ("sweep", "--seed", "1,2", "--name", "é" * 200, "--tag", "t" * 100)):
             code, _, lines = klab_here(*args)
             assert code == 3 and lines[0].startswith("klab: error: cannot reach the broker"), (args, lines)

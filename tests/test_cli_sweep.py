@@ -177,6 +177,31 @@ def test_labels_with_a_true_kernel_and_without_one_in_one_sweep_are_each_their_t
         assert got["gap"]["noise"] == alone["gap_noise"] and got["explanation"] == alone["explanation"]
 
 
+@pytest.mark.parametrize("swept,job,loss,relative", [
+    (("--method", "d2l-manual,d2l-sgd"), ("method", "d2l-sgd"), "0.3706", "1.111"),  # cuts the book's image in rows
+    (("--noise", "0.5", "--seed", "1,2"), ("seed", 2), "9.504", "0.2971"),  # each seed draws noise of its own
+])
+def test_jobs_whose_data_differ_only_by_method_or_noises_seed_are_each_their_twin(here: str, klab_cli, swept, job,
+                                                                                  loss, relative) -> None:
+    """Jobs of one sweep share one problem only where it is the same: the d2l-sgd job shared d2l-manual's uncut
+    image (loss 0.4241, where its twin `klab run --method d2l-sgd --epochs 3` ends at 0.3706), and seed 2 shared
+    seed 1's noise (loss 8.2, where its twin ends at 9.504)."""
+    from worker.engine import run_spec
+
+    code, out, err = klab_cli("sweep", "--local", "--epochs", "3", *swept, "--json", "--wait")
+    assert code == 0, err
+    results = json.loads(out)
+    assert len(results) == 2 and {r["status"] for r in results} == {JobStatus.SUCCEEDED.value}
+    for got in results:
+        alone, epochs = run_spec(JobSpec.parse(got["spec"]))
+        assert [e["loss"] for e in got["epochs"]] == [e["loss"] for e in epochs], got["spec"]
+        assert got["learned_kernel"] == alone["learned_kernel"] and got["error"]["relative"] == alone["relative_error"]
+    (second,) = [r for r in results if r["spec"][job[0]] == job[1]]
+    assert second["id"] == results[1]["id"]  # trained after the job it shared its problem with
+    assert f"{second['epochs'][-1]['loss']:.4g}" == loss  # the twin's, as klab run prints them
+    assert f"{second['error']['relative']:.4g}" == relative
+
+
 def test_a_job_stopped_by_the_time_limit_is_said_so_not_cancelled(here: str, klab_cli, setenv) -> None:
     setenv(KLAB_MAX_JOB_SECONDS="1")
     code, out, err = klab_cli("sweep", "--local", "--seed", "0,1", "--epochs", "100000", "--json")

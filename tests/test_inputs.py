@@ -122,6 +122,17 @@ def test_npy_inputs_of_two_to_four_dimensions(tmp_path, shape, expected):
     assert np.array_equal(x.reshape(shape), array.astype(np.float32))
 
 
+def test_an_npy_input_is_held_to_the_element_limit_as_a_made_one_is(tmp_path, setenv):
+    """The npy input's own check of KLAB_MAX_INPUT_ELEMENTS: without it a 6x8 file under a limit of 40 trained."""
+    np.save(tmp_path / "x.npy", np.ones((6, 8)))
+    setenv(KLAB_MAX_INPUT_ELEMENTS="40")
+    with pytest.raises(BadInput) as caught:
+        inputs.parse_input(f"npy:{tmp_path / 'x.npy'}", 0)
+    assert str(caught.value) == "input: has 48 elements, more than the limit 40 (KLAB_MAX_INPUT_ELEMENTS)"
+    setenv(KLAB_MAX_INPUT_ELEMENTS="48")  # the limit itself is allowed
+    assert inputs.parse_input(f"npy:{tmp_path / 'x.npy'}", 0)[0].shape == (1, 1, 6, 8)
+
+
 def test_npy_of_integers_is_accepted(tmp_path):
     np.save(tmp_path / "i.npy", np.arange(12, dtype=np.int16).reshape(3, 4))
     assert inputs.load_npy("input", str(tmp_path / "i.npy")).dtype == np.float64
@@ -229,6 +240,19 @@ def test_jpeg_is_accepted_and_other_formats_or_text_are_not(tmp_path):
     (tmp_path / "t.png").write_text("hello")
     with pytest.raises(BadInput, match="^input: .*not a PNG or JPEG"):
         inputs.parse_input(f"image:{tmp_path / 't.png'}", 0)
+
+
+def test_an_image_of_exactly_the_limits_pixels_is_taken(tmp_path, setenv):
+    """An 8x6 PNG under KLAB_MAX_INPUT_ELEMENTS=48 is at the limit, not past it; one pixel fewer allowed refuses it."""
+    Image.new("L", (8, 6)).save(tmp_path / "a.png")
+    setenv(KLAB_MAX_INPUT_ELEMENTS="48")
+    x, ndim = inputs.parse_input(f"image:{tmp_path / 'a.png'}", 0)
+    assert x.shape == (1, 1, 6, 8) and ndim == 3
+    setenv(KLAB_MAX_INPUT_ELEMENTS="47")
+    with pytest.raises(BadInput) as caught:
+        inputs.parse_input(f"image:{tmp_path / 'a.png'}", 0)
+    assert str(caught.value) == (f"input: {tmp_path / 'a.png'} is 8x6, 48 pixels, more than the limit 47 "
+                                 "(KLAB_MAX_INPUT_ELEMENTS)")
 
 
 def test_a_jpeg_holding_several_pictures_is_read_as_its_first(tmp_path):

@@ -142,6 +142,19 @@ def test_the_estimate_grows_with_what_the_job_makes():
     assert job_memory((1, 1, 4096, 4096), (4096, 1, 1, 1), False, Method.LSTSQ, 10) > 1000 * GIB
 
 
+def test_least_squares_on_an_input_larger_than_its_labels_counts_the_input_as_read(setenv):
+    """16 channels of 64x64 and one output channel: the input as read (a float64 draw, its float64 and float32
+    copies, 20 bytes an element) outweighs the labels and G, and is what the estimate and the refusal say."""
+    need = job_memory((1, 16, 64, 64), (1, 16, 2, 2), False, Method.LSTSQ, 1)
+    assert need == ENGINE_BYTES + 20 * 16 * 64 * 64 == 185_860_096
+    setenv(KLAB_MAX_JOB_MEMORY="185700000")
+    spec = JobSpec.parse({"input": "random:16x64x64", "kernel": "random:1x16x2x2", "method": "lstsq", "epochs": 1})
+    with pytest.raises(BadInput) as caught:
+        build_problem(spec)
+    assert str(caught.value) == ("memory: the job needs about 177.2 MiB at once (input 1x16x64x64, kernel 1x16x2x2, "
+                                 "method lstsq), more than the limit 177.1 MiB (KLAB_MAX_JOB_MEMORY)")
+
+
 def test_a_batch_holds_as_many_jobs_as_fit_in_the_limit_together(setenv):
     from types import SimpleNamespace
 

@@ -518,6 +518,8 @@ def test_labels_instead_of_a_kernel(tmp_path):
     ((2, 1, 6, 7), {}, "2 samples but the input has 1"),
     ((1, 1, 6, 7), {"input": "random:3x1x6x8"}, "1 samples but the input has 3"),  # fewer, as more
     ((6, 7), {"input": "random:3x1x6x8", "kernel": None}, "2-D but the input has 3 samples"),
+    ((1, 6, 7), {"input": "random:2x1x6x8", "kernel": None}, "are 3-D but the input has 2 samples"),  # unchecked: a
+    # traceback
 ])
 def test_labels_of_the_wrong_shape(tmp_path, labels_shape, values, message):
     np.save(tmp_path / "y.npy", np.zeros(labels_shape))
@@ -557,6 +559,14 @@ def test_labels_may_not_imply_a_kernel_over_the_limit(tmp_path, setenv):
     np.save(tmp_path / "y.npy", np.zeros((4, 4)))  # a 3x5 kernel on the 6x8 input
     with pytest.raises(BadInput, match=r"^labels: .*kernel, more than the limit 4 \(KLAB_MAX_KERNEL_ELEMENTS\)"):
         build_problem(JobSpec.parse({"kernel": None, "labels": f"npy:{tmp_path / 'y.npy'}"}))
+
+
+def test_labels_may_imply_a_kernel_of_exactly_the_limit(tmp_path, setenv):
+    """6x7 labels on the 6x8 input imply a 1x2 kernel: 2 elements, within KLAB_MAX_KERNEL_ELEMENTS=2."""
+    setenv(KLAB_MAX_KERNEL_ELEMENTS="2")
+    np.save(tmp_path / "y.npy", np.ones((6, 7)))
+    p = build_problem(JobSpec.parse({"kernel": None, "labels": f"npy:{tmp_path / 'y.npy'}"}))
+    assert p.kernel_shape == (1, 1, 1, 2) and p.true_kernel is None
 
 
 def test_given_arrays_replace_the_spec_forms():
