@@ -257,9 +257,6 @@ def _names_a_database(url: str) -> None:
     byte (%00) anywhere ended libpq's connection string there: `HOST/%00x` reached the database named as the OS user,
     as that user, where `klab db upgrade` wrote its schema while saying it upgraded `\x00x`."""
     rest = url.partition("://")[2]
-    if "\0" in unquote(rest):
-        raise BadInput("KLAB_DATABASE_URL", "holds a NUL byte (%00), where libpq's connection string ends: what "
-                                            "follows it would be dropped, and another database reached")
     user, slash = _USER_PART.match(rest), rest.find("/")  # one_at refused a / in the user part: past the host
     if user and -1 < slash < user.end():
         raise BadInput("KLAB_DATABASE_URL", "holds an @ after the host (in the database's name or a parameter), "
@@ -270,6 +267,11 @@ def _names_a_database(url: str) -> None:
         raise BadInput("KLAB_DATABASE_URL", "holds a # after the host, which ends a URL: write it as %23")
     path, _, query = rest.partition("?")
     netloc, keys = path.partition("/")[0], [k for k, _ in parse_qsl(query, keep_blank_values=True)]
+    read = [unquote(user.group()) if user else "", unquote(path.partition("/")[2]), *keys,  # as SQLAlchemy reads them
+            *(v for _, v in parse_qsl(query, keep_blank_values=True))]  # (a host's %00 is no NUL, it is not read)
+    if any("\0" in part for part in read):
+        raise BadInput("KLAB_DATABASE_URL", "holds a NUL byte (%00), where libpq's connection string ends: what "
+                                            "follows it would be dropped, and another database reached")
     port = None if netloc.endswith("]") else re.search(r":[0-9]+$", netloc)  # an IPv6 host's : are no port's
     for key, given in (("host", bool(netloc[: port.start()] if port else netloc)), ("port", port is not None),
                        ("hostaddr", False)):

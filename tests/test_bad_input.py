@@ -83,6 +83,9 @@ def make_files(d: Path) -> None:
     (d / "epochs_5000_digits.yaml").write_text("epochs: " + "9" * 5000 + "\n")  # file was "not valid json"
     (d / "separator_line.jsonl").write_text('{"seed": 1}\n\x1c\n{"seed": 2}\n')  # skipped: str.strip() took it
     # for space, where JSON's space is " \t\r\n"
+    (d / "form_feed_line.jsonl").write_text('{"seed": 1}\n\x0c\n{"seed": 2}\n')  # two jobs: within a limit of 2
+    (d / "seed_32_digits.json").write_text('{"seed": 1' + "0" * 31 + "}")  # as --seed says it: past any field's
+    (d / "seed_31_digits.yaml").write_text("seed: 1" + "0" * 30 + "\n")  # digits, and within them
     (d / "seed_item_comma.yaml").write_text('seed: ["1,2", 3]\n')  # two values in one item: it swept 1, 2, 3
     (d / "batch_item_comma.yaml").write_text('method: adam\nbatch-size: ["1,2", 3]\n')  # named batch_size
     (d / "kernel_nan.json").write_text('{"kernel": [[1.0, NaN]]}')
@@ -173,6 +176,10 @@ CASES = [
     Case("epochs-of-5000-digits-in-json", ("run", "-f", "{d}/epochs_5000_digits.json"), "epochs"),
     Case("epochs-of-5000-digits-in-yaml", ("submit", "-f", "{d}/epochs_5000_digits.yaml"), "epochs"),
     Case("a-jsonl-line-of-a-separator", ("submit", "-f", "{d}/separator_line.jsonl"), "file"),
+    Case("a-jsonl-line-of-a-form-feed-at-the-limit", ("submit", "-f", "{d}/form_feed_line.jsonl"), "file",
+         {"KLAB_MAX_SWEEP_JOBS": "2"}),  # not counted as a third job: refused as what it is
+    Case("a-seed-of-32-digits-in-a-file", ("run", "-f", "{d}/seed_32_digits.json"), "seed"),
+    Case("a-seed-of-31-digits-in-a-file", ("run", "-f", "{d}/seed_31_digits.yaml"), "seed"),
     Case("batch-size-past-64-bits", ("sweep", "--local", "--batch-size", str(2**63)), "batch-size"),
     Case("batch-size-dash-range", ("sweep", "--local", "--batch-size", "1-2"), "batch-size"),  # these four named
     Case("batch-size-word", ("sweep", "--local", "--batch-size", "x"), "batch-size"),  # batch_size, the keyword

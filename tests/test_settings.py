@@ -394,10 +394,13 @@ def test_a_database_urls_mistake_is_said_in_its_own_words(url, says):
         normalize_url(url)
 
 
-def test_an_escaped_percent_before_00_is_no_nul():
+def test_an_escaped_percent_before_00_or_one_in_the_host_is_no_nul():
+    """SQLAlchemy reads no escape of a host: `h%00x` is a host of that name, which libpq cannot resolve, not one
+    whose connection string a NUL cuts short."""
     from service.settings import normalize_url
 
     assert normalize_url("postgresql://u@h:5432/a%2500b").endswith("@h:5432/a%2500b")  # the database a%00b
+    assert normalize_url("postgresql://u@h%00x:5432/db").endswith("@h%00x:5432/db")
 
 
 def test_a_brokers_password_given_as_a_parameter_is_escaped_into_the_user_part():

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import BadInput
+from service.jobs.sweep import WHOLE_DIGITS
 from service.settings import settings
 
 
@@ -89,12 +90,10 @@ class Written(float):
 
     @classmethod
     def whole(cls, text: str) -> int | Written:
-        """json's parse_int: a whole number past the 4,300 digits int() reads kept as written, for its field to
-        refuse it as its flag does (`too large`), where the file was said not to be valid JSON."""
-        try:
-            return int(text)
-        except ValueError:
-            return cls(float(text), text)
+        """json's parse_int: a whole number of more digits than any field reads (WHOLE_DIGITS) kept as written, for
+        its field to refuse it as its flag does (`too large`); past int()'s 4,300 digits the file was said not to
+        be valid JSON."""
+        return int(text) if len(text.lstrip("+-")) <= WHOLE_DIGITS else cls(float(text), text)
 
     def __str__(self) -> str:
         return self.text

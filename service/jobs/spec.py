@@ -215,7 +215,8 @@ def load_spec_file(path: str) -> list[dict[str, Any]]:
         if suffix == ".jsonl":
             lines = text.split("\n")  # as JSON Lines ends a line (\r, as JSON's whitespace, stays in it): not
             # splitlines(), which broke a string holding U+2028 and a line holding \r between its tokens
-            count, limit = sum(1 for line in lines if line.strip(JSON_SPACE)), settings().max_sweep_jobs
+            count, limit = sum(1 for line in lines if line.strip()), settings().max_sweep_jobs  # a line of \x0c
+            # is no job: not counted, and refused below
             if count > limit:  # before parsing them all (a 21 MB file of {} ran out of memory first)
                 raise BadInput(field, f"{count} jobs, more than the limit {limit} (KLAB_MAX_SWEEP_JOBS)")
             docs = []
@@ -255,7 +256,7 @@ def _field_key(key: Any) -> Any:
     name it so (learning-rate, not learning_rate)."""
     if isinstance(key, str) and key.replace("-", "_") in JobSpec.model_fields:
         return key.replace("-", "_")
-    return key.text if isinstance(key, Written) else key  # `1e3:` is named as written, not 1000.0
+    return key  # a YAML key is its text (`1e3:`, `true:`): the loader reads keys so
 
 
 YAML_VALUES = 100_000
@@ -351,10 +352,8 @@ def _loader() -> type:
         if _BASE_PREFIX.fullmatch(node.value):  # 0x10, 0b11: text, refused as the flag refuses it (YAML 1.1: 16, 3)
             return loader.construct_scalar(node)
         if node.tag.endswith(":int"):
-            try:
-                return yaml.SafeLoader.construct_yaml_int(loader, node)
-            except ValueError:  # past the 4,300 digits int() reads: its field says it is too large
-                return Written.whole(node.value.replace("_", ""))
+            whole = Written.whole(node.value.replace("_", ""))  # past any field's digits: as JSON's
+            return whole if isinstance(whole, Written) else yaml.SafeLoader.construct_yaml_int(loader, node)
         return Written(yaml.SafeLoader.construct_yaml_float(loader, node), node.value)
 
     def boolean(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:

@@ -152,8 +152,8 @@ def _values(field: str, item: str, limit: int) -> list[Any]:
         # (0.0123456789012345:0.1:3 trained 0.0123456789012); one value is A, as numpy's geomspace gives it
         if (k := len(set(kept))) < n:  # 1:1.0000000000001:3 was "1.0 appears more than once", each given once
             raise BadInput(field, f"{item}: {n} log-spaced values from {a_s.strip()} to {b_s.strip()} are {k} "
-                                  f"number{'s' * (k != 1)} at the 12 significant digits kept between the ends; ask "
-                                  "for fewer, or ends further apart")
+                                  f"distinct number{'s' * (k != 1)} (values between the ends keep 12 significant "
+                                  "digits); ask for fewer, or ends further apart")
         return kept
     if field in NUMERIC:
         return [number(field, item, integer)]
