@@ -398,6 +398,10 @@ def test_sweep_ids_with_gaps_come_back_whole_and_filters_read_as_klab_list_reads
     assert klab.jobs(sweep=frame["sweep_id"].dropna().iloc[0])["id"].tolist() == [inside]
     assert klab.jobs(kernel="[[1,-1]]")["id"].tolist() == [inside, outside]  # whatever spaces, as klab list
     assert klab.jobs(kernel="none").empty and klab.jobs(method="adam").empty
+    with writing() as conn:
+        edge = add_job(conn, input="edge:06x8", kernel="d2l")  # kept as edge:6x8, as --input writes it
+    for asked in ("edge:06x8", " edge:6x8 ", "edge:6x8"):  # the first two found no job: the text as typed
+        assert klab.jobs(input=asked)["id"].tolist() == [edge], asked
 
 
 def test_empty_database_gives_empty_frames_with_their_columns(klab_db):

@@ -24,7 +24,7 @@ from service.db.connect import HEAD, INTEGER_MOST, Reader, no_folder, open_reade
 from service.errors import BadInput, DatabaseUnavailable
 from service.jobs import result
 from service.jobs import status as statuses
-from service.jobs.choices import Method
+from service.jobs.choices import Method, input_text
 from service.jobs.selection import Selection
 from service.settings import describe, settings, sqlite_path
 
@@ -189,8 +189,7 @@ def sweep_name(reader: Reader, sweep_id: int) -> str | None:
 
 def ids_in(reader: Reader, ids: Sequence[int], column: str = "id") -> tuple[str, dict[str, Any]]:
     """`column` (of jobs: id, or sweep_id) is one of `ids`, as one parameter however many: an array on PostgreSQL
-    (between the least and the greatest id too, for the column's index: service.db.writes.ids_in), a JSON list on
-    SQLite."""
+    (between the least and the greatest id too, for the column's index: service.db.writes.ids_in), on SQLite JSON."""
     ids = [int(i) for i in ids]
     if reader.dialect == "postgresql":
         return (f"{column} BETWEEN :least AND :greatest AND {column} = ANY(:ids)",
@@ -292,8 +291,7 @@ SWEEP_POINT = ("id", "status", *SWEPT, "relative_error")
 
 
 def sweep_points(reader: Reader, selection: Selection) -> list[dict[str, Any]]:
-    """Each job's id, status, swept parameters and relative error, by id: a sweep's plot, lean enough for
-    200,000 jobs."""
+    """Each job's id, status, swept parameters and relative error, by id: a sweep's plot, lean for 200,000 jobs."""
     clause, params = where(reader, selection)
     rows = _fetch(reader, f"SELECT {result.select_list(SWEEP_POINT)} FROM jobs WHERE {clause}", params)  # noqa: S608
     return sorted(rows, key=itemgetter("id"))  # its dots drawn in one order on either database: one PNG
@@ -394,6 +392,8 @@ def summaries(reader: Reader, selection: Selection | None, equal: dict[str, Any]
             continue
         if name == "method":
             filters.known(value, None)  # an unknown one is refused, as by `klab list --method`
+        if name == "input" and isinstance(value, str):  # as a job keeps it: `edge:06x8` found no job of edge:6x8
+            value = input_text(value.strip())
         conditions.append(f"{col} = :f{n}")
         params[f"f{n}"] = statuses.parse(value).value if name == "status" else value
     return _fetch(reader, f"SELECT {result.select_list(result.SUMMARY_NAMES)} FROM jobs "  # noqa: S608
