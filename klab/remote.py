@@ -83,7 +83,8 @@ class Handle:
     @public
     def result(self, timeout: float | None = None) -> Result:
         """The result of a handle's one job, once it is finished."""
-        jobs = len(self.ids) if self.ids else self.status()["jobs"]  # a sweep's alone (Handle((), sweep=S)): counted
+        jobs = len(self.ids) if self.sweep is None else self.status()["jobs"]  # a sweep's counted, as it is read:
+        # Handle([11], sweep=1) read sweep 1, and gave its first job's result for job 11's
         if jobs != 1:  # before waiting for them all
             raise BadInput("result", f"{jobs} jobs here; read them with .results() or .jobs()")
         return self.results(timeout)[0]

@@ -922,6 +922,9 @@ def test_the_largest_batch_and_the_largest_filter_are_taken_and_a_sweeps_handle_
     handle = klab.sweep(seed=[1, 2], epochs=1, batch_jobs=100_000, local=True)
     by_hand = klab.Handle((), sweep=handle.sweep)  # knows its sweep alone: read by it, not by its (no) ids
     assert sorted(by_hand.jobs()["id"]) == sorted(handle.ids) and len(by_hand.epochs()) == 2
+    other = klab.run(epochs=1).id  # in no sweep
+    with pytest.raises(klab.BadInput, match=r"^result: 2 jobs here; read them with \.results\(\) or \.jobs\(\)$"):
+        klab.Handle((other,), sweep=handle.sweep).result()  # a sweep's handle is its sweep's: was job 1's result
     assert len(klab.jobs(seed=2**63 - 1)) == 0 and len(klab.jobs(seed=-(2**63) + 1)) == 0
 
 
