@@ -239,8 +239,8 @@ class Files:
             return plain(_numpy(field, value))
         if is_time(value):  # pandas' Timedelta and Timestamp: their nanoseconds read as numbers
             raise BadInput(field, f"a number, got {shown(value)}")
-        if field == "kernel" and isinstance(value, (list, tuple)) and kernel_literal(value):
-            return _nested(value)
+        if field == "kernel" and isinstance(value, (list, tuple)) and kernel_literal(nested := _nested(value)):
+            return nested  # its first number a 0-d tensor or array too: it was taken for a sweep's kernels
         return value
 
     def job(self, values: Mapping[str, Any]) -> dict[str, Any]:

@@ -672,6 +672,8 @@ def test_a_kernel_of_numpy_numbers_in_nested_lists_is_one_kernel(klab_db, setenv
     # one kernel of 0-d arrays or tensors: taken for a sweep of one-number rows, then json's TypeError
     for kernel in ([[np.array(1.0), np.array(-1.0)]], [(torch.tensor(1.0), torch.tensor(-1.0))]):
         assert klab.sweep(epochs=1, kernel=kernel, local=True).jobs()["kernel"].tolist() == ["[[1, -1]]"]
+        # and klab.run, which took them for several kernels (a sweep's): `several values make a sweep`
+        assert np.asarray(klab.run(epochs=1, kernel=kernel, store=False).true_kernel).tolist() == [[1, -1]]
     assert klab.sweep(epochs=1, seed=range(0, 6, 2), local=True).jobs()["seed"].tolist() == [0, 2, 4]
 
 
