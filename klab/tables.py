@@ -140,4 +140,5 @@ def sweeps() -> pd.DataFrame:
     names = ["id", "name", "tags", "size", "created_at", "params", *(s.value for s in JobStatus)]
     frame = pd.DataFrame([{**{k: r[k] for k in names[:6]}, **{s.value: r["by_status"].get(s.value, 0)
                                                               for s in JobStatus}} for r in rows], columns=names)
-    return _times(frame, ["created_at"])
+    counts = {n: "int64" for n in ("id", "size", *(s.value for s in JobStatus))}  # with no sweep too: were object
+    return _times(frame.astype(counts), ["created_at"])

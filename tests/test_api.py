@@ -409,6 +409,11 @@ def test_empty_database_gives_empty_frames_with_their_columns(klab_db):
     assert list(klab.epochs().columns) == list(EPOCH_NAMES) and klab.epochs().empty
     assert klab.epochs().dtypes.astype(str).tolist() == ["int64", "int64", "float64", "float64", "float64"]
     assert klab.sweeps().empty and "succeeded" in klab.sweeps().columns
+    empty = klab.sweeps().dtypes.astype(str).to_dict()  # as a frame of rows has them (they were object)
+    klab.sweep(seed=[1, 2], epochs=1, local=True)
+    assert klab.sweeps().dtypes.astype(str).to_dict() == empty
+    assert [empty[n] for n in ("id", "size", "succeeded", "created_at")] == ["int64", "int64", "int64",
+                                                                           "datetime64[us, UTC]"]
 
 
 def test_a_result_shows_itself_in_a_line_as_klab_show_prints_its_error():
