@@ -254,8 +254,9 @@ def _names_a_database(url: str) -> None:
     too (`h:5432/db?options=x@y` was user h of host y: klab's writes went there, its reads to h), a # after the
     host (`h/#x`, `h?dbname=a#b`: the database `#x` or `a#b`, which messages named otherwise), and a host or port
     given twice (`h:5432/db?port=1`: libpq reached port 1, messages named 5432; ?hostaddr= twice likewise). A NUL
-    byte (%00) anywhere ended libpq's connection string there: `HOST/%00x` reached the database named as the OS user,
-    as that user, where `klab db upgrade` wrote its schema while saying it upgraded `\x00x`."""
+    byte (%00) in what SQLAlchemy decodes (the user part, the name, a parameter) ended libpq's connection string
+    there: `HOST/%00x` reached the database named as the OS user, as that user, where `klab db upgrade` wrote its
+    schema while saying it upgraded `\x00x`."""
     rest = url.partition("://")[2]
     user, slash = _USER_PART.match(rest), rest.find("/")  # one_at refused a / in the user part: past the host
     if user and -1 < slash < user.end():

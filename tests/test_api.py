@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import torch
 from harness import ROOT, with_terminal_stderr
+from PIL import Image
 from test_engine import book_data, book_manual, book_sgd
 from test_worker import service_env, workers  # noqa: F401 (fixtures: a service of the test's own, its workers)
 
@@ -388,7 +389,7 @@ def test_a_bad_setting_is_named_as_itself_not_as_the_field_whose_check_read_it(v
         assert caught.value.field == variable and str(caught.value).startswith(f"{variable}: ")
 
 
-def test_sweep_ids_with_gaps_come_back_whole_and_filters_read_as_klab_list_reads_them(klab_db, add_job):
+def test_sweep_ids_with_gaps_come_back_whole_and_filters_read_as_klab_list_reads_them(klab_db, add_job, tmp_path):
     with writing() as conn:
         sweep = create_sweep(conn, {"swept": {"seed": [1]}, "fixed": {}}, 1, "one")
         inside = add_job(conn, sweep_id=sweep, kernel="[[1, -1]]")
@@ -398,10 +399,14 @@ def test_sweep_ids_with_gaps_come_back_whole_and_filters_read_as_klab_list_reads
     assert klab.jobs(sweep=frame["sweep_id"].dropna().iloc[0])["id"].tolist() == [inside]
     assert klab.jobs(kernel="[[1,-1]]")["id"].tolist() == [inside, outside]  # whatever spaces, as klab list
     assert klab.jobs(kernel="none").empty and klab.jobs(method="adam").empty
+    Image.new("L", (8, 6)).save(tmp_path / "a.png")
     with writing() as conn:
         edge = add_job(conn, input="edge:06x8", kernel="d2l")  # kept as edge:6x8, as --input writes it
+        gray = add_job(conn, input=f"image:{tmp_path / 'a.png'}:gray", kernel="d2l")  # kept as image:PATH
     for asked in ("edge:06x8", " edge:6x8 ", "edge:6x8"):  # the first two found no job: the text as typed
         assert klab.jobs(input=asked)["id"].tolist() == [edge], asked
+    for asked in (f"image:{tmp_path / 'a.png'}:gray", f"image:{tmp_path / 'a.png'}"):
+        assert klab.jobs(input=asked)["id"].tolist() == [gray], asked
 
 
 def test_empty_database_gives_empty_frames_with_their_columns(klab_db):
@@ -679,6 +684,11 @@ def test_a_kernel_of_numpy_numbers_in_nested_lists_is_one_kernel(klab_db, setenv
         assert klab.sweep(epochs=1, kernel=kernel, local=True).jobs()["kernel"].tolist() == ["[[1, -1]]"]
         # and klab.run, which took them for several kernels (a sweep's): `several values make a sweep`
         assert np.asarray(klab.run(epochs=1, kernel=kernel, store=False).true_kernel).tolist() == [[1, -1]]
+    deep = 1.0
+    for _ in range(500):  # its numbers read only once it is known to be 2 or 4 deep: a RecursionError
+        deep = [deep]
+    with pytest.raises(klab.BadInput, match=r"^kernel: nested more than 4 levels deep$"):
+        klab.run(epochs=1, kernel=deep, store=False)
     assert klab.sweep(epochs=1, seed=range(0, 6, 2), local=True).jobs()["seed"].tolist() == [0, 2, 4]
 
 

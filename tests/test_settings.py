@@ -381,6 +381,8 @@ def test_the_readme_batch_jobs_is_the_default_both_commands_show():
     # named as the OS user, as that user (root), and `klab db upgrade` wrote its schema there, naming `\x00`
     ("postgresql://u:p%00w@h:5432/db", "holds a NUL byte (%00), where libpq's connection string ends: what follows "
                                        "it would be dropped, and another database reached"),
+    ("postgresql://u@h:5432/db?a%00b=1", "holds a NUL byte (%00), where libpq's connection string ends: what "
+                                         "follows it would be dropped, and another database reached"),
     ("postgresql://u@h:5432/db?application_name=a%00b", "holds a NUL byte (%00), where libpq's connection string "
                                                         "ends: what follows it would be dropped, and another database "
                                                         "reached"),

@@ -93,7 +93,8 @@ class JobSpec(BaseModel):
         read `--seed 0-9` as -9 (and `0-0` as 0), where `klab sweep --seed 0-9` asks `did you mean 0..9?`."""
         if isinstance(value, Written) and info.field_name in INTEGER and (math.isfinite(value) or
                                                                          value.text.lstrip("+-").isdigit()):
-            value = value.text  # .inf and .nan are told they are not finite, as before; 5,000 digits too large
+            value = value.text  # .inf and .nan are told they are not finite, as before; digits past a float's
+            # range are read as the flag reads them (too large)
         if not isinstance(value, str) or value.strip().lower() == "none" or _swept(value):  # a sweep's values:
             return value  # pydantic's error, which bad_input_from points at klab sweep
         try:
