@@ -362,13 +362,13 @@ def test_a_worker_beats_five_times_a_lease_and_reaps_twice_a_lease_or_a_stranded
     assert Settings.from_env({"KLAB_LEASE_SECONDS": "1", "KLAB_STRANDED_SECONDS": "1"}).reaper_seconds == 0.5
 
 
-def test_the_readme_batch_jobs_is_the_default_both_commands_show():
+def test_the_readme_batch_jobs_is_the_default_both_commands_show(tmp_path):
     said = re.search(r"tasks of up to `--batch-jobs` \(([0-9,]+)\) jobs", README)
     assert said, "the README's --batch-jobs default"
     from harness import clean_env, klab
 
     for command in ("submit", "sweep"):
-        out = klab(clean_env(ROOT / "no-home"), command, "--help")
+        out = klab(clean_env(tmp_path / "home"), command, "--help")
         assert f"[default: {said.group(1).replace(',', '')};" in " ".join(out.stdout.split()), out.stdout
 
 
