@@ -62,15 +62,6 @@ def _nested(value: Any) -> Any:
     return item(value)
 
 
-def _rows(value: Any) -> int:
-    """How deep a kernel's first number lies in its nested lists or tuples (0: none), counted without recursing (a
-    kernel nested 500 deep is refused in one line, not a RecursionError)."""
-    depth = 0
-    while isinstance(value, (list, tuple)) and value:
-        value, depth = value[0], depth + 1
-    return depth
-
-
 def checked_flag(name: str, value: Any) -> bool:
     """A keyword that is True or False (store=, local=, progress=): store="no" was true, and stored the job."""
     if type(value).__name__ not in ("bool", "bool_"):  # Python's, or numpy's
@@ -248,8 +239,8 @@ class Files:
             return plain(_numpy(field, value))
         if is_time(value):  # pandas' Timedelta and Timestamp: their nanoseconds read as numbers
             raise BadInput(field, f"a number, got {shown(value)}")
-        if field == "kernel" and _rows(value) in (2, 4) and kernel_literal(nested := _nested(value)):
-            return nested  # its first number a 0-d tensor or array too: it was taken for a sweep's kernels
+        if field == "kernel" and kernel_literal(value, item):  # its first number a 0-d tensor or array too: it was
+            return _nested(value)  # taken for a sweep's kernels
         return value
 
     def job(self, values: Mapping[str, Any]) -> dict[str, Any]:

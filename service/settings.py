@@ -267,9 +267,10 @@ def _names_a_database(url: str) -> None:
     if "#" in rest:
         raise BadInput("KLAB_DATABASE_URL", "holds a # after the host, which ends a URL: write it as %23")
     path, _, query = rest.partition("?")
-    netloc, keys = path.partition("/")[0], [k for k, _ in parse_qsl(query, keep_blank_values=True)]
+    pairs = parse_qsl(query, keep_blank_values=True)
+    netloc, keys = path.partition("/")[0], [k for k, _ in pairs]
     read = [unquote(user.group()) if user else "", unquote(path.partition("/")[2]), *keys,  # as SQLAlchemy reads them
-            *(v for _, v in parse_qsl(query, keep_blank_values=True))]  # (a host's %00 is no NUL, it is not read)
+            *(v for _, v in pairs)]  # (a host's %00 is no NUL, it is not read)
     if any("\0" in part for part in read):
         raise BadInput("KLAB_DATABASE_URL", "holds a NUL byte (%00), where libpq's connection string ends: what "
                                             "follows it would be dropped, and another database reached")
@@ -285,7 +286,7 @@ def _names_a_database(url: str) -> None:
     name = unquote(path.partition("/")[2])
     if name and not name.strip():
         raise BadInput("KLAB_DATABASE_URL", f"the database's name after the host is blank: {name!r}")
-    given = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == "dbname"]
+    given = [v for k, v in pairs if k == "dbname"]
     if bool(name) + len(given) > 1:
         raise BadInput("KLAB_DATABASE_URL", "names its database twice (after the host, or as ?dbname=): give it once"
                        if all(v.strip() for v in given) else "holds an empty ?dbname=: leave it out")

@@ -260,12 +260,12 @@ def _one_number(field: str, text: Any) -> Any:
         return text
 
 
-def kernel_literal(value: Any) -> bool:
-    """A kernel written as nested lists of numbers (2-D or 4-D): one kernel, not a list of kernels to sweep."""
+def kernel_literal(value: Any, number: Callable[[Any], Any] = lambda v: v) -> bool:
+    """One kernel as nested lists of numbers (2-D or 4-D), not kernels to sweep; its first read by `number`."""
     depth = 0
     while isinstance(value, (list, tuple)) and value:
         value, depth = value[0], depth + 1
-    return depth in (2, 4) and isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy's too
+    return depth in (2, 4) and isinstance(value := number(value), numbers.Real) and not isinstance(value, bool)
 
 
 def _text(value: Any) -> str:
